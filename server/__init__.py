@@ -1,0 +1,1 @@
+"""Parrot server: sessions, the call graph, scheduling, the HTTP API and the engine."""

@@ -1,0 +1,7 @@
+"""Attention kernels: one entry point (`attention`) over a paged KV cache, with shared-prefix
+(cascade) decode, behind backends chosen by device."""
+
+from server.kernels.attention import attention
+from server.kernels.metadata import AttentionMetadata, SharedPrefix, build_attention_metadata
+
+__all__ = ["AttentionMetadata", "SharedPrefix", "attention", "build_attention_metadata"]
