@@ -1,0 +1,195 @@
+"""An asyncio front for `LLMEngine`: the step loop runs in its own thread.
+
+Every call from the event loop becomes a command on a queue that the engine thread applies
+between steps, so the engine itself needs no locks and the event loop never waits for a step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from server.engine.llm_engine import LLMEngine
+from server.engine.outputs import JobOutput
+from server.engine.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class EngineError(RuntimeError):
+    """A job failed inside the engine (its message says why)."""
+
+
+class AsyncLLMEngine:
+    """Context primitives as coroutines and async iterators over a threaded step loop."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._commands: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._listeners: dict[int, Callable[[JobOutput], None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lengths: dict[int, int] = {}
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    async def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="parrot-engine", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._commands.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    # ---- context primitives -----------------------------------------------------------
+    def create_context(self, parent: int | None = None) -> int:
+        ctx_id = self.engine.new_context_id()
+        self._lengths[ctx_id] = self._lengths.get(parent, 0) if parent is not None else 0
+        self._post(lambda: self.engine.create_context(parent, context_id=ctx_id))
+        return ctx_id
+
+    async def fill(self, context_id: int, token_ids: Sequence[int], priority: int = 0) -> None:
+        """Append tokens and return when their KV is computed."""
+        tokens = list(token_ids)
+        self._lengths[context_id] = self._lengths.get(context_id, 0) + len(tokens)
+        async for _ in self._job(lambda: self.engine.fill(context_id, tokens, priority)):
+            pass
+
+    async def generate(
+        self, context_id: int, sampling: SamplingParams, priority: int = 0
+    ) -> AsyncIterator[JobOutput]:
+        """Sample onto the context, yielding progress; leaving early aborts the job."""
+        async for out in self._job(lambda: self.engine.add_generate(context_id, sampling, priority)):
+            self._lengths[context_id] = self._lengths.get(context_id, 0) + len(out.new_token_ids)
+            yield out
+
+    async def generate_request(
+        self, prompt_token_ids: Sequence[int], sampling: SamplingParams, priority: int = 0
+    ) -> AsyncIterator[JobOutput]:
+        """A plain request (fresh context, prefix cache applies), freed when it ends."""
+        tokens = list(prompt_token_ids)
+        async for out in self._job(lambda: self.engine.add_request(tokens, sampling, priority)):
+            yield out
+
+    def truncate(self, context_id: int, num_tokens: int) -> None:
+        self._lengths[context_id] = min(self._lengths.get(context_id, 0), num_tokens)
+        self._post(lambda: self.engine.truncate(context_id, num_tokens))
+
+    def free(self, context_id: int) -> None:
+        self._lengths.pop(context_id, None)
+        self._post(lambda: self.engine.free(context_id))
+
+    def context_len(self, context_id: int) -> int:
+        """Tokens the context will hold once the commands sent so far are applied."""
+        return self._lengths.get(context_id, 0)
+
+    async def call(self, fn: Callable[[LLMEngine], Any]) -> Any:
+        """Run `fn(engine)` on the engine thread between steps and return its result."""
+        assert self._loop is not None, "start() the engine first"
+        fut: asyncio.Future[Any] = self._loop.create_future()
+
+        def command() -> None:
+            try:
+                result = fn(self.engine)
+            except Exception as exc:  # handed to the caller
+                self._loop.call_soon_threadsafe(_set_exception, fut, exc)
+            else:
+                self._loop.call_soon_threadsafe(_set_result, fut, result)
+
+        self._post(command)
+        return await fut
+
+    # ---- internals --------------------------------------------------------------------
+    async def _job(self, submit: Callable[[], int]) -> AsyncIterator[JobOutput]:
+        assert self._loop is not None, "start() the engine first"
+        outputs: asyncio.Queue[JobOutput | BaseException] = asyncio.Queue()
+        loop = self._loop
+        job_id: list[int] = []
+
+        def deliver(out: JobOutput) -> None:
+            loop.call_soon_threadsafe(outputs.put_nowait, out)
+
+        def command() -> None:
+            try:
+                jid = submit()
+            except Exception as exc:
+                loop.call_soon_threadsafe(outputs.put_nowait, exc)
+                return
+            job_id.append(jid)
+            self._listeners[jid] = deliver
+
+        self._post(command)
+        finished = False
+        try:
+            while True:
+                item = await outputs.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item.error:
+                    raise EngineError(item.error)
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self._post(lambda: job_id and self.engine.abort(job_id[0]))
+
+    def _post(self, command: Callable[[], Any]) -> None:
+        self._commands.put(command)
+
+    def _run(self) -> None:
+        engine = self.engine
+        while True:
+            block = not engine.has_work
+            try:
+                command = self._commands.get(block=block)
+            except queue.Empty:
+                command = False  # type: ignore[assignment]
+            while command is not False:
+                if command is None:
+                    return
+                try:
+                    command()
+                except Exception:
+                    log.exception("engine command failed")
+                try:
+                    command = self._commands.get_nowait()
+                except queue.Empty:
+                    command = False  # type: ignore[assignment]
+            if engine.has_work:
+                try:
+                    outputs = engine.step()
+                except Exception:
+                    log.exception("engine step failed")
+                    outputs = []
+                for out in outputs:
+                    listener = self._listeners.get(out.job_id)
+                    if listener is not None:
+                        listener(out)
+                        if out.finished:
+                            del self._listeners[out.job_id]
+
+
+def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    with contextlib.suppress(asyncio.InvalidStateError):
+        if not fut.done():
+            fut.set_exception(exc)

@@ -1,0 +1,38 @@
+"""Engine configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """How an engine sizes its KV pool and builds its batches.
+
+    `num_kv_blocks` wins over `kv_cache_gb` when both are given. `max_num_batched_tokens` is the
+    per-step token budget (chunked prefill and decodes together); `max_num_seqs` caps how many
+    sequences run at once.
+    """
+
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    kv_cache_gb: float = 2.0
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 128
+    max_model_len: int | None = None
+    enable_prefix_cache: bool = True
+    enable_cascade: bool = True
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a positive power of two, got {self.block_size}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 2:
+            raise ValueError(f"num_kv_blocks must be at least 2, got {self.num_kv_blocks}")
+        if self.kv_cache_gb <= 0:
+            raise ValueError(f"kv_cache_gb must be positive, got {self.kv_cache_gb}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")

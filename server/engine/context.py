@@ -1,0 +1,80 @@
+"""Contexts (token sequences over KV blocks) and the jobs that run on them."""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from server.engine.sampling_params import SamplingParams
+
+
+class JobKind(enum.Enum):
+    FILL = "fill"
+    GENERATE = "generate"
+
+
+@dataclass(eq=False)
+class Job:
+    """One unit of work on a context: compute pending tokens (fill), or also sample (generate)."""
+
+    id: int
+    kind: JobKind
+    priority: int = 0
+    arrival: int = 0
+    sampling: SamplingParams | None = None
+    free_on_finish: bool = False
+    # generation state
+    output_token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted_text_len: int = 0
+    generator: torch.Generator | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None or self.error is not None
+
+    @property
+    def sort_key(self) -> tuple[int, int]:
+        return (self.priority, self.arrival)
+
+
+class ContextState(enum.Enum):
+    IDLE = "idle"  # no job: holds its blocks, may be swapped out under pressure
+    WAITING = "waiting"  # has a job, holds no running slot
+    RUNNING = "running"
+
+
+@dataclass(eq=False)
+class Context:
+    """A token sequence and the KV blocks that hold it.
+
+    `token_ids[:num_computed]` have their K/V in `block_table`; the rest are pending. The
+    first `len(block_hashes)` blocks are full and their content hashes are known.
+    """
+
+    id: int
+    token_ids: list[int] = field(default_factory=list)
+    block_table: list[int] = field(default_factory=list)
+    block_hashes: list[int] = field(default_factory=list)
+    num_computed: int = 0
+    jobs: deque[Job] = field(default_factory=deque)
+    state: ContextState = ContextState.IDLE
+    last_used: int = 0
+
+    @property
+    def num_pending(self) -> int:
+        return len(self.token_ids) - self.num_computed
+
+    @property
+    def job(self) -> Job | None:
+        return self.jobs[0] if self.jobs else None
+
+    @property
+    def sort_key(self) -> tuple[int, int]:
+        job = self.job
+        return job.sort_key if job is not None else (0, 0)

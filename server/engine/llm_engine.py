@@ -1,0 +1,383 @@
+"""The engine: contexts over a paged KV cache, driven one continuous-batching step at a time."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from server.engine.block_manager import BlockManager
+from server.engine.config import EngineConfig
+from server.engine.context import Context, Job, JobKind
+from server.engine.model_runner import ModelRunner
+from server.engine.outputs import CompletionOutput, EngineStats, JobOutput
+from server.engine.sampler import sample
+from server.engine.sampling_params import SamplingParams
+from server.engine.scheduler import Scheduler, SchedulerOutput
+
+_REPLACEMENT_CHAR = "\ufffd"
+
+
+class LLMEngine:
+    """A Llama-family model serving contexts.
+
+    Context primitives (what the server drives): `create_context(parent)` forks when given a
+    parent, `fill(ctx, token_ids)` appends and computes tokens, `add_generate(ctx, sampling)`
+    appends sampled tokens, `truncate`, `free`. Plain requests (`add_request`, `generate`) are a
+    context with one generate job, freed when it finishes. Nothing here is thread-safe: one
+    thread calls it (see `AsyncLLMEngine`).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        model_config: Any,
+        config: EngineConfig | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        name: str = "model",
+    ) -> None:
+        self.config = config or EngineConfig()
+        self.model_name = name
+        self.tokenizer = tokenizer
+        self.model_config = model_config
+        self.device = torch.device(device)
+        self.runner = ModelRunner(
+            model,
+            model_config.num_layers,
+            model_config.num_kv_heads,
+            model_config.head_dim,
+            self.config,
+            self.device,
+            dtype,
+        )
+        self.blocks = BlockManager(
+            self.runner.num_blocks, self.config.block_size, self.config.enable_prefix_cache
+        )
+        self.scheduler = Scheduler(self.config, self.blocks)
+        self.max_model_len = min(
+            self.config.max_model_len or model_config.max_position_embeddings,
+            model_config.max_position_embeddings,
+        )
+        self.eos_token_ids = frozenset(tokenizer.eos_token_ids)
+        self._stats = EngineStats(total_blocks=self.runner.num_blocks)
+        self._context_ids = itertools.count(1)
+        self._job_ids = itertools.count(1)
+        self._arrivals = itertools.count()
+        self._jobs: dict[int, Job] = {}
+        self._pending_outputs: list[JobOutput] = []
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        device: str = "cpu",
+        dtype: torch.dtype | str | None = None,
+        **config: Any,
+    ) -> LLMEngine:
+        """Load a registered name, a Hugging Face folder or a GGUF file; `config` sets EngineConfig."""
+        from server.engine.loader import load_model
+
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        loaded = load_model(name_or_path, device=device, dtype=dtype)
+        model_dtype = next(loaded.model.parameters()).dtype
+        return cls(
+            loaded.model,
+            loaded.tokenizer,
+            loaded.config,
+            EngineConfig(**config),
+            device=device,
+            dtype=model_dtype,
+            name=loaded.name,
+        )
+
+    # ---- contexts -------------------------------------------------------------------------
+    def new_context_id(self) -> int:
+        """Reserve an id (safe from any thread); `create_context(..., context_id=)` uses it."""
+        return next(self._context_ids)
+
+    def create_context(self, parent: int | None = None, context_id: int | None = None) -> int:
+        """A new empty context, or a fork sharing all of `parent`'s computed KV blocks."""
+        context_id = context_id if context_id is not None else self.new_context_id()
+        if parent is not None:
+            return self.scheduler.fork(self._context(parent), context_id).id
+        self.scheduler.add_context(Context(context_id))
+        return context_id
+
+    def fill(self, context_id: int, token_ids: Sequence[int], priority: int = 0) -> int:
+        """Append tokens to a context and compute their KV; returns the job id."""
+        ctx = self._context(context_id)
+        self._append_prompt(ctx, token_ids)
+        return self._add_job(ctx, Job(next(self._job_ids), JobKind.FILL, priority))
+
+    def add_generate(
+        self,
+        context_id: int,
+        sampling: SamplingParams,
+        priority: int = 0,
+        free_on_finish: bool = False,
+    ) -> int:
+        """Sample tokens onto the end of a context; returns the job id."""
+        ctx = self._context(context_id)
+        if not ctx.token_ids and not ctx.jobs:
+            raise ValueError(f"context {context_id} is empty: fill it before generating")
+        if len(ctx.token_ids) >= self.max_model_len:
+            raise ValueError(
+                f"context {context_id} already holds {len(ctx.token_ids)} tokens, "
+                f"max_model_len is {self.max_model_len}"
+            )
+        worst = len(ctx.token_ids) + sampling.max_tokens
+        if -(-min(worst, self.max_model_len) // self.config.block_size) > self.blocks.num_blocks:
+            raise ValueError(
+                f"context {context_id} may need {worst} tokens of KV, more than the whole pool "
+                f"({self.blocks.num_blocks * self.config.block_size} tokens)"
+            )
+        job = Job(next(self._job_ids), JobKind.GENERATE, priority, sampling=sampling)
+        job.free_on_finish = free_on_finish
+        if sampling.seed is not None and not sampling.greedy:
+            job.generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        return self._add_job(ctx, job)
+
+    def truncate(self, context_id: int, num_tokens: int) -> None:
+        """Keep only the first `num_tokens` tokens of an idle context."""
+        ctx = self._context(context_id)
+        if ctx.jobs:
+            raise ValueError(f"context {context_id} has jobs running; truncate it when idle")
+        if not 0 <= num_tokens <= len(ctx.token_ids):
+            raise ValueError(f"cannot truncate context {context_id} of {len(ctx.token_ids)} tokens to {num_tokens}")
+        del ctx.token_ids[num_tokens:]
+        self.scheduler.set_num_computed(ctx, num_tokens)
+
+    def free(self, context_id: int) -> None:
+        """Drop a context: its jobs are aborted and its blocks released (shared ones stay)."""
+        ctx = self.scheduler.contexts.get(context_id)
+        if ctx is None:
+            return
+        for job in ctx.jobs:
+            if not job.finished:
+                job.finish_reason = "abort"
+                self._pending_outputs.append(self._output(job, ctx, [], ""))
+            self._jobs.pop(job.id, None)
+        ctx.jobs.clear()
+        self.scheduler.remove_context(ctx)
+
+    def abort(self, job_id: int) -> None:
+        """Stop a job early; its context stays (with what it generated so far)."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        ctx = next((c for c in self.scheduler.contexts.values() if job in c.jobs), None)
+        job.finish_reason = "abort"
+        if ctx is not None:
+            self._finish_job(ctx, job, [], "")
+
+    def context_len(self, context_id: int) -> int:
+        return len(self._context(context_id).token_ids)
+
+    def context_token_ids(self, context_id: int) -> list[int]:
+        return list(self._context(context_id).token_ids)
+
+    # ---- plain requests -------------------------------------------------------------------
+    def add_request(self, prompt: str | Sequence[int], sampling: SamplingParams, priority: int = 0) -> int:
+        """A one-shot request: a fresh context, the prompt, a generation; freed when done."""
+        token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not token_ids:
+            raise ValueError("prompt is empty")
+        ctx_id = self.create_context()
+        try:
+            self._append_prompt(self._context(ctx_id), token_ids)
+            return self.add_generate(ctx_id, sampling, priority, free_on_finish=True)
+        except ValueError:
+            self.free(ctx_id)
+            raise
+
+    def generate(
+        self,
+        prompts: Sequence[str] | Sequence[Sequence[int]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[CompletionOutput]:
+        """Run plain requests together in one continuous batch until all finish."""
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        if isinstance(sampling_params, SamplingParams):
+            sampling_params = [sampling_params] * len(prompts)
+        prompt_ids = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+        job_ids = [self.add_request(ids, sp) for ids, sp in zip(prompt_ids, sampling_params, strict=True)]
+        results: dict[int, JobOutput] = {}
+        while len(results) < len(job_ids):
+            for out in self.step():
+                if out.finished:
+                    results[out.job_id] = out
+            if not self.has_work and len(results) < len(job_ids):
+                for out in self._drain_outputs():
+                    results[out.job_id] = out
+                break
+        return [
+            CompletionOutput(ids, results[j].token_ids, results[j].text, results[j].finish_reason)
+            for ids, j in zip(prompt_ids, job_ids, strict=True)
+        ]
+
+    # ---- stepping -------------------------------------------------------------------------
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work or bool(self._pending_outputs)
+
+    @property
+    def stats(self) -> EngineStats:
+        self._stats.free_blocks = self.blocks.num_free_blocks
+        return self._stats
+
+    def step(self) -> list[JobOutput]:
+        """Schedule, run the model once, sample, and report every job that progressed."""
+        batch = self.scheduler.schedule()
+        if not batch.scheduled and self.scheduler.waiting and not self.scheduler.running:
+            self._fail_unschedulable()
+            return self._drain_outputs()
+        self._stats.steps += 1
+        self._stats.cached_tokens += batch.num_cached_tokens
+        self._stats.preemptions += len(batch.preempted)
+        logits = self.runner.execute(batch)
+        self._postprocess(batch, logits)
+        return self._drain_outputs()
+
+    def run_until_idle(self) -> list[JobOutput]:
+        outputs: list[JobOutput] = []
+        while self.has_work:
+            outputs.extend(self.step())
+        return outputs
+
+    # ---- internals ------------------------------------------------------------------------
+    def _context(self, context_id: int) -> Context:
+        ctx = self.scheduler.contexts.get(context_id)
+        if ctx is None:
+            raise KeyError(f"no context {context_id}")
+        return ctx
+
+    def _append_prompt(self, ctx: Context, token_ids: Sequence[int]) -> None:
+        vocab = self.model_config.vocab_size
+        bad = next((t for t in token_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad} is outside the vocabulary (size {vocab})")
+        if len(ctx.token_ids) + len(token_ids) > self.max_model_len:
+            raise ValueError(
+                f"context {ctx.id} would hold {len(ctx.token_ids) + len(token_ids)} tokens, "
+                f"more than max_model_len {self.max_model_len}"
+            )
+        ctx.token_ids.extend(token_ids)
+        self._stats.prompt_tokens += len(token_ids)
+
+    def _add_job(self, ctx: Context, job: Job) -> int:
+        job.arrival = next(self._arrivals)
+        self._jobs[job.id] = job
+        ctx.jobs.append(job)
+        if len(ctx.jobs) == 1:
+            self._activate(ctx)
+        self.scheduler.wake(ctx)
+        return job.id
+
+    def _activate(self, ctx: Context) -> None:
+        """Prepare the head job: a generation needs its last token's logits, so recompute it."""
+        job = ctx.job
+        if job is not None and job.kind is JobKind.GENERATE and ctx.num_pending == 0:
+            self.scheduler.set_num_computed(ctx, len(ctx.token_ids) - 1)
+
+    def _postprocess(self, batch: SchedulerOutput, logits: torch.Tensor | None) -> None:
+        sampling_rows = [s for s in batch.scheduled if s.sample]
+        tokens: list[int] = []
+        if sampling_rows and logits is not None:
+            jobs = [s.ctx.job for s in sampling_rows]
+            tokens = sample(logits, [j.sampling for j in jobs], [j.generator for j in jobs])
+        for s in batch.scheduled:
+            ctx, job = s.ctx, s.ctx.job
+            decode = 0
+            if job is not None and job.kind is JobKind.GENERATE and job.output_token_ids:
+                first_output = len(ctx.token_ids) - len(job.output_token_ids)
+                decode = max(0, ctx.num_computed + s.num_tokens - max(first_output, ctx.num_computed))
+            self._stats.prefill_tokens += s.num_tokens - decode
+            ctx.num_computed += s.num_tokens
+        for s, token in zip(sampling_rows, tokens, strict=False):
+            self._append_token(s.ctx, s.ctx.job, token)
+        for s in batch.scheduled:
+            ctx, job = s.ctx, s.ctx.job
+            if job is not None and job.kind is JobKind.FILL and ctx.num_pending == 0:
+                job.finish_reason = "stop"
+                self._finish_job(ctx, job, [], "")
+
+    def _append_token(self, ctx: Context, job: Job, token: int) -> None:
+        sp = job.sampling
+        assert sp is not None
+        ctx.token_ids.append(token)
+        job.output_token_ids.append(token)
+        self._stats.generated_tokens += 1
+        reason: str | None = None
+        if (token in self.eos_token_ids and not sp.ignore_eos) or token in sp.stop_token_ids:
+            reason = "stop"
+        elif len(job.output_token_ids) >= sp.max_tokens or len(ctx.token_ids) >= self.max_model_len:
+            reason = "length"
+        text = self.tokenizer.decode(job.output_token_ids)
+        if sp.stop:
+            searched_from = max(0, len(job.text) - max(len(s) for s in sp.stop) + 1)
+            hits = [i for i in (text.find(s, searched_from) for s in sp.stop) if i >= 0]
+            if hits:
+                text, reason = text[: min(hits)], "stop"
+        job.text = text
+        if reason is not None:
+            job.finish_reason = reason
+            emit_upto = len(text)
+        else:
+            # Hold back a possible start of a stop string and an unfinished UTF-8 character.
+            hold = max((len(s) - 1 for s in sp.stop), default=0)
+            emit_upto = len(text) - hold
+            while emit_upto > job.emitted_text_len and text[emit_upto - 1] == _REPLACEMENT_CHAR:
+                emit_upto -= 1
+        new_text = text[job.emitted_text_len : max(emit_upto, job.emitted_text_len)]
+        job.emitted_text_len = max(emit_upto, job.emitted_text_len)
+        if job.finished:
+            self._finish_job(ctx, job, [token], new_text)
+        else:
+            self._pending_outputs.append(self._output(job, ctx, [token], new_text))
+
+    def _finish_job(self, ctx: Context, job: Job, new_tokens: list[int], new_text: str) -> None:
+        self._pending_outputs.append(self._output(job, ctx, new_tokens, new_text))
+        self._jobs.pop(job.id, None)
+        if job in ctx.jobs:
+            ctx.jobs.remove(job)
+        if job.free_on_finish:
+            self.free(ctx.id)
+            return
+        if ctx.jobs:
+            self._activate(ctx)
+        else:
+            self.scheduler.sleep(ctx)
+
+    def _fail_unschedulable(self) -> None:
+        ctx = self.scheduler.waiting[0]
+        job = ctx.job
+        if job is None:
+            self.scheduler.sleep(ctx)
+            return
+        job.error = (
+            f"context {ctx.id} needs {len(ctx.token_ids)} tokens of KV; the pool cannot hold it"
+        )
+        self._finish_job(ctx, job, [], "")
+
+    def _output(self, job: Job, ctx: Context, new_tokens: list[int], new_text: str) -> JobOutput:
+        return JobOutput(
+            job.id,
+            ctx.id,
+            new_tokens,
+            new_text,
+            list(job.output_token_ids),
+            job.text,
+            job.finished,
+            job.finish_reason,
+            job.error,
+        )
+
+    def _drain_outputs(self) -> list[JobOutput]:
+        outputs, self._pending_outputs = self._pending_outputs, []
+        return outputs

@@ -1,0 +1,75 @@
+"""Owns the model and its KV cache tensors; runs one scheduled batch."""
+
+from __future__ import annotations
+
+import torch
+
+from server.engine.config import EngineConfig
+from server.engine.scheduler import SchedulerOutput
+from server.kernels import build_attention_metadata
+
+
+class ModelRunner:
+    """Builds the step's flat inputs, applies block copies, runs the model, returns logits."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        config: EngineConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        self.block_size = config.block_size
+        bytes_per_block = 2 * num_layers * config.block_size * num_kv_heads * head_dim
+        bytes_per_block *= torch.finfo(dtype).bits // 8
+        self.num_blocks = config.num_kv_blocks or max(
+            2, int(config.kv_cache_gb * (1 << 30)) // bytes_per_block
+        )
+        shape = (self.num_blocks, config.block_size, num_kv_heads, head_dim)
+        self.kv_caches = [
+            (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(num_layers)
+        ]
+
+    @torch.inference_mode()
+    def execute(self, batch: SchedulerOutput) -> torch.Tensor | None:
+        """Run the batch; the logits ([num_sampled, vocab], float32) of the rows that sample."""
+        if batch.block_copies:
+            src = torch.tensor([s for s, _ in batch.block_copies], device=self.device)
+            dst = torch.tensor([d for _, d in batch.block_copies], device=self.device)
+            for k_cache, v_cache in self.kv_caches:
+                k_cache[dst] = k_cache[src]
+                v_cache[dst] = v_cache[src]
+        work = [s for s in batch.scheduled if s.num_tokens > 0]
+        if not work:
+            return None
+        input_ids: list[int] = []
+        positions: list[int] = []
+        query_lens, seq_lens, tables, last_rows = [], [], [], []
+        for s in work:
+            start = s.ctx.num_computed
+            end = start + s.num_tokens
+            input_ids.extend(s.ctx.token_ids[start:end])
+            positions.extend(range(start, end))
+            query_lens.append(s.num_tokens)
+            seq_lens.append(end)
+            tables.append(s.ctx.block_table)
+            if s.sample:
+                last_rows.append(len(input_ids) - 1)
+        meta = build_attention_metadata(
+            query_lens, seq_lens, tables, self.block_size, self.device, cascade=self.config.enable_cascade
+        )
+        ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        hidden = self.model(ids, pos, self.kv_caches, meta)
+        if not last_rows:
+            return None
+        rows = torch.tensor(last_rows, dtype=torch.long, device=self.device)
+        return self.model.compute_logits(hidden.index_select(0, rows)).float()

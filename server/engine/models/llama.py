@@ -1,0 +1,241 @@
+"""Llama-family decoder (Llama, Mistral, Qwen2, SmolLM) over flattened sequences and a paged KV
+cache: every layer attends through `server.kernels.attention`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from server.engine.models.config import ModelConfig
+from server.engine.models.rms_norm import RMSNorm
+from server.engine.models.rope import RotaryEmbedding, apply_rope
+from server.kernels import AttentionMetadata, attention
+
+KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+class LlamaForCausalLM(nn.Module):
+    """A causal LM whose parameters stay uninitialised until `load_weights`.
+
+    Inputs are flattened: the step's tokens of all sequences, one after another, no padding.
+    `kv_caches[i]` is layer i's (k_cache, v_cache), each [num_blocks, block_size, Hkv, D].
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        dtype = dtype or torch.get_default_dtype()
+        self.embed_tokens = nn.utils.skip_init(
+            nn.Embedding, config.vocab_size, config.hidden_size, device=device, dtype=dtype
+        )
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, device, dtype) for _ in range(config.num_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, device, dtype)
+        self.lm_head: nn.Linear | None = None
+        if not config.tie_word_embeddings:
+            self.lm_head = _linear(config.hidden_size, config.vocab_size, False, device, dtype)
+        self.rope = RotaryEmbedding(
+            config.head_dim, config.max_position_embeddings, config.rope_theta,
+            config.rope_scaling, device=device, dtype=dtype,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[KVCache],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Run the step's T tokens (ids and positions, [T] each); returns hidden states [T, H].
+
+        Writes every layer's new K/V into `kv_caches` at `meta.slot_mapping`.
+        """
+        if len(kv_caches) != len(self.layers):
+            raise ValueError(f"expected {len(self.layers)} layer KV caches, got {len(kv_caches)}")
+        cos, sin = self.rope.lookup(positions)
+        hidden = self.embed_tokens(input_ids)
+        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
+            hidden = layer(hidden, cos, sin, k_cache, v_cache, meta)
+        return self.norm(hidden)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [N, vocab] for hidden states [N, H] (pick the rows you need first)."""
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight).float()
+
+    @torch.no_grad()
+    def load_weights(
+        self, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
+    ) -> None:
+        """Copy HF-named tensors (`model.layers.0.self_attn.q_proj.weight`, ...) into the fused
+        parameters; raises ValueError on unknown, missing or mis-shaped tensors."""
+        items = weights.items() if isinstance(weights, Mapping) else weights
+        pending = self._weight_slots()
+        for name, tensor in items:
+            if name.endswith("rotary_emb.inv_freq"):  # recomputed from the config
+                continue
+            if name == "lm_head.weight" and self.lm_head is None:
+                continue  # tied to the embedding; some checkpoints store both
+            slot = pending.pop(name, None)
+            if slot is None:
+                known = name in self._weight_slots()
+                raise ValueError(
+                    f"checkpoint tensor {name!r} " + ("appears twice" if known else "is unknown")
+                )
+            if tuple(tensor.shape) != tuple(slot.shape):
+                raise ValueError(
+                    f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
+                    f"expected {tuple(slot.shape)}"
+                )
+            slot.copy_(tensor)
+        if pending:
+            missing = sorted(pending)
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise ValueError(f"checkpoint lacks tensors: {', '.join(missing[:5])}{more}")
+
+    def _weight_slots(self) -> dict[str, torch.Tensor]:
+        """HF tensor name -> the view of our parameter it fills."""
+        slots = {
+            "model.embed_tokens.weight": self.embed_tokens.weight,
+            "model.norm.weight": self.norm.weight,
+        }
+        if self.lm_head is not None:
+            slots["lm_head.weight"] = self.lm_head.weight
+        for i, layer in enumerate(self.layers):
+            for name, view in layer.weight_slots().items():
+                slots[f"model.layers.{i}.{name}"] = view
+        return slots
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig, device, dtype) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, device, dtype)
+        self.self_attn = Attention(config, device, dtype)
+        self.post_attention_layernorm = RMSNorm(
+            config.hidden_size, config.rms_norm_eps, device, dtype
+        )
+        self.mlp = MLP(config, device, dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def weight_slots(self) -> dict[str, torch.Tensor]:
+        slots = {
+            "input_layernorm.weight": self.input_layernorm.weight,
+            "post_attention_layernorm.weight": self.post_attention_layernorm.weight,
+        }
+        slots.update({f"self_attn.{k}": v for k, v in self.self_attn.weight_slots().items()})
+        slots.update({f"mlp.{k}": v for k, v in self.mlp.weight_slots().items()})
+        return slots
+
+
+class Attention(nn.Module):
+    """GQA self-attention with one fused q/k/v projection."""
+
+    def __init__(self, config: ModelConfig, device, dtype) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.scale = config.head_dim**-0.5
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.qkv_proj = _linear(
+            config.hidden_size, q_size + 2 * kv_size, config.attention_bias, device, dtype
+        )
+        self.o_proj = _linear(q_size, config.hidden_size, config.attention_out_bias, device, dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        num_tokens = x.shape[0]
+        qkv = self.qkv_proj(x).view(num_tokens, self.num_heads + 2 * self.num_kv_heads, -1)
+        qk_heads = self.num_heads + self.num_kv_heads
+        # q and k are rotated together: one set of RoPE ops per layer instead of two
+        qk = apply_rope(qkv[:, :qk_heads], cos, sin)
+        q, k, v = qk[:, : self.num_heads], qk[:, self.num_heads :], qkv[:, qk_heads:]
+        out = attention(q, k, v, k_cache, v_cache, meta, self.scale)
+        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
+
+    def weight_slots(self) -> dict[str, torch.Tensor]:
+        q_size = self.num_heads * self.head_dim
+        kv_size = self.num_kv_heads * self.head_dim
+        parts = {"q_proj": (0, q_size), "k_proj": (q_size, kv_size),
+                 "v_proj": (q_size + kv_size, kv_size)}
+        return {
+            **_fused_slots(self.qkv_proj, parts),
+            **_plain_slots(self.o_proj, "o_proj"),
+        }
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward with one fused gate/up projection."""
+
+    def __init__(self, config: ModelConfig, device, dtype) -> None:
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.gate_up_proj = _linear(
+            config.hidden_size, 2 * config.intermediate_size, config.mlp_bias, device, dtype
+        )
+        self.down_proj = _linear(
+            config.intermediate_size, config.hidden_size, config.mlp_bias, device, dtype
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate_up = self.gate_up_proj(x)
+        gate, up = gate_up[:, : self.intermediate_size], gate_up[:, self.intermediate_size :]
+        return self.down_proj(F.silu(gate).mul_(up))
+
+    def weight_slots(self) -> dict[str, torch.Tensor]:
+        size = self.intermediate_size
+        parts = {"gate_proj": (0, size), "up_proj": (size, size)}
+        return {**_fused_slots(self.gate_up_proj, parts), **_plain_slots(self.down_proj, "down_proj")}
+
+
+def _linear(in_features: int, out_features: int, bias: bool, device, dtype) -> nn.Linear:
+    # skip_init: the weights come from the checkpoint, so random init would be wasted time
+    return nn.utils.skip_init(
+        nn.Linear, in_features, out_features, bias=bias, device=device, dtype=dtype
+    )
+
+
+def _fused_slots(linear: nn.Linear, parts: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
+    slots = {}
+    for name, (start, size) in parts.items():
+        slots[f"{name}.weight"] = linear.weight.narrow(0, start, size)
+        if linear.bias is not None:
+            slots[f"{name}.bias"] = linear.bias.narrow(0, start, size)
+    return slots
+
+
+def _plain_slots(linear: nn.Linear, name: str) -> dict[str, torch.Tensor]:
+    slots = {f"{name}.weight": linear.weight}
+    if linear.bias is not None:
+        slots[f"{name}.bias"] = linear.bias
+    return slots
+

@@ -1,0 +1,44 @@
+"""What the engine reports back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class JobOutput:
+    """Progress of one job after a step: the tokens and text it produced since the last report."""
+
+    job_id: int
+    context_id: int
+    new_token_ids: list[int] = field(default_factory=list)
+    new_text: str = ""
+    token_ids: list[int] = field(default_factory=list)  # all generated so far
+    text: str = ""  # all generated so far (stop strings removed)
+    finished: bool = False
+    finish_reason: str | None = None  # "stop", "length", "abort"
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class CompletionOutput:
+    """A finished plain request."""
+
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters since the engine started, and the pool's state."""
+
+    prompt_tokens: int = 0  # tokens handed to fill/request (what was asked for)
+    prefill_tokens: int = 0  # prompt tokens actually computed
+    cached_tokens: int = 0  # prompt tokens taken from the prefix cache
+    generated_tokens: int = 0
+    preemptions: int = 0
+    steps: int = 0
+    free_blocks: int = 0
+    total_blocks: int = 0

@@ -1,0 +1,234 @@
+"""Builds each step's batch: decodes and chunked prefills under a token budget.
+
+Pure bookkeeping over contexts and the block manager (no tensors). Out of blocks, it evicts
+cached free blocks first (the block manager does that), then swaps out idle contexts, then
+preempts the running context that comes last in priority order; preempted contexts recompute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from server.engine.block_manager import BlockManager
+from server.engine.config import EngineConfig
+from server.engine.context import Context, ContextState, JobKind
+
+
+@dataclass(slots=True)
+class ScheduledContext:
+    ctx: Context
+    num_tokens: int  # tokens computed this step (0: a fill satisfied by the prefix cache)
+    sample: bool  # the chunk ends the context's tokens and its job generates
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledContext] = field(default_factory=list)
+    block_copies: list[tuple[int, int]] = field(default_factory=list)  # (src, dst) before the step
+    preempted: list[Context] = field(default_factory=list)
+    num_cached_tokens: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.scheduled)
+
+
+class Scheduler:
+    """Tracks every context's state and decides what runs in the next step."""
+
+    def __init__(self, config: EngineConfig, block_manager: BlockManager) -> None:
+        self.config = config
+        self.blocks = block_manager
+        self.block_size = block_manager.block_size
+        self.contexts: dict[int, Context] = {}
+        self.waiting: list[Context] = []
+        self.running: list[Context] = []
+        self._clock = 0
+
+    # ---- membership -----------------------------------------------------------------------
+    def add_context(self, ctx: Context) -> None:
+        self.contexts[ctx.id] = ctx
+
+    def fork(self, parent: Context, context_id: int) -> Context:
+        """A new context sharing all of `parent`'s computed blocks (the last one copy-on-write)."""
+        child = Context(
+            context_id,
+            token_ids=list(parent.token_ids),
+            block_table=list(parent.block_table),
+            block_hashes=list(parent.block_hashes),
+            num_computed=parent.num_computed,
+            last_used=self._clock,
+        )
+        for block in child.block_table:
+            self.blocks.incref(block)
+        self.add_context(child)
+        return child
+
+    def remove_context(self, ctx: Context) -> None:
+        """Forget a context and drop its blocks."""
+        self._leave_queues(ctx)
+        self.blocks.free_blocks(ctx.block_table)
+        ctx.block_table, ctx.block_hashes, ctx.num_computed = [], [], 0
+        self.contexts.pop(ctx.id, None)
+
+    def wake(self, ctx: Context) -> None:
+        """A context got a job: queue it unless it is already queued or running."""
+        if ctx.state is ContextState.IDLE and ctx.jobs:
+            ctx.state = ContextState.WAITING
+            self.waiting.append(ctx)
+
+    def sleep(self, ctx: Context) -> None:
+        """A context ran out of jobs: it keeps its blocks but leaves the queues."""
+        if not ctx.jobs:
+            self._leave_queues(ctx)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ---- one step -------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        self._clock += 1
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+
+        queue = sorted(self.running, key=lambda c: c.sort_key)
+        self.running = []
+        while queue:
+            ctx = queue.pop(0)
+            self._match_prefix(ctx, out)
+            n = min(ctx.num_pending, budget)
+            if n == 0 and ctx.num_pending > 0:
+                self.running.append(ctx)  # out of budget: it waits for the next step
+                continue
+            while not self._reserve(ctx, n, out):
+                if queue:
+                    self._preempt(queue.pop(), out)
+                elif not self._swap_out_idle():
+                    self._preempt(ctx, out)
+                    break
+            else:
+                self._schedule(ctx, n, out)
+                self.running.append(ctx)
+                budget -= n
+
+        self.waiting.sort(key=lambda c: c.sort_key)
+        while self.waiting and len(self.running) < self.config.max_num_seqs:
+            ctx = self.waiting[0]
+            before, cached = ctx.num_computed, out.num_cached_tokens
+            self._match_prefix(ctx, out)
+            n = min(ctx.num_pending, budget)
+            if (n == 0 and ctx.num_pending > 0) or not self._reserve(ctx, n, out):
+                # Not admitted: a waiting context must not pin blocks that others need.
+                self.set_num_computed(ctx, before)
+                out.num_cached_tokens = cached
+                if n and self._swap_out_idle():
+                    continue
+                break
+            self.waiting.pop(0)
+            ctx.state = ContextState.RUNNING
+            self.running.append(ctx)
+            self._schedule(ctx, n, out)
+            budget -= n
+        return out
+
+    def set_num_computed(self, ctx: Context, n: int) -> None:
+        """Roll a context back to `n` computed tokens, dropping blocks it no longer needs."""
+        ctx.num_computed = min(ctx.num_computed, n)
+        keep = -(-ctx.num_computed // self.block_size)
+        self.blocks.free_blocks(ctx.block_table[keep:])
+        del ctx.block_table[keep:]
+        del ctx.block_hashes[ctx.num_computed // self.block_size :]
+
+    # ---- helpers --------------------------------------------------------------------------
+    def _schedule(self, ctx: Context, n: int, out: SchedulerOutput) -> None:
+        ctx.last_used = self._clock
+        job = ctx.job
+        sample = (
+            job is not None
+            and job.kind is JobKind.GENERATE
+            and n > 0
+            and ctx.num_computed + n == len(ctx.token_ids)
+        )
+        out.scheduled.append(ScheduledContext(ctx, n, sample))
+
+    def _match_prefix(self, ctx: Context, out: SchedulerOutput) -> None:
+        """Attach cached blocks that hold the context's next pending tokens."""
+        bs = self.block_size
+        full = ctx.num_computed // bs
+        if ctx.num_computed % bs or len(ctx.block_table) != full or len(ctx.block_hashes) != full:
+            return
+        job = ctx.job
+        # A generation needs the logits of its last token, so that token is always computed.
+        limit = len(ctx.token_ids) - (1 if job is not None and job.kind is JobKind.GENERATE else 0)
+        while ctx.num_computed + bs <= limit:
+            tokens = ctx.token_ids[ctx.num_computed : ctx.num_computed + bs]
+            parent = ctx.block_hashes[-1] if ctx.block_hashes else None
+            block = self.blocks.lookup(parent, tokens)
+            if block is None:
+                return
+            self.blocks.incref(block)
+            ctx.block_table.append(block)
+            ctx.block_hashes.append(self.blocks.register(block, parent, tokens))
+            ctx.num_computed += bs
+            out.num_cached_tokens += bs
+
+    def _reserve(self, ctx: Context, n: int, out: SchedulerOutput) -> bool:
+        """Make room for `n` more tokens: new blocks, and a private copy of a shared last block."""
+        bs = self.block_size
+        start, end = ctx.num_computed, ctx.num_computed + n
+        need = max(0, -(-end // bs) - len(ctx.block_table))
+        shared: int | None = None
+        if n and start % bs:
+            last = ctx.block_table[start // bs]
+            if self.blocks.ref_counts[last] > 1:
+                shared = last
+        if not self.blocks.can_allocate(need + (shared is not None)):
+            return False
+        if n and start % bs:
+            idx = start // bs
+            if shared is not None:
+                copy = self.blocks.allocate()
+                out.block_copies.append((shared, copy))
+                self.blocks.decref(shared)
+                ctx.block_table[idx] = copy
+            elif self.blocks.is_cached(ctx.block_table[idx]):
+                # Written in place: its old content must not be found by others any more.
+                self.blocks.unregister(ctx.block_table[idx])
+        for _ in range(need):
+            ctx.block_table.append(self.blocks.allocate())
+        # Blocks that this step fills are findable at once, so a request later in the same
+        # batch reuses them (all K/V of a step are written before any attention reads them).
+        for idx in range(len(ctx.block_hashes), end // bs):
+            parent = ctx.block_hashes[-1] if ctx.block_hashes else None
+            tokens = ctx.token_ids[idx * bs : (idx + 1) * bs]
+            ctx.block_hashes.append(self.blocks.register(ctx.block_table[idx], parent, tokens))
+        return True
+
+    def _preempt(self, ctx: Context, out: SchedulerOutput) -> None:
+        self.blocks.free_blocks(ctx.block_table)
+        ctx.block_table, ctx.block_hashes, ctx.num_computed = [], [], 0
+        if ctx in self.running:
+            self.running.remove(ctx)
+        ctx.state = ContextState.WAITING
+        self.waiting.insert(0, ctx)
+        out.preempted.append(ctx)
+
+    def _swap_out_idle(self) -> bool:
+        """Free the blocks of the least recently used idle context; False if there is none."""
+        idle = [
+            c for c in self.contexts.values() if c.state is ContextState.IDLE and c.block_table
+        ]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.last_used)
+        self.blocks.free_blocks(victim.block_table)
+        victim.block_table, victim.block_hashes, victim.num_computed = [], [], 0
+        return True
+
+    def _leave_queues(self, ctx: Context) -> None:
+        if ctx in self.running:
+            self.running.remove(ctx)
+        if ctx in self.waiting:
+            self.waiting.remove(ctx)
+        ctx.state = ContextState.IDLE

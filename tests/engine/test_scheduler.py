@@ -1,0 +1,200 @@
+"""Batch building, prefix reuse, fork copy-on-write, preemption and swapping. No model: a
+tiny driver advances contexts the way the engine does after a step."""
+
+from server.engine.block_manager import BlockManager
+from server.engine.config import EngineConfig
+from server.engine.context import Context, ContextState, Job, JobKind
+from server.engine.sampling_params import SamplingParams
+from server.engine.scheduler import Scheduler, SchedulerOutput
+
+BS = 4
+
+
+def make(num_blocks=32, budget=64, max_seqs=16, prefix_cache=True):
+    cfg = EngineConfig(block_size=BS, num_kv_blocks=num_blocks, max_num_batched_tokens=budget,
+                       max_num_seqs=max_seqs, enable_prefix_cache=prefix_cache)
+    bm = BlockManager(num_blocks, BS, prefix_cache)
+    return Scheduler(cfg, bm), bm
+
+
+_ids = iter(range(1, 10_000))
+
+
+def new_ctx(sched, tokens, kind=JobKind.GENERATE, priority=0):
+    ctx = Context(next(_ids), token_ids=list(tokens))
+    sched.add_context(ctx)
+    add_job(sched, ctx, kind, priority)
+    return ctx
+
+
+def add_job(sched, ctx, kind, priority=0):
+    job = Job(next(_ids), kind, priority=priority, arrival=next(_ids),
+              sampling=SamplingParams(max_tokens=100, temperature=0) if kind is JobKind.GENERATE else None)
+    ctx.jobs.append(job)
+    sched.wake(ctx)
+    return job
+
+
+def advance(sched: Scheduler, out: SchedulerOutput, token=7):
+    """What the engine does after the model ran: tokens computed, samples appended, fills done."""
+    for s in out.scheduled:
+        s.ctx.num_computed += s.num_tokens
+        if s.sample:
+            s.ctx.token_ids.append(token)
+        job = s.ctx.job
+        if job is not None and job.kind is JobKind.FILL and s.ctx.num_pending == 0:
+            s.ctx.jobs.popleft()
+            sched.sleep(s.ctx)
+
+
+def test_decodes_first_then_chunked_prefill_under_budget():
+    sched, _ = make(budget=10)
+    a = new_ctx(sched, range(3))
+    advance(sched, sched.schedule())  # a prefilled, sampled
+    b = new_ctx(sched, range(100, 125))
+    out = sched.schedule()
+    got = {s.ctx.id: (s.num_tokens, s.sample) for s in out.scheduled}
+    assert got[a.id] == (1, True)  # decode
+    assert got[b.id] == (9, False)  # prefill chunk within the remaining budget
+    assert out.num_tokens == 10
+    advance(sched, out)
+    out = sched.schedule()
+    assert {s.ctx.id: s.num_tokens for s in out.scheduled} == {a.id: 1, b.id: 9}
+
+
+def test_prefix_cache_reuses_full_blocks_and_keeps_last_token_for_generation():
+    sched, bm = make()
+    prompt = list(range(10))  # two full blocks + 2
+    a = new_ctx(sched, prompt, kind=JobKind.FILL)
+    advance(sched, sched.schedule())
+    b = new_ctx(sched, prompt + [99])
+    out = sched.schedule()
+    (sb,) = out.scheduled
+    assert out.num_cached_tokens == 8 and sb.num_tokens == 3 and sb.sample
+    assert b.block_table[:2] == a.block_table[:2]
+    # an exact-multiple prompt for a generation leaves its last token to compute
+    c = new_ctx(sched, prompt[:8])
+    out = sched.schedule()
+    sc = next(s for s in out.scheduled if s.ctx is c)
+    assert out.num_cached_tokens == 4 and sc.num_tokens == 4
+
+
+def test_same_batch_requests_share_blocks_registered_in_that_step():
+    sched, bm = make()
+    prompt = list(range(20, 33))
+    a = new_ctx(sched, prompt)
+    b = new_ctx(sched, prompt)
+    out = sched.schedule()
+    counts = {s.ctx.id: s.num_tokens for s in out.scheduled}
+    assert counts == {a.id: 13, b.id: 1}
+    assert a.block_table[:3] == b.block_table[:3]
+    assert out.num_cached_tokens == 12
+
+
+def test_prefix_cache_off():
+    sched, _ = make(prefix_cache=False)
+    a = new_ctx(sched, range(9))
+    b = new_ctx(sched, range(9))
+    out = sched.schedule()
+    assert out.num_cached_tokens == 0
+    assert set(a.block_table).isdisjoint(b.block_table)
+
+
+def test_fork_shares_blocks_and_copies_partial_last_block_on_write():
+    sched, bm = make()
+    parent = new_ctx(sched, range(6), kind=JobKind.FILL)
+    advance(sched, sched.schedule())
+    assert parent.state is ContextState.IDLE and parent.num_computed == 6
+    child = sched.fork(parent, 1000)
+    assert child.block_table == parent.block_table
+    assert [bm.ref_counts[b] for b in parent.block_table] == [2, 2]
+    child.token_ids.append(42)
+    add_job(sched, child, JobKind.GENERATE)
+    out = sched.schedule()
+    (s,) = out.scheduled
+    assert s.num_tokens == 1
+    assert out.block_copies == [(parent.block_table[1], child.block_table[1])]
+    assert child.block_table[0] == parent.block_table[0]
+    assert bm.ref_counts[parent.block_table[1]] == 1
+    # the parent writes into its own partial block now without a copy
+    parent.token_ids.append(43)
+    add_job(sched, parent, JobKind.FILL)
+    out = sched.schedule()
+    assert out.block_copies == []
+
+
+def test_full_blocks_from_fork_are_not_copied():
+    sched, bm = make()
+    parent = new_ctx(sched, range(8), kind=JobKind.FILL)
+    advance(sched, sched.schedule())
+    child = sched.fork(parent, 2000)
+    child.token_ids.extend([1, 2, 3])
+    add_job(sched, child, JobKind.GENERATE)
+    out = sched.schedule()
+    assert out.block_copies == []
+    assert child.block_table[:2] == parent.block_table
+    assert len(child.block_table) == 3
+
+
+def test_preempts_lowest_priority_when_blocks_run_out_and_recomputes_later():
+    sched, bm = make(num_blocks=6, budget=64)
+    hi = new_ctx(sched, range(8), priority=0)  # 2 blocks
+    lo = new_ctx(sched, range(50, 58), priority=1)  # 2 blocks
+    advance(sched, sched.schedule())
+    for _ in range(8):  # both decode; hi's growth eventually needs lo's blocks
+        out = sched.schedule()
+        advance(sched, out)
+        if out.preempted:
+            break
+    assert out.preempted == [lo]
+    assert lo.state is ContextState.WAITING and lo.num_computed == 0 and lo.block_table == []
+    assert bm.num_free_blocks + sum(len(set(c.block_table)) for c in (hi,)) == 6
+    assert len(lo.token_ids) > 8  # what it generated is kept and will be recomputed
+    assert hi in sched.running
+
+
+def test_swaps_out_idle_context_before_preempting():
+    sched, bm = make(num_blocks=4)
+    idle = new_ctx(sched, range(12), kind=JobKind.FILL)  # 3 blocks, then idle
+    advance(sched, sched.schedule())
+    assert idle.state is ContextState.IDLE and len(idle.block_table) == 3
+    busy = new_ctx(sched, range(100, 108))
+    out = sched.schedule()
+    assert [s.ctx for s in out.scheduled] == [busy]
+    assert idle.block_table == [] and idle.num_computed == 0
+
+
+def test_max_num_seqs_caps_running():
+    sched, _ = make(max_seqs=2)
+    ctxs = [new_ctx(sched, range(i * 10, i * 10 + 3)) for i in range(3)]
+    out = sched.schedule()
+    assert [s.ctx for s in out.scheduled] == ctxs[:2]
+
+
+def test_priority_orders_admission():
+    sched, _ = make(budget=4)
+    lo = new_ctx(sched, range(4), priority=5)
+    hi = new_ctx(sched, range(10, 14), priority=0)
+    out = sched.schedule()
+    assert [s.ctx for s in out.scheduled] == [hi]
+    assert lo.state is ContextState.WAITING
+
+
+def test_fill_entirely_cached_completes_without_compute():
+    sched, _ = make()
+    a = new_ctx(sched, range(8), kind=JobKind.FILL)
+    advance(sched, sched.schedule())
+    b = new_ctx(sched, range(8), kind=JobKind.FILL)
+    out = sched.schedule()
+    (s,) = out.scheduled
+    assert s.ctx is b and s.num_tokens == 0 and b.num_computed == 8
+    assert b.block_table == a.block_table
+
+
+def test_rollback_frees_blocks_and_hashes():
+    sched, bm = make()
+    a = new_ctx(sched, range(9), kind=JobKind.FILL)
+    advance(sched, sched.schedule())
+    assert len(a.block_table) == 3 and len(a.block_hashes) == 2
+    sched.set_num_computed(a, 7)
+    assert len(a.block_table) == 2 and len(a.block_hashes) == 1
