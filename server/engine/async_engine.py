@@ -72,7 +72,9 @@ class AsyncLLMEngine:
         self, context_id: int, sampling: SamplingParams, priority: int = 0
     ) -> AsyncIterator[JobOutput]:
         """Sample onto the context, yielding progress; leaving early aborts the job."""
-        async for out in self._job(lambda: self.engine.add_generate(context_id, sampling, priority)):
+        async for out in self._job(
+            lambda: self.engine.add_generate(context_id, sampling, priority)
+        ):
             self._lengths[context_id] = self._lengths.get(context_id, 0) + len(out.new_token_ids)
             yield out
 

@@ -26,6 +26,7 @@ class Job:
     arrival: int = 0
     sampling: SamplingParams | None = None
     free_on_finish: bool = False
+    fill_token_ids: list[int] = field(default_factory=list)  # appended when the fill starts
     # generation state
     output_token_ids: list[int] = field(default_factory=list)
     text: str = ""
@@ -78,3 +79,23 @@ class Context:
     def sort_key(self) -> tuple[int, int]:
         job = self.job
         return job.sort_key if job is not None else (0, 0)
+
+    @property
+    def sampling_job(self) -> Job | None:
+        """The generation that samples once the pending tokens are computed: the head job, or
+        the one right after a head fill (so a fill then generate needs no recomputation)."""
+        if not self.jobs:
+            return None
+        head = self.jobs[0]
+        if head.kind is JobKind.GENERATE:
+            return head
+        if len(self.jobs) > 1 and self.jobs[1].kind is JobKind.GENERATE:
+            return self.jobs[1]
+        return None
+
+    @property
+    def queued_len(self) -> int:
+        """Tokens the context will hold once its queued fills have started."""
+        return len(self.token_ids) + sum(
+            len(j.fill_token_ids) for j in list(self.jobs)[1:] if j.kind is JobKind.FILL
+        )

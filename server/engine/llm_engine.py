@@ -45,11 +45,16 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.model_config = model_config
         self.device = torch.device(device)
+        self.max_model_len = min(
+            self.config.max_model_len or model_config.max_position_embeddings,
+            model_config.max_position_embeddings,
+        )
         self.runner = ModelRunner(
             model,
             model_config.num_layers,
             model_config.num_kv_heads,
             model_config.head_dim,
+            self.max_model_len,
             self.config,
             self.device,
             dtype,
@@ -58,10 +63,6 @@ class LLMEngine:
             self.runner.num_blocks, self.config.block_size, self.config.enable_prefix_cache
         )
         self.scheduler = Scheduler(self.config, self.blocks)
-        self.max_model_len = min(
-            self.config.max_model_len or model_config.max_position_embeddings,
-            model_config.max_position_embeddings,
-        )
         self.eos_token_ids = frozenset(tokenizer.eos_token_ids)
         self._stats = EngineStats(total_blocks=self.runner.num_blocks)
         self._context_ids = itertools.count(1)
@@ -111,8 +112,10 @@ class LLMEngine:
     def fill(self, context_id: int, token_ids: Sequence[int], priority: int = 0) -> int:
         """Append tokens to a context and compute their KV; returns the job id."""
         ctx = self._context(context_id)
-        self._append_prompt(ctx, token_ids)
-        return self._add_job(ctx, Job(next(self._job_ids), JobKind.FILL, priority))
+        tokens = self._checked_tokens(ctx, token_ids)
+        self._stats.prompt_tokens += len(tokens)
+        job = Job(next(self._job_ids), JobKind.FILL, priority, fill_token_ids=tokens)
+        return self._add_job(ctx, job)
 
     def add_generate(
         self,
@@ -123,14 +126,17 @@ class LLMEngine:
     ) -> int:
         """Sample tokens onto the end of a context; returns the job id."""
         ctx = self._context(context_id)
-        if not ctx.token_ids and not ctx.jobs:
+        length = ctx.queued_len + sum(
+            j.sampling.max_tokens for j in ctx.jobs if j.sampling is not None
+        )
+        if length == 0:
             raise ValueError(f"context {context_id} is empty: fill it before generating")
-        if len(ctx.token_ids) >= self.max_model_len:
+        if length >= self.max_model_len:
             raise ValueError(
-                f"context {context_id} already holds {len(ctx.token_ids)} tokens, "
+                f"context {context_id} will hold up to {length} tokens, "
                 f"max_model_len is {self.max_model_len}"
             )
-        worst = len(ctx.token_ids) + sampling.max_tokens
+        worst = length + sampling.max_tokens
         if -(-min(worst, self.max_model_len) // self.config.block_size) > self.blocks.num_blocks:
             raise ValueError(
                 f"context {context_id} may need {worst} tokens of KV, more than the whole pool "
@@ -148,7 +154,9 @@ class LLMEngine:
         if ctx.jobs:
             raise ValueError(f"context {context_id} has jobs running; truncate it when idle")
         if not 0 <= num_tokens <= len(ctx.token_ids):
-            raise ValueError(f"cannot truncate context {context_id} of {len(ctx.token_ids)} tokens to {num_tokens}")
+            raise ValueError(
+                f"cannot truncate context {context_id} of {len(ctx.token_ids)} tokens to {num_tokens}"
+            )
         del ctx.token_ids[num_tokens:]
         self.scheduler.set_num_computed(ctx, num_tokens)
 
@@ -182,7 +190,9 @@ class LLMEngine:
         return list(self._context(context_id).token_ids)
 
     # ---- plain requests -------------------------------------------------------------------
-    def add_request(self, prompt: str | Sequence[int], sampling: SamplingParams, priority: int = 0) -> int:
+    def add_request(
+        self, prompt: str | Sequence[int], sampling: SamplingParams, priority: int = 0
+    ) -> int:
         """A one-shot request: a fresh context, the prompt, a generation; freed when done."""
         token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not token_ids:
@@ -206,7 +216,9 @@ class LLMEngine:
         if isinstance(sampling_params, SamplingParams):
             sampling_params = [sampling_params] * len(prompts)
         prompt_ids = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
-        job_ids = [self.add_request(ids, sp) for ids, sp in zip(prompt_ids, sampling_params, strict=True)]
+        job_ids = [
+            self.add_request(ids, sp) for ids, sp in zip(prompt_ids, sampling_params, strict=True)
+        ]
         results: dict[int, JobOutput] = {}
         while len(results) < len(job_ids):
             for out in self.step():
@@ -258,17 +270,22 @@ class LLMEngine:
         return ctx
 
     def _append_prompt(self, ctx: Context, token_ids: Sequence[int]) -> None:
+        tokens = self._checked_tokens(ctx, token_ids)
+        ctx.token_ids.extend(tokens)
+        self._stats.prompt_tokens += len(tokens)
+
+    def _checked_tokens(self, ctx: Context, token_ids: Sequence[int]) -> list[int]:
+        tokens = [int(t) for t in token_ids]
         vocab = self.model_config.vocab_size
-        bad = next((t for t in token_ids if not 0 <= t < vocab), None)
+        bad = next((t for t in tokens if not 0 <= t < vocab), None)
         if bad is not None:
             raise ValueError(f"token id {bad} is outside the vocabulary (size {vocab})")
-        if len(ctx.token_ids) + len(token_ids) > self.max_model_len:
+        if ctx.queued_len + len(tokens) > self.max_model_len:
             raise ValueError(
-                f"context {ctx.id} would hold {len(ctx.token_ids) + len(token_ids)} tokens, "
+                f"context {ctx.id} would hold {ctx.queued_len + len(tokens)} tokens, "
                 f"more than max_model_len {self.max_model_len}"
             )
-        ctx.token_ids.extend(token_ids)
-        self._stats.prompt_tokens += len(token_ids)
+        return tokens
 
     def _add_job(self, ctx: Context, job: Job) -> int:
         job.arrival = next(self._arrivals)
@@ -280,32 +297,39 @@ class LLMEngine:
         return job.id
 
     def _activate(self, ctx: Context) -> None:
-        """Prepare the head job: a generation needs its last token's logits, so recompute it."""
+        """Start the head job: a fill appends its tokens; a generation needs the logits of the
+        last token, so with nothing pending that token is computed again."""
         job = ctx.job
-        if job is not None and job.kind is JobKind.GENERATE and ctx.num_pending == 0:
+        if job is None:
+            return
+        if job.kind is JobKind.FILL:
+            ctx.token_ids.extend(job.fill_token_ids)
+        elif ctx.num_pending == 0:
             self.scheduler.set_num_computed(ctx, len(ctx.token_ids) - 1)
 
     def _postprocess(self, batch: SchedulerOutput, logits: torch.Tensor | None) -> None:
         sampling_rows = [s for s in batch.scheduled if s.sample]
+        jobs = [s.ctx.sampling_job for s in sampling_rows]
         tokens: list[int] = []
         if sampling_rows and logits is not None:
-            jobs = [s.ctx.job for s in sampling_rows]
             tokens = sample(logits, [j.sampling for j in jobs], [j.generator for j in jobs])
         for s in batch.scheduled:
             ctx, job = s.ctx, s.ctx.job
             decode = 0
             if job is not None and job.kind is JobKind.GENERATE and job.output_token_ids:
                 first_output = len(ctx.token_ids) - len(job.output_token_ids)
-                decode = max(0, ctx.num_computed + s.num_tokens - max(first_output, ctx.num_computed))
+                end = ctx.num_computed + s.num_tokens
+                decode = max(0, end - max(first_output, ctx.num_computed))
             self._stats.prefill_tokens += s.num_tokens - decode
             ctx.num_computed += s.num_tokens
-        for s, token in zip(sampling_rows, tokens, strict=False):
-            self._append_token(s.ctx, s.ctx.job, token)
         for s in batch.scheduled:
             ctx, job = s.ctx, s.ctx.job
             if job is not None and job.kind is JobKind.FILL and ctx.num_pending == 0:
                 job.finish_reason = "stop"
-                self._finish_job(ctx, job, [], "")
+                # With a sample in hand, the generation that follows starts from it.
+                self._finish_job(ctx, job, [], "", activate_next=not s.sample)
+        for s, job, token in zip(sampling_rows, jobs, tokens, strict=False):
+            self._append_token(s.ctx, job, token)
 
     def _append_token(self, ctx: Context, job: Job, token: int) -> None:
         sp = job.sampling
@@ -341,7 +365,14 @@ class LLMEngine:
         else:
             self._pending_outputs.append(self._output(job, ctx, [token], new_text))
 
-    def _finish_job(self, ctx: Context, job: Job, new_tokens: list[int], new_text: str) -> None:
+    def _finish_job(
+        self,
+        ctx: Context,
+        job: Job,
+        new_tokens: list[int],
+        new_text: str,
+        activate_next: bool = True,
+    ) -> None:
         self._pending_outputs.append(self._output(job, ctx, new_tokens, new_text))
         self._jobs.pop(job.id, None)
         if job in ctx.jobs:
@@ -349,10 +380,10 @@ class LLMEngine:
         if job.free_on_finish:
             self.free(ctx.id)
             return
-        if ctx.jobs:
-            self._activate(ctx)
-        else:
+        if not ctx.jobs:
             self.scheduler.sleep(ctx)
+        elif activate_next or ctx.job.kind is JobKind.FILL:
+            self._activate(ctx)
 
     def _fail_unschedulable(self) -> None:
         ctx = self.scheduler.waiting[0]

@@ -18,6 +18,7 @@ class ModelRunner:
         num_layers: int,
         num_kv_heads: int,
         head_dim: int,
+        max_model_len: int,
         config: EngineConfig,
         device: torch.device,
         dtype: torch.dtype,
@@ -29,12 +30,16 @@ class ModelRunner:
         self.block_size = config.block_size
         bytes_per_block = 2 * num_layers * config.block_size * num_kv_heads * head_dim
         bytes_per_block *= torch.finfo(dtype).bits // 8
-        self.num_blocks = config.num_kv_blocks or max(
-            2, int(config.kv_cache_gb * (1 << 30)) // bytes_per_block
-        )
+        # Sized by memory, but never beyond what max_num_seqs full-length sequences could use.
+        by_memory = int(config.kv_cache_gb * (1 << 30)) // bytes_per_block
+        by_use = -(-max_model_len * config.max_num_seqs // config.block_size)
+        self.num_blocks = config.num_kv_blocks or max(2, min(by_memory, by_use))
         shape = (self.num_blocks, config.block_size, num_kv_heads, head_dim)
         self.kv_caches = [
-            (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            (
+                torch.zeros(shape, dtype=dtype, device=device),
+                torch.zeros(shape, dtype=dtype, device=device),
+            )
             for _ in range(num_layers)
         ]
 
@@ -64,7 +69,12 @@ class ModelRunner:
             if s.sample:
                 last_rows.append(len(input_ids) - 1)
         meta = build_attention_metadata(
-            query_lens, seq_lens, tables, self.block_size, self.device, cascade=self.config.enable_cascade
+            query_lens,
+            seq_lens,
+            tables,
+            self.block_size,
+            self.device,
+            cascade=self.config.enable_cascade,
         )
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from server.engine.block_manager import BlockManager
 from server.engine.config import EngineConfig
-from server.engine.context import Context, ContextState, JobKind
+from server.engine.context import Context, ContextState
 
 
 @dataclass(slots=True)
@@ -143,12 +143,8 @@ class Scheduler:
     # ---- helpers --------------------------------------------------------------------------
     def _schedule(self, ctx: Context, n: int, out: SchedulerOutput) -> None:
         ctx.last_used = self._clock
-        job = ctx.job
         sample = (
-            job is not None
-            and job.kind is JobKind.GENERATE
-            and n > 0
-            and ctx.num_computed + n == len(ctx.token_ids)
+            ctx.sampling_job is not None and n > 0 and ctx.num_computed + n == len(ctx.token_ids)
         )
         out.scheduled.append(ScheduledContext(ctx, n, sample))
 
@@ -158,9 +154,8 @@ class Scheduler:
         full = ctx.num_computed // bs
         if ctx.num_computed % bs or len(ctx.block_table) != full or len(ctx.block_hashes) != full:
             return
-        job = ctx.job
-        # A generation needs the logits of its last token, so that token is always computed.
-        limit = len(ctx.token_ids) - (1 if job is not None and job.kind is JobKind.GENERATE else 0)
+        # A generation needs the logits of the last token, so that token is always computed.
+        limit = len(ctx.token_ids) - (1 if ctx.sampling_job is not None else 0)
         while ctx.num_computed + bs <= limit:
             tokens = ctx.token_ids[ctx.num_computed : ctx.num_computed + bs]
             parent = ctx.block_hashes[-1] if ctx.block_hashes else None
@@ -216,9 +211,7 @@ class Scheduler:
 
     def _swap_out_idle(self) -> bool:
         """Free the blocks of the least recently used idle context; False if there is none."""
-        idle = [
-            c for c in self.contexts.values() if c.state is ContextState.IDLE and c.block_table
-        ]
+        idle = [c for c in self.contexts.values() if c.state is ContextState.IDLE and c.block_table]
         if not idle:
             return False
         victim = min(idle, key=lambda c: c.last_used)

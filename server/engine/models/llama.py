@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from server.engine.models.config import ModelConfig
+from server.engine.models.linear import Linear
 from server.engine.models.rms_norm import RMSNorm
 from server.engine.models.rope import RotaryEmbedding, apply_rope
 from server.kernels import AttentionMetadata, attention
@@ -33,14 +34,14 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         dtype = dtype or torch.get_default_dtype()
-        self.embed_tokens = nn.utils.skip_init(
-            nn.Embedding, config.vocab_size, config.hidden_size, device=device, dtype=dtype
+        self.embed_tokens = nn.Parameter(
+            torch.empty(config.vocab_size, config.hidden_size, device=device, dtype=dtype)
         )
         self.layers = nn.ModuleList(
             DecoderLayer(config, device, dtype) for _ in range(config.num_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, device, dtype)
-        self.lm_head: nn.Linear | None = None
+        self.lm_head: Linear | None = None
         if not config.tie_word_embeddings:
             self.lm_head = _linear(config.hidden_size, config.vocab_size, False, device, dtype)
         self.rope = RotaryEmbedding(
@@ -62,14 +63,14 @@ class LlamaForCausalLM(nn.Module):
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} layer KV caches, got {len(kv_caches)}")
         cos, sin = self.rope.lookup(positions)
-        hidden = self.embed_tokens(input_ids)
+        hidden = F.embedding(input_ids, self.embed_tokens)
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
             hidden = layer(hidden, cos, sin, k_cache, v_cache, meta)
         return self.norm(hidden)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits [N, vocab] for hidden states [N, H] (pick the rows you need first)."""
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        weight = self.embed_tokens if self.lm_head is None else self.lm_head.weight
         return F.linear(hidden, weight).float()
 
     @torch.no_grad()
@@ -105,7 +106,7 @@ class LlamaForCausalLM(nn.Module):
     def _weight_slots(self) -> dict[str, torch.Tensor]:
         """HF tensor name -> the view of our parameter it fills."""
         slots = {
-            "model.embed_tokens.weight": self.embed_tokens.weight,
+            "model.embed_tokens.weight": self.embed_tokens,
             "model.norm.weight": self.norm.weight,
         }
         if self.lm_head is not None:
@@ -217,14 +218,11 @@ class MLP(nn.Module):
         return {**_fused_slots(self.gate_up_proj, parts), **_plain_slots(self.down_proj, "down_proj")}
 
 
-def _linear(in_features: int, out_features: int, bias: bool, device, dtype) -> nn.Linear:
-    # skip_init: the weights come from the checkpoint, so random init would be wasted time
-    return nn.utils.skip_init(
-        nn.Linear, in_features, out_features, bias=bias, device=device, dtype=dtype
-    )
+def _linear(in_features: int, out_features: int, bias: bool, device, dtype) -> Linear:
+    return Linear(in_features, out_features, bias, device, dtype)
 
 
-def _fused_slots(linear: nn.Linear, parts: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
+def _fused_slots(linear: Linear, parts: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
     slots = {}
     for name, (start, size) in parts.items():
         slots[f"{name}.weight"] = linear.weight.narrow(0, start, size)
@@ -233,7 +231,7 @@ def _fused_slots(linear: nn.Linear, parts: dict[str, tuple[int, int]]) -> dict[s
     return slots
 
 
-def _plain_slots(linear: nn.Linear, name: str) -> dict[str, torch.Tensor]:
+def _plain_slots(linear: Linear, name: str) -> dict[str, torch.Tensor]:
     slots = {f"{name}.weight": linear.weight}
     if linear.bias is not None:
         slots[f"{name}.bias"] = linear.bias

@@ -1,0 +1,190 @@
+"""Load a model and its tokenizer from a registered name, an HF folder or a GGUF file.
+
+GGUF files are converted once with transformers' GGUF reader (which dequantizes the weights)
+into an HF safetensors folder under a cache directory, so later starts only read safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from server.engine.models import LlamaForCausalLM, ModelConfig
+from server.engine.registry import embedded_model, registered_names
+from server.engine.tokenizer import Tokenizer
+
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "parrot" / "models"
+_SOURCE_STAMP = "parrot_source.json"  # in a converted folder: which GGUF it came from
+
+# Used when a GGUF carries no chat template: the ChatML layout SmolLM2 and Qwen2 use.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass
+class LoadedModel:
+    """A ready model: `path` is the HF folder its weights were read from (for a GGUF, the
+    converted copy, which transformers can load too)."""
+
+    model: LlamaForCausalLM
+    tokenizer: Tokenizer
+    config: ModelConfig
+    name: str
+    path: Path
+
+
+def load_model(
+    name_or_path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    cache_dir: str | Path | None = None,
+) -> LoadedModel:
+    """Load a registered name (`smollm2-135m-instruct`), an HF folder (config.json +
+    *.safetensors) or a .gguf file. dtype None: float32 on CPU, bfloat16 on CUDA.
+    GGUF conversions are cached in `<cache_dir>/<name>` (cache_dir defaults to
+    ~/.cache/parrot/models)."""
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else DEFAULT_CACHE_DIR
+    name, folder = resolve_model_folder(name_or_path, cache_root)
+    config = ModelConfig.from_hf(_read_config(folder), source=str(folder / "config.json"))
+    model = LlamaForCausalLM(config, device=device, dtype=dtype)
+    model.load_weights(_safetensors_weights(folder))
+    model.eval()
+    tokenizer = Tokenizer.from_folder(folder, extra_eos_token_ids=config.eos_token_ids)
+    return LoadedModel(model, tokenizer, config, name, folder)
+
+
+def resolve_model_folder(name_or_path: str | Path, cache_root: Path) -> tuple[str, Path]:
+    """(display name, HF folder) for a registered name, a folder or a .gguf file; converts a
+    GGUF into the cache on first use."""
+    embedded = embedded_model(str(name_or_path))
+    if embedded is not None:
+        return embedded.name, convert_gguf(embedded.path(), cache_root / embedded.name)
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path.stem, convert_gguf(path, cache_root / path.stem)
+    if path.is_dir():
+        return path.name, path
+    if path.exists():
+        raise ValueError(f"{path}: expected a model folder or a .gguf file")
+    raise ValueError(
+        f"no model named {str(name_or_path)!r}: not a registered name "
+        f"({', '.join(registered_names())}) nor an existing folder or .gguf file"
+    )
+
+
+def convert_gguf(gguf_path: Path, folder: Path) -> Path:
+    """The HF folder converted from `gguf_path`, creating it (atomically) if it is missing or
+    was made from a different file."""
+    stamp = _gguf_stamp(gguf_path)
+    if _read_stamp(folder) == stamp:
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        _write_hf_folder(gguf_path, tmp)
+        (tmp / _SOURCE_STAMP).write_text(json.dumps(stamp, indent=2))
+        if folder.exists():  # stale conversion: move it aside, then swap
+            stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.stale.", dir=folder.parent))
+            os.replace(folder, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if _read_stamp(folder) != stamp:  # lost a race only if the winner matches
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _write_hf_folder(gguf_path: Path, out: Path) -> None:
+    """Dequantize a GGUF with transformers and save config, weights and tokenizer as HF files."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src_dir, src_file = str(gguf_path.parent), gguf_path.name
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            src_dir, gguf_file=src_file, dtype=torch.float32, local_files_only=True
+        )
+        hf_tokenizer = AutoTokenizer.from_pretrained(
+            src_dir, gguf_file=src_file, local_files_only=True
+        )
+    except Exception as e:
+        raise ValueError(f"{gguf_path}: transformers cannot load this GGUF ({e})") from e
+    config = hf_model.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
+        config.pop(key, None)
+    config["architectures"] = [type(hf_model).__name__]
+    config["dtype"] = "float32"
+    ModelConfig.from_hf(config, source=f"{gguf_path} (converted config)")  # fail before saving
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    state = hf_model.state_dict()
+    if config.get("tie_word_embeddings"):
+        state.pop("lm_head.weight", None)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    if not hf_tokenizer.chat_template:
+        hf_tokenizer.chat_template = CHATML_TEMPLATE
+    hf_tokenizer.save_pretrained(str(out))
+
+
+def _gguf_stamp(path: Path) -> dict[str, Any]:
+    info = path.stat()
+    return {"gguf": str(path.resolve()), "size": info.st_size, "mtime_ns": info.st_mtime_ns}
+
+
+def _read_stamp(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / _SOURCE_STAMP).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{folder}: missing config.json (not a Hugging Face model folder)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from e
+
+
+def _safetensors_weights(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Stream (name, tensor) pairs from the folder's safetensors shards, one at a time so a
+    large model never needs a second full copy in memory."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{index}: not a safetensors index ({e})") from e
+        files = sorted({folder / f for f in weight_map.values()})
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ValueError(f"{index}: lists missing shard(s) {', '.join(missing)}")
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{folder}: no *.safetensors weights")
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                yield key, f.get_tensor(key)

@@ -1,0 +1,227 @@
+"""The engine against transformers: greedy outputs token for token in one continuous batch,
+with preemption, the prefix cache and forked contexts; sampling and stop rules."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from server.engine import LLMEngine, SamplingParams
+from tests.engine.reference import greedy_reference, load_reference
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+
+
+def random_prompts(n: int, vocab: int, seed: int, lo: int = 3, hi: int = 70) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(3, vocab) for _ in range(rng.randint(lo, hi))] for _ in range(n)]
+
+
+@pytest.fixture(scope="module", params=["llama", "mistral", "qwen2"])
+def arch_path(request, tiny_llama_path, tiny_mistral_path, tiny_qwen2_path):
+    return {"llama": tiny_llama_path, "mistral": tiny_mistral_path, "qwen2": tiny_qwen2_path}[
+        request.param
+    ]
+
+
+def check_against_reference(engine: LLMEngine, ref, prompts: list[list[int]], sp=GREEDY) -> None:
+    outs = engine.generate(prompts, sp)
+    for prompt, out in zip(prompts, outs, strict=False):
+        assert out.token_ids == greedy_reference(ref, prompt, sp.max_tokens), (
+            f"prompt of {len(prompt)}"
+        )
+
+
+def test_continuous_batch_matches_transformers(arch_path):
+    engine = LLMEngine.from_pretrained(arch_path, block_size=8, max_num_batched_tokens=96)
+    ref = load_reference(arch_path)
+    prompts = random_prompts(16, engine.model_config.vocab_size, seed=1)
+    check_against_reference(engine, ref, prompts)
+    assert engine.stats.steps > 2  # chunked: the budget cannot take all prompts at once
+    assert engine.stats.free_blocks == engine.stats.total_blocks  # every block came back
+
+
+def test_preemption_keeps_outputs_exact(tiny_llama_path):
+    engine = LLMEngine.from_pretrained(
+        tiny_llama_path,
+        block_size=4,
+        num_kv_blocks=40,
+        max_num_batched_tokens=64,
+        enable_prefix_cache=False,
+    )
+    ref = load_reference(tiny_llama_path)
+    prompts = random_prompts(16, engine.model_config.vocab_size, seed=2, lo=5, hi=40)
+    check_against_reference(engine, ref, prompts)
+    assert engine.stats.preemptions > 0
+    assert engine.blocks.num_free_blocks == 40
+
+
+def test_prefix_cache_hits_keep_outputs_exact(tiny_qwen2_path):
+    engine = LLMEngine.from_pretrained(tiny_qwen2_path, block_size=4, max_num_batched_tokens=256)
+    ref = load_reference(tiny_qwen2_path)
+    vocab = engine.model_config.vocab_size
+    shared = random_prompts(1, vocab, seed=3, lo=37, hi=37)[0]
+    tails = random_prompts(16, vocab, seed=4, lo=1, hi=12)
+    prompts = [shared + t for t in tails]
+    check_against_reference(engine, ref, prompts[:1])  # warms the cache
+    before = engine.stats.cached_tokens
+    check_against_reference(engine, ref, prompts[1:])
+    assert engine.stats.cached_tokens - before >= 15 * 36
+
+
+def test_forked_contexts_match_transformers(tiny_llama_path):
+    engine = LLMEngine.from_pretrained(tiny_llama_path, block_size=8)
+    ref = load_reference(tiny_llama_path)
+    vocab = engine.model_config.vocab_size
+    doc = random_prompts(1, vocab, seed=5, lo=29, hi=29)[0]  # partial last block: copy-on-write
+    parent = engine.create_context()
+    engine.fill(parent, doc)
+    engine.run_until_idle()
+    computed = engine.stats.prefill_tokens
+    tails = random_prompts(16, vocab, seed=6, lo=0, hi=9)
+    jobs = {}
+    for tail in tails:
+        child = engine.create_context(parent=parent)
+        if tail:
+            engine.fill(child, tail)
+        jobs[engine.add_generate(child, GREEDY)] = tail
+    outs = {o.job_id: o for o in engine.run_until_idle() if o.finished and o.job_id in jobs}
+    for job_id, tail in jobs.items():
+        assert outs[job_id].token_ids == greedy_reference(ref, doc + tail, GREEDY.max_tokens)
+    # the document was computed once; children computed only their tails (+1 token when empty)
+    assert engine.stats.prefill_tokens - computed == sum(max(len(t), 1) for t in tails)
+    # the parent is intact: a generation on it equals the reference too
+    job = engine.add_generate(parent, GREEDY)
+    (out,) = [o for o in engine.run_until_idle() if o.job_id == job and o.finished]
+    assert out.token_ids == greedy_reference(ref, doc, GREEDY.max_tokens)
+
+
+def test_context_fill_generate_fill_generate(tiny_llama_path):
+    engine = LLMEngine.from_pretrained(tiny_llama_path, block_size=4)
+    ref = load_reference(tiny_llama_path)
+    a, b = random_prompts(2, engine.model_config.vocab_size, seed=7, lo=6, hi=9)
+    ctx = engine.create_context()
+    engine.fill(ctx, a)
+    j1 = engine.add_generate(ctx, SamplingParams(max_tokens=5, temperature=0, ignore_eos=True))
+    engine.fill(ctx, b)
+    j2 = engine.add_generate(ctx, SamplingParams(max_tokens=5, temperature=0, ignore_eos=True))
+    outs = {o.job_id: o for o in engine.run_until_idle() if o.finished}
+    first = greedy_reference(ref, a, 5)
+    assert outs[j1].token_ids == first
+    assert outs[j2].token_ids == greedy_reference(ref, a + first + b, 5)
+    assert engine.context_token_ids(ctx) == a + first + b + outs[j2].token_ids
+    engine.truncate(ctx, len(a))
+    j3 = engine.add_generate(ctx, SamplingParams(max_tokens=5, temperature=0, ignore_eos=True))
+    (o3,) = [o for o in engine.run_until_idle() if o.job_id == j3 and o.finished]
+    assert o3.token_ids == first
+    engine.free(ctx)
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+def test_seeded_sampling_is_reproducible_whatever_the_batch(tiny_llama_path):
+    engine = LLMEngine.from_pretrained(tiny_llama_path)
+    prompt = random_prompts(1, engine.model_config.vocab_size, seed=8)[0]
+    sp = SamplingParams(
+        max_tokens=10, temperature=1.0, top_p=0.9, top_k=50, seed=123, ignore_eos=True
+    )
+    alone = engine.generate([prompt], sp)[0].token_ids
+    crowd = engine.generate(
+        [prompt] + random_prompts(5, 300, seed=9),
+        [sp] + [SamplingParams(max_tokens=10, temperature=1.0, ignore_eos=True)] * 5,
+    )
+    assert crowd[0].token_ids == alone
+    other = engine.generate(
+        [prompt], SamplingParams(max_tokens=10, temperature=1.0, seed=124, ignore_eos=True)
+    )
+    assert other[0].token_ids != alone
+    top1 = engine.generate(
+        [prompt], SamplingParams(max_tokens=10, temperature=0.7, top_k=1, ignore_eos=True)
+    )
+    assert top1[0].token_ids == engine.generate([prompt], GREEDY)[0].token_ids[:10]
+
+
+def test_stop_rules(tiny_llama_path):
+    engine = LLMEngine.from_pretrained(tiny_llama_path)
+    prompt = random_prompts(1, engine.model_config.vocab_size, seed=10)[0]
+    full = engine.generate([prompt], SamplingParams(max_tokens=20, temperature=0, ignore_eos=True))[
+        0
+    ]
+    assert full.finish_reason == "length" and len(full.token_ids) == 20
+    # a stop token id ends generation (the token is reported, as the finish cause)
+    stop_tok = full.token_ids[5]
+    first = full.token_ids.index(stop_tok)
+    out = engine.generate(
+        [prompt], SamplingParams(max_tokens=20, temperature=0, stop_token_ids=[stop_tok])
+    )[0]
+    assert out.token_ids == full.token_ids[: first + 1] and out.finish_reason == "stop"
+    # a stop string is cut from the text
+    text = full.text
+    needle = text[len(text) // 2 : len(text) // 2 + 3]
+    if needle.strip():
+        out = engine.generate(
+            [prompt], SamplingParams(max_tokens=20, temperature=0, stop=[needle], ignore_eos=True)
+        )[0]
+        assert out.finish_reason == "stop"
+        assert out.text == text[: text.index(needle)]
+
+
+def test_bad_requests_raise_clear_errors(tiny_llama_path):
+    engine = LLMEngine.from_pretrained(tiny_llama_path, num_kv_blocks=4, block_size=4)
+    vocab = engine.model_config.vocab_size
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.add_request([vocab + 5], GREEDY)
+    with pytest.raises(ValueError, match="more than the whole pool"):
+        engine.add_request(list(range(3, 30)), GREEDY)
+    with pytest.raises(ValueError, match="empty"):
+        engine.add_request([], GREEDY)
+    with pytest.raises(ValueError):
+        SamplingParams(max_tokens=0)
+    # nothing leaked, and the engine still serves
+    assert engine.blocks.num_free_blocks == 4
+    assert (
+        len(engine.generate([[5, 6, 7]], SamplingParams(max_tokens=3, temperature=0))[0].token_ids)
+        >= 1
+    )
+
+
+async def test_async_engine_streams_tokens(tiny_llama_path):
+    from server.engine import AsyncLLMEngine
+
+    engine = LLMEngine.from_pretrained(tiny_llama_path)
+    expected = engine.generate([[5, 6, 7, 8]], GREEDY)[0].token_ids
+    aeng = AsyncLLMEngine(engine)
+    await aeng.start()
+    try:
+        ctx = aeng.create_context()
+        await aeng.fill(ctx, [5, 6, 7])
+        child = aeng.create_context(parent=ctx)
+        await aeng.fill(child, [8])
+        streamed = []
+        async for out in aeng.generate(child, GREEDY):
+            streamed.extend(out.new_token_ids)
+        assert streamed == expected
+        assert aeng.context_len(child) == 4 + len(expected)
+        got = []
+        async for out in aeng.generate_request([5, 6, 7, 8], GREEDY):
+            got.extend(out.new_token_ids)
+        assert got == expected
+        aeng.free(child)
+        aeng.free(ctx)
+        stats = await aeng.call(lambda e: e.stats)
+        assert stats.free_blocks == stats.total_blocks
+    finally:
+        await aeng.stop()
+
+
+@pytest.mark.slow
+def test_smollm2_continuous_batch_matches_transformers(smollm2_path):
+    engine = LLMEngine.from_pretrained("smollm2-135m-instruct", max_num_batched_tokens=256)
+    ref = load_reference(str(smollm2_path))
+    tok = engine.tokenizer
+    words = "the model reads a long paper about attention and writes a short summary of it".split()
+    rng = random.Random(11)
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 60))) for _ in range(16)]
+    prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": t}])) for t in texts]
+    sp = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    check_against_reference(engine, ref, prompts, sp)
