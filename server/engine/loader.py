@@ -99,6 +99,7 @@ def convert_gguf(gguf_path: Path, folder: Path) -> Path:
     try:
         _write_hf_folder(gguf_path, tmp)
         (tmp / _SOURCE_STAMP).write_text(json.dumps(stamp, indent=2))
+        _make_readable(tmp)  # mkdtemp creates it private
         if folder.exists():  # stale conversion: move it aside, then swap
             stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.stale.", dir=folder.parent))
             os.replace(folder, stale / "old")
@@ -145,6 +146,14 @@ def _write_hf_folder(gguf_path: Path, out: Path) -> None:
     hf_tokenizer.save_pretrained(str(out))
 
 
+def _make_readable(folder: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for file in folder.iterdir():
+        file.chmod(0o666 & ~umask)
+
+
 def _gguf_stamp(path: Path) -> dict[str, Any]:
     info = path.stat()
     return {"gguf": str(path.resolve()), "size": info.st_size, "mtime_ns": info.st_mtime_ns}
@@ -160,7 +169,11 @@ def _read_stamp(folder: Path) -> dict[str, Any] | None:
 def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
-        raise ValueError(f"{folder}: missing config.json (not a Hugging Face model folder)")
+        hint = ""
+        ggufs = sorted(folder.glob("*.gguf"))
+        if ggufs:
+            hint = f"; to load a GGUF, pass the file itself, e.g. {ggufs[0]}"
+        raise ValueError(f"{folder}: missing config.json (not a Hugging Face model folder){hint}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:

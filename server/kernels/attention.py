@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from server.kernels.backends import default_backend_name, get_backend
 from server.kernels.metadata import AttentionMetadata
 
 
@@ -16,29 +16,54 @@ def attention(
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
+    *,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Store the step's new K/V in the paged cache, then attend every query row causally.
 
-    q: [T, Hq, D]; k, v: [T, Hkv, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D].
-    Returns [T, Hq, D].
+    q: [T, Hq, D]; k, v: [T, Hkv, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D]
+    (contiguous). Returns [T, Hq, D] in q's dtype. Decode rows in `meta.shared_prefixes`
+    levels attend each level once per group (cascade). `backend` picks a kernel by name
+    (see `server.kernels.backends`); by default the device decides.
     """
-    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
-    out = torch.empty_like(q)
-    bs = meta.block_size
-    for i in range(meta.num_seqs):
-        q_len, s_len = meta.query_lens[i], meta.seq_lens[i]
-        n_blocks = (s_len + bs - 1) // bs
-        table = torch.tensor(meta.block_tables[i][:n_blocks], dtype=torch.int64, device=q.device)
-        keys = k_cache.index_select(0, table).reshape(-1, num_kv_heads, head_dim)[:s_len]
-        values = v_cache.index_select(0, table).reshape(-1, num_kv_heads, head_dim)[:s_len]
-        rows = slice(meta.query_start[i], meta.query_start[i + 1])
-        q_pos = torch.arange(s_len - q_len, s_len, device=q.device)
-        mask = q_pos[:, None] >= torch.arange(s_len, device=q.device)[None, :]
-        o = F.scaled_dot_product_attention(
-            q[rows].transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
-            attn_mask=mask, scale=scale, enable_gqa=True,
+    name = backend or meta.compiled.get("backend")
+    if name is None:
+        _check_shapes(q, k, v, k_cache, v_cache, meta)
+        name = meta.compiled["backend"] = default_backend_name(q.device)
+    elif "backend" not in meta.compiled:
+        _check_shapes(q, k, v, k_cache, v_cache, meta)
+        meta.compiled["backend"] = name
+    return get_backend(name)(q, k, v, k_cache, v_cache, meta, scale)
+
+
+def _check_shapes(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+) -> None:
+    """Once per step (first layer): the shapes agree with each other and with the batch."""
+    if q.dim() != 3 or k.shape != v.shape or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError(
+            f"attention: need q [T, Hq, D], k = v [T, Hkv, D], caches [blocks, block_size, Hkv, "
+            f"D]; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, "
+            f"k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}"
         )
-        out[rows] = o.transpose(0, 1)
-    return out
+    tokens, num_q_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, cache_dim = k_cache.shape
+    if k.shape[0] != tokens or k.shape[1:] != (num_kv_heads, head_dim) or cache_dim != head_dim:
+        raise ValueError(
+            f"attention: k {tuple(k.shape)} and caches {tuple(k_cache.shape)} do not match "
+            f"q {tuple(q.shape)}"
+        )
+    if num_q_heads % num_kv_heads:
+        raise ValueError(f"attention: {num_q_heads} query heads not a multiple of {num_kv_heads}")
+    if tokens != meta.num_tokens or block_size != meta.block_size:
+        raise ValueError(
+            f"attention: batch has {meta.num_tokens} tokens of block size {meta.block_size}, "
+            f"got {tokens} query rows and cache block size {block_size}"
+        )
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("attention: KV caches must be contiguous tensors")

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from server.kernels.cascade_config import CascadeConfig
+from server.kernels.prefix_groups import plan_shared_prefixes
+from server.kernels.shared_prefix import SharedPrefix
 
-@dataclass(frozen=True)
-class SharedPrefix:
-    """A run of KV blocks that several decoding sequences hold in common.
-
-    `seqs` are batch indices; tokens `[start, end)` of each of them live in the same physical
-    blocks (`start` and `end` are multiples of the block size). Levels of one sequence are
-    contiguous from token 0; what follows the deepest level is the sequence's own suffix.
-    """
-
-    seqs: tuple[int, ...]
-    start: int
-    end: int
+__all__ = ["AttentionMetadata", "SharedPrefix", "build_attention_metadata"]
 
 
 @dataclass
@@ -27,7 +20,9 @@ class AttentionMetadata:
 
     Sequences appear in the batch in the order of their query tokens: sequence i owns query
     rows `query_start[i]:query_start[i + 1]`, and its KV length after this step is `seq_lens[i]`
-    (the new tokens are its last `query_lens[i]` positions).
+    (the new tokens are its last `query_lens[i]` positions). `compiled` caches what the
+    backends derive from this layout (index tensors, work lists) on the first layer, so the
+    other layers reuse it.
     """
 
     block_size: int
@@ -37,6 +32,7 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] int64: cache slot of each new token's K/V
     shared_prefixes: list[SharedPrefix] = field(default_factory=list)
     query_start: list[int] = field(default_factory=list)
+    compiled: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (len(self.query_lens) == len(self.seq_lens) == len(self.block_tables)):
@@ -63,12 +59,39 @@ def build_attention_metadata(
     block_size: int,
     device: torch.device | str = "cpu",
     cascade: bool = True,
+    cascade_config: CascadeConfig | None = None,
 ) -> AttentionMetadata:
-    """Lay out one step's batch; with `cascade`, plan shared-prefix groups among decodes."""
+    """Lay out one step's batch; with `cascade`, plan shared-prefix levels among decodes.
+
+    A sequence with one query token is a decode; its blocks that lie wholly before that token
+    may join a level (blocks written in this step never do). Levels follow `cascade_config`'s
+    cost rule, by default the one measured for `device`.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
     slots: list[int] = []
-    for q_len, s_len, table in zip(query_lens, seq_lens, block_tables, strict=True):
+    shareable: list[int] = []
+    for i, (q_len, s_len, table) in enumerate(
+        zip(query_lens, seq_lens, block_tables, strict=True)
+    ):
+        if q_len < 1 or s_len < q_len:
+            raise ValueError(
+                f"sequence {i}: need 1 <= query_len <= seq_len, got query_len={q_len}, "
+                f"seq_len={s_len}"
+            )
+        if len(table) * block_size < s_len:
+            raise ValueError(
+                f"sequence {i}: block table has {len(table)} blocks of {block_size}, "
+                f"too few for seq_len={s_len}"
+            )
         for pos in range(s_len - q_len, s_len):
             slots.append(table[pos // block_size] * block_size + pos % block_size)
+        shareable.append((s_len - 1) // block_size if q_len == 1 else 0)
     slot_mapping = torch.tensor(slots, dtype=torch.int64, device=device)
-    meta = AttentionMetadata(block_size, list(query_lens), list(seq_lens), block_tables, slot_mapping)
+    tables = [list(t) for t in block_tables]
+    meta = AttentionMetadata(block_size, list(query_lens), list(seq_lens), tables, slot_mapping)
+    if cascade:
+        meta.shared_prefixes = plan_shared_prefixes(
+            tables, shareable, block_size, cascade_config or CascadeConfig.for_device(device)
+        )
     return meta

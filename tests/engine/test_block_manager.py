@@ -54,7 +54,7 @@ def test_lru_evicts_least_recently_freed_and_tails_first():
     bm = BlockManager(3, 1)
     blocks = [bm.allocate() for _ in range(3)]
     parent = None
-    for tok, b in zip([1, 2, 3], blocks):
+    for tok, b in zip([1, 2, 3], blocks, strict=False):
         parent = bm.register(b, parent, [tok])
     bm.free_blocks(blocks)  # tail freed first, so it is evicted first
     assert bm.allocate() == blocks[2]

@@ -11,8 +11,13 @@ BS = 4
 
 
 def make(num_blocks=32, budget=64, max_seqs=16, prefix_cache=True):
-    cfg = EngineConfig(block_size=BS, num_kv_blocks=num_blocks, max_num_batched_tokens=budget,
-                       max_num_seqs=max_seqs, enable_prefix_cache=prefix_cache)
+    cfg = EngineConfig(
+        block_size=BS,
+        num_kv_blocks=num_blocks,
+        max_num_batched_tokens=budget,
+        max_num_seqs=max_seqs,
+        enable_prefix_cache=prefix_cache,
+    )
     bm = BlockManager(num_blocks, BS, prefix_cache)
     return Scheduler(cfg, bm), bm
 
@@ -28,8 +33,15 @@ def new_ctx(sched, tokens, kind=JobKind.GENERATE, priority=0):
 
 
 def add_job(sched, ctx, kind, priority=0):
-    job = Job(next(_ids), kind, priority=priority, arrival=next(_ids),
-              sampling=SamplingParams(max_tokens=100, temperature=0) if kind is JobKind.GENERATE else None)
+    job = Job(
+        next(_ids),
+        kind,
+        priority=priority,
+        arrival=next(_ids),
+        sampling=SamplingParams(max_tokens=100, temperature=0)
+        if kind is JobKind.GENERATE
+        else None,
+    )
     ctx.jobs.append(job)
     sched.wake(ctx)
     return job

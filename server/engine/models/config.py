@@ -173,6 +173,9 @@ def _rope(hf: dict[str, Any], source: str) -> tuple[float, dict[str, Any] | None
     if not isinstance(params, dict):
         raise ValueError(f"{source}: field 'rope_parameters' must be an object")
     theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        raise ValueError(f"{source}: partial_rotary_factor {partial} is not supported (only 1.0)")
     scaling = dict(params) if params else dict(hf.get("rope_scaling") or {})
     scaling.pop("rope_theta", None)
     if "type" in scaling and "rope_type" not in scaling:

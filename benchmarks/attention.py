@@ -1,0 +1,363 @@
+"""Decode attention with a shared prefix: cascade vs per-sequence, per layer and per engine step.
+
+    python -m benchmarks.attention                 # the CPU table (SmolLM2 shapes, float32)
+    python -m benchmarks.attention --quick         # fewer sizes, fewer repeats
+    python -m benchmarks.attention --device cuda --sizes 64x4096 --dtype bfloat16
+    python -m benchmarks.attention --cost-rule     # where cascade starts to pay (CascadeConfig)
+    python -m benchmarks.attention --engine        # whole SmolLM2 decode steps, 16 forks of 2048
+
+Every row forks `seqs` sequences from one context of `prefix` tokens (blocks shared, as the
+engine's forks and prefix cache make them) and gives each its own suffix; one decode step is
+timed through `server.kernels.attention`, once with the cascade plan and once without. The
+cascade column is timed even where the device's cost rule would not plan the level; the
+`rule` column says whether it would.
+Results are printed and saved as JSON under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from server.kernels import AttentionMetadata, CascadeConfig, attention, build_attention_metadata
+from server.kernels.backends import default_backend_name
+
+RESULTS = Path(__file__).parent / "results"
+FORCED = CascadeConfig(min_prefix_tokens=1, min_group_size=2)  # time cascade even below the rule
+SEQS = (4, 16, 64)
+PREFIXES = (512, 2048, 8192)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One layer's attention shape (SmolLM2-135M by default)."""
+
+    num_q_heads: int = 9
+    num_kv_heads: int = 3
+    head_dim: int = 64
+    block_size: int = 16
+
+
+@dataclass
+class Row:
+    seqs: int
+    prefix: int
+    suffix: int
+    per_seq_ms: float
+    cascade_ms: float
+    planned: bool = True  # whether the device's cost rule plans this level by itself
+    per_seq_eager_ms: float | None = None  # CUDA: wall time of an eager call, launches included
+    cascade_eager_ms: float | None = None
+
+    @property
+    def speedup(self) -> float:
+        return self.per_seq_ms / self.cascade_ms
+
+
+@dataclass
+class ForkedDecode:
+    """One decode step of forks over a shared prefix, ready to time."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    tables: list[list[int]]
+    seq_lens: list[int]
+    scale: float
+
+    def metadata(self, cascade: bool, config: CascadeConfig | None = None) -> AttentionMetadata:
+        return build_attention_metadata(
+            [1] * len(self.seq_lens),
+            self.seq_lens,
+            self.tables,
+            self.k_cache.shape[1],
+            self.q.device,
+            cascade=cascade,
+            cascade_config=config,
+        )
+
+
+def forked_decode(
+    seqs: int,
+    prefix: int,
+    suffix: int,
+    shape: Shape,
+    dtype: torch.dtype,
+    device: str,
+    seed: int = 0,
+) -> ForkedDecode:
+    """Prefix in blocks 0.. (one prefill); the forks then decode in lockstep, so their own
+    blocks interleave, as the engine's allocator hands them out."""
+    bs = shape.block_size
+    shared = prefix // bs
+    tables = [list(range(shared)) for _ in range(seqs)]
+    next_block = shared
+    seq_lens = [prefix + suffix + 1] * seqs  # suffix tokens, then this step's token
+    for position in range(shared * bs, prefix + suffix + 1):
+        if position % bs == 0 or position == shared * bs:
+            for table in tables:
+                table.append(next_block)
+                next_block += 1
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*size: int) -> torch.Tensor:
+        return torch.randn(*size, generator=gen).to(dtype=dtype, device=device)
+
+    cache_shape = (next_block, bs, shape.num_kv_heads, shape.head_dim)
+    return ForkedDecode(
+        q=rand(seqs, shape.num_q_heads, shape.head_dim),
+        k=rand(seqs, shape.num_kv_heads, shape.head_dim),
+        v=rand(seqs, shape.num_kv_heads, shape.head_dim),
+        k_cache=rand(*cache_shape),
+        v_cache=rand(*cache_shape),
+        tables=tables,
+        seq_lens=seq_lens,
+        scale=shape.head_dim**-0.5,
+    )
+
+
+def time_layer(case: ForkedDecode, meta: AttentionMetadata, repeats: int, backend: str | None) -> float:
+    """Milliseconds of one layer's attention call (cache write included).
+
+    On CPU the median wall time. On CUDA the GPU time of the call replayed from a CUDA graph
+    (as engines run decode), so the host's launch overhead does not hide the kernels.
+    """
+
+    def call() -> torch.Tensor:
+        return attention(
+            case.q, case.k, case.v, case.k_cache, case.v_cache, meta, case.scale, backend=backend
+        )
+
+    if case.q.device.type == "cuda":
+        try:
+            return _graph_ms(call, repeats)
+        except RuntimeError as exc:  # a backend that cannot be captured: time it eagerly
+            print(f"CUDA graph capture failed ({exc}); timing eagerly")
+    return _median_ms(call, case.q.device, repeats)
+
+
+def time_eager(case: ForkedDecode, meta: AttentionMetadata, repeats: int, backend: str | None) -> float:
+    """Median wall milliseconds of one eager call."""
+    return _median_ms(
+        lambda: attention(
+            case.q, case.k, case.v, case.k_cache, case.v_cache, meta, case.scale, backend=backend
+        ),
+        case.q.device,
+        repeats,
+    )
+
+
+def run_table(
+    sizes: list[tuple[int, int]],
+    suffix: int,
+    shape: Shape,
+    dtype: torch.dtype,
+    device: str,
+    repeats: int,
+    backend: str | None,
+) -> list[Row]:
+    rows = []
+    rule = CascadeConfig.for_device(device)
+    for seqs, prefix in tqdm(sizes, desc="attention table", leave=False, disable=None):
+        case = forked_decode(seqs, prefix, suffix, shape, dtype, device)
+        per_seq = time_layer(case, case.metadata(cascade=False), repeats, backend)
+        cascade_meta = case.metadata(cascade=True, config=FORCED)
+        cascade = time_layer(case, cascade_meta, repeats, backend)
+        row = Row(seqs, prefix, suffix, per_seq, cascade, planned=rule.pays(seqs, prefix))
+        if case.q.device.type == "cuda":
+            row.per_seq_eager_ms = time_eager(case, case.metadata(cascade=False), repeats, backend)
+            row.cascade_eager_ms = time_eager(case, cascade_meta, repeats, backend)
+        rows.append(row)
+    return rows
+
+
+def cost_rule_sweep(
+    shape: Shape, dtype: torch.dtype, device: str, repeats: int, backend: str | None
+) -> list[Row]:
+    rule = CascadeConfig.for_device(device)
+    """Cascade forced on for small groups and short prefixes, to find where it starts to pay."""
+    sizes = [(g, p) for g in (2, 4, 8, 16) for p in (32, 64, 128, 256, 512)]
+    rows = []
+    for seqs, prefix in tqdm(sizes, desc="cost rule", leave=False, disable=None):
+        case = forked_decode(seqs, prefix, 32, shape, dtype, device)
+        per_seq = time_layer(case, case.metadata(cascade=False), repeats, backend)
+        cascade = time_layer(case, case.metadata(cascade=True, config=FORCED), repeats, backend)
+        rows.append(Row(seqs, prefix, 32, per_seq, cascade, planned=rule.pays(seqs, prefix)))
+    return rows
+
+
+def engine_step(device: str, prefix: int, forks: int, steps: int) -> dict[str, float | bool]:
+    """Whole SmolLM2 decode steps of `forks` children of one `prefix`-token context."""
+    from server.engine import LLMEngine, SamplingParams
+
+    timings: dict[str, list[float]] = {}
+    outputs: dict[str, list[list[int]]] = {}
+    warmup = 2
+    for label, cascade in (("per_seq", False), ("cascade", True)):
+        engine = LLMEngine.from_pretrained(
+            "smollm2-135m-instruct", device=device, enable_cascade=cascade
+        )
+        gen = torch.Generator().manual_seed(0)
+        vocab = engine.model_config.vocab_size
+        token_ids = torch.randint(0, vocab, (prefix,), generator=gen).tolist()
+        root = engine.create_context()
+        engine.fill(root, token_ids)
+        engine.run_until_idle()
+        children = [engine.create_context(parent=root) for _ in range(forks)]
+        for child in children:
+            engine.add_generate(
+                child, SamplingParams(max_tokens=warmup + steps, temperature=0, ignore_eos=True)
+            )
+        times = []
+        for i in tqdm(range(warmup + steps), desc=f"engine {label}", leave=False, disable=None):
+            start = time.perf_counter()
+            engine.step()
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+        engine.run_until_idle()
+        timings[label] = times
+        outputs[label] = [engine.context_token_ids(c)[prefix:] for c in children]
+    per_seq = statistics.median(timings["per_seq"]) * 1e3
+    cascade = statistics.median(timings["cascade"]) * 1e3
+    return {
+        "per_seq_step_ms": per_seq,
+        "cascade_step_ms": cascade,
+        "speedup": per_seq / cascade,
+        "greedy_outputs_equal": outputs["per_seq"] == outputs["cascade"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--backend", default=None, help="kernel backend (default: by device)")
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
+    parser.add_argument("--sizes", default=None, help="extra SEQSxPREFIX rows, e.g. 64x4096")
+    parser.add_argument("--suffix", type=int, default=40, help="own tokens per sequence")
+    parser.add_argument("--cost-rule", action="store_true", help="sweep small groups/prefixes")
+    parser.add_argument("--engine", action="store_true", help="also time whole engine steps")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    dtype = getattr(torch, args.dtype)
+    device = args.device
+    backend = args.backend or default_backend_name(torch.device(device))
+    seqs, prefixes = ((4, 16), (512, 2048)) if args.quick else (SEQS, PREFIXES)
+    sizes = [(s, p) for s in seqs for p in prefixes]
+    if args.sizes:
+        sizes += [tuple(int(x) for x in item.split("x")) for item in args.sizes.split(",")]
+    repeats = 5 if args.quick else 15
+    shape = Shape()
+    report: dict[str, object] = {
+        "device": _device_name(device),
+        "backend": backend,
+        "dtype": args.dtype,
+        "shape": asdict(shape),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    rows = run_table(sizes, args.suffix, shape, dtype, device, repeats, backend)
+    print(f"decode attention per layer, {report['device']}, {backend}, {args.dtype}")
+    _print_rows(rows)
+    report["table"] = [asdict(r) | {"speedup": r.speedup} for r in rows]
+    if args.cost_rule:
+        sweep = cost_rule_sweep(shape, dtype, device, repeats, backend)
+        print("cost rule sweep (cascade forced on; speedup < 1 means it does not pay)")
+        _print_rows(sweep)
+        report["cost_rule"] = [asdict(r) | {"speedup": r.speedup} for r in sweep]
+    if args.engine:
+        result = engine_step(device, prefix=2048, forks=16, steps=3 if args.quick else 6)
+        print(
+            f"engine decode step, 16 forks of 2048 tokens: per-seq {result['per_seq_step_ms']:.1f} ms, "
+            f"cascade {result['cascade_step_ms']:.1f} ms, {result['speedup']:.2f}x, "
+            f"greedy outputs equal: {result['greedy_outputs_equal']}"
+        )
+        report["engine"] = result
+    out = Path(args.out) if args.out else RESULTS / f"attention_{device}_{args.dtype}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"saved {out}")
+
+
+def _print_rows(rows: list[Row]) -> None:
+    eager = any(r.per_seq_eager_ms is not None for r in rows)
+    head = (
+        f"{'seqs':>5} {'prefix':>7} {'per-seq ms':>11} {'cascade ms':>11} {'speedup':>8} "
+        f"{'rule':>5}"
+    )
+    print(head + ("   eager per-seq / cascade ms" if eager else ""))
+    for r in rows:
+        line = (
+            f"{r.seqs:>5} {r.prefix:>7} {r.per_seq_ms:>11.3f} {r.cascade_ms:>11.3f} "
+            f"{r.speedup:>7.2f}x {'on' if r.planned else 'off':>5}"
+        )
+        if r.per_seq_eager_ms is not None and r.cascade_eager_ms is not None:
+            line += f"   {r.per_seq_eager_ms:.3f} / {r.cascade_eager_ms:.3f}"
+        print(line)
+
+
+def _median_ms(call: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median of the faster half of the repeats: other processes on a shared machine only
+    ever add time, and with 2 cores one busy neighbour stalls a whole OpenMP region."""
+    for _ in range(2):
+        call()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return statistics.median(times[: max(1, (len(times) + 1) // 2)]) * 1e3
+
+
+def _graph_ms(call: Callable[[], object], repeats: int, calls_per_graph: int = 20) -> float:
+    for _ in range(3):
+        call()  # compiles kernels and the step's plan outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls_per_graph):
+            call()
+    graph.replay()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls_per_graph)
+    return statistics.median(times)
+
+
+def _sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+if __name__ == "__main__":
+    main()

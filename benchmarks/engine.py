@@ -1,0 +1,181 @@
+"""Engine throughput against transformers, and batch-1 decode against the weight-streaming floor.
+
+    python -m benchmarks.engine [--quick] [--device cpu|cuda]
+
+One run, side by side: our engine on 32 requests (prompts of 64-1024 tokens cut from the arXiv
+papers in ../shared/data, 32-128 output tokens, greedy, fixed lengths); transformers `generate`
+one request at a time; transformers `generate` in left-padded batches of 8; and our batch-1
+decode step against weight bytes / memory bandwidth measured in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from server.engine import LLMEngine, SamplingParams  # noqa: E402
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "arxiv-march-2023"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def make_workload(tokenizer, n: int, seed: int = 0) -> list[tuple[list[int], int]]:
+    """(prompt token ids, output length) pairs cut from the papers."""
+    rng = random.Random(seed)
+    papers = [tokenizer.encode(p.read_text()) for p in sorted(DATA.glob("article_*.txt"))]
+    work = []
+    for _ in range(n):
+        paper = rng.choice(papers)
+        length = rng.randint(64, 1024)
+        start = rng.randrange(0, len(paper) - length)
+        work.append((paper[start : start + length], rng.randint(32, 128)))
+    return work
+
+
+def run_ours(engine: LLMEngine, work) -> float:
+    params = [SamplingParams(max_tokens=o, temperature=0, ignore_eos=True) for _, o in work]
+    start = time.perf_counter()
+    outs = engine.generate([p for p, _ in work], params)
+    elapsed = time.perf_counter() - start
+    assert [len(o.token_ids) for o in outs] == [o for _, o in work]
+    return elapsed
+
+
+@torch.inference_mode()
+def run_hf_one_by_one(model, work) -> float:
+    start = time.perf_counter()
+    for prompt, out_len in tqdm(work, desc="transformers 1-by-1", leave=False):
+        ids = torch.tensor([prompt], device=model.device)
+        model.generate(ids, max_new_tokens=out_len, min_new_tokens=out_len, do_sample=False)
+    return time.perf_counter() - start
+
+
+@torch.inference_mode()
+def run_hf_padded(model, work, pad_id: int, batch: int = 8) -> float:
+    start = time.perf_counter()
+    for i in tqdm(range(0, len(work), batch), desc="transformers padded x8", leave=False):
+        group = work[i : i + batch]
+        width = max(len(p) for p, _ in group)
+        ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, (prompt, _) in enumerate(group):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            mask[row, width - len(prompt) :] = 1
+        out_len = max(o for _, o in group)
+        model.generate(
+            ids.to(model.device),
+            attention_mask=mask.to(model.device),
+            max_new_tokens=out_len,
+            min_new_tokens=out_len,
+            do_sample=False,
+            pad_token_id=pad_id,
+        )
+    return time.perf_counter() - start
+
+
+@torch.inference_mode()
+def batch1_step_time(engine: LLMEngine, prompt: list[int], steps: int = 40) -> float:
+    ctx = engine.create_context()
+    engine.fill(ctx, prompt)
+    engine.run_until_idle()
+    engine.add_generate(ctx, SamplingParams(max_tokens=steps + 5, temperature=0, ignore_eos=True))
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - t)
+    engine.free(ctx)
+    return statistics.median(times[5:])
+
+
+def weight_floor(engine: LLMEngine) -> tuple[float, float, int]:
+    """(seconds to stream the weights once, bandwidth bytes/s, weight bytes)."""
+    model = engine.runner.model
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    # Read bandwidth with a buffer as large as the weights, by the fastest of two read kernels.
+    n = weight_bytes // 4
+    cols = 4096
+    buf = torch.randn(n // cols, cols, device=engine.device)
+    vec = torch.randn(cols, device=engine.device)
+    best = float("inf")
+    for fn in (lambda: buf.sum(), lambda: buf @ vec):
+        fn()
+        for _ in range(5):
+            t = time.perf_counter()
+            fn()
+            if engine.device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t)
+    bandwidth = buf.numel() * 4 / best
+    return weight_bytes / bandwidth, bandwidth, weight_bytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="8 requests instead of 32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    args = parser.parse_args()
+
+    from transformers import AutoModelForCausalLM
+
+    from server.engine.loader import DEFAULT_CACHE_DIR, resolve_model_folder
+
+    _, folder = resolve_model_folder(args.model, DEFAULT_CACHE_DIR)
+    engine = LLMEngine.from_pretrained(args.model, device=args.device)
+    tok = engine.tokenizer
+    work = make_workload(tok, 8 if args.quick else 32)
+    gen_tokens = sum(o for _, o in work)
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=next(engine.runner.model.parameters()).dtype)
+    hf = hf.to(args.device).eval()
+
+    run_ours(engine, work[:2])  # warm-up
+    ours = run_ours(engine, work)
+    one = run_hf_one_by_one(hf, work)
+    padded = run_hf_padded(hf, work, pad_id=min(tok.eos_token_ids))
+    step = batch1_step_time(engine, work[0][0][:256])
+    floor, bandwidth, weight_bytes = weight_floor(engine)
+
+    rows = [
+        ("parrot engine", ours, gen_tokens / ours, 1.0),
+        ("transformers 1-by-1", one, gen_tokens / one, one / ours),
+        ("transformers padded x8", padded, gen_tokens / padded, padded / ours),
+    ]
+    print(f"\n{len(work)} requests, {gen_tokens} generated tokens, device {args.device}, threads {torch.get_num_threads()}")
+    print(f"{'mode':<26}{'wall s':>10}{'tok/s':>10}{'ours is x faster':>18}")
+    for name, wall, tps, ratio in rows:
+        print(f"{name:<26}{wall:>10.2f}{tps:>10.1f}{ratio:>18.2f}")
+    print(
+        f"\nbatch-1 decode step {step * 1e3:.2f} ms; weight-streaming floor {floor * 1e3:.2f} ms "
+        f"({weight_bytes / 1e6:.0f} MB at {bandwidth / 1e9:.1f} GB/s): {step / floor:.2f}x the floor"
+    )
+    RESULTS.mkdir(exist_ok=True)
+    result = {
+        "device": args.device,
+        "requests": len(work),
+        "generated_tokens": gen_tokens,
+        "wall_s": {"parrot": ours, "hf_one_by_one": one, "hf_padded_8": padded},
+        "speedup": {"vs_one_by_one": one / ours, "vs_padded_8": padded / ours},
+        "batch1_step_ms": step * 1e3,
+        "floor_ms": floor * 1e3,
+        "step_over_floor": step / floor,
+        "bandwidth_gbs": bandwidth / 1e9,
+    }
+    suffix = "_quick" if args.quick else ""
+    path = RESULTS / f"engine_{args.device}{suffix}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()

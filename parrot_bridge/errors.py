@@ -1,0 +1,27 @@
+"""Exceptions raised by the SDK."""
+
+from __future__ import annotations
+
+__all__ = ["CallFailedError", "ParrotError"]
+
+
+class ParrotError(Exception):
+    """An error from the Parrot server (with its HTTP status and error type/code) or the SDK."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        type: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.type = type
+        self.code = code
+
+
+class CallFailedError(ParrotError):
+    """A variable has no value because the call producing it (or one upstream) failed."""

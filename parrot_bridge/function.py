@@ -1,0 +1,171 @@
+"""Semantic functions: a prompt template (the docstring) whose calls return output variables."""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import Callable
+from typing import Any, overload
+
+from parrot_bridge.session import Session, current_session
+from parrot_bridge.template import Template, TemplateError, parse_template
+from parrot_bridge.variable import SemanticVariable
+
+__all__ = ["SemanticFunction", "semantic_function"]
+
+Result = SemanticVariable | tuple[SemanticVariable, ...]
+
+
+class SemanticFunction:
+    """A template with sampling defaults. Calling it records a call in the current session and
+    returns its output variable (a tuple of them, in template order, when there are several).
+
+    Inputs may be strings or `SemanticVariable`s; outputs may be passed as (unset) variables to
+    write into, otherwise new ones are made.
+    """
+
+    def __init__(
+        self,
+        template: str | Template,
+        name: str = "semantic_function",
+        params: list[str] | None = None,
+        **sampling: Any,
+    ) -> None:
+        self.template = template if isinstance(template, Template) else parse_template(template)
+        self.name = name
+        self.sampling = _check_sampling(sampling)
+        names = [*self.template.inputs, *self.template.outputs]
+        self.params = params if params is not None else names
+        missing = [n for n in self.template.inputs if n not in self.params]
+        if missing:
+            raise TemplateError(
+                f"input {missing[0]!r} of the template is not a parameter of {name}",
+                self.template.source,
+                _offset_of(self.template, missing[0]),
+            )
+        extra = [p for p in self.params if p not in names]
+        if extra:
+            raise TypeError(f"parameter {extra[0]!r} of {name} is not used in its template")
+        # every parameter is optional in the signature: missing inputs get a clearer error below
+        self._signature = inspect.Signature(
+            [
+                inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+                for p in self.params
+            ]
+        )
+
+    @property
+    def inputs(self) -> list[str]:
+        return self.template.inputs
+
+    @property
+    def outputs(self) -> list[str]:
+        return self.template.outputs
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Result:
+        return self.invoke(current_session(), *args, **kwargs)
+
+    def invoke(self, session: Session, *args: Any, **kwargs: Any) -> Result:
+        """Record a call in `session` (rather than the current one)."""
+        try:
+            bound = self._signature.bind(*args, **kwargs).arguments
+        except TypeError as exc:
+            raise TypeError(f"{self.name}(): {exc}") from None
+        inputs: dict[str, SemanticVariable] = {}
+        for name in self.inputs:
+            if bound.get(name) is None:
+                raise TypeError(f"{self.name}() missing input {name!r}")
+            inputs[name] = _as_input(self.name, name, bound[name], session)
+        outputs: dict[str, SemanticVariable] = {}
+        for name in self.outputs:
+            given = bound.get(name)
+            if given is None:
+                outputs[name] = SemanticVariable(name=name)
+            elif isinstance(given, SemanticVariable):
+                outputs[name] = given
+            else:
+                raise TypeError(
+                    f"{self.name}(): output {name!r} must be a SemanticVariable to write into, "
+                    f"got {type(given).__name__}"
+                )
+        call_id = f"c-{uuid.uuid4().hex}"
+        session._record_call(call_id, self, inputs, outputs)
+        result = tuple(outputs[n] for n in self.outputs)
+        return result[0] if len(result) == 1 else result
+
+    def __repr__(self) -> str:
+        return f"SemanticFunction({self.name}, inputs={self.inputs}, outputs={self.outputs})"
+
+
+@overload
+def semantic_function(fn: Callable[..., Any], /) -> SemanticFunction: ...
+@overload
+def semantic_function(
+    fn: None = None, /, **sampling: Any
+) -> Callable[[Callable[..., Any]], SemanticFunction]: ...
+
+
+def semantic_function(
+    fn: Callable[..., Any] | None = None, /, **sampling: Any
+) -> SemanticFunction | Callable[[Callable[..., Any]], SemanticFunction]:
+    """Decorator: the function's docstring is the template, its parameters name the inputs (and
+    may name outputs). Sampling defaults as keywords: max_tokens, temperature, top_p, top_k,
+    seed, stop, ignore_eos. Template errors raise here, at decoration, with their position."""
+
+    def decorate(f: Callable[..., Any]) -> SemanticFunction:
+        doc = inspect.getdoc(f)
+        if not doc:
+            raise TemplateError(f"{f.__qualname__} has no docstring to use as its template", "", 0)
+        params = []
+        for p in inspect.signature(f).parameters.values():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise TypeError(f"{f.__qualname__}: *args and **kwargs cannot name variables")
+            params.append(p.name)
+        try:
+            return SemanticFunction(doc, name=f.__name__, params=params, **sampling)
+        except TemplateError as exc:
+            exc.args = (f"{exc} (in the docstring of {f.__qualname__})",)
+            raise
+
+    _check_sampling(sampling)  # a typo in the options fails at the decorator line
+    return decorate(fn) if fn is not None else decorate
+
+
+_SAMPLING_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "max_tokens": lambda v: isinstance(v, int) and v >= 1,
+    "temperature": lambda v: isinstance(v, int | float) and v >= 0,
+    "top_p": lambda v: isinstance(v, int | float) and 0 < v <= 1,
+    "top_k": lambda v: isinstance(v, int),
+    "seed": lambda v: v is None or isinstance(v, int),
+    "stop": lambda v: all(isinstance(s, str) and s for s in v),
+    "ignore_eos": lambda v: isinstance(v, bool),
+}
+
+
+def _check_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
+    checked = {}
+    for key, value in sampling.items():
+        if key not in _SAMPLING_CHECKS:
+            raise TypeError(
+                f"unknown sampling option {key!r}; expected one of {sorted(_SAMPLING_CHECKS)}"
+            )
+        if key == "stop":
+            value = [value] if isinstance(value, str) else list(value)
+        if not _SAMPLING_CHECKS[key](value):
+            raise ValueError(f"invalid {key}: {value!r}")
+        checked[key] = value
+    return checked
+
+
+def _as_input(fn: str, name: str, value: Any, session: Session) -> SemanticVariable:
+    if isinstance(value, SemanticVariable):
+        return value
+    if isinstance(value, str):
+        return session._constant(value, name)
+    raise TypeError(
+        f"{fn}(): input {name!r} must be a str or a SemanticVariable, got {type(value).__name__}"
+    )
+
+
+def _offset_of(template: Template, name: str) -> int:
+    return next(s.offset for s in template.segments if getattr(s, "name", None) == name)

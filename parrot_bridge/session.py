@@ -1,0 +1,239 @@
+"""A session on a Parrot server: records calls into a pending graph, submits it in one request
+when a value is awaited, and reads variables (long-poll or stream)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import AsyncIterator, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from parrot_bridge.errors import CallFailedError, ParrotError
+from parrot_bridge.loop_thread import shared_loop
+from parrot_bridge.pending_graph import PendingGraph
+from parrot_bridge.transport import Transport
+from parrot_bridge.variable import Criteria, SemanticVariable
+
+if TYPE_CHECKING:
+    from parrot_bridge.function import SemanticFunction
+
+__all__ = ["Session", "current_session"]
+
+_current: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
+    "parrot_session", default=None
+)
+
+
+def current_session() -> Session:
+    """The session of the innermost `with P.Session(...)` / `async with` block."""
+    session = _current.get()
+    if session is None:
+        raise ParrotError(
+            "no active Parrot session: call semantic functions inside `with P.Session(url):` "
+            "(or `async with`), or use fn.invoke(session, ...)"
+        )
+    return session
+
+
+class Session:
+    """One application session on the server (`with` and `async with`).
+
+    Semantic function calls made inside it are recorded, not sent. The pending graph goes to
+    the server in one request when a variable is read (`get`, `aget`, `stream`, `astream`) or
+    on `flush()`; later calls extend the graph on the server.
+    """
+
+    def __init__(
+        self, url: str = "http://127.0.0.1:9000", *, name: str | None = None, poll_s: float = 30.0
+    ) -> None:
+        if not 0 < poll_s <= 300:
+            raise ValueError(f"poll_s must be in (0, 300], got {poll_s}")
+        self.url = url
+        self.name = name
+        self.poll_s = poll_s
+        self.id: str | None = None
+        self._loop = shared_loop()
+        self._transport = Transport(url)
+        self._pending = PendingGraph(self)
+        self._constants: dict[str, SemanticVariable] = {}
+        self._flush_lock: asyncio.Lock | None = None  # made on the SDK loop
+        self._closed = False
+        self._context_tokens: list[contextvars.Token[Session | None]] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def open(self) -> Session:
+        """Create the session on the server (done lazily otherwise)."""
+        self._loop.run(self._ensure_open())
+        return self
+
+    async def aopen(self) -> Session:
+        await self._loop.arun(self._ensure_open())
+        return self
+
+    def close(self) -> None:
+        """Close it on the server: its calls stop, its variables are gone. Pending calls are
+        dropped."""
+        self._loop.run(self._close())
+
+    async def aclose(self) -> None:
+        await self._loop.arun(self._close())
+
+    def __enter__(self) -> Session:
+        self.open()
+        self._context_tokens.append(_current.set(self))
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, *exc: object) -> None:
+        _current.reset(self._context_tokens.pop())
+        try:
+            self.close()
+        except ParrotError:
+            if et is None:  # do not hide the error that ended the block
+                raise
+
+    async def __aenter__(self) -> Session:
+        await self.aopen()
+        self._context_tokens.append(_current.set(self))
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        _current.reset(self._context_tokens.pop())
+        try:
+            await self.aclose()
+        except ParrotError:
+            if et is None:
+                raise
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send the pending graph now (one request), without waiting for any value."""
+        self._loop.run(self._flush())
+
+    async def aflush(self) -> None:
+        await self._loop.arun(self._flush())
+
+    # -- used by variables and functions -------------------------------------------------------
+
+    def _record_call(
+        self,
+        call_id: str,
+        fn: SemanticFunction,
+        inputs: dict[str, SemanticVariable],
+        outputs: dict[str, SemanticVariable],
+    ) -> None:
+        if self._closed:
+            raise ParrotError(f"session {self.id} is closed")
+        self._pending.add_call(call_id, fn, inputs, outputs)
+
+    def _constant(self, value: str, name: str) -> SemanticVariable:
+        """A variable for a string argument; equal strings share one variable (and prefix)."""
+        var = self._constants.get(value)
+        if var is None:
+            var = self._constants.setdefault(value, SemanticVariable(value, name))
+        return var
+
+    def _set_remote(self, var: SemanticVariable, value: str) -> None:
+        path = f"{self._path}/variables/{var.id}"
+        self._loop.run(self._transport.request("PUT", path, {"value": value}))
+
+    def _get(self, var: SemanticVariable, criteria: Criteria, timeout: float | None) -> str:
+        return self._loop.run(self._read(var, criteria, timeout))
+
+    async def _aget(self, var: SemanticVariable, criteria: Criteria, timeout: float | None) -> str:
+        return await self._loop.arun(self._read(var, criteria, timeout))
+
+    def _stream(self, var: SemanticVariable, criteria: Criteria) -> Iterator[str]:
+        return self._loop.iterate(lambda: self._follow(var, criteria))
+
+    def _astream(self, var: SemanticVariable, criteria: Criteria) -> AsyncIterator[str]:
+        return self._loop.aiterate(lambda: self._follow(var, criteria))
+
+    # -- coroutines on the SDK loop ------------------------------------------------------------
+
+    @property
+    def _path(self) -> str:
+        return f"/v1/sessions/{self.id}"
+
+    async def _ensure_open(self) -> None:
+        if self._closed:
+            raise ParrotError(f"session {self.id} is closed")
+        if self._flush_lock is None:
+            self._flush_lock = asyncio.Lock()
+        if self.id is None:
+            body: dict[str, Any] = {"name": self.name} if self.name else {}
+            try:
+                created = await self._transport.request("POST", "/v1/sessions", body)
+            except ParrotError:
+                await self._transport.close()  # nothing to keep; a retry opens a new client
+                raise
+            self.id = created["session_id"]
+            self._transport.token = created["token"]
+
+    async def _flush(self, awaits: dict[str, Criteria] | None = None) -> None:
+        await self._ensure_open()
+        assert self._flush_lock is not None
+        # one submission at a time, so a read never overtakes the submission declaring its var
+        async with self._flush_lock:
+            batch = self._pending.take(awaits)
+            if batch is None:
+                return
+            try:
+                await self._transport.request("POST", f"{self._path}/graph", batch.body)
+            except ParrotError as exc:
+                for var in batch.variables:
+                    var._error = exc
+                raise
+
+    async def _read(self, var: SemanticVariable, criteria: Criteria, timeout: float | None) -> str:
+        self._check_readable(var)
+        await self._flush({var.id: criteria})
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = self.poll_s if deadline is None else max(0.0, deadline - time.monotonic())
+            params = {"criteria": criteria, "timeout": str(min(wait, self.poll_s))}
+            info = await self._transport.request(
+                "GET", f"{self._path}/variables/{var.id}", params=params
+            )
+            if info["status"] == "ready":
+                var._value = info["value"]
+                return info["value"]
+            if info["status"] == "failed":
+                raise CallFailedError(info["error"])
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ParrotError(f"timed out after {timeout} s waiting for variable {var._label}")
+
+    async def _follow(self, var: SemanticVariable, criteria: Criteria) -> AsyncIterator[str]:
+        self._check_readable(var)
+        await self._flush({var.id: criteria})
+        path = f"{self._path}/variables/{var.id}/stream"
+        async for event, data in self._transport.events(path, {"criteria": criteria}):
+            if event == "chunk":
+                yield data["text"]
+            elif event == "done":
+                var._value = data["value"]
+                return
+            elif event == "error":
+                raise CallFailedError(data["error"]["message"])
+        raise ParrotError(f"the stream of variable {var._label} ended early")
+
+    async def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.id is not None:
+                await self._transport.request("DELETE", self._path)
+        finally:
+            await self._transport.close()
+
+    def _check_readable(self, var: SemanticVariable) -> None:
+        if var._producer is None and var._value is None:
+            raise ParrotError(
+                f"variable {var._label} has no value and no call writes it; set() it first"
+            )

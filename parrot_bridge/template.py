@@ -1,0 +1,167 @@
+"""Prompt templates with Semantic Variable markers: `{{input:name}}` and `{{output:name}}`.
+
+This module is the one parser of the template syntax: the SDK checks templates at decoration
+time and the server checks them again when a graph arrives. It has no dependencies.
+
+A marker is `{{kind:name}}` (spaces allowed inside the braces); `kind` is `input` or `output` and
+`name` a Python identifier. Any other `{{word:...}}` is an error, while braces that do not look
+like a marker (JSON, `{{ jinja }}` text) are kept as constant text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "Input",
+    "Output",
+    "Segment",
+    "Template",
+    "TemplateError",
+    "Text",
+    "parse_template",
+]
+
+MARKER_KINDS = ("input", "output")
+_MARKER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*:([^{}]*)\}\}")
+# An opening that names a marker kind but never closes properly, e.g. "{{input:x}" or "{{output:".
+_BROKEN_MARKER = re.compile(r"\{\{\s*(?:input|output)\s*:")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class TemplateError(ValueError):
+    """A template that cannot be parsed; `offset`, `line` and `column` (1-based) say where."""
+
+    def __init__(self, message: str, source: str, offset: int) -> None:
+        self.reason = message
+        self.offset = offset
+        self.line = source.count("\n", 0, offset) + 1
+        self.column = offset - (source.rfind("\n", 0, offset) + 1) + 1
+        super().__init__(f"line {self.line}, column {self.column}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """Constant text of the template."""
+
+    text: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """An input variable's slot: its value is inserted here."""
+
+    name: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """An output variable's slot: the model generates its value here."""
+
+    name: str
+    offset: int
+
+
+Segment = Text | Input | Output
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A parsed template: the source and its segments in order."""
+
+    source: str
+    segments: tuple[Segment, ...]
+
+    @property
+    def inputs(self) -> list[str]:
+        """Input names in order of first appearance (an input may appear more than once)."""
+        return list(dict.fromkeys(s.name for s in self.segments if isinstance(s, Input)))
+
+    @property
+    def outputs(self) -> list[str]:
+        """Output names in template order."""
+        return [s.name for s in self.segments if isinstance(s, Output)]
+
+
+def parse_template(source: str) -> Template:
+    """Parse `source` into segments; raise `TemplateError` (with its position) when invalid.
+
+    Rules: at least one output; each output name once; a name is not both input and output;
+    two outputs need constant text between them (it tells where the first one stops).
+    """
+    if not isinstance(source, str):
+        raise TypeError(f"a template must be a str, got {type(source).__name__}")
+    segments: list[Segment] = []
+    pos = 0
+    for match in _MARKER.finditer(source):
+        _check_no_broken_marker(source, pos, match.start())
+        if match.start() > pos:
+            segments.append(Text(source[pos : match.start()], pos))
+        segments.append(_marker_segment(source, match))
+        pos = match.end()
+    _check_no_broken_marker(source, pos, len(source))
+    if pos < len(source):
+        segments.append(Text(source[pos:], pos))
+    _check_rules(source, segments)
+    return Template(source, tuple(segments))
+
+
+def _marker_segment(source: str, match: re.Match[str]) -> Segment:
+    kind, name = match.group(1), match.group(2).strip()
+    if kind not in MARKER_KINDS:
+        raise TemplateError(
+            f"unknown marker kind {kind!r} in {match.group(0)!r} (expected input or output)",
+            source,
+            match.start(),
+        )
+    if not _NAME.fullmatch(name):
+        raise TemplateError(
+            f"invalid variable name {name!r} in {match.group(0)!r} (must be an identifier)",
+            source,
+            match.start(),
+        )
+    return Input(name, match.start()) if kind == "input" else Output(name, match.start())
+
+
+def _check_no_broken_marker(source: str, start: int, end: int) -> None:
+    broken = _BROKEN_MARKER.search(source, start, end)
+    if broken is not None:
+        snippet = source[broken.start() : broken.start() + 30]
+        raise TemplateError(
+            f"unclosed marker {snippet!r} (expected '}}}}')", source, broken.start()
+        )
+
+
+def _check_rules(source: str, segments: list[Segment]) -> None:
+    outputs = [s for s in segments if isinstance(s, Output)]
+    if not outputs:
+        raise TemplateError("the template has no {{output:name}} marker", source, len(source))
+    input_names = {s.name for s in segments if isinstance(s, Input)}
+    seen: set[str] = set()
+    for seg in outputs:
+        if seg.name in seen:
+            raise TemplateError(f"output {seg.name!r} appears twice", source, seg.offset)
+        if seg.name in input_names:
+            raise TemplateError(
+                f"{seg.name!r} is used both as an input and an output", source, seg.offset
+            )
+        seen.add(seg.name)
+    for prev, seg in zip(segments, segments[1:], strict=False):
+        if isinstance(prev, Output) and isinstance(seg, Output):
+            raise TemplateError(
+                f"outputs {prev.name!r} and {seg.name!r} are adjacent: put constant text between "
+                "them so the first one knows where to stop",
+                source,
+                seg.offset,
+            )
+        if isinstance(prev, Output) and isinstance(seg, Input):
+            # the input's value would be glued to generated text with nothing to stop at
+            raise TemplateError(
+                f"input {seg.name!r} directly follows output {prev.name!r}: put constant text "
+                "between them so the output knows where to stop",
+                source,
+                seg.offset,
+            )

@@ -1,0 +1,92 @@
+"""HTTP to a Parrot server (aiohttp, on the SDK's loop): JSON calls and server-sent events.
+
+Error responses become `ParrotError`s carrying the server's message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from parrot_bridge.errors import ParrotError
+
+
+class Transport:
+    """One aiohttp client for one server; create and use it on the SDK's loop only."""
+
+    def __init__(self, base_url: str, connect_timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+        self._client: aiohttp.ClientSession | None = None
+        self.token: str | None = None
+
+    async def request(
+        self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Send one request; the decoded JSON response, or `ParrotError`."""
+        try:
+            async with self._session().request(
+                method, self.base_url + path, json=body, params=params, headers=self._headers()
+            ) as resp:
+                data = await _json(resp)
+                if resp.status >= 400:
+                    raise _error(resp.status, data)
+                return data
+        except aiohttp.ClientError as exc:
+            raise ParrotError(f"cannot reach the Parrot server at {self.base_url}: {exc}") from exc
+
+    async def events(
+        self, path: str, params: dict[str, Any] | None = None
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """Server-sent events of a GET as (event name, decoded data)."""
+        try:
+            async with self._session().get(
+                self.base_url + path, params=params, headers=self._headers()
+            ) as resp:
+                if resp.status >= 400:
+                    raise _error(resp.status, await _json(resp))
+                event, data = "message", []
+                async for raw in resp.content:
+                    line = raw.decode().rstrip("\r\n")
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].lstrip(" "))
+                    elif not line and data:
+                        yield event, json.loads("\n".join(data))
+                        event, data = "message", []
+        except aiohttp.ClientError as exc:
+            raise ParrotError(f"cannot reach the Parrot server at {self.base_url}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._client is None:
+            self._client = aiohttp.ClientSession(timeout=self._timeout)
+        return self._client
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+
+async def _json(resp: aiohttp.ClientResponse) -> Any:
+    text = await resp.text()
+    try:
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {"error": {"message": text[:500] or resp.reason, "type": "http_error"}}
+
+
+def _error(status: int, data: Any) -> ParrotError:
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return ParrotError(
+            str(error.get("message")), status=status, type=error.get("type"), code=error.get("code")
+        )
+    return ParrotError(f"HTTP {status}: {data}", status=status)

@@ -1,0 +1,118 @@
+"""Semantic Variables on the client: futures for text that a call (or the client) provides."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Literal
+
+from parrot_bridge.errors import ParrotError
+
+if TYPE_CHECKING:
+    from parrot_bridge.session import Session
+
+Criteria = Literal["latency", "throughput"]
+
+__all__ = ["Criteria", "SemanticVariable", "variable"]
+
+
+class SemanticVariable:
+    """A named placeholder for text: an input the client sets, or the output of a call.
+
+    Reading it (`get`, `aget`, `stream`, `astream`) submits the session's pending calls in one
+    request and waits on the server; `criteria` tells the server what the application needs
+    from it ("latency": this value soon; "throughput": the whole job efficiently).
+    """
+
+    def __init__(self, value: str | None = None, name: str | None = None) -> None:
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"a variable's value must be a str, got {type(value).__name__}")
+        self.id = f"v-{uuid.uuid4().hex}"
+        self.name = name
+        self._value = value
+        self._session: Session | None = None
+        self._producer: str | None = None  # id of the call that writes it
+        self._declared = False  # the server knows it
+        self._error: ParrotError | None = None
+
+    @property
+    def value(self) -> str | None:
+        """The value if known on the client (set here, or fetched already), else None."""
+        return self._value
+
+    @property
+    def session(self) -> Session | None:
+        return self._session
+
+    @property
+    def is_output(self) -> bool:
+        return self._producer is not None
+
+    def set(self, value: str) -> None:
+        """Give an input its value (before or after it was sent to the server)."""
+        if not isinstance(value, str):
+            raise TypeError(f"a variable's value must be a str, got {type(value).__name__}")
+        if self._producer is not None:
+            raise ParrotError(f"variable {self._label} is written by call {self._producer!r}")
+        if self._value is not None:
+            raise ParrotError(f"variable {self._label} already has a value")
+        if self._declared and self._session is not None:
+            self._session._set_remote(self, value)
+        self._value = value
+
+    def get(self, criteria: Criteria = "latency", timeout: float | None = None) -> str:
+        """The value, waiting for it on the server if needed."""
+        known = self._known()
+        if known is not None:
+            return known
+        return self._bound()._get(self, criteria, timeout)
+
+    async def aget(self, criteria: Criteria = "latency", timeout: float | None = None) -> str:
+        known = self._known()
+        if known is not None:
+            return known
+        return await self._bound()._aget(self, criteria, timeout)
+
+    def stream(self, criteria: Criteria = "latency") -> Iterator[str]:
+        """The value's text in chunks, as the server generates it."""
+        known = self._known()
+        if known is not None:
+            yield known
+            return
+        yield from self._bound()._stream(self, criteria)
+
+    async def astream(self, criteria: Criteria = "latency") -> AsyncIterator[str]:
+        known = self._known()
+        if known is not None:
+            yield known
+            return
+        async for chunk in self._bound()._astream(self, criteria):
+            yield chunk
+
+    def __repr__(self) -> str:
+        state = "set" if self._value is not None else ("output" if self._producer else "unset")
+        return f"SemanticVariable({self._label}, {state})"
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @property
+    def _label(self) -> str:
+        return f"{self.name!r} ({self.id})" if self.name else repr(self.id)
+
+    def _known(self) -> str | None:
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def _bound(self) -> Session:
+        if self._session is None:
+            raise ParrotError(
+                f"variable {self._label} has no value and belongs to no session: pass it to a "
+                "semantic function inside `with P.Session(url):` first, or set() it"
+            )
+        return self._session
+
+
+def variable(value: str | None = None, name: str | None = None) -> SemanticVariable:
+    """A new Semantic Variable, optionally with its value."""
+    return SemanticVariable(value, name)

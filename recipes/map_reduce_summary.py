@@ -1,0 +1,153 @@
+"""Map-reduce summarization of an arXiv paper with Semantic Variables.
+
+The paper is cut into chunks; one map call summarizes each chunk and one reduce call reads all
+the map outputs. The templates use the ChatML turns of the default model (SmolLM2-Instruct). The whole graph goes to the server in one request: the reduce call starts on
+the server as soon as the last map output is ready, without a round trip through this script.
+
+    make serve   # in another terminal (or pass --serve MODEL to start one here)
+    python recipes/map_reduce_summary.py --url http://127.0.0.1:9000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+import parrot_bridge as P
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ARTICLE = ROOT.parent / "shared" / "data" / "arxiv-march-2023" / "article_0.txt"
+COUNTERS = (
+    "parrot_prompt_tokens_total",
+    "parrot_prefill_tokens_total",
+    "parrot_cached_tokens_total",
+    "parrot_generated_tokens_total",
+)
+
+
+def main() -> None:
+    args = parse_args()
+    chunks = split_into_chunks(Path(args.article).read_text(), args.chunk_chars)[: args.max_chunks]
+    if args.serve:
+        from server.launcher import ServerProcess
+
+        with ServerProcess(args.serve) as server:
+            asyncio.run(summarize(server.url, chunks, args))
+    else:
+        asyncio.run(summarize(args.url, chunks, args))
+
+
+async def summarize(url: str, chunks: list[str], args: argparse.Namespace) -> None:
+    summarize_chunk = P.semantic_function(max_tokens=args.map_tokens, temperature=0)(map_chunk)
+    combine = reduce_function(len(chunks), args.reduce_tokens)
+    before = read_counters(url)
+    start = time.perf_counter()
+    async with P.Session(url, name="map_reduce_summary"):
+        partials = [summarize_chunk(chunk) for chunk in chunks]
+        final = combine(*partials)
+        # Awaiting the final value first sends the whole graph with its objective (latency);
+        # the map outputs are awaited too, only to move the progress bar.
+        final_task = asyncio.create_task(final.aget(criteria="latency"))
+        try:
+            with tqdm(total=len(chunks) + 1, desc="map-reduce", unit="call") as bar:
+                first_map = None
+                for done in asyncio.as_completed([p.aget(criteria="throughput") for p in partials]):
+                    await done
+                    first_map = first_map or time.perf_counter()
+                    bar.update()
+                map_done = time.perf_counter()
+                summary = await final_task
+                bar.update()
+        finally:
+            final_task.cancel()
+    end = time.perf_counter()
+    after = read_counters(url)
+
+    print("\nSummary:\n" + summary.strip() + "\n")
+    print(f"chunks: {len(chunks)} (about {args.chunk_chars} characters each)")
+    print(f"first map output: {(first_map or map_done) - start:.2f} s")
+    print(f"map stage:        {map_done - start:.2f} s")
+    print(f"reduce:           {end - map_done:.2f} s")
+    print(f"total:            {end - start:.2f} s")
+    for name in COUNTERS:
+        label = name.removeprefix("parrot_").removesuffix("_total").replace("_", " ")
+        print(f"{label + ':':18}{after.get(name, 0) - before.get(name, 0):.0f}")
+
+
+def map_chunk(chunk):
+    """<|im_start|>system
+    You summarize research papers accurately and briefly.<|im_end|>
+    <|im_start|>user
+    Here is a part of a research paper.
+
+    {{input:chunk}}
+
+    Summarize this part in two sentences.<|im_end|>
+    <|im_start|>assistant
+    {{output:summary}}"""
+
+
+def reduce_function(n: int, max_tokens: int) -> P.SemanticFunction:
+    """One input marker per map output: the template is built for this many chunks."""
+    parts = "\n".join(f"Part {i + 1}: {{{{input:part{i}}}}}" for i in range(n))
+    template = (
+        "<|im_start|>system\nYou summarize research papers accurately and briefly.<|im_end|>\n"
+        "<|im_start|>user\nThese are summaries of the consecutive parts of a research paper.\n"
+        f"{parts}\n\nWrite a one-paragraph summary of the whole paper.<|im_end|>\n"
+        "<|im_start|>assistant\n{{output:summary}}"
+    )
+    return P.SemanticFunction(template, name="reduce", max_tokens=max_tokens, temperature=0)
+
+
+def split_into_chunks(text: str, chunk_chars: int) -> list[str]:
+    """Consecutive chunks of whole paragraphs, each about `chunk_chars` long (a paragraph
+    longer than that is cut)."""
+    chunks: list[str] = []
+    current = ""
+    for paragraph in (p.strip() for p in text.split("\n\n")):
+        while len(paragraph) > chunk_chars:
+            chunks.append(paragraph[:chunk_chars])
+            paragraph = paragraph[chunk_chars:]
+        if current and len(current) + len(paragraph) + 2 > chunk_chars:
+            chunks.append(current)
+            current = ""
+        if paragraph:
+            current = f"{current}\n\n{paragraph}" if current else paragraph
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def read_counters(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
+        lines = resp.read().decode().splitlines()
+    values = {}
+    for line in lines:
+        name, _, value = line.partition(" ")
+        if name in COUNTERS:
+            values[name] = float(value)
+    return values
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--url", default="http://127.0.0.1:9000", help="a running Parrot server")
+    p.add_argument("--serve", metavar="MODEL", help="start a server with this model instead")
+    p.add_argument("--article", default=str(DEFAULT_ARTICLE))
+    p.add_argument("--chunk-chars", type=int, default=2000)
+    p.add_argument("--max-chunks", type=int, default=None, help="summarize only the first N")
+    p.add_argument("--map-tokens", type=int, default=48)
+    p.add_argument("--reduce-tokens", type=int, default=128)
+    args = p.parse_args()
+    if args.chunk_chars < 200:
+        p.error("--chunk-chars must be at least 200")
+    return args
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""`parrot-server` / `python -m server`: serve a model over HTTP."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from server.config import ServerConfig
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        config = ServerConfig.from_args(argv)
+    except ValueError as exc:
+        sys.exit(f"parrot-server: {exc}")
+    # No hub downloads at run time: models are local folders, files or registered wheels.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from server.app import run  # imports torch: after the arguments are known to be good
+
+    run(config)
+
+
+if __name__ == "__main__":
+    main()

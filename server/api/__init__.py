@@ -1,0 +1,13 @@
+"""The HTTP API: native Semantic Variable routes, OpenAI-compatible routes, operations."""
+
+from server.api.native import native_routes
+from server.api.openai import openai_routes
+from server.api.ops import ops_routes
+from server.api.route import Route
+
+
+def all_routes() -> list[Route]:
+    return [*native_routes(), *openai_routes(), *ops_routes()]
+
+
+__all__ = ["Route", "all_routes"]

@@ -1,0 +1,202 @@
+"""The native API: sessions, variables, graph submission, long-poll gets and token streams."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+
+from server.api.native_models import (
+    GraphSubmission,
+    SessionClosed,
+    SessionCreate,
+    SessionCreated,
+    SessionInfo,
+    StreamChunk,
+    StreamQuery,
+    SubmissionResult,
+    VariableCreate,
+    VariableInfo,
+    VariableQuery,
+    VariableSet,
+)
+from server.api.route import Route, json_response, parse_body, parse_query
+from server.api.sse import EventStream
+from server.errors import ApiError, error_body, not_found
+from server.graph import CallDecl, GraphError, Sampling, Submission, Variable, VariableDecl
+from server.keys import CONFIG, EXECUTOR, METRICS, SESSIONS
+from server.session import Session
+
+_SESSION = "/v1/sessions/{session_id}"
+_VARIABLE = _SESSION + "/variables/{variable_id}"
+
+
+def native_routes() -> list[Route]:
+    tag = "sessions"
+    return [
+        Route("POST", "/v1/sessions", create_session, "Open a session", tag,
+              body=SessionCreate, response=SessionCreated, status=201),
+        Route("GET", _SESSION, get_session, "Describe a session", tag,
+              response=SessionInfo, auth=True),
+        Route("DELETE", _SESSION, close_session, "Close a session and stop its calls", tag,
+              response=SessionClosed, auth=True),
+        Route("POST", _SESSION + "/graph", submit_graph,
+              "Submit variables and calls (atomic); ready calls start at once", tag,
+              body=GraphSubmission, response=SubmissionResult, auth=True),
+        Route("POST", _SESSION + "/variables", create_variable, "Declare a variable", tag,
+              body=VariableCreate, response=VariableInfo, status=201, auth=True),
+        Route("GET", _VARIABLE, get_variable, "Get a variable, waiting for its value", tag,
+              query=VariableQuery, response=VariableInfo, auth=True),
+        Route("PUT", _VARIABLE, set_variable, "Set a client-owned variable's value", tag,
+              body=VariableSet, response=VariableInfo, auth=True),
+        Route("GET", _VARIABLE + "/stream", stream_variable,
+              "Stream a variable's text as it is generated (event: chunk, done or error)", tag,
+              query=StreamQuery, events=StreamChunk, auth=True),
+    ]  # fmt: skip
+
+
+async def create_session(request: web.Request) -> web.Response:
+    body = await parse_body(request, SessionCreate)
+    store = request.app[SESSIONS]
+    session, token = store.create(body.name)
+    request.app[METRICS].sessions.set(len(store))
+    model = request.app[CONFIG].model_id
+    return json_response(SessionCreated(session_id=session.id, token=token, model=model), 201)
+
+
+async def get_session(request: web.Request) -> web.Response:
+    session = _session(request)
+    info = SessionInfo(
+        session_id=session.id,
+        name=session.name,
+        created=session.created,
+        variables=len(session.graph.variables),
+        calls=session.graph.counts(),
+    )
+    return json_response(info)
+
+
+async def close_session(request: web.Request) -> web.Response:
+    session = _session(request)
+    await end_session(request.app, session)
+    return json_response(SessionClosed(session_id=session.id))
+
+
+async def end_session(app: web.Application, session: Session) -> None:
+    """Forget a session, stop its calls (freeing their contexts), wake its readers."""
+    app[SESSIONS].remove(session.id)
+    await app[EXECUTOR].cancel_session(session.id)
+    session.close()
+    app[METRICS].sessions.set(len(app[SESSIONS]))
+
+
+async def submit_graph(request: web.Request) -> web.Response:
+    session = _session(request)
+    body = await parse_body(request, GraphSubmission)
+    submission = _to_submission(body)
+    ready = session.submit(submission)
+    request.app[METRICS].graph_submissions.inc()
+    request.app[EXECUTOR].dispatch(session, ready)
+    result = SubmissionResult(
+        session_id=session.id,
+        variables=len(submission.variables),
+        calls=len(submission.calls),
+        ready_calls=[c.id for c in ready],
+    )
+    return json_response(result)
+
+
+async def create_variable(request: web.Request) -> web.Response:
+    session = _session(request)
+    body = await parse_body(request, VariableCreate)
+    decl = VariableDecl(body.id or f"v-{uuid.uuid4().hex}", body.name, body.value)
+    return json_response(_info(session.graph.add_variable(decl)), 201)
+
+
+async def get_variable(request: web.Request) -> web.Response:
+    session = _session(request)
+    query = parse_query(request, VariableQuery)
+    var_id = _variable_id(request, session)
+    var = await session.wait(var_id, query.timeout, query.criteria)
+    return json_response(_info(var))
+
+
+async def set_variable(request: web.Request) -> web.Response:
+    session = _session(request)
+    body = await parse_body(request, VariableSet)
+    var_id = _variable_id(request, session)
+    try:
+        ready = session.set_value(var_id, body.value)
+    except GraphError as exc:
+        raise ApiError(409, exc.message, type="conflict_error", code=exc.kind) from exc
+    request.app[EXECUTOR].dispatch(session, ready)
+    return json_response(_info(session.graph.variables[var_id]))
+
+
+async def stream_variable(request: web.Request) -> web.StreamResponse:
+    session = _session(request)
+    query = parse_query(request, StreamQuery)
+    var_id = _variable_id(request, session)
+    if query.criteria is not None:
+        session.graph.await_variable(var_id, query.criteria)
+    feed = session.feed(var_id)
+    stream = EventStream(request)
+    await stream.open()
+    try:
+        async for text in feed.follow():
+            await stream.send(StreamChunk(text=text), "chunk")
+        if feed.error is not None:
+            await stream.send(error_body(feed.error, "call_failed", "call_failed"), "error")
+        else:
+            await stream.send(_info(session.graph.variables[var_id]), "done")
+    except ConnectionError:  # the client left; nothing to tell it
+        return stream.response
+    return await stream.close()
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _session(request: web.Request) -> Session:
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else None
+    return request.app[SESSIONS].get(request.match_info["session_id"], token)
+
+
+def _variable_id(request: web.Request, session: Session) -> str:
+    var_id = request.match_info["variable_id"]
+    if var_id not in session.graph.variables:
+        raise not_found(f"variable {var_id!r} does not exist in session {session.id!r}")
+    return var_id
+
+
+def _info(var: Variable) -> VariableInfo:
+    return VariableInfo(
+        id=var.id,
+        name=var.name,
+        status=var.state.value,
+        value=var.value,
+        error=var.error,
+        producer=var.producer,
+    )
+
+
+def _to_submission(body: GraphSubmission) -> Submission:
+    calls = []
+    for spec in body.calls:
+        s = spec.sampling
+        try:
+            sampling = Sampling(
+                s.max_tokens, s.temperature, s.top_p, s.top_k, s.seed, tuple(s.stop), s.ignore_eos
+            )
+        except ValueError as exc:
+            raise GraphError(
+                f"call {spec.id!r}: invalid sampling: {exc}", kind="invalid_sampling", call=spec.id
+            ) from exc
+        calls.append(CallDecl(spec.id, spec.template, spec.inputs, spec.outputs, sampling,
+                              spec.function))  # fmt: skip
+    return Submission(
+        variables=[VariableDecl(v.id, v.name, v.value) for v in body.variables],
+        calls=calls,
+        awaits={a.variable: a.criteria for a in body.awaits},
+    )

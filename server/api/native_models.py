@@ -1,0 +1,134 @@
+"""Request and response bodies of the native API (`/v1/sessions/...`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Criteria = Literal["latency", "throughput"]
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SessionCreate(ApiModel):
+    name: str | None = Field(None, max_length=200, description="A label for logs.")
+
+
+class SessionCreated(ApiModel):
+    session_id: str
+    token: str = Field(description="Send as 'Authorization: Bearer <token>' on session routes.")
+    model: str
+
+
+class SessionInfo(ApiModel):
+    session_id: str
+    name: str | None
+    created: float
+    variables: int
+    calls: dict[str, int] = Field(description="Number of calls in each state.")
+
+
+class SessionClosed(ApiModel):
+    session_id: str
+    closed: bool = True
+
+
+class SamplingSpec(ApiModel):
+    max_tokens: int = Field(128, ge=1, description="Per output variable.")
+    temperature: float = Field(1.0, ge=0, description="0 is greedy.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(-1, description="<= 0 disables top-k.")
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    ignore_eos: bool = False
+
+
+class VariableSpec(ApiModel):
+    id: str = Field(description="Chosen by the client, unique in the session.")
+    name: str | None = None
+    value: str | None = Field(None, description="Given for inputs set by the client.")
+
+
+class CallSpec(ApiModel):
+    id: str = Field(description="Chosen by the client, unique in the session.")
+    function: str | None = Field(None, description="The semantic function's name, for messages.")
+    template: str = Field(description="Text with {{input:name}} and {{output:name}} markers.")
+    inputs: dict[str, str] = Field(default_factory=dict, description="Input name -> variable id.")
+    outputs: dict[str, str] = Field(description="Output name -> variable id.")
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+
+
+class AwaitSpec(ApiModel):
+    variable: str
+    criteria: Criteria = "latency"
+
+
+class GraphSubmission(ApiModel):
+    """New variables and calls, applied atomically, and the variables the client will await."""
+
+    variables: list[VariableSpec] = Field(default_factory=list)
+    calls: list[CallSpec] = Field(default_factory=list)
+    awaits: list[AwaitSpec] = Field(default_factory=list)
+
+
+class SubmissionResult(ApiModel):
+    session_id: str
+    variables: int
+    calls: int
+    ready_calls: list[str] = Field(description="Calls that started at once.")
+
+
+class VariableCreate(ApiModel):
+    id: str | None = Field(None, description="Generated when omitted.")
+    name: str | None = None
+    value: str | None = None
+
+
+class VariableSet(ApiModel):
+    value: str
+
+
+class VariableInfo(ApiModel):
+    id: str
+    name: str | None
+    status: Literal["pending", "ready", "failed"]
+    value: str | None = None
+    error: str | None = None
+    producer: str | None = Field(None, description="The call that writes it.")
+
+
+class VariableQuery(ApiModel):
+    criteria: Criteria | None = Field(None, description="The objective of this wait.")
+    timeout: float = Field(30.0, ge=0, le=300, description="Seconds to wait for the value.")
+
+
+class StreamQuery(ApiModel):
+    criteria: Criteria | None = None
+
+
+class StreamChunk(ApiModel):
+    """`event: chunk` of a variable's stream; `event: done` carries a VariableInfo and
+    `event: error` an ErrorResponse."""
+
+    text: str
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Health(ApiModel):
+    status: Literal["ok"]
+    model: str
+    max_model_len: int
+    sessions: int

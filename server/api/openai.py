@@ -1,0 +1,292 @@
+"""The OpenAI-compatible API: plain requests, no graph, but the engine's prefix cache applies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from server.api.openai_models import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    OpenAIRequest,
+    Usage,
+)
+from server.api.route import Route, json_response, parse_body
+from server.api.sse import EventStream
+from server.engine import EngineError, JobOutput, SamplingParams
+from server.engine_driver import EngineDriver
+from server.errors import ApiError, bad_request, error_body, not_found
+from server.keys import CONFIG, DRIVER, METRICS
+
+_DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+def openai_routes() -> list[Route]:
+    tag = "openai"
+    return [
+        Route("GET", "/v1/models", list_models, "The served model", tag, response=ModelList),
+        Route("POST", "/v1/completions", create_completion, "Complete a prompt", tag,
+              body=CompletionRequest, response=Completion),
+        Route("POST", "/v1/chat/completions", create_chat_completion,
+              "Chat completion (the model's chat template); stream=true sends chunks", tag,
+              body=ChatCompletionRequest, response=ChatCompletion),
+    ]  # fmt: skip
+
+
+async def list_models(request: web.Request) -> web.Response:
+    card = ModelCard(
+        id=request.app[CONFIG].model_id,
+        created=int(time.time()),
+        max_model_len=request.app[DRIVER].max_model_len,
+    )
+    return json_response(ModelList(data=[card]))
+
+
+async def create_completion(request: web.Request) -> web.StreamResponse:
+    body = await parse_body(request, CompletionRequest)
+    _check_common(request, body)
+    if body.echo or body.suffix:
+        raise bad_request("echo and suffix are not supported", param="echo")
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if not prompts:
+        raise bad_request("prompt must not be empty", param="prompt")
+    driver = request.app[DRIVER]
+    prompt_ids = [_encode(driver, p, "prompt") for p in prompts]
+    max_tokens = body.max_tokens or _DEFAULT_COMPLETION_TOKENS
+    samplings = [_sampling(driver, body, ids, max_tokens) for ids in prompt_ids]
+    cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model
+    for ids in prompt_ids:
+        request.app[METRICS].prompt_tokens.inc(len(ids))
+    if body.stream:
+        if len(prompts) > 1:
+            raise bad_request("streaming supports one prompt per request", param="prompt")
+        return await _stream_completion(request, driver, prompt_ids[0], samplings[0], cid, body)
+    finals = await asyncio.gather(
+        *(_run(driver, ids, s) for ids, s in zip(prompt_ids, samplings, strict=True))
+    )
+    choices = [
+        CompletionChoice(index=i, text=f.text, finish_reason=_reason(f))
+        for i, f in enumerate(finals)
+    ]
+    completion_tokens = sum(len(f.token_ids) for f in finals)
+    prompt_tokens = sum(len(ids) for ids in prompt_ids)
+    usage = Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+    return json_response(
+        Completion(id=cid, created=created, model=model, choices=choices, usage=usage)
+    )
+
+
+async def create_chat_completion(request: web.Request) -> web.StreamResponse:
+    body = await parse_body(request, ChatCompletionRequest)
+    _check_common(request, body)
+    if body.tools:
+        raise bad_request("tools are not supported", param="tools")
+    driver = request.app[DRIVER]
+    messages = [{"role": m.role, "content": _content(m.content, i)} for i, m in
+                enumerate(body.messages)]  # fmt: skip
+    try:
+        text = driver.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    except Exception as exc:  # a template's raise_exception or a model without a template
+        raise bad_request(f"cannot apply the chat template: {exc}", param="messages") from exc
+    ids = _encode(driver, text, "messages")
+    requested = body.max_completion_tokens or body.max_tokens
+    max_tokens = requested or max(1, driver.max_model_len - len(ids))  # default: fill the context
+    sampling = _sampling(driver, body, ids, max_tokens)
+    request.app[METRICS].prompt_tokens.inc(len(ids))
+    cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model
+    if body.stream:
+        return await _stream_chat(request, driver, ids, sampling, cid, body)
+    final = await _run(driver, ids, sampling)
+    choice = ChatChoice(
+        index=0, message=AssistantMessage(content=final.text), finish_reason=_reason(final)
+    )
+    usage = _usage(ids, final)
+    return json_response(
+        ChatCompletion(id=cid, created=created, model=model, choices=[choice], usage=usage)
+    )
+
+
+# -- streaming -----------------------------------------------------------------------------------
+
+
+async def _stream_chat(
+    request: web.Request,
+    driver: EngineDriver,
+    ids: list[int],
+    sampling: SamplingParams,
+    cid: str,
+    body: ChatCompletionRequest,
+) -> web.StreamResponse:
+    created = int(time.time())
+
+    def chunk(delta: ChatDelta, reason: str | None = None) -> ChatCompletionChunk:
+        choice = ChatChunkChoice(index=0, delta=delta, finish_reason=reason)
+        return ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[choice])
+
+    stream = EventStream(request)
+    await stream.open()
+    with contextlib.suppress(ConnectionError):
+        await stream.send(chunk(ChatDelta(role="assistant", content="")))
+        final = None
+        async for out in _outputs(stream, driver, ids, sampling):
+            final = out
+            if out.new_text:
+                await stream.send(chunk(ChatDelta(content=out.new_text)))
+            if out.finished:
+                await stream.send(chunk(ChatDelta(), _reason(out)))
+        if final is not None and body.stream_options and body.stream_options.include_usage:
+            usage_chunk = ChatCompletionChunk(
+                id=cid, created=created, model=body.model, choices=[], usage=_usage(ids, final)
+            )
+            await stream.send(usage_chunk)
+        await stream.send("[DONE]")
+        await stream.close()
+    return stream.response
+
+
+async def _stream_completion(
+    request: web.Request,
+    driver: EngineDriver,
+    ids: list[int],
+    sampling: SamplingParams,
+    cid: str,
+    body: CompletionRequest,
+) -> web.StreamResponse:
+    created = int(time.time())
+    stream = EventStream(request)
+    await stream.open()
+    with contextlib.suppress(ConnectionError):
+        final = None
+        async for out in _outputs(stream, driver, ids, sampling):
+            final = out
+            if out.new_text or out.finished:
+                choice = CompletionChoice(
+                    index=0, text=out.new_text, finish_reason=_reason(out) if out.finished else None
+                )
+                await stream.send(
+                    Completion(id=cid, created=created, model=body.model, choices=[choice])
+                )
+        if final is not None and body.stream_options and body.stream_options.include_usage:
+            usage = Completion(
+                id=cid, created=created, model=body.model, choices=[], usage=_usage(ids, final)
+            )
+            await stream.send(usage)
+        await stream.send("[DONE]")
+        await stream.close()
+    return stream.response
+
+
+async def _outputs(
+    stream: EventStream, driver: EngineDriver, ids: list[int], sampling: SamplingParams
+) -> AsyncIterator[JobOutput]:
+    """Engine outputs; an engine error after the stream started is sent as an error event."""
+    try:
+        async with contextlib.aclosing(driver.generate_plain(ids, sampling)) as outputs:
+            async for out in outputs:
+                yield out
+    except (ValueError, EngineError) as exc:
+        await stream.send(error_body(str(exc), "invalid_request_error"))
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+async def _run(driver: EngineDriver, ids: list[int], sampling: SamplingParams) -> JobOutput:
+    final: JobOutput | None = None
+    try:
+        async for out in driver.generate_plain(ids, sampling):
+            final = out
+    except ValueError as exc:
+        raise bad_request(str(exc)) from exc
+    except EngineError as exc:
+        raise ApiError(500, str(exc), type="server_error") from exc
+    assert final is not None and final.finished
+    return final
+
+
+def _check_common(request: web.Request, body: OpenAIRequest) -> None:
+    config, driver = request.app[CONFIG], request.app[DRIVER]
+    if body.model not in (config.model_id, driver.name):
+        raise not_found(
+            f"the model {body.model!r} does not exist; this server serves {config.model_id!r}",
+            code="model_not_found",
+        )
+    if body.n not in (None, 1):
+        raise bad_request("only n=1 is supported", param="n")
+    if body.logprobs:
+        raise bad_request("logprobs are not supported", param="logprobs")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(body, name):
+            raise bad_request(f"{name} is not supported (send 0 or leave it out)", param=name)
+
+
+def _encode(driver: EngineDriver, text: str, param: str) -> list[int]:
+    ids = driver.encode(text)
+    if not ids:
+        raise bad_request(f"{param} is empty after tokenization", param=param)
+    return ids
+
+
+def _sampling(
+    driver: EngineDriver, body: OpenAIRequest, ids: list[int], max_tokens: int
+) -> SamplingParams:
+    limit = driver.max_model_len
+    if len(ids) + max_tokens > limit:
+        raise bad_request(
+            f"this model's maximum context length is {limit} tokens, but {len(ids) + max_tokens} "
+            f"were requested ({len(ids)} in the prompt, {max_tokens} for the completion)",
+            code="context_length_exceeded",
+            param="max_tokens",
+        )
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if any(not s for s in stop):
+        raise bad_request("stop strings must not be empty", param="stop")
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        seed=body.seed,
+        stop=stop,
+    )
+
+
+def _content(content: object, index: int) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for part in content:  # type: ignore[attr-defined]
+        if part.type != "text" or part.text is None:
+            raise bad_request(
+                f"messages[{index}]: only text content parts are supported, got {part.type!r}",
+                param="messages",
+            )
+        texts.append(part.text)
+    return "".join(texts)
+
+
+def _reason(out: JobOutput) -> str:
+    return "length" if out.finish_reason == "length" else "stop"
+
+
+def _usage(ids: list[int], final: JobOutput) -> Usage:
+    n = len(final.token_ids)
+    return Usage(prompt_tokens=len(ids), completion_tokens=n, total_tokens=len(ids) + n)

@@ -1,0 +1,68 @@
+"""A route of the HTTP API with the models that describe it, and request parsing helpers.
+
+The same `Route` list registers the aiohttp handlers and generates the OpenAPI document, so the
+document cannot drift from what is served.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from server.errors import bad_request
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    events: type[BaseModel] | None = None  # the payload of server-sent events, when it streams
+    text: str | None = None  # a plain-text response's media type
+    auth: bool = False  # needs the session token
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    """The JSON body as `model`; 400 with the field and reason when it does not fit."""
+    raw = await request.read()
+    try:
+        data: Any = json.loads(raw) if raw.strip() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad_request(
+            f"the request body is not valid JSON: {exc}", code="invalid_json"
+        ) from exc
+    return validate(model, data, "body")
+
+
+def parse_query(request: web.Request, model: type[M]) -> M:
+    return validate(model, dict(request.query), "query")
+
+
+def validate(model: type[M], data: Any, where: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise bad_request(
+            f"invalid {where}: {loc or where}: {first['msg']}{more}", param=loc or None
+        ) from exc
+
+
+def json_response(model: BaseModel, status: int = 200) -> web.Response:
+    return web.json_response(text=model.model_dump_json(), status=status)

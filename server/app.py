@@ -1,0 +1,107 @@
+"""The aiohttp application: `init_app(config)` builds it, `run(config)` serves it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from server.api import all_routes
+from server.api.native import end_session
+from server.api.openapi import build_openapi
+from server.config import ServerConfig
+from server.engine_driver import EngineDriver
+from server.executor import Executor, ExecutorConfig
+from server.keys import CONFIG, DRIVER, EXECUTOR, METRICS, OPENAPI, SESSIONS
+from server.log import configure_logging, log_event
+from server.metrics import Metrics
+from server.middleware import access_middleware, error_middleware
+from server.session_store import SessionStore
+
+log = logging.getLogger("server")
+VERSION = "0.1.0"
+
+
+def init_app(config: ServerConfig) -> web.Application:
+    """The application, with the engine loaded and started in its startup phase."""
+    app = web.Application(
+        middlewares=[access_middleware, error_middleware],
+        client_max_size=config.max_request_mb * 1024 * 1024,
+    )
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app[SESSIONS] = SessionStore()
+    routes = all_routes()
+    for route in routes:
+        app.router.add_route(route.method, route.path, route.handler, name=route.handler.__name__)
+    app[OPENAPI] = build_openapi(routes, "Parrot", VERSION)
+    app.cleanup_ctx.append(_engine)
+    app.cleanup_ctx.append(_executor)
+    app.cleanup_ctx.append(_session_reaper)
+    app.on_shutdown.append(_close_sessions)
+    return app
+
+
+def run(config: ServerConfig) -> None:
+    """Serve until SIGINT/SIGTERM, then finish in-flight requests and stop the engine."""
+    configure_logging(config.log_level, config.log_format)
+    log_event(log, "starting", model=config.model, host=config.host, port=config.port)
+    web.run_app(
+        init_app(config),
+        host=config.host,
+        port=config.port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=config.shutdown_timeout_s,
+    )
+    log_event(log, "stopped")
+
+
+async def _engine(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    driver = await EngineDriver.load(
+        config.model, config.device, config.dtype, **config.engine_kwargs()
+    )
+    await driver.start()
+    app[DRIVER] = driver
+    log_event(
+        log, "engine_ready", model=driver.name, max_model_len=driver.max_model_len,
+        host=config.host, port=config.port,
+    )  # fmt: skip
+    yield
+    await driver.stop()
+
+
+async def _executor(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    executor_config = ExecutorConfig(config.enable_prefix_sharing, config.min_shared_prefix_tokens)
+    app[EXECUTOR] = Executor(app[DRIVER], app[METRICS], executor_config)
+    yield
+    await app[EXECUTOR].close()
+
+
+async def _session_reaper(app: web.Application) -> AsyncIterator[None]:
+    """A background loop that closes sessions idle for longer than the configured TTL."""
+    ttl = app[CONFIG].session_ttl_s
+
+    async def reap() -> None:
+        while True:
+            await asyncio.sleep(min(60.0, ttl / 2))
+            for session in app[SESSIONS].idle(ttl):
+                await end_session(app, session)
+                log_event(log, "session_expired", session=session.id, ttl_s=ttl)
+
+    task = asyncio.create_task(reap(), name="session-reaper")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _close_sessions(app: web.Application) -> None:
+    """Wake long-polls and streams so shutdown does not wait for them."""
+    for session in app[SESSIONS].all():
+        session.close()

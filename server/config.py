@@ -1,0 +1,135 @@
+"""The server's configuration and the command line that sets it."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+from typing import Any
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_ENGINE_FIELDS = (
+    "num_kv_blocks",
+    "block_size",
+    "max_num_batched_tokens",
+    "max_num_seqs",
+    "max_model_len",
+    "enable_prefix_cache",
+    "enable_cascade",
+)
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    """Everything `parrot-server` can be told. Engine fields left None take the engine's
+    defaults."""
+
+    model: str = DEFAULT_MODEL
+    host: str = "127.0.0.1"
+    port: int = 9000
+    served_model_name: str | None = None
+    device: str = "cpu"
+    dtype: str | None = None
+    # engine
+    num_kv_blocks: int | None = None
+    block_size: int | None = None
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    max_model_len: int | None = None
+    enable_prefix_cache: bool = True
+    enable_cascade: bool = True
+    # graph execution
+    enable_prefix_sharing: bool = True
+    min_shared_prefix_tokens: int = 16
+    # operations
+    session_ttl_s: float = 3600.0
+    max_request_mb: int = 64
+    log_level: str = "info"
+    log_format: str = "kv"
+    shutdown_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model must name a model (a registered name or a path)")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.min_shared_prefix_tokens < 1:
+            raise ValueError(
+                f"min_shared_prefix_tokens must be >= 1, got {self.min_shared_prefix_tokens}"
+            )
+        if self.log_level not in _LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {_LOG_LEVELS}, got {self.log_level!r}")
+        if self.log_format not in ("kv", "json"):
+            raise ValueError(f"log_format must be 'kv' or 'json', got {self.log_format!r}")
+        if self.session_ttl_s <= 0:
+            raise ValueError(f"session_ttl_s must be positive, got {self.session_ttl_s}")
+        if self.max_request_mb < 1:
+            raise ValueError(f"max_request_mb must be >= 1, got {self.max_request_mb}")
+        if self.shutdown_timeout_s < 0:
+            raise ValueError(f"shutdown_timeout_s must be >= 0, got {self.shutdown_timeout_s}")
+
+    @property
+    def model_id(self) -> str:
+        """The name clients use in OpenAI requests."""
+        return self.served_model_name or self.model
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """EngineConfig fields that were set."""
+        values = {name: getattr(self, name) for name in _ENGINE_FIELDS}
+        return {name: value for name, value in values.items() if value is not None}
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> ServerConfig:
+        args = build_parser().parse_args(argv)
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServerConfig()
+    p = argparse.ArgumentParser(
+        prog="parrot-server", description="Serve an LLM with Semantic Variables."
+    )
+    p.add_argument("--model", default=d.model, help="registered name, HF folder or GGUF file")
+    p.add_argument("--host", default=d.host)
+    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--served-model-name", help="model id in the OpenAI API (default: --model)")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--dtype", help="e.g. float32, bfloat16 (default: the engine's)")
+    engine = p.add_argument_group("engine")
+    engine.add_argument("--num-kv-blocks", type=int)
+    engine.add_argument("--block-size", type=int)
+    engine.add_argument("--max-num-batched-tokens", type=int)
+    engine.add_argument("--max-num-seqs", type=int)
+    engine.add_argument("--max-model-len", type=int)
+    engine.add_argument(
+        "--no-prefix-cache",
+        dest="enable_prefix_cache",
+        action="store_false",
+        help="do not reuse KV of identical token prefixes across requests",
+    )
+    engine.add_argument(
+        "--no-cascade",
+        dest="enable_cascade",
+        action="store_false",
+        help="do not attend to shared prefixes once (cascade attention)",
+    )
+    graph = p.add_argument_group("graph execution")
+    graph.add_argument(
+        "--disable-prefix-sharing",
+        dest="enable_prefix_sharing",
+        action="store_false",
+        help="do not fork calls that share a leading prompt from one context",
+    )
+    graph.add_argument("--min-shared-prefix-tokens", type=int, default=d.min_shared_prefix_tokens)
+    ops = p.add_argument_group("operations")
+    ops.add_argument(
+        "--session-ttl-s",
+        type=float,
+        default=d.session_ttl_s,
+        help="close sessions idle (no request, no running call) for this long",
+    )
+    ops.add_argument("--max-request-mb", type=int, default=d.max_request_mb)
+    ops.add_argument("--log-level", default=d.log_level, choices=_LOG_LEVELS)
+    ops.add_argument("--log-format", default=d.log_format, choices=("kv", "json"))
+    ops.add_argument("--shutdown-timeout-s", type=float, default=d.shutdown_timeout_s)
+    return p

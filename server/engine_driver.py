@@ -1,0 +1,112 @@
+"""The server's handle on one engine: contexts that remember their tokens, plain requests, stats.
+
+Everything the server asks of an engine goes through here, so later engines (another process,
+an OpenAI-compatible backend) only need to provide the same few methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from server.engine import AsyncLLMEngine, EngineStats, JobOutput, LLMEngine, SamplingParams
+from server.prefix_plan import common_prefix_len
+
+
+@dataclass(frozen=True, slots=True)
+class FillResult:
+    kept: int  # tokens the context already held that the target starts with
+    filled: int  # tokens appended (and computed)
+
+
+class EngineDriver:
+    """One engine behind the context primitives, started and stopped with the server."""
+
+    def __init__(self, engine: AsyncLLMEngine, name: str) -> None:
+        self.engine = engine
+        self.name = name
+
+    @classmethod
+    async def load(cls, model: str, device: str, dtype: str | None, **config: Any) -> EngineDriver:
+        """Load a model (in a thread: it takes seconds) and wrap it; `start()` runs it."""
+        engine = await asyncio.to_thread(
+            LLMEngine.from_pretrained, model, device=device, dtype=dtype, **config
+        )
+        return cls(AsyncLLMEngine(engine), engine.model_name)
+
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.engine.max_model_len
+
+    def encode(self, text: str) -> list[int]:
+        """Tokens of `text` as a plain request would tokenize it (no special tokens added)."""
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def new_context(self) -> TokenContext:
+        return TokenContext(self.engine, self.engine.create_context(), [])
+
+    async def generate_plain(
+        self, prompt: Sequence[int], sampling: SamplingParams, priority: int = 0
+    ) -> AsyncIterator[JobOutput]:
+        """A one-shot request on a fresh context (the engine's prefix cache applies)."""
+        async for out in self.engine.generate_request(prompt, sampling, priority):
+            yield out
+
+    async def stats(self) -> EngineStats:
+        """A consistent copy of the engine's counters, read on its own thread."""
+        return await self.engine.call(lambda e: dataclasses.replace(e.stats))
+
+
+class TokenContext:
+    """An engine context and the tokens it holds, so text can be re-tokenized as a whole.
+
+    The design's boundary rule: the model sees the tokens of the whole rendered text, never of a
+    segment alone. `fill_to(tokens_of_everything_so_far)` keeps the common token prefix, drops
+    the rest (boundary tokens that re-tokenize differently) and fills only the new suffix.
+    """
+
+    def __init__(self, engine: AsyncLLMEngine, context_id: int, tokens: list[int]) -> None:
+        self.engine = engine
+        self.id = context_id
+        self.tokens = tokens
+        self._closed = False
+
+    async def fill_to(self, target: Sequence[int], priority: int = 0) -> FillResult:
+        kept = common_prefix_len(self.tokens, target)
+        if kept < len(self.tokens):
+            self.engine.truncate(self.id, kept)
+            del self.tokens[kept:]
+        new = list(target[kept:])
+        if new:
+            await self.engine.fill(self.id, new, priority)
+            self.tokens.extend(new)
+        return FillResult(kept, len(new))
+
+    async def generate(
+        self, sampling: SamplingParams, priority: int = 0
+    ) -> AsyncIterator[JobOutput]:
+        async for out in self.engine.generate(self.id, sampling, priority):
+            self.tokens.extend(out.new_token_ids)
+            yield out
+
+    def fork(self) -> TokenContext:
+        """A child sharing this context's KV blocks (copy-on-write)."""
+        return TokenContext(self.engine, self.engine.create_context(self.id), list(self.tokens))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.engine.free(self.id)

@@ -1,0 +1,71 @@
+"""A semantic call: a parsed template, the variables bound to its slots, and sampling settings."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from parrot_bridge.template import Input, Output, Segment, Template
+
+
+class CallState(enum.Enum):
+    WAITING = "waiting"  # some inputs have no value yet
+    READY = "ready"  # all inputs set; waiting for the executor
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """How a call's outputs are sampled (engine-independent)."""
+
+    max_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+
+@dataclass(eq=False, slots=True)
+class Call:
+    """One node of work. `inputs`/`outputs` map template names to variable ids.
+
+    The segments stay explicit (constant text, input slots, output slots) so that later stages
+    can key prefixes by segment without re-parsing text.
+    """
+
+    id: str
+    template: Template
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    sampling: Sampling = field(default_factory=Sampling)
+    function: str | None = None
+    state: CallState = CallState.WAITING
+    error: str | None = None
+    missing: set[str] = field(default_factory=set)  # input variable ids without a value yet
+
+    @property
+    def label(self) -> str:
+        """How error messages name this call."""
+        return f"{self.id!r} ({self.function})" if self.function else repr(self.id)
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        return self.template.segments
+
+    def variable_of(self, segment: Input | Output) -> str:
+        """The id of the variable bound to an input or output slot."""
+        return (self.inputs if isinstance(segment, Input) else self.outputs)[segment.name]

@@ -1,0 +1,36 @@
+"""What a client submits at once: new variables, new calls and the variables it awaits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from server.graph.call import Sampling
+
+Criteria = Literal["latency", "throughput"]
+
+
+@dataclass(frozen=True, slots=True)
+class VariableDecl:
+    id: str
+    name: str | None = None
+    value: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallDecl:
+    """A call as submitted: the template is still text, parsed during validation."""
+
+    id: str
+    template: str
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    sampling: Sampling = field(default_factory=Sampling)
+    function: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    variables: list[VariableDecl] = field(default_factory=list)
+    calls: list[CallDecl] = field(default_factory=list)
+    awaits: dict[str, Criteria] = field(default_factory=dict)

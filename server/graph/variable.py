@@ -1,0 +1,35 @@
+"""A Semantic Variable on the server: one producer (a call or the client), many consumers."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class VariableState(enum.Enum):
+    PENDING = "pending"  # no value yet
+    READY = "ready"
+    FAILED = "failed"  # its producer (or something upstream) failed; `error` says why
+
+
+@dataclass(eq=False, slots=True)
+class Variable:
+    """A node of the graph. `producer` is the id of the call that writes it, if any."""
+
+    id: str
+    name: str | None = None
+    value: str | None = None
+    state: VariableState = VariableState.PENDING
+    error: str | None = None
+    producer: str | None = None
+    consumers: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """How error messages name this variable."""
+        return f"{self.id!r} ({self.name})" if self.name and self.name != self.id else repr(self.id)
+
+    @property
+    def settable(self) -> bool:
+        """True when someone will give it a value: it has one, or a producer."""
+        return self.state is VariableState.READY or self.producer is not None

@@ -1,0 +1,55 @@
+"""When a shared prefix is worth attending once for a whole group (the cost rule)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeConfig:
+    """Thresholds for planning a shared-prefix (cascade) level.
+
+    A level is planned only for at least `min_group_size` decoding sequences sharing at least
+    `min_prefix_tokens` tokens of KV, whose shared reads saved, (group size - 1) x prefix
+    tokens, reach `min_saved_tokens`. Below them the level's extra call and merge cost more
+    than the reads they save. `for_device` gives the thresholds measured with
+    `python -m benchmarks.attention --cost-rule` (see server/kernels/README.md).
+    """
+
+    min_prefix_tokens: int = 128
+    min_group_size: int = 2
+    min_saved_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_prefix_tokens < 1:
+            raise ValueError(f"min_prefix_tokens must be >= 1, got {self.min_prefix_tokens}")
+        if self.min_group_size < 2:
+            raise ValueError(
+                f"min_group_size must be >= 2 (one sequence has nothing to share), "
+                f"got {self.min_group_size}"
+            )
+        if self.min_saved_tokens < 0:
+            raise ValueError(f"min_saved_tokens must be >= 0, got {self.min_saved_tokens}")
+
+    @classmethod
+    def for_device(cls, device: torch.device | str) -> CascadeConfig:
+        """The measured rule for this kind of device."""
+        return CUDA_RULE if torch.device(device).type == "cuda" else CPU_RULE
+
+    def pays(self, group_size: int, prefix_tokens: int) -> bool:
+        """Whether a level of `group_size` sequences over `prefix_tokens` tokens is planned."""
+        return (
+            group_size >= self.min_group_size
+            and prefix_tokens >= self.min_prefix_tokens
+            and (group_size - 1) * prefix_tokens >= self.min_saved_tokens
+        )
+
+
+# CPU (2 cores, float32): the sweep's crossover; see server/kernels/README.md.
+CPU_RULE = CascadeConfig(min_prefix_tokens=128, min_group_size=2)
+# CUDA (H200, Triton kernels, bfloat16): per-sequence decode of a prefix that stays in L2 is
+# cheap, so cascade paid only from about 32k saved prefix-token reads (64 x 512: 1.10x,
+# 16 x 2048: 1.01x, 16 x 512: 0.85x).
+CUDA_RULE = CascadeConfig(min_prefix_tokens=256, min_group_size=8, min_saved_tokens=32_768)

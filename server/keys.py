@@ -1,0 +1,20 @@
+"""Typed keys of everything the aiohttp application holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from server.config import ServerConfig
+from server.engine_driver import EngineDriver
+from server.executor import Executor
+from server.metrics import Metrics
+from server.session_store import SessionStore
+
+CONFIG = web.AppKey("config", ServerConfig)
+METRICS = web.AppKey("metrics", Metrics)
+SESSIONS = web.AppKey("sessions", SessionStore)
+DRIVER = web.AppKey("driver", EngineDriver)
+EXECUTOR = web.AppKey("executor", Executor)
+OPENAPI = web.AppKey("openapi", dict[str, Any])

@@ -1,0 +1,140 @@
+"""Counters kept by the server and their Prometheus text rendering. Pure, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.engine import EngineStats
+
+
+@dataclass(slots=True)
+class Family:
+    """One metric family: a name, a type, help text, and samples by label values."""
+
+    name: str
+    kind: str  # "counter" | "gauge"
+    help: str
+    labels: tuple[str, ...] = ()
+    samples: dict[tuple[str, ...], float] = field(default_factory=dict)
+
+    def inc(self, amount: float = 1, **labels: str) -> None:
+        key = self._key(labels)
+        self.samples[key] = self.samples.get(key, 0) + amount
+
+    def set(self, value: float, **labels: str) -> None:
+        self.samples[self._key(labels)] = value
+
+    def value(self, **labels: str) -> float:
+        return self.samples.get(self._key(labels), 0)
+
+    def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
+        if set(labels) != set(self.labels):
+            raise ValueError(f"{self.name} takes labels {self.labels}, got {tuple(labels)}")
+        return tuple(str(labels[name]) for name in self.labels)
+
+
+class Metrics:
+    """The server's own counters; engine counters are read at scrape time and merged in."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = Family(
+            "parrot_prompt_tokens_total", "counter", "Prompt tokens of all calls and requests."
+        )
+        # tokens a forked call did not compute because its parent context held them
+        self.fork_cached_tokens = Family(
+            "parrot_fork_cached_tokens_total", "counter", "Prompt tokens reused from forks."
+        )
+        self.graph_submissions = Family(
+            "parrot_graph_submissions_total", "counter", "Graph submissions applied."
+        )
+        self.calls = Family(
+            "parrot_calls_total", "counter", "Semantic calls finished, by status.", ("status",)
+        )
+        self.http_requests = Family(
+            "parrot_http_requests_total",
+            "counter",
+            "HTTP requests by route and status code.",
+            ("route", "status"),
+        )
+        self.sessions = Family("parrot_sessions_active", "gauge", "Sessions open now.")
+
+    def render(self, engine: EngineStats) -> str:
+        """Prometheus text exposition of server and engine metrics."""
+        cached = Family(
+            "parrot_cached_tokens_total",
+            "counter",
+            "Prompt tokens reused from forks or the prefix cache instead of computed.",
+        )
+        cached.set(engine.cached_tokens + self.fork_cached_tokens.value())
+        derived = [
+            _single(
+                "parrot_prefill_tokens_total",
+                "counter",
+                "Prompt tokens computed by prefill.",
+                engine.prefill_tokens,
+            ),
+            cached,
+            _single(
+                "parrot_generated_tokens_total",
+                "counter",
+                "Tokens generated.",
+                engine.generated_tokens,
+            ),
+            _single("parrot_kv_free_blocks", "gauge", "Free KV cache blocks.", engine.free_blocks),
+            _single(
+                "parrot_kv_total_blocks",
+                "gauge",
+                "KV cache blocks in the pool.",
+                engine.total_blocks,
+            ),
+            _single(
+                "parrot_preemptions_total",
+                "counter",
+                "Contexts preempted for KV space.",
+                engine.preemptions,
+            ),
+        ]
+        own = [
+            self.prompt_tokens,
+            self.fork_cached_tokens,
+            self.graph_submissions,
+            self.calls,
+            self.http_requests,
+            self.sessions,
+        ]
+        return render_families([*own, *derived])
+
+
+def render_families(families: Iterable[Family]) -> str:
+    lines: list[str] = []
+    for fam in families:
+        lines.append(f"# HELP {fam.name} {fam.help}")
+        lines.append(f"# TYPE {fam.name} {fam.kind}")
+        samples = fam.samples or ({(): 0.0} if not fam.labels else {})
+        for key, value in sorted(samples.items()):
+            labels = ",".join(
+                f'{name}="{_escape(v)}"' for name, v in zip(fam.labels, key, strict=True)
+            )
+            lines.append(
+                f"{fam.name}{{{labels}}} {_number(value)}"
+                if labels
+                else f"{fam.name} {_number(value)}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _single(name: str, kind: str, help: str, value: float) -> Family:
+    fam = Family(name, kind, help)
+    fam.set(value)
+    return fam
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

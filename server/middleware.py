@@ -1,0 +1,91 @@
+"""Middlewares: every error becomes JSON in OpenAI's shape; every request is counted and logged."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from server.api.route import Handler
+from server.errors import ApiError, error_body
+from server.graph import GraphError
+from server.keys import METRICS
+from server.log import log_event
+
+log = logging.getLogger("server.http")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+}
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts `parrot_http_requests_total{route,status}` and logs one line per request."""
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        route = _route_label(request)
+        request.app[METRICS].http_requests.inc(route=route, status=str(status))
+        log_event(
+            log,
+            "http_request",
+            method=request.method,
+            route=route,
+            status=status,
+            ms=round((time.perf_counter() - start) * 1000, 1),
+        )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn exceptions into `{"error": {message, type, param, code}}` responses."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return web.json_response(exc.body(), status=exc.status)
+    except GraphError as exc:
+        body = error_body(exc.message, "invalid_request_error", exc.kind)
+        return web.json_response(body, status=400)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = _http_message(request, exc)
+        body = error_body(message, _TYPES.get(exc.status, "server_error"), exc.reason)
+        return web.json_response(body, status=exc.status, headers=_keep_headers(exc))
+    except Exception as exc:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        body = error_body(f"internal server error: {type(exc).__name__}: {exc}", "server_error")
+        return web.json_response(body, status=500)
+
+
+def _http_message(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return f"no route {request.method} {request.path}"
+    if exc.status == 405:
+        return f"method {request.method} is not allowed on {request.path}"
+    return exc.text or exc.reason
+
+
+def _keep_headers(exc: web.HTTPException) -> dict[str, str]:
+    return {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+
+
+def _route_label(request: web.Request) -> str:
+    route = request.match_info.route
+    resource = route.resource if route is not None else None
+    return resource.canonical if resource is not None else "unmatched"

@@ -1,0 +1,100 @@
+"""One application session on the server: its graph, and the live feeds of its variables."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+
+from server.graph import Call, Criteria, Graph, Submission, Variable, VariableState
+from server.variable_feed import VariableFeed
+
+
+class Session:
+    """A graph plus what asyncio needs around it: waiting for values and streaming them.
+
+    Calls never run here; mutators return the calls that became ready and the caller hands them
+    to the executor.
+    """
+
+    def __init__(self, session_id: str, token: str, name: str | None = None) -> None:
+        self.id = session_id
+        self.name = name
+        self.created = time.time()
+        self.last_used = time.monotonic()
+        self.graph = Graph()
+        self.closed = False
+        self._token = token
+        self._feeds: dict[str, VariableFeed] = {}
+
+    def token_matches(self, token: str) -> bool:
+        return hmac.compare_digest(self._token.encode(), token.encode())
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the last request, or 0 while calls run or wait to run."""
+        counts = self.graph.counts()
+        if counts["ready"] or counts["running"]:
+            return 0.0
+        return now - self.last_used
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def submit(self, sub: Submission) -> list[Call]:
+        """Validate and apply a graph submission (atomic); return the calls ready to run."""
+        return self.graph.submit(sub)
+
+    def set_value(self, var_id: str, value: str) -> list[Call]:
+        ready = self.graph.set_value(var_id, value)
+        self._settle(self.graph.variables[var_id])
+        return ready
+
+    def push_chunk(self, var_id: str, text: str) -> None:
+        """Text generated so far for an output; only kept while someone may stream it."""
+        self.feed(var_id).push(text)
+
+    def complete_output(self, call_id: str, name: str, value: str) -> list[Call]:
+        ready = self.graph.complete_output(call_id, name, value)
+        self._settle(self.graph.variables[self.graph.calls[call_id].outputs[name]])
+        return ready
+
+    def fail_call(self, call_id: str, reason: str) -> None:
+        for var in self.graph.fail_call(call_id, reason):
+            self._settle(var)
+
+    def close(self) -> None:
+        self.closed = True
+        for feed in self._feeds.values():
+            feed.finish(error=f"session {self.id!r} was closed")
+        self._feeds.clear()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def wait(self, var_id: str, timeout: float, criteria: Criteria | None = None) -> Variable:
+        """The variable once it is ready or failed, or as it is after `timeout` seconds."""
+        var = self.graph.variable(var_id)
+        if criteria is not None:
+            self.graph.await_variable(var_id, criteria)
+        if var.state is VariableState.PENDING and timeout > 0:
+            try:
+                await asyncio.wait_for(self.feed(var_id).done.wait(), timeout)
+            except TimeoutError:
+                pass
+        return var
+
+    def feed(self, var_id: str) -> VariableFeed:
+        """The live feed of a variable (a finished one when it already has its value)."""
+        feed = self._feeds.get(var_id)
+        if feed is not None:
+            return feed
+        var = self.graph.variable(var_id)
+        feed = VariableFeed()
+        if var.state is VariableState.PENDING and not self.closed:
+            self._feeds[var_id] = feed
+        else:
+            feed.finish(var.value, var.error or (None if var.value is not None else "closed"))
+        return feed
+
+    def _settle(self, var: Variable) -> None:
+        feed = self._feeds.pop(var.id, None)
+        if feed is not None:
+            feed.finish(var.value, var.error)

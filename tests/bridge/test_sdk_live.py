@@ -1,0 +1,148 @@
+"""The SDK against a live server with a tiny random model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import parrot_bridge as P
+from server.engine import LLMEngine, SamplingParams
+from server.launcher import ServerProcess
+from tests.server.http_client import metrics, requests_except_metrics
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def url(tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("sdk") / "server.log"
+    with ServerProcess(tiny_llama_path, log_path=log) as srv:
+        yield srv.url
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama_path: Path) -> LLMEngine:
+    return LLMEngine.from_pretrained(str(tiny_llama_path))
+
+
+def greedy(engine: LLMEngine, text: str, max_tokens: int) -> str:
+    sampling = SamplingParams(max_tokens=max_tokens, temperature=0)
+    return engine.generate([engine.tokenizer.encode(text)], sampling)[0].text
+
+
+@P.semantic_function(max_tokens=8, temperature=0)
+def outline(topic):
+    """Write an outline about {{input:topic}}.
+    Outline:{{output:outline}}"""
+
+
+@P.semantic_function(max_tokens=8, temperature=0)
+def draft(outline):
+    """Expand this outline into a paragraph: {{input:outline}}
+    Paragraph:{{output:paragraph}}"""
+
+
+@P.semantic_function(max_tokens=8, temperature=0)
+def title(paragraph):
+    """Give a title to: {{input:paragraph}}
+    Title:{{output:title}}"""
+
+
+def test_chain_is_one_submission_and_one_read(url: str, engine: LLMEngine) -> None:
+    with P.Session(url) as session:
+        before = metrics(url)
+        result = title(draft(outline("parrots")))
+        assert requests_except_metrics(metrics(url)) == requests_except_metrics(before)
+        value = result.get()
+        after = metrics(url)
+        assert session.id is not None
+    assert requests_except_metrics(after) - requests_except_metrics(before) == 2
+    sub = "parrot_graph_submissions_total"
+    assert after[sub] - before[sub] == 1
+    a = greedy(engine, "Write an outline about parrots.\nOutline:", 8)
+    b = greedy(engine, f"Expand this outline into a paragraph: {a}\nParagraph:", 8)
+    c = greedy(engine, f"Give a title to: {b}\nTitle:", 8)
+    assert value == c
+
+
+def test_later_calls_extend_the_graph_and_values_are_cached(url: str, engine: LLMEngine) -> None:
+    with P.Session(url):
+        first = outline("cars")
+        assert first.get() == greedy(engine, "Write an outline about cars.\nOutline:", 8)
+        before = metrics(url)
+        second = draft(first)  # reads a variable the server already holds
+        assert second.get(criteria="throughput") == greedy(
+            engine, f"Expand this outline into a paragraph: {first.get()}\nParagraph:", 8
+        )
+        assert first.get() == first.value  # known now: no request
+        after = metrics(url)
+    assert requests_except_metrics(after) - requests_except_metrics(before) == 2
+
+
+def test_flush_then_stream_and_inputs_set_before_flush(url: str, engine: LLMEngine) -> None:
+    topic = P.variable(name="topic")
+    with P.Session(url) as session:
+        result = outline(topic)
+        topic.set("boats")
+        session.flush()
+        chunks = list(result.stream())
+    expected = greedy(engine, "Write an outline about boats.\nOutline:", 8)
+    assert "".join(chunks) == expected and result.value == expected
+
+
+async def test_async_session_aget_and_astream(url: str, engine: LLMEngine) -> None:
+    async with P.Session(url):
+        a, b = outline("trains"), outline("planes")
+        values = await asyncio.gather(a.aget(), b.aget(criteria="throughput"))
+        chunks = [c async for c in draft(a).astream()]
+    assert values == [
+        greedy(engine, "Write an outline about trains.\nOutline:", 8),
+        greedy(engine, "Write an outline about planes.\nOutline:", 8),
+    ]
+    assert "".join(chunks) == greedy(
+        engine, f"Expand this outline into a paragraph: {values[0]}\nParagraph:", 8
+    )
+
+
+def test_threads_share_a_session(url: str, engine: LLMEngine) -> None:
+    topics = ["ants", "bees", "cats", "dogs"]
+    with P.Session(url) as session:
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda t: outline.invoke(session, t).get(), topics))
+    assert got == [greedy(engine, f"Write an outline about {t}.\nOutline:", 8) for t in topics]
+
+
+def test_server_errors_become_exceptions_with_its_message(url: str) -> None:
+    with P.Session(url) as session:
+        unset = P.variable(name="unset")
+        result = outline(unset)
+        with pytest.raises(P.ParrotError, match=r"input 'topic' reads variable .*\(unset\)") as e:
+            session.flush()
+        assert e.value.status == 400 and e.value.code == "never_set"
+        with pytest.raises(P.ParrotError, match="never be set"):
+            result.get()  # the failed submission is remembered
+        assert outline("ok").get() is not None  # the session goes on
+
+
+def test_failed_calls_raise_call_failed_downstream(url: str) -> None:
+    huge = Path(__file__).resolve().parents[2].parent / "shared/data/arxiv-march-2023/article_1.txt"
+    with P.Session(url):
+        first = outline(huge.read_text()[:6000])
+        second = draft(first)
+        with pytest.raises(P.CallFailedError, match="upstream call .*its prompt has"):
+            second.get()
+        with pytest.raises(P.CallFailedError, match="prompt has"):
+            list(first.stream())
+
+
+def test_unreachable_server_and_closed_session(url: str) -> None:
+    with pytest.raises(P.ParrotError, match="cannot reach the Parrot server"):
+        P.Session("http://127.0.0.1:9").open()
+    session = P.Session(url).open()
+    session.close()
+    with pytest.raises(P.ParrotError, match="is closed"):
+        outline.invoke(session, "x")

@@ -1,0 +1,143 @@
+"""The SDK without a server: decoration-time checks, calls recorded into the pending graph."""
+
+import pytest
+
+import parrot_bridge as P
+from parrot_bridge.variable import SemanticVariable
+
+
+@P.semantic_function(max_tokens=12, temperature=0, stop="\n")
+def summarize(doc: str):
+    """Document: {{input:doc}}
+    Summary: {{output:summary}}"""
+
+
+@P.semantic_function
+def profile(text, name=None, age=None):
+    """{{input:text}}
+    Name: {{output:name}}
+    Age: {{output:age}}"""
+
+
+def offline() -> P.Session:
+    return P.Session("http://127.0.0.1:9")  # never contacted by these tests
+
+
+def test_docstring_is_the_template_and_keywords_the_sampling() -> None:
+    assert summarize.template.source == "Document: {{input:doc}}\nSummary: {{output:summary}}"
+    assert summarize.inputs == ["doc"] and summarize.outputs == ["summary"]
+    assert summarize.sampling == {"max_tokens": 12, "temperature": 0, "stop": ["\n"]}
+    assert summarize.name == "summarize"
+
+
+def test_template_errors_raise_at_decoration_with_their_position() -> None:
+    with pytest.raises(
+        P.TemplateError,
+        match=r"line 2, column 6: unknown marker kind 'outptu'.*docstring of .*typo",
+    ):
+
+        @P.semantic_function
+        def typo(x):
+            """In: {{input:x}}
+            Out: {{outptu:y}}"""
+
+    with pytest.raises(P.TemplateError, match=r"line 1, column 5: input 'x' .* not a parameter"):
+
+        @P.semantic_function
+        def missing():
+            """In: {{input:x}} {{output:y}}"""
+
+    with pytest.raises(P.TemplateError, match="adjacent"):
+
+        @P.semantic_function
+        def adjacent(x):
+            """{{input:x}} {{output:a}}{{output:b}}"""
+
+    with pytest.raises(P.TemplateError, match="no docstring"):
+
+        @P.semantic_function
+        def empty(x):
+            pass
+
+
+def test_bad_sampling_and_parameters_raise_at_decoration() -> None:
+    with pytest.raises(TypeError, match="unknown sampling option 'max_token'"):
+        P.semantic_function(max_token=3)
+    with pytest.raises(ValueError, match="invalid temperature"):
+        P.SemanticFunction("{{output:y}}", temperature=-1)
+    with pytest.raises(TypeError, match="parameter 'z' of f is not used"):
+
+        @P.semantic_function
+        def f(x, z):
+            """{{input:x}} {{output:y}}"""
+
+
+def test_calls_return_output_variables_at_once_and_record_one_pending_graph() -> None:
+    session = offline()
+    doc = P.variable("A long document.", name="doc")
+    first = summarize.invoke(session, doc)
+    second = summarize.invoke(session, first)
+    assert isinstance(first, SemanticVariable) and first.name == "summary"
+    assert first.value is None and first.is_output
+    batch = session._pending.take({second.id: "throughput"})
+    assert batch is not None
+    body = batch.body
+    assert [v["id"] for v in body["variables"]] == [doc.id, first.id, second.id]
+    assert body["variables"][0]["value"] == "A long document."
+    assert [c["inputs"] for c in body["calls"]] == [{"doc": doc.id}, {"doc": first.id}]
+    assert body["calls"][1]["outputs"] == {"summary": second.id}
+    assert body["calls"][0]["sampling"] == {"max_tokens": 12, "temperature": 0, "stop": ["\n"]}
+    assert body["awaits"] == [{"variable": second.id, "criteria": "throughput"}]
+    assert session._pending.take() is None  # sent once
+    third = summarize.invoke(session, second)  # later calls only send what is new
+    assert [v["id"] for v in session._pending.take().body["variables"]] == [third.id]
+
+
+def test_several_outputs_come_back_as_a_tuple_and_may_be_given() -> None:
+    session = offline()
+    age = P.variable(name="age")
+    name, same_age = profile.invoke(session, "Bob, 42", age=age)
+    assert same_age is age and name.name == "name"
+    assert session._pending.take().body["calls"][0]["outputs"] == {"name": name.id, "age": age.id}
+
+
+def test_equal_string_arguments_share_one_variable() -> None:
+    session = offline()
+    summarize.invoke(session, "same text")
+    summarize.invoke(session, "same text")
+    body = session._pending.take().body
+    assert len({c["inputs"]["doc"] for c in body["calls"]}) == 1
+    assert len(body["variables"]) == 3
+
+
+def test_misuse_is_reported_clearly() -> None:
+    with pytest.raises(P.ParrotError, match="no active Parrot session"):
+        summarize("text")
+    session = offline()
+    with pytest.raises(TypeError, match="input 'doc' must be a str or a SemanticVariable"):
+        summarize.invoke(session, 3)
+    with pytest.raises(TypeError, match="missing input 'doc'"):
+        summarize.invoke(session)
+    out = summarize.invoke(session, "x")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'summary'"):
+        summarize.invoke(session, "y", summary=P.variable())  # not a parameter of summarize
+    with pytest.raises(P.ParrotError, match="already has a value or a producer"):
+        profile.invoke(session, "y", age=out)
+    with pytest.raises(P.ParrotError, match="belongs to another session"):
+        summarize.invoke(offline(), out)
+    with pytest.raises(P.ParrotError, match="is written by call"):
+        out.set("no")
+    with pytest.raises(P.ParrotError, match="belongs to no session"):
+        P.variable().get()
+    assert P.variable("known").get() == "known"  # a local value needs no server
+    with pytest.raises(TypeError):
+        P.variable(5)  # type: ignore[arg-type]
+
+
+def test_public_names() -> None:
+    assert set(P.__all__) == {
+        "CallFailedError", "Criteria", "ParrotError", "SemanticFunction", "SemanticVariable",
+        "Session", "Template", "TemplateError", "current_session", "parse_template",
+        "semantic_function", "variable",
+    }  # fmt: skip
+    assert all(hasattr(P, name) for name in P.__all__)

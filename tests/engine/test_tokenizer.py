@@ -1,0 +1,157 @@
+"""The tokenizer wrapper against transformers' tokenizer, chat templates, and the incremental
+detokenizer on random text (non-ASCII included) and random token ids."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer
+
+from server.engine.tokenizer import IncrementalDetokenizer, Tokenizer
+from tests.tiny_models import CHATML_TEMPLATE, VOCAB_SIZE, training_text
+
+ALPHABET = (
+    "abcdefghijklmnopqrstuvwxyz ABCXYZ 0123456789 .,;:!?'\"()-\n\t"
+    "éèüöäßçñåø ΑλφαβητΩ Приветмир 日本語中文字 한국어 🦜🎉✨👍🏽 ½€£¥→∑∞ \u200b"
+)
+
+
+def random_texts(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(count):
+        if rng.random() < 0.5:  # words that merge well
+            words = training_text().split()
+            texts.append(" ".join(rng.choice(words) for _ in range(rng.randint(1, 30))))
+        else:
+            texts.append("".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, 60))))
+    return texts
+
+
+def stream(detok: IncrementalDetokenizer, ids: list[int]) -> list[str]:
+    deltas = [detok.add(t) for t in ids]
+    deltas.append(detok.finish())
+    return deltas
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tiny_llama_path: Path) -> Tokenizer:
+    return Tokenizer.from_folder(tiny_llama_path)
+
+
+def test_matches_transformers(tiny_llama_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    hf = AutoTokenizer.from_pretrained(str(tiny_llama_path))
+    assert tiny_tokenizer.vocab_size == VOCAB_SIZE == len(hf)
+    for text in random_texts(50, seed=1) + ["<|im_start|>user\nhi<|im_end|>"]:
+        ids = tiny_tokenizer.encode(text)
+        assert ids == hf.encode(text, add_special_tokens=False)
+        for skip in (True, False):
+            assert tiny_tokenizer.decode(ids, skip_special_tokens=skip) == hf.decode(
+                ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False
+            )
+    assert tiny_tokenizer.eos_token_ids == {hf.eos_token_id}
+    assert tiny_tokenizer.decode(tiny_tokenizer.encode("<|im_end|>x")) == "x"
+
+
+def test_chat_template_matches_transformers(tiny_llama_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    hf = AutoTokenizer.from_pretrained(str(tiny_llama_path))
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Grüße! What is 2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 3+3?"},
+    ]
+    for gen in (True, False):
+        ours = tiny_tokenizer.apply_chat_template(messages, add_generation_prompt=gen)
+        assert ours == hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+    assert ours.startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
+
+
+def test_template_dialect_features(tiny_llama_path: Path) -> None:
+    """What HF templates rely on (tojson, raise_exception, loop controls, generation blocks,
+    trimmed blocks) renders as transformers renders it."""
+    template = (
+        "{% for m in messages %}{% if m.role == 'bad' %}{{ raise_exception('bad role') }}"
+        "{% endif %}{% if m.role == 'skip' %}{% continue %}{% endif %}"
+        "{% generation %}{{ m.content | tojson }}{% endgeneration %}\n"
+        "  {% if loop.last %}{{ m | tojson(indent=1) }}{% endif %}\n{% endfor %}{{ eos_token }}"
+    )
+    hf = AutoTokenizer.from_pretrained(str(tiny_llama_path))
+    tok = Tokenizer(tokenizers.Tokenizer(models.BPE()), chat_template=template,
+                    special_tokens={"eos_token": "</s>"})
+    messages = [{"role": "user", "content": "é \"q\""}, {"role": "skip", "content": "x"}]
+    expected = hf.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=True
+    ).replace(hf.eos_token, "</s>")
+    assert tok.apply_chat_template(messages) == expected
+    assert '"é \\"q\\""' in expected
+    with pytest.raises(Exception, match="bad role"):
+        tok.apply_chat_template([{"role": "bad", "content": ""}])
+
+
+def test_chat_template_errors(tiny_tokenizer: Tokenizer) -> None:
+    with pytest.raises(ValueError, match=r"messages\[1\]"):
+        tiny_tokenizer.apply_chat_template([{"role": "user", "content": "a"}, {"content": "b"}])
+    with pytest.raises(ValueError, match="no chat template"):
+        Tokenizer(tiny_tokenizer.backend).apply_chat_template([{"role": "user", "content": "a"}])
+    assert tiny_tokenizer.chat_template == CHATML_TEMPLATE
+
+
+def test_incremental_detokenization_of_random_texts(tiny_tokenizer: Tokenizer) -> None:
+    split_characters = 0
+    for text in random_texts(200, seed=2):
+        ids = tiny_tokenizer.encode(text)
+        detok = tiny_tokenizer.detokenizer()
+        deltas = stream(detok, ids)
+        assert "".join(deltas) == detok.text == text == tiny_tokenizer.decode(ids)
+        assert not any("\ufffd" in d for d in deltas)  # nothing half-decoded is ever released
+        split_characters += deltas[:-1].count("")
+    assert split_characters > 0  # some characters spanned several tokens
+
+
+def test_incremental_detokenization_of_random_ids(tiny_tokenizer: Tokenizer) -> None:
+    """Arbitrary ids (invalid UTF-8, special tokens): the stream still equals the full decode."""
+    rng = random.Random(3)
+    for skip in (True, False):
+        for _ in range(100):
+            ids = [rng.randrange(VOCAB_SIZE) for _ in range(rng.randint(1, 40))]
+            detok = tiny_tokenizer.detokenizer(skip_special_tokens=skip)
+            text = "".join(stream(detok, ids))
+            assert text == tiny_tokenizer.decode(ids, skip_special_tokens=skip)
+
+
+def test_incremental_detokenization_with_leading_space_merging() -> None:
+    """A sentencepiece-style (Metaspace) tokenizer drops the space of the first token when
+    decoding, so naive per-token decoding loses spaces; the windowed decode must not."""
+    backend = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    texts = random_texts(100, seed=4)
+    backend.train_from_iterator(
+        texts, trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>"], show_progress=False)
+    )
+    tok = Tokenizer(backend)
+    assert tok.decode(tok.encode(" b")) == "b"  # the leading space really is dropped
+    for text in texts:
+        ids = tok.encode(text)
+        detok = tok.detokenizer()
+        assert "".join(stream(detok, ids)) == tok.decode(ids)
+
+
+@pytest.mark.slow
+def test_smollm2_tokenizer(smollm2_path: Path) -> None:
+    tok = Tokenizer.from_folder(smollm2_path)
+    hf = AutoTokenizer.from_pretrained(str(smollm2_path))
+    messages = [{"role": "user", "content": "Résumé in 日本語?"}]
+    assert tok.apply_chat_template(messages) == hf.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
+    assert tok.eos_token_ids == {hf.eos_token_id}
+    for text in random_texts(40, seed=5):
+        ids = tok.encode(text)
+        assert ids == hf.encode(text, add_special_tokens=False)
+        assert "".join(stream(tok.detokenizer(), ids)) == text

@@ -1,0 +1,136 @@
+"""The CPU backend against the float64 reference, on fresh random paged batches."""
+
+import pytest
+import torch
+
+from server.kernels import CascadeConfig, SharedPrefix, attention, build_attention_metadata
+from server.kernels.attend_ops import attend_cpu
+from server.kernels.sdpa_backend import SdpaBackend, SdpaConfig
+from tests.kernels.paged_batch import Pool, Step, make_step, relative_error
+
+ANY = CascadeConfig(min_prefix_tokens=1, min_group_size=2)
+NUM_BLOCKS = 160
+
+
+def mixed_step(group: int, head_dim: int, scattered: bool, cascade: bool, seed: int = 0,
+               dtype: torch.dtype = torch.float32, device: str = "cpu") -> Step:
+    """Forks of a 100-token context (not a multiple of the block size), a nested fork group,
+    a lone decode, a chunked prefill over cached context and a first prefill chunk, with the
+    prefills between decodes."""
+    pool = Pool(NUM_BLOCKS, 16, seed, scattered)
+    root = pool.new(100)
+    kids = [pool.fork(root) for _ in range(4)]
+    for kid, extra in zip(kids, (0, 5, 17, 40), strict=True):
+        pool.extend(kid, extra)
+    grandkids = [pool.fork(kids[3]) for _ in range(2)]
+    pool.extend(grandkids[1], 3)
+    lone, chunked, fresh = pool.new(37), pool.new(50), pool.new(0)
+    work = [(kids[0], 1), (kids[1], 1), (chunked, 20), (kids[2], 1), (fresh, 13), (kids[3], 1),
+            (grandkids[0], 1), (grandkids[1], 1), (lone, 1)]
+    return make_step(pool, work, NUM_BLOCKS, 2, group, head_dim, dtype=dtype, device=device,
+                     seed=seed, cascade=cascade, cascade_config=ANY)
+
+
+@pytest.mark.parametrize("group", [1, 3, 4, 8])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("scattered", [False, True])
+def test_float32_cascade_and_per_sequence_match_reference(group, head_dim, scattered):
+    seed = group * 1000 + head_dim + scattered
+    step = mixed_step(group, head_dim, scattered, cascade=True, seed=seed)
+    assert len(step.meta.shared_prefixes) == 2  # the fork group and the nested pair
+    assert relative_error(step) < 1e-5
+    assert relative_error(mixed_step(group, head_dim, scattered, cascade=False, seed=seed)) < 1e-5
+
+
+@pytest.mark.parametrize("scattered", [False, True])
+@pytest.mark.parametrize("cascade", [False, True])
+def test_in_place_runs_and_padded_tails(scattered, cascade):
+    # Small runs go in place and tails of unequal length share padded calls.
+    backend = SdpaBackend("cpu", attend_cpu, SdpaConfig(min_inplace_blocks=2, max_tail_padding=4.0))
+    step = mixed_step(3, 64, scattered, cascade, seed=7)
+    assert relative_error(step, run=backend) < 1e-5
+    exact = SdpaBackend("cpu", attend_cpu, SdpaConfig(min_inplace_blocks=1, max_tail_padding=1.0))
+    assert relative_error(mixed_step(3, 64, scattered, cascade, seed=8), run=exact) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_matches_reference(dtype):
+    for cascade in (False, True):
+        assert relative_error(mixed_step(3, 64, True, cascade, seed=11, dtype=dtype)) < 1e-2
+
+
+@pytest.mark.parametrize("scattered", [False, True])
+def test_single_decode_and_equal_length_decodes(scattered):
+    pool = Pool(NUM_BLOCKS, 16, 3, scattered)
+    ctx = pool.new(300)
+    assert relative_error(make_step(pool, [(ctx, 1)], NUM_BLOCKS, 3, 3, 64, seed=1)) < 1e-5
+    ctxs = [pool.new(77) for _ in range(5)]
+    step = make_step(pool, [(c, 1) for c in ctxs], NUM_BLOCKS, 3, 3, 64, seed=2)
+    assert relative_error(step) < 1e-5
+
+
+def explicit_levels_step(levels: list[SharedPrefix], device: str = "cpu") -> Step:
+    """Sequences 0 and 1 hold blocks 0-4; sequence 0 ends inside them (empty suffix)."""
+    pool = Pool(NUM_BLOCKS, 16, 0, scattered=False)
+    step = make_step(pool, [], NUM_BLOCKS, 2, 4, 64, device=device, seed=5)
+    gen = torch.Generator().manual_seed(6)
+    meta = build_attention_metadata(
+        [1, 1, 1, 1], [80, 90, 40, 20], [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5], [6, 7, 8], [0, 9]],
+        16, device, cascade=False,
+    )
+    meta.shared_prefixes = levels
+    step.meta = meta
+    step.q = torch.randn(4, 8, 64, generator=gen).to(device)
+    step.k = torch.randn(4, 2, 64, generator=gen).to(device)
+    step.v = torch.randn(4, 2, 64, generator=gen).to(device)
+    return step
+
+
+EXPLICIT_LEVELS = [
+    SharedPrefix((0, 1, 3), 0, 16),
+    SharedPrefix((0, 1), 16, 80),  # all of sequence 0, its new token included
+    SharedPrefix((2,), 0, 32),  # a group of one
+]
+
+
+def test_empty_suffix_group_of_one_and_explicit_nested_levels():
+    assert relative_error(explicit_levels_step(EXPLICIT_LEVELS)) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("levels", "message"),
+    [
+        ([SharedPrefix((0, 2), 0, 32)], "hold different blocks"),
+        ([SharedPrefix((0, 1), 16, 48)], "without gaps"),
+        ([SharedPrefix((0, 1), 0, 48), SharedPrefix((0, 1), 32, 64)], "without gaps"),
+        ([SharedPrefix((0, 1), 0, 40)], "multiples of block size"),
+        ([SharedPrefix((0, 7), 0, 16)], "not a decoding sequence"),
+        ([SharedPrefix((2, 3), 0, 48)], "has only 40 tokens"),
+    ],
+)
+def test_inconsistent_levels_are_refused(levels, message):
+    step = explicit_levels_step(levels)
+    with pytest.raises(ValueError, match=message):
+        relative_error(step)
+
+
+def test_shapes_are_checked_once_per_step():
+    pool = Pool(NUM_BLOCKS, 16, 0, scattered=False)
+    ctx = pool.new(20)
+    step = make_step(pool, [(ctx, 1)], NUM_BLOCKS, 2, 3, 64)
+    with pytest.raises(ValueError, match="query heads"):
+        attention(step.q[:, :5], step.k, step.v, step.k_cache, step.v_cache, step.meta, 0.1)
+    with pytest.raises(ValueError, match="1 tokens"):
+        attention(step.q[:0], step.k[:0], step.v[:0], step.k_cache, step.v_cache, step.meta, 0.1)
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        attention(step.q, step.k, step.v, step.k_cache, step.v_cache, step.meta, 0.1,
+                  backend="nope")
+
+
+def test_every_layer_reuses_the_step_plan():
+    step = mixed_step(3, 64, True, cascade=True)
+    relative_error(step)
+    compiled = dict(step.meta.compiled)
+    relative_error(step)
+    assert step.meta.compiled.keys() == compiled.keys()
+    assert all(step.meta.compiled[key] is value for key, value in compiled.items())

@@ -1,0 +1,40 @@
+"""Our Triton kernels run by Triton's CPU interpreter (TRITON_INTERPRET=1), small cases only.
+
+On a GPU the same kernels are tested in test_attention_cuda.py.
+"""
+
+import importlib.util
+import os
+
+import pytest
+
+from tests.kernels.paged_batch import Pool, make_step, relative_error
+from tests.kernels.test_attention_cpu import mixed_step
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None or os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs Triton with TRITON_INTERPRET=1",
+)
+
+
+@pytest.mark.parametrize("group", [1, 3])
+@pytest.mark.parametrize("cascade", [False, True])
+def test_mixed_batch_matches_reference(group, cascade):
+    step = mixed_step(group, 64, scattered=True, cascade=cascade, seed=group)
+    assert relative_error(step, backend="triton") < 1e-5
+
+
+def test_long_decode_is_split_along_its_kv_and_merged():
+    pool = Pool(200, 16, 0, scattered=True)
+    ctx = pool.new(700)
+    step = make_step(pool, [(ctx, 1)], 200, 2, 4, 64, seed=3)
+    assert relative_error(step, backend="triton") < 1e-5
+    program = step.meta.compiled["triton"]
+    assert program.num_parts == 3  # 701 keys in chunks of 256
+
+
+def test_long_prefill_spans_several_query_tiles():
+    pool = Pool(200, 16, 0, scattered=True)
+    ctx = pool.new(45)
+    step = make_step(pool, [(ctx, 90)], 200, 2, 4, 128, seed=4)
+    assert relative_error(step, backend="triton") < 1e-5

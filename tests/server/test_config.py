@@ -1,0 +1,40 @@
+"""The server's configuration and its command line."""
+
+import pytest
+
+from server.config import DEFAULT_MODEL, ServerConfig, build_parser
+
+
+def test_defaults_and_flags_map_to_the_config() -> None:
+    assert ServerConfig.from_args([]) == ServerConfig()
+    assert ServerConfig().model == DEFAULT_MODEL == "smollm2-135m-instruct"
+    c = ServerConfig.from_args(
+        ["--model", "/m", "--port", "9100", "--num-kv-blocks", "64", "--no-prefix-cache",
+         "--disable-prefix-sharing", "--served-model-name", "m", "--log-format", "json"]
+    )  # fmt: skip
+    assert (c.model, c.port, c.num_kv_blocks, c.model_id) == ("/m", 9100, 64, "m")
+    assert not c.enable_prefix_cache and not c.enable_prefix_sharing and c.enable_cascade
+    assert c.engine_kwargs() == {
+        "num_kv_blocks": 64,
+        "enable_prefix_cache": False,
+        "enable_cascade": True,
+    }
+
+
+def test_every_config_field_has_a_flag() -> None:
+    dests = {a.dest for a in build_parser()._actions}
+    assert set(ServerConfig.__dataclass_fields__) <= dests
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"port": 70000}, "port"),
+        ({"model": ""}, "model"),
+        ({"min_shared_prefix_tokens": 0}, "min_shared_prefix_tokens"),
+        ({"log_format": "xml"}, "log_format"),
+    ],
+)
+def test_bad_values_are_refused(kwargs: dict, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        ServerConfig(**kwargs)

@@ -1,0 +1,217 @@
+"""The call graph alone: readiness, server-side propagation, failures and validation."""
+
+import pytest
+
+from server.graph import (
+    CallDecl,
+    CallState,
+    Graph,
+    GraphError,
+    Submission,
+    VariableDecl,
+    VariableState,
+)
+
+
+def call(cid: str, reads: str | None, writes: str, template: str | None = None) -> CallDecl:
+    if template is None:
+        template = ("In: {{input:x}} " if reads else "Start ") + "Out: {{output:y}}"
+    return CallDecl(
+        id=cid,
+        template=template,
+        inputs={"x": reads} if reads else {},
+        outputs={"y": writes},
+        function=f"f_{cid}",
+    )
+
+
+def chain() -> Submission:
+    return Submission(
+        variables=[VariableDecl("doc", "doc", "text"), VariableDecl("a"), VariableDecl("b")],
+        calls=[call("A", "doc", "a"), call("B", "a", "b")],
+        awaits={"b": "latency"},
+    )
+
+
+def test_chain_runs_on_the_server_one_call_after_another() -> None:
+    g = Graph()
+    ready = g.submit(chain())
+    assert [c.id for c in ready] == ["A"]
+    assert g.calls["B"].state is CallState.WAITING
+    assert g.awaits == {"b": "latency"}
+    g.start("A")
+    assert g.input_values(g.calls["A"]) == {"x": "text"}
+    ready = g.complete_output("A", "y", "first")
+    assert [c.id for c in ready] == ["B"]
+    assert g.calls["A"].state is CallState.DONE
+    assert g.variables["a"].value == "first"
+    assert g.input_values(g.calls["B"]) == {"x": "first"}
+
+
+def test_later_submissions_extend_the_graph() -> None:
+    g = Graph()
+    g.submit(chain())
+    ready = g.submit(Submission(variables=[VariableDecl("c")], calls=[call("C", "b", "c")]))
+    assert ready == []
+    g.start("A")
+    g.complete_output("A", "y", "1")
+    g.start("B")
+    assert [c.id for c in g.complete_output("B", "y", "2")] == ["C"]
+
+
+def test_fan_in_waits_for_every_input() -> None:
+    g = Graph()
+    tpl = "{{input:p}} {{input:q}} -> {{output:y}}"
+    g.submit(
+        Submission(
+            variables=[
+                VariableDecl("d", value="doc"),
+                VariableDecl("p"),
+                VariableDecl("q"),
+                VariableDecl("r"),
+            ],
+            calls=[
+                call("P", "d", "p"),
+                call("Q", "d", "q"),
+                CallDecl("R", tpl, {"p": "p", "q": "q"}, {"y": "r"}),
+            ],
+        )
+    )
+    for cid in "PQ":
+        g.start(cid)
+    assert g.complete_output("P", "y", "1") == []
+    assert [c.id for c in g.complete_output("Q", "y", "2")] == ["R"]
+
+
+def test_multiple_outputs_finish_the_call_when_all_are_set() -> None:
+    g = Graph()
+    g.submit(
+        Submission(
+            variables=[VariableDecl("n"), VariableDecl("a")],
+            calls=[
+                CallDecl("C", "Name: {{output:n}}\nAge: {{output:a}}", {}, {"n": "n", "a": "a"})
+            ],
+        )
+    )
+    g.start("C")
+    g.complete_output("C", "n", "Bob")
+    assert g.calls["C"].state is CallState.RUNNING
+    g.complete_output("C", "a", "3")
+    assert g.calls["C"].state is CallState.DONE
+
+
+def test_failure_propagates_downstream_with_the_cause_and_spares_the_rest() -> None:
+    g = Graph()
+    g.submit(chain())
+    g.submit(
+        Submission(
+            variables=[VariableDecl("c"), VariableDecl("other")],
+            calls=[call("C", "b", "c"), call("D", "doc", "other")],
+        )
+    )
+    g.start("A")
+    failed = g.fail_call("A", "prompt too long")
+    assert {v.id for v in failed} == {"a", "b", "c"}
+    assert g.variables["a"].error == "call 'A' (f_A) failed: prompt too long"
+    assert g.variables["c"].error == (
+        "call 'C' (f_C) failed: upstream call 'A' (f_A) failed: prompt too long"
+    )
+    assert g.calls["D"].state is CallState.READY
+    assert g.variables["other"].state is VariableState.PENDING
+
+
+def test_a_call_reading_a_failed_variable_fails_at_once() -> None:
+    g = Graph()
+    g.submit(chain())
+    g.start("A")
+    g.fail_call("A", "boom")
+    ready = g.submit(Submission(variables=[VariableDecl("z")], calls=[call("Z", "a", "z")]))
+    assert ready == []
+    assert g.calls["Z"].state is CallState.FAILED
+    assert "boom" in g.variables["z"].error
+
+
+def test_set_value_makes_consumers_ready_and_cannot_overwrite() -> None:
+    g = Graph()
+    g.add_variable(VariableDecl("late"))
+    g.set_value("late", "v")
+    g.submit(Submission(variables=[VariableDecl("o")], calls=[call("A", "late", "o")]))
+    with pytest.raises(GraphError, match="already has a value"):
+        g.set_value("late", "again")
+    with pytest.raises(GraphError, match="is written by call 'A'"):
+        g.set_value("o", "x")
+
+
+def bad(kind: str, sub: Submission, *needles: str, graph: Graph | None = None) -> None:
+    g = graph or Graph()
+    before = (dict(g.variables), dict(g.calls))
+    with pytest.raises(GraphError) as info:
+        g.submit(sub)
+    assert info.value.kind == kind
+    for needle in needles:
+        assert needle in info.value.message
+    assert (g.variables, g.calls) == before  # atomic: nothing applied
+
+
+def test_unknown_variable() -> None:
+    sub = Submission(variables=[VariableDecl("o")], calls=[call("A", "ghost", "o")])
+    bad("unknown_variable", sub, "call 'A' (f_A)", "'ghost'")
+
+
+def test_two_producers_in_one_submission_and_across_submissions() -> None:
+    sub = Submission(
+        variables=[VariableDecl("d", value="t"), VariableDecl("o")],
+        calls=[call("A", "d", "o"), call("B", "d", "o")],
+    )
+    bad("two_producers", sub, "call 'B' (f_B)", "'o'", "call 'A'")
+    g = Graph()
+    g.submit(chain())
+    bad("two_producers", Submission(calls=[call("Z", "doc", "a")]), "'a'", graph=g)
+    given = Submission(variables=[VariableDecl("v", value="x")], calls=[call("A", None, "v")])
+    bad("two_producers", given, "a value given by the client")
+
+
+def test_cycle_is_named() -> None:
+    sub = Submission(
+        variables=[VariableDecl("p"), VariableDecl("q")],
+        calls=[call("A", "q", "p"), call("B", "p", "q")],
+    )
+    bad("cycle", sub, "cycle:", "call 'A' (f_A)", "call 'B' (f_B)")
+    self_loop = Submission(variables=[VariableDecl("p")], calls=[call("A", "p", "p")])
+    bad("cycle", self_loop, "both its input and its output")
+
+
+def test_input_never_set() -> None:
+    sub = Submission(variables=[VariableDecl("e"), VariableDecl("o")], calls=[call("A", "e", "o")])
+    bad("never_set", sub, "call 'A' (f_A)", "'e'", "never be set")
+
+
+def test_bad_template_and_bindings() -> None:
+    sub = Submission(variables=[VariableDecl("o")], calls=[call("A", None, "o", "{{oops:y}}")])
+    bad("invalid_template", sub, "call 'A' (f_A): invalid template: line 1, column 1")
+    unbound = Submission(calls=[CallDecl("A", "{{input:x}} {{output:y}}", {}, {})])
+    bad("unbound_slot", unbound, "input 'x'")
+    extra = Submission(
+        variables=[VariableDecl("o"), VariableDecl("d", value="t")],
+        calls=[CallDecl("A", "{{output:y}}", {"zz": "d"}, {"y": "o"})],
+    )
+    bad("unknown_slot", extra, "no {{input:zz}} marker")
+
+
+def test_ids_and_duplicates() -> None:
+    bad("invalid_id", Submission(variables=[VariableDecl("has space")]), "'has space'")
+    bad("duplicate_variable", Submission(variables=[VariableDecl("a"), VariableDecl("a")]), "'a'")
+    dup = Submission(
+        variables=[VariableDecl("o1"), VariableDecl("o2")],
+        calls=[call("A", None, "o1"), call("A", None, "o2")],
+    )
+    bad("duplicate_call", dup, "'A'")
+    bad("unknown_variable", Submission(awaits={"nope": "latency"}), "'nope'")
+
+
+def test_long_chain_does_not_hit_the_recursion_limit() -> None:
+    n = 3000
+    variables = [VariableDecl("v0", value="x")] + [VariableDecl(f"v{i}") for i in range(1, n + 1)]
+    calls = [call(f"c{i}", f"v{i}", f"v{i + 1}") for i in range(n)]
+    g = Graph()
+    assert [c.id for c in g.submit(Submission(variables, calls))] == ["c0"]

@@ -1,0 +1,48 @@
+"""Starting and stopping a server process: bad flags, bad models, graceful shutdown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from server.launcher import ServerProcess
+from tests.server.http_client import request
+
+pytestmark = pytest.mark.slow
+
+
+def test_bad_flags_and_models_fail_with_a_message(tmp_path: Path) -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "server", "--port", "99999"], capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "port must be in 0..65535" in bad.stderr
+    missing = ServerProcess(tmp_path / "no-such-model", log_path=tmp_path / "log")
+    with pytest.raises(RuntimeError, match="exited with code") as info:
+        missing.start()
+    assert "no-such-model" in str(info.value)
+
+
+def test_sigterm_wakes_long_polls_and_exits_cleanly(tiny_llama_path: Path, tmp_path: Path) -> None:
+    srv = ServerProcess(tiny_llama_path, log_path=tmp_path / "log").start()
+    try:
+        _, session = request("POST", srv.url + "/v1/sessions", {})
+        sid, token = session["session_id"], session["token"]
+        request("POST", f"{srv.url}/v1/sessions/{sid}/variables", {"id": "never"}, token)
+        polled: list[object] = []
+        url = f"{srv.url}/v1/sessions/{sid}/variables/never?timeout=120"
+        poller = threading.Thread(target=lambda: polled.append(request("GET", url, token=token)))
+        poller.start()
+        time.sleep(0.5)
+        start = time.monotonic()
+        assert srv.stop(timeout_s=20) == 0
+        assert time.monotonic() - start < 10
+        poller.join(5)
+        assert polled and polled[0][0] == 200 and polled[0][1]["status"] == "pending"
+    finally:
+        srv.stop()
+    assert "msg=stopped" in (tmp_path / "log").read_text()

@@ -1,0 +1,41 @@
+"""Lowering calls to generation steps (pure)."""
+
+from parrot_bridge.template import parse_template
+from server.graph.call import Call, Sampling
+from server.lowering import GenerateStep, lower_call
+
+
+def make(template: str, stop: tuple[str, ...] = ()) -> Call:
+    t = parse_template(template)
+    return Call(
+        id="c",
+        template=t,
+        inputs={n: n for n in t.inputs},
+        outputs={n: n for n in t.outputs},
+        sampling=Sampling(stop=stop),
+    )
+
+
+def test_single_output_renders_inputs_into_the_prompt() -> None:
+    steps = lower_call(make("Doc: {{input:d}}\nSummary:{{output:s}}"), {"d": "cats"})
+    assert steps == [GenerateStep("s", "Doc: cats\nSummary:", ())]
+
+
+def test_outputs_stop_at_the_following_constant_text() -> None:
+    call = make("Q {{input:q}}\nName: {{output:n}}\nAge: {{output:a}}. End", stop=("###",))
+    steps = lower_call(call, {"q": "?"})
+    assert steps == [
+        GenerateStep("n", "Q ?\nName: ", ("###", "\nAge:")),
+        GenerateStep("a", "\nAge: ", ("###", ". End")),
+    ]
+
+
+def test_whitespace_between_outputs_is_the_stop_but_trailing_whitespace_is_not() -> None:
+    steps = lower_call(make("{{output:a}}\n\n{{output:b}}\n"), {})
+    assert steps == [GenerateStep("a", "", ("\n\n",)), GenerateStep("b", "\n\n", ())]
+
+
+def test_inputs_between_outputs_are_appended_before_the_next_output() -> None:
+    steps = lower_call(make("A: {{output:a}} then {{input:x}} B: {{output:b}}"), {"x": "X"})
+    assert steps[1] == GenerateStep("b", " then X B: ", ())
+    assert steps[0].stop == (" then",)

@@ -1,0 +1,274 @@
+"""The native Semantic Variable API against a live server with a tiny random model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.engine import LLMEngine, SamplingParams
+from server.launcher import ServerProcess
+from tests.server.http_client import events, metrics, request
+
+pytestmark = pytest.mark.slow
+
+ARTICLE = Path(__file__).resolve().parents[2].parent / "shared/data/arxiv-march-2023/article_0.txt"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("native") / "server.log"
+    with ServerProcess(tiny_llama_path, log_path=log) as srv:
+        yield srv.url
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama_path: Path) -> LLMEngine:
+    """The reference: the same model, prompts run one by one as plain greedy requests."""
+    return LLMEngine.from_pretrained(str(tiny_llama_path))
+
+
+def greedy(engine: LLMEngine, text: str, max_tokens: int, stop: list[str] | None = None) -> str:
+    ids = engine.tokenizer.encode(text)
+    sampling = SamplingParams(max_tokens=max_tokens, temperature=0, stop=stop or [])
+    return engine.generate([ids], sampling)[0].text
+
+
+def open_session(url: str) -> tuple[str, str]:
+    status, body = request("POST", url + "/v1/sessions", {"name": "test"})
+    assert status == 201, body
+    return body["session_id"], body["token"]
+
+
+def submit(url: str, sid: str, token: str, body: dict) -> tuple[int, dict]:
+    return request("POST", f"{url}/v1/sessions/{sid}/graph", body, token)
+
+
+def get_var(url: str, sid: str, token: str, vid: str, timeout: float = 60) -> dict:
+    status, body = request(
+        "GET", f"{url}/v1/sessions/{sid}/variables/{vid}?timeout={timeout}", token=token
+    )
+    assert status == 200, body
+    return body
+
+
+def call(cid: str, template: str, inputs: dict, outputs: dict, max_tokens: int = 6) -> dict:
+    return {
+        "id": cid,
+        "function": cid.split("-")[0],
+        "template": template,
+        "inputs": inputs,
+        "outputs": outputs,
+        "sampling": {"max_tokens": max_tokens, "temperature": 0},
+    }
+
+
+def test_fan_out_fan_in_prefills_the_document_once(server: str, engine: LLMEngine) -> None:
+    doc = ARTICLE.read_text()[2000:3000]
+    ask = "Document:\n{{input:doc}}\nQuestion {{input:q}}: what is it about?\nAnswer:{{output:a}}"
+    calls = [call(f"ask-{i}", ask, {"doc": "doc", "q": f"q{i}"}, {"a": f"a{i}"}) for i in range(8)]
+    joined = " | ".join(f"{{{{input:a{i}}}}}" for i in range(8))
+    calls.append(
+        call("join", f"Answers: {joined}\nVerdict:{{{{output:v}}}}",
+             {f"a{i}": f"a{i}" for i in range(8)}, {"v": "v"})
+    )  # fmt: skip
+    variables = [{"id": "doc", "name": "doc", "value": doc}, {"id": "v"}]
+    variables += [{"id": f"q{i}", "value": str(i + 1)} for i in range(8)]
+    variables += [{"id": f"a{i}"} for i in range(8)]
+    sid, token = open_session(server)
+    before = metrics(server)
+    status, body = submit(
+        server, sid, token, {"variables": variables, "calls": calls,
+                             "awaits": [{"variable": "v", "criteria": "latency"}]}
+    )  # fmt: skip
+    assert status == 200, body
+    assert sorted(body["ready_calls"]) == sorted(f"ask-{i}" for i in range(8))
+    final = get_var(server, sid, token, "v")
+    assert final["status"] == "ready" and final["producer"] == "join"
+    after = metrics(server)
+
+    prompts = [f"Document:\n{doc}\nQuestion {i + 1}: what is it about?\nAnswer:" for i in range(8)]
+    answers = [greedy(engine, p, 6) for p in prompts]
+    for i, expected in enumerate(answers):
+        assert get_var(server, sid, token, f"a{i}")["value"] == expected
+    assert final["value"] == greedy(engine, f"Answers: {' | '.join(answers)}\nVerdict:", 6)
+
+    ids = [engine.tokenizer.encode(p) for p in prompts]
+    shared = next(n for n in range(len(ids[0])) if len({tuple(x[: n + 1]) for x in ids}) > 1)
+    doc_tokens = len(engine.tokenizer.encode(doc))
+    assert shared >= doc_tokens  # the document is inside the shared run
+    own = sum(len(x) - shared for x in ids)
+    final_prompt = len(engine.tokenizer.encode(f"Answers: {' | '.join(answers)}\nVerdict:"))
+    prefill = after["parrot_prefill_tokens_total"] - before["parrot_prefill_tokens_total"]
+    cached = after["parrot_cached_tokens_total"] - before["parrot_cached_tokens_total"]
+    prompt = after["parrot_prompt_tokens_total"] - before["parrot_prompt_tokens_total"]
+    assert prompt == sum(len(x) for x in ids) + final_prompt
+    # the shared run (document included) once, each call's own tail, the final prompt; and per
+    # call one recomputed last token (the engine keeps no logits of a fill for the generate)
+    assert prefill <= shared + own + final_prompt + 9
+    assert cached >= 7 * shared
+    assert prefill < sum(len(x) for x in ids) - 6 * doc_tokens
+
+
+def test_several_outputs_see_the_tokens_a_plain_request_would(
+    server: str, engine: LLMEngine
+) -> None:
+    template = "Story: {{input:s}}\nName:{{output:name}}\nAge:{{output:age}}"
+    sid, token = open_session(server)
+    status, body = submit(
+        server, sid, token,
+        {"variables": [{"id": "s", "value": "a parrot named Polly"}, {"id": "n"}, {"id": "g"}],
+         "calls": [call("who", template, {"s": "s"}, {"name": "n", "age": "g"}, 8)]},
+    )  # fmt: skip
+    assert status == 200, body
+    age = get_var(server, sid, token, "g")["value"]
+    name = get_var(server, sid, token, "n")["value"]
+    prefix = "Story: a parrot named Polly\nName:"
+    assert name == greedy(engine, prefix, 8, stop=["\nAge:"])
+    assert age == greedy(engine, prefix + name + "\nAge:", 8)
+
+
+def test_stream_sends_chunks_then_the_value(server: str) -> None:
+    sid, token = open_session(server)
+    body = {
+        "variables": [{"id": "x", "value": "hello"}, {"id": "y"}],
+        "calls": [call("echo", "Say {{input:x}}:{{output:y}}", {"x": "x"}, {"y": "y"}, 12)],
+    }
+    assert submit(server, sid, token, body)[0] == 200
+    got = events(f"{server}/v1/sessions/{sid}/variables/y/stream?criteria=latency", token)
+    kinds = [e for e, _ in got]
+    assert kinds[-1] == "done" and set(kinds[:-1]) <= {"chunk"}
+    assert "".join(d["text"] for e, d in got if e == "chunk") == got[-1][1]["value"]
+    assert events(f"{server}/v1/sessions/{sid}/variables/x/stream", token) == [
+        ("chunk", {"text": "hello"}),
+        ("done", {"id": "x", "name": None, "status": "ready", "value": "hello", "error": None,
+                  "producer": None}),
+    ]  # fmt: skip
+
+
+def test_a_failed_call_fails_downstream_with_the_cause_and_spares_the_rest(server: str) -> None:
+    sid, token = open_session(server)
+    huge = ARTICLE.read_text()[:6000]
+    body = {
+        "variables": [{"id": "big", "value": huge}, {"id": "small", "value": "ok"},
+                      {"id": "x"}, {"id": "y"}, {"id": "z"}],
+        "calls": [
+            call("A", "{{input:big}} {{output:x}}", {"big": "big"}, {"x": "x"}),
+            call("B", "Then {{input:x}} {{output:y}}", {"x": "x"}, {"y": "y"}),
+            call("C", "Also {{input:small}} {{output:z}}", {"small": "small"}, {"z": "z"}),
+        ],
+    }  # fmt: skip
+    assert submit(server, sid, token, body)[0] == 200
+    x, y = get_var(server, sid, token, "x"), get_var(server, sid, token, "y")
+    assert x["status"] == "failed" and "call 'A' (A) failed: its prompt has" in x["error"]
+    assert "context of 1024 tokens" in x["error"]
+    assert y["status"] == "failed" and "upstream call 'A' (A) failed" in y["error"]
+    assert get_var(server, sid, token, "z")["status"] == "ready"
+    got = events(f"{server}/v1/sessions/{sid}/variables/y/stream", token)
+    assert got[-1][0] == "error" and "upstream call 'A'" in got[-1][1]["error"]["message"]
+
+
+def test_variables_set_later_release_their_calls(server: str) -> None:
+    sid, token = open_session(server)
+    base = f"{server}/v1/sessions/{sid}/variables"
+    status, var = request("POST", base, {"name": "late"}, token)
+    assert status == 201 and var["status"] == "pending"
+    assert get_var(server, sid, token, var["id"], timeout=0.1)["status"] == "pending"
+    status, body = request("PUT", f"{base}/{var['id']}", {"value": "now"}, token)
+    assert status == 200 and body["value"] == "now"
+    body = {
+        "variables": [{"id": "o"}],
+        "calls": [call("use", "Use {{input:v}}:{{output:o}}", {"v": var["id"]}, {"o": "o"})],
+    }
+    assert submit(server, sid, token, body)[0] == 200
+    assert get_var(server, sid, token, "o")["status"] == "ready"
+    status, err = request("PUT", f"{base}/o", {"value": "x"}, token)
+    assert status == 409 and "is written by call 'use'" in err["error"]["message"]
+    status, info = request("GET", f"{server}/v1/sessions/{sid}", token=token)
+    assert status == 200 and info["calls"]["done"] == 1 and info["variables"] == 2
+
+
+BAD_GRAPHS = [
+    ("unknown_variable", {"calls": [call("A", "{{input:x}} {{output:y}}", {"x": "ghost"},
+                                         {"y": "ok"})]}, ["call 'A' (A)", "'ghost'"]),
+    ("two_producers", {"calls": [call("A", "a {{output:y}}", {}, {"y": "ok"}),
+                                 call("B", "b {{output:y}}", {}, {"y": "ok"})]},
+     ["call 'B' (B)", "'ok'", "already has a producer (call 'A' (A))"]),
+    ("cycle", {"variables": [{"id": "p"}],
+               "calls": [call("A", "{{input:x}} {{output:y}}", {"x": "p"}, {"y": "ok"}),
+                         call("B", "{{input:x}} {{output:y}}", {"x": "ok"}, {"y": "p"})]},
+     ["cycle", "call 'A' (A)", "call 'B' (B)"]),
+    ("never_set", {"variables": [{"id": "e", "name": "empty"}],
+                   "calls": [call("A", "{{input:x}} {{output:y}}", {"x": "e"}, {"y": "ok"})]},
+     ["call 'A' (A)", "'e' (empty)", "never be set"]),
+    ("invalid_template", {"calls": [call("A", "Hi {{inptu:x}} {{output:y}}", {}, {"y": "ok"})]},
+     ["call 'A' (A): invalid template: line 1, column 4: unknown marker kind 'inptu'"]),
+    ("invalid_sampling", {"calls": [{**call("A", "a {{output:y}}", {}, {"y": "ok"}),
+                                     "sampling": {"stop": [""]}}]},
+     ["call 'A'", "stop strings must be non-empty"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("code", "graph", "needles"), BAD_GRAPHS, ids=[b[0] for b in BAD_GRAPHS])
+def test_bad_graphs_are_rejected_whole_and_the_server_goes_on(
+    server: str, code: str, graph: dict, needles: list[str]
+) -> None:
+    sid, token = open_session(server)
+    graph = {**graph, "variables": [*graph.get("variables", []), {"id": "ok"}]}
+    status, body = submit(server, sid, token, graph)
+    assert status == 400, body
+    assert body["error"]["code"] == code and body["error"]["type"] == "invalid_request_error"
+    for needle in needles:
+        assert needle in body["error"]["message"]
+    # atomic: not even the valid variable of that submission exists
+    status, _ = request("GET", f"{server}/v1/sessions/{sid}/variables/ok?timeout=0", token=token)
+    assert status == 404
+    good = {"variables": [{"id": "ok"}], "calls": [call("G", "fine {{output:y}}", {}, {"y": "ok"})]}
+    assert submit(server, sid, token, good)[0] == 200
+    assert get_var(server, sid, token, "ok")["status"] == "ready"
+
+
+def test_bad_requests_get_clear_errors(server: str) -> None:
+    sid, token = open_session(server)
+    other_sid, other_token = open_session(server)
+    graph_url = f"{server}/v1/sessions/{sid}/graph"
+    cases = [
+        (request("POST", graph_url, raw=b"{not json", token=token), 400, "not valid JSON"),
+        (request("POST", graph_url, {"calls": [{"id": "A", "template": "{{output:y}}",
+                 "outputs": {"y": "v"}, "sampling": {"max_tokens": 0}}]}, token),
+         400, "calls.0.sampling.max_tokens: Input should be greater than or equal to 1"),
+        (request("POST", graph_url, {"calls": [], "bogus": 1}, token), 400, "bogus"),
+        (request("POST", graph_url, {}), 401, "needs its token"),
+        (request("POST", graph_url, {}, other_token), 403, "does not open session"),
+        (request("POST", f"{server}/v1/sessions/s-nope/graph", {}, token), 404, "'s-nope'"),
+        (request("GET", f"{server}/v1/sessions/{sid}/variables/nope", token=token), 404,
+         "variable 'nope' does not exist"),
+        (request("GET", f"{server}/v1/sessions/{sid}/variables/nope?timeout=x", token=token), 400,
+         "timeout"),
+        (request("GET", f"{server}/v1/nothing"), 404, "no route GET /v1/nothing"),
+        (request("DELETE", f"{server}/v1/models"), 405, "not allowed"),
+    ]  # fmt: skip
+    for (status, body), want_status, needle in cases:
+        assert status == want_status, body
+        assert needle in body["error"]["message"], body
+    assert request("GET", f"{server}/v1/sessions/{other_sid}", token=other_token)[0] == 200
+    assert request("DELETE", f"{server}/v1/sessions/{sid}", token=token)[0] == 200
+    assert request("GET", f"{server}/v1/sessions/{sid}", token=token)[0] == 404
+    assert request("GET", f"{server}/healthz")[1]["status"] == "ok"
+
+
+def test_ops_routes(server: str) -> None:
+    status, health = request("GET", server + "/healthz")
+    assert status == 200 and health["max_model_len"] == 1024
+    samples = metrics(server)
+    for name in ["parrot_prompt_tokens_total", "parrot_prefill_tokens_total",
+                 "parrot_cached_tokens_total", "parrot_generated_tokens_total",
+                 "parrot_kv_free_blocks", "parrot_graph_submissions_total"]:  # fmt: skip
+        assert name in samples
+    assert samples['parrot_http_requests_total{route="/healthz",status="200"}'] >= 1
+    assert 0 < samples["parrot_kv_free_blocks"] <= samples["parrot_kv_total_blocks"]
+    status, doc = request("GET", server + "/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    assert "/v1/sessions/{session_id}/graph" in doc["paths"]
+    assert "GraphSubmission" in doc["components"]["schemas"]

@@ -1,0 +1,156 @@
+"""The OpenAI-compatible API, driven by the official `openai` client and LangChain's ChatOpenAI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from server.engine import LLMEngine, SamplingParams
+from server.launcher import ServerProcess
+from tests.server.http_client import request
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("openai") / "server.log"
+    with ServerProcess(tiny_llama_path, "--served-model-name", "tiny", log_path=log) as srv:
+        yield srv.url
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama_path: Path) -> LLMEngine:
+    return LLMEngine.from_pretrained(str(tiny_llama_path))
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+
+
+def greedy(engine: LLMEngine, text: str, max_tokens: int, stop: list[str] | None = None):
+    ids = engine.tokenizer.encode(text)
+    sampling = SamplingParams(max_tokens=max_tokens, temperature=0, stop=stop or [])
+    return engine.generate([ids], sampling)[0]
+
+
+def chat_text(engine: LLMEngine, messages: list[dict]) -> str:
+    return engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def test_models(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+
+
+def test_completion_equals_a_greedy_engine_run(client: openai.OpenAI, engine: LLMEngine) -> None:
+    prompt = "The parrot said"
+    done = client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0)
+    ref = greedy(engine, prompt, 10)
+    assert done.choices[0].text == ref.text
+    assert done.choices[0].finish_reason == ("length" if ref.finish_reason == "length" else "stop")
+    n_prompt = len(engine.tokenizer.encode(prompt))
+    assert done.usage.prompt_tokens == n_prompt
+    assert done.usage.completion_tokens == len(ref.token_ids)
+    assert done.usage.total_tokens == n_prompt + len(ref.token_ids)
+
+
+def test_completion_stop_and_seed(client: openai.OpenAI, engine: LLMEngine) -> None:
+    full = greedy(engine, "Numbers:", 12).text
+    stop = full[3:5]
+    done = client.completions.create(
+        model="tiny", prompt="Numbers:", max_tokens=12, temperature=0, stop=[stop]
+    )
+    assert done.choices[0].text == full[: full.index(stop)]
+    assert done.choices[0].finish_reason == "stop"
+    sampled = [
+        client.completions.create(
+            model="tiny", prompt="Numbers:", max_tokens=12, temperature=1.0, top_p=0.9, seed=7
+        )
+        .choices[0]
+        .text
+        for _ in range(2)
+    ]
+    assert sampled[0] == sampled[1]
+
+
+def test_chat_and_streaming_chat(client: openai.OpenAI, engine: LLMEngine) -> None:
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Name a bird."},
+    ]
+    ref = greedy(engine, chat_text(engine, messages), 12)
+    done = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=12, temperature=0
+    )
+    assert done.choices[0].message.role == "assistant"
+    assert done.choices[0].message.content == ref.text
+    assert done.usage.completion_tokens == len(ref.token_ids)
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=12, temperature=0, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == ref.text
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].usage.completion_tokens == len(ref.token_ids)
+
+
+def test_streaming_completion(client: openai.OpenAI, engine: LLMEngine) -> None:
+    ref = greedy(engine, "Once upon", 10)
+    chunks = list(
+        client.completions.create(
+            model="tiny", prompt="Once upon", max_tokens=10, temperature=0, stream=True
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks) == ref.text
+
+
+def test_chat_openai_in_an_lcel_chain(server: str, engine: LLMEngine) -> None:
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        base_url=server + "/v1", api_key="unused", model="tiny", temperature=0, max_tokens=8
+    )
+    prompt = ChatPromptTemplate.from_messages([("system", "Be brief."), ("human", "Topic: {t}")])
+    chain = prompt | llm | StrOutputParser()
+    expected = {
+        t: greedy(
+            engine,
+            chat_text(engine, [{"role": "system", "content": "Be brief."},
+                               {"role": "user", "content": f"Topic: {t}"}]),
+            8,
+        ).text
+        for t in ("cars", "birds")
+    }  # fmt: skip
+    assert chain.invoke({"t": "cars"}) == expected["cars"]
+    assert chain.batch([{"t": "cars"}, {"t": "birds"}]) == [expected["cars"], expected["birds"]]
+    assert "".join(chain.stream({"t": "birds"})) == expected["birds"]
+
+
+def test_errors_have_openai_shape_and_the_server_goes_on(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError, match="model 'gpt-4' does not exist"):
+        client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="only n=1 is supported"):
+        client.completions.create(model="tiny", prompt="x", max_tokens=2, n=2)
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 1024 tokens"):
+        client.completions.create(model="tiny", prompt="x", max_tokens=5000)
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        client.chat.completions.create(model="tiny", messages=[], max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "x"}], temperature=-1
+        )
+    status, body = request("POST", f"{client.base_url}completions", raw=b"[1, 2")
+    assert status == 400 and body["error"]["code"] == "invalid_json"
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    done = client.completions.create(model="tiny", prompt="still here", max_tokens=2)
+    assert done.choices[0].finish_reason in ("stop", "length")

@@ -1,0 +1,95 @@
+"""A session's graph with its live feeds: waiting, streaming, closing (asyncio, no engine)."""
+
+import asyncio
+
+import pytest
+
+from server.errors import ApiError
+from server.graph import CallDecl, Submission, VariableDecl, VariableState
+from server.session import Session
+from server.session_store import SessionStore
+
+
+def chain_session() -> Session:
+    s = Session("s-1", "tok")
+    ready = s.submit(
+        Submission(
+            variables=[VariableDecl("d", value="doc"), VariableDecl("a"), VariableDecl("b")],
+            calls=[
+                CallDecl("A", "{{input:x}} {{output:y}}", {"x": "d"}, {"y": "a"}),
+                CallDecl("B", "{{input:x}} {{output:y}}", {"x": "a"}, {"y": "b"}),
+            ],
+        )
+    )
+    assert [c.id for c in ready] == ["A"]
+    return s
+
+
+async def test_waiters_and_followers_see_chunks_then_the_value() -> None:
+    s = chain_session()
+    waiter = asyncio.create_task(s.wait("a", timeout=5, criteria="throughput"))
+    follower = asyncio.create_task(_collect(s, "a"))
+    await asyncio.sleep(0)
+    s.graph.start("A")
+    s.push_chunk("a", "hel")
+    s.push_chunk("a", "lo")
+    await asyncio.sleep(0)
+    late = asyncio.create_task(_collect(s, "a"))  # joins midway, still gets everything
+    ready = s.complete_output("A", "y", "hello!")
+    assert [c.id for c in ready] == ["B"]
+    assert (await waiter).value == "hello!"
+    assert await follower == ["hel", "lo", "!"]
+    assert "".join(await late) == "hello!"
+    assert s.graph.awaits == {"a": "throughput"}
+    assert await _collect(s, "a") == ["hello!"]  # a finished variable streams its value
+
+
+async def test_failure_and_close_end_feeds_with_an_error() -> None:
+    s = chain_session()
+    feed_b = s.feed("b")
+    s.graph.start("A")
+    s.fail_call("A", "boom")
+    assert feed_b.done.is_set() and "upstream call 'A' failed: boom" in feed_b.error
+    assert (await s.wait("b", timeout=1)).state is VariableState.FAILED
+    s2 = chain_session()
+    feed = s2.feed("b")
+    s2.close()
+    assert feed.error == "session 's-1' was closed"
+
+
+async def test_wait_times_out_with_the_pending_variable() -> None:
+    s = chain_session()
+    var = await s.wait("b", timeout=0.01)
+    assert var.state is VariableState.PENDING
+
+
+def test_store_checks_tokens() -> None:
+    store = SessionStore()
+    session, token = store.create("app")
+    assert store.get(session.id, token) is session
+    for bad, status in [(None, 401), ("wrong", 403)]:
+        with pytest.raises(ApiError) as info:
+            store.get(session.id, bad)
+        assert info.value.status == status
+    with pytest.raises(ApiError, match="does not exist"):
+        store.get("s-missing", token)
+    assert store.remove(session.id) is session and len(store) == 0
+
+
+async def _collect(s: Session, var_id: str) -> list[str]:
+    return [chunk async for chunk in s.feed(var_id).follow()]
+
+
+def test_idle_sessions_are_found_only_when_nothing_runs() -> None:
+    store = SessionStore()
+    busy, _ = store.create()
+    quiet, _ = store.create()
+    busy.submit(
+        Submission(
+            variables=[VariableDecl("o")], calls=[CallDecl("A", "x {{output:y}}", {}, {"y": "o"})]
+        )
+    )
+    busy.last_used -= 100
+    quiet.last_used -= 100
+    assert store.idle(50) == [quiet]  # busy has a ready call
+    assert store.idle(500) == []
