@@ -69,12 +69,26 @@ class AsyncLLMEngine:
             pass
 
     async def generate(
-        self, context_id: int, sampling: SamplingParams, priority: int = 0
+        self,
+        context_id: int,
+        sampling: SamplingParams,
+        priority: int = 0,
+        fill_token_ids: Sequence[int] | None = None,
     ) -> AsyncIterator[JobOutput]:
-        """Sample onto the context, yielding progress; leaving early aborts the job."""
-        async for out in self._job(
-            lambda: self.engine.add_generate(context_id, sampling, priority)
-        ):
+        """Sample onto the context, yielding progress; leaving early aborts the job.
+
+        With `fill_token_ids`, those tokens are appended first and the generation samples from
+        the same forward pass that computes them (no token computed twice).
+        """
+        tokens = list(fill_token_ids or ())
+        self._lengths[context_id] = self._lengths.get(context_id, 0) + len(tokens)
+
+        def submit() -> int:
+            if tokens:
+                self.engine.fill(context_id, tokens, priority)
+            return self.engine.add_generate(context_id, sampling, priority)
+
+        async for out in self._job(submit):
             self._lengths[context_id] = self._lengths.get(context_id, 0) + len(out.new_token_ids)
             yield out
 
@@ -175,9 +189,11 @@ class AsyncLLMEngine:
             if engine.has_work:
                 try:
                     outputs = engine.step()
-                except Exception:
+                except Exception as exc:
+                    # A failed step leaves its batch in an unknown state: fail the jobs rather
+                    # than retry forever; contexts stay usable for new jobs.
                     log.exception("engine step failed")
-                    outputs = []
+                    outputs = engine.fail_all(f"engine step failed: {exc!r}")
                 for out in outputs:
                     listener = self._listeners.get(out.job_id)
                     if listener is not None:

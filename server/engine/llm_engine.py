@@ -183,6 +183,21 @@ class LLMEngine:
         if ctx is not None:
             self._finish_job(ctx, job, [], "")
 
+    def fail_all(self, reason: str) -> list[JobOutput]:
+        """Fail every queued job (after an internal error) so that no caller waits forever."""
+        bs = self.config.block_size
+        for ctx in list(self.scheduler.running):
+            # Blocks registered for this step were never computed: nobody may find them.
+            for block in ctx.block_table[ctx.num_computed // bs :]:
+                self.blocks.unregister(block)
+            del ctx.block_hashes[ctx.num_computed // bs :]
+            self.scheduler.set_num_computed(ctx, ctx.num_computed)
+        for ctx in list(self.scheduler.contexts.values()):
+            for job in list(ctx.jobs):
+                job.error = reason
+                self._finish_job(ctx, job, [], "", activate_next=False)
+        return self._drain_outputs()
+
     def context_len(self, context_id: int) -> int:
         return len(self._context(context_id).token_ids)
 

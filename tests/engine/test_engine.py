@@ -225,3 +225,29 @@ def test_smollm2_continuous_batch_matches_transformers(smollm2_path):
     prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": t}])) for t in texts]
     sp = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
     check_against_reference(engine, ref, prompts, sp)
+
+
+def test_failed_step_fails_its_jobs_and_the_engine_recovers(tiny_llama_path, monkeypatch):
+    engine = LLMEngine.from_pretrained(tiny_llama_path, block_size=4)
+    prompt = list(range(10, 30))
+    expected = engine.generate([prompt], GREEDY)[0].token_ids
+    runner_execute = engine.runner.execute
+
+    def broken(batch):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(engine.runner, "execute", broken)
+    job = engine.add_request(list(range(50, 70)), GREEDY)
+    with pytest.raises(RuntimeError):
+        engine.step()
+    (out,) = [o for o in engine.fail_all("device lost") if o.job_id == job]
+    assert out.error == "device lost" and out.finished
+    monkeypatch.setattr(engine.runner, "execute", runner_execute)
+    # blocks registered for the failed step are not served from the prefix cache
+    fresh = LLMEngine.from_pretrained(tiny_llama_path, block_size=4)
+    other = list(range(50, 70))
+    assert (
+        engine.generate([other], GREEDY)[0].token_ids
+        == fresh.generate([other], GREEDY)[0].token_ids
+    )
+    assert engine.generate([prompt], GREEDY)[0].token_ids == expected
