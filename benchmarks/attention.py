@@ -127,7 +127,9 @@ def forked_decode(
     )
 
 
-def time_layer(case: ForkedDecode, meta: AttentionMetadata, repeats: int, backend: str | None) -> float:
+def time_layer(
+    case: ForkedDecode, meta: AttentionMetadata, repeats: int, backend: str | None
+) -> float:
     """Milliseconds of one layer's attention call (cache write included).
 
     On CPU the median wall time. On CUDA the GPU time of the call replayed from a CUDA graph
@@ -147,7 +149,9 @@ def time_layer(case: ForkedDecode, meta: AttentionMetadata, repeats: int, backen
     return _median_ms(call, case.q.device, repeats)
 
 
-def time_eager(case: ForkedDecode, meta: AttentionMetadata, repeats: int, backend: str | None) -> float:
+def time_eager(
+    case: ForkedDecode, meta: AttentionMetadata, repeats: int, backend: str | None
+) -> float:
     """Median wall milliseconds of one eager call."""
     return _median_ms(
         lambda: attention(
@@ -240,7 +244,9 @@ def engine_step(device: str, prefix: int, forks: int, steps: int) -> dict[str, f
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--backend", default=None, help="kernel backend (default: by device)")
@@ -284,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.engine:
         result = engine_step(device, prefix=2048, forks=16, steps=3 if args.quick else 6)
         print(
-            f"engine decode step, 16 forks of 2048 tokens: per-seq {result['per_seq_step_ms']:.1f} ms, "
+            "engine decode step, 16 forks of 2048 tokens: "
+            f"per-seq {result['per_seq_step_ms']:.1f} ms, "
             f"cascade {result['cascade_step_ms']:.1f} ms, {result['speedup']:.2f}x, "
             f"greedy outputs equal: {result['greedy_outputs_equal']}"
         )

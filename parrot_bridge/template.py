@@ -5,7 +5,9 @@ time and the server checks them again when a graph arrives. It has no dependenci
 
 A marker is `{{kind:name}}` (spaces allowed inside the braces); `kind` is `input` or `output` and
 `name` a Python identifier. Any other `{{word:...}}` is an error, while braces that do not look
-like a marker (JSON, `{{ jinja }}` text) are kept as constant text.
+like a marker (JSON, `{{ jinja }}` text) are kept as constant text. Four opening braces `{{{{`
+stand for a literal `{{`, so any text can be made constant with `escape_text` (e.g. user content
+that itself contains `{{input:x}}`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ __all__ = [
     "Template",
     "TemplateError",
     "Text",
+    "escape_text",
     "parse_template",
 ]
 
 MARKER_KINDS = ("input", "output")
 _MARKER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*:([^{}]*)\}\}")
+_ESCAPE = "{{{{"  # a literal "{{"
+# A marker or an escape, whichever starts first.
+_TOKEN = re.compile(re.escape(_ESCAPE) + "|" + _MARKER.pattern)
 # An opening that names a marker kind but never closes properly, e.g. "{{input:x}" or "{{output:".
 _BROKEN_MARKER = re.compile(r"\{\{\s*(?:input|output)\s*:")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -95,18 +101,30 @@ def parse_template(source: str) -> Template:
     if not isinstance(source, str):
         raise TypeError(f"a template must be a str, got {type(source).__name__}")
     segments: list[Segment] = []
-    pos = 0
-    for match in _MARKER.finditer(source):
+    text: list[str] = []  # constant text since the last marker, escapes resolved
+    text_start = pos = 0
+    for match in _TOKEN.finditer(source):
         _check_no_broken_marker(source, pos, match.start())
-        if match.start() > pos:
-            segments.append(Text(source[pos : match.start()], pos))
-        segments.append(_marker_segment(source, match))
+        text.append(source[pos : match.start()])
         pos = match.end()
+        if match.group(0) == _ESCAPE:
+            text.append("{{")
+            continue
+        if "".join(text):
+            segments.append(Text("".join(text), text_start))
+        segments.append(_marker_segment(source, match))
+        text, text_start = [], pos
     _check_no_broken_marker(source, pos, len(source))
-    if pos < len(source):
-        segments.append(Text(source[pos:], pos))
+    text.append(source[pos:])
+    if "".join(text):
+        segments.append(Text("".join(text), text_start))
     _check_rules(source, segments)
     return Template(source, tuple(segments))
+
+
+def escape_text(text: str) -> str:
+    """`text` written so that `parse_template` reads it back as constant text, unchanged."""
+    return text.replace("{{", _ESCAPE)
 
 
 def _marker_segment(source: str, match: re.Match[str]) -> Segment:

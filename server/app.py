@@ -13,9 +13,9 @@ from server.api import all_routes
 from server.api.native import end_session
 from server.api.openapi import build_openapi
 from server.config import ServerConfig
-from server.engine_driver import EngineDriver
-from server.executor import Executor, ExecutorConfig
-from server.keys import CONFIG, DRIVER, EXECUTOR, METRICS, OPENAPI, SESSIONS
+from server.engine_pool import EnginePool
+from server.executor import Executor
+from server.keys import CONFIG, DRIVER, ENGINES, EXECUTOR, METRICS, OPENAPI, SESSIONS
 from server.log import configure_logging, log_event
 from server.metrics import Metrics
 from server.middleware import access_middleware, error_middleware
@@ -62,23 +62,22 @@ def run(config: ServerConfig) -> None:
 
 async def _engine(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    driver = await EngineDriver.load(
-        config.model, config.device, config.dtype, **config.engine_kwargs()
+    pool = await EnginePool.load(
+        config.engines, config.model, config.device, config.dtype, **config.engine_kwargs()
     )
-    await driver.start()
-    app[DRIVER] = driver
+    await pool.start()
+    app[ENGINES] = pool
+    app[DRIVER] = driver = pool.primary
     log_event(
         log, "engine_ready", model=driver.name, max_model_len=driver.max_model_len,
-        host=config.host, port=config.port,
+        engines=len(pool), host=config.host, port=config.port,
     )  # fmt: skip
     yield
-    await driver.stop()
+    await pool.stop()
 
 
 async def _executor(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    executor_config = ExecutorConfig(config.enable_prefix_sharing, config.min_shared_prefix_tokens)
-    app[EXECUTOR] = Executor(app[DRIVER], app[METRICS], executor_config)
+    app[EXECUTOR] = Executor(app[ENGINES], app[METRICS], app[CONFIG].executor_config())
     yield
     await app[EXECUTOR].close()
 

@@ -6,6 +6,9 @@ import argparse
 from dataclasses import dataclass, fields
 from typing import Any
 
+from server.executor import ExecutorConfig
+from server.prefix_store import PrefixStoreConfig
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _ENGINE_FIELDS = (
@@ -38,9 +41,18 @@ class ServerConfig:
     max_model_len: int | None = None
     enable_prefix_cache: bool = True
     enable_cascade: bool = True
-    # graph execution
+    engines: int = 1
+    # graph execution (each optimisation can be switched off, for ablation)
     enable_prefix_sharing: bool = True
     min_shared_prefix_tokens: int = 16
+    prefix_store_max_entries: int = 256
+    prefix_store_ttl_s: float = 600.0
+    enable_pipelined_prefill: bool = True
+    enable_objective_deduction: bool = True
+    enable_task_groups: bool = True
+    enable_app_scheduling: bool = True
+    latency_max_running_tokens: int = 128
+    max_calls_per_engine: int = 256
     # operations
     session_ttl_s: float = 3600.0
     max_request_mb: int = 64
@@ -57,6 +69,21 @@ class ServerConfig:
             raise ValueError(
                 f"min_shared_prefix_tokens must be >= 1, got {self.min_shared_prefix_tokens}"
             )
+        if not 1 <= self.engines <= 64:
+            raise ValueError(f"engines must be in 1..64, got {self.engines}")
+        if self.prefix_store_max_entries < 1:
+            raise ValueError(
+                f"prefix_store_max_entries must be >= 1, got {self.prefix_store_max_entries}"
+            )
+        if self.prefix_store_ttl_s <= 0:
+            raise ValueError(f"prefix_store_ttl_s must be positive, got {self.prefix_store_ttl_s}")
+        if self.latency_max_running_tokens < 0:
+            raise ValueError(
+                "latency_max_running_tokens must be >= 0 (0: no cap), "
+                f"got {self.latency_max_running_tokens}"
+            )
+        if self.max_calls_per_engine < 1:
+            raise ValueError(f"max_calls_per_engine must be >= 1, got {self.max_calls_per_engine}")
         if self.log_level not in _LOG_LEVELS:
             raise ValueError(f"log_level must be one of {_LOG_LEVELS}, got {self.log_level!r}")
         if self.log_format not in ("kv", "json"):
@@ -76,7 +103,23 @@ class ServerConfig:
     def engine_kwargs(self) -> dict[str, Any]:
         """EngineConfig fields that were set."""
         values = {name: getattr(self, name) for name in _ENGINE_FIELDS}
-        return {name: value for name, value in values.items() if value is not None}
+        kwargs = {name: value for name, value in values.items() if value is not None}
+        if self.enable_app_scheduling and self.latency_max_running_tokens:
+            kwargs["latency_max_batched_tokens"] = self.latency_max_running_tokens
+        return kwargs
+
+    def executor_config(self) -> ExecutorConfig:
+        """How graph calls are scheduled and share prefixes."""
+        return ExecutorConfig(
+            enable_prefix_sharing=self.enable_prefix_sharing,
+            min_shared_prefix_tokens=self.min_shared_prefix_tokens,
+            objective_deduction=self.enable_objective_deduction,
+            task_groups=self.enable_task_groups,
+            pipelined_prefill=self.enable_pipelined_prefill,
+            app_scheduling=self.enable_app_scheduling,
+            max_calls_per_engine=self.max_calls_per_engine,
+            prefix_store=PrefixStoreConfig(self.prefix_store_max_entries, self.prefix_store_ttl_s),
+        )
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> ServerConfig:
@@ -113,14 +156,71 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not attend to shared prefixes once (cascade attention)",
     )
-    graph = p.add_argument_group("graph execution")
+    engine.add_argument(
+        "--engines",
+        type=int,
+        default=d.engines,
+        help="local engines in this process (one model copy, a KV cache and thread each)",
+    )
+    graph = p.add_argument_group("graph execution (each --no-* switches one optimisation off)")
     graph.add_argument(
         "--disable-prefix-sharing",
+        "--no-prefix-sharing",
         dest="enable_prefix_sharing",
         action="store_false",
-        help="do not fork calls that share a leading prompt from one context",
+        help="no segment-keyed prefix contexts: calls do not fork shared prompts (this also "
+        "turns pipelined prefill off)",
     )
     graph.add_argument("--min-shared-prefix-tokens", type=int, default=d.min_shared_prefix_tokens)
+    graph.add_argument(
+        "--prefix-store-max-entries",
+        type=int,
+        default=d.prefix_store_max_entries,
+        help="prefix contexts kept across calls and sessions (unused ones evicted LRU)",
+    )
+    graph.add_argument(
+        "--prefix-store-ttl-s",
+        type=float,
+        default=d.prefix_store_ttl_s,
+        help="evict a stored prefix unused for this long",
+    )
+    graph.add_argument(
+        "--no-pipelined-prefill",
+        dest="enable_pipelined_prefill",
+        action="store_false",
+        help="do not fill a waiting call's ready leading segments before its inputs arrive",
+    )
+    graph.add_argument(
+        "--no-objective-deduction",
+        dest="enable_objective_deduction",
+        action="store_false",
+        help="ignore the awaited criteria: every call has the same (normal) priority",
+    )
+    graph.add_argument(
+        "--no-task-groups",
+        dest="enable_task_groups",
+        action="store_false",
+        help="do not group calls that feed one consumer (each is scheduled alone)",
+    )
+    graph.add_argument(
+        "--no-app-scheduling",
+        dest="enable_app_scheduling",
+        action="store_false",
+        help="request-level scheduling: FIFO order, one priority, no latency token cap",
+    )
+    graph.add_argument(
+        "--latency-max-running-tokens",
+        type=int,
+        default=d.latency_max_running_tokens,
+        help="while latency-critical calls run, an engine step computes at most this many "
+        "tokens (0: no cap)",
+    )
+    graph.add_argument(
+        "--max-calls-per-engine",
+        type=int,
+        default=d.max_calls_per_engine,
+        help="graph calls admitted onto one engine at once; the rest wait in policy order",
+    )
     ops = p.add_argument_group("operations")
     ops.add_argument(
         "--session-ttl-s",

@@ -12,7 +12,14 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from server.engine import AsyncLLMEngine, EngineStats, JobOutput, LLMEngine, SamplingParams
+from server.engine import (
+    AsyncLLMEngine,
+    EngineConfig,
+    EngineStats,
+    JobOutput,
+    LLMEngine,
+    SamplingParams,
+)
 from server.prefix_plan import common_prefix_len
 
 
@@ -32,10 +39,32 @@ class EngineDriver:
     @classmethod
     async def load(cls, model: str, device: str, dtype: str | None, **config: Any) -> EngineDriver:
         """Load a model (in a thread: it takes seconds) and wrap it; `start()` runs it."""
-        engine = await asyncio.to_thread(
+        return (await cls.load_many(1, model, device, dtype, **config))[0]
+
+    @classmethod
+    async def load_many(
+        cls, count: int, model: str, device: str, dtype: str | None, **config: Any
+    ) -> list[EngineDriver]:
+        """`count` engines over one copy of the weights (each its own KV cache and thread)."""
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        first = await asyncio.to_thread(
             LLMEngine.from_pretrained, model, device=device, dtype=dtype, **config
         )
-        return cls(AsyncLLMEngine(engine), engine.model_name)
+        engines = [first]
+        for _ in range(count - 1):
+            engines.append(
+                LLMEngine(
+                    first.runner.model,
+                    first.tokenizer,
+                    first.model_config,
+                    EngineConfig(**config),
+                    device=first.device,
+                    dtype=first.runner.dtype,
+                    name=first.model_name,
+                )
+            )
+        return [cls(AsyncLLMEngine(e), e.model_name) for e in engines]
 
     async def start(self) -> None:
         await self.engine.start()
@@ -82,25 +111,40 @@ class TokenContext:
         self.engine = engine
         self.id = context_id
         self.tokens = tokens
+        self.last_fill = FillResult(0, 0)  # of the last `generate(fill_to=...)`
         self._closed = False
 
     async def fill_to(self, target: Sequence[int], priority: int = 0) -> FillResult:
+        result, new = self._rebase(target)
+        if new:
+            await self.engine.fill(self.id, new, priority)
+            self.tokens.extend(new)
+        return result
+
+    async def generate(
+        self,
+        sampling: SamplingParams,
+        priority: int = 0,
+        fill_to: Sequence[int] | None = None,
+    ) -> AsyncIterator[JobOutput]:
+        """Sample onto the context. With `fill_to`, the context is first brought to those tokens
+        (as `fill_to()` would) in the same engine pass that samples the first token."""
+        new: list[int] = []
+        if fill_to is not None:
+            self.last_fill, new = self._rebase(fill_to)
+        self.tokens.extend(new)
+        async for out in self.engine.generate(self.id, sampling, priority, fill_token_ids=new):
+            self.tokens.extend(out.new_token_ids)
+            yield out
+
+    def _rebase(self, target: Sequence[int]) -> tuple[FillResult, list[int]]:
+        """Drop tokens that `target` does not start with; the tokens still to append."""
         kept = common_prefix_len(self.tokens, target)
         if kept < len(self.tokens):
             self.engine.truncate(self.id, kept)
             del self.tokens[kept:]
         new = list(target[kept:])
-        if new:
-            await self.engine.fill(self.id, new, priority)
-            self.tokens.extend(new)
-        return FillResult(kept, len(new))
-
-    async def generate(
-        self, sampling: SamplingParams, priority: int = 0
-    ) -> AsyncIterator[JobOutput]:
-        async for out in self.engine.generate(self.id, sampling, priority):
-            self.tokens.extend(out.new_token_ids)
-            yield out
+        return FillResult(kept, len(new)), new
 
     def fork(self) -> TokenContext:
         """A child sharing this context's KV blocks (copy-on-write)."""

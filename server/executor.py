@@ -1,24 +1,38 @@
-"""Runs ready calls on an engine, server-side: each output that completes releases its consumers.
+"""Runs ready calls on the engines, server-side: each output that completes releases its consumers.
 
 A call is lowered to context primitives: fill the rendered text before an output (tokenized as
-a whole), generate the output, append the following text, generate the next. Calls that become
-ready together and share a leading run of prompt tokens fork one context holding it.
+a whole), generate the output, append the following text, generate the next. Ready calls queue in
+the `CallScheduler` (ordered by objective, task groups admitted together, placed by prefix
+affinity then load). Prompt prefixes are keyed by segments and shared through the global prefix
+store; a waiting call's ready leading segments are filled early (pipelined prefill).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from server.analysis import Boundary, boundaries
 from server.engine import EngineError, SamplingParams
-from server.engine_driver import EngineDriver, TokenContext
-from server.graph import Call, CallState
+from server.engine_driver import TokenContext
+from server.engine_pool import EnginePool
+from server.graph import Call, CallState, VariableState
 from server.log import log_event
 from server.lowering import GenerateStep, lower_call
 from server.metrics import Metrics
-from server.prefix_plan import plan_shared_prefixes
+from server.prefix_contexts import PrefixContexts
+from server.prefix_plan import common_prefix_len
+from server.prefix_store import PrefixEntry, PrefixStoreConfig
+from server.scheduling import (
+    THROUGHPUT_PRIORITY,
+    AppPolicy,
+    CallScheduler,
+    FifoPolicy,
+    WorkItem,
+)
 from server.session import Session
+from server.session_plan import PlanSwitches, SessionPlan
 
 log = logging.getLogger(__name__)
 
@@ -27,121 +41,234 @@ log = logging.getLogger(__name__)
 class ExecutorConfig:
     enable_prefix_sharing: bool = True
     min_shared_prefix_tokens: int = 16
+    objective_deduction: bool = True
+    task_groups: bool = True
+    pipelined_prefill: bool = True
+    app_scheduling: bool = True
+    max_calls_per_engine: int = 256
+    # tokens left out at the end of a prefix filled from a boundary's text alone: their text
+    # touches the boundary and may tokenize differently once the input follows
+    boundary_trim_tokens: int = 2
+    prefix_store: PrefixStoreConfig = field(default_factory=PrefixStoreConfig)
 
     def __post_init__(self) -> None:
         if self.min_shared_prefix_tokens < 1:
             raise ValueError(
                 f"min_shared_prefix_tokens must be >= 1, got {self.min_shared_prefix_tokens}"
             )
+        if self.max_calls_per_engine < 1:
+            raise ValueError(f"max_calls_per_engine must be >= 1, got {self.max_calls_per_engine}")
+        if self.boundary_trim_tokens < 0:
+            raise ValueError(f"boundary_trim_tokens must be >= 0, got {self.boundary_trim_tokens}")
+
+    @property
+    def switches(self) -> PlanSwitches:
+        return PlanSwitches(self.objective_deduction, self.task_groups, self.app_scheduling)
 
 
-@dataclass(slots=True)
-class _Job:
+@dataclass(eq=False, slots=True)
+class _Ready:
+    session: Session
     call: Call
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    session: Session
+    call: Call
+    item: WorkItem[_Ready]
     steps: list[GenerateStep]
     prompt: list[int]  # tokens of the text before the first output
+    bounds: list[Boundary]
+    entry: PrefixEntry | None = None  # the stored prefix it forks from (referenced)
+    released: bool = False
 
 
 class Executor:
     """Turns ready calls into engine work and feeds results back into their session."""
 
-    def __init__(self, driver: EngineDriver, metrics: Metrics, config: ExecutorConfig) -> None:
-        self.driver = driver
+    def __init__(self, pool: EnginePool, metrics: Metrics, config: ExecutorConfig) -> None:
+        self.pool = pool
+        self.driver = pool.primary
         self.metrics = metrics
         self.config = config
+        policy = AppPolicy() if config.app_scheduling else FifoPolicy()
+        self.scheduler: CallScheduler[_Ready] = CallScheduler(policy, config.max_calls_per_engine)
+        self.prefixes = PrefixContexts(pool, config.prefix_store, metrics)
+        self._plans: dict[str, SessionPlan] = {}
+        self._prefetched: dict[str, dict[str, str]] = {}  # session -> call -> boundary key
         self._tasks: dict[str, set[asyncio.Task[None]]] = {}
+        self._scans: set[str] = set()  # sessions with a prefetch scan due
 
     def dispatch(self, session: Session, calls: list[Call]) -> None:
-        """Start `calls` (all READY) of `session` now, as one batch."""
-        if not calls or session.closed:
+        """Queue `calls` (all READY) of `session`; start what the engines have room for."""
+        if session.closed:
             return
-        task = asyncio.create_task(self._run_batch(session, calls), name=f"calls-{session.id}")
-        tasks = self._tasks.setdefault(session.id, set())
-        tasks.add(task)
-        task.add_done_callback(lambda t: self._forget(session.id, t))
+        plan = self.plan(session)
+        for call in calls:
+            group = plan.group(call.id)
+            item = WorkItem(
+                _Ready(session, call),
+                plan.priority(call.id),
+                _estimated_tokens(call, session),
+                f"{session.id}/{group.id}" if group is not None else None,
+            )
+            self.scheduler.add(item)
+        self._pump()
+        if self.config.pipelined_prefill and self.config.enable_prefix_sharing:
+            self._prefetch(session)
+
+    def plan(self, session: Session) -> SessionPlan:
+        plan = self._plans.get(session.id)
+        if plan is None or plan.graph is not session.graph:
+            plan = self._plans[session.id] = SessionPlan(session.graph, self.config.switches)
+        return plan
 
     async def cancel_session(self, session_id: str) -> None:
-        """Stop a session's running calls and free their contexts."""
+        """Stop a session's queued and running calls and free their contexts."""
+        self.scheduler.remove_if(lambda r: r.session.id == session_id)  # never started
         tasks = list(self._tasks.pop(session_id, ()))
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._plans.pop(session_id, None)
+        self._prefetched.pop(session_id, None)
 
     async def close(self) -> None:
         for session_id in list(self._tasks):
             await self.cancel_session(session_id)
+        self.prefixes.close()
 
-    # -- one batch -----------------------------------------------------------------------------
+    # -- admission -----------------------------------------------------------------------------
 
-    async def _run_batch(self, session: Session, calls: list[Call]) -> None:
+    def _pump(self) -> None:
+        admissions = self.scheduler.admit(self.pool.snapshot(), self._affinity)
+        for admission in admissions:
+            for item in admission.items:
+                self.pool.add_load(admission.engine, 1, item.cost_tokens)
+            session = admission.items[0].payload.session
+            self._spawn(session, self._run_batch(admission.engine, admission.items))
+
+    def _affinity(self, unit: list[WorkItem[_Ready]]) -> dict[int, int]:
+        if not self.config.enable_prefix_sharing:
+            return {}
+        ready = unit[0].payload
+        values = _values(ready.session, ready.call)
+        return self.prefixes.affinity(boundaries(ready.call, values))
+
+    def _finished(self, engine: int, item: WorkItem[_Ready]) -> None:
+        self.pool.add_load(engine, -1, -item.cost_tokens)
+        self._pump()
+
+    # -- one admitted unit ---------------------------------------------------------------------
+
+    async def _run_batch(self, engine: int, items: list[WorkItem[_Ready]]) -> None:
         jobs: list[_Job] = []
-        for call in calls:
-            if call.state is not CallState.READY:  # e.g. its session closed meanwhile
+        for item in items:
+            session, call = item.payload.session, item.payload.call
+            if call.state is not CallState.READY or session.closed:
+                self._finished(engine, item)
                 continue
             session.graph.start(call.id)
+            self.metrics.calls_by_priority.inc(engine=str(engine), priority=str(item.priority))
             try:
-                steps = lower_call(call, session.graph.input_values(call))
+                values = session.graph.input_values(call)
+                steps = lower_call(call, values)
                 prompt = self.driver.encode(steps[0].text_before)
                 self._check_fits(call, prompt)
             except CallError as exc:
                 self._fail(session, call, str(exc))
+                self._finished(engine, item)
                 continue
-            jobs.append(_Job(call, steps, prompt))
+            jobs.append(_Job(session, call, item, steps, prompt, boundaries(call, values)))
         contexts: list[TokenContext] = []
         try:
-            await self._open_contexts(session, jobs, contexts)
+            await self._open_contexts(engine, jobs, contexts)
             await asyncio.gather(
-                *(
-                    self._run_call(session, job, ctx)
-                    for job, ctx in zip(jobs, contexts, strict=True)
-                )
+                *(self._run_call(engine, job, ctx) for job, ctx in zip(jobs, contexts, strict=True))
             )
         finally:
             # also when cancelled before a call's own cleanup could run
             for ctx in contexts:
                 ctx.close()
+            for job in jobs:
+                self._release(engine, job)
 
     async def _open_contexts(
-        self, session: Session, jobs: list[_Job], contexts: list[TokenContext]
+        self, engine: int, jobs: list[_Job], contexts: list[TokenContext]
     ) -> None:
-        """Append to `contexts` one per job: a fork of a parent holding a shared token prefix,
-        or a fresh context."""
-        forks: dict[int, TokenContext] = {}
+        """Append to `contexts` one per job: a fork of a stored prefix, or a fresh context."""
+        if not self.config.enable_prefix_sharing:
+            contexts.extend(self.pool.drivers[engine].new_context() for _ in jobs)
+            return
+        priority = min((job.item.priority for job in jobs), default=0)
+        stored = [self.prefixes.deepest(job.bounds, engine) for job in jobs]
+        held = [hit[1] for hit in stored if hit is not None]
+        for entry in held:  # kept from eviction until the jobs hold their own references
+            self.prefixes.acquire(entry)
+        opened: dict[str, PrefixEntry | None] = {}
         try:
-            if self.config.enable_prefix_sharing and len(jobs) > 1:
-                await self._fork_shared_prefixes(session, [job.prompt for job in jobs], forks)
-        except BaseException:
-            contexts.extend(forks.values())  # the caller frees them
-            raise
-        contexts.extend(forks.get(i) or self.driver.new_context() for i in range(len(jobs)))
+            for i, hit in enumerate(stored):
+                if hit is not None and not await self.prefixes.filled(hit[1]):
+                    stored[i] = None
+            shared = _deepest_shared_boundaries(jobs, stored)
+            await self._fork_all(engine, jobs, contexts, stored, shared, opened, priority)
+        finally:
+            for entry in [*held, *(e for e in opened.values() if e is not None)]:
+                self.prefixes.release(entry)
 
-    async def _fork_shared_prefixes(
-        self, session: Session, prompts: list[list[int]], forks: dict[int, TokenContext]
+    async def _fork_all(
+        self,
+        engine: int,
+        jobs: list[_Job],
+        contexts: list[TokenContext],
+        stored: list[tuple[int, PrefixEntry] | None],
+        shared: dict[int, tuple[str, list[int]]],
+        opened: dict[str, PrefixEntry | None],
+        priority: int,
     ) -> None:
-        for group in plan_shared_prefixes(prompts, self.config.min_shared_prefix_tokens):
-            parent = self.driver.new_context()
-            try:
-                await parent.fill_to(prompts[group.members[0]][: group.num_tokens])
-                forks.update((i, parent.fork()) for i in group.members)
-            except (ValueError, EngineError) as exc:  # the members then fill on their own
-                log_event(log, "shared_prefix_failed", logging.WARNING, session=session.id,
-                          error=str(exc))  # fmt: skip
-                continue
-            finally:
-                parent.close()  # the forks keep the shared blocks alive
-            self.metrics.fork_cached_tokens.inc((len(group.members) - 1) * group.num_tokens)
+        """A context per job: shared boundaries of the batch are filled once (and stored), a
+        lone call stores its template's leading text; the rest fork from what is stored."""
+        for i, job in enumerate(jobs):
+            hit = stored[i]
+            key: str | None = None
+            tokens: list[int] = []
+            if i in shared:
+                key, members = shared[i]
+                tokens = _shared_tokens([jobs[m].prompt for m in members])
+            elif hit is None and job.bounds:
+                key = job.bounds[0].key
+                tokens = self._boundary_tokens(job.bounds[0], job.prompt)
+            if key is not None and len(tokens) >= self.config.min_shared_prefix_tokens:
+                if key not in opened:
+                    base = hit[1] if hit is not None else None
+                    opened[key] = await self.prefixes.open(engine, key, tokens, priority, base)
+                if opened[key] is not None:
+                    job.entry = opened[key]
+            elif hit is not None:
+                job.entry = hit[1]
+            if job.entry is not None:
+                self.prefixes.acquire(job.entry)
+                contexts.append(self.prefixes.fork(job.entry, job.prompt))
+            else:
+                contexts.append(self.pool.drivers[engine].new_context())
 
-    async def _run_call(self, session: Session, job: _Job, ctx: TokenContext) -> None:
-        call = job.call
+    def _boundary_tokens(self, boundary: Boundary, prompt: list[int]) -> list[int]:
+        """The tokens of a boundary's text that this prompt starts with, less the last few."""
+        tokens = self.driver.encode(boundary.text)
+        n = min(common_prefix_len(tokens, prompt), len(tokens) - self.config.boundary_trim_tokens)
+        return prompt[: max(0, min(n, len(prompt) - 1))]
+
+    async def _run_call(self, engine: int, job: _Job, ctx: TokenContext) -> None:
+        session, call = job.session, job.call
         try:
             text = ""
             for i, step in enumerate(job.steps):
                 text += step.text_before
                 target = job.prompt if i == 0 else self.driver.encode(text)
                 self._check_fits(call, target)
-                filled = await ctx.fill_to(target)
-                self.metrics.prompt_tokens.inc(len(target) if i == 0 else filled.filled)
-                value = await self._generate(session, call, step, ctx)
+                value = await self._generate(session, call, step, ctx, target, job.item.priority)
+                self.metrics.prompt_tokens.inc(len(target) if i == 0 else ctx.last_fill.filled)
                 text += value
                 ready = session.complete_output(call.id, step.output, value)
                 self.dispatch(session, ready)
@@ -154,13 +281,20 @@ class Executor:
             self._fail(session, call, str(exc) or type(exc).__name__)
         finally:
             ctx.close()
+            self._release(engine, job)
 
     async def _generate(
-        self, session: Session, call: Call, step: GenerateStep, ctx: TokenContext
+        self,
+        session: Session,
+        call: Call,
+        step: GenerateStep,
+        ctx: TokenContext,
+        target: list[int],
+        priority: int,
     ) -> str:
         s = call.sampling
         sampling = SamplingParams(
-            max_tokens=min(s.max_tokens, self.driver.max_model_len - len(ctx.tokens)),
+            max_tokens=min(s.max_tokens, self.driver.max_model_len - len(target)),
             temperature=s.temperature,
             top_p=s.top_p,
             top_k=s.top_k,
@@ -170,10 +304,77 @@ class Executor:
         )
         var_id = call.outputs[step.output]
         text = ""
-        async for out in ctx.generate(sampling):
+        async for out in ctx.generate(sampling, priority, fill_to=target):
             session.push_chunk(var_id, out.new_text)
             text = out.text
         return text
+
+    def _release(self, engine: int, job: _Job) -> None:
+        """Once per job: drop its prefix reference and its load."""
+        if job.released:
+            return
+        job.released = True
+        if job.entry is not None:
+            self.prefixes.release(job.entry)
+        self._finished(engine, job.item)
+
+    # -- pipelined prefill ---------------------------------------------------------------------
+
+    def _prefetch(self, session: Session) -> None:
+        """Fill the ready leading segments of waiting calls before their other inputs arrive.
+
+        The scan runs once the current burst of completions is handled, so a reduce whose
+        inputs all arrive at once becomes ready instead of prefilling every partial prompt.
+        """
+        if session.id not in self._scans:
+            self._scans.add(session.id)
+            asyncio.get_running_loop().call_soon(self._scan, session)
+
+    def _scan(self, session: Session) -> None:
+        self._scans.discard(session.id)
+        if session.closed:
+            return
+        done = self._prefetched.setdefault(session.id, {})
+        plan = self.plan(session)
+        for call in session.graph.calls.values():
+            if call.state is not CallState.WAITING:
+                continue
+            bounds = boundaries(call, _values(session, call))
+            if not bounds or done.get(call.id) == bounds[-1].key:
+                continue
+            done[call.id] = bounds[-1].key
+            if self.prefixes.holds(bounds[-1].key):
+                continue
+            tokens = self.driver.encode(bounds[-1].text)
+            tokens = tokens[: len(tokens) - self.config.boundary_trim_tokens]
+            if len(tokens) < self.config.min_shared_prefix_tokens:
+                continue
+            engine = self.pool.least_loaded()
+            hit = self.prefixes.deepest(bounds[:-1], engine)
+            base = hit[1] if hit is not None else None
+            if (
+                base is not None
+                and len(tokens) - base.num_tokens < self.config.min_shared_prefix_tokens
+            ):
+                continue  # e.g. a reduce whose inputs arrive one by one: wait for more text
+            # ahead-of-time work yields to the calls that can run now
+            priority = min(plan.priority(call.id) + 1, THROUGHPUT_PRIORITY)
+            key = bounds[-1].key
+            self._spawn(session, self._prefill(engine, key, tokens, priority, base))
+
+    async def _prefill(
+        self, engine: int, key: str, tokens: list[int], priority: int, base: PrefixEntry | None
+    ) -> None:
+        entry = await self.prefixes.open(engine, key, tokens, priority, base, pipelined=True)
+        if entry is not None:
+            self.prefixes.release(entry)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _spawn(self, session: Session, coro: object) -> None:
+        task = asyncio.create_task(coro, name=f"calls-{session.id}")  # type: ignore[arg-type]
+        self._tasks.setdefault(session.id, set()).add(task)
+        task.add_done_callback(lambda t: self._forget(session.id, t))
 
     def _check_fits(self, call: Call, prompt: list[int]) -> None:
         limit = self.driver.max_model_len
@@ -205,3 +406,48 @@ class Executor:
 
 class CallError(Exception):
     """Why a call cannot run (its message completes 'call X failed: ...')."""
+
+
+def _values(session: Session, call: Call) -> dict[str, str | None]:
+    """A call's input values by template name (None where not set yet)."""
+    values: dict[str, str | None] = {}
+    for name, var_id in call.inputs.items():
+        var = session.graph.variables[var_id]
+        values[name] = var.value if var.state is VariableState.READY else None
+    return values
+
+
+def _estimated_tokens(call: Call, session: Session) -> int:
+    """A rough size for load balancing: prompt characters / 4 plus the generation budget."""
+    chars = len(call.template.source) + sum(
+        len(session.graph.variables[v].value or "") for v in call.inputs.values()
+    )
+    return chars // 4 + call.sampling.max_tokens
+
+
+def _deepest_shared_boundaries(
+    jobs: list[_Job], stored: list[tuple[int, PrefixEntry] | None]
+) -> dict[int, tuple[str, list[int]]]:
+    """For jobs of one batch: the deepest boundary each shares with another job (deeper than
+    its stored prefix), as job index -> (key, indices of the jobs sharing it)."""
+    holders: dict[str, list[int]] = {}
+    for i, job in enumerate(jobs):
+        for boundary in job.bounds:
+            holders.setdefault(boundary.key, []).append(i)
+    shared: dict[int, tuple[str, list[int]]] = {}
+    for i, job in enumerate(jobs):
+        floor = stored[i][0] if stored[i] is not None else -1
+        for depth in range(len(job.bounds) - 1, floor, -1):
+            members = holders[job.bounds[depth].key]
+            if len(members) > 1:
+                shared[i] = (job.bounds[depth].key, members)
+                break
+    return shared
+
+
+def _shared_tokens(prompts: list[list[int]]) -> list[int]:
+    """The common token prefix of prompts, leaving each at least one token of its own."""
+    n = min(len(p) for p in prompts) - 1
+    for other in prompts[1:]:
+        n = min(n, common_prefix_len(prompts[0], other))
+    return prompts[0][: max(0, n)]

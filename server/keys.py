@@ -8,6 +8,7 @@ from aiohttp import web
 
 from server.config import ServerConfig
 from server.engine_driver import EngineDriver
+from server.engine_pool import EnginePool
 from server.executor import Executor
 from server.metrics import Metrics
 from server.session_store import SessionStore
@@ -15,6 +16,7 @@ from server.session_store import SessionStore
 CONFIG = web.AppKey("config", ServerConfig)
 METRICS = web.AppKey("metrics", Metrics)
 SESSIONS = web.AppKey("sessions", SessionStore)
-DRIVER = web.AppKey("driver", EngineDriver)
+DRIVER = web.AppKey("driver", EngineDriver)  # the first engine: tokenizer and limits
+ENGINES = web.AppKey("engines", EnginePool)
 EXECUTOR = web.AppKey("executor", Executor)
 OPENAPI = web.AppKey("openapi", dict[str, Any])

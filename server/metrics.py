@@ -60,6 +60,38 @@ class Metrics:
             ("route", "status"),
         )
         self.sessions = Family("parrot_sessions_active", "gauge", "Sessions open now.")
+        self.prefix_fills = Family(
+            "parrot_prefix_fills_total", "counter", "Shared prefix contexts filled."
+        )
+        self.prefix_fill_tokens = Family(
+            "parrot_prefix_fill_tokens_total",
+            "counter",
+            "Prompt tokens computed into shared prefix contexts.",
+        )
+        self.prefix_hits = Family(
+            "parrot_prefix_hits_total",
+            "counter",
+            "Calls forked from a prefix context filled earlier (for another call, or ahead).",
+        )
+        self.pipelined_prefill_tokens = Family(
+            "parrot_pipelined_prefill_tokens_total",
+            "counter",
+            "Prefix tokens computed for calls whose inputs were not all ready yet.",
+        )
+        self.pipelined_prefix_uses = Family(
+            "parrot_pipelined_prefix_uses_total",
+            "counter",
+            "Calls that started from a prefix filled before they were ready.",
+        )
+        self.prefix_store_entries = Family(
+            "parrot_prefix_store_entries", "gauge", "Prefix contexts held in the store."
+        )
+        self.calls_by_priority = Family(
+            "parrot_calls_started_total",
+            "counter",
+            "Graph calls started, by engine and priority (0 latency-critical, 1 normal, 2 bulk).",
+            ("engine", "priority"),
+        )
 
     def render(self, engine: EngineStats) -> str:
         """Prometheus text exposition of server and engine metrics."""
@@ -104,6 +136,13 @@ class Metrics:
             self.calls,
             self.http_requests,
             self.sessions,
+            self.prefix_fills,
+            self.prefix_fill_tokens,
+            self.prefix_hits,
+            self.pipelined_prefill_tokens,
+            self.pipelined_prefix_uses,
+            self.prefix_store_entries,
+            self.calls_by_priority,
         ]
         return render_families([*own, *derived])
 

@@ -1,5 +1,6 @@
 """The HTTP API: native Semantic Variable routes, OpenAI-compatible routes, operations."""
 
+from server.api.chat_render import chat_render_routes
 from server.api.native import native_routes
 from server.api.openai import openai_routes
 from server.api.ops import ops_routes
@@ -7,7 +8,7 @@ from server.api.route import Route
 
 
 def all_routes() -> list[Route]:
-    return [*native_routes(), *openai_routes(), *ops_routes()]
+    return [*native_routes(), *openai_routes(), *ops_routes(), *chat_render_routes()]
 
 
 __all__ = ["Route", "all_routes"]

@@ -30,8 +30,9 @@ from server.api.route import Route, json_response, parse_body
 from server.api.sse import EventStream
 from server.engine import EngineError, JobOutput, SamplingParams
 from server.engine_driver import EngineDriver
+from server.engine_pool import EnginePool
 from server.errors import ApiError, bad_request, error_body, not_found
-from server.keys import CONFIG, DRIVER, METRICS
+from server.keys import CONFIG, DRIVER, ENGINES, METRICS
 
 _DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 
@@ -77,7 +78,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
             raise bad_request("streaming supports one prompt per request", param="prompt")
         return await _stream_completion(request, driver, prompt_ids[0], samplings[0], cid, body)
     finals = await asyncio.gather(
-        *(_run(driver, ids, s) for ids, s in zip(prompt_ids, samplings, strict=True))
+        *(_run(request.app[ENGINES], ids, s) for ids, s in zip(prompt_ids, samplings, strict=True))
     )
     choices = [
         CompletionChoice(index=i, text=f.text, finish_reason=_reason(f))
@@ -115,7 +116,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model
     if body.stream:
         return await _stream_chat(request, driver, ids, sampling, cid, body)
-    final = await _run(driver, ids, sampling)
+    final = await _run(request.app[ENGINES], ids, sampling)
     choice = ChatChoice(
         index=0, message=AssistantMessage(content=final.text), finish_reason=_reason(final)
     )
@@ -147,7 +148,7 @@ async def _stream_chat(
     with contextlib.suppress(ConnectionError):
         await stream.send(chunk(ChatDelta(role="assistant", content="")))
         final = None
-        async for out in _outputs(stream, driver, ids, sampling):
+        async for out in _outputs(stream, request.app[ENGINES], ids, sampling):
             final = out
             if out.new_text:
                 await stream.send(chunk(ChatDelta(content=out.new_text)))
@@ -176,7 +177,7 @@ async def _stream_completion(
     await stream.open()
     with contextlib.suppress(ConnectionError):
         final = None
-        async for out in _outputs(stream, driver, ids, sampling):
+        async for out in _outputs(stream, request.app[ENGINES], ids, sampling):
             final = out
             if out.new_text or out.finished:
                 choice = CompletionChoice(
@@ -196,11 +197,11 @@ async def _stream_completion(
 
 
 async def _outputs(
-    stream: EventStream, driver: EngineDriver, ids: list[int], sampling: SamplingParams
+    stream: EventStream, engines: EnginePool, ids: list[int], sampling: SamplingParams
 ) -> AsyncIterator[JobOutput]:
     """Engine outputs; an engine error after the stream started is sent as an error event."""
     try:
-        async with contextlib.aclosing(driver.generate_plain(ids, sampling)) as outputs:
+        async with contextlib.aclosing(engines.generate_plain(ids, sampling)) as outputs:
             async for out in outputs:
                 yield out
     except (ValueError, EngineError) as exc:
@@ -210,10 +211,12 @@ async def _outputs(
 # -- helpers -------------------------------------------------------------------------------------
 
 
-async def _run(driver: EngineDriver, ids: list[int], sampling: SamplingParams) -> JobOutput:
+async def _run(engines: EnginePool, ids: list[int], sampling: SamplingParams) -> JobOutput:
+    """A plain request on the least loaded engine, at normal priority: latency-critical graph
+    calls go first, bulk graph work after."""
     final: JobOutput | None = None
     try:
-        async for out in driver.generate_plain(ids, sampling):
+        async for out in engines.generate_plain(ids, sampling):
             final = out
     except ValueError as exc:
         raise bad_request(str(exc)) from exc

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from server.api.native_models import Health
 from server.api.route import Route, json_response
-from server.keys import CONFIG, DRIVER, METRICS, OPENAPI, SESSIONS
+from server.keys import CONFIG, DRIVER, ENGINES, METRICS, OPENAPI, SESSIONS
 
 _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -32,7 +32,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    stats = await request.app[DRIVER].stats()
+    stats = await request.app[ENGINES].stats()
     text = request.app[METRICS].render(stats)
     return web.Response(body=text.encode(), headers={"Content-Type": _PROMETHEUS})
 

@@ -11,7 +11,8 @@ class EngineConfig:
 
     `num_kv_blocks` wins over `kv_cache_gb` when both are given. `max_num_batched_tokens` is the
     per-step token budget (chunked prefill and decodes together); `max_num_seqs` caps how many
-    sequences run at once.
+    sequences run at once. `latency_max_batched_tokens` lowers the budget of steps taken while
+    latency-critical work (priority <= `latency_priority`) is queued or running.
     """
 
     block_size: int = 16
@@ -22,6 +23,10 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_cache: bool = True
     enable_cascade: bool = True
+    # While work of priority <= latency_priority waits or runs, a step computes at most this many
+    # tokens, so latency-critical decodes are not slowed down by large batches (None: no cap).
+    latency_max_batched_tokens: int | None = None
+    latency_priority: int = 0
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
@@ -36,5 +41,10 @@ class EngineConfig:
             )
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.latency_max_batched_tokens is not None and self.latency_max_batched_tokens < 1:
+            raise ValueError(
+                "latency_max_batched_tokens must be >= 1 (or None for no cap), "
+                f"got {self.latency_max_batched_tokens}"
+            )
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")

@@ -91,6 +91,9 @@ class Scheduler:
         self._clock += 1
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
+        cap = self.config.latency_max_batched_tokens
+        if cap is not None and self._has_latency_work():
+            budget = min(budget, cap)
 
         queue = sorted(self.running, key=lambda c: c.sort_key)
         self.running = []
@@ -218,6 +221,10 @@ class Scheduler:
         self.blocks.free_blocks(victim.block_table)
         victim.block_table, victim.block_hashes, victim.num_computed = [], [], 0
         return True
+
+    def _has_latency_work(self) -> bool:
+        limit = self.config.latency_priority
+        return any(c.sort_key[0] <= limit for c in (*self.running, *self.waiting))
 
     def _leave_queues(self, ctx: Context) -> None:
         if ctx in self.running:

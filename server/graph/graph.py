@@ -20,6 +20,7 @@ class Graph:
         self.variables: dict[str, Variable] = {}
         self.calls: dict[str, Call] = {}
         self.awaits: dict[str, Criteria] = {}
+        self.version = 0  # bumped when calls or awaits change (analyses are cached by it)
 
     # -- building ------------------------------------------------------------------------------
 
@@ -57,6 +58,7 @@ class Graph:
                 )
                 self._fail(call, f"input variable {var.label} failed: {var.error}")
         self.awaits.update(sub.awaits)
+        self.version += 1
         return ready
 
     def add_variable(self, decl: VariableDecl) -> Variable:
@@ -89,7 +91,9 @@ class Graph:
     def await_variable(self, var_id: str, criteria: Criteria) -> None:
         """Record that the client waits for `var_id` with this objective."""
         self.variable(var_id)
-        self.awaits[var_id] = criteria
+        if self.awaits.get(var_id) != criteria:
+            self.awaits[var_id] = criteria
+            self.version += 1
 
     # -- execution -----------------------------------------------------------------------------
 

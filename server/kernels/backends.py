@@ -13,7 +13,15 @@ from server.kernels.metadata import AttentionMetadata
 from server.kernels.sdpa_backend import SdpaBackend, SdpaConfig
 
 Backend = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata, float],
+    [
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        AttentionMetadata,
+        float,
+    ],
     torch.Tensor,
 ]
 BACKEND_NAMES = ("cpu", "triton", "flash-attn", "torch-cuda")

@@ -36,7 +36,9 @@ class AttentionMetadata:
 
     def __post_init__(self) -> None:
         if not (len(self.query_lens) == len(self.seq_lens) == len(self.block_tables)):
-            raise ValueError("query_lens, seq_lens and block_tables must have one entry per sequence")
+            raise ValueError(
+                "query_lens, seq_lens and block_tables must have one entry per sequence"
+            )
         if not self.query_start:
             starts = [0]
             for n in self.query_lens:
@@ -71,9 +73,7 @@ def build_attention_metadata(
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     slots: list[int] = []
     shareable: list[int] = []
-    for i, (q_len, s_len, table) in enumerate(
-        zip(query_lens, seq_lens, block_tables, strict=True)
-    ):
+    for i, (q_len, s_len, table) in enumerate(zip(query_lens, seq_lens, block_tables, strict=True)):
         if q_len < 1 or s_len < q_len:
             raise ValueError(
                 f"sequence {i}: need 1 <= query_len <= seq_len, got query_len={q_len}, "

@@ -77,11 +77,15 @@ def _build(meta: AttentionMetadata) -> StepPlan:
             prefills.append(PrefillTask(row, q_len, KVSpan(tuple(table[:n_blocks]), s_len)))
             continue
         start = level_end.get(i, 0)
-        suffixes.append(SuffixTask(row, KVSpan(tuple(table[start // bs : n_blocks]), s_len - start)))
+        suffixes.append(
+            SuffixTask(row, KVSpan(tuple(table[start // bs : n_blocks]), s_len - start))
+        )
     levels = [
         LevelTask(
             tuple(meta.query_start[s] for s in p.seqs),
-            KVSpan(tuple(meta.block_tables[p.seqs[0]][p.start // bs : p.end // bs]), p.end - p.start),
+            KVSpan(
+                tuple(meta.block_tables[p.seqs[0]][p.start // bs : p.end // bs]), p.end - p.start
+            ),
         )
         for p in meta.shared_prefixes
     ]

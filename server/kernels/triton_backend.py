@@ -79,23 +79,43 @@ class TritonBackend:
         v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
         program = meta.compiled.get("triton")
         if program is None:
-            program = _compile(step_plan_of(meta), num_tokens, num_q_heads, num_kv_heads,
-                               q.device, q.dtype, self.config)
+            program = _compile(
+                step_plan_of(meta),
+                num_tokens,
+                num_q_heads,
+                num_kv_heads,
+                q.device,
+                q.dtype,
+                self.config,
+            )
             meta.compiled["triton"] = program
         if q.stride(-1) != 1:
             q = q.contiguous()
-        o_parts = torch.empty((program.num_part_rows, num_q_heads, head_dim),
-                              dtype=torch.float32, device=q.device)
-        lse_parts = torch.empty((program.num_part_rows, num_q_heads), dtype=torch.float32,
-                                device=q.device)
+        o_parts = torch.empty(
+            (program.num_part_rows, num_q_heads, head_dim), dtype=torch.float32, device=q.device
+        )
+        lse_parts = torch.empty(
+            (program.num_part_rows, num_q_heads), dtype=torch.float32, device=q.device
+        )
         block_d = triton.next_power_of_2(head_dim)
         for launch in program.launches:
             paged_attention_kernel[(launch.num_items, num_kv_heads)](
-                q, k_cache, v_cache, o_parts, lse_parts, launch.items, program.rows,
+                q,
+                k_cache,
+                v_cache,
+                o_parts,
+                lse_parts,
+                launch.items,
+                program.rows,
                 program.blocks,
-                q.stride(0), q.stride(1),
-                k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-                o_parts.stride(0), o_parts.stride(1), lse_parts.stride(0),
+                q.stride(0),
+                q.stride(1),
+                k_cache.stride(0),
+                k_cache.stride(1),
+                k_cache.stride(2),
+                o_parts.stride(0),
+                o_parts.stride(1),
+                lse_parts.stride(0),
                 scale * LOG2E,
                 GROUP=num_q_heads // num_kv_heads,
                 BLOCK_M=launch.block_m,
@@ -109,9 +129,16 @@ class TritonBackend:
         out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=q.dtype, device=q.device)
         if num_tokens:
             merge_kernel[(num_tokens,)](
-                o_parts, lse_parts, program.merge_table, out, program.num_parts,
-                o_parts.stride(0), o_parts.stride(1), lse_parts.stride(0),
-                out.stride(0), out.stride(1),
+                o_parts,
+                lse_parts,
+                program.merge_table,
+                out,
+                program.num_parts,
+                o_parts.stride(0),
+                o_parts.stride(1),
+                lse_parts.stride(0),
+                out.stride(0),
+                out.stride(1),
                 NUM_HEADS=num_q_heads,
                 HEAD_DIM=head_dim,
                 BLOCK_H=triton.next_power_of_2(num_q_heads),
@@ -159,18 +186,25 @@ def _compile(
     narrow = max(cfg.narrow_rows, triton.next_power_of_2(group))
     wide = narrow if dtype == torch.float32 else max(cfg.wide_rows, triton.next_power_of_2(group))
     tasks = [
-        _Task(list(range(p.first_row, p.first_row + p.num_rows)), p.span.blocks,
-              p.span.num_tokens, p.span.num_tokens - p.num_rows, wide)
+        _Task(
+            list(range(p.first_row, p.first_row + p.num_rows)),
+            p.span.blocks,
+            p.span.num_tokens,
+            p.span.num_tokens - p.num_rows,
+            wide,
+        )
         for p in plan.prefills
     ]
     for level in plan.levels:
         height = wide if len(level.rows) * group > narrow else narrow
-        tasks.append(_Task(list(level.rows), level.span.blocks, level.span.num_tokens,
-                           NOT_CAUSAL, height))
+        tasks.append(
+            _Task(list(level.rows), level.span.blocks, level.span.num_tokens, NOT_CAUSAL, height)
+        )
     for suffix in plan.suffixes:
         if suffix.span.num_tokens:
-            tasks.append(_Task([suffix.row], suffix.span.blocks, suffix.span.num_tokens,
-                               NOT_CAUSAL, narrow))
+            tasks.append(
+                _Task([suffix.row], suffix.span.blocks, suffix.span.num_tokens, NOT_CAUSAL, narrow)
+            )
     chunk = _kv_chunk(tasks, group, num_kv_heads, _num_sms(device), cfg)
 
     rows: list[int] = []

@@ -23,10 +23,22 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def paged_attention_kernel(
-    Q, K, V, Out, LSE, ITEMS, ROWS, BLOCKS,
-    stride_qt, stride_qh,
-    stride_kb, stride_ks, stride_kh,
-    stride_ot, stride_oh, stride_lt,
+    Q,
+    K,
+    V,
+    Out,
+    LSE,
+    ITEMS,
+    ROWS,
+    BLOCKS,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_ot,
+    stride_oh,
+    stride_lt,
     scale_log2,
     GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -85,8 +97,9 @@ def paged_attention_kernel(
 
     has_keys = l_i > 0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    lse = tl.where(has_keys, (m_i + tl.log2(tl.where(has_keys, l_i, 1.0))) * 0.6931471805599453,
-                   float("-inf"))
+    lse = tl.where(
+        has_keys, (m_i + tl.log2(tl.where(has_keys, l_i, 1.0))) * 0.6931471805599453, float("-inf")
+    )
     out_row = (dest + token).to(tl.int64)
     tl.store(
         Out + out_row[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :],
@@ -98,9 +111,16 @@ def paged_attention_kernel(
 
 @triton.jit
 def merge_kernel(
-    O_PARTS, LSE_PARTS, TABLE, OUT,
+    O_PARTS,
+    LSE_PARTS,
+    TABLE,
+    OUT,
     num_parts,
-    stride_pt, stride_ph, stride_lt, stride_ot, stride_oh,
+    stride_pt,
+    stride_ph,
+    stride_lt,
+    stride_ot,
+    stride_oh,
     NUM_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -118,10 +138,14 @@ def merge_kernel(
         part = tl.load(TABLE + token * num_parts + p)
         present = part >= 0
         row = tl.where(present, part, 0).to(tl.int64)
-        lse = tl.load(LSE_PARTS + row * stride_lt + heads, mask=head_ok & present,
-                      other=float("-inf"))
-        o = tl.load(O_PARTS + row * stride_pt + heads[:, None] * stride_ph + dims[None, :],
-                    mask=tile_ok & present, other=0.0)
+        lse = tl.load(
+            LSE_PARTS + row * stride_lt + heads, mask=head_ok & present, other=float("-inf")
+        )
+        o = tl.load(
+            O_PARTS + row * stride_pt + heads[:, None] * stride_ph + dims[None, :],
+            mask=tile_ok & present,
+            other=0.0,
+        )
         m_new = tl.maximum(m, lse)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         w_old = tl.exp(m - m_safe)
@@ -130,5 +154,8 @@ def merge_kernel(
         total = total * w_old + w
         m = m_new
     out = acc / tl.where(total > 0, total, 1.0)[:, None]
-    tl.store(OUT + token * stride_ot + heads[:, None] * stride_oh + dims[None, :],
-             out.to(OUT.dtype.element_ty), mask=tile_ok)
+    tl.store(
+        OUT + token * stride_ot + heads[:, None] * stride_oh + dims[None, :],
+        out.to(OUT.dtype.element_ty),
+        mask=tile_ok,
+    )

@@ -108,7 +108,13 @@ def relative_error(step: Step, backend: str | None = None, run=None) -> float:
     )
     if run is None:
         out = attention(
-            step.q, step.k, step.v, step.k_cache, step.v_cache, step.meta, step.scale,
+            step.q,
+            step.k,
+            step.v,
+            step.k_cache,
+            step.v_cache,
+            step.meta,
+            step.scale,
             backend=backend,
         )
     else:

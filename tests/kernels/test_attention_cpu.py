@@ -12,8 +12,15 @@ ANY = CascadeConfig(min_prefix_tokens=1, min_group_size=2)
 NUM_BLOCKS = 160
 
 
-def mixed_step(group: int, head_dim: int, scattered: bool, cascade: bool, seed: int = 0,
-               dtype: torch.dtype = torch.float32, device: str = "cpu") -> Step:
+def mixed_step(
+    group: int,
+    head_dim: int,
+    scattered: bool,
+    cascade: bool,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+) -> Step:
     """Forks of a 100-token context (not a multiple of the block size), a nested fork group,
     a lone decode, a chunked prefill over cached context and a first prefill chunk, with the
     prefills between decodes."""
@@ -25,10 +32,30 @@ def mixed_step(group: int, head_dim: int, scattered: bool, cascade: bool, seed: 
     grandkids = [pool.fork(kids[3]) for _ in range(2)]
     pool.extend(grandkids[1], 3)
     lone, chunked, fresh = pool.new(37), pool.new(50), pool.new(0)
-    work = [(kids[0], 1), (kids[1], 1), (chunked, 20), (kids[2], 1), (fresh, 13), (kids[3], 1),
-            (grandkids[0], 1), (grandkids[1], 1), (lone, 1)]
-    return make_step(pool, work, NUM_BLOCKS, 2, group, head_dim, dtype=dtype, device=device,
-                     seed=seed, cascade=cascade, cascade_config=ANY)
+    work = [
+        (kids[0], 1),
+        (kids[1], 1),
+        (chunked, 20),
+        (kids[2], 1),
+        (fresh, 13),
+        (kids[3], 1),
+        (grandkids[0], 1),
+        (grandkids[1], 1),
+        (lone, 1),
+    ]
+    return make_step(
+        pool,
+        work,
+        NUM_BLOCKS,
+        2,
+        group,
+        head_dim,
+        dtype=dtype,
+        device=device,
+        seed=seed,
+        cascade=cascade,
+        cascade_config=ANY,
+    )
 
 
 @pytest.mark.parametrize("group", [1, 3, 4, 8])
@@ -75,8 +102,12 @@ def explicit_levels_step(levels: list[SharedPrefix], device: str = "cpu") -> Ste
     step = make_step(pool, [], NUM_BLOCKS, 2, 4, 64, device=device, seed=5)
     gen = torch.Generator().manual_seed(6)
     meta = build_attention_metadata(
-        [1, 1, 1, 1], [80, 90, 40, 20], [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5], [6, 7, 8], [0, 9]],
-        16, device, cascade=False,
+        [1, 1, 1, 1],
+        [80, 90, 40, 20],
+        [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5], [6, 7, 8], [0, 9]],
+        16,
+        device,
+        cascade=False,
     )
     meta.shared_prefixes = levels
     step.meta = meta
@@ -123,8 +154,9 @@ def test_shapes_are_checked_once_per_step():
     with pytest.raises(ValueError, match="1 tokens"):
         attention(step.q[:0], step.k[:0], step.v[:0], step.k_cache, step.v_cache, step.meta, 0.1)
     with pytest.raises(ValueError, match="unknown attention backend"):
-        attention(step.q, step.k, step.v, step.k_cache, step.v_cache, step.meta, 0.1,
-                  backend="nope")
+        attention(
+            step.q, step.k, step.v, step.k_cache, step.v_cache, step.meta, 0.1, backend="nope"
+        )
 
 
 def test_every_layer_reuses_the_step_plan():

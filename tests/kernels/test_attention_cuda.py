@@ -30,8 +30,9 @@ FLOAT32_BACKENDS = [b for b in BACKENDS if b != "flash-attn"]  # flash-attn has 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_float32_matches_reference(backend, group, head_dim):
     for cascade in (False, True):
-        step = mixed_step(group, head_dim, scattered=True, cascade=cascade, seed=group,
-                          device="cuda")
+        step = mixed_step(
+            group, head_dim, scattered=True, cascade=cascade, seed=group, device="cuda"
+        )
         assert relative_error(step, backend=backend) < 1e-5, (backend, cascade)
 
 
@@ -40,8 +41,9 @@ def test_float32_matches_reference(backend, group, head_dim):
 @pytest.mark.parametrize(("group", "head_dim"), [(3, 64), (8, 128)])
 def test_half_precision_matches_reference(backend, dtype, group, head_dim):
     for cascade in (False, True):
-        step = mixed_step(group, head_dim, scattered=False, cascade=cascade, seed=7,
-                          dtype=dtype, device="cuda")
+        step = mixed_step(
+            group, head_dim, scattered=False, cascade=cascade, seed=7, dtype=dtype, device="cuda"
+        )
         assert relative_error(step, backend=backend) < 1e-2, (backend, cascade)
 
 

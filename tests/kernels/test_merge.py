@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from server.kernels.merge import merge_attention_states
+from server.kernels.merge import merge_attention_outputs, merge_attention_states
 from server.kernels.reference import reference_partial
 
 
@@ -12,7 +12,8 @@ def _split_keys(num_keys: int, cuts: list[int], seed: int):
     values = torch.randn(num_keys, 2, 64, generator=gen, dtype=torch.float64)
     bounds = [0, *cuts, num_keys]
     parts = [
-        reference_partial(q, keys[a:b], values[a:b], 0.125) for a, b in zip(bounds, bounds[1:], strict=False)
+        reference_partial(q, keys[a:b], values[a:b], 0.125)
+        for a, b in zip(bounds, bounds[1:], strict=False)
     ]
     whole = reference_partial(q, keys, values, 0.125)
     return parts, whole
@@ -72,3 +73,13 @@ def test_low_precision_outputs_merge_in_float32():
 def test_mismatched_shapes_are_refused():
     with pytest.raises(ValueError, match="merge"):
         merge_attention_states(torch.zeros(2, 3, 4, 8), torch.zeros(2, 3, 5))
+
+
+def test_output_only_merge_agrees_with_the_full_merge():
+    parts, (out, _) = _split_keys(80, [0, 33], seed=9)
+    outputs = torch.stack([o for o, _ in parts])
+    lses = torch.stack([s for _, s in parts])
+    assert torch.isinf(lses[0]).all() and torch.equal(outputs[0], torch.zeros_like(outputs[0]))
+    merged = merge_attention_outputs(outputs, lses)
+    assert torch.allclose(merged, out, rtol=0, atol=1e-12)
+    assert torch.equal(merged, merge_attention_states(outputs, lses)[0])

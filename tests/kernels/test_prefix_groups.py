@@ -69,7 +69,10 @@ def test_long_tables_diverging_deep_inside():
     tables = [shared + [1000 + i] for i in range(4)]
     tables[3][321] = 9999
     levels = plan_shared_prefixes(tables, [len(t) for t in tables], 16, ANY)
-    assert levels == [SharedPrefix((0, 1, 2, 3), 0, 321 * 16), SharedPrefix((0, 1, 2), 321 * 16, 500 * 16)]
+    assert levels == [
+        SharedPrefix((0, 1, 2, 3), 0, 321 * 16),
+        SharedPrefix((0, 1, 2), 321 * 16, 500 * 16),
+    ]
 
 
 def test_metadata_plans_levels_among_decodes_only():
@@ -84,9 +87,12 @@ def test_metadata_plans_levels_among_decodes_only():
         cascade_config=ANY,
     )
     assert meta.shared_prefixes == [SharedPrefix((0, 2, 3), 0, 48), SharedPrefix((2, 3), 48, 64)]
-    assert build_attention_metadata(
-        [1, 1], [20, 20], [[0, 1], [0, 2]], 16, cascade=False
-    ).shared_prefixes == []
+    assert (
+        build_attention_metadata(
+            [1, 1], [20, 20], [[0, 1], [0, 2]], 16, cascade=False
+        ).shared_prefixes
+        == []
+    )
 
 
 def test_metadata_rejects_bad_batches():
@@ -115,6 +121,7 @@ def test_each_device_kind_has_its_measured_rule():
     assert CascadeConfig.for_device("cpu") == CPU_RULE
     assert CascadeConfig.for_device(torch.device("cuda")) == CUDA_RULE
     assert CUDA_RULE.pays(64, 2048) and not CUDA_RULE.pays(16, 512)
-    meta = build_attention_metadata([1, 1], [300, 300], [list(range(19)), list(range(18)) + [40]],
-                                    16)
+    meta = build_attention_metadata(
+        [1, 1], [300, 300], [list(range(19)), list(range(18)) + [40]], 16
+    )
     assert meta.shared_prefixes == ([SharedPrefix((0, 1), 0, 288)] if CPU_RULE.pays(2, 288) else [])

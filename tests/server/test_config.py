@@ -18,7 +18,27 @@ def test_defaults_and_flags_map_to_the_config() -> None:
         "num_kv_blocks": 64,
         "enable_prefix_cache": False,
         "enable_cascade": True,
+        "latency_max_batched_tokens": 128,
     }
+
+
+def test_ablation_flags_switch_each_optimisation_off() -> None:
+    c = ServerConfig.from_args(
+        ["--no-objective-deduction", "--no-task-groups", "--no-pipelined-prefill",
+         "--no-prefix-sharing", "--engines", "2", "--latency-max-running-tokens", "64"]
+    )  # fmt: skip
+    ex = c.executor_config()
+    assert c.engines == 2
+    assert not (ex.objective_deduction or ex.task_groups or ex.pipelined_prefill)
+    assert not ex.enable_prefix_sharing and ex.app_scheduling
+    assert c.engine_kwargs()["latency_max_batched_tokens"] == 64
+    off = ServerConfig.from_args(["--no-app-scheduling"])
+    assert not off.executor_config().app_scheduling
+    assert "latency_max_batched_tokens" not in off.engine_kwargs()
+    assert (
+        "latency_max_batched_tokens"
+        not in ServerConfig(latency_max_running_tokens=0).engine_kwargs()
+    )
 
 
 def test_every_config_field_has_a_flag() -> None:
@@ -33,6 +53,9 @@ def test_every_config_field_has_a_flag() -> None:
         ({"model": ""}, "model"),
         ({"min_shared_prefix_tokens": 0}, "min_shared_prefix_tokens"),
         ({"log_format": "xml"}, "log_format"),
+        ({"engines": 0}, "engines"),
+        ({"latency_max_running_tokens": -1}, "latency_max_running_tokens"),
+        ({"prefix_store_ttl_s": 0}, "prefix_store_ttl_s"),
     ],
 )
 def test_bad_values_are_refused(kwargs: dict, needle: str) -> None:

@@ -1,0 +1,1 @@
+"""Shared pieces of the application benchmarks: workload graphs, modes, runners, reports."""

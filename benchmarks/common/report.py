@@ -1,0 +1,183 @@
+"""Turn run records into per-mode metrics, gains over each mode, target checks, a text table,
+a JSON file and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common.harness import RunRecord
+from benchmarks.common.modes import Mode
+from benchmarks.common.workload import Metric, ModeResults, Target, Workload
+
+WORK_COUNTERS = ("generated_tokens", "prefill_tokens", "cached_tokens", "preemptions",
+                 "server_cpu_s")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class TargetCheck:
+    label: str
+    value: float
+    minimum: float | None
+    maximum: float | None
+
+    @property
+    def met(self) -> bool:
+        if math.isnan(self.value):
+            return False
+        low = self.minimum is None or self.value >= self.minimum
+        high = self.maximum is None or self.value <= self.maximum
+        return low and high
+
+
+@dataclass(slots=True)
+class Report:
+    workload: str
+    modes: list[Mode]
+    metrics: dict[str, dict[str, float]]  # mode -> metric -> value
+    # mode -> counter -> total over the scenarios that every mode ran (comparable across modes)
+    counters: dict[str, dict[str, float]]
+    checks: list[TargetCheck]
+    specs: tuple[Metric, ...]
+    common_scenarios: list[str]
+
+
+def build_report(workload: Workload, modes: list[Mode], records: list[RunRecord]) -> Report:
+    metrics: dict[str, dict[str, float]] = {}
+    counters: dict[str, dict[str, float]] = {}
+    ran = [{r.scenario for r in records if r.mode == m.name} for m in modes]
+    common = set.intersection(*ran) if ran else set()
+    for mode in modes:
+        runs = [r for r in records if r.mode == mode.name]
+        results: ModeResults = {r.scenario: r.jobs for r in runs}
+        metrics[mode.name] = workload.metrics(results)
+        counters[mode.name] = {
+            c: sum(r.counters.get(c, math.nan) for r in runs if r.scenario in common)
+            for c in WORK_COUNTERS
+        }
+    specs = {m.name: m for m in workload.metric_specs}
+    checks = [_check(t, metrics, specs) for t in workload.targets]
+    return Report(workload.name, modes, metrics, counters, checks, workload.metric_specs,
+                  sorted(common))  # fmt: skip
+
+
+def gain(parrot: float, other: float, higher_is_better: bool) -> float:
+    """How many times better Parrot's value is than `other`'s (nan when undefined)."""
+    if any(math.isnan(v) for v in (parrot, other)) or min(parrot, other) <= 0:
+        return math.nan
+    return parrot / other if higher_is_better else other / parrot
+
+
+def format_table(report: Report) -> str:
+    """Rows are modes; per metric its value and Parrot's gain over that mode (x)."""
+    parrot = report.metrics.get("parrot", {})
+    head = ["mode"]
+    for spec in report.specs:
+        head += [f"{spec.name} ({spec.unit})", "gain"]
+    head += ["gen tok", "prefill tok", "cached tok", "server cpu s"]
+    rows = [head]
+    for mode in report.modes:
+        row = [mode.name]
+        values = report.metrics[mode.name]
+        for spec in report.specs:
+            v = values.get(spec.name, math.nan)
+            g = gain(parrot.get(spec.name, math.nan), v, spec.higher_is_better)
+            row += [_num(v), "" if mode.name == "parrot" or math.isnan(g) else f"{_num(g)}x"]
+        c = report.counters[mode.name]
+        row += [_num(c[k]) for k in ("generated_tokens", "prefill_tokens", "cached_tokens")]
+        row.append(_num(c["server_cpu_s"]))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = [" | ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "-|-".join("-" * w for w in widths))
+    if report.common_scenarios:
+        lines.append(f"(token and cpu columns: scenarios {', '.join(report.common_scenarios)})")
+    targets = [
+        f"  [{'met' if c.met else 'MISSED'}] {c.label}: {_num(c.value)}"
+        + (f" (want >= {c.minimum:g})" if c.minimum is not None else "")
+        + (f" (want <= {c.maximum:g})" if c.maximum is not None else "")
+        for c in report.checks
+    ]
+    return "\n".join([*lines, "targets:", *targets])
+
+
+def write_json(path: Path, report: Report, records: list[RunRecord], meta: dict[str, Any]) -> None:
+    """Everything measured: per-mode metrics and counters, target checks, every job's timing."""
+    data = {
+        **meta,
+        "workload": report.workload,
+        "modes": {
+            m.name: {
+                "label": m.label,
+                "api": m.api,
+                "flags": list(m.flags),
+                "metrics": report.metrics[m.name],
+                "counters": report.counters[m.name],
+            }
+            for m in report.modes
+        },
+        "targets": [{**asdict(c), "met": c.met} for c in report.checks],
+        "runs": [
+            {
+                "scenario": r.scenario,
+                "mode": r.mode,
+                "wall_s": r.wall_s,
+                "counters": r.counters,
+                "jobs": [
+                    {"name": j.name, "app": j.app, "start_s": j.start_s, "end_s": j.end_s,
+                     "output_chars": {k: len(v) for k, v in j.outputs.items()}}  # fmt: skip
+                    for j in r.jobs
+                ],
+            }
+            for r in records
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
+
+
+def write_plot(path: Path, report: Report) -> None:
+    """One bar chart per metric, a bar per mode (Parrot first, ablations hatched)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    specs = report.specs
+    fig, axes = plt.subplots(1, len(specs), figsize=(4.2 * len(specs), 4.2), squeeze=False)
+    names = [m.name for m in report.modes]
+    colors = ["tab:green" if m.api == "parrot" else "tab:gray" for m in report.modes]
+    hatches = ["//" if m.ablation else "" for m in report.modes]
+    for ax, spec in zip(axes[0], specs, strict=True):
+        values = [report.metrics[n].get(spec.name, math.nan) for n in names]
+        bars = ax.bar(range(len(names)), [0 if math.isnan(v) else v for v in values],
+                      color=colors)  # fmt: skip
+        for bar, hatch in zip(bars, hatches, strict=True):
+            bar.set_hatch(hatch)
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        arrow = "higher is better" if spec.higher_is_better else "lower is better"
+        ax.set_title(f"{spec.name} ({spec.unit})\n{arrow}", fontsize=9)
+    fig.suptitle(report.workload)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _check(t: Target, metrics: dict[str, dict[str, float]], specs: dict[str, Metric]) -> TargetCheck:
+    parrot = metrics.get("parrot", {}).get(t.metric, math.nan)
+    if t.versus is None:
+        value = parrot
+    else:
+        other = metrics.get(t.versus, {}).get(t.metric, math.nan)
+        value = gain(parrot, other, specs[t.metric].higher_is_better)
+    return TargetCheck(t.label, value, t.minimum, t.maximum)
+
+
+def _num(v: float) -> str:
+    if math.isnan(v):
+        return "-"
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"

@@ -1,0 +1,74 @@
+"""mixed: a latency-critical chat app and a bulk map-reduce app on one server at once.
+
+Metrics: chat latency and map-reduce completion time, together and each alone (same mode).
+In Parrot the chat outputs are awaited with "latency", the map-reduce result with "throughput".
+"""
+
+from __future__ import annotations
+
+import math
+
+from benchmarks.common import data
+from benchmarks.common.apps import ASSISTANT, map_reduce_job, mean_latency, single_call_job
+from benchmarks.common.graph import Scenario
+from benchmarks.common.workload import Metric, ModeResults, Target, Workload
+
+QUICK = {"chats": 5, "chat_every_s": 2.5, "chat_tokens": 24, "chunks": 6, "chunk_chars": 1200,
+         "map_tokens": 32, "reduce_tokens": 32}
+FULL = {"chats": 16, "chat_every_s": 3.0, "chat_tokens": 48, "chunks": 16, "chunk_chars": 2000,
+        "map_tokens": 48, "reduce_tokens": 64}  # fmt: skip
+QUESTIONS = (
+    "What is a hash table?", "How do I reverse a list in Python?", "What causes rain?",
+    "Name three prime numbers.", "What is the capital of France?", "Explain what a CPU does.",
+)  # fmt: skip
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    size = QUICK if quick else FULL
+    chats = tuple(
+        single_call_job(f"chat{i}", "chat", ASSISTANT, "", size["chat_tokens"], "latency",
+                        1.0 + i * size["chat_every_s"],
+                        user_as_input=QUESTIONS[i % len(QUESTIONS)])
+        for i in range(size["chats"])
+    )  # fmt: skip
+    chunks = data.chunks(data.paper(4), size["chunk_chars"], size["chunks"])
+    mr = map_reduce_job("mr", chunks, size["map_tokens"], size["reduce_tokens"], "throughput")
+    return [
+        Scenario("chat_alone", chats, all_modes=False, notes=size),
+        Scenario("mr_alone", (mr,), all_modes=False, notes=size),
+        Scenario("mixed", (mr, *chats), notes=size),
+    ]
+
+
+def metrics(results: ModeResults) -> dict[str, float]:
+    chat = mean_latency(results.get("mixed"), "chat")
+    chat_alone = mean_latency(results.get("chat_alone"), "chat")
+    mr = mean_latency(results.get("mixed"), "map_reduce")
+    mr_alone = mean_latency(results.get("mr_alone"), "map_reduce")
+    return {
+        "chat_latency": chat,
+        "chat_slowdown": _ratio(chat, chat_alone),
+        "mr_jct": mr,
+        "mr_slowdown": _ratio(mr, mr_alone),
+    }
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 and not math.isnan(b) else math.nan
+
+
+WORKLOAD = Workload(
+    name="mixed",
+    summary="latency-critical chat and bulk map-reduce at once, each against running alone",
+    scenarios=scenarios,
+    metrics=metrics,
+    metric_specs=(Metric("chat_latency", "s"), Metric("chat_slowdown", "x alone"),
+                  Metric("mr_jct", "s"), Metric("mr_slowdown", "x alone")),  # fmt: skip
+    baselines=("baseline_throughput", "baseline_latency"),
+    ablations=("objective_deduction", "app_scheduler", "task_groups"),
+    targets=(
+        Target("chat latency, mixed / alone", "chat_slowdown", maximum=1.2),
+        Target("map-reduce JCT gain vs throughput-tuned (>= 1/1.2)", "mr_jct",
+               "baseline_throughput", minimum=1 / 1.2),
+    ),  # fmt: skip
+)

@@ -1,0 +1,139 @@
+"""rag: LlamaIndex response synthesis (tree_summarize, refine) with `Parrot` (one graph per
+query) against the stock synthesizers on `OpenAILike` (one request per call), same server.
+
+    python -m benchmarks.workloads.rag [--quick] [--model smollm2-135m-instruct]
+
+Not yet driven by `benchmarks.run` (its harness runs `Job` graphs, not LlamaIndex pipelines);
+it defines no `WORKLOAD`, so it prints and saves its own table. Every timed query reads its
+own slice of the papers, so no run reuses another's prompts from the prefix cache; one extra
+query per mode, run by both, checks that the answers are equal (greedy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from llama_index.core import get_response_synthesizer as stock_synthesizer  # noqa: E402
+from llama_index.llms.openai_like import OpenAILike  # noqa: E402
+
+from benchmarks.common import data  # noqa: E402
+from parrot_bridge.llamaindex import Parrot, get_response_synthesizer  # noqa: E402
+from server.launcher import ServerProcess  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+QUICK = {"queries": 2, "chunks": 8, "chunk_chars": 1200, "max_tokens": 24, "context": 1024}
+FULL = {"queries": 4, "chunks": 12, "chunk_chars": 1600, "max_tokens": 48, "context": 1024}
+QUESTIONS = ("What problem does this work address?", "What method is proposed?",
+             "What are the main results?", "What are the limitations?")  # fmt: skip
+MODES = ("tree_summarize", "refine")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    size = QUICK if args.quick else FULL
+    log = Path(tempfile.mkdtemp(prefix="parrot-bench-rag-")) / "server.log"
+    texts = _slices(size)
+    rows: list[dict[str, Any]] = []
+    with ServerProcess(args.model, log_path=log, startup_timeout_s=300) as server:
+        parrot = Parrot(base_url=server.url, max_tokens=size["max_tokens"],
+                        context_window=size["context"])  # fmt: skip
+        model = parrot.metadata.model_name
+        baseline = OpenAILike(api_base=server.url + "/v1", api_key="none", model=model,
+                              max_tokens=size["max_tokens"], temperature=0,
+                              context_window=size["context"], is_chat_model=False)  # fmt: skip
+        for mode in MODES:
+            systems: dict[str, Callable[[str, list[str]], Any]] = {
+                "parrot": _sync(get_response_synthesizer(llm=parrot, response_mode=mode)),
+                "openai": _sync(stock_synthesizer(llm=baseline, response_mode=mode)),
+            }
+            if mode == "tree_summarize":  # the stock synthesizer's concurrent form
+                stock_async = stock_synthesizer(llm=baseline, response_mode=mode, use_async=True)
+                systems["openai_async"] = _async(stock_async)
+            check = next(texts)
+            answers = {name: run(QUESTIONS[0], check) for name, run in systems.items()}
+            same = len(set(answers.values())) == 1
+            for q in range(size["queries"]):
+                for name, run in systems.items():
+                    chunks = next(texts)
+                    start = time.perf_counter()
+                    run(QUESTIONS[q % len(QUESTIONS)], chunks)
+                    rows.append({"mode": mode, "system": name, "query": q,
+                                 "latency_s": time.perf_counter() - start,
+                                 "same_answer": same})  # fmt: skip
+    report = _report(rows)
+    print(_table(report))
+    out = RESULTS / f"rag{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"command": "python -m benchmarks.workloads.rag " + " ".join(argv or sys.argv[1:]),
+            "model": args.model, "size": size, "cpus": os.cpu_count()}  # fmt: skip
+    out.write_text(json.dumps({"meta": meta, "report": report, "runs": rows}, indent=2))
+    print(f"\nsaved {out}")
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.workloads.rag", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    return p.parse_args(argv)
+
+
+def _slices(size: dict[str, int]) -> Iterator[list[str]]:
+    """Fresh chunks for every run, taken in turn from the papers."""
+    chars = size["chunk_chars"] * size["chunks"]
+    paper = 0
+    while True:
+        text = data.paper(paper % 5)
+        for start in range(0, len(text) - chars, chars):
+            piece = text[start : start + chars]
+            yield [piece[i : i + size["chunk_chars"]] for i in range(0, chars, size["chunk_chars"])]
+        paper += 1
+
+
+def _sync(synthesizer: Any) -> Callable[[str, list[str]], str]:
+    return lambda query, chunks: str(synthesizer.get_response(query, chunks))
+
+
+def _async(synthesizer: Any) -> Callable[[str, list[str]], str]:
+    return lambda query, chunks: str(asyncio.run(synthesizer.aget_response(query, chunks)))
+
+
+def _report(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    for mode in MODES:
+        mine = [r for r in rows if r["mode"] == mode]
+        means = {s: statistics.mean(r["latency_s"] for r in mine if r["system"] == s)
+                 for s in dict.fromkeys(r["system"] for r in mine)}  # fmt: skip
+        report[mode] = {
+            "mean_latency_s": means,
+            "speedup_vs": {s: means[s] / means["parrot"] for s in means if s != "parrot"},
+            "same_answer": all(r["same_answer"] for r in mine),
+        }
+    return report
+
+
+def _table(report: dict[str, Any]) -> str:
+    lines = [f"{'mode':<16}{'system':<14}{'latency s':>10}{'Parrot gain':>13}  same answer"]
+    for mode, result in report.items():
+        for system, latency in result["mean_latency_s"].items():
+            gain = result["speedup_vs"].get(system)
+            shown = f"{gain:.2f}x" if gain is not None else "-"
+            lines.append(f"{mode:<16}{system:<14}{latency:>10.2f}{shown:>13}  "
+                         f"{result['same_answer']}")  # fmt: skip
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

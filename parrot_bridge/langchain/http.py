@@ -1,0 +1,95 @@
+"""HTTP to the Parrot server's OpenAI-compatible and adapter routes, on the SDK's loop.
+
+One aiohttp client per request keeps nothing open between calls (LangChain models live long and
+are never closed). Connection failures are retried; error responses become `ParrotError`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from parrot_bridge.errors import ParrotError
+
+
+@dataclass(frozen=True, slots=True)
+class ServerHttp:
+    base_url: str
+    timeout: float | None = None
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {self.timeout}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+
+    async def request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        """One JSON request (retried when the server cannot be reached)."""
+        for attempt in range(self.max_retries + 1):
+            try:
+                async with self._client() as client:
+                    async with client.request(method, self._url(path), json=body) as resp:
+                        data = await _json(resp)
+                        if resp.status >= 400:
+                            raise _error(resp.status, data)
+                        return data
+            except aiohttp.ClientConnectionError as exc:
+                if attempt == self.max_retries:
+                    raise self._unreachable(exc) from exc
+                await asyncio.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def events(self, path: str, body: Any) -> AsyncIterator[dict[str, Any]]:
+        """The `data:` objects of a streamed POST, until `data: [DONE]`."""
+        try:
+            async with self._client() as client:
+                async with client.post(self._url(path), json=body) as resp:
+                    if resp.status >= 400:
+                        raise _error(resp.status, await _json(resp))
+                    async for raw in resp.content:
+                        line = raw.decode().strip()
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            return
+                        event = json.loads(data)
+                        if "error" in event:
+                            raise _error(500, event)
+                        yield event
+        except aiohttp.ClientError as exc:
+            raise self._unreachable(exc) from exc
+
+    def _client(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+
+    def _url(self, path: str) -> str:
+        return self.base_url.rstrip("/") + path
+
+    def _unreachable(self, exc: Exception) -> ParrotError:
+        return ParrotError(f"cannot reach the Parrot server at {self.base_url}: {exc}")
+
+
+async def _json(resp: aiohttp.ClientResponse) -> Any:
+    text = await resp.text()
+    try:
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {"error": {"message": text[:500] or resp.reason, "type": "http_error"}}
+
+
+def _error(status: int, data: Any) -> ParrotError:
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return ParrotError(
+            str(error.get("message")), status=status, type=error.get("type"), code=error.get("code")
+        )
+    return ParrotError(f"HTTP {status}: {data}", status=status)

@@ -1,0 +1,66 @@
+"""Settings shared by ChatParrot and ParrotLLM: the server, the model and sampling defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+
+from parrot_bridge.langchain.http import ServerHttp
+from parrot_bridge.loop_thread import shared_loop
+
+DEFAULT_URL = "http://127.0.0.1:9000"
+
+
+class ParrotSettings(BaseModel):
+    """Fields of both model classes; per-call keyword arguments override the sampling ones."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    base_url: str = Field(DEFAULT_URL, description="The server's root, e.g. http://host:9000.")
+    model_name: str | None = Field(None, alias="model", description="None: the served model.")
+    temperature: float | None = Field(None, ge=0, le=2, description="None: the server's (1.0).")
+    max_tokens: int | None = Field(None, ge=1, description="None: up to the context's end.")
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: list[str] | None = Field(None, alias="stop_sequences")
+    seed: int | None = None
+    timeout: float | None = Field(None, gt=0, description="Seconds per request; None: no limit.")
+    max_retries: int = Field(2, ge=0, description="Retries when the server cannot be reached.")
+    api_key: SecretStr | None = Field(None, description="Accepted for OpenAI-style code; unused.")
+    _served: tuple[str, int] | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _check_stop(self) -> ParrotSettings:
+        if self.stop is not None and any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+        return self
+
+    def _http(self) -> ServerHttp:
+        return ServerHttp(self.base_url, self.timeout, self.max_retries)
+
+    def _sampling(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The sampling of one call: fields, then per-call keyword arguments; None left out."""
+        merged = {
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "stop": stop if stop is not None else self.stop,
+        }
+        for key in ("temperature", "max_tokens", "top_p", "seed", "stop"):
+            if key in kwargs:
+                merged[key] = kwargs[key]
+        if isinstance(merged["stop"], str):
+            merged["stop"] = [merged["stop"]]
+        return {k: v for k, v in merged.items() if v is not None and v != []}
+
+    def _model_id(self, kwargs: dict[str, Any]) -> str:
+        """The model to name in requests: per call, the field, else the served one."""
+        return kwargs.get("model") or self.model_name or self._server_info()[0]
+
+    def _server_info(self) -> tuple[str, int]:
+        """(the served model's id, its context length), asked once."""
+        if self._served is None:
+            card = shared_loop().run(self._http().request("GET", "/v1/models"))["data"][0]
+            self._served = (card["id"], card["max_model_len"])
+        return self._served

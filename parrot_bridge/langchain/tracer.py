@@ -1,0 +1,298 @@
+"""Tracing one input through an LCEL chain into a session's pending graph.
+
+Values flow through the chain as ordinary Python objects in which generated text is written as
+sentinels (see `symbols`). Parrot model steps become semantic calls whose outputs are new
+variables; prompt templates, parsers and structural steps pass sentinels along; a step that
+needs a generated value (a non-Parrot step, a lambda that reads the text) splits the graph: what
+was traced is submitted, the values it needs are awaited, and the step runs on the client.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import AIMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import BasePromptTemplate
+from langchain_core.runnables import (
+    Runnable,
+    RunnableBinding,
+    RunnableConfig,
+    RunnableLambda,
+    RunnableParallel,
+    RunnablePassthrough,
+    RunnableSequence,
+)
+from langchain_core.runnables.base import RunnableEach
+from langchain_core.runnables.passthrough import RunnableAssign, RunnablePick
+
+from parrot_bridge.errors import ParrotError
+from parrot_bridge.function import SemanticFunction
+from parrot_bridge.langchain.awaiting import get_all
+from parrot_bridge.langchain.chat_model import ChatParrot
+from parrot_bridge.langchain.http import ServerHttp
+from parrot_bridge.langchain.llm import ParrotLLM
+from parrot_bridge.langchain.messages import to_chat_messages
+from parrot_bridge.langchain.symbolic_str import NeedsValue
+from parrot_bridge.langchain.symbols import Symbols, has_hidden_text
+from parrot_bridge.session import Session
+from parrot_bridge.template import escape_text
+from parrot_bridge.variable import Criteria, SemanticVariable
+
+log = logging.getLogger("parrot_bridge.langchain")
+
+ParrotModel = ChatParrot | ParrotLLM
+_NOT_TRANSPARENT = "chat_template_not_transparent"  # the render route's error code
+
+
+@dataclass(frozen=True, slots=True)
+class TracedCall:
+    """A semantic call of the trace: the step that made it, its inputs and its output."""
+
+    step: str
+    inputs: tuple[SemanticVariable, ...]
+    output: SemanticVariable
+
+
+@dataclass(slots=True)
+class _PendingChat:
+    model: ChatParrot
+    conversation: list[dict[str, Any]]
+    inputs: dict[str, SemanticVariable]
+    sampling: dict[str, Any]
+    output: SemanticVariable
+
+
+@dataclass(slots=True)
+class Tracer:
+    """Traces inputs into `session`: `calls` lists the semantic calls made, and `on_split` is
+    told (step name, reason) whenever a step has to wait for generated values."""
+
+    session: Session
+    criteria: Criteria = "latency"
+    on_split: Callable[[str, str], None] = lambda step, why: None
+    symbols: Symbols = field(default_factory=Symbols)
+    calls: list[TracedCall] = field(default_factory=list)
+    _chats: list[_PendingChat] = field(default_factory=list)
+
+    def run(self, step: Runnable, value: Any, config: RunnableConfig | None = None) -> Any:
+        """The symbolic result of `step` on `value`."""
+        if isinstance(step, ParrotModel):
+            return self._model(step, value, {}, config)
+        if type(step) is RunnableBinding and isinstance(step.bound, ParrotModel):
+            return self._model(step.bound, value, dict(step.kwargs), config)
+        if type(step) is RunnableBinding:
+            return self.run(step.bound, value, config)
+        if isinstance(step, RunnableSequence):
+            for inner in step.steps:
+                value = self.run(inner, value, config)
+            return value
+        if isinstance(step, RunnableParallel):
+            return {key: self.run(inner, value, config) for key, inner in step.steps__.items()}
+        if isinstance(step, RunnableAssign):
+            if not isinstance(value, dict):
+                raise ValueError("The input to RunnablePassthrough.assign() must be a dict.")
+            return {**value, **self.run(step.mapper, value, config)}
+        if isinstance(step, RunnablePick) or (
+            isinstance(step, RunnablePassthrough) and step.func is None
+        ):
+            return step.invoke(value, config)  # only moves values around
+        if isinstance(step, RunnableEach) and isinstance(value, list):
+            return [self.run(step.bound, item, config) for item in value]
+        if isinstance(step, RunnableLambda) and step.func is not None:
+            return self._lambda(step, value, config)
+        if isinstance(step, BasePromptTemplate):
+            return self._prompt(step, value, config)
+        if type(step) is StrOutputParser:
+            return self._str_parser(step, value, config)
+        return self._on_client(step, value, config, "it is not a step Parrot can trace")
+
+    def resolve(self, obj: Any) -> Any:
+        """`obj` with its generated values filled in (submits what is pending, then waits)."""
+        variables = self.symbols.find(obj)
+        if not variables:
+            return self.symbols.untaint(obj)
+        self.commit()
+        values = dict(zip(variables, get_all(self.session, variables, self.criteria), strict=True))
+        return self.symbols.substitute(obj, values.__getitem__)
+
+    def commit(self) -> None:
+        """Render pending chat calls (one request) and record them in the session."""
+        if not self._chats:
+            return
+        chats, self._chats = self._chats, []
+        try:
+            rendered = self._render([c.conversation for c in chats])
+        except ParrotError as exc:
+            if exc.code != _NOT_TRANSPARENT:
+                raise
+            for chat in chats:  # in trace order, so a chat's producers are recorded before it
+                self._commit_alone(chat)
+            return
+        for chat, prompt in zip(chats, rendered["prompts"], strict=True):
+            self._record_chat(chat, prompt["template"], rendered["max_model_len"])
+
+    # -- steps ---------------------------------------------------------------------------------
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _model(
+        self, model: ParrotModel, value: Any, kwargs: dict[str, Any], config: RunnableConfig | None
+    ) -> Any:
+        if model.base_url.rstrip("/") != self.session.url.rstrip("/"):
+            return self._on_client(model, value, config, "it talks to another server", kwargs)
+        stop = kwargs.pop("stop", None)
+        prompt = model._convert_input(self.symbols.untaint(value))
+        output = SemanticVariable(name="reply" if isinstance(model, ChatParrot) else "completion")
+        if isinstance(model, ParrotLLM):
+            template, inputs = self._template(prompt.to_string())
+            fn = SemanticFunction(template + "{{output:completion}}", name="ParrotLLM",
+                                  **model._call_sampling(stop, kwargs))  # fmt: skip
+            fn.invoke(self.session, **inputs, completion=output)
+            self.calls.append(TracedCall(model.get_name(), tuple(inputs.values()), output))
+            return self.symbols.text(output)
+        conversation, inputs = self._conversation(to_chat_messages(prompt.to_messages()))
+        sampling = model._sampling(stop, kwargs)
+        self._chats.append(_PendingChat(model, conversation, inputs, sampling, output))
+        self.calls.append(TracedCall(model.get_name(), tuple(inputs.values()), output))
+        metadata = {"model_name": model._model_id(kwargs), "model_provider": "parrot"}
+        return AIMessage(content=self.symbols.text(output), response_metadata=metadata)
+
+    def _lambda(self, step: RunnableLambda, value: Any, config: RunnableConfig | None) -> Any:
+        if not self.symbols.find(value):
+            return step.invoke(value, config)
+        if has_hidden_text(value) or _arity(step.func) != 1:
+            return self._on_client(step, value, config, "it needs generated values")
+        try:
+            out = step.func(self.symbols.taint(value))  # type: ignore[misc]
+        except NeedsValue as exc:
+            return self._on_client(step, value, config, f"it reads generated text ({exc})")
+        except (TypeError, ValueError) as exc:  # e.g. a check of the input's type
+            return self._on_client(step, value, config, f"it failed on a placeholder ({exc})")
+        if isinstance(out, Runnable):
+            return self.run(out, value, config)
+        if has_hidden_text(out):
+            return self._on_client(step, value, config, "its output hides generated text")
+        return out
+
+    def _prompt(self, step: BasePromptTemplate, value: Any, config: RunnableConfig | None) -> Any:
+        variables = self.symbols.find(value)
+        plain = self.symbols.untaint(value)
+        out = step.invoke(plain, config)
+        if not variables:
+            return out
+        # the template must insert each value verbatim: check with awkward probe values
+        probes = {v.id: f"\n {{{{p}}}} 'q\" {v.id[-6:]} \\ \t\n" for v in variables}
+        probe_out = step.invoke(self.symbols.substitute(plain, lambda v: probes[v.id]), config)
+        if self.symbols.substitute(out, lambda v: probes[v.id]) != probe_out:
+            return self._on_client(step, value, config, "it changes the values it inserts")
+        return out
+
+    def _str_parser(self, step: StrOutputParser, value: Any, config: RunnableConfig | None) -> Any:
+        if isinstance(value, AIMessage) and isinstance(value.content, str):
+            return self.symbols.taint(value.content)
+        if isinstance(value, str):
+            return value
+        return self._on_client(step, value, config, "its input is not text")
+
+    def _on_client(
+        self, step: Runnable, value: Any, config: RunnableConfig | None, why: str,
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:  # fmt: skip
+        """Run `step` here: on the input as it is if it holds no generated values, else after
+        submitting the graph so far and waiting for them (a split)."""
+        if self.symbols.find(value):
+            self.on_split(step.get_name(), why)
+            value = self.resolve(value)
+        return step.invoke(value, config, **(kwargs or {}))
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _render(self, conversations: list[list[dict[str, Any]]]) -> dict[str, Any]:
+        http = ServerHttp(self.session.url)
+        body = {"conversations": conversations}
+        return self.session._loop.run(http.request("POST", "/v1/chat/render", body))
+
+    def _commit_alone(self, chat: _PendingChat) -> None:
+        """Record one chat call; when the chat template cannot keep its variables as markers
+        (it trims contents, say), wait for their values and render the text itself."""
+        try:
+            rendered = self._render([chat.conversation])
+        except ParrotError as exc:
+            if exc.code != _NOT_TRANSPARENT or not chat.inputs:
+                raise
+            self.on_split(chat.model.get_name(), "the model's chat template changes contents")
+            names = list(chat.inputs)
+            values = dict(zip(names, get_all(self.session, list(chat.inputs.values()),
+                                             self.criteria), strict=True))  # fmt: skip
+            chat.conversation = [
+                {"role": m["role"], "content": "".join(
+                    p["text"] if p["type"] == "text" else values[p["name"]] for p in m["content"]
+                )}
+                for m in chat.conversation
+            ]  # fmt: skip
+            chat.inputs = {}
+            rendered = self._render([chat.conversation])
+        self._record_chat(chat, rendered["prompts"][0]["template"], rendered["max_model_len"])
+
+    def _record_chat(self, chat: _PendingChat, template: str, max_model_len: int) -> None:
+        sampling = {"max_tokens": max_model_len, **chat.sampling}
+        fn = SemanticFunction(template + "{{output:reply}}", name="ChatParrot", **sampling)
+        fn.invoke(self.session, **chat.inputs, reply=chat.output)
+
+    def _template(self, text: str) -> tuple[str, dict[str, SemanticVariable]]:
+        inputs: dict[str, SemanticVariable] = {}
+        out = []
+        for part in self.symbols.parts(text):
+            if isinstance(part, str):
+                out.append(escape_text(part))
+            else:
+                name = _input_name(inputs, part)
+                out.append(f"{{{{input:{name}}}}}")
+        return "".join(out), inputs
+
+    def _conversation(
+        self, messages: list[dict[str, str]]
+    ) -> tuple[list[dict[str, Any]], dict[str, SemanticVariable]]:
+        inputs: dict[str, SemanticVariable] = {}
+        conversation = []
+        for message in messages:
+            content = [
+                {"type": "text", "text": p}
+                if isinstance(p, str)
+                else {"type": "variable", "name": _input_name(inputs, p)}
+                for p in self.symbols.parts(message["content"])
+            ]
+            conversation.append({"role": message["role"], "content": content})
+        return conversation, inputs
+
+
+def _arity(func: Callable[..., Any]) -> int:
+    try:
+        return len(inspect.signature(func).parameters)
+    except (TypeError, ValueError):  # builtins such as operator.itemgetter take the input only
+        return 1
+
+
+def _input_name(inputs: dict[str, SemanticVariable], var: SemanticVariable) -> str:
+    for name, known in inputs.items():
+        if known is var:
+            return name
+    name = f"v{len(inputs)}"
+    inputs[name] = var
+    return name
+
+
+def log_split_once(seen: set[str]) -> Callable[[str, str], None]:
+    """An `on_split` that logs each step's split once (per `seen` set)."""
+
+    def on_split(step: str, why: str) -> None:
+        if step not in seen:
+            seen.add(step)
+            log.warning("compile: step %r runs on the client, so the graph is split there: %s",
+                        step, why)  # fmt: skip
+
+    return on_split

@@ -1,0 +1,89 @@
+"""The server's OpenAI-compatible routes, for the plain (graph-less) LLM methods: completions,
+chat completions (the chat template is applied on the server) and the model card."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from parrot_bridge.errors import ParrotError
+
+
+class OpenAIHttp:
+    """One aiohttp client for one server; use it on the SDK's loop only."""
+
+    def __init__(self, base_url: str, timeout_s: float) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._client: aiohttp.ClientSession | None = None
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST JSON, return the decoded response or raise `ParrotError` with the server's
+        message."""
+        try:
+            async with self._session().post(self.base_url + path, json=body) as resp:
+                data = await _decode(resp)
+                if resp.status >= 400:
+                    raise _error(path, resp.status, data)
+                return data
+        except aiohttp.ClientError as exc:
+            raise ParrotError(f"cannot reach the Parrot server at {self.base_url}: {exc}") from exc
+
+    async def get(self, path: str) -> dict[str, Any]:
+        try:
+            async with self._session().get(self.base_url + path) as resp:
+                data = await _decode(resp)
+                if resp.status >= 400:
+                    raise _error(path, resp.status, data)
+                return data
+        except aiohttp.ClientError as exc:
+            raise ParrotError(f"cannot reach the Parrot server at {self.base_url}: {exc}") from exc
+
+    async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """POST with `stream: true`; yield each server-sent chunk until `[DONE]`."""
+        try:
+            async with self._session().post(
+                self.base_url + path, json={**body, "stream": True}
+            ) as resp:
+                if resp.status >= 400:
+                    raise _error(path, resp.status, await _decode(resp))
+                async for raw in resp.content:
+                    line = raw.decode().strip()
+                    if not line.startswith("data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        return
+                    chunk = json.loads(payload)
+                    if "error" in chunk:
+                        raise _error(path, 500, chunk)
+                    yield chunk
+        except aiohttp.ClientError as exc:
+            raise ParrotError(f"cannot reach the Parrot server at {self.base_url}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._client is None:
+            self._client = aiohttp.ClientSession(timeout=self._timeout)
+        return self._client
+
+
+async def _decode(resp: aiohttp.ClientResponse) -> Any:
+    text = await resp.text()
+    try:
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {"error": {"message": text[:500] or resp.reason}}
+
+
+def _error(path: str, status: int, data: Any) -> ParrotError:
+    error = data.get("error") if isinstance(data, dict) else None
+    message = error.get("message") if isinstance(error, dict) else str(data)
+    return ParrotError(f"{path}: HTTP {status}: {message}", status=status)

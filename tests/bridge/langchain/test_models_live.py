@@ -1,0 +1,92 @@
+"""ChatParrot and ParrotLLM against a live server (tiny random Llama), and the render route."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
+
+import parrot_bridge.langchain as lc
+from parrot_bridge.errors import ParrotError
+from parrot_bridge.langchain import ChatParrot, ParrotLLM
+from tests.server.http_client import request
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def chat(parrot_url: str) -> ChatParrot:
+    return ChatParrot(base_url=parrot_url, temperature=0, max_tokens=10)
+
+
+def test_exports() -> None:
+    assert sorted(lc.__all__) == ["ChatParrot", "CompiledChain", "ParrotLLM", "TracedCall",
+                                  "compile"]  # fmt: skip
+    assert all(hasattr(lc, name) for name in lc.__all__)
+
+
+def test_usage_is_the_servers_count(chat: ChatParrot, parrot_url: str) -> None:
+    messages = [SystemMessage("Be brief."), HumanMessage("Hello there")]
+    reply = chat.invoke(messages)
+    body = {"conversations": [[{"role": "system", "content": "Be brief."},
+                               {"role": "user", "content": "Hello there"}]]}  # fmt: skip
+    status, rendered = request("POST", parrot_url + "/v1/chat/render", body)
+    assert status == 200
+    usage = reply.usage_metadata
+    assert usage is not None and usage["input_tokens"] == rendered["prompts"][0]["prompt_tokens"]
+    assert 0 < usage["output_tokens"] <= 10
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    assert reply.response_metadata["model_name"] == rendered["model"]
+    streamed = None
+    for chunk in chat.stream(messages):
+        streamed = chunk if streamed is None else streamed + chunk
+    assert streamed is not None and streamed.content == reply.content
+    assert streamed.usage_metadata == usage
+
+
+def test_stop_strings_cut_the_answer(chat: ChatParrot) -> None:
+    full = chat.invoke("Hello").content
+    assert isinstance(full, str) and len(full) > 3
+    stop = full[2]
+    cut = chat.invoke("Hello", stop=[stop]).content
+    assert cut == full[: full.index(stop)]
+    assert ChatParrot(base_url=chat.base_url, temperature=0, max_tokens=10,
+                      stop=[stop]).invoke("Hello").content == cut  # fmt: skip
+
+
+def test_async_matches_sync(chat: ChatParrot, parrot_url: str) -> None:
+    llm = ParrotLLM(base_url=parrot_url, temperature=0, max_tokens=8)
+
+    async def run() -> tuple:
+        return (
+            await chat.ainvoke("Hi"),
+            await chat.abatch(["Hi", "Yo"]),
+            await llm.abatch(["Hi", "Yo"]),
+            "".join([c async for c in llm.astream("Hi")]),
+        )
+
+    one, many, texts, streamed = asyncio.run(run())
+    assert one.content == chat.invoke("Hi").content
+    assert [m.content for m in many] == [m.content for m in chat.batch(["Hi", "Yo"])]
+    assert texts == llm.batch(["Hi", "Yo"]) and streamed == texts[0]
+
+
+def test_clear_errors(chat: ChatParrot) -> None:
+    with pytest.raises(ValueError, match=r"messages\[1\]: ToolMessage is not supported"):
+        chat.invoke([HumanMessage("hi"), ToolMessage("42", tool_call_id="t1")])
+    with pytest.raises(ValueError, match="'image_url' content is not supported"):
+        chat.invoke([HumanMessage([{"type": "image_url", "image_url": {"url": "x"}}])])
+    with pytest.raises(ParrotError, match="cannot reach the Parrot server"):
+        ChatParrot(base_url="http://127.0.0.1:9", max_retries=0).invoke("hi")
+    with pytest.raises(ParrotError, match="does not exist"):
+        chat.invoke("hi", model="no-such-model")
+
+
+def test_render_route_is_documented_and_checks_its_input(parrot_url: str) -> None:
+    status, doc = request("GET", parrot_url + "/openapi.json")
+    assert status == 200 and "post" in doc["paths"]["/v1/chat/render"]
+    assert "ChatRenderRequest" in doc["components"]["schemas"]
+    bad = {"conversations": [[{"role": "user", "content": [{"type": "variable", "name": "1x"}]}]]}
+    status, body = request("POST", parrot_url + "/v1/chat/render", bad)
+    assert status == 400 and "name" in body["error"]["message"]

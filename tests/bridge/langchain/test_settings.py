@@ -1,0 +1,49 @@
+"""Model settings, sampling per call, message conversion and prompt templates (no server)."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.messages import AIMessage, ChatMessage, HumanMessage, SystemMessage
+from pydantic import ValidationError
+
+from parrot_bridge.langchain import ChatParrot, ParrotLLM
+from parrot_bridge.langchain.http import ServerHttp
+from parrot_bridge.langchain.llm import prompt_template
+from parrot_bridge.langchain.messages import to_chat_messages
+from parrot_bridge.template import Text, parse_template
+
+
+def test_sampling_merges_fields_and_per_call_arguments() -> None:
+    llm = ChatParrot(temperature=0, max_tokens=5, stop_sequences=["x"], seed=3)
+    assert llm._sampling(None, {}) == {"temperature": 0, "max_tokens": 5, "seed": 3,
+                                       "stop": ["x"]}  # fmt: skip
+    assert llm._sampling(["y"], {"max_tokens": 9, "temperature": 0.5}) == {
+        "temperature": 0.5, "max_tokens": 9, "seed": 3, "stop": ["y"]}  # fmt: skip
+    assert ParrotLLM()._sampling("z", {}) == {"stop": ["z"]}
+    assert llm._get_ls_params(model="other")["ls_model_name"] == "other"
+
+
+def test_bad_settings_are_refused_with_the_field() -> None:
+    with pytest.raises(ValidationError, match="stop strings must not be empty"):
+        ChatParrot(stop=[""])
+    with pytest.raises(ValidationError, match="max_tokens"):
+        ChatParrot(max_tokens=0)
+    with pytest.raises(ValueError, match="base_url must start with http"):
+        ServerHttp("localhost:9000")
+
+
+def test_messages_become_roles_and_text() -> None:
+    messages = [SystemMessage("s"), HumanMessage([{"type": "text", "text": "a"}, "b"]),
+                AIMessage("c"), ChatMessage(role="developer", content="d")]  # fmt: skip
+    assert to_chat_messages(messages) == [
+        {"role": "system", "content": "s"}, {"role": "user", "content": "ab"},
+        {"role": "assistant", "content": "c"}, {"role": "developer", "content": "d"},
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="tool calls are not supported"):
+        to_chat_messages([AIMessage("", tool_calls=[{"name": "f", "args": {}, "id": "1"}])])
+
+
+def test_a_prompt_is_constant_text_whatever_it_holds() -> None:
+    prompt = "Use {{input:x}} and {{{{ here: {{output:y}}"
+    template = parse_template(prompt_template(prompt))
+    assert template.segments[0] == Text(prompt, 0) and template.inputs == []

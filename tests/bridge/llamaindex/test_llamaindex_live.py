@@ -1,0 +1,199 @@
+"""`Parrot` and the graph synthesizers against a live server with a tiny random model, compared
+with LlamaIndex's stock synthesizers on `OpenAILike` (the same server's OpenAI routes)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from llama_index.core import Document, PromptTemplate, Settings, VectorStoreIndex
+from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.response_synthesizers import CompactAndRefine, Refine, TreeSummarize
+from llama_index.llms.openai_like import OpenAILike
+
+from parrot_bridge.llamaindex import (
+    MiniLMEmbedding,
+    Parrot,
+    ParrotRefine,
+    ParrotTreeSummarize,
+    get_response_synthesizer,
+)
+from server.engine import LLMEngine, SamplingParams
+from server.launcher import ServerProcess
+from tests.server.http_client import metrics
+
+pytestmark = pytest.mark.slow
+
+PAPER = Path(__file__).resolve().parents[3].parent / "shared/data/arxiv-march-2023/article_1.txt"
+# the tiny tokenizer needs ~3x the tokens LlamaIndex counts: keep packed prompts in its context
+TREE_WINDOW, REFINE_WINDOW = 250, 700
+MAX_TOKENS = 8
+SUBMISSIONS = "parrot_graph_submissions_total"
+
+
+@pytest.fixture(scope="module")
+def url(tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("llamaindex") / "server.log"
+    with ServerProcess(tiny_llama_path, log_path=log) as srv:
+        yield srv.url
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama_path: Path) -> LLMEngine:
+    return LLMEngine.from_pretrained(str(tiny_llama_path))
+
+
+@pytest.fixture(scope="module")
+def chunks() -> list[str]:
+    text = PAPER.read_text()
+    return [text[i * 300 : (i + 1) * 300] for i in range(10)]
+
+
+def parrot(url: str, window: int) -> Parrot:
+    return Parrot(base_url=url, max_tokens=MAX_TOKENS, context_window=window)
+
+
+def openai_like(url: str, llm: Parrot, window: int) -> OpenAILike:
+    return OpenAILike(api_base=url + "/v1", api_key="none", model=llm.metadata.model_name,
+                      max_tokens=MAX_TOKENS, temperature=0, context_window=window,
+                      is_chat_model=False)  # fmt: skip
+
+
+def greedy(engine: LLMEngine, text: str) -> str:
+    sampling = SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
+    return engine.generate([engine.tokenizer.encode(text)], sampling)[0].text
+
+
+def submissions(url: str) -> float:
+    return metrics(url)[SUBMISSIONS]
+
+
+def test_metadata_complete_and_chat(url: str, engine: LLMEngine) -> None:
+    llm = Parrot(base_url=url, max_tokens=MAX_TOKENS)
+    assert llm.metadata.context_window == 1024  # the tiny model's max_model_len
+    assert llm.metadata.num_output == MAX_TOKENS and not llm.metadata.is_chat_model
+    assert llm.complete("The parrot said").text == greedy(engine, "The parrot said")
+    streamed = list(llm.stream_complete("The parrot said"))
+    assert "".join(r.delta for r in streamed) == streamed[-1].text == greedy(
+        engine, "The parrot said"
+    )
+    messages = [ChatMessage(role="system", content="Be brief."),
+                ChatMessage(role="user", content="Hello")]  # fmt: skip
+    plain = [{"role": m.role.value, "content": m.content} for m in messages]
+    expected = greedy(engine, engine.tokenizer.apply_chat_template(plain, add_generation_prompt=True))
+    assert llm.chat(messages).message.content == expected
+    assert list(llm.stream_chat(messages))[-1].message.content == expected
+
+
+async def test_async_methods_run_concurrently(url: str, engine: LLMEngine) -> None:
+    llm = Parrot(base_url=url, max_tokens=MAX_TOKENS)
+    prompts = [f"Topic {i}:" for i in range(4)]
+    done = await asyncio.gather(*(llm.acomplete(p) for p in prompts))
+    assert [d.text for d in done] == [greedy(engine, p) for p in prompts]
+    gen = await llm.astream_complete(prompts[0])
+    assert [r async for r in gen][-1].text == greedy(engine, prompts[0])
+    reply = await llm.achat([ChatMessage(role="user", content="Hi")])
+    assert isinstance(reply.message.content, str)
+
+
+def test_predict_keeps_the_template(url: str, engine: LLMEngine) -> None:
+    llm = Parrot(base_url=url, max_tokens=MAX_TOKENS, system_prompt="You answer.")
+    prompt = PromptTemplate("Topic: {topic}\nAnswer: ")
+    before = submissions(url)
+    assert llm.predict(prompt, topic="cars") == greedy(engine, "You answer.\n\nTopic: cars\nAnswer: ")
+    assert submissions(url) - before == 1
+    assert "".join(llm.stream(prompt, topic="cars")) == llm.predict(prompt, topic="cars")
+
+
+async def test_concurrent_apredicts_are_one_graph(url: str, engine: LLMEngine) -> None:
+    llm = Parrot(base_url=url, max_tokens=MAX_TOKENS)
+    prompt = PromptTemplate("Summarize: {text}\nSummary:")
+    texts = ["ants", "bees", "cats", "dogs", "eels"]
+    before = submissions(url)
+    got = await asyncio.gather(*(llm.apredict(prompt, text=t) for t in texts))
+    assert submissions(url) - before == 1
+    assert got == [greedy(engine, f"Summarize: {t}\nSummary:") for t in texts]
+    gen = await llm.astream(prompt, text="ants")
+    assert "".join([c async for c in gen]) == got[0]
+
+
+def test_refine_chain_is_one_submission_with_the_stock_answer(url: str, chunks: list[str]) -> None:
+    llm = parrot(url, REFINE_WINDOW)
+    ours = get_response_synthesizer(llm=llm, response_mode="refine")
+    assert isinstance(ours, ParrotRefine)
+    steps, _ = ours._plan("What is it about?", chunks[:4], None)
+    assert len(steps) >= 4  # a chain, each step reading the previous answer
+    before = submissions(url)
+    answer = ours.get_response("What is it about?", chunks[:4])
+    assert submissions(url) - before == 1  # every step started on the server
+    stock = Refine(llm=openai_like(url, llm, REFINE_WINDOW))
+    assert answer == stock.get_response("What is it about?", chunks[:4])
+
+
+async def test_compact_async_and_streaming_refine(url: str, chunks: list[str]) -> None:
+    llm = parrot(url, REFINE_WINDOW)
+    stock = CompactAndRefine(llm=openai_like(url, llm, REFINE_WINDOW))
+    expected = await stock.aget_response("Main idea?", chunks[:6])
+    ours = get_response_synthesizer(llm=llm, response_mode="compact")
+    before = submissions(url)
+    assert await ours.aget_response("Main idea?", chunks[:6]) == expected
+    assert submissions(url) - before == 1
+    streaming = get_response_synthesizer(llm=llm, response_mode="refine", streaming=True)
+    stock_stream = Refine(llm=openai_like(url, llm, REFINE_WINDOW), streaming=True)
+    tokens = streaming.get_response("Main idea?", chunks[:3])
+    assert "".join(tokens) == "".join(stock_stream.get_response("Main idea?", chunks[:3]))
+
+
+async def test_tree_summarize_query_is_one_submission(url: str, chunks: list[str]) -> None:
+    llm = parrot(url, TREE_WINDOW)
+    ours = get_response_synthesizer(llm=llm, response_mode="tree_summarize")
+    assert isinstance(ours, ParrotTreeSummarize)
+    stock = TreeSummarize(llm=openai_like(url, llm, TREE_WINDOW))
+    query = "What is it about?"  # (with this tiny model) summaries without edge whitespace
+    template = ours._summary_template.partial_format(query_str=query)
+    assert len(ours._prompt_helper.repack(template, chunks, llm=llm)) >= 3  # two levels
+    before = submissions(url)
+    answer = ours.get_response(query, chunks)
+    assert submissions(url) - before == 1  # both levels, the second wired on the server
+    assert answer == stock.get_response(query, chunks)
+    before = submissions(url)
+    assert await ours.aget_response(query, chunks) == answer
+    assert submissions(url) - before == 1
+    streaming = get_response_synthesizer(llm=llm, response_mode="tree_summarize", streaming=True)
+    before = submissions(url)
+    assert "".join(streaming.get_response(query, chunks)) == answer
+    assert submissions(url) - before == 1
+
+
+def test_tree_summarize_recovers_when_summaries_need_stripping(
+    url: str, chunks: list[str]
+) -> None:
+    llm = parrot(url, TREE_WINDOW)
+    ours = get_response_synthesizer(llm=llm, response_mode="tree_summarize")
+    stock = TreeSummarize(llm=openai_like(url, llm, TREE_WINDOW))
+    query = "Topic?"  # a summary starts with whitespace: the stock join strips it
+    before = submissions(url)
+    assert ours.get_response(query, chunks) == stock.get_response(query, chunks)
+    assert submissions(url) - before == 2 and not ours.speculate  # no more wasted final calls
+    assert ours.get_response(query, chunks[:1]) == stock.get_response(query, chunks[:1])
+
+
+def test_settings_llm_in_a_vector_index_query_engine(url: str, chunks: list[str]) -> None:
+    llm = parrot(url, REFINE_WINDOW)
+    saved = Settings._llm, Settings._embed_model
+    Settings.llm, Settings.embed_model = llm, MiniLMEmbedding()
+    try:
+        index = VectorStoreIndex.from_documents([Document(text=c) for c in chunks[:6]])
+        stock = index.as_query_engine(similarity_top_k=3).query("What is measured?")
+        engine = index.as_query_engine(
+            similarity_top_k=3, response_synthesizer=get_response_synthesizer(streaming=True)
+        )
+        streamed = engine.query("What is measured?")
+        assert "".join(streamed.response_gen) == str(stock)
+        assert [n.node.node_id for n in streamed.source_nodes] == [
+            n.node.node_id for n in stock.source_nodes
+        ]
+    finally:
+        Settings._llm, Settings._embed_model = saved

@@ -1,0 +1,110 @@
+"""Server-side scheduling alone: priorities, ordering policies, admission, placement."""
+
+import pytest
+
+from server.analysis import Objective
+from server.scheduling import (
+    LATENCY_PRIORITY,
+    NORMAL_PRIORITY,
+    THROUGHPUT_PRIORITY,
+    AppPolicy,
+    CallScheduler,
+    EngineLoad,
+    FifoPolicy,
+    WorkItem,
+    call_priority,
+    choose_engine,
+)
+from server.session_plan import PlanSwitches, SessionPlan
+from tests.server.graphs import chain, map_reduce
+
+
+def test_priorities_follow_objectives_and_task_groups() -> None:
+    assert call_priority(Objective.LATENCY, False) == LATENCY_PRIORITY
+    assert call_priority(Objective.LATENCY, True) == NORMAL_PRIORITY
+    assert call_priority(Objective.NONE, False) == NORMAL_PRIORITY
+    assert call_priority(Objective.THROUGHPUT, True) == THROUGHPUT_PRIORITY
+    assert LATENCY_PRIORITY < NORMAL_PRIORITY < THROUGHPUT_PRIORITY
+
+
+def test_a_session_plan_follows_the_graph_and_the_switches() -> None:
+    g = map_reduce(2, "latency")
+    plan = SessionPlan(g, PlanSwitches())
+    assert plan.priority("reduce") == LATENCY_PRIORITY
+    assert plan.priority("map0") == NORMAL_PRIORITY and plan.group("map0") is not None
+    g.await_variable("final", "throughput")  # a changed criterion is seen at once
+    assert plan.priority("map0") == THROUGHPUT_PRIORITY
+    no_groups = SessionPlan(map_reduce(2), PlanSwitches(task_groups=False))
+    assert no_groups.group("map0") is None and no_groups.priority("map0") == LATENCY_PRIORITY
+    blind = SessionPlan(chain(2), PlanSwitches(objective_deduction=False))
+    assert blind.objective("step1") is Objective.NONE
+    assert blind.priority("step1") == NORMAL_PRIORITY
+    flat = SessionPlan(chain(2), PlanSwitches(app_scheduling=False))
+    assert flat.objective("step1") is Objective.LATENCY
+    assert flat.priority("step1") == NORMAL_PRIORITY
+
+
+def item(name: str, priority: int, group: str | None = None, cost: int = 10) -> WorkItem[str]:
+    return WorkItem(name, priority, cost, group)
+
+
+def names(admissions: list) -> list[list[str]]:
+    return [[i.payload for i in a.items] for a in admissions]
+
+
+def test_app_policy_puts_latency_work_first_fifo_keeps_arrival_order() -> None:
+    for policy, expected in [(AppPolicy(), ["chat", "bg", "bulk"]),
+                             (FifoPolicy(), ["bulk", "bg", "chat"])]:  # fmt: skip
+        s: CallScheduler[str] = CallScheduler(policy, max_calls_per_engine=8)
+        for it in [item("bulk", 2), item("bg", 1), item("chat", 0)]:
+            s.add(it)
+        got = s.admit([EngineLoad(0)], lambda unit: {})
+        assert [n for a in names(got) for n in a] == expected
+        assert len(s) == 0
+
+
+def test_a_task_group_is_admitted_together_onto_one_engine() -> None:
+    s: CallScheduler[str] = CallScheduler(AppPolicy(), max_calls_per_engine=2)
+    s.add(item("m0", 1, "g"))
+    s.add(item("lone", 1))
+    s.add(item("m1", 1, "g"))
+    s.add(item("m2", 1, "g"))
+    loads = [EngineLoad(0), EngineLoad(1)]
+    got = s.admit(loads, lambda unit: {})
+    # the group goes whole (past the per-engine cap), the lone call to the other engine
+    assert names(got) == [["m0", "m1", "m2"], ["lone"]]
+    assert [a.engine for a in got] == [0, 1]
+    assert (loads[0].running_calls, loads[0].queued_tokens) == (3, 30)
+
+
+def test_admission_stops_at_the_first_unit_no_engine_has_room_for() -> None:
+    s: CallScheduler[str] = CallScheduler(AppPolicy(), max_calls_per_engine=1)
+    s.add(item("bulk", 2))
+    s.add(item("chat", 0))
+    busy = [EngineLoad(0, running_calls=1)]
+    assert s.admit(busy, lambda unit: {}) == [] and len(s) == 2
+    got = s.admit([EngineLoad(0)], lambda unit: {})
+    assert names(got) == [["chat"]] and len(s) == 1  # bulk waits for the next free slot
+    assert s.remove_if(lambda p: p == "bulk")[0].payload == "bulk" and len(s) == 0
+
+
+def test_placement_prefers_the_prefix_holder_then_the_least_loaded() -> None:
+    loads = [EngineLoad(0, 3, 900), EngineLoad(1, 1, 100), EngineLoad(2, 1, 50)]
+    assert choose_engine(loads, {}, max_calls=8) == 2
+    assert choose_engine(loads, {0: 300}, max_calls=8) == 0
+    assert choose_engine(loads, {0: 300, 1: 500}, max_calls=8) == 1
+    assert choose_engine(loads, {0: 300, 1: 300}, max_calls=8) == 1  # a tie: less loaded
+    assert choose_engine(loads, {0: 300}, max_calls=3) == 2  # the holder is full
+    assert choose_engine(loads, {}, max_calls=1) is None
+
+
+def test_the_scheduler_asks_for_affinity_per_unit() -> None:
+    s: CallScheduler[str] = CallScheduler(AppPolicy(), max_calls_per_engine=4)
+    s.add(item("a", 1))
+    s.add(item("b", 1))
+    got = s.admit(
+        [EngineLoad(0), EngineLoad(1)], lambda unit: {1: 64} if unit[0].payload == "b" else {}
+    )
+    assert {a.items[0].payload: a.engine for a in got} == {"a": 0, "b": 1}
+    with pytest.raises(ValueError, match="max_calls_per_engine"):
+        CallScheduler(AppPolicy(), max_calls_per_engine=0)

@@ -1,0 +1,168 @@
+"""Prefix sharing across sessions, placement by prefix and pipelined prefill, on a live server
+with a tiny random model and two engines. The engine's own prefix cache is off, so every reused
+token below was shared by the server's prefix store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.engine import LLMEngine, SamplingParams
+from server.launcher import ServerProcess
+from tests.server.http_client import metrics, request
+
+pytestmark = pytest.mark.slow
+
+ARTICLE = Path(__file__).resolve().parents[2].parent / "shared/data/arxiv-march-2023/article_0.txt"
+SYSTEM = "You are a careful reviewer of this paper.\n" + ARTICLE.read_text()[3000:3700] + "\nUser: "
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("optimisations") / "server.log"
+    with ServerProcess(tiny_llama_path, "--engines", "2", "--no-prefix-cache", log_path=log) as srv:
+        yield srv.url
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama_path: Path) -> LLMEngine:
+    return LLMEngine.from_pretrained(str(tiny_llama_path))
+
+
+def greedy(engine: LLMEngine, text: str, max_tokens: int) -> str:
+    sampling = SamplingParams(max_tokens=max_tokens, temperature=0)
+    return engine.generate([engine.tokenizer.encode(text)], sampling)[0].text
+
+
+def session(url: str) -> tuple[str, str]:
+    status, body = request("POST", url + "/v1/sessions", {})
+    assert status == 201, body
+    return body["session_id"], body["token"]
+
+
+def submit(url: str, sid: str, token: str, variables: list, calls: list, awaits: list) -> None:
+    body = {"variables": variables, "calls": calls, "awaits": awaits}
+    status, reply = request("POST", f"{url}/v1/sessions/{sid}/graph", body, token)
+    assert status == 200, reply
+
+
+def value(url: str, sid: str, token: str, var: str, timeout: float = 60) -> dict:
+    status, body = request(
+        "GET", f"{url}/v1/sessions/{sid}/variables/{var}?timeout={timeout}", token=token
+    )
+    assert status == 200, body
+    return body
+
+
+def ask(url: str, question: str, max_tokens: int = 6) -> tuple[str, str]:
+    """A GPTs-style call in a new session: the shared system prompt, then the user's question."""
+    sid, token = session(url)
+    call = {"id": "ask", "template": SYSTEM + "{{input:q}}\nAssistant:{{output:a}}",
+            "inputs": {"q": "q"}, "outputs": {"a": "a"},
+            "sampling": {"max_tokens": max_tokens, "temperature": 0}}  # fmt: skip
+    submit(url, sid, token, [{"id": "q", "value": question}, {"id": "a"}], [call],
+           [{"variable": "a", "criteria": "latency"}])  # fmt: skip
+    return sid, token
+
+
+def delta(after: dict, before: dict, name: str) -> float:
+    return after.get(name, 0) - before.get(name, 0)
+
+
+def test_a_shared_system_prompt_is_prefilled_once_across_sessions(
+    server: str, engine: LLMEngine
+) -> None:
+    system_tokens = len(engine.tokenizer.encode(SYSTEM))
+    m0 = metrics(server)
+    sid, token = ask(server, "What is the main claim?")
+    first = value(server, sid, token, "a")
+    m1 = metrics(server)
+    assert first["value"] == greedy(engine, SYSTEM + "What is the main claim?\nAssistant:", 6)
+    assert delta(m1, m0, "parrot_prefix_fills_total") == 1
+    assert delta(m1, m0, "parrot_prefill_tokens_total") >= system_tokens
+
+    # a long call with no prefix of its own keeps engine 0 busy: least loaded would now pick
+    # engine 1, but engine 0 holds the system prompt, so the second session goes there
+    busy_sid, busy_token = session(server)
+    busy = {"id": "busy", "template": "Write on:{{output:x}}", "inputs": {}, "outputs": {"x": "x"},
+            "sampling": {"max_tokens": 400, "temperature": 0, "ignore_eos": True}}  # fmt: skip
+    submit(server, busy_sid, busy_token, [{"id": "x"}], [busy], [])
+    sid2, token2 = ask(server, "Which method is used?")
+    second = value(server, sid2, token2, "a")
+    assert value(server, busy_sid, busy_token, "x")["status"] == "ready"
+    m2 = metrics(server)
+    assert second["value"] == greedy(engine, SYSTEM + "Which method is used?\nAssistant:", 6)
+    assert delta(m2, m1, "parrot_prefix_hits_total") == 1
+    assert delta(m2, m1, "parrot_prefix_fills_total") == 0
+    started = 'parrot_calls_started_total{{engine="{}",priority="{}"}}'
+    assert delta(m2, m1, started.format(0, 1)) == 1  # the busy call: nothing awaits it
+    assert delta(m2, m1, started.format(0, 0)) == 1  # the question: latency-critical
+    assert not any(delta(m2, m1, started.format(1, p)) for p in range(3))
+    # the second question, the busy call's prompt and nothing of the system prompt again
+    assert delta(m2, m1, "parrot_prefill_tokens_total") < system_tokens // 4
+    assert delta(m2, m1, "parrot_cached_tokens_total") >= system_tokens - 4
+
+
+def test_a_pipelined_prefix_is_filled_before_its_input_arrives(
+    server: str, engine: LLMEngine
+) -> None:
+    # "draft" writes the previous summary slowly; "refine" waits for it, but its instructions
+    # and its part of the paper are ready at once
+    head = "Refine the summary with this part of the paper.\n" + ARTICLE.read_text()[5000:5400]
+    head += "\nPrevious summary: "
+    calls = [
+        {"id": "draft", "template": "Draft a summary:{{output:d}}", "inputs": {},
+         "outputs": {"d": "prev"},
+         "sampling": {"max_tokens": 300, "temperature": 0, "ignore_eos": True}},
+        {"id": "refine", "template": head + "{{input:prev}}\nNew summary:{{output:s}}",
+         "inputs": {"prev": "prev"}, "outputs": {"s": "s"},
+         "sampling": {"max_tokens": 6, "temperature": 0}},
+    ]  # fmt: skip
+    sid, token = session(server)
+    m0 = metrics(server)
+    submit(server, sid, token, [{"id": "prev"}, {"id": "s"}], calls,
+           [{"variable": "s", "criteria": "latency"}])  # fmt: skip
+    head_tokens = len(engine.tokenizer.encode(head))
+    deadline = time.monotonic() + 30
+    while True:
+        m1 = metrics(server)
+        if delta(m1, m0, "parrot_pipelined_prefill_tokens_total") >= head_tokens - 2:
+            break
+        assert time.monotonic() < deadline, "the ready prefix was not filled ahead"
+        time.sleep(0.02)
+    assert value(server, sid, token, "prev", timeout=0)["status"] == "pending"
+
+    got = value(server, sid, token, "s")
+    m2 = metrics(server)
+    prompt = head + value(server, sid, token, "prev")["value"] + "\nNew summary:"
+    assert got["value"] == greedy(engine, prompt, 6)
+    assert delta(m2, m1, "parrot_pipelined_prefix_uses_total") == 1
+    # once the input arrives only the tail after the prefilled head is computed (and the two
+    # boundary tokens the early fill leaves out; the draft's prompt may fall in this window too)
+    tail = len(engine.tokenizer.encode(prompt)) - head_tokens
+    draft_prompt = len(engine.tokenizer.encode("Draft a summary:"))
+    assert delta(m2, m1, "parrot_prefill_tokens_total") <= tail + 2 + draft_prompt
+
+
+def test_ablation_flags_switch_the_optimisations_off(
+    tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory, engine: LLMEngine
+) -> None:
+    log = tmp_path_factory.mktemp("ablation") / "server.log"
+    flags = ["--no-prefix-cache", "--disable-prefix-sharing", "--no-pipelined-prefill",
+             "--no-app-scheduling"]  # fmt: skip
+    with ServerProcess(tiny_llama_path, *flags, log_path=log) as srv:
+        asked = [ask(srv.url, q) for q in ("What is the main claim?", "Which method is used?")]
+        answers = [value(srv.url, sid, token, "a")["value"] for sid, token in asked]
+        samples = metrics(srv.url)
+    assert answers[1] == greedy(engine, SYSTEM + "Which method is used?\nAssistant:", 6)
+    system_tokens = len(engine.tokenizer.encode(SYSTEM))
+    assert samples["parrot_prefill_tokens_total"] >= 2 * system_tokens  # computed twice
+    for name in ("parrot_prefix_fills_total", "parrot_prefix_hits_total",
+                 "parrot_pipelined_prefill_tokens_total"):  # fmt: skip
+        assert samples[name] == 0
+    # request-level scheduling: one priority for all, whatever the client awaits
+    assert samples['parrot_calls_started_total{engine="0",priority="1"}'] == 2
+    assert not any('priority="0"' in k for k in samples)

@@ -1,0 +1,57 @@
+"""Prefix keys by segment: boundaries before inputs, content keys across sessions."""
+
+from parrot_bridge.template import parse_template
+from server.analysis import boundaries
+from server.graph import Call
+
+
+def make_call(template: str, cid: str = "c") -> Call:
+    parsed = parse_template(template)
+    inputs = {name: f"{cid}-{name}" for name in parsed.inputs}
+    return Call(cid, parsed, inputs, {"out": f"{cid}-out"})
+
+
+SYSTEM = "You are a helpful assistant. Answer briefly.\nUser: "
+
+
+def test_a_boundary_before_each_input_until_the_first_output() -> None:
+    call = make_call(SYSTEM + "{{input:q}}\nDoc: {{input:d}}\nAssistant:{{output:out}} {{input:z}}")
+    bounds = boundaries(call, {"q": "hi", "d": "text", "z": "later"})
+    assert [b.text for b in bounds] == [SYSTEM, SYSTEM + "hi\nDoc: "]
+    assert [b.num_segments for b in bounds] == [1, 3]
+    assert len({b.key for b in bounds}) == 2
+
+
+def test_boundaries_stop_at_the_first_input_without_a_value() -> None:
+    call = make_call("Rules.\n{{input:a}} then {{input:b}} and {{input:c}}{{output:out}}")
+    assert [b.text for b in boundaries(call, {"a": None, "b": "x", "c": "y"})] == ["Rules.\n"]
+    bounds = boundaries(call, {"a": "A", "b": None, "c": "y"})
+    assert [b.text for b in bounds] == ["Rules.\n", "Rules.\nA then "]
+
+
+def test_equal_leading_segments_share_keys_across_calls_and_sessions() -> None:
+    one = make_call(SYSTEM + "{{input:q}}{{output:out}}", "session1-call")
+    two = make_call(SYSTEM + "{{input:q}} again {{input:r}}{{output:out}}", "session2-call")
+    k1 = boundaries(one, {"q": "what?"})
+    k2 = boundaries(two, {"q": "what?", "r": "x"})
+    assert k1[0].key == k2[0].key  # the same system prompt, whoever sends it
+    other = make_call("You are a rude assistant.\nUser: {{input:q}}{{output:out}}")
+    assert boundaries(other, {"q": "what?"})[0].key != k1[0].key
+
+
+def test_input_values_are_keyed_by_content_and_edges_matter() -> None:
+    a = make_call("Doc: {{input:d}}\nQ: {{input:q}}{{output:out}}", "a")
+    b = make_call("Doc: {{input:d}}\nQ: {{input:q}}{{output:out}}", "b")
+    same = boundaries(a, {"d": "paper", "q": "1"})[1].key
+    assert same == boundaries(b, {"d": "paper", "q": "2"})[1].key
+    assert same != boundaries(b, {"d": "other paper", "q": "1"})[1].key
+    # the same rendered text split differently between text and value is another key
+    c = make_call("Doc: p{{input:d}}\nQ: {{input:q}}{{output:out}}", "c")
+    rendered = boundaries(c, {"d": "aper", "q": "1"})[1]
+    assert rendered.text == boundaries(a, {"d": "paper", "q": "1"})[1].text
+    assert rendered.key != same
+
+
+def test_no_boundary_without_leading_text_or_inputs() -> None:
+    assert boundaries(make_call("{{input:d}} tail {{output:out}}"), {"d": "x"}) == []
+    assert boundaries(make_call("Just write {{output:out}}"), {}) == []
