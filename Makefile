@@ -27,9 +27,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+WORKLOADS := chain_summary map_reduce shared_prompt multi_agent mixed rag
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.engine
 	$(BIN)/python -m benchmarks.attention --engine
+	for w in $(WORKLOADS); do $(BIN)/python -m benchmarks.run $$w --quick || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# On a CUDA machine: the kernel tests (the CUDA ones included) and the decode attention table
+# On a CUDA machine: the kernel tests (the CUDA ones included), the engine's CUDA tests and the
+# decode attention table
 # on the GPU, in under 5 minutes. Needs only python3 with torch (CUDA) and Triton; run from
 # anywhere. Logs and JSON go to $OUT if set, else benchmarks/results/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# The tiny test models train their tokenizer on a paper from ../shared; where only the repo
+# travels, carry a copy in ./shared (ignored by git): see tests/tiny_models.py.
 OUT="${OUT:-benchmarks/results}"
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT"
@@ -20,6 +23,10 @@ status=0
 echo "== kernel tests (CPU and CUDA) =="
 timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/kernels --durations=8 \
   2>&1 | tee "$OUT/gpu_tests.log" || status=1
+
+echo "== engine on CUDA against transformers (tiny models; cascade on and off) =="
+HF_HUB_OFFLINE=1 timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/engine/test_engine_cuda.py \
+  2>&1 | tee "$OUT/gpu_engine_tests.log" || status=1
 
 echo "== decode attention table, float32 (+ cost-rule sweep) =="
 timeout 75 "$PY" -m benchmarks.attention --device cuda --dtype float32 --sizes 64x4096 \

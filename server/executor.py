@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from server.analysis import Boundary, boundaries
 from server.engine import EngineError, SamplingParams
@@ -24,13 +26,7 @@ from server.metrics import Metrics
 from server.prefix_contexts import PrefixContexts
 from server.prefix_plan import common_prefix_len
 from server.prefix_store import PrefixEntry, PrefixStoreConfig
-from server.scheduling import (
-    THROUGHPUT_PRIORITY,
-    AppPolicy,
-    CallScheduler,
-    FifoPolicy,
-    WorkItem,
-)
+from server.scheduling import AppPolicy, CallScheduler, FifoPolicy, WorkItem
 from server.session import Session
 from server.session_plan import PlanSwitches, SessionPlan
 
@@ -81,7 +77,6 @@ class _Job:
     prompt: list[int]  # tokens of the text before the first output
     bounds: list[Boundary]
     entry: PrefixEntry | None = None  # the stored prefix it forks from (referenced)
-    released: bool = False
 
 
 class Executor:
@@ -99,6 +94,7 @@ class Executor:
         self._prefetched: dict[str, dict[str, str]] = {}  # session -> call -> boundary key
         self._tasks: dict[str, set[asyncio.Task[None]]] = {}
         self._scans: set[str] = set()  # sessions with a prefetch scan due
+        self._placed: dict[int, int] = {}  # id of an admitted, unfinished item -> its engine
 
     def dispatch(self, session: Session, calls: list[Call]) -> None:
         """Queue `calls` (all READY) of `session`; start what the engines have room for."""
@@ -144,10 +140,13 @@ class Executor:
     def _pump(self) -> None:
         admissions = self.scheduler.admit(self.pool.snapshot(), self._affinity)
         for admission in admissions:
-            for item in admission.items:
-                self.pool.add_load(admission.engine, 1, item.cost_tokens)
-            session = admission.items[0].payload.session
-            self._spawn(session, self._run_batch(admission.engine, admission.items))
+            engine, items = admission.engine, admission.items
+            for item in items:
+                self.pool.add_load(engine, 1, item.cost_tokens)
+                self._placed[id(item)] = engine
+            task = self._spawn(items[0].payload.session, self._run_batch(engine, items))
+            # a batch cancelled before it ran still gives its load back
+            task.add_done_callback(lambda _, items=items: self._finish_all(items))
 
     def _affinity(self, unit: list[WorkItem[_Ready]]) -> dict[int, int]:
         if not self.config.enable_prefix_sharing:
@@ -156,9 +155,16 @@ class Executor:
         values = _values(ready.session, ready.call)
         return self.prefixes.affinity(boundaries(ready.call, values))
 
-    def _finished(self, engine: int, item: WorkItem[_Ready]) -> None:
-        self.pool.add_load(engine, -1, -item.cost_tokens)
-        self._pump()
+    def _finished(self, item: WorkItem[_Ready]) -> None:
+        """An admitted item is done (once; later calls do nothing): its engine has room again."""
+        engine = self._placed.pop(id(item), None)
+        if engine is not None:
+            self.pool.add_load(engine, -1, -item.cost_tokens)
+            self._pump()
+
+    def _finish_all(self, items: list[WorkItem[_Ready]]) -> None:
+        for item in items:
+            self._finished(item)
 
     # -- one admitted unit ---------------------------------------------------------------------
 
@@ -167,7 +173,7 @@ class Executor:
         for item in items:
             session, call = item.payload.session, item.payload.call
             if call.state is not CallState.READY or session.closed:
-                self._finished(engine, item)
+                self._finished(item)
                 continue
             session.graph.start(call.id)
             self.metrics.calls_by_priority.inc(engine=str(engine), priority=str(item.priority))
@@ -178,7 +184,7 @@ class Executor:
                 self._check_fits(call, prompt)
             except CallError as exc:
                 self._fail(session, call, str(exc))
-                self._finished(engine, item)
+                self._finished(item)
                 continue
             jobs.append(_Job(session, call, item, steps, prompt, boundaries(call, values)))
         contexts: list[TokenContext] = []
@@ -192,7 +198,7 @@ class Executor:
             for ctx in contexts:
                 ctx.close()
             for job in jobs:
-                self._release(engine, job)
+                self._release(job)
 
     async def _open_contexts(
         self, engine: int, jobs: list[_Job], contexts: list[TokenContext]
@@ -231,25 +237,26 @@ class Executor:
         lone call stores its template's leading text; the rest fork from what is stored."""
         for i, job in enumerate(jobs):
             hit = stored[i]
+            entry = hit[1] if hit is not None else None
             key: str | None = None
-            tokens: list[int] = []
             if i in shared:
-                key, members = shared[i]
-                tokens = _shared_tokens([jobs[m].prompt for m in members])
+                key = shared[i][0]
             elif hit is None and job.bounds:
                 key = job.bounds[0].key
-                tokens = self._boundary_tokens(job.bounds[0], job.prompt)
-            if key is not None and len(tokens) >= self.config.min_shared_prefix_tokens:
-                if key not in opened:
-                    base = hit[1] if hit is not None else None
-                    opened[key] = await self.prefixes.open(engine, key, tokens, priority, base)
-                if opened[key] is not None:
-                    job.entry = opened[key]
-            elif hit is not None:
-                job.entry = hit[1]
-            if job.entry is not None:
-                self.prefixes.acquire(job.entry)
-                contexts.append(self.prefixes.fork(job.entry, job.prompt))
+            if key is not None and key not in opened:
+                if i in shared:
+                    tokens = _shared_tokens([jobs[m].prompt for m in shared[i][1]])
+                else:
+                    tokens = self._boundary_tokens(job.bounds[0], job.prompt)
+                opened[key] = None
+                if len(tokens) >= self.config.min_shared_prefix_tokens:
+                    opened[key] = await self.prefixes.open(engine, key, tokens, priority, entry)
+            if key is not None and opened[key] is not None:
+                entry = opened[key]
+            if entry is not None:
+                self.prefixes.acquire(entry)
+                job.entry = entry
+                contexts.append(self.prefixes.fork(entry, job.prompt))
             else:
                 contexts.append(self.pool.drivers[engine].new_context())
 
@@ -281,7 +288,7 @@ class Executor:
             self._fail(session, call, str(exc) or type(exc).__name__)
         finally:
             ctx.close()
-            self._release(engine, job)
+            self._release(job)
 
     async def _generate(
         self,
@@ -309,14 +316,12 @@ class Executor:
             text = out.text
         return text
 
-    def _release(self, engine: int, job: _Job) -> None:
+    def _release(self, job: _Job) -> None:
         """Once per job: drop its prefix reference and its load."""
-        if job.released:
-            return
-        job.released = True
         if job.entry is not None:
             self.prefixes.release(job.entry)
-        self._finished(engine, job.item)
+            job.entry = None
+        self._finished(job.item)
 
     # -- pipelined prefill ---------------------------------------------------------------------
 
@@ -357,8 +362,8 @@ class Executor:
                 and len(tokens) - base.num_tokens < self.config.min_shared_prefix_tokens
             ):
                 continue  # e.g. a reduce whose inputs arrive one by one: wait for more text
-            # ahead-of-time work yields to the calls that can run now
-            priority = min(plan.priority(call.id) + 1, THROUGHPUT_PRIORITY)
+            # the call's own priority: its prefix is on the same path as the call
+            priority = plan.priority(call.id)
             key = bounds[-1].key
             self._spawn(session, self._prefill(engine, key, tokens, priority, base))
 
@@ -371,10 +376,11 @@ class Executor:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _spawn(self, session: Session, coro: object) -> None:
-        task = asyncio.create_task(coro, name=f"calls-{session.id}")  # type: ignore[arg-type]
+    def _spawn(self, session: Session, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=f"calls-{session.id}")
         self._tasks.setdefault(session.id, set()).add(task)
         task.add_done_callback(lambda t: self._forget(session.id, t))
+        return task
 
     def _check_fits(self, call: Call, prompt: list[int]) -> None:
         limit = self.driver.max_model_len

@@ -17,7 +17,13 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # test helper: nothing may touch the hub
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TRAINING_TEXT = REPO_ROOT.parent / "shared" / "data" / "arxiv-march-2023" / "article_0.txt"
+_PAPER = Path("shared") / "data" / "arxiv-march-2023" / "article_0.txt"
+# ../shared beside the repo; a copy under the repo's own (ignored) shared/ where only the repo
+# travels, as on a lent GPU machine (benchmarks/gpu_check.sh)
+TRAINING_TEXT = next(
+    (p for p in (REPO_ROOT.parent / _PAPER, REPO_ROOT / _PAPER) if p.is_file()),
+    REPO_ROOT.parent / _PAPER,
+)
 VOCAB_SIZE = 512
 EOS_TOKEN, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 CHATML_TEMPLATE = (

@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,18 @@ from parrot_bridge.llamaindex import Parrot, get_response_synthesizer  # noqa: E
 from server.launcher import ServerProcess  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-QUICK = {"queries": 2, "chunks": 8, "chunk_chars": 1200, "max_tokens": 24, "context": 1024}
-FULL = {"queries": 4, "chunks": 12, "chunk_chars": 1600, "max_tokens": 48, "context": 1024}
+# LlamaIndex packs tree_summarize chunks to `tree_context` tokens (a few leaves per level);
+# refine leaves 500 tokens of room for the answer, so it needs a larger window
+QUICK = {
+    "queries": 1,
+    "chunks": 8,
+    "chunk_chars": 600,
+    "max_tokens": 32,
+    "tree_context": 512,
+    "refine_context": 1024,
+}
+FULL = {"queries": 3, "chunks": 12, "chunk_chars": 1000, "max_tokens": 64,
+        "tree_context": 768, "refine_context": 1280}  # fmt: skip
 QUESTIONS = ("What problem does this work address?", "What method is proposed?",
              "What are the main results?", "What are the limitations?")  # fmt: skip
 MODES = ("tree_summarize", "refine")
@@ -47,31 +58,23 @@ def main(argv: list[str] | None = None) -> int:
     texts = _slices(size)
     rows: list[dict[str, Any]] = []
     with ServerProcess(args.model, log_path=log, startup_timeout_s=300) as server:
-        parrot = Parrot(base_url=server.url, max_tokens=size["max_tokens"],
-                        context_window=size["context"])  # fmt: skip
-        model = parrot.metadata.model_name
-        baseline = OpenAILike(api_base=server.url + "/v1", api_key="none", model=model,
-                              max_tokens=size["max_tokens"], temperature=0,
-                              context_window=size["context"], is_chat_model=False)  # fmt: skip
         for mode in MODES:
-            systems: dict[str, Callable[[str, list[str]], Any]] = {
-                "parrot": _sync(get_response_synthesizer(llm=parrot, response_mode=mode)),
-                "openai": _sync(stock_synthesizer(llm=baseline, response_mode=mode)),
-            }
-            if mode == "tree_summarize":  # the stock synthesizer's concurrent form
-                stock_async = stock_synthesizer(llm=baseline, response_mode=mode, use_async=True)
-                systems["openai_async"] = _async(stock_async)
+            systems = _systems(server.url, mode, size)
             check = next(texts)
             answers = {name: run(QUESTIONS[0], check) for name, run in systems.items()}
             same = len(set(answers.values())) == 1
+            print(f"{mode}: answers equal across systems: {same}", flush=True)
             for q in range(size["queries"]):
                 for name, run in systems.items():
                     chunks = next(texts)
+                    before = _submissions(server.url)
                     start = time.perf_counter()
                     run(QUESTIONS[q % len(QUESTIONS)], chunks)
-                    rows.append({"mode": mode, "system": name, "query": q,
-                                 "latency_s": time.perf_counter() - start,
+                    latency = time.perf_counter() - start
+                    rows.append({"mode": mode, "system": name, "query": q, "latency_s": latency,
+                                 "graph_submissions": _submissions(server.url) - before,
                                  "same_answer": same})  # fmt: skip
+                    print(f"  {name:<13} query {q}: {latency:.1f} s", flush=True)
     report = _report(rows)
     print(_table(report))
     out = RESULTS / f"rag{'_quick' if args.quick else ''}.json"
@@ -81,6 +84,35 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({"meta": meta, "report": report, "runs": rows}, indent=2))
     print(f"\nsaved {out}")
     return 0
+
+
+def _systems(
+    url: str, mode: str, size: dict[str, int]
+) -> dict[str, Callable[[str, list[str]], str]]:
+    """Parrot with our synthesizer, and the stock one on OpenAILike (sync, as
+    `as_query_engine` builds it; for tree_summarize also its concurrent `use_async` form)."""
+    window = size["tree_context" if mode == "tree_summarize" else "refine_context"]
+    parrot = Parrot(base_url=url, max_tokens=size["max_tokens"], context_window=window)
+    baseline = OpenAILike(api_base=url + "/v1", api_key="none", model=parrot.metadata.model_name,
+                          max_tokens=size["max_tokens"], temperature=0, context_window=window,
+                          is_chat_model=False)  # fmt: skip
+    systems = {
+        "parrot": _sync(get_response_synthesizer(llm=parrot, response_mode=mode)),
+        "openai": _sync(stock_synthesizer(llm=baseline, response_mode=mode)),
+    }
+    if mode == "tree_summarize":
+        systems["openai_async"] = _async(
+            stock_synthesizer(llm=baseline, response_mode=mode, use_async=True)
+        )
+    return systems
+
+
+def _submissions(url: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("parrot_graph_submissions_total "):
+                return float(line.split()[1])
+    return 0.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -120,6 +152,9 @@ def _report(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "mean_latency_s": means,
             "speedup_vs": {s: means[s] / means["parrot"] for s in means if s != "parrot"},
             "same_answer": all(r["same_answer"] for r in mine),
+            "parrot_submissions_per_query": statistics.mean(
+                r["graph_submissions"] for r in mine if r["system"] == "parrot"
+            ),
         }
     return report
 

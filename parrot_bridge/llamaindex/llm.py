@@ -318,4 +318,3 @@ def _chat_delta(chunk: dict[str, Any]) -> str:
     if not chunk.get("choices"):
         return ""
     return chunk["choices"][0].get("delta", {}).get("content") or ""
-

@@ -224,9 +224,7 @@ class ParrotRefine(Refine):
             if self._check(query_str, steps, chunks, prev, answers) is False:
                 await tokens.aclose()
                 await session.aclose()
-                response = await Refine.aget_response(
-                    self, query_str, text_chunks, prev, **kwargs
-                )
+                response = await Refine.aget_response(self, query_str, text_chunks, prev, **kwargs)
                 if isinstance(response, str):
                     yield response
                 else:

@@ -38,7 +38,9 @@ def get_response_synthesizer(
         mode = ResponseMode(response_mode)
     except ValueError:
         known = ", ".join(m.value for m in ResponseMode)
-        raise ValueError(f"unknown response_mode {response_mode!r}; expected one of {known}") from None
+        raise ValueError(
+            f"unknown response_mode {response_mode!r}; expected one of {known}"
+        ) from None
     cls = _GRAPH_SYNTHESIZERS.get(mode)
     if cls is None:
         return stock_factory(llm=llm, response_mode=mode, **kwargs)

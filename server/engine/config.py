@@ -11,8 +11,8 @@ class EngineConfig:
 
     `num_kv_blocks` wins over `kv_cache_gb` when both are given. `max_num_batched_tokens` is the
     per-step token budget (chunked prefill and decodes together); `max_num_seqs` caps how many
-    sequences run at once. `latency_max_batched_tokens` lowers the budget of steps taken while
-    latency-critical work (priority <= `latency_priority`) is queued or running.
+    sequences run at once. `latency_max_batched_tokens` caps the tokens of other work in steps
+    taken while latency-critical work (priority <= `latency_priority`) is queued or running.
     """
 
     block_size: int = 16
@@ -23,8 +23,9 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_cache: bool = True
     enable_cascade: bool = True
-    # While work of priority <= latency_priority waits or runs, a step computes at most this many
-    # tokens, so latency-critical decodes are not slowed down by large batches (None: no cap).
+    # While work of priority <= latency_priority waits or runs, other work fills a step only up
+    # to this many tokens, so latency-critical decodes run in small fast steps (0: nothing else
+    # runs meanwhile; None: no cap).
     latency_max_batched_tokens: int | None = None
     latency_priority: int = 0
 
@@ -41,9 +42,9 @@ class EngineConfig:
             )
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
-        if self.latency_max_batched_tokens is not None and self.latency_max_batched_tokens < 1:
+        if self.latency_max_batched_tokens is not None and self.latency_max_batched_tokens < 0:
             raise ValueError(
-                "latency_max_batched_tokens must be >= 1 (or None for no cap), "
+                "latency_max_batched_tokens must be >= 0 (or None for no cap), "
                 f"got {self.latency_max_batched_tokens}"
             )
         if self.max_model_len is not None and self.max_model_len < 2:

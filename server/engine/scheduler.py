@@ -91,16 +91,17 @@ class Scheduler:
         self._clock += 1
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
+        # With latency-critical work about, other work only fills the step up to the cap, so
+        # the latency work runs in small, fast steps (its own tokens are not capped).
         cap = self.config.latency_max_batched_tokens
-        if cap is not None and self._has_latency_work():
-            budget = min(budget, cap)
+        others: int | None = cap if cap is not None and self._has_latency_work() else None
 
         queue = sorted(self.running, key=lambda c: c.sort_key)
         self.running = []
         while queue:
             ctx = queue.pop(0)
             self._match_prefix(ctx, out)
-            n = min(ctx.num_pending, budget)
+            n = min(ctx.num_pending, budget, self._room(ctx, others))
             if n == 0 and ctx.num_pending > 0:
                 self.running.append(ctx)  # out of budget: it waits for the next step
                 continue
@@ -114,13 +115,14 @@ class Scheduler:
                 self._schedule(ctx, n, out)
                 self.running.append(ctx)
                 budget -= n
+                others = self._charge(ctx, others, n)
 
         self.waiting.sort(key=lambda c: c.sort_key)
         while self.waiting and len(self.running) < self.config.max_num_seqs:
             ctx = self.waiting[0]
             before, cached = ctx.num_computed, out.num_cached_tokens
             self._match_prefix(ctx, out)
-            n = min(ctx.num_pending, budget)
+            n = min(ctx.num_pending, budget, self._room(ctx, others))
             if (n == 0 and ctx.num_pending > 0) or not self._reserve(ctx, n, out):
                 # Not admitted: a waiting context must not pin blocks that others need.
                 self.set_num_computed(ctx, before)
@@ -133,6 +135,7 @@ class Scheduler:
             self.running.append(ctx)
             self._schedule(ctx, n, out)
             budget -= n
+            others = self._charge(ctx, others, n)
         return out
 
     def set_num_computed(self, ctx: Context, n: int) -> None:
@@ -221,6 +224,21 @@ class Scheduler:
         self.blocks.free_blocks(victim.block_table)
         victim.block_table, victim.block_hashes, victim.num_computed = [], [], 0
         return True
+
+    def _is_latency(self, ctx: Context) -> bool:
+        return ctx.sort_key[0] <= self.config.latency_priority
+
+    def _room(self, ctx: Context, others: int | None) -> int:
+        """Tokens `ctx` may take under the latency cap (`others`: what is left for non-latency
+        work this step, None without a cap)."""
+        if others is None or self._is_latency(ctx):
+            return ctx.num_pending
+        return others
+
+    def _charge(self, ctx: Context, others: int | None, n: int) -> int | None:
+        if others is None or self._is_latency(ctx):
+            return others
+        return others - n
 
     def _has_latency_work(self) -> bool:
         limit = self.config.latency_priority

@@ -1,8 +1,8 @@
 """Ordering policies and the engine priority of a call. Pure.
 
-Engine priorities: lower runs first. Latency-critical calls (0) also run in small batches (the
-engine's latency token cap); plain OpenAI requests and calls without a known objective are 1;
-bulk work (throughput objective, or a task group that only matters as a whole) is 2.
+Engine priorities: lower runs first. Latency-critical calls (0) run with little else in their
+batches (the engine's latency token cap limits the other work); plain OpenAI requests and calls
+without a known objective are 1; bulk work (throughput objective) is 2.
 """
 
 from __future__ import annotations
@@ -17,13 +17,16 @@ THROUGHPUT_PRIORITY = 2
 
 
 def call_priority(objective: Objective, in_task_group: bool) -> int:
-    """A call's engine priority from its deduced objective and whether it is in a task group.
+    """A call's engine priority from its deduced objective.
 
-    A task group on a latency-critical path is batched whole for its completion time, so it
-    runs at normal priority, outside the latency cap, yet ahead of bulk work.
+    A task group on a latency-critical path is latency-critical as a whole: its members are
+    admitted together onto one engine and batched (the latency cap limits other work, never
+    latency work), so the group completes as early as possible. `in_task_group` does not change
+    the priority; it is taken so that policies can tell groups apart.
     """
+    del in_task_group
     if objective is Objective.LATENCY:
-        return NORMAL_PRIORITY if in_task_group else LATENCY_PRIORITY
+        return LATENCY_PRIORITY
     if objective is Objective.THROUGHPUT:
         return THROUGHPUT_PRIORITY
     return NORMAL_PRIORITY

@@ -96,6 +96,18 @@ def test_single_decode_and_equal_length_decodes(scattered):
     assert relative_error(step) < 1e-5
 
 
+def test_two_fork_families_in_one_batch():
+    pool = Pool(NUM_BLOCKS, 16, 4, scattered=True)
+    first, second = pool.new(70), pool.new(45)
+    kids = [pool.fork(first) for _ in range(3)] + [pool.fork(second) for _ in range(2)]
+    for extra, kid in enumerate(kids):
+        pool.extend(kid, extra)
+    work = [(kid, 1) for kid in kids]
+    step = make_step(pool, work, NUM_BLOCKS, 2, 4, 128, seed=9, cascade_config=ANY)
+    assert [p.seqs for p in step.meta.shared_prefixes] == [(0, 1, 2), (3, 4)]
+    assert relative_error(step) < 1e-5
+
+
 def explicit_levels_step(levels: list[SharedPrefix], device: str = "cpu") -> Step:
     """Sequences 0 and 1 hold blocks 0-4; sequence 0 ends inside them (empty suffix)."""
     pool = Pool(NUM_BLOCKS, 16, 0, scattered=False)

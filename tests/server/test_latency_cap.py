@@ -40,9 +40,33 @@ def test_latency_work_caps_the_step_and_goes_first() -> None:
     add(sched, 1, 150, priority=2)
     chat = add(sched, 2, 20, priority=0)
     out = sched.schedule()
-    assert out.num_tokens == 32
     assert out.scheduled[0].ctx is chat and out.scheduled[0].num_tokens == 20
-    assert out.scheduled[1].num_tokens == 12
+    assert out.scheduled[1].num_tokens == 32  # bulk only fills the step up to the cap
+    assert out.num_tokens == 52
+
+
+def test_latency_work_itself_is_not_chunked_by_the_cap() -> None:
+    sched = make(cap=32)
+    add(sched, 1, 150, priority=2)
+    chat = add(sched, 2, 100, priority=0)
+    out = sched.schedule()
+    assert [(s.ctx.id, s.num_tokens) for s in out.scheduled] == [(chat.id, 100), (1, 32)]
+    alone = make(cap=32)
+    add(alone, 3, 150, priority=0)
+    assert alone.schedule().num_tokens == 150
+
+
+def test_running_bulk_decodes_share_only_the_cap() -> None:
+    sched = make(cap=3)
+    for i in range(5):
+        add(sched, 10 + i, 2, priority=2)
+    for s in sched.schedule().scheduled:  # prompts computed, one token sampled: now decodes
+        s.ctx.num_computed += s.num_tokens
+        s.ctx.token_ids.append(7)
+    assert sched.schedule().num_tokens == 5  # (not advanced: the same five decodes again)
+    add(sched, 20, 1, priority=0)
+    out = sched.schedule()
+    assert out.num_tokens == 4  # the latency token and three bulk decodes
 
 
 def test_without_a_cap_latency_work_only_goes_first() -> None:
@@ -53,6 +77,13 @@ def test_without_a_cap_latency_work_only_goes_first() -> None:
     assert out.scheduled[0].ctx is chat and out.num_tokens == 170
 
 
+def test_a_zero_cap_runs_nothing_else_beside_latency_work() -> None:
+    sched = make(cap=0)
+    add(sched, 1, 150, priority=1)
+    chat = add(sched, 2, 20, priority=0)
+    assert [(s.ctx, s.num_tokens) for s in sched.schedule().scheduled] == [(chat, 20)]
+
+
 def test_a_bad_cap_is_refused() -> None:
     with pytest.raises(ValueError, match="latency_max_batched_tokens"):
-        EngineConfig(latency_max_batched_tokens=0)
+        EngineConfig(latency_max_batched_tokens=-1)

@@ -76,13 +76,15 @@ def test_metadata_complete_and_chat(url: str, engine: LLMEngine) -> None:
     assert llm.metadata.num_output == MAX_TOKENS and not llm.metadata.is_chat_model
     assert llm.complete("The parrot said").text == greedy(engine, "The parrot said")
     streamed = list(llm.stream_complete("The parrot said"))
-    assert "".join(r.delta for r in streamed) == streamed[-1].text == greedy(
-        engine, "The parrot said"
+    assert (
+        "".join(r.delta for r in streamed) == streamed[-1].text == greedy(engine, "The parrot said")
     )
     messages = [ChatMessage(role="system", content="Be brief."),
                 ChatMessage(role="user", content="Hello")]  # fmt: skip
     plain = [{"role": m.role.value, "content": m.content} for m in messages]
-    expected = greedy(engine, engine.tokenizer.apply_chat_template(plain, add_generation_prompt=True))
+    expected = greedy(
+        engine, engine.tokenizer.apply_chat_template(plain, add_generation_prompt=True)
+    )
     assert llm.chat(messages).message.content == expected
     assert list(llm.stream_chat(messages))[-1].message.content == expected
 
@@ -102,7 +104,9 @@ def test_predict_keeps_the_template(url: str, engine: LLMEngine) -> None:
     llm = Parrot(base_url=url, max_tokens=MAX_TOKENS, system_prompt="You answer.")
     prompt = PromptTemplate("Topic: {topic}\nAnswer: ")
     before = submissions(url)
-    assert llm.predict(prompt, topic="cars") == greedy(engine, "You answer.\n\nTopic: cars\nAnswer: ")
+    assert llm.predict(prompt, topic="cars") == greedy(
+        engine, "You answer.\n\nTopic: cars\nAnswer: "
+    )
     assert submissions(url) - before == 1
     assert "".join(llm.stream(prompt, topic="cars")) == llm.predict(prompt, topic="cars")
 
@@ -167,9 +171,7 @@ async def test_tree_summarize_query_is_one_submission(url: str, chunks: list[str
     assert submissions(url) - before == 1
 
 
-def test_tree_summarize_recovers_when_summaries_need_stripping(
-    url: str, chunks: list[str]
-) -> None:
+def test_tree_summarize_recovers_when_summaries_need_stripping(url: str, chunks: list[str]) -> None:
     llm = parrot(url, TREE_WINDOW)
     ours = get_response_synthesizer(llm=llm, response_mode="tree_summarize")
     stock = TreeSummarize(llm=openai_like(url, llm, TREE_WINDOW))

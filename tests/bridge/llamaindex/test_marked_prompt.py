@@ -25,8 +25,10 @@ def test_constant_text_stays_and_arguments_become_inputs() -> None:
     prompt = PromptTemplate("Context:\n{context_str}\nQuery: {query_str}\nAnswer: ")
     prompt = prompt.partial_format(query_str="Why {braces}?")
     marked = mark_prompt(prompt.format, {"context_str": "some text"})
-    assert marked.source == "Context:\n{{input:context_str}}\nQuery: Why {braces}?\nAnswer: " \
+    assert (
+        marked.source == "Context:\n{{input:context_str}}\nQuery: Why {braces}?\nAnswer: "
         "{{output:answer}}"
+    )
     assert marked.inputs == {"context_str": "some text"}
     assert render_back(marked.source, marked.inputs) == prompt.format(context_str="some text")
 

@@ -18,8 +18,11 @@ def embedding() -> MiniLMEmbedding:
 def test_matches_sentence_transformers_published_similarity(embedding: MiniLMEmbedding) -> None:
     # sentence-transformers' documentation prints 0.7553 for this pair with all-MiniLM-L6-v2
     a, b, c = embedding.embed(
-        ["A man is eating food.", "A man is eating a piece of bread.",
-         "The girl is carrying a baby."]  # fmt: skip
+        [
+            "A man is eating food.",
+            "A man is eating a piece of bread.",
+            "The girl is carrying a baby.",
+        ]  # fmt: skip
     )
     assert float(a @ b) == pytest.approx(0.7553, abs=5e-4)
     assert float(a @ b) > 0.5 > float(a @ c)
