@@ -15,9 +15,15 @@ def load_reference(path: str) -> torch.nn.Module:
 
 @torch.inference_mode()
 def greedy_reference(model: torch.nn.Module, prompt: list[int], max_new_tokens: int) -> list[int]:
-    """Greedy continuation with a plain full forward per token (no cache, no generate quirks)."""
-    ids = list(prompt)
+    """transformers' greedy decoding with its own KV cache, exactly `max_new_tokens` long.
+
+    Written out rather than `generate(min_new_tokens=...)`, which masks EOS while our
+    `ignore_eos` only keeps going past it.
+    """
+    out = model(torch.tensor([prompt]), use_cache=True)
+    past, ids = out.past_key_values, []
     for _ in range(max_new_tokens):
-        logits = model(torch.tensor([ids])).logits[0, -1]
-        ids.append(int(logits.argmax()))
-    return ids[len(prompt) :]
+        ids.append(int(out.logits[0, -1].argmax()))
+        out = model(torch.tensor([[ids[-1]]]), past_key_values=past, use_cache=True)
+        past = out.past_key_values
+    return ids
