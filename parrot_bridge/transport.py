@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from parrot_bridge.errors import ParrotError
+from parrot_bridge.http_response import read_json, response_error, unreachable
 
 
 class Transport:
@@ -31,12 +31,12 @@ class Transport:
             async with self._session().request(
                 method, self.base_url + path, json=body, params=params, headers=self._headers()
             ) as resp:
-                data = await _json(resp)
+                data = await read_json(resp)
                 if resp.status >= 400:
-                    raise _error(resp.status, data)
+                    raise response_error(resp.status, data)
                 return data
         except aiohttp.ClientError as exc:
-            raise ParrotError(f"cannot reach the Parrot server at {self.base_url}: {exc}") from exc
+            raise unreachable(self.base_url, exc) from exc
 
     async def events(
         self, path: str, params: dict[str, Any] | None = None
@@ -47,7 +47,7 @@ class Transport:
                 self.base_url + path, params=params, headers=self._headers()
             ) as resp:
                 if resp.status >= 400:
-                    raise _error(resp.status, await _json(resp))
+                    raise response_error(resp.status, await read_json(resp))
                 event, data = "message", []
                 async for raw in resp.content:
                     line = raw.decode().rstrip("\r\n")
@@ -59,7 +59,7 @@ class Transport:
                         yield event, json.loads("\n".join(data))
                         event, data = "message", []
         except aiohttp.ClientError as exc:
-            raise ParrotError(f"cannot reach the Parrot server at {self.base_url}: {exc}") from exc
+            raise unreachable(self.base_url, exc) from exc
 
     async def close(self) -> None:
         if self._client is not None:
@@ -73,20 +73,3 @@ class Transport:
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
-
-
-async def _json(resp: aiohttp.ClientResponse) -> Any:
-    text = await resp.text()
-    try:
-        return json.loads(text) if text else {}
-    except json.JSONDecodeError:
-        return {"error": {"message": text[:500] or resp.reason, "type": "http_error"}}
-
-
-def _error(status: int, data: Any) -> ParrotError:
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict):
-        return ParrotError(
-            str(error.get("message")), status=status, type=error.get("type"), code=error.get("code")
-        )
-    return ParrotError(f"HTTP {status}: {data}", status=status)

@@ -17,14 +17,13 @@ import argparse
 import time
 from pathlib import Path
 
+from _common import parse_map_reduce_args, run_on_server, split_into_chunks
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable
 
 from parrot_bridge.langchain import ChatParrot, compile
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ARTICLE = ROOT.parent / "shared" / "data" / "arxiv-march-2023" / "article_0.txt"
 SYSTEM = "You summarize research papers accurately and briefly."
 
 
@@ -51,33 +50,9 @@ def join_summaries(summaries: list[str]) -> str:
     return "\n".join(f"Part {i + 1}: {s}" for i, s in enumerate(summaries))
 
 
-def split_into_chunks(text: str, chunk_chars: int) -> list[str]:
-    """Consecutive chunks of whole paragraphs, each about `chunk_chars` long."""
-    chunks: list[str] = []
-    current = ""
-    for paragraph in (p.strip() for p in text.split("\n\n")):
-        while len(paragraph) > chunk_chars:
-            chunks.append(paragraph[:chunk_chars])
-            paragraph = paragraph[chunk_chars:]
-        if current and len(current) + len(paragraph) + 2 > chunk_chars:
-            chunks.append(current)
-            current = ""
-        if paragraph:
-            current = f"{current}\n\n{paragraph}" if current else paragraph
-    if current:
-        chunks.append(current)
-    return chunks
-
-
 def main() -> None:
-    args = parse_args()
-    if args.serve:
-        from server.launcher import ServerProcess
-
-        with ServerProcess(args.serve) as server:
-            run(server.url, args)
-    else:
-        run(args.url, args)
+    args = parse_map_reduce_args(__doc__.splitlines()[0])
+    run_on_server(args, lambda url: run(url, args))
 
 
 def run(url: str, args: argparse.Namespace) -> None:
@@ -100,21 +75,6 @@ def run(url: str, args: argparse.Namespace) -> None:
     print(f"plain LangChain:  {plain_s:6.2f} s")
     print(f"compile(chain):   {compiled_s:6.2f} s   ({len(compiled.last_calls)} calls, one graph)")
     print("same summary:", plain == graph)
-
-
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--url", default="http://127.0.0.1:9000", help="a running Parrot server")
-    p.add_argument("--serve", metavar="MODEL", help="start a server with this model instead")
-    p.add_argument("--article", default=str(DEFAULT_ARTICLE))
-    p.add_argument("--chunk-chars", type=int, default=2000)
-    p.add_argument("--max-chunks", type=int, default=None, help="summarize only the first N")
-    p.add_argument("--map-tokens", type=int, default=48)
-    p.add_argument("--reduce-tokens", type=int, default=128)
-    args = p.parse_args()
-    if args.chunk_chars < 200:
-        p.error("--chunk-chars must be at least 200")
-    return args
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from _common import add_server_args, run_on_server
 from langchain_core.language_models import BaseChatModel
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
@@ -57,13 +58,7 @@ def build_chain(llm: BaseChatModel) -> Runnable:
 
 def main() -> None:
     args = parse_args()
-    if args.serve:
-        from server.launcher import ServerProcess
-
-        with ServerProcess(args.serve) as server:
-            run(server.url, args)
-    else:
-        run(args.url, args)
+    run_on_server(args, lambda url: run(url, args))
 
 
 def run(url: str, args: argparse.Namespace) -> None:
@@ -114,8 +109,7 @@ def served_model(url: str) -> str:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--url", default="http://127.0.0.1:9000", help="a running Parrot server")
-    p.add_argument("--serve", metavar="MODEL", help="start a server with this model instead")
+    add_server_args(p)
     p.add_argument("--questions", type=int, default=3, choices=range(1, len(QUESTIONS) + 1))
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--openai", action="store_true",

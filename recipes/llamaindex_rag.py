@@ -22,14 +22,13 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from _common import DATA_DIR, add_server_args, run_on_server  # noqa: E402
 from llama_index.core import Document, Settings, VectorStoreIndex  # noqa: E402
 from llama_index.core.node_parser import SentenceSplitter  # noqa: E402
 from llama_index.llms.openai_like import OpenAILike  # noqa: E402
 
 from parrot_bridge.llamaindex import MiniLMEmbedding, Parrot, get_response_synthesizer  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = ROOT.parent / "shared" / "data" / "arxiv-march-2023"
 QUESTIONS = (
     "What problem do these papers try to solve?",
     "Which datasets or benchmarks are used for evaluation?",
@@ -39,13 +38,7 @@ MODES = ("tree_summarize", "refine")
 
 def main() -> None:
     args = parse_args()
-    if args.serve:
-        from server.launcher import ServerProcess
-
-        with ServerProcess(args.serve, startup_timeout_s=300) as server:
-            run(server.url, args)
-    else:
-        run(args.url, args)
+    run_on_server(args, lambda url: run(url, args), startup_timeout_s=300)
 
 
 def run(url: str, args: argparse.Namespace) -> None:
@@ -98,8 +91,7 @@ def run(url: str, args: argparse.Namespace) -> None:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--url", default="http://127.0.0.1:9000", help="a running Parrot server")
-    p.add_argument("--serve", metavar="MODEL", help="start a server for MODEL here instead")
+    add_server_args(p)
     p.add_argument("--data-dir", default=str(DATA_DIR))
     p.add_argument("--max-papers", type=int, default=5)
     p.add_argument("--chunk-tokens", type=int, default=256, help="index chunk size")

@@ -16,12 +16,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _common import parse_map_reduce_args, run_on_server, split_into_chunks
 from tqdm import tqdm
 
 import parrot_bridge as P
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ARTICLE = ROOT.parent / "shared" / "data" / "arxiv-march-2023" / "article_0.txt"
 COUNTERS = (
     "parrot_prompt_tokens_total",
     "parrot_prefill_tokens_total",
@@ -31,15 +30,9 @@ COUNTERS = (
 
 
 def main() -> None:
-    args = parse_args()
+    args = parse_map_reduce_args(__doc__.splitlines()[0])
     chunks = split_into_chunks(Path(args.article).read_text(), args.chunk_chars)[: args.max_chunks]
-    if args.serve:
-        from server.launcher import ServerProcess
-
-        with ServerProcess(args.serve) as server:
-            asyncio.run(summarize(server.url, chunks, args))
-    else:
-        asyncio.run(summarize(args.url, chunks, args))
+    run_on_server(args, lambda url: asyncio.run(summarize(url, chunks, args)))
 
 
 async def summarize(url: str, chunks: list[str], args: argparse.Namespace) -> None:
@@ -104,25 +97,6 @@ def reduce_function(n: int, max_tokens: int) -> P.SemanticFunction:
     return P.SemanticFunction(template, name="reduce", max_tokens=max_tokens, temperature=0)
 
 
-def split_into_chunks(text: str, chunk_chars: int) -> list[str]:
-    """Consecutive chunks of whole paragraphs, each about `chunk_chars` long (a paragraph
-    longer than that is cut)."""
-    chunks: list[str] = []
-    current = ""
-    for paragraph in (p.strip() for p in text.split("\n\n")):
-        while len(paragraph) > chunk_chars:
-            chunks.append(paragraph[:chunk_chars])
-            paragraph = paragraph[chunk_chars:]
-        if current and len(current) + len(paragraph) + 2 > chunk_chars:
-            chunks.append(current)
-            current = ""
-        if paragraph:
-            current = f"{current}\n\n{paragraph}" if current else paragraph
-    if current:
-        chunks.append(current)
-    return chunks
-
-
 def read_counters(url: str) -> dict[str, float]:
     with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
         lines = resp.read().decode().splitlines()
@@ -132,21 +106,6 @@ def read_counters(url: str) -> dict[str, float]:
         if name in COUNTERS:
             values[name] = float(value)
     return values
-
-
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--url", default="http://127.0.0.1:9000", help="a running Parrot server")
-    p.add_argument("--serve", metavar="MODEL", help="start a server with this model instead")
-    p.add_argument("--article", default=str(DEFAULT_ARTICLE))
-    p.add_argument("--chunk-chars", type=int, default=2000)
-    p.add_argument("--max-chunks", type=int, default=None, help="summarize only the first N")
-    p.add_argument("--map-tokens", type=int, default=48)
-    p.add_argument("--reduce-tokens", type=int, default=128)
-    args = p.parse_args()
-    if args.chunk_chars < 200:
-        p.error("--chunk-chars must be at least 200")
-    return args
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
@@ -31,30 +31,12 @@ class ChatParrot(ParrotSettings, BaseChatModel):
         llm.invoke("Hello")
     """
 
+    ls_model_type: ClassVar[Literal["chat", "llm"]] = "chat"
     streaming: bool = False
 
     @property
     def _llm_type(self) -> str:
         return "parrot-chat"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return {"base_url": self.base_url, "model": self.model_name, **self._sampling(None, {})}
-
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = LangSmithParams(
-            ls_provider="parrot",
-            ls_model_name=kwargs.get("model") or self.model_name or "parrot",
-            ls_model_type="chat",
-        )
-        sampling = self._sampling(stop, kwargs)
-        if "temperature" in sampling:
-            params["ls_temperature"] = sampling["temperature"]
-        if "max_tokens" in sampling:
-            params["ls_max_tokens"] = sampling["max_tokens"]
-        if "stop" in sampling:
-            params["ls_stop"] = sampling["stop"]
-        return params
 
     # -- LangChain's hooks ---------------------------------------------------------------------
 

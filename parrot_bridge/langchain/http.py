@@ -7,7 +7,6 @@ are never closed). Connection failures are retried; error responses become `Parr
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from parrot_bridge.errors import ParrotError
+from parrot_bridge.http_response import data_events, read_json, response_error, unreachable
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +37,9 @@ class ServerHttp:
             try:
                 async with self._client() as client:
                     async with client.request(method, self._url(path), json=body) as resp:
-                        data = await _json(resp)
+                        data = await read_json(resp)
                         if resp.status >= 400:
-                            raise _error(resp.status, data)
+                            raise response_error(resp.status, data)
                         return data
             except aiohttp.ClientConnectionError as exc:
                 if attempt == self.max_retries:
@@ -53,17 +53,10 @@ class ServerHttp:
             async with self._client() as client:
                 async with client.post(self._url(path), json=body) as resp:
                     if resp.status >= 400:
-                        raise _error(resp.status, await _json(resp))
-                    async for raw in resp.content:
-                        line = raw.decode().strip()
-                        if not line.startswith("data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == "[DONE]":
-                            return
-                        event = json.loads(data)
+                        raise response_error(resp.status, await read_json(resp))
+                    async for event in data_events(resp):
                         if "error" in event:
-                            raise _error(500, event)
+                            raise response_error(500, event)
                         yield event
         except aiohttp.ClientError as exc:
             raise self._unreachable(exc) from exc
@@ -75,21 +68,4 @@ class ServerHttp:
         return self.base_url.rstrip("/") + path
 
     def _unreachable(self, exc: Exception) -> ParrotError:
-        return ParrotError(f"cannot reach the Parrot server at {self.base_url}: {exc}")
-
-
-async def _json(resp: aiohttp.ClientResponse) -> Any:
-    text = await resp.text()
-    try:
-        return json.loads(text) if text else {}
-    except json.JSONDecodeError:
-        return {"error": {"message": text[:500] or resp.reason, "type": "http_error"}}
-
-
-def _error(status: int, data: Any) -> ParrotError:
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict):
-        return ParrotError(
-            str(error.get("message")), status=status, type=error.get("type"), code=error.get("code")
-        )
-    return ParrotError(f"HTTP {status}: {data}", status=status)
+        return unreachable(self.base_url, exc)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseLLM, LangSmithParams
+from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
 from parrot_bridge.function import SemanticFunction
@@ -27,27 +27,12 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         llm.batch(["Paris is", "Rome is"])
     """
 
+    ls_model_type: ClassVar[Literal["chat", "llm"]] = "llm"
     criteria: Literal["latency", "throughput"] = "latency"
 
     @property
     def _llm_type(self) -> str:
         return "parrot"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return {"base_url": self.base_url, "model": self.model_name, **self._sampling(None, {})}
-
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = LangSmithParams(
-            ls_provider="parrot",
-            ls_model_name=kwargs.get("model") or self.model_name or "parrot",
-            ls_model_type="llm",
-        )
-        sampling = self._sampling(stop, kwargs)
-        for key in ("temperature", "max_tokens", "stop"):
-            if key in sampling:
-                params[f"ls_{key}"] = sampling[key]  # type: ignore[literal-required]
-        return params
 
     def _generate(
         self,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+from langchain_core.language_models import LangSmithParams
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from parrot_bridge.langchain.http import ServerHttp
@@ -28,12 +29,29 @@ class ParrotSettings(BaseModel):
     max_retries: int = Field(2, ge=0, description="Retries when the server cannot be reached.")
     api_key: SecretStr | None = Field(None, description="Accepted for OpenAI-style code; unused.")
     _served: tuple[str, int] | None = PrivateAttr(None)
+    ls_model_type: ClassVar[Literal["chat", "llm"]]
 
     @model_validator(mode="after")
     def _check_stop(self) -> ParrotSettings:
         if self.stop is not None and any(not s for s in self.stop):
             raise ValueError("stop strings must not be empty")
         return self
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"base_url": self.base_url, "model": self.model_name, **self._sampling(None, {})}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="parrot",
+            ls_model_name=kwargs.get("model") or self.model_name or "parrot",
+            ls_model_type=self.ls_model_type,
+        )
+        sampling = self._sampling(stop, kwargs)
+        for key in ("temperature", "max_tokens", "stop"):
+            if key in sampling:
+                params[f"ls_{key}"] = sampling[key]  # type: ignore[literal-required]
+        return params
 
     def _http(self) -> ServerHttp:
         return ServerHttp(self.base_url, self.timeout, self.max_retries)

@@ -3,13 +3,13 @@ chat completions (the chat template is applied on the server) and the model card
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 
 from parrot_bridge.errors import ParrotError
+from parrot_bridge.http_response import data_events, read_json, unreachable
 
 
 class OpenAIHttp:
@@ -23,24 +23,10 @@ class OpenAIHttp:
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST JSON, return the decoded response or raise `ParrotError` with the server's
         message."""
-        try:
-            async with self._session().post(self.base_url + path, json=body) as resp:
-                data = await _decode(resp)
-                if resp.status >= 400:
-                    raise _error(path, resp.status, data)
-                return data
-        except aiohttp.ClientError as exc:
-            raise ParrotError(f"cannot reach the Parrot server at {self.base_url}: {exc}") from exc
+        return await self._call("POST", path, body)
 
     async def get(self, path: str) -> dict[str, Any]:
-        try:
-            async with self._session().get(self.base_url + path) as resp:
-                data = await _decode(resp)
-                if resp.status >= 400:
-                    raise _error(path, resp.status, data)
-                return data
-        except aiohttp.ClientError as exc:
-            raise ParrotError(f"cannot reach the Parrot server at {self.base_url}: {exc}") from exc
+        return await self._call("GET", path, None)
 
     async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """POST with `stream: true`; yield each server-sent chunk until `[DONE]`."""
@@ -49,38 +35,33 @@ class OpenAIHttp:
                 self.base_url + path, json={**body, "stream": True}
             ) as resp:
                 if resp.status >= 400:
-                    raise _error(path, resp.status, await _decode(resp))
-                async for raw in resp.content:
-                    line = raw.decode().strip()
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
-                        return
-                    chunk = json.loads(payload)
+                    raise _error(path, resp.status, await read_json(resp))
+                async for chunk in data_events(resp):
                     if "error" in chunk:
                         raise _error(path, 500, chunk)
                     yield chunk
         except aiohttp.ClientError as exc:
-            raise ParrotError(f"cannot reach the Parrot server at {self.base_url}: {exc}") from exc
+            raise unreachable(self.base_url, exc) from exc
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
 
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        try:
+            async with self._session().request(method, self.base_url + path, json=body) as resp:
+                data = await read_json(resp)
+                if resp.status >= 400:
+                    raise _error(path, resp.status, data)
+                return data
+        except aiohttp.ClientError as exc:
+            raise unreachable(self.base_url, exc) from exc
+
     def _session(self) -> aiohttp.ClientSession:
         if self._client is None:
             self._client = aiohttp.ClientSession(timeout=self._timeout)
         return self._client
-
-
-async def _decode(resp: aiohttp.ClientResponse) -> Any:
-    text = await resp.text()
-    try:
-        return json.loads(text) if text else {}
-    except json.JSONDecodeError:
-        return {"error": {"message": text[:500] or resp.reason}}
 
 
 def _error(path: str, status: int, data: Any) -> ParrotError:

@@ -9,12 +9,14 @@ answer, an answer too long for the next chunk), the query is answered the stock 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator, Sequence
+from contextlib import aclosing
 from typing import Any
 
 from llama_index.core.prompts.prompt_utils import get_biggest_prompt
 from llama_index.core.response_synthesizers import Refine
 from llama_index.core.types import RESPONSE_TEXT_TYPE
 
+from parrot_bridge.llamaindex.checked_stream import achecked_stream, checked_stream
 from parrot_bridge.llamaindex.llm import Parrot
 from parrot_bridge.llamaindex.marked_prompt import UnmarkablePromptError
 from parrot_bridge.llamaindex.refine_plan import RefineStep, simulate_refine
@@ -190,21 +192,14 @@ class ParrotRefine(Refine):
         text_chunks: Sequence[str],
         kwargs: dict[str, Any],
     ) -> Generator[str, None, None]:
-        tokens = outputs[-1].stream()
-        try:
-            first = next(tokens, None)  # submits the chain; earlier answers are ready now
+        def holds() -> bool:
             answers = [v.get() for v in outputs[:-1]] + ["x"]
-            if self._check(query_str, steps, chunks, prev, answers) is False:
-                tokens.close()
-                session.close()
-                response = Refine.get_response(self, query_str, text_chunks, prev, **kwargs)
-                yield from ([response] if isinstance(response, str) else response)
-                return
-            if first is not None:
-                yield first
-            yield from tokens
-        finally:
-            session.close()
+            return self._check(query_str, steps, chunks, prev, answers) is not False
+
+        def fallback() -> RESPONSE_TEXT_TYPE:
+            return Refine.get_response(self, query_str, text_chunks, prev, **kwargs)
+
+        yield from checked_stream(session, outputs[-1].stream(), holds, fallback)
 
     async def _astream(
         self,
@@ -217,23 +212,14 @@ class ParrotRefine(Refine):
         text_chunks: Sequence[str],
         kwargs: dict[str, Any],
     ) -> AsyncGenerator[str, None]:
-        tokens = outputs[-1].astream()
-        try:
-            first = await anext(tokens, None)
+        async def holds() -> bool:
             answers = [await v.aget() for v in outputs[:-1]] + ["x"]
-            if self._check(query_str, steps, chunks, prev, answers) is False:
-                await tokens.aclose()
-                await session.aclose()
-                response = await Refine.aget_response(self, query_str, text_chunks, prev, **kwargs)
-                if isinstance(response, str):
-                    yield response
-                else:
-                    async for token in response:
-                        yield token
-                return
-            if first is not None:
-                yield first
+            return self._check(query_str, steps, chunks, prev, answers) is not False
+
+        async def fallback() -> RESPONSE_TEXT_TYPE:
+            return await Refine.aget_response(self, query_str, text_chunks, prev, **kwargs)
+
+        # aclosing: a consumer that stops early still closes the session now
+        async with aclosing(achecked_stream(session, outputs[-1].astream(), holds, fallback)) as tokens:
             async for token in tokens:
                 yield token
-        finally:
-            await session.aclose()

@@ -17,12 +17,14 @@ until `speculate` is set again.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator, Sequence
+from contextlib import aclosing
 from typing import Any
 
 from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.response_synthesizers import TreeSummarize
 from llama_index.core.types import RESPONSE_TEXT_TYPE
 
+from parrot_bridge.llamaindex.checked_stream import achecked_stream, checked_stream
 from parrot_bridge.llamaindex.llm import Parrot
 from parrot_bridge.llamaindex.marked_prompt import Joined, UnmarkablePromptError
 from parrot_bridge.session import Session
@@ -151,22 +153,18 @@ class ParrotTreeSummarize(TreeSummarize):
         final: SemanticVariable,
         kwargs: dict[str, Any],
     ) -> Generator[str, None, None]:
-        chunks = final.stream()
-        try:
-            # the final call starts only once every summary is set: check the packing first
-            first = next(chunks, None)
-            texts = [v.get() for v in summaries]
-            if summaries and not self._packs_into_one(template, texts):
-                self.speculate = False
-                chunks.close()
-                session.close()
-                yield from _tokens(self.get_response(query_str, texts, **kwargs))
-                return
-            if first is not None:
-                yield first
-            yield from chunks
-        finally:
-            session.close()
+        texts: list[str] = []
+
+        # the final call starts only once every summary is set: check the packing then
+        def holds() -> bool:
+            texts.extend(v.get() for v in summaries)
+            return not summaries or self._packs_into_one(template, texts)
+
+        def fallback() -> RESPONSE_TEXT_TYPE:
+            self.speculate = False
+            return self.get_response(query_str, texts, **kwargs)
+
+        yield from checked_stream(session, final.stream(), holds, fallback)
 
     async def _astream(
         self,
@@ -177,36 +175,17 @@ class ParrotTreeSummarize(TreeSummarize):
         final: SemanticVariable,
         kwargs: dict[str, Any],
     ) -> AsyncGenerator[str, None]:
-        chunks = final.astream()
-        try:
-            first = await anext(chunks, None)
-            texts = [await v.aget() for v in summaries]
-            if summaries and not self._packs_into_one(template, texts):
-                self.speculate = False
-                await chunks.aclose()
-                await session.aclose()
-                response = await self.aget_response(query_str, texts, **kwargs)
-                async for token in _atokens(response):
-                    yield token
-                return
-            if first is not None:
-                yield first
-            async for token in chunks:
+        texts: list[str] = []
+
+        async def holds() -> bool:
+            texts.extend([await v.aget() for v in summaries])
+            return not summaries or self._packs_into_one(template, texts)
+
+        async def fallback() -> RESPONSE_TEXT_TYPE:
+            self.speculate = False
+            return await self.aget_response(query_str, texts, **kwargs)
+
+        # aclosing: a consumer that stops early still closes the session now
+        async with aclosing(achecked_stream(session, final.astream(), holds, fallback)) as tokens:
+            async for token in tokens:
                 yield token
-        finally:
-            await session.aclose()
-
-
-def _tokens(response: Any) -> Generator[str, None, None]:
-    if isinstance(response, str):
-        yield response
-    else:
-        yield from response
-
-
-async def _atokens(response: Any) -> AsyncGenerator[str, None]:
-    if isinstance(response, str):
-        yield response
-    else:
-        async for token in response:
-            yield token
