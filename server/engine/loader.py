@@ -6,6 +6,7 @@ into an HF safetensors folder under a cache directory, so later starts only read
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -155,8 +156,18 @@ def _make_readable(folder: Path) -> None:
 
 
 def _gguf_stamp(path: Path) -> dict[str, Any]:
-    info = path.stat()
-    return {"gguf": str(path.resolve()), "size": info.st_size, "mtime_ns": info.st_mtime_ns}
+    """What identifies a GGUF's content cheaply: its name, size and a hash of its two ends.
+
+    Not its path or mtime: the same wheel installed in two environments is the same model, and
+    one conversion serves both.
+    """
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        digest.update(f.read(1 << 20))
+    return {"gguf": path.name, "size": size, "sha256_ends": digest.hexdigest()}
 
 
 def _read_stamp(folder: Path) -> dict[str, Any] | None:

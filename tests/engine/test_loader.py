@@ -4,7 +4,6 @@ gguf package, and the embedded SmolLM2), the conversion cache, and the errors fo
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -160,15 +159,31 @@ def test_gguf_file_is_converted_once_and_matches(
     assert load_model(tiny_gguf, cache_dir=tmp_path).path == loaded.path
 
 
-def test_changed_gguf_is_converted_again(tiny_gguf: Path, tmp_path: Path) -> None:
-    gguf = shutil.copy(tiny_gguf, tmp_path / "model.gguf")
+def test_changed_gguf_is_converted_again_and_a_copy_is_not(
+    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gguf = Path(shutil.copy(tiny_gguf, tmp_path / "model.gguf"))
     cache = tmp_path / "cache"
     first = load_model(gguf, cache_dir=cache).path
     stamp = json.loads((first / "parrot_source.json").read_text())
-    os.utime(gguf, ns=(stamp["mtime_ns"] + 10**9, stamp["mtime_ns"] + 10**9))
+
+    # the same file installed elsewhere (another environment's wheel) reuses the conversion
+    def no_conversion(*args: object) -> None:
+        raise AssertionError("the cached conversion should have been reused")
+
+    (tmp_path / "elsewhere").mkdir()
+    copy = shutil.copy(gguf, tmp_path / "elsewhere" / "model.gguf")
+    monkeypatch.setattr(loader, "_write_hf_folder", no_conversion)
+    assert load_model(copy, cache_dir=cache).path == first
+    monkeypatch.undo()
+
+    data = bytearray(gguf.read_bytes())
+    data[-1] ^= 0x01  # the high byte of the last float32 weight: still a valid file
+    gguf.write_bytes(bytes(data))
     second = load_model(gguf, cache_dir=cache).path
     assert second == first
-    assert json.loads((second / "parrot_source.json").read_text())["mtime_ns"] != stamp["mtime_ns"]
+    new_stamp = json.loads((second / "parrot_source.json").read_text())
+    assert new_stamp["sha256_ends"] != stamp["sha256_ends"]
     assert sorted(p.name for p in cache.iterdir()) == ["model"]
 
 
