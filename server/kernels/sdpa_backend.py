@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from server.kernels.attend_ops import AttendFn
+from server.kernels.kv_store import store_kv
 from server.kernels.merge import merge_attention_outputs
 from server.kernels.metadata import AttentionMetadata
 from server.kernels.sdpa_program import (
@@ -52,9 +53,8 @@ class SdpaBackend:
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:
-        num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
-        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
-        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
+        num_kv_heads = k_cache.shape[2]
+        store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         key = f"sdpa:{self.name}"
         program = meta.compiled.get(key)
         if program is None:

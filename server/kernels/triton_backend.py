@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from server.kernels.kv_store import store_kv
 from server.kernels.metadata import AttentionMetadata
 from server.kernels.step_plan import StepPlan, step_plan_of
 from server.kernels.triton_kernels import (
@@ -75,8 +76,7 @@ class TritonBackend:
     ) -> torch.Tensor:
         num_tokens, num_q_heads, head_dim = q.shape
         _, block_size, num_kv_heads, _ = k_cache.shape
-        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
-        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
+        store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         program = meta.compiled.get("triton")
         if program is None:
             program = _compile(
