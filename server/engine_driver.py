@@ -20,7 +20,7 @@ from server.engine import (
     LLMEngine,
     SamplingParams,
 )
-from server.prefix_plan import common_prefix_len
+from server.token_prefix import common_prefix_len
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,11 +24,11 @@ from server.log import log_event
 from server.lowering import GenerateStep, lower_call
 from server.metrics import Metrics
 from server.prefix_contexts import PrefixContexts
-from server.prefix_plan import common_prefix_len
 from server.prefix_store import PrefixEntry, PrefixStoreConfig
 from server.scheduling import AppPolicy, CallScheduler, FifoPolicy, WorkItem
 from server.session import Session
 from server.session_plan import PlanSwitches, SessionPlan
+from server.token_prefix import common_prefix_len
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from server.engine_driver import TokenContext
 from server.engine_pool import EnginePool
 from server.log import log_event
 from server.metrics import Metrics
-from server.prefix_plan import common_prefix_len
 from server.prefix_store import PrefixEntry, PrefixStore, PrefixStoreConfig
+from server.token_prefix import common_prefix_len
 
 log = logging.getLogger(__name__)
 

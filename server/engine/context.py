@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from server.engine.sampling_params import SamplingParams
+from server.engine.tokenizer import IncrementalDetokenizer
 
 
 class JobKind(enum.Enum):
@@ -31,6 +32,7 @@ class Job:
     output_token_ids: list[int] = field(default_factory=list)
     text: str = ""
     emitted_text_len: int = 0
+    detokenizer: IncrementalDetokenizer | None = None
     generator: torch.Generator | None = None
     finish_reason: str | None = None
     error: str | None = None

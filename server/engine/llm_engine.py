@@ -17,8 +17,6 @@ from server.engine.sampler import sample
 from server.engine.sampling_params import SamplingParams
 from server.engine.scheduler import Scheduler, SchedulerOutput
 
-_REPLACEMENT_CHAR = "\ufffd"
-
 
 class LLMEngine:
     """A Llama-family model serving contexts.
@@ -143,6 +141,7 @@ class LLMEngine:
                 f"({self.blocks.num_blocks * self.config.block_size} tokens)"
             )
         job = Job(next(self._job_ids), JobKind.GENERATE, priority, sampling=sampling)
+        job.detokenizer = self.tokenizer.detokenizer()
         job.free_on_finish = free_on_finish
         if sampling.seed is not None and not sampling.greedy:
             job.generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
@@ -357,7 +356,12 @@ class LLMEngine:
             reason = "stop"
         elif len(job.output_token_ids) >= sp.max_tokens or len(ctx.token_ids) >= self.max_model_len:
             reason = "length"
-        text = self.tokenizer.decode(job.output_token_ids)
+        detok = job.detokenizer
+        assert detok is not None
+        detok.add(token)  # releases text only up to the last complete character
+        if reason is not None:
+            detok.finish()
+        text = detok.text
         if sp.stop:
             searched_from = max(0, len(job.text) - max(len(s) for s in sp.stop) + 1)
             hits = [i for i in (text.find(s, searched_from) for s in sp.stop) if i >= 0]
@@ -368,11 +372,8 @@ class LLMEngine:
             job.finish_reason = reason
             emit_upto = len(text)
         else:
-            # Hold back a possible start of a stop string and an unfinished UTF-8 character.
-            hold = max((len(s) - 1 for s in sp.stop), default=0)
-            emit_upto = len(text) - hold
-            while emit_upto > job.emitted_text_len and text[emit_upto - 1] == _REPLACEMENT_CHAR:
-                emit_upto -= 1
+            # Hold back what may be the start of a stop string.
+            emit_upto = len(text) - max((len(s) - 1 for s in sp.stop), default=0)
         new_text = text[job.emitted_text_len : max(emit_upto, job.emitted_text_len)]
         job.emitted_text_len = max(emit_upto, job.emitted_text_len)
         if job.finished:
