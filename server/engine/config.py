@@ -28,6 +28,8 @@ class EngineConfig:
     # runs meanwhile; None: no cap).
     latency_max_batched_tokens: int | None = None
     latency_priority: int = 0
+    # CPU float32 linear layers on the packed kernel (server/kernels/cpu); off: torch.mm
+    packed_linear: bool = True
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):

@@ -82,13 +82,16 @@ class LLMEngine:
 
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        loaded = load_model(name_or_path, device=device, dtype=dtype)
+        engine_config = EngineConfig(**config)
+        loaded = load_model(
+            name_or_path, device=device, dtype=dtype, packed_linear=engine_config.packed_linear
+        )
         model_dtype = next(loaded.model.parameters()).dtype
         return cls(
             loaded.model,
             loaded.tokenizer,
             loaded.config,
-            EngineConfig(**config),
+            engine_config,
             device=device,
             dtype=model_dtype,
             name=loaded.name,

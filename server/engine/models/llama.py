@@ -13,7 +13,7 @@ from server.engine.models.config import ModelConfig
 from server.engine.models.linear import Linear
 from server.engine.models.rms_norm import RMSNorm
 from server.engine.models.rope import RotaryEmbedding, apply_rope
-from server.kernels import AttentionMetadata, attention
+from server.kernels import AttentionMetadata, attention, cpu
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 Device = torch.device | str | None
@@ -31,10 +31,15 @@ class LlamaForCausalLM(nn.Module):
         config: ModelConfig,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        packed_linear: bool = True,
     ) -> None:
         super().__init__()
         self.config = config
         dtype = dtype or torch.get_default_dtype()
+        # CPU float32 linear layers run on the packed kernel once loaded (server/kernels/cpu)
+        self.packed_linear = (
+            packed_linear and torch.device(device or "cpu").type == "cpu" and dtype == torch.float32
+        )
         self.embed_tokens = nn.Parameter(
             torch.empty(config.vocab_size, config.hidden_size, device=device, dtype=dtype)
         )
@@ -46,11 +51,9 @@ class LlamaForCausalLM(nn.Module):
         if not config.tie_word_embeddings:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, False, device, dtype)
         # A tied head reads the [vocab, H] embedding as [H, vocab]; on CPU that product is ~2x
-        # faster from a contiguous transposed copy (refreshed by load_weights), worth its memory.
-        head_copy = None
-        if config.tie_word_embeddings and self.embed_tokens.device.type == "cpu":
-            head_copy = torch.empty(config.hidden_size, config.vocab_size, dtype=dtype)
-        self.register_buffer("tied_head_t", head_copy, persistent=False)
+        # faster from a transposed copy (made by load_weights: [H, vocab], or its panels when
+        # packed), worth its memory. A buffer: the bytes a step streams are counted once.
+        self.register_buffer("tied_head", None, persistent=False)
         self.rope = RotaryEmbedding(
             config.head_dim, config.max_position_embeddings, config.rope_theta,
             config.rope_scaling, device=device, dtype=dtype,
@@ -79,8 +82,10 @@ class LlamaForCausalLM(nn.Module):
         """Float32 logits [N, vocab] for hidden states [N, H] (pick the rows you need first)."""
         if self.lm_head is not None:
             return self.lm_head(hidden).float()
-        if self.tied_head_t is not None:
-            return torch.mm(hidden, self.tied_head_t).float()
+        if self.tied_head is not None and self.tied_head.dim() == 3:
+            return cpu.packed_linear(hidden.contiguous(), self.tied_head, self.config.vocab_size)
+        if self.tied_head is not None:
+            return torch.mm(hidden, self.tied_head).float()
         return F.linear(hidden, self.embed_tokens).float()
 
     @torch.no_grad()
@@ -113,8 +118,14 @@ class LlamaForCausalLM(nn.Module):
             missing = sorted(pending)
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise ValueError(f"checkpoint lacks tensors: {', '.join(missing[:5])}{more}")
-        if self.tied_head_t is not None:
-            self.tied_head_t.copy_(self.embed_tokens.t())
+        pack = self.packed_linear and cpu.available()
+        if self.config.tie_word_embeddings and self.embed_tokens.device.type == "cpu":
+            head_t = self.embed_tokens.detach().t().contiguous()
+            self.tied_head = cpu.pack(head_t) if pack else head_t
+        if pack:
+            for module in self.modules():
+                if isinstance(module, Linear):
+                    module.pack()
 
     def weight_slots(self) -> dict[str, torch.Tensor]:
         """HF tensor name -> the view of our parameter it fills (shape as in the checkpoint)."""
@@ -258,6 +269,8 @@ class _WeightCopier:
 
 def _fused_slots(linear: Linear, parts: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
     slots = {}
+    linear.unpack()
+    assert linear.weight_t is not None
     for name, (start, size) in parts.items():
         slots[f"{name}.weight"] = linear.weight_t.narrow(1, start, size).t()
         if linear.bias is not None:
