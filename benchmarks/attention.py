@@ -5,6 +5,7 @@
     python -m benchmarks.attention --device cuda --sizes 64x4096 --dtype bfloat16
     python -m benchmarks.attention --cost-rule     # where cascade starts to pay (CascadeConfig)
     python -m benchmarks.attention --engine        # whole SmolLM2 decode steps, 16 forks of 2048
+    python -m benchmarks.attention --shape llama3-8b --device cuda   # a 7B-class layer's heads
 
 Every row forks `seqs` sequences from one context of `prefix` tokens (blocks shared, as the
 engine's forks and prefix cache make them) and gives each its own suffix; one decode step is
@@ -45,6 +46,13 @@ class Shape:
     num_kv_heads: int = 3
     head_dim: int = 64
     block_size: int = 16
+
+
+SHAPES = {
+    "smollm2": Shape(),
+    "llama3-8b": Shape(num_q_heads=32, num_kv_heads=8, head_dim=128),
+    "llama2-7b": Shape(num_q_heads=32, num_kv_heads=32, head_dim=128),
+}
 
 
 @dataclass
@@ -243,6 +251,53 @@ def engine_step(device: str, prefix: int, forks: int, steps: int) -> dict[str, f
     }
 
 
+def profile_kernels(
+    size: tuple[int, int],
+    suffix: int,
+    shape: Shape,
+    dtype: torch.dtype,
+    device: str,
+    backend: str | None,
+    calls: int = 20,
+) -> None:
+    """Print where a layer's time goes, kernel by kernel, per-sequence and cascade."""
+    from torch.profiler import ProfilerActivity, profile
+
+    case = forked_decode(*size, suffix, shape, dtype, device)
+    activities = [ProfilerActivity.CPU]
+    if case.q.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    for label, meta in (
+        ("per-seq", case.metadata(cascade=False)),
+        ("cascade", case.metadata(cascade=True, config=FORCED)),
+    ):
+        def call(meta: AttentionMetadata = meta) -> torch.Tensor:
+            return attention(
+                case.q, case.k, case.v, case.k_cache, case.v_cache, meta, case.scale,
+                backend=backend,
+            )
+
+        for _ in range(3):
+            call()
+        _sync(device)
+        with profile(activities=activities) as prof:
+            for _ in range(calls):
+                call()
+            _sync(device)
+        cuda = case.q.device.type == "cuda"
+        print(f"== {label}, {size[0]} x {size[1]}: per call, by {'GPU' if cuda else 'CPU'} time ==")
+        events = [e for e in prof.key_averages() if e.count >= calls]
+        for e in sorted(events, key=lambda e: -_self_us(e, cuda))[:8]:
+            us = _self_us(e, cuda)
+            if us > 0:
+                print(f"  {e.key[:48]:<48} {e.count // calls:>3} x  {us / calls:8.2f} us")
+
+
+def _self_us(event: object, cuda: bool) -> float:
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    return float(getattr(event, attr, 0.0))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -252,10 +307,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", default=None, help="kernel backend (default: by device)")
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
     parser.add_argument("--sizes", default=None, help="extra SEQSxPREFIX rows, e.g. 64x4096")
+    parser.add_argument(
+        "--shape", default="smollm2", choices=sorted(SHAPES), help="the layer's attention heads"
+    )
     parser.add_argument("--suffix", type=int, default=40, help="own tokens per sequence")
     parser.add_argument("--cost-rule", action="store_true", help="sweep small groups/prefixes")
     parser.add_argument("--engine", action="store_true", help="also time whole engine steps")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
+    parser.add_argument(
+        "--profile", action="store_true", help="per-kernel times of the last size, both ways"
+    )
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -269,19 +330,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.sizes:
         sizes += [tuple(int(x) for x in item.split("x")) for item in args.sizes.split(",")]
     repeats = 5 if args.quick else 15
-    shape = Shape()
+    shape = SHAPES[args.shape]
     report: dict[str, object] = {
         "device": _device_name(device),
         "backend": backend,
         "dtype": args.dtype,
+        "shape_name": args.shape,
         "shape": asdict(shape),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
     rows = run_table(sizes, args.suffix, shape, dtype, device, repeats, backend)
-    print(f"decode attention per layer, {report['device']}, {backend}, {args.dtype}")
+    print(
+        f"decode attention per layer, {report['device']}, {backend}, {args.dtype}, "
+        f"{args.shape} heads ({shape.num_q_heads} q / {shape.num_kv_heads} kv x {shape.head_dim})"
+    )
     _print_rows(rows)
     report["table"] = [asdict(r) | {"speedup": r.speedup} for r in rows]
+    if args.profile:
+        profile_kernels(sizes[-1], args.suffix, shape, dtype, device, backend)
     if args.cost_rule:
         sweep = cost_rule_sweep(shape, dtype, device, repeats, backend)
         print("cost rule sweep (cascade forced on; speedup < 1 means it does not pay)")

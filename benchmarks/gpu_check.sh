@@ -37,6 +37,18 @@ echo "== decode attention table, bfloat16 =="
 timeout 45 "$PY" -m benchmarks.attention --device cuda --dtype bfloat16 --sizes 64x4096 \
   --out "$OUT/attention_cuda_bfloat16.json" 2>&1 | tee "$OUT/gpu_table_bfloat16.log" || status=1
 
+echo "== bfloat16, 7B-class heads: Llama-3-8B (32 q / 8 kv x 128) and Llama-2-7B (32 / 32 x 128) =="
+for shape in llama3-8b llama2-7b; do
+  timeout 40 "$PY" -m benchmarks.attention --device cuda --dtype bfloat16 --shape "$shape" --quick \
+    --sizes 64x4096,64x8192 --out "$OUT/attention_cuda_bfloat16_$shape.json" 2>&1 \
+    | tee "$OUT/gpu_table_bfloat16_$shape.log" || status=1
+done
+
+echo "== where the time goes: kernels of one layer, 64 x 4096, bfloat16 =="
+timeout 40 "$PY" -m benchmarks.attention --device cuda --dtype bfloat16 --quick --sizes 64x4096 \
+  --profile --out "$OUT/attention_cuda_profile.json" 2>&1 | grep -v USDT \
+  > "$OUT/gpu_profile.log" || status=1
+
 echo "== same, PyTorch's CUDA kernels instead of Triton (bfloat16, quick) =="
 timeout 30 "$PY" -m benchmarks.attention --device cuda --dtype bfloat16 --backend torch-cuda \
   --quick --sizes 64x4096 --out "$OUT/attention_cuda_torch.json" 2>&1 | tail -12 || status=1

@@ -24,6 +24,7 @@ from server.kernels.triton_kernels import (
     NOT_CAUSAL,
     merge_kernel,
     paged_attention_kernel,
+    store_kv_kernel,
 )
 
 
@@ -42,7 +43,7 @@ class TritonConfig:
     wide_rows: int = 64
     narrow_rows: int = 16
     min_chunk: int = 256
-    programs_per_sm: int = 2
+    programs_per_sm: int = 4
     num_warps: int = 4
 
     def __post_init__(self) -> None:
@@ -76,7 +77,7 @@ class TritonBackend:
     ) -> torch.Tensor:
         num_tokens, num_q_heads, head_dim = q.shape
         _, block_size, num_kv_heads, _ = k_cache.shape
-        store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        _store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         program = meta.compiled.get("triton")
         if program is None:
             program = _compile(
@@ -128,7 +129,7 @@ class TritonBackend:
             )
         out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=q.dtype, device=q.device)
         if num_tokens:
-            merge_kernel[(num_tokens,)](
+            merge_kernel[(num_tokens, num_q_heads)](
                 o_parts,
                 lse_parts,
                 program.merge_table,
@@ -139,9 +140,8 @@ class TritonBackend:
                 lse_parts.stride(0),
                 out.stride(0),
                 out.stride(1),
-                NUM_HEADS=num_q_heads,
                 HEAD_DIM=head_dim,
-                BLOCK_H=triton.next_power_of_2(num_q_heads),
+                BLOCK_P=triton.next_power_of_2(program.num_parts),
                 BLOCK_D=block_d,
             )
         return out
@@ -253,19 +253,26 @@ def _compile(
 def _kv_chunk(
     tasks: list[_Task], group: int, num_kv_heads: int, num_sms: int, cfg: TritonConfig
 ) -> int | None:
-    """KV tokens per decode work item, or None when the batch fills the GPU unsplit."""
+    """KV tokens per decode work item, or None when no decode task needs splitting.
+
+    The step's decode work (query tiles x KV tokens) spread over `programs_per_sm` programs per
+    multiprocessor gives each program's share; any decode task longer than that share is split
+    (flash-decoding). Judged per task, not by the step's program count: a shared-prefix level is
+    a few long programs among many short suffix ones, and it alone sets the kernel's time.
+    """
     target = cfg.programs_per_sm * num_sms
-    programs = 0
     decode_work = 0
+    longest = 0
     for task in tasks:
-        tiles = -(-len(task.rows) // (task.block_m // group)) * num_kv_heads
-        programs += tiles
         if task.first_pos == NOT_CAUSAL:
+            tiles = -(-len(task.rows) // (task.block_m // group)) * num_kv_heads
             decode_work += tiles * task.kv_len
-    if programs >= target or decode_work == 0:
+            longest = max(longest, task.kv_len)
+    if decode_work == 0:
         return None
-    per_program = -(-decode_work // target)
-    return max(cfg.min_chunk, -(-per_program // cfg.block_n) * cfg.block_n)
+    share = -(-decode_work // target)
+    chunk = max(cfg.min_chunk, -(-share // cfg.block_n) * cfg.block_n)
+    return chunk if chunk < longest else None
 
 
 @functools.cache
@@ -273,3 +280,27 @@ def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 4  # the Triton interpreter on CPU: small, so that tests exercise the KV split
+
+
+def _store_kv(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """`store_kv` in one launch for both caches."""
+    num_tokens = k.shape[0]
+    if not num_tokens:
+        return
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        store_kv(k, v, k_cache, v_cache, slot_mapping)
+        return
+    k2, v2 = k.reshape(num_tokens, -1), v.reshape(num_tokens, -1)
+    if k2.stride(1) != 1 or v2.stride(1) != 1:
+        k2, v2 = k2.contiguous(), v2.contiguous()
+    row = k2.shape[1]
+    store_kv_kernel[(num_tokens,)](
+        k2, v2, k_cache, v_cache, slot_mapping, k2.stride(0), v2.stride(0),
+        ROW=row, BLOCK=triton.next_power_of_2(row),
+    )

@@ -5,7 +5,8 @@ tokens of one task (a prefill chunk, a shared-prefix level's stacked decode quer
 decode's own suffix) and a range of that task's KV tokens, read in place through the task's
 block ids. The GQA heads of a kv head are folded into the tile's rows, so each KV tile is
 loaded once for all of them. Writes the tile's softmax output and natural-log LSE to its part
-rows. `merge_kernel`: one program per query token, combines that token's part rows.
+rows. `merge_kernel`: one program per (query token, head), combines that token's part rows.
+`store_kv_kernel`: the step's new K and V rows into the paged caches.
 """
 
 from __future__ import annotations
@@ -121,41 +122,56 @@ def merge_kernel(
     stride_lt,
     stride_ot,
     stride_oh,
-    NUM_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
-    BLOCK_H: tl.constexpr,
+    BLOCK_P: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
+    """One program per (query token, head): all of its parts are loaded at once (a merge is
+    latency-bound; a loop over parts would wait for each load in turn)."""
     token = tl.program_id(0)
-    heads = tl.arange(0, BLOCK_H)
+    head = tl.program_id(1)
+    slots = tl.arange(0, BLOCK_P)
     dims = tl.arange(0, BLOCK_D)
-    head_ok = heads < NUM_HEADS
-    tile_ok = head_ok[:, None] & (dims < HEAD_DIM)[None, :]
-    m = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    total = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    for p in range(0, num_parts):
-        part = tl.load(TABLE + token * num_parts + p)
-        present = part >= 0
-        row = tl.where(present, part, 0).to(tl.int64)
-        lse = tl.load(
-            LSE_PARTS + row * stride_lt + heads, mask=head_ok & present, other=float("-inf")
-        )
-        o = tl.load(
-            O_PARTS + row * stride_pt + heads[:, None] * stride_ph + dims[None, :],
-            mask=tile_ok & present,
-            other=0.0,
-        )
-        m_new = tl.maximum(m, lse)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        w_old = tl.exp(m - m_safe)
-        w = tl.exp(lse - m_safe)
-        acc = acc * w_old[:, None] + o * w[:, None]
-        total = total * w_old + w
-        m = m_new
-    out = acc / tl.where(total > 0, total, 1.0)[:, None]
-    tl.store(
-        OUT + token * stride_ot + heads[:, None] * stride_oh + dims[None, :],
-        out.to(OUT.dtype.element_ty),
-        mask=tile_ok,
+    part = tl.load(TABLE + token * num_parts + slots, mask=slots < num_parts, other=-1)
+    present = part >= 0
+    row = tl.where(present, part, 0).to(tl.int64)
+    lse = tl.load(LSE_PARTS + row * stride_lt + head, mask=present, other=float("-inf"))
+    o = tl.load(
+        O_PARTS + row[:, None] * stride_pt + head * stride_ph + dims[None, :],
+        mask=present[:, None] & (dims < HEAD_DIM)[None, :],
+        other=0.0,
     )
+    m = tl.max(lse, 0)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.exp(lse - m_safe)  # 0 for absent or empty parts
+    total = tl.sum(w, 0)
+    out = tl.sum(o * w[:, None], 0) / tl.where(total > 0, total, 1.0)
+    tl.store(
+        OUT + token * stride_ot + head * stride_oh + dims,
+        out.to(OUT.dtype.element_ty),
+        mask=dims < HEAD_DIM,
+    )
+
+
+@triton.jit
+def store_kv_kernel(
+    K,
+    V,
+    K_CACHE,
+    V_CACHE,
+    SLOTS,
+    stride_kt,
+    stride_vt,
+    ROW: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Row t of k and of v ([T, Hkv * D] each) to cache slot SLOTS[t]: both caches in one
+    launch (a decode step's cache write is launch-bound)."""
+    token = tl.program_id(0)
+    slot = tl.load(SLOTS + token).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    ok = cols < ROW
+    k = tl.load(K + token * stride_kt + cols, mask=ok)
+    v = tl.load(V + token * stride_vt + cols, mask=ok)
+    tl.store(K_CACHE + slot * ROW + cols, k, mask=ok)
+    tl.store(V_CACHE + slot * ROW + cols, v, mask=ok)
