@@ -306,3 +306,38 @@ def test_tiny_models_are_deterministic(tmp_path: Path) -> None:
     for name in files:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("path_fixture", ["tiny_llama_path", "tiny_qwen2_path"])
+def test_packed_cpu_linears_match_torch_mm_and_transformers(
+    path_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    """The packed CPU kernel (the default) and torch.mm (packed_linear=False) give the same
+    logits, both within tolerance of transformers; Qwen2 covers the biased projections."""
+    path = request.getfixturevalue(path_fixture)
+    packed = load_model(path)
+    plain = load_model(path, packed_linear=False)
+    layer = packed.model.layers[0]
+    if not layer.self_attn.qkv_proj.packed:
+        pytest.skip("no C compiler here: the packed kernel is unavailable")
+    assert not plain.model.layers[0].self_attn.qkv_proj.packed
+    assert packed.model.tied_head is None or packed.model.tied_head.dim() == 3
+    ids = random_prompt(packed.config.vocab_size, 37, seed=5)
+    ref = reference_logits(reference_model(path), ids)
+    got_packed = PagedRunner(packed.model).step({0: ids})[0]
+    got_plain = PagedRunner(plain.model).step({0: ids})[0]
+    assert_logits_close(got_packed, ref)
+    assert_logits_close(got_plain, ref)
+    assert (got_packed - got_plain).abs().max().item() < 1e-5
+
+
+def test_packed_model_reloads_weights(tiny_llama_path: Path) -> None:
+    """weight_slots() unpacks a packed model, so load_weights can run again; it packs again."""
+    loaded = load_model(tiny_llama_path)
+    model = loaded.model
+    ids = random_prompt(loaded.config.vocab_size, 12, seed=2)
+    before = PagedRunner(model).step({0: ids})[0]
+    state = {name: view.detach().clone() for name, view in model.weight_slots().items()}
+    model.load_weights(state)
+    assert model.layers[0].mlp.gate_up_proj.packed == model.packed_linear
+    assert torch.equal(PagedRunner(model).step({0: ids})[0], before)
