@@ -8,11 +8,17 @@ A marker is `{{kind:name}}` (spaces allowed inside the braces); `kind` is `input
 like a marker (JSON, `{{ jinja }}` text) are kept as constant text. Four opening braces `{{{{`
 stand for a literal `{{`, so any text can be made constant with `escape_text` (e.g. user content
 that itself contains `{{input:x}}`).
+
+An input marker may name one transform of the value it inserts: `{{input:name|strip}}` inserts
+the value without leading and trailing whitespace. The server applies it when it fills the slot,
+so a call can read another call's output cleaned up without a round trip to the client; the
+variable's own value is unchanged. `TRANSFORMS` lists the known transforms (only `strip` now).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -20,6 +26,7 @@ __all__ = [
     "Output",
     "Segment",
     "Template",
+    "TRANSFORMS",
     "TemplateError",
     "Text",
     "escape_text",
@@ -34,6 +41,11 @@ _TOKEN = re.compile(re.escape(_ESCAPE) + "|" + _MARKER.pattern)
 # An opening that names a marker kind but never closes properly, e.g. "{{input:x}" or "{{output:".
 _BROKEN_MARKER = re.compile(r"\{\{\s*(?:input|output)\s*:")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TRANSFORM_SEP = "|"
+
+# Transforms an input marker may apply to its value, by name. `str.strip` strips exactly what
+# LlamaIndex's `PromptHelper.repack` strips from the texts it joins.
+TRANSFORMS: dict[str, Callable[[str], str]] = {"strip": str.strip}
 
 
 class TemplateError(ValueError):
@@ -57,10 +69,15 @@ class Text:
 
 @dataclass(frozen=True, slots=True)
 class Input:
-    """An input variable's slot: its value is inserted here."""
+    """An input variable's slot: its value, through `transform` if any, is inserted here."""
 
     name: str
     offset: int
+    transform: str | None = None  # a key of TRANSFORMS
+
+    def render(self, value: str) -> str:
+        """The text this slot inserts for the variable's `value`."""
+        return value if self.transform is None else TRANSFORMS[self.transform](value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +145,8 @@ def escape_text(text: str) -> str:
 
 
 def _marker_segment(source: str, match: re.Match[str]) -> Segment:
-    kind, name = match.group(1), match.group(2).strip()
+    kind, body = match.group(1), match.group(2)
+    name, sep, transform = (part.strip() for part in body.partition(_TRANSFORM_SEP))
     if kind not in MARKER_KINDS:
         raise TemplateError(
             f"unknown marker kind {kind!r} in {match.group(0)!r} (expected input or output)",
@@ -141,7 +159,22 @@ def _marker_segment(source: str, match: re.Match[str]) -> Segment:
             source,
             match.start(),
         )
-    return Input(name, match.start()) if kind == "input" else Output(name, match.start())
+    if not sep:
+        return Input(name, match.start()) if kind == "input" else Output(name, match.start())
+    if kind != "input":
+        raise TemplateError(
+            f"transform {transform!r} in {match.group(0)!r}: only input markers take a transform",
+            source,
+            match.start(),
+        )
+    if transform not in TRANSFORMS:
+        raise TemplateError(
+            f"unknown transform {transform!r} in {match.group(0)!r} "
+            f"(known: {', '.join(sorted(TRANSFORMS))})",
+            source,
+            match.start(),
+        )
+    return Input(name, match.start(), transform)
 
 
 def _check_no_broken_marker(source: str, start: int, end: int) -> None:

@@ -1,5 +1,6 @@
 """Lowering a call to generation steps: what text to append before each output, where it stops.
 
+Inputs are filled with their values through the marker's transform (`{{input:x|strip}}`).
 Pure: the executor turns each step into context primitives (re-tokenize the rendered text so far,
 fill the new tokens, generate).
 """
@@ -35,7 +36,7 @@ def lower_call(call: Call, values: dict[str, str]) -> list[GenerateStep]:
         if isinstance(seg, Text):
             pending.append(seg.text)
         elif isinstance(seg, Input):
-            pending.append(values[seg.name])
+            pending.append(seg.render(values[seg.name]))  # through its transform, if any
         elif isinstance(seg, Output):
             stop = list(call.sampling.stop)
             follow = _following_text(segments, i)

@@ -50,7 +50,7 @@ class Call:
             if isinstance(seg, Text):
                 parts.append(seg.text)
             elif isinstance(seg, Input):
-                parts.append(values[seg.name])
+                parts.append(seg.render(values[seg.name]))  # as the server fills the slot
         return "".join(parts)
 
 

@@ -24,10 +24,12 @@ Argument = str | SemanticVariable
 @dataclass(frozen=True, slots=True)
 class Joined:
     """An argument made of several values joined by `separator` (e.g. the summaries that one
-    tree-summarize call reads)."""
+    tree-summarize call reads). With `strip`, each part is inserted without its leading and
+    trailing whitespace (`{{input:name|strip}}`: the server strips outputs as they arrive)."""
 
     parts: Sequence[Argument]
     separator: str = "\n\n"
+    strip: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +57,8 @@ def mark_prompt(render: Callable[..., str], args: dict[str, object]) -> MarkedPr
         if isinstance(value, Joined):
             names = [f"{name}_{i}" for i in range(len(value.parts))]
             inputs.update(zip(names, value.parts, strict=True))
-            marked_args[name] = value.separator.join(_marker(n) for n in names)
+            transform = "strip" if value.strip else None
+            marked_args[name] = value.separator.join(_marker(n, transform) for n in names)
         elif isinstance(value, str | SemanticVariable):
             inputs[name] = value
             marked_args[name] = _marker(name)
@@ -76,5 +79,5 @@ def mark_prompt(render: Callable[..., str], args: dict[str, object]) -> MarkedPr
     return MarkedPrompt(source, inputs)
 
 
-def _marker(name: str) -> str:
-    return "{{input:" + name + "}}"
+def _marker(name: str, transform: str | None = None) -> str:
+    return "{{input:" + name + ("|" + transform if transform else "") + "}}"

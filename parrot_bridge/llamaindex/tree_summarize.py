@@ -6,12 +6,14 @@ level's calls form one task group, and when the summaries will fit one chunk (ea
 `max_tokens` long), the final call is recorded too, reading the summaries' variables: the whole
 query is one submission and the final call starts on the server.
 
-Answers equal the stock synthesizer's: once the summaries are known, the stock packing is
-recomputed from them; if it differs from the one wired on the server (a summary with leading
-or trailing whitespace, an empty one, or more text than one chunk holds), the next level is
-computed the stock way from the summaries. The speculative final call was then wasted work, so
-after such a miss the synthesizer stops wiring the next level (each level is then one graph)
-until `speculate` is set again.
+Answers equal the stock synthesizer's: the stock repacking strips each summary and joins them
+with a blank line, and the final call reads the same (`Joined(strip=True)`: the server strips
+each summary as it fills the prompt). Once the summaries are known, the stock packing is
+recomputed from them; if it differs from the one wired on the server (an empty summary, which
+the stock packing drops, or more text than one chunk holds), the next level is computed the
+stock way from the summaries. The speculative final call was then wasted work, so after such a
+miss the synthesizer stops wiring the next level (each level is then one graph) until
+`speculate` is set again.
 """
 
 from __future__ import annotations
@@ -133,7 +135,8 @@ class ParrotTreeSummarize(TreeSummarize):
         summaries = [llm.call(session, template, context_str=c, **kwargs) for c in chunks]
         if not (self.speculate and self._next_level_fits(template, len(summaries))):
             return summaries, None
-        return summaries, llm.call(session, template, context_str=Joined(summaries), **kwargs)
+        joined = Joined(summaries, _SEPARATOR, strip=True)  # as the stock repacking strips them
+        return summaries, llm.call(session, template, context_str=joined, **kwargs)
 
     def _next_level_fits(self, template: BasePromptTemplate, n: int) -> bool:
         splitter = self._prompt_helper.get_text_splitter_given_prompt(template, llm=self._llm)
@@ -141,8 +144,11 @@ class ParrotTreeSummarize(TreeSummarize):
         return n * (self._parrot.max_tokens + 2) <= splitter.chunk_size
 
     def _packs_into_one(self, template: BasePromptTemplate, texts: list[str]) -> bool:
+        """Whether the stock packing of `texts` is the one prompt the final call was wired with.
+
+        An empty summary makes the wired join differ (the stock packing drops it)."""
         packed = self._prompt_helper.repack(template, text_chunks=texts, llm=self._llm)
-        return packed == [_SEPARATOR.join(texts)]
+        return packed == [_SEPARATOR.join(t.strip() for t in texts)]
 
     def _stream(
         self,

@@ -3,9 +3,10 @@
 Pure. A boundary sits before each input slot of the text before the first output: everything up
 to there is constant text and input values. Keys chain the segments' hashes, so two calls share a
 key exactly when their leading segments are equal. Constant text is keyed by content, so equal
-system prompts share a key across sessions and tenants; an input is keyed by its value's content
-(two sessions sending the same document share it too). A boundary after an input without a value
-does not exist yet; the deepest existing one is what a pipelined fill can compute early.
+system prompts share a key across sessions and tenants; an input is keyed by the content its slot
+inserts (two sessions sending the same document share it too), i.e. after the marker's transform
+(`{{input:x|strip}}`), so the key names the text that is filled. A boundary after an input without
+a value does not exist yet; the deepest existing one is what a pipelined fill can compute early.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def boundaries(call: Call, values: Mapping[str, str | None]) -> list[Boundary]:
             value = values.get(seg.name)
             if value is None:
                 break
-            piece = value
+            piece = seg.render(value)
         elif isinstance(seg, Text):
             piece = seg.text
         else:  # pragma: no cover - the template parser makes only these three

@@ -55,7 +55,11 @@ class VariableSpec(ApiModel):
 class CallSpec(ApiModel):
     id: str = Field(description="Chosen by the client, unique in the session.")
     function: str | None = Field(None, description="The semantic function's name, for messages.")
-    template: str = Field(description="Text with {{input:name}} and {{output:name}} markers.")
+    template: str = Field(
+        description="Text with {{input:name}} and {{output:name}} markers. An input marker may "
+        "name a transform of the value it inserts: {{input:name|strip}} drops leading and "
+        "trailing whitespace (the variable's value is unchanged). Other transforms are rejected."
+    )
     inputs: dict[str, str] = Field(default_factory=dict, description="Input name -> variable id.")
     outputs: dict[str, str] = Field(description="Output name -> variable id.")
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)

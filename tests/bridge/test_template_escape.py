@@ -6,6 +6,7 @@ from parrot_bridge.template import Input, Output, Text, escape_text, parse_templ
 
 TRICKY = [
     "{{input:x}}",
+    "{{input:x|strip}} and {{input:x|upper}}",
     "{{output:y}} and {{name: John}}",
     "{{input:",
     "{",

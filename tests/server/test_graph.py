@@ -196,6 +196,23 @@ def test_bad_template_and_bindings() -> None:
         calls=[CallDecl("A", "{{output:y}}", {"zz": "d"}, {"y": "o"})],
     )
     bad("unknown_slot", extra, "no {{input:zz}} marker")
+    transform = Submission(
+        variables=[VariableDecl("o"), VariableDecl("d", value="t")],
+        calls=[CallDecl("A", "{{input:x|upper}} {{output:y}}", {"x": "d"}, {"y": "o"})],
+    )
+    bad("invalid_template", transform, "call 'A': invalid template: line 1, column 1: unknown "
+        "transform 'upper' in '{{input:x|upper}}' (known: strip)")  # fmt: skip
+
+
+def test_a_transform_changes_the_prompt_not_the_value() -> None:
+    g = Graph()
+    sub = Submission(
+        variables=[VariableDecl("d", value="  spaced \n"), VariableDecl("o")],
+        calls=[CallDecl("A", "In: {{input:x|strip}}. {{output:y}}", {"x": "d"}, {"y": "o"})],
+    )
+    [ready] = g.submit(sub)
+    assert g.input_values(ready) == {"x": "  spaced \n"}  # what the slot renders from
+    assert g.variables["d"].value == "  spaced \n"
 
 
 def test_ids_and_duplicates() -> None:

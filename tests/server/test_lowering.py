@@ -21,6 +21,12 @@ def test_single_output_renders_inputs_into_the_prompt() -> None:
     assert steps == [GenerateStep("s", "Doc: cats\nSummary:", ())]
 
 
+def test_transformed_inputs_are_rendered_through_their_transform() -> None:
+    call = make("A: {{input:d|strip}}\n\nB: {{input:d}}|{{output:s}}")
+    steps = lower_call(call, {"d": "\n cats \t"})
+    assert steps == [GenerateStep("s", "A: cats\n\nB: \n cats \t|", ())]
+
+
 def test_outputs_stop_at_the_following_constant_text() -> None:
     call = make("Q {{input:q}}\nName: {{output:n}}\nAge: {{output:a}}. End", stop=("###",))
     steps = lower_call(call, {"q": "?"})

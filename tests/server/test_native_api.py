@@ -129,6 +129,25 @@ def test_several_outputs_see_the_tokens_a_plain_request_would(
     assert age == greedy(engine, prefix + name + "\nAge:", 8)
 
 
+def test_stripped_inputs_fill_the_stripped_text_and_keep_the_value(
+    server: str, engine: LLMEngine
+) -> None:
+    template = "About {{input:d|strip}}, {{input:d}}:{{input:x|strip}}.{{output:b}}"
+    sid, token = open_session(server)
+    status, body = submit(
+        server, sid, token,
+        {"variables": [{"id": "d", "value": "\n  a parrot \t"}, {"id": "a"}, {"id": "b"}],
+         "calls": [call("say", "Say:{{output:a}}", {}, {"a": "a"}),
+                   call("use", template, {"d": "d", "x": "a"}, {"b": "b"})]},
+    )  # fmt: skip
+    assert status == 200, body
+    said = get_var(server, sid, token, "a")["value"]
+    assert said == greedy(engine, "Say:", 6)  # the variable keeps its edges
+    prompt = "About a parrot, \n  a parrot \t:" + said.strip() + "."
+    assert get_var(server, sid, token, "b")["value"] == greedy(engine, prompt, 6)
+    assert get_var(server, sid, token, "d")["value"] == "\n  a parrot \t"
+
+
 def test_stream_sends_chunks_then_the_value(server: str) -> None:
     sid, token = open_session(server)
     body = {
@@ -204,6 +223,11 @@ BAD_GRAPHS = [
      ["call 'A' (A)", "'e' (empty)", "never be set"]),
     ("invalid_template", {"calls": [call("A", "Hi {{inptu:x}} {{output:y}}", {}, {"y": "ok"})]},
      ["call 'A' (A): invalid template: line 1, column 4: unknown marker kind 'inptu'"]),
+    ("invalid_template", {"variables": [{"id": "d", "value": "x"}],
+                          "calls": [call("A", "Hi {{input:x|upper}} {{output:y}}", {"x": "d"},
+                                         {"y": "ok"})]},
+     ["call 'A' (A): invalid template: line 1, column 4: unknown transform 'upper' in "
+      "'{{input:x|upper}}' (known: strip)"]),
     ("invalid_sampling", {"calls": [{**call("A", "a {{output:y}}", {}, {"y": "ok"}),
                                      "sampling": {"stop": [""]}}]},
      ["call 'A'", "stop strings must be non-empty"]),

@@ -55,3 +55,13 @@ def test_input_values_are_keyed_by_content_and_edges_matter() -> None:
 def test_no_boundary_without_leading_text_or_inputs() -> None:
     assert boundaries(make_call("{{input:d}} tail {{output:out}}"), {"d": "x"}) == []
     assert boundaries(make_call("Just write {{output:out}}"), {}) == []
+
+
+def test_transformed_inputs_are_keyed_by_the_text_they_insert() -> None:
+    stripped = make_call("Doc: {{input:d|strip}}\nQ: {{input:q}}{{output:out}}", "a")
+    plain = make_call("Doc: {{input:d}}\nQ: {{input:q}}{{output:out}}", "b")
+    bound = boundaries(stripped, {"d": "\n paper  ", "q": "1"})[1]
+    assert bound.text == "Doc: paper\nQ: "
+    # the same filled text as an already clean value: one key, one stored prefix
+    assert bound.key == boundaries(plain, {"d": "paper", "q": "1"})[1].key
+    assert bound.key != boundaries(plain, {"d": "\n paper  ", "q": "1"})[1].key

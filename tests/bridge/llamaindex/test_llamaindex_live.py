@@ -171,11 +171,38 @@ async def test_tree_summarize_query_is_one_submission(url: str, chunks: list[str
     assert submissions(url) - before == 1
 
 
-def test_tree_summarize_recovers_when_summaries_need_stripping(url: str, chunks: list[str]) -> None:
+async def test_tree_summarize_strips_summaries_on_the_server(url: str, chunks: list[str]) -> None:
     llm = parrot(url, TREE_WINDOW)
     ours = get_response_synthesizer(llm=llm, response_mode="tree_summarize")
     stock = TreeSummarize(llm=openai_like(url, llm, TREE_WINDOW))
-    query = "Topic?"  # a summary starts with whitespace: the stock join strips it
+    query = "Topic?"  # with this tiny model a summary starts with whitespace
+    template = ours._summary_template.partial_format(query_str=query)
+    packed = ours._prompt_helper.repack(template, chunks, llm=llm)
+    summaries = [llm.predict(template, context_str=c) for c in packed]
+    assert len(summaries) >= 3 and any(s != s.strip() for s in summaries)
+    assert all(s.strip() for s in summaries)
+    expected = stock.get_response(query, chunks)
+    before = submissions(url)
+    assert ours.get_response(query, chunks) == expected
+    assert submissions(url) - before == 1 and ours.speculate  # the stock join, on the server
+    before = submissions(url)
+    assert await ours.aget_response(query, chunks) == expected
+    assert submissions(url) - before == 1
+    streaming = get_response_synthesizer(llm=llm, response_mode="tree_summarize", streaming=True)
+    before = submissions(url)
+    assert "".join(streaming.get_response(query, chunks)) == expected
+    assert submissions(url) - before == 1 and streaming.speculate
+
+
+def test_tree_summarize_recovers_when_the_packing_differs(
+    url: str, chunks: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # e.g. an empty summary, which the stock packing drops: the next level is recomputed
+    monkeypatch.setattr(ParrotTreeSummarize, "_packs_into_one", lambda *_: False)
+    llm = parrot(url, TREE_WINDOW)
+    ours = get_response_synthesizer(llm=llm, response_mode="tree_summarize")
+    stock = TreeSummarize(llm=openai_like(url, llm, TREE_WINDOW))
+    query = "Topic?"
     before = submissions(url)
     assert ours.get_response(query, chunks) == stock.get_response(query, chunks)
     assert submissions(url) - before == 2 and not ours.speculate  # no more wasted final calls

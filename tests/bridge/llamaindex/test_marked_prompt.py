@@ -17,7 +17,7 @@ def render_back(source: str, values: dict[str, str]) -> str:
         if isinstance(seg, Text):
             parts.append(seg.text)
         elif isinstance(seg, Input):
-            parts.append(values[seg.name])
+            parts.append(seg.render(values[seg.name]))
     return "".join(parts)
 
 
@@ -40,6 +40,18 @@ def test_joined_arguments_and_variables() -> None:
     assert marked.inputs == {"context_str_0": a, "context_str_1": "middle", "context_str_2": b}
     values = {"context_str_0": "A", "context_str_1": "middle", "context_str_2": "B"}
     assert render_back(marked.source, values) == prompt.format(context_str="A\n\nmiddle\n\nB")
+
+
+def test_stripped_joins_mark_each_part_with_the_strip_transform() -> None:
+    prompt = PromptTemplate("Summaries:\n{context_str}\nAnswer: ")
+    a, b = SemanticVariable(name="a"), SemanticVariable(name="b")
+    marked = mark_prompt(prompt.format, {"context_str": Joined([a, b], strip=True)})
+    assert marked.source == (
+        "Summaries:\n{{input:context_str_0|strip}}\n\n{{input:context_str_1|strip}}\nAnswer: "
+        "{{output:answer}}"
+    )
+    values = {"context_str_0": "\n A ", "context_str_1": "B\n"}
+    assert render_back(marked.source, values) == prompt.format(context_str="A\n\nB")
 
 
 def test_non_string_arguments_are_rendered_as_text() -> None:
