@@ -238,16 +238,19 @@ class Executor:
         for i, job in enumerate(jobs):
             hit = stored[i]
             entry = hit[1] if hit is not None else None
+            # a lone call stores its leading text up to its first input
+            lead = next((b for b in job.bounds if not b.after_input), None)
             key: str | None = None
             if i in shared:
                 key = shared[i][0]
-            elif hit is None and job.bounds:
-                key = job.bounds[0].key
+            elif hit is None and lead is not None:
+                key = lead.key
             if key is not None and key not in opened:
                 if i in shared:
                     tokens = _shared_tokens([jobs[m].prompt for m in shared[i][1]])
                 else:
-                    tokens = self._boundary_tokens(job.bounds[0], job.prompt)
+                    assert lead is not None
+                    tokens = self._boundary_tokens(lead, job.prompt)
                 opened[key] = None
                 if len(tokens) >= self.config.min_shared_prefix_tokens:
                     opened[key] = await self.prefixes.open(engine, key, tokens, priority, entry)

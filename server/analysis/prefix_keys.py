@@ -1,9 +1,11 @@
 """Prefix keys: a hash for each leading run of a call's prompt segments.
 
 Pure. A boundary sits before each input slot of the text before the first output: everything up
-to there is constant text and input values. Keys chain the segments' hashes, so two calls share a
-key exactly when their leading segments are equal. Constant text is keyed by content, so equal
-system prompts share a key across sessions and tenants; an input is keyed by the content its slot
+to there is constant text and input values; one also sits right after each input followed by
+constant text (calls that read the same values share that far, and on into the text as long as
+their tokens agree). Keys chain the segments' hashes, so two calls share a key exactly when
+their leading segments are equal. Constant text is keyed by content, so equal system prompts
+share a key across sessions and tenants; an input is keyed by the content its slot
 inserts (two sessions sending the same document share it too), i.e. after the marker's transform
 (`{{input:x|strip}}`), so the key names the text that is filled. A boundary after an input without
 a value does not exist yet; the deepest existing one is what a pipelined fill can compute early.
@@ -26,6 +28,10 @@ class Boundary:
     key: str
     text: str
     num_segments: int
+    # Right after an input's value (and before more constant text): siblings that read the same
+    # value, e.g. four programmers reading one design, share the prefix through it. Only batch
+    # sharing uses these; a lone call stores its leading text up to its first input.
+    after_input: bool = False
 
 
 def boundaries(call: Call, values: Mapping[str, str | None]) -> list[Boundary]:
@@ -55,4 +61,12 @@ def boundaries(call: Call, values: Mapping[str, str | None]) -> list[Boundary]:
         digest.update(f"{len(piece)}:".encode())
         digest.update(piece.encode())
         text.append(piece)
+        if isinstance(seg, Input) and _text_follows(call, i):
+            found.append(Boundary(digest.hexdigest(), "".join(text), i + 1, after_input=True))
     return found
+
+
+def _text_follows(call: Call, i: int) -> bool:
+    """Whether constant text follows segment i (else a boundary after it would be the next
+    input's own boundary, or the whole prompt)."""
+    return i + 1 < len(call.segments) and isinstance(call.segments[i + 1], Text)

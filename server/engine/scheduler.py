@@ -155,13 +155,26 @@ class Scheduler:
         out.scheduled.append(ScheduledContext(ctx, n, sample))
 
     def _match_prefix(self, ctx: Context, out: SchedulerOutput) -> None:
-        """Attach cached blocks that hold the context's next pending tokens."""
+        """Attach cached blocks that hold the context's next pending tokens.
+
+        A context forked inside a block (its last block partial and shared) matches too: a
+        cached block holding those same leading tokens and the pending ones that complete it
+        replaces the partial block, e.g. when sibling forks fill the same text after their
+        shared prefix, the second reuses the first's blocks instead of recomputing them.
+        """
         bs = self.block_size
         full = ctx.num_computed // bs
-        if ctx.num_computed % bs or len(ctx.block_table) != full or len(ctx.block_hashes) != full:
+        if len(ctx.block_hashes) != full:
             return
         # A generation needs the logits of the last token, so that token is always computed.
         limit = len(ctx.token_ids) - (1 if ctx.sampling_job is not None else 0)
+        if ctx.num_computed % bs:
+            if len(ctx.block_table) != full + 1 or (full + 1) * bs > limit:
+                return
+            if not self._match_partial_block(ctx, full, out):
+                return
+        elif len(ctx.block_table) != full:
+            return
         while ctx.num_computed + bs <= limit:
             tokens = ctx.token_ids[ctx.num_computed : ctx.num_computed + bs]
             parent = ctx.block_hashes[-1] if ctx.block_hashes else None
@@ -173,6 +186,21 @@ class Scheduler:
             ctx.block_hashes.append(self.blocks.register(block, parent, tokens))
             ctx.num_computed += bs
             out.num_cached_tokens += bs
+
+    def _match_partial_block(self, ctx: Context, idx: int, out: SchedulerOutput) -> bool:
+        bs = self.block_size
+        tokens = ctx.token_ids[idx * bs : (idx + 1) * bs]
+        parent = ctx.block_hashes[-1] if ctx.block_hashes else None
+        block = self.blocks.lookup(parent, tokens)
+        if block is None or block == ctx.block_table[idx]:
+            return False
+        self.blocks.incref(block)
+        self.blocks.free_blocks([ctx.block_table[idx]])
+        ctx.block_table[idx] = block
+        ctx.block_hashes.append(self.blocks.register(block, parent, tokens))
+        out.num_cached_tokens += (idx + 1) * bs - ctx.num_computed
+        ctx.num_computed = (idx + 1) * bs
+        return True
 
     def _reserve(self, ctx: Context, n: int, out: SchedulerOutput) -> bool:
         """Make room for `n` more tokens: new blocks, and a private copy of a shared last block."""

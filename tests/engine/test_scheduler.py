@@ -210,3 +210,25 @@ def test_rollback_frees_blocks_and_hashes():
     assert len(a.block_table) == 3 and len(a.block_hashes) == 2
     sched.set_num_computed(a, 7)
     assert len(a.block_table) == 2 and len(a.block_hashes) == 1
+
+
+def test_sibling_forks_filling_the_same_text_share_blocks_past_a_partial_one():
+    """Forks of a context whose last block is partial: the first fork's fill registers the
+    completed block and the next ones, so a sibling filling the same text reuses them."""
+    sched, bm = make()
+    parent = new_ctx(sched, range(6), kind=JobKind.FILL)  # blocks: [0..3], [4, 5, _, _]
+    advance(sched, sched.schedule())
+    a, b = sched.fork(parent, 3000), sched.fork(parent, 3001)
+    shared_text = [50, 51, 52, 53, 54, 55]  # completes block 1, fills block 2
+    for child, tail in ((a, [60, 61]), (b, [70, 71])):
+        child.token_ids.extend(shared_text + tail)
+        add_job(sched, child, JobKind.GENERATE)
+    out = sched.schedule()
+    counts = {s.ctx.id: s.num_tokens for s in out.scheduled}
+    assert counts == {a.id: 8, b.id: 2}  # b computes only its own tail
+    assert out.num_cached_tokens == 6
+    assert b.block_table[:3] == a.block_table[:3]
+    assert b.block_table[0] == parent.block_table[0]
+    assert b.block_table[1] != parent.block_table[1]  # a's completed copy, not the partial one
+    assert bm.ref_counts[parent.block_table[1]] == 1  # only the parent holds its partial block
+    assert out.block_copies == [(parent.block_table[1], a.block_table[1])]

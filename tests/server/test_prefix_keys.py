@@ -1,4 +1,5 @@
-"""Prefix keys by segment: boundaries before inputs, content keys across sessions."""
+"""Prefix keys by segment: boundaries before inputs (and after them), content keys across
+sessions."""
 
 from parrot_bridge.template import parse_template
 from server.analysis import boundaries
@@ -14,19 +15,36 @@ def make_call(template: str, cid: str = "c") -> Call:
 SYSTEM = "You are a helpful assistant. Answer briefly.\nUser: "
 
 
-def test_a_boundary_before_each_input_until_the_first_output() -> None:
+def before(bounds: list) -> list:
+    """The boundaries that sit before an input."""
+    return [b for b in bounds if not b.after_input]
+
+
+def test_a_boundary_before_and_after_each_input_until_the_first_output() -> None:
     call = make_call(SYSTEM + "{{input:q}}\nDoc: {{input:d}}\nAssistant:{{output:out}} {{input:z}}")
     bounds = boundaries(call, {"q": "hi", "d": "text", "z": "later"})
-    assert [b.text for b in bounds] == [SYSTEM, SYSTEM + "hi\nDoc: "]
-    assert [b.num_segments for b in bounds] == [1, 3]
-    assert len({b.key for b in bounds}) == 2
+    assert [b.text for b in bounds] == [
+        SYSTEM, SYSTEM + "hi", SYSTEM + "hi\nDoc: ", SYSTEM + "hi\nDoc: text"
+    ]
+    assert [b.after_input for b in bounds] == [False, True, False, True]
+    assert [b.num_segments for b in bounds] == [1, 2, 3, 4]
+    assert len({b.key for b in bounds}) == 4
+
+
+def test_no_boundary_after_an_input_that_an_input_or_the_output_follows() -> None:
+    call = make_call("Rules.\n{{input:a}}{{input:b}} text {{input:c}}{{output:out}}")
+    bounds = boundaries(call, {"a": "A", "b": "B", "c": "C"})
+    assert [(b.text, b.after_input) for b in bounds] == [
+        ("Rules.\n", False), ("Rules.\nA", False), ("Rules.\nAB", True),
+        ("Rules.\nAB text ", False),
+    ]
 
 
 def test_boundaries_stop_at_the_first_input_without_a_value() -> None:
     call = make_call("Rules.\n{{input:a}} then {{input:b}} and {{input:c}}{{output:out}}")
     assert [b.text for b in boundaries(call, {"a": None, "b": "x", "c": "y"})] == ["Rules.\n"]
     bounds = boundaries(call, {"a": "A", "b": None, "c": "y"})
-    assert [b.text for b in bounds] == ["Rules.\n", "Rules.\nA then "]
+    assert [b.text for b in bounds] == ["Rules.\n", "Rules.\nA", "Rules.\nA then "]
 
 
 def test_equal_leading_segments_share_keys_across_calls_and_sessions() -> None:
@@ -42,26 +60,27 @@ def test_equal_leading_segments_share_keys_across_calls_and_sessions() -> None:
 def test_input_values_are_keyed_by_content_and_edges_matter() -> None:
     a = make_call("Doc: {{input:d}}\nQ: {{input:q}}{{output:out}}", "a")
     b = make_call("Doc: {{input:d}}\nQ: {{input:q}}{{output:out}}", "b")
-    same = boundaries(a, {"d": "paper", "q": "1"})[1].key
-    assert same == boundaries(b, {"d": "paper", "q": "2"})[1].key
-    assert same != boundaries(b, {"d": "other paper", "q": "1"})[1].key
+    same = before(boundaries(a, {"d": "paper", "q": "1"}))[1].key
+    assert same == before(boundaries(b, {"d": "paper", "q": "2"}))[1].key
+    assert same != before(boundaries(b, {"d": "other paper", "q": "1"}))[1].key
     # the same rendered text split differently between text and value is another key
     c = make_call("Doc: p{{input:d}}\nQ: {{input:q}}{{output:out}}", "c")
-    rendered = boundaries(c, {"d": "aper", "q": "1"})[1]
-    assert rendered.text == boundaries(a, {"d": "paper", "q": "1"})[1].text
+    rendered = before(boundaries(c, {"d": "aper", "q": "1"}))[1]
+    assert rendered.text == before(boundaries(a, {"d": "paper", "q": "1"}))[1].text
     assert rendered.key != same
 
 
 def test_no_boundary_without_leading_text_or_inputs() -> None:
-    assert boundaries(make_call("{{input:d}} tail {{output:out}}"), {"d": "x"}) == []
+    (after,) = boundaries(make_call("{{input:d}} tail {{output:out}}"), {"d": "x"})
+    assert after.after_input and after.text == "x"  # none before the input
     assert boundaries(make_call("Just write {{output:out}}"), {}) == []
 
 
 def test_transformed_inputs_are_keyed_by_the_text_they_insert() -> None:
     stripped = make_call("Doc: {{input:d|strip}}\nQ: {{input:q}}{{output:out}}", "a")
     plain = make_call("Doc: {{input:d}}\nQ: {{input:q}}{{output:out}}", "b")
-    bound = boundaries(stripped, {"d": "\n paper  ", "q": "1"})[1]
+    bound = before(boundaries(stripped, {"d": "\n paper  ", "q": "1"}))[1]
     assert bound.text == "Doc: paper\nQ: "
     # the same filled text as an already clean value: one key, one stored prefix
-    assert bound.key == boundaries(plain, {"d": "paper", "q": "1"})[1].key
-    assert bound.key != boundaries(plain, {"d": "\n paper  ", "q": "1"})[1].key
+    assert bound.key == before(boundaries(plain, {"d": "paper", "q": "1"}))[1].key
+    assert bound.key != before(boundaries(plain, {"d": "\n paper  ", "q": "1"}))[1].key
