@@ -42,7 +42,7 @@ class TritonConfig:
     block_n: int = 64
     wide_rows: int = 64
     narrow_rows: int = 16
-    min_chunk: int = 256
+    min_chunk: int = 512
     programs_per_sm: int = 4
     num_warps: int = 4
 

@@ -96,8 +96,11 @@ def _library() -> ctypes.CDLL | None:
     try:
         path = _build(compiler)
         lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.CalledProcessError) as exc:
-        log.warning("building the packed linear kernel failed (%s): using torch.mm", exc)
+    except subprocess.CalledProcessError as exc:
+        log.warning("building the packed linear kernel failed: using torch.mm\n%s", exc.stderr)
+        return None
+    except OSError as exc:
+        log.warning("loading the packed linear kernel failed (%s): using torch.mm", exc)
         return None
     fn = lib.parrot_packed_linear
     fn.argtypes = [
