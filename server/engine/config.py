@@ -28,6 +28,12 @@ class EngineConfig:
     # runs meanwhile; None: no cap).
     latency_max_batched_tokens: int | None = None
     latency_priority: int = 0
+    # Prefill tokens per step of background work (priority >= background_priority), at all
+    # times (None: only the step budget): a latency call arriving mid-step then waits for a
+    # short step, not for a long prefill chunk. On CPU the linear layers run at the same FLOP
+    # rate from ~32 rows up, so small chunks cost background work little.
+    background_max_prefill_tokens: int | None = None
+    background_priority: int = 2
     # CPU float32 linear layers on the packed kernel (server/kernels/cpu); off: torch.mm
     packed_linear: bool = True
 
@@ -48,6 +54,11 @@ class EngineConfig:
             raise ValueError(
                 "latency_max_batched_tokens must be >= 0 (or None for no cap), "
                 f"got {self.latency_max_batched_tokens}"
+            )
+        if self.background_max_prefill_tokens is not None and self.background_max_prefill_tokens < 1:
+            raise ValueError(
+                "background_max_prefill_tokens must be >= 1 (or None for no cap), "
+                f"got {self.background_max_prefill_tokens}"
             )
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")

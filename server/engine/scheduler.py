@@ -36,6 +36,8 @@ class SchedulerOutput:
 class Scheduler:
     """Tracks every context's state and decides what runs in the next step."""
 
+    _prefill_left: int | None = None  # this step's background prefill tokens (None: no cap)
+
     def __init__(self, config: EngineConfig, block_manager: BlockManager) -> None:
         self.config = config
         self.blocks = block_manager
@@ -95,6 +97,7 @@ class Scheduler:
         # the latency work runs in small, fast steps (its own tokens are not capped).
         cap = self.config.latency_max_batched_tokens
         others: int | None = cap if cap is not None and self._has_latency_work() else None
+        self._prefill_left = self.config.background_max_prefill_tokens
 
         queue = sorted(self.running, key=lambda c: c.sort_key)
         self.running = []
@@ -258,15 +261,23 @@ class Scheduler:
 
     def _room(self, ctx: Context, others: int | None) -> int:
         """Tokens `ctx` may take under the latency cap (`others`: what is left for non-latency
-        work this step, None without a cap)."""
-        if others is None or self._is_latency(ctx):
+        work this step, None without a cap) and the background prefill cap."""
+        if self._is_latency(ctx):
             return ctx.num_pending
-        return others
+        room = ctx.num_pending if others is None else others
+        if self._prefill_left is not None and self._is_background(ctx) and ctx.num_pending > 1:
+            room = min(room, self._prefill_left)
+        return room
 
     def _charge(self, ctx: Context, others: int | None, n: int) -> int | None:
-        if others is None or self._is_latency(ctx):
+        if self._is_latency(ctx):
             return others
-        return others - n
+        if self._prefill_left is not None and self._is_background(ctx) and n > 1:
+            self._prefill_left -= n
+        return None if others is None else others - n
+
+    def _is_background(self, ctx: Context) -> bool:
+        return ctx.sort_key[0] >= self.config.background_priority
 
     def _has_latency_work(self) -> bool:
         limit = self.config.latency_priority

@@ -232,3 +232,27 @@ def test_sibling_forks_filling_the_same_text_share_blocks_past_a_partial_one():
     assert b.block_table[1] != parent.block_table[1]  # a's completed copy, not the partial one
     assert bm.ref_counts[parent.block_table[1]] == 1  # only the parent holds its partial block
     assert out.block_copies == [(parent.block_table[1], a.block_table[1])]
+
+
+def test_background_prefill_is_chunked_small_at_all_times():
+    """Work of background priority prefills at most `background_max_prefill_tokens` per step
+    (all such contexts together); other work and background decodes are not limited."""
+    cfg = EngineConfig(
+        block_size=BS, num_kv_blocks=64, max_num_batched_tokens=64,
+        background_max_prefill_tokens=8, background_priority=2,
+    )  # fmt: skip
+    sched = Scheduler(cfg, BlockManager(64, BS, True))
+    bulk = [new_ctx(sched, range(100, 120), priority=2), new_ctx(sched, range(200, 220), priority=2)]
+    normal = new_ctx(sched, range(300, 320), priority=1)
+    first = True
+    while any(c.num_computed < 20 for c in bulk):
+        out = sched.schedule()
+        counts = {s.ctx.id: s.num_tokens for s in out.scheduled}
+        if first:
+            assert counts[normal.id] == 20  # not background: the whole prompt at once
+            first = False
+        prefill = [counts.get(c.id, 0) for c in bulk if c.num_computed < 20]
+        assert sum(prefill) <= 8
+        decodes = [counts[c.id] for c in bulk if c.num_computed >= 20 and c.id in counts]
+        assert all(n == 1 for n in decodes)
+        advance(sched, out)

@@ -35,6 +35,11 @@ def test_ablation_flags_switch_each_optimisation_off() -> None:
     off = ServerConfig.from_args(["--no-app-scheduling"])
     assert not off.executor_config().app_scheduling
     assert "latency_max_batched_tokens" not in off.engine_kwargs()
+    assert "background_max_prefill_tokens" not in off.engine_kwargs()
+    chunk = ServerConfig.from_args(["--background-prefill-chunk", "256"]).engine_kwargs()
+    assert chunk["background_max_prefill_tokens"] == 256
+    no_app = ["--background-prefill-chunk", "256", "--no-app-scheduling"]
+    assert "background_max_prefill_tokens" not in ServerConfig.from_args(no_app).engine_kwargs()
     assert (
         "latency_max_batched_tokens"
         not in ServerConfig(latency_max_running_tokens=-1).engine_kwargs()
@@ -55,6 +60,7 @@ def test_every_config_field_has_a_flag() -> None:
         ({"log_format": "xml"}, "log_format"),
         ({"engines": 0}, "engines"),
         ({"latency_max_running_tokens": -2}, "latency_max_running_tokens"),
+        ({"background_prefill_chunk": -1}, "background_prefill_chunk"),
         ({"prefix_store_ttl_s": 0}, "prefix_store_ttl_s"),
     ],
 )
