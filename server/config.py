@@ -52,7 +52,7 @@ class ServerConfig:
     enable_task_groups: bool = True
     enable_app_scheduling: bool = True
     latency_max_running_tokens: int = 0
-    background_prefill_chunk: int = 0
+    background_prefill_chunk: int = 256
     max_calls_per_engine: int = 256
     # operations
     session_ttl_s: float = 3600.0
@@ -228,9 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.background_prefill_chunk,
         help="prefill tokens per engine step of throughput-only calls (deduced), always, so a "
-        "latency-critical call never waits behind a long prefill step (0: off, the default: in "
-        "the mixed benchmark 256 cut the chat's slowdown from 1.41x to 1.23x of alone but made "
-        "the map-reduce 1.2x slower)",
+        "latency-critical call never waits behind a long prefill step (0: off)",
     )
     graph.add_argument(
         "--max-calls-per-engine",

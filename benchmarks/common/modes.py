@@ -60,6 +60,8 @@ ABLATIONS: tuple[Ablation, ...] = (
     Ablation("cascade", "shared-prefix attention (prefix attended once per batch)",
              ("--no-cascade", "--disable-cascade")),
     Ablation("prefix_cache", "engine token-level prefix cache", ("--no-prefix-cache",)),
+    Ablation("background_chunks", "throughput-only prefill in small chunks at all times",
+             ("--background-prefill-chunk=0",)),
 )  # fmt: skip
 
 PARROT = Mode("parrot", "Parrot", "parrot", THROUGHPUT_CAPS)
@@ -78,7 +80,7 @@ BASELINES = {m.name: m for m in (BASELINE_THROUGHPUT, BASELINE_LATENCY, BASELINE
 
 def ablation_mode(ablation: Ablation, accepted: frozenset[str]) -> Mode | None:
     """Parrot with `ablation` off, or None when the server accepts none of its flags."""
-    flag = next((f for f in ablation.flags if f in accepted), None)
+    flag = next((f for f in ablation.flags if f.split("=")[0] in accepted), None)
     if flag is None:
         return None
     return Mode(f"parrot_no_{ablation.name}", f"Parrot, {ablation.name} off", "parrot",

@@ -56,7 +56,7 @@ WORKLOAD = Workload(
     metric_specs=(Metric("latency_alone", "s"), Metric("latency_loaded", "s"),
                   Metric("bg_latency", "s")),  # fmt: skip
     baselines=("baseline_throughput", "baseline_latency"),
-    ablations=("pipelined_prefill", "objective_deduction", "app_scheduler"),
+    ablations=("pipelined_prefill", "objective_deduction", "app_scheduler", "background_chunks"),
     targets=(
         Target("loaded latency vs throughput-tuned", "latency_loaded", "baseline_throughput",
                minimum=2.0),

@@ -36,6 +36,10 @@ def test_select_modes_skips_unknown_flags_with_a_note() -> None:
     assert names[:4] == ["parrot", "baseline_throughput", "baseline_no_cache", "baseline_latency"]
     assert "parrot_no_prefix_sharing" in names and "parrot_no_cascade" in names
     assert any("app_scheduler skipped" in note for note in skipped)
-    every, _ = select_modes(workload, "all", frozenset(f for a in ABLATIONS for f in a.flags))
+    accepted = frozenset(f.split("=")[0] for a in ABLATIONS for f in a.flags)
+    every, _ = select_modes(workload, "all", accepted)
     assert len(every) == 4 + len(ABLATIONS)
+    # a flag with a value is matched by its name and passed with its value
+    chunks = next(m for m in every if m.ablation == "background_chunks")
+    assert chunks.flags[-1] == "--background-prefill-chunk=0"
     assert len(select_modes(workload, "none", frozenset())[0]) == 4

@@ -19,6 +19,7 @@ def test_defaults_and_flags_map_to_the_config() -> None:
         "enable_prefix_cache": False,
         "enable_cascade": True,
         "latency_max_batched_tokens": 0,
+        "background_max_prefill_tokens": 256,
     }
 
 
@@ -36,8 +37,11 @@ def test_ablation_flags_switch_each_optimisation_off() -> None:
     assert not off.executor_config().app_scheduling
     assert "latency_max_batched_tokens" not in off.engine_kwargs()
     assert "background_max_prefill_tokens" not in off.engine_kwargs()
-    chunk = ServerConfig.from_args(["--background-prefill-chunk", "256"]).engine_kwargs()
-    assert chunk["background_max_prefill_tokens"] == 256
+    chunk = ServerConfig.from_args(["--background-prefill-chunk", "64"]).engine_kwargs()
+    assert chunk["background_max_prefill_tokens"] == 64
+    assert "background_max_prefill_tokens" not in ServerConfig(
+        background_prefill_chunk=0
+    ).engine_kwargs()
     no_app = ["--background-prefill-chunk", "256", "--no-app-scheduling"]
     assert "background_max_prefill_tokens" not in ServerConfig.from_args(no_app).engine_kwargs()
     assert (
