@@ -31,6 +31,7 @@ WORKLOADS := chain_summary map_reduce shared_prompt multi_agent mixed rag
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.engine
+	$(BIN)/python -m benchmarks.linear
 	$(BIN)/python -m benchmarks.attention --engine
 	for w in $(WORKLOADS); do $(BIN)/python -m benchmarks.run $$w --quick || exit 1; done
 
