@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from benchmarks.common.timing import median_ms, sync
 from server.kernels import AttentionMetadata, CascadeConfig, attention, build_attention_metadata
 from server.kernels.backends import default_backend_name
 
@@ -154,19 +155,19 @@ def time_layer(
             return _graph_ms(call, repeats)
         except RuntimeError as exc:  # a backend that cannot be captured: time it eagerly
             print(f"CUDA graph capture failed ({exc}); timing eagerly")
-    return _median_ms(call, case.q.device, repeats)
+    return median_ms(call, repeats, case.q.device)
 
 
 def time_eager(
     case: ForkedDecode, meta: AttentionMetadata, repeats: int, backend: str | None
 ) -> float:
     """Median wall milliseconds of one eager call."""
-    return _median_ms(
+    return median_ms(
         lambda: attention(
             case.q, case.k, case.v, case.k_cache, case.v_cache, meta, case.scale, backend=backend
         ),
-        case.q.device,
         repeats,
+        case.q.device,
     )
 
 
@@ -235,7 +236,7 @@ def engine_step(device: str, prefix: int, forks: int, steps: int) -> dict[str, f
         for i in tqdm(range(warmup + steps), desc=f"engine {label}", leave=False, disable=None):
             start = time.perf_counter()
             engine.step()
-            _sync(device)
+            sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
         engine.run_until_idle()
@@ -279,11 +280,11 @@ def profile_kernels(
 
         for _ in range(3):
             call()
-        _sync(device)
+        sync(device)
         with profile(activities=activities) as prof:
             for _ in range(calls):
                 call()
-            _sync(device)
+            sync(device)
         cuda = case.q.device.type == "cuda"
         print(f"== {label}, {size[0]} x {size[1]}: per call, by {'GPU' if cuda else 'CPU'} time ==")
         events = [e for e in prof.key_averages() if e.count >= calls]
@@ -424,22 +425,6 @@ def _print_rows(rows: list[Row]) -> None:
         print(line)
 
 
-def _median_ms(call: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median of the faster half of the repeats: other processes on a shared machine only
-    ever add time, and with 2 cores one busy neighbour stalls a whole OpenMP region."""
-    for _ in range(2):
-        call()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return statistics.median(times[: max(1, (len(times) + 1) // 2)]) * 1e3
-
-
 def _graph_ms(call: Callable[[], object], repeats: int, calls_per_graph: int = 20) -> float:
     for _ in range(3):
         call()  # compiles kernels and the step's plan outside the capture
@@ -458,11 +443,6 @@ def _graph_ms(call: Callable[[], object], repeats: int, calls_per_graph: int = 2
         end.synchronize()
         times.append(start.elapsed_time(end) / calls_per_graph)
     return statistics.median(times)
-
-
-def _sync(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _device_name(device: str) -> str:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.common.timing import median_ms
 from server.kernels import cpu
 
 RESULTS = Path(__file__).parent / "results"
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
             for w, p in zip(weights, panels, strict=True):
                 cpu.packed_linear(inputs[w.shape[0]], p, w.shape[1])
 
-        mm, packed = _best_ms(run_mm, repeats), _best_ms(run_packed, repeats)
+        mm, packed = median_ms(run_mm, repeats), median_ms(run_packed, repeats)
         row = {"rows": m, "torch_mm_ms": mm, "packed_ms": packed, "speedup": mm / packed,
                "packed_gb_s": weight_bytes / packed / 1e6,
                "packed_gflop_s": flop_per_row * m / packed / 1e6}  # fmt: skip
@@ -73,18 +72,6 @@ def main(argv: list[str] | None = None) -> None:
               "weight_bytes": weight_bytes, "table": table}  # fmt: skip
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"saved {out}")
-
-
-def _best_ms(fn, repeats: int) -> float:
-    """Median of the faster half of the repeats (others on a shared machine only add time)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return statistics.median(times[: max(1, (len(times) + 1) // 2)]) * 1e3
 
 
 if __name__ == "__main__":

@@ -36,11 +36,11 @@ class SchedulerOutput:
 class Scheduler:
     """Tracks every context's state and decides what runs in the next step."""
 
-    _prefill_left: int | None = None  # this step's background prefill tokens (None: no cap)
-
     def __init__(self, config: EngineConfig, block_manager: BlockManager) -> None:
         self.config = config
         self.blocks = block_manager
+        # this step's background prefill tokens still allowed (None: no cap); set by schedule()
+        self._prefill_left: int | None = None
         self.block_size = block_manager.block_size
         self.contexts: dict[int, Context] = {}
         self.waiting: list[Context] = []

@@ -39,9 +39,9 @@ class Linear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The [out_features, in_features] view (HF layout); unpacks a packed layer."""
-        self.unpack()
-        assert self.weight_t is not None
+        """The [out_features, in_features] view (HF layout) of an unpacked layer."""
+        if self.weight_t is None:
+            raise RuntimeError("the layer is packed: unpack() it to see its weight")
         return self.weight_t.t()
 
     @property

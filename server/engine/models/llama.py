@@ -134,7 +134,7 @@ class LlamaForCausalLM(nn.Module):
             "model.norm.weight": self.norm.weight,
         }
         if self.lm_head is not None:
-            slots["lm_head.weight"] = self.lm_head.weight
+            slots.update(_plain_slots(self.lm_head, "lm_head"))
         for i, layer in enumerate(self.layers):
             for name, view in layer.weight_slots().items():
                 slots[f"model.layers.{i}.{name}"] = view
@@ -279,6 +279,7 @@ def _fused_slots(linear: Linear, parts: dict[str, tuple[int, int]]) -> dict[str,
 
 
 def _plain_slots(linear: Linear, name: str) -> dict[str, torch.Tensor]:
+    linear.unpack()
     slots = {f"{name}.weight": linear.weight}
     if linear.bias is not None:
         slots[f"{name}.bias"] = linear.bias
