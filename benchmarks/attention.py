@@ -181,7 +181,7 @@ def run_table(
     backend: str | None,
 ) -> list[Row]:
     rows = []
-    rule = CascadeConfig.for_device(device)
+    rule = CascadeConfig.for_backend(backend) if backend else CascadeConfig.for_device(device)
     for seqs, prefix in tqdm(sizes, desc="attention table", leave=False, disable=None):
         case = forked_decode(seqs, prefix, suffix, shape, dtype, device)
         per_seq = time_layer(case, case.metadata(cascade=False), repeats, backend)
@@ -198,9 +198,9 @@ def run_table(
 def cost_rule_sweep(
     shape: Shape, dtype: torch.dtype, device: str, repeats: int, backend: str | None
 ) -> list[Row]:
-    rule = CascadeConfig.for_device(device)
-    """Cascade forced on for small groups and short prefixes, to find where it starts to pay."""
-    sizes = [(g, p) for g in (2, 4, 8, 16) for p in (32, 64, 128, 256, 512)]
+    """Cascade forced on for groups and prefixes around the rule, to find where it starts to pay."""
+    rule = CascadeConfig.for_backend(backend) if backend else CascadeConfig.for_device(device)
+    sizes = [(g, p) for g in (2, 4, 8, 16, 32, 64) for p in (64, 256, 512, 1024, 2048)]
     rows = []
     for seqs, prefix in tqdm(sizes, desc="cost rule", leave=False, disable=None):
         case = forked_decode(seqs, prefix, 32, shape, dtype, device)
@@ -210,7 +210,9 @@ def cost_rule_sweep(
     return rows
 
 
-def engine_step(device: str, prefix: int, forks: int, steps: int) -> dict[str, float | bool]:
+def engine_step(
+    device: str, prefix: int, forks: int, steps: int, backend: str | None = None
+) -> dict[str, float | bool]:
     """Whole SmolLM2 decode steps of `forks` children of one `prefix`-token context."""
     from server.engine import LLMEngine, SamplingParams
 
@@ -219,7 +221,8 @@ def engine_step(device: str, prefix: int, forks: int, steps: int) -> dict[str, f
     warmup = 2
     for label, cascade in (("per_seq", False), ("cascade", True)):
         engine = LLMEngine.from_pretrained(
-            "smollm2-135m-instruct", device=device, enable_cascade=cascade
+            "smollm2-135m-instruct", device=device, enable_cascade=cascade,
+            attention_backend=backend,
         )
         gen = torch.Generator().manual_seed(0)
         vocab = engine.model_config.vocab_size
@@ -394,7 +397,9 @@ def main(argv: list[str] | None = None) -> None:
         _print_rows(sweep)
         report["cost_rule"] = [asdict(r) | {"speedup": r.speedup} for r in sweep]
     if args.engine:
-        result = engine_step(device, prefix=2048, forks=16, steps=3 if args.quick else 6)
+        result = engine_step(
+            device, prefix=2048, forks=16, steps=3 if args.quick else 6, backend=args.backend
+        )
         print(
             "engine decode step, 16 forks of 2048 tokens: "
             f"per-seq {result['per_seq_step_ms']:.1f} ms, "

@@ -36,8 +36,17 @@ class EngineConfig:
     background_priority: int = 2
     # CPU float32 linear layers on the packed kernel (server/kernels/cpu); off: torch.mm
     packed_linear: bool = True
+    # attention kernels by name (server.kernels.backends.BACKEND_NAMES); None: by device
+    attention_backend: str | None = None
 
     def __post_init__(self) -> None:
+        from server.kernels.backends import BACKEND_NAMES
+
+        if self.attention_backend is not None and self.attention_backend not in BACKEND_NAMES:
+            raise ValueError(
+                f"attention_backend must be one of {BACKEND_NAMES} (or None: by device), "
+                f"got {self.attention_backend!r}"
+            )
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a positive power of two, got {self.block_size}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 2:

@@ -75,6 +75,7 @@ class ModelRunner:
             self.block_size,
             self.device,
             cascade=self.config.enable_cascade,
+            backend=self.config.attention_backend,
         )
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)

@@ -24,15 +24,13 @@ def attention(
     q: [T, Hq, D]; k, v: [T, Hkv, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D]
     (contiguous). Returns [T, Hq, D] in q's dtype. Decode rows in `meta.shared_prefixes`
     levels attend each level once per group (cascade). `backend` picks a kernel by name
-    (see `server.kernels.backends`); by default the device decides.
+    (see `server.kernels.backends`); by default `meta.backend`, else the device decides.
     """
-    name = backend or meta.compiled.get("backend")
-    if name is None:
+    name = backend or meta.backend or meta.compiled.get("backend")
+    if "backend" not in meta.compiled:
         _check_shapes(q, k, v, k_cache, v_cache, meta)
-        name = meta.compiled["backend"] = default_backend_name(q.device)
-    elif "backend" not in meta.compiled:
-        _check_shapes(q, k, v, k_cache, v_cache, meta)
-        meta.compiled["backend"] = name
+        name = meta.compiled["backend"] = name or default_backend_name(q.device)
+    assert name is not None
     return get_backend(name)(q, k, v, k_cache, v_cache, meta, scale)
 
 

@@ -24,7 +24,7 @@ Backend = Callable[
     ],
     torch.Tensor,
 ]
-BACKEND_NAMES = ("cpu", "triton", "flash-attn", "torch-cuda")
+BACKEND_NAMES = ("cpu", "cpu-sdpa", "triton", "flash-attn", "torch-cuda")
 
 
 def default_backend_name(device: torch.device) -> str:
@@ -42,7 +42,12 @@ def default_backend_name(device: torch.device) -> str:
 def get_backend(name: str) -> Backend:
     """The backend called `name` (one of BACKEND_NAMES)."""
     if name == "cpu":
-        return SdpaBackend("cpu", attend_cpu)
+        # PyTorch's CPU flash attention for prefill and shared prefixes (matrix products), our
+        # paged kernel for each sequence's own decode KV
+        return SdpaBackend("cpu", attend_cpu, SdpaConfig(paged_decode=True))
+    if name == "cpu-sdpa":
+        # PyTorch's CPU flash attention for everything (a call or a gather per sequence)
+        return SdpaBackend("cpu-sdpa", attend_cpu)
     if name == "torch-cuda":
         # PyTorch's flash kernel takes no mask: batch only equal-length tails.
         return SdpaBackend("torch-cuda", attend_torch_cuda, SdpaConfig(max_tail_padding=1.0))

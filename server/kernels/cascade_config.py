@@ -35,8 +35,13 @@ class CascadeConfig:
 
     @classmethod
     def for_device(cls, device: torch.device | str) -> CascadeConfig:
-        """The measured rule for this kind of device."""
+        """The measured rule for this kind of device's default backend."""
         return CUDA_RULE if torch.device(device).type == "cuda" else CPU_RULE
+
+    @classmethod
+    def for_backend(cls, name: str) -> CascadeConfig:
+        """The measured rule for an attention backend (see server.kernels.backends)."""
+        return CPU_SDPA_RULE if name == "cpu-sdpa" else CPU_RULE if name == "cpu" else CUDA_RULE
 
     def pays(self, group_size: int, prefix_tokens: int) -> bool:
         """Whether a level of `group_size` sequences over `prefix_tokens` tokens is planned."""
@@ -47,10 +52,16 @@ class CascadeConfig:
         )
 
 
-# CPU (2 cores, float32): cascade paid for any group from 128 shared tokens (2 x 128: 1.23x,
-# 16 x 128: 2.77x) and lost below (16 x 64: 0.72x), where per-sequence decode gathers the
-# whole short sequence into one batched call instead of reading a run in place.
-CPU_RULE = CascadeConfig(min_prefix_tokens=128, min_group_size=2)
+# CPU backend (2 cores, float32): per-sequence decode runs on the paged kernel, one call for all
+# rows, while a level costs a PyTorch flash-attention call and an LSE merge (~0.12 ms a layer
+# even when tiny), so cascade pays only from about 12k saved prefix-token reads: 8 x 1024 (7.2k)
+# 0.94x, 16 x 512 0.98x; 8 x 2048 (14.3k) 1.16x, 64 x 256 1.10x, 32 x 512 1.21x, 16 x 1024 1.30x,
+# 4 x 8192 1.15x, 64 x 2048 1.79x.
+CPU_RULE = CascadeConfig(min_prefix_tokens=256, min_group_size=2, min_saved_tokens=12_288)
+# cpu-sdpa backend (PyTorch's kernel for everything, a call per sequence): cascade paid for any
+# group from 128 shared tokens (2 x 128: 1.23x, 16 x 128: 2.77x) and lost below (16 x 64:
+# 0.72x), where per-sequence decode gathers the whole short sequence into one batched call.
+CPU_SDPA_RULE = CascadeConfig(min_prefix_tokens=128, min_group_size=2)
 # CUDA (H200, Triton kernels, bfloat16): per-sequence decode of a prefix that stays in L2 is
 # cheap, so cascade paid only from about 32k saved prefix-token reads (64 x 512: 1.10x,
 # 16 x 2048: 1.01x, 16 x 512: 0.85x).

@@ -32,6 +32,7 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] int64: cache slot of each new token's K/V
     shared_prefixes: list[SharedPrefix] = field(default_factory=list)
     query_start: list[int] = field(default_factory=list)
+    backend: str | None = None  # the kernel backend by name (None: the device's default)
     compiled: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -62,12 +63,14 @@ def build_attention_metadata(
     device: torch.device | str = "cpu",
     cascade: bool = True,
     cascade_config: CascadeConfig | None = None,
+    backend: str | None = None,
 ) -> AttentionMetadata:
     """Lay out one step's batch; with `cascade`, plan shared-prefix levels among decodes.
 
     A sequence with one query token is a decode; its blocks that lie wholly before that token
     may join a level (blocks written in this step never do). Levels follow `cascade_config`'s
-    cost rule, by default the one measured for `device`.
+    cost rule, by default the one measured for `backend` (when named: the kernel every layer
+    then uses) or for `device`'s default backend.
     """
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
@@ -89,9 +92,12 @@ def build_attention_metadata(
         shareable.append((s_len - 1) // block_size if q_len == 1 else 0)
     slot_mapping = torch.tensor(slots, dtype=torch.int64, device=device)
     tables = [list(t) for t in block_tables]
-    meta = AttentionMetadata(block_size, list(query_lens), list(seq_lens), tables, slot_mapping)
+    meta = AttentionMetadata(
+        block_size, list(query_lens), list(seq_lens), tables, slot_mapping, backend=backend
+    )
     if cascade:
-        meta.shared_prefixes = plan_shared_prefixes(
-            tables, shareable, block_size, cascade_config or CascadeConfig.for_device(device)
+        rule = cascade_config or (
+            CascadeConfig.for_backend(backend) if backend else CascadeConfig.for_device(device)
         )
+        meta.shared_prefixes = plan_shared_prefixes(tables, shareable, block_size, rule)
     return meta

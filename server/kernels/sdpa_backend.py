@@ -5,9 +5,10 @@ in place (a strided view of the cache, no copy); scattered blocks are gathered o
 Decode rows:
   - a shared-prefix level is one call: the group's queries, GQA heads folded into the query
     length, against the level's KV;
-  - each sequence's own blocks after its deepest level: long contiguous runs in place, one call
-    per run; the rest (typically a few recent blocks) gathered, and rows of similar length
-    batched into one padded call;
+  - each sequence's own blocks after its deepest level: with `SdpaConfig.paged_decode` (the CPU
+    backend, float32) one call of the paged decode kernel for all rows, reading the blocks in
+    place; otherwise long contiguous runs in place, one call per run, and the rest (typically
+    a few recent blocks) gathered, rows of similar length batched into one padded call;
   - the parts of a row are merged by their LSE.
 Prefill rows: the new tokens attend each other causally (a square call on the step's k/v) and
 the cached context non-causally; the two parts are merged.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from server.kernels.attend_ops import AttendFn
+from server.kernels.cpu.paged_decode import paged_decode_unchecked
 from server.kernels.kv_store import store_kv
 from server.kernels.merge import merge_attention_outputs
 from server.kernels.metadata import AttentionMetadata
@@ -84,6 +86,13 @@ class SdpaBackend:
         bd, hq, d = qd.shape
         hkv = k_cache.shape[2]
         grouped = qd.view(bd, hkv, hq // hkv, d)
+        if p.own is not None:
+            own = p.own
+            o_own, lse_own = paged_decode_unchecked(
+                qd, k_cache, v_cache, own.blocks, own.offsets, own.num_tokens, scale
+            )
+            if not p.levels:
+                return o_own
         if isinstance(p.direct, TailCall):
             o, _ = self._attend_tail(grouped, k_cache, v_cache, p.direct, scale)
             return o.reshape(bd, hq, d)
@@ -99,6 +108,9 @@ class SdpaBackend:
                 (p.num_parts, bd, hq), float("-inf"), dtype=torch.float32, device=qd.device
             )
         o_rows, lse_rows = o_parts.view(-1, hq, d), lse_parts.view(-1, hq)
+        if p.own is not None:
+            o_parts[0] = o_own
+            lse_parts[0] = lse_own
         for tail in p.tails:
             o, lse = self._attend_tail(grouped, k_cache, v_cache, tail, scale)
             if tail.rows is None:

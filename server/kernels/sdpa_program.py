@@ -20,10 +20,15 @@ class SdpaConfig:
     read in place (one extra call and merge part) instead of being gathered with the rest.
     `max_tail_padding`: rows whose gathered tails are batched into one call may pad up to this
     factor of their real tokens (1.0 batches only equal lengths, for kernels without masks).
+    `paged_decode`: every decode row's own KV (what follows its shared-prefix levels) is
+    attended by one call of the paged CPU decode kernel (server/kernels/cpu/paged_decode.c)
+    instead of dense calls; used where that kernel supports the step (float32 CPU, head dim
+    16, 32, 64 or 128), else the dense calls.
     """
 
     min_inplace_blocks: int = 8
     max_tail_padding: float = 1.5
+    paged_decode: bool = False
 
     def __post_init__(self) -> None:
         if self.min_inplace_blocks < 1:
@@ -65,6 +70,15 @@ class TailCall:
 
 
 @dataclass(slots=True)
+class OwnCall:
+    """Every decode row's own span at once, for the paged decode kernel (part slot 0)."""
+
+    blocks: torch.Tensor  # int64, the rows' block lists one after another
+    offsets: torch.Tensor  # int64 [rows + 1]
+    num_tokens: torch.Tensor  # int64 [rows]
+
+
+@dataclass(slots=True)
 class PrefillCall:
     start: int
     end: int
@@ -82,6 +96,7 @@ class SdpaProgram:
     runs: list[RunCall]
     prefills: list[PrefillCall]
     direct: TailCall | RunCall | None  # the one call that yields every decode row, if so
+    own: OwnCall | None = None  # set instead of tails and runs when the paged kernel is used
 
 
 def compile_program(
@@ -94,12 +109,17 @@ def compile_program(
     parts_used = [0] * num_decode
     tail_rows: list[tuple[int, list[int], int]] = []
     own_runs: list[tuple[int, KVSpan]] = []
-    for d, suffix in enumerate(plan.suffixes):
-        runs, tail_blocks, tail_tokens = _split_own_span(suffix.span, block_size, cfg)
-        if tail_tokens:
-            tail_rows.append((d, tail_blocks, tail_tokens))
-            parts_used[d] = 1
-        own_runs.extend((d, run) for run in runs)
+    own = None
+    if num_decode and _paged_decode_fits(cfg, q, num_kv_heads):
+        own = _own_call(plan)
+        parts_used = [1] * num_decode
+    else:
+        for d, suffix in enumerate(plan.suffixes):
+            runs, tail_blocks, tail_tokens = _split_own_span(suffix.span, block_size, cfg)
+            if tail_tokens:
+                tail_rows.append((d, tail_blocks, tail_tokens))
+                parts_used[d] = 1
+            own_runs.extend((d, run) for run in runs)
     drow_of = {row: d for d, row in enumerate(plan.decode_rows)}
     heads = (
         torch.arange(num_kv_heads, device=device)[:, None, None] * group
@@ -153,6 +173,28 @@ def compile_program(
         runs=runs,
         prefills=prefills,
         direct=direct,
+        own=own,
+    )
+
+
+def _paged_decode_fits(cfg: SdpaConfig, q: torch.Tensor, num_kv_heads: int) -> bool:
+    if not cfg.paged_decode or q.device.type != "cpu" or q.dtype != torch.float32:
+        return False
+    from server.kernels.cpu import paged_decode
+
+    return paged_decode.supports(q.shape[1], num_kv_heads, q.shape[2]) and paged_decode.available()
+
+
+def _own_call(plan: StepPlan) -> OwnCall:
+    blocks: list[int] = []
+    offsets = [0]
+    for suffix in plan.suffixes:
+        blocks.extend(suffix.span.blocks)
+        offsets.append(len(blocks))
+    return OwnCall(
+        torch.tensor(blocks, dtype=torch.int64),
+        torch.tensor(offsets, dtype=torch.int64),
+        torch.tensor([s.span.num_tokens for s in plan.suffixes], dtype=torch.int64),
     )
 
 

@@ -70,8 +70,10 @@ def test_prefix_cache_hits_keep_outputs_exact(tiny_qwen2_path):
     assert engine.stats.cached_tokens - before >= 15 * 36
 
 
-def test_forked_contexts_match_transformers(tiny_llama_path):
-    engine = LLMEngine.from_pretrained(tiny_llama_path, block_size=8)
+@pytest.mark.parametrize("backend", [None, "cpu-sdpa"])
+def test_forked_contexts_match_transformers(tiny_llama_path, backend):
+    # None: the default CPU backend (own decode KV through the paged kernel); cpu-sdpa: PyTorch
+    engine = LLMEngine.from_pretrained(tiny_llama_path, block_size=8, attention_backend=backend)
     ref = load_reference(tiny_llama_path)
     vocab = engine.model_config.vocab_size
     doc = random_prompts(1, vocab, seed=5, lo=29, hi=29)[0]  # partial last block: copy-on-write
@@ -95,6 +97,11 @@ def test_forked_contexts_match_transformers(tiny_llama_path):
     job = engine.add_generate(parent, GREEDY)
     (out,) = [o for o in engine.run_until_idle() if o.job_id == job and o.finished]
     assert out.token_ids == greedy_reference(ref, doc, GREEDY.max_tokens)
+
+
+def test_unknown_attention_backend_is_refused(tiny_llama_path):
+    with pytest.raises(ValueError, match="attention_backend must be one of"):
+        LLMEngine.from_pretrained(tiny_llama_path, attention_backend="fast")
 
 
 def test_context_fill_generate_fill_generate(tiny_llama_path):

@@ -61,12 +61,15 @@ def mixed_step(
 @pytest.mark.parametrize("group", [1, 3, 4, 8])
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("scattered", [False, True])
-def test_float32_cascade_and_per_sequence_match_reference(group, head_dim, scattered):
+@pytest.mark.parametrize("backend", ["cpu", "cpu-sdpa"])
+def test_float32_cascade_and_per_sequence_match_reference(group, head_dim, scattered, backend):
+    # cpu: each row's own decode KV through the paged kernel; cpu-sdpa: dense calls only
     seed = group * 1000 + head_dim + scattered
     step = mixed_step(group, head_dim, scattered, cascade=True, seed=seed)
     assert len(step.meta.shared_prefixes) == 2  # the fork group and the nested pair
-    assert relative_error(step) < 1e-5
-    assert relative_error(mixed_step(group, head_dim, scattered, cascade=False, seed=seed)) < 1e-5
+    assert relative_error(step, backend=backend) < 1e-5
+    per_sequence = mixed_step(group, head_dim, scattered, cascade=False, seed=seed)
+    assert relative_error(per_sequence, backend=backend) < 1e-5
 
 
 @pytest.mark.parametrize("scattered", [False, True])
@@ -178,3 +181,18 @@ def test_every_layer_reuses_the_step_plan():
     relative_error(step)
     assert step.meta.compiled.keys() == compiled.keys()
     assert all(step.meta.compiled[key] is value for key, value in compiled.items())
+
+
+def test_cpu_backend_reads_own_decode_kv_through_the_paged_kernel():
+    from server.kernels.cpu import paged_decode
+
+    if not paged_decode.available():
+        pytest.skip("no C compiler here")
+    step = mixed_step(3, 64, True, cascade=True, seed=21)
+    assert relative_error(step, backend="cpu") < 1e-5
+    program = step.meta.compiled["sdpa:cpu"]
+    assert program.own is not None and not program.tails and not program.runs
+    assert len(program.levels) == 2  # the shared prefixes still go through SDPA
+    dense = mixed_step(3, 64, True, cascade=True, seed=21)
+    assert relative_error(dense, backend="cpu-sdpa") < 1e-5
+    assert dense.meta.compiled["sdpa:cpu-sdpa"].own is None

@@ -5,34 +5,24 @@ use one core; on AMD CPUs they also miss the AVX-512 paths. The packed kernel st
 weights with every core and reaches the FMA peak at prefill sizes, so the engine uses it for
 every CPU float32 linear layer (`available()` says whether it could be built here).
 
-The C source is compiled with the system's C compiler on first use (well under a second) into
-~/.cache/parrot/kernels, keyed by the source, the compiler and the CPU; without a compiler the
-engine falls back to torch's matmul.
+The C source is compiled on first use (`native_library`); without a compiler the engine falls
+back to torch's matmul.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
+
+from server.kernels.cpu import native_library
 
 __all__ = ["PANEL", "available", "pack", "packed_linear", "unpack"]
 
 PANEL = 16
 SOURCE = Path(__file__).with_name("packed_linear.c")
-CACHE_DIR = Path.home() / ".cache" / "parrot" / "kernels"
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
-
-log = logging.getLogger(__name__)
 
 
 def available() -> bool:
@@ -89,18 +79,8 @@ def packed_linear(
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        log.warning("no C compiler: CPU linear layers use torch.mm (slower at small batch)")
-        return None
-    try:
-        path = _build(compiler)
-        lib = ctypes.CDLL(str(path))
-    except subprocess.CalledProcessError as exc:
-        log.warning("building the packed linear kernel failed: using torch.mm\n%s", exc.stderr)
-        return None
-    except OSError as exc:
-        log.warning("loading the packed linear kernel failed (%s): using torch.mm", exc)
+    lib = native_library.load(SOURCE)
+    if lib is None:
         return None
     fn = lib.parrot_packed_linear
     fn.argtypes = [
@@ -109,38 +89,3 @@ def _library() -> ctypes.CDLL | None:
     ]
     fn.restype = None
     return lib
-
-
-def _build(compiler: str) -> Path:
-    version = subprocess.run(
-        [compiler, "--version"], capture_output=True, text=True, check=True
-    ).stdout
-    key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), version, " ".join(FLAGS), _cpu_signature()]).encode()
-    ).hexdigest()[:16]
-    target = CACHE_DIR / f"packed_linear-{key}.so"
-    if target.exists():
-        return target
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: concurrent first uses never load a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=CACHE_DIR, suffix=".so")
-    os.close(fd)
-    try:
-        subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, check=True
-        )
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
-
-
-def _cpu_signature() -> str:
-    """What -march=native depends on: the CPU model and its flags."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(lines)))
