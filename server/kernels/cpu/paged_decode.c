@@ -142,6 +142,17 @@ typedef struct {
                 keys[j] = k_cache + offset;                                                   \
                 values[j] = v_cache + offset;                                                 \
             }                                                                                 \
+            /* records two tiles ahead: the hardware does not run ahead of this loop */       \
+            for (long j = 0; j < TILE; j++) {                                                \
+                long pos = t + 2 * TILE + j;                                                   \
+                if (pos >= t1) break;                                                         \
+                long off = (blocks[pos / block_size] * block_size + pos % block_size)         \
+                           * token_stride;                                                    \
+                for (long b = 0; b < token_stride; b += 16) {                                 \
+                    __builtin_prefetch(k_cache + off + b);                                    \
+                    __builtin_prefetch(v_cache + off + b);                                    \
+                }                                                                             \
+            }                                                                                 \
             for (long kv = 0; kv < Hkv; kv++) {                                               \
                 for (long g = 0; g < G; g++) {                                                \
                     long h = kv * G + g;                                                      \
