@@ -407,7 +407,8 @@ def main(argv: list[str] | None = None) -> None:
             f"greedy outputs equal: {result['greedy_outputs_equal']}"
         )
         report["engine"] = result
-    out = Path(args.out) if args.out else RESULTS / f"attention_{device}_{args.dtype}.json"
+    named = "" if backend == default_backend_name(torch.device(device)) else f"_{backend}"
+    out = Path(args.out) if args.out else RESULTS / f"attention_{device}{named}_{args.dtype}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"saved {out}")

@@ -52,6 +52,7 @@ class ServerConfig:
     enable_task_groups: bool = True
     enable_app_scheduling: bool = True
     latency_max_running_tokens: int = 0
+    latency_hold_ms: float = 100.0
     background_prefill_chunk: int = 256
     max_calls_per_engine: int = 256
     # operations
@@ -83,6 +84,8 @@ class ServerConfig:
                 "latency_max_running_tokens must be >= 0, or -1 for no cap, "
                 f"got {self.latency_max_running_tokens}"
             )
+        if self.latency_hold_ms < 0:
+            raise ValueError(f"latency_hold_ms must be >= 0 (0: off), got {self.latency_hold_ms}")
         if self.background_prefill_chunk < 0:
             raise ValueError(
                 f"background_prefill_chunk must be >= 0 (0: off), got {self.background_prefill_chunk}"
@@ -125,6 +128,7 @@ class ServerConfig:
             pipelined_prefill=self.enable_pipelined_prefill,
             app_scheduling=self.enable_app_scheduling,
             max_calls_per_engine=self.max_calls_per_engine,
+            latency_hold_s=self.latency_hold_ms / 1000 if self.enable_app_scheduling else 0.0,
             prefix_store=PrefixStoreConfig(self.prefix_store_max_entries, self.prefix_store_ttl_s),
         )
 
@@ -222,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="while latency-critical calls run, an engine step computes at most this many "
         "tokens of other work (0: none, strict priority; -1: no cap). On a few CPU cores each "
         "extra sequence in a step slows the latency-critical decode, hence the default 0",
+    )
+    graph.add_argument(
+        "--latency-hold-ms",
+        type=float,
+        default=d.latency_hold_ms,
+        help="when a latency-critical output that another latency-critical call reads is done, "
+        "keep other work to the latency cap this long, until that call arrives (0: off)",
     )
     graph.add_argument(
         "--background-prefill-chunk",

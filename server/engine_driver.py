@@ -126,14 +126,18 @@ class TokenContext:
         sampling: SamplingParams,
         priority: int = 0,
         fill_to: Sequence[int] | None = None,
+        hold_latency_s: float = 0.0,
     ) -> AsyncIterator[JobOutput]:
         """Sample onto the context. With `fill_to`, the context is first brought to those tokens
-        (as `fill_to()` would) in the same engine pass that samples the first token."""
+        (as `fill_to()` would) in the same engine pass that samples the first token.
+        `hold_latency_s`: see `LLMEngine.add_generate`."""
         new: list[int] = []
         if fill_to is not None:
             self.last_fill, new = self._rebase(fill_to)
         self.tokens.extend(new)
-        async for out in self.engine.generate(self.id, sampling, priority, fill_token_ids=new):
+        async for out in self.engine.generate(
+            self.id, sampling, priority, fill_token_ids=new, hold_latency_s=hold_latency_s
+        ):
             self.tokens.extend(out.new_token_ids)
             yield out
 

@@ -25,7 +25,7 @@ from server.lowering import GenerateStep, lower_call
 from server.metrics import Metrics
 from server.prefix_contexts import PrefixContexts
 from server.prefix_store import PrefixEntry, PrefixStoreConfig
-from server.scheduling import AppPolicy, CallScheduler, FifoPolicy, WorkItem
+from server.scheduling import LATENCY_PRIORITY, AppPolicy, CallScheduler, FifoPolicy, WorkItem
 from server.session import Session
 from server.session_plan import PlanSwitches, SessionPlan
 from server.token_prefix import common_prefix_len
@@ -42,6 +42,9 @@ class ExecutorConfig:
     pipelined_prefill: bool = True
     app_scheduling: bool = True
     max_calls_per_engine: int = 256
+    # after a latency-critical output that a latency-critical call reads, the engine keeps its
+    # latency cap this long for that call to arrive (0: off; see Scheduler.hold_latency)
+    latency_hold_s: float = 0.1
     # tokens left out at the end of a prefix filled from a boundary's text alone: their text
     # touches the boundary and may tokenize differently once the input follows
     boundary_trim_tokens: int = 2
@@ -56,6 +59,8 @@ class ExecutorConfig:
             raise ValueError(f"max_calls_per_engine must be >= 1, got {self.max_calls_per_engine}")
         if self.boundary_trim_tokens < 0:
             raise ValueError(f"boundary_trim_tokens must be >= 0, got {self.boundary_trim_tokens}")
+        if self.latency_hold_s < 0:
+            raise ValueError(f"latency_hold_s must be >= 0, got {self.latency_hold_s}")
 
     @property
     def switches(self) -> PlanSwitches:
@@ -277,7 +282,12 @@ class Executor:
                 text += step.text_before
                 target = job.prompt if i == 0 else self.driver.encode(text)
                 self._check_fits(call, target)
-                value = await self._generate(session, call, step, ctx, target, job.item.priority)
+                hold = self._latency_hold(session, call, job.steps, i, job.item.priority)
+                if hold:
+                    self.metrics.latency_holds.inc()
+                value = await self._generate(
+                    session, call, step, ctx, target, job.item.priority, hold
+                )
                 self.metrics.prompt_tokens.inc(len(target) if i == 0 else ctx.last_fill.filled)
                 text += value
                 ready = session.complete_output(call.id, step.output, value)
@@ -301,6 +311,7 @@ class Executor:
         ctx: TokenContext,
         target: list[int],
         priority: int,
+        hold_latency_s: float = 0.0,
     ) -> str:
         s = call.sampling
         sampling = SamplingParams(
@@ -314,10 +325,28 @@ class Executor:
         )
         var_id = call.outputs[step.output]
         text = ""
-        async for out in ctx.generate(sampling, priority, fill_to=target):
+        async for out in ctx.generate(
+            sampling, priority, fill_to=target, hold_latency_s=hold_latency_s
+        ):
             session.push_chunk(var_id, out.new_text)
             text = out.text
         return text
+
+    def _latency_hold(
+        self, session: Session, call: Call, steps: list[GenerateStep], i: int, priority: int
+    ) -> float:
+        """How long the engine keeps its latency cap after step i's generation: only when
+        latency-critical work follows it at once (the call's next step, or a latency-critical
+        call reading this output), which the server needs a moment to submit."""
+        hold = self.config.latency_hold_s
+        if hold == 0 or priority != LATENCY_PRIORITY:
+            return 0.0
+        if i + 1 < len(steps):
+            return hold
+        variable = session.graph.variables[call.outputs[steps[i].output]]
+        plan = self.plan(session)
+        readers = (plan.priority(c) for c in variable.consumers)
+        return hold if any(p == LATENCY_PRIORITY for p in readers) else 0.0
 
     def _release(self, job: _Job) -> None:
         """Once per job: drop its prefix reference and its load."""

@@ -86,6 +86,12 @@ class Metrics:
         self.prefix_store_entries = Family(
             "parrot_prefix_store_entries", "gauge", "Prefix contexts held in the store."
         )
+        self.latency_holds = Family(
+            "parrot_latency_holds_total",
+            "counter",
+            "Latency-critical generations after which the engine kept other work to the latency "
+            "cap for the latency-critical call reading their output (--latency-hold-ms).",
+        )
         self.calls_by_priority = Family(
             "parrot_calls_started_total",
             "counter",
@@ -143,6 +149,7 @@ class Metrics:
             self.pipelined_prefix_uses,
             self.prefix_store_entries,
             self.calls_by_priority,
+            self.latency_holds,
         ]
         return render_families([*own, *derived])
 

@@ -62,6 +62,8 @@ ABLATIONS: tuple[Ablation, ...] = (
     Ablation("prefix_cache", "engine token-level prefix cache", ("--no-prefix-cache",)),
     Ablation("background_chunks", "throughput-only prefill in small chunks at all times",
              ("--background-prefill-chunk=0",)),
+    Ablation("latency_hold", "other work held back between chained latency-critical calls",
+             ("--latency-hold-ms=0",)),
 )  # fmt: skip
 
 PARROT = Mode("parrot", "Parrot", "parrot", THROUGHPUT_CAPS)

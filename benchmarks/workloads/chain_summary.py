@@ -56,7 +56,10 @@ WORKLOAD = Workload(
     metric_specs=(Metric("latency_alone", "s"), Metric("latency_loaded", "s"),
                   Metric("bg_latency", "s")),  # fmt: skip
     baselines=("baseline_throughput", "baseline_latency"),
-    ablations=("pipelined_prefill", "objective_deduction", "app_scheduler", "background_chunks"),
+    ablations=(
+        "pipelined_prefill", "objective_deduction", "app_scheduler", "background_chunks",
+        "latency_hold",
+    ),
     targets=(
         Target("loaded latency vs throughput-tuned", "latency_loaded", "baseline_throughput",
                minimum=2.0),

@@ -74,11 +74,13 @@ class AsyncLLMEngine:
         sampling: SamplingParams,
         priority: int = 0,
         fill_token_ids: Sequence[int] | None = None,
+        hold_latency_s: float = 0.0,
     ) -> AsyncIterator[JobOutput]:
         """Sample onto the context, yielding progress; leaving early aborts the job.
 
         With `fill_token_ids`, those tokens are appended first and the generation samples from
-        the same forward pass that computes them (no token computed twice).
+        the same forward pass that computes them (no token computed twice). `hold_latency_s`:
+        see `LLMEngine.add_generate`.
         """
         tokens = list(fill_token_ids or ())
         self._lengths[context_id] = self._lengths.get(context_id, 0) + len(tokens)
@@ -86,7 +88,9 @@ class AsyncLLMEngine:
         def submit() -> int:
             if tokens:
                 self.engine.fill(context_id, tokens, priority)
-            return self.engine.add_generate(context_id, sampling, priority)
+            return self.engine.add_generate(
+                context_id, sampling, priority, hold_latency_s=hold_latency_s
+            )
 
         async for out in self._job(submit):
             self._lengths[context_id] = self._lengths.get(context_id, 0) + len(out.new_token_ids)
@@ -171,8 +175,10 @@ class AsyncLLMEngine:
         engine = self.engine
         while True:
             block = not engine.has_work
+            # a step that ran nothing under a latency hold: wait for new work or the hold's end
+            wait = engine.idle_wait()
             try:
-                command = self._commands.get(block=block)
+                command = self._commands.get(block=block or wait > 0, timeout=wait or None)
             except queue.Empty:
                 command = False  # type: ignore[assignment]
             while command is not False:

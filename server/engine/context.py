@@ -27,6 +27,8 @@ class Job:
     arrival: int = 0
     sampling: SamplingParams | None = None
     free_on_finish: bool = False
+    # seconds the engine keeps its latency cap on after this job ends (see Scheduler.hold_latency)
+    hold_latency_s: float = 0.0
     fill_token_ids: list[int] = field(default_factory=list)  # appended when the fill starts
     # generation state
     output_token_ids: list[int] = field(default_factory=list)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,6 +69,7 @@ class LLMEngine:
         self._arrivals = itertools.count()
         self._jobs: dict[int, Job] = {}
         self._pending_outputs: list[JobOutput] = []
+        self._held = False  # the last step ran nothing: a latency hold kept waiting work out
 
     @classmethod
     def from_pretrained(
@@ -124,8 +126,13 @@ class LLMEngine:
         sampling: SamplingParams,
         priority: int = 0,
         free_on_finish: bool = False,
+        hold_latency_s: float = 0.0,
     ) -> int:
-        """Sample tokens onto the end of a context; returns the job id."""
+        """Sample tokens onto the end of a context; returns the job id.
+
+        `hold_latency_s`: when this (latency-critical) job ends, keep the latency cap on that
+        long, for the latency-critical call that reads its output to arrive.
+        """
         ctx = self._context(context_id)
         length = ctx.queued_len + sum(
             j.sampling.max_tokens for j in ctx.jobs if j.sampling is not None
@@ -146,6 +153,7 @@ class LLMEngine:
         job = Job(next(self._job_ids), JobKind.GENERATE, priority, sampling=sampling)
         job.detokenizer = self.tokenizer.detokenizer()
         job.free_on_finish = free_on_finish
+        job.hold_latency_s = hold_latency_s
         if sampling.seed is not None and not sampling.greedy:
             job.generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
         return self._add_job(ctx, job)
@@ -263,6 +271,9 @@ class LLMEngine:
     def step(self) -> list[JobOutput]:
         """Schedule, run the model once, sample, and report every job that progressed."""
         batch = self.scheduler.schedule()
+        self._held = not batch.scheduled and self.scheduler.latency_hold_left() > 0
+        if self._held:
+            return self._drain_outputs()  # held for latency work about to arrive: see idle_wait
         if not batch.scheduled and self.scheduler.waiting and not self.scheduler.running:
             self._fail_unschedulable()
             return self._drain_outputs()
@@ -277,7 +288,15 @@ class LLMEngine:
         outputs: list[JobOutput] = []
         while self.has_work:
             outputs.extend(self.step())
+            wait = self.idle_wait()
+            if wait > 0:
+                time.sleep(wait)
         return outputs
+
+    def idle_wait(self) -> float:
+        """Seconds to wait before the next step when the last one ran nothing because a latency
+        hold kept the waiting work out; a step loop sleeps that long or until new work comes."""
+        return self.scheduler.latency_hold_left() if self._held else 0.0
 
     # ---- internals ------------------------------------------------------------------------
     def _context(self, context_id: int) -> Context:
@@ -394,6 +413,8 @@ class LLMEngine:
     ) -> None:
         self._pending_outputs.append(self._output(job, ctx, new_tokens, new_text))
         self._jobs.pop(job.id, None)
+        if job.hold_latency_s > 0 and job.error is None and job.finish_reason != "abort":
+            self.scheduler.hold_latency(job.hold_latency_s)
         if job in ctx.jobs:
             ctx.jobs.remove(job)
         if job.free_on_finish:

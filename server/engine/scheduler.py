@@ -7,6 +7,8 @@ preempts the running context that comes last in priority order; preempted contex
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from server.engine.block_manager import BlockManager
@@ -36,9 +38,17 @@ class SchedulerOutput:
 class Scheduler:
     """Tracks every context's state and decides what runs in the next step."""
 
-    def __init__(self, config: EngineConfig, block_manager: BlockManager) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        block_manager: BlockManager,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.blocks = block_manager
+        self.now = now
+        # until then the latency cap holds even with no latency work queued (see hold_latency)
+        self._latency_hold_until = float("-inf")
         # this step's background prefill tokens still allowed (None: no cap); set by schedule()
         self._prefill_left: int | None = None
         self.block_size = block_manager.block_size
@@ -87,6 +97,19 @@ class Scheduler:
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
+
+    def hold_latency(self, seconds: float) -> None:
+        """Keep the latency cap on for `seconds` from now, as if latency work were queued.
+
+        Set when a latency-critical generation ends whose output another latency-critical call
+        reads: the caller needs a moment to submit that call, and a long background step
+        started meanwhile would be waited for.
+        """
+        self._latency_hold_until = max(self._latency_hold_until, self.now() + seconds)
+
+    def latency_hold_left(self) -> float:
+        """Seconds the latency hold still lasts (0 when none)."""
+        return max(0.0, self._latency_hold_until - self.now())
 
     # ---- one step -------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
@@ -281,6 +304,8 @@ class Scheduler:
 
     def _has_latency_work(self) -> bool:
         limit = self.config.latency_priority
+        if self.latency_hold_left() > 0:
+            return True
         return any(c.sort_key[0] <= limit for c in (*self.running, *self.waiting))
 
     def _leave_queues(self, ctx: Context) -> None:

@@ -258,3 +258,28 @@ def test_failed_step_fails_its_jobs_and_the_engine_recovers(tiny_llama_path, mon
         == fresh.generate([other], GREEDY)[0].token_ids
     )
     assert engine.generate([prompt], GREEDY)[0].token_ids == expected
+
+
+def test_latency_hold_keeps_background_out_until_it_ends(tiny_llama_path):
+    # A latency-critical generation that asks for a hold: when it ends, background work waits
+    # (steps run nothing) until the hold is over or latency work arrives.
+    engine = LLMEngine.from_pretrained(tiny_llama_path, latency_max_batched_tokens=0)
+    clock = [0.0]
+    engine.scheduler.now = lambda: clock[0]
+    vocab = engine.model_config.vocab_size
+    urgent, bulk = engine.create_context(), engine.create_context()
+    engine.fill(urgent, random_prompts(1, vocab, seed=21, lo=9, hi=9)[0])
+    engine.add_generate(
+        urgent, SamplingParams(max_tokens=2, temperature=0, ignore_eos=True), hold_latency_s=0.5
+    )
+    engine.fill(bulk, random_prompts(1, vocab, seed=22, lo=30, hi=30)[0], priority=2)
+    for _ in range(20):  # the urgent fill and its two tokens
+        engine.step()
+        if engine.idle_wait() > 0:
+            break
+    assert engine.idle_wait() > 0
+    assert engine.scheduler.contexts[bulk].num_computed == 0  # capped out, then held
+    assert engine.step() == [] and engine.idle_wait() == 0.5
+    clock[0] += 0.5
+    engine.run_until_idle()
+    assert engine.scheduler.contexts[bulk].num_computed == 30

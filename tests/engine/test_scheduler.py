@@ -256,3 +256,31 @@ def test_background_prefill_is_chunked_small_at_all_times():
         decodes = [counts[c.id] for c in bulk if c.num_computed >= 20 and c.id in counts]
         assert all(n == 1 for n in decodes)
         advance(sched, out)
+
+
+def test_latency_hold_keeps_other_work_to_the_cap_until_it_ends():
+    """After hold_latency(s), steps run other work only up to the latency cap, as if latency
+    work were queued, until the hold ends (a clock is passed in, so no sleeping)."""
+    cfg = EngineConfig(
+        block_size=BS, num_kv_blocks=64, max_num_batched_tokens=64, latency_max_batched_tokens=0
+    )
+    now = [100.0]
+    sched = Scheduler(cfg, BlockManager(64, BS, True), now=lambda: now[0])
+    assert sched.latency_hold_left() == 0
+    bulk = new_ctx(sched, range(100, 120), priority=2)
+    sched.hold_latency(0.05)
+    assert abs(sched.latency_hold_left() - 0.05) < 1e-9
+    assert sched.schedule().scheduled == []  # held: cap 0 lets no other work in
+    now[0] += 0.02
+    sched.hold_latency(0.01)  # a shorter hold never shortens the current one
+    assert abs(sched.latency_hold_left() - 0.03) < 1e-9
+    urgent = new_ctx(sched, range(300, 310), priority=0)
+    out = sched.schedule()
+    assert [s.ctx.id for s in out.scheduled] == [urgent.id]  # latency work runs during a hold
+    advance(sched, out)
+    urgent.jobs.clear()  # its job done: no latency work left, only the hold
+    sched.sleep(urgent)
+    assert sched.schedule().scheduled == []
+    now[0] += 0.05
+    assert sched.latency_hold_left() == 0
+    assert [s.ctx.id for s in sched.schedule().scheduled] == [bulk.id]

@@ -140,6 +140,9 @@ def test_a_pipelined_prefix_is_filled_before_its_input_arrives(
     prompt = head + value(server, sid, token, "prev")["value"] + "\nNew summary:"
     assert got["value"] == greedy(engine, prompt, 6)
     assert delta(m2, m1, "parrot_pipelined_prefix_uses_total") == 1
+    # the draft is latency-critical and the latency-critical refine reads it: the engine held
+    # other work back for the refine when the draft ended (the refine itself feeds no call)
+    assert delta(m2, m0, "parrot_latency_holds_total") == 1
     # once the input arrives only the tail after the prefilled head is computed (and the two
     # boundary tokens the early fill leaves out; the draft's prompt may fall in this window too)
     tail = len(engine.tokenizer.encode(prompt)) - head_tokens
