@@ -53,6 +53,7 @@ class ServerConfig:
     enable_app_scheduling: bool = True
     latency_max_running_tokens: int = 0
     latency_hold_ms: float = 100.0
+    pipelined_prefill_chunk: int = 8
     background_prefill_chunk: int = 256
     max_calls_per_engine: int = 256
     # operations
@@ -83,6 +84,11 @@ class ServerConfig:
             raise ValueError(
                 "latency_max_running_tokens must be >= 0, or -1 for no cap, "
                 f"got {self.latency_max_running_tokens}"
+            )
+        if self.pipelined_prefill_chunk < 0:
+            raise ValueError(
+                f"pipelined_prefill_chunk must be >= 0 (0: no limit), "
+                f"got {self.pipelined_prefill_chunk}"
             )
         if self.latency_hold_ms < 0:
             raise ValueError(f"latency_hold_ms must be >= 0 (0: off), got {self.latency_hold_ms}")
@@ -129,6 +135,7 @@ class ServerConfig:
             app_scheduling=self.enable_app_scheduling,
             max_calls_per_engine=self.max_calls_per_engine,
             latency_hold_s=self.latency_hold_ms / 1000 if self.enable_app_scheduling else 0.0,
+            pipelined_prefill_chunk=self.pipelined_prefill_chunk,
             prefix_store=PrefixStoreConfig(self.prefix_store_max_entries, self.prefix_store_ttl_s),
         )
 
@@ -226,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="while latency-critical calls run, an engine step computes at most this many "
         "tokens of other work (0: none, strict priority; -1: no cap). On a few CPU cores each "
         "extra sequence in a step slows the latency-critical decode, hence the default 0",
+    )
+    graph.add_argument(
+        "--pipelined-prefill-chunk",
+        type=int,
+        default=d.pipelined_prefill_chunk,
+        help="while latency-critical calls decode, a pipelined prefill computes at most this "
+        "many tokens per engine step, riding along their steps (0: no limit)",
     )
     graph.add_argument(
         "--latency-hold-ms",

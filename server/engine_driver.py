@@ -114,10 +114,12 @@ class TokenContext:
         self.last_fill = FillResult(0, 0)  # of the last `generate(fill_to=...)`
         self._closed = False
 
-    async def fill_to(self, target: Sequence[int], priority: int = 0) -> FillResult:
+    async def fill_to(
+        self, target: Sequence[int], priority: int = 0, yield_tokens: int | None = None
+    ) -> FillResult:
         result, new = self._rebase(target)
         if new:
-            await self.engine.fill(self.id, new, priority)
+            await self.engine.fill(self.id, new, priority, yield_tokens)
             self.tokens.extend(new)
         return result
 

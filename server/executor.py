@@ -45,6 +45,9 @@ class ExecutorConfig:
     # after a latency-critical output that a latency-critical call reads, the engine keeps its
     # latency cap this long for that call to arrive (0: off; see Scheduler.hold_latency)
     latency_hold_s: float = 0.1
+    # a pipelined prefill computes at most this many tokens a step while latency-critical
+    # work decodes (0: no limit), riding along its steps instead of stalling them
+    pipelined_prefill_chunk: int = 8
     # tokens left out at the end of a prefix filled from a boundary's text alone: their text
     # touches the boundary and may tokenize differently once the input follows
     boundary_trim_tokens: int = 2
@@ -59,6 +62,10 @@ class ExecutorConfig:
             raise ValueError(f"max_calls_per_engine must be >= 1, got {self.max_calls_per_engine}")
         if self.boundary_trim_tokens < 0:
             raise ValueError(f"boundary_trim_tokens must be >= 0, got {self.boundary_trim_tokens}")
+        if self.pipelined_prefill_chunk < 0:
+            raise ValueError(
+                f"pipelined_prefill_chunk must be >= 0, got {self.pipelined_prefill_chunk}"
+            )
         if self.latency_hold_s < 0:
             raise ValueError(f"latency_hold_s must be >= 0, got {self.latency_hold_s}")
 
@@ -402,7 +409,10 @@ class Executor:
     async def _prefill(
         self, engine: int, key: str, tokens: list[int], priority: int, base: PrefixEntry | None
     ) -> None:
-        entry = await self.prefixes.open(engine, key, tokens, priority, base, pipelined=True)
+        chunk = self.config.pipelined_prefill_chunk or None
+        entry = await self.prefixes.open(
+            engine, key, tokens, priority, base, pipelined=True, yield_tokens=chunk
+        )
         if entry is not None:
             self.prefixes.release(entry)
 

@@ -79,9 +79,11 @@ class PrefixContexts:
         priority: int,
         base: PrefixEntry | None = None,
         pipelined: bool = False,
+        yield_tokens: int | None = None,
     ) -> PrefixEntry | None:
         """The filled entry for `key` on `engine`, referenced for the caller (who releases it);
-        filled now from `tokens` when it is not stored. None when the fill failed."""
+        filled now from `tokens` when it is not stored. None when the fill failed.
+        `yield_tokens`: see `LLMEngine.fill` (for fills ahead of need)."""
         entry = self.store.get(key, engine)
         if entry is not None:
             self.store.acquire(entry)
@@ -98,7 +100,7 @@ class PrefixContexts:
         entry = self.store.put(key, engine, handle, len(tokens))
         self.metrics.prefix_store_entries.set(len(self.store))
         try:
-            result = await ctx.fill_to(tokens, priority)
+            result = await ctx.fill_to(tokens, priority, yield_tokens)
             handle.ok = True
         except (ValueError, EngineError) as exc:
             log_event(log, "prefix_fill_failed", logging.WARNING, key=key, error=str(exc))

@@ -61,11 +61,19 @@ class AsyncLLMEngine:
         self._post(lambda: self.engine.create_context(parent, context_id=ctx_id))
         return ctx_id
 
-    async def fill(self, context_id: int, token_ids: Sequence[int], priority: int = 0) -> None:
-        """Append tokens and return when their KV is computed."""
+    async def fill(
+        self,
+        context_id: int,
+        token_ids: Sequence[int],
+        priority: int = 0,
+        yield_tokens: int | None = None,
+    ) -> None:
+        """Append tokens and return when their KV is computed (`yield_tokens`: see
+        `LLMEngine.fill`)."""
         tokens = list(token_ids)
         self._lengths[context_id] = self._lengths.get(context_id, 0) + len(tokens)
-        async for _ in self._job(lambda: self.engine.fill(context_id, tokens, priority)):
+        submit = lambda: self.engine.fill(context_id, tokens, priority, yield_tokens)  # noqa: E731
+        async for _ in self._job(submit):
             pass
 
     async def generate(

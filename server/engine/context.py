@@ -29,6 +29,9 @@ class Job:
     free_on_finish: bool = False
     # seconds the engine keeps its latency cap on after this job ends (see Scheduler.hold_latency)
     hold_latency_s: float = 0.0
+    # a fill ahead of need: while another latency-critical context generates, compute at most
+    # this many tokens a step (None: no limit), riding along its decode steps
+    yield_tokens: int | None = None
     fill_token_ids: list[int] = field(default_factory=list)  # appended when the fill starts
     # generation state
     output_token_ids: list[int] = field(default_factory=list)

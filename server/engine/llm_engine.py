@@ -112,12 +112,26 @@ class LLMEngine:
         self.scheduler.add_context(Context(context_id))
         return context_id
 
-    def fill(self, context_id: int, token_ids: Sequence[int], priority: int = 0) -> int:
-        """Append tokens to a context and compute their KV; returns the job id."""
+    def fill(
+        self,
+        context_id: int,
+        token_ids: Sequence[int],
+        priority: int = 0,
+        yield_tokens: int | None = None,
+    ) -> int:
+        """Append tokens to a context and compute their KV; returns the job id.
+
+        `yield_tokens`: for a fill ahead of need (a prefix whose call is not ready yet), at
+        most this many tokens a step while another latency-critical context generates, so the
+        fill rides along its decode steps instead of stalling them.
+        """
+        if yield_tokens is not None and yield_tokens < 1:
+            raise ValueError(f"yield_tokens must be >= 1 (or None), got {yield_tokens}")
         ctx = self._context(context_id)
         tokens = self._checked_tokens(ctx, token_ids)
         self._stats.prompt_tokens += len(tokens)
         job = Job(next(self._job_ids), JobKind.FILL, priority, fill_token_ids=tokens)
+        job.yield_tokens = yield_tokens
         return self._add_job(ctx, job)
 
     def add_generate(

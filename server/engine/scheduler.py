@@ -51,6 +51,8 @@ class Scheduler:
         self._latency_hold_until = float("-inf")
         # this step's background prefill tokens still allowed (None: no cap); set by schedule()
         self._prefill_left: int | None = None
+        # latency-critical contexts with a generation queued or running; set by schedule()
+        self._latency_generating = 0
         self.block_size = block_manager.block_size
         self.contexts: dict[int, Context] = {}
         self.waiting: list[Context] = []
@@ -121,6 +123,10 @@ class Scheduler:
         cap = self.config.latency_max_batched_tokens
         others: int | None = cap if cap is not None and self._has_latency_work() else None
         self._prefill_left = self.config.background_max_prefill_tokens
+        self._latency_generating = sum(
+            1 for c in (*self.running, *self.waiting)
+            if self._is_latency(c) and c.sampling_job is not None
+        )  # fmt: skip
 
         queue = sorted(self.running, key=lambda c: c.sort_key)
         self.running = []
@@ -285,6 +291,12 @@ class Scheduler:
     def _room(self, ctx: Context, others: int | None) -> int:
         """Tokens `ctx` may take under the latency cap (`others`: what is left for non-latency
         work this step, None without a cap) and the background prefill cap."""
+        job = ctx.job
+        if job is not None and job.yield_tokens is not None and self._latency_generating:
+            # a fill ahead of need rides along latency-critical decodes in small pieces
+            others_generating = self._latency_generating - (ctx.sampling_job is not None)
+            if others_generating > 0 and self._is_latency(ctx):
+                return min(ctx.num_pending, job.yield_tokens)
         if self._is_latency(ctx):
             return ctx.num_pending
         room = ctx.num_pending if others is None else others

@@ -284,3 +284,19 @@ def test_latency_hold_keeps_other_work_to_the_cap_until_it_ends():
     now[0] += 0.05
     assert sched.latency_hold_left() == 0
     assert [s.ctx.id for s in sched.schedule().scheduled] == [bulk.id]
+
+
+def test_a_fill_ahead_of_need_rides_along_latency_decodes_in_small_pieces():
+    """A fill with yield_tokens takes at most that many tokens a step while another
+    latency-critical context generates, and its whole pending rest once none does."""
+    sched, _ = make(num_blocks=64, budget=64)
+    chat = new_ctx(sched, range(10, 14), priority=0)  # generating: latency-critical
+    ahead = new_ctx(sched, range(100, 140), kind=JobKind.FILL, priority=0)
+    ahead.jobs[0].yield_tokens = 8
+    out = sched.schedule()
+    assert {s.ctx.id: s.num_tokens for s in out.scheduled} == {chat.id: 4, ahead.id: 8}
+    advance(sched, out)
+    chat.jobs.clear()
+    sched.sleep(chat)  # the generation ended
+    counts = {s.ctx.id: s.num_tokens for s in sched.schedule().scheduled}
+    assert counts == {ahead.id: 40 - 8}

@@ -49,6 +49,9 @@ def test_ablation_flags_switch_each_optimisation_off() -> None:
         not in ServerConfig(latency_max_running_tokens=-1).engine_kwargs()
     )
     assert ServerConfig().executor_config().latency_hold_s == 0.1
+    assert ServerConfig().executor_config().pipelined_prefill_chunk == 8
+    chunk = ServerConfig.from_args(["--pipelined-prefill-chunk", "0"]).executor_config()
+    assert chunk.pipelined_prefill_chunk == 0
     assert ServerConfig.from_args(["--latency-hold-ms", "0"]).executor_config().latency_hold_s == 0
     assert ServerConfig.from_args(["--no-app-scheduling"]).executor_config().latency_hold_s == 0
 
@@ -69,6 +72,7 @@ def test_every_config_field_has_a_flag() -> None:
         ({"latency_max_running_tokens": -2}, "latency_max_running_tokens"),
         ({"background_prefill_chunk": -1}, "background_prefill_chunk"),
         ({"latency_hold_ms": -1}, "latency_hold_ms"),
+        ({"pipelined_prefill_chunk": -1}, "pipelined_prefill_chunk"),
         ({"prefix_store_ttl_s": 0}, "prefix_store_ttl_s"),
     ],
 )
