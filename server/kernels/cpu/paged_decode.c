@@ -142,15 +142,15 @@ typedef struct {
                 keys[j] = k_cache + offset;                                                   \
                 values[j] = v_cache + offset;                                                 \
             }                                                                                 \
-            /* records two tiles ahead: the hardware does not run ahead of this loop */       \
+            /* records two tiles ahead, into L2 (the hardware does not run ahead of this) */ \
             for (long j = 0; j < TILE; j++) {                                                \
                 long pos = t + 2 * TILE + j;                                                   \
                 if (pos >= t1) break;                                                         \
                 long off = (blocks[pos / block_size] * block_size + pos % block_size)         \
                            * token_stride;                                                    \
                 for (long b = 0; b < token_stride; b += 16) {                                 \
-                    __builtin_prefetch(k_cache + off + b);                                    \
-                    __builtin_prefetch(v_cache + off + b);                                    \
+                    __builtin_prefetch(k_cache + off + b, 0, 1);                                    \
+                    __builtin_prefetch(v_cache + off + b, 0, 1);                                    \
                 }                                                                             \
             }                                                                                 \
             for (long kv = 0; kv < Hkv; kv++) {                                               \
@@ -172,9 +172,10 @@ typedef struct {
                     v16 probs = exp_nonpositive(scores - tile_max);                           \
                     float sum = sum_lane(probs);                                              \
                     /* rescale what was accumulated under the old maximum */                  \
-                    float correction = state[h].max == -INFINITY                              \
-                                           ? 0.0f                                             \
-                                           : expf(state[h].max - tile_max);                   \
+                    /* the maximum seldom rises after the first tiles: skip expf(0) */         \
+                    float correction = state[h].max == tile_max    ? 1.0f                     \
+                                       : state[h].max == -INFINITY ? 0.0f                     \
+                                                                   : expf(state[h].max - tile_max); \
                     state[h].sum = state[h].sum * correction + sum;                           \
                     state[h].max = tile_max;                                                  \
                     v16 o[NV];                                                                \
