@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from server.kernels.attend_ops import AttendFn
-from server.kernels.cpu.paged_decode import paged_decode_unchecked
+from server.kernels.cpu.paged_decode import paged_decode
 from server.kernels.kv_store import store_kv
 from server.kernels.merge import merge_attention_outputs
 from server.kernels.metadata import AttentionMetadata
@@ -88,8 +88,8 @@ class SdpaBackend:
         grouped = qd.view(bd, hkv, hq // hkv, d)
         if p.own is not None:
             own = p.own
-            o_own, lse_own = paged_decode_unchecked(
-                qd, k_cache, v_cache, own.blocks, own.offsets, own.num_tokens, scale
+            o_own, lse_own = paged_decode(
+                qd, k_cache, v_cache, own.blocks, own.offsets, own.num_tokens, scale, check=False
             )
             if not p.levels:
                 return o_own

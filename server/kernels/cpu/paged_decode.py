@@ -18,9 +18,7 @@ import torch
 
 from server.kernels.cpu import native_library
 
-__all__ = [
-    "DEFAULT_CHUNK_TOKENS", "available", "paged_decode", "paged_decode_unchecked", "supports",
-]
+__all__ = ["DEFAULT_CHUNK_TOKENS", "available", "paged_decode", "supports"]
 
 SOURCE = Path(__file__).with_name("paged_decode.c")
 DEFAULT_CHUNK_TOKENS = 0  # the kernel picks: about four tasks per thread
@@ -46,31 +44,20 @@ def paged_decode(
     num_tokens: torch.Tensor,
     scale: float,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    check: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q [R, Hq, D] (one query per row) over each row's own keys: (out, lse).
 
     Row r attends the first `num_tokens[r]` tokens held by the blocks
     `blocks[offsets[r]:offsets[r + 1]]` (int64 physical ids) of the caches
     [num_blocks, block_size, Hkv, D]. Returns out [R, Hq, D] and the natural-log LSE [R, Hq]
-    (float32); a row with no tokens gets out 0 and LSE -inf.
+    (float32); a row with no tokens gets out 0 and LSE -inf. The C side trusts its arguments:
+    `check=False` skips checking them (a dozen tensor ops, more than the kernel costs at small
+    sizes) for callers that built them right, as the CPU backend does once per step from the
+    step plan.
     """
-    _check(q, k_cache, v_cache, blocks, offsets, num_tokens)
-    return paged_decode_unchecked(q, k_cache, v_cache, blocks, offsets, num_tokens, scale, chunk_tokens)
-
-
-def paged_decode_unchecked(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    blocks: torch.Tensor,
-    offsets: torch.Tensor,
-    num_tokens: torch.Tensor,
-    scale: float,
-    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`paged_decode` for arguments already checked: the per-layer path, where the checks
-    (a dozen tensor ops) would cost more than the kernel. The index tensors are checked once
-    per step by the caller (`check_indices`)."""
+    if check:
+        _check(q, k_cache, v_cache, blocks, offsets, num_tokens)
     lib = _library()
     if lib is None:
         raise RuntimeError("the paged decode kernel could not be built on this machine")
@@ -98,7 +85,7 @@ def _check(
     offsets: torch.Tensor,
     num_tokens: torch.Tensor,
 ) -> None:
-    """The C side trusts its arguments: shapes, dtypes and bounds are checked here."""
+    """Shapes, dtypes and bounds, which the C side trusts."""
     if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
         raise ValueError(
             f"paged_decode: need q [R, Hq, D] and caches [blocks, block_size, Hkv, D], got "
