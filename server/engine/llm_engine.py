@@ -86,7 +86,11 @@ class LLMEngine:
             dtype = getattr(torch, dtype)
         engine_config = EngineConfig(**config)
         loaded = load_model(
-            name_or_path, device=device, dtype=dtype, packed_linear=engine_config.packed_linear
+            name_or_path,
+            device=device,
+            dtype=dtype,
+            packed_linear=engine_config.packed_linear,
+            fused_decode=engine_config.fused_decode,
         )
         model_dtype = next(loaded.model.parameters()).dtype
         return cls(

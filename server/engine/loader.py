@@ -53,18 +53,22 @@ def load_model(
     dtype: torch.dtype | None = None,
     cache_dir: str | Path | None = None,
     packed_linear: bool = True,
+    fused_decode: bool = True,
 ) -> LoadedModel:
     """Load a registered name (`smollm2-135m-instruct`), an HF folder (config.json +
     *.safetensors) or a .gguf file. dtype None: float32 on CPU, bfloat16 on CUDA.
     GGUF conversions are cached in `<cache_dir>/<name>` (cache_dir defaults to
-    ~/.cache/parrot/models). `packed_linear`: CPU float32 linear layers use the packed kernel."""
+    ~/.cache/parrot/models). `packed_linear`: CPU float32 linear layers use the packed kernel; `fused_decode`: packed models
+    run decode-only steps through one C call for all layers."""
     device = torch.device(device)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else DEFAULT_CACHE_DIR
     name, folder = resolve_model_folder(name_or_path, cache_root)
     config = ModelConfig.from_hf(_read_config(folder), source=str(folder / "config.json"))
-    model = LlamaForCausalLM(config, device=device, dtype=dtype, packed_linear=packed_linear)
+    model = LlamaForCausalLM(
+        config, device=device, dtype=dtype, packed_linear=packed_linear, fused_decode=fused_decode
+    )
     model.load_weights(_safetensors_weights(folder))
     model.eval()
     tokenizer = Tokenizer.from_folder(folder, extra_eos_token_ids=config.eos_token_ids)

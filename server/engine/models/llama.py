@@ -14,6 +14,9 @@ from server.engine.models.linear import Linear
 from server.engine.models.rms_norm import RMSNorm
 from server.engine.models.rope import RotaryEmbedding, apply_rope
 from server.kernels import AttentionMetadata, attention, cpu
+from server.kernels.cpu import paged_decode
+from server.kernels.cpu.decoder_stack import DecoderStack, LayerTensors, StackShape
+from server.kernels.cpu.decoder_stack import available as decoder_stack_available
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 Device = torch.device | str | None
@@ -32,6 +35,7 @@ class LlamaForCausalLM(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         packed_linear: bool = True,
+        fused_decode: bool = True,
     ) -> None:
         super().__init__()
         self.config = config
@@ -40,6 +44,10 @@ class LlamaForCausalLM(nn.Module):
         self.packed_linear = (
             packed_linear and torch.device(device or "cpu").type == "cpu" and dtype == torch.float32
         )
+        # Packed models run decode-only steps through one C call for all layers (built by
+        # load_weights; see server/kernels/cpu/decoder_stack.c)
+        self.fused_decode = fused_decode
+        self.decoder_stack: DecoderStack | None = None
         self.embed_tokens = nn.Parameter(
             torch.empty(config.vocab_size, config.hidden_size, device=device, dtype=dtype)
         )
@@ -72,8 +80,14 @@ class LlamaForCausalLM(nn.Module):
         """
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} layer KV caches, got {len(kv_caches)}")
-        cos, sin = self.rope.lookup(positions)
         hidden = F.embedding(input_ids, self.embed_tokens)
+        if self._runs_on_decoder_stack(meta):
+            assert self.decoder_stack is not None
+            self.decoder_stack.run(
+                hidden, positions, meta.slot_mapping, meta.block_tables, meta.seq_lens, kv_caches
+            )
+            return self.norm(hidden)
+        cos, sin = self.rope.lookup(positions)
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
             hidden = layer(hidden, cos, sin, k_cache, v_cache, meta)
         return self.norm(hidden)
@@ -126,9 +140,49 @@ class LlamaForCausalLM(nn.Module):
             for module in self.modules():
                 if isinstance(module, Linear):
                     module.pack()
+            self.decoder_stack = self._build_decoder_stack()
+
+    def _runs_on_decoder_stack(self, meta: AttentionMetadata) -> bool:
+        """A step of single-token decodes, no shared-prefix levels, on the default CPU backend
+        (which the stack's attention matches; other backends are chosen for what they run)."""
+        return (
+            self.decoder_stack is not None
+            and not meta.shared_prefixes
+            and meta.num_tokens == meta.num_seqs
+            and (meta.backend or "cpu") == "cpu"
+        )
+
+    def _build_decoder_stack(self) -> DecoderStack | None:
+        c = self.config
+        if not (
+            self.fused_decode
+            and decoder_stack_available()
+            and paged_decode.supports(c.num_heads, c.num_kv_heads, c.head_dim)
+        ):
+            return None
+        shape = StackShape(
+            c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size,
+            c.rms_norm_eps, self.rope.cos, self.rope.sin,
+        )
+        layers = []
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            linears = {"qkv": attn.qkv_proj, "o": attn.o_proj, "gate_up": mlp.gate_up_proj,
+                       "down": mlp.down_proj}
+            tensors = {name: lin.panels.data for name, lin in linears.items() if lin.panels is not None}
+            if len(tensors) != len(linears):
+                return None
+            biases = {f"{name}_bias": None if lin.bias is None else lin.bias.data
+                      for name, lin in linears.items()}
+            layers.append(LayerTensors(
+                layer.input_layernorm.weight.data, layer.post_attention_layernorm.weight.data,
+                **tensors, **biases,
+            ))
+        return DecoderStack(shape, layers)
 
     def weight_slots(self) -> dict[str, torch.Tensor]:
         """HF tensor name -> the view of our parameter it fills (shape as in the checkpoint)."""
+        self.decoder_stack = None  # the slots unpack the layers the stack points into
         slots = {
             "model.embed_tokens.weight": self.embed_tokens,
             "model.norm.weight": self.norm.weight,

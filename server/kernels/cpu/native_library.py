@@ -1,10 +1,11 @@
-"""Builds one of this package's C sources into a shared library on first use, and loads it.
+"""Builds this package's C sources into a shared library on first use, and loads it.
 
-The system C compiler (gcc -O3 -march=native -fopenmp) builds it in well under a second into
-~/.cache/parrot/kernels, keyed by the source, the compiler and the CPU, so a second start loads
-the cached file. OpenMP resolves to the runtime torch already loaded, so our kernels and
-torch's share one thread pool. Without a compiler (or if the build fails) `load` returns None
-and callers fall back to torch.
+A library is one or more sources compiled together (a kernel may call another's public
+function). The system C compiler (gcc -O3 -march=native -fopenmp) builds it in about a second
+into ~/.cache/parrot/kernels, keyed by the sources, the headers beside them, the compiler and
+the CPU, so a second start loads the cached file. OpenMP resolves to the runtime torch already
+loaded, so our kernels and torch's share one thread pool. Without a compiler (or if the build
+fails) `load` returns None and callers fall back to torch.
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 log = logging.getLogger(__name__)
 
 
-def load(source: Path) -> ctypes.CDLL | None:
-    """The library built from `source` (a .c file), or None where it cannot be built here."""
+def load(source: Path, *more: Path) -> ctypes.CDLL | None:
+    """The library built from `source` and `more` (.c files), named after `source`, or None
+    where it cannot be built here."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         log.warning("no C compiler: %s is not available, using torch instead", source.name)
         return None
     try:
-        return ctypes.CDLL(str(_build(compiler, source)))
+        return ctypes.CDLL(str(_build(compiler, [source, *more])))
     except subprocess.CalledProcessError as exc:
         log.warning("building %s failed: using torch instead\n%s", source.name, exc.stderr)
     except OSError as exc:
@@ -42,14 +44,16 @@ def load(source: Path) -> ctypes.CDLL | None:
     return None
 
 
-def _build(compiler: str, source: Path) -> Path:
+def _build(compiler: str, sources: list[Path]) -> Path:
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, check=True
     ).stdout
+    headers = sorted({h for s in sources for h in s.parent.glob("*.h")})
+    texts = [p.read_text() for p in [*sources, *headers]]
     key = hashlib.sha256(
-        "\0".join([source.read_text(), version, " ".join(FLAGS), _cpu_signature()]).encode()
+        "\0".join([*texts, version, " ".join(FLAGS), _cpu_signature()]).encode()
     ).hexdigest()[:16]
-    target = CACHE_DIR / f"{source.stem}-{key}.so"
+    target = CACHE_DIR / f"{sources[0].stem}-{key}.so"
     if target.exists():
         return target
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
@@ -58,7 +62,7 @@ def _build(compiler: str, source: Path) -> Path:
     os.close(fd)
     try:
         subprocess.run(
-            [compiler, *FLAGS, str(source), "-o", tmp, "-lm"],
+            [compiler, *FLAGS, *map(str, sources), "-o", tmp, "-lm"],
             capture_output=True, text=True, check=True,
         )
         os.replace(tmp, target)

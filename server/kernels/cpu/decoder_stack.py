@@ -1,0 +1,215 @@
+"""A decode step's whole decoder-layer stack in one C call (decoder_stack.c), float32 on CPU.
+
+Layer by layer from Python, a batch-1 decode step paid 5-7 ms for ~450 small torch ops and
+the Python around them, on top of the ~12 ms in which the packed kernel streams the weights.
+`DecoderStack` holds raw pointers to one model's packed weights and runs every layer of a step
+whose rows are all single-token decodes attending their own sequence (norms, packed linear
+layers, RoPE, the cache write, paged decode attention, SwiGLU, residual adds). Steps with
+prefill rows or shared-prefix levels stay on the layer-by-layer path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from server.kernels.cpu import native_library, paged_decode
+
+__all__ = ["DecoderStack", "LayerTensors", "StackShape", "available"]
+
+SOURCES = [
+    Path(__file__).with_name(name)
+    for name in ("decoder_stack.c", "packed_linear.c", "paged_decode.c")
+]
+
+
+def available() -> bool:
+    """Whether the library is built (building it now if needed)."""
+    return _library() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class StackShape:
+    """The model's sizes; `cos`/`sin` are its RoPE tables [positions, head_dim / 2]."""
+
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    eps: float
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if not paged_decode.supports(self.heads, self.kv_heads, self.head_dim):
+            raise ValueError(
+                f"decoder stack: the paged decode kernel does not take {self.heads} query heads "
+                f"over {self.kv_heads} KV heads of dim {self.head_dim}"
+            )
+        half = self.head_dim // 2
+        for name, table in (("cos", self.cos), ("sin", self.sin)):
+            if (
+                table.dim() != 2 or table.shape[1] != half or table.dtype != torch.float32
+                or not table.is_contiguous() or table.device.type != "cpu"
+            ):
+                raise ValueError(
+                    f"decoder stack: {name} must be a contiguous float32 CPU tensor "
+                    f"[positions, {half}], got {tuple(table.shape)} {table.dtype}"
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class LayerTensors:
+    """One layer's norm weights and packed projections (`server.kernels.cpu.pack` panels)."""
+
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    qkv: torch.Tensor
+    o: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
+    qkv_bias: torch.Tensor | None = None
+    o_bias: torch.Tensor | None = None
+    gate_up_bias: torch.Tensor | None = None
+    down_bias: torch.Tensor | None = None
+
+
+class DecoderStack:
+    """Runs every layer of a decode step in one call; holds the model's tensors alive."""
+
+    def __init__(self, shape: StackShape, layers: list[LayerTensors]) -> None:
+        lib = _library()
+        if lib is None:
+            raise RuntimeError("the decoder stack kernel could not be built on this machine")
+        for i, layer in enumerate(layers):
+            _check_layer(i, layer, shape)
+        self._lib = lib
+        self.shape = shape
+        self.layers = layers
+        self._shape = _Shape(
+            shape.hidden, shape.heads, shape.kv_heads, shape.head_dim, shape.intermediate, 0,
+            shape.eps, shape.head_dim**-0.5, shape.cos.data_ptr(), shape.sin.data_ptr(),
+        )
+        self._layers = (_Layer * len(layers))()
+        for slot, layer in zip(self._layers, layers, strict=True):
+            for name in _Layer.WEIGHTS:
+                tensor = getattr(layer, name)
+                setattr(slot, name, None if tensor is None else tensor.data_ptr())
+
+    def run(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        slot_mapping: torch.Tensor,
+        block_tables: list[list[int]],
+        seq_lens: list[int],
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> None:
+        """Every layer over hidden [R, hidden] (updated in place): row r is the token at
+        `positions[r]`, stored at cache slot `slot_mapping[r]`, of a sequence that is then
+        `seq_lens[r]` tokens long in the blocks `block_tables[r]`."""
+        rows = hidden.shape[0]
+        if len(kv_caches) != len(self.layers):
+            raise ValueError(f"expected {len(self.layers)} layer KV caches, got {len(kv_caches)}")
+        if not (hidden.dtype == torch.float32 and hidden.is_contiguous()
+                and tuple(hidden.shape) == (rows, self.shape.hidden)):
+            raise ValueError(
+                f"decoder stack: hidden must be contiguous float32 [rows, {self.shape.hidden}], "
+                f"got {tuple(hidden.shape)} {hidden.dtype}"
+            )
+        k_cache = kv_caches[0][0]
+        block_size = k_cache.shape[1]
+        blocks: list[int] = []
+        offsets = [0]
+        for table, length in zip(block_tables, seq_lens, strict=True):
+            blocks.extend(table[: -(-length // block_size)])
+            offsets.append(len(blocks))
+        rows_args = (
+            torch.tensor(blocks, dtype=torch.int64),
+            torch.tensor(offsets, dtype=torch.int64),
+            torch.tensor(seq_lens, dtype=torch.int64),
+        )
+        positions = positions.to(torch.int64).contiguous()
+        slot_mapping = slot_mapping.to(torch.int64).contiguous()
+        batch = _Rows(rows, positions.data_ptr(), slot_mapping.data_ptr(),
+                      *(t.data_ptr() for t in rows_args))
+        for slot, (k, v) in zip(self._layers, kv_caches, strict=True):
+            slot.k_cache, slot.v_cache = k.data_ptr(), v.data_ptr()
+        self._shape.block_size = block_size
+        status = self._lib.parrot_decode_stack(
+            hidden.data_ptr(), ctypes.byref(self._shape), self._layers, len(self.layers),
+            ctypes.byref(batch), torch.get_num_threads(),
+        )
+        if status != 0:
+            raise RuntimeError("decoder stack: the kernel failed (out of memory?)")
+
+
+class _Layer(ctypes.Structure):
+    WEIGHTS = (
+        "input_norm", "post_norm", "qkv", "qkv_bias", "o", "o_bias",
+        "gate_up", "gate_up_bias", "down", "down_bias",
+    )
+    _fields_ = [(name, ctypes.c_void_p) for name in (*WEIGHTS, "k_cache", "v_cache")]
+
+
+class _Shape(ctypes.Structure):
+    _fields_ = [
+        *((name, ctypes.c_long) for name in
+          ("hidden", "heads", "kv_heads", "head_dim", "intermediate", "block_size")),
+        ("eps", ctypes.c_float), ("scale", ctypes.c_float),
+        ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
+    ]
+
+
+class _Rows(ctypes.Structure):
+    _fields_ = [
+        ("rows", ctypes.c_long),
+        *((name, ctypes.c_void_p) for name in
+          ("positions", "slots", "blocks", "offsets", "tokens")),
+    ]
+
+
+def _check_layer(index: int, layer: LayerTensors, shape: StackShape) -> None:
+    """Shapes of the panels and vectors, which the C side trusts."""
+    from server.kernels.cpu.packed_linear import PANEL
+
+    q_size = shape.heads * shape.head_dim
+    qkv_size = q_size + 2 * shape.kv_heads * shape.head_dim
+    panels = {
+        "qkv": (shape.hidden, qkv_size), "o": (q_size, shape.hidden),
+        "gate_up": (shape.hidden, 2 * shape.intermediate), "down": (shape.intermediate, shape.hidden),
+    }
+    expected = {name: (-(-n // PANEL), k, PANEL) for name, (k, n) in panels.items()}
+    expected.update({f"{name}_bias": (n,) for name, (_, n) in panels.items()})
+    expected.update(input_norm=(shape.hidden,), post_norm=(shape.hidden,))
+    for name, want in expected.items():
+        tensor = getattr(layer, name)
+        if tensor is None and name.endswith("_bias"):
+            continue
+        if (
+            tensor is None or tuple(tensor.shape) != want or tensor.dtype != torch.float32
+            or not tensor.is_contiguous() or tensor.device.type != "cpu"
+        ):
+            got = None if tensor is None else (tuple(tensor.shape), tensor.dtype)
+            raise ValueError(
+                f"decoder stack: layer {index} {name} must be contiguous float32 {want}, got {got}"
+            )
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    lib = native_library.load(*SOURCES)
+    if lib is None:
+        return None
+    fn = lib.parrot_decode_stack
+    fn.argtypes = [
+        ctypes.c_void_p, ctypes.POINTER(_Shape), ctypes.POINTER(_Layer), ctypes.c_long,
+        ctypes.POINTER(_Rows), ctypes.c_int,
+    ]
+    fn.restype = ctypes.c_int
+    return lib

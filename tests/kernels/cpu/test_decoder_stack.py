@@ -1,0 +1,146 @@
+"""The one-call decoder stack against the layer-by-layer model it replaces in decode steps, on
+tiny random checkpoints (that path is itself checked against transformers in tests/engine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from server.engine.loader import load_model
+from server.engine.models.llama import LlamaForCausalLM
+from server.kernels import CascadeConfig, build_attention_metadata
+from server.kernels.cpu import decoder_stack
+from server.kernels.cpu.decoder_stack import DecoderStack, LayerTensors, StackShape
+from tests.engine.test_models import PagedRunner
+from tests.tiny_models import make_tiny_model
+
+pytestmark = pytest.mark.skipif(
+    not decoder_stack.available(), reason="no C compiler for the CPU kernels"
+)
+
+# SmolLM2's head layout (9 query heads over 3 KV heads of dim 64) at two layers
+SMOLLM2_SHAPED = {
+    "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
+    "num_key_value_heads": 3, "head_dim": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack_models")
+
+
+@pytest.mark.parametrize(
+    "arch,overrides",
+    [("llama", {}), ("qwen2", {}), ("mistral", {}), ("llama", SMOLLM2_SHAPED)],
+    ids=["llama", "qwen2-bias-tied", "mistral-3-layers", "smollm2-heads"],
+)
+def test_decode_steps_match_layer_by_layer(
+    arch: str, overrides: dict, models_dir: Path
+) -> None:
+    """Prefill three sequences (both models layer by layer), then decode them together: the
+    stack's logits and the KV it writes equal the layer-by-layer model's."""
+    path = make_tiny_model(models_dir / f"{arch}-{len(overrides)}", arch, seed=3, **overrides)
+    fused, plain = load_model(path).model, load_model(path, fused_decode=False).model
+    assert fused.decoder_stack is not None and plain.decoder_stack is None
+    calls = _count_stack_calls(fused)
+    ours, ref = PagedRunner(fused, num_blocks=96), PagedRunner(plain, num_blocks=96)
+    gen = torch.Generator().manual_seed(11)
+    # 300 tokens span 19 blocks: the attention kernel splits that row into chunks
+    prompts = {
+        i: torch.randint(0, 500, (n,), generator=gen).tolist() for i, n in enumerate([1, 37, 300])
+    }
+    got, want = ours.step(prompts), ref.step(prompts)
+    assert calls["n"] == 0  # prefill rows: layer by layer
+    for _ in range(5):
+        tokens = {seq: [int(logits[-1].argmax())] for seq, logits in want.items()}
+        got, want = ours.step(tokens), ref.step(tokens)
+        for seq in want:
+            _assert_close(got[seq], want[seq])
+    assert calls["n"] == 5
+    for (k1, v1), (k2, v2) in zip(ours.caches, ref.caches, strict=True):
+        _assert_close(k1, k2)
+        _assert_close(v1, v2)
+
+
+def test_mixed_and_shared_prefix_steps_go_layer_by_layer(tiny_llama_path: Path) -> None:
+    """A step with a prefill row, or with shared-prefix levels, never takes the stack."""
+    model = load_model(tiny_llama_path).model
+    calls = _count_stack_calls(model)
+    runner = PagedRunner(model, num_blocks=64)
+    runner.step({0: list(range(1, 40))})
+    runner.step({0: [5], 1: list(range(3, 20))})  # a decode beside a prefill
+    assert calls["n"] == 0
+    runner.step({0: [6], 1: [7]})
+    assert calls["n"] == 1
+    shared = build_attention_metadata(
+        [1, 1], [40, 40], [[0, 1, 2], [0, 1, 3]], 16,
+        cascade_config=CascadeConfig(min_prefix_tokens=16),
+    )
+    assert shared.shared_prefixes and not model._runs_on_decoder_stack(shared)
+
+
+def test_cpu_sdpa_backend_keeps_its_own_path(tiny_llama_path: Path) -> None:
+    """The PyTorch-only backend is chosen for what it runs: decode steps stay on it."""
+    model = load_model(tiny_llama_path).model
+    assert not model._runs_on_decoder_stack(
+        build_attention_metadata([1], [1], [[0]], 16, backend="cpu-sdpa")
+    )
+    assert model._runs_on_decoder_stack(build_attention_metadata([1], [1], [[0]], 16))
+
+
+def test_weight_slots_drop_the_stack_and_reloading_builds_it(tiny_llama_path: Path) -> None:
+    """weight_slots() unpacks the layers the stack points into, so it drops the stack;
+    load_weights packs again and builds a new one."""
+    model = load_model(tiny_llama_path).model
+    state = {name: view.detach().clone() for name, view in model.weight_slots().items()}
+    assert model.decoder_stack is None
+    model.load_weights(state)
+    assert model.decoder_stack is not None
+
+
+def test_bad_tensors_are_refused_with_their_names(tiny_llama_path: Path) -> None:
+    model: LlamaForCausalLM = load_model(tiny_llama_path).model
+    stack = model.decoder_stack
+    assert stack is not None
+    good = stack.layers[0]
+    with pytest.raises(ValueError, match="layer 0 o must be"):
+        DecoderStack(stack.shape, [LayerTensors(**{**_fields(good), "o": good.qkv})])
+    with pytest.raises(ValueError, match="layer 0 qkv_bias must be"):
+        DecoderStack(stack.shape, [LayerTensors(**{**_fields(good), "qkv_bias": torch.ones(3)})])
+    c = model.config
+    with pytest.raises(ValueError, match="does not take 5 query heads"):
+        StackShape(c.hidden_size, 5, 2, c.head_dim, c.intermediate_size, 1e-5,
+                   model.rope.cos, model.rope.sin)
+    with pytest.raises(ValueError, match="cos must be"):
+        StackShape(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size,
+                   1e-5, model.rope.cos.double(), model.rope.sin)
+    with pytest.raises(ValueError, match="hidden must be"):
+        stack.run(torch.zeros(1, c.hidden_size + 1), torch.zeros(1, dtype=torch.long),
+                  torch.zeros(1, dtype=torch.long), [[0]], [1], PagedRunner(model).caches)
+
+
+def _count_stack_calls(model: LlamaForCausalLM) -> dict[str, int]:
+    """Counts the stack's real runs (the wrapped method still runs)."""
+    stack = model.decoder_stack
+    assert stack is not None
+    calls = {"n": 0}
+    run = stack.run
+
+    def counted(*args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        run(*args, **kwargs)
+
+    stack.run = counted  # type: ignore[method-assign]
+    return calls
+
+
+def _fields(layer: LayerTensors) -> dict[str, torch.Tensor | None]:
+    return {name: getattr(layer, name) for name in LayerTensors.__slots__}
+
+
+def _assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
+    scale = want.abs().max().item() or 1.0
+    assert (got - want).abs().max().item() / scale < 1e-5
