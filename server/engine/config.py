@@ -36,9 +36,9 @@ class EngineConfig:
     background_priority: int = 2
     # CPU float32 linear layers on the packed kernel (server/kernels/cpu); off: torch.mm
     packed_linear: bool = True
-    # With packed linears, steps of single-token decodes without shared-prefix levels run all
+    # With packed linears, steps without shared-prefix levels on the default CPU backend run all
     # layers in one C call (server/kernels/cpu/decoder_stack.c); off: layer by layer
-    fused_decode: bool = True
+    fused_layers: bool = True
     # attention kernels by name (server.kernels.backends.BACKEND_NAMES); None: by device
     attention_backend: str | None = None
 

@@ -90,7 +90,7 @@ class LLMEngine:
             device=device,
             dtype=dtype,
             packed_linear=engine_config.packed_linear,
-            fused_decode=engine_config.fused_decode,
+            fused_layers=engine_config.fused_layers,
         )
         model_dtype = next(loaded.model.parameters()).dtype
         return cls(

@@ -53,13 +53,14 @@ def load_model(
     dtype: torch.dtype | None = None,
     cache_dir: str | Path | None = None,
     packed_linear: bool = True,
-    fused_decode: bool = True,
+    fused_layers: bool = True,
 ) -> LoadedModel:
     """Load a registered name (`smollm2-135m-instruct`), an HF folder (config.json +
     *.safetensors) or a .gguf file. dtype None: float32 on CPU, bfloat16 on CUDA.
     GGUF conversions are cached in `<cache_dir>/<name>` (cache_dir defaults to
-    ~/.cache/parrot/models). `packed_linear`: CPU float32 linear layers use the packed kernel; `fused_decode`: packed models
-    run decode-only steps through one C call for all layers."""
+    ~/.cache/parrot/models). `packed_linear`: CPU float32 linear layers use the packed kernel;
+    `fused_layers`: packed models run steps without shared-prefix levels through one C call for
+    all layers."""
     device = torch.device(device)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -67,7 +68,7 @@ def load_model(
     name, folder = resolve_model_folder(name_or_path, cache_root)
     config = ModelConfig.from_hf(_read_config(folder), source=str(folder / "config.json"))
     model = LlamaForCausalLM(
-        config, device=device, dtype=dtype, packed_linear=packed_linear, fused_decode=fused_decode
+        config, device=device, dtype=dtype, packed_linear=packed_linear, fused_layers=fused_layers
     )
     model.load_weights(_safetensors_weights(folder))
     model.eval()

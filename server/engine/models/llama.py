@@ -14,9 +14,9 @@ from server.engine.models.linear import Linear
 from server.engine.models.rms_norm import RMSNorm
 from server.engine.models.rope import RotaryEmbedding, apply_rope
 from server.kernels import AttentionMetadata, attention, cpu
-from server.kernels.cpu import paged_decode
 from server.kernels.cpu.decoder_stack import DecoderStack, LayerTensors, StackShape
 from server.kernels.cpu.decoder_stack import available as decoder_stack_available
+from server.kernels.cpu.decoder_stack import supports as decoder_stack_supports
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 Device = torch.device | str | None
@@ -35,7 +35,7 @@ class LlamaForCausalLM(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         packed_linear: bool = True,
-        fused_decode: bool = True,
+        fused_layers: bool = True,
     ) -> None:
         super().__init__()
         self.config = config
@@ -44,9 +44,9 @@ class LlamaForCausalLM(nn.Module):
         self.packed_linear = (
             packed_linear and torch.device(device or "cpu").type == "cpu" and dtype == torch.float32
         )
-        # Packed models run decode-only steps through one C call for all layers (built by
-        # load_weights; see server/kernels/cpu/decoder_stack.c)
-        self.fused_decode = fused_decode
+        # Packed models run steps without shared-prefix levels through one C call for all
+        # layers (built by load_weights; see server/kernels/cpu/decoder_stack.c)
+        self.fused_layers = fused_layers
         self.decoder_stack: DecoderStack | None = None
         self.embed_tokens = nn.Parameter(
             torch.empty(config.vocab_size, config.hidden_size, device=device, dtype=dtype)
@@ -83,9 +83,7 @@ class LlamaForCausalLM(nn.Module):
         hidden = F.embedding(input_ids, self.embed_tokens)
         if self._runs_on_decoder_stack(meta):
             assert self.decoder_stack is not None
-            self.decoder_stack.run(
-                hidden, positions, meta.slot_mapping, meta.block_tables, meta.seq_lens, kv_caches
-            )
+            self.decoder_stack.run(hidden, positions, meta, kv_caches)
             return self.norm(hidden)
         cos, sin = self.rope.lookup(positions)
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
@@ -143,21 +141,20 @@ class LlamaForCausalLM(nn.Module):
             self.decoder_stack = self._build_decoder_stack()
 
     def _runs_on_decoder_stack(self, meta: AttentionMetadata) -> bool:
-        """A step of single-token decodes, no shared-prefix levels, on the default CPU backend
-        (which the stack's attention matches; other backends are chosen for what they run)."""
+        """A step without shared-prefix levels on the default CPU backend (whose kernels the
+        stack uses; other backends are chosen for what they run)."""
         return (
             self.decoder_stack is not None
             and not meta.shared_prefixes
-            and meta.num_tokens == meta.num_seqs
             and (meta.backend or "cpu") == "cpu"
         )
 
     def _build_decoder_stack(self) -> DecoderStack | None:
         c = self.config
         if not (
-            self.fused_decode
+            self.fused_layers
             and decoder_stack_available()
-            and paged_decode.supports(c.num_heads, c.num_kv_heads, c.head_dim)
+            and decoder_stack_supports(c.num_heads, c.num_kv_heads, c.head_dim)
         ):
             return None
         shape = StackShape(

@@ -1,4 +1,4 @@
-/* Every decoder layer of a Llama-family model for one decode step, float32 on CPU, in one call.
+/* Every decoder layer of a Llama-family model for one engine step, float32 on CPU, in one call.
  *
  * At batch 1 the weights stream in ~12 ms, yet a step driven layer by layer from Python took
  * ~19 ms: some 450 small torch ops (norms, RoPE, cache writes, SiLU, residual adds) and the
@@ -8,10 +8,11 @@
  *   x += down_proj(silu(gate) * up),  [gate | up] = gate_up_proj(rms_norm(x))
  *
  * with the linear layers on the packed kernel (packed_linear.c) and attention on the paged
- * decode kernel (paged_decode.c), both built into this library. Every row is one decode token
- * that attends its own sequence (no shared-prefix levels: those steps take the layer-by-layer
- * path). The small element-wise parts run on the calling thread at decode sizes, and are
- * split over the threads from `PARALLEL_ELEMENTS` up.
+ * kernels, all built into this library: the decode kernel (paged_decode.c) when every sequence
+ * adds one token, else the prefill kernel (paged_prefill.c) for all of them. Each sequence
+ * attends only its own blocks (steps with shared-prefix levels take the layer-by-layer path).
+ * The small element-wise parts run on the calling thread at decode sizes, and are split over
+ * the threads from `PARALLEL_ELEMENTS` up.
  */
 #include <math.h>
 #include <omp.h>
@@ -30,6 +31,10 @@ int parrot_paged_decode(const float *q, long R, long Hq, long Hkv, long D, const
                         const float *v_cache, long block_size, const int64_t *blocks,
                         const int64_t *offsets, const int64_t *tokens, float scale, long chunk,
                         float *out, float *lse, int threads);
+int parrot_paged_prefill(const float *q, long S, const int64_t *q_start, const int64_t *tokens,
+                         long Hq, long Hkv, long D, const float *k_cache, const float *v_cache,
+                         long block_size, const int64_t *blocks, const int64_t *offsets,
+                         float scale, float *out, int threads);
 
 /* One layer's parameters: norms [hidden]; packed panels of qkv [hidden -> (Hq + 2 Hkv) D],
  * o [Hq D -> hidden], gate_up [hidden -> 2 I] and down [I -> hidden]; biases or NULL. */
@@ -45,24 +50,25 @@ typedef struct {
     const float *cos, *sin; /* RoPE tables [positions, head_dim / 2] */
 } parrot_stack_shape;
 
-/* The step's rows: positions [R] and cache slots [R] of the new tokens; row r attends the
- * first tokens[r] tokens of blocks[offsets[r] .. offsets[r + 1]) (its own, new token included). */
+/* The step's rows: positions [R] and cache slots [R] of the new tokens. Sequence s owns rows
+ * [q_start[s], q_start[s + 1]), the last of its tokens[s] tokens, held by the blocks
+ * blocks[offsets[s] .. offsets[s + 1]). */
 typedef struct {
-    long rows;
-    const int64_t *positions, *slots, *blocks, *offsets, *tokens;
-} parrot_decode_rows;
+    long rows, seqs;
+    const int64_t *positions, *slots, *q_start, *tokens, *blocks, *offsets;
+} parrot_step_rows;
 
 static void rms_norm(const float *x, const float *weight, float eps, long rows, long n,
-                     float *out);
+                     float *out, int threads);
 static void rope_and_store(const float *qkv, const parrot_stack_shape *s, const parrot_layer *l,
-                           const parrot_decode_rows *b, float *q);
+                           const parrot_step_rows *b, float *q, int threads);
 static void silu_mul(const float *gate_up, long rows, long n, float *out, int threads);
-static void add_into(float *x, const float *y, long n);
+static void add_into(float *x, const float *y, long n, int threads);
 
 /* x [R, hidden] (the residual stream, updated in place) through layers[0 .. num_layers).
  * Returns 0, or -1 when memory runs out or the attention kernel refuses the head layout. */
-int parrot_decode_stack(float *x, const parrot_stack_shape *s, const parrot_layer *layers,
-                        long num_layers, const parrot_decode_rows *b, int threads) {
+int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_layer *layers,
+                        long num_layers, const parrot_step_rows *b, int threads) {
     const long R = b->rows, H = s->hidden, I = s->intermediate;
     const long q_size = s->heads * s->head_dim;
     const long qkv_size = q_size + 2 * s->kv_heads * s->head_dim;
@@ -74,21 +80,28 @@ int parrot_decode_stack(float *x, const parrot_stack_shape *s, const parrot_laye
     float *lse = malloc(sizeof(float) * R * s->heads);
     float *delta = malloc(sizeof(float) * R * H);
     int status = normed && proj && q && attn && lse && delta ? 0 : -1;
+    const int decode_only = R == b->seqs;
     for (long i = 0; i < num_layers && status == 0; i++) {
         const parrot_layer *l = layers + i;
-        rms_norm(x, l->input_norm, s->eps, R, H, normed);
+        rms_norm(x, l->input_norm, s->eps, R, H, normed, threads);
         parrot_packed_linear(normed, R, H, l->qkv, qkv_size, l->qkv_bias, proj, threads);
-        rope_and_store(proj, s, l, b, q);
-        status = parrot_paged_decode(q, R, s->heads, s->kv_heads, s->head_dim, l->k_cache,
-                                     l->v_cache, s->block_size, b->blocks, b->offsets, b->tokens,
-                                     s->scale, 0, attn, lse, threads);
+        rope_and_store(proj, s, l, b, q, threads);
+        if (decode_only)
+            status = parrot_paged_decode(q, R, s->heads, s->kv_heads, s->head_dim, l->k_cache,
+                                         l->v_cache, s->block_size, b->blocks, b->offsets,
+                                         b->tokens, s->scale, 0, attn, lse, threads);
+        else
+            status = parrot_paged_prefill(q, b->seqs, b->q_start, b->tokens, s->heads,
+                                          s->kv_heads, s->head_dim, l->k_cache, l->v_cache,
+                                          s->block_size, b->blocks, b->offsets, s->scale, attn,
+                                          threads);
         parrot_packed_linear(attn, R, q_size, l->o, H, l->o_bias, delta, threads);
-        add_into(x, delta, R * H);
-        rms_norm(x, l->post_norm, s->eps, R, H, normed);
+        add_into(x, delta, R * H, threads);
+        rms_norm(x, l->post_norm, s->eps, R, H, normed, threads);
         parrot_packed_linear(normed, R, H, l->gate_up, 2 * I, l->gate_up_bias, proj, threads);
         silu_mul(proj, R, I, normed, threads);
         parrot_packed_linear(normed, R, I, l->down, H, l->down_bias, delta, threads);
-        add_into(x, delta, R * H);
+        add_into(x, delta, R * H, threads);
     }
     free(normed);
     free(proj);
@@ -101,7 +114,8 @@ int parrot_decode_stack(float *x, const parrot_stack_shape *s, const parrot_laye
 
 /* out = x / sqrt(mean(x^2) + eps) * weight, row by row */
 static void rms_norm(const float *x, const float *weight, float eps, long rows, long n,
-                     float *out) {
+                     float *out, int threads) {
+#pragma omp parallel for num_threads(threads) if (rows * n >= PARALLEL_ELEMENTS)
     for (long r = 0; r < rows; r++) {
         const float *xr = x + r * n;
         float *o = out + r * n;
@@ -117,9 +131,10 @@ static void rms_norm(const float *x, const float *weight, float eps, long rows, 
 /* Rotates the q and k heads of each row's qkv ("rotate half": dim i pairs with i + D/2) by its
  * position; q goes to `q` [R, Hq, D], k and v straight into the layer's cache at the row's slot. */
 static void rope_and_store(const float *qkv, const parrot_stack_shape *s, const parrot_layer *l,
-                           const parrot_decode_rows *b, float *q) {
+                           const parrot_step_rows *b, float *q, int threads) {
     const long D = s->head_dim, half = D / 2, Hq = s->heads, Hkv = s->kv_heads;
     const long qkv_size = (Hq + 2 * Hkv) * D;
+#pragma omp parallel for num_threads(threads) if (b->rows * qkv_size >= PARALLEL_ELEMENTS)
     for (long r = 0; r < b->rows; r++) {
         const float *row = qkv + r * qkv_size;
         const float *c = s->cos + b->positions[r] * half, *sn = s->sin + b->positions[r] * half;
@@ -156,7 +171,7 @@ static void silu_mul(const float *gate_up, long rows, long n, float *out, int th
     }
 }
 
-static void add_into(float *x, const float *y, long n) {
-#pragma omp simd
+static void add_into(float *x, const float *y, long n, int threads) {
+#pragma omp parallel for simd num_threads(threads) if (n >= PARALLEL_ELEMENTS)
     for (long i = 0; i < n; i++) x[i] += y[i];
 }

@@ -1,11 +1,11 @@
-"""A decode step's whole decoder-layer stack in one C call (decoder_stack.c), float32 on CPU.
+"""A step's whole decoder-layer stack in one C call (decoder_stack.c), float32 on CPU.
 
 Layer by layer from Python, a batch-1 decode step paid 5-7 ms for ~450 small torch ops and
 the Python around them, on top of the ~12 ms in which the packed kernel streams the weights.
 `DecoderStack` holds raw pointers to one model's packed weights and runs every layer of a step
-whose rows are all single-token decodes attending their own sequence (norms, packed linear
-layers, RoPE, the cache write, paged decode attention, SwiGLU, residual adds). Steps with
-prefill rows or shared-prefix levels stay on the layer-by-layer path.
+in which each sequence attends its own blocks (norms, packed linear layers, RoPE, the cache
+write, paged decode or prefill attention, SwiGLU, residual adds). Steps with shared-prefix
+levels stay on the layer-by-layer path, whose backend plans the cascade.
 """
 
 from __future__ import annotations
@@ -17,19 +17,27 @@ from pathlib import Path
 
 import torch
 
-from server.kernels.cpu import native_library, paged_decode
+from server.kernels.cpu import native_library, paged_decode, paged_prefill
+from server.kernels.metadata import AttentionMetadata
 
-__all__ = ["DecoderStack", "LayerTensors", "StackShape", "available"]
+__all__ = ["DecoderStack", "LayerTensors", "StackShape", "available", "supports"]
 
 SOURCES = [
     Path(__file__).with_name(name)
-    for name in ("decoder_stack.c", "packed_linear.c", "paged_decode.c")
+    for name in ("decoder_stack.c", "packed_linear.c", "paged_decode.c", "paged_prefill.c")
 ]
 
 
 def available() -> bool:
     """Whether the library is built (building it now if needed)."""
     return _library() is not None
+
+
+def supports(num_heads: int, num_kv_heads: int, head_dim: int) -> bool:
+    """Whether both attention kernels take this head layout."""
+    return paged_decode.supports(num_heads, num_kv_heads, head_dim) and paged_prefill.supports(
+        num_heads, num_kv_heads, head_dim
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +54,9 @@ class StackShape:
     sin: torch.Tensor
 
     def __post_init__(self) -> None:
-        if not paged_decode.supports(self.heads, self.kv_heads, self.head_dim):
+        if not supports(self.heads, self.kv_heads, self.head_dim):
             raise ValueError(
-                f"decoder stack: the paged decode kernel does not take {self.heads} query heads "
+                f"decoder stack: the paged kernels do not take {self.heads} query heads "
                 f"over {self.kv_heads} KV heads of dim {self.head_dim}"
             )
         half = self.head_dim // 2
@@ -80,7 +88,7 @@ class LayerTensors:
 
 
 class DecoderStack:
-    """Runs every layer of a decode step in one call; holds the model's tensors alive."""
+    """Runs every layer of a step in one call; holds the model's tensors alive."""
 
     def __init__(self, shape: StackShape, layers: list[LayerTensors]) -> None:
         lib = _library()
@@ -105,43 +113,45 @@ class DecoderStack:
         self,
         hidden: torch.Tensor,
         positions: torch.Tensor,
-        slot_mapping: torch.Tensor,
-        block_tables: list[list[int]],
-        seq_lens: list[int],
+        meta: AttentionMetadata,
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
     ) -> None:
-        """Every layer over hidden [R, hidden] (updated in place): row r is the token at
-        `positions[r]`, stored at cache slot `slot_mapping[r]`, of a sequence that is then
-        `seq_lens[r]` tokens long in the blocks `block_tables[r]`."""
+        """Every layer over the step's hidden [T, hidden] (updated in place): row t is the token
+        at `positions[t]`; `meta` lays out the sequences (its shared-prefix levels are not
+        used: every sequence attends its own blocks)."""
         rows = hidden.shape[0]
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} layer KV caches, got {len(kv_caches)}")
         if not (hidden.dtype == torch.float32 and hidden.is_contiguous()
-                and tuple(hidden.shape) == (rows, self.shape.hidden)):
+                and tuple(hidden.shape) == (meta.num_tokens, self.shape.hidden)):
             raise ValueError(
-                f"decoder stack: hidden must be contiguous float32 [rows, {self.shape.hidden}], "
-                f"got {tuple(hidden.shape)} {hidden.dtype}"
+                f"decoder stack: hidden must be contiguous float32 [{meta.num_tokens}, "
+                f"{self.shape.hidden}], got {tuple(hidden.shape)} {hidden.dtype}"
             )
         k_cache = kv_caches[0][0]
-        block_size = k_cache.shape[1]
+        want = (self.shape.kv_heads, self.shape.head_dim)
+        if (k_cache.dtype != torch.float32 or tuple(k_cache.shape[2:]) != want
+                or k_cache.shape[1] != meta.block_size):
+            raise ValueError(
+                f"decoder stack: caches must be float32 [blocks, {meta.block_size}, {want[0]}, "
+                f"{want[1]}], got {tuple(k_cache.shape)} {k_cache.dtype}"
+            )
         blocks: list[int] = []
         offsets = [0]
-        for table, length in zip(block_tables, seq_lens, strict=True):
-            blocks.extend(table[: -(-length // block_size)])
+        for table, length in zip(meta.block_tables, meta.seq_lens, strict=True):
+            blocks.extend(table[: -(-length // meta.block_size)])
             offsets.append(len(blocks))
-        rows_args = (
-            torch.tensor(blocks, dtype=torch.int64),
-            torch.tensor(offsets, dtype=torch.int64),
-            torch.tensor(seq_lens, dtype=torch.int64),
-        )
-        positions = positions.to(torch.int64).contiguous()
-        slot_mapping = slot_mapping.to(torch.int64).contiguous()
-        batch = _Rows(rows, positions.data_ptr(), slot_mapping.data_ptr(),
-                      *(t.data_ptr() for t in rows_args))
+        index = [
+            positions.to(torch.int64).contiguous(),
+            meta.slot_mapping.to(torch.int64).contiguous(),
+            *(torch.tensor(x, dtype=torch.int64)
+              for x in (meta.query_start, meta.seq_lens, blocks, offsets)),
+        ]
+        batch = _Rows(rows, meta.num_seqs, *(t.data_ptr() for t in index))
         for slot, (k, v) in zip(self._layers, kv_caches, strict=True):
             slot.k_cache, slot.v_cache = k.data_ptr(), v.data_ptr()
-        self._shape.block_size = block_size
-        status = self._lib.parrot_decode_stack(
+        self._shape.block_size = meta.block_size
+        status = self._lib.parrot_decoder_stack(
             hidden.data_ptr(), ctypes.byref(self._shape), self._layers, len(self.layers),
             ctypes.byref(batch), torch.get_num_threads(),
         )
@@ -168,9 +178,9 @@ class _Shape(ctypes.Structure):
 
 class _Rows(ctypes.Structure):
     _fields_ = [
-        ("rows", ctypes.c_long),
+        ("rows", ctypes.c_long), ("seqs", ctypes.c_long),
         *((name, ctypes.c_void_p) for name in
-          ("positions", "slots", "blocks", "offsets", "tokens")),
+          ("positions", "slots", "q_start", "tokens", "blocks", "offsets")),
     ]
 
 
@@ -206,7 +216,7 @@ def _library() -> ctypes.CDLL | None:
     lib = native_library.load(*SOURCES)
     if lib is None:
         return None
-    fn = lib.parrot_decode_stack
+    fn = lib.parrot_decoder_stack
     fn.argtypes = [
         ctypes.c_void_p, ctypes.POINTER(_Shape), ctypes.POINTER(_Layer), ctypes.c_long,
         ctypes.POINTER(_Rows), ctypes.c_int,

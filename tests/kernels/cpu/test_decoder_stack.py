@@ -1,5 +1,5 @@
-"""The one-call decoder stack against the layer-by-layer model it replaces in decode steps, on
-tiny random checkpoints (that path is itself checked against transformers in tests/engine)."""
+"""The one-call decoder stack against the layer-by-layer model it replaces, on tiny random
+checkpoints (that path is itself checked against transformers in tests/engine)."""
 
 from __future__ import annotations
 
@@ -37,13 +37,11 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     [("llama", {}), ("qwen2", {}), ("mistral", {}), ("llama", SMOLLM2_SHAPED)],
     ids=["llama", "qwen2-bias-tied", "mistral-3-layers", "smollm2-heads"],
 )
-def test_decode_steps_match_layer_by_layer(
-    arch: str, overrides: dict, models_dir: Path
-) -> None:
-    """Prefill three sequences (both models layer by layer), then decode them together: the
-    stack's logits and the KV it writes equal the layer-by-layer model's."""
+def test_steps_match_layer_by_layer(arch: str, overrides: dict, models_dir: Path) -> None:
+    """Prefill three sequences, decode them together, then add a chunk beside a decode: the
+    stack's logits and the KV it writes equal the layer-by-layer model's at every step."""
     path = make_tiny_model(models_dir / f"{arch}-{len(overrides)}", arch, seed=3, **overrides)
-    fused, plain = load_model(path).model, load_model(path, fused_decode=False).model
+    fused, plain = load_model(path).model, load_model(path, fused_layers=False).model
     assert fused.decoder_stack is not None and plain.decoder_stack is None
     calls = _count_stack_calls(fused)
     ours, ref = PagedRunner(fused, num_blocks=96), PagedRunner(plain, num_blocks=96)
@@ -53,28 +51,26 @@ def test_decode_steps_match_layer_by_layer(
         i: torch.randint(0, 500, (n,), generator=gen).tolist() for i, n in enumerate([1, 37, 300])
     }
     got, want = ours.step(prompts), ref.step(prompts)
-    assert calls["n"] == 0  # prefill rows: layer by layer
-    for _ in range(5):
+    for seq in want:
+        _assert_close(got[seq], want[seq])
+    for _ in range(4):
         tokens = {seq: [int(logits[-1].argmax())] for seq, logits in want.items()}
         got, want = ours.step(tokens), ref.step(tokens)
         for seq in want:
             _assert_close(got[seq], want[seq])
-    assert calls["n"] == 5
+    mixed = {0: [7], 1: torch.randint(0, 500, (45,), generator=gen).tolist()}
+    got, want = ours.step(mixed), ref.step(mixed)
+    for seq in want:
+        _assert_close(got[seq], want[seq])
+    assert calls["n"] == 6
     for (k1, v1), (k2, v2) in zip(ours.caches, ref.caches, strict=True):
         _assert_close(k1, k2)
         _assert_close(v1, v2)
 
 
-def test_mixed_and_shared_prefix_steps_go_layer_by_layer(tiny_llama_path: Path) -> None:
-    """A step with a prefill row, or with shared-prefix levels, never takes the stack."""
+def test_shared_prefix_steps_go_layer_by_layer(tiny_llama_path: Path) -> None:
+    """A step with shared-prefix levels never takes the stack (its backend plans them)."""
     model = load_model(tiny_llama_path).model
-    calls = _count_stack_calls(model)
-    runner = PagedRunner(model, num_blocks=64)
-    runner.step({0: list(range(1, 40))})
-    runner.step({0: [5], 1: list(range(3, 20))})  # a decode beside a prefill
-    assert calls["n"] == 0
-    runner.step({0: [6], 1: [7]})
-    assert calls["n"] == 1
     shared = build_attention_metadata(
         [1, 1], [40, 40], [[0, 1, 2], [0, 1, 3]], 16,
         cascade_config=CascadeConfig(min_prefix_tokens=16),
@@ -111,7 +107,7 @@ def test_bad_tensors_are_refused_with_their_names(tiny_llama_path: Path) -> None
     with pytest.raises(ValueError, match="layer 0 qkv_bias must be"):
         DecoderStack(stack.shape, [LayerTensors(**{**_fields(good), "qkv_bias": torch.ones(3)})])
     c = model.config
-    with pytest.raises(ValueError, match="does not take 5 query heads"):
+    with pytest.raises(ValueError, match="do not take 5 query heads"):
         StackShape(c.hidden_size, 5, 2, c.head_dim, c.intermediate_size, 1e-5,
                    model.rope.cos, model.rope.sin)
     with pytest.raises(ValueError, match="cos must be"):
@@ -119,7 +115,7 @@ def test_bad_tensors_are_refused_with_their_names(tiny_llama_path: Path) -> None
                    1e-5, model.rope.cos.double(), model.rope.sin)
     with pytest.raises(ValueError, match="hidden must be"):
         stack.run(torch.zeros(1, c.hidden_size + 1), torch.zeros(1, dtype=torch.long),
-                  torch.zeros(1, dtype=torch.long), [[0]], [1], PagedRunner(model).caches)
+                  build_attention_metadata([1], [1], [[0]], 16), PagedRunner(model).caches)
 
 
 def _count_stack_calls(model: LlamaForCausalLM) -> dict[str, int]:
@@ -142,5 +138,7 @@ def _fields(layer: LayerTensors) -> dict[str, torch.Tensor | None]:
 
 
 def _assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Within the engine's fidelity bar (1e-4 against transformers): float32 sums taken in
+    another order drift by ~1e-5 relative through the SmolLM2-shaped layers."""
     scale = want.abs().max().item() or 1.0
-    assert (got - want).abs().max().item() / scale < 1e-5
+    assert (got - want).abs().max().item() / scale < 1e-4
