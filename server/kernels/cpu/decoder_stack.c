@@ -8,8 +8,8 @@
  *   x += down_proj(silu(gate) * up),  [gate | up] = gate_up_proj(rms_norm(x))
  *
  * with the linear layers on the packed kernel (packed_linear.c) and attention on the paged
- * kernels, all built into this library: the decode kernel (paged_decode.c) when every sequence
- * adds one token, else the prefill kernel (paged_prefill.c) for all of them. Each sequence
+ * kernels, all built into this library: the decode kernel (paged_decode.c) for sequences that
+ * add one token, the prefill kernel (paged_prefill.c) for the others. Each sequence
  * attends only its own blocks (steps with shared-prefix levels take the layer-by-layer path).
  * The small element-wise parts run on the calling thread at decode sizes, and are split over
  * the threads from `PARALLEL_ELEMENTS` up.
@@ -31,10 +31,10 @@ int parrot_paged_decode(const float *q, long R, long Hq, long Hkv, long D, const
                         const float *v_cache, long block_size, const int64_t *blocks,
                         const int64_t *offsets, const int64_t *tokens, float scale, long chunk,
                         float *out, float *lse, int threads);
-int parrot_paged_prefill(const float *q, long S, const int64_t *q_start, const int64_t *tokens,
-                         long Hq, long Hkv, long D, const float *k_cache, const float *v_cache,
-                         long block_size, const int64_t *blocks, const int64_t *offsets,
-                         float scale, float *out, int threads);
+int parrot_paged_prefill(const float *q, long S, const int64_t *first_row, const int64_t *rows,
+                         const int64_t *tokens, long Hq, long Hkv, long D, const float *k_cache,
+                         const float *v_cache, long block_size, const int64_t *blocks,
+                         const int64_t *first_block, float scale, float *out, int threads);
 
 /* One layer's parameters: norms [hidden]; packed panels of qkv [hidden -> (Hq + 2 Hkv) D],
  * o [Hq D -> hidden], gate_up [hidden -> 2 I] and down [I -> hidden]; biases or NULL. */
@@ -58,6 +58,18 @@ typedef struct {
     const int64_t *positions, *slots, *q_start, *tokens, *blocks, *offsets;
 } parrot_step_rows;
 
+/* The step's sequences by attention kernel: one-row sequences (decodes) and the rest. */
+typedef struct {
+    long decodes, prefills;
+    int64_t *decode_row, *decode_offsets, *decode_tokens, *decode_blocks;
+    int64_t *first_row, *rows, *tokens, *first_block;
+    int64_t *memory;
+} step_split;
+
+static int split_step(const parrot_step_rows *b, step_split *split);
+static int attend(const float *q, const parrot_stack_shape *s, const parrot_layer *l,
+                  const parrot_step_rows *b, const step_split *split, float *scratch, float *lse,
+                  float *attn, int threads);
 static void rms_norm(const float *x, const float *weight, float eps, long rows, long n,
                      float *out, int threads);
 static void rope_and_store(const float *qkv, const parrot_stack_shape *s, const parrot_layer *l,
@@ -73,28 +85,23 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
     const long q_size = s->heads * s->head_dim;
     const long qkv_size = q_size + 2 * s->kv_heads * s->head_dim;
     long wide = qkv_size > 2 * I ? qkv_size : 2 * I;
+    wide = wide > 2 * q_size ? wide : 2 * q_size; /* also the decode rows' gather space */
     float *normed = malloc(sizeof(float) * R * (H > I ? H : I));
     float *proj = malloc(sizeof(float) * R * wide);
     float *q = malloc(sizeof(float) * R * q_size);
     float *attn = malloc(sizeof(float) * R * q_size);
     float *lse = malloc(sizeof(float) * R * s->heads);
     float *delta = malloc(sizeof(float) * R * H);
-    int status = normed && proj && q && attn && lse && delta ? 0 : -1;
-    const int decode_only = R == b->seqs;
+    step_split split;
+    int status = split_step(b, &split);
+    if (!(normed && proj && q && attn && lse && delta)) status = -1;
     for (long i = 0; i < num_layers && status == 0; i++) {
         const parrot_layer *l = layers + i;
         rms_norm(x, l->input_norm, s->eps, R, H, normed, threads);
         parrot_packed_linear(normed, R, H, l->qkv, qkv_size, l->qkv_bias, proj, threads);
         rope_and_store(proj, s, l, b, q, threads);
-        if (decode_only)
-            status = parrot_paged_decode(q, R, s->heads, s->kv_heads, s->head_dim, l->k_cache,
-                                         l->v_cache, s->block_size, b->blocks, b->offsets,
-                                         b->tokens, s->scale, 0, attn, lse, threads);
-        else
-            status = parrot_paged_prefill(q, b->seqs, b->q_start, b->tokens, s->heads,
-                                          s->kv_heads, s->head_dim, l->k_cache, l->v_cache,
-                                          s->block_size, b->blocks, b->offsets, s->scale, attn,
-                                          threads);
+        /* proj is free until gate_up: scratch for gathered decode rows */
+        status = attend(q, s, l, b, &split, proj, lse, attn, threads);
         parrot_packed_linear(attn, R, q_size, l->o, H, l->o_bias, delta, threads);
         add_into(x, delta, R * H, threads);
         rms_norm(x, l->post_norm, s->eps, R, H, normed, threads);
@@ -103,6 +110,7 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
         parrot_packed_linear(normed, R, I, l->down, H, l->down_bias, delta, threads);
         add_into(x, delta, R * H, threads);
     }
+    free(split.memory);
     free(normed);
     free(proj);
     free(q);
@@ -110,6 +118,74 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
     free(lse);
     free(delta);
     return status;
+}
+
+/* Decode rows go to the decode kernel, gathered into `scratch` (2 R Hq D floats) when other
+ * rows sit between them; every other sequence goes to the prefill kernel. */
+static int attend(const float *q, const parrot_stack_shape *s, const parrot_layer *l,
+                  const parrot_step_rows *b, const step_split *split, float *scratch, float *lse,
+                  float *attn, int threads) {
+    const long width = s->heads * s->head_dim, n = split->decodes;
+    int status = 0;
+    if (n) {
+        const int gather = n < b->rows;
+        const float *q_rows = gather ? scratch : q;
+        float *out_rows = gather ? scratch + n * width : attn;
+        for (long k = 0; gather && k < n; k++)
+            memcpy(scratch + k * width, q + split->decode_row[k] * width, sizeof(float) * width);
+        status = parrot_paged_decode(q_rows, n, s->heads, s->kv_heads, s->head_dim, l->k_cache,
+                                     l->v_cache, s->block_size, split->decode_blocks,
+                                     split->decode_offsets, split->decode_tokens, s->scale, 0,
+                                     out_rows, lse, threads);
+        for (long k = 0; gather && k < n; k++)
+            memcpy(attn + split->decode_row[k] * width, out_rows + k * width,
+                   sizeof(float) * width);
+    }
+    if (split->prefills && status == 0)
+        status = parrot_paged_prefill(q, split->prefills, split->first_row, split->rows,
+                                      split->tokens, s->heads, s->kv_heads, s->head_dim,
+                                      l->k_cache, l->v_cache, s->block_size, b->blocks,
+                                      split->first_block, s->scale, attn, threads);
+    return status;
+}
+
+static int split_step(const parrot_step_rows *b, step_split *split) {
+    const long S = b->seqs;
+    long decode_blocks = 0;
+    memset(split, 0, sizeof(*split));
+    for (long i = 0; i < S; i++)
+        if (b->q_start[i + 1] - b->q_start[i] == 1)
+            decode_blocks += b->offsets[i + 1] - b->offsets[i];
+    split->memory = malloc(sizeof(int64_t) * (8 * S + 1 + decode_blocks + 1));
+    if (!split->memory) return -1;
+    int64_t *m = split->memory;
+    split->decode_row = m, m += S;
+    split->decode_offsets = m, m += S + 1;
+    split->decode_tokens = m, m += S;
+    split->first_row = m, m += S;
+    split->rows = m, m += S;
+    split->tokens = m, m += S;
+    split->first_block = m, m += S;
+    split->decode_blocks = m;
+    split->decode_offsets[0] = 0;
+    for (long i = 0; i < S; i++) {
+        long rows = b->q_start[i + 1] - b->q_start[i];
+        if (rows == 1) {
+            long k = split->decodes++, used = b->offsets[i + 1] - b->offsets[i];
+            split->decode_row[k] = b->q_start[i];
+            split->decode_tokens[k] = b->tokens[i];
+            memcpy(split->decode_blocks + split->decode_offsets[k], b->blocks + b->offsets[i],
+                   sizeof(int64_t) * used);
+            split->decode_offsets[k + 1] = split->decode_offsets[k] + used;
+        } else if (rows > 1) {
+            long k = split->prefills++;
+            split->first_row[k] = b->q_start[i];
+            split->rows[k] = rows;
+            split->tokens[k] = b->tokens[i];
+            split->first_block[k] = b->offsets[i];
+        }
+    }
+    return 0;
 }
 
 /* out = x / sqrt(mean(x^2) + eps) * weight, row by row */

@@ -68,15 +68,15 @@ def paged_prefill(
             f"{tokens} rows, {len(seq_lens)} seq lens, {len(block_tables)} block tables"
         )
     blocks: list[int] = []
-    offsets, starts = [0], [0]
+    first_block, first_row = [], [0]
     for i, (n, length, table) in enumerate(zip(query_lens, seq_lens, block_tables, strict=True)):
         used = -(-length // block_size)
         if not 0 <= n <= length or used > len(table):
             raise ValueError(f"paged_prefill: sequence {i}: {n} rows, {length} tokens, "
                              f"{len(table)} blocks")
+        first_block.append(len(blocks))
         blocks.extend(table[:used])
-        offsets.append(len(blocks))
-        starts.append(starts[-1] + n)
+        first_row.append(first_row[-1] + n)
     if blocks and not 0 <= min(blocks) <= max(blocks) < num_blocks:
         raise ValueError(f"paged_prefill: block ids must lie in [0, {num_blocks})")
     lib = _library()
@@ -84,11 +84,14 @@ def paged_prefill(
         raise RuntimeError("the paged prefill kernel could not be built on this machine")
     q = q.contiguous()
     out = torch.empty_like(q)
-    args = [torch.tensor(x, dtype=torch.int64) for x in (starts, seq_lens, blocks, offsets)]
+    index = [
+        torch.tensor(x, dtype=torch.int64)
+        for x in (first_row[:-1], query_lens, seq_lens, blocks, first_block)
+    ]
     status = lib.parrot_paged_prefill(
-        q.data_ptr(), len(query_lens), args[0].data_ptr(), args[1].data_ptr(), num_heads,
+        q.data_ptr(), len(query_lens), *(t.data_ptr() for t in index[:3]), num_heads,
         num_kv_heads, head_dim, k_cache.data_ptr(), v_cache.data_ptr(), block_size,
-        args[2].data_ptr(), args[3].data_ptr(), scale, out.data_ptr(), torch.get_num_threads(),
+        index[3].data_ptr(), index[4].data_ptr(), scale, out.data_ptr(), torch.get_num_threads(),
     )
     if status != 0:
         raise RuntimeError("paged_prefill: the kernel refused its arguments (out of memory?)")
@@ -102,8 +105,8 @@ def _library() -> ctypes.CDLL | None:
         return None
     fn = lib.parrot_paged_prefill
     fn.argtypes = [
-        ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
-        ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
+        ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
     ]
     fn.restype = ctypes.c_int

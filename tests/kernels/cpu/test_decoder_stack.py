@@ -38,7 +38,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ids=["llama", "qwen2-bias-tied", "mistral-3-layers", "smollm2-heads"],
 )
 def test_steps_match_layer_by_layer(arch: str, overrides: dict, models_dir: Path) -> None:
-    """Prefill three sequences, decode them together, then add a chunk beside a decode: the
+    """Prefill three sequences, decode them together, then add a chunk between decodes: the
     stack's logits and the KV it writes equal the layer-by-layer model's at every step."""
     path = make_tiny_model(models_dir / f"{arch}-{len(overrides)}", arch, seed=3, **overrides)
     fused, plain = load_model(path).model, load_model(path, fused_layers=False).model
@@ -58,7 +58,8 @@ def test_steps_match_layer_by_layer(arch: str, overrides: dict, models_dir: Path
         got, want = ours.step(tokens), ref.step(tokens)
         for seq in want:
             _assert_close(got[seq], want[seq])
-    mixed = {0: [7], 1: torch.randint(0, 500, (45,), generator=gen).tolist()}
+    # decode rows before and after a chunk: the stack gathers them for the decode kernel
+    mixed = {0: [7], 1: torch.randint(0, 500, (45,), generator=gen).tolist(), 2: [9]}
     got, want = ours.step(mixed), ref.step(mixed)
     for seq in want:
         _assert_close(got[seq], want[seq])
