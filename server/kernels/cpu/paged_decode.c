@@ -122,6 +122,9 @@ typedef struct {
                     __builtin_prefetch(v_cache + off + b, 0, 1);                                    \
                 }                                                                             \
             }                                                                                 \
+            /* three passes over the heads, each of independent per-head chains */          \
+            v16 tile_scores[MAX_HEADS];                                                       \
+            float corrections[MAX_HEADS];                                                     \
             for (long kv = 0; kv < Hkv; kv++) {                                               \
                 for (long g = 0; g < G; g++) {                                                \
                     long h = kv * G + g;                                                      \
@@ -135,21 +138,29 @@ typedef struct {
                         partial[j] = s;                                                       \
                     }                                                                         \
                     /* lanes past the tile's last token score -inf, so their probs are 0 */   \
-                    v16 scores = select_lanes(live, sum_lanes_16(partial), minus_inf);        \
-                    float tile_max = max_lane(scores);                                        \
-                    tile_max = tile_max > state[h].max ? tile_max : state[h].max;             \
-                    v16 probs = exp_nonpositive(scores - tile_max);                           \
-                    float sum = sum_lane(probs);                                              \
-                    /* rescale what was accumulated under the old maximum */                  \
-                    /* the maximum seldom rises after the first tiles: skip expf(0) */         \
-                    float correction = state[h].max == tile_max    ? 1.0f                     \
-                                       : state[h].max == -INFINITY ? 0.0f                     \
-                                                                   : expf(state[h].max - tile_max); \
-                    state[h].sum = state[h].sum * correction + sum;                           \
-                    state[h].max = tile_max;                                                  \
-                    v16 o[NV];                                                                \
+                    tile_scores[h] = select_lanes(live, sum_lanes_16(partial), minus_inf);    \
+                }                                                                             \
+            }                                                                                 \
+            for (long h = 0; h < Hkv * G; h++) {                                              \
+                float tile_max = max_lane(tile_scores[h]);                                    \
+                tile_max = tile_max > state[h].max ? tile_max : state[h].max;                 \
+                v16 probs = exp_nonpositive(tile_scores[h] - tile_max);                       \
+                /* rescale what was accumulated under the old maximum; the maximum seldom */ \
+                /* rises after the first tiles: skip expf(0) */                               \
+                float correction = state[h].max == tile_max    ? 1.0f                         \
+                                   : state[h].max == -INFINITY ? 0.0f                         \
+                                                               : expf(state[h].max - tile_max); \
+                state[h].sum = state[h].sum * correction + sum_lane(probs);                   \
+                state[h].max = tile_max;                                                      \
+                tile_scores[h] = probs;                                                       \
+                corrections[h] = correction;                                                  \
+            }                                                                                 \
+            for (long kv = 0; kv < Hkv; kv++) {                                               \
+                for (long g = 0; g < G; g++) {                                                \
+                    long h = kv * G + g;                                                      \
+                    v16 o[NV], probs = tile_scores[h];                                        \
                     float *a = acc + h * DIM;                                                 \
-                    for (int c = 0; c < NV; c++) o[c] = load(a + c * 16) * correction;        \
+                    for (int c = 0; c < NV; c++) o[c] = load(a + c * 16) * corrections[h];    \
                     for (long j = 0; j < n; j++)                                              \
                         for (int c = 0; c < NV; c++)                                          \
                             o[c] += probs[j] * load(values[j] + kv * DIM + c * 16);           \
