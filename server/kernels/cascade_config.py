@@ -52,12 +52,14 @@ class CascadeConfig:
         )
 
 
-# CPU backend (2 cores, float32): per-sequence decode runs on the paged kernel, one call for all
-# rows, while a level costs a PyTorch flash-attention call and an LSE merge (~0.12 ms a layer
-# even when tiny), so cascade pays only from about 12k saved prefix-token reads: 8 x 1024 (7.2k)
-# 0.94x, 16 x 512 0.98x; 8 x 2048 (14.3k) 1.16x, 64 x 256 1.10x, 32 x 512 1.21x, 16 x 1024 1.30x,
-# 4 x 8192 1.15x, 64 x 2048 1.79x.
-CPU_RULE = CascadeConfig(min_prefix_tokens=256, min_group_size=2, min_saved_tokens=12_288)
+# CPU backend (2 cores, float32), measured on whole SmolLM2 engine steps of forks: without
+# levels a packed model runs the step in one C call (cpu/decoder_stack.c, per-sequence decode on
+# the paged kernel), with levels layer by layer from Python (a PyTorch flash-attention call and
+# an LSE merge per level and layer), so cascade pays only from ~64k saved prefix-token reads:
+# 16 x 2048 (31k) 0.80-0.99x, 32 x 1024 1.01x, 64 x 512 0.83x; 16 x 6144 (92k) 1.15x,
+# 64 x 2048 1.12x, 32 x 4096 1.20x, 64 x 4096 1.31x. (Layer by layer, without the stack, it paid
+# from ~12k; that path now runs only for models the stack does not take.)
+CPU_RULE = CascadeConfig(min_prefix_tokens=256, min_group_size=2, min_saved_tokens=65_536)
 # cpu-sdpa backend (PyTorch's kernel for everything, a call per sequence): cascade paid for any
 # group from 128 shared tokens (2 x 128: 1.23x, 16 x 128: 2.77x) and lost below (16 x 64:
 # 0.72x), where per-sequence decode gathers the whole short sequence into one batched call.

@@ -1,4 +1,6 @@
-"""CPU kernels compiled on first use: a packed-weight float32 linear layer."""
+"""CPU kernels in C, compiled on first use: the packed-weight float32 linear layer (exported
+here), paged decode and prefill attention, and the decoder stack that runs a step's layers in
+one call (import their modules)."""
 
 from server.kernels.cpu.packed_linear import PANEL, available, pack, packed_linear, unpack
 
