@@ -41,21 +41,23 @@ int parrot_paged_prefill(const float *q, long S, const int64_t *first_row, const
 typedef struct {
     const float *input_norm, *post_norm;
     const float *qkv, *qkv_bias, *o, *o_bias, *gate_up, *gate_up_bias, *down, *down_bias;
-    float *k_cache, *v_cache; /* [blocks, block_size, Hkv, D] */
 } parrot_layer;
 
 typedef struct {
-    long hidden, heads, kv_heads, head_dim, intermediate, block_size;
+    long hidden, heads, kv_heads, head_dim, intermediate;
     float eps, scale;
     const float *cos, *sin; /* RoPE tables [positions, head_dim / 2] */
 } parrot_stack_shape;
 
 /* The step's rows: positions [R] and cache slots [R] of the new tokens. Sequence s owns rows
  * [q_start[s], q_start[s + 1]), the last of its tokens[s] tokens, held by the blocks
- * blocks[offsets[s] .. offsets[s + 1]). */
+ * blocks[offsets[s] .. offsets[s + 1]) of each layer's caches [blocks, block_size, Hkv, D].
+ * Per call: engines that share one model's weights have caches of their own. */
 typedef struct {
     long rows, seqs;
     const int64_t *positions, *slots, *q_start, *tokens, *blocks, *offsets;
+    long block_size;
+    float *const *k_caches, *const *v_caches; /* one per layer */
 } parrot_step_rows;
 
 /* The step's sequences by attention kernel: one-row sequences (decodes) and the rest. */
@@ -67,13 +69,13 @@ typedef struct {
 } step_split;
 
 static int split_step(const parrot_step_rows *b, step_split *split);
-static int attend(const float *q, const parrot_stack_shape *s, const parrot_layer *l,
-                  const parrot_step_rows *b, const step_split *split, float *scratch, float *lse,
-                  float *attn, int threads);
+static int attend(const float *q, const parrot_stack_shape *s, const float *k_cache,
+                  const float *v_cache, const parrot_step_rows *b, const step_split *split,
+                  float *scratch, float *lse, float *attn, int threads);
 static void rms_norm(const float *x, const float *weight, float eps, long rows, long n,
                      float *out, int threads);
-static void rope_and_store(const float *qkv, const parrot_stack_shape *s, const parrot_layer *l,
-                           const parrot_step_rows *b, float *q, int threads);
+static void rope_and_store(const float *qkv, const parrot_stack_shape *s, float *k_cache,
+                           float *v_cache, const parrot_step_rows *b, float *q, int threads);
 static void silu_mul(const float *gate_up, long rows, long n, float *out, int threads);
 static void add_into(float *x, const float *y, long n, int threads);
 
@@ -99,9 +101,10 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
         const parrot_layer *l = layers + i;
         rms_norm(x, l->input_norm, s->eps, R, H, normed, threads);
         parrot_packed_linear(normed, R, H, l->qkv, qkv_size, l->qkv_bias, proj, threads);
-        rope_and_store(proj, s, l, b, q, threads);
+        rope_and_store(proj, s, b->k_caches[i], b->v_caches[i], b, q, threads);
         /* proj is free until gate_up: scratch for gathered decode rows */
-        status = attend(q, s, l, b, &split, proj, lse, attn, threads);
+        status = attend(q, s, b->k_caches[i], b->v_caches[i], b, &split, proj, lse, attn,
+                        threads);
         parrot_packed_linear(attn, R, q_size, l->o, H, l->o_bias, delta, threads);
         add_into(x, delta, R * H, threads);
         rms_norm(x, l->post_norm, s->eps, R, H, normed, threads);
@@ -122,9 +125,9 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
 
 /* Decode rows go to the decode kernel, gathered into `scratch` (2 R Hq D floats) when other
  * rows sit between them; every other sequence goes to the prefill kernel. */
-static int attend(const float *q, const parrot_stack_shape *s, const parrot_layer *l,
-                  const parrot_step_rows *b, const step_split *split, float *scratch, float *lse,
-                  float *attn, int threads) {
+static int attend(const float *q, const parrot_stack_shape *s, const float *k_cache,
+                  const float *v_cache, const parrot_step_rows *b, const step_split *split,
+                  float *scratch, float *lse, float *attn, int threads) {
     const long width = s->heads * s->head_dim, n = split->decodes;
     int status = 0;
     if (n) {
@@ -133,8 +136,8 @@ static int attend(const float *q, const parrot_stack_shape *s, const parrot_laye
         float *out_rows = gather ? scratch + n * width : attn;
         for (long k = 0; gather && k < n; k++)
             memcpy(scratch + k * width, q + split->decode_row[k] * width, sizeof(float) * width);
-        status = parrot_paged_decode(q_rows, n, s->heads, s->kv_heads, s->head_dim, l->k_cache,
-                                     l->v_cache, s->block_size, split->decode_blocks,
+        status = parrot_paged_decode(q_rows, n, s->heads, s->kv_heads, s->head_dim, k_cache,
+                                     v_cache, b->block_size, split->decode_blocks,
                                      split->decode_offsets, split->decode_tokens, s->scale, 0,
                                      out_rows, lse, threads);
         for (long k = 0; gather && k < n; k++)
@@ -144,7 +147,7 @@ static int attend(const float *q, const parrot_stack_shape *s, const parrot_laye
     if (split->prefills && status == 0)
         status = parrot_paged_prefill(q, split->prefills, split->first_row, split->rows,
                                       split->tokens, s->heads, s->kv_heads, s->head_dim,
-                                      l->k_cache, l->v_cache, s->block_size, b->blocks,
+                                      k_cache, v_cache, b->block_size, b->blocks,
                                       split->first_block, s->scale, attn, threads);
     return status;
 }
@@ -206,15 +209,15 @@ static void rms_norm(const float *x, const float *weight, float eps, long rows, 
 
 /* Rotates the q and k heads of each row's qkv ("rotate half": dim i pairs with i + D/2) by its
  * position; q goes to `q` [R, Hq, D], k and v straight into the layer's cache at the row's slot. */
-static void rope_and_store(const float *qkv, const parrot_stack_shape *s, const parrot_layer *l,
-                           const parrot_step_rows *b, float *q, int threads) {
+static void rope_and_store(const float *qkv, const parrot_stack_shape *s, float *k_cache,
+                           float *v_cache, const parrot_step_rows *b, float *q, int threads) {
     const long D = s->head_dim, half = D / 2, Hq = s->heads, Hkv = s->kv_heads;
     const long qkv_size = (Hq + 2 * Hkv) * D;
 #pragma omp parallel for num_threads(threads) if (b->rows * qkv_size >= PARALLEL_ELEMENTS)
     for (long r = 0; r < b->rows; r++) {
         const float *row = qkv + r * qkv_size;
         const float *c = s->cos + b->positions[r] * half, *sn = s->sin + b->positions[r] * half;
-        float *k_out = l->k_cache + b->slots[r] * Hkv * D;
+        float *k_out = k_cache + b->slots[r] * Hkv * D;
         for (long h = 0; h < Hq + Hkv; h++) {
             const float *in = row + h * D;
             float *o = h < Hq ? q + (r * Hq + h) * D : k_out + (h - Hq) * D;
@@ -224,7 +227,7 @@ static void rope_and_store(const float *qkv, const parrot_stack_shape *s, const 
                 o[i + half] = in[i + half] * c[i] + in[i] * sn[i];
             }
         }
-        memcpy(l->v_cache + b->slots[r] * Hkv * D, row + (Hq + Hkv) * D, sizeof(float) * Hkv * D);
+        memcpy(v_cache + b->slots[r] * Hkv * D, row + (Hq + Hkv) * D, sizeof(float) * Hkv * D);
     }
 }
 

@@ -99,8 +99,9 @@ class DecoderStack:
         self._lib = lib
         self.shape = shape
         self.layers = layers
+        # read-only once built: engines sharing this model may run steps from several threads
         self._shape = _Shape(
-            shape.hidden, shape.heads, shape.kv_heads, shape.head_dim, shape.intermediate, 0,
+            shape.hidden, shape.heads, shape.kv_heads, shape.head_dim, shape.intermediate,
             shape.eps, shape.head_dim**-0.5, shape.cos.data_ptr(), shape.sin.data_ptr(),
         )
         self._layers = (_Layer * len(layers))()
@@ -147,10 +148,11 @@ class DecoderStack:
             *(torch.tensor(x, dtype=torch.int64)
               for x in (meta.query_start, meta.seq_lens, blocks, offsets)),
         ]
-        batch = _Rows(rows, meta.num_seqs, *(t.data_ptr() for t in index))
-        for slot, (k, v) in zip(self._layers, kv_caches, strict=True):
-            slot.k_cache, slot.v_cache = k.data_ptr(), v.data_ptr()
-        self._shape.block_size = meta.block_size
+        pointers = ctypes.c_void_p * len(kv_caches)
+        k_caches = pointers(*(k.data_ptr() for k, _ in kv_caches))
+        v_caches = pointers(*(v.data_ptr() for _, v in kv_caches))
+        batch = _Rows(rows, meta.num_seqs, *(t.data_ptr() for t in index), meta.block_size,
+                      k_caches, v_caches)
         status = self._lib.parrot_decoder_stack(
             hidden.data_ptr(), ctypes.byref(self._shape), self._layers, len(self.layers),
             ctypes.byref(batch), torch.get_num_threads(),
@@ -164,13 +166,13 @@ class _Layer(ctypes.Structure):
         "input_norm", "post_norm", "qkv", "qkv_bias", "o", "o_bias",
         "gate_up", "gate_up_bias", "down", "down_bias",
     )
-    _fields_ = [(name, ctypes.c_void_p) for name in (*WEIGHTS, "k_cache", "v_cache")]
+    _fields_ = [(name, ctypes.c_void_p) for name in WEIGHTS]
 
 
 class _Shape(ctypes.Structure):
     _fields_ = [
         *((name, ctypes.c_long) for name in
-          ("hidden", "heads", "kv_heads", "head_dim", "intermediate", "block_size")),
+          ("hidden", "heads", "kv_heads", "head_dim", "intermediate")),
         ("eps", ctypes.c_float), ("scale", ctypes.c_float),
         ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
     ]
@@ -181,6 +183,8 @@ class _Rows(ctypes.Structure):
         ("rows", ctypes.c_long), ("seqs", ctypes.c_long),
         *((name, ctypes.c_void_p) for name in
           ("positions", "slots", "q_start", "tokens", "blocks", "offsets")),
+        ("block_size", ctypes.c_long),
+        ("k_caches", ctypes.POINTER(ctypes.c_void_p)), ("v_caches", ctypes.POINTER(ctypes.c_void_p)),
     ]
 
 

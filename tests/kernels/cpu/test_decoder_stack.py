@@ -3,6 +3,7 @@ checkpoints (that path is itself checked against transformers in tests/engine)."
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,35 @@ def test_steps_match_layer_by_layer(arch: str, overrides: dict, models_dir: Path
     for (k1, v1), (k2, v2) in zip(ours.caches, ref.caches, strict=True):
         _assert_close(k1, k2)
         _assert_close(v1, v2)
+
+
+def test_engines_sharing_the_weights_run_steps_at_once(tiny_llama_path: Path) -> None:
+    """The server's engines share one model and run steps from their own threads, each with its
+    own KV cache: the stack keeps nothing of a call in shared state."""
+    model = load_model(tiny_llama_path).model
+    prompts = [list(range(3, 40)), list(range(50, 71))]
+
+    def run(runner: PagedRunner, prompt: list[int]) -> list[torch.Tensor]:
+        out = [runner.step({0: prompt})[0][-1]]
+        for _ in range(25):
+            out.append(runner.step({0: [int(out[-1].argmax())]})[0][-1])
+        return out
+
+    alone = [run(PagedRunner(model, num_blocks=32, seed=i), p) for i, p in enumerate(prompts)]
+    together: list[list[torch.Tensor]] = [[], []]
+
+    def worker(i: int) -> None:
+        together[i] = run(PagedRunner(model, num_blocks=32, seed=i), prompts[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        assert len(together[i]) == len(alone[i])
+        for got, want in zip(together[i], alone[i], strict=True):
+            _assert_close(got, want)
 
 
 def test_shared_prefix_steps_go_layer_by_layer(tiny_llama_path: Path) -> None:
