@@ -4,6 +4,7 @@
     python -m benchmarks.attention --quick         # fewer sizes, fewer repeats
     python -m benchmarks.attention --device cuda --sizes 64x4096 --dtype bfloat16
     python -m benchmarks.attention --cost-rule     # where cascade starts to pay (CascadeConfig)
+    python -m benchmarks.attention --engine-rule   # the same on whole engine steps
     python -m benchmarks.attention --engine        # whole SmolLM2 decode steps, 16 forks of 2048
     python -m benchmarks.attention --shape llama3-8b --device cuda   # a 7B-class layer's heads
 
@@ -211,9 +212,15 @@ def cost_rule_sweep(
 
 
 def engine_step(
-    device: str, prefix: int, forks: int, steps: int, backend: str | None = None
+    device: str,
+    prefix: int,
+    forks: int,
+    steps: int,
+    backend: str | None = None,
+    cascade_rule: CascadeConfig | None = None,
 ) -> dict[str, float | bool]:
-    """Whole SmolLM2 decode steps of `forks` children of one `prefix`-token context."""
+    """Whole SmolLM2 decode steps of `forks` children of one `prefix`-token context, without
+    and with cascade (by `cascade_rule`, default the backend's measured rule)."""
     from server.engine import LLMEngine, SamplingParams
 
     timings: dict[str, list[float]] = {}
@@ -222,7 +229,7 @@ def engine_step(
     for label, cascade in (("per_seq", False), ("cascade", True)):
         engine = LLMEngine.from_pretrained(
             "smollm2-135m-instruct", device=device, enable_cascade=cascade,
-            attention_backend=backend,
+            attention_backend=backend, cascade_rule=cascade_rule if cascade else None,
         )
         gen = torch.Generator().manual_seed(0)
         vocab = engine.model_config.vocab_size
@@ -253,6 +260,25 @@ def engine_step(
         "speedup": per_seq / cascade,
         "greedy_outputs_equal": outputs["per_seq"] == outputs["cascade"],
     }
+
+
+ENGINE_RULE_SIZES = [(16, 2048), (32, 1024), (64, 512), (16, 6144), (64, 2048), (32, 4096),
+                     (64, 4096)]
+
+
+def engine_rule_sweep(device: str, backend: str | None, steps: int) -> list[dict[str, object]]:
+    """Whole engine steps with a level forced on every fork group against none: where cascade
+    pays once everything else in the step is counted (on CPU: the decoder stack runs steps
+    without levels in one C call, steps with levels go layer by layer)."""
+    rule = CascadeConfig.for_backend(backend or default_backend_name(torch.device(device)))
+    results = []
+    for forks, prefix in tqdm(ENGINE_RULE_SIZES, desc="engine rule", leave=False, disable=None):
+        r = engine_step(device, prefix, forks, steps, backend, cascade_rule=FORCED)
+        results.append(
+            {"seqs": forks, "prefix": prefix, "saved_reads": (forks - 1) * prefix,
+             "planned": rule.pays(forks, prefix), **r}
+        )
+    return results
 
 
 def profile_kernels(
@@ -348,6 +374,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--suffix", type=int, default=40, help="own tokens per sequence")
     parser.add_argument("--cost-rule", action="store_true", help="sweep small groups/prefixes")
     parser.add_argument("--engine", action="store_true", help="also time whole engine steps")
+    parser.add_argument(
+        "--engine-rule", action="store_true",
+        help="whole engine steps, cascade forced on vs off, over group/prefix sizes",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     parser.add_argument(
         "--profile", action="store_true", help="per-kernel times of the last size, both ways"
@@ -407,6 +437,16 @@ def main(argv: list[str] | None = None) -> None:
             f"greedy outputs equal: {result['greedy_outputs_equal']}"
         )
         report["engine"] = result
+    if args.engine_rule:
+        sweep_rows = engine_rule_sweep(device, args.backend, steps=3 if args.quick else 5)
+        print("engine steps, cascade forced on vs off (speedup < 1: it does not pay)")
+        print(f"{'seqs':>5} {'prefix':>7} {'saved':>7} {'off ms':>8} {'on ms':>8} {'speedup':>8} "
+              f"{'rule':>5}")
+        for r in sweep_rows:
+            print(f"{r['seqs']:>5} {r['prefix']:>7} {r['saved_reads']:>7} "
+                  f"{r['per_seq_step_ms']:>8.1f} {r['cascade_step_ms']:>8.1f} "
+                  f"{r['speedup']:>7.2f}x {'on' if r['planned'] else 'off':>5}")
+        report["engine_rule"] = sweep_rows
     named = "" if backend == default_backend_name(torch.device(device)) else f"_{backend}"
     out = Path(args.out) if args.out else RESULTS / f"attention_{device}{named}_{args.dtype}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

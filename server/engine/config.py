@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from server.kernels.cascade_config import CascadeConfig
+
 
 @dataclass(slots=True)
 class EngineConfig:
@@ -41,6 +43,9 @@ class EngineConfig:
     fused_layers: bool = True
     # attention kernels by name (server.kernels.backends.BACKEND_NAMES); None: by device
     attention_backend: str | None = None
+    # when a shared prefix is attended once for its group (cascade); None: the rule measured
+    # for the backend (server/kernels/cascade_config.py)
+    cascade_rule: CascadeConfig | None = None
 
     def __post_init__(self) -> None:
         from server.kernels.backends import BACKEND_NAMES

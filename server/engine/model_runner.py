@@ -75,6 +75,7 @@ class ModelRunner:
             self.block_size,
             self.device,
             cascade=self.config.enable_cascade,
+            cascade_config=self.config.cascade_rule,
             backend=self.config.attention_backend,
         )
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)

@@ -52,13 +52,13 @@ class CascadeConfig:
         )
 
 
-# CPU backend (2 cores, float32), measured on whole SmolLM2 engine steps of forks: without
-# levels a packed model runs the step in one C call (cpu/decoder_stack.c, per-sequence decode on
-# the paged kernel), with levels layer by layer from Python (a PyTorch flash-attention call and
-# an LSE merge per level and layer), so cascade pays only from ~64k saved prefix-token reads:
-# 16 x 2048 (31k) 0.80-0.99x, 32 x 1024 1.01x, 64 x 512 0.83x; 16 x 6144 (92k) 1.15x,
-# 64 x 2048 1.12x, 32 x 4096 1.20x, 64 x 4096 1.31x. (Layer by layer, without the stack, it paid
-# from ~12k; that path now runs only for models the stack does not take.)
+# CPU backend (2 cores, float32), measured on whole SmolLM2 engine steps of forks
+# (`python -m benchmarks.attention --engine-rule`): without levels a packed model runs the step
+# in one C call (cpu/decoder_stack.c, per-sequence decode on the paged kernel), with levels
+# layer by layer from Python (a PyTorch flash-attention call and an LSE merge per level and
+# layer), so cascade pays only from ~64k saved prefix-token reads: ~31k saved 0.72-1.28x
+# (16 x 2048 0.96-1.05x), 92k 0.88-1.06x, ~128k 1.15-1.41x, 258k 1.17-1.43x (two runs; whole
+# steps vary by 10-30%). Layer by layer, without the stack, it paid from ~12k.
 CPU_RULE = CascadeConfig(min_prefix_tokens=256, min_group_size=2, min_saved_tokens=65_536)
 # cpu-sdpa backend (PyTorch's kernel for everything, a call per sequence): cascade paid for any
 # group from 128 shared tokens (2 x 128: 1.23x, 16 x 128: 2.77x) and lost below (16 x 64:

@@ -99,6 +99,36 @@ def test_forked_contexts_match_transformers(tiny_llama_path, backend):
     assert out.token_ids == greedy_reference(ref, doc, GREEDY.max_tokens)
 
 
+def test_cascade_rule_from_the_config_plans_levels(tiny_llama_path, monkeypatch):
+    """EngineConfig.cascade_rule replaces the backend's measured rule: forks of a short document
+    then decode with a shared-prefix level (layer by layer), and still equal transformers."""
+    from server.engine import model_runner
+    from server.kernels import CascadeConfig
+
+    levels = []
+    build = model_runner.build_attention_metadata
+
+    def recording(*args, **kwargs):
+        meta = build(*args, **kwargs)
+        levels.append(len(meta.shared_prefixes))
+        return meta
+
+    monkeypatch.setattr(model_runner, "build_attention_metadata", recording)
+    rule = CascadeConfig(min_prefix_tokens=16, min_group_size=2)
+    engine = LLMEngine.from_pretrained(tiny_llama_path, block_size=8, cascade_rule=rule)
+    ref = load_reference(tiny_llama_path)
+    doc = random_prompts(1, engine.model_config.vocab_size, seed=7, lo=40, hi=40)[0]
+    parent = engine.create_context()
+    engine.fill(parent, doc)
+    engine.run_until_idle()
+    children = [engine.create_context(parent=parent) for _ in range(4)]
+    jobs = [engine.add_generate(child, GREEDY) for child in children]
+    outs = {o.job_id: o for o in engine.run_until_idle() if o.finished}
+    assert max(levels) >= 1
+    want = greedy_reference(ref, doc, GREEDY.max_tokens)
+    assert all(outs[job].token_ids == want for job in jobs)
+
+
 def test_unknown_attention_backend_is_refused(tiny_llama_path):
     with pytest.raises(ValueError, match="attention_backend must be one of"):
         LLMEngine.from_pretrained(tiny_llama_path, attention_backend="fast")
