@@ -217,13 +217,11 @@ def _check_layer(index: int, layer: LayerTensors, shape: StackShape) -> None:
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    lib = native_library.load(*SOURCES)
-    if lib is None:
-        return None
-    fn = lib.parrot_decoder_stack
-    fn.argtypes = [
-        ctypes.c_void_p, ctypes.POINTER(_Shape), ctypes.POINTER(_Layer), ctypes.c_long,
-        ctypes.POINTER(_Rows), ctypes.c_int,
-    ]
-    fn.restype = ctypes.c_int
-    return lib
+    return native_library.load_function(
+        SOURCES, "parrot_decoder_stack",
+        [
+            ctypes.c_void_p, ctypes.POINTER(_Shape), ctypes.POINTER(_Layer), ctypes.c_long,
+            ctypes.POINTER(_Rows), ctypes.c_int,
+        ],
+        ctypes.c_int,
+    )

@@ -19,8 +19,9 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["CACHE_DIR", "FLAGS", "load"]
+__all__ = ["CACHE_DIR", "FLAGS", "load", "load_function"]
 
 CACHE_DIR = Path.home() / ".cache" / "parrot" / "kernels"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
@@ -42,6 +43,19 @@ def load(source: Path, *more: Path) -> ctypes.CDLL | None:
     except OSError as exc:
         log.warning("loading %s failed (%s): using torch instead", source.name, exc)
     return None
+
+
+def load_function(
+    sources: list[Path], name: str, argtypes: list[Any], restype: Any
+) -> ctypes.CDLL | None:
+    """`load(*sources)` with the C function `name` given its ctypes signature, or None."""
+    lib = load(*sources)
+    if lib is None:
+        return None
+    fn = getattr(lib, name)
+    fn.argtypes = argtypes
+    fn.restype = restype
+    return lib
 
 
 def _build(compiler: str, sources: list[Path]) -> Path:

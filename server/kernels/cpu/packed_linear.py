@@ -79,13 +79,11 @@ def packed_linear(
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    lib = native_library.load(SOURCE)
-    if lib is None:
-        return None
-    fn = lib.parrot_packed_linear
-    fn.argtypes = [
-        ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_long,
-        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
-    ]
-    fn.restype = None
-    return lib
+    return native_library.load_function(
+        [SOURCE], "parrot_packed_linear",
+        [
+            ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_long,
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+        ],
+        None,
+    )

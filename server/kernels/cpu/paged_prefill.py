@@ -100,14 +100,12 @@ def paged_prefill(
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    lib = native_library.load(SOURCE)
-    if lib is None:
-        return None
-    fn = lib.parrot_paged_prefill
-    fn.argtypes = [
-        ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-        ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
-        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
-    ]
-    fn.restype = ctypes.c_int
-    return lib
+    return native_library.load_function(
+        [SOURCE], "parrot_paged_prefill",
+        [
+            ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
+        ],
+        ctypes.c_int,
+    )
