@@ -19,7 +19,7 @@ def test_defaults_and_flags_map_to_the_config() -> None:
         "enable_prefix_cache": False,
         "enable_cascade": True,
         "latency_max_batched_tokens": 0,
-        "background_max_prefill_tokens": 256,
+        "background_max_prefill_tokens": 128,
     }
 
 
