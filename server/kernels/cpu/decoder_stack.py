@@ -137,6 +137,15 @@ class DecoderStack:
                 f"decoder stack: caches must be float32 [blocks, {meta.block_size}, {want[0]}, "
                 f"{want[1]}], got {tuple(k_cache.shape)} {k_cache.dtype}"
             )
+        # the C side indexes the RoPE tables and the caches with these unchecked
+        if rows and (
+            int(positions.max()) >= self.shape.cos.shape[0]
+            or int(meta.slot_mapping.max()) >= k_cache.shape[0] * meta.block_size
+        ):
+            raise ValueError(
+                f"decoder stack: positions must be below {self.shape.cos.shape[0]} and cache "
+                f"slots below {k_cache.shape[0] * meta.block_size}"
+            )
         blocks: list[int] = []
         offsets = [0]
         for table, length in zip(meta.block_tables, meta.seq_lens, strict=True):

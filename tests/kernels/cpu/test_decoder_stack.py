@@ -144,6 +144,12 @@ def test_bad_tensors_are_refused_with_their_names(tiny_llama_path: Path) -> None
     with pytest.raises(ValueError, match="cos must be"):
         StackShape(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size,
                    1e-5, model.rope.cos.double(), model.rope.sin)
+    caches = PagedRunner(model).caches
+    far = torch.tensor([model.rope.cos.shape[0]])
+    with pytest.raises(ValueError, match="positions must be below"):
+        block = caches[0][0].shape[1]
+        stack.run(torch.zeros(1, c.hidden_size), far,
+                  build_attention_metadata([1], [1], [[0]], block), caches)
     with pytest.raises(ValueError, match="hidden must be"):
         stack.run(torch.zeros(1, c.hidden_size + 1), torch.zeros(1, dtype=torch.long),
                   build_attention_metadata([1], [1], [[0]], 16), PagedRunner(model).caches)
