@@ -151,6 +151,8 @@ class DecoderStack:
         for table, length in zip(meta.block_tables, meta.seq_lens, strict=True):
             blocks.extend(table[: -(-length // meta.block_size)])
             offsets.append(len(blocks))
+        if blocks and not 0 <= min(blocks) <= max(blocks) < k_cache.shape[0]:
+            raise ValueError(f"decoder stack: block ids must lie in [0, {k_cache.shape[0]})")
         index = [
             positions.to(torch.int64).contiguous(),
             meta.slot_mapping.to(torch.int64).contiguous(),

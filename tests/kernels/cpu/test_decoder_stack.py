@@ -150,6 +150,11 @@ def test_bad_tensors_are_refused_with_their_names(tiny_llama_path: Path) -> None
         block = caches[0][0].shape[1]
         stack.run(torch.zeros(1, c.hidden_size), far,
                   build_attention_metadata([1], [1], [[0]], block), caches)
+    # the new token's slot is fine, an earlier block of the sequence lies past the pool
+    outside = [[caches[0][0].shape[0], 0]]
+    with pytest.raises(ValueError, match="block ids must lie in"):
+        stack.run(torch.zeros(1, c.hidden_size), torch.tensor([block]),
+                  build_attention_metadata([1], [block + 1], outside, block), caches)
     with pytest.raises(ValueError, match="hidden must be"):
         stack.run(torch.zeros(1, c.hidden_size + 1), torch.zeros(1, dtype=torch.long),
                   build_attention_metadata([1], [1], [[0]], 16), PagedRunner(model).caches)
