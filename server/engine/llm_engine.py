@@ -58,6 +58,8 @@ class LLMEngine:
             self.device,
             dtype,
         )
+        # a context never holds more than the pool: requests past it are refused up front
+        self.max_model_len = min(self.max_model_len, self.runner.num_blocks * self.config.block_size)
         self.blocks = BlockManager(
             self.runner.num_blocks, self.config.block_size, self.config.enable_prefix_cache
         )

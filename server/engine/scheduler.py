@@ -3,11 +3,14 @@
 Pure bookkeeping over contexts and the block manager (no tensors). Out of blocks, it evicts
 cached free blocks first (the block manager does that), then swaps out idle contexts, then
 preempts the running context that comes last in priority order; preempted contexts recompute.
+Waiting work of a higher priority class takes running slots and blocks from lower-ranked work
+when it could not start otherwise.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -128,6 +131,7 @@ class Scheduler:
             if self._is_latency(c) and c.sampling_job is not None
         )  # fmt: skip
 
+        self._make_way(out)
         queue = sorted(self.running, key=lambda c: c.sort_key)
         self.running = []
         while queue:
@@ -266,11 +270,71 @@ class Scheduler:
             ctx.block_hashes.append(self.blocks.register(ctx.block_table[idx], parent, tokens))
         return True
 
+    def _make_way(self, out: SchedulerOutput) -> None:
+        """Let the best-ranked waiting context start when others hold what it needs.
+
+        Running contexts of a lower priority class give up their slots (keeping their blocks)
+        and, when the waiting context needs them, their blocks (preempted: recomputed later);
+        so do waiting contexts ranked after it, and idle ones (swapped out). Without this,
+        work held back by the latency cap would keep the slots and blocks that the
+        latency-critical work it waits for needs to start, and neither would ever run; and
+        blocks that a waiting fork shares with its idle parent would be freed by neither alone.
+        """
+        if not self.waiting:
+            return
+        head = min(self.waiting, key=lambda c: c.sort_key)
+        rank = head.sort_key[0]
+        lower = sorted((c for c in self.running if c.sort_key[0] > rank), key=lambda c: c.sort_key)
+        while lower and len(self.running) >= self.config.max_num_seqs:
+            self._step_aside(lower.pop())
+        need = self._blocks_needed(head)
+        if self.blocks.can_allocate(need):
+            return
+        # what may give blocks up, the last to go first: waiting and running work ranked
+        # after it (worst last), then idle contexts (least recently used last)
+        holders = [c for c in self.running if c.sort_key[0] > rank and c.block_table]
+        holders += [
+            c for c in self.waiting if c is not head and c.sort_key > head.sort_key and c.block_table
+        ]
+        holders.sort(key=lambda c: c.sort_key)
+        idle = [c for c in self.contexts.values() if c.state is ContextState.IDLE and c.block_table]
+        holders += sorted(idle, key=lambda c: -c.last_used)
+        # a block comes free only when every context holding it lets go (forks share blocks)
+        held = Counter(b for c in holders for b in set(c.block_table))
+        counts = self.blocks.ref_counts
+        reclaimable = sum(1 for b, n in held.items() if counts[b] == n)
+        if not self.blocks.can_allocate(need - reclaimable):
+            return  # it would not fit even then: preempting would only lose work
+        while holders and not self.blocks.can_allocate(need):
+            victim = holders.pop()
+            if victim.state is ContextState.IDLE:
+                self._swap_out(victim)
+            else:
+                self._preempt(victim, out)
+
+    def _blocks_needed(self, ctx: Context) -> int:
+        """New blocks `ctx` takes to compute its next chunk (at most a full step's budget)."""
+        bs = self.block_size
+        n = min(ctx.num_pending, self.config.max_num_batched_tokens)
+        need = max(0, -(-(ctx.num_computed + n) // bs) - len(ctx.block_table))
+        start = ctx.num_computed
+        if n and start % bs and self.blocks.ref_counts[ctx.block_table[start // bs]] > 1:
+            need += 1  # its partial last block is shared: written, it needs a copy
+        return need
+
+    def _step_aside(self, ctx: Context) -> None:
+        """Back to waiting with its blocks: it goes on from where it was once readmitted."""
+        self.running.remove(ctx)
+        ctx.state = ContextState.WAITING
+        self.waiting.append(ctx)
+
     def _preempt(self, ctx: Context, out: SchedulerOutput) -> None:
         self.blocks.free_blocks(ctx.block_table)
         ctx.block_table, ctx.block_hashes, ctx.num_computed = [], [], 0
         if ctx in self.running:
             self.running.remove(ctx)
+        if ctx in self.waiting:
+            self.waiting.remove(ctx)
         ctx.state = ContextState.WAITING
         self.waiting.insert(0, ctx)
         out.preempted.append(ctx)
@@ -280,10 +344,13 @@ class Scheduler:
         idle = [c for c in self.contexts.values() if c.state is ContextState.IDLE and c.block_table]
         if not idle:
             return False
-        victim = min(idle, key=lambda c: c.last_used)
-        self.blocks.free_blocks(victim.block_table)
-        victim.block_table, victim.block_hashes, victim.num_computed = [], [], 0
+        self._swap_out(min(idle, key=lambda c: c.last_used))
         return True
+
+    def _swap_out(self, ctx: Context) -> None:
+        """Free an idle context's blocks: it recomputes its tokens when it gets work again."""
+        self.blocks.free_blocks(ctx.block_table)
+        ctx.block_table, ctx.block_hashes, ctx.num_computed = [], [], 0
 
     def _is_latency(self, ctx: Context) -> bool:
         return ctx.sort_key[0] <= self.config.latency_priority

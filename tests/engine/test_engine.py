@@ -208,12 +208,17 @@ def test_bad_requests_raise_clear_errors(tiny_llama_path):
     vocab = engine.model_config.vocab_size
     with pytest.raises(ValueError, match="outside the vocabulary"):
         engine.add_request([vocab + 5], GREEDY)
-    with pytest.raises(ValueError, match="more than the whole pool"):
+    assert engine.max_model_len == 16  # the pool holds 16 tokens: no context may need more
+    with pytest.raises(ValueError, match="max_model_len"):
         engine.add_request(list(range(3, 30)), GREEDY)
     with pytest.raises(ValueError, match="empty"):
         engine.add_request([], GREEDY)
     with pytest.raises(ValueError):
         SamplingParams(max_tokens=0)
+    # a generation stops where the pool (max_model_len) ends
+    long = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    out = engine.generate([list(range(3, 10))], long)[0]
+    assert (len(out.token_ids), out.finish_reason) == (16 - 7, "length")
     # nothing leaked, and the engine still serves
     assert engine.blocks.num_free_blocks == 4
     assert (

@@ -300,3 +300,86 @@ def test_a_fill_ahead_of_need_rides_along_latency_decodes_in_small_pieces():
     sched.sleep(chat)  # the generation ended
     counts = {s.ctx.id: s.num_tokens for s in sched.schedule().scheduled}
     assert counts == {ahead.id: 40 - 8}
+
+
+def _capped(num_blocks: int, max_seqs: int = 16) -> Scheduler:
+    """Latency cap 0: while latency-critical work is queued, other work computes nothing."""
+    cfg = EngineConfig(
+        block_size=BS, num_kv_blocks=num_blocks, max_num_batched_tokens=64, max_num_seqs=max_seqs,
+        latency_max_batched_tokens=0,
+    )  # fmt: skip
+    return Scheduler(cfg, BlockManager(num_blocks, BS, True))
+
+
+def test_latency_work_short_of_blocks_preempts_capped_work_instead_of_waiting_on_it():
+    """Capped work holding the blocks cannot finish while latency work waits, and the latency
+    work cannot start without its blocks: the lower-ranked holder must give them up."""
+    sched = _capped(num_blocks=6)
+    bulk = new_ctx(sched, range(100, 116), priority=2)  # 4 of the 6 blocks
+    advance(sched, sched.schedule())
+    urgent = new_ctx(sched, range(200, 212), priority=0)  # needs 3 blocks
+    out = sched.schedule()
+    assert [s.ctx for s in out.scheduled] == [urgent] and out.preempted == [bulk]
+    assert bulk.state is ContextState.WAITING and bulk.block_table == []
+    advance(sched, out)
+    urgent.jobs.clear()
+    sched.sleep(urgent)
+    assert [s.ctx for s in sched.schedule().scheduled] == [bulk]  # it recomputes afterwards
+
+
+def test_latency_work_short_of_a_running_slot_takes_one_from_capped_work():
+    sched = _capped(num_blocks=32, max_seqs=2)
+    bulk = [new_ctx(sched, range(100 + 10 * i, 104 + 10 * i), priority=2) for i in range(2)]
+    advance(sched, sched.schedule())
+    urgent = new_ctx(sched, range(200, 204), priority=0)
+    out = sched.schedule()
+    assert [s.ctx for s in out.scheduled] == [urgent] and out.preempted == []
+    # the later-ranked one made way and kept its blocks: it goes on without recomputing
+    assert bulk[1].state is ContextState.WAITING and bulk[1].num_computed == 4
+    assert len(bulk[1].block_table) == 1
+    assert bulk[0] in sched.running
+
+
+def test_work_that_outranks_nothing_waits_its_turn():
+    sched = _capped(num_blocks=6)
+    first = new_ctx(sched, range(100, 116), priority=0)  # latency work, 4 blocks
+    advance(sched, sched.schedule())
+    second = new_ctx(sched, range(200, 212), priority=0)  # the same rank: no preemption
+    out = sched.schedule()
+    assert [s.ctx for s in out.scheduled] == [first] and out.preempted == []
+    assert second.state is ContextState.WAITING
+
+
+def test_no_preemption_when_the_freed_blocks_could_not_fit_the_waiting_context():
+    sched = _capped(num_blocks=6)
+    bulk = new_ctx(sched, range(100, 108), priority=2)  # 2 blocks
+    advance(sched, sched.schedule())
+    huge = new_ctx(sched, range(200, 232), priority=0)  # 8 blocks: more than the pool
+    out = sched.schedule()
+    assert out.preempted == [] and bulk.block_table and huge.state is ContextState.WAITING
+
+
+def test_waiting_work_ranked_later_gives_up_its_blocks_to_the_head_of_the_queue():
+    """Nothing runs and the blocks sit with a later-ranked waiting context: it is preempted,
+    instead of the head of the queue being failed as too large for the pool."""
+    sched, _ = make(num_blocks=6, budget=64)
+    later = new_ctx(sched, range(100, 116), kind=JobKind.FILL)  # 4 of the 6 blocks, then idle
+    advance(sched, sched.schedule())
+    head = new_ctx(sched, range(200, 212))  # 3 blocks, ranked first
+    add_job(sched, later, JobKind.GENERATE)  # waiting again, with its blocks
+    out = sched.schedule()
+    assert [s.ctx for s in out.scheduled] == [head] and out.preempted == [later]
+
+
+def test_blocks_a_waiting_fork_shares_with_its_idle_parent_are_freed_for_the_head():
+    """Neither swapping out the idle parent nor preempting the fork frees their shared blocks
+    alone; together they do, and the head of the queue starts instead of being failed."""
+    sched, _ = make(num_blocks=6, budget=64)
+    parent = new_ctx(sched, range(100, 116), kind=JobKind.FILL)  # 4 of the 6 blocks, then idle
+    advance(sched, sched.schedule())
+    fork = sched.fork(parent, next(_ids))
+    head = new_ctx(sched, range(200, 212))  # 3 blocks, ranked first
+    add_job(sched, fork, JobKind.GENERATE)  # waiting, sharing the parent's 4 blocks
+    out = sched.schedule()
+    assert [s.ctx for s in out.scheduled] == [head] and out.preempted == [fork]
+    assert parent.block_table == [] and parent.state is ContextState.IDLE
