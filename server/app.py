@@ -41,6 +41,7 @@ def init_app(config: ServerConfig) -> web.Application:
     app.cleanup_ctx.append(_engine)
     app.cleanup_ctx.append(_executor)
     app.cleanup_ctx.append(_session_reaper)
+    app.cleanup_ctx.append(_prefix_expiry)
     app.on_shutdown.append(_close_sessions)
     return app
 
@@ -94,6 +95,22 @@ async def _session_reaper(app: web.Application) -> AsyncIterator[None]:
                 log_event(log, "session_expired", session=session.id, ttl_s=ttl)
 
     task = asyncio.create_task(reap(), name="session-reaper")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _prefix_expiry(app: web.Application) -> AsyncIterator[None]:
+    """A background loop that frees stored prefixes unused for longer than their TTL."""
+    ttl = app[CONFIG].prefix_store_ttl_s
+
+    async def expire() -> None:
+        while True:
+            await asyncio.sleep(min(60.0, ttl / 2))
+            app[EXECUTOR].prefixes.expire()
+
+    task = asyncio.create_task(expire(), name="prefix-expiry")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

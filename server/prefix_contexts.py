@@ -138,6 +138,12 @@ class PrefixContexts:
         self.store.release(entry)
         self.metrics.prefix_store_entries.set(len(self.store))
 
+    def expire(self) -> None:
+        """Evict the entries unused past their time to live (the store also does this lazily,
+        on its next use: a quiet server would keep their KV until then)."""
+        self.store.expire()
+        self.metrics.prefix_store_entries.set(len(self.store))
+
     def close(self) -> None:
         self.store.clear()
         self.metrics.prefix_store_entries.set(0)

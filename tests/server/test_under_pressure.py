@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -168,3 +169,36 @@ def test_mixed_traffic_short_of_blocks_finishes_every_call_with_its_own_tokens(
     assert after["parrot_preemptions_total"] > 0  # the pool really ran short
     status, health = request("GET", server + "/healthz")
     assert status == 200 and health["max_model_len"] == 768
+
+
+def test_a_quiet_server_frees_stored_prefixes_after_their_ttl(
+    tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    flags = ("--prefix-store-ttl-s", "1", "--num-kv-blocks", "48", "--block-size", "16")
+    with ServerProcess(tiny_llama_path, *flags, log_path=tmp_path / "server.log") as srv:
+        _, s = request("POST", srv.url + "/v1/sessions", {})
+        sid, token = s["session_id"], s["token"]
+        # a constant system text: stored by content for every session, not only this one
+        ask = "System: " + ARTICLE.read_text()[:600] + "\nPart {{input:q}}:{{output:a}}"
+        calls = [
+            {"id": f"ask-{j}", "function": "ask", "template": ask,
+             "inputs": {"q": f"q{j}"}, "outputs": {"a": f"a{j}"},
+             "sampling": {"max_tokens": 4, "temperature": 0}}
+            for j in range(3)
+        ]  # fmt: skip
+        variables = [{"id": f"q{j}", "value": str(j)} for j in range(3)]
+        variables += [{"id": f"a{j}"} for j in range(3)]
+        body = {"variables": variables, "calls": calls, "awaits": [{"variable": "a2"}]}
+        assert request("POST", f"{srv.url}/v1/sessions/{sid}/graph", body, token)[0] == 200
+        url = f"{srv.url}/v1/sessions/{sid}/variables/a2?timeout={TIMEOUT_S}"
+        assert request("GET", url, token=token)[1]["status"] == "ready"
+        request("DELETE", f"{srv.url}/v1/sessions/{sid}", token=token)
+        assert metrics(srv.url)["parrot_prefix_store_entries"] > 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            m = metrics(srv.url)
+            if m["parrot_prefix_store_entries"] == 0:
+                break
+            time.sleep(0.2)
+        assert m["parrot_prefix_store_entries"] == 0
+        assert m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"]
