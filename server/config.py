@@ -160,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device)
     p.add_argument("--dtype", help="e.g. float32, bfloat16 (default: the engine's)")
     engine = p.add_argument_group("engine")
-    engine.add_argument("--num-kv-blocks", type=int)
+    engine.add_argument(
+        "--num-kv-blocks", type=int,
+        help="KV pool size per engine (default: by memory); max_model_len never exceeds it",
+    )
     engine.add_argument("--block-size", type=int)
     engine.add_argument("--max-num-batched-tokens", type=int)
     engine.add_argument("--max-num-seqs", type=int)
