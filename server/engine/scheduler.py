@@ -284,9 +284,12 @@ class Scheduler:
             return
         head = min(self.waiting, key=lambda c: c.sort_key)
         rank = head.sort_key[0]
-        lower = sorted((c for c in self.running if c.sort_key[0] > rank), key=lambda c: c.sort_key)
-        while lower and len(self.running) >= self.config.max_num_seqs:
-            self._step_aside(lower.pop())
+        if len(self.running) >= self.config.max_num_seqs:
+            lower = sorted(
+                (c for c in self.running if c.sort_key[0] > rank), key=lambda c: c.sort_key
+            )
+            while lower and len(self.running) >= self.config.max_num_seqs:
+                self._step_aside(lower.pop())
         need = self._blocks_needed(head)
         if self.blocks.can_allocate(need):
             return
