@@ -32,6 +32,7 @@ WORKLOADS := chain_summary map_reduce shared_prompt multi_agent mixed rag
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.engine
 	$(BIN)/python -m benchmarks.linear
+	$(BIN)/python -m benchmarks.step_cost
 	$(BIN)/python -m benchmarks.attention --engine
 	$(BIN)/python -m benchmarks.attention --engine --backend cpu-sdpa
 	for w in $(WORKLOADS); do $(BIN)/python -m benchmarks.run $$w --quick || exit 1; done

@@ -3,8 +3,8 @@
 Pure bookkeeping over contexts and the block manager (no tensors). Out of blocks, it evicts
 cached free blocks first (the block manager does that), then swaps out idle contexts, then
 preempts the running context that comes last in priority order; preempted contexts recompute.
-Waiting work of a higher priority class takes running slots and blocks from lower-ranked work
-when it could not start otherwise.
+When the best-ranked waiting context could not start otherwise, running work of a lower
+priority class gives up its slot, and lower-ranked or idle contexts give up their blocks.
 """
 
 from __future__ import annotations
