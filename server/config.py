@@ -52,6 +52,10 @@ class ServerConfig:
     enable_task_groups: bool = True
     enable_app_scheduling: bool = True
     latency_max_running_tokens: int = 0
+    # on top of that cap: a step of 4 rows costs about what 1 row costs here; 3 riding rows took
+    # the mixed map-reduce from 5.44 to 5.13 s, the chat 0.54 -> 0.54-0.59 s, the loaded chain
+    # unchanged (A/B runs in benchmarks/README.md)
+    latency_other_decode_rows: int = 3
     latency_hold_ms: float = 100.0
     pipelined_prefill_chunk: int = 8
     # a latency-critical call arriving mid-step waits for the step in flight: 128 prefill tokens
@@ -88,6 +92,10 @@ class ServerConfig:
                 "latency_max_running_tokens must be >= 0, or -1 for no cap, "
                 f"got {self.latency_max_running_tokens}"
             )
+        if self.latency_other_decode_rows < 0:
+            raise ValueError(
+                f"latency_other_decode_rows must be >= 0, got {self.latency_other_decode_rows}"
+            )
         if self.pipelined_prefill_chunk < 0:
             raise ValueError(
                 f"pipelined_prefill_chunk must be >= 0 (0: no limit), "
@@ -123,6 +131,7 @@ class ServerConfig:
         kwargs = {name: value for name, value in values.items() if value is not None}
         if self.enable_app_scheduling and self.latency_max_running_tokens >= 0:
             kwargs["latency_max_batched_tokens"] = self.latency_max_running_tokens
+            kwargs["latency_other_decode_rows"] = self.latency_other_decode_rows
         if self.enable_app_scheduling and self.background_prefill_chunk > 0:
             kwargs["background_max_prefill_tokens"] = self.background_prefill_chunk
         return kwargs
@@ -239,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="while latency-critical calls run, an engine step computes at most this many "
         "tokens of other work (0: none, strict priority; -1: no cap). On a few CPU cores each "
         "extra sequence in a step slows the latency-critical decode, hence the default 0",
+    )
+    graph.add_argument(
+        "--latency-other-decode-rows",
+        type=int,
+        default=d.latency_other_decode_rows,
+        help="while latency-critical calls run, up to this many decode rows of other work join "
+        "each engine step beyond --latency-max-running-tokens (a step of a few rows costs about "
+        "what one row costs on CPU, so bulk decodes progress meanwhile)",
     )
     graph.add_argument(
         "--pipelined-prefill-chunk",

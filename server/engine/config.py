@@ -29,6 +29,10 @@ class EngineConfig:
     # to this many tokens, so latency-critical decodes run in small fast steps (0: nothing else
     # runs meanwhile; None: no cap).
     latency_max_batched_tokens: int | None = None
+    # ... and on top of that cap, up to this many decode rows (one token each) of other work
+    # ride along: on a few CPU cores a step of 4 rows costs about what a step of 1 costs
+    # (benchmarks.step_cost), so bulk decodes progress while a latency-critical call decodes.
+    latency_other_decode_rows: int = 0
     latency_priority: int = 0
     # Prefill tokens per step of background work (priority >= background_priority), at all
     # times (None: only the step budget): a latency call arriving mid-step then waits for a
@@ -71,6 +75,10 @@ class EngineConfig:
             raise ValueError(
                 "latency_max_batched_tokens must be >= 0 (or None for no cap), "
                 f"got {self.latency_max_batched_tokens}"
+            )
+        if self.latency_other_decode_rows < 0:
+            raise ValueError(
+                f"latency_other_decode_rows must be >= 0, got {self.latency_other_decode_rows}"
             )
         if self.background_max_prefill_tokens is not None and self.background_max_prefill_tokens < 1:
             raise ValueError(

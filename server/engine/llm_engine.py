@@ -51,6 +51,7 @@ class LLMEngine:
         self.runner = ModelRunner(
             model,
             model_config.num_layers,
+            model_config.num_heads,
             model_config.num_kv_heads,
             model_config.head_dim,
             self.max_model_len,

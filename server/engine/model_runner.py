@@ -6,7 +6,9 @@ import torch
 
 from server.engine.config import EngineConfig
 from server.engine.scheduler import SchedulerOutput
-from server.kernels import build_attention_metadata
+from server.kernels import CascadeConfig, build_attention_metadata
+from server.kernels.backends import default_backend_name
+from server.kernels.cpu import paged_decode
 
 
 class ModelRunner:
@@ -16,6 +18,7 @@ class ModelRunner:
         self,
         model: torch.nn.Module,
         num_layers: int,
+        num_heads: int,
         num_kv_heads: int,
         head_dim: int,
         max_model_len: int,
@@ -28,6 +31,7 @@ class ModelRunner:
         self.device = device
         self.dtype = dtype
         self.block_size = config.block_size
+        self._heads = (num_heads, num_kv_heads, head_dim)
         bytes_per_block = 2 * num_layers * config.block_size * num_kv_heads * head_dim
         bytes_per_block *= torch.finfo(dtype).bits // 8
         # Sized by memory, but never beyond what max_num_seqs full-length sequences could use.
@@ -42,6 +46,21 @@ class ModelRunner:
             )
             for _ in range(num_layers)
         ]
+
+    def cascade_rule(self) -> CascadeConfig:
+        """The configured cost rule, else the one measured for the path this model's steps
+        take (on the `cpu` backend, whether the decoder stack runs them matters most)."""
+        if self.config.cascade_rule is not None:
+            return self.config.cascade_rule
+        backend = self.config.attention_backend or default_backend_name(self.device)
+        if backend != "cpu":
+            return CascadeConfig.for_backend(backend)
+        return CascadeConfig.for_cpu_path(
+            decoder_stack=getattr(self.model, "decoder_stack", None) is not None,
+            paged_decode=self.dtype == torch.float32
+            and paged_decode.supports(*self._heads)
+            and paged_decode.available(),
+        )
 
     @torch.inference_mode()
     def execute(self, batch: SchedulerOutput) -> torch.Tensor | None:
@@ -75,7 +94,7 @@ class ModelRunner:
             self.block_size,
             self.device,
             cascade=self.config.enable_cascade,
-            cascade_config=self.config.cascade_rule,
+            cascade_config=self.cascade_rule(),
             backend=self.config.attention_backend,
         )
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)

@@ -56,6 +56,8 @@ class Scheduler:
         self._prefill_left: int | None = None
         # latency-critical contexts with a generation queued or running; set by schedule()
         self._latency_generating = 0
+        # decode rows of other work that may still ride along this step's latency work
+        self._ride_along_left = 0
         self.block_size = block_manager.block_size
         self.contexts: dict[int, Context] = {}
         self.waiting: list[Context] = []
@@ -125,6 +127,7 @@ class Scheduler:
         # the latency work runs in small, fast steps (its own tokens are not capped).
         cap = self.config.latency_max_batched_tokens
         others: int | None = cap if cap is not None and self._has_latency_work() else None
+        self._ride_along_left = self.config.latency_other_decode_rows if others is not None else 0
         self._prefill_left = self.config.background_max_prefill_tokens
         self._latency_generating = sum(
             1 for c in (*self.running, *self.waiting)
@@ -370,12 +373,17 @@ class Scheduler:
         if self._is_latency(ctx):
             return ctx.num_pending
         room = ctx.num_pending if others is None else others
+        if room < ctx.num_pending == 1 and self._ride_along_left > 0:
+            return 1  # a decode row riding along (charged to _ride_along_left)
         if self._prefill_left is not None and self._is_background(ctx) and ctx.num_pending > 1:
             room = min(room, self._prefill_left)
         return room
 
     def _charge(self, ctx: Context, others: int | None, n: int) -> int | None:
         if self._is_latency(ctx):
+            return others
+        if others is not None and n == 1 > others and self._ride_along_left > 0:
+            self._ride_along_left -= 1
             return others
         if self._prefill_left is not None and self._is_background(ctx) and n > 1:
             self._prefill_left -= n

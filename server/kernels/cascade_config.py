@@ -43,6 +43,15 @@ class CascadeConfig:
         """The measured rule for an attention backend (see server.kernels.backends)."""
         return CPU_SDPA_RULE if name == "cpu-sdpa" else CPU_RULE if name == "cpu" else CUDA_RULE
 
+    @classmethod
+    def for_cpu_path(cls, decoder_stack: bool, paged_decode: bool) -> CascadeConfig:
+        """The measured rule for the `cpu` backend, by the path a model's steps take there:
+        the decoder stack (one C call per step), else layer by layer with the paged decode
+        kernel, else (head sizes the kernel lacks) one PyTorch call per sequence."""
+        if decoder_stack:
+            return CPU_RULE
+        return CPU_LAYERWISE_RULE if paged_decode else CPU_SDPA_RULE
+
     def pays(self, group_size: int, prefix_tokens: int) -> bool:
         """Whether a level of `group_size` sequences over `prefix_tokens` tokens is planned."""
         return (
@@ -58,8 +67,11 @@ class CascadeConfig:
 # layer by layer from Python (a PyTorch flash-attention call and an LSE merge per level and
 # layer), so cascade pays only from ~64k saved prefix-token reads: ~31k saved 0.72-1.28x
 # (16 x 2048 0.96-1.05x), 92k 0.88-1.06x, ~128k 1.15-1.41x, 258k 1.17-1.43x (two runs; whole
-# steps vary by 10-30%). Layer by layer, without the stack, it paid from ~12k.
+# steps vary by 10-30%).
 CPU_RULE = CascadeConfig(min_prefix_tokens=256, min_group_size=2, min_saved_tokens=65_536)
+# CPU backend for models the stack does not take (fused_layers off, packed linears off), layer
+# by layer with the paged decode kernel per sequence: cascade paid from ~12k saved reads.
+CPU_LAYERWISE_RULE = CascadeConfig(min_prefix_tokens=256, min_group_size=2, min_saved_tokens=12_288)
 # cpu-sdpa backend (PyTorch's kernel for everything, a call per sequence): cascade paid for any
 # group from 128 shared tokens (2 x 128: 1.23x, 16 x 128: 2.77x) and lost below (16 x 64:
 # 0.72x), where per-sequence decode gathers the whole short sequence into one batched call.

@@ -9,6 +9,7 @@ import pytest
 
 from server.engine import LLMEngine, SamplingParams
 from tests.engine.reference import greedy_reference, load_reference
+from tests.tiny_models import make_tiny_model
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
 
@@ -127,6 +128,28 @@ def test_cascade_rule_from_the_config_plans_levels(tiny_llama_path, monkeypatch)
     assert max(levels) >= 1
     want = greedy_reference(ref, doc, GREEDY.max_tokens)
     assert all(outs[job].token_ids == want for job in jobs)
+
+
+def test_the_cascade_rule_follows_the_path_the_steps_take(tiny_llama_path, tmp_path):
+    """Without a configured rule, the cpu backend's rule is the one measured for the path the
+    model's steps take: the decoder stack, layer by layer with the paged decode kernel, or one
+    PyTorch call per sequence for head sizes the kernel lacks; other backends keep theirs."""
+    from server.kernels import CascadeConfig
+    from server.kernels.cascade_config import CPU_LAYERWISE_RULE, CPU_RULE, CPU_SDPA_RULE
+    from server.kernels.cpu import decoder_stack, paged_decode
+
+    def rule(path, **config):
+        return LLMEngine.from_pretrained(path, **config).runner.cascade_rule()
+
+    if not (decoder_stack.available() and paged_decode.available()):
+        pytest.skip("the CPU kernels could not be built here")
+    assert rule(tiny_llama_path) == CPU_RULE
+    assert rule(tiny_llama_path, fused_layers=False) == CPU_LAYERWISE_RULE
+    assert rule(tiny_llama_path, attention_backend="cpu-sdpa") == CPU_SDPA_RULE
+    odd_heads = make_tiny_model(tmp_path / "odd", head_dim=24)  # no kernel for 24-wide heads
+    assert rule(odd_heads) == CPU_SDPA_RULE
+    mine = CascadeConfig(min_prefix_tokens=16, min_group_size=3)
+    assert rule(tiny_llama_path, cascade_rule=mine, fused_layers=False) == mine
 
 
 def test_unknown_attention_backend_is_refused(tiny_llama_path):

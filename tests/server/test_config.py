@@ -19,6 +19,7 @@ def test_defaults_and_flags_map_to_the_config() -> None:
         "enable_prefix_cache": False,
         "enable_cascade": True,
         "latency_max_batched_tokens": 0,
+        "latency_other_decode_rows": 3,
         "background_max_prefill_tokens": 128,
     }
 
@@ -36,6 +37,7 @@ def test_ablation_flags_switch_each_optimisation_off() -> None:
     off = ServerConfig.from_args(["--no-app-scheduling"])
     assert not off.executor_config().app_scheduling
     assert "latency_max_batched_tokens" not in off.engine_kwargs()
+    assert "latency_other_decode_rows" not in off.engine_kwargs()
     assert "background_max_prefill_tokens" not in off.engine_kwargs()
     chunk = ServerConfig.from_args(["--background-prefill-chunk", "64"]).engine_kwargs()
     assert chunk["background_max_prefill_tokens"] == 64
@@ -70,6 +72,7 @@ def test_every_config_field_has_a_flag() -> None:
         ({"log_format": "xml"}, "log_format"),
         ({"engines": 0}, "engines"),
         ({"latency_max_running_tokens": -2}, "latency_max_running_tokens"),
+        ({"latency_other_decode_rows": -1}, "latency_other_decode_rows"),
         ({"background_prefill_chunk": -1}, "background_prefill_chunk"),
         ({"latency_hold_ms": -1}, "latency_hold_ms"),
         ({"pipelined_prefill_chunk": -1}, "pipelined_prefill_chunk"),

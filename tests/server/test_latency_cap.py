@@ -12,10 +12,10 @@ from server.engine.scheduler import Scheduler
 BS = 4
 
 
-def make(cap: int | None) -> Scheduler:
+def make(cap: int | None, other_rows: int = 0) -> Scheduler:
     cfg = EngineConfig(
         block_size=BS, num_kv_blocks=256, max_num_batched_tokens=200,
-        latency_max_batched_tokens=cap,
+        latency_max_batched_tokens=cap, latency_other_decode_rows=other_rows,
     )  # fmt: skip
     return Scheduler(cfg, BlockManager(256, BS, True))
 
@@ -84,6 +84,43 @@ def test_a_zero_cap_runs_nothing_else_beside_latency_work() -> None:
     assert [(s.ctx, s.num_tokens) for s in sched.schedule().scheduled] == [(chat, 20)]
 
 
+def _decoding(sched: Scheduler, ids: range, priority: int) -> list[Context]:
+    """Contexts whose prompts are computed and one token sampled: each now decodes."""
+    ctxs = [add(sched, cid, 2, priority) for cid in ids]
+    for s in sched.schedule().scheduled:
+        s.ctx.num_computed += s.num_tokens
+        s.ctx.token_ids.append(7)
+    return ctxs
+
+
+def test_other_decode_rows_ride_along_latency_work_beyond_the_cap() -> None:
+    sched = make(cap=0, other_rows=2)
+    bulk = _decoding(sched, range(10, 13), priority=2)
+    prefill = add(sched, 15, 40, priority=2)
+    chat = add(sched, 20, 6, priority=0)
+    out = sched.schedule()
+    # the latency prefill and two bulk decode rows; no bulk prefill, no third row
+    scheduled = {(s.ctx.id, s.num_tokens) for s in out.scheduled}
+    assert scheduled == {(chat.id, 6), (bulk[0].id, 1), (bulk[1].id, 1)}
+    assert prefill.id not in {s.ctx.id for s in out.scheduled}
+
+
+def test_ride_along_rows_come_on_top_of_the_token_cap() -> None:
+    sched = make(cap=1, other_rows=1)
+    _decoding(sched, range(10, 14), priority=2)
+    add(sched, 20, 1, priority=0)
+    assert sched.schedule().num_tokens == 3  # the latency token, one row in the cap, one riding
+
+
+def test_without_latency_work_ride_along_rows_change_nothing() -> None:
+    sched = make(cap=0, other_rows=1)
+    _decoding(sched, range(10, 15), priority=2)
+    add(sched, 15, 40, priority=2)
+    assert sched.schedule().num_tokens == 45
+
+
 def test_a_bad_cap_is_refused() -> None:
     with pytest.raises(ValueError, match="latency_max_batched_tokens"):
         EngineConfig(latency_max_batched_tokens=-1)
+    with pytest.raises(ValueError, match="latency_other_decode_rows"):
+        EngineConfig(latency_other_decode_rows=-1)
