@@ -64,6 +64,8 @@ ABLATIONS: tuple[Ablation, ...] = (
              ("--background-prefill-chunk=0",)),
     Ablation("latency_hold", "other work held back between chained latency-critical calls",
              ("--latency-hold-ms=0",)),
+    Ablation("ride_along", "other work's decode rows ride along latency-critical steps",
+             ("--latency-other-decode-rows=0",)),
 )  # fmt: skip
 
 PARROT = Mode("parrot", "Parrot", "parrot", THROUGHPUT_CAPS)

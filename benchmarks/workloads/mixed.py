@@ -65,7 +65,8 @@ WORKLOAD = Workload(
     metric_specs=(Metric("chat_latency", "s"), Metric("chat_slowdown", "x alone"),
                   Metric("mr_jct", "s"), Metric("mr_slowdown", "x alone")),  # fmt: skip
     baselines=("baseline_throughput", "baseline_latency"),
-    ablations=("objective_deduction", "app_scheduler", "task_groups", "background_chunks"),
+    ablations=("objective_deduction", "app_scheduler", "task_groups", "background_chunks",
+               "ride_along"),
     targets=(
         Target("chat latency, mixed / alone", "chat_slowdown", maximum=1.2),
         Target("map-reduce JCT gain vs throughput-tuned (>= 1/1.2)", "mr_jct",
