@@ -31,7 +31,7 @@ def test_workload_builds_and_its_metrics_come_out(name: str, quick: bool) -> Non
                 # SmolLM2 has 8192 positions: prompts stay far below (4 chars ~ 1 token)
                 assert len(call.render(values)) + 4 * call.max_tokens < 4 * 4096
         results[scenario.name] = [
-            JobResult(j.name, j.app, j.start_s, j.start_s + 1 + i, {}, j.output_tokens)
+            JobResult(j.name, j.app, j.start_s, j.start_s + 0.05 * (1 + i), {}, j.output_tokens)
             for i, j in enumerate(scenario.jobs)
         ]
     metrics = workload.metrics(results)
@@ -65,3 +65,23 @@ def test_a_module_without_workload_but_with_main_is_dispatched_to_main() -> None
         pytest.skip("benchmarks/workloads/rag.py is not there yet")
     entry = load_workload("rag")
     assert callable(entry) and entry.__name__ == "main"
+
+
+def test_shared_prompt_throughput_is_the_rate_where_latency_reaches_the_bound() -> None:
+    from benchmarks.workloads.shared_prompt import throughput_at_bound
+
+    # 0.05 s/token at 1 req/s, 0.15 at 2: the bound 0.1 is reached half way, at 1.5 req/s
+    assert throughput_at_bound({0.5: 0.03, 1.0: 0.05, 2.0: 0.15, 4.0: 0.9}, 0.1) == 1.5
+    assert throughput_at_bound({0.5: 0.03, 1.0: 0.05}, 0.1) == 1.0  # all within: the top rate
+    assert throughput_at_bound({0.5: 0.2, 1.0: 0.05}, 0.1) == 0.0  # the lowest already beyond
+    assert math.isnan(throughput_at_bound({4.0: 0.05}, 0.1))  # one rate (an ablation's run)
+
+
+def test_shared_prompt_sweeps_the_same_users_at_every_rate() -> None:
+    scenarios = load_workload("shared_prompt").scenarios(True)
+    by_rate = {s.notes["rate_per_s"]: s for s in scenarios}
+    assert sorted(by_rate) == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+    assert [s.all_modes for s in scenarios] == [False] * 4 + [True, False]  # ablations: base rate
+    slow, fast = by_rate[0.25].jobs, by_rate[4.0].jobs
+    assert [j.calls for j in slow] == [j.calls for j in fast]
+    assert all(math.isclose(a.start_s, 16 * b.start_s) for a, b in zip(slow, fast, strict=True))
