@@ -20,6 +20,7 @@ from server.engine import (
     LLMEngine,
     SamplingParams,
 )
+from server.stream_merge import merge_streams
 from server.token_prefix import common_prefix_len
 
 
@@ -93,6 +94,31 @@ class EngineDriver:
         """A one-shot request on a fresh context (the engine's prefix cache applies)."""
         async for out in self.engine.generate_request(prompt, sampling, priority):
             yield out
+
+    async def generate_samples(
+        self, prompt: Sequence[int], samplings: Sequence[SamplingParams], priority: int = 0
+    ) -> AsyncIterator[tuple[int, JobOutput]]:
+        """One generation per `samplings` entry from the same prompt, as (index, output) while
+        they run. The prompt's KV is computed once, in a context each sample forks (sharing its
+        blocks); each fork computes only the prompt's last token, whose logits it samples from."""
+        engine, tokens = self.engine, list(prompt)
+        parent = engine.create_context()
+        try:
+            if len(tokens) > 1:
+                await engine.fill(parent, tokens[:-1], priority)
+            children = [engine.create_context(parent) for _ in samplings]
+        finally:
+            engine.free(parent)  # the forks keep the blocks they share
+        streams = [
+            engine.generate(child, sampling, priority, fill_token_ids=tokens[-1:])
+            for child, sampling in zip(children, samplings, strict=True)
+        ]
+        try:
+            async for index, out in merge_streams(streams):
+                yield index, out
+        finally:
+            for child in children:
+                engine.free(child)
 
     async def stats(self) -> EngineStats:
         """A consistent copy of the engine's counters, read on its own thread."""

@@ -67,6 +67,23 @@ class EnginePool:
         finally:
             self.add_load(engine, -1, -cost)
 
+    async def generate_samples(
+        self,
+        prompt: Sequence[int],
+        samplings: Sequence[SamplingParams],
+        priority: int = NORMAL_PRIORITY,
+    ) -> AsyncIterator[tuple[int, JobOutput]]:
+        """Several samples of one prompt on the least loaded engine, the prompt computed once
+        (see `EngineDriver.generate_samples`)."""
+        engine = self.least_loaded()
+        cost = len(prompt) + sum(s.max_tokens for s in samplings)
+        self.add_load(engine, len(samplings), cost)
+        try:
+            async for item in self.drivers[engine].generate_samples(prompt, samplings, priority):
+                yield item
+        finally:
+            self.add_load(engine, -len(samplings), -cost)
+
     async def stats(self) -> EngineStats:
         """The engines' counters, summed."""
         total = EngineStats()

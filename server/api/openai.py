@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -69,7 +70,8 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     driver = request.app[DRIVER]
     prompt_ids = [_encode(driver, p, "prompt") for p in prompts]
     max_tokens = body.max_tokens or _DEFAULT_COMPLETION_TOKENS
-    samplings = [_sampling(driver, body, ids, max_tokens) for ids in prompt_ids]
+    n = body.n or 1
+    samplings = [_samples(_sampling(driver, body, ids, max_tokens), n) for ids in prompt_ids]
     cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model
     for ids in prompt_ids:
         request.app[METRICS].prompt_tokens.inc(len(ids))
@@ -77,9 +79,10 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         if len(prompts) > 1:
             raise bad_request("streaming supports one prompt per request", param="prompt")
         return await _stream_completion(request, driver, prompt_ids[0], samplings[0], cid, body)
-    finals = await asyncio.gather(
+    per_prompt = await asyncio.gather(
         *(_run(request.app[ENGINES], ids, s) for ids, s in zip(prompt_ids, samplings, strict=True))
     )
+    finals = [f for outs in per_prompt for f in outs]  # OpenAI's order: by prompt, then sample
     choices = [
         CompletionChoice(index=i, text=f.text, finish_reason=_reason(f))
         for i, f in enumerate(finals)
@@ -111,19 +114,20 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     ids = _encode(driver, text, "messages")
     requested = body.max_completion_tokens or body.max_tokens
     max_tokens = requested or max(1, driver.max_model_len - len(ids))  # default: fill the context
-    sampling = _sampling(driver, body, ids, max_tokens)
+    samplings = _samples(_sampling(driver, body, ids, max_tokens), body.n or 1)
     request.app[METRICS].prompt_tokens.inc(len(ids))
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model
     if body.stream:
-        return await _stream_chat(request, driver, ids, sampling, cid, body)
-    final = await _run(request.app[ENGINES], ids, sampling)
-    choice = ChatChoice(
-        index=0, message=AssistantMessage(content=final.text), finish_reason=_reason(final)
-    )
-    usage = _usage(ids, final)
+        return await _stream_chat(request, driver, ids, samplings, cid, body)
+    finals = await _run(request.app[ENGINES], ids, samplings)
+    choices = [
+        ChatChoice(index=i, message=AssistantMessage(content=f.text), finish_reason=_reason(f))
+        for i, f in enumerate(finals)
+    ]
     return json_response(
-        ChatCompletion(id=cid, created=created, model=model, choices=[choice], usage=usage)
-    )
+        ChatCompletion(id=cid, created=created, model=model, choices=choices,
+                       usage=_usage(ids, finals))
+    )  # fmt: skip
 
 
 # -- streaming -----------------------------------------------------------------------------------
@@ -133,32 +137,35 @@ async def _stream_chat(
     request: web.Request,
     driver: EngineDriver,
     ids: list[int],
-    sampling: SamplingParams,
+    samplings: list[SamplingParams],
     cid: str,
     body: ChatCompletionRequest,
 ) -> web.StreamResponse:
     created = int(time.time())
 
-    def chunk(delta: ChatDelta, reason: str | None = None) -> ChatCompletionChunk:
-        choice = ChatChunkChoice(index=0, delta=delta, finish_reason=reason)
+    def chunk(index: int, delta: ChatDelta, reason: str | None = None) -> ChatCompletionChunk:
+        choice = ChatChunkChoice(index=index, delta=delta, finish_reason=reason)
         return ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[choice])
 
     stream = EventStream(request)
     await stream.open()
     with contextlib.suppress(ConnectionError):
-        await stream.send(chunk(ChatDelta(role="assistant", content="")))
-        final = None
-        async for out in _outputs(stream, request.app[ENGINES], ids, sampling):
-            final = out
+        for index in range(len(samplings)):
+            await stream.send(chunk(index, ChatDelta(role="assistant", content="")))
+        finals: dict[int, JobOutput] = {}
+        async for index, out in _outputs(stream, request.app[ENGINES], ids, samplings):
             if out.new_text:
-                await stream.send(chunk(ChatDelta(content=out.new_text)))
+                await stream.send(chunk(index, ChatDelta(content=out.new_text)))
             if out.finished:
-                await stream.send(chunk(ChatDelta(), _reason(out)))
-        if final is not None and body.stream_options and body.stream_options.include_usage:
-            usage_chunk = ChatCompletionChunk(
-                id=cid, created=created, model=body.model, choices=[], usage=_usage(ids, final)
-            )
-            await stream.send(usage_chunk)
+                finals[index] = out
+                await stream.send(chunk(index, ChatDelta(), _reason(out)))
+        everything = len(finals) == len(samplings)
+        if everything and body.stream_options and body.stream_options.include_usage:
+            usage = _usage(ids, list(finals.values()))
+            await stream.send(
+                ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[],
+                                    usage=usage)
+            )  # fmt: skip
         await stream.send("[DONE]")
         await stream.close()
     return stream.response
@@ -168,7 +175,7 @@ async def _stream_completion(
     request: web.Request,
     driver: EngineDriver,
     ids: list[int],
-    sampling: SamplingParams,
+    samplings: list[SamplingParams],
     cid: str,
     body: CompletionRequest,
 ) -> web.StreamResponse:
@@ -176,34 +183,38 @@ async def _stream_completion(
     stream = EventStream(request)
     await stream.open()
     with contextlib.suppress(ConnectionError):
-        final = None
-        async for out in _outputs(stream, request.app[ENGINES], ids, sampling):
-            final = out
+        finals: dict[int, JobOutput] = {}
+        async for index, out in _outputs(stream, request.app[ENGINES], ids, samplings):
+            if out.finished:
+                finals[index] = out
             if out.new_text or out.finished:
                 choice = CompletionChoice(
-                    index=0, text=out.new_text, finish_reason=_reason(out) if out.finished else None
-                )
+                    index=index, text=out.new_text,
+                    finish_reason=_reason(out) if out.finished else None,
+                )  # fmt: skip
                 await stream.send(
                     Completion(id=cid, created=created, model=body.model, choices=[choice])
                 )
-        if final is not None and body.stream_options and body.stream_options.include_usage:
-            usage = Completion(
-                id=cid, created=created, model=body.model, choices=[], usage=_usage(ids, final)
+        everything = len(finals) == len(samplings)
+        if everything and body.stream_options and body.stream_options.include_usage:
+            usage = _usage(ids, list(finals.values()))
+            await stream.send(
+                Completion(id=cid, created=created, model=body.model, choices=[], usage=usage)
             )
-            await stream.send(usage)
         await stream.send("[DONE]")
         await stream.close()
     return stream.response
 
 
 async def _outputs(
-    stream: EventStream, engines: EnginePool, ids: list[int], sampling: SamplingParams
-) -> AsyncIterator[JobOutput]:
-    """Engine outputs; an engine error after the stream started is sent as an error event."""
+    stream: EventStream, engines: EnginePool, ids: list[int], samplings: list[SamplingParams]
+) -> AsyncIterator[tuple[int, JobOutput]]:
+    """(choice index, engine output); an engine error after the stream started is sent as an
+    error event."""
     try:
-        async with contextlib.aclosing(engines.generate_plain(ids, sampling)) as outputs:
-            async for out in outputs:
-                yield out
+        async with contextlib.aclosing(_generate(engines, ids, samplings)) as outputs:
+            async for item in outputs:
+                yield item
     except (ValueError, EngineError) as exc:
         await stream.send(error_body(str(exc), "invalid_request_error"))
 
@@ -211,19 +222,45 @@ async def _outputs(
 # -- helpers -------------------------------------------------------------------------------------
 
 
-async def _run(engines: EnginePool, ids: list[int], sampling: SamplingParams) -> JobOutput:
-    """A plain request on the least loaded engine, at normal priority: latency-critical graph
-    calls go first, bulk graph work after."""
-    final: JobOutput | None = None
+async def _run(
+    engines: EnginePool, ids: list[int], samplings: list[SamplingParams]
+) -> list[JobOutput]:
+    """The finished output of each sample, in order (see `_generate`)."""
+    finals: list[JobOutput | None] = [None] * len(samplings)
     try:
-        async for out in engines.generate_plain(ids, sampling):
-            final = out
+        async for index, out in _generate(engines, ids, samplings):
+            finals[index] = out
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     except EngineError as exc:
         raise ApiError(500, str(exc), type="server_error") from exc
-    assert final is not None and final.finished
-    return final
+    assert all(f is not None and f.finished for f in finals)
+    return finals  # type: ignore[return-value]
+
+
+def _generate(
+    engines: EnginePool, ids: list[int], samplings: list[SamplingParams]
+) -> AsyncIterator[tuple[int, JobOutput]]:
+    """A plain request on the least loaded engine, at normal priority (latency-critical graph
+    calls go first, bulk graph work after): one sample through the prefix cache, or several
+    (`n`) forking one computed prompt."""
+    if len(samplings) > 1:
+        return engines.generate_samples(ids, samplings)
+    return _indexed(engines.generate_plain(ids, samplings[0]))
+
+
+async def _indexed(outputs: AsyncIterator[JobOutput]) -> AsyncIterator[tuple[int, JobOutput]]:
+    async with contextlib.aclosing(outputs):  # type: ignore[type-var]
+        async for out in outputs:
+            yield 0, out
+
+
+def _samples(sampling: SamplingParams, n: int) -> list[SamplingParams]:
+    """`n` samplings of one request: with a seed, sample i draws from seed + i, so every
+    sample is reproducible and they differ from each other."""
+    if n == 1 or sampling.seed is None:
+        return [sampling] * n
+    return [dataclasses.replace(sampling, seed=sampling.seed + i) for i in range(n)]
 
 
 def _check_common(request: web.Request, body: OpenAIRequest) -> None:
@@ -233,8 +270,6 @@ def _check_common(request: web.Request, body: OpenAIRequest) -> None:
             f"the model {body.model!r} does not exist; this server serves {config.model_id!r}",
             code="model_not_found",
         )
-    if body.n not in (None, 1):
-        raise bad_request("only n=1 is supported", param="n")
     if body.logprobs:
         raise bad_request("logprobs are not supported", param="logprobs")
     for name in ("presence_penalty", "frequency_penalty"):
@@ -290,6 +325,7 @@ def _reason(out: JobOutput) -> str:
     return "length" if out.finish_reason == "length" else "stop"
 
 
-def _usage(ids: list[int], final: JobOutput) -> Usage:
-    n = len(final.token_ids)
+def _usage(ids: list[int], finals: list[JobOutput]) -> Usage:
+    """The prompt counts once however many samples were drawn from it."""
+    n = sum(len(f.token_ids) for f in finals)
     return Usage(prompt_tokens=len(ids), completion_tokens=n, total_tokens=len(ids) + n)

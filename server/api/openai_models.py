@@ -23,7 +23,7 @@ class OpenAIRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=128)  # samples per prompt; they share its KV
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = None

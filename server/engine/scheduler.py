@@ -145,8 +145,11 @@ class Scheduler:
                 self.running.append(ctx)  # out of budget: it waits for the next step
                 continue
             while not self._reserve(ctx, n, out):
-                if queue:
-                    self._preempt(queue.pop(), out)
+                victim = self._worst_holder_after(ctx, queue)
+                if victim is not None:
+                    if victim in queue:
+                        queue.remove(victim)
+                    self._preempt(victim, out)
                 elif not self._swap_out_idle():
                     self._preempt(ctx, out)
                     break
@@ -317,6 +320,20 @@ class Scheduler:
                 self._swap_out(victim)
             else:
                 self._preempt(victim, out)
+
+    def _worst_holder_after(self, ctx: Context, queue: list[Context]) -> Context | None:
+        """The worst-ranked context after `ctx` whose blocks could go to it: running work not
+        yet scheduled this step (`queue`), or waiting work holding blocks `ctx` does not share
+        (e.g. forks of a prompt not admitted yet, work that stepped aside). Waiting holders
+        matter when nothing else is left: without them, running work short of one block would
+        preempt itself while later-ranked waiting work kept the pool full."""
+        own = set(ctx.block_table)
+        waiting = [
+            c for c in self.waiting
+            if c.sort_key > ctx.sort_key and any(b not in own for b in c.block_table)
+        ]  # fmt: skip
+        candidates = [*queue[-1:], *waiting]
+        return max(candidates, key=lambda c: c.sort_key, default=None)
 
     def _blocks_needed(self, ctx: Context) -> int:
         """New blocks `ctx` takes to compute its next chunk (at most a full step's budget)."""

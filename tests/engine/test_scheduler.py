@@ -383,3 +383,24 @@ def test_blocks_a_waiting_fork_shares_with_its_idle_parent_are_freed_for_the_hea
     out = sched.schedule()
     assert [s.ctx for s in out.scheduled] == [head] and out.preempted == [fork]
     assert parent.block_table == [] and parent.state is ContextState.IDLE
+
+
+def test_running_work_short_of_a_block_takes_it_from_waiting_forks_ranked_later():
+    """Forks of a computed prompt wait (not yet admitted) holding its blocks, and the pool is
+    full. Running work that needs one more block preempts them, instead of preempting itself
+    and then being failed as too large for the pool (a 500 under KV pressure with n > 1)."""
+    sched, bm = make(num_blocks=9, budget=64)
+    running = new_ctx(sched, range(300, 316))  # 4 blocks; samples its 17th token
+    parent = new_ctx(sched, range(100, 120), kind=JobKind.FILL)  # 5 blocks
+    advance(sched, sched.schedule())
+    forks = [sched.fork(parent, next(_ids)) for _ in range(2)]
+    sched.remove_context(parent)  # the forks keep its blocks
+    for fork in forks:
+        fork.token_ids.append(120)
+        add_job(sched, fork, JobKind.FILL)
+        add_job(sched, fork, JobKind.GENERATE)
+    assert bm.num_free_blocks == 0
+    out = sched.schedule()
+    assert [(s.ctx, s.num_tokens) for s in out.scheduled] == [(running, 1)]
+    assert sorted(c.id for c in out.preempted) == sorted(f.id for f in forks)
+    assert running.state is ContextState.RUNNING and len(running.block_table) == 5

@@ -10,7 +10,7 @@ import pytest
 
 from server.engine import LLMEngine, SamplingParams
 from server.launcher import ServerProcess
-from tests.server.http_client import request
+from tests.server.http_client import metrics, request
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +112,60 @@ def test_streaming_completion(client: openai.OpenAI, engine: LLMEngine) -> None:
     assert "".join(c.choices[0].text for c in chunks) == ref.text
 
 
+def test_n_samples_share_the_prompt_and_follow_their_seeds(
+    server: str, client: openai.OpenAI, engine: LLMEngine
+) -> None:
+    prompt = "A parrot can say many words, such as"
+    n_prompt = len(engine.tokenizer.encode(prompt))
+    ref = greedy(engine, prompt, 8)
+    before = metrics(server)["parrot_prefill_tokens_total"]
+    done = client.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0, n=3)
+    prefilled = metrics(server)["parrot_prefill_tokens_total"] - before
+    assert [c.index for c in done.choices] == [0, 1, 2]
+    assert all(c.text == ref.text for c in done.choices)
+    assert done.usage.prompt_tokens == n_prompt
+    assert done.usage.completion_tokens == 3 * len(ref.token_ids)
+    # the prompt is computed once (all but its last token); each sample computes that token
+    assert prefilled <= n_prompt + 2
+    # with a seed, sample i is the one-sample request with seed + i
+    kwargs = {"model": "tiny", "max_tokens": 10, "temperature": 1.0}
+    many = client.completions.create(prompt=prompt, n=3, seed=11, **kwargs)
+    one = [client.completions.create(prompt=prompt, seed=11 + i, **kwargs) for i in range(3)]
+    assert [c.text for c in many.choices] == [o.choices[0].text for o in one]
+    assert len({c.text for c in many.choices}) > 1
+    # two prompts x two samples: by prompt, then by sample
+    two = client.completions.create(model="tiny", prompt=[prompt, "Once upon"], max_tokens=4,
+                                    temperature=0, n=2)  # fmt: skip
+    texts = [c.text for c in two.choices]
+    assert texts == [greedy(engine, prompt, 4).text] * 2 + [greedy(engine, "Once upon", 4).text] * 2
+
+
+def test_n_samples_stream_with_their_indices(client: openai.OpenAI, engine: LLMEngine) -> None:
+    messages = [{"role": "user", "content": "Name a bird."}]
+    ref = greedy(engine, chat_text(engine, messages), 10)
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=10, temperature=0, n=2, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    for index in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == index]
+        assert mine[0].delta.role == "assistant"
+        assert "".join(c.delta.content or "" for c in mine) == ref.text
+        assert [c.finish_reason for c in mine if c.finish_reason] == [mine[-1].finish_reason]
+    assert chunks[-1].usage.completion_tokens == 2 * len(ref.token_ids)
+    done = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10,
+                                          temperature=0, n=2)  # fmt: skip
+    assert [c.message.content for c in done.choices] == [ref.text] * 2
+    stream = client.completions.create(model="tiny", prompt="Once upon", max_tokens=6,
+                                       temperature=0, n=2, stream=True)  # fmt: skip
+    texts = ["", ""]
+    for c in stream:
+        texts[c.choices[0].index] += c.choices[0].text
+    assert texts == [greedy(engine, "Once upon", 6).text] * 2
+
+
 def test_chat_openai_in_an_lcel_chain(server: str, engine: LLMEngine) -> None:
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import ChatPromptTemplate
@@ -139,8 +193,8 @@ def test_chat_openai_in_an_lcel_chain(server: str, engine: LLMEngine) -> None:
 def test_errors_have_openai_shape_and_the_server_goes_on(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError, match="model 'gpt-4' does not exist"):
         client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
-    with pytest.raises(openai.BadRequestError, match="only n=1 is supported"):
-        client.completions.create(model="tiny", prompt="x", max_tokens=2, n=2)
+    with pytest.raises(openai.BadRequestError, match="n"):
+        client.completions.create(model="tiny", prompt="x", max_tokens=2, n=129)
     with pytest.raises(openai.BadRequestError, match="maximum context length is 1024 tokens"):
         client.completions.create(model="tiny", prompt="x", max_tokens=5000)
     with pytest.raises(openai.BadRequestError, match="messages"):

@@ -1,5 +1,5 @@
 """A live server short of KV blocks, under concurrent mixed traffic: OpenAI completions (plain,
-streamed, abandoned mid-stream) beside native sessions whose graphs are latency-critical or
+streamed, several samples of one prompt, abandoned mid-stream) beside native sessions whose graphs are latency-critical or
 bulk, and bad requests. Every call must finish with the tokens it would get alone."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def test_mixed_traffic_short_of_blocks_finishes_every_call_with_its_own_tokens(
         r = random.Random(i)
         prompt = (shared_doc if r.random() < 0.4 else "") + piece(r) + f" Q{i}:"
         n, stop = r.randrange(1, 24), ([" the"] if r.random() < 0.3 else None)
-        kind = r.choice(["plain", "stream", "chat", "abandon"])
+        kind = r.choice(["plain", "stream", "chat", "abandon", "samples"])
         if kind == "plain":
             out = client.completions.create(
                 model="m", prompt=prompt, max_tokens=n, temperature=0, stop=stop
@@ -92,11 +92,18 @@ def test_mixed_traffic_short_of_blocks_finishes_every_call_with_its_own_tokens(
                 model="m", messages=messages, max_tokens=n, temperature=0
             )
             expect(out.choices[0].message.content, chat_prompt(messages), n)
+        elif kind == "samples":  # n forks of one computed prompt
+            out = client.completions.create(
+                model="m", prompt=prompt, max_tokens=n, temperature=0, stop=stop, n=r.randrange(2, 4)
+            )
+            for choice in out.choices:
+                expect(choice.text, prompt, n, stop)
         else:
             # a long generation whose client goes away: the server must stop it and free its KV
             chunks = client.completions.create(
-                model="m", prompt=piece(r), max_tokens=200, temperature=0, stream=True
-            )
+                model="m", prompt=piece(r), max_tokens=200, temperature=0, stream=True,
+                n=r.choice([1, 3]),
+            )  # fmt: skip
             for k, _ in enumerate(chunks):
                 if k >= 2:
                     break
