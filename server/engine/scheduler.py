@@ -1,8 +1,10 @@
 """Builds each step's batch: decodes and chunked prefills under a token budget.
 
-Pure bookkeeping over contexts and the block manager (no tensors). Out of blocks, it evicts
-cached free blocks first (the block manager does that), then swaps out idle contexts, then
-preempts the running context that comes last in priority order; preempted contexts recompute.
+Pure bookkeeping over contexts and the block manager (no tensors). A running context out of
+blocks takes cached free blocks first (the block manager evicts them), then preempts the
+worst-ranked work after it that holds blocks (running, or waiting with blocks of its own, such
+as forks not admitted yet), then swaps out idle contexts, and only then preempts itself;
+preempted contexts recompute.
 When the best-ranked waiting context could not start otherwise, running work of a lower
 priority class gives up its slot, and lower-ranked or idle contexts give up their blocks.
 """
