@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,6 +165,22 @@ def test_n_samples_stream_with_their_indices(client: openai.OpenAI, engine: LLME
     for c in stream:
         texts[c.choices[0].index] += c.choices[0].text
     assert texts == [greedy(engine, "Once upon", 6).text] * 2
+
+
+def test_abandoned_samples_free_their_kv(server: str, client: openai.OpenAI) -> None:
+    stream = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=300,
+                                       temperature=0, n=3, stream=True)  # fmt: skip
+    for k, _ in enumerate(stream):
+        if k >= 2:
+            break
+    stream.close()
+    deadline = time.monotonic() + 10
+    while True:
+        m = metrics(server)
+        if m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"]
 
 
 def test_chat_openai_in_an_lcel_chain(server: str, engine: LLMEngine) -> None:
