@@ -31,7 +31,13 @@ class ModelRunner:
         self.device = device
         self.dtype = dtype
         self.block_size = config.block_size
-        self._heads = (num_heads, num_kv_heads, head_dim)
+        # whether the paged decode kernel takes this model's heads (fixed for its life)
+        self._paged_decode = (
+            device.type == "cpu"
+            and dtype == torch.float32
+            and paged_decode.supports(num_heads, num_kv_heads, head_dim)
+            and paged_decode.available()
+        )
         bytes_per_block = 2 * num_layers * config.block_size * num_kv_heads * head_dim
         bytes_per_block *= torch.finfo(dtype).bits // 8
         # Sized by memory, but never beyond what max_num_seqs full-length sequences could use.
@@ -55,11 +61,10 @@ class ModelRunner:
         backend = self.config.attention_backend or default_backend_name(self.device)
         if backend != "cpu":
             return CascadeConfig.for_backend(backend)
+        # the stack is rebuilt when weights are reloaded, so it is looked up each step
         return CascadeConfig.for_cpu_path(
             decoder_stack=getattr(self.model, "decoder_stack", None) is not None,
-            paged_decode=self.dtype == torch.float32
-            and paged_decode.supports(*self._heads)
-            and paged_decode.available(),
+            paged_decode=self._paged_decode,
         )
 
     @torch.inference_mode()
