@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from server.engine import EngineStats, JobOutput, SamplingParams
@@ -58,14 +59,9 @@ class EnginePool:
         self, prompt: Sequence[int], sampling: SamplingParams, priority: int = NORMAL_PRIORITY
     ) -> AsyncIterator[JobOutput]:
         """A plain request on the least loaded engine (its prefix cache applies)."""
-        engine = self.least_loaded()
-        cost = len(prompt) + sampling.max_tokens
-        self.add_load(engine, 1, cost)
-        try:
-            async for out in self.drivers[engine].generate_plain(prompt, sampling, priority):
+        with self._placed(1, len(prompt) + sampling.max_tokens) as driver:
+            async for out in driver.generate_plain(prompt, sampling, priority):
                 yield out
-        finally:
-            self.add_load(engine, -1, -cost)
 
     async def generate_samples(
         self,
@@ -75,14 +71,21 @@ class EnginePool:
     ) -> AsyncIterator[tuple[int, JobOutput]]:
         """Several samples of one prompt on the least loaded engine, the prompt computed once
         (see `EngineDriver.generate_samples`)."""
-        engine = self.least_loaded()
         cost = len(prompt) + sum(s.max_tokens for s in samplings)
-        self.add_load(engine, len(samplings), cost)
-        try:
-            async for item in self.drivers[engine].generate_samples(prompt, samplings, priority):
+        with self._placed(len(samplings), cost) as driver:
+            async for item in driver.generate_samples(prompt, samplings, priority):
                 yield item
+
+    @contextlib.contextmanager
+    def _placed(self, calls: int, tokens: int) -> Iterator[EngineDriver]:
+        """The least loaded engine, with `calls` and `tokens` counted on it until the block
+        ends."""
+        engine = self.least_loaded()
+        self.add_load(engine, calls, tokens)
+        try:
+            yield self.drivers[engine]
         finally:
-            self.add_load(engine, -len(samplings), -cost)
+            self.add_load(engine, -calls, -tokens)
 
     async def stats(self) -> EngineStats:
         """The engines' counters, summed."""

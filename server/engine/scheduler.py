@@ -5,6 +5,7 @@ blocks takes cached free blocks first (the block manager evicts them), then pree
 worst-ranked work after it that holds blocks (running, or waiting with blocks of its own, such
 as forks not admitted yet), then swaps out idle contexts, and only then preempts itself;
 preempted contexts recompute.
+
 When the best-ranked waiting context could not start otherwise, running work of a lower
 priority class gives up its slot, and lower-ranked or idle contexts give up their blocks.
 """
