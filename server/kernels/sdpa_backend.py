@@ -4,7 +4,9 @@ This is the CPU backend (and the CUDA fallback without Triton). Contiguous block
 in place (a strided view of the cache, no copy); scattered blocks are gathered once per layer.
 Decode rows:
   - a shared-prefix level is one call: the group's queries, GQA heads folded into the query
-    length, against the level's KV;
+    length, against the level's KV; with the paged decode kernel, every level of the step in
+    one call of the paged levels kernel (server/kernels/cpu/paged_levels.c), merged into the
+    rows' own parts in place;
   - each sequence's own blocks after its deepest level: with `SdpaConfig.paged_decode` (the CPU
     backend, float32) one call of the paged decode kernel for all rows, reading the blocks in
     place; otherwise long contiguous runs in place, one call per run, and the rest (typically
@@ -20,6 +22,7 @@ import torch
 
 from server.kernels.attend_ops import AttendFn
 from server.kernels.cpu.paged_decode import paged_decode
+from server.kernels.cpu.paged_levels import paged_levels
 from server.kernels.kv_store import store_kv
 from server.kernels.merge import merge_attention_outputs
 from server.kernels.metadata import AttentionMetadata
@@ -91,6 +94,12 @@ class SdpaBackend:
             o_own, lse_own = paged_decode(
                 qd, k_cache, v_cache, own.blocks, own.offsets, own.num_tokens, scale, check=False
             )
+            if p.paged_levels is not None:
+                paged_levels(
+                    qd.contiguous(), k_cache, v_cache, p.paged_levels, scale, o_own, lse_own,
+                    check=False,
+                )
+                return o_own
             if not p.levels:
                 return o_own
         if isinstance(p.direct, TailCall):

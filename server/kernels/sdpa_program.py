@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from server.kernels.cpu.paged_levels import LevelIndex, level_index
 from server.kernels.step_plan import KVSpan, StepPlan
 
 
@@ -97,6 +98,7 @@ class SdpaProgram:
     prefills: list[PrefillCall]
     direct: TailCall | RunCall | None  # the one call that yields every decode row, if so
     own: OwnCall | None = None  # set instead of tails and runs when the paged kernel is used
+    paged_levels: LevelIndex | None = None  # set instead of levels with `own` (decode rows)
 
 
 def compile_program(
@@ -126,7 +128,13 @@ def compile_program(
         + torch.arange(group, device=device)[None, None, :]
     )
     levels: list[LevelCall] = []
-    for level in plan.levels:
+    paged = None
+    if own is not None and plan.levels and _paged_levels_fit(q, num_kv_heads):
+        paged = level_index([
+            ([drow_of[r] for r in level.rows], level.span.blocks, level.span.num_tokens)
+            for level in plan.levels
+        ])
+    for level in plan.levels if paged is None else []:
         drows = [drow_of[r] for r in level.rows]
         slots = []
         for d in drows:
@@ -174,6 +182,7 @@ def compile_program(
         prefills=prefills,
         direct=direct,
         own=own,
+        paged_levels=paged,
     )
 
 
@@ -183,6 +192,12 @@ def _paged_decode_fits(cfg: SdpaConfig, q: torch.Tensor, num_kv_heads: int) -> b
     from server.kernels.cpu import paged_decode
 
     return paged_decode.supports(q.shape[1], num_kv_heads, q.shape[2]) and paged_decode.available()
+
+
+def _paged_levels_fit(q: torch.Tensor, num_kv_heads: int) -> bool:
+    from server.kernels.cpu import paged_levels
+
+    return paged_levels.supports(q.shape[1], num_kv_heads, q.shape[2]) and paged_levels.available()
 
 
 def _own_call(plan: StepPlan) -> OwnCall:

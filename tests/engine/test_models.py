@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 from server.engine.loader import load_model
 from server.engine.models import LlamaForCausalLM, ModelConfig
 from server.engine.models.rope import rope_inverse_frequencies
-from server.kernels import build_attention_metadata
+from server.kernels import CascadeConfig, build_attention_metadata
 from tests.tiny_models import make_tiny_model
 
 BLOCK_SIZE = 8
@@ -26,8 +26,15 @@ class PagedRunner:
     """Drives a model the way the engine does: paged caches, shuffled block tables, and
     several sequences flattened into one step."""
 
-    def __init__(self, model: LlamaForCausalLM, num_blocks: int = 64, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        num_blocks: int = 64,
+        seed: int = 0,
+        cascade_config: CascadeConfig | None = None,
+    ) -> None:
         c = model.config
+        self.cascade_config = cascade_config
         shape = (num_blocks, BLOCK_SIZE, c.num_kv_heads, c.head_dim)
         self.model = model
         dtype = model.embed_tokens.dtype
@@ -55,7 +62,10 @@ class PagedRunner:
             seq_lens.append(start + len(tokens))
             tables.append(table)
             self.lengths[seq] = start + len(tokens)
-        meta = build_attention_metadata(query_lens, seq_lens, tables, BLOCK_SIZE)
+        meta = build_attention_metadata(
+            query_lens, seq_lens, tables, BLOCK_SIZE, cascade_config=self.cascade_config
+        )
+        self.last_meta = meta
         hidden = self.model(torch.tensor(ids), torch.tensor(positions), self.caches, meta)
         logits = self.model.compute_logits(hidden)
         out, row = {}, 0
@@ -63,6 +73,14 @@ class PagedRunner:
             out[seq] = logits[row : row + n]
             row += n
         return out
+
+    def fork(self, parent: int, child: int) -> None:
+        """`child` shares every block of `parent`, whose length must be a block multiple (the
+        engine copies a partly filled last block; these tests need no copy)."""
+        if self.lengths[parent] % BLOCK_SIZE:
+            raise ValueError("fork a sequence whose length is a multiple of the block size")
+        self.tables[child] = list(self.tables[parent])
+        self.lengths[child] = self.lengths[parent]
 
 
 def reference_model(path: Path | str) -> torch.nn.Module:

@@ -183,16 +183,17 @@ def test_every_layer_reuses_the_step_plan():
     assert all(step.meta.compiled[key] is value for key, value in compiled.items())
 
 
-def test_cpu_backend_reads_own_decode_kv_through_the_paged_kernel():
-    from server.kernels.cpu import paged_decode
+def test_cpu_backend_reads_decode_kv_through_the_paged_kernels():
+    from server.kernels.cpu import paged_decode, paged_levels
 
-    if not paged_decode.available():
+    if not (paged_decode.available() and paged_levels.available()):
         pytest.skip("no C compiler here")
     step = mixed_step(3, 64, True, cascade=True, seed=21)
     assert relative_error(step, backend="cpu") < 1e-5
     program = step.meta.compiled["sdpa:cpu"]
     assert program.own is not None and not program.tails and not program.runs
-    assert len(program.levels) == 2  # the shared prefixes still go through SDPA
+    # the shared prefixes: one call of the levels kernel, not an SDPA call each
+    assert not program.levels and program.paged_levels.num_levels == 2
     dense = mixed_step(3, 64, True, cascade=True, seed=21)
     assert relative_error(dense, backend="cpu-sdpa") < 1e-5
     assert dense.meta.compiled["sdpa:cpu-sdpa"].own is None

@@ -44,8 +44,8 @@ class LlamaForCausalLM(nn.Module):
         self.packed_linear = (
             packed_linear and torch.device(device or "cpu").type == "cpu" and dtype == torch.float32
         )
-        # Packed models run steps without shared-prefix levels through one C call for all
-        # layers (built by load_weights; see server/kernels/cpu/decoder_stack.c)
+        # Packed models run their steps through one C call for all layers (built by
+        # load_weights; see server/kernels/cpu/decoder_stack.c)
         self.fused_layers = fused_layers
         self.decoder_stack: DecoderStack | None = None
         self.embed_tokens = nn.Parameter(
@@ -141,13 +141,9 @@ class LlamaForCausalLM(nn.Module):
             self.decoder_stack = self._build_decoder_stack()
 
     def _runs_on_decoder_stack(self, meta: AttentionMetadata) -> bool:
-        """A step without shared-prefix levels on the default CPU backend (whose kernels the
-        stack uses; other backends are chosen for what they run)."""
-        return (
-            self.decoder_stack is not None
-            and not meta.shared_prefixes
-            and (meta.backend or "cpu") == "cpu"
-        )
+        """A step on the default CPU backend (whose kernels the stack uses; other backends
+        are chosen for what they run)."""
+        return self.decoder_stack is not None and (meta.backend or "cpu") == "cpu"
 
     def _build_decoder_stack(self) -> DecoderStack | None:
         c = self.config

@@ -9,8 +9,9 @@
  *
  * with the linear layers on the packed kernel (packed_linear.c) and attention on the paged
  * kernels, all built into this library: the decode kernel (paged_decode.c) for sequences that
- * add one token, the prefill kernel (paged_prefill.c) for the others. Each sequence
- * attends only its own blocks (steps with shared-prefix levels take the layer-by-layer path).
+ * add one token, the prefill kernel (paged_prefill.c) for the others, and the levels kernel
+ * (paged_levels.c) for shared-prefix levels among the decodes: a level's span is read once for
+ * all its members, whose own keys then start where their deepest level ends.
  * The small element-wise parts run on the calling thread at decode sizes, and are split over
  * the threads from `PARALLEL_ELEMENTS` up.
  */
@@ -35,6 +36,12 @@ int parrot_paged_prefill(const float *q, long S, const int64_t *first_row, const
                          const int64_t *tokens, long Hq, long Hkv, long D, const float *k_cache,
                          const float *v_cache, long block_size, const int64_t *blocks,
                          const int64_t *first_block, float scale, float *out, int threads);
+int parrot_paged_levels(const float *q, long Hq, long Hkv, long D, const float *k_cache,
+                        const float *v_cache, long block_size, long L,
+                        const int64_t *member_offsets, const int64_t *rows,
+                        const int64_t *block_offsets, const int64_t *blocks,
+                        const int64_t *tokens, float scale, float *out, float *lse,
+                        int threads);
 
 /* One layer's parameters: norms [hidden]; packed panels of qkv [hidden -> (Hq + 2 Hkv) D],
  * o [Hq D -> hidden], gate_up [hidden -> 2 I] and down [I -> hidden]; biases or NULL. */
@@ -52,12 +59,19 @@ typedef struct {
 /* The step's rows: positions [R] and cache slots [R] of the new tokens. Sequence s owns rows
  * [q_start[s], q_start[s + 1]), the last of its tokens[s] tokens, held by the blocks
  * blocks[offsets[s] .. offsets[s + 1]) of each layer's caches [blocks, block_size, Hkv, D].
- * Per call: engines that share one model's weights have caches of their own. */
+ * Per call: engines that share one model's weights have caches of their own.
+ * Shared-prefix levels (levels > 0): level l's members are the decoding sequences
+ * level_seqs[level_member_offsets[l] ..], its span the first level_tokens[l] tokens of
+ * level_blocks[level_block_offsets[l] ..]; a member's first skip[s] tokens (a block multiple)
+ * lie in its levels, so its own keys start there. */
 typedef struct {
     long rows, seqs;
     const int64_t *positions, *slots, *q_start, *tokens, *blocks, *offsets;
     long block_size;
     float *const *k_caches, *const *v_caches; /* one per layer */
+    long levels;
+    const int64_t *level_member_offsets, *level_seqs, *level_block_offsets, *level_blocks,
+        *level_tokens, *skip;
 } parrot_step_rows;
 
 /* The step's sequences by attention kernel: one-row sequences (decodes) and the rest. */
@@ -65,6 +79,7 @@ typedef struct {
     long decodes, prefills;
     int64_t *decode_row, *decode_offsets, *decode_tokens, *decode_blocks;
     int64_t *first_row, *rows, *tokens, *first_block;
+    int64_t *level_rows; /* the levels' members as decode indices */
     int64_t *memory;
 } step_split;
 
@@ -140,6 +155,12 @@ static int attend(const float *q, const parrot_stack_shape *s, const float *k_ca
                                      v_cache, b->block_size, split->decode_blocks,
                                      split->decode_offsets, split->decode_tokens, s->scale, 0,
                                      out_rows, lse, threads);
+        if (b->levels && status == 0)
+            status = parrot_paged_levels(q_rows, s->heads, s->kv_heads, s->head_dim, k_cache,
+                                         v_cache, b->block_size, b->levels,
+                                         b->level_member_offsets, split->level_rows,
+                                         b->level_block_offsets, b->level_blocks,
+                                         b->level_tokens, s->scale, out_rows, lse, threads);
         for (long k = 0; gather && k < n; k++)
             memcpy(attn + split->decode_row[k] * width, out_rows + k * width,
                    sizeof(float) * width);
@@ -154,14 +175,18 @@ static int attend(const float *q, const parrot_stack_shape *s, const float *k_ca
 
 static int split_step(const parrot_step_rows *b, step_split *split) {
     const long S = b->seqs;
+    const long members = b->levels ? b->level_member_offsets[b->levels] : 0;
     long decode_blocks = 0;
     memset(split, 0, sizeof(*split));
     for (long i = 0; i < S; i++)
         if (b->q_start[i + 1] - b->q_start[i] == 1)
             decode_blocks += b->offsets[i + 1] - b->offsets[i];
-    split->memory = malloc(sizeof(int64_t) * (8 * S + 1 + decode_blocks + 1));
+    split->memory = malloc(sizeof(int64_t) * (9 * S + 1 + members + decode_blocks + 1));
     if (!split->memory) return -1;
     int64_t *m = split->memory;
+    int64_t *decode_of_seq = m;
+    m += S;
+    split->level_rows = m, m += members;
     split->decode_row = m, m += S;
     split->decode_offsets = m, m += S + 1;
     split->decode_tokens = m, m += S;
@@ -174,10 +199,12 @@ static int split_step(const parrot_step_rows *b, step_split *split) {
     for (long i = 0; i < S; i++) {
         long rows = b->q_start[i + 1] - b->q_start[i];
         if (rows == 1) {
-            long k = split->decodes++, used = b->offsets[i + 1] - b->offsets[i];
+            long skip = b->levels ? b->skip[i] : 0, first = b->offsets[i] + skip / b->block_size;
+            long k = split->decodes++, used = b->offsets[i + 1] - first;
+            decode_of_seq[i] = k;
             split->decode_row[k] = b->q_start[i];
-            split->decode_tokens[k] = b->tokens[i];
-            memcpy(split->decode_blocks + split->decode_offsets[k], b->blocks + b->offsets[i],
+            split->decode_tokens[k] = b->tokens[i] - skip;
+            memcpy(split->decode_blocks + split->decode_offsets[k], b->blocks + first,
                    sizeof(int64_t) * used);
             split->decode_offsets[k + 1] = split->decode_offsets[k] + used;
         } else if (rows > 1) {
@@ -188,6 +215,7 @@ static int split_step(const parrot_step_rows *b, step_split *split) {
             split->first_block[k] = b->offsets[i];
         }
     }
+    for (long j = 0; j < members; j++) split->level_rows[j] = decode_of_seq[b->level_seqs[j]];
     return 0;
 }
 

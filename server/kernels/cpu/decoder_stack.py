@@ -3,9 +3,8 @@
 Layer by layer from Python, a batch-1 decode step paid 5-7 ms for ~450 small torch ops and
 the Python around them, on top of the ~12 ms in which the packed kernel streams the weights.
 `DecoderStack` holds raw pointers to one model's packed weights and runs every layer of a step
-in which each sequence attends its own blocks (norms, packed linear layers, RoPE, the cache
-write, paged decode or prefill attention, SwiGLU, residual adds). Steps with shared-prefix
-levels stay on the layer-by-layer path, whose backend plans the cascade.
+(norms, packed linear layers, RoPE, the cache write, paged decode or prefill attention and the
+shared-prefix levels among the decodes, SwiGLU, residual adds).
 """
 
 from __future__ import annotations
@@ -17,14 +16,17 @@ from pathlib import Path
 
 import torch
 
-from server.kernels.cpu import native_library, paged_decode, paged_prefill
+from server.kernels.cpu import native_library, paged_decode, paged_levels, paged_prefill
 from server.kernels.metadata import AttentionMetadata
+from server.kernels.step_plan import step_plan_of
 
 __all__ = ["DecoderStack", "LayerTensors", "StackShape", "available", "supports"]
 
 SOURCES = [
     Path(__file__).with_name(name)
-    for name in ("decoder_stack.c", "packed_linear.c", "paged_decode.c", "paged_prefill.c")
+    for name in (
+        "decoder_stack.c", "packed_linear.c", "paged_decode.c", "paged_prefill.c", "paged_levels.c"
+    )
 ]
 
 
@@ -34,9 +36,10 @@ def available() -> bool:
 
 
 def supports(num_heads: int, num_kv_heads: int, head_dim: int) -> bool:
-    """Whether both attention kernels take this head layout."""
-    return paged_decode.supports(num_heads, num_kv_heads, head_dim) and paged_prefill.supports(
-        num_heads, num_kv_heads, head_dim
+    """Whether the attention kernels take this head layout."""
+    return all(
+        kernel.supports(num_heads, num_kv_heads, head_dim)
+        for kernel in (paged_decode, paged_prefill, paged_levels)
     )
 
 
@@ -118,8 +121,7 @@ class DecoderStack:
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
     ) -> None:
         """Every layer over the step's hidden [T, hidden] (updated in place): row t is the token
-        at `positions[t]`; `meta` lays out the sequences (its shared-prefix levels are not
-        used: every sequence attends its own blocks)."""
+        at `positions[t]`; `meta` lays out the sequences and their shared-prefix levels."""
         rows = hidden.shape[0]
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} layer KV caches, got {len(kv_caches)}")
@@ -159,11 +161,15 @@ class DecoderStack:
             *(torch.tensor(x, dtype=torch.int64)
               for x in (meta.query_start, meta.seq_lens, blocks, offsets)),
         ]
+        levels = _levels(meta)
         pointers = ctypes.c_void_p * len(kv_caches)
         k_caches = pointers(*(k.data_ptr() for k, _ in kv_caches))
         v_caches = pointers(*(v.data_ptr() for _, v in kv_caches))
+        level_fields = (0,) if levels is None else (
+            levels[0], *(t.data_ptr() for t in _level_slots(levels))
+        )
         batch = _Rows(rows, meta.num_seqs, *(t.data_ptr() for t in index), meta.block_size,
-                      k_caches, v_caches)
+                      k_caches, v_caches, *level_fields)
         status = self._lib.parrot_decoder_stack(
             hidden.data_ptr(), ctypes.byref(self._shape), self._layers, len(self.layers),
             ctypes.byref(batch), torch.get_num_threads(),
@@ -196,7 +202,39 @@ class _Rows(ctypes.Structure):
           ("positions", "slots", "q_start", "tokens", "blocks", "offsets")),
         ("block_size", ctypes.c_long),
         ("k_caches", ctypes.POINTER(ctypes.c_void_p)), ("v_caches", ctypes.POINTER(ctypes.c_void_p)),
+        ("levels", ctypes.c_long),
+        *((name, ctypes.c_void_p) for name in
+          ("level_member_offsets", "level_seqs", "level_block_offsets", "level_blocks",
+           "level_tokens", "skip")),
     ]
+
+
+_Levels = tuple[int, paged_levels.LevelIndex, torch.Tensor]
+
+
+def _levels(meta: AttentionMetadata) -> _Levels | None:
+    """The step's shared-prefix levels (checked by the step plan) with members as sequence
+    indices, and per sequence the tokens its levels cover; None without levels."""
+    if not meta.shared_prefixes:
+        return None
+    plan = step_plan_of(meta)
+    seq_of_row = {row: s for s, row in enumerate(meta.query_start[:-1])}
+    skip = [0] * meta.num_seqs
+    for suffix in plan.suffixes:
+        s = seq_of_row[suffix.row]
+        skip[s] = meta.seq_lens[s] - suffix.span.num_tokens
+    index = paged_levels.level_index([
+        ([seq_of_row[r] for r in level.rows], level.span.blocks, level.span.num_tokens)
+        for level in plan.levels
+    ])
+    return len(plan.levels), index, torch.tensor(skip, dtype=torch.int64)
+
+
+def _level_slots(levels: _Levels) -> tuple[torch.Tensor, ...]:
+    """The tensors in the order of `_Rows`' level fields."""
+    _, index, skip = levels
+    return (index.member_offsets, index.rows, index.block_offsets, index.blocks, index.tokens,
+            skip)
 
 
 def _check_layer(index: int, layer: LayerTensors, shape: StackShape) -> None:

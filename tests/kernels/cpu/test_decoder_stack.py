@@ -99,14 +99,46 @@ def test_engines_sharing_the_weights_run_steps_at_once(tiny_llama_path: Path) ->
             _assert_close(got, want)
 
 
-def test_shared_prefix_steps_go_layer_by_layer(tiny_llama_path: Path) -> None:
-    """A step with shared-prefix levels never takes the stack (its backend plans them)."""
-    model = load_model(tiny_llama_path).model
-    shared = build_attention_metadata(
-        [1, 1], [40, 40], [[0, 1, 2], [0, 1, 3]], 16,
-        cascade_config=CascadeConfig(min_prefix_tokens=16),
-    )
-    assert shared.shared_prefixes and not model._runs_on_decoder_stack(shared)
+@pytest.mark.parametrize("overrides", [{}, SMOLLM2_SHAPED], ids=["llama", "smollm2-heads"])
+def test_shared_prefix_steps_match_layer_by_layer(overrides: dict, models_dir: Path) -> None:
+    """Forks decode over nested shared-prefix levels (levels forced by a permissive cost rule)
+    beside a lone decode and a prefill chunk: the stack's logits equal the layer-by-layer
+    model's without levels, at every step."""
+    path = make_tiny_model(models_dir / f"levels-{len(overrides)}", "llama", seed=5, **overrides)
+    fused, plain = load_model(path).model, load_model(path, fused_layers=False).model
+    calls = _count_stack_calls(fused)
+    forced = CascadeConfig(min_prefix_tokens=16)
+    ours, ref = PagedRunner(fused, 128, cascade_config=forced), PagedRunner(plain, 128)
+    gen = torch.Generator().manual_seed(4)
+
+    def tokens(n: int) -> list[int]:
+        return torch.randint(0, 500, (n,), generator=gen).tolist()
+
+    def step(chunks: dict[int, list[int]]) -> dict[int, torch.Tensor]:
+        got, want = ours.step(chunks), ref.step(chunks)
+        for seq in want:
+            _assert_close(got[seq], want[seq])
+        return want
+
+    # root: 64 tokens; mid = root + 32; A1-A3 fork root, B1-B2 fork mid; C stands alone
+    root, mid, lone = 0, 1, 2
+    step({root: tokens(64), lone: tokens(50)})
+    for runner in (ours, ref):
+        runner.fork(root, mid)
+    step({mid: tokens(32)})
+    forks = {10: root, 11: root, 12: root, 20: mid, 21: mid}
+    for runner in (ours, ref):
+        for child, parent in forks.items():
+            runner.fork(parent, child)
+    late = 3
+    for i in range(4):
+        chunk = {child: tokens(1) for child in forks} | {lone: tokens(1)}
+        if i == 1:
+            chunk[late] = tokens(40)  # a prefill between the decodes: they are gathered
+        step(chunk)
+        levels = {(p.start, p.end): len(p.seqs) for p in ours.last_meta.shared_prefixes}
+        assert levels == {(0, 64): 5, (64, 96): 2}
+    assert calls["n"] == 6
 
 
 def test_cpu_sdpa_backend_keeps_its_own_path(tiny_llama_path: Path) -> None:
