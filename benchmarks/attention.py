@@ -262,14 +262,14 @@ def engine_step(
     }
 
 
-ENGINE_RULE_SIZES = [(16, 2048), (32, 1024), (64, 512), (16, 6144), (64, 2048), (32, 4096),
-                     (64, 4096)]
+ENGINE_RULE_SIZES = [(2, 2048), (4, 256), (4, 512), (4, 2048), (8, 256), (16, 256), (64, 64),
+                     (16, 2048), (32, 1024), (64, 512), (64, 2048), (32, 4096)]
 
 
 def engine_rule_sweep(device: str, backend: str | None, steps: int) -> list[dict[str, object]]:
     """Whole engine steps with a level forced on every fork group against none: where cascade
-    pays once everything else in the step is counted (on CPU: the decoder stack runs steps
-    without levels in one C call, steps with levels go layer by layer)."""
+    pays once everything else in the step is counted (on CPU the decoder stack runs both in
+    one C call; the level costs its planning, one more kernel call per layer and the merge)."""
     rule = CascadeConfig.for_backend(backend or default_backend_name(torch.device(device)))
     results = []
     for forks, prefix in tqdm(ENGINE_RULE_SIZES, desc="engine rule", leave=False, disable=None):

@@ -67,7 +67,7 @@ typedef struct {
             m[i] = (v16){0} - INFINITY;                                                       \
             l[i] = (v16){0};                                                                  \
         }                                                                                     \
-        const float *keys[KTILE], *values[KTILE];                                             \
+        const float *keys[KTILE], *values[KTILE], *ahead_k[KTILE], *ahead_v[KTILE];           \
         for (long tt = t0; tt < t1; tt += KTILE) {                                            \
             long nk = t1 - tt < KTILE ? t1 - tt : KTILE;                                      \
             for (long j = 0; j < nk; j++) {                                                   \
@@ -77,9 +77,23 @@ typedef struct {
                 keys[j] = a->k_cache + off;                                                   \
                 values[j] = a->v_cache + off;                                                 \
             }                                                                                 \
+            /* the next tile's records, prefetched a few keys at a time during the scores */ \
+            long next = t1 - (tt + KTILE) < KTILE ? t1 - (tt + KTILE) : KTILE;                \
+            for (long j = 0; j < next; j++) {                                                 \
+                long p = tt + KTILE + j;                                                      \
+                long off = (blocks[p / a->block_size] * a->block_size + p % a->block_size)    \
+                           * stride + kv * D;                                                 \
+                ahead_k[j] = a->k_cache + off;                                                \
+                ahead_v[j] = a->v_cache + off;                                                \
+            }                                                                                 \
             /* S^T = K Q^T, KB keys x LANES queries in registers */                           \
             for (long j0 = 0; j0 < nk; j0 += KB) {                                            \
                 long kb = nk - j0 < KB ? nk - j0 : KB;                                        \
+                for (long j = j0; j < j0 + KB && j < next; j++)                               \
+                    for (long line = 0; line < D; line += 16) {                               \
+                        __builtin_prefetch(ahead_k[j] + line, 0, 1);                          \
+                        __builtin_prefetch(ahead_v[j] + line, 0, 1);                          \
+                    }                                                                         \
                 v16 acc[KB][NQ];                                                              \
                 for (int j = 0; j < KB; j++)                                                  \
                     for (int i = 0; i < NQ; i++) acc[j][i] = (v16){0};                        \
