@@ -8,7 +8,7 @@ from server.engine.config import EngineConfig
 from server.engine.scheduler import SchedulerOutput
 from server.kernels import CascadeConfig, build_attention_metadata
 from server.kernels.backends import default_backend_name
-from server.kernels.cpu import paged_decode
+from server.kernels.cpu import paged_decode, paged_levels
 
 
 class ModelRunner:
@@ -31,12 +31,14 @@ class ModelRunner:
         self.device = device
         self.dtype = dtype
         self.block_size = config.block_size
-        # whether the paged decode kernel takes this model's heads (fixed for its life)
-        self._paged_decode = (
+        # whether the paged decode and levels kernels take this model's heads (fixed for its
+        # life; every head dim the decode kernel takes, the levels kernel takes too)
+        self._paged_kernels = (
             device.type == "cpu"
             and dtype == torch.float32
             and paged_decode.supports(num_heads, num_kv_heads, head_dim)
             and paged_decode.available()
+            and paged_levels.available()
         )
         bytes_per_block = 2 * num_layers * config.block_size * num_kv_heads * head_dim
         bytes_per_block *= torch.finfo(dtype).bits // 8
@@ -54,18 +56,14 @@ class ModelRunner:
         ]
 
     def cascade_rule(self) -> CascadeConfig:
-        """The configured cost rule, else the one measured for the path this model's steps
-        take (on the `cpu` backend, whether the decoder stack runs them matters most)."""
+        """The configured cost rule, else the one measured for the kernels this model's steps
+        use (on the `cpu` backend: whether the paged kernels take its heads)."""
         if self.config.cascade_rule is not None:
             return self.config.cascade_rule
         backend = self.config.attention_backend or default_backend_name(self.device)
         if backend != "cpu":
             return CascadeConfig.for_backend(backend)
-        # the stack is rebuilt when weights are reloaded, so it is looked up each step
-        return CascadeConfig.for_cpu_path(
-            decoder_stack=getattr(self.model, "decoder_stack", None) is not None,
-            paged_decode=self._paged_decode,
-        )
+        return CascadeConfig.for_cpu_path(paged_kernels=self._paged_kernels)
 
     @torch.inference_mode()
     def execute(self, batch: SchedulerOutput) -> torch.Tensor | None:

@@ -44,13 +44,11 @@ class CascadeConfig:
         return CPU_SDPA_RULE if name == "cpu-sdpa" else CPU_RULE if name == "cpu" else CUDA_RULE
 
     @classmethod
-    def for_cpu_path(cls, decoder_stack: bool, paged_decode: bool) -> CascadeConfig:
-        """The measured rule for the `cpu` backend, by the path a model's steps take there:
-        the decoder stack (one C call per step), else layer by layer with the paged decode
-        kernel, else (head sizes the kernel lacks) one PyTorch call per sequence."""
-        if decoder_stack:
-            return CPU_RULE
-        return CPU_LAYERWISE_RULE if paged_decode else CPU_SDPA_RULE
+    def for_cpu_path(cls, paged_kernels: bool) -> CascadeConfig:
+        """The measured rule for the `cpu` backend, by the kernels a model's steps use there:
+        the paged decode and levels kernels (in the decoder stack or layer by layer), else
+        (head sizes the kernels lack) one PyTorch call per sequence and per level."""
+        return CPU_RULE if paged_kernels else CPU_SDPA_RULE
 
     def pays(self, group_size: int, prefix_tokens: int) -> bool:
         """Whether a level of `group_size` sequences over `prefix_tokens` tokens is planned."""
@@ -61,17 +59,14 @@ class CascadeConfig:
         )
 
 
-# CPU backend (2 cores, float32), measured on whole SmolLM2 engine steps of forks
-# (`python -m benchmarks.attention --engine-rule`): without levels a packed model runs the step
-# in one C call (cpu/decoder_stack.c, per-sequence decode on the paged kernel), with levels
-# layer by layer from Python (a PyTorch flash-attention call and an LSE merge per level and
-# layer), so cascade pays only from ~64k saved prefix-token reads: ~31k saved 0.72-1.28x
-# (16 x 2048 0.96-1.05x), 92k 0.88-1.06x, ~128k 1.15-1.41x, 258k 1.17-1.43x (two runs; whole
-# steps vary by 10-30%).
-CPU_RULE = CascadeConfig(min_prefix_tokens=256, min_group_size=2, min_saved_tokens=65_536)
-# CPU backend for models the stack does not take (fused_layers off, packed linears off), layer
-# by layer with the paged decode kernel per sequence: cascade paid from ~12k saved reads.
-CPU_LAYERWISE_RULE = CascadeConfig(min_prefix_tokens=256, min_group_size=2, min_saved_tokens=12_288)
+# CPU backend (2 cores, float32): the paged levels kernel (cpu/paged_levels.c) reads a level's
+# span once for all its members, in the decoder stack's one C call per step or layer by layer.
+# Per layer (`python -m benchmarks.attention --cost-rule`) a level paid from 4 x 512 (1.06-1.21x)
+# and 8 x 512 (1.40x), and lost for every group of 2 (0.61-0.78x) and below 256 shared tokens;
+# on whole SmolLM2 steps of forks (`--engine-rule`, cascade forced) levels saving under ~6k
+# reads measured 0.94-1.29x (within the steps' noise; 2 x 2048: 0.84x), 16 x 2048 1.20-1.30x,
+# 32 x 1024 1.23-1.42x, 64 x 2048 and 32 x 4096 1.45-1.51x.
+CPU_RULE = CascadeConfig(min_prefix_tokens=256, min_group_size=4, min_saved_tokens=4096)
 # cpu-sdpa backend (PyTorch's kernel for everything, a call per sequence): cascade paid for any
 # group from 128 shared tokens (2 x 128: 1.23x, 16 x 128: 2.77x) and lost below (16 x 64:
 # 0.72x), where per-sequence decode gathers the whole short sequence into one batched call.

@@ -130,12 +130,12 @@ def test_cascade_rule_from_the_config_plans_levels(tiny_llama_path, monkeypatch)
     assert all(outs[job].token_ids == want for job in jobs)
 
 
-def test_the_cascade_rule_follows_the_path_the_steps_take(tiny_llama_path, tmp_path):
-    """Without a configured rule, the cpu backend's rule is the one measured for the path the
-    model's steps take: the decoder stack, layer by layer with the paged decode kernel, or one
-    PyTorch call per sequence for head sizes the kernel lacks; other backends keep theirs."""
+def test_the_cascade_rule_follows_the_kernels_the_steps_use(tiny_llama_path, tmp_path):
+    """Without a configured rule, the cpu backend's rule is the one measured for the kernels
+    the model's steps use: the paged kernels (in the decoder stack or layer by layer), or one
+    PyTorch call per sequence for head sizes they lack; other backends keep theirs."""
     from server.kernels import CascadeConfig
-    from server.kernels.cascade_config import CPU_LAYERWISE_RULE, CPU_RULE, CPU_SDPA_RULE
+    from server.kernels.cascade_config import CPU_RULE, CPU_SDPA_RULE
     from server.kernels.cpu import decoder_stack, paged_decode
 
     def rule(path, **config):
@@ -144,7 +144,7 @@ def test_the_cascade_rule_follows_the_path_the_steps_take(tiny_llama_path, tmp_p
     if not (decoder_stack.available() and paged_decode.available()):
         pytest.skip("the CPU kernels could not be built here")
     assert rule(tiny_llama_path) == CPU_RULE
-    assert rule(tiny_llama_path, fused_layers=False) == CPU_LAYERWISE_RULE
+    assert rule(tiny_llama_path, fused_layers=False) == CPU_RULE
     assert rule(tiny_llama_path, attention_backend="cpu-sdpa") == CPU_SDPA_RULE
     odd_heads = make_tiny_model(tmp_path / "odd", head_dim=24)  # no kernel for 24-wide heads
     assert rule(odd_heads) == CPU_SDPA_RULE
