@@ -102,7 +102,7 @@ def test_forked_contexts_match_transformers(tiny_llama_path, backend):
 
 def test_cascade_rule_from_the_config_plans_levels(tiny_llama_path, monkeypatch):
     """EngineConfig.cascade_rule replaces the backend's measured rule: forks of a short document
-    then decode with a shared-prefix level (layer by layer), and still equal transformers."""
+    then decode with a shared-prefix level (in the decoder stack), and still equal transformers."""
     from server.engine import model_runner
     from server.kernels import CascadeConfig
 
