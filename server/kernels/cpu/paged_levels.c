@@ -165,7 +165,7 @@ typedef struct {
 /* register blocks: KB keys x NQ and DB dims x NQ accumulators (DB divides 16) */
 LEVEL_TASK(1, 16, 16)
 LEVEL_TASK(2, 8, 8)
-LEVEL_TASK(3, 5, 4)
+LEVEL_TASK(3, 5, 8)
 LEVEL_TASK(4, 4, 4)
 
 typedef void (*level_task_fn)(const level_layout *, const int64_t *, long, long, long,
@@ -199,8 +199,11 @@ int parrot_paged_levels(const float *q, long Hq, long Hkv, long D, const float *
         shape[l] = (level_shape){.blocks = nblocks, .nq = nq, .lanes = 16 * nq};
         base_tasks += Hkv * nblocks;
     }
-    /* cut spans into key chunks until there are about four tasks per thread */
+    /* cut spans into key chunks until there are at least four tasks per thread, and a multiple
+     * of the threads where one more cut makes it so (9 equal tasks on 2 threads leave one idle
+     * for a ninth of the time) */
     long cuts = base_tasks >= 4L * threads ? 1 : (4L * threads + base_tasks - 1) / base_tasks;
+    if ((base_tasks * cuts) % threads && (base_tasks * (cuts + 1)) % threads == 0) cuts++;
     long num_tasks = 0, result_floats = 0;
     for (long l = 0; l < L; l++) {
         level_shape *s = shape + l;
