@@ -13,7 +13,7 @@ from server.engine.block_manager import BlockManager
 from server.engine.config import EngineConfig
 from server.engine.context import Context, Job, JobKind
 from server.engine.model_runner import ModelRunner
-from server.engine.outputs import CompletionOutput, EngineStats, JobOutput
+from server.engine.outputs import CompletionOutput, EngineStats, JobOutput, TokenLogprob
 from server.engine.sampler import sample
 from server.engine.sampling_params import SamplingParams
 from server.engine.scheduler import Scheduler, SchedulerOutput
@@ -266,17 +266,25 @@ class LLMEngine:
             self.add_request(ids, sp) for ids, sp in zip(prompt_ids, sampling_params, strict=True)
         ]
         results: dict[int, JobOutput] = {}
+        logprobs: dict[int, list[TokenLogprob]] = {j: [] for j in job_ids}
+
+        def collect(outputs: list[JobOutput], last: bool = False) -> None:
+            for out in outputs:
+                logprobs[out.job_id].extend(out.new_logprobs)
+                if out.finished or last:
+                    results[out.job_id] = out
+
         while len(results) < len(job_ids):
-            for out in self.step():
-                if out.finished:
-                    results[out.job_id] = out
+            collect(self.step())
             if not self.has_work and len(results) < len(job_ids):
-                for out in self._drain_outputs():
-                    results[out.job_id] = out
+                collect(self._drain_outputs(), last=True)
                 break
         return [
-            CompletionOutput(ids, results[j].token_ids, results[j].text, results[j].finish_reason)
-            for ids, j in zip(prompt_ids, job_ids, strict=True)
+            CompletionOutput(
+                ids, results[j].token_ids, results[j].text, results[j].finish_reason,
+                logprobs[j] if sp.logprobs is not None else None,
+            )
+            for ids, j, sp in zip(prompt_ids, job_ids, sampling_params, strict=True)
         ]
 
     # ---- stepping -------------------------------------------------------------------------
@@ -368,8 +376,12 @@ class LLMEngine:
         sampling_rows = [s for s in batch.scheduled if s.sample]
         jobs = [s.ctx.sampling_job for s in sampling_rows]
         tokens: list[int] = []
+        logprobs: list[TokenLogprob | None] = []
         if sampling_rows and logits is not None:
-            tokens = sample(logits, [j.sampling for j in jobs], [j.generator for j in jobs])
+            tokens, logprobs = sample(
+                logits, [j.sampling for j in jobs], [j.generator for j in jobs],
+                [j.output_token_ids for j in jobs],
+            )
         for s in batch.scheduled:
             ctx, job = s.ctx, s.ctx.job
             decode = 0
@@ -385,10 +397,12 @@ class LLMEngine:
                 job.finish_reason = "stop"
                 # With a sample in hand, the generation that follows starts from it.
                 self._finish_job(ctx, job, [], "", activate_next=not s.sample)
-        for s, job, token in zip(sampling_rows, jobs, tokens, strict=False):
-            self._append_token(s.ctx, job, token)
+        for s, job, token, logprob in zip(sampling_rows, jobs, tokens, logprobs, strict=False):
+            self._append_token(s.ctx, job, token, logprob)
 
-    def _append_token(self, ctx: Context, job: Job, token: int) -> None:
+    def _append_token(
+        self, ctx: Context, job: Job, token: int, logprob: TokenLogprob | None = None
+    ) -> None:
         sp = job.sampling
         assert sp is not None
         ctx.token_ids.append(token)
@@ -419,10 +433,11 @@ class LLMEngine:
             emit_upto = len(text) - max((len(s) - 1 for s in sp.stop), default=0)
         new_text = text[job.emitted_text_len : max(emit_upto, job.emitted_text_len)]
         job.emitted_text_len = max(emit_upto, job.emitted_text_len)
+        new_logprobs = [] if logprob is None else [logprob]
         if job.finished:
-            self._finish_job(ctx, job, [token], new_text)
+            self._finish_job(ctx, job, [token], new_text, new_logprobs=new_logprobs)
         else:
-            self._pending_outputs.append(self._output(job, ctx, [token], new_text))
+            self._pending_outputs.append(self._output(job, ctx, [token], new_text, new_logprobs))
 
     def _finish_job(
         self,
@@ -431,8 +446,9 @@ class LLMEngine:
         new_tokens: list[int],
         new_text: str,
         activate_next: bool = True,
+        new_logprobs: list[TokenLogprob] | None = None,
     ) -> None:
-        self._pending_outputs.append(self._output(job, ctx, new_tokens, new_text))
+        self._pending_outputs.append(self._output(job, ctx, new_tokens, new_text, new_logprobs))
         self._jobs.pop(job.id, None)
         if job.hold_latency_s > 0 and job.error is None and job.finish_reason != "abort":
             self.scheduler.hold_latency(job.hold_latency_s)
@@ -457,7 +473,14 @@ class LLMEngine:
         )
         self._finish_job(ctx, job, [], "")
 
-    def _output(self, job: Job, ctx: Context, new_tokens: list[int], new_text: str) -> JobOutput:
+    def _output(
+        self,
+        job: Job,
+        ctx: Context,
+        new_tokens: list[int],
+        new_text: str,
+        new_logprobs: list[TokenLogprob] | None = None,
+    ) -> JobOutput:
         return JobOutput(
             job.id,
             ctx.id,
@@ -468,6 +491,7 @@ class LLMEngine:
             job.finished,
             job.finish_reason,
             job.error,
+            new_logprobs or [],
         )
 
     def _drain_outputs(self) -> list[JobOutput]:

@@ -6,6 +6,16 @@ from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
+class TokenLogprob:
+    """A generated token's natural-log probability under the model, and the most likely
+    tokens at its position (most likely first; as many as the request asked for)."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class JobOutput:
     """Progress of one job after a step: the tokens and text it produced since the last report."""
 
@@ -18,6 +28,7 @@ class JobOutput:
     finished: bool = False
     finish_reason: str | None = None  # "stop", "length", "abort"
     error: str | None = None
+    new_logprobs: list[TokenLogprob] = field(default_factory=list)  # one per new token, if asked
 
 
 @dataclass(slots=True)
@@ -28,6 +39,7 @@ class CompletionOutput:
     token_ids: list[int]
     text: str
     finish_reason: str | None
+    logprobs: list[TokenLogprob] | None = None  # one per token, when the sampling asked
 
 
 @dataclass(slots=True)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from server.engine.outputs import TokenLogprob
 from server.engine.sampling_params import SamplingParams
 
 
@@ -11,17 +14,48 @@ def sample(
     logits: torch.Tensor,
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
-) -> list[int]:
-    """One token per row of `logits` ([N, vocab], float32), following each row's settings."""
+    outputs: Sequence[Sequence[int]] | None = None,
+) -> tuple[list[int], list[TokenLogprob | None]]:
+    """One token per row of `logits` ([N, vocab], float32), following each row's settings;
+    `outputs[i]` are row i's tokens generated so far (for the penalties). Returns the tokens
+    and, for rows whose settings ask for them, their log probabilities (else None)."""
+    raw = logits
+    if outputs is not None and any(p.penalized for p in params):
+        logits = _penalized(logits, params, outputs)
     if all(p.greedy for p in params):
-        return logits.argmax(dim=-1).tolist()
-    tokens: list[int] = []
-    for row, p, gen in zip(logits, params, generators, strict=True):
-        if p.greedy:
-            tokens.append(int(row.argmax()))
-        else:
-            tokens.append(_sample_row(row, p, gen))
-    return tokens
+        tokens = logits.argmax(dim=-1).tolist()
+    else:
+        tokens = [
+            int(row.argmax()) if p.greedy else _sample_row(row, p, gen)
+            for row, p, gen in zip(logits, params, generators, strict=True)
+        ]
+    logprobs = [
+        None if p.logprobs is None else _logprob(raw[i], tokens[i], p.logprobs)
+        for i, p in enumerate(params)
+    ]
+    return tokens, logprobs
+
+
+def _penalized(
+    logits: torch.Tensor, params: list[SamplingParams], outputs: Sequence[Sequence[int]]
+) -> torch.Tensor:
+    """OpenAI's penalties: minus frequency x count, minus presence once a token appeared."""
+    logits = logits.clone()
+    for i, (p, generated) in enumerate(zip(params, outputs, strict=True)):
+        if p.penalized and generated:
+            ids, counts = torch.tensor(generated, device=logits.device).unique(return_counts=True)
+            logits[i, ids] -= p.frequency_penalty * counts.to(logits.dtype) + p.presence_penalty
+    return logits
+
+
+def _logprob(row: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """The token's log probability under the model's own distribution (the raw logits)."""
+    logprobs = row.float().log_softmax(-1)
+    best: list[tuple[int, float]] = []
+    if top > 0:
+        values, ids = logprobs.topk(min(top, logprobs.numel()))
+        best = list(zip(ids.tolist(), values.tolist(), strict=True))
+    return TokenLogprob(token, float(logprobs[token]), best)
 
 
 def _sample_row(row: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+MAX_LOGPROBS = 20  # most likely alternatives per token, as OpenAI's chat API allows
+
 
 @dataclass(slots=True)
 class SamplingParams:
@@ -13,6 +15,12 @@ class SamplingParams:
     generation and are not part of the returned text; stop token ids and EOS end it too (EOS is
     ignored with `ignore_eos`). A seed makes a request's samples reproducible on its own,
     whatever else shares its batches.
+
+    `presence_penalty` and `frequency_penalty` (OpenAI's, in [-2, 2]) lower the logits of
+    tokens already generated: by the first once a token has appeared, by the second for each
+    time it has (greedy decoding too). `logprobs` asks for every generated token's log
+    probability under the model (before penalties and temperature) and for that many most
+    likely alternatives (0 to 20; None: none).
     """
 
     max_tokens: int = 16
@@ -23,6 +31,9 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -35,7 +46,16 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
+
+    @property
+    def penalized(self) -> bool:
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0

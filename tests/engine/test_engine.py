@@ -341,3 +341,42 @@ def test_latency_hold_keeps_background_out_until_it_ends(tiny_llama_path):
     clock[0] += 0.5
     engine.run_until_idle()
     assert engine.scheduler.contexts[bulk].num_computed == 30
+
+
+def test_logprobs_and_penalties_match_transformers(tiny_llama_path):
+    """Greedy decoding with OpenAI's penalties, in one batch with plain requests: the tokens
+    follow transformers' logits with the penalties applied by hand, and the reported log
+    probabilities (top 3 too) are log_softmax of transformers' raw logits."""
+    import torch
+
+    engine = LLMEngine.from_pretrained(tiny_llama_path)
+    ref = load_reference(tiny_llama_path)
+    prompts = random_prompts(3, engine.model_config.vocab_size, seed=21)
+    asked = SamplingParams(
+        max_tokens=24, temperature=0, ignore_eos=True, logprobs=3,
+        frequency_penalty=0.7, presence_penalty=1.5,
+    )
+    outs = engine.generate(prompts, [asked, GREEDY, asked])
+    assert outs[1].logprobs is None
+    assert outs[1].token_ids == greedy_reference(ref, prompts[1], GREEDY.max_tokens)
+    for i in (0, 2):
+        ids, generated = list(prompts[i]), []
+        with torch.inference_mode():
+            for _ in range(asked.max_tokens):
+                logits = ref(torch.tensor([ids])).logits[0, -1].float()
+                penalized = logits.clone()
+                for token in set(generated):
+                    penalized[token] -= 0.7 * generated.count(token) + 1.5
+                token = int(penalized.argmax())
+                logprob = outs[i].logprobs[len(generated)]
+                want = logits.log_softmax(-1)
+                assert logprob.token_id == token
+                assert logprob.logprob == pytest.approx(float(want[token]), abs=1e-4)
+                assert [t for t, _ in logprob.top] == want.topk(3).indices.tolist()
+                generated.append(token)
+                ids.append(token)
+        assert outs[i].token_ids == generated
+    # the penalties changed something: plain greedy repeats where the penalized runs do not
+    assert any(
+        outs[i].token_ids != greedy_reference(ref, prompts[i], asked.max_tokens) for i in (0, 2)
+    )
