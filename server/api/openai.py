@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from server.api.logprobs import chat_logprobs, completion_logprobs
 from server.api.openai_models import (
     AssistantMessage,
     ChatChoice,
@@ -29,7 +30,8 @@ from server.api.openai_models import (
 )
 from server.api.route import Route, json_response, parse_body
 from server.api.sse import EventStream
-from server.engine import EngineError, JobOutput, SamplingParams
+from server.engine import EngineError, JobOutput, SamplingParams, TokenLogprob
+from server.engine.sampling_params import MAX_LOGPROBS
 from server.engine_driver import EngineDriver
 from server.engine_pool import EnginePool
 from server.errors import ApiError, bad_request, error_body, not_found
@@ -71,7 +73,10 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     prompt_ids = [_encode(driver, p, "prompt") for p in prompts]
     max_tokens = body.max_tokens or _DEFAULT_COMPLETION_TOKENS
     n = body.n or 1
-    samplings = [_samples(_sampling(driver, body, ids, max_tokens), n) for ids in prompt_ids]
+    logprobs = _completion_logprobs_asked(body)
+    samplings = [
+        _samples(_sampling(driver, body, ids, max_tokens, logprobs), n) for ids in prompt_ids
+    ]
     cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model
     for ids in prompt_ids:
         request.app[METRICS].prompt_tokens.inc(len(ids))
@@ -82,10 +87,14 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     per_prompt = await asyncio.gather(
         *(_run(request.app[ENGINES], ids, s) for ids, s in zip(prompt_ids, samplings, strict=True))
     )
-    finals = [f for outs in per_prompt for f in outs]  # OpenAI's order: by prompt, then sample
+    done = [d for outs in per_prompt for d in outs]  # OpenAI's order: by prompt, then sample
+    finals = [f for f, _ in done]
     choices = [
-        CompletionChoice(index=i, text=f.text, finish_reason=_reason(f))
-        for i, f in enumerate(finals)
+        CompletionChoice(
+            index=i, text=f.text, finish_reason=_reason(f),
+            logprobs=None if logprobs is None else completion_logprobs(driver.tokenizer, lps),
+        )
+        for i, (f, lps) in enumerate(done)
     ]
     completion_tokens = sum(len(f.token_ids) for f in finals)
     prompt_tokens = sum(len(ids) for ids in prompt_ids)
@@ -114,15 +123,20 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     ids = _encode(driver, text, "messages")
     requested = body.max_completion_tokens or body.max_tokens
     max_tokens = requested or max(1, driver.max_model_len - len(ids))  # default: fill the context
-    samplings = _samples(_sampling(driver, body, ids, max_tokens), body.n or 1)
+    logprobs = _chat_logprobs_asked(body)
+    samplings = _samples(_sampling(driver, body, ids, max_tokens, logprobs), body.n or 1)
     request.app[METRICS].prompt_tokens.inc(len(ids))
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model
     if body.stream:
         return await _stream_chat(request, driver, ids, samplings, cid, body)
-    finals = await _run(request.app[ENGINES], ids, samplings)
+    done = await _run(request.app[ENGINES], ids, samplings)
+    finals = [f for f, _ in done]
     choices = [
-        ChatChoice(index=i, message=AssistantMessage(content=f.text), finish_reason=_reason(f))
-        for i, f in enumerate(finals)
+        ChatChoice(
+            index=i, message=AssistantMessage(content=f.text), finish_reason=_reason(f),
+            logprobs=None if logprobs is None else chat_logprobs(driver.tokenizer, lps),
+        )
+        for i, (f, lps) in enumerate(done)
     ]
     return json_response(
         ChatCompletion(id=cid, created=created, model=model, choices=choices,
@@ -143,8 +157,17 @@ async def _stream_chat(
 ) -> web.StreamResponse:
     created = int(time.time())
 
+    asked = samplings[0].logprobs is not None
+    pending: dict[int, list[TokenLogprob]] = {i: [] for i in range(len(samplings))}
+
     def chunk(index: int, delta: ChatDelta, reason: str | None = None) -> ChatCompletionChunk:
-        choice = ChatChunkChoice(index=index, delta=delta, finish_reason=reason)
+        # the tokens whose text was held back (a split character, a possible stop string)
+        # report their logprobs with the next chunk that carries text, or the last one
+        logprobs = None
+        if asked and pending[index]:
+            logprobs = chat_logprobs(driver.tokenizer, pending[index])
+            pending[index] = []
+        choice = ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=reason)
         return ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[choice])
 
     stream = EventStream(request)
@@ -154,6 +177,7 @@ async def _stream_chat(
             await stream.send(chunk(index, ChatDelta(role="assistant", content="")))
         finals: dict[int, JobOutput] = {}
         async for index, out in _outputs(stream, request.app[ENGINES], ids, samplings):
+            pending[index].extend(out.new_logprobs)
             if out.new_text:
                 await stream.send(chunk(index, ChatDelta(content=out.new_text)))
             if out.finished:
@@ -180,16 +204,25 @@ async def _stream_completion(
     body: CompletionRequest,
 ) -> web.StreamResponse:
     created = int(time.time())
+    asked = samplings[0].logprobs is not None
+    pending: dict[int, list[TokenLogprob]] = {i: [] for i in range(len(samplings))}
+    offsets = dict.fromkeys(range(len(samplings)), 0)  # text sent so far, per choice
     stream = EventStream(request)
     await stream.open()
     with contextlib.suppress(ConnectionError):
         finals: dict[int, JobOutput] = {}
         async for index, out in _outputs(stream, request.app[ENGINES], ids, samplings):
+            pending[index].extend(out.new_logprobs)
             if out.finished:
                 finals[index] = out
             if out.new_text or out.finished:
+                logprobs = None
+                if asked:  # held-back tokens report with the next text (see _stream_chat)
+                    logprobs = completion_logprobs(driver.tokenizer, pending[index], offsets[index])
+                    pending[index] = []
+                offsets[index] += len(out.new_text)
                 choice = CompletionChoice(
-                    index=index, text=out.new_text,
+                    index=index, text=out.new_text, logprobs=logprobs,
                     finish_reason=_reason(out) if out.finished else None,
                 )  # fmt: skip
                 await stream.send(
@@ -224,18 +257,21 @@ async def _outputs(
 
 async def _run(
     engines: EnginePool, ids: list[int], samplings: list[SamplingParams]
-) -> list[JobOutput]:
-    """The finished output of each sample, in order (see `_generate`)."""
+) -> list[tuple[JobOutput, list[TokenLogprob]]]:
+    """The finished output of each sample and its tokens' logprobs (if asked), in order (see
+    `_generate`)."""
     finals: list[JobOutput | None] = [None] * len(samplings)
+    logprobs: list[list[TokenLogprob]] = [[] for _ in samplings]
     try:
         async for index, out in _generate(engines, ids, samplings):
             finals[index] = out
+            logprobs[index].extend(out.new_logprobs)
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     except EngineError as exc:
         raise ApiError(500, str(exc), type="server_error") from exc
     assert all(f is not None and f.finished for f in finals)
-    return finals  # type: ignore[return-value]
+    return list(zip(finals, logprobs, strict=True))  # type: ignore[arg-type]
 
 
 def _generate(
@@ -270,11 +306,6 @@ def _check_common(request: web.Request, body: OpenAIRequest) -> None:
             f"the model {body.model!r} does not exist; this server serves {config.model_id!r}",
             code="model_not_found",
         )
-    if body.logprobs:
-        raise bad_request("logprobs are not supported", param="logprobs")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(body, name):
-            raise bad_request(f"{name} is not supported (send 0 or leave it out)", param=name)
 
 
 def _encode(driver: EngineDriver, text: str, param: str) -> list[int]:
@@ -284,8 +315,40 @@ def _encode(driver: EngineDriver, text: str, param: str) -> list[int]:
     return ids
 
 
+def _completion_logprobs_asked(body: CompletionRequest) -> int | None:
+    """The completions API's `logprobs`: how many alternatives per token (None: none)."""
+    if body.logprobs is None or body.logprobs is False:
+        return None
+    if body.logprobs is True or not 0 <= body.logprobs <= MAX_LOGPROBS:
+        raise bad_request(
+            f"logprobs must be an integer from 0 to {MAX_LOGPROBS} for completions (the number "
+            f"of most likely tokens to return at each position), got {body.logprobs!r}",
+            param="logprobs",
+        )
+    return body.logprobs
+
+
+def _chat_logprobs_asked(body: ChatCompletionRequest) -> int | None:
+    """The chat API's `logprobs` (true/false) and `top_logprobs` (alternatives per token)."""
+    if body.logprobs is not None and not isinstance(body.logprobs, bool):
+        raise bad_request(
+            "logprobs must be true or false for chat completions; top_logprobs says how many "
+            "alternatives to return",
+            param="logprobs",
+        )
+    if not body.logprobs:
+        if body.top_logprobs:
+            raise bad_request("top_logprobs needs logprobs set to true", param="top_logprobs")
+        return None
+    return body.top_logprobs or 0
+
+
 def _sampling(
-    driver: EngineDriver, body: OpenAIRequest, ids: list[int], max_tokens: int
+    driver: EngineDriver,
+    body: OpenAIRequest,
+    ids: list[int],
+    max_tokens: int,
+    logprobs: int | None = None,
 ) -> SamplingParams:
     limit = driver.max_model_len
     if len(ids) + max_tokens > limit:
@@ -304,6 +367,9 @@ def _sampling(
         top_p=1.0 if body.top_p is None else body.top_p,
         seed=body.seed,
         stop=stop,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        logprobs=logprobs,
     )
 
 

@@ -3,7 +3,7 @@
 from server.engine.async_engine import AsyncLLMEngine, EngineError
 from server.engine.config import EngineConfig
 from server.engine.llm_engine import LLMEngine
-from server.engine.outputs import CompletionOutput, EngineStats, JobOutput
+from server.engine.outputs import CompletionOutput, EngineStats, JobOutput, TokenLogprob
 from server.engine.sampling_params import SamplingParams
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "JobOutput",
     "LLMEngine",
     "SamplingParams",
+    "TokenLogprob",
 ]

@@ -38,6 +38,8 @@ class Tokenizer:
         self.bos_token_id = bos_token_id
         self.chat_template = chat_template
         self.special_tokens: dict[str, str] = dict(special_tokens or {})
+        # GPT-2-style byte-level BPE spells each byte as one printable character
+        self._byte_level = "ByteLevel" in type(backend.decoder).__name__ if backend.decoder else False
 
     @classmethod
     def from_folder(
@@ -77,6 +79,18 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text of `ids`; byte sequences cut mid-character decode to U+FFFD."""
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for: with byte-level BPE a token may hold part of a UTF-8
+        character, which its text alone cannot show (OpenAI's logprobs report these bytes)."""
+        piece = self.backend.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if _is_byte_fallback(piece):  # sentencepiece's <0xE2>
+            return bytes([int(piece[3:5], 16)])
+        if self._byte_level and all(c in _BYTE_OF_CHAR for c in piece):
+            return bytes(_BYTE_OF_CHAR[c] for c in piece)
+        return self.backend.decode([token_id], skip_special_tokens=False).encode()
 
     def token_id(self, token: str) -> int | None:
         """Id of a vocabulary entry (e.g. "<|im_end|>"), or None."""
@@ -161,6 +175,26 @@ class IncrementalDetokenizer:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's character for each byte: printable Latin-1 bytes stand for
+    themselves, the other 68 take the code points from 256 up, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    chars = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return {c: b for b, c in chars.items()}
+
+
+_BYTE_OF_CHAR = _byte_level_alphabet()
+
+
+def _is_byte_fallback(piece: str) -> bool:
+    return len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")
 
 
 def _load_backend(folder: Path) -> tokenizers.Tokenizer:

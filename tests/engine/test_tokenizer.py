@@ -124,6 +124,37 @@ def test_incremental_detokenization_of_random_ids(tiny_tokenizer: Tokenizer) -> 
             assert text == tiny_tokenizer.decode(ids, skip_special_tokens=skip)
 
 
+def test_token_bytes_spell_the_text(tiny_tokenizer: Tokenizer) -> None:
+    """Each token's bytes, joined, are the text's UTF-8, also where a token holds part of a
+    character (what OpenAI's logprobs report as `bytes`)."""
+    partial = 0
+    for text in random_texts(200, seed=6):
+        pieces = [tiny_tokenizer.token_bytes(t) for t in tiny_tokenizer.encode(text)]
+        assert b"".join(pieces) == text.encode()
+        partial += sum(1 for piece in pieces if _not_utf8(piece))
+    assert partial > 0
+
+
+def test_token_bytes_of_special_and_byte_fallback_tokens() -> None:
+    """Special tokens spell their own text; sentencepiece's <0xNN> pieces are one byte."""
+    backend = tokenizers.Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Sequence([decoders.Metaspace(), decoders.ByteFallback()])
+    backend.add_tokens(["<0xE2>"])
+    backend.add_special_tokens(["<|end|>"])
+    tok = Tokenizer(backend)
+    assert tok.token_bytes(tok.token_id("<0xE2>")) == b"\xe2"
+    assert tok.token_bytes(tok.token_id("<|end|>")) == b"<|end|>"
+
+
+def _not_utf8(piece: bytes) -> bool:
+    try:
+        piece.decode()
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
 def test_incremental_detokenization_with_leading_space_merging() -> None:
     """A sentencepiece-style (Metaspace) tokenizer drops the space of the first token when
     decoding, so naive per-token decoding loses spaces; the windowed decode must not."""
@@ -155,3 +186,4 @@ def test_smollm2_tokenizer(smollm2_path: Path) -> None:
         ids = tok.encode(text)
         assert ids == hf.encode(text, add_special_tokens=False)
         assert "".join(stream(tok.detokenizer(), ids)) == text
+        assert b"".join(tok.token_bytes(t) for t in ids) == text.encode()

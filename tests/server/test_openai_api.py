@@ -207,6 +207,68 @@ def test_chat_openai_in_an_lcel_chain(server: str, engine: LLMEngine) -> None:
     assert "".join(chain.stream({"t": "birds"})) == expected["birds"]
 
 
+def test_completion_logprobs_and_penalties(client: openai.OpenAI, engine: LLMEngine) -> None:
+    """logprobs=N: per token its text, logprob, offset and the N most likely alternatives (the
+    sampled one always among them), as the engine computes them; penalties reach the engine;
+    streamed chunks carry the logprobs of their tokens."""
+    prompt, settings = "The parrot said", {"presence_penalty": 0.5, "frequency_penalty": 1.0}
+    ids = engine.tokenizer.encode(prompt)
+    sampling = SamplingParams(max_tokens=10, temperature=0, logprobs=2, **settings)
+    (ref,) = engine.generate([ids], sampling)
+    done = client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=10, temperature=0, logprobs=2, **settings
+    )
+    choice = done.choices[0]
+    assert choice.text == ref.text
+    lp = choice.logprobs
+    assert len(lp.tokens) == len(ref.token_ids)
+    assert lp.token_logprobs == pytest.approx([e.logprob for e in ref.logprobs], abs=1e-4)
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    for token, top, entry in zip(lp.tokens, lp.top_logprobs, ref.logprobs, strict=True):
+        assert token in top and 2 <= len(top) <= 3
+        assert max(top.values()) == pytest.approx(entry.top[0][1], abs=1e-4)
+    plain = client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0)
+    assert plain.choices[0].logprobs is None
+    chunks = list(
+        client.completions.create(
+            model="tiny", prompt=prompt, max_tokens=10, temperature=0, logprobs=2, stream=True,
+            **settings,
+        )
+    )  # fmt: skip
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs
+                for t in c.choices[0].logprobs.token_logprobs]  # fmt: skip
+    assert streamed == pytest.approx(lp.token_logprobs, abs=1e-6)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == ref.text
+
+
+def test_chat_logprobs(client: openai.OpenAI, engine: LLMEngine) -> None:
+    """logprobs=true, top_logprobs=N: token objects with their UTF-8 bytes and alternatives,
+    the same streamed or not."""
+    messages = [{"role": "user", "content": "Name a bird."}]
+    ids = engine.tokenizer.encode(chat_text(engine, messages))
+    (ref,) = engine.generate([ids], SamplingParams(max_tokens=8, temperature=0, logprobs=3))
+    done = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=8, temperature=0, logprobs=True,
+        top_logprobs=3,
+    )  # fmt: skip
+    content = done.choices[0].logprobs.content
+    assert [c.logprob for c in content] == pytest.approx([e.logprob for e in ref.logprobs], abs=1e-4)
+    assert b"".join(bytes(c.bytes) for c in content) == b"".join(
+        engine.tokenizer.token_bytes(t) for t in ref.token_ids
+    )
+    assert all(len(c.top_logprobs) == 3 for c in content)
+    assert all(c.top_logprobs[0].logprob >= c.logprob - 1e-6 for c in content)
+    chunks = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=8, temperature=0, logprobs=True,
+        top_logprobs=3, stream=True,
+    )  # fmt: skip
+    streamed = [t.logprob for c in chunks if c.choices and c.choices[0].logprobs
+                for t in c.choices[0].logprobs.content]  # fmt: skip
+    assert streamed == pytest.approx([c.logprob for c in content], abs=1e-6)
+    no = client.chat.completions.create(model="tiny", messages=messages, max_tokens=2)
+    assert no.choices[0].logprobs is None
+
+
 def test_errors_have_openai_shape_and_the_server_goes_on(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError, match="model 'gpt-4' does not exist"):
         client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
@@ -220,6 +282,13 @@ def test_errors_have_openai_shape_and_the_server_goes_on(client: openai.OpenAI) 
         client.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "x"}], temperature=-1
         )
+    user = [{"role": "user", "content": "x"}]
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
+        client.chat.completions.create(model="tiny", messages=user, top_logprobs=2)
+    with pytest.raises(openai.BadRequestError, match="from 0 to 20 for completions"):
+        client.completions.create(model="tiny", prompt="x", max_tokens=2, logprobs=21)
+    with pytest.raises(openai.BadRequestError, match="frequency_penalty"):
+        client.completions.create(model="tiny", prompt="x", max_tokens=2, frequency_penalty=3)
     status, body = request("POST", f"{client.base_url}completions", raw=b"[1, 2")
     assert status == 400 and body["error"]["code"] == "invalid_json"
     assert set(body["error"]) == {"message", "type", "param", "code"}

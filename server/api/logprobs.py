@@ -1,0 +1,58 @@
+"""The engine's per-token log probabilities in OpenAI's two shapes: the completions API's
+parallel lists and the chat API's list of token objects."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from server.api.openai_models import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
+from server.engine import TokenLogprob
+from server.engine.tokenizer import Tokenizer
+
+
+def completion_logprobs(
+    tokenizer: Tokenizer, logprobs: Sequence[TokenLogprob], offset: int = 0
+) -> CompletionLogprobs:
+    """`top_logprobs` maps each alternative's text to its logprob and always holds the
+    sampled token (so up to N + 1 entries, as OpenAI's); `text_offset` counts characters of
+    the choice's text from `offset` (0: its start; the prompt is never echoed)."""
+    tokens, offsets, tops = [], [], []
+    for entry in logprobs:
+        text = token_text(tokenizer, entry.token_id)
+        tokens.append(text)
+        offsets.append(offset)
+        offset += len(text)
+        top = {token_text(tokenizer, t): value for t, value in entry.top}
+        top.setdefault(text, entry.logprob)
+        tops.append(top)
+    return CompletionLogprobs(
+        tokens=tokens,
+        token_logprobs=[entry.logprob for entry in logprobs],
+        top_logprobs=tops,
+        text_offset=offsets,
+    )
+
+
+def chat_logprobs(tokenizer: Tokenizer, logprobs: Sequence[TokenLogprob]) -> ChatLogprobs:
+    """One object per token with its UTF-8 bytes (a token may hold part of a character) and
+    its most likely alternatives, as many as asked for."""
+    content = [
+        ChatTokenLogprob(
+            **_top(tokenizer, entry.token_id, entry.logprob).model_dump(),
+            top_logprobs=[_top(tokenizer, t, value) for t, value in entry.top],
+        )
+        for entry in logprobs
+    ]
+    return ChatLogprobs(content=content)
+
+
+def token_text(tokenizer: Tokenizer, token_id: int) -> str:
+    """A token's text; bytes that are part of a character show as escapes (`\\xe2`)."""
+    return tokenizer.token_bytes(token_id).decode("utf-8", errors="backslashreplace")
+
+
+def _top(tokenizer: Tokenizer, token_id: int, logprob: float) -> TopLogprob:
+    raw = tokenizer.token_bytes(token_id)
+    return TopLogprob(
+        token=raw.decode("utf-8", errors="backslashreplace"), logprob=logprob, bytes=list(raw)
+    )
