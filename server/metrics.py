@@ -134,6 +134,13 @@ class Metrics:
                 "Contexts preempted for KV space.",
                 engine.preemptions,
             ),
+            _single(
+                "parrot_cascade_saved_tokens_total",
+                "counter",
+                "KV tokens decode attention read once for a shared-prefix group instead of once "
+                "per member (per layer).",
+                engine.cascade_saved_tokens,
+            ),
         ]
         own = [
             self.prompt_tokens,

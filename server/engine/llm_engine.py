@@ -310,6 +310,7 @@ class LLMEngine:
         self._stats.cached_tokens += batch.num_cached_tokens
         self._stats.preemptions += len(batch.preempted)
         logits = self.runner.execute(batch)
+        self._stats.cascade_saved_tokens += self.runner.cascade_saved_tokens
         self._postprocess(batch, logits)
         return self._drain_outputs()
 

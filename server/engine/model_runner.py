@@ -28,6 +28,8 @@ class ModelRunner:
     ) -> None:
         self.model = model
         self.config = config
+        # what the last step's shared-prefix levels saved (see EngineStats.cascade_saved_tokens)
+        self.cascade_saved_tokens = 0
         self.device = device
         self.dtype = dtype
         self.block_size = config.block_size
@@ -68,6 +70,7 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, batch: SchedulerOutput) -> torch.Tensor | None:
         """Run the batch; the logits ([num_sampled, vocab], float32) of the rows that sample."""
+        self.cascade_saved_tokens = 0
         if batch.block_copies:
             src = torch.tensor([s for s, _ in batch.block_copies], device=self.device)
             dst = torch.tensor([d for _, d in batch.block_copies], device=self.device)
@@ -99,6 +102,9 @@ class ModelRunner:
             cascade=self.config.enable_cascade,
             cascade_config=self.cascade_rule(),
             backend=self.config.attention_backend,
+        )
+        self.cascade_saved_tokens = sum(
+            (len(p.seqs) - 1) * (p.end - p.start) for p in meta.shared_prefixes
         )
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)

@@ -51,6 +51,9 @@ class EngineStats:
     cached_tokens: int = 0  # prompt tokens taken from the prefix cache
     generated_tokens: int = 0
     preemptions: int = 0
+    # KV tokens (per layer) that decode attention read once for a shared-prefix level instead
+    # of once per member: (members - 1) x level tokens, summed over steps
+    cascade_saved_tokens: int = 0
     steps: int = 0
     free_blocks: int = 0
     total_blocks: int = 0

@@ -141,6 +141,25 @@ def test_n_samples_share_the_prompt_and_follow_their_seeds(
     assert texts == [greedy(engine, prompt, 4).text] * 2 + [greedy(engine, "Once upon", 4).text] * 2
 
 
+def test_samples_of_a_long_prompt_decode_over_one_shared_level(
+    server: str, client: openai.OpenAI, engine: LLMEngine
+) -> None:
+    """8 greedy samples of a ~700-token prompt: the engine's own cost rule plans a shared-prefix
+    level over the forks (the metric counts the reads it saved), and every sample still equals
+    the one-by-one greedy run."""
+    words = "parrot macaw cockatoo budgie lorikeet kakapo conure amazon".split()
+    prompt = " ".join(words[(i * 5) % len(words)] + str(i % 7) for i in range(120))
+    n_prompt = len(engine.tokenizer.encode(prompt))
+    assert 600 <= n_prompt <= 1000, n_prompt
+    ref = greedy(engine, prompt, 6)
+    before = metrics(server)["parrot_cascade_saved_tokens_total"]
+    done = client.completions.create(model="tiny", prompt=prompt, max_tokens=6, temperature=0, n=8)
+    saved = metrics(server)["parrot_cascade_saved_tokens_total"] - before
+    assert [c.text for c in done.choices] == [ref.text] * 8
+    # 7 forks' worth of the prompt's full blocks, once per decode step after the first
+    assert saved >= 7 * (n_prompt // 2)
+
+
 def test_n_samples_stream_with_their_indices(client: openai.OpenAI, engine: LLMEngine) -> None:
     messages = [{"role": "user", "content": "Name a bird."}]
     ref = greedy(engine, chat_text(engine, messages), 10)
