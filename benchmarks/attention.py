@@ -7,12 +7,15 @@
     python -m benchmarks.attention --engine-rule   # the same on whole engine steps
     python -m benchmarks.attention --engine        # whole SmolLM2 decode steps, 16 forks of 2048
     python -m benchmarks.attention --shape llama3-8b --device cuda   # a 7B-class layer's heads
+    python -m benchmarks.attention --cold 30       # KV out of the CPU caches, as in a model
 
 Every row forks `seqs` sequences from one context of `prefix` tokens (blocks shared, as the
 engine's forks and prefix cache make them) and gives each its own suffix; one decode step is
 timed through `server.kernels.attention`, once with the cascade plan and once without. The
 cascade column is timed even where the device's cost rule would not plan the level; the
-`rule` column says whether it would.
+`rule` column says whether it would. With `--cold N` (CPU) a round runs the step over N
+layer-sized caches of its own, as a model's layers do, so each layer's KV comes from memory
+rather than from a cache the previous call left warm; the time is the round's over N.
 Results are printed and saved as JSON under benchmarks/results/.
 """
 
@@ -138,12 +141,18 @@ def forked_decode(
 
 
 def time_layer(
-    case: ForkedDecode, meta: AttentionMetadata, repeats: int, backend: str | None
+    case: ForkedDecode,
+    meta: AttentionMetadata,
+    repeats: int,
+    backend: str | None,
+    layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> float:
     """Milliseconds of one layer's attention call (cache write included).
 
-    On CPU the median wall time. On CUDA the GPU time of the call replayed from a CUDA graph
-    (as engines run decode), so the host's launch overhead does not hide the kernels.
+    On CPU the median wall time; with `layers` (caches of the case's shape) the time of a
+    round over all of them divided by their count. On CUDA the GPU time of the call replayed
+    from a CUDA graph (as engines run decode), so the host's launch overhead does not hide the
+    kernels.
     """
 
     def call() -> torch.Tensor:
@@ -151,6 +160,14 @@ def time_layer(
             case.q, case.k, case.v, case.k_cache, case.v_cache, meta, case.scale, backend=backend
         )
 
+    if layers:
+
+        def round_over_layers() -> None:
+            for k_cache, v_cache in layers:
+                attention(case.q, case.k, case.v, k_cache, v_cache, meta, case.scale,
+                          backend=backend)  # fmt: skip
+
+        return median_ms(round_over_layers, repeats, case.q.device) / len(layers)
     if case.q.device.type == "cuda":
         try:
             return _graph_ms(call, repeats)
@@ -180,14 +197,16 @@ def run_table(
     device: str,
     repeats: int,
     backend: str | None,
+    cold_layers: int = 0,
 ) -> list[Row]:
     rows = []
     rule = CascadeConfig.for_backend(backend) if backend else CascadeConfig.for_device(device)
     for seqs, prefix in tqdm(sizes, desc="attention table", leave=False, disable=None):
         case = forked_decode(seqs, prefix, suffix, shape, dtype, device)
-        per_seq = time_layer(case, case.metadata(cascade=False), repeats, backend)
+        layers = [(case.k_cache.clone(), case.v_cache.clone()) for _ in range(cold_layers)]
+        per_seq = time_layer(case, case.metadata(cascade=False), repeats, backend, layers)
         cascade_meta = case.metadata(cascade=True, config=FORCED)
-        cascade = time_layer(case, cascade_meta, repeats, backend)
+        cascade = time_layer(case, cascade_meta, repeats, backend, layers)
         row = Row(seqs, prefix, suffix, per_seq, cascade, planned=rule.pays(seqs, prefix))
         if case.q.device.type == "cuda":
             row.per_seq_eager_ms = time_eager(case, case.metadata(cascade=False), repeats, backend)
@@ -380,6 +399,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     parser.add_argument(
+        "--cold", type=int, default=0, metavar="LAYERS",
+        help="CPU: time rounds over this many layer-sized caches (KV out of the CPU caches)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="per-kernel times of the last size, both ways"
     )
     parser.add_argument(
@@ -391,6 +414,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cold and args.device != "cpu":
+        parser.error("--cold is for CPU runs (GPU timings replay CUDA graphs)")
 
     dtype = getattr(torch, args.dtype)
     device = args.device
@@ -409,11 +434,13 @@ def main(argv: list[str] | None = None) -> None:
         "shape": asdict(shape),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "cold_layers": args.cold,
     }
-    rows = run_table(sizes, args.suffix, shape, dtype, device, repeats, backend)
+    rows = run_table(sizes, args.suffix, shape, dtype, device, repeats, backend, args.cold)
     print(
         f"decode attention per layer, {report['device']}, {backend}, {args.dtype}, "
         f"{args.shape} heads ({shape.num_q_heads} q / {shape.num_kv_heads} kv x {shape.head_dim})"
+        + (f", KV cold (rounds over {args.cold} layer caches)" if args.cold else "")
     )
     _print_rows(rows)
     report["table"] = [asdict(r) | {"speedup": r.speedup} for r in rows]
@@ -448,6 +475,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['speedup']:>7.2f}x {'on' if r['planned'] else 'off':>5}")
         report["engine_rule"] = sweep_rows
     named = "" if backend == default_backend_name(torch.device(device)) else f"_{backend}"
+    named += "_cold" if args.cold else ""
     out = Path(args.out) if args.out else RESULTS / f"attention_{device}{named}_{args.dtype}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
