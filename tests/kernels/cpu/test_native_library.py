@@ -12,7 +12,9 @@ import pytest
 @pytest.mark.skipif(
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler here"
 )
-@pytest.mark.parametrize("name", ["packed_linear", "paged_decode", "paged_prefill", "decoder_stack"])
+@pytest.mark.parametrize(
+    "name", ["packed_linear", "paged_decode", "paged_prefill", "paged_levels", "decoder_stack"]
+)
 def test_every_kernel_builds(name: str) -> None:
     kernel = importlib.import_module(f"server.kernels.cpu.{name}")
     assert kernel.available(), f"{name} did not build: see the warning logged above"
