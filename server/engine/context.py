@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from server.engine.outputs import TokenLogprob
 from server.engine.sampling_params import SamplingParams
 from server.engine.tokenizer import IncrementalDetokenizer
 
@@ -39,12 +40,20 @@ class Job:
     emitted_text_len: int = 0
     detokenizer: IncrementalDetokenizer | None = None
     generator: torch.Generator | None = None
+    # with sampling.prompt_logprobs: entry i scores prompt token i (entry 0 is None), filled as
+    # the prompt's chunks are computed; sent once, with the job's first output after them
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=lambda: [None])
+    prompt_logprobs_sent: bool = False
     finish_reason: str | None = None
     error: str | None = None
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None or self.error is not None
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return self.sampling is not None and self.sampling.prompt_logprobs is not None
 
     @property
     def sort_key(self) -> tuple[int, int]:

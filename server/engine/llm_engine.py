@@ -267,10 +267,13 @@ class LLMEngine:
         ]
         results: dict[int, JobOutput] = {}
         logprobs: dict[int, list[TokenLogprob]] = {j: [] for j in job_ids}
+        prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
 
         def collect(outputs: list[JobOutput], last: bool = False) -> None:
             for out in outputs:
                 logprobs[out.job_id].extend(out.new_logprobs)
+                if out.prompt_logprobs is not None:
+                    prompt_logprobs[out.job_id] = out.prompt_logprobs
                 if out.finished or last:
                     results[out.job_id] = out
 
@@ -283,6 +286,7 @@ class LLMEngine:
             CompletionOutput(
                 ids, results[j].token_ids, results[j].text, results[j].finish_reason,
                 logprobs[j] if sp.logprobs is not None else None,
+                prompt_logprobs.get(j),
             )
             for ids, j, sp in zip(prompt_ids, job_ids, sampling_params, strict=True)
         ]
@@ -311,6 +315,8 @@ class LLMEngine:
         self._stats.preemptions += len(batch.preempted)
         logits = self.runner.execute(batch)
         self._stats.cascade_saved_tokens += self.runner.cascade_saved_tokens
+        for job, entries in self.runner.scored_prompts:
+            job.prompt_logprobs.extend(entries)
         self._postprocess(batch, logits)
         return self._drain_outputs()
 
@@ -482,6 +488,11 @@ class LLMEngine:
         new_text: str,
         new_logprobs: list[TokenLogprob] | None = None,
     ) -> JobOutput:
+        prompt_logprobs = None
+        if job.wants_prompt_logprobs and not job.prompt_logprobs_sent and (
+            new_tokens or job.finished
+        ):
+            prompt_logprobs, job.prompt_logprobs_sent = list(job.prompt_logprobs), True
         return JobOutput(
             job.id,
             ctx.id,
@@ -493,6 +504,7 @@ class LLMEngine:
             job.finish_reason,
             job.error,
             new_logprobs or [],
+            prompt_logprobs,
         )
 
     def _drain_outputs(self) -> list[JobOutput]:

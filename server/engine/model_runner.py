@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from server.engine.config import EngineConfig
-from server.engine.scheduler import SchedulerOutput
+from server.engine.context import Job
+from server.engine.outputs import TokenLogprob
+from server.engine.scheduler import ScheduledContext, SchedulerOutput
 from server.kernels import CascadeConfig, build_attention_metadata
 from server.kernels.backends import default_backend_name
 from server.kernels.cpu import paged_decode, paged_levels
@@ -30,6 +32,8 @@ class ModelRunner:
         self.config = config
         # what the last step's shared-prefix levels saved (see EngineStats.cascade_saved_tokens)
         self.cascade_saved_tokens = 0
+        # the last step's prompt scores: (job, the next entries of its prompt_logprobs)
+        self.scored_prompts: list[tuple[Job, list[TokenLogprob]]] = []
         self.device = device
         self.dtype = dtype
         self.block_size = config.block_size
@@ -71,6 +75,7 @@ class ModelRunner:
     def execute(self, batch: SchedulerOutput) -> torch.Tensor | None:
         """Run the batch; the logits ([num_sampled, vocab], float32) of the rows that sample."""
         self.cascade_saved_tokens = 0
+        self.scored_prompts = []
         if batch.block_copies:
             src = torch.tensor([s for s, _ in batch.block_copies], device=self.device)
             dst = torch.tensor([d for _, d in batch.block_copies], device=self.device)
@@ -83,7 +88,9 @@ class ModelRunner:
         input_ids: list[int] = []
         positions: list[int] = []
         query_lens, seq_lens, tables, last_rows = [], [], [], []
+        first_rows: list[int] = []
         for s in work:
+            first_rows.append(len(input_ids))
             start = s.ctx.num_computed
             end = start + s.num_tokens
             input_ids.extend(s.ctx.token_ids[start:end])
@@ -109,7 +116,45 @@ class ModelRunner:
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         hidden = self.model(ids, pos, self.kv_caches, meta)
+        for s, first_row in zip(work, first_rows, strict=True):
+            job = s.ctx.sampling_job
+            if job is not None and job.wants_prompt_logprobs:
+                self._score_prompt(s, job, first_row, hidden)
         if not last_rows:
             return None
         rows = torch.tensor(last_rows, dtype=torch.long, device=self.device)
         return self.model.compute_logits(hidden.index_select(0, rows)).float()
+
+    def _score_prompt(
+        self, s: ScheduledContext, job: Job, first_row: int, hidden: torch.Tensor
+    ) -> None:
+        """Log probabilities of the prompt tokens this chunk's positions predict (position p's
+        logits score token p + 1), each token once, also when a preempted context computes
+        its prompt again."""
+        start = s.ctx.num_computed
+        prompt_len = len(s.ctx.token_ids) - len(job.output_token_ids)
+        lo = max(start, len(job.prompt_logprobs) - 1)
+        hi = min(start + s.num_tokens, prompt_len - 1)
+        if lo >= hi:
+            return
+        assert job.sampling is not None and job.sampling.prompt_logprobs is not None
+        top = job.sampling.prompt_logprobs
+        rows = torch.arange(first_row + lo - start, first_row + hi - start, device=self.device)
+        targets = torch.tensor(s.ctx.token_ids[lo + 1 : hi + 1], device=self.device)
+        entries: list[TokenLogprob] = []
+        # a few rows at a time: [rows, vocab] float32 logits are large
+        for a in range(0, rows.numel(), _SCORE_ROWS):
+            logits = self.model.compute_logits(hidden.index_select(0, rows[a : a + _SCORE_ROWS]))
+            logprobs = logits.float().log_softmax(-1)
+            chosen = logprobs.gather(1, targets[a : a + _SCORE_ROWS, None])[:, 0].tolist()
+            best = logprobs.topk(top, dim=-1) if top else None
+            for i, value in enumerate(chosen):
+                alternatives = (
+                    list(zip(best.indices[i].tolist(), best.values[i].tolist(), strict=True))
+                    if best is not None else []
+                )
+                entries.append(TokenLogprob(int(targets[a + i]), value, alternatives))
+        self.scored_prompts.append((job, entries))
+
+
+_SCORE_ROWS = 128

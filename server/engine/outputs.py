@@ -29,6 +29,8 @@ class JobOutput:
     finish_reason: str | None = None  # "stop", "length", "abort"
     error: str | None = None
     new_logprobs: list[TokenLogprob] = field(default_factory=list)  # one per new token, if asked
+    # the prompt's, if asked: once, with the first output after the prompt is computed
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass(slots=True)
@@ -40,6 +42,7 @@ class CompletionOutput:
     text: str
     finish_reason: str | None
     logprobs: list[TokenLogprob] | None = None  # one per token, when the sampling asked
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # one per prompt token, if asked
 
 
 @dataclass(slots=True)

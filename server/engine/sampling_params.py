@@ -20,7 +20,9 @@ class SamplingParams:
     tokens already generated: by the first once a token has appeared, by the second for each
     time it has (greedy decoding too). `logprobs` asks for every generated token's log
     probability under the model (before penalties and temperature) and for that many most
-    likely alternatives (0 to 20; None: none).
+    likely alternatives (0 to 20; None: none). `prompt_logprobs` does the same for the prompt's
+    tokens (each given those before it; the first has none): such a request computes its whole
+    prompt, skipping the prefix cache.
     """
 
     max_tokens: int = 16
@@ -34,6 +36,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -49,8 +52,10 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
-        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
-            raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_LOGPROBS:
+                raise ValueError(f"{name} must be in [0, {MAX_LOGPROBS}], got {value}")
 
     @property
     def greedy(self) -> bool:

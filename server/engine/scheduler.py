@@ -211,6 +211,9 @@ class Scheduler:
         full = ctx.num_computed // bs
         if len(ctx.block_hashes) != full:
             return
+        job = ctx.sampling_job
+        if job is not None and job.wants_prompt_logprobs:
+            return  # every prompt token's logits are needed: none may come from the cache
         # A generation needs the logits of the last token, so that token is always computed.
         limit = len(ctx.token_ids) - (1 if ctx.sampling_job is not None else 0)
         if ctx.num_computed % bs:

@@ -380,3 +380,37 @@ def test_logprobs_and_penalties_match_transformers(tiny_llama_path):
     assert any(
         outs[i].token_ids != greedy_reference(ref, prompts[i], asked.max_tokens) for i in (0, 2)
     )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"max_num_batched_tokens": 24},
+     {"block_size": 4, "num_kv_blocks": 24, "max_num_batched_tokens": 32}],
+    ids=["one-chunk", "chunked", "preempted"],
+)
+def test_prompt_logprobs_match_transformers(tiny_llama_path, config):
+    """prompt_logprobs: entry i scores prompt token i given those before it (top 2 too), as
+    transformers' logits do, whether the prompt is computed in one chunk, in chunks or again
+    after a preemption; a repeated prompt is computed again (no cached blocks), each token
+    scored once."""
+    import torch
+
+    engine = LLMEngine.from_pretrained(tiny_llama_path, **{"block_size": 8, **config})
+    ref = load_reference(tiny_llama_path)
+    prompts = random_prompts(4, engine.model_config.vocab_size, seed=33, lo=30, hi=60)
+    prompts[3] = list(prompts[0])  # the same prompt again
+    scored = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, prompt_logprobs=2)
+    outs = engine.generate(prompts, [scored, GREEDY, scored, scored])
+    assert outs[1].prompt_logprobs is None
+    for i in (0, 2, 3):
+        entries = outs[i].prompt_logprobs
+        assert len(entries) == len(prompts[i]) and entries[0] is None
+        with torch.inference_mode():
+            want = ref(torch.tensor([prompts[i]])).logits[0].float().log_softmax(-1)
+        for pos, entry in enumerate(entries[1:], start=1):
+            assert entry.token_id == prompts[i][pos]
+            assert entry.logprob == pytest.approx(float(want[pos - 1, prompts[i][pos]]), abs=1e-4)
+            assert [t for t, _ in entry.top] == want[pos - 1].topk(2).indices.tolist()
+        assert outs[i].token_ids == greedy_reference(ref, prompts[i], scored.max_tokens)
+    if "num_kv_blocks" in config:
+        assert engine.stats.preemptions > 0
