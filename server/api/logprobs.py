@@ -11,25 +11,32 @@ from server.engine.tokenizer import Tokenizer
 
 
 def completion_logprobs(
-    tokenizer: Tokenizer, logprobs: Sequence[TokenLogprob], offset: int = 0
+    tokenizer: Tokenizer,
+    logprobs: Sequence[TokenLogprob | None],
+    offset: int = 0,
+    first_token_id: int | None = None,
 ) -> CompletionLogprobs:
     """`top_logprobs` maps each alternative's text to its logprob and always holds the
-    sampled token (so up to N + 1 entries, as OpenAI's); `text_offset` counts characters of
-    the choice's text from `offset` (0: its start; the prompt is never echoed)."""
-    tokens, offsets, tops = [], [], []
+    chosen token (so up to N + 1 entries, as OpenAI's); `text_offset` counts characters of
+    the choice's text from `offset`. A None entry is an echoed prompt's first token
+    (`first_token_id`), which has no probability."""
+    tokens, offsets, values, tops = [], [], [], []
     for entry in logprobs:
-        text = token_text(tokenizer, entry.token_id)
+        token_id = first_token_id if entry is None else entry.token_id
+        text = "" if token_id is None else token_text(tokenizer, token_id)
         tokens.append(text)
         offsets.append(offset)
         offset += len(text)
+        if entry is None:
+            values.append(None)
+            tops.append(None)
+            continue
+        values.append(entry.logprob)
         top = {token_text(tokenizer, t): value for t, value in entry.top}
         top.setdefault(text, entry.logprob)
         tops.append(top)
     return CompletionLogprobs(
-        tokens=tokens,
-        token_logprobs=[entry.logprob for entry in logprobs],
-        top_logprobs=tops,
-        text_offset=offsets,
+        tokens=tokens, token_logprobs=values, top_logprobs=tops, text_offset=offsets
     )
 
 

@@ -64,18 +64,23 @@ async def list_models(request: web.Request) -> web.Response:
 async def create_completion(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, CompletionRequest)
     _check_common(request, body)
-    if body.echo or body.suffix:
-        raise bad_request("echo and suffix are not supported", param="echo")
+    if body.suffix:
+        raise bad_request("suffix is not supported", param="suffix")
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not prompts:
         raise bad_request("prompt must not be empty", param="prompt")
     driver = request.app[DRIVER]
     prompt_ids = [_encode(driver, p, "prompt") for p in prompts]
-    max_tokens = body.max_tokens or _DEFAULT_COMPLETION_TOKENS
     n = body.n or 1
     logprobs = _completion_logprobs_asked(body)
+    echo = _Echo.of(body, n, logprobs)
+    max_tokens = echo.max_tokens(body)
     samplings = [
-        _samples(_sampling(driver, body, ids, max_tokens, logprobs), n) for ids in prompt_ids
+        _samples(
+            _sampling(driver, body, ids, max_tokens, logprobs, logprobs if echo.scored else None),
+            n,
+        )
+        for ids in prompt_ids
     ]
     cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model
     for ids in prompt_ids:
@@ -83,20 +88,22 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     if body.stream:
         if len(prompts) > 1:
             raise bad_request("streaming supports one prompt per request", param="prompt")
-        return await _stream_completion(request, driver, prompt_ids[0], samplings[0], cid, body)
+        return await _stream_completion(
+            request, driver, prompts[0], prompt_ids[0], samplings[0], cid, body, echo
+        )
     per_prompt = await asyncio.gather(
         *(_run(request.app[ENGINES], ids, s) for ids, s in zip(prompt_ids, samplings, strict=True))
     )
-    done = [d for outs in per_prompt for d in outs]  # OpenAI's order: by prompt, then sample
-    finals = [f for f, _ in done]
-    choices = [
-        CompletionChoice(
-            index=i, text=f.text, finish_reason=_reason(f),
-            logprobs=None if logprobs is None else completion_logprobs(driver.tokenizer, lps),
-        )
-        for i, (f, lps) in enumerate(done)
-    ]
-    completion_tokens = sum(len(f.token_ids) for f in finals)
+    choices, completion_tokens = [], 0
+    for k, outs in enumerate(per_prompt):  # OpenAI's order: by prompt, then sample
+        for f, lps in outs:
+            text, entries = echo.choice(prompts[k], f, lps)
+            choices.append(CompletionChoice(
+                index=len(choices), text=text, finish_reason=echo.reason(f),
+                logprobs=None if logprobs is None else completion_logprobs(
+                    driver.tokenizer, entries, first_token_id=prompt_ids[k][0]),
+            ))  # fmt: skip
+            completion_tokens += 0 if echo.hides_generation else len(f.token_ids)
     prompt_tokens = sum(len(ids) for ids in prompt_ids)
     usage = Usage(
         prompt_tokens=prompt_tokens,
@@ -198,20 +205,42 @@ async def _stream_chat(
 async def _stream_completion(
     request: web.Request,
     driver: EngineDriver,
+    prompt: str,
     ids: list[int],
     samplings: list[SamplingParams],
     cid: str,
     body: CompletionRequest,
+    echo: _Echo,
 ) -> web.StreamResponse:
     created = int(time.time())
     asked = samplings[0].logprobs is not None
-    pending: dict[int, list[TokenLogprob]] = {i: [] for i in range(len(samplings))}
+    pending: dict[int, list[TokenLogprob | None]] = {i: [] for i in range(len(samplings))}
     offsets = dict.fromkeys(range(len(samplings)), 0)  # text sent so far, per choice
+    to_echo = set(range(len(samplings))) if echo.on else set()
     stream = EventStream(request)
     await stream.open()
     with contextlib.suppress(ConnectionError):
         finals: dict[int, JobOutput] = {}
         async for index, out in _outputs(stream, request.app[ENGINES], ids, samplings):
+            if index in to_echo and (not echo.scored or out.prompt_logprobs is not None):
+                # the prompt first, once its scores (if asked) are in
+                to_echo.discard(index)
+                prompt_lps = completion_logprobs(
+                    driver.tokenizer, out.prompt_logprobs or [], first_token_id=ids[0]
+                ) if asked else None  # fmt: skip
+                offsets[index] += len(prompt)
+                await stream.send(Completion(id=cid, created=created, model=body.model, choices=[
+                    CompletionChoice(index=index, text=prompt, logprobs=prompt_lps,
+                                     finish_reason=None)
+                ]))  # fmt: skip
+            if echo.hides_generation:
+                if out.finished:
+                    finals[index] = out
+                    choice = CompletionChoice(index=index, text="", finish_reason="length")
+                    await stream.send(
+                        Completion(id=cid, created=created, model=body.model, choices=[choice])
+                    )
+                continue
             pending[index].extend(out.new_logprobs)
             if out.finished:
                 finals[index] = out
@@ -230,7 +259,7 @@ async def _stream_completion(
                 )
         everything = len(finals) == len(samplings)
         if everything and body.stream_options and body.stream_options.include_usage:
-            usage = _usage(ids, list(finals.values()))
+            usage = _usage(ids, [] if echo.hides_generation else list(finals.values()))
             await stream.send(
                 Completion(id=cid, created=created, model=body.model, choices=[], usage=usage)
             )
@@ -258,19 +287,24 @@ async def _outputs(
 async def _run(
     engines: EnginePool, ids: list[int], samplings: list[SamplingParams]
 ) -> list[tuple[JobOutput, list[TokenLogprob]]]:
-    """The finished output of each sample and its tokens' logprobs (if asked), in order (see
-    `_generate`)."""
+    """The finished output of each sample (with the prompt's logprobs, if asked) and its
+    tokens' logprobs (if asked), in order (see `_generate`)."""
     finals: list[JobOutput | None] = [None] * len(samplings)
     logprobs: list[list[TokenLogprob]] = [[] for _ in samplings]
+    prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
     try:
         async for index, out in _generate(engines, ids, samplings):
             finals[index] = out
             logprobs[index].extend(out.new_logprobs)
+            if out.prompt_logprobs is not None:
+                prompt_logprobs[index] = out.prompt_logprobs
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     except EngineError as exc:
         raise ApiError(500, str(exc), type="server_error") from exc
     assert all(f is not None and f.finished for f in finals)
+    for index, scores in prompt_logprobs.items():  # they came with an earlier output
+        finals[index].prompt_logprobs = scores  # type: ignore[union-attr]
     return list(zip(finals, logprobs, strict=True))  # type: ignore[arg-type]
 
 
@@ -315,6 +349,48 @@ def _encode(driver: EngineDriver, text: str, param: str) -> list[int]:
     return ids
 
 
+@dataclasses.dataclass(frozen=True)
+class _Echo:
+    """The completions API's `echo`: the prompt leads the choice's text (and its logprobs,
+    scored by the model, when logprobs are asked for); with max_tokens 0 only the prompt comes
+    back (one token is generated, as the engine always samples, and left out)."""
+
+    on: bool
+    scored: bool
+    hides_generation: bool
+
+    @classmethod
+    def of(cls, body: CompletionRequest, n: int, logprobs: int | None) -> _Echo:
+        if body.max_tokens == 0 and not body.echo:
+            raise bad_request(
+                "max_tokens must be at least 1 (0 only with echo, to score the prompt)",
+                param="max_tokens",
+            )
+        scored = body.echo and logprobs is not None
+        if scored and n > 1:
+            raise bad_request("echo with logprobs takes n=1", param="n")
+        return cls(body.echo, scored, body.max_tokens == 0)
+
+    def max_tokens(self, body: CompletionRequest) -> int:
+        if self.hides_generation:
+            return 1
+        return body.max_tokens or _DEFAULT_COMPLETION_TOKENS
+
+    def choice(
+        self, prompt: str, final: JobOutput, logprobs: list[TokenLogprob]
+    ) -> tuple[str, list[TokenLogprob | None]]:
+        """The choice's text and its tokens' logprobs."""
+        text = prompt if self.on else ""
+        entries: list[TokenLogprob | None] = list(final.prompt_logprobs or []) if self.scored else []
+        if not self.hides_generation:
+            text += final.text
+            entries += logprobs
+        return text, entries
+
+    def reason(self, final: JobOutput) -> str:
+        return "length" if self.hides_generation else _reason(final)
+
+
 def _completion_logprobs_asked(body: CompletionRequest) -> int | None:
     """The completions API's `logprobs`: how many alternatives per token (None: none)."""
     if body.logprobs is None or body.logprobs is False:
@@ -349,6 +425,7 @@ def _sampling(
     ids: list[int],
     max_tokens: int,
     logprobs: int | None = None,
+    prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     limit = driver.max_model_len
     if len(ids) + max_tokens > limit:
@@ -370,6 +447,7 @@ def _sampling(
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
         logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
     )
 
 

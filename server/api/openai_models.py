@@ -35,6 +35,7 @@ class OpenAIRequest(BaseModel):
 
 class CompletionRequest(OpenAIRequest):
     prompt: str | list[str]
+    max_tokens: int | None = Field(None, ge=0)  # 0: with echo, score the prompt only
     echo: bool = False
     suffix: str | None = None
 
@@ -68,12 +69,13 @@ class Usage(BaseModel):
 
 
 class CompletionLogprobs(BaseModel):
-    """Per generated token: its text, natural-log probability, the most likely alternatives
-    (text -> logprob) and where its text starts in the choice's text."""
+    """Per token of the choice's text (the echoed prompt's too): its text, natural-log
+    probability, the most likely alternatives (text -> logprob) and where its text starts.
+    The first prompt token has no probability (null)."""
 
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]] | None
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None] | None
     text_offset: list[int]
 
 

@@ -260,6 +260,51 @@ def test_completion_logprobs_and_penalties(client: openai.OpenAI, engine: LLMEng
     assert "".join(c.choices[0].text for c in chunks if c.choices) == ref.text
 
 
+def test_echo_scores_the_prompt(client: openai.OpenAI, engine: LLMEngine) -> None:
+    """echo=true with logprobs: the prompt leads the text and its tokens are scored by the
+    model (the first has none); max_tokens=0 returns the prompt alone, as evaluation harnesses
+    ask for it; streamed, the prompt comes first."""
+    prompt = "The parrot said hello to the"
+    ids = engine.tokenizer.encode(prompt)
+    sampling = SamplingParams(max_tokens=5, temperature=0, logprobs=1, prompt_logprobs=1)
+    (ref,) = engine.generate([ids], sampling)
+    done = client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=5, temperature=0, logprobs=1, echo=True
+    )
+    choice = done.choices[0]
+    assert choice.text == prompt + ref.text
+    lp = choice.logprobs
+    assert len(lp.tokens) == len(ids) + len(ref.token_ids)
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    want = [e.logprob for e in ref.prompt_logprobs[1:]] + [e.logprob for e in ref.logprobs]
+    assert lp.token_logprobs[1:] == pytest.approx(want, abs=1e-4)
+    assert "".join(lp.tokens[: len(ids)]) == prompt
+    assert done.usage.completion_tokens == len(ref.token_ids)
+    scored = client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=0, temperature=0, logprobs=1, echo=True
+    )
+    assert scored.choices[0].text == prompt
+    assert scored.choices[0].logprobs.token_logprobs[1:] == pytest.approx(
+        [e.logprob for e in ref.prompt_logprobs[1:]], abs=1e-4
+    )
+    assert scored.usage.completion_tokens == 0
+    plain = client.completions.create(model="tiny", prompt=prompt, max_tokens=5, temperature=0,
+                                      echo=True)  # fmt: skip
+    assert plain.choices[0].text == prompt + ref.text and plain.choices[0].logprobs is None
+    chunks = [c for c in client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=5, temperature=0, logprobs=1, echo=True,
+        stream=True) if c.choices]  # fmt: skip
+    assert chunks[0].choices[0].text == prompt
+    assert "".join(c.choices[0].text for c in chunks) == prompt + ref.text
+    streamed = [v for c in chunks if c.choices[0].logprobs
+                for v in c.choices[0].logprobs.token_logprobs]  # fmt: skip
+    assert streamed[0] is None and streamed[1:] == pytest.approx(want, abs=1e-6)
+    only = [c for c in client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=0, echo=True, stream=True) if c.choices]
+    assert "".join(c.choices[0].text for c in only) == prompt
+    assert only[-1].choices[0].finish_reason == "length"
+
+
 def test_chat_logprobs(client: openai.OpenAI, engine: LLMEngine) -> None:
     """logprobs=true, top_logprobs=N: token objects with their UTF-8 bytes and alternatives,
     the same streamed or not."""
@@ -306,6 +351,12 @@ def test_errors_have_openai_shape_and_the_server_goes_on(client: openai.OpenAI) 
         client.chat.completions.create(model="tiny", messages=user, top_logprobs=2)
     with pytest.raises(openai.BadRequestError, match="from 0 to 20 for completions"):
         client.completions.create(model="tiny", prompt="x", max_tokens=2, logprobs=21)
+    with pytest.raises(openai.BadRequestError, match="0 only with echo"):
+        client.completions.create(model="tiny", prompt="x", max_tokens=0)
+    with pytest.raises(openai.BadRequestError, match="echo with logprobs takes n=1"):
+        client.completions.create(model="tiny", prompt="x", echo=True, logprobs=1, n=2)
+    with pytest.raises(openai.BadRequestError, match="suffix"):
+        client.completions.create(model="tiny", prompt="x", suffix="y")
     with pytest.raises(openai.BadRequestError, match="frequency_penalty"):
         client.completions.create(model="tiny", prompt="x", max_tokens=2, frequency_penalty=3)
     status, body = request("POST", f"{client.base_url}completions", raw=b"[1, 2")
