@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from server.kernels.cpu import native_library
+from server.kernels.cpu.tensor_checks import query_and_caches
 
 __all__ = ["DEFAULT_CHUNK_TOKENS", "available", "paged_decode", "supports"]
 
@@ -86,15 +87,9 @@ def _check(
     num_tokens: torch.Tensor,
 ) -> None:
     """Shapes, dtypes and bounds, which the C side trusts."""
-    if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
-        raise ValueError(
-            f"paged_decode: need q [R, Hq, D] and caches [blocks, block_size, Hkv, D], got "
-            f"q {tuple(q.shape)}, k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}"
-        )
-    rows, num_heads, head_dim = q.shape
-    num_blocks, block_size, num_kv_heads, cache_dim = k_cache.shape
-    if cache_dim != head_dim or num_heads % num_kv_heads:
-        raise ValueError(f"paged_decode: q {tuple(q.shape)} does not fit caches {tuple(k_cache.shape)}")
+    rows, num_heads, head_dim, num_blocks, block_size, num_kv_heads = query_and_caches(
+        "paged_decode", q, k_cache, v_cache
+    )
     if not supports(num_heads, num_kv_heads, head_dim):
         raise ValueError(
             f"paged_decode: supports up to {MAX_HEADS} query heads and head dims {HEAD_DIMS}, "

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from server.kernels.cpu import native_library
+from server.kernels.cpu.tensor_checks import query_and_caches
 
 __all__ = ["LevelIndex", "available", "level_index", "paged_levels", "supports"]
 
@@ -109,17 +110,12 @@ def _check(
     lse: torch.Tensor,
 ) -> None:
     """Shapes, dtypes and bounds, which the C side trusts."""
-    if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+    rows, num_heads, head_dim, num_blocks, block_size, num_kv_heads = query_and_caches(
+        "paged_levels", q, k_cache, v_cache
+    )
+    if not supports(num_heads, num_kv_heads, head_dim):
         raise ValueError(
-            f"paged_levels: need q [R, Hq, D] and caches [blocks, block_size, Hkv, D], got "
-            f"q {tuple(q.shape)}, k_cache {tuple(k_cache.shape)}"
-        )
-    rows, num_heads, head_dim = q.shape
-    num_blocks, block_size, num_kv_heads, cache_dim = k_cache.shape
-    if cache_dim != head_dim or not supports(num_heads, num_kv_heads, head_dim):
-        raise ValueError(
-            f"paged_levels: q {tuple(q.shape)} does not fit caches {tuple(k_cache.shape)} "
-            f"(head dims: multiples of 16 up to {MAX_DIM}; query heads a multiple of KV heads)"
+            f"paged_levels: head dims must be multiples of 16 up to {MAX_DIM}, got {head_dim}"
         )
     if tuple(out.shape) != tuple(q.shape) or tuple(lse.shape) != (rows, num_heads):
         raise ValueError(
