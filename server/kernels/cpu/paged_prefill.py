@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from server.kernels.cpu import native_library
+from server.kernels.cpu.tensor_checks import query_and_caches
 
 __all__ = ["available", "paged_prefill", "supports"]
 
@@ -44,18 +45,12 @@ def paged_prefill(
     """Causal attention of q [T, Hq, D]: sequence i owns the next `query_lens[i]` rows, its
     last tokens of `seq_lens[i]` in the blocks `block_tables[i]` of the caches
     [num_blocks, block_size, Hkv, D] (the rows' own K/V already stored). Returns [T, Hq, D]."""
-    if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+    tokens, num_heads, head_dim, num_blocks, block_size, num_kv_heads = query_and_caches(
+        "paged_prefill", q, k_cache, v_cache
+    )
+    if not supports(num_heads, num_kv_heads, head_dim):
         raise ValueError(
-            f"paged_prefill: need q [T, Hq, D] and caches [blocks, block_size, Hkv, D], got "
-            f"q {tuple(q.shape)}, k_cache {tuple(k_cache.shape)}"
-        )
-    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
-    tokens, num_heads, _ = q.shape
-    if q.shape[2] != head_dim or not supports(num_heads, num_kv_heads, head_dim):
-        raise ValueError(
-            f"paged_prefill: q {tuple(q.shape)} with caches {tuple(k_cache.shape)} is not "
-            f"supported (query heads a multiple of KV heads, head dim a multiple of 16 up to "
-            f"{MAX_DIM})"
+            f"paged_prefill: head dims must be multiples of 16 up to {MAX_DIM}, got {head_dim}"
         )
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         if t.dtype != torch.float32 or t.device.type != "cpu":

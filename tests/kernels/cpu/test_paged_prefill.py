@@ -85,7 +85,10 @@ def test_bad_arguments_are_refused() -> None:
         kernel.paged_prefill(q, k, k, [5], [40], [[0]], 0.1)
     with pytest.raises(ValueError, match="block ids must lie in"):
         kernel.paged_prefill(q, k, k, [5], [5], [[9]], 0.1)
-    with pytest.raises(ValueError, match="not supported"):
+    with pytest.raises(ValueError, match="does not fit caches"):
         kernel.paged_prefill(torch.zeros(5, 3, 64), k, k, [5], [5], [[0]], 0.1)
+    odd = torch.zeros(4, 16, 2, 40)
+    with pytest.raises(ValueError, match="head dims must be multiples of 16"):
+        kernel.paged_prefill(torch.zeros(5, 4, 40), odd, odd, [5], [5], [[0]], 0.1)
     with pytest.raises(ValueError, match="must be float32"):
         kernel.paged_prefill(q.double(), k.double(), k.double(), [5], [5], [[0]], 0.1)
