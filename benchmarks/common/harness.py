@@ -24,6 +24,7 @@ COUNTERS = {
     "parrot_cached_tokens_total": "cached_tokens",
     "parrot_generated_tokens_total": "generated_tokens",
     "parrot_preemptions_total": "preemptions",
+    "parrot_cascade_saved_tokens_total": "cascade_saved_tokens",
 }
 WARMUP_PROMPT = "<|im_start|>user\nSay hello.<|im_end|>\n<|im_start|>assistant\n"
 
