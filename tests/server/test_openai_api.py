@@ -224,6 +224,12 @@ def test_chat_openai_in_an_lcel_chain(server: str, engine: LLMEngine) -> None:
     assert chain.invoke({"t": "cars"}) == expected["cars"]
     assert chain.batch([{"t": "cars"}, {"t": "birds"}]) == [expected["cars"], expected["birds"]]
     assert "".join(chain.stream({"t": "birds"})) == expected["birds"]
+    # ChatOpenAI's logprobs and penalties reach the server and come back in its metadata
+    scored = llm.bind(logprobs=True, top_logprobs=2, frequency_penalty=0.5).invoke("Topic: cars")
+    content = scored.response_metadata["logprobs"]["content"]
+    raw = bytes(b for t in content for b in t["bytes"])
+    assert raw.decode("utf-8", errors="replace") == scored.content
+    assert all(len(t["top_logprobs"]) == 2 for t in content)
 
 
 def test_completion_logprobs_and_penalties(client: openai.OpenAI, engine: LLMEngine) -> None:
