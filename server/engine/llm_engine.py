@@ -155,6 +155,13 @@ class LLMEngine:
         long, for the latency-critical call that reads its output to arrive.
         """
         ctx = self._context(context_id)
+        if sampling.prompt_logprobs is not None and (ctx.num_computed or ctx.jobs):
+            # entry i scores token i, so this job must compute every token from the first
+            raise ValueError(
+                f"prompt_logprobs needs a context with nothing computed or queued (a plain "
+                f"request); context {context_id} has {ctx.num_computed} tokens computed and "
+                f"{len(ctx.jobs)} jobs queued"
+            )
         length = ctx.queued_len + sum(
             j.sampling.max_tokens for j in ctx.jobs if j.sampling is not None
         )

@@ -14,13 +14,13 @@ def sample(
     logits: torch.Tensor,
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
-    outputs: Sequence[Sequence[int]] | None = None,
+    outputs: Sequence[Sequence[int]],
 ) -> tuple[list[int], list[TokenLogprob | None]]:
     """One token per row of `logits` ([N, vocab], float32), following each row's settings;
     `outputs[i]` are row i's tokens generated so far (for the penalties). Returns the tokens
     and, for rows whose settings ask for them, their log probabilities (else None)."""
     raw = logits
-    if outputs is not None and any(p.penalized for p in params):
+    if any(p.penalized for p in params):
         logits = _penalized(logits, params, outputs)
     if all(p.greedy for p in params):
         tokens = logits.argmax(dim=-1).tolist()

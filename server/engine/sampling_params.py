@@ -21,8 +21,8 @@ class SamplingParams:
     time it has (greedy decoding too). `logprobs` asks for every generated token's log
     probability under the model (before penalties and temperature) and for that many most
     likely alternatives (0 to 20; None: none). `prompt_logprobs` does the same for the prompt's
-    tokens (each given those before it; the first has none): such a request computes its whole
-    prompt, skipping the prefix cache.
+    tokens (each given those before it; the first has none), for a plain request (a context
+    with nothing computed): it computes its whole prompt, skipping the prefix cache.
     """
 
     max_tokens: int = 16

@@ -414,3 +414,9 @@ def test_prompt_logprobs_match_transformers(tiny_llama_path, config):
         assert outs[i].token_ids == greedy_reference(ref, prompts[i], scored.max_tokens)
     if "num_kv_blocks" in config:
         assert engine.stats.preemptions > 0
+    # a context whose first tokens are computed already cannot score them
+    parent = engine.create_context()
+    engine.fill(parent, prompts[0])
+    engine.run_until_idle()
+    with pytest.raises(ValueError, match="prompt_logprobs needs a context with nothing computed"):
+        engine.add_generate(engine.create_context(parent=parent), scored)
