@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from server.engine import LLMEngine, SamplingParams  # noqa: E402
+from server.kernels.cpu import huge_pages  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "arxiv-march-2023"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -102,21 +103,25 @@ def weight_floor(engine: LLMEngine) -> tuple[float, float, int]:
     """(seconds to stream the weights once, bandwidth bytes/s, weight bytes)."""
     model = engine.runner.model
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    # Read bandwidth with a buffer as large as the weights, by the fastest of two read kernels.
+    # Read bandwidth with a buffer as large as the weights, by the fastest of two read kernels,
+    # on plain pages and (CPU) on huge pages, as the engine's own weights are.
     n = weight_bytes // 4
     cols = 4096
-    buf = torch.randn(n // cols, cols, device=engine.device)
+    buffers = [torch.randn(n // cols, cols, device=engine.device)]
+    if engine.device.type == "cpu":
+        buffers.append(huge_pages.zeros((n // cols, cols)).normal_())
     vec = torch.randn(cols, device=engine.device)
     best = float("inf")
-    for fn in (lambda: buf.sum(), lambda: buf @ vec):
-        fn()
-        for _ in range(5):
-            t = time.perf_counter()
+    for buf in buffers:
+        for fn in (buf.sum, lambda b=buf: b @ vec):
             fn()
-            if engine.device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t)
-    bandwidth = buf.numel() * 4 / best
+            for _ in range(5):
+                t = time.perf_counter()
+                fn()
+                if engine.device.type == "cuda":
+                    torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - t)
+    bandwidth = buffers[0].numel() * 4 / best
     return weight_bytes / bandwidth, bandwidth, weight_bytes
 
 

@@ -10,7 +10,7 @@ from server.engine.outputs import TokenLogprob
 from server.engine.scheduler import ScheduledContext, SchedulerOutput
 from server.kernels import CascadeConfig, build_attention_metadata
 from server.kernels.backends import default_backend_name
-from server.kernels.cpu import paged_decode, paged_levels
+from server.kernels.cpu import huge_pages, paged_decode, paged_levels
 
 
 class ModelRunner:
@@ -53,13 +53,7 @@ class ModelRunner:
         by_use = -(-max_model_len * config.max_num_seqs // config.block_size)
         self.num_blocks = config.num_kv_blocks or max(2, min(by_memory, by_use))
         shape = (self.num_blocks, config.block_size, num_kv_heads, head_dim)
-        self.kv_caches = [
-            (
-                torch.zeros(shape, dtype=dtype, device=device),
-                torch.zeros(shape, dtype=dtype, device=device),
-            )
-            for _ in range(num_layers)
-        ]
+        self.kv_caches = [(self._cache(shape), self._cache(shape)) for _ in range(num_layers)]
 
     def cascade_rule(self) -> CascadeConfig:
         """The configured cost rule, else the one measured for the kernels this model's steps
@@ -70,6 +64,14 @@ class ModelRunner:
         if backend != "cpu":
             return CascadeConfig.for_backend(backend)
         return CascadeConfig.for_cpu_path(paged_kernels=self._paged_kernels)
+
+    def _cache(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """One layer's K or V pool. On CPU in huge pages: a step's blocks lie all over the
+        pool, and decode attention read them 5-7% faster so (server/kernels/cpu/huge_pages.py);
+        untouched blocks cost no memory."""
+        if self.device.type == "cpu":
+            return huge_pages.zeros(shape, self.dtype)
+        return torch.zeros(shape, dtype=self.dtype, device=self.device)
 
     @torch.inference_mode()
     def execute(self, batch: SchedulerOutput) -> torch.Tensor | None:

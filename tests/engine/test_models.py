@@ -351,6 +351,16 @@ def test_packed_cpu_linears_match_torch_mm_and_transformers(
     stacked = load_model(path)
     assert stacked.model.decoder_stack is not None
     assert_logits_close(PagedRunner(stacked.model).step({0: ids})[0], ref)
+    # every panel (and the tied head) in one buffer, in the order a step reads them
+    model = stacked.model
+    panels = [m.panels for m in model.modules() if getattr(m, "panels", None) is not None]
+    if model.tied_head is not None:
+        panels.append(model.tied_head)
+    starts = [p.data_ptr() for p in panels]
+    assert len({p.untyped_storage().data_ptr() for p in panels}) == 1
+    assert starts == sorted(starts)
+    for a, b in zip(panels, panels[1:], strict=False):
+        assert a.data_ptr() + a.numel() * 4 == b.data_ptr()
 
 
 def test_packed_model_reloads_weights(tiny_llama_path: Path) -> None:

@@ -48,11 +48,16 @@ class Linear(nn.Module):
     def packed(self) -> bool:
         return self.panels is not None
 
-    def pack(self) -> None:
-        """Move the weight into panels for the CPU kernel (float32 CPU weights only)."""
+    def packed_shape(self) -> tuple[int, int, int]:
+        """The shape `pack()` gives the panels."""
+        return cpu.packed_shape(self.in_features, self.out_features)
+
+    def pack(self, out: torch.Tensor | None = None) -> None:
+        """Move the weight into panels for the CPU kernel (float32 CPU weights only), into
+        `out` (shaped `packed_shape()`) when given."""
         if self.weight_t is None:
             return
-        self.panels = nn.Parameter(cpu.pack(self.weight_t.data), requires_grad=False)
+        self.panels = nn.Parameter(cpu.pack(self.weight_t.data, out), requires_grad=False)
         self.weight_t = None
 
     def unpack(self) -> None:

@@ -3,6 +3,7 @@ cache: every layer attends through `server.kernels.attention`."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -14,6 +15,7 @@ from server.engine.models.linear import Linear
 from server.engine.models.rms_norm import RMSNorm
 from server.engine.models.rope import RotaryEmbedding, apply_rope
 from server.kernels import AttentionMetadata, attention, cpu
+from server.kernels.cpu import huge_pages
 from server.kernels.cpu.decoder_stack import DecoderStack, LayerTensors, StackShape
 from server.kernels.cpu.decoder_stack import available as decoder_stack_available
 from server.kernels.cpu.decoder_stack import supports as decoder_stack_supports
@@ -131,14 +133,31 @@ class LlamaForCausalLM(nn.Module):
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise ValueError(f"checkpoint lacks tensors: {', '.join(missing[:5])}{more}")
         pack = self.packed_linear and cpu.available()
+        head_t = None
         if self.config.tie_word_embeddings and self.embed_tokens.device.type == "cpu":
             head_t = self.embed_tokens.detach().t().contiguous()
-            self.tied_head = cpu.pack(head_t) if pack else head_t
+            self.tied_head = head_t
         if pack:
-            for module in self.modules():
-                if isinstance(module, Linear):
-                    module.pack()
+            self._pack_weights(head_t)
             self.decoder_stack = self._build_decoder_stack()
+
+    def _pack_weights(self, head_t: torch.Tensor | None) -> None:
+        """Every linear layer's panels, and the tied head's, in one buffer on huge pages, in
+        the order a step reads them: a batch-1 step streams them ~5% faster than from one
+        allocation each (server/kernels/cpu/huge_pages.py)."""
+        linears = [m for m in self.modules() if isinstance(m, Linear) and not m.packed]
+        shapes = [m.packed_shape() for m in linears]
+        if head_t is not None:
+            shapes.append(cpu.packed_shape(*head_t.shape))
+        arena = huge_pages.zeros(sum(math.prod(shape) for shape in shapes))
+        views, offset = [], 0
+        for shape in shapes:
+            views.append(arena[offset : offset + math.prod(shape)].view(shape))
+            offset += math.prod(shape)
+        for module, view in zip(linears, views, strict=False):
+            module.pack(view)
+        if head_t is not None:
+            self.tied_head = cpu.pack(head_t, views[-1])
 
     def _runs_on_decoder_stack(self, meta: AttentionMetadata) -> bool:
         """A step on the default CPU backend (whose kernels the stack uses; other backends

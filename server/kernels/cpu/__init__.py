@@ -2,6 +2,13 @@
 here), paged decode and prefill attention, and the decoder stack that runs a step's layers in
 one call (import their modules)."""
 
-from server.kernels.cpu.packed_linear import PANEL, available, pack, packed_linear, unpack
+from server.kernels.cpu.packed_linear import (
+    PANEL,
+    available,
+    pack,
+    packed_linear,
+    packed_shape,
+    unpack,
+)
 
-__all__ = ["PANEL", "available", "pack", "packed_linear", "unpack"]
+__all__ = ["PANEL", "available", "pack", "packed_linear", "packed_shape", "unpack"]

@@ -19,7 +19,7 @@ import torch
 
 from server.kernels.cpu import native_library
 
-__all__ = ["PANEL", "available", "pack", "packed_linear", "unpack"]
+__all__ = ["PANEL", "available", "pack", "packed_linear", "packed_shape", "unpack"]
 
 PANEL = 16
 SOURCE = Path(__file__).with_name("packed_linear.c")
@@ -30,16 +30,34 @@ def available() -> bool:
     return _library() is not None
 
 
-def pack(weight_t: torch.Tensor) -> torch.Tensor:
-    """[K, N] float32 weight (in, out) -> panels [ceil(N / 16), K, 16], zero-padded columns."""
+def packed_shape(k: int, n: int) -> tuple[int, int, int]:
+    """The panels' shape for a [K, N] weight."""
+    return (-(-n // PANEL), k, PANEL)
+
+
+def pack(weight_t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """[K, N] float32 weight (in, out) -> panels [ceil(N / 16), K, 16], zero-padded columns;
+    written into `out` (contiguous float32 CPU, `packed_shape(K, N)`) when given, e.g. a view
+    of one buffer that holds a model's panels in the order its steps read them."""
     if weight_t.dim() != 2 or weight_t.dtype != torch.float32 or weight_t.device.type != "cpu":
         raise ValueError(
             f"pack expects a 2-D float32 CPU tensor, got {tuple(weight_t.shape)} "
             f"{weight_t.dtype} on {weight_t.device}"
         )
     k, n = weight_t.shape
-    num_panels = -(-n // PANEL)
-    panels = torch.zeros(num_panels, k, PANEL, dtype=torch.float32)
+    shape = packed_shape(k, n)
+    if out is None:
+        panels = torch.zeros(shape, dtype=torch.float32)
+    elif (tuple(out.shape) != shape or out.dtype != torch.float32 or out.device.type != "cpu"
+          or not out.is_contiguous()):
+        raise ValueError(
+            f"pack: out must be a contiguous float32 CPU tensor {shape}, got "
+            f"{tuple(out.shape)} {out.dtype} on {out.device}"
+        )
+    else:
+        panels = out
+        if n % PANEL:
+            panels[-1].zero_()  # the padded columns
     full = n // PANEL
     if full:
         panels[:full].copy_(weight_t[:, : full * PANEL].reshape(k, full, PANEL).transpose(0, 1))

@@ -35,6 +35,24 @@ def test_pack_round_trip_and_padding() -> None:
     assert torch.equal(cpu.unpack(panels, 37), w)
 
 
+def test_pack_into_a_given_buffer() -> None:
+    """`out` (a view of a larger buffer, with stale values) gets the same panels, padding
+    zeroed; a buffer of the wrong shape is refused."""
+    w = torch.randn(20, 37)
+    shape = cpu.packed_shape(20, 37)
+    assert shape == (3, 20, cpu.PANEL)
+    arena = torch.full((5 + 3 * 20 * cpu.PANEL,), 7.0)
+    out = arena[5:].view(shape)
+    panels = cpu.pack(w, out)
+    assert panels.data_ptr() == out.data_ptr()
+    assert torch.equal(panels, cpu.pack(w))
+    assert torch.all(arena[:5] == 7.0)
+    with pytest.raises(ValueError, match="out must be"):
+        cpu.pack(w, torch.zeros(3, 20, cpu.PANEL + 1))
+    with pytest.raises(ValueError, match="out must be"):
+        cpu.pack(w, torch.zeros(3, cpu.PANEL, 20).transpose(1, 2))
+
+
 def test_thread_count_does_not_change_results() -> None:
     x, w = torch.randn(9, 96), torch.randn(96, 200)
     panels = cpu.pack(w)
