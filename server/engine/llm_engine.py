@@ -263,7 +263,8 @@ class LLMEngine:
         prompts: Sequence[str] | Sequence[Sequence[int]],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[CompletionOutput]:
-        """Run plain requests together in one continuous batch until all finish."""
+        """Run plain requests together in one continuous batch until all finish. Other work
+        in the engine runs along; its outputs are kept for the next `step()`."""
         if sampling_params is None:
             sampling_params = SamplingParams()
         if isinstance(sampling_params, SamplingParams):
@@ -275,9 +276,13 @@ class LLMEngine:
         results: dict[int, JobOutput] = {}
         logprobs: dict[int, list[TokenLogprob]] = {j: [] for j in job_ids}
         prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
+        others: list[JobOutput] = []
 
         def collect(outputs: list[JobOutput], last: bool = False) -> None:
             for out in outputs:
+                if out.job_id not in logprobs:
+                    others.append(out)
+                    continue
                 logprobs[out.job_id].extend(out.new_logprobs)
                 if out.prompt_logprobs is not None:
                     prompt_logprobs[out.job_id] = out.prompt_logprobs
@@ -289,6 +294,7 @@ class LLMEngine:
             if not self.has_work and len(results) < len(job_ids):
                 collect(self._drain_outputs(), last=True)
                 break
+        self._pending_outputs[:0] = others
         return [
             CompletionOutput(
                 ids, results[j].token_ids, results[j].text, results[j].finish_reason,

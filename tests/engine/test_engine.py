@@ -179,6 +179,27 @@ def test_context_fill_generate_fill_generate(tiny_llama_path):
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
 
 
+def test_generate_keeps_other_work_outputs_for_the_next_step(tiny_llama_path):
+    """generate() beside other work: an aborted job's output (a freed context) and a job that
+    runs along are not generate()'s; they stay for the next step(), whole and in order."""
+    engine = LLMEngine.from_pretrained(tiny_llama_path, block_size=4)
+    ref = load_reference(tiny_llama_path)
+    a, b, c = random_prompts(3, engine.model_config.vocab_size, seed=11, lo=6, hi=9)
+    greedy = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    freed = engine.create_context()
+    engine.fill(freed, a)
+    aborted = engine.add_generate(freed, greedy)
+    engine.step()
+    engine.free(freed)
+    along = engine.add_request(b, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))
+    (out,) = engine.generate([c], greedy)
+    assert out.token_ids == greedy_reference(ref, c, 6)
+    later = engine.run_until_idle()
+    assert [o.finish_reason for o in later if o.job_id == aborted] == ["abort"]
+    tokens = [t for o in later if o.job_id == along for t in o.new_token_ids]
+    assert tokens == greedy_reference(ref, b, 12)
+
+
 def test_seeded_sampling_is_reproducible_whatever_the_batch(tiny_llama_path):
     engine = LLMEngine.from_pretrained(tiny_llama_path)
     prompt = random_prompts(1, engine.model_config.vocab_size, seed=8)[0]
