@@ -8,6 +8,7 @@ import random
 import pytest
 
 from server.engine import LLMEngine, SamplingParams
+from server.kernels.cpu import huge_pages
 from tests.engine.reference import greedy_reference, load_reference
 from tests.tiny_models import make_tiny_model
 
@@ -198,6 +199,19 @@ def test_generate_keeps_other_work_outputs_for_the_next_step(tiny_llama_path):
     assert [o.finish_reason for o in later if o.job_id == aborted] == ["abort"]
     tokens = [t for o in later if o.job_id == along for t in o.new_token_ids]
     assert tokens == greedy_reference(ref, b, 12)
+
+
+def test_cpu_kv_pools_start_on_huge_page_boundaries(tiny_llama_path):
+    """Each layer's K and V pool is a mapping of its own (server/kernels/cpu/huge_pages.py),
+    still zeroed and written through by steps."""
+    engine = LLMEngine.from_pretrained(tiny_llama_path, block_size=16, num_kv_blocks=4096)
+    k_cache, v_cache = engine.runner.kv_caches[0]
+    assert k_cache.numel() * 4 >= huge_pages.HUGE_PAGE_BYTES
+    assert k_cache.data_ptr() % huge_pages.HUGE_PAGE_BYTES == 0
+    assert v_cache.data_ptr() % huge_pages.HUGE_PAGE_BYTES == 0
+    assert not k_cache.any()
+    engine.generate([[1, 2, 3, 4, 5]], SamplingParams(max_tokens=2, temperature=0))
+    assert k_cache.any() and v_cache.any()
 
 
 def test_seeded_sampling_is_reproducible_whatever_the_batch(tiny_llama_path):
