@@ -6,7 +6,8 @@ One run, side by side: our engine on 32 requests (prompts of 64-1024 tokens cut 
 papers in ../shared/data, 32-128 output tokens, greedy, fixed lengths); transformers `generate`
 one request at a time; transformers `generate` in left-padded batches of 8; and our batch-1
 decode step against weight bytes / memory bandwidth measured in the same process, in
-alternating rounds (the floor, then steps), since the bandwidth here changes by 2x with load.
+five rounds of steps, each between two floor reads, since the bandwidth here changes by 2x
+with load.
 """
 
 from __future__ import annotations
