@@ -67,7 +67,7 @@ class ModelRunner:
 
     def _cache(self, shape: tuple[int, ...]) -> torch.Tensor:
         """One layer's K or V pool. On CPU in huge pages: a step's blocks lie all over the
-        pool, and decode attention read them 5-7% faster so (server/kernels/cpu/huge_pages.py);
+        pool, and decode attention read them 5-8% faster so (server/kernels/cpu/huge_pages.py);
         untouched blocks cost no memory."""
         if self.device.type == "cpu":
             return huge_pages.zeros(shape, self.dtype)

@@ -3,10 +3,10 @@ pages where the kernel grants them: for the large buffers the CPU kernels stream
 weights, KV caches).
 
 Measured on the development machine (2-core AMD EPYC, THP in `madvise` mode), side by side in
-one process: a batch-1 SmolLM2 step got ~5% faster once its packed weights lay in one mapping
-in model order rather than in one allocation each (most of it from the contiguity, ~1% more
-from the 2 MiB pages), and decode attention over a KV cache on huge pages 5-7% faster with
-many rows (a step's blocks lie all over the pool: fewer TLB misses, presumably).
+one process (`python -m benchmarks.memory_layout`): a batch-1 SmolLM2 step got 2-5% faster
+once its packed weights lay in one mapping in model order rather than in one allocation each
+(most of it from the contiguity), and decode attention over KV pools on huge pages 5-8%
+faster (a step's blocks lie all over the pool: fewer TLB misses, presumably).
 
 The memory is the kernel's zero pages until written, so an unused part of a large KV pool
 costs nothing. Where `MADV_HUGEPAGE` does not exist (not Linux) the mapping is used as is.
