@@ -1,6 +1,6 @@
 """Where the CPU engine's big buffers live, side by side: packed weights and KV pools.
 
-    python -m benchmarks.memory_layout [--rounds N] [--out PATH]
+    python -m benchmarks.memory_layout [--rounds N] [--quick] [--model NAME] [--out PATH]
 
 Weights (SmolLM2, float32): the batch-1 decode step with the packed panels and the tied head
 (a) in one allocation each, as torch gives them; (b) in one buffer in model order on 4 KiB
@@ -32,19 +32,20 @@ from server.engine.models.linear import Linear
 from server.kernels.cpu import huge_pages, paged_decode
 
 RESULTS = Path(__file__).parent / "results"
-PROMPT = list(range(1000, 1256))
 KV_CASES = ((1, 300), (1, 2048), (32, 700))  # (rows, tokens per row)
+QUICK_KV_CASES = ((1, 64), (4, 100))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--quick", action="store_true", help="small KV pools (a smoke run)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     weights = weight_layouts(args.model, args.rounds)
-    kv = kv_pools(args.rounds)
+    kv = kv_pools(args.rounds, args.quick)
     report = {"machine": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "rounds": args.rounds,
               "batch1_step_ms": weights, "decode_attention_us": kv}  # fmt: skip
@@ -61,7 +62,8 @@ def weight_layouts(model: str, rounds: int) -> dict[str, list[float]]:
     linears = [m for m in net.modules() if isinstance(m, Linear) and m.packed]
     if not linears or net.decoder_stack is None:
         raise SystemExit("the packed CPU kernels are not available here")
-    engine_layout = [m.panels.data for m in linears] + [net.tied_head]
+    tied = net.tied_head is not None
+    engine_layout = [m.panels.data for m in linears] + ([net.tied_head] if tied else [])
     layouts = {
         "one allocation each": [t.clone() for t in engine_layout],
         "one buffer, 4 KiB pages": _one_buffer(engine_layout, huge=False),
@@ -71,25 +73,29 @@ def weight_layouts(model: str, rounds: int) -> dict[str, list[float]]:
     def use(tensors: list[torch.Tensor]) -> None:
         for module, tensor in zip(linears, tensors, strict=False):
             module.panels.data = tensor
-        net.tied_head = tensors[-1]
+        if tied:
+            net.tied_head = tensors[-1]
         net.decoder_stack = net._build_decoder_stack()
 
     times: dict[str, list[float]] = {name: [] for name in layouts}
     bandwidth = []
-    probe = torch.randn(sum(t.numel() for t in engine_layout) // 4096, 4096)
+    probe = torch.randn(sum(t.numel() for t in engine_layout) // 4096 + 1, 4096)
+    prompt = [(1000 + i) % engine.model_config.vocab_size for i in range(256)]
     for _ in range(rounds):
         for name, tensors in layouts.items():
             use(tensors)
-            times[name].append(batch1_step_time(engine, PROMPT, steps=30) * 1e3)
+            times[name].append(batch1_step_time(engine, prompt, steps=30) * 1e3)
         bandwidth.append(_sum_bandwidth(probe))
     use(engine_layout)
     _print_table("batch-1 decode step (SmolLM2, context 256-280)", "ms", times, bandwidth)
     return {**times, "sum_gbs": bandwidth}
 
 
-def kv_pools(rounds: int) -> dict[str, list[float]]:
-    """Decode attention per layer (us) per round, KV pools from torch.zeros or huge pages."""
-    blocks_total, block, kv_heads, heads, dim, layers = 2000, 16, 3, 9, 64, 30
+def kv_pools(rounds: int, quick: bool = False) -> dict[str, list[float]]:
+    """Decode attention per layer (us) per round, KV pools from torch.zeros or huge pages
+    (SmolLM2's heads; 30 pools of 2000 blocks, or 4 of 400 when `quick`)."""
+    blocks_total, layers = (400, 4) if quick else (2000, 30)
+    block, kv_heads, heads, dim = 16, 3, 9, 64
     shape = (blocks_total, block, kv_heads, dim)
     pools = {
         "torch.zeros": [(torch.zeros(shape), torch.zeros(shape)) for _ in range(layers)],
@@ -103,8 +109,8 @@ def kv_pools(rounds: int) -> dict[str, list[float]]:
     gen = torch.Generator().manual_seed(1)
     result: dict[str, list[float]] = {}
     bandwidth = []
-    probe = torch.randn(128 << 20 >> 2)
-    for rows, tokens in KV_CASES:
+    probe = torch.randn((8 if quick else 128) << 20 >> 2)
+    for rows, tokens in QUICK_KV_CASES if quick else KV_CASES:
         per_row = math.ceil(tokens / block)
         ids = torch.randperm(blocks_total, generator=gen)[: rows * per_row].to(torch.int64)
         offsets = torch.arange(0, rows * per_row + 1, per_row, dtype=torch.int64)
