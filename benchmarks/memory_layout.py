@@ -144,12 +144,10 @@ def _one_buffer(tensors: list[torch.Tensor], huge: bool) -> list[torch.Tensor]:
     else:
         memory = mmap.mmap(-1, total * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         buffer = torch.frombuffer(memory, dtype=torch.float32)
-    out, offset = [], 0
-    for t in tensors:
-        view = buffer[offset : offset + t.numel()].view(t.shape)
+    parts = buffer.split([t.numel() for t in tensors])
+    out = [part.view(t.shape) for part, t in zip(parts, tensors, strict=True)]
+    for view, t in zip(out, tensors, strict=True):
         view.copy_(t)
-        out.append(view)
-        offset += t.numel()
     return out
 
 

@@ -149,11 +149,9 @@ class LlamaForCausalLM(nn.Module):
         shapes = [m.packed_shape() for m in linears]
         if head_t is not None:
             shapes.append(cpu.packed_shape(*head_t.shape))
-        arena = huge_pages.zeros(sum(math.prod(shape) for shape in shapes))
-        views, offset = [], 0
-        for shape in shapes:
-            views.append(arena[offset : offset + math.prod(shape)].view(shape))
-            offset += math.prod(shape)
+        sizes = [math.prod(shape) for shape in shapes]
+        arena = huge_pages.zeros(sum(sizes))
+        views = [part.view(shape) for part, shape in zip(arena.split(sizes), shapes, strict=True)]
         for module, view in zip(linears, views, strict=False):
             module.pack(view)
         if head_t is not None:

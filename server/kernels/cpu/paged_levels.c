@@ -97,6 +97,7 @@ typedef struct {
                 v16 acc[KB][NQ];                                                              \
                 for (int j = 0; j < KB; j++)                                                  \
                     for (int i = 0; i < NQ; i++) acc[j][i] = (v16){0};                        \
+                /* a full block with the constant bound, so acc stays in registers */        \
                 if (kb == KB) {                                                               \
                     for (long d = 0; d < D; d++) {                                            \
                         v16 qd[NQ];                                                           \
