@@ -117,6 +117,13 @@ class ModelRunner:
         )
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        scoring = any(s.ctx.sampling_job is not None and s.ctx.sampling_job.wants_prompt_logprobs
+                      for s in work)
+        if not scoring:  # only the sampled rows' logits: the model may fuse the head into the step
+            if not last_rows:
+                self.model(ids, pos, self.kv_caches, meta)
+                return None
+            return self.model.forward_logits(ids, pos, self.kv_caches, meta, last_rows)
         hidden = self.model(ids, pos, self.kv_caches, meta)
         for s, first_row in zip(work, first_rows, strict=True):
             job = s.ctx.sampling_job

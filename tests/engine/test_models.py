@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 from server.engine.loader import load_model
 from server.engine.models import LlamaForCausalLM, ModelConfig
 from server.engine.models.rope import rope_inverse_frequencies
-from server.kernels import CascadeConfig, build_attention_metadata
+from server.kernels import AttentionMetadata, CascadeConfig, build_attention_metadata
 from tests.tiny_models import make_tiny_model
 
 BLOCK_SIZE = 8
@@ -50,6 +50,26 @@ class PagedRunner:
     @torch.inference_mode()
     def step(self, chunks: dict[int, list[int]]) -> dict[int, torch.Tensor]:
         """Append each sequence's tokens in one forward; returns their logits [len, vocab]."""
+        ids, positions, meta = self._batch(chunks)
+        logits = self.model.compute_logits(self.model(ids, positions, self.caches, meta))
+        out, row = {}, 0
+        for seq, n in zip(chunks, meta.query_lens, strict=True):
+            out[seq] = logits[row : row + n]
+            row += n
+        return out
+
+    @torch.inference_mode()
+    def step_last(self, chunks: dict[int, list[int]]) -> dict[int, torch.Tensor]:
+        """Like `step`, through `forward_logits` for each sequence's last row only (what the
+        engine samples); returns logits [1, vocab] per sequence."""
+        ids, positions, meta = self._batch(chunks)
+        last = [end - 1 for end in meta.query_start[1:]]
+        logits = self.model.forward_logits(ids, positions, self.caches, meta, last)
+        return {seq: logits[i : i + 1] for i, seq in enumerate(chunks)}
+
+    def _batch(
+        self, chunks: dict[int, list[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         ids, positions, query_lens, seq_lens, tables = [], [], [], [], []
         for seq, tokens in chunks.items():
             start = self.lengths.get(seq, 0)
@@ -66,13 +86,7 @@ class PagedRunner:
             query_lens, seq_lens, tables, BLOCK_SIZE, cascade_config=self.cascade_config
         )
         self.last_meta = meta
-        hidden = self.model(torch.tensor(ids), torch.tensor(positions), self.caches, meta)
-        logits = self.model.compute_logits(hidden)
-        out, row = {}, 0
-        for seq, n in zip(chunks, query_lens, strict=True):
-            out[seq] = logits[row : row + n]
-            row += n
-        return out
+        return torch.tensor(ids), torch.tensor(positions), meta
 
     def fork(self, parent: int, child: int) -> None:
         """`child` shares every block of `parent`, whose length must be a block multiple (the

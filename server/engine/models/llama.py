@@ -16,7 +16,7 @@ from server.engine.models.rms_norm import RMSNorm
 from server.engine.models.rope import RotaryEmbedding, apply_rope
 from server.kernels import AttentionMetadata, attention, cpu
 from server.kernels.cpu import huge_pages
-from server.kernels.cpu.decoder_stack import DecoderStack, LayerTensors, StackShape
+from server.kernels.cpu.decoder_stack import DecoderStack, HeadTensors, LayerTensors, StackShape
 from server.kernels.cpu.decoder_stack import available as decoder_stack_available
 from server.kernels.cpu.decoder_stack import supports as decoder_stack_supports
 
@@ -91,6 +91,28 @@ class LlamaForCausalLM(nn.Module):
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
             hidden = layer(hidden, cos, sin, k_cache, v_cache, meta)
         return self.norm(hidden)
+
+    def forward_logits(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[KVCache],
+        meta: AttentionMetadata,
+        rows: list[int],
+    ) -> torch.Tensor:
+        """Run the step like `forward` and return the float32 logits [len(rows), vocab] of the
+        step's rows `rows` only. On the decoder stack the final norm and the LM head run in the
+        same C call as the layers."""
+        if self._runs_on_decoder_stack(meta):
+            assert self.decoder_stack is not None
+            if self.decoder_stack.head is not None:
+                hidden = F.embedding(input_ids, self.embed_tokens)
+                logits = self.decoder_stack.run(hidden, positions, meta, kv_caches, rows)
+                assert logits is not None
+                return logits
+        hidden = self(input_ids, positions, kv_caches, meta)
+        picked = hidden.index_select(0, torch.tensor(rows, dtype=torch.long, device=hidden.device))
+        return self.compute_logits(picked).float()
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits [N, vocab] for hidden states [N, H] (pick the rows you need first)."""
@@ -188,7 +210,18 @@ class LlamaForCausalLM(nn.Module):
                 layer.input_layernorm.weight.data, layer.post_attention_layernorm.weight.data,
                 **tensors, **biases,
             ))
-        return DecoderStack(shape, layers)
+        return DecoderStack(shape, layers, self._head_tensors())
+
+    def _head_tensors(self) -> HeadTensors | None:
+        """The final norm and the packed LM head (tied or not) for the stack; None when the
+        head is not packed."""
+        if self.lm_head is not None:
+            panels = self.lm_head.panels
+        else:
+            panels = self.tied_head if self.tied_head is not None and self.tied_head.dim() == 3 else None
+        if panels is None:
+            return None
+        return HeadTensors(self.norm.weight.data, panels.data, self.config.vocab_size)
 
     def weight_slots(self) -> dict[str, torch.Tensor]:
         """HF tensor name -> the view of our parameter it fills (shape as in the checkpoint)."""

@@ -74,6 +74,17 @@ typedef struct {
         *level_tokens, *skip;
 } parrot_step_rows;
 
+/* The final norm and the LM head over the rows that sample: logits [count, vocab] of the rows
+ * rows[0 .. count), with the head packed into panels [ceil(vocab / 16)][hidden][16]. Done in
+ * the same call so that a step does not pay for leaving C and coming back with the caches
+ * cold (a torch op right after the stack took 120-220 us instead of 10-20). */
+typedef struct {
+    const float *norm, *panels;
+    long vocab, count;
+    const int64_t *rows;
+    float *logits;
+} parrot_logits_head;
+
 /* The step's sequences by attention kernel: one-row sequences (decodes) and the rest. */
 typedef struct {
     long decodes, prefills;
@@ -94,10 +105,12 @@ static void rope_and_store(const float *qkv, const parrot_stack_shape *s, float 
 static void silu_mul(const float *gate_up, long rows, long n, float *out, int threads);
 static void add_into(float *x, const float *y, long n, int threads);
 
-/* x [R, hidden] (the residual stream, updated in place) through layers[0 .. num_layers).
- * Returns 0, or -1 when memory runs out or the attention kernel refuses the head layout. */
+/* x [R, hidden] (the residual stream, updated in place) through layers[0 .. num_layers), then
+ * the logits of `head` unless it is NULL. Returns 0, or -1 when memory runs out or the
+ * attention kernel refuses the head layout. */
 int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_layer *layers,
-                        long num_layers, const parrot_step_rows *b, int threads) {
+                         long num_layers, const parrot_step_rows *b,
+                         const parrot_logits_head *head, int threads) {
     const long R = b->rows, H = s->hidden, I = s->intermediate;
     const long q_size = s->heads * s->head_dim;
     const long qkv_size = q_size + 2 * s->kv_heads * s->head_dim;
@@ -127,6 +140,13 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
         silu_mul(proj, R, I, normed, threads);
         parrot_packed_linear(normed, R, I, l->down, H, l->down_bias, delta, threads);
         add_into(x, delta, R * H, threads);
+    }
+    if (head && status == 0) {
+        /* normed holds R x max(H, I) floats and count <= R */
+        for (long j = 0; j < head->count; j++)
+            rms_norm(x + head->rows[j] * H, head->norm, s->eps, 1, H, normed + j * H, 1);
+        parrot_packed_linear(normed, head->count, H, head->panels, head->vocab, NULL,
+                             head->logits, threads);
     }
     free(split.memory);
     free(normed);

@@ -20,7 +20,7 @@ from server.kernels.cpu import native_library, paged_decode, paged_levels, paged
 from server.kernels.metadata import AttentionMetadata
 from server.kernels.step_plan import step_plan_of
 
-__all__ = ["DecoderStack", "LayerTensors", "StackShape", "available", "supports"]
+__all__ = ["DecoderStack", "HeadTensors", "LayerTensors", "StackShape", "available", "supports"]
 
 SOURCES = [
     Path(__file__).with_name(name)
@@ -90,18 +90,34 @@ class LayerTensors:
     down_bias: torch.Tensor | None = None
 
 
-class DecoderStack:
-    """Runs every layer of a step in one call; holds the model's tensors alive."""
+@dataclass(frozen=True, slots=True)
+class HeadTensors:
+    """The final norm's weight [hidden] and the LM head packed into panels
+    ([ceil(vocab / 16), hidden, 16], `server.kernels.cpu.pack`)."""
 
-    def __init__(self, shape: StackShape, layers: list[LayerTensors]) -> None:
+    norm: torch.Tensor
+    panels: torch.Tensor
+    vocab: int
+
+
+class DecoderStack:
+    """Runs every layer of a step in one call, and with `head` the final norm and the LM head
+    over the rows that sample; holds the model's tensors alive."""
+
+    def __init__(
+        self, shape: StackShape, layers: list[LayerTensors], head: HeadTensors | None = None
+    ) -> None:
         lib = _library()
         if lib is None:
             raise RuntimeError("the decoder stack kernel could not be built on this machine")
         for i, layer in enumerate(layers):
             _check_layer(i, layer, shape)
+        if head is not None:
+            _check_head(head, shape)
         self._lib = lib
         self.shape = shape
         self.layers = layers
+        self.head = head
         # read-only once built: engines sharing this model may run steps from several threads
         self._shape = _Shape(
             shape.hidden, shape.heads, shape.kv_heads, shape.head_dim, shape.intermediate,
@@ -119,10 +135,25 @@ class DecoderStack:
         positions: torch.Tensor,
         meta: AttentionMetadata,
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-    ) -> None:
+        logit_rows: list[int] | None = None,
+    ) -> torch.Tensor | None:
         """Every layer over the step's hidden [T, hidden] (updated in place): row t is the token
-        at `positions[t]`; `meta` lays out the sequences and their shared-prefix levels."""
+        at `positions[t]`; `meta` lays out the sequences and their shared-prefix levels.
+
+        With `logit_rows` (a stack built with a head), returns the float32 logits
+        [len(logit_rows), vocab] of those rows after the final norm; `hidden` is then left
+        before that norm."""
         rows = hidden.shape[0]
+        head = None
+        if logit_rows is not None:
+            if self.head is None:
+                raise ValueError("decoder stack: logits asked of a stack built without a head")
+            if not all(0 <= r < rows for r in logit_rows):
+                raise ValueError(f"decoder stack: logit rows must lie in [0, {rows})")
+            wanted = torch.tensor(logit_rows, dtype=torch.int64)
+            logits = torch.empty(len(logit_rows), self.head.vocab, dtype=torch.float32)
+            head = _Head(self.head.norm.data_ptr(), self.head.panels.data_ptr(), self.head.vocab,
+                         len(logit_rows), wanted.data_ptr(), logits.data_ptr())
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} layer KV caches, got {len(kv_caches)}")
         if not (hidden.dtype == torch.float32 and hidden.is_contiguous()
@@ -172,10 +203,12 @@ class DecoderStack:
                       k_caches, v_caches, *level_fields)
         status = self._lib.parrot_decoder_stack(
             hidden.data_ptr(), ctypes.byref(self._shape), self._layers, len(self.layers),
-            ctypes.byref(batch), torch.get_num_threads(),
+            ctypes.byref(batch), None if head is None else ctypes.byref(head),
+            torch.get_num_threads(),
         )
         if status != 0:
             raise RuntimeError("decoder stack: the kernel failed (out of memory?)")
+        return None if head is None else logits
 
 
 class _Layer(ctypes.Structure):
@@ -206,6 +239,13 @@ class _Rows(ctypes.Structure):
         *((name, ctypes.c_void_p) for name in
           ("level_member_offsets", "level_seqs", "level_block_offsets", "level_blocks",
            "level_tokens", "skip")),
+    ]
+
+
+class _Head(ctypes.Structure):
+    _fields_ = [
+        ("norm", ctypes.c_void_p), ("panels", ctypes.c_void_p), ("vocab", ctypes.c_long),
+        ("count", ctypes.c_long), ("rows", ctypes.c_void_p), ("logits", ctypes.c_void_p),
     ]
 
 
@@ -264,13 +304,31 @@ def _check_layer(index: int, layer: LayerTensors, shape: StackShape) -> None:
             )
 
 
+def _check_head(head: HeadTensors, shape: StackShape) -> None:
+    """Shapes of the final norm and the head's panels, which the C side trusts."""
+    from server.kernels.cpu.packed_linear import packed_shape
+
+    for name, tensor, want in (
+        ("norm", head.norm, (shape.hidden,)),
+        ("panels", head.panels, packed_shape(shape.hidden, head.vocab)),
+    ):
+        if (
+            tuple(tensor.shape) != want or tensor.dtype != torch.float32
+            or not tensor.is_contiguous() or tensor.device.type != "cpu"
+        ):
+            raise ValueError(
+                f"decoder stack: head {name} must be contiguous float32 {want}, got "
+                f"{(tuple(tensor.shape), tensor.dtype)}"
+            )
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     return native_library.load_function(
         SOURCES, "parrot_decoder_stack",
         [
             ctypes.c_void_p, ctypes.POINTER(_Shape), ctypes.POINTER(_Layer), ctypes.c_long,
-            ctypes.POINTER(_Rows), ctypes.c_int,
+            ctypes.POINTER(_Rows), ctypes.POINTER(_Head), ctypes.c_int,
         ],
         ctypes.c_int,
     )

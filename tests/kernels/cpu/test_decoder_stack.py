@@ -13,7 +13,7 @@ from server.engine.loader import load_model
 from server.engine.models.llama import LlamaForCausalLM
 from server.kernels import CascadeConfig, build_attention_metadata
 from server.kernels.cpu import decoder_stack
-from server.kernels.cpu.decoder_stack import DecoderStack, LayerTensors, StackShape
+from server.kernels.cpu.decoder_stack import DecoderStack, HeadTensors, LayerTensors, StackShape
 from tests.engine.test_models import PagedRunner
 from tests.tiny_models import make_tiny_model
 
@@ -68,6 +68,45 @@ def test_steps_match_layer_by_layer(arch: str, overrides: dict, models_dir: Path
     for (k1, v1), (k2, v2) in zip(ours.caches, ref.caches, strict=True):
         _assert_close(k1, k2)
         _assert_close(v1, v2)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"], ids=["separate-head", "tied-head"])
+def test_the_head_in_the_stack_gives_the_sampled_rows_logits(arch: str, models_dir: Path) -> None:
+    """The final norm and the LM head run in the stack's call for the rows that sample: their
+    logits equal the model's own norm and head over every row, prefill chunks and decodes."""
+    path = make_tiny_model(models_dir / f"head-{arch}", arch, seed=5)
+    model = load_model(path).model
+    assert model.decoder_stack is not None and model.decoder_stack.head is not None
+    calls = _count_stack_calls(model)
+    fused, whole = PagedRunner(model, num_blocks=96), PagedRunner(model, num_blocks=96)
+    gen = torch.Generator().manual_seed(2)
+    steps = [
+        {i: torch.randint(0, 500, (n,), generator=gen).tolist() for i, n in enumerate([5, 40])},
+        {0: [3], 1: [8]},
+        {0: [4], 1: torch.randint(0, 500, (20,), generator=gen).tolist(), 2: [1, 2, 3]},
+    ]
+    for chunks in steps:
+        got, want = fused.step_last(chunks), whole.step(chunks)
+        for seq in chunks:
+            _assert_close(got[seq], want[seq][-1:])
+    assert calls["n"] == 2 * len(steps)
+
+
+def test_the_stack_refuses_logits_it_cannot_give(tiny_llama_path: Path) -> None:
+    model: LlamaForCausalLM = load_model(tiny_llama_path).model
+    stack = model.decoder_stack
+    assert stack is not None and stack.head is not None
+    caches = PagedRunner(model).caches
+    meta = build_attention_metadata([2], [2], [[0]], caches[0][0].shape[1])
+    hidden, positions = torch.zeros(2, model.config.hidden_size), torch.arange(2)
+    with pytest.raises(ValueError, match=r"logit rows must lie in \[0, 2\)"):
+        stack.run(hidden, positions, meta, caches, [2])
+    headless = DecoderStack(stack.shape, stack.layers)
+    with pytest.raises(ValueError, match="built without a head"):
+        headless.run(hidden, positions, meta, caches, [1])
+    with pytest.raises(ValueError, match="head panels must be"):
+        DecoderStack(stack.shape, stack.layers,
+                     HeadTensors(stack.head.norm, stack.head.panels, stack.head.vocab + 16))
 
 
 def test_engines_sharing_the_weights_run_steps_at_once(tiny_llama_path: Path) -> None:
@@ -199,9 +238,9 @@ def _count_stack_calls(model: LlamaForCausalLM) -> dict[str, int]:
     calls = {"n": 0}
     run = stack.run
 
-    def counted(*args: object, **kwargs: object) -> None:
+    def counted(*args: object, **kwargs: object) -> torch.Tensor | None:
         calls["n"] += 1
-        run(*args, **kwargs)
+        return run(*args, **kwargs)
 
     stack.run = counted  # type: ignore[method-assign]
     return calls
