@@ -5,8 +5,8 @@
  * [num_blocks, block_size, Hkv, D], never gathered. The Hq / Hkv query heads that share a KV
  * head are computed together, so every key and value vector is loaded once per row.
  *
- * Work is split into tasks of (row, chunk of at most `chunk` tokens; 0: about four tasks per
- * thread) so that a single long row still keeps every core busy; a task walks its tokens in order, all heads at once, keeping an
+ * Work is split into tasks of (row, chunk of at most `chunk` tokens; 0: `auto_chunk`) so that
+ * a single long row still keeps every core busy; a task walks its tokens in order, all heads at once, keeping an
  * online softmax per head (running max, sum and unnormalised output), and a second pass merges
  * a row's chunks by their maxima. Outputs the
  * normalised attention and its natural-log LSE (empty rows: output 0, LSE -inf), so the caller
@@ -194,6 +194,21 @@ ATTEND_CHUNK(32)
 ATTEND_CHUNK(64)
 ATTEND_CHUNK(128)
 
+/* Tokens per task: about four tasks per thread for balance, but at least MIN_TASK_TOKENS, as
+ * each task starts with its first tiles unprefetched, and at most an even share per thread, so
+ * that every thread has work. */
+#define MIN_TASK_TOKENS 256
+static long auto_chunk(long R, const int64_t *tokens, int threads) {
+    long total = 0;
+    for (long r = 0; r < R; r++) total += tokens[r];
+    long chunk = (total + 4L * threads - 1) / (4L * threads);
+    chunk = chunk < MIN_TASK_TOKENS ? MIN_TASK_TOKENS : chunk;
+    long even = (total + threads - 1) / threads;
+    chunk = chunk < even ? chunk : even;
+    chunk = (chunk + TILE - 1) / TILE * TILE;
+    return chunk < TILE ? TILE : chunk;
+}
+
 typedef void (*attend_chunk_fn)(const float *, long, long, const float *, const float *, long,
                                 const int64_t *, long, long, softmax_state *, float *);
 
@@ -211,12 +226,7 @@ int parrot_paged_decode(const float *q, long R, long Hq, long Hkv, long D, const
                                    : D == 128 ? attend_chunk_128
                                               : 0;
     if (!attend_chunk || Hq > MAX_HEADS || Hq % Hkv || chunk < 0) return -1;
-    if (chunk == 0) { /* auto: about four tasks per thread, at least 64 tokens each */
-        long total = 0;
-        for (long r = 0; r < R; r++) total += tokens[r];
-        long per_task = (total + 4L * threads - 1) / (4L * threads);
-        chunk = per_task < 64 ? 64 : (per_task + TILE - 1) / TILE * TILE;
-    }
+    if (chunk == 0) chunk = auto_chunk(R, tokens, threads);
     /* task first_task[r] + c is chunk c of row r */
     long *first_task = malloc(sizeof(long) * (R + 1));
     if (!first_task) return -1;

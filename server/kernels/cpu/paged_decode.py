@@ -22,7 +22,7 @@ from server.kernels.cpu.tensor_checks import query_and_caches
 __all__ = ["DEFAULT_CHUNK_TOKENS", "available", "paged_decode", "supports"]
 
 SOURCE = Path(__file__).with_name("paged_decode.c")
-DEFAULT_CHUNK_TOKENS = 0  # the kernel picks: about four tasks per thread
+DEFAULT_CHUNK_TOKENS = 0  # the kernel picks (auto_chunk: balance, >= 256 tokens a task)
 MAX_HEADS, HEAD_DIMS = 64, (16, 32, 64, 128)
 
 
