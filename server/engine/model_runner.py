@@ -119,10 +119,8 @@ class ModelRunner:
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         scoring = any(s.ctx.sampling_job is not None and s.ctx.sampling_job.wants_prompt_logprobs
                       for s in work)
-        if not scoring:  # only the sampled rows' logits: the model may fuse the head into the step
-            if not last_rows:
-                self.model(ids, pos, self.kv_caches, meta)
-                return None
+        if last_rows and not scoring:
+            # only the sampled rows' logits: on the decoder stack the head runs in the step's call
             return self.model.forward_logits(ids, pos, self.kv_caches, meta, last_rows)
         hidden = self.model(ids, pos, self.kv_caches, meta)
         for s, first_row in zip(work, first_rows, strict=True):
