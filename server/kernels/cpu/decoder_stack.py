@@ -294,32 +294,24 @@ def _check_layer(index: int, layer: LayerTensors, shape: StackShape) -> None:
         tensor = getattr(layer, name)
         if tensor is None and name.endswith("_bias"):
             continue
-        if (
-            tensor is None or tuple(tensor.shape) != want or tensor.dtype != torch.float32
-            or not tensor.is_contiguous() or tensor.device.type != "cpu"
-        ):
-            got = None if tensor is None else (tuple(tensor.shape), tensor.dtype)
-            raise ValueError(
-                f"decoder stack: layer {index} {name} must be contiguous float32 {want}, got {got}"
-            )
+        _check_tensor(f"layer {index} {name}", tensor, want)
 
 
 def _check_head(head: HeadTensors, shape: StackShape) -> None:
     """Shapes of the final norm and the head's panels, which the C side trusts."""
     from server.kernels.cpu.packed_linear import packed_shape
 
-    for name, tensor, want in (
-        ("norm", head.norm, (shape.hidden,)),
-        ("panels", head.panels, packed_shape(shape.hidden, head.vocab)),
+    _check_tensor("head norm", head.norm, (shape.hidden,))
+    _check_tensor("head panels", head.panels, packed_shape(shape.hidden, head.vocab))
+
+
+def _check_tensor(what: str, tensor: torch.Tensor | None, want: tuple[int, ...]) -> None:
+    if (
+        tensor is None or tuple(tensor.shape) != want or tensor.dtype != torch.float32
+        or not tensor.is_contiguous() or tensor.device.type != "cpu"
     ):
-        if (
-            tuple(tensor.shape) != want or tensor.dtype != torch.float32
-            or not tensor.is_contiguous() or tensor.device.type != "cpu"
-        ):
-            raise ValueError(
-                f"decoder stack: head {name} must be contiguous float32 {want}, got "
-                f"{(tuple(tensor.shape), tensor.dtype)}"
-            )
+        got = None if tensor is None else (tuple(tensor.shape), tensor.dtype)
+        raise ValueError(f"decoder stack: {what} must be contiguous float32 {want}, got {got}")
 
 
 @functools.cache
