@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.linear
 	$(BIN)/python -m benchmarks.step_cost
 	$(BIN)/python -m benchmarks.memory_layout
+	$(BIN)/python -m benchmarks.step_phases
+	$(BIN)/python -m benchmarks.step_phases --rows 16 --rounds 3
 	$(BIN)/python -m benchmarks.attention --engine
 	$(BIN)/python -m benchmarks.attention --engine --backend cpu-sdpa
 	for w in $(WORKLOADS); do $(BIN)/python -m benchmarks.run $$w --quick || exit 1; done

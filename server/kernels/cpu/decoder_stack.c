@@ -25,6 +25,26 @@
 
 #define PARALLEL_ELEMENTS 32768
 
+/* Built with -DPARROT_STACK_TIMERS (benchmarks/step_phases.py), the stack adds the wall time of
+ * each phase of its steps to `parrot_stack_phases()`, which the caller reads and zeroes; one
+ * set of counters per library, so time one engine at a time. Without it the marks vanish. */
+enum { PHASE_ELEMENTWISE, PHASE_QKV, PHASE_ATTENTION, PHASE_O, PHASE_GATE_UP, PHASE_DOWN,
+       PHASE_HEAD, PHASES };
+#ifdef PARROT_STACK_TIMERS
+static double phase_seconds[PHASES];
+double *parrot_stack_phases(void) { return phase_seconds; }
+#define PHASE_START() double phase_mark = omp_get_wtime()
+#define PHASE_END(p)                                                                          \
+    do {                                                                                      \
+        double phase_now = omp_get_wtime();                                                   \
+        phase_seconds[p] += phase_now - phase_mark;                                           \
+        phase_mark = phase_now;                                                               \
+    } while (0)
+#else
+#define PHASE_START() ((void)0)
+#define PHASE_END(p) ((void)0)
+#endif
+
 /* the public functions of packed_linear.c and paged_decode.c */
 void parrot_packed_linear(const float *x, long M, long K, const float *panels, long N,
                           const float *bias, float *y, int threads);
@@ -125,21 +145,32 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
     step_split split;
     int status = split_step(b, &split);
     if (!(normed && proj && q && attn && lse && delta)) status = -1;
+    PHASE_START();
     for (long i = 0; i < num_layers && status == 0; i++) {
         const parrot_layer *l = layers + i;
         rms_norm(x, l->input_norm, s->eps, R, H, normed, threads);
+        PHASE_END(PHASE_ELEMENTWISE);
         parrot_packed_linear(normed, R, H, l->qkv, qkv_size, l->qkv_bias, proj, threads);
+        PHASE_END(PHASE_QKV);
         rope_and_store(proj, s, b->k_caches[i], b->v_caches[i], b, q, threads);
+        PHASE_END(PHASE_ELEMENTWISE);
         /* proj is free until gate_up: scratch for gathered decode rows */
         status = attend(q, s, b->k_caches[i], b->v_caches[i], b, &split, proj, lse, attn,
                         threads);
+        PHASE_END(PHASE_ATTENTION);
         parrot_packed_linear(attn, R, q_size, l->o, H, l->o_bias, delta, threads);
+        PHASE_END(PHASE_O);
         add_into(x, delta, R * H, threads);
         rms_norm(x, l->post_norm, s->eps, R, H, normed, threads);
+        PHASE_END(PHASE_ELEMENTWISE);
         parrot_packed_linear(normed, R, H, l->gate_up, 2 * I, l->gate_up_bias, proj, threads);
+        PHASE_END(PHASE_GATE_UP);
         silu_mul(proj, R, I, normed, threads);
+        PHASE_END(PHASE_ELEMENTWISE);
         parrot_packed_linear(normed, R, I, l->down, H, l->down_bias, delta, threads);
+        PHASE_END(PHASE_DOWN);
         add_into(x, delta, R * H, threads);
+        PHASE_END(PHASE_ELEMENTWISE);
     }
     if (head && status == 0) {
         /* normed holds R x max(H, I) floats and count <= R */
@@ -147,6 +178,7 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
             rms_norm(x + head->rows[j] * H, head->norm, s->eps, 1, H, normed + j * H, 1);
         parrot_packed_linear(normed, head->count, H, head->panels, head->vocab, NULL,
                              head->logits, threads);
+        PHASE_END(PHASE_HEAD);
     }
     free(split.memory);
     free(normed);

@@ -20,7 +20,12 @@ from server.kernels.cpu import native_library, paged_decode, paged_levels, paged
 from server.kernels.metadata import AttentionMetadata
 from server.kernels.step_plan import step_plan_of
 
-__all__ = ["DecoderStack", "HeadTensors", "LayerTensors", "StackShape", "available", "supports"]
+__all__ = [
+    "PHASES", "DecoderStack", "HeadTensors", "LayerTensors", "StackShape", "available", "supports",
+]
+
+# the phases a timed stack reports, in decoder_stack.c's order
+PHASES = ("elementwise", "qkv", "attention", "o", "gate_up", "down", "head")
 
 SOURCES = [
     Path(__file__).with_name(name)
@@ -102,12 +107,19 @@ class HeadTensors:
 
 class DecoderStack:
     """Runs every layer of a step in one call, and with `head` the final norm and the LM head
-    over the rows that sample; holds the model's tensors alive."""
+    over the rows that sample; holds the model's tensors alive.
+
+    `timed` builds the library with a wall clock around each phase (`phase_seconds`), for
+    benchmarks: its counters are shared by every timed stack, so time one at a time."""
 
     def __init__(
-        self, shape: StackShape, layers: list[LayerTensors], head: HeadTensors | None = None
+        self,
+        shape: StackShape,
+        layers: list[LayerTensors],
+        head: HeadTensors | None = None,
+        timed: bool = False,
     ) -> None:
-        lib = _library()
+        lib = _library(timed)
         if lib is None:
             raise RuntimeError("the decoder stack kernel could not be built on this machine")
         for i, layer in enumerate(layers):
@@ -118,6 +130,7 @@ class DecoderStack:
         self.shape = shape
         self.layers = layers
         self.head = head
+        self.timed = timed
         # read-only once built: engines sharing this model may run steps from several threads
         self._shape = _Shape(
             shape.hidden, shape.heads, shape.kv_heads, shape.head_dim, shape.intermediate,
@@ -209,6 +222,17 @@ class DecoderStack:
         if status != 0:
             raise RuntimeError("decoder stack: the kernel failed (out of memory?)")
         return None if head is None else logits
+
+    def phase_seconds(self) -> dict[str, float]:
+        """Wall seconds per phase (`PHASES`) of the steps since the last call, then zeroed;
+        only for a stack built `timed`."""
+        if not self.timed:
+            raise RuntimeError("decoder stack: phase times need a stack built with timed=True")
+        counters = self._lib.parrot_stack_phases().contents
+        seconds = dict(zip(PHASES, counters, strict=True))
+        for i in range(len(PHASES)):
+            counters[i] = 0.0
+        return seconds
 
 
 class _Layer(ctypes.Structure):
@@ -315,12 +339,17 @@ def _check_tensor(what: str, tensor: torch.Tensor | None, want: tuple[int, ...])
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | None:
-    return native_library.load_function(
+def _library(timed: bool = False) -> ctypes.CDLL | None:
+    lib = native_library.load_function(
         SOURCES, "parrot_decoder_stack",
         [
             ctypes.c_void_p, ctypes.POINTER(_Shape), ctypes.POINTER(_Layer), ctypes.c_long,
             ctypes.POINTER(_Rows), ctypes.POINTER(_Head), ctypes.c_int,
         ],
         ctypes.c_int,
+        defines=("PARROT_STACK_TIMERS",) if timed else (),
     )
+    if lib is not None and timed:
+        lib.parrot_stack_phases.argtypes = []
+        lib.parrot_stack_phases.restype = ctypes.POINTER(ctypes.c_double * len(PHASES))
+    return lib

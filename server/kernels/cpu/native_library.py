@@ -29,15 +29,15 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 log = logging.getLogger(__name__)
 
 
-def load(source: Path, *more: Path) -> ctypes.CDLL | None:
+def load(source: Path, *more: Path, defines: tuple[str, ...] = ()) -> ctypes.CDLL | None:
     """The library built from `source` and `more` (.c files), named after `source`, or None
-    where it cannot be built here."""
+    where it cannot be built here; `defines` are preprocessor macros (`-D`) of this build."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         log.warning("no C compiler: %s is not available, using torch instead", source.name)
         return None
     try:
-        return ctypes.CDLL(str(_build(compiler, [source, *more])))
+        return ctypes.CDLL(str(_build(compiler, [source, *more], defines)))
     except subprocess.CalledProcessError as exc:
         log.warning("building %s failed: using torch instead\n%s", source.name, exc.stderr)
     except OSError as exc:
@@ -46,10 +46,11 @@ def load(source: Path, *more: Path) -> ctypes.CDLL | None:
 
 
 def load_function(
-    sources: list[Path], name: str, argtypes: list[Any], restype: Any
+    sources: list[Path], name: str, argtypes: list[Any], restype: Any,
+    defines: tuple[str, ...] = (),
 ) -> ctypes.CDLL | None:
     """`load(*sources)` with the C function `name` given its ctypes signature, or None."""
-    lib = load(*sources)
+    lib = load(*sources, defines=defines)
     if lib is None:
         return None
     fn = getattr(lib, name)
@@ -58,14 +59,15 @@ def load_function(
     return lib
 
 
-def _build(compiler: str, sources: list[Path]) -> Path:
+def _build(compiler: str, sources: list[Path], defines: tuple[str, ...] = ()) -> Path:
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, check=True
     ).stdout
     headers = sorted({h for s in sources for h in s.parent.glob("*.h")})
     texts = [p.read_text() for p in [*sources, *headers]]
+    flags = [*FLAGS, *(f"-D{d}" for d in defines)]
     key = hashlib.sha256(
-        "\0".join([*texts, version, " ".join(FLAGS), _cpu_signature()]).encode()
+        "\0".join([*texts, version, " ".join(flags), _cpu_signature()]).encode()
     ).hexdigest()[:16]
     target = CACHE_DIR / f"{sources[0].stem}-{key}.so"
     if target.exists():
@@ -76,7 +78,7 @@ def _build(compiler: str, sources: list[Path]) -> Path:
     os.close(fd)
     try:
         subprocess.run(
-            [compiler, *FLAGS, *map(str, sources), "-o", tmp, "-lm"],
+            [compiler, *flags, *map(str, sources), "-o", tmp, "-lm"],
             capture_output=True, text=True, check=True,
         )
         os.replace(tmp, target)

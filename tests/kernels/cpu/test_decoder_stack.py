@@ -109,6 +109,28 @@ def test_the_stack_refuses_logits_it_cannot_give(tiny_llama_path: Path) -> None:
                      HeadTensors(stack.head.norm, stack.head.panels, stack.head.vocab + 16))
 
 
+def test_a_timed_stack_computes_the_same_and_counts_every_phase(tiny_llama_path: Path) -> None:
+    model: LlamaForCausalLM = load_model(tiny_llama_path).model
+    plain = model.decoder_stack
+    assert plain is not None and plain.head is not None
+    with pytest.raises(RuntimeError, match="timed=True"):
+        plain.phase_seconds()
+    timed = DecoderStack(plain.shape, plain.layers, plain.head, timed=True)
+    timed.phase_seconds()  # other tests' timed stacks share the counters
+    steps = [{0: list(range(3, 40)), 1: list(range(7, 20))}, {0: [5], 1: [9]}]
+    runs = {}
+    for name, stack in (("plain", plain), ("timed", timed)):
+        model.decoder_stack = stack
+        runner = PagedRunner(model, num_blocks=32)
+        runs[name] = [runner.step_last(chunks) for chunks in steps]
+    for got, want in zip(runs["timed"], runs["plain"], strict=True):
+        for seq in want:
+            assert torch.equal(got[seq], want[seq])
+    seconds = timed.phase_seconds()
+    assert set(seconds) == set(decoder_stack.PHASES) and all(t > 0 for t in seconds.values())
+    assert all(t == 0 for t in timed.phase_seconds().values())
+
+
 def test_engines_sharing_the_weights_run_steps_at_once(tiny_llama_path: Path) -> None:
     """The server's engines share one model and run steps from their own threads, each with its
     own KV cache: the stack keeps nothing of a call in shared state."""
