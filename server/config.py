@@ -62,6 +62,9 @@ class ServerConfig:
     # (~0.13 s of linear layers here) against 256 took the mixed chat from 1.22-1.24x to
     # 1.04-1.08x of alone, the map-reduce beside it unchanged (benchmarks/README.md)
     background_prefill_chunk: int = 128
+    # a step without latency-critical work pauses between two layers when latency-critical
+    # work arrives, and goes on after it (on the CPU decoder stack)
+    enable_step_pausing: bool = True
     max_calls_per_engine: int = 256
     # operations
     session_ttl_s: float = 3600.0
@@ -134,6 +137,7 @@ class ServerConfig:
             kwargs["latency_other_decode_rows"] = self.latency_other_decode_rows
         if self.enable_app_scheduling and self.background_prefill_chunk > 0:
             kwargs["background_max_prefill_tokens"] = self.background_prefill_chunk
+        kwargs["pausable_steps"] = self.enable_app_scheduling and self.enable_step_pausing
         return kwargs
 
     def executor_config(self) -> ExecutorConfig:
@@ -277,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.background_prefill_chunk,
         help="prefill tokens per engine step of throughput-only calls (deduced), always, so a "
         "latency-critical call never waits behind a long prefill step (0: off)",
+    )
+    graph.add_argument(
+        "--no-step-pausing",
+        dest="enable_step_pausing",
+        action="store_false",
+        help="a latency-critical call arriving mid-step waits for the step in flight, instead "
+        "of that step (of other work) pausing between two layers and going on after it",
     )
     graph.add_argument(
         "--max-calls-per-engine",

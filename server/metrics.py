@@ -141,6 +141,12 @@ class Metrics:
                 "per member (per layer).",
                 engine.cascade_saved_tokens,
             ),
+            _single(
+                "parrot_paused_steps_total",
+                "counter",
+                "Engine steps of other work paused between two layers for latency-critical work.",
+                engine.paused_steps,
+            ),
         ]
         own = [
             self.prompt_tokens,

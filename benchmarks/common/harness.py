@@ -25,6 +25,7 @@ COUNTERS = {
     "parrot_generated_tokens_total": "generated_tokens",
     "parrot_preemptions_total": "preemptions",
     "parrot_cascade_saved_tokens_total": "cascade_saved_tokens",
+    "parrot_paused_steps_total": "paused_steps",
 }
 WARMUP_PROMPT = "<|im_start|>user\nSay hello.<|im_end|>\n<|im_start|>assistant\n"
 

@@ -66,6 +66,8 @@ ABLATIONS: tuple[Ablation, ...] = (
              ("--latency-hold-ms=0",)),
     Ablation("ride_along", "other work's decode rows ride along latency-critical steps",
              ("--latency-other-decode-rows=0",)),
+    Ablation("step_pausing", "a step of other work pauses between layers for latency work",
+             ("--no-step-pausing",)),
 )  # fmt: skip
 
 PARROT = Mode("parrot", "Parrot", "parrot", THROUGHPUT_CAPS)

@@ -14,7 +14,7 @@ from benchmarks.common.modes import Mode
 from benchmarks.common.workload import Metric, ModeResults, Target, Workload
 
 WORK_COUNTERS = ("generated_tokens", "prefill_tokens", "cached_tokens", "preemptions",
-                 "cascade_saved_tokens", "server_cpu_s")  # fmt: skip
+                 "cascade_saved_tokens", "paused_steps", "server_cpu_s")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +77,8 @@ def format_table(report: Report) -> str:
     head = ["mode"]
     for spec in report.specs:
         head += [f"{spec.name} ({spec.unit})", "gain"]
-    head += ["gen tok", "prefill tok", "cached tok", "cascade saved", "server cpu s"]
+    head += ["gen tok", "prefill tok", "cached tok", "cascade saved", "paused steps",
+             "server cpu s"]
     rows = [head]
     for mode in report.modes:
         row = [mode.name]
@@ -88,7 +89,8 @@ def format_table(report: Report) -> str:
             row += [_num(v), "" if mode.name == "parrot" or math.isnan(g) else f"{_num(g)}x"]
         c = report.counters[mode.name]
         row += [_num(c[k]) for k in
-                ("generated_tokens", "prefill_tokens", "cached_tokens", "cascade_saved_tokens")]
+                ("generated_tokens", "prefill_tokens", "cached_tokens", "cascade_saved_tokens",
+                 "paused_steps")]
         row.append(_num(c["server_cpu_s"]))
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]

@@ -58,7 +58,7 @@ WORKLOAD = Workload(
     baselines=("baseline_throughput", "baseline_latency"),
     ablations=(
         "pipelined_prefill", "objective_deduction", "app_scheduler", "background_chunks",
-        "latency_hold", "ride_along",
+        "latency_hold", "ride_along", "step_pausing",
     ),
     targets=(
         Target("loaded latency vs throughput-tuned", "latency_loaded", "baseline_throughput",

@@ -66,7 +66,7 @@ WORKLOAD = Workload(
                   Metric("mr_jct", "s"), Metric("mr_slowdown", "x alone")),  # fmt: skip
     baselines=("baseline_throughput", "baseline_latency"),
     ablations=("objective_deduction", "app_scheduler", "task_groups", "background_chunks",
-               "ride_along"),
+               "ride_along", "step_pausing"),
     targets=(
         Target("chat latency, mixed / alone", "chat_slowdown", maximum=1.2),
         Target("map-reduce JCT gain vs throughput-tuned (>= 1/1.2)", "mr_jct",

@@ -73,7 +73,8 @@ class AsyncLLMEngine:
         tokens = list(token_ids)
         self._lengths[context_id] = self._lengths.get(context_id, 0) + len(tokens)
         submit = lambda: self.engine.fill(context_id, tokens, priority, yield_tokens)  # noqa: E731
-        async for _ in self._job(submit):
+        # a fill ahead of need (yield_tokens) is not worth pausing a step for
+        async for _ in self._job(submit, self._urgent(priority) and yield_tokens is None):
             pass
 
     async def generate(
@@ -100,7 +101,7 @@ class AsyncLLMEngine:
                 context_id, sampling, priority, hold_latency_s=hold_latency_s
             )
 
-        async for out in self._job(submit):
+        async for out in self._job(submit, self._urgent(priority)):
             self._lengths[context_id] = self._lengths.get(context_id, 0) + len(out.new_token_ids)
             yield out
 
@@ -109,7 +110,8 @@ class AsyncLLMEngine:
     ) -> AsyncIterator[JobOutput]:
         """A plain request (fresh context, prefix cache applies), freed when it ends."""
         tokens = list(prompt_token_ids)
-        async for out in self._job(lambda: self.engine.add_request(tokens, sampling, priority)):
+        submit = lambda: self.engine.add_request(tokens, sampling, priority)  # noqa: E731
+        async for out in self._job(submit, self._urgent(priority)):
             yield out
 
     def truncate(self, context_id: int, num_tokens: int) -> None:
@@ -141,7 +143,12 @@ class AsyncLLMEngine:
         return await fut
 
     # ---- internals --------------------------------------------------------------------
-    async def _job(self, submit: Callable[[], int]) -> AsyncIterator[JobOutput]:
+    def _urgent(self, priority: int) -> bool:
+        return priority <= self.engine.config.latency_priority
+
+    async def _job(self, submit: Callable[[], int], urgent: bool = False) -> AsyncIterator[JobOutput]:
+        """Post `submit` and yield the job's outputs; `urgent` (latency-critical) work asks the
+        step in flight to pause for it (`LLMEngine.request_pause`)."""
         assert self._loop is not None, "start() the engine first"
         outputs: asyncio.Queue[JobOutput | BaseException] = asyncio.Queue()
         loop = self._loop
@@ -160,6 +167,8 @@ class AsyncLLMEngine:
             self._listeners[jid] = deliver
 
         self._post(command)
+        if urgent:
+            self.engine.request_pause()  # after the post: the loop clears it before it reads
         finished = False
         try:
             while True:
@@ -189,6 +198,8 @@ class AsyncLLMEngine:
                 command = self._commands.get(block=block or wait > 0, timeout=wait or None)
             except queue.Empty:
                 command = False  # type: ignore[assignment]
+            # a pause asked for by work posted from now on stays asked for
+            engine.clear_pause_request()
             while command is not False:
                 if command is None:
                     return

@@ -40,6 +40,10 @@ class EngineConfig:
     # rate from ~32 rows up, so small chunks cost background work little.
     background_max_prefill_tokens: int | None = None
     background_priority: int = 2
+    # A step without latency-critical work may pause between two layers when such work is
+    # submitted meanwhile (LLMEngine.request_pause), so that work does not wait for the step
+    # in flight (on the decoder stack; other paths run a step whole)
+    pausable_steps: bool = True
     # CPU float32 linear layers on the packed kernel (server/kernels/cpu); off: torch.mm
     packed_linear: bool = True
     # With packed linears, steps without shared-prefix levels on the default CPU backend run all

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,6 +19,7 @@ from server.engine.outputs import CompletionOutput, EngineStats, JobOutput, Toke
 from server.engine.sampler import sample
 from server.engine.sampling_params import SamplingParams
 from server.engine.scheduler import Scheduler, SchedulerOutput
+from server.engine.step_run import StepRun
 
 
 class LLMEngine:
@@ -73,6 +76,9 @@ class LLMEngine:
         self._jobs: dict[int, Job] = {}
         self._pending_outputs: list[JobOutput] = []
         self._held = False  # the last step ran nothing: a latency hold kept waiting work out
+        # set from any thread by request_pause(); the decoder stack reads it between layers
+        self._pause_flag = ctypes.c_int(0)
+        self._paused: _PausedStep | None = None  # a step stopped between layers, to go on
 
     @classmethod
     def from_pretrained(
@@ -115,7 +121,9 @@ class LLMEngine:
         """A new empty context, or a fork sharing all of `parent`'s computed KV blocks."""
         context_id = context_id if context_id is not None else self.new_context_id()
         if parent is not None:
-            return self.scheduler.fork(self._context(parent), context_id).id
+            parent_ctx = self._context(parent)
+            self._settle(parent_ctx)  # a fork copies the block table the paused step fills
+            return self.scheduler.fork(parent_ctx, context_id).id
         self.scheduler.add_context(Context(context_id))
         return context_id
 
@@ -189,6 +197,7 @@ class LLMEngine:
     def truncate(self, context_id: int, num_tokens: int) -> None:
         """Keep only the first `num_tokens` tokens of an idle context."""
         ctx = self._context(context_id)
+        self._settle(ctx)
         if ctx.jobs:
             raise ValueError(f"context {context_id} has jobs running; truncate it when idle")
         if not 0 <= num_tokens <= len(ctx.token_ids):
@@ -203,6 +212,7 @@ class LLMEngine:
         ctx = self.scheduler.contexts.get(context_id)
         if ctx is None:
             return
+        self._settle(ctx)
         for job in ctx.jobs:
             if not job.finished:
                 job.finish_reason = "abort"
@@ -217,12 +227,19 @@ class LLMEngine:
         if job is None:
             return
         ctx = next((c for c in self.scheduler.contexts.values() if job in c.jobs), None)
+        if ctx is not None:
+            self._settle(ctx)
+            if job.finished:  # the paused step, run to its end, finished it
+                return
         job.finish_reason = "abort"
         if ctx is not None:
             self._finish_job(ctx, job, [], "")
 
     def fail_all(self, reason: str) -> list[JobOutput]:
         """Fail every queued job (after an internal error) so that no caller waits forever."""
+        if self._paused is not None:  # its contexts are among the running ones below
+            self._paused = None
+            self.scheduler.thaw()
         bs = self.config.block_size
         for ctx in list(self.scheduler.running):
             # Blocks registered for this step were never computed: nobody may find them.
@@ -315,7 +332,14 @@ class LLMEngine:
         return self._stats
 
     def step(self) -> list[JobOutput]:
-        """Schedule, run the model once, sample, and report every job that progressed."""
+        """Schedule, run the model once, sample, and report every job that progressed.
+
+        A step without latency-critical work pauses between two layers when `request_pause`
+        asks it to (on the decoder stack): the next steps run the latency-critical work that
+        came, and then the paused step goes on from where it stopped.
+        """
+        if self._paused is not None:
+            return self._step_beside_paused()
         batch = self.scheduler.schedule()
         self._held = not batch.scheduled and self.scheduler.latency_hold_left() > 0
         if self._held:
@@ -323,15 +347,26 @@ class LLMEngine:
         if not batch.scheduled and self.scheduler.waiting and not self.scheduler.running:
             self._fail_unschedulable()
             return self._drain_outputs()
-        self._stats.steps += 1
-        self._stats.cached_tokens += batch.num_cached_tokens
-        self._stats.preemptions += len(batch.preempted)
-        logits = self.runner.execute(batch)
-        self._stats.cascade_saved_tokens += self.runner.cascade_saved_tokens
-        for job, entries in self.runner.scored_prompts:
-            job.prompt_logprobs.extend(entries)
-        self._postprocess(batch, logits)
+        run = self._start(batch)
+        if self._may_pause(batch, run):
+            if not run.advance(self._pause_flag):
+                self._paused = _PausedStep(batch, run)
+                self.scheduler.freeze(batch)
+                self._stats.paused_steps += 1
+                return self._drain_outputs()
+        else:
+            run.advance()
+        self._finish_step(batch, run)
         return self._drain_outputs()
+
+    def request_pause(self) -> None:
+        """Ask the step in flight to pause at its next layer boundary, if it may (safe from
+        any thread): called when latency-critical work has just been submitted. The step loop
+        clears the request (`clear_pause_request`) before it applies new work."""
+        self._pause_flag.value = 1
+
+    def clear_pause_request(self) -> None:
+        self._pause_flag.value = 0
 
     def run_until_idle(self) -> list[JobOutput]:
         outputs: list[JobOutput] = []
@@ -348,6 +383,53 @@ class LLMEngine:
         return self.scheduler.latency_hold_left() if self._held else 0.0
 
     # ---- internals ------------------------------------------------------------------------
+    def _start(self, batch: SchedulerOutput) -> StepRun:
+        self._stats.steps += 1
+        self._stats.cached_tokens += batch.num_cached_tokens
+        self._stats.preemptions += len(batch.preempted)
+        return self.runner.start(batch)
+
+    def _finish_step(self, batch: SchedulerOutput, run: StepRun) -> None:
+        self._stats.cascade_saved_tokens += run.cascade_saved_tokens
+        for job, entries in run.scored_prompts:
+            job.prompt_logprobs.extend(entries)
+        self._postprocess(batch, run.logits)
+
+    def _may_pause(self, batch: SchedulerOutput, run: StepRun) -> bool:
+        return (
+            self.config.pausable_steps
+            and run.pausable
+            and not any(self.scheduler.is_latency(s.ctx) for s in batch.scheduled)
+        )
+
+    def _step_beside_paused(self) -> list[JobOutput]:
+        """While a step is paused: a step of the latency-critical work (and what rides along
+        with it), or, when there is none to run, the paused step goes on."""
+        self._held = False
+        if self.scheduler.has_latency_contexts():
+            batch = self.scheduler.schedule()
+            if batch.scheduled:
+                run = self._start(batch)
+                run.advance()
+                self._finish_step(batch, run)
+                return self._drain_outputs()
+        assert self._paused is not None
+        if self._paused.run.advance(self._pause_flag):
+            self._end_pause()
+        return self._drain_outputs()
+
+    def _settle(self, ctx: Context) -> None:
+        """Before `ctx` changes: if a paused step holds it, run the rest of that step now."""
+        if self._paused is not None and self.scheduler.is_frozen(ctx):
+            self._paused.run.advance()
+            self._end_pause()
+
+    def _end_pause(self) -> None:
+        assert self._paused is not None
+        paused, self._paused = self._paused, None
+        self.scheduler.thaw()
+        self._finish_step(paused.batch, paused.run)
+
     def _context(self, context_id: int) -> Context:
         ctx = self.scheduler.contexts.get(context_id)
         if ctx is None:
@@ -523,3 +605,11 @@ class LLMEngine:
     def _drain_outputs(self) -> list[JobOutput]:
         outputs, self._pending_outputs = self._pending_outputs, []
         return outputs
+
+
+@dataclass(slots=True)
+class _PausedStep:
+    """A step stopped between two layers: its batch, and its run to go on with."""
+
+    batch: SchedulerOutput
+    run: StepRun

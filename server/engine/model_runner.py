@@ -8,6 +8,7 @@ from server.engine.config import EngineConfig
 from server.engine.context import Job
 from server.engine.outputs import TokenLogprob
 from server.engine.scheduler import ScheduledContext, SchedulerOutput
+from server.engine.step_run import StepRun
 from server.kernels import CascadeConfig, build_attention_metadata
 from server.kernels.backends import default_backend_name
 from server.kernels.cpu import huge_pages, paged_decode, paged_levels
@@ -30,10 +31,6 @@ class ModelRunner:
     ) -> None:
         self.model = model
         self.config = config
-        # what the last step's shared-prefix levels saved (see EngineStats.cascade_saved_tokens)
-        self.cascade_saved_tokens = 0
-        # the last step's prompt scores: (job, the next entries of its prompt_logprobs)
-        self.scored_prompts: list[tuple[Job, list[TokenLogprob]]] = []
         self.device = device
         self.dtype = dtype
         self.block_size = config.block_size
@@ -73,11 +70,16 @@ class ModelRunner:
             return huge_pages.zeros(shape, self.dtype)
         return torch.zeros(shape, dtype=self.dtype, device=self.device)
 
-    @torch.inference_mode()
     def execute(self, batch: SchedulerOutput) -> torch.Tensor | None:
         """Run the batch; the logits ([num_sampled, vocab], float32) of the rows that sample."""
-        self.cascade_saved_tokens = 0
-        self.scored_prompts = []
+        run = self.start(batch)
+        run.advance()
+        return run.logits
+
+    @torch.inference_mode()
+    def start(self, batch: SchedulerOutput) -> StepRun:
+        """Apply the batch's block copies and lay out its inputs; the run itself happens in
+        `StepRun.advance`, which on the decoder stack may pause between layers."""
         if batch.block_copies:
             src = torch.tensor([s for s, _ in batch.block_copies], device=self.device)
             dst = torch.tensor([d for _, d in batch.block_copies], device=self.device)
@@ -86,7 +88,7 @@ class ModelRunner:
                 v_cache[dst] = v_cache[src]
         work = [s for s in batch.scheduled if s.num_tokens > 0]
         if not work:
-            return None
+            return StepRun(compute=lambda: None)
         input_ids: list[int] = []
         positions: list[int] = []
         query_lens, seq_lens, tables, last_rows = [], [], [], []
@@ -112,29 +114,39 @@ class ModelRunner:
             cascade_config=self.cascade_rule(),
             backend=self.config.attention_backend,
         )
-        self.cascade_saved_tokens = sum(
-            (len(p.seqs) - 1) * (p.end - p.start) for p in meta.shared_prefixes
-        )
+        saved = sum((len(p.seqs) - 1) * (p.end - p.start) for p in meta.shared_prefixes)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         scoring = any(s.ctx.sampling_job is not None and s.ctx.sampling_job.wants_prompt_logprobs
                       for s in work)
-        if last_rows and not scoring:
+        if not scoring:
             # only the sampled rows' logits: on the decoder stack the head runs in the step's call
-            return self.model.forward_logits(ids, pos, self.kv_caches, meta, last_rows)
-        hidden = self.model(ids, pos, self.kv_caches, meta)
-        for s, first_row in zip(work, first_rows, strict=True):
-            job = s.ctx.sampling_job
-            if job is not None and job.wants_prompt_logprobs:
-                self._score_prompt(s, job, first_row, hidden)
-        if not last_rows:
-            return None
-        rows = torch.tensor(last_rows, dtype=torch.long, device=self.device)
-        return self.model.compute_logits(hidden.index_select(0, rows)).float()
+            stack = self.model.start_logits(ids, pos, self.kv_caches, meta, last_rows)
+            if stack is not None:
+                return StepRun(stack=stack, cascade_saved_tokens=saved)
+        if last_rows and not scoring:
+            return StepRun(
+                compute=lambda: self.model.forward_logits(ids, pos, self.kv_caches, meta, last_rows),
+                cascade_saved_tokens=saved,
+            )
+
+        def compute() -> torch.Tensor | None:
+            hidden = self.model(ids, pos, self.kv_caches, meta)
+            for s, first_row in zip(work, first_rows, strict=True):
+                job = s.ctx.sampling_job
+                if job is not None and job.wants_prompt_logprobs:
+                    run.scored_prompts.append(self._score_prompt(s, job, first_row, hidden))
+            if not last_rows:
+                return None
+            rows = torch.tensor(last_rows, dtype=torch.long, device=self.device)
+            return self.model.compute_logits(hidden.index_select(0, rows)).float()
+
+        run = StepRun(compute=compute, cascade_saved_tokens=saved)
+        return run
 
     def _score_prompt(
         self, s: ScheduledContext, job: Job, first_row: int, hidden: torch.Tensor
-    ) -> None:
+    ) -> tuple[Job, list[TokenLogprob]]:
         """Log probabilities of the prompt tokens this chunk's positions predict (position p's
         logits score token p + 1), each token once, also when a preempted context computes
         its prompt again."""
@@ -143,7 +155,7 @@ class ModelRunner:
         lo = max(start, len(job.prompt_logprobs) - 1)
         hi = min(start + s.num_tokens, prompt_len - 1)
         if lo >= hi:
-            return
+            return job, []
         assert job.sampling is not None and job.sampling.prompt_logprobs is not None
         top = job.sampling.prompt_logprobs
         rows = torch.arange(first_row + lo - start, first_row + hi - start, device=self.device)
@@ -161,7 +173,7 @@ class ModelRunner:
                     if best is not None else []
                 )
                 entries.append(TokenLogprob(int(targets[a + i]), value, alternatives))
-        self.scored_prompts.append((job, entries))
+        return job, entries
 
 
 _SCORE_ROWS = 128

@@ -58,5 +58,7 @@ class EngineStats:
     # of once per member: (members - 1) x level tokens, summed over steps
     cascade_saved_tokens: int = 0
     steps: int = 0
+    # steps paused between two layers for latency-critical work that arrived meanwhile
+    paused_steps: int = 0
     free_blocks: int = 0
     total_blocks: int = 0

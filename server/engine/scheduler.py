@@ -66,6 +66,10 @@ class Scheduler:
         self.waiting: list[Context] = []
         self.running: list[Context] = []
         self._clock = 0
+        # a paused step's contexts (ids), left out of every step until thawed, and the blocks
+        # that step is writing, which the prefix cache must not serve meanwhile
+        self._frozen: set[int] = set()
+        self._unwritten: set[int] = set()
 
     # ---- membership -----------------------------------------------------------------------
     def add_context(self, ctx: Context) -> None:
@@ -121,8 +125,48 @@ class Scheduler:
         """Seconds the latency hold still lasts (0 when none)."""
         return max(0.0, self._latency_hold_until - self.now())
 
+    def freeze(self, batch: SchedulerOutput) -> None:
+        """A step of `batch` has paused between two layers: until `thaw`, its contexts stay out
+        of every step (neither scheduled nor preempted, nor giving up their blocks), and the
+        blocks it writes are not served from the prefix cache, half written as they are."""
+        bs = self.block_size
+        self._frozen = {s.ctx.id for s in batch.scheduled}
+        self._unwritten = {
+            block
+            for s in batch.scheduled
+            for block in s.ctx.block_table[
+                s.ctx.num_computed // bs : -(-(s.ctx.num_computed + s.num_tokens) // bs)
+            ]
+        }
+
+    def thaw(self) -> None:
+        self._frozen, self._unwritten = set(), set()
+
+    def is_frozen(self, ctx: Context) -> bool:
+        return ctx.id in self._frozen
+
+    def has_latency_contexts(self) -> bool:
+        """Whether latency-critical work is queued or running outside a paused step."""
+        return any(
+            self.is_latency(c) and c.id not in self._frozen for c in (*self.running, *self.waiting)
+        )
+
+    def is_latency(self, ctx: Context) -> bool:
+        return ctx.sort_key[0] <= self.config.latency_priority
+
     # ---- one step -------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
+        """The next step's batch; a paused step's contexts (`freeze`) sit it out."""
+        if not self._frozen:
+            return self._schedule_batch()
+        frozen = [c for c in self.running if c.id in self._frozen]
+        self.running = [c for c in self.running if c.id not in self._frozen]
+        try:
+            return self._schedule_batch()
+        finally:
+            self.running.extend(frozen)
+
+    def _schedule_batch(self) -> SchedulerOutput:
         self._clock += 1
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
@@ -134,7 +178,7 @@ class Scheduler:
         self._prefill_left = self.config.background_max_prefill_tokens
         self._latency_generating = sum(
             1 for c in (*self.running, *self.waiting)
-            if self._is_latency(c) and c.sampling_job is not None
+            if self.is_latency(c) and c.sampling_job is not None
         )  # fmt: skip
 
         self._make_way(out)
@@ -227,7 +271,7 @@ class Scheduler:
             tokens = ctx.token_ids[ctx.num_computed : ctx.num_computed + bs]
             parent = ctx.block_hashes[-1] if ctx.block_hashes else None
             block = self.blocks.lookup(parent, tokens)
-            if block is None:
+            if block is None or block in self._unwritten:
                 return
             self.blocks.incref(block)
             ctx.block_table.append(block)
@@ -240,7 +284,7 @@ class Scheduler:
         tokens = ctx.token_ids[idx * bs : (idx + 1) * bs]
         parent = ctx.block_hashes[-1] if ctx.block_hashes else None
         block = self.blocks.lookup(parent, tokens)
-        if block is None or block == ctx.block_table[idx]:
+        if block is None or block == ctx.block_table[idx] or block in self._unwritten:
             return False
         self.blocks.incref(block)
         self.blocks.free_blocks([ctx.block_table[idx]])
@@ -381,9 +425,6 @@ class Scheduler:
         self.blocks.free_blocks(ctx.block_table)
         ctx.block_table, ctx.block_hashes, ctx.num_computed = [], [], 0
 
-    def _is_latency(self, ctx: Context) -> bool:
-        return ctx.sort_key[0] <= self.config.latency_priority
-
     def _room(self, ctx: Context, others: int | None) -> int:
         """Tokens `ctx` may take under the latency cap (`others`: what is left for non-latency
         work this step, None without a cap) and the background prefill cap."""
@@ -391,9 +432,9 @@ class Scheduler:
         if job is not None and job.yield_tokens is not None and self._latency_generating:
             # a fill ahead of need rides along latency-critical decodes in small pieces
             others_generating = self._latency_generating - (ctx.sampling_job is not None)
-            if others_generating > 0 and self._is_latency(ctx):
+            if others_generating > 0 and self.is_latency(ctx):
                 return min(ctx.num_pending, job.yield_tokens)
-        if self._is_latency(ctx):
+        if self.is_latency(ctx):
             return ctx.num_pending
         room = ctx.num_pending if others is None else others
         if room < ctx.num_pending == 1 and self._ride_along_left > 0:
@@ -403,7 +444,7 @@ class Scheduler:
         return room
 
     def _charge(self, ctx: Context, others: int | None, n: int) -> int | None:
-        if self._is_latency(ctx):
+        if self.is_latency(ctx):
             return others
         if others is not None and n == 1 > others and self._ride_along_left > 0:
             self._ride_along_left -= 1

@@ -331,18 +331,18 @@ def test_failed_step_fails_its_jobs_and_the_engine_recovers(tiny_llama_path, mon
     engine = LLMEngine.from_pretrained(tiny_llama_path, block_size=4)
     prompt = list(range(10, 30))
     expected = engine.generate([prompt], GREEDY)[0].token_ids
-    runner_execute = engine.runner.execute
+    runner_start = engine.runner.start
 
     def broken(batch):
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(engine.runner, "execute", broken)
+    monkeypatch.setattr(engine.runner, "start", broken)
     job = engine.add_request(list(range(50, 70)), GREEDY)
     with pytest.raises(RuntimeError):
         engine.step()
     (out,) = [o for o in engine.fail_all("device lost") if o.job_id == job]
     assert out.error == "device lost" and out.finished
-    monkeypatch.setattr(engine.runner, "execute", runner_execute)
+    monkeypatch.setattr(engine.runner, "start", runner_start)
     # blocks registered for the failed step are not served from the prefix cache
     fresh = LLMEngine.from_pretrained(tiny_llama_path, block_size=4)
     other = list(range(50, 70))

@@ -404,3 +404,30 @@ def test_running_work_short_of_a_block_takes_it_from_waiting_forks_ranked_later(
     assert [(s.ctx, s.num_tokens) for s in out.scheduled] == [(running, 1)]
     assert sorted(c.id for c in out.preempted) == sorted(f.id for f in forks)
     assert running.state is ContextState.RUNNING and len(running.block_table) == 5
+
+
+def test_a_frozen_batch_sits_steps_out_and_its_unwritten_blocks_are_not_served():
+    """While a paused step holds its batch (freeze), the contexts in it are neither scheduled
+    nor preempted, and a prompt matching the blocks it is writing computes its own; after thaw
+    both run again and the written blocks are served."""
+    sched, bm = make(num_blocks=16, budget=64)
+    shared = list(range(100, 116))  # four full blocks
+    bulk = new_ctx(sched, shared + [1, 2], priority=2)
+    out = sched.schedule()
+    assert [s.ctx for s in out.scheduled] == [bulk]
+    sched.freeze(out)
+    assert sched.is_frozen(bulk) and not sched.has_latency_contexts()
+    urgent = new_ctx(sched, shared + [3], priority=0)
+    assert sched.has_latency_contexts()
+    beside = sched.schedule()
+    assert [s.ctx for s in beside.scheduled] == [urgent]
+    assert beside.num_cached_tokens == 0 and beside.scheduled[0].num_tokens == 17
+    assert not set(urgent.block_table) & set(bulk.block_table)
+    assert bulk in sched.running and bulk.num_computed == 0
+    advance(sched, beside)
+    sched.thaw()
+    advance(sched, out)  # the paused step ends
+    late = new_ctx(sched, shared + [4])
+    nxt = sched.schedule()
+    assert {s.ctx for s in nxt.scheduled} == {bulk, urgent, late}
+    assert nxt.num_cached_tokens == 16  # now written: the late prompt takes them

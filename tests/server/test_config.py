@@ -21,6 +21,7 @@ def test_defaults_and_flags_map_to_the_config() -> None:
         "latency_max_batched_tokens": 0,
         "latency_other_decode_rows": 3,
         "background_max_prefill_tokens": 128,
+        "pausable_steps": True,
     }
 
 
@@ -39,6 +40,8 @@ def test_ablation_flags_switch_each_optimisation_off() -> None:
     assert "latency_max_batched_tokens" not in off.engine_kwargs()
     assert "latency_other_decode_rows" not in off.engine_kwargs()
     assert "background_max_prefill_tokens" not in off.engine_kwargs()
+    assert off.engine_kwargs()["pausable_steps"] is False
+    assert ServerConfig.from_args(["--no-step-pausing"]).engine_kwargs()["pausable_steps"] is False
     chunk = ServerConfig.from_args(["--background-prefill-chunk", "64"]).engine_kwargs()
     assert chunk["background_max_prefill_tokens"] == 64
     assert "background_max_prefill_tokens" not in ServerConfig(

@@ -16,7 +16,13 @@ from server.engine.models.rms_norm import RMSNorm
 from server.engine.models.rope import RotaryEmbedding, apply_rope
 from server.kernels import AttentionMetadata, attention, cpu
 from server.kernels.cpu import huge_pages
-from server.kernels.cpu.decoder_stack import DecoderStack, HeadTensors, LayerTensors, StackShape
+from server.kernels.cpu.decoder_stack import (
+    DecoderStack,
+    HeadTensors,
+    LayerTensors,
+    StackRun,
+    StackShape,
+)
 from server.kernels.cpu.decoder_stack import available as decoder_stack_available
 from server.kernels.cpu.decoder_stack import supports as decoder_stack_supports
 
@@ -103,16 +109,33 @@ class LlamaForCausalLM(nn.Module):
         """Run the step like `forward` and return the float32 logits [len(rows), vocab] of the
         step's rows `rows` only. On the decoder stack the final norm and the LM head run in the
         same C call as the layers."""
-        if self._runs_on_decoder_stack(meta):
-            assert self.decoder_stack is not None
-            if self.decoder_stack.head is not None:
-                hidden = F.embedding(input_ids, self.embed_tokens)
-                logits = self.decoder_stack.run(hidden, positions, meta, kv_caches, rows)
-                assert logits is not None
-                return logits
+        run = self.start_logits(input_ids, positions, kv_caches, meta, rows) if rows else None
+        if run is not None:
+            run.advance()
+            assert run.logits is not None
+            return run.logits
         hidden = self(input_ids, positions, kv_caches, meta)
         picked = hidden.index_select(0, torch.tensor(rows, dtype=torch.long, device=hidden.device))
         return self.compute_logits(picked).float()
+
+    def start_logits(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[KVCache],
+        meta: AttentionMetadata,
+        rows: list[int],
+    ) -> StackRun | None:
+        """`forward_logits` as a run that can pause between layers and go on later
+        (`StackRun.advance`; no logits when `rows` is empty); None where the step does not run
+        on a decoder stack (with its head, for rows) and only `forward_logits` runs it."""
+        stack = self.decoder_stack
+        if stack is None or not self._runs_on_decoder_stack(meta):
+            return None
+        if rows and stack.head is None:
+            return None
+        hidden = F.embedding(input_ids, self.embed_tokens)
+        return stack.start(hidden, positions, meta, kv_caches, rows or None)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits [N, vocab] for hidden states [N, H] (pick the rows you need first)."""

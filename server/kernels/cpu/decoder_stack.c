@@ -125,12 +125,17 @@ static void rope_and_store(const float *qkv, const parrot_stack_shape *s, float 
 static void silu_mul(const float *gate_up, long rows, long n, float *out, int threads);
 static void add_into(float *x, const float *y, long n, int threads);
 
-/* x [R, hidden] (the residual stream, updated in place) through layers[0 .. num_layers), then
- * the logits of `head` unless it is NULL. Returns 0, or -1 when memory runs out or the
- * attention kernel refuses the head layout. */
+/* x [R, hidden] (the residual stream, updated in place) through layers[first .. num_layers),
+ * then the logits of `head` unless it is NULL. With `stop` (may be NULL), a flag that another
+ * thread sets, the call returns early at the first layer boundary after it finds the flag set,
+ * having run at least one layer: x then holds the stream after the layers done, and calling
+ * again from the layer returned goes on as if never stopped (each layer writes only its own
+ * cache and x). Returns 0 when every layer (and the head) ran, the next layer's index when
+ * stopped, or -1 when memory runs out or the attention kernel refuses the head layout. */
 int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_layer *layers,
-                         long num_layers, const parrot_step_rows *b,
-                         const parrot_logits_head *head, int threads) {
+                         long first, long num_layers, const parrot_step_rows *b,
+                         const parrot_logits_head *head, const volatile int *stop,
+                         int threads) {
     const long R = b->rows, H = s->hidden, I = s->intermediate;
     const long q_size = s->heads * s->head_dim;
     const long qkv_size = q_size + 2 * s->kv_heads * s->head_dim;
@@ -146,7 +151,9 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
     int status = split_step(b, &split);
     if (!(normed && proj && q && attn && lse && delta)) status = -1;
     PHASE_START();
-    for (long i = 0; i < num_layers && status == 0; i++) {
+    long i = first;
+    for (; i < num_layers && status == 0; i++) {
+        if (stop && *stop && i > first) break; /* a latency-critical step waits for this one */
         const parrot_layer *l = layers + i;
         rms_norm(x, l->input_norm, s->eps, R, H, normed, threads);
         PHASE_END(PHASE_ELEMENTWISE);
@@ -172,7 +179,8 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
         add_into(x, delta, R * H, threads);
         PHASE_END(PHASE_ELEMENTWISE);
     }
-    if (head && status == 0) {
+    const long stopped_at = status == 0 && i < num_layers ? i : 0;
+    if (head && status == 0 && !stopped_at) {
         /* normed holds R x max(H, I) floats and count <= R */
         for (long j = 0; j < head->count; j++)
             rms_norm(x + head->rows[j] * H, head->norm, s->eps, 1, H, normed + j * H, 1);
@@ -187,7 +195,7 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
     free(attn);
     free(lse);
     free(delta);
-    return status;
+    return status ? status : (int)stopped_at;
 }
 
 /* Decode rows go to the decode kernel, gathered into `scratch` (2 R Hq D floats) when other

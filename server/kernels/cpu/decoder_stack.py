@@ -21,7 +21,8 @@ from server.kernels.metadata import AttentionMetadata
 from server.kernels.step_plan import step_plan_of
 
 __all__ = [
-    "PHASES", "DecoderStack", "HeadTensors", "LayerTensors", "StackShape", "available", "supports",
+    "PHASES", "DecoderStack", "HeadTensors", "LayerTensors", "StackRun", "StackShape", "available",
+    "supports",
 ]
 
 # the phases a timed stack reports, in decoder_stack.c's order
@@ -156,8 +157,22 @@ class DecoderStack:
         With `logit_rows` (a stack built with a head), returns the float32 logits
         [len(logit_rows), vocab] of those rows after the final norm; `hidden` is then left
         before that norm."""
+        run = self.start(hidden, positions, meta, kv_caches, logit_rows)
+        run.advance()
+        return run.logits
+
+    def start(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        logit_rows: list[int] | None = None,
+    ) -> StackRun:
+        """The step of `run`, checked and laid out but not run yet: `StackRun.advance` runs
+        it, and may pause it between layers."""
         rows = hidden.shape[0]
-        head = None
+        head = wanted = None
         if logit_rows is not None:
             if self.head is None:
                 raise ValueError("decoder stack: logits asked of a stack built without a head")
@@ -214,14 +229,9 @@ class DecoderStack:
         )
         batch = _Rows(rows, meta.num_seqs, *(t.data_ptr() for t in index), meta.block_size,
                       k_caches, v_caches, *level_fields)
-        status = self._lib.parrot_decoder_stack(
-            hidden.data_ptr(), ctypes.byref(self._shape), self._layers, len(self.layers),
-            ctypes.byref(batch), None if head is None else ctypes.byref(head),
-            torch.get_num_threads(),
-        )
-        if status != 0:
-            raise RuntimeError("decoder stack: the kernel failed (out of memory?)")
-        return None if head is None else logits
+        # the C side points into these: they live as long as the run
+        keep = (wanted, index, levels, k_caches, v_caches)
+        return StackRun(self, hidden, batch, head, None if head is None else logits, keep)
 
     def phase_seconds(self) -> dict[str, float]:
         """Wall seconds per phase (`PHASES`) of the steps since the last call, then zeroed;
@@ -233,6 +243,57 @@ class DecoderStack:
         for i in range(len(PHASES)):
             counters[i] = 0.0
         return seconds
+
+
+class StackRun:
+    """One step on a `DecoderStack`, layer by layer: `advance` runs what is left of it, or
+    stops between two layers when asked to, and a later `advance` goes on from there. Between
+    calls the step holds its KV blocks as they are: the layers done have written theirs."""
+
+    def __init__(
+        self,
+        stack: DecoderStack,
+        hidden: torch.Tensor,
+        batch: _Rows,
+        head: _Head | None,
+        logits: torch.Tensor | None,
+        keep: tuple[object, ...],
+    ) -> None:
+        self._stack = stack
+        self._hidden = hidden
+        self._batch = batch
+        self._head = head
+        self._logits = logits
+        self._keep = keep
+        self.next_layer = 0
+
+    @property
+    def done(self) -> bool:
+        return self.next_layer == len(self._stack.layers)
+
+    @property
+    def logits(self) -> torch.Tensor | None:
+        """The logits asked for (None without `logit_rows`); only once `done`."""
+        if not self.done:
+            raise RuntimeError("decoder stack: the step has layers left to run")
+        return self._logits
+
+    def advance(self, stop: ctypes.c_int | None = None) -> bool:
+        """Run the layers left; with `stop`, return early once another thread has set it
+        (non-zero), after at least one more layer. True when the step is done."""
+        if self.done:
+            return True
+        stack, head = self._stack, self._head
+        status = stack._lib.parrot_decoder_stack(
+            self._hidden.data_ptr(), ctypes.byref(stack._shape), stack._layers, self.next_layer,
+            len(stack.layers), ctypes.byref(self._batch),
+            None if head is None else ctypes.byref(head),
+            None if stop is None else ctypes.byref(stop), torch.get_num_threads(),
+        )
+        if status < 0:
+            raise RuntimeError("decoder stack: the kernel failed (out of memory?)")
+        self.next_layer = status or len(stack.layers)
+        return self.done
 
 
 class _Layer(ctypes.Structure):
@@ -344,7 +405,8 @@ def _library(timed: bool = False) -> ctypes.CDLL | None:
         SOURCES, "parrot_decoder_stack",
         [
             ctypes.c_void_p, ctypes.POINTER(_Shape), ctypes.POINTER(_Layer), ctypes.c_long,
-            ctypes.POINTER(_Rows), ctypes.POINTER(_Head), ctypes.c_int,
+            ctypes.c_long, ctypes.POINTER(_Rows), ctypes.POINTER(_Head),
+            ctypes.POINTER(ctypes.c_int), ctypes.c_int,
         ],
         ctypes.c_int,
         defines=("PARROT_STACK_TIMERS",) if timed else (),

@@ -3,6 +3,7 @@ checkpoints (that path is itself checked against transformers in tests/engine)."
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from pathlib import Path
 
@@ -13,7 +14,13 @@ from server.engine.loader import load_model
 from server.engine.models.llama import LlamaForCausalLM
 from server.kernels import CascadeConfig, build_attention_metadata
 from server.kernels.cpu import decoder_stack
-from server.kernels.cpu.decoder_stack import DecoderStack, HeadTensors, LayerTensors, StackShape
+from server.kernels.cpu.decoder_stack import (
+    DecoderStack,
+    HeadTensors,
+    LayerTensors,
+    StackRun,
+    StackShape,
+)
 from tests.engine.test_models import PagedRunner
 from tests.tiny_models import make_tiny_model
 
@@ -90,6 +97,45 @@ def test_the_head_in_the_stack_gives_the_sampled_rows_logits(arch: str, models_d
         for seq in chunks:
             _assert_close(got[seq], want[seq][-1:])
     assert calls["n"] == 2 * len(steps)
+
+
+def test_a_step_stopped_between_layers_goes_on_to_the_same_logits(models_dir: Path) -> None:
+    """With the stop flag set, each advance runs one more layer and returns; the step, so
+    resumed layer by layer, gives the logits and KV of an uninterrupted one, bit for bit."""
+    path = make_tiny_model(models_dir / "stopped", "mistral", seed=7)
+    model = load_model(path).model
+    layers = model.config.num_layers
+    assert layers >= 3
+    whole, stopped = PagedRunner(model, 96, seed=1), PagedRunner(model, 96, seed=1)
+    gen = torch.Generator().manual_seed(3)
+    steps = [
+        {0: torch.randint(0, 500, (70,), generator=gen).tolist(), 1: [5, 6, 7]},
+        {0: [3], 1: [8], 2: torch.randint(0, 500, (33,), generator=gen).tolist()},
+    ]
+    stop = ctypes.c_int(1)
+    for chunks in steps:
+        want = whole.step_last(chunks)
+        ids, positions, meta = stopped._batch(chunks)
+        last = [end - 1 for end in meta.query_start[1:]]
+        with torch.inference_mode():
+            run = model.start_logits(ids, positions, stopped.caches, meta, last)
+            assert run is not None
+            with pytest.raises(RuntimeError, match="layers left"):
+                _ = run.logits
+            advances = 1
+            while not run.advance(stop):
+                assert run.next_layer == advances
+                advances += 1
+        assert advances == layers and run.advance(stop)
+        for i, seq in enumerate(chunks):
+            assert torch.equal(run.logits[i : i + 1], want[seq])
+    for (k1, v1), (k2, v2) in zip(stopped.caches, whole.caches, strict=True):
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)
+    # a cleared flag does not stop it
+    ids, positions, meta = stopped._batch({0: [4]})
+    with torch.inference_mode():
+        run = model.start_logits(ids, positions, stopped.caches, meta, [0])
+        assert run is not None and run.advance(ctypes.c_int(0))
 
 
 def test_the_stack_refuses_logits_it_cannot_give(tiny_llama_path: Path) -> None:
@@ -254,17 +300,18 @@ def test_bad_tensors_are_refused_with_their_names(tiny_llama_path: Path) -> None
 
 
 def _count_stack_calls(model: LlamaForCausalLM) -> dict[str, int]:
-    """Counts the stack's real runs (the wrapped method still runs)."""
+    """Counts the stack's real runs, which all start with `start` (the wrapped method still
+    runs)."""
     stack = model.decoder_stack
     assert stack is not None
     calls = {"n": 0}
-    run = stack.run
+    start = stack.start
 
-    def counted(*args: object, **kwargs: object) -> torch.Tensor | None:
+    def counted(*args: object, **kwargs: object) -> StackRun:
         calls["n"] += 1
-        return run(*args, **kwargs)
+        return start(*args, **kwargs)
 
-    stack.run = counted  # type: ignore[method-assign]
+    stack.start = counted  # type: ignore[method-assign]
     return calls
 
 

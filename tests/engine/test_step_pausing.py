@@ -1,0 +1,184 @@
+"""Steps that pause between two layers for latency-critical work (`LLMEngine.request_pause`):
+the work that arrives runs first, the paused step goes on after, and every output stays equal
+to transformers'."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from server.engine import LLMEngine, SamplingParams
+from server.kernels.cpu import decoder_stack
+from tests.engine.reference import greedy_reference, load_reference
+
+pytestmark = pytest.mark.skipif(
+    not decoder_stack.available(), reason="steps pause on the decoder stack (no C compiler)"
+)
+
+GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+BULK, URGENT = 2, 0  # priorities: background, latency-critical
+
+
+def make_engine(path, **config) -> LLMEngine:
+    return LLMEngine.from_pretrained(
+        path, **{"block_size": 8, "latency_max_batched_tokens": 0, **config}
+    )
+
+
+def tokens(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(3, 500) for _ in range(n)]
+
+
+def test_latency_work_runs_while_a_background_step_waits_paused(tiny_mistral_path):
+    """A background prefill pauses after its first layer; a latency-critical request that
+    shares its leading blocks (half written: not served from the prefix cache) runs to its
+    end, then the background step goes on. Both equal transformers."""
+    engine = make_engine(tiny_mistral_path)
+    assert engine.model_config.num_layers == 3
+    rng = random.Random(5)
+    bulk_prompt = tokens(rng, 60)
+    urgent_prompt = bulk_prompt[:40] + tokens(rng, 9)
+    bulk = engine.add_request(bulk_prompt, GREEDY, priority=BULK)
+    engine.request_pause()  # as if the urgent request came while the step ran
+    assert engine.step() == [] and engine.stats.paused_steps == 1
+    urgent = engine.add_request(urgent_prompt, GREEDY, priority=URGENT)
+    engine.clear_pause_request()  # what the step loop does once it has taken the new work
+    order: list[int] = []
+    got: dict[int, list[int]] = {}
+    while engine.has_work:
+        for out in engine.step():
+            order.append(out.job_id)
+            if out.finished:
+                got[out.job_id] = out.token_ids
+    first_bulk = order.index(bulk)
+    assert order[:first_bulk] == [urgent] * GREEDY.max_tokens  # all of it before bulk's first
+    assert engine.stats.paused_steps == 1 and engine.stats.cached_tokens == 0
+    ref = load_reference(tiny_mistral_path)
+    assert got[urgent] == greedy_reference(ref, urgent_prompt, GREEDY.max_tokens)
+    assert got[bulk] == greedy_reference(ref, bulk_prompt, GREEDY.max_tokens)
+    assert engine.stats.free_blocks == engine.stats.total_blocks
+
+
+def test_a_paused_step_goes_on_layer_by_layer_while_asked_to(tiny_mistral_path):
+    """Left set, the request pauses the step after every layer; it still ends, exact."""
+    engine = make_engine(tiny_mistral_path)
+    prompt = tokens(random.Random(1), 30)
+    job = engine.add_request(prompt, GREEDY, priority=BULK)
+    engine.request_pause()
+    results = [engine.step() for _ in range(3)]
+    assert results[:2] == [[], []] and [o.job_id for o in results[2]] == [job]
+    engine.clear_pause_request()
+    out = engine.run_until_idle()
+    assert engine.stats.paused_steps == 1
+    ref = load_reference(tiny_mistral_path)
+    assert [*results[2][0].new_token_ids, *(t for o in out for t in o.new_token_ids)] == (
+        greedy_reference(ref, prompt, GREEDY.max_tokens)
+    )
+
+
+def test_steps_with_latency_work_or_pausing_off_never_pause(tiny_llama_path):
+    engine = make_engine(tiny_llama_path, latency_max_batched_tokens=None)
+    engine.add_request(list(range(3, 40)), GREEDY, priority=URGENT)
+    engine.add_request(list(range(50, 90)), GREEDY, priority=BULK)
+    engine.request_pause()
+    assert len(engine.step()) == 2  # one step of both: it holds latency work
+    engine.clear_pause_request()
+    engine.run_until_idle()
+    off = make_engine(tiny_llama_path, pausable_steps=False)
+    off.add_request(list(range(50, 90)), GREEDY, priority=BULK)
+    off.request_pause()
+    off.run_until_idle()
+    assert engine.stats.paused_steps == 0 and off.stats.paused_steps == 0
+
+
+def test_changing_a_paused_context_runs_its_step_to_the_end_first(tiny_llama_path):
+    """A fork, a free or an abort of a context that a paused step holds first finishes that
+    step: the fork then shares fully written blocks, and nothing is lost or leaked."""
+    engine = make_engine(tiny_llama_path)
+    ref = load_reference(tiny_llama_path)
+    rng = random.Random(7)
+    doc = tokens(rng, 50)
+    parent = engine.create_context()
+    engine.fill(parent, doc, priority=BULK)
+    engine.request_pause()
+    assert engine.step() == [] and engine.stats.paused_steps == 1
+    engine.clear_pause_request()
+    child = engine.create_context(parent=parent)  # settles the paused step
+    assert engine.context_len(parent) == 50
+    question = tokens(rng, 7)
+    engine.fill(child, question, priority=URGENT)
+    job = engine.add_generate(child, GREEDY, priority=URGENT)
+    got = [o for o in engine.run_until_idle() if o.job_id == job and o.finished]
+    assert got[0].token_ids == greedy_reference(ref, doc + question, GREEDY.max_tokens)
+    # an abort of a paused generation, and a free of a paused fill
+    gen = engine.add_request(tokens(rng, 40), GREEDY, priority=BULK)
+    engine.request_pause()
+    assert engine.step() == []
+    engine.abort(gen)  # the paused step samples its first token, then it stops
+    fill_ctx = engine.create_context()
+    fill = engine.fill(fill_ctx, tokens(rng, 40), priority=BULK)
+    outs = engine.step()  # pauses, and hands out what the settled step produced
+    assert engine.stats.paused_steps == 3
+    engine.free(fill_ctx)
+    engine.clear_pause_request()
+    outs += engine.run_until_idle()
+    assert [(o.job_id, len(o.token_ids), o.finish_reason) for o in outs if o.finished] == [
+        (gen, 1, "abort"), (fill, 0, "stop"),  # the free ran the fill's step to its end first
+    ]
+    for ctx in (parent, child):
+        engine.free(ctx)
+    assert engine.stats.free_blocks == engine.stats.total_blocks
+
+
+@pytest.mark.slow
+async def test_through_the_async_engine_urgent_work_overtakes_a_long_step(smollm2_path):
+    """A 1500-token background prefill (seconds of one step here) is in flight when a
+    latency-critical request comes through `AsyncLLMEngine`: the step pauses, the request
+    finishes before the background request's first token, and both outputs are what each
+    gives alone."""
+    import asyncio
+    import threading
+
+    from server.engine import AsyncLLMEngine
+
+    # no prefix cache: the runs alone must not leave the prompts' KV behind
+    engine = LLMEngine.from_pretrained("smollm2-135m-instruct", max_num_batched_tokens=2048,
+                                       latency_max_batched_tokens=0, enable_prefix_cache=False)  # fmt: skip
+    rng = random.Random(3)
+    bulk_prompt, urgent_prompt = tokens(rng, 1500), tokens(rng, 12)
+    sp = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    alone = [o.token_ids for o in engine.generate([bulk_prompt, urgent_prompt], sp)]
+    started = threading.Event()
+    start = engine.runner.start
+
+    def start_and_tell(batch):  # the engine thread is about to run the bulk prefill
+        run = start(batch)
+        if any(s.num_tokens > 1000 for s in batch.scheduled):
+            started.set()
+        return run
+
+    engine.runner.start = start_and_tell  # type: ignore[method-assign]
+    aeng = AsyncLLMEngine(engine)
+    await aeng.start()
+    finished: list[tuple[str, list[int]]] = []
+    firsts: list[str] = []
+
+    async def run(name: str, prompt: list[int], priority: int) -> None:
+        async for out in aeng.generate_request(prompt, sp, priority):
+            if len(out.token_ids) == 1:
+                firsts.append(name)
+            if out.finished:
+                finished.append((name, out.token_ids))
+
+    try:
+        bulk = asyncio.create_task(run("bulk", bulk_prompt, BULK))
+        assert await asyncio.to_thread(started.wait, 60)
+        await run("urgent", urgent_prompt, URGENT)
+        await bulk
+        stats = await aeng.call(lambda e: e.stats)
+    finally:
+        await aeng.stop()
+    assert firsts == ["urgent", "bulk"] and [n for n, _ in finished] == ["urgent", "bulk"]
+    assert dict(finished) == {"bulk": alone[0], "urgent": alone[1]}
+    assert stats.paused_steps >= 1
