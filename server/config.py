@@ -58,13 +58,15 @@ class ServerConfig:
     latency_other_decode_rows: int = 3
     latency_hold_ms: float = 100.0
     pipelined_prefill_chunk: int = 8
-    # a latency-critical call arriving mid-step waits for the step in flight: 128 prefill tokens
-    # (~0.13 s of linear layers here) against 256 took the mixed chat from 1.22-1.24x to
-    # 1.04-1.08x of alone, the map-reduce beside it unchanged (benchmarks/README.md)
-    background_prefill_chunk: int = 128
     # a step without latency-critical work pauses between two layers when latency-critical
-    # work arrives, and goes on after it (on the CPU decoder stack)
+    # work arrives, and goes on after it (on the CPU decoder stack): the mixed chat went from
+    # 0.57-0.60 s to 0.46-0.49 s, its time alone (benchmarks/README.md)
     enable_step_pausing: bool = True
+    # background prefill tokens per step: without pausing, a latency-critical call arriving
+    # mid-step waited for the step in flight, so it was 128 (~0.13 s of linear layers here);
+    # with pausing it waits for one layer of the chunk, and 512 took the mixed map-reduce 5%
+    # faster than 128 at no cost to the chat (benchmarks/README.md)
+    background_prefill_chunk: int = 512
     max_calls_per_engine: int = 256
     # operations
     session_ttl_s: float = 3600.0
@@ -279,8 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--background-prefill-chunk",
         type=int,
         default=d.background_prefill_chunk,
-        help="prefill tokens per engine step of throughput-only calls (deduced), always, so a "
-        "latency-critical call never waits behind a long prefill step (0: off)",
+        help="prefill tokens per engine step of throughput-only calls (deduced), always: a "
+        "latency-critical call arriving mid-step waits for one layer of such a step (with step "
+        "pausing), or for the whole step (without) (0: off)",
     )
     graph.add_argument(
         "--no-step-pausing",

@@ -20,7 +20,7 @@ def test_defaults_and_flags_map_to_the_config() -> None:
         "enable_cascade": True,
         "latency_max_batched_tokens": 0,
         "latency_other_decode_rows": 3,
-        "background_max_prefill_tokens": 128,
+        "background_max_prefill_tokens": 512,
         "pausable_steps": True,
     }
 
