@@ -28,8 +28,8 @@ class LLMEngine:
     Context primitives (what the server drives): `create_context(parent)` forks when given a
     parent, `fill(ctx, token_ids)` appends and computes tokens, `add_generate(ctx, sampling)`
     appends sampled tokens, `truncate`, `free`. Plain requests (`add_request`, `generate`) are a
-    context with one generate job, freed when it finishes. Nothing here is thread-safe: one
-    thread calls it (see `AsyncLLMEngine`).
+    context with one generate job, freed when it finishes. Nothing here is thread-safe but
+    `request_pause`: one thread calls the rest (see `AsyncLLMEngine`).
     """
 
     def __init__(
