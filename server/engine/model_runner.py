@@ -120,15 +120,18 @@ class ModelRunner:
         scoring = any(s.ctx.sampling_job is not None and s.ctx.sampling_job.wants_prompt_logprobs
                       for s in work)
         if not scoring:
-            # only the sampled rows' logits: on the decoder stack the head runs in the step's call
+            # only the sampled rows' logits: on the decoder stack the head runs in the step's
+            # call, and the step can pause between layers
             stack = self.model.start_logits(ids, pos, self.kv_caches, meta, last_rows)
             if stack is not None:
                 return StepRun(stack=stack, cascade_saved_tokens=saved)
-        if last_rows and not scoring:
-            return StepRun(
-                compute=lambda: self.model.forward_logits(ids, pos, self.kv_caches, meta, last_rows),
-                cascade_saved_tokens=saved,
-            )
+            if last_rows:
+                return StepRun(
+                    compute=lambda: self.model.forward_logits(
+                        ids, pos, self.kv_caches, meta, last_rows
+                    ),
+                    cascade_saved_tokens=saved,
+                )
 
         def compute() -> torch.Tensor | None:
             hidden = self.model(ids, pos, self.kv_caches, meta)
@@ -141,7 +144,7 @@ class ModelRunner:
             rows = torch.tensor(last_rows, dtype=torch.long, device=self.device)
             return self.model.compute_logits(hidden.index_select(0, rows)).float()
 
-        run = StepRun(compute=compute, cascade_saved_tokens=saved)
+        run = StepRun(compute=compute, cascade_saved_tokens=saved)  # compute fills its scores
         return run
 
     def _score_prompt(
