@@ -59,7 +59,7 @@ class ServerConfig:
     latency_hold_ms: float = 100.0
     pipelined_prefill_chunk: int = 8
     # a step without latency-critical work pauses between two layers when latency-critical
-    # work arrives, and goes on after it (on the CPU decoder stack): the mixed chat went from
+    # work arrives, and goes on after it: the mixed chat went from
     # 0.57-0.60 s to 0.46-0.49 s, its time alone (benchmarks/README.md)
     enable_step_pausing: bool = True
     # background prefill tokens per step: without pausing, a latency-critical call arriving

@@ -42,7 +42,7 @@ class EngineConfig:
     background_priority: int = 2
     # A step without latency-critical work may pause between two layers when such work is
     # submitted meanwhile (LLMEngine.request_pause), so that work does not wait for the step
-    # in flight (on the decoder stack; other paths run a step whole)
+    # in flight (steps that score their prompt run whole)
     pausable_steps: bool = True
     # CPU float32 linear layers on the packed kernel (server/kernels/cpu); off: torch.mm
     packed_linear: bool = True

@@ -335,7 +335,7 @@ class LLMEngine:
         """Schedule, run the model once, sample, and report every job that progressed.
 
         A step without latency-critical work pauses between two layers when `request_pause`
-        asks it to (on the decoder stack): the next steps run the latency-critical work that
+        asks it to (unless it scores a prompt): the next steps run the latency-critical work that
         came, and then the paused step goes on from where it stopped.
         """
         if self._paused is not None:

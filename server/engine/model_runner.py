@@ -120,11 +120,11 @@ class ModelRunner:
         scoring = any(s.ctx.sampling_job is not None and s.ctx.sampling_job.wants_prompt_logprobs
                       for s in work)
         if not scoring:
-            # only the sampled rows' logits: on the decoder stack the head runs in the step's
-            # call, and the step can pause between layers
-            stack = self.model.start_logits(ids, pos, self.kv_caches, meta, last_rows)
-            if stack is not None:
-                return StepRun(stack=stack, cascade_saved_tokens=saved)
+            # only the sampled rows' logits (on the decoder stack the head runs in the step's
+            # call), and the step can pause between layers
+            layers = self.model.start_logits(ids, pos, self.kv_caches, meta, last_rows)
+            if layers is not None:
+                return StepRun(layers=layers, cascade_saved_tokens=saved)
             if last_rows:
                 return StepRun(
                     compute=lambda: self.model.forward_logits(

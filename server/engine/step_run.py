@@ -8,28 +8,29 @@ from collections.abc import Callable
 import torch
 
 from server.engine.context import Job
+from server.engine.models.layer_run import LayerRun
 from server.engine.outputs import TokenLogprob
 from server.kernels.cpu.decoder_stack import StackRun
 
 
 class StepRun:
-    """The model run of one scheduled batch. `advance` runs it; on the decoder stack it can
-    stop between two layers when a flag is set (`pausable`) and go on from there on the next
+    """The model run of one scheduled batch. `advance` runs it; given `layers`, it can stop
+    between two layers when a flag is set (`pausable`) and go on from there on the next
     `advance`, so that a latency-critical step can run in between.
 
-    Either `stack` (the step on the decoder stack, its logits those of the sampled rows) or
-    `compute` (the whole run at once, returning those logits) is given.
+    Either `layers` (the step as a `StackRun` or `LayerRun`, its logits those of the sampled
+    rows) or `compute` (the whole run at once, returning those logits) is given.
     """
 
     def __init__(
         self,
-        stack: StackRun | None = None,
+        layers: StackRun | LayerRun | None = None,
         compute: Callable[[], torch.Tensor | None] | None = None,
         cascade_saved_tokens: int = 0,
     ) -> None:
-        if (stack is None) == (compute is None):
-            raise ValueError("a step run has either a decoder-stack run or a compute function")
-        self._stack = stack
+        if (layers is None) == (compute is None):
+            raise ValueError("a step run has either a layer-wise run or a compute function")
+        self._layers = layers
         self._compute = compute
         self._logits: torch.Tensor | None = None
         self._done = False
@@ -40,7 +41,7 @@ class StepRun:
 
     @property
     def pausable(self) -> bool:
-        return self._stack is not None
+        return self._layers is not None
 
     @property
     def done(self) -> bool:
@@ -59,10 +60,10 @@ class StepRun:
         returns at the next layer boundary. True once the step is done."""
         if self._done:
             return True
-        if self._stack is not None:
-            if not self._stack.advance(stop):
+        if self._layers is not None:
+            if not self._layers.advance(stop):
                 return False
-            self._logits = self._stack.logits
+            self._logits = self._layers.logits
         else:
             assert self._compute is not None
             self._logits = self._compute()

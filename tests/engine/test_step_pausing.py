@@ -1,40 +1,69 @@
 """Steps that pause between two layers for latency-critical work (`LLMEngine.request_pause`):
 the work that arrives runs first, the paused step goes on after, and every output stays equal
-to transformers'."""
+to transformers'. On the decoder stack (`fused`) and layer by layer from Python."""
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import random
+import threading
 
 import pytest
+import torch
 
-from server.engine import LLMEngine, SamplingParams
+from server.engine import AsyncLLMEngine, LLMEngine, SamplingParams
+from server.engine.loader import load_model
 from server.kernels.cpu import decoder_stack
 from tests.engine.reference import greedy_reference, load_reference
-
-pytestmark = pytest.mark.skipif(
-    not decoder_stack.available(), reason="steps pause on the decoder stack (no C compiler)"
-)
+from tests.engine.test_models import PagedRunner
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
 BULK, URGENT = 2, 0  # priorities: background, latency-critical
+NEEDS_STACK = pytest.mark.skipif(not decoder_stack.available(), reason="no C compiler")
 
 
-def make_engine(path, **config) -> LLMEngine:
+@pytest.fixture(params=[pytest.param(True, marks=NEEDS_STACK), False], ids=["stack", "layers"])
+def fused(request: pytest.FixtureRequest) -> bool:
+    return request.param
+
+
+def make_engine(path, fused: bool = True, **config) -> LLMEngine:
     return LLMEngine.from_pretrained(
-        path, **{"block_size": 8, "latency_max_batched_tokens": 0, **config}
+        path, **{"block_size": 8, "latency_max_batched_tokens": 0, "fused_layers": fused, **config}
     )
+
+
+def test_a_layer_run_stopped_between_layers_equals_the_forward(tiny_mistral_path):
+    """The Python path's run, stopped after every layer, gives the forward's logits."""
+    model = load_model(tiny_mistral_path, fused_layers=False).model
+    assert model.decoder_stack is None
+    whole, stopped = PagedRunner(model, 64, seed=2), PagedRunner(model, 64, seed=2)
+    chunks = {0: tokens(random.Random(4), 40), 1: [7, 8, 9]}
+    want = whole.step_last(chunks)
+    ids, positions, meta = stopped._batch(chunks)
+    last = [end - 1 for end in meta.query_start[1:]]
+    with torch.inference_mode():
+        run = model.start_logits(ids, positions, stopped.caches, meta, last)
+        stop = ctypes.c_int(1)
+        assert not run.advance(stop) and run.next_layer == 1
+        with pytest.raises(RuntimeError, match="layers left"):
+            _ = run.logits
+        while not run.advance(stop):
+            pass
+    for i, seq in enumerate(chunks):
+        assert torch.equal(run.logits[i : i + 1], want[seq])
 
 
 def tokens(rng: random.Random, n: int) -> list[int]:
     return [rng.randrange(3, 500) for _ in range(n)]
 
 
-def test_latency_work_runs_while_a_background_step_waits_paused(tiny_mistral_path):
+def test_latency_work_runs_while_a_background_step_waits_paused(tiny_mistral_path, fused):
     """A background prefill pauses after its first layer; a latency-critical request that
     shares its leading blocks (half written: not served from the prefix cache) runs to its
     end, then the background step goes on. Both equal transformers."""
-    engine = make_engine(tiny_mistral_path)
+    engine = make_engine(tiny_mistral_path, fused)
     assert engine.model_config.num_layers == 3
     rng = random.Random(5)
     bulk_prompt = tokens(rng, 60)
@@ -60,9 +89,9 @@ def test_latency_work_runs_while_a_background_step_waits_paused(tiny_mistral_pat
     assert engine.stats.free_blocks == engine.stats.total_blocks
 
 
-def test_a_paused_step_goes_on_layer_by_layer_while_asked_to(tiny_mistral_path):
+def test_a_paused_step_goes_on_layer_by_layer_while_asked_to(tiny_mistral_path, fused):
     """Left set, the request pauses the step after every layer; it still ends, exact."""
-    engine = make_engine(tiny_mistral_path)
+    engine = make_engine(tiny_mistral_path, fused)
     prompt = tokens(random.Random(1), 30)
     job = engine.add_request(prompt, GREEDY, priority=BULK)
     engine.request_pause()
@@ -77,25 +106,25 @@ def test_a_paused_step_goes_on_layer_by_layer_while_asked_to(tiny_mistral_path):
     )
 
 
-def test_steps_with_latency_work_or_pausing_off_never_pause(tiny_llama_path):
-    engine = make_engine(tiny_llama_path, latency_max_batched_tokens=None)
+def test_steps_with_latency_work_or_pausing_off_never_pause(tiny_llama_path, fused):
+    engine = make_engine(tiny_llama_path, fused, latency_max_batched_tokens=None)
     engine.add_request(list(range(3, 40)), GREEDY, priority=URGENT)
     engine.add_request(list(range(50, 90)), GREEDY, priority=BULK)
     engine.request_pause()
     assert len(engine.step()) == 2  # one step of both: it holds latency work
     engine.clear_pause_request()
     engine.run_until_idle()
-    off = make_engine(tiny_llama_path, pausable_steps=False)
+    off = make_engine(tiny_llama_path, fused, pausable_steps=False)
     off.add_request(list(range(50, 90)), GREEDY, priority=BULK)
     off.request_pause()
     off.run_until_idle()
     assert engine.stats.paused_steps == 0 and off.stats.paused_steps == 0
 
 
-def test_changing_a_paused_context_runs_its_step_to_the_end_first(tiny_llama_path):
+def test_changing_a_paused_context_runs_its_step_to_the_end_first(tiny_llama_path, fused):
     """A fork, a free or an abort of a context that a paused step holds first finishes that
     step: the fork then shares fully written blocks, and nothing is lost or leaked."""
-    engine = make_engine(tiny_llama_path)
+    engine = make_engine(tiny_llama_path, fused)
     ref = load_reference(tiny_llama_path)
     rng = random.Random(7)
     doc = tokens(rng, 50)
@@ -131,17 +160,13 @@ def test_changing_a_paused_context_runs_its_step_to_the_end_first(tiny_llama_pat
     assert engine.stats.free_blocks == engine.stats.total_blocks
 
 
+@NEEDS_STACK
 @pytest.mark.slow
 async def test_through_the_async_engine_urgent_work_overtakes_a_long_step(smollm2_path):
     """A 1500-token background prefill (seconds of one step here) is in flight when a
     latency-critical request comes through `AsyncLLMEngine`: the step pauses, the request
     finishes before the background request's first token, and both outputs are what each
     gives alone."""
-    import asyncio
-    import threading
-
-    from server.engine import AsyncLLMEngine
-
     # no prefix cache: the runs alone must not leave the prompts' KV behind
     engine = LLMEngine.from_pretrained("smollm2-135m-instruct", max_num_batched_tokens=2048,
                                        latency_max_batched_tokens=0, enable_prefix_cache=False)  # fmt: skip

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from server.engine.models.config import ModelConfig
+from server.engine.models.layer_run import LayerRun
 from server.engine.models.linear import Linear
 from server.engine.models.rms_norm import RMSNorm
 from server.engine.models.rope import RotaryEmbedding, apply_rope
@@ -86,17 +87,18 @@ class LlamaForCausalLM(nn.Module):
 
         Writes every layer's new K/V into `kv_caches` at `meta.slot_mapping`.
         """
-        if len(kv_caches) != len(self.layers):
-            raise ValueError(f"expected {len(self.layers)} layer KV caches, got {len(kv_caches)}")
-        hidden = F.embedding(input_ids, self.embed_tokens)
         if self._runs_on_decoder_stack(meta):
             assert self.decoder_stack is not None
+            if len(kv_caches) != len(self.layers):
+                raise ValueError(
+                    f"expected {len(self.layers)} layer KV caches, got {len(kv_caches)}"
+                )
+            hidden = F.embedding(input_ids, self.embed_tokens)
             self.decoder_stack.run(hidden, positions, meta, kv_caches)
             return self.norm(hidden)
-        cos, sin = self.rope.lookup(positions)
-        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
-            hidden = layer(hidden, cos, sin, k_cache, v_cache, meta)
-        return self.norm(hidden)
+        run = LayerRun(self, input_ids, positions, kv_caches, meta)
+        run.advance()
+        return run.hidden
 
     def forward_logits(
         self,
@@ -114,7 +116,7 @@ class LlamaForCausalLM(nn.Module):
             run.advance()
             assert run.logits is not None
             return run.logits
-        hidden = self(input_ids, positions, kv_caches, meta)
+        hidden = self(input_ids, positions, kv_caches, meta)  # a stack without its head
         picked = hidden.index_select(0, torch.tensor(rows, dtype=torch.long, device=hidden.device))
         return self.compute_logits(picked).float()
 
@@ -125,13 +127,13 @@ class LlamaForCausalLM(nn.Module):
         kv_caches: list[KVCache],
         meta: AttentionMetadata,
         rows: list[int],
-    ) -> StackRun | None:
-        """`forward_logits` as a run that can pause between layers and go on later
-        (`StackRun.advance`; no logits when `rows` is empty); None where the step does not run
-        on a decoder stack (with its head, for rows) and only `forward_logits` runs it."""
+    ) -> StackRun | LayerRun | None:
+        """`forward_logits` as a run that can pause between layers and go on later (`advance`;
+        no logits when `rows` is empty): on the decoder stack a `StackRun`, else a `LayerRun`;
+        None for rows of a stack built without its head (then `forward_logits` runs it)."""
         stack = self.decoder_stack
         if stack is None or not self._runs_on_decoder_stack(meta):
-            return None
+            return LayerRun(self, input_ids, positions, kv_caches, meta, rows)
         if rows and stack.head is None:
             return None
         hidden = F.embedding(input_ids, self.embed_tokens)
