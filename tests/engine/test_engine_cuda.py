@@ -60,3 +60,23 @@ def test_cuda_bf16_engine_runs_and_agrees_mostly(tiny_llama_path):
         o.token_ids[0] == greedy_reference(ref, p, 1)[0] for p, o in zip(prompts, outs, strict=True)
     )
     assert agree >= 6
+
+
+def test_cuda_step_pauses_for_latency_work_and_stays_exact(tiny_mistral_path):
+    """A background prefill on the GPU pauses between layers (kernels queued before it run);
+    a latency-critical request runs to its end first; both equal transformers."""
+    engine = LLMEngine.from_pretrained(
+        tiny_mistral_path, device="cuda", dtype=torch.float32, latency_max_batched_tokens=0
+    )
+    bulk_prompt, urgent_prompt = random_prompts(2, engine.model_config.vocab_size, seed=25)
+    bulk = engine.add_request(bulk_prompt, GREEDY, priority=2)
+    engine.request_pause()
+    assert engine.step() == [] and engine.stats.paused_steps == 1
+    urgent = engine.add_request(urgent_prompt, GREEDY, priority=0)
+    engine.clear_pause_request()
+    finished = [o for o in engine.run_until_idle() if o.finished]
+    assert [o.job_id for o in finished] == [urgent, bulk]
+    ref = load_reference(tiny_mistral_path)
+    prompts = {bulk: bulk_prompt, urgent: urgent_prompt}
+    for out in finished:
+        assert out.token_ids == greedy_reference(ref, prompts[out.job_id], GREEDY.max_tokens)
