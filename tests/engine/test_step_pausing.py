@@ -207,3 +207,39 @@ async def test_through_the_async_engine_urgent_work_overtakes_a_long_step(smollm
     assert firsts == ["urgent", "bulk"] and [n for n, _ in finished] == ["urgent", "bulk"]
     assert dict(finished) == {"bulk": alone[0], "urgent": alone[1]}
     assert stats.paused_steps >= 1
+
+
+def test_random_pauses_under_preemption_keep_every_output_exact(tiny_llama_path, fused):
+    """Requests of three priorities arrive at random steps in a pool small enough to preempt,
+    pauses are asked for at random, some jobs are aborted: every output equals its request run
+    alone (aborted ones a prefix of it), and every block comes back."""
+    engine = make_engine(tiny_llama_path, fused, num_kv_blocks=24, max_num_batched_tokens=48)
+    alone = make_engine(tiny_llama_path, fused, pausable_steps=False)
+    rng = random.Random(12)
+    sp = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    prompts: dict[int, list[int]] = {}
+    got: dict[int, tuple[list[int], str | None]] = {}
+    for _ in range(120):
+        if rng.random() < 0.3:
+            prompt = tokens(rng, rng.randint(5, 70))
+            job = engine.add_request(prompt, sp, priority=rng.choice([URGENT, 1, BULK]))
+            prompts[job] = prompt
+        if rng.random() < 0.4:
+            engine.request_pause()
+        elif rng.random() < 0.5:
+            engine.clear_pause_request()
+        if rng.random() < 0.05 and prompts:
+            engine.abort(rng.choice(list(prompts)))
+        for out in engine.step():
+            if out.finished:
+                got[out.job_id] = (out.token_ids, out.finish_reason)
+    engine.clear_pause_request()
+    for out in engine.run_until_idle():
+        if out.finished:
+            got[out.job_id] = (out.token_ids, out.finish_reason)
+    assert set(got) == set(prompts) and engine.stats.paused_steps > 5
+    assert engine.stats.preemptions > 0
+    for job, (ids, reason) in got.items():
+        want = alone.generate([prompts[job]], sp)[0].token_ids
+        assert ids == want[: len(ids)] and (reason == "abort" or ids == want)
+    assert engine.stats.free_blocks == engine.stats.total_blocks
