@@ -15,7 +15,7 @@ from server.kernels.cpu import huge_pages, paged_decode, paged_levels
 
 
 class ModelRunner:
-    """Builds the step's flat inputs, applies block copies, runs the model, returns logits."""
+    """Owns the KV cache tensors; lays out a scheduled batch and starts its model run (StepRun)."""
 
     def __init__(
         self,
@@ -69,12 +69,6 @@ class ModelRunner:
         if self.device.type == "cpu":
             return huge_pages.zeros(shape, self.dtype)
         return torch.zeros(shape, dtype=self.dtype, device=self.device)
-
-    def execute(self, batch: SchedulerOutput) -> torch.Tensor | None:
-        """Run the batch; the logits ([num_sampled, vocab], float32) of the rows that sample."""
-        run = self.start(batch)
-        run.advance()
-        return run.logits
 
     @torch.inference_mode()
     def start(self, batch: SchedulerOutput) -> StepRun:

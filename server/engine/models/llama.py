@@ -116,7 +116,7 @@ class LlamaForCausalLM(nn.Module):
             run.advance()
             assert run.logits is not None
             return run.logits
-        hidden = self(input_ids, positions, kv_caches, meta)  # a stack without its head
+        hidden = self(input_ids, positions, kv_caches, meta)  # no rows, or a headless stack
         picked = hidden.index_select(0, torch.tensor(rows, dtype=torch.long, device=hidden.device))
         return self.compute_logits(picked).float()
 
