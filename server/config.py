@@ -59,8 +59,8 @@ class ServerConfig:
     latency_hold_ms: float = 100.0
     pipelined_prefill_chunk: int = 8
     # a step without latency-critical work pauses between two layers when latency-critical
-    # work arrives, and goes on after it: the mixed chat went from
-    # 0.57-0.60 s to 0.46-0.49 s, its time alone (benchmarks/README.md)
+    # work arrives, and goes on after it: the mixed chat's mean went from
+    # 0.57-0.64 s to 0.43-0.52 s, about its time alone (benchmarks/README.md)
     enable_step_pausing: bool = True
     # background prefill tokens per step: without pausing, a latency-critical call arriving
     # mid-step waited for the step in flight, so it was 128 (~0.13 s of linear layers here);
