@@ -62,19 +62,22 @@ class LayerRun:
     @property
     def hidden(self) -> torch.Tensor:
         """The final-normed hidden states [T, H]; only once `done`."""
-        if not self.done:
-            raise RuntimeError("layer run: the step has layers left to run")
+        self._check_done()
         if self._normed is None:
             self._normed = self._model.norm(self._hidden)
         return self._normed
 
     @property
     def logits(self) -> torch.Tensor | None:
-        """Float32 logits [len(rows), vocab] of the rows asked for (None without rows)."""
+        """Float32 logits [len(rows), vocab] of the rows asked for (None without rows); only
+        once `done`."""
+        self._check_done()
         if not self._rows:
-            if not self.done:
-                raise RuntimeError("layer run: the step has layers left to run")
             return None
         hidden = self.hidden
         picked = hidden.index_select(0, torch.tensor(self._rows, device=hidden.device))
         return self._model.compute_logits(picked).float()
+
+    def _check_done(self) -> None:
+        if not self.done:
+            raise RuntimeError("layer run: the step has layers left to run")
