@@ -164,8 +164,13 @@ class Executor:
         if not self.config.enable_prefix_sharing:
             return {}
         ready = unit[0].payload
-        values = _values(ready.session, ready.call)
-        return self.prefixes.affinity(boundaries(ready.call, values))
+        try:
+            keys = boundaries(ready.call, _values(ready.session, ready.call))
+        except Exception:  # a hint only: the call itself fails, alone, when it is run
+            log.exception("no prefix affinity for call %s of session %s", ready.call.id,
+                          ready.session.id)  # fmt: skip
+            return {}
+        return self.prefixes.affinity(keys)
 
     def _finished(self, item: WorkItem[_Ready]) -> None:
         """An admitted item is done (once; later calls do nothing): its engine has room again."""
@@ -194,11 +199,14 @@ class Executor:
                 steps = lower_call(call, values)
                 prompt = self.driver.encode(steps[0].text_before)
                 self._check_fits(call, prompt)
-            except CallError as exc:
-                self._fail(session, call, str(exc))
+                keys = boundaries(call, values)
+            except Exception as exc:  # fails this call (and what reads it), not the batch
+                if not isinstance(exc, CallError):
+                    log.exception("cannot prepare call %s of session %s", call.id, session.id)
+                self._fail(session, call, str(exc) if isinstance(exc, CallError) else repr(exc))
                 self._finished(item)
                 continue
-            jobs.append(_Job(session, call, item, steps, prompt, boundaries(call, values)))
+            jobs.append(_Job(session, call, item, steps, prompt, keys))
         contexts: list[TokenContext] = []
         try:
             await self._open_contexts(engine, jobs, contexts)
@@ -383,13 +391,21 @@ class Executor:
         for call in session.graph.calls.values():
             if call.state is not CallState.WAITING:
                 continue
-            bounds = boundaries(call, _values(session, call))
-            if not bounds or done.get(call.id) == bounds[-1].key:
+            try:
+                bounds = boundaries(call, _values(session, call))
+                if not bounds or done.get(call.id) == bounds[-1].key:
+                    continue
+                done[call.id] = bounds[-1].key
+                tokens = (
+                    []
+                    if self.prefixes.holds(bounds[-1].key)
+                    else self.driver.encode(bounds[-1].text)
+                )
+            except Exception:  # an early fill is an optimisation: the call fails when it runs
+                log.exception("no early fill for call %s of session %s", call.id, session.id)
                 continue
-            done[call.id] = bounds[-1].key
-            if self.prefixes.holds(bounds[-1].key):
+            if not tokens:
                 continue
-            tokens = self.driver.encode(bounds[-1].text)
             tokens = tokens[: len(tokens) - self.config.boundary_trim_tokens]
             if len(tokens) < self.config.min_shared_prefix_tokens:
                 continue

@@ -7,6 +7,7 @@ import time
 
 from aiohttp import web
 
+from server.api.disconnect import ClientGone
 from server.api.route import Handler
 from server.errors import ApiError, error_body
 from server.graph import GraphError
@@ -58,6 +59,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         return web.json_response(exc.body(), status=exc.status)
+    except ClientGone:  # nobody reads it: nginx's "client closed request", for the logs
+        return web.Response(status=499)
     except GraphError as exc:
         body = error_body(exc.message, "invalid_request_error", exc.kind)
         return web.json_response(body, status=400)

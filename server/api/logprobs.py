@@ -53,6 +53,37 @@ def chat_logprobs(tokenizer: Tokenizer, logprobs: Sequence[TokenLogprob]) -> Cha
     return ChatLogprobs(content=content)
 
 
+class HeldLogprobs:
+    """One streamed choice's token logprobs, each sent with the chunk that carries its token's
+    text: the engine holds text back (part of a character, what may start a stop string), so a
+    token's logprob can arrive before its text. At the end, the rest go out (also the tokens of
+    a stop string, whose text is never sent: the non-streamed response lists them too)."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._waiting: list[TokenLogprob] = []
+        self._sent_bytes = 0  # of the choice's text
+        self._released_bytes = 0  # of the released tokens
+
+    def add(self, entries: Sequence[TokenLogprob]) -> None:
+        self._waiting.extend(entries)
+
+    def release(self, new_text: str, finished: bool) -> list[TokenLogprob]:
+        """The logprobs to send with `new_text`, the choice's next piece of text."""
+        self._sent_bytes += len(new_text.encode("utf-8"))
+        count = len(self._waiting)
+        if not finished:
+            count = 0
+            for entry in self._waiting:
+                size = len(self._tokenizer.token_bytes(entry.token_id))
+                if self._released_bytes + size > self._sent_bytes:
+                    break
+                self._released_bytes += size
+                count += 1
+        out, self._waiting = self._waiting[:count], self._waiting[count:]
+        return out
+
+
 def token_text(tokenizer: Tokenizer, token_id: int) -> str:
     """A token's text; bytes that are part of a character show as escapes (`\\xe2`)."""
     return tokenizer.token_bytes(token_id).decode("utf-8", errors="backslashreplace")

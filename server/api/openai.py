@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from server.api.logprobs import chat_logprobs, completion_logprobs
+from server.api.disconnect import unless_disconnected
+from server.api.logprobs import HeldLogprobs, chat_logprobs, completion_logprobs
 from server.api.openai_models import (
     AssistantMessage,
     ChatChoice,
@@ -31,7 +32,7 @@ from server.api.openai_models import (
 from server.api.route import Route, json_response, parse_body
 from server.api.sse import EventStream
 from server.engine import EngineError, JobOutput, SamplingParams, TokenLogprob
-from server.engine.sampling_params import MAX_LOGPROBS
+from server.engine.sampling_params import MAX_LOGPROBS, offset_seed
 from server.engine_driver import EngineDriver
 from server.engine_pool import EnginePool
 from server.errors import ApiError, bad_request, error_body, not_found
@@ -83,17 +84,17 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         for ids in prompt_ids
     ]
     cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model
+    if body.stream and len(prompts) > 1:
+        raise bad_request("streaming supports one prompt per request", param="prompt")
     for ids in prompt_ids:
         request.app[METRICS].prompt_tokens.inc(len(ids))
     if body.stream:
-        if len(prompts) > 1:
-            raise bad_request("streaming supports one prompt per request", param="prompt")
         return await _stream_completion(
             request, driver, prompts[0], prompt_ids[0], samplings[0], cid, body, echo
         )
-    per_prompt = await asyncio.gather(
+    per_prompt = await unless_disconnected(request, asyncio.gather(
         *(_run(request.app[ENGINES], ids, s) for ids, s in zip(prompt_ids, samplings, strict=True))
-    )
+    ))  # fmt: skip
     choices, completion_tokens = [], 0
     for k, outs in enumerate(per_prompt):  # OpenAI's order: by prompt, then sample
         for f, lps in outs:
@@ -136,7 +137,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model
     if body.stream:
         return await _stream_chat(request, driver, ids, samplings, cid, body)
-    done = await _run(request.app[ENGINES], ids, samplings)
+    done = await unless_disconnected(request, _run(request.app[ENGINES], ids, samplings))
     finals = [f for f, _ in done]
     choices = [
         ChatChoice(
@@ -165,15 +166,11 @@ async def _stream_chat(
     created = int(time.time())
 
     asked = samplings[0].logprobs is not None
-    pending: dict[int, list[TokenLogprob]] = {i: [] for i in range(len(samplings))}
+    held = [HeldLogprobs(driver.tokenizer) for _ in samplings]
 
     def chunk(index: int, delta: ChatDelta, reason: str | None = None) -> ChatCompletionChunk:
-        # the tokens whose text was held back (a split character, a possible stop string)
-        # report their logprobs with the next chunk that carries text, or the last one
-        logprobs = None
-        if asked and pending[index]:
-            logprobs = chat_logprobs(driver.tokenizer, pending[index])
-            pending[index] = []
+        entries = held[index].release(delta.content or "", finished=reason is not None)
+        logprobs = chat_logprobs(driver.tokenizer, entries) if asked and entries else None
         choice = ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=reason)
         return ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[choice])
 
@@ -184,7 +181,7 @@ async def _stream_chat(
             await stream.send(chunk(index, ChatDelta(role="assistant", content="")))
         finals: dict[int, JobOutput] = {}
         async for index, out in _outputs(stream, request.app[ENGINES], ids, samplings):
-            pending[index].extend(out.new_logprobs)
+            held[index].add(out.new_logprobs)
             if out.new_text:
                 await stream.send(chunk(index, ChatDelta(content=out.new_text)))
             if out.finished:
@@ -214,8 +211,8 @@ async def _stream_completion(
 ) -> web.StreamResponse:
     created = int(time.time())
     asked = samplings[0].logprobs is not None
-    pending: dict[int, list[TokenLogprob | None]] = {i: [] for i in range(len(samplings))}
-    offsets = dict.fromkeys(range(len(samplings)), 0)  # text sent so far, per choice
+    held = [HeldLogprobs(driver.tokenizer) for _ in samplings]
+    offsets = dict.fromkeys(range(len(samplings)), 0)  # the next logprob's text_offset
     to_echo = set(range(len(samplings))) if echo.on else set()
     stream = EventStream(request)
     await stream.open()
@@ -241,15 +238,15 @@ async def _stream_completion(
                         Completion(id=cid, created=created, model=body.model, choices=[choice])
                     )
                 continue
-            pending[index].extend(out.new_logprobs)
+            held[index].add(out.new_logprobs)
             if out.finished:
                 finals[index] = out
             if out.new_text or out.finished:
                 logprobs = None
-                if asked:  # held-back tokens report with the next text (see _stream_chat)
-                    logprobs = completion_logprobs(driver.tokenizer, pending[index], offsets[index])
-                    pending[index] = []
-                offsets[index] += len(out.new_text)
+                entries = held[index].release(out.new_text, out.finished)
+                if asked:
+                    logprobs = completion_logprobs(driver.tokenizer, entries, offsets[index])
+                    offsets[index] += sum(map(len, logprobs.tokens))
                 choice = CompletionChoice(
                     index=index, text=out.new_text, logprobs=logprobs,
                     finish_reason=_reason(out) if out.finished else None,
@@ -292,12 +289,15 @@ async def _run(
     finals: list[JobOutput | None] = [None] * len(samplings)
     logprobs: list[list[TokenLogprob]] = [[] for _ in samplings]
     prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
+    outputs = _generate(engines, ids, samplings)
     try:
-        async for index, out in _generate(engines, ids, samplings):
-            finals[index] = out
-            logprobs[index].extend(out.new_logprobs)
-            if out.prompt_logprobs is not None:
-                prompt_logprobs[index] = out.prompt_logprobs
+        # closed at once when cancelled (the client left): that aborts the engine jobs
+        async with contextlib.aclosing(outputs):  # type: ignore[type-var]
+            async for index, out in outputs:
+                finals[index] = out
+                logprobs[index].extend(out.new_logprobs)
+                if out.prompt_logprobs is not None:
+                    prompt_logprobs[index] = out.prompt_logprobs
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     except EngineError as exc:
@@ -330,7 +330,7 @@ def _samples(sampling: SamplingParams, n: int) -> list[SamplingParams]:
     sample is reproducible and they differ from each other."""
     if n == 1 or sampling.seed is None:
         return [sampling] * n
-    return [dataclasses.replace(sampling, seed=sampling.seed + i) for i in range(n)]
+    return [dataclasses.replace(sampling, seed=offset_seed(sampling.seed, i)) for i in range(n)]
 
 
 def _check_common(request: web.Request, body: OpenAIRequest) -> None:

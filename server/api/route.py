@@ -45,6 +45,15 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
         raise bad_request(
             f"the request body is not valid JSON: {exc}", code="invalid_json"
         ) from exc
+    bad = _unpaired_surrogate(data)
+    if bad is not None:
+        # JSON may escape half a UTF-16 pair ("\ud800"); no tokenizer or encoder takes it
+        where = ".".join(str(p) for p in bad)
+        raise bad_request(
+            f"invalid body: {where or 'body'}: the text holds an unpaired UTF-16 surrogate "
+            "(a lone \\ud800-\\udfff escape), which is not a character",
+            param=where or None,
+        )
     return validate(model, data, "body")
 
 
@@ -62,6 +71,33 @@ def validate(model: type[M], data: Any, where: str) -> M:
         raise bad_request(
             f"invalid {where}: {loc or where}: {first['msg']}{more}", param=loc or None
         ) from exc
+
+
+def _unpaired_surrogate(data: Any, path: tuple[object, ...] = ()) -> tuple[object, ...] | None:
+    """The path of the first string (value or key) in parsed JSON that holds a lone surrogate."""
+    if isinstance(data, str):
+        return None if data.isascii() or not _has_surrogate(data) else path
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if _has_surrogate(key):
+                return (*path, key.encode("utf-8", "backslashreplace").decode())
+            found = _unpaired_surrogate(value, (*path, key))
+            if found is not None:
+                return found
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            found = _unpaired_surrogate(value, (*path, i))
+            if found is not None:
+                return found
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def json_response(model: BaseModel, status: int = 200) -> web.Response:

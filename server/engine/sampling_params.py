@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 MAX_LOGPROBS = 20  # most likely alternatives per token, as OpenAI's chat API allows
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a seed is a signed 64-bit integer
+# Below this temperature sampling is greedy: dividing logits by it would overflow float32.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
+
+def offset_seed(seed: int, offset: int) -> int:
+    """`seed + offset`, wrapped into the seed range (sample i of a request uses seed + i)."""
+    return (seed + offset - SEED_MIN) % 2**64 + SEED_MIN
 
 
 @dataclass(slots=True)
 class SamplingParams:
     """Sampling settings of one generation.
 
-    temperature 0 is greedy. top_k <= 0 and top_p == 1 switch those filters off. Stop strings end
-    generation and are not part of the returned text; stop token ids and EOS end it too (EOS is
-    ignored with `ignore_eos`). A seed makes a request's samples reproducible on its own,
-    whatever else shares its batches.
+    temperature 0 (anything below 1e-5) is greedy. top_k <= 0 and top_p == 1 switch those
+    filters off. Stop strings end generation and are not part of the returned text; stop token
+    ids and EOS end it too (EOS is ignored with `ignore_eos`). A seed (a signed 64-bit integer)
+    makes a request's samples reproducible on its own, whatever else shares its batches.
 
     `presence_penalty` and `frequency_penalty` (OpenAI's, in [-2, 2]) lower the logits of
     tokens already generated: by the first once a token has appeared, by the second for each
@@ -43,14 +52,16 @@ class SamplingParams:
             self.stop = [self.stop]
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed must be a signed 64-bit integer, got {self.seed}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
         for name in ("presence_penalty", "frequency_penalty"):
-            if not -2.0 <= getattr(self, name) <= 2.0:
+            if not -2.0 <= getattr(self, name) <= 2.0:  # NaN fails this too
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
@@ -59,7 +70,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
+        return self.temperature < GREEDY_BELOW_TEMPERATURE or self.top_k == 1
 
     @property
     def penalized(self) -> bool:

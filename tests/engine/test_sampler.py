@@ -7,6 +7,7 @@ import torch
 
 from server.engine import SamplingParams
 from server.engine.sampler import sample
+from server.engine.sampling_params import SEED_MAX, SEED_MIN, offset_seed
 
 
 def test_penalties_lower_generated_tokens_by_count_and_presence() -> None:
@@ -54,8 +55,27 @@ def test_logprobs_are_the_models_own_distribution() -> None:
 
 @pytest.mark.parametrize(
     "field, value",
-    [("presence_penalty", 2.5), ("frequency_penalty", -3.0), ("logprobs", 21), ("logprobs", -1)],
+    [("presence_penalty", 2.5), ("frequency_penalty", -3.0), ("logprobs", 21), ("logprobs", -1),
+     ("temperature", float("nan")), ("temperature", float("inf")), ("presence_penalty", float("nan")),
+     ("seed", SEED_MAX + 1), ("seed", SEED_MIN - 1)],
 )
 def test_settings_out_of_range_are_refused(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         SamplingParams(**{field: value})
+
+
+def test_a_tiny_temperature_is_greedy() -> None:
+    # logits / 1e-40 overflow float32 to inf, and multinomial then refuses the row
+    logits = torch.tensor([[0.5, 3.0, 2.9, -1.0], [1.0, 0.0, 0.2, 0.9]])
+    params = [SamplingParams(temperature=1e-40, seed=3), SamplingParams(temperature=1e-6)]
+    gens = [torch.Generator().manual_seed(3), None]
+    tokens, _ = sample(logits, params, gens, [[], []])
+    assert tokens == [1, 0]
+
+
+def test_sample_seeds_wrap_within_the_seed_range() -> None:
+    assert offset_seed(5, 2) == 7
+    assert offset_seed(SEED_MAX, 1) == SEED_MIN
+    for seed in (SEED_MIN, SEED_MAX, 0):
+        for i in range(3):
+            torch.Generator().manual_seed(offset_seed(seed, i))  # accepted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -280,6 +281,29 @@ def test_bad_requests_get_clear_errors(server: str) -> None:
     assert request("DELETE", f"{server}/v1/sessions/{sid}", token=token)[0] == 200
     assert request("GET", f"{server}/v1/sessions/{sid}", token=token)[0] == 404
     assert request("GET", f"{server}/healthz")[1]["status"] == "ok"
+
+
+def test_text_that_is_no_text_is_refused_before_anything_is_applied(server: str) -> None:
+    """Half a UTF-16 pair is valid JSON but no character: named in a 400, with nothing
+    applied, and every other session goes on (it once jammed the shared admission queue)."""
+    sid, token = open_session(server)
+    graph = {"variables": [{"id": "doc", "value": "PLACEHOLDER"}, {"id": "out"}],
+             "calls": [call("A", "Echo {{input:d}} {{output:y}}", {"d": "doc"}, {"y": "out"})]}
+    raw = json.dumps(graph).replace("PLACEHOLDER", "bad \\ud800 text").encode()
+    status, body = request("POST", f"{server}/v1/sessions/{sid}/graph", raw=raw, token=token)
+    assert status == 400 and body["error"]["param"] == "variables.0.value", body
+    status, _ = request("GET", f"{server}/v1/sessions/{sid}/variables/out?timeout=0", token=token)
+    assert status == 404
+    raw = b'{"value": "\\udfff"}'
+    assert request("POST", f"{server}/v1/sessions/{sid}/variables", {"id": "late"}, token)[0] in (
+        200, 201)  # fmt: skip
+    status, body = request("PUT", f"{server}/v1/sessions/{sid}/variables/late", raw=raw,
+                           token=token)  # fmt: skip
+    assert status == 400 and body["error"]["param"] == "value", body
+    other, other_token = open_session(server)
+    good = {"variables": [{"id": "ok"}], "calls": [call("G", "fine {{output:y}}", {}, {"y": "ok"})]}
+    assert submit(server, other, other_token, good)[0] == 200
+    assert get_var(server, other, other_token, "ok", timeout=30)["status"] == "ready"
 
 
 def test_ops_routes(server: str) -> None:

@@ -202,6 +202,29 @@ def test_abandoned_samples_free_their_kv(server: str, client: openai.OpenAI) -> 
     assert m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"]
 
 
+def test_a_client_that_hangs_up_stops_its_non_streamed_request(server: str) -> None:
+    url = f"{server}/v1/completions"
+    # sampled and seeded: the same ~3 s of work each time, the random model stopping at random
+    body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 1000, "n": 64,
+            "temperature": 1.0, "seed": 1}  # fmt: skip
+    status, done = request("POST", url, body)
+    assert status == 200
+    whole = done["usage"]["completion_tokens"]
+    before = metrics(server)["parrot_generated_tokens_total"]
+    with pytest.raises(OSError):  # the client's timeout: it closes the connection
+        request("POST", url, body, timeout=0.3)
+    deadline = time.monotonic() + 20
+    while True:
+        m = metrics(server)
+        if m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"]
+    assert m["parrot_generated_tokens_total"] - before < 0.6 * whole  # aborted, not finished
+    status, _ = request("POST", url, {"model": "tiny", "prompt": "still", "max_tokens": 2})
+    assert status == 200
+
+
 def test_chat_openai_in_an_lcel_chain(server: str, engine: LLMEngine) -> None:
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import ChatPromptTemplate
@@ -367,6 +390,55 @@ def test_errors_have_openai_shape_and_the_server_goes_on(client: openai.OpenAI) 
         client.completions.create(model="tiny", prompt="x", max_tokens=2, frequency_penalty=3)
     status, body = request("POST", f"{client.base_url}completions", raw=b"[1, 2")
     assert status == 400 and body["error"]["code"] == "invalid_json"
+    # valid JSON, yet half a UTF-16 pair is no text: named, not a 500 from the tokenizer
+    lone = b'{"model": "tiny", "prompt": "hi \\ud800", "max_tokens": 2}'
+    status, body = request("POST", f"{client.base_url}completions", raw=lone)
+    assert status == 400 and body["error"]["param"] == "prompt", body
+    lone = b'{"model": "tiny", "messages": [{"role": "user", "content": "\\udc00"}]}'
+    status, body = request("POST", f"{client.base_url}chat/completions", raw=lone)
+    assert status == 400 and body["error"]["param"] == "messages.0.content", body
     assert set(body["error"]) == {"message", "type", "param", "code"}
     done = client.completions.create(model="tiny", prompt="still here", max_tokens=2)
     assert done.choices[0].finish_reason in ("stop", "length")
+
+
+def test_streamed_logprobs_ride_with_their_text_when_a_stop_string_holds_it_back(
+    client: openai.OpenAI, engine: LLMEngine
+) -> None:
+    """A stop string holds text back; each token's logprob goes with the chunk that carries its
+    text, so the text sent so far always covers the tokens reported, and all of them (the stop
+    string's too) add up to the non-streamed response."""
+    prompt = "Once upon a time"
+    full = greedy(engine, prompt, 40).text
+    stop = full[len(full) // 2 :][:8].strip() or full[-4:]
+    asked = {"model": "tiny", "prompt": prompt, "max_tokens": 40, "temperature": 0,
+             "logprobs": 1, "stop": [stop]}  # fmt: skip
+    whole = client.completions.create(**asked).choices[0]
+    text, tokens, offsets = "", [], []
+    for c in client.completions.create(**asked, stream=True):
+        choice = c.choices[0]
+        text += choice.text
+        if choice.logprobs is not None:
+            tokens += choice.logprobs.tokens
+            offsets += choice.logprobs.text_offset
+    assert text == whole.text
+    assert tokens == whole.logprobs.tokens and offsets == whole.logprobs.text_offset
+    messages = [{"role": "user", "content": prompt}]
+    chat_full = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=40, temperature=0
+    ).choices[0].message.content
+    chat_stop = chat_full[len(chat_full) // 2 :][:8].strip() or chat_full[-4:]
+    chat = {"model": "tiny", "messages": messages, "max_tokens": 40, "temperature": 0,
+            "logprobs": True, "stop": [chat_stop]}  # fmt: skip
+    whole_chat = client.chat.completions.create(**chat).choices[0]
+    sent, got = b"", b""
+    for c in client.chat.completions.create(**chat, stream=True):
+        if not c.choices:
+            continue
+        choice = c.choices[0]
+        sent += (choice.delta.content or "").encode()
+        if choice.logprobs is not None:
+            got += b"".join(bytes(t.bytes) for t in choice.logprobs.content)
+        if choice.finish_reason is None:  # (a random model's stray bytes show as U+FFFD)
+            assert len(got) <= len(sent), (sent, got)
+    assert got == b"".join(bytes(t.bytes) for t in whole_chat.logprobs.content)
