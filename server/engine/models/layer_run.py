@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from collections import deque
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,8 +21,11 @@ class LayerRun:
     another thread has set `stop`, after at least one more layer; the next `advance` goes on.
 
     On a GPU a layer's kernels are queued, not finished, when `advance` looks at the flag: a
-    pause stops the queueing, and the work already queued runs first.
+    pause stops the queueing, and the work already queued runs first. So that this is little,
+    a step that may pause queues at most `QUEUE_AHEAD` layers ahead of the GPU.
     """
+
+    QUEUE_AHEAD = 2  # enough to keep the GPU fed between two launches of a layer
 
     def __init__(
         self,
@@ -41,6 +45,7 @@ class LayerRun:
         self._meta = meta
         self._rows = rows
         self._normed: torch.Tensor | None = None
+        self._queued: deque[torch.cuda.Event] = deque()  # one per layer the GPU may not have run
         self.next_layer = 0
 
     @property
@@ -57,7 +62,17 @@ class LayerRun:
             layer = layers[self.next_layer]
             self._hidden = layer(self._hidden, self._cos, self._sin, k_cache, v_cache, self._meta)
             self.next_layer += 1
+            if stop is not None and self._hidden.is_cuda:
+                self._bound_queue()
         return True
+
+    def _bound_queue(self) -> None:
+        """Wait until the GPU is at most `QUEUE_AHEAD` layers behind what was queued."""
+        event = torch.cuda.Event()
+        event.record()
+        self._queued.append(event)
+        while len(self._queued) > self.QUEUE_AHEAD:
+            self._queued.popleft().synchronize()
 
     @property
     def hidden(self) -> torch.Tensor:
