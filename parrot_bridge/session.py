@@ -42,7 +42,12 @@ class Session:
 
     Semantic function calls made inside it are recorded, not sent. The pending graph goes to
     the server in one request when a variable is read (`get`, `aget`, `stream`, `astream`) or
-    on `flush()`; later calls extend the graph on the server.
+    on `flush()`; later calls extend the graph on the server. A call reading a variable that has
+    no value yet (and no call writes) waits in the session until the variable is `set()`.
+
+    A submission the server rejects (or that cannot reach it) raises its error; its calls are
+    dropped and their outputs raise that error when read, but their inputs are kept on the
+    client, so later calls may read the same strings and variables.
     """
 
     def __init__(
@@ -112,7 +117,8 @@ class Session:
     # -- submitting ----------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Send the pending graph now (one request), without waiting for any value."""
+        """Send the pending calls now (one request), without waiting for any value; calls
+        waiting on an unset variable stay pending."""
         self._loop.run(self._flush())
 
     async def aflush(self) -> None:
@@ -137,10 +143,6 @@ class Session:
         if var is None:
             var = self._constants.setdefault(value, SemanticVariable(value, name))
         return var
-
-    def _set_remote(self, var: SemanticVariable, value: str) -> None:
-        path = f"{self._path}/variables/{var.id}"
-        self._loop.run(self._transport.request("PUT", path, {"value": value}))
 
     def _get(self, var: SemanticVariable, criteria: Criteria, timeout: float | None) -> str:
         return self._loop.run(self._read(var, criteria, timeout))
@@ -186,8 +188,7 @@ class Session:
             try:
                 await self._transport.request("POST", f"{self._path}/graph", batch.body)
             except ParrotError as exc:
-                for var in batch.variables:
-                    var._error = exc
+                self._pending.reject(batch, exc)
                 raise
 
     async def _read(self, var: SemanticVariable, criteria: Criteria, timeout: float | None) -> str:
@@ -236,4 +237,10 @@ class Session:
         if var._producer is None and var._value is None:
             raise ParrotError(
                 f"variable {var._label} has no value and no call writes it; set() it first"
+            )
+        source = self._pending.unset_source(var)
+        if source is not None:
+            raise ParrotError(
+                f"variable {var._label} waits on variable {source._label}, which has no value "
+                "and no call writes it; set() it first"
             )

@@ -49,15 +49,14 @@ class SemanticVariable:
         return self._producer is not None
 
     def set(self, value: str) -> None:
-        """Give an input its value (before or after it was sent to the server)."""
+        """Give an input its value. Calls that read it wait in the session until it has one, so
+        it may be set after other calls were sent."""
         if not isinstance(value, str):
             raise TypeError(f"a variable's value must be a str, got {type(value).__name__}")
         if self._producer is not None:
             raise ParrotError(f"variable {self._label} is written by call {self._producer!r}")
         if self._value is not None:
             raise ParrotError(f"variable {self._label} already has a value")
-        if self._declared and self._session is not None:
-            self._session._set_remote(self, value)
         self._value = value
 
     def get(self, criteria: Criteria = "latency", timeout: float | None = None) -> str:

@@ -4,14 +4,15 @@ Plain methods (`complete`, `chat` and their async/streaming forms) use the serve
 OpenAI-compatible routes. `predict`/`apredict`/`stream`/`astream` keep LlamaIndex's prompt
 template: its constant text becomes constant segments and each argument an input variable of a
 semantic call, so sibling calls share prefixes on the server. Concurrent `apredict`s (e.g. one
-tree-summarize level under `aquery`) go to the server as one graph.
+tree-summarize level under `aquery`) go to the server as one graph. All of them dispatch the
+callback and instrumentation events of the stock methods (token counting, debugging, tracing).
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import (
@@ -33,8 +34,10 @@ from llama_index.core.types import TokenAsyncGen, TokenGen
 
 from parrot_bridge.function import SemanticFunction
 from parrot_bridge.llamaindex.call_batch import CallBatch
+from parrot_bridge.llamaindex.llm_events import apredicted, astreamed, predicted, streamed
 from parrot_bridge.llamaindex.marked_prompt import UnmarkablePromptError, mark_prompt
 from parrot_bridge.llamaindex.openai_http import OpenAIHttp
+from parrot_bridge.llamaindex.reported_session import ReportedSession
 from parrot_bridge.loop_thread import shared_loop
 from parrot_bridge.session import Session
 from parrot_bridge.variable import SemanticVariable
@@ -95,8 +98,9 @@ class Parrot(CustomLLM):
     # -- Semantic Variables ------------------------------------------------------------------
 
     def session(self, name: str | None = None) -> Session:
-        """A new session on this server (synthesizers open one per query)."""
-        return Session(self.base_url, name=name)
+        """A new session on this server (synthesizers open one per query). The calls `call`
+        records in it reach this LLM's callbacks and instrumentation when it closes."""
+        return ReportedSession(self, name=name)
 
     def call(
         self, session: Session, prompt: BasePromptTemplate, **prompt_args: Any
@@ -105,65 +109,74 @@ class Parrot(CustomLLM):
 
         Arguments may be strings, variables (outputs of earlier calls: the edge stays on the
         server) or `Joined` lists of them. Raises `UnmarkablePromptError` when the prompt's
-        formatting would change its arguments.
+        formatting would change its arguments. In a session from `session()`, the call gets the
+        events `predict` dispatches once its answer is read, when the session closes.
         """
-        marked = mark_prompt(lambda **args: self._get_prompt(prompt, **args), prompt_args)
-        fn = SemanticFunction(marked.source, name="llamaindex_predict", **self._sampling())
-        return fn.invoke(session, **marked.inputs)
+        var = self._call(session, prompt, prompt_args)
+        if isinstance(session, ReportedSession):
+            session.record(prompt, prompt_args, var)
+        return var
+
+    # predict and friends dispatch the stock methods' events themselves (see llm_events)
 
     def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+        session = self.session()
         try:
-            with self.session() as session:
-                var = self.call(session, prompt, **prompt_args)
-                return self._parse_output(var.get())
+            var = self._call(session, prompt, prompt_args)
         except UnmarkablePromptError:
             return super().predict(prompt, **prompt_args)
+        with session:
+            return predicted(self, prompt, prompt_args, var.get)
 
     async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
         # calls started in the same turn of the event loop join one batch: one graph
         batch = self._open_batch()
         try:
-            var = batch.add(lambda session: self.call(session, prompt, **prompt_args))
+            var = batch.add(lambda session: self._call(session, prompt, prompt_args))
         except UnmarkablePromptError:
             return await super().apredict(prompt, **prompt_args)
-        try:
-            return self._parse_output(await batch.read(var))
-        finally:
-            if self._batch is batch and batch.closed:
-                self._batch = None
+
+        async def read() -> str:
+            try:
+                return await batch.read(var)
+            finally:
+                if self._batch is batch and batch.closed:
+                    self._batch = None
+
+        return await apredicted(self, prompt, prompt_args, read)
 
     def stream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenGen:
+        session = self.session()
         try:
-            session = self.session().open()
-            var = self.call(session, prompt, **prompt_args)
+            var = self._call(session, prompt, prompt_args)
         except UnmarkablePromptError:
-            session.close()
             return super().stream(prompt, **prompt_args)
+        session.open()
 
-        def tokens() -> TokenGen:
+        def chunks() -> Iterator[str]:
             try:
                 yield from var.stream()
             finally:
                 session.close()
 
-        return tokens()
+        return streamed(self, prompt, prompt_args, chunks())
 
     async def astream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenAsyncGen:
-        session = await self.session().aopen()
+        session = self.session()
         try:
-            var = self.call(session, prompt, **prompt_args)
+            var = self._call(session, prompt, prompt_args)
         except UnmarkablePromptError:
-            await session.aclose()
             return await super().astream(prompt, **prompt_args)
+        await session.aopen()
 
-        async def tokens() -> TokenAsyncGen:
+        async def chunks() -> AsyncIterator[str]:
             try:
                 async for chunk in var.astream():
                     yield chunk
             finally:
                 await session.aclose()
 
-        return tokens()
+        return await astreamed(self, prompt, prompt_args, chunks())
 
     # -- completions (OpenAI-compatible route, no graph) -------------------------------------
 
@@ -282,6 +295,13 @@ class Parrot(CustomLLM):
         plain = [{"role": _role(m), "content": m.content or ""} for m in messages]
         return {"model": self._model_card()["id"], "messages": plain,
                 **self._sampling(), **_extra(kwargs)}  # fmt: skip
+
+    def _call(
+        self, session: Session, prompt: BasePromptTemplate, prompt_args: dict[str, Any]
+    ) -> SemanticVariable:
+        marked = mark_prompt(lambda **args: self._get_prompt(prompt, **args), prompt_args)
+        fn = SemanticFunction(marked.source, name="llamaindex_predict", **self._sampling())
+        return fn.invoke(session, **marked.inputs)
 
     def _open_batch(self) -> CallBatch:
         loop = asyncio.get_running_loop()

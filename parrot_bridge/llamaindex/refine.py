@@ -220,6 +220,8 @@ class ParrotRefine(Refine):
             return await Refine.aget_response(self, query_str, text_chunks, prev, **kwargs)
 
         # aclosing: a consumer that stops early still closes the session now
-        async with aclosing(achecked_stream(session, outputs[-1].astream(), holds, fallback)) as tokens:
+        async with aclosing(
+            achecked_stream(session, outputs[-1].astream(), holds, fallback)
+        ) as tokens:
             async for token in tokens:
                 yield token

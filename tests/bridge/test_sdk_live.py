@@ -116,16 +116,49 @@ def test_threads_share_a_session(url: str, engine: LLMEngine) -> None:
     assert got == [greedy(engine, f"Write an outline about {t}.\nOutline:", 8) for t in topics]
 
 
-def test_server_errors_become_exceptions_with_its_message(url: str) -> None:
+@P.semantic_function(max_tokens=8, temperature=0)
+def relate(topic, note, answer=None):
+    """Relate {{input:topic}} to {{input:note}}:{{output:answer}}"""
+
+
+def test_server_errors_become_exceptions_and_the_session_goes_on(
+    url: str, engine: LLMEngine
+) -> None:
     with P.Session(url) as session:
-        unset = P.variable(name="unset")
-        result = outline(unset)
-        with pytest.raises(P.ParrotError, match=r"input 'topic' reads variable .*\(unset\)") as e:
+        note = P.variable(name="note")
+        first = relate("hello", note)
+        relate("hello", first, answer=note)  # a cycle: the server rejects the submission
+        with pytest.raises(P.ParrotError, match=r"cycle: call .* reads .*") as e:
             session.flush()
-        assert e.value.status == 400 and e.value.code == "never_set"
-        with pytest.raises(P.ParrotError, match="never be set"):
-            result.get()  # the failed submission is remembered
-        assert outline("ok").get() is not None  # the session goes on
+        assert e.value.status == 400 and e.value.code == "cycle"
+        with pytest.raises(P.ParrotError, match="cycle"):
+            first.get()  # the failed submission is remembered
+        # its input strings were not sent: later calls declare them again
+        assert outline("hello").get() == greedy(
+            engine, "Write an outline about hello.\nOutline:", 8
+        )
+        with pytest.raises(P.ParrotError, match="which has no value: cycle"):
+            draft(first)
+
+
+def test_inputs_set_after_a_flush(url: str, engine: LLMEngine) -> None:
+    topic = P.variable(name="topic")
+    with P.Session(url) as session:
+        result = outline(topic)
+        later = draft(result)
+        other = outline("ships")
+        session.flush()  # sends the call on "ships"; the calls reading `topic` wait
+        with pytest.raises(P.ParrotError, match=r"waits on variable 'topic'.*set\(\) it first"):
+            later.get()
+        assert other.get() == greedy(engine, "Write an outline about ships.\nOutline:", 8)
+        topic.set("boats")
+        chunks = list(later.stream())
+        value = result.get()
+    expected = greedy(engine, "Write an outline about boats.\nOutline:", 8)
+    assert value == expected
+    assert "".join(chunks) == greedy(
+        engine, f"Expand this outline into a paragraph: {expected}\nParagraph:", 8
+    )
 
 
 def test_failed_calls_raise_call_failed_downstream(url: str) -> None:

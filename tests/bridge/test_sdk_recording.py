@@ -134,6 +134,48 @@ def test_misuse_is_reported_clearly() -> None:
         P.variable(5)  # type: ignore[arg-type]
 
 
+def test_a_failed_submission_drops_its_calls_but_not_its_inputs() -> None:
+    session = offline()
+    session.id = "s-offline"  # as if opened: the submission itself fails
+    doc = P.variable("A document.", name="doc")
+    first = summarize.invoke(session, doc)
+    second = summarize.invoke(session, "same text")
+    with pytest.raises(P.ParrotError, match="cannot reach the Parrot server") as e:
+        session.flush()
+    with pytest.raises(P.ParrotError) as again:
+        second.get()
+    assert again.value is e.value  # its outputs fail with the submission's error
+    assert doc.get() == "A document."
+    with pytest.raises(P.ParrotError, match="which has no value: cannot reach"):
+        summarize.invoke(session, first)
+    third = summarize.invoke(session, "same text")
+    fourth = summarize.invoke(session, doc)
+    body = session._pending.take().body
+    # the server never saw the inputs: they are declared again
+    assert [v["value"] for v in body["variables"]] == ["same text", None, "A document.", None]
+    assert [v["id"] for v in body["variables"]][1::2] == [third.id, fourth.id]
+    with pytest.raises(P.ParrotError, match="cannot reach"):
+        session.close()  # (and its HTTP client with it)
+
+
+def test_calls_reading_an_unset_variable_wait_until_it_is_set() -> None:
+    session = offline()
+    topic = P.variable(name="topic")
+    first = summarize.invoke(session, topic)
+    second = summarize.invoke(session, first)
+    other = summarize.invoke(session, "ready")
+    body = session._pending.take().body
+    assert [c["outputs"]["summary"] for c in body["calls"]] == [other.id]
+    assert session._pending.take() is None  # still waiting
+    with pytest.raises(P.ParrotError, match=r"waits on variable 'topic'"):
+        session._check_readable(second)
+    topic.set("now set")
+    body = session._pending.take().body
+    assert [c["outputs"]["summary"] for c in body["calls"]] == [first.id, second.id]
+    assert [v["id"] for v in body["variables"]] == [topic.id, first.id, second.id]
+    assert body["variables"][0]["value"] == "now set"
+
+
 def test_public_names() -> None:
     assert set(P.__all__) == {
         "CallFailedError", "Criteria", "ParrotError", "SemanticFunction", "SemanticVariable",

@@ -5,11 +5,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from llama_index.core import Document, PromptTemplate, Settings, VectorStoreIndex
+from llama_index.core import get_response_synthesizer as get_stock_synthesizer
 from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.callbacks import (
+    CallbackManager,
+    CBEventType,
+    LlamaDebugHandler,
+    TokenCountingHandler,
+)
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.llms import LLM
 from llama_index.core.response_synthesizers import CompactAndRefine, Refine, TreeSummarize
 from llama_index.llms.openai_like import OpenAILike
 
@@ -226,3 +239,104 @@ def test_settings_llm_in_a_vector_index_query_engine(url: str, chunks: list[str]
         ]
     finally:
         Settings._llm, Settings._embed_model = saved
+
+
+class EventNames(BaseEventHandler):
+    """The names of the instrumentation events dispatched while it is installed."""
+
+    names: list[str] = []
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "EventNames"
+
+    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+        self.names.append(type(event).__name__)
+
+
+@contextmanager
+def observed(llm: LLM) -> Iterator[tuple[TokenCountingHandler, LlamaDebugHandler, list[str]]]:
+    """Token counts, callback event pairs and instrumentation events of `llm`'s calls."""
+    counter = TokenCountingHandler(tokenizer=str.split)  # (tiktoken's tables are not offline)
+    debug = LlamaDebugHandler()
+    llm.callback_manager = CallbackManager([counter, debug])
+    names = EventNames(names=[])
+    root = get_dispatcher()
+    root.add_event_handler(names)
+    try:
+        yield counter, debug, names.names
+    finally:
+        root.event_handlers.remove(names)
+        llm.callback_manager = CallbackManager([])
+
+
+def calls_seen(counter: TokenCountingHandler, debug: LlamaDebugHandler) -> list[tuple[str, str]]:
+    pairs = debug.get_event_pairs(CBEventType.LLM)
+    assert len(pairs) == len(counter.llm_token_counts)
+    assert all(c.prompt_token_count > 0 for c in counter.llm_token_counts)
+    return [(c.prompt, c.completion) for c in counter.llm_token_counts]
+
+
+def squeezed(names: list[str]) -> list[str]:
+    """Runs of one event collapsed (streams send their chunks in different pieces)."""
+    return [n for i, n in enumerate(names) if i == 0 or names[i - 1] != n]
+
+
+async def test_predict_family_dispatches_the_stock_events(url: str) -> None:
+    llm = Parrot(base_url=url, max_tokens=MAX_TOKENS, system_prompt="You answer.")
+    prompt = PromptTemplate("Topic: {topic}\nAnswer: ")
+    stock = LLM  # the stock methods on the same LLM: they call its `complete`
+    runs = {
+        "predict": (lambda: llm.predict(prompt, topic="cars"),
+                    lambda: stock.predict(llm, prompt, topic="cars")),
+        "stream": (lambda: "".join(llm.stream(prompt, topic="cars")),
+                   lambda: "".join(stock.stream(llm, prompt, topic="cars"))),
+    }  # fmt: skip
+    for name, (ours, theirs) in runs.items():
+        seen = []
+        for run in (ours, theirs):
+            with observed(llm) as (counter, debug, names):
+                answer = run()
+            seen.append((answer, calls_seen(counter, debug), squeezed(names)))
+            assert len(debug.get_event_pairs(CBEventType.TEMPLATING)) == 1
+        assert seen[0] == seen[1], name
+        assert len(seen[0][1]) == 1 and "LLMPredictStartEvent" in seen[0][2]
+    with observed(llm) as (counter, debug, names):
+        got = await asyncio.gather(*(llm.apredict(prompt, topic=t) for t in ("ants", "bees")))
+        tokens = "".join([t async for t in await llm.astream(prompt, topic="ants")])
+    with observed(llm) as (stock_counter, stock_debug, stock_names):
+        expected = [await stock.apredict(llm, prompt, topic=t) for t in ("ants", "bees")]
+        stock_tokens = await stock.astream(llm, prompt, topic="ants")
+        assert tokens == "".join([t async for t in stock_tokens])
+    assert got == expected
+    assert calls_seen(counter, debug) == calls_seen(stock_counter, stock_debug)
+    assert sorted(squeezed(names)) == sorted(squeezed(stock_names))
+
+
+async def test_synthesizer_graph_calls_are_each_reported(url: str, chunks: list[str]) -> None:
+    query = "What is it about?"
+    for mode, window in (("tree_summarize", TREE_WINDOW), ("compact", REFINE_WINDOW)):
+        llm = parrot(url, window)
+        stock_llm = openai_like(url, llm, window)
+        ours = get_response_synthesizer(llm=llm, response_mode=mode)
+        stock = get_stock_synthesizer(llm=stock_llm, response_mode=mode)
+        with observed(stock_llm) as (counter, debug, names):
+            expected = stock.get_response(query, chunks[:6])
+        stock_calls = calls_seen(counter, debug)
+        assert len(stock_calls) >= 2  # a graph of several calls
+        with observed(llm) as (counter, debug, names):
+            assert ours.get_response(query, chunks[:6]) == expected
+        assert calls_seen(counter, debug) == stock_calls, mode
+        assert names.count("LLMPredictStartEvent") == len(stock_calls)
+        assert names.count("LLMCompletionEndEvent") == len(stock_calls)
+        with observed(llm) as (counter, debug, names):
+            assert await ours.aget_response(query, chunks[:6]) == expected
+        assert calls_seen(counter, debug) == stock_calls, mode
+    streaming = get_response_synthesizer(llm=llm, response_mode="refine", streaming=True)
+    stock_stream = Refine(llm=stock_llm, streaming=True)
+    with observed(stock_llm) as (counter, debug, names):
+        expected = "".join(stock_stream.get_response(query, chunks[:3]))
+    stock_calls = calls_seen(counter, debug)
+    with observed(llm) as (counter, debug, names):
+        assert "".join(streaming.get_response(query, chunks[:3])) == expected
+    assert calls_seen(counter, debug) == stock_calls
