@@ -19,7 +19,7 @@ from server.analysis import Boundary, boundaries
 from server.engine import EngineError, SamplingParams
 from server.engine_driver import TokenContext
 from server.engine_pool import EnginePool
-from server.graph import Call, CallState, VariableState
+from server.graph import Call, CallState, Generation, VariableState
 from server.log import log_event
 from server.lowering import GenerateStep, lower_call
 from server.metrics import Metrics
@@ -300,12 +300,12 @@ class Executor:
                 hold = self._latency_hold(session, call, job.steps, i, job.item.priority)
                 if hold:
                     self.metrics.latency_holds.inc()
-                value = await self._generate(
+                value, generation = await self._generate(
                     session, call, step, ctx, target, job.item.priority, hold
                 )
                 self.metrics.prompt_tokens.inc(len(target) if i == 0 else ctx.last_fill.filled)
                 text += value
-                ready = session.complete_output(call.id, step.output, value)
+                ready = session.complete_output(call.id, step.output, value, generation)
                 self.dispatch(session, ready)
             self.metrics.calls.inc(status="done")
         except asyncio.CancelledError:
@@ -327,7 +327,8 @@ class Executor:
         target: list[int],
         priority: int,
         hold_latency_s: float = 0.0,
-    ) -> str:
+    ) -> tuple[str, Generation]:
+        """The output's text, and how it was generated."""
         s = call.sampling
         sampling = SamplingParams(
             max_tokens=min(s.max_tokens, self.driver.max_model_len - len(target)),
@@ -339,13 +340,13 @@ class Executor:
             ignore_eos=s.ignore_eos,
         )
         var_id = call.outputs[step.output]
-        text = ""
+        text, generated, reason = "", 0, "length"
         async for out in ctx.generate(
             sampling, priority, fill_to=target, hold_latency_s=hold_latency_s
         ):
             session.push_chunk(var_id, out.new_text)
-            text = out.text
-        return text
+            text, generated, reason = out.text, len(out.token_ids), out.finish_reason or reason
+        return text, Generation(len(target), generated, reason)
 
     def _latency_hold(
         self, session: Session, call: Call, steps: list[GenerateStep], i: int, priority: int

@@ -6,7 +6,7 @@ import asyncio
 import hmac
 import time
 
-from server.graph import Call, Criteria, Graph, Submission, Variable, VariableState
+from server.graph import Call, Criteria, Generation, Graph, Submission, Variable, VariableState
 from server.variable_feed import VariableFeed
 
 
@@ -52,8 +52,10 @@ class Session:
         """Text generated so far for an output; only kept while someone may stream it."""
         self.feed(var_id).push(text)
 
-    def complete_output(self, call_id: str, name: str, value: str) -> list[Call]:
-        ready = self.graph.complete_output(call_id, name, value)
+    def complete_output(
+        self, call_id: str, name: str, value: str, generation: Generation | None = None
+    ) -> list[Call]:
+        ready = self.graph.complete_output(call_id, name, value, generation)
         self._settle(self.graph.variables[self.graph.calls[call_id].outputs[name]])
         return ready
 

@@ -15,6 +15,7 @@ from server.api.native_models import (
     StreamChunk,
     StreamQuery,
     SubmissionResult,
+    TokenUsage,
     VariableCreate,
     VariableInfo,
     VariableQuery,
@@ -171,6 +172,11 @@ def _variable_id(request: web.Request, session: Session) -> str:
 
 
 def _info(var: Variable) -> VariableInfo:
+    made = var.generation
+    usage = None if made is None else TokenUsage(
+        prompt_tokens=made.prompt_tokens, completion_tokens=made.completion_tokens,
+        total_tokens=made.prompt_tokens + made.completion_tokens,
+    )  # fmt: skip
     return VariableInfo(
         id=var.id,
         name=var.name,
@@ -178,6 +184,8 @@ def _info(var: Variable) -> VariableInfo:
         value=var.value,
         error=var.error,
         producer=var.producer,
+        usage=usage,
+        finish_reason=None if made is None else made.finish_reason,  # type: ignore[arg-type]
     )
 
 

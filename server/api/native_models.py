@@ -97,6 +97,14 @@ class VariableSet(ApiModel):
     value: str
 
 
+class TokenUsage(ApiModel):
+    """What generating an output cost, as an OpenAI completion reports it."""
+
+    prompt_tokens: int = Field(description="The call's prompt up to this output.")
+    completion_tokens: int
+    total_tokens: int
+
+
 class VariableInfo(ApiModel):
     id: str
     name: str | None
@@ -104,6 +112,10 @@ class VariableInfo(ApiModel):
     value: str | None = None
     error: str | None = None
     producer: str | None = Field(None, description="The call that writes it.")
+    usage: TokenUsage | None = Field(None, description="For an output a call generated.")
+    finish_reason: Literal["stop", "length"] | None = Field(
+        None, description="For an output a call generated: EOS or a stop string, or max_tokens."
+    )
 
 
 class VariableQuery(ApiModel):

@@ -4,7 +4,7 @@ from server.graph.call import Call, CallState, Sampling
 from server.graph.errors import GraphError
 from server.graph.graph import Graph
 from server.graph.submission import CallDecl, Criteria, Submission, VariableDecl
-from server.graph.variable import Variable, VariableState
+from server.graph.variable import Generation, Variable, VariableState
 
 __all__ = [
     "Call",
@@ -15,6 +15,7 @@ __all__ = [
     "GraphError",
     "Sampling",
     "Submission",
+    "Generation",
     "Variable",
     "VariableDecl",
     "VariableState",

@@ -6,7 +6,7 @@ from server.graph.call import Call, CallState
 from server.graph.errors import GraphError
 from server.graph.submission import Criteria, Submission, VariableDecl
 from server.graph.validate import build_calls, check_id
-from server.graph.variable import Variable, VariableState
+from server.graph.variable import Generation, Variable, VariableState
 
 
 class Graph:
@@ -114,15 +114,20 @@ class Graph:
             values[name] = value
         return values
 
-    def complete_output(self, call_id: str, name: str, value: str) -> list[Call]:
-        """A running call produced output `name`; return the calls that became ready.
+    def complete_output(
+        self, call_id: str, name: str, value: str, generation: Generation | None = None
+    ) -> list[Call]:
+        """A running call produced output `name` (as `generation` says); return the calls that
+        became ready.
 
         The call is DONE once all its outputs are set.
         """
         call = self.calls[call_id]
         if call.state is not CallState.RUNNING:
             raise RuntimeError(f"call {call.label} is {call.state.value}, not running")
-        ready = self._set(self.variables[call.outputs[name]], value)
+        var = self.variables[call.outputs[name]]
+        var.generation = generation
+        ready = self._set(var, value)
         if all(self.variables[v].state is VariableState.READY for v in call.outputs.values()):
             call.state = CallState.DONE
         return ready

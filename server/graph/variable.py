@@ -12,6 +12,15 @@ class VariableState(enum.Enum):
     FAILED = "failed"  # its producer (or something upstream) failed; `error` says why
 
 
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """How a call generated an output variable, for usage reports (as an OpenAI response's)."""
+
+    prompt_tokens: int  # the call's prompt up to this output, earlier outputs included
+    completion_tokens: int
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+
+
 @dataclass(eq=False, slots=True)
 class Variable:
     """A node of the graph. `producer` is the id of the call that writes it, if any."""
@@ -23,6 +32,7 @@ class Variable:
     error: str | None = None
     producer: str | None = None
     consumers: list[str] = field(default_factory=list)
+    generation: Generation | None = None  # set with the value of a call's output
 
     @property
     def label(self) -> str:

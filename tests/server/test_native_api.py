@@ -123,11 +123,21 @@ def test_several_outputs_see_the_tokens_a_plain_request_would(
          "calls": [call("who", template, {"s": "s"}, {"name": "n", "age": "g"}, 8)]},
     )  # fmt: skip
     assert status == 200, body
-    age = get_var(server, sid, token, "g")["value"]
-    name = get_var(server, sid, token, "n")["value"]
+    age_info = get_var(server, sid, token, "g")
+    name_info = get_var(server, sid, token, "n")
+    age, name = age_info["value"], name_info["value"]
     prefix = "Story: a parrot named Polly\nName:"
     assert name == greedy(engine, prefix, 8, stop=["\nAge:"])
     assert age == greedy(engine, prefix + name + "\nAge:", 8)
+    # each output reports its usage as a plain request of its prompt would
+    asked = ((name_info, prefix, ["\nAge:"]), (age_info, prefix + name + "\nAge:", []))
+    for info, text, stop in asked:
+        ids = engine.tokenizer.encode(text)
+        ref = engine.generate([ids], SamplingParams(max_tokens=8, temperature=0, stop=stop))[0]
+        assert info["usage"] == {"prompt_tokens": len(ids), "completion_tokens": len(ref.token_ids),
+                                 "total_tokens": len(ids) + len(ref.token_ids)}  # fmt: skip
+        assert info["finish_reason"] == ref.finish_reason
+    assert get_var(server, sid, token, "s")["usage"] is None
 
 
 def test_stripped_inputs_fill_the_stripped_text_and_keep_the_value(
@@ -163,7 +173,7 @@ def test_stream_sends_chunks_then_the_value(server: str) -> None:
     assert events(f"{server}/v1/sessions/{sid}/variables/x/stream", token) == [
         ("chunk", {"text": "hello"}),
         ("done", {"id": "x", "name": None, "status": "ready", "value": "hello", "error": None,
-                  "producer": None}),
+                  "producer": None, "usage": None, "finish_reason": None}),
     ]  # fmt: skip
 
 
