@@ -202,7 +202,7 @@ class Session:
                 "GET", f"{self._path}/variables/{var.id}", params=params
             )
             if info["status"] == "ready":
-                var._value = info["value"]
+                _fetched(var, info)
                 return info["value"]
             if info["status"] == "failed":
                 raise CallFailedError(info["error"])
@@ -217,7 +217,7 @@ class Session:
             if event == "chunk":
                 yield data["text"]
             elif event == "done":
-                var._value = data["value"]
+                _fetched(var, data)
                 return
             elif event == "error":
                 raise CallFailedError(data["error"]["message"])
@@ -244,3 +244,10 @@ class Session:
                 f"variable {var._label} waits on variable {source._label}, which has no value "
                 "and no call writes it; set() it first"
             )
+
+
+def _fetched(var: SemanticVariable, info: dict[str, Any]) -> None:
+    """Keep what the server says of a ready variable."""
+    var._value = info["value"]
+    var._usage = info.get("usage")
+    var._finish_reason = info.get("finish_reason")

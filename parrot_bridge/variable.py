@@ -34,11 +34,24 @@ class SemanticVariable:
         self._producer: str | None = None  # id of the call that writes it
         self._declared = False  # the server knows it
         self._error: ParrotError | None = None
+        self._usage: dict[str, int] | None = None
+        self._finish_reason: str | None = None
 
     @property
     def value(self) -> str | None:
         """The value if known on the client (set here, or fetched already), else None."""
         return self._value
+
+    @property
+    def usage(self) -> dict[str, int] | None:
+        """For a call's output, once fetched: `prompt_tokens` (the call's prompt up to this
+        output), `completion_tokens` and `total_tokens`, as an OpenAI response reports them."""
+        return self._usage
+
+    @property
+    def finish_reason(self) -> str | None:
+        """For a call's output, once fetched: "stop" (EOS or a stop string) or "length"."""
+        return self._finish_reason
 
     @property
     def session(self) -> Session | None:

@@ -90,8 +90,12 @@ def test_flush_then_stream_and_inputs_set_before_flush(url: str, engine: LLMEngi
         topic.set("boats")
         session.flush()
         chunks = list(result.stream())
-    expected = greedy(engine, "Write an outline about boats.\nOutline:", 8)
-    assert "".join(chunks) == expected and result.value == expected
+    prompt = engine.tokenizer.encode("Write an outline about boats.\nOutline:")
+    ref = engine.generate([prompt], SamplingParams(max_tokens=8, temperature=0))[0]
+    assert "".join(chunks) == ref.text and result.value == ref.text
+    assert result.usage == {"prompt_tokens": len(prompt), "completion_tokens": len(ref.token_ids),
+                            "total_tokens": len(prompt) + len(ref.token_ids)}  # fmt: skip
+    assert result.finish_reason == ref.finish_reason and topic.usage is None
 
 
 async def test_async_session_aget_and_astream(url: str, engine: LLMEngine) -> None:
