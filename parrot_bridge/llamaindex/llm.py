@@ -126,7 +126,7 @@ class Parrot(CustomLLM):
         except UnmarkablePromptError:
             return super().predict(prompt, **prompt_args)
         with session:
-            return predicted(self, prompt, prompt_args, var.get)
+            return predicted(self, prompt, prompt_args, var.get, var)
 
     async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
         # calls started in the same turn of the event loop join one batch: one graph
@@ -143,7 +143,7 @@ class Parrot(CustomLLM):
                 if self._batch is batch and batch.closed:
                     self._batch = None
 
-        return await apredicted(self, prompt, prompt_args, read)
+        return await apredicted(self, prompt, prompt_args, read, var)
 
     def stream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenGen:
         session = self.session()

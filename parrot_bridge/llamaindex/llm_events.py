@@ -29,19 +29,26 @@ from llama_index.core.llms.llm import (
 from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.types import TokenAsyncGen, TokenGen
 
+from parrot_bridge.variable import SemanticVariable
+
 __all__ = ["apredicted", "astreamed", "predicted", "streamed"]
 
 dispatcher = instrument.get_dispatcher(__name__)
 
 
 def predicted(
-    llm: LLM, prompt: BasePromptTemplate, args: dict[str, Any], read: Callable[[], str]
+    llm: LLM,
+    prompt: BasePromptTemplate,
+    args: dict[str, Any],
+    read: Callable[[], str],
+    output: SemanticVariable | None = None,
 ) -> str:
     """`read()`'s answer to `prompt` formatted with `args`, parsed as `LLM.predict` parses it,
-    with the events `LLM.predict` dispatches."""
+    with the events `LLM.predict` dispatches; the server's token usage of `output` (the
+    variable read), when known, goes in the response's `raw` as an OpenAI LLM's does."""
     dispatcher.event(LLMPredictStartEvent(template=prompt, template_args=args))
     llm._log_template_data(prompt, **args)
-    response = _completion(llm, llm._get_prompt(prompt, **args), read, formatted=True)
+    response = _completion(llm, llm._get_prompt(prompt, **args), read, output, formatted=True)
     output = llm._parse_output(response.text)
     dispatcher.event(LLMPredictEndEvent(output=output))
     return output
@@ -52,11 +59,13 @@ async def apredicted(
     prompt: BasePromptTemplate,
     args: dict[str, Any],
     read: Callable[[], Awaitable[str]],
+    output: SemanticVariable | None = None,
 ) -> str:
     """The async `predicted`."""
     dispatcher.event(LLMPredictStartEvent(template=prompt, template_args=args))
     llm._log_template_data(prompt, **args)
-    response = await _acompletion(llm, llm._get_prompt(prompt, **args), read, formatted=True)
+    formatted = llm._get_prompt(prompt, **args)
+    response = await _acompletion(llm, formatted, read, output, formatted=True)
     output = llm._parse_output(response.text)
     dispatcher.event(LLMPredictEndEvent(output=output))
     return output
@@ -90,16 +99,29 @@ async def astreamed(
 
 @llm_completion_callback()
 def _completion(
-    llm: LLM, prompt: str, read: Callable[[], str], formatted: bool = False
+    llm: LLM,
+    prompt: str,
+    read: Callable[[], str],
+    output: SemanticVariable | None,
+    formatted: bool = False,
 ) -> CompletionResponse:
-    return CompletionResponse(text=read())
+    return _response(read(), output)
 
 
 @llm_completion_callback()
 async def _acompletion(
-    llm: LLM, prompt: str, read: Callable[[], Awaitable[str]], formatted: bool = False
+    llm: LLM,
+    prompt: str,
+    read: Callable[[], Awaitable[str]],
+    output: SemanticVariable | None,
+    formatted: bool = False,
 ) -> CompletionResponse:
-    return CompletionResponse(text=await read())
+    return _response(await read(), output)
+
+
+def _response(text: str, output: SemanticVariable | None) -> CompletionResponse:
+    usage = None if output is None else output.usage
+    return CompletionResponse(text=text, raw=None if usage is None else {"usage": usage})
 
 
 @llm_completion_callback()

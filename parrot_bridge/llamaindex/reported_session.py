@@ -68,7 +68,7 @@ class ReportedSession(Session):
             answer = call.output.value
             args = _known_values(call.args)
             if answer is not None and args is not None:
-                predicted(self._llm, call.prompt, args, lambda answer=answer: answer)
+                predicted(self._llm, call.prompt, args, lambda answer=answer: answer, call.output)
 
 
 def _known_values(args: dict[str, Any]) -> dict[str, Any] | None:
