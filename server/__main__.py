@@ -15,9 +15,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"parrot-server: {exc}")
     # No hub downloads at run time: models are local folders, files or registered wheels.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from server.app import run  # imports torch: after the arguments are known to be good
+    from server.app import check, run  # imports torch: after the arguments are known to be good
 
-    run(config)
+    try:
+        check(config)
+        run(config)
+    except ValueError as exc:  # settings the engine refuses, a model that is not there
+        sys.exit(f"parrot-server: {exc}")
 
 
 if __name__ == "__main__":

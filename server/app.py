@@ -13,6 +13,9 @@ from server.api import all_routes
 from server.api.native import end_session
 from server.api.openapi import build_openapi
 from server.config import ServerConfig
+from server.engine.config import EngineConfig
+from server.engine.llm_engine import parse_dtype
+from server.engine.loader import check_model_name
 from server.engine_pool import EnginePool
 from server.executor import Executor
 from server.keys import CONFIG, DRIVER, ENGINES, EXECUTOR, METRICS, OPENAPI, SESSIONS
@@ -46,6 +49,14 @@ def init_app(config: ServerConfig) -> web.Application:
     return app
 
 
+def check(config: ServerConfig) -> None:
+    """Refuse (ValueError), before a model loads, what the engine would refuse at startup."""
+    EngineConfig(**config.engine_kwargs())
+    if config.dtype is not None:
+        parse_dtype(config.dtype)
+    check_model_name(config.model)
+
+
 def run(config: ServerConfig) -> None:
     """Serve until SIGINT/SIGTERM, then finish in-flight requests and stop the engine."""
     configure_logging(config.log_level, config.log_format)
@@ -56,7 +67,9 @@ def run(config: ServerConfig) -> None:
         port=config.port,
         access_log=None,
         print=None,
-        shutdown_timeout=config.shutdown_timeout_s,
+        # aiohttp waits this long for handlers, then cancels them and waits as long again;
+        # it takes 0 for "no limit"
+        shutdown_timeout=max(config.shutdown_timeout_s / 2, 1e-3),
     )
     log_event(log, "stopped")
 

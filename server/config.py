@@ -90,7 +90,7 @@ class ServerConfig:
             raise ValueError(
                 f"prefix_store_max_entries must be >= 1, got {self.prefix_store_max_entries}"
             )
-        if self.prefix_store_ttl_s <= 0:
+        if not self.prefix_store_ttl_s > 0:
             raise ValueError(f"prefix_store_ttl_s must be positive, got {self.prefix_store_ttl_s}")
         if self.latency_max_running_tokens < -1:
             raise ValueError(
@@ -106,7 +106,7 @@ class ServerConfig:
                 f"pipelined_prefill_chunk must be >= 0 (0: no limit), "
                 f"got {self.pipelined_prefill_chunk}"
             )
-        if self.latency_hold_ms < 0:
+        if not self.latency_hold_ms >= 0:
             raise ValueError(f"latency_hold_ms must be >= 0 (0: off), got {self.latency_hold_ms}")
         if self.background_prefill_chunk < 0:
             raise ValueError(
@@ -118,11 +118,11 @@ class ServerConfig:
             raise ValueError(f"log_level must be one of {_LOG_LEVELS}, got {self.log_level!r}")
         if self.log_format not in ("kv", "json"):
             raise ValueError(f"log_format must be 'kv' or 'json', got {self.log_format!r}")
-        if self.session_ttl_s <= 0:
+        if not self.session_ttl_s > 0:
             raise ValueError(f"session_ttl_s must be positive, got {self.session_ttl_s}")
         if self.max_request_mb < 1:
             raise ValueError(f"max_request_mb must be >= 1, got {self.max_request_mb}")
-        if self.shutdown_timeout_s < 0:
+        if not self.shutdown_timeout_s >= 0:  # NaN too
             raise ValueError(f"shutdown_timeout_s must be >= 0, got {self.shutdown_timeout_s}")
 
     @property
@@ -308,5 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument("--max-request-mb", type=int, default=d.max_request_mb)
     ops.add_argument("--log-level", default=d.log_level, choices=_LOG_LEVELS)
     ops.add_argument("--log-format", default=d.log_format, choices=("kv", "json"))
-    ops.add_argument("--shutdown-timeout-s", type=float, default=d.shutdown_timeout_s)
+    ops.add_argument(
+        "--shutdown-timeout-s",
+        type=float,
+        default=d.shutdown_timeout_s,
+        help="on SIGINT/SIGTERM, stop within about this long: in-flight requests get half of it "
+        "to finish, then they are cancelled (0: at once)",
+    )
     return p

@@ -34,6 +34,7 @@ class AsyncLLMEngine:
         self._listeners: dict[int, Callable[[JobOutput], None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._stopping = False
         self._lengths: dict[int, int] = {}
 
     @property
@@ -48,8 +49,11 @@ class AsyncLLMEngine:
         self._thread.start()
 
     async def stop(self) -> None:
+        """Stop the step loop: jobs still running end with `EngineError`, and work posted
+        from now on is refused with it."""
         if self._thread is None:
             return
+        self._stopping = True
         self._commands.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
@@ -120,7 +124,8 @@ class AsyncLLMEngine:
 
     def free(self, context_id: int) -> None:
         self._lengths.pop(context_id, None)
-        self._post(lambda: self.engine.free(context_id))
+        if not self._stopping:  # a stopped engine holds nothing for anyone any more
+            self._post(lambda: self.engine.free(context_id))
 
     def context_len(self, context_id: int) -> int:
         """Tokens the context will hold once the commands sent so far are applied."""
@@ -182,11 +187,21 @@ class AsyncLLMEngine:
                 if finished:
                     return
         finally:
-            if not finished:
+            if not finished and not self._stopping:
                 self._post(lambda: job_id and self.engine.abort(job_id[0]))
 
     def _post(self, command: Callable[[], Any]) -> None:
+        if self._stopping:
+            raise EngineError("the engine is stopped")
         self._commands.put(command)
+
+    def _deliver(self, outputs: list[JobOutput]) -> None:
+        for out in outputs:
+            listener = self._listeners.get(out.job_id)
+            if listener is not None:
+                listener(out)
+                if out.finished:
+                    del self._listeners[out.job_id]
 
     def _run(self) -> None:
         engine = self.engine
@@ -201,7 +216,8 @@ class AsyncLLMEngine:
             # a pause asked for by work posted from now on stays asked for
             engine.clear_pause_request()
             while command is not False:
-                if command is None:
+                if command is None:  # stop(): nobody waits forever on a job
+                    self._deliver(engine.fail_all("the engine stopped"))
                     return
                 try:
                     command()
@@ -219,12 +235,7 @@ class AsyncLLMEngine:
                     # than retry forever; contexts stay usable for new jobs.
                     log.exception("engine step failed")
                     outputs = engine.fail_all(f"engine step failed: {exc!r}")
-                for out in outputs:
-                    listener = self._listeners.get(out.job_id)
-                    if listener is not None:
-                        listener(out)
-                        if out.finished:
-                            del self._listeners[out.job_id]
+                self._deliver(outputs)
 
 
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:

@@ -92,7 +92,7 @@ class LLMEngine:
         from server.engine.loader import load_model
 
         if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
+            dtype = parse_dtype(dtype)
         engine_config = EngineConfig(**config)
         loaded = load_model(
             name_or_path,
@@ -277,19 +277,34 @@ class LLMEngine:
 
     def generate(
         self,
-        prompts: Sequence[str] | Sequence[Sequence[int]],
+        prompts: str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[CompletionOutput]:
         """Run plain requests together in one continuous batch until all finish. Other work
-        in the engine runs along; its outputs are kept for the next `step()`."""
+        in the engine runs along; its outputs are kept for the next `step()`.
+
+        `prompts` is a list of strings or of token-id lists, or one prompt (a string or a
+        token-id list); `sampling_params` one for all, or one per prompt. A bad prompt raises
+        ValueError before any is submitted."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # type: ignore[list-item]
         if sampling_params is None:
             sampling_params = SamplingParams()
         if isinstance(sampling_params, SamplingParams):
             sampling_params = [sampling_params] * len(prompts)
+        if len(sampling_params) != len(prompts):
+            raise ValueError(
+                f"{len(sampling_params)} sampling params for {len(prompts)} prompts: give one "
+                "for all, or one per prompt"
+            )
         prompt_ids = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
-        job_ids = [
-            self.add_request(ids, sp) for ids, sp in zip(prompt_ids, sampling_params, strict=True)
-        ]
+        job_ids: list[int] = []
+        try:
+            for ids, sp in zip(prompt_ids, sampling_params, strict=True):
+                job_ids.append(self.add_request(ids, sp))
+        except ValueError as exc:
+            self._withdraw(job_ids)
+            raise ValueError(f"prompt {len(job_ids)}: {exc}") from exc
         results: dict[int, JobOutput] = {}
         logprobs: dict[int, list[TokenLogprob]] = {j: [] for j in job_ids}
         prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
@@ -320,6 +335,13 @@ class LLMEngine:
             )
             for ids, j, sp in zip(prompt_ids, job_ids, sampling_params, strict=True)
         ]
+
+    def _withdraw(self, job_ids: list[int]) -> None:
+        """Abort jobs just added (nothing of them computed yet) and drop their outputs."""
+        for job_id in job_ids:
+            self.abort(job_id)
+        gone = set(job_ids)
+        self._pending_outputs = [o for o in self._pending_outputs if o.job_id not in gone]
 
     # ---- stepping -------------------------------------------------------------------------
     @property
@@ -613,3 +635,11 @@ class _PausedStep:
 
     batch: SchedulerOutput
     run: StepRun
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """The torch dtype called `name` ("float32", "bfloat16", ...); ValueError if none is."""
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype must name a torch dtype (e.g. float32, bfloat16), got {name!r}")
+    return dtype

@@ -87,6 +87,17 @@ def resolve_model_folder(name_or_path: str | Path, cache_root: Path) -> tuple[st
         return path.stem, convert_gguf(path, cache_root / path.stem)
     if path.is_dir():
         return path.name, path
+    check_model_name(name_or_path)
+    raise AssertionError("check_model_name accepts only what is handled above")
+
+
+def check_model_name(name_or_path: str | Path) -> None:
+    """ValueError unless `name_or_path` is a registered name, a folder or a .gguf file."""
+    if embedded_model(str(name_or_path)) is not None:
+        return
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() or (path.is_file() and path.suffix == ".gguf"):
+        return
     if path.exists():
         raise ValueError(f"{path}: expected a model folder or a .gguf file")
     raise ValueError(

@@ -3,11 +3,12 @@ with preemption, the prefix cache and forked contexts; sampling and stop rules."
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
 
-from server.engine import LLMEngine, SamplingParams
+from server.engine import JobOutput, LLMEngine, SamplingParams
 from server.kernels.cpu import huge_pages
 from tests.engine.reference import greedy_reference, load_reference
 from tests.tiny_models import make_tiny_model
@@ -283,6 +284,50 @@ def test_bad_requests_raise_clear_errors(tiny_llama_path):
         len(engine.generate([[5, 6, 7]], SamplingParams(max_tokens=3, temperature=0))[0].token_ids)
         >= 1
     )
+
+
+def test_generate_takes_one_prompt_and_submits_all_or_nothing(tiny_llama_path):
+    engine = LLMEngine.from_pretrained(tiny_llama_path)
+    free = engine.blocks.num_free_blocks
+    (one,) = engine.generate("Hello world", GREEDY)  # one prompt, not one per character
+    assert one.token_ids == engine.generate(["Hello world"], GREEDY)[0].token_ids
+    assert [o.token_ids for o in engine.generate([5, 6, 7], GREEDY)] == [
+        engine.generate([[5, 6, 7]], GREEDY)[0].token_ids
+    ]
+    vocab = engine.model_config.vocab_size
+    for prompts, sampling, needle in (
+        ([[5, 6], [7, 8], []], GREEDY, "prompt 2: prompt is empty"),
+        ([[5, 6], [vocab + 1]], GREEDY, "prompt 1: .*outside the vocabulary"),
+        ([[5, 6], [7, 8]], [GREEDY], "1 sampling params for 2 prompts"),
+    ):
+        with pytest.raises(ValueError, match=needle):
+            engine.generate(prompts, sampling)
+        # nothing of the call stays behind to run inside the next one
+        assert not engine.has_work and engine.blocks.num_free_blocks == free
+    assert len(engine.generate([[5, 6], [7, 8]], GREEDY)) == 2
+
+
+async def test_async_engine_stop_ends_running_jobs_with_an_error(tiny_llama_path):
+    from server.engine import AsyncLLMEngine, EngineError
+
+    aeng = AsyncLLMEngine(LLMEngine.from_pretrained(tiny_llama_path))
+    await aeng.start()
+    endless = SamplingParams(max_tokens=10_000, temperature=0, ignore_eos=True)
+    got: list[JobOutput] = []
+
+    async def consume() -> None:
+        async for out in aeng.generate_request([5, 6, 7], endless):
+            got.append(out)
+
+    task = asyncio.create_task(consume())
+    while not got:
+        await asyncio.sleep(0.01)
+    await aeng.stop()
+    with pytest.raises(EngineError, match="the engine stopped"):
+        await asyncio.wait_for(task, timeout=10)
+    with pytest.raises(EngineError, match="stopped"):
+        await aeng.call(lambda e: e.stats)
+    aeng.free(12345)  # cleanup after a stop is quiet
 
 
 async def test_async_engine_streams_tokens(tiny_llama_path):

@@ -25,6 +25,14 @@ def test_bad_flags_and_models_fail_with_a_message(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="exited with code") as info:
         missing.start()
     assert "no-such-model" in str(info.value)
+    # what the engine refuses is refused before a model loads, in one line, not a traceback
+    for flags, needle in ((["--block-size", "0"], "block_size must be a positive power of two"),
+                          (["--dtype", "foo"], "dtype must name a torch dtype"),
+                          (["--model", str(tmp_path / "nothing")], "no model named")):
+        bad = subprocess.run([sys.executable, "-m", "server", *flags], capture_output=True,
+                             text=True)  # fmt: skip
+        assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert bad.stderr.startswith("parrot-server: ") and needle in bad.stderr
 
 
 def test_sigterm_wakes_long_polls_and_exits_cleanly(tiny_llama_path: Path, tmp_path: Path) -> None:
@@ -46,3 +54,32 @@ def test_sigterm_wakes_long_polls_and_exits_cleanly(tiny_llama_path: Path, tmp_p
     finally:
         srv.stop()
     assert "msg=stopped" in (tmp_path / "log").read_text()
+
+
+def test_a_zero_shutdown_timeout_cancels_requests_in_flight(
+    tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    srv = ServerProcess(tiny_llama_path, "--shutdown-timeout-s", "0", log_path=tmp_path / "log")
+    srv.start()
+    try:
+        body = {"model": str(tiny_llama_path), "prompt": "Once upon a time", "max_tokens": 1000,
+                "n": 64, "temperature": 1.0, "seed": 1}  # fmt: skip
+        answers: list[object] = []
+        url = srv.url + "/v1/completions"
+        client = threading.Thread(target=lambda: answers.append(_posted(url, body)))
+        client.start()
+        time.sleep(0.5)  # the request is in the engine: ~3 s of work
+        start = time.monotonic()
+        assert srv.stop(timeout_s=20) == 0
+        assert time.monotonic() - start < 2.5  # it did not wait for the request
+        client.join(10)
+        assert answers and answers[0] != 200
+    finally:
+        srv.stop()
+
+
+def _posted(url: str, body: dict) -> object:
+    try:
+        return request("POST", url, body)[0]
+    except OSError as exc:  # the server closed the connection
+        return exc
