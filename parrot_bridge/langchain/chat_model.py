@@ -10,6 +10,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict
 
 from parrot_bridge.langchain.messages import to_chat_messages
 from parrot_bridge.langchain.settings import ParrotSettings
@@ -31,6 +32,8 @@ class ChatParrot(ParrotSettings, BaseChatModel):
         llm.invoke("Hello")
     """
 
+    # an unknown option (OpenAI's `n`, say) must fail, not be dropped (LangChain's base ignores it)
+    model_config = ConfigDict(extra="forbid")
     ls_model_type: ClassVar[Literal["chat", "llm"]] = "chat"
     streaming: bool = False
 

@@ -13,7 +13,6 @@ from langchain_core.runnables.base import coerce_to_runnable
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, PrivateAttr
 
-from parrot_bridge.langchain.awaiting import get_all
 from parrot_bridge.langchain.chat_model import ChatParrot
 from parrot_bridge.langchain.llm import ParrotLLM
 from parrot_bridge.langchain.tracer import TracedCall, Tracer, log_split_once
@@ -29,9 +28,12 @@ def compile(runnable: Runnable | dict[str, Any], criteria: Criteria = "latency")
 
     Steps that cannot be traced split the graph (logged once per step); the answer is the
     same as `runnable`'s with greedy sampling. A lambda that receives generated text is first
-    called with placeholders: if it only places the text (f-strings, `+`, `join`, dicts) it
-    stays in the graph; if it reads it, it is called again with the real values. So such
-    lambdas should be free of side effects.
+    called with placeholders, then with two fragile probe texts (whitespace, quotes, a
+    backslash, mixed case, non-ASCII): if it only places the text (f-strings, `+`, `join`,
+    dicts), giving the same result around each, it stays in the graph; if it reads it (str
+    methods, `re`, `json`, ...), it is called again with the real values. So such lambdas
+    should be free of side effects. Limit: a change to text that neither probe holds (replacing
+    one word, say) looks like placement. Async-only lambdas run on the client.
     """
     return CompiledChain(chain=coerce_to_runnable(runnable), criteria=criteria)
 
@@ -79,12 +81,14 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         return set(self._split_steps)
 
     # -- Runnable ------------------------------------------------------------------------------
+    # Each entry point goes through Runnable's `*_with_config` helpers: the compiled chain is
+    # one run, and the steps it traces (prompts, model calls, steps run here) are its children.
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return self._call_with_config(lambda x: self._run([x], config)[0], input, config)
+        return self._call_with_config(self._invoke, input, config)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return await run_in_executor(config, self.invoke, input, config)
+        return await self._acall_with_config(self._ainvoke, input, config)
 
     def batch(
         self,
@@ -94,16 +98,10 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
-        """All inputs traced into one session and one graph."""
-        if not inputs:
-            return []
-        first = config[0] if isinstance(config, list) else config
-        if return_exceptions:
-            try:
-                return self._run(inputs, first)
-            except Exception as exc:  # the graph is shared, so one failure fails all
-                return [exc] * len(inputs)
-        return self._run(inputs, first)
+        """All inputs traced into one session and one graph (so one failure fails all)."""
+        return self._batch_with_config(
+            self._run, inputs, config, return_exceptions=return_exceptions
+        )
 
     async def abatch(
         self,
@@ -113,22 +111,54 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
-        first = config[0] if isinstance(config, list) else config
-        return await run_in_executor(
-            first, lambda: self.batch(inputs, config, return_exceptions=return_exceptions)
+        return await self._abatch_with_config(
+            self._arun, inputs, config, return_exceptions=return_exceptions
         )
 
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Any]:
         """The final output's generated text as it comes (AIMessageChunks for a chat model's
-        message); other outputs arrive whole."""
+        message); other outputs arrive whole. Model calls are reported to callbacks when the
+        stream ends, without token events."""
+        yield from self._transform_stream_with_config(iter([input]), self._transform, config)
+
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        async def one() -> AsyncIterator[Any]:
+            yield input
+
+        async for chunk in self._atransform_stream_with_config(one(), self._atransform, config):
+            yield chunk
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _invoke(self, input: Any, config: RunnableConfig) -> Any:
+        return self._run([input], [config])[0]
+
+    async def _ainvoke(self, input: Any, config: RunnableConfig) -> Any:
+        return (await self._arun([input], [config]))[0]
+
+    async def _arun(self, inputs: list[Any], config: list[RunnableConfig]) -> list[Any]:
+        # the trace is synchronous (LangChain's steps are called as in `invoke`)
+        return await run_in_executor(config[0], self._run, inputs, config)
+
+    def _run(self, inputs: list[Any], config: list[RunnableConfig]) -> list[Any]:
+        with Session(self._url, name="langchain-compiled") as session:
+            tracer = self._tracer(session)
+            outs = [tracer.run(self.chain, x, c) for x, c in zip(inputs, config, strict=True)]
+            self._last_calls = tracer.calls
+            return tracer.finish(outs)
+
+    def _transform(self, inputs: Iterator[Any], config: RunnableConfig) -> Iterator[Any]:
+        (input,) = list(inputs)
         with Session(self._url, name="langchain-compiled") as session:
             tracer = self._tracer(session)
             out = tracer.run(self.chain, input, config)
             self._last_calls = tracer.calls
             if not isinstance(out, str | AIMessage) or not tracer.symbols.find(out):
-                yield tracer.resolve(out)
+                yield tracer.finish(out)
                 return
             text = out.content if isinstance(out, AIMessage) else out
             tracer.commit()
@@ -138,22 +168,24 @@ class CompiledChain(RunnableSerializable[Any, Any]):
                 chunks = [part] if isinstance(part, str) else part.stream(self.criteria)
                 for chunk in chunks:
                     yield AIMessageChunk(content=chunk) if isinstance(out, AIMessage) else chunk
+            tracer.finish(out)  # for the callbacks of its model calls
 
-    async def astream(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    async def _atransform(
+        self, inputs: AsyncIterator[Any], config: RunnableConfig
     ) -> AsyncIterator[Any]:
+        (input,) = [x async for x in inputs]
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
         def pump() -> None:
             try:
-                for item in self.stream(input, config):
+                for item in self._transform(iter([input]), config):
                     loop.call_soon_threadsafe(queue.put_nowait, ("item", item))
                 loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
             except BaseException as exc:  # handed to the consumer
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
 
-        task = loop.run_in_executor(None, pump)
+        task = asyncio.ensure_future(run_in_executor(config, pump))  # starts it now
         while True:
             kind, item = await queue.get()
             if kind == "end":
@@ -162,21 +194,6 @@ class CompiledChain(RunnableSerializable[Any, Any]):
                 raise item
             yield item
         await task
-
-    # -- helpers -------------------------------------------------------------------------------
-
-    def _run(self, inputs: list[Any], config: RunnableConfig | None) -> list[Any]:
-        with Session(self._url, name="langchain-compiled") as session:
-            tracer = self._tracer(session)
-            outs = [tracer.run(self.chain, x, config) for x in inputs]
-            self._last_calls = tracer.calls
-            variables = tracer.symbols.find(outs)
-            if variables:
-                tracer.commit()
-                values = dict(zip(variables, get_all(session, variables, self.criteria),
-                                  strict=True))  # fmt: skip
-                return tracer.symbols.substitute(outs, values.__getitem__)
-            return tracer.symbols.untaint(outs)
 
     def _tracer(self, session: Session) -> Tracer:
         with self._lock:

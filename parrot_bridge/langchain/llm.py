@@ -8,10 +8,11 @@ from typing import Any, ClassVar, Literal
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
+from pydantic import ConfigDict
 
 from parrot_bridge.function import SemanticFunction
 from parrot_bridge.langchain.awaiting import aget_all, get_all
-from parrot_bridge.langchain.settings import ParrotSettings
+from parrot_bridge.langchain.settings import GRAPH_UNSUPPORTED, ParrotSettings
 from parrot_bridge.session import Session
 from parrot_bridge.template import escape_text
 from parrot_bridge.variable import SemanticVariable
@@ -27,6 +28,8 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         llm.batch(["Paris is", "Rome is"])
     """
 
+    # an unknown option (OpenAI's `n`, say) must fail, not be dropped (LangChain's base ignores it)
+    model_config = ConfigDict(extra="forbid")
     ls_model_type: ClassVar[Literal["chat", "llm"]] = "llm"
     criteria: Literal["latency", "throughput"] = "latency"
 
@@ -43,8 +46,8 @@ class ParrotLLM(ParrotSettings, BaseLLM):
     ) -> LLMResult:
         with Session(self.base_url, name="langchain-llm") as session:
             outputs = self._record(session, prompts, stop, kwargs)
-            texts = get_all(session, outputs, self.criteria)
-        return _result(texts, self._model_id(kwargs))
+            get_all(session, outputs, self.criteria)
+        return _result(outputs, self._model_id(kwargs))
 
     async def _agenerate(
         self,
@@ -55,8 +58,8 @@ class ParrotLLM(ParrotSettings, BaseLLM):
     ) -> LLMResult:
         async with Session(self.base_url, name="langchain-llm") as session:
             outputs = self._record(session, prompts, stop, kwargs)
-            texts = await aget_all(session, outputs, self.criteria)
-        return _result(texts, self._model_id(kwargs))
+            await aget_all(session, outputs, self.criteria)
+        return _result(outputs, self._model_id(kwargs))
 
     def _stream(
         self,
@@ -92,6 +95,10 @@ class ParrotLLM(ParrotSettings, BaseLLM):
 
     def _call_sampling(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         sampling = self._sampling(stop, kwargs)
+        unsupported = sorted(GRAPH_UNSUPPORTED & sampling.keys())
+        if unsupported:
+            raise ValueError(f"ParrotLLM cannot honour {unsupported}: semantic calls have no "
+                             "penalties (ChatParrot sends them)")  # fmt: skip
         # the server stops at the context's end, as /v1/completions does without max_tokens
         sampling.setdefault("max_tokens", self._server_info()[1])
         return sampling
@@ -112,6 +119,13 @@ def prompt_template(prompt: str) -> str:
     return escape_text(prompt) + "{{output:completion}}"
 
 
-def _result(texts: list[str], model: str) -> LLMResult:
-    return LLMResult(generations=[[Generation(text=t)] for t in texts],
-                     llm_output={"model_name": model})  # fmt: skip
+def _result(outputs: list[SemanticVariable], model: str) -> LLMResult:
+    """As an OpenAI LLM reports a batch: texts with their finish reasons, usage summed."""
+    generations = [
+        [Generation(text=o.value or "", generation_info={"finish_reason": o.finish_reason})]
+        for o in outputs
+    ]
+    usage = {key: sum((o.usage or {}).get(key, 0) for o in outputs)
+             for key in ("prompt_tokens", "completion_tokens", "total_tokens")}  # fmt: skip
+    return LLMResult(generations=generations,
+                     llm_output={"token_usage": usage, "model_name": model})  # fmt: skip

@@ -22,9 +22,15 @@ class ParrotSettings(BaseModel):
     model_name: str | None = Field(None, alias="model", description="None: the served model.")
     temperature: float | None = Field(None, ge=0, le=2, description="None: the server's (1.0).")
     max_tokens: int | None = Field(None, ge=1, description="None: up to the context's end.")
+    max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name.")
     top_p: float | None = Field(None, gt=0, le=1)
     stop: list[str] | None = Field(None, alias="stop_sequences")
     seed: int | None = None
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="More sampling options, as per-call arguments."
+    )
     timeout: float | None = Field(None, gt=0, description="Seconds per request; None: no limit.")
     max_retries: int = Field(2, ge=0, description="Retries when the server cannot be reached.")
     api_key: SecretStr | None = Field(None, description="Accepted for OpenAI-style code; unused.")
@@ -35,6 +41,9 @@ class ParrotSettings(BaseModel):
     def _check_stop(self) -> ParrotSettings:
         if self.stop is not None and any(not s for s in self.stop):
             raise ValueError("stop strings must not be empty")
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            raise ValueError("give max_tokens or max_completion_tokens, not both")
+        _check_options(type(self).__name__, self.model_kwargs)
         return self
 
     @property
@@ -57,17 +66,22 @@ class ParrotSettings(BaseModel):
         return ServerHttp(self.base_url, self.timeout, self.max_retries)
 
     def _sampling(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The sampling of one call: fields, then per-call keyword arguments; None left out."""
+        """The sampling of one call: fields, `model_kwargs`, then per-call keyword arguments;
+        None left out. An option the server cannot honour raises ValueError."""
         merged = {
             "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
+            "max_tokens": self.max_tokens or self.max_completion_tokens,
             "top_p": self.top_p,
             "seed": self.seed,
+            "frequency_penalty": self.frequency_penalty,
+            "presence_penalty": self.presence_penalty,
             "stop": stop if stop is not None else self.stop,
         }
-        for key in ("temperature", "max_tokens", "top_p", "seed", "stop"):
-            if key in kwargs:
-                merged[key] = kwargs[key]
+        for options in (self.model_kwargs, kwargs):
+            _check_options(type(self).__name__, options)
+            for key, value in options.items():
+                if key in _SAMPLING:
+                    merged[_SAMPLING[key]] = value
         if isinstance(merged["stop"], str):
             merged["stop"] = [merged["stop"]]
         return {k: v for k, v in merged.items() if v is not None and v != []}
@@ -82,3 +96,23 @@ class ParrotSettings(BaseModel):
             card = shared_loop().run(self._http().request("GET", "/v1/models"))["data"][0]
             self._served = (card["id"], card["max_model_len"])
         return self._served
+
+
+# options of OpenAI's API that the graph API's sampling does not take
+GRAPH_UNSUPPORTED = frozenset({"frequency_penalty", "presence_penalty"})
+
+# option -> its name in the request body; `model` picks the model (see `_model_id`)
+_SAMPLING = {
+    "temperature": "temperature", "max_tokens": "max_tokens",
+    "max_completion_tokens": "max_tokens", "top_p": "top_p", "seed": "seed", "stop": "stop",
+    "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
+}  # fmt: skip
+
+
+def _check_options(owner: str, options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(_SAMPLING) - {"model"})
+    if unknown:
+        raise ValueError(
+            f"{owner} cannot honour {', '.join(map(repr, unknown))}: the options it sends are "
+            f"{sorted(_SAMPLING)} (n, logprobs, tools and response formats are not supported)"
+        )

@@ -35,8 +35,11 @@ from parrot_bridge.function import SemanticFunction
 from parrot_bridge.langchain.awaiting import get_all
 from parrot_bridge.langchain.chat_model import ChatParrot
 from parrot_bridge.langchain.http import ServerHttp
+from parrot_bridge.langchain.lambdas import fragile_probes, invoke_here, result_reads_text
 from parrot_bridge.langchain.llm import ParrotLLM
 from parrot_bridge.langchain.messages import to_chat_messages
+from parrot_bridge.langchain.reporting import ModelRun, needed, outcomes, report, with_outcomes
+from parrot_bridge.langchain.settings import GRAPH_UNSUPPORTED
 from parrot_bridge.langchain.symbolic_str import NeedsValue
 from parrot_bridge.langchain.symbols import Symbols, has_hidden_text
 from parrot_bridge.session import Session
@@ -77,16 +80,20 @@ class Tracer:
     on_split: Callable[[str, str], None] = lambda step, why: None
     symbols: Symbols = field(default_factory=Symbols)
     calls: list[TracedCall] = field(default_factory=list)
+    model_runs: list[ModelRun] = field(default_factory=list)
     _chats: list[_PendingChat] = field(default_factory=list)
 
     def run(self, step: Runnable, value: Any, config: RunnableConfig | None = None) -> Any:
         """The symbolic result of `step` on `value`."""
         if isinstance(step, ParrotModel):
             return self._model(step, value, {}, config)
-        if type(step) is RunnableBinding and isinstance(step.bound, ParrotModel):
-            return self._model(step.bound, value, dict(step.kwargs), config)
-        if type(step) is RunnableBinding:
-            return self.run(step.bound, value, config)
+        if isinstance(step, RunnableBinding) and _plain_binding(step):
+            if isinstance(step.bound, ParrotModel):
+                return self._model(
+                    step.bound, value, dict(step.kwargs), step._merge_configs(config)
+                )
+            if not step.kwargs:  # bound arguments of other steps are theirs to read: run it here
+                return self.run(step.bound, value, step._merge_configs(config))
         if isinstance(step, RunnableSequence):
             for inner in step.steps:
                 value = self.run(inner, value, config)
@@ -103,7 +110,7 @@ class Tracer:
             return step.invoke(value, config)  # only moves values around
         if isinstance(step, RunnableEach) and isinstance(value, list):
             return [self.run(step.bound, item, config) for item in value]
-        if isinstance(step, RunnableLambda) and step.func is not None:
+        if isinstance(step, RunnableLambda) and getattr(step, "func", None) is not None:
             return self._lambda(step, value, config)
         if isinstance(step, BasePromptTemplate):
             return self._prompt(step, value, config)
@@ -119,6 +126,25 @@ class Tracer:
         self.commit()
         values = dict(zip(variables, get_all(self.session, variables, self.criteria), strict=True))
         return self.symbols.substitute(obj, values.__getitem__)
+
+    def finish(self, outs: Any) -> Any:
+        """`outs` with its generated values, after reporting the traced model calls to their
+        callbacks; its messages get the usage a plain call would report (see `reporting`)."""
+        self.commit()
+        runs = needed(self.model_runs, set(_message_ids(outs)))
+        wanted = self.symbols.find(outs)
+        for run in runs:
+            wanted += [*self.symbols.find(run.prompt), run.output]
+        missing = list({id(v): v for v in wanted if v.value is None}.values())
+        if missing:
+            get_all(self.session, missing, self.criteria)
+
+        def prompt(run: ModelRun) -> Any:
+            return self.symbols.substitute(run.prompt, lambda v: v.value)
+
+        found = outcomes(runs)
+        report(runs, prompt, found)
+        return with_outcomes(self.symbols.substitute(outs, lambda v: v.value), found)
 
     def commit(self) -> None:
         """Render pending chat calls (one request) and record them in the session."""
@@ -144,25 +170,34 @@ class Tracer:
     ) -> Any:
         if model.base_url.rstrip("/") != self.session.url.rstrip("/"):
             return self._on_client(model, value, config, "it talks to another server", kwargs)
+        if GRAPH_UNSUPPORTED & model._sampling(None, kwargs).keys():
+            why = "semantic calls have no penalties (frequency_penalty, presence_penalty)"
+            return self._on_client(model, value, config, why, kwargs)
         stop = kwargs.pop("stop", None)
         prompt = model._convert_input(self.symbols.untaint(value))
         output = SemanticVariable(name="reply" if isinstance(model, ChatParrot) else "completion")
         if isinstance(model, ParrotLLM):
             template, inputs = self._template(prompt.to_string())
-            fn = SemanticFunction(template + "{{output:completion}}", name="ParrotLLM",
-                                  **model._call_sampling(stop, kwargs))  # fmt: skip
+            sampling = model._call_sampling(stop, kwargs)
+            fn = SemanticFunction(template + "{{output:completion}}", name="ParrotLLM", **sampling)
             fn.invoke(self.session, **inputs, completion=output)
-            self.calls.append(TracedCall(model.get_name(), tuple(inputs.values()), output))
-            return self.symbols.text(output)
-        conversation, inputs = self._conversation(to_chat_messages(prompt.to_messages()))
-        sampling = model._sampling(stop, kwargs)
-        self._chats.append(_PendingChat(model, conversation, inputs, sampling, output))
+        else:
+            conversation, inputs = self._conversation(to_chat_messages(prompt.to_messages()))
+            sampling = model._sampling(stop, kwargs)
+            self._chats.append(_PendingChat(model, conversation, inputs, sampling, output))
         self.calls.append(TracedCall(model.get_name(), tuple(inputs.values()), output))
+        run = ModelRun(model, prompt, stop, kwargs, config, output)
+        self.model_runs.append(run)
+        if isinstance(model, ParrotLLM):
+            return self.symbols.text(output)
         metadata = {"model_name": model._model_id(kwargs), "model_provider": "parrot"}
-        return AIMessage(content=self.symbols.text(output), response_metadata=metadata)
+        return AIMessage(
+            content=self.symbols.text(output), id=run.message_id, response_metadata=metadata
+        )
 
     def _lambda(self, step: RunnableLambda, value: Any, config: RunnableConfig | None) -> Any:
-        if not self.symbols.find(value):
+        variables = self.symbols.find(value)
+        if not variables:
             return step.invoke(value, config)
         if has_hidden_text(value) or _arity(step.func) != 1:
             return self._on_client(step, value, config, "it needs generated values")
@@ -172,10 +207,20 @@ class Tracer:
             return self._on_client(step, value, config, f"it reads generated text ({exc})")
         except (TypeError, ValueError) as exc:  # e.g. a check of the input's type
             return self._on_client(step, value, config, f"it failed on a placeholder ({exc})")
-        if isinstance(out, Runnable):
-            return self.run(out, value, config)
         if has_hidden_text(out):
             return self._on_client(step, value, config, "its output hides generated text")
+        # C code (re, json, str.upper(x)) reads a SymbolicStr's characters untrapped: accept the
+        # result only if it is the same placement of fragile probe texts too
+        probes = [(lambda v, p=p: p[v.id]) for p in fragile_probes(variables)]
+        why = result_reads_text(
+            step.func,  # type: ignore[arg-type]
+            [self.symbols.substitute(value, probe) for probe in probes],
+            [self.symbols.substitute(out, probe) for probe in probes],
+        )
+        if why:
+            return self._on_client(step, value, config, f"it reads generated text: {why}")
+        if isinstance(out, Runnable):
+            return self.run(out, value, config)
         return out
 
     def _prompt(self, step: BasePromptTemplate, value: Any, config: RunnableConfig | None) -> Any:
@@ -207,7 +252,7 @@ class Tracer:
         if self.symbols.find(value):
             self.on_split(step.get_name(), why)
             value = self.resolve(value)
-        return step.invoke(value, config, **(kwargs or {}))
+        return invoke_here(step, value, config, kwargs)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -268,6 +313,23 @@ class Tracer:
             ]
             conversation.append({"role": message["role"], "content": content})
         return conversation, inputs
+
+
+def _message_ids(obj: Any) -> list[str]:
+    if isinstance(obj, AIMessage):
+        return [obj.id] if obj.id else []
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, list | tuple):
+        return [i for item in obj for i in _message_ids(item)]
+    return []
+
+
+def _plain_binding(step: RunnableBinding) -> bool:
+    """Whether `step` behaves as its bound step with arguments and config: a RunnableBinding or
+    a subclass that only narrows types (chat models' `bind()` returns one in langchain-core
+    1.8) and overrides no behaviour."""
+    return type(step).invoke is RunnableBinding.invoke
 
 
 def _arity(func: Callable[..., Any]) -> int:

@@ -139,6 +139,7 @@ def test_compiled_equals_plain(shape: str, chat: ChatParrot, llm: ParrotLLM) -> 
     compiled = compile(chain)
     assert text(compiled.invoke(x)) == text(plain)
     assert compiled.split_steps == set()
+    assert compiled.last_calls, "no model call was traced: the chain ran outside the graph"
 
 
 def test_two_stage_chain_is_one_submission_and_stage_two_needs_no_round_trip(
@@ -154,6 +155,22 @@ def test_two_stage_chain_is_one_submission_and_stage_two_needs_no_round_trip(
     first, second = compiled.last_calls
     assert second.inputs == (first.output,)
     assert answer == two_stage(chat).invoke({"topic": "boats"})
+
+
+def test_bound_models_are_traced_into_one_graph(chat: ChatParrot, parrot_url: str) -> None:
+    # chat models' bind() returns a RunnableBinding subclass; with_config() a plain one
+    first = PromptTemplate.from_template("Topic: {t}") | chat.bind(stop=["e"]) | StrOutputParser()
+    second = PromptTemplate.from_template("Go on: {d}") | chat.with_config(tags=["x"]).bind(
+        stop=["o"]
+    ) | StrOutputParser()  # fmt: skip
+    chain = {"d": first} | second
+    compiled = compile(chain)
+    before = metrics(parrot_url)
+    answer = compiled.invoke({"t": "owls"})
+    assert metrics(parrot_url)[SUBMISSIONS] - before[SUBMISSIONS] == 1
+    one, two = compiled.last_calls
+    assert two.inputs == (one.output,) and compiled.split_steps == set()
+    assert answer == chain.invoke({"t": "owls"})
 
 
 def test_fan_out_over_eight_chunks_is_one_task_group(chat: ChatParrot, parrot_url: str) -> None:

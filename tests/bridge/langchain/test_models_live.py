@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
@@ -43,6 +44,22 @@ def test_usage_is_the_servers_count(chat: ChatParrot, parrot_url: str) -> None:
         streamed = chunk if streamed is None else streamed + chunk
     assert streamed is not None and streamed.content == reply.content
     assert streamed.usage_metadata == usage
+
+
+def test_llm_usage_is_the_servers_count(parrot_url: str) -> None:
+    llm = ParrotLLM(base_url=parrot_url, temperature=0, max_tokens=8)
+    result = llm.generate(["Hello there", "Once upon"])
+    plain = [request("POST", parrot_url + "/v1/completions",
+                     {"model": llm._model_id({}), "prompt": p, "max_tokens": 8,
+                      "temperature": 0})[1] for p in ("Hello there", "Once upon")]  # fmt: skip
+    assert [g[0].text for g in result.generations] == [r["choices"][0]["text"] for r in plain]
+    assert [g[0].generation_info["finish_reason"] for g in result.generations] == [
+        r["choices"][0]["finish_reason"] for r in plain
+    ]
+    assert result.llm_output["token_usage"] == {
+        key: sum(r["usage"][key] for r in plain)
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens")
+    }
 
 
 def test_stop_strings_cut_the_answer(chat: ChatParrot) -> None:
@@ -90,3 +107,28 @@ def test_render_route_is_documented_and_checks_its_input(parrot_url: str) -> Non
     bad = {"conversations": [[{"role": "user", "content": [{"type": "variable", "name": "1x"}]}]]}
     status, body = request("POST", parrot_url + "/v1/chat/render", bad)
     assert status == 400 and "name" in body["error"]["message"]
+
+
+def test_penalties_reach_the_server(chat: ChatParrot, parrot_url: str) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "List animals"}],
+            "temperature": 0, "max_tokens": 10, "frequency_penalty": -2.0}  # fmt: skip
+    status, plain = request("POST", parrot_url + "/v1/chat/completions",
+                            {**body, "model": chat._model_id({})})  # fmt: skip
+    assert status == 200
+    expected = plain["choices"][0]["message"]["content"]
+    assert expected != chat.invoke("List animals").content, "the penalty changes nothing here"
+    penalised = ChatParrot(base_url=parrot_url, temperature=0, max_tokens=10,
+                           frequency_penalty=-2.0)  # fmt: skip
+    assert penalised.invoke("List animals").content == expected
+    assert chat.invoke("List animals", frequency_penalty=-2.0).content == expected
+    by_kwargs = ChatParrot(base_url=parrot_url, temperature=0, max_completion_tokens=10,
+                           model_kwargs={"frequency_penalty": -2.0})  # fmt: skip
+    assert by_kwargs.invoke("List animals").content == expected
+    compiled = lc.compile(lc_prompt() | penalised)
+    assert compiled.invoke({"q": "List animals"}).content == expected
+
+
+def lc_prompt() -> Any:
+    from langchain_core.prompts import ChatPromptTemplate
+
+    return ChatPromptTemplate.from_template("{q}")

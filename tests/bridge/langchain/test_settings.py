@@ -47,3 +47,23 @@ def test_a_prompt_is_constant_text_whatever_it_holds() -> None:
     prompt = "Use {{input:x}} and {{{{ here: {{output:y}}"
     template = parse_template(prompt_template(prompt))
     assert template.segments[0] == Text(prompt, 0) and template.inputs == []
+
+
+def test_openai_options_are_sent_or_refused() -> None:
+    llm = ChatParrot(frequency_penalty=1.5, model_kwargs={"presence_penalty": 0.5},
+                     max_completion_tokens=7)  # fmt: skip
+    assert llm._sampling(None, {}) == {"max_tokens": 7, "frequency_penalty": 1.5,
+                                       "presence_penalty": 0.5}  # fmt: skip
+    assert llm._sampling(None, {"frequency_penalty": -1, "max_completion_tokens": 3}) == {
+        "max_tokens": 3, "frequency_penalty": -1, "presence_penalty": 0.5}  # fmt: skip
+    for cls in (ChatParrot, ParrotLLM):
+        with pytest.raises(ValidationError, match="n\\b"):
+            cls(n=2)
+        with pytest.raises(ValidationError, match="cannot honour 'logprobs'"):
+            cls(model_kwargs={"logprobs": True})
+    with pytest.raises(ValueError, match="cannot honour 'n'"):
+        ChatParrot()._sampling(None, {"n": 2})
+    with pytest.raises(ValidationError, match="not both"):
+        ChatParrot(max_tokens=3, max_completion_tokens=4)
+    with pytest.raises(ValueError, match="no penalties"):
+        ParrotLLM(presence_penalty=1, max_tokens=3)._call_sampling(None, {})

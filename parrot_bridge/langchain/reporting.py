@@ -1,0 +1,156 @@
+"""LangChain callbacks and message metadata for the model calls of a compiled chain.
+
+A traced model call runs on the server inside a graph, so LangChain never starts a run for it.
+Once the graph's values have arrived, each call is reported as the plain chain would report
+it: a chat model (or LLM) run under the step's parent run, with its prompt, its message and
+its usage; messages in the chain's output get the same usage, id and finish reason.
+
+Usage and finish reason are the server's: each output variable of a graph reports them as a
+plain request of its prompt would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.callbacks import CallbackManager
+from langchain_core.messages import AIMessage, UsageMetadata
+from langchain_core.outputs import ChatGeneration, Generation, LLMResult
+from langchain_core.prompt_values import PromptValue
+from langchain_core.runnables import RunnableConfig, ensure_config
+
+from parrot_bridge.langchain.chat_model import ChatParrot
+from parrot_bridge.langchain.llm import ParrotLLM
+from parrot_bridge.variable import SemanticVariable
+
+
+@dataclass(slots=True)
+class ModelRun:
+    """A traced model call: its prompt holds sentinels until the graph's values arrive."""
+
+    model: ChatParrot | ParrotLLM
+    prompt: PromptValue
+    stop: list[str] | None
+    kwargs: dict[str, Any]
+    config: RunnableConfig | None
+    output: SemanticVariable
+
+    @property
+    def message_id(self) -> str:
+        """The id of the call's AIMessage in the trace (so the output can be found again)."""
+        return f"parrot-{self.output.id}"
+
+    def callbacks(self) -> CallbackManager:
+        """The manager the model's own invoke would configure from the step's config."""
+        config = ensure_config(self.config)
+        metadata = {**config.get("metadata", {}),
+                    **self.model._get_ls_params(stop=self.stop, **self.kwargs)}  # fmt: skip
+        return CallbackManager.configure(
+            config.get("callbacks"), self.model.callbacks, self.model.verbose,
+            config.get("tags"), self.model.tags, metadata, self.model.metadata,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a plain request would have said about a chat call."""
+
+    usage: UsageMetadata
+    finish_reason: str
+    model_name: str
+
+
+def needed(runs: list[ModelRun], output_ids: set[str]) -> list[ModelRun]:
+    """The runs to report: those with callback handlers or a message in the outputs."""
+    return [r for r in runs if r.message_id in output_ids or r.callbacks().handlers]
+
+
+def outcomes(runs: list[ModelRun]) -> dict[str, Outcome]:
+    """What the server reported of each run's output (by message id): the usage a plain request
+    of its prompt would report, and its finish reason. Only once the output was fetched."""
+    out = {}
+    for run in runs:
+        usage, reason = run.output.usage, run.output.finish_reason
+        if usage is None or reason is None:
+            continue
+        metadata = UsageMetadata(input_tokens=usage["prompt_tokens"],
+                                 output_tokens=usage["completion_tokens"],
+                                 total_tokens=usage["total_tokens"])  # fmt: skip
+        out[run.message_id] = Outcome(metadata, reason, run.model._model_id(run.kwargs))
+    return out
+
+
+def message(run: ModelRun, outcome: Outcome | None) -> AIMessage:
+    """The AIMessage a plain call would have returned."""
+    if outcome is None:
+        return AIMessage(content=run.output.value or "", id=run.message_id)
+    return AIMessage(
+        content=run.output.value or "",
+        id=run.message_id,
+        usage_metadata=outcome.usage,
+        response_metadata={
+            "model_name": outcome.model_name,
+            "model_provider": "parrot",
+            "finish_reason": outcome.finish_reason,
+        },  # fmt: skip
+    )
+
+
+def report(
+    runs: list[ModelRun], prompt: Callable[[ModelRun], PromptValue], found: dict[str, Outcome]
+) -> None:
+    """Start and end each run's callbacks, as `invoke` on the model would have."""
+    for run in runs:
+        manager = run.callbacks()
+        if not manager.handlers:
+            continue
+        params = run.model._get_invocation_params(stop=run.stop, **run.kwargs)
+        options = {"stop": run.stop, **run.kwargs}
+        shown = prompt(run)
+        if isinstance(run.model, ChatParrot):
+            (manager_run,) = manager.on_chat_model_start(
+                run.model._serialized, [shown.to_messages()], invocation_params=params,
+                options=options, batch_size=1,
+            )  # fmt: skip
+            outcome = found.get(run.message_id)
+            reply = message(run, outcome)
+            generation: Generation = ChatGeneration(
+                message=reply, generation_info={"finish_reason": outcome.finish_reason}
+                if outcome else None,
+            )  # fmt: skip
+            llm_output = {"model_name": outcome.model_name} if outcome else None
+        else:
+            (manager_run,) = manager.on_llm_start(
+                run.model._serialized, [shown.to_string()], invocation_params=params,
+                options=options, batch_size=1,
+            )  # fmt: skip
+            generation = Generation(text=run.output.value or "")
+            llm_output = None
+            if run.message_id in found:  # as ParrotLLM's plain calls report it
+                usage = run.output.usage
+                llm_output = {"token_usage": usage, "model_name": found[run.message_id].model_name}
+        manager_run.on_llm_end(LLMResult(generations=[[generation]], llm_output=llm_output))
+
+
+def with_outcomes(obj: Any, found: dict[str, Outcome]) -> Any:
+    """`obj` with the traced calls' messages given their usage and finish reason."""
+    if isinstance(obj, AIMessage) and obj.id in found:
+        outcome = found[obj.id]
+        metadata = {**obj.response_metadata, "model_name": outcome.model_name,
+                    "finish_reason": outcome.finish_reason}  # fmt: skip
+        return obj.model_copy(
+            update={"usage_metadata": outcome.usage, "response_metadata": metadata}
+        )
+    if isinstance(obj, dict):
+        items = {k: with_outcomes(v, found) for k, v in obj.items()}
+        try:  # keep dict subclasses (LangChain's AddableDict)
+            return type(obj)(items)
+        except TypeError:
+            return items
+    if isinstance(obj, list):
+        return [with_outcomes(v, found) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(with_outcomes(v, found) for v in obj)
+    return obj

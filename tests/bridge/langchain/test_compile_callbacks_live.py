@@ -1,0 +1,93 @@
+"""A compiled chain reports to LangChain's callbacks like the plain chain (live server, tiny
+random Llama): one root run with its steps as children, a chat model run per call with its
+usage, `astream_events` with the chain's stream and output, messages with usage."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from uuid import UUID
+
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler, get_usage_metadata_callback
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import Runnable
+
+from parrot_bridge.langchain import ChatParrot, compile
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def chat(parrot_url: str) -> ChatParrot:
+    return ChatParrot(base_url=parrot_url, temperature=0, max_tokens=8)
+
+
+def two_calls(chat: ChatParrot) -> Runnable:
+    draft = ChatPromptTemplate.from_template("A tagline about {topic}.") | chat | StrOutputParser()
+    return {"draft": draft} | ChatPromptTemplate.from_template("Improve: {draft}") | chat
+
+
+class Runs(BaseCallbackHandler):
+    """(event, run id, parent run id) of chain and model runs, and the models' results."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, UUID, UUID | None]] = []
+        self.usages: list[Any] = []
+
+    def on_chain_start(self, *_: Any, run_id: UUID, parent_run_id: UUID | None = None,
+                       **__: Any) -> None:  # fmt: skip
+        self.events.append(("chain", run_id, parent_run_id))
+
+    def on_chat_model_start(self, *_: Any, run_id: UUID, parent_run_id: UUID | None = None,
+                            **__: Any) -> None:  # fmt: skip
+        self.events.append(("chat_model", run_id, parent_run_id))
+
+    def on_llm_end(self, response: Any, **_: Any) -> None:
+        self.usages.append(response.generations[0][0].message.usage_metadata)
+
+
+def test_callbacks_see_one_root_run_and_each_model_call_with_usage(chat: ChatParrot) -> None:
+    chain, x = two_calls(chat), {"topic": "owls"}
+    plain_runs, compiled_runs = Runs(), Runs()
+    with get_usage_metadata_callback() as plain_usage:
+        plain = chain.invoke(x, config={"callbacks": [plain_runs]})
+    with get_usage_metadata_callback() as compiled_usage:
+        out = compile(chain).invoke(x, config={"callbacks": [compiled_runs]})
+    assert out.content == plain.content
+    roots = [e for e in compiled_runs.events if e[2] is None]
+    assert len(roots) == 1
+    run_ids = {e[1] for e in compiled_runs.events}
+    assert all(e[2] in run_ids for e in compiled_runs.events if e[2] is not None)
+    assert [e[0] for e in compiled_runs.events].count("chat_model") == 2
+    # the server's counts of each graph call: those of the plain requests
+    assert compiled_runs.usages == plain_runs.usages
+    assert all(u["input_tokens"] > 0 and u["output_tokens"] > 0 for u in plain_runs.usages)
+    assert compiled_usage.usage_metadata == plain_usage.usage_metadata
+
+
+def test_the_output_message_carries_usage_id_and_finish_reason(chat: ChatParrot) -> None:
+    chain, x = two_calls(chat), {"topic": "cats"}
+    plain, out = chain.invoke(x), compile(chain).invoke(x)
+    assert out.content == plain.content and out.id
+    assert out.usage_metadata and plain.usage_metadata
+    assert out.usage_metadata == plain.usage_metadata
+    assert out.response_metadata["model_name"] == plain.response_metadata["model_name"]
+    assert out.response_metadata["finish_reason"] == plain.response_metadata["finish_reason"]
+
+
+def test_astream_events_give_the_chains_start_stream_and_output(chat: ChatParrot) -> None:
+    chain = two_calls(chat) | StrOutputParser()
+    expected = chain.invoke({"topic": "dogs"})
+
+    async def events() -> list[dict[str, Any]]:
+        compiled = compile(chain)
+        return [e async for e in compiled.astream_events({"topic": "dogs"}, version="v2")]
+
+    got = asyncio.run(events())
+    root = [e for e in got if not e["parent_ids"]]
+    assert root[0]["event"] == "on_chain_start" and root[-1]["event"] == "on_chain_end"
+    streamed = [e["data"]["chunk"] for e in root if e["event"] == "on_chain_stream"]
+    assert streamed and "".join(streamed) == expected == root[-1]["data"]["output"]
+    assert [e["event"] for e in got].count("on_chat_model_end") == 2
