@@ -110,7 +110,7 @@ def semantic_function(
 ) -> SemanticFunction | Callable[[Callable[..., Any]], SemanticFunction]:
     """Decorator: the function's docstring is the template, its parameters name the inputs (and
     may name outputs). Sampling defaults as keywords: max_tokens, temperature, top_p, top_k,
-    seed, stop, ignore_eos. Template errors raise here, at decoration, with their position."""
+    seed, stop, ignore_eos, presence_penalty, frequency_penalty. Template errors raise here, at decoration, with their position."""
 
     def decorate(f: Callable[..., Any]) -> SemanticFunction:
         doc = inspect.getdoc(f)
@@ -139,6 +139,8 @@ _SAMPLING_CHECKS: dict[str, Callable[[Any], bool]] = {
     "seed": lambda v: v is None or isinstance(v, int),
     "stop": lambda v: all(isinstance(s, str) and s for s in v),
     "ignore_eos": lambda v: isinstance(v, bool),
+    "presence_penalty": lambda v: isinstance(v, int | float) and -2 <= v <= 2,
+    "frequency_penalty": lambda v: isinstance(v, int | float) and -2 <= v <= 2,
 }
 
 

@@ -338,6 +338,8 @@ class Executor:
             seed=s.seed,
             stop=list(step.stop),
             ignore_eos=s.ignore_eos,
+            presence_penalty=s.presence_penalty,
+            frequency_penalty=s.frequency_penalty,
         )
         var_id = call.outputs[step.output]
         text, generated, reason = "", 0, "length"

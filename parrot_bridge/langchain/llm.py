@@ -12,7 +12,7 @@ from pydantic import ConfigDict
 
 from parrot_bridge.function import SemanticFunction
 from parrot_bridge.langchain.awaiting import aget_all, get_all
-from parrot_bridge.langchain.settings import GRAPH_UNSUPPORTED, ParrotSettings
+from parrot_bridge.langchain.settings import ParrotSettings
 from parrot_bridge.session import Session
 from parrot_bridge.template import escape_text
 from parrot_bridge.variable import SemanticVariable
@@ -95,12 +95,9 @@ class ParrotLLM(ParrotSettings, BaseLLM):
 
     def _call_sampling(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         sampling = self._sampling(stop, kwargs)
-        unsupported = sorted(GRAPH_UNSUPPORTED & sampling.keys())
-        if unsupported:
-            raise ValueError(f"ParrotLLM cannot honour {unsupported}: semantic calls have no "
-                             "penalties (ChatParrot sends them)")  # fmt: skip
         # the server stops at the context's end, as /v1/completions does without max_tokens
-        sampling.setdefault("max_tokens", self._server_info()[1])
+        if "max_tokens" not in sampling:  # (asks the server once)
+            sampling["max_tokens"] = self._server_info()[1]
         return sampling
 
     def _record(

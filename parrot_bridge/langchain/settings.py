@@ -98,9 +98,6 @@ class ParrotSettings(BaseModel):
         return self._served
 
 
-# options of OpenAI's API that the graph API's sampling does not take
-GRAPH_UNSUPPORTED = frozenset({"frequency_penalty", "presence_penalty"})
-
 # option -> its name in the request body; `model` picks the model (see `_model_id`)
 _SAMPLING = {
     "temperature": "temperature", "max_tokens": "max_tokens",

@@ -39,7 +39,6 @@ from parrot_bridge.langchain.lambdas import fragile_probes, invoke_here, result_
 from parrot_bridge.langchain.llm import ParrotLLM
 from parrot_bridge.langchain.messages import to_chat_messages
 from parrot_bridge.langchain.reporting import ModelRun, needed, outcomes, report, with_outcomes
-from parrot_bridge.langchain.settings import GRAPH_UNSUPPORTED
 from parrot_bridge.langchain.symbolic_str import NeedsValue
 from parrot_bridge.langchain.symbols import Symbols, has_hidden_text
 from parrot_bridge.session import Session
@@ -170,9 +169,6 @@ class Tracer:
     ) -> Any:
         if model.base_url.rstrip("/") != self.session.url.rstrip("/"):
             return self._on_client(model, value, config, "it talks to another server", kwargs)
-        if GRAPH_UNSUPPORTED & model._sampling(None, kwargs).keys():
-            why = "semantic calls have no penalties (frequency_penalty, presence_penalty)"
-            return self._on_client(model, value, config, why, kwargs)
         stop = kwargs.pop("stop", None)
         prompt = model._convert_input(self.symbols.untaint(value))
         output = SemanticVariable(name="reply" if isinstance(model, ChatParrot) else "completion")

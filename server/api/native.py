@@ -195,8 +195,9 @@ def _to_submission(body: GraphSubmission) -> Submission:
         s = spec.sampling
         try:
             sampling = Sampling(
-                s.max_tokens, s.temperature, s.top_p, s.top_k, s.seed, tuple(s.stop), s.ignore_eos
-            )
+                s.max_tokens, s.temperature, s.top_p, s.top_k, s.seed, tuple(s.stop), s.ignore_eos,
+                s.presence_penalty, s.frequency_penalty,
+            )  # fmt: skip
         except ValueError as exc:
             raise GraphError(
                 f"call {spec.id!r}: invalid sampling: {exc}", kind="invalid_sampling", call=spec.id

@@ -46,6 +46,8 @@ class SamplingSpec(ApiModel):
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     stop: list[str] = Field(default_factory=list)
     ignore_eos: bool = False
+    presence_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
 
 
 class VariableSpec(ApiModel):

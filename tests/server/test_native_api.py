@@ -140,6 +140,18 @@ def test_several_outputs_see_the_tokens_a_plain_request_would(
     assert get_var(server, sid, token, "s")["usage"] is None
 
 
+def test_penalties_apply_to_graph_calls(server: str, engine: LLMEngine) -> None:
+    sid, token = open_session(server)
+    spec = call("pen", "List animals:{{output:y}}", {}, {"y": "y"}, 10)
+    spec["sampling"] |= {"frequency_penalty": -2.0, "presence_penalty": 0.5}
+    assert submit(server, sid, token, {"variables": [{"id": "y"}], "calls": [spec]})[0] == 200
+    ids = engine.tokenizer.encode("List animals:")
+    sampling = SamplingParams(max_tokens=10, temperature=0, frequency_penalty=-2.0,
+                              presence_penalty=0.5)  # fmt: skip
+    assert get_var(server, sid, token, "y")["value"] == engine.generate([ids], sampling)[0].text
+    assert get_var(server, sid, token, "y")["value"] != greedy(engine, "List animals:", 10)
+
+
 def test_stripped_inputs_fill_the_stripped_text_and_keep_the_value(
     server: str, engine: LLMEngine
 ) -> None:

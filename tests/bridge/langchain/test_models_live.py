@@ -126,6 +126,12 @@ def test_penalties_reach_the_server(chat: ChatParrot, parrot_url: str) -> None:
     assert by_kwargs.invoke("List animals").content == expected
     compiled = lc.compile(lc_prompt() | penalised)
     assert compiled.invoke({"q": "List animals"}).content == expected
+    assert compiled.split_steps == set() and len(compiled.last_calls) == 1  # in the graph
+    llm = ParrotLLM(base_url=parrot_url, temperature=0, max_tokens=10)
+    completion = {"model": chat._model_id({}), "prompt": "Animals:", "temperature": 0,
+                  "max_tokens": 10, "presence_penalty": -2.0}  # fmt: skip
+    plain_text = request("POST", parrot_url + "/v1/completions", completion)[1]
+    assert llm.invoke("Animals:", presence_penalty=-2.0) == plain_text["choices"][0]["text"]
 
 
 def lc_prompt() -> Any:

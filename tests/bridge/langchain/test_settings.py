@@ -65,5 +65,6 @@ def test_openai_options_are_sent_or_refused() -> None:
         ChatParrot()._sampling(None, {"n": 2})
     with pytest.raises(ValidationError, match="not both"):
         ChatParrot(max_tokens=3, max_completion_tokens=4)
-    with pytest.raises(ValueError, match="no penalties"):
-        ParrotLLM(presence_penalty=1, max_tokens=3)._call_sampling(None, {})
+    # semantic calls take the penalties too
+    assert ParrotLLM(presence_penalty=1, max_tokens=3)._call_sampling(None, {}) == {
+        "max_tokens": 3, "presence_penalty": 1}  # fmt: skip
