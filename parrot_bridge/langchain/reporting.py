@@ -23,6 +23,7 @@ from langchain_core.runnables import RunnableConfig, ensure_config
 
 from parrot_bridge.langchain.chat_model import ChatParrot
 from parrot_bridge.langchain.llm import ParrotLLM
+from parrot_bridge.langchain.symbols import map_items
 from parrot_bridge.variable import SemanticVariable
 
 
@@ -143,14 +144,6 @@ def with_outcomes(obj: Any, found: dict[str, Outcome]) -> Any:
         return obj.model_copy(
             update={"usage_metadata": outcome.usage, "response_metadata": metadata}
         )
-    if isinstance(obj, dict):
-        items = {k: with_outcomes(v, found) for k, v in obj.items()}
-        try:  # keep dict subclasses (LangChain's AddableDict)
-            return type(obj)(items)
-        except TypeError:
-            return items
-    if isinstance(obj, list):
-        return [with_outcomes(v, found) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(with_outcomes(v, found) for v in obj)
+    if isinstance(obj, dict | list | tuple):
+        return map_items(obj, lambda v: with_outcomes(v, found))
     return obj

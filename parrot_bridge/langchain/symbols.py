@@ -114,16 +114,8 @@ def map_strings(obj: Any, fn: Callable[[str], str]) -> Any:
     messages (content) and prompt values; other objects are kept as they are."""
     if isinstance(obj, str):
         return fn(obj)
-    if isinstance(obj, dict):
-        items = {k: map_strings(v, fn) for k, v in obj.items()}
-        try:  # keep dict subclasses (LangChain's AddableDict)
-            return type(obj)(items)
-        except TypeError:
-            return items
-    if isinstance(obj, list):
-        return [map_strings(v, fn) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(map_strings(v, fn) for v in obj)
+    if isinstance(obj, dict | list | tuple):
+        return map_items(obj, lambda v: map_strings(v, fn))
     if isinstance(obj, BaseMessage):
         return obj.model_copy(update={"content": map_strings(obj.content, fn)})
     if isinstance(obj, StringPromptValue):
@@ -132,3 +124,16 @@ def map_strings(obj: Any, fn: Callable[[str], str]) -> Any:
         return ChatPromptValue(messages=map_strings(obj.messages, fn))
     return obj
 
+
+
+def map_items(obj: dict[Any, Any] | list[Any] | tuple[Any, ...], fn: Callable[[Any], Any]) -> Any:
+    """The container rebuilt with `fn` applied to its items (a dict's values)."""
+    if isinstance(obj, dict):
+        items = {k: fn(v) for k, v in obj.items()}
+        try:  # keep dict subclasses (LangChain's AddableDict)
+            return type(obj)(items)
+        except TypeError:
+            return items
+    if isinstance(obj, list):
+        return [fn(v) for v in obj]
+    return tuple(fn(v) for v in obj)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -72,3 +73,13 @@ def requests_except_metrics(samples: dict[str, float]) -> float:
         for k, v in samples.items()
         if k.startswith("parrot_http_requests_total") and 'route="/metrics"' not in k
     )
+
+
+def idle_metrics(url: str, timeout_s: float = 10) -> dict[str, float]:
+    """/metrics once every KV block is free again (or after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        m = metrics(url)
+        if m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"] or time.monotonic() > deadline:
+            return m
+        time.sleep(0.05)

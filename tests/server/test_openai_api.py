@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 from server.engine import LLMEngine, SamplingParams
 from server.launcher import ServerProcess
-from tests.server.http_client import metrics, request
+from tests.server.http_client import idle_metrics, metrics, request
 
 pytestmark = pytest.mark.slow
 
@@ -193,12 +192,7 @@ def test_abandoned_samples_free_their_kv(server: str, client: openai.OpenAI) -> 
         if k >= 2:
             break
     stream.close()
-    deadline = time.monotonic() + 10
-    while True:
-        m = metrics(server)
-        if m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"] or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    m = idle_metrics(server)
     assert m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"]
 
 
@@ -213,12 +207,7 @@ def test_a_client_that_hangs_up_stops_its_non_streamed_request(server: str) -> N
     before = metrics(server)["parrot_generated_tokens_total"]
     with pytest.raises(OSError):  # the client's timeout: it closes the connection
         request("POST", url, body, timeout=0.3)
-    deadline = time.monotonic() + 20
-    while True:
-        m = metrics(server)
-        if m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"] or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    m = idle_metrics(server, timeout_s=20)
     assert m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"]
     assert m["parrot_generated_tokens_total"] - before < 0.6 * whole  # aborted, not finished
     status, _ = request("POST", url, {"model": "tiny", "prompt": "still", "max_tokens": 2})
