@@ -81,6 +81,11 @@ class EngineDriver:
     def max_model_len(self) -> int:
         return self.engine.engine.max_model_len
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids run from 0 to this, less one."""
+        return self.engine.engine.model_config.vocab_size
+
     def encode(self, text: str) -> list[int]:
         """Tokens of `text` as a plain request would tokenize it (no special tokens added)."""
         return self.tokenizer.encode(text, add_special_tokens=False)

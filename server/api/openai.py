@@ -67,6 +67,8 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     _check_common(request, body)
     if body.suffix:
         raise bad_request("suffix is not supported", param="suffix")
+    if body.best_of is not None and body.best_of != (body.n or 1):
+        raise bad_request("best_of is not supported (only equal to n)", param="best_of")
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not prompts:
         raise bad_request("prompt must not be empty", param="prompt")
@@ -121,6 +123,10 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     _check_common(request, body)
     if body.tools:
         raise bad_request("tools are not supported", param="tools")
+    if body.functions or body.function_call not in (None, "none"):
+        raise bad_request("function calling is not supported", param="functions")
+    if body.tool_choice not in (None, "none", "auto"):  # "auto" with no tools: no tool call
+        raise bad_request("tool_choice is not supported (no tools)", param="tool_choice")
     driver = request.app[DRIVER]
     messages = [{"role": m.role, "content": _content(m.content, i)} for i, m in
                 enumerate(body.messages)]  # fmt: skip
@@ -335,6 +341,11 @@ def _samples(sampling: SamplingParams, n: int) -> list[SamplingParams]:
 
 def _check_common(request: web.Request, body: OpenAIRequest) -> None:
     config, driver = request.app[CONFIG], request.app[DRIVER]
+    if body.response_format is not None and body.response_format.get("type") != "text":
+        raise bad_request(
+            "response_format: only {\"type\": \"text\"} is supported (no JSON mode or schemas)",
+            param="response_format",
+        )
     if body.model not in (config.model_id, driver.name):
         raise not_found(
             f"the model {body.model!r} does not exist; this server serves {config.model_id!r}",
@@ -446,9 +457,31 @@ def _sampling(
         stop=stop,
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
+        logit_bias=_logit_bias(driver, body.logit_bias),
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
     )
+
+
+def _logit_bias(driver: EngineDriver, asked: dict[str, float] | None) -> dict[int, float]:
+    """OpenAI's logit_bias (token ids as strings) as the engine takes it; 400 when a key is not
+    a token id of this model or a bias lies outside [-100, 100]."""
+    bias: dict[int, float] = {}
+    vocab = driver.vocab_size
+    for key, value in (asked or {}).items():
+        token = int(key) if key.strip().isdigit() else -1
+        if not 0 <= token < vocab:
+            raise bad_request(
+                f"logit_bias: {key!r} is not a token id of this model (0 to {vocab - 1})",
+                param="logit_bias",
+            )
+        if not -100 <= value <= 100:  # NaN fails this too
+            raise bad_request(
+                f"logit_bias: the bias of token {key} must be in [-100, 100], got {value}",
+                param="logit_bias",
+            )
+        bias[token] = float(value)
+    return bias
 
 
 def _content(content: object, index: int) -> str:

@@ -32,6 +32,8 @@ class OpenAIRequest(BaseModel):
     frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
     # completions: how many alternatives per token (0-20); chat: whether to return them
     logprobs: bool | int | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
+    response_format: dict[str, Any] | None = None  # only {"type": "text"}: no JSON mode
     user: str | None = None
 
 
@@ -40,6 +42,7 @@ class CompletionRequest(OpenAIRequest):
     max_tokens: int | None = Field(None, ge=0)  # 0: with echo, score the prompt only
     echo: bool = False
     suffix: str | None = None
+    best_of: int | None = None
 
 
 class TextPart(BaseModel):
@@ -62,6 +65,9 @@ class ChatCompletionRequest(OpenAIRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[dict] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    functions: list[dict] | None = None
+    function_call: str | dict[str, Any] | None = None
 
 
 class Usage(BaseModel):

@@ -180,6 +180,10 @@ class LLMEngine:
                 f"context {context_id} will hold up to {length} tokens, "
                 f"max_model_len is {self.max_model_len}"
             )
+        vocab = self.model_config.vocab_size
+        bad = next((t for t in sampling.logit_bias if t >= vocab), None)
+        if bad is not None:
+            raise ValueError(f"logit_bias: token id {bad} is outside the vocabulary (size {vocab})")
         worst = length + sampling.max_tokens
         if -(-min(worst, self.max_model_len) // self.config.block_size) > self.blocks.num_blocks:
             raise ValueError(

@@ -20,8 +20,8 @@ def sample(
     `outputs[i]` are row i's tokens generated so far (for the penalties). Returns the tokens
     and, for rows whose settings ask for them, their log probabilities (else None)."""
     raw = logits
-    if any(p.penalized for p in params):
-        logits = _penalized(logits, params, outputs)
+    if any(p.adjusts_logits for p in params):
+        logits = _adjusted(logits, params, outputs)
     if all(p.greedy for p in params):
         tokens = logits.argmax(dim=-1).tolist()
     else:
@@ -36,15 +36,20 @@ def sample(
     return tokens, logprobs
 
 
-def _penalized(
+def _adjusted(
     logits: torch.Tensor, params: list[SamplingParams], outputs: Sequence[Sequence[int]]
 ) -> torch.Tensor:
-    """OpenAI's penalties: minus frequency x count, minus presence once a token appeared."""
+    """OpenAI's penalties (minus frequency x count, minus presence once a token appeared), then
+    its logit bias."""
     logits = logits.clone()
     for i, (p, generated) in enumerate(zip(params, outputs, strict=True)):
         if p.penalized and generated:
             ids, counts = torch.tensor(generated, device=logits.device).unique(return_counts=True)
             logits[i, ids] -= p.frequency_penalty * counts.to(logits.dtype) + p.presence_penalty
+        if p.logit_bias:
+            ids = torch.tensor(list(p.logit_bias), device=logits.device)
+            bias = torch.tensor(list(p.logit_bias.values()), dtype=logits.dtype)
+            logits[i, ids] += bias.to(logits.device)
     return logits
 
 

@@ -29,7 +29,8 @@ class SamplingParams:
     tokens already generated: by the first once a token has appeared, by the second for each
     time it has (greedy decoding too). `logprobs` asks for every generated token's log
     probability under the model (before penalties and temperature) and for that many most
-    likely alternatives (0 to 20; None: none). `prompt_logprobs` does the same for the prompt's
+    likely alternatives (0 to 20; None: none). `logit_bias` (OpenAI's) adds to the logits of
+    the token ids it names, -100 to 100 (greedy decoding too). `prompt_logprobs` does the same for the prompt's
     tokens (each given those before it; the first has none), for a plain request (a context
     with nothing computed): it computes its whole prompt, skipping the prefix cache.
     """
@@ -46,6 +47,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -63,6 +65,11 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:  # NaN fails this too
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        for token, bias in self.logit_bias.items():
+            if not (isinstance(token, int) and token >= 0 and -100.0 <= bias <= 100.0):
+                raise ValueError(
+                    f"logit_bias maps token ids (>= 0) to biases in [-100, 100], got {token}: {bias}"
+                )
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= MAX_LOGPROBS:
@@ -75,3 +82,8 @@ class SamplingParams:
     @property
     def penalized(self) -> bool:
         return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Penalties or a logit bias change the logits before sampling."""
+        return self.penalized or bool(self.logit_bias)

@@ -79,3 +79,16 @@ def test_sample_seeds_wrap_within_the_seed_range() -> None:
     for seed in (SEED_MIN, SEED_MAX, 0):
         for i in range(3):
             torch.Generator().manual_seed(offset_seed(seed, i))  # accepted
+
+
+def test_logit_bias_moves_the_named_tokens() -> None:
+    logits = torch.tensor([[0.5, 3.0, 2.9, -1.0], [1.0, 0.0, 0.2, 0.9]])
+    params = [SamplingParams(temperature=0, logit_bias={2: 0.5}),
+              SamplingParams(temperature=0, logit_bias={0: -100.0, 3: 1.0}, logprobs=0)]  # fmt: skip
+    tokens, logprobs = sample(logits, params, [None, None], [[], []])
+    assert tokens == [2, 3]
+    # logprobs stay the model's own distribution, before the bias
+    want = logits[1].log_softmax(-1)[3]
+    assert logprobs[1] is not None and logprobs[1].logprob == pytest.approx(float(want))
+    with pytest.raises(ValueError, match="logit_bias"):
+        SamplingParams(logit_bias={1: 101.0})

@@ -323,6 +323,18 @@ def test_echo_scores_the_prompt(client: openai.OpenAI, engine: LLMEngine) -> Non
     assert only[-1].choices[0].finish_reason == "length"
 
 
+def test_logit_bias_reaches_the_engine(client: openai.OpenAI, engine: LLMEngine) -> None:
+    prompt, favoured = "The parrot said", 123
+    done = client.completions.create(model="tiny", prompt=prompt, max_tokens=6, temperature=0,
+                                     logit_bias={str(favoured): 100})  # fmt: skip
+    ids = engine.tokenizer.encode(prompt)
+    sampling = SamplingParams(max_tokens=6, temperature=0, logit_bias={favoured: 100.0})
+    (ref,) = engine.generate([ids], sampling)
+    assert done.choices[0].text == ref.text and ref.token_ids[0] == favoured
+    plain = engine.generate([ids], SamplingParams(max_tokens=6, temperature=0))[0]
+    assert plain.token_ids != ref.token_ids
+
+
 def test_chat_logprobs(client: openai.OpenAI, engine: LLMEngine) -> None:
     """logprobs=true, top_logprobs=N: token objects with their UTF-8 bytes and alternatives,
     the same streamed or not."""
@@ -377,6 +389,19 @@ def test_errors_have_openai_shape_and_the_server_goes_on(client: openai.OpenAI) 
         client.completions.create(model="tiny", prompt="x", suffix="y")
     with pytest.raises(openai.BadRequestError, match="frequency_penalty"):
         client.completions.create(model="tiny", prompt="x", max_tokens=2, frequency_penalty=3)
+    # what the engine cannot honour is refused, not ignored
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        client.chat.completions.create(model="tiny", messages=user,
+                                       response_format={"type": "json_object"})  # fmt: skip
+    with pytest.raises(openai.BadRequestError, match="best_of"):
+        client.completions.create(model="tiny", prompt="x", max_tokens=2, best_of=3)
+    with pytest.raises(openai.BadRequestError, match="tool_choice"):
+        client.chat.completions.create(model="tiny", messages=user, tool_choice="required")
+    with pytest.raises(openai.BadRequestError, match="not a token id"):
+        client.completions.create(model="tiny", prompt="x", max_tokens=2,
+                                  logit_bias={"99999999": 5})  # fmt: skip
+    with pytest.raises(openai.BadRequestError, match="must be in \\[-100, 100\\]"):
+        client.completions.create(model="tiny", prompt="x", max_tokens=2, logit_bias={"5": 200})
     status, body = request("POST", f"{client.base_url}completions", raw=b"[1, 2")
     assert status == 400 and body["error"]["code"] == "invalid_json"
     # valid JSON, yet half a UTF-16 pair is no text: named, not a 500 from the tokenizer
