@@ -210,11 +210,12 @@ class Scheduler:
         while self.waiting and len(self.running) < self.config.max_num_seqs:
             ctx = self.waiting[0]
             before, cached = ctx.num_computed, out.num_cached_tokens
+            partial = ctx.block_table[before // self.block_size] if before % self.block_size else None
             self._match_prefix(ctx, out)
             n = min(ctx.num_pending, budget, self._room(ctx, others))
             if (n == 0 and ctx.num_pending > 0) or not self._reserve(ctx, n, out):
                 # Not admitted: a waiting context must not pin blocks that others need.
-                self.set_num_computed(ctx, before)
+                self.set_num_computed(ctx, self._rollback_point(ctx, before, partial))
                 out.num_cached_tokens = cached
                 if n and self._swap_out_idle():
                     continue
@@ -236,6 +237,17 @@ class Scheduler:
         del ctx.block_hashes[ctx.num_computed // self.block_size :]
 
     # ---- helpers --------------------------------------------------------------------------
+    def _rollback_point(self, ctx: Context, before: int, partial: int | None) -> int:
+        """Where a context not admitted goes back to: `before`, unless matching replaced its
+        partial last block by a cached full one. That block may be one this very step fills
+        (another context's, found at once), and kept as a partial block it would be copied on
+        write before this step has written it; so the context goes back to the block's start
+        and computes those few tokens again."""
+        bs = self.block_size
+        if partial is not None and ctx.block_table[before // bs] != partial:
+            return before - before % bs
+        return before
+
     def _schedule(self, ctx: Context, n: int, out: SchedulerOutput) -> None:
         ctx.last_used = self._clock
         sample = (

@@ -431,3 +431,33 @@ def test_a_frozen_batch_sits_steps_out_and_its_unwritten_blocks_are_not_served()
     nxt = sched.schedule()
     assert {s.ctx for s in nxt.scheduled} == {bulk, urgent, late}
     assert nxt.num_cached_tokens == 16  # now written: the late prompt takes them
+
+
+def test_no_block_is_copied_before_the_step_that_fills_it_has_written_it():
+    """A waiting fork matches its partial block to a block a sibling fills in this very step,
+    is not admitted (no room), and is retried once an idle context is swapped out. Rolled back
+    to mid-block with that block as its partial one, it would copy it on write before the step
+    has written it (block copies run before the model): found by a randomized graph fuzzer as
+    wrong greedy outputs under preemption. It must go back to the block's start instead."""
+    sched, bm = make(num_blocks=5)
+    idle = new_ctx(sched, [90, 91, 92, 93], kind=JobKind.FILL)  # one full block, idle after
+    advance(sched, sched.schedule())
+    parent = new_ctx(sched, [1, 2, 3, 4, 5, 6], kind=JobKind.FILL)  # blocks [1..4], [5, 6, _, _]
+    advance(sched, sched.schedule())
+    a, b = sched.fork(parent, 4000), sched.fork(parent, 4001)
+    a.token_ids.extend([7, 8, 9])  # copies the partial block, completes it, needs one more
+    add_job(sched, a, JobKind.FILL)
+    b.token_ids.extend([7, 8, 10])  # the same completed block, then its own
+    add_job(sched, b, JobKind.FILL)
+    out = sched.schedule()
+    assert {s.ctx.id for s in out.scheduled} == {a.id, b.id}
+    written = {
+        ctx.block_table[pos // BS]
+        for s in out.scheduled
+        for ctx in [s.ctx]
+        for pos in range(ctx.num_computed, ctx.num_computed + s.num_tokens)
+    }
+    assert not any(src in written for src, _ in out.block_copies), (out.block_copies, written)
+    advance(sched, out)
+    assert b.block_table[1] == a.block_table[1]  # b reads a's completed block, once written
+    assert idle.block_table == []  # swapped out to make room
