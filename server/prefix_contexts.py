@@ -92,9 +92,8 @@ class PrefixContexts:
                 return entry
             self.store.release(entry)
             return None
-        if base is not None and await self.filled(base):
-            ctx = base.handle.ctx.fork()
-        else:
+        ctx = await self._fork_base(base) if base is not None else None
+        if ctx is None:
             ctx = self.pool.drivers[engine].new_context()
         handle = PrefixContext(ctx, pipelined)
         entry = self.store.put(key, engine, handle, len(tokens))
@@ -147,6 +146,23 @@ class PrefixContexts:
     def close(self) -> None:
         self.store.clear()
         self.metrics.prefix_store_entries.set(0)
+
+    async def _fork_base(self, base: PrefixEntry) -> TokenContext | None:
+        """A fork of `base` once filled; None if its fill failed or it is no longer stored. A
+        base is picked before the fill that forks it runs, and meanwhile an unreferenced entry
+        may be evicted (its context closed): it is referenced until forked."""
+        if not self._stored(base):
+            return None
+        self.store.acquire(base)
+        try:
+            if await self.filled(base) and self._stored(base):
+                return base.handle.ctx.fork()
+            return None
+        finally:
+            self.store.release(base)
+
+    def _stored(self, entry: PrefixEntry) -> bool:
+        return self.store.peek(entry.key, entry.engine) is entry
 
     def _drop(self, entry: PrefixEntry) -> None:
         entry.refs -= 1

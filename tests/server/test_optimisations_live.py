@@ -169,3 +169,43 @@ def test_ablation_flags_switch_the_optimisations_off(
     # request-level scheduling: one priority for all, whatever the client awaits
     assert samples['parrot_calls_started_total{engine="0",priority="1"}'] == 2
     assert not any('priority="0"' in k for k in samples)
+
+
+def test_a_stored_base_evicted_before_its_pipelined_fork_is_not_forked(
+    tiny_llama_path: Path, engine: LLMEngine, tmp_path: Path
+) -> None:
+    """With room for one stored prefix, the base prefix that two waiting calls' early fills
+    fork from is evicted before they run (by the other prefixes stored meanwhile). They fill
+    from scratch instead of forking a closed context (which crashed their fill)."""
+    log = tmp_path / "server.log"
+    flags = ("--prefix-store-max-entries", "1", "--min-shared-prefix-tokens", "1")
+    system = "You are a careful assistant that summarizes papers about learning theory.\n"
+    with ServerProcess(tiny_llama_path, *flags, log_path=log) as srv:
+        sid, token = session(srv.url)
+        first = {"id": "c0", "template": system + "Doc: {{input:d}}\nAnswer: {{output:y}}",
+                 "inputs": {"d": "x"}, "outputs": {"y": "y"},
+                 "sampling": {"max_tokens": 4, "temperature": 0}}  # fmt: skip
+        submit(srv.url, sid, token, [{"id": "x", "value": "overfitting"}, {"id": "y"}], [first],
+               [])  # fmt: skip
+        assert value(srv.url, sid, token, "y")["status"] == "ready"
+        sid, token = session(srv.url)
+        lead = "Completely different leading text that is long enough to be stored. "
+        readers = [
+            {"id": f"B{i}", "template": system + "Doc: {{input:d}}\nHint: {{input:a}}\nAnswer:"
+             "{{output:b}}", "inputs": {"d": f"d{i}", "a": "a"}, "outputs": {"b": f"b{i}"},
+             "sampling": {"max_tokens": 6, "temperature": 0}}
+            for i in (1, 2)
+        ]  # fmt: skip
+        calls = [{"id": "A", "template": lead + "{{output:a}}", "inputs": {}, "outputs": {"a": "a"},
+                  "sampling": {"max_tokens": 8, "temperature": 0}}, *readers]  # fmt: skip
+        docs = {"d1": "first document about Bayes complexity", "d2": "second document"}
+        variables = [{"id": k, "value": v} for k, v in docs.items()]
+        variables += [{"id": v} for v in ("a", "b1", "b2")]
+        submit(srv.url, sid, token, variables, calls, [])
+        a = value(srv.url, sid, token, "a")["value"]
+        assert a == greedy(engine, lead, 8)
+        for i in (1, 2):
+            prompt = f"{system}Doc: {docs[f'd{i}']}\nHint: {a}\nAnswer:"
+            assert value(srv.url, sid, token, f"b{i}")["value"] == greedy(engine, prompt, 6)
+    text = log.read_text()
+    assert "Traceback" not in text and "no context" not in text, text[-3000:]
