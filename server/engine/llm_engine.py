@@ -580,6 +580,7 @@ class LLMEngine:
         self._jobs.pop(job.id, None)
         if job.hold_latency_s > 0 and job.error is None and job.finish_reason != "abort":
             self.scheduler.hold_latency(job.hold_latency_s)
+        was_head = ctx.job is job
         if job in ctx.jobs:
             ctx.jobs.remove(job)
         if job.free_on_finish:
@@ -587,7 +588,8 @@ class LLMEngine:
             return
         if not ctx.jobs:
             self.scheduler.sleep(ctx)
-        elif activate_next or ctx.job.kind is JobKind.FILL:
+        elif was_head and (activate_next or ctx.job.kind is JobKind.FILL):
+            # the next job starts (a job behind the head, e.g. aborted, starts nothing)
             self._activate(ctx)
 
     def _fail_unschedulable(self) -> None:

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from server.engine.block_manager import BlockManager
+from server.engine.block_manager import BlockManager, hash_block
 from server.engine.config import EngineConfig
 from server.engine.context import Context, ContextState
 
@@ -398,14 +398,39 @@ class Scheduler:
         return max(candidates, key=lambda c: c.sort_key, default=None)
 
     def _blocks_needed(self, ctx: Context) -> int:
-        """New blocks `ctx` takes to compute its next chunk (at most a full step's budget)."""
+        """Free blocks `ctx` takes to compute its next chunk (at most a full step's budget):
+        new ones, and the cached free ones its prefix matches (they leave the free pool too,
+        and the chunk then starts after them)."""
         bs = self.block_size
-        n = min(ctx.num_pending, self.config.max_num_batched_tokens)
-        need = max(0, -(-(ctx.num_computed + n) // bs) - len(ctx.block_table))
-        start = ctx.num_computed
+        start, taken = self._matchable(ctx)
+        matched = (start - ctx.num_computed) // bs
+        n = min(len(ctx.token_ids) - start, self.config.max_num_batched_tokens)
+        need = max(0, -(-(start + n) // bs) - len(ctx.block_table) - matched) + taken
         if n and start % bs and self.blocks.ref_counts[ctx.block_table[start // bs]] > 1:
             need += 1  # its partial last block is shared: written, it needs a copy
         return need
+
+    def _matchable(self, ctx: Context) -> tuple[int, int]:
+        """Where `_match_prefix` would leave a block-aligned context's computed tokens, and how
+        many of the cached blocks it would attach are free now (no context holds them)."""
+        bs = self.block_size
+        start = ctx.num_computed
+        job = ctx.sampling_job
+        if (start % bs or len(ctx.block_hashes) != start // bs or len(ctx.block_table) != start // bs
+                or (job is not None and job.wants_prompt_logprobs)):  # fmt: skip
+            return start, 0
+        limit = len(ctx.token_ids) - (1 if job is not None else 0)
+        parent = ctx.block_hashes[-1] if ctx.block_hashes else None
+        taken = 0
+        while start + bs <= limit:
+            tokens = ctx.token_ids[start : start + bs]
+            block = self.blocks.lookup(parent, tokens)
+            if block is None or block in self._unwritten:
+                break
+            taken += self.blocks.ref_counts[block] == 0
+            parent = hash_block(parent, tokens)
+            start += bs
+        return start, taken
 
     def _step_aside(self, ctx: Context) -> None:
         """Back to waiting with its blocks: it goes on from where it was once readmitted."""

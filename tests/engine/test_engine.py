@@ -500,3 +500,40 @@ def test_prompt_logprobs_match_transformers(tiny_llama_path, config):
     engine.run_until_idle()
     with pytest.raises(ValueError, match="prompt_logprobs needs a context with nothing computed"):
         engine.add_generate(engine.create_context(parent=parent), scored)
+
+
+def test_aborting_a_generation_queued_behind_a_fill_leaves_the_fill_alone(tiny_llama_path):
+    engine = LLMEngine.from_pretrained(tiny_llama_path)
+    ctx = engine.create_context()
+    engine.fill(ctx, [5, 6, 7])
+    engine.abort(engine.add_generate(ctx, SamplingParams(max_tokens=2, temperature=0)))
+    engine.run_until_idle()
+    assert engine.context_token_ids(ctx) == [5, 6, 7]  # the fill's tokens once, not twice
+
+
+def test_cached_blocks_a_waiting_prompt_matches_count_as_blocks_it_needs(tiny_llama_path):
+    """Matching its cached prefix takes those free blocks out of the pool, and the chunk after
+    them needs new ones: lower-ranked holders must give room for both. Before, the need was
+    counted without the match: a false "pool cannot hold it" error, or, with the other work
+    held back by the latency cap, empty steps forever."""
+    prefix = list(range(10, 22))  # three full blocks, cached once freed
+    greedy = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    for latency_cap in (None, 0):
+        engine = LLMEngine.from_pretrained(tiny_llama_path, block_size=4, num_kv_blocks=8,
+                                           max_num_batched_tokens=8,
+                                           latency_max_batched_tokens=latency_cap)  # fmt: skip
+        ctx = engine.create_context()
+        engine.fill(ctx, prefix)
+        engine.run_until_idle()
+        engine.free(ctx)
+        bulk = engine.add_request(list(range(100, 114)), greedy, priority=1)
+        while not any(o.job_id == bulk and o.token_ids for o in engine.step()):
+            pass  # the bulk request decodes, holding four blocks
+        urgent = engine.add_request(prefix + list(range(200, 208)), greedy, priority=0)
+        finished = {}
+        for _ in range(200):
+            finished |= {o.job_id: o for o in engine.step() if o.finished}
+            if not engine.has_work:
+                break
+        assert set(finished) == {bulk, urgent}
+        assert all(o.error is None and len(o.token_ids) == 4 for o in finished.values())
