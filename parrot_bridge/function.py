@@ -110,7 +110,8 @@ def semantic_function(
 ) -> SemanticFunction | Callable[[Callable[..., Any]], SemanticFunction]:
     """Decorator: the function's docstring is the template, its parameters name the inputs (and
     may name outputs). Sampling defaults as keywords: max_tokens, temperature, top_p, top_k,
-    seed, stop, ignore_eos, presence_penalty, frequency_penalty. Template errors raise here, at decoration, with their position."""
+    seed, stop, ignore_eos, presence_penalty, frequency_penalty, logit_bias. Template errors
+    raise here, at decoration, with their position."""
 
     def decorate(f: Callable[..., Any]) -> SemanticFunction:
         doc = inspect.getdoc(f)
@@ -141,6 +142,9 @@ _SAMPLING_CHECKS: dict[str, Callable[[Any], bool]] = {
     "ignore_eos": lambda v: isinstance(v, bool),
     "presence_penalty": lambda v: isinstance(v, int | float) and -2 <= v <= 2,
     "frequency_penalty": lambda v: isinstance(v, int | float) and -2 <= v <= 2,
+    "logit_bias": lambda v: isinstance(v, dict) and all(
+        str(k).isdigit() and isinstance(b, int | float) and -100 <= b <= 100 for k, b in v.items()
+    ),
 }
 
 

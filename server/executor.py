@@ -340,6 +340,7 @@ class Executor:
             ignore_eos=s.ignore_eos,
             presence_penalty=s.presence_penalty,
             frequency_penalty=s.frequency_penalty,
+            logit_bias=dict(s.logit_bias),
         )
         var_id = call.outputs[step.output]
         text, generated, reason = "", 0, "length"

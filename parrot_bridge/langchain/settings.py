@@ -103,6 +103,7 @@ _SAMPLING = {
     "temperature": "temperature", "max_tokens": "max_tokens",
     "max_completion_tokens": "max_tokens", "top_p": "top_p", "seed": "seed", "stop": "stop",
     "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
+    "logit_bias": "logit_bias",
 }  # fmt: skip
 
 

@@ -196,7 +196,7 @@ def _to_submission(body: GraphSubmission) -> Submission:
         try:
             sampling = Sampling(
                 s.max_tokens, s.temperature, s.top_p, s.top_k, s.seed, tuple(s.stop), s.ignore_eos,
-                s.presence_penalty, s.frequency_penalty,
+                s.presence_penalty, s.frequency_penalty, tuple(s.logit_bias.items()),
             )  # fmt: skip
         except ValueError as exc:
             raise GraphError(

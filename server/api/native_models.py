@@ -48,6 +48,9 @@ class SamplingSpec(ApiModel):
     ignore_eos: bool = False
     presence_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
     frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
+    logit_bias: dict[int, float] = Field(
+        default_factory=dict, description="Token id -> bias in [-100, 100], as OpenAI's."
+    )
 
 
 class VariableSpec(ApiModel):

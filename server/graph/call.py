@@ -29,6 +29,7 @@ class Sampling:
     ignore_eos: bool = False
     presence_penalty: float = 0.0  # OpenAI's, in [-2, 2]
     frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100])
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -42,6 +43,11 @@ class Sampling:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        for token, bias in self.logit_bias:
+            if token < 0 or not -100.0 <= bias <= 100.0:
+                raise ValueError(
+                    f"logit_bias maps token ids (>= 0) to biases in [-100, 100], got {token}: {bias}"
+                )
 
 
 @dataclass(eq=False, slots=True)

@@ -140,14 +140,15 @@ def test_several_outputs_see_the_tokens_a_plain_request_would(
     assert get_var(server, sid, token, "s")["usage"] is None
 
 
-def test_penalties_apply_to_graph_calls(server: str, engine: LLMEngine) -> None:
+def test_penalties_and_logit_bias_apply_to_graph_calls(server: str, engine: LLMEngine) -> None:
     sid, token = open_session(server)
     spec = call("pen", "List animals:{{output:y}}", {}, {"y": "y"}, 10)
-    spec["sampling"] |= {"frequency_penalty": -2.0, "presence_penalty": 0.5}
+    spec["sampling"] |= {"frequency_penalty": -2.0, "presence_penalty": 0.5,
+                         "logit_bias": {"123": 100}}  # fmt: skip
     assert submit(server, sid, token, {"variables": [{"id": "y"}], "calls": [spec]})[0] == 200
     ids = engine.tokenizer.encode("List animals:")
     sampling = SamplingParams(max_tokens=10, temperature=0, frequency_penalty=-2.0,
-                              presence_penalty=0.5)  # fmt: skip
+                              presence_penalty=0.5, logit_bias={123: 100.0})  # fmt: skip
     assert get_var(server, sid, token, "y")["value"] == engine.generate([ids], sampling)[0].text
     assert get_var(server, sid, token, "y")["value"] != greedy(engine, "List animals:", 10)
 

@@ -127,6 +127,16 @@ def test_penalties_reach_the_server(chat: ChatParrot, parrot_url: str) -> None:
     compiled = lc.compile(lc_prompt() | penalised)
     assert compiled.invoke({"q": "List animals"}).content == expected
     assert compiled.split_steps == set() and len(compiled.last_calls) == 1  # in the graph
+    biased = ChatParrot(base_url=parrot_url, temperature=0, max_tokens=10,
+                        model_kwargs={"logit_bias": {"123": 100}})  # fmt: skip
+    status, plain = request("POST", parrot_url + "/v1/chat/completions",
+                            {**body, "model": chat._model_id({}), "logit_bias": {"123": 100},
+                             "frequency_penalty": 0})  # fmt: skip
+    assert status == 200
+    assert biased.invoke("List animals").content == plain["choices"][0]["message"]["content"]
+    assert lc.compile(lc_prompt() | biased).invoke({"q": "List animals"}).content == (
+        plain["choices"][0]["message"]["content"]
+    )
     llm = ParrotLLM(base_url=parrot_url, temperature=0, max_tokens=10)
     completion = {"model": chat._model_id({}), "prompt": "Animals:", "temperature": 0,
                   "max_tokens": 10, "presence_penalty": -2.0}  # fmt: skip

@@ -56,6 +56,7 @@ def test_openai_options_are_sent_or_refused() -> None:
                                        "presence_penalty": 0.5}  # fmt: skip
     assert llm._sampling(None, {"frequency_penalty": -1, "max_completion_tokens": 3}) == {
         "max_tokens": 3, "frequency_penalty": -1, "presence_penalty": 0.5}  # fmt: skip
+    assert llm._sampling(None, {"logit_bias": {"5": 10}})["logit_bias"] == {"5": 10}
     for cls in (ChatParrot, ParrotLLM):
         with pytest.raises(ValidationError, match="n\\b"):
             cls(n=2)
