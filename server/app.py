@@ -13,9 +13,7 @@ from server.api import all_routes
 from server.api.native import end_session
 from server.api.openapi import build_openapi
 from server.config import ServerConfig
-from server.engine.config import EngineConfig
-from server.engine.llm_engine import parse_dtype
-from server.engine.loader import check_model_name
+from server.engine_driver import EngineDriver
 from server.engine_pool import EnginePool
 from server.executor import Executor
 from server.keys import CONFIG, DRIVER, ENGINES, EXECUTOR, METRICS, OPENAPI, SESSIONS
@@ -51,10 +49,7 @@ def init_app(config: ServerConfig) -> web.Application:
 
 def check(config: ServerConfig) -> None:
     """Refuse (ValueError), before a model loads, what the engine would refuse at startup."""
-    EngineConfig(**config.engine_kwargs())
-    if config.dtype is not None:
-        parse_dtype(config.dtype)
-    check_model_name(config.model)
+    EngineDriver.check(config.model, config.dtype, **config.engine_kwargs())
 
 
 def run(config: ServerConfig) -> None:

@@ -20,6 +20,8 @@ from server.engine import (
     LLMEngine,
     SamplingParams,
 )
+from server.engine.llm_engine import parse_dtype
+from server.engine.loader import check_model_name
 from server.stream_merge import merge_streams
 from server.token_prefix import common_prefix_len
 
@@ -36,6 +38,15 @@ class EngineDriver:
     def __init__(self, engine: AsyncLLMEngine, name: str) -> None:
         self.engine = engine
         self.name = name
+
+    @staticmethod
+    def check(model: str, dtype: str | None, **config: Any) -> None:
+        """Refuse (ValueError), before any model loads, what `load` would refuse: the engine's
+        settings, the dtype, a model that is not there."""
+        EngineConfig(**config)
+        if dtype is not None:
+            parse_dtype(dtype)
+        check_model_name(model)
 
     @classmethod
     async def load(cls, model: str, device: str, dtype: str | None, **config: Any) -> EngineDriver:

@@ -400,15 +400,11 @@ class Executor:
                 if not bounds or done.get(call.id) == bounds[-1].key:
                     continue
                 done[call.id] = bounds[-1].key
-                tokens = (
-                    []
-                    if self.prefixes.holds(bounds[-1].key)
-                    else self.driver.encode(bounds[-1].text)
-                )
+                if self.prefixes.holds(bounds[-1].key):
+                    continue
+                tokens = self.driver.encode(bounds[-1].text)
             except Exception:  # an early fill is an optimisation: the call fails when it runs
                 log.exception("no early fill for call %s of session %s", call.id, session.id)
-                continue
-            if not tokens:
                 continue
             tokens = tokens[: len(tokens) - self.config.boundary_trim_tokens]
             if len(tokens) < self.config.min_shared_prefix_tokens:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from server.engine.block_manager import BlockManager, hash_block
@@ -265,13 +265,9 @@ class Scheduler:
         """
         bs = self.block_size
         full = ctx.num_computed // bs
-        if len(ctx.block_hashes) != full:
+        limit = self._match_limit(ctx)
+        if limit is None:
             return
-        job = ctx.sampling_job
-        if job is not None and job.wants_prompt_logprobs:
-            return  # every prompt token's logits are needed: none may come from the cache
-        # A generation needs the logits of the last token, so that token is always computed.
-        limit = len(ctx.token_ids) - (1 if ctx.sampling_job is not None else 0)
         if ctx.num_computed % bs:
             if len(ctx.block_table) != full + 1 or (full + 1) * bs > limit:
                 return
@@ -279,17 +275,39 @@ class Scheduler:
                 return
         elif len(ctx.block_table) != full:
             return
-        while ctx.num_computed + bs <= limit:
-            tokens = ctx.token_ids[ctx.num_computed : ctx.num_computed + bs]
-            parent = ctx.block_hashes[-1] if ctx.block_hashes else None
-            block = self.blocks.lookup(parent, tokens)
-            if block is None or block in self._unwritten:
-                return
+        last = ctx.block_hashes[-1] if ctx.block_hashes else None
+        for block, parent, tokens in self._cached_run(ctx, ctx.num_computed, last, limit):
             self.blocks.incref(block)
             ctx.block_table.append(block)
             ctx.block_hashes.append(self.blocks.register(block, parent, tokens))
             ctx.num_computed += bs
             out.num_cached_tokens += bs
+
+    def _match_limit(self, ctx: Context) -> int | None:
+        """How far cached blocks may hold the context's tokens; None when none may."""
+        if len(ctx.block_hashes) != ctx.num_computed // self.block_size:
+            return None
+        job = ctx.sampling_job
+        if job is not None and job.wants_prompt_logprobs:
+            return None  # every prompt token's logits are needed: none may come from the cache
+        # A generation needs the logits of the last token, so that token is always computed.
+        return len(ctx.token_ids) - (1 if job is not None else 0)
+
+    def _cached_run(
+        self, ctx: Context, start: int, parent: int | None, limit: int
+    ) -> Iterator[tuple[int, int | None, list[int]]]:
+        """(block, its parent's hash, its tokens) of each cached block holding the context's
+        tokens from the block-aligned `start` on (after the block hashed `parent`), up to
+        `limit`; blocks a paused step is still writing end the run."""
+        bs = self.block_size
+        while start + bs <= limit:
+            tokens = ctx.token_ids[start : start + bs]
+            block = self.blocks.lookup(parent, tokens)
+            if block is None or block in self._unwritten:
+                return
+            yield block, parent, tokens
+            parent = hash_block(parent, tokens)
+            start += bs
 
     def _match_partial_block(self, ctx: Context, idx: int, out: SchedulerOutput) -> bool:
         bs = self.block_size
@@ -415,20 +433,13 @@ class Scheduler:
         many of the cached blocks it would attach are free now (no context holds them)."""
         bs = self.block_size
         start = ctx.num_computed
-        job = ctx.sampling_job
-        if (start % bs or len(ctx.block_hashes) != start // bs or len(ctx.block_table) != start // bs
-                or (job is not None and job.wants_prompt_logprobs)):  # fmt: skip
+        limit = self._match_limit(ctx)
+        if limit is None or start % bs or len(ctx.block_table) != start // bs:
             return start, 0
-        limit = len(ctx.token_ids) - (1 if job is not None else 0)
         parent = ctx.block_hashes[-1] if ctx.block_hashes else None
         taken = 0
-        while start + bs <= limit:
-            tokens = ctx.token_ids[start : start + bs]
-            block = self.blocks.lookup(parent, tokens)
-            if block is None or block in self._unwritten:
-                break
+        for block, _, _ in self._cached_run(ctx, start, parent, limit):
             taken += self.blocks.ref_counts[block] == 0
-            parent = hash_block(parent, tokens)
             start += bs
         return start, taken
 
