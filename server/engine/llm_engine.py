@@ -47,10 +47,10 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.model_config = model_config
         self.device = torch.device(device)
-        self.max_model_len = min(
-            self.config.max_model_len or model_config.max_position_embeddings,
-            model_config.max_position_embeddings,
-        )
+        # the model's own limit: its positions, or less where it runs only part exactly (a
+        # sliding window: ModelConfig.max_model_len)
+        model_limit = getattr(model_config, "max_model_len", model_config.max_position_embeddings)
+        self.max_model_len = min(self.config.max_model_len or model_limit, model_limit)
         self.runner = ModelRunner(
             model,
             model_config.num_layers,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -22,6 +23,8 @@ from safetensors import safe_open
 from server.engine.models import LlamaForCausalLM, ModelConfig
 from server.engine.registry import embedded_model, registered_names
 from server.engine.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "parrot" / "models"
 _SOURCE_STAMP = "parrot_source.json"  # in a converted folder: which GGUF it came from
@@ -56,7 +59,8 @@ def load_model(
     fused_layers: bool = True,
 ) -> LoadedModel:
     """Load a registered name (`smollm2-135m-instruct`), an HF folder (config.json +
-    *.safetensors) or a .gguf file. dtype None: float32 on CPU, bfloat16 on CUDA.
+    *.safetensors, or PyTorch *.bin weights) or a .gguf file. dtype None: float32 on CPU,
+    bfloat16 on CUDA, whatever the checkpoint's `torch_dtype`/`dtype` (weights are cast).
     GGUF conversions are cached in `<cache_dir>/<name>` (cache_dir defaults to
     ~/.cache/parrot/models). `packed_linear`: CPU float32 linear layers use the packed kernel;
     `fused_layers`: packed models run steps without shared-prefix levels through one C call for
@@ -67,12 +71,20 @@ def load_model(
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else DEFAULT_CACHE_DIR
     name, folder = resolve_model_folder(name_or_path, cache_root)
     config = ModelConfig.from_hf(_read_config(folder), source=str(folder / "config.json"))
+    reason = config.max_model_len_reason()
+    if reason is not None:
+        log.warning(
+            "%s: sequences are limited to %d tokens (max_model_len): %s",
+            folder, config.max_model_len, reason,
+        )
+    weights = _checkpoint_weights(folder)  # checks the files are there; reads nothing yet
+    # the tokenizer before the weights: a folder without one fails before the heavy part
+    tokenizer = Tokenizer.from_folder(folder, extra_eos_token_ids=config.eos_token_ids)
     model = LlamaForCausalLM(
         config, device=device, dtype=dtype, packed_linear=packed_linear, fused_layers=fused_layers
     )
-    model.load_weights(_safetensors_weights(folder))
+    model.load_weights(weights)
     model.eval()
-    tokenizer = Tokenizer.from_folder(folder, extra_eos_token_ids=config.eos_token_ids)
     return LoadedModel(model, tokenizer, config, name, folder)
 
 
@@ -208,24 +220,62 @@ def _read_config(folder: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: invalid JSON ({e})") from e
 
 
-def _safetensors_weights(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Stream (name, tensor) pairs from the folder's safetensors shards, one at a time so a
-    large model never needs a second full copy in memory."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"{index}: not a safetensors index ({e})") from e
-        files = sorted({folder / f for f in weight_map.values()})
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise ValueError(f"{index}: lists missing shard(s) {', '.join(missing)}")
-    else:
-        files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"{folder}: no *.safetensors weights")
+def _checkpoint_weights(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """The folder's weights as (name, tensor) pairs: its safetensors files, or else its
+    PyTorch .bin files (as transformers, which prefers safetensors). Raises ValueError at
+    once (not on first iteration) when there are none or an index lists missing files."""
+    files = _weight_files(folder, "model.safetensors", "*.safetensors")
+    if files:
+        return _safetensors_weights(files)
+    files = _weight_files(folder, "pytorch_model.bin", "pytorch_model*.bin")
+    if files:
+        return _bin_weights(files)
+    raise ValueError(f"{folder}: no *.safetensors (or pytorch_model*.bin) weights")
+
+
+def _weight_files(folder: Path, single: str, pattern: str) -> list[Path]:
+    """The shards `<single>.index.json` lists, else `single` (as transformers; a folder may
+    also hold e.g. Mistral's consolidated.safetensors), else every file matching `pattern`."""
+    index = folder / f"{single}.index.json"
+    if not index.is_file():
+        if (folder / single).is_file():
+            return [folder / single]
+        return sorted(folder.glob(pattern))
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{index}: not a weights index ({e})") from e
+    files = sorted({folder / f for f in weight_map.values()})
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise ValueError(f"{index}: lists missing shard(s) {', '.join(missing)}")
+    return files
+
+
+def _safetensors_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Stream (name, tensor) pairs from safetensors shards, one at a time so a large model
+    never needs a second full copy in memory."""
     for file in files:
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():
                 yield key, f.get_tensor(key)
+
+
+def _bin_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs from PyTorch state-dict shards, memory-mapped, read with
+    `weights_only` (tensors and containers only: no code runs from the file)."""
+    for file in files:
+        try:
+            try:
+                state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (pre-zip) format cannot be memory-mapped
+                state = torch.load(str(file), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{file}: cannot read it as a PyTorch state dict ({e})") from e
+        if not isinstance(state, dict):
+            raise ValueError(f"{file}: expected a state dict, got {type(state).__name__}")
+        for key, tensor in state.items():
+            if not isinstance(tensor, torch.Tensor):
+                raise ValueError(f"{file}: entry {key!r} is not a tensor")
+            yield key, tensor
+        del state
