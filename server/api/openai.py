@@ -37,14 +37,32 @@ from server.engine_driver import EngineDriver
 from server.engine_pool import EnginePool
 from server.errors import ApiError, bad_request, error_body, not_found
 from server.keys import CONFIG, DRIVER, ENGINES, METRICS
+from server.stream_merge import merge_streams
 
 _DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
+
+# vLLM's request extensions the engine cannot honour, with the values that change nothing
+# (None always does): any other value gets a 400 rather than a silently different result
+_UNSUPPORTED_EXTENSIONS: dict[str, object] = {
+    "min_p": 0, "repetition_penalty": 1, "min_tokens": 0, "use_beam_search": False,
+    "length_penalty": 1, "include_stop_str_in_output": False, "skip_special_tokens": True,
+    "spaces_between_special_tokens": True, "truncate_prompt_tokens": None,
+    "prompt_logprobs": None, "allowed_token_ids": None, "bad_words": None,
+    "logits_processors": None, "guided_json": None, "guided_regex": None,
+    "guided_choice": None, "guided_grammar": None, "structured_outputs": None,
+    "guided_whitespace_pattern": None, "vllm_xargs": None,
+}  # fmt: skip
+_UNSUPPORTED_CHAT_EXTENSIONS: dict[str, object] = {
+    "echo": False, "chat_template": None, "documents": None, "mm_processor_kwargs": None,
+}
 
 
 def openai_routes() -> list[Route]:
     tag = "openai"
     return [
         Route("GET", "/v1/models", list_models, "The served model", tag, response=ModelList),
+        Route("GET", "/v1/models/{model}", retrieve_model, "The served model, by its id", tag,
+              response=ModelCard),
         Route("POST", "/v1/completions", create_completion, "Complete a prompt", tag,
               body=CompletionRequest, response=Completion),
         Route("POST", "/v1/chat/completions", create_chat_completion,
@@ -54,12 +72,21 @@ def openai_routes() -> list[Route]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    card = ModelCard(
+    return json_response(ModelList(data=[_model_card(request)]))
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """OpenAI's `GET /v1/models/{model}` (the client's `models.retrieve`)."""
+    _check_model(request, request.match_info["model"])
+    return json_response(_model_card(request))
+
+
+def _model_card(request: web.Request) -> ModelCard:
+    return ModelCard(
         id=request.app[CONFIG].model_id,
         created=int(time.time()),
         max_model_len=request.app[DRIVER].max_model_len,
     )
-    return json_response(ModelList(data=[card]))
 
 
 async def create_completion(request: web.Request) -> web.StreamResponse:
@@ -69,11 +96,8 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         raise bad_request("suffix is not supported", param="suffix")
     if body.best_of is not None and body.best_of != (body.n or 1):
         raise bad_request("best_of is not supported (only equal to n)", param="best_of")
-    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    if not prompts:
-        raise bad_request("prompt must not be empty", param="prompt")
     driver = request.app[DRIVER]
-    prompt_ids = [_encode(driver, p, "prompt") for p in prompts]
+    prompts, prompt_ids = _prompts(driver, body.prompt)
     n = body.n or 1
     logprobs = _completion_logprobs_asked(body)
     echo = _Echo.of(body, n, logprobs)
@@ -86,13 +110,11 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         for ids in prompt_ids
     ]
     cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model
-    if body.stream and len(prompts) > 1:
-        raise bad_request("streaming supports one prompt per request", param="prompt")
     for ids in prompt_ids:
         request.app[METRICS].prompt_tokens.inc(len(ids))
     if body.stream:
         return await _stream_completion(
-            request, driver, prompts[0], prompt_ids[0], samplings[0], cid, body, echo
+            request, driver, prompts, prompt_ids, samplings, cid, body, echo
         )
     per_prompt = await unless_disconnected(request, asyncio.gather(
         *(_run(request.app[ENGINES], ids, s) for ids, s in zip(prompt_ids, samplings, strict=True))
@@ -127,14 +149,9 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         raise bad_request("function calling is not supported", param="functions")
     if body.tool_choice not in (None, "none", "auto"):  # "auto" with no tools: no tool call
         raise bad_request("tool_choice is not supported (no tools)", param="tool_choice")
+    _refuse_extensions(body, _UNSUPPORTED_CHAT_EXTENSIONS)
     driver = request.app[DRIVER]
-    messages = [{"role": m.role, "content": _content(m.content, i)} for i, m in
-                enumerate(body.messages)]  # fmt: skip
-    try:
-        text = driver.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    except Exception as exc:  # a template's raise_exception or a model without a template
-        raise bad_request(f"cannot apply the chat template: {exc}", param="messages") from exc
-    ids = _encode(driver, text, "messages")
+    ids = _encode(driver, _chat_prompt(driver, body), "messages")
     requested = body.max_completion_tokens or body.max_tokens
     max_tokens = requested or max(1, driver.max_model_len - len(ids))  # default: fill the context
     logprobs = _chat_logprobs_asked(body)
@@ -186,7 +203,7 @@ async def _stream_chat(
         for index in range(len(samplings)):
             await stream.send(chunk(index, ChatDelta(role="assistant", content="")))
         finals: dict[int, JobOutput] = {}
-        async for index, out in _outputs(stream, request.app[ENGINES], ids, samplings):
+        async for index, out in _outputs(stream, request.app[ENGINES], [ids], [samplings]):
             held[index].add(out.new_logprobs)
             if out.new_text:
                 await stream.send(chunk(index, ChatDelta(content=out.new_text)))
@@ -208,23 +225,28 @@ async def _stream_chat(
 async def _stream_completion(
     request: web.Request,
     driver: EngineDriver,
-    prompt: str,
-    ids: list[int],
-    samplings: list[SamplingParams],
+    prompts: list[str],
+    prompt_ids: list[list[int]],
+    per_prompt: list[list[SamplingParams]],
     cid: str,
     body: CompletionRequest,
     echo: _Echo,
 ) -> web.StreamResponse:
+    """Choice k * n + i is sample i of prompt k, as in the non-streamed response."""
     created = int(time.time())
-    asked = samplings[0].logprobs is not None
-    held = [HeldLogprobs(driver.tokenizer) for _ in samplings]
-    offsets = dict.fromkeys(range(len(samplings)), 0)  # the next logprob's text_offset
-    to_echo = set(range(len(samplings))) if echo.on else set()
+    n = len(per_prompt[0])
+    count = n * len(prompts)
+    asked = per_prompt[0][0].logprobs is not None
+    held = [HeldLogprobs(driver.tokenizer) for _ in range(count)]
+    offsets = dict.fromkeys(range(count), 0)  # the next logprob's text_offset
+    to_echo = set(range(count)) if echo.on else set()
     stream = EventStream(request)
     await stream.open()
     with contextlib.suppress(ConnectionError):
         finals: dict[int, JobOutput] = {}
-        async for index, out in _outputs(stream, request.app[ENGINES], ids, samplings):
+        outputs = _outputs(stream, request.app[ENGINES], prompt_ids, per_prompt)
+        async for index, out in outputs:
+            prompt, ids = prompts[index // n], prompt_ids[index // n]
             if index in to_echo and (not echo.scored or out.prompt_logprobs is not None):
                 # the prompt first, once its scores (if asked) are in
                 to_echo.discard(index)
@@ -260,9 +282,11 @@ async def _stream_completion(
                 await stream.send(
                     Completion(id=cid, created=created, model=body.model, choices=[choice])
                 )
-        everything = len(finals) == len(samplings)
-        if everything and body.stream_options and body.stream_options.include_usage:
-            usage = _usage(ids, [] if echo.hides_generation else list(finals.values()))
+        if len(finals) == count and body.stream_options and body.stream_options.include_usage:
+            usage = _usage(
+                [t for ids in prompt_ids for t in ids],
+                [] if echo.hides_generation else list(finals.values()),
+            )
             await stream.send(
                 Completion(id=cid, created=created, model=body.model, choices=[], usage=usage)
             )
@@ -272,14 +296,26 @@ async def _stream_completion(
 
 
 async def _outputs(
-    stream: EventStream, engines: EnginePool, ids: list[int], samplings: list[SamplingParams]
+    stream: EventStream,
+    engines: EnginePool,
+    prompt_ids: list[list[int]],
+    per_prompt: list[list[SamplingParams]],
 ) -> AsyncIterator[tuple[int, JobOutput]]:
-    """(choice index, engine output); an engine error after the stream started is sent as an
-    error event."""
+    """(choice index: prompt k's sample i is k * n + i, engine output) of the prompts'
+    samples, as they come; an engine error after the stream started is sent as an error
+    event."""
+    n = len(per_prompt[0])
+    runs = [_generate(engines, ids, s) for ids, s in zip(prompt_ids, per_prompt, strict=True)]
     try:
-        async with contextlib.aclosing(_generate(engines, ids, samplings)) as outputs:
-            async for item in outputs:
-                yield item
+        if len(runs) == 1:
+            async with contextlib.aclosing(runs[0]) as outputs:  # type: ignore[type-var]
+                async for item in outputs:
+                    yield item
+        else:
+            merged = merge_streams(runs)  # type: ignore[arg-type]
+            async with contextlib.aclosing(merged):  # type: ignore[type-var]
+                async for k, (i, out) in merged:
+                    yield k * n + i, out
     except (ValueError, EngineError) as exc:
         await stream.send(error_body(str(exc), "invalid_request_error"))
 
@@ -340,17 +376,98 @@ def _samples(sampling: SamplingParams, n: int) -> list[SamplingParams]:
 
 
 def _check_common(request: web.Request, body: OpenAIRequest) -> None:
-    config, driver = request.app[CONFIG], request.app[DRIVER]
     if body.response_format is not None and body.response_format.get("type") != "text":
         raise bad_request(
             "response_format: only {\"type\": \"text\"} is supported (no JSON mode or schemas)",
             param="response_format",
         )
-    if body.model not in (config.model_id, driver.name):
+    _check_model(request, body.model)
+    _refuse_extensions(body, _UNSUPPORTED_EXTENSIONS)
+
+
+def _check_model(request: web.Request, model: str) -> None:
+    config, driver = request.app[CONFIG], request.app[DRIVER]
+    if model not in (config.model_id, driver.name):
         raise not_found(
-            f"the model {body.model!r} does not exist; this server serves {config.model_id!r}",
+            f"the model {model!r} does not exist; this server serves {config.model_id!r}",
             code="model_not_found",
         )
+
+
+def _refuse_extensions(body: OpenAIRequest, unsupported: dict[str, object]) -> None:
+    """400 for a vLLM extension (an unknown field to OpenAI) that would change the result."""
+    for name, value in (body.model_extra or {}).items():
+        if name in unsupported and value is not None and value != unsupported[name]:
+            if isinstance(value, list | dict) and not value:
+                continue
+            raise bad_request(
+                f"{name} is not supported by this server (got {value!r})", param=name
+            )
+
+
+def _prompts(
+    driver: EngineDriver, prompt: str | list[str] | list[int] | list[list[int]]
+) -> tuple[list[str], list[list[int]]]:
+    """The completions API's prompts as texts (what `echo` returns) and token ids: one text,
+    several, one list of token ids or several (ids are taken as they are; their text is
+    their decoding)."""
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    if not prompt:
+        raise bad_request("prompt must not be empty", param="prompt")
+    if isinstance(prompt[0], str):
+        texts = [p for p in prompt if isinstance(p, str)]
+        return texts, [_encode(driver, p, "prompt") for p in texts]
+    lists = [prompt] if isinstance(prompt[0], int) else prompt
+    vocab = driver.vocab_size
+    for k, ids in enumerate(lists):
+        if not ids:
+            raise bad_request(f"prompt[{k}] is an empty list of token ids", param="prompt")
+        bad = next((t for t in ids if not 0 <= t < vocab), None)  # type: ignore[operator]
+        if bad is not None:
+            raise bad_request(
+                f"prompt: {bad} is not a token id of this model (0 to {vocab - 1})",
+                param="prompt",
+            )
+    ids_lists: list[list[int]] = [list(ids) for ids in lists]  # type: ignore[arg-type]
+    return [driver.tokenizer.decode(ids) for ids in ids_lists], ids_lists
+
+
+def _chat_prompt(driver: EngineDriver, body: ChatCompletionRequest) -> str:
+    """The messages through the model's chat template. With vLLM's `continue_final_message`
+    the text ends where the final message's content does (as transformers cuts it), so the
+    completion continues that message."""
+    messages: list[dict[str, object]] = []
+    for i, m in enumerate(body.messages):
+        message: dict[str, object] = {"role": m.role, "content": _content(m.content, i)}
+        if m.name is not None:
+            message["name"] = m.name
+        messages.append(message)
+    cont = body.continue_final_message
+    if cont and body.add_generation_prompt:
+        raise bad_request(
+            "continue_final_message takes add_generation_prompt false (the prompt ends inside "
+            "the final message, not in a new assistant turn)",
+            param="continue_final_message",
+        )
+    try:
+        text = driver.tokenizer.apply_chat_template(
+            messages, body.add_generation_prompt, **(body.chat_template_kwargs or {})
+        )
+    except Exception as exc:  # a template's raise_exception or a model without a template
+        raise bad_request(f"cannot apply the chat template: {exc}", param="messages") from exc
+    if not cont:
+        return text
+    final = str(messages[-1]["content"])
+    at = text.rfind(final.strip())
+    if at < 0:
+        raise bad_request(
+            "continue_final_message: the chat template does not keep the final message's "
+            "content, so the completion cannot continue it",
+            param="continue_final_message",
+        )
+    keep = final.lstrip()
+    return text[: at + (len(keep) if text[at : at + len(keep)] == keep else len(final.strip()))]
 
 
 def _encode(driver: EngineDriver, text: str, param: str) -> list[int]:
@@ -449,12 +566,23 @@ def _sampling(
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if any(not s for s in stop):
         raise bad_request("stop strings must not be empty", param="stop")
+    stop_ids = body.stop_token_ids or []
+    bad = next((t for t in stop_ids if not 0 <= t < driver.vocab_size), None)
+    if bad is not None:
+        raise bad_request(
+            f"stop_token_ids: {bad} is not a token id of this model (0 to "
+            f"{driver.vocab_size - 1})",
+            param="stop_token_ids",
+        )
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=-1 if body.top_k is None else body.top_k,
         seed=body.seed,
         stop=stop,
+        stop_token_ids=stop_ids,
+        ignore_eos=body.ignore_eos,
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
         logit_bias=_logit_bias(driver, body.logit_bias),

@@ -1,11 +1,19 @@
 """Bodies of the OpenAI-compatible API. Requests ignore fields they do not know, as OpenAI
-clients send many optional ones; fields we cannot honour are rejected by the handlers."""
+clients send many optional ones; fields we cannot honour are rejected by the handlers (vLLM's
+extensions among them: the handlers see the unknown fields in `model_extra`)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 from server.engine.sampling_params import SEED_MAX, SEED_MIN
 
@@ -17,7 +25,7 @@ class StreamOptions(BaseModel):
 
 
 class OpenAIRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # kept in model_extra, to refuse vLLM's we lack
 
     model: str
     max_tokens: int | None = Field(None, ge=1)
@@ -35,14 +43,40 @@ class OpenAIRequest(BaseModel):
     logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
     response_format: dict[str, Any] | None = None  # only {"type": "text"}: no JSON mode
     user: str | None = None
+    # vLLM's sampling extensions that the engine has (clients send them in extra_body)
+    top_k: int | None = Field(None, ge=-1, description="vLLM's: -1 or 0 disables top-k.")
+    stop_token_ids: list[int] | None = Field(None, description="vLLM's: token ids that stop.")
+    ignore_eos: bool = Field(False, description="vLLM's: go on past EOS, up to max_tokens.")
+
+
+def _token_ids(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value
+    )
 
 
 class CompletionRequest(OpenAIRequest):
-    prompt: str | list[str]
+    # text, texts, token ids or lists of token ids, as OpenAI's API (and vLLM) take it
+    prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(None, ge=0)  # 0: with echo, score the prompt only
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt_shape(cls, value: object) -> object:
+        if not (
+            isinstance(value, str)
+            or (isinstance(value, list) and all(isinstance(p, str) for p in value))
+            or _token_ids(value)
+            or (isinstance(value, list) and all(_token_ids(p) for p in value))
+        ):
+            raise ValueError(
+                "prompt must be a string, a list of strings, a list of token ids or a list of "
+                "lists of token ids"
+            )
+        return value
 
 
 class TextPart(BaseModel):
@@ -57,7 +91,7 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
-    name: str | None = None
+    name: str | None = None  # passed to the chat template, as vLLM does
 
 
 class ChatCompletionRequest(OpenAIRequest):
@@ -68,6 +102,18 @@ class ChatCompletionRequest(OpenAIRequest):
     tool_choice: str | dict[str, Any] | None = None
     functions: list[dict] | None = None
     function_call: str | dict[str, Any] | None = None
+    # vLLM's chat template extensions
+    add_generation_prompt: bool = Field(
+        True, description="vLLM's: end the prompt with the template's assistant header."
+    )
+    continue_final_message: bool = Field(
+        False,
+        description="vLLM's: the prompt ends inside the final (assistant) message, which the "
+        "completion continues; takes add_generation_prompt false.",
+    )
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description="vLLM's: more variables for the chat template."
+    )
 
 
 class Usage(BaseModel):

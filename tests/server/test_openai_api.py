@@ -456,3 +456,119 @@ def test_streamed_logprobs_ride_with_their_text_when_a_stop_string_holds_it_back
         if choice.finish_reason is None:  # (a random model's stray bytes show as U+FFFD)
             assert len(got) <= len(sent), (sent, got)
     assert got == b"".join(bytes(t.bytes) for t in whole_chat.logprobs.content)
+
+
+def test_models_retrieve(client: openai.OpenAI) -> None:
+    """`client.models.retrieve` (GET /v1/models/{model}): the served model's card, or 404."""
+    card = client.models.retrieve("tiny")
+    assert card.id == "tiny" and card.object == "model"
+    with pytest.raises(openai.NotFoundError, match="model 'gpt-4' does not exist"):
+        client.models.retrieve("gpt-4")
+
+
+def test_completion_prompt_as_token_ids(client: openai.OpenAI, engine: LLMEngine) -> None:
+    """OpenAI's (and vLLM's) completions take token ids: a list, or a list of lists; echo
+    returns their text."""
+    prompt = "The parrot said"
+    ids = engine.tokenizer.encode(prompt)
+    ref = greedy(engine, prompt, 6).text
+    done = client.completions.create(model="tiny", prompt=ids, max_tokens=6, temperature=0)
+    assert done.choices[0].text == ref and done.usage.prompt_tokens == len(ids)
+    two = client.completions.create(model="tiny", prompt=[ids, ids[:2]], max_tokens=6,
+                                    temperature=0, echo=True)  # fmt: skip
+    short = engine.tokenizer.decode(ids[:2])
+    assert [c.text for c in two.choices] == [prompt + ref, short + greedy(engine, short, 6).text]
+    with pytest.raises(openai.BadRequestError, match="99999 is not a token id"):
+        client.completions.create(model="tiny", prompt=[1, 99999], max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="a list of token ids or a list of lists"):
+        client.completions.create(model="tiny", prompt=["a", 1], max_tokens=2)  # type: ignore[list-item]
+
+
+def test_vllm_sampling_extensions_are_honoured_or_refused(
+    client: openai.OpenAI, engine: LLMEngine
+) -> None:
+    """vLLM's extra sampling fields (sent in extra_body) that the engine has change the result
+    as in vLLM; those it lacks get a 400 naming them unless set to their neutral value."""
+    prompt = "The parrot said"
+    ids = engine.tokenizer.encode(prompt)
+    ref = greedy(engine, prompt, 30)
+    assert ref.finish_reason == "stop" and len(ref.token_ids) < 30  # EOS, for ignore_eos
+    kw = {"model": "tiny", "prompt": prompt, "max_tokens": 30}
+    # top_k=1 is greedy whatever the temperature
+    for seed in (1, 2):
+        done = client.completions.create(**kw, temperature=1.0, seed=seed,
+                                         extra_body={"top_k": 1})  # fmt: skip
+        assert done.choices[0].text == ref.text
+    past = client.completions.create(**kw, temperature=0, extra_body={"ignore_eos": True})
+    sampling = SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)
+    assert past.choices[0].text == engine.generate([ids], sampling)[0].text
+    assert past.usage.completion_tokens == 30 and past.choices[0].finish_reason == "length"
+    stop_id = ref.token_ids[3]
+    cut = client.completions.create(**kw, temperature=0, extra_body={"stop_token_ids": [stop_id]})
+    assert cut.usage.completion_tokens == ref.token_ids.index(stop_id) + 1
+    assert cut.choices[0].finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError, match="min_p is not supported") as err:
+        client.completions.create(**kw, extra_body={"min_p": 0.1})
+    assert err.value.body["param"] == "min_p"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError, match="guided_choice"):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
+                                       extra_body={"guided_choice": ["a", "b"]})  # fmt: skip
+    neutral = {"min_p": 0.0, "repetition_penalty": 1.0, "skip_special_tokens": True,
+               "priority": 0}  # fmt: skip
+    same = client.completions.create(**kw, temperature=0, extra_body=neutral)
+    assert same.choices[0].text == ref.text
+
+
+def test_chat_template_extensions(client: openai.OpenAI, engine: LLMEngine) -> None:
+    """vLLM's add_generation_prompt=false and continue_final_message=true: the prompt ends
+    after the last message, or inside it (the completion continues the assistant's text)."""
+    messages = [{"role": "user", "content": "Name a bird."},
+                {"role": "assistant", "content": "A bird: the"}]  # fmt: skip
+    whole = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=False)
+    inside = whole[: whole.rindex("A bird: the") + len("A bird: the")]
+    extra = {"continue_final_message": True, "add_generation_prompt": False}
+    done = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6,
+                                          temperature=0, extra_body=extra)  # fmt: skip
+    assert done.choices[0].message.content == greedy(engine, inside, 6).text
+    assert done.usage.prompt_tokens == len(engine.tokenizer.encode(inside))
+    user = messages[:1]
+    closed = client.chat.completions.create(model="tiny", messages=user, max_tokens=6,
+                                            temperature=0,
+                                            extra_body={"add_generation_prompt": False})  # fmt: skip
+    plain = engine.tokenizer.apply_chat_template(user, add_generation_prompt=False)
+    assert closed.choices[0].message.content == greedy(engine, plain, 6).text
+    with pytest.raises(openai.BadRequestError, match="add_generation_prompt false"):
+        client.chat.completions.create(model="tiny", messages=messages, max_tokens=2,
+                                       extra_body={"continue_final_message": True})  # fmt: skip
+
+
+def test_streaming_several_prompts(server: str, client: openai.OpenAI) -> None:
+    """Several prompts stream too (as vLLM's do): choice k * n + i is sample i of prompt k, the
+    same text and logprobs as the non-streamed response; an abandoned stream frees its KV."""
+    prompts = ["Once upon", "The parrot said", "Hi"]
+    kw = {"model": "tiny", "prompt": prompts, "max_tokens": 8, "temperature": 0, "n": 2,
+          "echo": True}  # fmt: skip
+    whole = client.completions.create(**kw)
+    texts, usage = [""] * 6, None
+    for c in client.completions.create(**kw, stream=True, stream_options={"include_usage": True}):
+        if not c.choices:
+            usage = c.usage
+            continue
+        texts[c.choices[0].index] += c.choices[0].text
+    assert texts == [c.text for c in whole.choices] and usage == whole.usage
+    scored = client.completions.create(model="tiny", prompt=prompts, max_tokens=8, temperature=0,
+                                       logprobs=1)  # fmt: skip
+    streamed: list[list[float | None]] = [[], [], []]
+    for c in client.completions.create(model="tiny", prompt=prompts, max_tokens=8, temperature=0,
+                                       logprobs=1, stream=True):  # fmt: skip
+        if c.choices[0].logprobs is not None:
+            streamed[c.choices[0].index] += c.choices[0].logprobs.token_logprobs
+    assert streamed == [c.logprobs.token_logprobs for c in scored.choices]
+    stream = client.completions.create(model="tiny", prompt=prompts, max_tokens=300,
+                                       temperature=0, n=2, stream=True)  # fmt: skip
+    for k, _ in enumerate(stream):
+        if k >= 3:
+            break
+    stream.close()
+    m = idle_metrics(server)
+    assert m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"]
