@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks.run: {exc}", file=sys.stderr)
         return 2
     if not isinstance(workload, Workload):  # a module that drives its own runs
+        ignored = ignored_by_own_driver(args)
+        if ignored:
+            print(f"benchmarks.run: {args.workload} drives its own runs and takes only --quick "
+                  f"and --model; it would ignore {', '.join(ignored)}", file=sys.stderr)
+            return 2
         return workload([*(["--quick"] if args.quick else []), "--model", args.model])
     modes, skipped = select_modes(workload, args.ablations, server_flags(args.server_root))
     for note in skipped:
@@ -77,6 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     write_plot(args.out / f"{stem}.png", report)
     print(f"\nsaved {args.out / stem}.json and .png")
     return 0
+
+
+def ignored_by_own_driver(args: argparse.Namespace) -> list[str]:
+    """The options given that a workload with its own `main` would not apply: running it
+    anyway would label its numbers with settings they were not measured with."""
+    defaults = parse_args([args.workload])
+    return [
+        "--" + name.replace("_", "-")
+        for name in ("rtt_ms", "ablations", "server_flag", "server_root", "out", "suffix")
+        if getattr(args, name) != getattr(defaults, name)
+    ]
 
 
 def select_modes(

@@ -5,24 +5,59 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import parrot_bridge as P
 from benchmarks.common.graph import Job, JobResult, Ref
+from parrot_bridge.transport import Transport
+
+
+class DelayedTransport(Transport):
+    """The SDK's HTTP client with `rtt_s` slept before every request it sends (session
+    creation, graph submission, each variable read, session close), as the baseline runner
+    sleeps before each of its requests: the simulated round trip is charged per request in
+    every mode, however many requests a mode needs."""
+
+    def __init__(self, base_url: str, rtt_s: float) -> None:
+        super().__init__(base_url)
+        self.rtt_s = rtt_s
+        self.requests = 0
+
+    async def request(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.requests += 1
+        await asyncio.sleep(self.rtt_s)
+        return await super().request(*args, **kwargs)
+
+    async def events(self, *args: Any, **kwargs: Any) -> AsyncIterator[tuple[str, Any]]:
+        self.requests += 1
+        await asyncio.sleep(self.rtt_s)
+        async for item in super().events(*args, **kwargs):
+            yield item
+
+
+def delayed_session(url: str, name: str, rtt_s: float) -> P.Session:
+    """A session whose every request to the server first sleeps `rtt_s`."""
+    session = P.Session(url, name=name)
+    if not isinstance(getattr(session, "_transport", None), Transport):
+        raise RuntimeError("parrot_bridge.Session no longer keeps its Transport in _transport: "
+                           "the simulated round trip cannot be charged per request")
+    session._transport = DelayedTransport(url, rtt_s)
+    return session
 
 
 async def run_parrot_jobs(
     url: str, jobs: tuple[Job, ...], rtt_s: float = 0.0, on_done: Callable[[], None] = lambda: None
 ) -> list[JobResult]:
     """Start each job at its `start_s` (from now) and return its result when all awaited
-    outputs have arrived. `rtt_s` is added before each request the client sends."""
+    outputs have arrived. `rtt_s` is added before each HTTP request the SDK sends (session
+    creation, the graph submission, each read), as the baseline adds it before each of its."""
     t0 = time.perf_counter()
 
     async def one(job: Job) -> JobResult:
         await asyncio.sleep(max(0.0, job.start_s - (time.perf_counter() - t0)))
         start = time.perf_counter() - t0
-        await asyncio.sleep(rtt_s)  # session creation
-        async with P.Session(url, name=job.name) as session:
+        async with delayed_session(url, job.name, rtt_s) as session:
             outs: dict[str, P.SemanticVariable] = {}
             for call in job.calls:
                 fn = P.SemanticFunction(
@@ -34,7 +69,6 @@ async def run_parrot_jobs(
                 outs[call.name] = out
 
             async def fetch(name: str) -> str:
-                await asyncio.sleep(rtt_s)
                 return await outs[name].aget(criteria=job.awaited[name])
 
             texts = await asyncio.gather(*(fetch(n) for n in job.awaited))

@@ -11,7 +11,7 @@ from typing import Any
 
 from benchmarks.common.harness import RunRecord
 from benchmarks.common.modes import Mode
-from benchmarks.common.workload import Metric, ModeResults, Target, Workload
+from benchmarks.common.workload import Metric, ModeResults, Target, Workload, side_of
 
 WORK_COUNTERS = ("generated_tokens", "prefill_tokens", "cached_tokens", "preemptions",
                  "cascade_saved_tokens", "paused_steps", "server_cpu_s")  # fmt: skip
@@ -19,18 +19,36 @@ WORK_COUNTERS = ("generated_tokens", "prefill_tokens", "cached_tokens", "preempt
 
 @dataclass(frozen=True, slots=True)
 class TargetCheck:
+    """`value` and its `side`: "=" measured, ">=" / "<=" a bound (a metric past the end of
+    a sweep), "?" unknown (both sides bounds the same way)."""
+
     label: str
     value: float
     minimum: float | None
     maximum: float | None
+    side: str = "="
+
+    @property
+    def verdict(self) -> str:
+        """"met", "MISSED", or "undecided" when a bound leaves both possible."""
+        if math.isnan(self.value) or self.side == "?":
+            return "undecided" if self.side == "?" else "MISSED"
+        low = self.minimum is None or self.value >= self.minimum
+        high = self.maximum is None or self.value <= self.maximum
+        if self.side == "=":
+            return "met" if low and high else "MISSED"
+        if self.side == ">=":  # the true value is this or more
+            if self.maximum is not None and self.value > self.maximum:
+                return "MISSED"
+            return "met" if low and self.maximum is None else "undecided"
+        # "<=": the true value is this or less
+        if self.minimum is not None and self.value < self.minimum:
+            return "MISSED"
+        return "met" if high and self.minimum is None else "undecided"
 
     @property
     def met(self) -> bool:
-        if math.isnan(self.value):
-            return False
-        low = self.minimum is None or self.value >= self.minimum
-        high = self.maximum is None or self.value <= self.maximum
-        return low and high
+        return self.verdict == "met"
 
 
 @dataclass(slots=True)
@@ -71,6 +89,20 @@ def gain(parrot: float, other: float, higher_is_better: bool) -> float:
     return parrot / other if higher_is_better else other / parrot
 
 
+def gain_side(parrot: float, other: float, higher_is_better: bool) -> str:
+    """Whether `gain` of these values is the gain ("="), a lower bound (">="), an upper bound
+    ("<=") or says nothing ("?"), when either value is a `Bound`."""
+    up = {">=": 1, "<": -1, "=": 0}  # which way the true value lies from the shown one
+    # a higher Parrot value raises the gain when higher is better; a higher other lowers it
+    sign = 1 if higher_is_better else -1
+    moves = {sign * up[side_of(parrot)], -sign * up[side_of(other)]} - {0}
+    if not moves:
+        return "="
+    if len(moves) == 2:
+        return "?"
+    return ">=" if moves == {1} else "<="
+
+
 def format_table(report: Report) -> str:
     """Rows are modes; per metric its value and Parrot's gain over that mode (x)."""
     parrot = report.metrics.get("parrot", {})
@@ -85,8 +117,13 @@ def format_table(report: Report) -> str:
         values = report.metrics[mode.name]
         for spec in report.specs:
             v = values.get(spec.name, math.nan)
-            g = gain(parrot.get(spec.name, math.nan), v, spec.higher_is_better)
-            row += [_num(v), "" if mode.name == "parrot" or math.isnan(g) else f"{_num(g)}x"]
+            p = parrot.get(spec.name, math.nan)
+            g = gain(p, v, spec.higher_is_better)
+            shown = "" if mode.name == "parrot" or math.isnan(g) else f"{_num(g)}x"
+            side = gain_side(p, v, spec.higher_is_better)
+            if shown and side != "=":
+                shown = "?" if side == "?" else f"{side}{shown}"
+            row += [_bounded(v), shown]
         c = report.counters[mode.name]
         row += [_num(c[k]) for k in
                 ("generated_tokens", "prefill_tokens", "cached_tokens", "cascade_saved_tokens",
@@ -99,7 +136,9 @@ def format_table(report: Report) -> str:
     if report.common_scenarios:
         lines.append(f"(token and cpu columns: scenarios {', '.join(report.common_scenarios)})")
     targets = [
-        f"  [{'met' if c.met else 'MISSED'}] {c.label}: {_num(c.value)}"
+        f"  [{c.verdict}] {c.label}: "
+        + ("? (both values are bounds)" if c.side == "?" else
+           f"{'' if c.side == '=' else c.side}{_num(c.value)}")
         + (f" (want >= {c.minimum:g})" if c.minimum is not None else "")
         + (f" (want <= {c.maximum:g})" if c.maximum is not None else "")
         for c in report.checks
@@ -118,11 +157,14 @@ def write_json(path: Path, report: Report, records: list[RunRecord], meta: dict[
                 "api": m.api,
                 "flags": list(m.flags),
                 "metrics": report.metrics[m.name],
+                # metrics known from one side only (">=": at least; "<": below)
+                "bounds": {k: side_of(v) for k, v in report.metrics[m.name].items()
+                           if side_of(v) != "="},
                 "counters": report.counters[m.name],
             }
             for m in report.modes
         },
-        "targets": [{**asdict(c), "met": c.met} for c in report.checks],
+        "targets": [{**asdict(c), "met": c.met, "verdict": c.verdict} for c in report.checks],
         "runs": [
             {
                 "scenario": r.scenario,
@@ -161,6 +203,10 @@ def write_plot(path: Path, report: Report) -> None:
                       color=colors)  # fmt: skip
         for bar, hatch in zip(bars, hatches, strict=True):
             bar.set_hatch(hatch)
+        for x, (v, note) in enumerate(zip(values, bar_notes(values), strict=True)):
+            if note:  # a mode that did not run this metric is not a zero bar
+                ax.text(x, 0 if math.isnan(v) else v, note, ha="center", va="bottom",
+                        rotation=90 if math.isnan(v) else 0, fontsize=7)  # fmt: skip
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
         arrow = "higher is better" if spec.higher_is_better else "lower is better"
         ax.set_title(f"{spec.name} ({spec.unit})\n{arrow}", fontsize=9)
@@ -171,14 +217,27 @@ def write_plot(path: Path, report: Report) -> None:
     plt.close(fig)
 
 
+def bar_notes(values: list[float]) -> list[str]:
+    """What a bar needs written on it: "not run" where the mode has no value (drawn at 0, it
+    would read as the best latency), the side of a bound (">=", "<")."""
+    return ["not run" if math.isnan(v) else "" if side_of(v) == "=" else side_of(v)
+            for v in values]  # fmt: skip
+
+
 def _check(t: Target, metrics: dict[str, dict[str, float]], specs: dict[str, Metric]) -> TargetCheck:
     parrot = metrics.get("parrot", {}).get(t.metric, math.nan)
     if t.versus is None:
-        value = parrot
-    else:
-        other = metrics.get(t.versus, {}).get(t.metric, math.nan)
-        value = gain(parrot, other, specs[t.metric].higher_is_better)
-    return TargetCheck(t.label, value, t.minimum, t.maximum)
+        side = side_of(parrot)
+        return TargetCheck(t.label, parrot, t.minimum, t.maximum, "<=" if side == "<" else side)
+    other = metrics.get(t.versus, {}).get(t.metric, math.nan)
+    higher = specs[t.metric].higher_is_better
+    return TargetCheck(t.label, gain(parrot, other, higher), t.minimum, t.maximum,
+                       gain_side(parrot, other, higher))  # fmt: skip
+
+
+def _bounded(v: float) -> str:
+    side = side_of(v)
+    return _num(v) if side == "=" else f"{side}{_num(v)}"
 
 
 def _num(v: float) -> str:

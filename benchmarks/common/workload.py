@@ -45,6 +45,28 @@ class Target:
             raise ValueError(f"target {self.label!r} needs a minimum or a maximum")
 
 
+class Bound(float):
+    """A metric value known from one side only, e.g. a rate a sweep never got past: `side` is
+    ">=" (the true value is at least this) or "<" (the true value is below this)."""
+
+    side: str
+
+    def __new__(cls, value: float, side: str) -> Bound:
+        if side not in (">=", "<"):
+            raise ValueError(f"side must be '>=' or '<', got {side!r}")
+        obj = super().__new__(cls, value)
+        obj.side = side
+        return obj
+
+    def __repr__(self) -> str:
+        return f"{self.side}{float(self)!r}"
+
+
+def side_of(value: float) -> str:
+    """The side of a `Bound` ("=" for a measured value)."""
+    return value.side if isinstance(value, Bound) else "="
+
+
 # results of one mode: scenario name -> the results of its jobs
 ModeResults = dict[str, list[JobResult]]
 

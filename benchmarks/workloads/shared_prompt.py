@@ -17,7 +17,7 @@ import statistics
 from benchmarks.common import data
 from benchmarks.common.apps import mean_latency, single_call_job
 from benchmarks.common.graph import JobResult, Scenario
-from benchmarks.common.workload import Metric, ModeResults, Target, Workload
+from benchmarks.common.workload import Bound, Metric, ModeResults, Target, Workload
 
 # prompt and output lengths of gpts-top4.json divided by these
 QUICK = {"users": 12, "prompt_scale": 6, "output_scale": 16}
@@ -79,19 +79,21 @@ def metrics(results: ModeResults) -> dict[str, float]:
 
 def throughput_at_bound(per_token: dict[float, float], bound: float) -> float:
     """The request rate at which the mean latency per output token reaches `bound`: linear
-    between the last swept rate within it and the first beyond; the highest rate when all are
-    within (a lower bound), 0 when even the lowest is beyond, nan with fewer than two rates
-    (the ablations run only the base rate)."""
+    between the last swept rate within it and the first beyond (the first crossing, should
+    the curve come back within the bound at a higher rate). Where the sweep does not bracket
+    the crossing the value is a `Bound`: at least the highest rate when all are within, below
+    the lowest when even that is beyond. nan with fewer than two rates (the ablations run only
+    the base rate)."""
     if len(per_token) < 2:
         return math.nan
     rates = sorted(per_token)
     if per_token[rates[0]] > bound:
-        return 0.0
+        return Bound(rates[0], "<")
     for low, high in zip(rates, rates[1:], strict=False):
         lo_v, hi_v = per_token[low], per_token[high]
         if hi_v > bound:
             return low + (bound - lo_v) * (high - low) / (hi_v - lo_v)
-    return rates[-1]
+    return Bound(rates[-1], ">=")
 
 
 def _s_per_token(jobs: list[JobResult]) -> float:

@@ -29,3 +29,25 @@ def test_both_apis_run_the_same_graph(tiny_llama_path: Path, tmp_path: Path) -> 
     assert records[0].jobs[0].outputs == records[1].jobs[0].outputs
     report = build_report(load_workload("map_reduce"), modes, records)
     assert "baseline_throughput" in format_table(report)
+
+
+@pytest.mark.slow
+def test_rtt_is_charged_before_every_request_of_every_mode(tiny_llama_path: Path) -> None:
+    """Parrot's SDK sends three requests one after another before a value arrives (create the
+    session, submit the graph, read the value); the baseline one per call, a chain's in turn."""
+    import asyncio
+
+    from benchmarks.common.apps import chain_job
+    from benchmarks.common.harness import _model_id
+    from benchmarks.common.openai_runner import run_openai_jobs
+    from benchmarks.common.parrot_runner import run_parrot_jobs
+    from server.launcher import ServerProcess
+
+    rtt = 0.3
+    jobs = (chain_job("chain", ["First part.", "Second part."], 2),)  # two calls in turn
+    with ServerProcess(str(tiny_llama_path)) as server:
+        (parrot,) = asyncio.run(run_parrot_jobs(server.url, jobs, rtt))
+        (baseline,) = asyncio.run(run_openai_jobs(server.url, _model_id(server.url), jobs, rtt))
+    assert parrot.latency_s >= 3 * rtt
+    assert baseline.latency_s >= 2 * rtt
+    assert parrot.outputs == baseline.outputs

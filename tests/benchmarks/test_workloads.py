@@ -72,8 +72,13 @@ def test_shared_prompt_throughput_is_the_rate_where_latency_reaches_the_bound() 
 
     # 0.05 s/token at 1 req/s, 0.15 at 2: the bound 0.1 is reached half way, at 1.5 req/s
     assert throughput_at_bound({0.5: 0.03, 1.0: 0.05, 2.0: 0.15, 4.0: 0.9}, 0.1) == 1.5
-    assert throughput_at_bound({0.5: 0.03, 1.0: 0.05}, 0.1) == 1.0  # all within: the top rate
-    assert throughput_at_bound({0.5: 0.2, 1.0: 0.05}, 0.1) == 0.0  # the lowest already beyond
+    # all within: at least the top rate; the lowest already beyond: below the lowest rate
+    top = throughput_at_bound({0.5: 0.03, 1.0: 0.05}, 0.1)
+    assert top == 1.0 and top.side == ">="
+    low = throughput_at_bound({0.5: 0.2, 1.0: 0.05}, 0.1)
+    assert low == 0.5 and low.side == "<"
+    # not monotone: the first crossing counts
+    assert throughput_at_bound({0.5: 0.05, 1.0: 0.15, 2.0: 0.05}, 0.1) == 0.75
     assert math.isnan(throughput_at_bound({4.0: 0.05}, 0.1))  # one rate (an ablation's run)
 
 

@@ -1,0 +1,59 @@
+"""benchmarks/engine.py: every arm warmed up alike, and none gets measured prompts for free."""
+
+import random
+from pathlib import Path
+
+import pytest
+
+from benchmarks.engine import DATA, measure, warm_up_work
+
+
+class _BytesTokenizer:
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode())
+
+
+def test_warm_up_requests_share_no_cache_block_with_the_measured_ones() -> None:
+    if not DATA.is_dir():
+        pytest.skip("the shared arXiv data is not there")
+    from benchmarks.engine import make_workload
+
+    tok = _BytesTokenizer()
+    work = make_workload(tok, 32)
+    warm = warm_up_work(tok, work, block=16)
+    assert len(warm) == 2
+    starts = {tuple(p[:16]) for p, _ in work}
+    assert all(tuple(p[:16]) not in starts for p, _ in warm)
+    assert all(64 <= len(p) <= 1024 and 32 <= o <= 128 for p, o in warm)
+
+
+def _work(seed: int, n: int) -> list[tuple[list[int], int]]:
+    rng = random.Random(seed)
+    return [([rng.randrange(3, 250) for _ in range(rng.randint(40, 90))], 4) for _ in range(n)]
+
+
+def test_measured_run_prefills_every_prompt_and_transformers_is_warmed_up(
+    tiny_llama_path: Path,
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from server.engine import LLMEngine
+
+    work, warm = _work(0, 5), _work(1, 2)
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama_path).eval()
+    calls: list[int] = []
+    generate = hf.generate
+
+    def counting(ids, *args, **kwargs):
+        calls.append(ids.shape[0])
+        return generate(ids, *args, **kwargs)
+
+    hf.generate = counting
+    walls = measure(LLMEngine.from_pretrained(str(tiny_llama_path)), hf, work, warm, pad_id=0)
+    assert walls["parrot_cached_prompt_tokens"] == 0
+    # transformers ran the warm-up both ways (2 one by one, one padded batch) before the
+    # measured calls (5 one by one, one padded batch)
+    assert calls == [1, 1, 2, 1, 1, 1, 1, 1, 5]
+    # a warm-up with measured prompts (as before) hands our engine their prefill
+    old = measure(LLMEngine.from_pretrained(str(tiny_llama_path)), hf, work, work[:2], pad_id=0)
+    assert old["parrot_cached_prompt_tokens"] > 0
