@@ -13,6 +13,18 @@ from aiohttp import web
 
 from server.api.disconnect import unless_disconnected
 from server.api.logprobs import HeldLogprobs, chat_logprobs, completion_logprobs
+from server.api.openai_inputs import (
+    UNSUPPORTED_CHAT_EXTENSIONS,
+    UNSUPPORTED_EXTENSIONS,
+    chat_logprobs_asked,
+    chat_prompt,
+    completion_logprobs_asked,
+    completion_prompts,
+    encode_prompt,
+    refuse_extensions,
+    samples_of,
+    sampling_of,
+)
 from server.api.openai_models import (
     AssistantMessage,
     ChatChoice,
@@ -32,7 +44,6 @@ from server.api.openai_models import (
 from server.api.route import Route, json_response, parse_body
 from server.api.sse import EventStream
 from server.engine import EngineError, JobOutput, SamplingParams, TokenLogprob
-from server.engine.sampling_params import MAX_LOGPROBS, offset_seed
 from server.engine_driver import EngineDriver
 from server.engine_pool import EnginePool
 from server.errors import ApiError, bad_request, error_body, not_found
@@ -40,22 +51,6 @@ from server.keys import CONFIG, DRIVER, ENGINES, METRICS
 from server.stream_merge import merge_streams
 
 _DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
-
-# vLLM's request extensions the engine cannot honour, with the values that change nothing
-# (None always does): any other value gets a 400 rather than a silently different result
-_UNSUPPORTED_EXTENSIONS: dict[str, object] = {
-    "min_p": 0, "repetition_penalty": 1, "min_tokens": 0, "use_beam_search": False,
-    "length_penalty": 1, "include_stop_str_in_output": False, "skip_special_tokens": True,
-    "spaces_between_special_tokens": True, "truncate_prompt_tokens": None,
-    "prompt_logprobs": None, "allowed_token_ids": None, "bad_words": None,
-    "logits_processors": None, "guided_json": None, "guided_regex": None,
-    "guided_choice": None, "guided_grammar": None, "structured_outputs": None,
-    "guided_whitespace_pattern": None, "vllm_xargs": None,
-}  # fmt: skip
-_UNSUPPORTED_CHAT_EXTENSIONS: dict[str, object] = {
-    "echo": False, "chat_template": None, "documents": None, "mm_processor_kwargs": None,
-}
-
 
 def openai_routes() -> list[Route]:
     tag = "openai"
@@ -97,14 +92,14 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     if body.best_of is not None and body.best_of != (body.n or 1):
         raise bad_request("best_of is not supported (only equal to n)", param="best_of")
     driver = request.app[DRIVER]
-    prompts, prompt_ids = _prompts(driver, body.prompt)
+    prompts, prompt_ids = completion_prompts(driver, body.prompt)
     n = body.n or 1
-    logprobs = _completion_logprobs_asked(body)
+    logprobs = completion_logprobs_asked(body)
     echo = _Echo.of(body, n, logprobs)
     max_tokens = echo.max_tokens(body)
     samplings = [
-        _samples(
-            _sampling(driver, body, ids, max_tokens, logprobs, logprobs if echo.scored else None),
+        samples_of(
+            sampling_of(driver, body, ids, max_tokens, logprobs, logprobs if echo.scored else None),
             n,
         )
         for ids in prompt_ids
@@ -149,13 +144,13 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         raise bad_request("function calling is not supported", param="functions")
     if body.tool_choice not in (None, "none", "auto"):  # "auto" with no tools: no tool call
         raise bad_request("tool_choice is not supported (no tools)", param="tool_choice")
-    _refuse_extensions(body, _UNSUPPORTED_CHAT_EXTENSIONS)
+    refuse_extensions(body, UNSUPPORTED_CHAT_EXTENSIONS)
     driver = request.app[DRIVER]
-    ids = _encode(driver, _chat_prompt(driver, body), "messages")
+    ids = encode_prompt(driver, chat_prompt(driver, body), "messages")
     requested = body.max_completion_tokens or body.max_tokens
     max_tokens = requested or max(1, driver.max_model_len - len(ids))  # default: fill the context
-    logprobs = _chat_logprobs_asked(body)
-    samplings = _samples(_sampling(driver, body, ids, max_tokens, logprobs), body.n or 1)
+    logprobs = chat_logprobs_asked(body)
+    samplings = samples_of(sampling_of(driver, body, ids, max_tokens, logprobs), body.n or 1)
     request.app[METRICS].prompt_tokens.inc(len(ids))
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model
     if body.stream:
@@ -367,14 +362,6 @@ async def _indexed(outputs: AsyncIterator[JobOutput]) -> AsyncIterator[tuple[int
             yield 0, out
 
 
-def _samples(sampling: SamplingParams, n: int) -> list[SamplingParams]:
-    """`n` samplings of one request: with a seed, sample i draws from seed + i, so every
-    sample is reproducible and they differ from each other."""
-    if n == 1 or sampling.seed is None:
-        return [sampling] * n
-    return [dataclasses.replace(sampling, seed=offset_seed(sampling.seed, i)) for i in range(n)]
-
-
 def _check_common(request: web.Request, body: OpenAIRequest) -> None:
     if body.response_format is not None and body.response_format.get("type") != "text":
         raise bad_request(
@@ -382,7 +369,7 @@ def _check_common(request: web.Request, body: OpenAIRequest) -> None:
             param="response_format",
         )
     _check_model(request, body.model)
-    _refuse_extensions(body, _UNSUPPORTED_EXTENSIONS)
+    refuse_extensions(body, UNSUPPORTED_EXTENSIONS)
 
 
 def _check_model(request: web.Request, model: str) -> None:
@@ -392,89 +379,6 @@ def _check_model(request: web.Request, model: str) -> None:
             f"the model {model!r} does not exist; this server serves {config.model_id!r}",
             code="model_not_found",
         )
-
-
-def _refuse_extensions(body: OpenAIRequest, unsupported: dict[str, object]) -> None:
-    """400 for a vLLM extension (an unknown field to OpenAI) that would change the result."""
-    for name, value in (body.model_extra or {}).items():
-        if name in unsupported and value is not None and value != unsupported[name]:
-            if isinstance(value, list | dict) and not value:
-                continue
-            raise bad_request(
-                f"{name} is not supported by this server (got {value!r})", param=name
-            )
-
-
-def _prompts(
-    driver: EngineDriver, prompt: str | list[str] | list[int] | list[list[int]]
-) -> tuple[list[str], list[list[int]]]:
-    """The completions API's prompts as texts (what `echo` returns) and token ids: one text,
-    several, one list of token ids or several (ids are taken as they are; their text is
-    their decoding)."""
-    if isinstance(prompt, str):
-        prompt = [prompt]
-    if not prompt:
-        raise bad_request("prompt must not be empty", param="prompt")
-    if isinstance(prompt[0], str):
-        texts = [p for p in prompt if isinstance(p, str)]
-        return texts, [_encode(driver, p, "prompt") for p in texts]
-    lists = [prompt] if isinstance(prompt[0], int) else prompt
-    vocab = driver.vocab_size
-    for k, ids in enumerate(lists):
-        if not ids:
-            raise bad_request(f"prompt[{k}] is an empty list of token ids", param="prompt")
-        bad = next((t for t in ids if not 0 <= t < vocab), None)  # type: ignore[operator]
-        if bad is not None:
-            raise bad_request(
-                f"prompt: {bad} is not a token id of this model (0 to {vocab - 1})",
-                param="prompt",
-            )
-    ids_lists: list[list[int]] = [list(ids) for ids in lists]  # type: ignore[arg-type]
-    return [driver.tokenizer.decode(ids) for ids in ids_lists], ids_lists
-
-
-def _chat_prompt(driver: EngineDriver, body: ChatCompletionRequest) -> str:
-    """The messages through the model's chat template. With vLLM's `continue_final_message`
-    the text ends where the final message's content does (as transformers cuts it), so the
-    completion continues that message."""
-    messages: list[dict[str, object]] = []
-    for i, m in enumerate(body.messages):
-        message: dict[str, object] = {"role": m.role, "content": _content(m.content, i)}
-        if m.name is not None:
-            message["name"] = m.name
-        messages.append(message)
-    cont = body.continue_final_message
-    if cont and body.add_generation_prompt:
-        raise bad_request(
-            "continue_final_message takes add_generation_prompt false (the prompt ends inside "
-            "the final message, not in a new assistant turn)",
-            param="continue_final_message",
-        )
-    try:
-        text = driver.tokenizer.apply_chat_template(
-            messages, body.add_generation_prompt, **(body.chat_template_kwargs or {})
-        )
-    except Exception as exc:  # a template's raise_exception or a model without a template
-        raise bad_request(f"cannot apply the chat template: {exc}", param="messages") from exc
-    if not cont:
-        return text
-    final = str(messages[-1]["content"])
-    at = text.rfind(final.strip())
-    if at < 0:
-        raise bad_request(
-            "continue_final_message: the chat template does not keep the final message's "
-            "content, so the completion cannot continue it",
-            param="continue_final_message",
-        )
-    keep = final.lstrip()
-    return text[: at + (len(keep) if text[at : at + len(keep)] == keep else len(final.strip()))]
-
-
-def _encode(driver: EngineDriver, text: str, param: str) -> list[int]:
-    ids = driver.encode(text)
-    if not ids:
-        raise bad_request(f"{param} is empty after tokenization", param=param)
-    return ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -517,113 +421,6 @@ class _Echo:
 
     def reason(self, final: JobOutput) -> str:
         return "length" if self.hides_generation else _reason(final)
-
-
-def _completion_logprobs_asked(body: CompletionRequest) -> int | None:
-    """The completions API's `logprobs`: how many alternatives per token (None: none)."""
-    if body.logprobs is None or body.logprobs is False:
-        return None
-    if body.logprobs is True or not 0 <= body.logprobs <= MAX_LOGPROBS:
-        raise bad_request(
-            f"logprobs must be an integer from 0 to {MAX_LOGPROBS} for completions (the number "
-            f"of most likely tokens to return at each position), got {body.logprobs!r}",
-            param="logprobs",
-        )
-    return body.logprobs
-
-
-def _chat_logprobs_asked(body: ChatCompletionRequest) -> int | None:
-    """The chat API's `logprobs` (true/false) and `top_logprobs` (alternatives per token)."""
-    if body.logprobs is not None and not isinstance(body.logprobs, bool):
-        raise bad_request(
-            "logprobs must be true or false for chat completions; top_logprobs says how many "
-            "alternatives to return",
-            param="logprobs",
-        )
-    if not body.logprobs:
-        if body.top_logprobs:
-            raise bad_request("top_logprobs needs logprobs set to true", param="top_logprobs")
-        return None
-    return body.top_logprobs or 0
-
-
-def _sampling(
-    driver: EngineDriver,
-    body: OpenAIRequest,
-    ids: list[int],
-    max_tokens: int,
-    logprobs: int | None = None,
-    prompt_logprobs: int | None = None,
-) -> SamplingParams:
-    limit = driver.max_model_len
-    if len(ids) + max_tokens > limit:
-        raise bad_request(
-            f"this model's maximum context length is {limit} tokens, but {len(ids) + max_tokens} "
-            f"were requested ({len(ids)} in the prompt, {max_tokens} for the completion)",
-            code="context_length_exceeded",
-            param="max_tokens",
-        )
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if any(not s for s in stop):
-        raise bad_request("stop strings must not be empty", param="stop")
-    stop_ids = body.stop_token_ids or []
-    bad = next((t for t in stop_ids if not 0 <= t < driver.vocab_size), None)
-    if bad is not None:
-        raise bad_request(
-            f"stop_token_ids: {bad} is not a token id of this model (0 to "
-            f"{driver.vocab_size - 1})",
-            param="stop_token_ids",
-        )
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=-1 if body.top_k is None else body.top_k,
-        seed=body.seed,
-        stop=stop,
-        stop_token_ids=stop_ids,
-        ignore_eos=body.ignore_eos,
-        presence_penalty=body.presence_penalty or 0.0,
-        frequency_penalty=body.frequency_penalty or 0.0,
-        logit_bias=_logit_bias(driver, body.logit_bias),
-        logprobs=logprobs,
-        prompt_logprobs=prompt_logprobs,
-    )
-
-
-def _logit_bias(driver: EngineDriver, asked: dict[str, float] | None) -> dict[int, float]:
-    """OpenAI's logit_bias (token ids as strings) as the engine takes it; 400 when a key is not
-    a token id of this model or a bias lies outside [-100, 100]."""
-    bias: dict[int, float] = {}
-    vocab = driver.vocab_size
-    for key, value in (asked or {}).items():
-        token = int(key) if key.strip().isdigit() else -1
-        if not 0 <= token < vocab:
-            raise bad_request(
-                f"logit_bias: {key!r} is not a token id of this model (0 to {vocab - 1})",
-                param="logit_bias",
-            )
-        if not -100 <= value <= 100:  # NaN fails this too
-            raise bad_request(
-                f"logit_bias: the bias of token {key} must be in [-100, 100], got {value}",
-                param="logit_bias",
-            )
-        bias[token] = float(value)
-    return bias
-
-
-def _content(content: object, index: int) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    texts = []
-    for part in content:  # type: ignore[attr-defined]
-        if part.type != "text" or part.text is None:
-            raise bad_request(
-                f"messages[{index}]: only text content parts are supported, got {part.type!r}",
-                param="messages",
-            )
-        texts.append(part.text)
-    return "".join(texts)
 
 
 def _reason(out: JobOutput) -> str:
