@@ -7,6 +7,7 @@ an OpenAI-compatible backend) only need to provide the same few methods.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -108,8 +109,11 @@ class EngineDriver:
         self, prompt: Sequence[int], sampling: SamplingParams, priority: int = 0
     ) -> AsyncIterator[JobOutput]:
         """A one-shot request on a fresh context (the engine's prefix cache applies)."""
-        async for out in self.engine.generate_request(prompt, sampling, priority):
-            yield out
+        async with contextlib.aclosing(
+            self.engine.generate_request(prompt, sampling, priority)
+        ) as outputs:
+            async for out in outputs:
+                yield out
 
     async def generate_samples(
         self, prompt: Sequence[int], samplings: Sequence[SamplingParams], priority: int = 0
@@ -130,8 +134,11 @@ class EngineDriver:
             for child, sampling in zip(children, samplings, strict=True)
         ]
         try:
-            async for index, out in merge_streams(streams):
-                yield index, out
+            # closed here, before the forks are freed: left to the garbage collector, the merge
+            # would read on from streams whose contexts are gone
+            async with contextlib.aclosing(merge_streams(streams)) as merged:
+                async for index, out in merged:
+                    yield index, out
         finally:
             for child in children:
                 engine.free(child)
@@ -179,11 +186,13 @@ class TokenContext:
         if fill_to is not None:
             self.last_fill, new = self._rebase(fill_to)
         self.tokens.extend(new)
-        async for out in self.engine.generate(
+        outputs = self.engine.generate(
             self.id, sampling, priority, fill_token_ids=new, hold_latency_s=hold_latency_s
-        ):
-            self.tokens.extend(out.new_token_ids)
-            yield out
+        )
+        async with contextlib.aclosing(outputs):
+            async for out in outputs:
+                self.tokens.extend(out.new_token_ids)
+                yield out
 
     def _rebase(self, target: Sequence[int]) -> tuple[FillResult, list[int]]:
         """Drop tokens that `target` does not start with; the tokens still to append."""

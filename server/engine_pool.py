@@ -60,8 +60,11 @@ class EnginePool:
     ) -> AsyncIterator[JobOutput]:
         """A plain request on the least loaded engine (its prefix cache applies)."""
         with self._placed(1, len(prompt) + sampling.max_tokens) as driver:
-            async for out in driver.generate_plain(prompt, sampling, priority):
-                yield out
+            # closed with this one (not left to the garbage collector): its job stops at once
+            outputs = driver.generate_plain(prompt, sampling, priority)
+            async with contextlib.aclosing(outputs):
+                async for out in outputs:
+                    yield out
 
     async def generate_samples(
         self,
@@ -73,8 +76,10 @@ class EnginePool:
         (see `EngineDriver.generate_samples`)."""
         cost = len(prompt) + sum(s.max_tokens for s in samplings)
         with self._placed(len(samplings), cost) as driver:
-            async for item in driver.generate_samples(prompt, samplings, priority):
-                yield item
+            samples = driver.generate_samples(prompt, samplings, priority)
+            async with contextlib.aclosing(samples):
+                async for item in samples:
+                    yield item
 
     @contextlib.contextmanager
     def _placed(self, calls: int, tokens: int) -> Iterator[EngineDriver]:

@@ -75,11 +75,13 @@ class AsyncLLMEngine:
         """Append tokens and return when their KV is computed (`yield_tokens`: see
         `LLMEngine.fill`)."""
         tokens = list(token_ids)
-        self._lengths[context_id] = self._lengths.get(context_id, 0) + len(tokens)
+        self._grow(context_id, len(tokens))
         submit = lambda: self.engine.fill(context_id, tokens, priority, yield_tokens)  # noqa: E731
         # a fill ahead of need (yield_tokens) is not worth pausing a step for
-        async for _ in self._job(submit, self._urgent(priority) and yield_tokens is None):
-            pass
+        job = self._job(submit, self._urgent(priority) and yield_tokens is None)
+        async with contextlib.aclosing(job):  # cancelled: the job is aborted at once
+            async for _ in job:
+                pass
 
     async def generate(
         self,
@@ -96,7 +98,7 @@ class AsyncLLMEngine:
         see `LLMEngine.add_generate`.
         """
         tokens = list(fill_token_ids or ())
-        self._lengths[context_id] = self._lengths.get(context_id, 0) + len(tokens)
+        self._grow(context_id, len(tokens))
 
         def submit() -> int:
             if tokens:
@@ -105,9 +107,11 @@ class AsyncLLMEngine:
                 context_id, sampling, priority, hold_latency_s=hold_latency_s
             )
 
-        async for out in self._job(submit, self._urgent(priority)):
-            self._lengths[context_id] = self._lengths.get(context_id, 0) + len(out.new_token_ids)
-            yield out
+        job = self._job(submit, self._urgent(priority))
+        async with contextlib.aclosing(job):  # closed with this one: the job is aborted at once
+            async for out in job:
+                self._grow(context_id, len(out.new_token_ids))
+                yield out
 
     async def generate_request(
         self, prompt_token_ids: Sequence[int], sampling: SamplingParams, priority: int = 0
@@ -115,17 +119,26 @@ class AsyncLLMEngine:
         """A plain request (fresh context, prefix cache applies), freed when it ends."""
         tokens = list(prompt_token_ids)
         submit = lambda: self.engine.add_request(tokens, sampling, priority)  # noqa: E731
-        async for out in self._job(submit, self._urgent(priority)):
-            yield out
+        job = self._job(submit, self._urgent(priority))
+        async with contextlib.aclosing(job):  # closed with this one: the job is aborted at once
+            async for out in job:
+                yield out
 
     def truncate(self, context_id: int, num_tokens: int) -> None:
-        self._lengths[context_id] = min(self._lengths.get(context_id, 0), num_tokens)
+        if context_id in self._lengths:
+            self._lengths[context_id] = min(self._lengths[context_id], num_tokens)
         self._post(lambda: self.engine.truncate(context_id, num_tokens))
 
     def free(self, context_id: int) -> None:
         self._lengths.pop(context_id, None)
         if not self._stopping:  # a stopped engine holds nothing for anyone any more
             self._post(lambda: self.engine.free(context_id))
+
+    def _grow(self, context_id: int, num_tokens: int) -> None:
+        """Count tokens a live context gains; a freed one is not brought back (its last
+        outputs, or work a racing caller posts for it, find it gone)."""
+        if context_id in self._lengths:
+            self._lengths[context_id] += num_tokens
 
     def context_len(self, context_id: int) -> int:
         """Tokens the context will hold once the commands sent so far are applied."""

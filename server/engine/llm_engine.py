@@ -367,7 +367,7 @@ class LLMEngine:
         if self._paused is not None:
             return self._step_beside_paused()
         batch = self.scheduler.schedule()
-        self._held = not batch.scheduled and self.scheduler.latency_hold_left() > 0
+        self._held = not batch.scheduled and self.scheduler.held
         if self._held:
             return self._drain_outputs()  # held for latency work about to arrive: see idle_wait
         if not batch.scheduled and self.scheduler.waiting and not self.scheduler.running:

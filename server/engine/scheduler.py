@@ -61,6 +61,8 @@ class Scheduler:
         self._latency_generating = 0
         # decode rows of other work that may still ride along this step's latency work
         self._ride_along_left = 0
+        # the last batch was built under a latency hold's cap (see `hold_latency`)
+        self.held = False
         self.block_size = block_manager.block_size
         self.contexts: dict[int, Context] = {}
         self.waiting: list[Context] = []
@@ -173,7 +175,11 @@ class Scheduler:
         # With latency-critical work about, other work only fills the step up to the cap, so
         # the latency work runs in small, fast steps (its own tokens are not capped).
         cap = self.config.latency_max_batched_tokens
-        others: int | None = cap if cap is not None and self._has_latency_work() else None
+        # the hold is read once a step: the step loop asks `held` whether an empty batch was
+        # held back by it (a second reading may find it just ended, and the waiting work that
+        # the cap kept out would look like work the pool cannot hold)
+        self.held = cap is not None and self.latency_hold_left() > 0
+        others: int | None = cap if self.held or self._latency_queued() else None
         self._ride_along_left = self.config.latency_other_decode_rows if others is not None else 0
         self._prefill_left = self.config.background_max_prefill_tokens
         self._latency_generating = sum(
@@ -504,10 +510,8 @@ class Scheduler:
     def _is_background(self, ctx: Context) -> bool:
         return ctx.sort_key[0] >= self.config.background_priority
 
-    def _has_latency_work(self) -> bool:
+    def _latency_queued(self) -> bool:
         limit = self.config.latency_priority
-        if self.latency_hold_left() > 0:
-            return True
         return any(c.sort_key[0] <= limit for c in (*self.running, *self.waiting))
 
     def _leave_queues(self, ctx: Context) -> None:
