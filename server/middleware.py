@@ -59,7 +59,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         return web.json_response(exc.body(), status=exc.status)
-    except ClientGone:  # nobody reads it: nginx's "client closed request", for the logs
+    except (ClientGone, ConnectionResetError):
+        # the client hung up (mid-body, or before a stream's headers went out): nobody reads
+        # this, nginx's "client closed request", for the logs and the counters
         return web.Response(status=499)
     except GraphError as exc:
         body = error_body(exc.message, "invalid_request_error", exc.kind)

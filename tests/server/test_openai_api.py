@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,6 +213,35 @@ def test_a_client_that_hangs_up_stops_its_non_streamed_request(server: str) -> N
     assert m["parrot_generated_tokens_total"] - before < 0.6 * whole  # aborted, not finished
     status, _ = request("POST", url, {"model": "tiny", "prompt": "still", "max_tokens": 2})
     assert status == 200
+
+
+def test_a_client_that_hangs_up_mid_body_is_no_server_error(server: str) -> None:
+    """A body cut short by the client's hang-up is the client's doing: counted as 499 (what
+    nginx calls "client closed request"), never as a 500."""
+    import socket
+    from urllib.parse import urlsplit
+
+    def status_counts() -> tuple[float, float]:
+        m = metrics(server)
+        count = lambda code: sum(  # noqa: E731
+            v for k, v in m.items() if k.startswith("parrot_http_requests_total") and
+            f'status="{code}"' in k
+        )  # fmt: skip
+        return count(500), count(499)
+
+    errors_before, gone_before = status_counts()
+    host, port = urlsplit(server).hostname, urlsplit(server).port
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                "Content-Length: 1000\r\n\r\n{\"model\": \"tiny\"".encode()
+            )
+    deadline = time.monotonic() + 10
+    while status_counts()[1] < gone_before + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    errors, gone = status_counts()
+    assert (errors - errors_before, gone - gone_before) == (0, 2)
 
 
 def test_chat_openai_in_an_lcel_chain(server: str, engine: LLMEngine) -> None:
