@@ -172,6 +172,10 @@ class TokenContext:
             self.tokens.extend(new)
         return result
 
+    def boost(self, priority: int) -> None:
+        """Its fills in flight run at `priority` at the latest (see `LLMEngine.boost`)."""
+        self.engine.boost(self.id, priority)
+
     async def generate(
         self,
         sampling: SamplingParams,

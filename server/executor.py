@@ -235,7 +235,7 @@ class Executor:
         opened: dict[str, PrefixEntry | None] = {}
         try:
             for i, hit in enumerate(stored):
-                if hit is not None and not await self.prefixes.filled(hit[1]):
+                if hit is not None and not await self.prefixes.filled(hit[1], priority):
                     stored[i] = None
             shared = _deepest_shared_boundaries(jobs, stored)
             await self._fork_all(engine, jobs, contexts, stored, shared, opened, priority)

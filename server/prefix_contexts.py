@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False, slots=True)
 class PrefixContext:
-    """A context filled (or being filled) with a prefix; `ok` once its KV is computed."""
+    """A context filled (or being filled) with a prefix; `ok` once its KV is computed.
+    `priority`: its fill's engine priority, raised to that of the most urgent waiter."""
 
     ctx: TokenContext
+    priority: int
     pipelined: bool = False
     ok: bool = False
     filled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -57,10 +59,11 @@ class PrefixContexts:
                 return i, entry
         return None
 
-    async def filled(self, entry: PrefixEntry) -> bool:
+    async def filled(self, entry: PrefixEntry, priority: int) -> bool:
         """Wait until an entry's fill ends (waiting beats computing it again); True if it holds
-        its prefix."""
+        its prefix. The fill runs at the waiter's `priority` at the latest."""
         if not entry.handle.filled.is_set():
+            self._boost(entry, priority)
             self.store.acquire(entry)
             try:
                 await entry.handle.filled.wait()
@@ -87,18 +90,22 @@ class PrefixContexts:
         entry = self.store.get(key, engine)
         if entry is not None:
             self.store.acquire(entry)
-            await entry.handle.filled.wait()
+            if not entry.handle.filled.is_set():
+                self._boost(entry, priority)
+                await entry.handle.filled.wait()
             if entry.handle.ok:
                 return entry
             self.store.release(entry)
             return None
-        ctx = await self._fork_base(base) if base is not None else None
+        ctx = await self._fork_base(base, priority) if base is not None else None
         if ctx is None:
             ctx = self.pool.drivers[engine].new_context()
-        handle = PrefixContext(ctx, pipelined)
+        handle = PrefixContext(ctx, priority, pipelined)
         entry = self.store.put(key, engine, handle, len(tokens))
         self.metrics.prefix_store_entries.set(len(self.store))
         try:
+            # posted in this turn of the event loop, so a waiter's boost (posted later) finds
+            # the fill's job
             result = await ctx.fill_to(tokens, priority, yield_tokens)
             handle.ok = True
         except (ValueError, EngineError) as exc:
@@ -147,7 +154,7 @@ class PrefixContexts:
         self.store.clear()
         self.metrics.prefix_store_entries.set(0)
 
-    async def _fork_base(self, base: PrefixEntry) -> TokenContext | None:
+    async def _fork_base(self, base: PrefixEntry, priority: int) -> TokenContext | None:
         """A fork of `base` once filled; None if its fill failed or it is no longer stored. A
         base is picked before the fill that forks it runs, and meanwhile an unreferenced entry
         may be evicted (its context closed): it is referenced until forked."""
@@ -155,11 +162,20 @@ class PrefixContexts:
             return None
         self.store.acquire(base)
         try:
-            if await self.filled(base) and self._stored(base):
+            if await self.filled(base, priority) and self._stored(base):
                 return base.handle.ctx.fork()
             return None
         finally:
             self.store.release(base)
+
+    def _boost(self, entry: PrefixEntry, priority: int) -> None:
+        """A waiter more urgent than the fill it waits on raises the fill to its priority:
+        else a latency-critical call forking a prefix that a fill ahead of need computes waits
+        behind all the work that fill yields to (starved under steady latency load)."""
+        handle: PrefixContext = entry.handle
+        if priority < handle.priority:
+            handle.priority = priority
+            handle.ctx.boost(priority)
 
     def _stored(self, entry: PrefixEntry) -> bool:
         return self.store.peek(entry.key, entry.engine) is entry

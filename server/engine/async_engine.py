@@ -124,6 +124,13 @@ class AsyncLLMEngine:
             async for out in job:
                 yield out
 
+    def boost(self, context_id: int, priority: int) -> None:
+        """See `LLMEngine.boost`; boosted to latency-critical, the fills ask the step in flight
+        to pause for them."""
+        self._post(lambda: self.engine.boost(context_id, priority))
+        if self._urgent(priority):
+            self.engine.request_pause()  # after the post: the loop clears it before it reads
+
     def truncate(self, context_id: int, num_tokens: int) -> None:
         if context_id in self._lengths:
             self._lengths[context_id] = min(self._lengths[context_id], num_tokens)

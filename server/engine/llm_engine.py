@@ -149,6 +149,21 @@ class LLMEngine:
         job.yield_tokens = yield_tokens
         return self._add_job(ctx, job)
 
+    def boost(self, context_id: int, priority: int) -> None:
+        """Run the context's queued fills at `priority` at the latest, and at full speed (no
+        `yield_tokens`): work more urgent than theirs waits on them now (a latency-critical
+        call forking a prefix that a fill ahead of need is computing), and would otherwise
+        wait behind everything their own priority yields to. A context already freed is left
+        alone."""
+        ctx = self.scheduler.contexts.get(context_id)
+        if ctx is None:
+            return
+        self._settle(ctx)
+        for job in ctx.jobs:
+            if job.kind is JobKind.FILL and job.priority > priority:
+                job.priority = priority
+                job.yield_tokens = None
+
     def add_generate(
         self,
         context_id: int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,62 @@ def test_a_short_soak_leaves_nothing_behind(tiny_llama_path: Path) -> None:
         assert left == {}
     finally:
         server.close()
+
+
+async def test_a_latency_critical_call_waiting_on_a_fill_ahead_of_need_boosts_it(
+    tiny_llama_path: Path,
+) -> None:
+    """A fill ahead of need (the prefix of a call whose input is not set yet) runs at that
+    call's priority, and with the latency cap at 0 other tokens it gets nothing while any
+    latency-critical work runs. A latency-critical call sharing that prefix waited for it, so
+    under steady latency load from other sessions it waited as long as that load lasted (a
+    soak call not ready after 60 s). Now the waiter raises the fill to its own priority."""
+    from server.engine_pool import EnginePool
+    from server.metrics import Metrics
+    from server.prefix_contexts import PrefixContexts
+    from server.prefix_store import PrefixStoreConfig
+    from server.scheduling.policy import LATENCY_PRIORITY, NORMAL_PRIORITY
+
+    pool = await EnginePool.load(
+        1, str(tiny_llama_path), "cpu", None, block_size=16, num_kv_blocks=128,
+        latency_max_batched_tokens=0,
+    )  # fmt: skip
+    driver = pool.drivers[0]
+    await driver.start()
+    try:
+        prefixes = PrefixContexts(pool, PrefixStoreConfig(), Metrics())
+        # steady latency-critical load: another session's long generation
+        busy = driver.new_context()
+        await busy.fill_to(list(range(3, 30)), LATENCY_PRIORITY)
+        load = busy.generate(
+            SamplingParams(max_tokens=600, temperature=0, ignore_eos=True), LATENCY_PRIORITY
+        )
+        generated = 0
+
+        async def run_load() -> None:
+            nonlocal generated
+            async for out in load:
+                generated += len(out.new_token_ids)
+
+        loading = asyncio.create_task(run_load())
+        while generated < 5:  # the load runs
+            await asyncio.sleep(0.01)
+        prefix = list(range(40, 140))
+        ahead = asyncio.create_task(
+            prefixes.open(0, "doc", prefix, NORMAL_PRIORITY, pipelined=True, yield_tokens=8)
+        )
+        await asyncio.sleep(0.2)
+        assert not ahead.done()  # starved by the latency load, as designed
+        entry = await asyncio.wait_for(prefixes.open(0, "doc", prefix, LATENCY_PRIORITY), 30)
+        assert entry is not None and entry.handle.ok
+        assert not loading.done() and generated < 600  # long before the load ends
+        prefixes.release(entry)
+        released = await ahead
+        assert released is entry
+        prefixes.release(released)
+        loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loading
+        prefixes.close()
+    finally:
+        await driver.stop()
