@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from server.engine.sampler import sample
 from server.engine.sampling_params import SamplingParams
 from server.engine.scheduler import Scheduler, SchedulerOutput
 from server.engine.step_run import StepRun
+
+log = logging.getLogger(__name__)
 
 
 class LLMEngine:
@@ -51,6 +54,11 @@ class LLMEngine:
         # sliding window: ModelConfig.max_model_len)
         model_limit = getattr(model_config, "max_model_len", model_config.max_position_embeddings)
         self.max_model_len = min(self.config.max_model_len or model_limit, model_limit)
+        if self.config.max_model_len and self.config.max_model_len > model_limit:
+            log.warning(
+                "max_model_len %d is more than this model computes exactly; using %d",
+                self.config.max_model_len, model_limit,
+            )
         self.runner = ModelRunner(
             model,
             model_config.num_layers,

@@ -263,3 +263,13 @@ def test_single_file_wins_over_other_safetensors(tiny_llama_path: Path, tmp_path
     shutil.copytree(tiny_llama_path, tmp_path, dirs_exist_ok=True)
     shutil.copy(tmp_path / "model.safetensors", tmp_path / "consolidated.safetensors")
     load_model(tmp_path)
+
+
+def test_a_max_model_len_beyond_the_model_is_lowered_with_a_warning(
+    tiny_llama_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    limit = LLMEngine.from_pretrained(str(tiny_llama_path)).max_model_len
+    with caplog.at_level(logging.WARNING, logger="server.engine.llm_engine"):
+        engine = LLMEngine.from_pretrained(str(tiny_llama_path), max_model_len=limit + 100)
+    assert engine.max_model_len == limit
+    assert f"max_model_len {limit + 100} is more than this model computes exactly" in caplog.text
