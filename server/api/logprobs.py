@@ -57,30 +57,39 @@ class HeldLogprobs:
     """One streamed choice's token logprobs, each sent with the chunk that carries its token's
     text: the engine holds text back (part of a character, what may start a stop string), so a
     token's logprob can arrive before its text. At the end, the rest go out (also the tokens of
-    a stop string, whose text is never sent: the non-streamed response lists them too)."""
+    a stop string, whose text is never sent: the non-streamed response lists them too).
+
+    Where a token's text ends is found by detokenizing the tokens as the engine does, not by
+    counting token bytes: a special token adds no text, and bytes that never form a character
+    decode to U+FFFD (3 bytes), so byte counts drift from the text. A token whose text is empty
+    (a skipped special token) goes with the next chunk that has text."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
-        self._tokenizer = tokenizer
-        self._waiting: list[TokenLogprob] = []
-        self._sent_bytes = 0  # of the choice's text
-        self._released_bytes = 0  # of the released tokens
+        self._detokenizer = tokenizer.detokenizer()
+        self._placed: list[tuple[TokenLogprob, int]] = []  # (entry, text length at its end)
+        self._unplaced: list[TokenLogprob] = []  # their text is not released yet
+        self._sent_chars = 0  # of the choice's text
 
     def add(self, entries: Sequence[TokenLogprob]) -> None:
-        self._waiting.extend(entries)
+        for entry in entries:
+            self._unplaced.append(entry)
+            if self._detokenizer.add(entry.token_id):
+                end = len(self._detokenizer.text)
+                self._placed.extend((waiting, end) for waiting in self._unplaced)
+                self._unplaced = []
 
     def release(self, new_text: str, finished: bool) -> list[TokenLogprob]:
         """The logprobs to send with `new_text`, the choice's next piece of text."""
-        self._sent_bytes += len(new_text.encode("utf-8"))
-        count = len(self._waiting)
-        if not finished:
-            count = 0
-            for entry in self._waiting:
-                size = len(self._tokenizer.token_bytes(entry.token_id))
-                if self._released_bytes + size > self._sent_bytes:
-                    break
-                self._released_bytes += size
-                count += 1
-        out, self._waiting = self._waiting[:count], self._waiting[count:]
+        self._sent_chars += len(new_text)
+        if finished:
+            out = [entry for entry, _ in self._placed] + self._unplaced
+            self._placed, self._unplaced = [], []
+            return out
+        count = 0
+        while count < len(self._placed) and self._placed[count][1] <= self._sent_chars:
+            count += 1
+        out = [entry for entry, _ in self._placed[:count]]
+        del self._placed[:count]
         return out
 
 

@@ -566,7 +566,8 @@ class LLMEngine:
             reason = "length"
         detok = job.detokenizer
         assert detok is not None
-        detok.add(token)  # releases text only up to the last complete character
+        if reason != "stop":  # a stop token's text is not part of the output (as vLLM's)
+            detok.add(token)  # releases text only up to the last complete character
         if reason is not None:
             detok.finish()
         text = detok.text
