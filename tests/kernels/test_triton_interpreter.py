@@ -7,6 +7,7 @@ import importlib.util
 import os
 
 import pytest
+import torch
 
 from tests.kernels.paged_batch import Pool, make_step, relative_error
 from tests.kernels.test_attention_cpu import mixed_step
@@ -17,7 +18,7 @@ def _interpreter_usable() -> bool:
         return False
     import numpy
 
-    # Triton's interpreter (3.3-3.5) turns 1-element arrays into loop bounds, which NumPy 2.4
+    # Triton's interpreter (3.3-3.6) turns 1-element arrays into loop bounds, which NumPy 2.4
     # refuses: run these in an environment with numpy < 2.4.
     return tuple(int(x) for x in numpy.__version__.split(".")[:2]) < (2, 4)
 
@@ -60,3 +61,15 @@ def test_a_long_shared_level_is_split_even_among_many_short_suffixes():
     assert chunk is not None and 512 <= chunk < 4096
     # short tasks only: nothing to split
     assert _kv_chunk(suffixes, 1, 32, 132, TritonConfig()) is None
+
+
+@pytest.mark.parametrize(("group", "head_dim"), [(3, 64), (8, 128)])
+@pytest.mark.parametrize("cascade", [False, True])
+def test_half_precision_takes_the_wide_tiles(group, head_dim, cascade):
+    """float16 runs the tile heights and default dot precision that bfloat16 runs on a GPU
+    (float32 uses the narrow tiles only). bfloat16 itself cannot be checked here: Triton's
+    interpreter (3.6) multiplies bfloat16 tl.dot operands as raw 16-bit integers."""
+    step = mixed_step(group, head_dim, scattered=True, cascade=cascade, seed=7, dtype=torch.float16)
+    assert relative_error(step, backend="triton") < 1e-2
+    program = step.meta.compiled["triton"]
+    assert {launch.block_m for launch in program.launches} >= {64}
