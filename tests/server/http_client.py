@@ -83,3 +83,15 @@ def idle_metrics(url: str, timeout_s: float = 10) -> dict[str, float]:
         if m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"] or time.monotonic() > deadline:
             return m
         time.sleep(0.05)
+
+
+def ask_calls(lengths: list[int]) -> list[dict[str, Any]]:
+    """Native-API calls `ask-j` over one `doc` variable, call j reading `q{j}`, writing `a{j}`
+    and generating up to `lengths[j]` tokens greedily: siblings that share a prefix."""
+    ask = "Doc:\n{{input:doc}}\nPart {{input:q}}:{{output:a}}"
+    return [
+        {"id": f"ask-{j}", "function": "ask", "template": ask,
+         "inputs": {"doc": "doc", "q": f"q{j}"}, "outputs": {"a": f"a{j}"},
+         "sampling": {"max_tokens": n, "temperature": 0}}
+        for j, n in enumerate(lengths)
+    ]  # fmt: skip

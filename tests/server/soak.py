@@ -35,7 +35,7 @@ from typing import Any
 import openai
 
 import parrot_bridge as P
-from tests.server.http_client import metrics, request
+from tests.server.http_client import ask_calls, metrics, request
 
 ARTICLE = Path(__file__).resolve().parents[2].parent / "shared/data/arxiv-march-2023/article_0.txt"
 FLAGS = ("--served-model-name", "m", "--num-kv-blocks", "48", "--block-size", "16",
@@ -323,13 +323,7 @@ class Soak:
         doc = SYSTEM + self.piece(r)
         k = r.randrange(1, 5)
         lengths = [r.randrange(1, 12) for _ in range(k)]
-        ask = "Doc:\n{{input:doc}}\nPart {{input:q}}:{{output:a}}"
-        calls = [
-            {"id": f"ask-{j}", "function": "ask", "template": ask,
-             "inputs": {"doc": "doc", "q": f"q{j}"}, "outputs": {"a": f"a{j}"},
-             "sampling": {"max_tokens": lengths[j], "temperature": 0}}
-            for j in range(k)
-        ]  # fmt: skip
+        calls = ask_calls(lengths)
         variables = [{"id": "doc", "value": doc}, {"id": "huge", "value": self.text[:6000]},
                      {"id": "bad"}, {"id": "wait"}, {"id": "long"}]  # fmt: skip
         variables += [{"id": f"q{j}", "value": str(j)} for j in range(k)]

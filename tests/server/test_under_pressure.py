@@ -16,7 +16,7 @@ import pytest
 
 from server.engine import LLMEngine, SamplingParams
 from server.launcher import ServerProcess
-from tests.server.http_client import metrics, request
+from tests.server.http_client import ask_calls, metrics, request
 
 pytestmark = pytest.mark.slow
 
@@ -116,13 +116,7 @@ def test_mixed_traffic_short_of_blocks_finishes_every_call_with_its_own_tokens(
         doc = shared_doc if r.random() < 0.5 else piece(r)
         k = r.randrange(1, 6)
         lengths = [r.randrange(1, 10) for _ in range(k)]
-        ask = "Doc:\n{{input:doc}}\nPart {{input:q}}:{{output:a}}"
-        calls = [
-            {"id": f"ask-{j}", "function": "ask", "template": ask,
-             "inputs": {"doc": "doc", "q": f"q{j}"}, "outputs": {"a": f"a{j}"},
-             "sampling": {"max_tokens": lengths[j], "temperature": 0}}
-            for j in range(k)
-        ]  # fmt: skip
+        calls = ask_calls(lengths)
         joined = " | ".join(f"{{{{input:a{j}}}}}" for j in range(k))
         calls.append(
             {"id": "join", "function": "join", "template": f"All: {joined}\nSo:{{{{output:v}}}}",
