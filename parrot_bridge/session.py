@@ -48,10 +48,17 @@ class Session:
     A submission the server rejects (or that cannot reach it) raises its error; its calls are
     dropped and their outputs raise that error when read, but their inputs are kept on the
     client, so later calls may read the same strings and variables.
+
+    `transport`: the HTTP client every request goes through (default: one for `url`).
     """
 
     def __init__(
-        self, url: str = "http://127.0.0.1:9000", *, name: str | None = None, poll_s: float = 30.0
+        self,
+        url: str = "http://127.0.0.1:9000",
+        *,
+        name: str | None = None,
+        poll_s: float = 30.0,
+        transport: Transport | None = None,
     ) -> None:
         if not 0 < poll_s <= 300:
             raise ValueError(f"poll_s must be in (0, 300], got {poll_s}")
@@ -60,7 +67,7 @@ class Session:
         self.poll_s = poll_s
         self.id: str | None = None
         self._loop = shared_loop()
-        self._transport = Transport(url)
+        self._transport = transport or Transport(url)
         self._pending = PendingGraph(self)
         self._constants: dict[str, SemanticVariable] = {}
         self._flush_lock: asyncio.Lock | None = None  # made on the SDK loop

@@ -36,16 +36,6 @@ class DelayedTransport(Transport):
             yield item
 
 
-def delayed_session(url: str, name: str, rtt_s: float) -> P.Session:
-    """A session whose every request to the server first sleeps `rtt_s`."""
-    session = P.Session(url, name=name)
-    if not isinstance(getattr(session, "_transport", None), Transport):
-        raise RuntimeError("parrot_bridge.Session no longer keeps its Transport in _transport: "
-                           "the simulated round trip cannot be charged per request")
-    session._transport = DelayedTransport(url, rtt_s)
-    return session
-
-
 async def run_parrot_jobs(
     url: str, jobs: tuple[Job, ...], rtt_s: float = 0.0, on_done: Callable[[], None] = lambda: None
 ) -> list[JobResult]:
@@ -57,7 +47,8 @@ async def run_parrot_jobs(
     async def one(job: Job) -> JobResult:
         await asyncio.sleep(max(0.0, job.start_s - (time.perf_counter() - t0)))
         start = time.perf_counter() - t0
-        async with delayed_session(url, job.name, rtt_s) as session:
+        transport = DelayedTransport(url, rtt_s)
+        async with P.Session(url, name=job.name, transport=transport) as session:
             outs: dict[str, P.SemanticVariable] = {}
             for call in job.calls:
                 fn = P.SemanticFunction(

@@ -16,6 +16,7 @@ from server.engine.block_manager import BlockManager
 from server.engine.config import EngineConfig
 from server.engine.context import Context, Job, JobKind
 from server.engine.model_runner import ModelRunner
+from server.engine.models import ModelConfig
 from server.engine.outputs import CompletionOutput, EngineStats, JobOutput, TokenLogprob
 from server.engine.sampler import sample
 from server.engine.sampling_params import SamplingParams
@@ -39,7 +40,7 @@ class LLMEngine:
         self,
         model: torch.nn.Module,
         tokenizer: Any,
-        model_config: Any,
+        model_config: ModelConfig,
         config: EngineConfig | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
@@ -52,7 +53,7 @@ class LLMEngine:
         self.device = torch.device(device)
         # the model's own limit: its positions, or less where it runs only part exactly (a
         # sliding window: ModelConfig.max_model_len)
-        model_limit = getattr(model_config, "max_model_len", model_config.max_position_embeddings)
+        model_limit = model_config.max_model_len
         self.max_model_len = min(self.config.max_model_len or model_limit, model_limit)
         if self.config.max_model_len and self.config.max_model_len > model_limit:
             log.warning(

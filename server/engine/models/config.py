@@ -115,7 +115,7 @@ class ModelConfig:
     def max_model_len_reason(self) -> str | None:
         """Why `max_model_len` is below `max_position_embeddings` (None when it is not)."""
         limits = self._length_limits()
-        if self.max_model_len == self.max_position_embeddings:
+        if min(limits.values()) == self.max_position_embeddings:
             return None
         return "; ".join(
             f"{name} is {value}" for name, value in limits.items()
