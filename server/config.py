@@ -19,6 +19,7 @@ _ENGINE_FIELDS = (
     "max_model_len",
     "enable_prefix_cache",
     "enable_cascade",
+    "prefault_kv_cache",
 )
 
 
@@ -41,6 +42,7 @@ class ServerConfig:
     max_model_len: int | None = None
     enable_prefix_cache: bool = True
     enable_cascade: bool = True
+    prefault_kv_cache: bool = True
     engines: int = 1
     # graph execution (each optimisation can be switched off, for ablation)
     enable_prefix_sharing: bool = True
@@ -194,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="enable_cascade",
         action="store_false",
         help="do not attend to shared prefixes once (cascade attention)",
+    )
+    engine.add_argument(
+        "--no-prefault-kv-cache",
+        dest="prefault_kv_cache",
+        action="store_false",
+        help="map the CPU KV pool's pages on first use instead of writing them all at start "
+        "(a smaller footprint; steps pay for each page they use first)",
     )
     engine.add_argument(
         "--engines",

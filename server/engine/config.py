@@ -20,6 +20,12 @@ class EngineConfig:
     block_size: int = 16
     num_kv_blocks: int | None = None
     kv_cache_gb: float = 2.0
+    # Write every page of a CPU KV pool at start. The OS maps a page at its first write, which
+    # costs 0.2-1.2 s per GB here (huge pages the most): without this a fresh pool pays it inside
+    # the steps that first use each block (~2 s of a 33-35 s `benchmarks.engine` run), as the
+    # allocator hands out never-used blocks before evicting cached ones. False: pages are mapped
+    # on first use, and blocks never used cost no memory.
+    prefault_kv_cache: bool = True
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 128
     max_model_len: int | None = None

@@ -65,9 +65,13 @@ class ModelRunner:
     def _cache(self, shape: tuple[int, ...]) -> torch.Tensor:
         """One layer's K or V pool. On CPU in huge pages: a step's blocks lie all over the
         pool, and decode attention read them 5-8% faster so (server/kernels/cpu/huge_pages.py);
-        untouched blocks cost no memory."""
+        written once now unless `prefault_kv_cache` is off (then untouched blocks cost no
+        memory, and a block's first use pays for mapping its pages)."""
         if self.device.type == "cpu":
-            return huge_pages.zeros(shape, self.dtype)
+            pool = huge_pages.zeros(shape, self.dtype)
+            if self.config.prefault_kv_cache:
+                pool.zero_()  # a write maps the pages; the kernel's zero page is only read-shared
+            return pool
         return torch.zeros(shape, dtype=self.dtype, device=self.device)
 
     @torch.inference_mode()

@@ -215,6 +215,24 @@ def test_cpu_kv_pools_start_on_huge_page_boundaries(tiny_llama_path):
     assert k_cache.any() and v_cache.any()
 
 
+@pytest.mark.parametrize("prefault", [True, False])
+def test_cpu_kv_pools_are_written_at_start_unless_told_not_to(tiny_llama_path, prefault):
+    """Prefaulted pools are in memory before the first step (the steps then pay no page
+    faults); otherwise their pages are mapped as blocks are first used."""
+    engine = LLMEngine.from_pretrained(
+        tiny_llama_path, block_size=16, num_kv_blocks=4096, prefault_kv_cache=prefault
+    )
+    pools = [pool for pair in engine.runner.kv_caches for pool in pair]
+    pool_bytes = pools[0].numel() * pools[0].element_size()
+    if prefault:
+        assert all(huge_pages.resident_bytes(p) >= pool_bytes for p in pools)
+    else:  # the kernel may merge neighbouring mappings, but none of the pools was written
+        assert all(huge_pages.resident_bytes(p) < pool_bytes // 2 for p in pools)
+    assert not any(p.any() for p in pools)
+    out = engine.generate([[1, 2, 3, 4, 5]], SamplingParams(max_tokens=3, temperature=0))
+    assert len(out[0].token_ids) == 3
+
+
 def test_seeded_sampling_is_reproducible_whatever_the_batch(tiny_llama_path):
     engine = LLMEngine.from_pretrained(tiny_llama_path)
     prompt = random_prompts(1, engine.model_config.vocab_size, seed=8)[0]

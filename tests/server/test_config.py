@@ -18,6 +18,7 @@ def test_defaults_and_flags_map_to_the_config() -> None:
         "num_kv_blocks": 64,
         "enable_prefix_cache": False,
         "enable_cascade": True,
+        "prefault_kv_cache": True,
         "latency_max_batched_tokens": 0,
         "latency_other_decode_rows": 3,
         "background_max_prefill_tokens": 512,
@@ -35,6 +36,9 @@ def test_ablation_flags_switch_each_optimisation_off() -> None:
     assert not (ex.objective_deduction or ex.task_groups or ex.pipelined_prefill)
     assert not ex.enable_prefix_sharing and ex.app_scheduling
     assert c.engine_kwargs()["latency_max_batched_tokens"] == 64
+    assert ServerConfig.from_args(["--no-prefault-kv-cache"]).engine_kwargs()[
+        "prefault_kv_cache"
+    ] is False
     off = ServerConfig.from_args(["--no-app-scheduling"])
     assert not off.executor_config().app_scheduling
     assert "latency_max_batched_tokens" not in off.engine_kwargs()

@@ -9,7 +9,8 @@ once its packed weights lay in one mapping in model order rather than in one all
 faster (a step's blocks lie all over the pool: fewer TLB misses, presumably).
 
 The memory is the kernel's zero pages until written, so an unused part of a large KV pool
-costs nothing. Where `MADV_HUGEPAGE` does not exist (not Linux) the mapping is used as is.
+costs nothing (the engine writes its pools once at start unless told not to:
+`EngineConfig.prefault_kv_cache`). Where `MADV_HUGEPAGE` does not exist (not Linux) the mapping is used as is.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import mmap
 
 import torch
 
-__all__ = ["HUGE_PAGE_BYTES", "huge_page_bytes", "zeros"]
+__all__ = ["HUGE_PAGE_BYTES", "huge_page_bytes", "resident_bytes", "zeros"]
 
 HUGE_PAGE_BYTES = 2 << 20
 
@@ -56,6 +57,17 @@ def zeros(shape: tuple[int, ...] | list[int] | int, dtype: torch.dtype = torch.f
 def huge_page_bytes(tensor: torch.Tensor) -> int:
     """Bytes on huge pages in the mapping that holds `tensor` (Linux `/proc/self/smaps`; the
     kernel may have merged neighbouring mappings into it; 0 where it cannot be read)."""
+    return _smaps_bytes(tensor, "AnonHugePages:")
+
+
+def resident_bytes(tensor: torch.Tensor) -> int:
+    """Bytes of the mapping that holds `tensor` in memory now (`Rss` in `/proc/self/smaps`, which
+    counts no page that was never written; 0 where it cannot be read)."""
+    return _smaps_bytes(tensor, "Rss:")
+
+
+def _smaps_bytes(tensor: torch.Tensor, field: str) -> int:
+    """A kB field of `/proc/self/smaps` for the mapping that holds `tensor`, in bytes."""
     start = tensor.data_ptr()
     try:
         with open("/proc/self/smaps") as smaps:
@@ -68,7 +80,7 @@ def huge_page_bytes(tensor: torch.Tensor) -> int:
         if "-" in head and not head.endswith(":"):
             lo, hi = (int(x, 16) for x in head.split("-"))
             inside = lo <= start < hi
-        elif inside and head == "AnonHugePages:":
+        elif inside and head == field:
             return int(line.split()[1]) * 1024
     return 0
 

@@ -56,3 +56,14 @@ def test_written_memory_lands_on_huge_pages() -> None:
     t = huge_pages.zeros(8 << 20, torch.uint8)
     t.fill_(1)
     assert huge_pages.huge_page_bytes(t) >= huge_pages.HUGE_PAGE_BYTES
+
+
+def test_resident_bytes_count_written_pages_only() -> None:
+    """A fresh mapping is the kernel's zero page until written (the kernel may merge it with a
+    neighbouring mapping, so the test compares before and after)."""
+    t = huge_pages.zeros(16 << 20, torch.uint8)
+    before = huge_pages.resident_bytes(t)
+    assert not t.any()  # reading maps no page of its own
+    assert huge_pages.resident_bytes(t) - before < 1 << 20
+    t.fill_(1)
+    assert huge_pages.resident_bytes(t) - before >= 15 << 20
