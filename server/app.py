@@ -79,7 +79,8 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
     app[DRIVER] = driver = pool.primary
     log_event(
         log, "engine_ready", model=driver.name, max_model_len=driver.max_model_len,
-        engines=len(pool), host=config.host, port=config.port,
+        engines=len(pool), kv_tokens_per_engine=driver.kv_tokens, host=config.host,
+        port=config.port,
     )  # fmt: skip
     yield
     await pool.stop()

@@ -13,6 +13,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _ENGINE_FIELDS = (
     "num_kv_blocks",
+    "kv_cache_gb",
     "block_size",
     "max_num_batched_tokens",
     "max_num_seqs",
@@ -36,6 +37,7 @@ class ServerConfig:
     dtype: str | None = None
     # engine
     num_kv_blocks: int | None = None
+    kv_cache_gb: float | None = None
     block_size: int | None = None
     max_num_batched_tokens: int | None = None
     max_num_seqs: int | None = None
@@ -180,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument(
         "--num-kv-blocks", type=int,
         help="KV pool size per engine (default: by memory); max_model_len never exceeds it",
+    )
+    engine.add_argument(
+        "--kv-cache-gb", type=float,
+        help="KV pool size per engine in GiB, when --num-kv-blocks is not given (default: the "
+        "engine's, 2); on CPU the pool is in memory from the start",
     )
     engine.add_argument("--block-size", type=int)
     engine.add_argument("--max-num-batched-tokens", type=int)

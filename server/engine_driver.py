@@ -94,6 +94,12 @@ class EngineDriver:
         return self.engine.engine.max_model_len
 
     @property
+    def kv_tokens(self) -> int:
+        """Tokens the KV pool holds."""
+        engine = self.engine.engine
+        return engine.blocks.num_blocks * engine.config.block_size
+
+    @property
     def vocab_size(self) -> int:
         """Token ids run from 0 to this, less one."""
         return self.engine.engine.model_config.vocab_size

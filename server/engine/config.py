@@ -73,8 +73,8 @@ class EngineConfig:
             raise ValueError(f"block_size must be a positive power of two, got {self.block_size}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 2:
             raise ValueError(f"num_kv_blocks must be at least 2, got {self.num_kv_blocks}")
-        if self.kv_cache_gb <= 0:
-            raise ValueError(f"kv_cache_gb must be positive, got {self.kv_cache_gb}")
+        if not 0 < self.kv_cache_gb < float("inf"):  # NaN too
+            raise ValueError(f"kv_cache_gb must be positive and finite, got {self.kv_cache_gb}")
         if self.max_num_batched_tokens < 1:
             raise ValueError(
                 f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"

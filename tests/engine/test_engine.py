@@ -9,6 +9,7 @@ import random
 import pytest
 
 from server.engine import JobOutput, LLMEngine, SamplingParams
+from server.engine.config import EngineConfig
 from server.kernels.cpu import huge_pages
 from tests.engine.reference import greedy_reference, load_reference
 from tests.tiny_models import make_tiny_model
@@ -157,6 +158,12 @@ def test_the_cascade_rule_follows_the_kernels_the_steps_use(tiny_llama_path, tmp
 def test_unknown_attention_backend_is_refused(tiny_llama_path):
     with pytest.raises(ValueError, match="attention_backend must be one of"):
         LLMEngine.from_pretrained(tiny_llama_path, attention_backend="fast")
+
+
+@pytest.mark.parametrize("gb", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_kv_pool_size_that_is_not_a_positive_number_is_refused(gb):
+    with pytest.raises(ValueError, match="kv_cache_gb must be positive and finite"):
+        EngineConfig(kv_cache_gb=gb)
 
 
 def test_context_fill_generate_fill_generate(tiny_llama_path):

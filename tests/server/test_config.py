@@ -39,6 +39,7 @@ def test_ablation_flags_switch_each_optimisation_off() -> None:
     assert ServerConfig.from_args(["--no-prefault-kv-cache"]).engine_kwargs()[
         "prefault_kv_cache"
     ] is False
+    assert ServerConfig.from_args(["--kv-cache-gb", "0.5"]).engine_kwargs()["kv_cache_gb"] == 0.5
     off = ServerConfig.from_args(["--no-app-scheduling"])
     assert not off.executor_config().app_scheduling
     assert "latency_max_batched_tokens" not in off.engine_kwargs()

@@ -28,6 +28,7 @@ def test_bad_flags_and_models_fail_with_a_message(tmp_path: Path) -> None:
     # what the engine refuses is refused before a model loads, in one line, not a traceback
     for flags, needle in ((["--block-size", "0"], "block_size must be a positive power of two"),
                           (["--dtype", "foo"], "dtype must name a torch dtype"),
+                          (["--kv-cache-gb", "nan"], "kv_cache_gb must be positive"),
                           (["--model", str(tmp_path / "nothing")], "no model named")):
         bad = subprocess.run([sys.executable, "-m", "server", *flags], capture_output=True,
                              text=True)  # fmt: skip
