@@ -104,6 +104,8 @@ class Executor:
         self.prefixes = PrefixContexts(pool, config.prefix_store, metrics)
         self._plans: dict[str, SessionPlan] = {}
         self._prefetched: dict[str, dict[str, str]] = {}  # session -> call -> boundary key
+        # session -> call -> its inputs still missing when it was last scanned
+        self._scanned: dict[str, dict[str, int]] = {}
         self._tasks: dict[str, set[asyncio.Task[None]]] = {}
         self._scans: set[str] = set()  # sessions with a prefetch scan due
         self._placed: dict[int, int] = {}  # id of an admitted, unfinished item -> its engine
@@ -141,6 +143,7 @@ class Executor:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._plans.pop(session_id, None)
         self._prefetched.pop(session_id, None)
+        self._scanned.pop(session_id, None)
 
     async def close(self) -> None:
         for session_id in list(self._tasks):
@@ -391,10 +394,15 @@ class Executor:
         if session.closed:
             return
         done = self._prefetched.setdefault(session.id, {})
+        scanned = self._scanned.setdefault(session.id, {})
         plan = self.plan(session)
         for call in session.graph.calls.values():
-            if call.state is not CallState.WAITING:
+            # A call's boundaries change only when one of its inputs gets a value: without
+            # this, each completion in a chain of N calls took the boundaries of every call
+            # still waiting (N^2 in all).
+            if call.state is not CallState.WAITING or scanned.get(call.id) == len(call.missing):
                 continue
+            scanned[call.id] = len(call.missing)
             try:
                 bounds = boundaries(call, _values(session, call))
                 if not bounds or done.get(call.id) == bounds[-1].key:

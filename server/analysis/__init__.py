@@ -1,6 +1,6 @@
 """Pure analyses of a session's call graph: objectives, task groups, prefix keys."""
 
-from server.analysis.objectives import Objective, deduce_objectives
+from server.analysis.objectives import Objective, deduce_objectives, raise_objectives
 from server.analysis.prefix_keys import Boundary, boundaries
 from server.analysis.task_groups import TaskGroup, find_task_groups
 
@@ -11,4 +11,5 @@ __all__ = [
     "boundaries",
     "deduce_objectives",
     "find_task_groups",
+    "raise_objectives",
 ]

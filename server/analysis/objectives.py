@@ -29,6 +29,24 @@ def deduce_objectives(graph: Graph) -> dict[str, Objective]:
     return objectives
 
 
+def raise_objectives(
+    graph: Graph, objectives: dict[str, Objective], var_id: str, criteria: str
+) -> None:
+    """Take one more awaited variable into `objectives` (as `deduce_objectives` gave them):
+    its upstream calls get its objective where theirs is weaker. The walk stops at calls that
+    have it (or latency) already: their upstream has it too. Only for a new await; a changed
+    criterion may lower objectives, which needs `deduce_objectives`."""
+    objective = Objective(criteria)
+    var = graph.variables.get(var_id)
+    stack = [var.producer] if var is not None else []
+    while stack:
+        call_id = stack.pop()
+        if call_id is None or objectives.get(call_id) in (Objective.LATENCY, objective):
+            continue
+        objectives[call_id] = objective
+        stack.extend(graph.variables[v].producer for v in graph.calls[call_id].inputs.values())
+
+
 def _upstream_calls(graph: Graph, var_ids: list[str]) -> list[str]:
     """Producers of `var_ids` and, transitively, of their inputs (each once)."""
     seen: set[str] = set()

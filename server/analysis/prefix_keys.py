@@ -14,8 +14,8 @@ a value does not exist yet; the deepest existing one is what a pipelined fill ca
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from parrot_bridge.template import Input, Output, Text
 from server.graph.call import Call
@@ -26,12 +26,20 @@ class Boundary:
     """The prompt's first `num_segments` segments, rendered as `text`, keyed by `key`."""
 
     key: str
-    text: str
     num_segments: int
     # Right after an input's value (and before more constant text): siblings that read the same
     # value, e.g. four programmers reading one design, share the prefix through it. Only batch
     # sharing uses these; a lone call stores its leading text up to its first input.
     after_input: bool = False
+    # the rendered segments of the call, shared by all its boundaries (this one's are the first
+    # `num_segments`): a call with K inputs has up to 2K boundaries, and rendering each one's
+    # text up front cost O(K^2) per call (a reduce over hundreds of outputs), though at most
+    # one of them is ever read
+    pieces: Sequence[str] = field(default=(), compare=False, repr=False)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces[: self.num_segments])
 
 
 def boundaries(call: Call, values: Mapping[str, str | None]) -> list[Boundary]:
@@ -48,7 +56,7 @@ def boundaries(call: Call, values: Mapping[str, str | None]) -> list[Boundary]:
             break
         if isinstance(seg, Input):
             if text:
-                found.append(Boundary(digest.hexdigest(), "".join(text), i))
+                found.append(Boundary(digest.hexdigest(), i, pieces=text))
             value = values.get(seg.name)
             if value is None:
                 break
@@ -62,7 +70,7 @@ def boundaries(call: Call, values: Mapping[str, str | None]) -> list[Boundary]:
         digest.update(piece.encode())
         text.append(piece)
         if isinstance(seg, Input) and _text_follows(call, i):
-            found.append(Boundary(digest.hexdigest(), "".join(text), i + 1, after_input=True))
+            found.append(Boundary(digest.hexdigest(), i + 1, after_input=True, pieces=text))
     return found
 
 

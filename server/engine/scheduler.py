@@ -13,7 +13,7 @@ priority class gives up its slot, and lower-ranked or idle contexts give up thei
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -72,6 +72,9 @@ class Scheduler:
         # that step is writing, which the prefix cache must not serve meanwhile
         self._frozen: set[int] = set()
         self._unwritten: set[int] = set()
+        # this step's idle contexts, least recently used first, for `_swap_out_idle` (None:
+        # not listed yet this step)
+        self._idle_lru: deque[Context] | None = None
 
     # ---- membership -----------------------------------------------------------------------
     def add_context(self, ctx: Context) -> None:
@@ -170,6 +173,7 @@ class Scheduler:
 
     def _schedule_batch(self) -> SchedulerOutput:
         self._clock += 1
+        self._idle_lru = None
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         # With latency-critical work about, other work only fills the step up to the cap, so
@@ -467,12 +471,20 @@ class Scheduler:
         out.preempted.append(ctx)
 
     def _swap_out_idle(self) -> bool:
-        """Free the blocks of the least recently used idle context; False if there is none."""
-        idle = [c for c in self.contexts.values() if c.state is ContextState.IDLE and c.block_table]
-        if not idle:
-            return False
-        self._swap_out(min(idle, key=lambda c: c.last_used))
-        return True
+        """Free the blocks of the least recently used idle context; False if there is none.
+
+        The idle contexts are listed once a step: a step that swaps out k of C idle contexts
+        (a large prompt over many small cached prefixes) scanned all C each time, O(k * C).
+        No context goes idle or is used while a batch is built, so the order holds."""
+        if self._idle_lru is None:
+            idle = [c for c in self.contexts.values() if c.state is ContextState.IDLE]
+            self._idle_lru = deque(sorted(idle, key=lambda c: c.last_used))
+        while self._idle_lru:
+            ctx = self._idle_lru.popleft()
+            if ctx.state is ContextState.IDLE and ctx.block_table:
+                self._swap_out(ctx)
+                return True
+        return False
 
     def _swap_out(self, ctx: Context) -> None:
         """Free an idle context's blocks: it recomputes its tokens when it gets work again."""

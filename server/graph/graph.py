@@ -21,6 +21,10 @@ class Graph:
         self.calls: dict[str, Call] = {}
         self.awaits: dict[str, Criteria] = {}
         self.version = 0  # bumped when calls or awaits change (analyses are cached by it)
+        self.calls_version = 0  # bumped when calls are added (task groups depend on this alone)
+        # awaited variables in the order their criterion was set or changed, so that analyses
+        # can take in new awaits alone (a client reading N outputs one by one awaits N times)
+        self.await_log: list[str] = []
 
     # -- building ------------------------------------------------------------------------------
 
@@ -58,6 +62,8 @@ class Graph:
                 )
                 self._fail(call, f"input variable {var.label} failed: {var.error}")
         self.awaits.update(sub.awaits)
+        self.await_log.extend(sub.awaits)
+        self.calls_version += 1
         self.version += 1
         return ready
 
@@ -93,6 +99,7 @@ class Graph:
         self.variable(var_id)
         if self.awaits.get(var_id) != criteria:
             self.awaits[var_id] = criteria
+            self.await_log.append(var_id)
             self.version += 1
 
     # -- execution -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ no engine has room for, so later work never overtakes it.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,25 +37,59 @@ class Admission(Generic[P]):
 
 
 class CallScheduler(Generic[P]):
+    """Queued units in policy order, kept in a heap: the executor admits on every call that
+    ends, and sorting the whole queue each time made a server with hundreds of queued calls
+    spend most of its time there (quadratic in the calls queued)."""
+
     def __init__(self, policy: OrderingPolicy, max_calls_per_engine: int) -> None:
         if max_calls_per_engine < 1:
             raise ValueError(f"max_calls_per_engine must be >= 1, got {max_calls_per_engine}")
         self.policy = policy
         self.max_calls_per_engine = max_calls_per_engine
-        self._queue: list[WorkItem[P]] = []
+        # queued units by name (a group's name, or the item of a lone call), items in arrival
+        # order, and each unit's order: (policy key of its first member, creation sequence)
+        self._units: dict[object, list[WorkItem[P]]] = {}
+        self._order: dict[object, tuple[tuple[int, ...], int]] = {}
+        # (order, push, name) entries; those whose order is no longer their unit's are stale
+        # (the unit was admitted, or a member with an earlier key joined it) and dropped when
+        # they come to the top
+        self._heap: list[tuple[tuple[tuple[int, ...], int], int, object]] = []
+        self._size = 0
         self._arrivals = itertools.count()
+        self._sequence = itertools.count()  # units in creation order: ties go to the older
+        self._pushes = itertools.count()  # heap entries never compare their names
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return self._size
 
     def add(self, item: WorkItem[P]) -> None:
         item.arrival = next(self._arrivals)
-        self._queue.append(item)
+        name: object = item.group if item.group is not None else item
+        self._units.setdefault(name, []).append(item)
+        self._size += 1
+        key = self.policy.key(item.priority, item.arrival)
+        order = self._order.get(name)
+        if order is None or key < order[0]:
+            self._push(name, (key, order[1] if order is not None else next(self._sequence)))
 
     def remove_if(self, predicate: Callable[[P], bool]) -> list[WorkItem[P]]:
         """Take queued items whose payload matches (e.g. of a closed session)."""
-        gone = [item for item in self._queue if predicate(item.payload)]
-        self._queue = [item for item in self._queue if not predicate(item.payload)]
+        gone: list[WorkItem[P]] = []
+        for name, unit in list(self._units.items()):
+            kept = [item for item in unit if not predicate(item.payload)]
+            if len(kept) == len(unit):
+                continue
+            gone += [item for item in unit if predicate(item.payload)]
+            if kept:
+                self._units[name] = kept
+                key = min(self.policy.key(i.priority, i.arrival) for i in kept)
+                self._order[name] = (key, self._order[name][1])
+            else:
+                del self._units[name], self._order[name]
+        if gone:
+            self._size -= len(gone)
+            self._heap = [(order, next(self._pushes), name) for name, order in self._order.items()]
+            heapq.heapify(self._heap)
         return gone
 
     def admit(
@@ -66,25 +101,29 @@ class CallScheduler(Generic[P]):
         updated with what is admitted. `affinity(unit)` says which engines hold its prefix."""
         admissions: list[Admission[P]] = []
         by_index = {load.index: load for load in loads}
-        for unit in self._units():
+        while (name := self._head()) is not None:
+            unit = self._units[name]
             engine = choose_engine(loads, affinity(unit), self.max_calls_per_engine)
             if engine is None:
                 break
+            heapq.heappop(self._heap)
+            del self._units[name], self._order[name]
+            self._size -= len(unit)
             load = by_index[engine]
             load.running_calls += len(unit)
             load.queued_tokens += sum(item.cost_tokens for item in unit)
             admissions.append(Admission(engine, unit))
-            admitted = set(map(id, unit))
-            self._queue = [item for item in self._queue if id(item) not in admitted]
         return admissions
 
-    def _units(self) -> list[list[WorkItem[P]]]:
-        """Queued items as units in policy order; a group is ordered by its first member."""
-        units: dict[object, list[WorkItem[P]]] = {}
-        for item in self._queue:
-            key: object = item.group if item.group is not None else id(item)
-            units.setdefault(key, []).append(item)
-        return sorted(
-            units.values(),
-            key=lambda unit: min(self.policy.key(i.priority, i.arrival) for i in unit),
-        )
+    def _head(self) -> object | None:
+        """The name of the first unit in policy order (None: the queue is empty)."""
+        while self._heap:
+            order, _, name = self._heap[0]
+            if self._order.get(name) == order:
+                return name
+            heapq.heappop(self._heap)
+        return None
+
+    def _push(self, name: object, order: tuple[tuple[int, ...], int]) -> None:
+        self._order[name] = order
+        heapq.heappush(self._heap, (order, next(self._pushes), name))

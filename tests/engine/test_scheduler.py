@@ -176,6 +176,34 @@ def test_swaps_out_idle_context_before_preempting():
     assert idle.block_table == [] and idle.num_computed == 0
 
 
+class _CountingDict(dict):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scans = 0
+
+    def values(self):
+        self.scans += 1
+        return super().values()
+
+
+def test_a_step_lists_idle_contexts_once_however_many_it_swaps_out():
+    # A step short of many blocks swaps out idle contexts one by one; finding each one by a
+    # scan of all contexts cost O(swapped * contexts) per step.
+    sched, bm = make(num_blocks=72, budget=512, max_seqs=16)
+    idle = [new_ctx(sched, range(i * 4, i * 4 + 4), kind=JobKind.FILL) for i in range(64)]
+    while sched.has_work:
+        advance(sched, sched.schedule())
+    assert all(c.state is ContextState.IDLE and len(c.block_table) == 1 for c in idle)
+    sched.contexts = _CountingDict(sched.contexts)
+    busy = [new_ctx(sched, range(1000 + i * 16, 1016 + i * 16)) for i in range(8)]
+    out = sched.schedule()
+    assert {s.ctx for s in out.scheduled} == set(busy)
+    swapped = [c for c in idle if not c.block_table]
+    assert len(swapped) >= 20
+    assert swapped == idle[: len(swapped)]  # least recently used first
+    assert sched.contexts.scans <= 3
+
+
 def test_max_num_seqs_caps_running():
     sched, _ = make(max_seqs=2)
     ctxs = [new_ctx(sched, range(i * 10, i * 10 + 3)) for i in range(3)]

@@ -44,6 +44,36 @@ def test_a_session_plan_follows_the_graph_and_the_switches() -> None:
     assert flat.priority("step1") == NORMAL_PRIORITY
 
 
+def test_a_session_plan_takes_in_new_awaits_without_analysing_the_graph_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A client reading N outputs one by one awaits each; analysing the whole graph again for
+    # every await (while calls complete and ask for priorities) was quadratic.
+    from server import session_plan
+
+    runs = {"objectives": 0, "groups": 0}
+    for name, key in (("deduce_objectives", "objectives"), ("find_task_groups", "groups")):
+        real = getattr(session_plan, name)
+
+        def counting(graph, real=real, key=key):  # type: ignore[no-untyped-def]
+            runs[key] += 1
+            return real(graph)
+
+        monkeypatch.setattr(session_plan, name, counting)
+    n = 200
+    g = map_reduce(n, "throughput")
+    plan = SessionPlan(g, PlanSwitches())
+    assert plan.priority("map0") == THROUGHPUT_PRIORITY
+    for i in range(n):
+        g.await_variable(f"sum{i}", "latency")
+        assert plan.priority(f"map{i}") == LATENCY_PRIORITY
+        assert plan.group(f"map{i}") is not None
+    assert plan.priority("reduce") == THROUGHPUT_PRIORITY
+    assert runs == {"objectives": 1, "groups": 1}
+    g.await_variable("sum0", "throughput")  # a changed criterion: analysed again
+    assert plan.priority("map0") == THROUGHPUT_PRIORITY and runs["objectives"] == 2
+
+
 def item(name: str, priority: int, group: str | None = None, cost: int = 10) -> WorkItem[str]:
     return WorkItem(name, priority, cost, group)
 
@@ -108,3 +138,31 @@ def test_the_scheduler_asks_for_affinity_per_unit() -> None:
     assert {a.items[0].payload: a.engine for a in got} == {"a": 0, "b": 1}
     with pytest.raises(ValueError, match="max_calls_per_engine"):
         CallScheduler(AppPolicy(), max_calls_per_engine=0)
+
+
+class CountingPolicy(AppPolicy):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def key(self, priority: int, arrival: int) -> tuple[int, ...]:
+        self.calls += 1
+        return super().key(priority, arrival)
+
+
+def test_admission_does_not_rerank_the_whole_queue_each_time() -> None:
+    # The executor admits whenever a call ends; with hundreds of calls queued behind full
+    # engines, ranking the whole queue on every admission made the server quadratic.
+    policy = CountingPolicy()
+    s: CallScheduler[str] = CallScheduler(policy, max_calls_per_engine=1)
+    for i in range(300):
+        s.add(item(f"c{i}", i % 3, group=f"g{i % 7}" if i % 2 else None))
+    ranked_on_add = policy.calls
+    full = [EngineLoad(0, running_calls=1)]
+    for _ in range(300):
+        assert s.admit(full, lambda unit: {}) == []
+    admitted = []
+    for _ in range(300):
+        admitted += names(s.admit([EngineLoad(0)], lambda unit: {}))
+    assert len(s) == 0 and sum(map(len, admitted)) == 300
+    assert [unit[0] for unit in admitted[:3]] == ["c0", "c3", "c6"]  # priority 0, in arrival
+    assert policy.calls - ranked_on_add <= 300  # not 300 per admission

@@ -1,6 +1,8 @@
 """Prefix keys by segment: boundaries before inputs (and after them), content keys across
 sessions."""
 
+import tracemalloc
+
 from parrot_bridge.template import parse_template
 from server.analysis import boundaries
 from server.graph import Call
@@ -84,3 +86,23 @@ def test_transformed_inputs_are_keyed_by_the_text_they_insert() -> None:
     # the same filled text as an already clean value: one key, one stored prefix
     assert bound.key == before(boundaries(plain, {"d": "paper", "q": "1"}))[1].key
     assert bound.key != before(boundaries(plain, {"d": "\n paper  ", "q": "1"}))[1].key
+
+
+def test_boundaries_of_a_call_with_many_inputs_do_not_copy_its_text_per_boundary() -> None:
+    # A reduce reading hundreds of outputs has a boundary before and after each input, and its
+    # boundaries are taken for every completion it waits on: rendering each boundary's text up
+    # front held O(inputs^2) text (all but one never read).
+    n, value = 300, "x" * 100
+    inputs = " and ".join(f"{{{{input:s{i}}}}}" for i in range(n))
+    call = make_call(f"Combine: {inputs}\nAll:{{{{output:out}}}}")
+    values = {f"s{i}": value for i in range(n)}
+    tracemalloc.start()
+    try:
+        bounds = boundaries(call, values)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    prompt = bounds[-1].text
+    assert len(bounds) == 2 * n and len(prompt) > n * len(value)
+    assert peak < 20 * len(prompt)  # the text once (plus keys), not once per boundary
+    assert bounds[n].text == prompt[: len(bounds[n].text)]
