@@ -37,6 +37,13 @@ def unreachable(base_url: str, exc: Exception) -> ParrotError:
     return ParrotError(f"cannot reach the Parrot server at {base_url}: {exc}")
 
 
+def timed_out(base_url: str, request: str, timeout: float | None) -> ParrotError:
+    """For a request whose client-side time limit passed (aiohttp raises a bare TimeoutError)."""
+    return ParrotError(
+        f"the Parrot server at {base_url} did not answer {request} within {timeout} s"
+    )
+
+
 async def data_events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
     """The decoded `data:` objects of an OpenAI-style event stream, until `data: [DONE]`.
 

@@ -31,7 +31,12 @@ class LoopThread:
         if threading.current_thread() is self._thread:
             coro.close()
             raise ParrotError("blocking SDK call made from the SDK's own event loop thread")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except BaseException:  # Ctrl-C, say: the request must not go on without its caller
+            future.cancel()
+            raise
 
     async def arun(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await `coro`, run on the private loop, from any other event loop."""

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Session", "current_session"]
 
+_ANSWER_GRACE_S = 1.0
+
 _current: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
     "parrot_session", default=None
 )
@@ -49,7 +51,11 @@ class Session:
     dropped and their outputs raise that error when read, but their inputs are kept on the
     client, so later calls may read the same strings and variables.
 
-    `transport`: the HTTP client every request goes through (default: one for `url`).
+    `timeout`: seconds the server may take to answer a request (beyond a long poll's wait)
+    and a stream may go without a chunk, as the OpenAI client's `timeout`; past it the request
+    raises `ParrotError`. None: no limit. `get(timeout=)` bounds the wait for a value.
+    `transport`: the HTTP client every request goes through (default: one for `url` and
+    `timeout`).
     """
 
     def __init__(
@@ -58,6 +64,7 @@ class Session:
         *,
         name: str | None = None,
         poll_s: float = 30.0,
+        timeout: float | None = 600.0,
         transport: Transport | None = None,
     ) -> None:
         if not 0 < poll_s <= 300:
@@ -67,7 +74,7 @@ class Session:
         self.poll_s = poll_s
         self.id: str | None = None
         self._loop = shared_loop()
-        self._transport = transport or Transport(url)
+        self._transport = transport or Transport(url, timeout=timeout)
         self._pending = PendingGraph(self)
         self._constants: dict[str, SemanticVariable] = {}
         self._flush_lock: asyncio.Lock | None = None  # made on the SDK loop
@@ -201,12 +208,27 @@ class Session:
     async def _read(self, var: SemanticVariable, criteria: Criteria, timeout: float | None) -> str:
         self._check_readable(var)
         await self._flush({var.id: criteria})
+        # a server that stops answering must not outlast the caller's `timeout` either; the
+        # grace lets the answer to the last poll (sent when `timeout` is up) arrive
+        limit = None if timeout is None else timeout + _ANSWER_GRACE_S
+        try:
+            async with asyncio.timeout(limit):
+                return await self._poll(var, criteria, timeout)
+        except TimeoutError:
+            raise ParrotError(
+                f"timed out after {timeout} s waiting for variable {var._label}"
+            ) from None
+
+    async def _poll(self, var: SemanticVariable, criteria: Criteria, timeout: float | None) -> str:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = self.poll_s if deadline is None else max(0.0, deadline - time.monotonic())
-            params = {"criteria": criteria, "timeout": str(min(wait, self.poll_s))}
+            hold = min(wait, self.poll_s)
             info = await self._transport.request(
-                "GET", f"{self._path}/variables/{var.id}", params=params
+                "GET",
+                f"{self._path}/variables/{var.id}",
+                params={"criteria": criteria, "timeout": str(hold)},
+                hold_s=hold,
             )
             if info["status"] == "ready":
                 _fetched(var, info)
@@ -237,6 +259,9 @@ class Session:
         try:
             if self.id is not None:
                 await self._transport.request("DELETE", self._path)
+        except ParrotError as exc:
+            if exc.status != 404:  # 404: the server forgot it already (it expired or restarted)
+                raise
         finally:
             await self._transport.close()
 

@@ -11,25 +11,45 @@ from typing import Any
 
 import aiohttp
 
-from parrot_bridge.http_response import read_json, response_error, unreachable
+from parrot_bridge.http_response import read_json, response_error, timed_out, unreachable
 
 
 class Transport:
     """One aiohttp client for one server; create and use it on the SDK's loop only."""
 
-    def __init__(self, base_url: str, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, connect_timeout: float = 10.0, timeout: float | None = 600.0
+    ) -> None:
+        """`timeout`: seconds a response may take (beyond a long poll's wait) and a stream may
+        go without a chunk; None: no limit."""
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be > 0 or None, got {timeout}")
         self.base_url = base_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+        self.timeout = timeout
+        self._connect_timeout = connect_timeout
         self._client: aiohttp.ClientSession | None = None
         self.token: str | None = None
 
     async def request(
-        self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        hold_s: float = 0.0,
     ) -> dict[str, Any]:
-        """Send one request; the decoded JSON response, or `ParrotError`."""
+        """Send one request; the decoded JSON response, or `ParrotError`. `hold_s`: how long
+        the server may hold it before answering (a long poll), added to the time limit."""
+        limit = None if self.timeout is None else self.timeout + hold_s
+        timeout = aiohttp.ClientTimeout(total=limit, sock_connect=self._connect_timeout)
         try:
             async with self._session().request(
-                method, self.base_url + path, json=body, params=params, headers=self._headers()
+                method,
+                self.base_url + path,
+                json=body,
+                params=params,
+                headers=self._headers(),
+                timeout=timeout,
             ) as resp:
                 data = await read_json(resp)
                 if resp.status >= 400:
@@ -37,14 +57,20 @@ class Transport:
                 return data
         except aiohttp.ClientError as exc:
             raise unreachable(self.base_url, exc) from exc
+        except TimeoutError as exc:  # the total limit (aiohttp raises a bare TimeoutError)
+            raise timed_out(self.base_url, f"{method} {path}", limit) from exc
 
     async def events(
         self, path: str, params: dict[str, Any] | None = None
     ) -> AsyncIterator[tuple[str, Any]]:
         """Server-sent events of a GET as (event name, decoded data)."""
         try:
+            # the limit is between reads: a stream may last as long as it keeps sending
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=self._connect_timeout, sock_read=self.timeout
+            )
             async with self._session().get(
-                self.base_url + path, params=params, headers=self._headers()
+                self.base_url + path, params=params, headers=self._headers(), timeout=timeout
             ) as resp:
                 if resp.status >= 400:
                     raise response_error(resp.status, await read_json(resp))
@@ -58,6 +84,8 @@ class Transport:
                     elif not line and data:
                         yield event, json.loads("\n".join(data))
                         event, data = "message", []
+        except aiohttp.SocketTimeoutError as exc:
+            raise timed_out(self.base_url, f"GET {path}", self.timeout) from exc
         except aiohttp.ClientError as exc:
             raise unreachable(self.base_url, exc) from exc
 
@@ -68,7 +96,7 @@ class Transport:
 
     def _session(self) -> aiohttp.ClientSession:
         if self._client is None:
-            self._client = aiohttp.ClientSession(timeout=self._timeout)
+            self._client = aiohttp.ClientSession()  # each request sets its time limits
         return self._client
 
     def _headers(self) -> dict[str, str]:

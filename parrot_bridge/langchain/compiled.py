@@ -47,6 +47,7 @@ class CompiledChain(RunnableSerializable[Any, Any]):
     chain: Runnable
     criteria: Criteria = "latency"
     _url: str = PrivateAttr()
+    _timeout: float | None = PrivateAttr(None)
     _split_steps: set[str] = PrivateAttr(default_factory=set)
     _last_calls: list[TracedCall] = PrivateAttr(default_factory=list)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -59,6 +60,7 @@ class CompiledChain(RunnableSerializable[Any, Any]):
                 "to run as a graph"
             )
         self._url = models[0].base_url
+        self._timeout = models[0].timeout
 
     @property
     def InputType(self) -> Any:  # noqa: N802
@@ -145,7 +147,7 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         return await run_in_executor(config[0], self._run, inputs, config)
 
     def _run(self, inputs: list[Any], config: list[RunnableConfig]) -> list[Any]:
-        with Session(self._url, name="langchain-compiled") as session:
+        with Session(self._url, name="langchain-compiled", timeout=self._timeout) as session:
             tracer = self._tracer(session)
             outs = [tracer.run(self.chain, x, c) for x, c in zip(inputs, config, strict=True)]
             self._last_calls = tracer.calls
@@ -153,7 +155,7 @@ class CompiledChain(RunnableSerializable[Any, Any]):
 
     def _transform(self, inputs: Iterator[Any], config: RunnableConfig) -> Iterator[Any]:
         (input,) = list(inputs)
-        with Session(self._url, name="langchain-compiled") as session:
+        with Session(self._url, name="langchain-compiled", timeout=self._timeout) as session:
             tracer = self._tracer(session)
             out = tracer.run(self.chain, input, config)
             self._last_calls = tracer.calls

@@ -14,7 +14,13 @@ from typing import Any
 import aiohttp
 
 from parrot_bridge.errors import ParrotError
-from parrot_bridge.http_response import data_events, read_json, response_error, unreachable
+from parrot_bridge.http_response import (
+    data_events,
+    read_json,
+    response_error,
+    timed_out,
+    unreachable,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,8 @@ class ServerHttp:
                 if attempt == self.max_retries:
                     raise self._unreachable(exc) from exc
                 await asyncio.sleep(0.1 * 2**attempt)
+            except TimeoutError as exc:  # `timeout` passed (aiohttp raises a bare TimeoutError)
+                raise timed_out(self.base_url, f"{method} {path}", self.timeout) from exc
         raise AssertionError("unreachable")
 
     async def events(self, path: str, body: Any) -> AsyncIterator[dict[str, Any]]:
@@ -60,6 +68,8 @@ class ServerHttp:
                         yield event
         except aiohttp.ClientError as exc:
             raise self._unreachable(exc) from exc
+        except TimeoutError as exc:
+            raise timed_out(self.base_url, f"POST {path}", self.timeout) from exc
 
     def _client(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))

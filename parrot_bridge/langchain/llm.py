@@ -44,7 +44,7 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        with Session(self.base_url, name="langchain-llm") as session:
+        with self._session() as session:
             outputs = self._record(session, prompts, stop, kwargs)
             get_all(session, outputs, self.criteria)
         return _result(outputs, self._model_id(kwargs))
@@ -56,7 +56,7 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        async with Session(self.base_url, name="langchain-llm") as session:
+        async with self._session() as session:
             outputs = self._record(session, prompts, stop, kwargs)
             await aget_all(session, outputs, self.criteria)
         return _result(outputs, self._model_id(kwargs))
@@ -68,7 +68,7 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        with Session(self.base_url, name="langchain-llm") as session:
+        with self._session() as session:
             (output,) = self._record(session, [prompt], stop, kwargs)
             for text in output.stream(self.criteria):
                 chunk = GenerationChunk(text=text)
@@ -83,7 +83,7 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        async with Session(self.base_url, name="langchain-llm") as session:
+        async with self._session() as session:
             (output,) = self._record(session, [prompt], stop, kwargs)
             async for text in output.astream(self.criteria):
                 chunk = GenerationChunk(text=text)
@@ -92,6 +92,9 @@ class ParrotLLM(ParrotSettings, BaseLLM):
                 yield chunk
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _session(self) -> Session:
+        return Session(self.base_url, name="langchain-llm", timeout=self.timeout)
 
     def _call_sampling(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         sampling = self._sampling(stop, kwargs)

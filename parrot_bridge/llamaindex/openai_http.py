@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 
 from parrot_bridge.errors import ParrotError
-from parrot_bridge.http_response import data_events, read_json, unreachable
+from parrot_bridge.http_response import data_events, read_json, timed_out, unreachable
 
 
 class OpenAIHttp:
@@ -42,6 +42,8 @@ class OpenAIHttp:
                     yield chunk
         except aiohttp.ClientError as exc:
             raise unreachable(self.base_url, exc) from exc
+        except TimeoutError as exc:  # `timeout_s` passed (aiohttp raises a bare TimeoutError)
+            raise timed_out(self.base_url, f"POST {path}", self._timeout.total) from exc
 
     async def close(self) -> None:
         if self._client is not None:
@@ -57,6 +59,8 @@ class OpenAIHttp:
                 return data
         except aiohttp.ClientError as exc:
             raise unreachable(self.base_url, exc) from exc
+        except TimeoutError as exc:
+            raise timed_out(self.base_url, f"{method} {path}", self._timeout.total) from exc
 
     def _session(self) -> aiohttp.ClientSession:
         if self._client is None:
@@ -66,5 +70,12 @@ class OpenAIHttp:
 
 def _error(path: str, status: int, data: Any) -> ParrotError:
     error = data.get("error") if isinstance(data, dict) else None
-    message = error.get("message") if isinstance(error, dict) else str(data)
-    return ParrotError(f"{path}: HTTP {status}: {message}", status=status)
+    if not isinstance(error, dict):
+        error = {"message": str(data)}
+    # type and code kept, as the SDK's other clients keep them, for callers that branch on them
+    return ParrotError(
+        f"{path}: HTTP {status}: {error.get('message')}",
+        status=status,
+        type=error.get("type"),
+        code=error.get("code"),
+    )

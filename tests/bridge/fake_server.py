@@ -1,0 +1,80 @@
+"""A stand-in for a Parrot server on loopback, for failures a real one does not produce on cue:
+routes that never answer, streams that stop sending, canned error bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def never_answer(request: web.Request) -> web.StreamResponse:
+    await asyncio.sleep(3600)  # cancelled when the server stops
+    raise AssertionError("unreachable")
+
+
+async def stream_then_stall(request: web.Request) -> web.StreamResponse:
+    """Starts an event stream (headers sent), then sends nothing."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    return await never_answer(request)
+
+
+def json_answer(body: object, status: int = 200) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return web.json_response(body, status=status)
+
+    return handle
+
+
+# a session that opens, takes graphs and closes; reads of its variables are up to the test
+SESSION_ROUTES: dict[tuple[str, str], Handler] = {
+    ("POST", "/v1/sessions"): json_answer({"session_id": "s-1", "token": "t"}),
+    ("POST", "/v1/sessions/s-1/graph"): json_answer({}),
+    ("DELETE", "/v1/sessions/s-1"): json_answer({}),
+}
+
+
+class FakeServer:
+    """`with FakeServer({("GET", "/path/{x}"): handler}) as url:` serves the routes at `url`
+    (on a loop in a thread of its own); unlisted routes answer 404."""
+
+    def __init__(self, routes: dict[tuple[str, str], Handler]) -> None:
+        self.app = web.Application()
+        for (method, path), handler in routes.items():
+            self.app.router.add_route(method, path, handler)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner = web.AppRunner(self.app, shutdown_timeout=0.1)
+
+    def __enter__(self) -> str:
+        self._thread.start()
+        return asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _start(self) -> str:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}"
+
+    async def _stop(self) -> None:
+        await self._runner.cleanup()
+        # handlers still waiting (the client gave up on them) end here, not at loop close
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)

@@ -1,0 +1,51 @@
+"""`Parrot` against a server that stops answering or refuses: `timeout` raises `ParrotError`
+promptly on every path, and errors keep the server's type and code."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from llama_index.core import PromptTemplate
+
+from parrot_bridge.errors import ParrotError
+from parrot_bridge.llamaindex import Parrot
+from tests.bridge.fake_server import FakeServer, json_answer, never_answer
+
+CARD = {"data": [{"id": "m", "max_model_len": 64}]}
+HANGING = {
+    ("GET", "/v1/models"): json_answer(CARD),
+    ("POST", "/v1/completions"): never_answer,
+    ("POST", "/v1/sessions"): never_answer,
+}
+
+
+def test_timeout_is_a_parrot_error_naming_the_request() -> None:
+    with FakeServer(HANGING) as url:
+        llm = Parrot(base_url=url, timeout=1)
+        expected = rf"{url} did not answer POST /v1/completions within 1"
+        with pytest.raises(ParrotError, match=expected):
+            llm.complete("hi")
+        with pytest.raises(ParrotError, match=expected):
+            asyncio.run(llm.acomplete("hi"))
+        with pytest.raises(ParrotError, match=expected):
+            list(llm.stream_complete("hi"))
+
+
+def test_predict_honours_the_timeout() -> None:
+    with FakeServer(HANGING) as url:
+        llm = Parrot(base_url=url, timeout=1)
+        with pytest.raises(ParrotError, match="did not answer POST /v1/sessions within 1"):
+            asyncio.run(asyncio.wait_for(llm.apredict(PromptTemplate("Say {x}"), x="a"), 10))
+
+
+def test_error_responses_keep_the_servers_type_and_code() -> None:
+    error = {"message": "too long", "type": "invalid_request_error", "code": "context_length"}
+    routes = {
+        ("GET", "/v1/models"): json_answer(CARD),
+        ("POST", "/v1/completions"): json_answer({"error": error}, status=400),
+    }
+    with FakeServer(routes) as url:
+        with pytest.raises(ParrotError, match="too long") as e:
+            Parrot(base_url=url).complete("hi")
+    assert (e.value.status, e.value.type, e.value.code) == (400, error["type"], error["code"])

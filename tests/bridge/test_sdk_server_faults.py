@@ -1,0 +1,76 @@
+"""The SDK against a server that stops answering: time limits raise `ParrotError` promptly."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+import parrot_bridge as P
+from tests.bridge.fake_server import (
+    SESSION_ROUTES,
+    FakeServer,
+    json_answer,
+    never_answer,
+    stream_then_stall,
+)
+
+VARIABLE = "/v1/sessions/s-1/variables/{var}"
+
+
+@P.semantic_function(max_tokens=4)
+def echo(x):
+    """Echo {{input:x}}:{{output:y}}"""
+
+
+def test_session_timeout_bounds_each_request() -> None:
+    with FakeServer({("POST", "/v1/sessions"): never_answer}) as url:
+        start = time.monotonic()
+        with pytest.raises(
+            P.ParrotError, match=rf"{url} did not answer POST /v1/sessions within 1"
+        ):
+            P.Session(url, timeout=1).open()
+        assert time.monotonic() - start < 8
+
+
+def test_a_long_poll_gets_the_session_timeout_beyond_its_wait() -> None:
+    with FakeServer({**SESSION_ROUTES, ("GET", VARIABLE): never_answer}) as url:
+        with P.Session(url, poll_s=1, timeout=1):
+            start = time.monotonic()
+            with pytest.raises(P.ParrotError, match=r"did not answer GET .*/variables/.* within 2"):
+                echo("a").get()
+            assert time.monotonic() - start < 10
+
+
+async def test_get_timeout_holds_when_the_server_stops_answering() -> None:
+    with FakeServer({**SESSION_ROUTES, ("GET", VARIABLE): never_answer}) as url:
+        async with P.Session(url):  # the default request limit is far longer than the test
+            start = time.monotonic()
+            with pytest.raises(P.ParrotError, match="timed out after 1 s waiting for variable"):
+                await asyncio.wait_for(echo("a").aget(timeout=1), 10)
+            assert time.monotonic() - start < 8
+
+
+def test_a_stream_that_stops_sending_times_out() -> None:
+    routes = {**SESSION_ROUTES, ("GET", VARIABLE + "/stream"): stream_then_stall}
+    with FakeServer(routes) as url, P.Session(url, timeout=1):
+        with pytest.raises(P.ParrotError, match=r"did not answer GET .*/stream within 1"):
+            list(echo("a").stream())
+
+
+def test_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="timeout must be > 0"):
+        P.Session("http://127.0.0.1:9", timeout=0)
+
+
+def test_closing_a_session_the_server_forgot_is_not_an_error() -> None:
+    gone = {"error": {"message": "session 's-1' does not exist", "type": "not_found_error"}}
+    routes = {**SESSION_ROUTES, ("DELETE", "/v1/sessions/s-1"): json_answer(gone, status=404)}
+    with FakeServer(routes) as url:
+        with P.Session(url):  # it expired on the server (session TTL) before the block ended
+            pass
+        refused = {**routes, ("DELETE", "/v1/sessions/s-1"): json_answer(gone, status=500)}
+    with FakeServer(refused) as url:
+        with pytest.raises(P.ParrotError, match="does not exist"), P.Session(url):
+            pass
