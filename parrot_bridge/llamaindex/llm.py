@@ -87,6 +87,8 @@ class Parrot(CustomLLM):
 
     @property
     def metadata(self) -> LLMMetadata:
+        # LlamaIndex reads this (synchronously) before every call, from its callbacks; the async
+        # methods look the card up (awaited) before theirs, so it is at hand by then
         card = self._model_card()
         return LLMMetadata(
             context_window=self.context_window or card["max_model_len"],
@@ -182,22 +184,29 @@ class Parrot(CustomLLM):
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        data = shared_loop().run(self._http.post("/v1/completions", self._body(prompt, kwargs)))
+        body = self._body(self._model_card(), prompt, kwargs)
+        data = shared_loop().run(self._http.post("/v1/completions", body))
         return CompletionResponse(text=data["choices"][0]["text"], raw=data)
 
-    @llm_completion_callback()
     async def acomplete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
-        post = self._http.post("/v1/completions", self._body(prompt, kwargs))
-        data = await shared_loop().arun(post)
+        await self._amodel_card()  # before the callbacks, which read `metadata` (see there)
+        return await self._acomplete(prompt, formatted, **kwargs)
+
+    @llm_completion_callback()
+    async def _acomplete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponse:
+        body = self._body(await self._amodel_card(), prompt, kwargs)
+        data = await shared_loop().arun(self._http.post("/v1/completions", body))
         return CompletionResponse(text=data["choices"][0]["text"], raw=data)
 
     @llm_completion_callback()
     def stream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseGen:
-        body = self._body(prompt, kwargs)
+        body = self._body(self._model_card(), prompt, kwargs)
         chunks = shared_loop().iterate(lambda: self._http.stream("/v1/completions", body))
 
         def gen() -> CompletionResponseGen:
@@ -209,11 +218,17 @@ class Parrot(CustomLLM):
 
         return gen()
 
-    @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        body = self._body(prompt, kwargs)
+        await self._amodel_card()
+        return await self._astream_complete(prompt, formatted, **kwargs)
+
+    @llm_completion_callback()
+    async def _astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        body = self._body(await self._amodel_card(), prompt, kwargs)
 
         async def gen() -> CompletionResponseAsyncGen:
             text = ""
@@ -230,17 +245,21 @@ class Parrot(CustomLLM):
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        post = self._http.post("/v1/chat/completions", self._chat_body(messages, kwargs))
-        return _chat_response(shared_loop().run(post))
+        body = self._chat_body(self._model_card(), messages, kwargs)
+        return _chat_response(shared_loop().run(self._http.post("/v1/chat/completions", body)))
+
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        await self._amodel_card()
+        return await self._achat(messages, **kwargs)
 
     @llm_chat_callback()
-    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        post = self._http.post("/v1/chat/completions", self._chat_body(messages, kwargs))
-        return _chat_response(await shared_loop().arun(post))
+    async def _achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        body = self._chat_body(await self._amodel_card(), messages, kwargs)
+        return _chat_response(await shared_loop().arun(self._http.post("/v1/chat/completions", body)))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        body = self._chat_body(messages, kwargs)
+        body = self._chat_body(self._model_card(), messages, kwargs)
         chunks = shared_loop().iterate(lambda: self._http.stream("/v1/chat/completions", body))
 
         def gen() -> ChatResponseGen:
@@ -253,11 +272,17 @@ class Parrot(CustomLLM):
 
         return gen()
 
-    @llm_chat_callback()
     async def astream_chat(
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
-        body = self._chat_body(messages, kwargs)
+        await self._amodel_card()
+        return await self._astream_chat(messages, **kwargs)
+
+    @llm_chat_callback()
+    async def _astream_chat(
+        self, messages: Sequence[ChatMessage], **kwargs: Any
+    ) -> ChatResponseAsyncGen:
+        body = self._chat_body(await self._amodel_card(), messages, kwargs)
 
         async def gen() -> ChatResponseAsyncGen:
             text = ""
@@ -277,23 +302,36 @@ class Parrot(CustomLLM):
         return {"max_tokens": self.max_tokens, "temperature": float(self.temperature)}
 
     def _model_card(self) -> dict[str, Any]:
+        """The served model's card (`/v1/models`), looked up once."""
         if self._card is None:
-            models = shared_loop().run(self._http.get("/v1/models"))["data"]
-            wanted = self.model or models[0]["id"]
-            cards = [m for m in models if m["id"] == wanted]
-            if not cards:
-                served = [m["id"] for m in models]
-                raise ValueError(f"model {wanted!r} is not served at {self.base_url}: {served}")
-            self._card = cards[0]
+            self._card = self._pick_card(shared_loop().run(self._http.get("/v1/models")))
         return self._card
 
-    def _body(self, prompt: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {"model": self._model_card()["id"], "prompt": prompt,
+    async def _amodel_card(self) -> dict[str, Any]:
+        """`_model_card` for the async methods: waiting on the lookup there would block the
+        caller's event loop (every task on it) for as long as the server takes to answer."""
+        if self._card is None:
+            self._card = self._pick_card(await shared_loop().arun(self._http.get("/v1/models")))
+        return self._card
+
+    def _pick_card(self, listing: dict[str, Any]) -> dict[str, Any]:
+        models = listing["data"]
+        wanted = self.model or models[0]["id"]
+        cards = [m for m in models if m["id"] == wanted]
+        if not cards:
+            served = [m["id"] for m in models]
+            raise ValueError(f"model {wanted!r} is not served at {self.base_url}: {served}")
+        return cards[0]
+
+    def _body(self, card: dict[str, Any], prompt: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {"model": card["id"], "prompt": prompt,
                 **self._sampling(), **_extra(kwargs)}  # fmt: skip
 
-    def _chat_body(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> dict:
+    def _chat_body(
+        self, card: dict[str, Any], messages: Sequence[ChatMessage], kwargs: dict[str, Any]
+    ) -> dict:
         plain = [{"role": _role(m), "content": m.content or ""} for m in messages]
-        return {"model": self._model_card()["id"], "messages": plain,
+        return {"model": card["id"], "messages": plain,
                 **self._sampling(), **_extra(kwargs)}  # fmt: skip
 
     def _call(

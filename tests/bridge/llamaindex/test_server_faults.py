@@ -4,8 +4,10 @@ promptly on every path, and errors keep the server's type and code."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
+from aiohttp import web
 from llama_index.core import PromptTemplate
 
 from parrot_bridge.errors import ParrotError
@@ -49,3 +51,37 @@ def test_error_responses_keep_the_servers_type_and_code() -> None:
         with pytest.raises(ParrotError, match="too long") as e:
             Parrot(base_url=url).complete("hi")
     assert (e.value.status, e.value.type, e.value.code) == (400, error["type"], error["code"])
+
+
+def test_async_methods_do_not_block_the_callers_loop_while_the_model_card_loads() -> None:
+    """The first call looks the model up (`/v1/models`); from `acomplete` and the other async
+    methods that lookup must be awaited, not waited on, or every task on the caller's event
+    loop stops until the server answers."""
+
+    async def slow_card(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(1.5)
+        return web.json_response(CARD)
+
+    answer = {"choices": [{"text": "ok", "index": 0, "finish_reason": "stop"}]}
+    routes = {
+        ("GET", "/v1/models"): slow_card,
+        ("POST", "/v1/completions"): json_answer(answer),
+    }
+
+    async def longest_stall(llm: Parrot) -> float:
+        ticks: list[float] = []
+
+        async def tick() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.02)
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0.1)
+        response = await llm.acomplete("hi")
+        ticker.cancel()
+        assert response.text == "ok"
+        return max(b - a for a, b in zip(ticks, ticks[1:], strict=False))
+
+    with FakeServer(routes) as url:
+        assert asyncio.run(longest_stall(Parrot(base_url=url, timeout=10))) < 0.75
