@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from parrot_bridge.session import Session
 
 Criteria = Literal["latency", "throughput"]
+_CRITERIA = ("latency", "throughput")
 
 __all__ = ["Criteria", "SemanticVariable", "variable"]
 
@@ -74,12 +75,14 @@ class SemanticVariable:
 
     def get(self, criteria: Criteria = "latency", timeout: float | None = None) -> str:
         """The value, waiting for it on the server if needed."""
+        _check_criteria(criteria)
         known = self._known()
         if known is not None:
             return known
         return self._bound()._get(self, criteria, timeout)
 
     async def aget(self, criteria: Criteria = "latency", timeout: float | None = None) -> str:
+        _check_criteria(criteria)
         known = self._known()
         if known is not None:
             return known
@@ -87,6 +90,7 @@ class SemanticVariable:
 
     def stream(self, criteria: Criteria = "latency") -> Iterator[str]:
         """The value's text in chunks, as the server generates it."""
+        _check_criteria(criteria)
         known = self._known()
         if known is not None:
             yield known
@@ -94,6 +98,7 @@ class SemanticVariable:
         yield from self._bound()._stream(self, criteria)
 
     async def astream(self, criteria: Criteria = "latency") -> AsyncIterator[str]:
+        _check_criteria(criteria)
         known = self._known()
         if known is not None:
             yield known
@@ -123,6 +128,13 @@ class SemanticVariable:
                 "semantic function inside `with P.Session(url):` first, or set() it"
             )
         return self._session
+
+
+def _check_criteria(criteria: str) -> None:
+    """Refuse a bad criterion before anything is sent: the server would reject the submission,
+    and a rejected submission fails every pending call in it, not only this read."""
+    if criteria not in _CRITERIA:
+        raise ValueError(f"criteria must be 'latency' or 'throughput', got {criteria!r}")
 
 
 def variable(value: str | None = None, name: str | None = None) -> SemanticVariable:

@@ -158,6 +158,19 @@ def test_a_failed_submission_drops_its_calls_but_not_its_inputs() -> None:
         session.close()  # (and its HTTP client with it)
 
 
+def test_a_bad_criterion_is_refused_before_the_pending_calls_are_sent() -> None:
+    """A typo in `criteria` must not reach the server: its 400 would fail every pending call."""
+    session = offline()
+    session.id = "s-offline"
+    out = summarize.invoke(session, "text")
+    with pytest.raises(ValueError, match="criteria must be 'latency' or 'throughput'"):
+        out.get(criteria="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="got 'bulk'"):
+        next(out.stream(criteria="bulk"))  # type: ignore[arg-type]
+    body = session._pending.take().body  # the call is still pending, unharmed
+    assert [c["outputs"]["summary"] for c in body["calls"]] == [out.id]
+
+
 def test_calls_reading_an_unset_variable_wait_until_it_is_set() -> None:
     session = offline()
     topic = P.variable(name="topic")
