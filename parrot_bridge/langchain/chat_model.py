@@ -52,7 +52,7 @@ class ChatParrot(ParrotSettings, BaseChatModel):
     ) -> ChatResult:
         if self.streaming:
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
-        body = self._body(messages, stop, kwargs, stream=False)
+        body = self._body(messages, stop, kwargs, self._model_id(kwargs), stream=False)
         return _result(shared_loop().run(self._http().request("POST", _CHAT, body)))
 
     async def _agenerate(
@@ -66,7 +66,7 @@ class ChatParrot(ParrotSettings, BaseChatModel):
             return await agenerate_from_stream(
                 self._astream(messages, stop, run_manager, **kwargs)
             )
-        body = self._body(messages, stop, kwargs, stream=False)
+        body = self._body(messages, stop, kwargs, await self._amodel_id(kwargs), stream=False)
         return _result(await shared_loop().arun(self._http().request("POST", _CHAT, body)))
 
     def _stream(
@@ -76,7 +76,7 @@ class ChatParrot(ParrotSettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        body = self._body(messages, stop, kwargs, stream=True)
+        body = self._body(messages, stop, kwargs, self._model_id(kwargs), stream=True)
         http = self._http()
         for event in shared_loop().iterate(lambda: http.events(_CHAT, body)):
             chunk = _chunk(event)
@@ -91,7 +91,7 @@ class ChatParrot(ParrotSettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        body = self._body(messages, stop, kwargs, stream=True)
+        body = self._body(messages, stop, kwargs, await self._amodel_id(kwargs), stream=True)
         http = self._http()
         async for event in shared_loop().aiterate(lambda: http.events(_CHAT, body)):
             chunk = _chunk(event)
@@ -103,10 +103,10 @@ class ChatParrot(ParrotSettings, BaseChatModel):
 
     def _body(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
-        stream: bool,
+        model: str, stream: bool,
     ) -> dict[str, Any]:  # fmt: skip
         body: dict[str, Any] = {
-            "model": self._model_id(kwargs),
+            "model": model,
             "messages": to_chat_messages(messages),
             **self._sampling(stop, kwargs),
         }

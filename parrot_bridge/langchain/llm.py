@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar, Literal
 
+import aiohttp
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict
 
+from parrot_bridge.errors import ParrotError
 from parrot_bridge.function import SemanticFunction
 from parrot_bridge.langchain.awaiting import aget_all, get_all
 from parrot_bridge.langchain.settings import ParrotSettings
@@ -44,10 +48,11 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        with self._session() as session:
-            outputs = self._record(session, prompts, stop, kwargs)
+        served = self._server_info(self._requested(kwargs))
+        with self._open() as session:
+            outputs = self._record(session, prompts, self._call_sampling(stop, kwargs, served))
             get_all(session, outputs, self.criteria)
-        return _result(outputs, self._model_id(kwargs))
+        return _result(outputs, served[0])
 
     async def _agenerate(
         self,
@@ -56,10 +61,11 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        async with self._session() as session:
-            outputs = self._record(session, prompts, stop, kwargs)
+        served = await self._aserver_info(self._requested(kwargs))
+        async with await self._aopen() as session:
+            outputs = self._record(session, prompts, self._call_sampling(stop, kwargs, served))
             await aget_all(session, outputs, self.criteria)
-        return _result(outputs, self._model_id(kwargs))
+        return _result(outputs, served[0])
 
     def _stream(
         self,
@@ -68,8 +74,9 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        with self._session() as session:
-            (output,) = self._record(session, [prompt], stop, kwargs)
+        served = self._server_info(self._requested(kwargs))
+        with self._open() as session:
+            (output,) = self._record(session, [prompt], self._call_sampling(stop, kwargs, served))
             for text in output.stream(self.criteria):
                 chunk = GenerationChunk(text=text)
                 if run_manager:
@@ -83,8 +90,9 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        async with self._session() as session:
-            (output,) = self._record(session, [prompt], stop, kwargs)
+        served = await self._aserver_info(self._requested(kwargs))
+        async with await self._aopen() as session:
+            (output,) = self._record(session, [prompt], self._call_sampling(stop, kwargs, served))
             async for text in output.astream(self.criteria):
                 chunk = GenerationChunk(text=text)
                 if run_manager:
@@ -96,22 +104,62 @@ class ParrotLLM(ParrotSettings, BaseLLM):
     def _session(self) -> Session:
         return Session(self.base_url, name="langchain-llm", timeout=self.timeout)
 
-    def _call_sampling(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    # A session is opened up to `max_retries` more times when the server cannot be reached (as
+    # ChatParrot's and OpenAI's requests are); nothing was sent then, so a retry is safe.
+    def _open(self) -> Session:
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._session().open()
+            except ParrotError as exc:
+                if attempt == self.max_retries or not _unreachable(exc):
+                    raise
+            time.sleep(_RETRY_S * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def _aopen(self) -> Session:
+        for attempt in range(self.max_retries + 1):
+            try:
+                return await self._session().aopen()
+            except ParrotError as exc:
+                if attempt == self.max_retries or not _unreachable(exc):
+                    raise
+            await asyncio.sleep(_RETRY_S * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _requested(self, kwargs: dict[str, Any]) -> str | None:
+        """The model asked for (None: the served one). Semantic calls name no model, so it is
+        checked with the server up front: an unserved one fails, as OpenAI's 404 does."""
+        return kwargs.get("model") or self.model_name
+
+    def _call_sampling(
+        self, stop: list[str] | None, kwargs: dict[str, Any], served: tuple[str, int] | None = None
+    ) -> dict[str, Any]:
+        """The sampling of a call; `served`: `_server_info`'s answer, when already asked."""
         sampling = self._sampling(stop, kwargs)
+        model = self._requested(kwargs)
+        if served is None and (model is not None or "max_tokens" not in sampling):
+            served = self._server_info(model)  # (asks the server once)
         # the server stops at the context's end, as /v1/completions does without max_tokens
-        if "max_tokens" not in sampling:  # (asks the server once)
-            sampling["max_tokens"] = self._server_info()[1]
+        if "max_tokens" not in sampling:
+            assert served is not None
+            sampling["max_tokens"] = served[1]
         return sampling
 
     def _record(
-        self, session: Session, prompts: list[str], stop: list[str] | None, kwargs: dict[str, Any]
+        self, session: Session, prompts: list[str], sampling: dict[str, Any]
     ) -> list[SemanticVariable]:
-        sampling = self._call_sampling(stop, kwargs)
         outputs = []
         for prompt in prompts:
             fn = SemanticFunction(prompt_template(prompt), name="ParrotLLM", **sampling)
             outputs.append(fn.invoke(session))
         return outputs
+
+
+_RETRY_S = 0.1
+
+
+def _unreachable(exc: ParrotError) -> bool:
+    return isinstance(exc.__cause__, aiohttp.ClientConnectionError)
 
 
 def prompt_template(prompt: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 from langchain_core.language_models import LangSmithParams
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
@@ -34,7 +35,7 @@ class ParrotSettings(BaseModel):
     timeout: float | None = Field(None, gt=0, description="Seconds per request; None: no limit.")
     max_retries: int = Field(2, ge=0, description="Retries when the server cannot be reached.")
     api_key: SecretStr | None = Field(None, description="Accepted for OpenAI-style code; unused.")
-    _served: tuple[str, int] | None = PrivateAttr(None)
+    _cards: dict[str | None, tuple[str, int]] = PrivateAttr(default_factory=dict)
     ls_model_type: ClassVar[Literal["chat", "llm"]]
 
     @model_validator(mode="after")
@@ -90,12 +91,33 @@ class ParrotSettings(BaseModel):
         """The model to name in requests: per call, the field, else the served one."""
         return kwargs.get("model") or self.model_name or self._server_info()[0]
 
-    def _server_info(self) -> tuple[str, int]:
-        """(the served model's id, its context length), asked once."""
-        if self._served is None:
-            card = shared_loop().run(self._http().request("GET", "/v1/models"))["data"][0]
-            self._served = (card["id"], card["max_model_len"])
-        return self._served
+    async def _amodel_id(self, kwargs: dict[str, Any]) -> str:
+        """`_model_id` for async paths: a lookup must not block the caller's event loop."""
+        return kwargs.get("model") or self.model_name or (await self._aserver_info())[0]
+
+    def _server_info(self, model: str | None = None) -> tuple[str, int]:
+        """(the served model's id, its context length), asked once per name. A `model` the
+        server does not serve raises its 404 (model_not_found), as a request naming it would."""
+        if model not in self._cards:
+            card = shared_loop().run(self._http().request("GET", _models_path(model)))
+            self._cards[model] = _card(card)
+        return self._cards[model]
+
+    async def _aserver_info(self, model: str | None = None) -> tuple[str, int]:
+        if model not in self._cards:
+            card = await shared_loop().arun(self._http().request("GET", _models_path(model)))
+            self._cards[model] = _card(card)
+        return self._cards[model]
+
+
+def _models_path(model: str | None) -> str:
+    # the server's own rule decides which names it serves (ids are often paths: quote "/")
+    return "/v1/models" if model is None else "/v1/models/" + quote(model, safe="")
+
+
+def _card(response: dict[str, Any]) -> tuple[str, int]:
+    card = response["data"][0] if "data" in response else response
+    return card["id"], card["max_model_len"]
 
 
 # option -> its name in the request body; `model` picks the model (see `_model_id`)

@@ -148,3 +148,16 @@ def lc_prompt() -> Any:
     from langchain_core.prompts import ChatPromptTemplate
 
     return ChatPromptTemplate.from_template("{q}")
+
+
+def test_llm_refuses_a_model_the_server_does_not_serve(parrot_url: str, served_model: str) -> None:
+    # as OpenAI(model=...) gets /v1/completions' 404, not the served model under another name
+    llm = ParrotLLM(base_url=parrot_url, model="not-served", max_tokens=3)
+    for call in (lambda: llm.invoke("hi"), lambda: list(llm.stream("hi")),
+                 lambda: asyncio.run(llm.ainvoke("hi")),
+                 lambda: ParrotLLM(base_url=parrot_url, max_tokens=3).invoke("hi", model="x")):
+        with pytest.raises(ParrotError, match="the model '.*' does not exist") as caught:
+            call()
+        assert caught.value.status == 404 and caught.value.code == "model_not_found"
+    named = ParrotLLM(base_url=parrot_url, model=served_model, max_tokens=3)
+    assert named.generate(["hi"]).llm_output["model_name"] == served_model

@@ -10,9 +10,12 @@ import pytest
 
 from parrot_bridge.errors import ParrotError
 from parrot_bridge.langchain import ChatParrot, ParrotLLM
-from tests.bridge.fake_server import FakeServer, never_answer
+from tests.bridge.fake_server import FakeServer, json_answer, never_answer
 
+MODELS = json_answer({"object": "list", "data": [{"id": "m", "max_model_len": 64}]})
 HANGING = {
+    ("GET", "/v1/models"): MODELS,
+    ("GET", "/v1/models/m"): json_answer({"id": "m", "max_model_len": 64}),
     ("POST", "/v1/chat/completions"): never_answer,
     ("POST", "/v1/sessions"): never_answer,
 }

@@ -1,0 +1,110 @@
+"""The served-model lookup of ChatParrot and ParrotLLM against a stand-in server: async calls
+never block their event loop on it, and ParrotLLM retries a server that is not up yet."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Awaitable
+
+from aiohttp import web
+
+from parrot_bridge.langchain import ChatParrot, ParrotLLM
+from server.launcher import free_port
+from tests.bridge.fake_server import SESSION_ROUTES, FakeServer, Handler, json_answer
+
+CARD = {"id": "m", "max_model_len": 64}
+REPLY = {
+    "id": "c-1", "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}  # fmt: skip
+VALUE = {"status": "ready", "value": "hi", "finish_reason": "stop",
+         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}  # fmt: skip
+ROUTES: dict[tuple[str, str], Handler] = {
+    **SESSION_ROUTES,
+    ("GET", "/v1/models"): json_answer({"object": "list", "data": [CARD]}),
+    ("GET", "/v1/sessions/s-1/variables/{var}"): json_answer(VALUE),
+}
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    if not (await request.json()).get("stream"):
+        return web.json_response(REPLY)
+    delta = {**REPLY, "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(f"data: {json.dumps(delta)}\n\ndata: [DONE]\n\n".encode())
+    return response
+
+
+async def slow_models(request: web.Request) -> web.StreamResponse:
+    await asyncio.sleep(1)
+    return web.json_response({"object": "list", "data": [CARD]})
+
+
+async def longest_stall(call: Awaitable[object]) -> float:
+    """The longest time a ticker on this loop went unscheduled while `call` ran."""
+    ticks: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.02)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(call, 10)
+    ticker.cancel()
+    return max(b - a for a, b in zip(ticks, ticks[1:], strict=False))
+
+
+async def test_async_calls_do_not_block_the_loop_on_the_model_lookup() -> None:
+    routes = {**ROUTES, ("GET", "/v1/models"): slow_models, ("POST", "/v1/chat/completions"): chat}
+    with FakeServer(routes) as url:
+
+        async def astream() -> None:
+            async for _ in ChatParrot(base_url=url).astream("hi"):
+                pass
+
+        assert await longest_stall(ChatParrot(base_url=url).ainvoke("hi")) < 0.5
+        assert await longest_stall(astream()) < 0.5
+        assert await longest_stall(ParrotLLM(base_url=url).ainvoke("hi")) < 0.5
+
+
+class LateServer(FakeServer):
+    """A FakeServer on a port picked beforehand, so a client can be pointed at it before it
+    starts."""
+
+    def __init__(self, routes: dict[tuple[str, str], Handler], port: int) -> None:
+        super().__init__(routes)
+        self.port = port
+
+    async def _start(self) -> str:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return f"http://127.0.0.1:{self.port}"
+
+
+def test_llm_retries_a_server_it_cannot_reach_yet() -> None:
+    port = free_port()
+    llm = ParrotLLM(base_url=f"http://127.0.0.1:{port}", max_tokens=4, max_retries=4)
+    with LateServer(ROUTES, port):
+        assert llm.invoke("hi") == "hi"  # (the model lookup is done now)
+    done = threading.Event()
+
+    def restart() -> None:  # the server restarting: down for 0.3 s
+        time.sleep(0.3)
+        with LateServer(ROUTES, port):
+            done.wait(10)
+
+    thread = threading.Thread(target=restart)
+    thread.start()
+    try:
+        assert llm.invoke("hi") == "hi"
+    finally:
+        done.set()
+        thread.join(10)
