@@ -81,6 +81,10 @@ def test_later_calls_extend_the_graph_and_values_are_cached(url: str, engine: LL
         assert first.get() == first.value  # known now: no request
         after = metrics(url)
     assert requests_except_metrics(after) - requests_except_metrics(before) == 2
+    # the criterion reached the server: the draft ran as bulk work, not latency-critical
+    started = 'parrot_calls_started_total{{engine="0",priority="{}"}}'
+    assert [after.get(started.format(p), 0) - before.get(started.format(p), 0)
+            for p in range(3)] == [0, 0, 1]  # fmt: skip
 
 
 def test_flush_then_stream_and_inputs_set_before_flush(url: str, engine: LLMEngine) -> None:

@@ -187,14 +187,20 @@ def test_n_samples_stream_with_their_indices(client: openai.OpenAI, engine: LLME
 
 
 def test_abandoned_samples_free_their_kv(server: str, client: openai.OpenAI) -> None:
-    stream = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=300,
-                                       temperature=0, n=3, stream=True)  # fmt: skip
+    # ignore_eos: the samples would run their 3 x 1000 tokens unless the server stops them (a
+    # random model's early EOS would free the blocks even if the abort were lost)
+    before = metrics(server)["parrot_generated_tokens_total"]
+    stream = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=1000,
+                                       temperature=0, n=3, stream=True,
+                                       extra_body={"ignore_eos": True})  # fmt: skip
     for k, _ in enumerate(stream):
         if k >= 2:
             break
     stream.close()
-    m = idle_metrics(server)
+    m = idle_metrics(server, timeout_s=20)
     assert m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"]
+    # aborted, not run to the end (half the 3 x 1000: room for a slow machine to notice)
+    assert m["parrot_generated_tokens_total"] - before < 1500
 
 
 def test_a_client_that_hangs_up_stops_its_non_streamed_request(server: str) -> None:
@@ -594,11 +600,14 @@ def test_streaming_several_prompts(server: str, client: openai.OpenAI) -> None:
         if c.choices[0].logprobs is not None:
             streamed[c.choices[0].index] += c.choices[0].logprobs.token_logprobs
     assert streamed == [c.logprobs.token_logprobs for c in scored.choices]
-    stream = client.completions.create(model="tiny", prompt=prompts, max_tokens=300,
-                                       temperature=0, n=2, stream=True)  # fmt: skip
+    before = metrics(server)["parrot_generated_tokens_total"]
+    stream = client.completions.create(model="tiny", prompt=prompts, max_tokens=1000,
+                                       temperature=0, n=2, stream=True,
+                                       extra_body={"ignore_eos": True})  # fmt: skip
     for k, _ in enumerate(stream):
         if k >= 3:
             break
     stream.close()
-    m = idle_metrics(server)
+    m = idle_metrics(server, timeout_s=20)
     assert m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"]
+    assert m["parrot_generated_tokens_total"] - before < 3000  # of 6 x 1000: aborted

@@ -171,6 +171,35 @@ def test_ablation_flags_switch_the_optimisations_off(
     assert not any('priority="0"' in k for k in samples)
 
 
+def test_no_pipelined_prefill_fills_nothing_ahead(
+    tiny_llama_path: Path, tmp_path: Path, engine: LLMEngine
+) -> None:
+    """The flag alone (prefix sharing stays on): a waiting call's ready prefix is not filled
+    before its input arrives, and the answer is unchanged. (The ablation test above cannot tell:
+    its calls never wait, and --disable-prefix-sharing turns pipelining off as well.)"""
+    head = "Refine the summary with this part of the paper.\n" + ARTICLE.read_text()[5000:5400]
+    head += "\nPrevious summary: "
+    calls = [
+        {"id": "draft", "template": "Draft a summary:{{output:d}}", "inputs": {},
+         "outputs": {"d": "prev"},
+         "sampling": {"max_tokens": 120, "temperature": 0, "ignore_eos": True}},
+        {"id": "refine", "template": head + "{{input:prev}}\nNew summary:{{output:s}}",
+         "inputs": {"prev": "prev"}, "outputs": {"s": "s"},
+         "sampling": {"max_tokens": 6, "temperature": 0}},
+    ]  # fmt: skip
+    flags = ("--no-prefix-cache", "--no-pipelined-prefill")
+    with ServerProcess(tiny_llama_path, *flags, log_path=tmp_path / "server.log") as srv:
+        sid, token = session(srv.url)
+        submit(srv.url, sid, token, [{"id": "prev"}, {"id": "s"}], calls,
+               [{"variable": "s", "criteria": "latency"}])  # fmt: skip
+        got = value(srv.url, sid, token, "s")["value"]
+        prev = value(srv.url, sid, token, "prev")["value"]
+        samples = metrics(srv.url)
+    assert got == greedy(engine, head + prev + "\nNew summary:", 6)
+    assert samples["parrot_pipelined_prefill_tokens_total"] == 0
+    assert samples["parrot_pipelined_prefix_uses_total"] == 0
+
+
 def test_a_stored_base_evicted_before_its_pipelined_fork_is_not_forked(
     tiny_llama_path: Path, engine: LLMEngine, tmp_path: Path
 ) -> None:

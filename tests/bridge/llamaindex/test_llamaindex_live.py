@@ -110,7 +110,10 @@ async def test_async_methods_run_concurrently(url: str, engine: LLMEngine) -> No
     gen = await llm.astream_complete(prompts[0])
     assert [r async for r in gen][-1].text == greedy(engine, prompts[0])
     reply = await llm.achat([ChatMessage(role="user", content="Hi")])
-    assert isinstance(reply.message.content, str)
+    chat_prompt = engine.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True
+    )
+    assert reply.message.content == greedy(engine, chat_prompt)
 
 
 def test_predict_keeps_the_template(url: str, engine: LLMEngine) -> None:
