@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -100,6 +100,18 @@ class ChatParrot(ParrotSettings, BaseChatModel):
             yield chunk
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """The prompt tokens a request of `messages` uses: the model's chat template and
+        tokenizer, on the server (`/tokenize`), so trimming a history to the context is exact."""
+        if tools:
+            raise ValueError("ChatParrot does not support tools")
+        body: dict[str, Any] = {"messages": to_chat_messages(messages)}
+        if self.model_name:
+            body["model"] = self.model_name
+        return shared_loop().run(self._http().request("POST", "/tokenize", body))["count"]
 
     def _body(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],

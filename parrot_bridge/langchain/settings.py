@@ -63,6 +63,14 @@ class ParrotSettings(BaseModel):
                 params[f"ls_{key}"] = sampling[key]  # type: ignore[literal-required]
         return params
 
+    def get_token_ids(self, text: str) -> list[int]:
+        """`text`'s token ids by the served model's tokenizer (the server's `/tokenize`), not
+        LangChain's GPT-2 default, which counts another vocabulary (and nothing offline)."""
+        body: dict[str, Any] = {"prompt": text}
+        if self.model_name:
+            body["model"] = self.model_name
+        return shared_loop().run(self._http().request("POST", "/tokenize", body))["tokens"]
+
     def _http(self) -> ServerHttp:
         return ServerHttp(self.base_url, self.timeout, self.max_retries)
 

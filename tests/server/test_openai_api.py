@@ -611,3 +611,29 @@ def test_streaming_several_prompts(server: str, client: openai.OpenAI) -> None:
     m = idle_metrics(server, timeout_s=20)
     assert m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"]
     assert m["parrot_generated_tokens_total"] - before < 3000  # of 6 x 1000: aborted
+
+
+def test_tokenize_gives_the_ids_a_request_uses_and_detokenize_reverses_them(
+    server: str, client: openai.OpenAI, engine: LLMEngine
+) -> None:
+    """vLLM's /tokenize and /detokenize: a prompt as /v1/completions encodes it, messages as
+    /v1/chat/completions renders and encodes them (its usage counts the same), and back."""
+    text = "Once upon a time, tokens"
+    _, got = request("POST", server + "/tokenize", {"model": "tiny", "prompt": text})
+    ids = engine.tokenizer.encode(text)
+    assert got == {"count": len(ids), "max_model_len": got["max_model_len"], "tokens": ids}
+    assert got["max_model_len"] == client.models.list().data[0].max_model_len  # type: ignore[attr-defined]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    _, chat = request("POST", server + "/tokenize", {"messages": messages})
+    assert chat["tokens"] == engine.tokenizer.encode(chat_text(engine, messages))
+    reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=1)  # type: ignore[arg-type]
+    assert reply.usage is not None and reply.usage.prompt_tokens == chat["count"]
+    _, back = request("POST", server + "/detokenize", {"tokens": ids})
+    assert back == {"prompt": engine.tokenizer.decode(ids)}
+    for path, body, needle in (
+        ("/tokenize", {"prompt": "a", "messages": messages}, "exactly one of prompt and messages"),
+        ("/tokenize", {"model": "gpt-4", "prompt": "a"}, "does not exist"),
+        ("/detokenize", {"tokens": [10**9]}, "is not a token id"),
+    ):
+        status, err = request("POST", server + path, body)
+        assert status in (400, 404) and needle in err["error"]["message"], (path, err)

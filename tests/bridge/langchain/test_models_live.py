@@ -46,6 +46,22 @@ def test_usage_is_the_servers_count(chat: ChatParrot, parrot_url: str) -> None:
     assert streamed.usage_metadata == usage
 
 
+def test_token_counts_are_the_served_models(chat: ChatParrot, parrot_url: str) -> None:
+    """get_num_tokens and get_num_tokens_from_messages count with the model's tokenizer and
+    chat template (the server's /tokenize): the latter is the usage a request reports."""
+    messages = [SystemMessage("Be brief."), HumanMessage("Hello there, tokens")]
+    reply = chat.invoke(messages)
+    assert reply.usage_metadata is not None
+    assert chat.get_num_tokens_from_messages(messages) == reply.usage_metadata["input_tokens"]
+    text = "Count these words, please."
+    _, got = request("POST", parrot_url + "/tokenize", {"prompt": text})
+    assert chat.get_token_ids(text) == got["tokens"] and got["count"] > 0
+    llm = ParrotLLM(base_url=parrot_url)
+    assert llm.get_num_tokens(text) == got["count"]
+    with pytest.raises(ValueError, match="tools"):
+        chat.get_num_tokens_from_messages(messages, tools=[{"name": "f"}])
+
+
 def test_llm_usage_is_the_servers_count(parrot_url: str) -> None:
     llm = ParrotLLM(base_url=parrot_url, temperature=0, max_tokens=8)
     result = llm.generate(["Hello there", "Once upon"])

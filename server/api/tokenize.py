@@ -1,0 +1,109 @@
+"""vLLM's `POST /tokenize` and `POST /detokenize`: a prompt's token ids exactly as a request
+would compute them (a text as `/v1/completions` encodes it, or chat messages through the model's
+chat template as `/v1/chat/completions` does), and back. Clients count tokens with them
+(LangChain's `get_num_tokens`, trimming a history to the context) without the model's tokenizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from server.api.openai_inputs import chat_prompt
+from server.api.openai_models import ChatCompletionRequest, ChatMessage
+from server.api.route import Route, json_response, parse_body
+from server.errors import bad_request, not_found
+from server.keys import CONFIG, DRIVER
+
+
+def tokenize_routes() -> list[Route]:
+    tag = "openai"
+    return [
+        Route("POST", "/tokenize", tokenize,
+              "vLLM's: a prompt (or chat messages) as the token ids a request would use", tag,
+              body=TokenizeRequest, response=TokenizeResponse),
+        Route("POST", "/detokenize", detokenize, "vLLM's: token ids back to text", tag,
+              body=DetokenizeRequest, response=DetokenizeResponse),
+    ]  # fmt: skip
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="The served model (default: it).")
+    prompt: str | None = Field(None, description="A completion prompt; or `messages`.")
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt and messages")
+        return self
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    body = await parse_body(request, TokenizeRequest)
+    model = _check_model(request, body.model)
+    driver = request.app[DRIVER]
+    if body.messages is not None:
+        chat = ChatCompletionRequest(
+            model=model,
+            messages=body.messages,
+            add_generation_prompt=body.add_generation_prompt,
+            continue_final_message=body.continue_final_message,
+            chat_template_kwargs=body.chat_template_kwargs,
+        )
+        text = chat_prompt(driver, chat)
+    else:
+        assert body.prompt is not None
+        text = body.prompt
+    ids = driver.encode(text)
+    return json_response(
+        TokenizeResponse(count=len(ids), max_model_len=driver.max_model_len, tokens=ids)
+    )
+
+
+async def detokenize(request: web.Request) -> web.Response:
+    body = await parse_body(request, DetokenizeRequest)
+    _check_model(request, body.model)
+    driver = request.app[DRIVER]
+    vocab = driver.vocab_size
+    bad = next((t for t in body.tokens if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise bad_request(
+            f"tokens: {bad} is not a token id of this model (0 to {vocab - 1})", param="tokens"
+        )
+    return json_response(DetokenizeResponse(prompt=driver.tokenizer.decode(body.tokens)))
+
+
+def _check_model(request: web.Request, model: str | None) -> str:
+    """The served model's id; 404 for another name, as the OpenAI routes answer."""
+    served = request.app[CONFIG].model_id
+    if model is not None and model not in (served, request.app[DRIVER].name):
+        raise not_found(
+            f"the model {model!r} does not exist; this server serves {served!r}",
+            code="model_not_found",
+        )
+    return served
