@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
@@ -78,3 +79,20 @@ class FakeServer:
         for task in rest:
             task.cancel()
         await asyncio.gather(*rest, return_exceptions=True)
+
+
+async def longest_stall(call: Awaitable[object]) -> float:
+    """The longest time a ticker on this loop went unscheduled while `call` ran (a client that
+    waits on a blocking call inside an async method stalls every task of its caller's loop)."""
+    ticks: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.02)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(call, 10)
+    ticker.cancel()
+    return max(b - a for a, b in zip(ticks, ticks[1:], strict=False))

@@ -106,21 +106,29 @@ def test_a_shared_system_prompt_is_prefilled_once_across_sessions(
     assert delta(m2, m1, "parrot_cached_tokens_total") >= system_tokens - 4
 
 
-def test_a_pipelined_prefix_is_filled_before_its_input_arrives(
-    server: str, engine: LLMEngine
-) -> None:
-    # "draft" writes the previous summary slowly; "refine" waits for it, but its instructions
-    # and its part of the paper are ready at once
+def draft_and_refine(draft_tokens: int) -> tuple[str, list[dict]]:
+    """A graph whose "refine" waits for "draft" (which writes `draft_tokens` tokens) while its
+    instructions and its part of the paper are ready at once: (refine's text before its
+    input, the calls)."""
     head = "Refine the summary with this part of the paper.\n" + ARTICLE.read_text()[5000:5400]
     head += "\nPrevious summary: "
     calls = [
         {"id": "draft", "template": "Draft a summary:{{output:d}}", "inputs": {},
          "outputs": {"d": "prev"},
-         "sampling": {"max_tokens": 300, "temperature": 0, "ignore_eos": True}},
+         "sampling": {"max_tokens": draft_tokens, "temperature": 0, "ignore_eos": True}},
         {"id": "refine", "template": head + "{{input:prev}}\nNew summary:{{output:s}}",
          "inputs": {"prev": "prev"}, "outputs": {"s": "s"},
          "sampling": {"max_tokens": 6, "temperature": 0}},
     ]  # fmt: skip
+    return head, calls
+
+
+def test_a_pipelined_prefix_is_filled_before_its_input_arrives(
+    server: str, engine: LLMEngine
+) -> None:
+    # "draft" writes the previous summary slowly; "refine" waits for it, but its instructions
+    # and its part of the paper are ready at once
+    head, calls = draft_and_refine(draft_tokens=300)
     sid, token = session(server)
     m0 = metrics(server)
     submit(server, sid, token, [{"id": "prev"}, {"id": "s"}], calls,
@@ -177,16 +185,7 @@ def test_no_pipelined_prefill_fills_nothing_ahead(
     """The flag alone (prefix sharing stays on): a waiting call's ready prefix is not filled
     before its input arrives, and the answer is unchanged. (The ablation test above cannot tell:
     its calls never wait, and --disable-prefix-sharing turns pipelining off as well.)"""
-    head = "Refine the summary with this part of the paper.\n" + ARTICLE.read_text()[5000:5400]
-    head += "\nPrevious summary: "
-    calls = [
-        {"id": "draft", "template": "Draft a summary:{{output:d}}", "inputs": {},
-         "outputs": {"d": "prev"},
-         "sampling": {"max_tokens": 120, "temperature": 0, "ignore_eos": True}},
-        {"id": "refine", "template": head + "{{input:prev}}\nNew summary:{{output:s}}",
-         "inputs": {"prev": "prev"}, "outputs": {"s": "s"},
-         "sampling": {"max_tokens": 6, "temperature": 0}},
-    ]  # fmt: skip
+    head, calls = draft_and_refine(draft_tokens=120)
     flags = ("--no-prefix-cache", "--no-pipelined-prefill")
     with ServerProcess(tiny_llama_path, *flags, log_path=tmp_path / "server.log") as srv:
         sid, token = session(srv.url)

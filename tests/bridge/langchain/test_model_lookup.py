@@ -7,13 +7,18 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Awaitable
 
 from aiohttp import web
 
 from parrot_bridge.langchain import ChatParrot, ParrotLLM
 from server.launcher import free_port
-from tests.bridge.fake_server import SESSION_ROUTES, FakeServer, Handler, json_answer
+from tests.bridge.fake_server import (
+    SESSION_ROUTES,
+    FakeServer,
+    Handler,
+    json_answer,
+    longest_stall,
+)
 
 CARD = {"id": "m", "max_model_len": 64}
 REPLY = {
@@ -44,22 +49,6 @@ async def chat(request: web.Request) -> web.StreamResponse:
 async def slow_models(request: web.Request) -> web.StreamResponse:
     await asyncio.sleep(1)
     return web.json_response({"object": "list", "data": [CARD]})
-
-
-async def longest_stall(call: Awaitable[object]) -> float:
-    """The longest time a ticker on this loop went unscheduled while `call` ran."""
-    ticks: list[float] = []
-
-    async def tick() -> None:
-        while True:
-            ticks.append(time.monotonic())
-            await asyncio.sleep(0.02)
-
-    ticker = asyncio.create_task(tick())
-    await asyncio.sleep(0.05)
-    await asyncio.wait_for(call, 10)
-    ticker.cancel()
-    return max(b - a for a, b in zip(ticks, ticks[1:], strict=False))
 
 
 async def test_async_calls_do_not_block_the_loop_on_the_model_lookup() -> None:
