@@ -54,8 +54,10 @@ class Session:
     `timeout`: seconds the server may take to answer a request (beyond a long poll's wait)
     and a stream may go without a chunk, as the OpenAI client's `timeout`; past it the request
     raises `ParrotError`. None: no limit. `get(timeout=)` bounds the wait for a value.
-    `transport`: the HTTP client every request goes through (default: one for `url` and
-    `timeout`).
+    `max_retries`: how often a request is sent again when no connection could be made (the
+    server starting or restarting), as the OpenAI client's.
+    `transport`: the HTTP client every request goes through (default: one for `url`,
+    `timeout` and `max_retries`).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class Session:
         name: str | None = None,
         poll_s: float = 30.0,
         timeout: float | None = 600.0,
+        max_retries: int = 2,
         transport: Transport | None = None,
     ) -> None:
         if not 0 < poll_s <= 300:
@@ -74,7 +77,7 @@ class Session:
         self.poll_s = poll_s
         self.id: str | None = None
         self._loop = shared_loop()
-        self._transport = transport or Transport(url, timeout=timeout)
+        self._transport = transport or Transport(url, timeout=timeout, max_retries=max_retries)
         self._pending = PendingGraph(self)
         self._constants: dict[str, SemanticVariable] = {}
         self._flush_lock: asyncio.Lock | None = None  # made on the SDK loop

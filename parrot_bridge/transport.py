@@ -5,27 +5,40 @@ Error responses become `ParrotError`s carrying the server's message.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 
+from parrot_bridge.errors import ParrotError
 from parrot_bridge.http_response import read_json, response_error, timed_out, unreachable
+
+_RETRY_S = 0.1  # the first retry's wait; it doubles with each
 
 
 class Transport:
     """One aiohttp client for one server; create and use it on the SDK's loop only."""
 
     def __init__(
-        self, base_url: str, connect_timeout: float = 10.0, timeout: float | None = 600.0
+        self,
+        base_url: str,
+        connect_timeout: float = 10.0,
+        timeout: float | None = 600.0,
+        max_retries: int = 2,
     ) -> None:
         """`timeout`: seconds a response may take (beyond a long poll's wait) and a stream may
-        go without a chunk; None: no limit."""
+        go without a chunk; None: no limit. `max_retries`: how often a request is sent again
+        when no connection could be made (a server starting or restarting), as the OpenAI
+        client does; only then, since nothing reached the server."""
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be > 0 or None, got {timeout}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.max_retries = max_retries
         self._connect_timeout = connect_timeout
         self._client: aiohttp.ClientSession | None = None
         self.token: str | None = None
@@ -40,6 +53,18 @@ class Transport:
     ) -> dict[str, Any]:
         """Send one request; the decoded JSON response, or `ParrotError`. `hold_s`: how long
         the server may hold it before answering (a long poll), added to the time limit."""
+        for attempt in range(self.max_retries):
+            try:
+                return await self._request(method, path, body, params, hold_s)
+            except ParrotError as exc:
+                if not isinstance(exc.__cause__, aiohttp.ClientConnectorError):
+                    raise
+            await asyncio.sleep(_RETRY_S * 2**attempt)
+        return await self._request(method, path, body, params, hold_s)
+
+    async def _request(
+        self, method: str, path: str, body: Any, params: dict[str, Any] | None, hold_s: float
+    ) -> dict[str, Any]:
         limit = None if self.timeout is None else self.timeout + hold_s
         timeout = aiohttp.ClientTimeout(total=limit, sock_connect=self._connect_timeout)
         try:

@@ -48,6 +48,7 @@ class CompiledChain(RunnableSerializable[Any, Any]):
     criteria: Criteria = "latency"
     _url: str = PrivateAttr()
     _timeout: float | None = PrivateAttr(None)
+    _max_retries: int = PrivateAttr(2)
     _split_steps: set[str] = PrivateAttr(default_factory=set)
     _last_calls: list[TracedCall] = PrivateAttr(default_factory=list)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -61,6 +62,7 @@ class CompiledChain(RunnableSerializable[Any, Any]):
             )
         self._url = models[0].base_url
         self._timeout = models[0].timeout
+        self._max_retries = models[0].max_retries
 
     @property
     def InputType(self) -> Any:  # noqa: N802
@@ -146,8 +148,14 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         # the trace is synchronous (LangChain's steps are called as in `invoke`)
         return await run_in_executor(config[0], self._run, inputs, config)
 
+    def _session(self) -> Session:
+        return Session(
+            self._url, name="langchain-compiled", timeout=self._timeout,
+            max_retries=self._max_retries,
+        )  # fmt: skip
+
     def _run(self, inputs: list[Any], config: list[RunnableConfig]) -> list[Any]:
-        with Session(self._url, name="langchain-compiled", timeout=self._timeout) as session:
+        with self._session() as session:
             tracer = self._tracer(session)
             outs = [tracer.run(self.chain, x, c) for x, c in zip(inputs, config, strict=True)]
             self._last_calls = tracer.calls
@@ -155,7 +163,7 @@ class CompiledChain(RunnableSerializable[Any, Any]):
 
     def _transform(self, inputs: Iterator[Any], config: RunnableConfig) -> Iterator[Any]:
         (input,) = list(inputs)
-        with Session(self._url, name="langchain-compiled", timeout=self._timeout) as session:
+        with self._session() as session:
             tracer = self._tracer(session)
             out = tracer.run(self.chain, input, config)
             self._last_calls = tracer.calls

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar, Literal
 
-import aiohttp
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict
 
-from parrot_bridge.errors import ParrotError
 from parrot_bridge.function import SemanticFunction
 from parrot_bridge.langchain.awaiting import aget_all, get_all
 from parrot_bridge.langchain.settings import ParrotSettings
@@ -49,7 +45,7 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         **kwargs: Any,
     ) -> LLMResult:
         served = self._server_info(self._requested(kwargs))
-        with self._open() as session:
+        with self._session() as session:
             outputs = self._record(session, prompts, self._call_sampling(stop, kwargs, served))
             get_all(session, outputs, self.criteria)
         return _result(outputs, served[0])
@@ -62,7 +58,7 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         **kwargs: Any,
     ) -> LLMResult:
         served = await self._aserver_info(self._requested(kwargs))
-        async with await self._aopen() as session:
+        async with self._session() as session:
             outputs = self._record(session, prompts, self._call_sampling(stop, kwargs, served))
             await aget_all(session, outputs, self.criteria)
         return _result(outputs, served[0])
@@ -75,7 +71,7 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         served = self._server_info(self._requested(kwargs))
-        with self._open() as session:
+        with self._session() as session:
             (output,) = self._record(session, [prompt], self._call_sampling(stop, kwargs, served))
             for text in output.stream(self.criteria):
                 chunk = GenerationChunk(text=text)
@@ -91,7 +87,7 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
         served = await self._aserver_info(self._requested(kwargs))
-        async with await self._aopen() as session:
+        async with self._session() as session:
             (output,) = self._record(session, [prompt], self._call_sampling(stop, kwargs, served))
             async for text in output.astream(self.criteria):
                 chunk = GenerationChunk(text=text)
@@ -102,29 +98,9 @@ class ParrotLLM(ParrotSettings, BaseLLM):
     # -- helpers -------------------------------------------------------------------------------
 
     def _session(self) -> Session:
-        return Session(self.base_url, name="langchain-llm", timeout=self.timeout)
-
-    # A session is opened up to `max_retries` more times when the server cannot be reached (as
-    # ChatParrot's and OpenAI's requests are); nothing was sent then, so a retry is safe.
-    def _open(self) -> Session:
-        for attempt in range(self.max_retries + 1):
-            try:
-                return self._session().open()
-            except ParrotError as exc:
-                if attempt == self.max_retries or not _unreachable(exc):
-                    raise
-            time.sleep(_RETRY_S * 2**attempt)
-        raise AssertionError("unreachable")
-
-    async def _aopen(self) -> Session:
-        for attempt in range(self.max_retries + 1):
-            try:
-                return await self._session().aopen()
-            except ParrotError as exc:
-                if attempt == self.max_retries or not _unreachable(exc):
-                    raise
-            await asyncio.sleep(_RETRY_S * 2**attempt)
-        raise AssertionError("unreachable")
+        return Session(
+            self.base_url, name="langchain-llm", timeout=self.timeout, max_retries=self.max_retries
+        )
 
     def _requested(self, kwargs: dict[str, Any]) -> str | None:
         """The model asked for (None: the served one). Semantic calls name no model, so it is
@@ -153,13 +129,6 @@ class ParrotLLM(ParrotSettings, BaseLLM):
             fn = SemanticFunction(prompt_template(prompt), name="ParrotLLM", **sampling)
             outputs.append(fn.invoke(session))
         return outputs
-
-
-_RETRY_S = 0.1
-
-
-def _unreachable(exc: ParrotError) -> bool:
-    return isinstance(exc.__cause__, aiohttp.ClientConnectionError)
 
 
 def prompt_template(prompt: str) -> str:

@@ -45,7 +45,10 @@ class FakeServer:
     """`with FakeServer({("GET", "/path/{x}"): handler}) as url:` serves the routes at `url`
     (on a loop in a thread of its own); unlisted routes answer 404."""
 
-    def __init__(self, routes: dict[tuple[str, str], Handler]) -> None:
+    def __init__(self, routes: dict[tuple[str, str], Handler], port: int = 0) -> None:
+        """`port`: one picked beforehand (`server.launcher.free_port`), so that a client can be
+        pointed at the server before it starts; 0: any free one."""
+        self.port = port
         self.app = web.Application()
         for (method, path), handler in routes.items():
             self.app.router.add_route(method, path, handler)
@@ -67,10 +70,10 @@ class FakeServer:
 
     async def _start(self) -> str:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
-        port = self._runner.addresses[0][1]
-        return f"http://127.0.0.1:{port}"
+        self.port = self._runner.addresses[0][1]
+        return f"http://127.0.0.1:{self.port}"
 
     async def _stop(self) -> None:
         await self._runner.cleanup()

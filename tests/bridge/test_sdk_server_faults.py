@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
 
 import parrot_bridge as P
+from server.launcher import free_port
 from tests.bridge.fake_server import (
     SESSION_ROUTES,
     FakeServer,
@@ -74,3 +76,29 @@ def test_closing_a_session_the_server_forgot_is_not_an_error() -> None:
     with FakeServer(refused) as url:
         with pytest.raises(P.ParrotError, match="does not exist"), P.Session(url):
             pass
+
+
+def test_a_session_waits_for_a_server_that_is_starting() -> None:
+    """Requests that could not connect are sent again (`max_retries`, as the OpenAI client's):
+    nothing reached the server, so nothing is done twice."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with pytest.raises(P.ParrotError, match="cannot reach"):
+        P.Session(url, max_retries=0).open()
+    up, done = threading.Event(), threading.Event()
+
+    def start_late() -> None:
+        time.sleep(0.25)
+        with FakeServer(SESSION_ROUTES, port):
+            up.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=start_late)
+    thread.start()
+    try:
+        session = P.Session(url, max_retries=5).open()  # waits 0.1, 0.2, 0.4, ... s
+        assert up.is_set() and session.id == "s-1"
+        session.close()
+    finally:
+        done.set()
+        thread.join(10)

@@ -64,30 +64,16 @@ async def test_async_calls_do_not_block_the_loop_on_the_model_lookup() -> None:
         assert await longest_stall(ParrotLLM(base_url=url).ainvoke("hi")) < 0.5
 
 
-class LateServer(FakeServer):
-    """A FakeServer on a port picked beforehand, so a client can be pointed at it before it
-    starts."""
-
-    def __init__(self, routes: dict[tuple[str, str], Handler], port: int) -> None:
-        super().__init__(routes)
-        self.port = port
-
-    async def _start(self) -> str:
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return f"http://127.0.0.1:{self.port}"
-
-
 def test_llm_retries_a_server_it_cannot_reach_yet() -> None:
     port = free_port()
     llm = ParrotLLM(base_url=f"http://127.0.0.1:{port}", max_tokens=4, max_retries=4)
-    with LateServer(ROUTES, port):
+    with FakeServer(ROUTES, port):
         assert llm.invoke("hi") == "hi"  # (the model lookup is done now)
     done = threading.Event()
 
     def restart() -> None:  # the server restarting: down for 0.3 s
         time.sleep(0.3)
-        with LateServer(ROUTES, port):
+        with FakeServer(ROUTES, port):
             done.wait(10)
 
     thread = threading.Thread(target=restart)
