@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 
-from parrot_bridge.errors import ParrotError
 from parrot_bridge.http_response import read_json, response_error, timed_out, unreachable
 
 _RETRY_S = 0.1  # the first retry's wait; it doubles with each
@@ -53,14 +52,14 @@ class Transport:
     ) -> dict[str, Any]:
         """Send one request; the decoded JSON response, or `ParrotError`. `hold_s`: how long
         the server may hold it before answering (a long poll), added to the time limit."""
-        for attempt in range(self.max_retries):
+        for attempt in range(self.max_retries + 1):
             try:
                 return await self._request(method, path, body, params, hold_s)
-            except ParrotError as exc:
-                if not isinstance(exc.__cause__, aiohttp.ClientConnectorError):
-                    raise
+            except aiohttp.ClientConnectorError as exc:  # no connection: nothing was sent
+                if attempt == self.max_retries:
+                    raise unreachable(self.base_url, exc) from exc
             await asyncio.sleep(_RETRY_S * 2**attempt)
-        return await self._request(method, path, body, params, hold_s)
+        raise AssertionError("unreachable")
 
     async def _request(
         self, method: str, path: str, body: Any, params: dict[str, Any] | None, hold_s: float
@@ -80,6 +79,8 @@ class Transport:
                 if resp.status >= 400:
                     raise response_error(resp.status, data)
                 return data
+        except aiohttp.ClientConnectorError:
+            raise  # `request` sends it again
         except aiohttp.ClientError as exc:
             raise unreachable(self.base_url, exc) from exc
         except TimeoutError as exc:  # the total limit (aiohttp raises a bare TimeoutError)

@@ -72,7 +72,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def retrieve_model(request: web.Request) -> web.Response:
     """OpenAI's `GET /v1/models/{model}` (the client's `models.retrieve`)."""
-    _check_model(request, request.match_info["model"])
+    check_model(request, request.match_info["model"])
     return json_response(_model_card(request))
 
 
@@ -368,11 +368,12 @@ def _check_common(request: web.Request, body: OpenAIRequest) -> None:
             "response_format: only {\"type\": \"text\"} is supported (no JSON mode or schemas)",
             param="response_format",
         )
-    _check_model(request, body.model)
+    check_model(request, body.model)
     refuse_extensions(body, UNSUPPORTED_EXTENSIONS)
 
 
-def _check_model(request: web.Request, model: str) -> None:
+def check_model(request: web.Request, model: str) -> None:
+    """404 `model_not_found` for a model this server does not serve (by its id or name)."""
     config, driver = request.app[CONFIG], request.app[DRIVER]
     if model not in (config.model_id, driver.name):
         raise not_found(

@@ -62,16 +62,10 @@ def completion_prompts(
         texts = [p for p in prompt if isinstance(p, str)]
         return texts, [encode_prompt(driver, p, "prompt") for p in texts]
     lists = [prompt] if isinstance(prompt[0], int) else prompt
-    vocab = driver.vocab_size
     for k, ids in enumerate(lists):
         if not ids:
             raise bad_request(f"prompt[{k}] is an empty list of token ids", param="prompt")
-        bad = next((t for t in ids if not 0 <= t < vocab), None)  # type: ignore[operator]
-        if bad is not None:
-            raise bad_request(
-                f"prompt: {bad} is not a token id of this model (0 to {vocab - 1})",
-                param="prompt",
-            )
+        check_token_ids(driver, ids, "prompt")  # type: ignore[arg-type]
     ids_lists: list[list[int]] = [list(ids) for ids in lists]  # type: ignore[arg-type]
     return [driver.tokenizer.decode(ids) for ids in ids_lists], ids_lists
 
@@ -111,6 +105,16 @@ def chat_prompt(driver: EngineDriver, body: ChatCompletionRequest) -> str:
         )
     keep = final.lstrip()
     return text[: at + (len(keep) if text[at : at + len(keep)] == keep else len(final.strip()))]
+
+
+def check_token_ids(driver: EngineDriver, ids: list[int], param: str) -> None:
+    """400 naming `param` for the first id outside the model's vocabulary."""
+    vocab = driver.vocab_size
+    bad = next((t for t in ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise bad_request(
+            f"{param}: {bad} is not a token id of this model (0 to {vocab - 1})", param=param
+        )
 
 
 def encode_prompt(driver: EngineDriver, text: str, param: str) -> list[int]:
@@ -171,13 +175,7 @@ def sampling_of(
     if any(not s for s in stop):
         raise bad_request("stop strings must not be empty", param="stop")
     stop_ids = body.stop_token_ids or []
-    bad = next((t for t in stop_ids if not 0 <= t < driver.vocab_size), None)
-    if bad is not None:
-        raise bad_request(
-            f"stop_token_ids: {bad} is not a token id of this model (0 to "
-            f"{driver.vocab_size - 1})",
-            param="stop_token_ids",
-        )
+    check_token_ids(driver, stop_ids, "stop_token_ids")
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,

@@ -11,10 +11,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from server.api.openai_inputs import chat_prompt
+from server.api.openai import check_model
+from server.api.openai_inputs import chat_prompt, check_token_ids
 from server.api.openai_models import ChatCompletionRequest, ChatMessage
 from server.api.route import Route, json_response, parse_body
-from server.errors import bad_request, not_found
 from server.keys import CONFIG, DRIVER
 
 
@@ -65,7 +65,8 @@ class DetokenizeResponse(BaseModel):
 
 async def tokenize(request: web.Request) -> web.Response:
     body = await parse_body(request, TokenizeRequest)
-    model = _check_model(request, body.model)
+    model = request.app[CONFIG].model_id if body.model is None else body.model
+    check_model(request, model)
     driver = request.app[DRIVER]
     if body.messages is not None:
         chat = ChatCompletionRequest(
@@ -87,23 +88,8 @@ async def tokenize(request: web.Request) -> web.Response:
 
 async def detokenize(request: web.Request) -> web.Response:
     body = await parse_body(request, DetokenizeRequest)
-    _check_model(request, body.model)
+    if body.model is not None:
+        check_model(request, body.model)
     driver = request.app[DRIVER]
-    vocab = driver.vocab_size
-    bad = next((t for t in body.tokens if not 0 <= t < vocab), None)
-    if bad is not None:
-        raise bad_request(
-            f"tokens: {bad} is not a token id of this model (0 to {vocab - 1})", param="tokens"
-        )
+    check_token_ids(driver, body.tokens, "tokens")
     return json_response(DetokenizeResponse(prompt=driver.tokenizer.decode(body.tokens)))
-
-
-def _check_model(request: web.Request, model: str | None) -> str:
-    """The served model's id; 404 for another name, as the OpenAI routes answer."""
-    served = request.app[CONFIG].model_id
-    if model is not None and model not in (served, request.app[DRIVER].name):
-        raise not_found(
-            f"the model {model!r} does not exist; this server serves {served!r}",
-            code="model_not_found",
-        )
-    return served
