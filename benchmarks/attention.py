@@ -170,7 +170,7 @@ def time_layer(
         return median_ms(round_over_layers, repeats, case.q.device) / len(layers)
     if case.q.device.type == "cuda":
         try:
-            return _graph_ms(call, repeats)
+            return graph_ms(call, repeats)
         except RuntimeError as exc:  # a backend that cannot be captured: time it eagerly
             print(f"CUDA graph capture failed ({exc}); timing eagerly")
     return median_ms(call, repeats, case.q.device)
@@ -342,37 +342,6 @@ def profile_kernels(
                 print(f"  {e.key[:48]:<48} {e.count // calls:>3} x  {us / calls:8.2f} us")
 
 
-def triton_sweep(
-    size: tuple[int, int], suffix: int, shape: Shape, dtype: torch.dtype, device: str
-) -> list[dict[str, float]]:
-    """Per-sequence and cascade times under each KV-split setting of the Triton backend (how
-    TritonConfig's defaults were chosen)."""
-    from server.kernels.triton_backend import TritonBackend, TritonConfig
-
-    case = forked_decode(*size, suffix, shape, dtype, device)
-    rows = []
-    for min_chunk in (256, 512, 1024):
-        for per_sm in (2, 4):
-            kernel = TritonBackend(TritonConfig(min_chunk=min_chunk, programs_per_sm=per_sm))
-            times = []
-            for meta in (case.metadata(cascade=False), case.metadata(cascade=True, config=FORCED)):
-                def call(
-                    meta: AttentionMetadata = meta, kernel: TritonBackend = kernel
-                ) -> torch.Tensor:
-                    return kernel(
-                        case.q, case.k, case.v, case.k_cache, case.v_cache, meta, case.scale
-                    )
-
-                times.append(_graph_ms(call, 20))
-            rows.append({"min_chunk": min_chunk, "programs_per_sm": per_sm,
-                         "per_seq_ms": times[0], "cascade_ms": times[1]})  # fmt: skip
-            print(
-                f"min_chunk {min_chunk:5} programs/SM {per_sm}: per-seq {times[0] * 1e3:7.1f} us, "
-                f"cascade {times[1] * 1e3:6.1f} us, {times[0] / times[1]:.2f}x"
-            )
-    return rows
-
-
 def _self_us(event: object, cuda: bool) -> float:
     attr = "self_device_time_total" if cuda else "self_cpu_time_total"
     return float(getattr(event, attr, 0.0))
@@ -404,11 +373,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--profile", action="store_true", help="per-kernel times of the last size, both ways"
-    )
-    parser.add_argument(
-        "--triton-sweep",
-        action="store_true",
-        help="CUDA: the last size under several TritonConfig KV-split settings",
     )
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/)")
     args = parser.parse_args(argv)
@@ -446,8 +410,6 @@ def main(argv: list[str] | None = None) -> None:
     report["table"] = [asdict(r) | {"speedup": r.speedup} for r in rows]
     if args.profile:
         profile_kernels(sizes[-1], args.suffix, shape, dtype, device, backend)
-    if args.triton_sweep:
-        report["triton_sweep"] = triton_sweep(sizes[-1], args.suffix, shape, dtype, device)
     if args.cost_rule:
         sweep = cost_rule_sweep(shape, dtype, device, repeats, backend)
         print("cost rule sweep (cascade forced on; speedup < 1 means it does not pay)")
@@ -499,7 +461,8 @@ def _print_rows(rows: list[Row]) -> None:
         print(line)
 
 
-def _graph_ms(call: Callable[[], object], repeats: int, calls_per_graph: int = 20) -> float:
+def graph_ms(call: Callable[[], object], repeats: int, calls_per_graph: int = 20) -> float:
+    """Median GPU milliseconds of one call, from replays of a CUDA graph of `calls_per_graph`."""
     for _ in range(3):
         call()  # compiles kernels and the step's plan outside the capture
     torch.cuda.synchronize()

@@ -37,6 +37,7 @@ class TritonConfig:
     CUDA cores, and 64-row float32 tiles spilled (about 0.12 ms per 64-key step on an H200,
     against microseconds for 16 rows). KV is split into chunks of at least `min_chunk` tokens
     when fewer than `programs_per_sm` programs per multiprocessor would run otherwise.
+    `num_stages`: Triton's software-pipelining depth for the KV loop (None: Triton's default).
     """
 
     block_n: int = 64
@@ -45,6 +46,7 @@ class TritonConfig:
     min_chunk: int = 512
     programs_per_sm: int = 4
     num_warps: int = 4
+    num_stages: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_n", "wide_rows", "narrow_rows"):
@@ -55,6 +57,8 @@ class TritonConfig:
             raise ValueError(f"min_chunk must be a multiple of block_n, got {self.min_chunk}")
         if self.programs_per_sm < 1 or self.num_warps < 1:
             raise ValueError("programs_per_sm and num_warps must be >= 1")
+        if self.num_stages is not None and self.num_stages < 1:
+            raise ValueError(f"num_stages must be >= 1 or None, got {self.num_stages}")
 
 
 class TritonBackend:
@@ -99,6 +103,9 @@ class TritonBackend:
             (program.num_part_rows, num_q_heads), dtype=torch.float32, device=q.device
         )
         block_d = triton.next_power_of_2(head_dim)
+        tuning = {"num_warps": self.config.num_warps}
+        if self.config.num_stages is not None:
+            tuning["num_stages"] = self.config.num_stages
         for launch in program.launches:
             paged_attention_kernel[(launch.num_items, num_kv_heads)](
                 q,
@@ -125,7 +132,7 @@ class TritonBackend:
                 HEAD_DIM=head_dim,
                 BLOCK_D=block_d,
                 PRECISION="ieee" if q.dtype == torch.float32 else None,
-                num_warps=self.config.num_warps,
+                **tuning,
             )
         out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=q.dtype, device=q.device)
         if num_tokens:
