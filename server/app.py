@@ -72,7 +72,12 @@ def run(config: ServerConfig) -> None:
 async def _engine(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     pool = await EnginePool.load(
-        config.engines, config.model, config.device, config.dtype, **config.engine_kwargs()
+        config.engines,
+        config.model,
+        config.device,
+        config.dtype,
+        config.engine_process,
+        **config.engine_kwargs(),
     )
     await pool.start()
     app[ENGINES] = pool
@@ -80,10 +85,17 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
     log_event(
         log, "engine_ready", model=driver.name, max_model_len=driver.max_model_len,
         engines=len(pool), kv_tokens_per_engine=driver.kv_tokens, host=config.host,
-        port=config.port,
+        port=config.port, **_engine_pids(pool),
     )  # fmt: skip
     yield
     await pool.stop()
+
+
+def _engine_pids(pool: EnginePool) -> dict[str, str]:
+    """The engines' child processes, comma-separated, where they run in their own
+    (`--engine-process`)."""
+    pids = [getattr(d.engine, "pid", None) for d in pool.drivers]
+    return {"engine_pids": ",".join(str(p) for p in pids)} if all(pids) else {}
 
 
 async def _executor(app: web.Application) -> AsyncIterator[None]:

@@ -46,6 +46,7 @@ class ServerConfig:
     enable_cascade: bool = True
     prefault_kv_cache: bool = True
     engines: int = 1
+    engine_process: bool = False  # each engine in a child process of its own
     # graph execution (each optimisation can be switched off, for ablation)
     enable_prefix_sharing: bool = True
     min_shared_prefix_tokens: int = 16
@@ -215,7 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--engines",
         type=int,
         default=d.engines,
-        help="local engines in this process (one model copy, a KV cache and thread each)",
+        help="local engines (one model copy, a KV cache and thread each; with --engine-process "
+        "a process and a model copy each)",
+    )
+    engine.add_argument(
+        "--engine-process",
+        action="store_true",
+        help="run each engine in a child process: a crash or kill there fails only the calls "
+        "on it, and the server's own work never holds the GIL the step loop needs",
     )
     graph = p.add_argument_group("graph execution (each --no-* switches one optimisation off)")
     graph.add_argument(

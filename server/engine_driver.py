@@ -1,14 +1,14 @@
 """The server's handle on one engine: contexts that remember their tokens, plain requests, stats.
 
-Everything the server asks of an engine goes through here, so later engines (another process,
-an OpenAI-compatible backend) only need to provide the same few methods.
+Everything the server asks of an engine goes through here, so an engine only needs to provide
+the same few methods: the in-process `AsyncLLMEngine` and `EngineProcess` (an engine in a child
+process) do; an OpenAI-compatible backend would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +23,11 @@ from server.engine import (
 )
 from server.engine.llm_engine import parse_dtype
 from server.engine.loader import check_model_name
+from server.engine_process import EngineProcess
 from server.stream_merge import merge_streams
 from server.token_prefix import common_prefix_len
+
+Engine = AsyncLLMEngine | EngineProcess
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +39,7 @@ class FillResult:
 class EngineDriver:
     """One engine behind the context primitives, started and stopped with the server."""
 
-    def __init__(self, engine: AsyncLLMEngine, name: str) -> None:
+    def __init__(self, engine: Engine, name: str) -> None:
         self.engine = engine
         self.name = name
 
@@ -56,11 +59,30 @@ class EngineDriver:
 
     @classmethod
     async def load_many(
-        cls, count: int, model: str, device: str, dtype: str | None, **config: Any
+        cls,
+        count: int,
+        model: str,
+        device: str,
+        dtype: str | None,
+        processes: bool = False,
+        **config: Any,
     ) -> list[EngineDriver]:
-        """`count` engines over one copy of the weights (each its own KV cache and thread)."""
+        """`count` engines over one copy of the weights (each its own KV cache and thread), or
+        with `processes` each in a child process of its own (each its own copy)."""
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
+        if processes:
+            spawned = await asyncio.gather(
+                *(EngineProcess.spawn(model, device, dtype, **config) for _ in range(count)),
+                return_exceptions=True,
+            )
+            failed = [e for e in spawned if isinstance(e, BaseException)]
+            if failed:
+                for engine in spawned:
+                    if isinstance(engine, EngineProcess):
+                        await engine.stop()
+                raise failed[0]
+            return [cls(e, e.info.name) for e in spawned if isinstance(e, EngineProcess)]
         first = await asyncio.to_thread(
             LLMEngine.from_pretrained, model, device=device, dtype=dtype, **config
         )
@@ -91,18 +113,17 @@ class EngineDriver:
 
     @property
     def max_model_len(self) -> int:
-        return self.engine.engine.max_model_len
+        return self.engine.max_model_len
 
     @property
     def kv_tokens(self) -> int:
         """Tokens the KV pool holds."""
-        engine = self.engine.engine
-        return engine.blocks.num_blocks * engine.config.block_size
+        return self.engine.kv_tokens
 
     @property
     def vocab_size(self) -> int:
         """Token ids run from 0 to this, less one."""
-        return self.engine.engine.model_config.vocab_size
+        return self.engine.vocab_size
 
     def encode(self, text: str) -> list[int]:
         """Tokens of `text` as a plain request would tokenize it (no special tokens added)."""
@@ -150,8 +171,8 @@ class EngineDriver:
                 engine.free(child)
 
     async def stats(self) -> EngineStats:
-        """A consistent copy of the engine's counters, read on its own thread."""
-        return await self.engine.call(lambda e: dataclasses.replace(e.stats))
+        """A consistent copy of the engine's counters, read between its steps."""
+        return await self.engine.stats()
 
 
 class TokenContext:
@@ -162,7 +183,7 @@ class TokenContext:
     the rest (boundary tokens that re-tokenize differently) and fills only the new suffix.
     """
 
-    def __init__(self, engine: AsyncLLMEngine, context_id: int, tokens: list[int]) -> None:
+    def __init__(self, engine: Engine, context_id: int, tokens: list[int]) -> None:
         self.engine = engine
         self.id = context_id
         self.tokens = tokens

@@ -23,9 +23,16 @@ class EnginePool:
 
     @classmethod
     async def load(
-        cls, count: int, model: str, device: str, dtype: str | None, **config: Any
+        cls,
+        count: int,
+        model: str,
+        device: str,
+        dtype: str | None,
+        processes: bool = False,
+        **config: Any,
     ) -> EnginePool:
-        return cls(await EngineDriver.load_many(count, model, device, dtype, **config))
+        """`count` engines, in this process or (`processes`) each in a child process."""
+        return cls(await EngineDriver.load_many(count, model, device, dtype, processes, **config))
 
     def __len__(self) -> int:
         return len(self.drivers)

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import dataclasses
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from server.engine.llm_engine import LLMEngine
-from server.engine.outputs import JobOutput
+from server.engine.outputs import EngineStats, JobOutput
 from server.engine.sampling_params import SamplingParams
-
-log = logging.getLogger(__name__)
+from server.engine.step_loop import Command, run_step_loop
 
 
 class EngineError(RuntimeError):
@@ -30,7 +29,7 @@ class AsyncLLMEngine:
 
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
-        self._commands: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._listeners: dict[int, Callable[[JobOutput], None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -40,6 +39,27 @@ class AsyncLLMEngine:
     @property
     def tokenizer(self) -> Any:
         return self.engine.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.model_config.vocab_size
+
+    @property
+    def kv_tokens(self) -> int:
+        """Tokens the KV pool holds."""
+        return self.engine.blocks.num_blocks * self.engine.config.block_size
+
+    @property
+    def latency_priority(self) -> int:
+        return self.engine.config.latency_priority
+
+    async def stats(self) -> EngineStats:
+        """A consistent copy of the engine's counters, read on its own thread."""
+        return await self.call(lambda e: dataclasses.replace(e.stats))
 
     async def start(self) -> None:
         if self._thread is not None:
@@ -169,7 +189,7 @@ class AsyncLLMEngine:
 
     # ---- internals --------------------------------------------------------------------
     def _urgent(self, priority: int) -> bool:
-        return priority <= self.engine.config.latency_priority
+        return priority <= self.latency_priority
 
     async def _job(self, submit: Callable[[], int], urgent: bool = False) -> AsyncIterator[JobOutput]:
         """Post `submit` and yield the job's outputs; `urgent` (latency-critical) work asks the
@@ -224,38 +244,7 @@ class AsyncLLMEngine:
                     del self._listeners[out.job_id]
 
     def _run(self) -> None:
-        engine = self.engine
-        while True:
-            block = not engine.has_work
-            # a step that ran nothing under a latency hold: wait for new work or the hold's end
-            wait = engine.idle_wait()
-            try:
-                command = self._commands.get(block=block or wait > 0, timeout=wait or None)
-            except queue.Empty:
-                command = False  # type: ignore[assignment]
-            # a pause asked for by work posted from now on stays asked for
-            engine.clear_pause_request()
-            while command is not False:
-                if command is None:  # stop(): nobody waits forever on a job
-                    self._deliver(engine.fail_all("the engine stopped"))
-                    return
-                try:
-                    command()
-                except Exception:
-                    log.exception("engine command failed")
-                try:
-                    command = self._commands.get_nowait()
-                except queue.Empty:
-                    command = False  # type: ignore[assignment]
-            if engine.has_work:
-                try:
-                    outputs = engine.step()
-                except Exception as exc:
-                    # A failed step leaves its batch in an unknown state: fail the jobs rather
-                    # than retry forever; contexts stay usable for new jobs.
-                    log.exception("engine step failed")
-                    outputs = engine.fail_all(f"engine step failed: {exc!r}")
-                self._deliver(outputs)
+        run_step_loop(self.engine, self._commands, self._deliver)
 
 
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:

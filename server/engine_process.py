@@ -1,0 +1,281 @@
+"""An engine in a child process of its own, behind the in-process engine's interface.
+
+`EngineProcess` offers what `EngineDriver` and `TokenContext` use of `AsyncLLMEngine` (context
+primitives as coroutines and async iterators, the engine's limits, its counters), so the server
+drives either the same way (`--engine-process`). The child (`server.engine_worker`) owns the
+model and the KV cache; the server keeps the tokenizer. What this buys: a crash, an abort or an
+out-of-memory kill in the engine fails the calls that were on it with `EngineError`, not the
+server; and the server's event loop (HTTP, JSON, tokenizing, graph analysis) never holds the
+GIL that the engine's step loop needs. The cost: each engine loads its own copy of the weights,
+and every command and output is pickled once over a pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import multiprocessing
+import threading
+from collections.abc import AsyncIterator, Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from server.engine import EngineError, EngineStats, JobOutput, SamplingParams
+from server.engine.tokenizer import Tokenizer
+from server.engine_worker import EngineInfo, run_engine_worker
+
+STOP_TIMEOUT_S = 30.0  # then the child is killed
+
+
+class EngineProcess:
+    """A child process running one engine; `spawn()` starts it and waits until it is ready."""
+
+    def __init__(
+        self, conn: Connection, process: BaseProcess, info: EngineInfo, tokenizer: Tokenizer
+    ) -> None:
+        self.conn = conn
+        self.process = process
+        self.info = info
+        self._tokenizer = tokenizer
+        self._ids = itertools.count(1)  # context and request ids, unique in this engine
+        self._jobs: dict[int, asyncio.Queue[JobOutput | BaseException]] = {}
+        self._results: dict[int, asyncio.Future[Any]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader: threading.Thread | None = None
+        self._send_lock = threading.Lock()
+        self._gone: str | None = None  # why no more work is taken, once stopped or dead
+
+    @classmethod
+    async def spawn(
+        cls, model: str, device: str, dtype: str | None, **config: Any
+    ) -> EngineProcess:
+        """Start the child and wait for its model to load; its load error is raised here, as
+        `ValueError` with the child's message."""
+        mp = multiprocessing.get_context("spawn")  # fork would copy the server's threads
+        conn, child_conn = mp.Pipe()
+        process = mp.Process(
+            target=run_engine_worker,
+            args=(child_conn, model, device, dtype, config),
+            name="parrot-engine",
+            daemon=True,  # never outlives the server
+        )
+        process.start()
+        child_conn.close()  # the child's end lives in the child: EOF here once it exits
+        try:
+            message = await asyncio.to_thread(conn.recv)
+        except (EOFError, OSError):
+            await asyncio.to_thread(process.join, 5)
+            conn.close()
+            raise EngineError(
+                f"the engine process exited while loading {model!r} (exit code "
+                f"{process.exitcode})"
+            ) from None
+        if message[0] != "ready":
+            await asyncio.to_thread(process.join, STOP_TIMEOUT_S)
+            conn.close()
+            raise ValueError(message[1])
+        info: EngineInfo = message[1]
+        tokenizer = await asyncio.to_thread(
+            Tokenizer.from_folder, Path(info.model_folder), info.eos_token_ids
+        )
+        return cls(conn, process, info, tokenizer)
+
+    # ---- what the driver reads ------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.info.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.info.vocab_size
+
+    @property
+    def kv_tokens(self) -> int:
+        return self.info.kv_tokens
+
+    @property
+    def latency_priority(self) -> int:
+        return self.info.latency_priority
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    async def start(self) -> None:
+        if self._reader is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._reader = threading.Thread(target=self._read, name="parrot-engine-pipe", daemon=True)
+        self._reader.start()
+
+    async def stop(self) -> None:
+        """Ask the child to stop (its jobs end with `EngineError`), wait for it, then kill it
+        if it does not exit in time."""
+        if self._gone is None:
+            with contextlib.suppress(EngineError):
+                self._send(("stop",))
+            self._gone = "the engine is stopped"
+        await asyncio.to_thread(self.process.join, STOP_TIMEOUT_S)
+        if self.process.is_alive():
+            self.process.kill()
+            await asyncio.to_thread(self.process.join, 5)
+        if self._reader is not None:
+            await asyncio.to_thread(self._reader.join, 5)
+        self.conn.close()
+        self._fail_pending(self._gone)
+
+    # ---- context primitives (as AsyncLLMEngine's) -----------------------------------------
+    def create_context(self, parent: int | None = None) -> int:
+        ctx = next(self._ids)
+        self._send(("create", ctx, parent))
+        return ctx
+
+    async def fill(
+        self,
+        context_id: int,
+        token_ids: Sequence[int],
+        priority: int = 0,
+        yield_tokens: int | None = None,
+    ) -> None:
+        # a fill ahead of need (yield_tokens) is not worth pausing a step for
+        urgent = self._urgent(priority) and yield_tokens is None
+        message = ("fill", context_id, list(token_ids), priority, yield_tokens)
+        async with contextlib.aclosing(self._job(message, urgent)) as job:
+            async for _ in job:
+                pass
+
+    async def generate(
+        self,
+        context_id: int,
+        sampling: SamplingParams,
+        priority: int = 0,
+        fill_token_ids: Sequence[int] | None = None,
+        hold_latency_s: float = 0.0,
+    ) -> AsyncIterator[JobOutput]:
+        message = (
+            "generate", context_id, sampling, priority, list(fill_token_ids or ()), hold_latency_s
+        )  # fmt: skip
+        async with contextlib.aclosing(self._job(message, self._urgent(priority))) as job:
+            async for out in job:
+                yield out
+
+    async def generate_request(
+        self, prompt_token_ids: Sequence[int], sampling: SamplingParams, priority: int = 0
+    ) -> AsyncIterator[JobOutput]:
+        message = ("request", list(prompt_token_ids), sampling, priority)
+        async with contextlib.aclosing(self._job(message, self._urgent(priority))) as job:
+            async for out in job:
+                yield out
+
+    def boost(self, context_id: int, priority: int) -> None:
+        self._send(("boost", context_id, priority))
+        if self._urgent(priority):
+            self._send(("pause",))
+
+    def truncate(self, context_id: int, num_tokens: int) -> None:
+        self._send(("truncate", context_id, num_tokens))
+
+    def free(self, context_id: int) -> None:
+        if self._gone is None:  # a stopped or dead engine holds nothing for anyone any more
+            self._send(("free", context_id))
+
+    async def stats(self) -> EngineStats:
+        assert self._loop is not None, "start() the engine first"
+        req = next(self._ids)
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._results[req] = fut
+        try:
+            self._send(("stats", req))
+            return await fut
+        finally:
+            self._results.pop(req, None)
+
+    # ---- internals ------------------------------------------------------------------------
+    def _urgent(self, priority: int) -> bool:
+        return priority <= self.info.latency_priority
+
+    async def _job(self, message: tuple[Any, ...], urgent: bool) -> AsyncIterator[JobOutput]:
+        """Send a job (its request id goes in after the kind) and yield its outputs; leaving
+        early aborts it in the child."""
+        assert self._loop is not None, "start() the engine first"
+        req = next(self._ids)
+        outputs: asyncio.Queue[JobOutput | BaseException] = asyncio.Queue()
+        self._jobs[req] = outputs
+        finished = False
+        try:
+            self._send((message[0], req, *message[1:]))
+            if urgent:
+                self._send(("pause",))
+            while True:
+                item = await outputs.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item.error:
+                    raise EngineError(item.error)
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            self._jobs.pop(req, None)
+            if not finished and self._gone is None:
+                with contextlib.suppress(EngineError):
+                    self._send(("abort", req))
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        if self._gone is not None:
+            raise EngineError(self._gone)
+        try:
+            with self._send_lock:
+                self.conn.send(message)
+        except (BrokenPipeError, ConnectionResetError, OSError) as exc:
+            raise EngineError(f"the engine process is gone ({exc})") from None
+
+    def _read(self) -> None:
+        """The child's messages, handed to the event loop; at EOF, everything still waiting
+        fails."""
+        loop = self._loop
+        assert loop is not None
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            loop.call_soon_threadsafe(self._on_message, message)
+        self.process.join(5)
+        loop.call_soon_threadsafe(self._on_exit, self.process.exitcode)
+
+    def _on_message(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "outputs":
+            for req, out in message[1]:
+                queue = self._jobs.get(req)
+                if queue is not None:
+                    queue.put_nowait(out)
+        elif kind == "error":
+            queue = self._jobs.get(message[1])
+            if queue is not None:
+                queue.put_nowait(EngineError(message[2]))
+        elif kind == "result":
+            fut = self._results.get(message[1])
+            if fut is not None and not fut.done():
+                fut.set_result(message[2])
+
+    def _on_exit(self, exitcode: int | None) -> None:
+        if self._gone is None:
+            self._gone = f"the engine process exited unexpectedly (exit code {exitcode})"
+        self._fail_pending(self._gone)
+
+    def _fail_pending(self, reason: str) -> None:
+        for queue in self._jobs.values():
+            queue.put_nowait(EngineError(reason))
+        for fut in self._results.values():
+            if not fut.done():
+                fut.set_exception(EngineError(reason))

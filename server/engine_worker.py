@@ -1,0 +1,167 @@
+"""The child side of an engine in its own process (`server.engine_process`).
+
+`run_engine_worker` is the child's main: it loads the model, answers `("ready", EngineInfo)`
+(or `("failed", message)`), then runs the engine's step loop on its main thread while a reader
+thread turns the parent's messages into commands applied between steps, exactly as the
+in-process engine thread applies its queue. Messages are tuples, pickled over one duplex pipe:
+
+parent -> child: `("create", ctx, parent)`, `("fill", req, ctx, tokens, priority, yield_tokens)`,
+`("generate", req, ctx, sampling, priority, fill_tokens, hold_latency_s)`,
+`("request", req, tokens, sampling, priority)`, `("abort", req)`, `("boost", ctx, priority)`,
+`("truncate", ctx, num_tokens)`, `("free", ctx)`, `("stats", req)`, `("pause",)` (ask the step
+in flight to pause: sent right after latency-critical work), `("stop",)`.
+
+child -> parent: `("outputs", [(req, JobOutput), ...])` once per step, `("error", req, message)`
+when a job could not be submitted, `("result", req, value)` for `stats`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from server.engine import LLMEngine
+from server.engine.outputs import JobOutput
+from server.engine.step_loop import Command, run_step_loop
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """What the parent needs to know of the engine it cannot see."""
+
+    name: str
+    max_model_len: int
+    vocab_size: int
+    kv_tokens: int
+    latency_priority: int
+    model_folder: str  # the parent loads the same tokenizer from here
+    eos_token_ids: tuple[int, ...]
+
+
+def run_engine_worker(
+    conn: Connection, model: str, device: str, dtype: str | None, config: dict[str, Any]
+) -> None:
+    """The child process's main (see the module docstring)."""
+    logging.basicConfig(level=logging.WARNING, format="parrot-engine %(levelname)s %(message)s")
+    try:
+        from server.engine.loader import DEFAULT_CACHE_DIR, resolve_model_folder
+
+        engine = LLMEngine.from_pretrained(model, device=device, dtype=dtype, **config)
+        _, folder = resolve_model_folder(model, DEFAULT_CACHE_DIR)
+    except Exception as exc:  # told to the parent, which raises it where the server starts
+        reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        conn.send(("failed", reason))
+        return
+    info = EngineInfo(
+        name=engine.model_name,
+        max_model_len=engine.max_model_len,
+        vocab_size=engine.model_config.vocab_size,
+        kv_tokens=engine.blocks.num_blocks * engine.config.block_size,
+        latency_priority=engine.config.latency_priority,
+        model_folder=str(folder),
+        eos_token_ids=tuple(sorted(engine.tokenizer.eos_token_ids)),
+    )
+    conn.send(("ready", info))
+    _Worker(engine, conn).run()
+
+
+class _Worker:
+    def __init__(self, engine: LLMEngine, conn: Connection) -> None:
+        self.engine = engine
+        self.conn = conn
+        self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self.job_of_request: dict[int, int] = {}
+        self.request_of_job: dict[int, int] = {}
+
+    def run(self) -> None:
+        threading.Thread(target=self._read, name="parrot-engine-reader", daemon=True).start()
+        run_step_loop(self.engine, self.commands, self._send_outputs)
+
+    def _read(self) -> None:
+        """Parent's messages -> commands, in order; the pipe closing (the parent is gone)
+        stops the loop as `("stop",)` does."""
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                message = ("stop",)
+            if message[0] == "stop":
+                self.commands.put(None)
+                return
+            if message[0] == "pause":
+                # after the work it is for was queued: the loop clears it before it applies that
+                self.engine.request_pause()
+                continue
+            self.commands.put(functools.partial(self._apply, message))
+
+    def _apply(self, message: tuple[Any, ...]) -> None:
+        engine, kind = self.engine, message[0]
+        if kind == "create":
+            _, ctx, parent = message
+            engine.create_context(parent, context_id=ctx)
+        elif kind == "fill":
+            _, req, ctx, tokens, priority, yield_tokens = message
+            self._submit(req, lambda: engine.fill(ctx, tokens, priority, yield_tokens))
+        elif kind == "generate":
+            _, req, ctx, sampling, priority, tokens, hold_latency_s = message
+
+            def submit() -> int:
+                if tokens:
+                    engine.fill(ctx, tokens, priority)
+                return engine.add_generate(ctx, sampling, priority, hold_latency_s=hold_latency_s)
+
+            self._submit(req, submit)
+        elif kind == "request":
+            _, req, tokens, sampling, priority = message
+            self._submit(req, lambda: engine.add_request(tokens, sampling, priority))
+        elif kind == "abort":
+            job = self.job_of_request.pop(message[1], None)
+            if job is not None:
+                del self.request_of_job[job]
+                engine.abort(job)
+        elif kind == "boost":
+            engine.boost(message[1], message[2])
+        elif kind == "truncate":
+            engine.truncate(message[1], message[2])
+        elif kind == "free":
+            engine.free(message[1])
+        elif kind == "stats":
+            self._send(("result", message[1], dataclasses.replace(engine.stats)))
+        else:
+            raise ValueError(f"unknown message {kind!r}")
+
+    def _submit(self, req: int, submit: Any) -> None:
+        try:
+            job = submit()
+        except Exception as exc:  # the caller's job fails, nothing else
+            self._send(("error", req, str(exc) or type(exc).__name__))
+            return
+        self.job_of_request[req] = job
+        self.request_of_job[job] = req
+
+    def _send_outputs(self, outputs: list[JobOutput]) -> None:
+        batch = []
+        for out in outputs:
+            req = self.request_of_job.get(out.job_id)
+            if req is None:
+                continue
+            if out.finished:
+                del self.request_of_job[out.job_id]
+                del self.job_of_request[req]
+            batch.append((req, out))
+        if batch:
+            self._send(("outputs", batch))
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        try:
+            self.conn.send(message)
+        except (BrokenPipeError, OSError):
+            pass  # the parent is gone; the reader stops the loop

@@ -1,0 +1,138 @@
+"""An engine in a child process (`EngineProcess`), driven as the server drives it, against the
+same model in process; and what happens when the child dies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from server.engine import EngineError, LLMEngine, SamplingParams
+from server.engine_driver import EngineDriver
+from server.engine_process import EngineProcess
+
+GREEDY = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_llama_path: Path) -> LLMEngine:
+    return LLMEngine.from_pretrained(str(tiny_llama_path))
+
+
+@pytest.fixture
+async def process(tiny_llama_path: Path) -> AsyncIterator[EngineProcess]:
+    engine = await EngineProcess.spawn(str(tiny_llama_path), "cpu", None, num_kv_blocks=512)
+    await engine.start()
+    yield engine
+    await engine.stop()
+
+
+def prompt(reference: LLMEngine, text: str) -> list[int]:
+    return reference.tokenizer.encode(text, add_special_tokens=False)
+
+
+async def tokens_of(stream: AsyncIterator) -> list[int]:
+    out: list[int] = []
+    async for item in stream:
+        out.extend(item.new_token_ids)
+    return out
+
+
+async def test_requests_fills_and_forks_give_what_the_engine_gives_in_process(
+    process: EngineProcess, reference: LLMEngine
+) -> None:
+    texts = ["The parrot said", "Once upon a time, in a land far away", "1 2 3"]
+    ids = [prompt(reference, t) for t in texts]
+    want = [o.token_ids for o in reference.generate(ids, GREEDY)]
+    # plain requests, concurrently
+    got = await asyncio.gather(*(tokens_of(process.generate_request(x, GREEDY)) for x in ids))
+    assert got == want
+    # a context filled, forked, the fork finishing the prompt in its generate
+    parent = process.create_context()
+    await process.fill(parent, ids[1][:-1])
+    child = process.create_context(parent)
+    assert await tokens_of(process.generate(child, GREEDY, fill_token_ids=ids[1][-1:])) == want[1]
+    # truncated back and refilled with another prompt: the context computes the new tail only
+    process.truncate(parent, 0)
+    await process.fill(parent, ids[2][:-1])
+    assert await tokens_of(process.generate(parent, GREEDY, fill_token_ids=ids[2][-1:])) == want[2]
+    process.free(child)
+    process.free(parent)
+    stats = await process.stats()
+    assert stats.generated_tokens == 5 * GREEDY.max_tokens
+    assert stats.total_blocks == 512
+    assert (process.max_model_len, process.vocab_size) == (
+        reference.max_model_len,
+        reference.model_config.vocab_size,
+    )
+    assert process.tokenizer.encode("The parrot said") == reference.tokenizer.encode(
+        "The parrot said"
+    )
+
+
+async def test_the_driver_runs_on_it_as_on_the_engine_in_process(
+    process: EngineProcess, reference: LLMEngine
+) -> None:
+    driver = EngineDriver(process, process.info.name)
+    ids = prompt(reference, "Tell me about parrots")
+    want = reference.generate([ids], GREEDY)[0].token_ids
+    ctx = driver.new_context()
+    assert await tokens_of(ctx.generate(GREEDY, fill_to=ids)) == want
+    assert ctx.tokens == ids + want
+    samples = [GREEDY, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)]
+    outs: dict[int, list[int]] = {0: [], 1: []}
+    async for index, out in driver.generate_samples(ids, samples):
+        outs[index].extend(out.new_token_ids)
+    assert outs == {0: want, 1: want[:4]}
+    ctx.close()
+
+
+async def test_leaving_a_stream_early_stops_its_generation(
+    process: EngineProcess, reference: LLMEngine
+) -> None:
+    long = SamplingParams(max_tokens=400, temperature=0, ignore_eos=True)
+    stream = process.generate_request(prompt(reference, "Count with me:"), long)
+    async for _ in stream:
+        break
+    await stream.aclose()
+    # the engine goes on serving, and the abandoned job stopped far short of its bound
+    assert len(await tokens_of(process.generate_request([5, 6, 7], GREEDY))) == 8
+    assert (await process.stats()).generated_tokens < 100
+
+
+async def test_a_job_the_engine_refuses_fails_alone(process: EngineProcess) -> None:
+    with pytest.raises(EngineError):
+        await process.fill(12345, [1, 2, 3])  # no such context
+    assert len(await tokens_of(process.generate_request([5, 6, 7], GREEDY))) == 8
+
+
+async def test_a_killed_engine_process_fails_its_calls_and_refuses_new_work(
+    process: EngineProcess, reference: LLMEngine
+) -> None:
+    long = SamplingParams(max_tokens=2000, temperature=0, ignore_eos=True)
+    stream = process.generate_request(prompt(reference, "Count with me:"), long)
+    await anext(stream)
+    process.process.kill()
+    with pytest.raises(EngineError, match="exited unexpectedly"):
+        async for _ in stream:
+            pass
+    with pytest.raises(EngineError, match="exited unexpectedly"):
+        process.create_context()
+    with pytest.raises(EngineError, match="exited unexpectedly"):
+        await process.stats()
+    process.free(1)  # what the server's cleanup does: nothing to free any more, no error
+
+
+async def test_a_model_that_cannot_load_is_reported_with_the_childs_reason(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError) as caught:
+        await EngineProcess.spawn(str(tmp_path), "cpu", None)
+    # the loader's own message, as an in-process load would raise it
+    assert str(caught.value) == f"{tmp_path / 'config.json'}: missing required field " + (
+        "'num_attention_heads'"
+    )

@@ -1,0 +1,105 @@
+"""A live server whose engines run in child processes (`--engine-process`): the same answers as
+an engine in process, and a dead engine fails its calls while the server goes on."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from server.engine import LLMEngine, SamplingParams
+from server.launcher import ServerProcess
+from tests.server.http_client import metrics, request
+
+pytestmark = pytest.mark.slow
+
+
+def greedy(engine: LLMEngine, text: str, max_tokens: int) -> str:
+    ids = engine.tokenizer.encode(text)
+    return engine.generate([ids], SamplingParams(max_tokens=max_tokens, temperature=0))[0].text
+
+
+def engine_pids(log: Path) -> list[int]:
+    found = re.search(r"engine_pids=([\d,]+)", log.read_text())
+    assert found, log.read_text()[-2000:]
+    return [int(p) for p in found.group(1).split(",")]
+
+
+def test_engines_in_child_processes_answer_as_in_process_and_die_alone(
+    tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    reference = LLMEngine.from_pretrained(str(tiny_llama_path))
+    log = tmp_path / "server.log"
+    flags = ("--engine-process", "--engines", "2", "--served-model-name", "tiny")
+    with ServerProcess(tiny_llama_path, *flags, log_path=log) as srv:
+        pids = engine_pids(log)
+        assert len(pids) == 2 and srv.process is not None and srv.process.pid not in pids
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        prompts = ["The parrot said", "Once upon a time", "Numbers: 1 2 3"]
+        for text in prompts:
+            done = client.completions.create(model="tiny", prompt=text, max_tokens=8, temperature=0)
+            assert done.choices[0].text == greedy(reference, text, 8)
+        # a graph call: its context is filled and generated on an engine in a child process
+        status, body = request("POST", srv.url + "/v1/sessions", {"name": "t"})
+        sid, token = body["session_id"], body["token"]
+        graph = {
+            "variables": [{"id": "x", "value": "Polly"}, {"id": "y"}],
+            "calls": [{"id": "c", "template": "Name: {{input:x}}\nSays:{{output:y}}",
+                       "inputs": {"x": "x"}, "outputs": {"y": "y"},
+                       "sampling": {"max_tokens": 6, "temperature": 0}}],
+        }  # fmt: skip
+        status, body = request("POST", f"{srv.url}/v1/sessions/{sid}/graph", graph, token)
+        assert status == 200, body
+        status, body = request("GET", f"{srv.url}/v1/sessions/{sid}/variables/y", token=token)
+        assert status == 200 and body["value"] == greedy(reference, "Name: Polly\nSays:", 6)
+        assert metrics(srv.url)["parrot_generated_tokens_total"] >= 3 * 8 + 6
+
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        with pytest.raises(openai.InternalServerError, match="exited unexpectedly"):
+            client.completions.create(model="tiny", prompt="Hello", max_tokens=4)
+        # the server itself goes on answering what needs no engine
+        assert [m.id for m in client.models.list().data] == ["tiny"]
+        assert srv.process.poll() is None
+        started = time.monotonic()
+        assert srv.stop() == 0  # and it stops cleanly, without waiting on the dead engines
+        assert time.monotonic() - started < 10
+
+
+def exited(pid: int) -> bool:
+    """Gone, or a zombie waiting for whoever adopted it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_exited(pids: list[int], timeout_s: float = 15) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(exited(pid) for pid in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_engine_processes_end_with_the_server(tiny_llama_path: Path, tmp_path: Path, how: str):
+    """Stopped gracefully, the server stops its engines; killed outright, its engines see their
+    pipe close and exit by themselves (no orphan holds the model and KV memory)."""
+    log = tmp_path / "server.log"
+    with ServerProcess(tiny_llama_path, "--engine-process", log_path=log) as srv:
+        pids = engine_pids(log)
+        assert srv.process is not None
+        if how == "sigterm":
+            assert srv.stop() == 0
+        else:
+            srv.process.kill()
+            srv.process.wait()
+        assert wait_exited(pids), [Path(f"/proc/{p}/stat").read_text() for p in pids]
