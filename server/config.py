@@ -46,7 +46,9 @@ class ServerConfig:
     enable_cascade: bool = True
     prefault_kv_cache: bool = True
     engines: int = 1
-    engine_process: bool = False  # each engine in a child process of its own
+    # each engine in a child process of its own: the server's Python work (HTTP, JSON, graphs)
+    # then never holds the GIL that the step loop needs; see server/engine_process.py
+    engine_process: bool = True
     # graph execution (each optimisation can be switched off, for ablation)
     enable_prefix_sharing: bool = True
     min_shared_prefix_tokens: int = 16
@@ -216,14 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--engines",
         type=int,
         default=d.engines,
-        help="local engines (one model copy, a KV cache and thread each; with --engine-process "
-        "a process and a model copy each)",
+        help="local engines, each with a KV cache of its own: a child process and a model copy "
+        "each, or with --no-engine-process a thread each over one model copy",
     )
     engine.add_argument(
         "--engine-process",
-        action="store_true",
-        help="run each engine in a child process: a crash or kill there fails only the calls "
-        "on it, and the server's own work never holds the GIL the step loop needs",
+        action=argparse.BooleanOptionalAction,
+        default=d.engine_process,
+        help="run each engine in a child process (the default): the server's own work never "
+        "holds the GIL that the step loop needs, and a crash or kill there fails only the calls "
+        "on it; --no-engine-process runs the engines as threads of the server (one copy of the "
+        "weights for all of them)",
     )
     graph = p.add_argument_group("graph execution (each --no-* switches one optimisation off)")
     graph.add_argument(

@@ -24,6 +24,10 @@ def test_defaults_and_flags_map_to_the_config() -> None:
         "background_max_prefill_tokens": 512,
         "pausable_steps": True,
     }
+    # the engines run in child processes unless told otherwise
+    assert ServerConfig().engine_process
+    assert not ServerConfig.from_args(["--no-engine-process"]).engine_process
+    assert ServerConfig.from_args(["--engine-process"]).engine_process
 
 
 def test_ablation_flags_switch_each_optimisation_off() -> None:

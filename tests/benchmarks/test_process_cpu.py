@@ -1,0 +1,33 @@
+"""benchmarks.common.harness.process_cpu_s counts the server's engine processes too."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from benchmarks.common.harness import process_cpu_s
+
+
+def test_cpu_of_a_live_child_is_counted_with_its_parent() -> None:
+    before = process_cpu_s(os.getpid())
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time\nt = time.process_time()\n"
+         "while time.process_time() - t < 0.6: pass\ntime.sleep(30)"]
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while process_cpu_s(os.getpid()) - before < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # this process only waited: the half second and more is the child's
+        assert process_cpu_s(os.getpid()) - before >= 0.5
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_process_that_is_gone_has_no_cpu_time() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert process_cpu_s(child.pid) != process_cpu_s(child.pid)  # nan
