@@ -80,6 +80,8 @@ class _Worker:
         self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self.job_of_request: dict[int, int] = {}
         self.request_of_job: dict[int, int] = {}
+        # the parent's context ids -> the engine's: plain requests take engine ids of their own
+        self.contexts: dict[int, int] = {}
 
     def run(self) -> None:
         threading.Thread(target=self._read, name="parrot-engine-reader", daemon=True).start()
@@ -106,17 +108,19 @@ class _Worker:
         engine, kind = self.engine, message[0]
         if kind == "create":
             _, ctx, parent = message
-            engine.create_context(parent, context_id=ctx)
+            local_parent = None if parent is None else self._local(parent)
+            self.contexts[ctx] = engine.create_context(local_parent)
         elif kind == "fill":
             _, req, ctx, tokens, priority, yield_tokens = message
-            self._submit(req, lambda: engine.fill(ctx, tokens, priority, yield_tokens))
+            self._submit(req, lambda: engine.fill(self._local(ctx), tokens, priority, yield_tokens))
         elif kind == "generate":
             _, req, ctx, sampling, priority, tokens, hold_latency_s = message
 
             def submit() -> int:
+                local = self._local(ctx)
                 if tokens:
-                    engine.fill(ctx, tokens, priority)
-                return engine.add_generate(ctx, sampling, priority, hold_latency_s=hold_latency_s)
+                    engine.fill(local, tokens, priority)
+                return engine.add_generate(local, sampling, priority, hold_latency_s=hold_latency_s)
 
             self._submit(req, submit)
         elif kind == "request":
@@ -128,15 +132,23 @@ class _Worker:
                 del self.request_of_job[job]
                 engine.abort(job)
         elif kind == "boost":
-            engine.boost(message[1], message[2])
+            engine.boost(self._local(message[1]), message[2])
         elif kind == "truncate":
-            engine.truncate(message[1], message[2])
+            engine.truncate(self._local(message[1]), message[2])
         elif kind == "free":
-            engine.free(message[1])
+            local = self.contexts.pop(message[1], None)
+            if local is not None:
+                engine.free(local)
         elif kind == "stats":
             self._send(("result", message[1], dataclasses.replace(engine.stats)))
         else:
             raise ValueError(f"unknown message {kind!r}")
+
+    def _local(self, ctx: int) -> int:
+        local = self.contexts.get(ctx)
+        if local is None:
+            raise ValueError(f"no context {ctx}")
+        return local
 
     def _submit(self, req: int, submit: Any) -> None:
         try:

@@ -73,6 +73,28 @@ async def test_requests_fills_and_forks_give_what_the_engine_gives_in_process(
     )
 
 
+async def test_contexts_and_plain_requests_never_share_an_id_in_the_engine(
+    process: EngineProcess, reference: LLMEngine
+) -> None:
+    """Plain requests take context ids inside the child; the server's contexts must not land on
+    them (a plain request ending would free the server's context)."""
+    ids = [prompt(reference, t) for t in ("A parrot", "Two parrots and a cat")]
+    want = [o.token_ids for o in reference.generate(ids, GREEDY)]
+    contexts = []
+    for _ in range(3):
+        ctx = process.create_context()
+        await process.fill(ctx, ids[1][:-1])
+        contexts.append(ctx)
+        assert await tokens_of(process.generate_request(ids[0], GREEDY)) == want[0]
+    for ctx in contexts:
+        child = process.create_context(ctx)
+        assert await tokens_of(process.generate(child, GREEDY, fill_token_ids=ids[1][-1:])) == (
+            want[1]
+        )
+        process.free(child)
+        process.free(ctx)
+
+
 async def test_the_driver_runs_on_it_as_on_the_engine_in_process(
     process: EngineProcess, reference: LLMEngine
 ) -> None:
