@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import logging
 import queue
+import signal
 import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -51,6 +52,9 @@ def run_engine_worker(
 ) -> None:
     """The child process's main (see the module docstring)."""
     logging.basicConfig(level=logging.WARNING, format="parrot-engine %(levelname)s %(message)s")
+    # Ctrl-C reaches the whole process group: the server stops its engines itself (or its end
+    # of the pipe closes), so that its calls in flight end cleanly rather than mid-step
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         from server.engine.loader import DEFAULT_CACHE_DIR, resolve_model_folder
 

@@ -568,6 +568,8 @@ class InProcessServer:
             }
             for i, driver in enumerate(pool.drivers):
                 ae = driver.engine
+                if not hasattr(ae, "call"):
+                    continue  # an engine in a child process: /metrics counts its blocks
 
                 def engine_side(e: Any) -> dict[str, int]:
                     sch = e.scheduler
@@ -616,7 +618,8 @@ class InProcessServer:
                                      f"jobs {[(j.kind.name, j.sort_key, j.yield_tokens) for j in c.jobs]}")
                     return "\n".join(lines) + "\n"
 
-                buf.write(f"engine {i}: " + await driver.engine.call(engine_side))
+                if hasattr(driver.engine, "call"):  # in this process
+                    buf.write(f"engine {i}: " + await driver.engine.call(engine_side))
             return buf.getvalue()
 
         text = asyncio.run_coroutine_threadsafe(read(), self.loop).result(30)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -123,6 +125,16 @@ async def test_leaving_a_stream_early_stops_its_generation(
     # the engine goes on serving, and the abandoned job stopped far short of its bound
     assert len(await tokens_of(process.generate_request([5, 6, 7], GREEDY))) == 8
     assert (await process.stats()).generated_tokens < 100
+
+
+async def test_ctrl_c_is_left_to_the_server(process: EngineProcess) -> None:
+    """SIGINT goes to the terminal's whole process group; the engine leaves stopping to the
+    server, which finishes or fails its calls in order."""
+    assert process.pid is not None
+    os.kill(process.pid, signal.SIGINT)
+    await asyncio.sleep(0.3)
+    assert process.process.is_alive()
+    assert len(await tokens_of(process.generate_request([5, 6, 7], GREEDY))) == 8
 
 
 async def test_a_job_the_engine_refuses_fails_alone(process: EngineProcess) -> None:
