@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from server.engine import EngineError, EngineStats, JobOutput, SamplingParams
+from server.engine.async_engine import job_outputs
 from server.engine.tokenizer import Tokenizer
 from server.engine_worker import EngineInfo, run_engine_worker
 
@@ -213,16 +214,9 @@ class EngineProcess:
             self._send((message[0], req, *message[1:]))
             if urgent:
                 self._send(("pause",))
-            while True:
-                item = await outputs.get()
-                if isinstance(item, BaseException):
-                    raise item
-                if item.error:
-                    raise EngineError(item.error)
+            async for item in job_outputs(outputs):
                 finished = item.finished
                 yield item
-                if finished:
-                    return
         finally:
             self._jobs.pop(req, None)
             if not finished and self._gone is None:

@@ -216,16 +216,9 @@ class AsyncLLMEngine:
             self.engine.request_pause()  # after the post: the loop clears it before it reads
         finished = False
         try:
-            while True:
-                item = await outputs.get()
-                if isinstance(item, BaseException):
-                    raise item
-                if item.error:
-                    raise EngineError(item.error)
+            async for item in job_outputs(outputs):
                 finished = item.finished
                 yield item
-                if finished:
-                    return
         finally:
             if not finished and not self._stopping:
                 self._post(lambda: job_id and self.engine.abort(job_id[0]))
@@ -245,6 +238,22 @@ class AsyncLLMEngine:
 
     def _run(self) -> None:
         run_step_loop(self.engine, self._commands, self._deliver)
+
+
+async def job_outputs(
+    outputs: asyncio.Queue[JobOutput | BaseException],
+) -> AsyncIterator[JobOutput]:
+    """A job's outputs as they are queued, up to its finished one; an exception queued, or an
+    output that carries an error, is raised (`EngineError` for the latter)."""
+    while True:
+        item = await outputs.get()
+        if isinstance(item, BaseException):
+            raise item
+        if item.error:
+            raise EngineError(item.error)
+        yield item
+        if item.finished:
+            return
 
 
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
