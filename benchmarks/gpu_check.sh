@@ -114,6 +114,10 @@ EOF
     "$PY" -m pytest -q -p no:cacheprovider -rfE tests/kernels --durations=8
   step "engine on CUDA vs transformers" 75 gpu_engine_tests.log \
     "$PY" -m pytest -q -p no:cacheprovider -rfE tests/engine/test_engine_cuda.py --durations=5
+  # the server's default placement on the GPU (its app needs pydantic: carry it as wheels in
+  # .whl/ where the device lacks it, and put them on PYTHONPATH before running this script)
+  step "engine processes on CUDA" 60 gpu_engine_process.log \
+    "$PY" -m pytest -q -p no:cacheprovider -rfE tests/server/test_engine_process_cuda.py
   step "table float32 + cost rule" 50 gpu_table_float32.log \
     "$PY" -m benchmarks.attention --device cuda --dtype float32 --sizes 64x4096 \
     --cost-rule --out "$OUT/attention_cuda_float32.json"
