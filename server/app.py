@@ -77,6 +77,7 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
         config.device,
         config.dtype,
         config.engine_process,
+        (config.log_level, config.log_format),
         **config.engine_kwargs(),
     )
     await pool.start()

@@ -65,15 +65,17 @@ class EngineDriver:
         device: str,
         dtype: str | None,
         processes: bool = False,
+        log: tuple[str, str] = ("warning", "kv"),
         **config: Any,
     ) -> list[EngineDriver]:
         """`count` engines over one copy of the weights (each its own KV cache and thread), or
-        with `processes` each in a child process of its own (each its own copy)."""
+        with `processes` each in a child process of its own (each its own copy) that logs at
+        `log` = (level, format)."""
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
         if processes:
             spawned = await asyncio.gather(
-                *(EngineProcess.spawn(model, device, dtype, **config) for _ in range(count)),
+                *(EngineProcess.spawn(model, device, dtype, log, **config) for _ in range(count)),
                 return_exceptions=True,
             )
             failed = [e for e in spawned if isinstance(e, BaseException)]

@@ -29,10 +29,14 @@ class EnginePool:
         device: str,
         dtype: str | None,
         processes: bool = False,
+        log: tuple[str, str] = ("warning", "kv"),
         **config: Any,
     ) -> EnginePool:
-        """`count` engines, in this process or (`processes`) each in a child process."""
-        return cls(await EngineDriver.load_many(count, model, device, dtype, processes, **config))
+        """`count` engines, in this process or (`processes`) each in a child process that logs
+        at `log` = (level, format)."""
+        return cls(
+            await EngineDriver.load_many(count, model, device, dtype, processes, log, **config)
+        )
 
     def __len__(self) -> int:
         return len(self.drivers)

@@ -51,15 +51,21 @@ class EngineProcess:
 
     @classmethod
     async def spawn(
-        cls, model: str, device: str, dtype: str | None, **config: Any
+        cls,
+        model: str,
+        device: str,
+        dtype: str | None,
+        log: tuple[str, str] = ("warning", "kv"),
+        **config: Any,
     ) -> EngineProcess:
         """Start the child and wait for its model to load; its load error is raised here, as
-        `ValueError` with the child's message."""
+        `ValueError` with the child's message. `log`: the child's (level, format), as
+        `configure_logging` takes them."""
         mp = multiprocessing.get_context("spawn")  # fork would copy the server's threads
         conn, child_conn = mp.Pipe()
         process = mp.Process(
             target=run_engine_worker,
-            args=(child_conn, model, device, dtype, config),
+            args=(child_conn, model, device, dtype, config, *log),
             name="parrot-engine",
             daemon=True,  # never outlives the server
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import queue
 import signal
 import threading
@@ -30,6 +31,7 @@ from typing import Any
 from server.engine import LLMEngine
 from server.engine.outputs import JobOutput
 from server.engine.step_loop import Command, run_step_loop
+from server.log import configure_logging, log_event
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,16 @@ class EngineInfo:
 
 
 def run_engine_worker(
-    conn: Connection, model: str, device: str, dtype: str | None, config: dict[str, Any]
+    conn: Connection,
+    model: str,
+    device: str,
+    dtype: str | None,
+    config: dict[str, Any],
+    log_level: str = "warning",
+    log_format: str = "kv",
 ) -> None:
-    """The child process's main (see the module docstring)."""
-    logging.basicConfig(level=logging.WARNING, format="parrot-engine %(levelname)s %(message)s")
+    """The child process's main (see the module docstring); it logs as the server does."""
+    configure_logging(log_level, log_format)
     # Ctrl-C reaches the whole process group: the server stops its engines itself (or its end
     # of the pipe closes), so that its calls in flight end cleanly rather than mid-step
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -73,6 +81,7 @@ def run_engine_worker(
         model_folder=str(folder),
         eos_token_ids=tuple(sorted(engine.tokenizer.eos_token_ids)),
     )
+    log_event(log, "engine_process_ready", pid=os.getpid(), model=info.name, device=device)
     conn.send(("ready", info))
     _Worker(engine, conn).run()
 

@@ -3,6 +3,7 @@ an engine in process, and a dead engine fails its calls while the server goes on
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -25,7 +26,7 @@ def greedy(engine: LLMEngine, text: str, max_tokens: int) -> str:
 
 
 def engine_pids(log: Path) -> list[int]:
-    found = re.search(r"engine_pids=([\d,]+)", log.read_text())
+    found = re.search(r'engine_pids(?:=|": ")([\d,]+)', log.read_text())
     assert found, log.read_text()[-2000:]
     return [int(p) for p in found.group(1).split(",")]
 
@@ -94,8 +95,14 @@ def test_engine_processes_end_with_the_server(tiny_llama_path: Path, tmp_path: P
     """Stopped gracefully, the server stops its engines; killed outright, its engines see their
     pipe close and exit by themselves (no orphan holds the model and KV memory)."""
     log = tmp_path / "server.log"
-    with ServerProcess(tiny_llama_path, "--engine-process", log_path=log) as srv:
+    flags = ("--engine-process", "--log-format", "json")
+    with ServerProcess(tiny_llama_path, *flags, log_path=log) as srv:
         pids = engine_pids(log)
+        # the engines log as the server does (JSON records here), each naming its process
+        lines = log.read_text().splitlines()
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        ready = [r for r in records if r["msg"] == "engine_process_ready"]
+        assert [r["pid"] for r in ready] == pids
         assert srv.process is not None
         if how == "sigterm":
             assert srv.stop() == 0
