@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import torch
 from aiohttp import web
 
 from server.api import all_routes
@@ -71,6 +72,7 @@ def run(config: ServerConfig) -> None:
 
 async def _engine(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    threads = config.threads_per_engine(torch.get_num_threads())
     pool = await EnginePool.load(
         config.engines,
         config.model,
@@ -78,6 +80,7 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
         config.dtype,
         config.engine_process,
         (config.log_level, config.log_format),
+        threads,
         **config.engine_kwargs(),
     )
     await pool.start()
@@ -85,8 +88,8 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
     app[DRIVER] = driver = pool.primary
     log_event(
         log, "engine_ready", model=driver.name, max_model_len=driver.max_model_len,
-        engines=len(pool), kv_tokens_per_engine=driver.kv_tokens, host=config.host,
-        port=config.port, **_engine_pids(pool),
+        engines=len(pool), threads_per_engine=threads, kv_tokens_per_engine=driver.kv_tokens,
+        host=config.host, port=config.port, **_engine_pids(pool),
     )  # fmt: skip
     yield
     await pool.stop()
@@ -100,7 +103,8 @@ def _engine_pids(pool: EnginePool) -> dict[str, str]:
 
 
 async def _executor(app: web.Application) -> AsyncIterator[None]:
-    app[EXECUTOR] = Executor(app[ENGINES], app[METRICS], app[CONFIG].executor_config())
+    app[EXECUTOR] = executor = Executor(app[ENGINES], app[METRICS], app[CONFIG].executor_config())
+    app[ENGINES].supervise(app[CONFIG].restart_policy(), executor.engine_lost, executor.engine_back)
     yield
     await app[EXECUTOR].close()
 

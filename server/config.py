@@ -8,6 +8,7 @@ from typing import Any
 
 from server.executor import ExecutorConfig
 from server.prefix_store import PrefixStoreConfig
+from server.restart_policy import RestartPolicy
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -49,6 +50,13 @@ class ServerConfig:
     # each engine in a child process of its own: the server's Python work (HTTP, JSON, graphs)
     # then never holds the GIL that the step loop needs; see server/engine_process.py
     engine_process: bool = True
+    # compute threads per engine; None: torch's default (one per core) in every engine. Not
+    # divided among the engines: an engine alone at work (a reduce, a chain) then keeps every
+    # core, and two busy ones share them well enough (map_reduce with --engines 2: 4.1-4.8 s
+    # with 2 threads each on 2 cores, 6.2-6.5 s with 1; benchmarks/README.md)
+    engine_threads: int | None = None
+    # an engine process that dies is restarted, at most this often within 5 minutes
+    engine_restarts: int = 5
     # graph execution (each optimisation can be switched off, for ablation)
     enable_prefix_sharing: bool = True
     min_shared_prefix_tokens: int = 16
@@ -93,6 +101,10 @@ class ServerConfig:
             )
         if not 1 <= self.engines <= 64:
             raise ValueError(f"engines must be in 1..64, got {self.engines}")
+        if self.engine_restarts < 0:
+            raise ValueError(f"engine_restarts must be >= 0 (0: never), got {self.engine_restarts}")
+        if self.engine_threads is not None and self.engine_threads < 1:
+            raise ValueError(f"engine_threads must be >= 1, got {self.engine_threads}")
         if self.prefix_store_max_entries < 1:
             raise ValueError(
                 f"prefix_store_max_entries must be >= 1, got {self.prefix_store_max_entries}"
@@ -136,6 +148,14 @@ class ServerConfig:
     def model_id(self) -> str:
         """The name clients use in OpenAI requests."""
         return self.served_model_name or self.model
+
+    def threads_per_engine(self, available: int) -> int:
+        """Compute threads each engine runs; `available`: torch's default (one per core)."""
+        return available if self.engine_threads is None else self.engine_threads
+
+    def restart_policy(self) -> RestartPolicy:
+        """When engines whose process died are restarted (`--engine-process` only)."""
+        return RestartPolicy(max_restarts=self.engine_restarts, window_s=300.0)
 
     def engine_kwargs(self) -> dict[str, Any]:
         """EngineConfig fields that were set."""
@@ -229,6 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
         "holds the GIL that the step loop needs, and a crash or kill there fails only the calls "
         "on it; --no-engine-process runs the engines as threads of the server (one copy of the "
         "weights for all of them)",
+    )
+    engine.add_argument(
+        "--engine-threads",
+        type=int,
+        help="compute threads per engine (default: one per core in every engine, so that an "
+        "engine working alone uses every core)",
+    )
+    engine.add_argument(
+        "--engine-restarts",
+        type=int,
+        default=d.engine_restarts,
+        help="restart an engine process that dies (killed, crashed) at most this often within "
+        "5 minutes, then leave it down (0: never); its calls in flight fail, later ones run on "
+        "the new engine, and while no engine runs plain requests get 503 and graph calls wait",
     )
     graph = p.add_argument_group("graph execution (each --no-* switches one optimisation off)")
     graph.add_argument(

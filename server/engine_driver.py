@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +40,33 @@ class FillResult:
 class EngineDriver:
     """One engine behind the context primitives, started and stopped with the server."""
 
-    def __init__(self, engine: Engine, name: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        name: str,
+        respawn: Callable[[], Awaitable[EngineProcess]] | None = None,
+    ) -> None:
         self.engine = engine
         self.name = name
+        self._respawn = respawn  # a fresh engine like this one (engines in child processes)
+
+    @property
+    def alive(self) -> bool:
+        """Its engine takes work (an engine process that died does not)."""
+        return self.engine.alive
+
+    @property
+    def restartable(self) -> bool:
+        return self._respawn is not None
+
+    async def restart(self) -> None:
+        """Replace the engine with a fresh one of the same model and settings, started. The
+        old engine's contexts are not carried over: its calls failed with it."""
+        if self._respawn is None:
+            raise RuntimeError(f"engine {self.name!r} runs in this process: it cannot restart")
+        engine = await self._respawn()
+        await engine.start()
+        self.engine = engine
 
     @staticmethod
     def check(model: str, dtype: str | None, **config: Any) -> None:
@@ -66,16 +91,23 @@ class EngineDriver:
         dtype: str | None,
         processes: bool = False,
         log: tuple[str, str] = ("warning", "kv"),
+        threads: int | None = None,
         **config: Any,
     ) -> list[EngineDriver]:
         """`count` engines over one copy of the weights (each its own KV cache and thread), or
         with `processes` each in a child process of its own (each its own copy) that logs at
-        `log` = (level, format)."""
+        `log` = (level, format). `threads`: each child's compute threads (None: torch's); engines
+        in this process use torch's setting, which `EnginePool` sets."""
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         if processes:
             spawned = await asyncio.gather(
-                *(EngineProcess.spawn(model, device, dtype, log, **config) for _ in range(count)),
+                *(
+                    EngineProcess.spawn(model, device, dtype, log, threads, **config)
+                    for _ in range(count)
+                ),
                 return_exceptions=True,
             )
             failed = [e for e in spawned if isinstance(e, BaseException)]
@@ -84,7 +116,11 @@ class EngineDriver:
                     if isinstance(engine, EngineProcess):
                         await engine.stop()
                 raise failed[0]
-            return [cls(e, e.info.name) for e in spawned if isinstance(e, EngineProcess)]
+            respawn = functools.partial(EngineProcess.spawn, model, device, dtype, log, threads,
+                                        **config)  # fmt: skip
+            return [
+                cls(e, e.info.name, respawn) for e in spawned if isinstance(e, EngineProcess)
+            ]
         first = await asyncio.to_thread(
             LLMEngine.from_pretrained, model, device=device, dtype=dtype, **config
         )

@@ -1,15 +1,30 @@
-"""The server's engines (`--engines N`) and what the server has placed on each."""
+"""The server's engines (`--engines N`), what the server has placed on each, and the restart of
+engines whose process died."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterator, Sequence
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
-from server.engine import EngineStats, JobOutput, SamplingParams
+import torch
+
+from server.engine import EngineError, EngineStats, JobOutput, SamplingParams
 from server.engine_driver import EngineDriver
+from server.engine_process import EngineProcess
+from server.log import log_event
+from server.restart_policy import RestartBudget, RestartPolicy
 from server.scheduling import NORMAL_PRIORITY, EngineLoad
+
+log = logging.getLogger(__name__)
+
+
+class EngineUnavailable(EngineError):
+    """No engine takes work now, and one is coming back: ask again shortly."""
 
 
 class EnginePool:
@@ -20,6 +35,10 @@ class EnginePool:
             raise ValueError("an engine pool needs at least one engine")
         self.drivers = drivers
         self.loads = [EngineLoad(i) for i in range(len(drivers))]
+        self._threads_before: int | None = None  # torch's, restored at stop
+        self.restarting: set[int] = set()  # engines whose process died, being restarted
+        self.restarts = 0  # engines restarted since the server started
+        self._watchers: list[asyncio.Task[None]] = []
 
     @classmethod
     async def load(
@@ -30,13 +49,20 @@ class EnginePool:
         dtype: str | None,
         processes: bool = False,
         log: tuple[str, str] = ("warning", "kv"),
+        threads: int | None = None,
         **config: Any,
     ) -> EnginePool:
         """`count` engines, in this process or (`processes`) each in a child process that logs
-        at `log` = (level, format)."""
-        return cls(
-            await EngineDriver.load_many(count, model, device, dtype, processes, log, **config)
+        at `log` = (level, format); each runs `threads` compute threads (None: torch's)."""
+        drivers = await EngineDriver.load_many(
+            count, model, device, dtype, processes, log, threads, **config
         )
+        pool = cls(drivers)
+        if not processes and threads is not None and threads != torch.get_num_threads():
+            # engines in this process run torch's (process-wide) thread count
+            pool._threads_before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+        return pool
 
     def __len__(self) -> int:
         return len(self.drivers)
@@ -51,15 +77,53 @@ class EnginePool:
             await driver.start()
 
     async def stop(self) -> None:
+        for task in self._watchers:
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        self._watchers = []
         for driver in self.drivers:
             await driver.stop()
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
+
+    def supervise(
+        self,
+        policy: RestartPolicy,
+        on_lost: Callable[[int], None] = lambda _: None,
+        on_back: Callable[[int], None] = lambda _: None,
+    ) -> None:
+        """Restart engines whose process dies, as `policy` allows. `on_lost(i)` runs when engine
+        i dies (everything it held is gone), `on_back(i)` once its replacement takes work."""
+        for index, driver in enumerate(self.drivers):
+            if driver.restartable:
+                task = asyncio.create_task(
+                    self._watch(index, RestartBudget(policy), on_lost, on_back),
+                    name=f"engine-{index}-watch",
+                )
+                self._watchers.append(task)
+
+    def unavailable(self) -> str | None:
+        """Why no engine can take a call now while one is being restarted, else None (an
+        engine is alive, or none will come back: then calls go on and fail with its error)."""
+        if any(d.alive for d in self.drivers) or not self.restarting:
+            return None
+        return "no engine is running: its process exited and is being restarted; retry shortly"
 
     def least_loaded(self) -> int:
-        return min(self.loads, key=lambda x: (x.queued_tokens, x.running_calls, x.index)).index
+        """Among the engines that take work (all of them, if none does)."""
+        loads = self._placeable() or self.loads
+        return min(loads, key=lambda x: (x.queued_tokens, x.running_calls, x.index)).index
 
     def snapshot(self) -> list[EngineLoad]:
-        """Copies of the loads, for a scheduler to plan against."""
-        return [dataclasses.replace(load) for load in self.loads]
+        """Copies of the loads of the engines that take work, for a scheduler to plan against.
+        None while the only engines are restarting (calls wait for them); all when none will
+        come back (calls go on and fail with the engine's error)."""
+        loads = self._placeable() or ([] if self.restarting else self.loads)
+        return [dataclasses.replace(load) for load in loads]
+
+    def _placeable(self) -> list[EngineLoad]:
+        return [load for load, d in zip(self.loads, self.drivers, strict=True) if d.alive]
 
     def add_load(self, engine: int, calls: int, tokens: int) -> None:
         load = self.loads[engine]
@@ -95,7 +159,10 @@ class EnginePool:
     @contextlib.contextmanager
     def _placed(self, calls: int, tokens: int) -> Iterator[EngineDriver]:
         """The least loaded engine, with `calls` and `tokens` counted on it until the block
-        ends."""
+        ends; `EngineUnavailable` while the only engines are restarting."""
+        reason = self.unavailable()
+        if reason is not None:
+            raise EngineUnavailable(reason)
         engine = self.least_loaded()
         self.add_load(engine, calls, tokens)
         try:
@@ -104,10 +171,54 @@ class EnginePool:
             self.add_load(engine, -calls, -tokens)
 
     async def stats(self) -> EngineStats:
-        """The engines' counters, summed."""
+        """The counters of the engines that run, summed (a restarted engine counts from 0)."""
         total = EngineStats()
         for driver in self.drivers:
-            stats = await driver.stats()
+            if not driver.alive:
+                continue
+            try:
+                stats = await driver.stats()
+            except EngineError:  # it died meanwhile
+                continue
             for f in dataclasses.fields(EngineStats):
                 setattr(total, f.name, getattr(total, f.name) + getattr(stats, f.name))
         return total
+
+    async def _watch(
+        self,
+        index: int,
+        budget: RestartBudget,
+        on_lost: Callable[[int], None],
+        on_back: Callable[[int], None],
+    ) -> None:
+        driver = self.drivers[index]
+        while True:
+            engine = driver.engine
+            assert isinstance(engine, EngineProcess)
+            await engine.exited.wait()
+            self.restarting.add(index)
+            on_lost(index)
+            delay = budget.next_delay()
+            log_event(
+                log, "engine_exited", logging.ERROR, engine=index, pid=engine.pid,
+                exit_code=engine.exit_code,
+                restart_in_s="never" if delay is None else round(delay, 2),
+            )  # fmt: skip
+            if delay is None:
+                self.restarting.discard(index)
+                return
+            await asyncio.sleep(delay)
+            started = time.monotonic()
+            try:
+                await driver.restart()
+            except Exception as exc:  # another death, as the budget counts it
+                log_event(log, "engine_restart_failed", logging.ERROR, engine=index,
+                          error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                continue
+            self.restarting.discard(index)
+            self.restarts += 1
+            log_event(
+                log, "engine_restarted", engine=index, pid=getattr(driver.engine, "pid", None),
+                took_s=round(time.monotonic() - started, 2),
+            )  # fmt: skip
+            on_back(index)

@@ -48,6 +48,8 @@ class EngineProcess:
         self._reader: threading.Thread | None = None
         self._send_lock = threading.Lock()
         self._gone: str | None = None  # why no more work is taken, once stopped or dead
+        # set when the child exits without being asked to (see `alive`)
+        self.exited = asyncio.Event()
 
     @classmethod
     async def spawn(
@@ -56,16 +58,18 @@ class EngineProcess:
         device: str,
         dtype: str | None,
         log: tuple[str, str] = ("warning", "kv"),
+        threads: int | None = None,
         **config: Any,
     ) -> EngineProcess:
         """Start the child and wait for its model to load; its load error is raised here, as
         `ValueError` with the child's message. `log`: the child's (level, format), as
-        `configure_logging` takes them."""
+        `configure_logging` takes them; `threads`: its compute threads (None: torch's default,
+        one per core)."""
         mp = multiprocessing.get_context("spawn")  # fork would copy the server's threads
         conn, child_conn = mp.Pipe()
         process = mp.Process(
             target=run_engine_worker,
-            args=(child_conn, model, device, dtype, config, *log),
+            args=(child_conn, model, device, dtype, config, *log, threads),
             name="parrot-engine",
             daemon=True,  # never outlives the server
         )
@@ -73,6 +77,11 @@ class EngineProcess:
         child_conn.close()  # the child's end lives in the child: EOF here once it exits
         try:
             message = await asyncio.to_thread(conn.recv)
+        except asyncio.CancelledError:  # the server stops while this engine loads
+            process.kill()
+            await asyncio.to_thread(process.join, 5)
+            conn.close()
+            raise
         except (EOFError, OSError):
             await asyncio.to_thread(process.join, 5)
             conn.close()
@@ -114,6 +123,15 @@ class EngineProcess:
     @property
     def pid(self) -> int | None:
         return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        """Taking work: neither stopped nor dead."""
+        return self._gone is None
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.exitcode
 
     async def start(self) -> None:
         if self._reader is not None:
@@ -271,6 +289,7 @@ class EngineProcess:
     def _on_exit(self, exitcode: int | None) -> None:
         if self._gone is None:
             self._gone = f"the engine process exited unexpectedly (exit code {exitcode})"
+            self.exited.set()
         self._fail_pending(self._gone)
 
     def _fail_pending(self, reason: str) -> None:

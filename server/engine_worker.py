@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+import torch
+
 from server.engine import LLMEngine
 from server.engine.outputs import JobOutput
 from server.engine.step_loop import Command, run_step_loop
@@ -57,9 +59,13 @@ def run_engine_worker(
     config: dict[str, Any],
     log_level: str = "warning",
     log_format: str = "kv",
+    threads: int | None = None,
 ) -> None:
-    """The child process's main (see the module docstring); it logs as the server does."""
+    """The child process's main (see the module docstring); it logs as the server does and
+    runs `threads` compute threads (None: torch's default)."""
     configure_logging(log_level, log_format)
+    if threads is not None:
+        torch.set_num_threads(threads)
     # Ctrl-C reaches the whole process group: the server stops its engines itself (or its end
     # of the pipe closes), so that its calls in flight end cleanly rather than mid-step
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -81,7 +87,10 @@ def run_engine_worker(
         model_folder=str(folder),
         eos_token_ids=tuple(sorted(engine.tokenizer.eos_token_ids)),
     )
-    log_event(log, "engine_process_ready", pid=os.getpid(), model=info.name, device=device)
+    log_event(
+        log, "engine_process_ready", pid=os.getpid(), model=info.name, device=device,
+        threads=torch.get_num_threads(),
+    )  # fmt: skip
     conn.send(("ready", info))
     _Worker(engine, conn).run()
 

@@ -145,6 +145,15 @@ class Executor:
         self._prefetched.pop(session_id, None)
         self._scanned.pop(session_id, None)
 
+    def engine_lost(self, engine: int) -> None:
+        """An engine died: what it held is gone (its calls fail with it)."""
+        self.prefixes.drop_engine(engine)
+
+    def engine_back(self, engine: int) -> None:
+        """A restarted engine takes work: admit what waited for it."""
+        self.metrics.engine_restarts.inc()
+        self._pump()
+
     async def close(self) -> None:
         for session_id in list(self._tasks):
             await self.cancel_session(session_id)
@@ -418,6 +427,8 @@ class Executor:
             if len(tokens) < self.config.min_shared_prefix_tokens:
                 continue
             engine = self.pool.least_loaded()
+            if not self.pool.drivers[engine].alive:
+                continue  # no engine runs now: the call fills its prefix when it runs
             hit = self.prefixes.deepest(bounds[:-1], engine)
             base = hit[1] if hit is not None else None
             if (

@@ -73,6 +73,12 @@ class Metrics:
             "counter",
             "Calls forked from a prefix context filled earlier (for another call, or ahead).",
         )
+        self.engine_restarts = Family(
+            "parrot_engine_restarts_total",
+            "counter",
+            "Engines restarted after their process died (each restarted engine counts its "
+            "tokens from 0 again).",
+        )
         self.pipelined_prefill_tokens = Family(
             "parrot_pipelined_prefill_tokens_total",
             "counter",
@@ -163,6 +169,7 @@ class Metrics:
             self.prefix_store_entries,
             self.calls_by_priority,
             self.latency_holds,
+            self.engine_restarts,
         ]
         return render_families([*own, *derived])
 

@@ -58,7 +58,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return web.json_response(exc.body(), status=exc.status)
+        return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
     except (ClientGone, ConnectionResetError):
         # the client hung up (mid-body, or before a stream's headers went out): nobody reads
         # this, nginx's "client closed request", for the logs and the counters

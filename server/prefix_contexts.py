@@ -150,6 +150,13 @@ class PrefixContexts:
         self.store.expire()
         self.metrics.prefix_store_entries.set(len(self.store))
 
+    def drop_engine(self, engine: int) -> None:
+        """Forget the prefixes on an engine that died: calls must not fork its contexts."""
+        dropped = self.store.discard_engine(engine)
+        self.metrics.prefix_store_entries.set(len(self.store))
+        if dropped:
+            log_event(log, "prefixes_dropped", engine=engine, entries=dropped)
+
     def close(self) -> None:
         self.store.clear()
         self.metrics.prefix_store_entries.set(0)

@@ -103,6 +103,14 @@ class PrefixStore(Generic[H]):
             del self._entries[(entry.key, entry.engine)]
             self._on_evict(entry.handle)
 
+    def discard_engine(self, engine: int) -> int:
+        """Drop every entry on `engine` now, referenced or not (the engine is gone, and its
+        contexts with it); how many. Holders may still release theirs."""
+        gone = [e for (_, on), e in self._entries.items() if on == engine]
+        for entry in gone:
+            self.discard(entry)
+        return len(gone)
+
     def expire(self) -> None:
         """Evict unreferenced entries unused for longer than the time to live."""
         deadline = self._clock() - self.config.ttl_s
@@ -123,7 +131,8 @@ class PrefixStore(Generic[H]):
 
     def _touch(self, entry: PrefixEntry[H]) -> None:
         entry.last_used = self._clock()
-        self._entries.move_to_end((entry.key, entry.engine))
+        if self._entries.get((entry.key, entry.engine)) is entry:  # else discarded while held
+            self._entries.move_to_end((entry.key, entry.engine))
 
     def _evict(self, entry: PrefixEntry[H]) -> None:
         del self._entries[(entry.key, entry.engine)]

@@ -155,3 +155,7 @@ class Health(ApiModel):
     model: str
     max_model_len: int
     sessions: int
+    engines: int
+    engines_running: int = Field(
+        description="engines taking work; the others died and are being restarted, or are down"
+    )

@@ -45,7 +45,7 @@ from server.api.route import Route, json_response, parse_body
 from server.api.sse import EventStream
 from server.engine import EngineError, JobOutput, SamplingParams, TokenLogprob
 from server.engine_driver import EngineDriver
-from server.engine_pool import EnginePool
+from server.engine_pool import EnginePool, EngineUnavailable
 from server.errors import ApiError, bad_request, error_body, not_found
 from server.keys import CONFIG, DRIVER, ENGINES, METRICS
 from server.stream_merge import merge_streams
@@ -337,6 +337,8 @@ async def _run(
                     prompt_logprobs[index] = out.prompt_logprobs
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
+    except EngineUnavailable as exc:
+        raise _unavailable(str(exc)) from exc
     except EngineError as exc:
         raise ApiError(500, str(exc), type="server_error") from exc
     assert all(f is not None and f.finished for f in finals)
@@ -370,6 +372,9 @@ def _check_common(request: web.Request, body: OpenAIRequest) -> None:
         )
     check_model(request, body.model)
     refuse_extensions(body, UNSUPPORTED_EXTENSIONS)
+    reason = request.app[ENGINES].unavailable()
+    if reason is not None:
+        raise _unavailable(reason)
 
 
 def check_model(request: web.Request, model: str) -> None:
@@ -422,6 +427,13 @@ class _Echo:
 
     def reason(self, final: JobOutput) -> str:
         return "length" if self.hides_generation else _reason(final)
+
+
+def _unavailable(reason: str) -> ApiError:
+    """503 with a hint when to ask again (OpenAI's clients retry it by themselves)."""
+    return ApiError(
+        503, reason, type="server_error", code="engine_unavailable", headers={"Retry-After": "1"}
+    )
 
 
 def _reason(out: JobOutput) -> str:

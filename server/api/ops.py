@@ -27,6 +27,8 @@ async def healthz(request: web.Request) -> web.Response:
         model=request.app[CONFIG].model_id,
         max_model_len=request.app[DRIVER].max_model_len,
         sessions=len(request.app[SESSIONS]),
+        engines=len(request.app[ENGINES]),
+        engines_running=sum(d.alive for d in request.app[ENGINES].drivers),
     )
     return json_response(health)
 

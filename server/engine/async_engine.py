@@ -57,6 +57,11 @@ class AsyncLLMEngine:
     def latency_priority(self) -> int:
         return self.engine.config.latency_priority
 
+    @property
+    def alive(self) -> bool:
+        """Always: an engine in this process lives as long as the server."""
+        return True
+
     async def stats(self) -> EngineStats:
         """A consistent copy of the engine's counters, read on its own thread."""
         return await self.call(lambda e: dataclasses.replace(e.stats))

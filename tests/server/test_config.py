@@ -30,6 +30,14 @@ def test_defaults_and_flags_map_to_the_config() -> None:
     assert ServerConfig.from_args(["--engine-process"]).engine_process
 
 
+def test_every_engine_runs_a_thread_per_core_unless_told() -> None:
+    assert ServerConfig().threads_per_engine(16) == 16
+    assert ServerConfig(engines=2).threads_per_engine(2) == 2
+    assert ServerConfig.from_args(["--engines", "2", "--engine-threads", "1"]).threads_per_engine(
+        2
+    ) == 1
+
+
 def test_ablation_flags_switch_each_optimisation_off() -> None:
     c = ServerConfig.from_args(
         ["--no-objective-deduction", "--no-task-groups", "--no-pipelined-prefill",
@@ -83,6 +91,8 @@ def test_every_config_field_has_a_flag() -> None:
         ({"min_shared_prefix_tokens": 0}, "min_shared_prefix_tokens"),
         ({"log_format": "xml"}, "log_format"),
         ({"engines": 0}, "engines"),
+        ({"engine_threads": 0}, "engine_threads"),
+        ({"engine_restarts": -1}, "engine_restarts"),
         ({"latency_max_running_tokens": -2}, "latency_max_running_tokens"),
         ({"latency_other_decode_rows": -1}, "latency_other_decode_rows"),
         ({"background_prefill_chunk": -1}, "background_prefill_chunk"),

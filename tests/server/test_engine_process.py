@@ -137,6 +137,13 @@ async def test_ctrl_c_is_left_to_the_server(process: EngineProcess) -> None:
     assert len(await tokens_of(process.generate_request([5, 6, 7], GREEDY))) == 8
 
 
+async def test_a_stopped_engine_is_not_taken_for_a_dead_one(tiny_llama_path: Path) -> None:
+    engine = await EngineProcess.spawn(str(tiny_llama_path), "cpu", None, num_kv_blocks=64)
+    await engine.start()
+    await engine.stop()
+    assert not engine.alive and not engine.exited.is_set()  # nobody restarts it
+
+
 async def test_a_job_the_engine_refuses_fails_alone(process: EngineProcess) -> None:
     with pytest.raises(EngineError):
         await process.fill(12345, [1, 2, 3])  # no such context
@@ -149,10 +156,14 @@ async def test_a_killed_engine_process_fails_its_calls_and_refuses_new_work(
     long = SamplingParams(max_tokens=2000, temperature=0, ignore_eos=True)
     stream = process.generate_request(prompt(reference, "Count with me:"), long)
     await anext(stream)
+    assert process.alive and not process.exited.is_set()
     process.process.kill()
     with pytest.raises(EngineError, match="exited unexpectedly"):
         async for _ in stream:
             pass
+    # what the server's watcher waits on to restart it
+    await asyncio.wait_for(process.exited.wait(), 10)
+    assert not process.alive and process.exit_code == -signal.SIGKILL
     with pytest.raises(EngineError, match="exited unexpectedly"):
         process.create_context()
     with pytest.raises(EngineError, match="exited unexpectedly"):

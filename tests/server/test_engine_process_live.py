@@ -36,10 +36,15 @@ def test_engines_in_child_processes_answer_as_in_process_and_die_alone(
 ) -> None:
     reference = LLMEngine.from_pretrained(str(tiny_llama_path))
     log = tmp_path / "server.log"
-    flags = ("--engine-process", "--engines", "2", "--served-model-name", "tiny")
+    flags = ("--engine-process", "--engines", "2", "--served-model-name", "tiny",
+             "--engine-restarts", "0", "--engine-threads", "1")  # fmt: skip
     with ServerProcess(tiny_llama_path, *flags, log_path=log) as srv:
         pids = engine_pids(log)
         assert len(pids) == 2 and srv.process is not None and srv.process.pid not in pids
+        # each engine runs the compute threads it is told
+        text = log.read_text()
+        assert re.search(r"threads_per_engine=1\b", text)
+        assert re.findall(r"engine_process_ready.*threads=(\d+)", text) == ["1", "1"]
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
         prompts = ["The parrot said", "Once upon a time", "Numbers: 1 2 3"]
         for text in prompts:
@@ -71,6 +76,83 @@ def test_engines_in_child_processes_answer_as_in_process_and_die_alone(
         started = time.monotonic()
         assert srv.stop() == 0  # and it stops cleanly, without waiting on the dead engines
         assert time.monotonic() - started < 10
+
+
+def wait_logged(log: Path, event: str, timeout_s: float = 60) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        if event in text:
+            return text
+        time.sleep(0.05)
+    raise AssertionError(f"no {event} in the log: {log.read_text()[-2000:]}")
+
+
+def test_a_killed_engine_is_restarted_and_what_waited_runs_on_the_new_one(
+    tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    reference = LLMEngine.from_pretrained(str(tiny_llama_path))
+    log = tmp_path / "server.log"
+    with ServerProcess(tiny_llama_path, "--served-model-name", "tiny", log_path=log) as srv:
+        [pid] = engine_pids(log)
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        done = client.completions.create(model="tiny", prompt="Hi", max_tokens=4, temperature=0)
+        assert done.choices[0].text == greedy(reference, "Hi", 4)
+        status, body = request("POST", srv.url + "/v1/sessions", {"name": "t"})
+        sid, token = body["session_id"], body["token"]
+
+        os.kill(pid, signal.SIGKILL)
+        wait_logged(log, "engine_exited")
+        # no engine runs: a plain request is told to come back (OpenAI's clients retry 503)
+        assert request("GET", srv.url + "/healthz")[1]["engines_running"] == 0
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.completions.create(model="tiny", prompt="Hi", max_tokens=4)
+        assert refused.value.status_code == 503
+        assert refused.value.response.headers["retry-after"] == "1"
+        assert "restarted" in refused.value.message
+        # a graph call submitted meanwhile waits for the new engine instead of failing
+        graph = {
+            "variables": [{"id": "x", "value": "Polly"}, {"id": "y"}],
+            "calls": [{"id": "c", "template": "Name: {{input:x}}\nSays:{{output:y}}",
+                       "inputs": {"x": "x"}, "outputs": {"y": "y"},
+                       "sampling": {"max_tokens": 6, "temperature": 0}}],
+        }  # fmt: skip
+        status, body = request("POST", f"{srv.url}/v1/sessions/{sid}/graph", graph, token)
+        assert status == 200, body
+        assert "engine_restarted" not in log.read_text()  # it was submitted during the restart
+        status, body = request("GET", f"{srv.url}/v1/sessions/{sid}/variables/y", token=token)
+        assert status == 200 and body["value"] == greedy(reference, "Name: Polly\nSays:", 6)
+
+        text = wait_logged(log, "engine_restarted")
+        new_pid = int(re.search(r"engine_restarted.* pid=(\d+)", text).group(1))
+        assert new_pid != pid and not exited(new_pid)
+        done = client.completions.create(model="tiny", prompt="Hi", max_tokens=4, temperature=0)
+        assert done.choices[0].text == greedy(reference, "Hi", 4)
+        assert metrics(srv.url)["parrot_engine_restarts_total"] == 1
+        assert request("GET", srv.url + "/healthz")[1]["engines_running"] == 1
+        assert srv.stop() == 0
+    assert wait_exited([new_pid])
+
+
+def test_while_one_engine_restarts_the_others_take_its_work(
+    tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    reference = LLMEngine.from_pretrained(str(tiny_llama_path))
+    log = tmp_path / "server.log"
+    flags = ("--engines", "2", "--served-model-name", "tiny")
+    with ServerProcess(tiny_llama_path, *flags, log_path=log) as srv:
+        pids = engine_pids(log)
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        os.kill(pids[0], signal.SIGKILL)
+        wait_logged(log, "engine_exited")
+        assert request("GET", srv.url + "/healthz")[1]["engines_running"] == 1
+        # every request lands on the engine that runs: none fails, none waits for the restart
+        for text in ["The parrot said", "Once upon a time", "Numbers: 1 2 3"]:
+            done = client.completions.create(model="tiny", prompt=text, max_tokens=6, temperature=0)
+            assert done.choices[0].text == greedy(reference, text, 6)
+        assert "engine_restarted" not in log.read_text()
+        wait_logged(log, "engine_restarted")
+        assert request("GET", srv.url + "/healthz")[1]["engines_running"] == 2
 
 
 def exited(pid: int) -> bool:

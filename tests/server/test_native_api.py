@@ -332,6 +332,7 @@ def test_text_that_is_no_text_is_refused_before_anything_is_applied(server: str)
 def test_ops_routes(server: str) -> None:
     status, health = request("GET", server + "/healthz")
     assert status == 200 and health["max_model_len"] == 1024
+    assert health["engines"] == health["engines_running"] == 1
     samples = metrics(server)
     for name in ["parrot_prompt_tokens_total", "parrot_prefill_tokens_total",
                  "parrot_cached_tokens_total", "parrot_generated_tokens_total",

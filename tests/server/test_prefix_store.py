@@ -90,6 +90,22 @@ def test_discard_and_clear_close_handles_and_bad_release_is_refused() -> None:
         store.release(c)
 
 
+def test_a_dead_engines_entries_go_at_once_and_their_holders_can_still_release() -> None:
+    store, evicted, _ = make(max_entries=8)
+    held = store.put("a", 1, "A1", 1)  # referenced by whoever is filling or forking it
+    store.release(store.put("b", 1, "B1", 1))
+    kept = store.put("a", 0, "A0", 1)
+    assert store.discard_engine(1) == 2
+    assert sorted(evicted) == ["A1", "B1"]
+    assert store.engines_holding("a") == [0] and store.get("b", 1) is None
+    store.release(held)  # no error, and nothing comes back
+    assert store.peek("a", 1) is None and len(store) == 1
+    # a new entry for the same key on the restarted engine is a fresh one
+    again = store.put("a", 1, "A1'", 1)
+    assert again is not held and store.get("a", 1) is again and store.get("a", 0) is kept
+    assert store.discard_engine(5) == 0
+
+
 @pytest.mark.parametrize(("kwargs", "needle"), [({"max_entries": 0}, "max_entries"),
                                                 ({"ttl_s": 0}, "ttl_s")])  # fmt: skip
 def test_bad_config_is_refused(kwargs: dict, needle: str) -> None:
