@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,7 @@ class ExecutorConfig:
 class _Ready:
     session: Session
     call: Call
+    ready_at: float = field(default_factory=time.perf_counter)  # queued with every input in
 
 
 @dataclass(eq=False, slots=True)
@@ -206,6 +208,8 @@ class Executor:
                 continue
             session.graph.start(call.id)
             self.metrics.calls_by_priority.inc(engine=str(engine), priority=str(item.priority))
+            waited = time.perf_counter() - item.payload.ready_at
+            self.metrics.call_queue.observe(waited, priority=str(item.priority))
             try:
                 values = session.graph.input_values(call)
                 steps = lower_call(call, values)
@@ -320,6 +324,8 @@ class Executor:
                 ready = session.complete_output(call.id, step.output, value, generation)
                 self.dispatch(session, ready)
             self.metrics.calls.inc(status="done")
+            took = time.perf_counter() - job.item.payload.ready_at
+            self.metrics.call_latency.observe(took, priority=str(job.item.priority))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an engine error fails this call and what depends on it

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from server.histogram import Histogram, escape_label_value
+
 if TYPE_CHECKING:
     from server.engine import EngineStats
 
@@ -104,6 +106,33 @@ class Metrics:
             "Graph calls started, by engine and priority (0 latency-critical, 1 normal, 2 bulk).",
             ("engine", "priority"),
         )
+        # plain requests (OpenAI API), one observation per prompt; `api`: completions or chat
+        self.request_ttft = Histogram(
+            "parrot_request_time_to_first_token_seconds",
+            "Plain requests: from arrival to the first generated token.",
+            labels=("api",),
+        )
+        self.request_tpot = Histogram(
+            "parrot_request_time_per_output_token_seconds",
+            "Plain requests: time between generated tokens after the first, per token.",
+            labels=("api",),
+        )
+        self.request_latency = Histogram(
+            "parrot_request_latency_seconds",
+            "Plain requests that finished: from arrival to the last token.",
+            labels=("api",),
+        )
+        # graph calls, by the priority objective deduction gave them
+        self.call_queue = Histogram(
+            "parrot_call_queue_seconds",
+            "Graph calls: from ready (every input in) to started on an engine, by priority.",
+            labels=("priority",),
+        )
+        self.call_latency = Histogram(
+            "parrot_call_latency_seconds",
+            "Graph calls that finished: from ready to their last output, by priority.",
+            labels=("priority",),
+        )
 
     def render(self, engine: EngineStats) -> str:
         """Prometheus text exposition of server and engine metrics."""
@@ -171,7 +200,15 @@ class Metrics:
             self.latency_holds,
             self.engine_restarts,
         ]
-        return render_families([*own, *derived])
+        histograms = [
+            self.request_ttft,
+            self.request_tpot,
+            self.request_latency,
+            self.call_queue,
+            self.call_latency,
+        ]
+        text = render_families([*own, *derived])
+        return text + "".join(line + "\n" for h in histograms for line in h.render())
 
 
 def render_families(families: Iterable[Family]) -> str:
@@ -182,7 +219,8 @@ def render_families(families: Iterable[Family]) -> str:
         samples = fam.samples or ({(): 0.0} if not fam.labels else {})
         for key, value in sorted(samples.items()):
             labels = ",".join(
-                f'{name}="{_escape(v)}"' for name, v in zip(fam.labels, key, strict=True)
+                f'{name}="{escape_label_value(v)}"'
+                for name, v in zip(fam.labels, key, strict=True)
             )
             lines.append(
                 f"{fam.name}{{{labels}}} {_number(value)}"
@@ -196,10 +234,6 @@ def _single(name: str, kind: str, help: str, value: float) -> Family:
     fam = Family(name, kind, help)
     fam.set(value)
     return fam
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 def _number(value: float) -> str:

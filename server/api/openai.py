@@ -41,6 +41,7 @@ from server.api.openai_models import (
     OpenAIRequest,
     Usage,
 )
+from server.api.request_timing import RequestTiming
 from server.api.route import Route, json_response, parse_body
 from server.api.sse import EventStream
 from server.engine import EngineError, JobOutput, SamplingParams, TokenLogprob
@@ -85,6 +86,7 @@ def _model_card(request: web.Request) -> ModelCard:
 
 
 async def create_completion(request: web.Request) -> web.StreamResponse:
+    timing = RequestTiming(request.app[METRICS], "completions", time.perf_counter())
     body = await parse_body(request, CompletionRequest)
     _check_common(request, body)
     if body.suffix:
@@ -109,10 +111,11 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         request.app[METRICS].prompt_tokens.inc(len(ids))
     if body.stream:
         return await _stream_completion(
-            request, driver, prompts, prompt_ids, samplings, cid, body, echo
+            request, driver, prompts, prompt_ids, samplings, cid, body, echo, timing
         )
     per_prompt = await unless_disconnected(request, asyncio.gather(
-        *(_run(request.app[ENGINES], ids, s) for ids, s in zip(prompt_ids, samplings, strict=True))
+        *(_run(request.app[ENGINES], ids, s, timing)
+          for ids, s in zip(prompt_ids, samplings, strict=True))
     ))  # fmt: skip
     choices, completion_tokens = [], 0
     for k, outs in enumerate(per_prompt):  # OpenAI's order: by prompt, then sample
@@ -136,6 +139,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
 
 
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
+    timing = RequestTiming(request.app[METRICS], "chat", time.perf_counter())
     body = await parse_body(request, ChatCompletionRequest)
     _check_common(request, body)
     if body.tools:
@@ -154,8 +158,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     request.app[METRICS].prompt_tokens.inc(len(ids))
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model
     if body.stream:
-        return await _stream_chat(request, driver, ids, samplings, cid, body)
-    done = await unless_disconnected(request, _run(request.app[ENGINES], ids, samplings))
+        return await _stream_chat(request, driver, ids, samplings, cid, body, timing)
+    done = await unless_disconnected(request, _run(request.app[ENGINES], ids, samplings, timing))
     finals = [f for f, _ in done]
     choices = [
         ChatChoice(
@@ -180,6 +184,7 @@ async def _stream_chat(
     samplings: list[SamplingParams],
     cid: str,
     body: ChatCompletionRequest,
+    timing: RequestTiming,
 ) -> web.StreamResponse:
     created = int(time.time())
 
@@ -198,7 +203,8 @@ async def _stream_chat(
         for index in range(len(samplings)):
             await stream.send(chunk(index, ChatDelta(role="assistant", content="")))
         finals: dict[int, JobOutput] = {}
-        async for index, out in _outputs(stream, request.app[ENGINES], [ids], [samplings]):
+        outputs = _outputs(stream, request.app[ENGINES], [ids], [samplings], timing)
+        async for index, out in outputs:
             held[index].add(out.new_logprobs)
             if out.new_text:
                 await stream.send(chunk(index, ChatDelta(content=out.new_text)))
@@ -226,6 +232,7 @@ async def _stream_completion(
     cid: str,
     body: CompletionRequest,
     echo: _Echo,
+    timing: RequestTiming,
 ) -> web.StreamResponse:
     """Choice k * n + i is sample i of prompt k, as in the non-streamed response."""
     created = int(time.time())
@@ -239,7 +246,7 @@ async def _stream_completion(
     await stream.open()
     with contextlib.suppress(ConnectionError):
         finals: dict[int, JobOutput] = {}
-        outputs = _outputs(stream, request.app[ENGINES], prompt_ids, per_prompt)
+        outputs = _outputs(stream, request.app[ENGINES], prompt_ids, per_prompt, timing)
         async for index, out in outputs:
             prompt, ids = prompts[index // n], prompt_ids[index // n]
             if index in to_echo and (not echo.scored or out.prompt_logprobs is not None):
@@ -295,12 +302,15 @@ async def _outputs(
     engines: EnginePool,
     prompt_ids: list[list[int]],
     per_prompt: list[list[SamplingParams]],
+    timing: RequestTiming,
 ) -> AsyncIterator[tuple[int, JobOutput]]:
     """(choice index: prompt k's sample i is k * n + i, engine output) of the prompts'
     samples, as they come; an engine error after the stream started is sent as an error
     event."""
     n = len(per_prompt[0])
-    runs = [_generate(engines, ids, s) for ids, s in zip(prompt_ids, per_prompt, strict=True)]
+    runs = [
+        _generate(engines, ids, s, timing) for ids, s in zip(prompt_ids, per_prompt, strict=True)
+    ]
     try:
         if len(runs) == 1:
             async with contextlib.aclosing(runs[0]) as outputs:  # type: ignore[type-var]
@@ -319,14 +329,14 @@ async def _outputs(
 
 
 async def _run(
-    engines: EnginePool, ids: list[int], samplings: list[SamplingParams]
+    engines: EnginePool, ids: list[int], samplings: list[SamplingParams], timing: RequestTiming
 ) -> list[tuple[JobOutput, list[TokenLogprob]]]:
     """The finished output of each sample (with the prompt's logprobs, if asked) and its
     tokens' logprobs (if asked), in order (see `_generate`)."""
     finals: list[JobOutput | None] = [None] * len(samplings)
     logprobs: list[list[TokenLogprob]] = [[] for _ in samplings]
     prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
-    outputs = _generate(engines, ids, samplings)
+    outputs = _generate(engines, ids, samplings, timing)
     try:
         # closed at once when cancelled (the client left): that aborts the engine jobs
         async with contextlib.aclosing(outputs):  # type: ignore[type-var]
@@ -348,14 +358,16 @@ async def _run(
 
 
 def _generate(
-    engines: EnginePool, ids: list[int], samplings: list[SamplingParams]
+    engines: EnginePool, ids: list[int], samplings: list[SamplingParams], timing: RequestTiming
 ) -> AsyncIterator[tuple[int, JobOutput]]:
     """A plain request on the least loaded engine, at normal priority (latency-critical graph
     calls go first, bulk graph work after): one sample through the prefix cache, or several
-    (`n`) forking one computed prompt."""
+    (`n`) forking one computed prompt; its latencies go to `timing`'s histograms."""
     if len(samplings) > 1:
-        return engines.generate_samples(ids, samplings)
-    return _indexed(engines.generate_plain(ids, samplings[0]))
+        outputs = engines.generate_samples(ids, samplings)
+    else:
+        outputs = _indexed(engines.generate_plain(ids, samplings[0]))
+    return dataclasses.replace(timing, samples=len(samplings)).observe(outputs)
 
 
 async def _indexed(outputs: AsyncIterator[JobOutput]) -> AsyncIterator[tuple[int, JobOutput]]:

@@ -344,3 +344,29 @@ def test_ops_routes(server: str) -> None:
     assert status == 200 and doc["openapi"].startswith("3.")
     assert "/v1/sessions/{session_id}/graph" in doc["paths"]
     assert "GraphSubmission" in doc["components"]["schemas"]
+
+
+def test_call_latencies_are_observed_by_the_priority_deduced(server: str) -> None:
+    def counts(kind: str) -> dict[str, float]:
+        return {
+            p: metrics(server).get(f'parrot_call_{kind}_seconds_count{{priority="{p}"}}', 0)
+            for p in ("0", "1", "2")
+        }
+
+    queue_before, latency_before = counts("queue"), counts("latency")
+    sid, token = open_session(server)
+    graph = {
+        "variables": [{"id": "doc", "value": "Parrots talk."}, {"id": "s"}, {"id": "t"}],
+        "calls": [
+            call("sum-1", "Doc: {{input:doc}} Sum:{{output:s}}", {"doc": "doc"}, {"s": "s"}),
+            call("title-1", "Sum: {{input:s}} Title:{{output:t}}", {"s": "s"}, {"t": "t"}),
+        ],
+        "awaits": [{"variable": "t", "criteria": "latency"}],
+    }
+    assert submit(server, sid, token, graph)[0] == 200
+    assert get_var(server, sid, token, "t")["status"] == "ready"
+    queue_after, latency_after = counts("queue"), counts("latency")
+    # both calls lie on the awaited variable's path: latency-critical (priority 0)
+    assert queue_after["0"] - queue_before["0"] == 2
+    assert latency_after["0"] - latency_before["0"] == 2
+    assert sum(queue_after.values()) - sum(queue_before.values()) == 2

@@ -637,3 +637,43 @@ def test_tokenize_gives_the_ids_a_request_uses_and_detokenize_reverses_them(
     ):
         status, err = request("POST", server + path, body)
         assert status in (400, 404) and needle in err["error"]["message"], (path, err)
+
+
+def test_latency_histograms_count_each_prompt_token_and_finished_request(
+    server: str, client: openai.OpenAI
+) -> None:
+    def counts() -> dict[str, float]:
+        samples = metrics(server)
+        return {
+            f"{kind}/{api}": samples.get(f'parrot_request_{kind}_count{{api="{api}"}}', 0)
+            for kind in ("time_to_first_token_seconds", "time_per_output_token_seconds",
+                         "latency_seconds")
+            for api in ("completions", "chat")
+        }  # fmt: skip
+
+    before = counts()
+    ignore = {"ignore_eos": True}  # every request generates all its tokens
+    client.completions.create(model="tiny", prompt=["One", "Two"], max_tokens=5, temperature=0,
+                              extra_body=ignore)  # fmt: skip
+    stream = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, n=2,
+        stream=True, extra_body=ignore,
+    )  # fmt: skip
+    for _ in stream:
+        pass
+    after = counts()
+    delta = {k: after[k] - before[k] for k in after}
+    assert delta == {
+        # one first token per prompt; a gap per later token of each sample; one whole request
+        "time_to_first_token_seconds/completions": 2,
+        "time_to_first_token_seconds/chat": 1,
+        "time_per_output_token_seconds/completions": 2 * 4,
+        "time_per_output_token_seconds/chat": 2 * 3,
+        "latency_seconds/completions": 2,
+        "latency_seconds/chat": 1,
+    }
+    samples = metrics(server)
+    assert samples['parrot_request_latency_seconds_bucket{api="chat",le="+Inf"}'] == after[
+        "latency_seconds/chat"
+    ]
+    assert samples['parrot_request_latency_seconds_sum{api="chat"}'] > 0
