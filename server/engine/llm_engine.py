@@ -172,6 +172,7 @@ class LLMEngine:
             if job.kind is JobKind.FILL and job.priority > priority:
                 job.priority = priority
                 job.yield_tokens = None
+        self.scheduler.rerank(ctx)
 
     def add_generate(
         self,
@@ -608,6 +609,8 @@ class LLMEngine:
         was_head = ctx.job is job
         if job in ctx.jobs:
             ctx.jobs.remove(job)
+            if was_head and ctx.jobs:
+                self.scheduler.rerank(ctx)  # ranked by its head job
         if job.free_on_finish:
             self.free(ctx.id)
             return

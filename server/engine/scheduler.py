@@ -12,6 +12,7 @@ priority class gives up its slot, and lower-ranked or idle contexts give up thei
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -65,6 +66,9 @@ class Scheduler:
         self.held = False
         self.block_size = block_manager.block_size
         self.contexts: dict[int, Context] = {}
+        # kept sorted by rank (`Context.sort_key`) as contexts join it, so that a step reads
+        # its head and its latency-critical lead without a pass over thousands waiting; a
+        # waiting context whose rank changes is put back in place by `rerank`
         self.waiting: list[Context] = []
         self.running: list[Context] = []
         self._clock = 0
@@ -106,7 +110,14 @@ class Scheduler:
         """A context got a job: queue it unless it is already queued or running."""
         if ctx.state is ContextState.IDLE and ctx.jobs:
             ctx.state = ContextState.WAITING
-            self.waiting.append(ctx)
+            self._enqueue(ctx)
+
+    def rerank(self, ctx: Context) -> None:
+        """`ctx`'s rank changed (its head job ended, or a job was boosted): a waiting context
+        moves to its new place in the queue."""
+        if ctx.state is ContextState.WAITING and ctx in self.waiting:
+            self.waiting.remove(ctx)
+            self._enqueue(ctx)
 
     def sleep(self, ctx: Context) -> None:
         """A context ran out of jobs: it keeps its blocks but leaves the queues."""
@@ -152,9 +163,14 @@ class Scheduler:
 
     def has_latency_contexts(self) -> bool:
         """Whether latency-critical work is queued or running outside a paused step."""
-        return any(
-            self.is_latency(c) and c.id not in self._frozen for c in (*self.running, *self.waiting)
-        )
+        if any(self.is_latency(c) and c.id not in self._frozen for c in self.running):
+            return True
+        for ctx in self.waiting:  # sorted: the latency-critical ones lead it
+            if not self.is_latency(ctx):
+                return False
+            if ctx.id not in self._frozen:
+                return True
+        return False
 
     def is_latency(self, ctx: Context) -> bool:
         return ctx.sort_key[0] <= self.config.latency_priority
@@ -183,13 +199,14 @@ class Scheduler:
         # held back by it (a second reading may find it just ended, and the waiting work that
         # the cap kept out would look like work the pool cannot hold)
         self.held = cap is not None and self.latency_hold_left() > 0
-        others: int | None = cap if self.held or self._latency_queued() else None
+        # the waiting queue is sorted: its head first, its latency-critical contexts leading
+        latency_queued = (bool(self.waiting) and self.is_latency(self.waiting[0])) or any(
+            self.is_latency(c) for c in self.running
+        )
+        others: int | None = cap if self.held or latency_queued else None
         self._ride_along_left = self.config.latency_other_decode_rows if others is not None else 0
         self._prefill_left = self.config.background_max_prefill_tokens
-        self._latency_generating = sum(
-            1 for c in (*self.running, *self.waiting)
-            if self.is_latency(c) and c.sampling_job is not None
-        )  # fmt: skip
+        self._latency_generating = self._count_latency_generating(limit=2)
 
         self._make_way(out)
         queue = sorted(self.running, key=lambda c: c.sort_key)
@@ -216,7 +233,6 @@ class Scheduler:
                 budget -= n
                 others = self._charge(ctx, others, n)
 
-        self.waiting.sort(key=lambda c: c.sort_key)
         while self.waiting and len(self.running) < self.config.max_num_seqs:
             ctx = self.waiting[0]
             before, cached = ctx.num_computed, out.num_cached_tokens
@@ -378,7 +394,7 @@ class Scheduler:
         """
         if not self.waiting:
             return
-        head = min(self.waiting, key=lambda c: c.sort_key)
+        head = self.waiting[0]  # sorted by rank
         rank = head.sort_key[0]
         if len(self.running) >= self.config.max_num_seqs:
             lower = sorted(
@@ -457,7 +473,7 @@ class Scheduler:
         """Back to waiting with its blocks: it goes on from where it was once readmitted."""
         self.running.remove(ctx)
         ctx.state = ContextState.WAITING
-        self.waiting.append(ctx)
+        self._enqueue(ctx)
 
     def _preempt(self, ctx: Context, out: SchedulerOutput) -> None:
         self.blocks.free_blocks(ctx.block_table)
@@ -467,7 +483,7 @@ class Scheduler:
         if ctx in self.waiting:
             self.waiting.remove(ctx)
         ctx.state = ContextState.WAITING
-        self.waiting.insert(0, ctx)
+        self._enqueue(ctx, first_among_equals=True)  # it had started: it goes on first
         out.preempted.append(ctx)
 
     def _swap_out_idle(self) -> bool:
@@ -497,6 +513,7 @@ class Scheduler:
         job = ctx.job
         if job is not None and job.yield_tokens is not None and self._latency_generating:
             # a fill ahead of need rides along latency-critical decodes in small pieces
+            # (`_latency_generating` counts to 2 at most: enough to tell one besides ctx)
             others_generating = self._latency_generating - (ctx.sampling_job is not None)
             if others_generating > 0 and self.is_latency(ctx):
                 return min(ctx.num_pending, job.yield_tokens)
@@ -522,9 +539,28 @@ class Scheduler:
     def _is_background(self, ctx: Context) -> bool:
         return ctx.sort_key[0] >= self.config.background_priority
 
-    def _latency_queued(self) -> bool:
-        limit = self.config.latency_priority
-        return any(c.sort_key[0] <= limit for c in (*self.running, *self.waiting))
+    def _enqueue(self, ctx: Context, first_among_equals: bool = False) -> None:
+        """Into the waiting queue at its rank: after those of equal rank (as arrivals go), or
+        before them."""
+        place = bisect.bisect_left if first_among_equals else bisect.bisect_right
+        self.waiting.insert(place(self.waiting, _rank(ctx), key=_rank), ctx)
+
+    def _count_latency_generating(self, limit: int) -> int:
+        """Latency-critical contexts with a generation queued or running, counted up to `limit`
+        (`_room` only asks whether there is one besides the context at hand). The waiting
+        queue is sorted: its latency-critical contexts lead it."""
+        count = 0
+        for queue in (self.running, self.waiting):
+            for ctx in queue:
+                if not self.is_latency(ctx):
+                    if queue is self.waiting:
+                        break
+                    continue
+                if ctx.sampling_job is not None:
+                    count += 1
+                    if count >= limit:
+                        return count
+        return count
 
     def _leave_queues(self, ctx: Context) -> None:
         if ctx in self.running:
@@ -532,3 +568,12 @@ class Scheduler:
         if ctx in self.waiting:
             self.waiting.remove(ctx)
         ctx.state = ContextState.IDLE
+
+
+def _rank(ctx: Context) -> tuple[int, int]:
+    """`ctx.sort_key`, inlined: the queue is sorted by it every step."""
+    jobs = ctx.jobs
+    if jobs:
+        job = jobs[0]
+        return (job.priority, job.arrival)
+    return (0, 0)

@@ -135,7 +135,15 @@ class Fuzz:
 
     def step(self) -> None:
         self.log.append("step()")
+        self.check_queue_order()
         self.absorb(self.engine.step())
+        self.check_queue_order()
+
+    def check_queue_order(self) -> None:
+        """The scheduler keeps its waiting queue sorted by rank, whatever ended, was aborted
+        or boosted meanwhile (it is never re-sorted)."""
+        ranks = [c.sort_key for c in self.engine.scheduler.waiting]
+        assert ranks == sorted(ranks), self.tail()
 
     # ---- outputs --------------------------------------------------------------------------
     def absorb(self, outputs: list[JobOutput]) -> None:
@@ -257,6 +265,14 @@ class Fuzz:
         if gens:
             self.abort(self.rng.choice(gens))
 
+    def boost_one(self) -> None:
+        live = list(self.contexts.values())
+        if live:
+            t = self.rng.choice(live)
+            priority = self.rng.choice(PRIORITIES)
+            self.engine.boost(t.id, priority)
+            self.log.append(f"boost(c{t.id}, {priority})")
+
     def free_one(self) -> None:
         live = list(self.contexts.values())
         if live:
@@ -265,7 +281,7 @@ class Fuzz:
     def round(self) -> None:
         ops = [
             (self.new_prefix, 2), (self.fan_out, 5), (self.rebase, 2), (self.queue_more, 2),
-            (self.abort_one, 0.5), (self.free_one, 1),
+            (self.abort_one, 0.5), (self.free_one, 1), (self.boost_one, 1),
         ]  # fmt: skip
         for _ in range(self.rng.choice([1, 1, 2, 3])):
             op = self.rng.choices([o for o, _ in ops], [w for _, w in ops])[0]

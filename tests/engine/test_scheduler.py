@@ -220,6 +220,35 @@ def test_priority_orders_admission():
     assert lo.state is ContextState.WAITING
 
 
+def test_a_rank_that_changes_while_waiting_moves_the_context_in_the_queue() -> None:
+    """A waiting job raised in priority (a boost), or a head job that ends and leaves a later
+    one, changes a context's rank without it joining the queue again: `rerank` moves it."""
+    sched, _ = make(budget=4, max_seqs=1)
+    first = new_ctx(sched, range(4), priority=1)
+    out = sched.schedule()
+    assert [s.ctx for s in out.scheduled] == [first]
+    a = new_ctx(sched, range(10, 14), priority=2)
+    b = new_ctx(sched, range(20, 24), priority=3)
+    sched.schedule()  # the slot stays taken; both wait, sorted: a before b
+    b.job.priority = 0  # boosted while waiting (as `LLMEngine.boost` does, then tells it)
+    sched.rerank(b)
+    first.jobs.clear()
+    sched.sleep(first)  # its job ended: the slot is free
+    out = sched.schedule()
+    assert [s.ctx for s in out.scheduled] == [b]
+    assert a.state is ContextState.WAITING
+
+
+def test_many_waiting_are_admitted_in_rank_order_with_latency_work_first() -> None:
+    sched, _ = make(num_blocks=4096, budget=10_000, max_seqs=64)
+    ranks = [(p, i) for i in range(300) for p in (2, 0, 1)]
+    made = [new_ctx(sched, range(i * 8, i * 8 + 3), priority=p) for p, i in ranks]
+    out = sched.schedule()
+    expected = sorted(made, key=lambda c: c.sort_key)[:64]
+    assert [s.ctx for s in out.scheduled] == expected
+    assert all(s.ctx.job.priority == 0 for s in out.scheduled)
+
+
 def test_fill_entirely_cached_completes_without_compute():
     sched, _ = make()
     a = new_ctx(sched, range(8), kind=JobKind.FILL)
