@@ -158,6 +158,14 @@ class Metrics:
             ),
             _single("parrot_kv_free_blocks", "gauge", "Free KV cache blocks.", engine.free_blocks),
             _single(
+                "parrot_engine_contexts",
+                "gauge",
+                "Contexts alive in the engines (the server's, and plain requests').",
+                engine.contexts,
+            ),
+            _single("parrot_engine_jobs", "gauge", "Jobs queued or running in the engines.",
+                    engine.jobs),  # fmt: skip
+            _single(
                 "parrot_kv_total_blocks",
                 "gauge",
                 "KV cache blocks in the pool.",

@@ -380,6 +380,8 @@ class LLMEngine:
     @property
     def stats(self) -> EngineStats:
         self._stats.free_blocks = self.blocks.num_free_blocks
+        self._stats.contexts = len(self.scheduler.contexts)
+        self._stats.jobs = len(self._jobs)
         return self._stats
 
     def step(self) -> list[JobOutput]:

@@ -62,3 +62,5 @@ class EngineStats:
     paused_steps: int = 0
     free_blocks: int = 0
     total_blocks: int = 0
+    contexts: int = 0  # alive now: held by the server, or a plain request's
+    jobs: int = 0  # queued or running now

@@ -506,7 +506,8 @@ def settle(url: str, timeout_s: float = 30.0) -> dict[str, float]:
     while True:
         m = metrics(url)
         idle = (m["parrot_sessions_active"] == 0 and m["parrot_prefix_store_entries"] == 0
-                and m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"])  # fmt: skip
+                and m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"]
+                and m["parrot_engine_contexts"] == 0 and m["parrot_engine_jobs"] == 0)  # fmt: skip
         if idle or time.monotonic() > deadline:
             return m
         time.sleep(0.25)

@@ -336,7 +336,8 @@ def test_ops_routes(server: str) -> None:
     samples = metrics(server)
     for name in ["parrot_prompt_tokens_total", "parrot_prefill_tokens_total",
                  "parrot_cached_tokens_total", "parrot_generated_tokens_total",
-                 "parrot_kv_free_blocks", "parrot_graph_submissions_total"]:  # fmt: skip
+                 "parrot_kv_free_blocks", "parrot_graph_submissions_total",
+                 "parrot_engine_contexts", "parrot_engine_jobs"]:  # fmt: skip
         assert name in samples
     assert samples['parrot_http_requests_total{route="/healthz",status="200"}'] >= 1
     assert 0 < samples["parrot_kv_free_blocks"] <= samples["parrot_kv_total_blocks"]

@@ -132,8 +132,8 @@ def test_a_short_soak_leaves_nothing_behind(tiny_llama_path: Path, placement: st
     in this process with two engines short of KV blocks: every answer is the quiet greedy one,
     every failure a 4xx with a message, and once idle nothing is held: no block, session,
     stored prefix, engine context or job, listener or kept context length. (Engines in child
-    processes show their blocks through /metrics only; their contexts and jobs are checked with
-    the engines in process.)"""
+    processes show their blocks, contexts and jobs through /metrics; the server's own
+    bookkeeping is read from its internals in both placements.)"""
     from tests.server.soak import FLAGS, InProcessServer, Reference, Soak, settle
 
     server = InProcessServer(tiny_llama_path, [*FLAGS, "--engines", "2", placement])
@@ -144,6 +144,7 @@ def test_a_short_soak_leaves_nothing_behind(tiny_llama_path: Path, placement: st
         assert tally.defects == []
         m = settle(server.url)
         assert m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"]
+        assert m["parrot_engine_contexts"] == 0 and m["parrot_engine_jobs"] == 0
         assert m["parrot_preemptions_total"] > 0
         left = {k: v for k, v in server.internals().items() if v and not k.endswith("tasks")}
         assert left == {}
