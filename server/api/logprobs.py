@@ -10,23 +10,42 @@ from server.engine import TokenLogprob
 from server.engine.tokenizer import Tokenizer
 
 
+class TextOffsets:
+    """Where each token's text starts in a choice's text, token after token: as the engine
+    detokenizes them, not by the length of each token's own text (a token holding part of a
+    character shows as escapes, `\\xe2`, but adds to the text only with the token that
+    completes the character; a special token adds nothing). So `text[offset_i:offset_i+1]` is
+    what token i added."""
+
+    def __init__(self, tokenizer: Tokenizer, start: int = 0) -> None:
+        self._detokenizer = tokenizer.detokenizer()
+        self._start = start
+
+    def next(self, token_id: int | None) -> int:
+        """The offset of this token, which is then counted."""
+        offset = self._start + len(self._detokenizer.text)
+        if token_id is not None:
+            self._detokenizer.add(token_id)
+        return offset
+
+
 def completion_logprobs(
     tokenizer: Tokenizer,
     logprobs: Sequence[TokenLogprob | None],
-    offset: int = 0,
+    offsets: TextOffsets | None = None,
     first_token_id: int | None = None,
 ) -> CompletionLogprobs:
     """`top_logprobs` maps each alternative's text to its logprob and always holds the
-    chosen token (so up to N + 1 entries, as OpenAI's); `text_offset` counts characters of
-    the choice's text from `offset`. A None entry is an echoed prompt's first token
-    (`first_token_id`), which has no probability."""
-    tokens, offsets, values, tops = [], [], [], []
+    chosen token (so up to N + 1 entries, as OpenAI's); `text_offset` by `offsets` (from 0
+    when None; pass one on to continue a streamed choice). A None entry is an echoed prompt's
+    first token (`first_token_id`), which has no probability."""
+    offsets = offsets or TextOffsets(tokenizer)
+    tokens, starts, values, tops = [], [], [], []
     for entry in logprobs:
         token_id = first_token_id if entry is None else entry.token_id
         text = "" if token_id is None else token_text(tokenizer, token_id)
         tokens.append(text)
-        offsets.append(offset)
-        offset += len(text)
+        starts.append(offsets.next(token_id))
         if entry is None:
             values.append(None)
             tops.append(None)
@@ -36,7 +55,17 @@ def completion_logprobs(
         top.setdefault(text, entry.logprob)
         tops.append(top)
     return CompletionLogprobs(
-        tokens=tokens, token_logprobs=values, top_logprobs=tops, text_offset=offsets
+        tokens=tokens, token_logprobs=values, top_logprobs=tops, text_offset=starts
+    )
+
+
+def joined(first: CompletionLogprobs, second: CompletionLogprobs) -> CompletionLogprobs:
+    """One choice's logprobs in two parts (an echoed prompt's, then the generation's)."""
+    return CompletionLogprobs(
+        tokens=first.tokens + second.tokens,
+        token_logprobs=first.token_logprobs + second.token_logprobs,
+        top_logprobs=first.top_logprobs + second.top_logprobs,
+        text_offset=first.text_offset + second.text_offset,
     )
 
 

@@ -12,7 +12,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from server.api.disconnect import unless_disconnected
-from server.api.logprobs import HeldLogprobs, chat_logprobs, completion_logprobs
+from server.api.logprobs import (
+    HeldLogprobs,
+    TextOffsets,
+    chat_logprobs,
+    completion_logprobs,
+    joined,
+)
 from server.api.openai_inputs import (
     UNSUPPORTED_CHAT_EXTENSIONS,
     UNSUPPORTED_EXTENSIONS,
@@ -120,11 +126,14 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     choices, completion_tokens = [], 0
     for k, outs in enumerate(per_prompt):  # OpenAI's order: by prompt, then sample
         for f, lps in outs:
-            text, entries = echo.choice(prompts[k], f, lps)
+            text, scored, generated = echo.choice(prompts[k], f, lps)
             choices.append(CompletionChoice(
                 index=len(choices), text=text, finish_reason=echo.reason(f),
-                logprobs=None if logprobs is None else completion_logprobs(
-                    driver.tokenizer, entries, first_token_id=prompt_ids[k][0]),
+                logprobs=None if logprobs is None else joined(
+                    completion_logprobs(driver.tokenizer, scored, first_token_id=prompt_ids[k][0]),
+                    completion_logprobs(driver.tokenizer, generated, TextOffsets(
+                        driver.tokenizer, len(prompts[k]) if echo.on else 0)),
+                ),
             ))  # fmt: skip
             completion_tokens += 0 if echo.hides_generation else len(f.token_ids)
     prompt_tokens = sum(len(ids) for ids in prompt_ids)
@@ -240,7 +249,10 @@ async def _stream_completion(
     count = n * len(prompts)
     asked = per_prompt[0][0].logprobs is not None
     held = [HeldLogprobs(driver.tokenizer) for _ in range(count)]
-    offsets = dict.fromkeys(range(count), 0)  # the next logprob's text_offset
+    # each choice's text_offset counter: its generation starts after the echoed prompt
+    offsets = [
+        TextOffsets(driver.tokenizer, len(prompts[i // n]) if echo.on else 0) for i in range(count)
+    ]
     to_echo = set(range(count)) if echo.on else set()
     stream = EventStream(request)
     await stream.open()
@@ -255,7 +267,6 @@ async def _stream_completion(
                 prompt_lps = completion_logprobs(
                     driver.tokenizer, out.prompt_logprobs or [], first_token_id=ids[0]
                 ) if asked else None  # fmt: skip
-                offsets[index] += len(prompt)
                 await stream.send(Completion(id=cid, created=created, model=body.model, choices=[
                     CompletionChoice(index=index, text=prompt, logprobs=prompt_lps,
                                      finish_reason=None)
@@ -276,7 +287,6 @@ async def _stream_completion(
                 entries = held[index].release(out.new_text, out.finished)
                 if asked:
                     logprobs = completion_logprobs(driver.tokenizer, entries, offsets[index])
-                    offsets[index] += sum(map(len, logprobs.tokens))
                 choice = CompletionChoice(
                     index=index, text=out.new_text, logprobs=logprobs,
                     finish_reason=_reason(out) if out.finished else None,
@@ -428,14 +438,15 @@ class _Echo:
 
     def choice(
         self, prompt: str, final: JobOutput, logprobs: list[TokenLogprob]
-    ) -> tuple[str, list[TokenLogprob | None]]:
-        """The choice's text and its tokens' logprobs."""
+    ) -> tuple[str, list[TokenLogprob | None], list[TokenLogprob]]:
+        """The choice's text, its echoed prompt's token logprobs and its generation's."""
         text = prompt if self.on else ""
-        entries: list[TokenLogprob | None] = list(final.prompt_logprobs or []) if self.scored else []
+        scored: list[TokenLogprob | None] = list(final.prompt_logprobs or []) if self.scored else []
+        generated: list[TokenLogprob] = []
         if not self.hides_generation:
             text += final.text
-            entries += logprobs
-        return text, entries
+            generated = logprobs
+        return text, scored, generated
 
     def reason(self, final: JobOutput) -> str:
         return "length" if self.hides_generation else _reason(final)
