@@ -14,6 +14,7 @@ from server.api import all_routes
 from server.api.native import end_session
 from server.api.openapi import build_openapi
 from server.config import ServerConfig
+from server.cors import CorsPolicy, cors_headers, preflight_middleware
 from server.engine_driver import EngineDriver
 from server.engine_pool import EnginePool
 from server.executor import Executor
@@ -29,10 +30,14 @@ VERSION = "0.1.0"
 
 def init_app(config: ServerConfig) -> web.Application:
     """The application, with the engine loaded and started in its startup phase."""
+    cors = CorsPolicy(config.allowed_origins) if config.allowed_origins else None
+    preflight = [preflight_middleware(cors)] if cors is not None else []
     app = web.Application(
-        middlewares=[access_middleware, error_middleware],
+        middlewares=[access_middleware, *preflight, error_middleware],
         client_max_size=config.max_request_mb * 1024 * 1024,
     )
+    if cors is not None:
+        app.on_response_prepare.append(cors_headers(cors))
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[SESSIONS] = SessionStore()

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass, fields
 from typing import Any
 
+from server.cors import CorsPolicy
 from server.executor import ExecutorConfig
 from server.prefix_store import PrefixStoreConfig
 from server.restart_policy import RestartPolicy
@@ -86,6 +87,8 @@ class ServerConfig:
     # operations
     session_ttl_s: float = 3600.0
     max_request_mb: int = 64
+    # origins whose pages may call the API from a browser (CORS); "*" for any; none: no CORS
+    allowed_origins: tuple[str, ...] = ()
     log_level: str = "info"
     log_format: str = "kv"
     shutdown_timeout_s: float = 10.0
@@ -139,6 +142,8 @@ class ServerConfig:
             raise ValueError(f"log_format must be 'kv' or 'json', got {self.log_format!r}")
         if not self.session_ttl_s > 0:
             raise ValueError(f"session_ttl_s must be positive, got {self.session_ttl_s}")
+        self.allowed_origins = tuple(self.allowed_origins)  # argparse gives a list
+        CorsPolicy(self.allowed_origins)  # refuses a malformed origin
         if self.max_request_mb < 1:
             raise ValueError(f"max_request_mb must be >= 1, got {self.max_request_mb}")
         if not self.shutdown_timeout_s >= 0:  # NaN too
@@ -369,6 +374,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="close sessions idle (no request, no running call) for this long",
     )
     ops.add_argument("--max-request-mb", type=int, default=d.max_request_mb)
+    ops.add_argument(
+        "--allowed-origins",
+        nargs="+",
+        type=str,
+        default=d.allowed_origins,
+        metavar="ORIGIN",
+        help="let pages from these origins (scheme://host[:port], or '*' for any) call the API "
+        "from a browser: preflights are answered and responses carry "
+        "Access-Control-Allow-Origin (default: none)",
+    )
     ops.add_argument("--log-level", default=d.log_level, choices=_LOG_LEVELS)
     ops.add_argument("--log-format", default=d.log_format, choices=("kv", "json"))
     ops.add_argument(

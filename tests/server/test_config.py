@@ -93,6 +93,7 @@ def test_every_config_field_has_a_flag() -> None:
         ({"engines": 0}, "engines"),
         ({"engine_threads": 0}, "engine_threads"),
         ({"engine_restarts": -1}, "engine_restarts"),
+        ({"allowed_origins": ("app.example",)}, "scheme://host"),
         ({"latency_max_running_tokens": -2}, "latency_max_running_tokens"),
         ({"latency_other_decode_rows": -1}, "latency_other_decode_rows"),
         ({"background_prefill_chunk": -1}, "background_prefill_chunk"),
