@@ -20,6 +20,15 @@ from tests.server.http_client import metrics, request
 pytestmark = pytest.mark.slow
 
 
+# one call: "Name: Polly\nSays:" and 6 greedy tokens into y
+GRAPH = {
+    "variables": [{"id": "x", "value": "Polly"}, {"id": "y"}],
+    "calls": [{"id": "c", "template": "Name: {{input:x}}\nSays:{{output:y}}",
+               "inputs": {"x": "x"}, "outputs": {"y": "y"},
+               "sampling": {"max_tokens": 6, "temperature": 0}}],
+}  # fmt: skip
+
+
 def greedy(engine: LLMEngine, text: str, max_tokens: int) -> str:
     ids = engine.tokenizer.encode(text)
     return engine.generate([ids], SamplingParams(max_tokens=max_tokens, temperature=0))[0].text
@@ -53,13 +62,7 @@ def test_engines_in_child_processes_answer_as_in_process_and_die_alone(
         # a graph call: its context is filled and generated on an engine in a child process
         status, body = request("POST", srv.url + "/v1/sessions", {"name": "t"})
         sid, token = body["session_id"], body["token"]
-        graph = {
-            "variables": [{"id": "x", "value": "Polly"}, {"id": "y"}],
-            "calls": [{"id": "c", "template": "Name: {{input:x}}\nSays:{{output:y}}",
-                       "inputs": {"x": "x"}, "outputs": {"y": "y"},
-                       "sampling": {"max_tokens": 6, "temperature": 0}}],
-        }  # fmt: skip
-        status, body = request("POST", f"{srv.url}/v1/sessions/{sid}/graph", graph, token)
+        status, body = request("POST", f"{srv.url}/v1/sessions/{sid}/graph", GRAPH, token)
         assert status == 200, body
         status, body = request("GET", f"{srv.url}/v1/sessions/{sid}/variables/y", token=token)
         assert status == 200 and body["value"] == greedy(reference, "Name: Polly\nSays:", 6)
@@ -111,13 +114,7 @@ def test_a_killed_engine_is_restarted_and_what_waited_runs_on_the_new_one(
         assert refused.value.response.headers["retry-after"] == "1"
         assert "restarted" in refused.value.message
         # a graph call submitted meanwhile waits for the new engine instead of failing
-        graph = {
-            "variables": [{"id": "x", "value": "Polly"}, {"id": "y"}],
-            "calls": [{"id": "c", "template": "Name: {{input:x}}\nSays:{{output:y}}",
-                       "inputs": {"x": "x"}, "outputs": {"y": "y"},
-                       "sampling": {"max_tokens": 6, "temperature": 0}}],
-        }  # fmt: skip
-        status, body = request("POST", f"{srv.url}/v1/sessions/{sid}/graph", graph, token)
+        status, body = request("POST", f"{srv.url}/v1/sessions/{sid}/graph", GRAPH, token)
         assert status == 200, body
         assert "engine_restarted" not in log.read_text()  # it was submitted during the restart
         status, body = request("GET", f"{srv.url}/v1/sessions/{sid}/variables/y", token=token)
