@@ -266,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.engine_restarts,
         help="restart an engine process that dies (killed, crashed) at most this often within "
-        "5 minutes, then leave it down (0: never); its calls in flight fail, later ones run on "
-        "the new engine, and while no engine runs plain requests get 503 and graph calls wait",
+        "5 minutes, then leave it down (0: never). Its work that had produced output fails; "
+        "what had not (it waited in the engine's queue) runs again, once, on an engine that "
+        "runs; while none does, new plain requests get 503 and graph calls wait",
     )
     graph = p.add_argument_group("graph execution (each --no-* switches one optimisation off)")
     graph.add_argument(

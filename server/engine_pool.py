@@ -9,18 +9,21 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from server.engine import EngineError, EngineStats, JobOutput, SamplingParams
 from server.engine_driver import EngineDriver
-from server.engine_process import EngineProcess
+from server.engine_process import EngineDied, EngineProcess
 from server.log import log_event
 from server.restart_policy import RestartBudget, RestartPolicy
 from server.scheduling import NORMAL_PRIORITY, EngineLoad
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# how long a request whose engine died waits for a restarted one before it is answered 503
+REDO_WAIT_S = 120.0
 
 
 class EngineUnavailable(EngineError):
@@ -133,13 +136,13 @@ class EnginePool:
     async def generate_plain(
         self, prompt: Sequence[int], sampling: SamplingParams, priority: int = NORMAL_PRIORITY
     ) -> AsyncIterator[JobOutput]:
-        """A plain request on the least loaded engine (its prefix cache applies)."""
-        with self._placed(1, len(prompt) + sampling.max_tokens) as driver:
-            # closed with this one (not left to the garbage collector): its job stops at once
-            outputs = driver.generate_plain(prompt, sampling, priority)
-            async with contextlib.aclosing(outputs):
-                async for out in outputs:
-                    yield out
+        """A plain request on the least loaded engine (its prefix cache applies); see
+        `_redone` for an engine that dies under it."""
+        cost = len(prompt) + sampling.max_tokens
+        outputs = self._redone(1, cost, lambda d: d.generate_plain(prompt, sampling, priority))
+        async with contextlib.aclosing(outputs):
+            async for out in outputs:
+                yield out
 
     async def generate_samples(
         self,
@@ -148,13 +151,42 @@ class EnginePool:
         priority: int = NORMAL_PRIORITY,
     ) -> AsyncIterator[tuple[int, JobOutput]]:
         """Several samples of one prompt on the least loaded engine, the prompt computed once
-        (see `EngineDriver.generate_samples`)."""
+        (see `EngineDriver.generate_samples`, and `_redone`)."""
         cost = len(prompt) + sum(s.max_tokens for s in samplings)
-        with self._placed(len(samplings), cost) as driver:
-            samples = driver.generate_samples(prompt, samplings, priority)
-            async with contextlib.aclosing(samples):
-                async for item in samples:
-                    yield item
+        samples = self._redone(
+            len(samplings), cost, lambda d: d.generate_samples(prompt, samplings, priority)
+        )
+        async with contextlib.aclosing(samples):
+            async for item in samples:
+                yield item
+
+    async def _redone(
+        self, calls: int, tokens: int, run: Callable[[EngineDriver], AsyncIterator[T]]
+    ) -> AsyncIterator[T]:
+        """`run` on the least loaded engine. If that engine dies before `run` yielded anything
+        (the request waited in its queue, or was being prefilled), it runs again, once, on an
+        engine that runs: at once if one does, else after waiting up to REDO_WAIT_S for a
+        restart. Once something was yielded, the engine's death is the caller's error."""
+        for attempt in range(2):
+            produced = False
+            try:
+                with self._placed(calls, tokens) as driver:
+                    # closed with this one (not left to the garbage collector): its job stops
+                    stream = run(driver)
+                    async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                        async for item in stream:
+                            produced = True
+                            yield item
+                return
+            except EngineDied:
+                if produced or attempt:
+                    raise
+            await self._until_available(REDO_WAIT_S)
+
+    async def _until_available(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.unavailable() is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     @contextlib.contextmanager
     def _placed(self, calls: int, tokens: int) -> Iterator[EngineDriver]:

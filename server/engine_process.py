@@ -31,6 +31,11 @@ from server.engine_worker import EngineInfo, run_engine_worker
 STOP_TIMEOUT_S = 30.0  # then the child is killed
 
 
+class EngineDied(EngineError):
+    """The engine's process exited while this work was on it (or was sent to it): nothing of
+    the work is left there, so it may be done again on another engine."""
+
+
 class EngineProcess:
     """A child process running one engine; `spawn()` starts it and waits until it is ready."""
 
@@ -48,6 +53,7 @@ class EngineProcess:
         self._reader: threading.Thread | None = None
         self._send_lock = threading.Lock()
         self._gone: str | None = None  # why no more work is taken, once stopped or dead
+        self._died = False  # gone because the child exited unasked
         # set when the child exits without being asked to (see `alive`)
         self.exited = asyncio.Event()
 
@@ -154,7 +160,7 @@ class EngineProcess:
         if self._reader is not None:
             await asyncio.to_thread(self._reader.join, 5)
         self.conn.close()
-        self._fail_pending(self._gone)
+        self._fail_pending()
 
     # ---- context primitives (as AsyncLLMEngine's) -----------------------------------------
     def create_context(self, parent: int | None = None) -> int:
@@ -249,12 +255,16 @@ class EngineProcess:
 
     def _send(self, message: tuple[Any, ...]) -> None:
         if self._gone is not None:
-            raise EngineError(self._gone)
+            raise self._gone_error()
         try:
             with self._send_lock:
                 self.conn.send(message)
         except (BrokenPipeError, ConnectionResetError, OSError) as exc:
-            raise EngineError(f"the engine process is gone ({exc})") from None
+            raise EngineDied(f"the engine process is gone ({exc})") from None
+
+    def _gone_error(self) -> EngineError:
+        assert self._gone is not None
+        return EngineDied(self._gone) if self._died else EngineError(self._gone)
 
     def _read(self) -> None:
         """The child's messages, handed to the event loop; at EOF, everything still waiting
@@ -289,12 +299,13 @@ class EngineProcess:
     def _on_exit(self, exitcode: int | None) -> None:
         if self._gone is None:
             self._gone = f"the engine process exited unexpectedly (exit code {exitcode})"
+            self._died = True
             self.exited.set()
-        self._fail_pending(self._gone)
+        self._fail_pending()
 
-    def _fail_pending(self, reason: str) -> None:
+    def _fail_pending(self) -> None:
         for queue in self._jobs.values():
-            queue.put_nowait(EngineError(reason))
+            queue.put_nowait(self._gone_error())
         for fut in self._results.values():
             if not fut.done():
-                fut.set_exception(EngineError(reason))
+                fut.set_exception(self._gone_error())

@@ -20,6 +20,7 @@ from server.analysis import Boundary, boundaries
 from server.engine import EngineError, SamplingParams
 from server.engine_driver import TokenContext
 from server.engine_pool import EnginePool
+from server.engine_process import EngineDied
 from server.graph import Call, CallState, Generation, VariableState
 from server.log import log_event
 from server.lowering import GenerateStep, lower_call
@@ -225,7 +226,12 @@ class Executor:
             jobs.append(_Job(session, call, item, steps, prompt, keys))
         contexts: list[TokenContext] = []
         try:
-            await self._open_contexts(engine, jobs, contexts)
+            try:
+                await self._open_contexts(engine, jobs, contexts)
+            except EngineError as exc:  # the engine died (or stopped) before any call ran
+                for job in jobs:
+                    self._engine_failed(job, exc)
+                return
             await asyncio.gather(
                 *(self._run_call(engine, job, ctx) for job, ctx in zip(jobs, contexts, strict=True))
             )
@@ -328,8 +334,10 @@ class Executor:
             self.metrics.call_latency.observe(took, priority=str(job.item.priority))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # an engine error fails this call and what depends on it
-            if not isinstance(exc, CallError | ValueError | EngineError):
+        except EngineError as exc:
+            self._engine_failed(job, exc)
+        except Exception as exc:  # fails this call and what depends on it
+            if not isinstance(exc, CallError | ValueError):
                 log.exception("unexpected error in call %s of session %s", call.id, session.id)
             self._fail(session, call, str(exc) or type(exc).__name__)
         finally:
@@ -384,6 +392,29 @@ class Executor:
         plan = self.plan(session)
         readers = (plan.priority(c) for c in variable.consumers)
         return hold if any(p == LATENCY_PRIORITY for p in readers) else 0.0
+
+    def _engine_failed(self, job: _Job, exc: EngineError) -> None:
+        """A call whose engine died before it set an output or streamed any text runs again,
+        once, on an engine that runs (after a restart, if none does); else it fails, with what
+        depends on it."""
+        session, call = job.session, job.call
+        first = session.graph.variables[call.outputs[job.steps[0].output]]
+        redo = (
+            isinstance(exc, EngineDied)
+            and call.requeued == 0
+            and call.state is CallState.RUNNING
+            and first.state is VariableState.PENDING
+            and not session.feed(first.id).chunks
+            and not session.closed
+        )
+        if not redo:
+            self._fail(session, call, str(exc) or type(exc).__name__)
+            return
+        session.graph.requeue(call.id)
+        self.metrics.calls_requeued.inc()
+        log_event(log, "call_requeued", session=session.id, call=call.id, reason=str(exc))
+        self._release(job)  # its load on the dead engine, before it is placed again
+        self.dispatch(session, [call])
 
     def _release(self, job: _Job) -> None:
         """Once per job: drop its prefix reference and its load."""

@@ -75,6 +75,11 @@ class Metrics:
             "counter",
             "Calls forked from a prefix context filled earlier (for another call, or ahead).",
         )
+        self.calls_requeued = Family(
+            "parrot_calls_requeued_total",
+            "counter",
+            "Graph calls run again because their engine died before they produced anything.",
+        )
         self.engine_restarts = Family(
             "parrot_engine_restarts_total",
             "counter",
@@ -207,6 +212,7 @@ class Metrics:
             self.calls_by_priority,
             self.latency_holds,
             self.engine_restarts,
+            self.calls_requeued,
         ]
         histograms = [
             self.request_ttft,

@@ -67,6 +67,7 @@ class Call:
     state: CallState = CallState.WAITING
     error: str | None = None
     missing: set[str] = field(default_factory=set)  # input variable ids without a value yet
+    requeued: int = 0  # times it went back to READY after its engine died under it
 
     @property
     def label(self) -> str:

@@ -111,6 +111,18 @@ class Graph:
         call.state = CallState.RUNNING
         return call
 
+    def requeue(self, call_id: str) -> Call:
+        """A running call that set none of its outputs goes back to READY, to run again (its
+        engine died under it)."""
+        call = self.calls[call_id]
+        if call.state is not CallState.RUNNING:
+            raise RuntimeError(f"call {call.label} is {call.state.value}, not running")
+        if any(self.variables[v].state is not VariableState.PENDING for v in call.outputs.values()):
+            raise RuntimeError(f"call {call.label} has set an output: it cannot run again")
+        call.state = CallState.READY
+        call.requeued += 1
+        return call
+
     def input_values(self, call: Call) -> dict[str, str]:
         """Values of a ready call's inputs, by template name."""
         values: dict[str, str] = {}

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -150,6 +151,55 @@ def test_while_one_engine_restarts_the_others_take_its_work(
         assert "engine_restarted" not in log.read_text()
         wait_logged(log, "engine_restarted")
         assert request("GET", srv.url + "/healthz")[1]["engines_running"] == 2
+
+
+def test_work_waiting_on_an_engine_that_dies_runs_again_on_the_new_one(
+    tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    """What had produced nothing when its engine died (it waited in the engine's queue) runs
+    again on the restarted engine, as if nothing happened; what had produced text fails."""
+    reference = LLMEngine.from_pretrained(str(tiny_llama_path))
+    log = tmp_path / "server.log"
+    flags = ("--served-model-name", "tiny", "--max-num-seqs", "1")
+    with ServerProcess(tiny_llama_path, *flags, log_path=log) as srv, ThreadPoolExecutor() as pool:
+        [pid] = engine_pids(log)
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        # a long generation holds the engine's only running slot ...
+        long = iter(client.completions.create(
+            model="tiny", prompt="Count:", max_tokens=1000, temperature=0, stream=True,
+            extra_body={"ignore_eos": True},
+        ))  # fmt: skip
+        next(long)
+        # ... and three more queue behind it (one long generation takes only ~0.5 s here: the
+        # queue keeps the engine busy until the kill) ...
+        more = [
+            pool.submit(client.completions.create, model="tiny", prompt=f"Count {i}:",
+                        max_tokens=1000, temperature=0, extra_body={"ignore_eos": True})
+            for i in range(3)
+        ]  # fmt: skip
+        # ... and so do a plain request and a graph call
+        waiting = pool.submit(
+            client.completions.create, model="tiny", prompt="Hi", max_tokens=4, temperature=0
+        )
+        status, body = request("POST", srv.url + "/v1/sessions", {"name": "t"})
+        sid, token = body["session_id"], body["token"]
+        status, body = request("POST", f"{srv.url}/v1/sessions/{sid}/graph", GRAPH, token)
+        assert status == 200, body
+        deadline = time.monotonic() + 30
+        while metrics(srv.url)["parrot_engine_jobs"] < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metrics(srv.url)["parrot_engine_jobs"] >= 6  # the long one and five waiting
+
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(openai.APIError, match="exited unexpectedly"):
+            for _ in long:  # it had streamed text: its error ends the stream
+                pass
+        assert waiting.result(timeout=60).choices[0].text == greedy(reference, "Hi", 4)
+        assert [f.result(timeout=60).usage.completion_tokens for f in more] == [1000] * 3
+        status, body = request("GET", f"{srv.url}/v1/sessions/{sid}/variables/y", token=token)
+        assert status == 200 and body["value"] == greedy(reference, "Name: Polly\nSays:", 6)
+        assert metrics(srv.url)["parrot_calls_requeued_total"] == 1
+        assert metrics(srv.url)["parrot_engine_restarts_total"] == 1
 
 
 def exited(pid: int) -> bool:

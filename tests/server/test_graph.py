@@ -100,6 +100,27 @@ def test_multiple_outputs_finish_the_call_when_all_are_set() -> None:
     assert g.calls["C"].state is CallState.DONE
 
 
+def test_a_running_call_that_set_nothing_can_run_again_once_requeued() -> None:
+    g = Graph()
+    g.submit(
+        Submission(
+            variables=[VariableDecl("n"), VariableDecl("a")],
+            calls=[
+                CallDecl("C", "Name: {{output:n}}\nAge: {{output:a}}", {}, {"n": "n", "a": "a"})
+            ],
+        )
+    )
+    with pytest.raises(RuntimeError, match="not running"):
+        g.requeue("C")  # ready, not started
+    g.start("C")
+    assert g.requeue("C").state is CallState.READY and g.calls["C"].requeued == 1
+    g.start("C")  # it runs again
+    g.complete_output("C", "n", "Bob")
+    with pytest.raises(RuntimeError, match="has set an output"):
+        g.requeue("C")  # its first output is out: running it again would set it twice
+    assert g.calls["C"].state is CallState.RUNNING
+
+
 def test_failure_propagates_downstream_with_the_cause_and_spares_the_rest() -> None:
     g = Graph()
     g.submit(chain())
