@@ -83,16 +83,17 @@ def test_fan_in_waits_for_every_input() -> None:
     assert [c.id for c in g.complete_output("Q", "y", "2")] == ["R"]
 
 
+def two_outputs() -> Submission:
+    """One call C setting n, then a."""
+    return Submission(
+        variables=[VariableDecl("n"), VariableDecl("a")],
+        calls=[CallDecl("C", "Name: {{output:n}}\nAge: {{output:a}}", {}, {"n": "n", "a": "a"})],
+    )
+
+
 def test_multiple_outputs_finish_the_call_when_all_are_set() -> None:
     g = Graph()
-    g.submit(
-        Submission(
-            variables=[VariableDecl("n"), VariableDecl("a")],
-            calls=[
-                CallDecl("C", "Name: {{output:n}}\nAge: {{output:a}}", {}, {"n": "n", "a": "a"})
-            ],
-        )
-    )
+    g.submit(two_outputs())
     g.start("C")
     g.complete_output("C", "n", "Bob")
     assert g.calls["C"].state is CallState.RUNNING
@@ -102,14 +103,7 @@ def test_multiple_outputs_finish_the_call_when_all_are_set() -> None:
 
 def test_a_running_call_that_set_nothing_can_run_again_once_requeued() -> None:
     g = Graph()
-    g.submit(
-        Submission(
-            variables=[VariableDecl("n"), VariableDecl("a")],
-            calls=[
-                CallDecl("C", "Name: {{output:n}}\nAge: {{output:a}}", {}, {"n": "n", "a": "a"})
-            ],
-        )
-    )
+    g.submit(two_outputs())
     with pytest.raises(RuntimeError, match="not running"):
         g.requeue("C")  # ready, not started
     g.start("C")
