@@ -266,9 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.engine_restarts,
         help="restart an engine process that dies (killed, crashed) at most this often within "
-        "5 minutes, then leave it down (0: never). Its work that had produced output fails; "
-        "what had not (it waited in the engine's queue) runs again, once, on an engine that "
-        "runs; while none does, new plain requests get 503 and graph calls wait",
+        "5 minutes, then leave it down (0: never). Its work whose output a client had seen "
+        "(streamed) fails; the rest (queued, non-streamed, graph calls nobody streamed) runs "
+        "again, once, on an engine that runs; while none does, new plain requests get 503 "
+        "and graph calls wait",
     )
     graph = p.add_argument_group("graph execution (each --no-* switches one optimisation off)")
     graph.add_argument(

@@ -134,12 +134,18 @@ class EnginePool:
         load.queued_tokens += tokens
 
     async def generate_plain(
-        self, prompt: Sequence[int], sampling: SamplingParams, priority: int = NORMAL_PRIORITY
+        self,
+        prompt: Sequence[int],
+        sampling: SamplingParams,
+        priority: int = NORMAL_PRIORITY,
+        redo: bool = True,
     ) -> AsyncIterator[JobOutput]:
-        """A plain request on the least loaded engine (its prefix cache applies); see
-        `_redone` for an engine that dies under it."""
+        """A plain request on the least loaded engine (its prefix cache applies); with `redo`,
+        see `_redone` for an engine that dies under it."""
         cost = len(prompt) + sampling.max_tokens
-        outputs = self._redone(1, cost, lambda d: d.generate_plain(prompt, sampling, priority))
+        outputs = self._redone(
+            1, cost, lambda d: d.generate_plain(prompt, sampling, priority), redo
+        )
         async with contextlib.aclosing(outputs):
             async for out in outputs:
                 yield out
@@ -149,25 +155,33 @@ class EnginePool:
         prompt: Sequence[int],
         samplings: Sequence[SamplingParams],
         priority: int = NORMAL_PRIORITY,
+        redo: bool = True,
     ) -> AsyncIterator[tuple[int, JobOutput]]:
         """Several samples of one prompt on the least loaded engine, the prompt computed once
-        (see `EngineDriver.generate_samples`, and `_redone`)."""
+        (see `EngineDriver.generate_samples`, and `_redone` for `redo`)."""
         cost = len(prompt) + sum(s.max_tokens for s in samplings)
         samples = self._redone(
-            len(samplings), cost, lambda d: d.generate_samples(prompt, samplings, priority)
+            len(samplings), cost, lambda d: d.generate_samples(prompt, samplings, priority), redo
         )
         async with contextlib.aclosing(samples):
             async for item in samples:
                 yield item
 
     async def _redone(
-        self, calls: int, tokens: int, run: Callable[[EngineDriver], AsyncIterator[T]]
+        self,
+        calls: int,
+        tokens: int,
+        run: Callable[[EngineDriver], AsyncIterator[T]],
+        redo: bool = True,
     ) -> AsyncIterator[T]:
         """`run` on the least loaded engine. If that engine dies before `run` yielded anything
         (the request waited in its queue, or was being prefilled), it runs again, once, on an
         engine that runs: at once if one does, else after waiting up to REDO_WAIT_S for a
-        restart. Once something was yielded, the engine's death is the caller's error."""
-        for attempt in range(2):
+        restart (with `redo`; without, the caller redoes what it can). Once something was
+        yielded, the engine's death is the caller's error. Once only: a request that kills
+        its engine must not take the restarts' whole budget."""
+        attempts = 2 if redo else 1
+        for attempt in range(attempts):
             produced = False
             try:
                 with self._placed(calls, tokens) as driver:
@@ -179,11 +193,12 @@ class EnginePool:
                             yield item
                 return
             except EngineDied:
-                if produced or attempt:
+                if produced or attempt == attempts - 1:
                     raise
-            await self._until_available(REDO_WAIT_S)
+            await self.until_available(REDO_WAIT_S)
 
-    async def _until_available(self, timeout_s: float) -> None:
+    async def until_available(self, timeout_s: float) -> None:
+        """Return once an engine takes work, none will come back, or `timeout_s` passed."""
         deadline = time.monotonic() + timeout_s
         while self.unavailable() is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

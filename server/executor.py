@@ -394,22 +394,24 @@ class Executor:
         return hold if any(p == LATENCY_PRIORITY for p in readers) else 0.0
 
     def _engine_failed(self, job: _Job, exc: EngineError) -> None:
-        """A call whose engine died before it set an output or streamed any text runs again,
-        once, on an engine that runs (after a restart, if none does); else it fails, with what
-        depends on it."""
+        """A call whose engine died before it set an output, and whose text nobody has read
+        yet (streamed), runs again from the start, once, on an engine that runs (after a
+        restart, if none does); else it fails, with what depends on it."""
         session, call = job.session, job.call
         first = session.graph.variables[call.outputs[job.steps[0].output]]
+        feed = session.feed(first.id)
         redo = (
             isinstance(exc, EngineDied)
             and call.requeued == 0
             and call.state is CallState.RUNNING
             and first.state is VariableState.PENDING
-            and not session.feed(first.id).chunks
+            and not feed.followed
             and not session.closed
         )
         if not redo:
             self._fail(session, call, str(exc) or type(exc).__name__)
             return
+        feed.restart()
         session.graph.requeue(call.id)
         self.metrics.calls_requeued.inc()
         log_event(log, "call_requeued", session=session.id, call=call.id, reason=str(exc))

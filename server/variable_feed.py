@@ -11,6 +11,7 @@ class VariableFeed:
 
     def __init__(self) -> None:
         self.chunks: list[str] = []
+        self.followed = False  # someone has read its chunks
         self.error: str | None = None
         self.done = asyncio.Event()
         self._changed = asyncio.Event()
@@ -19,6 +20,12 @@ class VariableFeed:
         if text and not self.done.is_set():
             self.chunks.append(text)
             self._wake()
+
+    def restart(self) -> None:
+        """Forget the chunks (the output is generated again); only while nobody read them."""
+        if self.followed:
+            raise RuntimeError("the chunks were read: they cannot be taken back")
+        self.chunks = []
 
     def finish(self, value: str | None = None, error: str | None = None) -> None:
         """End the feed. A final `value` longer than the chunks so far is completed by a chunk."""
@@ -37,6 +44,7 @@ class VariableFeed:
 
     async def follow(self) -> AsyncIterator[str]:
         """Yield every chunk from the first; return at the end (the caller checks `error`)."""
+        self.followed = True
         i = 0
         while True:
             changed = self._changed

@@ -52,7 +52,8 @@ from server.api.route import Route, json_response, parse_body
 from server.api.sse import EventStream
 from server.engine import EngineError, JobOutput, SamplingParams, TokenLogprob
 from server.engine_driver import EngineDriver
-from server.engine_pool import EnginePool, EngineUnavailable
+from server.engine_pool import REDO_WAIT_S, EnginePool, EngineUnavailable
+from server.engine_process import EngineDied
 from server.errors import ApiError, bad_request, error_body, not_found
 from server.keys import CONFIG, DRIVER, ENGINES, METRICS
 from server.stream_merge import merge_streams
@@ -342,25 +343,38 @@ async def _run(
     engines: EnginePool, ids: list[int], samplings: list[SamplingParams], timing: RequestTiming
 ) -> list[tuple[JobOutput, list[TokenLogprob]]]:
     """The finished output of each sample (with the prompt's logprobs, if asked) and its
-    tokens' logprobs (if asked), in order (see `_generate`)."""
-    finals: list[JobOutput | None] = [None] * len(samplings)
-    logprobs: list[list[TokenLogprob]] = [[] for _ in samplings]
-    prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
-    outputs = _generate(engines, ids, samplings, timing)
+    tokens' logprobs (if asked), in order (see `_generate`). The client sees nothing before
+    the end, so if the engine dies mid-generation the request runs again, once, from the
+    start on an engine that runs."""
     try:
-        # closed at once when cancelled (the client left): that aborts the engine jobs
-        async with contextlib.aclosing(outputs):  # type: ignore[type-var]
-            async for index, out in outputs:
-                finals[index] = out
-                logprobs[index].extend(out.new_logprobs)
-                if out.prompt_logprobs is not None:
-                    prompt_logprobs[index] = out.prompt_logprobs
+        try:
+            return await _collect(engines, ids, samplings, timing)
+        except EngineDied:
+            await engines.until_available(REDO_WAIT_S)
+            return await _collect(engines, ids, samplings, timing)
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     except EngineUnavailable as exc:
         raise _unavailable(str(exc)) from exc
     except EngineError as exc:
         raise ApiError(500, str(exc), type="server_error") from exc
+
+
+async def _collect(
+    engines: EnginePool, ids: list[int], samplings: list[SamplingParams], timing: RequestTiming
+) -> list[tuple[JobOutput, list[TokenLogprob]]]:
+    """One run of `_run`'s request, to its end (`_run` redoes it, not the pool)."""
+    finals: list[JobOutput | None] = [None] * len(samplings)
+    logprobs: list[list[TokenLogprob]] = [[] for _ in samplings]
+    prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
+    outputs = _generate(engines, ids, samplings, timing, redo=False)
+    # closed at once when cancelled (the client left): that aborts the engine jobs
+    async with contextlib.aclosing(outputs):  # type: ignore[type-var]
+        async for index, out in outputs:
+            finals[index] = out
+            logprobs[index].extend(out.new_logprobs)
+            if out.prompt_logprobs is not None:
+                prompt_logprobs[index] = out.prompt_logprobs
     assert all(f is not None and f.finished for f in finals)
     for index, scores in prompt_logprobs.items():  # they came with an earlier output
         finals[index].prompt_logprobs = scores  # type: ignore[union-attr]
@@ -368,15 +382,19 @@ async def _run(
 
 
 def _generate(
-    engines: EnginePool, ids: list[int], samplings: list[SamplingParams], timing: RequestTiming
+    engines: EnginePool,
+    ids: list[int],
+    samplings: list[SamplingParams],
+    timing: RequestTiming,
+    redo: bool = True,
 ) -> AsyncIterator[tuple[int, JobOutput]]:
     """A plain request on the least loaded engine, at normal priority (latency-critical graph
     calls go first, bulk graph work after): one sample through the prefix cache, or several
     (`n`) forking one computed prompt; its latencies go to `timing`'s histograms."""
     if len(samplings) > 1:
-        outputs = engines.generate_samples(ids, samplings)
+        outputs = engines.generate_samples(ids, samplings, redo=redo)
     else:
-        outputs = _indexed(engines.generate_plain(ids, samplings[0]))
+        outputs = _indexed(engines.generate_plain(ids, samplings[0], redo=redo))
     return dataclasses.replace(timing, samples=len(samplings)).observe(outputs)
 
 

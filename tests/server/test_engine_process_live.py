@@ -202,6 +202,48 @@ def test_work_waiting_on_an_engine_that_dies_runs_again_on_the_new_one(
         assert metrics(srv.url)["parrot_engine_restarts_total"] == 1
 
 
+def test_mid_generation_what_nobody_has_seen_yet_is_redone(
+    tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    """A non-streamed request and a graph call whose output nobody follows are mid-generation
+    when their engine dies: the client has seen nothing of either, so both run again from the
+    start on the restarted engine and answer as if nothing happened."""
+    reference = LLMEngine.from_pretrained(str(tiny_llama_path))
+    long = SamplingParams(max_tokens=900, temperature=0, ignore_eos=True)
+
+    def expected(text: str) -> str:
+        return reference.generate([reference.tokenizer.encode(text)], long)[0].text
+
+    log = tmp_path / "server.log"
+    graph = {
+        "variables": [{"id": "y"}],
+        "calls": [{"id": "c", "template": "Count:{{output:y}}", "outputs": {"y": "y"},
+                   "sampling": {"max_tokens": 900, "temperature": 0, "ignore_eos": True}}],
+    }  # fmt: skip
+    with ServerProcess(tiny_llama_path, "--served-model-name", "tiny", log_path=log) as srv, \
+            ThreadPoolExecutor() as pool:  # fmt: skip
+        [pid] = engine_pids(log)
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        plain = pool.submit(
+            client.completions.create, model="tiny", prompt="Numbers:", max_tokens=900,
+            temperature=0, extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        status, body = request("POST", srv.url + "/v1/sessions", {"name": "t"})
+        sid, token = body["session_id"], body["token"]
+        status, body = request("POST", f"{srv.url}/v1/sessions/{sid}/graph", graph, token)
+        assert status == 200, body
+        deadline = time.monotonic() + 30
+        while metrics(srv.url)["parrot_generated_tokens_total"] < 60:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+        assert not plain.done()  # it was mid-generation
+        assert plain.result(timeout=60).choices[0].text == expected("Numbers:")
+        status, body = request("GET", f"{srv.url}/v1/sessions/{sid}/variables/y", token=token)
+        assert status == 200 and body["value"] == expected("Count:")
+        assert metrics(srv.url)["parrot_calls_requeued_total"] == 1
+
+
 def exited(pid: int) -> bool:
     """Gone, or a zombie waiting for whoever adopted it."""
     try:

@@ -44,6 +44,22 @@ async def test_waiters_and_followers_see_chunks_then_the_value() -> None:
     assert await _collect(s, "a") == ["hello!"]  # a finished variable streams its value
 
 
+async def test_chunks_nobody_read_can_be_taken_back_for_a_call_run_again() -> None:
+    s = chain_session()
+    s.graph.start("A")
+    s.push_chunk("a", "half a")
+    feed = s.feed("a")
+    feed.restart()  # its engine died; nobody streamed it: it starts over
+    s.push_chunk("a", "he")
+    follower = asyncio.create_task(_collect(s, "a"))
+    await asyncio.sleep(0)
+    assert feed.followed
+    with pytest.raises(RuntimeError, match="were read"):
+        feed.restart()
+    s.complete_output("A", "y", "hello")
+    assert await follower == ["he", "llo"]
+
+
 async def test_failure_and_close_end_feeds_with_an_error() -> None:
     s = chain_session()
     feed_b = s.feed("b")
