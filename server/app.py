@@ -109,7 +109,10 @@ def _engine_pids(pool: EnginePool) -> dict[str, str]:
 
 async def _executor(app: web.Application) -> AsyncIterator[None]:
     app[EXECUTOR] = executor = Executor(app[ENGINES], app[METRICS], app[CONFIG].executor_config())
-    app[ENGINES].supervise(app[CONFIG].restart_policy(), executor.engine_lost, executor.engine_back)
+    app[ENGINES].supervise(
+        app[CONFIG].restart_policy(), executor.engine_lost, executor.engine_back,
+        executor.engine_gone,
+    )  # fmt: skip
     yield
     await app[EXECUTOR].close()
 

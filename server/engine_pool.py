@@ -95,13 +95,15 @@ class EnginePool:
         policy: RestartPolicy,
         on_lost: Callable[[int], None] = lambda _: None,
         on_back: Callable[[int], None] = lambda _: None,
+        on_gone: Callable[[int], None] = lambda _: None,
     ) -> None:
         """Restart engines whose process dies, as `policy` allows. `on_lost(i)` runs when engine
-        i dies (everything it held is gone), `on_back(i)` once its replacement takes work."""
+        i dies (everything it held is gone), `on_back(i)` once its replacement takes work, and
+        `on_gone(i)` when it stays down (work waiting for it must now fail, not wait)."""
         for index, driver in enumerate(self.drivers):
             if driver.restartable:
                 task = asyncio.create_task(
-                    self._watch(index, RestartBudget(policy), on_lost, on_back),
+                    self._watch(index, RestartBudget(policy), on_lost, on_back, on_gone),
                     name=f"engine-{index}-watch",
                 )
                 self._watchers.append(task)
@@ -237,6 +239,7 @@ class EnginePool:
         budget: RestartBudget,
         on_lost: Callable[[int], None],
         on_back: Callable[[int], None],
+        on_gone: Callable[[int], None],
     ) -> None:
         driver = self.drivers[index]
         while True:
@@ -253,6 +256,7 @@ class EnginePool:
             )  # fmt: skip
             if delay is None:
                 self.restarting.discard(index)
+                on_gone(index)
                 return
             await asyncio.sleep(delay)
             started = time.monotonic()

@@ -157,6 +157,11 @@ class Executor:
         self.metrics.engine_restarts.inc()
         self._pump()
 
+    def engine_gone(self, engine: int) -> None:
+        """An engine stays down: what waited for it is admitted (onto the engines left, or to
+        fail with its error when none is), not left waiting."""
+        self._pump()
+
     async def close(self) -> None:
         for session_id in list(self._tasks):
             await self.cancel_session(session_id)

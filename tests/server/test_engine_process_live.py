@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -242,6 +243,37 @@ def test_mid_generation_what_nobody_has_seen_yet_is_redone(
         status, body = request("GET", f"{srv.url}/v1/sessions/{sid}/variables/y", token=token)
         assert status == 200 and body["value"] == expected("Count:")
         assert metrics(srv.url)["parrot_calls_requeued_total"] == 1
+
+
+def test_calls_waiting_for_an_engine_that_stays_down_fail_instead_of_waiting_forever(
+    tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    """The restart fails (the model is gone) and the budget is spent: a graph call that was
+    waiting for the engine fails with the reason, and plain requests get the engine's 500."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama_path, model)
+    log = tmp_path / "server.log"
+    flags = ("--served-model-name", "tiny", "--engine-restarts", "1")
+    with ServerProcess(model, *flags, log_path=log) as srv:
+        [pid] = engine_pids(log)
+        shutil.rmtree(model)  # so that the restart fails
+        status, body = request("POST", srv.url + "/v1/sessions", {"name": "t"})
+        sid, token = body["session_id"], body["token"]
+        os.kill(pid, signal.SIGKILL)
+        wait_logged(log, "engine_exited")
+        status, body = request("POST", f"{srv.url}/v1/sessions/{sid}/graph", GRAPH, token)
+        assert status == 200, body
+        assert "restart_in_s=never" not in log.read_text()  # submitted while it restarted
+        status, body = request(
+            "GET", f"{srv.url}/v1/sessions/{sid}/variables/y?timeout=60", token=token
+        )
+        assert status == 200 and body["status"] == "failed", body
+        assert "exited unexpectedly" in body["error"]
+        text = log.read_text()
+        assert "engine_restart_failed" in text and "restart_in_s=never" in text
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.InternalServerError, match="exited unexpectedly"):
+            client.completions.create(model="tiny", prompt="Hi", max_tokens=4)
 
 
 def exited(pid: int) -> bool:
