@@ -251,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=d.engine_process,
         help="run each engine in a child process (the default): the server's own work never "
-        "holds the GIL that the step loop needs, and a crash or kill there fails only the calls "
-        "on it; --no-engine-process runs the engines as threads of the server (one copy of the "
+        "holds the GIL that the step loop needs, and a crash or kill there fails only calls on it "
+        "whose output a client saw (see --engine-restarts); --no-engine-process runs the engines as threads of the server (one copy of the "
         "weights for all of them)",
     )
     engine.add_argument(

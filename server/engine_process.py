@@ -4,8 +4,9 @@
 primitives as coroutines and async iterators, the engine's limits, its counters), so the server
 drives either the same way (`--engine-process`). The child (`server.engine_worker`) owns the
 model and the KV cache; the server keeps the tokenizer. What this buys: a crash, an abort or an
-out-of-memory kill in the engine fails the calls that were on it with `EngineError`, not the
-server; and the server's event loop (HTTP, JSON, tokenizing, graph analysis) never holds the
+out-of-memory kill in the engine fails the calls that were on it with `EngineDied`, not the
+server (which restarts the engine and redoes what no client has seen: `EnginePool.supervise`);
+and the server's event loop (HTTP, JSON, tokenizing, graph analysis) never holds the
 GIL that the engine's step loop needs. The cost: each engine loads its own copy of the weights,
 and every command and output is pickled once over a pipe.
 """
