@@ -114,6 +114,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         for ids in prompt_ids
     ]
     cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model
+    _require_engine(request)
     for ids in prompt_ids:
         request.app[METRICS].prompt_tokens.inc(len(ids))
     if body.stream:
@@ -165,6 +166,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     max_tokens = requested or max(1, driver.max_model_len - len(ids))  # default: fill the context
     logprobs = chat_logprobs_asked(body)
     samplings = samples_of(sampling_of(driver, body, ids, max_tokens, logprobs), body.n or 1)
+    _require_engine(request)
     request.app[METRICS].prompt_tokens.inc(len(ids))
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model
     if body.stream:
@@ -412,6 +414,11 @@ def _check_common(request: web.Request, body: OpenAIRequest) -> None:
         )
     check_model(request, body.model)
     refuse_extensions(body, UNSUPPORTED_EXTENSIONS)
+
+
+def _require_engine(request: web.Request) -> None:
+    """503 while no engine runs and one is being restarted; checked once the request is
+    known to be valid (a bad request is a 400 whatever the engines' state)."""
     reason = request.app[ENGINES].unavailable()
     if reason is not None:
         raise _unavailable(reason)

@@ -115,6 +115,8 @@ def test_a_killed_engine_is_restarted_and_what_waited_runs_on_the_new_one(
         assert refused.value.status_code == 503
         assert refused.value.response.headers["retry-after"] == "1"
         assert "restarted" in refused.value.message
+        with pytest.raises(openai.BadRequestError):  # a bad request is a 400 all the same
+            client.completions.create(model="tiny", prompt=[[1, 2], [999999]], max_tokens=4)
         # a graph call submitted meanwhile waits for the new engine instead of failing
         status, body = request("POST", f"{srv.url}/v1/sessions/{sid}/graph", GRAPH, token)
         assert status == 200, body
