@@ -10,6 +10,8 @@ same prompt on a quiet engine; every failure must be a 4xx with a message (a 5xx
 dropped connection is a defect).
 
     python -m tests.server.soak --seconds 120 --rounds 3 [--engines 2]
+    python -m tests.server.soak --inproc --engines 2 --flag=--engine-process \
+        --flag="--engine-restarts 50" --kill-every 4 --seconds 40 --rounds 1
 
 runs rounds against one server (a tiny random model, a KV pool small enough to preempt) and,
 after each, waits for the server to go idle and reports what it still holds (KV blocks,
@@ -636,6 +638,43 @@ class InProcessServer:
         self.thread.join(10)
 
 
+class EngineKiller:
+    """SIGKILLs a running engine process of an in-process server every `every_s` seconds."""
+
+    def __init__(self, server: InProcessServer, every_s: float, seed: int) -> None:
+        import os
+        import signal
+
+        from server.keys import ENGINES
+
+        pool = server.app[ENGINES]
+        self.kills: list[int] = []
+        self._stop = threading.Event()
+        rng = random.Random(seed)
+
+        def run() -> None:
+            while not self._stop.wait(every_s):
+                alive = [d.engine.pid for d in pool.drivers if d.alive]
+                if alive:
+                    pid = rng.choice(alive)
+                    os.kill(pid, signal.SIGKILL)
+                    self.kills.append(pid)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def explains(defect: str) -> bool:
+        """Streamed work cut by a death, or a 503 while no engine ran."""
+        return "exited unexpectedly" in defect or "engine_unavailable" in defect or (
+            "no engine is running" in defect
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     from server.launcher import ServerProcess
     from tests.tiny_models import make_tiny_model
@@ -650,6 +689,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log", default="/tmp/soak/server.log")
     ap.add_argument("--inproc", action="store_true", help="serve in this process, read internals")
     ap.add_argument("--flag", action="append", default=[], help="extra server flag(s)")
+    ap.add_argument(
+        "--kill-every", type=float, default=0,
+        help="with --inproc and engines in child processes: SIGKILL a running engine this "
+        "often (s); failures of work a client had seen (streamed) and 503s while no engine "
+        "runs are then expected, and counted apart",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     model = Path(args.model_dir)
     if not (model / "config.json").exists():
@@ -664,7 +709,14 @@ def main(argv: list[str] | None = None) -> int:
             for rnd in range(args.rounds):
                 soak = Soak(srv_in.url, ref, args.seed * 100 + rnd)
                 soak.on_hang = srv_in.dump
+                killer = EngineKiller(srv_in, args.kill_every, args.seed) if args.kill_every else None
                 tally = soak.run(args.seconds, args.workers)
+                if killer is not None:
+                    killer.stop()
+                    expected = [d for d in tally.defects if killer.explains(d)]
+                    tally.defects = [d for d in tally.defects if not killer.explains(d)]
+                    print(f"kills {len(killer.kills)}; expected failures {len(expected)}",
+                          flush=True)  # fmt: skip
                 soak.check_texts()
                 m = settle(srv_in.url)
                 time.sleep(1)
