@@ -6,13 +6,14 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from server.errors import error_body
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+if TYPE_CHECKING:  # server.api imports the config, which imports this
+    from server.api.route import Handler
 
 _ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
 _METHODS = "GET, POST, DELETE, OPTIONS"
@@ -43,7 +44,9 @@ class CorsPolicy:
         return origin if origin in self.origins else None
 
 
-def preflight_middleware(policy: CorsPolicy) -> Middleware:
+def preflight_middleware(
+    policy: CorsPolicy,
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """Answers a browser's preflight (OPTIONS with Access-Control-Request-Method) for an allowed
     origin; 403 for another; every other request goes on."""
 

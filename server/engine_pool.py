@@ -40,7 +40,6 @@ class EnginePool:
         self.loads = [EngineLoad(i) for i in range(len(drivers))]
         self._threads_before: int | None = None  # torch's, restored at stop
         self.restarting: set[int] = set()  # engines whose process died, being restarted
-        self.restarts = 0  # engines restarted since the server started
         self._watchers: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -135,7 +134,7 @@ class EnginePool:
         load.running_calls += calls
         load.queued_tokens += tokens
 
-    async def generate_plain(
+    def generate_plain(
         self,
         prompt: Sequence[int],
         sampling: SamplingParams,
@@ -145,14 +144,9 @@ class EnginePool:
         """A plain request on the least loaded engine (its prefix cache applies); with `redo`,
         see `_redone` for an engine that dies under it."""
         cost = len(prompt) + sampling.max_tokens
-        outputs = self._redone(
-            1, cost, lambda d: d.generate_plain(prompt, sampling, priority), redo
-        )
-        async with contextlib.aclosing(outputs):
-            async for out in outputs:
-                yield out
+        return self._redone(1, cost, lambda d: d.generate_plain(prompt, sampling, priority), redo)
 
-    async def generate_samples(
+    def generate_samples(
         self,
         prompt: Sequence[int],
         samplings: Sequence[SamplingParams],
@@ -162,12 +156,9 @@ class EnginePool:
         """Several samples of one prompt on the least loaded engine, the prompt computed once
         (see `EngineDriver.generate_samples`, and `_redone` for `redo`)."""
         cost = len(prompt) + sum(s.max_tokens for s in samplings)
-        samples = self._redone(
+        return self._redone(
             len(samplings), cost, lambda d: d.generate_samples(prompt, samplings, priority), redo
         )
-        async with contextlib.aclosing(samples):
-            async for item in samples:
-                yield item
 
     async def _redone(
         self,
@@ -267,7 +258,6 @@ class EnginePool:
                           error=f"{type(exc).__name__}: {exc}")  # fmt: skip
                 continue
             self.restarting.discard(index)
-            self.restarts += 1
             log_event(
                 log, "engine_restarted", engine=index, pid=getattr(driver.engine, "pid", None),
                 took_s=round(time.monotonic() - started, 2),

@@ -54,8 +54,7 @@ class EngineProcess:
         self._reader: threading.Thread | None = None
         self._send_lock = threading.Lock()
         self._gone: str | None = None  # why no more work is taken, once stopped or dead
-        self._died = False  # gone because the child exited unasked
-        # set when the child exits without being asked to (see `alive`)
+        # set when the child exits without being asked to (then `_gone` says so)
         self.exited = asyncio.Event()
 
     @classmethod
@@ -265,7 +264,7 @@ class EngineProcess:
 
     def _gone_error(self) -> EngineError:
         assert self._gone is not None
-        return EngineDied(self._gone) if self._died else EngineError(self._gone)
+        return EngineDied(self._gone) if self.exited.is_set() else EngineError(self._gone)
 
     def _read(self) -> None:
         """The child's messages, handed to the event loop; at EOF, everything still waiting
@@ -300,7 +299,6 @@ class EngineProcess:
     def _on_exit(self, exitcode: int | None) -> None:
         if self._gone is None:
             self._gone = f"the engine process exited unexpectedly (exit code {exitcode})"
-            self._died = True
             self.exited.set()
         self._fail_pending()
 

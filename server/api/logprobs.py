@@ -10,42 +10,27 @@ from server.engine import TokenLogprob
 from server.engine.tokenizer import Tokenizer
 
 
-class TextOffsets:
-    """Where each token's text starts in a choice's text, token after token: as the engine
-    detokenizes them, not by the length of each token's own text (a token holding part of a
-    character shows as escapes, `\\xe2`, but adds to the text only with the token that
-    completes the character; a special token adds nothing). So `text[offset_i:offset_i+1]` is
-    what token i added."""
-
-    def __init__(self, tokenizer: Tokenizer, start: int = 0) -> None:
-        self._detokenizer = tokenizer.detokenizer()
-        self._start = start
-
-    def next(self, token_id: int | None) -> int:
-        """The offset of this token, which is then counted."""
-        offset = self._start + len(self._detokenizer.text)
-        if token_id is not None:
-            self._detokenizer.add(token_id)
-        return offset
-
-
 def completion_logprobs(
     tokenizer: Tokenizer,
     logprobs: Sequence[TokenLogprob | None],
-    offsets: TextOffsets | None = None,
+    base: int = 0,
     first_token_id: int | None = None,
+    starts: Sequence[int] | None = None,
 ) -> CompletionLogprobs:
     """`top_logprobs` maps each alternative's text to its logprob and always holds the
-    chosen token (so up to N + 1 entries, as OpenAI's); `text_offset` by `offsets` (from 0
-    when None; pass one on to continue a streamed choice). A None entry is an echoed prompt's
-    first token (`first_token_id`), which has no probability."""
-    offsets = offsets or TextOffsets(tokenizer)
-    tokens, starts, values, tops = [], [], [], []
-    for entry in logprobs:
-        token_id = first_token_id if entry is None else entry.token_id
+    chosen token (so up to N + 1 entries, as OpenAI's). `text_offset`: `base` plus where each
+    token's text starts, from `starts` (a streamed choice's, see `HeldLogprobs`) or found by
+    detokenizing these tokens as the engine does, not by the length of each token's own text (a
+    token holding part of a character shows as escapes, `\\xe2`, but adds to the text only with
+    the token that completes the character; a special token adds nothing). A None entry is an
+    echoed prompt's first token (`first_token_id`), which has no probability."""
+    ids = [first_token_id if entry is None else entry.token_id for entry in logprobs]
+    if starts is None:
+        starts = _text_starts(tokenizer, ids)
+    tokens, values, tops = [], [], []
+    for entry, token_id in zip(logprobs, ids, strict=True):
         text = "" if token_id is None else token_text(tokenizer, token_id)
         tokens.append(text)
-        starts.append(offsets.next(token_id))
         if entry is None:
             values.append(None)
             tops.append(None)
@@ -55,8 +40,9 @@ def completion_logprobs(
         top.setdefault(text, entry.logprob)
         tops.append(top)
     return CompletionLogprobs(
-        tokens=tokens, token_logprobs=values, top_logprobs=tops, text_offset=starts
-    )
+        tokens=tokens, token_logprobs=values, top_logprobs=tops,
+        text_offset=[base + start for start in starts],
+    )  # fmt: skip
 
 
 def joined(first: CompletionLogprobs, second: CompletionLogprobs) -> CompletionLogprobs:
@@ -95,29 +81,32 @@ class HeldLogprobs:
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self._detokenizer = tokenizer.detokenizer()
-        self._placed: list[tuple[TokenLogprob, int]] = []  # (entry, text length at its end)
-        self._unplaced: list[TokenLogprob] = []  # their text is not released yet
+        # (entry, where its text starts, text length at its end)
+        self._placed: list[tuple[TokenLogprob, int, int]] = []
+        self._unplaced: list[tuple[TokenLogprob, int]] = []  # their text is not released yet
         self._sent_chars = 0  # of the choice's text
 
     def add(self, entries: Sequence[TokenLogprob]) -> None:
         for entry in entries:
-            self._unplaced.append(entry)
+            self._unplaced.append((entry, len(self._detokenizer.text)))
             if self._detokenizer.add(entry.token_id):
                 end = len(self._detokenizer.text)
-                self._placed.extend((waiting, end) for waiting in self._unplaced)
+                self._placed.extend((waiting, start, end) for waiting, start in self._unplaced)
                 self._unplaced = []
 
-    def release(self, new_text: str, finished: bool) -> list[TokenLogprob]:
-        """The logprobs to send with `new_text`, the choice's next piece of text."""
+    def release(self, new_text: str, finished: bool) -> list[tuple[TokenLogprob, int]]:
+        """The logprobs to send with `new_text`, the choice's next piece of text, each with
+        where its token's text starts in the choice's text (`text_offset`, see
+        `completion_logprobs`)."""
         self._sent_chars += len(new_text)
         if finished:
-            out = [entry for entry, _ in self._placed] + self._unplaced
+            out = [(entry, start) for entry, start, _ in self._placed] + self._unplaced
             self._placed, self._unplaced = [], []
             return out
         count = 0
-        while count < len(self._placed) and self._placed[count][1] <= self._sent_chars:
+        while count < len(self._placed) and self._placed[count][2] <= self._sent_chars:
             count += 1
-        out = [entry for entry, _ in self._placed[:count]]
+        out = [(entry, start) for entry, start, _ in self._placed[:count]]
         del self._placed[:count]
         return out
 
@@ -125,6 +114,16 @@ class HeldLogprobs:
 def token_text(tokenizer: Tokenizer, token_id: int) -> str:
     """A token's text; bytes that are part of a character show as escapes (`\\xe2`)."""
     return tokenizer.token_bytes(token_id).decode("utf-8", errors="backslashreplace")
+
+
+def _text_starts(tokenizer: Tokenizer, token_ids: Sequence[int | None]) -> list[int]:
+    """Where each token's text starts in the text of them all, as the engine detokenizes."""
+    detokenizer, starts = tokenizer.detokenizer(), []
+    for token_id in token_ids:
+        starts.append(len(detokenizer.text))
+        if token_id is not None:
+            detokenizer.add(token_id)
+    return starts
 
 
 def _top(tokenizer: Tokenizer, token_id: int, logprob: float) -> TopLogprob:

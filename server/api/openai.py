@@ -12,13 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from server.api.disconnect import unless_disconnected
-from server.api.logprobs import (
-    HeldLogprobs,
-    TextOffsets,
-    chat_logprobs,
-    completion_logprobs,
-    joined,
-)
+from server.api.logprobs import HeldLogprobs, chat_logprobs, completion_logprobs, joined
 from server.api.openai_inputs import (
     UNSUPPORTED_CHAT_EXTENSIONS,
     UNSUPPORTED_EXTENSIONS,
@@ -133,8 +127,8 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
                 index=len(choices), text=text, finish_reason=echo.reason(f),
                 logprobs=None if logprobs is None else joined(
                     completion_logprobs(driver.tokenizer, scored, first_token_id=prompt_ids[k][0]),
-                    completion_logprobs(driver.tokenizer, generated, TextOffsets(
-                        driver.tokenizer, len(prompts[k]) if echo.on else 0)),
+                    completion_logprobs(driver.tokenizer, generated,
+                                        len(prompts[k]) if echo.on else 0),
                 ),
             ))  # fmt: skip
             completion_tokens += 0 if echo.hides_generation else len(f.token_ids)
@@ -204,7 +198,8 @@ async def _stream_chat(
     held = [HeldLogprobs(driver.tokenizer) for _ in samplings]
 
     def chunk(index: int, delta: ChatDelta, reason: str | None = None) -> ChatCompletionChunk:
-        entries = held[index].release(delta.content or "", finished=reason is not None)
+        released = held[index].release(delta.content or "", finished=reason is not None)
+        entries = [entry for entry, _ in released]
         logprobs = chat_logprobs(driver.tokenizer, entries) if asked and entries else None
         choice = ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=reason)
         return ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[choice])
@@ -252,10 +247,6 @@ async def _stream_completion(
     count = n * len(prompts)
     asked = per_prompt[0][0].logprobs is not None
     held = [HeldLogprobs(driver.tokenizer) for _ in range(count)]
-    # each choice's text_offset counter: its generation starts after the echoed prompt
-    offsets = [
-        TextOffsets(driver.tokenizer, len(prompts[i // n]) if echo.on else 0) for i in range(count)
-    ]
     to_echo = set(range(count)) if echo.on else set()
     stream = EventStream(request)
     await stream.open()
@@ -287,9 +278,14 @@ async def _stream_completion(
                 finals[index] = out
             if out.new_text or out.finished:
                 logprobs = None
-                entries = held[index].release(out.new_text, out.finished)
+                released = held[index].release(out.new_text, out.finished)
                 if asked:
-                    logprobs = completion_logprobs(driver.tokenizer, entries, offsets[index])
+                    # the generation's text starts after the echoed prompt
+                    logprobs = completion_logprobs(
+                        driver.tokenizer, [entry for entry, _ in released],
+                        len(prompts[index // n]) if echo.on else 0,
+                        starts=[start for _, start in released],
+                    )  # fmt: skip
                 choice = CompletionChoice(
                     index=index, text=out.new_text, logprobs=logprobs,
                     finish_reason=_reason(out) if out.finished else None,

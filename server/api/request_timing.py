@@ -28,15 +28,13 @@ class RequestTiming:
         """`outputs` passed on as they come. The first token of any sample is the request's
         first; the time per output token is each sample's own gap between outputs; the latency
         is observed once every sample finished (not for a request that failed or was left)."""
-        first_seen = False
         last: dict[int, float] = {}  # sample -> when its last output with tokens came
         finished = 0
         async with contextlib.aclosing(outputs):  # type: ignore[type-var]
             async for index, out in outputs:
                 now = time.perf_counter()
                 if out.new_token_ids:
-                    if not first_seen:
-                        first_seen = True
+                    if not last:  # the request's first token
                         self.metrics.request_ttft.observe(now - self.started, api=self.api)
                     elif index in last:
                         gap = (now - last[index]) / len(out.new_token_ids)

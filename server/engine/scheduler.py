@@ -17,6 +17,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from server.engine.block_manager import BlockManager, hash_block
 from server.engine.config import EngineConfig
@@ -543,24 +544,18 @@ class Scheduler:
         """Into the waiting queue at its rank: after those of equal rank (as arrivals go), or
         before them."""
         place = bisect.bisect_left if first_among_equals else bisect.bisect_right
-        self.waiting.insert(place(self.waiting, _rank(ctx), key=_rank), ctx)
+        self.waiting.insert(place(self.waiting, ctx.sort_key, key=attrgetter("sort_key")), ctx)
 
     def _count_latency_generating(self, limit: int) -> int:
         """Latency-critical contexts with a generation queued or running, counted up to `limit`
         (`_room` only asks whether there is one besides the context at hand). The waiting
         queue is sorted: its latency-critical contexts lead it."""
-        count = 0
-        for queue in (self.running, self.waiting):
-            for ctx in queue:
-                if not self.is_latency(ctx):
-                    if queue is self.waiting:
-                        break
-                    continue
-                if ctx.sampling_job is not None:
-                    count += 1
-                    if count >= limit:
-                        return count
-        return count
+        count = sum(1 for c in self.running if self.is_latency(c) and c.sampling_job is not None)
+        for ctx in self.waiting:
+            if count >= limit or not self.is_latency(ctx):
+                break
+            count += ctx.sampling_job is not None
+        return min(count, limit)
 
     def _leave_queues(self, ctx: Context) -> None:
         if ctx in self.running:
@@ -568,12 +563,3 @@ class Scheduler:
         if ctx in self.waiting:
             self.waiting.remove(ctx)
         ctx.state = ContextState.IDLE
-
-
-def _rank(ctx: Context) -> tuple[int, int]:
-    """`ctx.sort_key`, inlined: the queue is sorted by it every step."""
-    jobs = ctx.jobs
-    if jobs:
-        job = jobs[0]
-        return (job.priority, job.arrival)
-    return (0, 0)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import server.engine.llm_engine as llm_engine
-from server.api.logprobs import HeldLogprobs
+from server.api.logprobs import HeldLogprobs, completion_logprobs
 from server.engine import JobOutput, LLMEngine, SamplingParams, TokenLogprob
 from server.engine.tokenizer import Tokenizer
 
@@ -38,14 +38,19 @@ def random_ids(tok: Tokenizer, rng: random.Random, special: Sequence[int]) -> li
 
 
 def check_logprobs_follow_text(
-    tok: Tokenizer, ids: list[int], pieces: list[str], released: list[list[TokenLogprob]]
+    tok: Tokenizer,
+    ids: list[int],
+    pieces: list[str],
+    released: list[list[tuple[TokenLogprob, int]]],
 ) -> None:
     """Each chunk's logprobs are those of the tokens whose text it completes: never ahead of
-    the text sent (a token's text first), never behind it; all of them by the end."""
-    sent, ids_out = "", []
-    for k, (piece, entries) in enumerate(zip(pieces, released, strict=True)):
+    the text sent (a token's text first), never behind it; all of them by the end, each with
+    the text offset the non-streamed response gives it."""
+    sent, ids_out, starts = "", [], []
+    for k, (piece, pairs) in enumerate(zip(pieces, released, strict=True)):
         sent += piece
-        ids_out += [e.token_id for e in entries]
+        ids_out += [e.token_id for e, _ in pairs]
+        starts += [start for _, start in pairs]
         if k == len(pieces) - 1:
             break
         text = tok.decode(ids_out)
@@ -54,6 +59,8 @@ def check_logprobs_follow_text(
         late = sent.startswith(more) and len(more) > len(text) and not more.endswith("\ufffd")
         assert not late, f"logprobs behind the text: {text!r} vs {sent!r}"
     assert ids_out == ids
+    whole = completion_logprobs(tok, [TokenLogprob(t, -1.0, []) for t in ids])
+    assert starts == whole.text_offset
 
 
 def fuzz_tokenizer(tok: Tokenizer, cases: int, seed: int) -> None:
@@ -137,7 +144,7 @@ def test_engine_text_stop_strings_and_logprobs(tiny_llama_path: Path, monkeypatc
         cases[engine.add_generate(ctx, sp, free_on_finish=True)] = (full, stops, script, kind)
     held = {job: HeldLogprobs(tok) for job in cases}
     pieces: dict[int, list[str]] = {job: [] for job in cases}
-    released: dict[int, list[list[TokenLogprob]]] = {job: [] for job in cases}
+    released: dict[int, list[list[tuple[TokenLogprob, int]]]] = {job: [] for job in cases}
     last: dict[int, JobOutput] = {}
     while len(last) < len(cases):
         for out in engine.step():
