@@ -29,7 +29,8 @@ from server.kernels.metadata import AttentionMetadata
 from server.kernels.reference import reference_attention
 from server.kernels.triton_config import TritonConfig
 
-AXES: dict[str, tuple[int | None, ...]] = {
+AXES: dict[str, tuple[int | bool | None, ...]] = {
+    "fused": (True, False),
     "narrow_rows": (16, 32, 64),
     "wide_rows": (32, 64, 128, 256),
     "block_n": (32, 64, 128),
@@ -45,7 +46,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
 @dataclasses.dataclass
 class Trial:
-    config: dict[str, int | None]
+    config: dict[str, int | bool | None]
     per_seq_ms: float | None = None
     cascade_ms: float | None = None
     per_seq_error: float | None = None
@@ -71,7 +72,7 @@ def sweep(
         for m in metas
     ]
 
-    def measure(config: dict[str, int | None]) -> Trial:
+    def measure(config: dict[str, int | bool | None]) -> Trial:
         trial = _run(case, metas, references, config, dtype, repeats)
         _print_trial(trial)
         return trial
@@ -81,8 +82,8 @@ def sweep(
 
 
 def descend(
-    measure: Callable[[dict[str, int | None]], Trial],
-    axes: Mapping[str, Sequence[int | None]],
+    measure: Callable[[dict[str, int | bool | None]], Trial],
+    axes: Mapping[str, Sequence[int | bool | None]],
     passes: int,
     budget_s: float,
 ) -> list[Trial]:
@@ -90,11 +91,11 @@ def descend(
     correct cascade (2% better than the current one, so noise does not wander); repeated for
     `passes` passes, or fewer if a pass changes nothing, or until `budget_s` is spent. Each
     config is measured once; returns every trial, the default's first."""
-    tried: dict[tuple[tuple[str, int | None], ...], Trial] = {}
+    tried: dict[tuple[tuple[str, int | bool | None], ...], Trial] = {}
     best = dataclasses.asdict(TritonConfig())
     deadline = time.monotonic() + budget_s
 
-    def trial(config: dict[str, int | None]) -> Trial:
+    def trial(config: dict[str, int | bool | None]) -> Trial:
         key = tuple(sorted(config.items()))
         if key not in tried:
             tried[key] = measure(config)
@@ -166,7 +167,7 @@ def _run(
     case: ForkedDecode,
     metas: tuple[AttentionMetadata, AttentionMetadata],
     references: list[torch.Tensor],
-    config: dict[str, int | None],
+    config: dict[str, int | bool | None],
     dtype: torch.dtype,
     repeats: int,
 ) -> Trial:
@@ -202,7 +203,7 @@ def _faster(t: Trial, current: Trial) -> bool:
     return t.cascade_ms < current.cascade_ms * 0.98
 
 
-def _valid(config: dict[str, int | None]) -> bool:
+def _valid(config: dict[str, int | bool | None]) -> bool:
     try:
         TritonConfig(**config)
     except ValueError:

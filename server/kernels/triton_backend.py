@@ -4,7 +4,9 @@ Per step the plan becomes one work list: prefill chunks (causal), shared-prefix 
 group's decode queries stacked against the level's blocks) and each decode's own suffix.
 Decode tasks are split along their KV into chunks when the batch alone would leave the GPU's
 multiprocessors idle (flash-decoding); every chunk is a part merged by LSE with the others.
-Per layer: the cache write, one attention launch per tile height, one merge launch.
+Per layer: one attention launch per tile height, which merges the parts and, in steps of
+decodes only, writes the cache too (`TritonConfig.fused`); unfused, the cache write and the
+merge are launches of their own.
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ class TritonBackend:
     ) -> torch.Tensor:
         num_tokens, num_q_heads, head_dim = q.shape
         _, block_size, num_kv_heads, _ = k_cache.shape
-        _store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         program = meta.compiled.get("triton")
         if program is None:
             program = _compile(
@@ -62,6 +63,10 @@ class TritonBackend:
                 self.config,
             )
             meta.compiled["triton"] = program
+        if not program.stores_kv:
+            _store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        elif k.stride() != v.stride():
+            k, v = k.contiguous(), v.contiguous()
         if q.stride(-1) != 1:
             q = q.contiguous()
         o_parts = torch.empty(
@@ -71,6 +76,8 @@ class TritonBackend:
             (program.num_part_rows, num_q_heads), dtype=torch.float32, device=q.device
         )
         block_d = triton.next_power_of_2(head_dim)
+        block_p = triton.next_power_of_2(program.num_parts)
+        out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=q.dtype, device=q.device)
         tuning = {"num_warps": self.config.num_warps}
         if self.config.num_stages is not None:
             tuning["num_stages"] = self.config.num_stages
@@ -93,6 +100,18 @@ class TritonBackend:
                 o_parts.stride(1),
                 lse_parts.stride(0),
                 scale * LOG2E,
+                k,
+                v,
+                k.stride(0),
+                k.stride(1),
+                out,
+                out.stride(0),
+                out.stride(1),
+                program.parts_of,
+                program.merge_table,
+                program.num_parts,
+                program.counts,
+                num_q_heads,
                 GROUP=num_q_heads // num_kv_heads,
                 BLOCK_M=launch.block_m,
                 BLOCK_N=self.config.block_n,
@@ -100,10 +119,12 @@ class TritonBackend:
                 HEAD_DIM=head_dim,
                 BLOCK_D=block_d,
                 PRECISION="ieee" if q.dtype == torch.float32 else None,
+                FUSED=self.config.fused,
+                STORE_KV=program.stores_kv,
+                BLOCK_P=block_p,
                 **tuning,
             )
-        out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=q.dtype, device=q.device)
-        if num_tokens:
+        if num_tokens and not self.config.fused:
             merge_kernel[(num_tokens, num_q_heads)](
                 o_parts,
                 lse_parts,
@@ -116,7 +137,7 @@ class TritonBackend:
                 out.stride(0),
                 out.stride(1),
                 HEAD_DIM=head_dim,
-                BLOCK_P=triton.next_power_of_2(program.num_parts),
+                BLOCK_P=block_p,
                 BLOCK_D=block_d,
             )
         return out
@@ -137,6 +158,9 @@ class _TritonProgram:
     num_part_rows: int
     merge_table: torch.Tensor  # [num_tokens, num_parts] int32 part rows, -1 for none
     num_parts: int
+    parts_of: torch.Tensor  # [num_tokens] int32: how many parts each token has
+    counts: torch.Tensor  # [num_tokens * num_q_heads] int32 zeros: the fused merge's counters
+    stores_kv: bool  # the attention launch writes the step's K/V (fused, decodes only)
 
 
 @dataclass(slots=True)
@@ -146,6 +170,7 @@ class _Task:
     kv_len: int
     first_pos: int  # position of the first query row (NOT_CAUSAL for decode tasks)
     block_m: int
+    new_key: bool = False  # a decode's own keys, ending at the key its row adds this step
 
 
 def _compile(
@@ -178,8 +203,23 @@ def _compile(
     for suffix in plan.suffixes:
         if suffix.span.num_tokens:
             tasks.append(
-                _Task([suffix.row], suffix.span.blocks, suffix.span.num_tokens, NOT_CAUSAL, narrow)
+                _Task(
+                    [suffix.row],
+                    suffix.span.blocks,
+                    suffix.span.num_tokens,
+                    NOT_CAUSAL,
+                    narrow,
+                    new_key=True,
+                )
             )
+    # Only where nothing else reads this step's keys: prefill rows read each other's, and a
+    # decode with no own keys finds its new key inside a shared level.
+    stores_kv = (
+        cfg.fused
+        and num_tokens > 0
+        and not plan.prefills
+        and all(s.span.num_tokens for s in plan.suffixes)
+    )
     chunk = _kv_chunk(tasks, group, num_kv_heads, _num_sms(device), cfg)
 
     rows: list[int] = []
@@ -199,8 +239,9 @@ def _compile(
             first_pos = task.first_pos + t0 if causal else NOT_CAUSAL
             for lo in range(0, task.kv_len, step):
                 hi = min(lo + step, task.kv_len)
+                new_key = stores_kv and task.new_key and hi == task.kv_len
                 items.setdefault(task.block_m, []).append(
-                    [row_off + t0, count, block_off, lo, hi, first_pos, next_part, 0]
+                    [row_off + t0, count, block_off, lo, hi, first_pos, next_part, int(new_key)]
                 )
                 for j in range(count):
                     parts[task.rows[t0 + j]].append(next_part + j)
@@ -222,6 +263,9 @@ def _compile(
         num_part_rows=max(next_part, 1),
         merge_table=int32(table).view(num_tokens, num_parts),
         num_parts=num_parts,
+        parts_of=int32([len(p) for p in parts] or [0]),
+        counts=torch.zeros(max(num_tokens * num_q_heads, 1), dtype=torch.int32, device=device),
+        stores_kv=stores_kv,
     )
 
 
@@ -276,6 +320,13 @@ def _store_kv(
         k2, v2 = k2.contiguous(), v2.contiguous()
     row = k2.shape[1]
     store_kv_kernel[(num_tokens,)](
-        k2, v2, k_cache, v_cache, slot_mapping, k2.stride(0), v2.stride(0),
-        ROW=row, BLOCK=triton.next_power_of_2(row),
+        k2,
+        v2,
+        k_cache,
+        v_cache,
+        slot_mapping,
+        k2.stride(0),
+        v2.stride(0),
+        ROW=row,
+        BLOCK=triton.next_power_of_2(row),
     )

@@ -15,6 +15,9 @@ class TritonConfig:
     against microseconds for 16 rows). KV is split into chunks of at least `min_chunk` tokens
     when fewer than `programs_per_sm` programs per multiprocessor would run otherwise.
     `num_stages`: Triton's software-pipelining depth for the KV loop (None: Triton's default).
+    `fused`: the merge in the attention launch (the last program to finish a token's part
+    merges the token), and in steps of decodes only, the cache write too; else a decode step's
+    layer is three dependent launches (cache write, attention, merge).
     """
 
     block_n: int = 64
@@ -24,6 +27,7 @@ class TritonConfig:
     programs_per_sm: int = 4
     num_warps: int = 4
     num_stages: int | None = None
+    fused: bool = True
 
     def __post_init__(self) -> None:
         for name in ("block_n", "wide_rows", "narrow_rows"):

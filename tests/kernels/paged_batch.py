@@ -101,6 +101,30 @@ def make_step(
     )
 
 
+def forked_decodes(
+    group: int,
+    head_dim: int,
+    seed: int,
+    dtype: torch.dtype = torch.float32,
+    cascade: bool = True,
+    device: str = "cpu",
+) -> Step:
+    """Decodes only: 5 forks of a 150-token context (one with a single own key), a lone decode
+    long enough to be split along its KV, and a lone short one; the forks' level planned
+    whatever the device's cost rule says."""
+    pool = Pool(300, 16, seed, scattered=True)
+    root = pool.new(150)
+    forks = [pool.fork(root) for _ in range(5)]
+    for fork, extra in zip(forks, (0, 1, 9, 30, 60), strict=True):
+        pool.extend(fork, extra)
+    work = [(f, 1) for f in forks] + [(pool.new(900), 1), (pool.new(3), 1)]
+    forced = CascadeConfig(min_prefix_tokens=1, min_group_size=2)
+    return make_step(
+        pool, work, 300, 2, group, head_dim, dtype=dtype, device=device, seed=seed, cascade=cascade,
+        cascade_config=forced,
+    )  # fmt: skip
+
+
 def relative_error(step: Step, backend: str | None = None, run=None) -> float:
     """max |kernel - float64 reference| / max |reference|, after checking the cache write."""
     expected = reference_attention(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from server.kernels.backends import default_backend_name
-from tests.kernels.paged_batch import Pool, make_step, relative_error
+from tests.kernels.paged_batch import Pool, forked_decodes, make_step, relative_error
 from tests.kernels.test_attention_cpu import EXPLICIT_LEVELS, explicit_levels_step, mixed_step
 
 pytestmark = [
@@ -65,3 +65,26 @@ def test_default_backend_is_a_cuda_kernel():
     assert default_backend_name(torch.device("cuda")) in BACKENDS
     step = mixed_step(3, 64, scattered=True, cascade=True, dtype=torch.bfloat16, device="cuda")
     assert relative_error(step) < 1e-2
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs Triton")
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("group", [1, 3, 8])
+def test_triton_fused_and_unfused_decode_steps(fused, dtype, group):
+    """Decodes only (the fused launch merges and writes the cache), then a mixed step (prefill
+    rows: the cache written first), each over two layers: the counters must be reset."""
+    from server.kernels.triton_backend import TritonBackend, TritonConfig
+
+    kernel = TritonBackend(TritonConfig(fused=fused))
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    for cascade in (False, True):
+        step = forked_decodes(group, 64, seed=group, dtype=dtype, cascade=cascade, device="cuda")
+        for _layer in range(2):
+            assert relative_error(step, run=kernel) < tolerance, (fused, cascade)
+            step.q, step.k, step.v = (torch.randn_like(t) for t in (step.q, step.k, step.v))
+        program = step.meta.compiled["triton"]
+        assert program.stores_kv == fused and program.num_parts >= 2
+        assert int(program.counts.abs().sum()) == 0
+    mixed = mixed_step(group, 64, scattered=True, cascade=True, seed=2, dtype=dtype, device="cuda")
+    assert relative_error(mixed, run=kernel) < tolerance

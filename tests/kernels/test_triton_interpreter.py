@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 
-from tests.kernels.paged_batch import Pool, make_step, relative_error
-from tests.kernels.test_attention_cpu import mixed_step
+from tests.kernels.paged_batch import Pool, forked_decodes, make_step, relative_error
+from tests.kernels.test_attention_cpu import EXPLICIT_LEVELS, explicit_levels_step, mixed_step
 
 
 def _interpreter_usable() -> bool:
@@ -73,3 +73,54 @@ def test_half_precision_takes_the_wide_tiles(group, head_dim, cascade):
     assert relative_error(step, backend="triton") < 1e-2
     program = step.meta.compiled["triton"]
     assert {launch.block_m for launch in program.launches} >= {64}
+
+
+def _backend(fused: bool):
+    from server.kernels.triton_backend import TritonBackend, TritonConfig
+
+    return TritonBackend(TritonConfig(fused=fused))
+
+
+@pytest.mark.parametrize("group", [1, 3, 4])
+@pytest.mark.parametrize("cascade", [False, True])
+def test_fused_decode_step_merges_and_writes_the_cache_in_the_attention_launch(group, cascade):
+    step = forked_decodes(group, 64, seed=group, cascade=cascade)
+    assert bool(step.meta.shared_prefixes) == cascade
+    assert relative_error(step, run=_backend(fused=True)) < 1e-5  # checks the cache write too
+    program = step.meta.compiled["triton"]
+    assert program.stores_kv
+    assert program.num_parts >= 2  # the 901-key decode is split: its parts merge in-kernel
+    assert int(program.counts.abs().sum()) == 0  # every counter reset for the next layer
+
+
+def test_fused_counters_are_ready_for_the_next_layer():
+    step = forked_decodes(3, 64, seed=11)
+    kernel = _backend(fused=True)
+    first = kernel(step.q, step.k, step.v, step.k_cache, step.v_cache, step.meta, step.scale)
+    # the next layer: new queries and keys, the same plan
+    step.q, step.k, step.v = (
+        torch.randn_like(step.q),
+        torch.randn_like(step.k),
+        torch.randn_like(step.v),
+    )
+    assert relative_error(step, run=kernel) < 1e-5
+    assert not torch.equal(first, kernel(step.q, step.k, step.v, step.k_cache, step.v_cache,
+                                         step.meta, step.scale))  # fmt: skip
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_steps_that_read_their_own_new_keys_write_the_cache_first(fused):
+    """Prefill rows read each other's new keys, and a decode whose own keys are all in a level
+    finds its new key there: such steps write the cache in a launch of its own."""
+    mixed = mixed_step(3, 64, scattered=True, cascade=True, seed=5)
+    assert relative_error(mixed, run=_backend(fused)) < 1e-5
+    assert not mixed.meta.compiled["triton"].stores_kv
+    nested = explicit_levels_step(EXPLICIT_LEVELS)
+    assert relative_error(nested, run=_backend(fused)) < 1e-5
+    assert not nested.meta.compiled["triton"].stores_kv
+
+
+@pytest.mark.parametrize("cascade", [False, True])
+def test_fused_half_precision(cascade):
+    step = forked_decodes(3, 64, seed=9, dtype=torch.float16, cascade=cascade)
+    assert relative_error(step, run=_backend(fused=True)) < 1e-2
