@@ -133,7 +133,7 @@ EOF
   step "profile 64x4096 bfloat16" 25 gpu_profile.log \
     "$PY" -m benchmarks.attention --device cuda --dtype bfloat16 --quick --sizes 64x4096 \
     --profile --out "$OUT/attention_cuda_profile.json"
-  # fused (the default) against unfused and the other tile settings, each checked for accuracy
+  # the default (unfused) against fused and the other tile settings, each checked for accuracy
   step "sweep smollm2 bfloat16 64x4096" 60 gpu_sweep.log \
     "$PY" -m benchmarks.triton_sweep --shape smollm2 --dtype bfloat16 --size 64x4096 \
     --passes 1 --budget-s 40 --out "$OUT/triton_sweep_smollm2_bfloat16.json"

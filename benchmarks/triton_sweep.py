@@ -30,7 +30,7 @@ from server.kernels.reference import reference_attention
 from server.kernels.triton_config import TritonConfig
 
 AXES: dict[str, tuple[int | bool | None, ...]] = {
-    "fused": (True, False),
+    "fused": (False, True),
     "narrow_rows": (16, 32, 64),
     "wide_rows": (32, 64, 128, 256),
     "block_n": (32, 64, 128),

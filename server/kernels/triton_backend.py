@@ -4,9 +4,9 @@ Per step the plan becomes one work list: prefill chunks (causal), shared-prefix 
 group's decode queries stacked against the level's blocks) and each decode's own suffix.
 Decode tasks are split along their KV into chunks when the batch alone would leave the GPU's
 multiprocessors idle (flash-decoding); every chunk is a part merged by LSE with the others.
-Per layer: one attention launch per tile height, which merges the parts and, in steps of
-decodes only, writes the cache too (`TritonConfig.fused`); unfused, the cache write and the
-merge are launches of their own.
+Per layer: the cache write, one attention launch per tile height, one merge launch; with
+`TritonConfig.fused`, the attention launch merges the parts and, in steps of decodes only,
+writes the cache too.
 """
 
 from __future__ import annotations
