@@ -36,14 +36,19 @@ from server.api.openai_models import (
     Completion,
     CompletionChoice,
     CompletionRequest,
+    FunctionCall,
     ModelCard,
     ModelList,
     OpenAIRequest,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 from server.api.request_timing import RequestTiming
 from server.api.route import Route, json_response, parse_body
 from server.api.sse import EventStream
+from server.api.tool_call_parser import ToolCallParser
+from server.api.tool_request import ToolRequest
 from server.engine import EngineError, JobOutput, SamplingParams, TokenLogprob
 from server.engine_driver import EngineDriver
 from server.engine_pool import REDO_WAIT_S, EnginePool, EngineUnavailable
@@ -147,32 +152,38 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     timing = RequestTiming(request.app[METRICS], "chat", time.perf_counter())
     body = await parse_body(request, ChatCompletionRequest)
     _check_common(request, body)
-    if body.tools:
-        raise bad_request("tools are not supported", param="tools")
     if body.functions or body.function_call not in (None, "none"):
-        raise bad_request("function calling is not supported", param="functions")
-    if body.tool_choice not in (None, "none", "auto"):  # "auto" with no tools: no tool call
-        raise bad_request("tool_choice is not supported (no tools)", param="tool_choice")
+        raise bad_request(
+            "functions and function_call (deprecated by OpenAI) are not supported: use tools",
+            param="functions",
+        )
+    tools = ToolRequest.of(body.tools, body.tool_choice, body.parallel_tool_calls)
     refuse_extensions(body, UNSUPPORTED_CHAT_EXTENSIONS)
     driver = request.app[DRIVER]
-    ids = encode_prompt(driver, chat_prompt(driver, body), "messages")
+    ids = encode_prompt(driver, chat_prompt(driver, body, tools), "messages")
     requested = body.max_completion_tokens or body.max_tokens
     max_tokens = requested or max(1, driver.max_model_len - len(ids))  # default: fill the context
     logprobs = chat_logprobs_asked(body)
-    samplings = samples_of(sampling_of(driver, body, ids, max_tokens, logprobs), body.n or 1)
+    if tools is not None and logprobs is not None:
+        raise bad_request("logprobs are not supported together with tools", param="logprobs")
+    sampling = sampling_of(driver, body, ids, max_tokens, logprobs)
+    if tools is not None and tools.stops():
+        sampling = dataclasses.replace(sampling, stop=[*sampling.stop, *tools.stops()])
+    samplings = samples_of(sampling, body.n or 1)
     _require_engine(request)
     request.app[METRICS].prompt_tokens.inc(len(ids))
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model
     if body.stream:
-        return await _stream_chat(request, driver, ids, samplings, cid, body, timing)
+        return await _stream_chat(request, driver, ids, samplings, cid, body, timing, tools)
     done = await unless_disconnected(request, _run(request.app[ENGINES], ids, samplings, timing))
     finals = [f for f, _ in done]
     choices = [
         ChatChoice(
-            index=i, message=AssistantMessage(content=f.text), finish_reason=_reason(f),
+            index=i, message=message, finish_reason=reason,
             logprobs=None if logprobs is None else chat_logprobs(driver.tokenizer, lps),
         )
         for i, (f, lps) in enumerate(done)
+        for message, reason in [_answer(f, tools)]
     ]
     return json_response(
         ChatCompletion(id=cid, created=created, model=model, choices=choices,
@@ -191,11 +202,37 @@ async def _stream_chat(
     cid: str,
     body: ChatCompletionRequest,
     timing: RequestTiming,
+    tools: ToolRequest | None,
 ) -> web.StreamResponse:
+    """With tools, each choice's text goes through its own `ToolCallParser`: content as it
+    comes (a possible `<tool_call>` held back), each call whole once its block closes."""
     created = int(time.time())
 
     asked = samplings[0].logprobs is not None
     held = [HeldLogprobs(driver.tokenizer) for _ in samplings]
+    parsers = [_parser(tools) for _ in samplings]
+    calls_sent = [0] * len(samplings)
+
+    async def send_text(index: int, text: str, finished: bool) -> None:
+        parser = parsers[index]
+        if parser is None:
+            if text:
+                await stream.send(chunk(index, ChatDelta(content=text)))
+            return
+        content, calls = parser.feed(text)
+        if finished:
+            rest, more = parser.finish()
+            content, calls = content + rest, calls + more
+        if content:
+            await stream.send(chunk(index, ChatDelta(content=content)))
+        if calls:
+            deltas = [
+                ToolCallDelta(index=calls_sent[index] + k, id=c.id,
+                              function=FunctionCall(name=c.name, arguments=c.arguments))
+                for k, c in enumerate(calls)
+            ]  # fmt: skip
+            calls_sent[index] += len(calls)
+            await stream.send(chunk(index, ChatDelta(tool_calls=deltas)))
 
     def chunk(index: int, delta: ChatDelta, reason: str | None = None) -> ChatCompletionChunk:
         released = held[index].release(delta.content or "", finished=reason is not None)
@@ -213,11 +250,11 @@ async def _stream_chat(
         outputs = _outputs(stream, request.app[ENGINES], [ids], [samplings], timing)
         async for index, out in outputs:
             held[index].add(out.new_logprobs)
-            if out.new_text:
-                await stream.send(chunk(index, ChatDelta(content=out.new_text)))
+            await send_text(index, out.new_text, out.finished)
             if out.finished:
                 finals[index] = out
-                await stream.send(chunk(index, ChatDelta(), _reason(out)))
+                reason = _reason(out, bool(calls_sent[index]))
+                await stream.send(chunk(index, ChatDelta(), reason))
         everything = len(finals) == len(samplings)
         if everything and body.stream_options and body.stream_options.include_usage:
             usage = _usage(ids, list(finals.values()))
@@ -480,8 +517,38 @@ def _unavailable(reason: str) -> ApiError:
     )
 
 
-def _reason(out: JobOutput) -> str:
-    return "length" if out.finish_reason == "length" else "stop"
+def _reason(out: JobOutput, called: bool = False) -> str:
+    """OpenAI's finish_reason; a call cut short by max_tokens is still "length"."""
+    if out.finish_reason == "length":
+        return "length"
+    return "tool_calls" if called else "stop"
+
+
+def _parser(tools: ToolRequest | None) -> ToolCallParser | None:
+    """A fresh parser for one choice, already past a forced call's primer."""
+    if tools is None:
+        return None
+    parser = ToolCallParser(tools.names, tools.forced)
+    primed, _ = parser.feed(tools.primer())
+    assert not primed  # the primer opens a block
+    return parser
+
+
+def _answer(final: JobOutput, tools: ToolRequest | None) -> tuple[AssistantMessage, str]:
+    """The assistant message of a finished choice and its finish_reason."""
+    parser = _parser(tools)
+    if parser is None:
+        return AssistantMessage(content=final.text), _reason(final)
+    content, _ = parser.feed(final.text)
+    rest, _ = parser.finish()
+    calls = [
+        ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
+        for c in parser.calls
+    ]
+    if not calls:
+        return AssistantMessage(content=content + rest), _reason(final)
+    text = (content + rest).strip()
+    return AssistantMessage(content=text or None, tool_calls=calls), _reason(final, True)
 
 
 def _usage(ids: list[int], finals: list[JobOutput]) -> Usage:

@@ -4,8 +4,15 @@ the checks that refuse what the engine cannot honour (400s naming the field)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from server.api.openai_models import ChatCompletionRequest, CompletionRequest, OpenAIRequest
+from server.api.tool_request import (
+    ToolRequest,
+    check_tool_calls,
+    has_tool_turns,
+    render_tool_turns,
+)
 from server.engine import SamplingParams
 from server.engine.sampling_params import MAX_LOGPROBS, offset_seed
 from server.engine_driver import EngineDriver
@@ -70,22 +77,40 @@ def completion_prompts(
     return [driver.tokenizer.decode(ids) for ids in ids_lists], ids_lists
 
 
-def chat_prompt(driver: EngineDriver, body: ChatCompletionRequest) -> str:
+def chat_prompt(
+    driver: EngineDriver, body: ChatCompletionRequest, tools: ToolRequest | None = None
+) -> str:
     """The messages through the model's chat template. With vLLM's `continue_final_message`
     the text ends where the final message's content does (as transformers cuts it), so the
-    completion continues that message."""
-    messages: list[dict[str, object]] = []
+    completion continues that message. With `tools` (or past tool turns) the turns are
+    rendered as `tool_request.render_tool_turns` says, and a forced call's primer ends the
+    prompt."""
+    messages: list[dict[str, Any]] = []
     for i, m in enumerate(body.messages):
-        message: dict[str, object] = {"role": m.role, "content": message_text(m.content, i)}
+        message: dict[str, Any] = {"role": m.role, "content": message_text(m.content, i)}
         if m.name is not None:
             message["name"] = m.name
+        if m.tool_calls:
+            if m.role != "assistant":
+                raise bad_request(f"messages[{i}]: only assistant messages have tool_calls",
+                                  param="messages")  # fmt: skip
+            message["tool_calls"] = check_tool_calls(m.tool_calls, i)
         messages.append(message)
+    if tools is not None or has_tool_turns(messages):
+        messages = render_tool_turns(messages, tools)
     cont = body.continue_final_message
     if cont and body.add_generation_prompt:
         raise bad_request(
             "continue_final_message takes add_generation_prompt false (the prompt ends inside "
             "the final message, not in a new assistant turn)",
             param="continue_final_message",
+        )
+    primer = tools.primer() if tools is not None else ""
+    if primer and (cont or not body.add_generation_prompt):
+        raise bad_request(
+            "a required or named tool_choice starts the assistant's answer, so it takes "
+            "add_generation_prompt and no continue_final_message",
+            param="tool_choice",
         )
     try:
         text = driver.tokenizer.apply_chat_template(
@@ -94,7 +119,7 @@ def chat_prompt(driver: EngineDriver, body: ChatCompletionRequest) -> str:
     except Exception as exc:  # a template's raise_exception or a model without a template
         raise bad_request(f"cannot apply the chat template: {exc}", param="messages") from exc
     if not cont:
-        return text
+        return text + primer
     final = str(messages[-1]["content"])
     at = text.rfind(final.strip())
     if at < 0:

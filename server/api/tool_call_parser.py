@@ -1,0 +1,132 @@
+"""Tool calls read out of generated text, as it streams: `<tool_call>{json}</tool_call>` blocks
+(see `tool_request.py`) become calls, everything else stays the message's content."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+
+from server.api.tool_request import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+
+_NAME_FIELD = re.compile(r'"name"\s*:\s*"([^"]*)"')
+_ARGUMENTS_FIELD = re.compile(r'"(?:arguments|parameters)"\s*:\s*')
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text (what the model wrote, if it is not JSON: OpenAI's caveat too)
+
+
+@dataclass
+class ToolCallParser:
+    """Feed it the generated text piece by piece; each call returns the content that can go
+    out now and the calls completed so far. Text that might open a block is held back until
+    it is clear. A block that is not a call of one of `names` goes back into the content as
+    written; an unclosed block at the end (EOS or a stop at its closing tag) is read as if
+    closed. `forced` is the function that the first block calls (the request primed the
+    block with its name)."""
+
+    names: frozenset[str]
+    forced: str | None = None
+    calls: list[ParsedToolCall] = field(default_factory=list)
+    _pending: str = ""
+    _inside: bool = False
+    _blocks: int = 0
+
+    def feed(self, text: str) -> tuple[str, list[ParsedToolCall]]:
+        self._pending += text
+        content: list[str] = []
+        new: list[ParsedToolCall] = []
+        while True:
+            if self._inside:
+                end = self._pending.find(TOOL_CALL_CLOSE)
+                if end < 0:
+                    break
+                block = self._pending[:end]
+                self._pending = self._pending[end + len(TOOL_CALL_CLOSE) :]
+                self._inside = False
+                self._close(block, content, new, closed=True)
+                continue
+            start = self._pending.find(TOOL_CALL_OPEN)
+            if start >= 0:
+                content.append(self._pending[:start])
+                self._pending = self._pending[start + len(TOOL_CALL_OPEN) :]
+                self._inside = True
+                continue
+            held = _partial_open(self._pending)
+            content.append(self._pending[: len(self._pending) - held])
+            self._pending = self._pending[len(self._pending) - held :]
+            break
+        return "".join(content), new
+
+    def finish(self) -> tuple[str, list[ParsedToolCall]]:
+        """What is left once the text has ended."""
+        content: list[str] = []
+        new: list[ParsedToolCall] = []
+        if self._inside:
+            self._close(self._pending, content, new, closed=False)
+        else:
+            content.append(self._pending)
+        self._pending, self._inside = "", False
+        return "".join(content), new
+
+    def _close(
+        self, block: str, content: list[str], new: list[ParsedToolCall], closed: bool
+    ) -> None:
+        call = self._call(block)
+        if call is None:
+            content.append(TOOL_CALL_OPEN + block + (TOOL_CALL_CLOSE if closed else ""))
+            return
+        self.calls.append(call)
+        new.append(call)
+
+    def _call(self, block: str) -> ParsedToolCall | None:
+        name, arguments = _read_call(block)
+        self._blocks += 1
+        if self.forced is not None and self._blocks == 1:
+            name = self.forced
+        if name not in self.names:
+            return None
+        return ParsedToolCall(f"call_{uuid.uuid4().hex[:24]}", name, arguments)
+
+
+def _read_call(block: str) -> tuple[str | None, str]:
+    """(name, arguments as JSON text) of a block's JSON object; leniently when the object is
+    not valid JSON as a whole (a small model's trailing brace, say) but its fields are."""
+    try:
+        value = json.loads(block)
+    except ValueError:
+        value = None
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        arguments = value.get("arguments", value.get("parameters", {}))
+        return value["name"], _as_json(arguments)
+    name_match = _NAME_FIELD.search(block)
+    name = name_match.group(1) if name_match else None
+    found = _ARGUMENTS_FIELD.search(block)
+    if found is None:
+        return name, "{}"
+    rest = block[found.end() :]
+    try:
+        arguments, _ = json.JSONDecoder().raw_decode(rest)
+    except ValueError:
+        raw = rest.strip()
+        return name, raw[:-1].rstrip() if raw.endswith("}") else raw  # drop the wrapper's brace
+    return name, _as_json(arguments)
+
+
+def _as_json(arguments: object) -> str:
+    if isinstance(arguments, str):
+        return arguments  # already JSON text, as OpenAI sends arguments
+    return json.dumps(arguments, ensure_ascii=False)
+
+
+def _partial_open(text: str) -> int:
+    """Length of the longest end of `text` that begins TOOL_CALL_OPEN."""
+    for size in range(min(len(text), len(TOOL_CALL_OPEN) - 1), 0, -1):
+        if TOOL_CALL_OPEN.startswith(text[-size:]):
+            return size
+    return 0

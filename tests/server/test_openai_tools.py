@@ -1,0 +1,182 @@
+"""Tool calling through the OpenAI-compatible API: the official client and LangChain's
+`bind_tools` against a real server, checked against the engine's greedy run of the prompt the
+tools render to (a tiny random model writes no sensible call, so the check is that the server
+turns exactly what the model wrote into the answer)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from server.api.tool_call_parser import ToolCallParser
+from server.api.tool_request import ToolRequest, render_tool_turns
+from server.engine import LLMEngine, SamplingParams
+from server.launcher import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+CLOCK = {"type": "function", "function": {"name": "now", "description": "The time"}}
+ASK = [{"role": "user", "content": "Weather in Paris?"}]
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("tools") / "server.log"
+    with ServerProcess(tiny_llama_path, "--served-model-name", "tiny", log_path=log) as srv:
+        yield srv.url
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama_path: Path) -> LLMEngine:
+    return LLMEngine.from_pretrained(str(tiny_llama_path))
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+
+
+def expected(engine: LLMEngine, messages: list[dict], tools: ToolRequest, max_tokens: int):
+    """(prompt ids, content, calls as (name, arguments), finish_reason) of the greedy run."""
+    text = engine.tokenizer.apply_chat_template(render_tool_turns(messages, tools), True)
+    ids = engine.tokenizer.encode(text + tools.primer())
+    sampling = SamplingParams(max_tokens=max_tokens, temperature=0, stop=tools.stops())
+    out = engine.generate([ids], sampling)[0]
+    parser = ToolCallParser(tools.names, tools.forced)
+    parser.feed(tools.primer())
+    content = parser.feed(out.text)[0] + parser.finish()[0]
+    calls = [(c.name, c.arguments) for c in parser.calls]
+    reason = "length" if out.finish_reason == "length" else ("tool_calls" if calls else "stop")
+    return ids, content, calls, reason
+
+
+def test_a_named_tool_choice_answers_with_that_call(client: openai.OpenAI, engine: LLMEngine):
+    tools = ToolRequest.of([WEATHER, CLOCK], NAMED, None)
+    ids, content, calls, reason = expected(engine, ASK, tools, 20)
+    assert [name for name, _ in calls] == ["get_weather"]
+    done = client.chat.completions.create(
+        model="tiny", messages=ASK, tools=[WEATHER, CLOCK], tool_choice=NAMED, max_tokens=20,
+        temperature=0,
+    )  # fmt: skip
+    choice = done.choices[0]
+    assert choice.finish_reason == reason
+    assert [(c.function.name, c.function.arguments) for c in choice.message.tool_calls] == calls
+    assert choice.message.tool_calls[0].id.startswith("call_")
+    assert choice.message.content == (content.strip() or None)
+    assert done.usage.prompt_tokens == len(ids)  # the tools' description and the primer
+    # streamed: the same call, whole, in one delta; then the finish
+    chunks = list(client.chat.completions.create(
+        model="tiny", messages=ASK, tools=[WEATHER, CLOCK], tool_choice=NAMED, max_tokens=20,
+        temperature=0, stream=True,
+    ))  # fmt: skip
+    deltas = [c.choices[0].delta for c in chunks]
+    streamed = [t for d in deltas for t in d.tool_calls or []]
+    assert [(t.index, t.function.name, t.function.arguments) for t in streamed] == [
+        (0, *calls[0])
+    ]
+    assert "".join(d.content or "" for d in deltas).strip() == content.strip()
+    assert chunks[-1].choices[0].finish_reason == reason
+
+
+def test_auto_tools_are_described_to_the_model_and_plain_text_stays_content(
+    client: openai.OpenAI, engine: LLMEngine
+):
+    tools = ToolRequest.of([WEATHER], "auto", None)
+    ids, content, calls, reason = expected(engine, ASK, tools, 12)
+    done = client.chat.completions.create(
+        model="tiny", messages=ASK, tools=[WEATHER], max_tokens=12, temperature=0
+    )
+    assert done.usage.prompt_tokens == len(ids)
+    assert calls == [] and done.choices[0].message.tool_calls is None
+    assert done.choices[0].message.content == content
+    assert done.choices[0].finish_reason == reason
+
+
+def test_past_calls_and_results_render_as_turns(client: openai.OpenAI, engine: LLMEngine):
+    history = [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]  # fmt: skip
+    tools = ToolRequest.of([WEATHER], None, None)
+    plain = [
+        *ASK,
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"name": "get_weather", "arguments": '{"city": "Paris"}'}]},
+        {"role": "tool", "content": "sunny"},
+    ]  # fmt: skip
+    ids, content, _, _ = expected(engine, plain, tools, 8)
+    done = client.chat.completions.create(
+        model="tiny", messages=history, tools=[WEATHER], max_tokens=8, temperature=0
+    )
+    assert done.usage.prompt_tokens == len(ids)
+    assert done.choices[0].message.content == content
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "message"),
+    [
+        ({"tools": [{"type": "retrieval"}]}, "tools", "tools[0]"),
+        ({"tool_choice": "required"}, "tool_choice", "needs tools"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
+         "tool_choice", "not among"),
+        ({"tools": [WEATHER], "logprobs": True}, "logprobs", "together with tools"),
+        ({"tools": [WEATHER], "tool_choice": NAMED, "extra_body": {"continue_final_message": True,
+          "add_generation_prompt": False}}, "tool_choice", "add_generation_prompt"),
+        ({"functions": [{"name": "f"}]}, "functions", "use tools"),
+        ({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}]},
+         "messages", "messages[0].tool_calls[0]"),
+    ],
+)  # fmt: skip
+def test_bad_tool_requests_are_400s_naming_the_field(client: openai.OpenAI, extra, param, message):
+    body = {"model": "tiny", "messages": ASK, "max_tokens": 4, **extra}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(**body)
+    assert caught.value.body["param"] == param and message in caught.value.body["message"]
+    # and the server goes on
+    assert client.chat.completions.create(model="tiny", messages=ASK, max_tokens=2).choices
+
+
+def test_langchain_bind_tools(server: str, engine: LLMEngine) -> None:
+    from langchain_core.messages import ToolMessage
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny in {city}"
+
+    llm = ChatOpenAI(
+        base_url=server + "/v1", api_key="unused", model="tiny", temperature=0, max_tokens=16
+    )
+    forced = llm.bind_tools([get_weather], tool_choice="get_weather")
+    answer = forced.invoke("Weather in Paris?")
+    # the tiny model's arguments are not JSON: LangChain files the call as invalid, by name
+    made = [*answer.tool_calls, *answer.invalid_tool_calls]
+    assert [c["name"] for c in made] == ["get_weather"] and made[0]["id"].startswith("call_")
+    streamed = None
+    for piece in forced.stream("Weather in Paris?"):
+        streamed = piece if streamed is None else streamed + piece
+    assert streamed is not None
+    assert [c["name"] for c in streamed.tool_call_chunks] == ["get_weather"]
+    # the call and its result go back as history
+    result = ToolMessage("sunny", tool_call_id=made[0]["id"])
+    follow = llm.bind_tools([get_weather]).invoke(
+        [("human", "Weather in Paris?"), answer, result]
+    )
+    assert isinstance(follow.content, str)
