@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+import json
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, UsageMetadata
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    InvalidToolCall,
+    ToolCall,
+    UsageMetadata,
+)
+from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict
 
 from parrot_bridge.langchain.messages import to_chat_messages
-from parrot_bridge.langchain.settings import ParrotSettings
+from parrot_bridge.langchain.settings import TOOL_OPTIONS, ParrotSettings, without_tool_options
 from parrot_bridge.loop_thread import shared_loop
 
 __all__ = ["ChatParrot"]
@@ -24,9 +36,10 @@ _CHAT = "/v1/chat/completions"
 class ChatParrot(ParrotSettings, BaseChatModel):
     """Chat with the model of a Parrot server; the server applies the model's chat template.
 
-    Text messages only (system, human, AI): no tool calling, structured output or images.
-    Inside `parrot_bridge.langchain.compile(chain)`, its calls become semantic calls of one
-    graph and give the same text as here with greedy sampling.
+    Text messages (system, human, AI, tool) and tool calling (`bind_tools`, served by the
+    chat API's `tools`); no structured output or images. Inside
+    `parrot_bridge.langchain.compile(chain)`, its calls become semantic calls of one graph and
+    give the same text as here with greedy sampling (tools are refused there).
 
         llm = ChatParrot(base_url="http://127.0.0.1:9000", temperature=0, max_tokens=64)
         llm.invoke("Hello")
@@ -99,16 +112,34 @@ class ChatParrot(ParrotSettings, BaseChatModel):
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
 
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | bool | dict[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """The model with `tools` offered on every call. `tool_choice`: "auto", "none",
+        "required" (or "any", or True), a tool's name, or OpenAI's dict."""
+        options: dict[str, Any] = {"tools": [convert_to_openai_tool(t) for t in tools]}
+        if tool_choice is not None:
+            options["tool_choice"] = _tool_choice(tool_choice)
+        if parallel_tool_calls is not None:
+            options["parallel_tool_calls"] = parallel_tool_calls
+        return self.bind(**options, **kwargs)
+
     # -- helpers -------------------------------------------------------------------------------
 
     def get_num_tokens_from_messages(
         self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
     ) -> int:
         """The prompt tokens a request of `messages` uses: the model's chat template and
-        tokenizer, on the server (`/tokenize`), so trimming a history to the context is exact."""
-        if tools:
-            raise ValueError("ChatParrot does not support tools")
+        tokenizer, on the server (`/tokenize`), so trimming a history to the context is exact;
+        with `tools`, their description in the prompt too."""
         body: dict[str, Any] = {"messages": to_chat_messages(messages)}
+        if tools:
+            body["tools"] = [convert_to_openai_tool(t) for t in tools]
         if self.model_name:
             body["model"] = self.model_name
         return shared_loop().run(self._http().request("POST", "/tokenize", body))["count"]
@@ -120,7 +151,8 @@ class ChatParrot(ParrotSettings, BaseChatModel):
         body: dict[str, Any] = {
             "model": model,
             "messages": to_chat_messages(messages),
-            **self._sampling(stop, kwargs),
+            **self._sampling(stop, without_tool_options(kwargs)),
+            **{k: v for k, v in kwargs.items() if k in TOOL_OPTIONS},
         }
         if stream:
             body["stream"] = True
@@ -136,12 +168,43 @@ def _usage(usage: dict[str, int]) -> UsageMetadata:
     )
 
 
+def _tool_choice(choice: str | bool | dict[str, Any]) -> str | dict[str, Any]:
+    if choice is True or choice == "any":
+        return "required"
+    if isinstance(choice, str) and choice not in ("auto", "none", "required"):
+        return {"type": "function", "function": {"name": choice}}
+    if choice is False:
+        return "none"
+    return choice
+
+
+def _calls(message: dict[str, Any]) -> dict[str, list[Any]]:
+    """The answer's tool calls as LangChain's: valid JSON-object arguments make a tool call,
+    anything else an invalid one (the model's text kept)."""
+    calls: list[ToolCall] = []
+    invalid: list[InvalidToolCall] = []
+    for raw in message.get("tool_calls") or []:
+        name, arguments = raw["function"]["name"], raw["function"]["arguments"]
+        try:
+            args = json.loads(arguments)
+        except ValueError:
+            args = None
+        if isinstance(args, dict):
+            calls.append(tool_call(name=name, args=args, id=raw["id"]))
+        else:
+            invalid.append(invalid_tool_call(
+                name=name, args=arguments, id=raw["id"], error="arguments are not a JSON object"
+            ))  # fmt: skip
+    return {"tool_calls": calls, "invalid_tool_calls": invalid}
+
+
 def _result(response: dict[str, Any]) -> ChatResult:
     choice = response["choices"][0]
     metadata = {"model_name": response["model"], "finish_reason": choice["finish_reason"],
                 "model_provider": "parrot"}  # fmt: skip
     message = AIMessage(
-        content=choice["message"]["content"],
+        content=choice["message"]["content"] or "",
+        **_calls(choice["message"]),
         id=response["id"],
         usage_metadata=_usage(response["usage"]),
         response_metadata=metadata,
@@ -166,8 +229,14 @@ def _chunk(event: dict[str, Any]) -> ChatGenerationChunk:
         return ChatGenerationChunk(message=message)
     choice = event["choices"][0]
     reason = choice.get("finish_reason")
+    chunks = [
+        tool_call_chunk(name=c["function"]["name"], args=c["function"]["arguments"], id=c["id"],
+                        index=c["index"])
+        for c in choice["delta"].get("tool_calls") or []
+    ]  # fmt: skip
     message = AIMessageChunk(
         content=choice["delta"].get("content") or "",
+        tool_call_chunks=chunks,
         id=event["id"],
         response_metadata={"finish_reason": reason} if reason else {},
     )

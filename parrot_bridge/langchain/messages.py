@@ -1,8 +1,11 @@
-"""LangChain messages as the role/content pairs a chat template reads (text content only)."""
+"""LangChain messages as the chat messages the server's chat API reads: text content, and an
+AI message's tool calls and tool results as OpenAI shapes them."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
 from langchain_core.messages import (
     AIMessage,
@@ -10,14 +13,23 @@ from langchain_core.messages import (
     ChatMessage,
     HumanMessage,
     SystemMessage,
+    ToolMessage,
 )
 
 _ROLES = {"system", "developer", "user", "assistant"}
 
 
-def to_chat_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
-    """[{"role", "content"}, ...]; unsupported messages (tools, images) raise ValueError."""
-    return [{"role": _role(m, i), "content": _text(m, i)} for i, m in enumerate(messages)]
+def to_chat_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """[{"role", "content", ...}, ...]; unsupported messages (images, say) raise ValueError."""
+    out = []
+    for i, m in enumerate(messages):
+        message: dict[str, Any] = {"role": _role(m, i), "content": _text(m, i)}
+        if isinstance(m, AIMessage) and (m.tool_calls or m.invalid_tool_calls):
+            message["tool_calls"] = _tool_calls(m)
+        if isinstance(m, ToolMessage):
+            message["tool_call_id"] = m.tool_call_id
+        out.append(message)
+    return out
 
 
 def _role(message: BaseMessage, index: int) -> str:
@@ -26,15 +38,25 @@ def _role(message: BaseMessage, index: int) -> str:
     if isinstance(message, HumanMessage):
         return "user"
     if isinstance(message, AIMessage):
-        if message.tool_calls:
-            raise ValueError(f"messages[{index}]: tool calls are not supported by ChatParrot")
         return "assistant"
+    if isinstance(message, ToolMessage):
+        return "tool"
     if isinstance(message, ChatMessage) and message.role in _ROLES:
         return message.role
     raise ValueError(
         f"messages[{index}]: {type(message).__name__} is not supported by ChatParrot "
-        "(system, human and AI messages only: no tool calling)"
+        "(system, human, AI and tool messages only)"
     )
+
+
+def _tool_calls(message: AIMessage) -> list[dict[str, Any]]:
+    """The calls as OpenAI's API takes them back; an invalid call keeps the text it had."""
+    calls = [(c["id"], c["name"], json.dumps(c["args"])) for c in message.tool_calls]
+    calls += [(c["id"], c["name"], c["args"] or "") for c in message.invalid_tool_calls]
+    return [
+        {"id": id_, "type": "function", "function": {"name": name, "arguments": arguments}}
+        for id_, name, arguments in calls
+    ]
 
 
 def _text(message: BaseMessage, index: int) -> str:
@@ -47,6 +69,8 @@ def _text(message: BaseMessage, index: int) -> str:
             texts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             texts.append(str(block.get("text", "")))
+        elif isinstance(block, dict) and block.get("type") in ("tool_call", "function_call"):
+            continue  # the message's tool_calls carry it
         else:
             kind = block.get("type") if isinstance(block, dict) else type(block).__name__
             raise ValueError(

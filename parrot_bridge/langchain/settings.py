@@ -57,7 +57,7 @@ class ParrotSettings(BaseModel):
             ls_model_name=kwargs.get("model") or self.model_name or "parrot",
             ls_model_type=self.ls_model_type,
         )
-        sampling = self._sampling(stop, kwargs)
+        sampling = self._sampling(stop, without_tool_options(kwargs))
         for key in ("temperature", "max_tokens", "stop"):
             if key in sampling:
                 params[f"ls_{key}"] = sampling[key]  # type: ignore[literal-required]
@@ -126,6 +126,14 @@ def _models_path(model: str | None) -> str:
 def _card(response: dict[str, Any]) -> tuple[str, int]:
     card = response["data"][0] if "data" in response else response
     return card["id"], card["max_model_len"]
+
+
+# a chat model's tool options (`bind_tools`): sent by plain calls, refused inside compile
+TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls")
+
+
+def without_tool_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in TOOL_OPTIONS}
 
 
 # option -> its name in the request body; `model` picks the model (see `_model_id`)

@@ -1,6 +1,6 @@
 """vLLM's `POST /tokenize` and `POST /detokenize`: a prompt's token ids exactly as a request
 would compute them (a text as `/v1/completions` encodes it, or chat messages through the model's
-chat template as `/v1/chat/completions` does), and back. Clients count tokens with them
+chat template as `/v1/chat/completions` does, with its tools if given), and back. Clients count tokens with them
 (LangChain's `get_num_tokens`, trimming a history to the context) without the model's tokenizer.
 """
 
@@ -15,6 +15,7 @@ from server.api.openai import check_model
 from server.api.openai_inputs import chat_prompt, check_token_ids
 from server.api.openai_models import ChatCompletionRequest, ChatMessage
 from server.api.route import Route, json_response, parse_body
+from server.api.tool_request import ToolRequest
 from server.keys import CONFIG, DRIVER
 
 
@@ -38,11 +39,16 @@ class TokenizeRequest(BaseModel):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[dict] | None = Field(None, description="With messages: as a chat request.")
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
     def _one_prompt(self) -> TokenizeRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of prompt and messages")
+        if self.prompt is not None and (self.tools or self.tool_choice is not None):
+            raise ValueError("tools and tool_choice go with messages, not a prompt")
         return self
 
 
@@ -76,7 +82,8 @@ async def tokenize(request: web.Request) -> web.Response:
             continue_final_message=body.continue_final_message,
             chat_template_kwargs=body.chat_template_kwargs,
         )
-        text = chat_prompt(driver, chat)
+        tools = ToolRequest.of(body.tools, body.tool_choice, body.parallel_tool_calls)
+        text = chat_prompt(driver, chat, tools)
     else:
         assert body.prompt is not None
         text = body.prompt

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
-from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import FunctionMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
 import parrot_bridge.langchain as lc
 from parrot_bridge.errors import ParrotError
@@ -58,8 +60,13 @@ def test_token_counts_are_the_served_models(chat: ChatParrot, parrot_url: str) -
     assert chat.get_token_ids(text) == got["tokens"] and got["count"] > 0
     llm = ParrotLLM(base_url=parrot_url)
     assert llm.get_num_tokens(text) == got["count"]
-    with pytest.raises(ValueError, match="tools"):
-        chat.get_num_tokens_from_messages(messages, tools=[{"name": "f"}])
+    # with tools, their description counts as a request with them would
+    tool = {"type": "function", "function": {"name": "f", "description": "Does f."}}
+    with_tools = chat.bind_tools([tool]).invoke(messages)
+    counted = chat.get_num_tokens_from_messages(messages, tools=[tool])
+    assert counted == with_tools.usage_metadata["input_tokens"] > reply.usage_metadata[
+        "input_tokens"
+    ]
 
 
 def test_llm_usage_is_the_servers_count(parrot_url: str) -> None:
@@ -106,8 +113,8 @@ def test_async_matches_sync(chat: ChatParrot, parrot_url: str) -> None:
 
 
 def test_clear_errors(chat: ChatParrot) -> None:
-    with pytest.raises(ValueError, match=r"messages\[1\]: ToolMessage is not supported"):
-        chat.invoke([HumanMessage("hi"), ToolMessage("42", tool_call_id="t1")])
+    with pytest.raises(ValueError, match=r"messages\[1\]: FunctionMessage is not supported"):
+        chat.invoke([HumanMessage("hi"), FunctionMessage("42", name="f")])
     with pytest.raises(ValueError, match="'image_url' content is not supported"):
         chat.invoke([HumanMessage([{"type": "image_url", "image_url": {"url": "x"}}])])
     with pytest.raises(ParrotError, match="cannot reach the Parrot server"):
@@ -177,3 +184,47 @@ def test_llm_refuses_a_model_the_server_does_not_serve(parrot_url: str, served_m
         assert caught.value.status == 404 and caught.value.code == "model_not_found"
     named = ParrotLLM(base_url=parrot_url, model=served_model, max_tokens=3)
     assert named.generate(["hi"]).llm_output["model_name"] == served_model
+
+
+def test_bind_tools_calls_through_the_chat_api(chat: ChatParrot, parrot_url: str) -> None:
+    """The answer is the server's: the same request over HTTP gives the same call (the tiny
+    model's arguments are not JSON, so LangChain holds it as an invalid call, by name)."""
+    from langchain_core.tools import tool
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    forced = chat.bind_tools([get_weather], tool_choice="get_weather")
+    answer = forced.invoke("Weather in Paris?")
+    body = {"model": chat._model_id({}), "messages": [{"role": "user", "content":
+            "Weather in Paris?"}], "temperature": 0, "max_tokens": 10,
+            "tools": [convert_to_openai_tool(get_weather)],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}  # fmt: skip
+    status, plain = request("POST", parrot_url + "/v1/chat/completions", body)
+    assert status == 200
+    call = plain["choices"][0]["message"]["tool_calls"][0]["function"]
+    made = [*answer.tool_calls, *answer.invalid_tool_calls]
+    assert [(c["name"], c["args"]) for c in answer.invalid_tool_calls] == [
+        (call["name"], call["arguments"])
+    ] or [(c["name"], c["args"]) for c in answer.tool_calls] == [
+        (call["name"], json.loads(call["arguments"]))
+    ]
+    assert answer.response_metadata["finish_reason"] == plain["choices"][0]["finish_reason"]
+    streamed = None
+    for piece in forced.stream("Weather in Paris?"):
+        streamed = piece if streamed is None else streamed + piece
+    assert [(c["name"], c["args"]) for c in streamed.tool_call_chunks] == [
+        (call["name"], call["arguments"])
+    ]
+    # the call and its result as history; the tools' description counts in the prompt
+    history = [HumanMessage("Weather in Paris?"), answer,
+               ToolMessage("sunny", tool_call_id=made[0]["id"])]  # fmt: skip
+    follow = chat.bind_tools([get_weather]).invoke(history)
+    assert follow.usage_metadata["input_tokens"] == chat.get_num_tokens_from_messages(
+        history, tools=[get_weather]
+    )
+    # compiled chains are graphs of semantic calls, which take no tools
+    with pytest.raises(ValueError, match="cannot honour 'tool_choice', 'tools'"):
+        lc.compile(lc_prompt() | forced).invoke({"q": "Weather in Paris?"})

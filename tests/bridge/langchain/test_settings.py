@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from langchain_core.messages import AIMessage, ChatMessage, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from pydantic import ValidationError
 
 from parrot_bridge.langchain import ChatParrot, ParrotLLM
@@ -39,8 +46,20 @@ def test_messages_become_roles_and_text() -> None:
         {"role": "system", "content": "s"}, {"role": "user", "content": "ab"},
         {"role": "assistant", "content": "c"}, {"role": "developer", "content": "d"},
     ]  # fmt: skip
-    with pytest.raises(ValueError, match="tool calls are not supported"):
-        to_chat_messages([AIMessage("", tool_calls=[{"name": "f", "args": {}, "id": "1"}])])
+    calls = AIMessage(
+        [{"type": "text", "text": "e"}, {"type": "tool_call", "id": "1", "name": "f", "args": {}}],
+        tool_calls=[{"name": "f", "args": {"x": 1}, "id": "1"}],
+        invalid_tool_calls=[{"name": "g", "args": "{oops", "id": "2", "error": None}],
+    )
+    assert to_chat_messages([calls, ToolMessage("42", tool_call_id="1")]) == [
+        {"role": "assistant", "content": "e", "tool_calls": [
+            {"id": "1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}},
+            {"id": "2", "type": "function", "function": {"name": "g", "arguments": "{oops"}},
+        ]},
+        {"role": "tool", "content": "42", "tool_call_id": "1"},
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"messages\[0\]: FunctionMessage is not supported"):
+        to_chat_messages([FunctionMessage("42", name="f")])
 
 
 def test_a_prompt_is_constant_text_whatever_it_holds() -> None:

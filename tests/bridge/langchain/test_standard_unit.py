@@ -16,10 +16,10 @@ class TestChatParrotUnit(ChatModelUnitTests):
     def chat_model_params(self) -> dict:
         return {"model": "tiny-llama", "base_url": "http://127.0.0.1:9"}
 
-    # Honest capability flags: text chat only.
+    # Honest capability flags: text chat and tool calling.
     @property
     def has_tool_calling(self) -> bool:
-        return False
+        return True
 
     @property
     def has_structured_output(self) -> bool:
