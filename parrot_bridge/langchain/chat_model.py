@@ -37,7 +37,7 @@ class ChatParrot(ParrotSettings, BaseChatModel):
     """Chat with the model of a Parrot server; the server applies the model's chat template.
 
     Text messages (system, human, AI, tool) and tool calling (`bind_tools`, served by the
-    chat API's `tools`); no structured output or images. Inside
+    chat API's `tools`; `with_structured_output` through a forced call); no images. Inside
     `parrot_bridge.langchain.compile(chain)`, its calls become semantic calls of one graph and
     give the same text as here with greedy sampling (tools are refused there).
 

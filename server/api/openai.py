@@ -167,8 +167,13 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     if tools is not None and logprobs is not None:
         raise bad_request("logprobs are not supported together with tools", param="logprobs")
     sampling = sampling_of(driver, body, ids, max_tokens, logprobs)
-    if tools is not None and tools.stops():
-        sampling = dataclasses.replace(sampling, stop=[*sampling.stop, *tools.stops()])
+    if tools is not None:
+        if sampling.json_object:
+            raise bad_request("response_format json_object does not go with tools",
+                              param="response_format")  # fmt: skip
+        sampling = dataclasses.replace(
+            sampling, stop=[*sampling.stop, *tools.stops()], json_object=tools.constrained
+        )
     samplings = samples_of(sampling, body.n or 1)
     _require_engine(request)
     request.app[METRICS].prompt_tokens.inc(len(ids))
@@ -440,9 +445,11 @@ async def _indexed(outputs: AsyncIterator[JobOutput]) -> AsyncIterator[tuple[int
 
 
 def _check_common(request: web.Request, body: OpenAIRequest) -> None:
-    if body.response_format is not None and body.response_format.get("type") != "text":
+    kind = (body.response_format or {}).get("type", "text")
+    if kind not in ("text", "json_object"):
         raise bad_request(
-            "response_format: only {\"type\": \"text\"} is supported (no JSON mode or schemas)",
+            f"response_format: {kind!r} is not supported; {{\"type\": \"json_object\"}} (JSON "
+            "mode: the answer is one JSON object) and {\"type\": \"text\"} are (no schemas)",
             param="response_format",
         )
     check_model(request, body.model)

@@ -201,6 +201,9 @@ def sampling_of(
         raise bad_request("stop strings must not be empty", param="stop")
     stop_ids = body.stop_token_ids or []
     check_token_ids(driver, stop_ids, "stop_token_ids")
+    if body.ignore_eos and (body.response_format or {}).get("type") == "json_object":
+        raise bad_request("JSON mode ends when the object closes: no ignore_eos",
+                          param="ignore_eos")  # fmt: skip
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
@@ -215,6 +218,7 @@ def sampling_of(
         logit_bias=logit_bias_of(driver, body.logit_bias),
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
+        json_object=(body.response_format or {}).get("type") == "json_object",
     )
 
 

@@ -41,7 +41,7 @@ class OpenAIRequest(BaseModel):
     # completions: how many alternatives per token (0-20); chat: whether to return them
     logprobs: bool | int | None = None
     logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
-    response_format: dict[str, Any] | None = None  # only {"type": "text"}: no JSON mode
+    response_format: dict[str, Any] | None = None  # {"type": "text"} or "json_object" only
     user: str | None = None
     # vLLM's sampling extensions that the engine has (clients send them in extra_body)
     top_k: int | None = Field(None, ge=-1, description="vLLM's: -1 or 0 disables top-k.")

@@ -112,6 +112,12 @@ class ToolRequest:
             return f'{TOOL_CALL_OPEN}\n{{"name": "'
         return ""
 
+    @property
+    def constrained(self) -> bool:
+        """A forced call's primer ends where its arguments start: they are generated in JSON
+        mode (one object, and the answer ends with it)."""
+        return self.forced is not None
+
     def stops(self) -> list[str]:
         """Stop strings the answer needs: one call only ends at its closing tag."""
         return [] if self.parallel else [TOOL_CALL_CLOSE]

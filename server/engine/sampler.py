@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
+from server.engine.json_constraint import JsonConstraint
 from server.engine.outputs import TokenLogprob
 from server.engine.sampling_params import SamplingParams
 
@@ -15,9 +16,11 @@ def sample(
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
     outputs: Sequence[Sequence[int]],
+    constraints: Sequence[JsonConstraint | None] = (),
 ) -> tuple[list[int], list[TokenLogprob | None]]:
     """One token per row of `logits` ([N, vocab], float32), following each row's settings;
-    `outputs[i]` are row i's tokens generated so far (for the penalties). Returns the tokens
+    `outputs[i]` are row i's tokens generated so far (for the penalties); `constraints[i]`, if
+    given and not None, restricts row i to tokens that keep its text JSON. Returns the tokens
     and, for rows whose settings ask for them, their log probabilities (else None)."""
     raw = logits
     if any(p.adjusts_logits for p in params):
@@ -29,6 +32,11 @@ def sample(
             int(row.argmax()) if p.greedy else _sample_row(row, p, gen)
             for row, p, gen in zip(logits, params, generators, strict=True)
         ]
+    for i, constraint in enumerate(constraints):
+        if constraint is not None:
+            p, gen = params[i], generators[i]
+            redraw = None if p.greedy else _redraw(_distribution(logits[i], p), gen)
+            tokens[i] = constraint.choose(logits[i], tokens[i], redraw)
     logprobs = [
         None if p.logprobs is None else _logprob(raw[i], tokens[i], p.logprobs)
         for i, p in enumerate(params)
@@ -64,6 +72,25 @@ def _logprob(row: torch.Tensor, token: int, top: int) -> TokenLogprob:
 
 
 def _sample_row(row: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> int:
+    return int(torch.multinomial(_distribution(row, p), 1, generator=gen))
+
+
+def _redraw(
+    probs: torch.Tensor, gen: torch.Generator | None
+) -> Callable[[torch.Tensor], int]:
+    """Draws from `probs` with the banned ids left out (-1 when nothing is left)."""
+
+    def draw(banned: torch.Tensor) -> int:
+        left = probs.masked_fill(banned, 0.0)
+        if not float(left.sum()) > 0:
+            return -1
+        return int(torch.multinomial(left, 1, generator=gen))
+
+    return draw
+
+
+def _distribution(row: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """The row's sampling distribution: temperature, then top-k, then top-p."""
     scaled = row.float() / p.temperature
     if 0 < p.top_k < scaled.numel():
         kth = torch.topk(scaled, p.top_k).values[-1]
@@ -75,5 +102,4 @@ def _sample_row(row: torch.Tensor, p: SamplingParams, gen: torch.Generator | Non
         drop = probs.cumsum(-1) - probs >= p.top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         scaled = torch.full_like(scaled, float("-inf")).scatter(0, order, sorted_logits)
-    probs = scaled.softmax(-1)
-    return int(torch.multinomial(probs, 1, generator=gen))
+    return scaled.softmax(-1)

@@ -33,6 +33,8 @@ class SamplingParams:
     the token ids it names, -100 to 100 (greedy decoding too). `prompt_logprobs` does the same for the prompt's
     tokens (each given those before it; the first has none), for a plain request (a context
     with nothing computed): it computes its whole prompt, skipping the prefix cache.
+    `json_object` (JSON mode): the generated text is one JSON object; tokens that would break
+    it are never sampled (see `json_constraint.py`) and generation ends once it closes.
     """
 
     max_tokens: int = 16
@@ -48,6 +50,7 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
+    json_object: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -70,6 +73,8 @@ class SamplingParams:
                 raise ValueError(
                     f"logit_bias maps token ids (>= 0) to biases in [-100, 100], got {token}: {bias}"
                 )
+        if self.json_object and self.ignore_eos:
+            raise ValueError("json_object ends generation when the object closes: no ignore_eos")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= MAX_LOGPROBS:

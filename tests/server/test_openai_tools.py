@@ -1,10 +1,11 @@
-"""Tool calling through the OpenAI-compatible API: the official client and LangChain's
-`bind_tools` against a real server, checked against the engine's greedy run of the prompt the
-tools render to (a tiny random model writes no sensible call, so the check is that the server
-turns exactly what the model wrote into the answer)."""
+"""Tool calling and JSON mode through the OpenAI-compatible API: the official client and
+LangChain's `bind_tools` against a real server, checked against the engine's greedy run of the
+prompt the tools render to (a tiny random model writes no sensible call, so the check is that
+the server turns exactly what the model wrote into the answer)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,7 +53,9 @@ def expected(engine: LLMEngine, messages: list[dict], tools: ToolRequest, max_to
     """(prompt ids, content, calls as (name, arguments), finish_reason) of the greedy run."""
     text = engine.tokenizer.apply_chat_template(render_tool_turns(messages, tools), True)
     ids = engine.tokenizer.encode(text + tools.primer())
-    sampling = SamplingParams(max_tokens=max_tokens, temperature=0, stop=tools.stops())
+    sampling = SamplingParams(
+        max_tokens=max_tokens, temperature=0, stop=tools.stops(), json_object=tools.constrained
+    )
     out = engine.generate([ids], sampling)[0]
     parser = ToolCallParser(tools.names, tools.forced)
     parser.feed(tools.primer())
@@ -64,10 +67,12 @@ def expected(engine: LLMEngine, messages: list[dict], tools: ToolRequest, max_to
 
 def test_a_named_tool_choice_answers_with_that_call(client: openai.OpenAI, engine: LLMEngine):
     tools = ToolRequest.of([WEATHER, CLOCK], NAMED, None)
-    ids, content, calls, reason = expected(engine, ASK, tools, 20)
+    ids, content, calls, reason = expected(engine, ASK, tools, 40)
     assert [name for name, _ in calls] == ["get_weather"]
+    # its arguments are generated in JSON mode: an object, and the answer ends with it
+    assert reason == "tool_calls" and isinstance(json.loads(calls[0][1]), dict)
     done = client.chat.completions.create(
-        model="tiny", messages=ASK, tools=[WEATHER, CLOCK], tool_choice=NAMED, max_tokens=20,
+        model="tiny", messages=ASK, tools=[WEATHER, CLOCK], tool_choice=NAMED, max_tokens=40,
         temperature=0,
     )  # fmt: skip
     choice = done.choices[0]
@@ -78,7 +83,7 @@ def test_a_named_tool_choice_answers_with_that_call(client: openai.OpenAI, engin
     assert done.usage.prompt_tokens == len(ids)  # the tools' description and the primer
     # streamed: the same call, whole, in one delta; then the finish
     chunks = list(client.chat.completions.create(
-        model="tiny", messages=ASK, tools=[WEATHER, CLOCK], tool_choice=NAMED, max_tokens=20,
+        model="tiny", messages=ASK, tools=[WEATHER, CLOCK], tool_choice=NAMED, max_tokens=40,
         temperature=0, stream=True,
     ))  # fmt: skip
     deltas = [c.choices[0].delta for c in chunks]
@@ -138,6 +143,12 @@ def test_past_calls_and_results_render_as_turns(client: openai.OpenAI, engine: L
         ({"tools": [WEATHER], "tool_choice": NAMED, "extra_body": {"continue_final_message": True,
           "add_generation_prompt": False}}, "tool_choice", "add_generation_prompt"),
         ({"functions": [{"name": "f"}]}, "functions", "use tools"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+         "response_format", "'json_schema' is not supported"),
+        ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format",
+         "does not go with tools"),
+        ({"response_format": {"type": "json_object"}, "extra_body": {"ignore_eos": True}},
+         "ignore_eos", "JSON mode"),
         ({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}]},
          "messages", "messages[0].tool_calls[0]"),
     ],
@@ -180,3 +191,35 @@ def test_langchain_bind_tools(server: str, engine: LLMEngine) -> None:
         [("human", "Weather in Paris?"), answer, result]
     )
     assert isinstance(follow.content, str)
+
+
+def test_json_mode_answers_with_one_json_object(client: openai.OpenAI, engine: LLMEngine):
+    text = engine.tokenizer.apply_chat_template(ASK, True)
+    ref = engine.generate(
+        [engine.tokenizer.encode(text)],
+        SamplingParams(max_tokens=40, temperature=0, json_object=True),
+    )[0]
+    if ref.finish_reason == "stop":
+        assert isinstance(json.loads(ref.text), dict)
+    else:  # cut at max_tokens: still the start of one
+        assert ref.text.lstrip().startswith("{")
+    asked = {"model": "tiny", "messages": ASK, "max_tokens": 40, "temperature": 0,
+             "response_format": {"type": "json_object"}}  # fmt: skip
+    done = client.chat.completions.create(**asked)
+    assert done.choices[0].message.content == ref.text
+    assert done.choices[0].finish_reason == ref.finish_reason
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(**asked, stream=True)
+        if c.choices
+    )
+    assert streamed == ref.text
+    # completions too (as vLLM takes it), sampled: still one object
+    sampled = client.completions.create(
+        model="tiny", prompt="Data:", max_tokens=60, temperature=1.0, seed=3,
+        extra_body={"response_format": {"type": "json_object"}},
+    )  # fmt: skip
+    if sampled.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(sampled.choices[0].text), dict)
+    else:
+        assert sampled.choices[0].text.lstrip().startswith("{")

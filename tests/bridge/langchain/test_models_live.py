@@ -228,3 +228,20 @@ def test_bind_tools_calls_through_the_chat_api(chat: ChatParrot, parrot_url: str
     # compiled chains are graphs of semantic calls, which take no tools
     with pytest.raises(ValueError, match="cannot honour 'tool_choice', 'tools'"):
         lc.compile(lc_prompt() | forced).invoke({"q": "Weather in Paris?"})
+
+
+def test_with_structured_output_goes_through_a_json_mode_call(parrot_url: str) -> None:
+    """A JSON-schema dict gives back the forced call's arguments, generated in JSON mode. The
+    tiny model opens a string it never closes, so "}" is favoured by a logit bias: the first
+    token that fits after "{" and its whitespace is then "}", and the answer ends there."""
+    schema = {"title": "note", "description": "A short note", "type": "object",
+              "properties": {"text": {"type": "string"}}}  # fmt: skip
+    _, brace = request("POST", parrot_url + "/tokenize", {"prompt": "}"})
+    assert len(brace["tokens"]) == 1
+    llm = ChatParrot(base_url=parrot_url, temperature=0, max_tokens=64,
+                     model_kwargs={"logit_bias": {str(brace["tokens"][0]): 100}})  # fmt: skip
+    result = llm.with_structured_output(schema, include_raw=True).invoke("Take a note.")
+    raw = result["raw"]
+    assert raw.response_metadata["finish_reason"] == "tool_calls"
+    assert [(c["name"], c["args"]) for c in raw.tool_calls] == [("note", {})]
+    assert result["parsed"] == {} and result["parsing_error"] is None

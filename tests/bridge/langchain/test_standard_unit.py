@@ -23,7 +23,7 @@ class TestChatParrotUnit(ChatModelUnitTests):
 
     @property
     def has_structured_output(self) -> bool:
-        return False
+        return True
 
     @property
     def supports_image_inputs(self) -> bool:

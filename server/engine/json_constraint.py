@@ -1,0 +1,85 @@
+"""JSON mode: a generation whose text must be one JSON object. The sampler draws as usual and
+keeps the token if it leaves the text the start of a JSON object; otherwise that token is
+ruled out and it draws again from what is left (exact rejection sampling; greedy takes the
+most likely token that fits). End-of-sequence fits only once the object has closed, and then
+nothing else does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from server.engine.json_prefix import JsonPrefix
+
+_FIRST_TRIES = 64  # candidates tried in order of likelihood before the whole vocabulary
+
+
+class TokenTable:
+    """Every token's bytes, and which ids end a generation; other special tokens (chat markers)
+    never fit JSON text."""
+
+    def __init__(self, token_bytes: Sequence[bytes | None], stop_ids: frozenset[int]) -> None:
+        self.token_bytes = list(token_bytes)  # None: a special token
+        self.stop_ids = stop_ids
+
+
+class JsonConstraint:
+    """The constraint of one generation, advanced by each token it samples."""
+
+    def __init__(self, table: TokenTable, extra_stop_ids: Sequence[int] = ()) -> None:
+        self._table = table
+        self._stops = table.stop_ids | frozenset(extra_stop_ids)
+        self._text = JsonPrefix()
+
+    @property
+    def complete(self) -> bool:
+        return self._text.complete
+
+    def fits(self, token: int) -> bool:
+        if token in self._stops:
+            return self._text.complete
+        data = self._table.token_bytes[token] if token < len(self._table.token_bytes) else None
+        return bool(data) and self._text.copy().feed_all(data)  # type: ignore[arg-type]
+
+    def advance(self, token: int) -> None:
+        """Take the sampled token (one that fits)."""
+        if token in self._stops:
+            return
+        data = self._table.token_bytes[token]
+        assert data is not None and self._text.feed_all(data), "a token that does not fit"
+
+    def choose(
+        self, logits: torch.Tensor, drawn: int, redraw: Callable[[torch.Tensor], int] | None
+    ) -> int:
+        """`drawn` if it fits, else: greedy (`redraw` None) the likeliest token that fits;
+        sampling, `redraw(banned)` over the logits with the banned ids at -inf, until a draw
+        fits. With nothing left that fits (cannot happen while the text is a JSON prefix: some
+        byte always continues it), the likeliest stop id."""
+        if self.fits(drawn):
+            return drawn
+        if redraw is not None:
+            banned = torch.zeros_like(logits, dtype=torch.bool)
+            banned[drawn] = True
+            for _ in range(_FIRST_TRIES):
+                token = redraw(banned)
+                if token < 0:
+                    break  # nothing left with probability above zero
+                if self.fits(token):
+                    return token
+                banned[token] = True
+        order = logits.argsort(descending=True).tolist()
+        for token in order:
+            if self.fits(token):
+                return token
+        return max(self._stops, key=lambda t: float(logits[t]), default=drawn)
+
+
+def token_table(tokenizer: object, eos_ids: frozenset[int]) -> TokenTable:
+    """The table of a `server.engine.tokenizer.Tokenizer`."""
+    special = set(tokenizer.backend.get_added_tokens_decoder())  # type: ignore[attr-defined]
+    size = tokenizer.vocab_size  # type: ignore[attr-defined]
+    return TokenTable(
+        [None if t in special else tokenizer.token_bytes(t) for t in range(size)],  # type: ignore[attr-defined]
+        eos_ids,
+    )

@@ -1,0 +1,180 @@
+"""JSON mode: the JSON-prefix automaton against Python's json, the constraint's choices, and
+the engine's constrained generation (tiny random model: whatever it writes is JSON)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from server.engine import LLMEngine, SamplingParams
+from server.engine.json_constraint import JsonConstraint, TokenTable
+from server.engine.json_prefix import MAX_WHITESPACE_RUN, JsonPrefix
+
+
+def accepts(text: str | bytes) -> JsonPrefix | None:
+    state = JsonPrefix()
+    data = text.encode() if isinstance(text, str) else text
+    return state if state.feed_all(data) else None
+
+
+def random_value(rng: random.Random, depth: int = 0) -> object:
+    kinds = ["int", "float", "str", "bool", "null"] + (["list", "dict"] * 2 if depth < 3 else [])
+    kind = rng.choice(kinds)
+    if kind == "int":
+        return rng.randint(-10**6, 10**6)
+    if kind == "float":
+        return rng.uniform(-1e3, 1e3) * 10 ** rng.randint(-8, 8)
+    if kind == "str":
+        return "".join(rng.choice('ab "\\/\n\t\u00e9\u4e2d\U0001f600x\x01') for _ in range(rng.randint(0, 6)))
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "null":
+        return None
+    if kind == "list":
+        return [random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    return random_object(rng, depth + 1)
+
+
+def random_object(rng: random.Random, depth: int = 0) -> dict:
+    return {f"k{i}": random_value(rng, depth) for i in range(rng.randint(0, 4))}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_every_prefix_of_a_json_object_is_accepted_and_only_the_whole_completes(seed: int):
+    rng = random.Random(seed)
+    value = random_object(rng)
+    text = json.dumps(value, indent=rng.choice([None, 2]), ensure_ascii=rng.random() < 0.5)
+    data = text.encode()
+    state = JsonPrefix()
+    for i, b in enumerate(data):
+        assert not state.complete, text[:i]
+        assert state.feed(b), (text, i)
+    assert state.complete
+    assert not state.copy().feed(ord(" ")) and not state.copy().feed(ord("{"))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ['[1]', '"a"', '1', ' x', '{,', '{"a" 1', '{"a":}', '{"a":01', '{"a":-}', '{"a":1.}',
+     '{"a":1e}', '{"a":tru}', '{"a":nul ', '{"a":1,}', '{"a":[1,]', '{"a":[1}', '{"a":{]',
+     '{"a\x01":1', '{"\\x":1', '{"\\u12g":1', '{"a":1}}', '{"a":1} ', '{a:1}', '{"a":+1',
+     b'{"\x80":1', b'{"\xc3\x28":1', b'{"\xff":1', b'{"a":"\xe4\xb8"}'],
+)  # fmt: skip
+def test_text_that_cannot_become_a_json_object_is_refused(bad: str | bytes):
+    assert accepts(bad) is None
+
+
+def test_whitespace_runs_are_capped_but_strings_are_not():
+    assert accepts("{" + " " * MAX_WHITESPACE_RUN) is not None
+    assert accepts("{" + " " * (MAX_WHITESPACE_RUN + 1)) is None
+    assert accepts('{"a": "' + " " * 100) is not None
+    assert accepts('{"a": 1' + "\n" * 5 + "," + " " * MAX_WHITESPACE_RUN + '"b"') is not None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_complete_means_json_loads_a_dict(seed: int):
+    """Random byte soup from JSON's alphabet: whenever the automaton says complete, json
+    agrees; whenever it refuses, no extension of the refused text parses."""
+    rng = random.Random(seed)
+    alphabet = list(b'{}[]:," \\ntrufalsenl0123456789.-eE+abc')
+    for _ in range(300):
+        state, data = JsonPrefix(), bytearray()
+        for _ in range(rng.randint(1, 30)):
+            b = rng.choice(alphabet)
+            if not state.copy().feed(b):
+                continue
+            state.feed(b)
+            data.append(b)
+            if state.complete:
+                assert isinstance(json.loads(bytes(data)), dict), bytes(data)
+                break
+
+
+def table_of(pieces: list[str | None], stop: int) -> TokenTable:
+    return TokenTable([None if p is None else p.encode() for p in pieces], frozenset({stop}))
+
+
+PIECES = ["Sure", "{", '"a"', ":", " 1", "}", "<s>", "ok", " "]
+EOS = 6
+
+
+def test_greedy_takes_the_likeliest_token_that_fits():
+    constraint = JsonConstraint(table_of([*PIECES[:6], None, *PIECES[7:]], EOS))
+    logits = torch.tensor([9.0, 1.0, 0.0, 0.0, 0.0, 0.0, 5.0, 8.0, 2.0])
+    chosen = []
+    for _ in range(6):
+        token = constraint.choose(logits, int(logits.argmax()), None)
+        constraint.advance(token)
+        chosen.append(token)
+        logits[token] = -50.0  # each piece once, then the next likeliest
+        if token == EOS:
+            break
+    assert chosen == [8, 1, 2, 3, 4, 5][: len(chosen)]  # " ", "{", '"a"', ":", " 1", "}"
+    assert constraint.complete
+    # once complete only the stop id fits, however unlikely
+    assert constraint.choose(logits, 0, None) == EOS
+    assert not constraint.fits(8) and constraint.fits(EOS)
+
+
+def test_sampling_redraws_without_the_tokens_that_do_not_fit():
+    constraint = JsonConstraint(table_of(PIECES, EOS))
+    probs = torch.tensor([0.5, 0.2, 0.0, 0.0, 0.0, 0.0, 0.1, 0.2, 0.0])
+    drawn_order = iter([7, 1])
+
+    def redraw(banned: torch.Tensor) -> int:
+        token = next(drawn_order)
+        assert not banned[token] and probs[token] > 0
+        return token
+
+    assert constraint.choose(probs.log(), 0, redraw) == 1  # "Sure" and "ok" ruled out
+    # nothing with probability left fits: the likeliest token that fits, by the logits
+    constraint.advance(1)
+    assert constraint.choose(probs.log(), 7, lambda banned: -1) in (2, 8)  # '"a"' or " "
+
+
+def test_sampling_is_exact_rejection_sampling_over_what_fits():
+    from server.engine.sampler import sample
+
+    table = table_of(["x", "{", "{ ", "y"], 3)
+    logits = torch.tensor([[2.0, 1.0, 0.0, 3.0]])
+    params = SamplingParams(temperature=1.0, max_tokens=4, json_object=True)
+    counts = [0, 0, 0, 0]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3000):
+        tokens, _ = sample(logits, [params], [gen], [[]], [JsonConstraint(table)])
+        counts[tokens[0]] += 1
+    # only "{" and "{ " fit, in the ratio e^1 : e^0
+    assert counts[0] == counts[3] == 0
+    assert abs(counts[1] / counts[2] - torch.e) < 0.35
+
+
+def test_json_mode_refuses_ignore_eos():
+    with pytest.raises(ValueError, match="ignore_eos"):
+        SamplingParams(json_object=True, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama_path: Path) -> LLMEngine:
+    return LLMEngine.from_pretrained(str(tiny_llama_path))
+
+
+def test_the_engine_writes_json_objects_greedy_and_sampled(engine: LLMEngine):
+    prompts = [engine.tokenizer.encode(p) for p in ("Return JSON:", "A cat", "x y z {")]
+    for sampling in (
+        SamplingParams(max_tokens=48, temperature=0, json_object=True),
+        SamplingParams(max_tokens=48, temperature=1.0, seed=5, json_object=True),
+        SamplingParams(max_tokens=48, temperature=0.8, top_p=0.9, seed=6, json_object=True),
+    ):
+        outs = engine.generate(prompts, sampling)
+        for out in outs:
+            assert accepts(out.text) is not None, out.text
+            if out.finish_reason == "stop":
+                assert isinstance(json.loads(out.text), dict)
+        again = engine.generate(prompts, sampling)
+        assert [o.token_ids for o in again] == [o.token_ids for o in outs]  # reproducible
+    unconstrained = engine.generate(prompts, SamplingParams(max_tokens=16, temperature=0))
+    assert not all(accepts(o.text) for o in unconstrained)  # the constraint did something
