@@ -169,11 +169,12 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     sampling = sampling_of(driver, body, ids, max_tokens, logprobs)
     if tools is not None:
         if sampling.json_object:
-            raise bad_request("response_format json_object does not go with tools",
+            raise bad_request("a JSON response_format does not go with tools",
                               param="response_format")  # fmt: skip
         sampling = dataclasses.replace(
-            sampling, stop=[*sampling.stop, *tools.stops()], json_object=tools.constrained
-        )
+            sampling, stop=[*sampling.stop, *tools.stops()], json_object=tools.constrained,
+            json_schema=tools.arguments_schema(),
+        )  # fmt: skip
     samplings = samples_of(sampling, body.n or 1)
     _require_engine(request)
     request.app[METRICS].prompt_tokens.inc(len(ids))
@@ -446,10 +447,10 @@ async def _indexed(outputs: AsyncIterator[JobOutput]) -> AsyncIterator[tuple[int
 
 def _check_common(request: web.Request, body: OpenAIRequest) -> None:
     kind = (body.response_format or {}).get("type", "text")
-    if kind not in ("text", "json_object"):
+    if kind not in ("text", "json_object", "json_schema"):
         raise bad_request(
-            f"response_format: {kind!r} is not supported; {{\"type\": \"json_object\"}} (JSON "
-            "mode: the answer is one JSON object) and {\"type\": \"text\"} are (no schemas)",
+            f"response_format: {kind!r} is not supported; the types are text, json_object and "
+            "json_schema",
             param="response_format",
         )
     check_model(request, body.model)

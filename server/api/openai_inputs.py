@@ -14,6 +14,7 @@ from server.api.tool_request import (
     render_tool_turns,
 )
 from server.engine import SamplingParams
+from server.engine.json_schema import SchemaError, compile_schema
 from server.engine.sampling_params import MAX_LOGPROBS, offset_seed
 from server.engine_driver import EngineDriver
 from server.errors import bad_request
@@ -201,7 +202,8 @@ def sampling_of(
         raise bad_request("stop strings must not be empty", param="stop")
     stop_ids = body.stop_token_ids or []
     check_token_ids(driver, stop_ids, "stop_token_ids")
-    if body.ignore_eos and (body.response_format or {}).get("type") == "json_object":
+    json_mode = (body.response_format or {}).get("type") in ("json_object", "json_schema")
+    if body.ignore_eos and json_mode:
         raise bad_request("JSON mode ends when the object closes: no ignore_eos",
                           param="ignore_eos")  # fmt: skip
     return SamplingParams(
@@ -218,8 +220,29 @@ def sampling_of(
         logit_bias=logit_bias_of(driver, body.logit_bias),
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
-        json_object=(body.response_format or {}).get("type") == "json_object",
+        json_object=json_mode,
+        json_schema=response_schema(body.response_format),
     )
+
+
+def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The schema of `response_format: {"type": "json_schema", "json_schema": {"name",
+    "schema", "strict"}}` (OpenAI's shape), checked: a 400 names what cannot be enforced."""
+    if (response_format or {}).get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema")  # type: ignore[union-attr]
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise bad_request(
+            'response_format: json_schema needs {"json_schema": {"name": ..., "schema": {...}}}',
+            param="response_format",
+        )
+    try:
+        compile_schema(schema)
+    except SchemaError as exc:
+        raise bad_request(f"response_format.json_schema.schema: {exc}",
+                          param="response_format") from exc  # fmt: skip
+    return schema
 
 
 def logit_bias_of(driver: EngineDriver, asked: dict[str, float] | None) -> dict[int, float]:

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from server.engine.json_schema import SchemaError, compile_schema
 from server.errors import bad_request
 
 TOOL_CALL_OPEN = "<tool_call>"
@@ -117,6 +118,18 @@ class ToolRequest:
         """A forced call's primer ends where its arguments start: they are generated in JSON
         mode (one object, and the answer ends with it)."""
         return self.forced is not None
+
+    def arguments_schema(self) -> dict[str, Any] | None:
+        """A forced call's parameters schema, which its arguments then follow; None where the
+        decoder cannot enforce it (the arguments are then any JSON object)."""
+        tool = next((t for t in self.tools if t.name == self.forced), None)
+        if tool is None:
+            return None
+        try:
+            compile_schema(tool.parameters)
+        except SchemaError:
+            return None
+        return tool.parameters
 
     def stops(self) -> list[str]:
         """Stop strings the answer needs: one call only ends at its closing tag."""

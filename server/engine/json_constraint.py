@@ -1,4 +1,5 @@
-"""JSON mode: a generation whose text must be one JSON object. The sampler draws as usual and
+"""JSON mode: a generation whose text must be one JSON object (that a schema allows, if
+given). The sampler draws as usual and
 keeps the token if it leaves the text the start of a JSON object; otherwise that token is
 ruled out and it draws again from what is left (exact rejection sampling; greedy takes the
 most likely token that fits). End-of-sequence fits only once the object has closed, and then
@@ -11,6 +12,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from server.engine.json_prefix import JsonPrefix
+from server.engine.json_schema import Node
+from server.engine.schema_prefix import SchemaPrefix
 
 _FIRST_TRIES = 64  # candidates tried in order of likelihood before the whole vocabulary
 
@@ -27,10 +30,14 @@ class TokenTable:
 class JsonConstraint:
     """The constraint of one generation, advanced by each token it samples."""
 
-    def __init__(self, table: TokenTable, extra_stop_ids: Sequence[int] = ()) -> None:
+    def __init__(
+        self, table: TokenTable, extra_stop_ids: Sequence[int] = (), schema: Node | None = None
+    ) -> None:
         self._table = table
         self._stops = table.stop_ids | frozenset(extra_stop_ids)
-        self._text = JsonPrefix()
+        self._text: JsonPrefix | SchemaPrefix = (
+            JsonPrefix() if schema is None else SchemaPrefix(schema)
+        )
 
     @property
     def complete(self) -> bool:

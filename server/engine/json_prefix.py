@@ -47,6 +47,20 @@ class JsonPrefix:
         twin._pending, twin._spaces, twin._utf8_left = self._pending, self._spaces, self._utf8_left
         return twin
 
+    def value_state(self) -> str:
+        """"inside" a scalar value (string, number, literal), "after" a value in a container,
+        or "other" (used by `schema_prefix`, which reads one scalar at a time with this)."""
+        if self._mode in (_STRING, _ESCAPE, _UNICODE, _LITERAL) or self._mode >= _MINUS:
+            return "inside"
+        return "after" if self._mode == _AFTER else "other"
+
+    def number_may_end(self) -> bool:
+        return self._mode in _NUMBER_ENDS
+
+    def in_plain_string(self) -> bool:
+        """Inside a string, where a quote would close it (not in an escape or a character)."""
+        return self._mode == _STRING and not self._utf8_left
+
     def feed_all(self, data: bytes) -> bool:
         return all(self.feed(b) for b in data)
 

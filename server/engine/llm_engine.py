@@ -17,6 +17,7 @@ from server.engine.block_manager import BlockManager
 from server.engine.config import EngineConfig
 from server.engine.context import Context, Job, JobKind
 from server.engine.json_constraint import JsonConstraint, TokenTable, token_table
+from server.engine.json_schema import compile_schema
 from server.engine.model_runner import ModelRunner
 from server.engine.models import ModelConfig
 from server.engine.outputs import CompletionOutput, EngineStats, JobOutput, TokenLogprob
@@ -229,7 +230,8 @@ class LLMEngine:
         if sampling.seed is not None and not sampling.greedy:
             job.generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
         if sampling.json_object:
-            job.constraint = JsonConstraint(self._token_table, sampling.stop_token_ids)
+            schema = None if sampling.json_schema is None else compile_schema(sampling.json_schema)
+            job.constraint = JsonConstraint(self._token_table, sampling.stop_token_ids, schema)
         return self._add_job(ctx, job)
 
     def truncate(self, context_id: int, num_tokens: int) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
+
+from server.engine.json_schema import compile_schema
 
 MAX_LOGPROBS = 20  # most likely alternatives per token, as OpenAI's chat API allows
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a seed is a signed 64-bit integer
@@ -34,7 +37,9 @@ class SamplingParams:
     tokens (each given those before it; the first has none), for a plain request (a context
     with nothing computed): it computes its whole prompt, skipping the prefix cache.
     `json_object` (JSON mode): the generated text is one JSON object; tokens that would break
-    it are never sampled (see `json_constraint.py`) and generation ends once it closes.
+    it are never sampled (see `json_constraint.py`) and generation ends once it closes. With
+    `json_schema` too (structured outputs), the object is one the schema allows
+    (`json_schema.py` says which schemas can be followed; others raise ValueError here).
     """
 
     max_tokens: int = 16
@@ -51,6 +56,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
     json_object: bool = False
+    json_schema: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -73,6 +79,10 @@ class SamplingParams:
                 raise ValueError(
                     f"logit_bias maps token ids (>= 0) to biases in [-100, 100], got {token}: {bias}"
                 )
+        if self.json_schema is not None:
+            if not self.json_object:
+                raise ValueError("json_schema needs json_object")
+            compile_schema(self.json_schema)  # SchemaError (a ValueError) names what is wrong
         if self.json_object and self.ignore_eos:
             raise ValueError("json_object ends generation when the object closes: no ignore_eos")
         for name in ("logprobs", "prompt_logprobs"):

@@ -54,8 +54,9 @@ def expected(engine: LLMEngine, messages: list[dict], tools: ToolRequest, max_to
     text = engine.tokenizer.apply_chat_template(render_tool_turns(messages, tools), True)
     ids = engine.tokenizer.encode(text + tools.primer())
     sampling = SamplingParams(
-        max_tokens=max_tokens, temperature=0, stop=tools.stops(), json_object=tools.constrained
-    )
+        max_tokens=max_tokens, temperature=0, stop=tools.stops(), json_object=tools.constrained,
+        json_schema=tools.arguments_schema(),
+    )  # fmt: skip
     out = engine.generate([ids], sampling)[0]
     parser = ToolCallParser(tools.names, tools.forced)
     parser.feed(tools.primer())
@@ -144,7 +145,11 @@ def test_past_calls_and_results_render_as_turns(client: openai.OpenAI, engine: L
           "add_generation_prompt": False}}, "tool_choice", "add_generation_prompt"),
         ({"functions": [{"name": "f"}]}, "functions", "use tools"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
-         "response_format", "'json_schema' is not supported"),
+         "response_format", "needs"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "type": "object", "properties": {"s": {"type": "string", "pattern": "a+"}}}}}},
+         "response_format", "#/properties/s: pattern cannot be enforced"),
+        ({"response_format": {"type": "xml"}}, "response_format", "'xml' is not supported"),
         ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format",
          "does not go with tools"),
         ({"response_format": {"type": "json_object"}, "extra_body": {"ignore_eos": True}},
@@ -223,3 +228,22 @@ def test_json_mode_answers_with_one_json_object(client: openai.OpenAI, engine: L
         assert isinstance(json.loads(sampled.choices[0].text), dict)
     else:
         assert sampled.choices[0].text.lstrip().startswith("{")
+
+
+def test_json_schema_answers_follow_the_schema(client: openai.OpenAI, engine: LLMEngine):
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"},
+              "kind": {"enum": ["cat", "dog"]}}, "required": ["ok", "kind"]}  # fmt: skip
+    text = engine.tokenizer.apply_chat_template(ASK, True)
+    ref = engine.generate(
+        [engine.tokenizer.encode(text)],
+        SamplingParams(max_tokens=60, temperature=0, json_object=True, json_schema=schema),
+    )[0]
+    done = client.chat.completions.create(
+        model="tiny", messages=ASK, max_tokens=60, temperature=0,
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "pet", "schema": schema, "strict": True}},
+    )  # fmt: skip
+    assert done.choices[0].message.content == ref.text
+    if ref.finish_reason == "stop":
+        value = json.loads(ref.text)
+        assert isinstance(value["ok"], bool) and value["kind"] in ("cat", "dog")

@@ -1,0 +1,180 @@
+"""A JSON Schema, compiled into the nodes that `SchemaPrefix` follows (structured outputs).
+
+The subset that decides text byte by byte: `type` (one or a list), `properties` with
+`required` and `additionalProperties` (absent means none, as OpenAI's strict mode has it),
+`items` with `minItems`/`maxItems`, `enum` and `const` (a value is written as its compact
+JSON, non-ASCII characters as themselves), `anyOf`/`oneOf` whose branches start
+with different characters (an object or null, say: pydantic's optional fields), a one-branch
+`allOf`, and `$ref` into `$defs`/`definitions` (recursion too). Annotations are ignored;
+any other assertion (pattern, minimum, ...) is refused with `SchemaError` naming where it is,
+rather than silently not enforced.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+_ANNOTATIONS = frozenset({
+    "title", "description", "default", "examples", "$schema", "$id", "$comment", "format",
+    "deprecated", "readOnly", "writeOnly", "$defs", "definitions", "strict", "name",
+})  # fmt: skip
+_KINDS = ("object", "array", "string", "number", "integer", "boolean", "null")
+_FIRST_BYTES = {
+    "object": frozenset(b"{"), "array": frozenset(b"["), "string": frozenset(b'"'),
+    "number": frozenset(b"-0123456789"), "integer": frozenset(b"-0123456789"),
+    "boolean": frozenset(b"tf"), "null": frozenset(b"n"),
+}  # fmt: skip
+
+
+class SchemaError(ValueError):
+    """A schema this decoder cannot follow (the message names the place and the keyword)."""
+
+
+@dataclass(eq=False)
+class Node:
+    """What a JSON value may be. `kind` is one of _KINDS, "enum" (`values`: the allowed values
+    as compact JSON bytes), "union" (`options`, told apart by their first byte) or "any"."""
+
+    kind: str
+    properties: dict[str, Node] = field(default_factory=dict)
+    required: frozenset[str] = frozenset()
+    additional: Node | None = None  # the schema of keys beyond `properties`; None: none allowed
+    items: Node | None = None
+    min_items: int = 0
+    max_items: int | None = None
+    values: tuple[bytes, ...] = ()
+    options: tuple[Node, ...] = ()
+
+    def first_bytes(self) -> frozenset[int]:
+        if self.kind == "enum":
+            return frozenset(v[0] for v in self.values)
+        if self.kind == "union":
+            return frozenset().union(*(o.first_bytes() for o in self.options))
+        if self.kind == "any":
+            return frozenset().union(*_FIRST_BYTES.values())
+        return _FIRST_BYTES[self.kind]
+
+    def option_for(self, b: int) -> Node | None:
+        """The branch of a union that a value starting with byte `b` takes."""
+        return next((o for o in self.options if b in o.first_bytes()), None)
+
+
+ANY = Node("any")
+
+
+def compile_schema(schema: object) -> Node:
+    """The root node of `schema`, which must describe an object; SchemaError otherwise."""
+    if not isinstance(schema, dict):
+        raise SchemaError("the schema must be a JSON object")
+    root = _Compiler(schema).node(schema, "#")
+    if root.kind != "object":
+        raise SchemaError("the schema's root must be an object (type: object)")
+    return root
+
+
+class _Compiler:
+    def __init__(self, root: dict[str, Any]) -> None:
+        self._root = root
+        self._refs: dict[str, Node] = {}
+
+    def node(self, schema: object, where: str) -> Node:
+        if schema is True or schema == {}:
+            return ANY
+        if not isinstance(schema, dict):
+            raise SchemaError(f"{where}: a schema must be an object or true, got {schema!r}")
+        if "$ref" in schema:
+            return self._ref(schema, where)
+        unknown = sorted(set(schema) - _ANNOTATIONS - {
+            "type", "properties", "required", "additionalProperties", "items", "minItems",
+            "maxItems", "enum", "const", "anyOf", "oneOf", "allOf",
+        })  # fmt: skip
+        if unknown:
+            raise SchemaError(f"{where}: {', '.join(unknown)} cannot be enforced while decoding")
+        if "const" in schema or "enum" in schema:
+            values = [schema["const"]] if "const" in schema else schema["enum"]
+            if not isinstance(values, list) or not values:
+                raise SchemaError(f"{where}: enum must be a non-empty list")
+            encoded = tuple(json.dumps(v, ensure_ascii=False, separators=(",", ":")).encode()
+                            for v in values)  # fmt: skip
+            return Node("enum", values=encoded)
+        for key in ("anyOf", "oneOf", "allOf"):
+            if key in schema:
+                return self._branches(schema, key, where)
+        kinds = schema.get("type", list(_KINDS))
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        if not kinds or any(k not in _KINDS for k in kinds):
+            raise SchemaError(f"{where}: type must name {', '.join(_KINDS)}, got {kinds!r}")
+        nodes = [self._typed(schema, k, where) for k in dict.fromkeys(kinds)]
+        if "number" in kinds and "integer" in kinds:
+            nodes = [n for n in nodes if n.kind != "integer"]
+        return nodes[0] if len(nodes) == 1 else _union(nodes, where)
+
+    def _typed(self, schema: dict[str, Any], kind: str, where: str) -> Node:
+        if kind == "object":
+            properties = schema.get("properties", {})
+            if not isinstance(properties, dict):
+                raise SchemaError(f"{where}: properties must be an object")
+            compiled = {k: self.node(v, f"{where}/properties/{k}") for k, v in properties.items()}
+            required = schema.get("required", [])
+            missing = sorted(set(required) - set(compiled))
+            extra = schema.get("additionalProperties", False)
+            if missing and extra is False:
+                raise SchemaError(f"{where}: required {missing} are not among the properties")
+            additional = None if extra is False else self.node(extra, f"{where}/additionalProperties")
+            if not compiled and additional is None and "properties" not in schema:
+                additional = ANY  # a bare {"type": "object"}: any object
+            return Node("object", properties=compiled, required=frozenset(required),
+                        additional=additional)  # fmt: skip
+        if kind == "array":
+            items = self.node(schema.get("items", True), f"{where}/items")
+            low, high = schema.get("minItems", 0), schema.get("maxItems")
+            if not isinstance(low, int) or (high is not None and not isinstance(high, int)):
+                raise SchemaError(f"{where}: minItems and maxItems must be integers")
+            return Node("array", items=items, min_items=low, max_items=high)
+        return Node(kind)
+
+    def _branches(self, schema: dict[str, Any], key: str, where: str) -> Node:
+        branches = schema[key]
+        if not isinstance(branches, list) or not branches:
+            raise SchemaError(f"{where}: {key} must be a non-empty list")
+        rest = {k: v for k, v in schema.items() if k not in _ANNOTATIONS and k != key}
+        if rest:
+            raise SchemaError(f"{where}: {key} beside {', '.join(sorted(rest))} is not supported")
+        nodes = [self.node(b, f"{where}/{key}/{i}") for i, b in enumerate(branches)]
+        if key == "allOf":
+            if len(nodes) != 1:
+                raise SchemaError(f"{where}: allOf with more than one schema is not supported")
+            return nodes[0]
+        return nodes[0] if len(nodes) == 1 else _union(nodes, where)
+
+    def _ref(self, schema: dict[str, Any], where: str) -> Node:
+        ref = schema["$ref"]
+        if ref in self._refs:
+            return self._refs[ref]
+        parts = ref.split("/") if isinstance(ref, str) else []
+        target: object = self._root
+        if parts[:1] != ["#"] or len(parts) != 3 or parts[1] not in ("$defs", "definitions"):
+            raise SchemaError(f"{where}: only $ref to #/$defs/NAME is supported, got {ref!r}")
+        target = self._root.get(parts[1], {}).get(parts[2])
+        if target is None:
+            raise SchemaError(f"{where}: $ref {ref!r} points at nothing")
+        placeholder = Node("any")  # filled in below; a recursive reference finds it
+        self._refs[ref] = placeholder
+        compiled = self.node(target, ref)
+        placeholder.__dict__.update(compiled.__dict__)
+        return placeholder
+
+
+def _union(nodes: list[Node], where: str) -> Node:
+    seen: set[int] = set()
+    for node in nodes:
+        first = node.first_bytes()
+        if seen & first:
+            raise SchemaError(
+                f"{where}: the alternatives must start differently (say an object and null); "
+                "ones that start alike cannot be told apart while decoding"
+            )
+        seen |= first
+    return Node("union", options=tuple(nodes))

@@ -1,0 +1,165 @@
+"""Structured outputs: schemas compiled and followed byte by byte, checked with pydantic (the
+schemas are pydantic models' own), and the engine's schema-constrained generation."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel
+
+from server.engine import LLMEngine, SamplingParams
+from server.engine.json_schema import SchemaError, compile_schema
+from server.engine.schema_prefix import SchemaPrefix
+
+
+class Address(BaseModel):
+    city: str
+    zip_code: int | None = None
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+    height: float
+    admin: bool
+    role: Literal["owner", "guest", "r\u00f4le \"x\""]
+    tags: list[str]
+    home: Address
+    scores: dict[str, int] = {}
+    note: str | None = None
+
+
+class Tree(BaseModel):
+    label: str
+    children: list[Tree] = []
+
+
+def follows(schema: dict, text: str | bytes) -> SchemaPrefix | None:
+    state = SchemaPrefix(compile_schema(schema))
+    data = text.encode() if isinstance(text, str) else text
+    return state if state.feed_all(data) else None
+
+
+def random_person(rng: random.Random) -> Person:
+    word = lambda: "".join(rng.choice('ab \u00e9\u4e2d"\\\n') for _ in range(rng.randint(0, 5)))  # noqa: E731
+    return Person(
+        name=word(), age=rng.randint(-99, 99), height=rng.uniform(-5, 5) * 10 ** rng.randint(-3, 3),
+        admin=rng.random() < 0.5, role=rng.choice(["owner", "guest", "r\u00f4le \"x\""]),
+        tags=[word() for _ in range(rng.randint(0, 3))],
+        home=Address(city=word(), zip_code=rng.choice([None, rng.randint(0, 99999)])),
+        scores={word(): rng.randint(0, 9) for _ in range(rng.randint(0, 2))},
+        note=rng.choice([None, word()]),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_every_valid_instance_is_followed_to_the_end_in_any_key_order(seed: int):
+    rng = random.Random(seed)
+    value = random_person(rng).model_dump()
+    keys = list(value)
+    rng.shuffle(keys)
+    if rng.random() < 0.5:
+        keys = [k for k in keys if k not in ("scores", "note")]  # optional ones left out
+    # enum values match their compact JSON, non-ASCII as itself (what the decoder writes)
+    text = json.dumps({k: value[k] for k in keys}, indent=rng.choice([None, 1]),
+                      ensure_ascii=False)  # fmt: skip
+    state = SchemaPrefix(compile_schema(Person.model_json_schema()))
+    for i, b in enumerate(text.encode()):
+        assert not state.complete
+        assert state.feed(b), (text, i, text.encode()[: i + 1])
+    assert state.complete
+    assert not state.copy().feed(ord(" "))
+    Person.model_validate_json(text)
+
+
+VALID = '{"name":"a","age":1,"height":2.5,"admin":true,"role":"guest","tags":[],"home":{"city":"c"}'
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        VALID + ',"age":2}',  # a key twice
+        VALID + ',"nick":"x"}',  # not a property
+        '{"name":"a","age":1}',  # required keys missing before the close
+        '{"name":1',  # a number for a string
+        '{"age":1.5',  # a fraction for an integer
+        '{"age":"1"',
+        '{"role":"admin"',  # not in the enum
+        '{"home":{"city":"c","zip_code":"x"',
+        '{"home":{"zip":1',
+        '{"admin":yes',
+        '{"tags":[1',
+        '{"scores":{"a":"b"',  # additionalProperties: integer values
+        '{"note":nul}',
+        '["a"]',  # the root is an object
+    ],
+)
+def test_text_the_schema_does_not_allow_is_refused(bad: str):
+    assert follows(Person.model_json_schema(), bad) is None
+
+
+def test_recursion_unions_limits_and_free_keys():
+    tree = Tree.model_json_schema()
+    assert follows(tree, '{"label":"r","children":[{"label":"a","children":[{"label":"b"}]}]}')
+    assert follows(tree, '{"label":"r","children":[{"lab":1') is None
+    listed = {"type": "object", "properties": {"xs": {"type": "array", "items": {"type": "integer"},
+              "minItems": 1, "maxItems": 2}, "n": {"type": ["integer", "null"]}},
+              "required": ["xs"]}  # fmt: skip
+    assert follows(listed, '{"xs":[1,2]}').complete
+    assert follows(listed, '{"xs":[1,2,') is None
+    assert follows(listed, '{"xs":[]') is None
+    assert follows(listed, '{"n":null,"xs":[3]}').complete
+    free = {"type": "object", "properties": {"a": {"type": "string"}},
+            "additionalProperties": {"type": "boolean"}}  # fmt: skip
+    assert follows(free, '{"a":"x","ab":true,"b\\n":false}').complete
+    assert follows(free, '{"ab":"x"') is None
+    assert follows({"type": "object"}, '{"any":[1,{"b":null}],"x":"y"}').complete
+    assert follows({"type": "object", "properties": {"c": {"const": 3}}}, '{"c":4') is None
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        ({"type": "object", "properties": {"s": {"type": "string", "pattern": "^a"}}},
+         "#/properties/s: pattern"),
+        ({"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}}, "minimum"),
+        ({"type": "object", "properties": {"u": {"anyOf": [
+            {"type": "object"}, {"type": "object", "properties": {}}]}}}, "start differently"),
+        ({"type": "array"}, "root must be an object"),
+        ({"type": "object", "properties": {"r": {"$ref": "#/$defs/Nope"}}}, "points at nothing"),
+        ({"type": "object", "required": ["x"]}, "not among the properties"),
+    ],
+)  # fmt: skip
+def test_schemas_that_cannot_be_enforced_are_refused_by_name(schema: dict, message: str):
+    with pytest.raises(SchemaError, match=message):
+        compile_schema(schema)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama_path: Path) -> LLMEngine:
+    return LLMEngine.from_pretrained(str(tiny_llama_path))
+
+
+def test_the_engine_writes_what_the_schema_allows(engine: LLMEngine):
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"},
+              "n": {"type": "integer"}, "kind": {"enum": ["a", "b"]}},
+              "required": ["ok", "n", "kind"]}  # fmt: skip
+    prompts = [engine.tokenizer.encode(p) for p in ("Return JSON:", "A cat", "x y z {")]
+    for sampling in (
+        SamplingParams(max_tokens=64, temperature=0, json_object=True, json_schema=schema),
+        SamplingParams(max_tokens=64, temperature=1.0, seed=2, json_object=True,
+                       json_schema=schema),
+    ):  # fmt: skip
+        for out in engine.generate(prompts, sampling):
+            assert follows(schema, out.text) is not None, out.text
+            if out.finish_reason == "stop":
+                value = json.loads(out.text)
+                assert set(value) == {"ok", "n", "kind"} and value["kind"] in ("a", "b")
+                assert isinstance(value["ok"], bool) and isinstance(value["n"], int)
+    with pytest.raises(ValueError, match="pattern"):
+        SamplingParams(json_object=True, json_schema={"type": "object", "properties": {
+            "s": {"type": "string", "pattern": "x"}}})  # fmt: skip
