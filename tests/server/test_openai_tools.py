@@ -16,6 +16,7 @@ from server.api.tool_call_parser import ToolCallParser
 from server.api.tool_request import ToolRequest, render_tool_turns
 from server.engine import LLMEngine, SamplingParams
 from server.launcher import ServerProcess
+from tests.server.http_client import request
 
 pytestmark = pytest.mark.slow
 
@@ -247,3 +248,29 @@ def test_json_schema_answers_follow_the_schema(client: openai.OpenAI, engine: LL
     if ref.finish_reason == "stop":
         value = json.loads(ref.text)
         assert isinstance(value["ok"], bool) and value["kind"] in ("cat", "dog")
+
+
+def test_llamaindex_function_calling(server: str) -> None:
+    """LlamaIndex's OpenAILike picks and calls a tool. The call's arguments follow the tool's
+    schema ({"city": string}); a bias on the quote token makes the tiny model's string close at
+    once, so the call completes as {"city": ""}."""
+    from llama_index.core.tools import FunctionTool
+    from llama_index.llms.openai_like import OpenAILike
+
+    def get_weather(city: str) -> str:
+        """Get the weather in a city."""
+        return f"sunny in {city!r}"
+
+    quote = request("POST", server + "/tokenize", {"prompt": '"'})[1]["tokens"]
+    assert len(quote) == 1
+    llm = OpenAILike(
+        api_base=server + "/v1", api_key="unused", model="tiny", is_chat_model=True,
+        is_function_calling_model=True, temperature=0, max_tokens=40,
+        additional_kwargs={"logit_bias": {str(quote[0]): 100}},
+    )  # fmt: skip
+    tool = FunctionTool.from_defaults(fn=get_weather)
+    response = llm.chat_with_tools([tool], user_msg="Weather in Paris?", tool_required=True)
+    [selection] = llm.get_tool_calls_from_response(response)
+    assert (selection.tool_name, selection.tool_kwargs) == ("get_weather", {"city": ""})
+    out = llm.predict_and_call([tool], user_msg="Weather in Paris?", tool_required=True)
+    assert str(out) == "sunny in ''"
