@@ -38,23 +38,28 @@ class JsonConstraint:
         self._text: JsonPrefix | SchemaPrefix = (
             JsonPrefix() if schema is None else SchemaPrefix(schema)
         )
+        self._off = False  # a token that did not fit was taken (no stop id to end with)
 
     @property
     def complete(self) -> bool:
         return self._text.complete
 
     def fits(self, token: int) -> bool:
+        if self._off:
+            return True
         if token in self._stops:
             return self._text.complete
         data = self._table.token_bytes[token] if token < len(self._table.token_bytes) else None
         return bool(data) and self._text.copy().feed_all(data)  # type: ignore[arg-type]
 
     def advance(self, token: int) -> None:
-        """Take the sampled token (one that fits)."""
-        if token in self._stops:
+        """Take the sampled token. One that does not fit (`choose` found nothing that did and
+        there is no stop id) turns the constraint off rather than failing the step."""
+        if self._off or token in self._stops:
             return
-        data = self._table.token_bytes[token]
-        assert data is not None and self._text.feed_all(data), "a token that does not fit"
+        data = self._table.token_bytes[token] if token < len(self._table.token_bytes) else None
+        if data is None or not self._text.feed_all(data):
+            self._off = True
 
     def choose(
         self, logits: torch.Tensor, drawn: int, redraw: Callable[[torch.Tensor], int] | None
@@ -65,6 +70,8 @@ class JsonConstraint:
         byte always continues it), the likeliest stop id."""
         if self.fits(drawn):
             return drawn
+        if self._text.complete and self._stops:  # only a stop id fits now
+            return max(self._stops, key=lambda t: float(logits[t]) if t < len(logits) else 0.0)
         if redraw is not None:
             banned = torch.zeros_like(logits, dtype=torch.bool)
             banned[drawn] = True
@@ -79,7 +86,8 @@ class JsonConstraint:
         for token in order:
             if self.fits(token):
                 return token
-        return max(self._stops, key=lambda t: float(logits[t]), default=drawn)
+        return max(self._stops, key=lambda t: float(logits[t]) if t < len(logits) else 0.0,
+                   default=drawn)  # fmt: skip
 
 
 def token_table(tokenizer: object, eos_ids: frozenset[int]) -> TokenTable:

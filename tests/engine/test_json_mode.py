@@ -178,3 +178,11 @@ def test_the_engine_writes_json_objects_greedy_and_sampled(engine: LLMEngine):
         assert [o.token_ids for o in again] == [o.token_ids for o in outs]  # reproducible
     unconstrained = engine.generate(prompts, SamplingParams(max_tokens=16, temperature=0))
     assert not all(accepts(o.text) for o in unconstrained)  # the constraint did something
+
+
+def test_a_token_that_does_not_fit_turns_the_constraint_off_instead_of_failing():
+    constraint = JsonConstraint(TokenTable([b"x", b"{"], frozenset()))
+    logits = torch.tensor([5.0, 1.0])
+    assert constraint.choose(logits, 0, None) == 1
+    constraint.advance(0)  # taken anyway (a scripted sampler, say): no exception
+    assert constraint.fits(0) and constraint.choose(logits, 0, None) == 0
