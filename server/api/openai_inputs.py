@@ -4,6 +4,7 @@ the checks that refuse what the engine cannot honour (400s naming the field)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from server.api.openai_models import ChatCompletionRequest, CompletionRequest, OpenAIRequest
@@ -26,8 +27,8 @@ UNSUPPORTED_EXTENSIONS: dict[str, object] = {
     "length_penalty": 1, "include_stop_str_in_output": False, "skip_special_tokens": True,
     "spaces_between_special_tokens": True, "truncate_prompt_tokens": None,
     "prompt_logprobs": None, "allowed_token_ids": None, "bad_words": None,
-    "logits_processors": None, "guided_json": None, "guided_regex": None,
-    "guided_choice": None, "guided_grammar": None, "structured_outputs": None,
+    "logits_processors": None, "guided_regex": None, "guided_grammar": None,
+    "structured_outputs": None,
     "guided_whitespace_pattern": None, "vllm_xargs": None,
 }  # fmt: skip
 
@@ -202,9 +203,11 @@ def sampling_of(
         raise bad_request("stop strings must not be empty", param="stop")
     stop_ids = body.stop_token_ids or []
     check_token_ids(driver, stop_ids, "stop_token_ids")
-    json_mode = (body.response_format or {}).get("type") in ("json_object", "json_schema")
-    if body.ignore_eos and json_mode:
-        raise bad_request("JSON mode ends when the object closes: no ignore_eos",
+    json_schema, choices = guided_output(body)
+    json_mode = json_schema is not None or (body.response_format or {}).get("type") in (
+        "json_object", "json_schema")  # fmt: skip
+    if body.ignore_eos and (json_mode or choices is not None):
+        raise bad_request("constrained output ends when it is complete: no ignore_eos",
                           param="ignore_eos")  # fmt: skip
     return SamplingParams(
         max_tokens=max_tokens,
@@ -221,8 +224,37 @@ def sampling_of(
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
         json_object=json_mode,
-        json_schema=response_schema(body.response_format),
+        json_schema=json_schema,
+        choices=choices,
     )
+
+
+def guided_output(body: OpenAIRequest) -> tuple[dict[str, Any] | None, list[str] | None]:
+    """(the JSON schema, the choices) the request's output must follow: `response_format`'s
+    json_schema, or vLLM's `guided_json` (a schema, as an object or as JSON text) or
+    `guided_choice` (strings). 400s name the field."""
+    extra = body.model_extra or {}
+    guided, choices = extra.get("guided_json"), extra.get("guided_choice")
+    schema = response_schema(body.response_format)
+    asked = [n for n, v in (("response_format", schema), ("guided_json", guided),
+                            ("guided_choice", choices)) if v is not None]  # fmt: skip
+    if len(asked) > 1 or (asked and (body.response_format or {}).get("type") == "json_object"):
+        raise bad_request(f"ask for one constrained output, not {', '.join(asked)} together",
+                          param=asked[-1])  # fmt: skip
+    if choices is not None:
+        if not (isinstance(choices, list) and choices
+                and all(isinstance(c, str) and c for c in choices)):  # fmt: skip
+            raise bad_request("guided_choice must be a list of non-empty strings",
+                              param="guided_choice")  # fmt: skip
+        return None, choices
+    if guided is not None:
+        if isinstance(guided, str):
+            try:
+                guided = json.loads(guided)
+            except ValueError as exc:
+                raise bad_request(f"guided_json is not JSON: {exc}", param="guided_json") from exc
+        return checked_schema(guided, "guided_json"), None
+    return schema, None
 
 
 def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -237,11 +269,16 @@ def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | 
             'response_format: json_schema needs {"json_schema": {"name": ..., "schema": {...}}}',
             param="response_format",
         )
+    return checked_schema(schema, "response_format")
+
+
+def checked_schema(schema: object, param: str) -> dict[str, Any]:
+    """`schema`, if the decoder can follow it; a 400 naming `param` and the place otherwise."""
     try:
         compile_schema(schema)
     except SchemaError as exc:
-        raise bad_request(f"response_format.json_schema.schema: {exc}",
-                          param="response_format") from exc  # fmt: skip
+        raise bad_request(f"{param}: the schema {exc}", param=param) from exc
+    assert isinstance(schema, dict)
     return schema
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from server.engine.json_constraint import JsonConstraint
+from server.engine.output_constraint import OutputConstraint
 from server.engine.outputs import TokenLogprob
 from server.engine.sampling_params import SamplingParams
 from server.engine.tokenizer import IncrementalDetokenizer
@@ -41,7 +41,7 @@ class Job:
     emitted_text_len: int = 0
     detokenizer: IncrementalDetokenizer | None = None
     generator: torch.Generator | None = None
-    constraint: JsonConstraint | None = None  # sampling.json_object's
+    constraint: OutputConstraint | None = None  # sampling.json_object's
     # with sampling.prompt_logprobs: entry i scores prompt token i (entry 0 is None), filled as
     # the prompt's chunks are computed; sent once, with the job's first output after them
     prompt_logprobs: list[TokenLogprob | None] = field(default_factory=lambda: [None])

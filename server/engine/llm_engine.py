@@ -16,10 +16,14 @@ import torch
 from server.engine.block_manager import BlockManager
 from server.engine.config import EngineConfig
 from server.engine.context import Context, Job, JobKind
-from server.engine.json_constraint import JsonConstraint, TokenTable, token_table
-from server.engine.json_schema import compile_schema
 from server.engine.model_runner import ModelRunner
 from server.engine.models import ModelConfig
+from server.engine.output_constraint import (
+    OutputConstraint,
+    TokenTable,
+    text_constraint,
+    token_table,
+)
 from server.engine.outputs import CompletionOutput, EngineStats, JobOutput, TokenLogprob
 from server.engine.sampler import sample
 from server.engine.sampling_params import SamplingParams
@@ -94,7 +98,8 @@ class LLMEngine:
 
     @functools.cached_property
     def _token_table(self) -> TokenTable:
-        """Every token's bytes, for JSON mode (built on first use: ~0.2 s for 49k tokens)."""
+        """Every token's bytes, for constrained generation (built on first use: ~0.2 s for
+        49k tokens)."""
         return token_table(self.tokenizer, self.eos_token_ids)
 
     @classmethod
@@ -229,9 +234,9 @@ class LLMEngine:
         job.hold_latency_s = hold_latency_s
         if sampling.seed is not None and not sampling.greedy:
             job.generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
-        if sampling.json_object:
-            schema = None if sampling.json_schema is None else compile_schema(sampling.json_schema)
-            job.constraint = JsonConstraint(self._token_table, sampling.stop_token_ids, schema)
+        text = text_constraint(sampling.json_object, sampling.json_schema, sampling.choices)
+        if text is not None:
+            job.constraint = OutputConstraint(self._token_table, text, sampling.stop_token_ids)
         return self._add_job(ctx, job)
 
     def truncate(self, context_id: int, num_tokens: int) -> None:

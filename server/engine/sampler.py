@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from server.engine.json_constraint import JsonConstraint
+from server.engine.output_constraint import OutputConstraint
 from server.engine.outputs import TokenLogprob
 from server.engine.sampling_params import SamplingParams
 
@@ -16,7 +16,7 @@ def sample(
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
     outputs: Sequence[Sequence[int]],
-    constraints: Sequence[JsonConstraint | None] = (),
+    constraints: Sequence[OutputConstraint | None] = (),
 ) -> tuple[list[int], list[TokenLogprob | None]]:
     """One token per row of `logits` ([N, vocab], float32), following each row's settings;
     `outputs[i]` are row i's tokens generated so far (for the penalties); `constraints[i]`, if

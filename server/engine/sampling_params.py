@@ -37,9 +37,10 @@ class SamplingParams:
     tokens (each given those before it; the first has none), for a plain request (a context
     with nothing computed): it computes its whole prompt, skipping the prefix cache.
     `json_object` (JSON mode): the generated text is one JSON object; tokens that would break
-    it are never sampled (see `json_constraint.py`) and generation ends once it closes. With
+    it are never sampled (see `output_constraint.py`) and generation ends once it closes. With
     `json_schema` too (structured outputs), the object is one the schema allows
     (`json_schema.py` says which schemas can be followed; others raise ValueError here).
+    `choices` (vLLM's guided_choice): the generated text is exactly one of these strings.
     """
 
     max_tokens: int = 16
@@ -57,6 +58,7 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     json_object: bool = False
     json_schema: dict[str, Any] | None = None
+    choices: list[str] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -83,8 +85,11 @@ class SamplingParams:
             if not self.json_object:
                 raise ValueError("json_schema needs json_object")
             compile_schema(self.json_schema)  # SchemaError (a ValueError) names what is wrong
-        if self.json_object and self.ignore_eos:
-            raise ValueError("json_object ends generation when the object closes: no ignore_eos")
+        if self.choices is not None:
+            if self.json_object or not self.choices or not all(self.choices):
+                raise ValueError("choices must be non-empty strings, and not with json_object")
+        if (self.json_object or self.choices is not None) and self.ignore_eos:
+            raise ValueError("constrained output ends when it is complete: no ignore_eos")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= MAX_LOGPROBS:

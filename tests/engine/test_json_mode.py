@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from server.engine import LLMEngine, SamplingParams
-from server.engine.json_constraint import JsonConstraint, TokenTable
 from server.engine.json_prefix import MAX_WHITESPACE_RUN, JsonPrefix
+from server.engine.output_constraint import OutputConstraint, TokenTable
 
 
 def accepts(text: str | bytes) -> JsonPrefix | None:
@@ -103,7 +103,7 @@ EOS = 6
 
 
 def test_greedy_takes_the_likeliest_token_that_fits():
-    constraint = JsonConstraint(table_of([*PIECES[:6], None, *PIECES[7:]], EOS))
+    constraint = OutputConstraint(table_of([*PIECES[:6], None, *PIECES[7:]], EOS), JsonPrefix())
     logits = torch.tensor([9.0, 1.0, 0.0, 0.0, 0.0, 0.0, 5.0, 8.0, 2.0])
     chosen = []
     for _ in range(6):
@@ -121,7 +121,7 @@ def test_greedy_takes_the_likeliest_token_that_fits():
 
 
 def test_sampling_redraws_without_the_tokens_that_do_not_fit():
-    constraint = JsonConstraint(table_of(PIECES, EOS))
+    constraint = OutputConstraint(table_of(PIECES, EOS), JsonPrefix())
     probs = torch.tensor([0.5, 0.2, 0.0, 0.0, 0.0, 0.0, 0.1, 0.2, 0.0])
     drawn_order = iter([7, 1])
 
@@ -145,7 +145,7 @@ def test_sampling_is_exact_rejection_sampling_over_what_fits():
     counts = [0, 0, 0, 0]
     gen = torch.Generator().manual_seed(0)
     for _ in range(3000):
-        tokens, _ = sample(logits, [params], [gen], [[]], [JsonConstraint(table)])
+        tokens, _ = sample(logits, [params], [gen], [[]], [OutputConstraint(table, JsonPrefix())])
         counts[tokens[0]] += 1
     # only "{" and "{ " fit, in the ratio e^1 : e^0
     assert counts[0] == counts[3] == 0
@@ -181,8 +181,39 @@ def test_the_engine_writes_json_objects_greedy_and_sampled(engine: LLMEngine):
 
 
 def test_a_token_that_does_not_fit_turns_the_constraint_off_instead_of_failing():
-    constraint = JsonConstraint(TokenTable([b"x", b"{"], frozenset()))
+    constraint = OutputConstraint(TokenTable([b"x", b"{"], frozenset()), JsonPrefix())
     logits = torch.tensor([5.0, 1.0])
     assert constraint.choose(logits, 0, None) == 1
     constraint.advance(0)  # taken anyway (a scripted sampler, say): no exception
     assert constraint.fits(0) and constraint.choose(logits, 0, None) == 0
+
+
+def test_choices_end_on_a_whole_choice():
+    from server.engine.choice_prefix import ChoicePrefix
+
+    table = table_of(["y", "es", "!", "no", "x"], 5)
+    text = ChoicePrefix((b"yes", b"yes!", b"no"))
+    constraint = OutputConstraint(TokenTable([*table.token_bytes, None], frozenset({5})), text)
+    logits = torch.tensor([0.0, 0.0, 0.0, 1.0, 9.0, 5.0])
+    assert constraint.choose(logits, 4, None) == 3  # "x" does not fit; EOS not yet; "no" does
+    picks = []
+    for _ in range(3):
+        token = constraint.choose(logits, int(logits.argmax()), None)
+        constraint.advance(token)
+        picks.append(token)
+        logits[token] = -9.0
+        if token == 5:
+            break
+    assert picks[:2] == [3, 5]  # "no", then only EOS fits
+
+
+def test_the_engine_answers_with_one_of_the_choices(engine: LLMEngine):
+    prompts = [engine.tokenizer.encode(p) for p in ("Sentiment:", "A cat", "x y z")]
+    for sampling in (
+        SamplingParams(max_tokens=16, temperature=0, choices=["positive", "negative", "n/a"]),
+        SamplingParams(max_tokens=16, temperature=1.0, seed=4, choices=["yes", "yes, sure"]),
+    ):
+        for out in engine.generate(prompts, sampling):
+            assert out.text in sampling.choices and out.finish_reason == "stop"
+    with pytest.raises(ValueError, match="choices"):
+        SamplingParams(choices=[])

@@ -439,7 +439,7 @@ def test_errors_have_openai_shape_and_the_server_goes_on(client: openai.OpenAI) 
     # what the engine cannot honour is refused, not ignored
     with pytest.raises(openai.BadRequestError, match="response_format"):
         client.chat.completions.create(model="tiny", messages=user,
-                                       response_format={"type": "json_object"})  # fmt: skip
+                                       response_format={"type": "grammar"})  # fmt: skip
     with pytest.raises(openai.BadRequestError, match="best_of"):
         client.completions.create(model="tiny", prompt="x", max_tokens=2, best_of=3)
     with pytest.raises(openai.BadRequestError, match="tool_choice"):
@@ -557,9 +557,9 @@ def test_vllm_sampling_extensions_are_honoured_or_refused(
     with pytest.raises(openai.BadRequestError, match="min_p is not supported") as err:
         client.completions.create(**kw, extra_body={"min_p": 0.1})
     assert err.value.body["param"] == "min_p"  # type: ignore[index]
-    with pytest.raises(openai.BadRequestError, match="guided_choice"):
+    with pytest.raises(openai.BadRequestError, match="guided_regex is not supported"):
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
-                                       extra_body={"guided_choice": ["a", "b"]})  # fmt: skip
+                                       extra_body={"guided_regex": "a+"})  # fmt: skip
     neutral = {"min_p": 0.0, "repetition_penalty": 1.0, "skip_special_tokens": True,
                "priority": 0}  # fmt: skip
     same = client.completions.create(**kw, temperature=0, extra_body=neutral)

@@ -151,10 +151,16 @@ def test_past_calls_and_results_render_as_turns(client: openai.OpenAI, engine: L
             "type": "object", "properties": {"s": {"type": "string", "pattern": "a+"}}}}}},
          "response_format", "#/properties/s: pattern cannot be enforced"),
         ({"response_format": {"type": "xml"}}, "response_format", "'xml' is not supported"),
+        ({"extra_body": {"guided_choice": ["a"], "guided_json": {"type": "object"}}},
+         "guided_choice", "not guided_json, guided_choice together"),
+        ({"extra_body": {"guided_choice": "a"}}, "guided_choice", "list of non-empty strings"),
+        ({"extra_body": {"guided_json": "{nope"}}, "guided_json", "not JSON"),
+        ({"tools": [WEATHER], "extra_body": {"guided_choice": ["a"]}}, "response_format",
+         "does not go with tools"),
         ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format",
          "does not go with tools"),
         ({"response_format": {"type": "json_object"}, "extra_body": {"ignore_eos": True}},
-         "ignore_eos", "JSON mode"),
+         "ignore_eos", "constrained output ends"),
         ({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}]},
          "messages", "messages[0].tool_calls[0]"),
     ],
@@ -274,3 +280,20 @@ def test_llamaindex_function_calling(server: str) -> None:
     assert (selection.tool_name, selection.tool_kwargs) == ("get_weather", {"city": ""})
     out = llm.predict_and_call([tool], user_msg="Weather in Paris?", tool_required=True)
     assert str(out) == "sunny in ''"
+
+
+def test_vllm_guided_choice_and_guided_json(client: openai.OpenAI, engine: LLMEngine):
+    text = engine.tokenizer.apply_chat_template(ASK, True)
+    ids = engine.tokenizer.encode(text)
+    choices = ["sunny", "rainy", "no idea"]
+    ref = engine.generate([ids], SamplingParams(max_tokens=8, temperature=0, choices=choices))[0]
+    done = client.chat.completions.create(model="tiny", messages=ASK, max_tokens=8,
+                                          temperature=0, extra_body={"guided_choice": choices})
+    assert done.choices[0].message.content == ref.text and ref.text in choices
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    ref = engine.generate([ids], SamplingParams(max_tokens=30, temperature=0, json_object=True,
+                                                json_schema=schema))[0]  # fmt: skip
+    for guided in (schema, json.dumps(schema)):  # as an object, or as JSON text
+        done = client.chat.completions.create(model="tiny", messages=ASK, max_tokens=30,
+                                              temperature=0, extra_body={"guided_json": guided})
+        assert done.choices[0].message.content == ref.text

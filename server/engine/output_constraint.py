@@ -1,9 +1,9 @@
-"""JSON mode: a generation whose text must be one JSON object (that a schema allows, if
-given). The sampler draws as usual and
-keeps the token if it leaves the text the start of a JSON object; otherwise that token is
-ruled out and it draws again from what is left (exact rejection sampling; greedy takes the
-most likely token that fits). End-of-sequence fits only once the object has closed, and then
-nothing else does."""
+"""Constrained generation: the text must be one JSON object (JSON mode), one a schema allows
+(structured outputs), or one of a few strings (vLLM's guided_choice). The sampler draws as
+usual and keeps the token if the text can still become what is asked; otherwise that token is
+ruled out and it draws again from what is left (exact rejection sampling; greedy takes the most
+likely token that fits). End-of-sequence fits only once the text is complete, and once nothing
+else can follow (a JSON object has closed) only it does."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from server.engine.choice_prefix import ChoicePrefix
 from server.engine.json_prefix import JsonPrefix
-from server.engine.json_schema import Node
+from server.engine.json_schema import compile_schema
 from server.engine.schema_prefix import SchemaPrefix
 
 _FIRST_TRIES = 64  # candidates tried in order of likelihood before the whole vocabulary
@@ -27,17 +28,17 @@ class TokenTable:
         self.stop_ids = stop_ids
 
 
-class JsonConstraint:
+class OutputConstraint:
     """The constraint of one generation, advanced by each token it samples."""
 
     def __init__(
-        self, table: TokenTable, extra_stop_ids: Sequence[int] = (), schema: Node | None = None
-    ) -> None:
+        self, table: TokenTable, text: JsonPrefix | SchemaPrefix | ChoicePrefix,
+        extra_stop_ids: Sequence[int] = (),
+    ) -> None:  # fmt: skip
+        """`text`: the automaton the generated text must keep satisfied."""
         self._table = table
         self._stops = table.stop_ids | frozenset(extra_stop_ids)
-        self._text: JsonPrefix | SchemaPrefix = (
-            JsonPrefix() if schema is None else SchemaPrefix(schema)
-        )
+        self._text = text
         self._off = False  # a token that did not fit was taken (no stop id to end with)
 
     @property
@@ -70,7 +71,7 @@ class JsonConstraint:
         byte always continues it), the likeliest stop id."""
         if self.fits(drawn):
             return drawn
-        if self._text.complete and self._stops:  # only a stop id fits now
+        if _final(self._text) and self._stops:  # only a stop id fits now
             return max(self._stops, key=lambda t: float(logits[t]) if t < len(logits) else 0.0)
         if redraw is not None:
             banned = torch.zeros_like(logits, dtype=torch.bool)
@@ -98,3 +99,18 @@ def token_table(tokenizer: object, eos_ids: frozenset[int]) -> TokenTable:
         [None if t in special else tokenizer.token_bytes(t) for t in range(size)],  # type: ignore[attr-defined]
         eos_ids,
     )
+
+
+def text_constraint(
+    json_object: bool, json_schema: dict | None, choices: Sequence[str] | None
+) -> JsonPrefix | SchemaPrefix | ChoicePrefix | None:
+    """The automaton a generation's sampling settings ask for, or None."""
+    if choices is not None:
+        return ChoicePrefix(tuple(c.encode() for c in choices))
+    if json_schema is not None:
+        return SchemaPrefix(compile_schema(json_schema))
+    return JsonPrefix() if json_object else None
+
+
+def _final(text: JsonPrefix | SchemaPrefix | ChoicePrefix) -> bool:
+    return text.final if isinstance(text, ChoicePrefix) else text.complete
