@@ -145,6 +145,12 @@ _SAMPLING_CHECKS: dict[str, Callable[[Any], bool]] = {
     "logit_bias": lambda v: isinstance(v, dict) and all(
         str(k).isdigit() and isinstance(b, int | float) and -100 <= b <= 100 for k, b in v.items()
     ),
+    # constrained outputs (the server checks the schema): a JSON object it allows, or one of
+    # the strings
+    "json_schema": lambda v: isinstance(v, dict),
+    "choices": lambda v: isinstance(v, list) and bool(v) and all(
+        isinstance(c, str) and c for c in v
+    ),
 }
 
 

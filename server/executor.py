@@ -10,6 +10,7 @@ store; a waiting call's ready leading segments are filled early (pipelined prefi
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Coroutine
@@ -372,6 +373,9 @@ class Executor:
             presence_penalty=s.presence_penalty,
             frequency_penalty=s.frequency_penalty,
             logit_bias=dict(s.logit_bias),
+            json_object=s.json_schema is not None,
+            json_schema=None if s.json_schema is None else json.loads(s.json_schema),
+            choices=None if s.choices is None else list(s.choices),
         )
         var_id = call.outputs[step.output]
         text, generated, reason = "", 0, "length"

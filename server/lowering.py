@@ -40,7 +40,8 @@ def lower_call(call: Call, values: dict[str, str]) -> list[GenerateStep]:
         elif isinstance(seg, Output):
             stop = list(call.sampling.stop)
             follow = _following_text(segments, i)
-            if follow and follow not in stop:
+            # a constrained output ends when it is complete, and may hold the text that follows
+            if follow and follow not in stop and not call.sampling.constrained:
                 stop.append(follow)
             steps.append(GenerateStep(seg.name, "".join(pending), tuple(stop)))
             pending = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from aiohttp import web
@@ -23,6 +24,7 @@ from server.api.native_models import (
 )
 from server.api.route import Route, json_response, parse_body, parse_query
 from server.api.sse import EventStream
+from server.engine.json_schema import compile_schema
 from server.errors import ApiError, error_body, not_found
 from server.graph import CallDecl, GraphError, Sampling, Submission, Variable, VariableDecl
 from server.keys import CONFIG, EXECUTOR, METRICS, SESSIONS
@@ -194,9 +196,13 @@ def _to_submission(body: GraphSubmission) -> Submission:
     for spec in body.calls:
         s = spec.sampling
         try:
+            if s.json_schema is not None:
+                compile_schema(s.json_schema)  # SchemaError names what cannot be followed
             sampling = Sampling(
                 s.max_tokens, s.temperature, s.top_p, s.top_k, s.seed, tuple(s.stop), s.ignore_eos,
                 s.presence_penalty, s.frequency_penalty, tuple(s.logit_bias.items()),
+                None if s.json_schema is None else json.dumps(s.json_schema, sort_keys=True),
+                None if s.choices is None else tuple(s.choices),
             )  # fmt: skip
         except ValueError as exc:
             raise GraphError(

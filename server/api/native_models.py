@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,6 +50,14 @@ class SamplingSpec(ApiModel):
     frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
     logit_bias: dict[int, float] = Field(
         default_factory=dict, description="Token id -> bias in [-100, 100], as OpenAI's."
+    )
+    json_schema: dict[str, Any] | None = Field(
+        None,
+        description="Each output is a JSON object this schema allows ({\"type\": \"object\"}: "
+        "any object); it ends when the object closes. See the README for the schemas.",
+    )
+    choices: list[str] | None = Field(
+        None, description="Each output is exactly one of these strings."
     )
 
 

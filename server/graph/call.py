@@ -30,6 +30,14 @@ class Sampling:
     presence_penalty: float = 0.0  # OpenAI's, in [-2, 2]
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100])
+    # constrained output: a JSON schema (as JSON text, so the settings stay hashable) that each
+    # output's text follows, or strings one of which each output is exactly
+    json_schema: str | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def constrained(self) -> bool:
+        return self.json_schema is not None or self.choices is not None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -43,6 +51,12 @@ class Sampling:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if self.json_schema is not None and self.choices is not None:
+            raise ValueError("give json_schema or choices, not both")
+        if self.constrained and self.ignore_eos:
+            raise ValueError("constrained output ends when it is complete: no ignore_eos")
+        if self.choices is not None and not (self.choices and all(self.choices)):
+            raise ValueError("choices must be non-empty strings")
         for token, bias in self.logit_bias:
             if token < 0 or not -100.0 <= bias <= 100.0:
                 raise ValueError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -187,3 +188,49 @@ def test_unreachable_server_and_closed_session(url: str) -> None:
     session.close()
     with pytest.raises(P.ParrotError, match="is closed"):
         outline.invoke(session, "x")
+
+
+PET = {"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]},
+       "ok": {"type": "boolean"}}, "required": ["kind", "ok"]}  # fmt: skip
+
+
+@P.semantic_function(max_tokens=40, temperature=0, json_schema=PET)
+def pet(text):
+    """Describe {{input:text}} as JSON: {{output:pet}}
+    Done."""
+
+
+@P.semantic_function(max_tokens=8, temperature=0, choices=["yes", "no"])
+def verdict(pet):
+    """Is this a cat? {{input:pet}}
+    Answer:{{output:verdict}}"""
+
+
+def test_constrained_outputs_follow_their_schema_and_choices(url: str, engine: LLMEngine):
+    """Semantic calls take a JSON schema or choices; the text after an output marker is then
+    no stop string (the constraint ends the output), and the answers equal the engine's."""
+    with P.Session(url):
+        described = pet("my old tabby")
+        answer = verdict(described)
+        text, said = described.get(), answer.get()
+    json_sampling = SamplingParams(max_tokens=40, temperature=0, json_object=True,
+                                   json_schema=PET)  # fmt: skip
+    prompt = "Describe my old tabby as JSON: "
+    ref = engine.generate([engine.tokenizer.encode(prompt)], json_sampling)[0]
+    assert text == ref.text
+    if ref.finish_reason == "stop":
+        assert json.loads(text)["kind"] in ("cat", "dog")
+    choice = SamplingParams(max_tokens=8, temperature=0, choices=["yes", "no"])
+    asked = f"Is this a cat? {text}\nAnswer:"
+    assert said == engine.generate([engine.tokenizer.encode(asked)], choice)[0].text
+    assert said in ("yes", "no")
+    with P.Session(url):
+        with pytest.raises(P.ParrotError, match="pattern cannot be enforced") as e:
+            patterned("x").get()
+        assert e.value.status == 400
+
+
+@P.semantic_function(json_schema={"type": "object", "properties": {
+    "s": {"type": "string", "pattern": "x"}}})  # fmt: skip
+def patterned(text):
+    """{{input:text}}{{output:out}}"""

@@ -1,5 +1,7 @@
 """Lowering calls to generation steps (pure)."""
 
+import pytest
+
 from parrot_bridge.template import parse_template
 from server.graph.call import Call, Sampling
 from server.lowering import GenerateStep, lower_call
@@ -45,3 +47,21 @@ def test_inputs_between_outputs_are_appended_before_the_next_output() -> None:
     steps = lower_call(make("A: {{output:a}} then {{input:x}} B: {{output:b}}"), {"x": "X"})
     assert steps[1] == GenerateStep("b", " then X B: ", ())
     assert steps[0].stop == (" then",)
+
+
+def test_constrained_outputs_end_by_their_constraint_not_the_following_text() -> None:
+    t = parse_template("Q {{input:q}}\nJSON: {{output:j}}\nPick: {{output:p}}. End")
+    for sampling in (Sampling(stop=("###",), json_schema='{"type": "object"}'),
+                     Sampling(stop=("###",), choices=("a", "b"))):  # fmt: skip
+        call = Call("c", t, {"q": "q"}, {"j": "j", "p": "p"}, sampling=sampling)
+        assert [s.stop for s in lower_call(call, {"q": "?"})] == [("###",), ("###",)]
+
+
+def test_constrained_sampling_is_checked() -> None:
+    for bad, message in (
+        (dict(json_schema="{}", choices=("a",)), "not both"),
+        (dict(choices=()), "non-empty"),
+        (dict(choices=("a",), ignore_eos=True), "ignore_eos"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            Sampling(**bad)
