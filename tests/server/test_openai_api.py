@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
 
 from server.engine import LLMEngine, SamplingParams
-from server.launcher import ServerProcess
 from tests.server.http_client import idle_metrics, metrics, request
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def server(tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("openai") / "server.log"
-    with ServerProcess(tiny_llama_path, "--served-model-name", "tiny", log_path=log) as srv:
-        yield srv.url
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_llama_path: Path) -> LLMEngine:
-    return LLMEngine.from_pretrained(str(tiny_llama_path))
-
-
-@pytest.fixture(scope="module")
-def client(server: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
 
 
 def greedy(engine: LLMEngine, text: str, max_tokens: int, stop: list[str] | None = None):

@@ -6,8 +6,6 @@ the server turns exactly what the model wrote into the answer)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
@@ -15,39 +13,14 @@ import pytest
 from server.api.tool_call_parser import ToolCallParser
 from server.api.tool_request import ToolRequest, render_tool_turns
 from server.engine import LLMEngine, SamplingParams
-from server.launcher import ServerProcess
 from tests.server.http_client import request
+from tests.server.test_tool_calls import WEATHER
 
 pytestmark = pytest.mark.slow
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
 CLOCK = {"type": "function", "function": {"name": "now", "description": "The time"}}
 ASK = [{"role": "user", "content": "Weather in Paris?"}]
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
-
-
-@pytest.fixture(scope="module")
-def server(tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("tools") / "server.log"
-    with ServerProcess(tiny_llama_path, "--served-model-name", "tiny", log_path=log) as srv:
-        yield srv.url
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_llama_path: Path) -> LLMEngine:
-    return LLMEngine.from_pretrained(str(tiny_llama_path))
-
-
-@pytest.fixture(scope="module")
-def client(server: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
 
 
 def expected(engine: LLMEngine, messages: list[dict], tools: ToolRequest, max_tokens: int):
