@@ -8,6 +8,7 @@ else can follow (a JSON object has closed) only it does."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,12 +17,15 @@ from server.engine.json_prefix import JsonPrefix
 from server.engine.json_schema import compile_schema
 from server.engine.schema_prefix import SchemaPrefix
 
+if TYPE_CHECKING:
+    from server.engine.tokenizer import Tokenizer
+
 _FIRST_TRIES = 64  # candidates tried in order of likelihood before the whole vocabulary
 
 
 class TokenTable:
     """Every token's bytes, and which ids end a generation; other special tokens (chat markers)
-    never fit JSON text."""
+    never fit constrained text."""
 
     def __init__(self, token_bytes: Sequence[bytes | None], stop_ids: frozenset[int]) -> None:
         self.token_bytes = list(token_bytes)  # None: a special token
@@ -65,10 +69,11 @@ class OutputConstraint:
     def choose(
         self, logits: torch.Tensor, drawn: int, redraw: Callable[[torch.Tensor], int] | None
     ) -> int:
-        """`drawn` if it fits, else: greedy (`redraw` None) the likeliest token that fits;
-        sampling, `redraw(banned)` over the logits with the banned ids at -inf, until a draw
-        fits. With nothing left that fits (cannot happen while the text is a JSON prefix: some
-        byte always continues it), the likeliest stop id."""
+        """`drawn` if it fits, else: sampling, `redraw(banned)` (a draw from the row's sampling
+        distribution without the banned ids) until a draw fits; greedy (`redraw` None), or
+        when the distribution has nothing left that fits, the likeliest token that fits. With
+        nothing at all that fits (which the automata never reach: some byte always continues
+        an unfinished text), the likeliest stop id."""
         if self.fits(drawn):
             return drawn
         if _final(self._text) and self._stops:  # only a stop id fits now
@@ -91,13 +96,12 @@ class OutputConstraint:
                    default=drawn)  # fmt: skip
 
 
-def token_table(tokenizer: object, eos_ids: frozenset[int]) -> TokenTable:
-    """The table of a `server.engine.tokenizer.Tokenizer`."""
-    special = set(tokenizer.backend.get_added_tokens_decoder())  # type: ignore[attr-defined]
-    size = tokenizer.vocab_size  # type: ignore[attr-defined]
+def token_table(tokenizer: Tokenizer, eos_ids: frozenset[int]) -> TokenTable:
+    """The table of a tokenizer's vocabulary."""
+    special = set(tokenizer.backend.get_added_tokens_decoder())
+    size = tokenizer.vocab_size
     return TokenTable(
-        [None if t in special else tokenizer.token_bytes(t) for t in range(size)],  # type: ignore[attr-defined]
-        eos_ids,
+        [None if t in special else tokenizer.token_bytes(t) for t in range(size)], eos_ids
     )
 
 
