@@ -115,8 +115,9 @@ class ToolRequest:
 
     @property
     def constrained(self) -> bool:
-        """A forced call's primer ends where its arguments start: they are generated in JSON
-        mode (one object, and the answer ends with it)."""
+        """A forced call's primer ends where its arguments start: they are generated as one
+        JSON object (following `arguments_schema()` where there is one), and the answer ends
+        with it."""
         return self.forced is not None
 
     def arguments_schema(self) -> dict[str, Any] | None:
