@@ -23,7 +23,7 @@ from server.errors import bad_request
 # vLLM's request extensions the engine cannot honour, with the values that change nothing
 # (None always does): any other value gets a 400 rather than a silently different result
 UNSUPPORTED_EXTENSIONS: dict[str, object] = {
-    "min_p": 0, "repetition_penalty": 1, "min_tokens": 0, "use_beam_search": False,
+    "use_beam_search": False,
     "length_penalty": 1, "include_stop_str_in_output": False, "skip_special_tokens": True,
     "spaces_between_special_tokens": True, "truncate_prompt_tokens": None,
     "prompt_logprobs": None, "allowed_token_ids": None, "bad_words": None,
@@ -203,12 +203,18 @@ def sampling_of(
         raise bad_request("stop strings must not be empty", param="stop")
     stop_ids = body.stop_token_ids or []
     check_token_ids(driver, stop_ids, "stop_token_ids")
+    min_tokens = body.min_tokens or 0
+    if min_tokens > max_tokens:
+        raise bad_request(
+            f"min_tokens ({min_tokens}) is more than max_tokens ({max_tokens})", param="min_tokens"
+        )
     json_schema, choices = guided_output(body)
     json_mode = json_schema is not None or (body.response_format or {}).get("type") in (
         "json_object", "json_schema")  # fmt: skip
-    if body.ignore_eos and (json_mode or choices is not None):
-        raise bad_request("constrained output ends when it is complete: no ignore_eos",
-                          param="ignore_eos")  # fmt: skip
+    for name, value in (("ignore_eos", body.ignore_eos), ("min_tokens", min_tokens)):
+        if value and (json_mode or choices is not None):
+            raise bad_request(f"constrained output ends when it is complete: no {name}",
+                              param=name)  # fmt: skip
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
@@ -226,6 +232,9 @@ def sampling_of(
         json_object=json_mode,
         json_schema=json_schema,
         choices=choices,
+        min_p=body.min_p or 0.0,
+        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+        min_tokens=min_tokens,
     )
 
 

@@ -47,6 +47,17 @@ class OpenAIRequest(BaseModel):
     top_k: int | None = Field(None, ge=-1, description="vLLM's: -1 or 0 disables top-k.")
     stop_token_ids: list[int] | None = Field(None, description="vLLM's: token ids that stop.")
     ignore_eos: bool = Field(False, description="vLLM's: go on past EOS, up to max_tokens.")
+    min_p: float | None = Field(
+        None, ge=0, le=1, allow_inf_nan=False,
+        description="vLLM's: keep tokens at least this fraction as likely as the likeliest.",
+    )  # fmt: skip
+    repetition_penalty: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="vLLM's: > 1 discourages tokens already in the prompt or the output.",
+    )  # fmt: skip
+    min_tokens: int | None = Field(
+        None, ge=0, description="vLLM's: no EOS, stop id or stop string before this many."
+    )
 
 
 def _token_ids(value: object) -> bool:

@@ -552,6 +552,7 @@ class LLMEngine:
             tokens, logprobs = sample(
                 logits, [j.sampling for j in jobs], [j.generator for j in jobs],
                 [j.output_token_ids for j in jobs], [j.constraint for j in jobs],
+                [s.ctx.token_ids for s in sampling_rows], self.eos_token_ids,
             )
         for s in batch.scheduled:
             ctx, job = s.ctx, s.ctx.job
@@ -593,7 +594,7 @@ class LLMEngine:
         if reason is not None:
             detok.finish()
         text = detok.text
-        if sp.stop:
+        if sp.stop and len(job.output_token_ids) >= sp.min_tokens:
             searched_from = max(0, len(job.text) - max(len(s) for s in sp.stop) + 1)
             hits = [i for i in (text.find(s, searched_from) for s in sp.stop) if i >= 0]
             if hits:

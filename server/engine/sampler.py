@@ -17,14 +17,18 @@ def sample(
     generators: list[torch.Generator | None],
     outputs: Sequence[Sequence[int]],
     constraints: Sequence[OutputConstraint | None] = (),
+    contexts: Sequence[Sequence[int]] = (),
+    eos_ids: frozenset[int] = frozenset(),
 ) -> tuple[list[int], list[TokenLogprob | None]]:
     """One token per row of `logits` ([N, vocab], float32), following each row's settings;
     `outputs[i]` are row i's tokens generated so far (for the penalties); `constraints[i]`, if
-    given and not None, restricts row i to tokens that keep its text JSON. Returns the tokens
-    and, for rows whose settings ask for them, their log probabilities (else None)."""
+    given and not None, restricts row i to tokens that keep its text JSON or a choice;
+    `contexts[i]` is row i's whole sequence, prompt included (for `repetition_penalty`), and
+    `eos_ids` the tokens `min_tokens` holds off. Returns the tokens and, for rows whose
+    settings ask for them, their log probabilities (else None)."""
     raw = logits
     if any(p.adjusts_logits for p in params):
-        logits = _adjusted(logits, params, outputs)
+        logits = _adjusted(logits, params, outputs, contexts, eos_ids)
     if all(p.greedy for p in params):
         tokens = logits.argmax(dim=-1).tolist()
     else:
@@ -45,12 +49,23 @@ def sample(
 
 
 def _adjusted(
-    logits: torch.Tensor, params: list[SamplingParams], outputs: Sequence[Sequence[int]]
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    outputs: Sequence[Sequence[int]],
+    contexts: Sequence[Sequence[int]],
+    eos_ids: frozenset[int],
 ) -> torch.Tensor:
-    """OpenAI's penalties (minus frequency x count, minus presence once a token appeared), then
-    its logit bias."""
+    """The repetition penalty (over the whole context), OpenAI's penalties (minus frequency x
+    count, minus presence once a token appeared in the output), its logit bias, then min_tokens'
+    ban on ending."""
     logits = logits.clone()
     for i, (p, generated) in enumerate(zip(params, outputs, strict=True)):
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(contexts[i])), device=logits.device, dtype=torch.long)
+            values = logits[i, seen]
+            logits[i, seen] = torch.where(
+                values > 0, values / p.repetition_penalty, values * p.repetition_penalty
+            )
         if p.penalized and generated:
             ids, counts = torch.tensor(generated, device=logits.device).unique(return_counts=True)
             logits[i, ids] -= p.frequency_penalty * counts.to(logits.dtype) + p.presence_penalty
@@ -58,6 +73,9 @@ def _adjusted(
             ids = torch.tensor(list(p.logit_bias), device=logits.device)
             bias = torch.tensor(list(p.logit_bias.values()), dtype=logits.dtype)
             logits[i, ids] += bias.to(logits.device)
+        if len(generated) < p.min_tokens:
+            ends = [t for t in eos_ids | set(p.stop_token_ids) if t < logits.shape[1]]
+            logits[i, ends] = float("-inf")
     return logits
 
 
@@ -90,7 +108,7 @@ def _redraw(
 
 
 def _distribution(row: torch.Tensor, p: SamplingParams) -> torch.Tensor:
-    """The row's sampling distribution: temperature, then top-k, then top-p."""
+    """The row's sampling distribution: temperature, then top-k, top-p and min-p."""
     scaled = row.float() / p.temperature
     if 0 < p.top_k < scaled.numel():
         kth = torch.topk(scaled, p.top_k).values[-1]
@@ -102,4 +120,8 @@ def _distribution(row: torch.Tensor, p: SamplingParams) -> torch.Tensor:
         drop = probs.cumsum(-1) - probs >= p.top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         scaled = torch.full_like(scaled, float("-inf")).scatter(0, order, sorted_logits)
-    return scaled.softmax(-1)
+    probs = scaled.softmax(-1)
+    if p.min_p > 0:
+        probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
+        probs = probs / probs.sum()
+    return probs

@@ -41,6 +41,11 @@ class SamplingParams:
     `json_schema` too (structured outputs), the object is one the schema allows
     (`json_schema.py` says which schemas can be followed; others raise ValueError here).
     `choices` (vLLM's guided_choice): the generated text is exactly one of these strings.
+    vLLM's (and transformers') extensions: `min_p` keeps only tokens at least that fraction as
+    likely as the likeliest (after temperature, top-k and top-p); `repetition_penalty` divides
+    the positive logits (multiplies the negative ones) of every token already in the context,
+    prompt included; `min_tokens` forbids EOS and the stop token ids, and ignores stop strings,
+    until that many tokens are generated.
     """
 
     max_tokens: int = 16
@@ -59,6 +64,9 @@ class SamplingParams:
     json_object: bool = False
     json_schema: dict[str, Any] | None = None
     choices: list[str] | None = None
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -81,6 +89,16 @@ class SamplingParams:
                 raise ValueError(
                     f"logit_bias maps token ids (>= 0) to biases in [-100, 100], got {token}: {bias}"
                 )
+        if not 0.0 <= self.min_p <= 1.0:  # NaN fails this too
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(
+                f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}"
+            )
+        if self.min_tokens and (self.json_object or self.choices is not None):
+            raise ValueError("min_tokens does not go with constrained output (it ends by itself)")
         if self.json_schema is not None:
             if not self.json_object:
                 raise ValueError("json_schema needs json_object")
@@ -105,5 +123,10 @@ class SamplingParams:
 
     @property
     def adjusts_logits(self) -> bool:
-        """Penalties or a logit bias change the logits before sampling."""
-        return self.penalized or bool(self.logit_bias)
+        """Penalties, a logit bias or min_tokens change the logits before sampling."""
+        return (
+            self.penalized
+            or bool(self.logit_bias)
+            or self.repetition_penalty != 1.0
+            or self.min_tokens > 0
+        )

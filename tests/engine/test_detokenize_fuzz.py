@@ -106,7 +106,7 @@ def test_engine_text_stop_strings_and_logprobs(tiny_llama_path: Path, monkeypatc
     it streamed), finish_reason follows, and the logprobs follow the text."""
     scripts: dict[int, list[int]] = {}
 
-    def scripted(logits, params, generators, outputs, constraints=()):
+    def scripted(logits, params, generators, outputs, *_):
         tokens = [scripts[id(p)][len(done)] for p, done in zip(params, outputs, strict=True)]
         logprobs = [TokenLogprob(t, -1.0, []) for t in tokens]
         return tokens, logprobs

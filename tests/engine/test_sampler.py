@@ -142,3 +142,76 @@ def test_top_k_and_top_p_sample_from_the_filtered_distribution(case: str) -> Non
     assert counts[want > 2e-3].all(), (seed, top_k, top_p, counts, want)
     sigma = (want * (1 - want) / draws).sqrt()
     assert ((counts / draws - want).abs() <= 5 * sigma + 1e-3).all(), (seed, counts, want)
+
+
+def test_min_p_and_repetition_penalty_match_transformers() -> None:
+    """transformers' own processors are the reference: MinPLogitsWarper on the tempered
+    distribution, RepetitionPenaltyLogitsProcessor over the whole context."""
+    from transformers import MinPLogitsWarper, RepetitionPenaltyLogitsProcessor
+
+    from server.engine.sampler import _adjusted, _distribution
+
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        logits = torch.randn(1, 64, generator=gen) * 3
+        context = torch.randint(0, 64, (1, 12), generator=gen)
+        penalty = float(torch.empty(()).uniform_(0.5, 2.0, generator=gen))
+        sp = SamplingParams(temperature=0.7, min_p=0.1, repetition_penalty=penalty)
+        ours = _adjusted(logits, [sp], [[]], [context[0].tolist()], frozenset())
+        want = RepetitionPenaltyLogitsProcessor(penalty)(context, logits.clone())
+        assert torch.allclose(ours, want, atol=1e-6)
+        probs = _distribution(ours[0], sp)
+        kept = MinPLogitsWarper(0.1)(context, ours / 0.7)[0].softmax(-1)
+        assert torch.allclose(probs, kept, atol=1e-6)
+
+
+def test_min_tokens_holds_off_eos_and_stop_ids() -> None:
+    logits = torch.tensor([[5.0, 4.0, 3.0, 0.0]])
+    sp = SamplingParams(temperature=0, min_tokens=2, stop_token_ids=[1])
+    assert sample(logits, [sp], [None], [[2]], eos_ids=frozenset({0}))[0] == [2]
+    assert sample(logits, [sp], [None], [[2, 2]], eos_ids=frozenset({0}))[0] == [0]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("min_p", 1.5, "min_p"), ("repetition_penalty", 0.0, "repetition_penalty"),
+     ("min_tokens", 99, "min_tokens"), ("min_p", float("nan"), "min_p")],
+)  # fmt: skip
+def test_vllm_extension_settings_are_checked(field: str, value: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(max_tokens=16, **{field: value})
+    with pytest.raises(ValueError, match="constrained output"):
+        SamplingParams(min_tokens=2, choices=["a"])
+
+
+def test_the_engine_matches_transformers_generate_with_the_vllm_extensions(tiny_llama_path):
+    """Greedy with min_tokens (as transformers' min_new_tokens: EOS masked) and with a
+    repetition penalty over prompt and output, several prompts in one continuous batch."""
+    from server.engine import LLMEngine
+    from tests.engine.reference import load_reference
+
+    engine = LLMEngine.from_pretrained(str(tiny_llama_path))
+    model = load_reference(str(tiny_llama_path))
+    eos = min(engine.tokenizer.eos_token_ids)
+    # greedy, "dog cat" and "of" end with EOS after 4 and 6 tokens: min_tokens has work to do
+    texts = ("dog cat", "of", "The parrot", "Graphs of calls")
+    prompts = [engine.tokenizer.encode(t) for t in texts]
+    plain = engine.generate(prompts, SamplingParams(max_tokens=16, temperature=0))
+    assert [o.finish_reason for o in plain[:2]] == ["stop", "stop"]
+    for kwargs, theirs in (
+        ({"repetition_penalty": 1.3}, {"repetition_penalty": 1.3}),
+        ({"min_tokens": 12}, {"min_new_tokens": 12}),
+    ):
+        sp = SamplingParams(max_tokens=16, temperature=0, **kwargs)
+        outs = engine.generate(prompts, sp)
+        for prompt, out in zip(prompts, outs, strict=True):
+            with torch.inference_mode():
+                ref = model.generate(
+                    torch.tensor([prompt]), max_new_tokens=16, do_sample=False,
+                    eos_token_id=eos, pad_token_id=eos, **theirs,
+                )[0, len(prompt):].tolist()  # fmt: skip
+            if eos in ref:
+                ref = ref[: ref.index(eos) + 1]
+            assert out.token_ids == [t for t in ref if t != eos] or out.token_ids == ref, kwargs
+            if "min_tokens" in kwargs:
+                assert len(out.token_ids) >= 12

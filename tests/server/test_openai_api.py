@@ -534,16 +534,28 @@ def test_vllm_sampling_extensions_are_honoured_or_refused(
     cut = client.completions.create(**kw, temperature=0, extra_body={"stop_token_ids": [stop_id]})
     assert cut.usage.completion_tokens == ref.token_ids.index(stop_id) + 1
     assert cut.choices[0].finish_reason == "stop"
-    with pytest.raises(openai.BadRequestError, match="min_p is not supported") as err:
-        client.completions.create(**kw, extra_body={"min_p": 0.1})
-    assert err.value.body["param"] == "min_p"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError, match="use_beam_search is not supported") as err:
+        client.completions.create(**kw, extra_body={"use_beam_search": True})
+    assert err.value.body["param"] == "use_beam_search"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError, match="guided_regex is not supported"):
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
                                        extra_body={"guided_regex": "a+"})  # fmt: skip
-    neutral = {"min_p": 0.0, "repetition_penalty": 1.0, "skip_special_tokens": True,
-               "priority": 0}  # fmt: skip
+    neutral = {"min_p": 0.0, "repetition_penalty": 1.0, "min_tokens": 0,
+               "skip_special_tokens": True, "priority": 0}  # fmt: skip
     same = client.completions.create(**kw, temperature=0, extra_body=neutral)
     assert same.choices[0].text == ref.text
+    # min_p, repetition_penalty and min_tokens reach the engine
+    for extra in ({"repetition_penalty": 1.4}, {"min_tokens": 30, "max_tokens": 30},
+                  {"min_p": 0.3, "seed": 5}):  # fmt: skip
+        options = {**kw, "temperature": 1.0 if "min_p" in extra else 0, **{
+            k: v for k, v in extra.items() if k in ("max_tokens", "seed")}}  # fmt: skip
+        engine_only = {k: v for k, v in extra.items() if k not in ("max_tokens", "seed")}
+        done = client.completions.create(**options, extra_body=engine_only)
+        sp = SamplingParams(max_tokens=options["max_tokens"], temperature=options["temperature"],
+                            seed=options.get("seed"), **engine_only)  # fmt: skip
+        assert done.choices[0].text == engine.generate([ids], sp)[0].text, extra
+    with pytest.raises(openai.BadRequestError, match="min_tokens"):
+        client.completions.create(**kw, extra_body={"min_tokens": 99})
 
 
 def test_chat_template_extensions(client: openai.OpenAI, engine: LLMEngine) -> None:
