@@ -145,6 +145,8 @@ _SAMPLING_CHECKS: dict[str, Callable[[Any], bool]] = {
     "logit_bias": lambda v: isinstance(v, dict) and all(
         str(k).isdigit() and isinstance(b, int | float) and -100 <= b <= 100 for k, b in v.items()
     ),
+    "min_p": lambda v: isinstance(v, int | float) and 0 <= v <= 1,
+    "repetition_penalty": lambda v: isinstance(v, int | float) and v > 0,
     # constrained outputs (the server checks the schema): a JSON object it allows, or one of
     # the strings
     "json_schema": lambda v: isinstance(v, dict),

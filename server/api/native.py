@@ -202,7 +202,7 @@ def _to_submission(body: GraphSubmission) -> Submission:
                 s.max_tokens, s.temperature, s.top_p, s.top_k, s.seed, tuple(s.stop), s.ignore_eos,
                 s.presence_penalty, s.frequency_penalty, tuple(s.logit_bias.items()),
                 None if s.json_schema is None else json.dumps(s.json_schema, sort_keys=True),
-                None if s.choices is None else tuple(s.choices),
+                None if s.choices is None else tuple(s.choices), s.min_p, s.repetition_penalty,
             )  # fmt: skip
         except ValueError as exc:
             raise GraphError(

@@ -34,6 +34,8 @@ class Sampling:
     # output's text follows, or strings one of which each output is exactly
     json_schema: str | None = None
     choices: tuple[str, ...] | None = None
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
 
     @property
     def constrained(self) -> bool:
@@ -51,6 +53,10 @@ class Sampling:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.json_schema is not None and self.choices is not None:
             raise ValueError("give json_schema or choices, not both")
         if self.constrained and self.ignore_eos:

@@ -234,3 +234,19 @@ def test_constrained_outputs_follow_their_schema_and_choices(url: str, engine: L
     "s": {"type": "string", "pattern": "x"}}})  # fmt: skip
 def patterned(text):
     """{{input:text}}{{output:out}}"""
+
+
+@P.semantic_function(max_tokens=12, temperature=0, repetition_penalty=1.5)
+def repeat_less(text):
+    """Say {{input:text}} again and again:{{output:said}}"""
+
+
+def test_semantic_calls_take_min_p_and_repetition_penalty(url: str, engine: LLMEngine):
+    with P.Session(url):
+        said = repeat_less("parrot").get()
+    prompt = "Say parrot again and again:"
+    sampling = SamplingParams(max_tokens=12, temperature=0, repetition_penalty=1.5)
+    assert said == engine.generate([engine.tokenizer.encode(prompt)], sampling)[0].text
+    assert said != greedy(engine, prompt, 12)  # the penalty changed the answer
+    with pytest.raises(ValueError, match="min_p"):
+        P.semantic_function(min_p=2)
