@@ -217,3 +217,22 @@ def test_the_engine_answers_with_one_of_the_choices(engine: LLMEngine):
             assert out.text in sampling.choices and out.finish_reason == "stop"
     with pytest.raises(ValueError, match="choices"):
         SamplingParams(choices=[])
+
+
+def test_when_draws_keep_missing_the_few_tokens_that_fit_they_are_drawn_among():
+    """200 tokens, two of which fit ("{" and "{ ", by far the least likely): the redraws miss
+    them, then the sampler draws between those two by their probabilities (e^1 : e^0)."""
+    from server.engine.sampler import sample
+
+    table = TokenTable([b"x"] * 198 + [b"{", b"{ "], frozenset())
+    logits = torch.full((1, 200), 12.0)
+    logits[0, 198], logits[0, 199] = 1.0, 0.0
+    params = SamplingParams(temperature=1.0, max_tokens=4, json_object=True)
+    gen = torch.Generator().manual_seed(1)
+    picks = [sample(logits, [params], [gen], [[]], [OutputConstraint(table, JsonPrefix())])[0][0]
+             for _ in range(400)]  # fmt: skip
+    assert set(picks) == {198, 199}
+    assert 1.8 < picks.count(198) / picks.count(199) < 4.0  # e = 2.72
+    # with top-p leaving neither, the likelier of them
+    tight = SamplingParams(temperature=1.0, top_p=0.5, max_tokens=4, json_object=True)
+    assert sample(logits, [tight], [gen], [[]], [OutputConstraint(table, JsonPrefix())])[0] == [198]
