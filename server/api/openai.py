@@ -168,10 +168,9 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         raise bad_request("logprobs are not supported together with tools", param="logprobs")
     sampling = sampling_of(driver, body, ids, max_tokens, logprobs)
     if tools is not None:
-        if sampling.json_object or sampling.choices is not None:
+        if sampling.json_object or sampling.choices is not None or sampling.regex is not None:
             raise bad_request(
-                "constrained output (a JSON response_format, guided_json or guided_choice) "
-                "does not go with tools",
+                "constrained output (a JSON response_format or guided_*) does not go with tools",
                 param="response_format",
             )
         sampling = dataclasses.replace(

@@ -16,6 +16,7 @@ from server.api.tool_request import (
 )
 from server.engine import SamplingParams
 from server.engine.json_schema import SchemaError, compile_schema
+from server.engine.regex_prefix import Regex, RegexError
 from server.engine.sampling_params import MAX_LOGPROBS, offset_seed
 from server.engine_driver import EngineDriver
 from server.errors import bad_request
@@ -27,7 +28,7 @@ UNSUPPORTED_EXTENSIONS: dict[str, object] = {
     "length_penalty": 1, "include_stop_str_in_output": False, "skip_special_tokens": True,
     "spaces_between_special_tokens": True, "truncate_prompt_tokens": None,
     "prompt_logprobs": None, "allowed_token_ids": None, "bad_words": None,
-    "logits_processors": None, "guided_regex": None, "guided_grammar": None,
+    "logits_processors": None, "guided_grammar": None,
     "structured_outputs": None,
     "guided_whitespace_pattern": None, "vllm_xargs": None,
 }  # fmt: skip
@@ -208,11 +209,11 @@ def sampling_of(
         raise bad_request(
             f"min_tokens ({min_tokens}) is more than max_tokens ({max_tokens})", param="min_tokens"
         )
-    json_schema, choices = guided_output(body)
+    json_schema, choices, regex = guided_output(body)
     json_mode = json_schema is not None or (body.response_format or {}).get("type") in (
         "json_object", "json_schema")  # fmt: skip
     for name, value in (("ignore_eos", body.ignore_eos), ("min_tokens", min_tokens)):
-        if value and (json_mode or choices is not None):
+        if value and (json_mode or choices is not None or regex is not None):
             raise bad_request(f"constrained output ends when it is complete: no {name}",
                               param=name)  # fmt: skip
     return SamplingParams(
@@ -232,21 +233,26 @@ def sampling_of(
         json_object=json_mode,
         json_schema=json_schema,
         choices=choices,
+        regex=regex,
         min_p=body.min_p or 0.0,
         repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
         min_tokens=min_tokens,
     )
 
 
-def guided_output(body: OpenAIRequest) -> tuple[dict[str, Any] | None, list[str] | None]:
-    """(the JSON schema, the choices) the request's output must follow: `response_format`'s
-    json_schema, or vLLM's `guided_json` (a schema, as an object or as JSON text) or
-    `guided_choice` (strings). 400s name the field."""
+def guided_output(
+    body: OpenAIRequest,
+) -> tuple[dict[str, Any] | None, list[str] | None, str | None]:
+    """(the JSON schema, the choices, the regular expression) the request's output must
+    follow: `response_format`'s json_schema, or vLLM's `guided_json` (a schema, as an object
+    or as JSON text), `guided_choice` (strings) or `guided_regex`. 400s name the field."""
     extra = body.model_extra or {}
     guided, choices = extra.get("guided_json"), extra.get("guided_choice")
+    regex = extra.get("guided_regex")
     schema = response_schema(body.response_format)
     asked = [n for n, v in (("response_format", schema), ("guided_json", guided),
-                            ("guided_choice", choices)) if v is not None]  # fmt: skip
+                            ("guided_choice", choices), ("guided_regex", regex))
+             if v is not None]  # fmt: skip
     if len(asked) > 1 or (asked and (body.response_format or {}).get("type") == "json_object"):
         raise bad_request(f"ask for one constrained output, not {', '.join(asked)} together",
                           param=asked[-1])  # fmt: skip
@@ -255,15 +261,23 @@ def guided_output(body: OpenAIRequest) -> tuple[dict[str, Any] | None, list[str]
                 and all(isinstance(c, str) and c for c in choices)):  # fmt: skip
             raise bad_request("guided_choice must be a list of non-empty strings",
                               param="guided_choice")  # fmt: skip
-        return None, choices
+        return None, choices, None
+    if regex is not None:
+        if not isinstance(regex, str) or not regex:
+            raise bad_request("guided_regex must be a pattern", param="guided_regex")
+        try:
+            Regex(regex)
+        except RegexError as exc:
+            raise bad_request(f"guided_regex: {exc}", param="guided_regex") from exc
+        return None, None, regex
     if guided is not None:
         if isinstance(guided, str):
             try:
                 guided = json.loads(guided)
             except ValueError as exc:
                 raise bad_request(f"guided_json is not JSON: {exc}", param="guided_json") from exc
-        return checked_schema(guided, "guided_json"), None
-    return schema, None
+        return checked_schema(guided, "guided_json"), None, None
+    return schema, None, None
 
 
 def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:

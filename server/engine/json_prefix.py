@@ -41,6 +41,11 @@ class JsonPrefix:
     def complete(self) -> bool:
         return self._mode == _DONE
 
+    @property
+    def final(self) -> bool:
+        """Nothing can follow (an object that has closed)."""
+        return self.complete
+
     def copy(self) -> JsonPrefix:
         twin = JsonPrefix.__new__(JsonPrefix)
         twin._mode, twin._stack, twin._key = self._mode, self._stack, self._key

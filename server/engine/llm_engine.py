@@ -234,7 +234,7 @@ class LLMEngine:
         job.hold_latency_s = hold_latency_s
         if sampling.seed is not None and not sampling.greedy:
             job.generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
-        text = text_constraint(sampling.json_object, sampling.json_schema, sampling.choices)
+        text = text_constraint(sampling)
         if text is not None:
             job.constraint = OutputConstraint(self._token_table, text, sampling.stop_token_ids)
         return self._add_job(ctx, job)

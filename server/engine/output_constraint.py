@@ -1,5 +1,6 @@
 """Constrained generation: the text must be one JSON object (JSON mode), one a schema allows
-(structured outputs), or one of a few strings (vLLM's guided_choice). The sampler draws as
+(structured outputs), one of a few strings (vLLM's guided_choice) or a match of a regular
+expression (guided_regex). The sampler draws as
 usual and keeps the token if the text can still become what is asked; otherwise that token is
 ruled out and it draws again from what is left (exact rejection sampling; greedy takes the most
 likely token that fits). End-of-sequence fits only once the text is complete, and once nothing
@@ -15,7 +16,12 @@ import torch
 from server.engine.choice_prefix import ChoicePrefix
 from server.engine.json_prefix import JsonPrefix
 from server.engine.json_schema import compile_schema
+from server.engine.regex_prefix import Regex, RegexPrefix
+from server.engine.sampling_params import SamplingParams
 from server.engine.schema_prefix import SchemaPrefix
+
+# what the generated text must keep satisfying: each has feed/feed_all/copy/complete/final
+TextAutomaton = JsonPrefix | SchemaPrefix | ChoicePrefix | RegexPrefix
 
 if TYPE_CHECKING:
     from server.engine.tokenizer import Tokenizer
@@ -42,8 +48,7 @@ class OutputConstraint:
     """The constraint of one generation, advanced by each token it samples."""
 
     def __init__(
-        self, table: TokenTable, text: JsonPrefix | SchemaPrefix | ChoicePrefix,
-        extra_stop_ids: Sequence[int] = (),
+        self, table: TokenTable, text: TextAutomaton, extra_stop_ids: Sequence[int] = (),
     ) -> None:  # fmt: skip
         """`text`: the automaton the generated text must keep satisfied."""
         self._table = table
@@ -82,7 +87,7 @@ class OutputConstraint:
         an unfinished text), the likeliest stop id."""
         if self.fits(drawn):
             return drawn
-        if _final(self._text) and self._stops:  # only a stop id fits now
+        if self._text.final and self._stops:  # only a stop id fits now
             return self._likeliest(logits, self._stops, drawn)
         if redraw is not None:
             banned = torch.zeros_like(logits, dtype=torch.bool)
@@ -130,16 +135,14 @@ def token_table(tokenizer: Tokenizer, eos_ids: frozenset[int]) -> TokenTable:
     )
 
 
-def text_constraint(
-    json_object: bool, json_schema: dict | None, choices: Sequence[str] | None
-) -> JsonPrefix | SchemaPrefix | ChoicePrefix | None:
+def text_constraint(sampling: SamplingParams) -> TextAutomaton | None:
     """The automaton a generation's sampling settings ask for, or None."""
+    if sampling.regex is not None:
+        return Regex(sampling.regex).start()
+    choices, json_schema = sampling.choices, sampling.json_schema
     if choices is not None:
         return ChoicePrefix(tuple(c.encode() for c in choices))
     if json_schema is not None:
         return SchemaPrefix(compile_schema(json_schema))
-    return JsonPrefix() if json_object else None
+    return JsonPrefix() if sampling.json_object else None
 
-
-def _final(text: JsonPrefix | SchemaPrefix | ChoicePrefix) -> bool:
-    return text.final if isinstance(text, ChoicePrefix) else text.complete

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.engine.json_schema import compile_schema
+from server.engine.regex_prefix import Regex
 
 MAX_LOGPROBS = 20  # most likely alternatives per token, as OpenAI's chat API allows
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a seed is a signed 64-bit integer
@@ -41,6 +42,8 @@ class SamplingParams:
     `json_schema` too (structured outputs), the object is one the schema allows
     (`json_schema.py` says which schemas can be followed; others raise ValueError here).
     `choices` (vLLM's guided_choice): the generated text is exactly one of these strings.
+    `regex` (guided_regex): the generated text matches it whole (`regex_prefix.py` says which
+    syntax; other patterns raise ValueError here).
     vLLM's (and transformers') extensions: `min_p` keeps only tokens at least that fraction as
     likely as the likeliest (after temperature, top-k and top-p); `repetition_penalty` divides
     the positive logits (multiplies the negative ones) of every token already in the context,
@@ -64,6 +67,7 @@ class SamplingParams:
     json_object: bool = False
     json_schema: dict[str, Any] | None = None
     choices: list[str] | None = None
+    regex: str | None = None
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     min_tokens: int = 0
@@ -97,16 +101,20 @@ class SamplingParams:
             raise ValueError(
                 f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}"
             )
-        if self.min_tokens and (self.json_object or self.choices is not None):
+        constraints = [self.json_object, self.choices is not None, self.regex is not None]
+        if sum(constraints) > 1:
+            raise ValueError("ask for one of json_object, choices and regex")
+        if self.regex is not None:
+            Regex(self.regex)  # RegexError (a ValueError) says what is not supported
+        if self.min_tokens and any(constraints):
             raise ValueError("min_tokens does not go with constrained output (it ends by itself)")
         if self.json_schema is not None:
             if not self.json_object:
                 raise ValueError("json_schema needs json_object")
             compile_schema(self.json_schema)  # SchemaError (a ValueError) names what is wrong
-        if self.choices is not None:
-            if self.json_object or not self.choices or not all(self.choices):
-                raise ValueError("choices must be non-empty strings, and not with json_object")
-        if (self.json_object or self.choices is not None) and self.ignore_eos:
+        if self.choices is not None and not (self.choices and all(self.choices)):
+            raise ValueError("choices must be non-empty strings")
+        if any(constraints) and self.ignore_eos:
             raise ValueError("constrained output ends when it is complete: no ignore_eos")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)

@@ -31,6 +31,10 @@ class SchemaPrefix:
     def complete(self) -> bool:
         return self._done
 
+    @property
+    def final(self) -> bool:
+        return self._done
+
     def copy(self) -> SchemaPrefix:
         twin = SchemaPrefix.__new__(SchemaPrefix)
         twin._stack = [f.copy() for f in self._stack]

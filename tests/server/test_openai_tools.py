@@ -6,6 +6,7 @@ the server turns exactly what the model wrote into the answer)."""
 from __future__ import annotations
 
 import json
+import re
 
 import openai
 import pytest
@@ -128,6 +129,9 @@ def test_past_calls_and_results_render_as_turns(client: openai.OpenAI, engine: L
          "guided_choice", "not guided_json, guided_choice together"),
         ({"extra_body": {"guided_choice": "a"}}, "guided_choice", "list of non-empty strings"),
         ({"extra_body": {"guided_json": "{nope"}}, "guided_json", "not JSON"),
+        ({"extra_body": {"guided_regex": "(?=a)b"}}, "guided_regex", "lookaround"),
+        ({"extra_body": {"guided_regex": "a", "guided_choice": ["a"]}}, "guided_regex",
+         "guided_choice, guided_regex together"),
         ({"tools": [WEATHER], "extra_body": {"guided_choice": ["a"]}}, "response_format",
          "does not go with tools"),
         ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format",
@@ -253,6 +257,18 @@ def test_llamaindex_function_calling(server: str) -> None:
     assert (selection.tool_name, selection.tool_kwargs) == ("get_weather", {"city": ""})
     out = llm.predict_and_call([tool], user_msg="Weather in Paris?", tool_required=True)
     assert str(out) == "sunny in ''"
+
+
+def test_vllm_guided_regex(client: openai.OpenAI, engine: LLMEngine):
+    text = engine.tokenizer.apply_chat_template(ASK, True)
+    pattern = r"(sunny|rain), \d{1,2} ?C"
+    ref = engine.generate([engine.tokenizer.encode(text)],
+                          SamplingParams(max_tokens=12, temperature=0, regex=pattern))[0]  # fmt: skip
+    done = client.chat.completions.create(model="tiny", messages=ASK, max_tokens=12,
+                                          temperature=0, extra_body={"guided_regex": pattern})
+    assert done.choices[0].message.content == ref.text
+    if ref.finish_reason == "stop":
+        assert re.fullmatch(pattern, ref.text)
 
 
 def test_vllm_guided_choice_and_guided_json(client: openai.OpenAI, engine: LLMEngine):

@@ -1,0 +1,390 @@
+"""Whether text (UTF-8 bytes, one at a time) is still the start of a match of a regular
+expression (vLLM's `guided_regex`; the whole text must match, as `re.fullmatch`): the same
+interface as `JsonPrefix`.
+
+The pattern is compiled once into a Thompson NFA over characters and simulated on state sets.
+The syntax: literals and escapes (`\\d \\w \\s` as Unicode classes, their negations, `\\n \\t`, escaped
+metacharacters), `.` (any character but a newline), classes (`[a-z_]`, `[^"\\\\]`), groups
+(`(...)`, `(?:...)`), `|`, and the greedy or lazy quantifiers `* + ? {m} {m,} {m,n}`; `^` at
+the start and `$` at the end are allowed (the match is whole anyway). Anything else
+(backreferences, lookaround, flags) raises `RegexError`.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+_MAX_REPEAT = 256  # {m,n} copies its operand: keep patterns small
+
+
+class RegexError(ValueError):
+    """A pattern this decoder cannot follow (the message says where)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CharSet:
+    """Characters as sorted code-point ranges and Unicode classes ("d", "w", "s", as `re`
+    reads them in str patterns), or the complement of those."""
+
+    ranges: tuple[tuple[int, int], ...]
+    negated: bool = False
+    classes: str = ""
+
+    def __contains__(self, code: int) -> bool:
+        inside = any(lo <= code <= hi for lo, hi in self.ranges) or any(
+            _IN_CLASS[c](chr(code)) for c in self.classes
+        )
+        return inside != self.negated
+
+    def may_hold(self, lo: int, hi: int) -> bool:
+        """Whether some character in [lo, hi] is in the set."""
+        spans = [*self.ranges, *(r for c in self.classes for r in _class_spans(c))]
+        if not self.negated:
+            return any(a <= hi and lo <= b for a, b in spans)
+        reached = lo  # negated: some character in [lo, hi] that no span covers
+        for a, b in sorted(spans):
+            if a > reached:
+                break
+            reached = max(reached, b + 1)
+        return reached <= hi
+
+
+_IN_CLASS = {
+    "d": str.isdecimal,
+    "w": lambda c: c.isalnum() or c == "_",
+    "s": str.isspace,
+}
+
+
+@functools.cache
+def _class_spans(name: str) -> tuple[tuple[int, int], ...]:
+    """The code-point ranges of a Unicode class (built once, ~0.5 s for all of Unicode): a
+    byte that starts a character is refused unless some character of the class starts so."""
+    test, spans, start = _IN_CLASS[name], [], None
+    for code in range(0x110000):
+        inside = test(chr(code))
+        if inside and start is None:
+            start = code
+        elif not inside and start is not None:
+            spans.append((start, code - 1))
+            start = None
+    if start is not None:
+        spans.append((start, 0x10FFFF))
+    return tuple(spans)
+_ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "0": "\0"}
+_DOT = CharSet(((10, 10),), negated=True)
+
+
+class Regex:
+    """A compiled pattern: `start()` gives the prefix automaton of one generation."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._edges: list[list[tuple[CharSet, int]]] = []  # per state: (chars, next state)
+        self._empty: list[list[int]] = []  # per state: epsilon moves
+        start, accept = _Parser(pattern, self).parse()
+        self.start_state, self.accept_state = start, accept
+        self._live = self._states_that_reach_accept()
+
+    def start(self) -> RegexPrefix:
+        return RegexPrefix(self, self._closure({self.start_state}))
+
+    # -- construction (called by the parser) ----------------------------------------------
+
+    def new_state(self) -> int:
+        self._edges.append([])
+        self._empty.append([])
+        return len(self._edges) - 1
+
+    def edge(self, source: int, chars: CharSet, target: int) -> None:
+        self._edges[source].append((chars, target))
+
+    def empty(self, source: int, target: int) -> None:
+        self._empty[source].append(target)
+
+    # -- simulation ---------------------------------------------------------------------------
+
+    def step(self, states: frozenset[int], code: int) -> frozenset[int]:
+        moved = {t for s in states for chars, t in self._edges[s] if code in chars}
+        return self._closure(moved) & self._live
+
+    def may_take(self, states: frozenset[int], lo: int, hi: int) -> bool:
+        return any(chars.may_hold(lo, hi) for s in states for chars, _ in self._edges[s])
+
+    def can_continue(self, states: frozenset[int]) -> bool:
+        return any(self._edges[s] for s in states)
+
+    def _closure(self, states: set[int]) -> frozenset[int]:
+        seen, todo = set(states), list(states)
+        while todo:
+            for t in self._empty[todo.pop()]:
+                if t not in seen:
+                    seen.add(t)
+                    todo.append(t)
+        return frozenset(seen)
+
+    def _states_that_reach_accept(self) -> frozenset[int]:
+        back: dict[int, list[int]] = {}
+        for s, edges in enumerate(self._edges):
+            for _, t in edges:
+                back.setdefault(t, []).append(s)
+            for t in self._empty[s]:
+                back.setdefault(t, []).append(s)
+        live, todo = {self.accept_state}, [self.accept_state]
+        while todo:
+            for s in back.get(todo.pop(), []):
+                if s not in live:
+                    live.add(s)
+                    todo.append(s)
+        return frozenset(live)
+
+
+class RegexPrefix:
+    """`complete` once the text matches; `final` once nothing more could."""
+
+    __slots__ = ("_regex", "_states", "_pending", "_need", "_least")
+
+    def __init__(self, regex: Regex, states: frozenset[int]) -> None:
+        self._regex = regex
+        self._states = states
+        self._pending = 0  # the code point being assembled from UTF-8 bytes
+        self._need = 0  # its continuation bytes still due
+        self._least = 0  # the smallest code point its length encodes
+
+    @property
+    def complete(self) -> bool:
+        return not self._need and self._regex.accept_state in self._states
+
+    @property
+    def final(self) -> bool:
+        return self.complete and not self._regex.can_continue(self._states)
+
+    def copy(self) -> RegexPrefix:
+        twin = RegexPrefix(self._regex, self._states)
+        twin._pending, twin._need, twin._least = self._pending, self._need, self._least
+        return twin
+
+    def feed_all(self, data: bytes) -> bool:
+        return all(self.feed(b) for b in data)
+
+    def feed(self, b: int) -> bool:
+        if self._need:
+            if not 0x80 <= b <= 0xBF:
+                return False
+            self._pending = self._pending << 6 | (b & 0x3F)
+            self._need -= 1
+            if self._need:
+                return self._may_complete()
+            code = self._pending
+        elif b < 0x80:
+            code = b
+        elif 0xC2 <= b <= 0xF4:
+            self._need = 1 if b <= 0xDF else 2 if b <= 0xEF else 3
+            self._pending = b & (0x1F if b <= 0xDF else 0x0F if b <= 0xEF else 0x07)
+            self._least = (0x80, 0x800, 0x10000)[self._need - 1]
+            return self._may_complete()
+        else:
+            return False
+        self._states = self._regex.step(self._states, code)
+        return bool(self._states)
+
+    def _may_complete(self) -> bool:
+        """Whether some character that the bytes so far begin could match here: a byte that
+        no match could follow is refused at once, not when its character completes."""
+        shift = 6 * self._need
+        lo = max(self._pending << shift, self._least)
+        hi = min((self._pending << shift) | ((1 << shift) - 1), 0x10FFFF)
+        return lo <= hi and self._regex.may_take(self._states, lo, hi)
+
+
+class _Parser:
+    """Recursive descent over the pattern, building NFA fragments (start, accept) in `regex`."""
+
+    def __init__(self, pattern: str, regex: Regex) -> None:
+        self.text, self.at, self.nfa = pattern, 0, regex
+
+    def parse(self) -> tuple[int, int]:
+        if self._peek() == "^":
+            self.at += 1
+        fragment = self._alternation()
+        if self.at != len(self.text):
+            raise RegexError(f"unexpected {self.text[self.at]!r} at {self.at} in {self.text!r}")
+        return fragment
+
+    def _fail(self, what: str) -> RegexError:
+        return RegexError(f"{what} at {self.at} in {self.text!r} is not supported")
+
+    def _peek(self) -> str | None:
+        return self.text[self.at] if self.at < len(self.text) else None
+
+    def _alternation(self) -> tuple[int, int]:
+        branches = [self._sequence()]
+        while self._peek() == "|":
+            self.at += 1
+            branches.append(self._sequence())
+        if len(branches) == 1:
+            return branches[0]
+        enter, leave = self.nfa.new_state(), self.nfa.new_state()
+        for s, a in branches:
+            self.nfa.empty(enter, s)
+            self.nfa.empty(a, leave)
+        return enter, leave
+
+    def _sequence(self) -> tuple[int, int]:
+        enter = leave = self.nfa.new_state()
+        while self._peek() not in (None, "|", ")"):
+            if self._peek() == "$" and self.at == len(self.text) - 1:
+                self.at += 1
+                break
+            s, a = self._repeated()
+            self.nfa.empty(leave, s)
+            leave = a
+        return enter, leave
+
+    def _repeated(self) -> tuple[int, int]:
+        atom_at = self.at
+        first = self._atom()
+        low, high = self._quantifier()
+        if (low, high) == (1, 1):
+            return first
+        if self._peek() == "?":  # lazy: the same language
+            self.at += 1
+        end = self.at
+        count = max(low, 1) if high is None else high
+        if count > _MAX_REPEAT:
+            raise RegexError(f"a repeat of {count} in {self.text!r} is more than {_MAX_REPEAT}")
+        if count == 0:  # {0}: the empty string
+            empty = self.nfa.new_state()
+            return empty, empty
+        copies = [first]
+        for _ in range(count - 1):  # each copy compiled again from the operand's text
+            self.at = atom_at
+            copies.append(self._atom())
+        self.at = end
+        enter, out = self.nfa.new_state(), self.nfa.new_state()
+        before = enter
+        for i, (s, a) in enumerate(copies):
+            if i >= low:  # enough copies already: may stop here
+                self.nfa.empty(before, out)
+            self.nfa.empty(before, s)
+            before = a
+        self.nfa.empty(before, out)
+        if high is None:  # unbounded: the last copy repeats
+            self.nfa.empty(copies[-1][1], copies[-1][0])
+        return enter, out
+
+    def _quantifier(self) -> tuple[int, int | None]:
+        c = self._peek()
+        if c == "*":
+            self.at += 1
+            return 0, None
+        if c == "+":
+            self.at += 1
+            return 1, None
+        if c == "?":
+            self.at += 1
+            return 0, 1
+        if c == "{":
+            close = self.text.find("}", self.at)
+            body = self.text[self.at + 1 : close] if close > 0 else ""
+            parts = body.split(",")
+            if close < 0 or len(parts) > 2 or not parts[0].isdigit() or (
+                len(parts) == 2 and parts[1] and not parts[1].isdigit()
+            ):
+                raise self._fail("this repeat")
+            self.at = close + 1
+            low = int(parts[0])
+            high = low if len(parts) == 1 else (int(parts[1]) if parts[1] else None)
+            if high is not None and high < low:
+                raise RegexError(f"{{{body}}} in {self.text!r}: the maximum is below the minimum")
+            return low, high
+        return 1, 1
+
+    def _atom(self) -> tuple[int, int]:
+        c = self._peek()
+        if c == "(":
+            self.at += 1
+            if self.text.startswith("?:", self.at):
+                self.at += 2
+            elif self._peek() == "?":
+                raise self._fail("a group extension (lookaround, flags, names)")
+            fragment = self._alternation()
+            if self._peek() != ")":
+                raise RegexError(f"an unclosed group in {self.text!r}")
+            self.at += 1
+            return fragment
+        if c == "[":
+            return self._single(self._class())
+        if c == ".":
+            self.at += 1
+            return self._single(_DOT)
+        if c == "\\":
+            return self._single(self._escape(in_class=False))
+        if c in ("*", "+", "?", "{", ")", "|", None) or c in "^$":
+            raise self._fail(f"{c!r} here")
+        self.at += 1
+        return self._single(CharSet(((ord(c), ord(c)),)))
+
+    def _single(self, chars: CharSet) -> tuple[int, int]:
+        s, a = self.nfa.new_state(), self.nfa.new_state()
+        self.nfa.edge(s, chars, a)
+        return s, a
+
+    def _escape(self, in_class: bool) -> CharSet:
+        self.at += 1
+        c = self._peek()
+        if c is None:
+            raise RegexError(f"a trailing backslash in {self.text!r}")
+        self.at += 1
+        if c.lower() in _IN_CLASS:
+            return CharSet((), negated=c.isupper(), classes=c.lower())
+        if c in _ESCAPED:
+            code = ord(_ESCAPED[c])
+        elif c.isalnum():
+            raise self._fail(f"the escape \\{c}")
+        else:
+            code = ord(c)
+        return CharSet(((code, code),))
+
+    def _class(self) -> CharSet:
+        self.at += 1
+        negated = self._peek() == "^"
+        if negated:
+            self.at += 1
+        ranges: list[tuple[int, int]] = []
+        classes = ""
+        first = True
+        while True:
+            c = self._peek()
+            if c is None:
+                raise RegexError(f"an unclosed class in {self.text!r}")
+            if c == "]" and not first:
+                self.at += 1
+                break
+            first = False
+            if c == "\\":
+                part = self._escape(in_class=True)
+                if part.negated:
+                    raise self._fail("a negated class escape inside a class")
+                if part.classes:
+                    classes += part.classes
+                    continue
+                lo = part.ranges[0][0]
+            else:
+                lo = ord(c)
+                self.at += 1
+            if self._peek() == "-" and self.text[self.at + 1 : self.at + 2] not in ("]", ""):
+                self.at += 1
+                hi_char = self._peek()
+                if hi_char == "\\":
+                    hi = self._escape(in_class=True).ranges[0][1]
+                else:
+                    hi = ord(hi_char)  # type: ignore[arg-type]
+                    self.at += 1
+                if hi < lo:
+                    raise RegexError(f"a backwards range in {self.text!r}")
+                ranges.append((lo, hi))
+            else:
+                ranges.append((lo, lo))
+        return CharSet(tuple(sorted(ranges)), negated, classes)
