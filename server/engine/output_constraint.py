@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from server.engine.tokenizer import Tokenizer
 
 _FIRST_TRIES = 8  # draws before the search among the tokens that can fit (a draw is ~1 ms)
+_BROAD = 4096  # more candidates than this: draw a few times before searching them all
 
 
 class TokenTable:
@@ -80,16 +81,20 @@ class OutputConstraint:
     def choose(
         self, logits: torch.Tensor, drawn: int, redraw: Callable[[torch.Tensor], int] | None
     ) -> int:
-        """`drawn` if it fits, else: sampling, `redraw(banned)` (a draw from the row's sampling
-        distribution without the banned ids) until a draw fits; greedy (`redraw` None), or
-        when the distribution has nothing left that fits, the likeliest token that fits. With
-        nothing at all that fits (which the automata never reach: some byte always continues
-        an unfinished text), the likeliest stop id."""
+        """`drawn` if it fits. Else greedy (`redraw` None) takes the likeliest token that fits;
+        sampling draws again (`redraw(banned)`: the row's sampling distribution without the
+        banned ids) among what can fit, which is exact rejection sampling. With nothing at all
+        that fits (which the automata never reach: some byte always continues an unfinished
+        text), the likeliest stop id."""
         if self.fits(drawn):
             return drawn
         if self._text.final and self._stops:  # only a stop id fits now
             return self._likeliest(logits, self._stops, drawn)
-        if redraw is not None:
+        # Only tokens whose first byte continues the text can fit: often a few per cent of
+        # the vocabulary (a choice, a JSON key), sometimes most of it (inside a string).
+        candidates = self._candidates(logits.shape[0])
+        if redraw is not None and len(candidates) > _BROAD:
+            # many may fit: a few draws usually find one before a search through them all
             banned = torch.zeros_like(logits, dtype=torch.bool)
             banned[drawn] = True
             for _ in range(_FIRST_TRIES):
@@ -99,15 +104,6 @@ class OutputConstraint:
                 if self.fits(token):
                     return token
                 banned[token] = True
-        # Few tokens fit here: only those starting with a byte that continues the text can,
-        # so the search runs over them (a few per cent of the vocabulary, often), likeliest
-        # first; sampling draws among the ones that fit, by their probabilities.
-        firsts = [b for b in range(256) if self._text.copy().feed(b)]
-        groups = [self._table.starting_with[b] for b in firsts if b in self._table.starting_with]
-        candidates = torch.cat(groups) if groups else torch.zeros(0, dtype=torch.long)
-        if self._text.complete:  # ending fits too
-            candidates = torch.cat([candidates, torch.tensor(sorted(self._stops))])
-        candidates = candidates[candidates < logits.shape[0]]
         order = candidates[logits[candidates].argsort(descending=True)].tolist()
         if redraw is None:
             best = next((t for t in order if self.fits(t)), None)
@@ -119,6 +115,16 @@ class OutputConstraint:
         banned[torch.tensor(fitting)] = False
         token = redraw(banned)  # the distribution over what fits
         return token if token >= 0 else fitting[0]  # top-k/top-p left none: the likeliest
+
+    def _candidates(self, vocab: int) -> torch.Tensor:
+        """The ids that may fit: tokens starting with a byte that continues the text, and the
+        stop ids once it is complete."""
+        firsts = [b for b in range(256) if self._text.copy().feed(b)]
+        groups = [self._table.starting_with[b] for b in firsts if b in self._table.starting_with]
+        if self._text.complete:
+            groups.append(torch.tensor(sorted(self._stops), dtype=torch.long))
+        candidates = torch.cat(groups) if groups else torch.zeros(0, dtype=torch.long)
+        return candidates[candidates < vocab]
 
     @staticmethod
     def _likeliest(logits: torch.Tensor, tokens: Sequence[int] | frozenset[int], default: int) -> int:

@@ -120,20 +120,20 @@ def test_greedy_takes_the_likeliest_token_that_fits():
     assert not constraint.fits(8) and constraint.fits(EOS)
 
 
-def test_sampling_redraws_without_the_tokens_that_do_not_fit():
+def test_sampling_redraws_among_the_tokens_that_fit():
     constraint = OutputConstraint(table_of(PIECES, EOS), JsonPrefix())
-    probs = torch.tensor([0.5, 0.2, 0.0, 0.0, 0.0, 0.0, 0.1, 0.2, 0.0])
-    drawn_order = iter([7, 1])
+    probs = torch.tensor([0.5, 0.2, 0.0, 0.0, 0.0, 0.0, 0.1, 0.1, 0.1])
+    seen = []
 
     def redraw(banned: torch.Tensor) -> int:
-        token = next(drawn_order)
-        assert not banned[token] and probs[token] > 0
-        return token
+        seen.append((~banned).nonzero().flatten().tolist())
+        return 1
 
-    assert constraint.choose(probs.log(), 0, redraw) == 1  # "Sure" and "ok" ruled out
-    # nothing with probability left fits: the likeliest token that fits, by the logits
+    # "Sure" was drawn: the draw is redone over what can start a JSON object: "{" and " "
+    assert constraint.choose(probs.log(), 0, redraw) == 1 and seen == [[1, 8]]
+    # top-k/top-p leaving none of them: the likeliest that fits
     constraint.advance(1)
-    assert constraint.choose(probs.log(), 7, lambda banned: -1) in (2, 8)  # '"a"' or " "
+    assert constraint.choose(probs.log(), 7, lambda banned: -1) == 8  # " " (2: '"a"' is 0.0)
 
 
 def test_sampling_is_exact_rejection_sampling_over_what_fits():
