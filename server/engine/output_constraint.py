@@ -26,7 +26,7 @@ TextAutomaton = JsonPrefix | SchemaPrefix | ChoicePrefix | RegexPrefix
 if TYPE_CHECKING:
     from server.engine.tokenizer import Tokenizer
 
-_FIRST_TRIES = 8  # draws before the search among the tokens that can fit (a draw is ~1 ms)
+_FIRST_TRIES = 8  # draws before the search among the tokens that can fit
 _BROAD = 4096  # more candidates than this: draw a few times before searching them all
 
 

@@ -90,7 +90,17 @@ def _logprob(row: torch.Tensor, token: int, top: int) -> TokenLogprob:
 
 
 def _sample_row(row: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> int:
-    return int(torch.multinomial(_distribution(row, p), 1, generator=gen))
+    return _draw(_distribution(row, p), gen)
+
+
+def _draw(probs: torch.Tensor, gen: torch.Generator | None) -> int:
+    """One index drawn with weights `probs` (not necessarily normalized, some > 0): by the
+    inverse of their running sum, in float64. `torch.multinomial` does the same draw 12x
+    slower over a 49k vocabulary on this CPU (1.0 against 0.08 ms), once per sampled row per
+    step."""
+    cdf = probs.to(torch.float64).cumsum(0)
+    u = torch.rand((1,), generator=gen, dtype=torch.float64, device=probs.device) * cdf[-1]
+    return min(int(torch.searchsorted(cdf, u, right=True)), probs.numel() - 1)
 
 
 def _redraw(
@@ -102,7 +112,7 @@ def _redraw(
         left = probs.masked_fill(banned, 0.0)
         if not float(left.sum()) > 0:
             return -1
-        return int(torch.multinomial(left, 1, generator=gen))
+        return _draw(left, gen)
 
     return draw
 

@@ -215,3 +215,21 @@ def test_the_engine_matches_transformers_generate_with_the_vllm_extensions(tiny_
             assert out.token_ids == [t for t in ref if t != eos] or out.token_ids == ref, kwargs
             if "min_tokens" in kwargs:
                 assert len(out.token_ids) >= 12
+
+
+def test_draws_follow_the_distribution_and_never_take_a_zero() -> None:
+    from server.engine.sampler import _draw
+
+    probs = torch.tensor([0.0, 0.1, 0.0, 0.6, 0.3, 0.0])
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(6)
+    for _ in range(20000):
+        counts[_draw(probs, gen)] += 1
+    assert counts[0] == counts[2] == counts[5] == 0
+    assert torch.allclose(counts / counts.sum(), probs, atol=0.015)
+    # unnormalized weights, and one that is all that is left
+    assert _draw(torch.tensor([0.0, 0.0, 5.0]), gen) == 2
+    again = torch.Generator().manual_seed(0)
+    assert [_draw(probs, again) for _ in range(50)] == [
+        _draw(probs, g) for g in [torch.Generator().manual_seed(0)] for _ in range(50)
+    ]
