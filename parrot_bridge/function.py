@@ -153,6 +153,7 @@ _SAMPLING_CHECKS: dict[str, Callable[[Any], bool]] = {
     "choices": lambda v: isinstance(v, list) and bool(v) and all(
         isinstance(c, str) and c for c in v
     ),
+    "regex": lambda v: isinstance(v, str) and bool(v),
 }
 
 

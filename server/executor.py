@@ -376,6 +376,7 @@ class Executor:
             json_object=s.json_schema is not None,
             json_schema=None if s.json_schema is None else json.loads(s.json_schema),
             choices=None if s.choices is None else list(s.choices),
+            regex=s.regex,
             min_p=s.min_p,
             repetition_penalty=s.repetition_penalty,
         )

@@ -25,6 +25,7 @@ from server.api.native_models import (
 from server.api.route import Route, json_response, parse_body, parse_query
 from server.api.sse import EventStream
 from server.engine.json_schema import compile_schema
+from server.engine.regex_prefix import Regex
 from server.errors import ApiError, error_body, not_found
 from server.graph import CallDecl, GraphError, Sampling, Submission, Variable, VariableDecl
 from server.keys import CONFIG, EXECUTOR, METRICS, SESSIONS
@@ -198,11 +199,14 @@ def _to_submission(body: GraphSubmission) -> Submission:
         try:
             if s.json_schema is not None:
                 compile_schema(s.json_schema)  # SchemaError names what cannot be followed
+            if s.regex is not None:
+                Regex(s.regex)  # RegexError says what is not supported
             sampling = Sampling(
                 s.max_tokens, s.temperature, s.top_p, s.top_k, s.seed, tuple(s.stop), s.ignore_eos,
                 s.presence_penalty, s.frequency_penalty, tuple(s.logit_bias.items()),
                 None if s.json_schema is None else json.dumps(s.json_schema, sort_keys=True),
-                None if s.choices is None else tuple(s.choices), s.min_p, s.repetition_penalty,
+                None if s.choices is None else tuple(s.choices), s.regex, s.min_p,
+                s.repetition_penalty,
             )  # fmt: skip
         except ValueError as exc:
             raise GraphError(

@@ -34,12 +34,13 @@ class Sampling:
     # output's text follows, or strings one of which each output is exactly
     json_schema: str | None = None
     choices: tuple[str, ...] | None = None
+    regex: str | None = None
     min_p: float = 0.0
     repetition_penalty: float = 1.0
 
     @property
     def constrained(self) -> bool:
-        return self.json_schema is not None or self.choices is not None
+        return any(c is not None for c in (self.json_schema, self.choices, self.regex))
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -57,8 +58,8 @@ class Sampling:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if not self.repetition_penalty > 0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if self.json_schema is not None and self.choices is not None:
-            raise ValueError("give json_schema or choices, not both")
+        if sum(c is not None for c in (self.json_schema, self.choices, self.regex)) > 1:
+            raise ValueError("give one of json_schema, choices and regex, not several")
         if self.constrained and self.ignore_eos:
             raise ValueError("constrained output ends when it is complete: no ignore_eos")
         if self.choices is not None and not (self.choices and all(self.choices)):

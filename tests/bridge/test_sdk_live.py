@@ -206,6 +206,12 @@ def verdict(pet):
     Answer:{{output:verdict}}"""
 
 
+@P.semantic_function(max_tokens=10, temperature=0, regex=r"\d{1,3} (cats|dogs)")
+def count(text):
+    """How many pets in {{input:text}}? {{output:n}}
+    That is all."""
+
+
 def test_constrained_outputs_follow_their_schema_and_choices(url: str, engine: LLMEngine):
     """Semantic calls take a JSON schema or choices; the text after an output marker is then
     no stop string (the constraint ends the output), and the answers equal the engine's."""
@@ -224,6 +230,11 @@ def test_constrained_outputs_follow_their_schema_and_choices(url: str, engine: L
     asked = f"Is this a cat? {text}\nAnswer:"
     assert said == engine.generate([engine.tokenizer.encode(asked)], choice)[0].text
     assert said in ("yes", "no")
+    with P.Session(url):
+        counted = count("my house").get()
+    pattern = SamplingParams(max_tokens=10, temperature=0, regex=r"\d{1,3} (cats|dogs)")
+    asked = "How many pets in my house? "
+    assert counted == engine.generate([engine.tokenizer.encode(asked)], pattern)[0].text
     with P.Session(url):
         with pytest.raises(P.ParrotError, match="pattern cannot be enforced") as e:
             patterned("x").get()

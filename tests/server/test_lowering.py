@@ -52,14 +52,16 @@ def test_inputs_between_outputs_are_appended_before_the_next_output() -> None:
 def test_constrained_outputs_end_by_their_constraint_not_the_following_text() -> None:
     t = parse_template("Q {{input:q}}\nJSON: {{output:j}}\nPick: {{output:p}}. End")
     for sampling in (Sampling(stop=("###",), json_schema='{"type": "object"}'),
-                     Sampling(stop=("###",), choices=("a", "b"))):  # fmt: skip
+                     Sampling(stop=("###",), choices=("a", "b")),
+                     Sampling(stop=("###",), regex="a+")):  # fmt: skip
         call = Call("c", t, {"q": "q"}, {"j": "j", "p": "p"}, sampling=sampling)
         assert [s.stop for s in lower_call(call, {"q": "?"})] == [("###",), ("###",)]
 
 
 def test_constrained_sampling_is_checked() -> None:
     for bad, message in (
-        (dict(json_schema="{}", choices=("a",)), "not both"),
+        (dict(json_schema="{}", choices=("a",)), "not several"),
+        (dict(regex="a", choices=("a",)), "not several"),
         (dict(choices=()), "non-empty"),
         (dict(choices=("a",), ignore_eos=True), "ignore_eos"),
     ):
