@@ -250,10 +250,11 @@ def guided_output(
     guided, choices = extra.get("guided_json"), extra.get("guided_choice")
     regex = extra.get("guided_regex")
     schema = response_schema(body.response_format)
-    asked = [n for n, v in (("response_format", schema), ("guided_json", guided),
+    json_format = (body.response_format or {}).get("type") in ("json_object", "json_schema")
+    asked = [n for n, v in (("response_format", json_format or None), ("guided_json", guided),
                             ("guided_choice", choices), ("guided_regex", regex))
              if v is not None]  # fmt: skip
-    if len(asked) > 1 or (asked and (body.response_format or {}).get("type") == "json_object"):
+    if len(asked) > 1:
         raise bad_request(f"ask for one constrained output, not {', '.join(asked)} together",
                           param=asked[-1])  # fmt: skip
     if choices is not None:

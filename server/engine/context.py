@@ -41,7 +41,7 @@ class Job:
     emitted_text_len: int = 0
     detokenizer: IncrementalDetokenizer | None = None
     generator: torch.Generator | None = None
-    constraint: OutputConstraint | None = None  # sampling.json_object's
+    constraint: OutputConstraint | None = None  # what its sampling's output must follow
     # with sampling.prompt_logprobs: entry i scores prompt token i (entry 0 is None), filled as
     # the prompt's chunks are computed; sent once, with the job's first output after them
     prompt_logprobs: list[TokenLogprob | None] = field(default_factory=lambda: [None])

@@ -1,9 +1,8 @@
 """Constrained generation: the text must be one JSON object (JSON mode), one a schema allows
 (structured outputs), one of a few strings (vLLM's guided_choice) or a match of a regular
-expression (guided_regex). The sampler draws as
-usual and keeps the token if the text can still become what is asked; otherwise that token is
-ruled out and it draws again from what is left (exact rejection sampling; greedy takes the most
-likely token that fits). End-of-sequence fits only once the text is complete, and once nothing
+expression (guided_regex). The sampler draws as usual and keeps the token if the text can
+still become what is asked; otherwise that token is ruled out and it draws again from what is
+left (exact rejection sampling; greedy takes the most likely token that fits). End-of-sequence fits only once the text is complete, and once nothing
 else can follow (a JSON object has closed) only it does."""
 
 from __future__ import annotations

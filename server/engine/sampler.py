@@ -22,7 +22,7 @@ def sample(
 ) -> tuple[list[int], list[TokenLogprob | None]]:
     """One token per row of `logits` ([N, vocab], float32), following each row's settings;
     `outputs[i]` are row i's tokens generated so far (for the penalties); `constraints[i]`, if
-    given and not None, restricts row i to tokens that keep its text JSON or a choice;
+    given and not None, restricts row i to tokens its constraint allows (JSON, choices, regex);
     `contexts[i]` is row i's whole sequence, prompt included (for `repetition_penalty`), and
     `eos_ids` the tokens `min_tokens` holds off. Returns the tokens and, for rows whose
     settings ask for them, their log probabilities (else None)."""
@@ -39,7 +39,7 @@ def sample(
     for i, constraint in enumerate(constraints):
         if constraint is not None:
             p, gen = params[i], generators[i]
-            redraw = None if p.greedy else _redraw(_distribution(logits[i], p), gen)
+            redraw = None if p.greedy else _redraw(logits[i], p, gen)
             tokens[i] = constraint.choose(logits[i], tokens[i], redraw)
     logprobs = [
         None if p.logprobs is None else _logprob(raw[i], tokens[i], p.logprobs)
@@ -104,12 +104,16 @@ def _draw(probs: torch.Tensor, gen: torch.Generator | None) -> int:
 
 
 def _redraw(
-    probs: torch.Tensor, gen: torch.Generator | None
+    row: torch.Tensor, p: SamplingParams, gen: torch.Generator | None
 ) -> Callable[[torch.Tensor], int]:
-    """Draws from `probs` with the banned ids left out (-1 when nothing is left)."""
+    """Draws from the row's distribution with the banned ids left out (-1 when nothing is
+    left); the distribution is computed on the first call (most drawn tokens fit)."""
+    probs: list[torch.Tensor] = []
 
     def draw(banned: torch.Tensor) -> int:
-        left = probs.masked_fill(banned, 0.0)
+        if not probs:
+            probs.append(_distribution(row, p))
+        left = probs[0].masked_fill(banned, 0.0)
         if not float(left.sum()) > 0:
             return -1
         return _draw(left, gen)

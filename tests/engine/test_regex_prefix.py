@@ -44,7 +44,7 @@ def test_bytes_of_one_character_may_arrive_apart_and_bad_utf8_is_refused():
     ("pattern", "message"),
     [("(a", "unclosed group"), ("a{3,2}", "below the minimum"), (r"\1", r"escape \\1"),
      ("(?=a)", "lookaround"), ("[a", "unclosed class"), ("a**", "'\\*' here"),
-     ("a{999}", "more than")],
+     ("a{999}", "more than"), (r"[a-\d]", "ends in a class")],
 )  # fmt: skip
 def test_unsupported_patterns_are_refused_with_the_reason(pattern: str, message: str):
     with pytest.raises(RegexError, match=message):

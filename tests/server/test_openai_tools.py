@@ -132,6 +132,8 @@ def test_past_calls_and_results_render_as_turns(client: openai.OpenAI, engine: L
         ({"extra_body": {"guided_regex": "(?=a)b"}}, "guided_regex", "lookaround"),
         ({"extra_body": {"guided_regex": "a", "guided_choice": ["a"]}}, "guided_regex",
          "guided_choice, guided_regex together"),
+        ({"response_format": {"type": "json_object"}, "extra_body": {"guided_choice": ["a"]}},
+         "guided_choice", "not response_format, guided_choice together"),
         ({"tools": [WEATHER], "extra_body": {"guided_choice": ["a"]}}, "response_format",
          "does not go with tools"),
         ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format",
