@@ -170,7 +170,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     if tools is not None:
         if sampling.json_object or sampling.choices is not None or sampling.regex is not None:
             raise bad_request(
-                "constrained output (a JSON response_format or guided_*) does not go with tools",
+                "constrained output (a JSON response_format, structured_outputs or guided_*) "
+                "does not go with tools",
                 param="response_format",
             )
         sampling = dataclasses.replace(

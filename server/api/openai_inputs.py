@@ -29,7 +29,6 @@ UNSUPPORTED_EXTENSIONS: dict[str, object] = {
     "spaces_between_special_tokens": True, "truncate_prompt_tokens": None,
     "prompt_logprobs": None, "allowed_token_ids": None, "bad_words": None,
     "logits_processors": None, "guided_grammar": None,
-    "structured_outputs": None,
     "guided_whitespace_pattern": None, "vllm_xargs": None,
 }  # fmt: skip
 
@@ -209,11 +208,9 @@ def sampling_of(
         raise bad_request(
             f"min_tokens ({min_tokens}) is more than max_tokens ({max_tokens})", param="min_tokens"
         )
-    json_schema, choices, regex = guided_output(body)
-    json_mode = json_schema is not None or (body.response_format or {}).get("type") in (
-        "json_object", "json_schema")  # fmt: skip
+    guided = guided_output(body)
     for name, value in (("ignore_eos", body.ignore_eos), ("min_tokens", min_tokens)):
-        if value and (json_mode or choices is not None or regex is not None):
+        if value and guided.constrained:
             raise bad_request(f"constrained output ends when it is complete: no {name}",
                               param=name)  # fmt: skip
     return SamplingParams(
@@ -230,55 +227,113 @@ def sampling_of(
         logit_bias=logit_bias_of(driver, body.logit_bias),
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
-        json_object=json_mode,
-        json_schema=json_schema,
-        choices=choices,
-        regex=regex,
+        json_object=guided.json_object,
+        json_schema=guided.schema,
+        choices=guided.choices,
+        regex=guided.regex,
         min_p=body.min_p or 0.0,
         repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
         min_tokens=min_tokens,
     )
 
 
-def guided_output(
-    body: OpenAIRequest,
-) -> tuple[dict[str, Any] | None, list[str] | None, str | None]:
-    """(the JSON schema, the choices, the regular expression) the request's output must
-    follow: `response_format`'s json_schema, or vLLM's `guided_json` (a schema, as an object
-    or as JSON text), `guided_choice` (strings) or `guided_regex`. 400s name the field."""
+def guided_output(body: OpenAIRequest) -> GuidedOutput:
+    """What the request's output must follow: `response_format` (json_object or json_schema),
+    vLLM's `structured_outputs` (`json`: a schema as an object or as JSON text, `json_object`,
+    `choice`, `regex`), or its older `guided_json`, `guided_choice` and `guided_regex`
+    (removed from vLLM 0.12, still taken here). One of them at most; 400s name the field."""
     extra = body.model_extra or {}
-    guided, choices = extra.get("guided_json"), extra.get("guided_choice")
-    regex = extra.get("guided_regex")
-    schema = response_schema(body.response_format)
-    json_format = (body.response_format or {}).get("type") in ("json_object", "json_schema")
-    asked = [n for n, v in (("response_format", json_format or None), ("guided_json", guided),
-                            ("guided_choice", choices), ("guided_regex", regex))
-             if v is not None]  # fmt: skip
+    kind = (body.response_format or {}).get("type")
+    asked: dict[str, tuple[str, object]] = {}  # field -> (what it asks for, its value)
+    if kind in ("json_object", "json_schema"):
+        asked["response_format"] = ("response_format", body.response_format)
+    for name, what in (("guided_json", "json"), ("guided_choice", "choice"),
+                       ("guided_regex", "regex")):  # fmt: skip
+        if extra.get(name) is not None:
+            asked[name] = (what, extra[name])
+    structured = extra.get("structured_outputs")
+    if structured is not None:
+        asked["structured_outputs"] = _structured_outputs(structured)
     if len(asked) > 1:
         raise bad_request(f"ask for one constrained output, not {', '.join(asked)} together",
-                          param=asked[-1])  # fmt: skip
-    if choices is not None:
-        if not (isinstance(choices, list) and choices
-                and all(isinstance(c, str) and c for c in choices)):  # fmt: skip
-            raise bad_request("guided_choice must be a list of non-empty strings",
-                              param="guided_choice")  # fmt: skip
-        return None, choices, None
-    if regex is not None:
-        if not isinstance(regex, str) or not regex:
-            raise bad_request("guided_regex must be a pattern", param="guided_regex")
+                          param=list(asked)[-1])  # fmt: skip
+    if not asked:
+        return GuidedOutput()
+    field, (what, value) = next(iter(asked.items()))
+    param = field if field != "structured_outputs" else f"structured_outputs.{what}"
+    if what == "response_format":
+        return GuidedOutput(json_object=True, schema=response_schema(body.response_format))
+    if what == "json_object":
+        return GuidedOutput(json_object=True)
+    if what == "choice":
+        if not (isinstance(value, list) and value
+                and all(isinstance(c, str) and c for c in value)):  # fmt: skip
+            raise bad_request(f"{param} must be a list of non-empty strings", param=field)
+        return GuidedOutput(choices=value)
+    if what == "regex":
+        if not isinstance(value, str) or not value:
+            raise bad_request(f"{param} must be a pattern", param=field)
         try:
-            Regex(regex)
+            Regex(value)
         except RegexError as exc:
-            raise bad_request(f"guided_regex: {exc}", param="guided_regex") from exc
-        return None, None, regex
-    if guided is not None:
-        if isinstance(guided, str):
-            try:
-                guided = json.loads(guided)
-            except ValueError as exc:
-                raise bad_request(f"guided_json is not JSON: {exc}", param="guided_json") from exc
-        return checked_schema(guided, "guided_json"), None, None
-    return schema, None, None
+            raise bad_request(f"{param}: {exc}", param=field) from exc
+        return GuidedOutput(regex=value)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise bad_request(f"{param} is not JSON: {exc}", param=field) from exc
+    return GuidedOutput(json_object=True, schema=checked_schema(value, param, field))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GuidedOutput:
+    """The constraint a request asks for: JSON (with a schema or without), one of some
+    strings, or a regular expression's match; none when all are unset."""
+
+    json_object: bool = False
+    schema: dict[str, Any] | None = None
+    choices: list[str] | None = None
+    regex: str | None = None
+
+    @property
+    def constrained(self) -> bool:
+        return self.json_object or self.choices is not None or self.regex is not None
+
+
+# vLLM's StructuredOutputsParams fields that change nothing here: our JSON never has extra
+# keys that a schema does not allow, and there is no backend to fall back from.
+_STRUCTURED_NEUTRAL = {"disable_fallback", "disable_additional_properties"}
+_STRUCTURED_KINDS = ("json", "json_object", "choice", "regex")
+
+
+def _structured_outputs(value: object) -> tuple[str, object]:
+    """(which of json, json_object, choice and regex, its value) of vLLM's
+    `structured_outputs`; a 400 for what this server cannot follow (grammar,
+    structural_tag, whitespace_pattern, ...)."""
+    param = "structured_outputs"
+    if not isinstance(value, dict):
+        raise bad_request(f"{param} must be an object such as {{\"json\": {{...}}}}", param=param)
+    kinds = []
+    for key, item in value.items():
+        if item is None or item is False or key in _STRUCTURED_NEUTRAL:
+            continue
+        if key not in _STRUCTURED_KINDS:
+            raise bad_request(
+                f"{param}.{key} is not supported by this server (it follows "
+                f"{', '.join(_STRUCTURED_KINDS)})",
+                param=param,
+            )
+        kinds.append(key)
+    if len(kinds) != 1:
+        raise bad_request(
+            f"{param} must ask for exactly one of {', '.join(_STRUCTURED_KINDS)}, got "
+            f"{', '.join(kinds) or 'none'}",
+            param=param,
+        )
+    if kinds[0] == "json_object" and value["json_object"] is not True:
+        raise bad_request(f"{param}.json_object must be true", param=param)
+    return kinds[0], value[kinds[0]]
 
 
 def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -296,12 +351,13 @@ def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | 
     return checked_schema(schema, "response_format")
 
 
-def checked_schema(schema: object, param: str) -> dict[str, Any]:
-    """`schema`, if the decoder can follow it; a 400 naming `param` and the place otherwise."""
+def checked_schema(schema: object, name: str, param: str | None = None) -> dict[str, Any]:
+    """`schema`, if the decoder can follow it; a 400 naming `name` and the place otherwise
+    (its `param` is `param`, `name` by default)."""
     try:
         compile_schema(schema)
     except SchemaError as exc:
-        raise bad_request(f"{param}: the schema {exc}", param=param) from exc
+        raise bad_request(f"{name}: the schema {exc}", param=param or name) from exc
     assert isinstance(schema, dict)
     return schema
 

@@ -142,6 +142,24 @@ def test_past_calls_and_results_render_as_turns(client: openai.OpenAI, engine: L
          "ignore_eos", "constrained output ends"),
         ({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}]},
          "messages", "messages[0].tool_calls[0]"),
+        ({"extra_body": {"structured_outputs": {"grammar": "root ::= 'a'"}}},
+         "structured_outputs", "structured_outputs.grammar is not supported"),
+        ({"extra_body": {"structured_outputs": {"choice": ["a"], "regex": "a"}}},
+         "structured_outputs", "exactly one of json, json_object, choice, regex, got choice, regex"),
+        ({"extra_body": {"structured_outputs": {"whitespace_pattern": " ", "json_object": True}}},
+         "structured_outputs", "whitespace_pattern is not supported"),
+        ({"extra_body": {"structured_outputs": "json"}}, "structured_outputs", "must be an object"),
+        ({"extra_body": {"structured_outputs": {"json": {"type": "string", "pattern": "a"}}}},
+         "structured_outputs", "structured_outputs.json: the schema"),
+        ({"extra_body": {"structured_outputs": {"regex": "(?=a)"}}}, "structured_outputs",
+         "structured_outputs.regex: "),
+        ({"extra_body": {"structured_outputs": {"choice": []}}}, "structured_outputs",
+         "structured_outputs.choice must be a list"),
+        ({"response_format": {"type": "json_object"},
+          "extra_body": {"structured_outputs": {"choice": ["a"]}}},
+         "structured_outputs", "not response_format, structured_outputs together"),
+        ({"tools": [WEATHER], "extra_body": {"structured_outputs": {"json_object": True}}},
+         "response_format", "does not go with tools"),
     ],
 )  # fmt: skip
 def test_bad_tool_requests_are_400s_naming_the_field(client: openai.OpenAI, extra, param, message):
@@ -271,6 +289,29 @@ def test_vllm_guided_regex(client: openai.OpenAI, engine: LLMEngine):
     assert done.choices[0].message.content == ref.text
     if ref.finish_reason == "stop":
         assert re.fullmatch(pattern, ref.text)
+
+
+def test_vllm_structured_outputs(client: openai.OpenAI, engine: LLMEngine):
+    """vLLM 0.12's `structured_outputs` asks for what the guided_* fields did, on both routes."""
+    ids = engine.tokenizer.encode(engine.tokenizer.apply_chat_template(ASK, True))
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    cases = [
+        ({"choice": ["sunny", "rainy"]}, {"choices": ["sunny", "rainy"]}),
+        ({"regex": r"\d{2} ?C"}, {"regex": r"\d{2} ?C"}),
+        ({"json": schema}, {"json_object": True, "json_schema": schema}),
+        ({"json": json.dumps(schema), "disable_fallback": True},
+         {"json_object": True, "json_schema": schema}),
+        ({"json_object": True, "json": None}, {"json_object": True}),
+    ]  # fmt: skip
+    for asked, sampling in cases:
+        ref = engine.generate([ids], SamplingParams(max_tokens=20, temperature=0, **sampling))[0]
+        done = client.chat.completions.create(model="tiny", messages=ASK, max_tokens=20,
+            temperature=0, extra_body={"structured_outputs": asked})  # fmt: skip
+        assert done.choices[0].message.content == ref.text, asked
+    ref = engine.generate([ids], SamplingParams(max_tokens=20, temperature=0, choices=["a b"]))[0]
+    done = client.completions.create(model="tiny", prompt=ids, max_tokens=20, temperature=0,
+                                     extra_body={"structured_outputs": {"choice": ["a b"]}})
+    assert done.choices[0].text == ref.text == "a b"
 
 
 def test_vllm_guided_choice_and_guided_json(client: openai.OpenAI, engine: LLMEngine):
