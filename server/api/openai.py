@@ -21,9 +21,11 @@ from server.api.openai_inputs import (
     completion_logprobs_asked,
     completion_prompts,
     encode_prompt,
+    message_text,
     refuse_extensions,
     samples_of,
     sampling_of,
+    truncated_prompt,
 )
 from server.api.openai_models import (
     AssistantMessage,
@@ -101,6 +103,11 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         raise bad_request("best_of is not supported (only equal to n)", param="best_of")
     driver = request.app[DRIVER]
     prompts, prompt_ids = completion_prompts(driver, body.prompt)
+    if body.truncate_prompt_tokens is not None:
+        kept = [truncated_prompt(driver, body, ids) for ids in prompt_ids]
+        prompts = [p if len(k) == len(ids) else driver.tokenizer.decode(k)
+                   for p, k, ids in zip(prompts, kept, prompt_ids, strict=True)]  # fmt: skip
+        prompt_ids = kept
     n = body.n or 1
     logprobs = completion_logprobs_asked(body)
     echo = _Echo.of(body, n, logprobs)
@@ -160,7 +167,9 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     tools = ToolRequest.of(body.tools, body.tool_choice, body.parallel_tool_calls)
     refuse_extensions(body, UNSUPPORTED_CHAT_EXTENSIONS)
     driver = request.app[DRIVER]
-    ids = encode_prompt(driver, chat_prompt(driver, body, tools), "messages")
+    ids = truncated_prompt(driver, body, encode_prompt(driver, chat_prompt(driver, body, tools),
+                                                       "messages"))  # fmt: skip
+    echoed = _chat_echo(body, tools)
     requested = body.max_completion_tokens or body.max_tokens
     max_tokens = requested or max(1, driver.max_model_len - len(ids))  # default: fill the context
     logprobs = chat_logprobs_asked(body)
@@ -183,7 +192,9 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     request.app[METRICS].prompt_tokens.inc(len(ids))
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model
     if body.stream:
-        return await _stream_chat(request, driver, ids, samplings, cid, body, timing, tools)
+        return await _stream_chat(
+            request, driver, ids, samplings, cid, body, timing, tools, echoed
+        )
     done = await unless_disconnected(request, _run(request.app[ENGINES], ids, samplings, timing))
     finals = [f for f, _ in done]
     choices = [
@@ -192,7 +203,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
             logprobs=None if logprobs is None else chat_logprobs(driver.tokenizer, lps),
         )
         for i, (f, lps) in enumerate(done)
-        for message, reason in [_answer(f, tools)]
+        for message, reason in [_answer(f, tools, echoed)]
     ]
     return json_response(
         ChatCompletion(id=cid, created=created, model=model, choices=choices,
@@ -212,9 +223,11 @@ async def _stream_chat(
     body: ChatCompletionRequest,
     timing: RequestTiming,
     tools: ToolRequest | None,
+    echoed: str = "",
 ) -> web.StreamResponse:
     """With tools, each choice's text goes through its own `ToolCallParser`: content as it
-    comes (a possible `<tool_call>` held back), each call whole once its block closes."""
+    comes (a possible `<tool_call>` held back), each call whole once its block closes. An
+    `echo`ed message comes first, in a chunk of its own (it has no logprobs)."""
     created = int(time.time())
 
     asked = samplings[0].logprobs is not None
@@ -255,6 +268,10 @@ async def _stream_chat(
     with contextlib.suppress(ConnectionError):
         for index in range(len(samplings)):
             await stream.send(chunk(index, ChatDelta(role="assistant", content="")))
+            if echoed:
+                choice = ChatChunkChoice(index=index, delta=ChatDelta(content=echoed))
+                await stream.send(ChatCompletionChunk(id=cid, created=created, model=body.model,
+                                                      choices=[choice]))  # fmt: skip
         finals: dict[int, JobOutput] = {}
         outputs = _outputs(stream, request.app[ENGINES], [ids], [samplings], timing)
         async for index, out in outputs:
@@ -545,11 +562,27 @@ def _parser(tools: ToolRequest | None) -> ToolCallParser | None:
     return parser
 
 
-def _answer(final: JobOutput, tools: ToolRequest | None) -> tuple[AssistantMessage, str]:
-    """The assistant message of a finished choice and its finish_reason."""
+def _chat_echo(body: ChatCompletionRequest, tools: ToolRequest | None) -> str:
+    """vLLM's chat `echo`: the final message's content, when that message has the answer's
+    role (the assistant's with a generation prompt; the final message's own without one)."""
+    if not body.echo:
+        return ""
+    if tools is not None:
+        raise bad_request("echo does not go with tools", param="echo")
+    last = body.messages[-1]
+    if body.add_generation_prompt and last.role != "assistant":
+        return ""
+    return message_text(last.content, len(body.messages) - 1)
+
+
+def _answer(
+    final: JobOutput, tools: ToolRequest | None, echoed: str = ""
+) -> tuple[AssistantMessage, str]:
+    """The assistant message of a finished choice (after the echoed text, if any) and its
+    finish_reason."""
     parser = _parser(tools)
     if parser is None:
-        return AssistantMessage(content=final.text), _reason(final)
+        return AssistantMessage(content=echoed + final.text), _reason(final)
     content, _ = parser.feed(final.text)
     rest, _ = parser.finish()
     calls = [

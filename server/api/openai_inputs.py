@@ -24,17 +24,14 @@ from server.errors import bad_request
 # vLLM's request extensions the engine cannot honour, with the values that change nothing
 # (None always does): any other value gets a 400 rather than a silently different result
 UNSUPPORTED_EXTENSIONS: dict[str, object] = {
-    "use_beam_search": False,
-    "length_penalty": 1, "include_stop_str_in_output": False, "skip_special_tokens": True,
-    "spaces_between_special_tokens": True, "truncate_prompt_tokens": None,
-    "prompt_logprobs": None, "allowed_token_ids": None, "bad_words": None,
-    "logits_processors": None, "guided_grammar": None,
+    "use_beam_search": False, "length_penalty": 1, "spaces_between_special_tokens": True,
+    "prompt_logprobs": None, "logits_processors": None, "guided_grammar": None,
     "guided_whitespace_pattern": None, "vllm_xargs": None,
 }  # fmt: skip
 
 
 UNSUPPORTED_CHAT_EXTENSIONS: dict[str, object] = {
-    "echo": False, "chat_template": None, "documents": None, "mm_processor_kwargs": None,
+    "chat_template": None, "documents": None, "mm_processor_kwargs": None,
 }
 
 
@@ -203,6 +200,10 @@ def sampling_of(
         raise bad_request("stop strings must not be empty", param="stop")
     stop_ids = body.stop_token_ids or []
     check_token_ids(driver, stop_ids, "stop_token_ids")
+    if body.allowed_token_ids is not None:
+        if not body.allowed_token_ids:
+            raise bad_request("allowed_token_ids must not be empty", param="allowed_token_ids")
+        check_token_ids(driver, body.allowed_token_ids, "allowed_token_ids")
     min_tokens = body.min_tokens or 0
     if min_tokens > max_tokens:
         raise bad_request(
@@ -234,7 +235,39 @@ def sampling_of(
         min_p=body.min_p or 0.0,
         repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
         min_tokens=min_tokens,
+        include_stop_str_in_output=body.include_stop_str_in_output,
+        skip_special_tokens=body.skip_special_tokens,
+        allowed_token_ids=body.allowed_token_ids,
+        bad_words_token_ids=bad_words_token_ids(driver, body.bad_words),
     )
+
+
+def bad_words_token_ids(driver: EngineDriver, words: list[str] | None) -> list[list[int]]:
+    """Each bad word's tokens as written at the start of a text and after a space (the two
+    ways byte-level BPE tokenizes a word), without repeats; 400 for an empty word."""
+    found: list[list[int]] = []
+    for k, word in enumerate(words or []):
+        if not word.strip():
+            raise bad_request(f"bad_words[{k}] is empty", param="bad_words")
+        for text in (word.lstrip(), " " + word.lstrip()):
+            ids = driver.encode(text)
+            if ids and ids not in found:
+                found.append(ids)
+    return found
+
+
+def truncated_prompt(driver: EngineDriver, body: OpenAIRequest, ids: list[int]) -> list[int]:
+    """vLLM's `truncate_prompt_tokens`: the prompt's last k tokens (-1: the model's maximum
+    context length)."""
+    k = body.truncate_prompt_tokens
+    if k is None:
+        return ids
+    if k == 0:
+        raise bad_request("truncate_prompt_tokens must be -1 or at least 1",
+                          param="truncate_prompt_tokens")  # fmt: skip
+    if k == -1:
+        k = driver.max_model_len
+    return ids[-k:]
 
 
 def guided_output(body: OpenAIRequest) -> GuidedOutput:

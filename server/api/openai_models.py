@@ -58,6 +58,21 @@ class OpenAIRequest(BaseModel):
     min_tokens: int | None = Field(
         None, ge=0, description="vLLM's: no EOS, stop id or stop string before this many."
     )
+    include_stop_str_in_output: bool = Field(
+        False, description="vLLM's: the text keeps the stop string (or stop token) that ended it."
+    )
+    skip_special_tokens: bool = Field(
+        True, description="vLLM's: false keeps special tokens' text (e.g. <|im_start|>)."
+    )
+    allowed_token_ids: list[int] | None = Field(
+        None, description="vLLM's: only these token ids are generated."
+    )
+    bad_words: list[str] | None = Field(
+        None, description="vLLM's: words never generated (as written, and after a space)."
+    )
+    truncate_prompt_tokens: int | None = Field(
+        None, ge=-1, description="vLLM's: keep the prompt's last k tokens (-1: what fits)."
+    )
 
 
 def _token_ids(value: object) -> bool:
@@ -127,6 +142,11 @@ class ChatCompletionRequest(OpenAIRequest):
     )
     chat_template_kwargs: dict[str, Any] | None = Field(
         None, description="vLLM's: more variables for the chat template."
+    )
+    echo: bool = Field(
+        False,
+        description="vLLM's: the answer starts with the final message's content when that "
+        "message has the answer's role (with continue_final_message, say).",
     )
 
 

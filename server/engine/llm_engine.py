@@ -219,9 +219,14 @@ class LLMEngine:
                 f"max_model_len is {self.max_model_len}"
             )
         vocab = self.model_config.vocab_size
-        bad = next((t for t in sampling.logit_bias if t >= vocab), None)
-        if bad is not None:
-            raise ValueError(f"logit_bias: token id {bad} is outside the vocabulary (size {vocab})")
+        for name, ids in (
+            ("logit_bias", sampling.logit_bias),
+            ("allowed_token_ids", sampling.allowed_token_ids or ()),
+            ("bad_words_token_ids", [t for word in sampling.bad_words_token_ids for t in word]),
+        ):
+            bad = next((t for t in ids if t >= vocab), None)
+            if bad is not None:
+                raise ValueError(f"{name}: token id {bad} is outside the vocabulary (size {vocab})")
         worst = length + sampling.max_tokens
         if -(-min(worst, self.max_model_len) // self.config.block_size) > self.blocks.num_blocks:
             raise ValueError(
@@ -229,7 +234,7 @@ class LLMEngine:
                 f"({self.blocks.num_blocks * self.config.block_size} tokens)"
             )
         job = Job(next(self._job_ids), JobKind.GENERATE, priority, sampling=sampling)
-        job.detokenizer = self.tokenizer.detokenizer()
+        job.detokenizer = self.tokenizer.detokenizer(sampling.skip_special_tokens)
         job.free_on_finish = free_on_finish
         job.hold_latency_s = hold_latency_s
         if sampling.seed is not None and not sampling.greedy:
@@ -589,16 +594,19 @@ class LLMEngine:
             reason = "length"
         detok = job.detokenizer
         assert detok is not None
-        if reason != "stop":  # a stop token's text is not part of the output (as vLLM's)
+        if reason != "stop" or sp.include_stop_str_in_output:
+            # a stop token's text is not part of the output unless asked (as vLLM's)
             detok.add(token)  # releases text only up to the last complete character
         if reason is not None:
             detok.finish()
         text = detok.text
         if sp.stop and len(job.output_token_ids) >= sp.min_tokens:
             searched_from = max(0, len(job.text) - max(len(s) for s in sp.stop) + 1)
-            hits = [i for i in (text.find(s, searched_from) for s in sp.stop) if i >= 0]
+            hits = [(i, -len(s)) for s in sp.stop if (i := text.find(s, searched_from)) >= 0]
             if hits:
-                text, reason = text[: min(hits)], "stop"
+                at, minus_len = min(hits)  # the first; of two there, the longer
+                end = at - minus_len if sp.include_stop_str_in_output else at
+                text, reason = text[:end], "stop"
         job.text = text
         if reason is not None:
             job.finish_reason = reason

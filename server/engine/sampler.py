@@ -56,8 +56,8 @@ def _adjusted(
     eos_ids: frozenset[int],
 ) -> torch.Tensor:
     """The repetition penalty (over the whole context), OpenAI's penalties (minus frequency x
-    count, minus presence once a token appeared in the output), its logit bias, then min_tokens'
-    ban on ending."""
+    count, minus presence once a token appeared in the output), its logit bias, then the bans:
+    min_tokens' on ending, tokens outside allowed_token_ids, a bad word's completion."""
     logits = logits.clone()
     for i, (p, generated) in enumerate(zip(params, outputs, strict=True)):
         if p.repetition_penalty != 1.0:
@@ -76,7 +76,27 @@ def _adjusted(
         if len(generated) < p.min_tokens:
             ends = [t for t in eos_ids | set(p.stop_token_ids) if t < logits.shape[1]]
             logits[i, ends] = float("-inf")
+        if p.allowed_token_ids is not None:
+            allowed = torch.tensor(p.allowed_token_ids, device=logits.device, dtype=torch.long)
+            keep = logits[i, allowed]
+            logits[i] = float("-inf")
+            logits[i, allowed] = keep
+        banned = _bad_word_ends(p.bad_words_token_ids, generated, logits.shape[1])
+        if banned:
+            logits[i, banned] = float("-inf")
     return logits
+
+
+def _bad_word_ends(words: list[list[int]], generated: Sequence[int], vocab: int) -> list[int]:
+    """The tokens that would complete one of `words` right after `generated`."""
+    ends = []
+    for word in words:
+        head = len(word) - 1
+        if word[-1] < vocab and (
+            head == 0 or (len(generated) >= head and list(generated[-head:]) == word[:-1])
+        ):
+            ends.append(word[-1])
+    return ends
 
 
 def _logprob(row: torch.Tensor, token: int, top: int) -> TokenLogprob:

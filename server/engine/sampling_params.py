@@ -48,7 +48,11 @@ class SamplingParams:
     likely as the likeliest (after temperature, top-k and top-p); `repetition_penalty` divides
     the positive logits (multiplies the negative ones) of every token already in the context,
     prompt included; `min_tokens` forbids EOS and the stop token ids, and ignores stop strings,
-    until that many tokens are generated.
+    until that many tokens are generated. `include_stop_str_in_output` keeps a stop string (and
+    a stop token's text) at the end of the text; `skip_special_tokens` False keeps special
+    tokens' text (such as `<|im_start|>`) in it. `allowed_token_ids` restricts every sampled
+    token to these ids. `bad_words_token_ids` are token sequences never generated: a sequence's
+    last token is ruled out wherever the output ends with the tokens before it.
     """
 
     max_tokens: int = 16
@@ -71,6 +75,10 @@ class SamplingParams:
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     min_tokens: int = 0
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    allowed_token_ids: list[int] | None = None
+    bad_words_token_ids: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -116,6 +124,12 @@ class SamplingParams:
             raise ValueError("choices must be non-empty strings")
         if any(constraints) and self.ignore_eos:
             raise ValueError("constrained output ends when it is complete: no ignore_eos")
+        if self.allowed_token_ids is not None and not (
+            self.allowed_token_ids and all(t >= 0 for t in self.allowed_token_ids)
+        ):
+            raise ValueError("allowed_token_ids must be a non-empty list of token ids (>= 0)")
+        if any(not ids or min(ids) < 0 for ids in self.bad_words_token_ids):
+            raise ValueError("bad_words_token_ids must be non-empty lists of token ids (>= 0)")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= MAX_LOGPROBS:
@@ -131,10 +145,13 @@ class SamplingParams:
 
     @property
     def adjusts_logits(self) -> bool:
-        """Penalties, a logit bias or min_tokens change the logits before sampling."""
+        """Penalties, a logit bias, min_tokens, allowed ids or bad words change the logits
+        before sampling."""
         return (
             self.penalized
             or bool(self.logit_bias)
             or self.repetition_penalty != 1.0
             or self.min_tokens > 0
+            or self.allowed_token_ids is not None
+            or bool(self.bad_words_token_ids)
         )

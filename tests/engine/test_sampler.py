@@ -233,3 +233,78 @@ def test_draws_follow_the_distribution_and_never_take_a_zero() -> None:
     assert [_draw(probs, again) for _ in range(50)] == [
         _draw(probs, g) for g in [torch.Generator().manual_seed(0)] for _ in range(50)
     ]
+
+
+def test_allowed_token_ids_restrict_greedy_and_sampled_rows() -> None:
+    logits = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    greedy = SamplingParams(temperature=0, allowed_token_ids=[2, 4])
+    assert sample(logits, [greedy], [None], [[]])[0] == [2]
+    sampled = SamplingParams(temperature=1.5, allowed_token_ids=[1, 3])
+    gen = torch.Generator().manual_seed(3)
+    drawn = {sample(logits, [sampled], [gen], [[]])[0][0] for _ in range(200)}
+    assert drawn == {1, 3}
+    with pytest.raises(ValueError, match="allowed_token_ids"):
+        SamplingParams(allowed_token_ids=[])
+
+
+def test_a_bad_words_last_token_is_banned_only_after_its_first_ones() -> None:
+    logits = torch.tensor([[1.0, 5.0, 4.0, 3.0]])
+    sp = SamplingParams(temperature=0, bad_words_token_ids=[[2, 1], [3]])
+    assert sample(logits, [sp], [None], [[0]])[0] == [1]  # "2 1" not begun: 1 is fine
+    assert sample(logits, [sp], [None], [[0, 2]])[0] == [2]  # after 2, 1 would complete it
+    never = SamplingParams(temperature=0, bad_words_token_ids=[[1], [2]])
+    assert sample(logits, [never], [None], [[]])[0] == [3]
+    with pytest.raises(ValueError, match="bad_words_token_ids"):
+        SamplingParams(bad_words_token_ids=[[]])
+
+
+def test_the_engine_keeps_stop_strings_special_tokens_and_bans_words_when_asked(tiny_llama_path):
+    """include_stop_str_in_output, skip_special_tokens, allowed_token_ids and bad words on the
+    tiny model, each against its plain greedy run."""
+    from server.engine import LLMEngine
+
+    engine = LLMEngine.from_pretrained(str(tiny_llama_path))
+    tok = engine.tokenizer
+    prompt = tok.encode("The parrot")
+    plain = engine.generate([prompt], SamplingParams(max_tokens=24, temperature=0,
+                                                     ignore_eos=True))[0]  # fmt: skip
+    ids, text = plain.token_ids, plain.text
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    assert stop.strip() and text.find(stop) > 0
+    for include, end in ((False, text.find(stop)), (True, text.find(stop) + len(stop))):
+        sp = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True, stop=[stop],
+                            include_stop_str_in_output=include)  # fmt: skip
+        out = engine.generate([prompt], sp)[0]
+        assert (out.text, out.finish_reason) == (text[:end], "stop")
+    # a stop token's text, kept when asked
+    k = next(i for i in range(3, len(ids)) if tok.decode(ids[i : i + 1]).strip())
+    for include in (False, True):
+        sp = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True,
+                            stop_token_ids=[ids[k]], include_stop_str_in_output=include)  # fmt: skip
+        out = engine.generate([prompt], sp)[0]
+        first = ids.index(ids[k])
+        assert out.token_ids == ids[: first + 1]
+        assert out.text == tok.decode(ids[: first + int(include)])
+    # a special token forced by a logit bias: its text only with skip_special_tokens False
+    special = tok.encode("<|im_start|>")
+    assert len(special) == 1
+    for skip in (True, False):
+        sp = SamplingParams(max_tokens=3, temperature=0, logit_bias={special[0]: 100.0},
+                            skip_special_tokens=skip)  # fmt: skip
+        out = engine.generate([prompt], sp)[0]
+        assert out.token_ids == special * 3
+        assert out.text == ("" if skip else "<|im_start|>" * 3)
+    # allowed ids: the greedy pick among them, as a +100 bias on them picks it
+    allowed = sorted(set(ids[1:6]) | {5, 17, 40})
+    sp = SamplingParams(max_tokens=12, temperature=0, allowed_token_ids=allowed)
+    biased = SamplingParams(max_tokens=12, temperature=0,
+                            logit_bias=dict.fromkeys(allowed, 100.0))  # fmt: skip
+    out, ref = engine.generate([prompt, prompt], [sp, biased])
+    assert out.token_ids == ref.token_ids and set(out.token_ids) <= set(allowed)
+    # a bad word (two tokens from the plain output): the output leaves it at its last token
+    word = ids[4:6]
+    out = engine.generate([prompt], SamplingParams(max_tokens=24, temperature=0,
+                                                   ignore_eos=True,
+                                                   bad_words_token_ids=[word]))[0]  # fmt: skip
+    assert out.token_ids[:5] == ids[:5] and out.token_ids[5] != ids[5]
+    assert all(out.token_ids[i : i + 2] != word for i in range(len(out.token_ids) - 1))

@@ -558,6 +558,77 @@ def test_vllm_sampling_extensions_are_honoured_or_refused(
         client.completions.create(**kw, extra_body={"min_tokens": 99})
 
 
+def test_vllm_output_extensions_reach_the_engine(client: openai.OpenAI, engine: LLMEngine):
+    """include_stop_str_in_output, skip_special_tokens, allowed_token_ids, bad_words and
+    truncate_prompt_tokens: each request's text equals the engine's run with those settings."""
+    tok = engine.tokenizer
+    prompt = "The parrot said"
+    ids = tok.encode(prompt)
+    plain = engine.generate([ids], SamplingParams(max_tokens=20, temperature=0,
+                                                  ignore_eos=True))[0]  # fmt: skip
+    stop = plain.text[8:11]
+    word = tok.decode(plain.token_ids[2:4]).strip()
+    special = tok.encode("<|im_start|>")[0]
+    words = [w for t in (word, " " + word) if (w := tok.encode(t))]
+    cases = [
+        ({"stop": [stop], "include_stop_str_in_output": True},
+         {"stop": [stop], "include_stop_str_in_output": True}),
+        ({"logit_bias": {str(special): 100}, "skip_special_tokens": False},
+         {"logit_bias": {special: 100.0}, "skip_special_tokens": False}),
+        ({"allowed_token_ids": [5, 17, 40, *plain.token_ids[3:6]]},
+         {"allowed_token_ids": [5, 17, 40, *plain.token_ids[3:6]]}),
+        ({"bad_words": [word]}, {"bad_words_token_ids": [w for i, w in enumerate(words)
+                                                         if w not in words[:i]]}),
+    ]  # fmt: skip
+    for asked, sampling in cases:
+        done = client.completions.create(model="tiny", prompt=prompt, max_tokens=20,
+                                         temperature=0, extra_body={"ignore_eos": True, **asked})
+        ref = engine.generate([ids], SamplingParams(max_tokens=20, temperature=0,
+                                                    ignore_eos=True, **sampling))[0]  # fmt: skip
+        assert done.choices[0].text == ref.text, asked
+    assert stop in plain.text and done.choices[0].text != plain.text  # the bad word moved it
+    # the prompt's last 3 tokens only, on both routes
+    cut = client.completions.create(model="tiny", prompt=ids, max_tokens=6, temperature=0,
+                                    echo=True, extra_body={"truncate_prompt_tokens": 3})
+    ref = engine.generate([ids[-3:]], SamplingParams(max_tokens=6, temperature=0))[0]
+    assert cut.usage.prompt_tokens == 3
+    assert cut.choices[0].text == tok.decode(ids[-3:]) + ref.text
+    chat = client.chat.completions.create(model="tiny", max_tokens=2,
+                                          messages=[{"role": "user", "content": "Hi " * 30}],
+                                          extra_body={"truncate_prompt_tokens": 7})  # fmt: skip
+    assert chat.usage.prompt_tokens == 7
+    for extra, param in (({"allowed_token_ids": [10**7]}, "allowed_token_ids"),
+                         ({"allowed_token_ids": []}, "allowed_token_ids"),
+                         ({"bad_words": [" "]}, "bad_words"),
+                         ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens")):  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model="tiny", prompt=prompt, max_tokens=2, extra_body=extra)
+        assert err.value.body["param"] == param  # type: ignore[index]
+
+
+def test_chat_echo_starts_the_answer_with_the_final_message(
+    client: openai.OpenAI, engine: LLMEngine
+) -> None:
+    messages = [{"role": "user", "content": "Name a bird."},
+                {"role": "assistant", "content": "A bird: the"}]  # fmt: skip
+    extra = {"continue_final_message": True, "add_generation_prompt": False, "echo": True}
+    whole = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=False)
+    inside = whole[: whole.rindex("A bird: the") + len("A bird: the")]
+    want = "A bird: the" + greedy(engine, inside, 6).text
+    done = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6,
+                                          temperature=0, extra_body=extra)  # fmt: skip
+    assert done.choices[0].message.content == want
+    chunks = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6,
+                                            temperature=0, extra_body=extra, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
+    # a new assistant turn has another role than the user's final message: nothing echoed
+    user = messages[:1]
+    plain = client.chat.completions.create(model="tiny", messages=user, max_tokens=6,
+                                           temperature=0, extra_body={"echo": True})
+    prompt = engine.tokenizer.apply_chat_template(user, add_generation_prompt=True)
+    assert plain.choices[0].message.content == greedy(engine, prompt, 6).text
+
+
 def test_chat_template_extensions(client: openai.OpenAI, engine: LLMEngine) -> None:
     """vLLM's add_generation_prompt=false and continue_final_message=true: the prompt ends
     after the last message, or inside it (the completion continues the assistant's text)."""
