@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from server.api.openai_models import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
+from server.api.openai_models import (
+    ChatLogprobs,
+    ChatTokenLogprob,
+    CompletionLogprobs,
+    PromptLogprob,
+    TopLogprob,
+)
 from server.engine import TokenLogprob
 from server.engine.tokenizer import Tokenizer
 
@@ -16,6 +22,7 @@ def completion_logprobs(
     base: int = 0,
     first_token_id: int | None = None,
     starts: Sequence[int] | None = None,
+    skip_special_tokens: bool = True,
 ) -> CompletionLogprobs:
     """`top_logprobs` maps each alternative's text to its logprob and always holds the
     chosen token (so up to N + 1 entries, as OpenAI's). `text_offset`: `base` plus where each
@@ -23,10 +30,11 @@ def completion_logprobs(
     detokenizing these tokens as the engine does, not by the length of each token's own text (a
     token holding part of a character shows as escapes, `\\xe2`, but adds to the text only with
     the token that completes the character; a special token adds nothing). A None entry is an
-    echoed prompt's first token (`first_token_id`), which has no probability."""
+    echoed prompt's first token (`first_token_id`), which has no probability.
+    `skip_special_tokens` is the request's: whether special tokens add their text."""
     ids = [first_token_id if entry is None else entry.token_id for entry in logprobs]
     if starts is None:
-        starts = _text_starts(tokenizer, ids)
+        starts = _text_starts(tokenizer, ids, skip_special_tokens)
     tokens, values, tops = [], [], []
     for entry, token_id in zip(logprobs, ids, strict=True):
         text = "" if token_id is None else token_text(tokenizer, token_id)
@@ -55,6 +63,28 @@ def joined(first: CompletionLogprobs, second: CompletionLogprobs) -> CompletionL
     )
 
 
+def prompt_logprobs(
+    tokenizer: Tokenizer, entries: Sequence[TokenLogprob | None], top: int
+) -> list[dict[str, PromptLogprob] | None]:
+    """vLLM's `prompt_logprobs`: per prompt token (the first has none: null) its token id
+    (as text) -> logprob, rank and text, for the token itself and its `top` most likely
+    alternatives."""
+    out: list[dict[str, PromptLogprob] | None] = []
+    for entry in entries:
+        if entry is None:
+            out.append(None)
+            continue
+        scores = {str(entry.token_id): PromptLogprob(
+            logprob=entry.logprob, rank=entry.rank, decoded_token=token_text(tokenizer, entry.token_id)
+        )}  # fmt: skip
+        for rank, (token_id, logprob) in enumerate(entry.top[:top], start=1):
+            scores.setdefault(str(token_id), PromptLogprob(
+                logprob=logprob, rank=rank, decoded_token=token_text(tokenizer, token_id)
+            ))  # fmt: skip
+        out.append(scores)
+    return out
+
+
 def chat_logprobs(tokenizer: Tokenizer, logprobs: Sequence[TokenLogprob]) -> ChatLogprobs:
     """One object per token with its UTF-8 bytes (a token may hold part of a character) and
     its most likely alternatives, as many as asked for."""
@@ -79,8 +109,8 @@ class HeldLogprobs:
     decode to U+FFFD (3 bytes), so byte counts drift from the text. A token whose text is empty
     (a skipped special token) goes with the next chunk that has text."""
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self._detokenizer = tokenizer.detokenizer()
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True) -> None:
+        self._detokenizer = tokenizer.detokenizer(skip_special_tokens)
         # (entry, where its text starts, text length at its end)
         self._placed: list[tuple[TokenLogprob, int, int]] = []
         self._unplaced: list[tuple[TokenLogprob, int]] = []  # their text is not released yet
@@ -116,9 +146,11 @@ def token_text(tokenizer: Tokenizer, token_id: int) -> str:
     return tokenizer.token_bytes(token_id).decode("utf-8", errors="backslashreplace")
 
 
-def _text_starts(tokenizer: Tokenizer, token_ids: Sequence[int | None]) -> list[int]:
+def _text_starts(
+    tokenizer: Tokenizer, token_ids: Sequence[int | None], skip_special_tokens: bool = True
+) -> list[int]:
     """Where each token's text starts in the text of them all, as the engine detokenizes."""
-    detokenizer, starts = tokenizer.detokenizer(), []
+    detokenizer, starts = tokenizer.detokenizer(skip_special_tokens), []
     for token_id in token_ids:
         starts.append(len(detokenizer.text))
         if token_id is not None:

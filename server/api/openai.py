@@ -12,7 +12,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from server.api.disconnect import unless_disconnected
-from server.api.logprobs import HeldLogprobs, chat_logprobs, completion_logprobs, joined
+from server.api.logprobs import (
+    HeldLogprobs,
+    chat_logprobs,
+    completion_logprobs,
+    joined,
+    prompt_logprobs,
+)
 from server.api.openai_inputs import (
     UNSUPPORTED_CHAT_EXTENSIONS,
     UNSUPPORTED_EXTENSIONS,
@@ -22,6 +28,7 @@ from server.api.openai_inputs import (
     completion_prompts,
     encode_prompt,
     message_text,
+    prompt_logprobs_asked,
     refuse_extensions,
     samples_of,
     sampling_of,
@@ -112,11 +119,12 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     logprobs = completion_logprobs_asked(body)
     echo = _Echo.of(body, n, logprobs)
     max_tokens = echo.max_tokens(body)
+    scored = prompt_logprobs_asked(body)
+    # the engine scores the prompt once for both an echo's logprobs and vLLM's prompt_logprobs
+    prompt_top = max((k for k in (logprobs if echo.scored else None, scored) if k is not None),
+                     default=None)  # fmt: skip
     samplings = [
-        samples_of(
-            sampling_of(driver, body, ids, max_tokens, logprobs, logprobs if echo.scored else None),
-            n,
-        )
+        samples_of(sampling_of(driver, body, ids, max_tokens, logprobs, prompt_top), n)
         for ids in prompt_ids
     ]
     cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model
@@ -132,16 +140,20 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
           for ids, s in zip(prompt_ids, samplings, strict=True))
     ))  # fmt: skip
     choices, completion_tokens = [], 0
+    skip = samplings[0][0].skip_special_tokens
     for k, outs in enumerate(per_prompt):  # OpenAI's order: by prompt, then sample
         for f, lps in outs:
-            text, scored, generated = echo.choice(prompts[k], f, lps)
+            text, echoed, generated = echo.choice(prompts[k], f, lps, logprobs)
             choices.append(CompletionChoice(
                 index=len(choices), text=text, finish_reason=echo.reason(f),
                 logprobs=None if logprobs is None else joined(
-                    completion_logprobs(driver.tokenizer, scored, first_token_id=prompt_ids[k][0]),
+                    completion_logprobs(driver.tokenizer, echoed, first_token_id=prompt_ids[k][0]),
                     completion_logprobs(driver.tokenizer, generated,
-                                        len(prompts[k]) if echo.on else 0),
+                                        len(prompts[k]) if echo.on else 0,
+                                        skip_special_tokens=skip),
                 ),
+                prompt_logprobs=None if scored is None else prompt_logprobs(
+                    driver.tokenizer, f.prompt_logprobs or [], scored),
             ))  # fmt: skip
             completion_tokens += 0 if echo.hides_generation else len(f.token_ids)
     prompt_tokens = sum(len(ids) for ids in prompt_ids)
@@ -175,7 +187,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     logprobs = chat_logprobs_asked(body)
     if tools is not None and logprobs is not None:
         raise bad_request("logprobs are not supported together with tools", param="logprobs")
-    sampling = sampling_of(driver, body, ids, max_tokens, logprobs)
+    scored = prompt_logprobs_asked(body)
+    sampling = sampling_of(driver, body, ids, max_tokens, logprobs, scored)
     if tools is not None:
         if sampling.json_object or sampling.choices is not None or sampling.regex is not None:
             raise bad_request(
@@ -207,7 +220,9 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     ]
     return json_response(
         ChatCompletion(id=cid, created=created, model=model, choices=choices,
-                       usage=_usage(ids, finals))
+                       usage=_usage(ids, finals),
+                       prompt_logprobs=None if scored is None else prompt_logprobs(
+                           driver.tokenizer, finals[0].prompt_logprobs or [], scored))
     )  # fmt: skip
 
 
@@ -231,7 +246,7 @@ async def _stream_chat(
     created = int(time.time())
 
     asked = samplings[0].logprobs is not None
-    held = [HeldLogprobs(driver.tokenizer) for _ in samplings]
+    held = [HeldLogprobs(driver.tokenizer, samplings[0].skip_special_tokens) for _ in samplings]
     parsers = [_parser(tools) for _ in samplings]
     calls_sent = [0] * len(samplings)
 
@@ -309,7 +324,8 @@ async def _stream_completion(
     n = len(per_prompt[0])
     count = n * len(prompts)
     asked = per_prompt[0][0].logprobs is not None
-    held = [HeldLogprobs(driver.tokenizer) for _ in range(count)]
+    skip = per_prompt[0][0].skip_special_tokens
+    held = [HeldLogprobs(driver.tokenizer, skip) for _ in range(count)]
     to_echo = set(range(count)) if echo.on else set()
     stream = EventStream(request)
     await stream.open()
@@ -347,7 +363,7 @@ async def _stream_completion(
                     logprobs = completion_logprobs(
                         driver.tokenizer, [entry for entry, _ in released],
                         len(prompts[index // n]) if echo.on else 0,
-                        starts=[start for _, start in released],
+                        starts=[start for _, start in released], skip_special_tokens=skip,
                     )  # fmt: skip
                 choice = CompletionChoice(
                     index=index, text=out.new_text, logprobs=logprobs,
@@ -523,11 +539,15 @@ class _Echo:
         return body.max_tokens or _DEFAULT_COMPLETION_TOKENS
 
     def choice(
-        self, prompt: str, final: JobOutput, logprobs: list[TokenLogprob]
+        self, prompt: str, final: JobOutput, logprobs: list[TokenLogprob], top: int | None
     ) -> tuple[str, list[TokenLogprob | None], list[TokenLogprob]]:
-        """The choice's text, its echoed prompt's token logprobs and its generation's."""
+        """The choice's text, its echoed prompt's token logprobs (`top` alternatives each; the
+        engine may have scored more for prompt_logprobs) and its generation's."""
         text = prompt if self.on else ""
-        scored: list[TokenLogprob | None] = list(final.prompt_logprobs or []) if self.scored else []
+        scored: list[TokenLogprob | None] = [
+            None if e is None else dataclasses.replace(e, top=e.top[:top])
+            for e in final.prompt_logprobs or []
+        ] if self.scored else []  # fmt: skip
         generated: list[TokenLogprob] = []
         if not self.hides_generation:
             text += final.text

@@ -25,7 +25,7 @@ from server.errors import bad_request
 # (None always does): any other value gets a 400 rather than a silently different result
 UNSUPPORTED_EXTENSIONS: dict[str, object] = {
     "use_beam_search": False, "length_penalty": 1, "spaces_between_special_tokens": True,
-    "prompt_logprobs": None, "logits_processors": None, "guided_grammar": None,
+    "logits_processors": None, "guided_grammar": None,
     "guided_whitespace_pattern": None, "vllm_xargs": None,
 }  # fmt: skip
 
@@ -175,6 +175,19 @@ def chat_logprobs_asked(body: ChatCompletionRequest) -> int | None:
             raise bad_request("top_logprobs needs logprobs set to true", param="top_logprobs")
         return None
     return body.top_logprobs or 0
+
+
+def prompt_logprobs_asked(body: OpenAIRequest) -> int | None:
+    """vLLM's `prompt_logprobs` (alternatives per prompt token), for one unstreamed sample:
+    the engine scores a prompt that it computes whole for one generation."""
+    if body.prompt_logprobs is None:
+        return None
+    if body.stream:
+        raise bad_request("prompt_logprobs are not streamed: ask without stream",
+                          param="prompt_logprobs")  # fmt: skip
+    if (body.n or 1) > 1:
+        raise bad_request("prompt_logprobs takes n=1", param="prompt_logprobs")
+    return body.prompt_logprobs
 
 
 def sampling_of(

@@ -73,6 +73,11 @@ class OpenAIRequest(BaseModel):
     truncate_prompt_tokens: int | None = Field(
         None, ge=-1, description="vLLM's: keep the prompt's last k tokens (-1: what fits)."
     )
+    prompt_logprobs: int | None = Field(
+        None, ge=0, le=20,
+        description="vLLM's: each prompt token's logprob and rank, and this many alternatives "
+        "(not streamed; n=1).",
+    )  # fmt: skip
 
 
 def _token_ids(value: object) -> bool:
@@ -167,11 +172,37 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int]
 
 
+class PromptLogprob(BaseModel):
+    """vLLM's: a prompt token's (or an alternative's) logprob, its rank among all tokens (1:
+    the likeliest) and its text."""
+
+    logprob: float
+    rank: int | None
+    decoded_token: str
+
+
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
+def _drop_if_none(data: dict[str, Any], *names: str) -> dict[str, Any]:
+    for name in names:
+        if data.get(name) is None:
+            data.pop(name, None)
+    return data
+
+
 class CompletionChoice(BaseModel):
+    """`prompt_logprobs` (vLLM's) is left out unless asked for."""
+
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None
+    prompt_logprobs: PromptLogprobs | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unasked(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_if_none(handler(self), "prompt_logprobs")
 
 
 class Completion(BaseModel):
@@ -204,10 +235,7 @@ class AssistantMessage(BaseModel):
 
     @model_serializer(mode="wrap")
     def _drop_no_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        if data.get("tool_calls") is None:
-            data.pop("tool_calls", None)
-        return data
+        return _drop_if_none(handler(self), "tool_calls")
 
 
 class TopLogprob(BaseModel):
@@ -233,12 +261,19 @@ class ChatChoice(BaseModel):
 
 
 class ChatCompletion(BaseModel):
+    """`prompt_logprobs` (vLLM's) is left out unless asked for."""
+
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    prompt_logprobs: PromptLogprobs | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unasked(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_if_none(handler(self), "prompt_logprobs")
 
 
 class ToolCallDelta(ToolCall):

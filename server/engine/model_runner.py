@@ -166,14 +166,16 @@ class ModelRunner:
         for a in range(0, rows.numel(), _SCORE_ROWS):
             logits = self.model.compute_logits(hidden.index_select(0, rows[a : a + _SCORE_ROWS]))
             logprobs = logits.float().log_softmax(-1)
-            chosen = logprobs.gather(1, targets[a : a + _SCORE_ROWS, None])[:, 0].tolist()
+            picked = logprobs.gather(1, targets[a : a + _SCORE_ROWS, None])
+            ranks = ((logprobs > picked).sum(-1) + 1).tolist()
+            chosen = picked[:, 0].tolist()
             best = logprobs.topk(top, dim=-1) if top else None
             for i, value in enumerate(chosen):
                 alternatives = (
                     list(zip(best.indices[i].tolist(), best.values[i].tolist(), strict=True))
                     if best is not None else []
                 )
-                entries.append(TokenLogprob(int(targets[a + i]), value, alternatives))
+                entries.append(TokenLogprob(int(targets[a + i]), value, alternatives, ranks[i]))
         return job, entries
 
 

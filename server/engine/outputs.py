@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 @dataclass(slots=True)
 class TokenLogprob:
     """A generated token's natural-log probability under the model, and the most likely
-    tokens at its position (most likely first; as many as the request asked for)."""
+    tokens at its position (most likely first; as many as the request asked for). A prompt
+    token's also has its rank (1: the likeliest; ties share the best rank)."""
 
     token_id: int
     logprob: float
     top: list[tuple[int, float]] = field(default_factory=list)
+    rank: int | None = None
 
 
 @dataclass(slots=True)

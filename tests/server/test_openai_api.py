@@ -606,6 +606,50 @@ def test_vllm_output_extensions_reach_the_engine(client: openai.OpenAI, engine: 
         assert err.value.body["param"] == param  # type: ignore[index]
 
 
+def test_prompt_logprobs_score_each_prompt_token_as_transformers_does(
+    client: openai.OpenAI, engine: LLMEngine, tiny_llama_path
+) -> None:
+    """vLLM's prompt_logprobs: per prompt token its logprob, rank and the top alternatives,
+    against transformers' forward on the same weights; beside an echo's logprobs too."""
+    import torch
+
+    from tests.engine.reference import load_reference
+
+    ids = engine.tokenizer.encode("The parrot said that graphs of calls")
+    with torch.inference_mode():
+        ref = load_reference(str(tiny_llama_path))(torch.tensor([ids])).logits[0].log_softmax(-1)
+    done = client.completions.create(model="tiny", prompt=ids, max_tokens=2, temperature=0,
+                                     echo=True, logprobs=1, extra_body={"prompt_logprobs": 3})
+    choice = done.model_dump()["choices"][0]
+    scores = choice["prompt_logprobs"]
+    assert len(scores) == len(ids) and scores[0] is None
+    for p, (token, entry) in enumerate(zip(ids[1:], scores[1:], strict=True)):
+        row = ref[p]
+        mine = entry[str(token)]
+        assert abs(mine["logprob"] - float(row[token])) < 1e-4
+        assert mine["rank"] == int((row > row[token]).sum()) + 1
+        assert mine["decoded_token"] == engine.tokenizer.token_bytes(token).decode(
+            "utf-8", errors="backslashreplace")  # fmt: skip
+        best = row.topk(3).indices.tolist()
+        assert [entry[str(t)]["rank"] for t in best] == [1, 2, 3]
+        assert len(entry) == 3 + (token not in best)
+    # the echo's own logprobs keep their one alternative (the engine scored three)
+    echoed = choice["logprobs"]["top_logprobs"][1 : len(ids)]
+    assert all(1 <= len(top) <= 2 for top in echoed)
+    chat = client.chat.completions.create(model="tiny", max_tokens=2,
+                                          messages=[{"role": "user", "content": "Hi"}],
+                                          extra_body={"prompt_logprobs": 0})  # fmt: skip
+    scored = chat.model_dump()["prompt_logprobs"]
+    assert len(scored) == chat.usage.prompt_tokens and all(len(e) == 1 for e in scored[1:])
+    assert "prompt_logprobs" not in client.completions.create(
+        model="tiny", prompt="x", max_tokens=1).model_dump()["choices"][0]  # fmt: skip
+    for extra in ({"stream": True}, {"n": 2}):
+        with pytest.raises(openai.BadRequestError, match="prompt_logprobs") as err:
+            client.completions.create(model="tiny", prompt="x", max_tokens=1,
+                                      extra_body={"prompt_logprobs": 1, **extra})  # fmt: skip
+        assert err.value.body["param"] == "prompt_logprobs"  # type: ignore[index]
+
+
 def test_chat_echo_starts_the_answer_with_the_final_message(
     client: openai.OpenAI, engine: LLMEngine
 ) -> None:
