@@ -6,11 +6,15 @@ template: its constant text becomes constant segments and each argument an input
 semantic call, so sibling calls share prefixes on the server. Concurrent `apredict`s (e.g. one
 tree-summarize level under `aquery`) go to the server as one graph. All of them dispatch the
 callback and instrumentation events of the stock methods (token counting, debugging, tracing).
+
+`Parrot` is a function-calling LLM: `chat_with_tools`, `predict_and_call`, `structured_predict`
+and `FunctionAgent` offer tools through the chat route's OpenAI tool calling.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -28,8 +32,11 @@ from llama_index.core.base.llms.types import (
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
-from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.llms.utils import parse_partial_json
 from llama_index.core.prompts import BasePromptTemplate
+from llama_index.core.tools import BaseTool
 from llama_index.core.types import TokenAsyncGen, TokenGen
 
 from parrot_bridge.function import SemanticFunction
@@ -42,14 +49,26 @@ from parrot_bridge.loop_thread import shared_loop
 from parrot_bridge.session import Session
 from parrot_bridge.variable import SemanticVariable
 
+try:  # newer LlamaIndex LLMs (OpenAI's) record their calls as blocks too
+    from llama_index.core.base.llms.types import ToolCallBlock
+except ImportError:  # older llama-index-core: calls are in additional_kwargs only
+    ToolCallBlock = None
+
 __all__ = ["Parrot"]
 
 
-class Parrot(CustomLLM):
+class Parrot(FunctionCallingLLM):
     """A Parrot server as a LlamaIndex LLM: `Settings.llm = Parrot(base_url="http://...:9000")`.
 
     `base_url` is the server's root. `model` defaults to the served model; the context window
     comes from the server's model card, the output length is `max_tokens`.
+
+    A function-calling LLM (`predict_and_call`, `chat_with_tools`, `structured_predict`,
+    `FunctionAgent`): tools, `tool_choice` (`tool_required` is "required"; a tool's name forces
+    that tool) and `parallel_tool_calls` go to the chat route, and answers keep the server's
+    calls in `message.additional_kwargs["tool_calls"]` (OpenAI's shape, as LlamaIndex's OpenAI
+    LLM keeps them). Past calls and `tool` messages (`additional_kwargs["tool_call_id"]`) go
+    back as history.
     """
 
     base_url: str = Field(description="The Parrot server's root URL, e.g. http://127.0.0.1:9000")
@@ -93,7 +112,10 @@ class Parrot(CustomLLM):
         return LLMMetadata(
             context_window=self.context_window or card["max_model_len"],
             num_output=self.max_tokens,
+            # predict and the synthesizers pick completion templates (their graph path); tool
+            # calls go through `chat` either way
             is_chat_model=False,
+            is_function_calling_model=True,
             model_name=card["id"],
         )
 
@@ -255,7 +277,9 @@ class Parrot(CustomLLM):
     @llm_chat_callback()
     async def _achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         body = self._chat_body(await self._amodel_card(), messages, kwargs)
-        return _chat_response(await shared_loop().arun(self._http.post("/v1/chat/completions", body)))
+        return _chat_response(
+            await shared_loop().arun(self._http.post("/v1/chat/completions", body))
+        )
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -263,12 +287,11 @@ class Parrot(CustomLLM):
         chunks = shared_loop().iterate(lambda: self._http.stream("/v1/chat/completions", body))
 
         def gen() -> ChatResponseGen:
-            text = ""
+            text, calls = "", []
             for chunk in chunks:
                 delta = _chat_delta(chunk)
-                text += delta
-                message = ChatMessage(role=MessageRole.ASSISTANT, content=text)
-                yield ChatResponse(message=message, delta=delta, raw=chunk)
+                text, calls = text + delta, calls + _call_deltas(chunk)
+                yield ChatResponse(message=_assistant(text, calls), delta=delta, raw=chunk)
 
         return gen()
 
@@ -285,16 +308,59 @@ class Parrot(CustomLLM):
         body = self._chat_body(await self._amodel_card(), messages, kwargs)
 
         async def gen() -> ChatResponseAsyncGen:
-            text = ""
+            text, calls = "", []
             async for chunk in shared_loop().aiterate(
                 lambda: self._http.stream("/v1/chat/completions", body)
             ):
                 delta = _chat_delta(chunk)
-                text += delta
-                message = ChatMessage(role=MessageRole.ASSISTANT, content=text)
-                yield ChatResponse(message=message, delta=delta, raw=chunk)
+                text, calls = text + delta, calls + _call_deltas(chunk)
+                yield ChatResponse(message=_assistant(text, calls), delta=delta, raw=chunk)
 
         return gen()
+
+    # -- function calling (the chat route's tools) --------------------------------------------
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: str | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """`chat`'s arguments for a turn that offers `tools`. `tool_choice`: "auto", "none",
+        "required", a tool's name or OpenAI's dict; unset, "required" if `tool_required`."""
+        messages = list(chat_history or [])  # the caller's history is left as it was
+        if isinstance(user_msg, str):
+            user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
+        if user_msg is not None:
+            messages.append(user_msg)
+        specs = [t.metadata.to_openai_tool(skip_length_check=True) for t in tools]
+        if not specs:  # the server refuses a tool_choice without tools
+            return {"messages": messages, **kwargs}
+        return {"messages": messages, "tools": specs,
+                "tool_choice": _tool_choice(tool_choice, tool_required),
+                "parallel_tool_calls": allow_parallel_tool_calls, **kwargs}  # fmt: skip
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """The answer's tool calls. Arguments that are not JSON (a call cut by `max_tokens`)
+        are read as far as they go, else as {}, as LlamaIndex's OpenAI LLM reads them."""
+        calls = _tool_calls(response.message)
+        if not calls and error_on_no_tool_call:
+            raise ValueError("Expected at least one tool call, but got 0 tool calls.")
+        return [
+            ToolSelection(
+                tool_id=c.get("id") or "",
+                tool_name=c["function"]["name"],
+                tool_kwargs=_arguments(c["function"].get("arguments")),
+            )
+            for c in calls
+        ]
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -330,9 +396,8 @@ class Parrot(CustomLLM):
     def _chat_body(
         self, card: dict[str, Any], messages: Sequence[ChatMessage], kwargs: dict[str, Any]
     ) -> dict:
-        plain = [{"role": _role(m), "content": m.content or ""} for m in messages]
-        return {"model": card["id"], "messages": plain,
-                **self._sampling(), **_extra(kwargs)}  # fmt: skip
+        return {"model": card["id"], "messages": [_message(m) for m in messages],
+                **self._sampling(), **_extra(kwargs), **_extra(kwargs, _TOOL_OPTIONS)}  # fmt: skip
 
     def _call(
         self, session: Session, prompt: BasePromptTemplate, prompt_args: dict[str, Any]
@@ -353,11 +418,12 @@ def _close_soon(http: OpenAIHttp) -> None:
 
 
 _PASSED_THROUGH = ("max_tokens", "temperature", "top_p", "stop", "seed")
+_TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls")  # chat only
 
 
-def _extra(kwargs: dict[str, Any]) -> dict[str, Any]:
+def _extra(kwargs: dict[str, Any], keys: tuple[str, ...] = _PASSED_THROUGH) -> dict[str, Any]:
     """Per-call sampling options LlamaIndex callers may pass; others are not for the server."""
-    return {k: v for k, v in kwargs.items() if k in _PASSED_THROUGH and v is not None}
+    return {k: v for k, v in kwargs.items() if k in keys and v is not None}
 
 
 def _role(message: ChatMessage) -> str:
@@ -367,12 +433,82 @@ def _role(message: ChatMessage) -> str:
     return role
 
 
+def _message(message: ChatMessage) -> dict[str, Any]:
+    """`message` as the chat route takes it: an assistant's past tool calls and the call a
+    `tool` message answers go along (the server renders them as tool turns)."""
+    plain: dict[str, Any] = {"role": _role(message), "content": message.content or ""}
+    calls = _tool_calls(message)
+    if calls:
+        plain["tool_calls"] = calls
+    call_id = message.additional_kwargs.get("tool_call_id")
+    if plain["role"] == "tool" and call_id is not None:
+        plain["tool_call_id"] = call_id
+    return plain
+
+
+def _tool_calls(message: ChatMessage) -> list[dict[str, Any]]:
+    """`message`'s tool calls in OpenAI's shape: `additional_kwargs["tool_calls"]` (dicts, or
+    the OpenAI client's objects, which LlamaIndex's OpenAI LLM keeps there), else its
+    `ToolCallBlock`s (how that LLM's newer versions also record them)."""
+    raw = message.additional_kwargs.get("tool_calls") or []
+    calls = [c.model_dump() if hasattr(c, "model_dump") else c for c in raw]
+    if calls or ToolCallBlock is None:
+        return calls
+    return [
+        {"id": b.tool_call_id, "type": "function",
+         "function": {"name": b.tool_name, "arguments": _arguments_text(b.tool_kwargs)}}
+        for b in message.blocks if isinstance(b, ToolCallBlock)
+    ]  # fmt: skip
+
+
+def _arguments_text(arguments: str | dict[str, Any]) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+def _arguments(arguments: str | dict[str, Any] | None) -> dict[str, Any]:
+    """A call's arguments as keyword arguments; {} where they are not (partial) JSON of an
+    object."""
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        value = parse_partial_json(arguments or "{}")
+    except (ValueError, TypeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _tool_choice(choice: str | dict[str, Any] | None, required: bool) -> str | dict[str, Any]:
+    """LlamaIndex's `tool_choice` (which may be a tool's name) as OpenAI's."""
+    if choice is None:
+        return "required" if required else "auto"
+    if isinstance(choice, str) and choice not in ("auto", "none", "required"):
+        return {"type": "function", "function": {"name": choice}}
+    return choice
+
+
+def _assistant(content: str, calls: list[dict[str, Any]] | None) -> ChatMessage:
+    extra = {"tool_calls": calls} if calls else {}
+    return ChatMessage(role=MessageRole.ASSISTANT, content=content, additional_kwargs=extra)
+
+
 def _chat_response(data: dict[str, Any]) -> ChatResponse:
-    content = data["choices"][0]["message"].get("content") or ""
-    return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=content), raw=data)
+    message = data["choices"][0]["message"]
+    return ChatResponse(
+        message=_assistant(message.get("content") or "", message.get("tool_calls")), raw=data
+    )
 
 
 def _chat_delta(chunk: dict[str, Any]) -> str:
     if not chunk.get("choices"):
         return ""
     return chunk["choices"][0].get("delta", {}).get("content") or ""
+
+
+def _call_deltas(chunk: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tool calls a streamed chunk completes. The server sends each call whole, in one
+    delta, in `index` order, so the calls seen so far are these appended in turn."""
+    if not chunk.get("choices"):
+        return []
+    deltas = chunk["choices"][0].get("delta", {}).get("tool_calls") or []
+    return [{"id": d.get("id"), "type": d.get("type", "function"), "function": d["function"]}
+            for d in deltas]  # fmt: skip
