@@ -1,5 +1,6 @@
-"""What constrained decoding costs a decode step: JSON mode, a JSON schema and fixed choices
-against plain sampling, greedy and sampled, on the same prompts in one run.
+"""What constrained decoding costs a decode step: JSON mode, a JSON schema, fixed choices, a
+regular expression and a grammar (JSON's, in GBNF) against plain sampling, greedy and sampled,
+on the same prompts in one run.
 
     python -m benchmarks.constrained [--quick] [--model NAME] [--batch 1 8]
 
@@ -35,11 +36,25 @@ CAT = {
     },
     "required": ["name", "age", "mood"],
 }
+CAT_REGEX = (
+    r'\{"name": "[A-Za-z ]{1,20}", "age": [0-9]{1,2}, "mood": "(happy|grumpy|sleepy)"\}'
+)
+JSON_GRAMMAR = r"""
+root   ::= object
+value  ::= object | array | string | number | "true" | "false" | "null"
+object ::= "{" ws (string ":" ws value ("," ws string ":" ws value)*)? "}"
+array  ::= "[" ws (value ("," ws value)*)? "]"
+string ::= "\"" ([^"\\\x00-\x1f] | "\\" ["\\/bfnrt])* "\"" ws
+number ::= "-"? [0-9]+ ("." [0-9]+)? ws
+ws     ::= [ \t\n]{0,8}
+"""
 MODES: dict[str, dict[str, Any]] = {
     "plain": {"ignore_eos": True},
     "json_object": {"json_object": True},
     "json_schema": {"json_object": True, "json_schema": CAT},
     "choices": {"choices": ["positive", "negative", "neutral and calm"]},
+    "regex": {"regex": CAT_REGEX},
+    "grammar": {"grammar": JSON_GRAMMAR},
 }
 
 

@@ -190,7 +190,9 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     scored = prompt_logprobs_asked(body)
     sampling = sampling_of(driver, body, ids, max_tokens, logprobs, scored)
     if tools is not None:
-        if sampling.json_object or sampling.choices is not None or sampling.regex is not None:
+        if sampling.json_object or any(
+            v is not None for v in (sampling.choices, sampling.regex, sampling.grammar)
+        ):
             raise bad_request(
                 "constrained output (a JSON response_format, structured_outputs or guided_*) "
                 "does not go with tools",

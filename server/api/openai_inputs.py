@@ -15,6 +15,7 @@ from server.api.tool_request import (
     render_tool_turns,
 )
 from server.engine import SamplingParams
+from server.engine.grammar import GrammarError, compiled_grammar
 from server.engine.json_schema import SchemaError, compile_schema
 from server.engine.regex_prefix import Regex, RegexError
 from server.engine.sampling_params import MAX_LOGPROBS, offset_seed
@@ -25,7 +26,7 @@ from server.errors import bad_request
 # (None always does): any other value gets a 400 rather than a silently different result
 UNSUPPORTED_EXTENSIONS: dict[str, object] = {
     "use_beam_search": False, "length_penalty": 1, "spaces_between_special_tokens": True,
-    "logits_processors": None, "guided_grammar": None,
+    "logits_processors": None,
     "guided_whitespace_pattern": None, "vllm_xargs": None,
 }  # fmt: skip
 
@@ -245,6 +246,7 @@ def sampling_of(
         json_schema=guided.schema,
         choices=guided.choices,
         regex=guided.regex,
+        grammar=guided.grammar,
         min_p=body.min_p or 0.0,
         repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
         min_tokens=min_tokens,
@@ -286,15 +288,16 @@ def truncated_prompt(driver: EngineDriver, body: OpenAIRequest, ids: list[int]) 
 def guided_output(body: OpenAIRequest) -> GuidedOutput:
     """What the request's output must follow: `response_format` (json_object or json_schema),
     vLLM's `structured_outputs` (`json`: a schema as an object or as JSON text, `json_object`,
-    `choice`, `regex`), or its older `guided_json`, `guided_choice` and `guided_regex`
-    (removed from vLLM 0.12, still taken here). One of them at most; 400s name the field."""
+    `choice`, `regex`, `grammar`), or its older `guided_json`, `guided_choice`,
+    `guided_regex` and `guided_grammar` (removed from vLLM 0.12, still taken here). One of
+    them at most; 400s name the field."""
     extra = body.model_extra or {}
     kind = (body.response_format or {}).get("type")
     asked: dict[str, tuple[str, object]] = {}  # field -> (what it asks for, its value)
     if kind in ("json_object", "json_schema"):
         asked["response_format"] = ("response_format", body.response_format)
     for name, what in (("guided_json", "json"), ("guided_choice", "choice"),
-                       ("guided_regex", "regex")):  # fmt: skip
+                       ("guided_regex", "regex"), ("guided_grammar", "grammar")):  # fmt: skip
         if extra.get(name) is not None:
             asked[name] = (what, extra[name])
     structured = extra.get("structured_outputs")
@@ -324,6 +327,14 @@ def guided_output(body: OpenAIRequest) -> GuidedOutput:
         except RegexError as exc:
             raise bad_request(f"{param}: {exc}", param=field) from exc
         return GuidedOutput(regex=value)
+    if what == "grammar":
+        if not isinstance(value, str) or not value.strip():
+            raise bad_request(f"{param} must be a grammar (GBNF text)", param=field)
+        try:
+            compiled_grammar(value)
+        except GrammarError as exc:
+            raise bad_request(f"{param}: {exc}", param=field) from exc
+        return GuidedOutput(grammar=value)
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -335,28 +346,31 @@ def guided_output(body: OpenAIRequest) -> GuidedOutput:
 @dataclasses.dataclass(frozen=True, slots=True)
 class GuidedOutput:
     """The constraint a request asks for: JSON (with a schema or without), one of some
-    strings, or a regular expression's match; none when all are unset."""
+    strings, a regular expression's match or a grammar's sentence; none when all are unset."""
 
     json_object: bool = False
     schema: dict[str, Any] | None = None
     choices: list[str] | None = None
     regex: str | None = None
+    grammar: str | None = None
 
     @property
     def constrained(self) -> bool:
-        return self.json_object or self.choices is not None or self.regex is not None
+        return self.json_object or any(
+            v is not None for v in (self.choices, self.regex, self.grammar)
+        )
 
 
 # vLLM's StructuredOutputsParams fields that change nothing here: our JSON never has extra
 # keys that a schema does not allow, and there is no backend to fall back from.
 _STRUCTURED_NEUTRAL = {"disable_fallback", "disable_additional_properties"}
-_STRUCTURED_KINDS = ("json", "json_object", "choice", "regex")
+_STRUCTURED_KINDS = ("json", "json_object", "choice", "regex", "grammar")
 
 
 def _structured_outputs(value: object) -> tuple[str, object]:
-    """(which of json, json_object, choice and regex, its value) of vLLM's
-    `structured_outputs`; a 400 for what this server cannot follow (grammar,
-    structural_tag, whitespace_pattern, ...)."""
+    """(which of json, json_object, choice, regex and grammar, its value) of vLLM's
+    `structured_outputs`; a 400 for what this server cannot follow (structural_tag,
+    whitespace_pattern, ...)."""
     param = "structured_outputs"
     if not isinstance(value, dict):
         raise bad_request(f"{param} must be an object such as {{\"json\": {{...}}}}", param=param)

@@ -1,6 +1,6 @@
 """Constrained generation: the text must be one JSON object (JSON mode), one a schema allows
-(structured outputs), one of a few strings (vLLM's guided_choice) or a match of a regular
-expression (guided_regex). The sampler draws as usual and keeps the token if the text can
+(structured outputs), one of a few strings (vLLM's guided_choice), a match of a regular
+expression (guided_regex) or a sentence of a grammar (guided_grammar). The sampler draws as usual and keeps the token if the text can
 still become what is asked; otherwise that token is ruled out and it draws again from what is
 left (exact rejection sampling; greedy takes the most likely token that fits). End-of-sequence fits only once the text is complete, and once nothing
 else can follow (a JSON object has closed) only it does."""
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from server.engine.choice_prefix import ChoicePrefix
+from server.engine.grammar import GrammarPrefix, compiled_grammar
 from server.engine.json_prefix import JsonPrefix
 from server.engine.json_schema import compile_schema
 from server.engine.regex_prefix import Regex, RegexPrefix
@@ -20,7 +21,7 @@ from server.engine.sampling_params import SamplingParams
 from server.engine.schema_prefix import SchemaPrefix
 
 # what the generated text must keep satisfying: each has feed/feed_all/copy/complete/final
-TextAutomaton = JsonPrefix | SchemaPrefix | ChoicePrefix | RegexPrefix
+TextAutomaton = JsonPrefix | SchemaPrefix | ChoicePrefix | RegexPrefix | GrammarPrefix
 
 if TYPE_CHECKING:
     from server.engine.tokenizer import Tokenizer
@@ -144,6 +145,8 @@ def text_constraint(sampling: SamplingParams) -> TextAutomaton | None:
     """The automaton a generation's sampling settings ask for, or None."""
     if sampling.regex is not None:
         return Regex(sampling.regex).start()
+    if sampling.grammar is not None:
+        return compiled_grammar(sampling.grammar).start()
     choices, json_schema = sampling.choices, sampling.json_schema
     if choices is not None:
         return ChoicePrefix(tuple(c.encode() for c in choices))

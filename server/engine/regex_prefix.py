@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from server.engine.code_point_prefix import CodePointPrefix
+
 _MAX_REPEAT = 256  # {m,n} copies its operand: keep patterns small
 
 
@@ -140,21 +142,19 @@ class Regex:
         return frozenset(live)
 
 
-class RegexPrefix:
+class RegexPrefix(CodePointPrefix):
     """`complete` once the text matches; `final` once nothing more could."""
 
-    __slots__ = ("_regex", "_states", "_pending", "_need", "_least")
+    __slots__ = ("_regex", "_states")
 
     def __init__(self, regex: Regex, states: frozenset[int]) -> None:
+        super().__init__()
         self._regex = regex
         self._states = states
-        self._pending = 0  # the code point being assembled from UTF-8 bytes
-        self._need = 0  # its continuation bytes still due
-        self._least = 0  # the smallest code point its length encodes
 
     @property
     def complete(self) -> bool:
-        return not self._need and self._regex.accept_state in self._states
+        return not self._mid_character and self._regex.accept_state in self._states
 
     @property
     def final(self) -> bool:
@@ -162,40 +162,15 @@ class RegexPrefix:
 
     def copy(self) -> RegexPrefix:
         twin = RegexPrefix(self._regex, self._states)
-        twin._pending, twin._need, twin._least = self._pending, self._need, self._least
+        self._copy_bytes_to(twin)
         return twin
 
-    def feed_all(self, data: bytes) -> bool:
-        return all(self.feed(b) for b in data)
-
-    def feed(self, b: int) -> bool:
-        if self._need:
-            if not 0x80 <= b <= 0xBF:
-                return False
-            self._pending = self._pending << 6 | (b & 0x3F)
-            self._need -= 1
-            if self._need:
-                return self._may_complete()
-            code = self._pending
-        elif b < 0x80:
-            code = b
-        elif 0xC2 <= b <= 0xF4:
-            self._need = 1 if b <= 0xDF else 2 if b <= 0xEF else 3
-            self._pending = b & (0x1F if b <= 0xDF else 0x0F if b <= 0xEF else 0x07)
-            self._least = (0x80, 0x800, 0x10000)[self._need - 1]
-            return self._may_complete()
-        else:
-            return False
+    def _step(self, code: int) -> bool:
         self._states = self._regex.step(self._states, code)
         return bool(self._states)
 
-    def _may_complete(self) -> bool:
-        """Whether some character that the bytes so far begin could match here: a byte that
-        no match could follow is refused at once, not when its character completes."""
-        shift = 6 * self._need
-        lo = max(self._pending << shift, self._least)
-        hi = min((self._pending << shift) | ((1 << shift) - 1), 0x10FFFF)
-        return lo <= hi and self._regex.may_take(self._states, lo, hi)
+    def _may_take(self, lo: int, hi: int) -> bool:
+        return self._regex.may_take(self._states, lo, hi)
 
 
 class _Parser:

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.engine.grammar import compiled_grammar
 from server.engine.json_schema import compile_schema
 from server.engine.regex_prefix import Regex
 
@@ -43,7 +44,9 @@ class SamplingParams:
     (`json_schema.py` says which schemas can be followed; others raise ValueError here).
     `choices` (vLLM's guided_choice): the generated text is exactly one of these strings.
     `regex` (guided_regex): the generated text matches it whole (`regex_prefix.py` says which
-    syntax; other patterns raise ValueError here).
+    syntax; other patterns raise ValueError here). `grammar` (guided_grammar): the generated
+    text is a sentence of this GBNF grammar, from its rule `root` (`grammar_parser.py` says
+    which notation; `grammar.py` which grammars can be followed).
     vLLM's (and transformers') extensions: `min_p` keeps only tokens at least that fraction as
     likely as the likeliest (after temperature, top-k and top-p); `repetition_penalty` divides
     the positive logits (multiplies the negative ones) of every token already in the context,
@@ -72,6 +75,7 @@ class SamplingParams:
     json_schema: dict[str, Any] | None = None
     choices: list[str] | None = None
     regex: str | None = None
+    grammar: str | None = None
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     min_tokens: int = 0
@@ -109,11 +113,14 @@ class SamplingParams:
             raise ValueError(
                 f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}"
             )
-        constraints = [self.json_object, self.choices is not None, self.regex is not None]
+        constraints = [self.json_object, self.choices is not None, self.regex is not None,
+                       self.grammar is not None]  # fmt: skip
         if sum(constraints) > 1:
-            raise ValueError("ask for one of json_object, choices and regex")
+            raise ValueError("ask for one of json_object, choices, regex and grammar")
         if self.regex is not None:
             Regex(self.regex)  # RegexError (a ValueError) says what is not supported
+        if self.grammar is not None:
+            compiled_grammar(self.grammar)  # GrammarError (a ValueError) says what is wrong
         if self.min_tokens and any(constraints):
             raise ValueError("min_tokens does not go with constrained output (it ends by itself)")
         if self.json_schema is not None:

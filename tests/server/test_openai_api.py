@@ -537,9 +537,9 @@ def test_vllm_sampling_extensions_are_honoured_or_refused(
     with pytest.raises(openai.BadRequestError, match="use_beam_search is not supported") as err:
         client.completions.create(**kw, extra_body={"use_beam_search": True})
     assert err.value.body["param"] == "use_beam_search"  # type: ignore[index]
-    with pytest.raises(openai.BadRequestError, match="guided_grammar is not supported"):
+    with pytest.raises(openai.BadRequestError, match="logits_processors is not supported"):
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
-                                       extra_body={"guided_grammar": "root ::= x"})  # fmt: skip
+                                       extra_body={"logits_processors": ["x"]})  # fmt: skip
     neutral = {"min_p": 0.0, "repetition_penalty": 1.0, "min_tokens": 0,
                "skip_special_tokens": True, "priority": 0}  # fmt: skip
     same = client.completions.create(**kw, temperature=0, extra_body=neutral)

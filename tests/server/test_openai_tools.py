@@ -142,10 +142,15 @@ def test_past_calls_and_results_render_as_turns(client: openai.OpenAI, engine: L
          "ignore_eos", "constrained output ends"),
         ({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}]},
          "messages", "messages[0].tool_calls[0]"),
-        ({"extra_body": {"structured_outputs": {"grammar": "root ::= 'a'"}}},
-         "structured_outputs", "structured_outputs.grammar is not supported"),
+        ({"extra_body": {"structured_outputs": {"structural_tag": "{}"}}},
+         "structured_outputs", "structured_outputs.structural_tag is not supported"),
         ({"extra_body": {"structured_outputs": {"choice": ["a"], "regex": "a"}}},
-         "structured_outputs", "exactly one of json, json_object, choice, regex, got choice, regex"),
+         "structured_outputs", "exactly one of json, json_object, choice, regex, grammar, got "
+         "choice, regex"),
+        ({"extra_body": {"structured_outputs": {"grammar": "root ::= root 'a' | 'b'"}}},
+         "structured_outputs", "structured_outputs.grammar: left recursion: root -> root"),
+        ({"extra_body": {"guided_grammar": "start: 'a'"}}, "guided_grammar",
+         "guided_grammar: grammar line 1, column 1: a rule (name ::= ...) expected"),
         ({"extra_body": {"structured_outputs": {"whitespace_pattern": " ", "json_object": True}}},
          "structured_outputs", "whitespace_pattern is not supported"),
         ({"extra_body": {"structured_outputs": "json"}}, "structured_outputs", "must be an object"),
@@ -291,6 +296,14 @@ def test_vllm_guided_regex(client: openai.OpenAI, engine: LLMEngine):
         assert re.fullmatch(pattern, ref.text)
 
 
+SQL = """
+root ::= "SELECT " column " FROM " table (" WHERE " condition)?
+column ::= "col_" [1-3] | "*"
+table ::= [a-z]+
+condition ::= column " = " [0-9]+ | "(" condition ")"
+"""
+
+
 def test_vllm_structured_outputs(client: openai.OpenAI, engine: LLMEngine):
     """vLLM 0.12's `structured_outputs` asks for what the guided_* fields did, on both routes."""
     ids = engine.tokenizer.encode(engine.tokenizer.apply_chat_template(ASK, True))
@@ -298,6 +311,7 @@ def test_vllm_structured_outputs(client: openai.OpenAI, engine: LLMEngine):
     cases = [
         ({"choice": ["sunny", "rainy"]}, {"choices": ["sunny", "rainy"]}),
         ({"regex": r"\d{2} ?C"}, {"regex": r"\d{2} ?C"}),
+        ({"grammar": SQL}, {"grammar": SQL}),
         ({"json": schema}, {"json_object": True, "json_schema": schema}),
         ({"json": json.dumps(schema), "disable_fallback": True},
          {"json_object": True, "json_schema": schema}),
@@ -312,6 +326,12 @@ def test_vllm_structured_outputs(client: openai.OpenAI, engine: LLMEngine):
     done = client.completions.create(model="tiny", prompt=ids, max_tokens=20, temperature=0,
                                      extra_body={"structured_outputs": {"choice": ["a b"]}})
     assert done.choices[0].text == ref.text == "a b"
+    # the older guided_grammar, sampled, on the completions route
+    ref = engine.generate([ids], SamplingParams(max_tokens=30, temperature=1.0, seed=4,
+                                                grammar=SQL))[0]  # fmt: skip
+    done = client.completions.create(model="tiny", prompt=ids, max_tokens=30, temperature=1.0,
+                                     seed=4, extra_body={"guided_grammar": SQL})
+    assert done.choices[0].text == ref.text and ref.text.startswith("SELECT ")
 
 
 def test_vllm_guided_choice_and_guided_json(client: openai.OpenAI, engine: LLMEngine):

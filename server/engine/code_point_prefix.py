@@ -1,0 +1,61 @@
+"""The UTF-8 side of the automata that follow characters (regular expressions, grammars): bytes
+come one at a time, and a character's lead byte is refused at once when no character it can
+begin would be taken, not when the character completes."""
+
+from __future__ import annotations
+
+
+class CodePointPrefix:
+    """Assembles code points from UTF-8 bytes for a subclass that steps on characters:
+    `_step(code)` takes a whole character, `_may_take(lo, hi)` says whether some character in
+    [lo, hi] could be taken now."""
+
+    __slots__ = ("_pending", "_need", "_least")
+
+    def __init__(self) -> None:
+        self._pending = 0  # the code point being assembled from UTF-8 bytes
+        self._need = 0  # its continuation bytes still due
+        self._least = 0  # the smallest code point its length encodes
+
+    def feed_all(self, data: bytes) -> bool:
+        return all(self.feed(b) for b in data)
+
+    def feed(self, b: int) -> bool:
+        if self._need:
+            if not 0x80 <= b <= 0xBF:
+                return False
+            self._pending = self._pending << 6 | (b & 0x3F)
+            self._need -= 1
+            if self._need:
+                return self._may_complete()
+            code = self._pending
+        elif b < 0x80:
+            code = b
+        elif 0xC2 <= b <= 0xF4:
+            self._need = 1 if b <= 0xDF else 2 if b <= 0xEF else 3
+            self._pending = b & (0x1F if b <= 0xDF else 0x0F if b <= 0xEF else 0x07)
+            self._least = (0x80, 0x800, 0x10000)[self._need - 1]
+            return self._may_complete()
+        else:
+            return False
+        return self._step(code)
+
+    @property
+    def _mid_character(self) -> bool:
+        return self._need > 0
+
+    def _copy_bytes_to(self, twin: CodePointPrefix) -> None:
+        twin._pending, twin._need, twin._least = self._pending, self._need, self._least
+
+    def _step(self, code: int) -> bool:
+        raise NotImplementedError
+
+    def _may_take(self, lo: int, hi: int) -> bool:
+        raise NotImplementedError
+
+    def _may_complete(self) -> bool:
+        """Whether some character that the bytes so far begin could be taken here."""
+        shift = 6 * self._need
+        lo = max(self._pending << shift, self._least)
+        hi = min((self._pending << shift) | ((1 << shift) - 1), 0x10FFFF)
+        return lo <= hi and self._may_take(lo, hi)
