@@ -110,8 +110,9 @@ def semantic_function(
 ) -> SemanticFunction | Callable[[Callable[..., Any]], SemanticFunction]:
     """Decorator: the function's docstring is the template, its parameters name the inputs (and
     may name outputs). Sampling defaults as keywords: max_tokens, temperature, top_p, top_k,
-    seed, stop, ignore_eos, presence_penalty, frequency_penalty, logit_bias. Template errors
-    raise here, at decoration, with their position."""
+    seed, stop, ignore_eos, presence_penalty, frequency_penalty, logit_bias, min_p,
+    repetition_penalty, and one constraint of json_schema, choices, regex and grammar. Template
+    errors raise here, at decoration, with their position."""
 
     def decorate(f: Callable[..., Any]) -> SemanticFunction:
         doc = inspect.getdoc(f)
@@ -147,13 +148,14 @@ _SAMPLING_CHECKS: dict[str, Callable[[Any], bool]] = {
     ),
     "min_p": lambda v: isinstance(v, int | float) and 0 <= v <= 1,
     "repetition_penalty": lambda v: isinstance(v, int | float) and v > 0,
-    # constrained outputs (the server checks the schema): a JSON object it allows, or one of
-    # the strings
+    # constrained outputs (the server checks the schema, pattern and grammar): a JSON object
+    # it allows, one of the strings, a whole match of the pattern, or a sentence of the grammar
     "json_schema": lambda v: isinstance(v, dict),
     "choices": lambda v: isinstance(v, list) and bool(v) and all(
         isinstance(c, str) and c for c in v
     ),
     "regex": lambda v: isinstance(v, str) and bool(v),
+    "grammar": lambda v: isinstance(v, str) and bool(v),
 }
 
 

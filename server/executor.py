@@ -377,6 +377,7 @@ class Executor:
             json_schema=None if s.json_schema is None else json.loads(s.json_schema),
             choices=None if s.choices is None else list(s.choices),
             regex=s.regex,
+            grammar=s.grammar,
             min_p=s.min_p,
             repetition_penalty=s.repetition_penalty,
         )

@@ -24,6 +24,7 @@ from server.api.native_models import (
 )
 from server.api.route import Route, json_response, parse_body, parse_query
 from server.api.sse import EventStream
+from server.engine.grammar import compiled_grammar
 from server.engine.json_schema import compile_schema
 from server.engine.regex_prefix import Regex
 from server.errors import ApiError, error_body, not_found
@@ -201,11 +202,13 @@ def _to_submission(body: GraphSubmission) -> Submission:
                 compile_schema(s.json_schema)  # SchemaError names what cannot be followed
             if s.regex is not None:
                 Regex(s.regex)  # RegexError says what is not supported
+            if s.grammar is not None:
+                compiled_grammar(s.grammar)  # GrammarError names the line and column, or the rule
             sampling = Sampling(
                 s.max_tokens, s.temperature, s.top_p, s.top_k, s.seed, tuple(s.stop), s.ignore_eos,
                 s.presence_penalty, s.frequency_penalty, tuple(s.logit_bias.items()),
                 None if s.json_schema is None else json.dumps(s.json_schema, sort_keys=True),
-                None if s.choices is None else tuple(s.choices), s.regex, s.min_p,
+                None if s.choices is None else tuple(s.choices), s.regex, s.grammar, s.min_p,
                 s.repetition_penalty,
             )  # fmt: skip
         except ValueError as exc:

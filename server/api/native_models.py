@@ -62,6 +62,11 @@ class SamplingSpec(ApiModel):
     regex: str | None = Field(
         None, description="Each output matches this regular expression whole (see the README)."
     )
+    grammar: str | None = Field(
+        None,
+        description="Each output is a sentence of this GBNF grammar (llama.cpp's notation), "
+        "from its rule root (see the README).",
+    )
     min_p: float = Field(0.0, ge=0, le=1, allow_inf_nan=False, description="vLLM's min-p.")
     repetition_penalty: float = Field(
         1.0, gt=0, allow_inf_nan=False, description="vLLM's, over the whole context."

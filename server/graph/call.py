@@ -31,16 +31,22 @@ class Sampling:
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100])
     # constrained output: a JSON schema (as JSON text, so the settings stay hashable) that each
-    # output's text follows, or strings one of which each output is exactly
+    # output's text follows, strings one of which each output is exactly, a regular expression
+    # each output matches whole, or a GBNF grammar (root rule `root`) each output is a sentence of
     json_schema: str | None = None
     choices: tuple[str, ...] | None = None
     regex: str | None = None
+    grammar: str | None = None
     min_p: float = 0.0
     repetition_penalty: float = 1.0
 
     @property
     def constrained(self) -> bool:
-        return any(c is not None for c in (self.json_schema, self.choices, self.regex))
+        return any(c is not None for c in self._constraints)
+
+    @property
+    def _constraints(self) -> tuple[object, ...]:
+        return (self.json_schema, self.choices, self.regex, self.grammar)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -58,8 +64,8 @@ class Sampling:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if not self.repetition_penalty > 0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if sum(c is not None for c in (self.json_schema, self.choices, self.regex)) > 1:
-            raise ValueError("give one of json_schema, choices and regex, not several")
+        if sum(c is not None for c in self._constraints) > 1:
+            raise ValueError("give one of json_schema, choices, regex and grammar, not several")
         if self.constrained and self.ignore_eos:
             raise ValueError("constrained output ends when it is complete: no ignore_eos")
         if self.choices is not None and not (self.choices and all(self.choices)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 import parrot_bridge as P
 from server.engine import LLMEngine, SamplingParams
+from server.engine.grammar import compiled_grammar
 from server.launcher import ServerProcess
 from tests.server.http_client import metrics, requests_except_metrics
 
@@ -212,9 +214,24 @@ def count(text):
     That is all."""
 
 
+YES_NO = 'root ::= ("yes" | "no") " " [0-9]{1,2}'
+
+
+@P.semantic_function(max_tokens=10, temperature=0, grammar=YES_NO)
+def answer_with_number(text):
+    """Answer yes or no, then a number: {{input:text}}? {{output:a}}
+    That is all."""
+
+
+@P.semantic_function(grammar='root ::= "yes" | no')
+def misspoken(text):
+    """{{input:text}}{{output:out}}"""
+
+
 def test_constrained_outputs_follow_their_schema_and_choices(url: str, engine: LLMEngine):
-    """Semantic calls take a JSON schema or choices; the text after an output marker is then
-    no stop string (the constraint ends the output), and the answers equal the engine's."""
+    """Semantic calls take a JSON schema, choices, a regex or a grammar; the text after an output
+    marker is then no stop string (the constraint ends the output), and the answers equal the
+    engine's; a schema or grammar that cannot be followed is a 400."""
     with P.Session(url):
         described = pet("my old tabby")
         answer = verdict(described)
@@ -235,6 +252,22 @@ def test_constrained_outputs_follow_their_schema_and_choices(url: str, engine: L
     pattern = SamplingParams(max_tokens=10, temperature=0, regex=r"\d{1,3} (cats|dogs)")
     asked = "How many pets in my house? "
     assert counted == engine.generate([engine.tokenizer.encode(asked)], pattern)[0].text
+    with P.Session(url):
+        answered = answer_with_number("is the sky green")
+        said = answered.get()
+    grammar = SamplingParams(max_tokens=10, temperature=0, grammar=YES_NO)
+    asked = "Answer yes or no, then a number: is the sky green? "
+    ref = engine.generate([engine.tokenizer.encode(asked)], grammar)[0]
+    assert said == ref.text and answered.finish_reason == ref.finish_reason
+    # "That is all." does not stop it: the grammar ends it, complete, or max_tokens mid-way
+    if ref.finish_reason == "stop":
+        assert re.fullmatch(r"(yes|no) [0-9]{1,2}", said), said
+    else:
+        assert compiled_grammar(YES_NO).start().feed_all(said.encode()), said
+    with P.Session(url):
+        with pytest.raises(P.ParrotError, match="the rule 'no' is used but not defined") as e:
+            misspoken("x").get()
+        assert e.value.status == 400 and "invalid sampling" in str(e.value)
     with P.Session(url):
         with pytest.raises(P.ParrotError, match="pattern cannot be enforced") as e:
             patterned("x").get()

@@ -65,6 +65,8 @@ def test_bad_sampling_and_parameters_raise_at_decoration() -> None:
         P.semantic_function(max_token=3)
     with pytest.raises(ValueError, match="invalid temperature"):
         P.SemanticFunction("{{output:y}}", temperature=-1)
+    with pytest.raises(ValueError, match="invalid grammar"):
+        P.semantic_function(grammar="")
     with pytest.raises(TypeError, match="parameter 'z' of f is not used"):
 
         @P.semantic_function

@@ -53,7 +53,8 @@ def test_constrained_outputs_end_by_their_constraint_not_the_following_text() ->
     t = parse_template("Q {{input:q}}\nJSON: {{output:j}}\nPick: {{output:p}}. End")
     for sampling in (Sampling(stop=("###",), json_schema='{"type": "object"}'),
                      Sampling(stop=("###",), choices=("a", "b")),
-                     Sampling(stop=("###",), regex="a+")):  # fmt: skip
+                     Sampling(stop=("###",), regex="a+"),
+                     Sampling(stop=("###",), grammar='root ::= "a"+')):  # fmt: skip
         call = Call("c", t, {"q": "q"}, {"j": "j", "p": "p"}, sampling=sampling)
         assert [s.stop for s in lower_call(call, {"q": "?"})] == [("###",), ("###",)]
 
@@ -62,6 +63,8 @@ def test_constrained_sampling_is_checked() -> None:
     for bad, message in (
         (dict(json_schema="{}", choices=("a",)), "not several"),
         (dict(regex="a", choices=("a",)), "not several"),
+        (dict(grammar='root ::= "a"', regex="a"), "not several"),
+        (dict(grammar='root ::= "a"', ignore_eos=True), "ignore_eos"),
         (dict(choices=()), "non-empty"),
         (dict(choices=("a",), ignore_eos=True), "ignore_eos"),
     ):

@@ -255,6 +255,12 @@ BAD_GRAPHS = [
     ("invalid_sampling", {"calls": [{**call("A", "a {{output:y}}", {}, {"y": "ok"}),
                                      "sampling": {"stop": [""]}}]},
      ["call 'A'", "stop strings must be non-empty"]),
+    ("invalid_sampling", {"calls": [{**call("A", "a {{output:y}}", {}, {"y": "ok"}),
+                                     "sampling": {"grammar": 'root ::= "a" | "b'}}]},
+     ["call 'A': invalid sampling: grammar line 1, column 16: an unclosed string"]),
+    ("invalid_sampling", {"calls": [{**call("A", "a {{output:y}}", {}, {"y": "ok"}),
+                                     "sampling": {"grammar": "root ::= x"}}]},
+     ["call 'A': invalid sampling: the rule 'x' is used but not defined"]),
 ]  # fmt: skip
 
 
