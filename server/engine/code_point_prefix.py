@@ -40,6 +40,28 @@ class CodePointPrefix:
             return False
         return self._step(code)
 
+    def take(self, code: int) -> bool:
+        """Take a whole character given as its code point (between characters only)."""
+        assert not self._need
+        return self._step(code)
+
+    def partial_range(self) -> tuple[int, int] | None:
+        """The code points that the bytes of an unfinished character can still become (None
+        between characters)."""
+        if not self._need:
+            return None
+        shift = 6 * self._need
+        lo = max(self._pending << shift, self._least)
+        return lo, min((self._pending << shift) | ((1 << shift) - 1), 0x10FFFF)
+
+    def chars_to_complete(self) -> int | None:
+        """The fewest more characters that complete the text (None: none can)."""
+        raise NotImplementedError
+
+    def could_take(self, lo: int, hi: int) -> bool:
+        """Whether some character in [lo, hi] could be taken now (between characters)."""
+        return self._may_take(lo, hi)
+
     @property
     def _mid_character(self) -> bool:
         return self._need > 0
@@ -55,7 +77,5 @@ class CodePointPrefix:
 
     def _may_complete(self) -> bool:
         """Whether some character that the bytes so far begin could be taken here."""
-        shift = 6 * self._need
-        lo = max(self._pending << shift, self._least)
-        hi = min((self._pending << shift) | ((1 << shift) - 1), 0x10FFFF)
+        lo, hi = self.partial_range()  # type: ignore[misc]
         return lo <= hi and self._may_take(lo, hi)

@@ -2,19 +2,27 @@
 
 The subset that decides text byte by byte: `type` (one or a list), `properties` with
 `required` and `additionalProperties` (absent means none, as OpenAI's strict mode has it),
-`items` with `minItems`/`maxItems`, `enum` and `const` (a value is written as its compact
-JSON, non-ASCII characters as themselves), `anyOf`/`oneOf` whose branches start
-with different characters (an object or null, say: pydantic's optional fields), a one-branch
-`allOf`, and `$ref` into `$defs`/`definitions` (recursion too). Annotations are ignored;
-any other assertion (pattern, minimum, ...) is refused with `SchemaError` naming where it is,
-rather than silently not enforced.
+`items` with `minItems`/`maxItems`, strings' `minLength`, `maxLength` and `pattern`
+(`string_rules.py`), numbers' `minimum`, `maximum`, `exclusiveMinimum` and `exclusiveMaximum`
+(`number_bounds.py`; such numbers are written without an exponent), `enum` and `const` (a value
+is written as its compact JSON, non-ASCII characters as themselves), `anyOf`/`oneOf` whose
+branches start with different characters (an object or null, say: pydantic's optional fields),
+a one-branch `allOf`, and `$ref` into `$defs`/`definitions` (recursion too). Annotations are
+ignored; any other assertion (multipleOf, uniqueItems, ...) is refused with `SchemaError`
+naming where it is, rather than silently not enforced.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
+
+from server.engine.number_bounds import NumberBounds
+from server.engine.regex_prefix import RegexError
+from server.engine.string_rules import StringRules, search_regex
 
 _ANNOTATIONS = frozenset({
     "title", "description", "default", "examples", "$schema", "$id", "$comment", "format",
@@ -46,6 +54,8 @@ class Node:
     max_items: int | None = None
     values: tuple[bytes, ...] = ()
     options: tuple[Node, ...] = ()
+    string: StringRules | None = None  # a string's lengths and pattern, if it has any
+    bounds: NumberBounds | None = None  # a number's range, if it has one
 
     def first_bytes(self) -> frozenset[int]:
         if self.kind == "enum":
@@ -88,7 +98,7 @@ class _Compiler:
             return self._ref(schema, where)
         unknown = sorted(set(schema) - _ANNOTATIONS - {
             "type", "properties", "required", "additionalProperties", "items", "minItems",
-            "maxItems", "enum", "const", "anyOf", "oneOf", "allOf",
+            "maxItems", "enum", "const", "anyOf", "oneOf", "allOf", *_STRING_KEYS, *_NUMBER_KEYS,
         })  # fmt: skip
         if unknown:
             raise SchemaError(f"{where}: {', '.join(unknown)} cannot be enforced while decoding")
@@ -133,6 +143,10 @@ class _Compiler:
             if not isinstance(low, int) or (high is not None and not isinstance(high, int)):
                 raise SchemaError(f"{where}: minItems and maxItems must be integers")
             return Node("array", items=items, min_items=low, max_items=high)
+        if kind == "string":
+            return Node(kind, string=_string_rules(schema, where))
+        if kind in ("number", "integer"):
+            return Node(kind, bounds=_number_bounds(schema, kind == "integer", where))
         return Node(kind)
 
     def _branches(self, schema: dict[str, Any], key: str, where: str) -> Node:
@@ -165,6 +179,56 @@ class _Compiler:
         compiled = self.node(target, ref)
         placeholder.__dict__.update(compiled.__dict__)
         return placeholder
+
+
+_STRING_KEYS = ("minLength", "maxLength", "pattern")
+_NUMBER_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _string_rules(schema: dict[str, Any], where: str) -> StringRules | None:
+    if not any(k in schema for k in _STRING_KEYS):
+        return None
+    low, high = schema.get("minLength", 0), schema.get("maxLength")
+    if not _count(low) or (high is not None and not _count(high)):
+        raise SchemaError(f"{where}: minLength and maxLength must be integers >= 0")
+    if high is not None and high < low:
+        raise SchemaError(f"{where}: maxLength {high} is below minLength {low}")
+    pattern = schema.get("pattern")
+    if pattern is not None:
+        if not isinstance(pattern, str):
+            raise SchemaError(f"{where}: pattern must be a string")
+        try:
+            search_regex(pattern)
+        except RegexError as exc:
+            raise SchemaError(f"{where}: the pattern cannot be followed: {exc}") from exc
+    return StringRules(low, high, pattern)
+
+
+def _number_bounds(schema: dict[str, Any], integer: bool, where: str) -> NumberBounds | None:
+    if not any(k in schema for k in _NUMBER_KEYS):
+        return None
+    values: dict[str, Fraction] = {}
+    for key in _NUMBER_KEYS:
+        value = schema.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
+            raise SchemaError(f"{where}: {key} must be a number, got {value!r}")
+        values[key] = Fraction(value)
+    low = max(((values[k], k == "exclusiveMinimum") for k in ("minimum", "exclusiveMinimum")
+               if k in values), default=(None, False))  # fmt: skip
+    high = min(((values[k], k != "exclusiveMaximum") for k in ("maximum", "exclusiveMaximum")
+                if k in values), default=(None, True))  # fmt: skip
+    try:  # of a minimum and an exclusive one at the same value, the exclusive one is tighter
+        return NumberBounds(low[0], low[1], high[0], not high[1], integer)
+    except ValueError as exc:
+        raise SchemaError(f"{where}: {exc}") from exc
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _union(nodes: list[Node], where: str) -> Node:

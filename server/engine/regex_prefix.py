@@ -12,6 +12,7 @@ the start and `$` at the end are allowed (the match is whole anyway). Anything e
 
 from __future__ import annotations
 
+import collections
 import functools
 from dataclasses import dataclass
 
@@ -85,6 +86,7 @@ class Regex:
         self.pattern = pattern
         self._edges: list[list[tuple[CharSet, int]]] = []  # per state: (chars, next state)
         self._empty: list[list[int]] = []  # per state: epsilon moves
+        self._distance: dict[frozenset[int], int | None] = {}  # chars_to_accept's answers
         start, accept = _Parser(pattern, self).parse()
         self.start_state, self.accept_state = start, accept
         self._live = self._states_that_reach_accept()
@@ -116,6 +118,40 @@ class Regex:
 
     def can_continue(self, states: frozenset[int]) -> bool:
         return any(self._edges[s] for s in states)
+
+    def may_take_within(self, states: frozenset[int], lo: int, hi: int, budget: int) -> bool:
+        """Whether some character in [lo, hi] leads to a state from which at most `budget`
+        more characters reach a match."""
+        for s in states:
+            for chars, t in self._edges[s]:
+                if chars.may_hold(lo, hi):
+                    need = self.chars_to_accept(self._closure({t}) & self._live)
+                    if need is not None and need <= budget:
+                        return True
+        return False
+
+    def chars_to_accept(self, states: frozenset[int]) -> int | None:
+        """The fewest characters that lead from `states` to a match (None: none does)."""
+        if states not in self._distance:
+            self._distance[states] = self._fewest_chars(states)
+        return self._distance[states]
+
+    def _fewest_chars(self, states: frozenset[int]) -> int | None:
+        best = dict.fromkeys(states, 0)
+        todo = collections.deque(states)
+        while todo:  # breadth first: empty moves cost 0, characters 1
+            s = todo.popleft()
+            if s == self.accept_state:
+                return best[s]
+            for t in self._empty[s]:
+                if best.get(t, best[s] + 1) > best[s]:
+                    best[t] = best[s]
+                    todo.appendleft(t)
+            for _, t in self._edges[s]:
+                if t not in best:
+                    best[t] = best[s] + 1
+                    todo.append(t)
+        return None
 
     def _closure(self, states: set[int]) -> frozenset[int]:
         seen, todo = set(states), list(states)
@@ -164,6 +200,14 @@ class RegexPrefix(CodePointPrefix):
         twin = RegexPrefix(self._regex, self._states)
         self._copy_bytes_to(twin)
         return twin
+
+    def chars_to_complete(self) -> int | None:
+        return self._regex.chars_to_accept(self._states)
+
+    def could_take_within(self, lo: int, hi: int, budget: int) -> bool:
+        """Whether some character in [lo, hi] can come next and leave a match at most
+        `budget` characters further (between characters)."""
+        return self._regex.may_take_within(self._states, lo, hi, budget)
 
     def _step(self, code: int) -> bool:
         self._states = self._regex.step(self._states, code)

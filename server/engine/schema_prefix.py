@@ -2,7 +2,8 @@
 schema (`json_schema.py`) allows: the same interface as `JsonPrefix`, with a stack of frames,
 one per value being read. Object keys are matched against the allowed names as their JSON
 bytes, a closing brace waits for every required key, enums match their values' compact JSON
-bytes, and a union takes the branch its first byte names."""
+bytes, a union takes the branch its first byte names, a string with lengths or a pattern is
+read by `StringReader` and a number with bounds is checked digit by digit."""
 
 from __future__ import annotations
 
@@ -121,38 +122,64 @@ class _Value(_Frame):
         elif kind == "null":
             frame = _Enum((b"null",))
         else:  # string, number, integer: JSON's own grammar for one scalar
-            frame = _Scalar(kind == "integer")
+            frame = _Scalar(node)
         machine.replace(frame)
         return frame.feed(b, machine)
 
 
 class _Scalar(_Frame):
-    """A string or a number, read by `JsonPrefix` as the value of a one-key object."""
+    """A string or a number, read by `JsonPrefix` as the value of a one-key object; a string's
+    rules (`StringReader`) and a number's bounds (as its digits come) checked beside."""
 
-    def __init__(self, integer: bool) -> None:
+    def __init__(self, node: Node) -> None:
         self.text = JsonPrefix()
         self.text.feed_all(b'{"":')  # past the key: the automaton now reads one value
-        self.integer = integer
+        self.integer = node.kind == "integer"
+        self.bounds = node.bounds
+        self.rules = None if node.string is None else node.string.start()
+        self.number = ""  # a bounded number's text so far
         self.started = False
 
     def copy(self) -> _Frame:
         twin = copy.copy(self)
         twin.text = self.text.copy()
+        if self.rules is not None:
+            twin.rules = self.rules.copy()
         return twin
 
     def feed(self, b: int, machine: SchemaPrefix) -> bool | int:
-        if not (self.integer and b in b".eE"):
+        refused = b"eE" if self.bounds is not None else b""  # no exponents within bounds
+        if not ((self.integer and b in b".eE") or b in refused):
             probe = self.text.copy()
             if probe.feed(b):
                 state = probe.value_state()
                 if state == "inside":
+                    if not self._rules_take(b):
+                        return False
                     self.text, self.started = probe, True
                     return True
                 if state == "after" and b == 0x22 and self.started:  # a string's closing quote
+                    if self.rules is not None and not self.rules.may_close():
+                        return False
                     machine.pop()
                     return True
         # a number ends before a byte it cannot take (if it may end where it is)
-        return _AGAIN if self.started and self.text.number_may_end() else False
+        may_end = self.started and self.text.number_may_end()
+        if may_end and self.bounds is not None:
+            may_end = self.bounds.allows(self.number)
+        return _AGAIN if may_end else False
+
+    def _rules_take(self, b: int) -> bool:
+        """Whether a string's rules or a number's bounds allow byte `b` (JSON's own grammar
+        has already taken it)."""
+        if self.rules is not None and self.started:  # past the opening quote
+            return self.rules.feed(b)
+        if self.bounds is not None:
+            longer = self.number + chr(b)
+            if not self.bounds.may_become(longer):
+                return False
+            self.number = longer
+        return True
 
 
 class _Enum(_Frame):

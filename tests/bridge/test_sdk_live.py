@@ -269,13 +269,13 @@ def test_constrained_outputs_follow_their_schema_and_choices(url: str, engine: L
             misspoken("x").get()
         assert e.value.status == 400 and "invalid sampling" in str(e.value)
     with P.Session(url):
-        with pytest.raises(P.ParrotError, match="pattern cannot be enforced") as e:
+        with pytest.raises(P.ParrotError, match="multipleOf cannot be enforced") as e:
             patterned("x").get()
         assert e.value.status == 400
 
 
 @P.semantic_function(json_schema={"type": "object", "properties": {
-    "s": {"type": "string", "pattern": "x"}}})  # fmt: skip
+    "n": {"type": "integer", "multipleOf": 3}}})  # fmt: skip
 def patterned(text):
     """{{input:text}}{{output:out}}"""
 

@@ -122,8 +122,11 @@ def test_past_calls_and_results_render_as_turns(client: openai.OpenAI, engine: L
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
          "response_format", "needs"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
-            "type": "object", "properties": {"s": {"type": "string", "pattern": "a+"}}}}}},
-         "response_format", "#/properties/s: pattern cannot be enforced"),
+            "type": "object", "properties": {"s": {"type": "string", "pattern": "(?=a)"}}}}}},
+         "response_format", "#/properties/s: the pattern cannot be followed: a group extension"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "type": "object", "properties": {"n": {"type": "number", "multipleOf": 2}}}}}},
+         "response_format", "#/properties/n: multipleOf cannot be enforced"),
         ({"response_format": {"type": "xml"}}, "response_format", "'xml' is not supported"),
         ({"extra_body": {"guided_choice": ["a"], "guided_json": {"type": "object"}}},
          "guided_choice", "not guided_json, guided_choice together"),
