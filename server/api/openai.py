@@ -184,9 +184,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     echoed = _chat_echo(body, tools)
     requested = body.max_completion_tokens or body.max_tokens
     max_tokens = requested or max(1, driver.max_model_len - len(ids))  # default: fill the context
-    logprobs = chat_logprobs_asked(body)
-    if tools is not None and logprobs is not None:
-        raise bad_request("logprobs are not supported together with tools", param="logprobs")
+    logprobs = chat_logprobs_asked(body)  # with tools too: every generated token's, calls' too
     scored = prompt_logprobs_asked(body)
     sampling = sampling_of(driver, body, ids, max_tokens, logprobs, scored)
     if tools is not None:

@@ -71,6 +71,22 @@ def test_a_named_tool_choice_answers_with_that_call(client: openai.OpenAI, engin
     assert chunks[-1].choices[0].finish_reason == reason
 
 
+def test_logprobs_with_tools_cover_every_generated_token(client: openai.OpenAI):
+    """As vLLM: a call's tokens have their logprobs too (streamed, they come at the end, as the
+    call's text is never sent as content)."""
+    kw = {"model": "tiny", "messages": ASK, "tools": [WEATHER], "tool_choice": NAMED,
+          "max_tokens": 40, "temperature": 0, "logprobs": True, "top_logprobs": 2}  # fmt: skip
+    done = client.chat.completions.create(**kw)
+    assert done.choices[0].message.tool_calls
+    entries = done.choices[0].logprobs.content
+    assert len(entries) == done.usage.completion_tokens and all(len(e.top_logprobs) == 2
+                                                                for e in entries)  # fmt: skip
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    streamed = [e for c in chunks for e in (c.choices[0].logprobs.content if c.choices
+                                            and c.choices[0].logprobs else [])]  # fmt: skip
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in entries]
+
+
 def test_auto_tools_are_described_to_the_model_and_plain_text_stays_content(
     client: openai.OpenAI, engine: LLMEngine
 ):
@@ -115,7 +131,6 @@ def test_past_calls_and_results_render_as_turns(client: openai.OpenAI, engine: L
         ({"tool_choice": "required"}, "tool_choice", "needs tools"),
         ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
          "tool_choice", "not among"),
-        ({"tools": [WEATHER], "logprobs": True}, "logprobs", "together with tools"),
         ({"tools": [WEATHER], "tool_choice": NAMED, "extra_body": {"continue_final_message": True,
           "add_generation_prompt": False}}, "tool_choice", "add_generation_prompt"),
         ({"functions": [{"name": "f"}]}, "functions", "use tools"),
