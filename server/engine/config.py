@@ -60,6 +60,13 @@ class EngineConfig:
     # when a shared prefix is attended once for its group (cascade); None: the rule measured
     # for the backend (server/kernels/cascade_config.py)
     cascade_rule: CascadeConfig | None = None
+    # Speculative decoding by n-gram lookup (server/engine/ngram_drafts.py): up to this many
+    # drafted tokens per greedy sequence, verified in the step (0: off). Drafts are proposed
+    # only while a step's decode rows and drafts together stay within `ngram_max_rows`: on a
+    # few CPU cores a step of up to ~6 rows costs about what one row costs
+    # (benchmarks.step_cost), so the drafts ride free while the batch is small.
+    ngram_speculation: int = 0
+    ngram_max_rows: int = 6
 
     def __post_init__(self) -> None:
         from server.kernels.backends import BACKEND_NAMES
@@ -94,6 +101,11 @@ class EngineConfig:
             raise ValueError(
                 "background_max_prefill_tokens must be >= 1 (or None for no cap), "
                 f"got {self.background_max_prefill_tokens}"
+            )
+        if self.ngram_speculation < 0 or self.ngram_max_rows < 1:
+            raise ValueError(
+                "ngram_speculation must be >= 0 and ngram_max_rows >= 1, got "
+                f"{self.ngram_speculation} and {self.ngram_max_rows}"
             )
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")

@@ -84,6 +84,9 @@ class Context:
     jobs: deque[Job] = field(default_factory=deque)
     state: ContextState = ContextState.IDLE
     last_used: int = 0
+    # the last `num_drafts` of token_ids are drafted, not generated: a step verifies them and
+    # the engine takes them out again (speculative decoding)
+    num_drafts: int = 0
 
     @property
     def num_pending(self) -> int:

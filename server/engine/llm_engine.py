@@ -18,6 +18,7 @@ from server.engine.config import EngineConfig
 from server.engine.context import Context, Job, JobKind
 from server.engine.model_runner import ModelRunner
 from server.engine.models import ModelConfig
+from server.engine.ngram_drafts import ngram_drafts
 from server.engine.output_constraint import (
     OutputConstraint,
     TokenTable,
@@ -27,7 +28,7 @@ from server.engine.output_constraint import (
 from server.engine.outputs import CompletionOutput, EngineStats, JobOutput, TokenLogprob
 from server.engine.sampler import sample
 from server.engine.sampling_params import SamplingParams
-from server.engine.scheduler import Scheduler, SchedulerOutput
+from server.engine.scheduler import ScheduledContext, Scheduler, SchedulerOutput
 from server.engine.step_run import StepRun
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class LLMEngine:
         # set from any thread by request_pause(); the decoder stack reads it between layers
         self._pause_flag = ctypes.c_int(0)
         self._paused: _PausedStep | None = None  # a step stopped between layers, to go on
+        self._drafting: list[Context] = []  # contexts holding drafted tokens this step
+        self._cut_drafts: set[int] = set()  # contexts whose drafts the last step cut short
 
     @functools.cached_property
     def _token_table(self) -> TokenTable:
@@ -414,7 +417,9 @@ class LLMEngine:
         """
         if self._paused is not None:
             return self._step_beside_paused()
+        self._propose_drafts()
         batch = self.scheduler.schedule()
+        self._drop_unscheduled_drafts(batch)
         self._held = not batch.scheduled and self.scheduler.held
         if self._held:
             return self._drain_outputs()  # held for latency work about to arrive: see idle_wait
@@ -473,8 +478,84 @@ class LLMEngine:
         return (
             self.config.pausable_steps
             and run.pausable
-            and not any(self.scheduler.is_latency(s.ctx) for s in batch.scheduled)
+            and not any(self.scheduler.is_latency(s.ctx) or s.ctx.num_drafts
+                        for s in batch.scheduled)  # fmt: skip
         )
+
+    # ---- speculative decoding (n-gram drafts) ----------------------------------------------
+    def _propose_drafts(self) -> None:
+        """Draft tokens for greedy decodes: each drafted sequence is computed whole in the step,
+        and its logits confirm or refute the drafts. Latency-critical decodes always draft (the
+        latency cap keeps their steps small); otherwise only while the step stays small
+        (`ngram_max_rows` rows, all decodes, nothing waiting)."""
+        k = self.config.ngram_speculation
+        running = self.scheduler.running
+        if not k:
+            return
+        latency = [c for c in running if self.scheduler.is_latency(c) and c.num_pending == 1]
+        if latency:
+            drafting, budget = latency, k * len(latency)
+        elif self.scheduler.waiting or any(c.num_pending != 1 for c in running):
+            return
+        else:
+            drafting, budget = running, self.config.ngram_max_rows - len(running)
+        budget = min(budget, self.config.max_num_batched_tokens - len(running))
+        spare_blocks = self.blocks.num_free_blocks - len(running)
+        cut, self._cut_drafts = self._cut_drafts, set()
+        for ctx in drafting:
+            job = ctx.job
+            if budget <= 0 or spare_blocks * self.config.block_size <= k:
+                break
+            if job is None or job.kind is not JobKind.GENERATE or not _may_draft(job):
+                continue
+            if ctx.id in cut:  # a cap cut its drafted row last step: a plain step first
+                continue
+            assert job.sampling is not None
+            room = min(k, budget, job.sampling.max_tokens - len(job.output_token_ids) - 1,
+                       self.max_model_len - len(ctx.token_ids) - 1)  # fmt: skip
+            drafts = ngram_drafts(ctx.token_ids, room) if room > 0 else []
+            if drafts:
+                ctx.token_ids.extend(drafts)
+                ctx.num_drafts = len(drafts)
+                self._drafting.append(ctx)
+                budget -= len(drafts)
+                spare_blocks -= -(-len(drafts) // self.config.block_size)
+
+    def _drop_unscheduled_drafts(self, batch: SchedulerOutput) -> None:
+        """Drafts of contexts the step does not compute (out of budget, preempted) go now."""
+        if not self._drafting:
+            return
+        computed = {s.ctx.id for s in batch.scheduled if s.num_tokens > 0}
+        for ctx in self._drafting:
+            if ctx.id not in computed:
+                _undraft(ctx)
+                self._cut_drafts.add(ctx.id)
+        self._drafting = [c for c in self._drafting if c.num_drafts]
+
+    def _take_verified(self, s: ScheduledContext, predicted: list[int]) -> None:
+        """The drafts the model confirmed (greedy: each equals the likeliest token at its place)
+        and the token it predicts after them, taken as generated tokens one by one (so stop
+        strings, EOS and max_tokens apply to each); the rest are dropped. The confirmed drafts'
+        K/V, computed in the step, stay."""
+        ctx, job = s.ctx, s.ctx.sampling_job
+        assert job is not None
+        drafts = ctx.token_ids[len(ctx.token_ids) - ctx.num_drafts :]
+        accepted = 0
+        while accepted < len(drafts) and predicted[accepted] == drafts[accepted]:
+            accepted += 1
+        _undraft(ctx)
+        ctx.num_computed = len(ctx.token_ids)  # the token that was pending is computed now
+        self._stats.drafted_tokens += len(drafts)
+        self._stats.accepted_tokens += accepted
+        for i, token in enumerate([*drafts[:accepted], predicted[accepted]]):
+            self._append_token(ctx, job, token)
+            if job.finished or ctx.id not in self.scheduler.contexts:
+                break
+            if i < accepted:
+                ctx.num_computed += 1  # a confirmed draft: computed in this step
+        if ctx.id in self.scheduler.contexts:
+            # blocks and hashes past what is computed (refuted drafts) are dropped
+            self.scheduler.set_num_computed(ctx, ctx.num_computed)
 
     def _step_beside_paused(self) -> list[JobOutput]:
         """While a step is paused: a step of the latency-critical work (and what rides along
@@ -549,7 +630,17 @@ class LLMEngine:
             self.scheduler.set_num_computed(ctx, len(ctx.token_ids) - 1)
 
     def _postprocess(self, batch: SchedulerOutput, logits: torch.Tensor | None) -> None:
-        sampling_rows = [s for s in batch.scheduled if s.sample]
+        sampling_rows = [s for s in batch.scheduled if s.sample and not s.drafts]
+        verified: list[tuple[ScheduledContext, list[int]]] = []
+        if logits is not None and any(s.drafts for s in batch.scheduled):
+            plain_rows, at = [], 0  # a drafted row has 1 + drafts rows of logits
+            for s in (s for s in batch.scheduled if s.sample):
+                if s.drafts:
+                    verified.append((s, logits[at : at + 1 + s.drafts].argmax(-1).tolist()))
+                else:
+                    plain_rows.append(at)
+                at += 1 + s.drafts
+            logits = logits[torch.tensor(plain_rows, dtype=torch.long, device=logits.device)]
         jobs = [s.ctx.sampling_job for s in sampling_rows]
         tokens: list[int] = []
         logprobs: list[TokenLogprob | None] = []
@@ -563,7 +654,7 @@ class LLMEngine:
             ctx, job = s.ctx, s.ctx.job
             decode = 0
             if job is not None and job.kind is JobKind.GENERATE and job.output_token_ids:
-                first_output = len(ctx.token_ids) - len(job.output_token_ids)
+                first_output = len(ctx.token_ids) - ctx.num_drafts - len(job.output_token_ids)
                 end = ctx.num_computed + s.num_tokens
                 decode = max(0, end - max(first_output, ctx.num_computed))
             self._stats.prefill_tokens += s.num_tokens - decode
@@ -576,6 +667,15 @@ class LLMEngine:
                 self._finish_job(ctx, job, [], "", activate_next=not s.sample)
         for s, job, token, logprob in zip(sampling_rows, jobs, tokens, logprobs, strict=False):
             self._append_token(s.ctx, job, token, logprob)
+        for s, predicted in verified:
+            self._take_verified(s, predicted)
+        for ctx in self._drafting:
+            if ctx.num_drafts:  # computed in part, not verified: its last real token again
+                real = len(ctx.token_ids) - ctx.num_drafts
+                _undraft(ctx)
+                self.scheduler.set_num_computed(ctx, min(ctx.num_computed, real - 1))
+                self._cut_drafts.add(ctx.id)
+        self._drafting = []
 
     def _append_token(
         self, ctx: Context, job: Job, token: int, logprob: TokenLogprob | None = None
@@ -706,3 +806,18 @@ def parse_dtype(name: str) -> torch.dtype:
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"dtype must name a torch dtype (e.g. float32, bfloat16), got {name!r}")
     return dtype
+
+
+def _may_draft(job: Job) -> bool:
+    """Drafts are verified greedily, with the raw logits: only plain greedy generations."""
+    sp = job.sampling
+    return (
+        sp is not None and sp.greedy and not sp.adjusts_logits and sp.logprobs is None
+        and sp.prompt_logprobs is None and job.constraint is None
+    )  # fmt: skip
+
+
+def _undraft(ctx: Context) -> None:
+    """Take the drafted tokens out of the context's tokens."""
+    del ctx.token_ids[len(ctx.token_ids) - ctx.num_drafts :]
+    ctx.num_drafts = 0

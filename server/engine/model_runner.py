@@ -100,8 +100,8 @@ class ModelRunner:
             query_lens.append(s.num_tokens)
             seq_lens.append(end)
             tables.append(s.ctx.block_table)
-            if s.sample:
-                last_rows.append(len(input_ids) - 1)
+            if s.sample:  # the last row, and before it the rows that verify drafted tokens
+                last_rows.extend(range(len(input_ids) - 1 - s.drafts, len(input_ids)))
         meta = build_attention_metadata(
             query_lens,
             seq_lens,

@@ -62,6 +62,9 @@ class EngineStats:
     steps: int = 0
     # steps paused between two layers for latency-critical work that arrived meanwhile
     paused_steps: int = 0
+    # speculative decoding: drafted tokens a step verified, and those the model confirmed
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
     free_blocks: int = 0
     total_blocks: int = 0
     contexts: int = 0  # alive now: held by the server, or a plain request's

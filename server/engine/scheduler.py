@@ -29,6 +29,7 @@ class ScheduledContext:
     ctx: Context
     num_tokens: int  # tokens computed this step (0: a fill satisfied by the prefix cache)
     sample: bool  # the chunk ends the context's tokens and its job generates
+    drafts: int = 0  # drafted tokens at its end whose logits verify them (speculative decoding)
 
 
 @dataclass
@@ -280,7 +281,8 @@ class Scheduler:
         sample = (
             ctx.sampling_job is not None and n > 0 and ctx.num_computed + n == len(ctx.token_ids)
         )
-        out.scheduled.append(ScheduledContext(ctx, n, sample))
+        drafts = ctx.num_drafts if sample and n > ctx.num_drafts else 0
+        out.scheduled.append(ScheduledContext(ctx, n, sample, drafts))
 
     def _match_prefix(self, ctx: Context, out: SchedulerOutput) -> None:
         """Attach cached blocks that hold the context's next pending tokens.
@@ -312,7 +314,8 @@ class Scheduler:
 
     def _match_limit(self, ctx: Context) -> int | None:
         """How far cached blocks may hold the context's tokens; None when none may."""
-        if len(ctx.block_hashes) != ctx.num_computed // self.block_size:
+        # drafted tokens are computed whatever the cache holds: their logits verify them
+        if len(ctx.block_hashes) != ctx.num_computed // self.block_size or ctx.num_drafts:
             return None
         job = ctx.sampling_job
         if job is not None and job.wants_prompt_logprobs:

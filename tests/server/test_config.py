@@ -19,11 +19,14 @@ def test_defaults_and_flags_map_to_the_config() -> None:
         "enable_prefix_cache": False,
         "enable_cascade": True,
         "prefault_kv_cache": True,
+        "ngram_speculation": 4,
         "latency_max_batched_tokens": 0,
         "latency_other_decode_rows": 3,
         "background_max_prefill_tokens": 512,
         "pausable_steps": True,
     }
+    assert ServerConfig.from_args(["--ngram-speculation", "0"]).engine_kwargs()[
+        "ngram_speculation"] == 0  # fmt: skip
     # the engines run in child processes unless told otherwise
     assert ServerConfig().engine_process
     assert not ServerConfig.from_args(["--no-engine-process"]).engine_process
