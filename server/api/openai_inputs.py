@@ -319,22 +319,15 @@ def guided_output(body: OpenAIRequest) -> GuidedOutput:
                 and all(isinstance(c, str) and c for c in value)):  # fmt: skip
             raise bad_request(f"{param} must be a list of non-empty strings", param=field)
         return GuidedOutput(choices=value)
-    if what == "regex":
-        if not isinstance(value, str) or not value:
-            raise bad_request(f"{param} must be a pattern", param=field)
-        try:
-            Regex(value)
-        except RegexError as exc:
-            raise bad_request(f"{param}: {exc}", param=field) from exc
-        return GuidedOutput(regex=value)
-    if what == "grammar":
+    if what in ("regex", "grammar"):
+        kind = "a pattern" if what == "regex" else "a grammar (GBNF text)"
         if not isinstance(value, str) or not value.strip():
-            raise bad_request(f"{param} must be a grammar (GBNF text)", param=field)
+            raise bad_request(f"{param} must be {kind}", param=field)
         try:
-            compiled_grammar(value)
-        except GrammarError as exc:
+            Regex(value) if what == "regex" else compiled_grammar(value)
+        except (RegexError, GrammarError) as exc:
             raise bad_request(f"{param}: {exc}", param=field) from exc
-        return GuidedOutput(grammar=value)
+        return GuidedOutput(**{what: value})
     if isinstance(value, str):
         try:
             value = json.loads(value)

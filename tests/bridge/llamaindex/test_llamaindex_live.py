@@ -34,7 +34,6 @@ from parrot_bridge.llamaindex import (
     get_response_synthesizer,
 )
 from server.engine import LLMEngine, SamplingParams
-from server.launcher import ServerProcess
 from tests.server.http_client import metrics
 
 pytestmark = pytest.mark.slow
@@ -44,13 +43,6 @@ PAPER = Path(__file__).resolve().parents[3].parent / "shared/data/arxiv-march-20
 TREE_WINDOW, REFINE_WINDOW = 250, 700
 MAX_TOKENS = 8
 SUBMISSIONS = "parrot_graph_submissions_total"
-
-
-@pytest.fixture(scope="module")
-def url(tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("llamaindex") / "server.log"
-    with ServerProcess(tiny_llama_path, log_path=log) as srv:
-        yield srv.url
 
 
 @pytest.fixture(scope="module")

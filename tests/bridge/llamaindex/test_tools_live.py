@@ -7,8 +7,6 @@ on until `max_tokens`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import openai
@@ -20,7 +18,6 @@ from llama_index.core.tools import FunctionTool
 from pydantic import BaseModel
 
 from parrot_bridge.llamaindex import Parrot
-from server.launcher import ServerProcess
 from tests.bridge.llamaindex.test_tools import WEATHER, get_weather
 from tests.server.http_client import request
 
@@ -43,13 +40,6 @@ class Verdict(BaseModel):
 
     ok: bool
     city: Literal["Paris", "Rome"]
-
-
-@pytest.fixture(scope="module")
-def url(tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("llamaindex_tools") / "server.log"
-    with ServerProcess(tiny_llama_path, log_path=log) as srv:
-        yield srv.url
 
 
 @pytest.fixture(scope="module")
