@@ -485,16 +485,21 @@ class LLMEngine:
     # ---- speculative decoding (n-gram drafts) ----------------------------------------------
     def _propose_drafts(self) -> None:
         """Draft tokens for greedy decodes: each drafted sequence is computed whole in the step,
-        and its logits confirm or refute the drafts. Latency-critical decodes always draft (the
-        latency cap keeps their steps small); otherwise only while the step stays small
-        (`ngram_max_rows` rows, all decodes, nothing waiting)."""
+        and its logits confirm or refute the drafts. Drafts fill the step up to `ngram_max_rows`
+        rows. With latency-critical decodes about, they draft and the rows of other work that
+        the latency cap lets in count against that; otherwise every decode may draft while the
+        step holds decodes only and nothing waits."""
         k = self.config.ngram_speculation
         running = self.scheduler.running
         if not k:
             return
         latency = [c for c in running if self.scheduler.is_latency(c) and c.num_pending == 1]
         if latency:
-            drafting, budget = latency, k * len(latency)
+            others = len(running) - len(latency)
+            cap = self.config.latency_max_batched_tokens
+            riding = others if cap is None else min(
+                others, cap + self.config.latency_other_decode_rows)  # fmt: skip
+            drafting, budget = latency, self.config.ngram_max_rows - len(latency) - riding
         elif self.scheduler.waiting or any(c.num_pending != 1 for c in running):
             return
         else:
