@@ -195,6 +195,18 @@ class Metrics:
                 "Engine steps of other work paused between two layers for latency-critical work.",
                 engine.paused_steps,
             ),
+            _single(
+                "parrot_drafted_tokens_total",
+                "counter",
+                "Tokens drafted by n-gram lookup and verified in a step (speculative decoding).",
+                engine.drafted_tokens,
+            ),
+            _single(
+                "parrot_accepted_draft_tokens_total",
+                "counter",
+                "Drafted tokens the model confirmed (each saved a decode step of its sequence).",
+                engine.accepted_tokens,
+            ),
         ]
         own = [
             self.prompt_tokens,

@@ -14,7 +14,7 @@ def test_render_merges_server_and_engine_counters() -> None:
     m.http_requests.inc(route="/v1/sessions/{session_id}/graph", status="200")
     m.http_requests.inc(route="/v1/sessions/{session_id}/graph", status="200")
     stats = EngineStats(prefill_tokens=50, cached_tokens=5, generated_tokens=9, free_blocks=30,
-                        total_blocks=32)  # fmt: skip
+                        total_blocks=32, drafted_tokens=12, accepted_tokens=7)  # fmt: skip
     text = m.render(stats)
     lines = set(text.splitlines())
     assert "parrot_prompt_tokens_total 120" in lines
@@ -22,6 +22,8 @@ def test_render_merges_server_and_engine_counters() -> None:
     assert "parrot_cached_tokens_total 75" in lines  # prefix cache + forks
     assert "parrot_generated_tokens_total 9" in lines
     assert "parrot_kv_free_blocks 30" in lines
+    assert "parrot_drafted_tokens_total 12" in lines
+    assert "parrot_accepted_draft_tokens_total 7" in lines
     assert "parrot_graph_submissions_total 1" in lines
     assert (
         'parrot_http_requests_total{route="/v1/sessions/{session_id}/graph",status="200"} 2'

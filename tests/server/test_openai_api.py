@@ -650,6 +650,25 @@ def test_prompt_logprobs_score_each_prompt_token_as_transformers_does(
         assert err.value.body["param"] == "prompt_logprobs"  # type: ignore[index]
 
 
+def test_greedy_requests_draft_by_default_and_answer_as_without(
+    server: str, client: openai.OpenAI, engine: LLMEngine
+) -> None:
+    """The server's engines draft tokens by n-gram lookup (--ngram-speculation 4 by default);
+    the answer is the reference engine's, which drafts nothing."""
+    base = engine.tokenizer.encode("The parrot said")
+    first = engine.generate([base], SamplingParams(max_tokens=24, temperature=0,
+                                                   ignore_eos=True))[0]  # fmt: skip
+    prompt = base + first.token_ids + base  # its own start again: drafts find what followed
+    before = metrics(server)["parrot_drafted_tokens_total"]
+    done = client.completions.create(model="tiny", prompt=prompt, max_tokens=30, temperature=0,
+                                     extra_body={"ignore_eos": True})
+    want = engine.generate([prompt], SamplingParams(max_tokens=30, temperature=0,
+                                                    ignore_eos=True))[0]  # fmt: skip
+    assert done.choices[0].text == want.text
+    assert metrics(server)["parrot_drafted_tokens_total"] > before
+    assert engine.stats.drafted_tokens == 0
+
+
 def test_chat_echo_starts_the_answer_with_the_final_message(
     client: openai.OpenAI, engine: LLMEngine
 ) -> None:
