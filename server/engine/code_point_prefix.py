@@ -54,10 +54,6 @@ class CodePointPrefix:
         lo = max(self._pending << shift, self._least)
         return lo, min((self._pending << shift) | ((1 << shift) - 1), 0x10FFFF)
 
-    def chars_to_complete(self) -> int | None:
-        """The fewest more characters that complete the text (None: none can)."""
-        raise NotImplementedError
-
     def could_take(self, lo: int, hi: int) -> bool:
         """Whether some character in [lo, hi] could be taken now (between characters)."""
         return self._may_take(lo, hi)

@@ -202,6 +202,7 @@ class RegexPrefix(CodePointPrefix):
         return twin
 
     def chars_to_complete(self) -> int | None:
+        """The fewest more characters that complete a match (None: none can)."""
         return self._regex.chars_to_accept(self._states)
 
     def could_take_within(self, lo: int, hi: int, budget: int) -> bool:

@@ -36,7 +36,7 @@ def test_a_string_closes_exactly_when_its_lengths_and_pattern_hold(low, high, pa
         )
         for ascii_only in (True, False):  # é as \u00e9 or as its UTF-8 bytes
             content = json.dumps(text, ensure_ascii=ascii_only)[1:-1].encode()
-            taken, closes = _follows(rules, content)
+            _, closes = _follows(rules, content)
             assert closes == wanted, (text, ascii_only)
 
 
