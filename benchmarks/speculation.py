@@ -1,0 +1,93 @@
+"""What n-gram drafts (speculative decoding) save a greedy request, side by side in one run:
+two engines on the same weights, one drafting (`ngram_speculation`), one not, alternating.
+
+    python -m benchmarks.speculation [--quick] [--model NAME] [--drafts 4] [--rounds 2]
+
+Each case: one request alone (batch 1), ~850-token arXiv chunk with an instruction (a summary,
+the key terms, a rewrite), 128 greedy tokens. Round 1 computes the prompts; later rounds find
+them in each engine's prefix cache, so they time decoding alone. Prints wall times, the ratio,
+the drafts made and confirmed, and whether the outputs are equal (they must be); saves JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common.data import chunks, paper
+from server.engine import LLMEngine, SamplingParams
+
+RESULTS = Path(__file__).parent / "results"
+ASKS = (
+    "Summarize this text in a few sentences.",
+    "List the key terms this text defines, with their definitions as written.",
+    "Rewrite the first paragraph of this text with the same wording, fixing nothing.",
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--drafts", type=int, default=4, help="ngram_speculation of the drafting engine")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--quick", action="store_true", help="one case (a 1000-character chunk), one round, 32 tokens")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/)")
+    args = parser.parse_args(argv)
+    asks = ASKS[:1] if args.quick else ASKS
+    if args.quick:
+        args.rounds, args.tokens = 1, 32
+    plain = LLMEngine.from_pretrained(args.model)
+    drafting = LLMEngine.from_pretrained(args.model, ngram_speculation=args.drafts)
+    tok = plain.tokenizer
+    prompts = [
+        tok.encode(tok.apply_chat_template([{"role": "user", "content": chunk + "\n\n" + ask}],
+                                           True))
+        for chunk, ask in zip(chunks(paper(3), 1000 if args.quick else 3000, len(asks)), asks,
+                              strict=True)
+    ]  # fmt: skip
+    sampling = SamplingParams(max_tokens=args.tokens, temperature=0)
+    for engine in (plain, drafting):  # warm-up on a prompt no case starts with
+        engine.generate([tok.encode("Warm up.")], SamplingParams(max_tokens=4, temperature=0))
+    rows = []
+    for round_ in range(1, args.rounds + 1):
+        for case, prompt in enumerate(prompts):
+            times, outs = {}, {}
+            before = (drafting.stats.drafted_tokens, drafting.stats.accepted_tokens)
+            for name, engine in (("plain", plain), ("drafting", drafting)):
+                start = time.perf_counter()
+                outs[name] = engine.generate([prompt], sampling)[0]
+                times[name] = time.perf_counter() - start
+            rows.append({
+                "round": round_, "case": case, "prompt_tokens": len(prompt),
+                "generated": len(outs["plain"].token_ids), "plain_s": times["plain"],
+                "drafting_s": times["drafting"], "speedup": times["plain"] / times["drafting"],
+                "drafted": drafting.stats.drafted_tokens - before[0],
+                "accepted": drafting.stats.accepted_tokens - before[1],
+                "equal": outs["plain"].token_ids == outs["drafting"].token_ids,
+            })  # fmt: skip
+    print(f"n-gram drafts, {args.model}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, batch 1, {args.tokens} greedy tokens")  # fmt: skip
+    print(f"{'round':>5} {'case':>4} {'prompt':>6} {'plain s':>8} {'drafts s':>8} {'x':>6} "
+          f"{'drafted':>7} {'kept':>5} equal")  # fmt: skip
+    for r in rows:
+        print(f"{r['round']:>5} {r['case']:>4} {r['prompt_tokens']:>6} {r['plain_s']:>8.2f} "
+              f"{r['drafting_s']:>8.2f} {r['speedup']:>5.2f}x {r['drafted']:>7} "
+              f"{r['accepted']:>5} {r['equal']}")  # fmt: skip
+    out = Path(args.out) if args.out else RESULTS / "speculation_cpu.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"model": args.model, "drafts": args.drafts, "tokens": args.tokens,
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}  # fmt: skip
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"saved {out}")
+
+
+if __name__ == "__main__":
+    main()
