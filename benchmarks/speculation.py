@@ -1,17 +1,20 @@
-"""What n-gram drafts (speculative decoding) save a greedy request, side by side in one run:
-two engines on the same weights, one drafting (`ngram_speculation`), one not, alternating.
+"""What n-gram drafts (speculative decoding) save a request, side by side in one run: two
+engines on the same weights, one drafting (`ngram_speculation`), one not, alternating.
 
     python -m benchmarks.speculation [--quick] [--model NAME] [--drafts 4] [--rounds 2]
 
 Each case: one request alone (batch 1), ~850-token arXiv chunk with an instruction (a summary,
-the key terms, a rewrite), 128 greedy tokens. Round 1 computes the prompts; later rounds find
-them in each engine's prefix cache, so they time decoding alone. Prints wall times, the ratio,
-the drafts made and confirmed, and whether the outputs are equal (they must be); saves JSON.
+the key terms, a rewrite), 128 tokens. Round 1's greedy run computes each prompt; the runs after
+it find the prompt in each engine's prefix cache, so they time decoding alone. Each case runs greedy and
+sampled (temperature 0.7, top_p 0.95, a seed: a draft stays when the step draws it, so the
+seeded draws, and the outputs, are those of the engine without drafts). Prints wall times, the
+ratio, the drafts made and confirmed, and whether the outputs are equal (they must be); saves JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import time
@@ -53,12 +56,16 @@ def main(argv: list[str] | None = None) -> None:
         for chunk, ask in zip(chunks(paper(3), 1000 if args.quick else 3000, len(asks)), asks,
                               strict=True)
     ]  # fmt: skip
-    sampling = SamplingParams(max_tokens=args.tokens, temperature=0)
+    samplings = {
+        "greedy": SamplingParams(max_tokens=args.tokens, temperature=0),
+        "T=0.7": SamplingParams(max_tokens=args.tokens, temperature=0.7, top_p=0.95, seed=7),
+    }
     for engine in (plain, drafting):  # warm-up on a prompt no case starts with
         engine.generate([tok.encode("Warm up.")], SamplingParams(max_tokens=4, temperature=0))
     rows = []
     for round_ in range(1, args.rounds + 1):
-        for case, prompt in enumerate(prompts):
+        for (case, prompt), (mode, sampling) in itertools.product(enumerate(prompts),
+                                                                  samplings.items()):  # fmt: skip
             times, outs = {}, {}
             before = (drafting.stats.drafted_tokens, drafting.stats.accepted_tokens)
             for name, engine in (("plain", plain), ("drafting", drafting)):
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
                 outs[name] = engine.generate([prompt], sampling)[0]
                 times[name] = time.perf_counter() - start
             rows.append({
-                "round": round_, "case": case, "prompt_tokens": len(prompt),
+                "round": round_, "case": case, "sampling": mode, "prompt_tokens": len(prompt),
                 "generated": len(outs["plain"].token_ids), "plain_s": times["plain"],
                 "drafting_s": times["drafting"], "speedup": times["plain"] / times["drafting"],
                 "drafted": drafting.stats.drafted_tokens - before[0],
@@ -74,11 +81,12 @@ def main(argv: list[str] | None = None) -> None:
                 "equal": outs["plain"].token_ids == outs["drafting"].token_ids,
             })  # fmt: skip
     print(f"n-gram drafts, {args.model}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, batch 1, {args.tokens} greedy tokens")  # fmt: skip
-    print(f"{'round':>5} {'case':>4} {'prompt':>6} {'plain s':>8} {'drafts s':>8} {'x':>6} "
-          f"{'drafted':>7} {'kept':>5} equal")  # fmt: skip
+          f"{torch.get_num_threads()} threads, batch 1, {args.tokens} tokens")  # fmt: skip
+    print(f"{'round':>5} {'case':>4} {'sampling':>8} {'prompt':>6} {'plain s':>8} {'drafts s':>8} "
+          f"{'x':>6} {'drafted':>7} {'kept':>5} equal")  # fmt: skip
     for r in rows:
-        print(f"{r['round']:>5} {r['case']:>4} {r['prompt_tokens']:>6} {r['plain_s']:>8.2f} "
+        print(f"{r['round']:>5} {r['case']:>4} {r['sampling']:>8} {r['prompt_tokens']:>6} "
+              f"{r['plain_s']:>8.2f} "
               f"{r['drafting_s']:>8.2f} {r['speedup']:>5.2f}x {r['drafted']:>7} "
               f"{r['accepted']:>5} {r['equal']}")  # fmt: skip
     out = Path(args.out) if args.out else RESULTS / "speculation_cpu.json"

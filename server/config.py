@@ -49,8 +49,9 @@ class ServerConfig:
     enable_prefix_cache: bool = True
     enable_cascade: bool = True
     prefault_kv_cache: bool = True
-    # greedy decodes draft up to 4 tokens from their own text (exact: the model confirms each;
-    # a chain of summaries alone ran 3.54 -> 2.25 s, benchmarks/README.md)
+    # decodes draft up to 4 tokens from their own text (exact: each stays only if the step
+    # chooses it, greedy or sampled; a chain of summaries alone ran 3.54 -> 2.25 s,
+    # benchmarks/README.md)
     ngram_speculation: int | None = 4
     ngram_max_rows: int | None = None
     engines: int = 1
@@ -230,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="K",
         default=d.ngram_speculation,
-        help="speculative decoding by n-gram lookup: up to K drafted tokens per greedy sequence, "
+        help="speculative decoding by n-gram lookup: up to K drafted tokens per decoding sequence, "
         "taken from the sequence's own earlier text and verified in the step (0: off); "
         "latency-critical calls always draft, other work only while a step holds at most "
         "--ngram-max-rows rows (default 6)",

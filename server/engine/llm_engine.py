@@ -484,7 +484,7 @@ class LLMEngine:
 
     # ---- speculative decoding (n-gram drafts) ----------------------------------------------
     def _propose_drafts(self) -> None:
-        """Draft tokens for greedy decodes: each drafted sequence is computed whole in the step,
+        """Draft tokens for decodes: each drafted sequence is computed whole in the step,
         and its logits confirm or refute the drafts. Drafts fill the step up to `ngram_max_rows`
         rows. With latency-critical decodes about, they draft and the rows of other work that
         the latency cap lets in count against that; otherwise every decode may draft while the
@@ -537,27 +537,40 @@ class LLMEngine:
                 self._cut_drafts.add(ctx.id)
         self._drafting = [c for c in self._drafting if c.num_drafts]
 
-    def _take_verified(self, s: ScheduledContext, predicted: list[int]) -> None:
-        """The drafts the model confirmed (greedy: each equals the likeliest token at its place)
-        and the token it predicts after them, taken as generated tokens one by one (so stop
-        strings, EOS and max_tokens apply to each); the rest are dropped. The confirmed drafts'
-        K/V, computed in the step, stay."""
+    def _take_verified(self, s: ScheduledContext, rows: torch.Tensor) -> None:
+        """Verifies a drafted row with its logits (`rows`: 1 + drafts rows, one per place) and
+        takes the tokens one by one through the usual path (so stop strings, EOS, max_tokens and
+        a constraint apply to each). The token at each place is chosen as a plain step would
+        choose it there, with the state (penalties, constraint, seed) the drafts before it made;
+        a draft stays while it is that token, and the first chosen token that differs ends the
+        row. A draft is a point mass, so for sampled rows this is exact speculative sampling:
+        accepting draft d with probability p(d) and otherwise drawing from p without d draws
+        each token with p. The confirmed drafts' K/V, computed in the step, stay."""
         ctx, job = s.ctx, s.ctx.sampling_job
-        assert job is not None
+        assert job is not None and job.sampling is not None
         drafts = ctx.token_ids[len(ctx.token_ids) - ctx.num_drafts :]
-        accepted = 0
-        while accepted < len(drafts) and predicted[accepted] == drafts[accepted]:
-            accepted += 1
         _undraft(ctx)
         ctx.num_computed = len(ctx.token_ids)  # the token that was pending is computed now
+        # plain greedy rows need no state between places: every choice in one argmax
+        fast = rows.argmax(-1).tolist() if _plain_greedy(job) else None
+        accepted = 0
+        for i in range(len(drafts) + 1):
+            if fast is not None:
+                token, logprob = fast[i], None
+            else:
+                chosen, logprobs = sample(
+                    rows[i : i + 1], [job.sampling], [job.generator], [job.output_token_ids],
+                    [job.constraint], [ctx.token_ids], self.eos_token_ids,
+                )  # fmt: skip
+                token, logprob = chosen[0], logprobs[0]
+            confirmed = i < len(drafts) and token == drafts[i]
+            self._append_token(ctx, job, token, logprob)
+            if not confirmed or job.finished or ctx.id not in self.scheduler.contexts:
+                break
+            accepted += 1
+            ctx.num_computed += 1  # a confirmed draft: computed in this step
         self._stats.drafted_tokens += len(drafts)
         self._stats.accepted_tokens += accepted
-        for i, token in enumerate([*drafts[:accepted], predicted[accepted]]):
-            self._append_token(ctx, job, token)
-            if job.finished or ctx.id not in self.scheduler.contexts:
-                break
-            if i < accepted:
-                ctx.num_computed += 1  # a confirmed draft: computed in this step
         if ctx.id in self.scheduler.contexts:
             # blocks and hashes past what is computed (refuted drafts) are dropped
             self.scheduler.set_num_computed(ctx, ctx.num_computed)
@@ -636,12 +649,12 @@ class LLMEngine:
 
     def _postprocess(self, batch: SchedulerOutput, logits: torch.Tensor | None) -> None:
         sampling_rows = [s for s in batch.scheduled if s.sample and not s.drafts]
-        verified: list[tuple[ScheduledContext, list[int]]] = []
+        verified: list[tuple[ScheduledContext, torch.Tensor]] = []
         if logits is not None and any(s.drafts for s in batch.scheduled):
             plain_rows, at = [], 0  # a drafted row has 1 + drafts rows of logits
             for s in (s for s in batch.scheduled if s.sample):
                 if s.drafts:
-                    verified.append((s, logits[at : at + 1 + s.drafts].argmax(-1).tolist()))
+                    verified.append((s, logits[at : at + 1 + s.drafts]))
                 else:
                     plain_rows.append(at)
                 at += 1 + s.drafts
@@ -672,8 +685,8 @@ class LLMEngine:
                 self._finish_job(ctx, job, [], "", activate_next=not s.sample)
         for s, job, token, logprob in zip(sampling_rows, jobs, tokens, logprobs, strict=False):
             self._append_token(s.ctx, job, token, logprob)
-        for s, predicted in verified:
-            self._take_verified(s, predicted)
+        for s, rows in verified:
+            self._take_verified(s, rows)
         for ctx in self._drafting:
             if ctx.num_drafts:  # computed in part, not verified: its last real token again
                 real = len(ctx.token_ids) - ctx.num_drafts
@@ -814,12 +827,16 @@ def parse_dtype(name: str) -> torch.dtype:
 
 
 def _may_draft(job: Job) -> bool:
-    """Drafts are verified greedily, with the raw logits: only plain greedy generations."""
+    """Every generation may draft but one that scores its prompt (its steps compute the logits
+    of every prompt place, not of drafts)."""
+    return job.sampling is not None and job.sampling.prompt_logprobs is None
+
+
+def _plain_greedy(job: Job) -> bool:
+    """Greedy on the raw logits, with nothing to report but the token."""
     sp = job.sampling
-    return (
-        sp is not None and sp.greedy and not sp.adjusts_logits and sp.logprobs is None
-        and sp.prompt_logprobs is None and job.constraint is None
-    )  # fmt: skip
+    assert sp is not None
+    return sp.greedy and not sp.adjusts_logits and sp.logprobs is None and job.constraint is None
 
 
 def _undraft(ctx: Context) -> None:

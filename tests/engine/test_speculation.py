@@ -63,6 +63,47 @@ def test_outputs_equal_those_without_drafts(arch: str, tiny_llama_path, tiny_qwe
         assert (b.token_ids, b.text, b.finish_reason) == (a.token_ids, a.text, a.finish_reason)
 
 
+def test_sampled_scored_penalized_and_constrained_rows_draft_exactly(tiny_llama_path):
+    """Rows that are not plain greedy draft too: each place's token is chosen as a plain step
+    would choose it, with the state the drafts before it made, so a seeded sampled row draws
+    the same tokens, and logprobs, penalties and constraints come out the same."""
+    off, on = _engines(tiny_llama_path)
+    prompts = _echo_prompts(off)
+    said = off.generate(prompts[:1], SamplingParams(max_tokens=24, temperature=0,
+                                                    ignore_eos=True))[0].text  # fmt: skip
+    kinds = {
+        # sampled, but top_k=1 makes it as sure as greedy: drafts are confirmed
+        "top_k 1": SamplingParams(max_tokens=40, temperature=1.0, top_k=1, seed=1, ignore_eos=True),
+        "top_k 3": SamplingParams(max_tokens=40, temperature=0.8, top_k=3, seed=2, ignore_eos=True),
+        "top_p, min_p, logprobs": SamplingParams(
+            max_tokens=40, temperature=0.6, top_p=0.8, min_p=0.05, seed=3, logprobs=2,
+            ignore_eos=True),  # fmt: skip
+        "greedy, logprobs": SamplingParams(max_tokens=40, temperature=0, logprobs=3, ignore_eos=True),
+        "penalties, bias": SamplingParams(
+            max_tokens=40, temperature=0, presence_penalty=0.2, frequency_penalty=0.1,
+            logit_bias={7: -1.0}, ignore_eos=True),  # fmt: skip
+        "repetition, min_tokens": SamplingParams(max_tokens=40, temperature=0,
+                                                 repetition_penalty=1.1, min_tokens=30),  # fmt: skip
+        "choice": SamplingParams(max_tokens=40, temperature=0, choices=[said, "a b c"]),
+        "choice, sampled": SamplingParams(max_tokens=40, temperature=0.7, top_k=1, seed=4,
+                                          choices=[said, "a b c"]),  # fmt: skip
+    }
+    confirmed = {}
+    for name, sampling in kinds.items():
+        before = on.stats.accepted_tokens
+        for batch in (prompts[:1], prompts):
+            for a, b in zip(off.generate(batch, sampling), on.generate(batch, sampling), strict=True):
+                assert (b.token_ids, b.text, b.finish_reason) == (a.token_ids, a.text, a.finish_reason), name
+                want, got = a.logprobs or [], b.logprobs or []
+                assert [(x.token_id, [t for t, _ in x.top]) for x in got] == [
+                    (x.token_id, [t for t, _ in x.top]) for x in want], name
+                for x, y in zip(want, got, strict=True):
+                    assert y.logprob == pytest.approx(x.logprob, abs=1e-4), name
+        confirmed[name] = on.stats.accepted_tokens - before
+    assert confirmed["top_k 1"] and confirmed["greedy, logprobs"], confirmed
+    assert confirmed["choice"] and confirmed["choice, sampled"], confirmed
+
+
 def test_cut_drafts_small_pools_and_forks_change_nothing(tiny_llama_path):
     """A step budget below a drafted row (the drafts are cut, the row runs plain next), a pool
     that preempts, and greedy forks decoding over a shared-prefix level."""
