@@ -9,6 +9,11 @@ it find the prompt in each engine's prefix cache, so they time decoding alone. E
 sampled (temperature 0.7, top_p 0.95, a seed: a draft stays when the step draws it, so the
 seeded draws, and the outputs, are those of the engine without drafts). Prints wall times, the
 ratio, the drafts made and confirmed, and whether the outputs are equal (they must be); saves JSON.
+
+Then the constrained cases of `benchmarks.constrained` (a cat as JSON: JSON mode, a schema, fixed
+choices, a regex, a JSON grammar), greedy and sampled, where the drafts are the text the
+constraint forces next (the rest of a key, a regex's literal parts) or, where none is forced,
+n-gram drafts; with the engines' steps counted.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common.data import chunks, paper
+from benchmarks.constrained import MODES, PROMPT
 from server.engine import LLMEngine, SamplingParams
 
 RESULTS = Path(__file__).parent / "results"
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                 "accepted": drafting.stats.accepted_tokens - before[1],
                 "equal": outs["plain"].token_ids == outs["drafting"].token_ids,
             })  # fmt: skip
+    constrained = constrained_rows(plain, drafting, args.rounds, 1 if args.quick else None)
     print(f"n-gram drafts, {args.model}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, batch 1, {args.tokens} tokens")  # fmt: skip
     print(f"{'round':>5} {'case':>4} {'sampling':>8} {'prompt':>6} {'plain s':>8} {'drafts s':>8} "
@@ -89,12 +96,54 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['plain_s']:>8.2f} "
               f"{r['drafting_s']:>8.2f} {r['speedup']:>5.2f}x {r['drafted']:>7} "
               f"{r['accepted']:>5} {r['equal']}")  # fmt: skip
+    print("\nconstrained (a cat as JSON, up to 48 tokens), batch 1")
+    print(f"{'round':>5} {'mode':<12} {'sampling':>8} {'plain s':>8} {'drafts s':>8} {'x':>6} "
+          f"{'steps':>9} {'drafted':>7} {'kept':>5} equal")  # fmt: skip
+    for r in constrained:
+        print(f"{r['round']:>5} {r['mode']:<12} {r['sampling']:>8} {r['plain_s']:>8.3f} "
+              f"{r['drafting_s']:>8.3f} {r['speedup']:>5.2f}x "
+              f"{r['plain_steps']:>4}/{r['drafting_steps']:<4} {r['drafted']:>7} "
+              f"{r['accepted']:>5} {r['equal']}")  # fmt: skip
     out = Path(args.out) if args.out else RESULTS / "speculation_cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"model": args.model, "drafts": args.drafts, "tokens": args.tokens,
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}  # fmt: skip
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows,
+              "constrained": constrained}  # fmt: skip
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"saved {out}")
+
+
+def constrained_rows(
+    plain: LLMEngine, drafting: LLMEngine, rounds: int, modes: int | None
+) -> list[dict]:
+    """Each constrained mode (the first `modes` of them; all if None), greedy and sampled, on
+    both engines in turn: wall time, steps, drafts, and whether the outputs are equal."""
+    tok = plain.tokenizer
+    ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": PROMPT}], True))
+    kinds = [m for m in MODES if m != "plain"][:modes]
+    rows = []
+    for round_ in range(1, rounds + 1):
+        for mode, temperature in itertools.product(kinds, (0.0, 0.7)):
+            sampling = SamplingParams(max_tokens=48, temperature=temperature, seed=1, **MODES[mode])
+            times, outs, steps = {}, {}, {}
+            before = (drafting.stats.drafted_tokens, drafting.stats.accepted_tokens)
+            for name, engine in (("plain", plain), ("drafting", drafting)):
+                first, start = engine.stats.steps, time.perf_counter()
+                outs[name] = engine.generate([ids], sampling)[0]
+                times[name] = time.perf_counter() - start
+                steps[name] = engine.stats.steps - first
+            rows.append({
+                "round": round_, "mode": mode,
+                "sampling": "greedy" if temperature == 0 else f"T={temperature}",
+                "plain_s": times["plain"], "drafting_s": times["drafting"],
+                "speedup": times["plain"] / times["drafting"],
+                "plain_steps": steps["plain"], "drafting_steps": steps["drafting"],
+                "drafted": drafting.stats.drafted_tokens - before[0],
+                "accepted": drafting.stats.accepted_tokens - before[1],
+                "equal": outs["plain"].token_ids == outs["drafting"].token_ids,
+                "text": outs["drafting"].text,
+            })  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":

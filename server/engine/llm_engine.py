@@ -509,22 +509,31 @@ class LLMEngine:
         cut, self._cut_drafts = self._cut_drafts, set()
         for ctx in drafting:
             job = ctx.job
-            if budget <= 0 or spare_blocks * self.config.block_size <= k:
+            if budget <= 0 or spare_blocks * self.config.block_size <= max(k, budget):
                 break
             if job is None or job.kind is not JobKind.GENERATE or not _may_draft(job):
                 continue
             if ctx.id in cut:  # a cap cut its drafted row last step: a plain step first
                 continue
             assert job.sampling is not None
-            room = min(k, budget, job.sampling.max_tokens - len(job.output_token_ids) - 1,
+            room = min(budget, job.sampling.max_tokens - len(job.output_token_ids) - 1,
                        self.max_model_len - len(ctx.token_ids) - 1)  # fmt: skip
-            drafts = ngram_drafts(ctx.token_ids, room) if room > 0 else []
+            drafts = self._drafts(ctx, job, room) if room > 0 else []
             if drafts:
                 ctx.token_ids.extend(drafts)
                 ctx.num_drafts = len(drafts)
                 self._drafting.append(ctx)
                 budget -= len(drafts)
                 spare_blocks -= -(-len(drafts) // self.config.block_size)
+
+    def _drafts(self, ctx: Context, job: Job, room: int) -> list[int]:
+        """What a constraint forces next (all of it the room allows: it is nearly sure), else up
+        to `ngram_speculation` tokens that followed the context's latest tail elsewhere in it."""
+        if job.constraint is not None:
+            forced = job.constraint.forced_text(_FORCED_BYTES)
+            if forced:
+                return self.tokenizer.encode(forced.decode("ascii"))[:room]
+        return ngram_drafts(ctx.token_ids, min(room, self.config.ngram_speculation))
 
     def _drop_unscheduled_drafts(self, batch: SchedulerOutput) -> None:
         """Drafts of contexts the step does not compute (out of budget, preempted) go now."""
@@ -808,6 +817,10 @@ class LLMEngine:
     def _drain_outputs(self) -> list[JobOutput]:
         outputs, self._pending_outputs = self._pending_outputs, []
         return outputs
+
+
+# the most bytes of forced text looked for per drafting step: ~8 tokens of JSON keys
+_FORCED_BYTES = 32
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from server.engine.choice_prefix import ChoicePrefix
+from server.engine.forced_text import forced_text
 from server.engine.grammar import GrammarPrefix, compiled_grammar
 from server.engine.json_prefix import JsonPrefix
 from server.engine.json_schema import compile_schema
@@ -68,6 +69,11 @@ class OutputConstraint:
             return self._text.complete
         data = self._table.token_bytes[token] if token < len(self._table.token_bytes) else None
         return bool(data) and self._text.copy().feed_all(data)  # type: ignore[arg-type]
+
+    def forced_text(self, limit: int) -> bytes:
+        """The bytes every continuation of the text starts with (at most `limit`; see
+        `forced_text.py`): what the engine drafts for this generation."""
+        return b"" if self._off else forced_text(self._text, limit)
 
     def advance(self, token: int) -> None:
         """Take the sampled token. One that does not fit (`choose` found nothing that did and

@@ -104,6 +104,25 @@ def test_sampled_scored_penalized_and_constrained_rows_draft_exactly(tiny_llama_
     assert confirmed["choice"] and confirmed["choice, sampled"], confirmed
 
 
+def test_a_constraint_drafts_the_text_it_forces(tiny_llama_path):
+    """Where a constraint leaves one way on (a regex's literal parts, the rest of a choice),
+    that text is drafted whole, so a step takes it at once; outputs stay those without drafts."""
+    off, on = _engines(tiny_llama_path)
+    prompt = off.tokenizer.encode("Describe the parrot as JSON.")
+    regex = r'\{"name": "[a-z]{1,12}", "colour": "(green|grey)", "age": [0-9]{1,2}\}'
+    for sampling in (
+        SamplingParams(max_tokens=60, temperature=0, regex=regex),
+        SamplingParams(max_tokens=60, temperature=0.8, seed=3, regex=regex),
+        SamplingParams(max_tokens=60, temperature=0, choices=["The parrot is green and loud",
+                                                              "The parrot is grey and quiet"]),
+    ):  # fmt: skip
+        steps = (off.stats.steps, on.stats.steps)
+        want, got = off.generate([prompt], sampling)[0], on.generate([prompt], sampling)[0]
+        assert (got.token_ids, got.text) == (want.token_ids, want.text)
+        assert got.finish_reason == want.finish_reason == "stop"
+        assert on.stats.steps - steps[1] <= (off.stats.steps - steps[0]) / 2
+
+
 def test_cut_drafts_small_pools_and_forks_change_nothing(tiny_llama_path):
     """A step budget below a drafted row (the drafts are cut, the row runs plain next), a pool
     that preempts, and greedy forks decoding over a shared-prefix level."""

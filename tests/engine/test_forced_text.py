@@ -1,0 +1,51 @@
+"""The text a constraint forces next, on each kind of automaton: the whole forced run, nothing
+where two bytes may follow or the text may end, and never more than the limit."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.engine import SamplingParams
+from server.engine.forced_text import forced_text
+from server.engine.output_constraint import text_constraint
+
+CAT = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "mood": {"enum": ["happy", "grumpy"]}},
+    "required": ["name", "mood"],
+}
+
+
+def _after(sampling: SamplingParams, text: bytes):
+    automaton = text_constraint(sampling)
+    assert automaton is not None and automaton.feed_all(text)
+    return automaton
+
+
+@pytest.mark.parametrize(
+    ("sampling", "text", "forced"),
+    [
+        (SamplingParams(regex=r'\{"name": "[a-z]{1,20}", "age": \d{1,2}\}'), b"", b'{"name": "'),
+        (SamplingParams(regex=r'\{"name": "[a-z]{1,20}", "age": \d{1,2}\}'), b'{"name": "ab"',
+         b', "age": '),
+        (SamplingParams(regex=r'\{"name": "[a-z]{1,20}", "age": \d{1,2}\}'), b'{"name": "ab', b""),
+        (SamplingParams(choices=["The answer is yes", "The answer is no"]), b"", b"The answer is "),
+        (SamplingParams(choices=["The answer is yes", "The answer is no"]), b"The answer is n", b"o"),
+        (SamplingParams(choices=["The answer is yes", "The answer is no"]), b"The answer is no", b""),
+        (SamplingParams(json_object=True, json_schema=CAT), b'{"n', b'ame"'),
+        (SamplingParams(json_object=True, json_schema=CAT), b'{"name": "Felix", "mood": "g', b'rumpy"'),
+        # whitespace may come before the object, and either key first
+        (SamplingParams(json_object=True, json_schema=CAT), b"", b""),
+        (SamplingParams(json_object=True, json_schema=CAT), b'{"', b""),
+        (SamplingParams(json_object=True), b"{", b""),
+        (SamplingParams(grammar='root ::= "yes, " [0-9]+ " cats"'), b"", b"yes, "),
+        (SamplingParams(grammar='root ::= "yes, " [0-9]+ " cats"'), b"yes, 12", b""),
+    ],
+)  # fmt: skip
+def test_the_forced_run_and_no_more(sampling: SamplingParams, text: bytes, forced: bytes):
+    automaton = _after(sampling, text)
+    assert forced_text(automaton, 64) == forced
+    assert forced_text(automaton, 3) == forced[:3]
+    assert forced_text(automaton, 64) == forced  # the automaton itself is left as it was
+    # the run ends where two bytes may follow (or the text may end): nothing forced there
+    assert automaton.feed_all(forced) and forced_text(automaton, 64) == b""
