@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         default=d.ngram_speculation,
         help="speculative decoding by n-gram lookup: up to K drafted tokens per decoding sequence, "
-        "taken from the sequence's own earlier text and verified in the step (0: off); "
+        "taken from the sequence's own earlier text and verified in the step (0: off; a "
+        "constrained output also drafts the text its constraint forces, up to the row limit); "
         "latency-critical calls always draft, other work only while a step holds at most "
         "--ngram-max-rows rows (default 6)",
     )

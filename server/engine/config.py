@@ -61,7 +61,9 @@ class EngineConfig:
     # for the backend (server/kernels/cascade_config.py)
     cascade_rule: CascadeConfig | None = None
     # Speculative decoding by n-gram lookup (server/engine/ngram_drafts.py): up to this many
-    # drafted tokens per decoding sequence, verified in the step (0: off). Drafts are proposed
+    # drafted tokens per decoding sequence, verified in the step (0: off; with it on, a
+    # constrained output drafts the text its constraint forces, server/engine/forced_text.py,
+    # as many tokens as the rows allow). Drafts are proposed
     # only while a step's decode rows and drafts together stay within `ngram_max_rows`: on a
     # few CPU cores a step of up to ~6 rows costs about what one row costs
     # (benchmarks.step_cost), so the drafts ride free while the batch is small.
