@@ -10,6 +10,12 @@ from benchmarks.speculation import main
 def test_the_report_compares_both_engines(tiny_llama_path, tmp_path) -> None:
     out = tmp_path / "s.json"
     main(["--quick", "--model", str(tiny_llama_path), "--out", str(out)])
-    rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == 1 and rows[0]["equal"] and rows[0]["generated"] == 32
-    assert rows[0]["plain_s"] > 0 and rows[0]["drafting_s"] > 0
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert [r["sampling"] for r in rows] == ["greedy", "T=0.7"]
+    assert all(r["equal"] and r["generated"] == 32 for r in rows)
+    assert all(r["plain_s"] > 0 and r["drafting_s"] > 0 for r in rows)
+    constrained = report["constrained"]
+    assert [(r["mode"], r["sampling"]) for r in constrained] == [
+        ("json_object", "greedy"), ("json_object", "T=0.7")]
+    assert all(r["equal"] and r["plain_steps"] > 0 for r in constrained)
