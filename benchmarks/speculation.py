@@ -11,7 +11,8 @@ seeded draws, and the outputs, are those of the engine without drafts). Prints w
 ratio, the drafts made and confirmed, and whether the outputs are equal (they must be); saves JSON.
 
 Then the constrained cases of `benchmarks.constrained` (a cat as JSON: JSON mode, a schema, fixed
-choices, a regex, a JSON grammar), greedy and sampled, where the drafts are the text the
+choices, a regex, a JSON grammar) and a person as JSON under a schema of 7 string fields, greedy
+and sampled, where the drafts are the text the
 constraint forces next (the rest of a key, a regex's literal parts) or, where none is forced,
 n-gram drafts; with the engines' steps counted.
 """
@@ -32,6 +33,14 @@ from benchmarks.constrained import MODES, PROMPT
 from server.engine import LLMEngine, SamplingParams
 
 RESULTS = Path(__file__).parent / "results"
+PERSON_FIELDS = ("first_name", "last_name", "city", "country", "occupation", "favourite_food",
+                 "favourite_colour")  # fmt: skip
+PERSON = {
+    "type": "object",
+    "properties": {name: {"type": "string"} for name in PERSON_FIELDS},
+    "required": list(PERSON_FIELDS),
+}
+PERSON_PROMPT = f"Invent a person and describe them as JSON with {', '.join(PERSON_FIELDS)}."
 ASKS = (
     "Summarize this text in a few sentences.",
     "List the key terms this text defines, with their definitions as written.",
@@ -96,11 +105,11 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['plain_s']:>8.2f} "
               f"{r['drafting_s']:>8.2f} {r['speedup']:>5.2f}x {r['drafted']:>7} "
               f"{r['accepted']:>5} {r['equal']}")  # fmt: skip
-    print("\nconstrained (a cat as JSON, up to 48 tokens), batch 1")
-    print(f"{'round':>5} {'mode':<12} {'sampling':>8} {'plain s':>8} {'drafts s':>8} {'x':>6} "
+    print("\nconstrained (a cat as JSON, up to 48 tokens; a person, 7 fields, up to 160), batch 1")
+    print(f"{'round':>5} {'mode':<13} {'sampling':>8} {'plain s':>8} {'drafts s':>8} {'x':>6} "
           f"{'steps':>9} {'drafted':>7} {'kept':>5} equal")  # fmt: skip
     for r in constrained:
-        print(f"{r['round']:>5} {r['mode']:<12} {r['sampling']:>8} {r['plain_s']:>8.3f} "
+        print(f"{r['round']:>5} {r['mode']:<13} {r['sampling']:>8} {r['plain_s']:>8.3f} "
               f"{r['drafting_s']:>8.3f} {r['speedup']:>5.2f}x "
               f"{r['plain_steps']:>4}/{r['drafting_steps']:<4} {r['drafted']:>7} "
               f"{r['accepted']:>5} {r['equal']}")  # fmt: skip
@@ -119,12 +128,16 @@ def constrained_rows(
     """Each constrained mode (the first `modes` of them; all if None), greedy and sampled, on
     both engines in turn: wall time, steps, drafts, and whether the outputs are equal."""
     tok = plain.tokenizer
-    ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": PROMPT}], True))
-    kinds = [m for m in MODES if m != "plain"][:modes]
+    cases = {m: (PROMPT, 48, MODES[m]) for m in MODES if m != "plain"}
+    cases["person_schema"] = (PERSON_PROMPT, 160, {"json_object": True, "json_schema": PERSON})
+    kinds = list(cases)[:modes]
     rows = []
     for round_ in range(1, rounds + 1):
         for mode, temperature in itertools.product(kinds, (0.0, 0.7)):
-            sampling = SamplingParams(max_tokens=48, temperature=temperature, seed=1, **MODES[mode])
+            prompt, max_tokens, extra = cases[mode]
+            ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}], True))
+            sampling = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=1,
+                                      **extra)  # fmt: skip
             times, outs, steps = {}, {}, {}
             before = (drafting.stats.drafted_tokens, drafting.stats.accepted_tokens)
             for name, engine in (("plain", plain), ("drafting", drafting)):

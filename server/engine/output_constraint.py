@@ -57,6 +57,7 @@ class OutputConstraint:
         self._stops = table.stop_ids | frozenset(extra_stop_ids)
         self._text = text
         self._off = False  # a token that did not fit was taken (no stop id to end with)
+        self._text_so_far = bytearray()  # its spacing is what forced_text follows
 
     @property
     def complete(self) -> bool:
@@ -73,7 +74,7 @@ class OutputConstraint:
     def forced_text(self, limit: int) -> bytes:
         """The bytes every continuation of the text starts with (at most `limit`; see
         `forced_text.py`): what the engine drafts for this generation."""
-        return b"" if self._off else forced_text(self._text, limit)
+        return b"" if self._off else forced_text(self._text, limit, bytes(self._text_so_far))
 
     def advance(self, token: int) -> None:
         """Take the sampled token. One that does not fit (`choose` found nothing that did and
@@ -83,6 +84,8 @@ class OutputConstraint:
         data = self._table.token_bytes[token] if token < len(self._table.token_bytes) else None
         if data is None or not self._text.feed_all(data):
             self._off = True
+        else:
+            self._text_so_far += data
 
     def choose(
         self, logits: torch.Tensor, drawn: int, redraw: Callable[[torch.Tensor], int] | None

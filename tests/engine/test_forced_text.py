@@ -15,6 +15,13 @@ CAT = {
     "required": ["name", "mood"],
 }
 
+DOG = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                   "good": {"type": "boolean"}},
+    "required": ["name", "age", "good"],
+}  # fmt: skip
+
 
 def _after(sampling: SamplingParams, text: bytes):
     automaton = text_constraint(sampling)
@@ -32,20 +39,31 @@ def _after(sampling: SamplingParams, text: bytes):
         (SamplingParams(choices=["The answer is yes", "The answer is no"]), b"", b"The answer is "),
         (SamplingParams(choices=["The answer is yes", "The answer is no"]), b"The answer is n", b"o"),
         (SamplingParams(choices=["The answer is yes", "The answer is no"]), b"The answer is no", b""),
-        (SamplingParams(json_object=True, json_schema=CAT), b'{"n', b'ame"'),
-        (SamplingParams(json_object=True, json_schema=CAT), b'{"name": "Felix", "mood": "g', b'rumpy"'),
-        # whitespace may come before the object, and either key first
-        (SamplingParams(json_object=True, json_schema=CAT), b"", b""),
+        # where whitespace may come but need not, JSON's usual spacing is drafted
+        (SamplingParams(json_object=True, json_schema=CAT), b'{"n', b'ame": "'),
+        (SamplingParams(json_object=True, json_schema=CAT), b'{"name": "Felix"', b', "mood": "'),
+        (SamplingParams(json_object=True, json_schema=CAT), b'{"name":"Felix",', b' "mood":"'),
+        (SamplingParams(json_object=True, json_schema=CAT), b'{"name": "Felix", "mood": "g',
+         b'rumpy"}'),
+        (SamplingParams(json_object=True, json_schema=CAT), b"", b'{"'),  # then either key
         (SamplingParams(json_object=True, json_schema=CAT), b'{"', b""),
-        (SamplingParams(json_object=True), b"{", b""),
+        # the text's own spacing, where it has some, over JSON's usual one
+        (SamplingParams(json_object=True, json_schema=CAT), b'{\n  "name": "Felix",\n  "mood"',
+         b': "'),
+        (SamplingParams(json_object=True, json_schema=CAT), b'{\n  "name" : "Felix"',
+         b', "mood" : "'),
+        (SamplingParams(json_object=True, json_schema=DOG), b'{\n  "name": "Rex",\n  "age": 3,',
+         b'\n  "good":'),  # then true or false
+        (SamplingParams(json_object=True), b"{", b""),  # a key or the end
+        (SamplingParams(json_object=True), b'{"a"', b":"),  # then any value
         (SamplingParams(grammar='root ::= "yes, " [0-9]+ " cats"'), b"", b"yes, "),
         (SamplingParams(grammar='root ::= "yes, " [0-9]+ " cats"'), b"yes, 12", b""),
     ],
 )  # fmt: skip
 def test_the_forced_run_and_no_more(sampling: SamplingParams, text: bytes, forced: bytes):
     automaton = _after(sampling, text)
-    assert forced_text(automaton, 64) == forced
-    assert forced_text(automaton, 3) == forced[:3]
-    assert forced_text(automaton, 64) == forced  # the automaton itself is left as it was
+    assert forced_text(automaton, 64, text) == forced
+    assert forced_text(automaton, 3, text) == forced[:3]
+    assert forced_text(automaton, 64, text) == forced  # the automaton itself is left as it was
     # the run ends where two bytes may follow (or the text may end): nothing forced there
-    assert automaton.feed_all(forced) and forced_text(automaton, 64) == b""
+    assert automaton.feed_all(forced) and forced_text(automaton, 64, text + forced) == b""
