@@ -5,7 +5,8 @@ contexts filled with shared "system prompt" runs whose last block is partial, si
 them filling the same text and then their own tails, truncate-and-refill (the server's rebase),
 greedy generations of several lengths and priorities, fills queued behind generations, aborts,
 frees, and steps interleaved at random with pause requests, all in a pool small enough that
-work is preempted and idle contexts are swapped out, with the prefix cache on.
+work is preempted and idle contexts are swapped out, with the prefix cache on. Half the seeds
+draft (n-gram speculation), with token runs that repeat short motifs so that drafts are found.
 
 Every generation must equal greedy decoding of the context's tokens when it started (tracked
 here as TokenContext tracks them) by an engine that shares nothing: a large pool, no prefix
@@ -34,6 +35,7 @@ MAX_GEN = 8  # longest generation
 MAX_CONTEXTS = 12  # live contexts kept (idle ones hold blocks until swapped out)
 MAX_DRAIN_STEPS = 2000  # steps to finish what is left at the end (a few hundred do)
 PRIORITIES = (0, 1, 2)  # latency-critical, normal, background
+DRAFTED: dict[int, tuple[int, int]] = {}  # per seed: drafted and confirmed tokens
 
 
 @dataclass
@@ -71,9 +73,13 @@ class Generation:
 
 
 class Fuzz:
-    def __init__(self, engine: LLMEngine, rng: random.Random, max_len: int) -> None:
+    def __init__(
+        self, engine: LLMEngine, rng: random.Random, max_len: int, motifs: bool = False
+    ) -> None:
+        """`motifs`: token runs repeat a short motif, so that drafts are found in them."""
         self.engine = engine
         self.rng = rng
+        self.motifs = motifs
         self.max_len = max_len  # longest a context may grow (generations included)
         vocab = engine.model_config.vocab_size
         self.vocab = vocab
@@ -85,6 +91,9 @@ class Fuzz:
         self.log: list[str] = []  # the operations, to reproduce a failure
 
     def run(self, n: int) -> list[int]:
+        if self.motifs:
+            motif = [self.rng.randrange(3, self.vocab) for _ in range(self.rng.randint(2, 5))]
+            return (motif * n)[:n]
         return [self.rng.randrange(3, self.vocab) for _ in range(n)]
 
     # ---- the server's primitives ----------------------------------------------------------
@@ -333,9 +342,11 @@ def test_random_context_work_under_kv_pressure_matches_greedy_alone(tiny_llama_p
         "latency_max_batched_tokens": rng.choice([None, 0, 8]),
         "latency_other_decode_rows": rng.choice([0, 2]),
         "background_max_prefill_tokens": rng.choice([None, 8]),
+        # drafts in half the seeds (not drawn from rng: each seed's operations stay as they were)
+        "ngram_speculation": (0, 4)[seed // 2 % 2],
     }
     engine = LLMEngine.from_pretrained(tiny_llama_path, **config)
-    fuzz = Fuzz(engine, rng, max_len=pool_tokens // 2)
+    fuzz = Fuzz(engine, rng, max_len=pool_tokens // 2, motifs=bool(config["ngram_speculation"]))
     for _ in range(ROUNDS):
         fuzz.round()
     engine.clear_pause_request()
@@ -356,3 +367,16 @@ def test_random_context_work_under_kv_pressure_matches_greedy_alone(tiny_llama_p
     assert len(whole) >= 20, len(whole)  # enough generations ran to their end to compare
     assert engine.stats.preemptions > 0, config
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+    DRAFTED[seed] = (engine.stats.drafted_tokens, engine.stats.accepted_tokens)
+
+
+@pytest.mark.slow
+def test_the_seeds_with_drafts_drafted():
+    """Half the seeds above run with drafts (their token runs repeat short motifs); they did
+    draft, and the model confirmed some (run after them in file order)."""
+    if len(DRAFTED) < len(SEEDS):
+        pytest.skip("needs every seed above to have run")
+    drafted = [DRAFTED[s] for s in SEEDS if s // 2 % 2]
+    # few: drafts wait for steps of decodes only with nothing waiting (102 and 53 at 05:30)
+    assert sum(d for d, _ in drafted) > 50 and sum(a for _, a in drafted) > 20, drafted
+    assert not any(DRAFTED[s][0] for s in SEEDS if not s // 2 % 2)
