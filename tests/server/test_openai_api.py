@@ -669,6 +669,36 @@ def test_greedy_requests_draft_by_default_and_answer_as_without(
     assert engine.stats.drafted_tokens == 0
 
 
+def test_sampled_and_constrained_requests_draft_and_answer_as_without(
+    server: str, client: openai.OpenAI, engine: LLMEngine
+) -> None:
+    """A seeded sampled request drafts and draws what the reference engine draws; a regex's
+    literal parts are drafted whole (the text it forces), confirmed, and the answer is the
+    same."""
+    base = engine.tokenizer.encode("The parrot said")
+    first = engine.generate([base], SamplingParams(max_tokens=24, temperature=0,
+                                                   ignore_eos=True))[0]  # fmt: skip
+    prompt = base + first.token_ids + base
+    regex = r'\{"name": "[a-z]{1,8}", "colour": "(green|grey)"\}'
+    cases = [
+        ({"temperature": 1.0, "top_k": 1, "seed": 5, "max_tokens": 30},
+         SamplingParams(max_tokens=30, temperature=1.0, top_k=1, seed=5, ignore_eos=True)),
+        ({"temperature": 0, "max_tokens": 40, "structured_outputs": {"regex": regex}},
+         SamplingParams(max_tokens=40, temperature=0, regex=regex)),
+    ]  # fmt: skip
+    for (body, sampling), counter in zip(cases, ("drafted", "accepted_draft"), strict=True):
+        before = metrics(server)[f"parrot_{counter}_tokens_total"]
+        extra = {k: v for k, v in body.items() if k not in ("temperature", "max_tokens")}
+        if "structured_outputs" not in body:
+            extra["ignore_eos"] = True
+        done = client.completions.create(model="tiny", prompt=prompt,
+                                         temperature=body["temperature"],
+                                         max_tokens=body["max_tokens"], extra_body=extra)  # fmt: skip
+        assert done.choices[0].text == engine.generate([prompt], sampling)[0].text
+        assert metrics(server)[f"parrot_{counter}_tokens_total"] > before, body
+    assert engine.stats.drafted_tokens == 0
+
+
 def test_chat_echo_starts_the_answer_with_the_final_message(
     client: openai.OpenAI, engine: LLMEngine
 ) -> None:
