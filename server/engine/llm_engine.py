@@ -429,7 +429,9 @@ class LLMEngine:
         run = self._start(batch)
         if self._may_pause(batch, run):
             if not run.advance(self._pause_flag):
-                self._paused = _PausedStep(batch, run)
+                # its drafts wait with it: the steps beside it must not verify or drop them
+                self._paused = _PausedStep(batch, run, self._drafting)
+                self._drafting = []
                 self.scheduler.freeze(batch)
                 self._stats.paused_steps += 1
                 return self._drain_outputs()
@@ -478,8 +480,7 @@ class LLMEngine:
         return (
             self.config.pausable_steps
             and run.pausable
-            and not any(self.scheduler.is_latency(s.ctx) or s.ctx.num_drafts
-                        for s in batch.scheduled)  # fmt: skip
+            and not any(self.scheduler.is_latency(s.ctx) for s in batch.scheduled)
         )
 
     # ---- speculative decoding (n-gram drafts) ----------------------------------------------
@@ -610,6 +611,7 @@ class LLMEngine:
         assert self._paused is not None
         paused, self._paused = self._paused, None
         self.scheduler.thaw()
+        self._drafting = paused.drafting
         self._finish_step(paused.batch, paused.run)
 
     def _context(self, context_id: int) -> Context:
@@ -825,10 +827,12 @@ _FORCED_BYTES = 32
 
 @dataclass(slots=True)
 class _PausedStep:
-    """A step stopped between two layers: its batch, and its run to go on with."""
+    """A step stopped between two layers: its batch, its run to go on with, and the contexts
+    whose drafts it verifies."""
 
     batch: SchedulerOutput
     run: StepRun
+    drafting: list[Context]
 
 
 def parse_dtype(name: str) -> torch.dtype:

@@ -17,6 +17,7 @@ from server.engine.loader import load_model
 from server.kernels.cpu import decoder_stack
 from tests.engine.reference import greedy_reference, load_reference
 from tests.engine.test_models import PagedRunner
+from tests.engine.test_speculation import _echo_prompts
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
 BULK, URGENT = 2, 0  # priorities: background, latency-critical
@@ -86,6 +87,48 @@ def test_latency_work_runs_while_a_background_step_waits_paused(tiny_mistral_pat
     ref = load_reference(tiny_mistral_path)
     assert got[urgent] == greedy_reference(ref, urgent_prompt, GREEDY.max_tokens)
     assert got[bulk] == greedy_reference(ref, bulk_prompt, GREEDY.max_tokens)
+    assert engine.stats.free_blocks == engine.stats.total_blocks
+
+
+def test_a_step_holding_drafts_pauses_and_its_drafts_wait_with_it(tiny_llama_path, fused):
+    """Background decodes drafting (their prompts repeat their own greedy continuations)
+    pause when asked; a latency-critical request runs beside it, touching none of the paused
+    step's drafts; then the paused step verifies them. Both outputs equal an engine without
+    drafts."""
+    engine = make_engine(tiny_llama_path, fused, ngram_speculation=4)
+    plain = make_engine(tiny_llama_path, fused, pausable_steps=False)
+    sp = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    bulk_prompts = _echo_prompts(plain)
+    # and one whose constraint forces its text: drafts the step confirms
+    choice = SamplingParams(max_tokens=24, temperature=0, choices=["The parrot is green and loud"])
+    samplings = [sp] * len(bulk_prompts) + [choice]
+    bulk_prompts.append(tokens(random.Random(4), 10))
+    urgent_prompt = tokens(random.Random(3), 20)
+    bulk = [engine.add_request(p, s, priority=BULK)
+            for p, s in zip(bulk_prompts, samplings, strict=True)]  # fmt: skip
+    got: dict[int, list[int]] = {}
+    for _ in range(60):  # prefill, then decode until a step that holds drafts pauses
+        engine.request_pause()
+        for out in engine.step():
+            got.setdefault(out.job_id, []).extend(out.new_token_ids)
+        paused = engine._paused
+        if paused is not None and any(x.drafts for x in paused.batch.scheduled):
+            break
+    else:
+        pytest.fail("no step with drafts paused")
+    held, drafted = sum(x.drafts for x in paused.batch.scheduled), engine.stats.drafted_tokens
+    urgent = engine.add_request(urgent_prompt, sp, priority=URGENT)
+    engine.clear_pause_request()
+    while engine._paused is not None:  # the urgent request's steps, then the paused step's end
+        for out in engine.step():
+            got.setdefault(out.job_id, []).extend(out.new_token_ids)
+    assert len(got[urgent]) == sp.max_tokens
+    assert engine.stats.drafted_tokens == drafted + held  # verified, not dropped
+    for out in engine.run_until_idle():
+        got.setdefault(out.job_id, []).extend(out.new_token_ids)
+    want = plain.generate([*bulk_prompts, urgent_prompt], [*samplings, sp])
+    assert [got[j] for j in [*bulk, urgent]] == [w.token_ids for w in want]
+    assert engine.stats.accepted_tokens > 0
     assert engine.stats.free_blocks == engine.stats.total_blocks
 
 
