@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.engine import LLMEngine, SamplingParams
+from server.engine import CompletionOutput, LLMEngine, SamplingParams
 from server.engine.ngram_drafts import ngram_drafts
 from server.kernels import CascadeConfig
 
@@ -24,6 +24,17 @@ def test_drafts_follow_the_latest_longest_match():
     assert ngram_drafts([1, 2, 3], 4) == [] and ngram_drafts([1, 2, 1, 2], 0) == []
     # a byte pattern that matches across token boundaries is no match
     assert ngram_drafts([256, 0, 0, 5, 1, 0], 2) == []
+
+
+def assert_same_output(want: CompletionOutput, got: CompletionOutput, case: object) -> None:
+    """Tokens, text and finish reason equal; logprobs' tokens equal, values within 1e-4."""
+    assert (got.token_ids, got.text, got.finish_reason) == (
+        want.token_ids, want.text, want.finish_reason), case  # fmt: skip
+    wanted, gotten = want.logprobs or [], got.logprobs or []
+    assert [(x.token_id, [t for t, _ in x.top]) for x in gotten] == [
+        (x.token_id, [t for t, _ in x.top]) for x in wanted], case  # fmt: skip
+    for x, y in zip(wanted, gotten, strict=True):
+        assert y.logprob == pytest.approx(x.logprob, abs=1e-4), case
 
 
 def _engines(path: Path, **config) -> tuple[LLMEngine, LLMEngine]:
@@ -93,12 +104,7 @@ def test_sampled_scored_penalized_and_constrained_rows_draft_exactly(tiny_llama_
         before = on.stats.accepted_tokens
         for batch in (prompts[:1], prompts):
             for a, b in zip(off.generate(batch, sampling), on.generate(batch, sampling), strict=True):
-                assert (b.token_ids, b.text, b.finish_reason) == (a.token_ids, a.text, a.finish_reason), name
-                want, got = a.logprobs or [], b.logprobs or []
-                assert [(x.token_id, [t for t, _ in x.top]) for x in got] == [
-                    (x.token_id, [t for t, _ in x.top]) for x in want], name
-                for x, y in zip(want, got, strict=True):
-                    assert y.logprob == pytest.approx(x.logprob, abs=1e-4), name
+                assert_same_output(a, b, name)
         confirmed[name] = on.stats.accepted_tokens - before
     assert confirmed["top_k 1"] and confirmed["greedy, logprobs"], confirmed
     assert confirmed["choice"] and confirmed["choice, sampled"], confirmed

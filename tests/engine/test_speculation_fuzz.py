@@ -10,6 +10,7 @@ import random
 import pytest
 
 from server.engine import LLMEngine, SamplingParams
+from tests.engine.test_speculation import assert_same_output
 
 SEEDS = range(100)
 REGEX = r'\{"name": "[a-z]{1,12}", "colour": "(green|grey)"\}'
@@ -68,12 +69,7 @@ def test_drafting_engines_answer_as_plain_ones(engines, seed: int):
     samplings = [_sampling(rng, said[i]) for i in picks]
     for a, b, sp in zip(off.generate(batch, samplings), on.generate(batch, samplings), samplings,
                         strict=True):  # fmt: skip
-        assert (b.token_ids, b.text, b.finish_reason) == (a.token_ids, a.text, a.finish_reason), sp
-        want, got = a.logprobs or [], b.logprobs or []
-        assert [(x.token_id, [t for t, _ in x.top]) for x in got] == [
-            (x.token_id, [t for t, _ in x.top]) for x in want], sp
-        for x, y in zip(want, got, strict=True):
-            assert y.logprob == pytest.approx(x.logprob, abs=1e-4), sp
+        assert_same_output(a, b, sp)
 
 
 def test_the_fuzz_drafts_and_confirms(engines):
