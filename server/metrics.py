@@ -198,7 +198,8 @@ class Metrics:
             _single(
                 "parrot_drafted_tokens_total",
                 "counter",
-                "Tokens drafted by n-gram lookup and verified in a step (speculative decoding).",
+                "Tokens drafted (n-gram lookup, or the text a constraint forces) and verified in a "
+                "step (speculative decoding).",
                 engine.drafted_tokens,
             ),
             _single(

@@ -41,8 +41,8 @@ def forced_text(text: ByteAutomaton, limit: int, before: bytes = b"") -> bytes:
     Where whitespace may come but need not, before the one other byte that may (JSON between
     its tokens), the run goes on with the spacing the text so far (`before`) put between the
     same two bytes the last time, or JSON's usual one (a space after ':' and ',', none
-    elsewhere) the first time. That part is a guess, which the step's verification confirms or refutes like
-    any draft."""
+    elsewhere) the first time. That part is a guess, which the step's verification confirms
+    or refutes like any draft."""
     state = text.copy()
     out = bytearray()
     while len(out) < limit and not state.complete:
