@@ -491,9 +491,10 @@ class LLMEngine:
         the latency cap lets in count against that; otherwise every decode may draft while the
         step holds decodes only and nothing waits."""
         k = self.config.ngram_speculation
-        running = self.scheduler.running
         if not k:
             return
+        # a paused step's contexts take no part in the steps beside it
+        running = [c for c in self.scheduler.running if not self.scheduler.is_frozen(c)]
         latency = [c for c in running if self.scheduler.is_latency(c) and c.num_pending == 1]
         if latency:
             others = len(running) - len(latency)
@@ -590,7 +591,10 @@ class LLMEngine:
         with it), or, when there is none to run, the paused step goes on."""
         self._held = False
         if self.scheduler.has_latency_contexts():
+            # its drafts are set aside (`_PausedStep.drafting`): these steps draft their own
+            self._propose_drafts()
             batch = self.scheduler.schedule()
+            self._drop_unscheduled_drafts(batch)
             if batch.scheduled:
                 run = self._start(batch)
                 run.advance()

@@ -92,9 +92,9 @@ def test_latency_work_runs_while_a_background_step_waits_paused(tiny_mistral_pat
 
 def test_a_step_holding_drafts_pauses_and_its_drafts_wait_with_it(tiny_llama_path, fused):
     """Background decodes drafting (their prompts repeat their own greedy continuations)
-    pause when asked; a latency-critical request runs beside it, touching none of the paused
-    step's drafts; then the paused step verifies them. Both outputs equal an engine without
-    drafts."""
+    pause when asked; a latency-critical request runs beside it, drafting its own tokens and
+    touching none of the paused step's drafts; then the paused step verifies them. Every
+    output equals an engine without drafts."""
     engine = make_engine(tiny_llama_path, fused, ngram_speculation=4)
     plain = make_engine(tiny_llama_path, fused, pausable_steps=False)
     sp = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
@@ -103,7 +103,8 @@ def test_a_step_holding_drafts_pauses_and_its_drafts_wait_with_it(tiny_llama_pat
     choice = SamplingParams(max_tokens=24, temperature=0, choices=["The parrot is green and loud"])
     samplings = [sp] * len(bulk_prompts) + [choice]
     bulk_prompts.append(tokens(random.Random(4), 10))
-    urgent_prompt = tokens(random.Random(3), 20)
+    urgent_prompt = bulk_prompts.pop(2)  # drafts beside the paused step
+    samplings.pop(2)
     bulk = [engine.add_request(p, s, priority=BULK)
             for p, s in zip(bulk_prompts, samplings, strict=True)]  # fmt: skip
     got: dict[int, list[int]] = {}
@@ -119,11 +120,16 @@ def test_a_step_holding_drafts_pauses_and_its_drafts_wait_with_it(tiny_llama_pat
     held, drafted = sum(x.drafts for x in paused.batch.scheduled), engine.stats.drafted_tokens
     urgent = engine.add_request(urgent_prompt, sp, priority=URGENT)
     engine.clear_pause_request()
+    beside = 0  # drafted in the urgent request's steps
     while engine._paused is not None:  # the urgent request's steps, then the paused step's end
+        before = engine.stats.drafted_tokens
         for out in engine.step():
             got.setdefault(out.job_id, []).extend(out.new_token_ids)
+        if engine._paused is not None:
+            beside += engine.stats.drafted_tokens - before
     assert len(got[urgent]) == sp.max_tokens
-    assert engine.stats.drafted_tokens == drafted + held  # verified, not dropped
+    assert beside > 0
+    assert engine.stats.drafted_tokens == drafted + held + beside  # verified, not dropped
     for out in engine.run_until_idle():
         got.setdefault(out.job_id, []).extend(out.new_token_ids)
     want = plain.generate([*bulk_prompts, urgent_prompt], [*samplings, sp])
