@@ -90,3 +90,11 @@ def test_shared_prompt_sweeps_the_same_users_at_every_rate() -> None:
     slow, fast = by_rate[0.25].jobs, by_rate[4.0].jobs
     assert [j.calls for j in slow] == [j.calls for j in fast]
     assert all(math.isclose(a.start_s, 16 * b.start_s) for a, b in zip(slow, fast, strict=True))
+
+
+def test_chain_summary_light_load_is_the_same_requests_spread_wider() -> None:
+    scenarios = {s.name: s for s in load_workload("chain_summary").scenarios(True)}
+    load, light = scenarios["background"].jobs[1:], scenarios["light_background"].jobs[1:]
+    assert [j.name for j in load] == [j.name for j in light] and len(load) == 6
+    assert [j.start_s for j in light] == pytest.approx([3 * j.start_s for j in load])
+    assert scenarios["light_background"].notes["bg_every_s"] == 1.5
