@@ -3,7 +3,8 @@
     python -m benchmarks.engine [--quick] [--device cpu|cuda]
 
 One run, side by side: our engine on 32 requests (prompts of 64-1024 tokens cut from the arXiv
-papers in ../shared/data, 32-128 output tokens, greedy, fixed lengths); transformers `generate`
+papers in ../shared/data, 32-128 output tokens, greedy, fixed lengths), plain and with the
+server's n-gram drafts (its outputs checked equal to the plain run's); transformers `generate`
 one request at a time; transformers `generate` in left-padded batches of 8; and our batch-1
 decode step against weight bytes / memory bandwidth measured in the same process, in
 five rounds of steps, each between two floor reads, since the bandwidth here changes by 2x
@@ -61,29 +62,45 @@ def warm_up_work(tokenizer, work, n: int = 2, block: int = 16) -> list[tuple[lis
     return picked
 
 
-def measure(engine: LLMEngine, hf, work, warm, pad_id: int) -> dict[str, float]:
+def measure(
+    engine: LLMEngine, hf, work, warm, pad_id: int, drafting: LLMEngine | None = None
+) -> dict[str, float]:
     """Wall seconds of each arm on `work`, each arm warmed up first on `warm` (requests that
     share no prefix-cache block with `work`), and the prompt tokens our engine took from its
-    prefix cache during the measured run (0 when no arm gets prompts for free)."""
+    prefix cache during the measured run (0 when no arm gets prompts for free). `drafting`:
+    an engine on the same weights with n-gram drafts on, measured too; its outputs must equal
+    the plain engine's (greedy: drafts change the steps, never the tokens)."""
     run_ours(engine, warm)
     run_hf_one_by_one(hf, warm)
     run_hf_padded(hf, warm, pad_id=pad_id)
     cached_before = engine.stats.cached_tokens
-    ours = run_ours(engine, work)
+    ours, tokens = run_ours(engine, work)
     cached = engine.stats.cached_tokens - cached_before
-    one = run_hf_one_by_one(hf, work)
-    padded = run_hf_padded(hf, work, pad_id=pad_id)
-    return {"parrot": ours, "hf_one_by_one": one, "hf_padded_8": padded,
-            "parrot_cached_prompt_tokens": cached}  # fmt: skip
+    walls = {"parrot": ours, "parrot_cached_prompt_tokens": cached}
+    if drafting is not None:
+        run_ours(drafting, warm)
+        before = (drafting.stats.cached_tokens, drafting.stats.drafted_tokens,
+                  drafting.stats.accepted_tokens, drafting.stats.steps)  # fmt: skip
+        walls["parrot_ngram"], drafted_outputs = run_ours(drafting, work)
+        if drafted_outputs != tokens:
+            raise AssertionError("n-gram drafts changed the greedy outputs")
+        walls["parrot_ngram_cached_prompt_tokens"] = drafting.stats.cached_tokens - before[0]
+        walls["ngram_drafted_tokens"] = drafting.stats.drafted_tokens - before[1]
+        walls["ngram_accepted_tokens"] = drafting.stats.accepted_tokens - before[2]
+        walls["ngram_steps"] = drafting.stats.steps - before[3]
+    walls["hf_one_by_one"] = run_hf_one_by_one(hf, work)
+    walls["hf_padded_8"] = run_hf_padded(hf, work, pad_id=pad_id)
+    return walls
 
 
-def run_ours(engine: LLMEngine, work) -> float:
+def run_ours(engine: LLMEngine, work) -> tuple[float, list[list[int]]]:
+    """Wall seconds of one `generate` of `work`, and its outputs' token ids."""
     params = [SamplingParams(max_tokens=o, temperature=0, ignore_eos=True) for _, o in work]
     start = time.perf_counter()
     outs = engine.generate([p for p, _ in work], params)
     elapsed = time.perf_counter() - start
     assert [len(o.token_ids) for o in outs] == [o for _, o in work]
-    return elapsed
+    return elapsed, [list(o.token_ids) for o in outs]
 
 
 @torch.inference_mode()
@@ -198,10 +215,15 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
+    from server.config import ServerConfig
     from server.engine.loader import DEFAULT_CACHE_DIR, resolve_model_folder
 
     _, folder = resolve_model_folder(args.model, DEFAULT_CACHE_DIR)
     engine = LLMEngine.from_pretrained(args.model, device=args.device)
+    # the server's default: drafts of up to 4 tokens (`--ngram-speculation`)
+    drafting = LLMEngine.from_pretrained(
+        args.model, device=args.device, ngram_speculation=ServerConfig().ngram_speculation
+    )
     tok = engine.tokenizer
     work = make_workload(tok, 8 if args.quick else 32)
     gen_tokens = sum(o for _, o in work)
@@ -209,22 +231,28 @@ def main() -> None:
     hf = hf.to(args.device).eval()
 
     warm = warm_up_work(tok, work, block=engine.config.block_size)
-    walls = measure(engine, hf, work, warm, pad_id=min(tok.eos_token_ids))
+    walls = measure(engine, hf, work, warm, pad_id=min(tok.eos_token_ids), drafting=drafting)
+    del drafting
     ours, one, padded = walls["parrot"], walls["hf_one_by_one"], walls["hf_padded_8"]
+    ngram = walls["parrot_ngram"]
     batch1 = batch1_against_floor(engine, work[0][0][:256])
     median = {key: statistics.median(r[key] for r in batch1) for key in batch1[0]}
 
     rows = [
-        ("parrot engine", ours, gen_tokens / ours, 1.0),
-        ("transformers 1-by-1", one, gen_tokens / one, one / ours),
-        ("transformers padded x8", padded, gen_tokens / padded, padded / ours),
+        ("parrot engine", ours, gen_tokens / ours, 1.0, ngram / ours),
+        ("parrot engine, drafts", ngram, gen_tokens / ngram, ours / ngram, 1.0),
+        ("transformers 1-by-1", one, gen_tokens / one, one / ours, one / ngram),
+        ("transformers padded x8", padded, gen_tokens / padded, padded / ours, padded / ngram),
     ]
     print(f"\n{len(work)} requests, {gen_tokens} generated tokens, device {args.device}, threads {torch.get_num_threads()}")
-    print(f"{'mode':<26}{'wall s':>10}{'tok/s':>10}{'ours is x faster':>18}")
-    for name, wall, tps, ratio in rows:
-        print(f"{name:<26}{wall:>10.2f}{tps:>10.1f}{ratio:>18.2f}")
+    print(f"{'mode':<26}{'wall s':>10}{'tok/s':>10}{'ours is x faster':>18}{'with drafts':>13}")
+    for name, wall, tps, ratio, ratio_ngram in rows:
+        print(f"{name:<26}{wall:>10.2f}{tps:>10.1f}{ratio:>18.2f}{ratio_ngram:>13.2f}")
     print(f"prompt tokens our engine took from its prefix cache in the measured run: "
-          f"{walls['parrot_cached_prompt_tokens']} (0: every arm prefilled every prompt)")
+          f"{walls['parrot_cached_prompt_tokens']}, with drafts "
+          f"{walls['parrot_ngram_cached_prompt_tokens']} (0: every arm prefilled every prompt)")
+    print(f"drafts: {walls['ngram_drafted_tokens']} drafted, {walls['ngram_accepted_tokens']} "
+          f"kept, {walls['ngram_steps']} steps; outputs equal to the plain run's")
     print(f"\nbatch-1 decode step against the weight-streaming floor "
           f"({weight_bytes(engine) / 1e6:.0f} MB), rounds side by side:")
     print(f"{'round':<8}{'bandwidth GB/s':>16}{'floor ms':>10}{'step ms':>10}{'step/floor':>12}")
@@ -237,9 +265,15 @@ def main() -> None:
         "device": args.device,
         "requests": len(work),
         "generated_tokens": gen_tokens,
-        "wall_s": {"parrot": ours, "hf_one_by_one": one, "hf_padded_8": padded},
+        "wall_s": {"parrot": ours, "parrot_ngram": ngram, "hf_one_by_one": one,
+                   "hf_padded_8": padded},
         "speedup": {"vs_one_by_one": one / ours, "vs_padded_8": padded / ours},
+        "speedup_with_drafts": {"vs_one_by_one": one / ngram, "vs_padded_8": padded / ngram,
+                                "vs_parrot_plain": ours / ngram},
         "parrot_cached_prompt_tokens": walls["parrot_cached_prompt_tokens"],
+        "parrot_ngram_cached_prompt_tokens": walls["parrot_ngram_cached_prompt_tokens"],
+        "ngram": {key: walls[f"ngram_{key}"] for key in ("drafted_tokens", "accepted_tokens",
+                                                         "steps")},
         "batch1_step_ms": median["step_ms"],
         "floor_ms": median["floor_ms"],
         "step_over_floor": median["step_over_floor"],

@@ -49,11 +49,29 @@ def test_measured_run_prefills_every_prompt_and_transformers_is_warmed_up(
         return generate(ids, *args, **kwargs)
 
     hf.generate = counting
-    walls = measure(LLMEngine.from_pretrained(str(tiny_llama_path)), hf, work, warm, pad_id=0)
-    assert walls["parrot_cached_prompt_tokens"] == 0
+    drafting = LLMEngine.from_pretrained(str(tiny_llama_path), ngram_speculation=4)
+    walls = measure(
+        LLMEngine.from_pretrained(str(tiny_llama_path)), hf, work, warm, pad_id=0, drafting=drafting
+    )
+    assert walls["parrot_cached_prompt_tokens"] == walls["parrot_ngram_cached_prompt_tokens"] == 0
+    assert walls["parrot_ngram"] > 0 and walls["ngram_steps"] > 0
     # transformers ran the warm-up both ways (2 one by one, one padded batch) before the
     # measured calls (5 one by one, one padded batch)
     assert calls == [1, 1, 2, 1, 1, 1, 1, 1, 5]
     # a warm-up with measured prompts (as before) hands our engine their prefill
     old = measure(LLMEngine.from_pretrained(str(tiny_llama_path)), hf, work, work[:2], pad_id=0)
     assert old["parrot_cached_prompt_tokens"] > 0
+
+
+def test_a_drafting_arm_whose_outputs_differ_fails_the_run(
+    tiny_llama_path: Path, tiny_mistral_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from server.engine import LLMEngine
+
+    work, warm = _work(0, 3), _work(1, 1)
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama_path).eval()
+    other = LLMEngine.from_pretrained(str(tiny_mistral_path), ngram_speculation=4)
+    with pytest.raises(AssertionError, match="drafts changed the greedy outputs"):
+        measure(LLMEngine.from_pretrained(str(tiny_llama_path)), hf, work, warm, 0, other)
