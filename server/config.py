@@ -25,6 +25,7 @@ _ENGINE_FIELDS = (
     "prefault_kv_cache",
     "ngram_speculation",
     "ngram_max_rows",
+    "pause_min_tokens",
 )
 
 
@@ -54,6 +55,7 @@ class ServerConfig:
     # benchmarks/README.md)
     ngram_speculation: int | None = 4
     ngram_max_rows: int | None = None
+    pause_min_tokens: int | None = None
     engines: int = 1
     # each engine in a child process of its own: the server's Python work (HTTP, JSON, graphs)
     # then never holds the GIL that the step loop needs; see server/engine_process.py
@@ -380,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="a latency-critical call arriving mid-step waits for the step in flight, instead "
         "of that step (of other work) pausing between two layers and going on after it",
+    )
+    graph.add_argument(
+        "--pause-min-tokens",
+        type=int,
+        metavar="N",
+        help="only steps of at least N tokens pause for a latency-critical call (default 64); "
+        "a shorter one runs to its end first, and its decodes may then ride along the call's "
+        "steps (0: every step may pause)",
     )
     graph.add_argument(
         "--max-calls-per-engine",

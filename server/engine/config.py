@@ -50,6 +50,11 @@ class EngineConfig:
     # submitted meanwhile (LLMEngine.request_pause), so that work does not wait for the step
     # in flight (steps that score their prompt run whole)
     pausable_steps: bool = True
+    # Steps of fewer tokens run to their end: the latency-critical work waits for at most one
+    # short step (a few decode rows, a small chunk: ~20-80 ms here), and that step's decodes
+    # are then free to ride along its steps, where a paused step's stay frozen until the
+    # latency-critical work is done (0: every step may pause)
+    pause_min_tokens: int = 64
     # CPU float32 linear layers on the packed kernel (server/kernels/cpu); off: torch.mm
     packed_linear: bool = True
     # With packed linears, steps without shared-prefix levels on the default CPU backend run all
@@ -104,6 +109,8 @@ class EngineConfig:
                 "background_max_prefill_tokens must be >= 1 (or None for no cap), "
                 f"got {self.background_max_prefill_tokens}"
             )
+        if self.pause_min_tokens < 0:
+            raise ValueError(f"pause_min_tokens must be >= 0, got {self.pause_min_tokens}")
         if self.ngram_speculation < 0 or self.ngram_max_rows < 1:
             raise ValueError(
                 "ngram_speculation must be >= 0 and ngram_max_rows >= 1, got "

@@ -480,6 +480,7 @@ class LLMEngine:
         return (
             self.config.pausable_steps
             and run.pausable
+            and batch.num_tokens >= self.config.pause_min_tokens
             and not any(self.scheduler.is_latency(s.ctx) for s in batch.scheduled)
         )
 

@@ -66,8 +66,9 @@ def test_cuda_step_pauses_for_latency_work_and_stays_exact(tiny_mistral_path):
     """A background prefill on the GPU pauses between layers (kernels queued before it run);
     a latency-critical request runs to its end first; both equal transformers."""
     engine = LLMEngine.from_pretrained(
-        tiny_mistral_path, device="cuda", dtype=torch.float32, latency_max_batched_tokens=0
-    )
+        tiny_mistral_path, device="cuda", dtype=torch.float32, latency_max_batched_tokens=0,
+        pause_min_tokens=0,
+    )  # fmt: skip
     bulk_prompt, urgent_prompt = random_prompts(2, engine.model_config.vocab_size, seed=25)
     bulk = engine.add_request(bulk_prompt, GREEDY, priority=2)
     engine.request_pause()

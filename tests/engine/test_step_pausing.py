@@ -31,7 +31,9 @@ def fused(request: pytest.FixtureRequest) -> bool:
 
 def make_engine(path, fused: bool = True, **config) -> LLMEngine:
     return LLMEngine.from_pretrained(
-        path, **{"block_size": 8, "latency_max_batched_tokens": 0, "fused_layers": fused, **config}
+        path,
+        **{"block_size": 8, "latency_max_batched_tokens": 0, "fused_layers": fused,
+           "pause_min_tokens": 0, **config},  # fmt: skip
     )
 
 
@@ -87,6 +89,51 @@ def test_latency_work_runs_while_a_background_step_waits_paused(tiny_mistral_pat
     ref = load_reference(tiny_mistral_path)
     assert got[urgent] == greedy_reference(ref, urgent_prompt, GREEDY.max_tokens)
     assert got[bulk] == greedy_reference(ref, bulk_prompt, GREEDY.max_tokens)
+    assert engine.stats.free_blocks == engine.stats.total_blocks
+
+
+@pytest.mark.parametrize("min_tokens", [0, 16])
+def test_a_step_shorter_than_pause_min_tokens_runs_whole_and_its_decodes_ride_along(
+    tiny_mistral_path, fused, min_tokens
+):
+    """A 30-token prefill pauses when asked (pause_min_tokens 0 or 16); a 2-row decode step
+    pauses only with 0. Run whole, its rows ride along the latency-critical request's steps
+    (2 riding rows allowed); paused, they stay frozen until that request is done. Outputs
+    equal transformers' either way."""
+    engine = make_engine(
+        tiny_mistral_path, fused, pause_min_tokens=min_tokens, latency_other_decode_rows=2
+    )
+    rng = random.Random(7)
+    sp = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    bulk_prompts = [tokens(rng, 15), tokens(rng, 15)]
+    urgent_prompt = tokens(rng, 9)
+    bulk = [engine.add_request(p, sp, priority=BULK) for p in bulk_prompts]
+    got: dict[int, list[int]] = {}
+
+    def take(outputs) -> set[int]:
+        for out in outputs:
+            got.setdefault(out.job_id, []).extend(out.new_token_ids)
+        return {out.job_id for out in outputs}
+
+    engine.request_pause()
+    assert engine.step() == [] and engine.stats.paused_steps == 1  # the prefill: 30 tokens
+    engine.clear_pause_request()
+    take(engine.step())  # its end: each bulk request has its first token
+    engine.request_pause()  # as if the urgent request came while the decode step ran
+    progressed = take(engine.step())
+    assert engine.stats.paused_steps == (2 if min_tokens == 0 else 1)
+    assert progressed == (set() if min_tokens == 0 else set(bulk))
+    urgent = engine.add_request(urgent_prompt, sp, priority=URGENT)
+    engine.clear_pause_request()
+    riding = 0  # bulk tokens made in the urgent request's steps
+    while len(got.get(urgent, [])) < sp.max_tokens:
+        progressed = take(engine.step())
+        riding += len(progressed & set(bulk)) if urgent in progressed else 0
+    assert riding == (0 if min_tokens == 0 else 2 * (sp.max_tokens - 2))  # all they had left
+    take(engine.run_until_idle())
+    ref = load_reference(tiny_mistral_path)
+    for job, prompt in [*zip(bulk, bulk_prompts, strict=True), (urgent, urgent_prompt)]:
+        assert got[job] == greedy_reference(ref, prompt, sp.max_tokens)
     assert engine.stats.free_blocks == engine.stats.total_blocks
 
 
