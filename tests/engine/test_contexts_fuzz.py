@@ -392,4 +392,4 @@ def test_steps_paused_with_and_without_a_pause_min_tokens():
     if len(PAUSED) < len(SEEDS):
         pytest.skip("needs every seed above to have run")
     for half in (0, 1):
-        assert sum(PAUSED[s] for s in SEEDS if s % 2 == half) > 100, half  # 908, 486 at 08:10
+        assert sum(PAUSED[s] for s in SEEDS if s % 2 == half) > 100, half  # 908, 486 at 07:52
