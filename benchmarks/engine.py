@@ -232,7 +232,7 @@ def main() -> None:
 
     warm = warm_up_work(tok, work, block=engine.config.block_size)
     walls = measure(engine, hf, work, warm, pad_id=min(tok.eos_token_ids), drafting=drafting)
-    del drafting
+    del drafting  # its weights and KV pool go before the bandwidth rounds
     ours, one, padded = walls["parrot"], walls["hf_one_by_one"], walls["hf_padded_8"]
     ngram = walls["parrot_ngram"]
     batch1 = batch1_against_floor(engine, work[0][0][:256])
