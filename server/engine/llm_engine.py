@@ -494,8 +494,9 @@ class LLMEngine:
         k = self.config.ngram_speculation
         if not k:
             return
-        # a paused step's contexts take no part in the steps beside it
-        running = [c for c in self.scheduler.running if not self.scheduler.is_frozen(c)]
+        running = self.scheduler.running
+        if self._paused is not None:  # its contexts take no part in the steps beside it
+            running = [c for c in running if not self.scheduler.is_frozen(c)]
         latency = [c for c in running if self.scheduler.is_latency(c) and c.num_pending == 1]
         if latency:
             others = len(running) - len(latency)
