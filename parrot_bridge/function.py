@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import json
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any, overload
@@ -133,30 +135,40 @@ def semantic_function(
     return decorate(fn) if fn is not None else decorate
 
 
+_SEED_MIN, _SEED_MAX = -(2**63), 2**63 - 1  # the server's seeds are signed 64-bit integers
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# What the server would refuse, refused where the function is defined: a refused submission
+# fails every call sent with it, however independent.
 _SAMPLING_CHECKS: dict[str, Callable[[Any], bool]] = {
     "max_tokens": lambda v: isinstance(v, int) and v >= 1,
-    "temperature": lambda v: isinstance(v, int | float) and v >= 0,
-    "top_p": lambda v: isinstance(v, int | float) and 0 < v <= 1,
+    "temperature": lambda v: _number(v) and v >= 0,
+    "top_p": lambda v: _number(v) and 0 < v <= 1,
     "top_k": lambda v: isinstance(v, int),
-    "seed": lambda v: v is None or isinstance(v, int),
+    "seed": lambda v: v is None or (isinstance(v, int) and _SEED_MIN <= v <= _SEED_MAX),
     "stop": lambda v: all(isinstance(s, str) and s for s in v),
     "ignore_eos": lambda v: isinstance(v, bool),
-    "presence_penalty": lambda v: isinstance(v, int | float) and -2 <= v <= 2,
-    "frequency_penalty": lambda v: isinstance(v, int | float) and -2 <= v <= 2,
+    "presence_penalty": lambda v: _number(v) and -2 <= v <= 2,
+    "frequency_penalty": lambda v: _number(v) and -2 <= v <= 2,
     "logit_bias": lambda v: isinstance(v, dict) and all(
-        str(k).isdigit() and isinstance(b, int | float) and -100 <= b <= 100 for k, b in v.items()
+        str(k).isdigit() and _number(b) and -100 <= b <= 100 for k, b in v.items()
     ),
-    "min_p": lambda v: isinstance(v, int | float) and 0 <= v <= 1,
-    "repetition_penalty": lambda v: isinstance(v, int | float) and v > 0,
+    "min_p": lambda v: _number(v) and 0 <= v <= 1,
+    "repetition_penalty": lambda v: _number(v) and v > 0,
     # constrained outputs (the server checks the schema, pattern and grammar): a JSON object
     # it allows, one of the strings, a whole match of the pattern, or a sentence of the grammar
-    "json_schema": lambda v: isinstance(v, dict),
+    "json_schema": lambda v: isinstance(v, dict) and _json_text(v),
     "choices": lambda v: isinstance(v, list) and bool(v) and all(
         isinstance(c, str) and c for c in v
     ),
     "regex": lambda v: isinstance(v, str) and bool(v),
     "grammar": lambda v: isinstance(v, str) and bool(v),
 }
+_CONSTRAINTS = ("json_schema", "choices", "regex", "grammar")
 
 
 def _check_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +183,19 @@ def _check_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
         if not _SAMPLING_CHECKS[key](value):
             raise ValueError(f"invalid {key}: {value!r}")
         checked[key] = value
+    asked = [k for k in _CONSTRAINTS if checked.get(k) is not None]
+    if len(asked) > 1:
+        raise ValueError(f"ask for one constrained output, not {' and '.join(asked)} together")
     return checked
+
+
+def _json_text(value: Any) -> bool:
+    """Whether `value` goes into a request as it is (JSON: no sets, NaN or other objects)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _as_input(fn: str, name: str, value: Any, session: Session) -> SemanticVariable:

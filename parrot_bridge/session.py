@@ -47,7 +47,7 @@ class Session:
     on `flush()`; later calls extend the graph on the server. A call reading a variable that has
     no value yet (and no call writes) waits in the session until the variable is `set()`.
 
-    A submission the server rejects (or that cannot reach it) raises its error; its calls are
+    A submission the server rejects (or that cannot be sent) raises its error; its calls are
     dropped and their outputs raise that error when read, but their inputs are kept on the
     client, so later calls may read the same strings and variables.
 
@@ -204,8 +204,10 @@ class Session:
                 return
             try:
                 await self._transport.request("POST", f"{self._path}/graph", batch.body)
-            except ParrotError as exc:
-                self._pending.reject(batch, exc)
+            except Exception as exc:  # not sent (whatever stopped it): its calls must not vanish
+                error = exc if isinstance(exc, ParrotError) else ParrotError(
+                    f"the calls could not be submitted: {exc!r}")  # fmt: skip
+                self._pending.reject(batch, error)
                 raise
 
     async def _read(self, var: SemanticVariable, criteria: Criteria, timeout: float | None) -> str:
@@ -217,6 +219,13 @@ class Session:
         try:
             async with asyncio.timeout(limit):
                 return await self._poll(var, criteria, timeout)
+        except ParrotError as exc:
+            if self._closed and not isinstance(exc, CallFailedError):
+                # closed from another thread or task: its client went away under the poll
+                raise ParrotError(
+                    f"session {self.id} was closed while variable {var._label} was read"
+                ) from exc
+            raise
         except TimeoutError:
             raise ParrotError(
                 f"timed out after {timeout} s waiting for variable {var._label}"

@@ -4,10 +4,10 @@ This module is the one parser of the template syntax: the SDK checks templates a
 time and the server checks them again when a graph arrives. It has no dependencies.
 
 A marker is `{{kind:name}}` (spaces allowed inside the braces); `kind` is `input` or `output` and
-`name` a Python identifier. Any other `{{word:...}}` is an error, while braces that do not look
-like a marker (JSON, `{{ jinja }}` text) are kept as constant text. Four opening braces `{{{{`
-stand for a literal `{{`, so any text can be made constant with `escape_text` (e.g. user content
-that itself contains `{{input:x}}`).
+`name` an ASCII identifier (letters, digits and `_`, not starting with a digit). Any other
+`{{word:...}}` is an error, while braces that do not look like a marker (JSON, `{{ jinja }}`
+text) are kept as constant text. Four opening braces `{{{{` stand for a literal `{{`, so any text
+can be made constant with `escape_text` (e.g. user content that itself contains `{{input:x}}`).
 
 An input marker may name one transform of the value it inserts: `{{input:name|strip}}` inserts
 the value without leading and trailing whitespace. The server applies it when it fills the slot,
@@ -155,7 +155,7 @@ def _marker_segment(source: str, match: re.Match[str]) -> Segment:
         )
     if not _NAME.fullmatch(name):
         raise TemplateError(
-            f"invalid variable name {name!r} in {match.group(0)!r} (must be an identifier)",
+            f"invalid variable name {name!r} in {match.group(0)!r} (must be an ASCII identifier: letters, digits and '_', not starting with a digit)",
             source,
             match.start(),
         )

@@ -28,7 +28,15 @@ from server.engine.grammar import compiled_grammar
 from server.engine.json_schema import compile_schema
 from server.engine.regex_prefix import Regex
 from server.errors import ApiError, error_body, not_found
-from server.graph import CallDecl, GraphError, Sampling, Submission, Variable, VariableDecl
+from server.graph import (
+    CallDecl,
+    GraphError,
+    Sampling,
+    Submission,
+    Variable,
+    VariableDecl,
+    VariableState,
+)
 from server.keys import CONFIG, EXECUTOR, METRICS, SESSIONS
 from server.session import Session
 
@@ -123,6 +131,8 @@ async def get_variable(request: web.Request) -> web.Response:
     query = parse_query(request, VariableQuery)
     var_id = _variable_id(request, session)
     var = await session.wait(var_id, query.timeout, query.criteria)
+    if session.closed and var.state is VariableState.PENDING:
+        raise not_found(f"session {session.id!r} was closed while the request waited")
     return json_response(_info(var))
 
 

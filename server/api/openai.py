@@ -198,7 +198,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
             )
         sampling = dataclasses.replace(
             sampling, stop=[*sampling.stop, *tools.stops()], json_object=tools.constrained,
-            json_schema=tools.arguments_schema(),
+            json_schema=tools.arguments_schema(), tagged_json=tools.call_tags(),
         )  # fmt: skip
     samplings = samples_of(sampling, body.n or 1)
     _require_engine(request)

@@ -410,7 +410,8 @@ def checked_schema(schema: object, name: str, param: str | None = None) -> dict[
     try:
         compile_schema(schema)
     except SchemaError as exc:
-        raise bad_request(f"{name}: the schema {exc}", param=param or name) from exc
+        text = str(exc) if str(exc).startswith("the schema") else f"the schema {exc}"
+        raise bad_request(f"{name}: {text}", param=param or name) from exc
     assert isinstance(schema, dict)
     return schema
 

@@ -8,7 +8,9 @@ blocks back out of the generated text. Past turns are rendered the same way: an 
 message's `tool_calls` become blocks after its content, and `tool` messages become one user turn
 of `<tool_response>` blocks (templates without a tool role render it as a plain turn, or fail).
 A forced call (`tool_choice` "required" or a named function) is primed: the assistant turn
-starts inside the block, so the model only writes the name (required) or the arguments.
+starts inside the block, so the model only writes the name (required) or the arguments, and
+the decoder holds it to a call: one of the tools' names, arguments that follow the function's
+parameters (where the decoder can enforce them; else any JSON object), and the answer ends.
 """
 
 from __future__ import annotations
@@ -115,22 +117,25 @@ class ToolRequest:
 
     @property
     def constrained(self) -> bool:
-        """A forced call's primer ends where its arguments start: they are generated as one
+        """A named call's primer ends where its arguments start: they are generated as one
         JSON object (following `arguments_schema()` where there is one), and the answer ends
-        with it."""
+        with it. (A required call of a function the model picks: `call_tags`.)"""
         return self.forced is not None
 
     def arguments_schema(self) -> dict[str, Any] | None:
-        """A forced call's parameters schema, which its arguments then follow; None where the
+        """A named call's parameters schema, which its arguments then follow; None where the
         decoder cannot enforce it (the arguments are then any JSON object)."""
         tool = next((t for t in self.tools if t.name == self.forced), None)
-        if tool is None:
+        return None if tool is None else _enforceable(tool.parameters)
+
+    def call_tags(self) -> dict[str, dict[str, Any] | None] | None:
+        """For a required call whose function the model picks (its primer ends at the opening
+        quote of the name): the text of each tool's name up to its arguments, with the schema
+        they follow (None: any JSON object), as `SamplingParams.tagged_json` takes them; else
+        None."""
+        if not self.required or self.forced is not None:
             return None
-        try:
-            compile_schema(tool.parameters)
-        except SchemaError:
-            return None
-        return tool.parameters
+        return {f'{t.name}", "arguments": ': _enforceable(t.parameters) for t in self.tools}
 
     def stops(self) -> list[str]:
         """Stop strings the answer needs: one call only ends at its closing tag."""
@@ -228,6 +233,14 @@ def _tool(raw: object, index: int) -> Tool:
         raise bad_request(f"{where}.function.parameters must be a JSON schema object",
                           param="tools")  # fmt: skip
     return Tool(name, description, parameters)
+
+
+def _enforceable(schema: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        compile_schema(schema)
+    except SchemaError:
+        return None
+    return schema
 
 
 def _chosen_name(tool_choice: object) -> str:

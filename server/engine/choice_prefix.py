@@ -14,6 +14,11 @@ class ChoicePrefix:
         self._read = b""
 
     @property
+    def text(self) -> bytes:
+        """What has been read."""
+        return self._read
+
+    @property
     def complete(self) -> bool:
         return self._read in self._choices
 

@@ -20,9 +20,12 @@ from server.engine.json_schema import compile_schema
 from server.engine.regex_prefix import Regex, RegexPrefix
 from server.engine.sampling_params import SamplingParams
 from server.engine.schema_prefix import SchemaPrefix
+from server.engine.tagged_json_prefix import TaggedJsonPrefix
 
 # what the generated text must keep satisfying: each has feed/feed_all/copy/complete/final
-TextAutomaton = JsonPrefix | SchemaPrefix | ChoicePrefix | RegexPrefix | GrammarPrefix
+TextAutomaton = (
+    JsonPrefix | SchemaPrefix | ChoicePrefix | RegexPrefix | GrammarPrefix | TaggedJsonPrefix
+)
 
 if TYPE_CHECKING:
     from server.engine.tokenizer import Tokenizer
@@ -93,8 +96,8 @@ class OutputConstraint:
         """`drawn` if it fits. Else greedy (`redraw` None) takes the likeliest token that fits;
         sampling draws again (`redraw(banned)`: the row's sampling distribution without the
         banned ids) among what can fit, which is exact rejection sampling. With nothing at all
-        that fits (which the automata never reach: some byte always continues an unfinished
-        text), the likeliest stop id."""
+        that fits (the automata never reach that, but the request's bans may rule out every
+        token that continues the text), the likeliest stop id."""
         if self.fits(drawn):
             return drawn
         if self._text.final and self._stops:  # only a stop id fits now
@@ -102,6 +105,9 @@ class OutputConstraint:
         # Only tokens whose first byte continues the text can fit: often a few per cent of
         # the vocabulary (a choice, a JSON key), sometimes most of it (inside a string).
         candidates = self._candidates(logits.shape[0])
+        # the request's bans (allowed_token_ids, bad words) hold over the constraint: where no
+        # allowed token fits, the generation ends (the likeliest stop id, below)
+        candidates = candidates[logits[candidates] > float("-inf")]
         if redraw is not None and len(candidates) > _BROAD:
             # many may fit: a few draws usually find one before a search through them all
             banned = torch.zeros_like(logits, dtype=torch.bool)
@@ -159,6 +165,8 @@ def text_constraint(sampling: SamplingParams) -> TextAutomaton | None:
     choices, json_schema = sampling.choices, sampling.json_schema
     if choices is not None:
         return ChoicePrefix(tuple(c.encode() for c in choices))
+    if sampling.tagged_json is not None:
+        return TaggedJsonPrefix(sampling.tagged_json)
     if json_schema is not None:
         return SchemaPrefix(compile_schema(json_schema))
     return JsonPrefix() if sampling.json_object else None

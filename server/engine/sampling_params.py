@@ -9,6 +9,7 @@ from typing import Any
 from server.engine.grammar import compiled_grammar
 from server.engine.json_schema import compile_schema
 from server.engine.regex_prefix import Regex
+from server.engine.tagged_json_prefix import check_tags
 
 MAX_LOGPROBS = 20  # most likely alternatives per token, as OpenAI's chat API allows
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a seed is a signed 64-bit integer
@@ -46,7 +47,10 @@ class SamplingParams:
     `regex` (guided_regex): the generated text matches it whole (`regex_prefix.py` says which
     syntax; other patterns raise ValueError here). `grammar` (guided_grammar): the generated
     text is a sentence of this GBNF grammar, from its rule `root` (`grammar_parser.py` says
-    which notation; `grammar.py` which grammars can be followed).
+    which notation; `grammar.py` which grammars can be followed). `tagged_json`: the generated
+    text is one of its keys (tags), then a JSON object that the tag's schema allows (None: any
+    object), and ends there: a tool call whose function the model picks, each tag a function's
+    name up to its arguments (no tag may start another).
     vLLM's (and transformers') extensions: `min_p` keeps only tokens at least that fraction as
     likely as the likeliest (after temperature, top-k and top-p); `repetition_penalty` divides
     the positive logits (multiplies the negative ones) of every token already in the context,
@@ -76,6 +80,7 @@ class SamplingParams:
     choices: list[str] | None = None
     regex: str | None = None
     grammar: str | None = None
+    tagged_json: dict[str, dict[str, Any] | None] | None = None
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     min_tokens: int = 0
@@ -114,9 +119,9 @@ class SamplingParams:
                 f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}"
             )
         constraints = [self.json_object, self.choices is not None, self.regex is not None,
-                       self.grammar is not None]  # fmt: skip
+                       self.grammar is not None, self.tagged_json is not None]  # fmt: skip
         if sum(constraints) > 1:
-            raise ValueError("ask for one of json_object, choices, regex and grammar")
+            raise ValueError("ask for one of json_object, choices, regex, grammar and tagged_json")
         if self.regex is not None:
             Regex(self.regex)  # RegexError (a ValueError) says what is not supported
         if self.grammar is not None:
@@ -127,6 +132,8 @@ class SamplingParams:
             if not self.json_object:
                 raise ValueError("json_schema needs json_object")
             compile_schema(self.json_schema)  # SchemaError (a ValueError) names what is wrong
+        if self.tagged_json is not None:
+            check_tags(self.tagged_json)  # a ValueError says what cannot be followed
         if self.choices is not None and not (self.choices and all(self.choices)):
             raise ValueError("choices must be non-empty strings")
         if any(constraints) and self.ignore_eos:

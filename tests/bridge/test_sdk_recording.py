@@ -1,5 +1,7 @@
 """The SDK without a server: decoration-time checks, calls recorded into the pending graph."""
 
+import math
+
 import pytest
 
 import parrot_bridge as P
@@ -67,6 +69,16 @@ def test_bad_sampling_and_parameters_raise_at_decoration() -> None:
         P.SemanticFunction("{{output:y}}", temperature=-1)
     with pytest.raises(ValueError, match="invalid grammar"):
         P.semantic_function(grammar="")
+    # what the server refuses, refused here: its 400 would fail every call sent with this one
+    for key, value in [("temperature", math.inf), ("repetition_penalty", math.inf),
+                       ("top_p", math.nan), ("seed", 2**64), ("seed", -(2**63) - 1),
+                       ("json_schema", {"type": "object", "enum": {"a", "b"}}),
+                       ("logit_bias", {"5": math.nan}), ("temperature", True)]:  # fmt: skip
+        with pytest.raises(ValueError, match=f"invalid {key}"):
+            P.semantic_function(**{key: value})
+    with pytest.raises(ValueError, match="not choices and regex together"):
+        P.semantic_function(choices=["a"], regex="a")
+    assert P.SemanticFunction("{{output:y}}", seed=2**63 - 1, temperature=2).sampling["seed"]
     with pytest.raises(TypeError, match="parameter 'z' of f is not used"):
 
         @P.semantic_function

@@ -9,6 +9,7 @@ import time
 import pytest
 
 import parrot_bridge as P
+from parrot_bridge.transport import Transport
 from server.launcher import free_port
 from tests.bridge.fake_server import (
     SESSION_ROUTES,
@@ -102,3 +103,24 @@ def test_a_session_waits_for_a_server_that_is_starting() -> None:
     finally:
         done.set()
         thread.join(10)
+
+
+class _FailingGraphTransport(Transport):
+    """Fails sending a graph the way an unexpected client-side bug would (not a ParrotError)."""
+
+    async def request(self, method: str, path: str, body: object = None, *args, **kwargs):
+        if path.endswith("/graph"):
+            raise TypeError("Object of type set is not JSON serializable")
+        return await super().request(method, path, body, *args, **kwargs)
+
+
+def test_a_submission_that_could_not_be_sent_fails_its_calls_instead_of_losing_them() -> None:
+    with FakeServer(SESSION_ROUTES) as url:
+        with P.Session(url, transport=_FailingGraphTransport(url)) as session:
+            first, second = echo("a"), echo("b")
+            with pytest.raises(TypeError):
+                session.flush()
+            # both outputs fail with the reason; reading them sends nothing again
+            for var in (first, second):
+                with pytest.raises(P.ParrotError, match="could not be submitted: TypeError"):
+                    var.get(timeout=5)

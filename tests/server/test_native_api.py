@@ -232,6 +232,32 @@ def test_variables_set_later_release_their_calls(server: str) -> None:
     assert status == 200 and info["calls"]["done"] == 1 and info["variables"] == 2
 
 
+def test_a_read_waiting_when_its_session_closes_is_told_so(server: str) -> None:
+    import threading
+    import time
+
+    sid, token = open_session(server)
+    status, var = request("POST", f"{server}/v1/sessions/{sid}/variables", {"name": "late"}, token)
+    assert status == 201
+    answers: list[tuple[int, dict, float]] = []
+
+    def read() -> None:
+        start = time.monotonic()
+        status, body = request(
+            "GET", f"{server}/v1/sessions/{sid}/variables/{var['id']}?timeout=30", token=token
+        )
+        answers.append((status, body, time.monotonic() - start))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.3)
+    assert request("DELETE", f"{server}/v1/sessions/{sid}", token=token)[0] == 200
+    reader.join(20)
+    [(status, body, waited)] = answers
+    assert status == 404 and "was closed while the request waited" in body["error"]["message"]
+    assert waited < 10  # woken by the close, not at the end of its long poll
+
+
 BAD_GRAPHS = [
     ("unknown_variable", {"calls": [call("A", "{{input:x}} {{output:y}}", {"x": "ghost"},
                                          {"y": "ok"})]}, ["call 'A' (A)", "'ghost'"]),

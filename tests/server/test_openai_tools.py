@@ -30,7 +30,7 @@ def expected(engine: LLMEngine, messages: list[dict], tools: ToolRequest, max_to
     ids = engine.tokenizer.encode(text + tools.primer())
     sampling = SamplingParams(
         max_tokens=max_tokens, temperature=0, stop=tools.stops(), json_object=tools.constrained,
-        json_schema=tools.arguments_schema(),
+        json_schema=tools.arguments_schema(), tagged_json=tools.call_tags(),
     )  # fmt: skip
     out = engine.generate([ids], sampling)[0]
     parser = ToolCallParser(tools.names, tools.forced)
@@ -68,6 +68,36 @@ def test_a_named_tool_choice_answers_with_that_call(client: openai.OpenAI, engin
         (0, *calls[0])
     ]
     assert "".join(d.content or "" for d in deltas).strip() == content.strip()
+    assert chunks[-1].choices[0].finish_reason == reason
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_required_call_among_several_tools_is_a_call_of_one_of_them(
+    client: openai.OpenAI, engine: LLMEngine, stream: bool
+):
+    """The model picks the function, and the decoder holds it to one of the tools' names and
+    to that function's parameters (a tiny random model writes no call on its own)."""
+    tools = ToolRequest.of([WEATHER, CLOCK], "required", None)
+    ids, content, calls, reason = expected(engine, ASK, tools, 64)
+    [(name, arguments)] = calls
+    assert name in ("get_weather", "now") and reason == "tool_calls"
+    parsed = json.loads(arguments)
+    assert isinstance(parsed, dict)
+    if name == "get_weather":
+        assert set(parsed) <= {"city"} and all(isinstance(v, str) for v in parsed.values())
+    else:
+        assert parsed == {}  # its parameters have no properties
+    kwargs = dict(model="tiny", messages=ASK, tools=[WEATHER, CLOCK], tool_choice="required",
+                  max_tokens=64, temperature=0)  # fmt: skip
+    if not stream:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        made = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls]
+        assert made == calls and choice.finish_reason == reason
+        assert choice.message.content == (content.strip() or None)
+        return
+    chunks = list(client.chat.completions.create(**kwargs, stream=True))
+    streamed = [t for c in chunks for t in c.choices[0].delta.tool_calls or []]
+    assert [(t.function.name, t.function.arguments) for t in streamed] == calls
     assert chunks[-1].choices[0].finish_reason == reason
 
 

@@ -87,6 +87,26 @@ def test_forced_and_required_calls_are_primed():
     only = ToolRequest.of([WEATHER], "required", None)
     assert only.forced == "get_weather" and only.parallel  # further calls may follow
     assert "You must call the function get_weather" in only.system_text()
+    # the decoder holds each forced call to a call: a named one to its arguments' schema, a
+    # required one to one of the names, then that function's arguments
+    assert named.constrained and named.call_tags() is None
+    assert named.arguments_schema() == {"type": "object", "properties": {}}
+    assert not required.constrained and required.arguments_schema() is None
+    assert required.call_tags() == {
+        'get_weather", "arguments": ': WEATHER["function"]["parameters"],
+        'now", "arguments": ': {"type": "object", "properties": {}},
+    }
+    auto = ToolRequest.of([WEATHER, CLOCK], "auto", None)
+    assert auto is not None and auto.call_tags() is None and not auto.constrained
+
+
+def test_a_required_call_of_a_tool_whose_schema_cannot_be_enforced_takes_any_object():
+    odd = {"type": "function", "function": {"name": "odd", "parameters": {
+        "type": "object", "properties": {"n": {"type": "integer", "multipleOf": 2}}}}}
+    required = ToolRequest.of([odd, CLOCK], "required", None)
+    assert required.call_tags() == {
+        'odd", "arguments": ': None, 'now", "arguments": ': {"type": "object", "properties": {}}
+    }
 
 
 def test_turns_render_as_blocks_and_the_tools_join_the_system_message():
