@@ -11,18 +11,25 @@ from parrot_bridge.variable import Criteria, SemanticVariable
 
 
 def get_all(
-    session: Session, variables: Sequence[SemanticVariable], criteria: Criteria = "latency"
+    session: Session,
+    variables: Sequence[SemanticVariable],
+    criteria: Criteria = "latency",
+    timeout: float | None = None,
 ) -> list[str]:
-    """The values of `variables`, after one submission that declares them all awaited."""
+    """The values of `variables`, after one submission that declares them all awaited; each
+    waited for at most `timeout` seconds (a model's `timeout`, as a plain request has it)."""
     session._loop.run(session._flush(_awaits(variables, criteria)))
-    return [var.get(criteria) for var in variables]
+    return [var.get(criteria, timeout) for var in variables]
 
 
 async def aget_all(
-    session: Session, variables: Sequence[SemanticVariable], criteria: Criteria = "latency"
+    session: Session,
+    variables: Sequence[SemanticVariable],
+    criteria: Criteria = "latency",
+    timeout: float | None = None,
 ) -> list[str]:
     await session._loop.arun(session._flush(_awaits(variables, criteria)))
-    return list(await asyncio.gather(*(var.aget(criteria) for var in variables)))
+    return list(await asyncio.gather(*(var.aget(criteria, timeout) for var in variables)))
 
 
 def _awaits(variables: Sequence[SemanticVariable], criteria: Criteria) -> dict[str, Criteria]:

@@ -208,7 +208,7 @@ class CompiledChain(RunnableSerializable[Any, Any]):
     def _tracer(self, session: Session) -> Tracer:
         with self._lock:
             on_split = log_split_once(self._split_steps)
-        return Tracer(session, self.criteria, on_split)
+        return Tracer(session, self.criteria, self._timeout, on_split)
 
 
 def _parrot_models(runnable: Any) -> list[ChatParrot | ParrotLLM]:

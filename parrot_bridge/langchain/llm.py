@@ -47,7 +47,7 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         served = self._server_info(self._requested(kwargs))
         with self._session() as session:
             outputs = self._record(session, prompts, self._call_sampling(stop, kwargs, served))
-            get_all(session, outputs, self.criteria)
+            get_all(session, outputs, self.criteria, self.timeout)
         return _result(outputs, served[0])
 
     async def _agenerate(
@@ -60,7 +60,7 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         served = await self._aserver_info(self._requested(kwargs))
         async with self._session() as session:
             outputs = self._record(session, prompts, self._call_sampling(stop, kwargs, served))
-            await aget_all(session, outputs, self.criteria)
+            await aget_all(session, outputs, self.criteria, self.timeout)
         return _result(outputs, served[0])
 
     def _stream(

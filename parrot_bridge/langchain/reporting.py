@@ -121,7 +121,9 @@ def report(
                 message=reply, generation_info={"finish_reason": outcome.finish_reason}
                 if outcome else None,
             )  # fmt: skip
-            llm_output = {"model_name": outcome.model_name} if outcome else None
+            llm_output = None
+            if outcome is not None:  # as ChatParrot's plain calls report it
+                llm_output = {"token_usage": run.output.usage, "model_name": outcome.model_name}
         else:
             (manager_run,) = manager.on_llm_start(
                 run.model._serialized, [shown.to_string()], invocation_params=params,

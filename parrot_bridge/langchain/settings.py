@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+import functools
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import quote
 
 from langchain_core.language_models import LangSmithParams
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from parrot_bridge.langchain.http import ServerHttp
 from parrot_bridge.loop_thread import shared_loop
@@ -90,7 +100,7 @@ class ParrotSettings(BaseModel):
             _check_options(type(self).__name__, options)
             for key, value in options.items():
                 if key in _SAMPLING:
-                    merged[_SAMPLING[key]] = value
+                    merged[_SAMPLING[key]] = _checked(type(self), key, value)
         if isinstance(merged["stop"], str):
             merged["stop"] = [merged["stop"]]
         return {k: v for k, v in merged.items() if v is not None and v != []}
@@ -143,6 +153,27 @@ _SAMPLING = {
     "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
     "logit_bias": "logit_bias",
 }  # fmt: skip
+
+
+def _checked(cls: type[ParrotSettings], key: str, value: Any) -> Any:
+    """A per-call option held to its field's bounds (temperature <= 2, say), as the field is:
+    the same value refused at construction is refused per call, whichever path sends it."""
+    field = cls.model_fields.get(key)
+    if field is None or value is None or key == "stop":
+        return value
+    try:
+        return _adapter(cls, key).validate_python(value)
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+        raise ValueError(f"{cls.__name__}: {key}={value!r} is refused: {reason}") from None
+
+
+@functools.cache
+def _adapter(cls: type[ParrotSettings], key: str) -> TypeAdapter[Any]:
+    field = cls.model_fields[key]
+    if not field.metadata:
+        return TypeAdapter(field.annotation)
+    return TypeAdapter(Annotated[field.annotation, *field.metadata])
 
 
 def _check_options(owner: str, options: dict[str, Any]) -> None:

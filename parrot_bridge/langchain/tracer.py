@@ -76,6 +76,7 @@ class Tracer:
 
     session: Session
     criteria: Criteria = "latency"
+    timeout: float | None = None  # seconds each generated value may take (the model's)
     on_split: Callable[[str, str], None] = lambda step, why: None
     symbols: Symbols = field(default_factory=Symbols)
     calls: list[TracedCall] = field(default_factory=list)
@@ -123,7 +124,7 @@ class Tracer:
         if not variables:
             return self.symbols.untaint(obj)
         self.commit()
-        values = dict(zip(variables, get_all(self.session, variables, self.criteria), strict=True))
+        values = dict(zip(variables, get_all(self.session, variables, self.criteria, self.timeout), strict=True))
         return self.symbols.substitute(obj, values.__getitem__)
 
     def finish(self, outs: Any) -> Any:
@@ -136,7 +137,7 @@ class Tracer:
             wanted += [*self.symbols.find(run.prompt), run.output]
         missing = list({id(v): v for v in wanted if v.value is None}.values())
         if missing:
-            get_all(self.session, missing, self.criteria)
+            get_all(self.session, missing, self.criteria, self.timeout)
 
         def prompt(run: ModelRun) -> Any:
             return self.symbols.substitute(run.prompt, lambda v: v.value)
@@ -268,7 +269,7 @@ class Tracer:
             self.on_split(chat.model.get_name(), "the model's chat template changes contents")
             names = list(chat.inputs)
             values = dict(zip(names, get_all(self.session, list(chat.inputs.values()),
-                                             self.criteria), strict=True))  # fmt: skip
+                                             self.criteria, self.timeout), strict=True))  # fmt: skip
             chat.conversation = [
                 {"role": m["role"], "content": "".join(
                     p["text"] if p["type"] == "text" else values[p["name"]] for p in m["content"]

@@ -16,9 +16,12 @@ from parrot_bridge.variable import SemanticVariable
 class CallBatch:
     """One session for the calls of one turn; closed on the server when the last is read."""
 
-    def __init__(self, session: Session, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, session: Session, loop: asyncio.AbstractEventLoop, timeout: float | None = None
+    ) -> None:
         self.session = session
         self.loop = loop
+        self.timeout = timeout  # seconds a read may wait for its value
         self.closed = False  # no more calls join once a read has started
         self._unread = 0
         self._opening: asyncio.Task[Session] | None = None
@@ -37,7 +40,7 @@ class CallBatch:
                 # one opening for all readers: concurrent first reads would each open a session
                 self._opening = asyncio.ensure_future(self.session.aopen())
             await asyncio.shield(self._opening)
-            return await var.aget()
+            return await var.aget(timeout=self.timeout)
         finally:
             self._unread -= 1
             if self._unread == 0:

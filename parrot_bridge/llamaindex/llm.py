@@ -73,7 +73,7 @@ class Parrot(FunctionCallingLLM):
 
     base_url: str = Field(description="The Parrot server's root URL, e.g. http://127.0.0.1:9000")
     model: str | None = Field(default=None, description="Model id (default: the served one)")
-    temperature: float = Field(default=0.0, ge=0.0, description="0 samples greedily")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 samples greedily")
     max_tokens: int = Field(default=256, ge=1, description="Tokens generated per call at most")
     timeout: float = Field(default=600.0, gt=0, description="Seconds per HTTP request")
     context_window: int | None = Field(
@@ -150,7 +150,9 @@ class Parrot(FunctionCallingLLM):
         except UnmarkablePromptError:
             return super().predict(prompt, **prompt_args)
         with session:
-            return predicted(self, prompt, prompt_args, var.get, var)
+            return predicted(
+                self, prompt, prompt_args, lambda: var.get(timeout=self.timeout), var
+            )
 
     async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
         # calls started in the same turn of the event loop join one batch: one graph
@@ -409,7 +411,7 @@ class Parrot(FunctionCallingLLM):
     def _open_batch(self) -> CallBatch:
         loop = asyncio.get_running_loop()
         if self._batch is None or self._batch.closed or self._batch.loop is not loop:
-            self._batch = CallBatch(self.session(name="llamaindex"), loop)
+            self._batch = CallBatch(self.session(name="llamaindex"), loop, self.timeout)
         return self._batch
 
 

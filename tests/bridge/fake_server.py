@@ -33,6 +33,13 @@ def json_answer(body: object, status: int = 200) -> Handler:
     return handle
 
 
+async def still_pending(request: web.Request) -> web.StreamResponse:
+    """A variable read answered as a server whose call is still generating answers: held for
+    the long poll's `timeout`, then pending."""
+    await asyncio.sleep(float(request.query.get("timeout", "0")))
+    return web.json_response({"id": request.match_info.get("var", "v"), "status": "pending"})
+
+
 # a session that opens, takes graphs and closes; reads of its variables are up to the test
 SESSION_ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/v1/sessions"): json_answer({"session_id": "s-1", "token": "t"}),

@@ -295,30 +295,3 @@ def test_semantic_calls_take_min_p_and_repetition_penalty(url: str, engine: LLME
     with pytest.raises(ValueError, match="min_p"):
         P.semantic_function(min_p=2)
 
-
-@P.semantic_function(max_tokens=4000, temperature=0, ignore_eos=True)
-def ramble(topic):
-    """Ramble on {{input:topic}}:{{output:text}}"""
-
-
-def test_a_read_in_flight_when_the_session_closes_says_so(url: str) -> None:
-    import threading
-    import time
-
-    session = P.Session(url).open()
-    text = ramble.invoke(session, "anything")
-    errors: list[Exception] = []
-
-    def read() -> None:
-        try:
-            text.get(timeout=60)
-        except P.ParrotError as exc:
-            errors.append(exc)
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    time.sleep(0.5)
-    session.close()
-    reader.join(30)
-    [error] = errors
-    assert "was closed while variable" in str(error), error

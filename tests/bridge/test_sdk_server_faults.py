@@ -16,6 +16,7 @@ from tests.bridge.fake_server import (
     FakeServer,
     json_answer,
     never_answer,
+    still_pending,
     stream_then_stall,
 )
 
@@ -124,3 +125,27 @@ def test_a_submission_that_could_not_be_sent_fails_its_calls_instead_of_losing_t
             for var in (first, second):
                 with pytest.raises(P.ParrotError, match="could not be submitted: TypeError"):
                     var.get(timeout=5)
+
+
+def test_a_read_in_flight_when_the_session_closes_says_so() -> None:
+    """Closed from another thread while a read long-polls: the read says the session was
+    closed (not that the server could not be reached)."""
+    routes = {**SESSION_ROUTES, ("GET", VARIABLE): still_pending}
+    with FakeServer(routes) as url:
+        session = P.Session(url).open()
+        text = echo.invoke(session, "anything")
+        errors: list[Exception] = []
+
+        def read() -> None:
+            try:
+                text.get(timeout=30)
+            except P.ParrotError as exc:
+                errors.append(exc)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        time.sleep(0.5)
+        session.close()
+        reader.join(10)
+        [error] = errors
+        assert "was closed while variable" in str(error), error

@@ -35,6 +35,7 @@ class Runs(BaseCallbackHandler):
     def __init__(self) -> None:
         self.events: list[tuple[str, UUID, UUID | None]] = []
         self.usages: list[Any] = []
+        self.outputs: list[Any] = []  # each model run's llm_output
 
     def on_chain_start(self, *_: Any, run_id: UUID, parent_run_id: UUID | None = None,
                        **__: Any) -> None:  # fmt: skip
@@ -46,6 +47,7 @@ class Runs(BaseCallbackHandler):
 
     def on_llm_end(self, response: Any, **_: Any) -> None:
         self.usages.append(response.generations[0][0].message.usage_metadata)
+        self.outputs.append(response.llm_output)
 
 
 def test_callbacks_see_one_root_run_and_each_model_call_with_usage(chat: ChatParrot) -> None:
@@ -63,6 +65,9 @@ def test_callbacks_see_one_root_run_and_each_model_call_with_usage(chat: ChatPar
     assert [e[0] for e in compiled_runs.events].count("chat_model") == 2
     # the server's counts of each graph call: those of the plain requests
     assert compiled_runs.usages == plain_runs.usages
+    # handlers that count llm_output["token_usage"] (as for ChatOpenAI) see the same too
+    assert compiled_runs.outputs == plain_runs.outputs
+    assert all(o["token_usage"]["total_tokens"] > 0 for o in plain_runs.outputs)
     assert all(u["input_tokens"] > 0 and u["output_tokens"] > 0 for u in plain_runs.usages)
     assert compiled_usage.usage_metadata == plain_usage.usage_metadata
 

@@ -10,7 +10,13 @@ import pytest
 
 from parrot_bridge.errors import ParrotError
 from parrot_bridge.langchain import ChatParrot, ParrotLLM
-from tests.bridge.fake_server import FakeServer, json_answer, never_answer
+from tests.bridge.fake_server import (
+    SESSION_ROUTES,
+    FakeServer,
+    json_answer,
+    never_answer,
+    still_pending,
+)
 
 MODELS = json_answer({"object": "list", "data": [{"id": "m", "max_model_len": 64}]})
 HANGING = {
@@ -39,4 +45,19 @@ async def test_llm_honours_its_timeout() -> None:
             await asyncio.wait_for(llm.ainvoke("hi"), 10)
         with pytest.raises(ParrotError, match="did not answer POST /v1/sessions within 1"):
             await asyncio.to_thread(llm.batch, ["hi", "yo"])
+        assert time.monotonic() - start < 10
+
+
+def test_llm_timeout_bounds_the_wait_for_a_value_the_server_keeps_polling_on() -> None:
+    """A server that answers every poll ("still generating") must not outlast `timeout` either,
+    as a plain request would not."""
+    routes = {**HANGING, **SESSION_ROUTES,
+              ("GET", "/v1/sessions/s-1/variables/{var}"): still_pending}  # fmt: skip
+    with FakeServer(routes) as url:
+        llm = ParrotLLM(base_url=url, model="m", max_tokens=4, timeout=1)
+        start = time.monotonic()
+        with pytest.raises(ParrotError, match="timed out after 1"):
+            llm.invoke("hi")
+        with pytest.raises(ParrotError, match="timed out after 1"):
+            asyncio.run(llm.ainvoke("hi"))
         assert time.monotonic() - start < 10

@@ -37,6 +37,15 @@ def test_bad_settings_are_refused_with_the_field() -> None:
         ChatParrot(max_tokens=0)
     with pytest.raises(ValueError, match="base_url must start with http"):
         ServerHttp("localhost:9000")
+    # per call too, with the same bounds (the graph path would otherwise send what the
+    # constructor refuses)
+    for model in (ChatParrot(), ParrotLLM()):
+        for option, value in (("temperature", 5), ("top_p", 0), ("max_tokens", 0),
+                              ("presence_penalty", 3), ("seed", "x")):  # fmt: skip
+            with pytest.raises(ValueError, match=f"{option}={value!r} is refused"):
+                model._sampling(None, {option: value})
+        with pytest.raises(ValueError, match="temperature=5 is refused"):
+            model.model_copy(update={"model_kwargs": {"temperature": 5}})._sampling(None, {})
 
 
 def test_messages_become_roles_and_text() -> None:

@@ -20,6 +20,8 @@ def test_bad_arguments_say_what_is_wrong() -> None:
         li.Parrot(base_url="127.0.0.1:9000")
     with pytest.raises(ValueError, match="max_tokens"):
         li.Parrot(base_url="http://127.0.0.1:9", max_tokens=0)
+    with pytest.raises(ValueError, match="temperature"):
+        li.Parrot(base_url="http://127.0.0.1:9", temperature=5)  # as OpenAI's, at most 2
     llm = li.Parrot(base_url="http://127.0.0.1:9/", max_tokens=4, context_window=512)
     assert llm.base_url == "http://127.0.0.1:9"
     with pytest.raises(ValueError, match="unknown response_mode 'nope'; expected one of"):

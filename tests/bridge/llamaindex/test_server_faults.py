@@ -11,7 +11,14 @@ from llama_index.core import PromptTemplate
 
 from parrot_bridge.errors import ParrotError
 from parrot_bridge.llamaindex import Parrot
-from tests.bridge.fake_server import FakeServer, json_answer, longest_stall, never_answer
+from tests.bridge.fake_server import (
+    SESSION_ROUTES,
+    FakeServer,
+    json_answer,
+    longest_stall,
+    never_answer,
+    still_pending,
+)
 
 CARD = {"data": [{"id": "m", "max_model_len": 64}]}
 HANGING = {
@@ -37,6 +44,17 @@ def test_predict_honours_the_timeout() -> None:
     with FakeServer(HANGING) as url:
         llm = Parrot(base_url=url, timeout=1)
         with pytest.raises(ParrotError, match="did not answer POST /v1/sessions within 1"):
+            asyncio.run(asyncio.wait_for(llm.apredict(PromptTemplate("Say {x}"), x="a"), 10))
+
+
+def test_predict_timeout_bounds_the_wait_for_a_value_the_server_keeps_polling_on() -> None:
+    routes = {**HANGING, **SESSION_ROUTES,
+              ("GET", "/v1/sessions/s-1/variables/{var}"): still_pending}  # fmt: skip
+    with FakeServer(routes) as url:
+        llm = Parrot(base_url=url, timeout=1)
+        with pytest.raises(ParrotError, match="timed out after 1"):
+            llm.predict(PromptTemplate("Say {x}"), x="a")
+        with pytest.raises(ParrotError, match="timed out after 1"):
             asyncio.run(asyncio.wait_for(llm.apredict(PromptTemplate("Say {x}"), x="a"), 10))
 
 
