@@ -154,4 +154,4 @@ async def _prefix_expiry(app: web.Application) -> AsyncIterator[None]:
 async def _close_sessions(app: web.Application) -> None:
     """Wake long-polls and streams so shutdown does not wait for them."""
     for session in app[SESSIONS].all():
-        session.close()
+        session.close("ended: the server is shutting down")

@@ -24,6 +24,7 @@ class Session:
         self.last_used = time.monotonic()
         self.graph = Graph()
         self.closed = False
+        self.closed_why = ""
         self._token = token
         self._feeds: dict[str, VariableFeed] = {}
 
@@ -63,10 +64,12 @@ class Session:
         for var in self.graph.fail_call(call_id, reason):
             self._settle(var)
 
-    def close(self) -> None:
+    def close(self, why: str = "was closed") -> None:
+        """End the session: its waiting reads wake and are told `why` (after its id)."""
         self.closed = True
+        self.closed_why = why
         for feed in self._feeds.values():
-            feed.finish(error=f"session {self.id!r} was closed")
+            feed.finish(error=f"session {self.id!r} {why}")
         self._feeds.clear()
 
     # -- reading -------------------------------------------------------------------------------

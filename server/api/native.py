@@ -132,7 +132,7 @@ async def get_variable(request: web.Request) -> web.Response:
     var_id = _variable_id(request, session)
     var = await session.wait(var_id, query.timeout, query.criteria)
     if session.closed and var.state is VariableState.PENDING:
-        raise not_found(f"session {session.id!r} was closed while the request waited")
+        raise not_found(f"session {session.id!r} {session.closed_why} while the request waited")
     return json_response(_info(var))
 
 

@@ -51,7 +51,10 @@ def test_sigterm_wakes_long_polls_and_exits_cleanly(tiny_llama_path: Path, tmp_p
         assert srv.stop(timeout_s=20) == 0
         assert time.monotonic() - start < 10
         poller.join(5)
-        assert polled and polled[0][0] == 200 and polled[0][1]["status"] == "pending"
+        # told why, rather than "pending" (a poll again would find no server, then a new
+        # one that knows no such session)
+        [(status, body)] = polled
+        assert status == 404 and "the server is shutting down" in body["error"]["message"]
     finally:
         srv.stop()
     assert "msg=stopped" in (tmp_path / "log").read_text()
