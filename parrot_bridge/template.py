@@ -155,7 +155,8 @@ def _marker_segment(source: str, match: re.Match[str]) -> Segment:
         )
     if not _NAME.fullmatch(name):
         raise TemplateError(
-            f"invalid variable name {name!r} in {match.group(0)!r} (must be an ASCII identifier: letters, digits and '_', not starting with a digit)",
+            f"invalid variable name {name!r} in {match.group(0)!r} (must be an ASCII "
+            "identifier: letters, digits and '_', not starting with a digit)",
             source,
             match.start(),
         )

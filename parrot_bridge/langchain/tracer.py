@@ -124,7 +124,8 @@ class Tracer:
         if not variables:
             return self.symbols.untaint(obj)
         self.commit()
-        values = dict(zip(variables, get_all(self.session, variables, self.criteria, self.timeout), strict=True))
+        found = get_all(self.session, variables, self.criteria, self.timeout)
+        values = dict(zip(variables, found, strict=True))
         return self.symbols.substitute(obj, values.__getitem__)
 
     def finish(self, outs: Any) -> Any:
@@ -268,8 +269,8 @@ class Tracer:
                 raise
             self.on_split(chat.model.get_name(), "the model's chat template changes contents")
             names = list(chat.inputs)
-            values = dict(zip(names, get_all(self.session, list(chat.inputs.values()),
-                                             self.criteria, self.timeout), strict=True))  # fmt: skip
+            found = get_all(self.session, list(chat.inputs.values()), self.criteria, self.timeout)
+            values = dict(zip(names, found, strict=True))
             chat.conversation = [
                 {"role": m["role"], "content": "".join(
                     p["text"] if p["type"] == "text" else values[p["name"]] for p in m["content"]
