@@ -37,7 +37,7 @@ from server.graph import (
     VariableDecl,
     VariableState,
 )
-from server.keys import CONFIG, EXECUTOR, METRICS, SESSIONS
+from server.keys import CONFIG, DRIVER, EXECUTOR, METRICS, SESSIONS
 from server.session import Session
 
 _SESSION = "/v1/sessions/{session_id}"
@@ -106,7 +106,7 @@ async def end_session(app: web.Application, session: Session) -> None:
 async def submit_graph(request: web.Request) -> web.Response:
     session = _session(request)
     body = await parse_body(request, GraphSubmission)
-    submission = _to_submission(body)
+    submission = _to_submission(body, request.app[DRIVER].max_model_len)
     ready = session.submit(submission)
     request.app[METRICS].graph_submissions.inc()
     request.app[EXECUTOR].dispatch(session, ready)
@@ -203,11 +203,18 @@ def _info(var: Variable) -> VariableInfo:
     )
 
 
-def _to_submission(body: GraphSubmission) -> Submission:
+def _to_submission(body: GraphSubmission, max_model_len: int) -> Submission:
     calls = []
     for spec in body.calls:
         s = spec.sampling
         try:
+            # a prompt's length is known only once its inputs are, so a call that may fill
+            # the context ends at its end; more than the whole context is a mistake
+            if s.max_tokens > max_model_len:
+                raise ValueError(
+                    f"max_tokens {s.max_tokens} exceeds the model's context of "
+                    f"{max_model_len} tokens"
+                )
             if s.json_schema is not None:
                 compile_schema(s.json_schema)  # SchemaError names what cannot be followed
             if s.regex is not None:

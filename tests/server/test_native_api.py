@@ -287,6 +287,9 @@ BAD_GRAPHS = [
     ("invalid_sampling", {"calls": [{**call("A", "a {{output:y}}", {}, {"y": "ok"}),
                                      "sampling": {"grammar": "root ::= x"}}]},
      ["call 'A': invalid sampling: the rule 'x' is used but not defined"]),
+    ("invalid_sampling", {"calls": [{**call("A", "a {{output:y}}", {}, {"y": "ok"}),
+                                     "sampling": {"max_tokens": 10**7}}]},
+     ["call 'A': invalid sampling: max_tokens 10000000 exceeds the model's context of"]),
 ]  # fmt: skip
 
 
