@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, overload
 
+from parrot_bridge.errors import ParrotError
 from parrot_bridge.session import Session, current_session
 from parrot_bridge.template import Template, TemplateError, parse_template
 from parrot_bridge.variable import SemanticVariable
@@ -200,6 +201,16 @@ def _json_text(value: Any) -> bool:
 
 def _as_input(fn: str, name: str, value: Any, session: Session) -> SemanticVariable:
     if isinstance(value, SemanticVariable):
+        other = value._session is not None and value._session is not session
+        if other and value._value is not None:
+            # a value read in one session is plain text to another (as a str would be)
+            return session._constant(value._value, name)
+        if other:
+            why = "failed" if value._error is not None else "has no value yet"
+            raise ParrotError(
+                f"{fn}(): input {name!r} reads variable {value._label} of another session, "
+                f"which {why}: get() it first, or call in its own session"
+            )
         return value
     if isinstance(value, str):
         return session._constant(value, name)

@@ -90,6 +90,17 @@ def test_later_calls_extend_the_graph_and_values_are_cached(url: str, engine: LL
             for p in range(3)] == [0, 0, 1]  # fmt: skip
 
 
+def test_a_value_from_a_closed_session_feeds_another(url: str, engine: LLMEngine) -> None:
+    with P.Session(url):
+        first = outline("boats")
+        first.get()
+    with P.Session(url):
+        second = draft(first)  # the first session is closed: its value travels as text
+        assert second.get() == greedy(
+            engine, f"Expand this outline into a paragraph: {first.value}\nParagraph:", 8
+        )
+
+
 def test_flush_then_stream_and_inputs_set_before_flush(url: str, engine: LLMEngine) -> None:
     topic = P.variable(name="topic")
     with P.Session(url) as session:

@@ -137,7 +137,7 @@ def test_misuse_is_reported_clearly() -> None:
         summarize.invoke(session, "y", summary=P.variable())  # not a parameter of summarize
     with pytest.raises(P.ParrotError, match="already has a value or a producer"):
         profile.invoke(session, "y", age=out)
-    with pytest.raises(P.ParrotError, match="belongs to another session"):
+    with pytest.raises(P.ParrotError, match="of another session, which has no value yet"):
         summarize.invoke(offline(), out)
     with pytest.raises(P.ParrotError, match="is written by call"):
         out.set("no")
@@ -146,6 +146,17 @@ def test_misuse_is_reported_clearly() -> None:
     assert P.variable("known").get() == "known"  # a local value needs no server
     with pytest.raises(TypeError):
         P.variable(5)  # type: ignore[arg-type]
+
+
+def test_a_value_read_in_one_session_is_text_to_another() -> None:
+    first, second = offline(), offline()
+    out = summarize.invoke(first, "x")
+    out._value = "a summary"  # as if read from the server
+    again = summarize.invoke(second, out)
+    body = second._pending.take().body
+    assert body["variables"][0]["value"] == "a summary"
+    assert body["calls"][0]["inputs"] == {"doc": body["variables"][0]["id"]}
+    assert out.session is first and again.session is second
 
 
 def test_a_failed_submission_drops_its_calls_but_not_its_inputs() -> None:
