@@ -489,6 +489,10 @@ def _check_common(request: web.Request, body: OpenAIRequest) -> None:
             "json_schema",
             param="response_format",
         )
+    if body.stream_options is not None and not body.stream:
+        raise bad_request(
+            "stream_options is only allowed when stream is true", param="stream_options"
+        )
     check_model(request, body.model)
     refuse_extensions(body, UNSUPPORTED_EXTENSIONS)
 

@@ -416,6 +416,9 @@ def test_errors_have_openai_shape_and_the_server_goes_on(client: openai.OpenAI) 
         client.completions.create(model="tiny", prompt="x", suffix="y")
     with pytest.raises(openai.BadRequestError, match="frequency_penalty"):
         client.completions.create(model="tiny", prompt="x", max_tokens=2, frequency_penalty=3)
+    with pytest.raises(openai.BadRequestError, match="stream_options is only allowed when"):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
+                                       stream_options={"include_usage": True})  # fmt: skip
     # what the engine cannot honour is refused, not ignored
     with pytest.raises(openai.BadRequestError, match="response_format"):
         client.chat.completions.create(model="tiny", messages=user,
