@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # server.api imports the config, which imports this
     from server.api.route import Handler
 
 _ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
-_METHODS = "GET, POST, DELETE, OPTIONS"
+_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 _DEFAULT_HEADERS = "Authorization, Content-Type"
 
 

@@ -9,8 +9,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
-from server.cors import CorsPolicy
+from server.api import all_routes
+from server.cors import CorsPolicy, preflight_middleware
 from server.launcher import ServerProcess
 
 APP = "http://app.example:5173"
@@ -25,6 +28,19 @@ def test_the_policy_allows_listed_origins_or_any() -> None:
     for bad in ["app.example", "http://app.example/path", "ftp://x", ""]:
         with pytest.raises(ValueError, match="scheme://host"):
             CorsPolicy((bad,))
+
+
+async def test_a_preflight_allows_every_method_the_api_serves() -> None:
+    # a browser sends PUT (setting a variable) only if the preflight lists it
+    app = web.Application(middlewares=[preflight_middleware(CorsPolicy((APP,)))])
+    async with TestClient(TestServer(app)) as client:
+        for method in sorted({route.method for route in all_routes()}):
+            resp = await client.options("/v1/sessions/s/variables/v", headers={
+                "Origin": APP, "Access-Control-Request-Method": method,
+            })  # fmt: skip
+            assert resp.status == 204
+            allowed = resp.headers["Access-Control-Allow-Methods"].split(", ")
+            assert method in allowed, (method, allowed)
 
 
 def call(method: str, url: str, headers: dict[str, str], body: dict | None = None):
