@@ -1,10 +1,11 @@
 """rag: LlamaIndex response synthesis (tree_summarize, refine) with `Parrot` (one graph per
 query) against the stock synthesizers on `OpenAILike` (one request per call), same server.
 
-    python -m benchmarks.workloads.rag [--quick] [--model smollm2-135m-instruct]
+    python -m benchmarks.run rag [--quick] [--model smollm2-135m-instruct]
 
-Not yet driven by `benchmarks.run` (its harness runs `Job` graphs, not LlamaIndex pipelines);
-it defines no `WORKLOAD`, so it prints and saves its own table. Every timed query reads its
+It defines no `WORKLOAD` (the harness runs `Job` graphs, not LlamaIndex pipelines):
+`benchmarks.run rag` calls its `main` (`python -m benchmarks.workloads.rag` too), which takes
+only `--quick` and `--model` and prints and saves its own table. Every timed query reads its
 own slice of the papers, so no run reuses another's prompts from the prefix cache; one extra
 query per mode, run by both, checks that the answers are equal (greedy).
 """
@@ -116,7 +117,8 @@ def _submissions(url: str) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.workloads.rag", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.workloads.rag", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
     p.add_argument("--model", default="smollm2-135m-instruct")
     return p.parse_args(argv)
