@@ -207,7 +207,7 @@ def batch1_against_floor(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="8 requests instead of 32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default="smollm2-135m-instruct")

@@ -68,7 +68,8 @@ def measure(engine: LLMEngine, waiting: int, steps: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.scheduler", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.scheduler", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--waiting", type=int, nargs="+")

@@ -64,7 +64,7 @@ def step_ms(engine: LLMEngine, decode: int, prefill: int, steps: int, gen: torch
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="four cases")
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/)")

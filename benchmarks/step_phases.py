@@ -37,7 +37,7 @@ LINEARS = ("qkv", "o", "gate_up", "down")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1, help="sequences decoding together")
     parser.add_argument("--context", type=int, default=300, help="tokens per sequence")
     parser.add_argument("--rounds", type=int, default=4)

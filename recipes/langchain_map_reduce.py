@@ -51,7 +51,7 @@ def join_summaries(summaries: list[str]) -> str:
 
 
 def main() -> None:
-    args = parse_map_reduce_args(__doc__.splitlines()[0])
+    args = parse_map_reduce_args(__doc__.split("\n\n")[0])
     run_on_server(args, lambda url: run(url, args))
 
 

@@ -108,7 +108,7 @@ def served_model(url: str) -> str:
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_server_args(p)
     p.add_argument("--questions", type=int, default=3, choices=range(1, len(QUESTIONS) + 1))
     p.add_argument("--max-tokens", type=int, default=64)

@@ -90,7 +90,7 @@ def run(url: str, args: argparse.Namespace) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_server_args(p)
     p.add_argument("--data-dir", default=str(DATA_DIR))
     p.add_argument("--max-papers", type=int, default=5)

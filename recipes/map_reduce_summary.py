@@ -30,7 +30,7 @@ COUNTERS = (
 
 
 def main() -> None:
-    args = parse_map_reduce_args(__doc__.splitlines()[0])
+    args = parse_map_reduce_args(__doc__.split("\n\n")[0])
     chunks = split_into_chunks(Path(args.article).read_text(), args.chunk_chars)[: args.max_chunks]
     run_on_server(args, lambda url: asyncio.run(summarize(url, chunks, args)))
 
