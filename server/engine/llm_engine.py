@@ -736,8 +736,12 @@ class LLMEngine:
             detok.finish()
         text = detok.text
         if sp.stop and len(job.output_token_ids) >= sp.min_tokens:
-            searched_from = max(0, len(job.text) - max(len(s) for s in sp.stop) + 1)
-            hits = [(i, -len(s)) for s in sp.stop if (i := text.find(s, searched_from)) >= 0]
+            # only a stop string that ends in this token's text counts (each string searched
+            # from its own length back): one written while min_tokens held stops off is past
+            hits = [
+                (i, -len(s)) for s in sp.stop
+                if (i := text.find(s, max(0, len(job.text) - len(s) + 1))) >= 0
+            ]  # fmt: skip
             if hits:
                 at, minus_len = min(hits)  # the first; of two there, the longer
                 end = at - minus_len if sp.include_stop_str_in_output else at

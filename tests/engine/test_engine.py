@@ -294,6 +294,24 @@ def test_stop_rules(tiny_llama_path):
         assert out.text == text[: text.index(needle)]
 
 
+def test_stop_strings_written_during_min_tokens_are_ignored_whatever_the_other_stops(
+    tiny_llama_path,
+):
+    """As vLLM's: a stop string counts only once it ends in text of a token past min_tokens;
+    one written before is ignored, also when a longer stop string is asked for beside it."""
+    engine = LLMEngine.from_pretrained(tiny_llama_path)
+    prompt = random_prompts(1, engine.model_config.vocab_size, seed=10)[0]
+    letters = [engine.tokenizer.encode(c)[0] for c in "xyz"]  # one character a token
+    sampling = dict(max_tokens=12, temperature=0, ignore_eos=True, allowed_token_ids=letters)
+    text = engine.generate([prompt], SamplingParams(**sampling))[0].text
+    assert len(text) == 12
+    char = next(c for c in text[:2] if c in text[2:])  # in tokens 1-2, and again later
+    want = text[: text.index(char, 2)]  # with min_tokens 3, the first from token 3 on
+    for stops in ([char], [char, "a stop string never written"]):
+        out = engine.generate([prompt], SamplingParams(**sampling, stop=stops, min_tokens=3))[0]
+        assert (out.text, out.finish_reason) == (want, "stop"), stops
+
+
 def test_bad_requests_raise_clear_errors(tiny_llama_path):
     engine = LLMEngine.from_pretrained(tiny_llama_path, num_kv_blocks=4, block_size=4)
     vocab = engine.model_config.vocab_size
