@@ -29,6 +29,7 @@ from server.api.openai_inputs import (
     encode_prompt,
     message_text,
     prompt_logprobs_asked,
+    prompt_text,
     refuse_extensions,
     samples_of,
     sampling_of,
@@ -112,7 +113,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     prompts, prompt_ids = completion_prompts(driver, body.prompt)
     if body.truncate_prompt_tokens is not None:
         kept = [truncated_prompt(driver, body, ids) for ids in prompt_ids]
-        prompts = [p if len(k) == len(ids) else driver.tokenizer.decode(k)
+        prompts = [p if len(k) == len(ids) else prompt_text(driver, k)
                    for p, k, ids in zip(prompts, kept, prompt_ids, strict=True)]  # fmt: skip
         prompt_ids = kept
     n = body.n or 1
@@ -147,7 +148,9 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
             choices.append(CompletionChoice(
                 index=len(choices), text=text, finish_reason=echo.reason(f),
                 logprobs=None if logprobs is None else joined(
-                    completion_logprobs(driver.tokenizer, echoed, first_token_id=prompt_ids[k][0]),
+                    # an echoed prompt keeps its special tokens' text (see prompt_text)
+                    completion_logprobs(driver.tokenizer, echoed, first_token_id=prompt_ids[k][0],
+                                        skip_special_tokens=False),
                     completion_logprobs(driver.tokenizer, generated,
                                         len(prompts[k]) if echo.on else 0,
                                         skip_special_tokens=skip),
@@ -338,7 +341,8 @@ async def _stream_completion(
                 # the prompt first, once its scores (if asked) are in
                 to_echo.discard(index)
                 prompt_lps = completion_logprobs(
-                    driver.tokenizer, out.prompt_logprobs or [], first_token_id=ids[0]
+                    driver.tokenizer, out.prompt_logprobs or [], first_token_id=ids[0],
+                    skip_special_tokens=False,  # as the echoed text has them (prompt_text)
                 ) if asked else None  # fmt: skip
                 await stream.send(Completion(id=cid, created=created, model=body.model, choices=[
                     CompletionChoice(index=index, text=prompt, logprobs=prompt_lps,

@@ -60,7 +60,7 @@ def completion_prompts(
 ) -> tuple[list[str], list[list[int]]]:
     """The completions API's prompts as texts (what `echo` returns) and token ids: one text,
     several, one list of token ids or several (ids are taken as they are; their text is
-    their decoding)."""
+    their decoding, special tokens' text included, as vLLM's and as a text prompt has it)."""
     if isinstance(prompt, str):
         prompt = [prompt]
     if not prompt:
@@ -74,7 +74,14 @@ def completion_prompts(
             raise bad_request(f"prompt[{k}] is an empty list of token ids", param="prompt")
         check_token_ids(driver, ids, "prompt")  # type: ignore[arg-type]
     ids_lists: list[list[int]] = [list(ids) for ids in lists]  # type: ignore[arg-type]
-    return [driver.tokenizer.decode(ids) for ids in ids_lists], ids_lists
+    return [prompt_text(driver, ids) for ids in ids_lists], ids_lists
+
+
+def prompt_text(driver: EngineDriver, ids: list[int]) -> str:
+    """The text an echo returns for prompt tokens given as ids (or cut by
+    truncate_prompt_tokens): every token's text, special tokens' too, so that the echoed
+    logprobs' text_offset (see `logprobs.completion_logprobs`) lands on each token's text."""
+    return driver.tokenizer.decode(ids, skip_special_tokens=False)
 
 
 def chat_prompt(

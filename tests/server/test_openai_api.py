@@ -350,6 +350,32 @@ def test_echo_scores_the_prompt(client: openai.OpenAI, engine: LLMEngine) -> Non
     assert only[-1].choices[0].finish_reason == "length"
 
 
+def test_an_echoed_prompts_offsets_place_its_special_tokens(
+    client: openai.OpenAI, engine: LLMEngine
+) -> None:
+    """An echoed prompt is its tokens' text, special tokens' included (a text prompt as it was
+    written, token ids decoded as vLLM does), and each token's text_offset is where its text
+    starts in the choice's text, streamed or not."""
+    prompt = "<|im_start|>user\nThe parrot<|im_end|>\n"
+    ids = engine.tokenizer.encode(prompt)
+    assert engine.tokenizer.decode(ids) != prompt  # the special tokens are there
+    for asked in (prompt, ids):
+        scored = client.completions.create(model="tiny", prompt=asked, max_tokens=0, echo=True,
+                                           logprobs=1)  # fmt: skip
+        text, lp = scored.choices[0].text, scored.choices[0].logprobs
+        assert text == prompt and "".join(lp.tokens) == prompt
+        placed = zip(lp.tokens, lp.text_offset, strict=True)
+        assert [text[at : at + len(t)] for t, at in placed] == lp.tokens
+        kw = {"model": "tiny", "prompt": asked, "max_tokens": 3, "temperature": 0, "echo": True,
+              "logprobs": 1}  # fmt: skip
+        done = client.completions.create(**kw).choices[0].logprobs.text_offset
+        assert done[: len(ids)] == lp.text_offset and done[len(ids)] == len(prompt)
+        streamed = [at for c in client.completions.create(**kw, stream=True)
+                    if c.choices and c.choices[0].logprobs
+                    for at in c.choices[0].logprobs.text_offset]  # fmt: skip
+        assert streamed == done
+
+
 def test_logit_bias_reaches_the_engine(client: openai.OpenAI, engine: LLMEngine) -> None:
     prompt, favoured = "The parrot said", 123
     done = client.completions.create(model="tiny", prompt=prompt, max_tokens=6, temperature=0,
