@@ -6,6 +6,7 @@ import ctypes
 import functools
 import itertools
 import logging
+import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -632,7 +633,7 @@ class LLMEngine:
         self._stats.prompt_tokens += len(tokens)
 
     def _checked_tokens(self, ctx: Context, token_ids: Sequence[int]) -> list[int]:
-        tokens = [int(t) for t in token_ids]
+        tokens = [_token_id(t) for t in token_ids]
         vocab = self.model_config.vocab_size
         bad = next((t for t in tokens if not 0 <= t < vocab), None)
         if bad is not None:
@@ -851,6 +852,16 @@ def parse_dtype(name: str) -> torch.dtype:
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"dtype must name a torch dtype (e.g. float32, bfloat16), got {name!r}")
     return dtype
+
+
+def _token_id(value: object) -> int:
+    """`value` as a token id: an integer (numpy's and 0-d tensors' too). `int()` would cut
+    1.9 to 1 or parse "7", and its TypeError (None) would slip past the callers' cleanup
+    of a ValueError."""
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"token ids are integers, got {value!r}") from None
 
 
 def _may_draft(job: Job) -> bool:

@@ -336,6 +336,21 @@ def test_bad_requests_raise_clear_errors(tiny_llama_path):
     )
 
 
+def test_token_ids_that_are_not_integers_are_refused_and_leak_nothing(tiny_llama_path):
+    """A float, a string or None among a prompt's ids is a ValueError naming it (not a token
+    id cut from 1.9 to 1, nor a TypeError past the cleanup that leaves the context behind)."""
+    engine = LLMEngine.from_pretrained(tiny_llama_path)
+    for bad in (1.9, "7", None):
+        with pytest.raises(ValueError, match="token ids are integers"):
+            engine.generate([[5, 6], [5, bad]], GREEDY)
+        ctx = engine.create_context()
+        with pytest.raises(ValueError, match="token ids are integers"):
+            engine.fill(ctx, [5, bad])
+        engine.free(ctx)
+        assert (engine.stats.contexts, engine.stats.jobs, engine.has_work) == (0, 0, False)
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
 def test_generate_takes_one_prompt_and_submits_all_or_nothing(tiny_llama_path):
     engine = LLMEngine.from_pretrained(tiny_llama_path)
     free = engine.blocks.num_free_blocks
