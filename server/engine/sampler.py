@@ -27,17 +27,26 @@ def sample(
     `eos_ids` the tokens `min_tokens` holds off. Returns the tokens and, for rows whose
     settings ask for them, their log probabilities (else None)."""
     raw = logits
+    ended: list[int] = []
     if any(p.adjusts_logits for p in params):
         logits = _adjusted(logits, params, outputs, contexts, eos_ids)
+        # The bans may leave a row nothing (allowed_token_ids that min_tokens or bad words all
+        # rule out): it takes its likeliest stop id, as a constrained row with nothing allowed
+        # does, not the id an argmax or a draw over no finite logit lands on (the vocabulary's
+        # first or last, outside allowed_token_ids).
+        ended = (logits == float("-inf")).all(dim=-1).nonzero().flatten().tolist()
     if all(p.greedy for p in params):
         tokens = logits.argmax(dim=-1).tolist()
     else:
         tokens = [
-            int(row.argmax()) if p.greedy else _sample_row(row, p, gen)
-            for row, p, gen in zip(logits, params, generators, strict=True)
+            int(row.argmax()) if p.greedy or i in ended else _sample_row(row, p, gen)
+            for i, (row, p, gen) in enumerate(zip(logits, params, generators, strict=True))
         ]
+    for i in ended:
+        stops = [t for t in eos_ids | set(params[i].stop_token_ids) if t < raw.shape[1]]
+        tokens[i] = max(stops, key=lambda t: float(raw[i, t]), default=tokens[i])
     for i, constraint in enumerate(constraints):
-        if constraint is not None:
+        if constraint is not None and i not in ended:
             p, gen = params[i], generators[i]
             redraw = None if p.greedy else _redraw(logits[i], p, gen)
             tokens[i] = constraint.choose(logits[i], tokens[i], redraw)

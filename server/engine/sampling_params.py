@@ -59,7 +59,8 @@ class SamplingParams:
     a stop token's text) at the end of the text; `skip_special_tokens` False keeps special
     tokens' text (such as `<|im_start|>`) in it. `allowed_token_ids` restricts every sampled
     token to these ids. `bad_words_token_ids` are token sequences never generated: a sequence's
-    last token is ruled out wherever the output ends with the tokens before it.
+    last token is ruled out wherever the output ends with the tokens before it. Where these
+    bans (and min_tokens') leave no token at all, the generation ends on its likeliest stop id.
     """
 
     max_tokens: int = 16

@@ -247,6 +247,26 @@ def test_allowed_token_ids_restrict_greedy_and_sampled_rows() -> None:
         SamplingParams(allowed_token_ids=[])
 
 
+def test_a_row_whose_bans_leave_no_token_ends_with_its_likeliest_stop_id() -> None:
+    """allowed_token_ids whose every id min_tokens or a bad word rules out: the row takes a
+    stop id (EOS, or a stop token id; the likeliest by the model), as a constrained row with
+    nothing allowed does, never an id outside allowed_token_ids (the first or the last of the
+    vocabulary, drawn from no finite logit)."""
+    logits = torch.tensor([[5.0, 1.0, 4.0, 3.0, 2.0, 0.5]])
+    eos = frozenset({1})
+    for temperature in (0.0, 1.0):
+        held = SamplingParams(temperature=temperature, allowed_token_ids=[1], min_tokens=2)
+        banned = SamplingParams(temperature=temperature, allowed_token_ids=[3],
+                                bad_words_token_ids=[[3]], stop_token_ids=[4])  # fmt: skip
+        gen = torch.Generator().manual_seed(0)
+        tokens, _ = sample(logits.expand(2, -1), [held, banned], [gen, gen], [[], []],
+                           contexts=[[0], [0]], eos_ids=eos)  # fmt: skip
+        assert tokens == [1, 4]  # 4 (2.0) is likelier than EOS (1.0)
+        ignoring = SamplingParams(temperature=temperature, allowed_token_ids=[3],
+                                  bad_words_token_ids=[[3]], ignore_eos=True)  # fmt: skip
+        assert sample(logits, [ignoring], [gen], [[]], contexts=[[0]], eos_ids=eos)[0] == [1]
+
+
 def test_a_bad_words_last_token_is_banned_only_after_its_first_ones() -> None:
     logits = torch.tensor([[1.0, 5.0, 4.0, 3.0]])
     sp = SamplingParams(temperature=0, bad_words_token_ids=[[2, 1], [3]])
