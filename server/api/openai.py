@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from server.api.disconnect import unless_disconnected
+from server.api.disconnect import unless_disconnected, while_connected
 from server.api.logprobs import (
     HeldLogprobs,
     chat_logprobs,
@@ -398,18 +398,21 @@ async def _outputs(
 ) -> AsyncIterator[tuple[int, JobOutput]]:
     """(choice index: prompt k's sample i is k * n + i, engine output) of the prompts'
     samples, as they come; an engine error after the stream started is sent as an error
-    event."""
+    event. A client that leaves while nothing is written (a long prefill) ends it with
+    `ConnectionResetError`, its engine jobs aborted (`while_connected`)."""
     n = len(per_prompt[0])
     runs = [
         _generate(engines, ids, s, timing) for ids, s in zip(prompt_ids, per_prompt, strict=True)
     ]
+    request = stream.request
     try:
         if len(runs) == 1:
-            async with contextlib.aclosing(runs[0]) as outputs:  # type: ignore[type-var]
+            watched = while_connected(request, runs[0])
+            async with contextlib.aclosing(watched) as outputs:  # type: ignore[type-var]
                 async for item in outputs:
                     yield item
         else:
-            merged = merge_streams(runs)  # type: ignore[arg-type]
+            merged = while_connected(request, merge_streams(runs))  # type: ignore[arg-type]
             async with contextlib.aclosing(merged):  # type: ignore[type-var]
                 async for k, (i, out) in merged:
                     yield k * n + i, out
