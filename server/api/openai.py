@@ -417,7 +417,10 @@ async def _outputs(
                 async for k, (i, out) in merged:
                     yield k * n + i, out
     except (ValueError, EngineError) as exc:
-        await stream.send(error_body(str(exc), "invalid_request_error"))
+        # what the engine refused is the request's fault; an engine that failed (died) under
+        # it is the server's, as a non-streamed request's 500 says
+        kind = "invalid_request_error" if isinstance(exc, ValueError) else "server_error"
+        await stream.send(error_body(str(exc), kind))
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -315,3 +315,36 @@ def test_engine_processes_end_with_the_server(tiny_llama_path: Path, tmp_path: P
             srv.process.kill()
             srv.process.wait()
         assert wait_exited(pids), [Path(f"/proc/{p}/stat").read_text() for p in pids]
+
+
+def test_a_stream_whose_engine_dies_ends_with_a_server_error(
+    tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    """A streamed request whose engine dies after its first tokens went out cannot be redone:
+    its stream ends with an error event that says the server failed (as the non-streamed 500
+    does), not that the request was invalid."""
+    import urllib.request
+
+    log = tmp_path / "server.log"
+    flags = ("--served-model-name", "tiny", "--engine-restarts", "0")
+    with ServerProcess(tiny_llama_path, *flags, log_path=log) as srv:
+        [pid] = engine_pids(log)
+        body = {"model": "tiny", "prompt": "Numbers:", "max_tokens": 900, "temperature": 0,
+                "ignore_eos": True, "stream": True}  # fmt: skip
+        req = urllib.request.Request(
+            srv.url + "/v1/completions", json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )  # fmt: skip
+        events: list[str] = []
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            for raw in resp:
+                line = raw.decode().strip()
+                if not line.startswith("data: "):
+                    continue
+                events.append(line[6:])
+                if len(events) == 3:
+                    os.kill(pid, signal.SIGKILL)
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert "exited unexpectedly" in error["message"]
+        assert error["type"] == "server_error"
