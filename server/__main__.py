@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> None:
         run(config)
     except ValueError as exc:  # settings the engine refuses, a model that is not there
         sys.exit(f"parrot-server: {exc}")
+    except OSError as exc:  # the address was taken while the model loaded
+        sys.exit(f"parrot-server: cannot listen on {config.host}:{config.port}: {exc}")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,28 @@ def test_bad_flags_and_models_fail_with_a_message(tmp_path: Path) -> None:
         assert bad.stderr.startswith("parrot-server: ") and needle in bad.stderr
 
 
+def test_an_address_it_cannot_listen_on_fails_with_a_message_before_the_model_loads(
+    tmp_path: Path,
+) -> None:
+    """A port in use or a host that does not resolve: one line naming the address, at once,
+    not a traceback once the model has loaded."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for host, needle in (("127.0.0.1", f"cannot listen on 127.0.0.1:{port}"),
+                             ("999.1.1.1", f"cannot listen on 999.1.1.1:{port}")):
+            bad = subprocess.run(
+                [sys.executable, "-m", "server", "--host", host, "--port", str(port)],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+            assert bad.stderr.startswith("parrot-server: ") and needle in bad.stderr
+            assert "engine" not in bad.stderr and "starting" not in bad.stderr
+
+
 def test_sigterm_wakes_long_polls_and_exits_cleanly(tiny_llama_path: Path, tmp_path: Path) -> None:
     srv = ServerProcess(tiny_llama_path, log_path=tmp_path / "log").start()
     try:
