@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -137,8 +138,12 @@ class ServerConfig:
                 f"pipelined_prefill_chunk must be >= 0 (0: no limit), "
                 f"got {self.pipelined_prefill_chunk}"
             )
-        if not self.latency_hold_ms >= 0:
-            raise ValueError(f"latency_hold_ms must be >= 0 (0: off), got {self.latency_hold_ms}")
+        # finite: the engine keeps the latency cap on until the hold ends, so an endless one
+        # starved every other request once a latency-critical chain had run
+        if not 0 <= self.latency_hold_ms < math.inf:
+            raise ValueError(
+                f"latency_hold_ms must be finite and >= 0 (0: off), got {self.latency_hold_ms}"
+            )
         if self.background_prefill_chunk < 0:
             raise ValueError(
                 f"background_prefill_chunk must be >= 0 (0: off), got {self.background_prefill_chunk}"

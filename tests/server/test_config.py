@@ -101,6 +101,8 @@ def test_every_config_field_has_a_flag() -> None:
         ({"latency_other_decode_rows": -1}, "latency_other_decode_rows"),
         ({"background_prefill_chunk": -1}, "background_prefill_chunk"),
         ({"latency_hold_ms": -1}, "latency_hold_ms"),
+        ({"latency_hold_ms": float("inf")}, "latency_hold_ms must be finite"),
+        ({"latency_hold_ms": float("nan")}, "latency_hold_ms"),
         ({"pipelined_prefill_chunk": -1}, "pipelined_prefill_chunk"),
         ({"prefix_store_ttl_s": 0}, "prefix_store_ttl_s"),
     ],
