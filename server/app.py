@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -79,6 +80,8 @@ def check_listen(host: str, port: int) -> None:
             try:
                 probe.bind(address)
             except OSError as exc:
+                if family == socket.AF_INET6 and exc.errno == errno.EADDRNOTAVAIL:
+                    continue  # IPv6 off on this machine: asyncio skips that address too
                 raise ValueError(f"{where}: {exc.strerror or exc}") from None
 
 
