@@ -4,6 +4,18 @@ begin would be taken, not when the character completes."""
 
 from __future__ import annotations
 
+SURROGATES = (0xD800, 0xDFFF)  # UTF-16's halves: no UTF-8 encodes them (RFC 3629)
+CONTINUATION = (0x80, 0xBF)
+# A second byte narrower than a continuation byte's range, where the lead byte alone allows
+# an overlong form, a surrogate half or a code point past U+10FFFF (RFC 3629's table).
+_SECOND_BYTE = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}
+
+
+def second_byte_range(lead: int) -> tuple[int, int]:
+    """The bytes that may follow the lead byte `lead` (0xC2-0xF4) in well-formed UTF-8."""
+    return _SECOND_BYTE.get(lead, CONTINUATION)
+
+
 
 class CodePointPrefix:
     """Assembles code points from UTF-8 bytes for a subclass that steps on characters:
@@ -72,6 +84,8 @@ class CodePointPrefix:
         raise NotImplementedError
 
     def _may_complete(self) -> bool:
-        """Whether some character that the bytes so far begin could be taken here."""
+        """Whether some character that the bytes so far begin could be taken here (surrogate
+        halves are no characters: ED A0-BF begins none)."""
         lo, hi = self.partial_range()  # type: ignore[misc]
-        return lo <= hi and self._may_take(lo, hi)
+        below, above = (lo, min(hi, SURROGATES[0] - 1)), (max(lo, SURROGATES[1] + 1), hi)
+        return any(a <= b and self._may_take(a, b) for a, b in (below, above))

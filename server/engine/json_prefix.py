@@ -9,6 +9,8 @@ closes nothing more is allowed (the generation must end).
 
 from __future__ import annotations
 
+from server.engine.code_point_prefix import CONTINUATION, second_byte_range
+
 _WHITESPACE = frozenset(b" \t\n\r")
 _DIGITS = frozenset(b"0123456789")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -27,7 +29,7 @@ class JsonPrefix:
     """Feed bytes with `feed`; False means the text can no longer become a JSON object (the
     state is then undefined: `copy` before trying). `complete` once the object has closed."""
 
-    __slots__ = ("_mode", "_stack", "_key", "_pending", "_spaces", "_utf8_left")
+    __slots__ = ("_mode", "_stack", "_key", "_pending", "_spaces", "_utf8_left", "_utf8_next")
 
     def __init__(self) -> None:
         self._mode = _TOP
@@ -36,6 +38,9 @@ class JsonPrefix:
         self._pending: bytes | int = b""  # a literal's rest, or hex digits still due
         self._spaces = 0
         self._utf8_left = 0  # continuation bytes the string's current character still needs
+        # the range of the next one: narrower after some lead bytes (no overlong forms,
+        # surrogate halves or code points past U+10FFFF: a token's bytes may be any)
+        self._utf8_next = CONTINUATION
 
     @property
     def complete(self) -> bool:
@@ -50,6 +55,7 @@ class JsonPrefix:
         twin = JsonPrefix.__new__(JsonPrefix)
         twin._mode, twin._stack, twin._key = self._mode, self._stack, self._key
         twin._pending, twin._spaces, twin._utf8_left = self._pending, self._spaces, self._utf8_left
+        twin._utf8_next = self._utf8_next
         return twin
 
     def value_state(self) -> str:
@@ -74,9 +80,12 @@ class JsonPrefix:
         if mode == _STRING:
             if self._utf8_left:
                 self._utf8_left -= 1
-                return 0x80 <= b <= 0xBF
+                low, high = self._utf8_next
+                self._utf8_next = CONTINUATION
+                return low <= b <= high
             if b >= 0x80:
                 self._utf8_left = 1 if 0xC2 <= b <= 0xDF else 2 if 0xE0 <= b <= 0xEF else 3
+                self._utf8_next = second_byte_range(b)
                 return 0xC2 <= b <= 0xF4
             if b == 0x22:  # "
                 if self._key:

@@ -105,6 +105,9 @@ def test_bytes_of_one_character_may_arrive_apart_and_impossible_lead_bytes_are_r
     assert state.complete and not state.final
     assert not Grammar("root ::= [α-ω]+").start().feed("é".encode()[0])  # U+00C0-U+00FF
     assert not Grammar('root ::= "a"').start().feed(0xFF)
+    state = Grammar("root ::= .+").start()  # a surrogate half is no character, even for `.`
+    assert state.feed(0xED) and not state.feed(0xA0)
+    assert Grammar("root ::= .+").start().feed_all("\ud7ff\ue000".encode())
     done = Grammar('root ::= "ab"').start()
     assert done.feed_all(b"ab") and done.final
 

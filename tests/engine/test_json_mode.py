@@ -68,6 +68,16 @@ def test_text_that_cannot_become_a_json_object_is_refused(bad: str | bytes):
     assert accepts(bad) is None
 
 
+@pytest.mark.parametrize(
+    "bad", [b"\xed\xa0", b"\xed\xbf", b"\xe0\x80", b"\xe0\x9f", b"\xf0\x8f", b"\xf4\x90"]
+)  # a surrogate half, overlong forms, past U+10FFFF: a token's raw bytes, not UTF-8
+def test_ill_formed_utf8_is_refused_in_strings_at_the_byte_that_breaks_it(bad: bytes):
+    assert accepts(b'{"a":"' + bad[:-1]) is not None
+    assert accepts(b'{"a":"' + bad) is None and accepts(b'{"' + bad) is None
+    edges = "\ud7ff\ue000\u0800\U00010000\U0010ffff"  # the neighbours stay allowed
+    assert accepts(('{"' + edges + '":"' + edges + '"}').encode()).complete
+
+
 def test_whitespace_runs_are_capped_but_strings_are_not():
     assert accepts("{" + " " * MAX_WHITESPACE_RUN) is not None
     assert accepts("{" + " " * (MAX_WHITESPACE_RUN + 1)) is None

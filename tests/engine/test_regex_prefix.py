@@ -36,6 +36,11 @@ def test_bytes_of_one_character_may_arrive_apart_and_bad_utf8_is_refused():
     assert all(state.feed(b) for b in data[:3]) and not state.complete
     assert state.feed(data[3]) and state.complete and not state.final
     assert not Regex("a").start().feed(0xFF)
+    # a surrogate half, overlong forms and past U+10FFFF are no characters, even for `.`
+    for bad in (b"\xed\xa0", b"\xe0\x80", b"\xf0\x8f", b"\xf4\x90"):
+        state = Regex(".+").start()
+        assert state.feed(bad[0]) and not state.feed(bad[1]), bad
+    assert Regex(".+").start().feed_all("\ud7ff\ue000\U0010ffff".encode())
     done = Regex("ab").start()
     assert done.feed_all(b"ab") and done.final
 
