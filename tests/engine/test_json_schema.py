@@ -121,6 +121,14 @@ def test_recursion_unions_limits_and_free_keys():
     assert follows({"type": "object", "properties": {"c": {"const": 3}}}, '{"c":4') is None
 
 
+def test_an_ill_formed_free_key_is_refused_not_raised():
+    # a free key is read by json.loads once it closes: its bytes must be UTF-8 by then (an
+    # overlong F0 85 ... raised UnicodeDecodeError out of the engine's step)
+    free = {"type": "object", "additionalProperties": {"type": "boolean"}}
+    assert follows(free, b'{"\xf0\x85') is None and follows(free, b'{"\xed\xa0\x80') is None
+    assert follows(free, '{"\U0001f99c":true}'.encode()).complete
+
+
 class Pet(BaseModel):
     """pydantic's Field constraints: lengths, patterns and bounds, as its schema writes them."""
 
