@@ -5,7 +5,8 @@ The subset that decides text byte by byte: `type` (one or a list), `properties` 
 `items` with `minItems`/`maxItems`, strings' `minLength`, `maxLength` and `pattern`
 (`string_rules.py`), numbers' `minimum`, `maximum`, `exclusiveMinimum` and `exclusiveMaximum`
 (`number_bounds.py`; such numbers are written without an exponent), `enum` and `const` (a value
-is written as its compact JSON, non-ASCII characters as themselves), `anyOf`/`oneOf` whose
+is written as its compact JSON, non-ASCII characters as themselves; only the values that the
+keywords beside them allow), `anyOf`/`oneOf` whose
 branches start with different characters (an object or null, say: pydantic's optional fields),
 a one-branch `allOf`, and `$ref` into `$defs`/`definitions` (recursion too). Annotations are
 ignored; any other assertion (multipleOf, uniqueItems, ...) is refused with `SchemaError`
@@ -106,9 +107,8 @@ class _Compiler:
             values = [schema["const"]] if "const" in schema else schema["enum"]
             if not isinstance(values, list) or not values:
                 raise SchemaError(f"{where}: enum must be a non-empty list")
-            encoded = tuple(json.dumps(v, ensure_ascii=False, separators=(",", ":")).encode()
-                            for v in values)  # fmt: skip
-            return Node("enum", values=encoded)
+            encoded = tuple(_compact(v) for v in values)
+            return Node("enum", values=self._allowed_values(schema, encoded, where))
         for key in ("anyOf", "oneOf", "allOf"):
             if key in schema:
                 return self._branches(schema, key, where)
@@ -140,14 +140,38 @@ class _Compiler:
         if kind == "array":
             items = self.node(schema.get("items", True), f"{where}/items")
             low, high = schema.get("minItems", 0), schema.get("maxItems")
-            if not isinstance(low, int) or (high is not None and not isinstance(high, int)):
-                raise SchemaError(f"{where}: minItems and maxItems must be integers")
+            if not _count(low) or (high is not None and not _count(high)):
+                raise SchemaError(f"{where}: minItems and maxItems must be integers >= 0")
+            if high is not None and high < low:  # no array fits: decoding would reach a dead end
+                raise SchemaError(f"{where}: maxItems {high} is below minItems {low}")
             return Node("array", items=items, min_items=low, max_items=high)
         if kind == "string":
             return Node(kind, string=_string_rules(schema, where))
         if kind in ("number", "integer"):
             return Node(kind, bounds=_number_bounds(schema, kind == "integer", where))
         return Node(kind)
+
+    def _allowed_values(
+        self, schema: dict[str, Any], encoded: tuple[bytes, ...], where: str
+    ) -> tuple[bytes, ...]:
+        """The enum's (or const's) values that the schema's other keywords allow too: an
+        instance must satisfy them all (`{"type": "string", "enum": ["a", 1]}` allows only
+        "a"), and the decoder writes the values as they are, so the others are dropped here."""
+        rest = {k: v for k, v in schema.items() if k not in ("enum", "const")}
+        kept = encoded
+        if any(k not in _ANNOTATIONS for k in rest):
+            from server.engine.schema_prefix import SchemaPrefix  # it reads compiled nodes
+
+            # each value as the one property of an object, followed as the decoder would
+            node = self.node(rest, where)
+            holder = Node("object", properties={"v": node}, required=frozenset({"v"}))
+            kept = tuple(v for v in encoded
+                         if SchemaPrefix(holder).feed_all(b'{"v":' + v + b"}"))  # fmt: skip
+        if "const" in schema and isinstance(schema.get("enum"), list):  # const among the enum
+            kept = tuple(v for v in kept if v in {_compact(e) for e in schema["enum"]})
+        if not kept:
+            raise SchemaError(f"{where}: no value of enum/const is allowed by the rest of the schema")
+        return kept
 
     def _branches(self, schema: dict[str, Any], key: str, where: str) -> Node:
         branches = schema[key]
@@ -225,6 +249,11 @@ def _number_bounds(schema: dict[str, Any], integer: bool, where: str) -> NumberB
         return NumberBounds(low[0], low[1], high[0], not high[1], integer)
     except ValueError as exc:
         raise SchemaError(f"{where}: {exc}") from exc
+
+
+def _compact(value: object) -> bytes:
+    """A value as the decoder writes it: compact JSON, non-ASCII characters as themselves."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _count(value: object) -> bool:

@@ -129,6 +129,19 @@ def test_an_ill_formed_free_key_is_refused_not_raised():
     assert follows(free, '{"\U0001f99c":true}'.encode()).complete
 
 
+def test_enum_and_const_values_are_held_to_the_keywords_beside_them():
+    # an instance must satisfy every keyword: the values that the others refuse are dropped
+    def schema(value: dict) -> dict:
+        return {"type": "object", "properties": {"v": value}, "required": ["v"]}
+
+    mixed = schema({"type": "string", "enum": ["a", 1, "abc"], "maxLength": 2})
+    assert follows(mixed, '{"v":"a"}').complete
+    assert follows(mixed, '{"v":1') is None and follows(mixed, '{"v":"ab') is None
+    both = schema({"const": "\u00e9", "enum": ["\u00e9", "b"]})
+    assert follows(both, '{"v":"\u00e9"}'.encode()).complete and follows(both, '{"v":"b') is None
+    assert follows(schema({"enum": ["a", None], "title": "t"}), '{"v":null}').complete
+
+
 class Pet(BaseModel):
     """pydantic's Field constraints: lengths, patterns and bounds, as its schema writes them."""
 
@@ -176,6 +189,10 @@ def test_random_walks_through_field_constraints_end_in_what_pydantic_accepts():
         ({"type": "array"}, "root must be an object"),
         ({"type": "object", "properties": {"r": {"$ref": "#/$defs/Nope"}}}, "points at nothing"),
         ({"type": "object", "required": ["x"]}, "not among the properties"),
+        ({"type": "object", "properties": {"xs": {"type": "array", "minItems": 3,
+          "maxItems": 1}}}, "maxItems 1 is below minItems 3"),
+        ({"type": "object", "properties": {"c": {"type": "integer", "minimum": 5, "const": 3}}},
+         "no value of enum/const is allowed"),
     ],
 )  # fmt: skip
 def test_schemas_that_cannot_be_enforced_are_refused_by_name(schema: dict, message: str):
