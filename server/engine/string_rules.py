@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from server.engine.regex_prefix import Regex, RegexPrefix
+from server.engine.regex_prefix import Regex, RegexError, RegexPrefix
 
 _SIMPLE_ESCAPES = {ord('"'): 0x22, ord("\\"): 0x5C, ord("/"): 0x2F, ord("b"): 0x08,
                    ord("f"): 0x0C, ord("n"): 0x0A, ord("r"): 0x0D, ord("t"): 0x09}  # fmt: skip
@@ -37,17 +37,54 @@ class StringRules:
 
 @functools.lru_cache(maxsize=256)
 def search_regex(pattern: str) -> Regex:
-    """`pattern` as a whole-text match: a search unless it is anchored at an end (compiled once
-    per pattern). Raises RegexError, naming the pattern, for what the automaton cannot
-    follow."""
-    Regex(pattern)  # its errors name the pattern as written
-    body = pattern
+    """`pattern` as a whole-text match: a search unless anchored at an end, alternative by
+    alternative (compiled once per pattern). Raises RegexError, naming the pattern, for what
+    the automaton cannot follow."""
+    # each top-level alternative is anchored or not on its own: `^a|b$` is (^a)|(b$)
+    alternatives = _alternatives(pattern)
+    try:
+        Regex(pattern)  # its errors name the pattern as written
+    except RegexError:
+        if len(alternatives) == 1:
+            raise
+        for alternative in alternatives:  # an anchor between them (`a$|^b`) is no error here
+            Regex(alternative)
+    return Regex("|".join(f"(?:{_searched(a)})" for a in alternatives))
+
+
+def _searched(body: str) -> str:
+    """One alternative as a whole-text match: any text before it unless it starts with `^`,
+    after it unless it ends with a `$` that is no escaped character (`\\\\$` is)."""
     head = "" if body.startswith("^") else "(?:.|\\n)*"
     body = body.removeprefix("^")
-    anchored_end = body.endswith("$") and not body.endswith("\\$")
+    backslashes = len(body[:-1]) - len(body[:-1].rstrip("\\"))
+    anchored_end = body.endswith("$") and backslashes % 2 == 0
     tail = "" if anchored_end else "(?:.|\\n)*"
     body = body.removesuffix("$") if anchored_end else body
-    return Regex(f"{head}(?:{body}){tail}")
+    return f"{head}(?:{body}){tail}"
+
+
+def _alternatives(pattern: str) -> list[str]:
+    """The pattern split at its top-level `|` (outside groups, classes and escapes)."""
+    parts, start, depth, i = [], 0, 0, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 1  # the escaped character is skipped
+        elif c == "[":  # on to the class's closing "]" (one first, after any "^", is a literal)
+            i += 2 if pattern[i + 1 : i + 2] == "^" else 1
+            i += 1 if pattern[i : i + 1] == "]" else 0
+            while i < len(pattern) and pattern[i] != "]":
+                i += 2 if pattern[i] == "\\" else 1
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            parts.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    return [*parts, pattern[start:]]
 
 
 class StringReader:
