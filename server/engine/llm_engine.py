@@ -375,11 +375,19 @@ class LLMEngine:
                 if out.finished or last:
                     results[out.job_id] = out
 
-        while len(results) < len(job_ids):
-            collect(self.step())
-            if not self.has_work and len(results) < len(job_ids):
-                collect(self._drain_outputs(), last=True)
-                break
+        try:
+            while len(results) < len(job_ids):
+                collect(self.step())
+                if not self.has_work and len(results) < len(job_ids):
+                    collect(self._drain_outputs(), last=True)
+                    break
+        except Exception as exc:
+            # A failed step leaves its batch in an unknown state (as the server's step loop
+            # treats it): every job fails, so that these leave the engine rather than fail
+            # every later step; the others' failures wait for the next `step()`.
+            collect(self.fail_all(f"engine step failed: {exc!r}"))
+            self._pending_outputs[:0] = others
+            raise
         self._pending_outputs[:0] = others
         return [
             CompletionOutput(

@@ -351,6 +351,32 @@ def test_token_ids_that_are_not_integers_are_refused_and_leak_nothing(tiny_llama
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
 
 
+def test_a_step_that_raises_fails_its_jobs_and_the_engine_goes_on(tiny_llama_path, monkeypatch):
+    engine = LLMEngine.from_pretrained(tiny_llama_path)
+    ctx = engine.create_context()
+    other = engine.fill(ctx, [5, 6, 7])  # work of another caller, in the same steps
+    start = engine.runner.start
+    calls = iter([None])  # the first step fails, then steps run again
+
+    def broken(batch):
+        run = next(calls, start)
+        if run is None:
+            raise RuntimeError("kernel fault")
+        return run(batch)
+
+    monkeypatch.setattr(engine.runner, "start", broken)
+    with pytest.raises(RuntimeError, match="kernel fault"):
+        engine.generate([[5, 6, 8, 9]] * 2, GREEDY)
+    assert engine.stats.jobs == 0  # nothing left to fail every later step
+    failed = [o for o in engine.step() if o.job_id == other]
+    assert failed and failed[0].error and "kernel fault" in failed[0].error
+    out = engine.generate([[5, 6, 8, 9]], GREEDY)[0]
+    assert len(out.token_ids) == GREEDY.max_tokens
+    engine.free(ctx)
+    assert (engine.stats.contexts, engine.has_work) == (0, False)
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
 def test_generate_takes_one_prompt_and_submits_all_or_nothing(tiny_llama_path):
     engine = LLMEngine.from_pretrained(tiny_llama_path)
     free = engine.blocks.num_free_blocks
