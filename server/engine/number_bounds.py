@@ -27,11 +27,14 @@ class NumberBounds:
         if self.low is not None and self.high is not None and not self._meets(
             self.low, self.low_open, self.high, self.high_open
         ):
-            raise ValueError(f"no number lies within {self.describe()}")
+            kind = "integer" if self.integer else "number"
+            raise ValueError(f"no {kind} lies within {self.describe()}")
 
     def describe(self) -> str:
-        left = "-inf" if self.low is None else f"{'(' if self.low_open else '['}{self.low}"
-        right = "inf" if self.high is None else f"{self.high}{')' if self.high_open else ']'}"
+        left = "-inf" if self.low is None else f"{'(' if self.low_open else '['}{_shown(self.low)}"
+        right = (
+            "inf" if self.high is None else f"{_shown(self.high)}{')' if self.high_open else ']'}"
+        )
         return f"{left}, {right}"
 
     def allows(self, text: str) -> bool:
@@ -116,3 +119,10 @@ def _tighter_high(
     if y[0] < x[0]:
         return y
     return x[0], x[1] or y[1]
+
+
+def _shown(bound: Fraction) -> str:
+    """A bound as the schema wrote it: 0.2, not the binary fraction the float holds."""
+    if bound.denominator == 1:
+        return str(bound.numerator)
+    return repr(float(bound))

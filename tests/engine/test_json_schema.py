@@ -179,7 +179,7 @@ def test_random_walks_through_field_constraints_end_in_what_pydantic_accepts():
         ({"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 2}}},
          "multipleOf cannot be enforced"),
         ({"type": "object", "properties": {"n": {"type": "integer", "exclusiveMinimum": 4,
-                                                 "exclusiveMaximum": 5}}}, "no number lies"),
+                                                 "exclusiveMaximum": 5}}}, "no integer lies"),
         ({"type": "object", "properties": {"s": {"maxLength": 1, "minLength": 3}}},
          "maxLength 1 is below minLength 3"),
         ({"type": "object", "properties": {"n": {"type": "number", "minimum": "0"}}},

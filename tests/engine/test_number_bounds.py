@@ -63,5 +63,9 @@ def test_the_examples_people_write():
     share = NumberBounds(Fraction(0), True, Fraction(1), True)  # (0, 1)
     assert share.may_become("0") and share.may_become("0.") and not share.allows("0")
     assert share.allows("0.5") and not share.may_become("1") and not share.may_become("-")
-    with pytest.raises(ValueError, match="no number lies within"):
+    with pytest.raises(ValueError, match=r"no integer lies within \(3, 4\)"):
         NumberBounds(Fraction(3), True, Fraction(4), True, integer=True)
+    with pytest.raises(ValueError, match=r"no integer lies within \[0.2, 0.8\]"):
+        NumberBounds(Fraction(0.2), False, Fraction(0.8), False, integer=True)
+    with pytest.raises(ValueError, match=r"no number lies within \(1, 1\]"):
+        NumberBounds(Fraction(1), True, Fraction(1), False)
