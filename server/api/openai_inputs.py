@@ -35,6 +35,9 @@ UNSUPPORTED_CHAT_EXTENSIONS: dict[str, object] = {
     "chat_template": None, "documents": None, "mm_processor_kwargs": None,
 }
 
+# transformers' marker of where a continued final message ends (continue_final_message)
+_CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
+
 
 def samples_of(sampling: SamplingParams, n: int) -> list[SamplingParams]:
     """`n` samplings of one request: with a seed, sample i draws from seed + i, so every
@@ -119,6 +122,11 @@ def chat_prompt(
             "add_generation_prompt and no continue_final_message",
             param="tool_choice",
         )
+    if cont:
+        # as transformers does: a tag after the final content marks where the prompt ends (a
+        # search for the content itself can match template text after it, e.g. "end" inside
+        # "<|im_end|>", or match nowhere when the content is empty)
+        messages[-1] = {**messages[-1], "content": messages[-1]["content"] + _CONTINUE_TAG}
     try:
         text = driver.tokenizer.apply_chat_template(
             messages, body.add_generation_prompt, **(body.chat_template_kwargs or {})
@@ -127,16 +135,16 @@ def chat_prompt(
         raise bad_request(f"cannot apply the chat template: {exc}", param="messages") from exc
     if not cont:
         return text + primer
-    final = str(messages[-1]["content"])
-    at = text.rfind(final.strip())
+    at = text.rfind(_CONTINUE_TAG.strip())
     if at < 0:
         raise bad_request(
             "continue_final_message: the chat template does not keep the final message's "
             "content, so the completion cannot continue it",
             param="continue_final_message",
         )
-    keep = final.lstrip()
-    return text[: at + (len(keep) if text[at : at + len(keep)] == keep else len(final.strip()))]
+    # a template that trims contents trimmed the tag's space: the content's own trailing
+    # whitespace went with it
+    return text[:at] if text.startswith(_CONTINUE_TAG, at) else text[:at].rstrip()
 
 
 def check_token_ids(driver: EngineDriver, ids: list[int], param: str) -> None:

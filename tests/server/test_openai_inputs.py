@@ -1,0 +1,34 @@
+"""The chat prompt a request becomes (`openai_inputs.chat_prompt`), against transformers'
+`apply_chat_template` on the same ChatML template."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from server.api.openai_inputs import chat_prompt
+from server.api.openai_models import ChatCompletionRequest
+from server.engine.tokenizer import Tokenizer
+from tests.tiny_models import CHATML_TEMPLATE, IM_END, IM_START
+
+_BACKEND = tokenizers.Tokenizer(tokenizers.models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+_BACKEND.add_special_tokens([IM_START, IM_END])
+DRIVER: Any = SimpleNamespace(tokenizer=Tokenizer(_BACKEND, chat_template=CHATML_TEMPLATE))
+HF = PreTrainedTokenizerFast(tokenizer_object=_BACKEND, chat_template=CHATML_TEMPLATE)
+
+
+def prompt(messages: list[dict[str, Any]], **extra: Any) -> str:
+    return chat_prompt(DRIVER, ChatCompletionRequest(model="m", messages=messages, **extra))
+
+
+@pytest.mark.parametrize("final", ["A bird: the", " spaced ", "end", "m", ">", "", "  ", "x\n"])
+def test_a_continued_final_message_ends_where_transformers_ends_it(final: str) -> None:
+    messages = [{"role": "user", "content": "Name a bird."},
+                {"role": "assistant", "content": final}]  # fmt: skip
+    want = HF.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+    got = prompt(messages, add_generation_prompt=False, continue_final_message=True)
+    assert got == want
