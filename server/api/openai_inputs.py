@@ -453,15 +453,20 @@ def logit_bias_of(driver: EngineDriver, asked: dict[str, float] | None) -> dict[
 
 
 def message_text(content: object, index: int) -> str:
-    """Message `index`'s content as one text (its text parts joined)."""
+    """Message `index`'s content as one text: its text parts joined by newlines, as vLLM joins
+    them for a template that reads the content as a string."""
     if content is None or isinstance(content, str):
         return content or ""
     texts = []
-    for part in content:  # type: ignore[attr-defined]
-        if part.type != "text" or part.text is None:
+    for k, part in enumerate(content):  # type: ignore[arg-type]
+        if part.type != "text":
             raise bad_request(
-                f"messages[{index}]: only text content parts are supported, got {part.type!r}",
+                f"messages[{index}].content[{k}]: only text content parts are supported, got "
+                f"{part.type!r}",
                 param="messages",
             )
+        if part.text is None:
+            raise bad_request(f"messages[{index}].content[{k}]: a text part needs 'text'",
+                              param="messages")  # fmt: skip
         texts.append(part.text)
-    return "".join(texts)
+    return "\n".join(texts)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +14,7 @@ from transformers import PreTrainedTokenizerFast
 from server.api.openai_inputs import chat_prompt
 from server.api.openai_models import ChatCompletionRequest
 from server.engine.tokenizer import Tokenizer
+from server.errors import ApiError
 from tests.tiny_models import CHATML_TEMPLATE, IM_END, IM_START
 
 _BACKEND = tokenizers.Tokenizer(tokenizers.models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
@@ -32,3 +34,24 @@ def test_a_continued_final_message_ends_where_transformers_ends_it(final: str) -
     want = HF.apply_chat_template(messages, tokenize=False, continue_final_message=True)
     got = prompt(messages, add_generation_prompt=False, continue_final_message=True)
     assert got == want
+
+
+def test_text_parts_are_joined_by_newlines_as_vllm_joins_them() -> None:
+    parts = [{"type": "text", "text": "Hello"}, {"type": "text", "text": "world"}]
+    assert prompt([{"role": "user", "content": parts}]) == prompt(
+        [{"role": "user", "content": "Hello\nworld"}]
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ([{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}],
+         "messages[0].content[1]: only text content parts are supported, got 'image_url'"),
+        ([{"type": "text"}], "messages[0].content[0]: a text part needs 'text'"),
+    ],
+)  # fmt: skip
+def test_parts_that_are_not_text_are_400s_naming_the_part(content: list, message: str) -> None:
+    with pytest.raises(ApiError, match=re.escape(message)) as caught:
+        prompt([{"role": "user", "content": content}])
+    assert caught.value.status == 400
