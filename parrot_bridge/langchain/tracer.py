@@ -272,7 +272,7 @@ class Tracer:
             found = get_all(self.session, list(chat.inputs.values()), self.criteria, self.timeout)
             values = dict(zip(names, found, strict=True))
             chat.conversation = [
-                {"role": m["role"], "content": "".join(
+                {**m, "content": "".join(
                     p["text"] if p["type"] == "text" else values[p["name"]] for p in m["content"]
                 )}
                 for m in chat.conversation
@@ -298,8 +298,11 @@ class Tracer:
         return "".join(out), inputs
 
     def _conversation(
-        self, messages: list[dict[str, str]]
+        self, messages: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], dict[str, SemanticVariable]]:
+        """`messages` (as `to_chat_messages` makes them) as the render route takes them: the
+        contents as parts, with variables for generated values; tool calls and the call a tool
+        message answers go along, so the prompt is the one the plain call sends."""
         inputs: dict[str, SemanticVariable] = {}
         conversation = []
         for message in messages:
@@ -309,7 +312,7 @@ class Tracer:
                 else {"type": "variable", "name": _input_name(inputs, p)}
                 for p in self.symbols.parts(message["content"])
             ]
-            conversation.append({"role": message["role"], "content": content})
+            conversation.append({**message, "content": content})
         return conversation, inputs
 
 

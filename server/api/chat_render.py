@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from parrot_bridge.template import escape_text
 from server.api.route import Route, json_response, parse_body
+from server.api.tool_request import check_tool_calls, has_tool_turns, render_tool_turns
+from server.engine.tokenizer import Tokenizer
 from server.errors import ApiError, bad_request
 from server.keys import CONFIG, DRIVER
 
@@ -53,8 +55,12 @@ class RenderPart(BaseModel):
 class RenderMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: list[RenderPart] | str
+    tool_calls: list[dict[str, Any]] | None = Field(
+        None, description="An assistant's past calls, in OpenAI's shape."
+    )
+    tool_call_id: str | None = Field(None, description="The call a tool message answers.")
 
 
 class ChatRenderRequest(BaseModel):
@@ -83,12 +89,12 @@ async def render_chat(request: web.Request) -> web.Response:
     body = await parse_body(request, ChatRenderRequest)
     driver = request.app[DRIVER]
 
-    def apply(messages: list[dict[str, str]]) -> str:
-        return driver.tokenizer.apply_chat_template(messages, body.add_generation_prompt)
+    def apply(messages: list[dict[str, Any]]) -> str:
+        return template_text(driver.tokenizer, messages, body.add_generation_prompt)
 
     prompts = []
     for i, conversation in enumerate(body.conversations):
-        messages = [_message(m) for m in conversation]
+        messages = [_message(m, i, j) for j, m in enumerate(conversation)]
         try:
             rendered = render_with_variables(apply, messages)
         except NotTransparentError as exc:
@@ -125,10 +131,10 @@ class NotTransparentError(ValueError):
 
 
 def render_with_variables(
-    apply: Callable[[list[dict[str, str]]], str], messages: list[dict[str, Any]]
+    apply: Callable[[list[dict[str, Any]]], str], messages: list[dict[str, Any]]
 ) -> Rendered:
-    """Render `messages` ({"role", "parts"}) with `apply` (the chat template), keeping variable
-    parts as markers. Raises `NotTransparentError` when a probe value does not come out as
+    """Render `messages` ({"role", "parts"}, and "tool_calls" or "tool_call_id" if any) with
+    `apply` (the chat template), keeping variable parts as markers. Raises `NotTransparentError` when a probe value does not come out as
     it went in."""
     tag = uuid.uuid4().hex
     sentinel = {name: f"PARROTVAR{tag}{i}X" for i, name in enumerate(_names(messages))}
@@ -151,14 +157,41 @@ def render_with_variables(
     return Rendered(template, tuple(sentinel), None)
 
 
-def _message(message: RenderMessage) -> dict[str, Any]:
+def template_text(
+    tokenizer: Tokenizer, messages: list[dict[str, Any]], add_generation_prompt: bool
+) -> str:
+    """`messages` through the chat template; past calls and results render as the chat API
+    renders them (`tool_request`), so a compiled chain's prompt is the one its plain call
+    sends."""
+    if has_tool_turns(messages):
+        messages = render_tool_turns(messages, None)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt)
+
+
+def _message(message: RenderMessage, conversation: int, index: int) -> dict[str, Any]:
     content = message.content
     parts: list[Part] = (
         [("text", content)]
         if isinstance(content, str)
         else [("variable", p.name) if p.type == "variable" else ("text", p.text) for p in content]  # type: ignore[misc]
     )
-    return {"role": message.role, "parts": parts}
+    out: dict[str, Any] = {"role": message.role, "parts": parts}
+    where = f"conversations[{conversation}]: messages[{index}]"
+    if message.role == "tool":
+        if message.tool_call_id is None:
+            raise bad_request(f"{where}: a tool message needs tool_call_id",
+                              param=f"conversations.{conversation}")  # fmt: skip
+        out["tool_call_id"] = message.tool_call_id
+    if message.tool_calls:
+        if message.role != "assistant":
+            raise bad_request(f"{where}: only assistant messages have tool_calls",
+                              param=f"conversations.{conversation}")  # fmt: skip
+        try:
+            out["tool_calls"] = check_tool_calls(message.tool_calls, index)
+        except ApiError as exc:
+            raise bad_request(f"conversations[{conversation}]: {exc.message}",
+                              param=f"conversations.{conversation}") from exc  # fmt: skip
+    return out
 
 
 def _names(messages: list[dict[str, Any]]) -> list[str]:
@@ -166,6 +199,7 @@ def _names(messages: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _fill(message: dict[str, Any], values: dict[str, str]) -> dict[str, str]:
+def _fill(message: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
     content = "".join(values[v] if k == "variable" else v for k, v in message["parts"])
-    return {"role": message["role"], "content": content}
+    rest = {k: v for k, v in message.items() if k != "parts"}  # role, tool_calls, ...
+    return {**rest, "content": content}
