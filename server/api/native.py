@@ -7,6 +7,7 @@ import uuid
 
 from aiohttp import web
 
+from server.api.disconnect import unless_disconnected
 from server.api.native_models import (
     GraphSubmission,
     SessionClosed,
@@ -130,7 +131,8 @@ async def get_variable(request: web.Request) -> web.Response:
     session = _session(request)
     query = parse_query(request, VariableQuery)
     var_id = _variable_id(request, session)
-    var = await session.wait(var_id, query.timeout, query.criteria)
+    # a long poll whose client left is ended at once (499), not at its timeout (up to 300 s)
+    var = await unless_disconnected(request, session.wait(var_id, query.timeout, query.criteria))
     if session.closed and var.state is VariableState.PENDING:
         raise not_found(f"session {session.id!r} {session.closed_why} while the request waited")
     return json_response(_info(var))

@@ -258,6 +258,33 @@ def test_a_read_waiting_when_its_session_closes_is_told_so(server: str) -> None:
     assert waited < 10  # woken by the close, not at the end of its long poll
 
 
+def test_a_long_poll_whose_client_leaves_ends_then_not_at_its_timeout(server: str) -> None:
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    sid, token = open_session(server)
+    status, var = request("POST", f"{server}/v1/sessions/{sid}/variables", {"name": "late"}, token)
+    assert status == 201
+
+    def left() -> float:  # long polls counted as ended with "client closed request"
+        return sum(v for k, v in metrics(server).items()
+                   if k.startswith("parrot_http_requests_total") and 'status="499"' in k)  # fmt: skip
+
+    before = left()
+    host, port = urlsplit(server).hostname, urlsplit(server).port
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(
+            f"GET /v1/sessions/{sid}/variables/{var['id']}?timeout=300 HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n".encode()
+        )
+        time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while left() < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left() == before + 1
+
+
 BAD_GRAPHS = [
     ("unknown_variable", {"calls": [call("A", "{{input:x}} {{output:y}}", {"x": "ghost"},
                                          {"y": "ok"})]}, ["call 'A' (A)", "'ghost'"]),
