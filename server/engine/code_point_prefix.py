@@ -16,7 +16,6 @@ def second_byte_range(lead: int) -> tuple[int, int]:
     return _SECOND_BYTE.get(lead, CONTINUATION)
 
 
-
 class CodePointPrefix:
     """Assembles code points from UTF-8 bytes for a subclass that steps on characters:
     `_step(code)` takes a whole character, `_may_take(lo, hi)` says whether some character in
