@@ -85,7 +85,9 @@ def format_table(rounds: list[dict[str, dict[str, float]]], modes: list[str]) ->
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.ab", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("workload")
     p.add_argument("scenario")
     p.add_argument("--flags", action="append", help="one setting: comma-separated server flags")

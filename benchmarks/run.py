@@ -120,7 +120,9 @@ def select_modes(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("workload", help=f"one of: {', '.join(workload_names())}")
     p.add_argument("--quick", action="store_true", help="small sizes (3-10 minutes per workload)")
     p.add_argument("--model", default="smollm2-135m-instruct")

@@ -134,8 +134,8 @@ def render_with_variables(
     apply: Callable[[list[dict[str, Any]]], str], messages: list[dict[str, Any]]
 ) -> Rendered:
     """Render `messages` ({"role", "parts"}, and "tool_calls" or "tool_call_id" if any) with
-    `apply` (the chat template), keeping variable parts as markers. Raises `NotTransparentError` when a probe value does not come out as
-    it went in."""
+    `apply` (the chat template), keeping variable parts as markers. Raises
+    `NotTransparentError` when a probe value does not come out as it went in."""
     tag = uuid.uuid4().hex
     sentinel = {name: f"PARROTVAR{tag}{i}X" for i, name in enumerate(_names(messages))}
     if not sentinel:

@@ -170,7 +170,9 @@ class _Compiler:
         if "const" in schema and isinstance(schema.get("enum"), list):  # const among the enum
             kept = tuple(v for v in kept if v in {_compact(e) for e in schema["enum"]})
         if not kept:
-            raise SchemaError(f"{where}: no value of enum/const is allowed by the rest of the schema")
+            raise SchemaError(
+                f"{where}: no value of enum/const is allowed by the rest of the schema"
+            )
         return kept
 
     def _branches(self, schema: dict[str, Any], key: str, where: str) -> Node:

@@ -33,8 +33,12 @@ def sample(
         # The bans may leave a row nothing (allowed_token_ids that min_tokens or bad words all
         # rule out): it takes its likeliest stop id, as a constrained row with nothing allowed
         # does, not the id an argmax or a draw over no finite logit lands on (the vocabulary's
-        # first or last, outside allowed_token_ids).
-        ended = (logits == float("-inf")).all(dim=-1).nonzero().flatten().tolist()
+        # first or last, outside allowed_token_ids). Only an allowed list bans the whole
+        # vocabulary, so only such rows are looked at (penalties alone skip the scan).
+        ended = [
+            i for i, p in enumerate(params)
+            if p.allowed_token_ids is not None and bool((logits[i] == float("-inf")).all())
+        ]  # fmt: skip
     if all(p.greedy for p in params):
         tokens = logits.argmax(dim=-1).tolist()
     else:
