@@ -18,6 +18,7 @@ from server.engine import (
     AsyncLLMEngine,
     EngineConfig,
     EngineStats,
+    GroupJob,
     JobOutput,
     LLMEngine,
     SamplingParams,
@@ -25,7 +26,6 @@ from server.engine import (
 from server.engine.llm_engine import parse_dtype
 from server.engine.loader import check_model_name
 from server.engine_process import EngineProcess
-from server.stream_merge import merge_streams
 from server.token_prefix import common_prefix_len
 
 Engine = AsyncLLMEngine | EngineProcess
@@ -185,7 +185,8 @@ class EngineDriver:
     ) -> AsyncIterator[tuple[int, JobOutput]]:
         """One generation per `samplings` entry from the same prompt, as (index, output) while
         they run. The prompt's KV is computed once, in a context each sample forks (sharing its
-        blocks); each fork computes only the prompt's last token, whose logits it samples from."""
+        blocks); each fork computes only the prompt's last token, whose logits it samples from.
+        The forks are submitted together, so they decode in the same steps from the first."""
         engine, tokens = self.engine, list(prompt)
         parent = engine.create_context()
         try:
@@ -194,15 +195,15 @@ class EngineDriver:
             children = [engine.create_context(parent) for _ in samplings]
         finally:
             engine.free(parent)  # the forks keep the blocks they share
-        streams = [
-            engine.generate(child, sampling, priority, fill_token_ids=tokens[-1:])
+        jobs = [
+            GroupJob(child, sampling, tuple(tokens[-1:]))
             for child, sampling in zip(children, samplings, strict=True)
         ]
         try:
-            # closed here, before the forks are freed: left to the garbage collector, the merge
-            # would read on from streams whose contexts are gone
-            async with contextlib.aclosing(merge_streams(streams)) as merged:
-                async for index, out in merged:
+            # closed here, before the forks are freed: left to the garbage collector, the group
+            # would read on from jobs whose contexts are gone
+            async with contextlib.aclosing(engine.generate_group(jobs, priority)) as group:
+                async for index, out in group:
                     yield index, out
         finally:
             for child in children:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -22,6 +23,16 @@ from server.engine.step_loop import Command, run_step_loop
 
 class EngineError(RuntimeError):
     """A job failed inside the engine (its message says why)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupJob:
+    """One generation of a group (`generate_group`): on `context_id`, after appending
+    `fill_token_ids` in the pass that samples the first token."""
+
+    context_id: int
+    sampling: SamplingParams
+    fill_token_ids: tuple[int, ...] = ()
 
 
 class AsyncLLMEngine:
@@ -137,6 +148,48 @@ class AsyncLLMEngine:
             async for out in job:
                 self._grow(context_id, len(out.new_token_ids))
                 yield out
+
+    async def generate_group(
+        self, jobs: Sequence[GroupJob], priority: int = 0
+    ) -> AsyncIterator[tuple[int, JobOutput]]:
+        """`generate` on several contexts, as (index in `jobs`, output) while they run. One
+        command submits them all, so they join the same step: forks of one prompt then share
+        their prefix's reads (a cascade level) from their first token. An error in one ends
+        the group with it; leaving early aborts every job still running."""
+        for job in jobs:
+            self._grow(job.context_id, len(job.fill_token_ids))
+        assert self._loop is not None, "start() the engine first"
+        outputs: asyncio.Queue[tuple[int, JobOutput] | BaseException] = asyncio.Queue()
+        loop = self._loop
+        job_ids: dict[int, int] = {}  # index -> engine job, written by the engine thread
+
+        def deliver(index: int, out: JobOutput) -> None:
+            loop.call_soon_threadsafe(outputs.put_nowait, (index, out))
+
+        def command() -> None:
+            for index, job in enumerate(jobs):
+                try:
+                    if job.fill_token_ids:
+                        self.engine.fill(job.context_id, list(job.fill_token_ids), priority)
+                    jid = self.engine.add_generate(job.context_id, job.sampling, priority)
+                except Exception as exc:
+                    loop.call_soon_threadsafe(outputs.put_nowait, exc)
+                    return
+                job_ids[index] = jid
+                self._listeners[jid] = functools.partial(deliver, index)
+
+        self._post(command)
+        if self._urgent(priority):
+            self.engine.request_pause()  # after the post: the loop clears it before it reads
+        finished: set[int] = set()
+        try:
+            async for index, out in group_outputs(outputs, len(jobs), finished):
+                self._grow(jobs[index].context_id, len(out.new_token_ids))
+                yield index, out
+        finally:
+            left = [index for index in range(len(jobs)) if index not in finished]
+            if left and not self._stopping:
+                self._post(lambda: [self.engine.abort(job_ids[i]) for i in left if i in job_ids])
 
     async def generate_request(
         self, prompt_token_ids: Sequence[int], sampling: SamplingParams, priority: int = 0
@@ -259,6 +312,23 @@ async def job_outputs(
         yield item
         if item.finished:
             return
+
+
+async def group_outputs(
+    outputs: asyncio.Queue[tuple[int, JobOutput] | BaseException], size: int, finished: set[int]
+) -> AsyncIterator[tuple[int, JobOutput]]:
+    """A group's (index, output) pairs as they are queued, until all `size` jobs have finished
+    (each added to `finished` as it does); errors as in `job_outputs`."""
+    while len(finished) < size:
+        item = await outputs.get()
+        if isinstance(item, BaseException):
+            raise item
+        index, out = item
+        if out.error:
+            raise EngineError(out.error)
+        if out.finished:
+            finished.add(index)
+        yield index, out
 
 
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:

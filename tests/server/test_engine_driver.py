@@ -1,0 +1,82 @@
+"""EngineDriver's samples of one prompt (`n` > 1), on an engine in process and in a child."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from server.engine import EngineError, GroupJob, SamplingParams
+from server.engine_driver import EngineDriver
+
+PROMPT = list(range(3, 40))
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["thread", "process"])
+async def test_the_samples_of_a_prompt_decode_in_the_same_steps_from_the_first(
+    tiny_llama_path: Path, monkeypatch: pytest.MonkeyPatch, processes: bool
+) -> None:
+    """Each fork's generation was posted on its own, so under load the step loop could take
+    a step between two posts: the forks then decoded steps apart, and no shared-prefix level
+    (cascade) was planned for them. Posts are slowed here so that the engine steps between any
+    two: the forks must still be submitted together, so the whole run takes one step for the
+    prompt and one per token."""
+    (driver,) = await EngineDriver.load_many(
+        1, str(tiny_llama_path), "cpu", None, processes=processes, num_kv_blocks=64
+    )
+    engine = driver.engine
+    name = "_send" if processes else "_post"
+    post = getattr(engine, name)
+
+    def slow_post(*args: object) -> None:
+        post(*args)
+        time.sleep(0.03)
+
+    monkeypatch.setattr(engine, name, slow_post)
+    await driver.start()
+    try:
+        sampling = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+        before = (await driver.stats()).steps
+        tokens: dict[int, list[int]] = {i: [] for i in range(4)}
+        async for index, out in driver.generate_samples(PROMPT, [sampling] * 4):
+            tokens[index].extend(out.new_token_ids)
+        steps = (await driver.stats()).steps - before
+        assert all(len(t) == 6 and t == tokens[0] for t in tokens.values())
+        assert steps == 1 + 6
+    finally:
+        await driver.stop()
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["thread", "process"])
+async def test_a_group_whose_job_cannot_be_submitted_fails_and_aborts_the_rest(
+    tiny_llama_path: Path, processes: bool
+) -> None:
+    """One job of a group on a context that does not exist: the group raises, the jobs already
+    submitted are aborted, and the engine goes on serving."""
+    (driver,) = await EngineDriver.load_many(
+        1, str(tiny_llama_path), "cpu", None, processes=processes, num_kv_blocks=64
+    )
+    engine = driver.engine
+    await driver.start()
+    try:
+        ctx = engine.create_context()
+        await engine.fill(ctx, PROMPT)
+        forever = SamplingParams(max_tokens=500, temperature=0, ignore_eos=True)
+        jobs = [GroupJob(engine.create_context(ctx), forever), GroupJob(10**9, forever)]
+        # in process the engine's own error, from a child an EngineError with its message
+        with pytest.raises((KeyError, EngineError), match="no context"):
+            async for _ in engine.generate_group(jobs):
+                pass
+        for _ in range(100):
+            stats = await driver.stats()
+            if stats.jobs == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert stats.jobs == 0 and stats.generated_tokens < 500
+        greedy = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+        outs = [out async for out in driver.generate_plain(PROMPT, greedy)]
+        assert outs[-1].finished and len(outs[-1].token_ids) == 3
+    finally:
+        await driver.stop()
