@@ -43,12 +43,17 @@ class PrefixContexts:
         self.store: PrefixStore[PrefixContext] = PrefixStore(config, self._evicted)
 
     def affinity(self, bounds: Sequence[Boundary]) -> dict[int, int]:
-        """Engines holding the deepest stored boundary of a prompt, and how many tokens."""
-        for boundary in reversed(bounds):
-            engines = self.store.engines_holding(boundary.key)
-            if engines:
-                return {e: self.store.peek(boundary.key, e).num_tokens for e in engines}
-        return {}
+        """Each engine holding a stored boundary of a prompt, and how many tokens its deepest
+        one has. Every holder counts, not only those of the deepest boundary: when they are
+        full, the call goes to an engine holding a shallower prefix (a shared system prompt)
+        before one that holds none."""
+        depth = {boundary.key: i for i, boundary in enumerate(bounds)}
+        deepest: dict[int, tuple[int, int]] = {}  # engine -> (boundary index, tokens)
+        for entry in self.store.entries():  # one pass: keys times entries cost a reduce dearly
+            i = depth.get(entry.key)
+            if i is not None and i > deepest.get(entry.engine, (-1, 0))[0]:
+                deepest[entry.engine] = (i, entry.num_tokens)
+        return {engine: tokens for engine, (_, tokens) in deepest.items()}
 
     def deepest(self, bounds: Sequence[Boundary], engine: int) -> tuple[int, PrefixEntry] | None:
         """(index into `bounds`, entry) of the deepest boundary stored on `engine`, filled or

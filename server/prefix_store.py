@@ -71,6 +71,10 @@ class PrefixStore(Generic[H]):
         """The entry for `key` on `engine` without marking it used."""
         return self._entries.get((key, engine))
 
+    def entries(self) -> list[PrefixEntry[H]]:
+        """All entries, least recently used first (does not count as a use)."""
+        return list(self._entries.values())
+
     def engines_holding(self, key: str) -> list[int]:
         """Engines with an entry for `key` (does not count as a use)."""
         return [engine for (k, engine) in self._entries if k == key]

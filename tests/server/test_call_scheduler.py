@@ -2,7 +2,12 @@
 
 import pytest
 
-from server.analysis import Objective
+from parrot_bridge.template import parse_template
+from server.analysis import Objective, boundaries
+from server.graph import Call
+from server.metrics import Metrics
+from server.prefix_contexts import PrefixContexts
+from server.prefix_store import PrefixStoreConfig
 from server.scheduling import (
     LATENCY_PRIORITY,
     NORMAL_PRIORITY,
@@ -126,6 +131,25 @@ def test_placement_prefers_the_prefix_holder_then_the_least_loaded() -> None:
     assert choose_engine(loads, {0: 300, 1: 300}, max_calls=8) == 1  # a tie: less loaded
     assert choose_engine(loads, {0: 300}, max_calls=3) == 2  # the holder is full
     assert choose_engine(loads, {}, max_calls=1) is None
+
+
+def test_a_full_prefix_holder_leaves_the_call_to_an_engine_holding_less_of_it() -> None:
+    # Affinity named only the engines holding the prompt's deepest stored boundary: with those
+    # full, the call went to the least loaded engine, past one holding its system prompt.
+    call = Call("c", parse_template("System.\n{{input:d}}\nQ: {{input:q}}{{output:o}}"),
+                {"d": "d", "q": "q"}, {"o": "o"})  # fmt: skip
+    bounds = boundaries(call, {"d": "a long document", "q": "why?"})
+    prefixes = PrefixContexts(None, PrefixStoreConfig(), Metrics())  # type: ignore[arg-type]
+    prefixes.store.put(bounds[0].key, 1, None, 3)  # the system prompt
+    prefixes.store.put(bounds[2].key, 0, None, 9)  # the system prompt and the document
+    prefixes.store.put(bounds[0].key, 0, None, 3)
+    prefixes.store.put("another prompt", 2, None, 50)
+    affinity = prefixes.affinity(bounds)
+    assert affinity == {0: 9, 1: 3}  # each holder, by its deepest boundary
+    loads = [EngineLoad(0, 2, 100), EngineLoad(1, 1, 80), EngineLoad(2, 0, 0)]
+    assert choose_engine(loads, affinity, max_calls=4) == 0  # the deepest holder first
+    assert choose_engine(loads, affinity, max_calls=2) == 1  # it is full: the next holder
+    assert prefixes.affinity(bounds[:1]) == {0: 3, 1: 3} and prefixes.affinity([]) == {}
 
 
 def test_the_scheduler_asks_for_affinity_per_unit() -> None:
