@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -28,7 +29,14 @@ from server.lowering import GenerateStep, lower_call
 from server.metrics import Metrics
 from server.prefix_contexts import PrefixContexts
 from server.prefix_store import PrefixEntry, PrefixStoreConfig
-from server.scheduling import LATENCY_PRIORITY, AppPolicy, CallScheduler, FifoPolicy, WorkItem
+from server.scheduling import (
+    LATENCY_PRIORITY,
+    AppPolicy,
+    CallScheduler,
+    FifoPolicy,
+    WorkItem,
+    choose_engine,
+)
 from server.session import Session
 from server.session_plan import PlanSwitches, SessionPlan
 from server.token_prefix import common_prefix_len
@@ -478,7 +486,7 @@ class Executor:
             tokens = tokens[: len(tokens) - self.config.boundary_trim_tokens]
             if len(tokens) < self.config.min_shared_prefix_tokens:
                 continue
-            engine = self.pool.least_loaded()
+            engine = self._early_fill_engine(bounds[:-1])
             if not self.pool.drivers[engine].alive:
                 continue  # no engine runs now: the call fills its prefix when it runs
             hit = self.prefixes.deepest(bounds[:-1], engine)
@@ -492,6 +500,14 @@ class Executor:
             priority = plan.priority(call.id)
             key = bounds[-1].key
             self._spawn(session, self._prefill(engine, key, tokens, priority, base))
+
+    def _early_fill_engine(self, bounds: list[Boundary]) -> int:
+        """The engine holding most of the call's leading text (a system prompt), else the least
+        loaded: filled elsewhere, that text would be computed again, and the call, placed
+        where its deepest prefix is, would follow the early fill there."""
+        loads = self.pool.snapshot()
+        engine = choose_engine(loads, self.prefixes.affinity(bounds), max_calls=sys.maxsize)
+        return self.pool.least_loaded() if engine is None else engine
 
     async def _prefill(
         self, engine: int, key: str, tokens: list[int], priority: int, base: PrefixEntry | None
