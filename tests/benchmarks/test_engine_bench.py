@@ -75,3 +75,16 @@ def test_a_drafting_arm_whose_outputs_differ_fails_the_run(
     other = LLMEngine.from_pretrained(str(tiny_mistral_path), ngram_speculation=4)
     with pytest.raises(AssertionError, match="drafts changed the greedy outputs"):
         measure(LLMEngine.from_pretrained(str(tiny_llama_path)), hf, work, warm, 0, other)
+
+
+def test_each_ratio_is_the_arms_wall_over_ours() -> None:
+    """"x faster" columns: how many times longer the arm took than our engine (plain, with
+    drafts); drafts that slow our engine down show below 1 in the plain row's drafts column."""
+    from benchmarks.engine import table_rows
+
+    walls = {"parrot": 10.0, "parrot_ngram": 12.5, "hf_one_by_one": 60.0, "hf_padded_8": 40.0}
+    rows = {name: rest for name, *rest in table_rows(walls, 500)}
+    assert rows["parrot engine"] == [10.0, 50.0, 1.0, 0.8]
+    assert rows["parrot engine, drafts"] == [12.5, 40.0, 1.25, 1.0]
+    assert rows["transformers 1-by-1"] == [60.0, 500 / 60, 6.0, 4.8]
+    assert rows["transformers padded x8"][2:] == [4.0, 3.2]
