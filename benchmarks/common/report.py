@@ -103,9 +103,22 @@ def gain_side(parrot: float, other: float, higher_is_better: bool) -> str:
     return ">=" if moves == {1} else "<="
 
 
+def gains_over(report: Report, mode: str) -> dict[str, tuple[float, str]]:
+    """Parrot's gain over `mode` per metric and its side (see `gain_side`), as the table's
+    `gain` columns show them; none for Parrot itself."""
+    if mode == "parrot":
+        return {}
+    parrot, values = report.metrics.get("parrot", {}), report.metrics[mode]
+    out = {}
+    for spec in report.specs:
+        p, v = parrot.get(spec.name, math.nan), values.get(spec.name, math.nan)
+        out[spec.name] = (gain(p, v, spec.higher_is_better),
+                          gain_side(p, v, spec.higher_is_better))  # fmt: skip
+    return out
+
+
 def format_table(report: Report) -> str:
     """Rows are modes; per metric its value and Parrot's gain over that mode (x)."""
-    parrot = report.metrics.get("parrot", {})
     head = ["mode"]
     for spec in report.specs:
         head += [f"{spec.name} ({spec.unit})", "gain"]
@@ -115,15 +128,13 @@ def format_table(report: Report) -> str:
     for mode in report.modes:
         row = [mode.name]
         values = report.metrics[mode.name]
+        gains = gains_over(report, mode.name)
         for spec in report.specs:
-            v = values.get(spec.name, math.nan)
-            p = parrot.get(spec.name, math.nan)
-            g = gain(p, v, spec.higher_is_better)
-            shown = "" if mode.name == "parrot" or math.isnan(g) else f"{_num(g)}x"
-            side = gain_side(p, v, spec.higher_is_better)
+            g, side = gains.get(spec.name, (math.nan, "="))
+            shown = "" if math.isnan(g) else f"{_num(g)}x"
             if shown and side != "=":
                 shown = "?" if side == "?" else f"{side}{shown}"
-            row += [_bounded(v), shown]
+            row += [_bounded(values.get(spec.name, math.nan)), shown]
         c = report.counters[mode.name]
         row += [_num(c[k]) for k in
                 ("generated_tokens", "prefill_tokens", "cached_tokens", "cascade_saved_tokens",
@@ -160,6 +171,10 @@ def write_json(path: Path, report: Report, records: list[RunRecord], meta: dict[
                 # metrics known from one side only (">=": at least; "<": below)
                 "bounds": {k: side_of(v) for k, v in report.metrics[m.name].items()
                            if side_of(v) != "="},
+                # Parrot's gain over this mode, as the table's gain columns (nan: none)
+                "gains": {k: g for k, (g, _) in gains_over(report, m.name).items()},
+                "gain_bounds": {k: side for k, (_, side) in gains_over(report, m.name).items()
+                                if side != "="},
                 "counters": report.counters[m.name],
             }
             for m in report.modes

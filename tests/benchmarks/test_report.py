@@ -61,6 +61,19 @@ def test_json_and_plot_are_written(tmp_path: Path) -> None:
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_json_holds_the_gains_the_table_prints(tmp_path: Path) -> None:
+    workload = load_workload("map_reduce")
+    records = _records({"parrot": 10.0, "baseline_throughput": 12.0, "baseline_latency": 25.0})
+    report = build_report(workload, MODES, records)
+    write_json(tmp_path / "r.json", report, records, {})
+    modes = json.loads((tmp_path / "r.json").read_text())["modes"]
+    for line in format_table(report).splitlines()[2:5]:
+        mode, _, shown = (cell.strip() for cell in line.split("|")[:3])
+        assert modes[mode]["gains"] == ({} if mode == "parrot" else
+                                        {"jct": float(shown.removesuffix("x"))})  # fmt: skip
+    assert modes["baseline_latency"]["gains"] == {"jct": 2.5}
+
+
 def _shared_prompt_records(throughput_curves: dict[str, dict[float, float]]) -> list[RunRecord]:
     """Runs of shared_prompt whose jobs take `s_per_token` x their requested tokens."""
     records = []
@@ -96,6 +109,8 @@ def test_throughput_past_the_end_of_the_sweep_is_a_bound_in_the_table_and_verdic
     assert data["modes"]["parrot"]["bounds"] == {"throughput": ">="}
     assert data["modes"]["baseline_no_cache"]["bounds"] == {"throughput": "<"}
     assert data["modes"]["baseline_throughput"]["bounds"] == {}
+    assert data["modes"]["baseline_no_cache"]["gains"]["throughput"] == 32.0
+    assert data["modes"]["baseline_no_cache"]["gain_bounds"] == {"throughput": ">="}
 
 
 def test_a_gain_between_two_lower_bounds_says_nothing() -> None:
