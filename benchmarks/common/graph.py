@@ -106,7 +106,8 @@ class Scenario:
 @dataclass(frozen=True, slots=True)
 class JobResult:
     """When a job started and when its awaited outputs had all arrived (seconds from the
-    scenario's start), and the text of each awaited output."""
+    scenario's start), the text of each awaited output, and the tokens generated for them (the
+    completion tokens the server reported; fewer than requested where a call ended at EOS)."""
 
     name: str
     app: str
@@ -114,6 +115,7 @@ class JobResult:
     end_s: float
     outputs: dict[str, str]
     requested_tokens: int = 0  # the sum of its calls' max_tokens
+    generated_tokens: int = 0  # the sum of the awaited outputs' completion tokens
 
     @property
     def latency_s(self) -> float:

@@ -28,6 +28,7 @@ async def run_openai_jobs(
         await asyncio.sleep(max(0.0, job.start_s - (time.perf_counter() - t0)))
         start = time.perf_counter() - t0
         tasks: dict[str, asyncio.Task[str]] = {}
+        generated: dict[str, int] = {}  # completion tokens per call
 
         async def send(call: Call) -> str:
             values = {}
@@ -37,6 +38,7 @@ async def run_openai_jobs(
             resp = await client.completions.create(
                 model=model, prompt=call.render(values), max_tokens=call.max_tokens, temperature=0
             )
+            generated[call.name] = resp.usage.completion_tokens if resp.usage else 0
             return resp.choices[0].text
 
         for call in job.calls:
@@ -46,7 +48,7 @@ async def run_openai_jobs(
         await asyncio.gather(*tasks.values())  # calls nothing awaits still count as work
         on_done()
         return JobResult(job.name, job.app, start, end, dict(zip(job.awaited, texts, strict=True)),
-                         job.output_tokens)
+                         job.output_tokens, sum(generated[n] for n in job.awaited))
 
     try:
         return list(await asyncio.gather(*(one(j) for j in jobs)))

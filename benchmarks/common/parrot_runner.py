@@ -64,8 +64,9 @@ async def run_parrot_jobs(
 
             texts = await asyncio.gather(*(fetch(n) for n in job.awaited))
             end = time.perf_counter() - t0
+            generated = sum((outs[n].usage or {}).get("completion_tokens", 0) for n in job.awaited)
         on_done()
         return JobResult(job.name, job.app, start, end, dict(zip(job.awaited, texts, strict=True)),
-                         job.output_tokens)
+                         job.output_tokens, generated)
 
     return list(await asyncio.gather(*(one(j) for j in jobs)))

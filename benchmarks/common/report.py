@@ -189,6 +189,7 @@ def write_json(path: Path, report: Report, records: list[RunRecord], meta: dict[
                 "jobs": [
                     {"name": j.name, "app": j.app, "start_s": j.start_s, "end_s": j.end_s,
                      "requested_tokens": j.requested_tokens,
+                     "generated_tokens": j.generated_tokens,
                      "output_chars": {k: len(v) for k, v in j.outputs.items()}}  # fmt: skip
                     for j in r.jobs
                 ],

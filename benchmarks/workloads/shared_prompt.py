@@ -97,7 +97,9 @@ def throughput_at_bound(per_token: dict[float, float], bound: float) -> float:
 
 
 def _s_per_token(jobs: list[JobResult]) -> float:
-    return statistics.fmean(j.latency_s / max(1, j.requested_tokens) for j in jobs)
+    """Mean latency per output token: over the tokens generated, not the max_tokens asked
+    (a call that ends at EOS generated fewer, and its latency covers only those)."""
+    return statistics.fmean(j.latency_s / max(1, j.generated_tokens) for j in jobs)
 
 
 def _name(rate: float) -> str:

@@ -27,6 +27,8 @@ def test_both_apis_run_the_same_graph(tiny_llama_path: Path, tmp_path: Path) -> 
         assert record.counters["generated_tokens"] == records[0].counters["generated_tokens"]
         assert 0 < record.counters["generated_tokens"] <= 4 + 4 + 6
     assert records[0].jobs[0].outputs == records[1].jobs[0].outputs
+    # the reduce's tokens, as each API reported them
+    assert 0 < records[0].jobs[0].generated_tokens == records[1].jobs[0].generated_tokens <= 6
     report = build_report(load_workload("map_reduce"), modes, records)
     assert "baseline_throughput" in format_table(report)
 

@@ -79,7 +79,7 @@ def _shared_prompt_records(throughput_curves: dict[str, dict[float, float]]) -> 
     records = []
     for mode, curve in throughput_curves.items():
         for rate, s_per_token in curve.items():
-            jobs = [JobResult("user0", "app", 0.0, s_per_token * 10, {"answer": "x"}, 10)]
+            jobs = [JobResult("user0", "app", 0.0, s_per_token * 10, {"answer": "x"}, 10, 10)]
             records.append(RunRecord(f"rate_{rate:g}", mode, 1.0, jobs, {}))
     return records
 

@@ -31,7 +31,8 @@ def test_workload_builds_and_its_metrics_come_out(name: str, quick: bool) -> Non
                 # SmolLM2 has 8192 positions: prompts stay far below (4 chars ~ 1 token)
                 assert len(call.render(values)) + 4 * call.max_tokens < 4 * 4096
         results[scenario.name] = [
-            JobResult(j.name, j.app, j.start_s, j.start_s + 0.05 * (1 + i), {}, j.output_tokens)
+            JobResult(j.name, j.app, j.start_s, j.start_s + 0.05 * (1 + i), {}, j.output_tokens,
+                      j.output_tokens)
             for i, j in enumerate(scenario.jobs)
         ]
     metrics = workload.metrics(results)
@@ -98,3 +99,14 @@ def test_chain_summary_light_load_is_the_same_requests_spread_wider() -> None:
     assert [j.name for j in load] == [j.name for j in light] and len(load) == 6
     assert [j.start_s for j in light] == pytest.approx([3 * j.start_s for j in load])
     assert scenarios["light_background"].notes["bg_every_s"] == 1.5
+
+
+def test_shared_prompt_latency_per_token_counts_the_tokens_generated() -> None:
+    """A call that ends at EOS after 10 of its 40 tokens took its latency for those 10: per
+    requested token it would read 4x faster than it ran."""
+    workload = load_workload("shared_prompt")
+    results = {f"rate_{r:g}": [JobResult("u", "app", 0.0, 1.0, {"answer": "x"}, 40, 10)]
+               for r in (0.25, 4.0)}  # fmt: skip
+    metrics = workload.metrics(results)
+    assert metrics["per_token@4/s"] == pytest.approx(100.0)
+    assert metrics["per_token@0.25/s"] == pytest.approx(100.0)
