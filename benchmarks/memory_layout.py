@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     report = {"machine": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "rounds": args.rounds,
               "batch1_step_ms": weights, "decode_attention_us": kv}  # fmt: skip
-    out = Path(args.out) if args.out else RESULTS / "memory_layout_cpu.json"
+    # a smoke run does not replace the full run's numbers that the README quotes
+    name = f"memory_layout_cpu{'_quick' if args.quick else ''}.json"
+    out = Path(args.out) if args.out else RESULTS / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"saved {out}")

@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--waiting", type=int, nargs="+")
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--out", type=Path, default=RESULTS / "scheduler_cpu.json")
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/)")
     args = p.parse_args(argv)
+    # a smoke run does not replace the full run's numbers that the README quotes
+    args.out = args.out or RESULTS / f"scheduler_cpu{'_quick' if args.quick else ''}.json"
     cases = args.waiting or (QUICK_WAITING if args.quick else WAITING)
     engine = LLMEngine.from_pretrained(args.model, max_num_seqs=RUNNING)
     rows = [measure(engine, waiting, args.steps) for waiting in cases]

@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['drafting_s']:>8.3f} {r['speedup']:>5.2f}x "
               f"{r['plain_steps']:>4}/{r['drafting_steps']:<4} {r['drafted']:>7} "
               f"{r['accepted']:>5} {r['equal']}")  # fmt: skip
-    out = Path(args.out) if args.out else RESULTS / "speculation_cpu.json"
+    # a smoke run does not replace the full run's numbers that the README quotes
+    name = f"speculation_cpu{'_quick' if args.quick else ''}.json"
+    out = Path(args.out) if args.out else RESULTS / name
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"model": args.model, "drafts": args.drafts, "tokens": args.tokens,
               "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows,

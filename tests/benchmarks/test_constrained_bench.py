@@ -8,7 +8,7 @@ from benchmarks.constrained import MODES, decode_step_ms, main
 from server.engine import LLMEngine, SamplingParams
 
 
-def test_each_mode_runs_its_batch_to_the_end(tiny_llama_path, tmp_path) -> None:
+def test_each_mode_runs_its_batch_to_the_end(tiny_llama_path, tmp_path, monkeypatch) -> None:
     engine = LLMEngine.from_pretrained(str(tiny_llama_path))
     ids = engine.tokenizer.encode("Describe a cat as JSON:")
     for mode, extra in MODES.items():
@@ -19,8 +19,9 @@ def test_each_mode_runs_its_batch_to_the_end(tiny_llama_path, tmp_path) -> None:
             assert result["tokens"] == [12, 12, 12]
         if mode == "choices" and result["tokens"][0] < 12:
             assert result["text"] in extra["choices"]
-    out = tmp_path / "c.json"
-    main(["--quick", "--model", str(tiny_llama_path), "--out", str(out)])
+    monkeypatch.setattr("benchmarks.constrained.RESULTS", tmp_path)
+    main(["--quick", "--model", str(tiny_llama_path)])
+    out = tmp_path / "constrained_cpu_quick.json"  # the full run's file stays as it was
     report = json.loads(out.read_text())
     assert {r["mode"] for r in report["rows"]} == set(MODES)
     assert all(r["steps"] >= 1 and r["decode_step_ms"] > 0 for r in report["rows"])

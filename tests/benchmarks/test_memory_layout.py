@@ -14,10 +14,12 @@ from server.kernels.cpu import huge_pages
 pytestmark = pytest.mark.slow
 
 
-def test_quick_run_times_every_variant_each_round(tiny_llama_path: Path, tmp_path: Path) -> None:
-    out = tmp_path / "memory_layout.json"
-    memory_layout.main(["--quick", "--rounds", "2", "--model", str(tiny_llama_path),
-                        "--out", str(out)])  # fmt: skip
+def test_quick_run_times_every_variant_each_round(
+    tiny_llama_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory_layout, "RESULTS", tmp_path)
+    memory_layout.main(["--quick", "--rounds", "2", "--model", str(tiny_llama_path)])
+    out = tmp_path / "memory_layout_cpu_quick.json"  # the full run's file stays as it was
     report = json.loads(out.read_text())
     steps = report["batch1_step_ms"]
     assert set(steps) == {"one allocation each", "one buffer, 4 KiB pages",

@@ -7,9 +7,10 @@ import json
 from benchmarks.speculation import main
 
 
-def test_the_report_compares_both_engines(tiny_llama_path, tmp_path) -> None:
-    out = tmp_path / "s.json"
-    main(["--quick", "--model", str(tiny_llama_path), "--out", str(out)])
+def test_the_report_compares_both_engines(tiny_llama_path, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("benchmarks.speculation.RESULTS", tmp_path)
+    main(["--quick", "--model", str(tiny_llama_path)])
+    out = tmp_path / "speculation_cpu_quick.json"  # the full run's file stays as it was
     report = json.loads(out.read_text())
     rows = report["rows"]
     assert [r["sampling"] for r in rows] == ["greedy", "T=0.7"]
