@@ -5,15 +5,17 @@ query) against the stock synthesizers on `OpenAILike` (one request per call), sa
 
 It defines no `WORKLOAD` (the harness runs `Job` graphs, not LlamaIndex pipelines):
 `benchmarks.run rag` calls its `main` (`python -m benchmarks.workloads.rag` too), which takes
-only `--quick` and `--model` and prints and saves its own table. Every timed query reads its
-own slice of the papers, so no run reuses another's prompts from the prefix cache; one extra
-query per mode, run by both, checks that the answers are equal (greedy).
+only `--quick` and `--model` and prints and saves its own table. Every system runs on a fresh
+server of its own and reads the same slices of the papers for the same queries (so no system
+finds another's prompts in the prefix cache, and all do the same work); an untimed first query
+warms each server up. Greedy: each query's answers must be equal across systems.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -55,27 +57,26 @@ MODES = ("tree_summarize", "refine")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     size = QUICK if args.quick else FULL
-    log = Path(tempfile.mkdtemp(prefix="parrot-bench-rag-")) / "server.log"
-    texts = _slices(size)
+    log_dir = Path(tempfile.mkdtemp(prefix="parrot-bench-rag-"))
+    # the same texts for every system: the warm-up's, then one slice per timed query
+    texts = list(itertools.islice(_slices(size), 1 + size["queries"]))
     rows: list[dict[str, Any]] = []
-    with ServerProcess(args.model, log_path=log, startup_timeout_s=300) as server:
-        for mode in MODES:
-            systems = _systems(server.url, mode, size)
-            check = next(texts)
-            answers = {name: run(QUESTIONS[0], check) for name, run in systems.items()}
-            same = len(set(answers.values())) == 1
-            print(f"{mode}: answers equal across systems: {same}", flush=True)
-            for q in range(size["queries"]):
-                for name, run in systems.items():
-                    chunks = next(texts)
+    for mode in MODES:
+        for name in system_names(mode):
+            log = log_dir / f"{mode}.{name}.log"
+            with ServerProcess(args.model, log_path=log, startup_timeout_s=300) as server:
+                run = _systems(server.url, mode, size)[name]
+                run(QUESTIONS[0], texts[0])  # warm-up, untimed
+                for q in range(size["queries"]):
                     before = _submissions(server.url)
                     start = time.perf_counter()
-                    run(QUESTIONS[q % len(QUESTIONS)], chunks)
+                    answer = run(QUESTIONS[q % len(QUESTIONS)], texts[1 + q])
                     latency = time.perf_counter() - start
                     rows.append({"mode": mode, "system": name, "query": q, "latency_s": latency,
                                  "graph_submissions": _submissions(server.url) - before,
-                                 "same_answer": same})  # fmt: skip
-                    print(f"  {name:<13} query {q}: {latency:.1f} s", flush=True)
+                                 "answer": answer})  # fmt: skip
+                    print(f"  {mode} {name:<13} query {q}: {latency:.1f} s", flush=True)
+    mark_same_answers(rows)
     report = _report(rows)
     print(_table(report))
     out = RESULTS / f"rag{'_quick' if args.quick else ''}.json"
@@ -85,6 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({"meta": meta, "report": report, "runs": rows}, indent=2))
     print(f"\nsaved {out}")
     return 0
+
+
+def system_names(mode: str) -> tuple[str, ...]:
+    """The systems a response mode runs in (`_systems` builds them)."""
+    return ("parrot", "openai", "openai_async") if mode == "tree_summarize" else ("parrot", "openai")
+
+
+def mark_same_answers(rows: list[dict[str, Any]]) -> None:
+    """Set each row's `same_answer`: whether every system answered its query alike."""
+    answers: dict[tuple[str, int], set[str]] = {}
+    for r in rows:
+        answers.setdefault((r["mode"], r["query"]), set()).add(r["answer"])
+    for r in rows:
+        r["same_answer"] = len(answers[(r["mode"], r["query"])]) == 1
 
 
 def _systems(
