@@ -1,5 +1,6 @@
 """What n-gram drafts (speculative decoding) save a request, side by side in one run: two
-engines on the same weights, one drafting (`ngram_speculation`), one not, alternating.
+engines on the same weights, one drafting (`ngram_speculation`), one not, taking turns
+(each case runs on the plain engine, then on the drafting one).
 
     python -m benchmarks.speculation [--quick] [--model NAME] [--drafts 4] [--rounds 2]
 

@@ -6,8 +6,9 @@ On a CPU a decode step of one sequence already streams all the weights; this mea
 each extra row adds, which bounds what batching (task groups, baselines' large batches) and
 riding along a latency-critical step can win. Each case: a 300-token sequence decodes (plus
 `decode` more 300-token sequences decoding, plus a fresh `prefill`-token chunk each step); the
-median step time over 20 steps, with the ratio to the one-row step and `sum`'s read bandwidth
-measured in the same run (the machine's bandwidth varies). Prints a table and saves JSON.
+median step time over 20 steps (the first 3 left out as warm-up), with the ratio to the
+one-row step and `sum`'s read bandwidth measured in the same run (the machine's bandwidth
+varies). Prints a table and saves JSON.
 """
 
 from __future__ import annotations
