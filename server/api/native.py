@@ -7,7 +7,7 @@ import uuid
 
 from aiohttp import web
 
-from server.api.disconnect import unless_disconnected
+from server.api.disconnect import unless_disconnected, while_connected
 from server.api.native_models import (
     GraphSubmission,
     SessionClosed,
@@ -160,7 +160,9 @@ async def stream_variable(request: web.Request) -> web.StreamResponse:
     stream = EventStream(request)
     await stream.open()
     try:
-        async for text in feed.follow():
+        # a client that left is noticed while no chunk comes (a call waiting for its inputs may
+        # send none for long), not at the next write; the call is the session's and runs on
+        async for text in while_connected(request, feed.follow()):
             await stream.send(StreamChunk(text=text), "chunk")
         if feed.error is not None:
             await stream.send(error_body(feed.error, "call_failed", "call_failed"), "error")

@@ -286,6 +286,35 @@ def test_a_long_poll_whose_client_leaves_ends_then_not_at_its_timeout(server: st
     assert left() == before + 1
 
 
+def test_a_stream_whose_client_leaves_ends_then_not_at_its_next_chunk(server: str) -> None:
+    """A stream of a variable that is not being generated writes nothing: a client that hangs
+    up is noticed anyway and the handler ends (its call, the session's, would run on)."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    sid, token = open_session(server)
+    status, var = request("POST", f"{server}/v1/sessions/{sid}/variables", {"name": "late"}, token)
+    assert status == 201
+
+    def ended() -> float:  # streams whose handler has returned, whatever their status
+        return sum(v for k, v in metrics(server).items()
+                   if k.startswith("parrot_http_requests_total") and "/stream" in k)  # fmt: skip
+
+    before = ended()
+    host, port = urlsplit(server).hostname, urlsplit(server).port
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(
+            f"GET /v1/sessions/{sid}/variables/{var['id']}/stream HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n".encode()
+        )
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")  # the stream is open, and idle
+    deadline = time.monotonic() + 10
+    while ended() < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ended() == before + 1
+
+
 BAD_GRAPHS = [
     ("unknown_variable", {"calls": [call("A", "{{input:x}} {{output:y}}", {"x": "ghost"},
                                          {"y": "ok"})]}, ["call 'A' (A)", "'ghost'"]),
