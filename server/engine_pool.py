@@ -39,7 +39,7 @@ class EnginePool:
         self.drivers = drivers
         self.loads = [EngineLoad(i) for i in range(len(drivers))]
         self._threads_before: int | None = None  # torch's, restored at stop
-        self.restarting: set[int] = set()  # engines whose process died, being restarted
+        self._watched: set[int] = set()  # engines restarted when their process dies
         self._watchers: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -83,6 +83,7 @@ class EnginePool:
             task.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
         self._watchers = []
+        self._watched.clear()
         for driver in self.drivers:
             await driver.stop()
         if self._threads_before is not None:
@@ -101,11 +102,19 @@ class EnginePool:
         `on_gone(i)` when it stays down (work waiting for it must now fail, not wait)."""
         for index, driver in enumerate(self.drivers):
             if driver.restartable:
+                self._watched.add(index)
                 task = asyncio.create_task(
                     self._watch(index, RestartBudget(policy), on_lost, on_back, on_gone),
                     name=f"engine-{index}-watch",
                 )
                 self._watchers.append(task)
+
+    @property
+    def restarting(self) -> set[int]:
+        """Engines whose process died and that will be restarted. Read from the engines, not
+        kept by their watchers: a request that failed with an engine's death asks before the
+        engine's watcher has run."""
+        return {i for i in self._watched if not self.drivers[i].alive}
 
     def unavailable(self) -> str | None:
         """Why no engine can take a call now while one is being restarted, else None (an
@@ -185,10 +194,22 @@ class EnginePool:
                             produced = True
                             yield item
                 return
-            except EngineDied:
-                if produced or attempt == attempts - 1:
+            except EngineDied as exc:
+                if produced or not redo:
                     raise
+                if attempt == attempts - 1:
+                    raise self.redo_died(exc) from exc
             await self.until_available(REDO_WAIT_S)
+
+    def redo_died(self, exc: EngineDied) -> EngineError:
+        """What a request run again after its engine died is told when the engine of its redo
+        dies too: to ask again shortly (503) while an engine is being restarted, as a request
+        arriving then is (engines killed at once look the same as a request that killed two,
+        which must not be redone again), else the death (500)."""
+        if self.restarting:
+            return EngineUnavailable(f"{exc}, under the request and under its redo; an engine "
+                                     "is being restarted: retry shortly")  # fmt: skip
+        return exc
 
     async def until_available(self, timeout_s: float) -> None:
         """Return once an engine takes work, none will come back, or `timeout_s` passed."""
@@ -237,7 +258,6 @@ class EnginePool:
             engine = driver.engine
             assert isinstance(engine, EngineProcess)
             await engine.exited.wait()
-            self.restarting.add(index)
             on_lost(index)
             delay = budget.next_delay()
             log_event(
@@ -246,7 +266,7 @@ class EnginePool:
                 restart_in_s="never" if delay is None else round(delay, 2),
             )  # fmt: skip
             if delay is None:
-                self.restarting.discard(index)
+                self._watched.discard(index)
                 on_gone(index)
                 return
             await asyncio.sleep(delay)
@@ -257,7 +277,6 @@ class EnginePool:
                 log_event(log, "engine_restart_failed", logging.ERROR, engine=index,
                           error=f"{type(exc).__name__}: {exc}")  # fmt: skip
                 continue
-            self.restarting.discard(index)
             log_event(
                 log, "engine_restarted", engine=index, pid=getattr(driver.engine, "pid", None),
                 took_s=round(time.monotonic() - started, 2),

@@ -438,7 +438,10 @@ async def _run(
             return await _collect(engines, ids, samplings, timing)
         except EngineDied:
             await engines.until_available(REDO_WAIT_S)
+        try:
             return await _collect(engines, ids, samplings, timing)
+        except EngineDied as exc:
+            raise engines.redo_died(exc) from exc
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     except EngineUnavailable as exc:

@@ -247,6 +247,50 @@ def test_mid_generation_what_nobody_has_seen_yet_is_redone(
         assert metrics(srv.url)["parrot_calls_requeued_total"] == 1
 
 
+def test_requests_on_two_engines_killed_at_once_are_redone_or_told_to_retry(
+    tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    """Both engines die at once (one kill of each), each under a non-streamed request nobody
+    has seen. The server learns of the deaths one by one, so a redo may go to the other dying
+    engine: each request is then either redone once an engine is back, or, when its redo's
+    engine died too, told to retry (503 with Retry-After, as a request arriving during the
+    restart is); never failed with a 500, as if the request had killed them."""
+    reference = LLMEngine.from_pretrained(str(tiny_llama_path))
+    long = SamplingParams(max_tokens=600, temperature=0, ignore_eos=True)
+    prompts = ["Numbers:", "Count:"]
+    log = tmp_path / "server.log"
+    flags = ("--engines", "2", "--served-model-name", "tiny", "--engine-threads", "1")
+    with ServerProcess(tiny_llama_path, *flags, log_path=log) as srv, \
+            ThreadPoolExecutor() as pool:  # fmt: skip
+        pids = engine_pids(log)
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        plain = [
+            pool.submit(client.completions.create, model="tiny", prompt=text, max_tokens=600,
+                        temperature=0, extra_body={"ignore_eos": True})
+            for text in prompts
+        ]  # fmt: skip
+        deadline = time.monotonic() + 30
+        while metrics(srv.url)["parrot_generated_tokens_total"] < 60:  # both mid-generation
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        assert not any(f.done() for f in plain)
+        for text, f in zip(prompts, plain, strict=True):
+            try:
+                done = f.result(timeout=120)
+            except openai.APIStatusError as exc:
+                assert exc.status_code == 503, exc.message
+                assert exc.response.headers["retry-after"] == "1"
+                assert "retry shortly" in exc.message
+                continue
+            expected = reference.generate([reference.tokenizer.encode(text)], long)[0].text
+            assert done.choices[0].text == expected
+        wait_logged(log, "engine_restarted")
+        # and asked again, it is answered
+        done = client.completions.create(model="tiny", prompt="Hi", max_tokens=4, temperature=0)
+        assert done.choices[0].text == greedy(reference, "Hi", 4)
+
 def test_calls_waiting_for_an_engine_that_stays_down_fail_instead_of_waiting_forever(
     tiny_llama_path: Path, tmp_path: Path
 ) -> None:
