@@ -161,7 +161,6 @@ class Metrics:
                 "Tokens generated.",
                 engine.generated_tokens,
             ),
-            _single("parrot_kv_free_blocks", "gauge", "Free KV cache blocks.", engine.free_blocks),
             _single(
                 "parrot_engine_contexts",
                 "gauge",
@@ -170,12 +169,6 @@ class Metrics:
             ),
             _single("parrot_engine_jobs", "gauge", "Jobs queued or running in the engines.",
                     engine.jobs),  # fmt: skip
-            _single(
-                "parrot_kv_total_blocks",
-                "gauge",
-                "KV cache blocks in the pool.",
-                engine.total_blocks,
-            ),
             _single(
                 "parrot_preemptions_total",
                 "counter",
@@ -209,6 +202,15 @@ class Metrics:
                 engine.accepted_tokens,
             ),
         ]
+        # the pool's size is known only while an engine runs (a running engine has blocks):
+        # while all restart it is left out, so that the series goes stale, not to a pool of 0
+        if engine.total_blocks:
+            derived += [
+                _single("parrot_kv_free_blocks", "gauge", "Free KV cache blocks.",
+                        engine.free_blocks),
+                _single("parrot_kv_total_blocks", "gauge", "KV cache blocks in the pool.",
+                        engine.total_blocks),
+            ]  # fmt: skip
         own = [
             self.prompt_tokens,
             self.fork_cached_tokens,

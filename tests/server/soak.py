@@ -24,6 +24,7 @@ import argparse
 import collections
 import http.client
 import json
+import math
 import random
 import socket
 import threading
@@ -508,7 +509,8 @@ def settle(url: str, timeout_s: float = 30.0) -> dict[str, float]:
     while True:
         m = metrics(url)
         idle = (m["parrot_sessions_active"] == 0 and m["parrot_prefix_store_entries"] == 0
-                and m["parrot_kv_free_blocks"] == m["parrot_kv_total_blocks"]
+                # the pool's gauges are absent while every engine restarts (after a kill)
+                and m.get("parrot_kv_free_blocks", -1) == m.get("parrot_kv_total_blocks")
                 and m["parrot_engine_contexts"] == 0 and m["parrot_engine_jobs"] == 0)  # fmt: skip
         if idle or time.monotonic() > deadline:
             return m
@@ -722,8 +724,10 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1)
                 inside = srv_in.internals()
                 print(f"round {rnd}: {sum(tally.kinds.values())} scenarios; preemptions "
-                      f"{m['parrot_preemptions_total']:.0f}; free {m['parrot_kv_free_blocks']:.0f}"
-                      f"/{m['parrot_kv_total_blocks']:.0f}; internals {inside}", flush=True)
+                      f"{m['parrot_preemptions_total']:.0f}; free "
+                      f"{m.get('parrot_kv_free_blocks', math.nan):.0f}/"
+                      f"{m.get('parrot_kv_total_blocks', math.nan):.0f}; internals {inside}",
+                      flush=True)
                 for d in tally.defects:
                     failed = True
                     print("DEFECT:", d, flush=True)

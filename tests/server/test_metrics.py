@@ -34,6 +34,16 @@ def test_render_merges_server_and_engine_counters() -> None:
     assert text.endswith("\n")
 
 
+def test_kv_pool_gauges_are_left_out_while_no_engine_runs() -> None:
+    """While every engine restarts, the pool's size is unknown: its gauges are absent (the
+    series goes stale), not 0 blocks, which reads as a pool of size 0 and a full cache."""
+    text = Metrics().render(EngineStats())  # what the pool sums when no engine runs
+    assert "parrot_kv_total_blocks" not in text and "parrot_kv_free_blocks" not in text
+    assert "parrot_engine_jobs 0" in text.splitlines()  # what is truly 0 stays
+    lines = Metrics().render(EngineStats(free_blocks=0, total_blocks=32)).splitlines()
+    assert "parrot_kv_free_blocks 0" in lines and "parrot_kv_total_blocks 32" in lines
+
+
 def test_labels_are_checked_and_escaped() -> None:
     fam = Family("x_total", "counter", "help", ("route",))
     with pytest.raises(ValueError, match="takes labels"):
