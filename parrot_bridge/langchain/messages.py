@@ -24,6 +24,8 @@ def to_chat_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
     out = []
     for i, m in enumerate(messages):
         message: dict[str, Any] = {"role": _role(m, i), "content": _text(m, i)}
+        if m.name is not None:  # the author's, for the chat template (as ChatOpenAI sends it)
+            message["name"] = m.name
         if isinstance(m, AIMessage) and (m.tool_calls or m.invalid_tool_calls):
             message["tool_calls"] = _tool_calls(m)
         if isinstance(m, ToolMessage):

@@ -57,6 +57,9 @@ class RenderMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: list[RenderPart] | str
+    name: str | None = Field(
+        None, description="The author's name, for the chat template (as the chat API passes it)."
+    )
     tool_calls: list[dict[str, Any]] | None = Field(
         None, description="An assistant's past calls, in OpenAI's shape."
     )
@@ -176,6 +179,8 @@ def _message(message: RenderMessage, conversation: int, index: int) -> dict[str,
         else [("variable", p.name) if p.type == "variable" else ("text", p.text) for p in content]  # type: ignore[misc]
     )
     out: dict[str, Any] = {"role": message.role, "parts": parts}
+    if message.name is not None:
+        out["name"] = message.name
     where = f"conversations[{conversation}]: messages[{index}]"
     if message.role == "tool":
         if message.tool_call_id is None:
