@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import torch
 
 from server.engine import EngineError, EngineStats, JobOutput, SamplingParams
+from server.engine_counters import EngineCounters, add_gauges
 from server.engine_driver import EngineDriver
 from server.engine_process import EngineDied, EngineProcess
 from server.log import log_event
@@ -41,6 +42,7 @@ class EnginePool:
         self._threads_before: int | None = None  # torch's, restored at stop
         self._watched: set[int] = set()  # engines restarted when their process dies
         self._watchers: list[asyncio.Task[None]] = []
+        self._counters = EngineCounters(len(drivers))
 
     @classmethod
     async def load(
@@ -232,17 +234,18 @@ class EnginePool:
             self.add_load(engine, -calls, -tokens)
 
     async def stats(self) -> EngineStats:
-        """The counters of the engines that run, summed (a restarted engine counts from 0)."""
+        """The engines' counters summed over their lives (a restarted engine's go on from its
+        last life's, so they never go down), and the gauges of the engines that run."""
         total = EngineStats()
-        for driver in self.drivers:
-            if not driver.alive:
-                continue
-            try:
-                stats = await driver.stats()
-            except EngineError:  # it died meanwhile
-                continue
-            for f in dataclasses.fields(EngineStats):
-                setattr(total, f.name, getattr(total, f.name) + getattr(stats, f.name))
+        for index, driver in enumerate(self.drivers):
+            stats = None
+            if driver.alive:
+                with contextlib.suppress(EngineError):  # it died meanwhile
+                    stats = await driver.stats()
+            self._counters.record(index, driver.engine, stats)
+            if stats is not None:
+                add_gauges(total, stats)
+        self._counters.add_to(total)
         return total
 
     async def _watch(

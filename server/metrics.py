@@ -83,8 +83,8 @@ class Metrics:
         self.engine_restarts = Family(
             "parrot_engine_restarts_total",
             "counter",
-            "Engines restarted after their process died (each restarted engine counts its "
-            "tokens from 0 again).",
+            "Engines restarted after their process died (the engine counters go on from "
+            "what the dead engine was last seen to count).",
         )
         self.pipelined_prefill_tokens = Family(
             "parrot_pipelined_prefill_tokens_total",

@@ -105,11 +105,15 @@ def test_a_killed_engine_is_restarted_and_what_waited_runs_on_the_new_one(
         assert done.choices[0].text == greedy(reference, "Hi", 4)
         status, body = request("POST", srv.url + "/v1/sessions", {"name": "t"})
         sid, token = body["session_id"], body["token"]
+        generated = metrics(srv.url)["parrot_generated_tokens_total"]
+        assert generated >= 4
 
         os.kill(pid, signal.SIGKILL)
         wait_logged(log, "engine_exited")
         # no engine runs: a plain request is told to come back (OpenAI's clients retry 503)
         assert request("GET", srv.url + "/healthz")[1]["engines_running"] == 0
+        # counters hold what the dead engine was last seen to count: they never go down
+        assert metrics(srv.url)["parrot_generated_tokens_total"] == generated
         with pytest.raises(openai.APIStatusError) as refused:
             client.completions.create(model="tiny", prompt="Hi", max_tokens=4)
         assert refused.value.status_code == 503
@@ -130,6 +134,8 @@ def test_a_killed_engine_is_restarted_and_what_waited_runs_on_the_new_one(
         done = client.completions.create(model="tiny", prompt="Hi", max_tokens=4, temperature=0)
         assert done.choices[0].text == greedy(reference, "Hi", 4)
         assert metrics(srv.url)["parrot_engine_restarts_total"] == 1
+        # the new engine's counts go on from the old one's (6 tokens of the call, 4 here)
+        assert metrics(srv.url)["parrot_generated_tokens_total"] == generated + 10
         assert request("GET", srv.url + "/healthz")[1]["engines_running"] == 1
         assert srv.stop() == 0
     assert wait_exited([new_pid])
