@@ -121,12 +121,19 @@ class Executor:
         self._tasks: dict[str, set[asyncio.Task[None]]] = {}
         self._scans: set[str] = set()  # sessions with a prefetch scan due
         self._placed: dict[int, int] = {}  # id of an admitted, unfinished item -> its engine
+        # per session: its calls queued, its calls running (and their contexts), and the length
+        # of its graph's await log taken in, so that a later await moves them up (`awaited`)
+        self._queued: dict[str, set[WorkItem[_Ready]]] = {}
+        self._running: dict[str, dict[int, tuple[_Job, TokenContext]]] = {}
+        self._awaits_seen: dict[str, tuple[int, int]] = {}
 
     def dispatch(self, session: Session, calls: list[Call]) -> None:
         """Queue `calls` (all READY) of `session`; start what the engines have room for."""
         if session.closed:
             return
+        self.awaited(session)  # a submission's awaits may name what was submitted before
         plan = self.plan(session)
+        queued = self._queued.setdefault(session.id, set())
         for call in calls:
             group = plan.group(call.id)
             item = WorkItem(
@@ -136,9 +143,29 @@ class Executor:
                 f"{session.id}/{group.id}" if group is not None else None,
             )
             self.scheduler.add(item)
+            queued.add(item)
         self._pump()
         if self.config.pipelined_prefill and self.config.enable_prefix_sharing:
             self._prefetch(session)
+
+    def awaited(self, session: Session) -> None:
+        """Take in the client's awaits since the last call: the session's calls already queued
+        or running whose objective they raised (a client reading outputs one by one, or
+        awaiting what an earlier submission sent) move up, queued ones in the queue, running
+        ones in their engine. Priorities are otherwise fixed when a call is queued."""
+        graph = session.graph
+        seen = (id(graph), len(graph.await_log))
+        if self._awaits_seen.get(session.id) == seen:
+            return
+        self._awaits_seen[session.id] = seen
+        plan = self.plan(session)
+        for item in self._queued.get(session.id, ()):
+            self.scheduler.raise_priority(item, plan.priority(item.payload.call.id))
+        for job, ctx in self._running.get(session.id, {}).values():
+            priority = plan.priority(job.call.id)
+            if priority < job.item.priority:
+                job.item.priority = priority  # its next steps run at it too
+                ctx.boost(priority)
 
     def plan(self, session: Session) -> SessionPlan:
         plan = self._plans.get(session.id)
@@ -154,6 +181,9 @@ class Executor:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._plans.pop(session_id, None)
+        self._queued.pop(session_id, None)
+        self._running.pop(session_id, None)
+        self._awaits_seen.pop(session_id, None)
         self._prefetched.pop(session_id, None)
         self._scanned.pop(session_id, None)
 
@@ -185,6 +215,7 @@ class Executor:
             for item in items:
                 self.pool.add_load(engine, 1, item.cost_tokens)
                 self._placed[id(item)] = engine
+                self._queued.get(item.payload.session.id, set()).discard(item)
             task = self._spawn(items[0].payload.session, self._run_batch(engine, items))
             # a batch cancelled before it ran still gives its load back
             task.add_done_callback(lambda _, items=items: self._finish_all(items))
@@ -327,6 +358,8 @@ class Executor:
 
     async def _run_call(self, engine: int, job: _Job, ctx: TokenContext) -> None:
         session, call = job.session, job.call
+        running = self._running.setdefault(session.id, {})
+        running[id(job)] = (job, ctx)
         try:
             text = ""
             for i, step in enumerate(job.steps):
@@ -355,6 +388,7 @@ class Executor:
                 log.exception("unexpected error in call %s of session %s", call.id, session.id)
             self._fail(session, call, str(exc) or type(exc).__name__)
         finally:
+            running.pop(id(job), None)
             ctx.close()
             self._release(job)
 

@@ -131,8 +131,11 @@ async def get_variable(request: web.Request) -> web.Response:
     session = _session(request)
     query = parse_query(request, VariableQuery)
     var_id = _variable_id(request, session)
+    if query.criteria is not None:
+        session.graph.await_variable(var_id, query.criteria)
+        request.app[EXECUTOR].awaited(session)
     # a long poll whose client left is ended at once (499), not at its timeout (up to 300 s)
-    var = await unless_disconnected(request, session.wait(var_id, query.timeout, query.criteria))
+    var = await unless_disconnected(request, session.wait(var_id, query.timeout))
     if session.closed and var.state is VariableState.PENDING:
         raise not_found(f"session {session.id!r} {session.closed_why} while the request waited")
     return json_response(_info(var))
@@ -156,6 +159,7 @@ async def stream_variable(request: web.Request) -> web.StreamResponse:
     var_id = _variable_id(request, session)
     if query.criteria is not None:
         session.graph.await_variable(var_id, query.criteria)
+        request.app[EXECUTOR].awaited(session)
     feed = session.feed(var_id)
     stream = EventStream(request)
     await stream.open()

@@ -176,19 +176,20 @@ class LLMEngine:
         return self._add_job(ctx, job)
 
     def boost(self, context_id: int, priority: int) -> None:
-        """Run the context's queued fills at `priority` at the latest, and at full speed (no
+        """Run the context's jobs at `priority` at the latest, and its fills at full speed (no
         `yield_tokens`): work more urgent than theirs waits on them now (a latency-critical
-        call forking a prefix that a fill ahead of need is computing), and would otherwise
-        wait behind everything their own priority yields to. A context already freed is left
-        alone."""
+        call forking a prefix that a fill ahead of need is computing; a call whose output the
+        client awaits since it started), and would otherwise wait behind everything their
+        own priority yields to. A context already freed is left alone."""
         ctx = self.scheduler.contexts.get(context_id)
         if ctx is None:
             return
         self._settle(ctx)
         for job in ctx.jobs:
-            if job.kind is JobKind.FILL and job.priority > priority:
+            if job.priority > priority:
                 job.priority = priority
-                job.yield_tokens = None
+                if job.kind is JobKind.FILL:
+                    job.yield_tokens = None
         self.scheduler.rerank(ctx)
 
     def add_generate(

@@ -72,6 +72,20 @@ class CallScheduler(Generic[P]):
         if order is None or key < order[0]:
             self._push(name, (key, order[1] if order is not None else next(self._sequence)))
 
+    def raise_priority(self, item: WorkItem[P], priority: int) -> None:
+        """A queued item is more urgent now (its output was awaited since it was queued): it,
+        and the unit it belongs to, move up to where that priority puts them."""
+        if priority >= item.priority:
+            return
+        item.priority = priority
+        name: object = item.group if item.group is not None else item
+        order = self._order.get(name)
+        if order is None or not any(member is item for member in self._units[name]):
+            raise ValueError("the item is not queued")
+        key = self.policy.key(priority, item.arrival)
+        if key < order[0]:
+            self._push(name, (key, order[1]))
+
     def remove_if(self, predicate: Callable[[P], bool]) -> list[WorkItem[P]]:
         """Take queued items whose payload matches (e.g. of a closed session)."""
         gone: list[WorkItem[P]] = []

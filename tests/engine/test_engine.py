@@ -628,3 +628,21 @@ def test_cached_blocks_a_waiting_prompt_matches_count_as_blocks_it_needs(tiny_ll
                 break
         assert set(finished) == {bulk, urgent}
         assert all(o.error is None and len(o.token_ids) == 4 for o in finished.values())
+
+
+def test_a_boosted_generation_runs_at_its_new_priority(tiny_llama_path):
+    # A call whose output the client awaits after it started (the server boosts its context):
+    # only its fills were raised, so its generation stayed behind the bulk work.
+    engine = LLMEngine.from_pretrained(tiny_llama_path, max_num_seqs=1)
+    vocab = engine.model_config.vocab_size
+    prompts = random_prompts(2, vocab, seed=31, lo=8, hi=8)
+    greedy = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    contexts = [engine.create_context() for _ in prompts]
+    for ctx, prompt in zip(contexts, prompts, strict=True):
+        engine.fill(ctx, prompt, priority=2)
+    engine.run_until_idle()
+    jobs = {engine.add_generate(ctx, greedy, priority=2): (name, ctx)
+            for name, ctx in zip(("first", "later"), contexts, strict=True)}  # fmt: skip
+    engine.boost(contexts[1], 0)
+    finished = [jobs[o.job_id][0] for o in engine.run_until_idle() if o.finished and o.job_id in jobs]
+    assert finished == ["later", "first"]

@@ -112,6 +112,24 @@ def test_a_task_group_is_admitted_together_onto_one_engine() -> None:
     assert (loads[0].running_calls, loads[0].queued_tokens) == (3, 30)
 
 
+def test_a_queued_item_awaited_later_moves_up_with_its_unit() -> None:
+    # A call queued as bulk work whose output the client then awaits for latency kept its
+    # place behind the rest of the bulk work.
+    s: CallScheduler[str] = CallScheduler(AppPolicy(), max_calls_per_engine=8)
+    bulk = [item(f"bulk{i}", THROUGHPUT_PRIORITY) for i in range(3)]
+    group = [item(f"m{i}", THROUGHPUT_PRIORITY, "g") for i in range(2)]
+    for it in [*bulk, *group]:
+        s.add(it)
+    s.raise_priority(bulk[2], LATENCY_PRIORITY)
+    s.raise_priority(group[1], NORMAL_PRIORITY)
+    s.raise_priority(bulk[0], THROUGHPUT_PRIORITY + 1)  # less urgent: no change
+    got = s.admit([EngineLoad(0)], lambda unit: {})
+    assert names(got) == [["bulk2"], ["m0", "m1"], ["bulk0"], ["bulk1"]]
+    assert bulk[2].priority == LATENCY_PRIORITY and bulk[0].priority == THROUGHPUT_PRIORITY
+    with pytest.raises(ValueError, match="not queued"):
+        s.raise_priority(bulk[1], LATENCY_PRIORITY)
+
+
 def test_admission_stops_at_the_first_unit_no_engine_has_room_for() -> None:
     s: CallScheduler[str] = CallScheduler(AppPolicy(), max_calls_per_engine=1)
     s.add(item("bulk", 2))
