@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -234,7 +237,6 @@ def test_variables_set_later_release_their_calls(server: str) -> None:
 
 def test_a_read_waiting_when_its_session_closes_is_told_so(server: str) -> None:
     import threading
-    import time
 
     sid, token = open_session(server)
     status, var = request("POST", f"{server}/v1/sessions/{sid}/variables", {"name": "late"}, token)
@@ -259,10 +261,6 @@ def test_a_read_waiting_when_its_session_closes_is_told_so(server: str) -> None:
 
 
 def test_a_long_poll_whose_client_leaves_ends_then_not_at_its_timeout(server: str) -> None:
-    import socket
-    import time
-    from urllib.parse import urlsplit
-
     sid, token = open_session(server)
     status, var = request("POST", f"{server}/v1/sessions/{sid}/variables", {"name": "late"}, token)
     assert status == 201
@@ -273,26 +271,13 @@ def test_a_long_poll_whose_client_leaves_ends_then_not_at_its_timeout(server: st
         return sum(v for k, v in counts if k.startswith(name) and 'status="499"' in k)
 
     before = left()
-    host, port = urlsplit(server).hostname, urlsplit(server).port
-    with socket.create_connection((host, port), timeout=10) as sock:
-        sock.sendall(
-            f"GET /v1/sessions/{sid}/variables/{var['id']}?timeout=300 HTTP/1.1\r\nHost: x\r\n"
-            f"Authorization: Bearer {token}\r\n\r\n".encode()
-        )
-        time.sleep(0.3)
-    deadline = time.monotonic() + 10
-    while left() < before + 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert left() == before + 1
+    hang_up(server, f"/v1/sessions/{sid}/variables/{var['id']}?timeout=300", token)
+    assert ended_within(lambda: left() >= before + 1, 10) and left() == before + 1
 
 
 def test_a_stream_whose_client_leaves_ends_then_not_at_its_next_chunk(server: str) -> None:
     """A stream of a variable that is not being generated writes nothing: a client that hangs
     up is noticed anyway and the handler ends (its call, the session's, would run on)."""
-    import socket
-    import time
-    from urllib.parse import urlsplit
-
     sid, token = open_session(server)
     status, var = request("POST", f"{server}/v1/sessions/{sid}/variables", {"name": "late"}, token)
     assert status == 201
@@ -302,17 +287,32 @@ def test_a_stream_whose_client_leaves_ends_then_not_at_its_next_chunk(server: st
                    if k.startswith("parrot_http_requests_total") and "/stream" in k)  # fmt: skip
 
     before = ended()
+    # the stream is open, and idle, when the client hangs up
+    first = hang_up(server, f"/v1/sessions/{sid}/variables/{var['id']}/stream", token, 10)
+    assert first.startswith(b"HTTP/1.1 200")
+    assert ended_within(lambda: ended() >= before + 1, 10) and ended() == before + 1
+
+
+def hang_up(server: str, path: str, token: str, wait_s: float = 0.3) -> bytes:
+    """GET `path` on a raw connection, read what first comes back (waiting `wait_s` at most),
+    and close it: a client that leaves."""
     host, port = urlsplit(server).hostname, urlsplit(server).port
     with socket.create_connection((host, port), timeout=10) as sock:
         sock.sendall(
-            f"GET /v1/sessions/{sid}/variables/{var['id']}/stream HTTP/1.1\r\nHost: x\r\n"
-            f"Authorization: Bearer {token}\r\n\r\n".encode()
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
         )
-        assert sock.recv(4096).startswith(b"HTTP/1.1 200")  # the stream is open, and idle
-    deadline = time.monotonic() + 10
-    while ended() < before + 1 and time.monotonic() < deadline:
+        sock.settimeout(wait_s)
+        try:
+            return sock.recv(4096)
+        except TimeoutError:
+            return b""
+
+
+def ended_within(done: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert ended() == before + 1
+    return done()
 
 
 BAD_GRAPHS = [

@@ -4,7 +4,6 @@ compiled chain waits for those values instead (a logged split) and still answers
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
 from parrot_bridge.langchain import ChatParrot, compile
-from server.launcher import ServerProcess
+from tests.bridge.langchain.template_server import server_with_template
 from tests.server.http_client import metrics
 
 pytestmark = pytest.mark.slow
@@ -27,11 +26,8 @@ TRIMMING = (
 
 @pytest.fixture(scope="module")
 def trim_url(tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    folder = tmp_path_factory.mktemp("trimming") / "llama"
-    shutil.copytree(tiny_llama_path, folder)
-    (folder / "chat_template.jinja").write_text(TRIMMING)
-    with ServerProcess(folder, log_path=folder.parent / "server.log") as srv:
-        yield srv.url
+    with server_with_template(tiny_llama_path, tmp_path_factory.mktemp("trimming"), TRIMMING) as url:
+        yield url
 
 
 def test_trimmed_contents_split_the_graph_but_answer_the_same(

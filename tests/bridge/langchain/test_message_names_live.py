@@ -3,7 +3,6 @@ it: through ChatParrot's requests and through a compiled chain's rendered prompt
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
 from parrot_bridge.langchain import ChatParrot, compile
-from server.launcher import ServerProcess
+from tests.bridge.langchain.template_server import server_with_template
 from tests.server.http_client import request
 
 pytestmark = pytest.mark.slow
@@ -28,11 +27,8 @@ NAMED = (
 
 @pytest.fixture(scope="module")
 def named_url(tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    folder = tmp_path_factory.mktemp("named") / "llama"
-    shutil.copytree(tiny_llama_path, folder)
-    (folder / "chat_template.jinja").write_text(NAMED)
-    with ServerProcess(folder, log_path=folder.parent / "server.log") as srv:
-        yield srv.url
+    with server_with_template(tiny_llama_path, tmp_path_factory.mktemp("named"), NAMED) as url:
+        yield url
 
 
 def test_a_messages_name_reaches_the_chat_template(named_url: str) -> None:
