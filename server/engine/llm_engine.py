@@ -611,6 +611,15 @@ class LLMEngine:
                 run = self._start(batch)
                 run.advance()
                 self._finish_step(batch, run)
+                preempted = any(self.scheduler.is_latency(c) for c in batch.preempted)
+                if preempted and self._paused is not None:
+                    # Latency work ran out of blocks: those the paused step's contexts hold
+                    # can be taken only once that step has ended (frozen, they are never
+                    # preempted), and it ends only between steps of no latency work. Left
+                    # paused, the latency work would preempt itself and recompute its first
+                    # chunk at every step, forever; so the paused step ends now.
+                    self._paused.run.advance()
+                    self._end_pause()
                 return self._drain_outputs()
         assert self._paused is not None
         if self._paused.run.advance(self._pause_flag):

@@ -339,3 +339,37 @@ def test_random_pauses_under_preemption_keep_every_output_exact(tiny_llama_path,
         want = alone.generate([prompts[job]], sp)[0].token_ids
         assert ids == want[: len(ids)] and (reason == "abort" or ids == want)
     assert engine.stats.free_blocks == engine.stats.total_blocks
+
+
+def test_latency_work_short_of_blocks_beside_a_paused_step_ends_the_pause(
+    tiny_llama_path, fused
+):
+    """A background prefill pauses holding 3 of the pool's 4 blocks; an urgent request of
+    two blocks computes its first chunk in the last free one and is then short of a block
+    that only the frozen step holds. It used to preempt itself and compute that chunk again
+    at every step, the paused step never going on (a livelock); now the paused step ends, the
+    urgent request preempts it and finishes first, and both equal transformers."""
+    engine = make_engine(
+        tiny_llama_path, fused, block_size=4, num_kv_blocks=4, max_num_batched_tokens=4,
+        enable_prefix_cache=False,  # a cached first chunk would hide the loop
+    )  # fmt: skip
+    sp = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+    bulk_prompt, urgent_prompt = list(range(10, 20)), list(range(30, 36))
+    bulk = engine.add_request(bulk_prompt, sp, priority=BULK)
+    engine.step(), engine.step()  # 8 of its 10 tokens, in 2 blocks
+    engine.request_pause()
+    assert engine.step() == [] and engine.stats.paused_steps == 1  # its third block
+    engine.clear_pause_request()
+    urgent = engine.add_request(urgent_prompt, sp, priority=URGENT)
+    got: dict[int, list[int]] = {}
+    for _ in range(20):  # a handful of steps do it
+        for out in engine.step():
+            if out.finished:
+                got[out.job_id] = out.token_ids
+        if not engine.has_work:
+            break
+    assert list(got) == [urgent, bulk], engine.stats
+    ref = load_reference(tiny_llama_path)
+    assert got[urgent] == greedy_reference(ref, urgent_prompt, sp.max_tokens)
+    assert got[bulk] == greedy_reference(ref, bulk_prompt, sp.max_tokens)
+    assert engine.stats.free_blocks == engine.stats.total_blocks
