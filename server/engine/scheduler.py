@@ -424,7 +424,9 @@ class Scheduler:
         reclaimable = sum(1 for b, n in held.items() if counts[b] == n)
         if not self.blocks.can_allocate(need - reclaimable):
             return  # it would not fit even then: preempting would only lose work
-        while holders and not self.blocks.can_allocate(need):
+        # counted again after each victim: cached blocks the head matches that a victim held
+        # come free, and the head's match then takes them out of the free pool again
+        while holders and not self.blocks.can_allocate(self._blocks_needed(head)):
             victim = holders.pop()
             if victim.state is ContextState.IDLE:
                 self._swap_out(victim)

@@ -442,6 +442,27 @@ def test_blocks_a_waiting_fork_shares_with_its_idle_parent_are_freed_for_the_hea
     assert parent.block_table == [] and parent.state is ContextState.IDLE
 
 
+def test_blocks_the_head_matches_freed_by_preempting_a_fork_still_leave_room_for_its_rest():
+    """The head of the queue matches a cached prefix that only a later-ranked waiting fork
+    holds. Preempting the fork frees those blocks, but matching takes them back out of the
+    free pool, so making way goes on to the next holder. It used to stop once the free count
+    reached what the head needed with the prefix held (2 blocks), and the head, short of its
+    last block, was then failed as too large for the pool while nothing ran (a 500)."""
+    sched, bm = make(num_blocks=6, budget=64)
+    parent = new_ctx(sched, range(100, 108), kind=JobKind.FILL)  # 2 blocks, then idle
+    later = new_ctx(sched, range(200, 212), kind=JobKind.FILL)  # 3 blocks, then idle
+    advance(sched, sched.schedule())
+    fork = sched.fork(parent, next(_ids))
+    sched.remove_context(parent)  # the fork alone holds the prefix's blocks now
+    head = new_ctx(sched, [*range(100, 108), *range(300, 308)])  # the prefix, then 2 blocks
+    add_job(sched, later, JobKind.GENERATE, priority=1)  # waiting with its blocks
+    add_job(sched, fork, JobKind.GENERATE, priority=1)  # ranked last: preempted first
+    assert bm.num_free_blocks == 1
+    out = sched.schedule()
+    assert [(s.ctx, s.num_tokens) for s in out.scheduled] == [(head, 8)]
+    assert out.num_cached_tokens == 8 and out.preempted == [fork, later]
+
+
 def test_running_work_short_of_a_block_takes_it_from_waiting_forks_ranked_later():
     """Forks of a computed prompt wait (not yet admitted) holding its blocks, and the pool is
     full. Running work that needs one more block preempts them, instead of preempting itself
