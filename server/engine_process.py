@@ -54,6 +54,9 @@ class EngineProcess:
         self._reader: threading.Thread | None = None
         self._send_lock = threading.Lock()
         self._gone: str | None = None  # why no more work is taken, once stopped or dead
+        # while held (`hold`), messages wait here and go as one ("batch", ...) at `release`
+        self._holds = 0
+        self._held: list[tuple[Any, ...]] = []
         # set when the child exits without being asked to (then `_gone` says so)
         self.exited = asyncio.Event()
 
@@ -150,7 +153,9 @@ class EngineProcess:
         """Ask the child to stop (its jobs end with `EngineError`), wait for it, then kill it
         if it does not exit in time."""
         if self._gone is None:
+            self._holds = 1
             with contextlib.suppress(EngineError):
+                self.release()  # what was sent before the stop is applied first
                 self._send(("stop",))
             self._gone = "the engine is stopped"
         await asyncio.to_thread(self.process.join, STOP_TIMEOUT_S)
@@ -161,6 +166,18 @@ class EngineProcess:
             await asyncio.to_thread(self._reader.join, 5)
         self.conn.close()
         self._fail_pending()
+
+    def hold(self) -> None:
+        """As `AsyncLLMEngine.hold`: messages kept until `release` go as one, applied by the
+        child as one command."""
+        self._holds += 1
+
+    def release(self) -> None:
+        self._holds -= 1
+        if self._holds > 0 or not self._held:
+            return
+        messages, self._held = self._held, []
+        self._send(("batch", messages) if len(messages) > 1 else messages[0])
 
     # ---- context primitives (as AsyncLLMEngine's) -----------------------------------------
     def create_context(self, parent: int | None = None) -> int:
@@ -282,6 +299,9 @@ class EngineProcess:
     def _send(self, message: tuple[Any, ...]) -> None:
         if self._gone is not None:
             raise self._gone_error()
+        if self._holds:
+            self._held.append(message)
+            return
         try:
             with self._send_lock:
                 self.conn.send(message)

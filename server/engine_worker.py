@@ -11,7 +11,8 @@ parent -> child: `("create", ctx, parent)`, `("fill", req, ctx, tokens, priority
 together: the jobs join the same step), `("request", req, tokens, sampling, priority)`,
 `("abort", req)`, `("boost", ctx, priority)`, `("truncate", ctx, num_tokens)`, `("free", ctx)`,
 `("stats", req)`, `("pause",)` (ask the step in flight to pause: sent right after
-latency-critical work), `("stop",)`.
+latency-critical work), `("stop",)`, and `("batch", [message, ...])`: messages the parent held
+(`EngineProcess.hold`), applied as one command.
 
 child -> parent: `("outputs", [(req, JobOutput), ...])` once per step, `("error", req, message)`
 when a job could not be submitted, `("result", req, value)` for `stats`.
@@ -34,7 +35,7 @@ import torch
 
 from server.engine import LLMEngine
 from server.engine.outputs import JobOutput
-from server.engine.step_loop import Command, run_step_loop
+from server.engine.step_loop import Command, apply_all, run_step_loop
 from server.log import configure_logging, log_event
 
 log = logging.getLogger(__name__)
@@ -119,14 +120,18 @@ class _Worker:
                 message = self.conn.recv()
             except (EOFError, OSError):
                 message = ("stop",)
-            if message[0] == "stop":
-                self.commands.put(None)
-                return
-            if message[0] == "pause":
+            batch = message[1] if message[0] == "batch" else [message]
+            work = [m for m in batch if m[0] not in ("stop", "pause")]
+            if work:  # one command: the loop runs no step between its messages
+                self.commands.put(functools.partial(apply_all, [
+                    functools.partial(self._apply, m) for m in work
+                ]))  # fmt: skip
+            if any(m[0] == "pause" for m in batch):
                 # after the work it is for was queued: the loop clears it before it applies that
                 self.engine.request_pause()
-                continue
-            self.commands.put(functools.partial(self._apply, message))
+            if any(m[0] == "stop" for m in batch):
+                self.commands.put(None)
+                return
 
     def _apply(self, message: tuple[Any, ...]) -> None:
         engine, kind = self.engine, message[0]

@@ -10,6 +10,7 @@ store; a waiting call's ready leading segments are filled early (pipelined prefi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -277,15 +278,39 @@ class Executor:
                 for job in jobs:
                     self._engine_failed(job, exc)
                 return
-            await asyncio.gather(
-                *(self._run_call(engine, job, ctx) for job, ctx in zip(jobs, contexts, strict=True))
-            )
+            await self._run_together(engine, jobs, contexts)
         finally:
             # also when cancelled before a call's own cleanup could run
             for ctx in contexts:
                 ctx.close()
             for job in jobs:
                 self._release(job)
+
+    async def _run_together(
+        self, engine: int, jobs: list[_Job], contexts: list[TokenContext]
+    ) -> None:
+        """Run the calls of an admitted unit; their first generations reach the engine as one
+        command (`hold`), so that a task group starts in one step: posted one by one, a
+        step could run between two posts and its calls ran steps apart."""
+        runs = [
+            asyncio.ensure_future(self._run_call(engine, job, ctx))
+            for job, ctx in zip(jobs, contexts, strict=True)
+        ]
+        try:
+            if len(runs) > 1:
+                target = self.pool.drivers[engine].engine
+                target.hold()
+                try:
+                    await asyncio.sleep(0)  # each call runs up to its first post, kept
+                finally:
+                    with contextlib.suppress(EngineError):  # a dead engine fails the calls
+                        target.release()
+            await asyncio.gather(*runs)
+        finally:
+            pending = [run for run in runs if not run.done()]
+            for run in pending:
+                run.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _open_contexts(
         self, engine: int, jobs: list[_Job], contexts: list[TokenContext]

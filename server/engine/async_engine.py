@@ -18,7 +18,7 @@ from typing import Any
 from server.engine.llm_engine import LLMEngine
 from server.engine.outputs import EngineStats, JobOutput
 from server.engine.sampling_params import SamplingParams
-from server.engine.step_loop import Command, run_step_loop
+from server.engine.step_loop import Command, apply_all, run_step_loop
 
 
 class EngineError(RuntimeError):
@@ -46,6 +46,10 @@ class AsyncLLMEngine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._lengths: dict[int, int] = {}
+        # while held (`hold`), posts wait here and go as one command at `release`
+        self._holds = 0
+        self._held: list[Callable[[], Any]] = []
+        self._held_pause = False
 
     @property
     def tokenizer(self) -> Any:
@@ -89,10 +93,30 @@ class AsyncLLMEngine:
         from now on is refused with it."""
         if self._thread is None:
             return
+        self._holds = 1
+        self.release()  # what was posted before the stop is applied first
         self._stopping = True
         self._commands.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
+
+    def hold(self) -> None:
+        """Keep what is posted from now on until `release`, then apply it as one command, so
+        that the step loop runs no step between two of those posts: the calls of a task
+        group, started together, then join the same step. Holds nest."""
+        self._holds += 1
+
+    def release(self) -> None:
+        """End a `hold`; at the outermost, post what it kept (and ask for a pause, if any of
+        it was latency-critical)."""
+        self._holds -= 1
+        if self._holds > 0 or not self._held:
+            return
+        commands, self._held = self._held, []
+        pause, self._held_pause = self._held_pause, False
+        self._commands.put(functools.partial(apply_all, commands))
+        if pause:
+            self.engine.request_pause()  # after the post: the loop clears it before it reads
 
     # ---- context primitives -----------------------------------------------------------
     def create_context(self, parent: int | None = None) -> int:
@@ -180,7 +204,7 @@ class AsyncLLMEngine:
 
         self._post(command)
         if self._urgent(priority):
-            self.engine.request_pause()  # after the post: the loop clears it before it reads
+            self._ask_pause()
         finished: set[int] = set()
         try:
             async for index, out in group_outputs(outputs, len(jobs), finished):
@@ -207,7 +231,7 @@ class AsyncLLMEngine:
         to pause for them."""
         self._post(lambda: self.engine.boost(context_id, priority))
         if self._urgent(priority):
-            self.engine.request_pause()  # after the post: the loop clears it before it reads
+            self._ask_pause()
 
     def truncate(self, context_id: int, num_tokens: int) -> None:
         if context_id in self._lengths:
@@ -271,7 +295,7 @@ class AsyncLLMEngine:
 
         self._post(command)
         if urgent:
-            self.engine.request_pause()  # after the post: the loop clears it before it reads
+            self._ask_pause()
         finished = False
         try:
             async for item in job_outputs(outputs):
@@ -284,7 +308,17 @@ class AsyncLLMEngine:
     def _post(self, command: Callable[[], Any]) -> None:
         if self._stopping:
             raise EngineError("the engine is stopped")
-        self._commands.put(command)
+        if self._holds:
+            self._held.append(command)
+        else:
+            self._commands.put(command)
+
+    def _ask_pause(self) -> None:
+        """Ask the step in flight to pause for latency-critical work just posted."""
+        if self._holds:
+            self._held_pause = True
+        else:
+            self.engine.request_pause()  # after the post: the loop clears it before it reads
 
     def _deliver(self, outputs: list[JobOutput]) -> None:
         for out in outputs:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from server.engine.llm_engine import LLMEngine
@@ -40,10 +40,7 @@ def run_step_loop(
             if command is None:
                 deliver(engine.fail_all("the engine stopped"))
                 return
-            try:
-                command()  # type: ignore[operator]
-            except Exception:
-                log.exception("engine command failed")
+            apply_all([command])  # type: ignore[list-item]
             try:
                 command = commands.get_nowait()
             except queue.Empty:
@@ -57,3 +54,12 @@ def run_step_loop(
                 log.exception("engine step failed")
                 outputs = engine.fail_all(f"engine step failed: {exc!r}")
             deliver(outputs)
+
+
+def apply_all(commands: Sequence[Callable[[], Any]]) -> None:
+    """Apply commands in order; one that fails is logged and the rest still run."""
+    for command in commands:
+        try:
+            command()
+        except Exception:
+            log.exception("engine command failed")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from server.engine import EngineError, GroupJob, SamplingParams
-from server.engine_driver import EngineDriver
+from server.engine_driver import EngineDriver, TokenContext
 
 PROMPT = list(range(3, 40))
 
@@ -78,5 +78,45 @@ async def test_a_group_whose_job_cannot_be_submitted_fails_and_aborts_the_rest(
         greedy = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
         outs = [out async for out in driver.generate_plain(PROMPT, greedy)]
         assert outs[-1].finished and len(outs[-1].token_ids) == 3
+    finally:
+        await driver.stop()
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["thread", "process"])
+async def test_work_posted_while_held_joins_the_same_step(
+    tiny_llama_path: Path, monkeypatch: pytest.MonkeyPatch, processes: bool
+) -> None:
+    """Generations started while the engine is held (as the executor starts the calls of a
+    task group) reach it as one command: with posts slowed so that the engine would step
+    between any two, they still decode in the same steps from the first."""
+    (driver,) = await EngineDriver.load_many(
+        1, str(tiny_llama_path), "cpu", None, processes=processes, num_kv_blocks=64
+    )
+    engine = driver.engine
+    name = "_send" if processes else "_post"
+    post = getattr(engine, name)
+
+    def slow_post(*args: object) -> None:
+        post(*args)
+        time.sleep(0.03)
+
+    await driver.start()
+    try:
+        contexts = [driver.new_context() for _ in range(3)]
+        for i, ctx in enumerate(contexts):
+            await ctx.fill_to(PROMPT[i:])
+        monkeypatch.setattr(engine, name, slow_post)
+        sampling = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+        before = (await driver.stats()).steps
+
+        async def run(ctx: TokenContext) -> int:
+            return sum([len(out.new_token_ids) async for out in ctx.generate(sampling)])
+
+        engine.hold()
+        runs = [asyncio.ensure_future(run(ctx)) for ctx in contexts]
+        await asyncio.sleep(0)
+        engine.release()
+        assert await asyncio.gather(*runs) == [6, 6, 6]
+        assert (await driver.stats()).steps - before == 6
     finally:
         await driver.stop()
