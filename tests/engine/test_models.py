@@ -16,7 +16,7 @@ from server.engine.loader import load_model
 from server.engine.models import LlamaForCausalLM, ModelConfig
 from server.engine.models.rope import rope_inverse_frequencies
 from server.kernels import AttentionMetadata, CascadeConfig, build_attention_metadata
-from tests.tiny_models import make_tiny_model
+from tests.tiny_models import VOCAB_SIZE, make_tiny_model
 
 BLOCK_SIZE = 8
 TOLERANCE = 1e-4
@@ -145,6 +145,32 @@ def test_tiny_qwen2_has_biases_and_tied_embeddings(tiny_qwen2_path: Path) -> Non
 
 def test_tied_embedding_llama(tmp_path: Path) -> None:
     check_full_forward(make_tiny_model(tmp_path, "llama", tie_word_embeddings=True))
+
+
+@pytest.mark.parametrize("head", ["distinct", "same", "only"])
+def test_tied_config_with_a_head_in_the_checkpoint(tmp_path: Path, head: str) -> None:
+    """tie_word_embeddings is true but the checkpoint stores lm_head.weight: transformers ties
+    the two only when they are equal, and when only the head is there the embedding is it;
+    a different head is the head (the config is wrong), on every engine path."""
+    from safetensors.torch import load_file, save_file
+
+    path = make_tiny_model(tmp_path, "llama", tie_word_embeddings=True)
+    tensors = load_file(str(path / "model.safetensors"))
+    embed = tensors["model.embed_tokens.weight"]
+    if head == "distinct":
+        tensors["lm_head.weight"] = torch.randn_like(embed, generator=torch.Generator().manual_seed(1))
+    elif head == "same":
+        tensors["lm_head.weight"] = embed.clone()
+    else:
+        tensors["lm_head.weight"] = tensors.pop("model.embed_tokens.weight")
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    check_full_forward(path)
+    assert (load_model(path).model.lm_head is None) == (head != "distinct")
+    ref = reference_model(path)
+    ids = random_prompt(VOCAB_SIZE, 20, seed=4)
+    for options in ({"packed_linear": False}, {"fused_layers": False}):
+        got = PagedRunner(load_model(path, **options).model).step({0: ids})[0]
+        assert_logits_close(got, reference_logits(ref, ids))
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ cache: every layer attends through `server.kernels.attention`."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 
@@ -26,6 +27,8 @@ from server.kernels.cpu.decoder_stack import (
 )
 from server.kernels.cpu.decoder_stack import available as decoder_stack_available
 from server.kernels.cpu.decoder_stack import supports as decoder_stack_supports
+
+log = logging.getLogger(__name__)
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 Device = torch.device | str | None
@@ -156,13 +159,17 @@ class LlamaForCausalLM(nn.Module):
         """Copy HF-named tensors (`model.layers.0.self_attn.q_proj.weight`, ...) into the fused
         parameters; raises ValueError on unknown, missing or mis-shaped tensors."""
         items = weights.items() if isinstance(weights, Mapping) else weights
+        if self.config.tie_word_embeddings and self.lm_head is not None:
+            self.lm_head = None  # untied by an earlier load: tied again unless this one differs
         pending = self.weight_slots()
         copier = _WeightCopier()
+        stored_head = None  # a tied model's lm_head.weight: settled once the embedding is in
         for name, tensor in items:
             if name.endswith("rotary_emb.inv_freq"):  # recomputed from the config
                 continue
             if name == "lm_head.weight" and self.lm_head is None:
-                continue  # tied to the embedding; some checkpoints store both
+                stored_head = tensor
+                continue
             slot = pending.pop(name, None)
             if slot is None:
                 known = name in self.weight_slots()
@@ -175,18 +182,45 @@ class LlamaForCausalLM(nn.Module):
                     f"expected {tuple(slot.shape)}"
                 )
             copier.copy(slot, tensor)
+        if stored_head is not None:
+            self._settle_tied_head(stored_head, pending, copier)
         if pending:
             missing = sorted(pending)
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise ValueError(f"checkpoint lacks tensors: {', '.join(missing[:5])}{more}")
         pack = self.packed_linear and cpu.available()
-        head_t = None
-        if self.config.tie_word_embeddings and self.embed_tokens.device.type == "cpu":
+        head_t = self.tied_head = None
+        if self.lm_head is None and self.embed_tokens.device.type == "cpu":
             head_t = self.embed_tokens.detach().t().contiguous()
             self.tied_head = head_t
         if pack:
             self._pack_weights(head_t)
             self.decoder_stack = self._build_decoder_stack()
+
+    def _settle_tied_head(
+        self, head: torch.Tensor, pending: dict[str, torch.Tensor], copier: _WeightCopier
+    ) -> None:
+        """A checkpoint with tie_word_embeddings that stores lm_head.weight, read as
+        transformers does: without an embedding tensor, the head is the embedding; equal to the
+        embedding, the two stay tied; different, the config is wrong and the head is its own."""
+        embed = self.embed_tokens
+        if tuple(head.shape) != tuple(embed.shape):
+            raise ValueError(
+                f"checkpoint tensor 'lm_head.weight' has shape {tuple(head.shape)}, "
+                f"expected {tuple(embed.shape)}"
+            )
+        if pending.pop("model.embed_tokens.weight", None) is not None:
+            copier.copy(embed, head)
+            return
+        if torch.equal(head.to(device=embed.device, dtype=embed.dtype), embed):
+            return
+        log.warning(
+            "config.json sets tie_word_embeddings, but the checkpoint's lm_head.weight differs "
+            "from its embedding: using it as a separate LM head (as transformers does)"
+        )
+        c = self.config
+        self.lm_head = Linear(c.hidden_size, c.vocab_size, False, embed.device, embed.dtype)
+        copier.copy(self.lm_head.weight, head)
 
     def _pack_weights(self, head_t: torch.Tensor | None) -> None:
         """Every linear layer's panels, and the tied head's, in one buffer on huge pages, in
