@@ -168,9 +168,17 @@ def test_config_defaults_follow_transformers() -> None:
     assert mistral.sliding_window == 4096 and mistral.num_kv_heads == 8
     assert mistral.max_position_embeddings == 131072 and mistral.max_model_len == 4096
     assert not (mistral.attention_bias or mistral.attention_out_bias or mistral.mlp_bias)
-    qwen = ModelConfig.from_hf({**base, "model_type": "qwen2", "use_sliding_window": True})
+    qwen = ModelConfig.from_hf({**base, "model_type": "qwen2", "use_sliding_window": True,
+                                "num_key_value_heads": 8})
     assert qwen.sliding_window is None  # default max_window_layers 28: no layer of 2 slides
     assert qwen.max_position_embeddings == 32768
+    # transformers' Qwen2Config has 32 KV heads by default, not one per attention head
+    many_heads = {**base, "num_attention_heads": 64, "head_dim": 16}
+    qwen = ModelConfig.from_hf({**many_heads, "model_type": "qwen2"})
+    assert qwen.num_kv_heads == 32
+    with pytest.raises(ValueError, match=r"num_kv_heads \(32\) must divide num_heads \(8\)"):
+        ModelConfig.from_hf({**base, "model_type": "qwen2"})
+    assert ModelConfig.from_hf({**many_heads, "model_type": "llama"}).num_kv_heads == 64
     swish = ModelConfig.from_hf({**base, "model_type": "llama", "hidden_act": "swish"})
     assert swish.max_position_embeddings == 2048
 

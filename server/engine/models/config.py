@@ -27,7 +27,7 @@ _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "llama": {"max_position_embeddings": 2048, "num_key_value_heads": None},
     "mistral": {"max_position_embeddings": 4096 * 32, "num_key_value_heads": 8,
                 "sliding_window": 4096},
-    "qwen2": {"max_position_embeddings": 32768, "num_key_value_heads": None,
+    "qwen2": {"max_position_embeddings": 32768, "num_key_value_heads": 32,
               "sliding_window": 4096, "max_window_layers": 28},
 }
 # hidden_act values that transformers maps to SiLU
