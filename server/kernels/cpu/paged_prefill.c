@@ -58,6 +58,7 @@ int parrot_paged_prefill(const float *q, long S, const int64_t *first_row, const
     long n = 0;
     for (long s = 0; s < S; s++) {
         long vectors = rows[s] * G;
+        if (vectors <= 0) continue; /* (0 - 1) / QV is 0 in C: a task that was not counted */
         for (long first = (vectors - 1) / QV * QV; first >= 0; first -= QV)
             for (long kv = 0; kv < Hkv; kv++) tasks[n++] = (task_t){s, kv, first};
     }

@@ -7,7 +7,7 @@ import torch
 
 from server.kernels.cpu import paged_prefill as kernel
 from server.kernels.kv_store import store_kv
-from server.kernels.reference import reference_attention
+from server.kernels.reference import reference_attention, reference_partial
 from tests.kernels.paged_batch import Pool, make_step
 
 pytestmark = pytest.mark.skipif(not kernel.available(), reason="no C compiler here")
@@ -92,3 +92,34 @@ def test_bad_arguments_are_refused() -> None:
         kernel.paged_prefill(torch.zeros(5, 4, 40), odd, odd, [5], [5], [[0]], 0.1)
     with pytest.raises(ValueError, match="must be float32"):
         kernel.paged_prefill(q.double(), k.double(), k.double(), [5], [5], [[0]], 0.1)
+
+
+def test_sequences_without_rows_are_skipped() -> None:
+    """A sequence with no query rows (the wrapper takes 0 <= rows) adds no task: it once added
+    an uncounted one per KV head, written past the task list and run in place of the last
+    real tasks, which left rows of later sequences unwritten."""
+    gen = torch.Generator().manual_seed(5)
+    k_cache = torch.randn(40, 16, 4, 64, generator=gen)
+    v_cache = torch.randn(40, 16, 4, 64, generator=gen)
+    query_lens, seq_lens = [0, 40, 0, 30], [20, 50, 16, 30]
+    tables = [[0, 1], [2, 3, 4, 5], [6], [7, 8]]
+    q = torch.randn(sum(query_lens), 8, 64, generator=gen)
+    for threads in (1, 2):
+        previous = torch.get_num_threads()
+        try:
+            torch.set_num_threads(threads)
+            out = kernel.paged_prefill(q, k_cache, v_cache, query_lens, seq_lens, tables, 0.125)
+        finally:
+            torch.set_num_threads(previous)
+        row = 0
+        for n, length, table in zip(query_lens, seq_lens, tables, strict=True):
+            if n == 0:
+                continue
+            keys = k_cache[table].reshape(-1, 4, 64)[:length]
+            values = v_cache[table].reshape(-1, 4, 64)[:length]
+            expected, _ = reference_partial(
+                q[row : row + n], keys, values, 0.125, first_query_pos=length - n
+            )
+            got = out[row : row + n].double()
+            assert float((got - expected).abs().max()) < 1e-5
+            row += n
