@@ -65,3 +65,29 @@ def _check_shapes(
         )
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("attention: KV caches must be contiguous tensors")
+    dtypes = {t.dtype for t in (q, k, v, k_cache, v_cache)}
+    if len(dtypes) != 1:
+        raise ValueError(
+            f"attention: q, k, v and the caches must share one dtype, got q {q.dtype}, "
+            f"k {k.dtype}, v {v.dtype}, caches {k_cache.dtype} and {v_cache.dtype}"
+        )
+    _check_block_ids(meta, k_cache.shape[0])
+
+
+def _check_block_ids(meta: AttentionMetadata, num_blocks: int) -> None:
+    """Every block a sequence reads lies in the caches: the paged kernels trust the ids (a
+    wrong one read memory past the cache, or crashed). Lists only: no device sync."""
+    bs = meta.block_size
+    for i, (length, table) in enumerate(zip(meta.seq_lens, meta.block_tables, strict=True)):
+        used = -(-length // bs)
+        if used > len(table):
+            raise ValueError(
+                f"attention: sequence {i} has {length} tokens but only {len(table)} blocks "
+                f"of {bs}"
+            )
+        if used and not 0 <= min(table[:used]) <= max(table[:used]) < num_blocks:
+            bad = next(b for b in table[:used] if not 0 <= b < num_blocks)
+            raise ValueError(
+                f"attention: sequence {i} reads block id {bad}, outside the caches' "
+                f"[0, {num_blocks})"
+            )

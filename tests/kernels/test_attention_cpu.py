@@ -174,6 +174,40 @@ def test_shapes_are_checked_once_per_step():
         )
 
 
+@pytest.mark.parametrize("backend", ["cpu", "cpu-sdpa"])
+@pytest.mark.parametrize("bad_id", [NUM_BLOCKS, -1])
+def test_block_ids_outside_the_caches_are_refused(backend, bad_id):
+    """A block id past the caches in a sequence's older blocks (not one the step writes) was
+    read by the paged decode kernel unchecked: garbage, or a crash for ids far out."""
+    pool = Pool(NUM_BLOCKS, 16, 0, scattered=True)
+    ctx = pool.new(40)
+    step = make_step(pool, [(ctx, 1)], NUM_BLOCKS, 2, 3, 64)
+    tables = [list(ctx.table)]
+    tables[0][1] = bad_id
+    meta = build_attention_metadata([1], [41], tables, 16, backend=backend)
+    with pytest.raises(ValueError, match=f"sequence 0 reads block id {bad_id}"):
+        attention(step.q, step.k, step.v, step.k_cache, step.v_cache, meta, 0.1)
+
+
+def test_tables_shorter_than_a_sequence_are_refused():
+    """Metadata built by hand (not by build_attention_metadata) is checked too."""
+    pool = Pool(NUM_BLOCKS, 16, 0, scattered=True)
+    ctx = pool.new(40)
+    step = make_step(pool, [(ctx, 1)], NUM_BLOCKS, 2, 3, 64)
+    meta = step.meta
+    meta.block_tables = [ctx.table[:2]]
+    with pytest.raises(ValueError, match="41 tokens but only 2 blocks"):
+        attention(step.q, step.k, step.v, step.k_cache, step.v_cache, meta, 0.1)
+
+
+def test_mixed_dtypes_are_refused():
+    pool = Pool(NUM_BLOCKS, 16, 0, scattered=True)
+    ctx = pool.new(40)
+    step = make_step(pool, [(ctx, 1)], NUM_BLOCKS, 2, 3, 64)
+    with pytest.raises(ValueError, match="share one dtype"):
+        attention(step.q.double(), step.k, step.v, step.k_cache, step.v_cache, step.meta, 0.1)
+
+
 def test_every_layer_reuses_the_step_plan():
     step = mixed_step(3, 64, True, cascade=True)
     relative_error(step)
