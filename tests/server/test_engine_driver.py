@@ -10,6 +10,7 @@ import pytest
 
 from server.engine import EngineError, GroupJob, SamplingParams
 from server.engine_driver import EngineDriver, TokenContext
+from server.engine_process import EngineProcess
 
 PROMPT = list(range(3, 40))
 
@@ -23,18 +24,8 @@ async def test_the_samples_of_a_prompt_decode_in_the_same_steps_from_the_first(
     (cascade) was planned for them. Posts are slowed here so that the engine steps between any
     two: the forks must still be submitted together, so the whole run takes one step for the
     prompt and one per token."""
-    (driver,) = await EngineDriver.load_many(
-        1, str(tiny_llama_path), "cpu", None, processes=processes, num_kv_blocks=64
-    )
-    engine = driver.engine
-    name = "_send" if processes else "_post"
-    post = getattr(engine, name)
-
-    def slow_post(*args: object) -> None:
-        post(*args)
-        time.sleep(0.03)
-
-    monkeypatch.setattr(engine, name, slow_post)
+    driver = await load(tiny_llama_path, processes)
+    slow_posts(driver, monkeypatch)
     await driver.start()
     try:
         sampling = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
@@ -55,9 +46,7 @@ async def test_a_group_whose_job_cannot_be_submitted_fails_and_aborts_the_rest(
 ) -> None:
     """One job of a group on a context that does not exist: the group raises, the jobs already
     submitted are aborted, and the engine goes on serving."""
-    (driver,) = await EngineDriver.load_many(
-        1, str(tiny_llama_path), "cpu", None, processes=processes, num_kv_blocks=64
-    )
+    driver = await load(tiny_llama_path, processes)
     engine = driver.engine
     await driver.start()
     try:
@@ -89,23 +78,14 @@ async def test_work_posted_while_held_joins_the_same_step(
     """Generations started while the engine is held (as the executor starts the calls of a
     task group) reach it as one command: with posts slowed so that the engine would step
     between any two, they still decode in the same steps from the first."""
-    (driver,) = await EngineDriver.load_many(
-        1, str(tiny_llama_path), "cpu", None, processes=processes, num_kv_blocks=64
-    )
+    driver = await load(tiny_llama_path, processes)
     engine = driver.engine
-    name = "_send" if processes else "_post"
-    post = getattr(engine, name)
-
-    def slow_post(*args: object) -> None:
-        post(*args)
-        time.sleep(0.03)
-
     await driver.start()
     try:
         contexts = [driver.new_context() for _ in range(3)]
         for i, ctx in enumerate(contexts):
             await ctx.fill_to(PROMPT[i:])
-        monkeypatch.setattr(engine, name, slow_post)
+        slow_posts(driver, monkeypatch)
         sampling = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
         before = (await driver.stats()).steps
 
@@ -120,3 +100,24 @@ async def test_work_posted_while_held_joins_the_same_step(
         assert (await driver.stats()).steps - before == 6
     finally:
         await driver.stop()
+
+
+async def load(model: Path, processes: bool) -> EngineDriver:
+    """An engine on a thread of this process, or in a child process."""
+    (driver,) = await EngineDriver.load_many(
+        1, str(model), "cpu", None, processes=processes, num_kv_blocks=64
+    )
+    return driver
+
+
+def slow_posts(driver: EngineDriver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each post (a command, or a message to the child) is followed by 30 ms, in which the
+    engine can run a step: work posted in parts then lands in different steps."""
+    name = "_send" if isinstance(driver.engine, EngineProcess) else "_post"
+    post = getattr(driver.engine, name)
+
+    def slow_post(*args: object) -> None:
+        post(*args)
+        time.sleep(0.03)
+
+    monkeypatch.setattr(driver.engine, name, slow_post)
