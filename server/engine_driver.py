@@ -17,8 +17,8 @@ from typing import Any
 from server.engine import (
     AsyncLLMEngine,
     EngineConfig,
+    EngineError,
     EngineStats,
-    GroupJob,
     JobOutput,
     LLMEngine,
     SamplingParams,
@@ -26,6 +26,7 @@ from server.engine import (
 from server.engine.llm_engine import parse_dtype
 from server.engine.loader import check_model_name
 from server.engine_process import EngineProcess
+from server.stream_merge import merge_streams
 from server.token_prefix import common_prefix_len
 
 Engine = AsyncLLMEngine | EngineProcess
@@ -195,19 +196,32 @@ class EngineDriver:
             children = [engine.create_context(parent) for _ in samplings]
         finally:
             engine.free(parent)  # the forks keep the blocks they share
-        jobs = [
-            GroupJob(child, sampling, tuple(tokens[-1:]))
+        streams = [
+            engine.generate(child, sampling, priority, fill_token_ids=tokens[-1:])
             for child, sampling in zip(children, samplings, strict=True)
         ]
         try:
-            # closed here, before the forks are freed: left to the garbage collector, the group
-            # would read on from jobs whose contexts are gone
-            async with contextlib.aclosing(engine.generate_group(jobs, priority)) as group:
-                async for index, out in group:
+            # closed here, before the forks are freed: left to the garbage collector, the merge
+            # would read on from streams whose contexts are gone
+            merged = merge_streams(streams, started=self.together)
+            async with contextlib.aclosing(merged):
+                async for index, out in merged:
                     yield index, out
         finally:
             for child in children:
                 engine.free(child)
+
+    async def together(self) -> None:
+        """Let the tasks set going just before run up to their first post, and hand what they
+        post to the engine as one command: the step loop runs no step between two of those
+        posts, so the work (a task group's calls, the forks of `n` samples) starts in one
+        step. Posted one by one, a step could run between two posts under load."""
+        self.engine.hold()
+        try:
+            await asyncio.sleep(0)
+        finally:
+            with contextlib.suppress(EngineError):  # a dead engine fails the work itself
+                self.engine.release()
 
     async def stats(self) -> EngineStats:
         """A consistent copy of the engine's counters, read between its steps."""

@@ -24,8 +24,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from server.engine import EngineError, EngineStats, GroupJob, JobOutput, SamplingParams
-from server.engine.async_engine import group_outputs, job_outputs
+from server.engine import EngineError, EngineStats, JobOutput, SamplingParams
+from server.engine.async_engine import job_outputs
 from server.engine.tokenizer import Tokenizer
 from server.engine_worker import EngineInfo, run_engine_worker
 
@@ -48,7 +48,7 @@ class EngineProcess:
         self.info = info
         self._tokenizer = tokenizer
         self._ids = itertools.count(1)  # context and request ids, unique in this engine
-        self._jobs: dict[int, asyncio.Queue[JobOutput | BaseException] | _IndexedQueue] = {}
+        self._jobs: dict[int, asyncio.Queue[JobOutput | BaseException]] = {}
         self._results: dict[int, asyncio.Future[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: threading.Thread | None = None
@@ -153,9 +153,9 @@ class EngineProcess:
         """Ask the child to stop (its jobs end with `EngineError`), wait for it, then kill it
         if it does not exit in time."""
         if self._gone is None:
-            self._holds = 1
+            self._holds = 0
             with contextlib.suppress(EngineError):
-                self.release()  # what was sent before the stop is applied first
+                self._flush()  # what was sent before the stop is applied first
                 self._send(("stop",))
             self._gone = "the engine is stopped"
         await asyncio.to_thread(self.process.join, STOP_TIMEOUT_S)
@@ -174,10 +174,13 @@ class EngineProcess:
 
     def release(self) -> None:
         self._holds -= 1
-        if self._holds > 0 or not self._held:
-            return
-        messages, self._held = self._held, []
-        self._send(("batch", messages) if len(messages) > 1 else messages[0])
+        if self._holds == 0:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._held:
+            messages, self._held = self._held, []
+            self._send(("batch", messages) if len(messages) > 1 else messages[0])
 
     # ---- context primitives (as AsyncLLMEngine's) -----------------------------------------
     def create_context(self, parent: int | None = None) -> int:
@@ -213,32 +216,6 @@ class EngineProcess:
         async with contextlib.aclosing(self._job(message, self._urgent(priority))) as job:
             async for out in job:
                 yield out
-
-    async def generate_group(
-        self, jobs: Sequence[GroupJob], priority: int = 0
-    ) -> AsyncIterator[tuple[int, JobOutput]]:
-        """As `AsyncLLMEngine.generate_group`: one message, so one command in the child."""
-        assert self._loop is not None, "start() the engine first"
-        reqs = [next(self._ids) for _ in jobs]
-        outputs: asyncio.Queue[tuple[int, JobOutput] | BaseException] = asyncio.Queue()
-        for index, req in enumerate(reqs):
-            self._jobs[req] = _IndexedQueue(outputs, index)
-        finished: set[int] = set()
-        try:
-            items = [(job.context_id, job.sampling, list(job.fill_token_ids)) for job in jobs]
-            self._send(("generate_group", reqs, priority, items))
-            if self._urgent(priority):
-                self._send(("pause",))
-            async for index, out in group_outputs(outputs, len(jobs), finished):
-                yield index, out
-        finally:
-            for req in reqs:
-                self._jobs.pop(req, None)
-            if self._gone is None:
-                for index, req in enumerate(reqs):
-                    if index not in finished:
-                        with contextlib.suppress(EngineError):
-                            self._send(("abort", req))
 
     async def generate_request(
         self, prompt_token_ids: Sequence[int], sampling: SamplingParams, priority: int = 0
@@ -355,13 +332,3 @@ class EngineProcess:
             if not fut.done():
                 fut.set_exception(self._gone_error())
 
-
-class _IndexedQueue:
-    """A group job's end of its group's queue: what is put in goes in with the job's index."""
-
-    def __init__(self, queue: asyncio.Queue[tuple[int, JobOutput] | BaseException], index: int):
-        self.queue = queue
-        self.index = index
-
-    def put_nowait(self, item: JobOutput | BaseException) -> None:
-        self.queue.put_nowait(item if isinstance(item, BaseException) else (self.index, item))

@@ -7,12 +7,11 @@ in-process engine thread applies its queue. Messages are tuples, pickled over on
 
 parent -> child: `("create", ctx, parent)`, `("fill", req, ctx, tokens, priority, yield_tokens)`,
 `("generate", req, ctx, sampling, priority, fill_tokens, hold_latency_s)`,
-`("generate_group", [req, ...], priority, [(ctx, sampling, fill_tokens), ...])` (submitted
-together: the jobs join the same step), `("request", req, tokens, sampling, priority)`,
-`("abort", req)`, `("boost", ctx, priority)`, `("truncate", ctx, num_tokens)`, `("free", ctx)`,
-`("stats", req)`, `("pause",)` (ask the step in flight to pause: sent right after
-latency-critical work), `("stop",)`, and `("batch", [message, ...])`: messages the parent held
-(`EngineProcess.hold`), applied as one command.
+`("request", req, tokens, sampling, priority)`, `("abort", req)`, `("boost", ctx, priority)`,
+`("truncate", ctx, num_tokens)`, `("free", ctx)`, `("stats", req)`, `("pause",)` (ask the step
+in flight to pause: sent right after latency-critical work), `("stop",)`, and
+`("batch", [message, ...])`: messages the parent held (`EngineProcess.hold`), applied as one
+command.
 
 child -> parent: `("outputs", [(req, JobOutput), ...])` once per step, `("error", req, message)`
 when a job could not be submitted, `("result", req, value)` for `stats`.
@@ -145,13 +144,13 @@ class _Worker:
         elif kind == "generate":
             _, req, ctx, sampling, priority, tokens, hold_latency_s = message
 
-            self._submit(
-                req, functools.partial(self._generate, ctx, sampling, priority, tokens, hold_latency_s)
-            )
-        elif kind == "generate_group":  # one command, so the jobs join the same step
-            _, reqs, priority, items = message
-            for req, (ctx, sampling, tokens) in zip(reqs, items, strict=True):
-                self._submit(req, functools.partial(self._generate, ctx, sampling, priority, tokens))
+            def submit() -> int:
+                local = self._local(ctx)
+                if tokens:
+                    engine.fill(local, tokens, priority)
+                return engine.add_generate(local, sampling, priority, hold_latency_s=hold_latency_s)
+
+            self._submit(req, submit)
         elif kind == "request":
             _, req, tokens, sampling, priority = message
             self._submit(req, lambda: engine.add_request(tokens, sampling, priority))
@@ -172,19 +171,6 @@ class _Worker:
             self._send(("result", message[1], dataclasses.replace(engine.stats)))
         else:
             raise ValueError(f"unknown message {kind!r}")
-
-    def _generate(
-        self,
-        ctx: int,
-        sampling: Any,
-        priority: int,
-        tokens: list[int],
-        hold_latency_s: float = 0.0,
-    ) -> int:
-        local = self._local(ctx)
-        if tokens:
-            self.engine.fill(local, tokens, priority)
-        return self.engine.add_generate(local, sampling, priority, hold_latency_s=hold_latency_s)
 
     def _local(self, ctx: int) -> int:
         local = self.contexts.get(ctx)

@@ -10,7 +10,6 @@ store; a waiting call's ready leading segments are filled early (pipelined prefi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sys
@@ -290,21 +289,14 @@ class Executor:
         self, engine: int, jobs: list[_Job], contexts: list[TokenContext]
     ) -> None:
         """Run the calls of an admitted unit; their first generations reach the engine as one
-        command (`hold`), so that a task group starts in one step: posted one by one, a
-        step could run between two posts and its calls ran steps apart."""
+        command (`EngineDriver.together`), so that a task group starts in one step."""
         runs = [
             asyncio.ensure_future(self._run_call(engine, job, ctx))
             for job, ctx in zip(jobs, contexts, strict=True)
         ]
         try:
             if len(runs) > 1:
-                target = self.pool.drivers[engine].engine
-                target.hold()
-                try:
-                    await asyncio.sleep(0)  # each call runs up to its first post, kept
-                finally:
-                    with contextlib.suppress(EngineError):  # a dead engine fails the calls
-                        target.release()
+                await self.pool.drivers[engine].together()
             await asyncio.gather(*runs)
         finally:
             pending = [run for run in runs if not run.done()]

@@ -1,6 +1,6 @@
 """The torch engine: Llama-family models over a paged KV cache with continuous batching."""
 
-from server.engine.async_engine import AsyncLLMEngine, EngineError, GroupJob
+from server.engine.async_engine import AsyncLLMEngine, EngineError
 from server.engine.config import EngineConfig
 from server.engine.llm_engine import LLMEngine
 from server.engine.outputs import CompletionOutput, EngineStats, JobOutput, TokenLogprob
@@ -12,7 +12,6 @@ __all__ = [
     "EngineConfig",
     "EngineError",
     "EngineStats",
-    "GroupJob",
     "JobOutput",
     "LLMEngine",
     "SamplingParams",

@@ -25,16 +25,6 @@ class EngineError(RuntimeError):
     """A job failed inside the engine (its message says why)."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class GroupJob:
-    """One generation of a group (`generate_group`): on `context_id`, after appending
-    `fill_token_ids` in the pass that samples the first token."""
-
-    context_id: int
-    sampling: SamplingParams
-    fill_token_ids: tuple[int, ...] = ()
-
-
 class AsyncLLMEngine:
     """Context primitives as coroutines and async iterators over a threaded step loop."""
 
@@ -93,8 +83,8 @@ class AsyncLLMEngine:
         from now on is refused with it."""
         if self._thread is None:
             return
-        self._holds = 1
-        self.release()  # what was posted before the stop is applied first
+        self._holds = 0
+        self._flush()  # what was posted before the stop is applied first
         self._stopping = True
         self._commands.put(None)
         await asyncio.to_thread(self._thread.join)
@@ -110,13 +100,18 @@ class AsyncLLMEngine:
         """End a `hold`; at the outermost, post what it kept (and ask for a pause, if any of
         it was latency-critical)."""
         self._holds -= 1
-        if self._holds > 0 or not self._held:
+        if self._holds == 0:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Post what a hold kept, as one command."""
+        if not self._held:
             return
         commands, self._held = self._held, []
         pause, self._held_pause = self._held_pause, False
         self._commands.put(functools.partial(apply_all, commands))
         if pause:
-            self.engine.request_pause()  # after the post: the loop clears it before it reads
+            self._ask_pause()
 
     # ---- context primitives -----------------------------------------------------------
     def create_context(self, parent: int | None = None) -> int:
@@ -172,48 +167,6 @@ class AsyncLLMEngine:
             async for out in job:
                 self._grow(context_id, len(out.new_token_ids))
                 yield out
-
-    async def generate_group(
-        self, jobs: Sequence[GroupJob], priority: int = 0
-    ) -> AsyncIterator[tuple[int, JobOutput]]:
-        """`generate` on several contexts, as (index in `jobs`, output) while they run. One
-        command submits them all, so they join the same step: forks of one prompt then share
-        their prefix's reads (a cascade level) from their first token. An error in one ends
-        the group with it; leaving early aborts every job still running."""
-        for job in jobs:
-            self._grow(job.context_id, len(job.fill_token_ids))
-        assert self._loop is not None, "start() the engine first"
-        outputs: asyncio.Queue[tuple[int, JobOutput] | BaseException] = asyncio.Queue()
-        loop = self._loop
-        job_ids: dict[int, int] = {}  # index -> engine job, written by the engine thread
-
-        def deliver(index: int, out: JobOutput) -> None:
-            loop.call_soon_threadsafe(outputs.put_nowait, (index, out))
-
-        def command() -> None:
-            for index, job in enumerate(jobs):
-                try:
-                    if job.fill_token_ids:
-                        self.engine.fill(job.context_id, list(job.fill_token_ids), priority)
-                    jid = self.engine.add_generate(job.context_id, job.sampling, priority)
-                except Exception as exc:
-                    loop.call_soon_threadsafe(outputs.put_nowait, exc)
-                    return
-                job_ids[index] = jid
-                self._listeners[jid] = functools.partial(deliver, index)
-
-        self._post(command)
-        if self._urgent(priority):
-            self._ask_pause()
-        finished: set[int] = set()
-        try:
-            async for index, out in group_outputs(outputs, len(jobs), finished):
-                self._grow(jobs[index].context_id, len(out.new_token_ids))
-                yield index, out
-        finally:
-            left = [index for index in range(len(jobs)) if index not in finished]
-            if left and not self._stopping:
-                self._post(lambda: [self.engine.abort(job_ids[i]) for i in left if i in job_ids])
 
     async def generate_request(
         self, prompt_token_ids: Sequence[int], sampling: SamplingParams, priority: int = 0
@@ -346,23 +299,6 @@ async def job_outputs(
         yield item
         if item.finished:
             return
-
-
-async def group_outputs(
-    outputs: asyncio.Queue[tuple[int, JobOutput] | BaseException], size: int, finished: set[int]
-) -> AsyncIterator[tuple[int, JobOutput]]:
-    """A group's (index, output) pairs as they are queued, until all `size` jobs have finished
-    (each added to `finished` as it does); errors as in `job_outputs`."""
-    while len(finished) < size:
-        item = await outputs.get()
-        if isinstance(item, BaseException):
-            raise item
-        index, out = item
-        if out.error:
-            raise EngineError(out.error)
-        if out.finished:
-            finished.add(index)
-        yield index, out
 
 
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:

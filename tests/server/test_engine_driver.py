@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.engine import EngineError, GroupJob, SamplingParams
+from server.engine import SamplingParams
 from server.engine_driver import EngineDriver, TokenContext
 from server.engine_process import EngineProcess
 
@@ -41,45 +41,13 @@ async def test_the_samples_of_a_prompt_decode_in_the_same_steps_from_the_first(
 
 
 @pytest.mark.parametrize("processes", [False, True], ids=["thread", "process"])
-async def test_a_group_whose_job_cannot_be_submitted_fails_and_aborts_the_rest(
-    tiny_llama_path: Path, processes: bool
-) -> None:
-    """One job of a group on a context that does not exist: the group raises, the jobs already
-    submitted are aborted, and the engine goes on serving."""
-    driver = await load(tiny_llama_path, processes)
-    engine = driver.engine
-    await driver.start()
-    try:
-        ctx = engine.create_context()
-        await engine.fill(ctx, PROMPT)
-        forever = SamplingParams(max_tokens=500, temperature=0, ignore_eos=True)
-        jobs = [GroupJob(engine.create_context(ctx), forever), GroupJob(10**9, forever)]
-        # in process the engine's own error, from a child an EngineError with its message
-        with pytest.raises((KeyError, EngineError), match="no context"):
-            async for _ in engine.generate_group(jobs):
-                pass
-        for _ in range(100):
-            stats = await driver.stats()
-            if stats.jobs == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert stats.jobs == 0 and stats.generated_tokens < 500
-        greedy = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
-        outs = [out async for out in driver.generate_plain(PROMPT, greedy)]
-        assert outs[-1].finished and len(outs[-1].token_ids) == 3
-    finally:
-        await driver.stop()
-
-
-@pytest.mark.parametrize("processes", [False, True], ids=["thread", "process"])
-async def test_work_posted_while_held_joins_the_same_step(
+async def test_work_set_going_together_joins_the_same_step(
     tiny_llama_path: Path, monkeypatch: pytest.MonkeyPatch, processes: bool
 ) -> None:
-    """Generations started while the engine is held (as the executor starts the calls of a
-    task group) reach it as one command: with posts slowed so that the engine would step
-    between any two, they still decode in the same steps from the first."""
+    """Generations set going just before `together` (as the executor starts the calls of a
+    task group) reach the engine as one command: with posts slowed so that the engine would
+    step between any two, they still decode in the same steps from the first."""
     driver = await load(tiny_llama_path, processes)
-    engine = driver.engine
     await driver.start()
     try:
         contexts = [driver.new_context() for _ in range(3)]
@@ -92,10 +60,8 @@ async def test_work_posted_while_held_joins_the_same_step(
         async def run(ctx: TokenContext) -> int:
             return sum([len(out.new_token_ids) async for out in ctx.generate(sampling)])
 
-        engine.hold()
         runs = [asyncio.ensure_future(run(ctx)) for ctx in contexts]
-        await asyncio.sleep(0)
-        engine.release()
+        await driver.together()
         assert await asyncio.gather(*runs) == [6, 6, 6]
         assert (await driver.stats()).steps - before == 6
     finally:

@@ -82,28 +82,28 @@ async def test_samples_are_closed_before_their_forks_are_freed(
     behind, one entry per fork: a leak the soak driver found)."""
     import server.engine_driver as engine_driver
 
-    driver = await engine_driver.EngineDriver.load(
-        str(tiny_llama_path), "cpu", None, block_size=16, num_kv_blocks=64
-    )
-    groups: list[dict[str, bool]] = []
-    generate_group = driver.engine.generate_group
+    merges: list[dict[str, bool]] = []
+    merge_streams = engine_driver.merge_streams
 
-    async def watched(*args, **kwargs):  # type: ignore[no-untyped-def]
+    async def watched(streams, **kwargs):  # type: ignore[no-untyped-def]
         state = {"closed": False}
-        groups.append(state)
+        merges.append(state)
         try:
-            async for item in generate_group(*args, **kwargs):
+            async for item in merge_streams(streams, **kwargs):
                 yield item
         finally:
             state["closed"] = True
 
-    monkeypatch.setattr(driver.engine, "generate_group", watched)
-    freed_with_group_open: list[int] = []
+    monkeypatch.setattr(engine_driver, "merge_streams", watched)
+    driver = await engine_driver.EngineDriver.load(
+        str(tiny_llama_path), "cpu", None, block_size=16, num_kv_blocks=64
+    )
+    freed_with_merge_open: list[int] = []
     free = driver.engine.free
 
     def free_and_check(context_id: int) -> None:
-        if groups and not groups[-1]["closed"]:
-            freed_with_group_open.append(context_id)
+        if merges and not merges[-1]["closed"]:
+            freed_with_merge_open.append(context_id)
         free(context_id)
 
     monkeypatch.setattr(driver.engine, "free", free_and_check)
@@ -114,8 +114,8 @@ async def test_samples_are_closed_before_their_forks_are_freed(
         async for _ in outputs:
             break
         await outputs.aclose()
-        assert groups and groups[-1]["closed"]
-        assert freed_with_group_open == []
+        assert merges and merges[-1]["closed"]
+        assert freed_with_merge_open == []
         for _ in range(50):  # the aborts come through
             if not driver.engine._listeners:
                 break
