@@ -168,6 +168,11 @@ class EngineDriver:
         """Tokens of `text` as a plain request would tokenize it (no special tokens added)."""
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def encode_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Tokens of a prompt that starts with `text`: the tokenizer's leading special tokens
+        (BOS), unless the text writes them, then the text's (`Tokenizer.encode_prompt`)."""
+        return self.tokenizer.encode_prompt(text, add_special_tokens)
+
     def new_context(self) -> TokenContext:
         return TokenContext(self.engine, self.engine.create_context(), [])
 

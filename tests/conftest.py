@@ -20,6 +20,12 @@ def tiny_llama_path(tiny_models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bos_llama_path(tiny_models_dir: Path) -> Path:
+    """A tiny Llama whose tokenizer puts BOS before every text, as Llama's and Mistral's do."""
+    return make_tiny_model(tiny_models_dir / "bos_llama", "llama", seed=3, bos=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_mistral_path(tiny_models_dir: Path) -> Path:
     return make_tiny_model(tiny_models_dir / "mistral", "mistral")
 

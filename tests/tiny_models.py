@@ -26,6 +26,7 @@ TRAINING_TEXT = next(
 )
 VOCAB_SIZE = 512
 EOS_TOKEN, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+BOS_TOKEN = "<s>"  # only in the tokenizers made with bos=True
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -62,10 +63,13 @@ _PER_ARCH: dict[str, dict[str, Any]] = {
 }
 
 
-def make_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0, **overrides: Any) -> Path:
+def make_tiny_model(
+    path: str | Path, arch: str = "llama", seed: int = 0, bos: bool = False, **overrides: Any
+) -> Path:
     """Write a tiny random `arch` checkpoint with its tokenizer into `path`; returns `path`.
 
-    `overrides` go to the transformers config (e.g. tie_word_embeddings=True,
+    `bos`: the tokenizer puts a BOS token (`BOS_TOKEN`) before every text, as Llama's and
+    Mistral's do. `overrides` go to the transformers config (e.g. tie_word_embeddings=True,
     rope_scaling={"rope_type": "llama3", ...}, num_hidden_layers=4).
     """
     import transformers
@@ -73,14 +77,15 @@ def make_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0, **over
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
     path = Path(path)
-    tokenizer = _hf_tokenizer()
+    tokenizer = _hf_tokenizer(bos)
     config_class, model_class = {
         "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
     }[arch]
     eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
-    settings = {**_BASE, **_PER_ARCH[arch], "bos_token_id": None, "eos_token_id": eos_id,
+    bos_id = tokenizer.convert_tokens_to_ids(BOS_TOKEN) if bos else None
+    settings = {**_BASE, **_PER_ARCH[arch], "bos_token_id": bos_id, "eos_token_id": eos_id,
                 "pad_token_id": eos_id, **overrides}
     config = config_class(**settings)
     with torch.random.fork_rng(devices=[]):
@@ -114,8 +119,8 @@ def training_text() -> str:
 
 
 @functools.cache
-def _backend_tokenizer_json() -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _backend_tokenizer_json(bos: bool = False) -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -123,21 +128,28 @@ def _backend_tokenizer_json() -> str:
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
         min_frequency=2,
-        special_tokens=[EOS_TOKEN, IM_START, IM_END],
+        special_tokens=[EOS_TOKEN, IM_START, IM_END] + ([BOS_TOKEN] if bos else []),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(training_text().splitlines(keepends=True), trainer)
+    if bos:  # Llama's post-processor: BOS before each text
+        bos_id = tokenizer.token_to_id(BOS_TOKEN)
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{BOS_TOKEN} $A", pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B",
+            special_tokens=[(BOS_TOKEN, bos_id)],
+        )  # fmt: skip
     return tokenizer.to_str()
 
 
-def _hf_tokenizer() -> Any:
+def _hf_tokenizer(bos: bool = False) -> Any:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_backend_tokenizer_json()),
+        tokenizer_object=Tokenizer.from_str(_backend_tokenizer_json(bos)),
         eos_token=EOS_TOKEN,
         pad_token=EOS_TOKEN,
         chat_template=CHATML_TEMPLATE,
+        **({"bos_token": BOS_TOKEN} if bos else {}),
     )

@@ -106,7 +106,8 @@ async def render_chat(request: web.Request) -> web.Response:
         except Exception as exc:  # a template's raise_exception or a model without a template
             raise bad_request(f"conversations[{i}]: cannot apply the chat template: {exc}",
                               param=f"conversations.{i}") from exc  # fmt: skip
-        tokens = len(driver.encode(rendered.text)) if rendered.text is not None else None
+        # counted as a native call's prompt: BOS added unless the template writes it
+        tokens = len(driver.encode_prompt(rendered.text)) if rendered.text is not None else None
         prompts.append(
             RenderedPrompt(template=rendered.template, variables=list(rendered.variables),
                            text=rendered.text, prompt_tokens=tokens)

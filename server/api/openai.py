@@ -110,7 +110,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     if body.best_of is not None and body.best_of != (body.n or 1):
         raise bad_request("best_of is not supported (only equal to n)", param="best_of")
     driver = request.app[DRIVER]
-    prompts, prompt_ids = completion_prompts(driver, body.prompt)
+    prompts, prompt_ids = completion_prompts(driver, body.prompt, body.add_special_tokens)
     if body.truncate_prompt_tokens is not None:
         kept = [truncated_prompt(driver, body, ids) for ids in prompt_ids]
         prompts = [p if len(k) == len(ids) else prompt_text(driver, k)
@@ -182,8 +182,10 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     tools = ToolRequest.of(body.tools, body.tool_choice, body.parallel_tool_calls)
     refuse_extensions(body, UNSUPPORTED_CHAT_EXTENSIONS)
     driver = request.app[DRIVER]
-    ids = truncated_prompt(driver, body, encode_prompt(driver, chat_prompt(driver, body, tools),
-                                                       "messages"))  # fmt: skip
+    text = chat_prompt(driver, body, tools)
+    ids = truncated_prompt(
+        driver, body, encode_prompt(driver, text, "messages", body.add_special_tokens)
+    )
     echoed = _chat_echo(body, tools)
     requested = body.max_completion_tokens or body.max_tokens
     max_tokens = requested or max(1, driver.max_model_len - len(ids))  # default: fill the context

@@ -59,18 +59,24 @@ def refuse_extensions(body: OpenAIRequest, unsupported: dict[str, object]) -> No
 
 
 def completion_prompts(
-    driver: EngineDriver, prompt: str | list[str] | list[int] | list[list[int]]
+    driver: EngineDriver,
+    prompt: str | list[str] | list[int] | list[list[int]],
+    add_special_tokens: bool = True,
 ) -> tuple[list[str], list[list[int]]]:
     """The completions API's prompts as texts (what `echo` returns) and token ids: one text,
     several, one list of token ids or several (ids are taken as they are; their text is
-    their decoding, special tokens' text included, as vLLM's and as a text prompt has it)."""
+    their decoding, special tokens' text included, as vLLM's and as a text prompt has it).
+    A text gets the tokenizer's BOS unless `add_special_tokens` is false (vLLM's field)."""
     if isinstance(prompt, str):
         prompt = [prompt]
     if not prompt:
         raise bad_request("prompt must not be empty", param="prompt")
     if isinstance(prompt[0], str):
         texts = [p for p in prompt if isinstance(p, str)]
-        return texts, [encode_prompt(driver, p, "prompt") for p in texts]
+        ids_of = [encode_prompt(driver, p, "prompt", add_special_tokens) for p in texts]
+        # a BOS added before a text is echoed with it, as a prompt of ids is (see prompt_text)
+        echoed = [_with_added_lead(driver, p, ids) for p, ids in zip(texts, ids_of, strict=True)]
+        return echoed, ids_of
     lists = [prompt] if isinstance(prompt[0], int) else prompt
     for k, ids in enumerate(lists):
         if not ids:
@@ -78,6 +84,13 @@ def completion_prompts(
         check_token_ids(driver, ids, "prompt")  # type: ignore[arg-type]
     ids_lists: list[list[int]] = [list(ids) for ids in lists]  # type: ignore[arg-type]
     return [prompt_text(driver, ids) for ids in ids_lists], ids_lists
+
+
+def _with_added_lead(driver: EngineDriver, text: str, ids: list[int]) -> str:
+    lead = driver.tokenizer.prompt_prefix_ids
+    if not lead or len(ids) == len(driver.encode(text)):
+        return text
+    return prompt_text(driver, list(lead)) + text
 
 
 def prompt_text(driver: EngineDriver, ids: list[int]) -> str:
@@ -157,9 +170,12 @@ def check_token_ids(driver: EngineDriver, ids: list[int], param: str) -> None:
         )
 
 
-def encode_prompt(driver: EngineDriver, text: str, param: str) -> list[int]:
-    """`text` as token ids; 400 naming `param` when nothing is left of it."""
-    ids = driver.encode(text)
+def encode_prompt(
+    driver: EngineDriver, text: str, param: str, add_special_tokens: bool
+) -> list[int]:
+    """A prompt `text` as token ids, the tokenizer's leading special tokens (BOS) first when
+    `add_special_tokens`; 400 naming `param` when nothing is left of it."""
+    ids = driver.encode_prompt(text, add_special_tokens)
     if not ids:
         raise bad_request(f"{param} is empty after tokenization", param=param)
     return ids

@@ -93,6 +93,11 @@ class CompletionRequest(OpenAIRequest):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
+    add_special_tokens: bool = Field(
+        True,
+        description="vLLM's: a text prompt starts with the tokenizer's special tokens (BOS), "
+        "as Hugging Face tokenizes it.",
+    )
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -147,6 +152,11 @@ class ChatCompletionRequest(OpenAIRequest):
     )
     chat_template_kwargs: dict[str, Any] | None = Field(
         None, description="vLLM's: more variables for the chat template."
+    )
+    add_special_tokens: bool = Field(
+        False,
+        description="vLLM's: add the tokenizer's special tokens (BOS) before the rendered "
+        "prompt; off, as the chat template writes its own.",
     )
     echo: bool = Field(
         False,

@@ -42,6 +42,11 @@ class TokenizeRequest(BaseModel):
     tools: list[dict] | None = Field(None, description="With messages: as a chat request.")
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    add_special_tokens: bool | None = Field(
+        None,
+        description="Add the tokenizer's special tokens (BOS), as a request would: by default "
+        "for a prompt, not for messages (the chat template writes its own).",
+    )
 
     @model_validator(mode="after")
     def _one_prompt(self) -> TokenizeRequest:
@@ -87,7 +92,8 @@ async def tokenize(request: web.Request) -> web.Response:
     else:
         assert body.prompt is not None
         text = body.prompt
-    ids = driver.encode(text)
+    special = body.messages is None if body.add_special_tokens is None else body.add_special_tokens
+    ids = driver.encode_prompt(text, special)
     return json_response(
         TokenizeResponse(count=len(ids), max_model_len=driver.max_model_len, tokens=ids)
     )

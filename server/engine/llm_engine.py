@@ -319,7 +319,9 @@ class LLMEngine:
         self, prompt: str | Sequence[int], sampling: SamplingParams, priority: int = 0
     ) -> int:
         """A one-shot request: a fresh context, the prompt, a generation; freed when done."""
-        token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        token_ids = (
+            self.tokenizer.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
+        )
         if not token_ids:
             raise ValueError("prompt is empty")
         ctx_id = self.create_context()
@@ -352,7 +354,9 @@ class LLMEngine:
                 f"{len(sampling_params)} sampling params for {len(prompts)} prompts: give one "
                 "for all, or one per prompt"
             )
-        prompt_ids = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+        prompt_ids = [
+            self.tokenizer.encode_prompt(p) if isinstance(p, str) else list(p) for p in prompts
+        ]
         job_ids: list[int] = []
         try:
             for ids, sp in zip(prompt_ids, sampling_params, strict=True):

@@ -20,6 +20,8 @@ from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+# what `prompt_prefix_ids` encodes with and without special tokens to find those put before it
+_PROBE_TEXT = "Hello"
 
 
 class Tokenizer:
@@ -75,6 +77,30 @@ class Tokenizer:
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """A prompt's token ids: the tokenizer's leading special tokens (`prompt_prefix_ids`,
+        e.g. Llama's and Mistral's BOS), as Hugging Face and vLLM add them to a text prompt,
+        then the text's. Not added twice: a text that starts with them (a chat template that
+        writes its BOS) keeps its own. Special tokens that a tokenizer would put after a text
+        are not added: a prompt's tokens must extend the tokens of its every prefix, which
+        prefix sharing and calls with several outputs build on."""
+        ids = self.encode(text)
+        lead = list(self.prompt_prefix_ids) if add_special_tokens else []
+        if lead and ids[: len(lead)] != lead:
+            return lead + ids
+        return ids
+
+    @cached_property
+    def prompt_prefix_ids(self) -> tuple[int, ...]:
+        """The special tokens this tokenizer puts before a text (its post-processor's): BOS
+        for Llama and Mistral, none for ChatML models such as Qwen2 and SmolLM2."""
+        bare = self.encode(_PROBE_TEXT)
+        full = self.encode(_PROBE_TEXT, add_special_tokens=True)
+        for start in range(len(full) - len(bare) + 1):
+            if full[start : start + len(bare)] == bare:
+                return tuple(full[:start])
+        return ()  # the post-processor rewrites the text's tokens: add nothing rather than guess
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text of `ids`; byte sequences cut mid-character decode to U+FFFD."""

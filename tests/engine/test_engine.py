@@ -646,3 +646,18 @@ def test_a_boosted_generation_runs_at_its_new_priority(tiny_llama_path):
     engine.boost(contexts[1], 0)
     finished = [jobs[o.job_id][0] for o in engine.run_until_idle() if o.finished and o.job_id in jobs]
     assert finished == ["later", "first"]
+
+
+def test_text_prompts_start_with_the_bos_that_transformers_tokenizes(tiny_bos_llama_path):
+    # vLLM's LLM.generate tokenizes a text as Hugging Face does: Llama's and Mistral's BOS first
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(tiny_bos_llama_path))
+    engine = LLMEngine.from_pretrained(str(tiny_bos_llama_path))
+    ref = load_reference(str(tiny_bos_llama_path))
+    texts = ["The model", "Results of the experiment show", "<s>A prompt that writes its BOS"]
+    outs = engine.generate(texts, GREEDY)
+    for text, out in zip(texts, outs, strict=True):
+        ids = hf(text.removeprefix("<s>")).input_ids
+        assert ids[0] == hf.bos_token_id
+        assert out.token_ids == greedy_reference(ref, ids, GREEDY.max_tokens), text

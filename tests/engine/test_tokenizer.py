@@ -187,3 +187,19 @@ def test_smollm2_tokenizer(smollm2_path: Path) -> None:
         assert ids == hf.encode(text, add_special_tokens=False)
         assert "".join(stream(tok.detokenizer(), ids)) == text
         assert b"".join(tok.token_bytes(t) for t in ids) == text.encode()
+
+
+def test_prompts_start_with_the_bos_that_transformers_adds(
+    tiny_bos_llama_path: Path, tiny_llama_path: Path, tiny_tokenizer: Tokenizer
+) -> None:
+    hf = AutoTokenizer.from_pretrained(str(tiny_bos_llama_path))
+    tokenizer = Tokenizer.from_folder(tiny_bos_llama_path)
+    assert tokenizer.prompt_prefix_ids == (hf.bos_token_id,)
+    for text in random_texts(30, seed=7) + [""]:
+        assert tokenizer.encode_prompt(text) == hf(text).input_ids
+        assert tokenizer.encode_prompt(text, add_special_tokens=False) == tokenizer.encode(text)
+        # a text that writes its BOS (a chat template's) keeps that one, not two
+        assert tokenizer.encode_prompt("<s>" + text) == hf(text).input_ids
+    # ChatML tokenizers put nothing before a text
+    assert tiny_tokenizer.prompt_prefix_ids == ()
+    assert tiny_tokenizer.encode_prompt("a prompt") == tiny_tokenizer.encode("a prompt")

@@ -1,0 +1,122 @@
+"""A model whose tokenizer puts BOS before every text (Llama's, Mistral's): every entry point
+tokenizes a prompt as Hugging Face and vLLM do. Completions and graph calls start with BOS;
+chat prompts do not add one, since chat templates write their own; `add_special_tokens`
+(vLLM's field) overrides either."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from server.engine import LLMEngine, SamplingParams
+from server.launcher import ServerProcess
+from tests.server.http_client import metrics, request
+
+DOC = "Parrot serves applications: their calls share prompts, and outputs feed later calls. "
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bos_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("bos") / "server.log"
+    with ServerProcess(tiny_bos_llama_path, "--served-model-name", "tiny", log_path=log) as srv:
+        yield srv.url
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_bos_llama_path: Path) -> LLMEngine:
+    return LLMEngine.from_pretrained(str(tiny_bos_llama_path))
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_bos_llama_path: Path):
+    return AutoTokenizer.from_pretrained(str(tiny_bos_llama_path))
+
+
+def greedy_ids(engine: LLMEngine, ids: list[int], max_tokens: int = 8) -> str:
+    sampling = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+    return engine.generate([ids], sampling)[0].text
+
+
+def test_completions_start_with_bos_unless_told_not_to(client, engine, hf) -> None:
+    prompt = "The results of the study"
+    with_bos, without = hf(prompt).input_ids, hf(prompt, add_special_tokens=False).input_ids
+    assert with_bos == [hf.bos_token_id, *without]
+    for extra, ids in (({}, with_bos), ({"add_special_tokens": False}, without)):
+        done = client.completions.create(
+            model="tiny", prompt=prompt, max_tokens=8, temperature=0,
+            extra_body={"ignore_eos": True, **extra},
+        )  # fmt: skip
+        assert done.usage.prompt_tokens == len(ids)
+        assert done.choices[0].text == greedy_ids(engine, ids)
+    # an echoed prompt shows the BOS added to it, where its logprobs place that token
+    echoed = client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=0, echo=True, logprobs=0
+    )
+    choice = echoed.choices[0]
+    assert choice.text == "<s>" + prompt
+    assert choice.logprobs.tokens[0] == "<s>" and choice.logprobs.text_offset[:2] == [0, 3]
+
+
+def test_chat_prompts_add_no_bos_unless_asked(client, engine, hf, server: str) -> None:
+    messages = [{"role": "user", "content": "What does a parrot say?"}]
+    rendered = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    plain = hf(rendered, add_special_tokens=False).input_ids
+    for extra, ids in (({}, plain), ({"add_special_tokens": True}, [hf.bos_token_id, *plain])):
+        done = client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=8, temperature=0,
+            extra_body={"ignore_eos": True, **extra},
+        )  # fmt: skip
+        assert done.usage.prompt_tokens == len(ids)
+        assert done.choices[0].message.content == greedy_ids(engine, ids)
+    # /tokenize gives the ids the requests use
+    status, body = request("POST", server + "/tokenize", {"prompt": "The results"})
+    assert status == 200 and body["tokens"] == hf("The results").input_ids
+    status, body = request("POST", server + "/tokenize", {"messages": messages})
+    assert status == 200 and body["tokens"] == plain
+    status, body = request(
+        "POST", server + "/tokenize", {"prompt": "The results", "add_special_tokens": False}
+    )
+    assert status == 200 and body["tokens"] == hf("The results", add_special_tokens=False).input_ids
+
+
+def test_graph_calls_start_with_bos_and_still_share_their_prefix(server: str, engine, hf) -> None:
+    ask = "Document: {{input:doc}}\nQuestion {{input:q}}:{{output:a}}"
+    calls = [
+        {"id": f"ask-{i}", "function": "ask", "template": ask,
+         "inputs": {"doc": "doc", "q": f"q{i}"}, "outputs": {"a": f"a{i}"},
+         "sampling": {"max_tokens": 6, "temperature": 0, "ignore_eos": True}}
+        for i in range(3)
+    ]  # fmt: skip
+    variables = [{"id": "doc", "value": DOC * 4}]
+    variables += [{"id": f"q{i}", "value": f"what is point {i + 1}?"} for i in range(3)]
+    variables += [{"id": f"a{i}"} for i in range(3)]
+    status, opened = request("POST", server + "/v1/sessions", {"name": "bos"})
+    assert status == 201, opened
+    sid, token = opened["session_id"], opened["token"]
+    before = metrics(server)
+    status, body = request(
+        "POST", f"{server}/v1/sessions/{sid}/graph", {"variables": variables, "calls": calls}, token
+    )
+    assert status == 200, body
+    for i in range(3):
+        status, out = request(
+            "GET", f"{server}/v1/sessions/{sid}/variables/a{i}?timeout=60", token=token
+        )
+        assert status == 200 and out["status"] == "ready", out
+        ids = hf(f"Document: {DOC * 4}\nQuestion what is point {i + 1}?:").input_ids
+        assert ids[0] == hf.bos_token_id
+        assert out["value"] == greedy_ids(engine, ids, 6)
+        assert out["usage"]["prompt_tokens"] == len(ids)
+    after = metrics(server)
+    doc_tokens = len(hf(DOC * 4, add_special_tokens=False).input_ids)
+    cached = after["parrot_cached_tokens_total"] - before["parrot_cached_tokens_total"]
+    assert cached >= 2 * doc_tokens  # the document, BOS and all, was filled once and forked
