@@ -24,7 +24,8 @@ class SemanticFunction:
     returns its output variable (a tuple of them, in template order, when there are several).
 
     Inputs may be strings or `SemanticVariable`s; outputs may be passed as (unset) variables to
-    write into, otherwise new ones are made.
+    write into, otherwise new ones are made. `add_special_tokens=False`: the prompt gets no BOS
+    from the tokenizer (for a prompt a chat template rendered, which writes its own).
     """
 
     def __init__(
@@ -32,10 +33,13 @@ class SemanticFunction:
         template: str | Template,
         name: str = "semantic_function",
         params: list[str] | None = None,
+        *,
+        add_special_tokens: bool = True,
         **sampling: Any,
     ) -> None:
         self.template = template if isinstance(template, Template) else parse_template(template)
         self.name = name
+        self.add_special_tokens = add_special_tokens
         self.sampling = _check_sampling(sampling)
         names = [*self.template.inputs, *self.template.outputs]
         self.params = params if params is not None else names

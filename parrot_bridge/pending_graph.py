@@ -89,6 +89,8 @@ class PendingGraph:
                 "outputs": {name: var.id for name, var in outputs.items()},
                 "sampling": fn.sampling,
             }
+            if not fn.add_special_tokens:
+                spec["add_special_tokens"] = False
             self._calls.append(_Call(spec, list(inputs.values()), list(outputs.values())))
 
     def take(self, awaits: dict[str, Criteria] | None = None) -> Batch | None:

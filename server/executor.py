@@ -259,7 +259,7 @@ class Executor:
             try:
                 values = session.graph.input_values(call)
                 steps = lower_call(call, values)
-                prompt = self.driver.encode_prompt(steps[0].text_before)
+                prompt = self.driver.encode_prompt(steps[0].text_before, call.add_special_tokens)
                 self._check_fits(call, prompt)
                 keys = boundaries(call, values)
             except Exception as exc:  # fails this call (and what reads it), not the batch
@@ -354,7 +354,7 @@ class Executor:
                     tokens = _shared_tokens([jobs[m].prompt for m in shared[i][1]])
                 else:
                     assert lead is not None
-                    tokens = self._boundary_tokens(lead, job.prompt)
+                    tokens = self._boundary_tokens(lead, job)
                 opened[key] = None
                 if len(tokens) >= self.config.min_shared_prefix_tokens:
                     opened[key] = await self.prefixes.open(engine, key, tokens, priority, entry)
@@ -367,9 +367,11 @@ class Executor:
             else:
                 contexts.append(self.pool.drivers[engine].new_context())
 
-    def _boundary_tokens(self, boundary: Boundary, prompt: list[int]) -> list[int]:
-        """The tokens of a boundary's text that this prompt starts with, less the last few."""
-        tokens = self.driver.encode_prompt(boundary.text)
+    def _boundary_tokens(self, boundary: Boundary, job: _Job) -> list[int]:
+        """The tokens of a boundary's text that the job's prompt starts with, less the last
+        few."""
+        prompt = job.prompt
+        tokens = self.driver.encode_prompt(boundary.text, job.call.add_special_tokens)
         n = min(common_prefix_len(tokens, prompt), len(tokens) - self.config.boundary_trim_tokens)
         return prompt[: max(0, min(n, len(prompt) - 1))]
 
@@ -381,7 +383,10 @@ class Executor:
             text = ""
             for i, step in enumerate(job.steps):
                 text += step.text_before
-                target = job.prompt if i == 0 else self.driver.encode_prompt(text)
+                target = (
+                    job.prompt if i == 0
+                    else self.driver.encode_prompt(text, call.add_special_tokens)
+                )  # fmt: skip
                 self._check_fits(call, target)
                 hold = self._latency_hold(session, call, job.steps, i, job.item.priority)
                 if hold:
@@ -530,7 +535,7 @@ class Executor:
                 done[call.id] = bounds[-1].key
                 if self.prefixes.holds(bounds[-1].key):
                     continue
-                tokens = self.driver.encode_prompt(bounds[-1].text)
+                tokens = self.driver.encode_prompt(bounds[-1].text, call.add_special_tokens)
             except Exception:  # an early fill is an optimisation: the call fails when it runs
                 log.exception("no early fill for call %s of session %s", call.id, session.id)
                 continue

@@ -283,7 +283,10 @@ class Tracer:
 
     def _record_chat(self, chat: _PendingChat, template: str, max_model_len: int) -> None:
         sampling = {"max_tokens": max_model_len, **chat.sampling}
-        fn = SemanticFunction(template + "{{output:reply}}", name="ChatParrot", **sampling)
+        # tokenized as the chat API tokenizes a rendered prompt: no BOS beyond the template's
+        fn = SemanticFunction(
+            template + "{{output:reply}}", name="ChatParrot", add_special_tokens=False, **sampling
+        )
         fn.invoke(self.session, **chat.inputs, reply=chat.output)
 
     def _template(self, text: str) -> tuple[str, dict[str, SemanticVariable]]:

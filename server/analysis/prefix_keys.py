@@ -50,6 +50,8 @@ def boundaries(call: Call, values: Mapping[str, str | None]) -> list[Boundary]:
     """
     found: list[Boundary] = []
     digest = hashlib.blake2b(digest_size=16)
+    if not call.add_special_tokens:  # the same text without a BOS is other tokens
+        digest.update(b"\0no special tokens\0")
     text: list[str] = []
     for i, seg in enumerate(call.segments):
         if isinstance(seg, Output):

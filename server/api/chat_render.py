@@ -106,8 +106,9 @@ async def render_chat(request: web.Request) -> web.Response:
         except Exception as exc:  # a template's raise_exception or a model without a template
             raise bad_request(f"conversations[{i}]: cannot apply the chat template: {exc}",
                               param=f"conversations.{i}") from exc  # fmt: skip
-        # counted as a native call's prompt: BOS added unless the template writes it
-        tokens = len(driver.encode_prompt(rendered.text)) if rendered.text is not None else None
+        # as the chat API counts it (a call of the rendered template sends add_special_tokens
+        # false): what the template writes, no BOS added
+        tokens = len(driver.encode(rendered.text)) if rendered.text is not None else None
         prompts.append(
             RenderedPrompt(template=rendered.template, variables=list(rendered.variables),
                            text=rendered.text, prompt_tokens=tokens)

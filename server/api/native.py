@@ -241,7 +241,7 @@ def _to_submission(body: GraphSubmission, max_model_len: int) -> Submission:
                 f"call {spec.id!r}: invalid sampling: {exc}", kind="invalid_sampling", call=spec.id
             ) from exc
         calls.append(CallDecl(spec.id, spec.template, spec.inputs, spec.outputs, sampling,
-                              spec.function))  # fmt: skip
+                              spec.function, spec.add_special_tokens))  # fmt: skip
     return Submission(
         variables=[VariableDecl(v.id, v.name, v.value) for v in body.variables],
         calls=calls,

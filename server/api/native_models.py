@@ -90,6 +90,12 @@ class CallSpec(ApiModel):
     inputs: dict[str, str] = Field(default_factory=dict, description="Input name -> variable id.")
     outputs: dict[str, str] = Field(description="Output name -> variable id.")
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    add_special_tokens: bool = Field(
+        True,
+        description="The prompt starts with the tokenizer's special tokens (BOS) where it adds "
+        "them, as a completion's does; false for a prompt a chat template rendered, which "
+        "writes its own (as the chat API tokenizes it).",
+    )
 
 
 class AwaitSpec(ApiModel):

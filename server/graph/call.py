@@ -91,6 +91,9 @@ class Call:
     outputs: dict[str, str]
     sampling: Sampling = field(default_factory=Sampling)
     function: str | None = None
+    # the prompt starts with the tokenizer's BOS where it adds one, as a completion's does;
+    # false for a prompt rendered by a chat template, which writes what it wants
+    add_special_tokens: bool = True
     state: CallState = CallState.WAITING
     error: str | None = None
     missing: set[str] = field(default_factory=set)  # input variable ids without a value yet

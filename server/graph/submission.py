@@ -27,6 +27,7 @@ class CallDecl:
     outputs: dict[str, str]
     sampling: Sampling = field(default_factory=Sampling)
     function: str | None = None
+    add_special_tokens: bool = True
 
 
 @dataclass(frozen=True, slots=True)

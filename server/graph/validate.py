@@ -100,6 +100,7 @@ def _build_call(calls: dict[str, Call], decl: CallDecl) -> Call:
         outputs=dict(decl.outputs),
         sampling=decl.sampling,
         function=decl.function,
+        add_special_tokens=decl.add_special_tokens,
     )
 
 

@@ -120,3 +120,25 @@ def test_graph_calls_start_with_bos_and_still_share_their_prefix(server: str, en
     doc_tokens = len(hf(DOC * 4, add_special_tokens=False).input_ids)
     cached = after["parrot_cached_tokens_total"] - before["parrot_cached_tokens_total"]
     assert cached >= 2 * doc_tokens  # the document, BOS and all, was filled once and forked
+
+
+def test_a_graph_call_may_ask_for_no_bos(server: str, engine, hf) -> None:
+    status, opened = request("POST", server + "/v1/sessions", {"name": "no-bos"})
+    assert status == 201, opened
+    sid, token = opened["session_id"], opened["token"]
+    sampling = {"max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    calls = [
+        {"id": f"c{k}", "template": "Tell me about parrots:{{output:a}}", "outputs": {"a": f"a{k}"},
+         "sampling": sampling, **extra}
+        for k, extra in enumerate(({}, {"add_special_tokens": False}))
+    ]  # fmt: skip
+    body = {"variables": [{"id": "a0"}, {"id": "a1"}], "calls": calls}
+    status, out = request("POST", f"{server}/v1/sessions/{sid}/graph", body, token)
+    assert status == 200, out
+    for k, special in enumerate((True, False)):
+        status, out = request(
+            "GET", f"{server}/v1/sessions/{sid}/variables/a{k}?timeout=60", token=token
+        )
+        ids = hf("Tell me about parrots:", add_special_tokens=special).input_ids
+        assert status == 200 and out["value"] == greedy_ids(engine, ids, 6), out
+        assert out["usage"]["prompt_tokens"] == len(ids)

@@ -59,6 +59,17 @@ def test_equal_leading_segments_share_keys_across_calls_and_sessions() -> None:
     assert boundaries(other, {"q": "what?"})[0].key != k1[0].key
 
 
+def test_a_prompt_without_the_tokenizers_bos_keys_apart_from_one_with_it() -> None:
+    # the same text is other tokens when a call asks for no BOS (a chat-rendered prompt)
+    template = SYSTEM + "{{input:q}}{{output:out}}"
+    with_bos = boundaries(make_call(template), {"q": "what?"})
+    raw = make_call(template, "raw")
+    raw.add_special_tokens = False
+    without = boundaries(raw, {"q": "what?"})
+    assert [b.text for b in without] == [b.text for b in with_bos]
+    assert not {b.key for b in without} & {b.key for b in with_bos}
+
+
 def test_input_values_are_keyed_by_content_and_edges_matter() -> None:
     a = make_call("Doc: {{input:d}}\nQ: {{input:q}}{{output:out}}", "a")
     b = make_call("Doc: {{input:d}}\nQ: {{input:q}}{{output:out}}", "b")
