@@ -9,6 +9,8 @@ import re
 import shutil
 import signal
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -112,6 +114,7 @@ def test_a_killed_engine_is_restarted_and_what_waited_runs_on_the_new_one(
         wait_logged(log, "engine_exited")
         # no engine runs: a plain request is told to come back (OpenAI's clients retry 503)
         assert request("GET", srv.url + "/healthz")[1]["engines_running"] == 0
+        assert health_status(srv.url) == 503  # vLLM's readiness probe: not ready
         # counters hold what the dead engine was last seen to count: they never go down
         assert metrics(srv.url)["parrot_generated_tokens_total"] == generated
         with pytest.raises(openai.APIStatusError) as refused:
@@ -137,6 +140,7 @@ def test_a_killed_engine_is_restarted_and_what_waited_runs_on_the_new_one(
         # the new engine's counts go on from the old one's (6 tokens of the call, 4 here)
         assert metrics(srv.url)["parrot_generated_tokens_total"] == generated + 10
         assert request("GET", srv.url + "/healthz")[1]["engines_running"] == 1
+        assert health_status(srv.url) == 200
         assert srv.stop() == 0
     assert wait_exited([new_pid])
 
@@ -398,3 +402,14 @@ def test_a_stream_whose_engine_dies_ends_with_a_server_error(
         error = json.loads(events[-2])["error"]
         assert "exited unexpectedly" in error["message"]
         assert error["type"] == "server_error"
+
+
+def health_status(url: str) -> int:
+    """vLLM's GET /health: an empty body, the status says it all."""
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=30) as resp:
+            assert resp.read() == b""
+            return resp.status
+    except urllib.error.HTTPError as err:
+        assert err.headers["Retry-After"] == "1"
+        return err.code

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import socket
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -425,6 +427,11 @@ def test_ops_routes(server: str) -> None:
     status, health = request("GET", server + "/healthz")
     assert status == 200 and health["max_model_len"] == 1024
     assert health["engines"] == health["engines_running"] == 1
+    # vLLM's probes: an empty 200, and the version
+    with urllib.request.urlopen(server + "/health", timeout=30) as resp:
+        assert resp.status == 200 and resp.read() == b""
+    status, version = request("GET", server + "/version")
+    assert status == 200 and version["version"] == importlib.metadata.version("parrot-serve")
     samples = metrics(server)
     for name in ["parrot_prompt_tokens_total", "parrot_prefill_tokens_total",
                  "parrot_cached_tokens_total", "parrot_generated_tokens_total",
