@@ -28,6 +28,7 @@ from server.api.openai_inputs import (
     completion_prompts,
     encode_prompt,
     message_text,
+    plain_priority,
     prompt_logprobs_asked,
     prompt_text,
     refuse_extensions,
@@ -137,7 +138,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
             request, driver, prompts, prompt_ids, samplings, cid, body, echo, timing
         )
     per_prompt = await unless_disconnected(request, asyncio.gather(
-        *(_run(request.app[ENGINES], ids, s, timing)
+        *(_run(request.app[ENGINES], ids, s, timing, plain_priority(body))
           for ids, s in zip(prompt_ids, samplings, strict=True))
     ))  # fmt: skip
     choices, completion_tokens = [], 0
@@ -213,7 +214,9 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         return await _stream_chat(
             request, driver, ids, samplings, cid, body, timing, tools, echoed
         )
-    done = await unless_disconnected(request, _run(request.app[ENGINES], ids, samplings, timing))
+    done = await unless_disconnected(
+        request, _run(request.app[ENGINES], ids, samplings, timing, plain_priority(body))
+    )
     finals = [f for f, _ in done]
     choices = [
         ChatChoice(
@@ -293,7 +296,8 @@ async def _stream_chat(
                 await stream.send(ChatCompletionChunk(id=cid, created=created, model=body.model,
                                                       choices=[choice]))  # fmt: skip
         finals: dict[int, JobOutput] = {}
-        outputs = _outputs(stream, request.app[ENGINES], [ids], [samplings], timing)
+        outputs = _outputs(stream, request.app[ENGINES], [ids], [samplings], timing,
+                           plain_priority(body))  # fmt: skip
         async for index, out in outputs:
             held[index].add(out.new_logprobs)
             await send_text(index, out.new_text, out.finished)
@@ -336,7 +340,8 @@ async def _stream_completion(
     await stream.open()
     with contextlib.suppress(ConnectionError):
         finals: dict[int, JobOutput] = {}
-        outputs = _outputs(stream, request.app[ENGINES], prompt_ids, per_prompt, timing)
+        outputs = _outputs(stream, request.app[ENGINES], prompt_ids, per_prompt, timing,
+                           plain_priority(body))  # fmt: skip
         async for index, out in outputs:
             prompt, ids = prompts[index // n], prompt_ids[index // n]
             if index in to_echo and (not echo.scored or out.prompt_logprobs is not None):
@@ -397,6 +402,7 @@ async def _outputs(
     prompt_ids: list[list[int]],
     per_prompt: list[list[SamplingParams]],
     timing: RequestTiming,
+    priority: int,
 ) -> AsyncIterator[tuple[int, JobOutput]]:
     """(choice index: prompt k's sample i is k * n + i, engine output) of the prompts'
     samples, as they come; an engine error after the stream started is sent as an error
@@ -404,7 +410,8 @@ async def _outputs(
     `ConnectionResetError`, its engine jobs aborted (`while_connected`)."""
     n = len(per_prompt[0])
     runs = [
-        _generate(engines, ids, s, timing) for ids, s in zip(prompt_ids, per_prompt, strict=True)
+        _generate(engines, ids, s, timing, priority)
+        for ids, s in zip(prompt_ids, per_prompt, strict=True)
     ]
     request = stream.request
     try:
@@ -429,7 +436,11 @@ async def _outputs(
 
 
 async def _run(
-    engines: EnginePool, ids: list[int], samplings: list[SamplingParams], timing: RequestTiming
+    engines: EnginePool,
+    ids: list[int],
+    samplings: list[SamplingParams],
+    timing: RequestTiming,
+    priority: int,
 ) -> list[tuple[JobOutput, list[TokenLogprob]]]:
     """The finished output of each sample (with the prompt's logprobs, if asked) and its
     tokens' logprobs (if asked), in order (see `_generate`). The client sees nothing before
@@ -437,11 +448,11 @@ async def _run(
     start on an engine that runs."""
     try:
         try:
-            return await _collect(engines, ids, samplings, timing)
+            return await _collect(engines, ids, samplings, timing, priority)
         except EngineDied:
             await engines.until_available(REDO_WAIT_S)
         try:
-            return await _collect(engines, ids, samplings, timing)
+            return await _collect(engines, ids, samplings, timing, priority)
         except EngineDied as exc:
             raise engines.redo_died(exc) from exc
     except ValueError as exc:
@@ -453,13 +464,17 @@ async def _run(
 
 
 async def _collect(
-    engines: EnginePool, ids: list[int], samplings: list[SamplingParams], timing: RequestTiming
+    engines: EnginePool,
+    ids: list[int],
+    samplings: list[SamplingParams],
+    timing: RequestTiming,
+    priority: int,
 ) -> list[tuple[JobOutput, list[TokenLogprob]]]:
     """One run of `_run`'s request, to its end (`_run` redoes it, not the pool)."""
     finals: list[JobOutput | None] = [None] * len(samplings)
     logprobs: list[list[TokenLogprob]] = [[] for _ in samplings]
     prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
-    outputs = _generate(engines, ids, samplings, timing, redo=False)
+    outputs = _generate(engines, ids, samplings, timing, priority, redo=False)
     # closed at once when cancelled (the client left): that aborts the engine jobs
     async with contextlib.aclosing(outputs):  # type: ignore[type-var]
         async for index, out in outputs:
@@ -478,15 +493,17 @@ def _generate(
     ids: list[int],
     samplings: list[SamplingParams],
     timing: RequestTiming,
+    priority: int,
     redo: bool = True,
 ) -> AsyncIterator[tuple[int, JobOutput]]:
-    """A plain request on the least loaded engine, at normal priority (latency-critical graph
-    calls go first, bulk graph work after): one sample through the prefix cache, or several
-    (`n`) forking one computed prompt; its latencies go to `timing`'s histograms."""
+    """A plain request on the least loaded engine, at `priority` (`plain_priority`: normal
+    unless the client said otherwise; latency-critical graph calls go first, bulk graph work
+    after): one sample through the prefix cache, or several (`n`) forking one computed
+    prompt; its latencies go to `timing`'s histograms."""
     if len(samplings) > 1:
-        outputs = engines.generate_samples(ids, samplings, redo=redo)
+        outputs = engines.generate_samples(ids, samplings, priority, redo=redo)
     else:
-        outputs = _indexed(engines.generate_plain(ids, samplings[0], redo=redo))
+        outputs = _indexed(engines.generate_plain(ids, samplings[0], priority, redo=redo))
     return dataclasses.replace(timing, samples=len(samplings)).observe(outputs)
 
 

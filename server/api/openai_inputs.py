@@ -21,6 +21,7 @@ from server.engine.regex_prefix import Regex, RegexError
 from server.engine.sampling_params import MAX_LOGPROBS, offset_seed
 from server.engine_driver import EngineDriver
 from server.errors import bad_request
+from server.scheduling import LATENCY_PRIORITY, NORMAL_PRIORITY, THROUGHPUT_PRIORITY
 
 # vLLM's request extensions the engine cannot honour, with the values that change nothing
 # (None always does): any other value gets a 400 rather than a silently different result
@@ -37,6 +38,15 @@ UNSUPPORTED_CHAT_EXTENSIONS: dict[str, object] = {
 
 # transformers' marker of where a continued final message ends (continue_final_message)
 _CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
+
+
+def plain_priority(body: OpenAIRequest) -> int:
+    """The scheduling class of a plain request from vLLM's `priority` (lower goes first, 0 by
+    default): below 0 latency-critical (with graph calls that a client awaits), 0 normal,
+    above 0 bulk (with a graph's throughput work). Within a class, requests keep their order."""
+    if not body.priority:
+        return NORMAL_PRIORITY
+    return LATENCY_PRIORITY if body.priority < 0 else THROUGHPUT_PRIORITY
 
 
 def samples_of(sampling: SamplingParams, n: int) -> list[SamplingParams]:

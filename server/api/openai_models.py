@@ -73,6 +73,11 @@ class OpenAIRequest(BaseModel):
     truncate_prompt_tokens: int | None = Field(
         None, ge=-1, description="vLLM's: keep the prompt's last k tokens (-1: what fits)."
     )
+    priority: int = Field(
+        0,
+        description="vLLM's: lower goes first. Parrot has three classes: below 0 "
+        "latency-critical, 0 normal, above 0 bulk (it yields to the others).",
+    )
     prompt_logprobs: int | None = Field(
         None, ge=0, le=20,
         description="vLLM's: each prompt token's logprob and rank, and this many alternatives "
