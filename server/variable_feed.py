@@ -11,7 +11,9 @@ class VariableFeed:
 
     def __init__(self) -> None:
         self.chunks: list[str] = []
-        self.followed = False  # someone has read its chunks
+        # a chunk has gone to a follower (a follower waiting for the first has seen nothing:
+        # the output can still be generated again, see `restart`)
+        self.followed = False
         self.error: str | None = None
         self.done = asyncio.Event()
         self._changed = asyncio.Event()
@@ -44,11 +46,11 @@ class VariableFeed:
 
     async def follow(self) -> AsyncIterator[str]:
         """Yield every chunk from the first; return at the end (the caller checks `error`)."""
-        self.followed = True
         i = 0
         while True:
             changed = self._changed
             while i < len(self.chunks):
+                self.followed = True
                 yield self.chunks[i]
                 i += 1
             if self.done.is_set():

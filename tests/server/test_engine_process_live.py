@@ -19,7 +19,7 @@ import pytest
 
 from server.engine import LLMEngine, SamplingParams
 from server.launcher import ServerProcess
-from tests.server.http_client import metrics, request
+from tests.server.http_client import events, metrics, request
 
 pytestmark = pytest.mark.slow
 
@@ -170,7 +170,8 @@ def test_work_waiting_on_an_engine_that_dies_runs_again_on_the_new_one(
     tiny_llama_path: Path, tmp_path: Path
 ) -> None:
     """What had produced nothing when its engine died (it waited in the engine's queue) runs
-    again on the restarted engine, as if nothing happened; what had produced text fails."""
+    again on the restarted engine, as if nothing happened, also when a client streams it (it
+    has seen nothing yet); what had produced text fails."""
     reference = LLMEngine.from_pretrained(str(tiny_llama_path))
     log = tmp_path / "server.log"
     flags = ("--served-model-name", "tiny", "--max-num-seqs", "1")
@@ -198,10 +199,13 @@ def test_work_waiting_on_an_engine_that_dies_runs_again_on_the_new_one(
         sid, token = body["session_id"], body["token"]
         status, body = request("POST", f"{srv.url}/v1/sessions/{sid}/graph", GRAPH, token)
         assert status == 200, body
+        # a client follows the call's output, and has seen nothing of it when the engine dies
+        streamed = pool.submit(events, f"{srv.url}/v1/sessions/{sid}/variables/y/stream", token)
         deadline = time.monotonic() + 30
         while metrics(srv.url)["parrot_engine_jobs"] < 6 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert metrics(srv.url)["parrot_engine_jobs"] >= 6  # the long one and five waiting
+        assert not streamed.done()
 
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(openai.APIError, match="exited unexpectedly"):
@@ -211,6 +215,9 @@ def test_work_waiting_on_an_engine_that_dies_runs_again_on_the_new_one(
         assert [f.result(timeout=60).usage.completion_tokens for f in more] == [1000] * 3
         status, body = request("GET", f"{srv.url}/v1/sessions/{sid}/variables/y", token=token)
         assert status == 200 and body["value"] == greedy(reference, "Name: Polly\nSays:", 6)
+        got = streamed.result(timeout=60)
+        assert got[-1][0] == "done", got[-1]
+        assert "".join(data["text"] for kind, data in got if kind == "chunk") == body["value"]
         assert metrics(srv.url)["parrot_calls_requeued_total"] == 1
         assert metrics(srv.url)["parrot_engine_restarts_total"] == 1
 

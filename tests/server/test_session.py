@@ -60,6 +60,24 @@ async def test_chunks_nobody_read_can_be_taken_back_for_a_call_run_again() -> No
     assert await follower == ["he", "llo"]
 
 
+async def test_a_follower_that_has_seen_nothing_yet_leaves_the_output_to_be_run_again() -> None:
+    """A stream opened before its call generated (an SDK `stream()` right after submitting)
+    has seen no text: the call may still run again from the start, and the stream then reads
+    the new run's text alone."""
+    s = chain_session()
+    follower = asyncio.create_task(_collect(s, "a"))
+    await asyncio.sleep(0)  # following, waiting for the first chunk
+    feed = s.feed("a")
+    assert not feed.followed
+    s.graph.start("A")
+    feed.restart()
+    s.push_chunk("a", "hel")
+    await asyncio.sleep(0)
+    assert feed.followed
+    s.complete_output("A", "y", "hello")
+    assert await follower == ["hel", "lo"]
+
+
 async def test_failure_and_close_end_feeds_with_an_error() -> None:
     s = chain_session()
     feed_b = s.feed("b")
