@@ -54,6 +54,8 @@ class EngineProcess:
         self._reader: threading.Thread | None = None
         self._send_lock = threading.Lock()
         self._gone: str | None = None  # why no more work is taken, once stopped or dead
+        # a send found the child gone before its exit was seen (`_on_exit` says why, later)
+        self._pipe_broken = False
         # while held (`hold`), messages wait here and go as one ("batch", ...) at `release`
         self._holds = 0
         self._held: list[tuple[Any, ...]] = []
@@ -135,8 +137,9 @@ class EngineProcess:
 
     @property
     def alive(self) -> bool:
-        """Taking work: neither stopped nor dead."""
-        return self._gone is None
+        """Taking work: neither stopped nor dead (nor found gone by a send: work placed on it
+        until its exit is seen would only fail again)."""
+        return self._gone is None and not self._pipe_broken
 
     @property
     def exit_code(self) -> int | None:
@@ -283,6 +286,7 @@ class EngineProcess:
             with self._send_lock:
                 self.conn.send(message)
         except (BrokenPipeError, ConnectionResetError, OSError) as exc:
+            self._pipe_broken = True
             raise EngineDied(f"the engine process is gone ({exc})") from None
 
     def _gone_error(self) -> EngineError:

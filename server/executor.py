@@ -275,7 +275,7 @@ class Executor:
                 await self._open_contexts(engine, jobs, contexts)
             except EngineError as exc:  # the engine died (or stopped) before any call ran
                 for job in jobs:
-                    self._engine_failed(job, exc)
+                    self._engine_failed(engine, job, exc)
                 return
             await self._run_together(engine, jobs, contexts)
         finally:
@@ -404,7 +404,7 @@ class Executor:
         except asyncio.CancelledError:
             raise
         except EngineError as exc:
-            self._engine_failed(job, exc)
+            self._engine_failed(engine, job, exc)
         except Exception as exc:  # fails this call and what depends on it
             if not isinstance(exc, CallError | ValueError):
                 log.exception("unexpected error in call %s of session %s", call.id, session.id)
@@ -470,23 +470,31 @@ class Executor:
         readers = (plan.priority(c) for c in variable.consumers)
         return hold if any(p == LATENCY_PRIORITY for p in readers) else 0.0
 
-    def _engine_failed(self, job: _Job, exc: EngineError) -> None:
+    def _engine_failed(self, engine: int, job: _Job, exc: EngineError) -> None:
         """A call whose engine died before it set an output, and whose text nobody has read
-        yet (streamed), runs again from the start, once, on an engine that runs (after a
-        restart, if none does); else it fails, with what depends on it."""
+        yet (streamed), runs again from the start on an engine that runs (after a restart, if
+        none does): once, and again while its engine's death overlaps another's restart, up
+        to once per engine. Engines killed at once die one by one to the server, so a redo
+        may go to an engine already dead; unlike a plain request, a graph call has no client
+        to tell to retry. A call that kills every engine it runs on (the two cases look the
+        same) kills one more than there are engines; then it fails, with what depends on it."""
         session, call = job.session, job.call
         first = session.graph.variables[call.outputs[job.steps[0].output]]
         feed = session.feed(first.id)
+        overlapping = bool(self.pool.restarting - {engine})
         redo = (
             isinstance(exc, EngineDied)
-            and call.requeued == 0
+            and (call.requeued == 0 or (overlapping and call.requeued < len(self.pool)))
             and call.state is CallState.RUNNING
             and first.state is VariableState.PENDING
             and not feed.followed
             and not session.closed
         )
         if not redo:
-            self._fail(session, call, str(exc) or type(exc).__name__)
+            reason = str(exc) or type(exc).__name__
+            if call.requeued:
+                reason += f" (under each of its {call.requeued + 1} runs)"
+            self._fail(session, call, reason)
             return
         feed.restart()
         session.graph.requeue(call.id)

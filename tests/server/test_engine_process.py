@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from server.engine import EngineError, LLMEngine, SamplingParams
 from server.engine_driver import EngineDriver
-from server.engine_process import EngineProcess
+from server.engine_process import EngineDied, EngineProcess
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
 
@@ -169,6 +170,22 @@ async def test_a_killed_engine_process_fails_its_calls_and_refuses_new_work(
     with pytest.raises(EngineError, match="exited unexpectedly"):
         await process.stats()
     process.free(1)  # what the server's cleanup does: nothing to free any more, no error
+
+
+async def test_an_engine_a_send_finds_gone_takes_no_more_work(process: EngineProcess) -> None:
+    """A send that finds the child gone before its exit is seen (killed a moment ago) marks the
+    engine as not taking work: work placed on it meanwhile only failed again (a graph call's
+    redo, placed at once, spent itself on an engine already dead)."""
+    process.process.kill()
+    time.sleep(0.5)  # the child is dead; its exit is seen on the event loop, which waits
+    assert process.alive
+    with pytest.raises(EngineDied, match="is gone"):
+        process.create_context()
+    assert not process.alive and not process.exited.is_set()
+    # its exit is still seen, and says why (what the watcher waits on to restart it)
+    await asyncio.wait_for(process.exited.wait(), 10)
+    with pytest.raises(EngineError, match="exited unexpectedly"):
+        process.create_context()
 
 
 async def test_a_model_that_cannot_load_is_reported_with_the_childs_reason(

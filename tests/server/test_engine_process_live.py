@@ -308,6 +308,52 @@ def test_requests_on_two_engines_killed_at_once_are_redone_or_told_to_retry(
         done = client.completions.create(model="tiny", prompt="Hi", max_tokens=4, temperature=0)
         assert done.choices[0].text == greedy(reference, "Hi", 4)
 
+def test_graph_calls_on_two_engines_killed_at_once_run_again_until_an_engine_is_back(
+    tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    """Both engines die at once, each under a graph call nobody has seen. The server learns of
+    the deaths one by one, so a redo may go to the other engine, already dead: a graph call has
+    no client to tell to retry, so it waits for a restarted engine and runs there (it failed,
+    with what reads it, though nothing it did killed the engines)."""
+    reference = LLMEngine.from_pretrained(str(tiny_llama_path))
+    long = SamplingParams(max_tokens=400, temperature=0, ignore_eos=True)
+    log = tmp_path / "server.log"
+    flags = ("--engines", "2", "--served-model-name", "tiny", "--engine-threads", "1")
+    with ServerProcess(tiny_llama_path, *flags, log_path=log) as srv:
+        pids = engine_pids(log)
+        sessions = []
+        for text in ["Numbers:", "Count:"]:
+            graph = {
+                "variables": [{"id": "y"}, {"id": "z"}],
+                "calls": [
+                    {"id": "c", "template": text + "{{output:y}}", "outputs": {"y": "y"},
+                     "sampling": {"max_tokens": 400, "temperature": 0, "ignore_eos": True}},
+                    {"id": "d", "template": "Name: {{input:y|strip}}\nSays:{{output:z}}",
+                     "inputs": {"y": "y"}, "outputs": {"z": "z"},
+                     "sampling": {"max_tokens": 4, "temperature": 0}},
+                ],
+            }  # fmt: skip
+            status, body = request("POST", srv.url + "/v1/sessions", {"name": "t"})
+            sid, token = body["session_id"], body["token"]
+            status, body = request("POST", f"{srv.url}/v1/sessions/{sid}/graph", graph, token)
+            assert status == 200, body
+            sessions.append((text, sid, token))
+        deadline = time.monotonic() + 30
+        while metrics(srv.url)["parrot_generated_tokens_total"] < 60:  # both mid-generation
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        for text, sid, token in sessions:
+            base = f"{srv.url}/v1/sessions/{sid}/variables"
+            status, y = request("GET", f"{base}/y?timeout=120", token=token, timeout=150)
+            assert status == 200 and y["status"] == "ready", y
+            assert y["value"] == reference.generate([reference.tokenizer.encode(text)], long)[0].text
+            status, z = request("GET", f"{base}/z?timeout=60", token=token)
+            assert z["value"] == greedy(reference, f"Name: {y['value'].strip()}\nSays:", 4)
+        assert metrics(srv.url)["parrot_calls_requeued_total"] >= 2
+
+
 def test_calls_waiting_for_an_engine_that_stays_down_fail_instead_of_waiting_forever(
     tiny_llama_path: Path, tmp_path: Path
 ) -> None:
