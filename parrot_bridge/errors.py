@@ -24,4 +24,5 @@ class ParrotError(Exception):
 
 
 class CallFailedError(ParrotError):
-    """A variable has no value because the call producing it (or one upstream) failed."""
+    """A variable has no value because the call producing it (or one upstream) failed (its
+    `type` and `code` are "call_failed", as the server's stream error has them)."""

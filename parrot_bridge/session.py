@@ -246,7 +246,7 @@ class Session:
                 _fetched(var, info)
                 return info["value"]
             if info["status"] == "failed":
-                raise CallFailedError(info["error"])
+                raise CallFailedError(info["error"], type="call_failed", code="call_failed")
             if deadline is not None and time.monotonic() >= deadline:
                 raise ParrotError(f"timed out after {timeout} s waiting for variable {var._label}")
 
@@ -261,7 +261,9 @@ class Session:
                 _fetched(var, data)
                 return
             elif event == "error":
-                raise CallFailedError(data["error"]["message"])
+                error = data["error"]
+                raise CallFailedError(error["message"], type=error.get("type"),
+                                      code=error.get("code"))  # fmt: skip
         raise ParrotError(f"the stream of variable {var._label} ended early")
 
     async def _close(self) -> None:

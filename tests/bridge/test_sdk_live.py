@@ -188,10 +188,12 @@ def test_failed_calls_raise_call_failed_downstream(url: str) -> None:
     with P.Session(url):
         first = outline(huge.read_text()[:6000])
         second = draft(first)
-        with pytest.raises(P.CallFailedError, match="upstream call .*its prompt has"):
+        with pytest.raises(P.CallFailedError, match="upstream call .*its prompt has") as got:
             second.get()
-        with pytest.raises(P.CallFailedError, match="prompt has"):
+        with pytest.raises(P.CallFailedError, match="prompt has") as streamed:
             list(first.stream())
+    for err in (got.value, streamed.value):  # told apart from other errors the same way
+        assert (err.type, err.code) == ("call_failed", "call_failed")
 
 
 def test_unreachable_server_and_closed_session(url: str) -> None:
