@@ -387,7 +387,7 @@ class Executor:
                     job.prompt if i == 0
                     else self.driver.encode_prompt(text, call.add_special_tokens)
                 )  # fmt: skip
-                self._check_fits(call, target)
+                self._check_fits(call, target, None if i == 0 else step.output)
                 hold = self._latency_hold(session, call, job.steps, i, job.item.priority)
                 if hold:
                     self.metrics.latency_holds.inc()
@@ -591,12 +591,15 @@ class Executor:
         task.add_done_callback(lambda t: self._forget(session.id, t))
         return task
 
-    def _check_fits(self, call: Call, prompt: list[int]) -> None:
+    def _check_fits(self, call: Call, prompt: list[int], output: str | None = None) -> None:
+        """`output`: a later output's name, whose prompt is the text before it (the earlier
+        outputs included), named in the error."""
         limit = self.driver.max_model_len
         if len(prompt) >= limit:
+            before = "" if output is None else f" up to output {output!r}"
             raise CallError(
-                f"its prompt has {len(prompt)} tokens, which leaves no room to generate in the "
-                f"model's context of {limit} tokens"
+                f"its prompt{before} has {len(prompt)} tokens, which leaves no room to generate "
+                f"in the model's context of {limit} tokens"
             )
         if not prompt:
             raise CallError("its prompt before the first output is empty; nothing to generate from")

@@ -217,6 +217,24 @@ def test_a_failed_call_fails_downstream_with_the_cause_and_spares_the_rest(serve
     assert got[-1][0] == "error" and "upstream call 'A'" in got[-1][1]["error"]["message"]
 
 
+def test_a_later_output_whose_prompt_overflows_is_named_and_the_first_is_kept(
+    server: str, engine: LLMEngine
+) -> None:
+    sid, token = open_session(server)
+    words = ARTICLE.read_text().split()
+    # a prompt of ~1000 tokens: the first output fits, its 40 tokens push the second out
+    text = next(" ".join(words[:n]) for n in range(100, len(words))
+                if len(engine.tokenizer.encode(" ".join(words[:n]))) > 990)  # fmt: skip
+    two = call("two", "{{input:t}} A:{{output:a}} B:{{output:b}}", {"t": "t"}, {"a": "a", "b": "b"},
+               max_tokens=40)  # fmt: skip
+    two["sampling"]["ignore_eos"] = True
+    body = {"variables": [{"id": "t", "value": text}, {"id": "a"}, {"id": "b"}], "calls": [two]}
+    assert submit(server, sid, token, body)[0] == 200
+    b = get_var(server, sid, token, "b")
+    assert b["status"] == "failed" and "its prompt up to output 'b' has" in b["error"], b
+    assert get_var(server, sid, token, "a")["status"] == "ready"
+
+
 def test_variables_set_later_release_their_calls(server: str) -> None:
     sid, token = open_session(server)
     base = f"{server}/v1/sessions/{sid}/variables"
