@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from server.engine.code_point_prefix import CodePointPrefix
 
 _MAX_REPEAT = 256  # {m,n} copies its operand: keep patterns small
+# nested repeats multiply (`((a{256}){256}){256}` is 16M copies: it took the server past 19 GB
+# before answering); ~9 us a state here, so the cap bounds a compile to about half a second
+MAX_STATES = 50_000
 
 
 class RegexError(ValueError):
@@ -97,6 +100,12 @@ class Regex:
     # -- construction (called by the parser) ----------------------------------------------
 
     def new_state(self) -> int:
+        if len(self._edges) >= MAX_STATES:
+            shown = self.pattern if len(self.pattern) <= 80 else self.pattern[:77] + "..."
+            raise RegexError(
+                f"the pattern {shown!r} is too large: it compiles to more than {MAX_STATES} "
+                "states (a repeat copies its operand, so nested repeats multiply)"
+            )
         self._edges.append([])
         self._empty.append([])
         return len(self._edges) - 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,14 @@ def test_the_engine_writes_matches(tiny_llama_path: Path):
                 assert Regex(pattern).start().feed_all(data), out.text
     with pytest.raises(ValueError, match="one of"):
         SamplingParams(regex="a", choices=["a"])
+
+
+@pytest.mark.parametrize(
+    "pattern", ["((a{256}){256}){256}", "|".join(f"w{i}x" for i in range(20_000))]
+)
+def test_a_pattern_that_compiles_to_too_many_states_is_refused_quickly(pattern: str):
+    # the nested repeats ran the server past 19 GB before this was bounded
+    start = time.perf_counter()
+    with pytest.raises(RegexError, match="too large"):
+        Regex(pattern)
+    assert time.perf_counter() - start < 5
