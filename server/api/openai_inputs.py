@@ -375,7 +375,7 @@ def guided_output(body: OpenAIRequest) -> GuidedOutput:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested past the stack
             raise bad_request(f"{param} is not JSON: {exc}", param=field) from exc
     return GuidedOutput(json_object=True, schema=checked_schema(value, param, field))
 

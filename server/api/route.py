@@ -14,7 +14,12 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from server.errors import bad_request
+from server.engine.json_depth import path_deeper_than, shown_path
+from server.errors import ApiError, bad_request
+
+# containers inside containers; the deepest a request needs is a JSON schema within a tool or
+# response_format (schemas stop at 64 levels). Deeper bodies met Python's recursion limit: a 500
+MAX_BODY_DEPTH = 100
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
@@ -45,6 +50,11 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
         raise bad_request(
             f"the request body is not valid JSON: {exc}", code="invalid_json"
         ) from exc
+    except RecursionError as exc:  # nested past what the parser's stack holds
+        raise _too_deep(()) from exc
+    deep = path_deeper_than(data, MAX_BODY_DEPTH)
+    if deep is not None:
+        raise _too_deep(deep)
     bad = _unpaired_surrogate(data)
     if bad is not None:
         # JSON may escape half a UTF-16 pair ("\ud800"); no tokenizer or encoder takes it
@@ -55,6 +65,14 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
             param=where or None,
         )
     return validate(model, data, "body")
+
+
+def _too_deep(path: tuple[object, ...]) -> ApiError:
+    where = f" (at {shown_path(path)})" if path else ""
+    return bad_request(
+        f"invalid body: JSON nested more than {MAX_BODY_DEPTH} levels deep{where}",
+        param=str(path[0]) if path else None,
+    )
 
 
 def parse_query(request: web.Request, model: type[M]) -> M:

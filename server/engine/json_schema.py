@@ -21,10 +21,15 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from server.engine.json_depth import path_deeper_than, shown_path
 from server.engine.number_bounds import NumberBounds
 from server.engine.regex_prefix import RegexError
 from server.engine.string_rules import StringRules, search_regex
 
+# JSON levels (an object property takes two: `properties` and its name), a few times OpenAI's
+# ten levels of objects; the compiler recurses per level and met Python's recursion limit
+# (a 500) near 330
+MAX_SCHEMA_DEPTH = 64
 _ANNOTATIONS = frozenset({
     "title", "description", "default", "examples", "$schema", "$id", "$comment", "format",
     "deprecated", "readOnly", "writeOnly", "$defs", "definitions", "strict", "name",
@@ -79,6 +84,12 @@ def compile_schema(schema: object) -> Node:
     """The root node of `schema`, which must describe an object; SchemaError otherwise."""
     if not isinstance(schema, dict):
         raise SchemaError("the schema must be a JSON object")
+    deep = path_deeper_than(schema, MAX_SCHEMA_DEPTH)
+    if deep is not None:
+        raise SchemaError(
+            f"the schema nests more than {MAX_SCHEMA_DEPTH} levels deep "
+            f"(at #/{shown_path(deep, '/')})"
+        )
     root = _Compiler(schema).node(schema, "#")
     if root.kind != "object":
         raise SchemaError("the schema's root must be an object (type: object)")

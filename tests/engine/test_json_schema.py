@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from server.engine import LLMEngine, SamplingParams
-from server.engine.json_schema import SchemaError, compile_schema
+from server.engine.json_schema import MAX_SCHEMA_DEPTH, SchemaError, compile_schema
 from server.engine.schema_prefix import SchemaPrefix
 
 
@@ -224,3 +224,24 @@ def test_the_engine_writes_what_the_schema_allows(engine: LLMEngine):
     with pytest.raises(ValueError, match="pattern"):
         SamplingParams(json_object=True, json_schema={"type": "object", "properties": {
             "s": {"type": "string", "pattern": "\\1"}}})  # fmt: skip
+
+
+def _nested_arrays(levels: int) -> dict:
+    """An object whose key "a" holds arrays nested so that the schema is `levels` JSON
+    containers deep (the root, `properties` and the string's own schema take three)."""
+    inner: dict = {"type": "string"}
+    for _ in range(levels - 3):
+        inner = {"type": "array", "items": inner}
+    return {"type": "object", "properties": {"a": inner}, "required": ["a"]}
+
+
+def test_a_schema_nested_too_deeply_is_refused_by_depth_not_by_the_stack():
+    # before: a RecursionError (a 500) from ~330 levels, sent in a few kilobytes
+    deepest = _nested_arrays(MAX_SCHEMA_DEPTH)
+    state = SchemaPrefix(compile_schema(deepest))
+    arrays = MAX_SCHEMA_DEPTH - 3
+    assert state.feed_all(b'{"a":' + b"[" * arrays + b'"s"' + b"]" * arrays + b"}")
+    assert state.complete
+    for levels in (MAX_SCHEMA_DEPTH + 1, 2_000):
+        with pytest.raises(SchemaError, match=f"more than {MAX_SCHEMA_DEPTH} levels deep"):
+            compile_schema(_nested_arrays(levels))
