@@ -99,7 +99,7 @@ def _read_call(block: str) -> tuple[str | None, str]:
     not valid JSON as a whole (a small model's trailing brace, say) but its fields are."""
     try:
         value = json.loads(block)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the stack
         value = None
     if isinstance(value, dict) and isinstance(value.get("name"), str):
         arguments = value.get("arguments", value.get("parameters", {}))
@@ -112,7 +112,7 @@ def _read_call(block: str) -> tuple[str | None, str]:
     rest = block[found.end() :]
     try:
         arguments, _ = json.JSONDecoder().raw_decode(rest)
-    except ValueError:
+    except (ValueError, RecursionError):
         raw = rest.strip()
         return name, raw[:-1].rstrip() if raw.endswith("}") else raw  # drop the wrapper's brace
     return name, _as_json(arguments)

@@ -203,7 +203,7 @@ def check_tool_calls(calls: object, index: int) -> list[dict[str, Any]]:
 def _call_block(call: dict[str, str]) -> str:
     try:
         arguments: object = json.loads(call["arguments"])
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the stack
         arguments = call["arguments"]  # as the client sent it
     body = json.dumps({"name": call["name"], "arguments": arguments}, ensure_ascii=False)
     return f"{TOOL_CALL_OPEN}\n{body}\n{TOOL_CALL_CLOSE}"

@@ -203,3 +203,18 @@ def test_forced_calls_keep_their_name_and_whatever_arguments_came():
     only = ToolRequest.of([WEATHER], "required", None)
     content, calls = parse('{"city": "Oslo"}}' + TOOL_CALL_CLOSE + block("Oslo", {}), only)
     assert [c.name for c in calls] == ["get_weather"] and content == block("Oslo", {})
+
+
+def test_json_nested_past_the_parsers_stack_is_text_not_a_server_error():
+    # before: json.loads raised RecursionError (no ValueError), a 500 for the request
+    deep = "[" * 100_000 + "]" * 100_000
+    tools = ToolRequest.of([WEATHER], None, None)
+    past = check_tool_calls(
+        [{"id": "a", "type": "function", "function": {"name": "get_weather", "arguments": deep}}],
+        1,
+    )
+    rendered = render_tool_turns([{"role": "assistant", "content": "", "tool_calls": past}], tools)
+    assert rendered[1]["content"] == block("get_weather", deep)
+    written = TOOL_CALL_OPEN + '{"name": "get_weather", "arguments": ' + deep + "}"
+    content, calls = parse(written, tools)  # read leniently: the arguments as written
+    assert (content, [(c.name, c.arguments) for c in calls]) == ("", [("get_weather", deep)])
