@@ -304,15 +304,15 @@ def sampling_of(
 def bad_words_token_ids(driver: EngineDriver, words: list[str] | None) -> list[list[int]]:
     """Each bad word's tokens as written at the start of a text and after a space (the two
     ways byte-level BPE tokenizes a word), without repeats; 400 for an empty word."""
-    found: list[list[int]] = []
+    found: dict[tuple[int, ...], None] = {}  # in order; a list's `in` made 10k words take 20 s
     for k, word in enumerate(words or []):
         if not word.strip():
             raise bad_request(f"bad_words[{k}] is empty", param="bad_words")
         for text in (word.lstrip(), " " + word.lstrip()):
-            ids = driver.encode(text)
-            if ids and ids not in found:
-                found.append(ids)
-    return found
+            ids = tuple(driver.encode(text))
+            if ids:
+                found[ids] = None
+    return [list(ids) for ids in found]
 
 
 def truncated_prompt(driver: EngineDriver, body: OpenAIRequest, ids: list[int]) -> list[int]:
