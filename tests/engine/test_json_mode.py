@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -215,6 +216,31 @@ def test_choices_end_on_a_whole_choice():
         if token == 5:
             break
     assert picks[:2] == [3, 5]  # "no", then only EOS fits
+
+
+def test_choices_answer_as_a_scan_of_them_would_and_in_logarithmic_time():
+    from server.engine.choice_prefix import ChoicePrefix
+
+    rng = random.Random(7)
+    choices = tuple({bytes(rng.choices(b"ab\xc3", k=rng.randint(1, 5))) for _ in range(40)})
+    for _ in range(300):
+        text, read = ChoicePrefix(choices), b""
+        for b in rng.choices(b"ab\xc3", k=6):
+            fits = any(c.startswith(read + bytes([b])) for c in choices)
+            assert text.copy().feed(b) == fits
+            if not fits:
+                break
+            text.feed(b)
+            read += bytes([b])
+            assert text.complete == (read in choices)
+            assert text.final == (read in choices and not any(
+                len(c) > len(read) and c.startswith(read) for c in choices))  # fmt: skip
+    # the sampler asks once per candidate token: a scan of 50k choices each time took ~10 s here
+    many = ChoicePrefix(tuple(f"option number {i}".encode() for i in range(50_000)))
+    start = time.perf_counter()
+    for i in range(2_000):
+        assert many.copy().feed_all(f"option number {i * 7}".encode()) == (i * 7 < 50_000)
+    assert time.perf_counter() - start < 1
 
 
 def test_the_engine_answers_with_one_of_the_choices(engine: LLMEngine):
