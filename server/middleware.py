@@ -11,7 +11,7 @@ from server.api.disconnect import ClientGone
 from server.api.route import Handler
 from server.errors import ApiError, error_body
 from server.graph import GraphError
-from server.keys import METRICS
+from server.keys import CONFIG, METRICS
 from server.log import log_event
 
 log = logging.getLogger("server.http")
@@ -83,6 +83,10 @@ def _http_message(request: web.Request, exc: web.HTTPException) -> str:
         return f"no route {request.method} {request.path}"
     if exc.status == 405:
         return f"method {request.method} is not allowed on {request.path}"
+    if exc.status == 413:
+        limit = request.app[CONFIG].max_request_mb
+        return f"the request body is larger than {limit} MB, what this server takes (its " \
+            "--max-request-mb)"  # fmt: skip
     return exc.text or exc.reason
 
 

@@ -37,3 +37,17 @@ async def test_a_body_nested_too_deeply_is_a_400_saying_so() -> None:
             assert resp.status == 400, error
             assert f"nested more than {MAX_BODY_DEPTH} levels deep" in error["message"]
             assert error["type"] == "invalid_request_error"
+
+
+async def test_a_body_over_the_size_limit_is_a_413_naming_the_setting() -> None:
+    from server.config import ServerConfig
+    from server.keys import CONFIG
+
+    app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+    app[CONFIG] = ServerConfig(max_request_mb=1)
+    app.router.add_post("/", _echo)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.post("/", data='{"x": "' + "a" * 1024 * 1024 + '"}')
+        error = (await resp.json())["error"]
+        assert resp.status == 413
+        assert "larger than 1 MB" in error["message"] and "--max-request-mb" in error["message"]
