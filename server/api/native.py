@@ -27,7 +27,7 @@ from server.api.route import Route, json_response, parse_body, parse_query
 from server.api.sse import EventStream
 from server.engine.grammar import compiled_grammar
 from server.engine.json_schema import compile_schema
-from server.engine.regex_prefix import Regex
+from server.engine.regex_prefix import compiled_regex
 from server.errors import ApiError, error_body, not_found
 from server.graph import (
     CallDecl,
@@ -226,7 +226,7 @@ def _to_submission(body: GraphSubmission, max_model_len: int) -> Submission:
             if s.json_schema is not None:
                 compile_schema(s.json_schema)  # SchemaError names what cannot be followed
             if s.regex is not None:
-                Regex(s.regex)  # RegexError says what is not supported
+                compiled_regex(s.regex)  # RegexError says what is not supported
             if s.grammar is not None:
                 compiled_grammar(s.grammar)  # GrammarError names the line and column, or the rule
             sampling = Sampling(

@@ -17,7 +17,7 @@ from server.api.tool_request import (
 from server.engine import SamplingParams
 from server.engine.grammar import GrammarError, compiled_grammar
 from server.engine.json_schema import SchemaError, compile_schema
-from server.engine.regex_prefix import Regex, RegexError
+from server.engine.regex_prefix import RegexError, compiled_regex
 from server.engine.sampling_params import MAX_LOGPROBS, offset_seed
 from server.engine_driver import EngineDriver
 from server.errors import bad_request
@@ -368,7 +368,7 @@ def guided_output(body: OpenAIRequest) -> GuidedOutput:
         if not isinstance(value, str) or not value.strip():
             raise bad_request(f"{param} must be {kind}", param=field)
         try:
-            Regex(value) if what == "regex" else compiled_grammar(value)
+            compiled_regex(value) if what == "regex" else compiled_grammar(value)
         except (RegexError, GrammarError) as exc:
             raise bad_request(f"{param}: {exc}", param=field) from exc
         return GuidedOutput(**{what: value})

@@ -17,7 +17,7 @@ from server.engine.forced_text import forced_text
 from server.engine.grammar import GrammarPrefix, compiled_grammar
 from server.engine.json_prefix import JsonPrefix
 from server.engine.json_schema import compile_schema
-from server.engine.regex_prefix import Regex, RegexPrefix
+from server.engine.regex_prefix import RegexPrefix, compiled_regex
 from server.engine.sampling_params import SamplingParams
 from server.engine.schema_prefix import SchemaPrefix
 from server.engine.tagged_json_prefix import TaggedJsonPrefix
@@ -159,7 +159,7 @@ def token_table(tokenizer: Tokenizer, eos_ids: frozenset[int]) -> TokenTable:
 def text_constraint(sampling: SamplingParams) -> TextAutomaton | None:
     """The automaton a generation's sampling settings ask for, or None."""
     if sampling.regex is not None:
-        return Regex(sampling.regex).start()
+        return compiled_regex(sampling.regex).start()
     if sampling.grammar is not None:
         return compiled_grammar(sampling.grammar).start()
     choices, json_schema = sampling.choices, sampling.json_schema

@@ -82,6 +82,14 @@ _ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "0": "\0"}
 _DOT = CharSet(((10, 10),), negated=True)
 
 
+@functools.lru_cache(maxsize=64)
+def compiled_regex(pattern: str) -> Regex:
+    """The automaton of `pattern`, compiled once per pattern: a request's pattern is checked
+    where it arrives and followed in the engine, and requests often repeat one (a compile near
+    MAX_STATES takes about half a second). Its state is only a memo, so one serves all."""
+    return Regex(pattern)
+
+
 class Regex:
     """A compiled pattern: `start()` gives the prefix automaton of one generation."""
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from server.engine.grammar import compiled_grammar
 from server.engine.json_schema import compile_schema
-from server.engine.regex_prefix import Regex
+from server.engine.regex_prefix import compiled_regex
 from server.engine.tagged_json_prefix import check_tags
 
 MAX_LOGPROBS = 20  # most likely alternatives per token, as OpenAI's chat API allows
@@ -124,7 +124,7 @@ class SamplingParams:
         if sum(constraints) > 1:
             raise ValueError("ask for one of json_object, choices, regex, grammar and tagged_json")
         if self.regex is not None:
-            Regex(self.regex)  # RegexError (a ValueError) says what is not supported
+            compiled_regex(self.regex)  # RegexError (a ValueError) says what is not supported
         if self.grammar is not None:
             compiled_grammar(self.grammar)  # GrammarError (a ValueError) says what is wrong
         if self.min_tokens and any(constraints):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from server.engine.regex_prefix import Regex, RegexError, RegexPrefix
+from server.engine.regex_prefix import Regex, RegexError, RegexPrefix, compiled_regex
 
 _SIMPLE_ESCAPES = {ord('"'): 0x22, ord("\\"): 0x5C, ord("/"): 0x2F, ord("b"): 0x08,
                    ord("f"): 0x0C, ord("n"): 0x0A, ord("r"): 0x0D, ord("t"): 0x09}  # fmt: skip
@@ -43,7 +43,7 @@ def search_regex(pattern: str) -> Regex:
     # each top-level alternative is anchored or not on its own: `^a|b$` is (^a)|(b$)
     alternatives = _alternatives(pattern)
     try:
-        Regex(pattern)  # its errors name the pattern as written
+        compiled_regex(pattern)  # its errors name the pattern as written
     except RegexError:
         if len(alternatives) == 1:
             raise

@@ -82,3 +82,15 @@ def test_a_pattern_that_compiles_to_too_many_states_is_refused_quickly(pattern: 
     with pytest.raises(RegexError, match="too large"):
         Regex(pattern)
     assert time.perf_counter() - start < 5
+
+
+def test_a_pattern_is_compiled_once_and_shared_by_its_generations() -> None:
+    from server.engine.regex_prefix import compiled_regex
+
+    pattern = "(ab|cd){2,40}[0-9]+"
+    regex = compiled_regex(pattern)
+    assert compiled_regex(pattern) is regex
+    one, two = regex.start(), regex.start()  # each generation has its own position
+    assert one.feed_all(b"abcd1") and one.complete
+    assert two.feed_all(b"ab") and not two.complete
+    assert not regex.start().feed_all(b"1")
