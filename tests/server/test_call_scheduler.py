@@ -4,7 +4,7 @@ import pytest
 
 from parrot_bridge.template import parse_template
 from server.analysis import Objective, boundaries
-from server.graph import Call
+from server.graph import Call, Submission, VariableDecl
 from server.metrics import Metrics
 from server.prefix_contexts import PrefixContexts
 from server.prefix_store import PrefixStoreConfig
@@ -21,7 +21,7 @@ from server.scheduling import (
     choose_engine,
 )
 from server.session_plan import PlanSwitches, SessionPlan
-from tests.server.graphs import chain, map_reduce
+from tests.server.graphs import chain, decl, map_reduce
 
 
 def test_priorities_follow_objectives_and_task_groups() -> None:
@@ -79,6 +79,28 @@ def test_a_session_plan_takes_in_new_awaits_without_analysing_the_graph_again(
     assert plan.priority("map0") == THROUGHPUT_PRIORITY and runs["objectives"] == 2
 
 
+def test_a_session_plan_sees_calls_submitted_later() -> None:
+    g = chain(2)
+    plan = SessionPlan(g, PlanSwitches())
+    assert plan.priority("step1") == LATENCY_PRIORITY
+    # a map stage and its reduce arrive in a second submission, awaited for throughput
+    maps = [decl(f"m{i}", "Sum: {{input:c}} {{output:s}}", {"c": "s1"}, {"s": f"p{i}"})
+            for i in range(2)]  # fmt: skip
+    reduce = decl("r", "{{input:a}} {{input:b}} All: {{output:f}}", {"a": "p0", "b": "p1"},
+                  {"f": "all"})  # fmt: skip
+    g.submit(
+        Submission(
+            variables=[VariableDecl("p0"), VariableDecl("p1"), VariableDecl("all")],
+            calls=[*maps, reduce],
+            awaits={"all": "throughput"},
+        )
+    )
+    group = plan.group("m0")
+    assert group is not None and group.members == ("m0", "m1")
+    assert plan.priority("m1") == THROUGHPUT_PRIORITY
+    assert plan.priority("step1") == LATENCY_PRIORITY  # still: latency wins
+
+
 def item(name: str, priority: int, group: str | None = None, cost: int = 10) -> WorkItem[str]:
     return WorkItem(name, priority, cost, group)
 
@@ -128,6 +150,17 @@ def test_a_queued_item_awaited_later_moves_up_with_its_unit() -> None:
     assert bulk[2].priority == LATENCY_PRIORITY and bulk[0].priority == THROUGHPUT_PRIORITY
     with pytest.raises(ValueError, match="not queued"):
         s.raise_priority(bulk[1], LATENCY_PRIORITY)
+
+
+def test_a_more_urgent_member_joining_a_queued_group_moves_the_group_up() -> None:
+    # a group's members are queued one by one as they become ready; one the client awaits
+    # for latency pulls its whole unit ahead of work that was ahead of the group
+    s: CallScheduler[str] = CallScheduler(AppPolicy(), max_calls_per_engine=8)
+    s.add(item("m0", THROUGHPUT_PRIORITY, "g"))
+    s.add(item("other", NORMAL_PRIORITY))
+    s.add(item("m1", LATENCY_PRIORITY, "g"))
+    got = s.admit([EngineLoad(0)], lambda unit: {})
+    assert names(got) == [["m0", "m1"], ["other"]]
 
 
 def test_admission_stops_at_the_first_unit_no_engine_has_room_for() -> None:

@@ -247,3 +247,33 @@ def test_long_chain_does_not_hit_the_recursion_limit() -> None:
     calls = [call(f"c{i}", f"v{i}", f"v{i + 1}") for i in range(n)]
     g = Graph()
     assert [c.id for c in g.submit(Submission(variables, calls))] == ["c0"]
+
+
+def test_a_call_failing_after_one_output_keeps_that_value_and_its_readers() -> None:
+    g = Graph()
+    g.submit(two_outputs())
+    g.submit(
+        Submission(
+            variables=[VariableDecl("greeting"), VariableDecl("older")],
+            calls=[call("G", "n", "greeting"), call("H", "a", "older")],
+        )
+    )
+    g.start("C")
+    assert [c.id for c in g.complete_output("C", "n", "Bob")] == ["G"]
+    failed = g.fail_call("C", "engine died")
+    # the name was generated and handed on before the failure: it stays, and so does G
+    assert {v.id for v in failed} == {"a", "older"}
+    assert g.variables["n"].state is VariableState.READY and g.variables["n"].value == "Bob"
+    assert g.variables["n"].error is None
+    assert g.calls["G"].state is CallState.READY
+    assert g.calls["H"].state is CallState.FAILED
+
+
+def test_later_submissions_are_checked_against_the_variables_already_there() -> None:
+    g = Graph()
+    g.submit(Submission(variables=[VariableDecl("empty"), VariableDecl("given", value="x")]))
+    never = Submission(variables=[VariableDecl("o")], calls=[call("A", "empty", "o")])
+    bad("never_set", never, "call 'A' (f_A)", "'empty'", "never be set", graph=g)
+    overwrite = Submission(calls=[call("B", None, "given")])
+    bad("two_producers", overwrite, "'given'", "a value given by the client", graph=g)
+    assert g.variables["given"].value == "x" and g.variables["given"].producer is None

@@ -1,6 +1,6 @@
 """Objective deduction on hand-built graphs."""
 
-from server.analysis import Objective, deduce_objectives
+from server.analysis import Objective, deduce_objectives, raise_objectives
 from server.graph import Submission, VariableDecl
 from tests.server.graphs import chain, decl, map_reduce
 
@@ -55,3 +55,16 @@ def test_calls_off_the_awaited_path_keep_no_objective() -> None:
     objectives = deduce_objectives(g)
     assert objectives["aside"] is Objective.NONE
     assert objectives["map1"] is Objective.LATENCY
+
+
+def test_new_awaits_taken_in_one_at_a_time_agree_with_a_full_deduction() -> None:
+    # the session plan raises objectives await by await; it must end where deducing the
+    # whole graph again would, latency never lowered by a later throughput await
+    g = chain(4, None)
+    objectives = deduce_objectives(g)
+    for var_id, criteria in [("s0", "throughput"), ("s2", "latency"), ("s1", "throughput"),
+                             ("s3", "throughput")]:  # fmt: skip
+        g.await_variable(var_id, criteria)
+        raise_objectives(g, objectives, var_id, criteria)
+        assert objectives == deduce_objectives(g)
+    assert objectives["step1"] is Objective.LATENCY and objectives["step3"] is Objective.THROUGHPUT

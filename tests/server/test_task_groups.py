@@ -3,7 +3,7 @@
 import pytest
 
 from server.analysis import find_task_groups
-from server.graph import Submission, VariableDecl
+from server.graph import Graph, Submission, VariableDecl
 from tests.server.graphs import chain, decl, map_reduce
 
 
@@ -49,3 +49,19 @@ def test_a_lone_producer_is_not_a_group_and_min_size_is_checked() -> None:
     assert set(find_task_groups(map_reduce(3), min_size=4)) == set()
     with pytest.raises(ValueError, match="min_size"):
         find_task_groups(map_reduce(2), min_size=1)
+
+
+def test_calls_with_several_outputs_for_one_consumer_are_grouped_by_that_consumer() -> None:
+    # a map stage whose calls each give a title and a summary, both read by the reduce
+    g = Graph()
+    variables = [VariableDecl(f"{kind}{i}") for i in range(3) for kind in ("t", "s")]
+    maps = [decl(f"map{i}", "Title: {{output:t}}\nSummary: {{output:s}}", {},
+                 {"t": f"t{i}", "s": f"s{i}"}) for i in range(2)]  # fmt: skip
+    lone = decl("map2", "Summary: {{output:s}}", {}, {"s": "s2"})
+    reads = {f"{kind}{i}": f"{kind}{i}" for i in range(2) for kind in ("t", "s")} | {"s2": "s2"}
+    joined = " ".join(f"{{{{input:{name}}}}}" for name in reads)
+    reduce = decl("reduce", f"{joined} All: {{{{output:f}}}}", reads, {"f": "final"})
+    g.submit(Submission(variables=[*variables, VariableDecl("final")], calls=[*maps, lone, reduce]))
+    group = find_task_groups(g)["map0"]
+    assert group.members == ("map0", "map1", "map2")
+    assert group.consumers == ("reduce",)
