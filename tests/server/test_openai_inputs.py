@@ -1,5 +1,5 @@
-"""The chat prompt a request becomes (`openai_inputs.chat_prompt`), against transformers'
-`apply_chat_template` on the same ChatML template."""
+"""What an OpenAI request becomes: its chat prompt (against transformers'
+`apply_chat_template` on the same ChatML template), its sampling and the checks on it."""
 
 from __future__ import annotations
 
@@ -13,8 +13,21 @@ import pytest
 import tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from server.api.openai_inputs import bad_words_token_ids, chat_prompt
-from server.api.openai_models import ChatCompletionRequest
+from server.api.openai_inputs import (
+    UNSUPPORTED_EXTENSIONS,
+    bad_words_token_ids,
+    chat_logprobs_asked,
+    chat_prompt,
+    guided_output,
+    prompt_logprobs_asked,
+    refuse_extensions,
+    samples_of,
+    sampling_of,
+    truncated_prompt,
+)
+from server.api.openai_models import ChatCompletionRequest, CompletionRequest
+from server.engine import SamplingParams
+from server.engine.sampling_params import SEED_MAX, SEED_MIN
 from server.engine.tokenizer import Tokenizer
 from server.errors import ApiError
 from tests.tiny_models import CHATML_TEMPLATE, IM_END, IM_START
@@ -79,3 +92,67 @@ class EncodingDriver:
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+
+# What a request asks of the engine (`sampling_of` and its helpers), on a stand-in driver whose
+# tokenizer maps each character to its code point.
+SMALL: Any = SimpleNamespace(max_model_len=32, vocab_size=200, encode=lambda t: [ord(c) for c in t])
+
+
+def completion(**fields: Any) -> CompletionRequest:
+    return CompletionRequest(model="m", prompt="hi", **fields)
+
+
+def refused(param: str, call: Any, *args: Any) -> None:
+    with pytest.raises(ApiError) as caught:
+        call(*args)
+    assert (caught.value.status, caught.value.param) == (400, param)
+
+
+def test_sampling_takes_openais_defaults_and_the_whole_context_window() -> None:
+    sp = sampling_of(SMALL, completion(), [1, 2], max_tokens=30)  # 2 + 30: exactly the window
+    assert (sp.temperature, sp.top_p, sp.top_k, sp.max_tokens) == (1.0, 1.0, -1, 30)
+    refused("max_tokens", sampling_of, SMALL, completion(), [1, 2, 3], 30)
+
+
+def test_token_ids_up_to_the_last_of_the_vocabulary_are_taken_and_past_it_refused() -> None:
+    last = SMALL.vocab_size - 1
+    sp = sampling_of(SMALL, completion(stop_token_ids=[last], logit_bias={str(last): 5}), [1], 4)
+    assert sp.stop_token_ids == [last] and sp.logit_bias == {last: 5.0}
+    past = str(SMALL.vocab_size)
+    refused("stop_token_ids", sampling_of, SMALL, completion(stop_token_ids=[int(past)]), [1], 4)
+    refused("logit_bias", sampling_of, SMALL, completion(logit_bias={past: 5}), [1], 4)
+
+
+def test_seeded_samples_draw_from_consecutive_seeds() -> None:
+    assert [s.seed for s in samples_of(SamplingParams(seed=7), 3)] == [7, 8, 9]
+    assert [s.seed for s in samples_of(SamplingParams(seed=SEED_MAX), 2)] == [SEED_MAX, SEED_MIN]
+    assert [s.seed for s in samples_of(SamplingParams(), 2)] == [None, None]
+
+
+def test_a_truncated_prompt_keeps_its_last_tokens() -> None:
+    ids = list(range(40))
+    assert truncated_prompt(SMALL, completion(truncate_prompt_tokens=3), ids) == [37, 38, 39]
+    assert truncated_prompt(SMALL, completion(truncate_prompt_tokens=-1), ids) == ids[-32:]
+    assert truncated_prompt(SMALL, completion(), ids) == ids
+
+
+def test_a_bad_word_is_banned_at_the_start_of_a_text_and_after_a_space() -> None:
+    assert bad_words_token_ids(SMALL, ["no"]) == [[110, 111], [32, 110, 111]]
+    refused("bad_words", bad_words_token_ids, SMALL, ["no", " "])
+
+
+def test_logprob_options_and_constraints_are_checked() -> None:
+    hello = [{"role": "user", "content": "hi"}]
+    chat = ChatCompletionRequest(model="m", messages=hello, logprobs=True)
+    assert chat_logprobs_asked(chat) == 0  # the chosen tokens' log probabilities, no others
+    assert prompt_logprobs_asked(completion(prompt_logprobs=2)) == 2
+    refused("prompt_logprobs", prompt_logprobs_asked, completion(prompt_logprobs=2, n=2))
+    two = completion(response_format={"type": "json_object"}, guided_regex="a+")
+    refused("guided_regex", guided_output, two)
+
+
+def test_empty_vllm_extensions_change_nothing_and_are_taken() -> None:
+    refuse_extensions(completion(logits_processors=[], vllm_xargs={}), UNSUPPORTED_EXTENSIONS)
+    body = completion(logits_processors=["mine"])
+    refused("logits_processors", refuse_extensions, body, UNSUPPORTED_EXTENSIONS)
