@@ -7,7 +7,7 @@ import torch
 
 from server.engine import SamplingParams
 from server.engine.sampler import sample
-from server.engine.sampling_params import SEED_MAX, SEED_MIN, offset_seed
+from server.engine.sampling_params import MAX_LOGPROBS, SEED_MAX, SEED_MIN, offset_seed
 
 
 def test_penalties_lower_generated_tokens_by_count_and_presence() -> None:
@@ -62,6 +62,15 @@ def test_logprobs_are_the_models_own_distribution() -> None:
 def test_settings_out_of_range_are_refused(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         SamplingParams(**{field: value})
+
+
+
+def test_the_ends_of_the_ranges_are_taken_and_a_schema_needs_json_mode() -> None:
+    # OpenAI takes up to 20 alternatives per token; a schema alone would be silently ignored
+    sp = SamplingParams(logprobs=MAX_LOGPROBS, prompt_logprobs=MAX_LOGPROBS, seed=SEED_MIN)
+    assert (sp.logprobs, sp.prompt_logprobs, MAX_LOGPROBS) == (20, 20, 20)
+    with pytest.raises(ValueError, match="json_schema needs json_object"):
+        SamplingParams(json_schema={"type": "object"})
 
 
 def test_a_tiny_temperature_is_greedy() -> None:
@@ -274,6 +283,7 @@ def test_a_bad_words_last_token_is_banned_only_after_its_first_ones() -> None:
     assert sample(logits, [sp], [None], [[0, 2]])[0] == [2]  # after 2, 1 would complete it
     never = SamplingParams(temperature=0, bad_words_token_ids=[[1], [2]])
     assert sample(logits, [never], [None], [[]])[0] == [3]
+    assert sample(logits, [never], [None], [[0, 3]])[0] == [3]  # anywhere, not only first
     with pytest.raises(ValueError, match="bad_words_token_ids"):
         SamplingParams(bad_words_token_ids=[[]])
 
