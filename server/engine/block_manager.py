@@ -109,7 +109,8 @@ class BlockManager:
         return h
 
     def unregister(self, block: int) -> None:
-        """Forget a block's content (it is about to be overwritten in place)."""
+        """Forget the content of a block in use (it is about to be overwritten in place); freed,
+        it goes back empty."""
         self._forget_hash(block)
 
     def is_cached(self, block: int) -> bool:
@@ -122,6 +123,3 @@ class BlockManager:
                 del self._block_of_hash[h]
             self._hash_of[block] = None
             self._key_of[block] = None
-        if block in self._free_cached:
-            del self._free_cached[block]
-            self._free_empty.append(block)

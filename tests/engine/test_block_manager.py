@@ -80,3 +80,5 @@ def test_first_registration_wins_and_unregister_forgets():
     assert not bm.is_cached(b)
     bm.unregister(a)
     assert bm.lookup(None, [1, 2]) is None
+    bm.decref(a)  # freed, it is an empty block, not a cached one
+    assert bm.num_cached_free_blocks == 0 and bm.num_free_blocks == 2
