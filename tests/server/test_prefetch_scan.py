@@ -17,7 +17,7 @@ from tests.server.graphs import chain, map_reduce
 
 
 class _Driver:
-    def encode_prompt(self, text: str) -> list[int]:
+    def encode_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return []  # shorter than any shared prefix: nothing is filled
 
 
@@ -63,7 +63,7 @@ def test_a_chain_scans_each_waiting_call_once_per_new_input(
 class _LongDriver:
     alive = True
 
-    def encode_prompt(self, text: str) -> list[int]:
+    def encode_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(range(3, 3 + 8 * len(text)))  # long enough to fill early
 
 
