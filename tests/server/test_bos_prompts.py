@@ -5,35 +5,20 @@ chat prompts do not add one, since chat templates write their own; `add_special_
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import openai
 import pytest
 from transformers import AutoTokenizer
 
 from server.engine import LLMEngine, SamplingParams
-from server.launcher import ServerProcess
 from tests.server.http_client import metrics, request
 
 DOC = "Parrot serves applications: their calls share prompts, and outputs feed later calls. "
 
 
 @pytest.fixture(scope="module")
-def server(tiny_bos_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("bos") / "server.log"
-    with ServerProcess(tiny_bos_llama_path, "--served-model-name", "tiny", log_path=log) as srv:
-        yield srv.url
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_bos_llama_path: Path) -> LLMEngine:
-    return LLMEngine.from_pretrained(str(tiny_bos_llama_path))
-
-
-@pytest.fixture(scope="module")
-def client(server: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+def served_path(tiny_bos_llama_path: Path) -> Path:
+    return tiny_bos_llama_path  # `server`, `engine` and `client` come from conftest.py
 
 
 @pytest.fixture(scope="module")

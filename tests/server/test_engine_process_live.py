@@ -286,12 +286,7 @@ def test_requests_on_two_engines_killed_at_once_are_redone_or_told_to_retry(
                         temperature=0, extra_body={"ignore_eos": True})
             for text in prompts
         ]  # fmt: skip
-        deadline = time.monotonic() + 30
-        while metrics(srv.url)["parrot_generated_tokens_total"] < 60:  # both mid-generation
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+        kill_mid_generation(srv.url, pids)
         assert not any(f.done() for f in plain)
         for text, f in zip(prompts, plain, strict=True):
             try:
@@ -339,12 +334,7 @@ def test_graph_calls_on_two_engines_killed_at_once_run_again_until_an_engine_is_
             status, body = request("POST", f"{srv.url}/v1/sessions/{sid}/graph", graph, token)
             assert status == 200, body
             sessions.append((text, sid, token))
-        deadline = time.monotonic() + 30
-        while metrics(srv.url)["parrot_generated_tokens_total"] < 60:  # both mid-generation
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+        kill_mid_generation(srv.url, pids)
         for text, sid, token in sessions:
             base = f"{srv.url}/v1/sessions/{sid}/variables"
             status, y = request("GET", f"{base}/y?timeout=120", token=token, timeout=150)
@@ -468,3 +458,13 @@ def health_status(url: str) -> int:
     except urllib.error.HTTPError as err:
         assert err.headers["Retry-After"] == "1"
         return err.code
+
+
+def kill_mid_generation(url: str, pids: list[int]) -> None:
+    """Kill the engines once 60 tokens are out (the requests running are mid-generation)."""
+    deadline = time.monotonic() + 30
+    while metrics(url)["parrot_generated_tokens_total"] < 60:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
