@@ -23,6 +23,7 @@ def completion_logprobs(
     first_token_id: int | None = None,
     starts: Sequence[int] | None = None,
     skip_special_tokens: bool = True,
+    as_ids: bool = False,
 ) -> CompletionLogprobs:
     """`top_logprobs` maps each alternative's text to its logprob and always holds the
     chosen token (so up to N + 1 entries, as OpenAI's). `text_offset`: `base` plus where each
@@ -31,20 +32,22 @@ def completion_logprobs(
     token holding part of a character shows as escapes, `\\xe2`, but adds to the text only with
     the token that completes the character; a special token adds nothing). A None entry is an
     echoed prompt's first token (`first_token_id`), which has no probability.
-    `skip_special_tokens` is the request's: whether special tokens add their text."""
+    `skip_special_tokens` is the request's: whether special tokens add their text. `as_ids`
+    (vLLM's `return_tokens_as_token_ids`) writes each token as `token_id:{id}` (`token_label`);
+    the offsets stay those of the text."""
     ids = [first_token_id if entry is None else entry.token_id for entry in logprobs]
     if starts is None:
         starts = _text_starts(tokenizer, ids, skip_special_tokens)
     tokens, values, tops = [], [], []
     for entry, token_id in zip(logprobs, ids, strict=True):
-        text = "" if token_id is None else token_text(tokenizer, token_id)
+        text = "" if token_id is None else token_label(tokenizer, token_id, as_ids)
         tokens.append(text)
         if entry is None:
             values.append(None)
             tops.append(None)
             continue
         values.append(entry.logprob)
-        top = {token_text(tokenizer, t): value for t, value in entry.top}
+        top = {token_label(tokenizer, t, as_ids): value for t, value in entry.top}
         top.setdefault(text, entry.logprob)
         tops.append(top)
     return CompletionLogprobs(
@@ -85,13 +88,18 @@ def prompt_logprobs(
     return out
 
 
-def chat_logprobs(tokenizer: Tokenizer, logprobs: Sequence[TokenLogprob]) -> ChatLogprobs:
+def chat_logprobs(
+    tokenizer: Tokenizer, logprobs: Sequence[TokenLogprob], as_ids: bool = False
+) -> ChatLogprobs:
     """One object per token with its UTF-8 bytes (a token may hold part of a character) and
-    its most likely alternatives, as many as asked for."""
+    its most likely alternatives, as many as asked for. `as_ids` (vLLM's
+    `return_tokens_as_token_ids`) writes each `token` as `token_id:{id}`; `bytes` stay the
+    token's own (vLLM gives an alternative the bytes of its `token_id:` text instead: the
+    token's are what a client cannot get from the id without the tokenizer)."""
     content = [
         ChatTokenLogprob(
-            **_top(tokenizer, entry.token_id, entry.logprob).model_dump(),
-            top_logprobs=[_top(tokenizer, t, value) for t, value in entry.top],
+            **_top(tokenizer, entry.token_id, entry.logprob, as_ids).model_dump(),
+            top_logprobs=[_top(tokenizer, t, value, as_ids) for t, value in entry.top],
         )
         for entry in logprobs
     ]
@@ -146,6 +154,11 @@ def token_text(tokenizer: Tokenizer, token_id: int) -> str:
     return tokenizer.token_bytes(token_id).decode("utf-8", errors="backslashreplace")
 
 
+def token_label(tokenizer: Tokenizer, token_id: int, as_ids: bool) -> str:
+    """How logprobs name a token: its text, or with `as_ids` vLLM's `token_id:{id}`."""
+    return f"token_id:{token_id}" if as_ids else token_text(tokenizer, token_id)
+
+
 def _text_starts(
     tokenizer: Tokenizer, token_ids: Sequence[int | None], skip_special_tokens: bool = True
 ) -> list[int]:
@@ -158,8 +171,8 @@ def _text_starts(
     return starts
 
 
-def _top(tokenizer: Tokenizer, token_id: int, logprob: float) -> TopLogprob:
+def _top(tokenizer: Tokenizer, token_id: int, logprob: float, as_ids: bool) -> TopLogprob:
     raw = tokenizer.token_bytes(token_id)
     return TopLogprob(
-        token=raw.decode("utf-8", errors="backslashreplace"), logprob=logprob, bytes=list(raw)
+        token=token_label(tokenizer, token_id, as_ids), logprob=logprob, bytes=list(raw)
     )

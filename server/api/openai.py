@@ -46,6 +46,7 @@ from server.api.openai_models import (
     ChatDelta,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     FunctionCall,
     ModelCard,
@@ -143,6 +144,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     ))  # fmt: skip
     choices, completion_tokens = [], 0
     skip = samplings[0][0].skip_special_tokens
+    as_ids, with_ids = body.return_tokens_as_token_ids, body.return_token_ids
     for k, outs in enumerate(per_prompt):  # OpenAI's order: by prompt, then sample
         for f, lps in outs:
             text, echoed, generated = echo.choice(prompts[k], f, lps, logprobs)
@@ -151,13 +153,15 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
                 logprobs=None if logprobs is None else joined(
                     # an echoed prompt keeps its special tokens' text (see prompt_text)
                     completion_logprobs(driver.tokenizer, echoed, first_token_id=prompt_ids[k][0],
-                                        skip_special_tokens=False),
+                                        skip_special_tokens=False, as_ids=as_ids),
                     completion_logprobs(driver.tokenizer, generated,
                                         len(prompts[k]) if echo.on else 0,
-                                        skip_special_tokens=skip),
+                                        skip_special_tokens=skip, as_ids=as_ids),
                 ),
                 prompt_logprobs=None if scored is None else prompt_logprobs(
                     driver.tokenizer, f.prompt_logprobs or [], scored),
+                prompt_token_ids=list(prompt_ids[k]) if with_ids else None,
+                token_ids=echo.generated_ids(f) if with_ids else None,
             ))  # fmt: skip
             completion_tokens += 0 if echo.hides_generation else len(f.token_ids)
     prompt_tokens = sum(len(ids) for ids in prompt_ids)
@@ -218,19 +222,22 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         request, _run(request.app[ENGINES], ids, samplings, timing, plain_priority(body))
     )
     finals = [f for f, _ in done]
+    as_ids, with_ids = body.return_tokens_as_token_ids, body.return_token_ids
     choices = [
         ChatChoice(
             index=i, message=message, finish_reason=reason,
-            logprobs=None if logprobs is None else chat_logprobs(driver.tokenizer, lps),
+            logprobs=None if logprobs is None else chat_logprobs(driver.tokenizer, lps, as_ids),
+            token_ids=list(f.token_ids) if with_ids else None,
         )
         for i, (f, lps) in enumerate(done)
         for message, reason in [_answer(f, tools, echoed)]
-    ]
+    ]  # fmt: skip
     return json_response(
         ChatCompletion(id=cid, created=created, model=model, choices=choices,
                        usage=_usage(ids, finals),
                        prompt_logprobs=None if scored is None else prompt_logprobs(
-                           driver.tokenizer, finals[0].prompt_logprobs or [], scored))
+                           driver.tokenizer, finals[0].prompt_logprobs or [], scored),
+                       prompt_token_ids=list(ids) if with_ids else None)
     )  # fmt: skip
 
 
@@ -250,10 +257,14 @@ async def _stream_chat(
 ) -> web.StreamResponse:
     """With tools, each choice's text goes through its own `ToolCallParser`: content as it
     comes (a possible `<tool_call>` held back), each call whole once its block closes. An
-    `echo`ed message comes first, in a chunk of its own (it has no logprobs)."""
+    `echo`ed message comes first, in a chunk of its own (it has no logprobs). With vLLM's
+    `return_token_ids` the role chunks carry the prompt's ids and every later chunk of a choice
+    the ids generated since its previous one (ids whose text is held back wait with it)."""
     created = int(time.time())
 
     asked = samplings[0].logprobs is not None
+    as_ids, with_ids = body.return_tokens_as_token_ids, body.return_token_ids
+    unsent_ids: list[list[int]] = [[] for _ in samplings]
     held = [HeldLogprobs(driver.tokenizer, samplings[0].skip_special_tokens) for _ in samplings]
     parsers = [_parser(tools) for _ in samplings]
     calls_sent = [0] * len(samplings)
@@ -282,15 +293,23 @@ async def _stream_chat(
     def chunk(index: int, delta: ChatDelta, reason: str | None = None) -> ChatCompletionChunk:
         released = held[index].release(delta.content or "", finished=reason is not None)
         entries = [entry for entry, _ in released]
-        logprobs = chat_logprobs(driver.tokenizer, entries) if asked and entries else None
-        choice = ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=reason)
+        logprobs = chat_logprobs(driver.tokenizer, entries, as_ids) if asked and entries else None
+        token_ids = None
+        if with_ids:
+            token_ids, unsent_ids[index] = unsent_ids[index], []
+        choice = ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=reason,
+                                 token_ids=token_ids)  # fmt: skip
         return ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[choice])
 
     stream = EventStream(request)
     await stream.open()
     with contextlib.suppress(ConnectionError):
         for index in range(len(samplings)):
-            await stream.send(chunk(index, ChatDelta(role="assistant", content="")))
+            role = ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))
+            await stream.send(ChatCompletionChunk(
+                id=cid, created=created, model=body.model, choices=[role],
+                prompt_token_ids=list(ids) if with_ids else None,
+            ))  # fmt: skip
             if echoed:
                 choice = ChatChunkChoice(index=index, delta=ChatDelta(content=echoed))
                 await stream.send(ChatCompletionChunk(id=cid, created=created, model=body.model,
@@ -300,6 +319,7 @@ async def _stream_chat(
                            plain_priority(body))  # fmt: skip
         async for index, out in outputs:
             held[index].add(out.new_logprobs)
+            unsent_ids[index].extend(out.new_token_ids)
             await send_text(index, out.new_text, out.finished)
             if out.finished:
                 finals[index] = out
@@ -328,13 +348,32 @@ async def _stream_completion(
     echo: _Echo,
     timing: RequestTiming,
 ) -> web.StreamResponse:
-    """Choice k * n + i is sample i of prompt k, as in the non-streamed response."""
+    """Choice k * n + i is sample i of prompt k, as in the non-streamed response. With vLLM's
+    `return_token_ids` a choice's first chunk carries its prompt's ids, and each chunk the ids
+    generated since the choice's previous one (ids whose text is held back wait with it)."""
     created = int(time.time())
     n = len(per_prompt[0])
     count = n * len(prompts)
     asked = per_prompt[0][0].logprobs is not None
     skip = per_prompt[0][0].skip_special_tokens
+    as_ids, with_ids = body.return_tokens_as_token_ids, body.return_token_ids
+    unsent_ids: list[list[int]] = [[] for _ in range(count)]
+    prompt_sent: set[int] = set()
     held = [HeldLogprobs(driver.tokenizer, skip) for _ in range(count)]
+
+    def choice(
+        index: int, text: str, finish_reason: str | None, logprobs: CompletionLogprobs | None
+    ) -> Completion:
+        """A chunk of choice `index` (with the ids since its previous chunk, if asked)."""
+        part = CompletionChoice(index=index, text=text, logprobs=logprobs,
+                                finish_reason=finish_reason)  # type: ignore[arg-type]
+        if with_ids:
+            if index not in prompt_sent:
+                prompt_sent.add(index)
+                part.prompt_token_ids = list(prompt_ids[index // n])
+            part.token_ids, unsent_ids[index] = unsent_ids[index], []
+        return Completion(id=cid, created=created, model=body.model, choices=[part])
+
     to_echo = set(range(count)) if echo.on else set()
     stream = EventStream(request)
     await stream.open()
@@ -350,20 +389,16 @@ async def _stream_completion(
                 prompt_lps = completion_logprobs(
                     driver.tokenizer, out.prompt_logprobs or [], first_token_id=ids[0],
                     skip_special_tokens=False,  # as the echoed text has them (prompt_text)
+                    as_ids=as_ids,
                 ) if asked else None  # fmt: skip
-                await stream.send(Completion(id=cid, created=created, model=body.model, choices=[
-                    CompletionChoice(index=index, text=prompt, logprobs=prompt_lps,
-                                     finish_reason=None)
-                ]))  # fmt: skip
+                await stream.send(choice(index, prompt, None, prompt_lps))
             if echo.hides_generation:
                 if out.finished:
                     finals[index] = out
-                    choice = CompletionChoice(index=index, text="", finish_reason="length")
-                    await stream.send(
-                        Completion(id=cid, created=created, model=body.model, choices=[choice])
-                    )
+                    await stream.send(choice(index, "", "length", None))
                 continue
             held[index].add(out.new_logprobs)
+            unsent_ids[index].extend(out.new_token_ids)
             if out.finished:
                 finals[index] = out
             if out.new_text or out.finished:
@@ -375,14 +410,10 @@ async def _stream_completion(
                         driver.tokenizer, [entry for entry, _ in released],
                         len(prompts[index // n]) if echo.on else 0,
                         starts=[start for _, start in released], skip_special_tokens=skip,
+                        as_ids=as_ids,
                     )  # fmt: skip
-                choice = CompletionChoice(
-                    index=index, text=out.new_text, logprobs=logprobs,
-                    finish_reason=_reason(out) if out.finished else None,
-                )  # fmt: skip
-                await stream.send(
-                    Completion(id=cid, created=created, model=body.model, choices=[choice])
-                )
+                reason = _reason(out) if out.finished else None
+                await stream.send(choice(index, out.new_text, reason, logprobs))
         if len(finals) == count and body.stream_options and body.stream_options.include_usage:
             usage = _usage(
                 [t for ids in prompt_ids for t in ids],
@@ -592,6 +623,11 @@ class _Echo:
 
     def reason(self, final: JobOutput) -> str:
         return "length" if self.hides_generation else _reason(final)
+
+    def generated_ids(self, final: JobOutput) -> list[int]:
+        """The choice's generated ids (vLLM's `token_ids`): none when only the prompt is
+        scored (the one token sampled is left out)."""
+        return [] if self.hides_generation else list(final.token_ids)
 
 
 def _unavailable(reason: str) -> ApiError:

@@ -31,7 +31,6 @@ UNSUPPORTED_EXTENSIONS: dict[str, object] = {
     "guided_whitespace_pattern": None, "vllm_xargs": None,
     # the prefix cache is shared by every request: no salt keeps a tenant's blocks apart
     "cache_salt": None, "kv_transfer_params": None, "structural_tag": None, "prompt_embeds": None,
-    "return_tokens_as_token_ids": False, "return_token_ids": False,
 }  # fmt: skip
 
 

@@ -83,6 +83,18 @@ class OpenAIRequest(BaseModel):
         description="vLLM's: each prompt token's logprob and rank, and this many alternatives "
         "(not streamed; n=1).",
     )  # fmt: skip
+    return_tokens_as_token_ids: bool = Field(
+        False,
+        description="vLLM's: logprobs write every token (chosen and alternatives, an echoed "
+        "prompt's too) as 'token_id:{id}', so tokens that are not whole characters can be told "
+        "apart; chat's bytes stay each token's own.",
+    )
+    return_token_ids: bool = Field(
+        False,
+        description="vLLM's: the response carries the prompt's token ids as the engine took "
+        "them (prompt_token_ids) and each choice's generated ids, a stop token included "
+        "(token_ids); streamed, each chunk has the ids generated since the choice's last one.",
+    )
 
 
 def _token_ids(value: object) -> bool:
@@ -199,6 +211,16 @@ class PromptLogprob(BaseModel):
 PromptLogprobs = list[dict[str, PromptLogprob] | None]
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+def _unless_asked(description: str | None = None) -> Any:
+    """A vLLM field of a response, left out when None (not asked for); unlike a model
+    serializer that drops it, the schema still lists the model's fields."""
+    return Field(None, description=description, exclude_if=_is_none)
+
+
 def _drop_if_none(data: dict[str, Any], *names: str) -> dict[str, Any]:
     for name in names:
         if data.get(name) is None:
@@ -207,17 +229,22 @@ def _drop_if_none(data: dict[str, Any], *names: str) -> dict[str, Any]:
 
 
 class CompletionChoice(BaseModel):
-    """`prompt_logprobs` (vLLM's) is left out unless asked for."""
+    """`prompt_logprobs`, `prompt_token_ids` and `token_ids` (vLLM's) are left out unless
+    asked for."""
 
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None
-    prompt_logprobs: PromptLogprobs | None = None
-
-    @model_serializer(mode="wrap")
-    def _drop_unasked(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _drop_if_none(handler(self), "prompt_logprobs")
+    prompt_logprobs: PromptLogprobs | None = _unless_asked()
+    prompt_token_ids: list[int] | None = _unless_asked(
+        "vLLM's (return_token_ids): the choice's prompt as the engine took it; streamed, in "
+        "the choice's first chunk only."
+    )
+    token_ids: list[int] | None = _unless_asked(
+        "vLLM's (return_token_ids): the ids generated (not an echoed prompt's), a stop token "
+        "included; streamed, those since the choice's previous chunk."
+    )
 
 
 class Completion(BaseModel):
@@ -268,15 +295,32 @@ class ChatLogprobs(BaseModel):
     refusal: None = None
 
 
+def _generated_ids_field() -> Any:
+    return _unless_asked(
+        "vLLM's (return_token_ids): the ids generated, a stop token included; streamed, those "
+        "since the choice's previous chunk."
+    )
+
+
+def _chat_prompt_ids_field() -> Any:
+    return _unless_asked(
+        "vLLM's (return_token_ids): the prompt as the engine took it (the rendered chat "
+        "template's tokens); streamed, in each choice's role chunk."
+    )
+
+
 class ChatChoice(BaseModel):
+    """`token_ids` (vLLM's) is left out unless asked for."""
+
     index: int
     message: AssistantMessage
     logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length", "tool_calls"] | None
+    token_ids: list[int] | None = _generated_ids_field()
 
 
 class ChatCompletion(BaseModel):
-    """`prompt_logprobs` (vLLM's) is left out unless asked for."""
+    """`prompt_logprobs` and `prompt_token_ids` (vLLM's) are left out unless asked for."""
 
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -284,11 +328,8 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
-    prompt_logprobs: PromptLogprobs | None = None
-
-    @model_serializer(mode="wrap")
-    def _drop_unasked(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _drop_if_none(handler(self), "prompt_logprobs")
+    prompt_logprobs: PromptLogprobs | None = _unless_asked()
+    prompt_token_ids: list[int] | None = _chat_prompt_ids_field()
 
 
 class ToolCallDelta(ToolCall):
@@ -310,10 +351,13 @@ class ChatDelta(BaseModel):
 
 
 class ChatChunkChoice(BaseModel):
+    """`token_ids` (vLLM's) is left out unless asked for."""
+
     index: int
     delta: ChatDelta
     logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length", "tool_calls"] | None = None
+    token_ids: list[int] | None = _generated_ids_field()
 
 
 class ChatCompletionChunk(BaseModel):
@@ -325,6 +369,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
+    prompt_token_ids: list[int] | None = _chat_prompt_ids_field()
 
 
 class ModelCard(BaseModel):

@@ -51,6 +51,34 @@ def test_completions_start_with_bos_unless_told_not_to(client, engine, hf) -> No
     assert choice.logprobs.tokens[0] == "<s>" and choice.logprobs.text_offset[:2] == [0, 3]
 
 
+def test_returned_prompt_token_ids_are_the_tokenizers_with_its_bos(client, engine, hf) -> None:
+    """vLLM's `return_token_ids`: a completion's prompt ids start with the BOS the tokenizer
+    adds (none with add_special_tokens false); a chat's are the rendered template's, streamed
+    or not; the generated ids are the engine's."""
+    prompt = "The results of the study"
+    kw = {"model": "tiny", "max_tokens": 6, "temperature": 0}
+    for extra, special in (({}, True), ({"add_special_tokens": False}, False)):
+        ids = hf(prompt, add_special_tokens=special).input_ids
+        done = client.completions.create(
+            **kw, prompt=prompt, extra_body={"return_token_ids": True, **extra}
+        ).model_dump()["choices"][0]  # fmt: skip
+        ref = engine.generate([ids], SamplingParams(max_tokens=6, temperature=0))[0]
+        assert (done["prompt_token_ids"], done["token_ids"]) == (ids, ref.token_ids)
+    assert hf(prompt).input_ids[0] == hf.bos_token_id
+    messages = [{"role": "user", "content": "What does a parrot say?"}]
+    rendered = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    plain = hf(rendered, add_special_tokens=False).input_ids
+    chat = client.chat.completions.create(
+        **kw, messages=messages, extra_body={"return_token_ids": True}
+    ).model_dump()  # fmt: skip
+    assert chat["prompt_token_ids"] == plain
+    chunks = client.chat.completions.create(
+        **kw, messages=messages, stream=True, extra_body={"return_token_ids": True}
+    )  # fmt: skip
+    assert next(iter(chunks)).model_dump()["prompt_token_ids"] == plain
+    chunks.close()
+
+
 def test_chat_prompts_add_no_bos_unless_asked(client, engine, hf, server: str) -> None:
     messages = [{"role": "user", "content": "What does a parrot say?"}]
     rendered = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -39,3 +39,17 @@ def test_every_route_is_documented_and_every_reference_resolves() -> None:
     assert chat["responses"]["default"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ErrorResponse"
     }
+
+
+def test_vllms_token_id_fields_are_documented() -> None:
+    """The request fields and the response fields they add, with their descriptions (a model
+    serializer that drops unasked fields would leave the response schemas without fields)."""
+    schemas = build_openapi(all_routes(), "Parrot", "0")["components"]["schemas"]
+    for name in ("CompletionRequest", "ChatCompletionRequest"):
+        for field in ("return_token_ids", "return_tokens_as_token_ids"):
+            assert schemas[name]["properties"][field]["description"].startswith("vLLM's")
+    returned = {"CompletionChoice": ("prompt_token_ids", "token_ids"),
+                "ChatCompletion": ("prompt_token_ids",), "ChatChoice": ("token_ids",)}  # fmt: skip
+    for name, fields in returned.items():
+        for field in fields:
+            assert "return_token_ids" in schemas[name]["properties"][field]["description"]
