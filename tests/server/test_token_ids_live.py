@@ -76,6 +76,24 @@ def test_an_echo_keeps_its_text_and_token_ids_stay_the_generated(
     assert (scored["text"], scored["prompt_token_ids"], scored["token_ids"]) == (prompt, ids, [])
 
 
+def test_ids_whose_text_is_held_back_still_come(client: openai.OpenAI, engine: LLMEngine) -> None:
+    """A possible stop string holds text back (and the ids with it); the stream still ends with
+    every id the engine generated, the stop string's tokens included, as vLLM's."""
+    prompt = "Numbers:"
+    ids = engine.tokenizer.encode(prompt)
+    full = reference(engine, ids, 12).text
+    stop = full[4:7]
+    ref = reference(engine, ids, 12, stop=[stop])
+    assert ref.finish_reason == "stop" and len(ref.token_ids) < 12
+    streamed: list[int] = []
+    for chunk in client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=12, temperature=0, stop=[stop], stream=True,
+        extra_body={"return_token_ids": True},
+    ):  # fmt: skip
+        streamed += chunk.model_dump()["choices"][0]["token_ids"]
+    assert streamed == ref.token_ids
+
+
 def test_chat_token_ids_are_the_engines(client: openai.OpenAI, engine: LLMEngine) -> None:
     """The response has the rendered prompt's ids, each choice its generated ids; streamed, the
     role chunks carry the prompt's and the later chunks add up to the choice's."""
