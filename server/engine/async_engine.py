@@ -15,7 +15,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from server.engine.llm_engine import LLMEngine
+from server.engine.llm_engine import LLMEngine, check_cache_salt
 from server.engine.outputs import EngineStats, JobOutput
 from server.engine.sampling_params import SamplingParams
 from server.engine.step_loop import Command, apply_all, run_step_loop
@@ -114,10 +114,12 @@ class AsyncLLMEngine:
             self._ask_pause()
 
     # ---- context primitives -----------------------------------------------------------
-    def create_context(self, parent: int | None = None) -> int:
+    def create_context(self, parent: int | None = None, cache_salt: str | None = None) -> int:
+        """See `LLMEngine.create_context` (a bad `cache_salt` raises here, not in the loop)."""
+        check_cache_salt(cache_salt, parent)
         ctx_id = self.engine.new_context_id()
         self._lengths[ctx_id] = self._lengths.get(parent, 0) if parent is not None else 0
-        self._post(lambda: self.engine.create_context(parent, context_id=ctx_id))
+        self._post(lambda: self.engine.create_context(parent, ctx_id, cache_salt))
         return ctx_id
 
     async def fill(
@@ -169,11 +171,19 @@ class AsyncLLMEngine:
                 yield out
 
     async def generate_request(
-        self, prompt_token_ids: Sequence[int], sampling: SamplingParams, priority: int = 0
+        self,
+        prompt_token_ids: Sequence[int],
+        sampling: SamplingParams,
+        priority: int = 0,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[JobOutput]:
-        """A plain request (fresh context, prefix cache applies), freed when it ends."""
+        """A plain request (fresh context, prefix cache applies: within its `cache_salt`),
+        freed when it ends."""
         tokens = list(prompt_token_ids)
-        submit = lambda: self.engine.add_request(tokens, sampling, priority)  # noqa: E731
+
+        def submit() -> int:
+            return self.engine.add_request(tokens, sampling, priority, cache_salt)
+
         job = self._job(submit, self._urgent(priority))
         async with contextlib.aclosing(job):  # closed with this one: the job is aborted at once
             async for out in job:

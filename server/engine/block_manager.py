@@ -13,7 +13,12 @@ class NoFreeBlocksError(RuntimeError):
     """Raised when the pool has no block left to hand out."""
 
 
-def hash_block(parent_hash: int | None, token_ids: Sequence[int]) -> int:
+# What a full block's content hash is chained from: the hash of the block before it; for a
+# context's first block, its cache salt (a string, so never equal to a block's hash) or None.
+ParentKey = int | str | None
+
+
+def hash_block(parent_hash: ParentKey, token_ids: Sequence[int]) -> int:
     """Content hash of a full block: its tokens and everything before it (via the parent)."""
     return hash((parent_hash, tuple(token_ids)))
 
@@ -33,7 +38,7 @@ class BlockManager:
         self.enable_prefix_cache = enable_prefix_cache
         self.ref_counts = [0] * num_blocks
         self._hash_of: list[int | None] = [None] * num_blocks
-        self._key_of: list[tuple[int | None, tuple[int, ...]] | None] = [None] * num_blocks
+        self._key_of: list[tuple[ParentKey, tuple[int, ...]] | None] = [None] * num_blocks
         self._block_of_hash: dict[int, int] = {}
         self._free_empty: deque[int] = deque(range(num_blocks))
         self._free_cached: OrderedDict[int, None] = OrderedDict()  # oldest first
@@ -87,7 +92,7 @@ class BlockManager:
             self.decref(block)
 
     # ---- prefix cache ---------------------------------------------------------------------
-    def lookup(self, parent_hash: int | None, token_ids: Sequence[int]) -> int | None:
+    def lookup(self, parent_hash: ParentKey, token_ids: Sequence[int]) -> int | None:
         """The cached block holding exactly these tokens after this parent, if any."""
         if not self.enable_prefix_cache:
             return None
@@ -97,7 +102,7 @@ class BlockManager:
             return None
         return block
 
-    def register(self, block: int, parent_hash: int | None, token_ids: Sequence[int]) -> int:
+    def register(self, block: int, parent_hash: ParentKey, token_ids: Sequence[int]) -> int:
         """Record a full block's content; returns its hash. First registration of a content wins."""
         h = hash_block(parent_hash, token_ids)
         if not self.enable_prefix_cache or self._hash_of[block] is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from server.engine.block_manager import ParentKey
 from server.engine.output_constraint import OutputConstraint
 from server.engine.outputs import TokenLogprob
 from server.engine.sampling_params import SamplingParams
@@ -73,7 +74,9 @@ class Context:
     """A token sequence and the KV blocks that hold it.
 
     `token_ids[:num_computed]` have their K/V in `block_table`; the rest are pending. The
-    first `len(block_hashes)` blocks are full and their content hashes are known.
+    first `len(block_hashes)` blocks are full and their content hashes are known. A context
+    with a `cache_salt` (vLLM's, per request; its forks keep it) chains its first block's hash
+    from the salt, so it shares cached blocks only with contexts of the same salt.
     """
 
     id: int
@@ -87,6 +90,12 @@ class Context:
     # the last `num_drafts` of token_ids are drafted, not generated: a step verifies them and
     # the engine takes them out again (speculative decoding)
     num_drafts: int = 0
+    cache_salt: str | None = None
+
+    @property
+    def last_hash(self) -> ParentKey:
+        """What the next full block's hash chains from: the last one's, else the salt."""
+        return self.block_hashes[-1] if self.block_hashes else self.cache_salt
 
     @property
     def num_pending(self) -> int:

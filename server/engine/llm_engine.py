@@ -143,14 +143,24 @@ class LLMEngine:
         """Reserve an id (safe from any thread); `create_context(..., context_id=)` uses it."""
         return next(self._context_ids)
 
-    def create_context(self, parent: int | None = None, context_id: int | None = None) -> int:
-        """A new empty context, or a fork sharing all of `parent`'s computed KV blocks."""
+    def create_context(
+        self,
+        parent: int | None = None,
+        context_id: int | None = None,
+        cache_salt: str | None = None,
+    ) -> int:
+        """A new empty context, or a fork sharing all of `parent`'s computed KV blocks.
+
+        `cache_salt` (vLLM's): the context shares cached KV blocks only with contexts of the
+        same salt (None: with the unsalted ones). A fork keeps its parent's salt.
+        """
+        check_cache_salt(cache_salt, parent)
         context_id = context_id if context_id is not None else self.new_context_id()
         if parent is not None:
             parent_ctx = self._context(parent)
             self._settle(parent_ctx)  # a fork copies the block table the paused step fills
             return self.scheduler.fork(parent_ctx, context_id).id
-        self.scheduler.add_context(Context(context_id))
+        self.scheduler.add_context(Context(context_id, cache_salt=cache_salt))
         return context_id
 
     def fill(
@@ -316,15 +326,20 @@ class LLMEngine:
 
     # ---- plain requests -------------------------------------------------------------------
     def add_request(
-        self, prompt: str | Sequence[int], sampling: SamplingParams, priority: int = 0
+        self,
+        prompt: str | Sequence[int],
+        sampling: SamplingParams,
+        priority: int = 0,
+        cache_salt: str | None = None,
     ) -> int:
-        """A one-shot request: a fresh context, the prompt, a generation; freed when done."""
+        """A one-shot request: a fresh context, the prompt, a generation; freed when done.
+        `cache_salt`: see `create_context`."""
         token_ids = (
             self.tokenizer.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
         )
         if not token_ids:
             raise ValueError("prompt is empty")
-        ctx_id = self.create_context()
+        ctx_id = self.create_context(cache_salt=cache_salt)
         try:
             self._append_prompt(self._context(ctx_id), token_ids)
             return self.add_generate(ctx_id, sampling, priority, free_on_finish=True)
@@ -866,6 +881,17 @@ class _PausedStep:
     batch: SchedulerOutput
     run: StepRun
     drafting: list[Context]
+
+
+def check_cache_salt(salt: object, parent: int | None = None) -> None:
+    """ValueError unless `salt` is None or a non-empty string (as vLLM requires), and None
+    for a fork (which keeps its parent's)."""
+    if salt is None:
+        return
+    if not isinstance(salt, str) or not salt:
+        raise ValueError(f"cache_salt must be a non-empty string if given, got {salt!r}")
+    if parent is not None:
+        raise ValueError("a fork keeps its parent's cache_salt: give none with a parent")
 
 
 def parse_dtype(name: str) -> torch.dtype:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 
-from server.engine.block_manager import BlockManager, hash_block
+from server.engine.block_manager import BlockManager, ParentKey, hash_block
 from server.engine.config import EngineConfig
 from server.engine.context import Context, ContextState
 
@@ -95,6 +95,7 @@ class Scheduler:
             block_hashes=list(parent.block_hashes),
             num_computed=parent.num_computed,
             last_used=self._clock,
+            cache_salt=parent.cache_salt,
         )
         for block in child.block_table:
             self.blocks.incref(block)
@@ -304,7 +305,7 @@ class Scheduler:
                 return
         elif len(ctx.block_table) != full:
             return
-        last = ctx.block_hashes[-1] if ctx.block_hashes else None
+        last = ctx.last_hash
         for block, parent, tokens in self._cached_run(ctx, ctx.num_computed, last, limit):
             self.blocks.incref(block)
             ctx.block_table.append(block)
@@ -324,8 +325,8 @@ class Scheduler:
         return len(ctx.token_ids) - (1 if job is not None else 0)
 
     def _cached_run(
-        self, ctx: Context, start: int, parent: int | None, limit: int
-    ) -> Iterator[tuple[int, int | None, list[int]]]:
+        self, ctx: Context, start: int, parent: ParentKey, limit: int
+    ) -> Iterator[tuple[int, ParentKey, list[int]]]:
         """(block, its parent's hash, its tokens) of each cached block holding the context's
         tokens from the block-aligned `start` on (after the block hashed `parent`), up to
         `limit`; blocks a paused step is still writing end the run."""
@@ -342,7 +343,7 @@ class Scheduler:
     def _match_partial_block(self, ctx: Context, idx: int, out: SchedulerOutput) -> bool:
         bs = self.block_size
         tokens = ctx.token_ids[idx * bs : (idx + 1) * bs]
-        parent = ctx.block_hashes[-1] if ctx.block_hashes else None
+        parent = ctx.last_hash
         block = self.blocks.lookup(parent, tokens)
         if block is None or block == ctx.block_table[idx] or block in self._unwritten:
             return False
@@ -381,7 +382,7 @@ class Scheduler:
         # Blocks that this step fills are findable at once, so a request later in the same
         # batch reuses them (all K/V of a step are written before any attention reads them).
         for idx in range(len(ctx.block_hashes), end // bs):
-            parent = ctx.block_hashes[-1] if ctx.block_hashes else None
+            parent = ctx.last_hash
             tokens = ctx.token_ids[idx * bs : (idx + 1) * bs]
             ctx.block_hashes.append(self.blocks.register(ctx.block_table[idx], parent, tokens))
         return True
@@ -468,7 +469,7 @@ class Scheduler:
         limit = self._match_limit(ctx)
         if limit is None or start % bs or len(ctx.block_table) != start // bs:
             return start, 0
-        parent = ctx.block_hashes[-1] if ctx.block_hashes else None
+        parent = ctx.last_hash
         taken = 0
         for block, _, _ in self._cached_run(ctx, start, parent, limit):
             taken += self.blocks.ref_counts[block] == 0
