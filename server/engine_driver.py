@@ -177,24 +177,34 @@ class EngineDriver:
         return TokenContext(self.engine, self.engine.create_context(), [])
 
     async def generate_plain(
-        self, prompt: Sequence[int], sampling: SamplingParams, priority: int = 0
+        self,
+        prompt: Sequence[int],
+        sampling: SamplingParams,
+        priority: int = 0,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[JobOutput]:
-        """A one-shot request on a fresh context (the engine's prefix cache applies)."""
+        """A one-shot request on a fresh context (the engine's prefix cache applies, among
+        requests of the same `cache_salt`)."""
         async with contextlib.aclosing(
-            self.engine.generate_request(prompt, sampling, priority)
+            self.engine.generate_request(prompt, sampling, priority, cache_salt)
         ) as outputs:
             async for out in outputs:
                 yield out
 
     async def generate_samples(
-        self, prompt: Sequence[int], samplings: Sequence[SamplingParams], priority: int = 0
+        self,
+        prompt: Sequence[int],
+        samplings: Sequence[SamplingParams],
+        priority: int = 0,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[tuple[int, JobOutput]]:
         """One generation per `samplings` entry from the same prompt, as (index, output) while
         they run. The prompt's KV is computed once, in a context each sample forks (sharing its
         blocks); each fork computes only the prompt's last token, whose logits it samples from.
-        The forks are submitted together, so they decode in the same steps from the first."""
+        The forks are submitted together, so they decode in the same steps from the first.
+        The prompt's context carries `cache_salt` (the forks keep it)."""
         engine, tokens = self.engine, list(prompt)
-        parent = engine.create_context()
+        parent = engine.create_context(cache_salt=cache_salt)
         try:
             if len(tokens) > 1:
                 await engine.fill(parent, tokens[:-1], priority)

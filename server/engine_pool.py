@@ -151,11 +151,14 @@ class EnginePool:
         sampling: SamplingParams,
         priority: int = NORMAL_PRIORITY,
         redo: bool = True,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[JobOutput]:
-        """A plain request on the least loaded engine (its prefix cache applies); with `redo`,
-        see `_redone` for an engine that dies under it."""
+        """A plain request on the least loaded engine (its prefix cache applies, within
+        `cache_salt`); with `redo`, see `_redone` for an engine that dies under it."""
         cost = len(prompt) + sampling.max_tokens
-        return self._redone(1, cost, lambda d: d.generate_plain(prompt, sampling, priority), redo)
+        return self._redone(
+            1, cost, lambda d: d.generate_plain(prompt, sampling, priority, cache_salt), redo
+        )
 
     def generate_samples(
         self,
@@ -163,13 +166,16 @@ class EnginePool:
         samplings: Sequence[SamplingParams],
         priority: int = NORMAL_PRIORITY,
         redo: bool = True,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[tuple[int, JobOutput]]:
         """Several samples of one prompt on the least loaded engine, the prompt computed once
         (see `EngineDriver.generate_samples`, and `_redone` for `redo`)."""
         cost = len(prompt) + sum(s.max_tokens for s in samplings)
-        return self._redone(
-            len(samplings), cost, lambda d: d.generate_samples(prompt, samplings, priority), redo
-        )
+
+        def run(driver: EngineDriver) -> AsyncIterator[tuple[int, JobOutput]]:
+            return driver.generate_samples(prompt, samplings, priority, cache_salt)
+
+        return self._redone(len(samplings), cost, run, redo)
 
     async def _redone(
         self,

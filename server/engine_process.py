@@ -26,6 +26,7 @@ from typing import Any
 
 from server.engine import EngineError, EngineStats, JobOutput, SamplingParams
 from server.engine.async_engine import job_outputs
+from server.engine.llm_engine import check_cache_salt
 from server.engine.tokenizer import Tokenizer
 from server.engine_worker import EngineInfo, run_engine_worker
 
@@ -186,9 +187,10 @@ class EngineProcess:
             self._send(("batch", messages) if len(messages) > 1 else messages[0])
 
     # ---- context primitives (as AsyncLLMEngine's) -----------------------------------------
-    def create_context(self, parent: int | None = None) -> int:
+    def create_context(self, parent: int | None = None, cache_salt: str | None = None) -> int:
+        check_cache_salt(cache_salt, parent)  # here: the child would fail its whole batch
         ctx = next(self._ids)
-        self._send(("create", ctx, parent))
+        self._send(("create", ctx, parent, cache_salt))
         return ctx
 
     async def fill(
@@ -221,9 +223,13 @@ class EngineProcess:
                 yield out
 
     async def generate_request(
-        self, prompt_token_ids: Sequence[int], sampling: SamplingParams, priority: int = 0
+        self,
+        prompt_token_ids: Sequence[int],
+        sampling: SamplingParams,
+        priority: int = 0,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[JobOutput]:
-        message = ("request", list(prompt_token_ids), sampling, priority)
+        message = ("request", list(prompt_token_ids), sampling, priority, cache_salt)
         async with contextlib.aclosing(self._job(message, self._urgent(priority))) as job:
             async for out in job:
                 yield out

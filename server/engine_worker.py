@@ -5,10 +5,11 @@
 thread turns the parent's messages into commands applied between steps, exactly as the
 in-process engine thread applies its queue. Messages are tuples, pickled over one duplex pipe:
 
-parent -> child: `("create", ctx, parent)`, `("fill", req, ctx, tokens, priority, yield_tokens)`,
+parent -> child: `("create", ctx, parent, cache_salt)`,
+`("fill", req, ctx, tokens, priority, yield_tokens)`,
 `("generate", req, ctx, sampling, priority, fill_tokens, hold_latency_s)`,
-`("request", req, tokens, sampling, priority)`, `("abort", req)`, `("boost", ctx, priority)`,
-`("truncate", ctx, num_tokens)`, `("free", ctx)`, `("stats", req)`, `("pause",)` (ask the step
+`("request", req, tokens, sampling, priority, cache_salt)`, `("abort", req)`,
+`("boost", ctx, priority)`, `("truncate", ctx, num_tokens)`, `("free", ctx)`, `("stats", req)`, `("pause",)` (ask the step
 in flight to pause: sent right after latency-critical work), `("stop",)`, and
 `("batch", [message, ...])`: messages the parent held (`EngineProcess.hold`), applied as one
 command.
@@ -135,9 +136,9 @@ class _Worker:
     def _apply(self, message: tuple[Any, ...]) -> None:
         engine, kind = self.engine, message[0]
         if kind == "create":
-            _, ctx, parent = message
+            _, ctx, parent, cache_salt = message
             local_parent = None if parent is None else self._local(parent)
-            self.contexts[ctx] = engine.create_context(local_parent)
+            self.contexts[ctx] = engine.create_context(local_parent, cache_salt=cache_salt)
         elif kind == "fill":
             _, req, ctx, tokens, priority, yield_tokens = message
             self._submit(req, lambda: engine.fill(self._local(ctx), tokens, priority, yield_tokens))
@@ -152,8 +153,8 @@ class _Worker:
 
             self._submit(req, submit)
         elif kind == "request":
-            _, req, tokens, sampling, priority = message
-            self._submit(req, lambda: engine.add_request(tokens, sampling, priority))
+            _, req, tokens, sampling, priority, cache_salt = message
+            self._submit(req, lambda: engine.add_request(tokens, sampling, priority, cache_salt))
         elif kind == "abort":
             job = self.job_of_request.pop(message[1], None)
             if job is not None:

@@ -139,7 +139,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
             request, driver, prompts, prompt_ids, samplings, cid, body, echo, timing
         )
     per_prompt = await unless_disconnected(request, asyncio.gather(
-        *(_run(request.app[ENGINES], ids, s, timing, plain_priority(body))
+        *(_run(request.app[ENGINES], ids, s, timing, plain_priority(body), body.cache_salt)
           for ids, s in zip(prompt_ids, samplings, strict=True))
     ))  # fmt: skip
     choices, completion_tokens = [], 0
@@ -219,7 +219,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
             request, driver, ids, samplings, cid, body, timing, tools, echoed
         )
     done = await unless_disconnected(
-        request, _run(request.app[ENGINES], ids, samplings, timing, plain_priority(body))
+        request,
+        _run(request.app[ENGINES], ids, samplings, timing, plain_priority(body), body.cache_salt),
     )
     finals = [f for f, _ in done]
     as_ids, with_ids = body.return_tokens_as_token_ids, body.return_token_ids
@@ -316,7 +317,7 @@ async def _stream_chat(
                                                       choices=[choice]))  # fmt: skip
         finals: dict[int, JobOutput] = {}
         outputs = _outputs(stream, request.app[ENGINES], [ids], [samplings], timing,
-                           plain_priority(body))  # fmt: skip
+                           plain_priority(body), body.cache_salt)  # fmt: skip
         async for index, out in outputs:
             held[index].add(out.new_logprobs)
             unsent_ids[index].extend(out.new_token_ids)
@@ -380,7 +381,7 @@ async def _stream_completion(
     with contextlib.suppress(ConnectionError):
         finals: dict[int, JobOutput] = {}
         outputs = _outputs(stream, request.app[ENGINES], prompt_ids, per_prompt, timing,
-                           plain_priority(body))  # fmt: skip
+                           plain_priority(body), body.cache_salt)  # fmt: skip
         async for index, out in outputs:
             prompt, ids = prompts[index // n], prompt_ids[index // n]
             if index in to_echo and (not echo.scored or out.prompt_logprobs is not None):
@@ -434,6 +435,7 @@ async def _outputs(
     per_prompt: list[list[SamplingParams]],
     timing: RequestTiming,
     priority: int,
+    cache_salt: str | None,
 ) -> AsyncIterator[tuple[int, JobOutput]]:
     """(choice index: prompt k's sample i is k * n + i, engine output) of the prompts'
     samples, as they come; an engine error after the stream started is sent as an error
@@ -441,7 +443,7 @@ async def _outputs(
     `ConnectionResetError`, its engine jobs aborted (`while_connected`)."""
     n = len(per_prompt[0])
     runs = [
-        _generate(engines, ids, s, timing, priority)
+        _generate(engines, ids, s, timing, priority, cache_salt)
         for ids, s in zip(prompt_ids, per_prompt, strict=True)
     ]
     request = stream.request
@@ -472,6 +474,7 @@ async def _run(
     samplings: list[SamplingParams],
     timing: RequestTiming,
     priority: int,
+    cache_salt: str | None,
 ) -> list[tuple[JobOutput, list[TokenLogprob]]]:
     """The finished output of each sample (with the prompt's logprobs, if asked) and its
     tokens' logprobs (if asked), in order (see `_generate`). The client sees nothing before
@@ -479,11 +482,11 @@ async def _run(
     start on an engine that runs."""
     try:
         try:
-            return await _collect(engines, ids, samplings, timing, priority)
+            return await _collect(engines, ids, samplings, timing, priority, cache_salt)
         except EngineDied:
             await engines.until_available(REDO_WAIT_S)
         try:
-            return await _collect(engines, ids, samplings, timing, priority)
+            return await _collect(engines, ids, samplings, timing, priority, cache_salt)
         except EngineDied as exc:
             raise engines.redo_died(exc) from exc
     except ValueError as exc:
@@ -500,12 +503,13 @@ async def _collect(
     samplings: list[SamplingParams],
     timing: RequestTiming,
     priority: int,
+    cache_salt: str | None,
 ) -> list[tuple[JobOutput, list[TokenLogprob]]]:
     """One run of `_run`'s request, to its end (`_run` redoes it, not the pool)."""
     finals: list[JobOutput | None] = [None] * len(samplings)
     logprobs: list[list[TokenLogprob]] = [[] for _ in samplings]
     prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
-    outputs = _generate(engines, ids, samplings, timing, priority, redo=False)
+    outputs = _generate(engines, ids, samplings, timing, priority, cache_salt, redo=False)
     # closed at once when cancelled (the client left): that aborts the engine jobs
     async with contextlib.aclosing(outputs):  # type: ignore[type-var]
         async for index, out in outputs:
@@ -525,16 +529,21 @@ def _generate(
     samplings: list[SamplingParams],
     timing: RequestTiming,
     priority: int,
+    cache_salt: str | None,
     redo: bool = True,
 ) -> AsyncIterator[tuple[int, JobOutput]]:
     """A plain request on the least loaded engine, at `priority` (`plain_priority`: normal
     unless the client said otherwise; latency-critical graph calls go first, bulk graph work
-    after): one sample through the prefix cache, or several (`n`) forking one computed
-    prompt; its latencies go to `timing`'s histograms."""
+    after): one sample through the prefix cache (shared within `cache_salt`), or several
+    (`n`) forking one computed prompt; its latencies go to `timing`'s histograms."""
     if len(samplings) > 1:
-        outputs = engines.generate_samples(ids, samplings, priority, redo=redo)
+        outputs = engines.generate_samples(
+            ids, samplings, priority, redo=redo, cache_salt=cache_salt
+        )
     else:
-        outputs = _indexed(engines.generate_plain(ids, samplings[0], priority, redo=redo))
+        outputs = _indexed(engines.generate_plain(
+            ids, samplings[0], priority, redo=redo, cache_salt=cache_salt
+        ))  # fmt: skip
     return dataclasses.replace(timing, samples=len(samplings)).observe(outputs)
 
 

@@ -29,8 +29,7 @@ UNSUPPORTED_EXTENSIONS: dict[str, object] = {
     "use_beam_search": False, "length_penalty": 1, "spaces_between_special_tokens": True,
     "logits_processors": None,
     "guided_whitespace_pattern": None, "vllm_xargs": None,
-    # the prefix cache is shared by every request: no salt keeps a tenant's blocks apart
-    "cache_salt": None, "kv_transfer_params": None, "structural_tag": None, "prompt_embeds": None,
+    "kv_transfer_params": None, "structural_tag": None, "prompt_embeds": None,
 }  # fmt: skip
 
 

@@ -95,6 +95,12 @@ class OpenAIRequest(BaseModel):
         "them (prompt_token_ids) and each choice's generated ids, a stop token included "
         "(token_ids); streamed, each chunk has the ids generated since the choice's last one.",
     )
+    cache_salt: str | None = Field(
+        None, min_length=1,
+        description="vLLM's: the request reuses only prefix-cached KV computed by requests "
+        "with the same salt (none: by unsalted ones), so tenants cannot time each other's "
+        "prompts.",
+    )  # fmt: skip
 
 
 def _token_ids(value: object) -> bool:

@@ -566,9 +566,8 @@ def test_vllm_sampling_extensions_are_honoured_or_refused(
     with pytest.raises(openai.BadRequestError, match="use_beam_search is not supported") as err:
         client.completions.create(**kw, extra_body={"use_beam_search": True})
     assert err.value.body["param"] == "use_beam_search"  # type: ignore[index]
-    # a salt would keep a tenant's cached blocks apart: refused, not silently shared
-    with pytest.raises(openai.BadRequestError, match="cache_salt is not supported"):
-        client.completions.create(**kw, extra_body={"cache_salt": "tenant-a"})
+    with pytest.raises(openai.BadRequestError, match="kv_transfer_params is not supported"):
+        client.completions.create(**kw, extra_body={"kv_transfer_params": {"do_remote": True}})
     with pytest.raises(openai.BadRequestError, match="logits_processors is not supported"):
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
                                        extra_body={"logits_processors": ["x"]})  # fmt: skip
