@@ -10,9 +10,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     field_validator,
-    model_serializer,
 )
 
 from server.engine.sampling_params import SEED_MAX, SEED_MIN
@@ -222,16 +220,10 @@ def _is_none(value: object) -> bool:
 
 
 def _unless_asked(description: str | None = None) -> Any:
-    """A vLLM field of a response, left out when None (not asked for); unlike a model
-    serializer that drops it, the schema still lists the model's fields."""
+    """A response field left out when None (not asked for, or nothing to say: OpenAI leaves
+    out a message's tool_calls when there are none); unlike a model serializer that drops it,
+    the schema still lists the model's fields."""
     return Field(None, description=description, exclude_if=_is_none)
-
-
-def _drop_if_none(data: dict[str, Any], *names: str) -> dict[str, Any]:
-    for name in names:
-        if data.get(name) is None:
-            data.pop(name, None)
-    return data
 
 
 class CompletionChoice(BaseModel):
@@ -279,11 +271,7 @@ class AssistantMessage(BaseModel):
 
     role: Literal["assistant"] = "assistant"
     content: str | None
-    tool_calls: list[ToolCall] | None = None
-
-    @model_serializer(mode="wrap")
-    def _drop_no_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _drop_if_none(handler(self), "tool_calls")
+    tool_calls: list[ToolCall] | None = _unless_asked()
 
 
 class TopLogprob(BaseModel):
@@ -347,13 +335,9 @@ class ToolCallDelta(ToolCall):
 class ChatDelta(BaseModel):
     """Fields left None are left out, as OpenAI sends them (role only in the first delta)."""
 
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    tool_calls: list[ToolCallDelta] | None = None
-
-    @model_serializer(mode="wrap")
-    def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None}
+    role: Literal["assistant"] | None = _unless_asked()
+    content: str | None = _unless_asked()
+    tool_calls: list[ToolCallDelta] | None = _unless_asked()
 
 
 class ChatChunkChoice(BaseModel):

@@ -1,6 +1,7 @@
 """The OpenAPI document is generated from the routes and their pydantic models."""
 
 from server.api import all_routes
+from server.api.openai_models import AssistantMessage, ChatDelta
 from server.api.openapi import build_openapi
 
 
@@ -53,3 +54,14 @@ def test_vllms_token_id_fields_are_documented() -> None:
     for name, fields in returned.items():
         for field in fields:
             assert "return_token_ids" in schemas[name]["properties"][field]["description"]
+
+
+def test_response_fields_left_out_when_empty_are_still_in_the_schemas() -> None:
+    schemas = build_openapi(all_routes(), "Parrot", "0")["components"]["schemas"]
+    assert "tool_calls" in schemas["AssistantMessage"]["properties"]
+    delta = ChatDelta.model_json_schema(mode="serialization")["properties"]
+    assert {"role", "content", "tool_calls"} <= set(delta)
+    # and left out of what is sent when empty; an empty content is content
+    assert ChatDelta(role="assistant", content="").model_dump() == {"role": "assistant",
+                                                                   "content": ""}  # fmt: skip
+    assert AssistantMessage(content="hi").model_dump() == {"role": "assistant", "content": "hi"}
