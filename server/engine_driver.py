@@ -165,7 +165,7 @@ class EngineDriver:
         return self.engine.vocab_size
 
     def encode(self, text: str) -> list[int]:
-        """Tokens of `text` as a plain request would tokenize it (no special tokens added)."""
+        """Tokens of `text` alone: no special tokens added (a prompt's are: `encode_prompt`)."""
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def encode_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:

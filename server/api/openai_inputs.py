@@ -98,10 +98,11 @@ def completion_prompts(
 
 
 def _with_added_lead(driver: EngineDriver, text: str, ids: list[int]) -> str:
-    lead = driver.tokenizer.prompt_prefix_ids
-    if not lead or len(ids) == len(driver.encode(text)):
+    lead = list(driver.tokenizer.prompt_prefix_ids)
+    if not lead or ids[: len(lead)] != lead:
         return text
-    return prompt_text(driver, list(lead)) + text
+    written = prompt_text(driver, lead)
+    return text if text.startswith(written) else written + text
 
 
 def prompt_text(driver: EngineDriver, ids: list[int]) -> str:

@@ -82,7 +82,7 @@ _ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "0": "\0"}
 _DOT = CharSet(((10, 10),), negated=True)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)  # one near MAX_STATES holds ~18 MB
 def compiled_regex(pattern: str) -> Regex:
     """The automaton of `pattern`, compiled once per pattern: a request's pattern is checked
     where it arrives and followed in the engine, and requests often repeat one (a compile near
