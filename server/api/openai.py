@@ -22,13 +22,14 @@ from server.api.logprobs import (
 from server.api.openai_inputs import (
     UNSUPPORTED_CHAT_EXTENSIONS,
     UNSUPPORTED_EXTENSIONS,
+    Placement,
     chat_logprobs_asked,
     chat_prompt,
     completion_logprobs_asked,
     completion_prompts,
     encode_prompt,
     message_text,
-    plain_priority,
+    placement_of,
     prompt_logprobs_asked,
     prompt_text,
     refuse_extensions,
@@ -139,7 +140,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
             request, driver, prompts, prompt_ids, samplings, cid, body, echo, timing
         )
     per_prompt = await unless_disconnected(request, asyncio.gather(
-        *(_run(request.app[ENGINES], ids, s, timing, plain_priority(body), body.cache_salt)
+        *(_run(request.app[ENGINES], ids, s, timing, placement_of(body))
           for ids, s in zip(prompt_ids, samplings, strict=True))
     ))  # fmt: skip
     choices, completion_tokens = [], 0
@@ -220,7 +221,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         )
     done = await unless_disconnected(
         request,
-        _run(request.app[ENGINES], ids, samplings, timing, plain_priority(body), body.cache_salt),
+        _run(request.app[ENGINES], ids, samplings, timing, placement_of(body)),
     )
     finals = [f for f, _ in done]
     as_ids, with_ids = body.return_tokens_as_token_ids, body.return_token_ids
@@ -317,7 +318,7 @@ async def _stream_chat(
                                                       choices=[choice]))  # fmt: skip
         finals: dict[int, JobOutput] = {}
         outputs = _outputs(stream, request.app[ENGINES], [ids], [samplings], timing,
-                           plain_priority(body), body.cache_salt)  # fmt: skip
+                           placement_of(body))  # fmt: skip
         async for index, out in outputs:
             held[index].add(out.new_logprobs)
             unsent_ids[index].extend(out.new_token_ids)
@@ -381,7 +382,7 @@ async def _stream_completion(
     with contextlib.suppress(ConnectionError):
         finals: dict[int, JobOutput] = {}
         outputs = _outputs(stream, request.app[ENGINES], prompt_ids, per_prompt, timing,
-                           plain_priority(body), body.cache_salt)  # fmt: skip
+                           placement_of(body))  # fmt: skip
         async for index, out in outputs:
             prompt, ids = prompts[index // n], prompt_ids[index // n]
             if index in to_echo and (not echo.scored or out.prompt_logprobs is not None):
@@ -434,8 +435,7 @@ async def _outputs(
     prompt_ids: list[list[int]],
     per_prompt: list[list[SamplingParams]],
     timing: RequestTiming,
-    priority: int,
-    cache_salt: str | None,
+    placement: Placement,
 ) -> AsyncIterator[tuple[int, JobOutput]]:
     """(choice index: prompt k's sample i is k * n + i, engine output) of the prompts'
     samples, as they come; an engine error after the stream started is sent as an error
@@ -443,7 +443,7 @@ async def _outputs(
     `ConnectionResetError`, its engine jobs aborted (`while_connected`)."""
     n = len(per_prompt[0])
     runs = [
-        _generate(engines, ids, s, timing, priority, cache_salt)
+        _generate(engines, ids, s, timing, placement)
         for ids, s in zip(prompt_ids, per_prompt, strict=True)
     ]
     request = stream.request
@@ -473,8 +473,7 @@ async def _run(
     ids: list[int],
     samplings: list[SamplingParams],
     timing: RequestTiming,
-    priority: int,
-    cache_salt: str | None,
+    placement: Placement,
 ) -> list[tuple[JobOutput, list[TokenLogprob]]]:
     """The finished output of each sample (with the prompt's logprobs, if asked) and its
     tokens' logprobs (if asked), in order (see `_generate`). The client sees nothing before
@@ -482,11 +481,11 @@ async def _run(
     start on an engine that runs."""
     try:
         try:
-            return await _collect(engines, ids, samplings, timing, priority, cache_salt)
+            return await _collect(engines, ids, samplings, timing, placement)
         except EngineDied:
             await engines.until_available(REDO_WAIT_S)
         try:
-            return await _collect(engines, ids, samplings, timing, priority, cache_salt)
+            return await _collect(engines, ids, samplings, timing, placement)
         except EngineDied as exc:
             raise engines.redo_died(exc) from exc
     except ValueError as exc:
@@ -502,14 +501,13 @@ async def _collect(
     ids: list[int],
     samplings: list[SamplingParams],
     timing: RequestTiming,
-    priority: int,
-    cache_salt: str | None,
+    placement: Placement,
 ) -> list[tuple[JobOutput, list[TokenLogprob]]]:
     """One run of `_run`'s request, to its end (`_run` redoes it, not the pool)."""
     finals: list[JobOutput | None] = [None] * len(samplings)
     logprobs: list[list[TokenLogprob]] = [[] for _ in samplings]
     prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
-    outputs = _generate(engines, ids, samplings, timing, priority, cache_salt, redo=False)
+    outputs = _generate(engines, ids, samplings, timing, placement, redo=False)
     # closed at once when cancelled (the client left): that aborts the engine jobs
     async with contextlib.aclosing(outputs):  # type: ignore[type-var]
         async for index, out in outputs:
@@ -528,22 +526,20 @@ def _generate(
     ids: list[int],
     samplings: list[SamplingParams],
     timing: RequestTiming,
-    priority: int,
-    cache_salt: str | None,
+    placement: Placement,
     redo: bool = True,
 ) -> AsyncIterator[tuple[int, JobOutput]]:
-    """A plain request on the least loaded engine, at `priority` (`plain_priority`: normal
+    """A plain request on the least loaded engine, as `placement` says (its class: normal
     unless the client said otherwise; latency-critical graph calls go first, bulk graph work
-    after): one sample through the prefix cache (shared within `cache_salt`), or several
-    (`n`) forking one computed prompt; its latencies go to `timing`'s histograms."""
+    after): one sample through the prefix cache (shared within its salt), or several (`n`)
+    forking one computed prompt; its latencies go to `timing`'s histograms."""
+    priority, salt = placement.priority, placement.cache_salt
     if len(samplings) > 1:
-        outputs = engines.generate_samples(
-            ids, samplings, priority, redo=redo, cache_salt=cache_salt
-        )
+        outputs = engines.generate_samples(ids, samplings, priority, redo=redo, cache_salt=salt)
     else:
-        outputs = _indexed(engines.generate_plain(
-            ids, samplings[0], priority, redo=redo, cache_salt=cache_salt
-        ))  # fmt: skip
+        outputs = _indexed(
+            engines.generate_plain(ids, samplings[0], priority, redo=redo, cache_salt=salt)
+        )
     return dataclasses.replace(timing, samples=len(samplings)).observe(outputs)
 
 

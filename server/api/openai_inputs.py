@@ -41,6 +41,18 @@ UNSUPPORTED_CHAT_EXTENSIONS: dict[str, object] = {
 _CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Placement:
+    """How the engines take a plain request: its scheduling class and its prefix-cache salt."""
+
+    priority: int
+    cache_salt: str | None
+
+
+def placement_of(body: OpenAIRequest) -> Placement:
+    return Placement(plain_priority(body), body.cache_salt)
+
+
 def plain_priority(body: OpenAIRequest) -> int:
     """The scheduling class of a plain request from vLLM's `priority` (lower goes first, 0 by
     default): below 0 latency-critical (with graph calls that a client awaits), 0 normal,
