@@ -7,11 +7,11 @@ import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from server.api.disconnect import unless_disconnected, while_connected
+from server.api.chat_job import ChatJob, answer, chat_job, choice_parser
+from server.api.disconnect import unless_disconnected
 from server.api.logprobs import (
     HeldLogprobs,
     chat_logprobs,
@@ -20,15 +20,9 @@ from server.api.logprobs import (
     prompt_logprobs,
 )
 from server.api.openai_inputs import (
-    UNSUPPORTED_CHAT_EXTENSIONS,
     UNSUPPORTED_EXTENSIONS,
-    Placement,
-    chat_logprobs_asked,
-    chat_prompt,
     completion_logprobs_asked,
     completion_prompts,
-    encode_prompt,
-    message_text,
     placement_of,
     prompt_logprobs_asked,
     prompt_text,
@@ -38,7 +32,6 @@ from server.api.openai_inputs import (
     truncated_prompt,
 )
 from server.api.openai_models import (
-    AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
     ChatCompletion,
@@ -53,22 +46,22 @@ from server.api.openai_models import (
     ModelCard,
     ModelList,
     OpenAIRequest,
-    ToolCall,
     ToolCallDelta,
     Usage,
+)
+from server.api.plain_runs import (
+    finish_reason,
+    require_engine,
+    run_plain,
+    stream_outputs,
 )
 from server.api.request_timing import RequestTiming
 from server.api.route import Route, json_response, parse_body
 from server.api.sse import EventStream
-from server.api.tool_call_parser import ToolCallParser
-from server.api.tool_request import ToolRequest
-from server.engine import EngineError, JobOutput, SamplingParams, TokenLogprob
+from server.engine import JobOutput, SamplingParams, TokenLogprob
 from server.engine_driver import EngineDriver
-from server.engine_pool import REDO_WAIT_S, EnginePool, EngineUnavailable
-from server.engine_process import EngineDied
-from server.errors import ApiError, bad_request, error_body, not_found
+from server.errors import bad_request, not_found
 from server.keys import CONFIG, DRIVER, ENGINES, METRICS
-from server.stream_merge import merge_streams
 
 _DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 
@@ -132,7 +125,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         for ids in prompt_ids
     ]
     cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model
-    _require_engine(request)
+    require_engine(request)
     for ids in prompt_ids:
         request.app[METRICS].prompt_tokens.inc(len(ids))
     if body.stream:
@@ -140,7 +133,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
             request, driver, prompts, prompt_ids, samplings, cid, body, echo, timing
         )
     per_prompt = await unless_disconnected(request, asyncio.gather(
-        *(_run(request.app[ENGINES], ids, s, timing, placement_of(body))
+        *(run_plain(request.app[ENGINES], ids, s, timing, placement_of(body))
           for ids, s in zip(prompt_ids, samplings, strict=True))
     ))  # fmt: skip
     choices, completion_tokens = [], 0
@@ -180,48 +173,17 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     timing = RequestTiming(request.app[METRICS], "chat", time.perf_counter())
     body = await parse_body(request, ChatCompletionRequest)
     _check_common(request, body)
-    if body.functions or body.function_call not in (None, "none"):
-        raise bad_request(
-            "functions and function_call (deprecated by OpenAI) are not supported: use tools",
-            param="functions",
-        )
-    tools = ToolRequest.of(body.tools, body.tool_choice, body.parallel_tool_calls)
-    refuse_extensions(body, UNSUPPORTED_CHAT_EXTENSIONS)
     driver = request.app[DRIVER]
-    text = chat_prompt(driver, body, tools)
-    ids = truncated_prompt(
-        driver, body, encode_prompt(driver, text, "messages", body.add_special_tokens)
-    )
-    echoed = _chat_echo(body, tools)
-    requested = body.max_completion_tokens or body.max_tokens
-    max_tokens = requested or max(1, driver.max_model_len - len(ids))  # default: fill the context
-    logprobs = chat_logprobs_asked(body)  # with tools too: every generated token's, calls' too
-    scored = prompt_logprobs_asked(body)
-    sampling = sampling_of(driver, body, ids, max_tokens, logprobs, scored)
-    if tools is not None:
-        if sampling.json_object or any(
-            v is not None for v in (sampling.choices, sampling.regex, sampling.grammar)
-        ):
-            raise bad_request(
-                "constrained output (a JSON response_format, structured_outputs or guided_*) "
-                "does not go with tools",
-                param="response_format",
-            )
-        sampling = dataclasses.replace(
-            sampling, stop=[*sampling.stop, *tools.stops()], json_object=tools.constrained,
-            json_schema=tools.arguments_schema(), tagged_json=tools.call_tags(),
-        )  # fmt: skip
-    samplings = samples_of(sampling, body.n or 1)
-    _require_engine(request)
+    job = chat_job(driver, body)
+    ids, samplings, tools, logprobs = job.ids, job.samplings, job.tools, job.logprobs
+    require_engine(request)
     request.app[METRICS].prompt_tokens.inc(len(ids))
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model
     if body.stream:
-        return await _stream_chat(
-            request, driver, ids, samplings, cid, body, timing, tools, echoed
-        )
+        return await _stream_chat(request, driver, job, cid, body, timing)
     done = await unless_disconnected(
         request,
-        _run(request.app[ENGINES], ids, samplings, timing, placement_of(body)),
+        run_plain(request.app[ENGINES], ids, samplings, timing, placement_of(body)),
     )
     finals = [f for f, _ in done]
     as_ids, with_ids = body.return_tokens_as_token_ids, body.return_token_ids
@@ -232,13 +194,13 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
             token_ids=list(f.token_ids) if with_ids else None,
         )
         for i, (f, lps) in enumerate(done)
-        for message, reason in [_answer(f, tools, echoed)]
+        for message, reason in [answer(f, tools, job.echoed)]
     ]  # fmt: skip
     return json_response(
         ChatCompletion(id=cid, created=created, model=model, choices=choices,
                        usage=_usage(ids, finals),
-                       prompt_logprobs=None if scored is None else prompt_logprobs(
-                           driver.tokenizer, finals[0].prompt_logprobs or [], scored),
+                       prompt_logprobs=None if job.scored is None else prompt_logprobs(
+                           driver.tokenizer, finals[0].prompt_logprobs or [], job.scored),
                        prompt_token_ids=list(ids) if with_ids else None)
     )  # fmt: skip
 
@@ -249,13 +211,10 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
 async def _stream_chat(
     request: web.Request,
     driver: EngineDriver,
-    ids: list[int],
-    samplings: list[SamplingParams],
+    job: ChatJob,
     cid: str,
     body: ChatCompletionRequest,
     timing: RequestTiming,
-    tools: ToolRequest | None,
-    echoed: str = "",
 ) -> web.StreamResponse:
     """With tools, each choice's text goes through its own `ToolCallParser`: content as it
     comes (a possible `<tool_call>` held back), each call whole once its block closes. An
@@ -263,12 +222,12 @@ async def _stream_chat(
     `return_token_ids` the role chunks carry the prompt's ids and every later chunk of a choice
     the ids generated since its previous one (ids whose text is held back wait with it)."""
     created = int(time.time())
-
+    ids, samplings, tools, echoed = job.ids, job.samplings, job.tools, job.echoed
     asked = samplings[0].logprobs is not None
     as_ids, with_ids = body.return_tokens_as_token_ids, body.return_token_ids
     unsent_ids: list[list[int]] = [[] for _ in samplings]
     held = [HeldLogprobs(driver.tokenizer, samplings[0].skip_special_tokens) for _ in samplings]
-    parsers = [_parser(tools) for _ in samplings]
+    parsers = [choice_parser(tools) for _ in samplings]
     calls_sent = [0] * len(samplings)
 
     async def send_text(index: int, text: str, finished: bool) -> None:
@@ -317,7 +276,7 @@ async def _stream_chat(
                 await stream.send(ChatCompletionChunk(id=cid, created=created, model=body.model,
                                                       choices=[choice]))  # fmt: skip
         finals: dict[int, JobOutput] = {}
-        outputs = _outputs(stream, request.app[ENGINES], [ids], [samplings], timing,
+        outputs = stream_outputs(stream, request.app[ENGINES], [ids], [samplings], timing,
                            placement_of(body))  # fmt: skip
         async for index, out in outputs:
             held[index].add(out.new_logprobs)
@@ -325,7 +284,7 @@ async def _stream_chat(
             await send_text(index, out.new_text, out.finished)
             if out.finished:
                 finals[index] = out
-                reason = _reason(out, bool(calls_sent[index]))
+                reason = finish_reason(out, bool(calls_sent[index]))
                 await stream.send(chunk(index, ChatDelta(), reason))
         everything = len(finals) == len(samplings)
         if everything and body.stream_options and body.stream_options.include_usage:
@@ -381,7 +340,7 @@ async def _stream_completion(
     await stream.open()
     with contextlib.suppress(ConnectionError):
         finals: dict[int, JobOutput] = {}
-        outputs = _outputs(stream, request.app[ENGINES], prompt_ids, per_prompt, timing,
+        outputs = stream_outputs(stream, request.app[ENGINES], prompt_ids, per_prompt, timing,
                            placement_of(body))  # fmt: skip
         async for index, out in outputs:
             prompt, ids = prompts[index // n], prompt_ids[index // n]
@@ -414,7 +373,7 @@ async def _stream_completion(
                         starts=[start for _, start in released], skip_special_tokens=skip,
                         as_ids=as_ids,
                     )  # fmt: skip
-                reason = _reason(out) if out.finished else None
+                reason = finish_reason(out) if out.finished else None
                 await stream.send(choice(index, out.new_text, reason, logprobs))
         if len(finals) == count and body.stream_options and body.stream_options.include_usage:
             usage = _usage(
@@ -429,124 +388,7 @@ async def _stream_completion(
     return stream.response
 
 
-async def _outputs(
-    stream: EventStream,
-    engines: EnginePool,
-    prompt_ids: list[list[int]],
-    per_prompt: list[list[SamplingParams]],
-    timing: RequestTiming,
-    placement: Placement,
-) -> AsyncIterator[tuple[int, JobOutput]]:
-    """(choice index: prompt k's sample i is k * n + i, engine output) of the prompts'
-    samples, as they come; an engine error after the stream started is sent as an error
-    event. A client that leaves while nothing is written (a long prefill) ends it with
-    `ConnectionResetError`, its engine jobs aborted (`while_connected`)."""
-    n = len(per_prompt[0])
-    runs = [
-        _generate(engines, ids, s, timing, placement)
-        for ids, s in zip(prompt_ids, per_prompt, strict=True)
-    ]
-    request = stream.request
-    try:
-        if len(runs) == 1:
-            watched = while_connected(request, runs[0])
-            async with contextlib.aclosing(watched) as outputs:  # type: ignore[type-var]
-                async for item in outputs:
-                    yield item
-        else:
-            merged = while_connected(request, merge_streams(runs))  # type: ignore[arg-type]
-            async with contextlib.aclosing(merged):  # type: ignore[type-var]
-                async for k, (i, out) in merged:
-                    yield k * n + i, out
-    except (ValueError, EngineError) as exc:
-        # what the engine refused is the request's fault; an engine that failed (died) under
-        # it is the server's, as a non-streamed request's 500 says
-        kind = "invalid_request_error" if isinstance(exc, ValueError) else "server_error"
-        await stream.send(error_body(str(exc), kind))
-
-
 # -- helpers -------------------------------------------------------------------------------------
-
-
-async def _run(
-    engines: EnginePool,
-    ids: list[int],
-    samplings: list[SamplingParams],
-    timing: RequestTiming,
-    placement: Placement,
-) -> list[tuple[JobOutput, list[TokenLogprob]]]:
-    """The finished output of each sample (with the prompt's logprobs, if asked) and its
-    tokens' logprobs (if asked), in order (see `_generate`). The client sees nothing before
-    the end, so if the engine dies mid-generation the request runs again, once, from the
-    start on an engine that runs."""
-    try:
-        try:
-            return await _collect(engines, ids, samplings, timing, placement)
-        except EngineDied:
-            await engines.until_available(REDO_WAIT_S)
-        try:
-            return await _collect(engines, ids, samplings, timing, placement)
-        except EngineDied as exc:
-            raise engines.redo_died(exc) from exc
-    except ValueError as exc:
-        raise bad_request(str(exc)) from exc
-    except EngineUnavailable as exc:
-        raise _unavailable(str(exc)) from exc
-    except EngineError as exc:
-        raise ApiError(500, str(exc), type="server_error") from exc
-
-
-async def _collect(
-    engines: EnginePool,
-    ids: list[int],
-    samplings: list[SamplingParams],
-    timing: RequestTiming,
-    placement: Placement,
-) -> list[tuple[JobOutput, list[TokenLogprob]]]:
-    """One run of `_run`'s request, to its end (`_run` redoes it, not the pool)."""
-    finals: list[JobOutput | None] = [None] * len(samplings)
-    logprobs: list[list[TokenLogprob]] = [[] for _ in samplings]
-    prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
-    outputs = _generate(engines, ids, samplings, timing, placement, redo=False)
-    # closed at once when cancelled (the client left): that aborts the engine jobs
-    async with contextlib.aclosing(outputs):  # type: ignore[type-var]
-        async for index, out in outputs:
-            finals[index] = out
-            logprobs[index].extend(out.new_logprobs)
-            if out.prompt_logprobs is not None:
-                prompt_logprobs[index] = out.prompt_logprobs
-    assert all(f is not None and f.finished for f in finals)
-    for index, scores in prompt_logprobs.items():  # they came with an earlier output
-        finals[index].prompt_logprobs = scores  # type: ignore[union-attr]
-    return list(zip(finals, logprobs, strict=True))  # type: ignore[arg-type]
-
-
-def _generate(
-    engines: EnginePool,
-    ids: list[int],
-    samplings: list[SamplingParams],
-    timing: RequestTiming,
-    placement: Placement,
-    redo: bool = True,
-) -> AsyncIterator[tuple[int, JobOutput]]:
-    """A plain request on the least loaded engine, as `placement` says (its class: normal
-    unless the client said otherwise; latency-critical graph calls go first, bulk graph work
-    after): one sample through the prefix cache (shared within its salt), or several (`n`)
-    forking one computed prompt; its latencies go to `timing`'s histograms."""
-    priority, salt = placement.priority, placement.cache_salt
-    if len(samplings) > 1:
-        outputs = engines.generate_samples(ids, samplings, priority, redo=redo, cache_salt=salt)
-    else:
-        outputs = _indexed(
-            engines.generate_plain(ids, samplings[0], priority, redo=redo, cache_salt=salt)
-        )
-    return dataclasses.replace(timing, samples=len(samplings)).observe(outputs)
-
-
-async def _indexed(outputs: AsyncIterator[JobOutput]) -> AsyncIterator[tuple[int, JobOutput]]:
-    async with contextlib.aclosing(outputs):  # type: ignore[type-var]
-        async for out in outputs:
-            yield 0, out
 
 
 def _check_common(request: web.Request, body: OpenAIRequest) -> None:
@@ -563,14 +405,6 @@ def _check_common(request: web.Request, body: OpenAIRequest) -> None:
         )
     check_model(request, body.model)
     refuse_extensions(body, UNSUPPORTED_EXTENSIONS)
-
-
-def _require_engine(request: web.Request) -> None:
-    """503 while no engine runs and one is being restarted; checked once the request is
-    known to be valid (a bad request is a 400 whatever the engines' state)."""
-    reason = request.app[ENGINES].unavailable()
-    if reason is not None:
-        raise _unavailable(reason)
 
 
 def check_model(request: web.Request, model: str) -> None:
@@ -627,69 +461,12 @@ class _Echo:
         return text, scored, generated
 
     def reason(self, final: JobOutput) -> str:
-        return "length" if self.hides_generation else _reason(final)
+        return "length" if self.hides_generation else finish_reason(final)
 
     def generated_ids(self, final: JobOutput) -> list[int]:
         """The choice's generated ids (vLLM's `token_ids`): none when only the prompt is
         scored (the one token sampled is left out)."""
         return [] if self.hides_generation else list(final.token_ids)
-
-
-def _unavailable(reason: str) -> ApiError:
-    """503 with a hint when to ask again (OpenAI's clients retry it by themselves)."""
-    return ApiError(
-        503, reason, type="server_error", code="engine_unavailable", headers={"Retry-After": "1"}
-    )
-
-
-def _reason(out: JobOutput, called: bool = False) -> str:
-    """OpenAI's finish_reason; a call cut short by max_tokens is still "length"."""
-    if out.finish_reason == "length":
-        return "length"
-    return "tool_calls" if called else "stop"
-
-
-def _parser(tools: ToolRequest | None) -> ToolCallParser | None:
-    """A fresh parser for one choice, already past a forced call's primer."""
-    if tools is None:
-        return None
-    parser = ToolCallParser(tools.names, tools.forced)
-    primed, _ = parser.feed(tools.primer())
-    assert not primed  # the primer opens a block
-    return parser
-
-
-def _chat_echo(body: ChatCompletionRequest, tools: ToolRequest | None) -> str:
-    """vLLM's chat `echo`: the final message's content, when that message has the answer's
-    role (the assistant's with a generation prompt; the final message's own without one)."""
-    if not body.echo:
-        return ""
-    if tools is not None:
-        raise bad_request("echo does not go with tools", param="echo")
-    last = body.messages[-1]
-    if body.add_generation_prompt and last.role != "assistant":
-        return ""
-    return message_text(last.content, len(body.messages) - 1)
-
-
-def _answer(
-    final: JobOutput, tools: ToolRequest | None, echoed: str = ""
-) -> tuple[AssistantMessage, str]:
-    """The assistant message of a finished choice (after the echoed text, if any) and its
-    finish_reason."""
-    parser = _parser(tools)
-    if parser is None:
-        return AssistantMessage(content=echoed + final.text), _reason(final)
-    content, _ = parser.feed(final.text)
-    rest, _ = parser.finish()
-    calls = [
-        ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
-        for c in parser.calls
-    ]
-    if not calls:
-        return AssistantMessage(content=content + rest), _reason(final)
-    text = (content + rest).strip()
-    return AssistantMessage(content=text or None, tool_calls=calls), _reason(final, True)
 
 
 def _usage(ids: list[int], finals: list[JobOutput]) -> Usage:
