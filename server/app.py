@@ -20,10 +20,20 @@ from server.cors import CorsPolicy, cors_headers, preflight_middleware
 from server.engine_driver import EngineDriver
 from server.engine_pool import EnginePool
 from server.executor import Executor
-from server.keys import CONFIG, DRIVER, ENGINES, EXECUTOR, METRICS, OPENAPI, SESSIONS
+from server.keys import (
+    CONFIG,
+    DRIVER,
+    ENGINES,
+    EXECUTOR,
+    METRICS,
+    OPENAPI,
+    RESPONSES,
+    SESSIONS,
+)
 from server.log import configure_logging, log_event
 from server.metrics import Metrics
 from server.middleware import access_middleware, error_middleware
+from server.response_store import ResponseStore
 from server.session_store import SessionStore
 
 log = logging.getLogger("server")
@@ -43,6 +53,7 @@ def init_app(config: ServerConfig) -> web.Application:
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[SESSIONS] = SessionStore()
+    app[RESPONSES] = ResponseStore(config.stored_responses, config.stored_response_chars)
     routes = all_routes()
     for route in routes:
         app.router.add_route(route.method, route.path, route.handler, name=route.handler.__name__)

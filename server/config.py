@@ -97,6 +97,10 @@ class ServerConfig:
     # operations
     session_ttl_s: float = 3600.0
     max_request_mb: int = 64
+    # Responses API responses kept (store=true) to retrieve or follow; the least recently used
+    # go first, and past this many characters of conversation in all
+    stored_responses: int = 1000
+    stored_response_chars: int = 64_000_000
     # origins whose pages may call the API from a browser (CORS); "*" for any; none: no CORS
     allowed_origins: tuple[str, ...] = ()
     log_level: str = "info"
@@ -160,6 +164,11 @@ class ServerConfig:
         CorsPolicy(self.allowed_origins)  # refuses a malformed origin
         if self.max_request_mb < 1:
             raise ValueError(f"max_request_mb must be >= 1, got {self.max_request_mb}")
+        if self.stored_responses < 0 or self.stored_response_chars < 0:
+            raise ValueError(
+                "stored_responses and stored_response_chars must be >= 0, got "
+                f"{self.stored_responses} and {self.stored_response_chars}"
+            )
         if not self.shutdown_timeout_s >= 0:  # NaN too
             raise ValueError(f"shutdown_timeout_s must be >= 0, got {self.shutdown_timeout_s}")
 
@@ -410,6 +419,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="close sessions idle (no request, no running call) for this long",
     )
     ops.add_argument("--max-request-mb", type=int, default=d.max_request_mb)
+    ops.add_argument(
+        "--stored-responses",
+        type=int,
+        default=d.stored_responses,
+        help="Responses API responses kept to retrieve or follow (previous_response_id); the "
+        "least recently used go first (0: none kept)",
+    )
+    ops.add_argument(
+        "--stored-response-chars",
+        type=int,
+        default=d.stored_response_chars,
+        help="characters of conversation the stored responses may hold in all",
+    )
     ops.add_argument(
         "--allowed-origins",
         nargs="+",

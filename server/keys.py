@@ -11,6 +11,7 @@ from server.engine_driver import EngineDriver
 from server.engine_pool import EnginePool
 from server.executor import Executor
 from server.metrics import Metrics
+from server.response_store import ResponseStore
 from server.session_store import SessionStore
 
 CONFIG = web.AppKey("config", ServerConfig)
@@ -20,3 +21,4 @@ DRIVER = web.AppKey("driver", EngineDriver)  # the first engine: tokenizer and l
 ENGINES = web.AppKey("engines", EnginePool)
 EXECUTOR = web.AppKey("executor", Executor)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
+RESPONSES = web.AppKey("responses", ResponseStore)  # stored Responses API responses

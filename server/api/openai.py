@@ -46,6 +46,7 @@ from server.api.openai_models import (
     ModelCard,
     ModelList,
     OpenAIRequest,
+    PromptTokensDetails,
     ToolCallDelta,
     Usage,
 )
@@ -136,7 +137,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         *(run_plain(request.app[ENGINES], ids, s, timing, placement_of(body))
           for ids, s in zip(prompt_ids, samplings, strict=True))
     ))  # fmt: skip
-    choices, completion_tokens = [], 0
+    choices: list[CompletionChoice] = []
     skip = samplings[0][0].skip_special_tokens
     as_ids, with_ids = body.return_tokens_as_token_ids, body.return_token_ids
     for k, outs in enumerate(per_prompt):  # OpenAI's order: by prompt, then sample
@@ -157,13 +158,8 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
                 prompt_token_ids=list(prompt_ids[k]) if with_ids else None,
                 token_ids=echo.generated_ids(f) if with_ids else None,
             ))  # fmt: skip
-            completion_tokens += 0 if echo.hides_generation else len(f.token_ids)
-    prompt_tokens = sum(len(ids) for ids in prompt_ids)
-    usage = Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
-    )
+    usage = _usage([t for ids in prompt_ids for t in ids], [f for outs in per_prompt
+                   for f, _ in outs], len(prompt_ids), not echo.hides_generation)  # fmt: skip
     return json_response(
         Completion(id=cid, created=created, model=model, choices=choices, usage=usage)
     )
@@ -376,10 +372,8 @@ async def _stream_completion(
                 reason = finish_reason(out) if out.finished else None
                 await stream.send(choice(index, out.new_text, reason, logprobs))
         if len(finals) == count and body.stream_options and body.stream_options.include_usage:
-            usage = _usage(
-                [t for ids in prompt_ids for t in ids],
-                [] if echo.hides_generation else list(finals.values()),
-            )
+            usage = _usage([t for ids in prompt_ids for t in ids], list(finals.values()),
+                           len(prompt_ids), not echo.hides_generation)  # fmt: skip
             await stream.send(
                 Completion(id=cid, created=created, model=body.model, choices=[], usage=usage)
             )
@@ -469,7 +463,17 @@ class _Echo:
         return [] if self.hides_generation else list(final.token_ids)
 
 
-def _usage(ids: list[int], finals: list[JobOutput]) -> Usage:
-    """The prompt counts once however many samples were drawn from it."""
-    n = sum(len(f.token_ids) for f in finals)
-    return Usage(prompt_tokens=len(ids), completion_tokens=n, total_tokens=len(ids) + n)
+def _usage(
+    ids: list[int], finals: list[JobOutput], prompts: int = 1, generated: bool = True
+) -> Usage:
+    """The prompt counts once however many samples were drawn from it; what its prompts took
+    from the prefix cache is said when each prompt had one sample (`n` samples fork a prompt
+    computed once for them all). `generated` false: no completion tokens (an echo that only
+    scores the prompt)."""
+    n = sum(len(f.token_ids) for f in finals) if generated else 0
+    details = None
+    if len(finals) == prompts:
+        cached = sum(f.cached_tokens or 0 for f in finals)
+        details = PromptTokensDetails(cached_tokens=cached)
+    return Usage(prompt_tokens=len(ids), completion_tokens=n, total_tokens=len(ids) + n,
+                 prompt_tokens_details=details)  # fmt: skip

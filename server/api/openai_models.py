@@ -186,10 +186,22 @@ class ChatCompletionRequest(OpenAIRequest):
     )
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(
+        description="Prompt tokens whose KV came from the prefix cache, not computed."
+    )
+
+
 class Usage(BaseModel):
+    """`prompt_tokens_details` is left out for `n` > 1: the samples fork one prompt, computed
+    once for all of them."""
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = Field(
+        None, exclude_if=lambda v: v is None
+    )
 
 
 class CompletionLogprobs(BaseModel):

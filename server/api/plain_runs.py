@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -20,6 +20,9 @@ from server.engine_process import EngineDied
 from server.errors import ApiError, bad_request, error_body
 from server.keys import ENGINES
 from server.stream_merge import merge_streams
+
+# sends a stream's error event: (message, OpenAI's error type)
+Failure = Callable[[str, str], Awaitable[None]]
 
 
 async def run_plain(
@@ -57,10 +60,11 @@ async def stream_outputs(
     per_prompt: list[list[SamplingParams]],
     timing: RequestTiming,
     placement: Placement,
+    failed: Failure | None = None,
 ) -> AsyncIterator[tuple[int, JobOutput]]:
     """(choice index: prompt k's sample i is k * n + i, engine output) of the prompts'
     samples, as they come; an engine error after the stream started is sent as an error
-    event. A client that leaves while nothing is written (a long prefill) ends it with
+    event (`failed(message, type)` sends it, when given). A client that leaves while nothing is written (a long prefill) ends it with
     `ConnectionResetError`, its engine jobs aborted (`while_connected`)."""
     n = len(per_prompt[0])
     runs = [
@@ -83,7 +87,10 @@ async def stream_outputs(
         # what the engine refused is the request's fault; an engine that failed (died) under
         # it is the server's, as a non-streamed request's 500 says
         kind = "invalid_request_error" if isinstance(exc, ValueError) else "server_error"
-        await stream.send(error_body(str(exc), kind))
+        if failed is not None:
+            await failed(str(exc), kind)
+        else:
+            await stream.send(error_body(str(exc), kind))
 
 
 def require_engine(request: web.Request) -> None:

@@ -862,6 +862,7 @@ class LLMEngine:
             job.error,
             new_logprobs or [],
             prompt_logprobs,
+            job.cached_tokens,
         )
 
     def _drain_outputs(self) -> list[JobOutput]:

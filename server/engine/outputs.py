@@ -33,6 +33,8 @@ class JobOutput:
     new_logprobs: list[TokenLogprob] = field(default_factory=list)  # one per new token, if asked
     # the prompt's, if asked: once, with the first output after the prompt is computed
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    # prompt tokens reused rather than computed (see Job.cached_tokens); None until admitted
+    cached_tokens: int | None = None
 
 
 @dataclass(slots=True)

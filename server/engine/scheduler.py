@@ -250,6 +250,9 @@ class Scheduler:
                     continue
                 break
             self.waiting.pop(0)
+            job = ctx.sampling_job
+            if job is not None and job.cached_tokens is None:
+                job.cached_tokens = ctx.num_computed
             ctx.state = ContextState.RUNNING
             self.running.append(ctx)
             self._schedule(ctx, n, out)

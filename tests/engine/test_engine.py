@@ -661,3 +661,22 @@ def test_text_prompts_start_with_the_bos_that_transformers_tokenizes(tiny_bos_ll
         ids = hf(text.removeprefix("<s>")).input_ids
         assert ids[0] == hf.bos_token_id
         assert out.token_ids == greedy_reference(ref, ids, GREEDY.max_tokens), text
+
+
+def test_each_request_counts_the_prompt_tokens_it_took_from_the_cache(tiny_llama_path):
+    """vLLM's num_cached_tokens: counted when the request is first admitted (full blocks found
+    in the prefix cache), and kept through the request's outputs."""
+    engine = LLMEngine.from_pretrained(str(tiny_llama_path), block_size=16)
+    prompt = random_prompts(1, 500, seed=9, lo=40, hi=41)[0]
+    sampling = SamplingParams(max_tokens=3, temperature=0)
+
+    def cached_counts(ids: list[int]) -> set[int | None]:
+        job = engine.add_request(ids, sampling)
+        seen: set[int | None] = set()
+        while engine.has_work:
+            seen |= {o.cached_tokens for o in engine.step() if o.job_id == job}
+        return seen
+
+    assert cached_counts(prompt) == {0}
+    assert cached_counts(prompt) == {32}  # 2 full blocks of 40 tokens (the last is computed)
+    assert cached_counts(prompt[:20] + [1, 2, 3] + prompt[23:]) == {16}

@@ -875,3 +875,31 @@ def test_latency_histograms_count_each_prompt_token_and_finished_request(
         "latency_seconds/chat"
     ]
     assert samples['parrot_request_latency_seconds_sum{api="chat"}'] > 0
+
+
+def test_usage_says_how_many_prompt_tokens_came_from_the_prefix_cache(
+    client: openai.OpenAI, server: str
+) -> None:
+    """OpenAI's `prompt_tokens_details.cached_tokens` (LangChain reads it as `cache_read`):
+    the same long prompt again finds its full blocks cached; with `n` > 1 it is left out."""
+    from langchain_openai import ChatOpenAI
+
+    messages = [{"role": "user", "content": "A parrot's song, told at length: " + "la " * 60}]
+    kw = {"model": "tiny", "messages": messages, "max_tokens": 2, "temperature": 0}
+    first = client.chat.completions.create(**kw)
+    again = client.chat.completions.create(**kw)
+    prompt = first.usage.prompt_tokens
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert prompt > 64 and prompt - 16 < cached <= prompt - 1  # all but the last block
+    assert first.usage.prompt_tokens_details.cached_tokens < cached
+    status, body = request("POST", f"{server}/v1/chat/completions", {**kw, "n": 2})
+    assert status == 200 and "prompt_tokens_details" not in body["usage"]
+    client.completions.create(model="tiny", prompt="la " * 60, max_tokens=1)
+    done = client.completions.create(model="tiny", prompt=["la " * 60] * 2, max_tokens=1)
+    # both prompts found the first one's blocks: the details sum over the prompts
+    assert done.usage.prompt_tokens_details.cached_tokens == 2 * ((done.usage.prompt_tokens // 2
+                                                                   - 1) // 16 * 16)
+    llm = ChatOpenAI(model="tiny", base_url=server + "/v1", api_key="unused", max_tokens=2,
+                     temperature=0, max_retries=0)  # fmt: skip
+    usage = llm.invoke(messages[0]["content"]).usage_metadata
+    assert usage["input_token_details"]["cache_read"] == cached

@@ -1,0 +1,85 @@
+"""A Responses API request as chat messages and fields, and its output items as they are
+built, alone (no server)."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.api.response_output import ResponseOutput
+from server.api.responses_input import chat_request_of, input_messages
+from server.api.responses_models import ResponsesRequest
+from server.errors import ApiError
+
+
+def test_function_calls_join_the_assistant_message_before_them_and_outputs_are_tool_turns():
+    call = {"type": "function_call", "name": "f", "arguments": "{}"}
+    messages = input_messages([
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Let me look."},
+        {**call, "call_id": "c1"},
+        {**call, "call_id": "c2"},
+        {"type": "function_call_output", "call_id": "c1", "output": "one"},
+        {"type": "function_call_output", "call_id": "c2",
+         "output": [{"type": "input_text", "text": "two"}]},
+        {**call, "call_id": "c3"},
+    ])  # fmt: skip
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool", "assistant"]
+    assert [c["id"] for c in messages[1]["tool_calls"]] == ["c1", "c2"]
+    assert messages[1]["content"] == "Let me look."
+    assert messages[3] == {"role": "tool", "tool_call_id": "c2", "content": "two"}
+    assert messages[4]["content"] is None and messages[4]["tool_calls"][0]["id"] == "c3"
+
+
+def test_the_chat_request_puts_instructions_first_and_maps_the_fields():
+    body = ResponsesRequest.model_validate({
+        "model": "m", "input": "Q", "instructions": "Be brief.", "max_output_tokens": 5,
+        "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}],
+        "tool_choice": {"type": "function", "name": "f"},
+        "text": {"format": {"type": "json_schema", "name": "s", "schema": {}}},
+        "include": ["message.output_text.logprobs"], "seed": 7, "n": 3,
+    })  # fmt: skip
+    chat = chat_request_of(body, [{"role": "user", "content": "before"}])
+    assert [m["content"] for m in chat["messages"]] == ["Be brief.", "before", "Q"]
+    assert chat["max_completion_tokens"] == 5
+    assert chat["tools"] == [{"type": "function",
+                              "function": {"name": "f", "parameters": {"type": "object"}}}]
+    assert chat["tool_choice"] == {"type": "function", "function": {"name": "f"}}
+    assert chat["response_format"] == {"type": "json_schema",
+                                       "json_schema": {"name": "s", "schema": {}}}
+    assert (chat["logprobs"], chat["top_logprobs"]) == (True, 0)
+    assert chat["seed"] == 7 and "n" not in chat  # vLLM's sampling fields pass; n is not one
+
+
+@pytest.mark.parametrize(
+    ("item", "says"),
+    [("text", "must be an object"), ({"role": "tool", "content": "x"}, "role"),
+     ({"role": "user", "content": 3}, "content"),
+     ({"type": "function_call", "call_id": "c", "name": "f"}, "'arguments'"),
+     ({"type": "function_call_output", "output": "x"}, "'call_id'")],
+)  # fmt: skip
+def test_a_bad_input_item_is_named(item: object, says: str):
+    with pytest.raises(ApiError, match=says) as bad:
+        input_messages([{"role": "user", "content": "fine"}, item])  # type: ignore[list-item]
+    assert "input[1]" in bad.value.message and bad.value.param == "input"
+
+
+def test_white_space_before_a_call_is_no_message_and_a_cut_call_is_incomplete():
+    output = ResponseOutput(logprobs=False)
+    assert output.text("\n ") == []
+    events = output.call("c1", "f", '{"a":', cut=True)
+    events += output.finish(incomplete=True)
+    assert [item.type for item in output.items] == ["function_call"]
+    assert output.items[0].status == "incomplete"
+    assert [e["type"] for e in events] == [
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.done", "response.output_item.done",
+    ]  # fmt: skip
+    assert [e["sequence_number"] for e in events] == [0, 1, 2, 3]
+
+
+def test_an_answer_of_white_space_only_is_still_a_message():
+    output = ResponseOutput(logprobs=False)
+    output.text("  ")
+    output.finish(incomplete=False)
+    assert output.items[0].type == "message" and output.items[0].content[0].text == "  "
+    assert output.items[0].status == "completed"
