@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from parrot_bridge.errors import ParrotError
 
@@ -35,7 +35,7 @@ class SemanticVariable:
         self._producer: str | None = None  # id of the call that writes it
         self._declared = False  # the server knows it
         self._error: ParrotError | None = None
-        self._usage: dict[str, int] | None = None
+        self._usage: dict[str, Any] | None = None
         self._finish_reason: str | None = None
 
     @property
@@ -44,9 +44,11 @@ class SemanticVariable:
         return self._value
 
     @property
-    def usage(self) -> dict[str, int] | None:
+    def usage(self) -> dict[str, Any] | None:
         """For a call's output, once fetched: `prompt_tokens` (the call's prompt up to this
-        output), `completion_tokens` and `total_tokens`, as an OpenAI response reports them."""
+        output), `completion_tokens`, `total_tokens` and `prompt_tokens_details`
+        (`cached_tokens`: those computed before the call generated, shared or cached), as an
+        OpenAI response reports them."""
         return self._usage
 
     @property

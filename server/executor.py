@@ -446,13 +446,14 @@ class Executor:
             repetition_penalty=s.repetition_penalty,
         )
         var_id = call.outputs[step.output]
-        text, generated, reason = "", 0, "length"
+        text, generated, reason, cached = "", 0, "length", 0
         async for out in ctx.generate(
             sampling, priority, fill_to=target, hold_latency_s=hold_latency_s
         ):
             session.push_chunk(var_id, out.new_text)
             text, generated, reason = out.text, len(out.token_ids), out.finish_reason or reason
-        return text, Generation(len(target), generated, reason)
+            cached = out.cached_tokens if out.cached_tokens is not None else cached
+        return text, Generation(len(target), generated, reason, cached)
 
     def _latency_hold(
         self, session: Session, call: Call, steps: list[GenerateStep], i: int, priority: int

@@ -13,6 +13,7 @@ from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
+    InputTokenDetails,
     InvalidToolCall,
     ToolCall,
     UsageMetadata,
@@ -160,12 +161,18 @@ class ChatParrot(ParrotSettings, BaseChatModel):
         return body
 
 
-def _usage(usage: dict[str, int]) -> UsageMetadata:
-    return UsageMetadata(
+def usage_metadata(usage: dict[str, Any]) -> UsageMetadata:
+    """LangChain's usage of an OpenAI-shaped one: the prompt tokens that came from the server's
+    prefix cache (or a shared prefix) are `cache_read`, as ChatOpenAI reports them."""
+    metadata = UsageMetadata(
         input_tokens=usage["prompt_tokens"],
         output_tokens=usage["completion_tokens"],
         total_tokens=usage["total_tokens"],
     )
+    details = usage.get("prompt_tokens_details") or {}
+    if details.get("cached_tokens") is not None:
+        metadata["input_token_details"] = InputTokenDetails(cache_read=details["cached_tokens"])
+    return metadata
 
 
 def _tool_choice(choice: str | bool | dict[str, Any]) -> str | dict[str, Any]:
@@ -206,7 +213,7 @@ def _result(response: dict[str, Any]) -> ChatResult:
         content=choice["message"]["content"] or "",
         **_calls(choice["message"]),
         id=response["id"],
-        usage_metadata=_usage(response["usage"]),
+        usage_metadata=usage_metadata(response["usage"]),
         response_metadata=metadata,
     )
     generation = ChatGeneration(
@@ -222,7 +229,7 @@ def _chunk(event: dict[str, Any]) -> ChatGenerationChunk:
         usage = event.get("usage")
         message = AIMessageChunk(
             content="",
-            usage_metadata=_usage(usage) if usage else None,
+            usage_metadata=usage_metadata(usage) if usage else None,
             response_metadata={"model_name": event["model"], "model_provider": "parrot"},
             chunk_position="last",
         )

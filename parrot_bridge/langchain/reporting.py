@@ -21,7 +21,7 @@ from langchain_core.outputs import ChatGeneration, Generation, LLMResult
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import RunnableConfig, ensure_config
 
-from parrot_bridge.langchain.chat_model import ChatParrot
+from parrot_bridge.langchain.chat_model import ChatParrot, usage_metadata
 from parrot_bridge.langchain.llm import ParrotLLM
 from parrot_bridge.langchain.symbols import map_items
 from parrot_bridge.variable import SemanticVariable
@@ -76,10 +76,7 @@ def outcomes(runs: list[ModelRun]) -> dict[str, Outcome]:
         usage, reason = run.output.usage, run.output.finish_reason
         if usage is None or reason is None:
             continue
-        metadata = UsageMetadata(input_tokens=usage["prompt_tokens"],
-                                 output_tokens=usage["completion_tokens"],
-                                 total_tokens=usage["total_tokens"])  # fmt: skip
-        out[run.message_id] = Outcome(metadata, reason, run.model._model_id(run.kwargs))
+        out[run.message_id] = Outcome(usage_metadata(usage), reason, run.model._model_id(run.kwargs))
     return out
 
 

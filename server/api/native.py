@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -23,11 +24,13 @@ from server.api.native_models import (
     VariableQuery,
     VariableSet,
 )
+from server.api.openai_models import PromptTokensDetails
 from server.api.route import Route, json_response, parse_body, parse_query
 from server.api.sse import EventStream
 from server.engine.grammar import compiled_grammar
 from server.engine.json_schema import compile_schema
 from server.engine.regex_prefix import compiled_regex
+from server.engine.sampling_params import check_stop_strings
 from server.errors import ApiError, error_body, not_found
 from server.graph import (
     CallDecl,
@@ -107,7 +110,10 @@ async def end_session(app: web.Application, session: Session) -> None:
 async def submit_graph(request: web.Request) -> web.Response:
     session = _session(request)
     body = await parse_body(request, GraphSubmission)
-    submission = _to_submission(body, request.app[DRIVER].max_model_len)
+    # its calls' regexes, grammars and schemas compile in a thread (see constraint_compile);
+    # the session is looked up again after, as it may have been closed meanwhile
+    submission = await asyncio.to_thread(_to_submission, body, request.app[DRIVER].max_model_len)
+    session = _session(request)
     ready = session.submit(submission)
     request.app[METRICS].graph_submissions.inc()
     request.app[EXECUTOR].dispatch(session, ready)
@@ -198,6 +204,7 @@ def _info(var: Variable) -> VariableInfo:
     usage = None if made is None else TokenUsage(
         prompt_tokens=made.prompt_tokens, completion_tokens=made.completion_tokens,
         total_tokens=made.prompt_tokens + made.completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=made.cached_tokens),
     )  # fmt: skip
     return VariableInfo(
         id=var.id,
@@ -223,6 +230,7 @@ def _to_submission(body: GraphSubmission, max_model_len: int) -> Submission:
                     f"max_tokens {s.max_tokens} exceeds the model's context of "
                     f"{max_model_len} tokens"
                 )
+            check_stop_strings(s.stop)
             if s.json_schema is not None:
                 compile_schema(s.json_schema)  # SchemaError names what cannot be followed
             if s.regex is not None:

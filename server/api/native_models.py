@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.api.openai_models import PromptTokensDetails
 from server.engine.sampling_params import SEED_MAX, SEED_MIN
 
 Criteria = Literal["latency", "throughput"]
@@ -134,6 +135,10 @@ class TokenUsage(ApiModel):
     prompt_tokens: int = Field(description="The call's prompt up to this output.")
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(
+        description="`cached_tokens`: prompt tokens computed before the call's generation "
+        "began (shared from a fork's prefix, found in the prefix cache, or filled ahead)."
+    )
 
 
 class VariableInfo(ApiModel):

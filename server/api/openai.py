@@ -11,6 +11,7 @@ import uuid
 from aiohttp import web
 
 from server.api.chat_job import ChatJob, answer, chat_job, choice_parser
+from server.api.constraint_compile import compile_constraints
 from server.api.disconnect import unless_disconnected
 from server.api.logprobs import (
     HeldLogprobs,
@@ -102,6 +103,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     timing = RequestTiming(request.app[METRICS], "completions", time.perf_counter())
     body = await parse_body(request, CompletionRequest)
     _check_common(request, body)
+    await compile_constraints(body)
     if body.suffix:
         raise bad_request("suffix is not supported", param="suffix")
     if body.best_of is not None and body.best_of != (body.n or 1):
@@ -169,6 +171,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     timing = RequestTiming(request.app[METRICS], "chat", time.perf_counter())
     body = await parse_body(request, ChatCompletionRequest)
     _check_common(request, body)
+    await compile_constraints(body)
     driver = request.app[DRIVER]
     job = chat_job(driver, body)
     ids, samplings, tools, logprobs = job.ids, job.samplings, job.tools, job.logprobs

@@ -18,7 +18,7 @@ from server.engine import SamplingParams
 from server.engine.grammar import GrammarError, compiled_grammar
 from server.engine.json_schema import SchemaError, compile_schema
 from server.engine.regex_prefix import RegexError, compiled_regex
-from server.engine.sampling_params import MAX_LOGPROBS, offset_seed
+from server.engine.sampling_params import MAX_LOGPROBS, check_stop_strings, offset_seed
 from server.engine_driver import EngineDriver
 from server.errors import bad_request
 from server.scheduling import LATENCY_PRIORITY, NORMAL_PRIORITY, THROUGHPUT_PRIORITY
@@ -267,6 +267,10 @@ def sampling_of(
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if any(not s for s in stop):
         raise bad_request("stop strings must not be empty", param="stop")
+    try:
+        check_stop_strings(stop)
+    except ValueError as exc:
+        raise bad_request(f"stop: {exc}", param="stop") from exc
     stop_ids = body.stop_token_ids or []
     check_token_ids(driver, stop_ids, "stop_token_ids")
     if body.allowed_token_ids is not None:

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from server.api.chat_job import ChatJob, chat_job, choice_parser
+from server.api.constraint_compile import compile_constraints
 from server.api.disconnect import unless_disconnected
 from server.api.logprobs import HeldLogprobs, chat_logprobs
 from server.api.openai import check_model
@@ -61,6 +62,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     fields = chat_request_of(body, history)
     try:
         chat = validate(ChatCompletionRequest, fields, "body")
+        await compile_constraints(chat)
         job = chat_job(request.app[DRIVER], chat)
     except ApiError as exc:
         raise responses_error(exc) from exc

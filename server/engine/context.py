@@ -49,8 +49,8 @@ class Job:
     prompt_logprobs_sent: bool = False
     finish_reason: str | None = None
     error: str | None = None
-    # prompt tokens it did not compute (prefix-cache hits, a parent's blocks), counted when its
-    # context is first admitted, as vLLM's num_cached_tokens; a recomputation keeps the count
+    # prompt tokens computed before its first step (prefix-cache hits, a fork parent's blocks,
+    # a fill ahead of it), as vLLM's num_cached_tokens; a recomputation keeps the count
     cached_tokens: int | None = None
 
     @property

@@ -351,13 +351,15 @@ class LLMEngine:
         self,
         prompts: str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        cache_salt: str | None = None,
     ) -> list[CompletionOutput]:
         """Run plain requests together in one continuous batch until all finish. Other work
         in the engine runs along; its outputs are kept for the next `step()`.
 
         `prompts` is a list of strings or of token-id lists, or one prompt (a string or a
         token-id list); `sampling_params` one for all, or one per prompt. A bad prompt raises
-        ValueError before any is submitted."""
+        ValueError before any is submitted. `cache_salt` salts every prompt (see
+        `create_context`)."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # type: ignore[list-item]
         if sampling_params is None:
@@ -375,7 +377,7 @@ class LLMEngine:
         job_ids: list[int] = []
         try:
             for ids, sp in zip(prompt_ids, sampling_params, strict=True):
-                job_ids.append(self.add_request(ids, sp))
+                job_ids.append(self.add_request(ids, sp, cache_salt=cache_salt))
         except ValueError as exc:
             self._withdraw(job_ids)
             raise ValueError(f"prompt {len(job_ids)}: {exc}") from exc
@@ -414,6 +416,7 @@ class LLMEngine:
                 ids, results[j].token_ids, results[j].text, results[j].finish_reason,
                 logprobs[j] if sp.logprobs is not None else None,
                 prompt_logprobs.get(j),
+                results[j].cached_tokens or 0,
             )
             for ids, j, sp in zip(prompt_ids, job_ids, sampling_params, strict=True)
         ]

@@ -47,6 +47,7 @@ class CompletionOutput:
     finish_reason: str | None
     logprobs: list[TokenLogprob] | None = None  # one per token, when the sampling asked
     prompt_logprobs: list[TokenLogprob | None] | None = None  # one per prompt token, if asked
+    cached_tokens: int = 0  # prompt tokens found computed (the prefix cache), not computed
 
 
 @dataclass(slots=True)

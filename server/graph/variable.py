@@ -19,6 +19,9 @@ class Generation:
     prompt_tokens: int  # the call's prompt up to this output, earlier outputs included
     completion_tokens: int
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    # prompt tokens computed before the generation began: shared from a fork's prefix, found
+    # in the prefix cache, or filled ahead (pipelined prefill), as a plain request's usage says
+    cached_tokens: int = 0
 
 
 @dataclass(eq=False, slots=True)

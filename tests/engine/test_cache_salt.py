@@ -113,3 +113,12 @@ def test_preempted_salted_context_recomputed_matches_no_unsalted_blocks():
     salted.cache_salt = "tenant-a"
     out = sched.schedule()
     assert out.num_cached_tokens == 2 * BS and salted.block_table == lo.block_table[:2]
+
+
+def test_generate_salts_its_prompts_and_counts_what_each_found_cached(tiny_llama_path):
+    engine = LLMEngine.from_pretrained(tiny_llama_path, block_size=4)
+    prompt = random_prompts(1, engine.model_config.vocab_size, seed=12, lo=21, hi=21)[0]
+    steps = [(None, 0), ("tenant-a", 0), ("tenant-a", 20), ("tenant-b", 0), (None, 20)]
+    for salt, cached in steps:
+        (out,) = engine.generate([prompt], GREEDY, cache_salt=salt)
+        assert out.cached_tokens == cached, salt

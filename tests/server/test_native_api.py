@@ -139,9 +139,16 @@ def test_several_outputs_see_the_tokens_a_plain_request_would(
     for info, text, stop in asked:
         ids = engine.tokenizer.encode(text)
         ref = engine.generate([ids], SamplingParams(max_tokens=8, temperature=0, stop=stop))[0]
-        assert info["usage"] == {"prompt_tokens": len(ids), "completion_tokens": len(ref.token_ids),
-                                 "total_tokens": len(ids) + len(ref.token_ids)}  # fmt: skip
+        usage = dict(info["usage"])
+        cached = usage.pop("prompt_tokens_details")["cached_tokens"]
+        assert usage == {"prompt_tokens": len(ids), "completion_tokens": len(ref.token_ids),
+                         "total_tokens": len(ids) + len(ref.token_ids)}  # fmt: skip
+        assert 0 <= cached < len(ids)
         assert info["finish_reason"] == ref.finish_reason
+    # the second output's prompt holds the first's, which the call computed before it
+    cached = [i["usage"]["prompt_tokens_details"]["cached_tokens"] for i, _, _ in asked]
+    first_prompt = len(engine.tokenizer.encode(prefix))
+    assert cached[1] >= first_prompt - 2 > cached[0]
     assert get_var(server, sid, token, "s")["usage"] is None
 
 
@@ -358,6 +365,9 @@ BAD_GRAPHS = [
     ("invalid_sampling", {"calls": [{**call("A", "a {{output:y}}", {}, {"y": "ok"}),
                                      "sampling": {"stop": [""]}}]},
      ["call 'A'", "stop strings must be non-empty"]),
+    ("invalid_sampling", {"calls": [{**call("A", "a {{output:y}}", {}, {"y": "ok"}),
+                                     "sampling": {"stop": ["s"] * 257}}]},
+     ["call 'A': invalid sampling: at most 256 stop strings are taken, got 257"]),
     ("invalid_sampling", {"calls": [{**call("A", "a {{output:y}}", {}, {"y": "ok"}),
                                      "sampling": {"grammar": 'root ::= "a" | "b'}}]},
      ["call 'A': invalid sampling: grammar line 1, column 16: an unclosed string"]),

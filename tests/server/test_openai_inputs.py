@@ -27,7 +27,7 @@ from server.api.openai_inputs import (
 )
 from server.api.openai_models import ChatCompletionRequest, CompletionRequest
 from server.engine import SamplingParams
-from server.engine.sampling_params import SEED_MAX, SEED_MIN
+from server.engine.sampling_params import MAX_STOP_CHARS, MAX_STOP_STRINGS, SEED_MAX, SEED_MIN
 from server.engine.tokenizer import Tokenizer
 from server.errors import ApiError
 from tests.tiny_models import CHATML_TEMPLATE, IM_END, IM_START
@@ -156,3 +156,16 @@ def test_empty_vllm_extensions_change_nothing_and_are_taken() -> None:
     refuse_extensions(completion(logits_processors=[], vllm_xargs={}), UNSUPPORTED_EXTENSIONS)
     body = completion(logits_processors=["mine"])
     refused("logits_processors", refuse_extensions, body, UNSUPPORTED_EXTENSIONS)
+
+
+def test_stop_strings_are_bounded_in_number_and_length() -> None:
+    """Every stop string is looked for after each token, for the whole batch's sake."""
+    most = [f"s{i}" for i in range(MAX_STOP_STRINGS)]
+    assert sampling_of(SMALL, completion(stop=most), [1], 4).stop == most
+    with pytest.raises(ApiError, match=f"at most {MAX_STOP_STRINGS} stop strings") as caught:
+        sampling_of(SMALL, completion(stop=[*most, "one more"]), [1], 4)
+    assert caught.value.param == "stop"
+    refused("stop", sampling_of, SMALL, completion(stop="x" * (MAX_STOP_CHARS + 1)), [1], 4)
+    with pytest.raises(ValueError, match="at most"):
+        SamplingParams(stop=[*most, "one more"])
+

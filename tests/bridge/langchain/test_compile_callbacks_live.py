@@ -63,13 +63,31 @@ def test_callbacks_see_one_root_run_and_each_model_call_with_usage(chat: ChatPar
     run_ids = {e[1] for e in compiled_runs.events}
     assert all(e[2] in run_ids for e in compiled_runs.events if e[2] is not None)
     assert [e[0] for e in compiled_runs.events].count("chat_model") == 2
-    # the server's counts of each graph call: those of the plain requests
-    assert compiled_runs.usages == plain_runs.usages
+    # the server's counts of each graph call: those of the plain requests, but for the prompt
+    # tokens each found computed (cache_read), which sharing makes differ
+    assert uncached(compiled_runs.usages) == uncached(plain_runs.usages)
     # handlers that count llm_output["token_usage"] (as for ChatOpenAI) see the same too
-    assert compiled_runs.outputs == plain_runs.outputs
+    assert uncached(compiled_runs.outputs) == uncached(plain_runs.outputs)
     assert all(o["token_usage"]["total_tokens"] > 0 for o in plain_runs.outputs)
     assert all(u["input_tokens"] > 0 and u["output_tokens"] > 0 for u in plain_runs.usages)
-    assert compiled_usage.usage_metadata == plain_usage.usage_metadata
+    assert uncached(compiled_usage.usage_metadata) == uncached(plain_usage.usage_metadata)
+    for usage in compiled_runs.usages + plain_runs.usages:
+        assert 0 <= usage["input_token_details"]["cache_read"] < usage["input_tokens"]
+    for output in compiled_runs.outputs + plain_runs.outputs:
+        usage = output["token_usage"]
+        assert 0 <= usage["prompt_tokens_details"]["cached_tokens"] < usage["prompt_tokens"]
+    # the second call forked its template's leading text ("Improve: "), stored by the server
+    assert compiled_runs.usages[1]["input_token_details"]["cache_read"] > 0
+
+
+def uncached(value: object) -> object:
+    """`value` without the usages' cache details (LangChain's and OpenAI's)."""
+    if isinstance(value, dict):
+        return {k: uncached(v) for k, v in value.items()
+                if k not in ("input_token_details", "prompt_tokens_details")}  # fmt: skip
+    if isinstance(value, list):
+        return [uncached(v) for v in value]
+    return value
 
 
 def test_the_output_message_carries_usage_id_and_finish_reason(chat: ChatParrot) -> None:
@@ -77,7 +95,9 @@ def test_the_output_message_carries_usage_id_and_finish_reason(chat: ChatParrot)
     plain, out = chain.invoke(x), compile(chain).invoke(x)
     assert out.content == plain.content and out.id
     assert out.usage_metadata and plain.usage_metadata
-    assert out.usage_metadata == plain.usage_metadata
+    assert uncached(out.usage_metadata) == uncached(plain.usage_metadata)
+    # the compiled call forked its template's leading text (stored, and computed ahead of it)
+    assert out.usage_metadata["input_token_details"]["cache_read"] > 0
     assert out.response_metadata["model_name"] == plain.response_metadata["model_name"]
     assert out.response_metadata["finish_reason"] == plain.response_metadata["finish_reason"]
 
