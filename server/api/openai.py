@@ -73,11 +73,12 @@ def openai_routes() -> list[Route]:
         Route("GET", "/v1/models", list_models, "The served model", tag, response=ModelList),
         Route("GET", "/v1/models/{model}", retrieve_model, "The served model, by its id", tag,
               response=ModelCard),
-        Route("POST", "/v1/completions", create_completion, "Complete a prompt", tag,
-              body=CompletionRequest, response=Completion),
+        Route("POST", "/v1/completions", create_completion,
+              "Complete a prompt; stream=true sends chunks (each a completion of the new text)",
+              tag, body=CompletionRequest, response=Completion, events=Completion),
         Route("POST", "/v1/chat/completions", create_chat_completion,
               "Chat completion (the model's chat template); stream=true sends chunks", tag,
-              body=ChatCompletionRequest, response=ChatCompletion),
+              body=ChatCompletionRequest, response=ChatCompletion, events=ChatCompletionChunk),
     ]  # fmt: skip
 
 

@@ -61,18 +61,23 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
 
 
 def _success(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
-    if route.events is not None:
-        schema = refs[(route.events, "serialization")]
-        return {
-            "description": "Server-sent events; each data line is this object",
-            "content": {"text/event-stream": {"schema": schema}},
-        }
+    """A JSON body, server-sent events, or either (a route that streams when asked)."""
     if route.text is not None:
         return {"description": "OK", "content": {route.text: {"schema": {"type": "string"}}}}
-    if route.response is None:
+    content: dict[str, Any] = {}
+    if route.response is not None:
+        content["application/json"] = {"schema": refs[(route.response, "serialization")]}
+    if route.events is not None:
+        content["text/event-stream"] = {"schema": refs[(route.events, "serialization")]}
+    if not content:
         return {"description": "OK"}
-    schema = refs[(route.response, "serialization")]
-    return {"description": "OK", "content": {"application/json": {"schema": schema}}}
+    if route.response is None:
+        description = "Server-sent events; each data line is this object"
+    elif route.events is not None:
+        description = "The JSON body; with stream=true, server-sent events of the stream schema"
+    else:
+        description = "OK"
+    return {"description": description, "content": content}
 
 
 def _parameters(route: Route, refs: dict[Any, Any]) -> list[dict[str, Any]]:

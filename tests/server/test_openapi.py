@@ -65,3 +65,18 @@ def test_response_fields_left_out_when_empty_are_still_in_the_schemas() -> None:
     assert ChatDelta(role="assistant", content="").model_dump() == {"role": "assistant",
                                                                    "content": ""}  # fmt: skip
     assert AssistantMessage(content="hi").model_dump() == {"role": "assistant", "content": "hi"}
+
+
+def test_routes_that_stream_when_asked_document_both_bodies() -> None:
+    """Completions, chat and responses answer JSON, or server-sent events with stream=true."""
+    paths = build_openapi(all_routes(), "Parrot", "0")["paths"]
+    expected = {"/v1/completions": ("Completion", "Completion"),
+                "/v1/chat/completions": ("ChatCompletion", "ChatCompletionChunk"),
+                "/v1/responses": ("ResponseObject", "ResponseStreamEvent")}  # fmt: skip
+    for path, (body, event) in expected.items():
+        content = paths[path]["post"]["responses"]["200"]["content"]
+        assert content["application/json"]["schema"]["$ref"].endswith("/" + body), path
+        assert content["text/event-stream"]["schema"]["$ref"].endswith("/" + event), path
+    schemas = build_openapi(all_routes(), "Parrot", "0")["components"]["schemas"]
+    assert {"delta", "finish_reason"} <= set(schemas["ChatChunkChoice"]["properties"])
+    assert {"type", "sequence_number"} <= set(schemas["ResponseStreamEvent"]["properties"])
