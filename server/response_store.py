@@ -15,15 +15,18 @@ from server.api.responses_models import ResponseObject
 class StoredResponse:
     """A response and its conversation as chat messages: the input it answered (after the
     conversation it followed; never the instructions) and its own output. `size` is the
-    characters its messages hold: what bounds the store's memory."""
+    characters its messages and the response (its tools' schemas too) hold: what bounds the
+    store's memory."""
 
     response: ResponseObject
     messages: list[dict[str, Any]]
     size: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.size = sum(len(str(m.get("content") or "")) + len(str(m.get("tool_calls") or ""))
-                        for m in self.messages)  # fmt: skip
+        self.size = len(self.response.model_dump_json()) + sum(
+            len(str(m.get("content") or "")) + len(str(m.get("tool_calls") or ""))
+            for m in self.messages
+        )
 
 
 class ResponseStore:

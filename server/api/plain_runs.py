@@ -115,7 +115,7 @@ async def _collect(
     timing: RequestTiming,
     placement: Placement,
 ) -> list[tuple[JobOutput, list[TokenLogprob]]]:
-    """One run of `_run`'s request, to its end (`_run` redoes it, not the pool)."""
+    """One run of `run_plain`'s request, to its end (`run_plain` redoes it, not the pool)."""
     finals: list[JobOutput | None] = [None] * len(samplings)
     logprobs: list[list[TokenLogprob]] = [[] for _ in samplings]
     prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}

@@ -29,19 +29,22 @@ def test_the_least_recently_used_go_first_past_the_count():
 
 
 def test_characters_bound_the_store_and_a_response_past_them_is_not_kept():
-    store = ResponseStore(max_responses=10, max_chars=10)
-    assert store.put(stored("a", "12345"))
-    assert store.put(stored("b", "123456"))  # 11 characters in all: "a" goes
-    assert store.get("a") is None and store.chars == 6
-    assert not store.put(stored("c", "x" * 11))
+    a, b = stored("a", "12345"), stored("b", "123456")
+    assert b.size == a.size + 1 > 5  # the response's own JSON counts too
+    store = ResponseStore(max_responses=10, max_chars=a.size + b.size - 1)
+    assert store.put(a)
+    assert store.put(b)  # one character too many: "a" goes
+    assert store.get("a") is None and store.chars == b.size
+    assert not store.put(stored("c", "x" * (a.size + b.size)))
     assert store.get("c") is None and store.get("b") is not None
 
 
 def test_delete_and_replace_keep_the_count_of_characters():
-    store = ResponseStore(max_responses=10, max_chars=100)
+    store = ResponseStore(max_responses=10, max_chars=10_000)
     store.put(stored("a", "1234"))
-    store.put(stored("a", "12"))
-    assert store.chars == 2 and len(store) == 1
+    again = stored("a", "12")
+    store.put(again)
+    assert store.chars == again.size and len(store) == 1
     assert store.delete("a") and not store.delete("a")
     assert store.chars == 0 and len(store) == 0
 

@@ -239,3 +239,14 @@ def test_langchain_on_the_responses_api_answers_as_on_chat(server: str):
         c.text for c in chat_openai(use_responses_api=True, **kw).stream("Hello there")
     )
     assert streamed == on_chat.text
+
+
+def test_llamaindex_on_the_responses_api_answers_as_on_chat(client: openai.OpenAI, server: str):
+    responses_llm = pytest.importorskip("llama_index.llms.openai").OpenAIResponses
+    from llama_index.core.llms import ChatMessage
+
+    llm = responses_llm(model="tiny", api_base=server + "/v1", api_key="unused",
+                        context_window=2048, temperature=0, max_output_tokens=8)  # fmt: skip
+    answer = llm.chat([ChatMessage(role="user", content="Hello there")])
+    c = chat(client, [{"role": "user", "content": "Hello there"}], 8)
+    assert answer.message.content == c.choices[0].message.content
