@@ -17,23 +17,26 @@ pytestmark = pytest.mark.slow
 
 
 def test_bad_flags_and_models_fail_with_a_message(tmp_path: Path) -> None:
-    bad = subprocess.run(
-        [sys.executable, "-m", "server", "--port", "99999"], capture_output=True, text=True
-    )
-    assert bad.returncode != 0 and "port must be in 0..65535" in bad.stderr
+    # what the engine refuses is refused before a model loads, in one line, not a traceback
+    # (the servers start side by side: each takes seconds to import torch)
+    cases = ((["--port", "99999"], "port must be in 0..65535"),
+             (["--block-size", "0"], "block_size must be a positive power of two"),
+             (["--dtype", "foo"], "dtype must name a torch dtype"),
+             (["--kv-cache-gb", "nan"], "kv_cache_gb must be positive"),
+             (["--model", str(tmp_path / "nothing")], "no model named"))  # fmt: skip
+    started = [
+        subprocess.Popen([sys.executable, "-m", "server", *flags], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+        for flags, _ in cases
+    ]
     missing = ServerProcess(tmp_path / "no-such-model", log_path=tmp_path / "log")
     with pytest.raises(RuntimeError, match="exited with code") as info:
         missing.start()
     assert "no-such-model" in str(info.value)
-    # what the engine refuses is refused before a model loads, in one line, not a traceback
-    for flags, needle in ((["--block-size", "0"], "block_size must be a positive power of two"),
-                          (["--dtype", "foo"], "dtype must name a torch dtype"),
-                          (["--kv-cache-gb", "nan"], "kv_cache_gb must be positive"),
-                          (["--model", str(tmp_path / "nothing")], "no model named")):
-        bad = subprocess.run([sys.executable, "-m", "server", *flags], capture_output=True,
-                             text=True)  # fmt: skip
-        assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
-        assert bad.stderr.startswith("parrot-server: ") and needle in bad.stderr
+    for process, (_, needle) in zip(started, cases, strict=True):
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode != 0 and len(stderr.strip().splitlines()) == 1, stderr
+        assert stderr.startswith("parrot-server: ") and needle in stderr
 
 
 def test_an_address_it_cannot_listen_on_fails_with_a_message_before_the_model_loads(
