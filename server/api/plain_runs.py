@@ -164,5 +164,3 @@ def finish_reason(out: JobOutput, called: bool = False) -> str:
     if out.finish_reason == "length":
         return "length"
     return "tool_calls" if called else "stop"
-
-

@@ -185,4 +185,3 @@ def check_stop_strings(stop: list[str]) -> None:
         raise ValueError(
             f"a stop string is at most {MAX_STOP_CHARS} characters, got one of {len(long)}"
         )
-

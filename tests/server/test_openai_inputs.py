@@ -168,4 +168,3 @@ def test_stop_strings_are_bounded_in_number_and_length() -> None:
     refused("stop", sampling_of, SMALL, completion(stop="x" * (MAX_STOP_CHARS + 1)), [1], 4)
     with pytest.raises(ValueError, match="at most"):
         SamplingParams(stop=[*most, "one more"])
-
