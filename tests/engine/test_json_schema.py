@@ -245,3 +245,14 @@ def test_a_schema_nested_too_deeply_is_refused_by_depth_not_by_the_stack():
     for levels in (MAX_SCHEMA_DEPTH + 1, 2_000):
         with pytest.raises(SchemaError, match=f"more than {MAX_SCHEMA_DEPTH} levels deep"):
             compile_schema(_nested_arrays(levels))
+
+
+def test_a_schema_compiled_again_is_found_and_its_property_order_counts():
+    """A request's schema is compiled in a worker thread, then where it is checked and where
+    its sampling is built: the nodes are built once; properties keep their order."""
+    ab = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}}
+    ba = {"type": "object", "properties": {"b": {"type": "integer"}, "a": {"type": "string"}}}
+    first = compile_schema(ab)
+    assert compile_schema(json.loads(json.dumps(ab))) is first
+    assert list(compile_schema(ba).properties) == ["b", "a"]
+    assert list(compile_schema(ab).properties) == ["a", "b"]
