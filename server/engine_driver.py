@@ -202,12 +202,15 @@ class EngineDriver:
         they run. The prompt's KV is computed once, in a context each sample forks (sharing its
         blocks); each fork computes only the prompt's last token, whose logits it samples from.
         The forks are submitted together, so they decode in the same steps from the first.
-        The prompt's context carries `cache_salt` (the forks keep it)."""
+        The prompt's context carries `cache_salt` (the forks keep it). Each output's
+        `cached_tokens` is what the prompt's fill found in the prefix cache: the forks share
+        what the request computed once for them all."""
         engine, tokens = self.engine, list(prompt)
         parent = engine.create_context(cache_salt=cache_salt)
+        cached = 0
         try:
             if len(tokens) > 1:
-                await engine.fill(parent, tokens[:-1], priority)
+                cached = await engine.fill(parent, tokens[:-1], priority)
             children = [engine.create_context(parent) for _ in samplings]
         finally:
             engine.free(parent)  # the forks keep the blocks they share
@@ -221,6 +224,7 @@ class EngineDriver:
             merged = merge_streams(streams, started=self.together)
             async with contextlib.aclosing(merged):
                 async for index, out in merged:
+                    out.cached_tokens = cached
                     yield index, out
         finally:
             for child in children:

@@ -199,13 +199,16 @@ class EngineProcess:
         token_ids: Sequence[int],
         priority: int = 0,
         yield_tokens: int | None = None,
-    ) -> None:
+    ) -> int:
+        """As `AsyncEngine.fill`, in the child process."""
         # a fill ahead of need (yield_tokens) is not worth pausing a step for
         urgent = self._urgent(priority) and yield_tokens is None
         message = ("fill", context_id, list(token_ids), priority, yield_tokens)
+        cached = 0
         async with contextlib.aclosing(self._job(message, urgent)) as job:
-            async for _ in job:
-                pass
+            async for out in job:
+                cached = out.cached_tokens if out.cached_tokens is not None else cached
+        return cached
 
     async def generate(
         self,

@@ -162,7 +162,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
                 token_ids=echo.generated_ids(f) if with_ids else None,
             ))  # fmt: skip
     usage = _usage([t for ids in prompt_ids for t in ids], [f for outs in per_prompt
-                   for f, _ in outs], len(prompt_ids), not echo.hides_generation)  # fmt: skip
+                   for f, _ in outs], n, not echo.hides_generation)  # fmt: skip
     return json_response(
         Completion(id=cid, created=created, model=model, choices=choices, usage=usage)
     )
@@ -198,7 +198,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     ]  # fmt: skip
     return json_response(
         ChatCompletion(id=cid, created=created, model=model, choices=choices,
-                       usage=_usage(ids, finals),
+                       usage=_usage(ids, finals, len(finals)),
                        prompt_logprobs=None if job.scored is None else prompt_logprobs(
                            driver.tokenizer, finals[0].prompt_logprobs or [], job.scored),
                        prompt_token_ids=list(ids) if with_ids else None)
@@ -288,7 +288,7 @@ async def _stream_chat(
                 await stream.send(chunk(index, ChatDelta(), reason))
         everything = len(finals) == len(samplings)
         if everything and body.stream_options and body.stream_options.include_usage:
-            usage = _usage(ids, list(finals.values()))
+            usage = _usage(ids, [finals[i] for i in sorted(finals)], len(finals))
             await stream.send(
                 ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[],
                                     usage=usage)
@@ -376,8 +376,9 @@ async def _stream_completion(
                 reason = finish_reason(out) if out.finished else None
                 await stream.send(choice(index, out.new_text, reason, logprobs))
         if len(finals) == count and body.stream_options and body.stream_options.include_usage:
-            usage = _usage([t for ids in prompt_ids for t in ids], list(finals.values()),
-                           len(prompt_ids), not echo.hides_generation)  # fmt: skip
+            usage = _usage([t for ids in prompt_ids for t in ids],
+                           [finals[i] for i in sorted(finals)], n,
+                           not echo.hides_generation)  # fmt: skip
             await stream.send(
                 Completion(id=cid, created=created, model=body.model, choices=[], usage=usage)
             )
@@ -468,16 +469,15 @@ class _Echo:
 
 
 def _usage(
-    ids: list[int], finals: list[JobOutput], prompts: int = 1, generated: bool = True
+    ids: list[int], finals: list[JobOutput], n: int = 1, generated: bool = True
 ) -> Usage:
-    """The prompt counts once however many samples were drawn from it; what its prompts took
-    from the prefix cache is said when each prompt had one sample (`n` samples fork a prompt
-    computed once for them all). `generated` false: no completion tokens (an echo that only
+    """The usage of prompts `ids` (all of them, joined) and their `n` samples each (`finals`,
+    in choice order: prompt k's sample i at k * n + i). A prompt counts once however many
+    samples were drawn from it, as do the tokens it took from the prefix cache (its samples
+    fork it, computed once). `generated` false: no completion tokens (an echo that only
     scores the prompt)."""
-    n = sum(len(f.token_ids) for f in finals) if generated else 0
-    details = None
-    if len(finals) == prompts:
-        cached = sum(f.cached_tokens or 0 for f in finals)
-        details = PromptTokensDetails(cached_tokens=cached)
-    return Usage(prompt_tokens=len(ids), completion_tokens=n, total_tokens=len(ids) + n,
-                 prompt_tokens_details=details)  # fmt: skip
+    count = sum(len(f.token_ids) for f in finals) if generated else 0
+    cached = sum(f.cached_tokens or 0 for f in finals[::n])
+    return Usage(prompt_tokens=len(ids), completion_tokens=count,
+                 total_tokens=len(ids) + count,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))  # fmt: skip

@@ -193,15 +193,13 @@ class PromptTokensDetails(BaseModel):
 
 
 class Usage(BaseModel):
-    """`prompt_tokens_details` is left out for `n` > 1: the samples fork one prompt, computed
-    once for all of them."""
+    """A prompt and the tokens it took from the prefix cache count once, however many samples
+    (`n`) fork it."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    prompt_tokens_details: PromptTokensDetails | None = Field(
-        None, exclude_if=lambda v: v is None
-    )
+    prompt_tokens_details: PromptTokensDetails
 
 
 class CompletionLogprobs(BaseModel):

@@ -128,17 +128,20 @@ class AsyncLLMEngine:
         token_ids: Sequence[int],
         priority: int = 0,
         yield_tokens: int | None = None,
-    ) -> None:
-        """Append tokens and return when their KV is computed (`yield_tokens`: see
+    ) -> int:
+        """Append tokens and return, once their KV is computed, how many of the context's
+        tokens its first step found computed (`Job.cached_tokens`; `yield_tokens`: see
         `LLMEngine.fill`)."""
         tokens = list(token_ids)
         self._grow(context_id, len(tokens))
         submit = lambda: self.engine.fill(context_id, tokens, priority, yield_tokens)  # noqa: E731
         # a fill ahead of need (yield_tokens) is not worth pausing a step for
         job = self._job(submit, self._urgent(priority) and yield_tokens is None)
+        cached = 0
         async with contextlib.aclosing(job):  # cancelled: the job is aborted at once
-            async for _ in job:
-                pass
+            async for out in job:
+                cached = out.cached_tokens if out.cached_tokens is not None else cached
+        return cached
 
     async def generate(
         self,

@@ -279,9 +279,9 @@ class Scheduler:
 
     def _schedule(self, ctx: Context, n: int, out: SchedulerOutput) -> None:
         ctx.last_used = self._clock
-        job = ctx.sampling_job
-        if job is not None and job.cached_tokens is None:
-            job.cached_tokens = ctx.num_computed  # what its first step finds computed
+        for job in (ctx.job, ctx.sampling_job):  # a fill's count too: see generate_samples
+            if job is not None and job.cached_tokens is None:
+                job.cached_tokens = ctx.num_computed  # what its first step finds computed
         sample = (
             ctx.sampling_job is not None and n > 0 and ctx.num_computed + n == len(ctx.token_ids)
         )

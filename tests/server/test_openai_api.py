@@ -881,7 +881,7 @@ def test_usage_says_how_many_prompt_tokens_came_from_the_prefix_cache(
     client: openai.OpenAI, server: str
 ) -> None:
     """OpenAI's `prompt_tokens_details.cached_tokens` (LangChain reads it as `cache_read`):
-    the same long prompt again finds its full blocks cached; with `n` > 1 it is left out."""
+    the same long prompt again finds its full blocks cached, once for all its `n` samples."""
     from langchain_openai import ChatOpenAI
 
     messages = [{"role": "user", "content": "A parrot's song, told at length: " + "la " * 60}]
@@ -893,7 +893,10 @@ def test_usage_says_how_many_prompt_tokens_came_from_the_prefix_cache(
     assert prompt > 64 and prompt - 16 < cached <= prompt - 1  # all but the last block
     assert first.usage.prompt_tokens_details.cached_tokens < cached
     status, body = request("POST", f"{server}/v1/chat/completions", {**kw, "n": 2})
-    assert status == 200 and "prompt_tokens_details" not in body["usage"]
+    assert status == 200 and body["usage"]["prompt_tokens_details"]["cached_tokens"] == cached
+    chunks = list(client.chat.completions.create(
+        **kw, n=3, stream=True, stream_options={"include_usage": True}))  # fmt: skip
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == cached
     client.completions.create(model="tiny", prompt="la " * 60, max_tokens=1)
     done = client.completions.create(model="tiny", prompt=["la " * 60] * 2, max_tokens=1)
     # both prompts found the first one's blocks: the details sum over the prompts
