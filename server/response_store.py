@@ -14,16 +14,18 @@ from server.api.responses_models import ResponseObject
 @dataclass(slots=True)
 class StoredResponse:
     """A response and its conversation as chat messages: the input it answered (after the
-    conversation it followed; never the instructions) and its own output. `size` is the
+    conversation it followed; never the instructions) and its own output; and its own input
+    items, with their ids. `size` is the
     characters its messages and the response (its tools' schemas too) hold: what bounds the
     store's memory."""
 
     response: ResponseObject
     messages: list[dict[str, Any]]
+    input_items: list[dict[str, Any]] = field(default_factory=list)  # as the client listed them
     size: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.size = len(self.response.model_dump_json()) + sum(
+        self.size = len(self.response.model_dump_json()) + len(str(self.input_items)) + sum(
             len(str(m.get("content") or "")) + len(str(m.get("tool_calls") or ""))
             for m in self.messages
         )

@@ -21,10 +21,12 @@ from server.api.openai_models import ChatCompletionRequest, ChatTokenLogprob
 from server.api.plain_runs import require_engine, run_plain, stream_outputs
 from server.api.request_timing import RequestTiming
 from server.api.response_output import ResponseOutput, new_id
-from server.api.responses_input import chat_request_of, responses_error
+from server.api.responses_input import chat_request_of, input_items, responses_error
 from server.api.responses_models import (
     DeletedResponse,
     IncompleteDetails,
+    InputItemList,
+    InputItemsQuery,
     InputTokensDetails,
     ResponseError,
     ResponseObject,
@@ -32,7 +34,7 @@ from server.api.responses_models import (
     ResponseStreamEvent,
     ResponseUsage,
 )
-from server.api.route import Route, json_response, parse_body, validate
+from server.api.route import Route, json_response, parse_body, parse_query, validate
 from server.api.sse import EventStream
 from server.api.tool_call_parser import ParsedToolCall, ToolCallParser
 from server.engine import JobOutput
@@ -51,6 +53,9 @@ def responses_routes() -> list[Route]:
         Route("GET", one, retrieve_response, "A stored response", tag, response=ResponseObject),
         Route("DELETE", one, delete_response, "Forget a stored response", tag,
               response=DeletedResponse),
+        Route("GET", one + "/input_items", list_input_items,
+              "A stored response's input items, newest first unless order=asc", tag,
+              query=InputItemsQuery, response=InputItemList),
     ]  # fmt: skip
 
 
@@ -95,6 +100,24 @@ async def delete_response(request: web.Request) -> web.Response:
     _stored(request, response_id)
     request.app[RESPONSES].delete(response_id)
     return json_response(DeletedResponse(id=response_id))
+
+
+async def list_input_items(request: web.Request) -> web.Response:
+    query = parse_query(request, InputItemsQuery)
+    items = _stored(request, request.match_info["response_id"]).input_items
+    ordered = items if query.order == "asc" else items[::-1]
+    start = 0
+    if query.after is not None:
+        ids = [item["id"] for item in ordered]
+        if query.after not in ids:
+            raise bad_request(f"after: no input item {query.after!r} in this response",
+                              param="after")  # fmt: skip
+        start = ids.index(query.after) + 1
+    page = ordered[start : start + query.limit]
+    return json_response(InputItemList(
+        data=page, first_id=page[0]["id"] if page else None,
+        last_id=page[-1]["id"] if page else None, has_more=start + query.limit < len(ordered),
+    ))  # fmt: skip
 
 
 class _Draft:
@@ -176,7 +199,8 @@ def _store(request: web.Request, draft: _Draft, response: ResponseObject) -> Non
                 "id": item.call_id, "type": "function",
                 "function": {"name": item.name, "arguments": item.arguments},
             })  # fmt: skip
-    request.app[RESPONSES].put(StoredResponse(response, [*draft.conversation, said]))
+    stored = StoredResponse(response, [*draft.conversation, said], input_items(draft.body.input))
+    request.app[RESPONSES].put(stored)
 
 
 def _written(

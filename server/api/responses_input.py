@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from server.api.response_output import new_id
 from server.api.responses_models import LOGPROBS_INCLUDE, ResponsesRequest
 from server.errors import ApiError, bad_request
 
@@ -88,6 +89,25 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[Message]:
                 param="input",
             )
     return messages
+
+
+def input_items(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The input as OpenAI lists a response's input items: each with an id (its own, or a new
+    one) and a status, a text as a user message of one `input_text` part. The items are
+    already checked (`input_messages`)."""
+    if isinstance(items, str):
+        items = [{"role": "user", "content": items}]
+    listed = []
+    for item in items:
+        kind = item.get("type", "message")
+        entry = {**item, "type": kind, "status": item.get("status") or "completed"}
+        if kind == "message" and isinstance(item["content"], str):
+            part = "output_text" if item["role"] == "assistant" else "input_text"
+            entry["content"] = [{"type": part, "text": item["content"]}]
+        prefix = {"message": "msg", "function_call": "fc"}.get(kind, "fco")
+        entry["id"] = item.get("id") or new_id(prefix)
+        listed.append(entry)
+    return listed
 
 
 def responses_error(exc: ApiError) -> ApiError:

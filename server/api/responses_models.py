@@ -140,6 +140,24 @@ class ResponseObject(BaseModel):
     background: bool = False
 
 
+class InputItemsQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # `include` changes nothing here
+
+    after: str | None = Field(None, description="List the items after this one.")
+    limit: int = Field(20, ge=1, le=100)
+    order: Literal["asc", "desc"] = "desc"
+
+
+class InputItemList(BaseModel):
+    """A page of a stored response's input items, each with its id."""
+
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
 class DeletedResponse(BaseModel):
     id: str
     object: Literal["response"] = "response"

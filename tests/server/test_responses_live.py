@@ -250,3 +250,31 @@ def test_llamaindex_on_the_responses_api_answers_as_on_chat(client: openai.OpenA
     answer = llm.chat([ChatMessage(role="user", content="Hello there")])
     c = chat(client, [{"role": "user", "content": "Hello there"}], 8)
     assert answer.message.content == c.choices[0].message.content
+
+
+def test_a_stored_responses_input_items_are_listed_with_ids_and_pages(client: openai.OpenAI):
+    items = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather",
+         "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny", "id": "fco_mine"},
+        {"role": "user", "content": [{"type": "input_text", "text": "So?"}]},
+    ]  # fmt: skip
+    r = client.responses.create(model="tiny", input=items, max_output_tokens=2, **GREEDY)
+    newest_first = client.responses.input_items.list(r.id)
+    assert [i.type for i in newest_first.data] == [
+        "message", "function_call_output", "function_call", "message"]  # fmt: skip
+    first = newest_first.data[-1]
+    assert first.role == "user" and first.content[0].type == "input_text"
+    assert first.content[0].text == "Weather in Paris?" and first.id.startswith("msg_")
+    assert newest_first.data[1].id == "fco_mine" and not newest_first.has_more
+    page = client.responses.input_items.list(r.id, order="asc", limit=3)
+    assert [i.id for i in page.data] == [i.id for i in newest_first.data[::-1][:3]]
+    assert page.has_more and page.last_id == page.data[-1].id
+    rest = client.responses.input_items.list(r.id, order="asc", after=page.last_id)
+    assert [i.id for i in rest.data] == [newest_first.data[0].id] and not rest.has_more
+    with pytest.raises(openai.BadRequestError, match="after"):
+        client.responses.input_items.list(r.id, after="msg_none")
+    text = client.responses.create(model="tiny", input="Hi", max_output_tokens=2, **GREEDY)
+    (only,) = client.responses.input_items.list(text.id).data
+    assert only.content[0].text == "Hi" and only.status == "completed"
