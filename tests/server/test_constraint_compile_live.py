@@ -11,7 +11,7 @@ import pytest
 
 from server.engine.grammar import compiled_grammar
 from tests.server.http_client import request
-from tests.server.test_native_api import call, open_session
+from tests.server.test_native_api import call, get_var, open_session
 
 pytestmark = pytest.mark.slow
 RULES = 9000  # ~1 s to compile here
@@ -70,3 +70,5 @@ def test_a_graph_with_a_large_grammar_compiles_off_the_loop(server: str):
     longest, status = longest_probe(f"{server}/v1/sessions/{sid}/graph", submission, token)
     assert status == 200
     assert longest < max(0.3, took / 3), (longest, took)
+    # the call runs with its grammar (and ends before the server stops)
+    assert get_var(server, sid, token, "out")["status"] == "ready"
