@@ -6,6 +6,7 @@ are retrieved, deleted and followed."""
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import openai
 import pytest
@@ -278,3 +279,33 @@ def test_a_stored_responses_input_items_are_listed_with_ids_and_pages(client: op
     text = client.responses.create(model="tiny", input="Hi", max_output_tokens=2, **GREEDY)
     (only,) = client.responses.input_items.list(text.id).data
     assert only.content[0].text == "Hi" and only.status == "completed"
+
+
+def test_a_langchain_tool_round_trip_on_the_responses_api_answers_as_on_chat(server: str):
+    """LangChain sends the model's function_call item (with its ids) and the tool's output back
+    as input: the answer is the chat completion of the same conversation."""
+    langchain_openai = pytest.importorskip("langchain_openai")
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+
+    @tool
+    def get_weather(city: Literal["Paris", "Rome"]) -> str:
+        """The weather in a city."""
+        return "sunny"  # an enum: a random model's arguments close at once
+
+    kw = {"model": "tiny", "base_url": server + "/v1", "api_key": "unused", "temperature": 0,
+          "max_retries": 0}  # fmt: skip
+    on_responses = langchain_openai.ChatOpenAI(use_responses_api=True, max_tokens=300, **kw)
+    asked = on_responses.bind_tools([get_weather], tool_choice="get_weather").invoke(
+        [HumanMessage("Weather in Paris?")]
+    )
+    (call,) = asked.tool_calls
+    assert call["name"] == "get_weather" and call["id"].startswith("call_")
+    history = [HumanMessage("Weather in Paris?"), asked,
+               ToolMessage("sunny", tool_call_id=call["id"])]  # fmt: skip
+    short = langchain_openai.ChatOpenAI(use_responses_api=True, max_tokens=6, **kw)
+    answer = short.bind_tools([get_weather]).invoke(history)
+    on_chat = langchain_openai.ChatOpenAI(max_tokens=6, **kw).bind_tools([get_weather])
+    expected = on_chat.invoke(history)
+    assert answer.text == expected.text
+    assert answer.usage_metadata["input_tokens"] == expected.usage_metadata["input_tokens"]
