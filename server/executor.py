@@ -426,7 +426,7 @@ class Executor:
     ) -> tuple[str, Generation]:
         """The output's text, and how it was generated."""
         s = call.sampling
-        sampling = SamplingParams(
+        params: dict[str, Any] = dict(
             max_tokens=min(s.max_tokens, self.driver.max_model_len - len(target)),
             temperature=s.temperature,
             top_p=s.top_p,
@@ -445,6 +445,13 @@ class Executor:
             min_p=s.min_p,
             repetition_penalty=s.repetition_penalty,
         )
+        # a constraint compiles (~1 s near its cap) where it was not found in its cache: the
+        # call's check put it there when submitted, but a call that waited for its inputs may
+        # find it pushed out by newer ones since, so never on the event loop
+        if s.constrained:
+            sampling = await asyncio.to_thread(lambda: SamplingParams(**params))
+        else:
+            sampling = SamplingParams(**params)
         var_id = call.outputs[step.output]
         text, generated, reason, cached = "", 0, "length", 0
         async for out in ctx.generate(

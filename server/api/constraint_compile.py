@@ -33,7 +33,10 @@ async def compile_constraints(body: OpenAIRequest) -> None:
 def _compile(body: OpenAIRequest) -> None:
     guided_output(body)  # its ApiError is the request's 400
     if isinstance(body, ChatCompletionRequest):
-        try:  # the schemas of the tools' parameters (a name or shape error is the checks')
-            ToolRequest.of(body.tools, body.tool_choice, body.parallel_tool_calls)
+        try:  # a name or shape error is the checks'
+            tools = ToolRequest.of(body.tools, body.tool_choice, body.parallel_tool_calls)
         except ApiError:
-            pass
+            return
+        if tools is not None:  # the parameters' schemas a forced call's arguments follow
+            tools.arguments_schema()
+            tools.call_tags()

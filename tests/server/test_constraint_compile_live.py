@@ -6,15 +6,19 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 
 from server.engine.grammar import compiled_grammar
+from server.engine.json_schema import compile_schema
 from tests.server.http_client import request
 from tests.server.test_native_api import call, get_var, open_session
 
 pytestmark = pytest.mark.slow
 RULES = 9000  # ~1 s to compile here
+T = TypeVar("T")
 
 
 def big_grammar() -> str:
@@ -32,20 +36,22 @@ def compile_time() -> float:
 
 def longest_probe(url: str, body: dict, token: str | None = None) -> tuple[float, int]:
     """(the longest wait for GET /health while `body` is posted to `url`, the post's status)."""
-    done: dict[str, int] = {}
-    post = threading.Thread(
-        target=lambda: done.setdefault("status", request("POST", url, body, token)[0])
-    )
-    post.start()
-    server = url.split("/v1/")[0]
+    return longest_probe_while(url.split("/v1/")[0], lambda: request("POST", url, body, token)[0])
+
+
+def longest_probe_while(server: str, work: Callable[[], T]) -> tuple[float, T]:
+    """(the longest wait for GET /health while `work` runs in a thread, what it returned)."""
+    done: dict[str, T] = {}
+    worker = threading.Thread(target=lambda: done.setdefault("result", work()))
+    worker.start()
     longest = 0.0
-    while post.is_alive():
+    while worker.is_alive():
         started = time.perf_counter()
         assert request("GET", server + "/health")[0] == 200
         longest = max(longest, time.perf_counter() - started)
         time.sleep(0.01)
-    post.join()
-    return longest, done["status"]
+    worker.join()
+    return longest, done["result"]
 
 
 @pytest.mark.parametrize(
@@ -72,3 +78,56 @@ def test_a_graph_with_a_large_grammar_compiles_off_the_loop(server: str):
     assert longest < max(0.3, took / 3), (longest, took)
     # the call runs with its grammar (and ends before the server stops)
     assert get_var(server, sid, token, "out")["status"] == "ready"
+
+
+def patterned_schema() -> dict:
+    """Two string patterns near the automaton's size cap, new to the server (~1 s here)."""
+    tag = uuid.uuid4().hex[:6]
+    words = {"type": "string", "pattern": f"^{tag}([a-z]{{1,100}} ){{1,240}}$"}
+    digits = {"type": "string", "pattern": f"^{tag}([0-9]{{1,100}},){{1,240}}$"}
+    return {"type": "object", "properties": {"words": words, "digits": digits}}
+
+
+def enum_schema() -> dict:
+    """A 300,000-value enum, new to the server (~0.5 s here), keys not in sorted order."""
+    tag = uuid.uuid4().hex[:6]
+    values = {"enum": [f"{tag}{i}" for i in range(300_000)]}
+    return {"type": "object", "properties": {"z": values, "a": {"type": "integer"}}}
+
+
+def schema_compile_time(make: Callable[[], dict]) -> float:
+    started = time.perf_counter()
+    compile_schema(make())
+    return time.perf_counter() - started
+
+
+def test_a_forced_tool_calls_parameters_compile_off_the_loop(server: str):
+    """The schema a named tool call's arguments follow compiles with the request's other
+    constraints, in the thread, not where its sampling is built."""
+    took = schema_compile_time(patterned_schema)
+    tool = {"type": "function", "function": {"name": "f", "parameters": patterned_schema()}}
+    body = {"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}],
+            "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "f"}}}  # fmt: skip
+    longest, status = longest_probe(server + "/v1/chat/completions", body)
+    assert status == 200
+    assert longest < max(0.3, took / 3), (longest, took)
+
+
+def test_a_graph_calls_schema_compiles_off_the_loop_where_the_call_runs(server: str):
+    """A graph call's schema compiles when the graph is checked and again where the call runs
+    (keys sorted then; and a call that waited for its inputs may find it pushed out of the
+    cache since): both in a thread."""
+    took = schema_compile_time(enum_schema)
+    sid, token = open_session(server)
+    spec = call("c", "Hi {{output:x}}", {}, {"x": "out"}, 2)
+    spec["sampling"]["json_schema"] = enum_schema()
+    submission = {"variables": [{"id": "out"}], "calls": [spec]}
+
+    def submit_and_read() -> dict:
+        status, answer = request("POST", f"{server}/v1/sessions/{sid}/graph", submission, token)
+        assert status == 200, answer
+        return get_var(server, sid, token, "out")
+
+    longest, out = longest_probe_while(server, submit_and_read)
+    assert out["status"] == "ready", out
+    assert longest < max(0.3, took / 3), (longest, took)
