@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parrot_bridge.template import Input, Output, Text
+from server.engine.sampling_params import MAX_STOP_CHARS
 from server.graph.call import Call
 
 
@@ -42,7 +43,8 @@ def lower_call(call: Call, values: dict[str, str]) -> list[GenerateStep]:
             follow = _following_text(segments, i)
             # a constrained output ends when it is complete, and may hold the text that follows
             if follow and follow not in stop and not call.sampling.constrained:
-                stop.append(follow)
+                # its start is stop enough, and a stop string is at most MAX_STOP_CHARS long
+                stop.append(follow[:MAX_STOP_CHARS])
             steps.append(GenerateStep(seg.name, "".join(pending), tuple(stop)))
             pending = []
     return steps

@@ -14,8 +14,12 @@ from server.engine.tagged_json_prefix import check_tags
 MAX_LOGPROBS = 20  # most likely alternatives per token, as OpenAI's chat API allows
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a seed is a signed 64-bit integer
 # every stop string is looked for after each token: 100,000 of them cost ~150 ms a token, for
-# every sequence in the batch; 256 of them under 1 ms (OpenAI takes 4, vLLM has no bound)
+# every sequence in the batch; 256 of them 0.2 ms, or 1.2 ms at 4096 characters each (OpenAI
+# takes 4, vLLM has no bound)
 MAX_STOP_STRINGS, MAX_STOP_CHARS = 256, 4096
+# the server adds one of its own to a request's (a tool call's closing tag, the text that follows
+# an output in a template), so a request at the cap still runs
+SERVER_STOPS = 1
 # Below this temperature sampling is greedy: dividing logits by it would overflow float32.
 GREEDY_BELOW_TEMPERATURE = 1e-5
 
@@ -106,7 +110,7 @@ class SamplingParams:
             raise ValueError(f"seed must be a signed 64-bit integer, got {self.seed}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
-        check_stop_strings(self.stop)
+        check_stop_strings(self.stop, MAX_STOP_STRINGS + SERVER_STOPS)
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:  # NaN fails this too
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
@@ -176,10 +180,10 @@ class SamplingParams:
         )
 
 
-def check_stop_strings(stop: list[str]) -> None:
-    """ValueError past MAX_STOP_STRINGS strings, or for one longer than MAX_STOP_CHARS."""
-    if len(stop) > MAX_STOP_STRINGS:
-        raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are taken, got {len(stop)}")
+def check_stop_strings(stop: list[str], most: int = MAX_STOP_STRINGS) -> None:
+    """ValueError past `most` strings, or for one longer than MAX_STOP_CHARS."""
+    if len(stop) > most:
+        raise ValueError(f"at most {most} stop strings are taken, got {len(stop)}")
     long = next((s for s in stop if len(s) > MAX_STOP_CHARS), None)
     if long is not None:
         raise ValueError(

@@ -3,6 +3,8 @@
 import pytest
 
 from parrot_bridge.template import parse_template
+from server.engine import SamplingParams
+from server.engine.sampling_params import MAX_STOP_CHARS, MAX_STOP_STRINGS
 from server.graph.call import Call, Sampling
 from server.lowering import GenerateStep, lower_call
 
@@ -70,3 +72,16 @@ def test_constrained_sampling_is_checked() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             Sampling(**bad)
+
+
+def test_a_call_at_the_stop_cap_with_long_following_text_still_runs() -> None:
+    """The text after an output is one stop more, cut to the longest stop string taken: a call
+    with all the stop strings it may have, and more than that many characters after its
+    output, makes sampling parameters that the engine takes."""
+    most = tuple(f"s{i}" for i in range(MAX_STOP_STRINGS))
+    after = "x" * (MAX_STOP_CHARS + 10)
+    (step,) = lower_call(make("Q: {{output:a}}" + after, stop=most), {})
+    assert step.stop == (*most, after[:MAX_STOP_CHARS])
+    assert SamplingParams(stop=list(step.stop)).stop == list(step.stop)
+    with pytest.raises(ValueError, match="at most"):
+        SamplingParams(stop=[*step.stop, "one more"])

@@ -26,6 +26,7 @@ from server.api.openai_inputs import (
     truncated_prompt,
 )
 from server.api.openai_models import ChatCompletionRequest, CompletionRequest
+from server.api.tool_request import TOOL_CALL_CLOSE
 from server.engine import SamplingParams
 from server.engine.sampling_params import MAX_STOP_CHARS, MAX_STOP_STRINGS, SEED_MAX, SEED_MIN
 from server.engine.tokenizer import Tokenizer
@@ -166,5 +167,7 @@ def test_stop_strings_are_bounded_in_number_and_length() -> None:
         sampling_of(SMALL, completion(stop=[*most, "one more"]), [1], 4)
     assert caught.value.param == "stop"
     refused("stop", sampling_of, SMALL, completion(stop="x" * (MAX_STOP_CHARS + 1)), [1], 4)
+    # the server's own stop (a tool call's closing tag) goes beyond the request's cap, once
+    SamplingParams(stop=[*most, TOOL_CALL_CLOSE])
     with pytest.raises(ValueError, match="at most"):
-        SamplingParams(stop=[*most, "one more"])
+        SamplingParams(stop=[*most, TOOL_CALL_CLOSE, "one more"])
