@@ -36,7 +36,7 @@ from server.api.responses_models import (
 )
 from server.api.route import Route, json_response, parse_body, parse_query, validate
 from server.api.sse import EventStream
-from server.api.tool_call_parser import ParsedToolCall, ToolCallParser
+from server.api.tool_call_parser import ToolCallParser
 from server.engine import JobOutput
 from server.errors import ApiError, bad_request, not_found
 from server.keys import DRIVER, ENGINES, METRICS, RESPONSES
@@ -83,7 +83,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     final, entries = done[0]
     output = ResponseOutput(logprobs=job.logprobs is not None)
     logprobs = _logprobs(request, entries) if job.logprobs is not None else []
-    _written(output, choice_parser(job.tools), final.text, logprobs, final)
+    written(output, choice_parser(job.tools), final.text, logprobs, final)
     cut = final.finish_reason == "length"
     output.finish(incomplete=cut)
     response = draft.response(output, "incomplete" if cut else "completed", job, final)
@@ -203,7 +203,7 @@ def _store(request: web.Request, draft: _Draft, response: ResponseObject) -> Non
     request.app[RESPONSES].put(stored)
 
 
-def _written(
+def written(
     output: ResponseOutput,
     parser: ToolCallParser | None,
     text: str,
@@ -211,20 +211,23 @@ def _written(
     final: JobOutput | None,
 ) -> list[dict[str, Any]]:
     """The events of the model's next `text` (`final`: its end) into `output`: with tools it
-    goes through the parser, text as it comes and each call whole once its block closes; a
-    call that the end of an answer cut short (max_output_tokens) is incomplete."""
-    cut: list[ParsedToolCall] = []
+    goes through the parser, text as it comes and each call whole once its block closes, in
+    the order the model wrote them (so a stream's chunks, whatever their size, make the
+    items of the whole answer); a call that the end of an answer cut short
+    (max_output_tokens) is incomplete."""
     if parser is None:
-        content, calls = text, []
-    else:
-        content, calls = parser.feed(text)
-        if final is not None:
-            rest, more = parser.finish()
-            content, calls = content + rest, calls + more
-            cut = more if final.finish_reason == "length" else []
-    events = output.text(content, logprobs)
-    for c in calls:
-        events += output.call(c.id, c.name, c.arguments, cut=c in cut)
+        return output.text(text, logprobs)
+    pieces = parser.read(text)
+    rest = parser.read_rest() if final is not None else []
+    events: list[dict[str, Any]] = []
+    for piece in pieces + rest:
+        if isinstance(piece, str):
+            # the chunk's logprobs (its tokens', calls' too) go with its first text
+            events += output.text(piece, logprobs)
+            logprobs = []
+        else:
+            cut = final is not None and final.finish_reason == "length" and piece in rest
+            events += output.call(piece.id, piece.name, piece.arguments, cut=cut)
     return events
 
 
@@ -270,7 +273,7 @@ async def _stream_response(
             held.add(out.new_logprobs)
             released = held.release(out.new_text, out.finished)  # the text's, sent with it
             entries = chat_logprobs(tokenizer, [e for e, _ in released]).content if asked else []
-            await send(_written(output, parser, out.new_text, entries,
+            await send(written(output, parser, out.new_text, entries,
                                 out if out.finished else None))  # fmt: skip
             if out.finished:
                 final = out

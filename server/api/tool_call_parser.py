@@ -38,9 +38,17 @@ class ToolCallParser:
     _blocks: int = 0
 
     def feed(self, text: str) -> tuple[str, list[ParsedToolCall]]:
+        return _split(self.read(text))
+
+    def finish(self) -> tuple[str, list[ParsedToolCall]]:
+        """What is left once the text has ended."""
+        return _split(self.read_rest())
+
+    def read(self, text: str) -> list[str | ParsedToolCall]:
+        """`feed`'s content and calls in the order the model wrote them (a Responses answer's
+        items keep it: text after a call is a message after it)."""
         self._pending += text
-        content: list[str] = []
-        new: list[ParsedToolCall] = []
+        pieces: list[str | ParsedToolCall] = []
         while True:
             if self._inside:
                 end = self._pending.find(TOOL_CALL_CLOSE)
@@ -49,40 +57,33 @@ class ToolCallParser:
                 block = self._pending[:end]
                 self._pending = self._pending[end + len(TOOL_CALL_CLOSE) :]
                 self._inside = False
-                self._close(block, content, new, closed=True)
+                pieces.append(self._close(block, closed=True))
                 continue
             start = self._pending.find(TOOL_CALL_OPEN)
             if start >= 0:
-                content.append(self._pending[:start])
+                pieces.append(self._pending[:start])
                 self._pending = self._pending[start + len(TOOL_CALL_OPEN) :]
                 self._inside = True
                 continue
             held = _partial_open(self._pending)
-            content.append(self._pending[: len(self._pending) - held])
+            pieces.append(self._pending[: len(self._pending) - held])
             self._pending = self._pending[len(self._pending) - held :]
             break
-        return "".join(content), new
+        return [p for p in pieces if p != ""]
 
-    def finish(self) -> tuple[str, list[ParsedToolCall]]:
-        """What is left once the text has ended."""
-        content: list[str] = []
-        new: list[ParsedToolCall] = []
-        if self._inside:
-            self._close(self._pending, content, new, closed=False)
-        else:
-            content.append(self._pending)
+    def read_rest(self) -> list[str | ParsedToolCall]:
+        """`finish`'s content and call, in order."""
+        rest = self._close(self._pending, closed=False) if self._inside else self._pending
         self._pending, self._inside = "", False
-        return "".join(content), new
+        return [rest] if rest != "" else []
 
-    def _close(
-        self, block: str, content: list[str], new: list[ParsedToolCall], closed: bool
-    ) -> None:
+    def _close(self, block: str, closed: bool) -> str | ParsedToolCall:
+        """The block's call, or its text as written when it is not a call."""
         call = self._call(block)
         if call is None:
-            content.append(TOOL_CALL_OPEN + block + (TOOL_CALL_CLOSE if closed else ""))
-            return
+            return TOOL_CALL_OPEN + block + (TOOL_CALL_CLOSE if closed else "")
         self.calls.append(call)
-        new.append(call)
+        return call
 
     def _call(self, block: str) -> ParsedToolCall | None:
         name, arguments = _read_call(block)
@@ -116,6 +117,12 @@ def _read_call(block: str) -> tuple[str | None, str]:
         raw = rest.strip()
         return name, raw[:-1].rstrip() if raw.endswith("}") else raw  # drop the wrapper's brace
     return name, _as_json(arguments)
+
+
+def _split(pieces: list[str | ParsedToolCall]) -> tuple[str, list[ParsedToolCall]]:
+    """(the content, the calls) of ordered pieces."""
+    text = "".join(p for p in pieces if isinstance(p, str))
+    return text, [p for p in pieces if isinstance(p, ParsedToolCall)]
 
 
 def _as_json(arguments: object) -> str:

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from server.api.chat_job import choice_parser
 from server.api.response_output import ResponseOutput
+from server.api.responses import written
 from server.api.responses_input import chat_request_of, input_messages
 from server.api.responses_models import ResponsesRequest
+from server.api.tool_request import ToolRequest
+from server.engine import JobOutput
 from server.errors import ApiError
 
 
@@ -83,3 +87,23 @@ def test_an_answer_of_white_space_only_is_still_a_message():
     output.finish(incomplete=False)
     assert output.items[0].type == "message" and output.items[0].content[0].text == "  "
     assert output.items[0].status == "completed"
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 1000])
+def test_items_keep_the_order_the_model_wrote_them_in_whatever_the_chunks(step: int):
+    """Text after a call is a message after it, white space between calls is none, and a
+    stream's chunks (any size; 1000: the non-streamed answer, fed whole) give the same items."""
+    tools = ToolRequest.of(
+        [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "auto", True,
+    )  # fmt: skip
+    call = '<tool_call>{"name": "f", "arguments": {"a": %d}}</tool_call>'
+    text = f"Sure. {call % 1}\n{call % 2}\nDone."
+    output, parser = ResponseOutput(logprobs=False), choice_parser(tools)
+    chunks = [text[i : i + step] for i in range(0, len(text), step)]
+    for i, chunk in enumerate(chunks):
+        end = JobOutput(0, 0, finished=True, finish_reason="stop")
+        written(output, parser, chunk, [], end if i == len(chunks) - 1 else None)
+    output.finish(incomplete=False)
+    said = [(i.content[0].text if i.type == "message" else i.arguments) for i in output.items]
+    assert said == ["Sure. ", '{"a": 1}', '{"a": 2}', "\nDone."]
