@@ -262,7 +262,8 @@ def sampling_of(
             f"this model's maximum context length is {limit} tokens, but {len(ids) + max_tokens} "
             f"were requested ({len(ids)} in the prompt, {max_tokens} for the completion)",
             code="context_length_exceeded",
-            param="max_tokens",
+            # the prompt alone past the context is the prompt's fault, not the output's room
+            param="max_tokens" if len(ids) < limit else _prompt_field(body),
         )
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if any(not s for s in stop):
@@ -328,6 +329,11 @@ def bad_words_token_ids(driver: EngineDriver, words: list[str] | None) -> list[l
             if ids:
                 found[ids] = None
     return [list(ids) for ids in found]
+
+
+def _prompt_field(body: OpenAIRequest) -> str:
+    """The field that holds a request's prompt: chat's messages, a completion's prompt."""
+    return "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
 
 
 def truncated_prompt(driver: EngineDriver, body: OpenAIRequest, ids: list[int]) -> list[int]:

@@ -167,8 +167,8 @@ def _message(item: dict[str, Any], i: int) -> Message:
     return {"role": "system" if role == "developer" else role, "content": text}
 
 
-def _part_text(part: object, i: int, k: int) -> str:
-    where = f"input[{i}].content[{k}]"
+def _part_text(part: object, i: int, k: int, field: str = "content") -> str:
+    where = f"input[{i}].{field}[{k}]"
     kind = part.get("type") if isinstance(part, dict) else None
     if kind == "refusal" and isinstance(part, dict) and isinstance(part.get("refusal"), str):
         return part["refusal"]
@@ -207,7 +207,7 @@ def _function_output(item: dict[str, Any], i: int) -> Message:
         raise bad_request(f"input[{i}] (a function_call_output) needs 'call_id', a string",
                           param="input")  # fmt: skip
     if isinstance(output, list):
-        output = "\n".join(_part_text(part, i, k) for k, part in enumerate(output))
+        output = "\n".join(_part_text(part, i, k, "output") for k, part in enumerate(output))
     elif not isinstance(output, str):
         output = json.dumps(output)  # as a client's tool result that is not text
     return {"role": "tool", "tool_call_id": call_id, "content": output}
@@ -224,9 +224,10 @@ def _chat_tool(tool: object, i: int) -> dict[str, Any]:
 
 
 def _chat_tool_choice(choice: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
-    if not isinstance(choice, dict):
+    if choice is None or choice in ("auto", "none", "required"):
         return choice
-    if choice.get("type") != "function" or not isinstance(choice.get("name"), str):
+    if (not isinstance(choice, dict) or choice.get("type") != "function"
+            or not isinstance(choice.get("name"), str)):  # fmt: skip
         raise bad_request(
             f'tool_choice must be "auto", "none", "required" or {{"type": "function", "name": '
             f"...}}, got {choice!r}",
@@ -245,6 +246,12 @@ def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
     if kind != "json_schema":
         raise bad_request(
             f"text.format: the types are text, json_object and json_schema, got {kind!r}",
+            param="text.format",
+        )
+    if not isinstance(fmt.get("schema"), dict):
+        raise bad_request(
+            'text.format.schema must be a JSON schema object: {"type": "json_schema", '
+            '"name": ..., "schema": {...}}',
             param="text.format",
         )
     schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}

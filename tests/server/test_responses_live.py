@@ -212,6 +212,16 @@ def test_a_json_schema_format_and_logprobs_are_those_of_chat(client: openai.Open
         ({"input": "x", "text": {"format": {"type": "xml"}}}, "text.format", "text.format"),
         ({"input": "x", "max_output_tokens": 0}, "max_output_tokens", "max_output_tokens"),
         ({"input": "x", "tool_choice": "required"}, "tool_choice", "tool_choice"),
+        # the prompt alone is past the context: the input is at fault, not the output's room
+        ({"input": "word " * 1200, "max_output_tokens": 4}, "input", "maximum context length"),
+        # the Responses API's own shapes are named, not the chat API's
+        ({"input": "x", "tools": [WEATHER], "tool_choice": "any"}, "tool_choice",
+         '{"type": "function", "name": ...}'),
+        ({"input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}},
+         "text.format", "text.format.schema"),
+        ({"input": [{"type": "function_call_output", "call_id": "c",
+                     "output": [{"type": "input_image", "image_url": "x"}]}]},
+         "input", "input[0].output[0]"),
     ],
 )  # fmt: skip
 def test_what_cannot_be_honoured_is_a_400_naming_the_field(
