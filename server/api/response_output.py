@@ -70,6 +70,8 @@ class ResponseOutput:
         entries = list(logprobs or []) if self._logprobs else []
         if part.logprobs is not None:
             part.logprobs.extend(entries)
+        if not delta and not entries:
+            return events  # text held back (a partial character or tag): no empty delta
         events.append(self._part_event(
             "response.output_text.delta", None, delta=delta,
             logprobs=[e.model_dump(mode="json") for e in entries],

@@ -107,3 +107,15 @@ def test_items_keep_the_order_the_model_wrote_them_in_whatever_the_chunks(step: 
     output.finish(incomplete=False)
     said = [(i.content[0].text if i.type == "message" else i.arguments) for i in output.items]
     assert said == ["Sure. ", '{"a": 1}', '{"a": 2}', "\nDone."]
+
+
+def test_no_empty_text_delta_is_sent():
+    """A chunk whose text is held back (a partial UTF-8 character, a possible tool-call tag)
+    sends no delta: OpenAI's deltas are never empty."""
+    output = ResponseOutput(logprobs=False)
+    assert [e["type"] for e in output.text("Hi")][-1] == "response.output_text.delta"
+    assert output.text("") == []
+    assert [e["delta"] for e in output.text(" there")] == [" there"]
+    events = output.finish(incomplete=False)
+    assert events[0]["text"] == "Hi there"
+    assert [e["sequence_number"] for e in events] == [4, 5, 6]
