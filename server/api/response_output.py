@@ -39,6 +39,7 @@ class ResponseOutput:
         self._space = ""  # white space with no message open yet, and its tokens' logprobs
         self._space_logprobs: list[ChatTokenLogprob] = []
         self._flushing = False
+        self._unsent: list[ChatTokenLogprob] = []  # the open text's, for its next delta
 
     def started(self, response: ResponseObject) -> list[Event]:
         """response.created and response.in_progress, for the response as it starts."""
@@ -70,8 +71,10 @@ class ResponseOutput:
         entries = list(logprobs or []) if self._logprobs else []
         if part.logprobs is not None:
             part.logprobs.extend(entries)
-        if not delta and not entries:
-            return events  # text held back (a partial character or tag): no empty delta
+        entries, self._unsent = self._unsent + entries, []
+        if not delta:  # text held back (a partial character or tag): no empty delta
+            self._unsent = entries  # its tokens' logprobs go with the next one
+            return events
         events.append(self._part_event(
             "response.output_text.delta", None, delta=delta,
             logprobs=[e.model_dump(mode="json") for e in entries],
@@ -117,6 +120,7 @@ class ResponseOutput:
 
     def _close_message(self, status: str) -> list[Event]:
         message, self._open = self._open, None
+        self._unsent = []  # in the part's logprobs, which output_text.done carries
         if message is None:
             return []
         message.status = status  # type: ignore[assignment]

@@ -220,6 +220,9 @@ def written(
     pieces = parser.read(text)
     rest = parser.read_rest() if final is not None else []
     events: list[dict[str, Any]] = []
+    if logprobs and not any(isinstance(p, str) for p in pieces + rest):
+        events += output.text("", logprobs)  # held back: they wait with the open text
+        logprobs = []
     for piece in pieces + rest:
         if isinstance(piece, str):
             # the chunk's logprobs (its tokens', calls' too) go with its first text

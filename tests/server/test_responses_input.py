@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from server.api.chat_job import choice_parser
+from server.api.openai_models import ChatTokenLogprob
 from server.api.response_output import ResponseOutput
 from server.api.responses import written
 from server.api.responses_input import chat_request_of, input_messages
@@ -119,3 +120,25 @@ def test_no_empty_text_delta_is_sent():
     events = output.finish(incomplete=False)
     assert events[0]["text"] == "Hi there"
     assert [e["sequence_number"] for e in events] == [4, 5, 6]
+
+
+def test_logprobs_of_text_the_parser_held_back_come_with_it():
+    """A chunk whose text may open a tool call ("<to") is held back; its tokens' logprobs
+    are not lost when the text turns out to be content."""
+    tools = ToolRequest.of(
+        [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "auto", True,
+    )  # fmt: skip
+    output, parser = ResponseOutput(logprobs=True), choice_parser(tools)
+    chunks, events = ["Hi <to", "ol", "s"], []
+    for i, chunk in enumerate(chunks):
+        entry = ChatTokenLogprob(token=chunk, logprob=-1.0, bytes=[], top_logprobs=[])
+        end = JobOutput(0, 0, finished=True, finish_reason="stop")
+        events += written(output, parser, chunk, [entry], end if i == len(chunks) - 1 else None)
+    output.finish(incomplete=False)
+    (message,) = output.items
+    assert message.content[0].text == "Hi <tools"
+    assert [e.token for e in message.content[0].logprobs] == chunks
+    deltas = [e for e in events if e["type"] == "response.output_text.delta"]
+    assert [e["delta"] for e in deltas] == ["Hi ", "<tools"]  # none empty
+    assert [e["token"] for d in deltas for e in d["logprobs"]] == chunks
