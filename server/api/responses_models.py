@@ -13,6 +13,8 @@ from server.api.openai_models import ChatTokenLogprob
 
 # the one `include` value that changes what this server returns
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
+MetadataKey = Annotated[str, Field(max_length=64)]
+MetadataValue = Annotated[str, Field(max_length=512)]
 
 
 class ResponsesRequest(BaseModel):
@@ -45,7 +47,11 @@ class ResponsesRequest(BaseModel):
         None, description="Continue a stored response: its input and output come before this "
         "input."
     )  # fmt: skip
-    metadata: dict[str, str] | None = None
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(
+        None, max_length=16,
+        description="At most 16 pairs, keys of at most 64 characters, values of at most 512 "
+        "(OpenAI's bounds); echoed and stored with the response.",
+    )  # fmt: skip
     user: str | None = None
     truncation: Literal["auto", "disabled"] | None = None
     reasoning: dict[str, Any] | None = None

@@ -222,6 +222,10 @@ def test_a_json_schema_format_and_logprobs_are_those_of_chat(client: openai.Open
         ({"input": [{"type": "function_call_output", "call_id": "c",
                      "output": [{"type": "input_image", "image_url": "x"}]}]},
          "input", "input[0].output[0]"),
+        # OpenAI's bounds on metadata: 16 pairs, keys of 64 characters, values of 512
+        ({"input": "x", "metadata": {str(i): "v" for i in range(17)}}, "metadata", "16"),
+        ({"input": "x", "metadata": {"k" * 65: "v"}}, f"metadata.{'k' * 65}.[key]", "64"),
+        ({"input": "x", "metadata": {"k": "v" * 513}}, "metadata.k", "512"),
     ],
 )  # fmt: skip
 def test_what_cannot_be_honoured_is_a_400_naming_the_field(
