@@ -27,6 +27,7 @@ from server.api.plain_runs import finish_reason
 from server.api.tool_call_parser import ToolCallParser
 from server.api.tool_request import ToolRequest
 from server.engine import JobOutput, SamplingParams
+from server.engine.sampling_params import MAX_STOP_STRINGS
 from server.engine_driver import EngineDriver
 from server.errors import bad_request
 
@@ -74,12 +75,33 @@ def chat_job(driver: EngineDriver, body: ChatCompletionRequest) -> ChatJob:
                 "does not go with tools",
                 param="response_format",
             )
+        _check_tool_sampling(tools, sampling)
         sampling = dataclasses.replace(
             sampling, stop=[*sampling.stop, *tools.stops()], json_object=tools.constrained,
             json_schema=tools.arguments_schema(), tagged_json=tools.call_tags(),
         )  # fmt: skip
     samplings = samples_of(sampling, body.n or 1)
     return ChatJob(ids, samplings, tools, echoed, logprobs, scored)
+
+
+def _check_tool_sampling(tools: ToolRequest, sampling: SamplingParams) -> None:
+    """400s for what the tools' own constraints and stop leave no room for (the engine's
+    checks of the combined sampling would be a 500)."""
+    if tools.required or tools.forced is not None:  # a forced call: constrained output
+        for name, value in (("ignore_eos", sampling.ignore_eos),
+                            ("min_tokens", sampling.min_tokens)):  # fmt: skip
+            if value:
+                raise bad_request(
+                    f"a forced tool call (tool_choice) ends when it is complete: no {name}",
+                    param=name,
+                )
+    room = MAX_STOP_STRINGS - len(tools.stops())
+    if len(sampling.stop) > room:
+        raise bad_request(
+            f"at most {room} stop strings go with these tools (parallel_tool_calls false ends "
+            f"the call at a stop string of its own), got {len(sampling.stop)}",
+            param="stop",
+        )
 
 
 def answer(

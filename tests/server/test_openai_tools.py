@@ -213,6 +213,15 @@ def test_past_calls_and_results_render_as_turns(client: openai.OpenAI, engine: L
          "structured_outputs", "not response_format, structured_outputs together"),
         ({"tools": [WEATHER], "extra_body": {"structured_outputs": {"json_object": True}}},
          "response_format", "does not go with tools"),
+        # a forced call ends when it is complete (these were 500s)
+        ({"tools": [WEATHER], "tool_choice": "required", "extra_body": {"ignore_eos": True}},
+         "ignore_eos", "no ignore_eos"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function",
+                                             "function": {"name": "get_weather"}},
+          "extra_body": {"min_tokens": 2}}, "min_tokens", "no min_tokens"),
+        # one call only ends at its closing tag, a stop string of its own
+        ({"tools": [WEATHER], "parallel_tool_calls": False,
+          "stop": [f"s{i}" for i in range(256)]}, "stop", "255 stop strings"),
     ],
 )  # fmt: skip
 def test_bad_tool_requests_are_400s_naming_the_field(client: openai.OpenAI, extra, param, message):

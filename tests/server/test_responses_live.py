@@ -222,6 +222,8 @@ def test_a_json_schema_format_and_logprobs_are_those_of_chat(client: openai.Open
         ({"input": [{"type": "function_call_output", "call_id": "c",
                      "output": [{"type": "input_image", "image_url": "x"}]}]},
          "input", "input[0].output[0]"),
+        ({"input": "x", "tools": [WEATHER], "tool_choice": "required", "ignore_eos": True},
+         "ignore_eos", "no ignore_eos"),  # was a 500
         # OpenAI's bounds on metadata: 16 pairs, keys of 64 characters, values of 512
         ({"input": "x", "metadata": {str(i): "v" for i in range(17)}}, "metadata", "16"),
         ({"input": "x", "metadata": {"k" * 65: "v"}}, f"metadata.{'k' * 65}.[key]", "64"),
