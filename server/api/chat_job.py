@@ -27,7 +27,6 @@ from server.api.plain_runs import finish_reason
 from server.api.tool_call_parser import ToolCallParser
 from server.api.tool_request import ToolRequest
 from server.engine import JobOutput, SamplingParams
-from server.engine.sampling_params import MAX_STOP_STRINGS
 from server.engine_driver import EngineDriver
 from server.errors import bad_request
 
@@ -85,8 +84,9 @@ def chat_job(driver: EngineDriver, body: ChatCompletionRequest) -> ChatJob:
 
 
 def _check_tool_sampling(tools: ToolRequest, sampling: SamplingParams) -> None:
-    """400s for what the tools' own constraints and stop leave no room for (the engine's
-    checks of the combined sampling would be a 500)."""
+    """400s for what a forced call's own constraint leaves no room for (the engine's checks
+    of the combined sampling would be a 500). The tools' closing-tag stop has its own room
+    past the stop strings' bound (SERVER_STOPS)."""
     if tools.required or tools.forced is not None:  # a forced call: constrained output
         for name, value in (("ignore_eos", sampling.ignore_eos),
                             ("min_tokens", sampling.min_tokens)):  # fmt: skip
@@ -95,13 +95,6 @@ def _check_tool_sampling(tools: ToolRequest, sampling: SamplingParams) -> None:
                     f"a forced tool call (tool_choice) ends when it is complete: no {name}",
                     param=name,
                 )
-    room = MAX_STOP_STRINGS - len(tools.stops())
-    if len(sampling.stop) > room:
-        raise bad_request(
-            f"at most {room} stop strings go with these tools (parallel_tool_calls false ends "
-            f"the call at a stop string of its own), got {len(sampling.stop)}",
-            param="stop",
-        )
 
 
 def answer(

@@ -219,9 +219,6 @@ def test_past_calls_and_results_render_as_turns(client: openai.OpenAI, engine: L
         ({"tools": [WEATHER], "tool_choice": {"type": "function",
                                              "function": {"name": "get_weather"}},
           "extra_body": {"min_tokens": 2}}, "min_tokens", "no min_tokens"),
-        # one call only ends at its closing tag, a stop string of its own
-        ({"tools": [WEATHER], "parallel_tool_calls": False,
-          "stop": [f"s{i}" for i in range(256)]}, "stop", "255 stop strings"),
     ],
 )  # fmt: skip
 def test_bad_tool_requests_are_400s_naming_the_field(client: openai.OpenAI, extra, param, message):
