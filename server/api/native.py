@@ -240,7 +240,7 @@ def _to_submission(body: GraphSubmission, max_model_len: int) -> Submission:
             sampling = Sampling(
                 s.max_tokens, s.temperature, s.top_p, s.top_k, s.seed, tuple(s.stop), s.ignore_eos,
                 s.presence_penalty, s.frequency_penalty, tuple(s.logit_bias.items()),
-                None if s.json_schema is None else json.dumps(s.json_schema, sort_keys=True),
+                None if s.json_schema is None else json.dumps(s.json_schema),  # its key order kept
                 None if s.choices is None else tuple(s.choices), s.regex, s.grammar, s.min_p,
                 s.repetition_penalty,
             )  # fmt: skip

@@ -204,6 +204,7 @@ class _Object(_Frame):
         self.node = node
         self.phase = -1  # before its "{"
         self.seen: frozenset[str] = frozenset()
+        self.next = 0  # where in the schema's property order the next listed key may start
         self.key = b""
         self.free_key: JsonPrefix | None = None  # an additional key, read as a JSON string
         self.current = ""  # the key whose value is being read
@@ -255,7 +256,15 @@ class _Object(_Frame):
         return True
 
     def _names(self) -> list[str]:
-        return [k for k in self.node.properties if k not in self.seen]
+        """The listed keys that may come next. They come in the schema's order (as OpenAI's
+        structured outputs write them: a model reads its "reasoning" before its "answer" only
+        if it wrote it first); an optional key may be left out, a required one may not."""
+        names = []
+        for name in list(self.node.properties)[self.next :]:
+            names.append(name)
+            if name in self.node.required:
+                break
+        return names
 
     def _keys_left(self) -> bool:
         return bool(self._names()) or self.node.additional is not None
@@ -287,6 +296,8 @@ class _Object(_Frame):
 
     def _key_done(self, name: str) -> bool:
         self.seen = self.seen | {name}
+        if name in self.node.properties:
+            self.next = list(self.node.properties).index(name) + 1
         self.current = name
         self.phase = self._COLON
         return True

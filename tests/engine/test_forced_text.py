@@ -15,6 +15,12 @@ CAT = {
     "required": ["name", "mood"],
 }
 
+NICK = {
+    "type": "object",
+    "properties": {"alias": {"type": "string"}, "name": {"type": "string"}},
+    "required": ["name"],
+}
+
 DOG = {
     "type": "object",
     "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
@@ -45,8 +51,11 @@ def _after(sampling: SamplingParams, text: bytes):
         (SamplingParams(json_object=True, json_schema=CAT), b'{"name":"Felix",', b' "mood":"'),
         (SamplingParams(json_object=True, json_schema=CAT), b'{"name": "Felix", "mood": "g',
          b'rumpy"}'),
-        (SamplingParams(json_object=True, json_schema=CAT), b"", b'{"'),  # then either key
-        (SamplingParams(json_object=True, json_schema=CAT), b'{"', b""),
+        # keys come in the schema's order: a required first key is forced, an optional one not
+        (SamplingParams(json_object=True, json_schema=CAT), b"", b'{"name": "'),
+        (SamplingParams(json_object=True, json_schema=CAT), b'{"', b'name": "'),
+        (SamplingParams(json_object=True, json_schema=NICK), b'{"', b""),  # "alias" or "name"
+        (SamplingParams(json_object=True, json_schema=NICK), b'{"alias": "x", "', b'name": "'),
         # the text's own spacing, where it has some, over JSON's usual one
         (SamplingParams(json_object=True, json_schema=CAT), b'{\n  "name": "Felix",\n  "mood"',
          b': "'),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 import socket
 import time
 import urllib.request
@@ -498,3 +499,21 @@ def test_call_latencies_are_observed_by_the_priority_deduced(server: str) -> Non
     assert queue_after["0"] - queue_before["0"] == 2
     assert latency_after["0"] - latency_before["0"] == 2
     assert sum(queue_after.values()) - sum(queue_before.values()) == 2
+
+
+def test_a_json_schema_output_keeps_the_schemas_property_order(
+    server: str, engine: LLMEngine
+) -> None:
+    """The constraint writes properties in the schema's order (as chat's response_format does):
+    a model reads what it wrote first, so "reason" before "answer" is the user's to choose."""
+    schema = {"type": "object", "properties": {"reason": {"type": "string", "maxLength": 4},
+              "answer": {"type": "integer", "minimum": 0, "maximum": 9}},
+              "required": ["reason", "answer"]}  # fmt: skip
+    sid, token = open_session(server)
+    spec = call("js", "Why? {{output:y}}", {}, {"y": "y"}, 30)
+    spec["sampling"]["json_schema"] = schema
+    assert submit(server, sid, token, {"variables": [{"id": "y"}], "calls": [spec]})[0] == 200
+    value = get_var(server, sid, token, "y")["value"]
+    sampling = SamplingParams(max_tokens=30, temperature=0, json_object=True, json_schema=schema)
+    assert value == engine.generate([engine.tokenizer.encode("Why? ")], sampling)[0].text
+    assert re.match(r'\s*\{\s*"reason"', value), value
