@@ -19,9 +19,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from parrot_bridge.template import escape_text
-from server.api.route import Route, json_response, parse_body
+from server.api.route import Route, json_response, parse_body, prepare
 from server.api.tool_request import check_tool_calls, has_tool_turns, render_tool_turns
 from server.engine.tokenizer import Tokenizer
+from server.engine_driver import EngineDriver
 from server.errors import ApiError, bad_request
 from server.keys import CONFIG, DRIVER
 
@@ -91,7 +92,14 @@ class ChatRenderResponse(BaseModel):
 async def render_chat(request: web.Request) -> web.Response:
     body = await parse_body(request, ChatRenderRequest)
     driver = request.app[DRIVER]
+    prompts = await prepare(request, lambda: _rendered_prompts(driver, body))
+    response = ChatRenderResponse(
+        model=request.app[CONFIG].model_id, max_model_len=driver.max_model_len, prompts=prompts
+    )
+    return json_response(response)
 
+
+def _rendered_prompts(driver: EngineDriver, body: ChatRenderRequest) -> list[RenderedPrompt]:
     def apply(messages: list[dict[str, Any]]) -> str:
         return template_text(driver.tokenizer, messages, body.add_generation_prompt)
 
@@ -113,10 +121,7 @@ async def render_chat(request: web.Request) -> web.Response:
             RenderedPrompt(template=rendered.template, variables=list(rendered.variables),
                            text=rendered.text, prompt_tokens=tokens)
         )  # fmt: skip
-    response = ChatRenderResponse(
-        model=request.app[CONFIG].model_id, max_model_len=driver.max_model_len, prompts=prompts
-    )
-    return json_response(response)
+    return prompts
 
 
 # -- rendering (pure) ----------------------------------------------------------------------------

@@ -58,7 +58,7 @@ from server.api.plain_runs import (
     stream_outputs,
 )
 from server.api.request_timing import RequestTiming
-from server.api.route import Route, json_response, parse_body
+from server.api.route import Route, json_response, parse_body, prepare
 from server.api.sse import EventStream
 from server.engine import JobOutput, SamplingParams, TokenLogprob
 from server.engine_driver import EngineDriver
@@ -110,12 +110,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     if body.best_of is not None and body.best_of != (body.n or 1):
         raise bad_request("best_of is not supported (only equal to n)", param="best_of")
     driver = request.app[DRIVER]
-    prompts, prompt_ids = completion_prompts(driver, body.prompt, body.add_special_tokens)
-    if body.truncate_prompt_tokens is not None:
-        kept = [truncated_prompt(driver, body, ids) for ids in prompt_ids]
-        prompts = [p if len(k) == len(ids) else prompt_text(driver, k)
-                   for p, k, ids in zip(prompts, kept, prompt_ids, strict=True)]  # fmt: skip
-        prompt_ids = kept
+    prompts, prompt_ids = await prepare(request, lambda: _completion_prompts(driver, body))
     n = body.n or 1
     logprobs = completion_logprobs_asked(body)
     echo = _Echo.of(body, n, logprobs)
@@ -174,7 +169,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     _check_common(request, body)
     await compile_constraints(body)
     driver = request.app[DRIVER]
-    job = chat_job(driver, body)
+    job = await prepare(request, lambda: chat_job(driver, body))
     ids, samplings, tools, logprobs = job.ids, job.samplings, job.tools, job.logprobs
     require_engine(request)
     request.app[METRICS].prompt_tokens.inc(len(ids))
@@ -414,6 +409,20 @@ def check_model(request: web.Request, model: str) -> None:
             f"the model {model!r} does not exist; this server serves {config.model_id!r}",
             code="model_not_found",
         )
+
+
+def _completion_prompts(
+    driver: EngineDriver, body: CompletionRequest
+) -> tuple[list[str], list[list[int]]]:
+    """The request's prompts as texts and token ids, each cut to vLLM's
+    `truncate_prompt_tokens` when asked."""
+    prompts, prompt_ids = completion_prompts(driver, body.prompt, body.add_special_tokens)
+    if body.truncate_prompt_tokens is not None:
+        kept = [truncated_prompt(driver, body, ids) for ids in prompt_ids]
+        prompts = [p if len(k) == len(ids) else prompt_text(driver, k)
+                   for p, k, ids in zip(prompts, kept, prompt_ids, strict=True)]  # fmt: skip
+        prompt_ids = kept
+    return prompts, prompt_ids
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,7 +34,14 @@ from server.api.responses_models import (
     ResponseStreamEvent,
     ResponseUsage,
 )
-from server.api.route import Route, json_response, parse_body, parse_query, validate
+from server.api.route import (
+    Route,
+    json_response,
+    parse_body,
+    parse_query,
+    prepare,
+    validate,
+)
 from server.api.sse import EventStream
 from server.api.tool_call_parser import ToolCallParser
 from server.engine import JobOutput
@@ -64,11 +71,10 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, ResponsesRequest)
     check_model(request, body.model)
     history = _followed(request, body.previous_response_id)
-    fields = chat_request_of(body, history)
     try:
-        chat = validate(ChatCompletionRequest, fields, "body")
+        fields, chat = await prepare(request, lambda: _chat_of(body, history))
         await compile_constraints(chat)
-        job = chat_job(request.app[DRIVER], chat)
+        job = await prepare(request, lambda: chat_job(request.app[DRIVER], chat))
     except ApiError as exc:
         raise responses_error(exc) from exc
     require_engine(request)
@@ -163,6 +169,14 @@ class _Draft:
             truncation=body.truncation or "disabled", usage=usage, user=body.user,
             metadata=body.metadata or {},
         )  # fmt: skip
+
+
+def _chat_of(
+    body: ResponsesRequest, history: list[dict[str, Any]]
+) -> tuple[dict[str, Any], ChatCompletionRequest]:
+    """The chat request's fields that answer `body` after `history`, and the request."""
+    fields = chat_request_of(body, history)
+    return fields, validate(ChatCompletionRequest, fields, "body")
 
 
 def _followed(request: web.Request, response_id: str | None) -> list[dict[str, Any]]:

@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from server.api.openai import check_model
 from server.api.openai_inputs import chat_prompt, check_token_ids
 from server.api.openai_models import ChatCompletionRequest, ChatMessage
-from server.api.route import Route, json_response, parse_body
+from server.api.route import Route, json_response, parse_body, prepare
 from server.api.tool_request import ToolRequest
+from server.engine_driver import EngineDriver
 from server.keys import CONFIG, DRIVER
 
 
@@ -79,6 +80,13 @@ async def tokenize(request: web.Request) -> web.Response:
     model = request.app[CONFIG].model_id if body.model is None else body.model
     check_model(request, model)
     driver = request.app[DRIVER]
+    ids = await prepare(request, lambda: _token_ids(driver, body, model))
+    return json_response(
+        TokenizeResponse(count=len(ids), max_model_len=driver.max_model_len, tokens=ids)
+    )
+
+
+def _token_ids(driver: EngineDriver, body: TokenizeRequest, model: str) -> list[int]:
     if body.messages is not None:
         chat = ChatCompletionRequest(
             model=model,
@@ -93,10 +101,7 @@ async def tokenize(request: web.Request) -> web.Response:
         assert body.prompt is not None
         text = body.prompt
     special = body.messages is None if body.add_special_tokens is None else body.add_special_tokens
-    ids = driver.encode_prompt(text, special)
-    return json_response(
-        TokenizeResponse(count=len(ids), max_model_len=driver.max_model_len, tokens=ids)
-    )
+    return driver.encode_prompt(text, special)
 
 
 async def detokenize(request: web.Request) -> web.Response:

@@ -1,5 +1,6 @@
-"""A large grammar compiles off the event loop: while one compiles for about a second, the
-server still answers probes (and streams) at once."""
+"""Heavy request work runs off the event loop: while a large grammar compiles, or a large
+prompt is parsed, templated and tokenized, for about a second, the server still answers probes
+(and streams) at once."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TypeVar
 
 import pytest
 
+from server.engine import LLMEngine
 from server.engine.grammar import compiled_grammar
 from server.engine.json_schema import compile_schema
 from tests.server.http_client import request
@@ -130,4 +132,30 @@ def test_a_graph_calls_schema_compiles_off_the_loop_where_the_call_runs(server: 
 
     longest, out = longest_probe_while(server, submit_and_read)
     assert out["status"] == "ready", out
+    assert longest < max(0.3, took / 3), (longest, took)
+
+
+LONG_TEXT = " ".join(f"w{i}" for i in range(150_000))  # ~1 MB, ~1 s to tokenize here
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG_TEXT}]}, 400),
+     ("/v1/completions", {"prompt": LONG_TEXT}, 400),
+     ("/v1/responses", {"input": LONG_TEXT}, 400),
+     ("/tokenize", {"prompt": LONG_TEXT}, 200)],
+)  # fmt: skip
+def test_probes_are_answered_while_a_long_prompt_is_tokenized(
+    server: str, engine: LLMEngine, path: str, body: dict, status: int
+):
+    """A prompt far past the context is refused, and tokenizing it (in a worker thread, the
+    tokenizer letting go of the GIL) does not stall the server meanwhile."""
+    started = time.perf_counter()
+    engine.tokenizer.encode(LONG_TEXT)
+    took = time.perf_counter() - started
+    def post() -> int:
+        return request("POST", server + path, {"model": "tiny", **body})[0]
+
+    longest, answered = longest_probe_while(server, post)
+    assert answered == status
     assert longest < max(0.3, took / 3), (longest, took)
