@@ -42,6 +42,8 @@ from server.session_plan import PlanSwitches, SessionPlan
 from server.token_prefix import common_prefix_len
 
 log = logging.getLogger(__name__)
+# texts from this length on are tokenized in a worker thread (~80 ms of work inline here)
+LONG_TEXT_CHARS = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +261,7 @@ class Executor:
             try:
                 values = session.graph.input_values(call)
                 steps = lower_call(call, values)
-                prompt = self.driver.encode_prompt(steps[0].text_before, call.add_special_tokens)
+                prompt = await self._encoded(steps[0].text_before, call.add_special_tokens)
                 self._check_fits(call, prompt)
                 keys = boundaries(call, values)
             except Exception as exc:  # fails this call (and what reads it), not the batch
@@ -354,7 +356,7 @@ class Executor:
                     tokens = _shared_tokens([jobs[m].prompt for m in shared[i][1]])
                 else:
                     assert lead is not None
-                    tokens = self._boundary_tokens(lead, job)
+                    tokens = await self._boundary_tokens(lead, job)
                 opened[key] = None
                 if len(tokens) >= self.config.min_shared_prefix_tokens:
                     opened[key] = await self.prefixes.open(engine, key, tokens, priority, entry)
@@ -367,11 +369,11 @@ class Executor:
             else:
                 contexts.append(self.pool.drivers[engine].new_context())
 
-    def _boundary_tokens(self, boundary: Boundary, job: _Job) -> list[int]:
+    async def _boundary_tokens(self, boundary: Boundary, job: _Job) -> list[int]:
         """The tokens of a boundary's text that the job's prompt starts with, less the last
         few."""
         prompt = job.prompt
-        tokens = self.driver.encode_prompt(boundary.text, job.call.add_special_tokens)
+        tokens = await self._encoded(boundary.text, job.call.add_special_tokens)
         n = min(common_prefix_len(tokens, prompt), len(tokens) - self.config.boundary_trim_tokens)
         return prompt[: max(0, min(n, len(prompt) - 1))]
 
@@ -384,9 +386,8 @@ class Executor:
             for i, step in enumerate(job.steps):
                 text += step.text_before
                 target = (
-                    job.prompt if i == 0
-                    else self.driver.encode_prompt(text, call.add_special_tokens)
-                )  # fmt: skip
+                    job.prompt if i == 0 else await self._encoded(text, call.add_special_tokens)
+                )
                 self._check_fits(call, target, None if i == 0 else step.output)
                 hold = self._latency_hold(session, call, job.steps, i, job.item.priority)
                 if hold:
@@ -551,27 +552,47 @@ class Executor:
                 done[call.id] = bounds[-1].key
                 if self.prefixes.holds(bounds[-1].key):
                     continue
-                tokens = self.driver.encode_prompt(bounds[-1].text, call.add_special_tokens)
+                text = bounds[-1].text
+                if len(text) >= LONG_TEXT_CHARS:  # tokenized in a thread, then filled
+                    self._spawn(session, self._fill_long(session, call, bounds, plan))
+                    continue
+                tokens = self.driver.encode_prompt(text, call.add_special_tokens)
             except Exception:  # an early fill is an optimisation: the call fails when it runs
                 log.exception("no early fill for call %s of session %s", call.id, session.id)
                 continue
-            tokens = tokens[: len(tokens) - self.config.boundary_trim_tokens]
-            if len(tokens) < self.config.min_shared_prefix_tokens:
-                continue
-            engine = self._early_fill_engine(bounds[:-1])
-            if not self.pool.drivers[engine].alive:
-                continue  # no engine runs now: the call fills its prefix when it runs
-            hit = self.prefixes.deepest(bounds[:-1], engine)
-            base = hit[1] if hit is not None else None
-            if (
-                base is not None
-                and len(tokens) - base.num_tokens < self.config.min_shared_prefix_tokens
-            ):
-                continue  # e.g. a reduce whose inputs arrive one by one: wait for more text
-            # the call's own priority: its prefix is on the same path as the call
-            priority = plan.priority(call.id)
-            key = bounds[-1].key
-            self._spawn(session, self._prefill(engine, key, tokens, priority, base))
+            self._fill_ahead(session, call, bounds, tokens, plan)
+
+    async def _fill_long(
+        self, session: Session, call: Call, bounds: list[Boundary], plan: SessionPlan
+    ) -> None:
+        tokens = await self._encoded(bounds[-1].text, call.add_special_tokens)
+        if not session.closed and call.state is CallState.WAITING:
+            self._fill_ahead(session, call, bounds, tokens, plan)
+
+    def _fill_ahead(
+        self,
+        session: Session,
+        call: Call,
+        bounds: list[Boundary],
+        tokens: list[int],
+        plan: SessionPlan,
+    ) -> None:
+        """Fill a waiting call's ready leading text (`tokens`, of its last boundary) ahead of
+        its other inputs, unless it is too short to pay or mostly stored already."""
+        tokens = tokens[: len(tokens) - self.config.boundary_trim_tokens]
+        if len(tokens) < self.config.min_shared_prefix_tokens:
+            return
+        engine = self._early_fill_engine(bounds[:-1])
+        if not self.pool.drivers[engine].alive:
+            return  # no engine runs now: the call fills its prefix when it runs
+        hit = self.prefixes.deepest(bounds[:-1], engine)
+        base = hit[1] if hit is not None else None
+        if base is not None and len(tokens) - base.num_tokens < self.config.min_shared_prefix_tokens:
+            return  # e.g. a reduce whose inputs arrive one by one: wait for more text
+        # the call's own priority: its prefix is on the same path as the call
+        priority = plan.priority(call.id)
+        key = bounds[-1].key
+        self._spawn(session, self._prefill(engine, key, tokens, priority, base))
 
     def _early_fill_engine(self, bounds: list[Boundary]) -> int:
         """The engine holding most of the call's leading text (a system prompt), else the least
@@ -592,6 +613,14 @@ class Executor:
             self.prefixes.release(entry)
 
     # -- helpers -------------------------------------------------------------------------------
+
+    async def _encoded(self, text: str, add_special_tokens: bool) -> list[int]:
+        """A call's prompt tokens. A long text (a large input's) is tokenized in a worker
+        thread, where the tokenizer lets go of the GIL: inline it would stall every stream
+        on the server (~1 s per MB here); a short one inline, without a thread hop."""
+        if len(text) < LONG_TEXT_CHARS:
+            return self.driver.encode_prompt(text, add_special_tokens)
+        return await asyncio.to_thread(self.driver.encode_prompt, text, add_special_tokens)
 
     def _spawn(self, session: Session, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=f"calls-{session.id}")

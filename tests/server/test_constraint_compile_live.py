@@ -159,3 +159,29 @@ def test_probes_are_answered_while_a_long_prompt_is_tokenized(
     longest, answered = longest_probe_while(server, post)
     assert answered == status
     assert longest < max(0.3, took / 3), (longest, took)
+
+
+def test_probes_are_answered_while_a_graph_calls_long_input_is_tokenized(
+    server: str, engine: LLMEngine
+):
+    """A graph call whose ready leading text is long (filled ahead while its other input is
+    generated) and whose whole prompt is longer still: both are tokenized in a worker thread,
+    and the call fails with its prompt's length."""
+    started = time.perf_counter()
+    engine.tokenizer.encode(LONG_TEXT)
+    took = time.perf_counter() - started
+    sid, token = open_session(server)
+    first = call("a", "Say:{{output:l}}", {}, {"l": "later"}, 2)
+    second = call("b", "Read {{input:doc}} then {{input:l}}:{{output:x}}",
+                  {"doc": "doc", "l": "later"}, {"x": "out"}, 2)  # fmt: skip
+    submission = {"variables": [{"id": "doc", "value": LONG_TEXT}, {"id": "later"},
+                                {"id": "out"}], "calls": [first, second]}  # fmt: skip
+
+    def run() -> dict:
+        status, answer = request("POST", f"{server}/v1/sessions/{sid}/graph", submission, token)
+        assert status == 200, answer
+        return get_var(server, sid, token, "out")
+
+    longest, out = longest_probe_while(server, run)
+    assert out["status"] == "failed" and "tokens" in out["error"], out
+    assert longest < max(0.3, took / 3), (longest, took)
