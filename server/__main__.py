@@ -6,6 +6,7 @@ import os
 import sys
 
 from server.config import ServerConfig
+from server.engine_start import start_fork_server
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,6 +16,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"parrot-server: {exc}")
     # No hub downloads at run time: models are local folders, files or registered wheels.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if config.engine_process:  # its imports (~2.5 s) run beside the server's own, just below
+        start_fork_server()
     from server.app import check, run  # imports torch: after the arguments are known to be good
 
     try:

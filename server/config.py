@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from server.cors import CorsPolicy
-from server.executor import ExecutorConfig
+from server.executor_config import ExecutorConfig
 from server.prefix_store import PrefixStoreConfig
 from server.restart_policy import RestartPolicy
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import multiprocessing
 import threading
 from collections.abc import AsyncIterator, Sequence
 from multiprocessing.connection import Connection
@@ -28,21 +27,10 @@ from server.engine import EngineError, EngineStats, JobOutput, SamplingParams
 from server.engine.async_engine import job_outputs
 from server.engine.llm_engine import check_cache_salt
 from server.engine.tokenizer import Tokenizer
+from server.engine_start import start_context
 from server.engine_worker import EngineInfo, run_engine_worker
 
 STOP_TIMEOUT_S = 30.0  # then the child is killed
-
-
-def _start_context() -> multiprocessing.context.BaseContext:
-    """How engine processes start: forked from a fork server that imported the engine (and
-    torch) once, so an engine starts, or restarts after a crash, in tens of milliseconds plus
-    its model's load rather than ~2 s of imports; spawned where there is no fork server. A
-    fork of the server itself would copy its threads."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    mp = multiprocessing.get_context("forkserver")
-    mp.set_forkserver_preload(["server.engine_worker"])  # read when the fork server starts
-    return mp
 
 
 class EngineDied(EngineError):
@@ -89,7 +77,7 @@ class EngineProcess:
         `ValueError` with the child's message. `log`: the child's (level, format), as
         `configure_logging` takes them; `threads`: its compute threads (None: torch's default,
         one per core)."""
-        mp = _start_context()
+        mp = start_context()
         conn, child_conn = mp.Pipe()
         process = mp.Process(
             target=run_engine_worker,

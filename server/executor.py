@@ -23,12 +23,13 @@ from server.engine import EngineError, SamplingParams
 from server.engine_driver import TokenContext
 from server.engine_pool import EnginePool
 from server.engine_process import EngineDied
+from server.executor_config import ExecutorConfig
 from server.graph import Call, CallState, Generation, VariableState
 from server.log import log_event
 from server.lowering import GenerateStep, lower_call
 from server.metrics import Metrics
 from server.prefix_contexts import PrefixContexts
-from server.prefix_store import PrefixEntry, PrefixStoreConfig
+from server.prefix_store import PrefixEntry
 from server.scheduling import (
     LATENCY_PRIORITY,
     AppPolicy,
@@ -38,53 +39,12 @@ from server.scheduling import (
     choose_engine,
 )
 from server.session import Session
-from server.session_plan import PlanSwitches, SessionPlan
+from server.session_plan import SessionPlan
 from server.token_prefix import common_prefix_len
 
 log = logging.getLogger(__name__)
 # texts from this length on are tokenized in a worker thread (~80 ms of work inline here)
 LONG_TEXT_CHARS = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutorConfig:
-    enable_prefix_sharing: bool = True
-    min_shared_prefix_tokens: int = 16
-    objective_deduction: bool = True
-    task_groups: bool = True
-    pipelined_prefill: bool = True
-    app_scheduling: bool = True
-    max_calls_per_engine: int = 256
-    # after a latency-critical output that a latency-critical call reads, the engine keeps its
-    # latency cap this long for that call to arrive (0: off; see Scheduler.hold_latency)
-    latency_hold_s: float = 0.1
-    # a pipelined prefill computes at most this many tokens a step while latency-critical
-    # work decodes (0: no limit), riding along its steps instead of stalling them
-    pipelined_prefill_chunk: int = 8
-    # tokens left out at the end of a prefix filled from a boundary's text alone: their text
-    # touches the boundary and may tokenize differently once the input follows
-    boundary_trim_tokens: int = 2
-    prefix_store: PrefixStoreConfig = field(default_factory=PrefixStoreConfig)
-
-    def __post_init__(self) -> None:
-        if self.min_shared_prefix_tokens < 1:
-            raise ValueError(
-                f"min_shared_prefix_tokens must be >= 1, got {self.min_shared_prefix_tokens}"
-            )
-        if self.max_calls_per_engine < 1:
-            raise ValueError(f"max_calls_per_engine must be >= 1, got {self.max_calls_per_engine}")
-        if self.boundary_trim_tokens < 0:
-            raise ValueError(f"boundary_trim_tokens must be >= 0, got {self.boundary_trim_tokens}")
-        if self.pipelined_prefill_chunk < 0:
-            raise ValueError(
-                f"pipelined_prefill_chunk must be >= 0, got {self.pipelined_prefill_chunk}"
-            )
-        if self.latency_hold_s < 0:
-            raise ValueError(f"latency_hold_s must be >= 0, got {self.latency_hold_s}")
-
-    @property
-    def switches(self) -> PlanSwitches:
-        return PlanSwitches(self.objective_deduction, self.task_groups, self.app_scheduling)
 
 
 @dataclass(eq=False, slots=True)
