@@ -36,6 +36,9 @@ class ToolCallParser:
     _pending: str = ""
     _inside: bool = False
     _blocks: int = 0
+    # where in `_pending` the closing tag may start: a block's text is not searched again at
+    # each piece (a long call streamed token by token took quadratic time)
+    _unsearched: int = 0
 
     def feed(self, text: str) -> tuple[str, list[ParsedToolCall]]:
         return _split(self.read(text))
@@ -51,12 +54,13 @@ class ToolCallParser:
         pieces: list[str | ParsedToolCall] = []
         while True:
             if self._inside:
-                end = self._pending.find(TOOL_CALL_CLOSE)
+                end = self._pending.find(TOOL_CALL_CLOSE, self._unsearched)
                 if end < 0:
+                    self._unsearched = max(0, len(self._pending) - len(TOOL_CALL_CLOSE) + 1)
                     break
                 block = self._pending[:end]
                 self._pending = self._pending[end + len(TOOL_CALL_CLOSE) :]
-                self._inside = False
+                self._inside, self._unsearched = False, 0
                 pieces.append(self._close(block, closed=True))
                 continue
             start = self._pending.find(TOOL_CALL_OPEN)
@@ -74,7 +78,7 @@ class ToolCallParser:
     def read_rest(self) -> list[str | ParsedToolCall]:
         """`finish`'s content and call, in order."""
         rest = self._close(self._pending, closed=False) if self._inside else self._pending
-        self._pending, self._inside = "", False
+        self._pending, self._inside, self._unsearched = "", False, 0
         return [rest] if rest != "" else []
 
     def _close(self, block: str, closed: bool) -> str | ParsedToolCall:

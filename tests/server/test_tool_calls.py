@@ -148,7 +148,7 @@ def test_malformed_past_calls_are_400s():
         check_tool_calls({"id": "a"}, 0)
 
 
-@pytest.mark.parametrize("pieces", [1, 3, 1000])
+@pytest.mark.parametrize("pieces", [1, 2, 3, 5, 7, 11, 1000])  # the closing tag split every way
 def test_parser_splits_content_and_calls_however_the_text_arrives(pieces):
     tools = ToolRequest.of([WEATHER, CLOCK], None, None)
     text = (
