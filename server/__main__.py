@@ -7,11 +7,13 @@ import sys
 
 from server.config import ServerConfig
 from server.engine_start import start_fork_server
+from server.listen_check import check_listen
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         config = ServerConfig.from_args(argv)
+        check_listen(config.host, config.port)  # at once, not after seconds of imports
     except ValueError as exc:
         sys.exit(f"parrot-server: {exc}")
     # No hub downloads at run time: models are local folders, files or registered wheels.

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
-import socket
 from collections.abc import AsyncIterator
 
 import torch
@@ -67,33 +65,9 @@ def init_app(config: ServerConfig) -> web.Application:
 
 
 def check(config: ServerConfig) -> None:
-    """Refuse (ValueError), before a model loads, what the engine would refuse at startup, and
-    an address the server cannot listen on."""
+    """Refuse (ValueError), before a model loads, what the engine would refuse at startup (the
+    address is `check_listen`'s, before this module is even imported)."""
     EngineDriver.check(config.model, config.dtype, **config.engine_kwargs())
-    check_listen(config.host, config.port)
-
-
-def check_listen(host: str, port: int) -> None:
-    """ValueError unless `host:port` can be listened on now: aiohttp binds only after the
-    engines loaded, and its error there (a host that does not resolve, a port in use) was a
-    traceback."""
-    where = f"cannot listen on {host}:{port}"
-    try:
-        addresses = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except OSError as exc:
-        raise ValueError(f"{where}: {exc.strerror or exc}") from None
-    for family, kind, proto, _, address in addresses:
-        with socket.socket(family, kind, proto) as probe:
-            # as aiohttp's server socket: a port left in TIME_WAIT by a stopped server is free
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                if family == socket.AF_INET6 and exc.errno == errno.EADDRNOTAVAIL:
-                    continue  # IPv6 off on this machine: asyncio skips that address too
-                raise ValueError(f"{where}: {exc.strerror or exc}") from None
 
 
 def run(config: ServerConfig) -> None:
