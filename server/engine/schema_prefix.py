@@ -1,7 +1,8 @@
 """Whether text (UTF-8 bytes, one at a time) is still the start of a JSON value that a compiled
 schema (`json_schema.py`) allows: the same interface as `JsonPrefix`, with a stack of frames,
 one per value being read. Object keys are matched against the allowed names as their JSON
-bytes, a closing brace waits for every required key, enums match their values' compact JSON
+bytes, in the schema's order (optional ones may be left out), a closing brace waits for every
+required key, enums match their values' compact JSON
 bytes, a union takes the branch its first byte names, a string with lengths or a pattern is
 read by `StringReader` and a number with bounds is checked digit by digit."""
 
