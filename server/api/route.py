@@ -25,8 +25,9 @@ MAX_BODY_DEPTH = 100
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
-# bodies from this size on are parsed and prepared in a worker thread (~10 ms of work inline)
-LARGE_BODY_BYTES = 256 * 1024
+# bodies from this size on are parsed and prepared in a worker thread (their prompt would take
+# ~80 ms to tokenize inline here)
+LARGE_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
