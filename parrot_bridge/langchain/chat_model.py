@@ -119,11 +119,14 @@ class ChatParrot(ParrotSettings, BaseChatModel):
         *,
         tool_choice: str | bool | dict[str, Any] | None = None,
         parallel_tool_calls: bool | None = None,
+        strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
         """The model with `tools` offered on every call. `tool_choice`: "auto", "none",
-        "required" (or "any", or True), a tool's name, or OpenAI's dict."""
-        options: dict[str, Any] = {"tools": [convert_to_openai_tool(t) for t in tools]}
+        "required" (or "any", or True), a tool's name, or OpenAI's dict. `strict` (as
+        ChatOpenAI's) sends OpenAI's strict schemas: no keys beyond `properties`, all required."""
+        specs = [convert_to_openai_tool(t, strict=strict) for t in tools]
+        options: dict[str, Any] = {"tools": specs}
         if tool_choice is not None:
             options["tool_choice"] = _tool_choice(tool_choice)
         if parallel_tool_calls is not None:

@@ -250,3 +250,23 @@ def test_with_structured_output_goes_through_a_json_mode_call(parrot_url: str) -
     assert raw.response_metadata["finish_reason"] == "tool_calls"
     assert [(c["name"], c["args"]) for c in raw.tool_calls] == [("note", {})]
     assert result["parsed"] == {} and result["parsing_error"] is None
+
+
+def test_bind_tools_takes_strict_as_chat_openai_does(chat: ChatParrot) -> None:
+    """`strict=True` (a ChatOpenAI argument) sends OpenAI's strict schemas, which the server
+    takes: the forced call's arguments follow the schema (a boolean closes at once)."""
+    from langchain_core.tools import tool
+
+    @tool
+    def switch_lamp(on: bool) -> str:
+        """Switch the lamp on or off."""
+        return "done"
+
+    strict = chat.bind_tools([switch_lamp], tool_choice="switch_lamp", strict=True, max_tokens=64)
+    [spec] = strict.kwargs["tools"]  # type: ignore[attr-defined]
+    assert spec == convert_to_openai_tool(switch_lamp, strict=True)
+    assert spec["function"]["strict"] is True
+    answer = strict.invoke("Lamp on?")
+    assert [(c["name"], type(c["args"].get("on"))) for c in answer.tool_calls] == [
+        ("switch_lamp", bool)
+    ]
