@@ -17,6 +17,11 @@ from langchain_core.messages import (
 )
 
 _ROLES = {"system", "developer", "user", "assistant"}
+# an assistant's blocks that are not its text: its calls (LangChain's, OpenAI's, Anthropic's
+# `tool_use`), which `tool_calls` carries, and its reasoning, which ChatOpenAI drops too
+_CARRIED_ELSEWHERE = {
+    "tool_call", "function_call", "tool_use", "thinking", "reasoning", "reasoning_content"
+}
 
 
 def to_chat_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
@@ -71,8 +76,8 @@ def _text(message: BaseMessage, index: int) -> str:
             texts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             texts.append(str(block.get("text", "")))
-        elif isinstance(block, dict) and block.get("type") in ("tool_call", "function_call"):
-            continue  # the message's tool_calls carry it
+        elif isinstance(block, dict) and block.get("type") in _CARRIED_ELSEWHERE:
+            continue  # the message's tool_calls carry it; reasoning is not sent back
         else:
             kind = block.get("type") if isinstance(block, dict) else type(block).__name__
             raise ValueError(

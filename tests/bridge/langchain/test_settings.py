@@ -71,6 +71,22 @@ def test_messages_become_roles_and_text() -> None:
         to_chat_messages([FunctionMessage("42", name="f")])
 
 
+
+def test_an_assistants_tool_use_and_reasoning_blocks_are_left_out() -> None:
+    """Anthropic-style `tool_use` blocks (LangChain's standard tool tests send them) are
+    carried by the message's tool_calls, and reasoning is not sent back: ChatOpenAI drops both
+    from the text, and so does ChatParrot (it refused the whole history)."""
+    call = {"name": "f", "args": {"x": 1}, "id": "1"}
+    blocks = [{"type": "thinking", "thinking": "hm"}, {"type": "reasoning", "reasoning": "r"},
+              {"type": "reasoning_content", "reasoning_content": {"text": "r"}},
+              {"type": "text", "text": "e"},
+              {"type": "tool_use", "id": "1", "name": "f", "input": {"x": 1}}]  # fmt: skip
+    assert to_chat_messages([AIMessage(blocks, tool_calls=[call])]) == [
+        {"role": "assistant", "content": "e", "tool_calls": [
+            {"id": "1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}},
+        ]},
+    ]  # fmt: skip
+
 def test_a_prompt_is_constant_text_whatever_it_holds() -> None:
     prompt = "Use {{input:x}} and {{{{ here: {{output:y}}"
     template = parse_template(prompt_template(prompt))
