@@ -27,6 +27,7 @@ from pydantic import ConfigDict
 
 from parrot_bridge.langchain.messages import to_chat_messages
 from parrot_bridge.langchain.settings import TOOL_OPTIONS, ParrotSettings, without_tool_options
+from parrot_bridge.langchain.structured_output import Method, structured_output
 from parrot_bridge.loop_thread import shared_loop
 
 __all__ = ["ChatParrot"]
@@ -37,8 +38,8 @@ _CHAT = "/v1/chat/completions"
 class ChatParrot(ParrotSettings, BaseChatModel):
     """Chat with the model of a Parrot server; the server applies the model's chat template.
 
-    Text messages (system, human, AI, tool) and tool calling (`bind_tools`, served by the
-    chat API's `tools`; `with_structured_output` through a forced call); no images. Inside
+    Text messages (system, human, AI, tool), tool calling (`bind_tools`, served by the chat
+    API's `tools`), OpenAI's `response_format` and `with_structured_output`; no images. Inside
     `parrot_bridge.langchain.compile(chain)`, its calls become semantic calls of one graph and
     give the same text as here with greedy sampling (tools are refused there).
 
@@ -132,6 +133,23 @@ class ChatParrot(ParrotSettings, BaseChatModel):
         if parallel_tool_calls is not None:
             options["parallel_tool_calls"] = parallel_tool_calls
         return self.bind(**options, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Method = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """The model answering in `schema`'s shape (a pydantic or TypedDict class, or a JSON
+        schema), parsed: a pydantic object, else a dict. As ChatOpenAI's, by `method`:
+        "json_schema" (a response_format the server's decoding follows; the default),
+        "json_mode" (any JSON object; `schema` optional, to parse into) or "function_calling"
+        (a forced tool call). `include_raw`: {"raw", "parsed", "parsing_error"} instead. Other
+        keyword arguments are call options, as for `bind`."""
+        return structured_output(self, schema, method, include_raw, strict, kwargs)
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from pydantic import ConfigDict
 
 from parrot_bridge.function import SemanticFunction
 from parrot_bridge.langchain.awaiting import aget_all, get_all
+from parrot_bridge.langchain.response_format import semantic_constraint
 from parrot_bridge.langchain.settings import ParrotSettings
 from parrot_bridge.session import Session
 from parrot_bridge.template import escape_text
@@ -110,7 +111,8 @@ class ParrotLLM(ParrotSettings, BaseLLM):
     def _call_sampling(
         self, stop: list[str] | None, kwargs: dict[str, Any], served: tuple[str, int] | None = None
     ) -> dict[str, Any]:
-        """The sampling of a call; `served`: `_server_info`'s answer, when already asked."""
+        """The sampling of a semantic call (a response_format as its constraint); `served`:
+        `_server_info`'s answer, when already asked."""
         sampling = self._sampling(stop, kwargs)
         model = self._requested(kwargs)
         if served is None and (model is not None or "max_tokens" not in sampling):
@@ -119,7 +121,7 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         if "max_tokens" not in sampling:
             assert served is not None
             sampling["max_tokens"] = served[1]
-        return sampling
+        return semantic_constraint(sampling)
 
     def _record(
         self, session: Session, prompts: list[str], sampling: dict[str, Any]

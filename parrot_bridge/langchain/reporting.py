@@ -20,6 +20,7 @@ from langchain_core.messages import AIMessage, UsageMetadata
 from langchain_core.outputs import ChatGeneration, Generation, LLMResult
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import RunnableConfig, ensure_config
+from langchain_core.utils.function_calling import convert_to_json_schema
 
 from parrot_bridge.langchain.chat_model import ChatParrot, usage_metadata
 from parrot_bridge.langchain.llm import ParrotLLM
@@ -37,6 +38,7 @@ class ModelRun:
     kwargs: dict[str, Any]
     config: RunnableConfig | None
     output: SemanticVariable
+    structured_format: dict[str, Any] | None = None  # `ls_structured_output_format`
 
     @property
     def message_id(self) -> str:
@@ -105,7 +107,7 @@ def report(
         if not manager.handlers:
             continue
         params = run.model._get_invocation_params(stop=run.stop, **run.kwargs)
-        options = {"stop": run.stop, **run.kwargs}
+        options = {"stop": run.stop, **run.kwargs, **_structured_option(run.structured_format)}
         shown = prompt(run)
         if isinstance(run.model, ChatParrot):
             (manager_run,) = manager.on_chat_model_start(
@@ -146,3 +148,16 @@ def with_outcomes(obj: Any, found: dict[str, Outcome]) -> Any:
     if isinstance(obj, dict | list | tuple):
         return map_items(obj, lambda v: with_outcomes(v, found))
     return obj
+
+
+def _structured_option(structured: dict[str, Any] | None) -> dict[str, Any]:
+    """The `ls_structured_output_format` option as the model's own invoke reports it: the
+    schema as JSON schema (left out, as there, when it cannot be converted)."""
+    if not structured:
+        return {}
+    try:
+        schema = convert_to_json_schema(structured["schema"])
+    except ValueError:
+        return {}
+    return {"ls_structured_output_format": {"kwargs": structured.get("kwargs", {}),
+                                            "schema": schema}}  # fmt: skip

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from parrot_bridge.langchain.http import ServerHttp
+from parrot_bridge.langchain.response_format import checked_response_format
 from parrot_bridge.loop_thread import shared_loop
 
 DEFAULT_URL = "http://127.0.0.1:9000"
@@ -55,6 +56,9 @@ class ParrotSettings(BaseModel):
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             raise ValueError("give max_tokens or max_completion_tokens, not both")
         _check_options(type(self).__name__, self.model_kwargs)
+        for key, value in self.model_kwargs.items():  # values too: a bad one fails here
+            if key in _SAMPLING:
+                _checked(type(self), key, value)
         return self
 
     @property
@@ -151,13 +155,15 @@ _SAMPLING = {
     "temperature": "temperature", "max_tokens": "max_tokens",
     "max_completion_tokens": "max_tokens", "top_p": "top_p", "seed": "seed", "stop": "stop",
     "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
-    "logit_bias": "logit_bias",
+    "logit_bias": "logit_bias", "response_format": "response_format",
 }  # fmt: skip
 
 
 def _checked(cls: type[ParrotSettings], key: str, value: Any) -> Any:
     """A per-call option held to its field's bounds (temperature <= 2, say), as the field is:
     the same value refused at construction is refused per call, whichever path sends it."""
+    if key == "response_format":
+        return checked_response_format(cls.__name__, value)
     field = cls.model_fields.get(key)
     if field is None or value is None or key == "stop":
         return value
@@ -181,5 +187,6 @@ def _check_options(owner: str, options: dict[str, Any]) -> None:
     if unknown:
         raise ValueError(
             f"{owner} cannot honour {', '.join(map(repr, unknown))}: the options it sends are "
-            f"{sorted(_SAMPLING)} (n, logprobs, tools and response formats are not supported)"
+            f"{sorted(_SAMPLING)} (n and logprobs are not supported; a chat model takes tools "
+            "through bind_tools)"
         )

@@ -39,6 +39,7 @@ from parrot_bridge.langchain.lambdas import fragile_probes, invoke_here, result_
 from parrot_bridge.langchain.llm import ParrotLLM
 from parrot_bridge.langchain.messages import to_chat_messages
 from parrot_bridge.langchain.reporting import ModelRun, needed, outcomes, report, with_outcomes
+from parrot_bridge.langchain.response_format import semantic_constraint
 from parrot_bridge.langchain.symbolic_str import NeedsValue
 from parrot_bridge.langchain.symbols import Symbols, has_hidden_text
 from parrot_bridge.session import Session
@@ -172,6 +173,8 @@ class Tracer:
         if model.base_url.rstrip("/") != self.session.url.rstrip("/"):
             return self._on_client(model, value, config, "it talks to another server", kwargs)
         stop = kwargs.pop("stop", None)
+        # with_structured_output's note for callbacks, which the model's invoke takes out too
+        structured = kwargs.pop("ls_structured_output_format", None)
         prompt = model._convert_input(self.symbols.untaint(value))
         output = SemanticVariable(name="reply" if isinstance(model, ChatParrot) else "completion")
         if isinstance(model, ParrotLLM):
@@ -184,7 +187,7 @@ class Tracer:
             sampling = model._sampling(stop, kwargs)
             self._chats.append(_PendingChat(model, conversation, inputs, sampling, output))
         self.calls.append(TracedCall(model.get_name(), tuple(inputs.values()), output))
-        run = ModelRun(model, prompt, stop, kwargs, config, output)
+        run = ModelRun(model, prompt, stop, kwargs, config, output, structured)
         self.model_runs.append(run)
         if isinstance(model, ParrotLLM):
             return self.symbols.text(output)
@@ -282,7 +285,7 @@ class Tracer:
         self._record_chat(chat, rendered["prompts"][0]["template"], rendered["max_model_len"])
 
     def _record_chat(self, chat: _PendingChat, template: str, max_model_len: int) -> None:
-        sampling = {"max_tokens": max_model_len, **chat.sampling}
+        sampling = {"max_tokens": max_model_len, **semantic_constraint(chat.sampling)}
         # tokenized as the chat API tokenizes a rendered prompt: no BOS beyond the template's
         fn = SemanticFunction(
             template + "{{output:reply}}", name="ChatParrot", add_special_tokens=False, **sampling

@@ -9,6 +9,7 @@ from operator import itemgetter
 from typing import Any
 
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder, PromptTemplate
@@ -18,9 +19,10 @@ from langchain_core.runnables import (
     RunnableParallel,
     RunnablePassthrough,
 )
+from pydantic import BaseModel
 
 from parrot_bridge.langchain import ChatParrot, ParrotLLM, compile
-from tests.server.http_client import metrics
+from tests.server.http_client import metrics, request
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +32,8 @@ GET_VARIABLE = (
     'status="200"}'
 )
 CHUNKS = [f"Part {i}: the transformer reads chunk number {i} of the paper." for i in range(8)]
+NOTE_FORMAT = {"type": "json_schema", "json_schema": {"name": "note", "schema": {
+    "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}}
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +110,12 @@ def shapes(chat: ChatParrot, llm: ParrotLLM) -> dict[str, tuple[Runnable, Any]]:
         "map reduce": (map_reduce(chat), CHUNKS[:3]),
         "braces in user text": (ask | chat | parser, {"q": "what is {{input:x}} or {{a:b}}?"}),
         "bound stop": (ask | chat.bind(stop=["e"]) | parser, {"q": "tell me"}),
+        # a response_format is the semantic call's constraint: the same schema, same text
+        "json schema reply": (ask | chat.bind(response_format=NOTE_FORMAT) | parser, {"q": "a"}),
+        "json mode reply": (
+            ask | chat.bind(response_format={"type": "json_object"}) | parser, {"q": "json"}
+        ),
+        "json schema completion": (ask | llm.bind(response_format=NOTE_FORMAT), {"q": "b"}),
     }
 
 
@@ -274,3 +284,40 @@ def test_a_non_parrot_model_in_the_middle_splits_the_graph(
     assert compiled.invoke({"x": "hi"}) == chain().invoke({"x": "hi"})
     assert metrics(parrot_url)[SUBMISSIONS] - before[SUBMISSIONS] == 2
     assert compiled.split_steps == {"FakeListLLM"}
+
+
+class Joke(BaseModel):
+    setup: str
+    punchline: str
+
+
+class StartOptions(BaseCallbackHandler):
+    """The `options` each chat model run starts with."""
+
+    def __init__(self) -> None:
+        self.options: list[dict[str, Any]] = []
+
+    def on_chat_model_start(self, *_: Any, **kwargs: Any) -> None:
+        self.options.append(kwargs["options"])
+
+
+def test_with_structured_output_is_a_constrained_call_of_the_graph(parrot_url: str) -> None:
+    """The model call of `with_structured_output` (a JSON-schema reply) runs in the graph
+    with the schema as its constraint; its parser runs on the reply. Callbacks see the
+    structured-output note a plain call reports. '"' is favoured: the tiny model closes its
+    strings at once."""
+    _, quote = request("POST", parrot_url + "/tokenize", {"prompt": '"'})
+    quoting = ChatParrot(base_url=parrot_url, temperature=0, max_tokens=64,
+                         model_kwargs={"logit_bias": {str(quote["tokens"][0]): 100}})  # fmt: skip
+    chain = PromptTemplate.from_template("A joke about {topic}.") | quoting.with_structured_output(
+        Joke
+    )
+    plain_starts, compiled_starts = StartOptions(), StartOptions()
+    plain = chain.invoke({"topic": "owls"}, config={"callbacks": [plain_starts]})
+    compiled = compile(chain)
+    out = compiled.invoke({"topic": "owls"}, config={"callbacks": [compiled_starts]})
+    assert out == plain == Joke(setup="", punchline="")
+    assert [c.step for c in compiled.last_calls] == ["ChatParrot"]
+    [plain_note] = [o["ls_structured_output_format"] for o in plain_starts.options]
+    [compiled_note] = [o["ls_structured_output_format"] for o in compiled_starts.options]
+    assert compiled_note == plain_note and plain_note["kwargs"]["method"] == "json_schema"

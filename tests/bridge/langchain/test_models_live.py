@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import FunctionMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import BaseModel
 
 import parrot_bridge.langchain as lc
 from parrot_bridge.errors import ParrotError
@@ -235,7 +236,9 @@ def test_bind_tools_calls_through_the_chat_api(chat: ChatParrot, parrot_url: str
         lc.compile(lc_prompt() | forced).invoke({"q": "Weather in Paris?"})
 
 
-def test_with_structured_output_goes_through_a_json_mode_call(parrot_url: str) -> None:
+def test_with_structured_output_by_function_calling_goes_through_a_forced_call(
+    parrot_url: str,
+) -> None:
     """A JSON-schema dict gives back the forced call's arguments, generated in JSON mode. The
     tiny model opens a string it never closes, so "}" is favoured by a logit bias: the first
     token that fits after "{" and its whitespace is then "}", and the answer ends there."""
@@ -245,7 +248,8 @@ def test_with_structured_output_goes_through_a_json_mode_call(parrot_url: str) -
     assert len(brace["tokens"]) == 1
     llm = ChatParrot(base_url=parrot_url, temperature=0, max_tokens=64,
                      model_kwargs={"logit_bias": {str(brace["tokens"][0]): 100}})  # fmt: skip
-    result = llm.with_structured_output(schema, include_raw=True).invoke("Take a note.")
+    structured = llm.with_structured_output(schema, method="function_calling", include_raw=True)
+    result = structured.invoke("Take a note.")
     raw = result["raw"]
     assert raw.response_metadata["finish_reason"] == "tool_calls"
     assert [(c["name"], c["args"]) for c in raw.tool_calls] == [("note", {})]
@@ -270,3 +274,62 @@ def test_bind_tools_takes_strict_as_chat_openai_does(chat: ChatParrot) -> None:
     assert [(c["name"], type(c["args"].get("on"))) for c in answer.tool_calls] == [
         ("switch_lamp", bool)
     ]
+
+
+class Joke(BaseModel):
+    """A joke."""
+
+    setup: str
+    punchline: str
+
+
+@pytest.fixture(scope="module")
+def quoting(parrot_url: str) -> ChatParrot:
+    """A model that closes every string at once: the tiny model never closes one, so '"' is
+    favoured by a logit bias wherever it fits (a schema's keys are written by the server)."""
+    _, quote = request("POST", parrot_url + "/tokenize", {"prompt": '"'})
+    assert len(quote["tokens"]) == 1
+    return ChatParrot(base_url=parrot_url, temperature=0, max_tokens=64,
+                      model_kwargs={"logit_bias": {str(quote["tokens"][0]): 100}})  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["json_schema", "function_calling"])
+def test_with_structured_output_answers_in_the_schema_by_each_method(
+    method: str, quoting: ChatParrot
+) -> None:
+    """json_schema (the default, as ChatOpenAI's) is a reply the server's decoding keeps to the
+    schema; function_calling a forced call. Before, every method was silently a forced call."""
+    structured = quoting.with_structured_output(Joke, method=method, include_raw=True)
+    result = structured.invoke("Tell me a joke.")
+    assert result["parsed"] == Joke(setup="", punchline="") and result["parsing_error"] is None
+    raw = result["raw"]
+    if method == "json_schema":
+        assert raw.tool_calls == [] and raw.response_metadata["finish_reason"] == "stop"
+        assert json.loads(raw.content) == {"setup": "", "punchline": ""}
+    else:
+        assert [c["name"] for c in raw.tool_calls] == ["Joke"] and raw.content == ""
+    plain = quoting.with_structured_output(Joke, method=method)
+    assert list(plain.stream("Tell me a joke."))[-1] == result["parsed"]
+    assert asyncio.run(plain.ainvoke("Tell me a joke.")) == result["parsed"]
+
+
+def test_json_mode_and_a_bound_response_format_are_sent(
+    quoting: ChatParrot, parrot_url: str
+) -> None:
+    """JSON mode answers one JSON object (any keys; "}" favoured, it is the empty one);
+    `response_format` bound as ChatOpenAI takes it (a pydantic class, or OpenAI's dict) is
+    followed by a plain call."""
+    _, brace = request("POST", parrot_url + "/tokenize", {"prompt": "}"})
+    closing = {str(brace["tokens"][0]): 100}
+    json_mode = quoting.with_structured_output(
+        method="json_mode", include_raw=True, logit_bias=closing
+    )
+    result = json_mode.invoke("Hi")
+    raw = result["raw"]
+    assert raw.tool_calls == [] and result["parsed"] == {} == json.loads(raw.content)
+    reply = quoting.bind(response_format=Joke).invoke("Tell me a joke.")
+    assert Joke.model_validate_json(reply.content) == Joke(setup="", punchline="")
+    with pytest.raises(ParrotError, match="#/properties/a: not cannot be enforced"):
+        # the server's own check still answers what the client lets through
+        quoting.invoke("Hi", response_format={"type": "json_schema", "json_schema": {
+            "name": "n", "schema": {"type": "object", "properties": {"a": {"not": {}}}}}})
