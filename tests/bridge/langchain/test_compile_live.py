@@ -22,7 +22,8 @@ from langchain_core.runnables import (
 from pydantic import BaseModel
 
 from parrot_bridge.langchain import ChatParrot, ParrotLLM, compile
-from tests.server.http_client import metrics, request
+from tests.bridge.langchain.json_bias import short_json_bias
+from tests.server.http_client import metrics
 
 pytestmark = pytest.mark.slow
 
@@ -304,11 +305,10 @@ class StartOptions(BaseCallbackHandler):
 def test_with_structured_output_is_a_constrained_call_of_the_graph(parrot_url: str) -> None:
     """The model call of `with_structured_output` (a JSON-schema reply) runs in the graph
     with the schema as its constraint; its parser runs on the reply. Callbacks see the
-    structured-output note a plain call reports. '"' is favoured: the tiny model closes its
-    strings at once."""
-    _, quote = request("POST", parrot_url + "/tokenize", {"prompt": '"'})
+    structured-output note a plain call reports. The tiny model's strings close at once
+    (`short_json_bias`)."""
     quoting = ChatParrot(base_url=parrot_url, temperature=0, max_tokens=64,
-                         model_kwargs={"logit_bias": {str(quote["tokens"][0]): 100}})  # fmt: skip
+                         model_kwargs={"logit_bias": short_json_bias(parrot_url)})  # fmt: skip
     chain = PromptTemplate.from_template("A joke about {topic}.") | quoting.with_structured_output(
         Joke
     )

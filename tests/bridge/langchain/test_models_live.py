@@ -14,6 +14,7 @@ from pydantic import BaseModel
 import parrot_bridge.langchain as lc
 from parrot_bridge.errors import ParrotError
 from parrot_bridge.langchain import ChatParrot, ParrotLLM
+from tests.bridge.langchain.json_bias import short_json_bias
 from tests.server.http_client import request
 
 pytestmark = pytest.mark.slow
@@ -285,12 +286,10 @@ class Joke(BaseModel):
 
 @pytest.fixture(scope="module")
 def quoting(parrot_url: str) -> ChatParrot:
-    """A model that closes every string at once: the tiny model never closes one, so '"' is
-    favoured by a logit bias wherever it fits (a schema's keys are written by the server)."""
-    _, quote = request("POST", parrot_url + "/tokenize", {"prompt": '"'})
-    assert len(quote["tokens"]) == 1
+    """A model that writes short JSON: its strings close at once (`short_json_bias`; a
+    schema's keys are written by the server)."""
     return ChatParrot(base_url=parrot_url, temperature=0, max_tokens=64,
-                      model_kwargs={"logit_bias": {str(quote["tokens"][0]): 100}})  # fmt: skip
+                      model_kwargs={"logit_bias": short_json_bias(parrot_url)})  # fmt: skip
 
 
 @pytest.mark.parametrize("method", ["json_schema", "function_calling"])

@@ -6,7 +6,7 @@ import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from parrot_bridge.langchain import ChatParrot
-from tests.server.http_client import request
+from tests.bridge.langchain.json_bias import short_json_bias
 
 pytestmark = pytest.mark.slow
 
@@ -34,16 +34,15 @@ class TestChatParrotIntegration(ChatModelIntegrationTests):
         return False
 
     # Structured output by JSON schema: the server writes the keys and keeps to the schema; the
-    # tiny model never closes a string, so '"' is favoured by a logit bias where it fits.
+    # tiny model's strings close at once (`short_json_bias`).
     @property
     def has_structured_output(self) -> bool:
         return True
 
     @property
     def structured_output_kwargs(self) -> dict:
-        _, quote = request("POST", self.url + "/tokenize", {"prompt": '"'})
         return {"method": "json_schema", "max_tokens": 64,
-                "logit_bias": {str(quote["tokens"][0]): 100}}  # fmt: skip
+                "logit_bias": short_json_bias(self.url)}  # fmt: skip
 
     @property
     def supports_json_mode(self) -> bool:
