@@ -23,10 +23,16 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from parrot_bridge.langchain.messages import to_chat_messages
-from parrot_bridge.langchain.settings import TOOL_OPTIONS, ParrotSettings, without_tool_options
+from parrot_bridge.langchain.settings import (
+    CHAT_ONLY_OPTIONS,
+    SAMPLING_OPTIONS,
+    TOOL_OPTIONS,
+    ParrotSettings,
+    without_tool_options,
+)
 from parrot_bridge.langchain.structured_output import Method, structured_output
 from parrot_bridge.loop_thread import shared_loop
 
@@ -50,7 +56,15 @@ class ChatParrot(ParrotSettings, BaseChatModel):
     # an unknown option (OpenAI's `n`, say) must fail, not be dropped (LangChain's base ignores it)
     model_config = ConfigDict(extra="forbid")
     ls_model_type: ClassVar[Literal["chat", "llm"]] = "chat"
+    request_options: ClassVar[dict[str, str]] = {**SAMPLING_OPTIONS, **CHAT_ONLY_OPTIONS}
     streaming: bool = False
+    logprobs: bool | None = Field(
+        None, description="Each token's logprob, in response_metadata['logprobs'] (OpenAI's)."
+    )
+    top_logprobs: int | None = Field(
+        None, ge=0, le=20, description="With logprobs: that many likeliest tokens at each."
+    )
+    n: int | None = Field(None, ge=1, le=128, description="Samples per prompt (not streamed).")
 
     @property
     def _llm_type(self) -> str:
@@ -177,6 +191,8 @@ class ChatParrot(ParrotSettings, BaseChatModel):
             **{k: v for k, v in kwargs.items() if k in TOOL_OPTIONS},
         }
         if stream:
+            if body.get("n", 1) > 1:
+                raise ValueError(f"ChatParrot: n={body['n']} cannot stream (one sample streams)")
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         return body
@@ -227,21 +243,24 @@ def _calls(message: dict[str, Any]) -> dict[str, list[Any]]:
 
 
 def _result(response: dict[str, Any]) -> ChatResult:
-    choice = response["choices"][0]
-    metadata = {"model_name": response["model"], "finish_reason": choice["finish_reason"],
-                "model_provider": "parrot"}  # fmt: skip
-    message = AIMessage(
-        content=choice["message"]["content"] or "",
-        **_calls(choice["message"]),
-        id=response["id"],
-        usage_metadata=usage_metadata(response["usage"]),
-        response_metadata=metadata,
-    )
-    generation = ChatGeneration(
-        message=message, generation_info={"finish_reason": choice["finish_reason"]}
-    )
+    """One generation per choice (`n`), each with the request's usage, as ChatOpenAI's."""
+    generations = []
+    for choice in response["choices"]:
+        metadata = {"model_name": response["model"], "finish_reason": choice["finish_reason"],
+                    "model_provider": "parrot"}  # fmt: skip
+        message = AIMessage(
+            content=choice["message"]["content"] or "",
+            **_calls(choice["message"]),
+            id=response["id"],
+            usage_metadata=usage_metadata(response["usage"]),
+            response_metadata=metadata,
+        )
+        info = {"finish_reason": choice["finish_reason"]}
+        if choice.get("logprobs") is not None:
+            info["logprobs"] = choice["logprobs"]
+        generations.append(ChatGeneration(message=message, generation_info=info))
     llm_output = {"token_usage": response["usage"], "model_name": response["model"]}
-    return ChatResult(generations=[generation], llm_output=llm_output)
+    return ChatResult(generations=generations, llm_output=llm_output)
 
 
 def _chunk(event: dict[str, Any]) -> ChatGenerationChunk:
@@ -268,5 +287,7 @@ def _chunk(event: dict[str, Any]) -> ChatGenerationChunk:
         id=event["id"],
         response_metadata={"finish_reason": reason} if reason else {},
     )
-    info = {"finish_reason": reason} if reason else None
-    return ChatGenerationChunk(message=message, generation_info=info)
+    info: dict[str, Any] = {"finish_reason": reason} if reason else {}
+    if choice.get("logprobs") is not None:  # those of this chunk's tokens
+        info["logprobs"] = choice["logprobs"]
+    return ChatGenerationChunk(message=message, generation_info=info or None)

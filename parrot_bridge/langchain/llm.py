@@ -13,7 +13,7 @@ from pydantic import ConfigDict
 from parrot_bridge.function import SemanticFunction
 from parrot_bridge.langchain.awaiting import aget_all, get_all
 from parrot_bridge.langchain.response_format import semantic_constraint
-from parrot_bridge.langchain.settings import ParrotSettings
+from parrot_bridge.langchain.settings import SAMPLING_OPTIONS, ParrotSettings
 from parrot_bridge.session import Session
 from parrot_bridge.template import escape_text
 from parrot_bridge.variable import SemanticVariable
@@ -32,6 +32,7 @@ class ParrotLLM(ParrotSettings, BaseLLM):
     # an unknown option (OpenAI's `n`, say) must fail, not be dropped (LangChain's base ignores it)
     model_config = ConfigDict(extra="forbid")
     ls_model_type: ClassVar[Literal["chat", "llm"]] = "llm"
+    request_options: ClassVar[dict[str, str]] = SAMPLING_OPTIONS
     criteria: Literal["latency", "throughput"] = "latency"
 
     @property

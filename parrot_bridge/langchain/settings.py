@@ -48,6 +48,8 @@ class ParrotSettings(BaseModel):
     api_key: SecretStr | None = Field(None, description="Accepted for OpenAI-style code; unused.")
     _cards: dict[str | None, tuple[str, int]] = PrivateAttr(default_factory=dict)
     ls_model_type: ClassVar[Literal["chat", "llm"]]
+    # option -> its name in the request body: the options this model's requests can carry
+    request_options: ClassVar[dict[str, str]]
 
     @model_validator(mode="after")
     def _check_stop(self) -> ParrotSettings:
@@ -55,9 +57,9 @@ class ParrotSettings(BaseModel):
             raise ValueError("stop strings must not be empty")
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             raise ValueError("give max_tokens or max_completion_tokens, not both")
-        _check_options(type(self).__name__, self.model_kwargs)
+        _check_options(type(self), self.model_kwargs)
         for key, value in self.model_kwargs.items():  # values too: a bad one fails here
-            if key in _SAMPLING:
+            if key in self.request_options:
                 _checked(type(self), key, value)
         return self
 
@@ -100,11 +102,14 @@ class ParrotSettings(BaseModel):
             "presence_penalty": self.presence_penalty,
             "stop": stop if stop is not None else self.stop,
         }
+        for key in CHAT_ONLY_OPTIONS:  # the chat model's fields
+            if key in type(self).model_fields:
+                merged[key] = getattr(self, key)
         for options in (self.model_kwargs, kwargs):
-            _check_options(type(self).__name__, options)
+            _check_options(type(self), options)
             for key, value in options.items():
-                if key in _SAMPLING:
-                    merged[_SAMPLING[key]] = _checked(type(self), key, value)
+                if key in self.request_options:
+                    merged[self.request_options[key]] = _checked(type(self), key, value)
         if isinstance(merged["stop"], str):
             merged["stop"] = [merged["stop"]]
         return {k: v for k, v in merged.items() if v is not None and v != []}
@@ -151,7 +156,7 @@ def without_tool_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 # option -> its name in the request body; `model` picks the model (see `_model_id`)
-_SAMPLING = {
+SAMPLING_OPTIONS = {
     "temperature": "temperature", "max_tokens": "max_tokens",
     "max_completion_tokens": "max_tokens", "top_p": "top_p", "seed": "seed", "stop": "stop",
     "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
@@ -182,11 +187,19 @@ def _adapter(cls: type[ParrotSettings], key: str) -> TypeAdapter[Any]:
     return TypeAdapter(Annotated[field.annotation, *field.metadata])
 
 
-def _check_options(owner: str, options: dict[str, Any]) -> None:
-    unknown = sorted(set(options) - set(_SAMPLING) - {"model"})
+# a chat request's options that semantic calls (ParrotLLM's, compiled chains') do not take:
+# their outputs are one sample each, without logprobs
+CHAT_ONLY_OPTIONS = {"logprobs": "logprobs", "top_logprobs": "top_logprobs", "n": "n"}
+
+
+def _check_options(cls: type[ParrotSettings], options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(cls.request_options) - {"model"})
     if unknown:
+        # plain chat calls send bind_tools' options apart: here they reached a semantic call
+        tools = " (semantic calls, as in compile(), take no tools)" * bool(
+            set(unknown) & set(TOOL_OPTIONS)
+        )
         raise ValueError(
-            f"{owner} cannot honour {', '.join(map(repr, unknown))}: the options it sends are "
-            f"{sorted(_SAMPLING)} (n and logprobs are not supported; a chat model takes tools "
-            "through bind_tools)"
+            f"{cls.__name__} cannot honour {', '.join(map(repr, unknown))}: the options it "
+            f"sends are {sorted(cls.request_options)}{tools}"
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,7 @@ from parrot_bridge.langchain.llm import ParrotLLM
 from parrot_bridge.langchain.messages import to_chat_messages
 from parrot_bridge.langchain.reporting import ModelRun, needed, outcomes, report, with_outcomes
 from parrot_bridge.langchain.response_format import semantic_constraint
+from parrot_bridge.langchain.settings import CHAT_ONLY_OPTIONS
 from parrot_bridge.langchain.symbolic_str import NeedsValue
 from parrot_bridge.langchain.symbols import Symbols, has_hidden_text
 from parrot_bridge.session import Session
@@ -172,6 +173,9 @@ class Tracer:
     ) -> Any:
         if model.base_url.rstrip("/") != self.session.url.rstrip("/"):
             return self._on_client(model, value, config, "it talks to another server", kwargs)
+        if isinstance(model, ChatParrot) and _asks_chat_only(model, kwargs):
+            why = "it asks for several samples or logprobs, which semantic calls do not give"
+            return self._on_client(model, value, config, why, kwargs)
         stop = kwargs.pop("stop", None)
         # with_structured_output's note for callbacks, which the model's invoke takes out too
         structured = kwargs.pop("ls_structured_output_format", None)
@@ -184,7 +188,7 @@ class Tracer:
             fn.invoke(self.session, **inputs, completion=output)
         else:
             conversation, inputs = self._conversation(to_chat_messages(prompt.to_messages()))
-            sampling = model._sampling(stop, kwargs)
+            sampling = without_keys(model._sampling(stop, kwargs), CHAT_ONLY_OPTIONS)
             self._chats.append(_PendingChat(model, conversation, inputs, sampling, output))
         self.calls.append(TracedCall(model.get_name(), tuple(inputs.values()), output))
         run = ModelRun(model, prompt, stop, kwargs, config, output, structured)
@@ -330,6 +334,17 @@ def _message_ids(obj: Any) -> list[str]:
     if isinstance(obj, list | tuple):
         return [i for item in obj for i in _message_ids(item)]
     return []
+
+
+def _asks_chat_only(model: ChatParrot, kwargs: dict[str, Any]) -> bool:
+    """Whether a chat call asks for what only a chat request gives: n > 1, or logprobs."""
+    options = {k: v for k, v in kwargs.items() if k != "ls_structured_output_format"}
+    sampling = model._sampling(options.pop("stop", None), options)
+    return sampling.get("n", 1) > 1 or bool(sampling.get("logprobs"))
+
+
+def without_keys(options: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in keys}
 
 
 def _plain_binding(step: RunnableBinding) -> bool:

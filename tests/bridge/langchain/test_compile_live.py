@@ -216,6 +216,27 @@ def test_a_lambda_that_reads_generated_text_splits_the_graph_and_is_logged_once(
     assert compiled.split_steps == {"shout"}
 
 
+def test_a_chat_call_asking_for_logprobs_or_samples_runs_on_the_client(
+    chat: ChatParrot,
+) -> None:
+    """Semantic calls give one sample without logprobs: such a call is a plain request, its
+    answer as the plain chain's (metadata included), and the step is reported as split."""
+    ask = PromptTemplate.from_template("Q: {q}\nA:")
+    chain = ask | chat | StrOutputParser() | {"q": RunnablePassthrough()} | ask | chat.bind(
+        logprobs=True
+    )
+    plain = chain.invoke({"q": "why?"})
+    compiled = compile(chain)
+    out = compiled.invoke({"q": "why?"})
+    assert out.content == plain.content
+    # the same tokens; logprobs to float32's precision (a prefix found cached or not changes
+    # the sums' order)
+    got, want = (m.response_metadata["logprobs"]["content"] for m in (out, plain))
+    assert [t["token"] for t in got] == [t["token"] for t in want] and got
+    assert [t["logprob"] for t in got] == pytest.approx([t["logprob"] for t in want], abs=1e-4)
+    assert compiled.split_steps == {"ChatParrot"}
+
+
 def test_a_non_parrot_step_on_generated_text_runs_on_the_client(chat: ChatParrot) -> None:
     count = RunnableLambda(lambda s: {"n": str(len(s.split()))}, name="count_words")
     chain = PromptTemplate.from_template("Say {x}") | chat | StrOutputParser() | count \

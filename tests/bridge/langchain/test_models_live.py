@@ -332,3 +332,50 @@ def test_json_mode_and_a_bound_response_format_are_sent(
         # the server's own check still answers what the client lets through
         quoting.invoke("Hi", response_format={"type": "json_schema", "json_schema": {
             "name": "n", "schema": {"type": "object", "properties": {"a": {"not": {}}}}}})
+
+
+def test_logprobs_and_n_come_back_as_chat_openai_reports_them(
+    chat: ChatParrot, parrot_url: str
+) -> None:
+    """`logprobs`/`top_logprobs` (fields or options) give each token's logprobs in
+    response_metadata, streamed too; `n` samples are the result's generations. Both were
+    refused before, as options the model could not honour."""
+    scored = ChatParrot(base_url=parrot_url, temperature=0, max_tokens=6, logprobs=True,
+                        top_logprobs=2)  # fmt: skip
+    reply = scored.invoke("Hello there")
+    body = {"model": chat._model_id({}), "messages": [{"role": "user", "content": "Hello there"}],
+            "temperature": 0, "max_tokens": 6, "logprobs": True, "top_logprobs": 2}  # fmt: skip
+    _, plain = request("POST", parrot_url + "/v1/chat/completions", body)
+    want = plain["choices"][0]["logprobs"]["content"]
+    assert same_logprobs(reply.response_metadata["logprobs"]["content"], want)
+    assert [len(t["top_logprobs"]) for t in want] == [2] * plain["usage"]["completion_tokens"]
+    streamed = None
+    for chunk in scored.stream("Hello there"):
+        streamed = chunk if streamed is None else streamed + chunk
+    assert streamed is not None
+    assert same_logprobs(streamed.response_metadata["logprobs"]["content"], want)
+    assert "logprobs" not in chat.invoke("Hello there").response_metadata
+    # n samples: the generations of one request (seeded, so the server's own answer matches)
+    result = chat.generate([[HumanMessage("Hello there")]], n=3, temperature=1, seed=5)
+    _, sampled = request("POST", parrot_url + "/v1/chat/completions", {
+        "model": chat._model_id({}), "messages": [{"role": "user", "content": "Hello there"}],
+        "max_tokens": 10, "n": 3, "temperature": 1, "seed": 5})  # fmt: skip
+    assert [g.text for g in result.generations[0]] == [
+        c["message"]["content"] for c in sampled["choices"]
+    ]
+    with pytest.raises(ValueError, match="n=2 cannot stream"):
+        list(chat.stream("Hi", n=2))
+
+
+def same_logprobs(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> bool:
+    """The same tokens and alternatives, logprobs to float32's precision (a prompt whose
+    prefix was found cached sums in another order)."""
+    def tokens(entries: list[dict[str, Any]]) -> list[Any]:
+        return [(e["token"], [t["token"] for t in e["top_logprobs"]]) for e in entries]
+
+    def values(entries: list[dict[str, Any]]) -> list[float]:
+        return [e["logprob"] for e in entries]
+
+    return bool(want) and tokens(got) == tokens(want) and values(got) == pytest.approx(
+        values(want), abs=1e-4
+    )

@@ -125,7 +125,7 @@ def test_with_structured_output_binds_each_method_as_chat_openai_does() -> None:
         (None, {"method": "function_calling"}, "needs a schema"),
         (Joke, {"method": "json_mode", "strict": True}, "strict does not go with"),
         (Joke, {"tools": [NOTE]}, "tools are not offered beside a structured answer"),
-        (Joke, {"n": 2}, "cannot honour 'n'"),
+        (Joke, {"best_of": 2}, "cannot honour 'best_of'"),
         (Joke, {"method": "function_calling", "temperature": 5}, "temperature=5 is refused"),
     ],
 )

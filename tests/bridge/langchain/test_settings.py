@@ -101,13 +101,24 @@ def test_openai_options_are_sent_or_refused() -> None:
     assert llm._sampling(None, {"frequency_penalty": -1, "max_completion_tokens": 3}) == {
         "max_tokens": 3, "frequency_penalty": -1, "presence_penalty": 0.5}  # fmt: skip
     assert llm._sampling(None, {"logit_bias": {"5": 10}})["logit_bias"] == {"5": 10}
-    for cls in (ChatParrot, ParrotLLM):
-        with pytest.raises(ValidationError, match="n\\b"):
-            cls(n=2)
-        with pytest.raises(ValidationError, match="cannot honour 'logprobs'"):
-            cls(model_kwargs={"logprobs": True})
-    with pytest.raises(ValueError, match="cannot honour 'n'"):
-        ChatParrot()._sampling(None, {"n": 2})
+    # a chat request takes n and logprobs, as fields and options; semantic calls take neither
+    chat = ChatParrot(n=2, logprobs=True, top_logprobs=3)
+    assert chat._sampling(None, {}) == {"n": 2, "logprobs": True, "top_logprobs": 3}
+    assert chat._sampling(None, {"n": 1})["n"] == 1
+    with pytest.raises(ValidationError, match="top_logprobs"):
+        ChatParrot(top_logprobs=21)
+    with pytest.raises(ValueError, match="n=0 is refused"):
+        chat._sampling(None, {"n": 0})
+    with pytest.raises(ValueError, match="n=2 cannot stream"):
+        chat._body([HumanMessage("hi")], None, {}, "m", stream=True)
+    with pytest.raises(ValidationError, match="n\\b"):
+        ParrotLLM(n=2)
+    with pytest.raises(ValidationError, match="ParrotLLM cannot honour 'logprobs'"):
+        ParrotLLM(model_kwargs={"logprobs": True})
+    with pytest.raises(ValueError, match="ParrotLLM cannot honour 'n'"):
+        ParrotLLM()._sampling(None, {"n": 2})
+    with pytest.raises(ValueError, match="ChatParrot cannot honour 'best_of'"):
+        ChatParrot()._sampling(None, {"best_of": 2})
     with pytest.raises(ValidationError, match="not both"):
         ChatParrot(max_tokens=3, max_completion_tokens=4)
     # semantic calls take the penalties too
