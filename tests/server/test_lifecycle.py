@@ -18,12 +18,15 @@ pytestmark = pytest.mark.slow
 
 def test_bad_flags_and_models_fail_with_a_message(tmp_path: Path) -> None:
     # what the engine refuses is refused before a model loads, in one line, not a traceback
-    # (the servers start side by side: each takes seconds to import torch)
+    # (the servers start side by side: each takes seconds to import torch; one starts its
+    # engine processes' fork server as the default does, the others need none, which halves
+    # the imports on two cores)
+    alone = "--no-engine-process"
     cases = ((["--port", "99999"], "port must be in 0..65535"),
-             (["--block-size", "0"], "block_size must be a positive power of two"),
+             (["--block-size", "0", alone], "block_size must be a positive power of two"),
              (["--dtype", "foo"], "dtype must name a torch dtype"),
-             (["--kv-cache-gb", "nan"], "kv_cache_gb must be positive"),
-             (["--model", str(tmp_path / "nothing")], "no model named"))  # fmt: skip
+             (["--kv-cache-gb", "nan", alone], "kv_cache_gb must be positive"),
+             (["--model", str(tmp_path / "nothing"), alone], "no model named"))  # fmt: skip
     started = [
         subprocess.Popen([sys.executable, "-m", "server", *flags], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)  # fmt: skip
