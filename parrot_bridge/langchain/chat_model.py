@@ -23,6 +23,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field
 
 from parrot_bridge.langchain.messages import to_chat_messages
@@ -82,7 +83,8 @@ class ChatParrot(ParrotSettings, BaseChatModel):
         if self.streaming:
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
         body = self._body(messages, stop, kwargs, self._model_id(kwargs), stream=False)
-        return _result(shared_loop().run(self._http().request("POST", _CHAT, body)))
+        result = _result(shared_loop().run(self._http().request("POST", _CHAT, body)))
+        return self._with_parsed(result, kwargs)
 
     async def _agenerate(
         self,
@@ -96,7 +98,8 @@ class ChatParrot(ParrotSettings, BaseChatModel):
                 self._astream(messages, stop, run_manager, **kwargs)
             )
         body = self._body(messages, stop, kwargs, await self._amodel_id(kwargs), stream=False)
-        return _result(await shared_loop().arun(self._http().request("POST", _CHAT, body)))
+        result = _result(await shared_loop().arun(self._http().request("POST", _CHAT, body)))
+        return self._with_parsed(result, kwargs)
 
     def _stream(
         self,
@@ -179,6 +182,23 @@ class ChatParrot(ParrotSettings, BaseChatModel):
         if self.model_name:
             body["model"] = self.model_name
         return shared_loop().run(self._http().request("POST", "/tokenize", body))["count"]
+
+    def _with_parsed(self, result: ChatResult, kwargs: dict[str, Any]) -> ChatResult:
+        """With a pydantic class as response_format, each message carries the reply parsed
+        into it as `additional_kwargs["parsed"]` (None where it does not validate, e.g. cut by
+        max_tokens), as ChatOpenAI's messages do."""
+        fmt = kwargs.get("response_format", self.model_kwargs.get("response_format"))
+        if not (isinstance(fmt, type) and is_basemodel_subclass(fmt)):
+            return result
+        validate = getattr(fmt, "model_validate_json", None) or fmt.parse_raw  # pydantic v1
+        for generation in result.generations:
+            message = generation.message
+            try:
+                parsed = validate(message.text)
+            except ValueError:  # pydantic's ValidationError, v1's and v2's
+                parsed = None
+            message.additional_kwargs["parsed"] = parsed
+        return result
 
     def _body(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],

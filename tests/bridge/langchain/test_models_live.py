@@ -284,6 +284,10 @@ class Joke(BaseModel):
     punchline: str
 
 
+NOTE = {"type": "json_schema", "json_schema": {"name": "note", "schema": {
+    "type": "object", "properties": {"text": {"type": "string"}}}}}
+
+
 @pytest.fixture(scope="module")
 def quoting(parrot_url: str) -> ChatParrot:
     """A model that writes short JSON: its strings close at once (`short_json_bias`; a
@@ -328,6 +332,12 @@ def test_json_mode_and_a_bound_response_format_are_sent(
     assert raw.tool_calls == [] and result["parsed"] == {} == json.loads(raw.content)
     reply = quoting.bind(response_format=Joke).invoke("Tell me a joke.")
     assert Joke.model_validate_json(reply.content) == Joke(setup="", punchline="")
+    # parsed too, as ChatOpenAI's message has it; None where the reply was cut short
+    assert reply.additional_kwargs["parsed"] == Joke(setup="", punchline="")
+    cut = quoting.bind(response_format=Joke, max_tokens=2).invoke("Tell me a joke.")
+    assert cut.response_metadata["finish_reason"] == "length"
+    assert cut.additional_kwargs["parsed"] is None
+    assert "parsed" not in quoting.invoke("Hi", response_format=NOTE).additional_kwargs
     with pytest.raises(ParrotError, match="#/properties/a: not cannot be enforced"):
         # the server's own check still answers what the client lets through
         quoting.invoke("Hi", response_format={"type": "json_schema", "json_schema": {
