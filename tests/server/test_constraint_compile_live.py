@@ -36,6 +36,14 @@ def compile_time() -> float:
     return time.perf_counter() - started
 
 
+def assert_not_stalled(longest: float, took: float) -> None:
+    """The longest probe wait stayed well under the work's own time (`took`, measured here),
+    which it would reach were the work done on the event loop (1.25-1.47 s stalls then): under
+    half of it, and never asked below 0.3 s. A third was too tight for this machine's noise (a
+    probe at 0.45 s beside 1.3 s of compiling, once)."""
+    assert longest < max(0.3, took / 2), (longest, took)
+
+
 def longest_probe(url: str, body: dict, token: str | None = None) -> tuple[float, int]:
     """(the longest wait for GET /health while `body` is posted to `url`, the post's status)."""
     return longest_probe_while(url.split("/v1/")[0], lambda: request("POST", url, body, token)[0])
@@ -66,7 +74,7 @@ def test_probes_are_answered_while_a_large_grammar_compiles(server: str, path: s
     body = {"model": "tiny", **prompt, "max_tokens": 2, "guided_grammar": big_grammar()}
     longest, status = longest_probe(server + path, body)
     assert status == 200
-    assert longest < max(0.3, took / 3), (longest, took)
+    assert_not_stalled(longest, took)
 
 
 def test_a_graph_with_a_large_grammar_compiles_off_the_loop(server: str):
@@ -77,7 +85,7 @@ def test_a_graph_with_a_large_grammar_compiles_off_the_loop(server: str):
     submission = {"variables": [{"id": "out"}], "calls": [spec]}
     longest, status = longest_probe(f"{server}/v1/sessions/{sid}/graph", submission, token)
     assert status == 200
-    assert longest < max(0.3, took / 3), (longest, took)
+    assert_not_stalled(longest, took)
     # the call runs with its grammar (and ends before the server stops)
     assert get_var(server, sid, token, "out")["status"] == "ready"
 
@@ -112,7 +120,7 @@ def test_a_forced_tool_calls_parameters_compile_off_the_loop(server: str):
             "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "f"}}}  # fmt: skip
     longest, status = longest_probe(server + "/v1/chat/completions", body)
     assert status == 200
-    assert longest < max(0.3, took / 3), (longest, took)
+    assert_not_stalled(longest, took)
 
 
 def test_a_graph_calls_schema_compiles_off_the_loop_where_the_call_runs(server: str):
@@ -132,7 +140,7 @@ def test_a_graph_calls_schema_compiles_off_the_loop_where_the_call_runs(server: 
 
     longest, out = longest_probe_while(server, submit_and_read)
     assert out["status"] == "ready", out
-    assert longest < max(0.3, took / 3), (longest, took)
+    assert_not_stalled(longest, took)
 
 
 LONG_TEXT = " ".join(f"w{i}" for i in range(150_000))  # ~1 MB, ~1 s to tokenize here
@@ -158,7 +166,7 @@ def test_probes_are_answered_while_a_long_prompt_is_tokenized(
 
     longest, answered = longest_probe_while(server, post)
     assert answered == status
-    assert longest < max(0.3, took / 3), (longest, took)
+    assert_not_stalled(longest, took)
 
 
 def test_probes_are_answered_while_a_graph_calls_long_input_is_tokenized(
@@ -184,4 +192,4 @@ def test_probes_are_answered_while_a_graph_calls_long_input_is_tokenized(
 
     longest, out = longest_probe_while(server, run)
     assert out["status"] == "failed" and "tokens" in out["error"], out
-    assert longest < max(0.3, took / 3), (longest, took)
+    assert_not_stalled(longest, took)
