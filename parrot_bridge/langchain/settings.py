@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import quote
 
@@ -152,7 +153,11 @@ TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls")
 
 
 def without_tool_options(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in options.items() if k not in TOOL_OPTIONS}
+    return without_options(options, TOOL_OPTIONS)
+
+
+def without_options(options: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in keys}
 
 
 # option -> its name in the request body; `model` picks the model (see `_model_id`)

@@ -5,7 +5,7 @@ call), each served by the server's constrained decoding."""
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.output_parsers.openai_tools import (
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from parrot_bridge.langchain.chat_model import ChatParrot
 
 Method = Literal["function_calling", "json_mode", "json_schema"]
-METHODS: tuple[Method, ...] = ("json_schema", "json_mode", "function_calling")
+METHODS: tuple[Method, ...] = get_args(Method)
 
 
 def structured_output(

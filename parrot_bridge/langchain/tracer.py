@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,7 @@ from parrot_bridge.langchain.llm import ParrotLLM
 from parrot_bridge.langchain.messages import to_chat_messages
 from parrot_bridge.langchain.reporting import ModelRun, needed, outcomes, report, with_outcomes
 from parrot_bridge.langchain.response_format import semantic_constraint
-from parrot_bridge.langchain.settings import CHAT_ONLY_OPTIONS
+from parrot_bridge.langchain.settings import CHAT_ONLY_OPTIONS, without_options
 from parrot_bridge.langchain.symbolic_str import NeedsValue
 from parrot_bridge.langchain.symbols import Symbols, has_hidden_text
 from parrot_bridge.session import Session
@@ -188,7 +188,7 @@ class Tracer:
             fn.invoke(self.session, **inputs, completion=output)
         else:
             conversation, inputs = self._conversation(to_chat_messages(prompt.to_messages()))
-            sampling = without_keys(model._sampling(stop, kwargs), CHAT_ONLY_OPTIONS)
+            sampling = without_options(model._sampling(stop, kwargs), CHAT_ONLY_OPTIONS)
             self._chats.append(_PendingChat(model, conversation, inputs, sampling, output))
         self.calls.append(TracedCall(model.get_name(), tuple(inputs.values()), output))
         run = ModelRun(model, prompt, stop, kwargs, config, output, structured)
@@ -341,10 +341,6 @@ def _asks_chat_only(model: ChatParrot, kwargs: dict[str, Any]) -> bool:
     options = {k: v for k, v in kwargs.items() if k != "ls_structured_output_format"}
     sampling = model._sampling(options.pop("stop", None), options)
     return sampling.get("n", 1) > 1 or bool(sampling.get("logprobs"))
-
-
-def without_keys(options: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
-    return {k: v for k, v in options.items() if k not in keys}
 
 
 def _plain_binding(step: RunnableBinding) -> bool:
