@@ -29,6 +29,7 @@ from server.keys import (
     SESSIONS,
 )
 from server.log import configure_logging, log_event
+from server.long_lived import freeze_long_lived
 from server.metrics import Metrics
 from server.middleware import access_middleware, error_middleware
 from server.response_store import ResponseStore
@@ -74,8 +75,10 @@ def run(config: ServerConfig) -> None:
     """Serve until SIGINT/SIGTERM, then finish in-flight requests and stop the engine."""
     configure_logging(config.log_level, config.log_format)
     log_event(log, "starting", model=config.model, host=config.host, port=config.port)
+    app = init_app(config)
+    app.on_startup.append(_freeze_startup_objects)  # after the engines load (cleanup_ctx)
     web.run_app(
-        init_app(config),
+        app,
         host=config.host,
         port=config.port,
         access_log=None,
@@ -85,6 +88,10 @@ def run(config: ServerConfig) -> None:
         shutdown_timeout=max(config.shutdown_timeout_s / 2, 1e-3),
     )
     log_event(log, "stopped")
+
+
+async def _freeze_startup_objects(app: web.Application) -> None:
+    log_event(log, "startup_objects_frozen", objects=freeze_long_lived())
 
 
 async def _engine(app: web.Application) -> AsyncIterator[None]:

@@ -37,6 +37,7 @@ from server.engine import LLMEngine
 from server.engine.outputs import JobOutput
 from server.engine.step_loop import Command, apply_all, run_step_loop
 from server.log import configure_logging, log_event
+from server.long_lived import freeze_long_lived
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,10 @@ def run_engine_worker(
         model_folder=str(folder),
         eos_token_ids=tuple(sorted(engine.tokenizer.eos_token_ids)),
     )
+    frozen = freeze_long_lived()  # torch's and the model's objects: out of the step loop's GCs
     log_event(
         log, "engine_process_ready", pid=os.getpid(), model=info.name, device=device,
-        threads=torch.get_num_threads(),
+        threads=torch.get_num_threads(), frozen_objects=frozen,
     )  # fmt: skip
     conn.send(("ready", info))
     _Worker(engine, conn).run()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 
+from server.engine.char_nfa import CharNfaBuilder
 from server.engine.code_point_prefix import CodePointPrefix
 from server.engine.grammar_parser import (
     Alt,
@@ -25,7 +26,6 @@ from server.engine.grammar_parser import (
     Seq,
     parse_grammar,
 )
-from server.engine.regex_prefix import CharSet
 
 __all__ = ["Grammar", "GrammarError", "GrammarPrefix", "compiled_grammar"]
 
@@ -47,13 +47,16 @@ class Grammar:
         rules = parse_grammar(text)
         if "root" not in rules:
             raise GrammarError("the grammar needs a rule named root (the whole text)")
-        self._edges: list[list[tuple[CharSet, int]]] = []
-        self._empty: list[list[int]] = []
-        self._calls: list[list[tuple[str, int]]] = []  # (the rule called, the state after)
+        self._building = CharNfaBuilder(_MAX_STATES, _too_large)
+        self._building_calls: list[list[tuple[str, int]]] = []
         self._entry: dict[str, int] = {}
         self._exit: dict[str, int] = {}
         for name, node in rules.items():
             self._entry[name], self._exit[name] = self._compile(node, rules)
+        self._nfa = self._building.packed()
+        # per state: (the rule called, the state after) for each call it makes
+        self._calls = tuple(map(tuple, self._building_calls))
+        del self._building, self._building_calls
         self._exits = frozenset(self._exit.values())
         self._accept = self._exit["root"]
         self._check_productive(rules)
@@ -66,14 +69,16 @@ class Grammar:
     # -- simulation ---------------------------------------------------------------------------
 
     def step(self, configs: frozenset[Config], code: int) -> frozenset[Config]:
-        moved = {(t, stack) for s, stack in configs for chars, t in self._edges[s] if code in chars}
+        charsets, edges = self._nfa.charsets, self._nfa.edges
+        moved = {(t, stack) for s, stack in configs for c, t in edges[s] if code in charsets[c]}
         return self._closure(moved) if moved else frozenset()
 
     def may_take(self, configs: frozenset[Config], lo: int, hi: int) -> bool:
-        return any(chars.may_hold(lo, hi) for s, _ in configs for chars, _ in self._edges[s])
+        charsets, edges = self._nfa.charsets, self._nfa.edges
+        return any(charsets[c].may_hold(lo, hi) for s, _ in configs for c, _ in edges[s])
 
     def can_continue(self, configs: frozenset[Config]) -> bool:
-        return any(self._edges[s] for s, _ in configs)
+        return any(self._nfa.edges[s] for s, _ in configs)
 
     def accepts(self, configs: frozenset[Config]) -> bool:
         return (self._accept, None) in configs
@@ -82,10 +87,11 @@ class Grammar:
         """Every configuration reachable without reading: empty moves, calls (push the state
         after the call) and a rule's end (pop). Only those that read a character, and the
         accepting one, are kept: the others cannot take the next character themselves."""
+        edges, empty = self._nfa.edges, self._nfa.empty
         seen, todo = set(configs), list(configs)
         while todo:
             s, stack = todo.pop()
-            reached = [(t, stack) for t in self._empty[s]]
+            reached = [(t, stack) for t in empty[s]]
             reached += [(self._entry[rule], (after, stack)) for rule, after in self._calls[s]]
             if s in self._exits and stack is not None:
                 reached.append(stack)
@@ -94,44 +100,40 @@ class Grammar:
                     seen.add(config)
                     todo.append(config)
         return frozenset(
-            c for c in seen if self._edges[c[0]] or (c[0] == self._accept and c[1] is None)
+            c for c in seen if edges[c[0]] or (c[0] == self._accept and c[1] is None)
         )
 
     # -- construction -------------------------------------------------------------------------
 
     def _new_state(self) -> int:
-        if len(self._edges) >= _MAX_STATES:
-            raise GrammarError(f"the grammar is too large (more than {_MAX_STATES} states)")
-        self._edges.append([])
-        self._empty.append([])
-        self._calls.append([])
-        return len(self._edges) - 1
+        self._building_calls.append([])
+        return self._building.new_state()
 
     def _compile(self, node: Node, rules: dict[str, Node]) -> tuple[int, int]:
         """The (entry, exit) states of a fragment that reads what `node` describes."""
         if isinstance(node, Chars):
             s, a = self._new_state(), self._new_state()
-            self._edges[s].append((node.chars, a))
+            self._building.edge(s, node.chars, a)
             return s, a
         if isinstance(node, Ref):
             if node.name not in rules:
                 raise GrammarError(f"the rule {node.name!r} is used but not defined")
             s, a = self._new_state(), self._new_state()
-            self._calls[s].append((node.name, a))
+            self._building_calls[s].append((node.name, a))
             return s, a
         if isinstance(node, Seq):
             enter = leave = self._new_state()
             for item in node.items:
                 s, a = self._compile(item, rules)
-                self._empty[leave].append(s)
+                self._building.empty(leave, s)
                 leave = a
             return enter, leave
         if isinstance(node, Alt):
             enter, leave = self._new_state(), self._new_state()
             for option in node.options:
                 s, a = self._compile(option, rules)
-                self._empty[enter].append(s)
-                self._empty[a].append(leave)
+                self._building.empty(enter, s)
+                self._building.empty(a, leave)
             return enter, leave
         return self._compile_repeat(node, rules)
 
@@ -142,12 +144,12 @@ class Grammar:
         copies = [self._compile(node.item, rules) for _ in range(count)]
         for i, (s, a) in enumerate(copies):
             if i >= node.low:  # enough copies already: may stop here
-                self._empty[before].append(out)
-            self._empty[before].append(s)
+                self._building.empty(before, out)
+            self._building.empty(before, s)
             before = a
-        self._empty[before].append(out)
+        self._building.empty(before, out)
         if node.high is None and copies:  # unbounded: the last copy repeats
-            self._empty[copies[-1][1]].append(copies[-1][0])
+            self._building.empty(copies[-1][1], copies[-1][0])
         return enter, out
 
     # -- checks -------------------------------------------------------------------------------
@@ -160,10 +162,10 @@ class Grammar:
             s = todo.pop()
             if s == goal:
                 return True
-            nexts = list(self._empty[s])
+            nexts = list(self._nfa.empty[s])
             nexts += [after for callee, after in self._calls[s] if callee in through]
             if read:
-                nexts += [t for _, t in self._edges[s]]
+                nexts += [t for _, t in self._nfa.edges[s]]
             for t in nexts:
                 if t not in seen:
                     seen.add(t)
@@ -198,7 +200,7 @@ class Grammar:
             seen, todo = {self._entry[rule]}, [self._entry[rule]]
             while todo:
                 s = todo.pop()
-                nexts = list(self._empty[s])
+                nexts = list(self._nfa.empty[s])
                 for callee, after in self._calls[s]:
                     called.add(callee)
                     if callee in nullable:
@@ -215,6 +217,10 @@ class Grammar:
                     f"left recursion: {' -> '.join(path)} before reading a character; write "
                     "it with a repeat (x ::= y (op y)*) instead"
                 )
+
+
+def _too_large() -> GrammarError:
+    return GrammarError(f"the grammar is too large (more than {_MAX_STATES} states)")
 
 
 def _path_back(rule: str, calls: dict[str, set[str]]) -> list[str] | None:

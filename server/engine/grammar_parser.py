@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.engine.regex_prefix import CharSet
+from server.engine.char_set import CharSet
 
 MAX_REPEAT = 256  # {m,n} copies its operand: keep grammars small
 _ESCAPES = {"n": 10, "t": 9, "r": 13, "f": 12, "v": 11, "0": 0, "a": 7, "b": 8, "e": 27}

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import collections
 import functools
-from dataclasses import dataclass
 
+from server.engine.char_nfa import CharNfaBuilder
+from server.engine.char_set import IN_CLASS, CharSet
 from server.engine.code_point_prefix import CodePointPrefix
 
 _MAX_REPEAT = 256  # {m,n} copies its operand: keep patterns small
@@ -28,56 +29,6 @@ class RegexError(ValueError):
     """A pattern this decoder cannot follow (the message says where)."""
 
 
-@dataclass(frozen=True, slots=True)
-class CharSet:
-    """Characters as sorted code-point ranges and Unicode classes ("d", "w", "s", as `re`
-    reads them in str patterns), or the complement of those."""
-
-    ranges: tuple[tuple[int, int], ...]
-    negated: bool = False
-    classes: str = ""
-
-    def __contains__(self, code: int) -> bool:
-        inside = any(lo <= code <= hi for lo, hi in self.ranges) or any(
-            _IN_CLASS[c](chr(code)) for c in self.classes
-        )
-        return inside != self.negated
-
-    def may_hold(self, lo: int, hi: int) -> bool:
-        """Whether some character in [lo, hi] is in the set."""
-        spans = [*self.ranges, *(r for c in self.classes for r in _class_spans(c))]
-        if not self.negated:
-            return any(a <= hi and lo <= b for a, b in spans)
-        reached = lo  # negated: some character in [lo, hi] that no span covers
-        for a, b in sorted(spans):
-            if a > reached:
-                break
-            reached = max(reached, b + 1)
-        return reached <= hi
-
-
-_IN_CLASS = {
-    "d": str.isdecimal,
-    "w": lambda c: c.isalnum() or c == "_",
-    "s": str.isspace,
-}
-
-
-@functools.cache
-def _class_spans(name: str) -> tuple[tuple[int, int], ...]:
-    """The code-point ranges of a Unicode class (built once: 0.07-0.11 s over all of Unicode): a
-    byte that starts a character is refused unless some character of the class starts so."""
-    test, spans, start = _IN_CLASS[name], [], None
-    for code in range(0x110000):
-        inside = test(chr(code))
-        if inside and start is None:
-            start = code
-        elif not inside and start is not None:
-            spans.append((start, code - 1))
-            start = None
-    if start is not None:
-        spans.append((start, 0x10FFFF))
-    return tuple(spans)
 _ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "0": "\0"}
 _DOT = CharSet(((10, 10),), negated=True)
 
@@ -95,53 +46,36 @@ class Regex:
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
-        self._edges: list[list[tuple[CharSet, int]]] = []  # per state: (chars, next state)
-        self._empty: list[list[int]] = []  # per state: epsilon moves
         self._distance: dict[frozenset[int], int | None] = {}  # chars_to_accept's answers
-        start, accept = _Parser(pattern, self).parse()
+        builder = CharNfaBuilder(MAX_STATES, lambda: _too_large(pattern))
+        start, accept = _Parser(pattern, builder).parse()
         self.start_state, self.accept_state = start, accept
+        self._nfa = builder.packed()
         self._live = self._states_that_reach_accept()
 
     def start(self) -> RegexPrefix:
         return RegexPrefix(self, self._closure({self.start_state}))
 
-    # -- construction (called by the parser) ----------------------------------------------
-
-    def new_state(self) -> int:
-        if len(self._edges) >= MAX_STATES:
-            shown = self.pattern if len(self.pattern) <= 80 else self.pattern[:77] + "..."
-            raise RegexError(
-                f"the pattern {shown!r} is too large: it compiles to more than {MAX_STATES} "
-                "states (a repeat copies its operand, so nested repeats multiply)"
-            )
-        self._edges.append([])
-        self._empty.append([])
-        return len(self._edges) - 1
-
-    def edge(self, source: int, chars: CharSet, target: int) -> None:
-        self._edges[source].append((chars, target))
-
-    def empty(self, source: int, target: int) -> None:
-        self._empty[source].append(target)
-
     # -- simulation ---------------------------------------------------------------------------
 
     def step(self, states: frozenset[int], code: int) -> frozenset[int]:
-        moved = {t for s in states for chars, t in self._edges[s] if code in chars}
+        charsets, edges = self._nfa.charsets, self._nfa.edges
+        moved = {t for s in states for c, t in edges[s] if code in charsets[c]}
         return self._closure(moved) & self._live
 
     def may_take(self, states: frozenset[int], lo: int, hi: int) -> bool:
-        return any(chars.may_hold(lo, hi) for s in states for chars, _ in self._edges[s])
+        charsets, edges = self._nfa.charsets, self._nfa.edges
+        return any(charsets[c].may_hold(lo, hi) for s in states for c, _ in edges[s])
 
     def can_continue(self, states: frozenset[int]) -> bool:
-        return any(self._edges[s] for s in states)
+        return any(self._nfa.edges[s] for s in states)
 
     def may_take_within(self, states: frozenset[int], lo: int, hi: int, budget: int) -> bool:
         """Whether some character in [lo, hi] leads to a state from which at most `budget`
         more characters reach a match."""
         for s in states:
-            for chars, t in self._edges[s]:
-                if chars.may_hold(lo, hi):
+            for c, t in self._nfa.edges[s]:
+                if self._nfa.charsets[c].may_hold(lo, hi):
                     need = self.chars_to_accept(self._closure({t}) & self._live)
                     if need is not None and need <= budget:
                         return True
@@ -160,20 +94,20 @@ class Regex:
             s = todo.popleft()
             if s == self.accept_state:
                 return best[s]
-            for t in self._empty[s]:
+            for t in self._nfa.empty[s]:
                 if best.get(t, best[s] + 1) > best[s]:
                     best[t] = best[s]
                     todo.appendleft(t)
-            for _, t in self._edges[s]:
+            for _, t in self._nfa.edges[s]:
                 if t not in best:
                     best[t] = best[s] + 1
                     todo.append(t)
         return None
 
     def _closure(self, states: set[int]) -> frozenset[int]:
-        seen, todo = set(states), list(states)
+        empty, seen, todo = self._nfa.empty, set(states), list(states)
         while todo:
-            for t in self._empty[todo.pop()]:
+            for t in empty[todo.pop()]:
                 if t not in seen:
                     seen.add(t)
                     todo.append(t)
@@ -181,10 +115,10 @@ class Regex:
 
     def _states_that_reach_accept(self) -> frozenset[int]:
         back: dict[int, list[int]] = {}
-        for s, edges in enumerate(self._edges):
+        for s, edges in enumerate(self._nfa.edges):
             for _, t in edges:
                 back.setdefault(t, []).append(s)
-            for t in self._empty[s]:
+            for t in self._nfa.empty[s]:
                 back.setdefault(t, []).append(s)
         live, todo = {self.accept_state}, [self.accept_state]
         while todo:
@@ -236,10 +170,10 @@ class RegexPrefix(CodePointPrefix):
 
 
 class _Parser:
-    """Recursive descent over the pattern, building NFA fragments (start, accept) in `regex`."""
+    """Recursive descent over the pattern, building NFA fragments (start, accept) in `nfa`."""
 
-    def __init__(self, pattern: str, regex: Regex) -> None:
-        self.text, self.at, self.nfa = pattern, 0, regex
+    def __init__(self, pattern: str, nfa: CharNfaBuilder) -> None:
+        self.text, self.at, self.nfa = pattern, 0, nfa
 
     def parse(self) -> tuple[int, int]:
         if self._peek() == "^":
@@ -374,7 +308,7 @@ class _Parser:
         if c is None:
             raise RegexError(f"a trailing backslash in {self.text!r}")
         self.at += 1
-        if c.lower() in _IN_CLASS:
+        if c.lower() in IN_CLASS:
             return CharSet((), negated=c.isupper(), classes=c.lower())
         if c in _ESCAPED:
             code = ord(_ESCAPED[c])
@@ -428,3 +362,11 @@ class _Parser:
             else:
                 ranges.append((lo, lo))
         return CharSet(tuple(sorted(ranges)), negated, classes)
+
+
+def _too_large(pattern: str) -> RegexError:
+    shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
+    return RegexError(
+        f"the pattern {shown!r} is too large: it compiles to more than {MAX_STATES} "
+        "states (a repeat copies its operand, so nested repeats multiply)"
+    )
