@@ -24,7 +24,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from parrot_bridge.langchain.messages import to_chat_messages
 from parrot_bridge.langchain.settings import (
@@ -66,6 +66,13 @@ class ChatParrot(ParrotSettings, BaseChatModel):
         None, ge=0, le=20, description="With logprobs: that many likeliest tokens at each."
     )
     n: int | None = Field(None, ge=1, le=128, description="Samples per prompt (not streamed).")
+    stream_usage: bool = Field(True, description="A stream ends with a chunk of its usage.")
+    call_arguments: ClassVar[frozenset[str]] = ParrotSettings.call_arguments | {"stream_usage"}
+
+    @model_validator(mode="after")
+    def _check_stream_usage(self) -> ChatParrot:
+        self._stream_usage({})  # model_kwargs' value: a bad one fails here, not per call
+        return self
 
     @property
     def _llm_type(self) -> str:
@@ -209,13 +216,27 @@ class ChatParrot(ParrotSettings, BaseChatModel):
             "messages": to_chat_messages(messages),
             **self._sampling(stop, without_tool_options(kwargs)),
             **{k: v for k, v in kwargs.items() if k in TOOL_OPTIONS},
+            **self._extra_body(kwargs),  # over the request's own fields, as OpenAI's client
         }
         if stream:
             if body.get("n", 1) > 1:
                 raise ValueError(f"ChatParrot: n={body['n']} cannot stream (one sample streams)")
             body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
+            if self._stream_usage(kwargs):
+                body["stream_options"] = {"include_usage": True}
         return body
+
+    def _stream_usage(self, kwargs: dict[str, Any]) -> bool:
+        """Whether a stream ends with its usage: per call, model_kwargs, else the field."""
+        for source in (kwargs, self.model_kwargs):
+            if source.get("stream_usage") is not None:
+                if not isinstance(source["stream_usage"], bool):
+                    raise ValueError(
+                        f"ChatParrot: stream_usage={source['stream_usage']!r} is refused: "
+                        "it is true or false"
+                    )
+                return source["stream_usage"]
+        return self.stream_usage
 
 
 def usage_metadata(usage: dict[str, Any]) -> UsageMetadata:

@@ -8,10 +8,11 @@ from typing import Any, ClassVar, Literal
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
-from pydantic import ConfigDict
+from pydantic import ConfigDict, model_validator
 
 from parrot_bridge.function import SemanticFunction
 from parrot_bridge.langchain.awaiting import aget_all, get_all
+from parrot_bridge.langchain.extra_body import no_semantic_option, semantic_extras
 from parrot_bridge.langchain.response_format import semantic_constraint
 from parrot_bridge.langchain.settings import SAMPLING_OPTIONS, ParrotSettings
 from parrot_bridge.session import Session
@@ -34,6 +35,11 @@ class ParrotLLM(ParrotSettings, BaseLLM):
     ls_model_type: ClassVar[Literal["chat", "llm"]] = "llm"
     request_options: ClassVar[dict[str, str]] = SAMPLING_OPTIONS
     criteria: Literal["latency", "throughput"] = "latency"
+
+    @model_validator(mode="after")
+    def _check_extra_body(self) -> ParrotLLM:
+        self._semantic_extras({})  # a field no semantic call takes fails here, not per call
+        return self
 
     @property
     def _llm_type(self) -> str:
@@ -122,7 +128,14 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         if "max_tokens" not in sampling:
             assert served is not None
             sampling["max_tokens"] = served[1]
-        return semantic_constraint(sampling)
+        return {**semantic_constraint(sampling), **self._semantic_extras(kwargs)}
+
+    def _semantic_extras(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's extra_body as semantic sampling options; a field that none is raises."""
+        extras, left = semantic_extras("ParrotLLM", self._extra_body(kwargs))
+        if left:
+            raise no_semantic_option("ParrotLLM", left)
+        return extras
 
     def _record(
         self, session: Session, prompts: list[str], sampling: dict[str, Any]

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from parrot_bridge.langchain.extra_body import checked_extra_body
 from parrot_bridge.langchain.http import ServerHttp
 from parrot_bridge.langchain.response_format import checked_response_format
 from parrot_bridge.loop_thread import shared_loop
@@ -44,6 +45,9 @@ class ParrotSettings(BaseModel):
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="More sampling options, as per-call arguments."
     )
+    extra_body: dict[str, Any] | None = Field(
+        None, description="Request fields beyond OpenAI's (top_k, min_p, guided_regex, ...)."
+    )
     timeout: float | None = Field(None, gt=0, description="Seconds per request; None: no limit.")
     max_retries: int = Field(2, ge=0, description="Retries when the server cannot be reached.")
     api_key: SecretStr | None = Field(None, description="Accepted for OpenAI-style code; unused.")
@@ -51,6 +55,8 @@ class ParrotSettings(BaseModel):
     ls_model_type: ClassVar[Literal["chat", "llm"]]
     # option -> its name in the request body: the options this model's requests can carry
     request_options: ClassVar[dict[str, str]]
+    # per-call arguments that are not request options (they shape the call itself)
+    call_arguments: ClassVar[frozenset[str]] = frozenset({"model", "extra_body"})
 
     @model_validator(mode="after")
     def _check_stop(self) -> ParrotSettings:
@@ -62,11 +68,14 @@ class ParrotSettings(BaseModel):
         for key, value in self.model_kwargs.items():  # values too: a bad one fails here
             if key in self.request_options:
                 _checked(type(self), key, value)
+        self._extra_body({})
         return self
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"base_url": self.base_url, "model": self.model_name, **self._sampling(None, {})}
+        params = {"base_url": self.base_url, "model": self.model_name, **self._sampling(None, {})}
+        extra = self._extra_body({})
+        return {**params, "extra_body": extra} if extra else params
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
@@ -114,6 +123,16 @@ class ParrotSettings(BaseModel):
         if isinstance(merged["stop"], str):
             merged["stop"] = [merged["stop"]]
         return {k: v for k, v in merged.items() if v is not None and v != []}
+
+    def _extra_body(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's extra_body: the field's, then model_kwargs' and the call's fields over
+        it. A value that is not a mapping of JSON values raises ValueError."""
+        name = type(self).__name__
+        merged: dict[str, Any] = {}
+        for source in (self.extra_body, self.model_kwargs.get("extra_body"),
+                       kwargs.get("extra_body")):  # fmt: skip
+            merged.update(checked_extra_body(name, source))
+        return merged
 
     def _model_id(self, kwargs: dict[str, Any]) -> str:
         """The model to name in requests: per call, the field, else the served one."""
@@ -198,7 +217,7 @@ CHAT_ONLY_OPTIONS = {"logprobs": "logprobs", "top_logprobs": "top_logprobs", "n"
 
 
 def _check_options(cls: type[ParrotSettings], options: dict[str, Any]) -> None:
-    unknown = sorted(set(options) - set(cls.request_options) - {"model"})
+    unknown = sorted(set(options) - set(cls.request_options) - cls.call_arguments)
     if unknown:
         # plain chat calls send bind_tools' options apart: here they reached a semantic call
         tools = " (semantic calls, as in compile(), take no tools)" * bool(
@@ -206,5 +225,6 @@ def _check_options(cls: type[ParrotSettings], options: dict[str, Any]) -> None:
         )
         raise ValueError(
             f"{cls.__name__} cannot honour {', '.join(map(repr, unknown))}: the options it "
-            f"sends are {sorted(cls.request_options)}{tools}"
+            f"sends are {sorted(cls.request_options)}{tools}; fields beyond OpenAI's "
+            "(top_k, min_p, guided_regex, ...) go in extra_body"
         )

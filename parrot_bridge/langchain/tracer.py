@@ -34,6 +34,7 @@ from parrot_bridge.errors import ParrotError
 from parrot_bridge.function import SemanticFunction
 from parrot_bridge.langchain.awaiting import get_all
 from parrot_bridge.langchain.chat_model import ChatParrot
+from parrot_bridge.langchain.extra_body import semantic_extras
 from parrot_bridge.langchain.http import ServerHttp
 from parrot_bridge.langchain.lambdas import fragile_probes, invoke_here, result_reads_text
 from parrot_bridge.langchain.llm import ParrotLLM
@@ -176,6 +177,12 @@ class Tracer:
         if isinstance(model, ChatParrot) and _asks_chat_only(model, kwargs):
             why = "it asks for several samples or logprobs, which semantic calls do not give"
             return self._on_client(model, value, config, why, kwargs)
+        extras: dict[str, Any] = {}
+        if isinstance(model, ChatParrot):  # ParrotLLM refuses what no semantic call takes
+            extras, left = semantic_extras("ChatParrot", model._extra_body(kwargs))
+            if left:
+                why = f"its extra_body sets {', '.join(left)}, which semantic calls do not take"
+                return self._on_client(model, value, config, why, kwargs)
         stop = kwargs.pop("stop", None)
         # with_structured_output's note for callbacks, which the model's invoke takes out too
         structured = kwargs.pop("ls_structured_output_format", None)
@@ -188,7 +195,8 @@ class Tracer:
             fn.invoke(self.session, **inputs, completion=output)
         else:
             conversation, inputs = self._conversation(to_chat_messages(prompt.to_messages()))
-            sampling = without_options(model._sampling(stop, kwargs), CHAT_ONLY_OPTIONS)
+            sampling = {**without_options(model._sampling(stop, kwargs), CHAT_ONLY_OPTIONS),
+                        **extras}  # fmt: skip
             self._chats.append(_PendingChat(model, conversation, inputs, sampling, output))
         self.calls.append(TracedCall(model.get_name(), tuple(inputs.values()), output))
         run = ModelRun(model, prompt, stop, kwargs, config, output, structured)

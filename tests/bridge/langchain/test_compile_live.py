@@ -237,6 +237,23 @@ def test_a_chat_call_asking_for_logprobs_or_samples_runs_on_the_client(
     assert compiled.split_steps == {"ChatParrot"}
 
 
+def test_extra_body_fields_become_the_semantic_calls_options_or_run_the_call_here(
+    chat: ChatParrot,
+) -> None:
+    """A chat call's extra_body fields that a semantic call has an option for (top_k,
+    guided_regex, ...) keep it in the graph, the answer as the plain chain's; a field it has
+    none for (priority) makes the call a plain request, reported as split."""
+    ask = PromptTemplate.from_template("Q: {q}\nA:")
+    first = ask | chat | StrOutputParser() | {"q": RunnablePassthrough()} | ask
+    for extra, split in (({"guided_regex": "[a-z]{2} [0-9]", "top_k": 1}, set()),
+                         ({"priority": -1}, {"ChatParrot"})):  # fmt: skip
+        chain = first | chat.bind(extra_body=extra)
+        compiled = compile(chain)
+        assert compiled.invoke({"q": "why?"}).content == chain.invoke({"q": "why?"}).content
+        assert compiled.split_steps == split
+        assert len(compiled.last_calls) == 2 - len(split)
+
+
 def test_a_non_parrot_step_on_generated_text_runs_on_the_client(chat: ChatParrot) -> None:
     count = RunnableLambda(lambda s: {"n": str(len(s.split()))}, name="count_words")
     chain = PromptTemplate.from_template("Say {x}") | chat | StrOutputParser() | count \

@@ -389,3 +389,60 @@ def same_logprobs(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> bool
     return bool(want) and tokens(got) == tokens(want) and values(got) == pytest.approx(
         values(want), abs=1e-4
     )
+
+
+def test_extra_body_reaches_the_server_as_chat_openais_does(
+    chat: ChatParrot, parrot_url: str
+) -> None:
+    """`extra_body` (field, model_kwargs or per call; the call's fields over the field's) adds
+    request fields beyond OpenAI's, as ChatOpenAI's does: the server's answer is its own for
+    the same body. It was refused before, so top_k, min_p, guided_* could not be sent."""
+    model = chat._model_id({})
+
+    def served(**fields: Any) -> str:
+        body = {"model": model, "messages": [{"role": "user", "content": "Hello there"}],
+                "temperature": 0, "max_tokens": 10, **fields}  # fmt: skip
+        status, answer = request("POST", parrot_url + "/v1/chat/completions", body)
+        assert status == 200, answer
+        return answer["choices"][0]["message"]["content"]
+
+    choosy = ChatParrot(base_url=parrot_url, temperature=0, max_tokens=10,
+                        extra_body={"guided_choice": ["alpha", "beta gamma"]})  # fmt: skip
+    assert choosy.invoke("Hello there").content == served(guided_choice=["alpha", "beta gamma"])
+    digits = chat.invoke("Hello there", extra_body={"guided_regex": "[0-9]{3}"}).content
+    assert digits == served(guided_regex="[0-9]{3}") and len(digits) == 3 and digits.isdigit()
+    # top_k=1 samples the likeliest token: greedy, whatever the temperature
+    top1 = ChatParrot(base_url=parrot_url, temperature=1, seed=3, max_tokens=10,
+                      extra_body={"top_k": 1})  # fmt: skip
+    assert top1.invoke("Hello there").content == served()
+    assert top1.invoke("Hello there", extra_body={"top_k": 50}).content == served(
+        temperature=1, seed=3, top_k=50
+    )
+    with pytest.raises(ParrotError, match="use_beam_search"):  # the server's 400 names it
+        chat.invoke("Hello there", extra_body={"use_beam_search": True})
+    # streamed: the same text; stream_usage=False leaves the usage chunk out
+    streamed = None
+    for chunk in choosy.stream("Hello there", stream_usage=False):
+        streamed = chunk if streamed is None else streamed + chunk
+    assert streamed is not None and streamed.content == choosy.invoke("Hello there").content
+    assert streamed.usage_metadata is None
+    quiet = ChatParrot(base_url=parrot_url, temperature=0, max_tokens=4, stream_usage=False)
+    assert all(c.usage_metadata is None for c in quiet.stream("Hello there"))
+    # compiled: fields a semantic call has keep the call in the graph; others run it here
+    compiled = lc.compile(lc_prompt() | choosy)
+    assert compiled.invoke({"q": "Hello there"}).content == served(
+        guided_choice=["alpha", "beta gamma"]
+    )
+    assert compiled.split_steps == set() and len(compiled.last_calls) == 1
+    urgent = lc.compile(lc_prompt() | chat.bind(extra_body={"priority": -1}))
+    assert urgent.invoke({"q": "Hello there"}).content == served(priority=-1)
+    assert urgent.last_calls == []  # a plain request (its input holds no generated text)
+    # ParrotLLM's semantic calls take the fields they have options for, and refuse others
+    llm = ParrotLLM(base_url=parrot_url, temperature=0, max_tokens=10,
+                    extra_body={"guided_regex": "[a-z]{4}"})  # fmt: skip
+    completion = {"model": model, "prompt": "Animals:", "temperature": 0, "max_tokens": 10,
+                  "guided_regex": "[a-z]{4}"}  # fmt: skip
+    text = request("POST", parrot_url + "/v1/completions", completion)[1]["choices"][0]["text"]
+    assert llm.invoke("Animals:") == text and len(text) == 4
+    with pytest.raises(ValueError, match="ParrotLLM cannot honour extra_body's 'priority'"):
+        llm.invoke("Animals:", extra_body={"priority": -1})

@@ -124,3 +124,60 @@ def test_openai_options_are_sent_or_refused() -> None:
     # semantic calls take the penalties too
     assert ParrotLLM(presence_penalty=1, max_tokens=3)._call_sampling(None, {}) == {
         "max_tokens": 3, "presence_penalty": 1}  # fmt: skip
+
+
+def test_extra_body_is_merged_over_the_request_and_checked_where_given() -> None:
+    chat = ChatParrot(extra_body={"top_k": 5, "priority": -1},
+                      model_kwargs={"extra_body": {"top_k": 6}})  # fmt: skip
+    body = chat._body([HumanMessage("hi")], None, {"extra_body": {"min_p": 0.1}}, "m", False)
+    assert body == {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                    "top_k": 6, "priority": -1, "min_p": 0.1}  # fmt: skip
+    # over the request's own fields, as OpenAI's client merges it
+    assert chat._body([HumanMessage("hi")], None, {"extra_body": {"temperature": 0.3}}, "m",
+                      False)["temperature"] == 0.3  # fmt: skip
+    assert chat._identifying_params["extra_body"] == {"top_k": 6, "priority": -1}
+    assert "extra_body" not in ChatParrot()._identifying_params
+    for bad, reason in (({"messages": []}, "must not set 'messages'"),
+                        ({"x": float("nan")}, "JSON values"),
+                        ({"x": {1, 2}}, "JSON values")):  # fmt: skip
+        with pytest.raises(ValidationError, match=reason):
+            ChatParrot(extra_body=bad)
+        with pytest.raises(ValueError, match=reason):
+            chat._body([HumanMessage("hi")], None, {"extra_body": bad}, "m", False)
+    with pytest.raises(ValueError, match="extra_body must map field names"):
+        chat._extra_body({"extra_body": "top_k=5"})
+    with pytest.raises(ValueError, match="fields beyond OpenAI's .* go in extra_body"):
+        chat._sampling(None, {"top_k": 5})
+
+
+def test_semantic_calls_take_the_extra_body_fields_they_have_options_for() -> None:
+    llm = ParrotLLM(max_tokens=3, extra_body={"top_k": 4, "guided_json": '{"type": "object"}'})
+    assert llm._call_sampling(None, {"extra_body": {"min_p": 0.2, "ignore_eos": True}}) == {
+        "max_tokens": 3, "top_k": 4, "json_schema": {"type": "object"}, "min_p": 0.2,
+        "ignore_eos": True}  # fmt: skip
+    assert llm._call_sampling(None, {"extra_body": {"guided_choice": ["a", "b"],
+                                                    "repetition_penalty": 1.2,
+                                                    "guided_grammar": 'root ::= "x"',
+                                                    "guided_regex": "y"}}) == {
+        "max_tokens": 3, "top_k": 4, "json_schema": {"type": "object"}, "choices": ["a", "b"],
+        "repetition_penalty": 1.2, "grammar": 'root ::= "x"', "regex": "y"}  # fmt: skip
+    with pytest.raises(ValidationError, match="ParrotLLM cannot honour extra_body's 'priority'"):
+        ParrotLLM(extra_body={"priority": -1})
+    with pytest.raises(ValueError, match="cannot honour extra_body's 'cache_salt'"):
+        llm._call_sampling(None, {"extra_body": {"cache_salt": "x"}})
+    with pytest.raises(ValueError, match="guided_json is not JSON"):
+        llm._call_sampling(None, {"extra_body": {"guided_json": "{nope"}})
+
+
+def test_stream_usage_asks_for_the_usage_chunk_or_not() -> None:
+    def options(model: ChatParrot, **kwargs: object) -> object:
+        return model._body([HumanMessage("hi")], None, kwargs, "m", True).get("stream_options")
+
+    assert options(ChatParrot()) == {"include_usage": True}
+    assert options(ChatParrot(stream_usage=False)) is None
+    assert options(ChatParrot(stream_usage=False), stream_usage=True) == {"include_usage": True}
+    assert options(ChatParrot(model_kwargs={"stream_usage": False})) is None
+    with pytest.raises(ValidationError, match="stream_usage='yes' is refused"):
+        ChatParrot(model_kwargs={"stream_usage": "yes"})
+    with pytest.raises(ValueError, match="ParrotLLM cannot honour 'stream_usage'"):
+        ParrotLLM()._sampling(None, {"stream_usage": True})
