@@ -12,9 +12,9 @@ from pydantic import ConfigDict, model_validator
 
 from parrot_bridge.function import SemanticFunction
 from parrot_bridge.langchain.awaiting import aget_all, get_all
-from parrot_bridge.langchain.extra_body import no_semantic_option, semantic_extras
 from parrot_bridge.langchain.response_format import semantic_constraint
 from parrot_bridge.langchain.settings import SAMPLING_OPTIONS, ParrotSettings
+from parrot_bridge.request_fields import no_semantic_option, semantic_options
 from parrot_bridge.session import Session
 from parrot_bridge.template import escape_text
 from parrot_bridge.variable import SemanticVariable
@@ -132,9 +132,9 @@ class ParrotLLM(ParrotSettings, BaseLLM):
 
     def _semantic_extras(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's extra_body as semantic sampling options; a field that none is raises."""
-        extras, left = semantic_extras("ParrotLLM", self._extra_body(kwargs))
+        extras, left = semantic_options("ParrotLLM", "extra_body", self._extra_body(kwargs))
         if left:
-            raise no_semantic_option("ParrotLLM", left)
+            raise no_semantic_option("ParrotLLM", "extra_body", left)
         return extras
 
     def _record(

@@ -19,10 +19,10 @@ from pydantic import (
     model_validator,
 )
 
-from parrot_bridge.langchain.extra_body import checked_extra_body
 from parrot_bridge.langchain.http import ServerHttp
 from parrot_bridge.langchain.response_format import checked_response_format
 from parrot_bridge.loop_thread import shared_loop
+from parrot_bridge.request_fields import checked_fields
 
 DEFAULT_URL = "http://127.0.0.1:9000"
 
@@ -131,7 +131,7 @@ class ParrotSettings(BaseModel):
         merged: dict[str, Any] = {}
         for source in (self.extra_body, self.model_kwargs.get("extra_body"),
                        kwargs.get("extra_body")):  # fmt: skip
-            merged.update(checked_extra_body(name, source))
+            merged.update(checked_fields(name, "extra_body", source))
         return merged
 
     def _model_id(self, kwargs: dict[str, Any]) -> str:

@@ -34,7 +34,6 @@ from parrot_bridge.errors import ParrotError
 from parrot_bridge.function import SemanticFunction
 from parrot_bridge.langchain.awaiting import get_all
 from parrot_bridge.langchain.chat_model import ChatParrot
-from parrot_bridge.langchain.extra_body import semantic_extras
 from parrot_bridge.langchain.http import ServerHttp
 from parrot_bridge.langchain.lambdas import fragile_probes, invoke_here, result_reads_text
 from parrot_bridge.langchain.llm import ParrotLLM
@@ -44,6 +43,7 @@ from parrot_bridge.langchain.response_format import semantic_constraint
 from parrot_bridge.langchain.settings import CHAT_ONLY_OPTIONS, without_options
 from parrot_bridge.langchain.symbolic_str import NeedsValue
 from parrot_bridge.langchain.symbols import Symbols, has_hidden_text
+from parrot_bridge.request_fields import semantic_options
 from parrot_bridge.session import Session
 from parrot_bridge.template import escape_text
 from parrot_bridge.variable import Criteria, SemanticVariable
@@ -179,7 +179,7 @@ class Tracer:
             return self._on_client(model, value, config, why, kwargs)
         extras: dict[str, Any] = {}
         if isinstance(model, ChatParrot):  # ParrotLLM refuses what no semantic call takes
-            extras, left = semantic_extras("ChatParrot", model._extra_body(kwargs))
+            extras, left = semantic_options("ChatParrot", "extra_body", model._extra_body(kwargs))
             if left:
                 why = f"its extra_body sets {', '.join(left)}, which semantic calls do not take"
                 return self._on_client(model, value, config, why, kwargs)

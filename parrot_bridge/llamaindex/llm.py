@@ -30,7 +30,7 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
     MessageRole,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
@@ -46,6 +46,7 @@ from parrot_bridge.llamaindex.marked_prompt import UnmarkablePromptError, mark_p
 from parrot_bridge.llamaindex.openai_http import OpenAIHttp
 from parrot_bridge.llamaindex.reported_session import ReportedSession
 from parrot_bridge.loop_thread import shared_loop
+from parrot_bridge.request_fields import SEMANTIC_FIELDS, checked_fields, semantic_options
 from parrot_bridge.session import Session
 from parrot_bridge.variable import SemanticVariable
 
@@ -82,6 +83,13 @@ class Parrot(FunctionCallingLLM):
         description="Tokens LlamaIndex may fill (default: the server's max_model_len). LlamaIndex "
         "counts with its own tokenizer; lower this when the model's tokenizer is less dense.",
     )
+    additional_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More request fields for every call, as LlamaIndex's OpenAI LLM takes them "
+        "(top_p, seed, stop, penalties, vLLM's top_k, min_p, guided_regex, ...).",
+    )
+    # a misspelt or unknown setting (OpenAI's `api_base`, say) fails rather than being dropped
+    model_config = ConfigDict(extra="forbid")
 
     _http: OpenAIHttp = PrivateAttr()
     _card: dict[str, Any] | None = PrivateAttr(default=None)
@@ -99,6 +107,11 @@ class Parrot(FunctionCallingLLM):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("additional_kwargs")
+    @classmethod
+    def _check_additional_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return checked_fields("Parrot", "additional_kwargs", value)
 
     @classmethod
     def class_name(cls) -> str:
@@ -367,7 +380,20 @@ class Parrot(FunctionCallingLLM):
     # -- helpers -----------------------------------------------------------------------------
 
     def _sampling(self) -> dict[str, Any]:
-        return {"max_tokens": self.max_tokens, "temperature": float(self.temperature)}
+        """Every request's sampling: the fields, then `additional_kwargs` over them."""
+        return {"max_tokens": self.max_tokens, "temperature": float(self.temperature),
+                **self.additional_kwargs}  # fmt: skip
+
+    def _semantic_sampling(self) -> dict[str, Any]:
+        """`_sampling` as a semantic call's options; fields that no option does raise
+        UnmarkablePromptError, so that the call goes the plain way, which sends them."""
+        options, left = semantic_options("Parrot", "additional_kwargs", self._sampling())
+        if left:
+            raise UnmarkablePromptError(
+                f"additional_kwargs {', '.join(map(repr, left))}: semantic calls take no such "
+                "options"
+            )
+        return options
 
     def _model_card(self) -> dict[str, Any]:
         """The served model's card (`/v1/models`), looked up once."""
@@ -393,19 +419,20 @@ class Parrot(FunctionCallingLLM):
 
     def _body(self, card: dict[str, Any], prompt: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         return {"model": card["id"], "prompt": prompt,
-                **self._sampling(), **_extra(kwargs)}  # fmt: skip
+                **self._sampling(), **_per_call(kwargs, chat=False)}  # fmt: skip
 
     def _chat_body(
         self, card: dict[str, Any], messages: Sequence[ChatMessage], kwargs: dict[str, Any]
     ) -> dict:
         return {"model": card["id"], "messages": [_message(m) for m in messages],
-                **self._sampling(), **_extra(kwargs), **_extra(kwargs, _TOOL_OPTIONS)}  # fmt: skip
+                **self._sampling(), **_per_call(kwargs, chat=True)}  # fmt: skip
 
     def _call(
         self, session: Session, prompt: BasePromptTemplate, prompt_args: dict[str, Any]
     ) -> SemanticVariable:
+        sampling = self._semantic_sampling()
         marked = mark_prompt(lambda **args: self._get_prompt(prompt, **args), prompt_args)
-        fn = SemanticFunction(marked.source, name="llamaindex_predict", **self._sampling())
+        fn = SemanticFunction(marked.source, name="llamaindex_predict", **sampling)
         return fn.invoke(session, **marked.inputs)
 
     def _open_batch(self) -> CallBatch:
@@ -419,13 +446,25 @@ def _close_soon(http: OpenAIHttp) -> None:
     asyncio.run_coroutine_threadsafe(http.close(), shared_loop().loop)
 
 
-_PASSED_THROUGH = ("max_tokens", "temperature", "top_p", "stop", "seed")
+# what a plain call takes per call, besides `extra_body` (as OpenAI's client: more fields)
+_PER_CALL = (
+    *SEMANTIC_FIELDS, "max_completion_tokens", "logprobs", "top_logprobs", "response_format", "user"
+)
 _TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls")  # chat only
 
 
-def _extra(kwargs: dict[str, Any], keys: tuple[str, ...] = _PASSED_THROUGH) -> dict[str, Any]:
-    """Per-call sampling options LlamaIndex callers may pass; others are not for the server."""
-    return {k: v for k, v in kwargs.items() if k in keys and v is not None}
+def _per_call(kwargs: dict[str, Any], chat: bool) -> dict[str, Any]:
+    """A plain call's own request fields (None left out), as LlamaIndex's OpenAI LLM sends
+    them, `extra_body`'s over them; ValueError for an argument that is none of them."""
+    known = (*_PER_CALL, *_TOOL_OPTIONS) if chat else _PER_CALL
+    unknown = sorted(set(kwargs) - set(known) - {"extra_body"})
+    if unknown:
+        raise ValueError(
+            f"Parrot cannot send {', '.join(map(repr, unknown))}: a call takes "
+            f"{', '.join(known)}; other request fields go in extra_body or additional_kwargs"
+        )
+    fields = {k: v for k, v in kwargs.items() if k in known and v is not None}
+    return {**fields, **checked_fields("Parrot", "extra_body", kwargs.get("extra_body"))}
 
 
 def _role(message: ChatMessage) -> str:

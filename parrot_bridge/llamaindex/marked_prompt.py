@@ -42,8 +42,9 @@ class MarkedPrompt:
 
 
 class UnmarkablePromptError(ValueError):
-    """The prompt cannot keep its arguments as variables (its formatting transforms them, or its
-    constant text looks like a marker); callers fall back to plain text."""
+    """The call cannot be a semantic call: its prompt cannot keep its arguments as variables
+    (its formatting transforms them, or its constant text looks like a marker), or the LLM
+    asks for request fields that semantic calls do not take; callers fall back to plain text."""
 
 
 def mark_prompt(render: Callable[..., str], args: dict[str, object]) -> MarkedPrompt:

@@ -4,6 +4,7 @@ with LlamaIndex's stock synthesizers on `OpenAILike` (the same server's OpenAI r
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -117,6 +118,36 @@ def test_predict_keeps_the_template(url: str, engine: LLMEngine) -> None:
     )
     assert submissions(url) - before == 1
     assert "".join(llm.stream(prompt, topic="cars")) == llm.predict(prompt, topic="cars")
+
+
+def test_additional_kwargs_reach_plain_and_semantic_calls(url: str, engine: LLMEngine) -> None:
+    """`additional_kwargs` (LlamaIndex's OpenAI LLM's) go with every call: as request fields in
+    plain ones, as options in semantic ones (predict keeps its graph); a field that semantic
+    calls do not take sends predict the plain way. Before, the setting was dropped unseen."""
+    prompt = PromptTemplate("Topic: {topic}\nAnswer: ")
+    text = "Topic: cars\nAnswer: "
+    # top_k=1 samples the likeliest token: greedy, whatever the temperature
+    top1 = Parrot(base_url=url, max_tokens=MAX_TOKENS, temperature=1.0,
+                  additional_kwargs={"top_k": 1, "seed": 4})  # fmt: skip
+    assert top1.complete(text).text == greedy(engine, text)
+    before = submissions(url)
+    assert top1.predict(prompt, topic="cars") == greedy(engine, text)
+    assert submissions(url) - before == 1
+    shaped = Parrot(base_url=url, max_tokens=MAX_TOKENS,
+                    additional_kwargs={"guided_regex": "[a-z]{3} [0-9]{2}"})  # fmt: skip
+    answer = shaped.predict(prompt, topic="cars")
+    assert re.fullmatch("[a-z]{3} [0-9]{2}", answer) and answer == shaped.complete(text).text
+    # per call: request fields and extra_body, as LlamaIndex's OpenAI LLM sends them
+    llm = Parrot(base_url=url, max_tokens=MAX_TOKENS)
+    assert llm.complete(text, extra_body={"guided_regex": "[a-z]{3} [0-9]{2}"}).text == answer
+    assert llm.complete(text, temperature=1.0, top_k=1).text == greedy(engine, text)
+    with pytest.raises(ValueError, match="Parrot cannot send 'top_kk'"):
+        llm.complete(text, top_kk=1)
+    # logprobs: a plain request's; predict goes the plain way, its answer the same
+    scored = Parrot(base_url=url, max_tokens=MAX_TOKENS, additional_kwargs={"logprobs": 1})
+    before = submissions(url)
+    assert scored.predict(prompt, topic="cars") == greedy(engine, text)
+    assert submissions(url) == before
 
 
 async def test_concurrent_apredicts_are_one_graph(url: str, engine: LLMEngine) -> None:

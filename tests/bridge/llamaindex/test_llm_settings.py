@@ -1,0 +1,49 @@
+"""Parrot's settings and request bodies (no server): additional_kwargs and per-call fields as
+LlamaIndex's OpenAI LLM takes them, and unknown settings refused."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from parrot_bridge.llamaindex import Parrot, UnmarkablePromptError
+
+URL = "http://127.0.0.1:1"
+CARD = {"id": "m"}
+
+
+def test_an_unknown_setting_is_refused_not_dropped() -> None:
+    for setting in ({"top_p": 0.3}, {"api_base": URL}):
+        with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+            Parrot(base_url=URL, **setting)
+    for bad, reason in (({"prompt": "x"}, "must not set 'prompt'"),
+                        ({"x": float("inf")}, "JSON values")):  # fmt: skip
+        with pytest.raises(ValidationError, match=reason):
+            Parrot(base_url=URL, additional_kwargs=bad)
+
+
+def test_additional_kwargs_go_with_every_plain_request_per_call_fields_over_them() -> None:
+    llm = Parrot(base_url=URL, max_tokens=5, additional_kwargs={"top_p": 0.5, "top_k": 3})
+    assert llm._body(CARD, "hi", {"seed": 3, "top_k": None}) == {
+        "model": "m", "prompt": "hi", "max_tokens": 5, "temperature": 0.0, "top_p": 0.5,
+        "top_k": 3, "seed": 3}  # fmt: skip
+    body = llm._body(CARD, "hi", {"top_p": 0.9, "extra_body": {"min_p": 0.1, "top_k": 7}})
+    assert (body["top_p"], body["top_k"], body["min_p"]) == (0.9, 7, 0.1)
+    chat = llm._chat_body(CARD, [], {"tools": [{"type": "function"}], "tool_choice": "auto"})
+    assert chat["tools"] == [{"type": "function"}] and chat["tool_choice"] == "auto"
+    with pytest.raises(ValueError, match="Parrot cannot send 'tools'"):
+        llm._body(CARD, "hi", {"tools": []})  # completions take no tools
+    with pytest.raises(ValueError, match="Parrot cannot send 'bogus'.*go in extra_body"):
+        llm._chat_body(CARD, [], {"bogus": 1})
+    with pytest.raises(ValueError, match="extra_body must not set 'stream'"):
+        llm._body(CARD, "hi", {"extra_body": {"stream": True}})
+
+
+def test_semantic_calls_take_the_fields_they_have_options_for() -> None:
+    llm = Parrot(base_url=URL, max_tokens=5, temperature=1.0, additional_kwargs={
+        "temperature": 0.5, "stop": "END", "guided_json": '{"type": "object"}', "top_k": 2})
+    assert llm._semantic_sampling() == {"max_tokens": 5, "temperature": 0.5, "stop": ["END"],
+                                        "json_schema": {"type": "object"}, "top_k": 2}
+    plain = Parrot(base_url=URL, additional_kwargs={"logprobs": 2, "top_p": 0.5})
+    with pytest.raises(UnmarkablePromptError, match="'logprobs'"):  # predict goes the plain way
+        plain._semantic_sampling()
