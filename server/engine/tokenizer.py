@@ -6,6 +6,7 @@ transformers; a folder without tokenizer.json falls back to transformers' conver
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -40,8 +41,9 @@ class Tokenizer:
         self.bos_token_id = bos_token_id
         self.chat_template = chat_template
         self.special_tokens: dict[str, str] = dict(special_tokens or {})
-        # GPT-2-style byte-level BPE spells each byte as one printable character
-        self._byte_level = "ByteLevel" in type(backend.decoder).__name__ if backend.decoder else False
+        # GPT-2-style byte-level BPE spells each byte as one printable character (and decodes
+        # the bytes of the whole text at once, invalid ones each to U+FFFD)
+        self.byte_level = "ByteLevel" in type(backend.decoder).__name__ if backend.decoder else False
 
     @classmethod
     def from_folder(
@@ -116,7 +118,7 @@ class Tokenizer:
             return b""
         if _is_byte_fallback(piece):  # sentencepiece's <0xE2>
             return bytes([int(piece[3:5], 16)])
-        if self._byte_level and all(c in _BYTE_OF_CHAR for c in piece):
+        if self.byte_level and all(c in _BYTE_OF_CHAR for c in piece):
             return bytes(_BYTE_OF_CHAR[c] for c in piece)
         return self.backend.decode([token_id], skip_special_tokens=False).encode()
 
@@ -148,6 +150,12 @@ class Tokenizer:
             **template_vars,
         )
 
+    @cached_property
+    def special_ids(self) -> frozenset[int]:
+        """The ids of the special tokens (those `decode` leaves out by default)."""
+        added = self.backend.get_added_tokens_decoder()
+        return frozenset(i for i, token in added.items() if token.special)
+
     def detokenizer(self, skip_special_tokens: bool = True) -> IncrementalDetokenizer:
         """A fresh streaming detokenizer over this tokenizer."""
         return IncrementalDetokenizer(self, skip_special_tokens)
@@ -162,7 +170,12 @@ class IncrementalDetokenizer:
 
     Each step re-decodes only a small window (from `prefix_offset`) so that tokenizers that
     merge a leading space or split a character across tokens still stream correctly: text is
-    released only when the window no longer ends in an incomplete character (U+FFFD).
+    released only when the window no longer ends in an incomplete character (U+FFFD). With
+    byte-level BPE, a U+FFFD that no later byte can change (its bytes are not the start of a
+    character) is released too: held, the window would grow with every token, each step
+    re-decoding all of it (quadratic: 4,000 stray continuation bytes took 3 s of step time, and
+    nothing streamed). Not with sentencepiece's byte fallback, whose decoder turns a whole run
+    of byte tokens into U+FFFDs once any byte of it is invalid, so later bytes can change it.
     The concatenated deltas plus `finish()` equal `decode(token_ids)`; `text` holds them so far.
     """
 
@@ -179,7 +192,11 @@ class IncrementalDetokenizer:
         """Append one token; returns the text it completes (often "", e.g. mid-character)."""
         self.token_ids.append(token_id)
         window = self._decode(self.token_ids[self._prefix_offset :])
-        if len(window) <= len(self._prefix_text) or window.endswith("\ufffd"):
+        if len(window) <= len(self._prefix_text):
+            return ""
+        if window.endswith("\ufffd") and (
+            not self.tokenizer.byte_level or self._inside_character()
+        ):
             return ""
         delta = window[len(self._prefix_text) :]
         # the released tokens become the next window's prefix
@@ -203,6 +220,21 @@ class IncrementalDetokenizer:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+
+    def _inside_character(self) -> bool:
+        """Whether the held tokens' bytes end inside a UTF-8 character (a lead byte still
+        waiting for its continuation bytes): only then can later tokens change the window's
+        last U+FFFD. Released text always ends between characters, so the held bytes start
+        at one."""
+        skipped = self.tokenizer.special_ids if self.skip_special_tokens else frozenset()
+        held = b"".join(
+            self.tokenizer.token_bytes(t)
+            for t in self.token_ids[self._read_offset :]
+            if t not in skipped
+        )
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        decoder.decode(held)
+        return bool(decoder.getstate()[0])  # the bytes it keeps for the character's rest
 
 
 def _byte_level_alphabet() -> dict[str, int]:

@@ -124,6 +124,37 @@ def test_incremental_detokenization_of_random_ids(tiny_tokenizer: Tokenizer) -> 
             assert text == tiny_tokenizer.decode(ids, skip_special_tokens=skip)
 
 
+def test_stray_bytes_stream_at_once_and_a_split_character_waits_for_its_end(
+    tiny_tokenizer: Tokenizer,
+) -> None:
+    """Byte-level BPE: a byte that cannot be part of a character (a continuation byte with no
+    lead byte, 0xFF) is its U+FFFD at once, as the full decode has it; held, the window grew
+    with each one and every step decoded all of it again (4,000 of them took 3 s, and nothing
+    streamed until the end). A character split across tokens still waits for its last byte."""
+    assert tiny_tokenizer.byte_level
+    byte = {tiny_tokenizer.token_bytes(t)[0]: t for t in range(tiny_tokenizer.vocab_size)
+            if len(tiny_tokenizer.token_bytes(t)) == 1}  # fmt: skip
+    detok = tiny_tokenizer.detokenizer()
+    assert [detok.add(byte[b]) for b in (0x80, 0xBF, 0xFF, 0x80)] == ["\ufffd"] * 4
+    assert [detok.add(byte[b]) for b in (0xE2, 0x82, 0xAC)] == ["", "", "€"]
+    assert [detok.add(byte[b]) for b in (0xE2, 0x41)] == ["", "\ufffdA"]  # broken by "A"
+    assert [detok.add(byte[b]) for b in (0xF0, 0x9F)] == ["", ""] and detok.finish() == "\ufffd"
+    # random runs of such bytes, characters, their pieces and other tokens: the full decode
+    rng = random.Random(7)
+    pieces = [[0x80], [0xFF], [0xE2, 0x82, 0xAC], [0xC3, 0xA9], [0xF0, 0x9F, 0xA6, 0x9C],
+              [0xE2], [0xE2, 0x82], [0xF0, 0x9F, 0xA6], [0x41], [0xED, 0xA0, 0x80]]  # fmt: skip
+    others = tiny_tokenizer.encode("héllo 🦜 wörld<|im_end|>")
+    for _ in range(400):
+        ids = []
+        for _ in range(rng.randint(1, 15)):
+            ids += [rng.choice(others)] if rng.random() < 0.2 else [
+                byte[b] for b in rng.choice(pieces)
+            ]
+        for skip in (True, False):
+            detok = tiny_tokenizer.detokenizer(skip_special_tokens=skip)
+            assert "".join(stream(detok, ids)) == tiny_tokenizer.decode(ids, skip), ids
+
+
 def test_token_bytes_spell_the_text(tiny_tokenizer: Tokenizer) -> None:
     """Each token's bytes, joined, are the text's UTF-8, also where a token holds part of a
     character (what OpenAI's logprobs report as `bytes`)."""
