@@ -8,6 +8,7 @@ import uuid
 
 from aiohttp import web
 
+from parrot_bridge.template import Template, TemplateError, parse_template
 from server.api.disconnect import unless_disconnected, while_connected
 from server.api.native_models import (
     GraphSubmission,
@@ -248,10 +249,21 @@ def _to_submission(body: GraphSubmission, max_model_len: int) -> Submission:
             raise GraphError(
                 f"call {spec.id!r}: invalid sampling: {exc}", kind="invalid_sampling", call=spec.id
             ) from exc
-        calls.append(CallDecl(spec.id, spec.template, spec.inputs, spec.outputs, sampling,
-                              spec.function, spec.add_special_tokens))  # fmt: skip
+        calls.append(CallDecl(
+            spec.id, spec.template, spec.inputs, spec.outputs, sampling, spec.function,
+            spec.add_special_tokens, _parsed(spec.template),
+        ))  # fmt: skip
     return Submission(
         variables=[VariableDecl(v.id, v.name, v.value) for v in body.variables],
         calls=calls,
         awaits={a.variable: a.criteria for a in body.awaits},
     )
+
+
+def _parsed(template: str) -> Template | None:
+    """`template` parsed here, in the submission's worker thread; None where it does not parse
+    (validation, on the loop, says why with the call's id)."""
+    try:
+        return parse_template(template)
+    except TemplateError:
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from parrot_bridge.template import Template
 from server.graph.call import Sampling
 
 Criteria = Literal["latency", "throughput"]
@@ -19,7 +20,9 @@ class VariableDecl:
 
 @dataclass(frozen=True, slots=True)
 class CallDecl:
-    """A call as submitted: the template is still text, parsed during validation."""
+    """A call as submitted: the template as text, and `parsed` where it was parsed ahead (off
+    the event loop: a 2,000-call submission spent ~0.1 s parsing); else it is parsed, and its
+    errors reported, during validation."""
 
     id: str
     template: str
@@ -28,6 +31,7 @@ class CallDecl:
     sampling: Sampling = field(default_factory=Sampling)
     function: str | None = None
     add_special_tokens: bool = True
+    parsed: Template | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,7 +68,7 @@ def _build_call(calls: dict[str, Call], decl: CallDecl) -> Call:
         raise GraphError(f"call {decl.id!r} already exists", kind="duplicate_call", call=decl.id)
     label = f"{decl.id!r} ({decl.function})" if decl.function else repr(decl.id)
     try:
-        template = parse_template(decl.template)
+        template = decl.parsed or parse_template(decl.template)
     except TemplateError as exc:
         raise GraphError(
             f"call {label}: invalid template: {exc}", kind="invalid_template", call=decl.id
