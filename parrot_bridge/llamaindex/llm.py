@@ -28,6 +28,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
+    LogProb,
     MessageRole,
 )
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator
@@ -83,11 +84,16 @@ class Parrot(FunctionCallingLLM):
         description="Tokens LlamaIndex may fill (default: the server's max_model_len). LlamaIndex "
         "counts with its own tokenizer; lower this when the model's tokenizer is less dense.",
     )
+    logprobs: bool | None = Field(
+        default=None, description="Each token's likeliest alternatives in `logprobs` (OpenAI's)."
+    )
+    top_logprobs: int = Field(default=0, ge=0, le=20, description="How many, with logprobs.")
     additional_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="More request fields for every call, as LlamaIndex's OpenAI LLM takes them "
         "(top_p, seed, stop, penalties, vLLM's top_k, min_p, guided_regex, ...).",
     )
+    api_key: str | None = Field(default=None, description="Accepted for OpenAI-style code; unused.")
     # a misspelt or unknown setting (OpenAI's `api_base`, say) fails rather than being dropped
     model_config = ConfigDict(extra="forbid")
 
@@ -223,7 +229,7 @@ class Parrot(FunctionCallingLLM):
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         body = self._body(self._model_card(), prompt, kwargs)
         data = shared_loop().run(self._http.post("/v1/completions", body))
-        return CompletionResponse(text=data["choices"][0]["text"], raw=data)
+        return _completion_response(data)
 
     async def acomplete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
@@ -237,7 +243,7 @@ class Parrot(FunctionCallingLLM):
     ) -> CompletionResponse:
         body = self._body(await self._amodel_card(), prompt, kwargs)
         data = await shared_loop().arun(self._http.post("/v1/completions", body))
-        return CompletionResponse(text=data["choices"][0]["text"], raw=data)
+        return _completion_response(data)
 
     @llm_completion_callback()
     def stream_complete(
@@ -379,15 +385,25 @@ class Parrot(FunctionCallingLLM):
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _sampling(self) -> dict[str, Any]:
-        """Every request's sampling: the fields, then `additional_kwargs` over them."""
-        return {"max_tokens": self.max_tokens, "temperature": float(self.temperature),
-                **self.additional_kwargs}  # fmt: skip
+    def _sampling(self, chat: bool) -> dict[str, Any]:
+        """A plain request's sampling: the fields (logprobs as the route takes them: a count
+        of alternatives for completions, a flag and a count for chat, as LlamaIndex's OpenAI
+        LLM sends them), then `additional_kwargs` over them."""
+        fields: dict[str, Any] = {"max_tokens": self.max_tokens,
+                                  "temperature": float(self.temperature)}  # fmt: skip
+        if self.logprobs and chat:
+            fields.update(logprobs=True, top_logprobs=self.top_logprobs)
+        elif self.logprobs:
+            fields["logprobs"] = self.top_logprobs
+        return {**fields, **self.additional_kwargs}
 
     def _semantic_sampling(self) -> dict[str, Any]:
-        """`_sampling` as a semantic call's options; fields that no option does raise
-        UnmarkablePromptError, so that the call goes the plain way, which sends them."""
-        options, left = semantic_options("Parrot", "additional_kwargs", self._sampling())
+        """The plain requests' sampling as a semantic call's options. Logprobs are left out:
+        predict and the synthesizers read only the text. Other fields that no option does
+        raise UnmarkablePromptError, so that the call goes the plain way, which sends them."""
+        fields = {k: v for k, v in self._sampling(chat=False).items()
+                  if k not in ("logprobs", "top_logprobs")}  # fmt: skip
+        options, left = semantic_options("Parrot", "additional_kwargs", fields)
         if left:
             raise UnmarkablePromptError(
                 f"additional_kwargs {', '.join(map(repr, left))}: semantic calls take no such "
@@ -419,13 +435,13 @@ class Parrot(FunctionCallingLLM):
 
     def _body(self, card: dict[str, Any], prompt: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         return {"model": card["id"], "prompt": prompt,
-                **self._sampling(), **_per_call(kwargs, chat=False)}  # fmt: skip
+                **self._sampling(chat=False), **_per_call(kwargs, chat=False)}  # fmt: skip
 
     def _chat_body(
         self, card: dict[str, Any], messages: Sequence[ChatMessage], kwargs: dict[str, Any]
     ) -> dict:
         return {"model": card["id"], "messages": [_message(m) for m in messages],
-                **self._sampling(), **_per_call(kwargs, chat=True)}  # fmt: skip
+                **self._sampling(chat=True), **_per_call(kwargs, chat=True)}  # fmt: skip
 
     def _call(
         self, session: Session, prompt: BasePromptTemplate, prompt_args: dict[str, Any]
@@ -532,10 +548,28 @@ def _assistant(content: str, calls: list[dict[str, Any]] | None) -> ChatMessage:
     return ChatMessage(role=MessageRole.ASSISTANT, content=content, additional_kwargs=extra)
 
 
+def _completion_response(data: dict[str, Any]) -> CompletionResponse:
+    """The first choice, its logprobs (asked for) as LlamaIndex's OpenAI LLM reports them:
+    per token, its likeliest alternatives."""
+    choice = data["choices"][0]
+    scored = (choice.get("logprobs") or {}).get("top_logprobs") or []
+    logprobs = [[LogProb(token=t, logprob=v) for t, v in top.items()] for top in scored]
+    return CompletionResponse(text=choice["text"], raw=data, logprobs=logprobs or None)
+
+
 def _chat_response(data: dict[str, Any]) -> ChatResponse:
-    message = data["choices"][0]["message"]
+    choice = data["choices"][0]
+    message = choice["message"]
+    scored = (choice.get("logprobs") or {}).get("content") or []
+    logprobs = [
+        [LogProb(token=a["token"], logprob=a["logprob"], bytes=a.get("bytes") or [])
+         for a in entry["top_logprobs"]]
+        for entry in scored if entry.get("top_logprobs")
+    ]  # fmt: skip
     return ChatResponse(
-        message=_assistant(message.get("content") or "", message.get("tool_calls")), raw=data
+        message=_assistant(message.get("content") or "", message.get("tool_calls")),
+        raw=data,
+        logprobs=logprobs or None,
     )
 
 

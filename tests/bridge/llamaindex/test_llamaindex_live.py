@@ -35,7 +35,7 @@ from parrot_bridge.llamaindex import (
     get_response_synthesizer,
 )
 from server.engine import LLMEngine, SamplingParams
-from tests.server.http_client import metrics
+from tests.server.http_client import metrics, request
 
 pytestmark = pytest.mark.slow
 
@@ -143,11 +143,38 @@ def test_additional_kwargs_reach_plain_and_semantic_calls(url: str, engine: LLME
     assert llm.complete(text, temperature=1.0, top_k=1).text == greedy(engine, text)
     with pytest.raises(ValueError, match="Parrot cannot send 'top_kk'"):
         llm.complete(text, top_kk=1)
-    # logprobs: a plain request's; predict goes the plain way, its answer the same
-    scored = Parrot(base_url=url, max_tokens=MAX_TOKENS, additional_kwargs={"logprobs": 1})
+    # a field semantic calls do not take (vLLM's priority): predict goes the plain way
+    urgent = Parrot(base_url=url, max_tokens=MAX_TOKENS, additional_kwargs={"priority": -1})
     before = submissions(url)
-    assert scored.predict(prompt, topic="cars") == greedy(engine, text)
+    assert urgent.predict(prompt, topic="cars") == greedy(engine, text)
     assert submissions(url) == before
+
+
+def test_logprobs_come_back_as_llamaindexs_openai_llm_reports_them(url: str) -> None:
+    """`logprobs`/`top_logprobs` (LlamaIndex's OpenAI LLM's settings; refused before): each
+    token's likeliest alternatives in the response's `logprobs`, the server's own."""
+    llm = Parrot(base_url=url, max_tokens=MAX_TOKENS, logprobs=True, top_logprobs=2)
+    model = llm.metadata.model_name
+    done = llm.complete("The parrot said")
+    _, raw = request("POST", url + "/v1/completions", {
+        "model": model, "prompt": "The parrot said", "max_tokens": MAX_TOKENS,
+        "temperature": 0, "logprobs": 2})  # fmt: skip
+    want = raw["choices"][0]["logprobs"]["top_logprobs"]
+    assert done.text == raw["choices"][0]["text"] and len(done.logprobs) == len(want)
+    for got, top in zip(done.logprobs, want, strict=True):
+        assert [a.token for a in got] == list(top)
+        assert [a.logprob for a in got] == pytest.approx(list(top.values()), abs=1e-4)
+    messages = [ChatMessage(role="user", content="Hello")]
+    reply = llm.chat(messages)
+    _, raw = request("POST", url + "/v1/chat/completions", {
+        "model": model, "messages": [{"role": "user", "content": "Hello"}],
+        "max_tokens": MAX_TOKENS, "temperature": 0, "logprobs": True, "top_logprobs": 2})  # fmt: skip
+    want = raw["choices"][0]["logprobs"]["content"]
+    assert [[a.token for a in got] for got in reply.logprobs] == [
+        [a["token"] for a in entry["top_logprobs"]] for entry in want
+    ]
+    assert reply.logprobs[0][0].bytes == want[0]["top_logprobs"][0]["bytes"]
+    assert Parrot(base_url=url, max_tokens=MAX_TOKENS).complete("The parrot said").logprobs is None
 
 
 async def test_concurrent_apredicts_are_one_graph(url: str, engine: LLMEngine) -> None:

@@ -13,6 +13,7 @@ CARD = {"id": "m"}
 
 
 def test_an_unknown_setting_is_refused_not_dropped() -> None:
+    Parrot(base_url=URL, api_key="unused")  # as OpenAI-style code passes it
     for setting in ({"top_p": 0.3}, {"api_base": URL}):
         with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
             Parrot(base_url=URL, **setting)
@@ -44,6 +45,16 @@ def test_semantic_calls_take_the_fields_they_have_options_for() -> None:
         "temperature": 0.5, "stop": "END", "guided_json": '{"type": "object"}', "top_k": 2})
     assert llm._semantic_sampling() == {"max_tokens": 5, "temperature": 0.5, "stop": ["END"],
                                         "json_schema": {"type": "object"}, "top_k": 2}
-    plain = Parrot(base_url=URL, additional_kwargs={"logprobs": 2, "top_p": 0.5})
-    with pytest.raises(UnmarkablePromptError, match="'logprobs'"):  # predict goes the plain way
+    plain = Parrot(base_url=URL, additional_kwargs={"priority": -1, "top_p": 0.5})
+    with pytest.raises(UnmarkablePromptError, match="'priority'"):  # predict goes the plain way
         plain._semantic_sampling()
+    # logprobs change no text, and predict reads only the text: its calls stay semantic
+    scored = Parrot(base_url=URL, max_tokens=5, logprobs=True, top_logprobs=2,
+                    additional_kwargs={"top_logprobs": 3})  # fmt: skip
+    assert scored._semantic_sampling() == {"max_tokens": 5, "temperature": 0.0}
+    # as LlamaIndex's OpenAI LLM sends them: a count for completions, a flag and a count for chat
+    assert scored._body(CARD, "hi", {})["logprobs"] == 2
+    chat = scored._chat_body(CARD, [], {})
+    assert (chat["logprobs"], chat["top_logprobs"]) == (True, 3)  # additional_kwargs over fields
+    with pytest.raises(ValidationError, match="top_logprobs"):
+        Parrot(base_url=URL, top_logprobs=21)
