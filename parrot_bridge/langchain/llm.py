@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
-from pydantic import ConfigDict, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from parrot_bridge.function import SemanticFunction
 from parrot_bridge.langchain.awaiting import aget_all, get_all
@@ -35,6 +35,7 @@ class ParrotLLM(ParrotSettings, BaseLLM):
     ls_model_type: ClassVar[Literal["chat", "llm"]] = "llm"
     request_options: ClassVar[dict[str, str]] = SAMPLING_OPTIONS
     criteria: Literal["latency", "throughput"] = "latency"
+    streaming: bool = Field(False, description="invoke streams: tokens reach the callbacks.")
 
     @model_validator(mode="after")
     def _check_extra_body(self) -> ParrotLLM:
@@ -52,6 +53,9 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
+        if self.streaming:
+            chunks = self._stream(_one_prompt(prompts), stop, run_manager, **kwargs)
+            return _streamed_result(list(chunks), self._server_info(self._requested(kwargs)))
         served = self._server_info(self._requested(kwargs))
         with self._session() as session:
             outputs = self._record(session, prompts, self._call_sampling(stop, kwargs, served))
@@ -65,6 +69,10 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
+        if self.streaming:
+            chunks = self._astream(_one_prompt(prompts), stop, run_manager, **kwargs)
+            served = await self._aserver_info(self._requested(kwargs))
+            return _streamed_result([c async for c in chunks], served)
         served = await self._aserver_info(self._requested(kwargs))
         async with self._session() as session:
             outputs = self._record(session, prompts, self._call_sampling(stop, kwargs, served))
@@ -150,6 +158,22 @@ class ParrotLLM(ParrotSettings, BaseLLM):
 def prompt_template(prompt: str) -> str:
     """A completion of `prompt` as a template: the prompt's text is constant."""
     return escape_text(prompt) + "{{output:completion}}"
+
+
+def _one_prompt(prompts: list[str]) -> str:
+    # LangChain gives _generate one run's callbacks for the whole batch: tokens of several
+    # prompts would all reach the first (langchain-openai's OpenAI LLM refuses them too)
+    if len(prompts) > 1:
+        raise ValueError(
+            "ParrotLLM cannot stream results with multiple prompts (streaming=True): stream "
+            "one prompt at a time, or batch without streaming (one graph)"
+        )
+    return prompts[0]
+
+
+def _streamed_result(chunks: list[GenerationChunk], served: tuple[str, int]) -> LLMResult:
+    text = "".join(c.text for c in chunks)
+    return LLMResult(generations=[[Generation(text=text)]], llm_output={"model_name": served[0]})
 
 
 def _result(outputs: list[SemanticVariable], model: str) -> LLMResult:

@@ -446,3 +446,26 @@ def test_extra_body_reaches_the_server_as_chat_openais_does(
     assert llm.invoke("Animals:") == text and len(text) == 4
     with pytest.raises(ValueError, match="ParrotLLM cannot honour extra_body's 'priority'"):
         llm.invoke("Animals:", extra_body={"priority": -1})
+
+
+def test_a_streaming_llm_sends_its_tokens_to_the_callbacks(parrot_url: str) -> None:
+    """`ParrotLLM(streaming=True)` (langchain-openai's OpenAI LLM's setting; refused before):
+    invoke streams, each token reaching the callbacks, the answer the plain one. A batch of
+    several prompts is refused, as langchain-openai's is (one run's callbacks for all)."""
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class Tokens(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+            self.seen.append(token)
+
+    plain = ParrotLLM(base_url=parrot_url, temperature=0, max_tokens=10).invoke("Animals:")
+    tokens = Tokens()
+    llm = ParrotLLM(base_url=parrot_url, temperature=0, max_tokens=10, streaming=True)
+    assert llm.invoke("Animals:", config={"callbacks": [tokens]}) == plain
+    assert len(tokens.seen) > 1 and "".join(tokens.seen) == plain
+    assert asyncio.run(llm.ainvoke("Animals:")) == plain
+    with pytest.raises(ValueError, match="cannot stream results with multiple prompts"):
+        llm.generate(["Animals:", "Plants:"])
