@@ -50,6 +50,7 @@ class CompiledChain(RunnableSerializable[Any, Any]):
     _timeout: float | None = PrivateAttr(None)
     _max_retries: int = PrivateAttr(2)
     _split_steps: set[str] = PrivateAttr(default_factory=set)
+    _warned_splits: set[str] = PrivateAttr(default_factory=set)
     _last_calls: list[TracedCall] = PrivateAttr(default_factory=list)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
@@ -81,7 +82,9 @@ class CompiledChain(RunnableSerializable[Any, Any]):
 
     @property
     def split_steps(self) -> set[str]:
-        """Names of the steps that split a graph so far."""
+        """Names of the steps that ran on the client on generated values so far: those that
+        split a graph (warned about) and those that came after the whole graph (logged at
+        INFO; a parser of the last answer, say)."""
         return set(self._split_steps)
 
     # -- Runnable ------------------------------------------------------------------------------
@@ -207,7 +210,7 @@ class CompiledChain(RunnableSerializable[Any, Any]):
 
     def _tracer(self, session: Session) -> Tracer:
         with self._lock:
-            on_split = log_split_once(self._split_steps)
+            on_split = log_split_once(self._split_steps, self._warned_splits)
         return Tracer(session, self.criteria, self._timeout, on_split)
 
 

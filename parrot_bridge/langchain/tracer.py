@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from langchain_core.language_models import BaseLanguageModel
 from langchain_core.messages import AIMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import BasePromptTemplate
@@ -75,16 +76,20 @@ class _PendingChat:
 @dataclass(slots=True)
 class Tracer:
     """Traces inputs into `session`: `calls` lists the semantic calls made, and `on_split` is
-    told (step name, reason) whenever a step has to wait for generated values."""
+    told (step name, reason, whether the step came after the whole graph) whenever a step has
+    to wait for generated values. Whether it came after the whole graph is known only later:
+    a step that is not a model call (a parser, a lambda) is told once the next call is traced
+    (it split the graph) or once the trace ends (it did not: a parser of the last answer)."""
 
     session: Session
     criteria: Criteria = "latency"
     timeout: float | None = None  # seconds each generated value may take (the model's)
-    on_split: Callable[[str, str], None] = lambda step, why: None
+    on_split: Callable[[str, str, bool], None] = lambda step, why, last: None
     symbols: Symbols = field(default_factory=Symbols)
     calls: list[TracedCall] = field(default_factory=list)
     model_runs: list[ModelRun] = field(default_factory=list)
     _chats: list[_PendingChat] = field(default_factory=list)
+    _waited: list[tuple[str, str]] = field(default_factory=list)  # steps not yet told
 
     def run(self, step: Runnable, value: Any, config: RunnableConfig | None = None) -> Any:
         """The symbolic result of `step` on `value`."""
@@ -134,6 +139,7 @@ class Tracer:
     def finish(self, outs: Any) -> Any:
         """`outs` with its generated values, after reporting the traced model calls to their
         callbacks; its messages get the usage a plain call would report (see `reporting`)."""
+        self._tell_waits(last=True)
         self.commit()
         runs = needed(self.model_runs, set(_message_ids(outs)))
         wanted = self.symbols.find(outs)
@@ -172,6 +178,7 @@ class Tracer:
     def _model(
         self, model: ParrotModel, value: Any, kwargs: dict[str, Any], config: RunnableConfig | None
     ) -> Any:
+        self._tell_waits(last=False)  # a call after them: they split the graph
         if model.base_url.rstrip("/") != self.session.url.rstrip("/"):
             return self._on_client(model, value, config, "it talks to another server", kwargs)
         if isinstance(model, ChatParrot) and _asks_chat_only(model, kwargs):
@@ -263,9 +270,17 @@ class Tracer:
         """Run `step` here: on the input as it is if it holds no generated values, else after
         submitting the graph so far and waiting for them (a split)."""
         if self.symbols.find(value):
-            self.on_split(step.get_name(), why)
+            if isinstance(step, BaseLanguageModel):  # the call itself leaves the graph
+                self.on_split(step.get_name(), why, False)
+            else:
+                self._waited.append((step.get_name(), why))
             value = self.resolve(value)
         return invoke_here(step, value, config, kwargs)
+
+    def _tell_waits(self, last: bool) -> None:
+        waited, self._waited = self._waited, []
+        for step, why in waited:
+            self.on_split(step, why, last)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -282,7 +297,8 @@ class Tracer:
         except ParrotError as exc:
             if exc.code != _NOT_TRANSPARENT or not chat.inputs:
                 raise
-            self.on_split(chat.model.get_name(), "the model's chat template changes contents")
+            why = "the model's chat template changes contents"
+            self.on_split(chat.model.get_name(), why, False)
             names = list(chat.inputs)
             found = get_all(self.session, list(chat.inputs.values()), self.criteria, self.timeout)
             values = dict(zip(names, found, strict=True))
@@ -374,13 +390,18 @@ def _input_name(inputs: dict[str, SemanticVariable], var: SemanticVariable) -> s
     return name
 
 
-def log_split_once(seen: set[str]) -> Callable[[str, str], None]:
-    """An `on_split` that logs each step's split once (per `seen` set)."""
+def log_split_once(seen: set[str], warned: set[str]) -> Callable[[str, str, bool], None]:
+    """An `on_split` that adds each step to `seen` and logs it once: a warning where it split
+    the graph (`warned` holds those), else (it came after the whole graph) at INFO."""
 
-    def on_split(step: str, why: str) -> None:
-        if step not in seen:
-            seen.add(step)
+    def on_split(step: str, why: str, last: bool) -> None:
+        if not last and step not in warned:
+            warned.add(step)
             log.warning("compile: step %r runs on the client, so the graph is split there: %s",
                         step, why)  # fmt: skip
+        elif last and step not in seen:
+            log.info("compile: step %r runs on the client after the graph (%s); nothing after "
+                     "it goes to the server", step, why)  # fmt: skip
+        seen.add(step)
 
     return on_split

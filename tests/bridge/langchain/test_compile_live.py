@@ -237,6 +237,31 @@ def test_a_chat_call_asking_for_logprobs_or_samples_runs_on_the_client(
     assert compiled.split_steps == {"ChatParrot"}
 
 
+def test_a_step_after_the_whole_graph_is_not_warned_about(
+    chat: ChatParrot, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A step that runs on the last answer (a lambda reading it, with_structured_output's
+    parser) waits for the graph but splits nothing: it is in split_steps and logged at INFO,
+    not warned about as a split (it was, on every compile of a structured-output chain)."""
+    shout = RunnableLambda(lambda s: s.upper(), name="shout")
+    chain = PromptTemplate.from_template("Topic: {t}") | chat | StrOutputParser() | shout
+    compiled = compile(chain)
+    with caplog.at_level(logging.INFO, logger="parrot_bridge.langchain"):
+        assert compiled.invoke({"t": "cars"}) == chain.invoke({"t": "cars"})
+    assert compiled.split_steps == {"shout"}
+    shouts = [r for r in caplog.records if "'shout'" in r.getMessage()]
+    assert [r.levelno for r in shouts] == [logging.INFO]
+    assert "after the graph" in shouts[0].getMessage()
+    # followed by a call, the same step splits the graph: a warning
+    caplog.clear()
+    longer = compile(chain | {"x": RunnablePassthrough()} | PromptTemplate.from_template(
+        "Go on: {x}") | chat | StrOutputParser())  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="parrot_bridge.langchain"):
+        longer.invoke({"t": "cars"})
+    shouts = [r for r in caplog.records if "'shout'" in r.getMessage()]
+    assert [r.levelno for r in shouts] == [logging.WARNING] and longer.split_steps == {"shout"}
+
+
 def test_extra_body_fields_become_the_semantic_calls_options_or_run_the_call_here(
     chat: ChatParrot,
 ) -> None:
@@ -340,7 +365,9 @@ class StartOptions(BaseCallbackHandler):
         self.options.append(kwargs["options"])
 
 
-def test_with_structured_output_is_a_constrained_call_of_the_graph(parrot_url: str) -> None:
+def test_with_structured_output_is_a_constrained_call_of_the_graph(
+    parrot_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The model call of `with_structured_output` (a JSON-schema reply) runs in the graph
     with the schema as its constraint; its parser runs on the reply. Callbacks see the
     structured-output note a plain call reports. The tiny model's strings close at once
@@ -353,7 +380,9 @@ def test_with_structured_output_is_a_constrained_call_of_the_graph(parrot_url: s
     plain_starts, compiled_starts = StartOptions(), StartOptions()
     plain = chain.invoke({"topic": "owls"}, config={"callbacks": [plain_starts]})
     compiled = compile(chain)
-    out = compiled.invoke({"topic": "owls"}, config={"callbacks": [compiled_starts]})
+    with caplog.at_level(logging.WARNING, logger="parrot_bridge.langchain"):
+        out = compiled.invoke({"topic": "owls"}, config={"callbacks": [compiled_starts]})
+    assert not caplog.records  # its parser reads the last answer: no split to warn about
     assert out == plain == Joke(setup="", punchline="")
     assert [c.step for c in compiled.last_calls] == ["ChatParrot"]
     [plain_note] = [o["ls_structured_output_format"] for o in plain_starts.options]
