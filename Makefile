@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.step_cost
 	$(BIN)/python -m benchmarks.scheduler
 	$(BIN)/python -m benchmarks.constrained
+	$(BIN)/python -m benchmarks.gc_pause
 	$(BIN)/python -m benchmarks.speculation
 	$(BIN)/python -m benchmarks.memory_layout
 	$(BIN)/python -m benchmarks.step_phases
