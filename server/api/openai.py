@@ -59,6 +59,7 @@ from server.api.plain_runs import (
 )
 from server.api.request_timing import RequestTiming
 from server.api.route import Route, json_response, parse_body, prepare
+from server.api.running_usage import RunningUsage
 from server.api.sse import EventStream
 from server.engine import JobOutput, SamplingParams, TokenLogprob
 from server.engine_driver import EngineDriver
@@ -224,6 +225,7 @@ async def _stream_chat(
     held = [HeldLogprobs(driver.tokenizer, samplings[0].skip_special_tokens) for _ in samplings]
     parsers = [choice_parser(tools) for _ in samplings]
     calls_sent = [0] * len(samplings)
+    running = RunningUsage(body.stream_options, len(samplings))
 
     async def send_text(index: int, text: str, finished: bool) -> None:
         parser = parsers[index]
@@ -255,7 +257,8 @@ async def _stream_chat(
             token_ids, unsent_ids[index] = unsent_ids[index], []
         choice = ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=reason,
                                  token_ids=token_ids)  # fmt: skip
-        return ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[choice])
+        return ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[choice],
+                                   usage=running.of(index, len(ids)))  # fmt: skip
 
     stream = EventStream(request)
     await stream.open()
@@ -265,17 +268,20 @@ async def _stream_chat(
             await stream.send(ChatCompletionChunk(
                 id=cid, created=created, model=body.model, choices=[role],
                 prompt_token_ids=list(ids) if with_ids else None,
+                usage=running.of(index, len(ids)),
             ))  # fmt: skip
             if echoed:
                 choice = ChatChunkChoice(index=index, delta=ChatDelta(content=echoed))
                 await stream.send(ChatCompletionChunk(id=cid, created=created, model=body.model,
-                                                      choices=[choice]))  # fmt: skip
+                                                      choices=[choice],
+                                                      usage=running.of(index, len(ids))))  # fmt: skip
         finals: dict[int, JobOutput] = {}
         outputs = stream_outputs(stream, request.app[ENGINES], [ids], [samplings], timing,
                            placement_of(body))  # fmt: skip
         async for index, out in outputs:
             held[index].add(out.new_logprobs)
             unsent_ids[index].extend(out.new_token_ids)
+            running.add(index, out)
             await send_text(index, out.new_text, out.finished)
             if out.finished:
                 finals[index] = out
@@ -316,6 +322,7 @@ async def _stream_completion(
     unsent_ids: list[list[int]] = [[] for _ in range(count)]
     prompt_sent: set[int] = set()
     held = [HeldLogprobs(driver.tokenizer, skip) for _ in range(count)]
+    running = RunningUsage(body.stream_options, count)
 
     def choice(
         index: int, text: str, finish_reason: str | None, logprobs: CompletionLogprobs | None
@@ -328,7 +335,8 @@ async def _stream_completion(
                 prompt_sent.add(index)
                 part.prompt_token_ids = list(prompt_ids[index // n])
             part.token_ids, unsent_ids[index] = unsent_ids[index], []
-        return Completion(id=cid, created=created, model=body.model, choices=[part])
+        return Completion(id=cid, created=created, model=body.model, choices=[part],
+                          usage=running.of(index, len(prompt_ids[index // n])))  # fmt: skip
 
     to_echo = set(range(count)) if echo.on else set()
     stream = EventStream(request)
@@ -339,6 +347,7 @@ async def _stream_completion(
                            placement_of(body))  # fmt: skip
         async for index, out in outputs:
             prompt, ids = prompts[index // n], prompt_ids[index // n]
+            running.add(index, out)
             if index in to_echo and (not echo.scored or out.prompt_logprobs is not None):
                 # the prompt first, once its scores (if asked) are in
                 to_echo.discard(index)

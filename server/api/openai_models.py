@@ -20,6 +20,9 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     include_usage: bool = False
+    continuous_usage_stats: bool = Field(
+        False, description="vLLM's: with include_usage, every chunk carries its choice's usage."
+    )
 
 
 class OpenAIRequest(BaseModel):

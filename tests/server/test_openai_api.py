@@ -83,6 +83,38 @@ def test_chat_and_streaming_chat(client: openai.OpenAI, engine: LLMEngine) -> No
     assert chunks[-1].usage.completion_tokens == len(ref.token_ids)
 
 
+def test_continuous_usage_stats_give_every_chunk_its_choices_usage(
+    client: openai.OpenAI, engine: LLMEngine
+) -> None:
+    """vLLM's and SGLang's `stream_options.continuous_usage_stats` (ignored before): with
+    include_usage, every chunk carries the usage of its choice so far; the last, the whole."""
+    messages = [{"role": "user", "content": "Name a bird."}]
+    ref = greedy(engine, chat_text(engine, messages), 8)
+    prompt_tokens = len(engine.tokenizer.encode(chat_text(engine, messages)))
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    chunks = list(client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=8, temperature=0, n=2, stream=True,
+        stream_options=options))  # fmt: skip
+    for index in (0, 1):
+        mine = [c for c in chunks if c.choices and c.choices[0].index == index]
+        counts = [c.usage.completion_tokens for c in mine]
+        assert counts[0] == 0 and counts == sorted(counts) and counts[-1] == len(ref.token_ids)
+        assert {c.usage.prompt_tokens for c in mine} == {prompt_tokens}
+        assert all(c.usage.total_tokens == prompt_tokens + c.usage.completion_tokens
+                   for c in mine)  # fmt: skip
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 2 * len(ref.token_ids)
+    ref = greedy(engine, "Once upon", 6)
+    chunks = list(client.completions.create(model="tiny", prompt="Once upon", max_tokens=6,
+                                            temperature=0, stream=True, stream_options=options))  # fmt: skip
+    counts = [c.usage.completion_tokens for c in chunks if c.choices]
+    assert counts == sorted(counts) and counts[-1] == len(ref.token_ids) and counts[0] > 0
+    # without include_usage, or without the flag, chunks carry none
+    for options in ({"continuous_usage_stats": True}, {"include_usage": True}):
+        chunks = list(client.completions.create(model="tiny", prompt="Once upon", max_tokens=3,
+                                                stream=True, stream_options=options))  # fmt: skip
+        assert all(c.usage is None for c in chunks if c.choices)
+
+
 def test_streaming_completion(client: openai.OpenAI, engine: LLMEngine) -> None:
     ref = greedy(engine, "Once upon", 10)
     chunks = list(
