@@ -18,6 +18,7 @@ from server.cors import CorsPolicy, cors_headers, preflight_middleware
 from server.engine_driver import EngineDriver
 from server.engine_pool import EnginePool
 from server.executor import Executor
+from server.gc_pauses import GcPauses
 from server.keys import (
     CONFIG,
     DRIVER,
@@ -76,7 +77,7 @@ def run(config: ServerConfig) -> None:
     configure_logging(config.log_level, config.log_format)
     log_event(log, "starting", model=config.model, host=config.host, port=config.port)
     app = init_app(config)
-    app.on_startup.append(_freeze_startup_objects)  # after the engines load (cleanup_ctx)
+    app.on_startup.append(_settle_process)  # after the engines load (cleanup_ctx)
     web.run_app(
         app,
         host=config.host,
@@ -90,8 +91,12 @@ def run(config: ServerConfig) -> None:
     log_event(log, "stopped")
 
 
-async def _freeze_startup_objects(app: web.Application) -> None:
+async def _settle_process(app: web.Application) -> None:
+    """The server process's own: what is alive once it has started is left out of later
+    garbage collections, whose pauses /metrics then shows."""
     log_event(log, "startup_objects_frozen", objects=freeze_long_lived())
+    app[METRICS].gc_pauses = pauses = GcPauses()
+    pauses.start()
 
 
 async def _engine(app: web.Application) -> AsyncIterator[None]:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from server.gc_pauses import GcPauses
 from server.histogram import Histogram, escape_label_value
 
 if TYPE_CHECKING:
@@ -127,6 +128,7 @@ class Metrics:
             "Plain requests that finished: from arrival to the last token.",
             labels=("api",),
         )
+        self.gc_pauses: GcPauses | None = None  # set where the server process starts
         # graph calls, by the priority objective deduction gave them
         self.call_queue = Histogram(
             "parrot_call_queue_seconds",
@@ -140,7 +142,8 @@ class Metrics:
         )
 
     def render(self, engine: EngineStats) -> str:
-        """Prometheus text exposition of server and engine metrics."""
+        """Prometheus text exposition of server and engine metrics (and the server process's
+        garbage-collection pauses, once `gc_pauses` watches them)."""
         cached = Family(
             "parrot_cached_tokens_total",
             "counter",
@@ -236,6 +239,8 @@ class Metrics:
             self.call_queue,
             self.call_latency,
         ]
+        if self.gc_pauses is not None:
+            histograms.append(self.gc_pauses.histogram())
         text = render_families([*own, *derived])
         return text + "".join(line + "\n" for h in histograms for line in h.render())
 

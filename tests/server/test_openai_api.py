@@ -869,6 +869,23 @@ def test_tokenize_gives_the_ids_a_request_uses_and_detokenize_reverses_them(
         assert status in (400, 404) and needle in err["error"]["message"], (path, err)
 
 
+def test_metrics_show_the_server_processes_garbage_collections(server: str) -> None:
+    """Collections stop every thread of the server process: /metrics shows their pauses, by
+    generation, from startup on. A graph of 300 calls leaves enough new objects for a young
+    collection (so little outlives a plain request that a few of them may not)."""
+    _, created = request("POST", server + "/v1/sessions", {"name": "gc"})
+    sid, token = created["session_id"], created["token"]
+    calls = [{"id": f"c{i}", "template": f"{i} {{{{output:y}}}}", "outputs": {"y": f"v{i}"},
+              "sampling": {"max_tokens": 1}} for i in range(300)]  # fmt: skip
+    graph = {"variables": [{"id": f"v{i}"} for i in range(300)], "calls": calls}
+    assert request("POST", f"{server}/v1/sessions/{sid}/graph", graph, token)[0] == 200
+    request("DELETE", f"{server}/v1/sessions/{sid}", None, token)
+    samples = metrics(server)
+    assert samples['parrot_gc_pause_seconds_count{generation="0"}'] > 0
+    assert samples['parrot_gc_pause_seconds_bucket{generation="0",le="+Inf"}'] == samples[
+        'parrot_gc_pause_seconds_count{generation="0"}']
+
+
 def test_latency_histograms_count_each_prompt_token_and_finished_request(
     server: str, client: openai.OpenAI
 ) -> None:
