@@ -58,3 +58,12 @@ def test_semantic_calls_take_the_fields_they_have_options_for() -> None:
     assert (chat["logprobs"], chat["top_logprobs"]) == (True, 3)  # additional_kwargs over fields
     with pytest.raises(ValidationError, match="top_logprobs"):
         Parrot(base_url=URL, top_logprobs=21)
+
+
+def test_settings_round_trip_through_llamaindexs_serialization() -> None:
+    """to_dict/from_dict (LlamaIndex's; its class_name key included) give the same settings,
+    unknown settings being refused."""
+    llm = Parrot(base_url=URL, max_tokens=7, logprobs=True, additional_kwargs={"top_k": 2})
+    again = Parrot.from_dict(llm.to_dict())
+    assert (again.max_tokens, again.logprobs, again.additional_kwargs) == (7, True, {"top_k": 2})
+    assert Parrot.from_json(llm.to_json()).base_url == URL
