@@ -16,6 +16,7 @@ import functools
 
 from server.engine.char_nfa import CharNfaBuilder
 from server.engine.code_point_prefix import CodePointPrefix
+from server.engine.collection_pause import collection_paused
 from server.engine.grammar_parser import (
     Alt,
     Chars,
@@ -44,6 +45,13 @@ class Grammar:
     """A compiled grammar: `start()` gives the prefix automaton of one generation."""
 
     def __init__(self, text: str) -> None:
+        with collection_paused():  # a large grammar compiles ~2x faster (collection_pause)
+            self._build(text)
+
+    def start(self) -> GrammarPrefix:
+        return GrammarPrefix(self, self._start)
+
+    def _build(self, text: str) -> None:
         rules = parse_grammar(text)
         if "root" not in rules:
             raise GrammarError("the grammar needs a rule named root (the whole text)")
@@ -62,9 +70,6 @@ class Grammar:
         self._check_productive(rules)
         self._check_left_recursion(rules)
         self._start = self._closure({(self._entry["root"], None)})
-
-    def start(self) -> GrammarPrefix:
-        return GrammarPrefix(self, self._start)
 
     # -- simulation ---------------------------------------------------------------------------
 

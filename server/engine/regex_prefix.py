@@ -18,6 +18,7 @@ import functools
 from server.engine.char_nfa import CharNfaBuilder
 from server.engine.char_set import IN_CLASS, CharSet
 from server.engine.code_point_prefix import CodePointPrefix
+from server.engine.collection_pause import collection_paused
 
 _MAX_REPEAT = 256  # {m,n} copies its operand: keep patterns small
 # nested repeats multiply (`((a{256}){256}){256}` is 16M copies: it took the server past 19 GB
@@ -47,11 +48,12 @@ class Regex:
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
         self._distance: dict[frozenset[int], int | None] = {}  # chars_to_accept's answers
-        builder = CharNfaBuilder(MAX_STATES, lambda: _too_large(pattern))
-        start, accept = _Parser(pattern, builder).parse()
-        self.start_state, self.accept_state = start, accept
-        self._nfa = builder.packed()
-        self._live = self._states_that_reach_accept()
+        with collection_paused():
+            builder = CharNfaBuilder(MAX_STATES, lambda: _too_large(pattern))
+            start, accept = _Parser(pattern, builder).parse()
+            self.start_state, self.accept_state = start, accept
+            self._nfa = builder.packed()
+            self._live = self._states_that_reach_accept()
 
     def start(self) -> RegexPrefix:
         return RegexPrefix(self, self._closure({self.start_state}))
