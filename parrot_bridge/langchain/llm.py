@@ -33,9 +33,12 @@ class ParrotLLM(ParrotSettings, BaseLLM):
     # an unknown option (OpenAI's `n`, say) must fail, not be dropped (LangChain's base ignores it)
     model_config = ConfigDict(extra="forbid")
     ls_model_type: ClassVar[Literal["chat", "llm"]] = "llm"
-    request_options: ClassVar[dict[str, str]] = SAMPLING_OPTIONS
+    request_options: ClassVar[dict[str, str]] = {**SAMPLING_OPTIONS, "n": "n"}
     criteria: Literal["latency", "throughput"] = "latency"
     streaming: bool = Field(False, description="invoke streams: tokens reach the callbacks.")
+    n: int | None = Field(
+        None, ge=1, le=128, description="Completions per prompt: calls sharing its prefix."
+    )
 
     @model_validator(mode="after")
     def _check_extra_body(self) -> ParrotLLM:
@@ -58,8 +61,9 @@ class ParrotLLM(ParrotSettings, BaseLLM):
             return _streamed_result(list(chunks), self._server_info(self._requested(kwargs)))
         served = self._server_info(self._requested(kwargs))
         with self._session() as session:
-            outputs = self._record(session, prompts, self._call_sampling(stop, kwargs, served))
-            get_all(session, outputs, self.criteria, self.timeout)
+            sampling = self._call_sampling(stop, kwargs, served)
+            outputs = self._record(session, prompts, sampling, self._samples(kwargs))
+            get_all(session, [o for each in outputs for o in each], self.criteria, self.timeout)
         return _result(outputs, served[0])
 
     async def _agenerate(
@@ -75,8 +79,10 @@ class ParrotLLM(ParrotSettings, BaseLLM):
             return _streamed_result([c async for c in chunks], served)
         served = await self._aserver_info(self._requested(kwargs))
         async with self._session() as session:
-            outputs = self._record(session, prompts, self._call_sampling(stop, kwargs, served))
-            await aget_all(session, outputs, self.criteria, self.timeout)
+            sampling = self._call_sampling(stop, kwargs, served)
+            outputs = self._record(session, prompts, sampling, self._samples(kwargs))
+            everything = [o for each in outputs for o in each]
+            await aget_all(session, everything, self.criteria, self.timeout)
         return _result(outputs, served[0])
 
     def _stream(
@@ -88,7 +94,8 @@ class ParrotLLM(ParrotSettings, BaseLLM):
     ) -> Iterator[GenerationChunk]:
         served = self._server_info(self._requested(kwargs))
         with self._session() as session:
-            (output,) = self._record(session, [prompt], self._call_sampling(stop, kwargs, served))
+            sampling = self._call_sampling(stop, kwargs, served)
+            [(output,)] = self._record(session, [prompt], sampling, _one_sample(self, kwargs))
             for text in output.stream(self.criteria):
                 chunk = GenerationChunk(text=text)
                 if run_manager:
@@ -104,7 +111,8 @@ class ParrotLLM(ParrotSettings, BaseLLM):
     ) -> AsyncIterator[GenerationChunk]:
         served = await self._aserver_info(self._requested(kwargs))
         async with self._session() as session:
-            (output,) = self._record(session, [prompt], self._call_sampling(stop, kwargs, served))
+            sampling = self._call_sampling(stop, kwargs, served)
+            [(output,)] = self._record(session, [prompt], sampling, _one_sample(self, kwargs))
             async for text in output.astream(self.criteria):
                 chunk = GenerationChunk(text=text)
                 if run_manager:
@@ -129,6 +137,7 @@ class ParrotLLM(ParrotSettings, BaseLLM):
         """The sampling of a semantic call (a response_format as its constraint); `served`:
         `_server_info`'s answer, when already asked."""
         sampling = self._sampling(stop, kwargs)
+        sampling.pop("n", None)  # one call's: `_record` makes the n calls
         model = self._requested(kwargs)
         if served is None and (model is not None or "max_tokens" not in sampling):
             served = self._server_info(model)  # (asks the server once)
@@ -145,13 +154,26 @@ class ParrotLLM(ParrotSettings, BaseLLM):
             raise no_semantic_option("ParrotLLM", "extra_body", left)
         return extras
 
+    def _samples(self, kwargs: dict[str, Any]) -> int:
+        """`n`: completions per prompt (per call, model_kwargs, the field; 1 by default)."""
+        return self._sampling(None, kwargs).get("n", 1)
+
     def _record(
-        self, session: Session, prompts: list[str], sampling: dict[str, Any]
-    ) -> list[SemanticVariable]:
+        self, session: Session, prompts: list[str], sampling: dict[str, Any], n: int = 1
+    ) -> list[list[SemanticVariable]]:
+        """`n` calls per prompt in `session`: one graph, whose calls of a prompt share its
+        prefix on the server (computed once). With a seed, sample i draws from seed + i, as
+        the server's `n` does, so they differ and each is reproducible."""
         outputs = []
         for prompt in prompts:
-            fn = SemanticFunction(prompt_template(prompt), name="ParrotLLM", **sampling)
-            outputs.append(fn.invoke(session))
+            samples = []
+            for i in range(n):
+                seeded = sampling
+                if i and sampling.get("seed") is not None:
+                    seeded = {**sampling, "seed": _offset_seed(sampling["seed"], i)}
+                fn = SemanticFunction(prompt_template(prompt), name="ParrotLLM", **seeded)
+                samples.append(fn.invoke(session))
+            outputs.append(samples)
         return outputs
 
 
@@ -176,13 +198,32 @@ def _streamed_result(chunks: list[GenerationChunk], served: tuple[str, int]) -> 
     return LLMResult(generations=[[Generation(text=text)]], llm_output={"model_name": served[0]})
 
 
-def _result(outputs: list[SemanticVariable], model: str) -> LLMResult:
-    """As an OpenAI LLM reports a batch: texts with their finish reasons, usage summed."""
+def _one_sample(llm: ParrotLLM, kwargs: dict[str, Any]) -> int:
+    if llm._samples(kwargs) > 1:
+        raise ValueError("ParrotLLM cannot stream results when n > 1 (one sample streams)")
+    return 1
+
+
+def _offset_seed(seed: int, offset: int) -> int:
+    """`seed + offset` wrapped into the server's signed 64-bit seeds, as its `n` samples use."""
+    return (seed + offset + 2**63) % 2**64 - 2**63
+
+
+def _result(outputs: list[list[SemanticVariable]], model: str) -> LLMResult:
+    """As an OpenAI LLM reports a batch: per prompt its samples' texts with their finish
+    reasons; usage summed, each prompt counted once however many samples it had."""
     generations = [
-        [Generation(text=o.value or "", generation_info={"finish_reason": o.finish_reason})]
-        for o in outputs
-    ]
-    usage = {key: sum((o.usage or {}).get(key, 0) for o in outputs)
-             for key in ("prompt_tokens", "completion_tokens", "total_tokens")}  # fmt: skip
+        [Generation(text=o.value or "", generation_info={"finish_reason": o.finish_reason})
+         for o in samples]
+        for samples in outputs
+    ]  # fmt: skip
+
+    def total(key: str, first_only: bool) -> int:
+        return sum((o.usage or {}).get(key, 0)
+                   for samples in outputs for o in (samples[:1] if first_only else samples))  # fmt: skip
+
+    prompt, completion = total("prompt_tokens", True), total("completion_tokens", False)
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+             "total_tokens": prompt + completion}  # fmt: skip
     return LLMResult(generations=generations,
                      llm_output={"token_usage": usage, "model_name": model})  # fmt: skip

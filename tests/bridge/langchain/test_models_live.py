@@ -469,3 +469,31 @@ def test_a_streaming_llm_sends_its_tokens_to_the_callbacks(parrot_url: str) -> N
     assert asyncio.run(llm.ainvoke("Animals:")) == plain
     with pytest.raises(ValueError, match="cannot stream results with multiple prompts"):
         llm.generate(["Animals:", "Plants:"])
+
+
+def test_llm_n_samples_are_semantic_calls_as_the_servers_n(parrot_url: str) -> None:
+    """`ParrotLLM(n=3)` (langchain-openai's OpenAI LLM's `n`; refused before): each prompt's
+    generations are n semantic calls of one graph, sample i seeded seed + i as the server's
+    own `n` seeds them, so they equal its /v1/completions answer; the prompt counts once."""
+    llm = ParrotLLM(base_url=parrot_url, temperature=1, seed=5, max_tokens=8, n=3)
+    result = llm.generate(["Animals:", "Plants:"])
+    model = llm._server_info()[0]
+    _, plain = request("POST", parrot_url + "/v1/completions", {
+        "model": model, "prompt": ["Animals:", "Plants:"], "temperature": 1, "seed": 5,
+        "max_tokens": 8, "n": 3})  # fmt: skip
+    want = [c["text"] for c in plain["choices"]]
+    assert [[g.text for g in gens] for gens in result.generations] == [want[:3], want[3:]]
+    assert len(set(want[:3])) > 1  # the samples differ
+    assert result.llm_output["token_usage"] == {
+        k: plain["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+    }
+    assert llm.invoke("Animals:") == want[0]
+    assert lc.compile(lc_prompt_text() | llm).invoke({"q": "Animals:"}) == want[0]
+    with pytest.raises(ValueError, match="cannot stream results when n > 1"):
+        list(llm.stream("Animals:"))
+
+
+def lc_prompt_text() -> Any:
+    from langchain_core.prompts import PromptTemplate
+
+    return PromptTemplate.from_template("{q}")

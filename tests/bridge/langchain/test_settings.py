@@ -112,11 +112,15 @@ def test_openai_options_are_sent_or_refused() -> None:
     with pytest.raises(ValueError, match="n=2 cannot stream"):
         chat._body([HumanMessage("hi")], None, {}, "m", stream=True)
     with pytest.raises(ValidationError, match="n\\b"):
-        ParrotLLM(n=2)
+        ParrotLLM(n=0)
     with pytest.raises(ValidationError, match="ParrotLLM cannot honour 'logprobs'"):
         ParrotLLM(model_kwargs={"logprobs": True})
-    with pytest.raises(ValueError, match="ParrotLLM cannot honour 'n'"):
-        ParrotLLM()._sampling(None, {"n": 2})
+    # ParrotLLM's n: that many semantic calls per prompt; each call's own sampling has none
+    sampled = ParrotLLM(n=3, max_tokens=4, seed=7)
+    assert sampled._samples({}) == 3 and sampled._samples({"n": 2}) == 2
+    assert "n" not in sampled._call_sampling(None, {})
+    with pytest.raises(ValueError, match="n=200 is refused"):
+        sampled._samples({"n": 200})
     with pytest.raises(ValueError, match="ChatParrot cannot honour 'best_of'"):
         ChatParrot()._sampling(None, {"best_of": 2})
     with pytest.raises(ValidationError, match="not both"):
