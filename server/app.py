@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import torch
 from aiohttp import web
 
+from server import request_id
 from server.api import all_routes
 from server.api.native import end_session
 from server.api.openapi import build_openapi
@@ -48,6 +49,7 @@ def init_app(config: ServerConfig) -> web.Application:
         middlewares=[access_middleware, *preflight, error_middleware],
         client_max_size=config.max_request_mb * 1024 * 1024,
     )
+    app.on_response_prepare.append(request_id.add_header)
     if cors is not None:
         app.on_response_prepare.append(cors_headers(cors))
     app[CONFIG] = config

@@ -77,6 +77,7 @@ def cors_headers(policy: CorsPolicy) -> Callable[[web.Request, web.StreamRespons
         if allowed is None:
             return
         response.headers["Access-Control-Allow-Origin"] = allowed
+        response.headers["Access-Control-Expose-Headers"] = "X-Request-Id"  # readable by scripts
         if allowed != "*":
             response.headers["Vary"] = "Origin"
 

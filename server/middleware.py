@@ -7,6 +7,7 @@ import time
 
 from aiohttp import web
 
+from server import request_id
 from server.api.disconnect import ClientGone
 from server.api.route import Handler
 from server.errors import ApiError, error_body
@@ -29,8 +30,10 @@ _TYPES = {
 
 @web.middleware
 async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Counts `parrot_http_requests_total{route,status}` and logs one line per request."""
+    """Counts `parrot_http_requests_total{route,status}` and logs one line per request, with
+    the request's id (`request_id`)."""
     start = time.perf_counter()
+    rid = request_id.assign(request)
     status = 500
     try:
         response = await handler(request)
@@ -49,6 +52,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
             route=route,
             status=status,
             ms=round((time.perf_counter() - start) * 1000, 1),
+            request_id=rid,
         )
 
 

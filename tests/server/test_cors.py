@@ -72,6 +72,9 @@ def test_a_browser_page_from_an_allowed_origin_can_call_the_api(tiny_llama_path:
         status, headers, _ = call("POST", srv.url + chat, json_headers, body)
         assert status == 200 and headers["Access-Control-Allow-Origin"] == APP
         assert headers["Vary"] == "Origin"
+        # the page's script may read the request's id
+        assert headers["Access-Control-Expose-Headers"] == "X-Request-Id"
+        assert headers["X-Request-Id"].startswith("req_")
         status, headers, raw = call("POST", srv.url + chat, json_headers, {**body, "stream": True})
         assert status == 200 and headers["Access-Control-Allow-Origin"] == APP
         assert raw.rstrip().endswith(b"data: [DONE]")

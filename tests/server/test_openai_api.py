@@ -869,6 +869,31 @@ def test_tokenize_gives_the_ids_a_request_uses_and_detokenize_reverses_them(
         assert status in (400, 404) and needle in err["error"]["message"], (path, err)
 
 
+def test_every_response_carries_a_request_id(client: openai.OpenAI) -> None:
+    """`X-Request-Id` on every response, as OpenAI's API sends it (its client reports it as
+    an error's `request_id`): the client's own when usable, else a fresh one; streams too."""
+    user = [{"role": "user", "content": "Hi"}]
+    raw = client.chat.completions.with_raw_response.create(model="tiny", messages=user,
+                                                           max_tokens=2)  # fmt: skip
+    first = raw.headers["x-request-id"]
+    again = client.chat.completions.with_raw_response.create(model="tiny", messages=user,
+                                                             max_tokens=2)  # fmt: skip
+    assert first.startswith("req_") and again.headers["x-request-id"] != first
+    mine = client.with_options(default_headers={"X-Request-Id": "my-call-7"})
+    raw = mine.completions.with_raw_response.create(model="tiny", prompt="x", max_tokens=2)
+    assert raw.headers["x-request-id"] == "my-call-7"
+    with client.chat.completions.with_streaming_response.create(
+        model="tiny", messages=user, max_tokens=2, stream=True
+    ) as streamed:
+        assert streamed.headers["x-request-id"].startswith("req_")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model="tiny", prompt="x", max_tokens=2, frequency_penalty=3)
+    assert refused.value.request_id.startswith("req_")
+    unusable = client.with_options(default_headers={"X-Request-Id": "a b" + "c" * 200})
+    raw = unusable.completions.with_raw_response.create(model="tiny", prompt="x", max_tokens=2)
+    assert raw.headers["x-request-id"].startswith("req_")
+
+
 def test_metrics_show_the_server_processes_garbage_collections(server: str) -> None:
     """Collections stop every thread of the server process: /metrics shows their pauses, by
     generation, from startup on. A graph of 300 calls leaves enough new objects for a young
