@@ -6,7 +6,8 @@ __all__ = ["CallFailedError", "ParrotError"]
 
 
 class ParrotError(Exception):
-    """An error from the Parrot server (with its HTTP status and error type/code) or the SDK."""
+    """An error from the Parrot server (with its HTTP status, error type/code and the
+    response's `X-Request-Id`, which its log line names) or the SDK."""
 
     def __init__(
         self,
@@ -15,12 +16,14 @@ class ParrotError(Exception):
         status: int | None = None,
         type: str | None = None,
         code: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.type = type
         self.code = code
+        self.request_id = request_id
 
 
 class CallFailedError(ParrotError):

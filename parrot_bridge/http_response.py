@@ -23,14 +23,21 @@ async def read_json(resp: aiohttp.ClientResponse) -> Any:
         return {"error": {"message": text[:500] or resp.reason, "type": "http_error"}}
 
 
-def response_error(status: int, data: Any) -> ParrotError:
-    """A `ParrotError` carrying the server's message, type and code where it sent them."""
+def response_error(status: int, data: Any, request_id: str | None = None) -> ParrotError:
+    """A `ParrotError` carrying the server's message, type and code where it sent them, and
+    the response's request id."""
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):
         return ParrotError(
-            str(error.get("message")), status=status, type=error.get("type"), code=error.get("code")
-        )
-    return ParrotError(f"HTTP {status}: {data}", status=status)
+            str(error.get("message")), status=status, type=error.get("type"),
+            code=error.get("code"), request_id=request_id,
+        )  # fmt: skip
+    return ParrotError(f"HTTP {status}: {data}", status=status, request_id=request_id)
+
+
+def request_id(resp: aiohttp.ClientResponse) -> str | None:
+    """The server's id of the request `resp` answers (`X-Request-Id`)."""
+    return resp.headers.get("X-Request-Id")
 
 
 def unreachable(base_url: str, exc: Exception) -> ParrotError:

@@ -12,7 +12,13 @@ from typing import Any
 
 import aiohttp
 
-from parrot_bridge.http_response import read_json, response_error, timed_out, unreachable
+from parrot_bridge.http_response import (
+    read_json,
+    request_id,
+    response_error,
+    timed_out,
+    unreachable,
+)
 
 _RETRY_S = 0.1  # the first retry's wait; it doubles with each
 
@@ -77,7 +83,7 @@ class Transport:
             ) as resp:
                 data = await read_json(resp)
                 if resp.status >= 400:
-                    raise response_error(resp.status, data)
+                    raise response_error(resp.status, data, request_id(resp))
                 return data
         except aiohttp.ClientConnectorError:
             raise  # `request` sends it again
@@ -99,7 +105,7 @@ class Transport:
                 self.base_url + path, params=params, headers=self._headers(), timeout=timeout
             ) as resp:
                 if resp.status >= 400:
-                    raise response_error(resp.status, await read_json(resp))
+                    raise response_error(resp.status, await read_json(resp), request_id(resp))
                 event, data = "message", []
                 async for raw in resp.content:
                     line = raw.decode().rstrip("\r\n")

@@ -17,6 +17,7 @@ from parrot_bridge.errors import ParrotError
 from parrot_bridge.http_response import (
     data_events,
     read_json,
+    request_id,
     response_error,
     timed_out,
     unreachable,
@@ -45,7 +46,7 @@ class ServerHttp:
                     async with client.request(method, self._url(path), json=body) as resp:
                         data = await read_json(resp)
                         if resp.status >= 400:
-                            raise response_error(resp.status, data)
+                            raise response_error(resp.status, data, request_id(resp))
                         return data
             except aiohttp.ClientConnectionError as exc:
                 if attempt == self.max_retries:
@@ -61,10 +62,12 @@ class ServerHttp:
             async with self._client() as client:
                 async with client.post(self._url(path), json=body) as resp:
                     if resp.status >= 400:
-                        raise response_error(resp.status, await read_json(resp))
+                        raise response_error(
+                            resp.status, await read_json(resp), request_id(resp)
+                        )
                     async for event in data_events(resp):
                         if "error" in event:
-                            raise response_error(500, event)
+                            raise response_error(500, event, request_id(resp))
                         yield event
         except aiohttp.ClientError as exc:
             raise self._unreachable(exc) from exc

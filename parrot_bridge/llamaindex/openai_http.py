@@ -9,7 +9,13 @@ from typing import Any
 import aiohttp
 
 from parrot_bridge.errors import ParrotError
-from parrot_bridge.http_response import data_events, read_json, timed_out, unreachable
+from parrot_bridge.http_response import (
+    data_events,
+    read_json,
+    request_id,
+    timed_out,
+    unreachable,
+)
 
 
 class OpenAIHttp:
@@ -35,10 +41,10 @@ class OpenAIHttp:
                 self.base_url + path, json={**body, "stream": True}
             ) as resp:
                 if resp.status >= 400:
-                    raise _error(path, resp.status, await read_json(resp))
+                    raise _error(path, resp.status, await read_json(resp), request_id(resp))
                 async for chunk in data_events(resp):
                     if "error" in chunk:
-                        raise _error(path, 500, chunk)
+                        raise _error(path, 500, chunk, request_id(resp))
                     yield chunk
         except aiohttp.ClientError as exc:
             raise unreachable(self.base_url, exc) from exc
@@ -55,7 +61,7 @@ class OpenAIHttp:
             async with self._session().request(method, self.base_url + path, json=body) as resp:
                 data = await read_json(resp)
                 if resp.status >= 400:
-                    raise _error(path, resp.status, data)
+                    raise _error(path, resp.status, data, request_id(resp))
                 return data
         except aiohttp.ClientError as exc:
             raise unreachable(self.base_url, exc) from exc
@@ -68,7 +74,7 @@ class OpenAIHttp:
         return self._client
 
 
-def _error(path: str, status: int, data: Any) -> ParrotError:
+def _error(path: str, status: int, data: Any, rid: str | None) -> ParrotError:
     error = data.get("error") if isinstance(data, dict) else None
     if not isinstance(error, dict):
         error = {"message": str(data)}
@@ -78,4 +84,5 @@ def _error(path: str, status: int, data: Any) -> ParrotError:
         status=status,
         type=error.get("type"),
         code=error.get("code"),
+        request_id=rid,
     )

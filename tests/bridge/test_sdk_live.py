@@ -155,6 +155,7 @@ def test_server_errors_become_exceptions_and_the_session_goes_on(
         with pytest.raises(P.ParrotError, match=r"cycle: call .* reads .*") as e:
             session.flush()
         assert e.value.status == 400 and e.value.code == "cycle"
+        assert e.value.request_id.startswith("req_")  # the server's log line names it
         with pytest.raises(P.ParrotError, match="cycle"):
             first.get()  # the failed submission is remembered
         # its input strings were not sent: later calls declare them again

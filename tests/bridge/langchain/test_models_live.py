@@ -418,8 +418,12 @@ def test_extra_body_reaches_the_server_as_chat_openais_does(
     assert top1.invoke("Hello there", extra_body={"top_k": 50}).content == served(
         temperature=1, seed=3, top_k=50
     )
-    with pytest.raises(ParrotError, match="use_beam_search"):  # the server's 400 names it
+    with pytest.raises(ParrotError, match="use_beam_search") as refused:  # the server's 400
         chat.invoke("Hello there", extra_body={"use_beam_search": True})
+    assert refused.value.request_id.startswith("req_")  # the server's log line names it
+    with pytest.raises(ParrotError, match="use_beam_search") as refused:
+        list(chat.stream("Hello there", extra_body={"use_beam_search": True}))
+    assert refused.value.request_id.startswith("req_")
     # streamed: the same text; stream_usage=False leaves the usage chunk out
     streamed = None
     for chunk in choosy.stream("Hello there", stream_usage=False):

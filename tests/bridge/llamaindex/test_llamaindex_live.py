@@ -27,6 +27,7 @@ from llama_index.core.llms import LLM
 from llama_index.core.response_synthesizers import CompactAndRefine, Refine, TreeSummarize
 from llama_index.llms.openai_like import OpenAILike
 
+from parrot_bridge.errors import ParrotError
 from parrot_bridge.llamaindex import (
     MiniLMEmbedding,
     Parrot,
@@ -143,6 +144,9 @@ def test_additional_kwargs_reach_plain_and_semantic_calls(url: str, engine: LLME
     assert llm.complete(text, temperature=1.0, top_k=1).text == greedy(engine, text)
     with pytest.raises(ValueError, match="Parrot cannot send 'top_kk'"):
         llm.complete(text, top_kk=1)
+    with pytest.raises(ParrotError, match="use_beam_search") as refused:  # the server's 400
+        llm.complete(text, extra_body={"use_beam_search": True})
+    assert refused.value.request_id.startswith("req_")  # the server's log line names it
     # a field semantic calls do not take (vLLM's priority): predict goes the plain way
     urgent = Parrot(base_url=url, max_tokens=MAX_TOKENS, additional_kwargs={"priority": -1})
     before = submissions(url)
