@@ -11,7 +11,7 @@ import secrets
 from aiohttp import web
 
 HEADER = "X-Request-Id"
-_KEY = "parrot_request_id"
+_KEY = web.RequestKey("parrot_request_id", str)
 _USABLE = re.compile(r"[!-~]{1,128}")  # printable ASCII, no spaces: safe in a header and a log
 
 
