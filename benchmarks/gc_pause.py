@@ -12,13 +12,17 @@ the engine (torch, the model), compiles the constraints of a few large requests 
 - the objects alive at startup tracked, or frozen (`gc.freeze`, as `python -m server` and its
   engine processes do once started).
 All four run in one process, in turn within each round. (The automata are compiled before a
-freeze here, so it takes them in too; packed, they are a few dozen tracked objects either way.) Prints a table of median pauses and
-ratios to the first, and saves JSON.
+freeze here, so it takes them in too; packed, they are a few dozen tracked objects either way.)
+Then, with the startup objects frozen as in the server, it times compiling one such grammar and
+one such pattern with collection held off while they compile (as the server compiles them) and
+on (that pause replaced by nothing), in turn within each round. Prints both tables, medians with
+ratios, and saves JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -62,12 +66,18 @@ def main(argv: list[str] | None = None) -> int:
                       f"{objects:,} tracked", flush=True)  # fmt: skip
     table = summarize(pauses, tracked)
     print(format_table(table))
+    compiles = compile_seconds(rounds)
+    compile_table = summarize_compiles(compiles)
+    print(f"\n{'compile, collection':28} {'median s':>9} {'x held off':>11}")
+    for name, row in compile_table.items():
+        print(f"{name:28} {row['median_s']:>9.3f} {row['vs_held_off']:>11.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "command": " ".join(["python -m benchmarks.gc_pause", *(argv or sys.argv[1:])]),
         "started_at": started, "model": args.model, "engine": type(engine).__name__,
         "constraints": len(automata), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(), "table": table, "pause_ms": pauses,
+        "compile_table": compile_table, "compile_s": compiles,
     }, indent=2) + "\n")  # fmt: skip
     print(f"\nsaved {args.out}")
     return 0
@@ -82,12 +92,62 @@ def compiled_constraints(requests: int) -> list[Any]:
     automata: list[Any] = []
     for _ in range(requests):
         tag = uuid.uuid4().hex[:6]
-        names = [f"r{tag}{i}" for i in range(9000)]
-        rules = "\n".join(f'{n} ::= "w{i}" [a-z]' for i, n in enumerate(names))
-        automata.append(Grammar("root ::= " + " ".join(names) + "\n" + rules))
+        automata.append(Grammar(large_grammar(tag)))
         automata.append(Regex(f"{tag}([a-z]{{1,100}} ){{1,240}}"))
         automata.append(Regex(f"{tag}([0-9]{{1,100}},){{1,240}}"))
     return automata
+
+
+def large_grammar(tag: str) -> str:
+    """A grammar of 9,000 rules, new to the compile cache (`tag`)."""
+    names = [f"r{tag}{i}" for i in range(9000)]
+    rules = "\n".join(f'{n} ::= "w{i}" [a-z]' for i, n in enumerate(names))
+    return "root ::= " + " ".join(names) + "\n" + rules
+
+
+def compile_seconds(rounds: int) -> dict[str, list[float]]:
+    """Compile times of a large grammar and a near-cap pattern, with collection held off while
+    they compile (the server's way) and on, the startup objects frozen as in the server."""
+    import server.engine.grammar as grammar
+    import server.engine.regex_prefix as regex_prefix
+
+    times: dict[str, list[float]] = {}
+    held_off = grammar.collection_paused
+    gc.collect()
+    gc.freeze()
+    try:
+        for _ in range(rounds):
+            for collection in ("held off", "on"):
+                pause = held_off if collection == "held off" else contextlib.nullcontext
+                grammar.collection_paused = pause  # type: ignore[assignment]
+                regex_prefix.collection_paused = pause  # type: ignore[assignment]
+                tag = uuid.uuid4().hex[:6]
+                for kind, build, text in (
+                    ("grammar", grammar.Grammar, large_grammar(tag)),
+                    ("pattern", regex_prefix.Regex, f"{tag}([a-z]{{1,100}} ){{1,240}}"),
+                ):  # fmt: skip
+                    start = time.perf_counter()
+                    build(text)
+                    elapsed = time.perf_counter() - start
+                    times.setdefault(f"{kind}, {collection}", []).append(elapsed)
+                    gc.collect()
+    finally:
+        grammar.collection_paused = regex_prefix.collection_paused = held_off
+        gc.unfreeze()
+    return times
+
+
+def summarize_compiles(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Median compile time (s) per case and its ratio to the same kind's with collection held
+    off."""
+    def median(name: str) -> float:
+        return statistics.median(times[name])
+
+    return {
+        name: {"median_s": round(median(name), 3),
+               "vs_held_off": round(median(name) / median(name.split(",")[0] + ", held off"), 2)}
+        for name in times
+    }  # fmt: skip
 
 
 def full_collection_ms(automata: list[Any], layout: str, frozen: bool) -> tuple[list[float], int]:

@@ -45,7 +45,7 @@ class Grammar:
     """A compiled grammar: `start()` gives the prefix automaton of one generation."""
 
     def __init__(self, text: str) -> None:
-        with collection_paused():  # a large grammar compiles ~2x faster (collection_pause)
+        with collection_paused():  # a large grammar compiles faster (see collection_pause)
             self._build(text)
 
     def start(self) -> GrammarPrefix:
