@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -20,10 +22,11 @@ def greedy_reference(model: torch.nn.Module, prompt: list[int], max_new_tokens: 
     Written out rather than `generate(min_new_tokens=...)`, which masks EOS while our
     `ignore_eos` only keeps going past it.
     """
+    # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns, then goes)
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     out = model(torch.tensor([prompt]), use_cache=True)
-    past, ids = out.past_key_values, []
+    ids: list[int] = []
     for _ in range(max_new_tokens):
         ids.append(int(out.logits[0, -1].argmax()))
-        out = model(torch.tensor([[ids[-1]]]), past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(torch.tensor([[ids[-1]]]), use_cache=True, **{name: getattr(out, name)})
     return ids
