@@ -113,7 +113,8 @@ def answer(
     ]
     if not calls:
         return AssistantMessage(content=content + rest), finish_reason(final)
-    text = (content + rest).strip()
+    # the parser leaves out white space next to calls, as a stream of this answer does
+    text = content + rest
     return AssistantMessage(content=text or None, tool_calls=calls), finish_reason(final, True)
 
 
@@ -121,10 +122,7 @@ def choice_parser(tools: ToolRequest | None) -> ToolCallParser | None:
     """A fresh parser for one choice, already past a forced call's primer."""
     if tools is None:
         return None
-    parser = ToolCallParser(tools.names, tools.forced)
-    primed, _ = parser.feed(tools.primer())
-    assert not primed  # the primer opens a block
-    return parser
+    return ToolCallParser(tools.names, tools.forced, tools.primer())
 
 
 def chat_echo(body: ChatCompletionRequest, tools: ToolRequest | None) -> str:

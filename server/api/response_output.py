@@ -51,6 +51,8 @@ class ResponseOutput:
         """More of the answer's text (and its tokens' logprobs): a message item opens for it
         when none is open."""
         events: list[Event] = []
+        if self._open is None and self.items and not self._flushing:
+            delta = delta.lstrip()  # a message after a call starts at its text
         if self._open is None and not delta.strip() and not self._flushing:
             # white space before a call is not a message (a chat answer strips it): it waits
             # for text, and goes if a call comes first

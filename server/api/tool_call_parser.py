@@ -28,10 +28,18 @@ class ToolCallParser:
     it is clear. A block that is not a call of one of `names` goes back into the content as
     written; an unclosed block at the end (EOS or a stop at its closing tag) is read as if
     closed. `forced` is the function that the first block calls (the request primed the
-    block with its name)."""
+    block with its name). `primer` is the text the server wrote to open the first block (a
+    forced or required call's): fed here, never part of the content, so a primed block that is
+    no call (cut inside the name) gives back only what the model wrote.
+
+    With calls, white space at the ends of the content is not content: before the first text
+    when a call comes first, and at the end of an answer with calls (the white space between
+    text and calls stays). Content's trailing white space waits for what follows, so a stream
+    and the whole answer read the same."""
 
     names: frozenset[str]
     forced: str | None = None
+    primer: str = ""
     calls: list[ParsedToolCall] = field(default_factory=list)
     _pending: str = ""
     _inside: bool = False
@@ -39,6 +47,15 @@ class ToolCallParser:
     # where in `_pending` the closing tag may start: a block's text is not searched again at
     # each piece (a long call streamed token by token took quadratic time)
     _unsearched: int = 0
+    _space: str = ""  # content's trailing white space, held until text follows
+    _texted: bool = False  # some content is out
+    _called: bool = False  # a call is out
+
+    def __post_init__(self) -> None:
+        if self.primer:
+            opened = self.read(self.primer)
+            if opened or not self._inside:
+                raise ValueError(f"a primer opens a block and writes no content: {self.primer!r}")
 
     def feed(self, text: str) -> tuple[str, list[ParsedToolCall]]:
         return _split(self.read(text))
@@ -73,24 +90,51 @@ class ToolCallParser:
             pieces.append(self._pending[: len(self._pending) - held])
             self._pending = self._pending[len(self._pending) - held :]
             break
-        return [p for p in pieces if p != ""]
+        return self._spaced(pieces)
 
     def read_rest(self) -> list[str | ParsedToolCall]:
         """`finish`'s content and call, in order."""
         rest = self._close(self._pending, closed=False) if self._inside else self._pending
         self._pending, self._inside, self._unsearched = "", False, 0
-        return [rest] if rest != "" else []
+        pieces = self._spaced([rest])
+        if self._space and not self._called:
+            pieces.append(self._space)
+        self._space = ""
+        return pieces
+
+    def _spaced(self, pieces: list[str | ParsedToolCall]) -> list[str | ParsedToolCall]:
+        """The pieces without the content's leading white space where a call came first; the
+        trailing white space so far is held."""
+        out: list[str | ParsedToolCall] = []
+        for piece in pieces:
+            if isinstance(piece, ParsedToolCall):
+                if not self._texted:
+                    self._space = ""
+                self._called = True
+                out.append(piece)
+                continue
+            text = self._space + piece
+            body = text.rstrip()
+            self._space = text[len(body) :]
+            if body and not self._texted and self._called:
+                body = body.lstrip()
+            if body:
+                self._texted = True
+                out.append(body)
+        return out
 
     def _close(self, block: str, closed: bool) -> str | ParsedToolCall:
         """The block's call, or its text as written when it is not a call."""
-        call = self._call(block)
-        if call is None:
-            return TOOL_CALL_OPEN + block + (TOOL_CALL_CLOSE if closed else "")
-        self.calls.append(call)
-        return call
+        call = self._call(block, closed)
+        if call is not None:
+            self.calls.append(call)
+            return call
+        if self._blocks == 1 and self.primer:  # the server's text is not the model's
+            return block[len(self.primer) - len(TOOL_CALL_OPEN) :]
+        return TOOL_CALL_OPEN + block + (TOOL_CALL_CLOSE if closed else "")
 
-    def _call(self, block: str) -> ParsedToolCall | None:
-        name, arguments = _read_call(block)
+    def _call(self, block: str, closed: bool) -> ParsedToolCall | None:
+        name, arguments = _read_call(block, closed)
         self._blocks += 1
         if self.forced is not None and self._blocks == 1:
             name = self.forced
@@ -99,9 +143,11 @@ class ToolCallParser:
         return ParsedToolCall(f"call_{uuid.uuid4().hex[:24]}", name, arguments)
 
 
-def _read_call(block: str) -> tuple[str | None, str]:
+def _read_call(block: str, closed: bool = True) -> tuple[str | None, str]:
     """(name, arguments as JSON text) of a block's JSON object; leniently when the object is
-    not valid JSON as a whole (a small model's trailing brace, say) but its fields are."""
+    not valid JSON as a whole (a small model's trailing brace, say) but its fields are. A
+    block cut before its arguments (not `closed`, no arguments field) has arguments "": the
+    model wrote none, and `{}` would be a call it never made."""
     try:
         value = json.loads(block)
     except (ValueError, RecursionError):  # nested past the stack
@@ -113,7 +159,7 @@ def _read_call(block: str) -> tuple[str | None, str]:
     name = name_match.group(1) if name_match else None
     found = _ARGUMENTS_FIELD.search(block)
     if found is None:
-        return name, "{}"
+        return name, "{}" if closed else ""
     rest = block[found.end() :]
     try:
         arguments, _ = json.JSONDecoder().raw_decode(rest)

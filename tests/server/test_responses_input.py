@@ -92,8 +92,9 @@ def test_an_answer_of_white_space_only_is_still_a_message():
 
 @pytest.mark.parametrize("step", [1, 3, 7, 1000])
 def test_items_keep_the_order_the_model_wrote_them_in_whatever_the_chunks(step: int):
-    """Text after a call is a message after it, white space between calls is none, and a
-    stream's chunks (any size; 1000: the non-streamed answer, fed whole) give the same items."""
+    """Text after a call is a message after it, white space next to calls is none (a message
+    kept the white space before a call), and a stream's chunks (any size; 1000: the
+    non-streamed answer, fed whole) give the same items."""
     tools = ToolRequest.of(
         [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
         "auto", True,
@@ -107,7 +108,7 @@ def test_items_keep_the_order_the_model_wrote_them_in_whatever_the_chunks(step: 
         written(output, parser, chunk, [], end if i == len(chunks) - 1 else None)
     output.finish(incomplete=False)
     said = [(i.content[0].text if i.type == "message" else i.arguments) for i in output.items]
-    assert said == ["Sure. ", '{"a": 1}', '{"a": 2}', "\nDone."]
+    assert said == ["Sure.", '{"a": 1}', '{"a": 2}', "Done."]
 
 
 def test_no_empty_text_delta_is_sent():
@@ -140,5 +141,5 @@ def test_logprobs_of_text_the_parser_held_back_come_with_it():
     assert message.content[0].text == "Hi <tools"
     assert [e.token for e in message.content[0].logprobs] == chunks
     deltas = [e for e in events if e["type"] == "response.output_text.delta"]
-    assert [e["delta"] for e in deltas] == ["Hi ", "<tools"]  # none empty
+    assert [e["delta"] for e in deltas] == ["Hi", " <tools"]  # none empty; the space waits
     assert [e["token"] for d in deltas for e in d["logprobs"]] == chunks

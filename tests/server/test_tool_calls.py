@@ -33,9 +33,8 @@ def block(name: str, arguments: object) -> str:
 
 def parse(text: str, tools: ToolRequest, pieces: int = 1) -> tuple[str, list]:
     """The whole text through a parser, fed in `pieces`-character pieces after the primer."""
-    parser = ToolCallParser(tools.names, tools.forced)
-    content, _ = parser.feed(tools.primer())
-    out = [content]
+    parser = ToolCallParser(tools.names, tools.forced, tools.primer())
+    out = []
     for at in range(0, len(text), pieces):
         piece, _ = parser.feed(text[at : at + pieces])
         out.append(piece)
@@ -218,3 +217,42 @@ def test_json_nested_past_the_parsers_stack_is_text_not_a_server_error():
     written = TOOL_CALL_OPEN + '{"name": "get_weather", "arguments": ' + deep + "}"
     content, calls = parse(written, tools)  # read leniently: the arguments as written
     assert (content, [(c.name, c.arguments) for c in calls]) == ("", [("get_weather", deep)])
+
+
+def test_a_primed_block_cut_short_gives_only_what_the_model_wrote():
+    """max_tokens inside a required call's name gave the server's primer back as content
+    (`<tool_call>\\n{"name": "get_wea`), and a cut before the arguments gave `{}`: arguments
+    the model never wrote, missing what the schema requires."""
+    required = ToolRequest.of([WEATHER, CLOCK], "required", None)
+    assert parse("get_wea", required) == ("get_wea", [])
+    content, calls = parse('get_weather", "arguments', required)
+    assert content == "" and [(c.name, c.arguments) for c in calls] == [("get_weather", "")]
+    content, calls = parse('get_weather", "arguments": {"city": "Par', required)
+    assert [(c.name, c.arguments) for c in calls] == [("get_weather", '{"city": "Par')]
+    named = ToolRequest.of([WEATHER], {"type": "function", "function": {"name": "get_weather"}},
+                           None)  # fmt: skip
+    assert [(c.name, c.arguments) for c in parse("", named)[1]] == [("get_weather", "")]
+    # a closed block without arguments is a call of none, as before
+    auto = ToolRequest.of([WEATHER, CLOCK], None, None)
+    _, calls = parse(TOOL_CALL_OPEN + '{"name": "now"}' + TOOL_CALL_CLOSE, auto)
+    assert [(c.name, c.arguments) for c in calls] == [("now", "{}")]
+
+
+@pytest.mark.parametrize(
+    ("text", "content"),
+    [
+        (block("now", {}) + "\n" + block("now", {}) + "\n", ""),
+        ("\n " + block("now", {}), ""),
+        ("Hi \n" + block("now", {}) + "\n", "Hi"),
+        (" Hi " + block("now", {}) + "\n\nbye \n", " Hi \n\nbye"),
+        (block("now", {}) + "\n ok", "ok"),
+        ("  no call here \n", "  no call here \n"),
+    ],
+)
+def test_white_space_at_the_ends_of_content_with_calls_is_the_same_streamed(text, content):
+    """A stream sent the white space between two calls as content where the whole answer
+    stripped it: with calls, the content's ends are trimmed as the text arrives, wherever it
+    is cut (leading white space only when a call comes first)."""
+    tools = ToolRequest.of([WEATHER, CLOCK], None, None)
+    for pieces in (1, 2, 3, 1000):
+        assert parse(text, tools, pieces)[0] == content
