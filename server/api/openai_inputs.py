@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any
 
 from server.api.openai_models import ChatCompletionRequest, CompletionRequest, OpenAIRequest
@@ -481,16 +482,22 @@ def checked_schema(schema: object, name: str, param: str | None = None) -> dict[
     return schema
 
 
+_TOKEN_ID_KEY = re.compile(r"\s*[0-9]{1,18}\s*")
+
+
 def logit_bias_of(driver: EngineDriver, asked: dict[str, float] | None) -> dict[int, float]:
     """OpenAI's logit_bias (token ids as strings) as the engine takes it; 400 when a key is not
     a token id of this model or a bias lies outside [-100, 100]."""
     bias: dict[int, float] = {}
     vocab = driver.vocab_size
     for key, value in (asked or {}).items():
-        token = int(key) if key.strip().isdigit() else -1
+        # ASCII digits, few enough for int(): str.isdigit() passes "²" and 5,000-digit keys,
+        # both a 500 from int()
+        token = int(key) if _TOKEN_ID_KEY.fullmatch(key) else -1
         if not 0 <= token < vocab:
+            shown = repr(key) if len(key) <= 40 else f"{key[:40]!r}... ({len(key)} characters)"
             raise bad_request(
-                f"logit_bias: {key!r} is not a token id of this model (0 to {vocab - 1})",
+                f"logit_bias: {shown} is not a token id of this model (0 to {vocab - 1})",
                 param="logit_bias",
             )
         if not -100 <= value <= 100:  # NaN fails this too

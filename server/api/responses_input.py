@@ -56,7 +56,7 @@ def chat_request_of(body: ResponsesRequest, history: list[Message]) -> dict[str,
 
 def input_messages(items: str | list[dict[str, Any]]) -> list[Message]:
     """The input as chat messages: a text is a user message; a list's messages keep their
-    role (developer becomes system), consecutive function_call items become one assistant
+    role (developer is system where the template has no role of that name), consecutive function_call items become one assistant
     message's tool_calls (after its text, if a message came right before), and each
     function_call_output a tool message."""
     if isinstance(items, str):
@@ -164,7 +164,7 @@ def _message(item: dict[str, Any], i: int) -> Message:
     else:
         raise bad_request(f"input[{i}].content must be a string or a list of content parts",
                           param="input")  # fmt: skip
-    return {"role": "system" if role == "developer" else role, "content": text}
+    return {"role": role, "content": text}
 
 
 def _part_text(part: object, i: int, k: int, field: str = "content") -> str:

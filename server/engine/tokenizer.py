@@ -134,7 +134,9 @@ class Tokenizer:
     ) -> str:
         """Render `messages` ([{"role": ..., "content": ...}, ...]) into the model's prompt text.
 
-        Extra keyword arguments (tools, documents, ...) are passed to the template.
+        Extra keyword arguments (tools, documents, ...) are passed to the template. OpenAI's
+        `developer` role is the system role (as OpenAI reads it) for a template that does not
+        name it; one that does gets it as it is.
         """
         if self.chat_template is None:
             raise ValueError("this model has no chat template (none in its tokenizer files)")
@@ -143,6 +145,10 @@ class Tokenizer:
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 raise ValueError(f"messages[{i}] must be a dict with a string 'role'")
+        if not self._knows_developer:
+            messages = [
+                {**m, "role": "system"} if m["role"] == "developer" else m for m in messages
+            ]
         return self._compiled_template.render(
             messages=messages,
             add_generation_prompt=add_generation_prompt,
@@ -159,6 +165,12 @@ class Tokenizer:
     def detokenizer(self, skip_special_tokens: bool = True) -> IncrementalDetokenizer:
         """A fresh streaming detokenizer over this tokenizer."""
         return IncrementalDetokenizer(self, skip_special_tokens)
+
+    @cached_property
+    def _knows_developer(self) -> bool:
+        """The template renders a `developer` role of its own (a plain template would write
+        it out as a turn of a role the model was never trained on)."""
+        return "developer" in (self.chat_template or "")
 
     @cached_property
     def _compiled_template(self) -> jinja2.Template:

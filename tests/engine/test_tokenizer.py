@@ -93,6 +93,26 @@ def test_template_dialect_features(tiny_llama_path: Path) -> None:
         tok.apply_chat_template([{"role": "bad", "content": ""}])
 
 
+def test_a_developer_message_is_a_system_one_unless_the_template_knows_the_role(
+    tiny_tokenizer: Tokenizer,
+) -> None:
+    """OpenAI's `developer` role (what its newer clients send for instructions) was rendered as
+    a turn of an unknown role (`<|im_start|>developer`) after the template's default system
+    prompt; the Responses API already read it as system."""
+    as_developer = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    as_system = [{**as_developer[0], "role": "system"}, as_developer[1]]
+    assert tiny_tokenizer.apply_chat_template(as_developer) == (
+        tiny_tokenizer.apply_chat_template(as_system)
+    )
+    knowing = Tokenizer(
+        tiny_tokenizer.backend,
+        chat_template="{% for m in messages %}{% if m.role == 'developer' %}[dev]"
+        "{% else %}[{{ m.role }}]{% endif %}{{ m.content }}{% endfor %}",
+    )
+    assert knowing.apply_chat_template(as_developer) == "[dev]Be brief.[user]Hi"
+    assert knowing.apply_chat_template(as_system) == "[system]Be brief.[user]Hi"
+
+
 def test_chat_template_errors(tiny_tokenizer: Tokenizer) -> None:
     with pytest.raises(ValueError, match=r"messages\[1\]"):
         tiny_tokenizer.apply_chat_template([{"role": "user", "content": "a"}, {"content": "b"}])

@@ -123,6 +123,10 @@ def test_token_ids_up_to_the_last_of_the_vocabulary_are_taken_and_past_it_refuse
     past = str(SMALL.vocab_size)
     refused("stop_token_ids", sampling_of, SMALL, completion(stop_token_ids=[int(past)]), [1], 4)
     refused("logit_bias", sampling_of, SMALL, completion(logit_bias={past: 5}), [1], 4)
+    # keys that str.isdigit() passed and int() refused: a 500 each
+    for key in ("9" * 5000, "\u00b2", "\u0661"):
+        refused("logit_bias", sampling_of, SMALL, completion(logit_bias={key: 5}), [1], 4)
+    assert sampling_of(SMALL, completion(logit_bias={" 7 ": 1}), [1], 4).logit_bias == {7: 1.0}
 
 
 def test_seeded_samples_draw_from_consecutive_seeds() -> None:
