@@ -8,8 +8,9 @@ The subset that decides text byte by byte: `type` (one or a list), `properties` 
 is written as its compact JSON, non-ASCII characters as themselves; only the values that the
 keywords beside them allow), `anyOf`/`oneOf` whose
 branches start with different characters (an object or null, say: pydantic's optional fields),
-a one-branch `allOf`, and `$ref` into `$defs`/`definitions` (recursion too). Annotations are
-ignored; any other assertion (multipleOf, uniqueItems, ...) is refused with `SchemaError`
+a one-branch `allOf`, and `$ref` into `$defs`/`definitions` (recursion too). A string's
+`format` is enforced where `string_formats.py` has it (OpenAI's: date-time, date, time,
+duration, email, hostname, ipv4, ipv6, uuid), else an annotation. Annotations are ignored; any other assertion (multipleOf, uniqueItems, ...) is refused with `SchemaError`
 naming where it is, rather than silently not enforced.
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 from server.engine.json_depth import path_deeper_than, shown_path
 from server.engine.number_bounds import NumberBounds
 from server.engine.regex_prefix import RegexError
+from server.engine.string_formats import FORMAT_PATTERNS
 from server.engine.string_rules import StringRules, search_regex
 
 # JSON levels (an object property takes two: `properties` and its name), a few times OpenAI's
@@ -252,7 +254,8 @@ _NUMBER_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 
 def _string_rules(schema: dict[str, Any], where: str) -> StringRules | None:
-    if not any(k in schema for k in _STRING_KEYS):
+    shape = FORMAT_PATTERNS.get(schema.get("format"))  # type: ignore[arg-type]
+    if not any(k in schema for k in _STRING_KEYS) and shape is None:
         return None
     low, high = schema.get("minLength", 0), schema.get("maxLength")
     if not _count(low) or (high is not None and not _count(high)):
@@ -260,6 +263,12 @@ def _string_rules(schema: dict[str, Any], where: str) -> StringRules | None:
     if high is not None and high < low:
         raise SchemaError(f"{where}: maxLength {high} is below minLength {low}")
     pattern = schema.get("pattern")
+    if shape is not None:
+        if pattern is not None:
+            raise SchemaError(
+                f"{where}: format {schema['format']!r} and a pattern cannot both be enforced"
+            )
+        return StringRules(low, high, shape)
     if pattern is not None:
         if not isinstance(pattern, str):
             raise SchemaError(f"{where}: pattern must be a string")
