@@ -492,7 +492,15 @@ def _role(message: ChatMessage) -> str:
 
 def _message(message: ChatMessage) -> dict[str, Any]:
     """`message` as the chat route takes it: an assistant's past tool calls and the call a
-    `tool` message answers go along (the server renders them as tool turns)."""
+    `tool` message answers go along (the server renders them as tool turns). Media blocks
+    are refused: `content` is the text blocks only, so an image was dropped without a word
+    and the model described one it never saw."""
+    media = [type(b).__name__ for b in message.blocks if type(b).__name__ in _MEDIA_BLOCKS]
+    if media:
+        raise ValueError(
+            f"Parrot's models read text only: a {message.role.value} message's {media[0]} "
+            "cannot be sent (OpenAI-compatible servers of text models answer it with a 400)"
+        )
     plain: dict[str, Any] = {"role": _role(message), "content": message.content or ""}
     calls = _tool_calls(message)
     if calls:
@@ -501,6 +509,9 @@ def _message(message: ChatMessage) -> dict[str, Any]:
     if plain["role"] == "tool" and call_id is not None:
         plain["tool_call_id"] = call_id
     return plain
+
+
+_MEDIA_BLOCKS = frozenset({"ImageBlock", "AudioBlock", "VideoBlock", "DocumentBlock"})
 
 
 def _tool_calls(message: ChatMessage) -> list[dict[str, Any]]:

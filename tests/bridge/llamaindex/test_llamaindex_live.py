@@ -96,6 +96,23 @@ def test_metadata_complete_and_chat(url: str, engine: LLMEngine) -> None:
     assert list(llm.stream_chat(messages))[-1].message.content == expected
 
 
+async def test_a_message_with_an_image_is_refused_not_sent_as_its_text_alone(url: str) -> None:
+    """`ChatMessage.content` is its text blocks: an ImageBlock was dropped without a word, and
+    the model described an image it never saw (OpenAILike's request gets a 400)."""
+    from llama_index.core.llms import ImageBlock, TextBlock
+
+    llm = Parrot(base_url=url, max_tokens=MAX_TOKENS)
+    message = ChatMessage(role="user", blocks=[
+        TextBlock(text="Describe this image."), ImageBlock(url="http://example.com/cat.png"),
+    ])  # fmt: skip
+    for call in (llm.chat, llm.stream_chat):
+        with pytest.raises(ValueError, match="user message's ImageBlock"):
+            call([message])
+    for acall in (llm.achat, llm.astream_chat):
+        with pytest.raises(ValueError, match="user message's ImageBlock"):
+            await acall([message])
+
+
 async def test_async_methods_run_concurrently(url: str, engine: LLMEngine) -> None:
     llm = Parrot(base_url=url, max_tokens=MAX_TOKENS)
     prompts = [f"Topic {i}:" for i in range(4)]

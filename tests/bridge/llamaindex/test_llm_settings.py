@@ -67,3 +67,4 @@ def test_settings_round_trip_through_llamaindexs_serialization() -> None:
     again = Parrot.from_dict(llm.to_dict())
     assert (again.max_tokens, again.logprobs, again.additional_kwargs) == (7, True, {"top_k": 2})
     assert Parrot.from_json(llm.to_json()).base_url == URL
+
