@@ -17,7 +17,7 @@ from typing import Any
 
 from langchain_core.callbacks import CallbackManager
 from langchain_core.messages import AIMessage, UsageMetadata
-from langchain_core.outputs import ChatGeneration, Generation, LLMResult
+from langchain_core.outputs import ChatGeneration, ChatResult, Generation, LLMResult
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_core.utils.function_calling import convert_to_json_schema
@@ -63,6 +63,13 @@ class Outcome:
     usage: UsageMetadata
     finish_reason: str
     model_name: str
+    token_usage: dict[str, Any]  # the server's usage, as a plain call's response_metadata has it
+    additional_kwargs: dict[str, Any]  # the reply parsed into a pydantic response_format
+
+    def response_metadata(self) -> dict[str, Any]:
+        """A plain call's message metadata (ChatParrot's, with LangChain's llm_output merged)."""
+        return {"token_usage": self.token_usage, "model_name": self.model_name,
+                "finish_reason": self.finish_reason, "model_provider": "parrot"}  # fmt: skip
 
 
 def needed(runs: list[ModelRun], output_ids: set[str]) -> list[ModelRun]:
@@ -78,8 +85,19 @@ def outcomes(runs: list[ModelRun]) -> dict[str, Outcome]:
         usage, reason = run.output.usage, run.output.finish_reason
         if usage is None or reason is None:
             continue
-        out[run.message_id] = Outcome(usage_metadata(usage), reason, run.model._model_id(run.kwargs))
+        out[run.message_id] = Outcome(
+            usage_metadata(usage), reason, run.model._model_id(run.kwargs), usage,
+            _parsed(run.model, run.output.value or "", run.kwargs),
+        )  # fmt: skip
     return out
+
+
+def _parsed(model: ChatParrot | ParrotLLM, text: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The `additional_kwargs` that a plain chat call adds to its message (`parsed`)."""
+    if not isinstance(model, ChatParrot):
+        return {}
+    result = ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+    return model._with_parsed(result, kwargs).generations[0].message.additional_kwargs
 
 
 def message(run: ModelRun, outcome: Outcome | None) -> AIMessage:
@@ -90,11 +108,8 @@ def message(run: ModelRun, outcome: Outcome | None) -> AIMessage:
         content=run.output.value or "",
         id=run.message_id,
         usage_metadata=outcome.usage,
-        response_metadata={
-            "model_name": outcome.model_name,
-            "model_provider": "parrot",
-            "finish_reason": outcome.finish_reason,
-        },  # fmt: skip
+        response_metadata=outcome.response_metadata(),
+        additional_kwargs=dict(outcome.additional_kwargs),
     )
 
 
@@ -137,14 +152,15 @@ def report(
 
 
 def with_outcomes(obj: Any, found: dict[str, Outcome]) -> Any:
-    """`obj` with the traced calls' messages given their usage and finish reason."""
+    """`obj` with the traced calls' messages given what a plain call's message has: usage,
+    finish reason, token usage, the parsed reply."""
     if isinstance(obj, AIMessage) and obj.id in found:
         outcome = found[obj.id]
-        metadata = {**obj.response_metadata, "model_name": outcome.model_name,
-                    "finish_reason": outcome.finish_reason}  # fmt: skip
-        return obj.model_copy(
-            update={"usage_metadata": outcome.usage, "response_metadata": metadata}
-        )
+        return obj.model_copy(update={
+            "usage_metadata": outcome.usage,
+            "response_metadata": {**obj.response_metadata, **outcome.response_metadata()},
+            "additional_kwargs": {**obj.additional_kwargs, **outcome.additional_kwargs},
+        })  # fmt: skip
     if isinstance(obj, dict | list | tuple):
         return map_items(obj, lambda v: with_outcomes(v, found))
     return obj

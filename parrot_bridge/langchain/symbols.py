@@ -11,7 +11,8 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from langchain_core.prompt_values import ChatPromptValue, StringPromptValue
 
-from parrot_bridge.langchain.symbolic_str import SymbolicStr
+from parrot_bridge.langchain.symbolic_metadata import hide_metadata, known_metadata
+from parrot_bridge.langchain.symbolic_str import NeedsValue, SymbolicStr
 from parrot_bridge.variable import SemanticVariable
 
 _SENTINEL = re.compile(r"PARROTSV([0-9a-f]{32})X")
@@ -68,9 +69,16 @@ class Symbols:
         return map_strings(obj, replace)
 
     def taint(self, obj: Any) -> Any:
-        """`obj` with its sentinel-bearing strings as `SymbolicStr`s (for user functions)."""
+        """`obj` with its sentinel-bearing strings as `SymbolicStr`s and the metadata of its
+        unanswered messages unreadable (for user functions)."""
+
+        def unanswered(message: BaseMessage) -> BaseMessage:
+            if any(_SENTINEL.search(str.__str__(s)) for s in strings(message.content)):
+                return hide_metadata(message)
+            return message
+
         return map_strings(
-            obj, lambda s: SymbolicStr(s) if _SENTINEL.search(str.__str__(s)) else s
+            obj, lambda s: SymbolicStr(s) if _SENTINEL.search(str.__str__(s)) else s, unanswered
         )
 
     def untaint(self, obj: Any) -> Any:
@@ -94,7 +102,10 @@ def has_hidden_text(obj: Any) -> bool:
         return any(has_hidden_text(v) for v in obj)
     if isinstance(obj, BaseMessage | StringPromptValue | ChatPromptValue):
         return False
-    return "PARROTSV" in repr(obj)
+    try:
+        return "PARROTSV" in str.__str__(repr(obj))
+    except (NeedsValue, Exception):  # a SymbolicStr (or a broken repr) inside: assume so
+        return True
 
 
 def strings(obj: Any) -> Iterator[str]:
@@ -109,21 +120,26 @@ def strings(obj: Any) -> Iterator[str]:
     return iter(collected)
 
 
-def map_strings(obj: Any, fn: Callable[[str], str]) -> Any:
+def map_strings(
+    obj: Any,
+    fn: Callable[[str], str],
+    on_message: Callable[[BaseMessage], BaseMessage] = lambda m: m,
+) -> Any:
     """`obj` rebuilt with `fn` applied to its strings: in str, dict (values), list, tuple,
-    messages (content) and prompt values; other objects are kept as they are."""
+    messages (content) and prompt values; other objects are kept as they are. Each message
+    rebuilt gets back the metadata that `taint` hid, then goes through `on_message`."""
     if isinstance(obj, str):
         return fn(obj)
     if isinstance(obj, dict | list | tuple):
-        return map_items(obj, lambda v: map_strings(v, fn))
+        return map_items(obj, lambda v: map_strings(v, fn, on_message))
     if isinstance(obj, BaseMessage):
-        return obj.model_copy(update={"content": map_strings(obj.content, fn)})
+        update = {"content": map_strings(obj.content, fn, on_message), **known_metadata(obj)}
+        return on_message(obj.model_copy(update=update))
     if isinstance(obj, StringPromptValue):
         return StringPromptValue(text=fn(obj.text))
     if isinstance(obj, ChatPromptValue):
-        return ChatPromptValue(messages=map_strings(obj.messages, fn))
+        return ChatPromptValue(messages=map_strings(obj.messages, fn, on_message))
     return obj
-
 
 
 def map_items(obj: dict[Any, Any] | list[Any] | tuple[Any, ...], fn: Callable[[Any], Any]) -> Any:

@@ -42,8 +42,8 @@ from parrot_bridge.langchain.messages import to_chat_messages
 from parrot_bridge.langchain.reporting import ModelRun, needed, outcomes, report, with_outcomes
 from parrot_bridge.langchain.response_format import semantic_constraint
 from parrot_bridge.langchain.settings import CHAT_ONLY_OPTIONS, without_options
-from parrot_bridge.langchain.symbolic_str import NeedsValue
-from parrot_bridge.langchain.symbols import Symbols, has_hidden_text
+from parrot_bridge.langchain.symbolic_str import NeedsValue, user_code
+from parrot_bridge.langchain.symbols import Symbols, has_hidden_text, map_strings, strings
 from parrot_bridge.request_fields import semantic_options
 from parrot_bridge.session import Session
 from parrot_bridge.template import escape_text
@@ -127,14 +127,18 @@ class Tracer:
         return self._on_client(step, value, config, "it is not a step Parrot can trace")
 
     def resolve(self, obj: Any) -> Any:
-        """`obj` with its generated values filled in (submits what is pending, then waits)."""
+        """`obj` with its generated values filled in, its messages complete (submits what is
+        pending, then waits)."""
         variables = self.symbols.find(obj)
         if not variables:
             return self.symbols.untaint(obj)
         self.commit()
         found = get_all(self.session, variables, self.criteria, self.timeout)
         values = dict(zip(variables, found, strict=True))
-        return self.symbols.substitute(obj, values.__getitem__)
+        # its messages as the plain calls give them: metadata too (finish reason, usage...)
+        ids = set(_message_ids(obj))
+        runs = [run for run in self.model_runs if run.message_id in ids]
+        return with_outcomes(self.symbols.substitute(obj, values.__getitem__), outcomes(runs))
 
     def finish(self, outs: Any) -> Any:
         """`outs` with its generated values, after reporting the traced model calls to their
@@ -222,13 +226,22 @@ class Tracer:
         if has_hidden_text(value) or _arity(step.func) != 1:
             return self._on_client(step, value, config, "it needs generated values")
         try:
-            out = step.func(self.symbols.taint(value))  # type: ignore[misc]
+            with user_code():
+                out = step.func(self.symbols.taint(value))  # type: ignore[misc]
         except NeedsValue as exc:
             return self._on_client(step, value, config, f"it reads generated text ({exc})")
-        except (TypeError, ValueError) as exc:  # e.g. a check of the input's type
-            return self._on_client(step, value, config, f"it failed on a placeholder ({exc})")
+        except Exception as exc:  # noqa: BLE001 (a check of its input, a lookup that missed...)
+            # its real exception, if any, comes from its run on the real values
+            why = f"it failed on a placeholder ({type(exc).__name__})"
+            return self._on_client(step, value, config, why)
+        out = map_strings(out, lambda s: s)  # its messages with their metadata back
         if has_hidden_text(out):
             return self._on_client(step, value, config, "its output hides generated text")
+        if not self.symbols.find(out) and not _taken_from(out, value):
+            # it computed its result from the text (`s in {...}` through a copy of it, a
+            # count) or from nothing: the probes below cannot tell, so run it on the values
+            why = "its output holds no generated text, so it may have read it"
+            return self._on_client(step, value, config, why)
         # C code (re, json, str.upper(x)) reads a SymbolicStr's characters untrapped: accept the
         # result only if it is the same placement of fragile probe texts too
         probes = [(lambda v, p=p: p[v.id]) for p in fragile_probes(variables)]
@@ -372,6 +385,17 @@ def _plain_binding(step: RunnableBinding) -> bool:
     a subclass that only narrows types (chat models' `bind()` returns one in langchain-core
     1.8) and overrides no behaviour."""
     return type(step).invoke is RunnableBinding.invoke
+
+
+def _taken_from(out: Any, value: Any) -> bool:
+    """Whether `out` is made only of strings (or a Runnable) found as they are in `value`, as a
+    lambda that picks a key of its input gives: it read no generated text."""
+    if isinstance(out, Runnable):
+        return True
+    leaves = [id(s) for s in strings(value)]
+    if isinstance(out, dict | list | tuple):
+        return all(_taken_from(v, value) for v in (out.values() if isinstance(out, dict) else out))
+    return isinstance(out, str) and id(out) in leaves
 
 
 def _arity(func: Callable[..., Any]) -> int:

@@ -1,6 +1,7 @@
 """`compile(chain)` with user lambdas against a live server (tiny random Llama): lambdas that
-only place generated text stay in the graph; lambdas that read it, even through C code that a
-placeholder cannot trap, and async-only lambdas run on the client with the real values."""
+only place generated text stay in the graph; lambdas that read it (even through C code that a
+placeholder cannot trap, or by looking it up in a dict or set), that read a reply's metadata,
+and async-only lambdas run on the client with the real values and messages."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from langchain_core.messages import AIMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import PromptTemplate
 from langchain_core.runnables import Runnable, RunnableLambda
+from pydantic import BaseModel
 
 from parrot_bridge.langchain import ChatParrot, compile
 from tests.server.http_client import metrics
@@ -97,3 +100,83 @@ def test_async_only_lambdas_work_in_ainvoke_and_astream(chat: ChatParrot) -> Non
     assert compiled == plain and "".join(streamed) == plain
     plain, compiled, streamed = asyncio.run(both(on_generated))
     assert compiled == plain and streamed == [plain]
+
+
+SCORES = {"positive": 1, "negative": -1}
+
+# each looks the generated label up (hashing it, or comparing it) or reads the message's
+# metadata: tracing on a placeholder would miss or read absent values
+LOOKUPS: dict[str, Callable[[Any], Any]] = {
+    "dict.get": lambda s: SCORES.get(s, 0),
+    "dict []": lambda s: SCORES[s],
+    "in a set": lambda s: s in {"negative"},
+    "in a dict": lambda s: s in SCORES,
+    "== a str": lambda s: "positive" == s,
+    "a set of it": lambda s: {s},
+    "a dict keyed by it": lambda s: {s: 1},
+    "route dict": lambda s: {"label": s, "score": SCORES.get(s)},
+    "str() of it": lambda s: {"label": s, "score": SCORES.get(str(s))},
+    "a copy in a set": lambda s: (s + "") in {"positive", "negative"},
+}
+
+
+def classify(chat: ChatParrot) -> Runnable:
+    labels = {"guided_choice": ["positive", "negative"]}
+    return PromptTemplate.from_template("Positive or negative? {review}") \
+        | chat.bind(extra_body=labels) | StrOutputParser()  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(LOOKUPS))
+def test_a_lambda_looking_up_generated_text_runs_on_the_real_text(
+    name: str, chat: ChatParrot
+) -> None:
+    chain = classify(chat) | RunnableLambda(LOOKUPS[name], name="lookup")
+    compiled = compile(chain)
+    x = {"review": "I loved it."}
+    assert compiled.invoke(x) == chain.invoke(x)
+    assert compiled.split_steps == {"lookup"}
+
+
+def test_a_lambda_failing_on_a_placeholder_raises_its_real_exception(chat: ChatParrot) -> None:
+    chain = classify(chat) | RunnableLambda(lambda s: {}[s])
+    x = {"review": "I loved it."}
+    with pytest.raises(KeyError) as plain:
+        chain.invoke(x)
+    with pytest.raises(KeyError) as compiled:
+        compile(chain).invoke(x)
+    assert type(compiled.value.args[0]) is str and compiled.value.args == plain.value.args
+
+
+class Review(BaseModel):
+    stars: int
+
+
+METADATA: dict[str, Callable[[AIMessage], Any]] = {
+    "finish_reason": lambda m: m.response_metadata.get("finish_reason"),
+    "truncated": lambda m: {"text": m.content,
+                            "cut": m.response_metadata.get("finish_reason") == "length"},
+    "usage_metadata": lambda m: m.usage_metadata["output_tokens"],
+    "token_usage": lambda m: m.response_metadata["token_usage"]["completion_tokens"],
+    "parsed": lambda m: m.additional_kwargs.get("parsed", "absent"),
+    "all of it": lambda m: (dict(m.response_metadata), m.usage_metadata, m.additional_kwargs),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(METADATA))
+def test_a_lambda_reading_a_replys_metadata_sees_the_plain_calls(
+    name: str, chat: ChatParrot
+) -> None:
+    model = chat.bind(response_format=Review) if name == "parsed" else chat
+    chain = PromptTemplate.from_template("Rate {t}.") | model \
+        | RunnableLambda(METADATA[name], name="meta")  # fmt: skip
+    compiled = compile(chain)
+    assert compiled.invoke({"t": "owls"}) == chain.invoke({"t": "owls"})
+    assert compiled.split_steps == {"meta"}
+
+
+def test_a_client_step_gets_the_plain_calls_message(chat: ChatParrot) -> None:
+    """A step that cannot be traced (a parser) gets the whole message, metadata too."""
+    chain = PromptTemplate.from_template("Rate {t}.") | chat | RunnableLambda(
+        lambda m, config: (m.response_metadata, m.usage_metadata)  # noqa: ARG005
+    )
+    assert compile(chain).invoke({"t": "owls"}) == chain.invoke({"t": "owls"})

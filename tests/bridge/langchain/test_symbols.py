@@ -8,7 +8,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.prompt_values import ChatPromptValue, StringPromptValue
 
-from parrot_bridge.langchain.symbolic_str import NeedsValue, SymbolicStr
+from parrot_bridge.langchain.symbolic_str import NeedsValue, SymbolicStr, user_code
 from parrot_bridge.langchain.symbols import Symbols, has_hidden_text
 from parrot_bridge.variable import SemanticVariable
 
@@ -83,3 +83,45 @@ def test_needs_value_is_not_swallowed_by_except_exception() -> None:
 
     with pytest.raises(NeedsValue):
         careful(SymbolicStr("abc"))
+
+
+def test_hashing_or_comparing_a_symbolic_str_is_a_read() -> None:
+    x = SymbolicStr("PARROTSV" + "0" * 32 + "X")
+    reads = [hash, lambda s: {"a": 1}.get(s), lambda s: s in {"a"}, lambda s: {s: 1},
+             lambda s: "a" == s, lambda s: s != "a", lambda s: s in ["a"]]  # fmt: skip
+    for read in reads:
+        with pytest.raises(NeedsValue):
+            read(x)
+
+
+def test_str_of_a_symbolic_str_stays_symbolic_in_user_code_only() -> None:
+    x = SymbolicStr("PARROTSV" + "0" * 32 + "X")
+    assert type(str(x)) is str
+    with user_code():
+        assert type(str(x)) is SymbolicStr and f"<{x!s}>" == f"<{str.__str__(x)}>"
+
+
+def test_a_set_holding_a_symbolic_str_is_hidden_text(symbols: Symbols) -> None:
+    t = symbols.text(SemanticVariable())
+
+    class Box:
+        def __repr__(self) -> str:
+            return repr(t)  # reads it
+
+    assert has_hidden_text([Box()]) and has_hidden_text({"a": frozenset([str(t)])})
+
+
+def test_an_unanswered_messages_metadata_cannot_be_read_until_untainted(
+    symbols: Symbols,
+) -> None:
+    meta = {"model_name": "m", "model_provider": "parrot"}
+    message = AIMessage(symbols.text(SemanticVariable()), response_metadata=meta)
+    tainted = symbols.taint({"m": message, "h": HumanMessage("hi")})["m"]
+    reads = [lambda m: m.response_metadata.get("finish_reason"), lambda m: m.usage_metadata["x"],
+             lambda m: "parsed" in m.additional_kwargs, lambda m: {**m.response_metadata},
+             lambda m: m.usage_metadata is None or len(m.usage_metadata)]  # fmt: skip
+    for read in reads:
+        with pytest.raises(NeedsValue):
+            read(tainted)
+    assert symbols.untaint(tainted).response_metadata == meta
+    assert copy.deepcopy(symbols.untaint([tainted]))[0].response_metadata == meta
