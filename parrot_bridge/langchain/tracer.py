@@ -185,6 +185,9 @@ class Tracer:
         self._tell_waits(last=False)  # a call after them: they split the graph
         if model.base_url.rstrip("/") != self.session.url.rstrip("/"):
             return self._on_client(model, value, config, "it talks to another server", kwargs)
+        if isinstance(model, ChatParrot) and (kwargs.get("model") or model.model_name):
+            # semantic calls name no model: an unserved one fails here, as a plain call's 404
+            model._server_info(kwargs.get("model") or model.model_name)
         if isinstance(model, ChatParrot) and _asks_chat_only(model, kwargs):
             why = "it asks for several samples or logprobs, which semantic calls do not give"
             return self._on_client(model, value, config, why, kwargs)

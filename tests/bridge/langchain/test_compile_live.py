@@ -21,6 +21,7 @@ from langchain_core.runnables import (
 )
 from pydantic import BaseModel
 
+from parrot_bridge.errors import ParrotError
 from parrot_bridge.langchain import ChatParrot, ParrotLLM, compile
 from tests.bridge.langchain.json_bias import short_json_bias
 from tests.server.http_client import metrics
@@ -326,6 +327,21 @@ def test_parrot_llm_batch_is_one_graph_of_independent_calls(
     assert metrics(parrot_url)[SUBMISSIONS] - before[SUBMISSIONS] == 1
     assert answers == [llm.invoke(p) for p in prompts]
     assert "".join(llm.stream(prompts[0])) == answers[0]
+
+
+def test_an_unserved_model_name_fails_as_a_plain_call_does(
+    chat: ChatParrot, served_model: str
+) -> None:
+    prompt = PromptTemplate.from_template("Hi {x}")
+    for model in (chat.model_copy(update={"model_name": "gpt-4o"}), chat.bind(model="gpt-4o")):
+        with pytest.raises(ParrotError) as plain:
+            (prompt | model).invoke({"x": "a"})
+        with pytest.raises(ParrotError) as compiled:
+            compile(prompt | model).invoke({"x": "a"})
+        assert compiled.value.status == plain.value.status == 404
+        assert compiled.value.code == plain.value.code == "model_not_found"
+    served = compile(prompt | chat.bind(model=served_model)).invoke({"x": "a"})
+    assert served.response_metadata["model_name"] == served_model
 
 
 def test_compile_needs_a_parrot_model() -> None:
