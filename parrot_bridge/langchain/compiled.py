@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk
@@ -105,10 +106,13 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
-        """All inputs traced into one session and one graph (so one failure fails all)."""
+        """All inputs traced into one session and one graph. With `return_exceptions`, an input
+        whose trace fails (a step raising) gets its exception and the others their answers;
+        a failure while the graph's values are awaited goes to every input still waiting."""
         return self._batch_with_config(
-            self._run, inputs, config, return_exceptions=return_exceptions
-        )
+            self._run, inputs, config, return_exceptions=return_exceptions,
+            keep_errors=return_exceptions,
+        )  # fmt: skip
 
     async def abatch(
         self,
@@ -119,8 +123,9 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         **kwargs: Any,
     ) -> list[Any]:
         return await self._abatch_with_config(
-            self._arun, inputs, config, return_exceptions=return_exceptions
-        )
+            self._arun, inputs, config, return_exceptions=return_exceptions,
+            keep_errors=return_exceptions,
+        )  # fmt: skip
 
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -147,9 +152,11 @@ class CompiledChain(RunnableSerializable[Any, Any]):
     async def _ainvoke(self, input: Any, config: RunnableConfig) -> Any:
         return (await self._arun([input], [config]))[0]
 
-    async def _arun(self, inputs: list[Any], config: list[RunnableConfig]) -> list[Any]:
+    async def _arun(
+        self, inputs: list[Any], config: list[RunnableConfig], keep_errors: bool = False
+    ) -> list[Any]:
         # the trace is synchronous (LangChain's steps are called as in `invoke`)
-        return await run_in_executor(config[0], self._run, inputs, config)
+        return await run_in_executor(config[0], self._run, inputs, config, keep_errors)
 
     def _session(self) -> Session:
         return Session(
@@ -157,12 +164,31 @@ class CompiledChain(RunnableSerializable[Any, Any]):
             max_retries=self._max_retries,
         )  # fmt: skip
 
-    def _run(self, inputs: list[Any], config: list[RunnableConfig]) -> list[Any]:
+    def _run(
+        self, inputs: list[Any], config: list[RunnableConfig], keep_errors: bool = False
+    ) -> list[Any]:
+        """The outputs of `inputs`; with `keep_errors`, an input's exception is its output."""
         with self._session() as session:
             tracer = self._tracer(session)
-            outs = [tracer.run(self.chain, x, c) for x, c in zip(inputs, config, strict=True)]
+            outs: list[Any] = []
+            for x, c in zip(inputs, config, strict=True):
+                try:
+                    outs.append(tracer.run(self.chain, x, c))
+                except Exception as exc:
+                    if not keep_errors:
+                        raise
+                    outs.append(_Failed(exc))
             self._last_calls = tracer.calls
-            return tracer.finish(outs)
+            traced = [i for i, out in enumerate(outs) if not isinstance(out, _Failed)]
+            try:
+                finished = tracer.finish([outs[i] for i in traced])
+            except Exception as exc:
+                if not keep_errors:
+                    raise
+                finished = [exc] * len(traced)
+            for i, out in zip(traced, finished, strict=True):
+                outs[i] = out
+            return [out.error if isinstance(out, _Failed) else out for out in outs]
 
     def _transform(self, inputs: Iterator[Any], config: RunnableConfig) -> Iterator[Any]:
         (input,) = list(inputs)
@@ -212,6 +238,13 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         with self._lock:
             on_split = log_split_once(self._split_steps, self._warned_splits)
         return Tracer(session, self.criteria, self._timeout, on_split)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """An input whose trace raised (an output could be an exception object itself)."""
+
+    error: Exception
 
 
 def _parrot_models(runnable: Any) -> list[ChatParrot | ParrotLLM]:

@@ -298,6 +298,27 @@ def test_batch_is_one_graph_and_matches(chat: ChatParrot, parrot_url: str) -> No
     assert answers == chain.batch(inputs)
 
 
+def test_batch_returns_each_inputs_exception_beside_the_others_answers(
+    chat: ChatParrot,
+) -> None:
+    def check(x: dict[str, str]) -> dict[str, str]:
+        if x["topic"] == "bad":
+            raise RuntimeError("bad topic")
+        return x
+
+    for tail in (StrOutputParser(), StrOutputParser() | RunnableLambda(lambda s: s.upper())):
+        chain = RunnableLambda(check) | two_stage(chat) | tail
+        inputs = [{"topic": "cars"}, {"topic": "bad"}, {"topic": "boats"}]
+        plain = chain.batch(inputs, return_exceptions=True)
+        compiled = compile(chain)
+        for answers in (compiled.batch(inputs, return_exceptions=True),
+                        asyncio.run(compiled.abatch(inputs, return_exceptions=True))):  # fmt: skip
+            assert [a for i, a in enumerate(answers) if i != 1] == [plain[0], plain[2]]
+            assert isinstance(answers[1], RuntimeError) and str(answers[1]) == "bad topic"
+        with pytest.raises(RuntimeError, match="bad topic"):
+            compiled.batch(inputs)
+
+
 def test_stream_and_async_give_the_same_answer(chat: ChatParrot) -> None:
     chain, x = two_stage(chat), {"topic": "planes"}
     expected = chain.invoke(x)
