@@ -60,7 +60,8 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         if not models:
             raise ValueError(
                 "compile(): the chain has no ChatParrot or ParrotLLM step, so there is nothing "
-                "to run as a graph"
+                "to run as a graph (models are looked for in sequences, maps, bindings, "
+                "with_fallbacks and configurable steps, not inside lambdas or other steps)"
             )
         self._url = models[0].base_url
         self._timeout = models[0].timeout
@@ -248,17 +249,20 @@ class _Failed:
 
 
 def _parrot_models(runnable: Any) -> list[ChatParrot | ParrotLLM]:
-    """The Parrot models reachable in a chain's structure (not inside lambdas)."""
+    """The Parrot models reachable in a chain's structure (not inside lambdas), also those in
+    wrappers that the trace runs on the client (`with_fallbacks`, `configurable_fields`): the
+    server to talk to is theirs."""
     if isinstance(runnable, ChatParrot | ParrotLLM):
         return [runnable]
     children: list[Any] = []
-    for attr in ("steps", "bound", "mapper"):
+    for attr in ("steps", "bound", "mapper", "runnable", "fallbacks", "default"):
         child = getattr(runnable, attr, None)
-        if isinstance(child, list):
+        if isinstance(child, list | tuple):
             children.extend(child)
         elif isinstance(child, Runnable):
             children.append(child)
-    steps = getattr(runnable, "steps__", None)
-    if isinstance(steps, dict):
-        children.extend(steps.values())
+    for attr in ("steps__", "alternatives"):
+        steps = getattr(runnable, attr, None)
+        if isinstance(steps, dict):
+            children.extend(steps.values())
     return [m for child in children for m in _parrot_models(child)]

@@ -14,6 +14,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder, PromptTemplate
 from langchain_core.runnables import (
+    ConfigurableField,
     Runnable,
     RunnableLambda,
     RunnableParallel,
@@ -363,6 +364,20 @@ def test_an_unserved_model_name_fails_as_a_plain_call_does(
         assert compiled.value.code == plain.value.code == "model_not_found"
     served = compile(prompt | chat.bind(model=served_model)).invoke({"x": "a"})
     assert served.response_metadata["model_name"] == served_model
+
+
+def test_a_model_inside_fallbacks_or_configurable_fields_runs_on_the_client(
+    chat: ChatParrot,
+) -> None:
+    prompt = PromptTemplate.from_template("Hi {x}")
+    configurable = chat.configurable_fields(max_tokens=ConfigurableField(id="mt"))
+    for model in (chat.with_fallbacks([chat]), configurable):
+        chain = prompt | chat | StrOutputParser() | {"x": RunnablePassthrough()} | prompt \
+            | model | StrOutputParser()  # fmt: skip
+        assert compile(chain).invoke({"x": "a"}) == chain.invoke({"x": "a"})
+    chain = prompt | configurable | StrOutputParser()
+    config: Any = {"configurable": {"mt": 2}}
+    assert compile(chain).invoke({"x": "a"}, config) == chain.invoke({"x": "a"}, config)
 
 
 def test_compile_needs_a_parrot_model() -> None:
