@@ -39,6 +39,7 @@ class ModelRun:
     config: RunnableConfig | None
     output: SemanticVariable
     structured_format: dict[str, Any] | None = None  # `ls_structured_output_format`
+    order: int = 0  # its place among the trace's runs (other steps' too)
 
     @property
     def message_id(self) -> str:

@@ -42,6 +42,7 @@ from parrot_bridge.langchain.messages import to_chat_messages
 from parrot_bridge.langchain.reporting import ModelRun, needed, outcomes, report, with_outcomes
 from parrot_bridge.langchain.response_format import semantic_constraint
 from parrot_bridge.langchain.settings import CHAT_ONLY_OPTIONS, without_options
+from parrot_bridge.langchain.step_run import StepRun, format_quietly
 from parrot_bridge.langchain.symbolic_str import NeedsValue, user_code
 from parrot_bridge.langchain.symbols import Symbols, has_hidden_text, map_strings, strings
 from parrot_bridge.request_fields import semantic_options
@@ -88,6 +89,7 @@ class Tracer:
     symbols: Symbols = field(default_factory=Symbols)
     calls: list[TracedCall] = field(default_factory=list)
     model_runs: list[ModelRun] = field(default_factory=list)
+    step_runs: list[StepRun] = field(default_factory=list)  # to report once values are known
     _chats: list[_PendingChat] = field(default_factory=list)
     _waited: list[tuple[str, str]] = field(default_factory=list)  # steps not yet told
 
@@ -114,8 +116,11 @@ class Tracer:
             return {**value, **self.run(step.mapper, value, config)}
         if isinstance(step, RunnablePick) or (
             isinstance(step, RunnablePassthrough) and step.func is None
-        ):
-            return step.invoke(value, config)  # only moves values around
+        ):  # only moves values around
+            if not self.symbols.find(value):
+                return step.invoke(value, config)
+            out = step._pick(value) if isinstance(step, RunnablePick) else value
+            return self._report_later(step, config, value, out, None)
         if isinstance(step, RunnableEach) and isinstance(value, list):
             return [self.run(step.bound, item, config) for item in value]
         if isinstance(step, RunnableLambda) and getattr(step, "func", None) is not None:
@@ -146,9 +151,12 @@ class Tracer:
         self._tell_waits(last=True)
         self.commit()
         runs = needed(self.model_runs, set(_message_ids(outs)))
+        steps = [s for s in self.step_runs if s.callbacks().handlers]
         wanted = self.symbols.find(outs)
         for run in runs:
             wanted += [*self.symbols.find(run.prompt), run.output]
+        for step in steps:
+            wanted += self.symbols.find([step.input, step.output])
         missing = list({id(v): v for v in wanted if v.value is None}.values())
         if missing:
             get_all(self.session, missing, self.criteria, self.timeout)
@@ -156,9 +164,18 @@ class Tracer:
         def prompt(run: ModelRun) -> Any:
             return self.symbols.substitute(run.prompt, lambda v: v.value)
 
-        found = outcomes(runs)
-        report(runs, prompt, found)
-        return with_outcomes(self.symbols.substitute(outs, lambda v: v.value), found)
+        found = outcomes([r for r in self.model_runs if r.output.value is not None])
+
+        def fill(obj: Any) -> Any:
+            return with_outcomes(self.symbols.substitute(obj, lambda v: v.value), found)
+
+        # in trace order, so that callbacks see the plain chain's order of runs
+        for run in sorted([*runs, *steps], key=lambda r: r.order):
+            if isinstance(run, StepRun):
+                run.report(fill)
+            else:
+                report([run], prompt, found)
+        return fill(outs)
 
     def commit(self) -> None:
         """Render pending chat calls (one request) and record them in the session."""
@@ -213,7 +230,7 @@ class Tracer:
                         **extras}  # fmt: skip
             self._chats.append(_PendingChat(model, conversation, inputs, sampling, output))
         self.calls.append(TracedCall(model.get_name(), tuple(inputs.values()), output))
-        run = ModelRun(model, prompt, stop, kwargs, config, output, structured)
+        run = ModelRun(model, prompt, stop, kwargs, config, output, structured, self._order())
         self.model_runs.append(run)
         if isinstance(model, ParrotLLM):
             return self.symbols.text(output)
@@ -257,26 +274,30 @@ class Tracer:
             return self._on_client(step, value, config, f"it reads generated text: {why}")
         if isinstance(out, Runnable):
             return self.run(out, value, config)
-        return out
+        return self._report_later(step, config, value, out, None)
 
     def _prompt(self, step: BasePromptTemplate, value: Any, config: RunnableConfig | None) -> Any:
         variables = self.symbols.find(value)
         plain = self.symbols.untaint(value)
-        out = step.invoke(plain, config)
         if not variables:
-            return out
+            return step.invoke(plain, config)
+        # callbacks see neither placeholders nor probes: the run is reported with the values
+        out = format_quietly(step, plain, config)
         # the template must insert each value verbatim: check with awkward probe values
         probes = {v.id: f"\n {{{{p}}}} 'q\" {v.id[-6:]} \\ \t\n" for v in variables}
-        probe_out = step.invoke(self.symbols.substitute(plain, lambda v: probes[v.id]), config)
-        if self.symbols.substitute(out, lambda v: probes[v.id]) != probe_out:
+        probe_in = self.symbols.substitute(plain, lambda v: probes[v.id])
+        if self.symbols.substitute(out, lambda v: probes[v.id]) != format_quietly(
+            step, probe_in, config
+        ):
             return self._on_client(step, value, config, "it changes the values it inserts")
-        return out
+        return self._report_later(step, config, plain, out, "prompt")
 
     def _str_parser(self, step: StrOutputParser, value: Any, config: RunnableConfig | None) -> Any:
         if isinstance(value, AIMessage) and isinstance(value.content, str):
-            return self.symbols.taint(value.content)
+            out = self.symbols.taint(value.content)
+            return self._report_later(step, config, value, out, "parser")
         if isinstance(value, str):
-            return value
+            return self._report_later(step, config, value, value, "parser")
         return self._on_client(step, value, config, "its input is not text")
 
     def _on_client(
@@ -292,6 +313,20 @@ class Tracer:
                 self._waited.append((step.get_name(), why))
             value = self.resolve(value)
         return invoke_here(step, value, config, kwargs)
+
+    def _report_later(
+        self, step: Runnable, config: RunnableConfig | None, value: Any, out: Any,
+        run_type: str | None,
+    ) -> Any:  # fmt: skip
+        """`out`, after noting `step`'s run (on generated values) to report in `finish`."""
+        plain = self.symbols.untaint  # the values as the step's own run reports them
+        self.step_runs.append(
+            StepRun(step, config, plain(value), plain(out), run_type, self._order())
+        )
+        return out
+
+    def _order(self) -> int:
+        return len(self.model_runs) + len(self.step_runs)
 
     def _tell_waits(self, last: bool) -> None:
         waited, self._waited = self._waited, []

@@ -1,6 +1,7 @@
 """A compiled chain reports to LangChain's callbacks like the plain chain (live server, tiny
 random Llama): one root run with its steps as children, a chat model run per call with its
-usage, `astream_events` with the chain's stream and output, messages with usage."""
+usage, `astream_events` with the chain's stream and output, messages with usage; steps on
+generated values are reported with the real values, never placeholders or probes."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from langchain_core.callbacks import BaseCallbackHandler, get_usage_metadata_cal
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable
+from langchain_core.tracers import Run
+from langchain_core.tracers.context import collect_runs
 
 from parrot_bridge.langchain import ChatParrot, compile
 
@@ -116,3 +119,31 @@ def test_astream_events_give_the_chains_start_stream_and_output(chat: ChatParrot
     streamed = [e["data"]["chunk"] for e in root if e["event"] == "on_chain_stream"]
     assert streamed and "".join(streamed) == expected == root[-1]["data"]["output"]
     assert [e["event"] for e in got].count("on_chat_model_end") == 2
+
+
+def steps(run: Run) -> list[tuple[str, str, Any, Any]]:
+    """The prompt, parser and model runs under `run`, in order: (type, name, inputs, outputs);
+    a parser's input message is left out (its id is each call's own)."""
+    out = []
+    for child in run.child_runs:
+        if child.run_type in ("prompt", "parser", "llm"):
+            inputs = None if child.run_type == "parser" else child.inputs
+            outputs = None if child.run_type == "llm" else child.outputs
+            out.append((child.run_type, child.name, inputs, outputs))
+        out += steps(child)
+    return out
+
+
+def values(run: Run) -> str:
+    """The inputs and outputs of `run` and the runs under it, as text."""
+    return repr((run.inputs, run.outputs)) + "".join(values(c) for c in run.child_runs)
+
+
+def test_callbacks_see_each_steps_real_values_and_no_probe(chat: ChatParrot) -> None:
+    chain, x = two_calls(chat) | StrOutputParser(), {"topic": "owls"}
+    with collect_runs() as plain:
+        chain.invoke(x)
+    with collect_runs() as compiled:
+        compile(chain).invoke(x)
+    assert "PARROTSV" not in values(compiled.traced_runs[0])
+    assert steps(compiled.traced_runs[0]) == steps(plain.traced_runs[0])
