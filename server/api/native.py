@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import uuid
 
 from aiohttp import web
 
-from parrot_bridge.template import Template, TemplateError, parse_template
 from server.api.disconnect import unless_disconnected, while_connected
 from server.api.native_models import (
     GraphSubmission,
@@ -25,25 +24,17 @@ from server.api.native_models import (
     VariableQuery,
     VariableSet,
 )
+from server.api.native_submission import submission_of
 from server.api.openai_models import PromptTokensDetails
-from server.api.route import Route, json_response, parse_body, parse_query
+from server.api.route import Route, json_response, parse_body, parse_json, parse_query
 from server.api.sse import EventStream
-from server.engine.grammar import compiled_grammar
-from server.engine.json_schema import compile_schema
-from server.engine.regex_prefix import compiled_regex
-from server.engine.sampling_params import check_stop_strings
 from server.errors import ApiError, error_body, not_found
-from server.graph import (
-    CallDecl,
-    GraphError,
-    Sampling,
-    Submission,
-    Variable,
-    VariableDecl,
-    VariableState,
-)
+from server.graph import GraphError, Variable, VariableDecl, VariableState
 from server.keys import CONFIG, DRIVER, EXECUTOR, METRICS, SESSIONS
+from server.log import log_event
 from server.session import Session
+
+log = logging.getLogger(__name__)
 
 _SESSION = "/v1/sessions/{session_id}"
 _VARIABLE = _SESSION + "/variables/{variable_id}"
@@ -110,19 +101,24 @@ async def end_session(app: web.Application, session: Session) -> None:
 
 async def submit_graph(request: web.Request) -> web.Response:
     session = _session(request)
-    body = await parse_body(request, GraphSubmission)
+    data = await parse_json(request, lambda data: data)
     # its calls' regexes, grammars and schemas compile in a thread (see constraint_compile);
     # the session is looked up again after, as it may have been closed meanwhile
-    submission = await asyncio.to_thread(_to_submission, body, request.app[DRIVER].max_model_len)
+    submission = await asyncio.to_thread(submission_of, data, request.app[DRIVER])
     session = _session(request)
     ready = session.submit(submission)
     request.app[METRICS].graph_submissions.inc()
+    failed = {c.id: c.error for c in submission.calls if c.error is not None}
+    for call_id, reason in failed.items():
+        request.app[METRICS].calls.inc(status="failed")
+        log_event(log, "call_failed", session=session.id, call=call_id, reason=reason)
     request.app[EXECUTOR].dispatch(session, ready)
     result = SubmissionResult(
         session_id=session.id,
         variables=len(submission.variables),
         calls=len(submission.calls),
         ready_calls=[c.id for c in ready],
+        failed_calls=failed,
     )
     return json_response(result)
 
@@ -217,53 +213,3 @@ def _info(var: Variable) -> VariableInfo:
         usage=usage,
         finish_reason=None if made is None else made.finish_reason,  # type: ignore[arg-type]
     )
-
-
-def _to_submission(body: GraphSubmission, max_model_len: int) -> Submission:
-    calls = []
-    for spec in body.calls:
-        s = spec.sampling
-        try:
-            # a prompt's length is known only once its inputs are, so a call that may fill
-            # the context ends at its end; more than the whole context is a mistake
-            if s.max_tokens > max_model_len:
-                raise ValueError(
-                    f"max_tokens {s.max_tokens} exceeds the model's context of "
-                    f"{max_model_len} tokens"
-                )
-            check_stop_strings(s.stop)
-            if s.json_schema is not None:
-                compile_schema(s.json_schema)  # SchemaError names what cannot be followed
-            if s.regex is not None:
-                compiled_regex(s.regex)  # RegexError says what is not supported
-            if s.grammar is not None:
-                compiled_grammar(s.grammar)  # GrammarError names the line and column, or the rule
-            sampling = Sampling(
-                s.max_tokens, s.temperature, s.top_p, s.top_k, s.seed, tuple(s.stop), s.ignore_eos,
-                s.presence_penalty, s.frequency_penalty, tuple(s.logit_bias.items()),
-                None if s.json_schema is None else json.dumps(s.json_schema),  # its key order kept
-                None if s.choices is None else tuple(s.choices), s.regex, s.grammar, s.min_p,
-                s.repetition_penalty,
-            )  # fmt: skip
-        except ValueError as exc:
-            raise GraphError(
-                f"call {spec.id!r}: invalid sampling: {exc}", kind="invalid_sampling", call=spec.id
-            ) from exc
-        calls.append(CallDecl(
-            spec.id, spec.template, spec.inputs, spec.outputs, sampling, spec.function,
-            spec.add_special_tokens, _parsed(spec.template),
-        ))  # fmt: skip
-    return Submission(
-        variables=[VariableDecl(v.id, v.name, v.value) for v in body.variables],
-        calls=calls,
-        awaits={a.variable: a.criteria for a in body.awaits},
-    )
-
-
-def _parsed(template: str) -> Template | None:
-    """`template` parsed here, in the submission's worker thread; None where it does not parse
-    (validation, on the loop, says why with the call's id)."""
-    try:
-        return parse_template(template)
-    except TemplateError:
-        return None

@@ -49,8 +49,9 @@ class SamplingSpec(ApiModel):
     ignore_eos: bool = False
     presence_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
     frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
-    logit_bias: dict[int, float] = Field(
-        default_factory=dict, description="Token id -> bias in [-100, 100], as OpenAI's."
+    logit_bias: dict[str, float] = Field(
+        default_factory=dict,
+        description="Token id (ASCII digits) -> bias in [-100, 100], as OpenAI's.",
     )
     json_schema: dict[str, Any] | None = Field(
         None,
@@ -117,6 +118,11 @@ class SubmissionResult(ApiModel):
     variables: int
     calls: int
     ready_calls: list[str] = Field(description="Calls that started at once.")
+    failed_calls: dict[str, str] = Field(
+        default_factory=dict,
+        description="Calls failed at once (their outputs and dependents too), by id: why. A "
+        "call whose sampling options cannot be followed fails alone; the rest is applied.",
+    )
 
 
 class VariableCreate(ApiModel):

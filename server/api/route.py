@@ -49,10 +49,16 @@ class Route:
 async def parse_body(request: web.Request, model: type[M]) -> M:
     """The JSON body as `model`; 400 with the field and reason when it does not fit. A large
     body is read in a worker thread (see `prepare`)."""
+    return await parse_json(request, lambda data: validate(model, data, "body"))
+
+
+async def parse_json(request: web.Request, check: Callable[[Any], T]) -> T:
+    """`check(data)` of the JSON body (400 when it is not JSON, nests too deep or holds a lone
+    surrogate); a large body is read and checked in a worker thread (see `prepare`)."""
     raw = await request.read()
     if len(raw) >= LARGE_BODY_BYTES:
-        return await asyncio.to_thread(_parsed, raw, model)
-    return _parsed(raw, model)
+        return await asyncio.to_thread(lambda: check(_json_of(raw)))
+    return check(_json_of(raw))
 
 
 async def prepare(request: web.Request, work: Callable[[], T]) -> T:
@@ -66,7 +72,7 @@ async def prepare(request: web.Request, work: Callable[[], T]) -> T:
     return work()
 
 
-def _parsed(raw: bytes, model: type[M]) -> M:
+def _json_of(raw: bytes) -> Any:
     try:
         data: Any = json.loads(raw) if raw.strip() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -87,7 +93,7 @@ def _parsed(raw: bytes, model: type[M]) -> M:
             "(a lone \\ud800-\\udfff escape), which is not a character",
             param=where or None,
         )
-    return validate(model, data, "body")
+    return data
 
 
 def _too_deep(path: tuple[object, ...]) -> ApiError:
@@ -106,12 +112,17 @@ def validate(model: type[M], data: Any, where: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise bad_request(
-            f"invalid {where}: {loc or where}: {first['msg']}{more}", param=loc or None
-        ) from exc
+        loc, reason = validation_reason(exc)
+        raise bad_request(f"invalid {where}: {loc or where}: {reason}", param=loc or None) from exc
+
+
+def validation_reason(exc: ValidationError, skip: int = 0) -> tuple[str, str]:
+    """(where, what) of `exc`'s first error: its location as a dotted path less its first
+    `skip` parts, and its message (with how many more errors there are)."""
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"][skip:])
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return loc, f"{first['msg']}{more}"
 
 
 def _unpaired_surrogate(data: Any, path: tuple[object, ...] = ()) -> tuple[object, ...] | None:

@@ -31,7 +31,8 @@ class Graph:
     def submit(self, sub: Submission) -> list[Call]:
         """Validate and apply `sub`; return its calls that are ready to run (state READY).
 
-        Raises `GraphError` and leaves the graph untouched when anything in `sub` is invalid.
+        Raises `GraphError` and leaves the graph untouched when anything in `sub` is invalid; a
+        call declared with an `error` is added failed (and what reads its outputs fails too).
         """
         new_calls = build_calls(self.variables, self.calls, sub)
         for decl in sub.variables:
@@ -42,17 +43,22 @@ class Graph:
                 self.variables[var_id].producer = call.id
         ready: list[Call] = []
         failed_inputs: list[Call] = []
+        refused = {d.id: d.error for d in sub.calls if d.error is not None}
         for call in new_calls:
             for var_id in call.inputs.values():
                 var = self.variables[var_id]
                 var.consumers.append(call.id)
                 if var.state is VariableState.PENDING:
                     call.missing.add(var_id)
+            if call.id in refused:
+                continue
             if any(self.variables[v].state is VariableState.FAILED for v in call.inputs.values()):
                 failed_inputs.append(call)
             elif not call.missing:
                 call.state = CallState.READY
                 ready.append(call)
+        for call_id, reason in refused.items():  # after the links, so dependents fail too
+            self._fail(self.calls[call_id], reason)
         for call in failed_inputs:
             if call.state is CallState.WAITING:
                 var = next(

@@ -22,7 +22,8 @@ class VariableDecl:
 class CallDecl:
     """A call as submitted: the template as text, and `parsed` where it was parsed ahead (off
     the event loop: a 2,000-call submission spent ~0.1 s parsing); else it is parsed, and its
-    errors reported, during validation."""
+    errors reported, during validation. `error`: why the call cannot run (its sampling options
+    cannot be followed); it is added failed, with its dependents, and the rest applies."""
 
     id: str
     template: str
@@ -32,6 +33,7 @@ class CallDecl:
     function: str | None = None
     add_special_tokens: bool = True
     parsed: Template | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

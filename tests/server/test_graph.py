@@ -146,6 +146,27 @@ def test_a_call_reading_a_failed_variable_fails_at_once() -> None:
     assert "boom" in g.variables["z"].error
 
 
+def test_a_call_submitted_with_an_error_fails_alone_with_its_dependents() -> None:
+    g = Graph()
+    refused = CallDecl("A", "Start {{output:y}}", {}, {"y": "a"}, function="f_A",
+                       error="invalid sampling: the escape \\1 is not supported")  # fmt: skip
+    ready = g.submit(
+        Submission(
+            variables=[VariableDecl("doc", value="text"), VariableDecl("a"),
+                       VariableDecl("b"), VariableDecl("c")],
+            calls=[call("S", "doc", "c"), refused, call("B", "a", "b")],
+        )
+    )  # fmt: skip
+    assert [c.id for c in ready] == ["S"]
+    assert g.calls["A"].state is CallState.FAILED and g.calls["B"].state is CallState.FAILED
+    assert g.variables["a"].error == (
+        "call 'A' (f_A) failed: invalid sampling: the escape \\1 is not supported"
+    )
+    assert g.variables["b"].error.startswith("call 'B' (f_B) failed: upstream call 'A' (f_A)")
+    later = g.submit(Submission(variables=[VariableDecl("z")], calls=[call("Z", "b", "z")]))
+    assert later == [] and g.calls["Z"].state is CallState.FAILED
+
+
 def test_set_value_makes_consumers_ready_and_cannot_overwrite() -> None:
     g = Graph()
     g.add_variable(VariableDecl("late"))

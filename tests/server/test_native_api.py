@@ -363,21 +363,6 @@ BAD_GRAPHS = [
                                          {"y": "ok"})]},
      ["call 'A' (A): invalid template: line 1, column 4: unknown transform 'upper' in "
       "'{{input:x|upper}}' (known: strip)"]),
-    ("invalid_sampling", {"calls": [{**call("A", "a {{output:y}}", {}, {"y": "ok"}),
-                                     "sampling": {"stop": [""]}}]},
-     ["call 'A'", "stop strings must be non-empty"]),
-    ("invalid_sampling", {"calls": [{**call("A", "a {{output:y}}", {}, {"y": "ok"}),
-                                     "sampling": {"stop": ["s"] * 257}}]},
-     ["call 'A': invalid sampling: at most 256 stop strings are taken, got 257"]),
-    ("invalid_sampling", {"calls": [{**call("A", "a {{output:y}}", {}, {"y": "ok"}),
-                                     "sampling": {"grammar": 'root ::= "a" | "b'}}]},
-     ["call 'A': invalid sampling: grammar line 1, column 16: an unclosed string"]),
-    ("invalid_sampling", {"calls": [{**call("A", "a {{output:y}}", {}, {"y": "ok"}),
-                                     "sampling": {"grammar": "root ::= x"}}]},
-     ["call 'A': invalid sampling: the rule 'x' is used but not defined"]),
-    ("invalid_sampling", {"calls": [{**call("A", "a {{output:y}}", {}, {"y": "ok"}),
-                                     "sampling": {"max_tokens": 10**7}}]},
-     ["call 'A': invalid sampling: max_tokens 10000000 exceeds the model's context of"]),
 ]  # fmt: skip
 
 
@@ -400,6 +385,49 @@ def test_bad_graphs_are_rejected_whole_and_the_server_goes_on(
     assert get_var(server, sid, token, "ok")["status"] == "ready"
 
 
+BAD_SAMPLING = [
+    ({"stop": [""]}, "stop strings must be non-empty"),
+    ({"stop": ["s"] * 257}, "at most 256 stop strings are taken, got 257"),
+    ({"stop": ["x" * 5000]}, "a stop string is at most 4096 characters, got one of 5000"),
+    ({"grammar": 'root ::= "a" | "b'}, "grammar line 1, column 16: an unclosed string"),
+    ({"grammar": "root ::= x"}, "the rule 'x' is used but not defined"),
+    ({"grammar": 'root ::= root "a"'}, "the rule 'root' can never end"),
+    ({"regex": r"(a)\1"}, "the escape \\1 at 5"),
+    ({"json_schema": {"type": "string", "multipleOf": 3}}, "multipleOf cannot be enforced"),
+    ({"max_tokens": 10**7}, "max_tokens 10000000 exceeds the model's context of"),
+    ({"max_tokens": 0}, "max_tokens: Input should be greater than or equal to 1"),
+    ({"logit_bias": {"\u0663": 1}}, "logit_bias: '\u0663' is not a token id of this model"),
+    ({"logit_bias": {"99999": 1}}, "logit_bias: '99999' is not a token id of this model"),
+    ({"top_p": 0}, "top_p: Input should be greater than 0"),
+    (7, "Input should be a valid dictionary"),
+]
+
+
+@pytest.mark.parametrize(("sampling", "needle"), BAD_SAMPLING, ids=[b[1][:24] for b in BAD_SAMPLING])
+def test_a_call_with_sampling_the_server_cannot_follow_fails_alone(
+    server: str, sampling: object, needle: str
+) -> None:
+    """Its outputs and its readers fail, naming the call and its function; the rest of the
+    submission runs."""
+    sid, token = open_session(server)
+    bad = {**call("bad-1", "a {{output:y}}", {}, {"y": "b"}), "sampling": sampling}
+    graph = {"variables": [{"id": v} for v in ("s", "b", "d")],
+             "calls": [call("sib-1", "s {{output:y}}", {}, {"y": "s"}), bad,
+                       call("dep-1", "{{input:x}} {{output:y}}", {"x": "b"}, {"y": "d"})]}
+    status, body = submit(server, sid, token, graph)
+    assert status == 200, body
+    assert body["ready_calls"] == ["sib-1"] and set(body["failed_calls"]) == {"bad-1"}
+    assert body["failed_calls"]["bad-1"].startswith("invalid sampling: ")
+    assert needle in body["failed_calls"]["bad-1"]
+    failed = get_var(server, sid, token, "b")
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith("call 'bad-1' (bad) failed: invalid sampling: ")
+    assert needle in failed["error"]
+    dep = get_var(server, sid, token, "d")
+    assert dep["status"] == "failed" and "upstream call 'bad-1' (bad)" in dep["error"]
+    assert get_var(server, sid, token, "s")["status"] == "ready"
+
+
 def test_bad_requests_get_clear_errors(server: str) -> None:
     sid, token = open_session(server)
     other_sid, other_token = open_session(server)
@@ -407,8 +435,8 @@ def test_bad_requests_get_clear_errors(server: str) -> None:
     cases = [
         (request("POST", graph_url, raw=b"{not json", token=token), 400, "not valid JSON"),
         (request("POST", graph_url, {"calls": [{"id": "A", "template": "{{output:y}}",
-                 "outputs": {"y": "v"}, "sampling": {"max_tokens": 0}}]}, token),
-         400, "calls.0.sampling.max_tokens: Input should be greater than or equal to 1"),
+                 "outputs": {"y": "v"}, "inputs": []}]}, token),
+         400, "calls.0.inputs: Input should be a valid dictionary"),
         (request("POST", graph_url, {"calls": [], "bogus": 1}, token), 400, "bogus"),
         (request("POST", graph_url, {}), 401, "needs its token"),
         (request("POST", graph_url, {}, other_token), 403, "does not open session"),
