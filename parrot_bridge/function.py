@@ -147,20 +147,31 @@ def _number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-# What the server would refuse, refused where the function is defined: a refused submission
-# fails every call sent with it, however independent.
+def _int(v: Any) -> bool:
+    """An int, not a bool (True would be sent as 1)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _token_id(key: Any) -> bool:
+    """A token id as logit_bias keys it: ASCII digits (str.isdigit() passes "٣" and "²")."""
+    text = str(key)
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
+# Mistakes in the options, refused where the function is defined (the server fails a call whose
+# options it cannot follow, such as a pattern it cannot enforce, when the call is sent).
 _SAMPLING_CHECKS: dict[str, Callable[[Any], bool]] = {
-    "max_tokens": lambda v: isinstance(v, int) and v >= 1,
+    "max_tokens": lambda v: _int(v) and v >= 1,
     "temperature": lambda v: _number(v) and v >= 0,
     "top_p": lambda v: _number(v) and 0 < v <= 1,
-    "top_k": lambda v: isinstance(v, int),
-    "seed": lambda v: v is None or (isinstance(v, int) and _SEED_MIN <= v <= _SEED_MAX),
+    "top_k": _int,
+    "seed": lambda v: v is None or (_int(v) and _SEED_MIN <= v <= _SEED_MAX),
     "stop": lambda v: all(isinstance(s, str) and s for s in v),
     "ignore_eos": lambda v: isinstance(v, bool),
     "presence_penalty": lambda v: _number(v) and -2 <= v <= 2,
     "frequency_penalty": lambda v: _number(v) and -2 <= v <= 2,
     "logit_bias": lambda v: isinstance(v, dict) and all(
-        str(k).isdigit() and _number(b) and -100 <= b <= 100 for k, b in v.items()
+        _token_id(k) and _number(b) and -100 <= b <= 100 for k, b in v.items()
     ),
     "min_p": lambda v: _number(v) and 0 <= v <= 1,
     "repetition_penalty": lambda v: _number(v) and v > 0,

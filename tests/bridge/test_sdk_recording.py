@@ -69,11 +69,13 @@ def test_bad_sampling_and_parameters_raise_at_decoration() -> None:
         P.SemanticFunction("{{output:y}}", temperature=-1)
     with pytest.raises(ValueError, match="invalid grammar"):
         P.semantic_function(grammar="")
-    # what the server refuses, refused here: its 400 would fail every call sent with this one
+    # mistakes in the options, refused before anything is sent
     for key, value in [("temperature", math.inf), ("repetition_penalty", math.inf),
                        ("top_p", math.nan), ("seed", 2**64), ("seed", -(2**63) - 1),
                        ("json_schema", {"type": "object", "enum": {"a", "b"}}),
-                       ("logit_bias", {"5": math.nan}), ("temperature", True)]:  # fmt: skip
+                       ("logit_bias", {"5": math.nan}), ("temperature", True),
+                       ("max_tokens", True), ("top_k", True), ("seed", False),
+                       ("logit_bias", {"\u0663": 1}), ("logit_bias", {"1" * 19: 1})]:  # fmt: skip
         with pytest.raises(ValueError, match=f"invalid {key}"):
             P.semantic_function(**{key: value})
     with pytest.raises(ValueError, match="not choices and regex together"):
