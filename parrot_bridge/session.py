@@ -4,6 +4,7 @@ when a value is awaited, and reads variables (long-poll or stream)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -81,7 +82,12 @@ class Session:
         self._pending = PendingGraph(self)
         self._constants: dict[str, SemanticVariable] = {}
         self._flush_lock: asyncio.Lock | None = None  # made on the SDK loop
-        self._closed = False
+        self._closed = False  # no new calls or reads
+        self._ended = False  # the server was told (or had forgotten it): close() is done
+        # reads and streams in flight (tasks on the SDK loop): closing ends them, since a
+        # stream's connection may outlive the client that closing shuts down
+        self._readers: set[asyncio.Task[Any]] = set()
+        self._ending: set[asyncio.Task[Any]] = set()  # readers that closing cancelled
         self._context_tokens: list[contextvars.Token[Session | None]] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -97,7 +103,8 @@ class Session:
 
     def close(self) -> None:
         """Close it on the server: its calls stop, its variables are gone. Pending calls are
-        dropped."""
+        dropped; reads and streams in flight raise `ParrotError` (the session was closed). When
+        the server could not be told, it raises, and close() may be called again."""
         self._loop.run(self._close())
 
     async def aclose(self) -> None:
@@ -212,24 +219,43 @@ class Session:
 
     async def _read(self, var: SemanticVariable, criteria: Criteria, timeout: float | None) -> str:
         self._check_readable(var)
-        await self._flush({var.id: criteria})
-        # a server that stops answering must not outlast the caller's `timeout` either; the
-        # grace lets the answer to the last poll (sent when `timeout` is up) arrive
-        limit = None if timeout is None else timeout + _ANSWER_GRACE_S
-        try:
-            async with asyncio.timeout(limit):
-                return await self._poll(var, criteria, timeout)
-        except ParrotError as exc:
-            if self._closed and not isinstance(exc, CallFailedError):
-                # closed from another thread or task: its client went away under the poll
+        async with self._reading(var):
+            await self._flush({var.id: criteria})
+            # a server that stops answering must not outlast the caller's `timeout` either; the
+            # grace lets the answer to the last poll (sent when `timeout` is up) arrive
+            limit = None if timeout is None else timeout + _ANSWER_GRACE_S
+            try:
+                async with asyncio.timeout(limit):
+                    return await self._poll(var, criteria, timeout)
+            except TimeoutError:
                 raise ParrotError(
-                    f"session {self.id} was closed while variable {var._label} was read"
-                ) from exc
+                    f"timed out after {timeout} s waiting for variable {var._label}"
+                ) from None
+
+    @contextlib.asynccontextmanager
+    async def _reading(self, var: SemanticVariable) -> AsyncIterator[None]:
+        """Around a read or stream of `var`: closing the session (another thread or task) ends
+        it with `ParrotError`, whatever the server or the connection did meanwhile."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._readers.add(task)
+        try:
+            yield
+        except asyncio.CancelledError:
+            # cancelled by closing alone (not also by its caller): say so
+            if task in self._ending and task.uncancel() == 0:
+                raise self._closed_while(var) from None
             raise
-        except TimeoutError:
-            raise ParrotError(
-                f"timed out after {timeout} s waiting for variable {var._label}"
-            ) from None
+        except ParrotError as exc:
+            if self._closed:  # its client went away under it, or the server ended it
+                raise self._closed_while(var) from exc
+            raise
+        finally:
+            self._readers.discard(task)
+            self._ending.discard(task)
+
+    def _closed_while(self, var: SemanticVariable) -> ParrotError:
+        return ParrotError(f"session {self.id} was closed while variable {var._label} was read")
 
     async def _poll(self, var: SemanticVariable, criteria: Criteria, timeout: float | None) -> str:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -252,32 +278,46 @@ class Session:
 
     async def _follow(self, var: SemanticVariable, criteria: Criteria) -> AsyncIterator[str]:
         self._check_readable(var)
-        await self._flush({var.id: criteria})
-        path = f"{self._path}/variables/{var.id}/stream"
-        async for event, data in self._transport.events(path, {"criteria": criteria}):
-            if event == "chunk":
-                yield data["text"]
-            elif event == "done":
-                _fetched(var, data)
-                return
-            elif event == "error":
-                error = data["error"]
-                raise CallFailedError(error["message"], type=error.get("type"),
-                                      code=error.get("code"))  # fmt: skip
-        raise ParrotError(f"the stream of variable {var._label} ended early")
+        async with self._reading(var):
+            await self._flush({var.id: criteria})
+            path = f"{self._path}/variables/{var.id}/stream"
+            async for event, data in self._transport.events(path, {"criteria": criteria}):
+                if event == "chunk":
+                    yield data["text"]
+                elif event == "done":
+                    _fetched(var, data)
+                    return
+                elif event == "error":
+                    error = data["error"]
+                    raise CallFailedError(error["message"], type=error.get("type"),
+                                          code=error.get("code"))  # fmt: skip
+            raise ParrotError(f"the stream of variable {var._label} ended early")
 
     async def _close(self) -> None:
-        if self._closed:
-            return
         self._closed = True
+        if self._ended:
+            return
         try:
             if self.id is not None:
                 await self._transport.request("DELETE", self._path)
+            self._ended = True
         except ParrotError as exc:
-            if exc.status != 404:  # 404: the server forgot it already (it expired or restarted)
+            if exc.status != 404:  # not told: close() may be called again
                 raise
+            self._ended = True  # the server forgot it already (it expired or restarted)
         finally:
-            await self._transport.close()
+            await self._end_readers()
+            await self._transport.close()  # a retry opens a new client
+
+    async def _end_readers(self) -> None:
+        """Cancel the reads and streams in flight (they raise that the session was closed) and
+        let them finish before their client closes."""
+        readers = [t for t in self._readers if t is not asyncio.current_task()]
+        for task in readers:
+            self._ending.add(task)
+            task.cancel()
+        if readers:
+            await asyncio.wait(readers, timeout=5)
 
     def _check_readable(self, var: SemanticVariable) -> None:
         if var._producer is None and var._value is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Literal
@@ -76,8 +77,10 @@ class SemanticVariable:
         self._value = value
 
     def get(self, criteria: Criteria = "latency", timeout: float | None = None) -> str:
-        """The value, waiting for it on the server if needed."""
+        """The value, waiting for it on the server if needed (`timeout`: at most so many
+        seconds, then `ParrotError`; None: as long as it takes)."""
         _check_criteria(criteria)
+        _check_timeout(timeout)
         known = self._known()
         if known is not None:
             return known
@@ -85,6 +88,7 @@ class SemanticVariable:
 
     async def aget(self, criteria: Criteria = "latency", timeout: float | None = None) -> str:
         _check_criteria(criteria)
+        _check_timeout(timeout)
         known = self._known()
         if known is not None:
             return known
@@ -137,6 +141,12 @@ def _check_criteria(criteria: str) -> None:
     and a rejected submission fails every pending call in it, not only this read."""
     if criteria not in _CRITERIA:
         raise ValueError(f"criteria must be 'latency' or 'throughput', got {criteria!r}")
+
+
+def _check_timeout(timeout: float | None) -> None:
+    valid = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+    if timeout is not None and not (valid and math.isfinite(timeout) and timeout >= 0):
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
 
 
 def variable(value: str | None = None, name: str | None = None) -> SemanticVariable:
