@@ -97,6 +97,7 @@ class PendingGraph:
         """The pending calls that can run, as one submission (and forget them); None when none
         can. Calls waiting on an unset variable stay pending."""
         with self._lock:
+            self._fail_readers_of_failed()
             held = self._held()
             ready = [c for i, c in enumerate(self._calls) if i not in held]
             if not ready:
@@ -119,12 +120,14 @@ class PendingGraph:
 
     def reject(self, batch: Batch, error: ParrotError) -> None:
         """The server did not take `batch`: its calls are dropped (their outputs fail with
-        `error`) and its other variables are undeclared, so later calls send them again."""
+        `error`) and its other variables are undeclared, so later calls send them again.
+        Pending calls reading those outputs (held, waiting on an unset variable) fail too."""
         with self._lock:
             for var in batch.variables:
                 var._declared = False
             for var in batch.outputs:
                 var._error = error
+            self._fail_readers_of_failed()
 
     def unset_source(self, var: SemanticVariable) -> SemanticVariable | None:
         """The variable without value or producer that a pending call writing `var` waits on."""
@@ -140,6 +143,32 @@ class PendingGraph:
                         seen.add(source.id)
                         stack.append(source)
             return None
+
+    def _fail_readers_of_failed(self) -> None:
+        """Drop the pending calls that read, directly or through other pending calls, an output
+        that failed on the client (its submission was refused): sent, they would be refused
+        for reading a variable the server never got, and fail the calls sent with them."""
+        failing = True
+        while failing:
+            failing = False
+            for call in list(self._calls):
+                source = next((v for v in call.inputs if v._error is not None), None)
+                if source is None:
+                    continue
+                self._calls.remove(call)
+                failing = True
+                cause = source._error
+                assert cause is not None
+                name = next(n for n, v in call.spec["inputs"].items() if v == source.id)
+                error = ParrotError(
+                    f"{call.spec['function']}(): input {name!r} reads variable {source._label}, "
+                    f"which has no value: {cause}",
+                    status=cause.status,
+                    type=cause.type,
+                    code=cause.code,
+                )
+                for var in call.outputs:
+                    var._error = error
 
     def _held(self) -> set[int]:
         """Indexes of the calls that read, directly or through other pending calls, a variable

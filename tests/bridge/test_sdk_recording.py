@@ -216,6 +216,28 @@ def test_calls_reading_an_unset_variable_wait_until_it_is_set() -> None:
     assert body["variables"][0]["value"] == "now set"
 
 
+def test_a_held_call_reading_an_output_of_a_refused_submission_fails_on_the_client() -> None:
+    """Sent once its other input was set, it made the server refuse the next submission,
+    failing the innocent calls sent with it."""
+    session = offline()
+    later = P.variable(name="later")
+    refused = summarize.invoke(session, "x")
+    held = summarize.invoke(session, later)
+    join = P.SemanticFunction("{{input:a}} {{input:b}} {{output:y}}", name="join")
+    both = join.invoke(session, held, refused)  # held through `held`, and reads `refused`
+    batch = session._pending.take()
+    assert [c["outputs"]["summary"] for c in batch.body["calls"]] == [refused.id]
+    session._pending.reject(batch, P.ParrotError("no good", status=400, code="cycle"))
+    later.set("now")
+    innocent = summarize.invoke(session, "fine")
+    body = session._pending.take().body
+    assert [c["id"] for c in body["calls"]] == [held._producer, innocent._producer]
+    assert session._pending.take() is None  # nothing left
+    with pytest.raises(P.ParrotError, match="join\\(\\): input 'b' reads .*no good") as e:
+        both.get()
+    assert (e.value.status, e.value.code) == (400, "cycle")
+
+
 def test_public_names() -> None:
     assert set(P.__all__) == {
         "CallFailedError", "Criteria", "ParrotError", "SemanticFunction", "SemanticVariable",
