@@ -36,7 +36,8 @@ class Graph:
         """
         new_calls = build_calls(self.variables, self.calls, sub)
         for decl in sub.variables:
-            self._add_variable(decl)
+            if decl.id not in self.variables:  # else declared again as it is: kept
+                self._add_variable(decl)
         for call in new_calls:
             self.calls[call.id] = call
             for var_id in call.outputs.values():

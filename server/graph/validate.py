@@ -20,6 +20,8 @@ def build_calls(
 
     Raises `GraphError` naming the call and variable at fault: bad ids, unknown variables, a
     variable with two producers, an input nobody sets, a cycle, a template that does not parse.
+    A variable the client declares again as it is (same name and value, no producer) is no
+    error: it stays as it is.
     """
     new_vars = _check_variables(variables, sub.variables)
     new_calls = [_build_call(calls, decl) for decl in sub.calls]
@@ -52,6 +54,10 @@ def _check_variables(
     new: dict[str, VariableDecl] = {}
     for decl in decls:
         check_id("variable", decl.id)
+        if decl.id in variables and decl.id not in new and _same(variables[decl.id], decl):
+            # declared again as it is: a client sending again a submission whose answer it
+            # lost (a timeout), not knowing whether it was applied
+            continue
         if decl.id in variables or decl.id in new:
             raise GraphError(
                 f"variable {decl.id!r} is declared twice",
@@ -60,6 +66,15 @@ def _check_variables(
             )
         new[decl.id] = decl
     return new
+
+
+def _same(var: Variable, decl: VariableDecl) -> bool:
+    """Whether `decl` declares the client-owned variable `var` as it is."""
+    if var.producer is not None or var.name != decl.name:
+        return False
+    if decl.value is None:
+        return var.state is VariableState.PENDING
+    return var.state is VariableState.READY and var.value == decl.value
 
 
 def _build_call(calls: dict[str, Call], decl: CallDecl) -> Call:

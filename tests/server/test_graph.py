@@ -262,6 +262,23 @@ def test_ids_and_duplicates() -> None:
     bad("unknown_variable", Submission(awaits={"nope": "latency"}), "'nope'")
 
 
+def test_a_variable_declared_again_as_it_is_is_kept() -> None:
+    """A client that lost the answer to a submission (a timeout) does not know it was applied:
+    declaring its input variables again must not make the session unusable."""
+    g = Graph()
+    g.submit(chain())
+    again = g.submit(
+        Submission(
+            variables=[VariableDecl("doc", "doc", "text"), VariableDecl("c")],
+            calls=[call("C", "doc", "c")],
+        )
+    )
+    assert [c.id for c in again] == ["C"] and g.variables["doc"].consumers == ["A", "C"]
+    for changed in (VariableDecl("doc", "doc", "other"), VariableDecl("doc", "renamed", "text"),
+                    VariableDecl("a"), VariableDecl("doc")):  # fmt: skip
+        bad("duplicate_variable", Submission(variables=[changed]), "declared twice", graph=g)
+
+
 def test_long_chain_does_not_hit_the_recursion_limit() -> None:
     n = 3000
     variables = [VariableDecl("v0", value="x")] + [VariableDecl(f"v{i}") for i in range(1, n + 1)]
