@@ -34,13 +34,22 @@ class SemanticFunction:
         name: str = "semantic_function",
         params: list[str] | None = None,
         *,
+        defaults: dict[str, str] | None = None,
         add_special_tokens: bool = True,
         **sampling: Any,
     ) -> None:
+        """`defaults`: values of inputs that a call may leave out (as a Python default)."""
         self.template = template if isinstance(template, Template) else parse_template(template)
         self.name = name
         self.add_special_tokens = add_special_tokens
         self.sampling = _check_sampling(sampling)
+        self.defaults = dict(defaults or {})
+        for param, value in self.defaults.items():
+            if param not in self.template.inputs or not isinstance(value, str):
+                raise TypeError(
+                    f"{name}: only inputs have defaults, and they are strings; got "
+                    f"{param}={value!r}"
+                )
         names = [*self.template.inputs, *self.template.outputs]
         self.params = params if params is not None else names
         missing = [n for n in self.template.inputs if n not in self.params]
@@ -80,9 +89,12 @@ class SemanticFunction:
             raise TypeError(f"{self.name}(): {exc}") from None
         inputs: dict[str, SemanticVariable] = {}
         for name in self.inputs:
-            if bound.get(name) is None:
+            value = bound.get(name, None)
+            if value is None:
+                value = self.defaults.get(name)
+            if value is None:
                 raise TypeError(f"{self.name}() missing input {name!r}")
-            inputs[name] = _as_input(self.name, name, bound[name], session)
+            inputs[name] = _as_input(self.name, name, value, session)
         outputs: dict[str, SemanticVariable] = {}
         for name in self.outputs:
             given = bound.get(name)
@@ -113,25 +125,31 @@ def semantic_function(
 
 
 def semantic_function(
-    fn: Callable[..., Any] | None = None, /, **sampling: Any
+    fn: Callable[..., Any] | None = None, /, *, add_special_tokens: bool = True, **sampling: Any
 ) -> SemanticFunction | Callable[[Callable[..., Any]], SemanticFunction]:
     """Decorator: the function's docstring is the template, its parameters name the inputs (and
-    may name outputs). Sampling defaults as keywords: max_tokens, temperature, top_p, top_k,
-    seed, stop, ignore_eos, presence_penalty, frequency_penalty, logit_bias, min_p,
-    repetition_penalty, and one constraint of json_schema, choices, regex and grammar. Template
-    errors raise here, at decoration, with their position."""
+    may name outputs); an input's default (a string) is its value when a call leaves it out.
+    Sampling defaults as keywords: max_tokens, temperature, top_p, top_k, seed, stop,
+    ignore_eos, presence_penalty, frequency_penalty, logit_bias, min_p, repetition_penalty,
+    and one constraint of json_schema, choices, regex and grammar; `add_special_tokens` as
+    SemanticFunction's. Template errors raise here, at decoration, with their position."""
 
     def decorate(f: Callable[..., Any]) -> SemanticFunction:
         doc = inspect.getdoc(f)
         if not doc:
             raise TemplateError(f"{f.__qualname__} has no docstring to use as its template", "", 0)
-        params = []
+        params, defaults = [], {}
         for p in inspect.signature(f).parameters.values():
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 raise TypeError(f"{f.__qualname__}: *args and **kwargs cannot name variables")
             params.append(p.name)
+            if p.default is not p.empty and p.default is not None:
+                defaults[p.name] = p.default
         try:
-            return SemanticFunction(doc, name=f.__name__, params=params, **sampling)
+            return SemanticFunction(
+                doc, name=f.__name__, params=params, defaults=defaults,
+                add_special_tokens=add_special_tokens, **sampling,
+            )  # fmt: skip
         except TemplateError as exc:
             exc.args = (f"{exc} (in the docstring of {f.__qualname__})",)
             raise

@@ -238,6 +238,26 @@ def test_a_held_call_reading_an_output_of_a_refused_submission_fails_on_the_clie
     assert (e.value.status, e.value.code) == (400, "cycle")
 
 
+def test_decorated_defaults_and_special_tokens_carry_over() -> None:
+    @P.semantic_function(add_special_tokens=False, max_tokens=3)
+    def tell(doc, style="briefly"):
+        """Tell {{input:doc}} {{input:style}}: {{output:said}}"""
+
+    assert not tell.add_special_tokens and tell.sampling == {"max_tokens": 3}
+    session = offline()
+    tell.invoke(session, "a")
+    tell.invoke(session, "b", style="at length")
+    body = session._pending.take().body
+    values = {v["id"]: v["value"] for v in body["variables"]}
+    assert [values[c["inputs"]["style"]] for c in body["calls"]] == ["briefly", "at length"]
+    assert all(c["add_special_tokens"] is False for c in body["calls"])
+    with pytest.raises(TypeError, match="only inputs have defaults"):
+
+        @P.semantic_function
+        def typed(doc, said=P.variable()):
+            """{{input:doc}} {{output:said}}"""
+
+
 def test_public_names() -> None:
     assert set(P.__all__) == {
         "CallFailedError", "Criteria", "ParrotError", "SemanticFunction", "SemanticVariable",
