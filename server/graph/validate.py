@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from parrot_bridge.template import TemplateError, parse_template
 from server.graph.call import Call
@@ -28,7 +29,7 @@ def build_calls(
     _check_unique_calls(new_calls)
     producers = _check_bindings(variables, new_vars, new_calls)
     _check_inputs_set(variables, new_vars, new_calls, producers)
-    _check_acyclic(new_calls, producers)
+    _check_acyclic(new_calls, producers, lambda v: _label(variables, new_vars, v))
     for var_id in sub.awaits:
         if var_id not in variables and var_id not in new_vars:
             raise GraphError(
@@ -209,7 +210,9 @@ def _check_inputs_set(
                 )
 
 
-def _check_acyclic(new_calls: list[Call], producers: dict[str, Call]) -> None:
+def _check_acyclic(
+    new_calls: list[Call], producers: dict[str, Call], label: Callable[[str], str]
+) -> None:
     """Iterative depth-first search over the new calls (chains may be long). Old calls cannot
     close a cycle: they never read a variable that a new call produces, since such a variable
     had no producer and no value before."""
@@ -234,7 +237,7 @@ def _check_acyclic(new_calls: list[Call], producers: dict[str, Call]) -> None:
                 steps = [f"call {c.label}" for c, _ in path[start:]]
                 reads = [v for _, v in path[start + 1 :]] + [var_id]
                 text = " ".join(
-                    f"{s} reads {v!r}, written by" for s, v in zip(steps, reads, strict=True)
+                    f"{s} reads {label(v)}, written by" for s, v in zip(steps, reads, strict=True)
                 )
                 raise GraphError(
                     f"cycle: {text} call {upstream.label}",

@@ -209,10 +209,11 @@ def test_two_producers_in_one_submission_and_across_submissions() -> None:
 
 def test_cycle_is_named() -> None:
     sub = Submission(
-        variables=[VariableDecl("p"), VariableDecl("q")],
+        variables=[VariableDecl("p", "plan"), VariableDecl("q", "question")],
         calls=[call("A", "q", "p"), call("B", "p", "q")],
     )
-    bad("cycle", sub, "cycle:", "call 'A' (f_A)", "call 'B' (f_B)")
+    bad("cycle", sub, "cycle:", "call 'A' (f_A)", "call 'B' (f_B)", "reads 'q' (question)",
+        "reads 'p' (plan)")  # fmt: skip
     self_loop = Submission(variables=[VariableDecl("p")], calls=[call("A", "p", "p")])
     bad("cycle", self_loop, "both its input and its output")
 
