@@ -56,7 +56,8 @@ class Session:
     and a stream may go without a chunk, as the OpenAI client's `timeout`; past it the request
     raises `ParrotError`. None: no limit. `get(timeout=)` bounds the wait for a value.
     `max_retries`: how often a request is sent again when no connection could be made (the
-    server starting or restarting), as the OpenAI client's.
+    server starting or restarting), waiting 0.5 s, then 1, 2, 4, up to 8 s between tries, as
+    the OpenAI client does (2 retries: 1.5 s in all; give more to outlast a model's load).
     `transport`: the HTTP client every request goes through (default: one for `url`,
     `timeout` and `max_retries`).
     """

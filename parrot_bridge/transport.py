@@ -20,7 +20,15 @@ from parrot_bridge.http_response import (
     unreachable,
 )
 
-_RETRY_S = 0.1  # the first retry's wait; it doubles with each
+# waits before sending again, as the OpenAI client's: 0.5 s, doubling, at most 8 s (2 retries
+# wait 1.5 s in all; a server loading its model for longer needs more)
+_RETRY_S = 0.5
+_RETRY_MAX_S = 8.0
+
+
+def retry_wait(attempt: int) -> float:
+    """Seconds to wait before sending again after failed attempt `attempt` (from 0)."""
+    return min(_RETRY_S * 2**attempt, _RETRY_MAX_S)
 
 
 class Transport:
@@ -35,8 +43,9 @@ class Transport:
     ) -> None:
         """`timeout`: seconds a response may take (beyond a long poll's wait) and a stream may
         go without a chunk; None: no limit. `max_retries`: how often a request is sent again
-        when no connection could be made (a server starting or restarting), as the OpenAI
-        client does; only then, since nothing reached the server."""
+        when no connection could be made (a server starting or restarting), after 0.5 s, then
+        1, 2, 4 and 8 s, as the OpenAI client waits; only then, since nothing reached the
+        server."""
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be > 0 or None, got {timeout}")
         if max_retries < 0:
@@ -64,7 +73,7 @@ class Transport:
             except aiohttp.ClientConnectorError as exc:  # no connection: nothing was sent
                 if attempt == self.max_retries:
                     raise unreachable(self.base_url, exc) from exc
-            await asyncio.sleep(_RETRY_S * 2**attempt)
+            await asyncio.sleep(retry_wait(attempt))
         raise AssertionError("unreachable")
 
     async def _request(

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import parrot_bridge as P
-from parrot_bridge.transport import Transport
+from parrot_bridge.transport import Transport, retry_wait
 from server.launcher import free_port
 from tests.bridge.fake_server import (
     SESSION_ROUTES,
@@ -98,12 +98,17 @@ def test_a_session_waits_for_a_server_that_is_starting() -> None:
     thread = threading.Thread(target=start_late)
     thread.start()
     try:
-        session = P.Session(url, max_retries=5).open()  # waits 0.1, 0.2, 0.4, ... s
+        session = P.Session(url, max_retries=5).open()  # waits 0.5, 1, 2, ... s
         assert up.is_set() and session.id == "s-1"
         session.close()
     finally:
         done.set()
         thread.join(10)
+
+
+def test_retries_wait_as_the_openai_client_does() -> None:
+    """0.5 s doubling to 8 s: it waited 0.1 s doubling, 0.3 s in all for 2 retries."""
+    assert [retry_wait(a) for a in range(6)] == [0.5, 1, 2, 4, 8, 8]
 
 
 class _FailingGraphTransport(Transport):
