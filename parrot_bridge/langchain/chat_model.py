@@ -116,9 +116,9 @@ class ChatParrot(ParrotSettings, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         body = self._body(messages, stop, kwargs, self._model_id(kwargs), stream=True)
-        http = self._http()
+        http, named = self._http(), "stream_options" not in body
         for event in shared_loop().iterate(lambda: http.events(_CHAT, body)):
-            chunk = _chunk(event)
+            chunk = _chunk(event, named)
             if run_manager and chunk.text:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
@@ -131,9 +131,9 @@ class ChatParrot(ParrotSettings, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         body = self._body(messages, stop, kwargs, await self._amodel_id(kwargs), stream=True)
-        http = self._http()
+        http, named = self._http(), "stream_options" not in body
         async for event in shared_loop().aiterate(lambda: http.events(_CHAT, body)):
-            chunk = _chunk(event)
+            chunk = _chunk(event, named)
             if run_manager and chunk.text:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
@@ -288,7 +288,9 @@ def _result(response: dict[str, Any]) -> ChatResult:
     generations = []
     for choice in response["choices"]:
         metadata = {"model_name": response["model"], "finish_reason": choice["finish_reason"],
-                    "model_provider": "parrot"}  # fmt: skip
+                    "model_provider": "parrot", "id": response["id"],
+                    "system_fingerprint": response.get("system_fingerprint"),
+                    "logprobs": choice.get("logprobs")}  # fmt: skip
         message = AIMessage(
             content=choice["message"]["content"] or "",
             **_calls(choice["message"]),
@@ -300,12 +302,15 @@ def _result(response: dict[str, Any]) -> ChatResult:
         if choice.get("logprobs") is not None:
             info["logprobs"] = choice["logprobs"]
         generations.append(ChatGeneration(message=message, generation_info=info))
-    llm_output = {"token_usage": response["usage"], "model_name": response["model"]}
+    llm_output = {"token_usage": response["usage"], "model_name": response["model"],
+                  "id": response["id"], "system_fingerprint": response.get("system_fingerprint")}
     return ChatResult(generations=generations, llm_output=llm_output)
 
 
-def _chunk(event: dict[str, Any]) -> ChatGenerationChunk:
-    """A content delta, or (the usage event that ends the stream) the last chunk."""
+def _chunk(event: dict[str, Any], named: bool = False) -> ChatGenerationChunk:
+    """A content delta, or (the usage event that ends the stream) the last chunk. The model's
+    name goes on the usage chunk, or where none comes (`named`) on the one that finishes (once:
+    LangChain joins a name given twice into one string)."""
     if not event["choices"]:
         usage = event.get("usage")
         message = AIMessageChunk(
@@ -326,9 +331,18 @@ def _chunk(event: dict[str, Any]) -> ChatGenerationChunk:
         content=choice["delta"].get("content") or "",
         tool_call_chunks=chunks,
         id=event["id"],
-        response_metadata={"finish_reason": reason} if reason else {},
+        response_metadata=_finish_metadata(event, reason, named),
     )
     info: dict[str, Any] = {"finish_reason": reason} if reason else {}
     if choice.get("logprobs") is not None:  # those of this chunk's tokens
         info["logprobs"] = choice["logprobs"]
     return ChatGenerationChunk(message=message, generation_info=info or None)
+
+
+def _finish_metadata(event: dict[str, Any], reason: str | None, named: bool) -> dict[str, Any]:
+    if not reason:
+        return {}
+    if not named:
+        return {"finish_reason": reason}
+    return {"finish_reason": reason, "model_name": event["model"], "model_provider": "parrot",
+            "system_fingerprint": event.get("system_fingerprint")}  # fmt: skip

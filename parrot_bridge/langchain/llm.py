@@ -101,6 +101,7 @@ class ParrotLLM(ParrotSettings, BaseLLM):
                 if run_manager:
                     run_manager.on_llm_new_token(text, chunk=chunk)
                 yield chunk
+            yield _last_chunk(output)
 
     async def _astream(
         self,
@@ -118,6 +119,7 @@ class ParrotLLM(ParrotSettings, BaseLLM):
                 if run_manager:
                     await run_manager.on_llm_new_token(text, chunk=chunk)
                 yield chunk
+            yield _last_chunk(output)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -193,9 +195,23 @@ def _one_prompt(prompts: list[str]) -> str:
     return prompts[0]
 
 
+def _last_chunk(output: SemanticVariable) -> GenerationChunk:
+    """The empty chunk that ends a stream with its finish reason (as an OpenAI stream's last
+    chunk has it); its usage rides along for `_streamed_result`."""
+    info = {"finish_reason": output.finish_reason, "usage": output.usage}
+    return GenerationChunk(text="", generation_info=info)
+
+
 def _streamed_result(chunks: list[GenerationChunk], served: tuple[str, int]) -> LLMResult:
     text = "".join(c.text for c in chunks)
-    return LLMResult(generations=[[Generation(text=text)]], llm_output={"model_name": served[0]})
+    last = (chunks[-1].generation_info or {}) if chunks else {}
+    generation = Generation(text=text, generation_info={"finish_reason": last.get("finish_reason")})
+    usage = {k: v for k, v in (last.get("usage") or {}).items() if k in _USAGE_KEYS}
+    llm_output = {"token_usage": usage, "model_name": served[0]}
+    return LLMResult(generations=[[generation]], llm_output=llm_output)
+
+
+_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 def _one_sample(llm: ParrotLLM, kwargs: dict[str, Any]) -> int:

@@ -67,10 +67,12 @@ class Outcome:
     token_usage: dict[str, Any]  # the server's usage, as a plain call's response_metadata has it
     additional_kwargs: dict[str, Any]  # the reply parsed into a pydantic response_format
 
-    def response_metadata(self) -> dict[str, Any]:
-        """A plain call's message metadata (ChatParrot's, with LangChain's llm_output merged)."""
+    def response_metadata(self, message_id: str | None) -> dict[str, Any]:
+        """A plain call's message metadata (ChatParrot's, with LangChain's llm_output merged);
+        its `id` is the graph message's, as a plain reply's is the response's."""
         return {"token_usage": self.token_usage, "model_name": self.model_name,
-                "finish_reason": self.finish_reason, "model_provider": "parrot"}  # fmt: skip
+                "finish_reason": self.finish_reason, "model_provider": "parrot",
+                "id": message_id, "system_fingerprint": None, "logprobs": None}  # fmt: skip
 
 
 def needed(runs: list[ModelRun], output_ids: set[str]) -> list[ModelRun]:
@@ -109,7 +111,7 @@ def message(run: ModelRun, outcome: Outcome | None) -> AIMessage:
         content=run.output.value or "",
         id=run.message_id,
         usage_metadata=outcome.usage,
-        response_metadata=outcome.response_metadata(),
+        response_metadata=outcome.response_metadata(run.message_id),
         additional_kwargs=dict(outcome.additional_kwargs),
     )
 
@@ -138,7 +140,8 @@ def report(
             )  # fmt: skip
             llm_output = None
             if outcome is not None:  # as ChatParrot's plain calls report it
-                llm_output = {"token_usage": run.output.usage, "model_name": outcome.model_name}
+                llm_output = {"token_usage": run.output.usage, "model_name": outcome.model_name,
+                              "id": reply.id, "system_fingerprint": None}  # fmt: skip
         else:
             (manager_run,) = manager.on_llm_start(
                 run.model._serialized, [shown.to_string()], invocation_params=params,
@@ -159,7 +162,7 @@ def with_outcomes(obj: Any, found: dict[str, Outcome]) -> Any:
         outcome = found[obj.id]
         return obj.model_copy(update={
             "usage_metadata": outcome.usage,
-            "response_metadata": {**obj.response_metadata, **outcome.response_metadata()},
+            "response_metadata": {**obj.response_metadata, **outcome.response_metadata(obj.id)},
             "additional_kwargs": {**obj.additional_kwargs, **outcome.additional_kwargs},
         })  # fmt: skip
     if isinstance(obj, dict | list | tuple):

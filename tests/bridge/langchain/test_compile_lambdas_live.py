@@ -158,7 +158,10 @@ METADATA: dict[str, Callable[[AIMessage], Any]] = {
     "usage_metadata": lambda m: m.usage_metadata["output_tokens"],
     "token_usage": lambda m: m.response_metadata["token_usage"]["completion_tokens"],
     "parsed": lambda m: m.additional_kwargs.get("parsed", "absent"),
-    "all of it": lambda m: (dict(m.response_metadata), m.usage_metadata, m.additional_kwargs),
+    "id": lambda m: m.response_metadata["id"] == m.id,
+    # (but the id: each reply's own)
+    "all of it": lambda m: ({**m.response_metadata, "id": None}, m.usage_metadata,
+                            m.additional_kwargs),
 }  # fmt: skip
 
 
@@ -175,8 +178,9 @@ def test_a_lambda_reading_a_replys_metadata_sees_the_plain_calls(
 
 
 def test_a_client_step_gets_the_plain_calls_message(chat: ChatParrot) -> None:
-    """A step that cannot be traced (a parser) gets the whole message, metadata too."""
+    """A step that cannot be traced (a parser) gets the whole message, metadata too (but the
+    id: each reply's own)."""
     chain = PromptTemplate.from_template("Rate {t}.") | chat | RunnableLambda(
-        lambda m, config: (m.response_metadata, m.usage_metadata)  # noqa: ARG005
+        lambda m, config: ({**m.response_metadata, "id": None}, m.usage_metadata)  # noqa: ARG005
     )
     assert compile(chain).invoke({"t": "owls"}) == chain.invoke({"t": "owls"})

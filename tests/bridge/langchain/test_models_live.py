@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import operator
 from typing import Any
 
 import pytest
@@ -364,7 +366,7 @@ def test_logprobs_and_n_come_back_as_chat_openai_reports_them(
         streamed = chunk if streamed is None else streamed + chunk
     assert streamed is not None
     assert same_logprobs(streamed.response_metadata["logprobs"]["content"], want)
-    assert "logprobs" not in chat.invoke("Hello there").response_metadata
+    assert chat.invoke("Hello there").response_metadata["logprobs"] is None  # as ChatOpenAI's
     # n samples: the generations of one request (seeded, so the server's own answer matches)
     result = chat.generate([[HumanMessage("Hello there")]], n=3, temperature=1, seed=5)
     _, sampled = request("POST", parrot_url + "/v1/chat/completions", {
@@ -501,3 +503,39 @@ def lc_prompt_text() -> Any:
     from langchain_core.prompts import PromptTemplate
 
     return PromptTemplate.from_template("{q}")
+
+
+def test_metadata_has_the_keys_that_langchain_openais_classes_report(
+    parrot_url: str, served_model: str
+) -> None:
+    """Against the same server, ChatParrot's messages (invoked, streamed with and without the
+    usage chunk) and ParrotLLM's streamed generation carry the metadata keys that ChatOpenAI's
+    and OpenAI's do, with the same values where the server decides them. Missing before: the
+    response id and system_fingerprint, a streamed message's model without the usage chunk,
+    a streamed LLM generation's finish_reason and token usage."""
+    from langchain_openai import ChatOpenAI
+    from langchain_openai import OpenAI as OpenAILLM
+
+    settings = {"temperature": 0, "max_tokens": 5}
+    ours = ChatParrot(base_url=parrot_url, **settings)
+    theirs = ChatOpenAI(base_url=parrot_url + "/v1", api_key="none", model=served_model,
+                        **settings)  # fmt: skip
+    mine, want = ours.invoke("Hello there"), theirs.invoke("Hello there")
+    assert set(want.response_metadata) - set(mine.response_metadata) <= {"service_tier"}
+    assert mine.response_metadata["id"] == mine.id and mine.id.startswith("chatcmpl")
+    for usage in (True, False):
+        got, ref = (functools.reduce(operator.add, model.stream("Hello there", stream_usage=usage))
+                    for model in (ours, theirs))  # fmt: skip
+        for key in ("model_name", "finish_reason", "model_provider"):
+            assert (key in got.response_metadata) == (key in ref.response_metadata), (usage, key)
+        assert got.response_metadata["model_name"] == ref.response_metadata["model_name"]
+        assert (got.usage_metadata is None) == (ref.usage_metadata is None)
+    llm = ParrotLLM(base_url=parrot_url, streaming=True, **settings)
+    reference = OpenAILLM(base_url=parrot_url + "/v1", api_key="none", model=served_model,
+                          streaming=True, **settings)  # fmt: skip
+    result, expected = llm.generate(["Animals:"]), reference.generate(["Animals:"])
+    assert result.generations[0][0].text == expected.generations[0][0].text
+    info = result.generations[0][0].generation_info
+    assert info["finish_reason"] == expected.generations[0][0].generation_info["finish_reason"]
+    plain = ParrotLLM(base_url=parrot_url, **settings).generate(["Animals:"])
+    assert result.llm_output == plain.llm_output
