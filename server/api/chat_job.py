@@ -115,7 +115,15 @@ def answer(
         return AssistantMessage(content=content + rest), finish_reason(final)
     # the parser leaves out white space next to calls, as a stream of this answer does
     text = content + rest
-    return AssistantMessage(content=text or None, tool_calls=calls), finish_reason(final, True)
+    return AssistantMessage(content=text or None, tool_calls=calls), (
+        finish_reason(final, called(tools))
+    )
+
+
+def called(tools: ToolRequest | None) -> bool:
+    """Whether an answer with calls finishes as "tool_calls": not when the request named the
+    function: OpenAI's API answers "stop" then, and vLLM follows it."""
+    return tools is not None and not tools.named
 
 
 def choice_parser(tools: ToolRequest | None) -> ToolCallParser | None:

@@ -10,7 +10,7 @@ import uuid
 
 from aiohttp import web
 
-from server.api.chat_job import ChatJob, answer, chat_job, choice_parser
+from server.api.chat_job import ChatJob, answer, called, chat_job, choice_parser
 from server.api.constraint_compile import compile_constraints
 from server.api.disconnect import unless_disconnected
 from server.api.logprobs import (
@@ -285,7 +285,7 @@ async def _stream_chat(
             await send_text(index, out.new_text, out.finished)
             if out.finished:
                 finals[index] = out
-                reason = finish_reason(out, bool(calls_sent[index]))
+                reason = finish_reason(out, bool(calls_sent[index]) and called(tools))
                 await stream.send(chunk(index, ChatDelta(), reason))
         everything = len(finals) == len(samplings)
         if everything and body.stream_options and body.stream_options.include_usage:

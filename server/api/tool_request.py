@@ -39,12 +39,13 @@ class Tool:
 class ToolRequest:
     """The request's tools and how they may be used. `required` asks for a call; `forced` names
     the function the answer's first call is (tool_choice naming it, or "required" with one
-    tool); `parallel` false allows one call per answer."""
+    tool); `parallel` false allows one call per answer; `named`: tool_choice named it."""
 
     tools: tuple[Tool, ...]
     required: bool = False
     forced: str | None = None
     parallel: bool = True
+    named: bool = False
 
     @classmethod
     def of(
@@ -77,7 +78,7 @@ class ToolRequest:
                 f"({', '.join(names)})",
                 param="tool_choice",
             )
-        return cls(checked, required=True, forced=name, parallel=False)
+        return cls(checked, required=True, forced=name, parallel=False, named=True)
 
     @property
     def names(self) -> frozenset[str]:

@@ -56,13 +56,14 @@ def test_a_forced_call_is_the_servers_answer(llm: Parrot, url: str) -> None:
     reach the server as OpenAI's."""
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
     named = {"type": "function", "function": {"name": "get_weather"}}
-    forcings = [([WEATHER], {"tool_required": True}, "required"),
-                ([WEATHER, CLOCK], {"tool_choice": "get_weather"}, named)]  # fmt: skip
-    for tools, forcing, choice in forcings:
+    # a named function's call finishes as "stop", a required one's as "tool_calls" (OpenAI's)
+    forcings = [([WEATHER], {"tool_required": True}, "required", "tool_calls"),
+                ([WEATHER, CLOCK], {"tool_choice": "get_weather"}, named, "stop")]  # fmt: skip
+    for tools, forcing, choice, reason in forcings:
         response = llm.chat_with_tools(tools, user_msg=ASK, **forcing)
         [(name, kwargs)] = calls(llm, response)
         assert name == "get_weather" and kwargs in ({"city": "Paris"}, {"city": "Rome"})
-        assert response.raw["choices"][0]["finish_reason"] == "tool_calls"
+        assert response.raw["choices"][0]["finish_reason"] == reason
         plain = client.chat.completions.create(
             model=llm.metadata.model_name, messages=[{"role": "user", "content": ASK}],
             tools=[t.metadata.to_openai_tool() for t in tools], tool_choice=choice,
