@@ -59,7 +59,7 @@ class Session:
     server starting or restarting), waiting 0.5 s, then 1, 2, 4, up to 8 s between tries, as
     the OpenAI client does (2 retries: 1.5 s in all; give more to outlast a model's load).
     `transport`: the HTTP client every request goes through (default: one for `url`,
-    `timeout` and `max_retries`).
+    `timeout`, `max_retries` and `api_key`, the server's `--api-key`).
     """
 
     def __init__(
@@ -71,15 +71,19 @@ class Session:
         timeout: float | None = 600.0,
         max_retries: int = 2,
         transport: Transport | None = None,
+        api_key: str | None = None,
     ) -> None:
         if not 0 < poll_s <= 300:
             raise ValueError(f"poll_s must be in (0, 300], got {poll_s}")
         self.url = url
+        self.api_key = api_key
         self.name = name
         self.poll_s = poll_s
         self.id: str | None = None
         self._loop = shared_loop()
-        self._transport = transport or Transport(url, timeout=timeout, max_retries=max_retries)
+        self._transport = transport or Transport(
+            url, timeout=timeout, max_retries=max_retries, api_key=api_key
+        )
         self._pending = PendingGraph(self)
         self._constants: dict[str, SemanticVariable] = {}
         self._flush_lock: asyncio.Lock | None = None  # made on the SDK loop

@@ -40,12 +40,13 @@ class Transport:
         connect_timeout: float = 10.0,
         timeout: float | None = 600.0,
         max_retries: int = 2,
+        api_key: str | None = None,
     ) -> None:
         """`timeout`: seconds a response may take (beyond a long poll's wait) and a stream may
         go without a chunk; None: no limit. `max_retries`: how often a request is sent again
         when no connection could be made (a server starting or restarting), after 0.5 s, then
         1, 2, 4 and 8 s, as the OpenAI client waits; only then, since nothing reached the
-        server."""
+        server. `api_key`: the server's (`--api-key`), sent until a session's token is set."""
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be > 0 or None, got {timeout}")
         if max_retries < 0:
@@ -56,6 +57,7 @@ class Transport:
         self._connect_timeout = connect_timeout
         self._client: aiohttp.ClientSession | None = None
         self.token: str | None = None
+        self._api_key = api_key
 
     async def request(
         self,
@@ -141,4 +143,6 @@ class Transport:
         return self._client
 
     def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        """A session's routes take its token; the others (opening it) the server's key."""
+        credential = self.token or self._api_key
+        return {"Authorization": f"Bearer {credential}"} if credential else {}

@@ -14,6 +14,7 @@ from server import request_id
 from server.api import all_routes
 from server.api.native import end_session
 from server.api.openapi import build_openapi
+from server.api_key import api_key_middleware
 from server.config import ServerConfig
 from server.cors import CorsPolicy, cors_headers, preflight_middleware
 from server.engine_driver import EngineDriver
@@ -45,8 +46,10 @@ def init_app(config: ServerConfig) -> web.Application:
     """The application, with the engine loaded and started in its startup phase."""
     cors = CorsPolicy(config.allowed_origins) if config.allowed_origins else None
     preflight = [preflight_middleware(cors)] if cors is not None else []
+    # inside the error middleware, so that a refusal is JSON in OpenAI's shape
+    guard = [api_key_middleware(config.api_key)] if config.api_key is not None else []
     app = web.Application(
-        middlewares=[access_middleware, *preflight, error_middleware],
+        middlewares=[access_middleware, *preflight, error_middleware, *guard],
         client_max_size=config.max_request_mb * 1024 * 1024,
     )
     app.on_response_prepare.append(request_id.add_header)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, fields
+import os
+import re
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from server.cors import CorsPolicy
@@ -14,6 +16,7 @@ from server.restart_policy import RestartPolicy
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_PRINTABLE_KEY = re.compile(r"[!-~]{1,256}")
 _ENGINE_FIELDS = (
     "num_kv_blocks",
     "kv_cache_gb",
@@ -103,6 +106,8 @@ class ServerConfig:
     stored_response_chars: int = 64_000_000
     # origins whose pages may call the API from a browser (CORS); "*" for any; none: no CORS
     allowed_origins: tuple[str, ...] = ()
+    # callers must send `Authorization: Bearer <api_key>` (vLLM's --api-key); None: anyone may
+    api_key: str | None = field(default=None, repr=False)
     log_level: str = "info"
     log_format: str = "kv"
     shutdown_timeout_s: float = 10.0
@@ -160,6 +165,8 @@ class ServerConfig:
             raise ValueError(f"log_format must be 'kv' or 'json', got {self.log_format!r}")
         if not self.session_ttl_s > 0:
             raise ValueError(f"session_ttl_s must be positive, got {self.session_ttl_s}")
+        if self.api_key is not None and not _PRINTABLE_KEY.fullmatch(self.api_key):
+            raise ValueError("api_key must be 1 to 256 printable ASCII characters, no spaces")
         self.allowed_origins = tuple(self.allowed_origins)  # argparse gives a list
         CorsPolicy(self.allowed_origins)  # refuses a malformed origin
         if self.max_request_mb < 1:
@@ -441,6 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="let pages from these origins (scheme://host[:port], or '*' for any) call the API "
         "from a browser: preflights are answered and responses carry "
         "Access-Control-Allow-Origin (default: none)",
+    )
+    ops.add_argument(
+        "--api-key",
+        default=os.environ.get("PARROT_API_KEY", d.api_key),
+        help="require 'Authorization: Bearer <key>' on the API's routes (a session's own routes "
+        "take its token; /health, /version, /metrics and /openapi.json stay open); default: "
+        "$PARROT_API_KEY, else none",
     )
     ops.add_argument("--log-level", default=d.log_level, choices=_LOG_LEVELS)
     ops.add_argument("--log-format", default=d.log_format, choices=("kv", "json"))

@@ -50,6 +50,7 @@ class CompiledChain(RunnableSerializable[Any, Any]):
     _url: str = PrivateAttr()
     _timeout: float | None = PrivateAttr(None)
     _max_retries: int = PrivateAttr(2)
+    _api_key: str | None = PrivateAttr(None)
     _split_steps: set[str] = PrivateAttr(default_factory=set)
     _warned_splits: set[str] = PrivateAttr(default_factory=set)
     _last_calls: list[TracedCall] = PrivateAttr(default_factory=list)
@@ -66,6 +67,7 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         self._url = models[0].base_url
         self._timeout = models[0].timeout
         self._max_retries = models[0].max_retries
+        self._api_key = models[0]._key()
 
     @property
     def InputType(self) -> Any:  # noqa: N802
@@ -162,7 +164,7 @@ class CompiledChain(RunnableSerializable[Any, Any]):
     def _session(self) -> Session:
         return Session(
             self._url, name="langchain-compiled", timeout=self._timeout,
-            max_retries=self._max_retries,
+            max_retries=self._max_retries, api_key=self._api_key,
         )  # fmt: skip
 
     def _run(

@@ -22,6 +22,7 @@ from parrot_bridge.http_response import (
     timed_out,
     unreachable,
 )
+from parrot_bridge.transport import retry_wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class ServerHttp:
     base_url: str
     timeout: float | None = None
     max_retries: int = 2
+    api_key: str | None = None  # the server's --api-key, sent as a bearer token
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -51,7 +53,7 @@ class ServerHttp:
             except aiohttp.ClientConnectionError as exc:
                 if attempt == self.max_retries:
                     raise self._unreachable(exc) from exc
-                await asyncio.sleep(0.1 * 2**attempt)
+                await asyncio.sleep(retry_wait(attempt))
             except TimeoutError as exc:  # `timeout` passed (aiohttp raises a bare TimeoutError)
                 raise timed_out(self.base_url, f"{method} {path}", self.timeout) from exc
         raise AssertionError("unreachable")
@@ -75,7 +77,10 @@ class ServerHttp:
             raise timed_out(self.base_url, f"POST {path}", self.timeout) from exc
 
     def _client(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+        return aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout), headers=headers
+        )
 
     def _url(self, path: str) -> str:
         return self.base_url.rstrip("/") + path

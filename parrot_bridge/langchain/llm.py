@@ -125,8 +125,9 @@ class ParrotLLM(ParrotSettings, BaseLLM):
 
     def _session(self) -> Session:
         return Session(
-            self.base_url, name="langchain-llm", timeout=self.timeout, max_retries=self.max_retries
-        )
+            self.base_url, name="langchain-llm", timeout=self.timeout,
+            max_retries=self.max_retries, api_key=self._key(),
+        )  # fmt: skip
 
     def _requested(self, kwargs: dict[str, Any]) -> str | None:
         """The model asked for (None: the served one). Semantic calls name no model, so it is

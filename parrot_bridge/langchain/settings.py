@@ -50,7 +50,9 @@ class ParrotSettings(BaseModel):
     )
     timeout: float | None = Field(None, gt=0, description="Seconds per request; None: no limit.")
     max_retries: int = Field(2, ge=0, description="Retries when the server cannot be reached.")
-    api_key: SecretStr | None = Field(None, description="Accepted for OpenAI-style code; unused.")
+    api_key: SecretStr | None = Field(
+        None, description="The server's --api-key, if it has one (sent as a bearer token)."
+    )
     _cards: dict[str | None, tuple[str, int]] = PrivateAttr(default_factory=dict)
     ls_model_type: ClassVar[Literal["chat", "llm"]]
     # option -> its name in the request body: the options this model's requests can carry
@@ -98,7 +100,10 @@ class ParrotSettings(BaseModel):
         return shared_loop().run(self._http().request("POST", "/tokenize", body))["tokens"]
 
     def _http(self) -> ServerHttp:
-        return ServerHttp(self.base_url, self.timeout, self.max_retries)
+        return ServerHttp(self.base_url, self.timeout, self.max_retries, self._key())
+
+    def _key(self) -> str | None:
+        return None if self.api_key is None else self.api_key.get_secret_value()
 
     def _sampling(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The sampling of one call: fields, `model_kwargs`, then per-call keyword arguments;

@@ -336,7 +336,7 @@ class Tracer:
     # -- helpers -------------------------------------------------------------------------------
 
     def _render(self, conversations: list[list[dict[str, Any]]]) -> dict[str, Any]:
-        http = ServerHttp(self.session.url)
+        http = ServerHttp(self.session.url, api_key=self.session.api_key)
         body = {"conversations": conversations}
         return self.session._loop.run(http.request("POST", "/v1/chat/render", body))
 

@@ -93,7 +93,9 @@ class Parrot(FunctionCallingLLM):
         description="More request fields for every call, as LlamaIndex's OpenAI LLM takes them "
         "(top_p, seed, stop, penalties, vLLM's top_k, min_p, guided_regex, ...).",
     )
-    api_key: str | None = Field(default=None, description="Accepted for OpenAI-style code; unused.")
+    api_key: str | None = Field(
+        default=None, description="The server's --api-key, if it has one (a bearer token)."
+    )
     # a misspelt or unknown setting (OpenAI's `api_base`, say) fails rather than being dropped
     model_config = ConfigDict(extra="forbid")
 
@@ -103,7 +105,7 @@ class Parrot(FunctionCallingLLM):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._http = OpenAIHttp(self.base_url, self.timeout)
+        self._http = OpenAIHttp(self.base_url, self.timeout, self.api_key)
         # the HTTP client lives on the SDK's loop: close it there once this LLM is gone
         weakref.finalize(self, _close_soon, self._http)
 

@@ -21,9 +21,11 @@ from parrot_bridge.http_response import (
 class OpenAIHttp:
     """One aiohttp client for one server; use it on the SDK's loop only."""
 
-    def __init__(self, base_url: str, timeout_s: float) -> None:
+    def __init__(self, base_url: str, timeout_s: float, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        # the server's --api-key, as a bearer token
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self._client: aiohttp.ClientSession | None = None
 
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +72,7 @@ class OpenAIHttp:
 
     def _session(self) -> aiohttp.ClientSession:
         if self._client is None:
-            self._client = aiohttp.ClientSession(timeout=self._timeout)
+            self._client = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
         return self._client
 
 

@@ -110,3 +110,15 @@ def test_every_config_field_has_a_flag() -> None:
 def test_bad_values_are_refused(kwargs: dict, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         ServerConfig(**kwargs)
+
+
+def test_an_api_key_is_printable_and_kept_out_of_the_configs_repr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert ServerConfig.from_args(["--api-key", "sk-1"]).api_key == "sk-1"
+    monkeypatch.setenv("PARROT_API_KEY", "sk-env")
+    assert ServerConfig.from_args([]).api_key == "sk-env"  # where no flag gives one
+    assert "sk-1" not in repr(ServerConfig(api_key="sk-1"))
+    for bad in ("", "with space", "é", "x" * 257):
+        with pytest.raises(ValueError, match="api_key"):
+            ServerConfig(api_key=bad)
