@@ -18,8 +18,16 @@ def get_all(
 ) -> list[str]:
     """The values of `variables`, after one submission that declares them all awaited; each
     waited for at most `timeout` seconds (a model's `timeout`, as a plain request has it)."""
-    session._loop.run(session._flush(_awaits(variables, criteria)))
+    submit_awaiting(session, variables, criteria)
     return [var.get(criteria, timeout) for var in variables]
+
+
+def submit_awaiting(
+    session: Session, variables: Sequence[SemanticVariable], criteria: Criteria = "latency"
+) -> None:
+    """Submit the session's pending graph, declaring `variables` awaited (nothing is sent when
+    nothing is pending)."""
+    session._loop.run(session._flush(_awaits(variables, criteria)))
 
 
 async def aget_all(

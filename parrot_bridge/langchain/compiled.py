@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk
@@ -109,9 +108,11 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
-        """All inputs traced into one session and one graph. With `return_exceptions`, an input
-        whose trace fails (a step raising) gets its exception and the others their answers;
-        a failure while the graph's values are awaited goes to every input still waiting."""
+        """All inputs traced into one session and one graph: where steps need generated values
+        (a parser of the answer), every input is traced up to there and what they all need is
+        submitted at once, then each goes on. With `return_exceptions`, an input whose trace
+        fails (a step raising) gets its exception and the others their answers; a failure while
+        the graph's values are awaited goes to every input still waiting."""
         return self._batch_with_config(
             self._run, inputs, config, return_exceptions=return_exceptions,
             keep_errors=return_exceptions,
@@ -170,28 +171,27 @@ class CompiledChain(RunnableSerializable[Any, Any]):
     def _run(
         self, inputs: list[Any], config: list[RunnableConfig], keep_errors: bool = False
     ) -> list[Any]:
-        """The outputs of `inputs`; with `keep_errors`, an input's exception is its output."""
+        """The outputs of `inputs`; with `keep_errors`, an input's exception is its output.
+        Each input is traced as a strand of its own, so that what they wait for (a parser's
+        answer, say) goes in one graph, not one graph per input."""
         with self._session() as session:
             tracer = self._tracer(session)
-            outs: list[Any] = []
-            for x, c in zip(inputs, config, strict=True):
-                try:
-                    outs.append(tracer.run(self.chain, x, c))
-                except Exception as exc:
-                    if not keep_errors:
-                        raise
-                    outs.append(_Failed(exc))
+            outcomes = tracer.run_each(self.chain, inputs, list(config))
             self._last_calls = tracer.calls
-            traced = [i for i, out in enumerate(outs) if not isinstance(out, _Failed)]
+            for outcome in outcomes:
+                if outcome.error is not None and not keep_errors:
+                    raise outcome.error
+            traced = [i for i, out in enumerate(outcomes) if out.error is None]
+            outs: list[Any] = [out.error for out in outcomes]
             try:
-                finished = tracer.finish([outs[i] for i in traced])
+                finished = tracer.finish([outcomes[i].value for i in traced])
             except Exception as exc:
                 if not keep_errors:
                     raise
                 finished = [exc] * len(traced)
             for i, out in zip(traced, finished, strict=True):
                 outs[i] = out
-            return [out.error if isinstance(out, _Failed) else out for out in outs]
+            return outs
 
     def _transform(self, inputs: Iterator[Any], config: RunnableConfig) -> Iterator[Any]:
         (input,) = list(inputs)
@@ -241,13 +241,6 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         with self._lock:
             on_split = log_split_once(self._split_steps, self._warned_splits)
         return Tracer(session, self.criteria, self._timeout, on_split)
-
-
-@dataclass(frozen=True, slots=True)
-class _Failed:
-    """An input whose trace raised (an output could be an exception object itself)."""
-
-    error: Exception
 
 
 def _parrot_models(runnable: Any) -> list[ChatParrot | ParrotLLM]:

@@ -5,14 +5,18 @@ sentinels (see `symbols`). Parrot model steps become semantic calls whose output
 variables; prompt templates, parsers and structural steps pass sentinels along; a step that
 needs a generated value (a non-Parrot step, a lambda that reads the text) splits the graph: what
 was traced is submitted, the values it needs are awaited, and the step runs on the client.
+Batch inputs, parallel branches and map items are traced as strands (see `rounds`): what they
+all wait for at a point is submitted together, as one graph.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from langchain_core.language_models import BaseLanguageModel
@@ -33,7 +37,7 @@ from langchain_core.runnables.passthrough import RunnableAssign, RunnablePick
 
 from parrot_bridge.errors import ParrotError
 from parrot_bridge.function import SemanticFunction
-from parrot_bridge.langchain.awaiting import get_all
+from parrot_bridge.langchain.awaiting import get_all, submit_awaiting
 from parrot_bridge.langchain.chat_model import ChatParrot
 from parrot_bridge.langchain.http import ServerHttp
 from parrot_bridge.langchain.lambdas import fragile_probes, invoke_here, result_reads_text
@@ -41,6 +45,7 @@ from parrot_bridge.langchain.llm import ParrotLLM
 from parrot_bridge.langchain.messages import to_chat_messages
 from parrot_bridge.langchain.reporting import ModelRun, needed, outcomes, report, with_outcomes
 from parrot_bridge.langchain.response_format import semantic_constraint
+from parrot_bridge.langchain.rounds import Outcome, Rounds
 from parrot_bridge.langchain.settings import CHAT_ONLY_OPTIONS, without_options
 from parrot_bridge.langchain.step_run import StepRun, format_quietly
 from parrot_bridge.langchain.symbolic_str import NeedsValue, user_code
@@ -79,8 +84,9 @@ class Tracer:
     """Traces inputs into `session`: `calls` lists the semantic calls made, and `on_split` is
     told (step name, reason, whether the step came after the whole graph) whenever a step has
     to wait for generated values. Whether it came after the whole graph is known only later:
-    a step that is not a model call (a parser, a lambda) is told once the next call is traced
-    (it split the graph) or once the trace ends (it did not: a parser of the last answer)."""
+    a step that is not a model call (a parser, a lambda) is told once the next call of its
+    strand is traced (it split the graph) or once the trace ends (it did not: a parser of the
+    last answer); another batch input's or parallel branch's calls do not count."""
 
     session: Session
     criteria: Criteria = "latency"
@@ -91,7 +97,17 @@ class Tracer:
     model_runs: list[ModelRun] = field(default_factory=list)
     step_runs: list[StepRun] = field(default_factory=list)  # to report once values are known
     _chats: list[_PendingChat] = field(default_factory=list)
-    _waited: list[tuple[str, str]] = field(default_factory=list)  # steps not yet told
+    rounds: Rounds = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rounds = Rounds(self._submit_round)
+
+    def run_each(
+        self, step: Runnable, values: list[Any], configs: list[RunnableConfig | None]
+    ) -> list[Outcome]:
+        """`run` on each value, each as a strand of its own: their waits are grouped."""
+        tasks = [partial(self.run, step, v, c) for v, c in zip(values, configs, strict=True)]
+        return self.rounds.fork(tasks)
 
     def run(self, step: Runnable, value: Any, config: RunnableConfig | None = None) -> Any:
         """The symbolic result of `step` on `value`."""
@@ -109,7 +125,9 @@ class Tracer:
                 value = self.run(inner, value, config)
             return value
         if isinstance(step, RunnableParallel):
-            return {key: self.run(inner, value, config) for key, inner in step.steps__.items()}
+            branches = list(step.steps__.values())
+            outs = self.run_each_of(branches, value, config)
+            return dict(zip(step.steps__, outs, strict=True))
         if isinstance(step, RunnableAssign):
             if not isinstance(value, dict):
                 raise ValueError("The input to RunnablePassthrough.assign() must be a dict.")
@@ -122,7 +140,7 @@ class Tracer:
             out = step._pick(value) if isinstance(step, RunnablePick) else value
             return self._report_later(step, config, value, out, None)
         if isinstance(step, RunnableEach) and isinstance(value, list):
-            return [self.run(step.bound, item, config) for item in value]
+            return _values(self.run_each(step.bound, value, [config] * len(value)))
         if isinstance(step, RunnableLambda) and getattr(step, "func", None) is not None:
             return self._lambda(step, value, config)
         if isinstance(step, BasePromptTemplate):
@@ -131,23 +149,30 @@ class Tracer:
             return self._str_parser(step, value, config)
         return self._on_client(step, value, config, "it is not a step Parrot can trace")
 
-    def resolve(self, obj: Any) -> Any:
-        """`obj` with its generated values filled in, its messages complete (submits what is
-        pending, then waits)."""
-        variables = self.symbols.find(obj)
-        if not variables:
-            return self.symbols.untaint(obj)
-        self.commit()
-        found = get_all(self.session, variables, self.criteria, self.timeout)
-        values = dict(zip(variables, found, strict=True))
+    def run_each_of(
+        self, steps: list[Runnable], value: Any, config: RunnableConfig | None
+    ) -> list[Any]:
+        """`run` of each step on `value` (parallel branches), each as a strand of its own;
+        the first branch's exception, in their order, is raised (as RunnableParallel does)."""
+        return _values(self.rounds.fork([partial(self.run, s, value, config) for s in steps]))
+
+    @contextmanager
+    def resolve(self, obj: Any) -> Iterator[Any]:
+        """`obj` with its generated values filled in, its messages complete, for a step run on
+        the client in the block: the strand waits for the round that submits what all strands
+        traced so far; the block runs while others trace."""
+        variables = [v for v in self.symbols.find(obj) if v.value is None]
         # its messages as the plain calls give them: metadata too (finish reason, usage...)
         ids = set(_message_ids(obj))
         runs = [run for run in self.model_runs if run.message_id in ids]
-        return with_outcomes(self.symbols.substitute(obj, values.__getitem__), outcomes(runs))
+        with self.rounds.waiting(variables) if variables else self.rounds.released():
+            filled = self.symbols.substitute(obj, lambda v: v.value)
+            yield with_outcomes(filled, outcomes(runs))
 
     def finish(self, outs: Any) -> Any:
         """`outs` with its generated values, after reporting the traced model calls to their
-        callbacks; its messages get the usage a plain call would report (see `reporting`)."""
+        callbacks; its messages get the usage a plain call would report (see `reporting`).
+        Called once every strand has ended."""
         self._tell_waits(last=True)
         self.commit()
         runs = needed(self.model_runs, set(_message_ids(outs)))
@@ -193,7 +218,19 @@ class Tracer:
         for chat, prompt in zip(chats, rendered["prompts"], strict=True):
             self._record_chat(chat, prompt["template"], rendered["max_model_len"])
 
-    # -- steps ---------------------------------------------------------------------------------
+    def _submit_round(self, variables: list[SemanticVariable]) -> dict[str, BaseException]:
+        """Submit all that is pending, awaiting `variables`, and wait for their values: the
+        error of each that failed (only its waiters raise it)."""
+        self.commit()
+        submit_awaiting(self.session, variables, self.criteria)
+        errors: dict[str, BaseException] = {}
+        for var in variables:
+            try:
+                var.get(self.criteria, self.timeout)
+            except Exception as exc:  # noqa: BLE001 (handed to the strands that need it)
+                errors[var.id] = exc
+        return errors
+
     # -- steps ---------------------------------------------------------------------------------
 
     def _model(
@@ -242,7 +279,8 @@ class Tracer:
     def _lambda(self, step: RunnableLambda, value: Any, config: RunnableConfig | None) -> Any:
         variables = self.symbols.find(value)
         if not variables:
-            return step.invoke(value, config)
+            with self.rounds.released():  # it may take time (I/O): others trace meanwhile
+                return step.invoke(value, config)
         if has_hidden_text(value) or _arity(step.func) != 1:
             return self._on_client(step, value, config, "it needs generated values")
         try:
@@ -310,9 +348,9 @@ class Tracer:
             if isinstance(step, BaseLanguageModel):  # the call itself leaves the graph
                 self.on_split(step.get_name(), why, False)
             else:
-                self._waited.append((step.get_name(), why))
-            value = self.resolve(value)
-        return invoke_here(step, value, config, kwargs)
+                self.rounds.strand().waited.append((step.get_name(), why))
+        with self.resolve(value) as real:
+            return invoke_here(step, real, config, kwargs)
 
     def _report_later(
         self, step: Runnable, config: RunnableConfig | None, value: Any, out: Any,
@@ -329,7 +367,11 @@ class Tracer:
         return len(self.model_runs) + len(self.step_runs)
 
     def _tell_waits(self, last: bool) -> None:
-        waited, self._waited = self._waited, []
+        """Tell the strand's client steps not yet told whether they split the graph (`last`:
+        they did not). Each strand has its own: another input's or branch's later call does not
+        come after them."""
+        strand = self.rounds.strand()
+        waited, strand.waited = strand.waited, []
         for step, why in waited:
             self.on_split(step, why, last)
 
@@ -399,6 +441,14 @@ class Tracer:
             ]
             conversation.append({**message, "content": content})
         return conversation, inputs
+
+
+def _values(outs: list[Outcome]) -> list[Any]:
+    """The strands' values; the first one's exception, in their order, if one raised."""
+    for out in outs:
+        if out.error is not None:
+            raise out.error
+    return [out.value for out in outs]
 
 
 def _message_ids(obj: Any) -> list[str]:
