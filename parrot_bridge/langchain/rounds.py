@@ -24,6 +24,10 @@ from parrot_bridge.variable import SemanticVariable
 
 # submits what is pending and waits for these variables: the error of each that failed, by id
 Submit = Callable[[list[SemanticVariable]], dict[str, BaseException]]
+# strands (threads) one fork runs at once: a batch of more inputs runs in slices of this many,
+# each slice's waits a round of its own (a thread per input of a 10,000-input batch would be
+# 10,000 threads, where a plain batch runs a few at a time)
+MAX_STRANDS = 256
 
 
 @dataclass(eq=False)
@@ -63,8 +67,11 @@ class _Round:
 class Rounds:
     """Strands and rounds of one trace; the thread that creates it traces first (the root)."""
 
-    def __init__(self, submit: Submit) -> None:
+    def __init__(self, submit: Submit, max_strands: int = MAX_STRANDS) -> None:
+        if max_strands < 2:
+            raise ValueError(f"max_strands must be >= 2, got {max_strands}")
         self._submit = submit
+        self._max_strands = max_strands
         self._cv = threading.Condition(threading.Lock())
         self._local = threading.local()
         self.root = Strand()
@@ -81,7 +88,11 @@ class Rounds:
 
     def fork(self, tasks: Sequence[Callable[[], Any]]) -> list[Outcome]:
         """Each task's outcome, run as a strand of its own (one task: here) while this strand
-        waits. A task's exception other than an `Exception` (Ctrl-C) is raised here."""
+        waits; at most `max_strands` at once, in order. A task's exception other than an
+        `Exception` (Ctrl-C) is raised here."""
+        step = self._max_strands
+        if len(tasks) > step:
+            return [o for at in range(0, len(tasks), step) for o in self.fork(tasks[at : at + step])]
         if len(tasks) == 1:
             try:
                 return [Outcome(tasks[0]())]

@@ -46,6 +46,27 @@ def test_strands_that_wait_at_once_make_one_round_and_a_second_wait_another() ->
     assert server.rounds == [[f"a{i}" for i in range(5)], [f"b{i}" for i in range(5)]]
 
 
+def test_a_fork_of_more_tasks_than_strands_runs_them_in_slices() -> None:
+    server = FakeServer()
+    rounds = Rounds(server, max_strands=3)
+    alive, most = [0], [0]
+    lock = threading.Lock()
+
+    def task(i: int) -> int:
+        with lock:
+            alive[0] += 1
+            most[0] = max(most[0], alive[0])
+        try:
+            return waits_for(rounds, f"a{i}", then=lambda: i)
+        finally:
+            with lock:
+                alive[0] -= 1
+
+    outs = rounds.fork([lambda i=i: task(i) for i in range(7)])
+    assert [o.value for o in outs] == list(range(7)) and most[0] == 3
+    assert server.rounds == [["a0", "a1", "a2"], ["a3", "a4", "a5"], ["a6"]]
+
+
 def test_a_strand_that_ends_or_raises_counts_as_no_longer_tracing() -> None:
     server = FakeServer()
     rounds = Rounds(server)
