@@ -29,7 +29,7 @@ import pytest
 from server.engine import JobOutput, LLMEngine, SamplingParams
 from server.token_prefix import common_prefix_len
 
-SEEDS = range(120)
+SEEDS = range(60)
 ROUNDS = 160  # rounds of random operations per seed, each followed by 0-3 steps
 MAX_GEN = 8  # longest generation
 REFERENCE_BATCH = 32  # prompts (of at most 64 tokens, plus MAX_GEN) the reference runs at once
@@ -390,8 +390,9 @@ def test_the_seeds_with_drafts_drafted():
     if len(DRAFTED) < len(SEEDS):
         pytest.skip("needs every seed above to have run")
     drafted = [DRAFTED[s] for s in SEEDS if s // 2 % 2]
-    # few: drafts wait for steps of decodes only with nothing waiting (102 and 53 at 05:30)
-    assert sum(d for d, _ in drafted) > 50 and sum(a for _, a in drafted) > 20, drafted
+    # few: drafts wait for steps of decodes only with nothing waiting (48 and 31 in 60 seeds,
+    # 2026-11-29; 102 and 53 in 120 seeds before)
+    assert sum(d for d, _ in drafted) > 20 and sum(a for _, a in drafted) > 10, drafted
     assert not any(DRAFTED[s][0] for s in SEEDS if not s // 2 % 2)
 
 
@@ -402,4 +403,5 @@ def test_steps_paused_with_and_without_a_pause_min_tokens():
     if len(PAUSED) < len(SEEDS):
         pytest.skip("needs every seed above to have run")
     for half in (0, 1):
-        assert sum(PAUSED[s] for s in SEEDS if s % 2 == half) > 100, half  # 908, 486 at 07:52
+        # 478, 234 in 60 seeds (2026-11-29; 908, 486 in 120 before)
+        assert sum(PAUSED[s] for s in SEEDS if s % 2 == half) > 100, half

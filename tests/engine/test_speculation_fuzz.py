@@ -12,7 +12,7 @@ import pytest
 from server.engine import LLMEngine, SamplingParams
 from tests.engine.test_speculation import assert_same_output
 
-SEEDS = range(100)
+SEEDS = range(50)
 RAN: set[int] = set()  # the seeds whose case ran
 REGEX = r'\{"name": "[a-z]{1,12}", "colour": "(green|grey)"\}'
 SCHEMA = {
@@ -79,4 +79,4 @@ def test_the_fuzz_drafts_and_confirms(engines):
     if len(RAN) < len(SEEDS):
         pytest.skip("needs every seed above to have run")
     on = engines[1]
-    assert on.stats.drafted_tokens > 500 and on.stats.accepted_tokens > 150, on.stats
+    assert on.stats.drafted_tokens > 250 and on.stats.accepted_tokens > 75, on.stats
