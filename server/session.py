@@ -41,8 +41,16 @@ class Session:
     # -- changes -------------------------------------------------------------------------------
 
     def submit(self, sub: Submission) -> list[Call]:
-        """Validate and apply a graph submission (atomic); return the calls ready to run."""
-        return self.graph.submit(sub)
+        """Validate and apply a graph submission (atomic); return the calls ready to run. Its
+        calls failed on arrival (sampling the server cannot follow, a failed input) wake the
+        reads already waiting on their outputs, as a call failing later does."""
+        ready = self.graph.submit(sub)
+        for decl in sub.calls:  # a failure reaches new calls only: old ones cannot read these
+            for var_id in decl.outputs.values():
+                var = self.graph.variables[var_id]
+                if var.state is VariableState.FAILED:
+                    self._settle(var)
+        return ready
 
     def set_value(self, var_id: str, value: str) -> list[Call]:
         ready = self.graph.set_value(var_id, value)

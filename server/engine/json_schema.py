@@ -254,7 +254,10 @@ _NUMBER_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 
 def _string_rules(schema: dict[str, Any], where: str) -> StringRules | None:
-    shape = FORMAT_PATTERNS.get(schema.get("format"))  # type: ignore[arg-type]
+    named = schema.get("format")
+    if named is not None and not isinstance(named, str):
+        raise SchemaError(f"{where}: format must be a string, got {named!r}")
+    shape = None if named is None else FORMAT_PATTERNS.get(named)
     if not any(k in schema for k in _STRING_KEYS) and shape is None:
         return None
     low, high = schema.get("minLength", 0), schema.get("maxLength")

@@ -104,6 +104,8 @@ def test_random_walks_end_in_strings_that_parse(fmt: str) -> None:
 
 def test_other_formats_stay_annotations_and_a_format_with_a_pattern_is_refused() -> None:
     assert SchemaPrefix(compile_schema(schema("uri"))).feed_all(b'{"v":"not a uri"}')
+    with pytest.raises(SchemaError, match="format must be a string"):  # was a TypeError: a 500
+        compile_schema(schema(["date"]))  # type: ignore[arg-type]
     with pytest.raises(SchemaError, match="format 'date' and a pattern"):
         compile_schema(schema("date", pattern="^2"))
     bounded = SchemaPrefix(compile_schema(schema("date", maxLength=9)))

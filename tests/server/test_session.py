@@ -91,6 +91,24 @@ async def test_failure_and_close_end_feeds_with_an_error() -> None:
     assert feed.error == "session 's-1' was closed"
 
 
+async def test_reads_waiting_on_a_call_refused_on_arrival_wake_with_its_error() -> None:
+    """A call whose sampling cannot be followed is added failed; the long polls and streams
+    already waiting on what it (and what reads it) would write slept their whole timeout."""
+    s = Session("s-1", "tok")
+    s.submit(Submission(variables=[VariableDecl("x"), VariableDecl("y")]))
+    waiter = asyncio.create_task(s.wait("x", timeout=5))
+    feed = s.feed("y")
+    follower = asyncio.create_task(_collect(s, "y"))
+    await asyncio.sleep(0)
+    s.submit(Submission(calls=[
+        CallDecl("A", "q {{output:o}}", {}, {"o": "x"}, error="invalid sampling: temperature"),
+        CallDecl("B", "{{input:i}} {{output:o}}", {"i": "x"}, {"o": "y"}),
+    ]))  # fmt: skip
+    var = await asyncio.wait_for(waiter, 0.5)
+    assert var.state is VariableState.FAILED and "invalid sampling" in var.error
+    assert await asyncio.wait_for(follower, 0.5) == [] and "upstream call 'A'" in feed.error
+
+
 async def test_wait_times_out_with_the_pending_variable() -> None:
     s = chain_session()
     var = await s.wait("b", timeout=0.01)
