@@ -38,6 +38,9 @@ class Strand:
     parent: Strand | None = None
     waited: list[tuple[str, str]] = field(default_factory=list)
     branches_left: int = 0
+    # its turn to trace: one condition per strand (over the rounds' lock), so that handing the
+    # baton on wakes the one thread it goes to, not every thread of a large batch
+    turn: threading.Condition | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +75,10 @@ class Rounds:
             raise ValueError(f"max_strands must be >= 2, got {max_strands}")
         self._submit = submit
         self._max_strands = max_strands
-        self._cv = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)  # rounds ending
         self._local = threading.local()
-        self.root = Strand()
+        self.root = self._new_strand(None)
         self._owner: Strand | None = self.root
         self._line: deque[Strand] = deque()
         # strands that may still trace: the owner, those in line, those running a step without
@@ -99,7 +103,7 @@ class Rounds:
             except Exception as exc:  # noqa: BLE001 (the caller decides)
                 return [Outcome(error=exc)]
         parent = self.strand()
-        children = [Strand(parent) for _ in tasks]
+        children = [self._new_strand(parent) for _ in tasks]
         outcomes: list[Outcome] = [Outcome()] * len(tasks)
         # LangChain's config and the tracer's flags travel in context variables: a copy each
         threads = [
@@ -118,7 +122,7 @@ class Rounds:
         for thread in threads:
             thread.start()
         with self._cv:
-            self._cv.wait_for(lambda: self._owner is parent)
+            _turn(parent).wait_for(lambda: self._owner is parent)
         for outcome in outcomes:
             if outcome.error is not None and not isinstance(outcome.error, Exception):
                 raise outcome.error
@@ -162,7 +166,7 @@ class Rounds:
     ) -> None:
         self._local.strand = strand
         with self._cv:
-            self._cv.wait_for(lambda: self._owner is strand)
+            _turn(strand).wait_for(lambda: self._owner is strand)
         try:
             outcomes[i] = Outcome(task())
         except BaseException as exc:  # handed to the parent by `fork`
@@ -202,7 +206,8 @@ class Rounds:
     def _pass(self) -> None:
         """Give the baton up, to the strand first in line."""
         self._owner = self._line.popleft() if self._line else None
-        self._cv.notify_all()
+        if self._owner is not None:
+            _turn(self._owner).notify()
 
     def _take_back(self, strand: Strand) -> None:
         with self._cv:
@@ -210,4 +215,12 @@ class Rounds:
                 self._owner = strand
                 return
             self._line.append(strand)
-            self._cv.wait_for(lambda: self._owner is strand)
+            _turn(strand).wait_for(lambda: self._owner is strand)
+
+    def _new_strand(self, parent: Strand | None) -> Strand:
+        return Strand(parent, turn=threading.Condition(self._lock))
+
+
+def _turn(strand: Strand) -> threading.Condition:
+    assert strand.turn is not None
+    return strand.turn
