@@ -271,7 +271,7 @@ def _string_rules(schema: dict[str, Any], where: str) -> StringRules | None:
             raise SchemaError(
                 f"{where}: format {schema['format']!r} and a pattern cannot both be enforced"
             )
-        return StringRules(low, high, shape)
+        return _satisfiable(StringRules(low, high, shape), where)
     if pattern is not None:
         if not isinstance(pattern, str):
             raise SchemaError(f"{where}: pattern must be a string")
@@ -279,7 +279,21 @@ def _string_rules(schema: dict[str, Any], where: str) -> StringRules | None:
             search_regex(pattern)
         except RegexError as exc:
             raise SchemaError(f"{where}: the pattern cannot be followed: {exc}") from exc
-    return StringRules(low, high, pattern)
+    return _satisfiable(StringRules(low, high, pattern), where)
+
+
+def _satisfiable(rules: StringRules, where: str) -> StringRules:
+    """`rules`, unless no string within maxLength matches the pattern (decoding would be
+    stuck inside the string, writing nothing it may close)."""
+    if rules.pattern is None or rules.max_length is None:
+        return rules
+    need = search_regex(rules.pattern).start().chars_to_complete()
+    if need is None or need > rules.max_length:
+        raise SchemaError(
+            f"{where}: no string of at most {rules.max_length} characters matches the "
+            f"{'format' if rules.pattern in FORMAT_PATTERNS.values() else 'pattern'}"
+        )
+    return rules
 
 
 def _number_bounds(schema: dict[str, Any], integer: bool, where: str) -> NumberBounds | None:
