@@ -138,21 +138,28 @@ def semantic_function(
         doc = inspect.getdoc(f)
         if not doc:
             raise TemplateError(f"{f.__qualname__} has no docstring to use as its template", "", 0)
-        params, defaults = [], {}
+        params, defaults, kinds = [], {}, []
         for p in inspect.signature(f).parameters.values():
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 raise TypeError(f"{f.__qualname__}: *args and **kwargs cannot name variables")
             params.append(p.name)
+            kinds.append(p.kind)
             if p.default is not p.empty and p.default is not None:
                 defaults[p.name] = p.default
         try:
-            return SemanticFunction(
+            function = SemanticFunction(
                 doc, name=f.__name__, params=params, defaults=defaults,
                 add_special_tokens=add_special_tokens, **sampling,
             )  # fmt: skip
         except TemplateError as exc:
             exc.args = (f"{exc} (in the docstring of {f.__qualname__})",)
             raise
+        # calls are bound as the decorated function binds them: a keyword-only parameter
+        # passed by position is the TypeError Python gives, not a silent assignment
+        function._signature = inspect.Signature(
+            [inspect.Parameter(n, k, default=None) for n, k in zip(params, kinds, strict=True)]
+        )
+        return function
 
     _check_sampling(sampling)  # a typo in the options fails at the decorator line
     return decorate(fn) if fn is not None else decorate

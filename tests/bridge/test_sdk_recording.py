@@ -258,6 +258,20 @@ def test_decorated_defaults_and_special_tokens_carry_over() -> None:
             """{{input:doc}} {{output:said}}"""
 
 
+def test_decorated_parameters_bind_as_the_function_binds_them() -> None:
+    @P.semantic_function
+    def tell(doc, /, *, style):
+        """Tell {{input:doc}} {{input:style}}: {{output:said}}"""
+
+    session = offline()
+    tell.invoke(session, "a", style="b")
+    with pytest.raises(TypeError, match=r"tell\(\): too many positional arguments"):
+        tell.invoke(session, "a", "b")
+    with pytest.raises(TypeError, match="tell"):
+        tell.invoke(session, doc="a", style="b")
+    assert len(session._pending.take().body["calls"]) == 1
+
+
 def test_public_names() -> None:
     assert set(P.__all__) == {
         "CallFailedError", "Criteria", "ParrotError", "SemanticFunction", "SemanticVariable",
