@@ -45,9 +45,11 @@ def unreachable(base_url: str, exc: Exception) -> ParrotError:
 
 
 def timed_out(base_url: str, request: str, timeout: float | None) -> ParrotError:
-    """For a request whose client-side time limit passed (aiohttp raises a bare TimeoutError)."""
+    """For a request whose client-side time limit passed (aiohttp raises a bare TimeoutError);
+    its `code` is "timeout" (and it has no `status`)."""
     return ParrotError(
-        f"the Parrot server at {base_url} did not answer {request} within {timeout} s"
+        f"the Parrot server at {base_url} did not answer {request} within {timeout} s",
+        code="timeout",
     )
 
 

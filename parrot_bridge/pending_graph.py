@@ -1,8 +1,8 @@
 """The calls and variables a session recorded but has not sent yet. Thread-safe, no I/O.
 
-A call that reads a variable nobody will set yet (no value and no producer, directly or through
-other pending calls) is held here until that variable is set: the server rejects such a call,
-and holding it lets `set()` come after a flush.
+Every pending call is sent, also one reading a variable that has no value yet and no producer:
+the variable is declared without a value, the call waits on the server (which fills its ready
+leading text meanwhile) and `set()` gives the value there later.
 """
 
 from __future__ import annotations
@@ -94,17 +94,16 @@ class PendingGraph:
             self._calls.append(_Call(spec, list(inputs.values()), list(outputs.values())))
 
     def take(self, awaits: dict[str, Criteria] | None = None) -> Batch | None:
-        """The pending calls that can run, as one submission (and forget them); None when none
-        can. Calls waiting on an unset variable stay pending."""
+        """The pending calls as one submission (and forget them); None when there are none.
+        Variables the server does not know yet are declared, with their value if they have one
+        (else they are the client's to set later)."""
         with self._lock:
             self._fail_readers_of_failed()
-            held = self._held()
-            ready = [c for i, c in enumerate(self._calls) if i not in held]
-            if not ready:
+            calls, self._calls = self._calls, []
+            if not calls:
                 return None
-            self._calls = [c for i, c in enumerate(self._calls) if i in held]
             declared: dict[str, SemanticVariable] = {}
-            for call in ready:
+            for call in calls:
                 for var in [*call.inputs, *call.outputs]:
                     if not var._declared:
                         declared.setdefault(var.id, var)
@@ -113,36 +112,31 @@ class PendingGraph:
                 var._declared = True
             body = {
                 "variables": [{"id": v.id, "name": v.name, "value": v._value} for v in variables],
-                "calls": [c.spec for c in ready],
+                "calls": [c.spec for c in calls],
                 "awaits": [{"variable": k, "criteria": c} for k, c in (awaits or {}).items()],
             }
-            return Batch(body, variables, [v for c in ready for v in c.outputs])
+            return Batch(body, variables, [v for c in calls for v in c.outputs])
+
+    def set_local(self, var: SemanticVariable, value: str) -> bool:
+        """Give `var` its value here when the server does not know it yet (it then goes with
+        the next submission) and return True; False when it was declared: the server must be
+        told. Checked and done under the lock `take` declares variables under."""
+        with self._lock:
+            if var._declared:
+                return False
+            var._value = value
+            return True
 
     def reject(self, batch: Batch, error: ParrotError) -> None:
         """The server did not take `batch`: its calls are dropped (their outputs fail with
         `error`) and its other variables are undeclared, so later calls send them again.
-        Pending calls reading those outputs (held, waiting on an unset variable) fail too."""
+        Pending calls reading those outputs fail too."""
         with self._lock:
             for var in batch.variables:
                 var._declared = False
             for var in batch.outputs:
                 var._error = error
             self._fail_readers_of_failed()
-
-    def unset_source(self, var: SemanticVariable) -> SemanticVariable | None:
-        """The variable without value or producer that a pending call writing `var` waits on."""
-        with self._lock:
-            producers = {out.id: c for c in self._calls for out in c.outputs}
-            stack, seen = [var], {var.id}
-            while stack:
-                call = producers.get(stack.pop().id)
-                for source in call.inputs if call else ():
-                    if source._value is None and source._producer is None:
-                        return source
-                    if source.id not in seen:
-                        seen.add(source.id)
-                        stack.append(source)
-            return None
 
     def _fail_readers_of_failed(self) -> None:
         """Drop the pending calls that read, directly or through other pending calls, an output
@@ -169,21 +163,3 @@ class PendingGraph:
                 )
                 for var in call.outputs:
                     var._error = error
-
-    def _held(self) -> set[int]:
-        """Indexes of the calls that read, directly or through other pending calls, a variable
-        without value or producer."""
-        readers: dict[str, list[int]] = {}
-        for i, call in enumerate(self._calls):
-            for var in call.inputs:
-                readers.setdefault(var.id, []).append(i)
-        stack = [
-            v for c in self._calls for v in c.inputs if v._value is None and v._producer is None
-        ]
-        held: set[int] = set()
-        while stack:
-            for i in readers.get(stack.pop().id, ()):
-                if i not in held:
-                    held.add(i)
-                    stack.extend(self._calls[i].outputs)
-        return held

@@ -46,7 +46,9 @@ class Session:
     Semantic function calls made inside it are recorded, not sent. The pending graph goes to
     the server in one request when a variable is read (`get`, `aget`, `stream`, `astream`) or
     on `flush()`; later calls extend the graph on the server. A call reading a variable that has
-    no value yet (and no call writes) waits in the session until the variable is `set()`.
+    no value yet (and no call writes) is sent all the same: it waits on the server, which fills
+    its ready leading text meanwhile, until the variable is `set()` (or `aset()`), which sends
+    the value at once when the variable was sent already, else with the next submission.
 
     A submission the server rejects (or that cannot be sent) raises its error; its calls are
     dropped and their outputs raise that error when read, but their inputs are kept on the
@@ -147,7 +149,7 @@ class Session:
 
     def flush(self) -> None:
         """Send the pending calls now (one request), without waiting for any value; calls
-        waiting on an unset variable stay pending."""
+        reading an unset variable go too, and wait on the server until it is set."""
         self._loop.run(self._flush())
 
     async def aflush(self) -> None:
@@ -178,6 +180,14 @@ class Session:
 
     async def _aget(self, var: SemanticVariable, criteria: Criteria, timeout: float | None) -> str:
         return await self._loop.arun(self._read(var, criteria, timeout))
+
+    def _set(self, var: SemanticVariable, value: str) -> None:
+        if not self._pending.set_local(var, value):
+            self._loop.run(self._put(var, value))
+
+    async def _aset(self, var: SemanticVariable, value: str) -> None:
+        if not self._pending.set_local(var, value):
+            await self._loop.arun(self._put(var, value))
 
     def _stream(self, var: SemanticVariable, criteria: Criteria) -> Iterator[str]:
         return self._loop.iterate(lambda: self._follow(var, criteria))
@@ -221,6 +231,22 @@ class Session:
                     f"the calls could not be submitted: {exc!r}")  # fmt: skip
                 self._pending.reject(batch, error)
                 raise
+
+    async def _put(self, var: SemanticVariable, value: str) -> None:
+        """Set a variable the server knows, after the submission in flight (which may declare
+        it, or be refused and leave it to the next one). Once the session is closed, its calls
+        are gone: the value stays on the client (text to other sessions' calls)."""
+        if self._closed:
+            var._value = value
+            return
+        await self._ensure_open()
+        assert self._flush_lock is not None
+        async with self._flush_lock:
+            if self._pending.set_local(var, value):
+                return  # its submission was refused: it goes with the next one
+            body = {"value": value}
+            await self._transport.request("PUT", f"{self._path}/variables/{var.id}", body)
+            var._value = value
 
     async def _read(self, var: SemanticVariable, criteria: Criteria, timeout: float | None) -> str:
         self._check_readable(var)
@@ -279,24 +305,47 @@ class Session:
             if info["status"] == "failed":
                 raise CallFailedError(info["error"], type="call_failed", code="call_failed")
             if deadline is not None and time.monotonic() >= deadline:
-                raise ParrotError(f"timed out after {timeout} s waiting for variable {var._label}")
+                why = f": {info['message']}" if info.get("message") else ""
+                raise ParrotError(
+                    f"timed out after {timeout} s waiting for variable {var._label}{why}"
+                )
 
     async def _follow(self, var: SemanticVariable, criteria: Criteria) -> AsyncIterator[str]:
         self._check_readable(var)
         async with self._reading(var):
             await self._flush({var.id: criteria})
             path = f"{self._path}/variables/{var.id}/stream"
-            async for event, data in self._transport.events(path, {"criteria": criteria}):
-                if event == "chunk":
-                    yield data["text"]
-                elif event == "done":
-                    _fetched(var, data)
-                    return
-                elif event == "error":
-                    error = data["error"]
-                    raise CallFailedError(error["message"], type=error.get("type"),
-                                          code=error.get("code"))  # fmt: skip
+            try:
+                async for event, data in self._transport.events(path, {"criteria": criteria}):
+                    if event == "chunk":
+                        yield data["text"]
+                    elif event == "done":
+                        _fetched(var, data)
+                        return
+                    elif event == "error":
+                        error = data["error"]
+                        raise CallFailedError(error["message"], type=error.get("type"),
+                                              code=error.get("code"))  # fmt: skip
+            except ParrotError as exc:
+                # no chunk in time: a variable the client has not set may be why
+                timed_out = exc.status is None and exc.code == "timeout"
+                why = await self._why_pending(var) if timed_out else None
+                if why is None:
+                    raise
+                raise ParrotError(f"{exc.message}: {why}", code=exc.code) from exc
             raise ParrotError(f"the stream of variable {var._label} ended early")
+
+    async def _why_pending(self, var: SemanticVariable) -> str | None:
+        """The server's word on why `var` has no value yet (a variable upstream that the client
+        has not set), if it can be had at once."""
+        try:
+            async with asyncio.timeout(_ANSWER_GRACE_S):
+                info = await self._transport.request(
+                    "GET", f"{self._path}/variables/{var.id}", params={"timeout": "0"}
+                )
+        except (ParrotError, TimeoutError):
+            return None
+        return info.get("message") if info.get("status") == "pending" else None
 
     async def _close(self) -> None:
         self._closed = True
@@ -328,12 +377,6 @@ class Session:
         if var._producer is None and var._value is None:
             raise ParrotError(
                 f"variable {var._label} has no value and no call writes it; set() it first"
-            )
-        source = self._pending.unset_source(var)
-        if source is not None:
-            raise ParrotError(
-                f"variable {var._label} waits on variable {source._label}, which has no value "
-                "and no call writes it; set() it first"
             )
 
 

@@ -66,15 +66,23 @@ class SemanticVariable:
         return self._producer is not None
 
     def set(self, value: str) -> None:
-        """Give an input its value. Calls that read it wait in the session until it has one, so
-        it may be set after other calls were sent."""
-        if not isinstance(value, str):
-            raise TypeError(f"a variable's value must be a str, got {type(value).__name__}")
-        if self._producer is not None:
-            raise ParrotError(f"variable {self._label} is written by call {self._producer!r}")
-        if self._value is not None:
-            raise ParrotError(f"variable {self._label} already has a value")
-        self._value = value
+        """Give an input its value. When the variable was sent to the server already (calls
+        reading it were flushed, and wait there for it), the value is sent at once; else it goes
+        with the next submission. A value the server refuses (the variable has one already, its
+        session is gone) raises `ParrotError` with the server's message."""
+        self._check_settable(value)
+        if self._session is None:
+            self._value = value
+        else:
+            self._session._set(self, value)
+
+    async def aset(self, value: str) -> None:
+        """`set`, for async code."""
+        self._check_settable(value)
+        if self._session is None:
+            self._value = value
+        else:
+            await self._session._aset(self, value)
 
     def get(self, criteria: Criteria = "latency", timeout: float | None = None) -> str:
         """The value, waiting for it on the server if needed (`timeout`: at most so many
@@ -121,6 +129,14 @@ class SemanticVariable:
     @property
     def _label(self) -> str:
         return f"{self.name!r} ({self.id})" if self.name else repr(self.id)
+
+    def _check_settable(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"a variable's value must be a str, got {type(value).__name__}")
+        if self._producer is not None:
+            raise ParrotError(f"variable {self._label} is written by call {self._producer!r}")
+        if self._value is not None:
+            raise ParrotError(f"variable {self._label} already has a value")
 
     def _known(self) -> str | None:
         if self._error is not None:

@@ -45,11 +45,18 @@ class Session:
         calls failed on arrival (sampling the server cannot follow, a failed input) wake the
         reads already waiting on their outputs, as a call failing later does."""
         ready = self.graph.submit(sub)
-        for decl in sub.calls:  # a failure reaches new calls only: old ones cannot read these
-            for var_id in decl.outputs.values():
-                var = self.graph.variables[var_id]
-                if var.state is VariableState.FAILED:
-                    self._settle(var)
+        # what failed: the new calls' outputs and downstream, old calls' too where a new call
+        # writes a client-owned variable they read
+        stack = [v for decl in sub.calls for v in decl.outputs.values()]
+        seen: set[str] = set()
+        while stack:
+            var = self.graph.variables[stack.pop()]
+            if var.id in seen or var.state is not VariableState.FAILED:
+                continue
+            seen.add(var.id)
+            self._settle(var)
+            for call_id in var.consumers:
+                stack.extend(self.graph.calls[call_id].outputs.values())
         return ready
 
     def set_value(self, var_id: str, value: str) -> list[Call]:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 _SESSION = "/v1/sessions/{session_id}"
 _VARIABLE = _SESSION + "/variables/{variable_id}"
+_NAMED = 5  # unset variables a pending read names, at most
 
 
 def native_routes() -> list[Route]:
@@ -50,7 +51,8 @@ def native_routes() -> list[Route]:
         Route("DELETE", _SESSION, close_session, "Close a session and stop its calls", tag,
               response=SessionClosed, auth=True),
         Route("POST", _SESSION + "/graph", submit_graph,
-              "Submit variables and calls (atomic); ready calls start at once", tag,
+              "Submit variables and calls (atomic); ready calls start at once, the others "
+              "wait for their inputs (a client-owned variable: until it is PUT)", tag,
               body=GraphSubmission, response=SubmissionResult, auth=True),
         Route("POST", _SESSION + "/variables", create_variable, "Declare a variable", tag,
               body=VariableCreate, response=VariableInfo, status=201, auth=True),
@@ -141,7 +143,10 @@ async def get_variable(request: web.Request) -> web.Response:
     var = await unless_disconnected(request, session.wait(var_id, query.timeout))
     if session.closed and var.state is VariableState.PENDING:
         raise not_found(f"session {session.id!r} {session.closed_why} while the request waited")
-    return json_response(_info(var))
+    info = _info(var)
+    if var.state is VariableState.PENDING:
+        info.message = _waiting_on_client(session, var_id)
+    return json_response(info)
 
 
 async def set_variable(request: web.Request) -> web.Response:
@@ -181,6 +186,24 @@ async def stream_variable(request: web.Request) -> web.StreamResponse:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+def _waiting_on_client(session: Session, var_id: str) -> str | None:
+    """Why a pending variable has no value, when the client owes it one: it, or a variable
+    upstream of it, is client-owned and not set (None otherwise: its calls are on their way)."""
+    unset = session.graph.unset_sources(var_id)
+    if not unset:
+        return None
+    route = f"PUT /v1/sessions/{session.id}/variables/"
+    var = session.graph.variables[var_id]
+    if unset == [var]:
+        return f"variable {var.label} has no value yet: the client has not set it ({route}{var_id})"
+    shown = unset[:_NAMED]
+    more = f" and {len(unset) - len(shown)} more" if len(unset) > len(shown) else ""
+    named = ", ".join(v.label for v in shown) + more
+    puts = ", ".join(f"{route}{v.id}" for v in shown) + (", ..." if more else "")
+    which = "variable" if len(unset) == 1 else "variables"
+    return f"variable {var.label} waits on {which} {named}, which the client has not set ({puts})"
 
 
 def _session(request: web.Request) -> Session:

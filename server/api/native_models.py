@@ -78,7 +78,12 @@ class SamplingSpec(ApiModel):
 class VariableSpec(ApiModel):
     id: str = Field(description="Chosen by the client, unique in the session.")
     name: str | None = None
-    value: str | None = Field(None, description="Given for inputs set by the client.")
+    value: str | None = Field(
+        None,
+        description="Given for inputs set by the client. Without it (and with no call writing "
+        "it) the variable is the client's to set later: calls reading it wait until "
+        "PUT /v1/sessions/{session_id}/variables/{id} gives its value.",
+    )
 
 
 class CallSpec(ApiModel):
@@ -157,6 +162,11 @@ class VariableInfo(ApiModel):
     usage: TokenUsage | None = Field(None, description="For an output a call generated.")
     finish_reason: Literal["stop", "length"] | None = Field(
         None, description="For an output a call generated: EOS or a stop string, or max_tokens."
+    )
+    message: str | None = Field(
+        None,
+        description="For a variable still pending when a read's wait ended: why it has no value "
+        "yet, where the server can tell (a variable upstream that the client has not set).",
     )
 
 

@@ -175,6 +175,24 @@ class Graph:
             )
         return var
 
+    def unset_sources(self, var_id: str) -> list[Variable]:
+        """The client-owned variables without a value (no producer) that `var_id` waits on:
+        itself, or those read by the calls upstream of it that have not run, nearest first."""
+        found: list[Variable] = []
+        queue, seen = [var_id], {var_id}
+        for current in queue:  # breadth first; grows as it goes
+            var = self.variable(current)
+            if var.state is not VariableState.PENDING:
+                continue
+            if var.producer is None:
+                found.append(var)
+                continue
+            for source in self.calls[var.producer].inputs.values():
+                if source not in seen:
+                    seen.add(source)
+                    queue.append(source)
+        return found
+
     def counts(self) -> dict[str, int]:
         """Number of calls in each state."""
         counts = {state.value: 0 for state in CallState}

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 
 from parrot_bridge.template import TemplateError, parse_template
-from server.graph.call import Call
+from server.graph.call import Call, CallState
 from server.graph.errors import GraphError
 from server.graph.submission import CallDecl, Submission, VariableDecl
 from server.graph.variable import Variable, VariableState
@@ -20,16 +20,17 @@ def build_calls(
     """Validate `sub` against the graph's `variables` and `calls`; return its calls, unapplied.
 
     Raises `GraphError` naming the call and variable at fault: bad ids, unknown variables, a
-    variable with two producers, an input nobody sets, a cycle, a template that does not parse.
-    A variable the client declares again as it is (same name and value, no producer) is no
-    error: it stays as it is.
+    variable with two producers, a cycle, a template that does not parse. An input may read a
+    variable declared with no value and no producer (client-owned): its call waits until the
+    client sets it. A variable the client declares again as it is (same name and value, no
+    producer) is no error: it stays as it is.
     """
     new_vars = _check_variables(variables, sub.variables)
     new_calls = [_build_call(calls, decl) for decl in sub.calls]
     _check_unique_calls(new_calls)
     producers = _check_bindings(variables, new_vars, new_calls)
-    _check_inputs_set(variables, new_vars, new_calls, producers)
-    _check_acyclic(new_calls, producers, lambda v: _label(variables, new_vars, v))
+    upstream = _upstream(variables, calls, producers)
+    _check_acyclic(new_calls, upstream, lambda v: _label(variables, new_vars, v))
     for var_id in sub.awaits:
         if var_id not in variables and var_id not in new_vars:
             raise GraphError(
@@ -184,38 +185,30 @@ def _producer_of(
     return None
 
 
-def _check_inputs_set(
-    variables: dict[str, Variable],
-    new_vars: dict[str, VariableDecl],
-    new_calls: list[Call],
-    producers: dict[str, Call],
-) -> None:
-    for call in new_calls:
-        for name, var_id in call.inputs.items():
-            if var_id in producers:
-                continue
-            if var_id in new_vars:
-                is_set = new_vars[var_id].value is not None
-            else:
-                var = variables[var_id]
-                is_set = var.settable or var.state is VariableState.FAILED
-            if not is_set:
-                raise GraphError(
-                    f"call {call.label}: input {name!r} reads variable "
-                    f"{_label(variables, new_vars, var_id)}, which has no "
-                    "value and no producer, so it would never be set",
-                    kind="never_set",
-                    call=call.id,
-                    variable=var_id,
-                )
+def _upstream(
+    variables: dict[str, Variable], calls: dict[str, Call], producers: dict[str, Call]
+) -> Callable[[str], Call | None]:
+    """The call writing a variable, as the cycle check follows it: the new calls' outputs, and
+    the old calls' where a new call writes a client-owned variable that old calls read (a
+    cycle can then pass through old calls). Only waiting old calls can be on such a cycle."""
+    if not any(variables[v].consumers for v in producers if v in variables):
+        return producers.get
+
+    def upstream(var_id: str) -> Call | None:
+        call, var = producers.get(var_id), variables.get(var_id)
+        if call is None and var is not None and var.producer is not None:
+            old = calls[var.producer]
+            return old if old.state is CallState.WAITING else None
+        return call
+
+    return upstream
 
 
 def _check_acyclic(
-    new_calls: list[Call], producers: dict[str, Call], label: Callable[[str], str]
+    new_calls: list[Call], upstream_of: Callable[[str], Call | None], label: Callable[[str], str]
 ) -> None:
-    """Iterative depth-first search over the new calls (chains may be long). Old calls cannot
-    close a cycle: they never read a variable that a new call produces, since such a variable
-    had no producer and no value before."""
+    """Iterative depth-first search from the new calls (chains may be long), following
+    `upstream_of` (see `_upstream`: old calls only where they can close a cycle)."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     for root in new_calls:
         if root.id in state:
@@ -229,7 +222,7 @@ def _check_acyclic(
                 state[path.pop()[0].id] = 2
                 pending.pop()
                 continue
-            upstream = producers.get(var_id)
+            upstream = upstream_of(var_id)
             if upstream is None or state.get(upstream.id) == 2:
                 continue
             if state.get(upstream.id) == 1:

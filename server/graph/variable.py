@@ -41,8 +41,3 @@ class Variable:
     def label(self) -> str:
         """How error messages name this variable."""
         return f"{self.id!r} ({self.name})" if self.name and self.name != self.id else repr(self.id)
-
-    @property
-    def settable(self) -> bool:
-        """True when someone will give it a value: it has one, or a producer."""
-        return self.state is VariableState.READY or self.producer is not None

@@ -15,7 +15,7 @@ import parrot_bridge as P
 from server.engine import LLMEngine, SamplingParams
 from server.engine.grammar import compiled_grammar
 from server.launcher import ServerProcess
-from tests.server.http_client import metrics, requests_except_metrics
+from tests.server.http_client import metrics, request, requests_except_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -167,23 +167,67 @@ def test_server_errors_become_exceptions_and_the_session_goes_on(
 
 
 def test_inputs_set_after_a_flush(url: str, engine: LLMEngine) -> None:
+    """The calls reading an unset variable go with the flush and wait on the server; `set()`
+    sends the value there and they run."""
     topic = P.variable(name="topic")
     with P.Session(url) as session:
         result = outline(topic)
         later = draft(result)
         other = outline("ships")
-        session.flush()  # sends the call on "ships"; the calls reading `topic` wait
-        with pytest.raises(P.ParrotError, match=r"waits on variable 'topic'.*set\(\) it first"):
-            later.get()
+        before = metrics(url)
+        session.flush()  # all three calls; the two reading `topic` wait on the server
+        assert metrics(url)["parrot_graph_submissions_total"] == (
+            before["parrot_graph_submissions_total"] + 1
+        )
+        info = server_session(url, session)
+        assert info["calls"]["waiting"] == 2 and info["variables"] == 5
+        with pytest.raises(
+            P.ParrotError, match=r"timed out after 0.3 s .*waits on variable '.*' \(topic\), "
+            r"which the client has not set \(PUT /v1/sessions/.*/variables/"
+        ):  # fmt: skip
+            later.get(timeout=0.3)
         assert other.get() == greedy(engine, "Write an outline about ships.\nOutline:", 8)
         topic.set("boats")
         chunks = list(later.stream())
         value = result.get()
+        after = metrics(url)
     expected = greedy(engine, "Write an outline about boats.\nOutline:", 8)
     assert value == expected
     assert "".join(chunks) == greedy(
         engine, f"Expand this outline into a paragraph: {expected}\nParagraph:", 8
     )
+    sub = "parrot_graph_submissions_total"
+    assert after[sub] - before[sub] == 1  # the set sent a value, not the calls again
+
+
+async def test_aset_after_an_aflush_releases_the_calls(url: str, engine: LLMEngine) -> None:
+    topic = P.variable(name="topic")
+    async with P.Session(url) as session:
+        result = outline(topic)
+        await session.aflush()
+        await topic.aset("kites")
+        assert await result.aget(timeout=60) == greedy(
+            engine, "Write an outline about kites.\nOutline:", 8
+        )
+
+
+def test_setting_a_variable_the_server_has_a_value_for_raises_its_message(url: str) -> None:
+    topic = P.variable(name="topic")
+    with P.Session(url) as session:
+        outline(topic)
+        session.flush()
+        path = f"{url}/v1/sessions/{session.id}/variables/{topic.id}"
+        status, _ = request("PUT", path, {"value": "elsewhere"}, session._transport.token)
+        assert status == 200  # set by another client of the session
+        with pytest.raises(P.ParrotError, match=r"variable '.*' \(topic\) already has a value"):
+            topic.set("here")
+        assert topic.value is None
+
+
+def server_session(url: str, session: P.Session) -> dict:
+    status, info = request("GET", f"{url}/v1/sessions/{session.id}", token=session._transport.token)
+    assert status == 200, info
+    return info
 
 
 def test_failed_calls_raise_call_failed_downstream(url: str) -> None:

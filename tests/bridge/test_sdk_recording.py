@@ -198,40 +198,47 @@ def test_a_bad_criterion_is_refused_before_the_pending_calls_are_sent() -> None:
     assert [c["outputs"]["summary"] for c in body["calls"]] == [out.id]
 
 
-def test_calls_reading_an_unset_variable_wait_until_it_is_set() -> None:
+def test_calls_reading_an_unset_variable_are_sent_with_it_declared_unset() -> None:
+    """They wait on the server (which fills their ready leading text meanwhile), not here."""
     session = offline()
     topic = P.variable(name="topic")
     first = summarize.invoke(session, topic)
     second = summarize.invoke(session, first)
     other = summarize.invoke(session, "ready")
     body = session._pending.take().body
-    assert [c["outputs"]["summary"] for c in body["calls"]] == [other.id]
-    assert session._pending.take() is None  # still waiting
-    with pytest.raises(P.ParrotError, match=r"waits on variable 'topic'"):
-        session._check_readable(second)
-    topic.set("now set")
+    assert [c["outputs"]["summary"] for c in body["calls"]] == [first.id, second.id, other.id]
+    assert body["variables"][0] == {"id": topic.id, "name": "topic", "value": None}
+    assert session._pending.take() is None  # nothing held back
+    assert not session._pending.set_local(topic, "late")  # declared: the server must be told
+    assert topic.value is None
+    with pytest.raises(P.ParrotError, match=r"'topic' .* has no value and no call writes it"):
+        session._check_readable(topic)
+    session._check_readable(second)  # it waits on the server for `topic`
+
+
+def test_a_variable_set_before_its_calls_are_sent_goes_with_them() -> None:
+    session = offline()
+    topic = P.variable(name="topic")
+    out = summarize.invoke(session, topic)
+    topic.set("now set")  # not sent yet: kept here, nothing is sent
     body = session._pending.take().body
-    assert [c["outputs"]["summary"] for c in body["calls"]] == [first.id, second.id]
-    assert [v["id"] for v in body["variables"]] == [topic.id, first.id, second.id]
+    assert [v["id"] for v in body["variables"]] == [topic.id, out.id]
     assert body["variables"][0]["value"] == "now set"
 
 
-def test_a_held_call_reading_an_output_of_a_refused_submission_fails_on_the_client() -> None:
-    """Sent once its other input was set, it made the server refuse the next submission,
-    failing the innocent calls sent with it."""
+def test_a_call_recorded_while_its_input_s_submission_is_refused_fails_on_the_client() -> None:
+    """Recorded while the submission writing its input was in flight, then that submission is
+    refused: sent, the call would make the server refuse the next submission too, failing the
+    innocent calls sent with it."""
     session = offline()
-    later = P.variable(name="later")
     refused = summarize.invoke(session, "x")
-    held = summarize.invoke(session, later)
-    join = P.SemanticFunction("{{input:a}} {{input:b}} {{output:y}}", name="join")
-    both = join.invoke(session, held, refused)  # held through `held`, and reads `refused`
     batch = session._pending.take()
-    assert [c["outputs"]["summary"] for c in batch.body["calls"]] == [refused.id]
+    join = P.SemanticFunction("{{input:a}} {{input:b}} {{output:y}}", name="join")
+    both = join.invoke(session, "text", refused)
     session._pending.reject(batch, P.ParrotError("no good", status=400, code="cycle"))
-    later.set("now")
     innocent = summarize.invoke(session, "fine")
     body = session._pending.take().body
-    assert [c["id"] for c in body["calls"]] == [held._producer, innocent._producer]
+    assert [c["id"] for c in body["calls"]] == [innocent._producer]
     assert session._pending.take() is None  # nothing left
     with pytest.raises(P.ParrotError, match="join\\(\\): input 'b' reads .*no good") as e:
         both.get()

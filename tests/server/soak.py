@@ -295,8 +295,9 @@ class Soak:
         self.tally.expect("sdk-sibling", got, SYSTEM + f"Chunk: {good}\nPoint:", 6)
 
     def sdk_never_set(self, r: random.Random) -> None:
-        """A call reads a variable never set (it waits in the session) beside calls that run;
-        the session closes while they run or after one was read."""
+        """A call reads a variable never set (sent, it waits in the session, its leading text
+        filled ahead) beside calls that run; the session closes while they run or after one
+        was read."""
         f = P.SemanticFunction(
             SYSTEM + "Q: {{input:q}}\nA:{{output:a}}", name="qa", params=["q"],
             max_tokens=r.randrange(2, 40), temperature=0,

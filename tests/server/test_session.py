@@ -145,3 +145,64 @@ def test_idle_sessions_are_found_only_when_nothing_runs() -> None:
     quiet.last_used -= 100
     assert store.idle(50) == [quiet]  # busy has a ready call
     assert store.idle(500) == []
+
+
+def client_owned_session() -> Session:
+    """A call reading `x`, which the client has not set, and a call reading its output."""
+    s = Session("s-1", "tok")
+    ready = s.submit(
+        Submission(
+            variables=[VariableDecl("x", "input"), VariableDecl("a"), VariableDecl("b")],
+            calls=[
+                CallDecl("A", "sys {{input:x}} {{output:y}}", {"x": "x"}, {"y": "a"}),
+                CallDecl("B", "{{input:x}} {{output:y}}", {"x": "a"}, {"y": "b"}),
+            ],
+        )
+    )
+    assert ready == []
+    return s
+
+
+async def test_calls_waiting_on_a_client_owned_variable_run_once_it_is_set() -> None:
+    s = client_owned_session()
+    assert (await s.wait("b", timeout=0.01)).state is VariableState.PENDING
+    assert [c.id for c in s.set_value("x", "now")] == ["A"]
+    assert s.graph.variables["x"].value == "now"
+
+
+async def test_closing_wakes_the_reads_waiting_on_a_client_owned_variable() -> None:
+    """Closing (or expiry, which closes) the session ends what waits on a variable the
+    client never set, as for any waiting call."""
+    s = client_owned_session()
+    waiter = asyncio.create_task(s.wait("b", timeout=5))
+    follower = asyncio.create_task(_collect(s, "a"))
+    feed_x = s.feed("x")
+    await asyncio.sleep(0)
+    s.close("expired")
+    assert (await asyncio.wait_for(waiter, 0.5)).state is VariableState.PENDING
+    assert await asyncio.wait_for(follower, 0.5) == []
+    assert s.feed("b").error == "closed" and feed_x.error == "session 's-1' expired"
+
+
+async def test_a_refused_producer_of_a_client_owned_variable_wakes_its_old_readers() -> None:
+    """A later call may write a client-owned variable that waiting calls read; refused on
+    arrival, it fails them, and the reads waiting on their outputs wake with the cause."""
+    s = client_owned_session()
+    waiter = asyncio.create_task(s.wait("b", timeout=5))
+    await asyncio.sleep(0)
+    s.submit(Submission(calls=[CallDecl("W", "w {{output:o}}", {}, {"o": "x"}, error="no")]))
+    var = await asyncio.wait_for(waiter, 0.5)
+    assert var.state is VariableState.FAILED and "upstream call 'W' failed: no" in var.error
+
+
+def test_a_session_whose_calls_wait_on_the_client_expires_when_idle() -> None:
+    store = SessionStore()
+    session, _ = store.create()
+    session.submit(
+        Submission(
+            variables=[VariableDecl("x"), VariableDecl("o")],
+            calls=[CallDecl("A", "{{input:x}} {{output:y}}", {"x": "x"}, {"y": "o"})],
+        )
+    )
+    session.last_used -= 100
+    assert store.idle(50) == [session]  # a waiting call does not keep it alive
