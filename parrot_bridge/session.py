@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 __all__ = ["Session", "current_session"]
 
 _ANSWER_GRACE_S = 1.0
+
+log = logging.getLogger("parrot_bridge")
 
 _current: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
     "parrot_session", default=None
@@ -290,6 +293,7 @@ class Session:
 
     async def _poll(self, var: SemanticVariable, criteria: Criteria, timeout: float | None) -> str:
         deadline = None if timeout is None else time.monotonic() + timeout
+        told: str | None = None  # the server's word on why it waits, once logged
         while True:
             wait = self.poll_s if deadline is None else max(0.0, deadline - time.monotonic())
             hold = min(wait, self.poll_s)
@@ -309,6 +313,10 @@ class Session:
                 raise ParrotError(
                     f"timed out after {timeout} s waiting for variable {var._label}{why}"
                 )
+            if info.get("message") and info["message"] != told:
+                # a wait without end unless someone sets it: say so (once), not silently
+                told = info["message"]
+                log.warning("still waiting for variable %s: %s", var._label, told)
 
     async def _follow(self, var: SemanticVariable, criteria: Criteria) -> AsyncIterator[str]:
         self._check_readable(var)

@@ -145,3 +145,14 @@ def test_reads_that_time_out_say_which_variable_the_client_has_not_set() -> None
             out.get(timeout=0.2)
         with pytest.raises(P.ParrotError, match=r"did not answer GET .*/stream within 1 s: var"):
             list(out.stream())
+
+
+def test_a_long_wait_on_a_variable_the_client_has_not_set_is_logged_once(caplog) -> None:
+    pending = {"id": "v-1", "name": None, "status": "pending", "message": WHY}
+    routes = {**SESSION_ROUTES, ("GET", VARIABLE): json_answer(pending)}
+    with FakeServer(routes) as url, P.Session(url, poll_s=0.05) as session:
+        out = echo.invoke(session, "x")
+        with caplog.at_level("WARNING", logger="parrot_bridge"), pytest.raises(P.ParrotError):
+            out.get(timeout=0.5)  # several polls, each answered with the same message
+    warned = [r.getMessage() for r in caplog.records if r.name == "parrot_bridge"]
+    assert warned == [f"still waiting for variable {out._label}: {WHY}"]
