@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from server.cors import CorsPolicy
+from server.engine.device import check_device_name
 from server.executor_config import ExecutorConfig
 from server.prefix_store import PrefixStoreConfig
 from server.restart_policy import RestartPolicy
@@ -42,7 +43,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 9000
     served_model_name: str | None = None
-    device: str = "cpu"
+    device: str = "auto"  # CUDA when torch sees a GPU, else the CPU
     dtype: str | None = None
     # engine
     num_kv_blocks: int | None = None
@@ -121,6 +122,7 @@ class ServerConfig:
             raise ValueError(
                 f"min_shared_prefix_tokens must be >= 1, got {self.min_shared_prefix_tokens}"
             )
+        check_device_name(self.device)
         if not 1 <= self.engines <= 64:
             raise ValueError(f"engines must be in 1..64, got {self.engines}")
         if self.engine_restarts < 0:
@@ -231,11 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="parrot-server", description="Serve an LLM with Semantic Variables."
     )
     p.add_argument("--model", default=d.model, help="registered name, HF folder or GGUF file")
-    p.add_argument("--host", default=d.host)
-    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument(
+        "--host", default=d.host,
+        help=f"address to listen on (default {d.host}: this machine only; 0.0.0.0: every interface)",
+    )  # fmt: skip
+    p.add_argument("--port", type=int, default=d.port, help=f"default {d.port}")
     p.add_argument("--served-model-name", help="model id in the OpenAI API (default: --model)")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--dtype", help="e.g. float32, bfloat16 (default: the engine's)")
+    p.add_argument(
+        "--device", default=d.device,
+        help="auto (default: the first CUDA GPU when torch sees one, else the CPU), cpu, cuda, "
+        "cuda:N",
+    )  # fmt: skip
+    p.add_argument(
+        "--dtype", help="e.g. float32, bfloat16 (default: float32 on CPU, bfloat16 on CUDA)"
+    )
     engine = p.add_argument_group("engine")
     engine.add_argument(
         "--num-kv-blocks", type=int,
@@ -246,22 +257,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="KV pool size per engine in GiB, when --num-kv-blocks is not given (default: the "
         "engine's, 2); on CPU the pool is in memory from the start",
     )
-    engine.add_argument("--block-size", type=int)
-    engine.add_argument("--max-num-batched-tokens", type=int)
-    engine.add_argument("--max-num-seqs", type=int)
+    engine.add_argument("--block-size", type=int, help="tokens per KV block (default: the engine's, 16)")
+    engine.add_argument(
+        "--max-num-batched-tokens", type=int,
+        help="tokens one engine step computes at most: prefill chunks and decodes (default: the "
+        "engine's, 2048)",
+    )  # fmt: skip
+    engine.add_argument(
+        "--max-num-seqs", type=int,
+        help="sequences one engine step runs at most (default: the engine's, 128)",
+    )  # fmt: skip
     engine.add_argument(
         "--ngram-speculation",
         type=int,
         metavar="K",
         default=d.ngram_speculation,
-        help="speculative decoding by n-gram lookup: up to K drafted tokens per decoding sequence, "
-        "taken from the sequence's own earlier text and verified in the step (0: off; a "
+        help=f"speculative decoding by n-gram lookup (default {d.ngram_speculation}; 0: off): up "
+        "to K drafted tokens per decoding sequence, "
+        "taken from the sequence's own earlier text and verified in the step (a "
         "constrained output also drafts the text its constraint forces, up to the row limit); "
         "latency-critical calls always draft, other work only while a step holds at most "
         "--ngram-max-rows rows (default 6)",
     )
-    engine.add_argument("--ngram-max-rows", type=int, metavar="N")
-    engine.add_argument("--max-model-len", type=int)
+    engine.add_argument(
+        "--ngram-max-rows", type=int, metavar="N",
+        help="steps of more rows than this draft for latency-critical calls only (default 6)",
+    )  # fmt: skip
+    engine.add_argument(
+        "--max-model-len", type=int,
+        help="context length a request may use, prompt and output (default: the model's; more "
+        "is lowered to it with a warning)",
+    )  # fmt: skip
     engine.add_argument(
         "--no-prefix-cache",
         dest="enable_prefix_cache",
@@ -425,7 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.session_ttl_s,
         help="close sessions idle (no request, no running call) for this long",
     )
-    ops.add_argument("--max-request-mb", type=int, default=d.max_request_mb)
+    ops.add_argument(
+        "--max-request-mb", type=int, default=d.max_request_mb,
+        help=f"largest request body in MiB (default {d.max_request_mb}); a larger one is a 413",
+    )  # fmt: skip
     ops.add_argument(
         "--stored-responses",
         type=int,
@@ -453,10 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key",
         default=os.environ.get("PARROT_API_KEY", d.api_key),
         help="require 'Authorization: Bearer <key>' on the API's routes (a session's own routes "
-        "take its token; /health, /version, /metrics and /openapi.json stay open); default: "
+        "take its token; /health, /healthz, /version, /metrics and /openapi.json stay open); default: "
         "$PARROT_API_KEY, else none",
     )
-    ops.add_argument("--log-level", default=d.log_level, choices=_LOG_LEVELS)
+    ops.add_argument(
+        "--log-level", default=d.log_level, choices=_LOG_LEVELS, help=f"default {d.log_level}"
+    )
     ops.add_argument("--log-format", default=d.log_format, choices=("kv", "json"))
     ops.add_argument(
         "--shutdown-timeout-s",

@@ -93,7 +93,7 @@ def run_engine_worker(
     )
     frozen = freeze_long_lived()  # torch's and the model's objects: out of the step loop's GCs
     log_event(
-        log, "engine_process_ready", pid=os.getpid(), model=info.name, device=device,
+        log, "engine_process_ready", pid=os.getpid(), model=info.name, device=str(engine.device),
         threads=torch.get_num_threads(), frozen_objects=frozen,
     )  # fmt: skip
     conn.send(("ready", info))

@@ -17,6 +17,7 @@ import torch
 from server.engine.block_manager import BlockManager
 from server.engine.config import EngineConfig
 from server.engine.context import Context, Job, JobKind
+from server.engine.device import resolve_device
 from server.engine.model_runner import ModelRunner
 from server.engine.models import ModelConfig
 from server.engine.ngram_drafts import ngram_drafts
@@ -110,13 +111,15 @@ class LLMEngine:
     def from_pretrained(
         cls,
         name_or_path: str,
-        device: str = "cpu",
+        device: str | torch.device = "cpu",
         dtype: torch.dtype | str | None = None,
         **config: Any,
     ) -> LLMEngine:
-        """Load a registered name, a Hugging Face folder or a GGUF file; `config` sets EngineConfig."""
+        """Load a registered name, a Hugging Face folder or a GGUF file; `config` sets EngineConfig.
+        `device` "auto": CUDA when torch sees a GPU, else the CPU."""
         from server.engine.loader import load_model
 
+        device = resolve_device(device)
         if isinstance(dtype, str):
             dtype = parse_dtype(dtype)
         engine_config = EngineConfig(**config)

@@ -105,6 +105,7 @@ def test_every_config_field_has_a_flag() -> None:
         ({"latency_hold_ms": float("nan")}, "latency_hold_ms"),
         ({"pipelined_prefill_chunk": -1}, "pipelined_prefill_chunk"),
         ({"prefix_store_ttl_s": 0}, "prefix_store_ttl_s"),
+        ({"device": "gpu"}, "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
     ],
 )
 def test_bad_values_are_refused(kwargs: dict, needle: str) -> None:
