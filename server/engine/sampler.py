@@ -68,11 +68,17 @@ def _adjusted(
     contexts: Sequence[Sequence[int]],
     eos_ids: frozenset[int],
 ) -> torch.Tensor:
-    """The repetition penalty (over the whole context), OpenAI's penalties (minus frequency x
-    count, minus presence once a token appeared in the output), its logit bias, then the bans:
-    min_tokens' on ending, tokens outside allowed_token_ids, a bad word's completion."""
+    """The logit bias, the repetition penalty (over the whole context), OpenAI's penalties
+    (minus frequency x count, minus presence once a token appeared in the output), then the
+    bans: min_tokens' on ending, tokens outside allowed_token_ids, a bad word's completion.
+    The bias comes first, as in vLLM and transformers: the repetition penalty divides (or
+    multiplies) a biased logit."""
     logits = logits.clone()
     for i, (p, generated) in enumerate(zip(params, outputs, strict=True)):
+        if p.logit_bias:
+            ids = torch.tensor(list(p.logit_bias), device=logits.device)
+            bias = torch.tensor(list(p.logit_bias.values()), dtype=logits.dtype)
+            logits[i, ids] += bias.to(logits.device)
         if p.repetition_penalty != 1.0:
             seen = torch.tensor(sorted(set(contexts[i])), device=logits.device, dtype=torch.long)
             values = logits[i, seen]
@@ -82,10 +88,6 @@ def _adjusted(
         if p.penalized and generated:
             ids, counts = torch.tensor(generated, device=logits.device).unique(return_counts=True)
             logits[i, ids] -= p.frequency_penalty * counts.to(logits.dtype) + p.presence_penalty
-        if p.logit_bias:
-            ids = torch.tensor(list(p.logit_bias), device=logits.device)
-            bias = torch.tensor(list(p.logit_bias.values()), dtype=logits.dtype)
-            logits[i, ids] += bias.to(logits.device)
         if len(generated) < p.min_tokens:
             ends = [t for t in eos_ids | set(p.stop_token_ids) if t < logits.shape[1]]
             logits[i, ends] = float("-inf")

@@ -174,6 +174,37 @@ def test_min_p_and_repetition_penalty_match_transformers() -> None:
         assert torch.allclose(probs, kept, atol=1e-6)
 
 
+def test_the_logit_bias_comes_before_the_repetition_penalty_as_in_transformers() -> None:
+    """transformers' processors in generate's order are the reference (vLLM's order too): the
+    bias, then the repetition penalty over the context, which divides a biased positive logit
+    (multiplies a negative one); the bias used to be added after it."""
+    from transformers import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        SequenceBiasLogitsProcessor,
+    )
+
+    from server.engine.sampler import _adjusted
+
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(20):
+        logits = torch.randn(1, 64, generator=gen) * 3
+        context = torch.randint(0, 64, (1, 12), generator=gen)
+        seen = context[0].unique().tolist()
+        # biases on tokens the penalty touches (both signs) and on one it does not
+        unseen = next(t for t in range(64) if t not in seen)
+        bias = {seen[0]: 4.0, seen[1]: -3.0, seen[2]: 1.5, unseen: 2.0}
+        penalty = float(torch.empty(()).uniform_(1.2, 2.0, generator=gen))
+        sp = SamplingParams(temperature=0, repetition_penalty=penalty, logit_bias=bias)
+        ours = _adjusted(logits, [sp], [[]], [context[0].tolist()], frozenset())
+        processors = LogitsProcessorList([
+            SequenceBiasLogitsProcessor([[[t], b] for t, b in bias.items()]),
+            RepetitionPenaltyLogitsProcessor(penalty),
+        ])  # fmt: skip
+        want = processors(context, logits.clone())
+        assert torch.allclose(ours, want, atol=1e-5)
+
+
 def test_min_tokens_holds_off_eos_and_stop_ids() -> None:
     logits = torch.tensor([[5.0, 4.0, 3.0, 0.0]])
     sp = SamplingParams(temperature=0, min_tokens=2, stop_token_ids=[1])
