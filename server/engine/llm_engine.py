@@ -779,9 +779,10 @@ class LLMEngine:
         if reason is not None:
             detok.finish()
         text = detok.text
-        if sp.stop and len(job.output_token_ids) >= sp.min_tokens:
+        if sp.stop and len(job.output_token_ids) > sp.min_tokens:
             # only a stop string that ends in this token's text counts (each string searched
-            # from its own length back): one written while min_tokens held stops off is past
+            # from its own length back), and only in a token past the first min_tokens, where
+            # EOS and stop ids may come too (as vLLM's): one written before those is past
             hits = [
                 (i, -len(s)) for s in sp.stop
                 if (i := text.find(s, max(0, len(job.text) - len(s) + 1))) >= 0

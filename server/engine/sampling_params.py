@@ -62,8 +62,8 @@ class SamplingParams:
     likely as the likeliest (after temperature, top-k and top-p); `repetition_penalty` divides
     the positive logits (multiplies the negative ones) of every token already in the context,
     prompt included, after the logit bias (as theirs); `min_tokens` forbids EOS and the stop
-    token ids, and ignores stop strings, until that many tokens are generated.
-    `include_stop_str_in_output` keeps a stop string (and
+    token ids until that many tokens are generated, and a stop string counts only where it ends
+    in a token after those (as vLLM's). `include_stop_str_in_output` keeps a stop string (and
     a stop token's text) at the end of the text; `skip_special_tokens` False keeps special
     tokens' text (such as `<|im_start|>`) in it. `allowed_token_ids` restricts every sampled
     token to these ids. `bad_words_token_ids` are token sequences never generated: a sequence's

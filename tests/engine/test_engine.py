@@ -305,11 +305,32 @@ def test_stop_strings_written_during_min_tokens_are_ignored_whatever_the_other_s
     sampling = dict(max_tokens=12, temperature=0, ignore_eos=True, allowed_token_ids=letters)
     text = engine.generate([prompt], SamplingParams(**sampling))[0].text
     assert len(text) == 12
-    char = next(c for c in text[:2] if c in text[2:])  # in tokens 1-2, and again later
-    want = text[: text.index(char, 2)]  # with min_tokens 3, the first from token 3 on
+    char = next(c for c in text[:3] if c in text[3:])  # in tokens 1-3, and again later
+    want = text[: text.index(char, 3)]  # with min_tokens 3, the first from token 4 on
     for stops in ([char], [char, "a stop string never written"]):
         out = engine.generate([prompt], SamplingParams(**sampling, stop=stops, min_tokens=3))[0]
         assert (out.text, out.finish_reason) == (want, "stop"), stops
+
+
+def test_a_stop_string_counts_only_when_it_ends_past_min_tokens(tiny_llama_path) -> None:
+    """As vLLM's min_tokens: the first min_tokens tokens are generated whatever they write, and a
+    stop string ending in the token after them stops there (as EOS or a stop id may come only
+    then). A bias forces "A" at every step, the stop string: it used to stop on the
+    min_tokens-th token, with min_tokens=1 on the first, leaving nothing."""
+    engine = LLMEngine.from_pretrained(tiny_llama_path)
+    (a,) = engine.tokenizer.encode("A")
+    for min_tokens in (0, 1, 3):
+        for include in (False, True):
+            sp = SamplingParams(max_tokens=8, temperature=0, logit_bias={a: 100.0}, stop=["A"],
+                                min_tokens=min_tokens, include_stop_str_in_output=include)  # fmt: skip
+            out = engine.generate([engine.tokenizer.encode("The parrot")], sp)[0]
+            assert out.token_ids == [a] * (min_tokens + 1), (min_tokens, include)
+            assert out.text == "A" * (min_tokens + int(include)) and out.finish_reason == "stop"
+    # a stop string begun within them and ended in the next token counts
+    sp = SamplingParams(max_tokens=8, temperature=0, logit_bias={a: 100.0}, stop=["AA"],
+                        min_tokens=2)  # fmt: skip
+    out = engine.generate([engine.tokenizer.encode("The parrot")], sp)[0]
+    assert (out.token_ids, out.text) == ([a] * 3, "A")
 
 
 def test_bad_requests_raise_clear_errors(tiny_llama_path):
