@@ -104,10 +104,22 @@ class Scenario:
 
 
 @dataclass(frozen=True, slots=True)
+class CallResult:
+    """What one call produced, as the server reported it: its output text and the usage of
+    its request (`prompt_tokens`, `completion_tokens`), so modes can be checked to do the same
+    work call by call."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class JobResult:
     """When a job started and when its awaited outputs had all arrived (seconds from the
     scenario's start), the text of each awaited output, and the tokens generated for them (the
-    completion tokens the server reported; fewer than requested where a call ended at EOS)."""
+    completion tokens the server reported; fewer than requested where a call ended at EOS).
+    `calls`: every call's result (awaited or not), by call name."""
 
     name: str
     app: str
@@ -116,6 +128,7 @@ class JobResult:
     outputs: dict[str, str]
     requested_tokens: int = 0  # the sum of its calls' max_tokens
     generated_tokens: int = 0  # the sum of the awaited outputs' completion tokens
+    calls: dict[str, CallResult] = field(default_factory=dict)
 
     @property
     def latency_s(self) -> float:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from openai import AsyncOpenAI
 
-from benchmarks.common.graph import Call, Job, JobResult, Ref
+from benchmarks.common.graph import Call, CallResult, Job, JobResult, Ref
 
 
 async def run_openai_jobs(
@@ -28,7 +28,7 @@ async def run_openai_jobs(
         await asyncio.sleep(max(0.0, job.start_s - (time.perf_counter() - t0)))
         start = time.perf_counter() - t0
         tasks: dict[str, asyncio.Task[str]] = {}
-        generated: dict[str, int] = {}  # completion tokens per call
+        done: dict[str, CallResult] = {}
 
         async def send(call: Call) -> str:
             values = {}
@@ -38,8 +38,11 @@ async def run_openai_jobs(
             resp = await client.completions.create(
                 model=model, prompt=call.render(values), max_tokens=call.max_tokens, temperature=0
             )
-            generated[call.name] = resp.usage.completion_tokens if resp.usage else 0
-            return resp.choices[0].text
+            text = resp.choices[0].text
+            usage = resp.usage
+            done[call.name] = CallResult(text, usage.prompt_tokens if usage else 0,
+                                         usage.completion_tokens if usage else 0)  # fmt: skip
+            return text
 
         for call in job.calls:
             tasks[call.name] = asyncio.create_task(send(call))
@@ -47,8 +50,9 @@ async def run_openai_jobs(
         end = time.perf_counter() - t0
         await asyncio.gather(*tasks.values())  # calls nothing awaits still count as work
         on_done()
+        generated = sum(done[n].completion_tokens for n in job.awaited)
         return JobResult(job.name, job.app, start, end, dict(zip(job.awaited, texts, strict=True)),
-                         job.output_tokens, sum(generated[n] for n in job.awaited))
+                         job.output_tokens, generated, {c.name: done[c.name] for c in job.calls})
 
     try:
         return list(await asyncio.gather(*(one(j) for j in jobs)))

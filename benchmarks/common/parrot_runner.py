@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import parrot_bridge as P
-from benchmarks.common.graph import Job, JobResult, Ref
+from benchmarks.common.graph import CallResult, Job, JobResult, Ref
 from parrot_bridge.transport import Transport
 
 
@@ -64,9 +64,22 @@ async def run_parrot_jobs(
 
             texts = await asyncio.gather(*(fetch(n) for n in job.awaited))
             end = time.perf_counter() - t0
-            generated = sum((outs[n].usage or {}).get("completion_tokens", 0) for n in job.awaited)
+            # every call's output and usage, untimed and without the simulated round trip (a
+            # call that feeds no awaited one is waited for, as the baseline waits for it)
+            transport.rtt_s = 0.0
+            rest = [n for n in outs if n not in job.awaited]
+            await asyncio.gather(*(outs[n].aget(criteria="throughput") for n in rest))
+            calls = {n: _call_result(v) for n, v in outs.items()}
         on_done()
+        generated = sum(calls[n].completion_tokens for n in job.awaited)
         return JobResult(job.name, job.app, start, end, dict(zip(job.awaited, texts, strict=True)),
-                         job.output_tokens, generated)
+                         job.output_tokens, generated, calls)
 
     return list(await asyncio.gather(*(one(j) for j in jobs)))
+
+
+def _call_result(var: P.SemanticVariable) -> CallResult:
+    """A fetched output's text and the usage the native API returned with it."""
+    usage = var.usage or {}
+    return CallResult(var.value or "", usage.get("prompt_tokens", 0),
+                      usage.get("completion_tokens", 0))  # fmt: skip

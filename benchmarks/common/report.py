@@ -3,18 +3,42 @@ a JSON file and a PNG plot."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common.graph import CallResult
 from benchmarks.common.harness import RunRecord
 from benchmarks.common.modes import Mode
 from benchmarks.common.workload import Metric, ModeResults, Target, Workload, side_of
 
 WORK_COUNTERS = ("generated_tokens", "prefill_tokens", "cached_tokens", "preemptions",
                  "cascade_saved_tokens", "paused_steps", "server_cpu_s")  # fmt: skip
+# the mode whose calls every other mode's are compared with, call by call
+REFERENCE = "baseline_throughput"
+
+
+@dataclass(frozen=True, slots=True)
+class SameWork:
+    """A mode's calls against the reference mode's, call by call (same scenario, job and
+    call): `differ` of `calls` produced another text or token count; `prompts` of those had
+    another prompt length (an earlier call's output changed the prompt, or the prompt is not
+    the same)."""
+
+    calls: int
+    differ: int = 0
+    prompts: int = 0
+    examples: tuple[str, ...] = ()  # the first few differing calls, "scenario/job/call"
+
+    @property
+    def label(self) -> str:
+        if not self.differ:
+            return "yes"
+        prompts = f", {self.prompts} with another prompt length" if self.prompts else ""
+        return f"{self.differ} of {self.calls} calls differ{prompts}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +85,8 @@ class Report:
     checks: list[TargetCheck]
     specs: tuple[Metric, ...]
     common_scenarios: list[str]
+    # mode -> its calls against the REFERENCE mode's (empty when that mode did not run)
+    same_work: dict[str, SameWork] = field(default_factory=dict)
 
 
 def build_report(workload: Workload, modes: list[Mode], records: list[RunRecord]) -> Report:
@@ -76,10 +102,47 @@ def build_report(workload: Workload, modes: list[Mode], records: list[RunRecord]
             c: sum(r.counters.get(c, math.nan) for r in runs if r.scenario in common)
             for c in WORK_COUNTERS
         }
+        # the calls' prompt tokens as the API reported them: what prefill + cached should sum to
+        counters[mode.name]["prompt_tokens"] = sum(
+            c.prompt_tokens for r in runs if r.scenario in common for j in r.jobs
+            for c in j.calls.values()
+        )  # fmt: skip
     specs = {m.name: m for m in workload.metric_specs}
     checks = [_check(t, metrics, specs) for t in workload.targets]
     return Report(workload.name, modes, metrics, counters, checks, workload.metric_specs,
-                  sorted(common))  # fmt: skip
+                  sorted(common), compare_work(records))  # fmt: skip
+
+
+def compare_work(records: list[RunRecord], reference: str = REFERENCE) -> dict[str, SameWork]:
+    """Every mode's calls against `reference`'s, scenario by scenario (those both ran). Greedy
+    outputs may still differ now and then (batches change the order of float sums, which can
+    flip a token), so a difference is reported, not raised; a job or call missing on one side
+    raises: the modes did not run the same graph."""
+    ref = {r.scenario: r for r in records if r.mode == reference}
+    if not ref:
+        return {}
+    out: dict[str, SameWork] = {}
+    for mode in dict.fromkeys(r.mode for r in records):
+        calls = differ = prompts = 0
+        examples: list[str] = []
+        for run in (r for r in records if r.mode == mode and r.scenario in ref):
+            theirs = {j.name: j.calls for j in ref[run.scenario].jobs}
+            ours = {j.name: j.calls for j in run.jobs}
+            for job in sorted(theirs.keys() | ours.keys()):
+                a, b = ours.get(job), theirs.get(job)
+                if a is None or b is None or a.keys() != b.keys():
+                    raise RuntimeError(
+                        f"{run.scenario}: job {job!r} ran other calls in {mode} than in "
+                        f"{reference}: {sorted(a or {})} against {sorted(b or {})}"
+                    )
+                for name, call in a.items():
+                    calls += 1
+                    if call != b[name]:
+                        differ += 1
+                        prompts += call.prompt_tokens != b[name].prompt_tokens
+                        examples.append(f"{run.scenario}/{job}/{name}")
+        out[mode] = SameWork(calls, differ, prompts, tuple(examples[:5]))
+    return out
 
 
 def gain(parrot: float, other: float, higher_is_better: bool) -> float:
@@ -122,8 +185,10 @@ def format_table(report: Report) -> str:
     head = ["mode"]
     for spec in report.specs:
         head += [f"{spec.name} ({spec.unit})", "gain"]
-    head += ["gen tok", "prefill tok", "cached tok", "cascade saved", "paused steps",
-             "server cpu s"]
+    head += ["gen tok", "prompt tok", "prefill tok", "cached tok", "cascade saved",
+             "paused steps", "server cpu s"]
+    if report.same_work:
+        head.append(f"same work as {REFERENCE}")
     rows = [head]
     for mode in report.modes:
         row = [mode.name]
@@ -137,15 +202,23 @@ def format_table(report: Report) -> str:
             row += [_bounded(values.get(spec.name, math.nan)), shown]
         c = report.counters[mode.name]
         row += [_num(c[k]) for k in
-                ("generated_tokens", "prefill_tokens", "cached_tokens", "cascade_saved_tokens",
-                 "paused_steps")]
+                ("generated_tokens", "prompt_tokens", "prefill_tokens", "cached_tokens",
+                 "cascade_saved_tokens", "paused_steps")]
         row.append(_num(c["server_cpu_s"]))
+        if report.same_work:
+            same = report.same_work.get(mode.name)
+            row.append("-" if same is None else same.label)
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = [" | ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "-|-".join("-" * w for w in widths))
     if report.common_scenarios:
-        lines.append(f"(token and cpu columns: scenarios {', '.join(report.common_scenarios)})")
+        lines.append(f"(token and cpu columns: scenarios {', '.join(report.common_scenarios)}; "
+                     "prompt tok: the calls' usage, = prefill + cached)")  # fmt: skip
+    for mode, same in report.same_work.items():
+        if same.differ:
+            lines.append(f"WARNING: {mode} did other work than {REFERENCE}: {same.label}, "
+                         f"e.g. {', '.join(same.examples)}")  # fmt: skip
     targets = [
         f"  [{c.verdict}] {c.label}: "
         + ("? (both values are bounds)" if c.side == "?" else
@@ -176,6 +249,10 @@ def write_json(path: Path, report: Report, records: list[RunRecord], meta: dict[
                 "gain_bounds": {k: side for k, (_, side) in gains_over(report, m.name).items()
                                 if side != "="},
                 "counters": report.counters[m.name],
+                # its calls against the reference mode's ("yes" or how many differ)
+                "same_work": None if m.name not in report.same_work else {
+                    "reference": REFERENCE, "label": report.same_work[m.name].label,
+                    **asdict(report.same_work[m.name])},
             }
             for m in report.modes
         },
@@ -190,7 +267,8 @@ def write_json(path: Path, report: Report, records: list[RunRecord], meta: dict[
                     {"name": j.name, "app": j.app, "start_s": j.start_s, "end_s": j.end_s,
                      "requested_tokens": j.requested_tokens,
                      "generated_tokens": j.generated_tokens,
-                     "output_chars": {k: len(v) for k, v in j.outputs.items()}}  # fmt: skip
+                     "output_chars": {k: len(v) for k, v in j.outputs.items()},
+                     "calls": {k: _call_json(c) for k, c in j.calls.items()}}  # fmt: skip
                     for j in r.jobs
                 ],
             }
@@ -249,6 +327,13 @@ def _check(t: Target, metrics: dict[str, dict[str, float]], specs: dict[str, Met
     higher = specs[t.metric].higher_is_better
     return TargetCheck(t.label, gain(parrot, other, higher), t.minimum, t.maximum,
                        gain_side(parrot, other, higher))  # fmt: skip
+
+
+def _call_json(call: CallResult) -> dict[str, int | str]:
+    """A call's usage, and its text as a length and a hash (outputs compared, JSON small)."""
+    digest = hashlib.sha256(call.text.encode()).hexdigest()[:16]
+    return {"prompt_tokens": call.prompt_tokens, "completion_tokens": call.completion_tokens,
+            "chars": len(call.text), "sha256": digest}  # fmt: skip
 
 
 def _bounded(v: float) -> str:

@@ -29,7 +29,15 @@ def test_both_apis_run_the_same_graph(tiny_llama_path: Path, tmp_path: Path) -> 
     assert records[0].jobs[0].outputs == records[1].jobs[0].outputs
     # the reduce's tokens, as each API reported them
     assert 0 < records[0].jobs[0].generated_tokens == records[1].jobs[0].generated_tokens <= 6
+    # every call's usage, awaited or not, and the same in both modes
+    for record in records:
+        calls = record.jobs[0].calls
+        assert set(calls) == {"map0", "map1", "reduce"}
+        assert all(c.prompt_tokens > 0 and c.completion_tokens > 0 for c in calls.values())
+    assert records[0].jobs[0].calls == records[1].jobs[0].calls
     report = build_report(load_workload("map_reduce"), modes, records)
+    assert {m: s.label for m, s in report.same_work.items()} == dict.fromkeys(
+        ("parrot", "baseline_throughput"), "yes")  # fmt: skip
     assert "baseline_throughput" in format_table(report)
 
 
