@@ -48,7 +48,10 @@ class Metrics:
         )
         # tokens a forked call did not compute because its parent context held them
         self.fork_cached_tokens = Family(
-            "parrot_fork_cached_tokens_total", "counter", "Prompt tokens reused from forks."
+            "parrot_fork_cached_tokens_total",
+            "counter",
+            "Prompt tokens of calls forked from a prefix context that an earlier call's fill "
+            "computed (the fill's first fork is not counted: the fill's tokens are).",
         )
         self.graph_submissions = Family(
             "parrot_graph_submissions_total", "counter", "Graph submissions applied."
@@ -147,7 +150,9 @@ class Metrics:
         cached = Family(
             "parrot_cached_tokens_total",
             "counter",
-            "Prompt tokens reused from forks or the prefix cache instead of computed.",
+            "Prompt tokens not computed for the call or request that needed them: found in "
+            "the prefix cache, or forked from a prefix another call's fill computed. With "
+            "parrot_prefill_tokens_total, each prompt token is counted once.",
         )
         cached.set(engine.cached_tokens + self.fork_cached_tokens.value())
         derived = [

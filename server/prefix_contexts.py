@@ -136,6 +136,9 @@ class PrefixContexts:
         if entry.uses > 0 or handle.pipelined:
             # a later fork, or the first one of a prefix computed before its call was ready
             self.metrics.prefix_hits.inc()
+        if entry.uses > 0:
+            # the fill counted its tokens once (computed, or found in the prefix cache) for its
+            # first fork, pipelined or not: only the later forks reuse them
             self.metrics.fork_cached_tokens.inc(kept)
         if handle.pipelined:
             self.metrics.pipelined_prefix_uses.inc()

@@ -61,3 +61,21 @@ def test_rtt_is_charged_before_every_request_of_every_mode(tiny_llama_path: Path
     assert parrot.latency_s >= 3 * rtt
     assert baseline.latency_s >= 2 * rtt
     assert parrot.outputs == baseline.outputs
+
+
+@pytest.mark.slow
+def test_parrot_counts_each_prompt_token_once(tiny_llama_path: Path, tmp_path: Path) -> None:
+    """Prefill + cached tokens equal the calls' prompt tokens, as in a plain client's run: a
+    prefix filled before its call was ready (pipelined) was counted as computed by its fill
+    and again as reused by its first fork, so a chain's cached tokens were about doubled."""
+    from benchmarks.common.apps import chain_job
+
+    chunks = [f"Part {i}: " + "words and more words " * 20 for i in range(3)]
+    jobs = (chain_job("chain", chunks, 4), map_reduce_job("mr", chunks, 4, 6, start_s=0.1))
+    modes = [PARROT, BASELINE_THROUGHPUT]
+    records = run_all([Scenario("both", jobs)], modes, {m.name for m in modes},
+                      str(tiny_llama_path), 0.0, tmp_path)  # fmt: skip
+    for record in records:
+        prompt = sum(c.prompt_tokens for j in record.jobs for c in j.calls.values())
+        assert prompt > 0
+        assert record.counters["prefill_tokens"] + record.counters["cached_tokens"] == prompt
