@@ -30,8 +30,9 @@ def test_workload_builds_and_its_metrics_come_out(name: str, quick: bool) -> Non
                 values = {k: "x" if isinstance(v, Ref) else v for k, v in call.inputs.items()}
                 # SmolLM2 has 8192 positions: prompts stay far below (4 chars ~ 1 token)
                 assert len(call.render(values)) + 4 * call.max_tokens < 4 * 4096
+        # each job runs 4 s or more, so the chats of mixed overlap its map-reduce
         results[scenario.name] = [
-            JobResult(j.name, j.app, j.start_s, j.start_s + 0.05 * (1 + i), {}, j.output_tokens,
+            JobResult(j.name, j.app, j.start_s, j.start_s + 4 + 0.05 * i, {}, j.output_tokens,
                       j.output_tokens)
             for i, j in enumerate(scenario.jobs)
         ]
@@ -110,3 +111,20 @@ def test_shared_prompt_latency_per_token_counts_the_tokens_generated() -> None:
     metrics = workload.metrics(results)
     assert metrics["per_token@4/s"] == pytest.approx(100.0)
     assert metrics["per_token@0.25/s"] == pytest.approx(100.0)
+
+
+def test_mixed_chats_arrive_while_the_map_reduce_runs() -> None:
+    """Every chat starts before the throughput-tuned baseline's map-reduce alone ends (~3.7 s
+    in --quick), the same chats alone and mixed; the overlap latency counts only the chats
+    that started before that run's map-reduce ended."""
+    from benchmarks.workloads.mixed import overlap_chat_latency
+
+    scenarios = {s.name: s for s in load_workload("mixed").scenarios(True)}
+    chats = [j for j in scenarios["mixed"].jobs if j.app == "chat"]
+    assert chats == list(scenarios["chat_alone"].jobs)
+    assert len(chats) == 5 and max(j.start_s for j in chats) < 3.7
+    jobs = [JobResult("mr", "map_reduce", 0.0, 2.0, {}),
+            JobResult("chat0", "chat", 0.5, 1.5, {}), JobResult("chat1", "chat", 1.9, 2.4, {}),
+            JobResult("chat2", "chat", 2.6, 2.7, {})]  # fmt: skip
+    assert overlap_chat_latency(jobs) == pytest.approx(0.75)
+    assert math.isnan(overlap_chat_latency(jobs[:1] + jobs[3:]))
