@@ -98,8 +98,13 @@ def throughput_at_bound(per_token: dict[float, float], bound: float) -> float:
 
 def _s_per_token(jobs: list[JobResult]) -> float:
     """Mean latency per output token: over the tokens generated, not the max_tokens asked
-    (a call that ends at EOS generated fewer, and its latency covers only those)."""
-    return statistics.fmean(j.latency_s / max(1, j.generated_tokens) for j in jobs)
+    (a call that ends at EOS generated fewer, and its latency covers only those). A job with
+    no generated tokens (its usage missing) raises: counted as one token, its mode would look
+    far slower than it is."""
+    empty = [j.name for j in jobs if j.generated_tokens <= 0]
+    if empty:
+        raise ValueError(f"jobs without generated tokens (usage missing?): {', '.join(empty)}")
+    return statistics.fmean(j.latency_s / j.generated_tokens for j in jobs)
 
 
 def _name(rate: float) -> str:

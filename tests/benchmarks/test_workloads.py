@@ -128,3 +128,11 @@ def test_mixed_chats_arrive_while_the_map_reduce_runs() -> None:
             JobResult("chat2", "chat", 2.6, 2.7, {})]  # fmt: skip
     assert overlap_chat_latency(jobs) == pytest.approx(0.75)
     assert math.isnan(overlap_chat_latency(jobs[:1] + jobs[3:]))
+
+
+def test_shared_prompt_refuses_a_job_without_generated_tokens() -> None:
+    """Usage missing (0 tokens) must not read as a latency per token of the whole latency."""
+    results = {f"rate_{r:g}": [JobResult("u7", "app", 0.0, 1.0, {"answer": "x"}, 40, 0)]
+               for r in (0.25, 4.0)}  # fmt: skip
+    with pytest.raises(ValueError, match="u7"):
+        load_workload("shared_prompt").metrics(results)
