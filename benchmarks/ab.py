@@ -1,6 +1,7 @@
 """Parrot with several sets of server flags, side by side: one scenario of a workload, the
-settings run in turn within each round (so a machine state that drifts hits all of them), and
-the throughput-tuned baseline in every round as a yardstick.
+settings run in turn within each round, their order rotated from round to round (so a machine
+state that drifts hits all of them, and none always runs first), and the throughput-tuned
+baseline in every round as a yardstick.
 
     python -m benchmarks.ab WORKLOAD SCENARIO --flags= --flags=--latency-other-decode-rows=0
         [--rounds 4] [--full] [--model NAME]
@@ -25,7 +26,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.common.graph import JobResult  # noqa: E402
-from benchmarks.common.harness import run_all  # noqa: E402
+from benchmarks.common.harness import run_rounds  # noqa: E402
 from benchmarks.common.modes import BASELINE_THROUGHPUT, PARROT, Mode  # noqa: E402
 from benchmarks.common.workload import Workload, load_workload  # noqa: E402
 
@@ -47,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     names = {m.name for m in modes}
     log_dir = Path(tempfile.mkdtemp(prefix=f"parrot-ab-{args.workload}-"))
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    rounds: list[dict[str, dict[str, float]]] = []
-    for _ in range(args.rounds):
-        records = run_all([scenarios[args.scenario]], modes, names, args.model, 0.0, log_dir)
-        rounds.append({r.mode: latency_by_app(r.jobs) for r in records})
+    records = run_rounds([scenarios[args.scenario]], modes, names, args.model, 0.0, log_dir,
+                         args.rounds)  # fmt: skip
+    rounds: list[dict[str, dict[str, float]]] = [{} for _ in range(args.rounds)]
+    for r in records:
+        rounds[r.round][r.mode] = latency_by_app(r.jobs)
     print(format_table(rounds, [m.name for m in modes]))
     out = args.out / f"ab_{args.workload}_{args.scenario}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

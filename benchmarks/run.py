@@ -1,13 +1,17 @@
 """Application workloads: Parrot against request-level baselines on the same server and engine.
 
-    python -m benchmarks.run WORKLOAD [--quick] [--rtt-ms MS] [--ablations relevant|all|none]
+    python -m benchmarks.run WORKLOAD [--quick] [--rounds R] [--rtt-ms MS]
+        [--ablations relevant|all|none]
 
 WORKLOAD is a module of benchmarks/workloads/ (chain_summary, map_reduce, shared_prompt,
 multi_agent, mixed, rag, ...). Every scenario of the workload runs in every mode, one after
 another, each on a fresh server started here: Parrot (the SDK: the server sees the graph), the
 baselines (OpenAI API, one request per call; throughput-tuned, latency-tuned, prefix cache off
 where it matters) and Parrot with each optimisation switched off by its server flag. Prints a
-table with Parrot's gains; saves benchmarks/results/WORKLOAD[_quick].json and .png.
+table with Parrot's gains; saves benchmarks/results/WORKLOAD[_quick].json and .png. With
+`--rounds R` all of it runs R times, the mode order rotated each round; the table shows the
+median per mode and each gain's range over the rounds, and a target met in some rounds and
+missed in others reads "within noise".
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.common.harness import run_all  # noqa: E402
+from benchmarks.common.harness import run_rounds  # noqa: E402
 from benchmarks.common.modes import (  # noqa: E402
     ABLATIONS,
     BASELINES,
@@ -61,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"modes: {', '.join(m.name for m in modes)}; server logs in {log_dir}")
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     main_modes = {PARROT.name, *workload.baselines}
-    records = run_all(scenarios, modes, main_modes, args.model, args.rtt_ms / 1000, log_dir,
-                      tuple(args.server_flag), args.server_root)  # fmt: skip
+    records = run_rounds(scenarios, modes, main_modes, args.model, args.rtt_ms / 1000, log_dir,
+                         args.rounds, tuple(args.server_flag), args.server_root)  # fmt: skip
     report = build_report(workload, modes, records)
     print()
     print(format_table(report))
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "model": args.model,
         "rtt_ms": args.rtt_ms,
+        "rounds": args.rounds,
         "server_root": str(args.server_root or "this checkout"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "skipped": skipped,
@@ -90,7 +95,8 @@ def ignored_by_own_driver(args: argparse.Namespace) -> list[str]:
     defaults = parse_args([args.workload])
     return [
         "--" + name.replace("_", "-")
-        for name in ("rtt_ms", "ablations", "server_flag", "server_root", "out", "suffix")
+        for name in ("rtt_ms", "ablations", "server_flag", "server_root", "out", "suffix",
+                     "rounds")
         if getattr(args, name) != getattr(defaults, name)
     ]
 
@@ -126,6 +132,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("workload", help=f"one of: {', '.join(workload_names())}")
     p.add_argument("--quick", action="store_true", help="small sizes (3-10 minutes per workload)")
     p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every scenario in every mode this many times, the mode order "
+                        "rotated each round (medians and ranges reported)")
     p.add_argument("--rtt-ms", type=float, default=0.0,
                    help="simulated client round trip added to every request of every mode")
     p.add_argument("--ablations", choices=("relevant", "all", "none"), default="relevant",
@@ -139,6 +148,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.rtt_ms < 0:
         p.error(f"--rtt-ms must be >= 0, got {args.rtt_ms}")
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
     return args
 
 

@@ -39,6 +39,28 @@ class RunRecord:
     wall_s: float
     jobs: list[JobResult]
     counters: dict[str, float] = field(default_factory=dict)
+    round: int = 0  # which round of `run_rounds` it belongs to
+
+
+def run_rounds(
+    scenarios: list[Scenario],
+    modes: list[Mode],
+    main_modes: set[str],
+    model: str,
+    rtt_s: float,
+    log_dir: Path,
+    rounds: int = 1,
+    extra_flags: tuple[str, ...] = (),
+    server_root: Path | None = None,
+) -> list[RunRecord]:
+    """`run_all` `rounds` times, the mode order rotated by one each round: on a machine whose
+    speed drifts with its neighbours, no mode always runs first or right after another."""
+    records = []
+    for r in range(rounds):
+        order = modes[r % len(modes):] + modes[: r % len(modes)]
+        records += run_all(scenarios, order, main_modes, model, rtt_s, log_dir, extra_flags,
+                           server_root, round_index=r)  # fmt: skip
+    return records
 
 
 def run_all(
@@ -50,15 +72,17 @@ def run_all(
     log_dir: Path,
     extra_flags: tuple[str, ...] = (),
     server_root: Path | None = None,
+    round_index: int = 0,
 ) -> list[RunRecord]:
     """Scenarios in all `modes` (those with `all_modes` False only in `main_modes`), one
     after another, each on its own server so no cache carries over. `server_root`, when given,
-    is the source tree whose `server` package the child runs (`python -m server` from there)."""
+    is the source tree whose `server` package the child runs (`python -m server` from there).
+    The records (and the server logs after the first round) carry `round_index`."""
     plan = [(s, m) for s in scenarios for m in modes if s.all_modes or m.name in main_modes]
     records = []
     log_dir.mkdir(parents=True, exist_ok=True)
     for scenario, mode in tqdm(plan, desc="runs", unit="run"):
-        log = log_dir / f"{scenario.name}.{mode.name}.log"
+        log = log_dir / f"{scenario.name}.{mode.name}{f'.r{round_index}' if round_index else ''}.log"
         log.unlink(missing_ok=True)
         server = ServerProcess(model, *mode.flags, *extra_flags, log_path=log)
         with _cwd(server_root):
@@ -66,7 +90,9 @@ def run_all(
         try:
             assert server.process is not None
             pid = server.process.pid
-            records.append(asyncio.run(_run_one(server.url, pid, scenario, mode, rtt_s)))
+            record = asyncio.run(_run_one(server.url, pid, scenario, mode, rtt_s))
+            record.round = round_index
+            records.append(record)
         finally:
             server.stop()
     return records

@@ -3,9 +3,11 @@ a JSON file and a PNG plot."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 from benchmarks.common.graph import CallResult
 from benchmarks.common.harness import RunRecord
 from benchmarks.common.modes import Mode
-from benchmarks.common.workload import Metric, ModeResults, Target, Workload, side_of
+from benchmarks.common.workload import Bound, Metric, ModeResults, Target, Workload, side_of
 
 WORK_COUNTERS = ("generated_tokens", "prefill_tokens", "cached_tokens", "preemptions",
                  "cascade_saved_tokens", "paused_steps", "server_cpu_s")  # fmt: skip
@@ -44,17 +46,25 @@ class SameWork:
 @dataclass(frozen=True, slots=True)
 class TargetCheck:
     """`value` and its `side`: "=" measured, ">=" / "<=" a bound (a metric past the end of
-    a sweep), "?" unknown (both sides bounds the same way)."""
+    a sweep), "?" unknown (both sides bounds the same way). `rounds`: the same check in each
+    round, when there were several (`value` is then from the medians of the rounds)."""
 
     label: str
     value: float
     minimum: float | None
     maximum: float | None
     side: str = "="
+    rounds: tuple[TargetCheck, ...] = ()
 
     @property
     def verdict(self) -> str:
-        """"met", "MISSED", or "undecided" when a bound leaves both possible."""
+        """"met", "MISSED", or "undecided" when a bound leaves both possible; over several
+        rounds "within noise" when some rounds meet it and others miss it."""
+        if len(self.rounds) > 1:
+            seen = {c.verdict for c in self.rounds}
+            if {"met", "MISSED"} <= seen:
+                return "within noise"
+            return seen.pop() if len(seen) == 1 else "undecided"
         if math.isnan(self.value) or self.side == "?":
             return "undecided" if self.side == "?" else "MISSED"
         low = self.minimum is None or self.value >= self.minimum
@@ -74,6 +84,12 @@ class TargetCheck:
     def met(self) -> bool:
         return self.verdict == "met"
 
+    @property
+    def range(self) -> tuple[float, float] | None:
+        """The lowest and highest value over the rounds (None with one round)."""
+        values = [c.value for c in self.rounds if not math.isnan(c.value)]
+        return (min(values), max(values)) if len(self.rounds) > 1 and values else None
+
 
 @dataclass(slots=True)
 class Report:
@@ -87,9 +103,31 @@ class Report:
     common_scenarios: list[str]
     # mode -> its calls against the REFERENCE mode's (empty when that mode did not run)
     same_work: dict[str, SameWork] = field(default_factory=dict)
+    # each round's metrics (mode -> metric -> value); `metrics` holds their medians
+    rounds: list[dict[str, dict[str, float]]] = field(default_factory=list)
 
 
 def build_report(workload: Workload, modes: list[Mode], records: list[RunRecord]) -> Report:
+    """Metrics and counters per mode: with several rounds, the median over the rounds of each
+    (and each target checked per round too)."""
+    rounds = [[r for r in records if r.round == k] for k in sorted({r.round for r in records})]
+    measured = [_measure(workload, modes, runs) for runs in rounds or [[]]]
+    metrics = {m.name: _medians([x[0][m.name] for x in measured]) for m in modes}
+    counters = {m.name: _medians([x[1][m.name] for x in measured]) for m in modes}
+    common = set.intersection(*(x[2] for x in measured))
+    specs = {m.name: m for m in workload.metric_specs}
+    checks = []
+    for t in workload.targets:
+        per_round = tuple(_check(t, x[0], specs) for x in measured) if len(measured) > 1 else ()
+        checks.append(dataclasses.replace(_check(t, metrics, specs), rounds=per_round))
+    return Report(workload.name, modes, metrics, counters, checks, workload.metric_specs,
+                  sorted(common), compare_work(records), [x[0] for x in measured])  # fmt: skip
+
+
+def _measure(
+    workload: Workload, modes: list[Mode], records: list[RunRecord]
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], set[str]]:
+    """One round's metrics and counters per mode, and the scenarios every mode ran."""
     metrics: dict[str, dict[str, float]] = {}
     counters: dict[str, dict[str, float]] = {}
     ran = [{r.scenario for r in records if r.mode == m.name} for m in modes]
@@ -107,10 +145,32 @@ def build_report(workload: Workload, modes: list[Mode], records: list[RunRecord]
             c.prompt_tokens for r in runs if r.scenario in common for j in r.jobs
             for c in j.calls.values()
         )  # fmt: skip
-    specs = {m.name: m for m in workload.metric_specs}
-    checks = [_check(t, metrics, specs) for t in workload.targets]
-    return Report(workload.name, modes, metrics, counters, checks, workload.metric_specs,
-                  sorted(common), compare_work(records))  # fmt: skip
+    return metrics, counters, common
+
+
+def _medians(values: list[dict[str, float]]) -> dict[str, float]:
+    """Per key, the median over the rounds of its measured values (nan where none is); a
+    median of bounds is a bound the same way (nan where rounds bound it both ways)."""
+    if len(values) == 1:
+        return values[0]
+    out = {}
+    for key in dict.fromkeys(k for v in values for k in v):
+        got = [v[key] for v in values if key in v and not math.isnan(v[key])]
+        sides = {side_of(x) for x in got} - {"="}
+        median = float(statistics.median(got)) if got else math.nan
+        out[key] = median if not sides else Bound(median, sides.pop()) if len(sides) == 1 else (
+            math.nan)  # fmt: skip
+    return out
+
+
+def gain_range(report: Report, mode: str, metric: str) -> tuple[float, float] | None:
+    """The lowest and highest of Parrot's gain over `mode` on `metric`, round by round (None
+    with one round, or none measured)."""
+    spec = next(s for s in report.specs if s.name == metric)
+    gains = [gain(r.get("parrot", {}).get(metric, math.nan), r[mode].get(metric, math.nan),
+                  spec.higher_is_better) for r in report.rounds if mode in r]  # fmt: skip
+    gains = [g for g in gains if not math.isnan(g)]
+    return (min(gains), max(gains)) if len(report.rounds) > 1 and gains else None
 
 
 def compare_work(records: list[RunRecord], reference: str = REFERENCE) -> dict[str, SameWork]:
@@ -118,7 +178,10 @@ def compare_work(records: list[RunRecord], reference: str = REFERENCE) -> dict[s
     outputs may still differ now and then (batches change the order of float sums, which can
     flip a token), so a difference is reported, not raised; a job or call missing on one side
     raises: the modes did not run the same graph."""
-    ref = {r.scenario: r for r in records if r.mode == reference}
+    ref: dict[str, RunRecord] = {}
+    for r in records:  # its first round: its later rounds are compared with it too
+        if r.mode == reference:
+            ref.setdefault(r.scenario, r)
     if not ref:
         return {}
     out: dict[str, SameWork] = {}
@@ -126,6 +189,8 @@ def compare_work(records: list[RunRecord], reference: str = REFERENCE) -> dict[s
         calls = differ = prompts = 0
         examples: list[str] = []
         for run in (r for r in records if r.mode == mode and r.scenario in ref):
+            if run is ref[run.scenario]:
+                continue
             theirs = {j.name: j.calls for j in ref[run.scenario].jobs}
             ours = {j.name: j.calls for j in run.jobs}
             for job in sorted(theirs.keys() | ours.keys()):
@@ -140,7 +205,8 @@ def compare_work(records: list[RunRecord], reference: str = REFERENCE) -> dict[s
                     if call != b[name]:
                         differ += 1
                         prompts += call.prompt_tokens != b[name].prompt_tokens
-                        examples.append(f"{run.scenario}/{job}/{name}")
+                        where = f" (round {run.round + 1})" if run.round else ""
+                        examples.append(f"{run.scenario}/{job}/{name}{where}")
         out[mode] = SameWork(calls, differ, prompts, tuple(examples[:5]))
     return out
 
@@ -199,6 +265,9 @@ def format_table(report: Report) -> str:
             shown = "" if math.isnan(g) else f"{_num(g)}x"
             if shown and side != "=":
                 shown = "?" if side == "?" else f"{side}{shown}"
+            spread = gain_range(report, mode.name, spec.name) if mode.name != "parrot" else None
+            if shown and spread:
+                shown += f" [{_num(spread[0])}-{_num(spread[1])}]"
             row += [_bounded(values.get(spec.name, math.nan)), shown]
         c = report.counters[mode.name]
         row += [_num(c[k]) for k in
@@ -215,6 +284,9 @@ def format_table(report: Report) -> str:
     if report.common_scenarios:
         lines.append(f"(token and cpu columns: scenarios {', '.join(report.common_scenarios)}; "
                      "prompt tok: the calls' usage, = prefill + cached)")  # fmt: skip
+    if len(report.rounds) > 1:
+        lines.append(f"(median of {len(report.rounds)} rounds, the mode order rotated each "
+                     "round; [low-high]: the gain in each round)")  # fmt: skip
     for mode, same in report.same_work.items():
         if same.differ:
             lines.append(f"WARNING: {mode} did other work than {REFERENCE}: {same.label}, "
@@ -223,6 +295,7 @@ def format_table(report: Report) -> str:
         f"  [{c.verdict}] {c.label}: "
         + ("? (both values are bounds)" if c.side == "?" else
            f"{'' if c.side == '=' else c.side}{_num(c.value)}")
+        + (f" [{_num(c.range[0])}-{_num(c.range[1])}]" if c.range else "")
         + (f" (want >= {c.minimum:g})" if c.minimum is not None else "")
         + (f" (want <= {c.maximum:g})" if c.maximum is not None else "")
         for c in report.checks
@@ -248,6 +321,9 @@ def write_json(path: Path, report: Report, records: list[RunRecord], meta: dict[
                 "gains": {k: g for k, (g, _) in gains_over(report, m.name).items()},
                 "gain_bounds": {k: side for k, (_, side) in gains_over(report, m.name).items()
                                 if side != "="},
+                # the lowest and highest gain over the rounds (with several)
+                "gain_ranges": {} if m.name == "parrot" else {
+                    k.name: gain_range(report, m.name, k.name) for k in report.specs},
                 "counters": report.counters[m.name],
                 # its calls against the reference mode's ("yes" or how many differ)
                 "same_work": None if m.name not in report.same_work else {
@@ -256,11 +332,19 @@ def write_json(path: Path, report: Report, records: list[RunRecord], meta: dict[
             }
             for m in report.modes
         },
-        "targets": [{**asdict(c), "met": c.met, "verdict": c.verdict} for c in report.checks],
+        "targets": [
+            {**{k: v for k, v in asdict(c).items() if k != "rounds"}, "met": c.met,
+             "verdict": c.verdict, "range": c.range,
+             "round_values": [r.value for r in c.rounds]}  # fmt: skip
+            for c in report.checks
+        ],
+        # each round's metrics per mode (the modes' `metrics` are their medians)
+        "rounds": report.rounds,
         "runs": [
             {
                 "scenario": r.scenario,
                 "mode": r.mode,
+                "round": r.round,
                 "wall_s": r.wall_s,
                 "counters": r.counters,
                 "jobs": [
