@@ -149,8 +149,9 @@ def time_layer(
 ) -> float:
     """Milliseconds of one layer's attention call (cache write included).
 
-    On CPU the median wall time; with `layers` (caches of the case's shape) the time of a
-    round over all of them divided by their count. On CUDA the GPU time of the call replayed
+    On CPU the median of the faster half of the wall times (`median_ms`, about their 25th
+    percentile: others' work on a shared machine only adds time); with `layers` (caches of the
+    case's shape) that of a round over all of them divided by their count. On CUDA the GPU time of the call replayed
     from a CUDA graph (as engines run decode), so the host's launch overhead does not hide the
     kernels.
     """
@@ -237,17 +238,23 @@ def engine_step(
     steps: int,
     backend: str | None = None,
     cascade_rule: CascadeConfig | None = None,
+    block: int = 4,
+    check_outputs: bool = True,
+    model: str = "smollm2-135m-instruct",
 ) -> dict[str, float | bool]:
-    """Whole SmolLM2 decode steps of `forks` children of one `prefix`-token context, without
-    and with cascade (by `cascade_rule`, default the backend's measured rule)."""
+    """Whole decode steps of `forks` children of one `prefix`-token context, without and with
+    cascade (by `cascade_rule`, default the backend's measured rule), `steps` measured per arm.
+    Both engines are built and warmed up first; then blocks of `block` steps alternate between
+    them (which goes first alternates too), so a machine whose speed drifts slows both alike.
+    The median and interquartile range per arm; with `check_outputs`, raises when cascade
+    changed the greedy outputs."""
     from server.engine import LLMEngine, SamplingParams
 
-    timings: dict[str, list[float]] = {}
-    outputs: dict[str, list[list[int]]] = {}
+    arms = {}
     warmup = 2
     for label, cascade in (("per_seq", False), ("cascade", True)):
         engine = LLMEngine.from_pretrained(
-            "smollm2-135m-instruct", device=device, enable_cascade=cascade,
+            model, device=device, enable_cascade=cascade,
             attention_backend=backend, cascade_rule=cascade_rule if cascade else None,
         )
         gen = torch.Generator().manual_seed(0)
@@ -261,24 +268,48 @@ def engine_step(
             engine.add_generate(
                 child, SamplingParams(max_tokens=warmup + steps, temperature=0, ignore_eos=True)
             )
-        times = []
-        for i in tqdm(range(warmup + steps), desc=f"engine {label}", leave=False, disable=None):
-            start = time.perf_counter()
+        for _ in range(warmup):
             engine.step()
-            sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+        sync(device)
+        arms[label] = (engine, children)
+    timings: dict[str, list[float]] = {label: [] for label in arms}
+    bar = tqdm(total=2 * steps, desc="engine steps", leave=False, disable=None)
+    for i, first in enumerate(range(0, steps, block)):
+        for label in list(arms) if i % 2 == 0 else list(arms)[::-1]:
+            engine = arms[label][0]
+            for _ in range(min(block, steps - first)):
+                start = time.perf_counter()
+                engine.step()
+                sync(device)
+                timings[label].append(time.perf_counter() - start)
+                bar.update()
+    bar.close()
+    outputs = {}
+    for label, (engine, children) in arms.items():
         engine.run_until_idle()
-        timings[label] = times
         outputs[label] = [engine.context_token_ids(c)[prefix:] for c in children]
-    per_seq = statistics.median(timings["per_seq"]) * 1e3
-    cascade = statistics.median(timings["cascade"]) * 1e3
+    equal = outputs["per_seq"] == outputs["cascade"]
+    if check_outputs and not equal:
+        raise AssertionError(f"cascade changed the greedy outputs ({forks} forks of {prefix})")
+    ms = {label: sorted(t * 1e3 for t in times) for label, times in timings.items()}
+    per_seq, cascade = statistics.median(ms["per_seq"]), statistics.median(ms["cascade"])
     return {
+        "steps": steps,
         "per_seq_step_ms": per_seq,
         "cascade_step_ms": cascade,
+        "per_seq_iqr_ms": _iqr(ms["per_seq"]),
+        "cascade_iqr_ms": _iqr(ms["cascade"]),
         "speedup": per_seq / cascade,
-        "greedy_outputs_equal": outputs["per_seq"] == outputs["cascade"],
+        "greedy_outputs_equal": equal,
     }
+
+
+def _iqr(values: list[float]) -> list[float]:
+    """[25th, 75th] percentile."""
+    if len(values) < 2:
+        return [values[0], values[0]]
+    q = statistics.quantiles(values, n=4)
+    return [q[0], q[2]]
 
 
 ENGINE_RULE_SIZES = [(2, 2048), (4, 256), (4, 512), (4, 2048), (8, 256), (16, 256), (64, 64),
@@ -292,7 +323,9 @@ def engine_rule_sweep(device: str, backend: str | None, steps: int) -> list[dict
     rule = CascadeConfig.for_backend(backend or default_backend_name(torch.device(device)))
     results = []
     for forks, prefix in tqdm(ENGINE_RULE_SIZES, desc="engine rule", leave=False, disable=None):
-        r = engine_step(device, prefix, forks, steps, backend, cascade_rule=FORCED)
+        # outputs reported, not enforced: a sweep's one flipped token must not lose the rest
+        r = engine_step(device, prefix, forks, steps, backend, cascade_rule=FORCED,
+                        check_outputs=False)  # fmt: skip
         results.append(
             {"seqs": forks, "prefix": prefix, "saved_reads": (forks - 1) * prefix,
              "planned": rule.pays(forks, prefix), **r}
@@ -417,13 +450,15 @@ def main(argv: list[str] | None = None) -> None:
         report["cost_rule"] = [asdict(r) | {"speedup": r.speedup} for r in sweep]
     if args.engine:
         result = engine_step(
-            device, prefix=2048, forks=16, steps=3 if args.quick else 6, backend=args.backend
+            device, prefix=2048, forks=16, steps=6 if args.quick else 24, backend=args.backend
         )
+        lo, hi = result["per_seq_iqr_ms"]
+        clo, chi = result["cascade_iqr_ms"]
         print(
-            "engine decode step, 16 forks of 2048 tokens: "
-            f"per-seq {result['per_seq_step_ms']:.1f} ms, "
-            f"cascade {result['cascade_step_ms']:.1f} ms, {result['speedup']:.2f}x, "
-            f"greedy outputs equal: {result['greedy_outputs_equal']}"
+            f"engine decode step, 16 forks of 2048 tokens, {result['steps']} steps per arm in "
+            f"alternating blocks, median [IQR]: per-seq {result['per_seq_step_ms']:.1f} ms "
+            f"[{lo:.1f}-{hi:.1f}], cascade {result['cascade_step_ms']:.1f} ms "
+            f"[{clo:.1f}-{chi:.1f}], {result['speedup']:.2f}x; greedy outputs equal"
         )
         report["engine"] = result
     if args.engine_rule:

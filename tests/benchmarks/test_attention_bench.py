@@ -26,3 +26,29 @@ def test_quick_table_saves_both_ways(tmp_path: Path, cold: int) -> None:
 def test_cold_is_refused_on_cuda() -> None:
     with pytest.raises(SystemExit):
         attention.main(["--device", "cuda", "--cold", "4"])
+
+
+def test_engine_steps_alternate_blocks_and_report_median_and_iqr(tiny_llama_path: Path) -> None:
+    result = attention.engine_step("cpu", prefix=64, forks=4, steps=5, block=2,
+                                   cascade_rule=attention.FORCED, model=str(tiny_llama_path))
+    assert result["steps"] == 5 and result["greedy_outputs_equal"] is True
+    for arm in ("per_seq", "cascade"):
+        low, high = result[f"{arm}_iqr_ms"]
+        assert 0 < low <= result[f"{arm}_step_ms"] <= high
+
+
+def test_engine_steps_raise_when_cascade_changes_the_outputs(
+    tiny_llama_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.engine import LLMEngine
+
+    real = LLMEngine.context_token_ids
+
+    def flipped(self: LLMEngine, ctx: object) -> list[int]:
+        ids = list(real(self, ctx))
+        return ids + [0] if self.config.enable_cascade else ids
+
+    monkeypatch.setattr(LLMEngine, "context_token_ids", flipped)
+    with pytest.raises(AssertionError, match="greedy outputs"):
+        attention.engine_step("cpu", prefix=64, forks=4, steps=2, block=1,
+                              model=str(tiny_llama_path))  # fmt: skip
