@@ -88,3 +88,28 @@ def test_each_ratio_is_the_arms_wall_over_ours() -> None:
     assert rows["parrot engine, drafts"] == [12.5, 40.0, 1.25, 1.0]
     assert rows["transformers 1-by-1"] == [60.0, 500 / 60, 6.0, 4.8]
     assert rows["transformers padded x8"][2:] == [4.0, 3.2]
+
+
+def test_padded_work_counts_the_padded_rows() -> None:
+    from benchmarks.engine import padded_work
+
+    work = [([1] * 10, 4), ([1] * 30, 2), ([1] * 5, 8)]
+    assert padded_work(work, batch=2) == {"decode_rows": 2 * 4 + 8, "requested_tokens": 14,
+                                          "prompt_positions": 2 * 30 + 5, "prompt_tokens": 45}
+
+
+def test_a_transformers_arm_that_generates_short_fails_the_run(tiny_llama_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from benchmarks.engine import run_hf_one_by_one, run_hf_padded
+
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama_path).eval()
+    work = _work(0, 2)
+    run_hf_one_by_one(hf, work)  # the requested lengths: no error
+    run_hf_padded(hf, work, pad_id=0)
+    generate = hf.generate
+    hf.generate = lambda *args, **kwargs: generate(*args, **kwargs)[:, :-1]  # one token short
+    with pytest.raises(AssertionError, match="1-by-1 generated"):
+        run_hf_one_by_one(hf, work)
+    with pytest.raises(AssertionError, match="padded generated"):
+        run_hf_padded(hf, work, pad_id=0)
