@@ -39,6 +39,9 @@ class PendingGraph:
         self._owner = owner  # the session, to tell its variables from others'
         self._lock = threading.Lock()
         self._calls: list[_Call] = []
+        # the inputs of the call writing each output, sent or not (to tell a reader what unset
+        # variable its value waits on)
+        self._inputs_of: dict[str, list[SemanticVariable]] = {}
 
     def __bool__(self) -> bool:
         with self._lock:
@@ -92,6 +95,8 @@ class PendingGraph:
             if not fn.add_special_tokens:
                 spec["add_special_tokens"] = False
             self._calls.append(_Call(spec, list(inputs.values()), list(outputs.values())))
+            for var in outputs.values():
+                self._inputs_of[var.id] = list(inputs.values())
 
     def take(self, awaits: dict[str, Criteria] | None = None) -> Batch | None:
         """The pending calls as one submission (and forget them); None when there are none.
@@ -122,10 +127,28 @@ class PendingGraph:
         the next submission) and return True; False when it was declared: the server must be
         told. Checked and done under the lock `take` declares variables under."""
         with self._lock:
+            if var._value is not None:  # another thread's set() came first
+                raise ParrotError(f"variable {var._label} already has a value")
             if var._declared:
                 return False
             var._value = value
             return True
+
+    def unset_source(self, var: SemanticVariable) -> SemanticVariable | None:
+        """A variable with no value, no producer and no error that `var`'s value waits on,
+        through the calls recorded here (sent or not); None when there is none."""
+        with self._lock:
+            stack, seen = [var], {var.id}
+            while stack:
+                for source in self._inputs_of.get(stack.pop().id, ()):
+                    if source._value is not None or source._error is not None:
+                        continue
+                    if source._producer is None:
+                        return source
+                    if source.id not in seen:
+                        seen.add(source.id)
+                        stack.append(source)
+            return None
 
     def reject(self, batch: Batch, error: ParrotError) -> None:
         """The server did not take `batch`: its calls are dropped (their outputs fail with

@@ -255,6 +255,7 @@ class Session:
         self._check_readable(var)
         async with self._reading(var):
             await self._flush({var.id: criteria})
+            self._warn_if_unset_upstream(var)
             # a server that stops answering must not outlast the caller's `timeout` either; the
             # grace lets the answer to the last poll (sent when `timeout` is up) arrive
             limit = None if timeout is None else timeout + _ANSWER_GRACE_S
@@ -293,7 +294,6 @@ class Session:
 
     async def _poll(self, var: SemanticVariable, criteria: Criteria, timeout: float | None) -> str:
         deadline = None if timeout is None else time.monotonic() + timeout
-        told: str | None = None  # the server's word on why it waits, once logged
         while True:
             wait = self.poll_s if deadline is None else max(0.0, deadline - time.monotonic())
             hold = min(wait, self.poll_s)
@@ -313,15 +313,12 @@ class Session:
                 raise ParrotError(
                     f"timed out after {timeout} s waiting for variable {var._label}{why}"
                 )
-            if info.get("message") and info["message"] != told:
-                # a wait without end unless someone sets it: say so (once), not silently
-                told = info["message"]
-                log.warning("still waiting for variable %s: %s", var._label, told)
 
     async def _follow(self, var: SemanticVariable, criteria: Criteria) -> AsyncIterator[str]:
         self._check_readable(var)
         async with self._reading(var):
             await self._flush({var.id: criteria})
+            self._warn_if_unset_upstream(var)
             path = f"{self._path}/variables/{var.id}/stream"
             try:
                 async for event, data in self._transport.events(path, {"criteria": criteria}):
@@ -342,6 +339,16 @@ class Session:
                     raise
                 raise ParrotError(f"{exc.message}: {why}", code=exc.code) from exc
             raise ParrotError(f"the stream of variable {var._label} ended early")
+
+    def _warn_if_unset_upstream(self, var: SemanticVariable) -> None:
+        """A read whose value waits on a variable nobody has set yet waits until someone does
+        (another thread may): said at once, so a forgotten set() is no silent hang."""
+        source = self._pending.unset_source(var)
+        if source is not None:
+            log.warning(
+                "variable %s waits on variable %s, which has no value yet: the read waits "
+                "until it is set()", var._label, source._label,
+            )  # fmt: skip
 
     async def _why_pending(self, var: SemanticVariable) -> str | None:
         """The server's word on why `var` has no value yet (a variable upstream that the client

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 import parrot_bridge as P
+from parrot_bridge.pending_graph import PendingGraph
 from tests.bridge.fake_server import (
     SESSION_ROUTES,
     FakeServer,
@@ -147,12 +148,42 @@ def test_reads_that_time_out_say_which_variable_the_client_has_not_set() -> None
             list(out.stream())
 
 
-def test_a_long_wait_on_a_variable_the_client_has_not_set_is_logged_once(caplog) -> None:
+def test_a_read_waiting_on_a_variable_nobody_set_warns_at_once(caplog) -> None:
     pending = {"id": "v-1", "name": None, "status": "pending", "message": WHY}
-    routes = {**SESSION_ROUTES, ("GET", VARIABLE): json_answer(pending)}
-    with FakeServer(routes) as url, P.Session(url, poll_s=0.05) as session:
-        out = echo.invoke(session, "x")
+    routes = {**SESSION_ROUTES, ("GET", VARIABLE): json_answer(pending),
+              ("GET", VARIABLE + "/stream"): stream_then_stall}  # fmt: skip
+    with FakeServer(routes) as url, P.Session(url, poll_s=0.05, timeout=1) as session:
+        topic = P.variable(name="topic")
+        out = echo(echo(topic))  # two calls away from the unset variable
         with caplog.at_level("WARNING", logger="parrot_bridge"), pytest.raises(P.ParrotError):
-            out.get(timeout=0.5)  # several polls, each answered with the same message
+            out.get(timeout=0.3)  # several polls: one warning, before the first
+        with caplog.at_level("WARNING", logger="parrot_bridge"), pytest.raises(P.ParrotError):
+            list(out.stream())
+        done = echo.invoke(session, "x")
+        with caplog.at_level("WARNING", logger="parrot_bridge"), pytest.raises(P.ParrotError):
+            done.get(timeout=0.1)  # waits on nothing unset: no warning
     warned = [r.getMessage() for r in caplog.records if r.name == "parrot_bridge"]
-    assert warned == [f"still waiting for variable {out._label}: {WHY}"]
+    said = f"variable {out._label} waits on variable {topic._label}, which has no value yet"
+    assert len(warned) == 2 and all(w.startswith(said) for w in warned)
+
+
+def test_two_threads_setting_one_unsent_variable_one_wins_and_the_other_raises() -> None:
+    topic = P.variable(name="topic")
+    graph = PendingGraph(object())
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def setter(i: int) -> None:
+        barrier.wait()
+        try:
+            graph.set_local(topic, f"v{i}")
+            outcomes.append("set")
+        except P.ParrotError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=setter, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(outcomes) == ["refused"] * 7 + ["set"]
