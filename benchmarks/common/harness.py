@@ -134,15 +134,23 @@ async def _warm_up(url: str, model_id: str) -> None:
 
 
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its live children (the engines it runs with
-    `--engine-process`), from Linux /proc; nan elsewhere."""
-    own = _stat_fields(pid)
-    if own is None:
+    """User + system CPU seconds of a process and its live descendants (the engines it runs
+    with `--engine-process` are children of its fork server, so grandchildren), from Linux
+    /proc; nan elsewhere."""
+    if _stat_fields(pid) is None:
         return float("nan")
-    total = int(own[11]) + int(own[12])
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        fields = _stat_fields(int(stat.parent.name))
-        if fields is not None and int(fields[1]) == pid:  # its parent is the server
+    stats = {int(p.parent.name): _stat_fields(int(p.parent.name))
+             for p in Path("/proc").glob("[0-9]*/stat")}  # fmt: skip
+    children: dict[int, list[int]] = {}
+    for child, fields in stats.items():
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(child)
+    total, todo = 0, [pid]
+    while todo:
+        node = todo.pop()
+        todo.extend(children.get(node, ()))
+        fields = stats.get(node) or _stat_fields(node)
+        if fields is not None:
             total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
 

@@ -27,6 +27,32 @@ def test_cpu_of_a_live_child_is_counted_with_its_parent() -> None:
         child.wait()
 
 
+def test_cpu_of_a_grandchild_is_counted_too() -> None:
+    """The server's engines are children of its fork server."""
+    burn = ("import time\nt = time.process_time()\n"
+            "while time.process_time() - t < 0.6: pass\ntime.sleep(30)")
+    middle = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys\n"
+         f"subprocess.run([sys.executable, '-c', {burn!r}])"]
+    )  # fmt: skip
+    try:
+        before = process_cpu_s(os.getpid())
+        deadline = time.monotonic() + 20
+        while process_cpu_s(os.getpid()) - before < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_cpu_s(os.getpid()) - before >= 0.5
+    finally:
+        for pid in _descendants(middle.pid):
+            os.kill(pid, 9)
+        middle.kill()
+        middle.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
 def test_a_process_that_is_gone_has_no_cpu_time() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
