@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out / f"{stem}.json", report, records, meta)
     write_plot(args.out / f"{stem}.png", report)
     print(f"\nsaved {args.out / stem}.json and .png")
+    if any(same.missing for same in report.same_work.values()):
+        print("FAILED: the modes did not run the same calls (ERROR lines above)")
+        return 1
     return 0
 
 
