@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import torch
@@ -17,12 +18,14 @@ from server.api.openapi import build_openapi
 from server.api_key import api_key_middleware
 from server.config import ServerConfig
 from server.cors import CorsPolicy, cors_headers, preflight_middleware
+from server.drain import ANSWER_S, Drain
 from server.engine_driver import EngineDriver
 from server.engine_pool import EnginePool
 from server.executor import Executor
 from server.gc_pauses import GcPauses
 from server.keys import (
     CONFIG,
+    DRAIN,
     DRIVER,
     ENGINES,
     EXECUTOR,
@@ -34,7 +37,7 @@ from server.keys import (
 from server.log import configure_logging, log_event
 from server.long_lived import freeze_long_lived
 from server.metrics import Metrics
-from server.middleware import access_middleware, error_middleware
+from server.middleware import access_middleware, drain_middleware, error_middleware
 from server.response_store import ResponseStore
 from server.session_store import SessionStore
 
@@ -49,13 +52,14 @@ def init_app(config: ServerConfig) -> web.Application:
     # inside the error middleware, so that a refusal is JSON in OpenAI's shape
     guard = [api_key_middleware(config.api_key)] if config.api_key is not None else []
     app = web.Application(
-        middlewares=[access_middleware, *preflight, error_middleware, *guard],
+        middlewares=[drain_middleware, access_middleware, *preflight, error_middleware, *guard],
         client_max_size=config.max_request_mb * 1024 * 1024,
     )
     app.on_response_prepare.append(request_id.add_header)
     if cors is not None:
         app.on_response_prepare.append(cors_headers(cors))
     app[CONFIG] = config
+    app[DRAIN] = Drain()
     app[METRICS] = Metrics()
     app[SESSIONS] = SessionStore()
     app[RESPONSES] = ResponseStore(config.stored_responses, config.stored_response_chars)
@@ -68,6 +72,7 @@ def init_app(config: ServerConfig) -> web.Application:
     app.cleanup_ctx.append(_session_reaper)
     app.cleanup_ctx.append(_prefix_expiry)
     app.on_shutdown.append(_close_sessions)
+    app.on_shutdown.append(_drain)  # after the long polls and streams are woken
     return app
 
 
@@ -78,7 +83,9 @@ def check(config: ServerConfig) -> None:
 
 
 def run(config: ServerConfig) -> None:
-    """Serve until SIGINT/SIGTERM, then finish in-flight requests and stop the engine."""
+    """Serve until SIGINT/SIGTERM; then refuse new connections, give the requests in flight up
+    to `shutdown_timeout_s` to end, answer those still running with a 503 (a stream: an error
+    event, then its end) and stop the engines (`_drain`)."""
     configure_logging(config.log_level, config.log_format)
     log_event(log, "starting", model=config.model, host=config.host, port=config.port)
     app = init_app(config)
@@ -89,9 +96,9 @@ def run(config: ServerConfig) -> None:
         port=config.port,
         access_log=None,
         print=None,
-        # aiohttp waits this long for handlers, then cancels them and waits as long again;
-        # it takes 0 for "no limit"
-        shutdown_timeout=max(config.shutdown_timeout_s / 2, 1e-3),
+        # after `_drain` (a shutdown hook) aiohttp waits this long for the handlers' last bytes,
+        # then cancels what is left and waits as long again; it takes 0 for "no limit"
+        shutdown_timeout=ANSWER_S / 2,
     )
     log_event(log, "stopped")
 
@@ -184,3 +191,14 @@ async def _close_sessions(app: web.Application) -> None:
     """Wake long-polls and streams so shutdown does not wait for them."""
     for session in app[SESSIONS].all():
         session.close("ended: the server is shutting down")
+
+
+async def _drain(app: web.Application) -> None:
+    """The requests in flight get `--shutdown-timeout-s` to end; those still running are then
+    answered (`Drain.wait`)."""
+    drain, grace = app[DRAIN], app[CONFIG].shutdown_timeout_s
+    start = time.perf_counter()
+    log_event(log, "draining", requests=drain.running, grace_s=grace)
+    cut = await drain.wait(grace)
+    log_event(log, "drained", cancelled=cut, unanswered=drain.running,
+              s=round(time.perf_counter() - start, 3))  # fmt: skip

@@ -111,6 +111,7 @@ class ServerConfig:
     api_key: str | None = field(default=None, repr=False)
     log_level: str = "info"
     log_format: str = "kv"
+    # SIGINT/SIGTERM: the grace period of the requests in flight (`server.drain`)
     shutdown_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -493,7 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown-timeout-s",
         type=float,
         default=d.shutdown_timeout_s,
-        help="on SIGINT/SIGTERM, stop within about this long: in-flight requests get half of it "
-        "to finish, then they are cancelled (0: at once)",
+        help="on SIGINT/SIGTERM the server stops accepting connections and gives the requests "
+        "in flight up to this long to finish; those still running then are cancelled and "
+        "answered with a 503 (a stream: an error event, then its end), and it exits once the "
+        "engines have stopped (0: answer them at once)",
     )
     return p

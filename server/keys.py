@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from server.config import ServerConfig
+from server.drain import Drain
 from server.engine_driver import EngineDriver
 from server.engine_pool import EnginePool
 from server.executor import Executor
@@ -22,3 +23,4 @@ ENGINES = web.AppKey("engines", EnginePool)
 EXECUTOR = web.AppKey("executor", Executor)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 RESPONSES = web.AppKey("responses", ResponseStore)  # stored Responses API responses
+DRAIN = web.AppKey("drain", Drain)  # requests in flight, and shutdown's grace period for them

@@ -1,7 +1,9 @@
-"""Middlewares: every error becomes JSON in OpenAI's shape; every request is counted and logged."""
+"""Middlewares: every error becomes JSON in OpenAI's shape; every request is counted and logged,
+and counted in flight for shutdown's grace period."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -12,7 +14,7 @@ from server.api.disconnect import ClientGone
 from server.api.route import Handler
 from server.errors import ApiError, error_body
 from server.graph import GraphError
-from server.keys import CONFIG, METRICS
+from server.keys import CONFIG, DRAIN, METRICS
 from server.log import log_event
 
 log = logging.getLogger("server.http")
@@ -29,18 +31,30 @@ _TYPES = {
 
 
 @web.middleware
+async def drain_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts the request in flight until its handler returns (`server.drain`)."""
+    with request.app[DRAIN].tracked():
+        return await handler(request)
+
+
+@web.middleware
 async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Counts `parrot_http_requests_total{route,status}` and logs one line per request, with
-    the request's id (`request_id`)."""
+    the request's id (`request_id`). A handler that aiohttp cancelled (only at shutdown: one
+    that ignored the end of its grace period, e.g. still reading its body) has returned no
+    response, and is logged as status "cancelled"."""
     start = time.perf_counter()
     rid = request_id.assign(request)
-    status = 500
+    status: int | str = 500
     try:
         response = await handler(request)
         status = response.status
         return response
     except web.HTTPException as exc:
         status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = "cancelled"
         raise
     finally:
         route = _route_label(request)

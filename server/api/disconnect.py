@@ -1,8 +1,11 @@
-"""Non-streamed work that stops when its client hangs up.
+"""Work that stops when its client hangs up, or when shutdown's grace period is over.
 
 aiohttp does not cancel a handler when its client disconnects (handler cancellation is off by
 default, and on it would cancel every route mid-mutation), so a non-streamed completion would
 generate to its end for nobody, holding its KV blocks. A streamed one notices at its next write.
+At shutdown the same work is stopped once its grace period (`server.drain`) is over, and the
+client is told why (a 503: its body, or a stream's error event) rather than left without an
+answer when aiohttp cancels the handler.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
 from aiohttp import web
+
+from server.keys import DRAIN
 
 T = TypeVar("T")
 POLL_S = 0.2  # how often the connection is looked at; a step of work takes ~10-200 ms here
@@ -23,20 +28,25 @@ class ClientGone(Exception):
 
 async def unless_disconnected(request: web.Request, work: Awaitable[T]) -> T:
     """The result of `work`; if the client disconnects first, `work` is cancelled (its engine
-    jobs abort and free their blocks) and `ClientGone` is raised."""
+    jobs abort and free their blocks) and `ClientGone` is raised; if shutdown's grace period
+    ends first, `work` is cancelled and the 503 of `Drain.error` raised (both are looked at
+    every POLL_S)."""
+    drain = request.app[DRAIN]
     task = asyncio.ensure_future(work)
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=POLL_S)
             if done:
                 return task.result()
+            if drain.stopped:
+                await _cancel(task)
+                raise drain.error()
             if _gone(request):
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                await _cancel(task)
                 raise ClientGone()
     finally:
         if not task.done():  # the handler itself was cancelled
-            task.cancel()
+            await _cancel(task)
 
 
 async def while_connected(request: web.Request, outputs: AsyncIterator[T]) -> AsyncIterator[T]:
@@ -44,21 +54,29 @@ async def while_connected(request: web.Request, outputs: AsyncIterator[T]) -> As
     writes, and before its first token it writes nothing for as long as a long prompt's prefill
     takes: so while the next item is awaited the connection is looked at, and if the client is
     gone `outputs` is closed (its engine jobs abort and free their blocks) and
-    `ConnectionResetError` is raised, as the next write would."""
+    `ConnectionResetError` is raised, as the next write would. Once shutdown's grace period is
+    over `outputs` is closed as well and the 503 of `Drain.error` raised, for the stream to
+    send as its error event."""
+    drain = request.app[DRAIN]
     try:
         while True:
+            if drain.stopped:  # looked at once an item, or POLL_S, has passed: no callbacks
+                raise drain.error()
             step = asyncio.ensure_future(anext(outputs))
             try:
                 while not step.done():
                     await asyncio.wait({step}, timeout=POLL_S)
-                    if not step.done() and _gone(request):
-                        step.cancel()
-                        await asyncio.gather(step, return_exceptions=True)
+                    if step.done():
+                        break
+                    if drain.stopped:
+                        await _cancel(step)
+                        raise drain.error()
+                    if _gone(request):
+                        await _cancel(step)
                         raise ConnectionResetError("the client closed the connection")
             finally:
                 if not step.done():  # the handler itself was cancelled: stop the step first,
-                    step.cancel()  # or closing `outputs` below would find it still running
-                    await asyncio.gather(step, return_exceptions=True)
+                    await _cancel(step)  # or closing `outputs` below would find it running
             try:
                 item = step.result()
             except StopAsyncIteration:
@@ -68,6 +86,13 @@ async def while_connected(request: web.Request, outputs: AsyncIterator[T]) -> As
         aclose = getattr(outputs, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def _cancel(work: asyncio.Future[T]) -> None:
+    """Cancel `work` and wait for it to end; its exception (a gather's CancelledError too) is
+    retrieved, so asyncio does not log it as never retrieved."""
+    work.cancel()
+    await asyncio.gather(work, return_exceptions=True)
 
 
 def _gone(request: web.Request) -> bool:

@@ -63,8 +63,9 @@ async def stream_outputs(
     failed: Failure | None = None,
 ) -> AsyncIterator[tuple[int, JobOutput]]:
     """(choice index: prompt k's sample i is k * n + i, engine output) of the prompts'
-    samples, as they come; an engine error after the stream started is sent as an error
-    event (`failed(message, type)` sends it, when given). A client that leaves while nothing is written (a long prefill) ends it with
+    samples, as they come; an engine error after the stream started, or the end of shutdown's
+    grace period, is sent as an error event (`failed(message, type)` sends it, when given). A
+    client that leaves while nothing is written (a long prefill) ends it with
     `ConnectionResetError`, its engine jobs aborted (`while_connected`)."""
     n = len(per_prompt[0])
     runs = [
@@ -83,12 +84,15 @@ async def stream_outputs(
             async with contextlib.aclosing(merged):  # type: ignore[type-var]
                 async for k, (i, out) in merged:
                     yield k * n + i, out
-    except (ValueError, EngineError) as exc:
+    except (ValueError, EngineError, ApiError) as exc:
         # what the engine refused is the request's fault; an engine that failed (died) under
-        # it is the server's, as a non-streamed request's 500 says
+        # it is the server's, as a non-streamed request's 500 says, and so is a shutdown whose
+        # grace period ended (`while_connected`: a 503's body)
         kind = "invalid_request_error" if isinstance(exc, ValueError) else "server_error"
         if failed is not None:
             await failed(str(exc), kind)
+        elif isinstance(exc, ApiError):
+            await stream.send(exc.body())
         else:
             await stream.send(error_body(str(exc), kind))
 

@@ -769,8 +769,8 @@ def main(argv: list[str] | None = None) -> int:
             for d in tally.defects + leaks:
                 failed = True
                 print("DEFECT:", d, flush=True)
-        # SIGTERM with load in flight: in-flight requests get half the shutdown timeout, then
-        # are cancelled; the process must be gone within about the timeout
+        # SIGTERM with load in flight: in-flight requests get the shutdown timeout, then are
+        # answered with a 503; the process must be gone within about the timeout
         burst = Soak(srv.url, ref, args.seed * 100 + 99)
         loader = threading.Thread(target=burst.run, args=(8.0, args.workers), daemon=True)
         loader.start()
