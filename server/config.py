@@ -494,9 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown-timeout-s",
         type=float,
         default=d.shutdown_timeout_s,
-        help="on SIGINT/SIGTERM the server stops accepting connections and gives the requests "
-        "in flight up to this long to finish; those still running then are cancelled and "
-        "answered with a 503 (a stream: an error event, then its end), and it exits once the "
-        "engines have stopped (0: answer them at once)",
+        help="on SIGINT/SIGTERM the server stops accepting connections and closes its sessions "
+        "(the native API's long polls and streams end at once), and gives the OpenAI-compatible "
+        "requests in flight up to this long to finish; those still running then are cancelled "
+        "and answered with a 503, code server_shutting_down (a stream: an error event, then "
+        "its end), and it exits once the engines have stopped (0: answer them at once)",
     )
     return p

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 
-from server.errors import ApiError
+from server.errors import ApiError, unavailable
 
 ANSWER_S = 1.0  # how long the answers of cancelled requests get once the grace period is over
 
@@ -35,13 +35,10 @@ class Drain:
     def error(self) -> ApiError:
         """The 503 that a request cancelled at the end of the grace period gets (a stream, its
         body in an error event)."""
-        return ApiError(
-            503,
+        return unavailable(
             f"the server is shutting down: the request was cancelled after its grace period "
             f"of {self.grace_s or 0:g} s (--shutdown-timeout-s)",
-            type="server_error",
             code="server_shutting_down",
-            headers={"Retry-After": "1"},
         )
 
     @contextlib.contextmanager

@@ -42,3 +42,8 @@ def bad_request(message: str, code: str | None = None, param: str | None = None)
 
 def not_found(message: str, code: str = "not_found") -> ApiError:
     return ApiError(404, message, type="not_found_error", code=code)
+
+
+def unavailable(reason: str, code: str = "engine_unavailable") -> ApiError:
+    """503 with a hint when to ask again (OpenAI's clients retry it by themselves)."""
+    return ApiError(503, reason, type="server_error", code=code, headers={"Retry-After": "1"})

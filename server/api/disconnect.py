@@ -38,12 +38,12 @@ async def unless_disconnected(request: web.Request, work: Awaitable[T]) -> T:
             done, _ = await asyncio.wait({task}, timeout=POLL_S)
             if done:
                 return task.result()
+            if _gone(request):  # first: a client that left is logged as one (499)
+                await _cancel(task)
+                raise ClientGone()
             if drain.stopped:
                 await _cancel(task)
                 raise drain.error()
-            if _gone(request):
-                await _cancel(task)
-                raise ClientGone()
     finally:
         if not task.done():  # the handler itself was cancelled
             await _cancel(task)
@@ -55,25 +55,29 @@ async def while_connected(request: web.Request, outputs: AsyncIterator[T]) -> As
     takes: so while the next item is awaited the connection is looked at, and if the client is
     gone `outputs` is closed (its engine jobs abort and free their blocks) and
     `ConnectionResetError` is raised, as the next write would. Once shutdown's grace period is
-    over `outputs` is closed as well and the 503 of `Drain.error` raised, for the stream to
-    send as its error event."""
+    over a wait for an item that is not ready is cut: `outputs` is closed as well and the 503
+    of `Drain.error` raised, for the stream to send as its error event (an item, or the end,
+    that is ready is passed on first)."""
     drain = request.app[DRAIN]
     try:
         while True:
-            if drain.stopped:  # looked at once an item, or POLL_S, has passed: no callbacks
-                raise drain.error()
             step = asyncio.ensure_future(anext(outputs))
             try:
-                while not step.done():
-                    await asyncio.wait({step}, timeout=POLL_S)
+                # once the grace period is over only a wait is cut: an item, or the end, that is
+                # ready (it ended while the previous item was written) still goes out, so a
+                # stream that is done is not failed after its last item
+                timeout = 0.0 if drain.stopped else POLL_S
+                while True:
+                    await asyncio.wait({step}, timeout=timeout)
                     if step.done():
                         break
+                    timeout = POLL_S
+                    if _gone(request):  # a client that left is told nothing (logged as such)
+                        await _cancel(step)
+                        raise ConnectionResetError("the client closed the connection")
                     if drain.stopped:
                         await _cancel(step)
                         raise drain.error()
-                    if _gone(request):
-                        await _cancel(step)
-                        raise ConnectionResetError("the client closed the connection")
             finally:
                 if not step.done():  # the handler itself was cancelled: stop the step first,
                     await _cancel(step)  # or closing `outputs` below would find it running

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 
@@ -183,9 +182,6 @@ async def stream_variable(request: web.Request) -> web.StreamResponse:
             await stream.send(_info(session.graph.variables[var_id]), "done")
     except ConnectionError:  # the client left; nothing to tell it
         return stream.response
-    except ApiError as exc:  # shutdown's grace period is over (`while_connected`)
-        with contextlib.suppress(ConnectionError):
-            await stream.send(exc.body(), "error")
     return await stream.close()
 
 

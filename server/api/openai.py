@@ -287,6 +287,7 @@ async def _stream_chat(
                 finals[index] = out
                 reason = finish_reason(out, bool(calls_sent[index]) and called(tools))
                 await stream.send(chunk(index, ChatDelta(), reason))
+        # a stream that failed (its error event sent) has a choice unfinished: [DONE] alone
         everything = len(finals) == len(samplings)
         if everything and body.stream_options and body.stream_options.include_usage:
             usage = _usage(ids, [finals[i] for i in sorted(finals)], len(finals))
@@ -379,6 +380,7 @@ async def _stream_completion(
                     )  # fmt: skip
                 reason = finish_reason(out) if out.finished else None
                 await stream.send(choice(index, out.new_text, reason, logprobs))
+        # a stream that failed (its error event sent) has a choice unfinished: [DONE] alone
         if len(finals) == count and body.stream_options and body.stream_options.include_usage:
             usage = _usage([t for ids in prompt_ids for t in ids],
                            [finals[i] for i in sorted(finals)], n,

@@ -17,12 +17,13 @@ from server.api.sse import EventStream
 from server.engine import EngineError, JobOutput, SamplingParams, TokenLogprob
 from server.engine_pool import REDO_WAIT_S, EnginePool, EngineUnavailable
 from server.engine_process import EngineDied
-from server.errors import ApiError, bad_request, error_body
+from server.errors import ApiError, bad_request, error_body, unavailable
 from server.keys import ENGINES
 from server.stream_merge import merge_streams
 
-# sends a stream's error event: (message, OpenAI's error type)
-Failure = Callable[[str, str], Awaitable[None]]
+# sends a stream's error event: (message, OpenAI's error type, its code: None for the
+# caller's own)
+Failure = Callable[[str, str, str | None], Awaitable[None]]
 
 
 async def run_plain(
@@ -64,37 +65,48 @@ async def stream_outputs(
 ) -> AsyncIterator[tuple[int, JobOutput]]:
     """(choice index: prompt k's sample i is k * n + i, engine output) of the prompts'
     samples, as they come; an engine error after the stream started, or the end of shutdown's
-    grace period, is sent as an error event (`failed(message, type)` sends it, when given). A
-    client that leaves while nothing is written (a long prefill) ends it with
-    `ConnectionResetError`, its engine jobs aborted (`while_connected`)."""
+    grace period, is sent as an error event (`failed(message, type, code)` sends it, when
+    given), and the stream then ends, as the source's end would. Only a stream with a choice
+    left unfinished is failed: an error once every choice has its last output (the end of the
+    source, awaited after it, came too late) is not sent, so a caller that finishes a stream
+    only once all its choices finished (its usage chunk, a Responses' completion) never does
+    so after an error event. A client that leaves while nothing is written (a long prefill)
+    ends it with `ConnectionResetError`, its engine jobs aborted (`while_connected`)."""
     n = len(per_prompt[0])
     runs = [
         _generate(engines, ids, s, timing, placement)
         for ids, s in zip(prompt_ids, per_prompt, strict=True)
     ]
     request = stream.request
+    unfinished = n * len(runs)
     try:
         if len(runs) == 1:
             watched = while_connected(request, runs[0])
             async with contextlib.aclosing(watched) as outputs:  # type: ignore[type-var]
                 async for item in outputs:
+                    unfinished -= item[1].finished
                     yield item
         else:
             merged = while_connected(request, merge_streams(runs))  # type: ignore[arg-type]
             async with contextlib.aclosing(merged):  # type: ignore[type-var]
                 async for k, (i, out) in merged:
+                    unfinished -= out.finished
                     yield k * n + i, out
     except (ValueError, EngineError, ApiError) as exc:
+        if unfinished == 0:  # every answer is out whole: nothing failed for the client
+            return
         # what the engine refused is the request's fault; an engine that failed (died) under
         # it is the server's, as a non-streamed request's 500 says, and so is a shutdown whose
-        # grace period ended (`while_connected`: a 503's body)
-        kind = "invalid_request_error" if isinstance(exc, ValueError) else "server_error"
-        if failed is not None:
-            await failed(str(exc), kind)
-        elif isinstance(exc, ApiError):
-            await stream.send(exc.body())
+        # grace period ended (`while_connected`: a 503's body, with its code)
+        if isinstance(exc, ApiError):
+            kind, code, message = exc.type, exc.code, exc.message
         else:
-            await stream.send(error_body(str(exc), kind))
+            kind = "invalid_request_error" if isinstance(exc, ValueError) else "server_error"
+            code, message = None, str(exc)
+        if failed is not None:
+            await failed(message, kind, code)
+        else:
+            await stream.send(error_body(message, kind, code))
 
 
 def require_engine(request: web.Request) -> None:
@@ -103,13 +115,6 @@ def require_engine(request: web.Request) -> None:
     reason = request.app[ENGINES].unavailable()
     if reason is not None:
         raise unavailable(reason)
-
-
-def unavailable(reason: str) -> ApiError:
-    """503 with a hint when to ask again (OpenAI's clients retry it by themselves)."""
-    return ApiError(
-        503, reason, type="server_error", code="engine_unavailable", headers={"Retry-After": "1"}
-    )
 
 
 async def _collect(

@@ -278,10 +278,12 @@ async def _stream_response(
         await send(output.started(draft.response(output, "in_progress")))
         final: JobOutput | None = None
 
-        async def failed(message: str, kind: str) -> None:
-            code = "invalid_prompt" if kind == "invalid_request_error" else "server_error"
-            await send([output.error(message, code)])
-            error = ResponseError(code=code, message=message)
+        async def failed(message: str, kind: str, code: str | None) -> None:
+            # the response's error takes one of OpenAI's codes; the error event, whose code is
+            # free, keeps the failure's own (server_shutting_down) when it has one
+            known = "invalid_prompt" if kind == "invalid_request_error" else "server_error"
+            await send([output.error(message, code or known)])
+            error = ResponseError(code=known, message=message)
             await send([output.ended(draft.response(output, "failed", error=error))])
 
         outputs = stream_outputs(stream, request.app[ENGINES], [job.ids], [job.samplings],

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from server.api import disconnect
-from server.api.disconnect import unless_disconnected, while_connected
+from server.api import disconnect, plain_runs
+from server.api.disconnect import ClientGone, unless_disconnected, while_connected
 from server.drain import Drain
+from server.engine import JobOutput
 from server.errors import ApiError
 from server.keys import DRAIN
 
@@ -132,10 +133,116 @@ def test_the_end_of_the_grace_period_stops_streams_and_plain_work_with_a_503() -
         quick = Drain()
         loop = asyncio.get_running_loop()
         start = loop.time()
-        assert await quick.wait(5) == 0 and loop.time() - start < 0.1  # nothing in flight
+        assert await quick.wait(5) == 0 and loop.time() - start < 2  # nothing in flight
 
     asyncio.run(main())
 
+
+
+def test_a_stream_whose_grace_period_ends_while_its_last_item_is_written_ends_normally() -> None:
+    """The grace period may end while the handler writes a stream's last item (its
+    finish_reason chunk): the end of the source, ready by then, ends the stream as usual; the
+    503 is raised only for a wait on an item that is not ready."""
+
+    async def source() -> AsyncIterator[str]:
+        yield "token"
+        yield "final"
+
+    async def main() -> list[str]:
+        request = _Request()
+        got: list[str] = []
+        async for item in while_connected(request, source()):  # type: ignore[arg-type]
+            got.append(item)
+            await asyncio.sleep(0)  # written meanwhile...
+            request.app[DRAIN].stopped = True  # ...the grace period ends
+        return got
+
+    assert asyncio.run(main()) == ["token", "final"]
+
+
+def test_a_client_that_left_during_the_grace_period_is_told_it_left_not_a_503(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Gone and past the grace period at once: the request is logged as a hang-up (499), as
+    it was one, not as the server's 503."""
+    monkeypatch.setattr(disconnect, "POLL_S", 0.01)
+
+    async def slow() -> AsyncIterator[int]:
+        await asyncio.sleep(3600)
+        yield 1
+
+    async def main() -> None:
+        request = _Request()
+        request.transport.closing = True
+        request.app[DRAIN].stopped = True
+        with pytest.raises(ClientGone):
+            await unless_disconnected(request, asyncio.sleep(3600))  # type: ignore[arg-type]
+        with pytest.raises(ConnectionResetError):
+            async for _ in while_connected(request, slow()):  # type: ignore[arg-type]
+                pass
+
+    asyncio.run(main())
+
+
+class _Stream:
+    """What `stream_outputs` writes its error events to."""
+
+    def __init__(self) -> None:
+        self.request = _Request()
+        self.sent: list[Any] = []
+
+    async def send(self, data: Any, event: str | None = None) -> None:
+        self.sent.append(data)
+
+
+def _out(finished: bool) -> JobOutput:
+    return JobOutput(job_id=0, context_id=0, new_text="x", finished=finished)
+
+
+@pytest.mark.parametrize("responses", [False, True])
+def test_a_stream_gets_an_error_event_only_while_a_choice_is_unfinished(
+    monkeypatch: pytest.MonkeyPatch, responses: bool
+) -> None:
+    """The end of the grace period fails a stream with the 503's code in its error event
+    (the Responses API's too); once every choice has its last output, nothing failed for the
+    client (the source's end, awaited after it, just came too late): no error event, and the
+    handler goes on to its usage chunk and [DONE], or its Responses completion."""
+    monkeypatch.setattr(disconnect, "POLL_S", 0.01)
+
+    async def main(last_finished: bool) -> tuple[list[JobOutput], list[Any]]:
+        stream = _Stream()
+        drain = stream.request.app[DRAIN]
+
+        async def source() -> AsyncIterator[tuple[int, JobOutput]]:
+            yield 0, _out(False)
+            yield 0, _out(last_finished)
+            drain.stopped = True  # the grace period ends before the end comes
+            await asyncio.sleep(3600)
+
+        monkeypatch.setattr(plain_runs, "_generate", lambda *_: source())
+        failures: list[tuple[str, str, str | None]] = []
+
+        async def failed(message: str, kind: str, code: str | None) -> None:
+            failures.append((message, kind, code))
+
+        outputs = plain_runs.stream_outputs(
+            stream, None, [[1]], [[None]], None, None,  # type: ignore[arg-type, list-item]
+            failed=failed if responses else None,
+        )  # fmt: skip
+        got = [out async for _, out in outputs]
+        return got, failures if responses else stream.sent
+
+    got, errors = asyncio.run(main(last_finished=True))
+    assert len(got) == 2 and errors == []
+    got, errors = asyncio.run(main(last_finished=False))
+    assert len(got) == 2 and len(errors) == 1
+    if responses:
+        message, kind, code = errors[0]
+    else:
+        body = errors[0]["error"]
+        message, kind, code = body["message"], body["type"], body["code"]
+    assert code == "server_shutting_down" and kind == "server_error"
+    assert message.startswith("the server is shutting down")
 
 def test_a_cancelled_handler_leaves_no_unretrieved_gather_behind() -> None:
     """A handler cancelled while it waits on gathered work (aiohttp cancels what is left at
