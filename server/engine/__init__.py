@@ -1,10 +1,33 @@
-"""The torch engine: Llama-family models over a paged KV cache with continuous batching."""
+"""The torch engine: Llama-family models over a paged KV cache with continuous batching.
 
-from server.engine.async_engine import AsyncLLMEngine, EngineError
-from server.engine.config import EngineConfig
-from server.engine.llm_engine import LLMEngine
-from server.engine.outputs import CompletionOutput, EngineStats, JobOutput, TokenLogprob
-from server.engine.sampling_params import SamplingParams
+The public names load on first use, so that light modules of this package (device names,
+sampling parameters) can be imported without torch: the server checks its arguments and starts
+its engines' fork server before it pays for torch's import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from server.engine.async_engine import AsyncLLMEngine, EngineError
+    from server.engine.config import EngineConfig
+    from server.engine.llm_engine import LLMEngine
+    from server.engine.outputs import CompletionOutput, EngineStats, JobOutput, TokenLogprob
+    from server.engine.sampling_params import SamplingParams
+
+_HOMES = {
+    "AsyncLLMEngine": "server.engine.async_engine",
+    "EngineError": "server.engine.async_engine",
+    "EngineConfig": "server.engine.config",
+    "LLMEngine": "server.engine.llm_engine",
+    "CompletionOutput": "server.engine.outputs",
+    "EngineStats": "server.engine.outputs",
+    "JobOutput": "server.engine.outputs",
+    "TokenLogprob": "server.engine.outputs",
+    "SamplingParams": "server.engine.sampling_params",
+}
 
 __all__ = [
     "AsyncLLMEngine",
@@ -17,3 +40,16 @@ __all__ = [
     "SamplingParams",
     "TokenLogprob",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'server.engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

@@ -123,3 +123,15 @@ def test_an_api_key_is_printable_and_kept_out_of_the_configs_repr(
     for bad in ("", "with space", "é", "x" * 257):
         with pytest.raises(ValueError, match="api_key"):
             ServerConfig(api_key=bad)
+
+
+def test_the_server_checks_its_flags_and_starts_its_fork_server_before_importing_torch() -> None:
+    # torch's import takes seconds; the fork server imports it beside the server's own import
+    # only if nothing on the way to `start_fork_server` imports it first
+    import subprocess
+    import sys
+
+    probe = "import sys, server.__main__; print(sorted(m for m in sys.modules if m == 'torch'))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60, check=True)  # fmt: skip
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
