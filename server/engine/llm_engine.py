@@ -795,6 +795,8 @@ class LLMEngine:
         if reason is not None:
             job.finish_reason = reason
             emit_upto = len(text)
+        elif sp.include_stop_str_in_output:
+            emit_upto = len(text)  # a stop string found later ends past all of this text
         else:
             # Hold back what may be the start of a stop string.
             emit_upto = len(text) - max((len(s) - 1 for s in sp.stop), default=0)

@@ -294,6 +294,27 @@ def test_stop_rules(tiny_llama_path):
         assert out.text == text[: text.index(needle)]
 
 
+def test_a_kept_stop_string_holds_no_text_back_while_streaming(tiny_llama_path) -> None:
+    """Text that may begin a stop string is held back from the stream, since it is cut if the
+    string completes; a stop string kept in the output (include_stop_str_in_output) cuts
+    nothing before it, so each step streams all its text at once (as vLLM's)."""
+    engine = LLMEngine.from_pretrained(tiny_llama_path)
+    prompt = random_prompts(1, engine.model_config.vocab_size, seed=10)[0]
+    never = "\x00 a stop string this model does not write \x00"
+    for include, lag in ((True, 0), (False, len(never) - 1)):
+        sp = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, stop=[never],
+                            include_stop_str_in_output=include)  # fmt: skip
+        job = engine.add_request(prompt, sp, 1)
+        streamed = ""
+        while engine.has_work:
+            for out in engine.step():
+                if out.job_id == job:
+                    streamed += out.new_text
+                    if not out.finished:
+                        assert streamed == out.text[: max(0, len(out.text) - lag)]
+        assert streamed == out.text and len(out.token_ids) == 12
+
+
 def test_stop_strings_written_during_min_tokens_are_ignored_whatever_the_other_stops(
     tiny_llama_path,
 ):
