@@ -34,6 +34,11 @@ class ParrotLLM(ParrotSettings, BaseLLM):
     model_config = ConfigDict(extra="forbid")
     ls_model_type: ClassVar[Literal["chat", "llm"]] = "llm"
     request_options: ClassVar[dict[str, str]] = {**SAMPLING_OPTIONS, "n": "n"}
+    # langchain-openai's OpenAI LLM, which this class replaces, stops at 256 tokens: a swapped
+    # app must not start generating to the context's end (ChatParrot keeps ChatOpenAI's None)
+    max_tokens: int | None = Field(
+        256, ge=1, description="256, as langchain-openai's OpenAI; None: up to the context's end."
+    )
     criteria: Literal["latency", "throughput"] = "latency"
     streaming: bool = Field(False, description="invoke streams: tokens reach the callbacks.")
     n: int | None = Field(

@@ -64,7 +64,9 @@ class ParrotSettings(BaseModel):
     def _check_stop(self) -> ParrotSettings:
         if self.stop is not None and any(not s for s in self.stop):
             raise ValueError("stop strings must not be empty")
-        if self.max_tokens is not None and self.max_completion_tokens is not None:
+        # (a class's own default max_tokens, ParrotLLM's 256, gives way to max_completion_tokens)
+        if (self.max_completion_tokens is not None and self.max_tokens is not None
+                and "max_tokens" in self.model_fields_set):  # fmt: skip
             raise ValueError("give max_tokens or max_completion_tokens, not both")
         _check_options(type(self), self.model_kwargs)
         for key, value in self.model_kwargs.items():  # values too: a bad one fails here
@@ -110,7 +112,7 @@ class ParrotSettings(BaseModel):
         None left out. An option the server cannot honour raises ValueError."""
         merged = {
             "temperature": self.temperature,
-            "max_tokens": self.max_tokens or self.max_completion_tokens,
+            "max_tokens": self.max_completion_tokens or self.max_tokens,
             "top_p": self.top_p,
             "seed": self.seed,
             "frequency_penalty": self.frequency_penalty,

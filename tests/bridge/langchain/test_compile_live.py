@@ -340,6 +340,17 @@ def test_stream_and_async_give_the_same_answer(chat: ChatParrot) -> None:
     assert "".join(c.content for c in message_chunks) == chat.invoke("a").content
 
 
+def test_parrot_llm_generates_256_tokens_by_default_plain_and_compiled(parrot_url: str) -> None:
+    """As langchain-openai's OpenAI LLM (not up to the context's end), on both paths."""
+    llm = ParrotLLM(base_url=parrot_url, temperature=0, extra_body={"ignore_eos": True})
+    plain = llm.generate(["The paper"]).llm_output
+    assert plain is not None and plain["token_usage"]["completion_tokens"] == 256
+    compiled = compile(PromptTemplate.from_template("The {x}") | llm)
+    compiled.invoke({"x": "paper"})
+    [call] = compiled.last_calls
+    assert call.output.usage is not None and call.output.usage["completion_tokens"] == 256
+
+
 def test_parrot_llm_batch_is_one_graph_of_independent_calls(
     llm: ParrotLLM, parrot_url: str
 ) -> None:

@@ -26,7 +26,7 @@ def test_sampling_merges_fields_and_per_call_arguments() -> None:
                                        "stop": ["x"]}  # fmt: skip
     assert llm._sampling(["y"], {"max_tokens": 9, "temperature": 0.5}) == {
         "temperature": 0.5, "max_tokens": 9, "seed": 3, "stop": ["y"]}  # fmt: skip
-    assert ParrotLLM()._sampling("z", {}) == {"stop": ["z"]}
+    assert ParrotLLM(max_tokens=None)._sampling("z", {}) == {"stop": ["z"]}
     assert llm._get_ls_params(model="other")["ls_model_name"] == "other"
 
 
@@ -185,3 +185,23 @@ def test_stream_usage_asks_for_the_usage_chunk_or_not() -> None:
         ChatParrot(model_kwargs={"stream_usage": "yes"})
     with pytest.raises(ValueError, match="ParrotLLM cannot honour 'stream_usage'"):
         ParrotLLM()._sampling(None, {"stream_usage": True})
+
+
+def test_llm_generates_256_tokens_by_default_as_langchain_openais_completion_model() -> None:
+    """ParrotLLM stands in for langchain-openai's `OpenAI`, whose max_tokens defaults to 256;
+    ChatParrot for ChatOpenAI, whose default is None (up to the context's end). Either may
+    be given as None, or as OpenAI's newer name, max_completion_tokens."""
+    from langchain_openai import ChatOpenAI, OpenAI
+
+    assert ParrotLLM().max_tokens == OpenAI.model_fields["max_tokens"].default == 256
+    assert ChatParrot().max_tokens is ChatOpenAI.model_fields["max_tokens"].default is None
+    # what both of ParrotLLM's paths send (plain calls and compiled chains' calls)
+    assert ParrotLLM()._call_sampling(None, {}) == {"max_tokens": 256}
+    assert ParrotLLM()._get_ls_params()["ls_max_tokens"] == 256
+    assert "max_tokens" not in ChatParrot()._sampling(None, {})
+    assert "max_tokens" not in ParrotLLM(max_tokens=None)._sampling(None, {})
+    assert ParrotLLM(max_completion_tokens=7)._sampling(None, {}) == {"max_tokens": 7}
+    assert ParrotLLM()._sampling(None, {"max_completion_tokens": 9}) == {"max_tokens": 9}
+    assert ParrotLLM(model_kwargs={"max_tokens": 5})._sampling(None, {}) == {"max_tokens": 5}
+    with pytest.raises(ValidationError, match="not both"):
+        ParrotLLM(max_tokens=3, max_completion_tokens=4)
