@@ -15,6 +15,7 @@ from pydantic import ConfigDict, PrivateAttr
 
 from parrot_bridge.langchain.chat_model import ChatParrot
 from parrot_bridge.langchain.llm import ParrotLLM
+from parrot_bridge.langchain.reporting import last_chunk
 from parrot_bridge.langchain.tracer import TracedCall, Tracer, log_split_once
 from parrot_bridge.session import Session
 from parrot_bridge.variable import Criteria
@@ -134,9 +135,10 @@ class CompiledChain(RunnableSerializable[Any, Any]):
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Any]:
-        """The final output's generated text as it comes (AIMessageChunks for a chat model's
-        message); other outputs arrive whole. Model calls are reported to callbacks when the
-        stream ends, without token events."""
+        """The final output's generated text as it comes; other outputs arrive whole. A chat
+        model's message comes as a plain stream's AIMessageChunks: one id for them all, the
+        last with the finish reason and (with `stream_usage`) the usage. Model calls are
+        reported to callbacks when the stream ends, without token events."""
         yield from self._transform_stream_with_config(iter([input]), self._transform, config)
 
     async def astream(
@@ -206,11 +208,15 @@ class CompiledChain(RunnableSerializable[Any, Any]):
             tracer.commit()
             variables = tracer.symbols.find(text)
             session._loop.run(session._flush({v.id: self.criteria for v in variables}))
+            message = isinstance(out, AIMessage)
             for part in tracer.symbols.parts(text):  # type: ignore[arg-type]
                 chunks = [part] if isinstance(part, str) else part.stream(self.criteria)
                 for chunk in chunks:
-                    yield AIMessageChunk(content=chunk) if isinstance(out, AIMessage) else chunk
-            tracer.finish(out)  # for the callbacks of its model calls
+                    # a message's chunks share its id, as a plain chat stream's do
+                    yield AIMessageChunk(content=chunk, id=out.id) if message else chunk
+            done = tracer.finish(out)  # its usage; the callbacks of its model calls
+            if message:
+                yield last_chunk(done, tracer.model_runs)
 
     async def _atransform(
         self, inputs: AsyncIterator[Any], config: RunnableConfig

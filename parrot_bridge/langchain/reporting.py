@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.callbacks import CallbackManager
-from langchain_core.messages import AIMessage, UsageMetadata
+from langchain_core.messages import AIMessage, AIMessageChunk, UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult, Generation, LLMResult
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import RunnableConfig, ensure_config
@@ -113,6 +113,26 @@ def message(run: ModelRun, outcome: Outcome | None) -> AIMessage:
         usage_metadata=outcome.usage,
         response_metadata=outcome.response_metadata(run.message_id),
         additional_kwargs=dict(outcome.additional_kwargs),
+    )
+
+
+def last_chunk(done: AIMessage, runs: list[ModelRun]) -> AIMessageChunk:
+    """The chunk that ends a streamed reply, `done` being the whole reply as the graph gave it:
+    its finish reason and model, and its usage when the call streams usage (ChatParrot's
+    `stream_usage`, as ChatOpenAI's), as a plain stream's last chunks carry them. Its id is the
+    other chunks' (LangChain would give it the run's, which merging drops)."""
+    run = next((r for r in runs if r.message_id == done.id), None)
+    streams_usage = False
+    if run is not None and isinstance(run.model, ChatParrot):
+        streams_usage = run.model._stream_usage(run.kwargs)
+    keys = ("finish_reason", "model_name", "model_provider")
+    metadata = {k: done.response_metadata[k] for k in keys if k in done.response_metadata}
+    return AIMessageChunk(
+        content="",
+        id=done.id,
+        usage_metadata=done.usage_metadata if streams_usage else None,
+        response_metadata=metadata,
+        chunk_position="last",
     )
 
 

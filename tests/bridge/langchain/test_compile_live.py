@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder, PromptTemplate
 from langchain_core.runnables import (
@@ -20,10 +20,12 @@ from langchain_core.runnables import (
     RunnableParallel,
     RunnablePassthrough,
 )
+from langchain_core.utils.utils import LC_ID_PREFIX
 from pydantic import BaseModel
 
 from parrot_bridge.errors import ParrotError
 from parrot_bridge.langchain import ChatParrot, ParrotLLM, compile
+from parrot_bridge.langchain.compiled import CompiledChain
 from tests.bridge.langchain.json_bias import short_json_bias
 from tests.server.http_client import metrics
 
@@ -338,6 +340,50 @@ def test_stream_and_async_give_the_same_answer(chat: ChatParrot) -> None:
     assert one == expected and "".join(streamed) == expected and batch == [expected] * 2
     message_chunks = list(compile(PromptTemplate.from_template("{x}") | chat).stream({"x": "a"}))
     assert "".join(c.content for c in message_chunks) == chat.invoke("a").content
+
+
+def message_stream_facts(chunks: list[Any]) -> tuple[Any, ...]:
+    """A chat model's stream as ChatOpenAI's: AIMessageChunks that share one id (LangChain
+    gives a chunk without one its run's, which merging drops), the usage on the last chunk
+    only. Returns (text, usage totals, finish reason, model name)."""
+    assert chunks and all(isinstance(c, AIMessageChunk) for c in chunks)
+    ids = {c.id for c in chunks if not (c.id or "").startswith(LC_ID_PREFIX)}
+    assert len(ids) == 1 and None not in ids, ids
+    merged = chunks[0]
+    for chunk in chunks[1:]:
+        merged += chunk
+    assert merged.id in ids
+    assert chunks[-1].chunk_position == "last"
+    assert all(c.usage_metadata is None for c in chunks[:-1])
+    usage = merged.usage_metadata
+    totals = None if usage is None else {k: usage[k] for k in TOTALS}
+    metadata = merged.response_metadata
+    return merged.text, totals, metadata.get("finish_reason"), metadata.get("model_name")
+
+
+TOTALS = ("input_tokens", "output_tokens", "total_tokens")
+
+
+def test_a_compiled_chat_model_streams_message_chunks_as_the_plain_one(
+    chat: ChatParrot,
+) -> None:
+    """Chunks of one message share an id, the last carries the usage when stream usage is on
+    (totals as the plain call's), none without; after a parser, chunks are text."""
+    x = {"x": "owls"}
+    for model, usage in ((chat, True), (chat.bind(stream_usage=False), False)):
+        chain = PromptTemplate.from_template("Tell me about {x}") | model
+        compiled = compile(chain)
+
+        async def astreamed(compiled: CompiledChain = compiled) -> list[Any]:
+            return [c async for c in compiled.astream(x)]
+
+        plain = message_stream_facts(list(chain.stream(x)))
+        assert (plain[1] is not None) == usage and plain[0] and plain[2] == "length"
+        assert message_stream_facts(list(compiled.stream(x))) == plain
+        assert message_stream_facts(asyncio.run(astreamed())) == plain
+    parsed = compile(PromptTemplate.from_template("Tell me about {x}") | chat | StrOutputParser())
+    chunks = list(parsed.stream(x))
+    assert all(isinstance(c, str) for c in chunks) and "".join(chunks) == plain[0]
 
 
 def test_parrot_llm_generates_256_tokens_by_default_plain_and_compiled(parrot_url: str) -> None:
