@@ -113,7 +113,12 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         (a parser of the answer), every input is traced up to there and what they all need is
         submitted at once, then each goes on. With `return_exceptions`, an input whose trace
         fails (a step raising) gets its exception and the others their answers; a failure while
-        the graph's values are awaited goes to every input still waiting."""
+        the graph's values are awaited goes to every input still waiting.
+
+        `config["max_concurrency"] = k` (as in a plain batch: at most k inputs at once): the
+        inputs go in groups of k, one graph each, a group once the one before has its answers.
+        One graph cannot honour it: the server runs every call of a graph as soon as its
+        inputs are there, and a graph carries no limit of its own."""
         return self._batch_with_config(
             self._run, inputs, config, return_exceptions=return_exceptions,
             keep_errors=return_exceptions,
@@ -174,8 +179,24 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         self, inputs: list[Any], config: list[RunnableConfig], keep_errors: bool = False
     ) -> list[Any]:
         """The outputs of `inputs`; with `keep_errors`, an input's exception is its output.
-        Each input is traced as a strand of its own, so that what they wait for (a parser's
-        answer, say) goes in one graph, not one graph per input."""
+        With a `max_concurrency` of k (the first config's, as LangChain's batch reads it), in
+        groups of k inputs, one after the other (see `batch`)."""
+        size = _group_size(config[0], len(inputs))
+        if size == len(inputs):
+            return self._run_graph(inputs, config, keep_errors)
+        outs: list[Any] = []
+        calls: list[TracedCall] = []
+        for at in range(0, len(inputs), size):
+            outs += self._run_graph(inputs[at : at + size], config[at : at + size], keep_errors)
+            calls += self._last_calls
+        self._last_calls = calls
+        return outs
+
+    def _run_graph(
+        self, inputs: list[Any], config: list[RunnableConfig], keep_errors: bool = False
+    ) -> list[Any]:
+        """`_run` of inputs traced together: each as a strand of its own, so that what they wait
+        for (a parser's answer, say) goes in one graph, not one graph per input."""
         with self._session() as session:
             tracer = self._tracer(session)
             outcomes = tracer.run_each(self.chain, inputs, list(config))
@@ -247,6 +268,17 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         with self._lock:
             on_split = log_split_once(self._split_steps, self._warned_splits)
         return Tracer(session, self.criteria, self._timeout, on_split)
+
+
+def _group_size(config: RunnableConfig, count: int) -> int:
+    """How many of `count` inputs may run at once: `max_concurrency`, else all. A bad one is
+    refused where a plain batch refuses it: with several inputs (one is simply invoked)."""
+    limit = config.get("max_concurrency")
+    if limit is None or count == 1:
+        return count
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"compile(): max_concurrency must be a positive int, got {limit!r}")
+    return min(limit, count)
 
 
 def _parrot_models(runnable: Any) -> list[ChatParrot | ParrotLLM]:

@@ -397,6 +397,54 @@ def test_parrot_llm_generates_256_tokens_by_default_plain_and_compiled(parrot_ur
     assert call.output.usage is not None and call.output.usage["completion_tokens"] == 256
 
 
+def test_batch_runs_at_most_max_concurrency_inputs_at_once(
+    chat: ChatParrot, parrot_url: str
+) -> None:
+    """`max_concurrency=k`: the inputs go in groups of k, one graph each, a group once the one
+    before has its answers, so at most k inputs' calls run at once (their lifetimes, from the
+    first step to the last, overlap at most k deep)."""
+    events: list[int] = []  # +1: an input starts, -1: it has its answer
+
+    def started(x: dict[str, str]) -> dict[str, str]:
+        events.append(1)
+        return x
+
+    def ended(s: str) -> str:
+        out = s.upper()  # reads the answer: runs on the client once it is here
+        events.append(-1)
+        return out
+
+    chain = RunnableLambda(started) | PromptTemplate.from_template("Topic: {topic}") | chat \
+        | StrOutputParser() | RunnableLambda(ended)  # fmt: skip
+    inputs = [{"topic": t} for t in ("cars", "boats", "trains", "planes", "bikes")]
+    expected = chain.batch(inputs)
+    compiled = compile(chain)
+
+    def deepest() -> int:
+        depth = [sum(events[: i + 1]) for i in range(len(events))]
+        events.clear()
+        return max(depth)
+
+    def submissions(run: Any) -> tuple[Any, float]:
+        before = metrics(parrot_url)[SUBMISSIONS]
+        out = run()
+        return out, metrics(parrot_url)[SUBMISSIONS] - before
+
+    events.clear()
+    assert submissions(lambda: compiled.batch(inputs)) == (expected, 1)
+    assert deepest() == 5  # one graph: every input in flight at once
+    two = {"max_concurrency": 2}
+    assert submissions(lambda: compiled.batch(inputs, two)) == (expected, 3)
+    assert deepest() == 2
+    assert submissions(lambda: asyncio.run(compiled.abatch(inputs, two))) == (expected, 3)
+    assert deepest() == 2
+    assert submissions(lambda: compiled.batch(inputs, {"max_concurrency": 1})) == (expected, 5)
+    assert deepest() == 1
+    assert len(compiled.last_calls) == 5  # the whole batch's calls, over its graphs
+    with pytest.raises(ValueError, match="max_concurrency"):
+        compiled.batch(inputs, {"max_concurrency": 0})
+
+
 def test_parrot_llm_batch_is_one_graph_of_independent_calls(
     llm: ParrotLLM, parrot_url: str
 ) -> None:
