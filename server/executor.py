@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +78,8 @@ class Executor:
         self.prefixes = PrefixContexts(pool, config.prefix_store, metrics)
         self._plans: dict[str, SessionPlan] = {}
         self._prefetched: dict[str, dict[str, str]] = {}  # session -> call -> boundary key
+        # session -> call -> key of its latest early fill spawned (see `_fill_ahead`)
+        self._filling_ahead: dict[str, dict[str, str]] = {}
         # session -> call -> its inputs still missing when it was last scanned
         self._scanned: dict[str, dict[str, int]] = {}
         self._tasks: dict[str, set[asyncio.Task[None]]] = {}
@@ -147,6 +149,7 @@ class Executor:
         self._running.pop(session_id, None)
         self._awaits_seen.pop(session_id, None)
         self._prefetched.pop(session_id, None)
+        self._filling_ahead.pop(session_id, None)
         self._scanned.pop(session_id, None)
 
     def engine_lost(self, engine: int) -> None:
@@ -552,7 +555,21 @@ class Executor:
         # the call's own priority: its prefix is on the same path as the call
         priority = plan.priority(call.id)
         key = bounds[-1].key
-        self._spawn(session, self._prefill(engine, key, tokens, priority, base))
+        latest = self._filling_ahead.setdefault(session.id, {})
+        latest[call.id] = key
+
+        def wanted() -> bool:
+            # A fill from a base still being filled waits for it, unstored. Meanwhile the call
+            # may have become ready (it forked what was stored and computes the rest itself),
+            # or a later input may have started a deeper fill from the same base (this one is
+            # no base to it): made anyway, it would compute tokens that no call uses.
+            return (
+                call.state is CallState.WAITING
+                and not session.closed
+                and latest.get(call.id) == key
+            )
+
+        self._spawn(session, self._prefill(engine, key, tokens, priority, base, wanted))
 
     def _early_fill_engine(self, bounds: list[Boundary]) -> int:
         """The engine holding most of the call's leading text (a system prompt), else the least
@@ -563,11 +580,17 @@ class Executor:
         return self.pool.least_loaded() if engine is None else engine
 
     async def _prefill(
-        self, engine: int, key: str, tokens: list[int], priority: int, base: PrefixEntry | None
+        self,
+        engine: int,
+        key: str,
+        tokens: list[int],
+        priority: int,
+        base: PrefixEntry | None,
+        wanted: Callable[[], bool] | None = None,
     ) -> None:
         chunk = self.config.pipelined_prefill_chunk or None
         entry = await self.prefixes.open(
-            engine, key, tokens, priority, base, pipelined=True, yield_tokens=chunk
+            engine, key, tokens, priority, base, pipelined=True, yield_tokens=chunk, wanted=wanted
         )
         if entry is not None:
             self.prefixes.release(entry)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from server.analysis import Boundary
@@ -88,9 +88,11 @@ class PrefixContexts:
         base: PrefixEntry | None = None,
         pipelined: bool = False,
         yield_tokens: int | None = None,
+        wanted: Callable[[], bool] | None = None,
     ) -> PrefixEntry | None:
         """The filled entry for `key` on `engine`, referenced for the caller (who releases it);
-        filled now from `tokens` when it is not stored. None when the fill failed.
+        filled now from `tokens` when it is not stored. None when the fill failed, or when
+        `wanted` (asked once `base` is filled, before filling) says it is no longer needed.
         `yield_tokens`: see `LLMEngine.fill` (for fills ahead of need)."""
         entry = self.store.get(key, engine)
         if entry is not None:
@@ -103,6 +105,11 @@ class PrefixContexts:
             self.store.release(entry)
             return None
         ctx = await self._fork_base(base, priority) if base is not None else None
+        if wanted is not None and not wanted():
+            # not stored while it waited for its base, so nobody forks it or waits for it
+            if ctx is not None:
+                ctx.close()
+            return None
         if ctx is None:
             ctx = self.pool.drivers[engine].new_context()
         handle = PrefixContext(ctx, priority, pipelined)

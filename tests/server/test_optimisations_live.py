@@ -5,7 +5,7 @@ token below was shared by the server's prefix store."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -156,6 +156,88 @@ def test_a_pipelined_prefix_is_filled_before_its_input_arrives(
     tail = len(engine.tokenizer.encode(prompt)) - head_tokens
     draft_prompt = len(engine.tokenizer.encode("Draft a summary:"))
     assert delta(m2, m1, "parrot_prefill_tokens_total") <= tail + 2 + draft_prompt
+
+
+def _chain(paper: str) -> tuple[list, list, list[str]]:
+    """Three calls in turn, each one's part of the paper ready at once (filled ahead)."""
+    sampling = {"max_tokens": 24, "temperature": 0, "ignore_eos": True}
+    calls = [{"id": "step0", "template": "Draft a summary of this text.\n" + paper[:600]
+              + "\nSummary:{{output:s}}", "inputs": {}, "outputs": {"s": "v0"},
+              "sampling": sampling}]  # fmt: skip
+    for i in (1, 2):
+        head = "Refine the summary with this part of the paper.\n" + paper[600 * i : 600 * i + 600]
+        calls.append({"id": f"step{i}", "template": head + "\nPrevious summary: {{input:p}}\n"
+                      "New summary:{{output:s}}", "inputs": {"p": f"v{i - 1}"},
+                      "outputs": {"s": f"v{i}"}, "sampling": sampling})  # fmt: skip
+    return [{"id": f"v{i}"} for i in range(3)], calls, ["v0", "v1", "v2"]
+
+
+def _map_reduce(paper: str) -> tuple[list, list, list[str]]:
+    """Four maps sharing their instructions, their summaries coming one by one into a reduce
+    that is filled ahead as they come."""
+    variables: list[dict] = [{"id": f"c{i}", "value": paper[4000 + 300 * i : 4300 + 300 * i]}
+                             for i in range(4)]  # fmt: skip
+    variables += [{"id": f"s{i}"} for i in range(4)] + [{"id": "f"}]
+    calls = [{"id": f"map{i}", "template": "Summarize this part of a research paper in one "
+              "sentence.\n\n{{input:c}}\n\nSummary:{{output:s}}", "inputs": {"c": f"c{i}"},
+              "outputs": {"s": f"s{i}"},
+              "sampling": {"max_tokens": 4 + 6 * i, "temperature": 0, "ignore_eos": True}}
+             for i in range(4)]  # fmt: skip
+    parts = "".join(f"Part {i + 1}: {{{{input:s{i}}}}}\n" for i in range(4))
+    calls.append({"id": "reduce", "template": "These are summaries of the consecutive parts of "
+                  "a research paper, to be combined into one summary of the whole paper.\n"
+                  + parts + "Summary of the whole paper:{{output:f}}",
+                  "inputs": {f"s{i}": f"s{i}" for i in range(4)}, "outputs": {"f": "f"},
+                  "sampling": {"max_tokens": 6, "temperature": 0}})  # fmt: skip
+    return variables, calls, [f"s{i}" for i in range(4)] + ["f"]
+
+
+QUESTIONS = (
+    "What is the main claim?",
+    "Which method is used, and on which data?",
+    "How is the method evaluated?",
+    "What are the limitations the authors name?",
+)
+
+
+def _asked_later(paper: str) -> tuple[list, list, list[str]]:
+    """A call reading variables the client sets later (PUT, one after another), its long
+    leading text filled ahead: each value that comes while that fill runs asks for a deeper
+    fill from it, and the last makes the call ready."""
+    slots = "".join(f"Question {i + 1}: {{{{input:q{i}}}}}\n" for i in range(len(QUESTIONS)))
+    call = {"id": "ask", "template": "You answer questions about this part of a paper.\n"
+            + paper[8000:9000] + "\n" + slots + "Answers:{{output:a}}",
+            "inputs": {f"q{i}": f"q{i}" for i in range(len(QUESTIONS))}, "outputs": {"a": "a"},
+            "sampling": {"max_tokens": 6, "temperature": 0}}  # fmt: skip
+    return [{"id": f"q{i}"} for i in range(len(QUESTIONS))] + [{"id": "a"}], [call], ["a"]
+
+
+@pytest.mark.parametrize("graph", [_chain, _map_reduce, _asked_later])
+def test_each_prompt_token_is_counted_once_as_computed_or_cached(
+    server: str, graph: Callable[[str], tuple[list, list, list[str]]]
+) -> None:
+    """The server's prefill + cached tokens over a graph equal its calls' prompt tokens (their
+    usage), as a plain client's requests count them: no prefix counted both as computed and
+    as reused, and no tokens filled ahead that no call used."""
+    variables, calls, outputs = graph(ARTICLE.read_text())
+    sid, token = session(server)
+    m0 = metrics(server)
+    submit(server, sid, token, variables, calls, [{"variable": outputs[-1], "criteria": "latency"}])
+    if graph is _asked_later:
+        for i, question in enumerate(QUESTIONS):
+            status, body = request("PUT", f"{server}/v1/sessions/{sid}/variables/q{i}",
+                                   {"value": question}, token)  # fmt: skip
+            assert status == 200, body
+    prompt = sum(value(server, sid, token, var)["usage"]["prompt_tokens"] for var in outputs)
+    deadline = time.monotonic() + 30
+    while (m1 := metrics(server))["parrot_engine_jobs"]:  # no fill left running
+        assert time.monotonic() < deadline, "the engines did not go idle"
+        time.sleep(0.02)
+    assert delta(m1, m0, "parrot_pipelined_prefix_uses_total") >= 1
+    if graph is _map_reduce:
+        assert delta(m1, m0, "parrot_prefix_hits_total") >= 3  # the maps' shared instructions
+    computed = delta(m1, m0, "parrot_prefill_tokens_total")
+    assert computed + delta(m1, m0, "parrot_cached_tokens_total") == prompt
 
 
 def test_ablation_flags_switch_the_optimisations_off(

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from server import executor as executor_module
+from server.engine_driver import TokenContext
 from server.executor import Executor, ExecutorConfig
+from server.graph import CallState
 from server.metrics import Metrics
 from server.scheduling import EngineLoad
 from server.session import Session
@@ -101,3 +103,106 @@ def test_an_early_fill_goes_to_the_engine_holding_the_calls_leading_text(
     session.graph = chain(2)
     executor._scan(session)
     assert filled == [want]
+
+
+class _GatedEngine:
+    """Engine contexts whose fills all wait until `gate` is set, recording their sizes."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.filled: list[int] = []
+        self._ids = 0
+
+    def create_context(self, parent: int | None = None) -> int:
+        self._ids += 1
+        return self._ids
+
+    async def fill(self, context_id: int, tokens: list[int], *args: Any) -> int:
+        await self.gate.wait()
+        self.filled.append(len(tokens))
+        return 0
+
+    def truncate(self, context_id: int, kept: int) -> None:
+        pass
+
+    def boost(self, context_id: int, priority: int) -> None:
+        pass
+
+    def free(self, context_id: int) -> None:
+        pass
+
+
+class _GatedDriver:
+    alive = True
+
+    def __init__(self, engine: _GatedEngine) -> None:
+        self.engine = engine
+
+    def encode_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [ord(c) for c in text]  # a prefix's tokens start every longer text's
+
+    def new_context(self) -> TokenContext:
+        return TokenContext(self.engine, self.engine.create_context(), [])  # type: ignore[arg-type]
+
+
+class _GatedPool:
+    def __init__(self) -> None:
+        self.engine = _GatedEngine()
+        self.primary = _GatedDriver(self.engine)
+        self.drivers = [self.primary]
+
+    def snapshot(self) -> list[EngineLoad]:
+        return [EngineLoad(0)]
+
+    def least_loaded(self) -> int:
+        return 0
+
+
+def _summarize(session: Session, i: int) -> None:
+    session.graph.start(f"map{i}")
+    session.complete_output(f"map{i}", "s", f"the summary of part {i} of the paper")
+
+
+async def _settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("overtaken", [False, True])
+def test_an_early_fill_no_call_can_use_is_not_made(overtaken: bool) -> None:
+    """The reduce's leading text is being filled when map0's summary arrives: the next fill
+    (through summary 0) forks it once it is done, so it waits. Then either map1's summary comes
+    too, and a fill through summary 1 forks the same base (the waiting one is not stored yet),
+    or every summary comes and the reduce is ready (it forks what is stored and computes the
+    rest itself). Both times the waiting fill was made anyway once its base was done, and
+    computed tokens that no call used: prefill + cached exceeded the calls' prompt tokens."""
+    config = ExecutorConfig(min_shared_prefix_tokens=4)
+
+    async def run() -> tuple[list[int], float, Executor]:
+        pool = _GatedPool()
+        executor = Executor(pool, Metrics(), config)  # type: ignore[arg-type]
+        session = Session("s", "token")
+        session.graph = map_reduce(3)
+        executor._scan(session)  # "Combine: " (less the trimmed tokens), from scratch
+        await _settle()
+        _summarize(session, 0)
+        executor._scan(session)  # through summary 0: forks the first fill once it is done
+        await _settle()
+        _summarize(session, 1)
+        if overtaken:
+            _summarize(session, 2)
+            assert session.graph.calls["reduce"].state is CallState.READY
+        executor._scan(session)
+        await _settle()
+        pool.engine.gate.set()
+        await _settle()
+        return pool.engine.filled, executor.metrics.pipelined_prefill_tokens.value(), executor
+
+    filled, pipelined, executor = asyncio.run(run())
+    text = "Combine: the summary of part 0 of the paper the summary of part 1 of the paper"
+    lead = len("Combine: ") - config.boundary_trim_tokens
+    deepest = len(text) + 1 - config.boundary_trim_tokens  # and the space before summary 2
+    # one fill from scratch, then only the deepest boundary's, from it
+    assert filled == ([lead] if overtaken else [lead, deepest - lead])
+    assert pipelined == sum(filled)
+    assert len(executor.prefixes.store) == len(filled)
