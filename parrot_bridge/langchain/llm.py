@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from parrot_bridge.function import SemanticFunction
 from parrot_bridge.langchain.awaiting import aget_all, get_all
@@ -37,13 +37,19 @@ class ParrotLLM(ParrotSettings, BaseLLM):
     # langchain-openai's OpenAI LLM, which this class replaces, stops at 256 tokens: a swapped
     # app must not start generating to the context's end (ChatParrot keeps ChatOpenAI's None)
     max_tokens: int | None = Field(
-        256, ge=1, description="256, as langchain-openai's OpenAI; None: up to the context's end."
+        256, ge=1, description="256, as langchain-openai's OpenAI; None or -1: up to the context's end."
     )
     criteria: Literal["latency", "throughput"] = "latency"
     streaming: bool = Field(False, description="invoke streams: tokens reach the callbacks.")
     n: int | None = Field(
         None, ge=1, le=128, description="Completions per prompt: calls sharing its prefix."
     )
+
+    @field_validator("max_tokens", mode="before")
+    @classmethod
+    def _as_many_as_possible(cls, value: Any) -> Any:
+        # langchain-openai's OpenAI reads -1 as "as many as the context allows": so does this
+        return None if value == -1 and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _check_extra_body(self) -> ParrotLLM:

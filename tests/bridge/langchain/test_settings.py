@@ -200,6 +200,9 @@ def test_llm_generates_256_tokens_by_default_as_langchain_openais_completion_mod
     assert ParrotLLM()._get_ls_params()["ls_max_tokens"] == 256
     assert "max_tokens" not in ChatParrot()._sampling(None, {})
     assert "max_tokens" not in ParrotLLM(max_tokens=None)._sampling(None, {})
+    assert ParrotLLM(max_tokens=-1).max_tokens is None  # langchain-openai's "as many as possible"
+    with pytest.raises(ValidationError):
+        ParrotLLM(max_tokens=-2)
     assert ParrotLLM(max_completion_tokens=7)._sampling(None, {}) == {"max_tokens": 7}
     assert ParrotLLM()._sampling(None, {"max_completion_tokens": 9}) == {"max_tokens": 9}
     assert ParrotLLM(model_kwargs={"max_tokens": 5})._sampling(None, {}) == {"max_tokens": 5}
