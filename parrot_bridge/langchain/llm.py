@@ -37,7 +37,8 @@ class ParrotLLM(ParrotSettings, BaseLLM):
     # langchain-openai's OpenAI LLM, which this class replaces, stops at 256 tokens: a swapped
     # app must not start generating to the context's end (ChatParrot keeps ChatOpenAI's None)
     max_tokens: int | None = Field(
-        256, ge=1, description="256, as langchain-openai's OpenAI; None or -1: up to the context's end."
+        256, ge=1,
+        description="256, as langchain-openai's OpenAI; None or -1: up to the context's end.",
     )
     criteria: Literal["latency", "throughput"] = "latency"
     streaming: bool = Field(False, description="invoke streams: tokens reach the callbacks.")
