@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if config.engine_process:  # its imports (~2.5 s) run beside the server's own, just below
         start_fork_server()
-    from server.app import check, run  # imports torch: after the arguments are known to be good
+    # after the arguments are known to be good; no torch here with engine processes (their fork
+    # server imports it), else it loads with the in-process engines
+    from server.app import check, run
 
     try:
         check(config)

@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-import torch
 from aiohttp import web
 
 from server import request_id
@@ -113,7 +112,6 @@ async def _settle_process(app: web.Application) -> None:
 
 async def _engine(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    threads = config.threads_per_engine(torch.get_num_threads())
     pool = await EnginePool.load(
         config.engines,
         config.model,
@@ -121,7 +119,7 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
         config.dtype,
         config.engine_process,
         (config.log_level, config.log_format),
-        threads,
+        _threads(config),
         **config.engine_kwargs(),
     )
     await pool.start()
@@ -129,11 +127,22 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
     app[DRIVER] = driver = pool.primary
     log_event(
         log, "engine_ready", model=driver.name, max_model_len=driver.max_model_len,
-        engines=len(pool), threads_per_engine=threads, kv_tokens_per_engine=driver.kv_tokens,
+        engines=len(pool), threads_per_engine=driver.threads, kv_tokens_per_engine=driver.kv_tokens,
         host=config.host, port=config.port, **_engine_pids(pool),
     )  # fmt: skip
     yield
     await pool.stop()
+
+
+def _threads(config: ServerConfig) -> int | None:
+    """Compute threads per engine. Engine processes are told only a count that was asked for
+    (None: each takes torch's default, which is the count this process's torch would give, and
+    reports it), so this process never loads torch; engines in this process run torch's."""
+    if config.engine_process:
+        return config.engine_threads
+    import torch  # loaded anyway: the engines in this process run on it
+
+    return config.threads_per_engine(torch.get_num_threads())
 
 
 def _engine_pids(pool: EnginePool) -> dict[str, str]:

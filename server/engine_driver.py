@@ -12,24 +12,19 @@ import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from server.engine import (
-    AsyncLLMEngine,
-    EngineConfig,
-    EngineError,
-    EngineStats,
-    JobOutput,
-    LLMEngine,
-    SamplingParams,
-)
-from server.engine.llm_engine import parse_dtype
-from server.engine.loader import check_model_name
+from server.engine import EngineConfig, EngineError, EngineStats, JobOutput, SamplingParams
+from server.engine.dtype_name import check_dtype_name
+from server.engine.model_name import check_model_name
 from server.engine_process import EngineProcess
 from server.stream_merge import merge_streams
 from server.token_prefix import common_prefix_len
 
-Engine = AsyncLLMEngine | EngineProcess
+if TYPE_CHECKING:  # the in-process engine (and torch) loads only where engines run in-process
+    from server.engine import AsyncLLMEngine
+
+    Engine: TypeAlias = AsyncLLMEngine | EngineProcess
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +70,7 @@ class EngineDriver:
         settings, the dtype, a model that is not there."""
         EngineConfig(**config)
         if dtype is not None:
-            parse_dtype(dtype)
+            check_dtype_name(dtype)
         check_model_name(model)
 
     @classmethod
@@ -122,6 +117,8 @@ class EngineDriver:
             return [
                 cls(e, e.info.name, respawn) for e in spawned if isinstance(e, EngineProcess)
             ]
+        from server.engine import AsyncLLMEngine, LLMEngine  # here: they import torch
+
         first = await asyncio.to_thread(
             LLMEngine.from_pretrained, model, device=device, dtype=dtype, **config
         )
@@ -149,6 +146,11 @@ class EngineDriver:
     @property
     def tokenizer(self) -> Any:
         return self.engine.tokenizer
+
+    @property
+    def threads(self) -> int:
+        """Compute threads the engine runs."""
+        return self.engine.threads
 
     @property
     def max_model_len(self) -> int:

@@ -11,8 +11,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-import torch
-
 from server.engine import EngineError, EngineStats, JobOutput, SamplingParams
 from server.engine_counters import EngineCounters, add_gauges
 from server.engine_driver import EngineDriver
@@ -62,10 +60,13 @@ class EnginePool:
             count, model, device, dtype, processes, log, threads, **config
         )
         pool = cls(drivers)
-        if not processes and threads is not None and threads != torch.get_num_threads():
-            # engines in this process run torch's (process-wide) thread count
-            pool._threads_before = torch.get_num_threads()
-            torch.set_num_threads(threads)
+        if not processes and threads is not None:
+            import torch  # here: engines in their own processes leave this one without torch
+
+            if threads != torch.get_num_threads():
+                # engines in this process run torch's (process-wide) thread count
+                pool._threads_before = torch.get_num_threads()
+                torch.set_num_threads(threads)
         return pool
 
     def __len__(self) -> int:
@@ -89,6 +90,8 @@ class EnginePool:
         for driver in self.drivers:
             await driver.stop()
         if self._threads_before is not None:
+            import torch  # loaded already: `load` set its thread count
+
             torch.set_num_threads(self._threads_before)
             self._threads_before = None
 

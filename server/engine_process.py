@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from server.engine import EngineError, EngineStats, JobOutput, SamplingParams
-from server.engine.async_engine import job_outputs
-from server.engine.llm_engine import check_cache_salt
+from server.engine.cache_salt import check_cache_salt
+from server.engine.job_outputs import job_outputs
 from server.engine.tokenizer import Tokenizer
-from server.engine_start import start_context
-from server.engine_worker import EngineInfo, run_engine_worker
+from server.engine_info import EngineInfo
+from server.engine_start import engine_main, start_context
 
 STOP_TIMEOUT_S = 30.0  # then the child is killed
 
@@ -80,7 +80,7 @@ class EngineProcess:
         mp = start_context()
         conn, child_conn = mp.Pipe()
         process = mp.Process(
-            target=run_engine_worker,
+            target=engine_main,
             args=(child_conn, model, device, dtype, config, *log, threads),
             name="parrot-engine",
             daemon=True,  # never outlives the server
@@ -131,6 +131,11 @@ class EngineProcess:
     @property
     def latency_priority(self) -> int:
         return self.info.latency_priority
+
+    @property
+    def threads(self) -> int:
+        """Its compute threads, as the child counts them."""
+        return self.info.threads
 
     @property
     def pid(self) -> int | None:

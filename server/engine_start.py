@@ -8,8 +8,10 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.forkserver
 from multiprocessing.context import BaseContext
+from typing import Any
 
-# what the fork server imports before its first fork (the child's entry point and all below it)
+# what the fork server imports before its first fork: what the child's entry point (`engine_main`)
+# runs, and all below it
 PRELOAD = ["server.engine_worker"]
 
 
@@ -28,3 +30,12 @@ def start_fork_server() -> None:
     the caller imports meanwhile); a no-op where there is none or it runs already."""
     if start_context().get_start_method() == "forkserver":
         multiprocessing.forkserver.ensure_running()
+
+
+def engine_main(*args: Any) -> None:
+    """An engine process's main, `server.engine_worker.run_engine_worker(*args)`: named here, so
+    that the server hands it to the child (by name, pickled) without importing the engine and
+    torch itself. The fork server imported it already: a forked child finds it loaded."""
+    from server.engine_worker import run_engine_worker
+
+    run_engine_worker(*args)

@@ -27,7 +27,6 @@ import os
 import queue
 import signal
 import threading
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -36,23 +35,11 @@ import torch
 from server.engine import LLMEngine
 from server.engine.outputs import JobOutput
 from server.engine.step_loop import Command, apply_all, run_step_loop
+from server.engine_info import EngineInfo
 from server.log import configure_logging, log_event
 from server.long_lived import freeze_long_lived
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class EngineInfo:
-    """What the parent needs to know of the engine it cannot see."""
-
-    name: str
-    max_model_len: int
-    vocab_size: int
-    kv_tokens: int
-    latency_priority: int
-    model_folder: str  # the parent loads the same tokenizer from here
-    eos_token_ids: tuple[int, ...]
 
 
 def run_engine_worker(
@@ -68,8 +55,9 @@ def run_engine_worker(
     """The child process's main (see the module docstring); it logs as the server does and
     runs `threads` compute threads (None: torch's default)."""
     configure_logging(log_level, log_format)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    # None: torch's default here, which is what the server's own torch would have counted (the
+    # same cores, the same environment); set all the same, as when the server sent that count
+    torch.set_num_threads(threads if threads is not None else torch.get_num_threads())
     # Ctrl-C reaches the whole process group: the server stops its engines itself (or its end
     # of the pipe closes), so that its calls in flight end cleanly rather than mid-step
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -90,11 +78,12 @@ def run_engine_worker(
         latency_priority=engine.config.latency_priority,
         model_folder=str(folder),
         eos_token_ids=tuple(sorted(engine.tokenizer.eos_token_ids)),
+        threads=torch.get_num_threads(),
     )
     frozen = freeze_long_lived()  # torch's and the model's objects: out of the step loop's GCs
     log_event(
         log, "engine_process_ready", pid=os.getpid(), model=info.name, device=str(engine.device),
-        threads=torch.get_num_threads(), frozen_objects=frozen,
+        threads=info.threads, frozen_objects=frozen,
     )  # fmt: skip
     conn.send(("ready", info))
     _Worker(engine, conn).run()

@@ -11,15 +11,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from server.engine.async_engine import AsyncLLMEngine, EngineError
+    from server.engine.async_engine import AsyncLLMEngine
     from server.engine.config import EngineConfig
+    from server.engine.engine_error import EngineError
     from server.engine.llm_engine import LLMEngine
     from server.engine.outputs import CompletionOutput, EngineStats, JobOutput, TokenLogprob
     from server.engine.sampling_params import SamplingParams
 
 _HOMES = {
     "AsyncLLMEngine": "server.engine.async_engine",
-    "EngineError": "server.engine.async_engine",
+    "EngineError": "server.engine.engine_error",
     "EngineConfig": "server.engine.config",
     "LLMEngine": "server.engine.llm_engine",
     "CompletionOutput": "server.engine.outputs",

@@ -15,14 +15,15 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from server.engine.llm_engine import LLMEngine, check_cache_salt
+import torch
+
+from server.engine.cache_salt import check_cache_salt
+from server.engine.engine_error import EngineError
+from server.engine.job_outputs import job_outputs
+from server.engine.llm_engine import LLMEngine
 from server.engine.outputs import EngineStats, JobOutput
 from server.engine.sampling_params import SamplingParams
 from server.engine.step_loop import Command, apply_all, run_step_loop
-
-
-class EngineError(RuntimeError):
-    """A job failed inside the engine (its message says why)."""
 
 
 class AsyncLLMEngine:
@@ -61,6 +62,11 @@ class AsyncLLMEngine:
     @property
     def latency_priority(self) -> int:
         return self.engine.config.latency_priority
+
+    @property
+    def threads(self) -> int:
+        """Its compute threads: torch's, which all engines in this process share."""
+        return torch.get_num_threads()
 
     @property
     def alive(self) -> bool:
@@ -296,22 +302,6 @@ class AsyncLLMEngine:
 
     def _run(self) -> None:
         run_step_loop(self.engine, self._commands, self._deliver)
-
-
-async def job_outputs(
-    outputs: asyncio.Queue[JobOutput | BaseException],
-) -> AsyncIterator[JobOutput]:
-    """A job's outputs as they are queued, up to its finished one; an exception queued, or an
-    output that carries an error, is raised (`EngineError` for the latter)."""
-    while True:
-        item = await outputs.get()
-        if isinstance(item, BaseException):
-            raise item
-        if item.error:
-            raise EngineError(item.error)
-        yield item
-        if item.finished:
-            return
 
 
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:

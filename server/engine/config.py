@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from server.kernels.backend_names import BACKEND_NAMES
 from server.kernels.cascade_config import CascadeConfig
 
 
@@ -60,7 +61,7 @@ class EngineConfig:
     # With packed linears, steps without shared-prefix levels on the default CPU backend run all
     # layers in one C call (server/kernels/cpu/decoder_stack.c); off: layer by layer
     fused_layers: bool = True
-    # attention kernels by name (server.kernels.backends.BACKEND_NAMES); None: by device
+    # attention kernels by name (server.kernels.backend_names); None: by device
     attention_backend: str | None = None
     # when a shared prefix is attended once for its group (cascade); None: the rule measured
     # for the backend (server/kernels/cascade_config.py)
@@ -76,8 +77,6 @@ class EngineConfig:
     ngram_max_rows: int = 6
 
     def __post_init__(self) -> None:
-        from server.kernels.backends import BACKEND_NAMES
-
         if self.attention_backend is not None and self.attention_backend not in BACKEND_NAMES:
             raise ValueError(
                 f"attention_backend must be one of {BACKEND_NAMES} (or None: by device), "

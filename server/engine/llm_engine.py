@@ -15,9 +15,11 @@ from typing import Any
 import torch
 
 from server.engine.block_manager import BlockManager
+from server.engine.cache_salt import check_cache_salt
 from server.engine.config import EngineConfig
 from server.engine.context import Context, Job, JobKind
 from server.engine.device import resolve_device
+from server.engine.dtype_name import parse_dtype
 from server.engine.model_runner import ModelRunner
 from server.engine.models import ModelConfig
 from server.engine.ngram_drafts import ngram_drafts
@@ -891,25 +893,6 @@ class _PausedStep:
     batch: SchedulerOutput
     run: StepRun
     drafting: list[Context]
-
-
-def check_cache_salt(salt: object, parent: int | None = None) -> None:
-    """ValueError unless `salt` is None or a non-empty string (as vLLM requires), and None
-    for a fork (which keeps its parent's)."""
-    if salt is None:
-        return
-    if not isinstance(salt, str) or not salt:
-        raise ValueError(f"cache_salt must be a non-empty string if given, got {salt!r}")
-    if parent is not None:
-        raise ValueError("a fork keeps its parent's cache_salt: give none with a parent")
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    """The torch dtype called `name` ("float32", "bfloat16", ...); ValueError if none is."""
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"dtype must name a torch dtype (e.g. float32, bfloat16), got {name!r}")
-    return dtype
 
 
 def _token_id(value: object) -> int:

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from server.engine.model_name import check_model_name
 from server.engine.models import LlamaForCausalLM, ModelConfig
-from server.engine.registry import embedded_model, registered_names
+from server.engine.registry import embedded_model
 from server.engine.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -101,21 +102,6 @@ def resolve_model_folder(name_or_path: str | Path, cache_root: Path) -> tuple[st
         return path.name, path
     check_model_name(name_or_path)
     raise AssertionError("check_model_name accepts only what is handled above")
-
-
-def check_model_name(name_or_path: str | Path) -> None:
-    """ValueError unless `name_or_path` is a registered name, a folder or a .gguf file."""
-    if embedded_model(str(name_or_path)) is not None:
-        return
-    path = Path(name_or_path).expanduser()
-    if path.is_dir() or (path.is_file() and path.suffix == ".gguf"):
-        return
-    if path.exists():
-        raise ValueError(f"{path}: expected a model folder or a .gguf file")
-    raise ValueError(
-        f"no model named {str(name_or_path)!r}: not a registered name "
-        f"({', '.join(registered_names())}) nor an existing folder or .gguf file"
-    )
 
 
 def convert_gguf(gguf_path: Path, folder: Path) -> Path:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 
 from server.kernels.attend_ops import attend_cpu, attend_flash_attn, attend_torch_cuda
+from server.kernels.backend_names import BACKEND_NAMES
 from server.kernels.metadata import AttentionMetadata
 from server.kernels.sdpa_backend import SdpaBackend, SdpaConfig
 
@@ -24,7 +25,6 @@ Backend = Callable[
     ],
     torch.Tensor,
 ]
-BACKEND_NAMES = ("cpu", "cpu-sdpa", "triton", "flash-attn", "torch-cuda")
 
 
 def default_backend_name(device: torch.device) -> str:

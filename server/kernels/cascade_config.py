@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,8 @@ class CascadeConfig:
     @classmethod
     def for_device(cls, device: torch.device | str) -> CascadeConfig:
         """The measured rule for this kind of device's default backend."""
+        import torch  # here: engine settings (EngineConfig) hold this class in a torch-free server
+
         return CUDA_RULE if torch.device(device).type == "cuda" else CPU_RULE
 
     @classmethod

@@ -135,3 +135,31 @@ def test_the_server_checks_its_flags_and_starts_its_fork_server_before_importing
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          timeout=60, check=True)  # fmt: skip
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_server_with_engine_processes_never_imports_torch_itself(tmp_path) -> None:
+    # with the engines in child processes (the default) the server tokenizes, schedules and
+    # answers HTTP: its flags checked, its app built and an engine's process described to it,
+    # it has loaded no torch, so torch's import in the fork server is the only one on the way
+    # to serving (the engine's start and its messages: tests/server/test_engine_process_live.py)
+    import subprocess
+    import sys
+
+    probe = f"""
+import pickle, sys
+from server.app import check, init_app
+from server.config import ServerConfig
+from server.engine_info import EngineInfo
+from server.engine_start import engine_main
+
+config = ServerConfig.from_args(["--model", {str(tmp_path)!r}, "--dtype", "bfloat16",
+                                 "--engines", "2"])
+check(config)
+init_app(config)
+pickle.dumps(engine_main)  # what an engine process is told to run
+pickle.loads(pickle.dumps(EngineInfo("m", 16, 32, 64, 0, "/m", (2,), 2)))  # what it answers
+print(sorted(m for m in sys.modules if m == 'torch'))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60, check=True)  # fmt: skip
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

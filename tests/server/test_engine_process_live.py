@@ -58,10 +58,13 @@ def test_engines_in_child_processes_answer_as_in_process_and_die_alone(
         text = log.read_text()
         assert re.search(r"threads_per_engine=1\b", text)
         assert re.findall(r"engine_process_ready.*threads=(\d+)", text) == ["1", "1"]
-        # each process leaves what it started with (torch's ~170,000 objects, the model's) out
-        # of its later full garbage collections, which stop its loop while they run
-        frozen = re.findall(r"(?:startup_objects_frozen objects|frozen_objects)=(\d+)", text)
-        assert len(frozen) == 3 and all(int(n) > 100_000 for n in frozen), frozen
+        # each process leaves what it started with (an engine's: torch's ~170,000 objects, the
+        # model's; the server's: its own ~60,000, torch never loaded there) out of its later full
+        # garbage collections, which stop its loop while they run
+        engines = re.findall(r"frozen_objects=(\d+)", text)
+        server = re.findall(r"startup_objects_frozen objects=(\d+)", text)
+        assert len(engines) == 2 and all(int(n) > 100_000 for n in engines), engines
+        assert len(server) == 1 and int(server[0]) > 10_000, server
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
         prompts = ["The parrot said", "Once upon a time", "Numbers: 1 2 3"]
         for text in prompts:
@@ -75,6 +78,8 @@ def test_engines_in_child_processes_answer_as_in_process_and_die_alone(
         status, body = request("GET", f"{srv.url}/v1/sessions/{sid}/variables/y", token=token)
         assert status == 200 and body["value"] == greedy(reference, "Name: Polly\nSays:", 6)
         assert metrics(srv.url)["parrot_generated_tokens_total"] >= 3 * 8 + 6
+        # the engines ran all of it: the server process never loaded torch (nor its ~2.5 s)
+        assert not torch_loaded(srv.process.pid)
 
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
@@ -87,6 +92,11 @@ def test_engines_in_child_processes_answer_as_in_process_and_die_alone(
         started = time.monotonic()
         assert srv.stop() == 0  # and it stops cleanly, without waiting on the dead engines
         assert time.monotonic() - started < 10
+
+
+def torch_loaded(pid: int) -> bool:
+    """Whether process `pid` mapped torch's library (Linux)."""
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
 def wait_logged(log: Path, event: str, timeout_s: float = 60) -> str:
@@ -141,6 +151,8 @@ def test_a_killed_engine_is_restarted_and_what_waited_runs_on_the_new_one(
         done = client.completions.create(model="tiny", prompt="Hi", max_tokens=4, temperature=0)
         assert done.choices[0].text == greedy(reference, "Hi", 4)
         assert metrics(srv.url)["parrot_engine_restarts_total"] == 1
+        # a restart loads torch in the new engine alone
+        assert srv.process is not None and not torch_loaded(srv.process.pid)
         # the new engine's counts go on from the old one's (6 tokens of the call, 4 here)
         assert metrics(srv.url)["parrot_generated_tokens_total"] == generated + 10
         assert request("GET", srv.url + "/healthz")[1]["engines_running"] == 1
