@@ -22,7 +22,10 @@ from benchmarks.common.workload import Bound, Metric, ModeResults, Target, Workl
 # prompt and output lengths of gpts-top4.json divided by these
 QUICK = {"users": 12, "prompt_scale": 6, "output_scale": 16}
 FULL = {"users": 48, "prompt_scale": 3, "output_scale": 8}
-RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # requests per second swept
+# requests per second swept; 0.1 since 2026-11-29: with latency over the tokens generated (not
+# asked for), the prefix-cache-off baseline is past the bound already at 0.25/s in the machine's
+# slow memory state, and its crossing must lie inside the sweep for the gain to be a number
+RATES = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 BASE_RATE = 4.0  # the rate every mode, ablations included, runs
 # The latency bound: mean seconds per output token. A lone request decodes at ~0.02 s a token
 # here, so the bound allows about 5x that for queueing, prefill and larger batches.

@@ -87,8 +87,8 @@ def test_shared_prompt_throughput_is_the_rate_where_latency_reaches_the_bound() 
 def test_shared_prompt_sweeps_the_same_users_at_every_rate() -> None:
     scenarios = load_workload("shared_prompt").scenarios(True)
     by_rate = {s.notes["rate_per_s"]: s for s in scenarios}
-    assert sorted(by_rate) == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
-    assert [s.all_modes for s in scenarios] == [False] * 4 + [True, False]  # ablations: base rate
+    assert sorted(by_rate) == [0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+    assert [s.all_modes for s in scenarios] == [False] * 5 + [True, False]  # ablations: base rate
     slow, fast = by_rate[0.25].jobs, by_rate[4.0].jobs
     assert [j.calls for j in slow] == [j.calls for j in fast]
     assert all(math.isclose(a.start_s, 16 * b.start_s) for a, b in zip(slow, fast, strict=True))
