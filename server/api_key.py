@@ -29,7 +29,8 @@ def api_key_middleware(key: str) -> web.middleware:  # type: ignore[valid-type]
         given = header[7:].strip() if header[:7].lower() == "bearer " else None
         if given is None:
             raise _refused("this server needs an API key: send 'Authorization: Bearer <key>'")
-        if not hmac.compare_digest(given.encode(), expected):
+        # aiohttp decodes a header's bytes that are no UTF-8 to surrogates: back to them
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
             raise _refused("the API key sent in 'Authorization: Bearer <key>' is not this server's")
         return await handler(request)
 

@@ -77,6 +77,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+    except web.RequestPayloadError as exc:
+        # the body is not what its Content-Encoding or Transfer-Encoding header says (aiohttp
+        # decodes it as it reads): the client's mistake
+        reason = str(exc).rsplit("message:", 1)[-1].strip()
+        encoding = request.headers.get("Content-Encoding")
+        said = f" (Content-Encoding: {encoding})" if encoding else ""
+        body = error_body(
+            f"the request body cannot be read as its headers describe it: {reason}{said}",
+            "invalid_request_error", "invalid_body_encoding",
+        )  # fmt: skip
+        return web.json_response(body, status=400)
     except (ClientGone, ConnectionResetError):
         # the client hung up (mid-body, or before a stream's headers went out): nobody reads
         # this, nginx's "client closed request", for the logs and the counters

@@ -29,7 +29,8 @@ class Session:
         self._feeds: dict[str, VariableFeed] = {}
 
     def token_matches(self, token: str) -> bool:
-        return hmac.compare_digest(self._token.encode(), token.encode())
+        # aiohttp decodes a header's bytes that are no UTF-8 to surrogates: back to them
+        return hmac.compare_digest(self._token.encode(), token.encode("utf-8", "surrogateescape"))
 
     def idle_for(self, now: float) -> float:
         """Seconds since the last request, or 0 while calls run or wait to run."""

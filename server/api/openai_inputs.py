@@ -259,9 +259,11 @@ def sampling_of(
     length, token ids) and OpenAI's defaults filled in."""
     limit = driver.max_model_len
     if len(ids) + max_tokens > limit:
+        # the tools are described in the prompt: say so, as they may be most of it
+        tools = ", the tools' descriptions included" if getattr(body, "tools", None) else ""
         raise bad_request(
             f"this model's maximum context length is {limit} tokens, but {len(ids) + max_tokens} "
-            f"were requested ({len(ids)} in the prompt, {max_tokens} for the completion)",
+            f"were requested ({len(ids)} in the prompt{tools}, {max_tokens} for the completion)",
             code="context_length_exceeded",
             # the prompt alone past the context is the prompt's fault, not the output's room
             param="max_tokens" if len(ids) < limit else _prompt_field(body),

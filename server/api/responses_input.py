@@ -206,6 +206,12 @@ def _function_output(item: dict[str, Any], i: int) -> Message:
     if not isinstance(call_id, str):
         raise bad_request(f"input[{i}] (a function_call_output) needs 'call_id', a string",
                           param="input")  # fmt: skip
+    if output is None:  # not the JSON text "null": the client left its result out
+        raise bad_request(
+            f"input[{i}] (a function_call_output) needs 'output': the call's result, a string "
+            "or a list of text parts",
+            param="input",
+        )
     if isinstance(output, list):
         output = "\n".join(_part_text(part, i, k, "output") for k, part in enumerate(output))
     elif not isinstance(output, str):

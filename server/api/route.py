@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -80,7 +81,8 @@ def _json_of(raw: bytes) -> Any:
             f"the request body is not valid JSON: {exc}", code="invalid_json"
         ) from exc
     except RecursionError as exc:  # nested past what the parser's stack holds
-        raise _too_deep(()) from exc
+        text = raw.decode(json.detect_encoding(raw), "replace")  # as json.loads decoded it
+        raise _too_deep(_deep_path(text, MAX_BODY_DEPTH)) from exc
     deep = path_deeper_than(data, MAX_BODY_DEPTH)
     if deep is not None:
         raise _too_deep(deep)
@@ -94,6 +96,44 @@ def _json_of(raw: bytes) -> Any:
             param=where or None,
         )
     return data
+
+
+# a JSON string (escapes kept) or one of the characters that open, close or separate containers
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},:]')
+
+
+def _deep_path(text: str, limit: int) -> tuple[object, ...]:
+    """The path (keys and indexes) of the first container nested more than `limit` deep in
+    JSON `text` that the parser could not read for its depth, as `path_deeper_than` gives it
+    for parsed JSON: the text is scanned up to that container, not parsed."""
+    opened: list[str] = []  # "{" or "[", per container open at this point
+    path: list[object] = []  # each one's key or index
+    key = ""
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        if token in ("{", "["):
+            if len(opened) >= limit:
+                return tuple(path)
+            opened.append(token)
+            path.append(None if token == "{" else 0)
+        elif token in ("}", "]"):
+            if opened:
+                opened.pop()
+                path.pop()
+        elif token == ",":
+            if opened and opened[-1] == "[":
+                index = path[-1]
+                assert isinstance(index, int)
+                path[-1] = index + 1
+        elif token == ":":
+            if opened:
+                path[-1] = key
+        else:  # a string: the key, if a colon follows
+            try:
+                key = json.loads(token)
+            except ValueError:  # a bad escape: the key as written
+                key = token[1:-1]
+    return ()
 
 
 def _too_deep(path: tuple[object, ...]) -> ApiError:

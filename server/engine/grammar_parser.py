@@ -195,6 +195,8 @@ class _Parser:
             lo = self._char()
             if self.text.startswith("-", self.at) and not self.text.startswith("-]", self.at):
                 self.at += 1
+                if self.at >= len(self.text):  # "[a-" ends the text
+                    raise self._error("an unclosed character class", where)
                 hi = self._char()
                 if hi < lo:
                     raise self._error("a backwards range in a character class", where)

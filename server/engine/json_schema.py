@@ -144,19 +144,24 @@ class _Compiler:
             "maxItems", "enum", "const", "anyOf", "oneOf", "allOf", *_STRING_KEYS, *_NUMBER_KEYS,
         })  # fmt: skip
         if unknown:
-            raise SchemaError(f"{where}: {', '.join(unknown)} cannot be enforced while decoding")
+            # a key that reads as nothing (blank, control characters) is shown quoted
+            names = ", ".join(k if k.strip() and k.isprintable() else repr(k) for k in unknown)
+            raise SchemaError(f"{where}: {names} cannot be enforced while decoding")
         if "const" in schema or "enum" in schema:
             values = [schema["const"]] if "const" in schema else schema["enum"]
             if not isinstance(values, list) or not values:
                 raise SchemaError(f"{where}: enum must be a non-empty list")
-            encoded = tuple(_compact(v) for v in values)
+            encoded = tuple(_compact(v, where) for v in values)
             return Node("enum", values=self._allowed_values(schema, encoded, where))
         for key in ("anyOf", "oneOf", "allOf"):
             if key in schema:
                 return self._branches(schema, key, where)
         kinds = schema.get("type", list(_KINDS))
         kinds = [kinds] if isinstance(kinds, str) else kinds
-        if not kinds or any(k not in _KINDS for k in kinds):
+        # a type of another JSON type (1.5, {}) is refused here, not met by the code below
+        if not isinstance(kinds, list) or not kinds or any(
+            not isinstance(k, str) or k not in _KINDS for k in kinds
+        ):
             raise SchemaError(f"{where}: type must name {', '.join(_KINDS)}, got {kinds!r}")
         nodes = [self._typed(schema, k, where) for k in dict.fromkeys(kinds)]
         if "number" in kinds and "integer" in kinds:
@@ -170,6 +175,8 @@ class _Compiler:
                 raise SchemaError(f"{where}: properties must be an object")
             compiled = {k: self.node(v, f"{where}/properties/{k}") for k, v in properties.items()}
             required = schema.get("required", [])
+            if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+                raise SchemaError(f"{where}: required must be a list of property names")
             missing = sorted(set(required) - set(compiled))
             extra = schema.get("additionalProperties", False)
             if missing and extra is False:
@@ -210,7 +217,7 @@ class _Compiler:
             kept = tuple(v for v in encoded
                          if SchemaPrefix(holder).feed_all(b'{"v":' + v + b"}"))  # fmt: skip
         if "const" in schema and isinstance(schema.get("enum"), list):  # const among the enum
-            kept = tuple(v for v in kept if v in {_compact(e) for e in schema["enum"]})
+            kept = tuple(v for v in kept if v in {_compact(e, where) for e in schema["enum"]})
         if not kept:
             raise SchemaError(
                 f"{where}: no value of enum/const is allowed by the rest of the schema"
@@ -233,13 +240,15 @@ class _Compiler:
 
     def _ref(self, schema: dict[str, Any], where: str) -> Node:
         ref = schema["$ref"]
-        if ref in self._refs:
-            return self._refs[ref]
         parts = ref.split("/") if isinstance(ref, str) else []
-        target: object = self._root
         if parts[:1] != ["#"] or len(parts) != 3 or parts[1] not in ("$defs", "definitions"):
             raise SchemaError(f"{where}: only $ref to #/$defs/NAME is supported, got {ref!r}")
-        target = self._root.get(parts[1], {}).get(parts[2])
+        if ref in self._refs:
+            return self._refs[ref]
+        defs = self._root.get(parts[1], {})
+        if not isinstance(defs, dict):
+            raise SchemaError(f"{where}: $ref {ref!r}: #/{parts[1]} must be an object of schemas")
+        target = defs.get(parts[2])
         if target is None:
             raise SchemaError(f"{where}: $ref {ref!r} points at nothing")
         placeholder = Node("any")  # filled in below; a recursive reference finds it
@@ -319,9 +328,15 @@ def _number_bounds(schema: dict[str, Any], integer: bool, where: str) -> NumberB
         raise SchemaError(f"{where}: {exc}") from exc
 
 
-def _compact(value: object) -> bytes:
+def _compact(value: object, where: str) -> bytes:
     """A value as the decoder writes it: compact JSON, non-ASCII characters as themselves."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:  # NaN or Infinity (Python's JSON reads them): no JSON to write
+        raise SchemaError(
+            f"{where}: enum/const values must be JSON (NaN and Infinity are not)"
+        ) from exc
+    return text.encode()
 
 
 def _count(value: object) -> bool:

@@ -123,7 +123,8 @@ def test_bytes_of_one_character_may_arrive_apart_and_impossible_lead_bytes_are_r
      ('start: "a"', "a rule (name ::= ...) expected"), ('root ::= "\\q"', "escape \\\\q"),
      ('root ::= "a"{3,1}', "below the minimum"), ('root ::= ("a"', "unclosed group"),
      ('root ::= "a"{999}', "at most 256"), ('root ::= "\\x4"', "2 hex digits"),
-     ("root ::= [a", "unclosed character class"), ('root ::= "a" )', "expected")],
+     ("root ::= [a", "unclosed character class"), ('root ::= "a" )', "expected"),
+     ("root ::= [a-", "line 1, column 10: an unclosed character class")],
 )  # fmt: skip
 def test_grammars_that_cannot_be_followed_are_refused_with_the_reason(grammar: str, message: str):
     with pytest.raises(GrammarError, match=re.escape(message) if "\\" not in message else message):

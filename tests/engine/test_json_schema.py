@@ -205,6 +205,35 @@ def test_schemas_that_cannot_be_enforced_are_refused_by_name(schema: dict, messa
         compile_schema(schema)
 
 
+def _holding(value: dict) -> dict:
+    return {"type": "object", "properties": {"v": value}}
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        (_holding({"type": 1.5}), "#/properties/v: type must name object, .*got 1.5"),
+        (_holding({"type": ["string", {}]}), "type must name object"),
+        ({"type": "object", "properties": {"a": {}}, "required": 5},
+         "#: required must be a list of property names"),
+        ({"type": "object", "properties": {"a": {}}, "required": [["a"]]},
+         "required must be a list of property names"),
+        (_holding({"$ref": {}}), "only \\$ref to #/\\$defs/NAME is supported, got {}"),
+        (_holding({"$ref": ["#"]}), "only \\$ref to #/\\$defs/NAME is supported"),
+        ({**_holding({"$ref": "#/$defs/A"}), "$defs": ["A"]}, "#/\\$defs must be an object"),
+        (_holding({"enum": ["a", float("nan")]}), "enum/const values must be JSON"),
+        (_holding({"const": float("inf")}), "enum/const values must be JSON"),
+        # a keyword that reads as nothing is shown quoted (before: "#/properties/v:  cannot...")
+        (_holding({"type": "string", "": 1, " ": 2}), "#/properties/v: '', ' ' cannot be"),
+    ],
+)  # fmt: skip
+def test_malformed_schemas_are_refused_by_name_not_raised(schema: dict, message: str):
+    # before: TypeError or AttributeError out of the compiler (a 500), or for NaN a constraint
+    # whose output was no JSON
+    with pytest.raises(SchemaError, match=message):
+        compile_schema(schema)
+
+
 @pytest.fixture(scope="module")
 def engine(tiny_llama_path: Path) -> LLMEngine:
     return LLMEngine.from_pretrained(str(tiny_llama_path))

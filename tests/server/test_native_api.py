@@ -453,6 +453,13 @@ BAD_SAMPLING = [
     ({"logit_bias": {"99999": 1}}, "logit_bias: '99999' is not a token id of this model"),
     ({"top_p": 0}, "top_p: Input should be greater than 0"),
     (7, "Input should be a valid dictionary"),
+    # found by fuzzing: a schema keyword or a grammar cut short, each once a 500 of the whole
+    # submission
+    ({"json_schema": {"type": "object", "properties": {"a": {}}, "required": 5}},
+     "#: required must be a list of property names"),
+    ({"json_schema": {"type": "object", "properties": {"a": {"type": 1.5}}}},
+     "#/properties/a: type must name object"),
+    ({"grammar": "root ::= [a-"}, "line 1, column 10: an unclosed character class"),
 ]
 
 
@@ -493,6 +500,9 @@ def test_bad_requests_get_clear_errors(server: str) -> None:
         (request("POST", graph_url, {"calls": [], "bogus": 1}, token), 400, "bogus"),
         (request("POST", graph_url, {}), 401, "needs its token"),
         (request("POST", graph_url, {}, other_token), 403, "does not open session"),
+        # a token that is no UTF-8 (bytes sent as they are): a wrong token, not a 500
+        (request("GET", f"{server}/v1/sessions/{sid}", token="\xff\xfe"), 403,
+         "does not open session"),
         (request("POST", f"{server}/v1/sessions/s-nope/graph", {}, token), 404, "'s-nope'"),
         (request("GET", f"{server}/v1/sessions/{sid}/variables/nope", token=token), 404,
          "variable 'nope' does not exist"),

@@ -262,6 +262,32 @@ def test_a_client_that_hangs_up_mid_body_is_no_server_error(server: str) -> None
     assert (errors - errors_before, gone - gone_before) == (0, 2)
 
 
+def test_a_body_that_is_not_in_its_content_encoding_is_a_400(server: str) -> None:
+    """Found by fuzzing: a body that its Content-Encoding header does not describe could not be
+    decoded, a 500; a body that is what its header says is read."""
+    import gzip
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 1}).encode()
+
+    def post(data: bytes, encoding: str) -> tuple[int, dict]:
+        headers = {"Content-Type": "application/json", "Content-Encoding": encoding}
+        req = urllib.request.Request(f"{server}/v1/completions", data, headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    assert post(gzip.compress(body), "gzip")[0] == 200
+    for encoding in ("gzip", "deflate"):
+        status, answer = post(body, encoding)
+        assert status == 400 and answer["error"]["code"] == "invalid_body_encoding", answer
+        assert f"Content-Encoding: {encoding}" in answer["error"]["message"], answer
+
+
 def test_chat_openai_in_an_lcel_chain(server: str, engine: LLMEngine) -> None:
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import ChatPromptTemplate
@@ -502,6 +528,40 @@ def test_errors_have_openai_shape_and_the_server_goes_on(client: openai.OpenAI) 
     assert set(body["error"]) == {"message", "type", "param", "code"}
     done = client.completions.create(model="tiny", prompt="still here", max_tokens=2)
     assert done.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_malformed_schema_is_a_400_naming_its_field_wherever_it_is_given(server: str) -> None:
+    """Found by fuzzing: schema keywords of the wrong JSON type (type 1.5, required 5, a $ref
+    that is an object) raised out of the schema compiler, a 500 on every route that takes one;
+    a named tool's were a 500 as well."""
+    user = [{"role": "user", "content": "x"}]
+    wrong_type = {"type": "object", "properties": {"a": {"type": 1.5}}}
+    wrong_required = {"type": "object", "properties": {"a": {}}, "required": 5}
+    wrong_ref = {"type": "object", "properties": {"r": {"$ref": {}}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": wrong_required}}
+    cases = [
+        ("completions", {"prompt": "x", "max_tokens": 2, "guided_json": wrong_type}, "guided_json",
+         "guided_json: the schema #/properties/a: type must name object"),
+        ("chat/completions", {"messages": user, "max_tokens": 2, "response_format": fmt},
+         "response_format",
+         "response_format: the schema #: required must be a list of property names"),
+        ("responses", {"input": "x", "max_output_tokens": 2,
+                       "text": {"format": {"type": "json_schema", "name": "x", "schema": wrong_ref}}},
+         "text.format", "text.format: the schema #/properties/r: only $ref to #/$defs/NAME"),
+    ]  # fmt: skip
+    for path, body, param, needle in cases:
+        for stream in (False, True):
+            asked = {"model": "tiny", **body, "stream": stream}
+            status, got = request("POST", f"{server}/v1/{path}", asked)
+            assert status == 400 and got["error"]["param"] == param, (path, got)
+            assert needle in got["error"]["message"], got
+    # a named call's arguments follow the tool's parameters where the decoder can enforce them,
+    # else they are any JSON object (as for a schema it cannot follow)
+    tool = {"type": "function", "function": {"name": "f", "parameters": wrong_required}}
+    asked = {"model": "tiny", "messages": user, "max_tokens": 8, "temperature": 0,
+             "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "f"}}}
+    status, got = request("POST", f"{server}/v1/chat/completions", asked)
+    assert status == 200 and len(got["choices"]) == 1, got
 
 
 def test_streamed_logprobs_ride_with_their_text_when_a_stop_string_holds_it_back(

@@ -220,6 +220,10 @@ def test_past_calls_and_results_render_as_turns(client: openai.OpenAI, engine: L
         ({"tools": [WEATHER], "tool_choice": {"type": "function",
                                              "function": {"name": "get_weather"}},
           "extra_body": {"min_tokens": 2}}, "min_tokens", "no min_tokens"),
+        # found by fuzzing: the tools are described in the prompt, which a long description
+        # made too long for a prompt whose messages are one short question
+        ({"tools": [{"type": "function", "function": {"name": "f", "description": "w " * 1200}}]},
+         "messages", "in the prompt, the tools' descriptions included, 4 for the completion"),
     ],
 )  # fmt: skip
 def test_bad_tool_requests_are_400s_naming_the_field(client: openai.OpenAI, extra, param, message):

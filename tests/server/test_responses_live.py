@@ -222,6 +222,9 @@ def test_a_json_schema_format_and_logprobs_are_those_of_chat(client: openai.Open
         ({"input": [{"type": "function_call_output", "call_id": "c",
                      "output": [{"type": "input_image", "image_url": "x"}]}]},
          "input", "input[0].output[0]"),
+        # found by fuzzing: a result left out was taken, as the text "null"
+        ({"input": [{"type": "function_call_output", "call_id": "c"}]}, "input",
+         "input[0] (a function_call_output) needs 'output'"),
         ({"input": "x", "tools": [WEATHER], "tool_choice": "required", "ignore_eos": True},
          "ignore_eos", "no ignore_eos"),  # was a 500
         # OpenAI's bounds on metadata: 16 pairs, keys of 64 characters, values of 512

@@ -37,6 +37,11 @@ async def test_a_body_nested_too_deeply_is_a_400_saying_so() -> None:
             assert resp.status == 400, error
             assert f"nested more than {MAX_BODY_DEPTH} levels deep" in error["message"]
             assert error["type"] == "invalid_request_error"
+            # where, however deep (before: past the parser's stack, nothing said where)
+            assert "(at x.0.0.....0.0.0)" in error["message"] and error["param"] == "x", error
+        keyed = '{"a": 1, "k\\"{": {"b": [0, "]", ' + "[" * 5000 + "]" * 5000 + "]}}"
+        error = (await (await client.post("/", data=keyed)).json())["error"]
+        assert '(at k"{.b.2.....0.0.0)' in error["message"] and error["param"] == 'k"{', error
 
 
 async def test_a_body_over_the_size_limit_is_a_413_naming_the_setting() -> None:
