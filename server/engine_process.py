@@ -85,7 +85,21 @@ class EngineProcess:
             name="parrot-engine",
             daemon=True,  # never outlives the server
         )
-        process.start()
+        # off the loop: the fork server answers with the child's pid only once it has forked,
+        # which a busy machine (or a stopped fork server) delays, and the loop serves the other
+        # engines meanwhile
+        starting = asyncio.ensure_future(asyncio.to_thread(process.start))
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:  # the server stops while the child starts
+            with contextlib.suppress(Exception):
+                await starting
+            if process.pid is not None:
+                process.kill()
+                await asyncio.to_thread(process.join, 5)
+            conn.close()
+            child_conn.close()
+            raise
         child_conn.close()  # the child's end lives in the child: EOF here once it exits
         try:
             message = await asyncio.to_thread(conn.recv)
