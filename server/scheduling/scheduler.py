@@ -2,7 +2,8 @@
 
 Ordering and admission are apart: the policy sorts units of work (a call, or the ready members
 of a task group, which are admitted together onto one engine); admission stops at the first unit
-no engine has room for, so later work never overtakes it.
+no engine takes (none has room, or the engine holding its prefix is full and worth waiting for:
+see `choose_engine`), so later work never overtakes it.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class CallScheduler(Generic[P]):
         loads: list[EngineLoad],
         affinity: Callable[[list[WorkItem[P]]], Mapping[int, int]],
     ) -> list[Admission[P]]:
-        """Take units off the queue in policy order while an engine has room; `loads` is
+        """Take units off the queue in policy order while an engine takes them; `loads` is
         updated with what is admitted. `affinity(unit)` says which engines hold its prefix."""
         admissions: list[Admission[P]] = []
         by_index = {load.index: load for load in loads}
