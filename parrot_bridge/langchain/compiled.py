@@ -5,10 +5,17 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
+from langchain_core.runnables import (
+    Runnable,
+    RunnableConfig,
+    RunnableLambda,
+    RunnableSequence,
+    RunnableSerializable,
+)
 from langchain_core.runnables.base import coerce_to_runnable
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, PrivateAttr
@@ -16,7 +23,8 @@ from pydantic import ConfigDict, PrivateAttr
 from parrot_bridge.langchain.chat_model import ChatParrot
 from parrot_bridge.langchain.llm import ParrotLLM
 from parrot_bridge.langchain.reporting import last_chunk
-from parrot_bridge.langchain.tracer import TracedCall, Tracer, log_split_once
+from parrot_bridge.langchain.tracer import ClientStream, TracedCall, Tracer, log_split_once
+from parrot_bridge.langchain.window import run_window, window_size
 from parrot_bridge.session import Session
 from parrot_bridge.variable import Criteria
 
@@ -41,7 +49,7 @@ def compile(runnable: Runnable | dict[str, Any], criteria: Criteria = "latency")
 
 class CompiledChain(RunnableSerializable[Any, Any]):
     """The Runnable that `compile` returns. `last_calls` lists the semantic calls of the
-    latest trace (its graph), for inspection."""
+    latest trace (of its graph, or graphs: a window's, see `window`), for inspection."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -88,7 +96,8 @@ class CompiledChain(RunnableSerializable[Any, Any]):
     def split_steps(self) -> set[str]:
         """Names of the steps that ran on the client on generated values so far: those that
         split a graph (warned about) and those that came after the whole graph (logged at
-        INFO; a parser of the last answer, say)."""
+        INFO; a parser of the last answer, say); also the parallels and maps whose branches or
+        items a `max_concurrency` made graphs of their own (warned about; see `window`)."""
         return set(self._split_steps)
 
     # -- Runnable ------------------------------------------------------------------------------
@@ -115,10 +124,12 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         fails (a step raising) gets its exception and the others their answers; a failure while
         the graph's values are awaited goes to every input still waiting.
 
-        `config["max_concurrency"] = k` (as in a plain batch: at most k inputs at once): the
-        inputs go in groups of k, one graph each, a group once the one before has its answers.
-        One graph cannot honour it: the server runs every call of a graph as soon as its
-        inputs are there, and a graph carries no limit of its own."""
+        `config["max_concurrency"] = k` below the number of inputs (as in a plain batch: at most
+        k inputs at once): each input is a graph of its own, k of them in flight at once, the
+        next input starting as soon as one has its answer (a sliding window; see `window`). One
+        graph cannot honour it: the server runs every call of a graph as soon as its inputs are
+        there, and a graph carries no limit of its own. Without `return_exceptions`, once an
+        input fails no further input starts, and the first failure in input order is raised."""
         return self._batch_with_config(
             self._run, inputs, config, return_exceptions=return_exceptions,
             keep_errors=return_exceptions,
@@ -143,7 +154,13 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         """The final output's generated text as it comes; other outputs arrive whole. A chat
         model's message comes as a plain stream's AIMessageChunks: one id for them all, the
         last with the finish reason and (with `stream_usage`) the usage. Model calls are
-        reported to callbacks when the stream ends, without token events."""
+        reported to callbacks when the stream ends, without token events.
+
+        Where the chain's last model step runs on the client (a chat call asking for logprobs,
+        a model in `with_fallbacks` or `configurable_fields`, one of another server...), it and
+        the steps after it stream as the plain chain streams them, chunk by chunk with token
+        events, once the graph before it has its values; except a chat call asking for n > 1
+        samples, which comes whole (one sample streams: ChatParrot's own stream refuses it)."""
         yield from self._transform_stream_with_config(iter([input]), self._transform, config)
 
     async def astream(
@@ -179,28 +196,36 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         self, inputs: list[Any], config: list[RunnableConfig], keep_errors: bool = False
     ) -> list[Any]:
         """The outputs of `inputs`; with `keep_errors`, an input's exception is its output.
-        With a `max_concurrency` of k (the first config's, as LangChain's batch reads it), in
-        groups of k inputs, one after the other (see `batch`)."""
-        size = _group_size(config[0], len(inputs))
-        if size == len(inputs):
-            return self._run_graph(inputs, config, keep_errors)
-        outs: list[Any] = []
-        calls: list[TracedCall] = []
-        for at in range(0, len(inputs), size):
-            outs += self._run_graph(inputs[at : at + size], config[at : at + size], keep_errors)
-            calls += self._last_calls
-        self._last_calls = calls
-        return outs
+        With a `max_concurrency` of k below their number (the first config's, as LangChain's
+        batch reads it), each input alone, k at once in a sliding window (see `batch`)."""
+        limit = window_size(config[0], len(inputs)) if len(inputs) > 1 else None
+        calls: list[list[TracedCall]] = [[] for _ in inputs]  # each input's, or the graph's
+        try:
+            if limit is None:
+                return self._run_graph(inputs, config, calls[0], keep_errors)
+            tasks = [partial(self._run_graph, [x], [c], found, keep_errors)
+                     for x, c, found in zip(inputs, config, calls, strict=True)]  # fmt: skip
+            outcomes = run_window(tasks, limit, stop_on_error=not keep_errors)
+            for outcome in outcomes:
+                if outcome.error is not None and not keep_errors:
+                    raise outcome.error
+            return [out.error if out.error is not None else out.value[0] for out in outcomes]
+        finally:
+            self._last_calls = [call for found in calls for call in found]
 
     def _run_graph(
-        self, inputs: list[Any], config: list[RunnableConfig], keep_errors: bool = False
-    ) -> list[Any]:
-        """`_run` of inputs traced together: each as a strand of its own, so that what they wait
-        for (a parser's answer, say) goes in one graph, not one graph per input."""
+        self, inputs: list[Any], config: list[RunnableConfig], calls: list[TracedCall],
+        keep_errors: bool = False,
+    ) -> list[Any]:  # fmt: skip
+        """`_run` of inputs traced together, their semantic calls added to `calls`: each input
+        as a strand of its own, so that what they wait for (a parser's answer, say) goes in one
+        graph, not one graph per input."""
         with self._session() as session:
             tracer = self._tracer(session)
-            outcomes = tracer.run_each(self.chain, inputs, list(config))
-            self._last_calls = tracer.calls
+            try:
+                outcomes = tracer.run_each(self.chain, inputs, list(config))
+            finally:
+                calls.extend(tracer.calls)
             for outcome in outcomes:
                 if outcome.error is not None and not keep_errors:
                     raise outcome.error
@@ -218,9 +243,23 @@ class CompiledChain(RunnableSerializable[Any, Any]):
 
     def _transform(self, inputs: Iterator[Any], config: RunnableConfig) -> Iterator[Any]:
         (input,) = list(inputs)
+        parts = _stream_parts(self.chain)
         with self._session() as session:
             tracer = self._tracer(session)
-            out = tracer.run(self.chain, input, config)
+            if parts is None:
+                out = tracer.run(self.chain, input, config)
+            else:  # the sequence's steps one by one, as `run` takes them
+                head, last, tail = parts
+                out = input
+                for step in head:
+                    out = tracer.run(step, out, config)
+                out = tracer.run_streamed(last, out, config)
+                if isinstance(out, ClientStream):
+                    self._last_calls = tracer.calls
+                    yield from _plain_stream(last, tail, tracer.finish(out.value), config)
+                    return
+                for step in tail:
+                    out = tracer.run(step, out, config)
             self._last_calls = tracer.calls
             if not isinstance(out, str | AIMessage) or not tracer.symbols.find(out):
                 yield tracer.finish(out)
@@ -265,20 +304,46 @@ class CompiledChain(RunnableSerializable[Any, Any]):
         await task
 
     def _tracer(self, session: Session) -> Tracer:
-        with self._lock:
-            on_split = log_split_once(self._split_steps, self._warned_splits)
-        return Tracer(session, self.criteria, self._timeout, on_split)
+        log_split = log_split_once(self._split_steps, self._warned_splits)
+
+        def on_split(step: str, why: str, last: bool) -> None:
+            with self._lock:  # the traces of a batch's window (and their windows) run at once
+                log_split(step, why, last)
+
+        return Tracer(session, self.criteria, self._timeout, on_split, new_session=self._session)
 
 
-def _group_size(config: RunnableConfig, count: int) -> int:
-    """How many of `count` inputs may run at once: `max_concurrency`, else all. A bad one is
-    refused where a plain batch refuses it: with several inputs (one is simply invoked)."""
-    limit = config.get("max_concurrency")
-    if limit is None or count == 1:
-        return count
-    if not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"compile(): max_concurrency must be a positive int, got {limit!r}")
-    return min(limit, count)
+def _stream_parts(chain: Runnable) -> tuple[list[Runnable], Runnable, list[Runnable]] | None:
+    """The chain's steps (nested sequences flattened) before its last step that holds a Parrot
+    model, that step, and those after it, which `stream` streams as a plain chain does where
+    that step runs on the client; None where nothing streams that way (no such step, or one
+    after it that has only an async function, which a plain sync stream cannot run)."""
+    steps = _flat_steps(chain)
+    at = max((i for i, step in enumerate(steps) if _parrot_models(step)), default=None)
+    if at is None or any(_async_only(step) for step in steps[at + 1 :]):
+        return None
+    return steps[:at], steps[at], steps[at + 1 :]
+
+
+def _flat_steps(chain: Runnable) -> list[Runnable]:
+    if isinstance(chain, RunnableSequence):
+        return [inner for step in chain.steps for inner in _flat_steps(step)]
+    return [chain]
+
+
+def _async_only(step: Runnable) -> bool:
+    return isinstance(step, RunnableLambda) and not hasattr(step, "func")
+
+
+def _plain_stream(
+    last: Runnable, tail: list[Runnable], value: Any, config: RunnableConfig
+) -> Iterator[Any]:
+    """`last | tail` streamed on `value` as a plain sequence streams it: `last`'s chunks (a
+    model's tokens), through each later step's `transform`."""
+    chunks = last.stream(value, config)
+    for step in tail:
+        chunks = step.transform(chunks, config)
+    yield from chunks
 
 
 def _parrot_models(runnable: Any) -> list[ChatParrot | ParrotLLM]:

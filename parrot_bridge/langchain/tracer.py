@@ -6,7 +6,8 @@ variables; prompt templates, parsers and structural steps pass sentinels along; 
 needs a generated value (a non-Parrot step, a lambda that reads the text) splits the graph: what
 was traced is submitted, the values it needs are awaited, and the step runs on the client.
 Batch inputs, parallel branches and map items are traced as strands (see `rounds`): what they
-all wait for at a point is submitted together, as one graph.
+all wait for at a point is submitted together, as one graph. Branches or map items that a
+`max_concurrency` limits run apart instead, each a graph of its own (see `window`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from parrot_bridge.langchain.settings import CHAT_ONLY_OPTIONS, without_options
 from parrot_bridge.langchain.step_run import StepRun, format_quietly
 from parrot_bridge.langchain.symbolic_str import NeedsValue, user_code
 from parrot_bridge.langchain.symbols import Symbols, has_hidden_text, map_strings, strings
+from parrot_bridge.langchain.window import run_window, window_size
 from parrot_bridge.request_fields import semantic_options
 from parrot_bridge.session import Session
 from parrot_bridge.template import escape_text
@@ -70,6 +72,14 @@ class TracedCall:
     output: SemanticVariable
 
 
+@dataclass(frozen=True, slots=True)
+class ClientStream:
+    """What `Tracer.run_streamed` gives where its step runs on the client: the step's input,
+    its generated values filled in, for the caller to stream the step on."""
+
+    value: Any
+
+
 @dataclass(slots=True)
 class _PendingChat:
     model: ChatParrot
@@ -86,18 +96,21 @@ class Tracer:
     to wait for generated values. Whether it came after the whole graph is known only later:
     a step that is not a model call (a parser, a lambda) is told once the next call of its
     strand is traced (it split the graph) or once the trace ends (it did not: a parser of the
-    last answer); another batch input's or parallel branch's calls do not count."""
+    last answer); another batch input's or parallel branch's calls do not count. `new_session`
+    opens the session of a graph traced apart (see `_window`); default: one like `session`."""
 
     session: Session
     criteria: Criteria = "latency"
     timeout: float | None = None  # seconds each generated value may take (the model's)
     on_split: Callable[[str, str, bool], None] = lambda step, why, last: None
+    new_session: Callable[[], Session] | None = None
     symbols: Symbols = field(default_factory=Symbols)
     calls: list[TracedCall] = field(default_factory=list)
     model_runs: list[ModelRun] = field(default_factory=list)
     step_runs: list[StepRun] = field(default_factory=list)  # to report once values are known
     _chats: list[_PendingChat] = field(default_factory=list)
     rounds: Rounds = field(init=False)
+    _streamed: Runnable | None = field(default=None, init=False)  # see `run_streamed`
 
     def __post_init__(self) -> None:
         self.rounds = Rounds(self._submit_round)
@@ -126,7 +139,10 @@ class Tracer:
             return value
         if isinstance(step, RunnableParallel):
             branches = list(step.steps__.values())
-            outs = self.run_each_of(branches, value, config)
+            if window_size(config, len(branches)):
+                outs = self._window(step, [(b, value) for b in branches], config)
+            else:
+                outs = self.run_each_of(branches, value, config)
             return dict(zip(step.steps__, outs, strict=True))
         if isinstance(step, RunnableAssign):
             if not isinstance(value, dict):
@@ -140,6 +156,8 @@ class Tracer:
             out = step._pick(value) if isinstance(step, RunnablePick) else value
             return self._report_later(step, config, value, out, None)
         if isinstance(step, RunnableEach) and isinstance(value, list):
+            if window_size(config, len(value)):
+                return self._window(step, [(step.bound, v) for v in value], config)
             return _values(self.run_each(step.bound, value, [config] * len(value)))
         if isinstance(step, RunnableLambda) and getattr(step, "func", None) is not None:
             return self._lambda(step, value, config)
@@ -148,6 +166,18 @@ class Tracer:
         if type(step) is StrOutputParser:
             return self._str_parser(step, value, config)
         return self._on_client(step, value, config, "it is not a step Parrot can trace")
+
+    def run_streamed(self, step: Runnable, value: Any, config: RunnableConfig | None) -> Any:
+        """`run`, except where `step` itself runs on the client (a chat call asking for logprobs,
+        a model in `with_fallbacks`, one of another server...): then a `ClientStream` of its
+        input, the generated values in it awaited, so that the caller streams the step as a
+        plain stream does, chunk by chunk, rather than take its whole result. A chat call asking
+        for several samples runs as in `run` (ChatParrot streams one sample, refusing more)."""
+        self._streamed = step
+        try:
+            return self.run(step, value, config)
+        finally:
+            self._streamed = None
 
     def run_each_of(
         self, steps: list[Runnable], value: Any, config: RunnableConfig | None
@@ -350,7 +380,64 @@ class Tracer:
             else:
                 self.rounds.strand().waited.append((step.get_name(), why))
         with self.resolve(value) as real:
+            if self._streams(step, kwargs or {}):
+                return ClientStream(real)
             return invoke_here(step, real, config, kwargs)
+
+    def _window(
+        self, step: Runnable, tasks: list[tuple[Runnable, Any]], config: RunnableConfig | None
+    ) -> list[Any]:
+        """The results of `step`'s branches or map items (each a step and its input) where
+        `max_concurrency` is below their number: as a plain RunnableParallel's (or batch's)
+        thread pool runs them, at most that many at once, the next starting as soon as one
+        ends. A graph has no limit of its own, so each is traced apart, a graph of its own,
+        once the generated values in the inputs are there (a split, warned about once). The
+        first one's exception, in their order, is raised; after a map item's failure no further
+        item starts, as in a plain batch."""
+        limit = window_size(config, len(tasks))
+        assert limit is not None
+        what = "map items" if isinstance(step, RunnableEach) else "branches"
+        self.on_split(
+            step.get_name(),
+            f"max_concurrency={limit} limits its {len(tasks)} {what}, so they run {limit} at "
+            "once, each as a graph of its own",
+            False,
+        )
+        calls: list[list[TracedCall]] = [[] for _ in tasks]
+        with self.resolve([value for _, value in tasks]) as real:
+            jobs = [
+                partial(self._apart, inner, value, config, found)
+                for (inner, _), value, found in zip(tasks, real, calls, strict=True)
+            ]
+            outs = run_window(jobs, limit, stop_on_error=isinstance(step, RunnableEach))
+        self.calls += [call for found in calls for call in found]
+        return _values(outs)
+
+    def _apart(
+        self, step: Runnable, value: Any, config: RunnableConfig | None, calls: list[TracedCall]
+    ) -> Any:
+        """`step`'s result on `value`, traced as a graph of its own in a session of its own (its
+        model runs reported to callbacks when it ends); its semantic calls added to `calls`."""
+        with (self.new_session or self._like_session)() as session:
+            tracer = Tracer(session, self.criteria, self.timeout, self.on_split, self.new_session)
+            try:
+                out = tracer.run(step, value, config)
+            finally:
+                calls.extend(tracer.calls)
+            return tracer.finish(out)
+
+    def _like_session(self) -> Session:
+        return Session(self.session.url, name=self.session.name, api_key=self.session.api_key)
+
+    def _streams(self, step: Runnable, kwargs: dict[str, Any]) -> bool:
+        """Whether `step`, about to run on the client, is the one `run_streamed` streams (or
+        what it binds arguments or config to)."""
+        top = self._streamed
+        while top is not step and isinstance(top, RunnableBinding):
+            top = top.bound
+        if top is not step:
+            return False
+        return not (isinstance(step, ChatParrot) and _sampling(step, kwargs).get("n", 1) > 1)
 
     def _report_later(
         self, step: Runnable, config: RunnableConfig | None, value: Any, out: Any,
@@ -463,9 +550,14 @@ def _message_ids(obj: Any) -> list[str]:
 
 def _asks_chat_only(model: ChatParrot, kwargs: dict[str, Any]) -> bool:
     """Whether a chat call asks for what only a chat request gives: n > 1, or logprobs."""
-    options = {k: v for k, v in kwargs.items() if k != "ls_structured_output_format"}
-    sampling = model._sampling(options.pop("stop", None), options)
+    sampling = _sampling(model, kwargs)
     return sampling.get("n", 1) > 1 or bool(sampling.get("logprobs"))
+
+
+def _sampling(model: ChatParrot, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The sampling fields of a chat call with `kwargs` (its call options)."""
+    options = {k: v for k, v in kwargs.items() if k != "ls_structured_output_format"}
+    return model._sampling(options.pop("stop", None), options)
 
 
 def _plain_binding(step: RunnableBinding) -> bool:

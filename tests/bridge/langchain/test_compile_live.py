@@ -386,6 +386,56 @@ def test_a_compiled_chat_model_streams_message_chunks_as_the_plain_one(
     assert all(isinstance(c, str) for c in chunks) and "".join(chunks) == plain[0]
 
 
+def test_a_last_model_step_run_on_the_client_streams_chunk_by_chunk(chat: ChatParrot) -> None:
+    """A chain whose last model call runs on the client (logprobs, with_fallbacks, a
+    configurable field) streams it as the plain chain does, chunk by chunk, the token events
+    reaching the callbacks, its parser's text too; the graph before it stays a graph. A chat
+    call asking for n=2 samples comes whole (ChatParrot's own stream refuses it)."""
+    x = {"x": "owls"}
+    ask = PromptTemplate.from_template("Tell me about {x}")
+    configurable = chat.configurable_fields(
+        max_tokens=ConfigurableField(id="max_tokens")
+    )  # fmt: skip
+    for model in (chat.bind(logprobs=True), chat.with_fallbacks([chat]), configurable):
+        for chain in (ask | model, ask | model | StrOutputParser()):
+            plain_tokens = Tokens()
+            plain = list(chain.stream(x, {"callbacks": [plain_tokens]}))
+            assert len(plain) > 2, "the plain stream gave no chunks to compare"
+            compiled = compile(chain)
+
+            async def astreamed(compiled: CompiledChain = compiled) -> list[Any]:
+                return [c async for c in compiled.astream(x)]
+
+            tokens = Tokens()
+            streamed = list(compiled.stream(x, {"callbacks": [tokens]}))
+            assert contents(streamed) == contents(plain) and tokens.count == plain_tokens.count > 2
+            assert contents(asyncio.run(astreamed())) == contents(plain)
+            if isinstance(plain[0], AIMessageChunk):
+                assert message_stream_facts(streamed) == message_stream_facts(plain)
+    draft = ask | chat | StrOutputParser() | {"draft": RunnablePassthrough()} \
+        | PromptTemplate.from_template("Improve: {draft}")  # fmt: skip
+    chain = draft | chat.bind(logprobs=True) | StrOutputParser()
+    compiled = compile(chain)
+    streamed = list(compiled.stream(x))
+    assert len(streamed) > 2 and streamed == list(chain.stream(x))
+    assert [c.step for c in compiled.last_calls] == ["ChatParrot"]  # the draft, in a graph
+    samples = ask | chat.bind(n=2)
+    [whole] = compile(samples).stream(x)
+    assert whole.content == samples.invoke(x).content
+
+
+class Tokens(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        self.count += 1
+
+
+def contents(chunks: list[Any]) -> list[str]:
+    return [c.content if isinstance(c, AIMessageChunk) else c for c in chunks]
+
+
 def test_parrot_llm_generates_256_tokens_by_default_plain_and_compiled(parrot_url: str) -> None:
     """As langchain-openai's OpenAI LLM (not up to the context's end), on both paths."""
     llm = ParrotLLM(base_url=parrot_url, temperature=0, extra_body={"ignore_eos": True})
@@ -395,54 +445,6 @@ def test_parrot_llm_generates_256_tokens_by_default_plain_and_compiled(parrot_ur
     compiled.invoke({"x": "paper"})
     [call] = compiled.last_calls
     assert call.output.usage is not None and call.output.usage["completion_tokens"] == 256
-
-
-def test_batch_runs_at_most_max_concurrency_inputs_at_once(
-    chat: ChatParrot, parrot_url: str
-) -> None:
-    """`max_concurrency=k`: the inputs go in groups of k, one graph each, a group once the one
-    before has its answers, so at most k inputs' calls run at once (their lifetimes, from the
-    first step to the last, overlap at most k deep)."""
-    events: list[int] = []  # +1: an input starts, -1: it has its answer
-
-    def started(x: dict[str, str]) -> dict[str, str]:
-        events.append(1)
-        return x
-
-    def ended(s: str) -> str:
-        out = s.upper()  # reads the answer: runs on the client once it is here
-        events.append(-1)
-        return out
-
-    chain = RunnableLambda(started) | PromptTemplate.from_template("Topic: {topic}") | chat \
-        | StrOutputParser() | RunnableLambda(ended)  # fmt: skip
-    inputs = [{"topic": t} for t in ("cars", "boats", "trains", "planes", "bikes")]
-    expected = chain.batch(inputs)
-    compiled = compile(chain)
-
-    def deepest() -> int:
-        depth = [sum(events[: i + 1]) for i in range(len(events))]
-        events.clear()
-        return max(depth)
-
-    def submissions(run: Any) -> tuple[Any, float]:
-        before = metrics(parrot_url)[SUBMISSIONS]
-        out = run()
-        return out, metrics(parrot_url)[SUBMISSIONS] - before
-
-    events.clear()
-    assert submissions(lambda: compiled.batch(inputs)) == (expected, 1)
-    assert deepest() == 5  # one graph: every input in flight at once
-    two = {"max_concurrency": 2}
-    assert submissions(lambda: compiled.batch(inputs, two)) == (expected, 3)
-    assert deepest() == 2
-    assert submissions(lambda: asyncio.run(compiled.abatch(inputs, two))) == (expected, 3)
-    assert deepest() == 2
-    assert submissions(lambda: compiled.batch(inputs, {"max_concurrency": 1})) == (expected, 5)
-    assert deepest() == 1
-    assert len(compiled.last_calls) == 5  # the whole batch's calls, over its graphs
-    with pytest.raises(ValueError, match="max_concurrency"):
-        compiled.batch(inputs, {"max_concurrency": 0})
 
 
 def test_parrot_llm_batch_is_one_graph_of_independent_calls(
