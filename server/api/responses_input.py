@@ -119,7 +119,7 @@ def responses_error(exc: ApiError) -> ApiError:
     message = exc.message.replace(".function.", ".")
     for old, new in renames.items():
         message = message.replace(old, new)
-    param = renames.get(exc.param, exc.param) if exc.param else None
+    param = renames.get(exc.param, exc.param.replace(".function.", ".")) if exc.param else None
     return ApiError(exc.status, message, type=exc.type, code=exc.code, param=param,
                     headers=exc.headers)  # fmt: skip
 

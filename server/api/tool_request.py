@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
+from server.api.schema_validity import schema_problem
 from server.engine.json_schema import SchemaError, compile_schema
 from server.errors import bad_request
 
@@ -230,10 +232,27 @@ def _tool(raw: object, index: int) -> Tool:
     parameters = {"type": "object", "properties": {}} if parameters is None else parameters
     if not isinstance(description, str):
         raise bad_request(f"{where}.function.description must be a string", param="tools")
-    if not isinstance(parameters, dict):
-        raise bad_request(f"{where}.function.parameters must be a JSON schema object",
-                          param="tools")  # fmt: skip
-    return Tool(name, description, parameters)
+    return Tool(name, description, _parameters(parameters, name, f"{where}.function.parameters"))
+
+
+def _parameters(schema: object, name: str, where: str) -> dict[str, Any]:
+    """`schema`, checked: a 400 in OpenAI's words (its code and param too) when it is not a
+    JSON Schema object, not a valid one, or not one of an object (arguments are an object)."""
+    if not isinstance(schema, dict):
+        problem = f"#: must be a JSON Schema object, got {reprlib.repr(schema)}"
+    else:
+        kinds = schema.get("type", "object")
+        problem = schema_problem(schema) or (
+            None if "object" in (kinds if isinstance(kinds, list) else [kinds])
+            else f'#/type: the schema must be of type "object" (arguments are an object), '
+            f"got {kinds!r}"
+        )  # fmt: skip
+    if problem is not None:
+        raise bad_request(
+            f"Invalid schema for function {name!r}: {where}: {problem}",
+            code="invalid_function_parameters", param=where,
+        )  # fmt: skip
+    return schema  # type: ignore[return-value]
 
 
 def _enforceable(schema: dict[str, Any]) -> dict[str, Any] | None:

@@ -235,6 +235,64 @@ def test_bad_tool_requests_are_400s_naming_the_field(client: openai.OpenAI, extr
     assert client.chat.completions.create(model="tiny", messages=ASK, max_tokens=2).choices
 
 
+def weather_with(parameters: object) -> dict:
+    return {"type": "function", "function": {"name": "get_weather", "parameters": parameters}}
+
+
+@pytest.mark.parametrize(
+    ("parameters", "problem"),
+    [
+        ({"type": "object", "properties": {"city": {"type": "strng"}}},
+         "#/properties/city/type: must be one of object, array, string, number, integer, "
+         "boolean, null or a list of them without repeats, got 'strng'"),
+        ({"type": "object", "properties": []}, "#/properties: must be an object of schemas"),
+        ({"type": "object", "properties": {"n": {"type": "integer", "minimum": "1"}}},
+         "#/properties/n/minimum: must be a number, got '1'"),
+        ({"type": "object", "anyOf": []}, "#/anyOf: must be a non-empty list of schemas"),
+        ({"type": "string"}, '#/type: the schema must be of type "object"'),
+        ([], "#: must be a JSON Schema object, got []"),
+    ],
+)  # fmt: skip
+def test_tool_parameters_that_are_no_valid_json_schema_are_400s_naming_the_tool(
+    client: openai.OpenAI, parameters: object, problem: str
+):
+    """As OpenAI answers them: the function's name, the field and what is wrong in it."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="tiny", messages=ASK, tools=[CLOCK, weather_with(parameters)], max_tokens=2
+        )
+    error = caught.value.body
+    assert error["message"].startswith(
+        f"Invalid schema for function 'get_weather': tools[1].function.parameters: {problem}"
+    ), error
+    assert error["param"] == "tools[1].function.parameters"
+    assert error["code"] == "invalid_function_parameters" and error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        None, {}, {"type": "object", "properties": {}}, {"type": "object"},
+        {"type": ["object", "null"], "properties": {"q": {"type": "string"}}, "required": ["q"]},
+        # valid, though the decoder cannot enforce it: taken, its arguments any JSON object
+        {"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 5},
+                                          "tags": {"type": "array", "uniqueItems": True}}},
+        # older drafts' forms
+        {"type": "object", "properties": {"n": {"type": "number", "minimum": 0,
+                                                "exclusiveMinimum": True}},
+         "definitions": {"x": {"type": "string"}}},
+    ],
+)  # fmt: skip
+def test_valid_tool_parameters_are_taken(client: openai.OpenAI, parameters: object):
+    tool = weather_with(parameters)
+    if parameters is None:
+        del tool["function"]["parameters"]
+    done = client.chat.completions.create(
+        model="tiny", messages=ASK, tools=[tool], tool_choice=NAMED, max_tokens=4
+    )
+    assert done.choices[0].finish_reason in ("stop", "length")
+
+
 def test_langchain_bind_tools(server: str, engine: LLMEngine) -> None:
     from langchain_core.messages import ToolMessage
     from langchain_core.tools import tool

@@ -206,6 +206,11 @@ def test_a_json_schema_format_and_logprobs_are_those_of_chat(client: openai.Open
         ({"input": "x", "tools": [{"type": "web_search"}]}, "tools", "tools[0]"),
         ({"input": "x", "tools": [{"type": "function", "name": "bad name"}]}, "tools",
          "tools[0].name"),
+        # parameters that are no valid JSON Schema, named as this API names the field
+        ({"input": "x", "tools": [{"type": "function", "name": "f",
+                                   "parameters": {"type": "object", "required": "a"}}]},
+         "tools[0].parameters", "Invalid schema for function 'f': tools[0].parameters: "
+         "#/required: must be a list of property names, got 'a'"),
         ({"input": "x", "reasoning": {"effort": "high"}}, "reasoning", "reasoning"),
         ({"input": "x", "background": True}, "background", "background"),
         ({"input": "x", "truncation": "auto"}, "truncation", "truncation"),

@@ -64,7 +64,8 @@ def test_no_tools_or_none_asks_for_nothing():
         ([WEATHER, {"type": "function", "function": "x"}], None, "tools[1].function", "tools"),
         ([WEATHER, WEATHER], None, "given twice", "tools"),
         ([{"type": "function", "function": {"name": "f", "parameters": []}}], None,
-         "parameters", "tools"),
+         "Invalid schema for function 'f': tools[0].function.parameters: #: must be a JSON "
+         "Schema object, got []", "tools[0].function.parameters"),
     ],
 )  # fmt: skip
 def test_bad_tools_and_choices_are_400s_naming_the_field(tools, choice, message, param):
