@@ -246,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
         "cuda:N",
     )  # fmt: skip
     p.add_argument(
-        "--dtype", help="e.g. float32, bfloat16 (default: float32 on CPU, bfloat16 on CUDA)"
+        "--dtype",
+        help="float32, float16, bfloat16 or float64 (or float, half, double) (default: float32 "
+        "on CPU, bfloat16 on CUDA)",
     )
     engine = p.add_argument_group("engine")
     engine.add_argument(

@@ -7,23 +7,30 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-# Names torch has as dtypes (tests/engine/test_dtype_name.py checks each): a server whose engines
-# run in processes of their own checks these without loading torch; any other name is torch's
-# to judge.
-COMMON_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64", "float", "half", "double"})
+# Every name `--dtype` takes, with the torch dtype it names (tests/engine/test_dtype_name.py
+# checks each): torch's floating-point dtypes that the engine runs in, written out so that a
+# server whose engines run in processes of their own checks a name without loading torch. The
+# other torch dtypes fail as the model loads or takes its first step (integer and quantized
+# weights cannot be parameters; float8, float4 and complex ones have no matmul or attention).
+DTYPE_NAMES = {
+    "float32": "float32", "float": "float32", "float16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "float64": "float64", "double": "float64",
+}  # fmt: skip
 
 
 def check_dtype_name(name: str) -> None:
-    """ValueError unless `name` names a torch dtype; torch is loaded only for an uncommon name."""
-    if name not in COMMON_DTYPES:
-        parse_dtype(name)
+    """ValueError unless `name` names a dtype the engine runs in; torch is not loaded."""
+    if name not in DTYPE_NAMES:
+        raise ValueError(
+            f"dtype must name a torch dtype the engine runs in ({', '.join(DTYPE_NAMES)}), "
+            f"got {name!r}"
+        )
 
 
 def parse_dtype(name: str) -> torch.dtype:
-    """The torch dtype called `name` ("float32", "bfloat16", ...); ValueError if none is."""
-    import torch  # here: `check_dtype_name` takes the common names without it
+    """The torch dtype called `name` ("float32", "bfloat16", ...); ValueError if the engine
+    does not run in one of that name."""
+    check_dtype_name(name)
+    import torch  # here: `check_dtype_name` needs no torch
 
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"dtype must name a torch dtype (e.g. float32, bfloat16), got {name!r}")
-    return dtype
+    return getattr(torch, DTYPE_NAMES[name])

@@ -137,6 +137,36 @@ def test_the_server_checks_its_flags_and_starts_its_fork_server_before_importing
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
+def test_every_dtype_name_is_checked_without_torch(tmp_path) -> None:
+    # each name --dtype takes, and names it refuses (torch's own dtypes the engine cannot run
+    # in among them): judged by the server's check before it imports torch (an uncommon name
+    # once imported torch there, seconds before the fork server)
+    import subprocess
+    import sys
+
+    probe = f"""
+import sys
+from server.app import check
+from server.config import ServerConfig
+from server.engine.dtype_name import DTYPE_NAMES
+
+for name in [*DTYPE_NAMES, "int8", "float8_e4m3fn", "complex64", "Tensor", "foo"]:
+    try:
+        check(ServerConfig.from_args(["--model", {str(tmp_path)!r}, "--dtype", name]))
+        print(name, "taken")
+    except ValueError as exc:
+        print(name, "refused:", exc)
+print(sorted(m for m in sys.modules if m == 'torch'))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60, check=True)  # fmt: skip
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "[]", out.stdout + out.stderr
+    taken = [line.split()[0] for line in lines[:-1] if line.endswith(" taken")]
+    assert taken == ["float32", "float", "float16", "half", "bfloat16", "float64", "double"]
+    assert all("dtype must name a torch dtype" in line for line in lines[7:-1]), lines
+
+
 def test_a_server_with_engine_processes_never_imports_torch_itself(tmp_path) -> None:
     # with the engines in child processes (the default) the server tokenizes, schedules and
     # answers HTTP: its flags checked, its app built and an engine's process described to it,
