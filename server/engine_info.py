@@ -18,3 +18,6 @@ class EngineInfo:
     model_folder: str  # the parent loads the same tokenizer from here
     eos_token_ids: tuple[int, ...]
     threads: int  # its compute threads (torch's count, once set)
+    # the tokenizer's backend as JSON where the folder has no tokenizer.json (transformers
+    # converted its other files, which in the server would import torch); else None
+    tokenizer_json: str | None = None

@@ -121,8 +121,9 @@ class EngineProcess:
             raise ValueError(message[1])
         info: EngineInfo = message[1]
         tokenizer = await asyncio.to_thread(
-            Tokenizer.from_folder, Path(info.model_folder), info.eos_token_ids
-        )
+            Tokenizer.from_folder, Path(info.model_folder), info.eos_token_ids,
+            info.tokenizer_json,
+        )  # fmt: skip
         return cls(conn, process, info, tokenizer)
 
     # ---- what the driver reads ------------------------------------------------------------

@@ -35,6 +35,7 @@ import torch
 from server.engine import LLMEngine
 from server.engine.outputs import JobOutput
 from server.engine.step_loop import Command, apply_all, run_step_loop
+from server.engine.tokenizer import converted_backend_json
 from server.engine_info import EngineInfo
 from server.log import configure_logging, log_event
 from server.long_lived import freeze_long_lived
@@ -79,6 +80,7 @@ def run_engine_worker(
         model_folder=str(folder),
         eos_token_ids=tuple(sorted(engine.tokenizer.eos_token_ids)),
         threads=torch.get_num_threads(),
+        tokenizer_json=converted_backend_json(engine.tokenizer, folder),
     )
     frozen = freeze_long_lived()  # torch's and the model's objects: out of the step loop's GCs
     log_event(

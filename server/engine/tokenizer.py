@@ -1,7 +1,8 @@
 """Text <-> token ids, chat templates and streaming detokenization for a model folder.
 
 Wraps the Hugging Face `tokenizers` backend (tokenizer.json) directly, so serving never imports
-transformers; a folder without tokenizer.json falls back to transformers' converter once.
+transformers; a folder without tokenizer.json falls back to transformers' converter once (in
+the process that loads the model: `converted_backend_json` hands its result on).
 """
 
 from __future__ import annotations
@@ -47,12 +48,20 @@ class Tokenizer:
 
     @classmethod
     def from_folder(
-        cls, folder: str | Path, extra_eos_token_ids: Iterable[int] = ()
+        cls,
+        folder: str | Path,
+        extra_eos_token_ids: Iterable[int] = (),
+        backend_json: str | None = None,
     ) -> Tokenizer:
         """Load tokenizer.json, tokenizer_config.json, the chat template and generation_config's
-        EOS ids from an HF model folder; `extra_eos_token_ids` (e.g. config.json's) are added."""
+        EOS ids from an HF model folder; `extra_eos_token_ids` (e.g. config.json's) are added.
+        `backend_json`: the backend as JSON (`converted_backend_json` of a tokenizer loaded from
+        this folder elsewhere), taken instead of converting the folder's files again."""
         folder = Path(folder)
-        backend = _load_backend(folder)
+        backend = (
+            _load_backend(folder) if backend_json is None
+            else tokenizers.Tokenizer.from_str(backend_json)
+        )  # fmt: skip
         config = _read_json(folder / "tokenizer_config.json")
         special = {
             key: _token_text(config.get(key)) for key in _SPECIAL_TOKEN_KEYS if config.get(key)
@@ -269,6 +278,16 @@ def _is_byte_fallback(piece: str) -> bool:
     return len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")
 
 
+def converted_backend_json(tokenizer: Tokenizer, folder: str | Path) -> str | None:
+    """`tokenizer`'s backend as JSON where `folder` (whence it was loaded) has no
+    tokenizer.json, so that it was converted from the other files; else None (the file is
+    there to read). The conversion needs transformers, whose tokenizer loading imports torch:
+    a process with torch converts once, and a torch-free one takes this."""
+    if (Path(folder) / "tokenizer.json").is_file():
+        return None
+    return tokenizer.backend.to_str()
+
+
 def _load_backend(folder: Path) -> tokenizers.Tokenizer:
     path = folder / "tokenizer.json"
     if path.is_file():
@@ -276,7 +295,8 @@ def _load_backend(folder: Path) -> tokenizers.Tokenizer:
             return tokenizers.Tokenizer.from_file(str(path))
         except Exception as e:
             raise ValueError(f"{path}: not a valid tokenizer file ({e})") from e
-    # e.g. a sentencepiece-only folder: transformers converts it to a fast tokenizer
+    # e.g. a sentencepiece-only folder: transformers converts it to a fast tokenizer (its
+    # AutoTokenizer imports torch, so a server with engine processes takes their conversion)
     try:
         from transformers import AutoTokenizer
 

@@ -99,6 +99,46 @@ def torch_loaded(pid: int) -> bool:
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
+def without_tokenizer_json(model: Path, folder: Path) -> Path:
+    """A copy of `model` whose tokenizer is vocab.json and merges.txt (GPT-2's files, which
+    transformers converts as it does a sentencepiece model) instead of tokenizer.json."""
+    import tokenizers
+
+    folder.mkdir()
+    for file in model.iterdir():
+        if file.name != "tokenizer.json":
+            shutil.copy(file, folder)
+    backend = tokenizers.Tokenizer.from_file(str(model / "tokenizer.json"))
+    backend.model.save(str(folder))
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("backend", None)
+    config["tokenizer_class"] = "GPT2Tokenizer"
+    config["added_tokens_decoder"] = {
+        str(i): {"content": t.content, "special": True}
+        for i, t in backend.get_added_tokens_decoder().items()
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_folder_without_tokenizer_json_is_served_with_no_torch_in_the_server(
+    tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    """transformers converts such a folder's tokenizer, and its AutoTokenizer imports torch:
+    the engine process converts it, and the server takes the engine's result (the server
+    converted it again, importing torch and transformers for seconds)."""
+    folder = without_tokenizer_json(tiny_llama_path, tmp_path / "model")
+    reference = LLMEngine.from_pretrained(str(tiny_llama_path))
+    prompt = "<|im_start|>user\nGrüße aus Zürich 🦜<|im_end|>\n"
+    flags = ("--engines", "1", "--served-model-name", "tiny", "--engine-threads", "1")
+    with ServerProcess(folder, *flags, log_path=tmp_path / "server.log") as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        done = client.completions.create(model="tiny", prompt=prompt, max_tokens=6, temperature=0)
+        assert done.choices[0].text == greedy(reference, prompt, 6)
+        assert done.usage.prompt_tokens == len(reference.tokenizer.encode(prompt))
+        assert srv.process is not None and not torch_loaded(srv.process.pid)
+
+
 def wait_logged(log: Path, event: str, timeout_s: float = 60) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
