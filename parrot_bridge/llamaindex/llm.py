@@ -77,7 +77,15 @@ class Parrot(FunctionCallingLLM):
     model: str | None = Field(default=None, description="Model id (default: the served one)")
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 samples greedily")
     max_tokens: int = Field(default=256, ge=1, description="Tokens generated per call at most")
-    timeout: float = Field(default=600.0, gt=0, description="Seconds per HTTP request")
+    timeout: float = Field(
+        default=600.0, gt=0, description="Seconds per HTTP request (in a stream: per chunk)"
+    )
+    max_retries: int = Field(
+        default=3,
+        ge=0,
+        description="How often a request that could not connect (a server starting) is sent "
+        "again, as LlamaIndex's OpenAI LLM's (0.5 s, then 1, 2, 4, up to 8 s apart).",
+    )
     context_window: int | None = Field(
         default=None,
         gt=0,
@@ -105,7 +113,7 @@ class Parrot(FunctionCallingLLM):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._http = OpenAIHttp(self.base_url, self.timeout, self.api_key)
+        self._http = OpenAIHttp(self.base_url, self.timeout, self.api_key, self.max_retries)
         # the HTTP client lives on the SDK's loop: close it there once this LLM is gone
         weakref.finalize(self, _close_soon, self._http)
 

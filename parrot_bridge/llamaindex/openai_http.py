@@ -3,7 +3,8 @@ chat completions (the chat template is applied on the server) and the model card
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -16,14 +17,26 @@ from parrot_bridge.http_response import (
     timed_out,
     unreachable,
 )
+from parrot_bridge.transport import retry_wait
 
 
 class OpenAIHttp:
-    """One aiohttp client for one server; use it on the SDK's loop only."""
+    """One aiohttp client for one server; use it on the SDK's loop only.
 
-    def __init__(self, base_url: str, timeout_s: float, api_key: str | None = None) -> None:
+    `timeout_s` bounds a request's answer and, in a stream, the wait for each chunk (as the
+    OpenAI client's `timeout`: a stream lasts as long as it keeps sending). `max_retries`:
+    how often a request that could not connect is sent again (nothing reached the server),
+    waiting as the OpenAI client does."""
+
+    def __init__(
+        self, base_url: str, timeout_s: float, api_key: str | None = None, max_retries: int = 3
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.max_retries = max_retries
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeout_s, sock_read=timeout_s
+        )
         # the server's --api-key, as a bearer token
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self._client: aiohttp.ClientSession | None = None
@@ -39,18 +52,24 @@ class OpenAIHttp:
     async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """POST with `stream: true`; yield each server-sent chunk until `[DONE]`."""
         try:
-            async with self._session().post(
-                self.base_url + path, json={**body, "stream": True}
-            ) as resp:
+            resp = await self._connected(
+                lambda: self._session().post(
+                    self.base_url + path, json={**body, "stream": True},
+                    timeout=self._stream_timeout,
+                )
+            )  # fmt: skip
+            async with resp:
                 if resp.status >= 400:
                     raise _error(path, resp.status, await read_json(resp), request_id(resp))
                 async for chunk in data_events(resp):
                     if "error" in chunk:
                         raise _error(path, 500, chunk, request_id(resp))
                     yield chunk
+        except aiohttp.ServerTimeoutError as exc:  # a ClientError too: no chunk in time
+            raise timed_out(self.base_url, f"POST {path}", self._timeout.total) from exc
         except aiohttp.ClientError as exc:
             raise unreachable(self.base_url, exc) from exc
-        except TimeoutError as exc:  # `timeout_s` passed (aiohttp raises a bare TimeoutError)
+        except TimeoutError as exc:
             raise timed_out(self.base_url, f"POST {path}", self._timeout.total) from exc
 
     async def close(self) -> None:
@@ -60,7 +79,10 @@ class OpenAIHttp:
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         try:
-            async with self._session().request(method, self.base_url + path, json=body) as resp:
+            resp = await self._connected(
+                lambda: self._session().request(method, self.base_url + path, json=body)
+            )
+            async with resp:
                 data = await read_json(resp)
                 if resp.status >= 400:
                     raise _error(path, resp.status, data, request_id(resp))
@@ -69,6 +91,18 @@ class OpenAIHttp:
             raise unreachable(self.base_url, exc) from exc
         except TimeoutError as exc:
             raise timed_out(self.base_url, f"{method} {path}", self._timeout.total) from exc
+
+    async def _connected(
+        self, send: Callable[[], Awaitable[aiohttp.ClientResponse]]
+    ) -> aiohttp.ClientResponse:
+        """`send()`'s response, sending again while no connection can be made (a server
+        starting or restarting); the last refusal is raised."""
+        for attempt in range(self.max_retries):
+            try:
+                return await send()
+            except aiohttp.ClientConnectorError:  # no connection: nothing was sent
+                await asyncio.sleep(retry_wait(attempt))
+        return await send()
 
     def _session(self) -> aiohttp.ClientSession:
         if self._client is None:

@@ -37,7 +37,8 @@ class ReportedSession(Session):
     """A `Session` that reports its recorded LlamaIndex calls to `llm`'s callbacks on close."""
 
     def __init__(self, llm: Parrot, name: str | None = None) -> None:
-        super().__init__(llm.base_url, name=name, timeout=llm.timeout, api_key=llm.api_key)
+        super().__init__(llm.base_url, name=name, timeout=llm.timeout,
+                         max_retries=llm.max_retries, api_key=llm.api_key)  # fmt: skip
         self._llm = llm
         self._recorded: list[_Recorded] = []
         self._recorded_lock = threading.Lock()

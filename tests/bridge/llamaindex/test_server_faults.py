@@ -4,6 +4,9 @@ promptly on every path, and errors keep the server's type and code."""
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+import time
 
 import pytest
 from aiohttp import web
@@ -11,13 +14,16 @@ from llama_index.core import PromptTemplate
 
 from parrot_bridge.errors import ParrotError
 from parrot_bridge.llamaindex import Parrot
+from server.launcher import free_port
 from tests.bridge.fake_server import (
     SESSION_ROUTES,
     FakeServer,
+    Handler,
     json_answer,
     longest_stall,
     never_answer,
     still_pending,
+    stream_then_stall,
 )
 
 CARD = {"data": [{"id": "m", "max_model_len": 64}]}
@@ -38,6 +44,70 @@ def test_timeout_is_a_parrot_error_naming_the_request() -> None:
             asyncio.run(llm.acomplete("hi"))
         with pytest.raises(ParrotError, match=expected):
             list(llm.stream_complete("hi"))
+
+
+def slow_stream(chunks: int, gap_s: float) -> Handler:
+    """A completions stream of `chunks` one-letter chunks, `gap_s` apart."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(chunks):
+            await asyncio.sleep(gap_s)
+            chunk = {"choices": [{"index": 0, "text": "a", "finish_reason": None}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    return handle
+
+
+async def test_a_stream_may_last_longer_than_the_timeout_while_it_keeps_sending() -> None:
+    """`timeout` bounds the wait for each chunk, as the OpenAI client's and the SDK's streams
+    do: a stream was cut once `timeout` had passed in all, however fast its chunks came."""
+    routes = {**HANGING, ("POST", "/v1/completions"): slow_stream(chunks=6, gap_s=0.3)}
+    with FakeServer(routes) as url:
+        llm = Parrot(base_url=url, timeout=1)
+        assert list(llm.stream_complete("hi"))[-1].text == "a" * 6
+        assert [r async for r in await llm.astream_complete("hi")][-1].text == "a" * 6
+    stalled = {**HANGING, ("POST", "/v1/completions"): stream_then_stall}
+    with FakeServer(stalled) as url:
+        started = time.monotonic()
+        with pytest.raises(ParrotError, match=rf"{url} did not answer POST /v1/completions"):
+            list(Parrot(base_url=url, timeout=1).stream_complete("hi"))
+        assert time.monotonic() - started < 5
+
+
+def test_max_retries_waits_for_a_server_that_is_starting() -> None:
+    """`max_retries` (LlamaIndex's OpenAI LLM's setting; refused before) sends again a request
+    that could not connect, on the plain routes (which never retried) and predict's session."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    for call in (lambda llm: llm.complete("hi"),
+                 lambda llm: llm.predict(PromptTemplate("Say {x}"), x="a")):  # fmt: skip
+        with pytest.raises(ParrotError, match="cannot reach"):
+            call(Parrot(base_url=url, max_retries=0))
+    assert time.monotonic() - started < 1  # no retry (a session retried twice: 1.5 s)
+    answer = {"choices": [{"text": "ok", "index": 0, "finish_reason": "stop"}]}
+    routes = {("GET", "/v1/models"): json_answer(CARD),
+              ("POST", "/v1/completions"): json_answer(answer)}  # fmt: skip
+    up, done = threading.Event(), threading.Event()
+
+    def start_late() -> None:
+        time.sleep(0.25)
+        with FakeServer(routes, port):
+            up.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=start_late)
+    thread.start()
+    try:
+        assert Parrot(base_url=url, max_retries=4).complete("hi").text == "ok"  # after 0.5 s
+        assert up.is_set()
+    finally:
+        done.set()
+        thread.join(10)
 
 
 def test_predict_honours_the_timeout() -> None:
