@@ -235,8 +235,14 @@ class Parrot(FunctionCallingLLM):
 
     # -- completions (OpenAI-compatible route, no graph) -------------------------------------
 
-    @llm_completion_callback()
+    # as OpenAILike's: a prompt not yet formatted (`formatted=False`) is sent as
+    # `completion_to_prompt` wraps it (a model's instruction format); the callbacks see it so
+
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return self._complete(self._wrapped(prompt, formatted), formatted, **kwargs)
+
+    @llm_completion_callback()
+    def _complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         body = self._body(self._model_card(), prompt, kwargs)
         data = shared_loop().run(self._http.post("/v1/completions", body))
         return _completion_response(data)
@@ -245,7 +251,7 @@ class Parrot(FunctionCallingLLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
         await self._amodel_card()  # before the callbacks, which read `metadata` (see there)
-        return await self._acomplete(prompt, formatted, **kwargs)
+        return await self._acomplete(self._wrapped(prompt, formatted), formatted, **kwargs)
 
     @llm_completion_callback()
     async def _acomplete(
@@ -255,8 +261,13 @@ class Parrot(FunctionCallingLLM):
         data = await shared_loop().arun(self._http.post("/v1/completions", body))
         return _completion_response(data)
 
-    @llm_completion_callback()
     def stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseGen:
+        return self._stream_complete(self._wrapped(prompt, formatted), formatted, **kwargs)
+
+    @llm_completion_callback()
+    def _stream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseGen:
         body = self._body(self._model_card(), prompt, kwargs)
@@ -275,7 +286,7 @@ class Parrot(FunctionCallingLLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         await self._amodel_card()
-        return await self._astream_complete(prompt, formatted, **kwargs)
+        return await self._astream_complete(self._wrapped(prompt, formatted), formatted, **kwargs)
 
     @llm_completion_callback()
     async def _astream_complete(
@@ -420,6 +431,9 @@ class Parrot(FunctionCallingLLM):
                 "options"
             )
         return options
+
+    def _wrapped(self, prompt: str, formatted: bool) -> str:
+        return prompt if formatted else self.completion_to_prompt(prompt)
 
     def _model_card(self) -> dict[str, Any]:
         """The served model's card (`/v1/models`), looked up once."""

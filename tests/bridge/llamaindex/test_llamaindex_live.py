@@ -96,6 +96,31 @@ def test_metadata_complete_and_chat(url: str, engine: LLMEngine) -> None:
     assert list(llm.stream_chat(messages))[-1].message.content == expected
 
 
+async def test_completion_to_prompt_wraps_a_prompt_not_yet_formatted(
+    url: str, engine: LLMEngine
+) -> None:
+    """As `OpenAILike`'s: `complete(p)` sends `completion_to_prompt(p)` (a local model's
+    instruction format), `formatted=True` sends `p` as it is (predict's prompts are wrapped
+    already); the events see the prompt sent. Before, the setting was silently ignored."""
+
+    def wrap(prompt: str) -> str:
+        return f"[INST] {prompt} [/INST]"
+
+    llm = Parrot(base_url=url, max_tokens=MAX_TOKENS, completion_to_prompt=wrap)
+    wrapped, plain = greedy(engine, wrap("The parrot said")), greedy(engine, "The parrot said")
+    assert wrapped != plain
+    with observed(llm) as (counter, debug, _):
+        assert llm.complete("The parrot said").text == wrapped
+    assert [c[0] for c in calls_seen(counter, debug)] == [wrap("The parrot said")]
+    assert llm.complete("The parrot said", formatted=True).text == plain
+    assert list(llm.stream_complete("The parrot said"))[-1].text == wrapped
+    assert (await llm.acomplete("The parrot said")).text == wrapped
+    streamed = [r async for r in await llm.astream_complete("The parrot said")]
+    assert streamed[-1].text == wrapped
+    prompt = PromptTemplate("Topic: {topic}\nAnswer: ")
+    assert llm.predict(prompt, topic="cars") == greedy(engine, wrap("Topic: cars\nAnswer: "))
+
+
 async def test_a_message_with_an_image_is_refused_not_sent_as_its_text_alone(url: str) -> None:
     """`ChatMessage.content` is its text blocks: an ImageBlock was dropped without a word, and
     the model described an image it never saw (OpenAILike's request gets a 400)."""
