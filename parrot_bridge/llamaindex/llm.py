@@ -46,6 +46,7 @@ from parrot_bridge.llamaindex.llm_events import apredicted, astreamed, predicted
 from parrot_bridge.llamaindex.marked_prompt import UnmarkablePromptError, mark_prompt
 from parrot_bridge.llamaindex.openai_http import OpenAIHttp
 from parrot_bridge.llamaindex.reported_session import ReportedSession
+from parrot_bridge.llamaindex.token_counts import token_counts
 from parrot_bridge.loop_thread import shared_loop
 from parrot_bridge.request_fields import SEMANTIC_FIELDS, checked_fields, semantic_options
 from parrot_bridge.session import Session
@@ -127,7 +128,14 @@ class Parrot(FunctionCallingLLM):
     @field_validator("additional_kwargs")
     @classmethod
     def _check_additional_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return checked_fields("Parrot", "additional_kwargs", value)
+        # stream_options (LlamaIndex's OpenAI LLM takes it here) goes with streams only
+        others = {k: v for k, v in value.items() if k != "stream_options"}
+        checked = checked_fields("Parrot", "additional_kwargs", others)
+        if "stream_options" in value:
+            checked["stream_options"] = checked_fields(
+                "Parrot", "additional_kwargs' stream_options", value["stream_options"]
+            )
+        return checked
 
     @classmethod
     def class_name(cls) -> str:
@@ -270,7 +278,7 @@ class Parrot(FunctionCallingLLM):
     def _stream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseGen:
-        body = self._body(self._model_card(), prompt, kwargs)
+        body = self._body(self._model_card(), prompt, kwargs, stream=True)
         chunks = shared_loop().iterate(lambda: self._http.stream("/v1/completions", body))
 
         def gen() -> CompletionResponseGen:
@@ -278,7 +286,8 @@ class Parrot(FunctionCallingLLM):
             for chunk in chunks:
                 delta = chunk["choices"][0]["text"] if chunk.get("choices") else ""
                 text += delta
-                yield CompletionResponse(text=text, delta=delta, raw=chunk)
+                yield CompletionResponse(text=text, delta=delta, raw=chunk,
+                                         additional_kwargs=token_counts(chunk))  # fmt: skip
 
         return gen()
 
@@ -292,7 +301,7 @@ class Parrot(FunctionCallingLLM):
     async def _astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        body = self._body(await self._amodel_card(), prompt, kwargs)
+        body = self._body(await self._amodel_card(), prompt, kwargs, stream=True)
 
         async def gen() -> CompletionResponseAsyncGen:
             text = ""
@@ -301,7 +310,8 @@ class Parrot(FunctionCallingLLM):
             ):
                 delta = chunk["choices"][0]["text"] if chunk.get("choices") else ""
                 text += delta
-                yield CompletionResponse(text=text, delta=delta, raw=chunk)
+                yield CompletionResponse(text=text, delta=delta, raw=chunk,
+                                         additional_kwargs=token_counts(chunk))  # fmt: skip
 
         return gen()
 
@@ -325,7 +335,7 @@ class Parrot(FunctionCallingLLM):
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        body = self._chat_body(self._model_card(), messages, kwargs)
+        body = self._chat_body(self._model_card(), messages, kwargs, stream=True)
         chunks = shared_loop().iterate(lambda: self._http.stream("/v1/chat/completions", body))
 
         def gen() -> ChatResponseGen:
@@ -333,7 +343,8 @@ class Parrot(FunctionCallingLLM):
             for chunk in chunks:
                 delta = _chat_delta(chunk)
                 text, calls = text + delta, calls + _call_deltas(chunk)
-                yield ChatResponse(message=_assistant(text, calls), delta=delta, raw=chunk)
+                yield ChatResponse(message=_assistant(text, calls), delta=delta, raw=chunk,
+                                   additional_kwargs=token_counts(chunk))  # fmt: skip
 
         return gen()
 
@@ -347,7 +358,7 @@ class Parrot(FunctionCallingLLM):
     async def _astream_chat(
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
-        body = self._chat_body(await self._amodel_card(), messages, kwargs)
+        body = self._chat_body(await self._amodel_card(), messages, kwargs, stream=True)
 
         async def gen() -> ChatResponseAsyncGen:
             text, calls = "", []
@@ -356,7 +367,8 @@ class Parrot(FunctionCallingLLM):
             ):
                 delta = _chat_delta(chunk)
                 text, calls = text + delta, calls + _call_deltas(chunk)
-                yield ChatResponse(message=_assistant(text, calls), delta=delta, raw=chunk)
+                yield ChatResponse(message=_assistant(text, calls), delta=delta, raw=chunk,
+                                   additional_kwargs=token_counts(chunk))  # fmt: skip
 
         return gen()
 
@@ -420,10 +432,10 @@ class Parrot(FunctionCallingLLM):
 
     def _semantic_sampling(self) -> dict[str, Any]:
         """The plain requests' sampling as a semantic call's options. Logprobs are left out:
-        predict and the synthesizers read only the text. Other fields that no option does
+        predict and the synthesizers read only the text (and get usage without asking). Other fields that no option does
         raise UnmarkablePromptError, so that the call goes the plain way, which sends them."""
         fields = {k: v for k, v in self._sampling(chat=False).items()
-                  if k not in ("logprobs", "top_logprobs")}  # fmt: skip
+                  if k not in ("logprobs", "top_logprobs", "stream_options")}  # fmt: skip
         options, left = semantic_options("Parrot", "additional_kwargs", fields)
         if left:
             raise UnmarkablePromptError(
@@ -457,15 +469,22 @@ class Parrot(FunctionCallingLLM):
             raise ValueError(f"model {wanted!r} is not served at {self.base_url}: {served}")
         return cards[0]
 
-    def _body(self, card: dict[str, Any], prompt: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {"model": card["id"], "prompt": prompt,
-                **self._sampling(chat=False), **_per_call(kwargs, chat=False)}  # fmt: skip
+    def _body(
+        self, card: dict[str, Any], prompt: str, kwargs: dict[str, Any], stream: bool = False
+    ) -> dict[str, Any]:
+        return _streamed({"model": card["id"], "prompt": prompt, **self._sampling(chat=False),
+                          **_per_call(kwargs, chat=False)}, stream)  # fmt: skip
 
     def _chat_body(
-        self, card: dict[str, Any], messages: Sequence[ChatMessage], kwargs: dict[str, Any]
+        self,
+        card: dict[str, Any],
+        messages: Sequence[ChatMessage],
+        kwargs: dict[str, Any],
+        stream: bool = False,
     ) -> dict:
-        return {"model": card["id"], "messages": [_message(m) for m in messages],
+        body = {"model": card["id"], "messages": [_message(m) for m in messages],
                 **self._sampling(chat=True), **_per_call(kwargs, chat=True)}  # fmt: skip
+        return _streamed(body, stream)
 
     def _call(
         self, session: Session, prompt: BasePromptTemplate, prompt_args: dict[str, Any]
@@ -488,8 +507,9 @@ def _close_soon(http: OpenAIHttp) -> None:
 
 # what a plain call takes per call, besides `extra_body` (as OpenAI's client: more fields)
 _PER_CALL = (
-    *SEMANTIC_FIELDS, "max_completion_tokens", "logprobs", "top_logprobs", "response_format", "user"
-)
+    *SEMANTIC_FIELDS, "max_completion_tokens", "logprobs", "top_logprobs", "response_format", "user",
+    "stream_options",
+)  # fmt: skip
 _TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls")  # chat only
 
 
@@ -505,6 +525,15 @@ def _per_call(kwargs: dict[str, Any], chat: bool) -> dict[str, Any]:
         )
     fields = {k: v for k, v in kwargs.items() if k in known and v is not None}
     return {**fields, **checked_fields("Parrot", "extra_body", kwargs.get("extra_body"))}
+
+
+def _streamed(body: dict[str, Any], stream: bool) -> dict[str, Any]:
+    """`body` as a streamed request or not: `stream_options` (e.g. `include_usage`, for the
+    server's token counts in the last chunk) is left out of a request that does not stream,
+    as LlamaIndex's OpenAI LLM leaves it out (the server refuses it there)."""
+    if not stream:
+        body.pop("stream_options", None)
+    return body
 
 
 def _role(message: ChatMessage) -> str:
@@ -589,7 +618,8 @@ def _completion_response(data: dict[str, Any]) -> CompletionResponse:
     choice = data["choices"][0]
     scored = (choice.get("logprobs") or {}).get("top_logprobs") or []
     logprobs = [[LogProb(token=t, logprob=v) for t, v in top.items()] for top in scored]
-    return CompletionResponse(text=choice["text"], raw=data, logprobs=logprobs or None)
+    return CompletionResponse(text=choice["text"], raw=data, logprobs=logprobs or None,
+                              additional_kwargs=token_counts(data))  # fmt: skip
 
 
 def _chat_response(data: dict[str, Any]) -> ChatResponse:
@@ -605,6 +635,7 @@ def _chat_response(data: dict[str, Any]) -> ChatResponse:
         message=_assistant(message.get("content") or "", message.get("tool_calls")),
         raw=data,
         logprobs=logprobs or None,
+        additional_kwargs=token_counts(data),
     )
 
 

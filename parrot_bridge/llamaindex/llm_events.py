@@ -29,6 +29,7 @@ from llama_index.core.llms.llm import (
 from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.types import TokenAsyncGen, TokenGen
 
+from parrot_bridge.llamaindex.token_counts import token_counts
 from parrot_bridge.variable import SemanticVariable
 
 __all__ = ["apredicted", "astreamed", "predicted", "streamed"]
@@ -121,7 +122,8 @@ async def _acompletion(
 
 def _response(text: str, output: SemanticVariable | None) -> CompletionResponse:
     usage = None if output is None else output.usage
-    return CompletionResponse(text=text, raw=None if usage is None else {"usage": usage})
+    raw = None if usage is None else {"usage": usage}
+    return CompletionResponse(text=text, raw=raw, additional_kwargs=token_counts(raw))
 
 
 @llm_completion_callback()

@@ -121,6 +121,33 @@ async def test_completion_to_prompt_wraps_a_prompt_not_yet_formatted(
     assert llm.predict(prompt, topic="cars") == greedy(engine, wrap("Topic: cars\nAnswer: "))
 
 
+async def test_token_counts_in_additional_kwargs_as_openais(url: str) -> None:
+    """LlamaIndex's OpenAI LLM puts the server's usage in a response's `additional_kwargs`
+    (prompt, completion and total tokens); Parrot's were empty."""
+    llm = Parrot(base_url=url, max_tokens=MAX_TOKENS)
+    messages = [ChatMessage(role="user", content="Hello")]
+    for response in (llm.complete("The parrot said"), llm.chat(messages),
+                     await llm.acomplete("The parrot said"), await llm.achat(messages)):  # fmt: skip
+        usage = response.raw["usage"]
+        assert response.additional_kwargs == {
+            k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+        }
+        assert response.additional_kwargs["completion_tokens"] == MAX_TOKENS
+    # a stream's chunks have usage only when asked for (the last one), as OpenAI's
+    assert all(c.additional_kwargs == {} for c in llm.stream_complete("The parrot said"))
+    asked = Parrot(base_url=url, max_tokens=MAX_TOKENS,
+                   additional_kwargs={"stream_options": {"include_usage": True}})  # fmt: skip
+    assert asked.complete("The parrot said").text == llm.complete("The parrot said").text
+    chunks = list(asked.stream_complete("The parrot said"))
+    assert all(c.additional_kwargs == {} for c in chunks[:-1])
+    assert chunks[-1].additional_kwargs["completion_tokens"] == MAX_TOKENS
+    chunks = [c async for c in await asked.astream_chat(messages)]
+    assert chunks[-1].additional_kwargs["completion_tokens"] == MAX_TOKENS
+    with observed(asked) as (counter, _, _):  # the server's counts, not the counter's own
+        list(asked.stream_complete("The parrot said"))
+    assert counter.llm_token_counts[0].completion_token_count == MAX_TOKENS
+
+
 async def test_a_message_with_an_image_is_refused_not_sent_as_its_text_alone(url: str) -> None:
     """`ChatMessage.content` is its text blocks: an ImageBlock was dropped without a word, and
     the model described an image it never saw (OpenAILike's request gets a 400)."""

@@ -60,6 +60,27 @@ def test_semantic_calls_take_the_fields_they_have_options_for() -> None:
         Parrot(base_url=URL, top_logprobs=21)
 
 
+def test_stream_options_go_with_streamed_requests_only() -> None:
+    """`stream_options` ({"include_usage": True}: the server's token counts in a stream's last
+    chunk), in `additional_kwargs` or per call, as LlamaIndex's OpenAI LLM takes it. It was
+    refused, saying to give it as an argument that Parrot does not have."""
+    usage = {"include_usage": True}
+    llm = Parrot(base_url=URL, max_tokens=5, additional_kwargs={"stream_options": usage})
+    assert llm._body(CARD, "hi", {}, stream=True)["stream_options"] == usage
+    assert llm._chat_body(CARD, [], {}, stream=True)["stream_options"] == usage
+    # the server refuses it in a request that does not stream; predict gets usage anyway
+    assert "stream_options" not in llm._body(CARD, "hi", {})
+    assert "stream_options" not in llm._chat_body(CARD, [], {})
+    assert llm._semantic_sampling() == {"max_tokens": 5, "temperature": 0.0}
+    plain = Parrot(base_url=URL)
+    assert plain._body(CARD, "hi", {"stream_options": usage}, stream=True)["stream_options"] == (
+        usage
+    )
+    assert "stream_options" not in plain._body(CARD, "hi", {"stream_options": usage})
+    with pytest.raises(ValidationError, match="stream_options must map field names"):
+        Parrot(base_url=URL, additional_kwargs={"stream_options": True})
+
+
 def test_settings_round_trip_through_llamaindexs_serialization() -> None:
     """to_dict/from_dict (LlamaIndex's; its class_name key included) give the same settings,
     unknown settings being refused."""
