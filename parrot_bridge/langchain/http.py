@@ -7,7 +7,7 @@ are never closed). Connection failures are retried; error responses become `Parr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,10 +59,14 @@ class ServerHttp:
         raise AssertionError("unreachable")
 
     async def events(self, path: str, body: Any) -> AsyncIterator[dict[str, Any]]:
-        """The `data:` objects of a streamed POST, until `data: [DONE]`."""
+        """The `data:` objects of a streamed POST, until `data: [DONE]`. `timeout` bounds the
+        wait for the answer and then for each chunk, not the whole stream (as the OpenAI
+        client's `timeout` does: a stream lasts as long as it keeps sending); a stream that
+        could not connect is sent again, as a request is."""
         try:
-            async with self._client() as client:
-                async with client.post(self._url(path), json=body) as resp:
+            async with self._client(stream=True) as client:
+                resp = await self._connected(lambda: client.post(self._url(path), json=body))
+                async with resp:
                     if resp.status >= 400:
                         raise response_error(
                             resp.status, await read_json(resp), request_id(resp)
@@ -71,16 +75,33 @@ class ServerHttp:
                         if "error" in event:
                             raise response_error(500, event, request_id(resp))
                         yield event
+        except aiohttp.ServerTimeoutError as exc:  # a ClientError too: no chunk in time
+            raise timed_out(self.base_url, f"POST {path}", self.timeout) from exc
         except aiohttp.ClientError as exc:
             raise self._unreachable(exc) from exc
         except TimeoutError as exc:
             raise timed_out(self.base_url, f"POST {path}", self.timeout) from exc
 
-    def _client(self) -> aiohttp.ClientSession:
+    async def _connected(
+        self, send: Callable[[], Awaitable[aiohttp.ClientResponse]]
+    ) -> aiohttp.ClientResponse:
+        """`send()`'s response, sent again while no connection can be made (nothing reached
+        the server); the last refusal is raised."""
+        for attempt in range(self.max_retries):
+            try:
+                return await send()
+            except aiohttp.ClientConnectorError:
+                await asyncio.sleep(retry_wait(attempt))
+        return await send()
+
+    def _client(self, stream: bool = False) -> aiohttp.ClientSession:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
-        return aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.timeout), headers=headers
+        timeout = (
+            aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
+            if stream
+            else aiohttp.ClientTimeout(total=self.timeout)
         )
+        return aiohttp.ClientSession(timeout=timeout, headers=headers)
 
     def _url(self, path: str) -> str:
         return self.base_url.rstrip("/") + path

@@ -4,6 +4,7 @@ routes that never answer, streams that stop sending, canned error bodies."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,21 @@ async def stream_then_stall(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     return await never_answer(request)
+
+
+def slow_stream(chunk: dict[str, object], count: int, gap_s: float) -> Handler:
+    """An event stream of `count` copies of `chunk`, `gap_s` apart, then `[DONE]`."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(count):
+            await asyncio.sleep(gap_s)
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    return handle
 
 
 def json_answer(body: object, status: int = 200) -> Handler:

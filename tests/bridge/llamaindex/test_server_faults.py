@@ -4,7 +4,6 @@ promptly on every path, and errors keep the server's type and code."""
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 
@@ -18,10 +17,10 @@ from server.launcher import free_port
 from tests.bridge.fake_server import (
     SESSION_ROUTES,
     FakeServer,
-    Handler,
     json_answer,
     longest_stall,
     never_answer,
+    slow_stream,
     still_pending,
     stream_then_stall,
 )
@@ -46,26 +45,13 @@ def test_timeout_is_a_parrot_error_naming_the_request() -> None:
             list(llm.stream_complete("hi"))
 
 
-def slow_stream(chunks: int, gap_s: float) -> Handler:
-    """A completions stream of `chunks` one-letter chunks, `gap_s` apart."""
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for _ in range(chunks):
-            await asyncio.sleep(gap_s)
-            chunk = {"choices": [{"index": 0, "text": "a", "finish_reason": None}]}
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        return response
-
-    return handle
+TEXT_CHUNK = {"choices": [{"index": 0, "text": "a", "finish_reason": None}]}
 
 
 async def test_a_stream_may_last_longer_than_the_timeout_while_it_keeps_sending() -> None:
     """`timeout` bounds the wait for each chunk, as the OpenAI client's and the SDK's streams
     do: a stream was cut once `timeout` had passed in all, however fast its chunks came."""
-    routes = {**HANGING, ("POST", "/v1/completions"): slow_stream(chunks=6, gap_s=0.3)}
+    routes = {**HANGING, ("POST", "/v1/completions"): slow_stream(TEXT_CHUNK, count=6, gap_s=0.3)}
     with FakeServer(routes) as url:
         llm = Parrot(base_url=url, timeout=1)
         assert list(llm.stream_complete("hi"))[-1].text == "a" * 6
