@@ -4,13 +4,16 @@ routes that never answer, streams that stop sending, canned error bodies."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 
 from aiohttp import web
+
+from server.launcher import free_port
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -122,3 +125,28 @@ async def longest_stall(call: Awaitable[object]) -> float:
     await asyncio.wait_for(call, 10)
     ticker.cancel()
     return max(b - a for a, b in zip(ticks, ticks[1:], strict=False))
+
+
+@contextlib.contextmanager
+def late_server(
+    routes: dict[tuple[str, str], Handler], delay_s: float = 0.25
+) -> Iterator[tuple[str, threading.Event]]:
+    """`with late_server(routes) as (url, up):` a FakeServer on a port picked now that starts
+    listening `delay_s` later (a server starting: until then a client finds nothing there);
+    `up` is set once it listens. It stops when the block ends."""
+    port = free_port()
+    up, done = threading.Event(), threading.Event()
+
+    def serve() -> None:
+        time.sleep(delay_s)
+        with FakeServer(routes, port):
+            up.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}", up
+    finally:
+        done.set()
+        thread.join(10)

@@ -10,11 +10,11 @@ import pytest
 
 import parrot_bridge as P
 from parrot_bridge.transport import Transport, retry_wait
-from server.launcher import free_port
 from tests.bridge.fake_server import (
     SESSION_ROUTES,
     FakeServer,
     json_answer,
+    late_server,
     never_answer,
     still_pending,
     stream_then_stall,
@@ -83,27 +83,12 @@ def test_closing_a_session_the_server_forgot_is_not_an_error() -> None:
 def test_a_session_waits_for_a_server_that_is_starting() -> None:
     """Requests that could not connect are sent again (`max_retries`, as the OpenAI client's):
     nothing reached the server, so nothing is done twice."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with pytest.raises(P.ParrotError, match="cannot reach"):
-        P.Session(url, max_retries=0).open()
-    up, done = threading.Event(), threading.Event()
-
-    def start_late() -> None:
-        time.sleep(0.25)
-        with FakeServer(SESSION_ROUTES, port):
-            up.set()
-            done.wait(10)
-
-    thread = threading.Thread(target=start_late)
-    thread.start()
-    try:
+    with late_server(SESSION_ROUTES) as (url, up):
+        with pytest.raises(P.ParrotError, match="cannot reach"):
+            P.Session(url, max_retries=0).open()
         session = P.Session(url, max_retries=5).open()  # waits 0.5, 1, 2, ... s
         assert up.is_set() and session.id == "s-1"
         session.close()
-    finally:
-        done.set()
-        thread.join(10)
 
 
 def test_retries_wait_as_the_openai_client_does() -> None:

@@ -95,3 +95,28 @@ def ask_calls(lengths: list[int]) -> list[dict[str, Any]]:
          "sampling": {"max_tokens": n, "temperature": 0}}
         for j, n in enumerate(lengths)
     ]  # fmt: skip
+
+
+def open_session(url: str) -> tuple[str, str]:
+    """A new session's id and token."""
+    status, body = request("POST", url + "/v1/sessions", {})
+    assert status == 201, body
+    return body["session_id"], body["token"]
+
+
+def submit(
+    url: str, sid: str, token: str, variables: list, calls: list, awaits: list | None = None
+) -> None:
+    """POST a graph to the session; it must be taken (200)."""
+    body = {"variables": variables, "calls": calls, "awaits": awaits or []}
+    status, reply = request("POST", f"{url}/v1/sessions/{sid}/graph", body, token)
+    assert status == 200, reply
+
+
+def value(url: str, sid: str, token: str, var: str, timeout: float = 60) -> dict:
+    """A variable's body, its value waited for up to `timeout` s."""
+    status, body = request(
+        "GET", f"{url}/v1/sessions/{sid}/variables/{var}?timeout={timeout}", token=token
+    )
+    assert status == 200, body
+    return body

@@ -14,7 +14,7 @@ import pytest
 
 from server.engine import LLMEngine
 from server.launcher import ServerProcess
-from tests.server.http_client import metrics, request
+from tests.server.http_client import metrics, open_session, request, submit, value
 
 pytestmark = pytest.mark.slow
 
@@ -38,26 +38,6 @@ def engine(tiny_llama_path: Path) -> LLMEngine:
     return LLMEngine.from_pretrained(str(tiny_llama_path))
 
 
-def session(url: str) -> tuple[str, str]:
-    status, body = request("POST", url + "/v1/sessions", {})
-    assert status == 201, body
-    return body["session_id"], body["token"]
-
-
-def submit(url: str, sid: str, token: str, variables: list, calls: list) -> None:
-    body = {"variables": variables, "calls": calls, "awaits": []}
-    status, reply = request("POST", f"{url}/v1/sessions/{sid}/graph", body, token)
-    assert status == 200, reply
-
-
-def value(url: str, sid: str, token: str, var: str, timeout: float = 60) -> dict:
-    status, body = request(
-        "GET", f"{url}/v1/sessions/{sid}/variables/{var}?timeout={timeout}", token=token
-    )
-    assert status == 200, body
-    return body
-
-
 def delta(after: dict, before: dict, name: str) -> float:
     return after.get(name, 0) - before.get(name, 0)
 
@@ -67,7 +47,7 @@ def test_a_call_runs_on_the_engine_holding_its_early_fill(server: str, engine: L
     m0 = metrics(server)
     # "ask" waits for two questions the client sends later; its long head is filled ahead on
     # the least loaded engine (both are idle: engine 0)
-    sid, token = session(server)
+    sid, token = open_session(server)
     ask = {"id": "ask", "template": HEAD + "{{input:q0}}" + MIDDLE + "{{input:q1}}\nAnswer:"
            "{{output:a}}", "inputs": {"q0": "q0", "q1": "q1"}, "outputs": {"a": "a"},
            "sampling": {"max_tokens": 4, "temperature": 0}}  # fmt: skip
@@ -79,7 +59,7 @@ def test_a_call_runs_on_the_engine_holding_its_early_fill(server: str, engine: L
         assert time.monotonic() < deadline, "the ready head was not filled ahead"
         time.sleep(0.02)
     # a call without a prefix fills engine 0 (the least loaded by index: fills are no load)
-    busy_sid, busy_token = session(server)
+    busy_sid, busy_token = open_session(server)
     busy = {"id": "busy", "template": "Write on:{{output:x}}", "inputs": {}, "outputs": {"x": "x"},
             "sampling": {"max_tokens": 300, "temperature": 0, "ignore_eos": True}}  # fmt: skip
     submit(server, busy_sid, busy_token, [{"id": "x"}], [busy])

@@ -12,7 +12,7 @@ import pytest
 
 from server.engine import LLMEngine, SamplingParams
 from server.launcher import ServerProcess
-from tests.server.http_client import metrics, request
+from tests.server.http_client import metrics, open_session, request, submit, value
 
 pytestmark = pytest.mark.slow
 
@@ -37,29 +37,9 @@ def greedy(engine: LLMEngine, text: str, max_tokens: int) -> str:
     return engine.generate([engine.tokenizer.encode(text)], sampling)[0].text
 
 
-def session(url: str) -> tuple[str, str]:
-    status, body = request("POST", url + "/v1/sessions", {})
-    assert status == 201, body
-    return body["session_id"], body["token"]
-
-
-def submit(url: str, sid: str, token: str, variables: list, calls: list, awaits: list) -> None:
-    body = {"variables": variables, "calls": calls, "awaits": awaits}
-    status, reply = request("POST", f"{url}/v1/sessions/{sid}/graph", body, token)
-    assert status == 200, reply
-
-
-def value(url: str, sid: str, token: str, var: str, timeout: float = 60) -> dict:
-    status, body = request(
-        "GET", f"{url}/v1/sessions/{sid}/variables/{var}?timeout={timeout}", token=token
-    )
-    assert status == 200, body
-    return body
-
-
 def ask(url: str, question: str, max_tokens: int = 6) -> tuple[str, str]:
     """A GPTs-style call in a new session: the shared system prompt, then the user's question."""
-    sid, token = session(url)
+    sid, token = open_session(url)
     call = {"id": "ask", "template": SYSTEM + "{{input:q}}\nAssistant:{{output:a}}",
             "inputs": {"q": "q"}, "outputs": {"a": "a"},
             "sampling": {"max_tokens": max_tokens, "temperature": 0}}  # fmt: skip
@@ -86,7 +66,7 @@ def test_a_shared_system_prompt_is_prefilled_once_across_sessions(
 
     # a long call with no prefix of its own keeps engine 0 busy: least loaded would now pick
     # engine 1, but engine 0 holds the system prompt, so the second session goes there
-    busy_sid, busy_token = session(server)
+    busy_sid, busy_token = open_session(server)
     busy = {"id": "busy", "template": "Write on:{{output:x}}", "inputs": {}, "outputs": {"x": "x"},
             "sampling": {"max_tokens": 400, "temperature": 0, "ignore_eos": True}}  # fmt: skip
     submit(server, busy_sid, busy_token, [{"id": "x"}], [busy], [])
@@ -129,7 +109,7 @@ def test_a_pipelined_prefix_is_filled_before_its_input_arrives(
     # "draft" writes the previous summary slowly; "refine" waits for it, but its instructions
     # and its part of the paper are ready at once
     head, calls = draft_and_refine(draft_tokens=300)
-    sid, token = session(server)
+    sid, token = open_session(server)
     m0 = metrics(server)
     submit(server, sid, token, [{"id": "prev"}, {"id": "s"}], calls,
            [{"variable": "s", "criteria": "latency"}])  # fmt: skip
@@ -220,7 +200,7 @@ def test_each_prompt_token_is_counted_once_as_computed_or_cached(
     usage), as a plain client's requests count them: no prefix counted both as computed and
     as reused, and no tokens filled ahead that no call used."""
     variables, calls, outputs = graph(ARTICLE.read_text())
-    sid, token = session(server)
+    sid, token = open_session(server)
     m0 = metrics(server)
     submit(server, sid, token, variables, calls, [{"variable": outputs[-1], "criteria": "latency"}])
     if graph is _asked_later:
@@ -270,7 +250,7 @@ def test_no_pipelined_prefill_fills_nothing_ahead(
     head, calls = draft_and_refine(draft_tokens=120)
     flags = ("--no-prefix-cache", "--no-pipelined-prefill")
     with ServerProcess(tiny_llama_path, *flags, log_path=tmp_path / "server.log") as srv:
-        sid, token = session(srv.url)
+        sid, token = open_session(srv.url)
         submit(srv.url, sid, token, [{"id": "prev"}, {"id": "s"}], calls,
                [{"variable": "s", "criteria": "latency"}])  # fmt: skip
         got = value(srv.url, sid, token, "s")["value"]
@@ -291,14 +271,14 @@ def test_a_stored_base_evicted_before_its_pipelined_fork_is_not_forked(
     flags = ("--prefix-store-max-entries", "1", "--min-shared-prefix-tokens", "1")
     system = "You are a careful assistant that summarizes papers about learning theory.\n"
     with ServerProcess(tiny_llama_path, *flags, log_path=log) as srv:
-        sid, token = session(srv.url)
+        sid, token = open_session(srv.url)
         first = {"id": "c0", "template": system + "Doc: {{input:d}}\nAnswer: {{output:y}}",
                  "inputs": {"d": "x"}, "outputs": {"y": "y"},
                  "sampling": {"max_tokens": 4, "temperature": 0}}  # fmt: skip
         submit(srv.url, sid, token, [{"id": "x", "value": "overfitting"}, {"id": "y"}], [first],
                [])  # fmt: skip
         assert value(srv.url, sid, token, "y")["status"] == "ready"
-        sid, token = session(srv.url)
+        sid, token = open_session(srv.url)
         lead = "Completely different leading text that is long enough to be stored. "
         readers = [
             {"id": f"B{i}", "template": system + "Doc: {{input:d}}\nHint: {{input:a}}\nAnswer:"

@@ -4,18 +4,17 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import pytest
 
 from parrot_bridge.errors import ParrotError
 from parrot_bridge.langchain import ChatParrot, ParrotLLM
-from server.launcher import free_port
 from tests.bridge.fake_server import (
     SESSION_ROUTES,
     FakeServer,
     json_answer,
+    late_server,
     never_answer,
     slow_stream,
     still_pending,
@@ -90,24 +89,9 @@ async def test_a_chat_stream_may_last_longer_than_the_timeout_while_it_keeps_sen
 def test_a_chat_stream_waits_for_a_server_that_is_starting() -> None:
     """`max_retries` sends a stream again that could not connect, as it does a request (a
     stream failed at once before)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     routes = {("GET", "/v1/models/m"): json_answer({"id": "m", "max_model_len": 64}),
               ("POST", "/v1/chat/completions"): slow_stream(CHAT_CHUNK, 2, 0.0)}  # fmt: skip
-    up, done = threading.Event(), threading.Event()
-
-    def start_late() -> None:
-        time.sleep(0.25)
-        with FakeServer(routes, port):
-            up.set()
-            done.wait(10)
-
-    thread = threading.Thread(target=start_late)
-    thread.start()
-    try:
+    with late_server(routes) as (url, up):
         chat = ChatParrot(base_url=url, model="m", max_retries=4)
         assert "".join(str(c.content) for c in chat.stream("hi")) == "aa"
         assert up.is_set()
-    finally:
-        done.set()
-        thread.join(10)

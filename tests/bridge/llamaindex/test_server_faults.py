@@ -4,7 +4,6 @@ promptly on every path, and errors keep the server's type and code."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import pytest
@@ -18,6 +17,7 @@ from tests.bridge.fake_server import (
     SESSION_ROUTES,
     FakeServer,
     json_answer,
+    late_server,
     longest_stall,
     never_answer,
     slow_stream,
@@ -67,8 +67,7 @@ async def test_a_stream_may_last_longer_than_the_timeout_while_it_keeps_sending(
 def test_max_retries_waits_for_a_server_that_is_starting() -> None:
     """`max_retries` (LlamaIndex's OpenAI LLM's setting; refused before) sends again a request
     that could not connect, on the plain routes (which never retried) and predict's session."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
     for call in (lambda llm: llm.complete("hi"),
                  lambda llm: llm.predict(PromptTemplate("Say {x}"), x="a")):  # fmt: skip
@@ -78,22 +77,9 @@ def test_max_retries_waits_for_a_server_that_is_starting() -> None:
     answer = {"choices": [{"text": "ok", "index": 0, "finish_reason": "stop"}]}
     routes = {("GET", "/v1/models"): json_answer(CARD),
               ("POST", "/v1/completions"): json_answer(answer)}  # fmt: skip
-    up, done = threading.Event(), threading.Event()
-
-    def start_late() -> None:
-        time.sleep(0.25)
-        with FakeServer(routes, port):
-            up.set()
-            done.wait(10)
-
-    thread = threading.Thread(target=start_late)
-    thread.start()
-    try:
+    with late_server(routes) as (url, up):
         assert Parrot(base_url=url, max_retries=4).complete("hi").text == "ok"  # after 0.5 s
         assert up.is_set()
-    finally:
-        done.set()
-        thread.join(10)
 
 
 def test_predict_honours_the_timeout() -> None:
