@@ -147,10 +147,11 @@ class _Draft:
         body = self.body
         usage = None
         if job is not None and final is not None:
-            n = len(final.token_ids)
+            n, cached = len(final.token_ids), final.cached_tokens or 0
             usage = ResponseUsage(
                 input_tokens=len(job.ids), output_tokens=n, total_tokens=len(job.ids) + n,
-                input_tokens_details=InputTokensDetails(cached_tokens=final.cached_tokens or 0),
+                input_tokens_details=InputTokensDetails(
+                    cached_tokens=cached, cache_write_tokens=len(job.ids) - cached),
             )  # fmt: skip
         return ResponseObject(
             id=self.id, created_at=self.created, status=status,  # type: ignore[arg-type]

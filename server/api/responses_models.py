@@ -93,6 +93,11 @@ OutputItem = Annotated[OutputMessage | FunctionCallItem, Field(discriminator="ty
 
 class InputTokensDetails(BaseModel):
     cached_tokens: int = Field(description="Prompt tokens whose KV was reused, not computed.")
+    # the SDK's type requires it (an int): left out, typed code read None
+    cache_write_tokens: int = Field(
+        description="Prompt tokens computed (the rest): their KV goes into the cache, whose "
+        "full blocks later prompts with the same prefix reuse."
+    )
 
 
 class OutputTokensDetails(BaseModel):

@@ -10,6 +10,8 @@ from typing import Literal
 
 import openai
 import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
 
 from tests.server.http_client import request
 
@@ -86,6 +88,23 @@ def test_a_stream_tells_the_same_output_in_order(client: openai.OpenAI):
     assert events[0].response.status == "in_progress" and events[0].response.output == []
     # the stored streamed response is what the stream ended with
     assert client.responses.retrieve(last.id).output_text == whole.output_text
+
+
+def test_responses_and_their_events_are_valid_as_the_sdks_types(client: openai.OpenAI):
+    """The client builds its typed objects without validating them: a field its types require
+    that the server leaves out reads None (input_tokens_details.cache_write_tokens did). The
+    SDK's models, validated, say what is missing."""
+    fields = {"model": "tiny", "input": "Tell me", "max_output_tokens": 4, **GREEDY}
+    whole = client.responses.with_raw_response.create(**fields).http_response.json()
+    response = Response.model_validate(whole)
+    details = response.usage.input_tokens_details
+    assert details.cache_write_tokens == response.usage.input_tokens - details.cached_tokens
+    streamed = client.responses.with_raw_response.create(stream=True, **fields).http_response
+    datas = [line[6:] for line in streamed.iter_lines() if line.startswith("data: ")]
+    events = [TypeAdapter(ResponseStreamEvent).validate_json(d) for d in datas]
+    assert events[-1].type == "response.incomplete"
+    stored = client.responses.with_raw_response.retrieve(response.id).http_response.json()
+    Response.model_validate(stored)
 
 
 def test_a_followed_response_continues_its_conversation(client: openai.OpenAI):
