@@ -24,6 +24,7 @@ from server.api.openai_models import (
     ToolCall,
 )
 from server.api.plain_runs import finish_reason
+from server.api.refused_fields import refuse_unhonoured
 from server.api.tool_call_parser import ToolCallParser
 from server.api.tool_request import ToolRequest
 from server.engine import JobOutput, SamplingParams
@@ -55,6 +56,7 @@ def chat_job(driver: EngineDriver, body: ChatCompletionRequest) -> ChatJob:
         )
     tools = ToolRequest.of(body.tools, body.tool_choice, body.parallel_tool_calls)
     refuse_extensions(body, UNSUPPORTED_CHAT_EXTENSIONS)
+    refuse_unhonoured(body.model_extra or {})
     text = chat_prompt(driver, body, tools)
     ids = truncated_prompt(
         driver, body, encode_prompt(driver, text, "messages", body.add_special_tokens)

@@ -51,6 +51,9 @@ def chat_request_of(body: ResponsesRequest, history: list[Message]) -> dict[str,
         chat["top_logprobs"] = body.top_logprobs or 0
     extra = body.model_extra or {}
     chat.update({k: extra[k] for k in _PASSED_EXTENSIONS if k in extra})
+    verbosity = (body.text or {}).get("verbosity")
+    if verbosity is not None:  # the chat checks refuse what cannot be honoured
+        chat["verbosity"] = verbosity
     return chat
 
 
@@ -115,6 +118,7 @@ def responses_error(exc: ApiError) -> ApiError:
     renames = {
         "messages": "input", "response_format": "text.format",
         "max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens",
+        "verbosity": "text.verbosity",
     }  # fmt: skip
     message = exc.message.replace(".function.", ".")
     for old, new in renames.items():

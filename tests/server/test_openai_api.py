@@ -530,6 +530,46 @@ def test_errors_have_openai_shape_and_the_server_goes_on(client: openai.OpenAI) 
     assert done.choices[0].finish_reason in ("stop", "length")
 
 
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"modalities": ["text", "audio"]}, "writes text only"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "no audio"),
+        ({"web_search_options": {}}, "does not search the web"),  # {}: search, as OpenAI's
+        ({"reasoning_effort": "low"}, "does not reason"),
+        ({"verbosity": "low"}, 'only "medium"'),
+        ({"moderation": {"model": "omni-moderation-latest"}}, "does not moderate"),
+    ],
+)  # fmt: skip
+def test_what_the_model_cannot_give_is_a_400_naming_the_field(
+    client: openai.OpenAI, fields: dict, says: str
+) -> None:
+    """OpenAI's fields that ask for audio, a web search, reasoning, moderation or another
+    verbosity were taken and the answer came without them; OpenAI refuses them for a model
+    that lacks them, and so does this server."""
+    user = [{"role": "user", "content": "x"}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="tiny", messages=user, max_tokens=2,
+                                       extra_body=fields)  # fmt: skip
+    error = refused.value.body
+    (name,) = fields
+    assert error["param"] == name and f"{name} is not supported: " in error["message"], error
+    assert says in error["message"], error
+
+
+def test_fields_that_change_nothing_in_the_answer_are_taken(client: openai.OpenAI) -> None:
+    user = [{"role": "user", "content": "x"}]
+    plain = client.chat.completions.create(model="tiny", messages=user, max_tokens=4,
+                                           temperature=0)  # fmt: skip
+    taken = client.chat.completions.create(
+        model="tiny", messages=user, max_tokens=4, temperature=0, modalities=["text"],
+        reasoning_effort="none", verbosity="medium", store=False, metadata={"k": "v"},
+        service_tier="auto", prediction={"type": "content", "content": "x"}, user="u",
+        prompt_cache_key="k", safety_identifier="s",
+    )  # fmt: skip
+    assert taken.choices[0].message.content == plain.choices[0].message.content
+
+
 def test_a_malformed_schema_is_a_400_naming_its_field_wherever_it_is_given(server: str) -> None:
     """Found by fuzzing: schema keywords of the wrong JSON type (type 1.5, required 5, a $ref
     that is an object) raised out of the schema compiler, a 500 on every route that takes one;

@@ -232,6 +232,9 @@ def test_a_json_schema_format_and_logprobs_are_those_of_chat(client: openai.Open
          "#/required: must be a list of property names, got 'a'"),
         ({"input": "x", "reasoning": {"effort": "high"}}, "reasoning", "reasoning"),
         ({"input": "x", "background": True}, "background", "background"),
+        # the chat checks' refusal, named as this API names the field
+        ({"input": "x", "text": {"verbosity": "low"}}, "text.verbosity",
+         'text.verbosity is not supported: the answer\'s length'),
         ({"input": "x", "truncation": "auto"}, "truncation", "truncation"),
         ({"input": "x", "text": {"format": {"type": "xml"}}}, "text.format", "text.format"),
         ({"input": "x", "max_output_tokens": 0}, "max_output_tokens", "max_output_tokens"),
