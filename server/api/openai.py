@@ -260,11 +260,15 @@ async def _stream_chat(
         return ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[choice],
                                    usage=running.of(index, len(ids)))  # fmt: skip
 
+    # a forced call's answer is calls only: no content, as unstreamed (OpenAI's role delta of a
+    # call has none), so the client's accumulated message has content null, not ""; other
+    # answers open with "", as OpenAI's and vLLM's do
+    opening = None if tools is not None and tools.required else ""
     stream = EventStream(request)
     await stream.open()
     with contextlib.suppress(ConnectionError):
         for index in range(len(samplings)):
-            role = ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))
+            role = ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=opening))
             await stream.send(ChatCompletionChunk(
                 id=cid, created=created, model=body.model, choices=[role],
                 prompt_token_ids=list(ids) if with_ids else None,

@@ -102,6 +102,28 @@ def test_a_required_call_among_several_tools_is_a_call_of_one_of_them(
     assert chunks[-1].choices[0].finish_reason == reason
 
 
+@pytest.mark.parametrize("tool_choice", ["required", NAMED])
+def test_a_forced_calls_streamed_message_is_the_unstreamed_one(
+    client: openai.OpenAI, tool_choice: object
+):
+    """A forced call's answer has no content: null unstreamed; streamed, the role delta
+    opened it with "", so the client's stream helper ended with content "" (OpenAI's role
+    delta of a call has no content)."""
+    kwargs = dict(model="tiny", messages=ASK, tools=[WEATHER, CLOCK], tool_choice=tool_choice,
+                  max_tokens=64, temperature=0)  # fmt: skip
+    whole = client.chat.completions.create(**kwargs).choices[0]
+    with client.chat.completions.stream(**kwargs) as stream:
+        for _ in stream:
+            pass
+        # the snapshot, not get_final_completion(): that raises when a call was cut short
+        streamed = stream.current_completion_snapshot.choices[0]
+    assert whole.message.content is None and streamed.message.content is None
+    assert [(c.function.name, c.function.arguments) for c in streamed.message.tool_calls] == [
+        (c.function.name, c.function.arguments) for c in whole.message.tool_calls
+    ]
+    assert streamed.finish_reason == whole.finish_reason
+
+
 def test_logprobs_with_tools_cover_every_generated_token(client: openai.OpenAI):
     """As vLLM: a call's tokens have their logprobs too (streamed, they come at the end, as the
     call's text is never sent as content)."""
