@@ -55,6 +55,7 @@ from server.api.plain_runs import (
     finish_reason,
     require_engine,
     run_plain,
+    stop_reason,
     stream_outputs,
 )
 from server.api.request_timing import RequestTiming
@@ -144,6 +145,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
             text, echoed, generated = echo.choice(prompts[k], f, lps, logprobs)
             choices.append(CompletionChoice(
                 index=len(choices), text=text, finish_reason=echo.reason(f),
+                stop_reason=None if echo.hides_generation else stop_reason(f, body),
                 logprobs=None if logprobs is None else joined(
                     # an echoed prompt keeps its special tokens' text (see prompt_text)
                     completion_logprobs(driver.tokenizer, echoed, first_token_id=prompt_ids[k][0],
@@ -185,7 +187,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     as_ids, with_ids = body.return_tokens_as_token_ids, body.return_token_ids
     choices = [
         ChatChoice(
-            index=i, message=message, finish_reason=reason,
+            index=i, message=message, finish_reason=reason, stop_reason=stop_reason(f, body),
             logprobs=None if logprobs is None else chat_logprobs(driver.tokenizer, lps, as_ids),
             token_ids=list(f.token_ids) if with_ids else None,
         )
@@ -248,7 +250,9 @@ async def _stream_chat(
             calls_sent[index] += len(calls)
             await stream.send(chunk(index, ChatDelta(tool_calls=deltas)))
 
-    def chunk(index: int, delta: ChatDelta, reason: str | None = None) -> ChatCompletionChunk:
+    def chunk(
+        index: int, delta: ChatDelta, reason: str | None = None, stop: int | str | None = None
+    ) -> ChatCompletionChunk:
         released = held[index].release(delta.content or "", finished=reason is not None)
         entries = [entry for entry, _ in released]
         logprobs = chat_logprobs(driver.tokenizer, entries, as_ids) if asked and entries else None
@@ -256,7 +260,7 @@ async def _stream_chat(
         if with_ids:
             token_ids, unsent_ids[index] = unsent_ids[index], []
         choice = ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=reason,
-                                 token_ids=token_ids)  # fmt: skip
+                                 stop_reason=stop, token_ids=token_ids)  # fmt: skip
         return ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[choice],
                                    usage=running.of(index, len(ids)))  # fmt: skip
 
@@ -290,7 +294,7 @@ async def _stream_chat(
             if out.finished:
                 finals[index] = out
                 reason = finish_reason(out, bool(calls_sent[index]) and called(tools))
-                await stream.send(chunk(index, ChatDelta(), reason))
+                await stream.send(chunk(index, ChatDelta(), reason, stop_reason(out, body)))
         # a stream that failed (its error event sent) has a choice unfinished: [DONE] alone
         everything = len(finals) == len(samplings)
         if everything and body.stream_options and body.stream_options.include_usage:
@@ -330,11 +334,15 @@ async def _stream_completion(
     running = RunningUsage(body.stream_options, count)
 
     def choice(
-        index: int, text: str, finish_reason: str | None, logprobs: CompletionLogprobs | None
+        index: int,
+        text: str,
+        finish_reason: str | None,
+        logprobs: CompletionLogprobs | None,
+        stop: int | str | None = None,
     ) -> Completion:
         """A chunk of choice `index` (with the ids since its previous chunk, if asked)."""
         part = CompletionChoice(index=index, text=text, logprobs=logprobs,
-                                finish_reason=finish_reason)  # type: ignore[arg-type]
+                                finish_reason=finish_reason, stop_reason=stop)  # type: ignore[arg-type]
         if with_ids:
             if index not in prompt_sent:
                 prompt_sent.add(index)
@@ -383,7 +391,8 @@ async def _stream_completion(
                         as_ids=as_ids,
                     )  # fmt: skip
                 reason = finish_reason(out) if out.finished else None
-                await stream.send(choice(index, out.new_text, reason, logprobs))
+                stop = stop_reason(out, body) if out.finished else None
+                await stream.send(choice(index, out.new_text, reason, logprobs, stop))
         # a stream that failed (its error event sent) has a choice unfinished: [DONE] alone
         if len(finals) == count and body.stream_options and body.stream_options.include_usage:
             usage = _usage([t for ids in prompt_ids for t in ids],

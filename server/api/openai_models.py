@@ -228,6 +228,14 @@ class PromptLogprob(BaseModel):
 PromptLogprobs = list[dict[str, PromptLogprob] | None]
 
 
+def _stop_reason_field() -> Any:
+    return Field(
+        None,
+        description="vLLM's: the request's stop string or stop token id that ended the choice; "
+        "null for EOS, a length cut, or a choice not yet finished.",
+    )
+
+
 def _is_none(value: object) -> bool:
     return value is None
 
@@ -247,6 +255,7 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None
+    stop_reason: int | str | None = _stop_reason_field()
     prompt_logprobs: PromptLogprobs | None = _unless_asked()
     prompt_token_ids: list[int] | None = _unless_asked(
         "vLLM's (return_token_ids): the choice's prompt as the engine took it; streamed, in "
@@ -323,6 +332,7 @@ class ChatChoice(BaseModel):
     message: AssistantMessage
     logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length", "tool_calls"] | None
+    stop_reason: int | str | None = _stop_reason_field()
     token_ids: list[int] | None = _generated_ids_field()
 
 
@@ -360,6 +370,7 @@ class ChatChunkChoice(BaseModel):
     delta: ChatDelta
     logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length", "tool_calls"] | None = None
+    stop_reason: int | str | None = _stop_reason_field()
     token_ids: list[int] | None = _generated_ids_field()
 
 

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from server.api.disconnect import while_connected
 from server.api.openai_inputs import Placement
+from server.api.openai_models import OpenAIRequest
 from server.api.request_timing import RequestTiming
 from server.api.sse import EventStream
 from server.engine import EngineError, JobOutput, SamplingParams, TokenLogprob
@@ -168,6 +169,15 @@ async def _indexed(outputs: AsyncIterator[JobOutput]) -> AsyncIterator[tuple[int
     async with contextlib.aclosing(outputs):  # type: ignore[type-var]
         async for out in outputs:
             yield 0, out
+def stop_reason(out: JobOutput, body: OpenAIRequest) -> int | str | None:
+    """vLLM's stop_reason: the stop string or stop token id of `body` that ended `out`; None
+    for EOS, a length cut, or a stop the server added (a tool call's closing tag)."""
+    reason = out.stop_reason
+    stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
+    asked = stops if isinstance(reason, str) else body.stop_token_ids or []
+    return reason if reason in asked else None
+
+
 def finish_reason(out: JobOutput, called: bool = False) -> str:
     """OpenAI's finish_reason; a call cut short by max_tokens is still "length"."""
     if out.finish_reason == "length":

@@ -48,6 +48,8 @@ class Job:
     prompt_logprobs: list[TokenLogprob | None] = field(default_factory=lambda: [None])
     prompt_logprobs_sent: bool = False
     finish_reason: str | None = None
+    # what ended a "stop": the stop string or stop token id (None: EOS, or not stopped)
+    stop_reason: int | str | None = None
     error: str | None = None
     # prompt tokens computed before its first step (prefix-cache hits, a fork parent's blocks,
     # a fill ahead of it), as vLLM's num_cached_tokens; a recomputation keeps the count

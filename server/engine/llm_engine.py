@@ -422,6 +422,7 @@ class LLMEngine:
                 logprobs[j] if sp.logprobs is not None else None,
                 prompt_logprobs.get(j),
                 results[j].cached_tokens or 0,
+                results[j].stop_reason,
             )
             for ids, j, sp in zip(prompt_ids, job_ids, sampling_params, strict=True)
         ]
@@ -771,6 +772,9 @@ class LLMEngine:
         reason: str | None = None
         if (token in self.eos_token_ids and not sp.ignore_eos) or token in sp.stop_token_ids:
             reason = "stop"
+            # EOS says nothing more (as vLLM's stop_reason None); a stop id is named
+            if token not in self.eos_token_ids or sp.ignore_eos:
+                job.stop_reason = token
         elif len(job.output_token_ids) >= sp.max_tokens or len(ctx.token_ids) >= self.max_model_len:
             reason = "length"
         detok = job.detokenizer
@@ -786,11 +790,11 @@ class LLMEngine:
             # from its own length back), and only in a token past the first min_tokens, where
             # EOS and stop ids may come too (as vLLM's): one written before those is past
             hits = [
-                (i, -len(s)) for s in sp.stop
+                (i, -len(s), s) for s in sp.stop
                 if (i := text.find(s, max(0, len(job.text) - len(s) + 1))) >= 0
             ]  # fmt: skip
             if hits:
-                at, minus_len = min(hits)  # the first; of two there, the longer
+                at, minus_len, job.stop_reason = min(hits)  # the first; of two there, the longer
                 end = at - minus_len if sp.include_stop_str_in_output else at
                 text, reason = text[:end], "stop"
         job.text = text
@@ -874,6 +878,7 @@ class LLMEngine:
             new_logprobs or [],
             prompt_logprobs,
             job.cached_tokens,
+            job.stop_reason,
         )
 
     def _drain_outputs(self) -> list[JobOutput]:

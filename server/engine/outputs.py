@@ -35,6 +35,8 @@ class JobOutput:
     prompt_logprobs: list[TokenLogprob | None] | None = None
     # prompt tokens reused rather than computed (see Job.cached_tokens); None until admitted
     cached_tokens: int | None = None
+    # with finish_reason "stop": the stop string or stop token id that ended it (None: EOS)
+    stop_reason: int | str | None = None
 
 
 @dataclass(slots=True)
@@ -48,6 +50,7 @@ class CompletionOutput:
     logprobs: list[TokenLogprob] | None = None  # one per token, when the sampling asked
     prompt_logprobs: list[TokenLogprob | None] | None = None  # one per prompt token, if asked
     cached_tokens: int = 0  # prompt tokens found computed (the prefix cache), not computed
+    stop_reason: int | str | None = None  # the stop string or stop token id (None: EOS)
 
 
 @dataclass(slots=True)

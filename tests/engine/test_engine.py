@@ -294,6 +294,35 @@ def test_stop_rules(tiny_llama_path):
         assert out.text == text[: text.index(needle)]
 
 
+def test_a_stop_names_the_stop_string_or_stop_id_that_ended_it(tiny_llama_path) -> None:
+    """vLLM's stop_reason: the stop string or stop token id; None for EOS, even an EOS also
+    given as a stop id, and for a length cut."""
+    engine = LLMEngine.from_pretrained(tiny_llama_path)
+    prompt = random_prompts(1, engine.model_config.vocab_size, seed=10)[0]
+    greedy = {"max_tokens": 20, "temperature": 0, "ignore_eos": True}
+    full = engine.generate([prompt], SamplingParams(**greedy))[0]
+    assert full.stop_reason is None  # a length cut
+    stop_id = full.token_ids[5]
+    by_id = engine.generate([prompt], SamplingParams(**greedy, stop_token_ids=[stop_id]))[0]
+    assert by_id.finish_reason == "stop" and by_id.stop_reason == stop_id
+    text = full.text
+    at = next(i for i in range(len(text) // 2, len(text) - 3)
+              if text[i : i + 3].strip() and "\ufffd" not in text[i : i + 3])  # fmt: skip
+    needle = text[at : at + 3]
+    for kept in (False, True):
+        out = engine.generate([prompt], SamplingParams(
+            **greedy, stop=["\x00never", needle], include_stop_str_in_output=kept,
+        ))[0]  # fmt: skip
+        assert out.finish_reason == "stop" and out.stop_reason == needle
+        assert out.text.endswith(needle) == kept
+    eos = min(engine.eos_token_ids)
+    forced = {"max_tokens": 4, "temperature": 0, "logit_bias": {eos: 100.0}}
+    for stops in ([], [eos]):
+        out = engine.generate([prompt], SamplingParams(**forced, stop_token_ids=stops))[0]
+        assert out.token_ids == [eos] and out.finish_reason == "stop"
+        assert out.stop_reason is None
+
+
 def test_a_kept_stop_string_holds_no_text_back_while_streaming(tiny_llama_path) -> None:
     """Text that may begin a stop string is held back from the stream, since it is cut if the
     string completes; a stop string kept in the output (include_stop_str_in_output) cuts

@@ -9,6 +9,7 @@ import pytest
 
 from server.engine import LLMEngine, SamplingParams
 from tests.server.http_client import idle_metrics, metrics, request
+from tests.server.test_tool_calls import WEATHER
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +57,49 @@ def test_completion_stop_and_seed(client: openai.OpenAI, engine: LLMEngine) -> N
         for _ in range(2)
     ]
     assert sampled[0] == sampled[1]
+
+
+def test_a_choice_names_the_stop_that_ended_it(client: openai.OpenAI) -> None:
+    """vLLM's stop_reason, streamed and not: the request's stop string or stop token id that
+    ended the choice; null for a length cut (and EOS) and for a tool call (see
+    test_openai_inputs for the server's own stops)."""
+    user = [{"role": "user", "content": "Count."}]
+    kw = {"model": "tiny", "max_tokens": 12, "temperature": 0}
+
+    def reasons(completion: dict, chat: dict) -> list[object]:
+        """stop_reason of the completion and the chat answer, unstreamed then streamed, with
+        `completion` and `chat` in their bodies."""
+        done = [client.completions.create(prompt="Numbers:", **kw, extra_body=completion),
+                client.chat.completions.create(messages=user, **kw, extra_body=chat)]
+        streamed = [
+            list(client.completions.create(prompt="Numbers:", **kw, extra_body=completion,
+                                           stream=True))[-1],
+            list(client.chat.completions.create(messages=user, **kw, extra_body=chat,
+                                                stream=True))[-1],
+        ]  # fmt: skip
+        return [c.choices[0].model_extra["stop_reason"] for c in done + streamed]
+
+    assert reasons({}, {}) == [None] * 4  # cut by length
+    with_ids = {"return_token_ids": True}
+    texts = [client.completions.create(prompt="Numbers:", **kw).choices[0].text,
+             client.chat.completions.create(messages=user, **kw).choices[0].message.content]
+    ids = [client.completions.create(prompt="Numbers:", **kw, extra_body=with_ids),
+           client.chat.completions.create(messages=user, **kw, extra_body=with_ids)]
+    ids = [c.choices[0].model_extra["token_ids"] for c in ids]
+    stops = [next(t[i : i + 2] for i in range(3, len(t) - 2) if t[i : i + 2].strip())
+             for t in texts]  # fmt: skip
+    assert reasons({"stop": ["\x00no", stops[0]]}, {"stop": stops[1]}) == stops * 2
+    assert reasons({"stop_token_ids": [ids[0][4]]},
+                   {"stop_token_ids": [ids[1][4]]}) == [ids[0][4], ids[1][4]] * 2  # fmt: skip
+    # a required call that test_openai_tools knows to close
+    call = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[WEATHER, {"type": "function", "function": {"name": "now",
+                                                          "description": "The time"}}],
+        tool_choice="required", max_tokens=64, temperature=0,
+    )  # fmt: skip
+    assert call.choices[0].finish_reason == "tool_calls"
+    assert call.choices[0].model_extra["stop_reason"] is None
 
 
 def test_chat_and_streaming_chat(client: openai.OpenAI, engine: LLMEngine) -> None:

@@ -26,8 +26,9 @@ from server.api.openai_inputs import (
     truncated_prompt,
 )
 from server.api.openai_models import ChatCompletionRequest, CompletionRequest
+from server.api.plain_runs import stop_reason
 from server.api.tool_request import TOOL_CALL_CLOSE
-from server.engine import SamplingParams
+from server.engine import JobOutput, SamplingParams
 from server.engine.sampling_params import MAX_STOP_CHARS, MAX_STOP_STRINGS, SEED_MAX, SEED_MIN
 from server.engine.tokenizer import Tokenizer
 from server.errors import ApiError
@@ -175,3 +176,24 @@ def test_stop_strings_are_bounded_in_number_and_length() -> None:
     SamplingParams(stop=[*most, TOOL_CALL_CLOSE])
     with pytest.raises(ValueError, match="at most"):
         SamplingParams(stop=[*most, TOOL_CALL_CLOSE, "one more"])
+
+
+@pytest.mark.parametrize(
+    ("reason", "fields", "named"),
+    [
+        ("##", {"stop": "##"}, "##"),
+        ("##", {"stop": ["x", "##"]}, "##"),
+        (7, {"stop_token_ids": [7]}, 7),
+        # the tools' closing tag is the server's stop, not the request's
+        (TOOL_CALL_CLOSE, {"stop": ["##"]}, None),
+        (TOOL_CALL_CLOSE, {}, None),
+        (None, {"stop": ["##"]}, None),  # EOS
+    ],
+)
+def test_a_choice_names_only_the_requests_own_stops(
+    reason: int | str | None, fields: dict[str, Any], named: int | str | None
+) -> None:
+    body = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}],
+                                 **fields)  # fmt: skip
+    out = JobOutput(0, 0, finished=True, finish_reason="stop", stop_reason=reason)
+    assert stop_reason(out, body) == named
