@@ -639,13 +639,14 @@ def test_a_malformed_schema_is_a_400_naming_its_field_wherever_it_is_given(serve
             status, got = request("POST", f"{server}/v1/{path}", asked)
             assert status == 400 and got["error"]["param"] == param, (path, got)
             assert needle in got["error"]["message"], got
-    # a named call's arguments follow the tool's parameters where the decoder can enforce them,
-    # else they are any JSON object (as for a schema it cannot follow)
+    # a tool's parameters that are no valid JSON Schema are refused too, as OpenAI refuses
+    # them (valid ones the decoder cannot enforce are taken: test_openai_tools)
     tool = {"type": "function", "function": {"name": "f", "parameters": wrong_required}}
     asked = {"model": "tiny", "messages": user, "max_tokens": 8, "temperature": 0,
              "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "f"}}}
     status, got = request("POST", f"{server}/v1/chat/completions", asked)
-    assert status == 200 and len(got["choices"]) == 1, got
+    assert status == 400 and got["error"]["code"] == "invalid_function_parameters", got
+    assert got["error"]["param"] == "tools[0].function.parameters", got
 
 
 def test_streamed_logprobs_ride_with_their_text_when_a_stop_string_holds_it_back(
