@@ -1,4 +1,5 @@
-"""What the recipes share: where the arXiv data lies, the server options, chunking an article.
+"""What the recipes share: where the shared data lies, the server options and counters, ChatML
+turns, chunking an article.
 
 The recipes run as scripts (`python recipes/NAME.py`), so they import this module by its bare
 name from their own folder.
@@ -7,12 +8,24 @@ name from their own folder.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = ROOT.parent / "shared" / "data" / "arxiv-march-2023"
+SHARED_DATA = ROOT.parent / "shared" / "data"  # see its README.md
+DATA_DIR = SHARED_DATA / "arxiv-march-2023"
 DEFAULT_ARTICLE = DATA_DIR / "article_0.txt"
+ROLES_DIR = SHARED_DATA / "multi-agent-roles"
+GPTS_APPS = SHARED_DATA / "gpts-top4.json"
+
+# the server's token counters (`GET /metrics`): each prompt token is either prefilled or cached
+COUNTERS = (
+    "parrot_prompt_tokens_total",
+    "parrot_prefill_tokens_total",
+    "parrot_cached_tokens_total",
+    "parrot_generated_tokens_total",
+)
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
@@ -33,6 +46,38 @@ def run_on_server(
     timeout = {} if startup_timeout_s is None else {"startup_timeout_s": startup_timeout_s}
     with ServerProcess(args.serve, **timeout) as server:
         run(server.url)
+
+
+def read_metrics(url: str) -> dict[str, float]:
+    """Every sample of the server's `GET /metrics`, by its series as Prometheus writes it
+    (`parrot_calls_total{status="done"}`)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
+        lines = resp.read().decode().splitlines()
+    values = {}
+    for line in lines:
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            values[series] = float(value)
+    return values
+
+
+def print_counters(
+    before: Mapping[str, float], after: Mapping[str, float], names: Iterable[str] = COUNTERS
+) -> None:
+    """One line per counter: what it rose by between the two readings."""
+    labels = {n: n.removeprefix("parrot_").removesuffix("_total").replace("_", " ") for n in names}
+    width = max(len(label) for label in labels.values()) + 2
+    for name, label in labels.items():
+        print(f"{label + ':':{width}}{after.get(name, 0) - before.get(name, 0):.0f}")
+
+
+def chatml(system: str, user: str, output: str) -> str:
+    """A template in the ChatML turns of the default model (SmolLM2-Instruct): a system and a
+    user turn, then the assistant's, which is the output `output`."""
+    return (
+        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+        f"<|im_start|>assistant\n{{{{output:{output}}}}}"
+    )
 
 
 def parse_map_reduce_args(description: str) -> argparse.Namespace:

@@ -13,20 +13,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-import urllib.request
 from pathlib import Path
 
-from _common import parse_map_reduce_args, run_on_server, split_into_chunks
+from _common import (
+    parse_map_reduce_args,
+    print_counters,
+    read_metrics,
+    run_on_server,
+    split_into_chunks,
+)
 from tqdm import tqdm
 
 import parrot_bridge as P
-
-COUNTERS = (
-    "parrot_prompt_tokens_total",
-    "parrot_prefill_tokens_total",
-    "parrot_cached_tokens_total",
-    "parrot_generated_tokens_total",
-)
 
 
 def main() -> None:
@@ -38,7 +36,7 @@ def main() -> None:
 async def summarize(url: str, chunks: list[str], args: argparse.Namespace) -> None:
     summarize_chunk = P.semantic_function(max_tokens=args.map_tokens, temperature=0)(map_chunk)
     combine = reduce_function(len(chunks), args.reduce_tokens)
-    before = read_counters(url)
+    before = read_metrics(url)
     start = time.perf_counter()
     async with P.Session(url, name="map_reduce_summary"):
         partials = [summarize_chunk(chunk) for chunk in chunks]
@@ -59,7 +57,7 @@ async def summarize(url: str, chunks: list[str], args: argparse.Namespace) -> No
         finally:
             final_task.cancel()
     end = time.perf_counter()
-    after = read_counters(url)
+    after = read_metrics(url)
 
     print("\nSummary:\n" + summary.strip() + "\n")
     print(f"chunks: {len(chunks)} (about {args.chunk_chars} characters each)")
@@ -67,9 +65,7 @@ async def summarize(url: str, chunks: list[str], args: argparse.Namespace) -> No
     print(f"map stage:        {map_done - start:.2f} s")
     print(f"reduce:           {end - map_done:.2f} s")
     print(f"total:            {end - start:.2f} s")
-    for name in COUNTERS:
-        label = name.removeprefix("parrot_").removesuffix("_total").replace("_", " ")
-        print(f"{label + ':':18}{after.get(name, 0) - before.get(name, 0):.0f}")
+    print_counters(before, after)
 
 
 def map_chunk(chunk):
@@ -95,17 +91,6 @@ def reduce_function(n: int, max_tokens: int) -> P.SemanticFunction:
         "<|im_start|>assistant\n{{output:summary}}"
     )
     return P.SemanticFunction(template, name="reduce", max_tokens=max_tokens, temperature=0)
-
-
-def read_counters(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
-        lines = resp.read().decode().splitlines()
-    values = {}
-    for line in lines:
-        name, _, value = line.partition(" ")
-        if name in COUNTERS:
-            values[name] = float(value)
-    return values
 
 
 if __name__ == "__main__":
