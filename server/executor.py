@@ -65,6 +65,15 @@ class _Job:
     entry: PrefixEntry | None = None  # the stored prefix it forks from (referenced)
 
 
+@dataclass(eq=False, slots=True)
+class _FillLoad:
+    """The tokens an early fill computes, counted as load on its engine while it runs."""
+
+    engine: int
+    tokens: int
+    counted: bool = True
+
+
 class Executor:
     """Turns ready calls into engine work and feeds results back into their session."""
 
@@ -80,6 +89,8 @@ class Executor:
         self._prefetched: dict[str, dict[str, str]] = {}  # session -> call -> boundary key
         # session -> call -> key of its latest early fill spawned (see `_fill_ahead`)
         self._filling_ahead: dict[str, dict[str, str]] = {}
+        # session -> call -> its early fills still running (see `_count_fill`)
+        self._fill_loads: dict[str, dict[str, list[_FillLoad]]] = {}
         # session -> call -> its inputs still missing when it was last scanned
         self._scanned: dict[str, dict[str, int]] = {}
         self._tasks: dict[str, set[asyncio.Task[None]]] = {}
@@ -151,6 +162,7 @@ class Executor:
         self._prefetched.pop(session_id, None)
         self._filling_ahead.pop(session_id, None)
         self._scanned.pop(session_id, None)
+        self._fill_loads.pop(session_id, None)  # emptied by its fills' ends, cancelled above
 
     def engine_lost(self, engine: int) -> None:
         """An engine died: what it held is gone (its calls fail with it)."""
@@ -180,6 +192,7 @@ class Executor:
             for item in items:
                 self.pool.add_load(engine, 1, item.cost_tokens)
                 self._placed[id(item)] = engine
+                self._fills_taken_over(item.payload, engine)
                 self._queued.get(item.payload.session.id, set()).discard(item)
             task = self._spawn(items[0].payload.session, self._run_batch(engine, items))
             # a batch cancelled before it ran still gives its load back
@@ -569,7 +582,47 @@ class Executor:
                 and latest.get(call.id) == key
             )
 
-        self._spawn(session, self._prefill(engine, key, tokens, priority, base, wanted))
+        task = self._spawn(session, self._prefill(engine, key, tokens, priority, base, wanted))
+        computed = len(tokens) - (base.num_tokens if base is not None else 0)
+        self._count_fill(session.id, call.id, engine, computed, task)
+
+    def _count_fill(
+        self, session_id: str, call_id: str, engine: int, tokens: int, task: asyncio.Task[None]
+    ) -> None:
+        """Count an early fill's tokens as load on its engine until it ends (however it ends:
+        done, failed, unwanted or cancelled): else a burst of them (a map stage whose calls
+        each fill their own document before their question is in) all went to the engine
+        least loaded at the time, and their calls followed them there. No call slot: a fill
+        is no call, and must not keep ready calls off its engine."""
+        fill = _FillLoad(engine, tokens)
+        self.pool.add_load(engine, 0, tokens)
+        fills = self._fill_loads.setdefault(session_id, {}).setdefault(call_id, [])
+        fills.append(fill)
+
+        def ended(_: asyncio.Task[None]) -> None:
+            self._uncount_fill(fill)
+            fills.remove(fill)
+            if not fills:
+                calls = self._fill_loads.get(session_id, {})
+                if calls.get(call_id) is fills:
+                    del calls[call_id]
+                if not calls:
+                    self._fill_loads.pop(session_id, None)
+
+        task.add_done_callback(ended)
+
+    def _fills_taken_over(self, ready: _Ready, engine: int) -> None:
+        """A call admitted onto `engine` counts its whole prompt there (`cost_tokens`), the
+        part its early fills there still compute included: those stop counting, or the
+        engine would carry that text twice until they end."""
+        for fill in self._fill_loads.get(ready.session.id, {}).get(ready.call.id, ()):
+            if fill.engine == engine:
+                self._uncount_fill(fill)
+
+    def _uncount_fill(self, fill: _FillLoad) -> None:
+        if fill.counted:
+            fill.counted = False
+            self.pool.add_load(fill.engine, 0, -fill.tokens)
 
     def _early_fill_engine(self, bounds: list[Boundary]) -> int:
         """The engine holding most of the call's leading text (a system prompt), else the least

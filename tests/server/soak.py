@@ -565,6 +565,7 @@ class InProcessServer:
                 "exec_tasks": sum(len(t) for t in ex._tasks.values()),
                 "exec_task_sessions": len(ex._tasks),
                 "exec_scans": len(ex._scans),
+                "exec_fill_loads": len(ex._fill_loads),
                 "exec_placed": len(ex._placed),
                 "exec_queue": len(ex.scheduler),
                 "prefix_entries": len(ex.prefixes.store),

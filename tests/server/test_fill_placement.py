@@ -3,16 +3,24 @@ the placement rule and the early fills' engine, with no engine running."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
+from typing import Any
 
 from parrot_bridge.template import parse_template
 from server.analysis import boundaries
-from server.executor import Executor
+from server.engine.outputs import JobOutput
+from server.engine_driver import TokenContext
+from server.engine_pool import EnginePool
+from server.executor import Executor, _estimated_tokens
 from server.executor_config import ExecutorConfig
-from server.graph import Call
+from server.graph import Call, CallState, Graph, Submission, VariableDecl
 from server.metrics import Metrics
 from server.scheduling import AppPolicy, CallScheduler, EngineLoad, WorkItem, choose_engine
+from server.session import Session
+from tests.server.graphs import decl
 
 FULL = 4  # calls per engine
 
@@ -85,3 +93,154 @@ def test_a_deeper_early_fill_goes_to_the_engine_of_the_shallower_one() -> None:
     ready = boundaries(call, {"a": "an input", "b": "another"})
     affinity = executor.prefixes.affinity(ready)
     assert choose_engine([busy, idle], affinity, max_calls=sys.maxsize) == 0
+
+
+class _Engine:
+    """An engine's stand-in: its fills wait for `gate` (recording their sizes as they start);
+    a generation answers at once."""
+
+    def __init__(self, gate: asyncio.Event) -> None:
+        self.gate = gate
+        self.fills: list[int] = []
+        self._ids = 0
+
+    def create_context(self, parent: int | None = None) -> int:
+        self._ids += 1
+        return self._ids
+
+    async def fill(self, context_id: int, tokens: list[int], *args: Any) -> int:
+        self.fills.append(len(tokens))
+        await self.gate.wait()
+        return 0
+
+    async def generate(
+        self, context_id: int, *args: Any, **kwargs: Any
+    ) -> AsyncIterator[JobOutput]:
+        yield JobOutput(0, context_id, [7], "done", [7], "done", True, "stop")
+
+    def truncate(self, context_id: int, kept: int) -> None:
+        pass
+
+    def boost(self, context_id: int, priority: int) -> None:
+        pass
+
+    def free(self, context_id: int) -> None:
+        pass
+
+
+class _Driver:
+    alive = True
+    max_model_len = 100_000
+
+    def __init__(self, engine: _Engine) -> None:
+        self.engine = engine
+
+    def encode_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [ord(c) for c in text]
+
+    def new_context(self) -> TokenContext:
+        return TokenContext(self.engine, self.engine.create_context(), [])  # type: ignore[arg-type]
+
+    async def together(self) -> None:
+        pass
+
+
+def _pool(engines: int) -> tuple[EnginePool, list[_Engine]]:
+    """A real pool (its loads and least-loaded rule) over stand-in engines sharing one gate."""
+    gate = asyncio.Event()
+    stand_ins = [_Engine(gate) for _ in range(engines)]
+    return EnginePool([_Driver(e) for e in stand_ins]), stand_ins  # type: ignore[misc]
+
+
+def _waiting_map(n: int) -> Graph:
+    """A map stage: call i reads its own long document (in) and a question (not in yet, from
+    call `ask`), so each call's document is filled early."""
+    g = Graph()
+    docs = [VariableDecl(f"doc{i}", value=f"document {i} " + "words " * 50) for i in range(n)]
+    outs = [VariableDecl(f"a{i}") for i in range(n)]
+    calls = [decl("ask", "Ask:{{output:q}}", {}, {"q": "q"})]
+    calls += [
+        decl(f"map{i}", "Read: {{input:d}}\nQuestion: {{input:q}}\nAnswer:{{output:a}}",
+             {"d": f"doc{i}", "q": "q"}, {"a": f"a{i}"})
+        for i in range(n)
+    ]  # fmt: skip
+    g.submit(Submission(variables=[*docs, VariableDecl("q"), *outs], calls=calls, awaits={}))
+    return g
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def _queued(pool: EnginePool) -> list[int]:
+    return [load.queued_tokens for load in pool.loads]
+
+
+def test_a_burst_of_early_fills_spreads_over_the_engines() -> None:
+    """The early fills of a map stage's documents counted as no load: all of them went to the
+    engine least loaded when the scan ran, and the calls followed them there."""
+
+    async def run() -> tuple[list[_Engine], list[int], EnginePool]:
+        pool, engines = _pool(2)
+        executor = Executor(pool, Metrics(), ExecutorConfig())
+        session = Session("s", "token")
+        session.graph = _waiting_map(4)
+        executor._scan(session)
+        await _settle()
+        pending = _queued(pool)
+        engines[0].gate.set()
+        await _settle()
+        return engines, pending, pool
+
+    engines, pending, pool = asyncio.run(run())
+    assert [len(e.fills) for e in engines] == [2, 2]
+    assert pending == [sum(e.fills) for e in engines]  # counted while they run
+    assert _queued(pool) == [0, 0]  # and no longer once done
+    assert [load.running_calls for load in pool.loads] == [0, 0]  # a fill takes no call slot
+
+
+def test_a_call_admitted_onto_its_running_early_fill_counts_its_prompt_once() -> None:
+    """The question comes while the document is still being filled: the call goes to the
+    fill's engine and waits for it there; its cost counts its whole prompt, so the fill's
+    tokens stop counting then. Once all is done, no load is left."""
+
+    async def run() -> None:
+        pool, engines = _pool(2)
+        executor = Executor(pool, Metrics(), ExecutorConfig())
+        session = Session("s", "token")
+        session.graph = _waiting_map(1)
+        executor._scan(session)
+        await _settle()
+        assert _queued(pool) == [engines[0].fills[0], 0]
+        session.graph.start("ask")
+        ready = session.complete_output("ask", "q", "what is it about?")
+        executor.dispatch(session, ready)
+        await _settle()
+        assert session.graph.calls["map0"].state is CallState.RUNNING
+        # admitted there, waiting for the fill: only the call's own estimate counts
+        cost = _estimated_tokens(session.graph.calls["map0"], session)
+        assert _queued(pool) == [cost, 0]
+        assert [load.running_calls for load in pool.loads] == [1, 0]
+        engines[0].gate.set()
+        await _settle()
+        assert session.graph.calls["map0"].state is CallState.DONE
+        assert _queued(pool) == [0, 0] and [x.running_calls for x in pool.loads] == [0, 0]
+        assert not executor._fill_loads and not executor._placed
+
+    asyncio.run(run())
+
+
+def test_a_cancelled_early_fill_gives_its_load_back() -> None:
+    async def run() -> None:
+        pool, engines = _pool(2)
+        executor = Executor(pool, Metrics(), ExecutorConfig())
+        session = Session("s", "token")
+        session.graph = _waiting_map(3)
+        executor._scan(session)
+        await _settle()
+        assert sum(_queued(pool)) == sum(sum(e.fills) for e in engines) > 0
+        await executor.cancel_session("s")
+        assert _queued(pool) == [0, 0] and not executor._fill_loads
+
+    asyncio.run(run())

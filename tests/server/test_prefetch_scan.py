@@ -81,6 +81,9 @@ class _TwoEngines:
     def least_loaded(self) -> int:
         return 0
 
+    def add_load(self, engine: int, calls: int, tokens: int) -> None:
+        pass  # an early fill's tokens: `snapshot` is fixed here
+
 
 @pytest.mark.parametrize(("held", "want"), [({1: 40}, 1), ({}, 0)])
 def test_an_early_fill_goes_to_the_engine_holding_the_calls_leading_text(
@@ -99,6 +102,7 @@ def test_an_early_fill_goes_to_the_engine_holding_the_calls_leading_text(
 
     monkeypatch.setattr(executor, "_prefill", prefill)
     monkeypatch.setattr(executor, "_spawn", lambda session, coro: asyncio.run(coro))
+    monkeypatch.setattr(executor, "_count_fill", lambda *args: None)  # no task to watch
     session = Session("s", "token")
     session.graph = chain(2)
     executor._scan(session)
@@ -156,6 +160,9 @@ class _GatedPool:
 
     def least_loaded(self) -> int:
         return 0
+
+    def add_load(self, engine: int, calls: int, tokens: int) -> None:
+        pass  # one engine: its load changes nothing
 
 
 def _summarize(session: Session, i: int) -> None:
