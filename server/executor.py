@@ -69,6 +69,7 @@ class _Job:
 class _FillLoad:
     """The tokens an early fill computes, counted as load on its engine while it runs."""
 
+    key: str
     engine: int
     tokens: int
     counted: bool = True
@@ -91,6 +92,7 @@ class Executor:
         self._filling_ahead: dict[str, dict[str, str]] = {}
         # session -> call -> its early fills still running (see `_count_fill`)
         self._fill_loads: dict[str, dict[str, list[_FillLoad]]] = {}
+        self._fills_by_key: dict[str, _FillLoad] = {}  # the first running fill of each prefix
         # session -> call -> its inputs still missing when it was last scanned
         self._scanned: dict[str, dict[str, int]] = {}
         self._tasks: dict[str, set[asyncio.Task[None]]] = {}
@@ -558,7 +560,12 @@ class Executor:
         tokens = tokens[: len(tokens) - self.config.boundary_trim_tokens]
         if len(tokens) < self.config.min_shared_prefix_tokens:
             return
-        engine = self._early_fill_engine(bounds[:-1])
+        key = bounds[-1].key
+        # Calls with the same leading text (a map stage over one document) each spawn a fill
+        # of it in one scan, before any is stored: the same engine's, where the later ones
+        # wait for the first (see `PrefixContexts.open`) and so add no load.
+        twin = self._fills_by_key.get(key)
+        engine = twin.engine if twin is not None else self._early_fill_engine(bounds[:-1])
         if not self.pool.drivers[engine].alive:
             return  # no engine runs now: the call fills its prefix when it runs
         hit = self.prefixes.deepest(bounds[:-1], engine)
@@ -567,7 +574,6 @@ class Executor:
             return  # e.g. a reduce whose inputs arrive one by one: wait for more text
         # the call's own priority: its prefix is on the same path as the call
         priority = plan.priority(call.id)
-        key = bounds[-1].key
         latest = self._filling_ahead.setdefault(session.id, {})
         latest[call.id] = key
 
@@ -583,24 +589,33 @@ class Executor:
             )
 
         task = self._spawn(session, self._prefill(engine, key, tokens, priority, base, wanted))
-        computed = len(tokens) - (base.num_tokens if base is not None else 0)
-        self._count_fill(session.id, call.id, engine, computed, task)
+        computed = 0 if twin is not None else len(tokens) - (base.num_tokens if base else 0)
+        self._count_fill(session.id, call.id, key, engine, computed, task)
 
     def _count_fill(
-        self, session_id: str, call_id: str, engine: int, tokens: int, task: asyncio.Task[None]
+        self,
+        session_id: str,
+        call_id: str,
+        key: str,
+        engine: int,
+        tokens: int,
+        task: asyncio.Task[None],
     ) -> None:
         """Count an early fill's tokens as load on its engine until it ends (however it ends:
         done, failed, unwanted or cancelled): else a burst of them (a map stage whose calls
         each fill their own document before their question is in) all went to the engine
         least loaded at the time, and their calls followed them there. No call slot: a fill
         is no call, and must not keep ready calls off its engine."""
-        fill = _FillLoad(engine, tokens)
+        fill = _FillLoad(key, engine, tokens)
         self.pool.add_load(engine, 0, tokens)
+        self._fills_by_key.setdefault(key, fill)
         fills = self._fill_loads.setdefault(session_id, {}).setdefault(call_id, [])
         fills.append(fill)
 
         def ended(_: asyncio.Task[None]) -> None:
             self._uncount_fill(fill)
+            if self._fills_by_key.get(key) is fill:
+                del self._fills_by_key[key]
             fills.remove(fill)
             if not fills:
                 calls = self._fill_loads.get(session_id, {})

@@ -152,16 +152,16 @@ def _pool(engines: int) -> tuple[EnginePool, list[_Engine]]:
     return EnginePool([_Driver(e) for e in stand_ins]), stand_ins  # type: ignore[misc]
 
 
-def _waiting_map(n: int) -> Graph:
-    """A map stage: call i reads its own long document (in) and a question (not in yet, from
-    call `ask`), so each call's document is filled early."""
+def _waiting_map(n: int, one_document: bool = False) -> Graph:
+    """A map stage: call i reads its own long document (in; or all the same one) and a question
+    (not in yet, from call `ask`), so each call's document is filled early."""
     g = Graph()
     docs = [VariableDecl(f"doc{i}", value=f"document {i} " + "words " * 50) for i in range(n)]
     outs = [VariableDecl(f"a{i}") for i in range(n)]
     calls = [decl("ask", "Ask:{{output:q}}", {}, {"q": "q"})]
     calls += [
         decl(f"map{i}", "Read: {{input:d}}\nQuestion: {{input:q}}\nAnswer:{{output:a}}",
-             {"d": f"doc{i}", "q": "q"}, {"a": f"a{i}"})
+             {"d": "doc0" if one_document else f"doc{i}", "q": "q"}, {"a": f"a{i}"})
         for i in range(n)
     ]  # fmt: skip
     g.submit(Submission(variables=[*docs, VariableDecl("q"), *outs], calls=calls, awaits={}))
@@ -198,6 +198,29 @@ def test_a_burst_of_early_fills_spreads_over_the_engines() -> None:
     assert pending == [sum(e.fills) for e in engines]  # counted while they run
     assert _queued(pool) == [0, 0]  # and no longer once done
     assert [load.running_calls for load in pool.loads] == [0, 0]  # a fill takes no call slot
+
+
+def test_early_fills_of_one_leading_text_go_to_one_engine_and_count_once() -> None:
+    """Calls reading one document each spawn its fill in one scan, before any is stored: spread
+    by load, each engine would compute it; on one, the later fills wait for the first."""
+
+    async def run() -> tuple[list[_Engine], list[int], EnginePool]:
+        pool, engines = _pool(2)
+        executor = Executor(pool, Metrics(), ExecutorConfig())
+        session = Session("s", "token")
+        session.graph = _waiting_map(4, one_document=True)
+        executor._scan(session)
+        await _settle()
+        pending = _queued(pool)
+        engines[0].gate.set()
+        await _settle()
+        assert not executor._fills_by_key and not executor._fill_loads
+        return engines, pending, pool
+
+    engines, pending, pool = asyncio.run(run())
+    assert [len(e.fills) for e in engines] == [1, 0]
+    assert pending == [engines[0].fills[0], 0]
+    assert _queued(pool) == [0, 0]
 
 
 def test_a_call_admitted_onto_its_running_early_fill_counts_its_prompt_once() -> None:
