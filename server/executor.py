@@ -93,6 +93,8 @@ class Executor:
         # session -> call -> its early fills still running (see `_count_fill`)
         self._fill_loads: dict[str, dict[str, list[_FillLoad]]] = {}
         self._fills_by_key: dict[str, _FillLoad] = {}  # the first running fill of each prefix
+        # session -> task group -> the engine of its members' early fills (see `_fill_ahead`)
+        self._group_fill_engines: dict[str, dict[str, int]] = {}
         # session -> call -> its inputs still missing when it was last scanned
         self._scanned: dict[str, dict[str, int]] = {}
         self._tasks: dict[str, set[asyncio.Task[None]]] = {}
@@ -163,6 +165,7 @@ class Executor:
         self._awaits_seen.pop(session_id, None)
         self._prefetched.pop(session_id, None)
         self._filling_ahead.pop(session_id, None)
+        self._group_fill_engines.pop(session_id, None)
         self._scanned.pop(session_id, None)
         self._fill_loads.pop(session_id, None)  # emptied by its fills' ends, cancelled above
 
@@ -565,7 +568,17 @@ class Executor:
         # of it in one scan, before any is stored: the same engine's, where the later ones
         # wait for the first (see `PrefixContexts.open`) and so add no load.
         twin = self._fills_by_key.get(key)
-        engine = twin.engine if twin is not None else self._early_fill_engine(bounds[:-1])
+        # A task group runs on one engine, placed by its first member's prefix: its members'
+        # fills (each its own document, the question still missing) go where the first went,
+        # or spread by load they would be computed again where the group runs.
+        group = plan.group(call.id)
+        groups = self._group_fill_engines.setdefault(session.id, {})
+        if twin is not None:
+            engine = twin.engine
+        elif group is not None and group.id in groups:
+            engine = groups[group.id]
+        else:
+            engine = self._early_fill_engine(bounds[:-1])
         if not self.pool.drivers[engine].alive:
             return  # no engine runs now: the call fills its prefix when it runs
         hit = self.prefixes.deepest(bounds[:-1], engine)
@@ -588,6 +601,8 @@ class Executor:
                 and latest.get(call.id) == key
             )
 
+        if group is not None:
+            groups.setdefault(group.id, engine)
         task = self._spawn(session, self._prefill(engine, key, tokens, priority, base, wanted))
         computed = 0 if twin is not None else len(tokens) - (base.num_tokens if base else 0)
         self._count_fill(session.id, call.id, key, engine, computed, task)

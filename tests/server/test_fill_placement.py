@@ -152,9 +152,10 @@ def _pool(engines: int) -> tuple[EnginePool, list[_Engine]]:
     return EnginePool([_Driver(e) for e in stand_ins]), stand_ins  # type: ignore[misc]
 
 
-def _waiting_map(n: int, one_document: bool = False) -> Graph:
+def _waiting_map(n: int, one_document: bool = False, reduce: bool = False) -> Graph:
     """A map stage: call i reads its own long document (in; or all the same one) and a question
-    (not in yet, from call `ask`), so each call's document is filled early."""
+    (not in yet, from call `ask`), so each call's document is filled early; with `reduce`, one
+    call reads all their answers (the map calls are then a task group)."""
     g = Graph()
     docs = [VariableDecl(f"doc{i}", value=f"document {i} " + "words " * 50) for i in range(n)]
     outs = [VariableDecl(f"a{i}") for i in range(n)]
@@ -164,6 +165,10 @@ def _waiting_map(n: int, one_document: bool = False) -> Graph:
              {"d": "doc0" if one_document else f"doc{i}", "q": "q"}, {"a": f"a{i}"})
         for i in range(n)
     ]  # fmt: skip
+    if reduce:
+        template = "".join(f"{{{{input:a{i}}}}}" for i in range(n)) + "{{output:r}}"
+        calls.append(decl("reduce", template, {f"a{i}": f"a{i}" for i in range(n)}, {"r": "r"}))
+        outs.append(VariableDecl("r"))
     g.submit(Submission(variables=[*docs, VariableDecl("q"), *outs], calls=calls, awaits={}))
     return g
 
@@ -198,6 +203,28 @@ def test_a_burst_of_early_fills_spreads_over_the_engines() -> None:
     assert pending == [sum(e.fills) for e in engines]  # counted while they run
     assert _queued(pool) == [0, 0]  # and no longer once done
     assert [load.running_calls for load in pool.loads] == [0, 0]  # a fill takes no call slot
+
+
+def test_the_early_fills_of_a_task_group_go_to_one_engine() -> None:
+    """A task group runs on one engine, placed by its first member's prefix: its members'
+    fills spread by load would be computed again where the group runs."""
+
+    async def run() -> list[_Engine]:
+        pool, engines = _pool(2)
+        executor = Executor(pool, Metrics(), ExecutorConfig())
+        session = Session("s", "token")
+        session.graph = _waiting_map(4, reduce=True)
+        assert executor.plan(session).group("map0") is not None
+        executor._scan(session)
+        await _settle()
+        engines[0].gate.set()
+        await _settle()
+        await executor.cancel_session(session.id)
+        assert not executor._group_fill_engines  # forgotten with its session
+        return engines
+
+    engines = asyncio.run(run())
+    assert sorted(len(e.fills) for e in engines) == [0, 4]
 
 
 def test_early_fills_of_one_leading_text_go_to_one_engine_and_count_once() -> None:
