@@ -108,15 +108,38 @@ class Parrot(FunctionCallingLLM):
     # a misspelt or unknown setting (OpenAI's `api_base`, say) fails rather than being dropped
     model_config = ConfigDict(extra="forbid")
 
-    _http: OpenAIHttp = PrivateAttr()
+    # the HTTP client for the settings in `_http_for`, built when first needed
+    _http_client: OpenAIHttp | None = PrivateAttr(default=None)
+    _http_for: tuple[Any, ...] | None = PrivateAttr(default=None)
     _card: dict[str, Any] | None = PrivateAttr(default=None)
+    _card_for: tuple[Any, ...] | None = PrivateAttr(default=None)
     _batch: CallBatch | None = PrivateAttr(default=None)
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._http = OpenAIHttp(self.base_url, self.timeout, self.api_key, self.max_retries)
-        # the HTTP client lives on the SDK's loop: close it there once this LLM is gone
-        weakref.finalize(self, _close_soon, self._http)
+    def __copy__(self) -> Parrot:
+        # `model_copy` (and copy.copy) share private attributes: the copy gets a client of its
+        # own, so that each LLM closes only what it built
+        return _unshared(super().__copy__())
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Parrot:
+        memo = {} if memo is None else memo
+        for live in (self._http_client, self._batch):  # sockets and a loop: copied as None
+            if live is not None:
+                memo[id(live)] = None
+        return _unshared(super().__deepcopy__(memo))
+
+    @property
+    def _http(self) -> OpenAIHttp:
+        """The HTTP client for the current `base_url`, `timeout`, `api_key` and `max_retries`:
+        pydantic lets a user assign them (or `model_copy` with new ones) after construction,
+        and a client built once would keep the old ones."""
+        settings = (self.base_url, self.timeout, self.api_key, self.max_retries)
+        if self._http_client is None or self._http_for != settings:
+            http = OpenAIHttp(self.base_url, self.timeout, self.api_key, self.max_retries)
+            # the client lives on the SDK's loop: close it there once this LLM is gone (not
+            # before: a replaced client may still carry a call or stream in flight)
+            weakref.finalize(self, _close_soon, http)
+            self._http_client, self._http_for = http, settings
+        return self._http_client
 
     @field_validator("base_url")
     @classmethod
@@ -448,17 +471,25 @@ class Parrot(FunctionCallingLLM):
         return prompt if formatted else self.completion_to_prompt(prompt)
 
     def _model_card(self) -> dict[str, Any]:
-        """The served model's card (`/v1/models`), looked up once."""
-        if self._card is None:
-            self._card = self._pick_card(shared_loop().run(self._http.get("/v1/models")))
+        """The served model's card (`/v1/models`), looked up once per server and model."""
+        if self._card_stale():
+            self._keep_card(self._pick_card(shared_loop().run(self._http.get("/v1/models"))))
         return self._card
 
     async def _amodel_card(self) -> dict[str, Any]:
         """`_model_card` for the async methods: waiting on the lookup there would block the
         caller's event loop (every task on it) for as long as the server takes to answer."""
-        if self._card is None:
-            self._card = self._pick_card(await shared_loop().arun(self._http.get("/v1/models")))
+        if self._card_stale():
+            listing = await shared_loop().arun(self._http.get("/v1/models"))
+            self._keep_card(self._pick_card(listing))
         return self._card
+
+    def _card_stale(self) -> bool:
+        # another base_url or model (assigned after a lookup) is another card
+        return self._card is None or self._card_for != (self.base_url, self.model)
+
+    def _keep_card(self, card: dict[str, Any]) -> None:
+        self._card, self._card_for = card, (self.base_url, self.model)
 
     def _pick_card(self, listing: dict[str, Any]) -> dict[str, Any]:
         models = listing["data"]
@@ -503,6 +534,12 @@ class Parrot(FunctionCallingLLM):
 
 def _close_soon(http: OpenAIHttp) -> None:
     asyncio.run_coroutine_threadsafe(http.close(), shared_loop().loop)
+
+
+def _unshared(copy: Parrot) -> Parrot:
+    """`copy` without the HTTP client and call batch of the LLM it was copied from."""
+    copy._http_client = copy._http_for = copy._batch = None
+    return copy
 
 
 # what a plain call takes per call, besides `extra_body` (as OpenAI's client: more fields)

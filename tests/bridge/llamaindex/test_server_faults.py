@@ -139,3 +139,41 @@ def test_async_methods_do_not_block_the_callers_loop_while_the_model_card_loads(
 
     with FakeServer(routes) as url:
         assert asyncio.run(complete_stall(Parrot(base_url=url, timeout=10))) < 0.75
+
+
+def test_settings_changed_after_construction_take_effect() -> None:
+    """`timeout`, `max_retries`, `api_key` and `base_url` assigned to an LLM (pydantic allows
+    it) or given to `model_copy` reach its next request: its client was built once, at
+    construction, and kept the old ones."""
+
+    async def needs_key(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != "Bearer k2":
+            return web.json_response({"error": {"message": "bad key"}}, status=401)
+        return web.json_response({"choices": [{"text": "ok", "index": 0}]})
+
+    other = {"data": [{"id": "m2", "max_model_len": 64}]}
+    keyed_routes = {("GET", "/v1/models"): json_answer(other),
+                    ("POST", "/v1/completions"): needs_key}  # fmt: skip
+    with FakeServer(HANGING) as url, FakeServer(keyed_routes) as keyed:
+        llm = Parrot(base_url=url, timeout=10)
+        assert llm.metadata.model_name == "m"
+        llm.timeout = 1
+        started = time.monotonic()
+        with pytest.raises(ParrotError, match=r"did not answer POST /v1/completions within 1\b"):
+            llm.complete("hi")
+        copy = Parrot(base_url=url, timeout=10).model_copy(update={"timeout": 1})
+        with pytest.raises(ParrotError, match=r"within 1\b"):
+            list(copy.stream_complete("hi"))
+        assert time.monotonic() - started < 5  # not the 10 s set at construction
+        llm.base_url, llm.api_key = keyed, "k1"
+        assert llm.metadata.model_name == "m2"  # the new server's card
+        with pytest.raises(ParrotError, match="bad key"):
+            llm.complete("hi")
+        llm.api_key = "k2"
+        assert llm.complete("hi").text == "ok"
+    llm = Parrot(base_url=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    llm.max_retries = 0
+    started = time.monotonic()
+    with pytest.raises(ParrotError, match="cannot reach"):
+        llm.complete("hi")
+    assert time.monotonic() - started < 1  # no retry (3 of them: 3.5 s)
