@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openai.types.responses import ResponseStreamEvent
+from pydantic import TypeAdapter
 
 from server.launcher import ServerProcess
 from tests.server.http_client import metrics, request
@@ -205,6 +207,58 @@ def test_sigterm_answers_the_requests_its_grace_period_cannot_finish(
     assert "Traceback" not in text and "never retrieved" not in text and "level=error" not in text
 
 
+def test_sigterm_ends_a_responses_stream_with_its_error_and_failed_events(
+    tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    """A Responses API stream still generating when shutdown's grace period ends gets what a
+    chat stream gets, in that API's events: an `error` event with the 503's code, then
+    `response.failed`, and the stream closes (the Responses API sends no [DONE]); nothing
+    hangs past the grace period and the process exits 0. The long context (as above) keeps
+    the stream running well past the grace period."""
+    grace = 1.0
+    model = Path(shutil.copytree(tiny_llama_path, tmp_path / "llama"))
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1 << 15}))
+    log = tmp_path / "log"
+    srv = ServerProcess(model, "--shutdown-timeout-s", str(grace), "--kv-cache-gb", "0.25",
+                        log_path=log)  # fmt: skip
+    srv.start()
+    try:
+        context = request("GET", srv.url + "/healthz")[1]["max_model_len"]
+        body = {"model": str(model), "input": "Once upon a time", "stream": True,
+                "max_output_tokens": context - 256, "ignore_eos": True}  # fmt: skip
+        got: list[list[tuple[str, Any]] | OSError] = []
+        streaming = threading.Event()
+        url = srv.url + "/v1/responses"
+        client = threading.Thread(target=lambda: got.append(_typed(url, body, streaming)))
+        client.start()
+        assert streaming.wait(60), srv.log_tail()  # its first delta is out
+        start = time.monotonic()
+        assert srv.stop(timeout_s=grace + 20) == 0
+        assert time.monotonic() - start < grace + 5
+        client.join(30)
+        assert not client.is_alive()  # the stream closed: no hang
+    finally:
+        srv.stop()
+    [events] = got
+    assert not isinstance(events, OSError), events  # ended, not hung up on
+    kinds = [kind for kind, _ in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"], kinds[:3]
+    assert kinds[-2:] == ["error", "response.failed"], kinds[-3:]
+    assert "response.output_text.delta" in kinds and "[DONE]" not in kinds
+    for kind, data in events:  # each as OpenAI's SDK reads it
+        assert TypeAdapter(ResponseStreamEvent).validate_python(data).type == kind
+    error, failed = events[-2][1], events[-1][1]["response"]
+    assert error["code"] == "server_shutting_down"
+    assert f"grace period of {grace:g} s" in error["message"]
+    assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+    assert failed["error"]["message"] == error["message"]
+    assert [e["sequence_number"] for _, e in events] == list(range(len(events)))
+    text = log.read_text()
+    assert "msg=drained cancelled=1 unanswered=0" in text, text
+    assert "Traceback" not in text and "never retrieved" not in text and "level=error" not in text
+
+
 def _posted(url: str, body: dict) -> object:
     try:
         return request("POST", url, body)[0]
@@ -241,6 +295,29 @@ def _streamed(url: str, body: dict, first: threading.Event | None = None) -> lis
                     text = line[5:].strip()
                     out.append(text if text == "[DONE]" else json.loads(text))
                     if first is not None:
+                        first.set()
+    except OSError as exc:  # the server closed the connection
+        return exc
+    return out
+
+
+def _typed(url: str, body: dict, first: threading.Event) -> list[tuple[str, Any]] | OSError:
+    """(event name, decoded data) of a streamed POST's typed events (the Responses API's, or
+    "[DONE]" with its text); `first` is set once a text delta has come."""
+    data = json.dumps(body).encode()
+    req = urllib.request.Request(url, data, headers={"Content-Type": "application/json"})
+    out: list[tuple[str, Any]] = []
+    kind = ""
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            for raw in resp:
+                line = raw.decode().strip()
+                if line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:"):
+                    text = line[5:].strip()
+                    out.append(("[DONE]", text) if text == "[DONE]" else (kind, json.loads(text)))
+                    if kind == "response.output_text.delta":
                         first.set()
     except OSError as exc:  # the server closed the connection
         return exc
