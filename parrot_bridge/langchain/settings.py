@@ -53,7 +53,8 @@ class ParrotSettings(BaseModel):
     api_key: SecretStr | None = Field(
         None, description="The server's --api-key, if it has one (sent as a bearer token)."
     )
-    _cards: dict[str | None, tuple[str, int]] = PrivateAttr(default_factory=dict)
+    # (base_url, model name) -> (served id, context length): another server is asked again
+    _cards: dict[tuple[str, str | None], tuple[str, int]] = PrivateAttr(default_factory=dict)
     ls_model_type: ClassVar[Literal["chat", "llm"]]
     # option -> its name in the request body: the options this model's requests can carry
     request_options: ClassVar[dict[str, str]]
@@ -150,18 +151,20 @@ class ParrotSettings(BaseModel):
         return kwargs.get("model") or self.model_name or (await self._aserver_info())[0]
 
     def _server_info(self, model: str | None = None) -> tuple[str, int]:
-        """(the served model's id, its context length), asked once per name. A `model` the
+        """(the served model's id, its context length), asked once per server and name. A `model` the
         server does not serve raises its 404 (model_not_found), as a request naming it would."""
-        if model not in self._cards:
+        key = (self.base_url, model)
+        if key not in self._cards:
             card = shared_loop().run(self._http().request("GET", _models_path(model)))
-            self._cards[model] = _card(card)
-        return self._cards[model]
+            self._cards[key] = _card(card)
+        return self._cards[key]
 
     async def _aserver_info(self, model: str | None = None) -> tuple[str, int]:
-        if model not in self._cards:
+        key = (self.base_url, model)
+        if key not in self._cards:
             card = await shared_loop().arun(self._http().request("GET", _models_path(model)))
-            self._cards[model] = _card(card)
-        return self._cards[model]
+            self._cards[key] = _card(card)
+        return self._cards[key]
 
 
 def _models_path(model: str | None) -> str:

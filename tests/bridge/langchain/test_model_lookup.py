@@ -83,3 +83,15 @@ def test_llm_retries_a_server_it_cannot_reach_yet() -> None:
     finally:
         done.set()
         thread.join(10)
+
+
+def test_another_server_set_later_is_asked_for_its_model() -> None:
+    """The served model's card was kept by name only: after `base_url` changed, the old
+    server's id (and context length) went on being reported."""
+    other = {**ROUTES, ("GET", "/v1/models"): json_answer(
+        {"object": "list", "data": [{"id": "other", "max_model_len": 128}]})}  # fmt: skip
+    with FakeServer(ROUTES) as first, FakeServer(other) as second:
+        llm = ParrotLLM(base_url=first, max_tokens=4)
+        assert llm.generate(["hi"]).llm_output["model_name"] == "m"
+        llm.base_url = second
+        assert llm.generate(["hi"]).llm_output["model_name"] == "other"
