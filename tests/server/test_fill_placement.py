@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
-from typing import Any
 
 from parrot_bridge.template import parse_template
 from server.analysis import boundaries
-from server.engine.outputs import JobOutput
-from server.engine_driver import TokenContext
 from server.engine_pool import EnginePool
 from server.executor import Executor, _estimated_tokens
 from server.executor_config import ExecutorConfig
@@ -20,6 +16,7 @@ from server.graph import Call, CallState, Graph, Submission, VariableDecl
 from server.metrics import Metrics
 from server.scheduling import AppPolicy, CallScheduler, EngineLoad, WorkItem, choose_engine
 from server.session import Session
+from tests.server.gated_engine import GatedDriver, GatedEngine
 from tests.server.graphs import decl
 
 FULL = 4  # calls per engine
@@ -95,61 +92,11 @@ def test_a_deeper_early_fill_goes_to_the_engine_of_the_shallower_one() -> None:
     assert choose_engine([busy, idle], affinity, max_calls=sys.maxsize) == 0
 
 
-class _Engine:
-    """An engine's stand-in: its fills wait for `gate` (recording their sizes as they start);
-    a generation answers at once."""
-
-    def __init__(self, gate: asyncio.Event) -> None:
-        self.gate = gate
-        self.fills: list[int] = []
-        self._ids = 0
-
-    def create_context(self, parent: int | None = None) -> int:
-        self._ids += 1
-        return self._ids
-
-    async def fill(self, context_id: int, tokens: list[int], *args: Any) -> int:
-        self.fills.append(len(tokens))
-        await self.gate.wait()
-        return 0
-
-    async def generate(
-        self, context_id: int, *args: Any, **kwargs: Any
-    ) -> AsyncIterator[JobOutput]:
-        yield JobOutput(0, context_id, [7], "done", [7], "done", True, "stop")
-
-    def truncate(self, context_id: int, kept: int) -> None:
-        pass
-
-    def boost(self, context_id: int, priority: int) -> None:
-        pass
-
-    def free(self, context_id: int) -> None:
-        pass
-
-
-class _Driver:
-    alive = True
-    max_model_len = 100_000
-
-    def __init__(self, engine: _Engine) -> None:
-        self.engine = engine
-
-    def encode_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return [ord(c) for c in text]
-
-    def new_context(self) -> TokenContext:
-        return TokenContext(self.engine, self.engine.create_context(), [])  # type: ignore[arg-type]
-
-    async def together(self) -> None:
-        pass
-
-
-def _pool(engines: int) -> tuple[EnginePool, list[_Engine]]:
+def _pool(engines: int) -> tuple[EnginePool, list[GatedEngine]]:
     """A real pool (its loads and least-loaded rule) over stand-in engines sharing one gate."""
     gate = asyncio.Event()
-    stand_ins = [_Engine(gate) for _ in range(engines)]
-    return EnginePool([_Driver(e) for e in stand_ins]), stand_ins  # type: ignore[misc]
+    stand_ins = [GatedEngine(gate) for _ in range(engines)]
+    return EnginePool([GatedDriver(e) for e in stand_ins]), stand_ins  # type: ignore[misc]
 
 
 def _waiting_map(n: int, one_document: bool = False, reduce: bool = False) -> Graph:
@@ -186,7 +133,7 @@ def test_a_burst_of_early_fills_spreads_over_the_engines() -> None:
     """The early fills of a map stage's documents counted as no load: all of them went to the
     engine least loaded when the scan ran, and the calls followed them there."""
 
-    async def run() -> tuple[list[_Engine], list[int], EnginePool]:
+    async def run() -> tuple[list[GatedEngine], list[int], EnginePool]:
         pool, engines = _pool(2)
         executor = Executor(pool, Metrics(), ExecutorConfig())
         session = Session("s", "token")
@@ -199,8 +146,8 @@ def test_a_burst_of_early_fills_spreads_over_the_engines() -> None:
         return engines, pending, pool
 
     engines, pending, pool = asyncio.run(run())
-    assert [len(e.fills) for e in engines] == [2, 2]
-    assert pending == [sum(e.fills) for e in engines]  # counted while they run
+    assert [len(e.started) for e in engines] == [2, 2]
+    assert pending == [sum(e.started) for e in engines]  # counted while they run
     assert _queued(pool) == [0, 0]  # and no longer once done
     assert [load.running_calls for load in pool.loads] == [0, 0]  # a fill takes no call slot
 
@@ -209,7 +156,7 @@ def test_the_early_fills_of_a_task_group_go_to_one_engine() -> None:
     """A task group runs on one engine, placed by its first member's prefix: its members'
     fills spread by load would be computed again where the group runs."""
 
-    async def run() -> list[_Engine]:
+    async def run() -> list[GatedEngine]:
         pool, engines = _pool(2)
         executor = Executor(pool, Metrics(), ExecutorConfig())
         session = Session("s", "token")
@@ -224,14 +171,14 @@ def test_the_early_fills_of_a_task_group_go_to_one_engine() -> None:
         return engines
 
     engines = asyncio.run(run())
-    assert sorted(len(e.fills) for e in engines) == [0, 4]
+    assert sorted(len(e.started) for e in engines) == [0, 4]
 
 
 def test_early_fills_of_one_leading_text_go_to_one_engine_and_count_once() -> None:
     """Calls reading one document each spawn its fill in one scan, before any is stored: spread
     by load, each engine would compute it; on one, the later fills wait for the first."""
 
-    async def run() -> tuple[list[_Engine], list[int], EnginePool]:
+    async def run() -> tuple[list[GatedEngine], list[int], EnginePool]:
         pool, engines = _pool(2)
         executor = Executor(pool, Metrics(), ExecutorConfig())
         session = Session("s", "token")
@@ -245,8 +192,8 @@ def test_early_fills_of_one_leading_text_go_to_one_engine_and_count_once() -> No
         return engines, pending, pool
 
     engines, pending, pool = asyncio.run(run())
-    assert [len(e.fills) for e in engines] == [1, 0]
-    assert pending == [engines[0].fills[0], 0]
+    assert [len(e.started) for e in engines] == [1, 0]
+    assert pending == [engines[0].started[0], 0]
     assert _queued(pool) == [0, 0]
 
 
@@ -262,7 +209,7 @@ def test_a_call_admitted_onto_its_running_early_fill_counts_its_prompt_once() ->
         session.graph = _waiting_map(1)
         executor._scan(session)
         await _settle()
-        assert _queued(pool) == [engines[0].fills[0], 0]
+        assert _queued(pool) == [engines[0].started[0], 0]
         session.graph.start("ask")
         ready = session.complete_output("ask", "q", "what is it about?")
         executor.dispatch(session, ready)
@@ -289,7 +236,7 @@ def test_a_cancelled_early_fill_gives_its_load_back() -> None:
         session.graph = _waiting_map(3)
         executor._scan(session)
         await _settle()
-        assert sum(_queued(pool)) == sum(sum(e.fills) for e in engines) > 0
+        assert sum(_queued(pool)) == sum(sum(e.started) for e in engines) > 0
         await executor.cancel_session("s")
         assert _queued(pool) == [0, 0] and not executor._fill_loads
 

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from server import executor as executor_module
-from server.engine_driver import TokenContext
 from server.executor import Executor, ExecutorConfig
 from server.graph import CallState
 from server.metrics import Metrics
 from server.scheduling import EngineLoad
 from server.session import Session
+from tests.server.gated_engine import GatedDriver, GatedEngine
 from tests.server.graphs import chain, map_reduce
 
 
@@ -109,50 +109,10 @@ def test_an_early_fill_goes_to_the_engine_holding_the_calls_leading_text(
     assert filled == [want]
 
 
-class _GatedEngine:
-    """Engine contexts whose fills all wait until `gate` is set, recording their sizes."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.filled: list[int] = []
-        self._ids = 0
-
-    def create_context(self, parent: int | None = None) -> int:
-        self._ids += 1
-        return self._ids
-
-    async def fill(self, context_id: int, tokens: list[int], *args: Any) -> int:
-        await self.gate.wait()
-        self.filled.append(len(tokens))
-        return 0
-
-    def truncate(self, context_id: int, kept: int) -> None:
-        pass
-
-    def boost(self, context_id: int, priority: int) -> None:
-        pass
-
-    def free(self, context_id: int) -> None:
-        pass
-
-
-class _GatedDriver:
-    alive = True
-
-    def __init__(self, engine: _GatedEngine) -> None:
-        self.engine = engine
-
-    def encode_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return [ord(c) for c in text]  # a prefix's tokens start every longer text's
-
-    def new_context(self) -> TokenContext:
-        return TokenContext(self.engine, self.engine.create_context(), [])  # type: ignore[arg-type]
-
-
 class _GatedPool:
     def __init__(self) -> None:
-        self.engine = _GatedEngine()
-        self.primary = _GatedDriver(self.engine)
+        self.engine = GatedEngine()
+        self.primary = GatedDriver(self.engine)
         self.drivers = [self.primary]
 
     def snapshot(self) -> list[EngineLoad]:
