@@ -2,8 +2,10 @@
 
 Ordering and admission are apart: the policy sorts units of work (a call, or the ready members
 of a task group, which are admitted together onto one engine); admission stops at the first unit
-no engine takes (none has room, or the engine holding its prefix is full and worth waiting for:
-see `choose_engine`), so later work never overtakes it.
+no engine has room for, so later work never overtakes it. A unit that waits for the full engine
+holding its prefix (see `choose_engine`) is passed over instead: later units may use the engines
+with room that it declined, while the holder's next free slot is still its own (it comes first
+in every admission pass).
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from server.scheduling.placement import EngineLoad, choose_engine
 from server.scheduling.policy import OrderingPolicy
 
 P = TypeVar("P")
+
+# How many units waiting for their holders one admission pass looks past: each costs an
+# affinity lookup, and a queue of hundreds of calls filled ahead on one full engine would
+# otherwise be walked whole on every call that ends.
+MAX_PASSED_OVER = 32
 
 
 @dataclass(eq=False, slots=True)
@@ -116,18 +123,24 @@ class CallScheduler(Generic[P]):
         updated with what is admitted. `affinity(unit)` says which engines hold its prefix."""
         admissions: list[Admission[P]] = []
         by_index = {load.index: load for load in loads}
-        while (name := self._head()) is not None:
+        passed_over: list[tuple[tuple[tuple[int, ...], int], int, object]] = []
+        while len(passed_over) < MAX_PASSED_OVER and (name := self._head()) is not None:
+            if all(load.running_calls >= self.max_calls_per_engine for load in loads):
+                break
             unit = self._units[name]
             engine = choose_engine(loads, affinity(unit), self.max_calls_per_engine)
-            if engine is None:
-                break
-            heapq.heappop(self._heap)
+            entry = heapq.heappop(self._heap)
+            if engine is None:  # it waits for its full holder while another engine has room
+                passed_over.append(entry)
+                continue
             del self._units[name], self._order[name]
             self._size -= len(unit)
             load = by_index[engine]
             load.running_calls += len(unit)
             load.queued_tokens += sum(item.cost_tokens for item in unit)
             admissions.append(Admission(engine, unit))
+        for entry in passed_over:
+            heapq.heappush(self._heap, entry)
         return admissions
 
     def _head(self) -> object | None:

@@ -15,6 +15,7 @@ from server.executor_config import ExecutorConfig
 from server.graph import Call, CallState, Graph, Submission, VariableDecl
 from server.metrics import Metrics
 from server.scheduling import AppPolicy, CallScheduler, EngineLoad, WorkItem, choose_engine
+from server.scheduling.scheduler import MAX_PASSED_OVER
 from server.session import Session
 from tests.server.gated_engine import GatedDriver, GatedEngine
 from tests.server.graphs import decl
@@ -50,16 +51,40 @@ def test_nothing_held_or_a_free_holder_is_placed_as_before() -> None:
     assert choose_engine([EngineLoad(0, FULL)], {0: 10}, max_calls=FULL) is None
 
 
-def test_the_queue_waits_behind_a_unit_waiting_for_its_holder() -> None:
-    """Later work does not overtake it (it would take the slot freed on the holder too)."""
+def test_later_work_takes_the_engines_a_unit_waiting_for_its_holder_declined() -> None:
+    """A unit waiting for its full holder does not keep an idle engine idle: later units go
+    there; the holder's next free slot is still the waiting unit's, even for a later unit that
+    holds more of its own prompt there."""
     s: CallScheduler[str] = CallScheduler(AppPolicy(), max_calls_per_engine=1)
-    s.add(WorkItem("filled-ahead", 1, 50))
-    s.add(WorkItem("other", 1, 50))
-    holds = {"filled-ahead": {0: 600}, "other": {}}
+    for payload in ("filled-ahead", "other", "also-held", "third"):
+        s.add(WorkItem(payload, 1, 50))
+    holds = {"filled-ahead": {0: 600}, "other": {}, "also-held": {0: 900}, "third": {}}
     loads = [EngineLoad(0, 1, 300), EngineLoad(1, 0, 0)]
-    assert s.admit(loads, lambda unit: holds[unit[0].payload]) == [] and len(s) == 2
+    got = s.admit(loads, lambda unit: holds[unit[0].payload])
+    assert [(a.engine, a.items[0].payload) for a in got] == [(1, "other")] and len(s) == 3
+    # engine 0 frees its slot, engine 1 is still busy: the first waiting unit takes it
+    got = s.admit([EngineLoad(0, 0, 0), EngineLoad(1, 1, 50)], lambda u: holds[u[0].payload])
+    assert [(a.engine, a.items[0].payload) for a in got] == [(0, "filled-ahead")]
     got = s.admit([EngineLoad(0, 0, 0), EngineLoad(1, 0, 0)], lambda u: holds[u[0].payload])
-    assert [(a.engine, a.items[0].payload) for a in got] == [(0, "filled-ahead"), (1, "other")]
+    assert [(a.engine, a.items[0].payload) for a in got] == [(0, "also-held"), (1, "third")]
+
+
+def test_with_every_engine_full_admission_looks_no_further() -> None:
+    s: CallScheduler[str] = CallScheduler(AppPolicy(), max_calls_per_engine=1)
+    looked: list[str] = []
+
+    def affinity(unit: list[WorkItem[str]]) -> dict[int, int]:
+        looked.append(unit[0].payload)
+        return {0: 600} if unit[0].payload.startswith("held") else {}
+
+    for i in range(MAX_PASSED_OVER + 5):
+        s.add(WorkItem(f"held{i}", 1, 50))
+    s.add(WorkItem("free", 1, 50))
+    assert s.admit([EngineLoad(0, 1, 300), EngineLoad(1, 1, 300)], affinity) == []
+    assert looked == []
+    # engine 1 has room: the pass looks past at most MAX_PASSED_OVER waiting units
+    assert s.admit([EngineLoad(0, 1, 300), EngineLoad(1, 0, 290)], affinity) == []
+    assert len(looked) == MAX_PASSED_OVER and len(s) == MAX_PASSED_OVER + 6
 
 
 def _executor(loads: list[EngineLoad]) -> Executor:
