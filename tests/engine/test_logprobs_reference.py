@@ -1,0 +1,81 @@
+"""Logprobs of sampled generations against transformers' log_softmax of its own logits on the
+same weights, and seeded draws that do not depend on what else runs: each request alone, in a
+batch with others, again with its prompt in the prefix cache, and on an engine that drafts by
+n-grams (whose confirmed drafts are scored by the verifying step, not one token a step)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from server.engine import CompletionOutput, LLMEngine, SamplingParams
+from tests.engine.reference import load_reference
+
+TOP = 3
+
+
+def _settings(rng: random.Random) -> SamplingParams:
+    """Sampled settings of all kinds (and a greedy one), each asking for logprobs."""
+    return SamplingParams(
+        max_tokens=rng.choice([12, 20]),
+        temperature=rng.choice([0.0, 0.5, 0.9, 1.3]),
+        top_k=rng.choice([-1, 5, 40]),
+        top_p=rng.choice([1.0, 0.9]),
+        min_p=rng.choice([0.0, 0.05]),
+        repetition_penalty=rng.choice([1.0, 1.2]),
+        frequency_penalty=rng.choice([0.0, 0.4]),
+        seed=rng.randrange(2**31),
+        ignore_eos=True,
+        logprobs=TOP,
+    )
+
+
+def _check(ref: torch.nn.Module, prompt: list[int], out: CompletionOutput, case: object) -> None:
+    """Each token's logprob and top alternatives are transformers' at its position."""
+    with torch.inference_mode():
+        logits = ref(torch.tensor([prompt + out.token_ids])).logits[0, len(prompt) - 1 : -1]
+    want = logits.double().log_softmax(-1)
+    assert out.logprobs is not None and len(out.logprobs) == len(out.token_ids), case
+    for pos, (token, entry) in enumerate(zip(out.token_ids, out.logprobs, strict=True)):
+        assert entry.token_id == token, (case, pos)
+        assert entry.logprob == pytest.approx(float(want[pos, token]), abs=1e-4), (case, pos)
+        top = want[pos].topk(TOP)
+        assert [t for t, _ in entry.top] == top.indices.tolist(), (case, pos)
+        assert [v for _, v in entry.top] == pytest.approx(top.values.tolist(), abs=1e-4)
+
+
+def test_sampled_logprobs_are_transformers_alone_batched_cached_and_drafted(tiny_llama_path):
+    seed = random.randrange(2**31)
+    rng = random.Random(seed)
+    off = LLMEngine.from_pretrained(str(tiny_llama_path))
+    on = LLMEngine.from_pretrained(str(tiny_llama_path), ngram_speculation=4)
+    ref = load_reference(str(tiny_llama_path))
+    vocab = off.model_config.vocab_size
+    prompts = [[rng.randrange(3, vocab) for _ in range(rng.randint(18, 40))]
+               for _ in range(5)]  # fmt: skip (a block long at least: cached when run again)
+    settings = [_settings(rng) for _ in prompts]
+    # rows whose drafts are confirmed (this random model seldom repeats itself): one token
+    # forced by a bias, and a draw among three allowed tokens; their logprobs stay the model's
+    loop = rng.sample(range(3, vocab), 3)
+    settings[0] = SamplingParams(max_tokens=20, temperature=0, logit_bias={loop[0]: 100.0},
+                                 ignore_eos=True, logprobs=TOP)  # fmt: skip
+    settings[1] = SamplingParams(max_tokens=20, temperature=1.0, allowed_token_ids=loop,
+                                 seed=seed, ignore_eos=True, logprobs=TOP)  # fmt: skip
+    alone = [off.generate([p], s)[0] for p, s in zip(prompts, settings, strict=True)]
+    for prompt, out, sp in zip(prompts, alone, settings, strict=True):
+        _check(ref, prompt, out, (seed, sp))
+    runs = {
+        "batched": off.generate(prompts, settings),
+        "cached": off.generate(prompts, settings),
+        "drafted alone": [on.generate([p], s)[0] for p, s in zip(prompts, settings, strict=True)],
+        "drafted batched": on.generate(prompts, settings),
+    }
+    assert all(o.cached_tokens > 0 for o in runs["cached"])
+    assert on.stats.accepted_tokens > 0, on.stats
+    for name, outs in runs.items():
+        for prompt, want, got, sp in zip(prompts, alone, outs, settings, strict=True):
+            case = (seed, name, sp)
+            assert got.token_ids == want.token_ids, case  # the same seed draws the same
+            _check(ref, prompt, got, case)
