@@ -19,7 +19,7 @@ TOP = 3
 def _settings(rng: random.Random) -> SamplingParams:
     """Sampled settings of all kinds (and a greedy one), each asking for logprobs."""
     return SamplingParams(
-        max_tokens=rng.choice([12, 20]),
+        max_tokens=rng.choice([10, 16]),
         temperature=rng.choice([0.0, 0.5, 0.9, 1.3]),
         top_k=rng.choice([-1, 5, 40]),
         top_p=rng.choice([1.0, 0.9]),
@@ -49,8 +49,8 @@ def _check(ref: torch.nn.Module, prompt: list[int], out: CompletionOutput, case:
 def test_sampled_logprobs_are_transformers_alone_batched_cached_and_drafted(tiny_llama_path):
     seed = random.randrange(2**31)
     rng = random.Random(seed)
-    off = LLMEngine.from_pretrained(str(tiny_llama_path))
-    on = LLMEngine.from_pretrained(str(tiny_llama_path), ngram_speculation=4)
+    off = LLMEngine.from_pretrained(str(tiny_llama_path), num_kv_blocks=64)
+    on = LLMEngine.from_pretrained(str(tiny_llama_path), num_kv_blocks=64, ngram_speculation=4)
     ref = load_reference(str(tiny_llama_path))
     vocab = off.model_config.vocab_size
     prompts = [[rng.randrange(3, vocab) for _ in range(rng.randint(18, 40))]
@@ -59,9 +59,9 @@ def test_sampled_logprobs_are_transformers_alone_batched_cached_and_drafted(tiny
     # rows whose drafts are confirmed (this random model seldom repeats itself): one token
     # forced by a bias, and a draw among three allowed tokens; their logprobs stay the model's
     loop = rng.sample(range(3, vocab), 3)
-    settings[0] = SamplingParams(max_tokens=20, temperature=0, logit_bias={loop[0]: 100.0},
+    settings[0] = SamplingParams(max_tokens=16, temperature=0, logit_bias={loop[0]: 100.0},
                                  ignore_eos=True, logprobs=TOP)  # fmt: skip
-    settings[1] = SamplingParams(max_tokens=20, temperature=1.0, allowed_token_ids=loop,
+    settings[1] = SamplingParams(max_tokens=16, temperature=1.0, allowed_token_ids=loop,
                                  seed=seed, ignore_eos=True, logprobs=TOP)  # fmt: skip
     alone = [off.generate([p], s)[0] for p, s in zip(prompts, settings, strict=True)]
     for prompt, out, sp in zip(prompts, alone, settings, strict=True):
@@ -69,7 +69,6 @@ def test_sampled_logprobs_are_transformers_alone_batched_cached_and_drafted(tiny
     runs = {
         "batched": off.generate(prompts, settings),
         "cached": off.generate(prompts, settings),
-        "drafted alone": [on.generate([p], s)[0] for p, s in zip(prompts, settings, strict=True)],
         "drafted batched": on.generate(prompts, settings),
     }
     assert all(o.cached_tokens > 0 for o in runs["cached"])
@@ -79,3 +78,41 @@ def test_sampled_logprobs_are_transformers_alone_batched_cached_and_drafted(tiny
             case = (seed, name, sp)
             assert got.token_ids == want.token_ids, case  # the same seed draws the same
             _check(ref, prompt, got, case)
+
+
+@pytest.mark.parametrize("backend", [None, "cpu-sdpa"])
+def test_forks_decoding_over_a_shared_prefix_level_score_as_transformers(tiny_llama_path, backend):
+    """Forks of one document, each with a tail, sampled with logprobs: their decode steps
+    attend the document once for the group (a cascade level, merged by log-sum-exp), and the
+    logprobs are still transformers' (a merge slightly off would keep most tokens, not these)."""
+    from server.kernels import CascadeConfig
+
+    seed = random.randrange(2**31)
+    rng = random.Random(seed)
+    rule = CascadeConfig(min_prefix_tokens=16, min_group_size=2)
+    engine = LLMEngine.from_pretrained(str(tiny_llama_path), block_size=8, num_kv_blocks=64,
+                                       cascade_rule=rule,
+                                       attention_backend=backend)  # fmt: skip
+    ref = load_reference(str(tiny_llama_path))
+    vocab = engine.model_config.vocab_size
+    doc = [rng.randrange(3, vocab) for _ in range(rng.randint(30, 60))]
+    parent = engine.create_context()
+    engine.fill(parent, doc)
+    engine.run_until_idle()
+    jobs = {}
+    for _ in range(4):
+        tail = [rng.randrange(3, vocab) for _ in range(rng.randint(0, 6))]
+        child = engine.create_context(parent=parent)
+        if tail:
+            engine.fill(child, tail)
+        sp = _settings(rng)
+        jobs[engine.add_generate(child, sp)] = (doc + tail, sp)
+    outputs = [o for o in engine.run_until_idle() if o.job_id in jobs]
+    assert engine.stats.cascade_saved_tokens > 0, engine.stats
+    for job_id, (prompt, sp) in jobs.items():
+        mine = [o for o in outputs if o.job_id == job_id]
+        final = mine[-1]
+        assert final.finished, (seed, sp)
+        done = CompletionOutput(prompt, final.token_ids, final.text, final.finish_reason,
+                                logprobs=[e for o in mine for e in o.new_logprobs])  # fmt: skip
+        _check(ref, prompt, done, (seed, sp))
