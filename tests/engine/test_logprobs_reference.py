@@ -116,3 +116,39 @@ def test_forks_decoding_over_a_shared_prefix_level_score_as_transformers(tiny_ll
         done = CompletionOutput(prompt, final.token_ids, final.text, final.finish_reason,
                                 logprobs=[e for o in mine for e in o.new_logprobs])  # fmt: skip
         _check(ref, prompt, done, (seed, sp))
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_engine_draws_follow_transformers_processed_distribution(tiny_llama_path, seed: int):
+    """1000 one-token generations of one prompt, each with its own seed, through the engine
+    (prefix cache, batches of many rows): their frequencies follow the reference processing
+    of transformers' logits for the prompt (fixed seeds, 5 standard deviations plus a draw),
+    so the settings reach the sampler as meant and the right row is sampled."""
+    from tests.engine.test_sampler_reference import Ambiguous, reference
+
+    rng = random.Random(seed)
+    engine = LLMEngine.from_pretrained(str(tiny_llama_path), num_kv_blocks=64)
+    ref = load_reference(str(tiny_llama_path))
+    vocab = engine.model_config.vocab_size
+    while True:  # a prompt and settings whose thresholds float32 cannot blur
+        # whole blocks and one token: the prefix cache leaves each generation one to compute
+        prompt = [rng.randrange(3, vocab) for _ in range(rng.choice([17, 33]))]
+        settings = dict(temperature=rng.choice([0.7, 1.0, 1.5]), top_k=rng.choice([-1, 30]),
+                        top_p=rng.choice([1.0, 0.9]), min_p=rng.choice([0.0, 0.02]),
+                        repetition_penalty=rng.choice([1.0, 1.3]), max_tokens=1)  # fmt: skip
+        with torch.inference_mode():
+            logits = ref(torch.tensor([prompt])).logits[0, -1]
+        try:
+            want = reference(logits, SamplingParams(**settings), [], prompt)
+            break
+        except Ambiguous:
+            continue
+    draws = 1000
+    outs = engine.generate([prompt] * draws,
+                           [SamplingParams(**settings, seed=1000 * seed + i) for i in range(draws)])
+    tokens = [o.token_ids[0] for o in outs]
+    freq = torch.bincount(torch.tensor(tokens), minlength=vocab).double() / draws
+    case = (seed, settings)
+    assert not freq[want == 0].any(), case
+    sigma = (want * (1 - want) / draws).sqrt()
+    assert ((freq - want).abs() <= 5 * sigma + 1 / draws).all(), case
