@@ -2,7 +2,8 @@
 /v1/completions and /v1/chat/completions logprobs of seeded sampled choices (chosen token and
 top alternatives), and vLLM's prompt_logprobs of a prompt computed in chunks, with requests
 batched together, run again with their prompts in the prefix cache, and with the server's n-gram
-drafts confirmed; the same seeds draw the same tokens whatever runs beside them."""
+drafts confirmed; the same seeds draw the same tokens whatever runs beside them, and the same
+as an engine given the same settings."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import openai
 import pytest
 import torch
 
+from server.engine import LLMEngine, SamplingParams
 from server.launcher import ServerProcess
 from tests.engine.reference import load_reference
 from tests.server.http_client import metrics
@@ -113,8 +115,16 @@ def _check(ref: torch.nn.Module, got: dict[str, Any], case: object) -> None:
             assert [entry[str(t)]["rank"] for t in best] == [1, 2, 3], (case, pos)
 
 
+def _sampling(body: dict[str, Any]) -> SamplingParams:
+    """The engine's settings for a request body of `_requests`."""
+    fields = {k: v for k, v in {**body, **body.get("extra_body", {})}.items()
+              if k in SamplingParams.__dataclass_fields__ and k != "logprobs"}  # fmt: skip
+    fields["logit_bias"] = {int(t): b for t, b in fields.get("logit_bias", {}).items()}
+    return SamplingParams(**fields, logprobs=TOP)
+
+
 def test_logprobs_are_transformers_batched_cached_and_drafted(
-    client: openai.OpenAI, server: str, served_path: Path
+    client: openai.OpenAI, server: str, served_path: Path, engine: LLMEngine
 ) -> None:
     seed = random.randrange(2**30)
     asks = _requests(random.Random(seed), seed)
@@ -128,6 +138,8 @@ def test_logprobs_are_transformers_batched_cached_and_drafted(
     for (kind, body), first, again in zip(asks, together, alone, strict=True):
         case = (seed, kind, {k: v for k, v in body.items() if k not in ("prompt", "messages")})
         assert again["ids"] == first["ids"], case
+        # each field reached the engine as meant: it draws the same with the same settings
+        assert engine.generate([first["prompt"]], _sampling(body))[0].token_ids == first["ids"]
         # prompt_logprobs compute their whole prompt; the others start from the cache
         assert (again["cached"] > 0) == (first["prompt_logprobs"] is None), case
         _check(ref, first, case)
