@@ -2,8 +2,11 @@
 (structured outputs), one of a few strings (vLLM's guided_choice), a match of a regular
 expression (guided_regex) or a sentence of a grammar (guided_grammar). The sampler draws as usual and keeps the token if the text can
 still become what is asked; otherwise that token is ruled out and it draws again from what is
-left (exact rejection sampling; greedy takes the most likely token that fits). End-of-sequence fits only once the text is complete, and once nothing
-else can follow (a JSON object has closed) only it does."""
+left (exact rejection sampling; greedy takes the most likely token that fits). With top-k,
+top-p or min-p the sampler instead finds which tokens those filters keep among the tokens that
+fit (as if the rest were masked first, vLLM's and transformers' order) and draws among them.
+End-of-sequence fits only once the text is complete, and once nothing else can follow (a JSON
+object has closed) only it does."""
 
 from __future__ import annotations
 
@@ -104,7 +107,7 @@ class OutputConstraint:
             return self._likeliest(logits, self._stops, drawn)
         # Only tokens whose first byte continues the text can fit: often a few per cent of
         # the vocabulary (a choice, a JSON key), sometimes most of it (inside a string).
-        candidates = self._candidates(logits.shape[0])
+        candidates = self.candidates(logits.shape[0])
         # the request's bans (allowed_token_ids, bad words) hold over the constraint: where no
         # allowed token fits, the generation ends (the likeliest stop id, below)
         candidates = candidates[logits[candidates] > float("-inf")]
@@ -131,9 +134,11 @@ class OutputConstraint:
         token = redraw(banned)  # the distribution over what fits
         return token if token >= 0 else fitting[0]  # top-k/top-p left none: the likeliest
 
-    def _candidates(self, vocab: int) -> torch.Tensor:
+    def candidates(self, vocab: int) -> torch.Tensor:
         """The ids that may fit: tokens starting with a byte that continues the text, and the
-        stop ids once it is complete."""
+        stop ids once it is complete (all ids once the constraint is off)."""
+        if self._off:
+            return torch.arange(vocab)
         firsts = [b for b in range(256) if self._text.copy().feed(b)]
         groups = [self._table.starting_with[b] for b in firsts if b in self._table.starting_with]
         if self._text.complete:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from server.engine.fitting_head import fitting_head
 from server.engine.output_constraint import OutputConstraint
 from server.engine.outputs import TokenLogprob
 from server.engine.sampling_params import SamplingParams
+
+_RANKED_HEAD = 256  # tokens ranked before a whole sort (see _ranked)
+# tokens checked against a constraint before top-p's cut over those that fit is given up for
+# the cut over all (~15 ms of checks; a flat distribution inside a JSON string needs 10,000s)
+_MAX_FIT_CHECKS = 2048
 
 
 def sample(
@@ -39,11 +45,17 @@ def sample(
             i for i, p in enumerate(params)
             if p.allowed_token_ids is not None and bool((logits[i] == float("-inf")).all())
         ]  # fmt: skip
+    # constrained rows that top-k, top-p or min-p truncate draw once their constraint's mask
+    # is known (below): those filters count only the tokens that fit
+    masked = {
+        i for i, c in enumerate(constraints)
+        if c is not None and i not in ended and not params[i].greedy and _truncates(params[i])
+    }  # fmt: skip
     if all(p.greedy for p in params):
         tokens = logits.argmax(dim=-1).tolist()
     else:
         tokens = [
-            int(row.argmax()) if p.greedy or i in ended else _sample_row(row, p, gen)
+            int(row.argmax()) if p.greedy or i in ended or i in masked else _sample_row(row, p, gen)
             for i, (row, p, gen) in enumerate(zip(logits, params, generators, strict=True))
         ]
     for i in ended:
@@ -52,6 +64,10 @@ def sample(
     for i, constraint in enumerate(constraints):
         if constraint is not None and i not in ended:
             p, gen = params[i], generators[i]
+            if i in masked:
+                tokens[i] = _draw_fitting(logits[i], p, gen, constraint)
+                continue
+            # with temperature alone, drawing again after a miss is exact rejection sampling
             redraw = None if p.greedy else _redraw(logits[i], p, gen)
             tokens[i] = constraint.choose(logits[i], tokens[i], redraw)
     logprobs = [
@@ -136,6 +152,46 @@ def _draw(probs: torch.Tensor, gen: torch.Generator | None) -> int:
     cdf = probs.to(torch.float64).cumsum(0)
     u = torch.rand((1,), generator=gen, dtype=torch.float64, device=probs.device) * cdf[-1]
     return min(int(torch.searchsorted(cdf, u, right=True)), probs.numel() - 1)
+
+
+def _truncates(p: SamplingParams) -> bool:
+    return p.top_k > 0 or p.top_p < 1.0 or p.min_p > 0.0
+
+
+def _draw_fitting(
+    row: torch.Tensor, p: SamplingParams, gen: torch.Generator | None, constraint: OutputConstraint
+) -> int:
+    """A draw from the row's tempered distribution over the tokens that fit, truncated by
+    top-k, top-p and min-p as if those that do not fit were masked first (vLLM's and
+    transformers' order); where nothing fits, what the constraint then ends with. Where the
+    cut needs more than _MAX_FIT_CHECKS tokens checked, the filters run over the whole
+    vocabulary and the draw is redone among what fits (as with no filter)."""
+    probs = (row.double() / p.temperature).softmax(-1)
+    candidates = constraint.candidates(row.numel()).to(row.device)
+    values = probs[candidates]
+    candidates, values = candidates[values > 0], values[values > 0]
+    kept = fitting_head(_ranked(candidates, values), constraint.fits, float(values.sum()),
+                        p.top_k, p.top_p, p.min_p, _MAX_FIT_CHECKS)  # fmt: skip
+    if kept is None:  # most of the mass fits, spread thin: the filters over all come close
+        return constraint.choose(row, _sample_row(row, p, gen), _redraw(row, p, gen))
+    if not kept:
+        return constraint.choose(row, int(row.argmax()), None)
+    weights = torch.tensor([m for _, m in kept], dtype=torch.float64, device=row.device)
+    return kept[_draw(weights, gen)][0]
+
+
+def _ranked(ids: torch.Tensor, values: torch.Tensor) -> Iterator[tuple[int, float]]:
+    """(id, value) likeliest first, lazily: the walk over them mostly stops within the first
+    few, and sorting a whole vocabulary into Python lists costs more than the walk."""
+    head = min(_RANKED_HEAD, values.numel())
+    top = values.topk(head)
+    first = ids[top.indices].tolist()
+    yield from zip(first, top.values.tolist(), strict=True)
+    if head < values.numel():
+        seen = set(first)  # ties may order the two differently: each id comes once
+        ordered, order = values.sort(descending=True)
+        rest = zip(ids[order].tolist(), ordered.tolist(), strict=True)
+        yield from ((t, v) for t, v in rest if t not in seen)
 
 
 def _redraw(
