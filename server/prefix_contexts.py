@@ -96,20 +96,21 @@ class PrefixContexts:
         `yield_tokens`: see `LLMEngine.fill` (for fills ahead of need)."""
         entry = self.store.get(key, engine)
         if entry is not None:
-            self.store.acquire(entry)
-            if not entry.handle.filled.is_set():
-                self._boost(entry, priority)
-                await entry.handle.filled.wait()
-            if entry.handle.ok:
-                return entry
-            self.store.release(entry)
-            return None
+            return await self._join(entry, priority)
         ctx = await self._fork_base(base, priority) if base is not None else None
         if wanted is not None and not wanted():
             # not stored while it waited for its base, so nobody forks it or waits for it
             if ctx is not None:
                 ctx.close()
             return None
+        # Another fill of the key (an early fill of the same leading text, forking the same
+        # base) may have been stored while this one waited for its base: it is joined. Stored
+        # again, the store refused it and the fork taken of the base was never freed.
+        entry = self.store.get(key, engine)
+        if entry is not None:
+            if ctx is not None:
+                ctx.close()
+            return await self._join(entry, priority)
         if ctx is None:
             ctx = self.pool.drivers[engine].new_context()
         handle = PrefixContext(ctx, priority, pipelined)
@@ -189,6 +190,23 @@ class PrefixContexts:
             return None
         finally:
             self.store.release(base)
+
+    async def _join(self, entry: PrefixEntry, priority: int) -> PrefixEntry | None:
+        """`entry`, referenced for the caller once its fill (by another) holds its prefix; None
+        if that fill failed. A caller that leaves while it waits gives its reference back, or
+        the entry could never be evicted."""
+        self.store.acquire(entry)
+        try:
+            if not entry.handle.filled.is_set():
+                self._boost(entry, priority)
+                await entry.handle.filled.wait()
+        except BaseException:
+            self.release(entry)
+            raise
+        if entry.handle.ok:
+            return entry
+        self.release(entry)
+        return None
 
     def _boost(self, entry: PrefixEntry, priority: int) -> None:
         """A waiter more urgent than the fill it waits on raises the fill to its priority:
