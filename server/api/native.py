@@ -126,8 +126,9 @@ async def submit_graph(request: web.Request) -> web.Response:
 
 
 async def create_variable(request: web.Request) -> web.Response:
-    session = _session(request)
+    _session(request)  # a bad token is refused before the body is read
     body = await parse_body(request, VariableCreate)
+    session = _session(request)  # again: it may have been closed while the body came
     decl = VariableDecl(body.id or f"v-{uuid.uuid4().hex}", body.name, body.value)
     return json_response(_info(session.graph.add_variable(decl)), 201)
 
@@ -150,8 +151,11 @@ async def get_variable(request: web.Request) -> web.Response:
 
 
 async def set_variable(request: web.Request) -> web.Response:
-    session = _session(request)
+    _session(request)  # a bad token is refused before the body is read
     body = await parse_body(request, VariableSet)
+    # again: closed while the body came, it would take the value and answer 200, the value
+    # gone with the session
+    session = _session(request)
     var_id = _variable_id(request, session)
     try:
         ready = session.set_value(var_id, body.value)

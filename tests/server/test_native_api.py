@@ -344,6 +344,33 @@ def test_a_read_waiting_when_its_session_closes_is_told_so(server: str) -> None:
     assert waited < 10  # woken by the close, not at the end of its long poll
 
 
+@pytest.mark.parametrize("route", ["PUT /variables/doc", "POST /variables"])
+def test_a_write_whose_body_comes_after_its_session_closed_is_refused(
+    server: str, route: str
+) -> None:
+    """A value PUT (or a variable declared) whose body was still on its way when the session
+    was closed (a large document, a client that waits for 100-continue) was answered 200
+    (201) as taken, its value gone with the session: the client could not tell it was lost."""
+    sid, token = open_session(server)
+    status, _ = submit(server, sid, token, {"variables": [{"id": "doc"}], "calls": []})
+    assert status == 200
+    method, path = route.split()
+    data = json.dumps({"value": "a document " * 50}).encode()
+    host, port = urlsplit(server).hostname, urlsplit(server).port
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(
+            f"{method} /v1/sessions/{sid}{path} HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n".encode()
+        )
+        time.sleep(0.3)  # its handler has found the session and waits for the body
+        assert request("DELETE", f"{server}/v1/sessions/{sid}", token=token)[0] == 200
+        sock.sendall(data)
+        head, _, body = sock.recv(65536).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404"), head
+    assert "was closed" in json.loads(body)["error"]["message"]
+
+
 def test_a_long_poll_whose_client_leaves_ends_then_not_at_its_timeout(server: str) -> None:
     sid, token = open_session(server)
     status, var = request("POST", f"{server}/v1/sessions/{sid}/variables", {"name": "late"}, token)
