@@ -260,6 +260,11 @@ class Executor:
                 for job in jobs:
                     self._engine_failed(engine, job, exc)
                 return
+            except Exception as exc:  # a defect: the calls fail, not stay running for good
+                log.exception("cannot open contexts for %d calls on engine %d", len(jobs), engine)
+                for job in jobs:
+                    self._fail(job.session, job.call, repr(exc))
+                return
             await self._run_together(engine, jobs, contexts)
         finally:
             # also when cancelled before a call's own cleanup could run
