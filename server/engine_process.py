@@ -258,16 +258,23 @@ class EngineProcess:
                 yield out
 
     def boost(self, context_id: int, priority: int) -> None:
-        self._send(("boost", context_id, priority))
-        if self._urgent(priority):
-            self._send(("pause",))
+        if self._gone is not None:
+            return  # a hint: a dead engine runs nothing any more
+        with contextlib.suppress(EngineDied):  # the child died: its work fails on its own
+            self._send(("boost", context_id, priority))
+            if self._urgent(priority):
+                self._send(("pause",))
 
     def truncate(self, context_id: int, num_tokens: int) -> None:
         self._send(("truncate", context_id, num_tokens))
 
     def free(self, context_id: int) -> None:
-        if self._gone is None:  # a stopped or dead engine holds nothing for anyone any more
-            self._send(("free", context_id))
+        # A stopped or dead engine holds nothing for anyone any more, also one whose death a
+        # send found before its exit was seen: a free is cleanup, in `finally` blocks, where
+        # raising would cut the rest of the cleanup short.
+        if self._gone is None:
+            with contextlib.suppress(EngineDied):
+                self._send(("free", context_id))
 
     async def stats(self) -> EngineStats:
         assert self._loop is not None, "start() the engine first"

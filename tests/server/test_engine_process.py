@@ -188,6 +188,27 @@ async def test_an_engine_a_send_finds_gone_takes_no_more_work(process: EnginePro
         process.create_context()
 
 
+async def test_freeing_or_boosting_a_context_of_a_dead_engine_is_no_error(
+    process: EngineProcess,
+) -> None:
+    """Freeing a context is cleanup (a call's `finally`), and a boost only a hint: on an engine
+    whose child died they have nothing to do. A free whose send found the child gone before
+    its exit was seen raised EngineDied out of the `finally` of a graph call (the call that
+    saw the death first); the batch's other calls, on the same engine and not told yet, were
+    cancelled and stayed running for good. A boost raised once the exit was seen too (a
+    client's await raising the priority of a call still on the dead engine)."""
+    ctx = process.create_context()
+    await process.fill(ctx, [5, 6, 7])
+    process.process.kill()
+    time.sleep(0.5)  # the child is dead; its exit is seen on the event loop, which waits
+    process.boost(ctx, 0)
+    process.free(ctx)
+    assert not process.exited.is_set()
+    await asyncio.wait_for(process.exited.wait(), 10)
+    process.boost(ctx, 0)
+    process.free(ctx)
+
+
 async def test_a_model_that_cannot_load_is_reported_with_the_childs_reason(
     tmp_path: Path,
 ) -> None:
