@@ -96,8 +96,9 @@ async def close_session(request: web.Request) -> web.Response:
 async def end_session(app: web.Application, session: Session) -> None:
     """Forget a session, stop its calls (freeing their contexts), wake its readers."""
     app[SESSIONS].remove(session.id)
-    await app[EXECUTOR].cancel_session(session.id)
+    # closed before its work is cancelled: a scan due meanwhile would start fills for it
     session.close()
+    await app[EXECUTOR].cancel_session(session.id)
     app[METRICS].sessions.set(len(app[SESSIONS]))
 
 
