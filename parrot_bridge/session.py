@@ -98,6 +98,7 @@ class Session:
         # stream's connection may outlive the client that closing shuts down
         self._readers: set[asyncio.Task[Any]] = set()
         self._ending: set[asyncio.Task[Any]] = set()  # readers that closing cancelled
+        self._submissions: set[asyncio.Future[None]] = set()  # in flight (on the SDK loop)
         self._context_tokens: list[contextvars.Token[Session | None]] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -221,6 +222,21 @@ class Session:
 
     async def _flush(self, awaits: dict[str, Criteria] | None = None) -> None:
         await self._ensure_open()
+        # A read cut off (its timeout, a cancelled task, Ctrl-C) leaves its submission to go on:
+        # cut, it would free the lock before the server took it, so that a later read could ask
+        # for its variables first (404), or the server would never get calls the client counts
+        # as sent.
+        submission = asyncio.ensure_future(self._submit(awaits))
+        self._submissions.add(submission)
+        submission.add_done_callback(self._submitted)
+        await asyncio.shield(submission)
+
+    def _submitted(self, submission: asyncio.Future[None]) -> None:
+        self._submissions.discard(submission)
+        if not submission.cancelled():
+            submission.exception()  # seen: its reader may be gone, its calls carry the error
+
+    async def _submit(self, awaits: dict[str, Criteria] | None) -> None:
         assert self._flush_lock is not None
         # one submission at a time, so a read never overtakes the submission declaring its var
         async with self._flush_lock:
@@ -385,8 +401,10 @@ class Session:
         for task in readers:
             self._ending.add(task)
             task.cancel()
-        if readers:
-            await asyncio.wait(readers, timeout=5)
+        # submissions whose readers are gone end too (answered, or refused: the session is gone)
+        waiting = [*readers, *self._submissions]
+        if waiting:
+            await asyncio.wait(waiting, timeout=5)
 
     def _check_readable(self, var: SemanticVariable) -> None:
         if var._producer is None and var._value is None:
