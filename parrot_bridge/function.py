@@ -6,12 +6,13 @@ import inspect
 import json
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, overload
 
 from parrot_bridge.errors import ParrotError
 from parrot_bridge.session import Session, current_session
 from parrot_bridge.template import Template, TemplateError, parse_template
+from parrot_bridge.text_check import check_text
 from parrot_bridge.variable import SemanticVariable
 
 __all__ = ["SemanticFunction", "semantic_function"]
@@ -40,6 +41,7 @@ class SemanticFunction:
     ) -> None:
         """`defaults`: values of inputs that a call may leave out (as a Python default)."""
         self.template = template if isinstance(template, Template) else parse_template(template)
+        check_text(self.template.source, f"the template of {name}")
         self.name = name
         self.add_special_tokens = add_special_tokens
         self.sampling = _check_sampling(sampling)
@@ -223,11 +225,26 @@ def _check_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
             value = [value] if isinstance(value, str) else list(value)
         if not _SAMPLING_CHECKS[key](value):
             raise ValueError(f"invalid {key}: {value!r}")
+        for text in _texts(value):
+            check_text(text, f"option {key}")
         checked[key] = value
     asked = [k for k in _CONSTRAINTS if checked.get(k) is not None]
     if len(asked) > 1:
         raise ValueError(f"ask for one constrained output, not {' and '.join(asked)} together")
     return checked
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """The strings in an option's value (a JSON schema's keys too)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _texts(key)
+            yield from _texts(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts(item)
 
 
 def _json_text(value: Any) -> bool:
@@ -253,6 +270,7 @@ def _as_input(fn: str, name: str, value: Any, session: Session) -> SemanticVaria
             )
         return value
     if isinstance(value, str):
+        check_text(value, f"{fn}(): input {name!r}")
         return session._constant(value, name)
     raise TypeError(
         f"{fn}(): input {name!r} must be a str or a SemanticVariable, got {type(value).__name__}"

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from parrot_bridge.errors import ParrotError
+from parrot_bridge.text_check import check_text
 
 if TYPE_CHECKING:
     from parrot_bridge.session import Session
@@ -29,6 +30,10 @@ class SemanticVariable:
     def __init__(self, value: str | None = None, name: str | None = None) -> None:
         if value is not None and not isinstance(value, str):
             raise TypeError(f"a variable's value must be a str, got {type(value).__name__}")
+        if value is not None:
+            check_text(value, f"the value of variable {name!r}")
+        if name is not None:
+            check_text(name, "a variable's name")
         self.id = f"v-{uuid.uuid4().hex}"
         self.name = name
         self._value = value
@@ -133,6 +138,7 @@ class SemanticVariable:
     def _check_settable(self, value: str) -> None:
         if not isinstance(value, str):
             raise TypeError(f"a variable's value must be a str, got {type(value).__name__}")
+        check_text(value, f"the value of variable {self._label}")
         if self._producer is not None:
             raise ParrotError(f"variable {self._label} is written by call {self._producer!r}")
         if self._value is not None:

@@ -286,3 +286,28 @@ def test_public_names() -> None:
         "semantic_function", "variable",
     }  # fmt: skip
     assert all(hasattr(P, name) for name in P.__all__)
+
+
+def test_text_that_cannot_be_sent_is_refused_where_it_is_given() -> None:
+    """A lone surrogate has no UTF-8 form: sent, the server refused the whole submission (a 400
+    naming `variables.2.value`), failing every call sent with it, not only the one holding it."""
+    session = offline()
+    fine = summarize.invoke(session, "fine text")
+    with pytest.raises(ValueError, match=r"summarize\(\): input 'doc' holds an unpaired surrogat"
+                                         r"e '\\ud800' at index 4"):  # fmt: skip
+        summarize.invoke(session, "bad \ud800 text")
+    with pytest.raises(ValueError, match="the value of variable 'q' holds an unpaired"):
+        P.variable("\udcff", name="q")
+    later = P.variable(name="later")
+    summarize.invoke(session, later)
+    with pytest.raises(ValueError, match=r"the value of variable 'later' \(v-.*\) holds an unp"):
+        later.set("\ud83d")  # half of an emoji's UTF-16 pair
+    with pytest.raises(ValueError, match="the template of bad holds an unpaired surrogate"):
+        P.SemanticFunction("\udc80 {{input:x}} {{output:y}}", name="bad")
+    with pytest.raises(ValueError, match="option stop holds"):
+        P.SemanticFunction("{{input:x}} {{output:y}}", stop=["\ud800"])
+    with pytest.raises(ValueError, match="option json_schema holds"):
+        P.SemanticFunction("{{input:x}} {{output:y}}", json_schema={"enum": ["a\udfff"]})
+    body = session._pending.take().body  # the other calls are pending, unharmed
+    assert [c["outputs"]["summary"] for c in body["calls"]][0] == fine.id
+    assert len(body["calls"]) == 2 and "🦜" == P.variable("🦜").value  # paired: a character
