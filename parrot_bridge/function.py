@@ -263,10 +263,9 @@ def _as_input(fn: str, name: str, value: Any, session: Session) -> SemanticVaria
             # a value read in one session is plain text to another (as a str would be)
             return session._constant(value._value, name)
         if other:
-            why = "failed" if value._error is not None else "has no value yet"
             raise ParrotError(
                 f"{fn}(): input {name!r} reads variable {value._label} of another session, "
-                f"which {why}: get() it first, or call in its own session"
+                f"which {_why_no_value(value)}"
             )
         return value
     if isinstance(value, str):
@@ -275,6 +274,19 @@ def _as_input(fn: str, name: str, value: Any, session: Session) -> SemanticVaria
     raise TypeError(
         f"{fn}(): input {name!r} must be a str or a SemanticVariable, got {type(value).__name__}"
     )
+
+
+def _why_no_value(var: SemanticVariable) -> str:
+    """Why a variable of another session cannot be text here, and what would make it so."""
+    owner = var._session
+    assert owner is not None
+    if var._error is not None:
+        return f"failed: {var._error}"
+    if owner._closed:
+        return f"has no value, and its session {owner.id} is closed"
+    if var._producer is None:
+        return "has no value yet: set() it first"
+    return "has no value yet: get() it first, or call in its own session"
 
 
 def _offset_of(template: Template, name: str) -> int:

@@ -407,6 +407,11 @@ class Session:
             await asyncio.wait(waiting, timeout=5)
 
     def _check_readable(self, var: SemanticVariable) -> None:
+        if self._closed:  # not "closed while ... read": the read began after
+            raise ParrotError(
+                f"session {self.id} is closed: variable {var._label} has no value (its calls "
+                "stopped when the session closed)"
+            )
         if var._producer is None and var._value is None:
             raise ParrotError(
                 f"variable {var._label} has no value and no call writes it; set() it first"

@@ -104,3 +104,23 @@ def test_get_timeout_must_be_a_time() -> None:
             for bad in (-1, float("nan"), True, "5"):
                 with pytest.raises(ValueError, match="timeout must be None or a number"):
                     text.get(timeout=bad)
+
+
+def test_a_variable_of_a_closed_session_says_so_when_read_or_passed_on() -> None:
+    """A read begun after closing said the session "was closed while" it was read, and passing
+    the variable to another session advised to get() it, which cannot succeed."""
+    with FakeServer(SESSION_ROUTES) as url:
+        with P.Session(url) as first:
+            text, unset = echo("a"), P.variable(name="q")
+            asked = echo(unset)
+            first.flush()
+            with P.Session(url) as second:
+                with pytest.raises(P.ParrotError, match=r"'q' \(v-.*\) of another session, "
+                                                        "which has no value yet: set"):  # fmt: skip
+                    echo.invoke(second, unset)
+        assert asked.value is None
+        with pytest.raises(P.ParrotError, match=r"session s-1 is closed: variable 'y' \(v-"):
+            text.get()
+        with P.Session(url) as third:
+            with pytest.raises(P.ParrotError, match="no value, and its session s-1 is closed"):
+                echo.invoke(third, text)
