@@ -101,6 +101,11 @@ class Session:
         self._submissions: set[asyncio.Future[None]] = set()  # in flight (on the SDK loop)
         self._context_tokens: list[contextvars.Token[Session | None]] = []
 
+    def __repr__(self) -> str:
+        if self.id is None:
+            return f"Session({self.url!r}, not opened)"
+        return f"Session({self.url!r}, id={self.id!r}, {'closed' if self._closed else 'open'})"
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def open(self) -> Session:

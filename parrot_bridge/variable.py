@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
 
 from parrot_bridge.errors import ParrotError
 from parrot_bridge.text_check import check_text
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 Criteria = Literal["latency", "throughput"]
 _CRITERIA = ("latency", "throughput")
+_SHOWN = 32  # characters of a value that repr shows
 
 __all__ = ["Criteria", "SemanticVariable", "variable"]
 
@@ -126,8 +127,28 @@ class SemanticVariable:
             yield chunk
 
     def __repr__(self) -> str:
-        state = "set" if self._value is not None else ("output" if self._producer else "unset")
+        if self._error is not None:
+            state = f"failed: {self._error}"
+        elif self._value is not None:
+            shown = self._value if len(self._value) <= _SHOWN else self._value[:_SHOWN] + "…"
+            state = f"{'ready' if self._producer else 'set'}: {shown!r}"
+        else:
+            state = "pending" if self._producer else "unset"
         return f"SemanticVariable({self._label}, {state})"
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
+        """Pickled or copied, a variable of a session is its outcome: a new variable (another
+        id, no session) with its value, usage and finish reason, or its error. One with neither
+        yet cannot be (its value is still to come from its session)."""
+        if self._session is None:
+            return super().__reduce_ex__(protocol)
+        if self._value is None and self._error is None:
+            raise TypeError(
+                f"variable {self._label} has no value yet: get() it before pickling or copying "
+                "it (its value is still to come from its session)"
+            )
+        state = (self._value, self.name, self._usage, self._finish_reason, self._error)
+        return (_detached, state)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -156,6 +177,19 @@ class SemanticVariable:
                 "semantic function inside `with P.Session(url):` first, or set() it"
             )
         return self._session
+
+
+def _detached(
+    value: str | None,
+    name: str | None,
+    usage: dict[str, Any] | None,
+    finish_reason: str | None,
+    error: ParrotError | None,
+) -> SemanticVariable:
+    """A variable of no session holding a read variable's outcome (see `__reduce_ex__`)."""
+    var = SemanticVariable(value, name)
+    var._usage, var._finish_reason, var._error = usage, finish_reason, error
+    return var
 
 
 def _check_criteria(criteria: str) -> None:
