@@ -285,7 +285,8 @@ class Session:
                     return await self._poll(var, criteria, timeout)
             except TimeoutError:
                 raise ParrotError(
-                    f"timed out after {timeout} s waiting for variable {var._label}"
+                    f"timed out after {timeout} s waiting for variable {var._label}",
+                    code="timeout",  # as a request's or a stream's time limit has it
                 ) from None
 
     @contextlib.asynccontextmanager
@@ -332,7 +333,8 @@ class Session:
             if deadline is not None and time.monotonic() >= deadline:
                 why = f": {info['message']}" if info.get("message") else ""
                 raise ParrotError(
-                    f"timed out after {timeout} s waiting for variable {var._label}{why}"
+                    f"timed out after {timeout} s waiting for variable {var._label}{why}",
+                    code="timeout",
                 )
 
     async def _follow(self, var: SemanticVariable, criteria: Criteria) -> AsyncIterator[str]:

@@ -92,7 +92,7 @@ class SemanticVariable:
 
     def get(self, criteria: Criteria = "latency", timeout: float | None = None) -> str:
         """The value, waiting for it on the server if needed (`timeout`: at most so many
-        seconds, then `ParrotError`; None: as long as it takes)."""
+        seconds, then `ParrotError` with `code` "timeout"; None: as long as it takes)."""
         _check_criteria(criteria)
         _check_timeout(timeout)
         known = self._known()

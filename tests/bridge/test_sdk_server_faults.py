@@ -139,3 +139,15 @@ def test_a_read_in_flight_when_the_session_closes_says_so() -> None:
         reader.join(10)
         [error] = errors
         assert "was closed while variable" in str(error), error
+
+
+def test_a_read_that_times_out_has_the_timeout_code_a_request_that_does_has() -> None:
+    """`get(timeout=)` raised a ParrotError with no `code`, where a request or a stream that
+    timed out has code "timeout": one check could not tell a timeout from the server's errors."""
+    pending = {**SESSION_ROUTES, ("GET", VARIABLE): still_pending}  # answers, pending
+    silent = {**SESSION_ROUTES, ("GET", VARIABLE): never_answer}  # answers nothing
+    for routes in (pending, silent):
+        with FakeServer(routes) as url, P.Session(url, poll_s=0.5):
+            with pytest.raises(P.ParrotError, match="timed out after 1 s") as got:
+                echo("a").get(timeout=1)
+            assert (got.value.code, got.value.status) == ("timeout", None)
