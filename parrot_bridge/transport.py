@@ -47,6 +47,10 @@ class Transport:
         when no connection could be made (a server starting or restarting), after 0.5 s, then
         1, 2, 4 and 8 s, as the OpenAI client waits; only then, since nothing reached the
         server. `api_key`: the server's (`--api-key`), sent until a session's token is set."""
+        if not base_url.startswith(("http://", "https://")):  # as the adapters' base_url
+            raise ValueError(
+                f"the server's url must start with http:// or https://, got {base_url!r}"
+            )
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be > 0 or None, got {timeout}")
         if max_retries < 0:

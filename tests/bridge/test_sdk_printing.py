@@ -26,7 +26,8 @@ def test_a_variable_s_repr_says_its_state_and_shows_its_value() -> None:
     assert repr(topic) == f"SemanticVariable('topic' ({topic.id}), unset)"
     assert repr(out) == f"SemanticVariable('y' ({out.id}), pending)"
     out._value = "a reply " * 20  # as if read from the server
-    assert repr(out) == f"SemanticVariable('y' ({out.id}), ready: 'a reply a reply a reply a reply …')"
+    shown = "a reply " * 4 + "…"  # its first 32 characters
+    assert repr(out) == f"SemanticVariable('y' ({out.id}), ready: {shown!r})"
     assert repr(P.variable("text")).endswith(", set: 'text')")
     failed = echo.invoke(session, "x")
     failed._error = P.CallFailedError("call 'c-1' (echo) failed: no room")

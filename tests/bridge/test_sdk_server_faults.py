@@ -151,3 +151,12 @@ def test_a_read_that_times_out_has_the_timeout_code_a_request_that_does_has() ->
             with pytest.raises(P.ParrotError, match="timed out after 1 s") as got:
                 echo("a").get(timeout=1)
             assert (got.value.code, got.value.status) == ("timeout", None)
+
+
+def test_a_url_that_is_no_http_url_is_refused_where_it_is_given() -> None:
+    """"127.0.0.1:9000" failed at the first read as "cannot reach the Parrot server at
+    127.0.0.1:9000: 127.0.0.1:9000/v1/sessions"; the LangChain and LlamaIndex classes refuse it
+    at once, naming it."""
+    for url in ("127.0.0.1:9000", "localhost:9000", "ftp://host", ""):
+        with pytest.raises(ValueError, match=rf"must start with http:// or https://, got '{url}'"):
+            P.Session(url)
