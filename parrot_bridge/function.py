@@ -212,6 +212,10 @@ _SAMPLING_CHECKS: dict[str, Callable[[Any], bool]] = {
     "grammar": lambda v: isinstance(v, str) and bool(v),
 }
 _CONSTRAINTS = ("json_schema", "choices", "regex", "grammar")
+# A server refuses a request whose JSON nests more than 100 levels deep, before it looks at its
+# calls: a deeper schema would fail every call of the submission, not only its own.
+_MAX_JSON_DEPTH = 100
+_MAX_SCHEMA_DEPTH = _MAX_JSON_DEPTH - 4  # in the body, in `calls`, in the call, in `sampling`
 
 
 def _check_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
@@ -223,6 +227,12 @@ def _check_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
             )
         if key == "stop":
             value = [value] if isinstance(value, str) else list(value)
+        if key == "json_schema" and _depth(value, _MAX_SCHEMA_DEPTH) > _MAX_SCHEMA_DEPTH:
+            raise ValueError(
+                f"invalid json_schema: nested more than {_MAX_SCHEMA_DEPTH} levels deep, which "
+                f"a server does not read (a request's JSON nests {_MAX_JSON_DEPTH} levels at "
+                "most, and holds a call's schema 4 levels in)"
+            )
         if not _SAMPLING_CHECKS[key](value):
             raise ValueError(f"invalid {key}: {value!r}")
         for text in _texts(value):
@@ -245,6 +255,22 @@ def _texts(value: Any) -> Iterator[str]:
     elif isinstance(value, list):
         for item in value:
             yield from _texts(item)
+
+
+def _depth(value: Any, limit: int) -> int:
+    """How many containers deep `value` nests (a dict or list is 1), counted without recursion
+    up to `limit` + 1 (so that a cycle ends)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if not isinstance(item, dict | list):
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        children = item.values() if isinstance(item, dict) else item
+        todo.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _json_text(value: Any) -> bool:

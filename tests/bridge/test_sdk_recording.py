@@ -311,3 +311,32 @@ def test_text_that_cannot_be_sent_is_refused_where_it_is_given() -> None:
     body = session._pending.take().body  # the other calls are pending, unharmed
     assert [c["outputs"]["summary"] for c in body["calls"]][0] == fine.id
     assert len(body["calls"]) == 2 and "🦜" == P.variable("🦜").value  # paired: a character
+
+
+def _nested(depth: int) -> dict:
+    """A JSON schema nested `depth` containers deep (the outermost is 1)."""
+    schema: dict = {"type": "string"}
+    for _ in range(depth - 1):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+def test_a_schema_nested_past_what_the_server_reads_is_refused_at_decoration() -> None:
+    """The server refuses a request nested more than 100 levels deep, before it looks at the
+    calls: a deep schema failed the whole submission (every call sent with it) with a 400
+    naming a path ("calls.10.sampling.....items"), not the function."""
+    from server.api.route import MAX_BODY_DEPTH
+    from server.engine.json_depth import path_deeper_than
+
+    deepest = P.SemanticFunction("{{input:x}} {{output:y}}", json_schema=_nested(96))
+    session = offline()
+    deepest.invoke(session, "x")
+    body = session._pending.take().body
+    assert path_deeper_than(body, MAX_BODY_DEPTH) is None  # the server reads it
+    for depth in (97, 5000):
+        with pytest.raises(ValueError, match="invalid json_schema: nested more than 96 levels"):
+            P.SemanticFunction("{{input:x}} {{output:y}}", json_schema=_nested(depth))
+    looped: dict = {"type": "array"}
+    looped["items"] = looped  # a cycle: refused, not walked for ever
+    with pytest.raises(ValueError, match="invalid json_schema: nested"):
+        P.semantic_function(json_schema=looped)
