@@ -2,11 +2,15 @@
 
 Sync code blocks on a coroutine run there; async code (on any loop) awaits it; async generators
 running there are iterated from either side through a queue.
+
+A forked process (multiprocessing's default start on Linux) has only the thread that forked:
+it gets a loop of its own, and a `LoopThread` it inherited raises rather than wait for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -20,6 +24,7 @@ _END = object()
 
 class LoopThread:
     def __init__(self) -> None:
+        self._pid = os.getpid()  # the process whose thread runs the loop
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="parrot-sdk", daemon=True
@@ -31,6 +36,7 @@ class LoopThread:
         if threading.current_thread() is self._thread:
             coro.close()
             raise ParrotError("blocking SDK call made from the SDK's own event loop thread")
+        self._check_process(coro)
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result()
@@ -40,10 +46,12 @@ class LoopThread:
 
     async def arun(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await `coro`, run on the private loop, from any other event loop."""
+        self._check_process(coro)
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
     def iterate(self, make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
         """Iterate, from sync code, an async generator that runs on the private loop."""
+        self._check_process()
         items: queue.Queue[Any] = queue.Queue()
         future = asyncio.run_coroutine_threadsafe(_pump(make, items.put), self.loop)
         try:
@@ -55,6 +63,7 @@ class LoopThread:
 
     async def aiterate(self, make: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
         """Iterate, from async code on another loop, an async generator on the private loop."""
+        self._check_process()
         caller = asyncio.get_running_loop()
         items: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -69,6 +78,18 @@ class LoopThread:
         finally:
             future.cancel()
 
+    def _check_process(self, coro: Coroutine[Any, Any, Any] | None = None) -> None:
+        """Refuse to wait in a forked child on a loop whose thread stayed in the parent."""
+        if os.getpid() == self._pid:
+            return
+        if coro is not None:
+            coro.close()
+        raise ParrotError(
+            f"the SDK's event loop runs in process {self._pid} that made it, not in this one "
+            f"({os.getpid()}), forked from it: make sessions (and models) in the process that "
+            "uses them"
+        )
+
 
 async def _pump(make: Callable[[], AsyncIterator[T]], put: Callable[[Any], None]) -> None:
     try:
@@ -82,8 +103,17 @@ _shared: LoopThread | None = None
 _shared_lock = threading.Lock()
 
 
+def _forget_in_child() -> None:
+    """After a fork: the parent's loop thread is not here, and its lock may have been held."""
+    global _shared, _shared_lock
+    _shared, _shared_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def shared_loop() -> LoopThread:
-    """The process's SDK loop, started on first use."""
+    """The process's SDK loop, started on first use (in a forked child, anew)."""
     global _shared
     with _shared_lock:
         if _shared is None:
