@@ -131,8 +131,9 @@ class Parrot(FunctionCallingLLM):
     def _http(self) -> OpenAIHttp:
         """The HTTP client for the current `base_url`, `timeout`, `api_key` and `max_retries`:
         pydantic lets a user assign them (or `model_copy` with new ones) after construction,
-        and a client built once would keep the old ones."""
-        settings = (self.base_url, self.timeout, self.api_key, self.max_retries)
+        and a client built once would keep the old ones. And for the SDK's loop: a process
+        forked from this one has a loop of its own, where the parent's client cannot run."""
+        settings = (self.base_url, self.timeout, self.api_key, self.max_retries, shared_loop())
         if self._http_client is None or self._http_for != settings:
             http = OpenAIHttp(self.base_url, self.timeout, self.api_key, self.max_retries)
             # the client lives on the SDK's loop: close it there once this LLM is gone (not

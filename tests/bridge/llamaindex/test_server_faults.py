@@ -4,6 +4,7 @@ promptly on every path, and errors keep the server's type and code."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import time
 
 import pytest
@@ -177,3 +178,31 @@ def test_settings_changed_after_construction_take_effect() -> None:
     with pytest.raises(ParrotError, match="cannot reach"):
         llm.complete("hi")
     assert time.monotonic() - started < 1  # no retry (3 of them: 3.5 s)
+
+
+_forked_llm: Parrot
+
+
+def _complete_in_child() -> str:
+    try:
+        return _forked_llm.complete("hi").text
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_an_llm_used_before_a_fork_serves_in_the_forked_child() -> None:
+    """The child (multiprocessing's default start on Linux) has a loop of its own, but the LLM
+    kept the HTTP client it had made on the parent's: "RuntimeError: Timeout context manager
+    should be used inside a task"."""
+    global _forked_llm
+    answer = {"choices": [{"text": "ok", "index": 0, "finish_reason": "stop"}]}
+    routes = {("GET", "/v1/models"): json_answer(CARD),
+              ("POST", "/v1/completions"): json_answer(answer)}  # fmt: skip
+    with FakeServer(routes) as url:
+        _forked_llm = Parrot(base_url=url)
+        assert _forked_llm.complete("hi").text == "ok"  # its client is made, here
+        pool = multiprocessing.get_context("fork").Pool(1)
+        try:
+            assert pool.apply_async(_complete_in_child).get(timeout=30) == "ok"
+        finally:
+            pool.terminate()
