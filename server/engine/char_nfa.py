@@ -50,7 +50,10 @@ class CharNfaBuilder:
         return len(self._edges) - 1
 
     def edge(self, source: int, chars: CharSet, target: int) -> None:
-        self._edges[source].append((chars, target))
+        """A move on a character of `chars`; none where it holds no character, so that a
+        pattern's checks (what can reach its end) see that nothing gets past it."""
+        if chars.holds_any():
+            self._edges[source].append((chars, target))
 
     def empty(self, source: int, target: int) -> None:
         self._empty[source].append(target)

@@ -35,6 +35,11 @@ class CharSet:
             reached = max(reached, b + 1)
         return reached <= hi
 
+    def holds_any(self) -> bool:
+        """Whether the set holds some character text can carry (UTF-8 encodes no surrogate
+        half, so a class of only those is as empty as `[^\\x00-\\U0010FFFF]`)."""
+        return self.may_hold(0, 0xD7FF) or self.may_hold(0xE000, 0x10FFFF)
+
 
 # the Unicode classes of `\d \w \s` (as `re` reads them in str patterns), by letter
 IN_CLASS: dict[str, Callable[[str], bool]] = {

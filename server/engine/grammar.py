@@ -7,7 +7,8 @@ Each rule is compiled into an NFA over characters whose edges may also call anot
 text is followed on sets of configurations (a state and the stack of states to return to), a
 pushdown automaton simulated breadth first. Left recursion (a rule that can reach itself before
 reading a character) would grow the stack forever, so it is refused, as is a rule that can
-never end; so is a name that no rule defines.
+never end (one with no sentence: a class that holds no character is no move); so is a name that
+no rule defines.
 """
 
 from __future__ import annotations
@@ -193,8 +194,9 @@ class Grammar:
         endless = [rule for rule in rules if rule not in productive]
         if endless:
             raise GrammarError(
-                f"the rule {endless[0]!r} can never end (every way through it calls itself "
-                "or another rule that never ends)"
+                f"the rule {endless[0]!r} can never end: it has no sentence (every way through "
+                "it calls itself or another rule that never ends, or reads a character from a "
+                "class that holds none)"
             )
 
     def _check_left_recursion(self, rules: dict[str, Node]) -> None:

@@ -54,6 +54,8 @@ class Regex:
             self.start_state, self.accept_state = start, accept
             self._nfa = builder.packed()
             self._live = self._states_that_reach_accept()
+        if self.start_state not in self._live:  # e.g. `[^\x00-\U0010FFFF]`: "" would "match"
+            raise RegexError(f"the pattern {pattern!r} matches no text")
 
     def start(self) -> RegexPrefix:
         return RegexPrefix(self, self._closure({self.start_state}))

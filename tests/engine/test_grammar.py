@@ -118,6 +118,10 @@ def test_bytes_of_one_character_may_arrive_apart_and_impossible_lead_bytes_are_r
      ('root ::= root "x" | "y"', "left recursion: root -> root"),
      ('root ::= a "x" | "y"\na ::= "b"? root', "left recursion: root -> a -> root"),
      ('root ::= "x" root', "'root' can never end"),
+     # a class that holds no character (not even one text can carry) reads nothing: "" was
+     # followed as the rule's sentence, a call of this grammar finished "stop" with ""
+     ("root ::= [^\\x00-\\U0010FFFF]", "'root' can never end: it has no sentence"),
+     ('root ::= "a" x\nx ::= [\\uD800-\\uDFFF]', "'root' can never end"),
      ('root ::= "abc', "line 1, column 10: an unclosed string"),
      ("root ::= [b-a]", "backwards range"), ('root ::= "x"\nroot ::= "y"', "line 2, column 1"),
      ('start: "a"', "a rule (name ::= ...) expected"), ('root ::= "\\q"', "escape \\\\q"),
@@ -140,6 +144,11 @@ table ::= [a-z]+
 condition ::= column " = " [0-9]+ | "(" condition ")"
 """
 SQL_RE = r"SELECT (col_[1-3]|\*) FROM [a-z]+( WHERE (\()*(col_[1-3]|\*) = [0-9]+(\))*)?"
+
+
+def test_an_alternative_that_reads_from_an_empty_class_is_only_never_taken():
+    state = Grammar('root ::= "a" | [^\\x00-\\U0010FFFF]').start()
+    assert not state.complete and state.feed_all(b"a") and state.final
 
 
 def test_the_engine_writes_sentences(tiny_llama_path: Path):

@@ -50,7 +50,9 @@ def test_bytes_of_one_character_may_arrive_apart_and_bad_utf8_is_refused():
     ("pattern", "message"),
     [("(a", "unclosed group"), ("a{3,2}", "below the minimum"), (r"\1", r"escape \\1"),
      ("(?=a)", "lookaround"), ("[a", "unclosed class"), ("a**", "'\\*' here"),
-     ("a{999}", "more than"), (r"[a-\d]", "ends in a class")],
+     ("a{999}", "more than"), (r"[a-\d]", "ends in a class"),
+     # a class of no character a text can carry: "" was taken as its match
+     ("[^\x00-\U0010ffff]", "matches no text"), ("a[\ud800-\udfff]b", "matches no text")],
 )  # fmt: skip
 def test_unsupported_patterns_are_refused_with_the_reason(pattern: str, message: str):
     with pytest.raises(RegexError, match=message):

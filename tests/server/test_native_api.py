@@ -472,6 +472,8 @@ BAD_SAMPLING = [
     ({"grammar": 'root ::= "a" | "b'}, "grammar line 1, column 16: an unclosed string"),
     ({"grammar": "root ::= x"}, "the rule 'x' is used but not defined"),
     ({"grammar": 'root ::= root "a"'}, "the rule 'root' can never end"),
+    ({"grammar": "root ::= [^\\x00-\\U0010FFFF]"}, "the rule 'root' can never end"),
+    ({"regex": "[^\x00-\U0010ffff]"}, "matches no text"),
     ({"regex": r"(a)\1"}, "the escape \\1 at 5"),
     ({"json_schema": {"type": "string", "multipleOf": 3}}, "multipleOf cannot be enforced"),
     ({"max_tokens": 10**7}, "max_tokens 10000000 exceeds the model's context of"),

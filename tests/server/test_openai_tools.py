@@ -220,6 +220,11 @@ def test_past_calls_and_results_render_as_turns(client: openai.OpenAI, engine: L
          "choice, regex"),
         ({"extra_body": {"structured_outputs": {"grammar": "root ::= root 'a' | 'b'"}}},
          "structured_outputs", "structured_outputs.grammar: left recursion: root -> root"),
+        ({"extra_body": {"guided_grammar": "root ::= [^\\x00-\\U0010FFFF]"}}, "guided_grammar",
+         "guided_grammar: the rule 'root' can never end: it has no sentence"),
+        ({"extra_body": {"structured_outputs": {"regex": "a[^\x00-\U0010ffff]"}}},
+         "structured_outputs", "structured_outputs.regex: the pattern 'a[^\\x00-\\U0010ffff]' "
+         "matches no text"),
         ({"extra_body": {"guided_grammar": "start: 'a'"}}, "guided_grammar",
          "guided_grammar: grammar line 1, column 1: a rule (name ::= ...) expected"),
         ({"extra_body": {"structured_outputs": {"whitespace_pattern": " ", "json_object": True}}},
