@@ -175,6 +175,11 @@ class EngineDriver:
         (BOS), unless the text writes them, then the text's (`Tokenizer.encode_prompt`)."""
         return self.tokenizer.encode_prompt(text, add_special_tokens)
 
+    def fewest_tokens(self, text: str) -> int:
+        """A lower bound on the tokens of `text`, known without tokenizing it
+        (`Tokenizer.fewest_tokens`)."""
+        return self.tokenizer.fewest_tokens(text)
+
     def new_context(self) -> TokenContext:
         return TokenContext(self.engine, self.engine.create_context(), [])
 

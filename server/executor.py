@@ -242,6 +242,7 @@ class Executor:
             try:
                 values = session.graph.input_values(call)
                 steps = lower_call(call, values)
+                self._check_length(call, steps[0].text_before)
                 prompt = await self._encoded(steps[0].text_before, call.add_special_tokens)
                 self._check_fits(call, prompt)
                 keys = boundaries(call, values)
@@ -371,6 +372,8 @@ class Executor:
             text = ""
             for i, step in enumerate(job.steps):
                 text += step.text_before
+                if i > 0:
+                    self._check_length(call, text, step.output)
                 target = (
                     job.prompt if i == 0 else await self._encoded(text, call.add_special_tokens)
                 )
@@ -539,6 +542,8 @@ class Executor:
                 if self.prefixes.holds(bounds[-1].key):
                     continue
                 text = bounds[-1].text
+                if self._too_long(text):  # the call fails when it runs, without tokenizing
+                    continue
                 if len(text) >= LONG_TEXT_CHARS:  # tokenized in a thread, then filled
                     self._spawn(session, self._fill_long(session, call, bounds, plan))
                     continue
@@ -698,6 +703,21 @@ class Executor:
         self._tasks.setdefault(session.id, set()).add(task)
         task.add_done_callback(lambda t: self._forget(session.id, t))
         return task
+
+    def _too_long(self, text: str) -> bool:
+        return self.driver.fewest_tokens(text) >= self.driver.max_model_len
+
+    def _check_length(self, call: Call, text: str, output: str | None = None) -> None:
+        """Fails a prompt whose length alone shows it past the context, before it is tokenized
+        (a 20 MB input took ~20 s to tokenize, only to fail `_check_fits`)."""
+        if self._too_long(text):
+            before = "" if output is None else f" up to output {output!r}"
+            raise CallError(
+                f"its prompt{before} has at least {self.driver.fewest_tokens(text)} "
+                f"tokens (by its {len(text.encode('utf-8', 'surrogatepass'))} bytes), which "
+                f"leaves no room to generate in the model's context of "
+                f"{self.driver.max_model_len} tokens"
+            )
 
     def _check_fits(self, call: Call, prompt: list[int], output: str | None = None) -> None:
         """`output`: a later output's name, whose prompt is the text before it (the earlier

@@ -59,7 +59,10 @@ def chat_job(driver: EngineDriver, body: ChatCompletionRequest) -> ChatJob:
     refuse_unhonoured(body.model_extra or {})
     text = chat_prompt(driver, body, tools)
     ids = truncated_prompt(
-        driver, body, encode_prompt(driver, text, "messages", body.add_special_tokens)
+        driver, body, encode_prompt(
+            driver, text, "messages", body.add_special_tokens,
+            truncated=body.truncate_prompt_tokens is not None,
+        )
     )
     echoed = chat_echo(body, tools)
     requested = body.max_completion_tokens or body.max_tokens

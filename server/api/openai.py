@@ -440,7 +440,9 @@ def _completion_prompts(
 ) -> tuple[list[str], list[list[int]]]:
     """The request's prompts as texts and token ids, each cut to vLLM's
     `truncate_prompt_tokens` when asked."""
-    prompts, prompt_ids = completion_prompts(driver, body.prompt, body.add_special_tokens)
+    prompts, prompt_ids = completion_prompts(
+        driver, body.prompt, body.add_special_tokens, body.truncate_prompt_tokens is not None
+    )
     if body.truncate_prompt_tokens is not None:
         kept = [truncated_prompt(driver, body, ids) for ids in prompt_ids]
         prompts = [p if len(k) == len(ids) else prompt_text(driver, k)

@@ -86,18 +86,20 @@ def completion_prompts(
     driver: EngineDriver,
     prompt: str | list[str] | list[int] | list[list[int]],
     add_special_tokens: bool = True,
+    truncated: bool = False,
 ) -> tuple[list[str], list[list[int]]]:
     """The completions API's prompts as texts (what `echo` returns) and token ids: one text,
     several, one list of token ids or several (ids are taken as they are; their text is
     their decoding, special tokens' text included, as vLLM's and as a text prompt has it).
-    A text gets the tokenizer's BOS unless `add_special_tokens` is false (vLLM's field)."""
+    A text gets the tokenizer's BOS unless `add_special_tokens` is false (vLLM's field);
+    `truncated`: only its last tokens are kept (`truncated_prompt`), so it may be long."""
     if isinstance(prompt, str):
         prompt = [prompt]
     if not prompt:
         raise bad_request("prompt must not be empty", param="prompt")
     if isinstance(prompt[0], str):
         texts = [p for p in prompt if isinstance(p, str)]
-        ids_of = [encode_prompt(driver, p, "prompt", add_special_tokens) for p in texts]
+        ids_of = [encode_prompt(driver, p, "prompt", add_special_tokens, truncated) for p in texts]
         # a BOS added before a text is echoed with it, as a prompt of ids is (see prompt_text)
         echoed = [_with_added_lead(driver, p, ids) for p, ids in zip(texts, ids_of, strict=True)]
         return echoed, ids_of
@@ -196,10 +198,20 @@ def check_token_ids(driver: EngineDriver, ids: list[int], param: str) -> None:
 
 
 def encode_prompt(
-    driver: EngineDriver, text: str, param: str, add_special_tokens: bool
+    driver: EngineDriver, text: str, param: str, add_special_tokens: bool, truncated: bool = False
 ) -> list[int]:
     """A prompt `text` as token ids, the tokenizer's leading special tokens (BOS) first when
-    `add_special_tokens`; 400 naming `param` when nothing is left of it."""
+    `add_special_tokens`; 400 naming `param` when nothing is left of it, or when its length
+    alone shows it past the context (before a long text is tokenized, ~1 s per MB) and it is
+    not to be `truncated` to its last tokens (vLLM's `truncate_prompt_tokens`)."""
+    limit, fewest = driver.max_model_len, driver.fewest_tokens(text)
+    if fewest >= limit and not truncated:
+        raise bad_request(
+            f"this model's maximum context length is {limit} tokens, but {param} has at least "
+            f"{fewest} tokens (by its {len(text.encode('utf-8', 'surrogatepass'))} bytes)",
+            code="context_length_exceeded",
+            param=param,
+        )
     ids = driver.encode_prompt(text, add_special_tokens)
     if not ids:
         raise bad_request(f"{param} is empty after tokenization", param=param)

@@ -21,6 +21,8 @@ from jinja2 import nodes
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from server.engine.token_bound import bytes_per_token
+
 _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 # what `prompt_prefix_ids` encodes with and without special tokens to find those put before it
 _PROBE_TEXT = "Hello"
@@ -103,6 +105,17 @@ class Tokenizer:
         if lead and ids[: len(lead)] != lead:
             return lead + ids
         return ids
+
+    def fewest_tokens(self, text: str) -> int:
+        """A lower bound on the number of tokens `text` encodes to, without encoding it (its
+        UTF-8 length over `token_bound.bytes_per_token`; 0 where the tokenizer has none)."""
+        if self._bytes_per_token is None:
+            return 0
+        return len(text.encode("utf-8", "surrogatepass")) // self._bytes_per_token
+
+    @cached_property
+    def _bytes_per_token(self) -> int | None:
+        return bytes_per_token(self.backend)
 
     @cached_property
     def prompt_prefix_ids(self) -> tuple[int, ...]:

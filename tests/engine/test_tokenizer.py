@@ -254,3 +254,38 @@ def test_prompts_start_with_the_bos_that_transformers_adds(
     # ChatML tokenizers put nothing before a text
     assert tiny_tokenizer.prompt_prefix_ids == ()
     assert tiny_tokenizer.encode_prompt("a prompt") == tiny_tokenizer.encode("a prompt")
+
+
+def test_fewest_tokens_never_exceeds_the_count(tiny_tokenizer: Tokenizer) -> None:
+    texts = random_texts(200, seed=5) + [" " * 5000, "word " * 3000, "\n" * 999, "🦜" * 700]
+    for text in texts:
+        assert tiny_tokenizer.fewest_tokens(text) <= len(tiny_tokenizer.encode(text)), text
+    # far past any context: a bound that tells (a 1 MB text is ~1/13 of a token per byte here)
+    assert tiny_tokenizer.fewest_tokens("x" * 1_000_000) > 50_000
+
+
+def test_a_tokenizer_that_may_drop_or_shrink_text_bounds_less_or_not_at_all() -> None:
+    from tokenizers import normalizers
+
+    vocab = {"<unk>": 0, "a": 1, "b": 2, "c": 3, "ab": 4, "abc": 5}
+
+    def tokenizer(normalizer: object = None, pre: object = None, fuse: bool = False) -> Tokenizer:
+        merges = [("a", "b"), ("ab", "c")]
+        model = models.BPE(vocab, merges, unk_token="<unk>", fuse_unk=fuse)
+        backend = tokenizers.Tokenizer(model)
+        if normalizer is not None:
+            backend.normalizer = normalizer
+        if pre is not None:
+            backend.pre_tokenizer = pre
+        return Tokenizer(backend)
+
+    assert tokenizer().fewest_tokens("a" * 400) == 80  # "<unk>" at most: 5 bytes
+    # NFKC: "𝐀" (4 bytes) is "A", so a token may stand for 4 times its bytes
+    assert tokenizer(normalizers.NFKC()).fewest_tokens("a" * 400) == 20
+    # unknown characters fused: one token for any run of them
+    assert len(tokenizer(fuse=True).encode("é" * 1000)) == 1
+    assert tokenizer(fuse=True).fewest_tokens("é" * 1000) == 0
+    assert tokenizer().fewest_tokens("é" * 1000) == 400
+    # whitespace is dropped: 1 MB of blanks may be no token at all
+    assert tokenizer(pre=pre_tokenizers.Whitespace()).fewest_tokens(" " * 10**6) == 0
+    assert tokenizer(normalizers.Strip()).fewest_tokens(" " * 10**6) == 0

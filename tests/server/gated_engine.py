@@ -60,6 +60,9 @@ class GatedDriver:
     def encode_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(c) for c in text]
 
+    def fewest_tokens(self, text: str) -> int:
+        return len(text)
+
     def new_context(self) -> TokenContext:
         return TokenContext(self.engine, self.engine.create_context(), [])  # type: ignore[arg-type]
 

@@ -19,8 +19,13 @@ from tests.server.graphs import chain, map_reduce
 
 
 class _Driver:
+    max_model_len = 100_000
+
     def encode_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return []  # shorter than any shared prefix: nothing is filled
+
+    def fewest_tokens(self, text: str) -> int:
+        return 0
 
 
 class _Pool:
@@ -64,9 +69,13 @@ def test_a_chain_scans_each_waiting_call_once_per_new_input(
 
 class _LongDriver:
     alive = True
+    max_model_len = 100_000
 
     def encode_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(range(3, 3 + 8 * len(text)))  # long enough to fill early
+
+    def fewest_tokens(self, text: str) -> int:
+        return 0
 
 
 class _TwoEngines:
