@@ -191,7 +191,7 @@ _SAMPLING_CHECKS: dict[str, Callable[[Any], bool]] = {
     "max_tokens": lambda v: _int(v) and v >= 1,
     "temperature": lambda v: _number(v) and v >= 0,
     "top_p": lambda v: _number(v) and 0 < v <= 1,
-    "top_k": _int,
+    "top_k": lambda v: _int(v) and v >= -1,  # vLLM's: -1 or 0 is no top-k
     "seed": lambda v: v is None or (_int(v) and _SEED_MIN <= v <= _SEED_MAX),
     "stop": lambda v: all(isinstance(s, str) and s for s in v),
     "ignore_eos": lambda v: isinstance(v, bool),
@@ -211,6 +211,8 @@ _SAMPLING_CHECKS: dict[str, Callable[[Any], bool]] = {
     "regex": lambda v: isinstance(v, str) and bool(v),
     "grammar": lambda v: isinstance(v, str) and bool(v),
 }
+# what a value must be, where "invalid" alone would leave a user guessing
+_SAMPLING_RULES = {"top_k": "an int: -1 or 0 for no top-k, else at least 1"}
 _CONSTRAINTS = ("json_schema", "choices", "regex", "grammar")
 # A server refuses a request whose JSON nests more than 100 levels deep, before it looks at its
 # calls: a deeper schema would fail every call of the submission, not only its own.
@@ -234,7 +236,8 @@ def _check_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
                 "most, and holds a call's schema 4 levels in)"
             )
         if not _SAMPLING_CHECKS[key](value):
-            raise ValueError(f"invalid {key}: {value!r}")
+            rule = f" ({_SAMPLING_RULES[key]})" if key in _SAMPLING_RULES else ""
+            raise ValueError(f"invalid {key}: {value!r}{rule}")
         for text in _texts(value):
             check_text(text, f"option {key}")
         checked[key] = value

@@ -43,7 +43,7 @@ class SamplingSpec(ApiModel):
     max_tokens: int = Field(128, ge=1, description="Per output variable.")
     temperature: float = Field(1.0, ge=0, allow_inf_nan=False, description="0 is greedy.")
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
-    top_k: int = Field(-1, description="<= 0 disables top-k.")
+    top_k: int = Field(-1, ge=-1, description="-1 or 0 disables top-k (vLLM's rule).")
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     stop: list[str] = Field(default_factory=list)
     ignore_eos: bool = False

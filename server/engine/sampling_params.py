@@ -33,7 +33,7 @@ def offset_seed(seed: int, offset: int) -> int:
 class SamplingParams:
     """Sampling settings of one generation.
 
-    temperature 0 (anything below 1e-5) is greedy. top_k <= 0 and top_p == 1 switch those
+    temperature 0 (anything below 1e-5) is greedy. top_k -1 or 0 and top_p == 1 switch those
     filters off. Stop strings end generation and are not part of the returned text; stop token
     ids and EOS end it too (EOS is ignored with `ignore_eos`). A seed (a signed 64-bit integer)
     makes a request's samples reproducible on its own, whatever else shares its batches.
@@ -107,6 +107,8 @@ class SamplingParams:
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < -1:  # vLLM's rule: -1 and 0 both switch it off
+            raise ValueError(f"top_k must be -1 or 0 (no top-k) or at least 1, got {self.top_k}")
         if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
             raise ValueError(f"seed must be a signed 64-bit integer, got {self.seed}")
         if any(not s for s in self.stop):

@@ -74,10 +74,16 @@ def test_bad_sampling_and_parameters_raise_at_decoration() -> None:
                        ("top_p", math.nan), ("seed", 2**64), ("seed", -(2**63) - 1),
                        ("json_schema", {"type": "object", "enum": {"a", "b"}}),
                        ("logit_bias", {"5": math.nan}), ("temperature", True),
-                       ("max_tokens", True), ("top_k", True), ("seed", False),
+                       ("max_tokens", True), ("top_k", True), ("top_k", -2), ("seed", False),
                        ("logit_bias", {"\u0663": 1}), ("logit_bias", {"1" * 19: 1})]:  # fmt: skip
         with pytest.raises(ValueError, match=f"invalid {key}"):
             P.semantic_function(**{key: value})
+    # vLLM's rule for top_k, as the server's: -1 or 0 is none, other negatives are refused
+    with pytest.raises(ValueError, match=r"invalid top_k: -5 \(an int: -1 or 0 for no top-k"):
+        P.semantic_function(top_k=-5)
+    assert [P.SemanticFunction("{{output:y}}", top_k=k).sampling["top_k"] for k in (-1, 0, 3)] == [
+        -1, 0, 3
+    ]
     with pytest.raises(ValueError, match="not choices and regex together"):
         P.semantic_function(choices=["a"], regex="a")
     assert P.SemanticFunction("{{output:y}}", seed=2**63 - 1, temperature=2).sampling["seed"]

@@ -481,6 +481,8 @@ BAD_SAMPLING = [
     ({"logit_bias": {"\u0663": 1}}, "logit_bias: '\u0663' is not a token id of this model"),
     ({"logit_bias": {"99999": 1}}, "logit_bias: '99999' is not a token id of this model"),
     ({"top_p": 0}, "top_p: Input should be greater than 0"),
+    # vLLM's rule, as the OpenAI routes' and the SDK's: -1 or 0 is no top-k (any int passed)
+    ({"top_k": -2}, "top_k: Input should be greater than or equal to -1"),
     (7, "Input should be a valid dictionary"),
     # found by fuzzing: a schema keyword or a grammar cut short, each once a 500 of the whole
     # submission

@@ -9,10 +9,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pydantic
 import pytest
 import tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from server.api.native_models import SamplingSpec
 from server.api.openai_inputs import (
     UNSUPPORTED_EXTENSIONS,
     bad_words_token_ids,
@@ -128,6 +130,19 @@ def test_token_ids_up_to_the_last_of_the_vocabulary_are_taken_and_past_it_refuse
     for key in ("9" * 5000, "\u00b2", "\u0661"):
         refused("logit_bias", sampling_of, SMALL, completion(logit_bias={key: 5}), [1], 4)
     assert sampling_of(SMALL, completion(logit_bias={" 7 ": 1}), [1], 4).logit_bias == {7: 1.0}
+
+
+def test_top_k_follows_vllms_rule_in_both_apis_and_the_engine() -> None:
+    """-1 or 0 is no top-k, other negatives are refused (the native API took any int)."""
+    for k in (-1, 0, 5):
+        assert CompletionRequest(model="m", prompt="hi", top_k=k).top_k == k
+        assert SamplingSpec(top_k=k).top_k == SamplingParams(top_k=k).top_k == k
+    for make in (lambda: CompletionRequest(model="m", prompt="hi", top_k=-2),
+                 lambda: SamplingSpec(top_k=-2)):  # fmt: skip
+        with pytest.raises(pydantic.ValidationError, match="top_k"):
+            make()
+    with pytest.raises(ValueError, match="top_k must be -1 or 0 .no top-k. or at least 1, got -2"):
+        SamplingParams(top_k=-2)
 
 
 def test_seeded_samples_draw_from_consecutive_seeds() -> None:
