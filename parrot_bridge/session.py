@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from parrot_bridge.errors import CallFailedError, ParrotError
 from parrot_bridge.loop_thread import shared_loop
 from parrot_bridge.pending_graph import PendingGraph
+from parrot_bridge.server_url import server_root
 from parrot_bridge.transport import Transport
 from parrot_bridge.variable import Criteria, SemanticVariable
 
@@ -80,7 +81,7 @@ class Session:
     ) -> None:
         if not 0 < poll_s <= 300:
             raise ValueError(f"poll_s must be in (0, 300], got {poll_s}")
-        self.url = url
+        self.url = server_root(url, "the server's url")  # "http://host:9000/v1" too
         self.api_key = api_key
         self.name = name
         self.poll_s = poll_s

@@ -19,6 +19,7 @@ from parrot_bridge.http_response import (
     timed_out,
     unreachable,
 )
+from parrot_bridge.server_url import server_root
 
 # waits before sending again, as the OpenAI client's: 0.5 s, doubling, at most 8 s (2 retries
 # wait 1.5 s in all; a server loading its model for longer needs more)
@@ -47,15 +48,12 @@ class Transport:
         when no connection could be made (a server starting or restarting), after 0.5 s, then
         1, 2, 4 and 8 s, as the OpenAI client waits; only then, since nothing reached the
         server. `api_key`: the server's (`--api-key`), sent until a session's token is set."""
-        if not base_url.startswith(("http://", "https://")):  # as the adapters' base_url
-            raise ValueError(
-                f"the server's url must start with http:// or https://, got {base_url!r}"
-            )
+        root = server_root(base_url, "the server's url")  # as the adapters' base_url
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be > 0 or None, got {timeout}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        self.base_url = base_url.rstrip("/")
+        self.base_url = root
         self.timeout = timeout
         self.max_retries = max_retries
         self._connect_timeout = connect_timeout

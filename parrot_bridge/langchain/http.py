@@ -22,6 +22,7 @@ from parrot_bridge.http_response import (
     timed_out,
     unreachable,
 )
+from parrot_bridge.server_url import server_root
 from parrot_bridge.transport import retry_wait
 
 
@@ -33,8 +34,7 @@ class ServerHttp:
     api_key: str | None = None  # the server's --api-key, sent as a bearer token
 
     def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        object.__setattr__(self, "base_url", server_root(self.base_url, "base_url"))
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {self.timeout}")
         if self.max_retries < 0:

@@ -16,6 +16,7 @@ from pydantic import (
     SecretStr,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -23,6 +24,7 @@ from parrot_bridge.langchain.http import ServerHttp
 from parrot_bridge.langchain.response_format import checked_response_format
 from parrot_bridge.loop_thread import shared_loop
 from parrot_bridge.request_fields import checked_fields
+from parrot_bridge.server_url import server_root
 
 DEFAULT_URL = "http://127.0.0.1:9000"
 
@@ -60,6 +62,11 @@ class ParrotSettings(BaseModel):
     request_options: ClassVar[dict[str, str]]
     # per-call arguments that are not request options (they shape the call itself)
     call_arguments: ClassVar[frozenset[str]] = frozenset({"model", "extra_body"})
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        return server_root(value, "base_url")  # ChatOpenAI's ".../v1" too
 
     @model_validator(mode="after")
     def _check_stop(self) -> ParrotSettings:

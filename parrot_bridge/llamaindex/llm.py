@@ -49,6 +49,7 @@ from parrot_bridge.llamaindex.reported_session import ReportedSession
 from parrot_bridge.llamaindex.token_counts import token_counts
 from parrot_bridge.loop_thread import shared_loop
 from parrot_bridge.request_fields import SEMANTIC_FIELDS, checked_fields, semantic_options
+from parrot_bridge.server_url import server_root
 from parrot_bridge.session import Session
 from parrot_bridge.variable import SemanticVariable
 
@@ -145,9 +146,7 @@ class Parrot(FunctionCallingLLM):
     @field_validator("base_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
-        return value.rstrip("/")
+        return server_root(value, "base_url")  # an OpenAI client's ".../v1" too
 
     @field_validator("additional_kwargs")
     @classmethod

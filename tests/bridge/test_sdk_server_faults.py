@@ -160,3 +160,13 @@ def test_a_url_that_is_no_http_url_is_refused_where_it_is_given() -> None:
     for url in ("127.0.0.1:9000", "localhost:9000", "ftp://host", ""):
         with pytest.raises(ValueError, match=rf"must start with http:// or https://, got '{url}'"):
             P.Session(url)
+
+
+def test_a_url_ending_in_v1_as_openai_clients_write_it_is_the_servers_root() -> None:
+    """An OpenAI client's base_url ends in /v1 (ChatOpenAI's users write it so); the session
+    added /v1 again: every request was a 404, "no route POST /v1/v1/sessions"."""
+    with FakeServer(SESSION_ROUTES) as url:
+        for given in (url + "/v1", url + "/v1/"):
+            with P.Session(given) as session:
+                assert session.id is not None and session.url == url
+    assert P.Session("http://h:9/api/v1x").url == "http://h:9/api/v1x"  # not ours: kept

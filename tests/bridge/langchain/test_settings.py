@@ -37,6 +37,10 @@ def test_bad_settings_are_refused_with_the_field() -> None:
         ChatParrot(max_tokens=0)
     with pytest.raises(ValueError, match="base_url must start with http"):
         ServerHttp("localhost:9000")
+    # ChatOpenAI's base_url ends in /v1, which our routes add: it was sent to /v1/v1/...
+    for given in ("http://h:9/v1", "http://h:9/v1/", "http://h:9/"):
+        assert ChatParrot(base_url=given).base_url == ParrotLLM(base_url=given).base_url
+        assert ChatParrot(base_url=given).base_url == ServerHttp(given).base_url == "http://h:9"
     # per call too, with the same bounds (the graph path would otherwise send what the
     # constructor refuses)
     for model in (ChatParrot(), ParrotLLM()):

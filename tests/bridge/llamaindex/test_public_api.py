@@ -18,6 +18,8 @@ def test_all_names_exist() -> None:
 def test_bad_arguments_say_what_is_wrong() -> None:
     with pytest.raises(ValueError, match="base_url must start with http"):
         li.Parrot(base_url="127.0.0.1:9000")
+    # an OpenAI client's base_url ends in /v1, which our routes add (sent to /v1/v1/...)
+    assert li.Parrot(base_url="http://127.0.0.1:9/v1/").base_url == "http://127.0.0.1:9"
     with pytest.raises(ValueError, match="max_tokens"):
         li.Parrot(base_url="http://127.0.0.1:9", max_tokens=0)
     with pytest.raises(ValueError, match="temperature"):
