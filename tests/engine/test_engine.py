@@ -523,17 +523,16 @@ async def test_async_engine_streams_tokens(tiny_llama_path):
 
 @pytest.mark.slow
 def test_smollm2_continuous_batch_matches_transformers(smollm2_path):
-    # 6 prompts of 33-75 tokens under a 96-token budget: prefills chunked across steps beside
-    # decodes, as 16 prompts under 256 were, at a third of the work (each token goes through
-    # 30 layers here, and once more through transformers); a pool of 64 blocks, not the 2 GB
-    # written at start by default
-    engine = LLMEngine.from_pretrained("smollm2-135m-instruct", max_num_batched_tokens=96,
-                                       num_kv_blocks=64)  # fmt: skip
+    # 16 prompts (the engine issue's count) of 32-56 tokens under a 128-token budget: prefills
+    # chunked across steps beside decodes; a pool of 128 blocks, not the 2 GB written at start
+    # by default (each token goes through 30 layers here, and once more through transformers)
+    engine = LLMEngine.from_pretrained("smollm2-135m-instruct", max_num_batched_tokens=128,
+                                       num_kv_blocks=128)  # fmt: skip
     ref = load_reference(str(smollm2_path))
     tok = engine.tokenizer
     words = "the model reads a long paper about attention and writes a short summary of it".split()
     rng = random.Random(11)
-    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 45))) for _ in range(6)]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 28))) for _ in range(16)]
     prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": t}])) for t in texts]
     sp = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
     check_against_reference(engine, ref, prompts, sp)
