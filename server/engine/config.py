@@ -56,8 +56,9 @@ class EngineConfig:
     # are then free to ride along its steps, where a paused step's stay frozen until the
     # latency-critical work is done (0: every step may pause)
     pause_min_tokens: int = 64
-    # CPU float32 linear layers on the packed kernel (server/kernels/cpu); off: torch.mm
-    packed_linear: bool = True
+    # CPU float32 linear layers on the packed kernel (server/kernels/cpu); off: torch.mm;
+    # None: where the CPU has AVX-512 (`cpu.suited()`: with AVX2 only, torch.mm is faster)
+    packed_linear: bool | None = None
     # With packed linears, steps without shared-prefix levels on the default CPU backend run all
     # layers in one C call (server/kernels/cpu/decoder_stack.c); off: layer by layer
     fused_layers: bool = True

@@ -129,7 +129,7 @@ class LLMEngine:
             name_or_path,
             device=device,
             dtype=dtype,
-            packed_linear=engine_config.packed_linear,
+            packed_linear=_packed_linear(engine_config.packed_linear, device),
             fused_layers=engine_config.fused_layers,
         )
         model_dtype = next(loaded.model.parameters()).dtype
@@ -927,3 +927,16 @@ def _undraft(ctx: Context) -> None:
     """Take the drafted tokens out of the context's tokens."""
     del ctx.token_ids[len(ctx.token_ids) - ctx.num_drafts :]
     ctx.num_drafts = 0
+
+
+def _packed_linear(configured: bool | None, device: torch.device) -> bool:
+    """The configured choice, or (None) the packed CPU kernels where this CPU suits them."""
+    if configured is not None:
+        return configured
+    from server.kernels import cpu
+
+    suited = cpu.suited()
+    if not suited and device.type == "cpu":
+        log.info("CPU linear layers on torch's matmul: this CPU has no AVX-512, where the "
+                 "packed kernels run slower than torch")  # fmt: skip
+    return suited

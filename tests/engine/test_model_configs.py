@@ -24,7 +24,7 @@ from tests.engine.reference import greedy_reference, load_reference
 from tests.tiny_models import make_tiny_model
 
 TOLERANCE = 1e-4
-PATHS = {"stack": {}, "torch": {"packed_linear": False, "fused_layers": False}}
+PATHS = {"stack": {"packed_linear": True}, "torch": {"packed_linear": False, "fused_layers": False}}
 
 
 def check_engine_matches_transformers(
@@ -281,3 +281,23 @@ def test_a_max_model_len_beyond_the_model_is_lowered_with_a_warning(
         engine = LLMEngine.from_pretrained(str(tiny_llama_path), max_model_len=limit + 100)
     assert engine.max_model_len == limit
     assert f"max_model_len {limit + 100} is more than this model computes exactly" in caplog.text
+
+
+@pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
+def test_by_default_the_packed_kernels_run_only_where_the_cpu_has_avx512(
+    tiny_llama_path, monkeypatch: pytest.MonkeyPatch, capability: str
+) -> None:
+    """Their 16-lane tiles spill on AVX2's 16 vector registers: there torch's matmul runs a
+    prefill ~20x faster, so by default the engine uses it; `packed_linear=True` still forces
+    them (as the tests of the kernels do)."""
+    from server.kernels.cpu import decoder_stack
+
+    if not decoder_stack.available():
+        pytest.skip("no C compiler for the CPU kernels")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    engine = LLMEngine.from_pretrained(str(tiny_llama_path), num_kv_blocks=8)
+    layer = engine.runner.model.layers[0].self_attn.qkv_proj
+    assert layer.packed == (capability == "AVX512")
+    assert (engine.runner.model.decoder_stack is not None) == (capability == "AVX512")
+    forced = LLMEngine.from_pretrained(str(tiny_llama_path), num_kv_blocks=8, packed_linear=True)
+    assert forced.runner.model.decoder_stack is not None

@@ -33,7 +33,7 @@ def make_engine(path, fused: bool = True, **config) -> LLMEngine:
     return LLMEngine.from_pretrained(
         path,
         **{"block_size": 8, "latency_max_batched_tokens": 0, "fused_layers": fused,
-           "pause_min_tokens": 0, **config},  # fmt: skip
+           "packed_linear": fused or None, "pause_min_tokens": 0, **config},  # fmt: skip
     )
 
 

@@ -8,7 +8,8 @@ from server.kernels.cpu.packed_linear import (
     pack,
     packed_linear,
     packed_shape,
+    suited,
     unpack,
 )
 
-__all__ = ["PANEL", "available", "pack", "packed_linear", "packed_shape", "unpack"]
+__all__ = ["PANEL", "available", "pack", "packed_linear", "packed_shape", "suited", "unpack"]
