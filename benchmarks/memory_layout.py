@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def weight_layouts(model: str, rounds: int) -> dict[str, list[float]]:
     """Batch-1 step times (ms) per round for each layout of the packed weights."""
-    engine = LLMEngine.from_pretrained(model)
+    engine = LLMEngine.from_pretrained(model, packed_linear=True)  # the kernels it measures
     net = engine.runner.model
     linears = [m for m in net.modules() if isinstance(m, Linear) and m.packed]
     if not linears or net.decoder_stack is None:

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/)")
     args = parser.parse_args(argv)
-    engine = LLMEngine.from_pretrained(args.model)
+    engine = LLMEngine.from_pretrained(args.model, packed_linear=True)  # the stack it times
     net = engine.runner.model
     stack = net.decoder_stack
     if stack is None:
