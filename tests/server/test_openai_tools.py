@@ -137,7 +137,11 @@ def test_logprobs_with_tools_cover_every_generated_token(client: openai.OpenAI):
     chunks = list(client.chat.completions.create(**kw, stream=True))
     streamed = [e for c in chunks for e in (c.choices[0].logprobs.content if c.choices
                                             and c.choices[0].logprobs else [])]  # fmt: skip
-    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in entries]
+    # the same tokens; their logprobs equal to float32 rounding: the streamed request's prompt
+    # comes from the prefix cache, and torch's matmul (the linear layers on CPUs without
+    # AVX-512) sums a row differently in a product of another shape
+    assert [e.token for e in streamed] == [e.token for e in entries]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in entries], abs=1e-4)
 
 
 def test_auto_tools_are_described_to_the_model_and_plain_text_stays_content(
