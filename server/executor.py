@@ -710,10 +710,11 @@ class Executor:
     def _check_length(self, call: Call, text: str, output: str | None = None) -> None:
         """Fails a prompt whose length alone shows it past the context, before it is tokenized
         (a 20 MB input took ~20 s to tokenize, only to fail `_check_fits`)."""
-        if self._too_long(text):
+        fewest = self.driver.fewest_tokens(text)
+        if fewest >= self.driver.max_model_len:
             before = "" if output is None else f" up to output {output!r}"
             raise CallError(
-                f"its prompt{before} has at least {self.driver.fewest_tokens(text)} "
+                f"its prompt{before} has at least {fewest} "
                 f"tokens (by its {len(text.encode('utf-8', 'surrogatepass'))} bytes), which "
                 f"leaves no room to generate in the model's context of "
                 f"{self.driver.max_model_len} tokens"

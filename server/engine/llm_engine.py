@@ -34,6 +34,7 @@ from server.engine.sampler import sample
 from server.engine.sampling_params import SamplingParams
 from server.engine.scheduler import ScheduledContext, Scheduler, SchedulerOutput
 from server.engine.step_run import StepRun
+from server.kernels import cpu
 
 log = logging.getLogger(__name__)
 
@@ -933,8 +934,6 @@ def _packed_linear(configured: bool | None, device: torch.device) -> bool:
     """The configured choice, or (None) the packed CPU kernels where this CPU suits them."""
     if configured is not None:
         return configured
-    from server.kernels import cpu
-
     suited = cpu.suited()
     if not suited and device.type == "cpu":
         log.info("CPU linear layers on torch's matmul: this CPU has no AVX-512, where the "

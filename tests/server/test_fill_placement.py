@@ -150,6 +150,18 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+async def _scanned(graph: Graph) -> tuple[EnginePool, list[GatedEngine], Executor, Session]:
+    """A session of `graph` on two gated stand-in engines, scanned once: its early fills
+    started and waiting at the gate."""
+    pool, engines = _pool(2)
+    executor = Executor(pool, Metrics(), ExecutorConfig())
+    session = Session("s", "token")
+    session.graph = graph
+    executor._scan(session)
+    await _settle()
+    return pool, engines, executor, session
+
+
 def _queued(pool: EnginePool) -> list[int]:
     return [load.queued_tokens for load in pool.loads]
 
@@ -159,12 +171,7 @@ def test_a_burst_of_early_fills_spreads_over_the_engines() -> None:
     engine least loaded when the scan ran, and the calls followed them there."""
 
     async def run() -> tuple[list[GatedEngine], list[int], EnginePool]:
-        pool, engines = _pool(2)
-        executor = Executor(pool, Metrics(), ExecutorConfig())
-        session = Session("s", "token")
-        session.graph = _waiting_map(4)
-        executor._scan(session)
-        await _settle()
+        pool, engines, executor, session = await _scanned(_waiting_map(4))
         pending = _queued(pool)
         engines[0].gate.set()
         await _settle()
@@ -182,13 +189,8 @@ def test_the_early_fills_of_a_task_group_go_to_one_engine() -> None:
     fills spread by load would be computed again where the group runs."""
 
     async def run() -> list[GatedEngine]:
-        pool, engines = _pool(2)
-        executor = Executor(pool, Metrics(), ExecutorConfig())
-        session = Session("s", "token")
-        session.graph = _waiting_map(4, reduce=True)
+        pool, engines, executor, session = await _scanned(_waiting_map(4, reduce=True))
         assert executor.plan(session).group("map0") is not None
-        executor._scan(session)
-        await _settle()
         engines[0].gate.set()
         await _settle()
         await executor.cancel_session(session.id)
@@ -204,12 +206,7 @@ def test_early_fills_of_one_leading_text_go_to_one_engine_and_count_once() -> No
     by load, each engine would compute it; on one, the later fills wait for the first."""
 
     async def run() -> tuple[list[GatedEngine], list[int], EnginePool]:
-        pool, engines = _pool(2)
-        executor = Executor(pool, Metrics(), ExecutorConfig())
-        session = Session("s", "token")
-        session.graph = _waiting_map(4, one_document=True)
-        executor._scan(session)
-        await _settle()
+        pool, engines, executor, session = await _scanned(_waiting_map(4, one_document=True))
         pending = _queued(pool)
         engines[0].gate.set()
         await _settle()
@@ -228,12 +225,7 @@ def test_a_call_admitted_onto_its_running_early_fill_counts_its_prompt_once() ->
     tokens stop counting then. Once all is done, no load is left."""
 
     async def run() -> None:
-        pool, engines = _pool(2)
-        executor = Executor(pool, Metrics(), ExecutorConfig())
-        session = Session("s", "token")
-        session.graph = _waiting_map(1)
-        executor._scan(session)
-        await _settle()
+        pool, engines, executor, session = await _scanned(_waiting_map(1))
         assert _queued(pool) == [engines[0].started[0], 0]
         session.graph.start("ask")
         ready = session.complete_output("ask", "q", "what is it about?")
@@ -255,12 +247,7 @@ def test_a_call_admitted_onto_its_running_early_fill_counts_its_prompt_once() ->
 
 def test_a_cancelled_early_fill_gives_its_load_back() -> None:
     async def run() -> None:
-        pool, engines = _pool(2)
-        executor = Executor(pool, Metrics(), ExecutorConfig())
-        session = Session("s", "token")
-        session.graph = _waiting_map(3)
-        executor._scan(session)
-        await _settle()
+        pool, engines, executor, session = await _scanned(_waiting_map(3))
         assert sum(_queued(pool)) == sum(sum(e.started) for e in engines) > 0
         await executor.cancel_session("s")
         assert _queued(pool) == [0, 0] and not executor._fill_loads

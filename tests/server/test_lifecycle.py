@@ -128,11 +128,7 @@ def test_sigterm_answers_the_requests_its_grace_period_cannot_finish(
     first chunk, the plain one by the engine's gauge, which stays up), and the short one, sent
     just before SIGTERM, is judged by whether the server admitted it (its log line)."""
     grace = 2.0
-    # the tiny Llama's 1024 positions take ~2 s to decode on an idle CPU here: the same model
-    # with 32 times as many (its weights do not depend on them)
-    model = Path(shutil.copytree(tiny_llama_path, tmp_path / "llama"))
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1 << 15}))
+    model = _long_context_model(tiny_llama_path, tmp_path)
     log = tmp_path / "log"
     srv = ServerProcess(model, "--shutdown-timeout-s", str(grace), "--kv-cache-gb", "0.25",
                         log_path=log)
@@ -216,9 +212,7 @@ def test_sigterm_ends_a_responses_stream_with_its_error_and_failed_events(
     hangs past the grace period and the process exits 0. The long context (as above) keeps
     the stream running well past the grace period."""
     grace = 1.0
-    model = Path(shutil.copytree(tiny_llama_path, tmp_path / "llama"))
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1 << 15}))
+    model = _long_context_model(tiny_llama_path, tmp_path)
     log = tmp_path / "log"
     srv = ServerProcess(model, "--shutdown-timeout-s", str(grace), "--kv-cache-gb", "0.25",
                         log_path=log)  # fmt: skip
@@ -323,3 +317,12 @@ def _typed(url: str, body: dict, first: threading.Event) -> list[tuple[str, Any]
     except OSError as exc:  # the server closed the connection
         return exc
     return out
+
+
+def _long_context_model(tiny_llama_path: Path, tmp_path: Path) -> Path:
+    """The tiny Llama with 32 times its 1024 positions (~2 s to decode on an idle CPU here;
+    its weights do not depend on them): a stream that outlasts any grace period."""
+    model = Path(shutil.copytree(tiny_llama_path, tmp_path / "llama"))
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1 << 15}))
+    return model
