@@ -974,7 +974,11 @@ def test_streaming_several_prompts(server: str, client: openai.OpenAI) -> None:
                                        logprobs=1, stream=True):  # fmt: skip
         if c.choices[0].logprobs is not None:
             streamed[c.choices[0].index] += c.choices[0].logprobs.token_logprobs
-    assert streamed == [c.logprobs.token_logprobs for c in scored.choices]
+    # equal to float32 rounding: batched with other rows, torch's matmul (linear layers on CPUs
+    # without AVX-512) sums a row differently in a product of another shape
+    want = [c.logprobs.token_logprobs for c in scored.choices]
+    assert [len(x) for x in streamed] == [len(x) for x in want]
+    assert sum(streamed, []) == pytest.approx(sum(want, []), abs=1e-4)
     before = metrics(server)["parrot_generated_tokens_total"]
     stream = client.completions.create(model="tiny", prompt=prompts, max_tokens=1000,
                                        temperature=0, n=2, stream=True,

@@ -5,6 +5,7 @@ and samples; logprobs name tokens `token_id:{id}`."""
 from __future__ import annotations
 
 import openai
+import pytest
 
 from server.engine import LLMEngine, SamplingParams
 
@@ -135,7 +136,10 @@ def test_completion_logprobs_name_tokens_by_id(client: openai.OpenAI, engine: LL
     assert [parsed(t) for t in lps.tokens] == ref.token_ids
     for top, entry in zip(lps.top_logprobs, ref.logprobs, strict=True):
         assert {parsed(t) for t in top} == {t for t, _ in entry.top} | {entry.token_id}
-    assert lps.text_offset == plain.text_offset and lps.token_logprobs == plain.token_logprobs
+    assert lps.text_offset == plain.text_offset
+    # equal to float32 rounding: the second prompt comes from the prefix cache, and torch's
+    # matmul (linear layers on CPUs without AVX-512) sums a row by the product's shape
+    assert lps.token_logprobs == pytest.approx(plain.token_logprobs, abs=1e-4)
     streamed: list[str] = []
     for chunk in client.completions.create(
         **kw, stream=True, extra_body={"return_tokens_as_token_ids": True}
