@@ -21,10 +21,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CACHE_DIR", "FLAGS", "load", "load_function"]
+__all__ = ["CACHE_DIR", "FLAGS", "LANES_OVERRIDE", "load", "load_function"]
 
 CACHE_DIR = Path.home() / ".cache" / "parrot" / "kernels"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+# Tests only: build the kernels over vectors of this many lanes instead of the CPU's own
+# (vector_math.h), so the AVX-512 tiles (16) are checked on an AVX2 host and the reverse.
+LANES_OVERRIDE: int | None = None
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,8 @@ def _build(compiler: str, sources: list[Path], defines: tuple[str, ...] = ()) ->
     ).stdout
     headers = sorted({h for s in sources for h in s.parent.glob("*.h")})
     texts = [p.read_text() for p in [*sources, *headers]]
+    if LANES_OVERRIDE is not None:
+        defines = (*defines, f"PARROT_VF_LANES={LANES_OVERRIDE}")
     flags = [*FLAGS, *(f"-D{d}" for d in defines)]
     key = hashlib.sha256(
         "\0".join([*texts, version, " ".join(flags), _cpu_signature()]).encode()

@@ -60,7 +60,7 @@ KERNEL(1, 2) KERNEL(2, 2) KERNEL(3, 2)
 KERNEL(1, 1) KERNEL(2, 1) KERNEL(3, 1) KERNEL(4, 1) KERNEL(5, 1) KERNEL(6, 1)
 
 typedef void (*kernel_t)(const float *, long, const float *, long, const float *, float *, long);
-#ifdef __AVX512F__
+#if VF_LANES == 16
 /* 32 registers: up to 6 rows x 4 panels of accumulators and the 4 weight vectors. */
 static const kernel_t WIDE[MAXM + 1] = {0, kernel_1_4, kernel_2_4, kernel_3_4,
                                         kernel_4_4, kernel_5_4, kernel_6_4};

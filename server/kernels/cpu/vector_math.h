@@ -11,7 +11,9 @@
 
 #include <stdint.h>
 
-#ifdef __AVX512F__
+#if defined(PARROT_VF_LANES) /* tests: the other width's tiles, on any x86 CPU */
+#define VF_LANES PARROT_VF_LANES
+#elif defined(__AVX512F__)
 #define VF_LANES 16
 #else
 #define VF_LANES 8

@@ -15,7 +15,7 @@ SHAPES = [(64, 16), (33, 17), (576, 960), (128, 1000), (1536, 576)]
 @pytest.mark.parametrize("m", [1, 2, 5, 6, 7, 13, 64])
 @pytest.mark.parametrize("k,n", SHAPES)
 @pytest.mark.parametrize("bias", [False, True])
-def test_matches_float64_reference(m: int, k: int, n: int, bias: bool) -> None:
+def test_matches_float64_reference(m: int, k: int, n: int, bias: bool, lanes: int) -> None:
     gen = torch.Generator().manual_seed(m * 1000 + k + n + bias)
     x = torch.randn(m, k, generator=gen)
     w = torch.randn(k, n, generator=gen)
