@@ -57,7 +57,7 @@ class EngineConfig:
     # latency-critical work is done (0: every step may pause)
     pause_min_tokens: int = 64
     # CPU float32 linear layers on the packed kernel (server/kernels/cpu); off: torch.mm;
-    # None: where the CPU has AVX-512 (`cpu.suited()`: with AVX2 only, torch.mm is faster)
+    # None: where the CPU has AVX2 or AVX-512 (`cpu.suited()`), else torch's matmul
     packed_linear: bool | None = None
     # With packed linears, steps without shared-prefix levels on the default CPU backend run all
     # layers in one C call (server/kernels/cpu/decoder_stack.c); off: layer by layer

@@ -936,6 +936,6 @@ def _packed_linear(configured: bool | None, device: torch.device) -> bool:
         return configured
     suited = cpu.suited()
     if not suited and device.type == "cpu":
-        log.info("CPU linear layers on torch's matmul: this CPU has no AVX-512, where the "
-                 "packed kernels run slower than torch")  # fmt: skip
+        log.info("CPU linear layers on torch's matmul: the packed kernels are written for "
+                 "AVX2 and AVX-512, which this CPU lacks")  # fmt: skip
     return suited

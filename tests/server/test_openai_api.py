@@ -975,7 +975,7 @@ def test_streaming_several_prompts(server: str, client: openai.OpenAI) -> None:
         if c.choices[0].logprobs is not None:
             streamed[c.choices[0].index] += c.choices[0].logprobs.token_logprobs
     # equal to float32 rounding: batched with other rows, torch's matmul (linear layers on CPUs
-    # without AVX-512) sums a row differently in a product of another shape
+    # without AVX2) sums a row differently in a product of another shape
     want = [c.logprobs.token_logprobs for c in scored.choices]
     assert [len(x) for x in streamed] == [len(x) for x in want]
     assert sum(streamed, []) == pytest.approx(sum(want, []), abs=1e-4)

@@ -139,7 +139,7 @@ def test_logprobs_with_tools_cover_every_generated_token(client: openai.OpenAI):
                                             and c.choices[0].logprobs else [])]  # fmt: skip
     # the same tokens; their logprobs equal to float32 rounding: the streamed request's prompt
     # comes from the prefix cache, and torch's matmul (the linear layers on CPUs without
-    # AVX-512) sums a row differently in a product of another shape
+    # AVX2) sums a row differently in a product of another shape
     assert [e.token for e in streamed] == [e.token for e in entries]
     assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in entries], abs=1e-4)
 

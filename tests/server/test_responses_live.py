@@ -211,7 +211,7 @@ def test_a_json_schema_format_and_logprobs_are_those_of_chat(client: openai.Open
     want = c.choices[0].logprobs.content
     assert [(e.token, len(e.top_logprobs)) for e in got] == [(e.token, 2) for e in want]
     # equal to float32 rounding: the second request's prompt comes from the prefix cache, and
-    # torch's matmul (linear layers on CPUs without AVX-512) sums rows by the product's shape
+    # torch's matmul (linear layers on CPUs without AVX2) sums rows by the product's shape
     assert [e.logprob for e in got] == pytest.approx([e.logprob for e in want], abs=1e-4)
     plain = client.responses.create(model="tiny", input="A number", max_output_tokens=3)
     assert plain.output[0].content[0].logprobs is None  # not asked: left out

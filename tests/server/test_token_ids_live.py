@@ -138,7 +138,7 @@ def test_completion_logprobs_name_tokens_by_id(client: openai.OpenAI, engine: LL
         assert {parsed(t) for t in top} == {t for t, _ in entry.top} | {entry.token_id}
     assert lps.text_offset == plain.text_offset
     # equal to float32 rounding: the second prompt comes from the prefix cache, and torch's
-    # matmul (linear layers on CPUs without AVX-512) sums a row by the product's shape
+    # matmul (linear layers on CPUs without AVX2) sums a row by the product's shape
     assert lps.token_logprobs == pytest.approx(plain.token_logprobs, abs=1e-4)
     streamed: list[str] = []
     for chunk in client.completions.create(

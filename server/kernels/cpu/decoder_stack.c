@@ -327,12 +327,12 @@ static void silu_mul(const float *gate_up, long rows, long n, float *out, int th
         const float *gate = gate_up + r * 2 * n, *up = gate + n;
         float *o = out + r * n;
         long i = 0;
-        for (; i + 16 <= n; i += 16) {
-            v16 g = load(gate + i);
-            v16i positive = g >= 0.0f;
-            v16 e = exp_nonpositive(select_lanes(positive, -g, g));
-            v16 sigmoid = select_lanes(positive, 1.0f / (1.0f + e), e / (1.0f + e));
-            *(v16u *)(o + i) = g * sigmoid * load(up + i);
+        for (; i + VF_LANES <= n; i += VF_LANES) {
+            vf g = loadv(gate + i);
+            vi positive = g >= 0.0f;
+            vf e = expv_nonpositive(selectv(positive, -g, g));
+            vf sigmoid = selectv(positive, 1.0f / (1.0f + e), e / (1.0f + e));
+            storev(o + i, g * sigmoid * loadv(up + i));
         }
         for (; i < n; i++) o[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
     }

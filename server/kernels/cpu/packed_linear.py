@@ -31,12 +31,11 @@ def available() -> bool:
 
 
 def suited() -> bool:
-    """Whether this CPU runs the kernel faster than torch's matmul: its tiles of 16-lane
-    vectors are laid out for AVX-512's 32 vector registers. With AVX2's 16, the compiler
-    splits every vector in two and the tiles spill to memory: on an AVX2-only EPYC
-    (2026-11-29) a 576 x 1536 layer ran at ~4.5 GFLOP/s against torch's 134 at 256 rows and
-    half torch's speed at one row; SmolLM2 prefilled 300 tokens in 12.5 s against 0.55 s."""
-    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    """Whether this CPU runs the kernel faster than torch's matmul: x86 with AVX-512 or AVX2,
+    the widths its tiles are written for (vector_math.h). Elsewhere (no AVX2, or not x86) the
+    compiler would split the 8-lane vectors: torch's matmul there."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability.startswith("AVX512") or capability == "AVX2"
 
 
 def packed_shape(k: int, n: int) -> tuple[int, int, int]:

@@ -77,6 +77,12 @@ def test_steps_match_layer_by_layer(arch: str, overrides: dict, models_dir: Path
         _assert_close(v1, v2)
 
 
+def test_steps_match_layer_by_layer_at_both_vector_widths(lanes: int, tmp_path: Path) -> None:
+    """The stack's element-wise code (SiLU) is written over the machine's vectors: built over
+    8 and 16 lanes, it gives the layer-by-layer model's logits and KV."""
+    test_steps_match_layer_by_layer("llama", SMOLLM2_SHAPED, tmp_path)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"], ids=["separate-head", "tied-head"])
 def test_the_head_in_the_stack_gives_the_sampled_rows_logits(arch: str, models_dir: Path) -> None:
     """The final norm and the LM head run in the stack's call for the rows that sample: their
