@@ -6,15 +6,20 @@
  * head are computed together, so every key and value vector is loaded once per row.
  *
  * Work is split into tasks of (row, chunk of at most `chunk` tokens; 0: `auto_chunk`) so that
- * a single long row still keeps every core busy; a task walks its tokens in order, all heads at once, keeping an
- * online softmax per head (running max, sum and unnormalised output), and a second pass merges
- * a row's chunks by their maxima. Outputs the
- * normalised attention and its natural-log LSE (empty rows: output 0, LSE -inf), so the caller
- * can merge it with shared-prefix parts.
+ * a single long row still keeps every core busy; a task walks its tokens in order, all heads
+ * at once, keeping an online softmax per head (running max, sum and unnormalised output), and
+ * a second pass merges a row's chunks by their maxima. Outputs the normalised attention and
+ * its natural-log LSE (empty rows: output 0, LSE -inf), so the caller can merge it with
+ * shared-prefix parts.
  *
- * Scores of 16 keys are computed as 16 partial-sum vectors and reduced together by a transpose
- * tree; exp() is a range-reduced degree-7 Taylor polynomial on 16 lanes (relative error below
- * 1e-7 for the arguments used, all <= 0). Head dims 16, 32, 64 and 128 (others: the caller falls back).
+ * Scores of 16 keys are computed as partial-sum vectors reduced together by a transpose tree;
+ * exp() is a range-reduced degree-7 Taylor polynomial on a vector (relative error below 1e-7
+ * for the arguments used, all <= 0). Head dims 16, 32, 64 and 128 (others: the caller falls
+ * back). Written over the machine's own vector `vf` (vector_math.h): with AVX-512 (16 lanes)
+ * a tile's 16 partial sums reduce to one vector of scores per head, with the query held in
+ * registers; with AVX2 (8 lanes, 16 registers) a tile is two halves of 8 keys, each scored by
+ * 8 accumulators fed one query vector at a time and reduced by an 8-way tree, and head dim
+ * 128's output is accumulated in two halves of 8 vectors.
  */
 #include <math.h>
 #include <omp.h>
@@ -24,23 +29,34 @@
 
 #include "vector_math.h"
 
-#define TILE 16
 #define PF_PER_KEY 2 /* lines of the tile two ahead prefetched per key scored (1-4 measured) */
 #define MAX_HEADS 64
 #define MAX_DIM 128
 
+/* 16 keys a tile: one vector of scores per head with 16 lanes, two with 8 (8-key tiles with 8
+ * lanes measured the same or up to 10% slower, Zen 3, 2026-11-29) */
+#define TILE 16
+#define SV (TILE / VF_LANES) /* score vectors per head and tile */
+#if VF_LANES == 16
+#define LANE_INDEX {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}
+#else
+#define LANE_INDEX {0, 1, 2, 3, 4, 5, 6, 7}
+#endif
+#define QB 8 /* output vectors held in registers at once (all of a head's with 16 lanes) */
+
+#if VF_LANES == 16
 /* [16 vectors of partial sums] -> one vector whose lane j is the sum of vector j's lanes:
  * a transpose-and-add tree, 30 shuffles for 16 dot products instead of 16 serial reductions. */
-static inline v16 sum_lanes_16(const v16 p[16]) {
-    const v16i h8a = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-    const v16i h8b = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
-    const v16i h4a = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
-    const v16i h4b = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
-    const v16i h2a = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
-    const v16i h2b = {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31};
-    const v16i h1a = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
-    const v16i h1b = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
-    v16 a[8], b[4], c[2];
+static inline vf sum_lanes_tree(const vf p[16]) {
+    const vi h8a = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const vi h8b = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    const vi h4a = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+    const vi h4b = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+    const vi h2a = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
+    const vi h2b = {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31};
+    const vi h1a = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+    const vi h1b = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+    vf a[8], b[4], c[2];
     for (int i = 0; i < 8; i++)
         a[i] = __builtin_shuffle(p[2 * i], p[2 * i + 1], h8a)
                + __builtin_shuffle(p[2 * i], p[2 * i + 1], h8b);
@@ -54,30 +70,69 @@ static inline v16 sum_lanes_16(const v16 p[16]) {
 }
 
 /* the largest lane / the sum of the lanes, by halving */
-static inline float max_lane(v16 x) {
-    const v16i hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7};
-    const v16i hi4 = {4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11};
-    const v16i hi2 = {2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13};
-    const v16i hi1 = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
-    v16 y;
-    y = __builtin_shuffle(x, hi8); x = select_lanes(x > y, x, y);
-    y = __builtin_shuffle(x, hi4); x = select_lanes(x > y, x, y);
-    y = __builtin_shuffle(x, hi2); x = select_lanes(x > y, x, y);
-    y = __builtin_shuffle(x, hi1); x = select_lanes(x > y, x, y);
+static inline float max_lane(vf x) {
+    const vi hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7};
+    const vi hi4 = {4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11};
+    const vi hi2 = {2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13};
+    const vi hi1 = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
+    vf y;
+    y = __builtin_shuffle(x, hi8); x = selectv(x > y, x, y);
+    y = __builtin_shuffle(x, hi4); x = selectv(x > y, x, y);
+    y = __builtin_shuffle(x, hi2); x = selectv(x > y, x, y);
+    y = __builtin_shuffle(x, hi1); x = selectv(x > y, x, y);
     return x[0];
 }
 
-static inline float sum_lane(v16 x) {
-    const v16i hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7};
-    const v16i hi4 = {4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11};
-    const v16i hi2 = {2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13};
-    const v16i hi1 = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
+static inline float sum_lane(vf x) {
+    const vi hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7};
+    const vi hi4 = {4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11};
+    const vi hi2 = {2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13};
+    const vi hi1 = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
     x += __builtin_shuffle(x, hi8);
     x += __builtin_shuffle(x, hi4);
     x += __builtin_shuffle(x, hi2);
     x += __builtin_shuffle(x, hi1);
     return x[0];
 }
+#else
+/* [8 vectors of partial sums] -> one vector whose lane j is the sum of vector j's lanes. The
+ * first two levels shuffle within 128-bit halves (vshufps), the last swaps halves
+ * (vperm2f128): 14 shuffles and 7 adds for 8 dot products. */
+static inline vf sum_lanes_tree(const vf p[8]) {
+    const vi h2a = {0, 1, 8, 9, 4, 5, 12, 13}, h2b = {2, 3, 10, 11, 6, 7, 14, 15};
+    const vi h1a = {0, 2, 8, 10, 4, 6, 12, 14}, h1b = {1, 3, 9, 11, 5, 7, 13, 15};
+    const vi h4a = {0, 1, 2, 3, 8, 9, 10, 11}, h4b = {4, 5, 6, 7, 12, 13, 14, 15};
+    vf a[4], b[2];
+    for (int i = 0; i < 4; i++) /* per half: [p0 e0+e2, p0 e1+e3, p1 e0+e2, p1 e1+e3] */
+        a[i] = __builtin_shuffle(p[2 * i], p[2 * i + 1], h2a)
+               + __builtin_shuffle(p[2 * i], p[2 * i + 1], h2b);
+    for (int i = 0; i < 2; i++) /* per half: the half-sums of 4 vectors */
+        b[i] = __builtin_shuffle(a[2 * i], a[2 * i + 1], h1a)
+               + __builtin_shuffle(a[2 * i], a[2 * i + 1], h1b);
+    return __builtin_shuffle(b[0], b[1], h4a) + __builtin_shuffle(b[0], b[1], h4b);
+}
+
+static inline float max_lane(vf x) {
+    const vi hi4 = {4, 5, 6, 7, 0, 1, 2, 3};
+    const vi hi2 = {2, 3, 0, 1, 6, 7, 4, 5};
+    const vi hi1 = {1, 0, 3, 2, 5, 4, 7, 6};
+    vf y;
+    y = __builtin_shuffle(x, hi4); x = selectv(x > y, x, y);
+    y = __builtin_shuffle(x, hi2); x = selectv(x > y, x, y);
+    y = __builtin_shuffle(x, hi1); x = selectv(x > y, x, y);
+    return x[0];
+}
+
+static inline float sum_lane(vf x) {
+    const vi hi4 = {4, 5, 6, 7, 0, 1, 2, 3};
+    const vi hi2 = {2, 3, 0, 1, 6, 7, 4, 5};
+    const vi hi1 = {1, 0, 3, 2, 5, 4, 7, 6};
+    x += __builtin_shuffle(x, hi4);
+    x += __builtin_shuffle(x, hi2);
+    x += __builtin_shuffle(x, hi1);
+    return x[0];
+}
+#endif
 
 typedef struct {
     float max, sum;
@@ -100,19 +155,55 @@ static inline void prefetch_some(prefetcher *p, int n) {
     }
 }
 
+/* partial[j] (j < VF_LANES): the vector of partial sums of query head h . keys[j] (KV head
+ * kv), over the DIM / VF_LANES = NV vectors of a head; `live` keys of them are real (the
+ * others point at a real record and are masked later). Issues the prefetches of the keys. */
+#if VF_LANES == 16
+/* the query in NV <= 8 registers, each key's chain of NV FMAs in turn */
+#define SCORE_KEYS(DIM, NV, keys, live)                                                       \
+    do {                                                                                      \
+        vf q[NV];                                                                             \
+        for (int c = 0; c < NV; c++) q[c] = loadv(qs + h * DIM + c * VF_LANES);               \
+        for (long j = 0; j < VF_LANES; j++) {                                                 \
+            vf sum = {0};                                                                     \
+            if (j < (live))                                                                   \
+                for (int c = 0; c < NV; c++)                                                  \
+                    sum += q[c] * loadv((keys)[j] + kv * DIM + c * VF_LANES);                 \
+            partial[j] = sum;                                                                 \
+            prefetch_some(&pf, PF_PER_KEY);                                                   \
+        }                                                                                     \
+    } while (0)
+#else
+/* 8 accumulators side by side, one query vector at a time (any NV: 16 for DIM 128); the
+ * key vectors are FMA memory operands, so 9 of the 16 registers are used. A tile wholly past
+ * the last token is skipped. */
+#define SCORE_KEYS(DIM, NV, keys, live)                                                       \
+    do {                                                                                      \
+        for (int j = 0; j < VF_LANES; j++) partial[j] = (vf){0};                              \
+        if ((live) <= 0) break;                                                               \
+        for (int c = 0; c < NV; c++) {                                                        \
+            vf qc = loadv(qs + h * DIM + c * VF_LANES);                                       \
+            for (int j = 0; j < VF_LANES; j++)                                                \
+                partial[j] += qc * loadv((keys)[j] + kv * DIM + c * VF_LANES);                \
+            prefetch_some(&pf, (PF_PER_KEY * VF_LANES + NV - 1) / NV);                        \
+        }                                                                                     \
+    } while (0)
+#endif
+
 /* One task: all Hq query heads of a row (pre-scaled, [Hq][DIM]) against its tokens [t0, t1).
  * Tokens are walked in order and every KV head of a token is used while its cache lines are
  * fresh: each task streams whole token records [Hkv][DIM] front to back. Leaves per query head
- * the running max, the sum of exp(score - max) and the unnormalised output acc [Hq][DIM]. */
+ * the running max, the sum of exp(score - max) and the unnormalised output acc [Hq][DIM].
+ * A head's DIM floats are NV native vectors, held QB at a time (with 16 lanes all of them). */
 #define ATTEND_CHUNK(DIM)                                                                     \
     static void attend_chunk_##DIM(const float *qs, long Hkv, long G, const float *k_cache,   \
                                    const float *v_cache, long block_size,                     \
                                    const int64_t *blocks, long t0, long t1,                   \
                                    softmax_state *state, float *acc) {                        \
-        enum { NV = DIM / 16 };                                                               \
-        const v16i lane_index = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};       \
-        const v16 minus_inf = (v16){0} - INFINITY;                                            \
-        const float *keys[TILE], *values[TILE];                                              \
+        enum { NV = DIM / VF_LANES, QN = NV < QB ? NV : QB };                                 \
+        const vi lane_index = LANE_INDEX;                                                     \
+        const vf minus_inf = (vf){0} - INFINITY;                                              \
+        const float *keys[TILE], *values[TILE];                                               \
         const long token_stride = Hkv * DIM;                                                  \
         for (long h = 0; h < Hkv * G; h++) {                                                  \
             state[h].max = -INFINITY;                                                         \
@@ -121,7 +212,6 @@ static inline void prefetch_some(prefetcher *p, int n) {
         memset(acc, 0, sizeof(float) * Hkv * G * DIM);                                        \
         for (long t = t0; t < t1; t += TILE) {                                                \
             long n = t1 - t < TILE ? t1 - t : TILE;                                           \
-            v16i live = lane_index < (int32_t)n;                                              \
             for (long j = 0; j < n; j++) {                                                    \
                 long pos = t + j;                                                             \
                 long offset = (blocks[pos / block_size] * block_size + pos % block_size)      \
@@ -129,6 +219,7 @@ static inline void prefetch_some(prefetcher *p, int n) {
                 keys[j] = k_cache + offset;                                                   \
                 values[j] = v_cache + offset;                                                 \
             }                                                                                 \
+            for (long j = n; j < TILE; j++) keys[j] = keys[0]; /* scored, then masked */      \
             /* records two tiles ahead, prefetched a few lines at a time during the score  */ \
             /* pass: a burst of hundreds would stall the core until memory served them */      \
             prefetcher pf = {.lines = token_stride / 16};                                     \
@@ -141,49 +232,57 @@ static inline void prefetch_some(prefetcher *p, int n) {
                 pf.count = j + 1;                                                             \
             }                                                                                 \
             /* three passes over the heads, each of independent per-head chains */          \
-            v16 tile_scores[MAX_HEADS];                                                       \
+            vf tile_scores[MAX_HEADS * SV];                                                   \
             float corrections[MAX_HEADS];                                                     \
             for (long kv = 0; kv < Hkv; kv++) {                                               \
                 for (long g = 0; g < G; g++) {                                                \
                     long h = kv * G + g;                                                      \
-                    v16 q[NV], partial[TILE];                                                 \
-                    for (int c = 0; c < NV; c++) q[c] = load(qs + h * DIM + c * 16);          \
-                    for (long j = 0; j < TILE; j++) {                                         \
-                        v16 s = {0};                                                          \
-                        if (j < n)                                                            \
-                            for (int c = 0; c < NV; c++)                                      \
-                                s += q[c] * load(keys[j] + kv * DIM + c * 16);                \
-                        partial[j] = s;                                                       \
-                        prefetch_some(&pf, PF_PER_KEY);                                       \
+                    for (int s = 0; s < SV; s++) { /* VF_LANES keys at a time */              \
+                        vf partial[VF_LANES];                                                 \
+                        SCORE_KEYS(DIM, NV, keys + s * VF_LANES, n - s * VF_LANES);           \
+                        /* lanes past the tile's last token score -inf, so their probs */    \
+                        /* are 0 */                                                           \
+                        vi live = lane_index < (int32_t)(n - s * VF_LANES);                   \
+                        tile_scores[h * SV + s] =                                             \
+                            selectv(live, sum_lanes_tree(partial), minus_inf);                \
                     }                                                                         \
-                    /* lanes past the tile's last token score -inf, so their probs are 0 */   \
-                    tile_scores[h] = select_lanes(live, sum_lanes_16(partial), minus_inf);    \
                 }                                                                             \
             }                                                                                 \
             for (long h = 0; h < Hkv * G; h++) {                                              \
-                float tile_max = max_lane(tile_scores[h]);                                    \
+                vf *scores = tile_scores + h * SV;                                            \
+                vf top = scores[0];                                                           \
+                for (int s = 1; s < SV; s++) top = selectv(scores[s] > top, scores[s], top);  \
+                float tile_max = max_lane(top);                                               \
                 tile_max = tile_max > state[h].max ? tile_max : state[h].max;                 \
-                v16 probs = exp_nonpositive(tile_scores[h] - tile_max);                       \
+                vf total = {0};                                                               \
+                for (int s = 0; s < SV; s++) {                                                \
+                    scores[s] = expv_nonpositive(scores[s] - tile_max);                       \
+                    total += scores[s];                                                       \
+                }                                                                             \
                 /* rescale what was accumulated under the old maximum; the maximum seldom */ \
                 /* rises after the first tiles: skip expf(0) */                               \
                 float correction = state[h].max == tile_max    ? 1.0f                         \
                                    : state[h].max == -INFINITY ? 0.0f                         \
                                                                : expf(state[h].max - tile_max); \
-                state[h].sum = state[h].sum * correction + sum_lane(probs);                   \
+                state[h].sum = state[h].sum * correction + sum_lane(total);                   \
                 state[h].max = tile_max;                                                      \
-                tile_scores[h] = probs;                                                       \
                 corrections[h] = correction;                                                  \
             }                                                                                 \
             for (long kv = 0; kv < Hkv; kv++) {                                               \
                 for (long g = 0; g < G; g++) {                                                \
                     long h = kv * G + g;                                                      \
-                    v16 o[NV], probs = tile_scores[h];                                        \
+                    const vf *probs = tile_scores + h * SV;                                   \
                     float *a = acc + h * DIM;                                                 \
-                    for (int c = 0; c < NV; c++) o[c] = load(a + c * 16) * corrections[h];    \
-                    for (long j = 0; j < n; j++)                                              \
-                        for (int c = 0; c < NV; c++)                                          \
-                            o[c] += probs[j] * load(values[j] + kv * DIM + c * 16);           \
-                    for (int c = 0; c < NV; c++) *(v16u *)(a + c * 16) = o[c];                \
+                    for (int c0 = 0; c0 < NV; c0 += QN) {                                     \
+                        vf o[QN];                                                             \
+                        for (int c = 0; c < QN; c++)                                          \
+                            o[c] = loadv(a + (c0 + c) * VF_LANES) * corrections[h];           \
+                        for (long j = 0; j < n; j++)                                          \
+                            for (int c = 0; c < QN; c++)                                      \
+                                o[c] += probs[j / VF_LANES][j % VF_LANES]                     \
+                                        * loadv(values[j] + kv * DIM + (c0 + c) * VF_LANES);  \
+                        for (int c = 0; c < QN; c++) storev(a + (c0 + c) * VF_LANES, o[c]);   \
+                    }                                                                         \
                 }                                                                             \
             }                                                                                 \
         }                                                                                     \

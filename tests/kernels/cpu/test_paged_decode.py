@@ -50,7 +50,7 @@ def reference_rows(q, k_cache, v_cache, index, scale):
 @pytest.mark.parametrize("group", [1, 3, 4, 8])
 @pytest.mark.parametrize("head_dim", [16, 32, 64, 128])
 @pytest.mark.parametrize("chunk", [0, 7, 64, 512])  # 0: the kernel picks
-def test_matches_float64_reference(group, head_dim, chunk):
+def test_matches_float64_reference(group, head_dim, chunk, lanes):
     seed = group * 10_000 + head_dim * 10 + chunk
     # lengths not multiples of the block (or of the 16-key tile), a one-token row, a long row
     lengths = [1, 15, 17, 100, 333, 1030]
@@ -63,7 +63,7 @@ def test_matches_float64_reference(group, head_dim, chunk):
     assert torch.allclose(lse.double(), ref_lse, rtol=1e-6, atol=1e-5)
 
 
-def test_large_scores_do_not_overflow():
+def test_large_scores_do_not_overflow(lanes):
     # scores in the hundreds: the online softmax must subtract its running maximum
     q, k_cache, v_cache, index = random_rows([40, 300], 3, 3, 64, seed=5)
     out, lse = kernel.paged_decode(q * 30, k_cache, v_cache, *index, 0.125, chunk_tokens=64)
