@@ -1,15 +1,17 @@
 /* Causal attention for chunks of query rows over a paged KV cache, float32 on CPU.
  *
  * Sequence s owns the n_s = rows[s] query rows from row first_row[s]: the last n_s of its
- * tokens[s] positions, whose K/V are already in the cache [num_blocks, block_size, Hkv, D] with the rest
- * of the sequence. Row i attends positions 0 .. tokens[s] - n_s + i. Keys are read in place.
+ * tokens[s] positions, whose K/V are already in the cache [num_blocks, block_size, Hkv, D] with
+ * the rest of the sequence. Row i attends positions 0 .. tokens[s] - n_s + i. Keys are read in
+ * place.
  *
  * The work is done transposed: a task takes QV = 32 query vectors (position x query head pairs
  * that share one KV head) as Q^T [D][QV], so every product broadcasts one key or value element
- * against 32 queries held in two vectors, and the online softmax (running max, sum, rescale)
- * runs down the keys with no horizontal reductions. The output is kept as O^T [D][32] and
- * transposed once at the end. Tasks of (sequence, KV head, 32 query vectors) are spread over
- * the threads, the longest first.
+ * against 32 queries held in two 16-lane vectors (AVX-512) or four 8-lane ones (AVX2), and the
+ * online softmax (running max, sum, rescale) runs down the keys with no horizontal reductions.
+ * The output is kept as O^T [D][32] and transposed once at the end. Tasks of (sequence, KV
+ * head, 32 query vectors) are spread over the threads, the longest first. Written over the
+ * machine's own vector (vf, vector_math.h), with register blocks sized to its register file.
  */
 #include <math.h>
 #include <omp.h>
@@ -19,12 +21,34 @@
 
 #include "vector_math.h"
 
-#define NQ 2               /* 16-lane vectors of queries per task (1, 3 and 4 measured slower) */
-#define QV (16 * NQ)       /* query vectors per task */
-#define KTILE 32           /* keys per softmax tile */
-#define KBLOCK (16 / NQ)   /* keys per register block of the score product */
-#define DBLOCK (NQ > 2 ? 16 / 4 : 16 / NQ) /* output dims per register block (divides 16) */
+#if VF_LANES == 16
+/* 32 registers: 8 keys x 2 query vectors of scores (or 8 dims x 2 of outputs), the 2 query
+ * (or probability) vectors and the broadcast keys (or values). */
+#define NQ 2     /* vectors of queries per task (1, 3 and 4 measured slower) */
+#define KBLOCK 8 /* keys per register block of the score product */
+#define DBLOCK 8 /* output dims per register block (divides 16) */
+#else
+/* 16 registers: 2 keys x 4 query vectors of scores (or 2 dims x 4 of outputs), the 4 query
+ * (or probability) vectors and a broadcast. The same 32 query vectors per task as with 16
+ * lanes; 16 (blocks of 6 keys x 2) and 24 (3 x 3, 4 dims x 3) measured the same on Zen 3. */
+#define NQ 4
+#define KBLOCK 2
+#define DBLOCK 2
+#endif
+#define KTILE 32 /* keys per softmax tile */
+#define QV (VF_LANES * NQ) /* query vectors per task */
 #define MAX_DIM 128
+
+#if VF_LANES == 16
+static inline vf in_register(vf x) { return x; }
+#else
+/* GCC folds a vector that feeds several FMAs into each as a memory operand; with 8 lanes that
+ * is a load per FMA, past what the load ports serve. This keeps it in a register. */
+static inline vf in_register(vf x) {
+    __asm__("" : "+x"(x));
+    return x;
+}
+#endif
 
 typedef struct {
     long seq, kv, first; /* query vectors first .. first + QV of (seq, kv), ordered (row, g) */
@@ -91,13 +115,13 @@ static void attend_task(const layout_t *a, const float *q, const int64_t *blocks
         for (long d = 0; d < D; d++) qt[d * QV + v] = v < count ? src[d] * a->scale : 0.0f;
     }
     memset(ot, 0, sizeof(float) * D * QV);
-    const v16 minus_inf = (v16){0} - INFINITY;
-    v16i qpos[NQ];
-    v16 m[NQ], l[NQ];
+    const vf minus_inf = (vf){0} - INFINITY;
+    vi qpos[NQ];
+    vf m[NQ], l[NQ];
     for (int i = 0; i < NQ; i++) {
-        qpos[i] = *(const v16i *)(pos + 16 * i);
+        qpos[i] = *(const vi *)(pos + VF_LANES * i);
         m[i] = minus_inf;
-        l[i] = (v16){0};
+        l[i] = (vf){0};
     }
     const long last_key = pos[QV - 1]; /* positions rise with v: the last lane sees the most */
     const long min_pos = pos[0];
@@ -114,13 +138,14 @@ static void attend_task(const layout_t *a, const float *q, const int64_t *blocks
         /* S^T = K Q^T, KBLOCK keys x QV queries in registers */
         for (long j0 = 0; j0 < nk; j0 += KBLOCK) {
             long kb = nk - j0 < KBLOCK ? nk - j0 : KBLOCK;
-            v16 acc[KBLOCK][NQ];
+            vf acc[KBLOCK][NQ];
             for (int j = 0; j < KBLOCK; j++)
-                for (int i = 0; i < NQ; i++) acc[j][i] = (v16){0};
+                for (int i = 0; i < NQ; i++) acc[j][i] = (vf){0};
             if (kb == KBLOCK) {
                 for (long d = 0; d < D; d++) {
-                    v16 qd[NQ];
-                    for (int i = 0; i < NQ; i++) qd[i] = *(const v16 *)(qt + d * QV + 16 * i);
+                    vf qd[NQ];
+                    for (int i = 0; i < NQ; i++)
+                        qd[i] = in_register(*(const vf *)(qt + d * QV + VF_LANES * i));
                     for (int j = 0; j < KBLOCK; j++) {
                         float kd = keys[j0 + j][d];
                         for (int i = 0; i < NQ; i++) acc[j][i] += kd * qd[i];
@@ -128,8 +153,8 @@ static void attend_task(const layout_t *a, const float *q, const int64_t *blocks
                 }
             } else {
                 for (long d = 0; d < D; d++) {
-                    v16 qd[NQ];
-                    for (int i = 0; i < NQ; i++) qd[i] = *(const v16 *)(qt + d * QV + 16 * i);
+                    vf qd[NQ];
+                    for (int i = 0; i < NQ; i++) qd[i] = *(const vf *)(qt + d * QV + VF_LANES * i);
                     for (long j = 0; j < kb; j++) {
                         float kd = keys[j0 + j][d];
                         for (int i = 0; i < NQ; i++) acc[j][i] += kd * qd[i];
@@ -137,54 +162,55 @@ static void attend_task(const layout_t *a, const float *q, const int64_t *blocks
                 }
             }
             for (long j = 0; j < kb; j++)
-                for (int i = 0; i < NQ; i++) *(v16 *)(st + (j0 + j) * QV + 16 * i) = acc[j][i];
+                for (int i = 0; i < NQ; i++) *(vf *)(st + (j0 + j) * QV + VF_LANES * i) = acc[j][i];
         }
         /* causal mask where the tile reaches past the first query's position */
         if (t0 + nk - 1 > min_pos) {
             for (long j = 0; j < nk; j++) {
                 int32_t key = (int32_t)(t0 + j);
-                v16 *sj = (v16 *)(st + j * QV);
-                for (int i = 0; i < NQ; i++) sj[i] = select_lanes(qpos[i] >= key, sj[i], minus_inf);
+                vf *sj = (vf *)(st + j * QV);
+                for (int i = 0; i < NQ; i++) sj[i] = selectv(qpos[i] >= key, sj[i], minus_inf);
             }
         }
         /* online softmax down the keys, every lane its own query; key 0 is in every lane's
          * first tile, so the running max is finite from then on */
-        v16 corr[NQ];
+        vf corr[NQ];
         for (int i = 0; i < NQ; i++) {
-            v16 top = m[i];
+            vf top = m[i];
             for (long j = 0; j < nk; j++) {
-                v16 sj = *(const v16 *)(st + j * QV + 16 * i);
-                top = select_lanes(sj > top, sj, top);
+                vf sj = *(const vf *)(st + j * QV + VF_LANES * i);
+                top = selectv(sj > top, sj, top);
             }
-            corr[i] = t0 == 0 ? (v16){0} : exp_nonpositive(m[i] - top);
+            corr[i] = t0 == 0 ? (vf){0} : expv_nonpositive(m[i] - top);
             m[i] = top;
-            v16 sum = {0};
+            vf sum = {0};
             for (long j = 0; j < nk; j++) {
-                v16 *sj = (v16 *)(st + j * QV + 16 * i);
-                *sj = exp_nonpositive(*sj - top);
+                vf *sj = (vf *)(st + j * QV + VF_LANES * i);
+                *sj = expv_nonpositive(*sj - top);
                 sum += *sj;
             }
             l[i] = l[i] * corr[i] + sum;
         }
         /* O^T = O^T * corr + V^T P^T, DBLOCK dims at a time in registers */
         for (long d0 = 0; d0 < D; d0 += DBLOCK) {
-            v16 o[DBLOCK][NQ];
+            vf o[DBLOCK][NQ];
             for (int d = 0; d < DBLOCK; d++)
                 for (int i = 0; i < NQ; i++)
-                    o[d][i] = *(const v16 *)(ot + (d0 + d) * QV + 16 * i) * corr[i];
+                    o[d][i] = *(const vf *)(ot + (d0 + d) * QV + VF_LANES * i) * corr[i];
             for (long j = 0; j < nk; j++) {
-                v16 pj[NQ];
-                for (int i = 0; i < NQ; i++) pj[i] = *(const v16 *)(st + j * QV + 16 * i);
+                vf pj[NQ];
+                for (int i = 0; i < NQ; i++)
+                    pj[i] = in_register(*(const vf *)(st + j * QV + VF_LANES * i));
                 const float *vj = values[j] + d0;
                 for (int d = 0; d < DBLOCK; d++)
                     for (int i = 0; i < NQ; i++) o[d][i] += vj[d] * pj[i];
             }
             for (int d = 0; d < DBLOCK; d++)
-                for (int i = 0; i < NQ; i++) *(v16 *)(ot + (d0 + d) * QV + 16 * i) = o[d][i];
+                for (int i = 0; i < NQ; i++) *(vf *)(ot + (d0 + d) * QV + VF_LANES * i) = o[d][i];
         }
     }
     float inv[QV] __attribute__((aligned(64)));
-    for (int i = 0; i < NQ; i++) *(v16 *)(inv + 16 * i) = 1.0f / l[i];
+    for (int i = 0; i < NQ; i++) *(vf *)(inv + VF_LANES * i) = 1.0f / l[i];
     for (long v = 0; v < count; v++) {
         long vv = first + v;
         float *dst = out + ((row0 + vv / G) * Hq + kv * G + vv % G) * D;

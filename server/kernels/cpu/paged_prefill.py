@@ -2,8 +2,8 @@
 every sequence of a step (paged_prefill.c), float32 on CPU.
 
 PyTorch's CPU flash attention reaches ~90 GFLOP/s on SmolLM2's 64-wide heads and needs a call
-per sequence; this kernel works transposed (32 queries per vector pair, keys broadcast), so
-the softmax needs no horizontal reductions, and reads the cache in place.
+per sequence; this kernel works transposed (32 queries per task across the vector lanes,
+keys broadcast), so the softmax needs no horizontal reductions, and reads the cache in place.
 """
 
 from __future__ import annotations
