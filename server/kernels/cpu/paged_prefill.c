@@ -39,11 +39,11 @@
 #define QV (VF_LANES * NQ) /* query vectors per task */
 #define MAX_DIM 128
 
-#if VF_LANES == 16
+#if VF_LANES == 16 || !defined(__AVX__) /* (no 32-byte registers: nothing to keep it in) */
 static inline vf in_register(vf x) { return x; }
 #else
 /* GCC folds a vector that feeds several FMAs into each as a memory operand; with 8 lanes that
- * is a load per FMA, past what the load ports serve. This keeps it in a register. */
+ * is a load per FMA, past what the load ports serve. This keeps it in a register (ymm). */
 static inline vf in_register(vf x) {
     __asm__("" : "+x"(x));
     return x;
