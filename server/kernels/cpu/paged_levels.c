@@ -4,11 +4,12 @@
  * context, prefix-cache hits). Per-row decode reads the span once per row; here the rows'
  * queries are stacked and the span is read once per block of up to 64 queries, a matrix
  * product. Per KV head, a level's query vectors (member x query head of that KV head) are
- * taken 16 x NQ at a time (NQ 1-4, chosen per level to waste the fewest lanes) as
- * Q^T [D][16 NQ], so each key or value element is broadcast against all of them and the
- * online softmax runs down the keys with vertical ops only (the layout of paged_prefill.c,
- * without the causal mask). Long spans are cut into key chunks so that a single level still
- * keeps every core busy.
+ * taken NV native vectors at a time (16 lanes with AVX-512, NV 1-4; 8 with AVX2, NV 1-8;
+ * chosen per level to waste the fewest lanes) as Q^T [D][lanes], so each key or value element
+ * is broadcast against all of them and the online softmax runs down the keys with vertical ops
+ * only (the layout of paged_prefill.c, without the causal mask). The products run in register
+ * blocks sized to the register file (below). Long spans are cut into key chunks so that a
+ * single level still keeps every core busy.
  *
  * Each level's result is merged by its natural-log LSE into the member rows' other parts,
  * in place: `out`/`lse` arrive holding what the decode kernel returned for the rows' own keys
@@ -22,9 +23,14 @@
 
 #include "vector_math.h"
 
-#define KTILE 32      /* keys per softmax tile */
+#if VF_LANES == 16
+#define KTILE 32 /* keys per softmax tile */
+#else
+#define KTILE 48 /* a multiple of AVX2's 6-key score blocks */
+#endif
 #define MAX_DIM 128
-#define MAX_NQ 4      /* 16-lane query vectors per task: 64 queries */
+#define MAX_LANES 64  /* queries per task at the most */
+#define MAX_NV (MAX_LANES / VF_LANES) /* native vectors of queries per task: 4 (AVX-512), 8 */
 #define MIN_CHUNK 256 /* keys per task at the least, when a span is cut for the cores */
 
 typedef struct {
@@ -33,7 +39,7 @@ typedef struct {
 } level_task;
 
 typedef struct {
-    long blocks, nq, lanes, first_task, chunk, chunks;
+    long blocks, nv, lanes, first_task, chunk, chunks;
 } level_shape;
 
 typedef struct {
@@ -42,15 +48,113 @@ typedef struct {
     float scale;
 } level_layout;
 
+/* S^T = K Q^T for keys[0 .. kb) (kb <= KB) against SQ native query vectors, KB x SQ
+ * accumulators in registers: st[j * lanes + VF_LANES * i] from qt[d * lanes + VF_LANES * i]. */
+#define SCORE_BLOCK(SQ, KB)                                                                   \
+    static inline void score_block_##SQ##_##KB(const float *qt, long lanes,                   \
+                                               const float *const *keys, long kb, long D,     \
+                                               float *st) {                                   \
+        vf acc[KB][SQ];                                                                       \
+        for (int j = 0; j < KB; j++)                                                          \
+            for (int i = 0; i < SQ; i++) acc[j][i] = (vf){0};                                 \
+        /* a full block with the constant bound, so acc stays in registers */                 \
+        if (kb == KB) {                                                                       \
+            for (long d = 0; d < D; d++) {                                                    \
+                vf qd[SQ];                                                                    \
+                for (int i = 0; i < SQ; i++) qd[i] = loadv(qt + d * lanes + VF_LANES * i);    \
+                for (int j = 0; j < KB; j++) {                                                \
+                    float kd = keys[j][d];                                                    \
+                    for (int i = 0; i < SQ; i++) acc[j][i] += kd * qd[i];                     \
+                }                                                                             \
+            }                                                                                 \
+        } else {                                                                              \
+            for (long d = 0; d < D; d++) {                                                    \
+                vf qd[SQ];                                                                    \
+                for (int i = 0; i < SQ; i++) qd[i] = loadv(qt + d * lanes + VF_LANES * i);    \
+                for (long j = 0; j < kb; j++) {                                               \
+                    float kd = keys[j][d];                                                    \
+                    for (int i = 0; i < SQ; i++) acc[j][i] += kd * qd[i];                     \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+        for (long j = 0; j < kb; j++)                                                         \
+            for (int i = 0; i < SQ; i++) storev(st + j * lanes + VF_LANES * i, acc[j][i]);    \
+    }
+
+/* O^T = O^T * corr + V^T P^T for dims [d0, d0 + DB) and SQ native query vectors, DB x SQ
+ * accumulators in registers, over keys [0, nk): ot and st point at the block's first lane. */
+#define VALUE_BLOCK(SQ, DB)                                                                   \
+    static inline void value_block_##SQ##_##DB(float *ot, long lanes, const float *st,        \
+                                               const vf *corr, const float *const *values,    \
+                                               long nk, long d0) {                            \
+        vf o[DB][SQ];                                                                         \
+        for (int d = 0; d < DB; d++)                                                          \
+            for (int i = 0; i < SQ; i++)                                                      \
+                o[d][i] = loadv(ot + (d0 + d) * lanes + VF_LANES * i) * corr[i];              \
+        for (long j = 0; j < nk; j++) {                                                       \
+            vf pj[SQ];                                                                        \
+            for (int i = 0; i < SQ; i++) pj[i] = loadv(st + j * lanes + VF_LANES * i);        \
+            const float *vj = values[j] + d0;                                                 \
+            for (int d = 0; d < DB; d++)                                                      \
+                for (int i = 0; i < SQ; i++) o[d][i] += vj[d] * pj[i];                        \
+        }                                                                                     \
+        for (int d = 0; d < DB; d++)                                                          \
+            for (int i = 0; i < SQ; i++) storev(ot + (d0 + d) * lanes + VF_LANES * i, o[d][i]); \
+    }
+
+/* The score block of keys [j0, j0 + kb) against all NV query vectors, SQ at a time (the last
+ * RS alone where SQ does not divide NV). */
+#define SCORE_STEP(NV, SQ, RS, KB)                                                            \
+    do {                                                                                      \
+        int i0 = 0;                                                                           \
+        for (; i0 + SQ <= NV; i0 += SQ)                                                       \
+            score_block_##SQ##_##KB(qt + VF_LANES * i0, LANES, keys + j0, kb, D,              \
+                                    st + j0 * LANES + VF_LANES * i0);                         \
+        if (NV % SQ)                                                                          \
+            score_block_##RS##_##KB(qt + VF_LANES * i0, LANES, keys + j0, kb, D,              \
+                                    st + j0 * LANES + VF_LANES * i0);                         \
+    } while (0)
+
+/* The value block of dims [d0, d0 + DB) for all NV query vectors, VQ at a time (the last RV
+ * alone where VQ does not divide NV). */
+#define VALUE_STEP(NV, VQ, RV, DB)                                                            \
+    do {                                                                                      \
+        int i0 = 0;                                                                           \
+        for (; i0 + VQ <= NV; i0 += VQ)                                                       \
+            value_block_##VQ##_##DB(ot + VF_LANES * i0, LANES, st + VF_LANES * i0,            \
+                                    corr + i0, values, nk, d0);                               \
+        if (NV % VQ)                                                                          \
+            value_block_##RV##_##DB(ot + VF_LANES * i0, LANES, st + VF_LANES * i0,            \
+                                    corr + i0, values, nk, d0);                               \
+    } while (0)
+
+/* The dims past the last whole DB block: none where DB divides 16 (and so D); with AVX2's
+ * DB = 6 the last 4 or 2 (D % 6). */
+#if VF_LANES == 16
+#define VALUE_TAIL(NV, VQ, RV)
+#else
+#define VALUE_TAIL(NV, VQ, RV)                                                                \
+    if (D - d0 >= 4) {                                                                        \
+        VALUE_STEP(NV, VQ, RV, 4);                                                            \
+        d0 += 4;                                                                              \
+    }                                                                                         \
+    if (D - d0 >= 2) VALUE_STEP(NV, VQ, RV, 2);
+#endif
+
 /* One task: query vectors [first, first + count) of KV head kv for a level whose members are
  * the rows `members` (vector v: member v / G, query head kv * G + v % G), against the span's
- * keys [t0, t1). Leaves per lane the running max, the sum of exp(score - max) and the
- * unnormalised output O^T [D][lanes] in `result`. */
-#define LEVEL_TASK(NQ, KB, DB)                                                                \
-    static void level_task_##NQ(const level_layout *a, const int64_t *members, long count,    \
+ * keys [t0, t1), NV native vectors of them (LANES = VF_LANES x NV lanes). Leaves per lane the
+ * running max, the sum of exp(score - max) and the unnormalised output O^T [D][lanes] in
+ * `result`. The products run in register blocks: scores KB keys x SQ vectors (the last RS
+ * vectors, when SQ does not divide NV, in a block of their own), values DB dims x VQ vectors
+ * (the last RV likewise). */
+#define LEVEL_TASK(NV, SQ, KB, RS, VQ, DB, RV)                                                \
+    static void level_task_##NV(const level_layout *a, const int64_t *members, long count,    \
                                 long first, long kv, const int64_t *blocks, long t0, long t1, \
                                 float *result) {                                              \
-        enum { LANES = 16 * NQ };                                                             \
+        enum { LANES = VF_LANES * NV };                                                       \
+        _Static_assert(NV % SQ == 0 || NV % SQ == RS, "score remainder");                     \
+        _Static_assert(NV % VQ == 0 || NV % VQ == RV, "value remainder");                     \
         const long D = a->D, G = a->G, stride = a->Hkv * D;                                   \
         float qt[MAX_DIM * LANES] __attribute__((aligned(64)));                               \
         float ot[MAX_DIM * LANES] __attribute__((aligned(64)));                               \
@@ -62,10 +166,10 @@ typedef struct {
             for (long d = 0; d < D; d++) qt[d * LANES + v] = v < count ? src[d] * a->scale : 0; \
         }                                                                                     \
         memset(ot, 0, sizeof(float) * D * LANES);                                             \
-        v16 m[NQ], l[NQ];                                                                     \
-        for (int i = 0; i < NQ; i++) {                                                        \
-            m[i] = (v16){0} - INFINITY;                                                       \
-            l[i] = (v16){0};                                                                  \
+        vf m[NV], l[NV];                                                                      \
+        for (int i = 0; i < NV; i++) {                                                        \
+            m[i] = (vf){0} - INFINITY;                                                        \
+            l[i] = (vf){0};                                                                   \
         }                                                                                     \
         const float *keys[KTILE], *values[KTILE], *ahead_k[KTILE], *ahead_v[KTILE];           \
         for (long tt = t0; tt < t1; tt += KTILE) {                                            \
@@ -86,7 +190,7 @@ typedef struct {
                 ahead_k[j] = a->k_cache + off;                                                \
                 ahead_v[j] = a->v_cache + off;                                                \
             }                                                                                 \
-            /* S^T = K Q^T, KB keys x LANES queries in registers */                           \
+            /* S^T = K Q^T, KB keys at a time */                                              \
             for (long j0 = 0; j0 < nk; j0 += KB) {                                            \
                 long kb = nk - j0 < KB ? nk - j0 : KB;                                        \
                 for (long j = j0; j < j0 + KB && j < next; j++)                               \
@@ -94,80 +198,63 @@ typedef struct {
                         __builtin_prefetch(ahead_k[j] + line, 0, 1);                          \
                         __builtin_prefetch(ahead_v[j] + line, 0, 1);                          \
                     }                                                                         \
-                v16 acc[KB][NQ];                                                              \
-                for (int j = 0; j < KB; j++)                                                  \
-                    for (int i = 0; i < NQ; i++) acc[j][i] = (v16){0};                        \
-                /* a full block with the constant bound, so acc stays in registers */        \
-                if (kb == KB) {                                                               \
-                    for (long d = 0; d < D; d++) {                                            \
-                        v16 qd[NQ];                                                           \
-                        for (int i = 0; i < NQ; i++) qd[i] = *(const v16 *)(qt + d * LANES + 16 * i); \
-                        for (int j = 0; j < KB; j++) {                                        \
-                            float kd = keys[j0 + j][d];                                       \
-                            for (int i = 0; i < NQ; i++) acc[j][i] += kd * qd[i];             \
-                        }                                                                     \
-                    }                                                                         \
-                } else {                                                                      \
-                    for (long d = 0; d < D; d++) {                                            \
-                        v16 qd[NQ];                                                           \
-                        for (int i = 0; i < NQ; i++) qd[i] = *(const v16 *)(qt + d * LANES + 16 * i); \
-                        for (long j = 0; j < kb; j++) {                                       \
-                            float kd = keys[j0 + j][d];                                       \
-                            for (int i = 0; i < NQ; i++) acc[j][i] += kd * qd[i];             \
-                        }                                                                     \
-                    }                                                                         \
-                }                                                                             \
-                for (long j = 0; j < kb; j++)                                                 \
-                    for (int i = 0; i < NQ; i++) *(v16 *)(st + (j0 + j) * LANES + 16 * i) = acc[j][i]; \
+                SCORE_STEP(NV, SQ, RS, KB);                                                   \
             }                                                                                 \
             /* online softmax down the keys, every lane its own query; the first tile makes */ \
             /* every lane's max finite (all lanes see every key) */                           \
-            v16 corr[NQ];                                                                     \
-            for (int i = 0; i < NQ; i++) {                                                    \
-                v16 top = m[i];                                                               \
+            vf corr[NV];                                                                      \
+            for (int i = 0; i < NV; i++) {                                                    \
+                vf top = m[i];                                                                \
                 for (long j = 0; j < nk; j++) {                                               \
-                    v16 sj = *(const v16 *)(st + j * LANES + 16 * i);                         \
-                    top = select_lanes(sj > top, sj, top);                                    \
+                    vf sj = loadv(st + j * LANES + VF_LANES * i);                              \
+                    top = selectv(sj > top, sj, top);                                         \
                 }                                                                             \
-                corr[i] = tt == t0 ? (v16){0} : exp_nonpositive(m[i] - top);                  \
+                corr[i] = tt == t0 ? (vf){0} : expv_nonpositive(m[i] - top);                  \
                 m[i] = top;                                                                   \
-                v16 sum = {0};                                                                \
+                vf sum = {0};                                                                 \
                 for (long j = 0; j < nk; j++) {                                               \
-                    v16 *sj = (v16 *)(st + j * LANES + 16 * i);                               \
-                    *sj = exp_nonpositive(*sj - top);                                         \
-                    sum += *sj;                                                               \
+                    float *sj = st + j * LANES + VF_LANES * i;                                \
+                    vf p = expv_nonpositive(loadv(sj) - top);                                 \
+                    storev(sj, p);                                                            \
+                    sum += p;                                                                 \
                 }                                                                             \
                 l[i] = l[i] * corr[i] + sum;                                                  \
             }                                                                                 \
-            /* O^T = O^T * corr + V^T P^T, DB dims at a time in registers */                  \
-            for (long d0 = 0; d0 < D; d0 += DB) {                                             \
-                v16 o[DB][NQ];                                                                \
-                for (int d = 0; d < DB; d++)                                                  \
-                    for (int i = 0; i < NQ; i++)                                              \
-                        o[d][i] = *(const v16 *)(ot + (d0 + d) * LANES + 16 * i) * corr[i];   \
-                for (long j = 0; j < nk; j++) {                                               \
-                    v16 pj[NQ];                                                               \
-                    for (int i = 0; i < NQ; i++) pj[i] = *(const v16 *)(st + j * LANES + 16 * i); \
-                    const float *vj = values[j] + d0;                                         \
-                    for (int d = 0; d < DB; d++)                                              \
-                        for (int i = 0; i < NQ; i++) o[d][i] += vj[d] * pj[i];                \
-                }                                                                             \
-                for (int d = 0; d < DB; d++)                                                  \
-                    for (int i = 0; i < NQ; i++) *(v16 *)(ot + (d0 + d) * LANES + 16 * i) = o[d][i]; \
-            }                                                                                 \
+            /* O^T = O^T * corr + V^T P^T, DB dims at a time */                               \
+            long d0 = 0;                                                                      \
+            for (; d0 + DB <= D; d0 += DB) VALUE_STEP(NV, VQ, RV, DB);                        \
+            VALUE_TAIL(NV, VQ, RV)                                                            \
         }                                                                                     \
-        for (int i = 0; i < NQ; i++) {                                                        \
-            *(v16u *)(result + 16 * i) = m[i];                                                \
-            *(v16u *)(result + LANES + 16 * i) = l[i];                                        \
+        for (int i = 0; i < NV; i++) {                                                        \
+            storev(result + VF_LANES * i, m[i]);                                              \
+            storev(result + LANES + VF_LANES * i, l[i]);                                      \
         }                                                                                     \
         memcpy(result + 2 * LANES, ot, sizeof(float) * D * LANES);                            \
     }
 
-/* register blocks: KB keys x NQ and DB dims x NQ accumulators (DB divides 16) */
-LEVEL_TASK(1, 16, 16)
-LEVEL_TASK(2, 8, 8)
-LEVEL_TASK(3, 5, 8)
-LEVEL_TASK(4, 4, 4)
+#if VF_LANES == 16
+/* 32 registers: KB keys x NV and DB dims x NV accumulators (DB divides 16), one block */
+SCORE_BLOCK(1, 16) SCORE_BLOCK(2, 8) SCORE_BLOCK(3, 5) SCORE_BLOCK(4, 4)
+VALUE_BLOCK(1, 16) VALUE_BLOCK(2, 8) VALUE_BLOCK(3, 8) VALUE_BLOCK(4, 4)
+LEVEL_TASK(1, 1, 16, 1, 1, 16, 1)
+LEVEL_TASK(2, 2, 8, 2, 2, 8, 2)
+LEVEL_TASK(3, 3, 5, 3, 3, 8, 3)
+LEVEL_TASK(4, 4, 4, 4, 4, 4, 4)
+#else
+/* 16 registers of 8 lanes: blocks of 12 accumulators beside 2 query or probability vectors
+ * held in registers and one broadcast (3 x 4 blocks had to take the queries from memory) */
+SCORE_BLOCK(1, 12) SCORE_BLOCK(1, 6) SCORE_BLOCK(2, 6)
+VALUE_BLOCK(1, 6) VALUE_BLOCK(2, 6) VALUE_BLOCK(1, 4) VALUE_BLOCK(2, 4) VALUE_BLOCK(1, 2)
+VALUE_BLOCK(2, 2)
+LEVEL_TASK(1, 1, 12, 1, 1, 6, 1)
+LEVEL_TASK(2, 2, 6, 2, 2, 6, 2)
+LEVEL_TASK(3, 2, 6, 1, 2, 6, 1)
+LEVEL_TASK(4, 2, 6, 2, 2, 6, 2)
+LEVEL_TASK(5, 2, 6, 1, 2, 6, 1)
+LEVEL_TASK(6, 2, 6, 2, 2, 6, 2)
+LEVEL_TASK(7, 2, 6, 1, 2, 6, 1)
+LEVEL_TASK(8, 2, 6, 2, 2, 6, 2)
+#endif
 
 typedef void (*level_task_fn)(const level_layout *, const int64_t *, long, long, long,
                               const int64_t *, long, long, float *);
@@ -195,9 +282,9 @@ int parrot_paged_levels(const float *q, long Hq, long Hkv, long D, const float *
     long base_tasks = 0;
     for (long l = 0; l < L; l++) {
         long vectors = (member_offsets[l + 1] - member_offsets[l]) * G;
-        long nblocks = (vectors + 16 * MAX_NQ - 1) / (16 * MAX_NQ);
-        long nq = (vectors + 16 * nblocks - 1) / (16 * nblocks);
-        shape[l] = (level_shape){.blocks = nblocks, .nq = nq, .lanes = 16 * nq};
+        long nblocks = (vectors + MAX_LANES - 1) / MAX_LANES;
+        long nv = (vectors + VF_LANES * nblocks - 1) / (VF_LANES * nblocks);
+        shape[l] = (level_shape){.blocks = nblocks, .nv = nv, .lanes = VF_LANES * nv};
         base_tasks += Hkv * nblocks;
     }
     /* cut spans into key chunks until there are at least four tasks per thread, and a multiple
@@ -237,8 +324,14 @@ int parrot_paged_levels(const float *q, long Hq, long Hkv, long D, const float *
                     offset += (2 + D) * s->lanes;
                 }
     }
-    static const level_task_fn by_nq[MAX_NQ + 1] = {0, level_task_1, level_task_2, level_task_3,
+#if VF_LANES == 16
+    static const level_task_fn by_nv[MAX_NV + 1] = {0, level_task_1, level_task_2, level_task_3,
                                                     level_task_4};
+#else
+    static const level_task_fn by_nv[MAX_NV + 1] = {0,            level_task_1, level_task_2,
+                                                    level_task_3, level_task_4, level_task_5,
+                                                    level_task_6, level_task_7, level_task_8};
+#endif
     level_layout a = {q, k_cache, v_cache, Hq, Hkv, D, G, block_size, scale};
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (long t = 0; t < num_tasks; t++) {
@@ -246,7 +339,7 @@ int parrot_paged_levels(const float *q, long Hq, long Hkv, long D, const float *
         const level_shape *s = shape + task->level;
         long vectors = (member_offsets[task->level + 1] - member_offsets[task->level]) * G;
         long count = vectors - task->first < s->lanes ? vectors - task->first : s->lanes;
-        by_nq[s->nq](&a, rows + member_offsets[task->level], count, task->first, task->kv,
+        by_nv[s->nv](&a, rows + member_offsets[task->level], count, task->first, task->kv,
                      blocks + block_offsets[task->level], task->t0, task->t1,
                      results + task->result);
     }

@@ -70,7 +70,7 @@ def assert_close(out, lse, ref_out, ref_lse):
 
 @pytest.mark.parametrize("group", [1, 3, 4, 8])
 @pytest.mark.parametrize("head_dim", [16, 64, 128])
-def test_matches_float64_reference(group, head_dim):
+def test_matches_float64_reference(group, head_dim, lanes):
     # a level of 22 rows (several query blocks), one of 5, one of a single row; spans that are
     # not block multiples and long enough to be cut into key chunks; an empty own part
     rows = 30
@@ -89,9 +89,10 @@ def test_nested_levels_and_rows_outside_any_level():
     assert_close(*got)
 
 
-@pytest.mark.parametrize("members", [1, 2, 5, 16, 21, 43, 64])
-def test_every_query_block_width(members):
-    # members x 3 query heads: 3 .. 192 vectors, i.e. 1-4 vectors of 16 lanes and several blocks
+@pytest.mark.parametrize("members", [1, 2, 5, 7, 9, 12, 16, 17, 21, 43, 64])
+def test_every_query_block_width(members, lanes):
+    # members x 3 query heads: 3 .. 192 vectors, i.e. 1-4 vectors of 16 lanes or 1-8 of 8
+    # (7, 9, 12 and 17 members: 3, 4, 5 and 7) and several blocks
     levels = [(list(range(members)), 2048 if members == 16 else 200)]
     got = run_case(members, levels, [9] * members, group=3, head_dim=64, seed=members,
                    num_kv_heads=3)
