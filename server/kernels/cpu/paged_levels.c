@@ -241,8 +241,10 @@ LEVEL_TASK(2, 2, 8, 2, 2, 8, 2)
 LEVEL_TASK(3, 3, 5, 3, 3, 8, 3)
 LEVEL_TASK(4, 4, 4, 4, 4, 4, 4)
 #else
-/* 16 registers of 8 lanes: blocks of 12 accumulators beside 2 query or probability vectors
- * held in registers and one broadcast (3 x 4 blocks had to take the queries from memory) */
+/* 16 registers of 8 lanes: blocks of 12 accumulators beside the 2 query or probability
+ * vectors they share and one broadcast; an odd NV's last vector goes alone. Zen 3, one thread,
+ * 2026-11-29: 3 vectors x 4 keys/dims (GCC then reads the queries from memory) were 8-15%
+ * slower, 2 x 4 (8 accumulators) 5-10%; 32 queries per task instead of 64 no faster. */
 SCORE_BLOCK(1, 12) SCORE_BLOCK(1, 6) SCORE_BLOCK(2, 6)
 VALUE_BLOCK(1, 6) VALUE_BLOCK(2, 6) VALUE_BLOCK(1, 4) VALUE_BLOCK(2, 4) VALUE_BLOCK(1, 2)
 VALUE_BLOCK(2, 2)
