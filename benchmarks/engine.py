@@ -249,6 +249,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8 requests instead of 32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/)")
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM
@@ -320,7 +321,8 @@ def main() -> None:
         "batch1_rounds": batch1,
     }
     suffix = "_quick" if args.quick else ""
-    path = RESULTS / f"engine_{args.device}{suffix}.json"
+    path = Path(args.out) if args.out else RESULTS / f"engine_{args.device}{suffix}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     print(f"saved {path}")
 

@@ -1,8 +1,9 @@
 /* y = x @ W (+ bias) for float32 on CPU, with W packed into column panels.
  *
  * W [K, N] is stored as panels [ceil(N / 16)][K][16]: each panel holds 16 output columns for
- * every k, so a thread streams its panels front to back. Rows of x are taken MAXM at a time and
- * kept in registers against up to 4 panels, so each weight vector loaded feeds MAXM x 4 FMAs;
+ * every k, so a thread streams its panels front to back. Rows of x are taken a few at a time and
+ * kept in registers against a few panels (AVX-512: 6 rows x 4 panels; AVX2: see WIDE below), so
+ * each weight vector loaded feeds several FMAs;
  * at decode batch sizes that keeps the product bound by memory bandwidth, and at prefill sizes
  * it stays near the FMA peak. Threads split the panels evenly (OpenMP, torch's runtime).
  *
