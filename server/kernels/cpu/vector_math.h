@@ -5,7 +5,7 @@
  * kernels over `vf` and VF_LANES. A vector type wider than the machine's registers has no
  * register mode in GCC: its values live on the stack and every operation goes through memory
  * in 128-bit pieces (on an AVX2 Zen 3 the 16-lane kernels ran 5-25x slower than with 8-lane
- * vectors). `v16` (16 lanes everywhere) is for kernels not yet written over `vf`. */
+ * vectors). */
 #ifndef PARROT_VECTOR_MATH_H
 #define PARROT_VECTOR_MATH_H
 
@@ -33,28 +33,25 @@ static inline vf selectv(vi mask, vf a, vf b) {
 
 /* Lane-wise e^x for x <= 0 (lanes below -87 give 0): e^x = 2^n * e^r, n = round(x / ln 2),
  * |r| <= ln 2 / 2, e^r by its Taylor series to degree 7 (relative error < 1e-7). */
-#define PARROT_EXP_NONPOSITIVE(NAME, V, VI, SELECT)                                           \
-    static inline V NAME(V x) {                                                               \
-        const V floor_arg = (V){0} - 87.0f;                                                   \
-        VI below = x < floor_arg;                                                             \
-        V xc = SELECT(below, floor_arg, x);                                                   \
-        const float round_magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds */            \
-        V n = (xc * 1.44269504088896341f + round_magic) - round_magic;                        \
-        V r = xc - n * 0.693359375f - n * -2.12194440e-4f;                                    \
-        V p = (V){0} + 1.0f / 5040.0f;                                                        \
-        p = p * r + 1.0f / 720.0f;                                                            \
-        p = p * r + 1.0f / 120.0f;                                                            \
-        p = p * r + 1.0f / 24.0f;                                                             \
-        p = p * r + 1.0f / 6.0f;                                                              \
-        p = p * r + 0.5f;                                                                     \
-        p = p * r + 1.0f;                                                                     \
-        p = p * r + 1.0f;                                                                     \
-        VI bits = (__builtin_convertvector(n, VI) + 127) << 23;                               \
-        V y = p * (V)bits;                                                                    \
-        return SELECT(below, (V){0}, y);                                                      \
-    }
-
-PARROT_EXP_NONPOSITIVE(expv_nonpositive, vf, vi, selectv)
+static inline vf expv_nonpositive(vf x) {
+    const vf floor_arg = (vf){0} - 87.0f;
+    vi below = x < floor_arg;
+    vf xc = selectv(below, floor_arg, x);
+    const float round_magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    vf n = (xc * 1.44269504088896341f + round_magic) - round_magic;
+    vf r = xc - n * 0.693359375f - n * -2.12194440e-4f;
+    vf p = (vf){0} + 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+    vf y = p * (vf)bits;
+    return selectv(below, (vf){0}, y);
+}
 
 /* the largest and the sum of a vector's lanes */
 static inline float max_lanesv(vf x) {
@@ -68,18 +65,5 @@ static inline float sum_lanesv(vf x) {
     for (int i = 0; i < VF_LANES; i++) s += x[i];
     return s;
 }
-
-/* 16-lane vectors, for the kernels not yet written over vf */
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4)));
-typedef int32_t v16i __attribute__((vector_size(64)));
-
-static inline v16 load(const float *p) { return *(const v16u *)p; }
-
-static inline v16 select_lanes(v16i mask, v16 a, v16 b) {
-    return (v16)(((v16i)a & mask) | ((v16i)b & ~mask));
-}
-
-PARROT_EXP_NONPOSITIVE(exp_nonpositive, v16, v16i, select_lanes)
 
 #endif
