@@ -68,32 +68,6 @@ static inline vf sum_lanes_tree(const vf p[16]) {
                + __builtin_shuffle(b[2 * i], b[2 * i + 1], h2b);
     return __builtin_shuffle(c[0], c[1], h1a) + __builtin_shuffle(c[0], c[1], h1b);
 }
-
-/* the largest lane / the sum of the lanes, by halving */
-static inline float max_lane(vf x) {
-    const vi hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7};
-    const vi hi4 = {4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11};
-    const vi hi2 = {2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13};
-    const vi hi1 = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
-    vf y;
-    y = __builtin_shuffle(x, hi8); x = selectv(x > y, x, y);
-    y = __builtin_shuffle(x, hi4); x = selectv(x > y, x, y);
-    y = __builtin_shuffle(x, hi2); x = selectv(x > y, x, y);
-    y = __builtin_shuffle(x, hi1); x = selectv(x > y, x, y);
-    return x[0];
-}
-
-static inline float sum_lane(vf x) {
-    const vi hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7};
-    const vi hi4 = {4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11};
-    const vi hi2 = {2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13};
-    const vi hi1 = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
-    x += __builtin_shuffle(x, hi8);
-    x += __builtin_shuffle(x, hi4);
-    x += __builtin_shuffle(x, hi2);
-    x += __builtin_shuffle(x, hi1);
-    return x[0];
-}
 #else
 /* [8 vectors of partial sums] -> one vector whose lane j is the sum of vector j's lanes. The
  * first two levels shuffle within 128-bit halves (vshufps), the last swaps halves
@@ -110,27 +84,6 @@ static inline vf sum_lanes_tree(const vf p[8]) {
         b[i] = __builtin_shuffle(a[2 * i], a[2 * i + 1], h1a)
                + __builtin_shuffle(a[2 * i], a[2 * i + 1], h1b);
     return __builtin_shuffle(b[0], b[1], h4a) + __builtin_shuffle(b[0], b[1], h4b);
-}
-
-static inline float max_lane(vf x) {
-    const vi hi4 = {4, 5, 6, 7, 0, 1, 2, 3};
-    const vi hi2 = {2, 3, 0, 1, 6, 7, 4, 5};
-    const vi hi1 = {1, 0, 3, 2, 5, 4, 7, 6};
-    vf y;
-    y = __builtin_shuffle(x, hi4); x = selectv(x > y, x, y);
-    y = __builtin_shuffle(x, hi2); x = selectv(x > y, x, y);
-    y = __builtin_shuffle(x, hi1); x = selectv(x > y, x, y);
-    return x[0];
-}
-
-static inline float sum_lane(vf x) {
-    const vi hi4 = {4, 5, 6, 7, 0, 1, 2, 3};
-    const vi hi2 = {2, 3, 0, 1, 6, 7, 4, 5};
-    const vi hi1 = {1, 0, 3, 2, 5, 4, 7, 6};
-    x += __builtin_shuffle(x, hi4);
-    x += __builtin_shuffle(x, hi2);
-    x += __builtin_shuffle(x, hi1);
-    return x[0];
 }
 #endif
 
@@ -252,7 +205,7 @@ static inline void prefetch_some(prefetcher *p, int n) {
                 vf *scores = tile_scores + h * SV;                                            \
                 vf top = scores[0];                                                           \
                 for (int s = 1; s < SV; s++) top = selectv(scores[s] > top, scores[s], top);  \
-                float tile_max = max_lane(top);                                               \
+                float tile_max = max_lanesv(top);                                               \
                 tile_max = tile_max > state[h].max ? tile_max : state[h].max;                 \
                 vf total = {0};                                                               \
                 for (int s = 0; s < SV; s++) {                                                \
@@ -264,7 +217,7 @@ static inline void prefetch_some(prefetcher *p, int n) {
                 float correction = state[h].max == tile_max    ? 1.0f                         \
                                    : state[h].max == -INFINITY ? 0.0f                         \
                                                                : expf(state[h].max - tile_max); \
-                state[h].sum = state[h].sum * correction + sum_lane(total);                   \
+                state[h].sum = state[h].sum * correction + sum_lanesv(total);                   \
                 state[h].max = tile_max;                                                      \
                 corrections[h] = correction;                                                  \
             }                                                                                 \

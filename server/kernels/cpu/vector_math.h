@@ -53,17 +53,53 @@ static inline vf expv_nonpositive(vf x) {
     return selectv(below, (vf){0}, y);
 }
 
-/* the largest and the sum of a vector's lanes */
+/* the largest lane / the sum of the lanes, by halving */
+#if VF_LANES == 16
 static inline float max_lanesv(vf x) {
-    float m = x[0];
-    for (int i = 1; i < VF_LANES; i++) m = x[i] > m ? x[i] : m;
-    return m;
+    const vi hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7};
+    const vi hi4 = {4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11};
+    const vi hi2 = {2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13};
+    const vi hi1 = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
+    vf y;
+    y = __builtin_shuffle(x, hi8); x = selectv(x > y, x, y);
+    y = __builtin_shuffle(x, hi4); x = selectv(x > y, x, y);
+    y = __builtin_shuffle(x, hi2); x = selectv(x > y, x, y);
+    y = __builtin_shuffle(x, hi1); x = selectv(x > y, x, y);
+    return x[0];
 }
 
 static inline float sum_lanesv(vf x) {
-    float s = 0.0f;
-    for (int i = 0; i < VF_LANES; i++) s += x[i];
-    return s;
+    const vi hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7};
+    const vi hi4 = {4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11};
+    const vi hi2 = {2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13};
+    const vi hi1 = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
+    x += __builtin_shuffle(x, hi8);
+    x += __builtin_shuffle(x, hi4);
+    x += __builtin_shuffle(x, hi2);
+    x += __builtin_shuffle(x, hi1);
+    return x[0];
 }
+#else
+static inline float max_lanesv(vf x) {
+    const vi hi4 = {4, 5, 6, 7, 0, 1, 2, 3};
+    const vi hi2 = {2, 3, 0, 1, 6, 7, 4, 5};
+    const vi hi1 = {1, 0, 3, 2, 5, 4, 7, 6};
+    vf y;
+    y = __builtin_shuffle(x, hi4); x = selectv(x > y, x, y);
+    y = __builtin_shuffle(x, hi2); x = selectv(x > y, x, y);
+    y = __builtin_shuffle(x, hi1); x = selectv(x > y, x, y);
+    return x[0];
+}
+
+static inline float sum_lanesv(vf x) {
+    const vi hi4 = {4, 5, 6, 7, 0, 1, 2, 3};
+    const vi hi2 = {2, 3, 0, 1, 6, 7, 4, 5};
+    const vi hi1 = {1, 0, 3, 2, 5, 4, 7, 6};
+    x += __builtin_shuffle(x, hi4);
+    x += __builtin_shuffle(x, hi2);
+    x += __builtin_shuffle(x, hi1);
+    return x[0];
+}
+#endif
 
 #endif
