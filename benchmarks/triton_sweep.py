@@ -31,7 +31,6 @@ from server.kernels.triton_config import TritonConfig
 
 AXES: dict[str, tuple[int | bool | None, ...]] = {
     "fused": (False, True),
-    "one_launch": (False, True),
     "narrow_rows": (16, 32, 64),
     "wide_rows": (32, 64, 128, 256),
     "block_n": (32, 64, 128),
@@ -41,7 +40,7 @@ AXES: dict[str, tuple[int | bool | None, ...]] = {
     "programs_per_sm": (2, 4, 8, 16),
 }
 # float32 tiles run every task at narrow_rows on CUDA cores; wide 64-row float32 tiles spill
-FLOAT32_AXES = {**AXES, "narrow_rows": (16, 32), "wide_rows": (64,), "one_launch": (False,)}
+FLOAT32_AXES = {**AXES, "narrow_rows": (16, 32), "wide_rows": (64,)}
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
 

@@ -212,10 +212,6 @@ def _compile(
                     new_key=True,
                 )
             )
-    if cfg.one_launch and tasks:
-        tallest = max(task.block_m for task in tasks)
-        for task in tasks:
-            task.block_m = tallest
     # Only where nothing else reads this step's keys: prefill rows read each other's, and a
     # decode with no own keys finds its new key inside a shared level.
     stores_kv = (

@@ -18,11 +18,8 @@ class TritonConfig:
     `fused`: the merge in the attention launch (the last program to finish a token's part
     merges the token), and in steps of decodes only, the cache write too; else a decode step's
     layer is three dependent launches (cache write, attention, merge). Off by default until
-    it pays: on an H200 (2026-11-30) it made the SmolLM2 64 x 4096 bf16 cascade step slower,
-    25.3 us against 17.5. `one_launch`: every task of a step at the tallest tile height, so that
-    a decode step's shared levels and its suffixes run in one attention launch instead of one
-    per height (the suffix tiles are mostly empty rows: a decode step is launch-bound, not
-    compute-bound).
+    it pays: timed on an H200 (2026-11-30), it made the 64 x 4096 bf16 cascade step slower,
+    SmolLM2's heads 25.2 us against 17.7, Llama-3-8B's 64.4 against 37.7.
     """
 
     block_n: int = 64
@@ -33,7 +30,6 @@ class TritonConfig:
     num_warps: int = 4
     num_stages: int | None = None
     fused: bool = False
-    one_launch: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_n", "wide_rows", "narrow_rows"):

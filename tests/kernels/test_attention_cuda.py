@@ -88,19 +88,3 @@ def test_triton_fused_and_unfused_decode_steps(fused, dtype, group):
         assert int(program.counts.abs().sum()) == 0
     mixed = mixed_step(group, 64, scattered=True, cascade=True, seed=2, dtype=dtype, device="cuda")
     assert relative_error(mixed, run=kernel) < tolerance
-
-
-@pytest.mark.skipif("triton" not in BACKENDS, reason="needs Triton")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("group", [1, 3, 8])
-def test_triton_one_launch_decode_and_mixed_steps(dtype, group):
-    from server.kernels.triton_backend import TritonBackend, TritonConfig
-
-    kernel = TritonBackend(TritonConfig(one_launch=True))
-    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
-    step = forked_decodes(group, 64, seed=group, dtype=dtype, cascade=True, device="cuda")
-    assert relative_error(step, run=kernel) < tolerance
-    assert len(step.meta.compiled["triton"].launches) == 1
-    mixed = mixed_step(group, 64, scattered=True, cascade=True, seed=3, dtype=dtype, device="cuda")
-    assert relative_error(mixed, run=kernel) < tolerance
-    assert len(mixed.meta.compiled["triton"].launches) == 1

@@ -124,18 +124,3 @@ def test_steps_that_read_their_own_new_keys_write_the_cache_first(fused):
 def test_fused_half_precision(cascade):
     step = forked_decodes(3, 64, seed=9, dtype=torch.float16, cascade=cascade)
     assert relative_error(step, run=_backend(fused=True)) < 1e-2
-
-
-@pytest.mark.parametrize("fused", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_one_launch_runs_levels_and_suffixes_at_one_tile_height(fused, dtype):
-    from server.kernels.triton_backend import TritonBackend, TritonConfig
-
-    kernel = TritonBackend(TritonConfig(one_launch=True, fused=fused))
-    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
-    step = forked_decodes(3, 64, seed=13, dtype=dtype, cascade=True)
-    assert relative_error(step, run=kernel) < tolerance
-    assert len(step.meta.compiled["triton"].launches) == 1
-    mixed = mixed_step(3, 64, scattered=True, cascade=True, seed=14, dtype=dtype)
-    assert relative_error(mixed, run=kernel) < tolerance
-    assert len(mixed.meta.compiled["triton"].launches) == 1
