@@ -11,7 +11,7 @@ from server.engine.scheduler import ScheduledContext, SchedulerOutput
 from server.engine.step_run import StepRun
 from server.kernels import CascadeConfig, build_attention_metadata
 from server.kernels.backends import default_backend_name
-from server.kernels.cpu import huge_pages, paged_decode, paged_levels
+from server.kernels.cpu import huge_pages, paged_decode, paged_levels, vector_width
 
 
 class ModelRunner:
@@ -34,12 +34,14 @@ class ModelRunner:
         self.device = device
         self.dtype = dtype
         self.block_size = config.block_size
-        # whether the paged decode and levels kernels take this model's heads (fixed for its
-        # life; every head dim the decode kernel takes, the levels kernel takes too)
+        # whether the paged decode and levels kernels take this model's heads on this CPU
+        # (fixed for its life; every head dim the decode kernel takes, the levels kernel takes
+        # too)
         self._paged_kernels = (
             device.type == "cpu"
             and dtype == torch.float32
             and paged_decode.supports(num_heads, num_kv_heads, head_dim)
+            and vector_width.suited()
             and paged_decode.available()
             and paged_levels.available()
         )

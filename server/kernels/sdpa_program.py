@@ -24,7 +24,8 @@ class SdpaConfig:
     `paged_decode`: every decode row's own KV (what follows its shared-prefix levels) is
     attended by one call of the paged CPU decode kernel (server/kernels/cpu/paged_decode.c)
     instead of dense calls; used where that kernel supports the step (float32 CPU, head dim
-    16, 32, 64 or 128), else the dense calls.
+    16, 32, 64 or 128) and the CPU suits it (`cpu.suited()`: AVX2 or AVX-512), else the dense
+    calls.
     """
 
     min_inplace_blocks: int = 8
@@ -189,15 +190,23 @@ def compile_program(
 def _paged_decode_fits(cfg: SdpaConfig, q: torch.Tensor, num_kv_heads: int) -> bool:
     if not cfg.paged_decode or q.device.type != "cpu" or q.dtype != torch.float32:
         return False
-    from server.kernels.cpu import paged_decode
+    from server.kernels.cpu import paged_decode, vector_width
 
-    return paged_decode.supports(q.shape[1], num_kv_heads, q.shape[2]) and paged_decode.available()
+    return (
+        paged_decode.supports(q.shape[1], num_kv_heads, q.shape[2])
+        and vector_width.suited()
+        and paged_decode.available()
+    )
 
 
 def _paged_levels_fit(q: torch.Tensor, num_kv_heads: int) -> bool:
-    from server.kernels.cpu import paged_levels
+    from server.kernels.cpu import paged_levels, vector_width
 
-    return paged_levels.supports(q.shape[1], num_kv_heads, q.shape[2]) and paged_levels.available()
+    return (
+        paged_levels.supports(q.shape[1], num_kv_heads, q.shape[2])
+        and vector_width.suited()
+        and paged_levels.available()
+    )
 
 
 def _own_call(plan: StepPlan) -> OwnCall:

@@ -20,6 +20,7 @@ from server.engine.loader import load_model
 from server.engine.models import ModelConfig
 from server.engine.models.rope import rope_attention_factor, rope_inverse_frequencies
 from server.engine.sampling_params import SamplingParams
+from server.kernels.cascade_config import CPU_RULE, CPU_SDPA_RULE
 from tests.engine.reference import greedy_reference, load_reference
 from tests.tiny_models import make_tiny_model
 
@@ -299,5 +300,8 @@ def test_by_default_the_packed_kernels_run_where_the_cpu_has_avx2_or_avx512(
     layer = engine.runner.model.layers[0].self_attn.qkv_proj
     assert layer.packed == (capability != "DEFAULT")
     assert (engine.runner.model.decoder_stack is not None) == (capability != "DEFAULT")
+    # attention too: without AVX2 PyTorch's kernels, and the cascade rule measured for them
+    rule = CPU_SDPA_RULE if capability == "DEFAULT" else CPU_RULE
+    assert engine.runner.cascade_rule() == rule
     forced = LLMEngine.from_pretrained(str(tiny_llama_path), num_kv_blocks=8, packed_linear=True)
     assert forced.runner.model.decoder_stack is not None

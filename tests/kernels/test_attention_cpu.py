@@ -218,10 +218,12 @@ def test_every_layer_reuses_the_step_plan():
 
 
 def test_cpu_backend_reads_decode_kv_through_the_paged_kernels():
-    from server.kernels.cpu import paged_decode, paged_levels
+    from server.kernels.cpu import paged_decode, paged_levels, suited
 
     if not (paged_decode.available() and paged_levels.available()):
         pytest.skip("no C compiler here")
+    if not suited():
+        pytest.skip("the paged kernels give way to PyTorch's on this CPU (no AVX2)")
     step = mixed_step(3, 64, True, cascade=True, seed=21)
     assert relative_error(step, backend="cpu") < 1e-5
     program = step.meta.compiled["sdpa:cpu"]
@@ -231,3 +233,13 @@ def test_cpu_backend_reads_decode_kv_through_the_paged_kernels():
     dense = mixed_step(3, 64, True, cascade=True, seed=21)
     assert relative_error(dense, backend="cpu-sdpa") < 1e-5
     assert dense.meta.compiled["sdpa:cpu-sdpa"].own is None
+
+
+def test_without_avx2_the_cpu_backend_attends_with_pytorch(monkeypatch: pytest.MonkeyPatch):
+    """The kernels' 8-lane vectors have no register without AVX2 (x86) or on Arm, and run
+    slower than PyTorch's kernel there: the `cpu` backend plans what `cpu-sdpa` plans."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    step = mixed_step(3, 64, True, cascade=True, seed=22)
+    assert relative_error(step, backend="cpu") < 1e-5
+    program = step.meta.compiled["sdpa:cpu"]
+    assert program.own is None and program.paged_levels is None and program.levels

@@ -19,7 +19,7 @@ import torch
 
 from server.kernels.cpu import native_library
 
-__all__ = ["PANEL", "available", "pack", "packed_linear", "packed_shape", "suited", "unpack"]
+__all__ = ["PANEL", "available", "pack", "packed_linear", "packed_shape", "unpack"]
 
 PANEL = 16
 SOURCE = Path(__file__).with_name("packed_linear.c")
@@ -28,14 +28,6 @@ SOURCE = Path(__file__).with_name("packed_linear.c")
 def available() -> bool:
     """Whether the kernel is built (building it now if needed)."""
     return _library() is not None
-
-
-def suited() -> bool:
-    """Whether this CPU runs the kernel faster than torch's matmul: x86 with AVX-512 or AVX2,
-    the widths its tiles are written for (vector_math.h). Elsewhere (no AVX2, or not x86) the
-    compiler would split the 8-lane vectors: torch's matmul there."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    return capability.startswith("AVX512") or capability == "AVX2"
 
 
 def packed_shape(k: int, n: int) -> tuple[int, int, int]:
