@@ -12,7 +12,9 @@ import pytest
 from server.kernels.cpu import native_library
 
 # by module name: the package exports functions under some of these names
-MODULES = ("packed_linear", "paged_decode", "paged_levels", "paged_prefill", "decoder_stack")
+MODULES = (
+    "packed_linear", "paged_decode", "paged_levels", "paged_prefill", "decoder_stack", "q8_linear",
+)
 
 
 @pytest.fixture(params=[8, 16], ids=["lanes8", "lanes16"])

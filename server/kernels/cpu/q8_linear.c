@@ -1,0 +1,160 @@
+/* y = x @ W (+ bias) on CPU with W in 8-bit "Q8 panels" (GGUF Q8_0 blocks, re-laid at load).
+ *
+ * Format. Output columns in panels of 16 (as packed_linear.c), N padded to a multiple of 16 with
+ * zero columns (q = 0, d = 0); K a multiple of 32.
+ *   qs     int8    [ceil(N / 16)][K][16]       q of column 16p + c at input k: [p][k][c]
+ *   scales float32 [ceil(N / 16)][K / 32][16]  d of column 16p + c, k-block b:  [p][b][c]
+ * W[k][n] = d * q, computed in float32. For d taken from float16 (Q8_0's scales) the product is
+ * exact: d has 11 significant bits and |q| <= 128 at most 8, so d * q needs at most 19 < 24; the kernel's
+ * weights are therefore exactly `dequantize()`'s (q8_linear.py), and each column's sum runs over
+ * k in order with one FMA per weight, as packed_linear.c does with those float32 weights.
+ *
+ * Design: lanes over output columns. Per k, a tile loads each of its vectors' int8 q (VF_LANES
+ * bytes), widens them to int32 (vpmovsxbd) and to float (vcvtdq2ps), multiplies by the block's d
+ * (a memory operand; the 16 floats of a panel's block stay in L1 for its 32 k) and FMAs the
+ * weight vector into every row of the tile with x[r][k] broadcast. Dequantizing per weight
+ * costs one multiply per weight vector, shared by the tile's rows; accumulating x * q per block
+ * and scaling each block's sum by d would save it but needs a second accumulator per row and
+ * vector (half the rows per tile on AVX2's 16 registers) and would give other results than the
+ * float32 product with W. At decode sizes the product is bound by memory (1 byte a weight plus
+ * 1/8 of a byte of scales, against 4 for float32), with the widening and converting a close
+ * second on AVX2; see server/kernels/README.md for numbers.
+ *
+ * Tiles are rows x consecutive vectors of VF_LANES columns (a tile may start or end inside a
+ * panel where a panel holds two vectors, AVX2), so few rows can take many columns and many
+ * rows a single vector each; threads split the panels evenly (OpenMP, torch's runtime), panels
+ * in chunks of about Q8_L2_CHUNK bytes, every row block against one chunk before the next.
+ *
+ * Every name but parrot_q8_linear is static or Q8_-prefixed: this file is compiled into one
+ * library with packed_linear.c and the other kernels.
+ */
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+
+#include "vector_math.h"
+
+#define Q8_PANEL 16
+#define Q8_BLOCK 32
+#define Q8_MAXM 8
+#define Q8_L2_CHUNK (256L * 1024)
+#define Q8_VPP (Q8_PANEL / VF_LANES) /* native vectors per panel row */
+
+/* VF_LANES int8 at p -> float: vpmovsxbd (from memory) and vcvtdq2ps. GCC 12 turns
+ * __builtin_convertvector of an int8 vector into byte-by-byte inserts, hence the intrinsics;
+ * the generic form is for the other width's build in the tests (PARROT_VF_LANES). */
+#if VF_LANES == 16 && defined(__AVX512F__)
+static inline vf q8_loadq(const int8_t *p) {
+    return (vf)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+#elif VF_LANES == 8 && defined(__AVX2__)
+static inline vf q8_loadq(const int8_t *p) {
+    return (vf)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+#else
+typedef int8_t q8_vq __attribute__((vector_size(VF_LANES), aligned(1)));
+static inline vf q8_loadq(const int8_t *p) {
+    return __builtin_convertvector(__builtin_convertvector(*(const q8_vq *)p, vi), vf);
+}
+#endif
+
+/* Rows [0, MM) of x against the NV vectors v0 .. v0 + NV - 1 (vector v: columns
+ * v * VF_LANES ..., in panel v / Q8_VPP). */
+#define Q8_KERNEL(MM, NV)                                                                     \
+    static void q8_kernel_##MM##_##NV(const float *x, long K, const int8_t *qs,              \
+                                      const float *scales, long v0, const float *bias,       \
+                                      float *y, long N) {                                    \
+        const int8_t *qp[NV];                                                                 \
+        const float *sp[NV];                                                                  \
+        for (int j = 0; j < NV; j++) {                                                        \
+            long p = (v0 + j) / Q8_VPP, off = (v0 + j) % Q8_VPP * VF_LANES;                   \
+            qp[j] = qs + p * K * Q8_PANEL + off;                                              \
+            sp[j] = scales + p * (K / Q8_BLOCK) * Q8_PANEL + off;                             \
+        }                                                                                     \
+        vf acc[MM][NV];                                                                       \
+        for (int m = 0; m < MM; m++)                                                          \
+            for (int j = 0; j < NV; j++) acc[m][j] = (vf){0};                                 \
+        for (long k0 = 0; k0 < K; k0 += Q8_BLOCK) {                                           \
+            for (long k = k0; k < k0 + Q8_BLOCK; k++) {                                       \
+                vf w[NV];                                                                     \
+                for (int j = 0; j < NV; j++) w[j] = q8_loadq(qp[j] + k * Q8_PANEL) * loadv(sp[j]); \
+                for (int m = 0; m < MM; m++) {                                                \
+                    float xv = x[m * K + k];                                                  \
+                    for (int j = 0; j < NV; j++) acc[m][j] += xv * w[j];                      \
+                }                                                                             \
+            }                                                                                 \
+            for (int j = 0; j < NV; j++) sp[j] += Q8_PANEL;                                   \
+        }                                                                                     \
+        for (int j = 0; j < NV; j++) {                                                        \
+            long c0 = (v0 + j) * VF_LANES;                                                    \
+            vf bv = {0};                                                                      \
+            if (bias && c0 + VF_LANES <= N) bv = loadv(bias + c0);                            \
+            for (int m = 0; m < MM; m++) {                                                    \
+                vf out = acc[m][j];                                                           \
+                if (c0 + VF_LANES <= N) {                                                     \
+                    storev(y + m * N + c0, out + bv);                                         \
+                } else {                                                                      \
+                    for (long i = 0; c0 + i < N && i < VF_LANES; i++)                         \
+                        y[m * N + c0 + i] = out[i] + (bias ? bias[c0 + i] : 0.0f);            \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+typedef void (*q8_kernel_t)(const float *, long, const int8_t *, const float *, long,
+                            const float *, float *, long);
+
+#if VF_LANES == 16
+/* 32 registers: rows x vectors accumulators, the vectors' weights and a broadcast. */
+Q8_KERNEL(1, 4) Q8_KERNEL(2, 4) Q8_KERNEL(3, 4) Q8_KERNEL(4, 4) Q8_KERNEL(5, 4) Q8_KERNEL(6, 3)
+Q8_KERNEL(7, 3) Q8_KERNEL(8, 3)
+Q8_KERNEL(1, 1) Q8_KERNEL(2, 1) Q8_KERNEL(3, 1) Q8_KERNEL(4, 1) Q8_KERNEL(5, 1) Q8_KERNEL(6, 1)
+Q8_KERNEL(7, 1) Q8_KERNEL(8, 1)
+static const q8_kernel_t Q8_WIDE[Q8_MAXM + 1] = {
+    0, q8_kernel_1_4, q8_kernel_2_4, q8_kernel_3_4, q8_kernel_4_4,
+    q8_kernel_5_4, q8_kernel_6_3, q8_kernel_7_3, q8_kernel_8_3};
+static const int Q8_WIDTH[Q8_MAXM + 1] = {0, 4, 4, 4, 4, 4, 3, 3, 3};
+#else
+/* 16 registers of 8 lanes: rows x vectors accumulators, the weights and a broadcast. */
+Q8_KERNEL(1, 4) Q8_KERNEL(2, 4) Q8_KERNEL(3, 2) Q8_KERNEL(4, 2) Q8_KERNEL(5, 2) Q8_KERNEL(6, 1)
+Q8_KERNEL(7, 1) Q8_KERNEL(8, 1)
+Q8_KERNEL(1, 1) Q8_KERNEL(2, 1) Q8_KERNEL(3, 1) Q8_KERNEL(4, 1) Q8_KERNEL(5, 1)
+static const q8_kernel_t Q8_WIDE[Q8_MAXM + 1] = {
+    0, q8_kernel_1_4, q8_kernel_2_4, q8_kernel_3_2, q8_kernel_4_2,
+    q8_kernel_5_2, q8_kernel_6_1, q8_kernel_7_1, q8_kernel_8_1};
+static const int Q8_WIDTH[Q8_MAXM + 1] = {0, 4, 4, 2, 2, 2, 1, 1, 1};
+#endif
+static const q8_kernel_t Q8_NARROW[Q8_MAXM + 1] = {
+    0, q8_kernel_1_1, q8_kernel_2_1, q8_kernel_3_1, q8_kernel_4_1,
+    q8_kernel_5_1, q8_kernel_6_1, q8_kernel_7_1, q8_kernel_8_1};
+
+/* x [M, K] and y [M, N] contiguous; bias [N] or NULL; K a multiple of 32. */
+void parrot_q8_linear(const float *x, long M, long K, const int8_t *qs, const float *scales,
+                      long N, const float *bias, float *y, int threads) {
+    long num_panels = (N + Q8_PANEL - 1) / Q8_PANEL;
+    if (threads < 1) threads = 1;
+    if (threads > num_panels) threads = (int)num_panels;
+#pragma omp parallel num_threads(threads)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        long lo = num_panels * t / nt, hi = num_panels * (t + 1) / nt;
+        long chunk = K > 0 ? Q8_L2_CHUNK / (K * Q8_PANEL) : hi - lo;
+        chunk = chunk < 4 ? 4 : chunk - chunk % 4;
+        for (long c0 = lo; c0 < hi; c0 += chunk) {
+            long c1 = c0 + chunk < hi ? c0 + chunk : hi;
+            /* in vectors; the last panel's padded vectors are skipped when wholly past N */
+            long v1 = c1 * Q8_VPP, vn = (N + VF_LANES - 1) / VF_LANES;
+            if (v1 > vn) v1 = vn;
+            for (long m0 = 0; m0 < M; m0 += Q8_MAXM) {
+                long mm = M - m0 < Q8_MAXM ? M - m0 : Q8_MAXM;
+                const float *xs = x + m0 * K;
+                float *ys = y + m0 * N;
+                long v = c0 * Q8_VPP;
+                int width = Q8_WIDTH[mm];
+                for (; v + width <= v1; v += width)
+                    Q8_WIDE[mm](xs, K, qs, scales, v, bias, ys, N);
+                for (; v < v1; v++) Q8_NARROW[mm](xs, K, qs, scales, v, bias, ys, N);
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+"""y = x @ W (+ bias) on CPU with W in 8-bit "Q8 panels" (q8_linear.c).
+
+The panels are GGUF Q8_0 blocks re-laid at load time: output columns in panels of 16 (as
+packed_linear's), int8 q [ceil(N / 16), K, 16] and float32 scales d [ceil(N / 16), K / 32, 16],
+one d per 32 inputs of a column; W[k, n] = d * q in float32, exact for Q8_0's float16 scales.
+At decode batch sizes a linear layer streams its weights once per step, so a quarter of
+float32's bytes (plus an eighth of a byte a weight of scales) is what the kernel is for; it is
+meant for SmolLM2's tied LM head, whose GGUF embedding is Q8_0.
+
+The C source is compiled on first use (`native_library`); `available()` says whether it could be
+built here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from server.kernels.cpu import native_library
+
+__all__ = ["BLOCK", "PANEL", "Q8Panels", "available", "dequantize", "pack_q8", "q8_linear",
+           "quantize_q8_0"]
+
+PANEL = 16
+BLOCK = 32
+SOURCE = Path(__file__).with_name("q8_linear.c")
+
+
+@dataclass(frozen=True)
+class Q8Panels:
+    """An [K, N] weight as Q8 panels: `qs` int8 [ceil(N / 16), K, 16], `scales` float32
+    [ceil(N / 16), K / 32, 16]; columns past `out_features` are zero (q = 0, d = 0)."""
+
+    qs: torch.Tensor
+    scales: torch.Tensor
+    out_features: int
+
+    @property
+    def in_features(self) -> int:
+        return self.qs.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes a product streams: the int8 weights and their scales."""
+        return self.qs.numel() * self.qs.element_size() + self.scales.numel() * 4
+
+
+def available() -> bool:
+    """Whether the kernel is built (building it now if needed)."""
+    return _library() is not None
+
+
+def pack_q8(q: torch.Tensor, scales: torch.Tensor) -> Q8Panels:
+    """int8 q [N, K] and float32 scales [N, K / 32] (GGUF Q8_0's layout: one d per 32 inputs
+    of an output row) -> Q8 panels, zero-padded to a multiple of 16 columns."""
+    if q.dim() != 2 or q.dtype != torch.int8 or q.device.type != "cpu":
+        raise ValueError(
+            f"pack_q8: q must be a 2-D int8 CPU tensor [N, K], got {tuple(q.shape)} "
+            f"{q.dtype} on {q.device}"
+        )
+    n, k = q.shape
+    if k % BLOCK:
+        raise ValueError(f"pack_q8: K = {k} inputs is not a multiple of {BLOCK}")
+    if (tuple(scales.shape) != (n, k // BLOCK) or scales.dtype != torch.float32
+            or scales.device.type != "cpu"):
+        raise ValueError(
+            f"pack_q8: scales must be a float32 CPU tensor {(n, k // BLOCK)} for q "
+            f"{(n, k)}, got {tuple(scales.shape)} {scales.dtype} on {scales.device}"
+        )
+    num_panels = -(-n // PANEL)
+    pad = num_panels * PANEL - n
+    qp = torch.nn.functional.pad(q, (0, 0, 0, pad)) if pad else q
+    sp = torch.nn.functional.pad(scales, (0, 0, 0, pad)) if pad else scales
+    # [P * 16, K] -> [P, 16, K] -> [P, K, 16]
+    qs = qp.reshape(num_panels, PANEL, k).transpose(1, 2).contiguous()
+    sc = sp.reshape(num_panels, PANEL, k // BLOCK).transpose(1, 2).contiguous()
+    return Q8Panels(qs, sc, n)
+
+
+def dequantize(panels: Q8Panels) -> torch.Tensor:
+    """The [K, N] float32 weight the kernel multiplies by: d * q in float32."""
+    num_panels, k, _ = panels.qs.shape
+    d = panels.scales.repeat_interleave(BLOCK, dim=1)  # [P, K, 16]
+    w = panels.qs.to(torch.float32) * d
+    return w.transpose(0, 1).reshape(k, num_panels * PANEL)[:, : panels.out_features].contiguous()
+
+
+def quantize_q8_0(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 [N, K] -> (int8 q [N, K], float32 scales [N, K / 32]) as GGUF's Q8_0: per block
+    of 32 inputs d = max|w| / 127 rounded to float16 and back, q = round(w / d) clamped to
+    [-127, 127] (0 where d = 0). For tests and benchmarks."""
+    if weight.dim() != 2 or weight.shape[1] % BLOCK or not weight.is_floating_point():
+        raise ValueError(
+            f"quantize_q8_0 expects a 2-D float tensor [N, K] with K a multiple of {BLOCK}, "
+            f"got {tuple(weight.shape)} {weight.dtype}"
+        )
+    n, k = weight.shape
+    blocks = weight.to(torch.float32).reshape(n, k // BLOCK, BLOCK)
+    d = (blocks.abs().amax(dim=2) / 127).to(torch.float16).to(torch.float32)
+    safe = torch.where(d == 0, torch.ones_like(d), d)
+    q = torch.round(blocks / safe[..., None]).clamp(-127, 127)
+    q = torch.where(d[..., None] == 0, torch.zeros_like(q), q)
+    return q.to(torch.int8).reshape(n, k), d
+
+
+def q8_linear(
+    x: torch.Tensor, panels: Q8Panels, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x [M, K] @ W [K, N] (+ bias [N]) -> [M, N] float32, W given as Q8 panels."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the q8 linear kernel could not be built on this machine")
+    x = x.contiguous()
+    n, k = panels.out_features, panels.in_features
+    num_panels = -(-n // PANEL)
+    if (
+        x.dim() != 2 or x.shape[1] != k or x.dtype != torch.float32 or x.device.type != "cpu"
+        or k % BLOCK or tuple(panels.qs.shape) != (num_panels, k, PANEL)
+        or panels.qs.dtype != torch.int8 or not panels.qs.is_contiguous()
+        or tuple(panels.scales.shape) != (num_panels, k // BLOCK, PANEL)
+        or panels.scales.dtype != torch.float32 or not panels.scales.is_contiguous()
+    ):
+        raise ValueError(
+            f"q8_linear: x {tuple(x.shape)} {x.dtype} does not match the panels (qs "
+            f"{tuple(panels.qs.shape)} {panels.qs.dtype}, scales "
+            f"{tuple(panels.scales.shape)} {panels.scales.dtype}) for {n} outputs"
+        )
+    if bias is not None and (
+        tuple(bias.shape) != (n,) or bias.dtype != torch.float32 or bias.device.type != "cpu"
+    ):
+        raise ValueError(
+            f"q8_linear: bias must be a float32 CPU tensor ({n},), got {tuple(bias.shape)} "
+            f"{bias.dtype}"
+        )
+    if bias is not None:
+        bias = bias.contiguous()
+    m = x.shape[0]
+    y = torch.empty(m, n, dtype=torch.float32)
+    if m:
+        lib.parrot_q8_linear(
+            x.data_ptr(), m, k, panels.qs.data_ptr(), panels.scales.data_ptr(), n,
+            None if bias is None else bias.data_ptr(), y.data_ptr(), torch.get_num_threads(),
+        )
+    return y
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    return native_library.load_function(
+        [SOURCE], "parrot_q8_linear",
+        [
+            ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+        ],
+        None,
+    )

@@ -1,0 +1,133 @@
+"""The 8-bit (Q8 panels) CPU linear kernel against a float64 reference, on fresh random inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from server.kernels.cpu import q8_linear as q8
+from server.kernels.cpu.packed_linear import pack, packed_linear
+
+pytestmark = pytest.mark.skipif(not q8.available(), reason="no C compiler for the CPU kernel")
+
+ROWS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 40]
+SHAPES = [(32, 1), (32, 17), (576, 100), (576, 4100), (32, 100), (576, 17)]
+
+
+def _random_panels(k: int, n: int, gen: torch.Generator) -> q8.Q8Panels:
+    # scales spread over a few octaves, as a real layer's blocks are
+    w = torch.randn(n, k, generator=gen) * torch.exp2(torch.randint(-3, 3, (n, 1), generator=gen))
+    return q8.pack_q8(*q8.quantize_q8_0(w))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("m", ROWS)
+@pytest.mark.parametrize("k,n", SHAPES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_matches_float64_reference(
+    m: int, k: int, n: int, bias: bool, threads: int, lanes: int
+) -> None:
+    gen = torch.Generator().manual_seed(m * 1000 + k + n + bias + 7 * threads)
+    panels = _random_panels(k, n, gen)
+    x = torch.randn(m, k, generator=gen)
+    b = torch.randn(n, generator=gen) if bias else None
+    ref = x.double() @ q8.dequantize(panels).double() + (b.double() if b is not None else 0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = q8.q8_linear(x, panels, b)
+    finally:
+        torch.set_num_threads(before)
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    err = (got.double() - ref).abs().max() / ref.abs().max()
+    assert err < 1e-5
+
+
+@pytest.mark.parametrize("m", [1, 4, 8, 13])
+def test_same_bits_as_the_float32_kernel(m: int) -> None:
+    """The weights are exactly W (d * q is exact in float32) and each column is summed over k
+    in order with one FMA a weight, as the packed float32 kernel does with W."""
+    gen = torch.Generator().manual_seed(m)
+    panels = _random_panels(576, 300, gen)
+    x = torch.randn(m, 576, generator=gen)
+    b = torch.randn(300, generator=gen)
+    w = q8.dequantize(panels)
+    assert torch.equal(q8.q8_linear(x, panels, b), packed_linear(x, pack(w), 300, b))
+
+
+def test_thread_count_does_not_change_results() -> None:
+    gen = torch.Generator().manual_seed(5)
+    panels = _random_panels(96, 200, gen)
+    x = torch.randn(9, 96, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = q8.q8_linear(x, panels)
+        torch.set_num_threads(max(2, threads))
+        many = q8.q8_linear(x, panels)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
+
+
+def test_pack_dequantize_round_trip_and_padding() -> None:
+    gen = torch.Generator().manual_seed(3)
+    n, k = 37, 64
+    q = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    # float16 values of several octaves, the scales Q8_0 stores
+    d = (torch.rand(n, k // 32, generator=gen) * 2.0 ** torch.randint(-20, 4, (n, k // 32),
+                                                                         generator=gen))
+    d = d.to(torch.float16).to(torch.float32)
+    panels = q8.pack_q8(q, d)
+    assert panels.qs.shape == (3, k, q8.PANEL) and panels.scales.shape == (3, k // 32, q8.PANEL)
+    assert panels.out_features == n and panels.in_features == k
+    assert panels.nbytes == 3 * k * q8.PANEL + 3 * (k // 32) * q8.PANEL * 4
+    assert torch.equal(panels.qs[2, :, 5:], torch.zeros(k, q8.PANEL - 5, dtype=torch.int8))
+    assert torch.equal(panels.scales[2, :, 5:], torch.zeros(k // 32, q8.PANEL - 5))
+    assert panels.qs[1, 7, 3] == q[16 + 3, 7] and panels.scales[1, 1, 3] == d[16 + 3, 1]
+    exact = (q.double() * d.double().repeat_interleave(32, dim=1)).t()
+    assert torch.equal(q8.dequantize(panels).double(), exact)
+
+
+def test_quantize_q8_0() -> None:
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(5, 64, generator=gen)
+    w[1, :32] = 0.0  # a zero block: d = 0, q = 0
+    q, d = q8.quantize_q8_0(w)
+    assert q.dtype == torch.int8 and d.dtype == torch.float32 and d.shape == (5, 2)
+    assert d[1, 0] == 0 and torch.all(q[1, :32] == 0)
+    assert torch.equal(d, d.to(torch.float16).to(torch.float32))
+    assert q.abs().max() == 127 and q.min() >= -127
+    back = q.float() * d.repeat_interleave(32, dim=1)
+    assert torch.all((back - w).abs() <= d.repeat_interleave(32, dim=1) * 0.5 + 1e-3)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        q8.quantize_q8_0(torch.randn(4, 33))
+
+
+def test_non_contiguous_input_and_empty_batch() -> None:
+    panels = _random_panels(32, 48, torch.Generator().manual_seed(6))
+    x = torch.randn(32, 10).t()  # [10, 32], not contiguous
+    ref = x.double() @ q8.dequantize(panels).double()
+    assert torch.allclose(q8.q8_linear(x, panels).double(), ref, atol=1e-4)
+    assert q8.q8_linear(torch.empty(0, 32), panels).shape == (0, 48)
+
+
+def test_rejects_bad_inputs() -> None:
+    q, d = torch.zeros(48, 64, dtype=torch.int8), torch.zeros(48, 2)
+    panels = q8.pack_q8(q, d)
+    with pytest.raises(ValueError, match="does not match the panels"):
+        q8.q8_linear(torch.randn(2, 63), panels)
+    with pytest.raises(ValueError, match="does not match the panels"):
+        q8.q8_linear(torch.randn(2, 64, dtype=torch.float64), panels)
+    with pytest.raises(ValueError, match="does not match the panels"):
+        q8.q8_linear(torch.randn(2, 64), q8.Q8Panels(panels.qs, panels.scales, 60))
+    with pytest.raises(ValueError, match="bias must be"):
+        q8.q8_linear(torch.randn(2, 64), panels, torch.zeros(47))
+    with pytest.raises(ValueError, match="not a multiple of 32"):
+        q8.pack_q8(torch.zeros(4, 40, dtype=torch.int8), torch.zeros(4, 1))
+    with pytest.raises(ValueError, match="2-D int8"):
+        q8.pack_q8(torch.zeros(4, 64), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="scales must be"):
+        q8.pack_q8(q, torch.zeros(48, 3))
+    with pytest.raises(ValueError, match="scales must be"):
+        q8.pack_q8(q, torch.zeros(48, 2, dtype=torch.float16))
