@@ -5,30 +5,37 @@
  *   qs     int8    [ceil(N / 16)][K][16]       q of column 16p + c at input k: [p][k][c]
  *   scales float32 [ceil(N / 16)][K / 32][16]  d of column 16p + c, k-block b:  [p][b][c]
  * W[k][n] = d * q, computed in float32. For d taken from float16 (Q8_0's scales) the product is
- * exact: d has 11 significant bits and |q| <= 128 at most 8, so d * q needs at most 19 < 24; the kernel's
- * weights are therefore exactly `dequantize()`'s (q8_linear.py), and each column's sum runs over
- * k in order with one FMA per weight, as packed_linear.c does with those float32 weights.
+ * exact: d has at most 11 significant bits and q (|q| <= 128) at most 8, so d * q needs at most
+ * 19 < 24, and a float16 d is never below float32's normal range. The kernel's weights are thus
+ * exactly `dequantize()`'s (q8_linear.py), and each column's sum runs over k in order with one
+ * FMA a weight, as packed_linear.c does with those float32 weights: the two give the same bits.
  *
  * Design: lanes over output columns. Per k, a tile loads each of its vectors' int8 q (VF_LANES
  * bytes), widens them to int32 (vpmovsxbd) and to float (vcvtdq2ps), multiplies by the block's d
- * (a memory operand; the 16 floats of a panel's block stay in L1 for its 32 k) and FMAs the
- * weight vector into every row of the tile with x[r][k] broadcast. Dequantizing per weight
- * costs one multiply per weight vector, shared by the tile's rows; accumulating x * q per block
- * and scaling each block's sum by d would save it but needs a second accumulator per row and
- * vector (half the rows per tile on AVX2's 16 registers) and would give other results than the
- * float32 product with W. At decode sizes the product is bound by memory (1 byte a weight plus
- * 1/8 of a byte of scales, against 4 for float32), with the widening and converting a close
- * second on AVX2; see server/kernels/README.md for numbers.
+ * (the 16 floats of a panel's block, read once per 32 k into a register, or used as a memory
+ * operand from L1 where the tile needs the registers) and FMAs the weight vector into every row
+ * of the tile with x[r][k] broadcast. Dequantizing costs one multiply a weight vector, shared by
+ * the tile's rows. Accumulating x * q per block and scaling each block's sum by d would save it,
+ * but needs a second accumulator per row and vector (half the rows per tile in AVX2's 16
+ * registers) and gives other results than the float32 product with W; on the Zen 3 it ran the
+ * single-row product ~30% faster with the weights in cache and ~15% from memory on one thread
+ * (README). Decode is then bound by memory on two threads: a weight is 1 byte plus 1/8 of a byte
+ * of scales, against 4 for float32, but the widening and converting keep a core busy for about
+ * as long as the bytes take to arrive.
  *
  * Tiles are rows x consecutive vectors of VF_LANES columns (a tile may start or end inside a
- * panel where a panel holds two vectors, AVX2), so few rows can take many columns and many
- * rows a single vector each; threads split the panels evenly (OpenMP, torch's runtime), panels
- * in chunks of about Q8_L2_CHUNK bytes, every row block against one chunk before the next.
+ * panel where a panel holds two vectors, AVX2), so one row can take four vectors and six rows
+ * two; rows come in blocks of up to Q8_MAXM. Threads split the panels evenly (OpenMP, torch's
+ * runtime), panels in chunks of about Q8_L2_CHUNK bytes, every row block against one chunk
+ * before the next. Each thread prefetches its panels Q8_PF k-rows ahead (a line per vector per
+ * 4 k) and the scales one block ahead.
  *
- * Every name but parrot_q8_linear is static or Q8_-prefixed: this file is compiled into one
+ * Every name but parrot_q8_linear is static and q8_/Q8_-prefixed: this file is compiled into one
  * library with packed_linear.c and the other kernels.
  */
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
+#endif
 #include <omp.h>
 #include <stdint.h>
 
@@ -39,6 +46,9 @@
 #define Q8_MAXM 8
 #define Q8_L2_CHUNK (256L * 1024)
 #define Q8_VPP (Q8_PANEL / VF_LANES) /* native vectors per panel row */
+#ifndef Q8_PF
+#define Q8_PF 64
+#endif
 
 /* VF_LANES int8 at p -> float: vpmovsxbd (from memory) and vcvtdq2ps. GCC 12 turns
  * __builtin_convertvector of an int8 vector into byte-by-byte inserts, hence the intrinsics;
@@ -75,12 +85,21 @@ static inline vf q8_loadq(const int8_t *p) {
         for (int m = 0; m < MM; m++)                                                          \
             for (int j = 0; j < NV; j++) acc[m][j] = (vf){0};                                 \
         for (long k0 = 0; k0 < K; k0 += Q8_BLOCK) {                                           \
-            for (long k = k0; k < k0 + Q8_BLOCK; k++) {                                       \
-                vf w[NV];                                                                     \
-                for (int j = 0; j < NV; j++) w[j] = q8_loadq(qp[j] + k * Q8_PANEL) * loadv(sp[j]); \
-                for (int m = 0; m < MM; m++) {                                                \
-                    float xv = x[m * K + k];                                                  \
-                    for (int j = 0; j < NV; j++) acc[m][j] += xv * w[j];                      \
+            if (Q8_PF)                                                                        \
+                for (int j = 0; j < NV; j++)                                                  \
+                    __builtin_prefetch(sp[j] + (Q8_PF / Q8_BLOCK + 1) * Q8_PANEL);            \
+            for (long k4 = k0; k4 < k0 + Q8_BLOCK; k4 += 4) {                                 \
+                if (Q8_PF)                                                                    \
+                    for (int j = 0; j < NV; j++)                                              \
+                        __builtin_prefetch(qp[j] + (k4 + Q8_PF) * Q8_PANEL);                  \
+                for (long k = k4; k < k4 + 4; k++) {                                          \
+                    vf w[NV];                                                                 \
+                    for (int j = 0; j < NV; j++)                                              \
+                        w[j] = q8_loadq(qp[j] + k * Q8_PANEL) * loadv(sp[j]);                 \
+                    for (int m = 0; m < MM; m++) {                                            \
+                        float xv = x[m * K + k];                                              \
+                        for (int j = 0; j < NV; j++) acc[m][j] += xv * w[j];                  \
+                    }                                                                         \
                 }                                                                             \
             }                                                                                 \
             for (int j = 0; j < NV; j++) sp[j] += Q8_PANEL;                                   \
@@ -116,13 +135,13 @@ static const q8_kernel_t Q8_WIDE[Q8_MAXM + 1] = {
 static const int Q8_WIDTH[Q8_MAXM + 1] = {0, 4, 4, 4, 4, 4, 3, 3, 3};
 #else
 /* 16 registers of 8 lanes: rows x vectors accumulators, the weights and a broadcast. */
-Q8_KERNEL(1, 4) Q8_KERNEL(2, 4) Q8_KERNEL(3, 2) Q8_KERNEL(4, 2) Q8_KERNEL(5, 2) Q8_KERNEL(6, 1)
+Q8_KERNEL(1, 4) Q8_KERNEL(2, 4) Q8_KERNEL(3, 2) Q8_KERNEL(4, 2) Q8_KERNEL(5, 2) Q8_KERNEL(6, 2)
 Q8_KERNEL(7, 1) Q8_KERNEL(8, 1)
-Q8_KERNEL(1, 1) Q8_KERNEL(2, 1) Q8_KERNEL(3, 1) Q8_KERNEL(4, 1) Q8_KERNEL(5, 1)
+Q8_KERNEL(1, 1) Q8_KERNEL(2, 1) Q8_KERNEL(3, 1) Q8_KERNEL(4, 1) Q8_KERNEL(5, 1) Q8_KERNEL(6, 1)
 static const q8_kernel_t Q8_WIDE[Q8_MAXM + 1] = {
     0, q8_kernel_1_4, q8_kernel_2_4, q8_kernel_3_2, q8_kernel_4_2,
-    q8_kernel_5_2, q8_kernel_6_1, q8_kernel_7_1, q8_kernel_8_1};
-static const int Q8_WIDTH[Q8_MAXM + 1] = {0, 4, 4, 2, 2, 2, 1, 1, 1};
+    q8_kernel_5_2, q8_kernel_6_2, q8_kernel_7_1, q8_kernel_8_1};
+static const int Q8_WIDTH[Q8_MAXM + 1] = {0, 4, 4, 2, 2, 2, 2, 1, 1};
 #endif
 static const q8_kernel_t Q8_NARROW[Q8_MAXM + 1] = {
     0, q8_kernel_1_1, q8_kernel_2_1, q8_kernel_3_1, q8_kernel_4_1,
