@@ -90,9 +90,10 @@ def dequantize(panels: Q8Panels) -> torch.Tensor:
 
 
 def quantize_q8_0(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 [N, K] -> (int8 q [N, K], float32 scales [N, K / 32]) as GGUF's Q8_0: per block
-    of 32 inputs d = max|w| / 127 rounded to float16 and back, q = round(w / d) clamped to
-    [-127, 127] (0 where d = 0). For tests and benchmarks."""
+    """float32 [N, K] -> (int8 q [N, K], float32 scales [N, K / 32]) as GGUF's Q8_0 (ggml's
+    `quantize_row_q8_0_ref`): per block of 32 inputs d = max|w| / 127, q = w * (1 / d) rounded
+    half away from zero (0 where d = 0), in float32; the scale is stored as float16, so the
+    returned d is d rounded to float16 and back. For tests and benchmarks."""
     if weight.dim() != 2 or weight.shape[1] % BLOCK or not weight.is_floating_point():
         raise ValueError(
             f"quantize_q8_0 expects a 2-D float tensor [N, K] with K a multiple of {BLOCK}, "
@@ -100,11 +101,11 @@ def quantize_q8_0(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         )
     n, k = weight.shape
     blocks = weight.to(torch.float32).reshape(n, k // BLOCK, BLOCK)
-    d = (blocks.abs().amax(dim=2) / 127).to(torch.float16).to(torch.float32)
-    safe = torch.where(d == 0, torch.ones_like(d), d)
-    q = torch.round(blocks / safe[..., None]).clamp(-127, 127)
-    q = torch.where(d[..., None] == 0, torch.zeros_like(q), q)
-    return q.to(torch.int8).reshape(n, k), d
+    d = blocks.abs().amax(dim=2) / 127
+    inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
+    v = (blocks * inv[..., None]).double()  # the float32 product, rounded exactly in float64
+    q = (torch.sign(v) * torch.floor(v.abs() + 0.5)).clamp(-127, 127)
+    return q.to(torch.int8).reshape(n, k), d.to(torch.float16).to(torch.float32)
 
 
 def q8_linear(

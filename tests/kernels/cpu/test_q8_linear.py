@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -93,13 +95,25 @@ def test_quantize_q8_0() -> None:
     gen = torch.Generator().manual_seed(4)
     w = torch.randn(5, 64, generator=gen)
     w[1, :32] = 0.0  # a zero block: d = 0, q = 0
+    w[2, 32:] = (torch.arange(32) - 15.5) / 64  # d = 1/64 exactly, each w / d a tie:
+    w[2, 32] = 127 / 64  # they round away from zero
     q, d = q8.quantize_q8_0(w)
     assert q.dtype == torch.int8 and d.dtype == torch.float32 and d.shape == (5, 2)
     assert d[1, 0] == 0 and torch.all(q[1, :32] == 0)
     assert torch.equal(d, d.to(torch.float16).to(torch.float32))
     assert q.abs().max() == 127 and q.min() >= -127
+    assert d[2, 1] == 1 / 64 and q[2, 33:].tolist() == [*range(-15, 0), *range(1, 17)]
     back = q.float() * d.repeat_interleave(32, dim=1)
-    assert torch.all((back - w).abs() <= d.repeat_interleave(32, dim=1) * 0.5 + 1e-3)
+    assert torch.all((back - w).abs() <= d.repeat_interleave(32, dim=1) * 0.51 + 1e-3)
+    # ggml's reference, element by element: roundf(w * (1 / (amax / 127)))
+    for r in range(5):
+        for b in range(2):
+            block = w[r, 32 * b : 32 * (b + 1)]
+            dd = block.abs().max() / 127
+            inv = 1.0 / dd if dd != 0 else torch.tensor(0.0)
+            for j in range(32):
+                x = float(block[j] * inv)
+                assert q[r, 32 * b + j] == int(math.copysign(math.floor(abs(x) + 0.5), x))
     with pytest.raises(ValueError, match="multiple of 32"):
         q8.quantize_q8_0(torch.randn(4, 33))
 
