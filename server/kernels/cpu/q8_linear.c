@@ -160,6 +160,7 @@ static const q8_kernel_t Q8_NARROW[Q8_MAXM + 1] = {
 void parrot_q8_linear(const float *x, long M, long K, const int8_t *qs, const float *scales,
                       long N, const float *bias, float *y, int threads) {
     long num_panels = (N + Q8_PANEL - 1) / Q8_PANEL;
+    if (M <= 0 || N <= 0) return;
     if (threads < 1) threads = 1;
     if (threads > num_panels) threads = (int)num_panels;
 #pragma omp parallel num_threads(threads)

@@ -124,6 +124,10 @@ def test_non_contiguous_input_and_empty_batch() -> None:
     ref = x.double() @ q8.dequantize(panels).double()
     assert torch.allclose(q8.q8_linear(x, panels).double(), ref, atol=1e-4)
     assert q8.q8_linear(torch.empty(0, 32), panels).shape == (0, 48)
+    no_outputs = q8.pack_q8(torch.zeros(0, 32, dtype=torch.int8), torch.zeros(0, 1))
+    assert q8.q8_linear(torch.randn(3, 32), no_outputs).shape == (3, 0)
+    no_inputs = q8.pack_q8(torch.zeros(5, 0, dtype=torch.int8), torch.zeros(5, 0))
+    assert torch.equal(q8.q8_linear(torch.randn(3, 0), no_inputs, torch.ones(5)), torch.ones(3, 5))
 
 
 def test_rejects_bad_inputs() -> None:
