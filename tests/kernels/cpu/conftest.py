@@ -13,7 +13,8 @@ from server.kernels.cpu import native_library
 
 # by module name: the package exports functions under some of these names
 MODULES = (
-    "packed_linear", "paged_decode", "paged_levels", "paged_prefill", "decoder_stack", "q8_linear",
+    "packed_linear", "paged_decode", "paged_levels", "paged_prefill", "decoder_stack", "q4_linear",
+    "q8_linear",
 )
 
 
