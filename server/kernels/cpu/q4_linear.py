@@ -45,6 +45,24 @@ class Q4Panels:
     mins: torch.Tensor  # float32 [ceil(N / 16), K / 32, 16]
     out_features: int
 
+    def __post_init__(self) -> None:
+        """The shapes, dtypes and contiguity the kernel reads, checked once, not per call."""
+        p, k = -(-self.out_features // PANEL), self.qs.shape[1] if self.qs.dim() == 3 else -1
+        if k <= 0 or k % BLOCK:
+            raise ValueError(f"Q4Panels: qs must be [ceil(N / 16), K, 8] with K a positive "
+                             f"multiple of {BLOCK}, got {tuple(self.qs.shape)}")  # fmt: skip
+        expected = {"qs": ((p, k, 8), torch.uint8),
+                    "scales": ((p, k // BLOCK, PANEL), torch.float32),
+                    "mins": ((p, k // BLOCK, PANEL), torch.float32)}  # fmt: skip
+        for name, (shape, dtype) in expected.items():
+            t = getattr(self, name)
+            if (tuple(t.shape) != shape or t.dtype != dtype or t.device.type != "cpu"
+                    or not t.is_contiguous()):  # fmt: skip
+                raise ValueError(
+                    f"Q4Panels: {name} must be a contiguous {dtype} CPU tensor {shape} for "
+                    f"{self.out_features} outputs, got {tuple(t.shape)} {t.dtype} on {t.device}"
+                )
+
     @property
     def in_features(self) -> int:
         return self.qs.shape[1]
@@ -132,7 +150,6 @@ def q4_linear(
             f"q4_linear: x must be a float32 CPU tensor [M, {k}] for panels of {k} inputs, got "
             f"{tuple(x.shape)} {x.dtype} on {x.device}"
         )
-    _check_panels(panels)
     if bias is not None and (tuple(bias.shape) != (n,) or bias.dtype != torch.float32
                              or bias.device.type != "cpu"):  # fmt: skip
         raise ValueError(f"q4_linear: bias must be a float32 CPU tensor ({n},), got "
@@ -149,22 +166,6 @@ def q4_linear(
             torch.get_num_threads(),
         )
     return y
-
-
-def _check_panels(panels: Q4Panels) -> None:
-    """The shapes, dtypes and contiguity the kernel reads (a hand-built Q4Panels may lack)."""
-    p, k = -(-panels.out_features // PANEL), panels.in_features
-    expected = {"qs": ((p, k, 8), torch.uint8),
-                "scales": ((p, k // BLOCK, PANEL), torch.float32),
-                "mins": ((p, k // BLOCK, PANEL), torch.float32)}  # fmt: skip
-    for name, (shape, dtype) in expected.items():
-        t = getattr(panels, name)
-        if (tuple(t.shape) != shape or t.dtype != dtype or t.device.type != "cpu"
-                or not t.is_contiguous() or k % BLOCK):  # fmt: skip
-            raise ValueError(
-                f"q4_linear: panels.{name} must be a contiguous {dtype} CPU tensor {shape} "
-                f"(K a multiple of {BLOCK}), got {tuple(t.shape)} {t.dtype} on {t.device}"
-            )
 
 
 @functools.cache

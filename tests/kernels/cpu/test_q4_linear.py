@@ -11,7 +11,7 @@ from server.kernels.cpu import q4_linear as q4
 pytestmark = pytest.mark.skipif(not q4.available(), reason="no C compiler for the CPU kernel")
 
 SHAPES = [(32, 1), (32, 17), (576, 100), (576, 960), (1536, 17), (1536, 576)]
-ROWS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 40]
+ROWS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 40]
 
 
 def random_panels(n: int, k: int, seed: int) -> q4.Q4Panels:
@@ -135,6 +135,9 @@ def test_rejects_bad_inputs() -> None:
         q4.pack_q4(q + 16, d, d)
     with pytest.raises(ValueError, match="K a multiple of 32"):
         q4.quantize_q4_1(torch.randn(4, 33))
-    bad = q4.Q4Panels(panels.qs, panels.scales[:, :1], panels.mins, 48)
-    with pytest.raises(ValueError, match="panels.scales must be"):
-        q4.q4_linear(torch.randn(2, 64), bad)
+    with pytest.raises(ValueError, match="scales must be a contiguous torch.float32"):
+        q4.Q4Panels(panels.qs, panels.scales[:, :1], panels.mins, 48)
+    with pytest.raises(ValueError, match="qs must be a contiguous torch.uint8"):
+        q4.Q4Panels(panels.qs, panels.scales, panels.mins, 49)  # 4 panels' worth of outputs
+    with pytest.raises(ValueError, match="positive multiple of 32"):
+        q4.Q4Panels(panels.qs[:, :40].contiguous(), panels.scales, panels.mins, 48)
