@@ -93,7 +93,7 @@ Q4_ROWS = (1, 2, 4, 8, 16)
 
 def q4_table(args: argparse.Namespace) -> None:
     """Packed float32 against Q4 panels, the 120 layer matrices and the head apart, the four
-    passes interleaved per round (medians of the faster half over the rounds)."""
+    passes in turn each round (each `median_ms` of 3 calls); the median round and the best."""
     rows = tuple(int(r) for r in args.rows.split(",")) if args.rows else Q4_ROWS
     repeats = 3 if args.quick else 7
     gen = torch.Generator().manual_seed(0)
@@ -111,7 +111,7 @@ def q4_table(args: argparse.Namespace) -> None:
           + ", ".join(f"{g} float32 {b['float32'] / 1e6:.0f} / q4 {b['q4'] / 1e6:.0f}"
                       for g, b in nbytes.items()))  # fmt: skip
     print(f"{'rows':>5} {'layers f32 ms':>14} {'q4 ms':>8} {'f32/q4':>7} {'q4 GB/s':>8} "
-          f"{'head f32 ms':>12} {'q4 ms':>8} {'f32/q4':>7}")  # fmt: skip
+          f"{'head f32 ms':>12} {'q4 ms':>8} {'f32/q4':>7}   (best: layers, head)")  # fmt: skip
     table = []
     for m in rows:
         inputs = {k: torch.randn(m, k, generator=gen) for k in (HIDDEN, INTERMEDIATE)}
@@ -128,19 +128,22 @@ def q4_table(args: argparse.Namespace) -> None:
         for _ in range(repeats):  # rounds, each pass in turn: the machine's state drifts
             for name in groups:
                 times.setdefault(f"{name}_float32_ms", []).append(
-                    median_ms(lambda n=name: run_packed(n), 1))
+                    median_ms(lambda n=name: run_packed(n), 3))
                 times.setdefault(f"{name}_q4_ms", []).append(
-                    median_ms(lambda n=name: run_q4(n), 1))
+                    median_ms(lambda n=name: run_q4(n), 3))
         row: dict[str, float] = {"rows": m}
         for key, values in times.items():
             values.sort()
-            row[key] = values[(len(values) - 1) // 2]
+            row[key] = values[(len(values) - 1) // 2]  # median round
+            row[key.replace("_ms", "_best_ms")] = values[0]
         row["layers_q4_gb_s"] = nbytes["layers"]["q4"] / row["layers_q4_ms"] / 1e6
         table.append(row)
         print(f"{m:>5} {row['layers_float32_ms']:>14.2f} {row['layers_q4_ms']:>8.2f} "
               f"{row['layers_float32_ms'] / row['layers_q4_ms']:>6.2f}x "
               f"{row['layers_q4_gb_s']:>8.1f} {row['head_float32_ms']:>12.2f} "
-              f"{row['head_q4_ms']:>8.2f} {row['head_float32_ms'] / row['head_q4_ms']:>6.2f}x")
+              f"{row['head_q4_ms']:>8.2f} {row['head_float32_ms'] / row['head_q4_ms']:>6.2f}x"
+              f"   (best {row['layers_float32_best_ms']:.2f} / {row['layers_q4_best_ms']:.2f}, "
+              f"{row['head_float32_best_ms']:.2f} / {row['head_q4_best_ms']:.2f})")
     out = Path(args.out) if args.out else RESULTS / f"linear_q4{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": platform.processor() or platform.machine(),
