@@ -176,14 +176,15 @@ def batch1_step_time(engine: LLMEngine, prompt: list[int], steps: int = 40) -> f
     return statistics.median(times[5:])
 
 
-def weight_bytes(engine: LLMEngine) -> int:
-    return sum(p.numel() * p.element_size() for p in engine.runner.model.parameters())
+def weight_bytes(engine: LLMEngine, rows: int = 1) -> int:
+    """The weight bytes a step of `rows` rows reads (4-bit where the layers use them)."""
+    return engine.runner.model.weight_bytes_read(rows)
 
 
-def read_buffers(engine: LLMEngine) -> list[torch.Tensor]:
-    """Buffers as large as the weights to read: plain pages and (CPU) huge pages, as the
-    engine's own weights are."""
-    n = weight_bytes(engine) // 4
+def read_buffers(engine: LLMEngine, rows: int = 1) -> list[torch.Tensor]:
+    """Buffers as large as the weights a step of `rows` rows reads: plain pages and (CPU) huge
+    pages, as the engine's own weights are."""
+    n = weight_bytes(engine, rows) // 4
     cols = 4096
     buffers = [torch.randn(n // cols, cols, device=engine.device)]
     if engine.device.type == "cpu":
@@ -192,11 +193,11 @@ def read_buffers(engine: LLMEngine) -> list[torch.Tensor]:
 
 
 def weight_floor(
-    engine: LLMEngine, reps: int = 5, buffers: list[torch.Tensor] | None = None
+    engine: LLMEngine, reps: int = 5, buffers: list[torch.Tensor] | None = None, rows: int = 1
 ) -> tuple[float, float, int]:
-    """(seconds to stream the weights once, bandwidth bytes/s, weight bytes): the weights over
-    the fastest of two read kernels on `read_buffers`."""
-    buffers = buffers or read_buffers(engine)
+    """(seconds to stream a step's weights once, bandwidth bytes/s, weight bytes): the weights
+    a step of `rows` rows reads over the fastest of two read kernels on `read_buffers`."""
+    buffers = buffers or read_buffers(engine, rows)
     vec = torch.randn(buffers[0].shape[1], device=engine.device)
     best = float("inf")
     for buf in buffers:
@@ -209,7 +210,7 @@ def weight_floor(
                     torch.cuda.synchronize()
                 best = min(best, time.perf_counter() - t)
     bandwidth = buffers[0].numel() * 4 / best
-    return weight_bytes(engine) / bandwidth, bandwidth, weight_bytes(engine)
+    return weight_bytes(engine, rows) / bandwidth, bandwidth, weight_bytes(engine, rows)
 
 
 def batch1_against_floor(
@@ -275,7 +276,15 @@ def main() -> None:
     ours, one, padded = walls["parrot"], walls["hf_one_by_one"], walls["hf_padded_8"]
     ngram = walls["parrot_ngram"]
     batch1 = batch1_against_floor(engine, work[0][0][:256])
+    batch1_bytes = weight_bytes(engine)
     median = {key: statistics.median(r[key] for r in batch1) for key in batch1[0]}
+    # the same step with float32 weights only (no 4-bit layers or 8-bit head): its own floor
+    del engine
+    plain = LLMEngine.from_pretrained(args.model, device=args.device, quantized_linear=False)
+    batch1_plain = batch1_against_floor(plain, work[0][0][:256])
+    median_plain = {key: statistics.median(r[key] for r in batch1_plain) for key in batch1[0]}
+    plain_bytes = weight_bytes(plain)
+    del plain
 
     rows = table_rows(walls, gen_tokens)
     print(f"\n{len(work)} requests, {gen_tokens} generated tokens, device {args.device}, threads {torch.get_num_threads()}")
@@ -292,13 +301,19 @@ def main() -> None:
           f"{walls['parrot_ngram_cached_prompt_tokens']} (0: every arm prefilled every prompt)")
     print(f"drafts: {walls['ngram_drafted_tokens']} drafted, {walls['ngram_accepted_tokens']} "
           f"kept, {walls['ngram_steps']} steps; outputs equal to the plain run's")
-    print(f"\nbatch-1 decode step against the weight-streaming floor "
-          f"({weight_bytes(engine) / 1e6:.0f} MB), rounds side by side:")
-    print(f"{'round':<8}{'bandwidth GB/s':>16}{'floor ms':>10}{'step ms':>10}{'step/floor':>12}")
-    for i, r in enumerate([*batch1, median]):
-        name = "median" if i == len(batch1) else str(i + 1)
-        print(f"{name:<8}{r['bandwidth_gbs']:>16.1f}{r['floor_ms']:>10.2f}{r['step_ms']:>10.2f}"
-              f"{r['step_over_floor']:>11.2f}x")
+    for label, mb, rounds, mid in (
+        ("the weights it reads", batch1_bytes / 1e6, batch1, median),
+        ("float32 weights only (quantized_linear=False)", plain_bytes / 1e6, batch1_plain,
+         median_plain),
+    ):
+        print(f"\nbatch-1 decode step against the weight-streaming floor, {label} "
+              f"({mb:.0f} MB), rounds side by side:")
+        print(f"{'round':<8}{'bandwidth GB/s':>16}{'floor ms':>10}{'step ms':>10}"
+              f"{'step/floor':>12}")  # fmt: skip
+        for i, r in enumerate([*rounds, mid]):
+            name = "median" if i == len(rounds) else str(i + 1)
+            print(f"{name:<8}{r['bandwidth_gbs']:>16.1f}{r['floor_ms']:>10.2f}"
+                  f"{r['step_ms']:>10.2f}{r['step_over_floor']:>11.2f}x")  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     result = {
         "device": args.device,
@@ -319,6 +334,12 @@ def main() -> None:
         "step_over_floor": median["step_over_floor"],
         "bandwidth_gbs": median["bandwidth_gbs"],
         "batch1_rounds": batch1,
+        "batch1_weight_bytes": batch1_bytes,
+        "float32_weights": {
+            "batch1_step_ms": median_plain["step_ms"], "floor_ms": median_plain["floor_ms"],
+            "step_over_floor": median_plain["step_over_floor"],
+            "weight_bytes": plain_bytes, "batch1_rounds": batch1_plain,
+        },
     }
     suffix = "_quick" if args.quick else ""
     path = Path(args.out) if args.out else RESULTS / f"engine_{args.device}{suffix}.json"

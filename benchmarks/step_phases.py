@@ -30,7 +30,7 @@ import torch
 
 from benchmarks.engine import read_buffers, weight_floor
 from server.engine import LLMEngine, SamplingParams
-from server.kernels.cpu.decoder_stack import PHASES, DecoderStack
+from server.kernels.cpu.decoder_stack import PHASES, DecoderStack, LayerTensors
 
 RESULTS = Path(__file__).parent / "results"
 LINEARS = ("qkv", "o", "gate_up", "down")
@@ -50,10 +50,15 @@ def main(argv: list[str] | None = None) -> None:
     stack = net.decoder_stack
     if stack is None:
         raise SystemExit("the decoder stack is not available here (no C compiler?)")
-    net.decoder_stack = timed = DecoderStack(stack.shape, stack.layers, stack.head, timed=True)
+    net.decoder_stack = timed = DecoderStack(
+        stack.shape, stack.layers, stack.head, timed=True,
+        quantized_max_rows=stack.quantized_max_rows,
+        head_quantized_max_rows=stack.head_quantized_max_rows,
+    )  # fmt: skip
     start_decoding(engine, args.rows, args.context, args.rounds * args.steps + 8)
-    buffers = read_buffers(engine)
-    rounds = [one_round(engine, timed, buffers, args.steps) for _ in range(args.rounds)]
+    buffers = read_buffers(engine, args.rows)
+    rounds = [one_round(engine, timed, buffers, args.steps, args.rows)
+              for _ in range(args.rounds)]  # fmt: skip
     print_table(args, rounds)
     out = Path(args.out) if args.out else RESULTS / f"step_phases_cpu_{args.rows}x{args.context}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -82,22 +87,26 @@ def start_decoding(engine: LLMEngine, rows: int, context: int, tokens: int) -> N
 
 
 def one_round(
-    engine: LLMEngine, stack: DecoderStack, buffers: list[torch.Tensor], steps: int
+    engine: LLMEngine, stack: DecoderStack, buffers: list[torch.Tensor], steps: int, rows: int
 ) -> dict[str, float]:
     """Per-step milliseconds of each phase, of the whole step and of the rest outside the
     stack, with the floor read around the steps."""
-    before, _, weight_bytes = weight_floor(engine, reps=3, buffers=buffers)
+    before, _, weight_bytes = weight_floor(engine, reps=3, buffers=buffers, rows=rows)
     stack.phase_seconds()  # zero the counters
     start = time.perf_counter()
     for _ in range(steps):
         engine.step()
     step = (time.perf_counter() - start) / steps
     phases = {name: seconds / steps for name, seconds in stack.phase_seconds().items()}
-    after, _, _ = weight_floor(engine, reps=3, buffers=buffers)
+    after, _, _ = weight_floor(engine, reps=3, buffers=buffers, rows=rows)
     floor = min(before, after)
     row = {f"{name}_ms": seconds * 1e3 for name, seconds in phases.items()}
-    linear_bytes = sum(sum(getattr(layer, n).numel() for n in LINEARS) for layer in stack.layers) * 4
-    head_bytes = stack.head.panels.numel() * 4 if stack.head is not None else 0
+    linear_bytes = sum(_linear_bytes(layer, n, rows <= stack.quantized_max_rows)
+                       for layer in stack.layers for n in LINEARS)  # fmt: skip
+    head_bytes = 0
+    if stack.head is not None:
+        q8 = stack.head.q8 if rows <= stack.head_quantized_max_rows else None
+        head_bytes = q8.nbytes if q8 is not None else stack.head.panels.numel() * 4
     linears = sum(phases[n] for n in LINEARS)
     row.update(
         step_ms=step * 1e3, floor_ms=floor * 1e3, bandwidth_gbs=weight_bytes / floor / 1e9,
@@ -106,6 +115,14 @@ def one_round(
         head_gbs=head_bytes / phases["head"] / 1e9 if phases["head"] else 0.0,
     )
     return row
+
+
+def _linear_bytes(layer: LayerTensors, name: str, quantized: bool) -> int:
+    """Bytes the stack reads for one projection: 4-bit where it has them and uses them."""
+    q4 = getattr(layer, f"{name}_q4")
+    if quantized and q4 is not None:
+        return q4.nbytes
+    return getattr(layer, name).numel() * 4
 
 
 def print_table(args: argparse.Namespace, rounds: list[dict[str, float]]) -> None:

@@ -28,6 +28,7 @@ _ENGINE_FIELDS = (
     "enable_prefix_cache",
     "enable_cascade",
     "prefault_kv_cache",
+    "quantized_linear",
     "ngram_speculation",
     "ngram_max_rows",
     "pause_min_tokens",
@@ -55,6 +56,8 @@ class ServerConfig:
     enable_prefix_cache: bool = True
     enable_cascade: bool = True
     prefault_kv_cache: bool = True
+    # a GGUF's Q4_1 layers and Q8_0 tied head also kept quantized, for CPU steps of few rows
+    quantized_linear: bool = True
     # decodes draft up to 4 tokens from their own text (exact: each stays only if the step
     # chooses it, greedy or sampled; a chain of summaries alone ran 3.54 -> 2.25 s,
     # benchmarks/README.md)
@@ -309,6 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="map the CPU KV pool's pages on first use instead of writing them all at start "
         "(a smaller footprint; steps pay for each page they use first)",
+    )
+    engine.add_argument(
+        "--no-quantized-weights",
+        dest="quantized_linear",
+        action="store_false",
+        help="CPU steps of few rows read float32 weights only, not also a GGUF's 4-bit layers "
+        "and 8-bit head (bit for bit the same weights; those steps run ~1.8x faster with them)",
     )
     engine.add_argument(
         "--engines",

@@ -132,6 +132,7 @@ class LLMEngine:
             dtype=dtype,
             packed_linear=_packed_linear(engine_config.packed_linear, device),
             fused_layers=engine_config.fused_layers,
+            quantized_linear=engine_config.quantized_linear,
         )
         model_dtype = next(loaded.model.parameters()).dtype
         return cls(

@@ -20,8 +20,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from server.engine.gguf_quantized import read_quantized, write_quantized
 from server.engine.model_name import check_model_name
 from server.engine.models import LlamaForCausalLM, ModelConfig
+from server.engine.models.linear import QUANTIZED_MAX_ROWS
 from server.engine.registry import embedded_model
 from server.engine.tokenizer import Tokenizer
 
@@ -58,6 +60,7 @@ def load_model(
     cache_dir: str | Path | None = None,
     packed_linear: bool = True,
     fused_layers: bool = True,
+    quantized_linear: bool = True,
 ) -> LoadedModel:
     """Load a registered name (`smollm2-135m-instruct`), an HF folder (config.json +
     *.safetensors, or PyTorch *.bin weights) or a .gguf file. dtype None: float32 on CPU,
@@ -65,7 +68,9 @@ def load_model(
     GGUF conversions are cached in `<cache_dir>/<name>` (cache_dir defaults to
     ~/.cache/parrot/models). `packed_linear`: CPU float32 linear layers use the packed kernel;
     `fused_layers`: packed models run steps without shared-prefix levels through one C call for
-    all layers."""
+    all layers; `quantized_linear`: packed layers converted from a GGUF's Q4_1 weights (and a
+    tied head from its Q8_0 embedding) keep them quantized too, for steps of few rows
+    (`server/engine/gguf_quantized.py`)."""
     device = torch.device(device)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -85,6 +90,11 @@ def load_model(
         config, device=device, dtype=dtype, packed_linear=packed_linear, fused_layers=fused_layers
     )
     model.load_weights(weights)
+    if quantized_linear and packed_linear and device.type == "cpu" and dtype == torch.float32:
+        attached = model.attach_quantized(read_quantized(folder))
+        if attached:
+            log.info("%s: %d weights used quantized in steps of up to %d rows",
+                     name, attached, QUANTIZED_MAX_ROWS)  # fmt: skip
     model.eval()
     return LoadedModel(model, tokenizer, config, name, folder)
 
@@ -160,6 +170,8 @@ def _write_hf_folder(gguf_path: Path, out: Path) -> None:
     if not hf_tokenizer.chat_template:
         hf_tokenizer.chat_template = CHATML_TEMPLATE
     hf_tokenizer.save_pretrained(str(out))
+    if config.get("model_type") == "llama":
+        write_quantized(gguf_path, out, config)  # as they are too, for CPU decode steps
 
 
 def _make_readable(folder: Path) -> None:
@@ -182,7 +194,8 @@ def _gguf_stamp(path: Path) -> dict[str, Any]:
         digest.update(f.read(1 << 20))
         f.seek(max(0, size - (1 << 20)))
         digest.update(f.read(1 << 20))
-    return {"gguf": path.name, "size": size, "sha256_ends": digest.hexdigest()}
+    # layout 2: the conversion holds the quantized weights too (gguf_quantized.py)
+    return {"gguf": path.name, "size": size, "sha256_ends": digest.hexdigest(), "layout": 2}
 
 
 def _read_stamp(folder: Path) -> dict[str, Any] | None:

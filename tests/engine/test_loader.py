@@ -7,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -15,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from server.engine import loader
 from server.engine.loader import load_model
 from server.engine.registry import embedded_model
+from tests.engine.gguf_writer import write_llama_gguf
 
 
 @pytest.fixture(scope="module")
@@ -23,69 +23,6 @@ def tiny_gguf(tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -
     path = tmp_path_factory.mktemp("gguf") / "tiny-llama.F32.gguf"
     write_llama_gguf(tiny_llama_path, path)
     return path
-
-
-def write_llama_gguf(folder: Path, path: Path) -> None:
-    """Write an HF Llama folder as a GGUF the way llama.cpp lays one out (q/k rows permuted)."""
-    import gguf
-
-    config = json.loads((folder / "config.json").read_text())
-    tokenizer = json.loads((folder / "tokenizer.json").read_text())
-    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_context_length(config["max_position_embeddings"])
-    writer.add_embedding_length(config["hidden_size"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_key_length(config["head_dim"])
-    writer.add_value_length(config["head_dim"])
-    writer.add_rope_dimension_count(config["head_dim"])
-    writer.add_rope_freq_base(config["rope_parameters"]["rope_theta"])
-    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    writer.add_vocab_size(config["vocab_size"])
-    vocab = tokenizer["model"]["vocab"]
-    tokens = sorted(vocab, key=vocab.get)
-    special = {t["id"] for t in tokenizer["added_tokens"] if t["special"]}
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3 if i in special else 1 for i in range(len(tokens))])
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m)
-                             for m in tokenizer["model"]["merges"]])
-    writer.add_bos_token_id(config["eos_token_id"])
-    writer.add_eos_token_id(config["eos_token_id"])
-    writer.add_chat_template((folder / "chat_template.jinja").read_text())
-    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-             "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
-    for name, tensor in load_file(str(folder / "model.safetensors")).items():
-        array = tensor.numpy()
-        if name == "model.embed_tokens.weight":
-            gguf_name = "token_embd.weight"
-        elif name == "model.norm.weight":
-            gguf_name = "output_norm.weight"
-        elif name == "lm_head.weight":
-            gguf_name = "output.weight"
-        else:
-            layer, rest = name.removeprefix("model.layers.").split(".", 1)
-            module, kind = rest.rsplit(".", 1)
-            gguf_name = f"blk.{layer}.{names[module]}.{kind}"
-            if module in ("self_attn.q_proj", "self_attn.k_proj"):
-                array = permute_rope_rows(array, heads if module.endswith("q_proj") else kv_heads)
-        writer.add_tensor(gguf_name, np.ascontiguousarray(array))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
-def permute_rope_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
-    """HF "rotate half" rows -> llama.cpp interleaved pairs, per head."""
-    rows = weight.shape[0]
-    return (weight.reshape(num_heads, 2, rows // num_heads // 2, *weight.shape[1:])
-            .swapaxes(1, 2).reshape(weight.shape))
 
 
 @torch.inference_mode()

@@ -19,6 +19,7 @@ def test_defaults_and_flags_map_to_the_config() -> None:
         "enable_prefix_cache": False,
         "enable_cascade": True,
         "prefault_kv_cache": True,
+        "quantized_linear": True,
         "ngram_speculation": 4,
         "latency_max_batched_tokens": 0,
         "latency_other_decode_rows": 3,
@@ -55,6 +56,9 @@ def test_ablation_flags_switch_each_optimisation_off() -> None:
         "prefault_kv_cache"
     ] is False
     assert ServerConfig.from_args(["--kv-cache-gb", "0.5"]).engine_kwargs()["kv_cache_gb"] == 0.5
+    assert ServerConfig.from_args(["--no-quantized-weights"]).engine_kwargs()[
+        "quantized_linear"
+    ] is False
     off = ServerConfig.from_args(["--no-app-scheduling"])
     assert not off.executor_config().app_scheduling
     assert "latency_max_batched_tokens" not in off.engine_kwargs()

@@ -6,6 +6,15 @@ import torch
 from torch import nn
 
 from server.kernels import cpu
+from server.kernels.cpu import q4_linear
+from server.kernels.cpu.q4_linear import Q4Panels
+
+# Up to this many rows, layers with 4-bit weights (`Linear.attach_q4`) multiply with them, and
+# up to QUANTIZED_HEAD_MAX_ROWS logit rows the model's 8-bit head; from there on the float32
+# panels (compute-bound there: dequantizing costs more than the bytes it saves). The measured
+# crossovers: server/kernels/README.md (q4 and q8 sections).
+QUANTIZED_MAX_ROWS = 16
+QUANTIZED_HEAD_MAX_ROWS = 16
 
 
 class Linear(nn.Module):
@@ -16,7 +25,8 @@ class Linear(nn.Module):
     (`panels`) for the packed CPU kernel: at decode batch sizes it streams the weights about
     twice as fast as MKL and uses every core (see server/kernels/cpu). `unpack()` restores
     `weight_t`, e.g. to load new weights. Parameters are left uninitialised (they are loaded),
-    so construction costs nothing.
+    so construction costs nothing. A packed layer may also hold its weight 4-bit
+    (`attach_q4`, from a GGUF's Q4_1 blocks): steps of few rows then stream ~5x fewer bytes.
     """
 
     def __init__(
@@ -33,6 +43,7 @@ class Linear(nn.Module):
             torch.empty(in_features, out_features, device=device, dtype=dtype)
         )
         self.panels: nn.Parameter | None = None
+        self.q4: Q4Panels | None = None
         self.bias = (
             nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
         )
@@ -60,14 +71,41 @@ class Linear(nn.Module):
         self.panels = nn.Parameter(cpu.pack(self.weight_t.data, out), requires_grad=False)
         self.weight_t = None
 
+    def attach_q4(self, panels: Q4Panels) -> bool:
+        """Use `panels` for products of up to `QUANTIZED_MAX_ROWS` rows, if they hold this packed
+        layer's weight bit for bit (else leave the layer as it is). True if attached."""
+        if self.panels is None or (panels.in_features, panels.out_features) != (
+            self.in_features, self.out_features
+        ):
+            return False
+        weight_t = cpu.unpack(self.panels.data, self.out_features)
+        if not torch.equal(q4_linear.dequantize(panels), weight_t):
+            return False
+        self.q4 = panels
+        return True
+
+    def bytes_read(self, rows: int) -> int:
+        """Bytes of weight (and bias) a product of `rows` rows reads."""
+        if self.q4 is not None and rows <= QUANTIZED_MAX_ROWS:
+            weight = self.q4.nbytes
+        else:
+            tensor = self.panels if self.panels is not None else self.weight_t
+            assert tensor is not None
+            weight = tensor.numel() * tensor.element_size()
+        bias = 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
+        return weight + bias
+
     def unpack(self) -> None:
         """Back to the plain [in, out] weight."""
+        self.q4 = None  # the weight is about to change
         if self.panels is None:
             return
         self.weight_t = nn.Parameter(cpu.unpack(self.panels.data, self.out_features))
         self.panels = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.q4 is not None and x.shape[0] <= QUANTIZED_MAX_ROWS:
+            return q4_linear.q4_linear(x, self.q4, self.bias)
         if self.panels is not None:
             return cpu.packed_linear(x, self.panels, self.out_features, self.bias)
         assert self.weight_t is not None

@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from server.engine.gguf_quantized import QuantizedWeights
 from server.engine.models.config import ModelConfig
 from server.engine.models.layer_run import LayerRun
-from server.engine.models.linear import Linear
+from server.engine.models.linear import QUANTIZED_HEAD_MAX_ROWS, QUANTIZED_MAX_ROWS, Linear
 from server.engine.models.rms_norm import RMSNorm
 from server.engine.models.rope import RotaryEmbedding, apply_rope
 from server.kernels import AttentionMetadata, attention, cpu
-from server.kernels.cpu import huge_pages
+from server.kernels.cpu import huge_pages, q4_linear, q8_linear
 from server.kernels.cpu.decoder_stack import (
     DecoderStack,
     HeadTensors,
@@ -27,6 +28,7 @@ from server.kernels.cpu.decoder_stack import (
 )
 from server.kernels.cpu.decoder_stack import available as decoder_stack_available
 from server.kernels.cpu.decoder_stack import supports as decoder_stack_supports
+from server.kernels.cpu.q8_linear import Q8Panels
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class LlamaForCausalLM(nn.Module):
         # faster from a transposed copy (made by load_weights: [H, vocab], or its panels when
         # packed), worth its memory. A buffer: the bytes a step streams are counted once.
         self.register_buffer("tied_head", None, persistent=False)
+        # the packed tied head 8-bit too (attach_quantized), for steps of few rows
+        self.head_q8: Q8Panels | None = None
         self.rope = RotaryEmbedding(
             config.head_dim, config.max_position_embeddings, config.rope_theta,
             config.rope_scaling, device=device, dtype=dtype,
@@ -146,11 +150,30 @@ class LlamaForCausalLM(nn.Module):
         """Float32 logits [N, vocab] for hidden states [N, H] (pick the rows you need first)."""
         if self.lm_head is not None:
             return self.lm_head(hidden).float()
+        if self.head_q8 is not None and hidden.shape[0] <= QUANTIZED_HEAD_MAX_ROWS:
+            return q8_linear.q8_linear(hidden.contiguous(), self.head_q8)
         if self.tied_head is not None and self.tied_head.dim() == 3:
             return cpu.packed_linear(hidden.contiguous(), self.tied_head, self.config.vocab_size)
         if self.tied_head is not None:
             return torch.mm(hidden, self.tied_head).float()
         return F.linear(hidden, self.embed_tokens).float()
+
+    def weight_bytes_read(self, rows: int) -> int:
+        """Bytes of weights a step of `rows` rows reads: every linear layer's (4-bit where it
+        uses them at that many rows), the LM head's, the norms' and the rows' embeddings; what
+        a decode step's time is bound by at small batches."""
+        total = 0
+        for module in self.modules():
+            if isinstance(module, Linear):
+                total += module.bytes_read(rows)
+            elif isinstance(module, RMSNorm):
+                total += module.weight.numel() * module.weight.element_size()
+        if self.head_q8 is not None and rows <= QUANTIZED_HEAD_MAX_ROWS:
+            total += self.head_q8.nbytes
+        elif self.lm_head is None:  # tied (a separate head is one of the Linear modules)
+            head = self.tied_head if self.tied_head is not None else self.embed_tokens
+            total += head.numel() * head.element_size()
+        return total + rows * self.embed_tokens[0].numel() * self.embed_tokens.element_size()
 
     @torch.no_grad()
     def load_weights(
@@ -189,7 +212,7 @@ class LlamaForCausalLM(nn.Module):
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise ValueError(f"checkpoint lacks tensors: {', '.join(missing[:5])}{more}")
         pack = self.packed_linear and cpu.available()
-        head_t = self.tied_head = None
+        head_t = self.tied_head = self.head_q8 = None
         if self.lm_head is None and self.embed_tokens.device.type == "cpu":
             head_t = self.embed_tokens.detach().t().contiguous()
             self.tied_head = head_t
@@ -221,6 +244,36 @@ class LlamaForCausalLM(nn.Module):
         c = self.config
         self.lm_head = Linear(c.hidden_size, c.vocab_size, False, embed.device, embed.dtype)
         copier.copy(self.lm_head.weight, head)
+
+    def attach_quantized(self, weights: QuantizedWeights) -> int:
+        """Give the packed linear layers their Q4_1 weights and a packed tied head its Q8_0
+        one where `weights` (`server.engine.gguf_quantized`) has every weight a layer fuses
+        and they equal its float32 weight bit for bit; rebuilds the decoder stack to use them.
+        Returns how many layers (the head counted) took them."""
+        attached = 0
+        for i, layer in enumerate(self.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            fused = {
+                attn.qkv_proj: ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                attn.o_proj: ("self_attn.o_proj",),
+                mlp.gate_up_proj: ("mlp.gate_proj", "mlp.up_proj"),
+                mlp.down_proj: ("mlp.down_proj",),
+            }
+            for linear, names in fused.items():
+                found = [weights.q4_1.get(f"model.layers.{i}.{name}.weight") for name in names]
+                if linear.packed and all(f is not None for f in found):
+                    q, scales, mins = (torch.cat(t) for t in zip(*found, strict=True))
+                    attached += linear.attach_q4(q4_linear.pack_q4(q, scales, mins))
+        embedding = weights.q8_0.get("model.embed_tokens.weight")
+        if embedding is not None and self.tied_head is not None and self.tied_head.dim() == 3:
+            panels = q8_linear.pack_q8(*embedding)
+            head_t = cpu.unpack(self.tied_head, self.config.vocab_size)
+            if torch.equal(q8_linear.dequantize(panels), head_t):
+                self.head_q8 = panels
+                attached += 1
+        if attached:
+            self.decoder_stack = self._build_decoder_stack()
+        return attached
 
     def _pack_weights(self, head_t: torch.Tensor | None) -> None:
         """Every linear layer's panels, and the tied head's, in one buffer on huge pages, in
@@ -265,11 +318,13 @@ class LlamaForCausalLM(nn.Module):
                 return None
             biases = {f"{name}_bias": None if lin.bias is None else lin.bias.data
                       for name, lin in linears.items()}
+            q4 = {f"{name}_q4": lin.q4 for name, lin in linears.items()}
             layers.append(LayerTensors(
                 layer.input_layernorm.weight.data, layer.post_attention_layernorm.weight.data,
-                **tensors, **biases,
+                **tensors, **biases, **q4,
             ))
-        return DecoderStack(shape, layers, self._head_tensors())
+        return DecoderStack(shape, layers, self._head_tensors(), quantized_max_rows=QUANTIZED_MAX_ROWS,
+                            head_quantized_max_rows=QUANTIZED_HEAD_MAX_ROWS)
 
     def _head_tensors(self) -> HeadTensors | None:
         """The final norm and the packed LM head (tied or not) for the stack; None when the
@@ -280,7 +335,8 @@ class LlamaForCausalLM(nn.Module):
             panels = self.tied_head if self.tied_head is not None and self.tied_head.dim() == 3 else None
         if panels is None:
             return None
-        return HeadTensors(self.norm.weight.data, panels.data, self.config.vocab_size)
+        return HeadTensors(self.norm.weight.data, panels.data, self.config.vocab_size,
+                           None if self.lm_head is not None else self.head_q8)
 
     def weight_slots(self) -> dict[str, torch.Tensor]:
         """HF tensor name -> the view of our parameter it fills (shape as in the checkpoint)."""

@@ -45,9 +45,13 @@ double *parrot_stack_phases(void) { return phase_seconds; }
 #define PHASE_END(p) ((void)0)
 #endif
 
-/* the public functions of packed_linear.c and paged_decode.c */
+/* the public functions of packed_linear.c, q4_linear.c and the attention kernels */
 void parrot_packed_linear(const float *x, long M, long K, const float *panels, long N,
                           const float *bias, float *y, int threads);
+void parrot_q4_linear(const float *x, long M, long K, const uint8_t *qs, const float *scales,
+                      const float *mins, long N, const float *bias, float *y, int threads);
+void parrot_q8_linear(const float *x, long M, long K, const int8_t *qs, const float *scales,
+                      long N, const float *bias, float *y, int threads);
 int parrot_paged_decode(const float *q, long R, long Hq, long Hkv, long D, const float *k_cache,
                         const float *v_cache, long block_size, const int64_t *blocks,
                         const int64_t *offsets, const int64_t *tokens, float scale, long chunk,
@@ -63,17 +67,28 @@ int parrot_paged_levels(const float *q, long Hq, long Hkv, long D, const float *
                         const int64_t *tokens, float scale, float *out, float *lse,
                         int threads);
 
+/* A projection's weight 4-bit (q4_linear.c's panels), or all NULL. */
+typedef struct {
+    const uint8_t *qs;
+    const float *scales, *mins;
+} parrot_q4;
+
 /* One layer's parameters: norms [hidden]; packed panels of qkv [hidden -> (Hq + 2 Hkv) D],
- * o [Hq D -> hidden], gate_up [hidden -> 2 I] and down [I -> hidden]; biases or NULL. */
+ * o [Hq D -> hidden], gate_up [hidden -> 2 I] and down [I -> hidden]; biases or NULL; the
+ * same projections 4-bit where the model has them (else NULL). */
 typedef struct {
     const float *input_norm, *post_norm;
     const float *qkv, *qkv_bias, *o, *o_bias, *gate_up, *gate_up_bias, *down, *down_bias;
+    parrot_q4 qkv_q4, o_q4, gate_up_q4, down_q4;
 } parrot_layer;
 
+/* Steps of up to quantized_max_rows rows use the layers' quantized weights where there are,
+ * and heads over up to head_quantized_max_rows rows the head's. */
 typedef struct {
     long hidden, heads, kv_heads, head_dim, intermediate;
     float eps, scale;
     const float *cos, *sin; /* RoPE tables [positions, head_dim / 2] */
+    long quantized_max_rows, head_quantized_max_rows;
 } parrot_stack_shape;
 
 /* The step's rows: positions [R] and cache slots [R] of the new tokens. Sequence s owns rows
@@ -95,7 +110,8 @@ typedef struct {
 } parrot_step_rows;
 
 /* The final norm and the LM head over the rows that sample: logits [count, vocab] of the rows
- * rows[0 .. count), with the head packed into panels [ceil(vocab / 16)][hidden][16]. Done in
+ * rows[0 .. count), with the head packed into panels [ceil(vocab / 16)][hidden][16], and 8-bit
+ * (q8_linear.c's panels; NULL without) for up to the shape's head_quantized_max_rows rows. Done in
  * the same call so that a step does not pay for leaving C and coming back with the caches
  * cold (a torch op right after the stack took 120-220 us instead of 10-20). */
 typedef struct {
@@ -103,6 +119,8 @@ typedef struct {
     long vocab, count;
     const int64_t *rows;
     float *logits;
+    const int8_t *q8;
+    const float *q8_scales;
 } parrot_logits_head;
 
 /* The step's sequences by attention kernel: one-row sequences (decodes) and the rest. */
@@ -124,6 +142,8 @@ static void rope_and_store(const float *qkv, const parrot_stack_shape *s, float 
                            float *v_cache, const parrot_step_rows *b, float *q, int threads);
 static void silu_mul(const float *gate_up, long rows, long n, float *out, int threads);
 static void add_into(float *x, const float *y, long n, int threads);
+static void linear(const float *x, long R, long K, const float *panels, const parrot_q4 *q4,
+                   long N, const float *bias, float *y, long quantized_max_rows, int threads);
 
 /* x [R, hidden] (the residual stream, updated in place) through layers[first .. num_layers),
  * then the logits of `head` unless it is NULL. With `stop` (may be NULL), a flag that another
@@ -136,7 +156,7 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
                          long first, long num_layers, const parrot_step_rows *b,
                          const parrot_logits_head *head, const volatile int *stop,
                          int threads) {
-    const long R = b->rows, H = s->hidden, I = s->intermediate;
+    const long R = b->rows, H = s->hidden, I = s->intermediate, quant_rows = s->quantized_max_rows;
     const long q_size = s->heads * s->head_dim;
     const long qkv_size = q_size + 2 * s->kv_heads * s->head_dim;
     long wide = qkv_size > 2 * I ? qkv_size : 2 * I;
@@ -157,7 +177,7 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
         const parrot_layer *l = layers + i;
         rms_norm(x, l->input_norm, s->eps, R, H, normed, threads);
         PHASE_END(PHASE_ELEMENTWISE);
-        parrot_packed_linear(normed, R, H, l->qkv, qkv_size, l->qkv_bias, proj, threads);
+        linear(normed, R, H, l->qkv, &l->qkv_q4, qkv_size, l->qkv_bias, proj, quant_rows, threads);
         PHASE_END(PHASE_QKV);
         rope_and_store(proj, s, b->k_caches[i], b->v_caches[i], b, q, threads);
         PHASE_END(PHASE_ELEMENTWISE);
@@ -165,16 +185,17 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
         status = attend(q, s, b->k_caches[i], b->v_caches[i], b, &split, proj, lse, attn,
                         threads);
         PHASE_END(PHASE_ATTENTION);
-        parrot_packed_linear(attn, R, q_size, l->o, H, l->o_bias, delta, threads);
+        linear(attn, R, q_size, l->o, &l->o_q4, H, l->o_bias, delta, quant_rows, threads);
         PHASE_END(PHASE_O);
         add_into(x, delta, R * H, threads);
         rms_norm(x, l->post_norm, s->eps, R, H, normed, threads);
         PHASE_END(PHASE_ELEMENTWISE);
-        parrot_packed_linear(normed, R, H, l->gate_up, 2 * I, l->gate_up_bias, proj, threads);
+        linear(normed, R, H, l->gate_up, &l->gate_up_q4, 2 * I, l->gate_up_bias, proj, quant_rows,
+               threads);
         PHASE_END(PHASE_GATE_UP);
         silu_mul(proj, R, I, normed, threads);
         PHASE_END(PHASE_ELEMENTWISE);
-        parrot_packed_linear(normed, R, I, l->down, H, l->down_bias, delta, threads);
+        linear(normed, R, I, l->down, &l->down_q4, H, l->down_bias, delta, quant_rows, threads);
         PHASE_END(PHASE_DOWN);
         add_into(x, delta, R * H, threads);
         PHASE_END(PHASE_ELEMENTWISE);
@@ -184,8 +205,12 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
         /* normed holds R x max(H, I) floats and count <= R */
         for (long j = 0; j < head->count; j++)
             rms_norm(x + head->rows[j] * H, head->norm, s->eps, 1, H, normed + j * H, 1);
-        parrot_packed_linear(normed, head->count, H, head->panels, head->vocab, NULL,
-                             head->logits, threads);
+        if (head->q8 && head->count <= s->head_quantized_max_rows)
+            parrot_q8_linear(normed, head->count, H, head->q8, head->q8_scales, head->vocab,
+                             NULL, head->logits, threads);
+        else
+            parrot_packed_linear(normed, head->count, H, head->panels, head->vocab, NULL,
+                                 head->logits, threads);
         PHASE_END(PHASE_HEAD);
     }
     free(split.memory);
@@ -341,4 +366,14 @@ static void silu_mul(const float *gate_up, long rows, long n, float *out, int th
 static void add_into(float *x, const float *y, long n, int threads) {
 #pragma omp parallel for simd num_threads(threads) if (n >= PARALLEL_ELEMENTS)
     for (long i = 0; i < n; i++) x[i] += y[i];
+}
+
+/* y = x @ W (+ bias): the 4-bit weights for steps of few rows (they stream ~5x fewer bytes),
+ * else the float32 panels */
+static void linear(const float *x, long R, long K, const float *panels, const parrot_q4 *q4,
+                   long N, const float *bias, float *y, long quantized_max_rows, int threads) {
+    if (q4->qs && R <= quantized_max_rows)
+        parrot_q4_linear(x, R, K, q4->qs, q4->scales, q4->mins, N, bias, y, threads);
+    else
+        parrot_packed_linear(x, R, K, panels, N, bias, y, threads);
 }

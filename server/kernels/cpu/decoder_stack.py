@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 
 from server.kernels.cpu import native_library, paged_decode, paged_levels, paged_prefill
+from server.kernels.cpu.q4_linear import Q4Panels
+from server.kernels.cpu.q8_linear import Q8Panels
 from server.kernels.metadata import AttentionMetadata
 from server.kernels.step_plan import step_plan_of
 
@@ -31,7 +33,8 @@ PHASES = ("elementwise", "qkv", "attention", "o", "gate_up", "down", "head")
 SOURCES = [
     Path(__file__).with_name(name)
     for name in (
-        "decoder_stack.c", "packed_linear.c", "paged_decode.c", "paged_prefill.c", "paged_levels.c"
+        "decoder_stack.c", "packed_linear.c", "q4_linear.c", "q8_linear.c", "paged_decode.c",
+        "paged_prefill.c", "paged_levels.c",
     )
 ]
 
@@ -82,7 +85,8 @@ class StackShape:
 
 @dataclass(frozen=True, slots=True)
 class LayerTensors:
-    """One layer's norm weights and packed projections (`server.kernels.cpu.pack` panels)."""
+    """One layer's norm weights and packed projections (`server.kernels.cpu.pack` panels), and
+    the same projections 4-bit where the model has them (`q4_linear.Q4Panels`)."""
 
     input_norm: torch.Tensor
     post_norm: torch.Tensor
@@ -94,16 +98,22 @@ class LayerTensors:
     o_bias: torch.Tensor | None = None
     gate_up_bias: torch.Tensor | None = None
     down_bias: torch.Tensor | None = None
+    qkv_q4: Q4Panels | None = None
+    o_q4: Q4Panels | None = None
+    gate_up_q4: Q4Panels | None = None
+    down_q4: Q4Panels | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class HeadTensors:
     """The final norm's weight [hidden] and the LM head packed into panels
-    ([ceil(vocab / 16), hidden, 16], `server.kernels.cpu.pack`)."""
+    ([ceil(vocab / 16), hidden, 16], `server.kernels.cpu.pack`), and 8-bit where the model
+    has it (`q8_linear.Q8Panels`)."""
 
     norm: torch.Tensor
     panels: torch.Tensor
     vocab: int
+    q8: Q8Panels | None = None
 
 
 class DecoderStack:
@@ -111,7 +121,9 @@ class DecoderStack:
     over the rows that sample; holds the model's tensors alive.
 
     `timed` builds the library with a wall clock around each phase (`phase_seconds`), for
-    benchmarks: its counters are shared by every timed stack, so time one at a time."""
+    benchmarks: its counters are shared by every timed stack, so time one at a time. Steps of
+    up to `quantized_max_rows` rows use the layers' quantized projections where there are,
+    and logits of up to `head_quantized_max_rows` rows the quantized head."""
 
     def __init__(
         self,
@@ -119,6 +131,8 @@ class DecoderStack:
         layers: list[LayerTensors],
         head: HeadTensors | None = None,
         timed: bool = False,
+        quantized_max_rows: int = 0,
+        head_quantized_max_rows: int = 0,
     ) -> None:
         lib = _library(timed)
         if lib is None:
@@ -132,16 +146,25 @@ class DecoderStack:
         self.layers = layers
         self.head = head
         self.timed = timed
+        self.quantized_max_rows = quantized_max_rows
+        self.head_quantized_max_rows = head_quantized_max_rows
         # read-only once built: engines sharing this model may run steps from several threads
         self._shape = _Shape(
             shape.hidden, shape.heads, shape.kv_heads, shape.head_dim, shape.intermediate,
             shape.eps, shape.head_dim**-0.5, shape.cos.data_ptr(), shape.sin.data_ptr(),
+            quantized_max_rows, head_quantized_max_rows,
         )
         self._layers = (_Layer * len(layers))()
         for slot, layer in zip(self._layers, layers, strict=True):
             for name in _Layer.WEIGHTS:
                 tensor = getattr(layer, name)
                 setattr(slot, name, None if tensor is None else tensor.data_ptr())
+            for name in _Layer.Q4:
+                q4 = getattr(layer, f"{name}_q4")
+                if q4 is not None:
+                    setattr(slot, f"{name}_qs", q4.qs.data_ptr())
+                    setattr(slot, f"{name}_scales", q4.scales.data_ptr())
+                    setattr(slot, f"{name}_mins", q4.mins.data_ptr())
 
     def run(
         self,
@@ -180,8 +203,11 @@ class DecoderStack:
                 raise ValueError(f"decoder stack: logit rows must lie in [0, {rows})")
             wanted = torch.tensor(logit_rows, dtype=torch.int64)
             logits = torch.empty(len(logit_rows), self.head.vocab, dtype=torch.float32)
+            q8 = self.head.q8
             head = _Head(self.head.norm.data_ptr(), self.head.panels.data_ptr(), self.head.vocab,
-                         len(logit_rows), wanted.data_ptr(), logits.data_ptr())
+                         len(logit_rows), wanted.data_ptr(), logits.data_ptr(),
+                         None if q8 is None else q8.qs.data_ptr(),
+                         None if q8 is None else q8.scales.data_ptr())
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} layer KV caches, got {len(kv_caches)}")
         if not (hidden.dtype == torch.float32 and hidden.is_contiguous()
@@ -301,7 +327,12 @@ class _Layer(ctypes.Structure):
         "input_norm", "post_norm", "qkv", "qkv_bias", "o", "o_bias",
         "gate_up", "gate_up_bias", "down", "down_bias",
     )
-    _fields_ = [(name, ctypes.c_void_p) for name in WEIGHTS]
+    Q4 = ("qkv", "o", "gate_up", "down")  # each: qs, scales, mins (NULL without)
+    _fields_ = [
+        *((name, ctypes.c_void_p) for name in WEIGHTS),
+        *((f"{name}_{part}", ctypes.c_void_p) for name in Q4
+          for part in ("qs", "scales", "mins")),
+    ]
 
 
 class _Shape(ctypes.Structure):
@@ -309,7 +340,8 @@ class _Shape(ctypes.Structure):
         *((name, ctypes.c_long) for name in
           ("hidden", "heads", "kv_heads", "head_dim", "intermediate")),
         ("eps", ctypes.c_float), ("scale", ctypes.c_float),
-        ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
+        ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p), ("quantized_max_rows", ctypes.c_long),
+        ("head_quantized_max_rows", ctypes.c_long),
     ]
 
 
@@ -331,6 +363,7 @@ class _Head(ctypes.Structure):
     _fields_ = [
         ("norm", ctypes.c_void_p), ("panels", ctypes.c_void_p), ("vocab", ctypes.c_long),
         ("count", ctypes.c_long), ("rows", ctypes.c_void_p), ("logits", ctypes.c_void_p),
+        ("q8", ctypes.c_void_p), ("q8_scales", ctypes.c_void_p),
     ]
 
 
@@ -380,6 +413,13 @@ def _check_layer(index: int, layer: LayerTensors, shape: StackShape) -> None:
         if tensor is None and name.endswith("_bias"):
             continue
         _check_tensor(f"layer {index} {name}", tensor, want)
+    for name, (k, n) in panels.items():
+        q4 = getattr(layer, f"{name}_q4")
+        if q4 is not None and (q4.in_features, q4.out_features) != (k, n):
+            raise ValueError(
+                f"decoder stack: layer {index} {name}_q4 is {q4.in_features} -> "
+                f"{q4.out_features}, expected {k} -> {n}"
+            )
 
 
 def _check_head(head: HeadTensors, shape: StackShape) -> None:
@@ -388,6 +428,12 @@ def _check_head(head: HeadTensors, shape: StackShape) -> None:
 
     _check_tensor("head norm", head.norm, (shape.hidden,))
     _check_tensor("head panels", head.panels, packed_shape(shape.hidden, head.vocab))
+    q8 = head.q8
+    if q8 is not None and (q8.in_features, q8.out_features) != (shape.hidden, head.vocab):
+        raise ValueError(
+            f"decoder stack: the 8-bit head is {q8.in_features} -> {q8.out_features}, "
+            f"expected {shape.hidden} -> {head.vocab}"
+        )
 
 
 def _check_tensor(what: str, tensor: torch.Tensor | None, want: tuple[int, ...]) -> None:

@@ -1,0 +1,147 @@
+"""A GGUF's quantized weights, kept as they are for the CPU's decode steps.
+
+A converted GGUF's float32 weights are what transformers dequantizes. Beside them
+(`quantized.weights`, safetensors inside) this module saves, under the HF tensor's name, every
+Q4_1 linear weight (4-bit values, scales, mins; rows in HF's order: llama.cpp permutes the rows
+of q and k, transformers un-permutes them, so do we) and a Q8_0 token embedding (8-bit values,
+scales: the tied LM head). The engine checks at load that they give back its float32 weights bit
+for bit before it uses them (`server/engine/models`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["QUANTIZED_FILE", "QuantizedWeights", "read_quantized", "write_quantized"]
+
+# safetensors inside; not *.safetensors, which the loader reads as the checkpoint
+QUANTIZED_FILE = "quantized.weights"
+BLOCK = 32  # weights per block in both formats
+_Q4_1_BYTES = 20  # fp16 scale, fp16 min, 16 bytes of nibbles
+_Q8_0_BYTES = 34  # fp16 scale, 32 int8
+_EMBEDDING = "model.embed_tokens.weight"
+_HF_NAMES = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+@dataclass
+class QuantizedWeights:
+    """By HF weight name: Q4_1 weights as (q uint8 [N, K] in 0..15, scales, mins float32
+    [N, K / 32]), weight = scale * q + min; Q8_0 weights as (q int8 [N, K], scales float32
+    [N, K / 32]), weight = scale * q."""
+
+    q4_1: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    q8_0: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+def write_quantized(gguf_path: Path, folder: Path, config: dict[str, Any]) -> int:
+    """Save the Q4_1 linear weights and a Q8_0 token embedding of the llama-architecture GGUF
+    at `gguf_path` into `folder / QUANTIZED_FILE` (atomically); `config` is the converted HF
+    config. Returns how many weights were saved (0: none, and no file)."""
+    from gguf import GGMLQuantizationType, GGUFReader
+    from safetensors.torch import save_file
+
+    reader = GGUFReader(str(gguf_path))
+    heads = config.get("num_attention_heads")
+    kv_heads = config.get("num_key_value_heads", heads)
+    arrays: dict[str, np.ndarray] = {}
+    for t in reader.tensors:
+        raw = np.asarray(t.data)
+        if t.name == "token_embd.weight" and t.tensor_type == GGMLQuantizationType.Q8_0:
+            q8, scales = _q8_0_blocks(raw)
+            arrays.update({f"{_EMBEDDING}.q8": q8, f"{_EMBEDDING}.scales": scales})
+            continue
+        name = _hf_name(t.name)
+        if name is None or t.tensor_type != GGMLQuantizationType.Q4_1:
+            continue
+        q, scales, mins = _q4_1_blocks(raw)
+        if ".q_proj." in name or ".k_proj." in name:
+            if not heads:
+                continue  # the row order is unknown: leave this weight to float32
+            order = _hf_row_order(q.shape[0], heads if ".q_proj." in name else kv_heads)
+            q, scales, mins = q[order], scales[order], mins[order]
+        arrays.update({f"{name}.q4": q, f"{name}.scales": scales, f"{name}.mins": mins})
+    if not arrays:
+        return 0
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".quantized.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, folder / QUANTIZED_FILE)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return sum(k.endswith((".q4", ".q8")) for k in tensors)
+
+
+def read_quantized(folder: Path) -> QuantizedWeights:
+    """The saved quantized weights of a converted folder (none without a file)."""
+    from safetensors.torch import load_file
+
+    found = QuantizedWeights()
+    path = folder / QUANTIZED_FILE
+    if not path.exists():
+        return found
+    flat = load_file(str(path))
+    for key in flat:
+        name, kind = key.rsplit(".", 1)
+        if kind == "q4":
+            found.q4_1[name] = (flat[key], flat[f"{name}.scales"], flat[f"{name}.mins"])
+        elif kind == "q8":
+            found.q8_0[name] = (flat[key], flat[f"{name}.scales"])
+    return found
+
+
+def _hf_name(gguf_name: str) -> str | None:
+    """`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`; None for others."""
+    parts = gguf_name.split(".")
+    if len(parts) != 4 or parts[0] != "blk" or parts[3] != "weight" or parts[2] not in _HF_NAMES:
+        return None
+    return f"model.layers.{parts[1]}.{_HF_NAMES[parts[2]]}.weight"
+
+
+def _q4_1_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q4_1 rows [N, K / 32 * 20] bytes -> q [N, K] (0..15), scales and mins [N, K / 32]. A
+    block is fp16 d, fp16 m, then 16 bytes whose low nibbles are weights 0..15 and high
+    nibbles 16..31."""
+    rows = raw.shape[0]
+    blocks = raw.reshape(rows, -1, _Q4_1_BYTES)
+    scales = blocks[:, :, 0:2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+    mins = blocks[:, :, 2:4].copy().view(np.float16)[:, :, 0].astype(np.float32)
+    nibbles = blocks[:, :, 4:]
+    q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=2).reshape(rows, -1)
+    return q.astype(np.uint8), scales, mins
+
+
+def _q8_0_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q8_0 rows [N, K / 32 * 34] bytes -> q int8 [N, K], scales [N, K / 32]. A block is
+    fp16 d, then 32 int8."""
+    rows = raw.shape[0]
+    blocks = raw.reshape(rows, -1, _Q8_0_BYTES)
+    scales = blocks[:, :, 0:2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+    q = blocks[:, :, 2:].copy().view(np.int8).reshape(rows, -1)
+    return q, scales
+
+
+def _hf_row_order(rows: int, groups: int) -> np.ndarray:
+    """The GGUF rows in HF's order: llama.cpp interleaves each head's two rotary halves;
+    transformers undoes it (row r of HF = row order[r] of the GGUF)."""
+    index = np.arange(rows)
+    half = rows // groups // 2
+    return index.reshape(groups, half, 2).swapaxes(2, 1).reshape(rows)

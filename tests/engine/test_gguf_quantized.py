@@ -1,0 +1,126 @@
+"""A GGUF's quantized weights kept as they are (Q4_1 linear layers, a Q8_0 tied embedding):
+saved at conversion (rows in HF's order), checked against the float32 conversion at load, and
+used by the linear layers, the head and the decoder stack for steps of few rows, with the
+engine's tokens unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from server.engine import LLMEngine, SamplingParams
+from server.engine.gguf_quantized import QUANTIZED_FILE, read_quantized
+from server.engine.loader import load_model
+from server.engine.models.linear import QUANTIZED_HEAD_MAX_ROWS, QUANTIZED_MAX_ROWS, Linear
+from server.kernels.cpu import decoder_stack, q4_linear, q8_linear
+from tests.engine.gguf_writer import write_llama_gguf
+from tests.tiny_models import make_tiny_model
+
+pytestmark = pytest.mark.skipif(
+    not (q4_linear.available() and q8_linear.available() and decoder_stack.available()),
+    reason="no C compiler here",
+)
+
+
+@pytest.fixture(scope="module")
+def q4_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama with tied embeddings (as SmolLM2) as a Q4_1 GGUF, its embedding Q8_0."""
+    folder = make_tiny_model(tmp_path_factory.mktemp("tied") / "llama", "llama", seed=5,
+                             tie_word_embeddings=True)  # fmt: skip
+    path = tmp_path_factory.mktemp("gguf") / "tiny-llama.Q4_1.gguf"
+    write_llama_gguf(folder, path, q4_1=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+def test_the_4_bit_weights_give_back_the_float32_conversion(q4_gguf: Path, cache_dir: Path):
+    folder = load_model(q4_gguf, cache_dir=cache_dir).path
+    found = read_quantized(folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    assert len(found.q4_1) == 2 * 7  # every linear weight of both layers
+    for name, (q, scales, mins) in found.q4_1.items():
+        rows, cols = q.shape
+        dequantized = (q.float().view(rows, -1, 32) * scales[..., None] + mins[..., None])
+        # bit for bit, q and k rows in HF's order too (llama.cpp permutes them)
+        assert torch.equal(dequantized.view(rows, cols), weights[name]), name
+    (name, (q, scales)), = found.q8_0.items()
+    assert name == "model.embed_tokens.weight"
+    rows, cols = q.shape
+    dequantized = q.float().view(rows, -1, 32) * scales[..., None]
+    assert torch.equal(dequantized.view(rows, cols), weights[name])
+
+
+def test_linear_layers_and_the_stack_take_them(q4_gguf: Path, cache_dir: Path):
+    model = load_model(q4_gguf, cache_dir=cache_dir).model
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    assert len(linears) == 2 * 4 and all(m.q4 is not None for m in linears)
+    assert model.head_q8 is not None
+    assert model.decoder_stack is not None and model.decoder_stack.head is not None
+    assert model.decoder_stack.head.q8 is model.head_q8
+    assert all(layer.qkv_q4 is not None and layer.down_q4 is not None
+               for layer in model.decoder_stack.layers)  # fmt: skip
+    plain = load_model(q4_gguf, cache_dir=cache_dir, quantized_linear=False).model
+    assert all(m.q4 is None for m in plain.modules() if isinstance(m, Linear))
+    assert plain.head_q8 is None
+    # what a step of one row reads: 4-bit layers and an 8-bit head, ~4x fewer bytes here
+    assert model.weight_bytes_read(1) * 3 < plain.weight_bytes_read(1)
+    more = max(QUANTIZED_MAX_ROWS, QUANTIZED_HEAD_MAX_ROWS) + 1  # float32 only from there on
+    assert model.weight_bytes_read(more) == plain.weight_bytes_read(more)
+
+
+def test_4_bit_weights_that_differ_from_the_float32_ones_are_not_used(
+    q4_gguf: Path, cache_dir: Path
+):
+    loaded = load_model(q4_gguf, cache_dir=cache_dir, quantized_linear=False)
+    found = read_quantized(loaded.path)
+    name = "model.layers.1.mlp.up_proj.weight"
+    q, scales, mins = found.q4_1[name]
+    found.q4_1[name] = (q, scales * 2, mins)
+    q8, q8_scales = found.q8_0["model.embed_tokens.weight"]
+    found.q8_0["model.embed_tokens.weight"] = (q8, q8_scales * 2)
+    assert loaded.model.attach_quantized(found) == 2 * 4 - 1
+    assert loaded.model.layers[1].mlp.gate_up_proj.q4 is None
+    assert loaded.model.layers[1].mlp.down_proj.q4 is not None
+    assert loaded.model.head_q8 is None
+
+
+def test_an_unquantized_gguf_has_no_4_bit_weights(tiny_llama_path: Path, tmp_path: Path):
+    path = tmp_path / "tiny-llama.F32.gguf"
+    write_llama_gguf(tiny_llama_path, path)
+    loaded = load_model(path, cache_dir=tmp_path / "models")
+    assert not (loaded.path / QUANTIZED_FILE).exists()
+    assert all(m.q4 is None for m in loaded.model.modules() if isinstance(m, Linear))
+
+
+@pytest.mark.parametrize("fused_layers", [True, False])
+def test_the_engine_decodes_the_same_tokens_with_them(
+    q4_gguf: Path, cache_dir: Path, fused_layers: bool
+):
+    """Greedy over batches of 1, of more than QUANTIZED_MAX_ROWS rows (float32 layers, the 8-bit
+    head) and of more than QUANTIZED_HEAD_MAX_ROWS (float32 only),
+    through the decoder stack and layer by layer: the 4-bit path changes only the order of
+    the sums, as the packed kernel does against torch's."""
+    load_model(q4_gguf, cache_dir=cache_dir)  # converted once
+    engines = [
+        LLMEngine.from_pretrained(str(cache_dir / "tiny-llama.Q4_1"), num_kv_blocks=64,
+                                  quantized_linear=q4, fused_layers=fused_layers)
+        for q4 in (True, False)
+    ]  # fmt: skip
+    assert any(isinstance(m, Linear) and m.q4 is not None
+               for m in engines[0].runner.model.modules())  # fmt: skip
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logprobs=0)
+    for batch in (1, QUANTIZED_MAX_ROWS + 2, QUANTIZED_HEAD_MAX_ROWS + 1):
+        prompts = [engines[0].tokenizer.encode(f"The parrot {i} said") for i in range(batch)]
+        got, want = (engine.generate(prompts, params) for engine in engines)
+        for g, w in zip(got, want, strict=True):
+            assert g.token_ids == w.token_ids
+            assert g.logprobs is not None and w.logprobs is not None
+            for a, b in zip(g.logprobs, w.logprobs, strict=True):
+                assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
