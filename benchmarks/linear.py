@@ -79,13 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         table.append(row)
         print(f"{m:>5} {mm:>12.1f} {packed:>10.1f} {mm / packed:>7.2f}x "
               f"{row['packed_gb_s']:>12.1f} {row['packed_gflop_s']:>15.0f}")  # fmt: skip
-    out = Path(args.out) if args.out else RESULTS / f"linear_cpu{'_quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"machine": platform.processor() or platform.machine(),
-              "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "weight_bytes": weight_bytes, "table": table}  # fmt: skip
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"saved {out}")
+    save(args, "linear_cpu", weight_bytes=weight_bytes, table=table)
 
 
 Q4_ROWS = (1, 2, 4, 8, 16)
@@ -144,11 +138,15 @@ def q4_table(args: argparse.Namespace) -> None:
               f"{row['head_q4_ms']:>8.2f} {row['head_float32_ms'] / row['head_q4_ms']:>6.2f}x"
               f"   (best {row['layers_float32_best_ms']:.2f} / {row['layers_q4_best_ms']:.2f}, "
               f"{row['head_float32_best_ms']:.2f} / {row['head_q4_best_ms']:.2f})")
-    out = Path(args.out) if args.out else RESULTS / f"linear_q4{'_quick' if args.quick else ''}.json"
+    save(args, "linear_q4", bytes=nbytes, table=table)
+
+
+def save(args: argparse.Namespace, stem: str, **fields: object) -> None:
+    """The report as JSON at --out, else benchmarks/results/STEM[_quick].json."""
+    out = Path(args.out) if args.out else RESULTS / f"{stem}{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": platform.processor() or platform.machine(),
-              "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "bytes": nbytes, "table": table}  # fmt: skip
+              "threads": torch.get_num_threads(), "torch": torch.__version__, **fields}  # fmt: skip
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"saved {out}")
 

@@ -41,17 +41,8 @@
             long n0 = (p0 + j) * PANEL;                                                       \
             for (int v = 0; v < VPP; v++) {                                                   \
                 long c0 = n0 + v * VF_LANES;                                                     \
-                vf b = {0};                                                                   \
-                if (bias && c0 + VF_LANES <= N) b = loadv(bias + c0);                            \
-                for (int m = 0; m < MM; m++) {                                                \
-                    vf out = acc[m][j * VPP + v];                                             \
-                    if (c0 + VF_LANES <= N) {                                                    \
-                        storev(y + m * N + c0, out + b);                                      \
-                    } else {                                                                  \
-                        for (long i = 0; c0 + i < N && i < VF_LANES; i++)                        \
-                            y[m * N + c0 + i] = out[i] + (bias ? bias[c0 + i] : 0.0f);        \
-                    }                                                                         \
-                }                                                                             \
+                for (int m = 0; m < MM; m++)                                                  \
+                    store_columns(y + m * N, acc[m][j * VPP + v], bias, c0, N);               \
             }                                                                                 \
         }                                                                                     \
     }

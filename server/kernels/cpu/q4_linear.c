@@ -136,16 +136,9 @@ static inline void q4_nibbles(const uint8_t *p, vf *w) {
             long n0 = (p0 + j) * Q4_PANEL;                                                     \
             for (int v = 0; v < Q4_VPP; v++) {                                                 \
                 long c0 = n0 + v * VF_LANES;                                                   \
-                vf bv = {0};                                                                   \
-                if (bias && c0 + VF_LANES <= N) bv = loadv(bias + c0);                         \
                 for (int r = 0; r < MM; r++) {                                                 \
                     vf out = loadv(accm[r] + (j * Q4_VPP + v) * VF_LANES);                     \
-                    if (c0 + VF_LANES <= N) {                                                  \
-                        storev(y + r * N + c0, out + bv);                                      \
-                    } else {                                                                   \
-                        for (long i = 0; c0 + i < N && i < VF_LANES; i++)                      \
-                            y[r * N + c0 + i] = out[i] + (bias ? bias[c0 + i] : 0.0f);         \
-                    }                                                                          \
+                    store_columns(y + r * N, out, bias, c0, N);                                \
                 }                                                                              \
             }                                                                                  \
         }                                                                                      \

@@ -105,17 +105,7 @@ static inline vf q8_loadq(const int8_t *p) {
         }                                                                                     \
         for (int j = 0; j < NV; j++) {                                                        \
             long c0 = (v0 + j) * VF_LANES;                                                    \
-            vf bv = {0};                                                                      \
-            if (bias && c0 + VF_LANES <= N) bv = loadv(bias + c0);                            \
-            for (int m = 0; m < MM; m++) {                                                    \
-                vf out = acc[m][j];                                                           \
-                if (c0 + VF_LANES <= N) {                                                     \
-                    storev(y + m * N + c0, out + bv);                                         \
-                } else {                                                                      \
-                    for (long i = 0; c0 + i < N && i < VF_LANES; i++)                         \
-                        y[m * N + c0 + i] = out[i] + (bias ? bias[c0 + i] : 0.0f);            \
-                }                                                                             \
-            }                                                                                 \
+            for (int m = 0; m < MM; m++) store_columns(y + m * N, acc[m][j], bias, c0, N);    \
         }                                                                                     \
     }
 

@@ -26,6 +26,17 @@ typedef int32_t vi __attribute__((vector_size(VF_LANES * 4)));
 static inline vf loadv(const float *p) { return *(const vfu *)p; }
 static inline void storev(float *p, vf x) { *(vfu *)p = x; }
 
+/* A linear kernel's output for one row: y[c0 .. c0 + VF_LANES), cut at column N, = out
+ * (+ bias[c0 ..] unless bias is NULL). */
+static inline void store_columns(float *y, vf out, const float *bias, long c0, long N) {
+    if (c0 + VF_LANES <= N) {
+        storev(y + c0, bias ? out + loadv(bias + c0) : out);
+    } else {
+        for (long i = 0; c0 + i < N && i < VF_LANES; i++)
+            y[c0 + i] = bias ? out[i] + bias[c0 + i] : out[i];
+    }
+}
+
 /* lanes of a where mask is set (all ones), else of b */
 static inline vf selectv(vi mask, vf a, vf b) {
     return (vf)(((vi)a & mask) | ((vi)b & ~mask));
