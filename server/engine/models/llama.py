@@ -252,18 +252,13 @@ class LlamaForCausalLM(nn.Module):
         Returns how many layers (the head counted) took them."""
         attached = 0
         for i, layer in enumerate(self.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            fused = {
-                attn.qkv_proj: ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-                attn.o_proj: ("self_attn.o_proj",),
-                mlp.gate_up_proj: ("mlp.gate_proj", "mlp.up_proj"),
-                mlp.down_proj: ("mlp.down_proj",),
-            }
-            for linear, names in fused.items():
-                found = [weights.q4_1.get(f"model.layers.{i}.{name}.weight") for name in names]
-                if linear.packed and all(f is not None for f in found):
-                    q, scales, mins = (torch.cat(t) for t in zip(*found, strict=True))
-                    attached += linear.attach_q4(q4_linear.pack_q4(q, scales, mins))
+            for prefix, block in (("self_attn", layer.self_attn), ("mlp", layer.mlp)):
+                for linear, names in block.checkpoint_parts().items():
+                    found = [weights.q4_1.get(f"model.layers.{i}.{prefix}.{name}.weight")
+                             for name in names]  # fmt: skip
+                    if linear.packed and all(f is not None for f in found):
+                        q, scales, mins = (torch.cat(t) for t in zip(*found, strict=True))
+                        attached += linear.attach_q4(q4_linear.pack_q4(q, scales, mins))
         embedding = weights.q8_0.get("model.embed_tokens.weight")
         if embedding is not None and self.tied_head is not None and self.tied_head.dim() == 3:
             panels = q8_linear.pack_q8(*embedding)
@@ -323,8 +318,10 @@ class LlamaForCausalLM(nn.Module):
                 layer.input_layernorm.weight.data, layer.post_attention_layernorm.weight.data,
                 **tensors, **biases, **q4,
             ))
-        return DecoderStack(shape, layers, self._head_tensors(), quantized_max_rows=QUANTIZED_MAX_ROWS,
-                            head_quantized_max_rows=QUANTIZED_HEAD_MAX_ROWS)
+        return DecoderStack(
+            shape, layers, self._head_tensors(), quantized_max_rows=QUANTIZED_MAX_ROWS,
+            head_quantized_max_rows=QUANTIZED_HEAD_MAX_ROWS,
+        )
 
     def _head_tensors(self) -> HeadTensors | None:
         """The final norm and the packed LM head (tied or not) for the stack; None when the
@@ -419,11 +416,16 @@ class Attention(nn.Module):
         out = attention(q, k, v, k_cache, v_cache, meta, self.scale)
         return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
 
+    def checkpoint_parts(self) -> dict[Linear, tuple[str, ...]]:
+        """Each projection's checkpoint weights, in the order its output rows hold them."""
+        return {self.qkv_proj: ("q_proj", "k_proj", "v_proj"), self.o_proj: ("o_proj",)}
+
     def weight_slots(self) -> dict[str, torch.Tensor]:
         q_size = self.num_heads * self.head_dim
         kv_size = self.num_kv_heads * self.head_dim
-        parts = {"q_proj": (0, q_size), "k_proj": (q_size, kv_size),
-                 "v_proj": (q_size + kv_size, kv_size)}
+        names = self.checkpoint_parts()[self.qkv_proj]
+        parts = dict(zip(names, ((0, q_size), (q_size, kv_size), (q_size + kv_size, kv_size)),
+                         strict=True))  # fmt: skip
         return {
             **_fused_slots(self.qkv_proj, parts),
             **_plain_slots(self.o_proj, "o_proj"),
@@ -448,9 +450,14 @@ class MLP(nn.Module):
         gate, up = gate_up[:, : self.intermediate_size], gate_up[:, self.intermediate_size :]
         return self.down_proj(F.silu(gate).mul_(up))
 
+    def checkpoint_parts(self) -> dict[Linear, tuple[str, ...]]:
+        """Each projection's checkpoint weights, in the order its output rows hold them."""
+        return {self.gate_up_proj: ("gate_proj", "up_proj"), self.down_proj: ("down_proj",)}
+
     def weight_slots(self) -> dict[str, torch.Tensor]:
         size = self.intermediate_size
-        parts = {"gate_proj": (0, size), "up_proj": (size, size)}
+        names = self.checkpoint_parts()[self.gate_up_proj]
+        parts = dict(zip(names, ((0, size), (size, size)), strict=True))
         return {**_fused_slots(self.gate_up_proj, parts), **_plain_slots(self.down_proj, "down_proj")}
 
 

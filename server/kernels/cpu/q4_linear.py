@@ -3,7 +3,8 @@
 GGUF's Q4_1 stores a weight as d * q + m: q 4 bits, d and m per block of 32 inputs. The
 engine used to dequantize such models to float32 panels, so a batch-1 decode step streamed
 4 bytes a weight; `Q4Panels` keep q packed two to a byte in 16-column panels (with d and m as
-float32 beside them, ~0.75 bytes a weight) and the kernel dequantizes in registers.
+float32 beside them, ~0.75 bytes a weight) and the kernel widens the nibbles in registers,
+applying d and m once per block (d * sum x q + m * sum x).
 
 Layout, for `N` outputs (padded to a multiple of 16 with zero columns) and `K` inputs (a
 multiple of 32), panel p holding columns 16p .. 16p + 15:
@@ -11,8 +12,9 @@ multiple of 32), panel p holding columns 16p .. 16p + 15:
   and column 16p + j + 8's in its high nibble;
 - `scales`, `mins` float32 [ceil(N / 16), K / 32, 16]: d and m of (column 16p + c, block b).
 The weight is d * q + m in float32. GGUF's d is a float16 (11-bit mantissa) and q <= 15, so
-d * q is exact and fma(q, d, m) equals q * d + m: `dequantize` gives exactly what the kernel
-multiplies (scales with wider mantissas would make the two differ in the last bit).
+d * q is exact and `dequantize` gives the weights bit for bit (the engine checks them against
+its float32 weights with it); the kernel's products equal x @ dequantize(...) up to float32
+rounding, its sums running in another order.
 
 The C source is compiled on first use (`native_library`); `available()` says whether it was.
 """
@@ -111,12 +113,12 @@ def pack_q4(q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> Q4Pane
 
 
 def dequantize(panels: Q4Panels) -> torch.Tensor:
-    """The float32 weight [K, N] the kernel multiplies by, bit for bit."""
+    """The float32 weight [K, N] the panels hold, bit for bit."""
     p, k, _ = panels.qs.shape
     q = torch.cat([panels.qs & 15, panels.qs >> 4], dim=2).float()  # [P, K, 16]
     d = panels.scales.repeat_interleave(BLOCK, dim=1)  # [P, K, 16]
     m = panels.mins.repeat_interleave(BLOCK, dim=1)
-    w = q * d + m  # d * q exact: one rounding, as the kernel's fma
+    w = q * d + m  # d * q exact for float16 scales: one rounding, as an fma
     return w.transpose(0, 1).reshape(k, p * PANEL)[:, : panels.out_features].contiguous()
 
 
