@@ -78,8 +78,7 @@ class Linear(nn.Module):
             self.in_features, self.out_features
         ):
             return False
-        weight_t = cpu.unpack(self.panels.data, self.out_features)
-        if not torch.equal(q4_linear.dequantize(panels), weight_t):
+        if not q4_linear.matches(panels, self.panels.data):
             return False
         self.q4 = panels
         return True

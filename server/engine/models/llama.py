@@ -262,8 +262,7 @@ class LlamaForCausalLM(nn.Module):
         embedding = weights.q8_0.get("model.embed_tokens.weight")
         if embedding is not None and self.tied_head is not None and self.tied_head.dim() == 3:
             panels = q8_linear.pack_q8(*embedding)
-            head_t = cpu.unpack(self.tied_head, self.config.vocab_size)
-            if torch.equal(q8_linear.dequantize(panels), head_t):
+            if q8_linear.matches(panels, self.tied_head):
                 self.head_q8 = panels
                 attached += 1
         if attached:

@@ -220,3 +220,28 @@ void parrot_q4_linear(const float *x, long M, long K, const uint8_t *qs, const f
     }
     if (xsum != small) free(xsum);
 }
+
+/* 1 if the Q4 panels dequantize (d * q + m) to exactly the float32 `panels` ([ceil(N / 16)][K]
+ * [16], packed_linear.c's layout) in the N real columns, else 0: the engine's check at load that
+ * a GGUF's 4-bit weights are the float32 weights it loaded, in one pass over both (the torch
+ * way, unpacking and dequantizing whole matrices, took seconds per model). */
+int parrot_q4_matches(const uint8_t *qs, const float *scales, const float *mins,
+                      const float *panels, long K, long N, int threads) {
+    long num_panels = (N + Q4_PANEL - 1) / Q4_PANEL, nb = K / Q4_BLOCK;
+    int same = 1;
+    if (threads < 1) threads = 1;
+#pragma omp parallel for num_threads(threads) reduction(& : same) schedule(static)
+    for (long p = 0; p < num_panels; p++) {
+        const uint8_t *q = qs + p * K * 8;
+        const float *w = panels + p * K * Q4_PANEL;
+        const float *sc = scales + p * nb * Q4_PANEL, *mn = mins + p * nb * Q4_PANEL;
+        int columns = N - p * Q4_PANEL < Q4_PANEL ? (int)(N - p * Q4_PANEL) : Q4_PANEL;
+        for (long k = 0; k < K; k++)
+            for (int c = 0; c < columns; c++) {
+                int nibble = c < 8 ? q[k * 8 + c] & 15 : q[k * 8 + c - 8] >> 4;
+                long b = (k / Q4_BLOCK) * Q4_PANEL + c;
+                same &= sc[b] * (float)nibble + mn[b] == w[k * Q4_PANEL + c];
+            }
+    }
+    return same;
+}

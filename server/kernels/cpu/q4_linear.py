@@ -30,8 +30,8 @@ import torch
 
 from server.kernels.cpu import native_library
 
-__all__ = ["BLOCK", "PANEL", "Q4Panels", "available", "dequantize", "pack_q4", "q4_linear",
-           "quantize_q4_1"]  # fmt: skip
+__all__ = ["BLOCK", "PANEL", "Q4Panels", "available", "dequantize", "matches", "pack_q4",
+           "q4_linear", "quantize_q4_1"]  # fmt: skip
 
 PANEL = 16  # output columns a panel
 BLOCK = 32  # inputs sharing one d and m (GGUF's Q4_1 block)
@@ -122,6 +122,25 @@ def dequantize(panels: Q4Panels) -> torch.Tensor:
     return w.transpose(0, 1).reshape(k, p * PANEL)[:, : panels.out_features].contiguous()
 
 
+def matches(panels: Q4Panels, float_panels: torch.Tensor) -> bool:
+    """Whether `panels` hold exactly the weight packed in `float_panels` (packed_linear's
+    [ceil(N / 16), K, 16] float32 panels): `dequantize(panels)` equal to it, checked in one pass
+    over both by the kernel library (torch where it is not built)."""
+    shape = (-(-panels.out_features // PANEL), panels.in_features, PANEL)
+    if (tuple(float_panels.shape) != shape or float_panels.dtype != torch.float32
+            or float_panels.device.type != "cpu"):  # fmt: skip
+        return False
+    lib = _library()
+    if lib is None:
+        weight_t = float_panels.transpose(0, 1).reshape(shape[1], -1)[:, : panels.out_features]
+        return torch.equal(dequantize(panels), weight_t)
+    float_panels = float_panels.contiguous()
+    return bool(lib.parrot_q4_matches(
+        panels.qs.data_ptr(), panels.scales.data_ptr(), panels.mins.data_ptr(),
+        float_panels.data_ptr(), panels.in_features, panels.out_features, torch.get_num_threads(),
+    ))  # fmt: skip
+
+
 def quantize_q4_1(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GGUF Q4_1 of a float32 [N, K] weight (K a multiple of 32), per block of 32 inputs:
     d = (max - min) / 15 and m = min, both rounded to float16, q = round((w - m) / d) clamped
@@ -172,7 +191,7 @@ def q4_linear(
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    return native_library.load_function(
+    lib = native_library.load_function(
         [SOURCE], "parrot_q4_linear",
         [
             ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p,
@@ -180,3 +199,10 @@ def _library() -> ctypes.CDLL | None:
         ],
         None,
     )
+    if lib is not None:
+        lib.parrot_q4_matches.argtypes = [
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
+            ctypes.c_long, ctypes.c_int,
+        ]
+        lib.parrot_q4_matches.restype = ctypes.c_int
+    return lib

@@ -177,3 +177,24 @@ void parrot_q8_linear(const float *x, long M, long K, const int8_t *qs, const fl
         }
     }
 }
+
+/* 1 if the Q8 panels dequantize (d * q) to exactly the float32 `panels` ([ceil(N / 16)][K][16],
+ * packed_linear.c's layout) in the N real columns, else 0: the engine's check at load that a
+ * GGUF's 8-bit tied embedding is the float32 head it loaded, in one pass over both. */
+int parrot_q8_matches(const int8_t *qs, const float *scales, const float *panels, long K, long N,
+                      int threads) {
+    long num_panels = (N + Q8_PANEL - 1) / Q8_PANEL, nb = K / Q8_BLOCK;
+    int same = 1;
+    if (threads < 1) threads = 1;
+#pragma omp parallel for num_threads(threads) reduction(& : same) schedule(static)
+    for (long p = 0; p < num_panels; p++) {
+        const int8_t *q = qs + p * K * Q8_PANEL;
+        const float *w = panels + p * K * Q8_PANEL, *sc = scales + p * nb * Q8_PANEL;
+        int columns = N - p * Q8_PANEL < Q8_PANEL ? (int)(N - p * Q8_PANEL) : Q8_PANEL;
+        for (long k = 0; k < K; k++)
+            for (int c = 0; c < columns; c++)
+                same &= sc[(k / Q8_BLOCK) * Q8_PANEL + c] * (float)q[k * Q8_PANEL + c] ==
+                        w[k * Q8_PANEL + c];
+    }
+    return same;
+}

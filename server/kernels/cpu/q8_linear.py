@@ -22,8 +22,8 @@ import torch
 
 from server.kernels.cpu import native_library
 
-__all__ = ["BLOCK", "PANEL", "Q8Panels", "available", "dequantize", "pack_q8", "q8_linear",
-           "quantize_q8_0"]
+__all__ = ["BLOCK", "PANEL", "Q8Panels", "available", "dequantize", "matches", "pack_q8",
+           "q8_linear", "quantize_q8_0"]
 
 PANEL = 16
 BLOCK = 32
@@ -89,6 +89,25 @@ def dequantize(panels: Q8Panels) -> torch.Tensor:
     return w.transpose(0, 1).reshape(k, num_panels * PANEL)[:, : panels.out_features].contiguous()
 
 
+def matches(panels: Q8Panels, float_panels: torch.Tensor) -> bool:
+    """Whether `panels` hold exactly the weight packed in `float_panels` (packed_linear's
+    [ceil(N / 16), K, 16] float32 panels): `dequantize(panels)` equal to it, checked in one pass
+    over both by the kernel library (torch where it is not built)."""
+    shape = (-(-panels.out_features // PANEL), panels.in_features, PANEL)
+    if (tuple(float_panels.shape) != shape or float_panels.dtype != torch.float32
+            or float_panels.device.type != "cpu"):  # fmt: skip
+        return False
+    lib = _library()
+    if lib is None:
+        weight_t = float_panels.transpose(0, 1).reshape(shape[1], -1)[:, : panels.out_features]
+        return torch.equal(dequantize(panels), weight_t)
+    float_panels = float_panels.contiguous()
+    return bool(lib.parrot_q8_matches(
+        panels.qs.data_ptr(), panels.scales.data_ptr(), float_panels.data_ptr(),
+        panels.in_features, panels.out_features, torch.get_num_threads(),
+    ))  # fmt: skip
+
+
 def quantize_q8_0(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 [N, K] -> (int8 q [N, K], float32 scales [N, K / 32]) as GGUF's Q8_0 (ggml's
     `quantize_row_q8_0_ref`): per block of 32 inputs d = max|w| / 127, q = w * (1 / d) rounded
@@ -151,7 +170,7 @@ def q8_linear(
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    return native_library.load_function(
+    lib = native_library.load_function(
         [SOURCE], "parrot_q8_linear",
         [
             ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p,
@@ -159,3 +178,10 @@ def _library() -> ctypes.CDLL | None:
         ],
         None,
     )
+    if lib is not None:
+        lib.parrot_q8_matches.argtypes = [
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long,
+            ctypes.c_int,
+        ]
+        lib.parrot_q8_matches.restype = ctypes.c_int
+    return lib

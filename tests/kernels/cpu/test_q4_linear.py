@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from server.kernels.cpu import q4_linear as q4
+from server.kernels.cpu.packed_linear import pack
 
 pytestmark = pytest.mark.skipif(not q4.available(), reason="no C compiler for the CPU kernel")
 
@@ -87,6 +88,35 @@ def test_padded_columns_come_out_zero() -> None:
     y = q4.q4_linear(torch.ones(1, 32), panels)
     assert y.shape == (1, 5)
     assert torch.allclose(y[0], q4.dequantize(panels).sum(dim=0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
+def test_matches_says_whether_the_float32_panels_hold_the_same_weights(
+    kernel: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`matches` (the engine's load-time check): true for the panels of the dequantized
+    weight, false once any real weight differs by one ulp (first, inner, last column of a
+    padded panel) or a scale or min changes, and false for another shape; the kernel library
+    and the torch fallback agree."""
+    if not kernel:
+        monkeypatch.setattr(q4, "_library", lambda: None)
+    n, k = 37, 96
+    panels = random_panels(n, k, seed=12)
+    floats = pack(q4.dequantize(panels))
+    assert q4.matches(panels, floats)
+    for p, row, col in [(0, 0, 0), (1, 50, 9), (2, 95, 4)]:
+        nudged = floats.clone()
+        nudged[p, row, col] = torch.nextafter(nudged[p, row, col], torch.tensor(float("inf")))
+        assert not q4.matches(panels, nudged), (p, row, col)
+    padding = floats.clone()
+    padding[2, :, 5:] = 1.0  # beyond the 37 real columns: not part of the weight
+    assert q4.matches(panels, padding)
+    for name in ("scales", "mins"):
+        t = getattr(panels, name).clone()
+        t[1, 2, 3] *= 2
+        changed = q4.Q4Panels(**{**vars(panels), name: t})
+        assert not q4.matches(changed, floats), name
+    assert not q4.matches(panels, pack(q4.dequantize(random_panels(n, k + 32, seed=12))))
 
 
 def test_quantize_q4_1() -> None:

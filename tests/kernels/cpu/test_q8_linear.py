@@ -91,6 +91,33 @@ def test_pack_dequantize_round_trip_and_padding() -> None:
     assert torch.equal(q8.dequantize(panels).double(), exact)
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
+def test_matches_says_whether_the_float32_panels_hold_the_same_weights(
+    kernel: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`matches` (the engine's load-time check of a tied head): true for the panels of the
+    dequantized weight, false once any real weight differs by one ulp or a scale changes, and
+    false for another shape; the kernel library and the torch fallback agree."""
+    if not kernel:
+        monkeypatch.setattr(q8, "_library", lambda: None)
+    gen = torch.Generator().manual_seed(21)
+    k, n = 64, 37
+    panels = _random_panels(k, n, gen)
+    floats = pack(q8.dequantize(panels))
+    assert q8.matches(panels, floats)
+    for p, row, col in [(0, 0, 0), (1, 40, 9), (2, 63, 4)]:
+        nudged = floats.clone()
+        nudged[p, row, col] = torch.nextafter(nudged[p, row, col], torch.tensor(float("-inf")))
+        assert not q8.matches(panels, nudged), (p, row, col)
+    padding = floats.clone()
+    padding[2, :, 5:] = 1.0  # beyond the 37 real columns: not part of the weight
+    assert q8.matches(panels, padding)
+    scales = panels.scales.clone()
+    scales[1, 1, 3] *= 2
+    assert not q8.matches(q8.Q8Panels(panels.qs, scales, n), floats)
+    assert not q8.matches(panels, pack(q8.dequantize(_random_panels(k + 32, n, gen))))
+
+
 def test_quantize_q8_0() -> None:
     gen = torch.Generator().manual_seed(4)
     w = torch.randn(5, 64, generator=gen)
