@@ -2,10 +2,13 @@
 
 A converted GGUF's float32 weights are what transformers dequantizes. Beside them
 (`quantized.weights`, safetensors inside) this module saves, under the HF tensor's name, every
-Q4_1 linear weight (4-bit values, scales, mins; rows in HF's order: llama.cpp permutes the rows
-of q and k, transformers un-permutes them, so do we) and a Q8_0 token embedding (8-bit values,
-scales: the tied LM head). The engine checks at load that they give back its float32 weights bit
-for bit before it uses them (`server/engine/models`).
+Q4_1 and Q4_K linear weight (4-bit values, scales, mins; rows in HF's order: llama.cpp permutes
+the rows of q and k, transformers un-permutes them, so do we) and a Q8_0 token embedding (8-bit
+values, scales: the tied LM head). A Q4_K weight is d * sc_j * q - dmin * m_j in each block j
+of 32 of its super-blocks of 256, so it is saved in Q4_1's form, scale * q + min, with
+scale = d * sc_j and min = -(dmin * m_j): both products are exact in float32 (a float16 times
+a 6-bit integer), so the weights are the same numbers. The engine checks at load that they
+give back its float32 weights bit for bit before it uses them (`server/engine/models`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ QUANTIZED_FILE = "quantized.weights"
 BLOCK = 32  # weights per block in both formats
 _Q4_1_BYTES = 20  # fp16 scale, fp16 min, 16 bytes of nibbles
 _Q8_0_BYTES = 34  # fp16 scale, 32 int8
+_Q4_K_BYTES = 144  # fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles
+_Q4_K_WEIGHTS = 256
 _EMBEDDING = "model.embed_tokens.weight"
 _HF_NAMES = {
     "attn_q": "self_attn.q_proj",
@@ -40,8 +45,8 @@ _HF_NAMES = {
 
 @dataclass
 class QuantizedWeights:
-    """By HF weight name: Q4_1 weights as (q uint8 [N, K] in 0..15, scales, mins float32
-    [N, K / 32]), weight = scale * q + min; Q8_0 weights as (q int8 [N, K], scales float32
+    """By HF weight name: Q4_1 (and Q4_K) weights as (q uint8 [N, K] in 0..15, scales, mins
+    float32 [N, K / 32]), weight = scale * q + min; Q8_0 weights as (q int8 [N, K], scales float32
     [N, K / 32]), weight = scale * q."""
 
     q4_1: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
@@ -49,9 +54,9 @@ class QuantizedWeights:
 
 
 def write_quantized(gguf_path: Path, folder: Path, config: dict[str, Any]) -> int:
-    """Save the Q4_1 linear weights and a Q8_0 token embedding of the llama-architecture GGUF
-    at `gguf_path` into `folder / QUANTIZED_FILE` (atomically); `config` is the converted HF
-    config. Returns how many weights were saved (0: none, and no file)."""
+    """Save the Q4_1 and Q4_K linear weights and a Q8_0 token embedding of the
+    llama-architecture GGUF at `gguf_path` into `folder / QUANTIZED_FILE` (atomically);
+    `config` is the converted HF config. Returns how many weights were saved (0: none, and no file)."""
     from gguf import GGMLQuantizationType, GGUFReader
     from safetensors.torch import save_file
 
@@ -66,9 +71,14 @@ def write_quantized(gguf_path: Path, folder: Path, config: dict[str, Any]) -> in
             arrays.update({f"{_EMBEDDING}.q8": q8, f"{_EMBEDDING}.scales": scales})
             continue
         name = _hf_name(t.name)
-        if name is None or t.tensor_type != GGMLQuantizationType.Q4_1:
+        if name is None:
             continue
-        q, scales, mins = _q4_1_blocks(raw)
+        if t.tensor_type == GGMLQuantizationType.Q4_1:
+            q, scales, mins = _q4_1_blocks(raw)
+        elif t.tensor_type == GGMLQuantizationType.Q4_K:
+            q, scales, mins = _q4_k_blocks(raw)
+        else:
+            continue
         if ".q_proj." in name or ".k_proj." in name:
             if not heads:
                 continue  # the row order is unknown: leave this weight to float32
@@ -127,6 +137,27 @@ def _q4_1_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     nibbles = blocks[:, :, 4:]
     q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=2).reshape(rows, -1)
     return q.astype(np.uint8), scales, mins
+
+
+def _q4_k_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q4_K rows [N, K / 256 * 144] bytes -> q [N, K] (0..15), scales and mins [N, K / 32] in
+    Q4_1's form (weight = scale * q + min). A super-block is fp16 d, fp16 dmin, 12 bytes holding
+    8 six-bit (sc, m) pairs (bytes 0-3: sc 0-3 and the top bits of sc 4-7; 4-7: m 0-3 and the
+    top bits of m 4-7; 8-11: the low nibbles of sc 4-7 and m 4-7), then 4 x 32 bytes: block 2g
+    in the low nibbles of bytes 32g .. 32g + 31, block 2g + 1 in their high nibbles."""
+    rows = raw.shape[0]
+    blocks = raw.reshape(rows, -1, _Q4_K_BYTES)
+    d = blocks[:, :, 0:2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+    dmin = blocks[:, :, 2:4].copy().view(np.float16)[:, :, 0].astype(np.float32)
+    packed = blocks[:, :, 4:16]
+    low, high, extra = packed[:, :, 0:4], packed[:, :, 4:8], packed[:, :, 8:12]
+    sc = np.concatenate([low & 0x3F, (extra & 0x0F) | ((low >> 2) & 0x30)], axis=2)
+    m = np.concatenate([high & 0x3F, (extra >> 4) | ((high >> 2) & 0x30)], axis=2)
+    scales = (d[..., None] * sc.astype(np.float32)).reshape(rows, -1)
+    mins = -(dmin[..., None] * m.astype(np.float32)).reshape(rows, -1)
+    nibbles = blocks[:, :, 16:].reshape(rows, -1, 4, 1, 32)
+    q = (nibbles >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 1, 2, 1)) & 0x0F
+    return q.reshape(rows, -1).astype(np.uint8), scales, mins
 
 
 def _q8_0_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -68,8 +68,8 @@ def load_model(
     GGUF conversions are cached in `<cache_dir>/<name>` (cache_dir defaults to
     ~/.cache/parrot/models). `packed_linear`: CPU float32 linear layers use the packed kernel;
     `fused_layers`: packed models run steps without shared-prefix levels through one C call for
-    all layers; `quantized_linear`: packed layers converted from a GGUF's Q4_1 weights (and a
-    tied head from its Q8_0 embedding) keep them quantized too, for steps of few rows
+    all layers; `quantized_linear`: packed layers converted from a GGUF's Q4_1 or Q4_K weights
+    (and a tied head from its Q8_0 embedding) keep them quantized too, for steps of few rows
     (`server/engine/gguf_quantized.py`)."""
     device = torch.device(device)
     if dtype is None:
@@ -194,8 +194,9 @@ def _gguf_stamp(path: Path) -> dict[str, Any]:
         digest.update(f.read(1 << 20))
         f.seek(max(0, size - (1 << 20)))
         digest.update(f.read(1 << 20))
-    # layout 2: the conversion holds the quantized weights too (gguf_quantized.py)
-    return {"gguf": path.name, "size": size, "sha256_ends": digest.hexdigest(), "layout": 2}
+    # layout 2: the conversion holds the quantized weights too (gguf_quantized.py); 3: Q4_K
+    # weights among them (a GGUF converted before kept those float32 only)
+    return {"gguf": path.name, "size": size, "sha256_ends": digest.hexdigest(), "layout": 3}
 
 
 def _read_stamp(folder: Path) -> dict[str, Any] | None:

@@ -10,13 +10,19 @@ import numpy as np
 from safetensors.torch import load_file
 
 Q4_1 = gguf.GGMLQuantizationType.Q4_1
+Q4_K = gguf.GGMLQuantizationType.Q4_K
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
 
 
-def write_llama_gguf(folder: Path, path: Path, q4_1: bool = False) -> None:
+def write_llama_gguf(
+    folder: Path, path: Path, q4_1: bool = False, q4_k: bool = False,
+    q8_0_layers: tuple[str, ...] = (),
+) -> None:
     """Write an HF Llama folder as a GGUF the way llama.cpp lays one out (q/k rows permuted);
-    with `q4_1`, the linear layers' weights quantized to Q4_1 and the embedding to Q8_0, as
-    llama.cpp's Q4_1 files hold them (the norms stay float32)."""
+    with `q4_1` (or `q4_k`), the linear layers' weights quantized to Q4_1 (Q4_K) and the
+    embedding to Q8_0, as llama.cpp's files of those types hold them (the norms stay float32),
+    except the layers named in `q8_0_layers` (GGUF names, `blk.1.attn_v.weight`), quantized to
+    Q8_0 (a mixed file, as Q4_K_M's are with their 6-bit layers)."""
 
     config = json.loads((folder / "config.json").read_text())
     tokenizer = json.loads((folder / "tokenizer.json").read_text())
@@ -64,11 +70,16 @@ def write_llama_gguf(folder: Path, path: Path, q4_1: bool = False) -> None:
             if module in ("self_attn.q_proj", "self_attn.k_proj"):
                 array = permute_rope_rows(array, heads if module.endswith("q_proj") else kv_heads)
         qtype = None
-        if q4_1 and name.endswith("_proj.weight"):
-            qtype = Q4_1
-        elif q4_1 and name == "model.embed_tokens.weight":
+        if gguf_name in q8_0_layers:
             qtype = Q8_0
-        if qtype is not None:
+        elif (q4_1 or q4_k) and name.endswith("_proj.weight"):
+            qtype = Q4_1 if q4_1 else Q4_K
+        elif (q4_1 or q4_k) and name == "model.embed_tokens.weight":
+            qtype = Q8_0
+        if qtype == Q4_K:  # gguf-py reads Q4_K but does not write it
+            quantized = quantize_q4_k(np.ascontiguousarray(array))
+            writer.add_tensor(gguf_name, quantized, raw_shape=quantized.shape, raw_dtype=qtype)
+        elif qtype is not None:
             quantized = gguf.quants.quantize(np.ascontiguousarray(array), qtype)
             writer.add_tensor(gguf_name, quantized, raw_shape=quantized.shape, raw_dtype=qtype)
         else:
@@ -84,3 +95,31 @@ def permute_rope_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
     rows = weight.shape[0]
     return (weight.reshape(num_heads, 2, rows // num_heads // 2, *weight.shape[1:])
             .swapaxes(1, 2).reshape(weight.shape))
+
+
+def quantize_q4_k(weight: np.ndarray) -> np.ndarray:
+    """A float32 [N, K] weight (K a multiple of 256) as Q4_K bytes [N, K / 256 * 144]: per
+    super-block d and dmin (float16), 8 blocks of 32 with 6-bit sc and m, weight ~ d * sc * q -
+    dmin * m. A plain min/max fit (not llama.cpp's search): any valid encoding will do, since
+    the tests compare against what gguf-py's dequantize makes of it."""
+    n, k = weight.shape
+    w = weight.astype(np.float32).reshape(n, k // 256, 8, 32)
+    lo = np.minimum(w.min(axis=3), 0.0)  # the min is subtracted as dmin * m, m >= 0
+    step = (w.max(axis=3) - lo) / 15
+    d = (step.max(axis=2) / 63).astype(np.float16)
+    dmin = ((-lo).max(axis=2) / 63).astype(np.float16)
+    df, dminf = d.astype(np.float32)[..., None], dmin.astype(np.float32)[..., None]
+    sc = np.clip(np.round(np.divide(step, df, out=np.zeros_like(step), where=df > 0)), 0, 63)
+    m = np.clip(np.round(np.divide(-lo, dminf, out=np.zeros_like(lo), where=dminf > 0)), 0, 63)
+    scale, offset = (df * sc)[..., None], (dminf * m)[..., None]
+    q = np.round(np.divide(w + offset, scale, out=np.zeros_like(w), where=scale > 0))
+    q = np.clip(q, 0, 15).astype(np.uint8)  # [n, supers, 8, 32]
+    sc, m = sc.astype(np.uint8), m.astype(np.uint8)
+    packed = np.empty((n, k // 256, 12), dtype=np.uint8)
+    packed[..., 0:4] = (sc[..., :4] & 0x3F) | ((sc[..., 4:] & 0x30) << 2)
+    packed[..., 4:8] = (m[..., :4] & 0x3F) | ((m[..., 4:] & 0x30) << 2)
+    packed[..., 8:12] = (sc[..., 4:] & 0x0F) | ((m[..., 4:] & 0x0F) << 4)
+    nibbles = q[:, :, 0::2] | (q[:, :, 1::2] << 4)  # block 2g low, 2g + 1 high: [n, s, 4, 32]
+    out = np.concatenate([d[..., None].view(np.uint8), dmin[..., None].view(np.uint8), packed,
+                          nibbles.reshape(n, k // 256, 128)], axis=2)
+    return out.reshape(n, -1)

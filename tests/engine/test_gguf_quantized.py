@@ -1,4 +1,4 @@
-"""A GGUF's quantized weights kept as they are (Q4_1 linear layers, a Q8_0 tied embedding):
+"""A GGUF's quantized weights kept as they are (Q4_1 or Q4_K linear layers, a Q8_0 tied embedding):
 saved at conversion (rows in HF's order), checked against the float32 conversion at load, and
 used by the linear layers, the head and the decoder stack for steps of few rows, with the
 engine's tokens unchanged."""
@@ -117,6 +117,59 @@ def test_the_engine_decodes_the_same_tokens_with_them(
                for m in engines[0].runner.model.modules())  # fmt: skip
     params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logprobs=0)
     for batch in (1, QUANTIZED_MAX_ROWS + 2, QUANTIZED_HEAD_MAX_ROWS + 1):
+        prompts = [engines[0].tokenizer.encode(f"The parrot {i} said") for i in range(batch)]
+        got, want = (engine.generate(prompts, params) for engine in engines)
+        for g, w in zip(got, want, strict=True):
+            assert g.token_ids == w.token_ids
+            assert g.logprobs is not None and w.logprobs is not None
+            for a, b in zip(g.logprobs, w.logprobs, strict=True):
+                assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def q4_k_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny tied Llama wide enough for Q4_K's super-blocks of 256, as a Q4_K GGUF with its
+    embedding Q8_0 and one layer's v projection Q8_0 (mixed, as Q4_K_M files are)."""
+    folder = make_tiny_model(tmp_path_factory.mktemp("tied_k") / "llama", "llama", seed=6,
+                             tie_word_embeddings=True, hidden_size=256, intermediate_size=512,
+                             head_dim=64)  # fmt: skip
+    path = tmp_path_factory.mktemp("gguf_k") / "tiny-llama.Q4_K.gguf"
+    write_llama_gguf(folder, path, q4_k=True, q8_0_layers=("blk.1.attn_v.weight",))
+    return path
+
+
+def test_q4_k_weights_are_kept_in_q4_1_form_bit_for_bit(q4_k_gguf: Path, cache_dir: Path):
+    """Q4_K's d * sc * q - dmin * m, saved as scale * q + min, gives back transformers'
+    float32 conversion exactly; the Q8_0 layer is left to float32; the layers whose fused
+    parts are all 4-bit take them, the fused q/k/v with the 8-bit v does not."""
+    loaded = load_model(q4_k_gguf, cache_dir=cache_dir)
+    found = read_quantized(loaded.path)
+    weights = load_file(str(loaded.path / "model.safetensors"))
+    assert len(found.q4_1) == 2 * 7 - 1
+    assert "model.layers.1.self_attn.v_proj.weight" not in found.q4_1
+    for name, (q, scales, mins) in found.q4_1.items():
+        rows, cols = q.shape
+        dequantized = q.float().view(rows, -1, 32) * scales[..., None] + mins[..., None]
+        assert torch.equal(dequantized.view(rows, cols), weights[name]), name
+    model = loaded.model
+    assert model.layers[0].self_attn.qkv_proj.q4 is not None
+    assert model.layers[1].self_attn.qkv_proj.q4 is None
+    for layer in model.layers:
+        assert layer.self_attn.o_proj.q4 is not None
+        assert layer.mlp.gate_up_proj.q4 is not None and layer.mlp.down_proj.q4 is not None
+    assert model.head_q8 is not None
+
+
+def test_the_engine_decodes_the_same_tokens_with_q4_k_weights(q4_k_gguf: Path, cache_dir: Path):
+    load_model(q4_k_gguf, cache_dir=cache_dir)  # converted once
+    engines = [
+        LLMEngine.from_pretrained(str(cache_dir / "tiny-llama.Q4_K"), num_kv_blocks=64,
+                                  quantized_linear=q4)
+        for q4 in (True, False)
+    ]  # fmt: skip
+    assert engines[0].runner.model.layers[0].mlp.down_proj.q4 is not None
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logprobs=0)
+    for batch in (1, 5):
         prompts = [engines[0].tokenizer.encode(f"The parrot {i} said") for i in range(batch)]
         got, want = (engine.generate(prompts, params) for engine in engines)
         for g, w in zip(got, want, strict=True):

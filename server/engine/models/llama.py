@@ -246,7 +246,7 @@ class LlamaForCausalLM(nn.Module):
         copier.copy(self.lm_head.weight, head)
 
     def attach_quantized(self, weights: QuantizedWeights) -> int:
-        """Give the packed linear layers their Q4_1 weights and a packed tied head its Q8_0
+        """Give the packed linear layers their 4-bit weights and a packed tied head its Q8_0
         one where `weights` (`server.engine.gguf_quantized`) has every weight a layer fuses
         and they equal its float32 weight bit for bit; rebuilds the decoder stack to use them.
         Returns how many layers (the head counted) took them."""
