@@ -56,7 +56,7 @@ class ServerConfig:
     enable_prefix_cache: bool = True
     enable_cascade: bool = True
     prefault_kv_cache: bool = True
-    # a GGUF's Q4_1 or Q4_K layers and Q8_0 tied head also kept quantized, for CPU steps of few rows
+    # a GGUF's 4-bit layers and Q8_0 tied head also kept quantized, for CPU steps of few rows
     quantized_linear: bool = True
     # decodes draft up to 4 tokens from their own text (exact: each stays only if the step
     # chooses it, greedy or sampled; a chain of summaries alone ran 3.54 -> 2.25 s,

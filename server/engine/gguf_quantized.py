@@ -2,13 +2,14 @@
 
 A converted GGUF's float32 weights are what transformers dequantizes. Beside them
 (`quantized.weights`, safetensors inside) this module saves, under the HF tensor's name, every
-Q4_1 and Q4_K linear weight (4-bit values, scales, mins; rows in HF's order: llama.cpp permutes
-the rows of q and k, transformers un-permutes them, so do we) and a Q8_0 token embedding (8-bit
-values, scales: the tied LM head). A Q4_K weight is d * sc_j * q - dmin * m_j in each block j
-of 32 of its super-blocks of 256, so it is saved in Q4_1's form, scale * q + min, with
-scale = d * sc_j and min = -(dmin * m_j): both products are exact in float32 (a float16 times
-a 6-bit integer), so the weights are the same numbers. The engine checks at load that they
-give back its float32 weights bit for bit before it uses them (`server/engine/models`).
+Q4_0, Q4_1 and Q4_K linear weight (4-bit values, scales, mins; rows in HF's order: llama.cpp
+permutes the rows of q and k, transformers un-permutes them, so do we) and a Q8_0 token
+embedding (8-bit values, scales: the tied LM head). All three 4-bit types are saved in Q4_1's
+form, scale * q + min: Q4_0's d * (q - 8) as d * q + (-8 d); Q4_K's d * sc_j * q - dmin * m_j
+(block j of 32 in a super-block of 256) with scale = d * sc_j and min = -(dmin * m_j). Every
+product there is exact in float32 (a float16 times a small integer), so the weights are the
+same numbers. The engine checks at load that they give back its float32 weights bit for bit
+before it uses them (`server/engine/models`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = ["QUANTIZED_FILE", "QuantizedWeights", "read_quantized", "write_quanti
 # safetensors inside; not *.safetensors, which the loader reads as the checkpoint
 QUANTIZED_FILE = "quantized.weights"
 BLOCK = 32  # weights per block in both formats
+_Q4_0_BYTES = 18  # fp16 scale, 16 bytes of nibbles
 _Q4_1_BYTES = 20  # fp16 scale, fp16 min, 16 bytes of nibbles
 _Q8_0_BYTES = 34  # fp16 scale, 32 int8
 _Q4_K_BYTES = 144  # fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles
@@ -45,7 +47,7 @@ _HF_NAMES = {
 
 @dataclass
 class QuantizedWeights:
-    """By HF weight name: Q4_1 (and Q4_K) weights as (q uint8 [N, K] in 0..15, scales, mins
+    """By HF weight name: Q4_1 (Q4_0 and Q4_K too) weights as (q uint8 [N, K] in 0..15, scales, mins
     float32 [N, K / 32]), weight = scale * q + min; Q8_0 weights as (q int8 [N, K], scales float32
     [N, K / 32]), weight = scale * q."""
 
@@ -54,9 +56,10 @@ class QuantizedWeights:
 
 
 def write_quantized(gguf_path: Path, folder: Path, config: dict[str, Any]) -> int:
-    """Save the Q4_1 and Q4_K linear weights and a Q8_0 token embedding of the
+    """Save the Q4_0, Q4_1 and Q4_K linear weights and a Q8_0 token embedding of the
     llama-architecture GGUF at `gguf_path` into `folder / QUANTIZED_FILE` (atomically);
-    `config` is the converted HF config. Returns how many weights were saved (0: none, and no file)."""
+    `config` is the converted HF config. Returns how many weights were saved (0: none, and no
+    file)."""
     from gguf import GGMLQuantizationType, GGUFReader
     from safetensors.torch import save_file
 
@@ -73,7 +76,9 @@ def write_quantized(gguf_path: Path, folder: Path, config: dict[str, Any]) -> in
         name = _hf_name(t.name)
         if name is None:
             continue
-        if t.tensor_type == GGMLQuantizationType.Q4_1:
+        if t.tensor_type == GGMLQuantizationType.Q4_0:
+            q, scales, mins = _q4_0_blocks(raw)
+        elif t.tensor_type == GGMLQuantizationType.Q4_1:
             q, scales, mins = _q4_1_blocks(raw)
         elif t.tensor_type == GGMLQuantizationType.Q4_K:
             q, scales, mins = _q4_k_blocks(raw)
@@ -137,6 +142,18 @@ def _q4_1_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     nibbles = blocks[:, :, 4:]
     q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=2).reshape(rows, -1)
     return q.astype(np.uint8), scales, mins
+
+
+def _q4_0_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q4_0 rows [N, K / 32 * 18] bytes -> q [N, K] (0..15), scales and mins [N, K / 32] in
+    Q4_1's form: a block is fp16 d, then 16 bytes of nibbles as Q4_1's, weight d * (q - 8),
+    which is d * q + (-8 d) exactly (every term fits float32's 24 bits)."""
+    rows = raw.shape[0]
+    blocks = raw.reshape(rows, -1, _Q4_0_BYTES)
+    scales = blocks[:, :, 0:2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+    nibbles = blocks[:, :, 2:]
+    q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=2).reshape(rows, -1)
+    return q.astype(np.uint8), scales, scales * -8
 
 
 def _q4_k_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -68,9 +68,9 @@ def load_model(
     GGUF conversions are cached in `<cache_dir>/<name>` (cache_dir defaults to
     ~/.cache/parrot/models). `packed_linear`: CPU float32 linear layers use the packed kernel;
     `fused_layers`: packed models run steps without shared-prefix levels through one C call for
-    all layers; `quantized_linear`: packed layers converted from a GGUF's Q4_1 or Q4_K weights
-    (and a tied head from its Q8_0 embedding) keep them quantized too, for steps of few rows
-    (`server/engine/gguf_quantized.py`)."""
+    all layers; `quantized_linear`: packed layers converted from a GGUF's 4-bit (Q4_0, Q4_1,
+    Q4_K) weights (and a tied head from its Q8_0 embedding) keep them quantized too, for steps
+    of few rows (`server/engine/gguf_quantized.py`)."""
     device = torch.device(device)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

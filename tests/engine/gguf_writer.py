@@ -9,20 +9,20 @@ import gguf
 import numpy as np
 from safetensors.torch import load_file
 
-Q4_1 = gguf.GGMLQuantizationType.Q4_1
 Q4_K = gguf.GGMLQuantizationType.Q4_K
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
+LAYER_TYPES = {"q4_0": gguf.GGMLQuantizationType.Q4_0, "q4_1": gguf.GGMLQuantizationType.Q4_1,
+               "q4_k": Q4_K}  # fmt: skip
 
 
 def write_llama_gguf(
-    folder: Path, path: Path, q4_1: bool = False, q4_k: bool = False,
-    q8_0_layers: tuple[str, ...] = (),
+    folder: Path, path: Path, quant: str | None = None, q8_0_layers: tuple[str, ...] = ()
 ) -> None:
     """Write an HF Llama folder as a GGUF the way llama.cpp lays one out (q/k rows permuted);
-    with `q4_1` (or `q4_k`), the linear layers' weights quantized to Q4_1 (Q4_K) and the
-    embedding to Q8_0, as llama.cpp's files of those types hold them (the norms stay float32),
-    except the layers named in `q8_0_layers` (GGUF names, `blk.1.attn_v.weight`), quantized to
-    Q8_0 (a mixed file, as Q4_K_M's are with their 6-bit layers)."""
+    with `quant` ("q4_0", "q4_1" or "q4_k"), the linear layers' weights quantized to that type
+    and the embedding to Q8_0, as llama.cpp's files of those types hold them (the norms stay
+    float32), except the layers named in `q8_0_layers` (GGUF names, `blk.1.attn_v.weight`),
+    quantized to Q8_0 (a mixed file, as Q4_K_M's are with their 6-bit layers)."""
 
     config = json.loads((folder / "config.json").read_text())
     tokenizer = json.loads((folder / "tokenizer.json").read_text())
@@ -72,9 +72,9 @@ def write_llama_gguf(
         qtype = None
         if gguf_name in q8_0_layers:
             qtype = Q8_0
-        elif (q4_1 or q4_k) and name.endswith("_proj.weight"):
-            qtype = Q4_1 if q4_1 else Q4_K
-        elif (q4_1 or q4_k) and name == "model.embed_tokens.weight":
+        elif quant is not None and name.endswith("_proj.weight"):
+            qtype = LAYER_TYPES[quant]
+        elif quant is not None and name == "model.embed_tokens.weight":
             qtype = Q8_0
         if qtype == Q4_K:  # gguf-py reads Q4_K but does not write it
             quantized = quantize_q4_k(np.ascontiguousarray(array))

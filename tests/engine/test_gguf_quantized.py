@@ -31,7 +31,7 @@ def q4_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = make_tiny_model(tmp_path_factory.mktemp("tied") / "llama", "llama", seed=5,
                              tie_word_embeddings=True)  # fmt: skip
     path = tmp_path_factory.mktemp("gguf") / "tiny-llama.Q4_1.gguf"
-    write_llama_gguf(folder, path, q4_1=True)
+    write_llama_gguf(folder, path, quant="q4_1")
     return path
 
 
@@ -126,23 +126,25 @@ def test_the_engine_decodes_the_same_tokens_with_them(
                 assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
 
 
-@pytest.fixture(scope="module")
-def q4_k_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny tied Llama wide enough for Q4_K's super-blocks of 256, as a Q4_K GGUF with its
-    embedding Q8_0 and one layer's v projection Q8_0 (mixed, as Q4_K_M files are)."""
-    folder = make_tiny_model(tmp_path_factory.mktemp("tied_k") / "llama", "llama", seed=6,
+@pytest.fixture(scope="module", params=["q4_0", "q4_k"])
+def mixed_gguf(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny tied Llama wide enough for Q4_K's super-blocks of 256, as a Q4_0 or Q4_K GGUF
+    with its embedding Q8_0 and one layer's v projection Q8_0 (mixed, as Q4_K_M files are)."""
+    folder = make_tiny_model(tmp_path_factory.mktemp("tied_wide") / "llama", "llama", seed=6,
                              tie_word_embeddings=True, hidden_size=256, intermediate_size=512,
                              head_dim=64)  # fmt: skip
-    path = tmp_path_factory.mktemp("gguf_k") / "tiny-llama.Q4_K.gguf"
-    write_llama_gguf(folder, path, q4_k=True, q8_0_layers=("blk.1.attn_v.weight",))
+    path = tmp_path_factory.mktemp("gguf_mixed") / f"tiny-llama.{request.param.upper()}.gguf"
+    write_llama_gguf(folder, path, quant=request.param, q8_0_layers=("blk.1.attn_v.weight",))
     return path
 
 
-def test_q4_k_weights_are_kept_in_q4_1_form_bit_for_bit(q4_k_gguf: Path, cache_dir: Path):
-    """Q4_K's d * sc * q - dmin * m, saved as scale * q + min, gives back transformers'
-    float32 conversion exactly; the Q8_0 layer is left to float32; the layers whose fused
-    parts are all 4-bit take them, the fused q/k/v with the 8-bit v does not."""
-    loaded = load_model(q4_k_gguf, cache_dir=cache_dir)
+def test_q4_0_and_q4_k_weights_are_kept_in_q4_1_form_bit_for_bit(
+    mixed_gguf: Path, cache_dir: Path
+):
+    """Q4_0's d * (q - 8) and Q4_K's d * sc * q - dmin * m, saved as scale * q + min, give back
+    transformers' float32 conversion exactly; the Q8_0 layer is left to float32; the layers
+    whose fused parts are all 4-bit take them, the fused q/k/v with the 8-bit v does not."""
+    loaded = load_model(mixed_gguf, cache_dir=cache_dir)
     found = read_quantized(loaded.path)
     weights = load_file(str(loaded.path / "model.safetensors"))
     assert len(found.q4_1) == 2 * 7 - 1
@@ -160,10 +162,12 @@ def test_q4_k_weights_are_kept_in_q4_1_form_bit_for_bit(q4_k_gguf: Path, cache_d
     assert model.head_q8 is not None
 
 
-def test_the_engine_decodes_the_same_tokens_with_q4_k_weights(q4_k_gguf: Path, cache_dir: Path):
-    load_model(q4_k_gguf, cache_dir=cache_dir)  # converted once
+def test_the_engine_decodes_the_same_tokens_with_q4_0_and_q4_k_weights(
+    mixed_gguf: Path, cache_dir: Path
+):
+    load_model(mixed_gguf, cache_dir=cache_dir)  # converted once
     engines = [
-        LLMEngine.from_pretrained(str(cache_dir / "tiny-llama.Q4_K"), num_kv_blocks=64,
+        LLMEngine.from_pretrained(str(cache_dir / mixed_gguf.stem), num_kv_blocks=64,
                                   quantized_linear=q4)
         for q4 in (True, False)
     ]  # fmt: skip

@@ -26,7 +26,8 @@ class Linear(nn.Module):
     twice as fast as MKL and uses every core (see server/kernels/cpu). `unpack()` restores
     `weight_t`, e.g. to load new weights. Parameters are left uninitialised (they are loaded),
     so construction costs nothing. A packed layer may also hold its weight 4-bit
-    (`attach_q4`, from a GGUF's Q4_1 or Q4_K blocks): steps of few rows then stream ~5x fewer bytes.
+    (`attach_q4`, from a GGUF's Q4_0/Q4_1/Q4_K blocks): steps of few rows then stream ~5x
+    fewer bytes.
     """
 
     def __init__(
