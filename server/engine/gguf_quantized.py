@@ -3,7 +3,8 @@
 A converted GGUF's float32 weights are what transformers dequantizes. Beside them
 (`quantized.weights`, safetensors inside) this module saves, under the HF tensor's name, every
 Q4_0, Q4_1 and Q4_K linear weight (4-bit values, scales, mins; rows in HF's order: llama.cpp
-permutes the rows of q and k, transformers un-permutes them, so do we) and a Q8_0 token
+permutes a Llama's rows of q and k, transformers un-permutes them, so do we; a Qwen2's are as
+they are) and a Q8_0 token
 embedding (8-bit values, scales: the tied LM head). All three 4-bit types are saved in Q4_1's
 form, scale * q + min: Q4_0's d * (q - 8) as d * q + (-8 d); Q4_K's d * sc_j * q - dmin * m_j
 (block j of 32 in a super-block of 256) with scale = d * sc_j and min = -(dmin * m_j). Every
@@ -56,8 +57,8 @@ class QuantizedWeights:
 
 
 def write_quantized(gguf_path: Path, folder: Path, config: dict[str, Any]) -> int:
-    """Save the Q4_0, Q4_1 and Q4_K linear weights and a Q8_0 token embedding of the
-    llama-architecture GGUF at `gguf_path` into `folder / QUANTIZED_FILE` (atomically);
+    """Save the Q4_0, Q4_1 and Q4_K linear weights and a Q8_0 token embedding of the Llama or
+    Qwen2 GGUF at `gguf_path` into `folder / QUANTIZED_FILE` (atomically);
     `config` is the converted HF config. Returns how many weights were saved (0: none, and no
     file)."""
     from gguf import GGMLQuantizationType, GGUFReader
@@ -66,6 +67,7 @@ def write_quantized(gguf_path: Path, folder: Path, config: dict[str, Any]) -> in
     reader = GGUFReader(str(gguf_path))
     heads = config.get("num_attention_heads")
     kv_heads = config.get("num_key_value_heads", heads)
+    permuted = config.get("model_type") == "llama"  # llama.cpp permutes Llama's q/k rows only
     arrays: dict[str, np.ndarray] = {}
     for t in reader.tensors:
         raw = np.asarray(t.data)
@@ -84,7 +86,7 @@ def write_quantized(gguf_path: Path, folder: Path, config: dict[str, Any]) -> in
             q, scales, mins = _q4_k_blocks(raw)
         else:
             continue
-        if ".q_proj." in name or ".k_proj." in name:
+        if permuted and (".q_proj." in name or ".k_proj." in name):
             if not heads:
                 continue  # the row order is unknown: leave this weight to float32
             order = _hf_row_order(q.shape[0], heads if ".q_proj." in name else kv_heads)

@@ -170,7 +170,7 @@ def _write_hf_folder(gguf_path: Path, out: Path) -> None:
     if not hf_tokenizer.chat_template:
         hf_tokenizer.chat_template = CHATML_TEMPLATE
     hf_tokenizer.save_pretrained(str(out))
-    if config.get("model_type") == "llama":
+    if config.get("model_type") in ("llama", "qwen2"):
         write_quantized(gguf_path, out, config)  # as they are too, for CPU decode steps
 
 

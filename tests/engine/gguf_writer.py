@@ -16,9 +16,11 @@ LAYER_TYPES = {"q4_0": gguf.GGMLQuantizationType.Q4_0, "q4_1": gguf.GGMLQuantiza
 
 
 def write_llama_gguf(
-    folder: Path, path: Path, quant: str | None = None, q8_0_layers: tuple[str, ...] = ()
+    folder: Path, path: Path, quant: str | None = None, q8_0_layers: tuple[str, ...] = (),
+    arch: str = "llama",
 ) -> None:
-    """Write an HF Llama folder as a GGUF the way llama.cpp lays one out (q/k rows permuted);
+    """Write an HF Llama (or, with `arch="qwen2"`, Qwen2) folder as a GGUF the way llama.cpp
+    lays one out (Llama's q/k rows permuted, Qwen2's as they are);
     with `quant` ("q4_0", "q4_1" or "q4_k"), the linear layers' weights quantized to that type
     and the embedding to Q8_0, as llama.cpp's files of those types hold them (the norms stay
     float32), except the layers named in `q8_0_layers` (GGUF names, `blk.1.attn_v.weight`),
@@ -27,7 +29,7 @@ def write_llama_gguf(
     config = json.loads((folder / "config.json").read_text())
     tokenizer = json.loads((folder / "tokenizer.json").read_text())
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(config["num_hidden_layers"])
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
@@ -67,7 +69,7 @@ def write_llama_gguf(
             layer, rest = name.removeprefix("model.layers.").split(".", 1)
             module, kind = rest.rsplit(".", 1)
             gguf_name = f"blk.{layer}.{names[module]}.{kind}"
-            if module in ("self_attn.q_proj", "self_attn.k_proj"):
+            if arch == "llama" and module in ("self_attn.q_proj", "self_attn.k_proj"):
                 array = permute_rope_rows(array, heads if module.endswith("q_proj") else kv_heads)
         qtype = None
         if gguf_name in q8_0_layers:

@@ -181,3 +181,22 @@ def test_the_engine_decodes_the_same_tokens_with_q4_0_and_q4_k_weights(
             assert g.logprobs is not None and w.logprobs is not None
             for a, b in zip(g.logprobs, w.logprobs, strict=True):
                 assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
+def test_a_qwen2_gguf_keeps_its_4_bit_weights_too(tmp_path: Path):
+    """Qwen2 (q/k/v biases, tied embeddings): llama.cpp leaves its q/k rows in HF's order, and
+    so does the conversion; every layer takes its weights and the tokens stay those of the
+    float32-only engine."""
+    folder = make_tiny_model(tmp_path / "qwen2", "qwen2", seed=7)
+    path = tmp_path / "tiny-qwen2.Q4_0.gguf"
+    write_llama_gguf(folder, path, quant="q4_0", arch="qwen2")
+    model = load_model(path, cache_dir=tmp_path / "models").model
+    assert all(m.q4 is not None for m in model.modules() if isinstance(m, Linear))
+    assert model.head_q8 is not None
+    engines = [LLMEngine.from_pretrained(str(tmp_path / "models" / "tiny-qwen2.Q4_0"),
+                                         num_kv_blocks=64, quantized_linear=q4)
+               for q4 in (True, False)]  # fmt: skip
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    prompts = [engines[0].tokenizer.encode(f"The parrot {i} said") for i in range(3)]
+    got, want = (engine.generate(prompts, params) for engine in engines)
+    assert [g.token_ids for g in got] == [w.token_ids for w in want]
