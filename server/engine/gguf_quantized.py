@@ -2,15 +2,14 @@
 
 A converted GGUF's float32 weights are what transformers dequantizes. Beside them
 (`quantized.weights`, safetensors inside) this module saves, under the HF tensor's name, every
-Q4_0, Q4_1 and Q4_K linear weight (4-bit values, scales, mins; rows in HF's order: llama.cpp
+Q4_0, Q4_1, Q4_K and Q8_0 linear weight and a Q8_0 token embedding (the tied LM head): 4-bit
+values with scales and mins, or 8-bit values with scales; rows in HF's order (llama.cpp
 permutes a Llama's rows of q and k, transformers un-permutes them, so do we; a Qwen2's are as
-they are) and a Q8_0 token
-embedding (8-bit values, scales: the tied LM head). All three 4-bit types are saved in Q4_1's
-form, scale * q + min: Q4_0's d * (q - 8) as d * q + (-8 d); Q4_K's d * sc_j * q - dmin * m_j
-(block j of 32 in a super-block of 256) with scale = d * sc_j and min = -(dmin * m_j). Every
-product there is exact in float32 (a float16 times a small integer), so the weights are the
-same numbers. The engine checks at load that they give back its float32 weights bit for bit
-before it uses them (`server/engine/models`).
+they are). The three 4-bit types are saved in Q4_1's form, scale * q + min: Q4_0's d * (q - 8)
+as d * q + (-8 d); Q4_K's d * sc_j * q - dmin * m_j (block j of 32 in a super-block of 256)
+with scale = d * sc_j and min = -(dmin * m_j). Every product there is exact in float32 (a
+float16 times a small integer), so the weights are the same numbers. The engine checks at load
+that they give back its float32 weights bit for bit before it uses them (`server/engine/models`).
 """
 
 from __future__ import annotations
@@ -48,16 +47,16 @@ _HF_NAMES = {
 
 @dataclass
 class QuantizedWeights:
-    """By HF weight name: Q4_1 (Q4_0 and Q4_K too) weights as (q uint8 [N, K] in 0..15, scales, mins
-    float32 [N, K / 32]), weight = scale * q + min; Q8_0 weights as (q int8 [N, K], scales float32
-    [N, K / 32]), weight = scale * q."""
+    """By HF weight name: 4-bit weights (Q4_0, Q4_1, Q4_K) as (q uint8 [N, K] in 0..15,
+    scales, mins float32 [N, K / 32]), weight = scale * q + min; Q8_0 weights as (q int8 [N, K],
+    scales float32 [N, K / 32]), weight = scale * q."""
 
     q4_1: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     q8_0: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def write_quantized(gguf_path: Path, folder: Path, config: dict[str, Any]) -> int:
-    """Save the Q4_0, Q4_1 and Q4_K linear weights and a Q8_0 token embedding of the Llama or
+    """Save the Q4_0, Q4_1, Q4_K and Q8_0 linear weights and a Q8_0 token embedding of the Llama or
     Qwen2 GGUF at `gguf_path` into `folder / QUANTIZED_FILE` (atomically);
     `config` is the converted HF config. Returns how many weights were saved (0: none, and no
     file)."""
@@ -78,20 +77,21 @@ def write_quantized(gguf_path: Path, folder: Path, config: dict[str, Any]) -> in
         name = _hf_name(t.name)
         if name is None:
             continue
-        if t.tensor_type == GGMLQuantizationType.Q4_0:
-            q, scales, mins = _q4_0_blocks(raw)
-        elif t.tensor_type == GGMLQuantizationType.Q4_1:
-            q, scales, mins = _q4_1_blocks(raw)
-        elif t.tensor_type == GGMLQuantizationType.Q4_K:
-            q, scales, mins = _q4_k_blocks(raw)
+        parts: dict[str, np.ndarray]
+        if t.tensor_type == GGMLQuantizationType.Q8_0:
+            q8, scales = _q8_0_blocks(raw)
+            parts = {"q8": q8, "scales": scales}
+        elif t.tensor_type.name in _Q4_READERS:
+            q, scales, mins = _Q4_READERS[t.tensor_type.name](raw)
+            parts = {"q4": q, "scales": scales, "mins": mins}
         else:
             continue
         if permuted and (".q_proj." in name or ".k_proj." in name):
             if not heads:
                 continue  # the row order is unknown: leave this weight to float32
-            order = _hf_row_order(q.shape[0], heads if ".q_proj." in name else kv_heads)
-            q, scales, mins = q[order], scales[order], mins[order]
-        arrays.update({f"{name}.q4": q, f"{name}.scales": scales, f"{name}.mins": mins})
+            order = _hf_row_order(raw.shape[0], heads if ".q_proj." in name else kv_heads)
+            parts = {kind: array[order] for kind, array in parts.items()}
+        arrays.update({f"{name}.{kind}": array for kind, array in parts.items()})
     if not arrays:
         return 0
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
@@ -187,6 +187,10 @@ def _q8_0_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scales = blocks[:, :, 0:2].copy().view(np.float16)[:, :, 0].astype(np.float32)
     q = blocks[:, :, 2:].copy().view(np.int8).reshape(rows, -1)
     return q, scales
+
+
+# by GGML type name: each gives (q, scales, mins) in Q4_1's form
+_Q4_READERS = {"Q4_0": _q4_0_blocks, "Q4_1": _q4_1_blocks, "Q4_K": _q4_k_blocks}
 
 
 def _hf_row_order(rows: int, groups: int) -> np.ndarray:

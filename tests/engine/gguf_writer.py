@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 Q4_K = gguf.GGMLQuantizationType.Q4_K
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
 LAYER_TYPES = {"q4_0": gguf.GGMLQuantizationType.Q4_0, "q4_1": gguf.GGMLQuantizationType.Q4_1,
-               "q4_k": Q4_K}  # fmt: skip
+               "q4_k": Q4_K, "q8_0": Q8_0}  # fmt: skip
 
 
 def write_llama_gguf(
@@ -20,11 +20,11 @@ def write_llama_gguf(
     arch: str = "llama",
 ) -> None:
     """Write an HF Llama (or, with `arch="qwen2"`, Qwen2) folder as a GGUF the way llama.cpp
-    lays one out (Llama's q/k rows permuted, Qwen2's as they are);
-    with `quant` ("q4_0", "q4_1" or "q4_k"), the linear layers' weights quantized to that type
-    and the embedding to Q8_0, as llama.cpp's files of those types hold them (the norms stay
-    float32), except the layers named in `q8_0_layers` (GGUF names, `blk.1.attn_v.weight`),
-    quantized to Q8_0 (a mixed file, as Q4_K_M's are with their 6-bit layers)."""
+    lays one out (Llama's q/k rows permuted, Qwen2's as they are); with `quant` ("q4_0",
+    "q4_1", "q4_k" or "q8_0"), the linear layers' weights quantized to that type and the
+    embedding to Q8_0, as llama.cpp's files of those types hold them (the norms stay float32),
+    except the layers named in `q8_0_layers` (GGUF names, `blk.1.attn_v.weight`), quantized to
+    Q8_0 (a mixed file, as Q4_K_M's are with their 6-bit layers)."""
 
     config = json.loads((folder / "config.json").read_text())
     tokenizer = json.loads((folder / "tokenizer.json").read_text())

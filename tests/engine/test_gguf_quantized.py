@@ -149,6 +149,8 @@ def test_q4_0_and_q4_k_weights_are_kept_in_q4_1_form_bit_for_bit(
     weights = load_file(str(loaded.path / "model.safetensors"))
     assert len(found.q4_1) == 2 * 7 - 1
     assert "model.layers.1.self_attn.v_proj.weight" not in found.q4_1
+    assert set(found.q8_0) == {"model.layers.1.self_attn.v_proj.weight",
+                               "model.embed_tokens.weight"}  # fmt: skip
     for name, (q, scales, mins) in found.q4_1.items():
         rows, cols = q.shape
         dequantized = q.float().view(rows, -1, 32) * scales[..., None] + mins[..., None]
@@ -200,3 +202,33 @@ def test_a_qwen2_gguf_keeps_its_4_bit_weights_too(tmp_path: Path):
     prompts = [engines[0].tokenizer.encode(f"The parrot {i} said") for i in range(3)]
     got, want = (engine.generate(prompts, params) for engine in engines)
     assert [g.token_ids for g in got] == [w.token_ids for w in want]
+
+
+@pytest.mark.parametrize("fused_layers", [True, False])
+def test_a_q8_0_gguf_keeps_its_8_bit_layers_with_the_same_logits(
+    tmp_path: Path, fused_layers: bool
+):
+    """Q8_0 linear layers (q and k rows in HF's order) go to 8-bit panels, whose kernel gives the
+    float32 kernel's sums bit for bit: the tokens and logprobs are exactly those of the
+    float32-only engine, through the decoder stack and layer by layer, up to and past
+    QUANTIZED_MAX_ROWS rows."""
+    folder = make_tiny_model(tmp_path / "llama", "llama", seed=8, tie_word_embeddings=True)
+    path = tmp_path / "tiny-llama.Q8_0.gguf"
+    write_llama_gguf(folder, path, quant="q8_0")
+    loaded = load_model(path, cache_dir=tmp_path / "models")
+    linears = [m for m in loaded.model.modules() if isinstance(m, Linear)]
+    assert len(linears) == 2 * 4 and all(m.q8 is not None and m.q4 is None for m in linears)
+    assert loaded.model.head_q8 is not None
+    plain = load_model(path, cache_dir=tmp_path / "models", quantized_linear=False).model
+    assert loaded.model.weight_bytes_read(1) * 3 < plain.weight_bytes_read(1)
+    engines = [LLMEngine.from_pretrained(str(loaded.path), num_kv_blocks=64, quantized_linear=q,
+                                         fused_layers=fused_layers)
+               for q in (True, False)]  # fmt: skip
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logprobs=0)
+    for batch in (1, QUANTIZED_MAX_ROWS + 2):
+        prompts = [engines[0].tokenizer.encode(f"The parrot {i} said") for i in range(batch)]
+        got, want = (engine.generate(prompts, params) for engine in engines)
+        assert [g.token_ids for g in got] == [w.token_ids for w in want]
+        assert [[t.logprob for t in g.logprobs or []] for g in got] == [
+            [t.logprob for t in w.logprobs or []] for w in want
+        ]

@@ -6,10 +6,12 @@ import torch
 from torch import nn
 
 from server.kernels import cpu
-from server.kernels.cpu import q4_linear
+from server.kernels.cpu import q4_linear, q8_linear
 from server.kernels.cpu.q4_linear import Q4Panels
+from server.kernels.cpu.q8_linear import Q8Panels
 
-# Up to this many rows, layers with 4-bit weights (`Linear.attach_q4`) multiply with them, and
+# Up to this many rows, layers with 4- or 8-bit weights (`Linear.attach_q4`, `attach_q8`)
+# multiply with them, and
 # up to QUANTIZED_HEAD_MAX_ROWS logit rows the model's 8-bit head; from there on the float32
 # panels (compute-bound there: dequantizing costs more than the bytes it saves). The measured
 # crossovers: server/kernels/README.md (q4 and q8 sections).
@@ -26,8 +28,8 @@ class Linear(nn.Module):
     twice as fast as MKL and uses every core (see server/kernels/cpu). `unpack()` restores
     `weight_t`, e.g. to load new weights. Parameters are left uninitialised (they are loaded),
     so construction costs nothing. A packed layer may also hold its weight 4-bit
-    (`attach_q4`, from a GGUF's Q4_0/Q4_1/Q4_K blocks): steps of few rows then stream ~5x
-    fewer bytes.
+    (`attach_q4`, from a GGUF's Q4_0/Q4_1/Q4_K blocks) or 8-bit (`attach_q8`, Q8_0): steps of
+    few rows then stream ~5x (~3.5x) fewer bytes.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class Linear(nn.Module):
         )
         self.panels: nn.Parameter | None = None
         self.q4: Q4Panels | None = None
+        self.q8: Q8Panels | None = None
         self.bias = (
             nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
         )
@@ -84,10 +87,25 @@ class Linear(nn.Module):
         self.q4 = panels
         return True
 
+    def attach_q8(self, panels: Q8Panels) -> bool:
+        """Use `panels` for products of up to `QUANTIZED_MAX_ROWS` rows, if they hold this packed
+        layer's weight bit for bit (else leave the layer as it is). True if attached. The
+        8-bit kernel gives the float32 kernel's results bit for bit."""
+        if self.panels is None or (panels.in_features, panels.out_features) != (
+            self.in_features, self.out_features
+        ):
+            return False
+        if not q8_linear.matches(panels, self.panels.data):
+            return False
+        self.q8 = panels
+        return True
+
     def bytes_read(self, rows: int) -> int:
         """Bytes of weight (and bias) a product of `rows` rows reads."""
         if self.q4 is not None and rows <= QUANTIZED_MAX_ROWS:
             weight = self.q4.nbytes
+        elif self.q8 is not None and rows <= QUANTIZED_MAX_ROWS:
+            weight = self.q8.nbytes
         else:
             tensor = self.panels if self.panels is not None else self.weight_t
             assert tensor is not None
@@ -97,7 +115,7 @@ class Linear(nn.Module):
 
     def unpack(self) -> None:
         """Back to the plain [in, out] weight."""
-        self.q4 = None  # the weight is about to change
+        self.q4 = self.q8 = None  # the weight is about to change
         if self.panels is None:
             return
         self.weight_t = nn.Parameter(cpu.unpack(self.panels.data, self.out_features))
@@ -106,6 +124,8 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.q4 is not None and x.shape[0] <= QUANTIZED_MAX_ROWS:
             return q4_linear.q4_linear(x, self.q4, self.bias)
+        if self.q8 is not None and x.shape[0] <= QUANTIZED_MAX_ROWS:
+            return q8_linear.q8_linear(x, self.q8, self.bias)
         if self.panels is not None:
             return cpu.packed_linear(x, self.panels, self.out_features, self.bias)
         assert self.weight_t is not None

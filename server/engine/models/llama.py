@@ -246,19 +246,25 @@ class LlamaForCausalLM(nn.Module):
         copier.copy(self.lm_head.weight, head)
 
     def attach_quantized(self, weights: QuantizedWeights) -> int:
-        """Give the packed linear layers their 4-bit weights and a packed tied head its Q8_0
-        one where `weights` (`server.engine.gguf_quantized`) has every weight a layer fuses
-        and they equal its float32 weight bit for bit; rebuilds the decoder stack to use them.
-        Returns how many layers (the head counted) took them."""
+        """Give the packed linear layers their 4-bit or 8-bit weights and a packed tied head its
+        Q8_0 one where `weights` (`server.engine.gguf_quantized`) has every weight a layer fuses,
+        all of one kind, and they equal its float32 weight bit for bit; rebuilds the decoder
+        stack to use them. Returns how many layers (the head counted) took them."""
         attached = 0
         for i, layer in enumerate(self.layers):
             for prefix, block in (("self_attn", layer.self_attn), ("mlp", layer.mlp)):
                 for linear, names in block.checkpoint_parts().items():
-                    found = [weights.q4_1.get(f"model.layers.{i}.{prefix}.{name}.weight")
-                             for name in names]  # fmt: skip
-                    if linear.packed and all(f is not None for f in found):
-                        q, scales, mins = (torch.cat(t) for t in zip(*found, strict=True))
+                    if not linear.packed:
+                        continue
+                    keys = [f"model.layers.{i}.{prefix}.{name}.weight" for name in names]
+                    if all(k in weights.q4_1 for k in keys):
+                        parts = zip(*(weights.q4_1[k] for k in keys), strict=True)
+                        q, scales, mins = (torch.cat(t) for t in parts)
                         attached += linear.attach_q4(q4_linear.pack_q4(q, scales, mins))
+                    elif all(k in weights.q8_0 for k in keys):
+                        parts = zip(*(weights.q8_0[k] for k in keys), strict=True)
+                        q8, scales = (torch.cat(t) for t in parts)
+                        attached += linear.attach_q8(q8_linear.pack_q8(q8, scales))
         embedding = weights.q8_0.get("model.embed_tokens.weight")
         if embedding is not None and self.tied_head is not None and self.tied_head.dim() == 3:
             panels = q8_linear.pack_q8(*embedding)
@@ -312,10 +318,11 @@ class LlamaForCausalLM(nn.Module):
                 return None
             biases = {f"{name}_bias": None if lin.bias is None else lin.bias.data
                       for name, lin in linears.items()}
-            q4 = {f"{name}_q4": lin.q4 for name, lin in linears.items()}
+            quantized = {f"{name}_{kind}": getattr(lin, kind)
+                         for name, lin in linears.items() for kind in ("q4", "q8")}  # fmt: skip
             layers.append(LayerTensors(
                 layer.input_layernorm.weight.data, layer.post_attention_layernorm.weight.data,
-                **tensors, **biases, **q4,
+                **tensors, **biases, **quantized,
             ))
         return DecoderStack(
             shape, layers, self._head_tensors(), quantized_max_rows=QUANTIZED_MAX_ROWS,

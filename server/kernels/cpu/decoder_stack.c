@@ -67,15 +67,18 @@ int parrot_paged_levels(const float *q, long Hq, long Hkv, long D, const float *
                         const int64_t *tokens, float scale, float *out, float *lse,
                         int threads);
 
-/* A projection's weight 4-bit (q4_linear.c's panels), or all NULL. */
+/* A projection's weight 4-bit (q4_linear.c's panels: qs, scales, mins) or 8-bit (q8_linear.c's:
+ * q8, q8_scales), or all NULL. */
 typedef struct {
     const uint8_t *qs;
     const float *scales, *mins;
+    const int8_t *q8;
+    const float *q8_scales;
 } parrot_q4;
 
 /* One layer's parameters: norms [hidden]; packed panels of qkv [hidden -> (Hq + 2 Hkv) D],
  * o [Hq D -> hidden], gate_up [hidden -> 2 I] and down [I -> hidden]; biases or NULL; the
- * same projections 4-bit where the model has them (else NULL). */
+ * same projections 4- or 8-bit where the model has them (else NULL). */
 typedef struct {
     const float *input_norm, *post_norm;
     const float *qkv, *qkv_bias, *o, *o_bias, *gate_up, *gate_up_bias, *down, *down_bias;
@@ -368,12 +371,14 @@ static void add_into(float *x, const float *y, long n, int threads) {
     for (long i = 0; i < n; i++) x[i] += y[i];
 }
 
-/* y = x @ W (+ bias): the 4-bit weights for steps of few rows (they stream ~5x fewer bytes),
- * else the float32 panels */
+/* y = x @ W (+ bias): the 4- or 8-bit weights for steps of few rows (they stream ~5x or ~3.5x
+ * fewer bytes), else the float32 panels */
 static void linear(const float *x, long R, long K, const float *panels, const parrot_q4 *q4,
                    long N, const float *bias, float *y, long quantized_max_rows, int threads) {
     if (q4->qs && R <= quantized_max_rows)
         parrot_q4_linear(x, R, K, q4->qs, q4->scales, q4->mins, N, bias, y, threads);
+    else if (q4->q8 && R <= quantized_max_rows)
+        parrot_q8_linear(x, R, K, q4->q8, q4->q8_scales, N, bias, y, threads);
     else
         parrot_packed_linear(x, R, K, panels, N, bias, y, threads);
 }

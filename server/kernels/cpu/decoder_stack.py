@@ -86,7 +86,8 @@ class StackShape:
 @dataclass(frozen=True, slots=True)
 class LayerTensors:
     """One layer's norm weights and packed projections (`server.kernels.cpu.pack` panels), and
-    the same projections 4-bit where the model has them (`q4_linear.Q4Panels`)."""
+    the same projections 4-bit (`q4_linear.Q4Panels`) or 8-bit (`q8_linear.Q8Panels`) where the
+    model has them."""
 
     input_norm: torch.Tensor
     post_norm: torch.Tensor
@@ -102,6 +103,10 @@ class LayerTensors:
     o_q4: Q4Panels | None = None
     gate_up_q4: Q4Panels | None = None
     down_q4: Q4Panels | None = None
+    qkv_q8: Q8Panels | None = None
+    o_q8: Q8Panels | None = None
+    gate_up_q8: Q8Panels | None = None
+    down_q8: Q8Panels | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +170,10 @@ class DecoderStack:
                     setattr(slot, f"{name}_qs", q4.qs.data_ptr())
                     setattr(slot, f"{name}_scales", q4.scales.data_ptr())
                     setattr(slot, f"{name}_mins", q4.mins.data_ptr())
+                q8 = getattr(layer, f"{name}_q8")
+                if q8 is not None:
+                    setattr(slot, f"{name}_q8", q8.qs.data_ptr())
+                    setattr(slot, f"{name}_q8_scales", q8.scales.data_ptr())
 
     def run(
         self,
@@ -327,11 +336,11 @@ class _Layer(ctypes.Structure):
         "input_norm", "post_norm", "qkv", "qkv_bias", "o", "o_bias",
         "gate_up", "gate_up_bias", "down", "down_bias",
     )
-    Q4 = ("qkv", "o", "gate_up", "down")  # each: qs, scales, mins (NULL without)
+    Q4 = ("qkv", "o", "gate_up", "down")  # each: qs, scales, mins, q8, q8_scales (or NULL)
     _fields_ = [
         *((name, ctypes.c_void_p) for name in WEIGHTS),
         *((f"{name}_{part}", ctypes.c_void_p) for name in Q4
-          for part in ("qs", "scales", "mins")),
+          for part in ("qs", "scales", "mins", "q8", "q8_scales")),
     ]
 
 
@@ -414,12 +423,13 @@ def _check_layer(index: int, layer: LayerTensors, shape: StackShape) -> None:
             continue
         _check_tensor(f"layer {index} {name}", tensor, want)
     for name, (k, n) in panels.items():
-        q4 = getattr(layer, f"{name}_q4")
-        if q4 is not None and (q4.in_features, q4.out_features) != (k, n):
-            raise ValueError(
-                f"decoder stack: layer {index} {name}_q4 is {q4.in_features} -> "
-                f"{q4.out_features}, expected {k} -> {n}"
-            )
+        for kind in ("q4", "q8"):
+            quantized = getattr(layer, f"{name}_{kind}")
+            if quantized is not None and (quantized.in_features, quantized.out_features) != (k, n):
+                raise ValueError(
+                    f"decoder stack: layer {index} {name}_{kind} is {quantized.in_features} -> "
+                    f"{quantized.out_features}, expected {k} -> {n}"
+                )
 
 
 def _check_head(head: HeadTensors, shape: StackShape) -> None:
