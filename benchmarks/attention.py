@@ -8,6 +8,8 @@
     python -m benchmarks.attention --engine        # whole SmolLM2 decode steps, 16 forks of 2048
     python -m benchmarks.attention --shape llama3-8b --device cuda   # a 7B-class layer's heads
     python -m benchmarks.attention --cold 30       # KV out of the CPU caches, as in a model
+    python -m benchmarks.attention --prefill       # the CPU prefill kernel alone (GFLOP/s)
+    python -m benchmarks.attention --prefill --prefill-baseline old.c   # A/B against a version
 
 Every row forks `seqs` sequences from one context of `prefix` tokens (blocks shared, as the
 engine's forks and prefix cache make them) and gives each its own suffix; one decode step is
@@ -17,11 +19,18 @@ cascade column is timed even where the device's cost rule would not plan the lev
 layer-sized caches of its own, as a model's layers do, so each layer's KV comes from memory
 rather than from a cache the previous call left warm; the time is the round's over N.
 Results are printed and saved as JSON under benchmarks/results/.
+
+`--prefill` times the CPU causal prefill kernel (server/kernels/cpu/paged_prefill.c) alone on
+fresh prompts of 256-2048 tokens, 4 prompts of 512 in one call, and chunks of 512 rows after
+1536 tokens of context (the engine's mid-sequence chunks); GFLOP/s count the causal half (4 x
+Hq x D per query-key pair a row attends). With `--prefill-baseline FILE` (an older version of
+paged_prefill.c, e.g. from `git show`) both are timed in turn, round after round.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import platform
 import statistics
@@ -407,10 +416,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--profile", action="store_true", help="per-kernel times of the last size, both ways"
     )
+    parser.add_argument("--prefill", action="store_true", help="the CPU prefill kernel alone")
+    parser.add_argument(
+        "--prefill-baseline", default=None, metavar="FILE",
+        help="--prefill: also time this version of paged_prefill.c, alternating",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="--prefill: alternating rounds")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.prefill:
+        prefill_main(args)
+        return
     if args.cold and args.device != "cpu":
         parser.error("--cold is for CPU runs (GPU timings replay CUDA graphs)")
 
@@ -477,6 +495,117 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"saved {out}")
+
+
+PREFILL_CASES = (  # (name, sequences, rows each, context before the rows)
+    ("1x256", 1, 256, 0),
+    ("1x512", 1, 512, 0),
+    ("1x1024", 1, 1024, 0),
+    ("1x2048", 1, 2048, 0),
+    ("4x512", 4, 512, 0),
+    ("2x512 after 1536", 2, 512, 1536),
+)
+
+
+def prefill_case(
+    seqs: int, rows: int, context: int, shape: Shape, seed: int = 0
+) -> tuple[tuple[object, ...], float]:
+    """The kernel's arguments for `seqs` sequences of `rows` new rows after `context` cached
+    tokens (blocks scattered over the pool), and the causal half's FLOP."""
+    gen = torch.Generator().manual_seed(seed)
+    bs, tokens = shape.block_size, context + rows
+    per_seq = -(-tokens // bs)
+    order = torch.randperm(per_seq * seqs, generator=gen).tolist()
+    cache = (per_seq * seqs, bs, shape.num_kv_heads, shape.head_dim)
+    k_cache, v_cache = torch.randn(*cache, generator=gen), torch.randn(*cache, generator=gen)
+    q = torch.randn(rows * seqs, shape.num_q_heads, shape.head_dim, generator=gen)
+    tables = [order[i * per_seq : (i + 1) * per_seq] for i in range(seqs)]
+    keys = seqs * sum(context + i + 1 for i in range(rows))
+    flop = 4.0 * shape.num_q_heads * shape.head_dim * keys
+    args = (q, k_cache, v_cache, [rows] * seqs, [tokens] * seqs, tables, shape.head_dim**-0.5)
+    return args, flop
+
+
+def prefill_main(args: argparse.Namespace) -> None:
+    """GFLOP/s of the prefill kernel per case (and of a baseline version's, in turn)."""
+    from server.kernels.cpu import paged_prefill as kernel
+
+    shape = SHAPES[args.shape]
+    versions = {"kernel": kernel.paged_prefill}
+    if args.prefill_baseline:
+        versions = {"baseline": _prefill_version(Path(args.prefill_baseline)), **versions}
+    report: dict[str, object] = {
+        "device": _device_name("cpu"),
+        "shape_name": args.shape,
+        "shape": asdict(shape),
+        "threads": torch.get_num_threads(),
+        "baseline": args.prefill_baseline,
+        "rounds": args.rounds,
+        "gflops": "best round's GFLOP/s (median of the faster half of its calls)",
+    }
+    rows = []
+    for name, seqs, n, context in tqdm(PREFILL_CASES, desc="prefill", leave=False):
+        call_args, flop = prefill_case(seqs, n, context, shape)
+        outputs = [fn(*call_args) for fn in versions.values()]
+        error = max(float((o - outputs[-1]).abs().max()) for o in outputs)
+        repeats = max(5, int(3e9 / flop))
+        rates: dict[str, list[float]] = {v: [] for v in versions}
+        for r in range(args.rounds):
+            names = list(versions)[:: -1 if r % 2 else 1]
+            for v in names:
+                ms = median_ms(lambda v=v, a=call_args: versions[v](*a), repeats)
+                rates[v].append(flop / ms / 1e6)
+        row = {"case": name, "gflop": flop / 1e9, "max_abs_diff": error}
+        row |= {f"{v}_gflops": max(rates[v]) for v in versions}
+        row |= {f"{v}_rounds": rates[v] for v in versions}
+        rows.append(row)
+    print(f"prefill attention (causal half), {report['device']}, {args.shape} heads "
+          f"({shape.num_q_heads} q / {shape.num_kv_heads} kv x {shape.head_dim}), GFLOP/s, "
+          f"best of {args.rounds} rounds")  # fmt: skip
+    print(f"{'case':>18} {'GFLOP':>7} " + " ".join(f"{v:>9}" for v in versions)
+          + (f" {'speedup':>8}" if len(versions) > 1 else ""))  # fmt: skip
+    for row in rows:
+        line = f"{row['case']:>18} {row['gflop']:>7.2f} "
+        line += " ".join(f"{row[f'{v}_gflops']:>9.1f}" for v in versions)
+        if len(versions) > 1:
+            line += f" {row['kernel_gflops'] / row['baseline_gflops']:>7.2f}x"
+        print(line)
+    report["table"] = rows
+    out = Path(args.out) if args.out else RESULTS / "attention_prefill_cpu.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"saved {out}")
+
+
+def _prefill_version(source: Path) -> Callable[..., torch.Tensor]:
+    """paged_prefill with the library built from another version of paged_prefill.c (beside
+    this tree's headers, so it compiles as the kernel does)."""
+    import shutil
+    import tempfile
+
+    from server.kernels.cpu import native_library
+    from server.kernels.cpu import paged_prefill as kernel
+
+    folder = Path(tempfile.mkdtemp(prefix="parrot-prefill-baseline-"))
+    for header in kernel.SOURCE.parent.glob("*.h"):
+        shutil.copy(header, folder / header.name)
+    shutil.copy(source, folder / kernel.SOURCE.name)
+    lib = native_library.load(folder / kernel.SOURCE.name)
+    if lib is None:
+        raise SystemExit(f"--prefill-baseline: {source} does not build")
+    reference = kernel._library()  # this tree's, for its ctypes signature
+    fn = lib.parrot_paged_prefill
+    fn.argtypes, fn.restype = reference.parrot_paged_prefill.argtypes, ctypes.c_int
+
+    def call(*args: object) -> torch.Tensor:
+        own = kernel._library
+        kernel._library = lambda: lib  # type: ignore[assignment]  # (the wrapper's checks kept)
+        try:
+            return kernel.paged_prefill(*args)  # type: ignore[arg-type]
+        finally:
+            kernel._library = own  # type: ignore[assignment]
+
+    return call
 
 
 def _print_rows(rows: list[Row]) -> None:

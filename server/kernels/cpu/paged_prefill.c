@@ -26,13 +26,16 @@
  * (or probability) vectors and the broadcast keys (or values). */
 #define NQ 2     /* vectors of queries per task (1, 3 and 4 measured slower) */
 #define KBLOCK 8 /* keys per register block of the score product */
+#define KVECS 2  /* query vectors per register block of the score product */
 #define DBLOCK 8 /* output dims per register block (divides 16) */
 #else
-/* 16 registers: 2 keys x 4 query vectors of scores (or 2 dims x 4 of outputs), the 4 query
- * (or probability) vectors and a broadcast. The same 32 query vectors per task as with 16
- * lanes; 16 (blocks of 6 keys x 2) and 24 (3 x 3, 4 dims x 3) measured the same on Zen 3. */
+/* 16 registers: scores in blocks of 6 keys x 2 query vectors (a task's 4 vectors in two
+ * passes), with the 2 query vectors and a broadcast: 12 FMA chains against the 8 of 2 keys x
+ * 4 vectors, which ran a few % slower on Zen 3; outputs in blocks of 2 dims x 4 vectors, as
+ * 6 x 2 measured no faster there. Tasks of 16 and 24 query vectors measured no faster. */
 #define NQ 4
-#define KBLOCK 2
+#define KBLOCK 6
+#define KVECS 2
 #define DBLOCK 2
 #endif
 #define KTILE 32 /* keys per softmax tile */
@@ -49,6 +52,59 @@ static inline vf in_register(vf x) {
     return x;
 }
 #endif
+
+/* Scores of kb keys against query vectors [i0, i0 + nv) into S^T (rows of QV), masked past
+ * each query's position where `masked`, raising top (the running max per vector). */
+static inline __attribute__((always_inline)) void scores(
+    const float *const *keys, const float *qt, long D, int kb, int i0, int nv, float *st,
+    int masked, long key0, const vi *qpos, vf *top) {
+    vf acc[KBLOCK][NQ];
+    for (int j = 0; j < kb; j++)
+        for (int i = 0; i < nv; i++) acc[j][i] = (vf){0};
+    for (long d = 0; d < D; d++) {
+        vf qd[NQ];
+        for (int i = 0; i < nv; i++)
+            qd[i] = in_register(*(const vf *)(qt + d * QV + VF_LANES * (i0 + i)));
+        for (int j = 0; j < kb; j++) {
+            float kd = keys[j][d];
+            for (int i = 0; i < nv; i++) acc[j][i] += kd * qd[i];
+        }
+    }
+    const vf minus_inf = (vf){0} - INFINITY;
+    for (int j = 0; j < kb; j++) {
+        int32_t key = (int32_t)(key0 + j);
+        for (int i = 0; i < nv; i++) {
+            vf x = acc[j][i];
+            if (masked) x = selectv(qpos[i0 + i] >= key, x, minus_inf);
+            top[i0 + i] = selectv(x > top[i0 + i], x, top[i0 + i]);
+            *(vf *)(st + j * QV + VF_LANES * (i0 + i)) = x;
+        }
+    }
+}
+
+/* e^x for the softmax's x = score - running max <= 0, in about two thirds of
+ * expv_nonpositive's operations: x is clamped to -87 (masked -inf lanes, and scores 87 below
+ * the max, weigh e^-87 ~ 1.6e-38 rather than 0: nothing beside the max's weight 1, and still a
+ * normal float), e^r by a degree-5 polynomial fitted for relative error (2e-7 in float32) on
+ * |r| <= ln 2 / 2, and 2^n from the rounding constant's own bits: t = 1.5 * 2^23 + n holds n
+ * in its low mantissa bits, and shifting them into the exponent drops the constant's. */
+typedef uint32_t vu __attribute__((vector_size(VF_LANES * 4)));
+
+static inline vf exp_scores(vf x) {
+    const vf floor_arg = (vf){0} - 87.0f;
+    x = selectv(x > floor_arg, x, floor_arg);
+    vf t = x * 1.44269504088896341f + 12582912.0f;
+    vf n = t - 12582912.0f;
+    vf r = x - n * 0.693359375f - n * -2.12194440e-4f;
+    vf p = (vf){0} + 8.2976548e-3f;
+    p = p * r + 4.1915383e-2f;
+    p = p * r + 1.6667575e-1f;
+    p = p * r + 4.9998894e-1f;
+    p = p * r + 9.9999970e-1f;
+    p = p * r + 1.0000001f;
+    vu bits = ((vu)t << 23) + (127u << 23);
+    return p * (vf)bits;
+}
 
 typedef struct {
     long seq, kv, first; /* query vectors first .. first + QV of (seq, kv), ordered (row, g) */
@@ -128,65 +184,37 @@ static void attend_task(const layout_t *a, const float *q, const int64_t *blocks
     const float *keys[KTILE], *values[KTILE];
     for (long t0 = 0; t0 <= last_key; t0 += KTILE) {
         long nk = last_key + 1 - t0 < KTILE ? last_key + 1 - t0 : KTILE;
+        long b = t0 / a->block_size, slot = t0 % a->block_size; /* (one division a tile) */
         for (long j = 0; j < nk; j++) {
-            long p = t0 + j;
-            long off = (blocks[p / a->block_size] * a->block_size + p % a->block_size) * stride
-                       + kv * D;
+            long off = (blocks[b] * a->block_size + slot) * stride + kv * D;
             keys[j] = a->k_cache + off;
             values[j] = a->v_cache + off;
+            if (++slot == a->block_size) b++, slot = 0;
         }
-        /* S^T = K Q^T, KBLOCK keys x QV queries in registers */
-        for (long j0 = 0; j0 < nk; j0 += KBLOCK) {
-            long kb = nk - j0 < KBLOCK ? nk - j0 : KBLOCK;
-            vf acc[KBLOCK][NQ];
-            for (int j = 0; j < KBLOCK; j++)
-                for (int i = 0; i < NQ; i++) acc[j][i] = (vf){0};
-            if (kb == KBLOCK) {
-                for (long d = 0; d < D; d++) {
-                    vf qd[NQ];
-                    for (int i = 0; i < NQ; i++)
-                        qd[i] = in_register(*(const vf *)(qt + d * QV + VF_LANES * i));
-                    for (int j = 0; j < KBLOCK; j++) {
-                        float kd = keys[j0 + j][d];
-                        for (int i = 0; i < NQ; i++) acc[j][i] += kd * qd[i];
-                    }
-                }
-            } else {
-                for (long d = 0; d < D; d++) {
-                    vf qd[NQ];
-                    for (int i = 0; i < NQ; i++) qd[i] = *(const vf *)(qt + d * QV + VF_LANES * i);
-                    for (long j = 0; j < kb; j++) {
-                        float kd = keys[j0 + j][d];
-                        for (int i = 0; i < NQ; i++) acc[j][i] += kd * qd[i];
-                    }
-                }
-            }
-            for (long j = 0; j < kb; j++)
-                for (int i = 0; i < NQ; i++) *(vf *)(st + (j0 + j) * QV + VF_LANES * i) = acc[j][i];
-        }
-        /* causal mask where the tile reaches past the first query's position */
-        if (t0 + nk - 1 > min_pos) {
-            for (long j = 0; j < nk; j++) {
-                int32_t key = (int32_t)(t0 + j);
-                vf *sj = (vf *)(st + j * QV);
-                for (int i = 0; i < NQ; i++) sj[i] = selectv(qpos[i] >= key, sj[i], minus_inf);
-            }
-        }
+        /* the causal mask where the tile reaches past the first query's position; the tile's
+         * max is taken as the scores are stored */
+        const int masked = t0 + nk - 1 > min_pos;
+        vf top[NQ];
+        for (int i = 0; i < NQ; i++) top[i] = m[i];
+        /* S^T = K Q^T in register blocks of keys x query vectors */
+        long j0 = 0;
+        for (; j0 + KBLOCK <= nk; j0 += KBLOCK)
+            for (int h = 0; h < NQ; h += KVECS)
+                scores(keys + j0, qt, D, KBLOCK, h, KVECS, st + j0 * QV, masked, t0 + j0, qpos,
+                       top);
+        for (; j0 + 2 <= nk; j0 += 2)
+            scores(keys + j0, qt, D, 2, 0, NQ, st + j0 * QV, masked, t0 + j0, qpos, top);
+        if (j0 < nk) scores(keys + j0, qt, D, 1, 0, NQ, st + j0 * QV, masked, t0 + j0, qpos, top);
         /* online softmax down the keys, every lane its own query; key 0 is in every lane's
          * first tile, so the running max is finite from then on */
         vf corr[NQ];
         for (int i = 0; i < NQ; i++) {
-            vf top = m[i];
-            for (long j = 0; j < nk; j++) {
-                vf sj = *(const vf *)(st + j * QV + VF_LANES * i);
-                top = selectv(sj > top, sj, top);
-            }
-            corr[i] = t0 == 0 ? (vf){0} : expv_nonpositive(m[i] - top);
-            m[i] = top;
+            corr[i] = t0 == 0 ? (vf){0} : expv_nonpositive(m[i] - top[i]);
+            m[i] = top[i];
             vf sum = {0};
             for (long j = 0; j < nk; j++) {
                 vf *sj = (vf *)(st + j * QV + VF_LANES * i);
-                *sj = expv_nonpositive(*sj - top);
+                *sj = exp_scores(*sj - top[i]);
                 sum += *sj;
             }
             l[i] = l[i] * corr[i] + sum;
