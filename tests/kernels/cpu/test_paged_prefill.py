@@ -40,6 +40,13 @@ def test_matches_float64_reference(group: int, head_dim: int, lanes: int) -> Non
     assert run_and_compare(work, 2, group, head_dim, seed=group * 7 + head_dim) < 1e-5
 
 
+def test_every_tile_length(lanes: int) -> None:
+    """Single rows after 0..40 tokens: the last key tile holds 1..32 keys, so each way its
+    scores split into register blocks (full blocks, pairs, a single key) is taken."""
+    work = [(before, 1) for before in range(41)] + [(before, 5) for before in range(0, 40, 3)]
+    assert run_and_compare(work, 2, 3, 64, seed=11) < 1e-5
+
+
 @pytest.mark.parametrize("block_size", [1, 8, 32])
 def test_block_sizes(block_size: int, lanes: int) -> None:
     work = [(17, 40), (0, 65)]
