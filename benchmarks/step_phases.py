@@ -118,10 +118,11 @@ def one_round(
 
 
 def _linear_bytes(layer: LayerTensors, name: str, quantized: bool) -> int:
-    """Bytes the stack reads for one projection: 4-bit where it has them and uses them."""
-    q4 = getattr(layer, f"{name}_q4")
-    if quantized and q4 is not None:
-        return q4.nbytes
+    """Bytes the stack reads for one projection: 4- or 8-bit where it has them and uses them."""
+    for kind in ("q4", "q8"):
+        panels = getattr(layer, f"{name}_{kind}")
+        if quantized and panels is not None:
+            return panels.nbytes
     return getattr(layer, name).numel() * 4
 
 
