@@ -2,7 +2,8 @@
 
 A converted GGUF's float32 weights are what transformers dequantizes. Beside them
 (`quantized.weights`, safetensors inside) this module saves, under the HF tensor's name, every
-Q4_0, Q4_1, Q4_K and Q8_0 linear weight and a Q8_0 token embedding (the tied LM head): 4-bit
+Q4_0, Q4_1, Q4_K and Q8_0 linear weight (an untied LM head's too) and a Q8_0 token embedding
+(the tied LM head): 4-bit
 values with scales and mins, or 8-bit values with scales; rows in HF's order (llama.cpp
 permutes a Llama's rows of q and k, transformers un-permutes them, so do we; a Qwen2's are as
 they are). The three 4-bit types are saved in Q4_1's form, scale * q + min: Q4_0's d * (q - 8)
@@ -126,7 +127,10 @@ def read_quantized(folder: Path) -> QuantizedWeights:
 
 
 def _hf_name(gguf_name: str) -> str | None:
-    """`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`; None for others."""
+    """`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`, `output.weight` (an
+    untied head) -> `lm_head.weight`; None for others."""
+    if gguf_name == "output.weight":
+        return "lm_head.weight"
     parts = gguf_name.split(".")
     if len(parts) != 4 or parts[0] != "blk" or parts[3] != "weight" or parts[2] not in _HF_NAMES:
         return None

@@ -21,8 +21,8 @@ def write_llama_gguf(
 ) -> None:
     """Write an HF Llama (or, with `arch="qwen2"`, Qwen2) folder as a GGUF the way llama.cpp
     lays one out (Llama's q/k rows permuted, Qwen2's as they are); with `quant` ("q4_0",
-    "q4_1", "q4_k" or "q8_0"), the linear layers' weights quantized to that type and the
-    embedding to Q8_0, as llama.cpp's files of those types hold them (the norms stay float32),
+    "q4_1", "q4_k" or "q8_0"), the linear layers' weights (an untied head's too) quantized to
+    that type and the embedding to Q8_0, as llama.cpp's files of those types hold them (the norms stay float32),
     except the layers named in `q8_0_layers` (GGUF names, `blk.1.attn_v.weight`), quantized to
     Q8_0 (a mixed file, as Q4_K_M's are with their 6-bit layers)."""
 
@@ -74,7 +74,7 @@ def write_llama_gguf(
         qtype = None
         if gguf_name in q8_0_layers:
             qtype = Q8_0
-        elif quant is not None and name.endswith("_proj.weight"):
+        elif quant is not None and name.endswith(("_proj.weight", "lm_head.weight")):
             qtype = LAYER_TYPES[quant]
         elif quant is not None and name == "model.embed_tokens.weight":
             qtype = Q8_0

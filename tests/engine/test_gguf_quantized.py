@@ -205,20 +205,23 @@ def test_a_qwen2_gguf_keeps_its_4_bit_weights_too(tmp_path: Path):
 
 
 @pytest.mark.parametrize("fused_layers", [True, False])
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 def test_a_q8_0_gguf_keeps_its_8_bit_layers_with_the_same_logits(
-    tmp_path: Path, fused_layers: bool
+    tmp_path: Path, fused_layers: bool, tied: bool
 ):
-    """Q8_0 linear layers (q and k rows in HF's order) go to 8-bit panels, whose kernel gives the
-    float32 kernel's sums bit for bit: the tokens and logprobs are exactly those of the
-    float32-only engine, through the decoder stack and layer by layer, up to and past
-    QUANTIZED_MAX_ROWS rows."""
-    folder = make_tiny_model(tmp_path / "llama", "llama", seed=8, tie_word_embeddings=True)
+    """Q8_0 linear layers (q and k rows in HF's order) and head, tied (the embedding) or not
+    (output.weight), go to 8-bit panels, whose kernel gives the float32 kernel's sums bit for
+    bit: the tokens and logprobs are exactly those of the float32-only engine, through the
+    decoder stack and layer by layer, up to and past QUANTIZED_MAX_ROWS rows."""
+    folder = make_tiny_model(tmp_path / "llama", "llama", seed=8, tie_word_embeddings=tied)
     path = tmp_path / "tiny-llama.Q8_0.gguf"
     write_llama_gguf(folder, path, quant="q8_0")
     loaded = load_model(path, cache_dir=tmp_path / "models")
     linears = [m for m in loaded.model.modules() if isinstance(m, Linear)]
-    assert len(linears) == 2 * 4 and all(m.q8 is not None and m.q4 is None for m in linears)
-    assert loaded.model.head_q8 is not None
+    assert len(linears) == 2 * 4 + (not tied)
+    assert all(m.q8 is not None and m.q4 is None for m in linears)
+    head = loaded.model.head_q8 if tied else loaded.model.lm_head.q8
+    assert head is not None and loaded.model.decoder_stack.head.q8 is head
     plain = load_model(path, cache_dir=tmp_path / "models", quantized_linear=False).model
     assert loaded.model.weight_bytes_read(1) * 3 < plain.weight_bytes_read(1)
     engines = [LLMEngine.from_pretrained(str(loaded.path), num_kv_blocks=64, quantized_linear=q,

@@ -246,10 +246,11 @@ class LlamaForCausalLM(nn.Module):
         copier.copy(self.lm_head.weight, head)
 
     def attach_quantized(self, weights: QuantizedWeights) -> int:
-        """Give the packed linear layers their 4-bit or 8-bit weights and a packed tied head its
-        Q8_0 one where `weights` (`server.engine.gguf_quantized`) has every weight a layer fuses,
-        all of one kind, and they equal its float32 weight bit for bit; rebuilds the decoder
-        stack to use them. Returns how many layers (the head counted) took them."""
+        """Give the packed linear layers their 4-bit or 8-bit weights, a packed untied head its
+        Q8_0 weight and a packed tied head its Q8_0 embedding where `weights`
+        (`server.engine.gguf_quantized`) has every weight a layer fuses, all of one kind, and
+        they equal its float32 weight bit for bit; rebuilds the decoder stack to use them.
+        Returns how many layers (the head counted) took them."""
         attached = 0
         for i, layer in enumerate(self.layers):
             for prefix, block in (("self_attn", layer.self_attn), ("mlp", layer.mlp)):
@@ -265,6 +266,9 @@ class LlamaForCausalLM(nn.Module):
                         parts = zip(*(weights.q8_0[k] for k in keys), strict=True)
                         q8, scales = (torch.cat(t) for t in parts)
                         attached += linear.attach_q8(q8_linear.pack_q8(q8, scales))
+        head = weights.q8_0.get("lm_head.weight")  # an untied head: 8-bit, as the stack reads
+        if head is not None and self.lm_head is not None and self.lm_head.packed:
+            attached += self.lm_head.attach_q8(q8_linear.pack_q8(*head))
         embedding = weights.q8_0.get("model.embed_tokens.weight")
         if embedding is not None and self.tied_head is not None and self.tied_head.dim() == 3:
             panels = q8_linear.pack_q8(*embedding)
@@ -339,7 +343,7 @@ class LlamaForCausalLM(nn.Module):
         if panels is None:
             return None
         return HeadTensors(self.norm.weight.data, panels.data, self.config.vocab_size,
-                           None if self.lm_head is not None else self.head_q8)
+                           self.lm_head.q8 if self.lm_head is not None else self.head_q8)
 
     def weight_slots(self) -> dict[str, torch.Tensor]:
         """HF tensor name -> the view of our parameter it fills (shape as in the checkpoint)."""
