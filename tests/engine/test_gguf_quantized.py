@@ -115,15 +115,7 @@ def test_the_engine_decodes_the_same_tokens_with_them(
     ]  # fmt: skip
     assert any(isinstance(m, Linear) and m.q4 is not None
                for m in engines[0].runner.model.modules())  # fmt: skip
-    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logprobs=0)
-    for batch in (1, QUANTIZED_MAX_ROWS + 2, QUANTIZED_HEAD_MAX_ROWS + 1):
-        prompts = [engines[0].tokenizer.encode(f"The parrot {i} said") for i in range(batch)]
-        got, want = (engine.generate(prompts, params) for engine in engines)
-        for g, w in zip(got, want, strict=True):
-            assert g.token_ids == w.token_ids
-            assert g.logprobs is not None and w.logprobs is not None
-            for a, b in zip(g.logprobs, w.logprobs, strict=True):
-                assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+    assert_same_generations(*engines, (1, QUANTIZED_MAX_ROWS + 2, QUANTIZED_HEAD_MAX_ROWS + 1))
 
 
 @pytest.fixture(scope="module", params=["q4_0", "q4_k"])
@@ -174,15 +166,7 @@ def test_the_engine_decodes_the_same_tokens_with_q4_0_and_q4_k_weights(
         for q4 in (True, False)
     ]  # fmt: skip
     assert engines[0].runner.model.layers[0].mlp.down_proj.q4 is not None
-    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logprobs=0)
-    for batch in (1, 5):
-        prompts = [engines[0].tokenizer.encode(f"The parrot {i} said") for i in range(batch)]
-        got, want = (engine.generate(prompts, params) for engine in engines)
-        for g, w in zip(got, want, strict=True):
-            assert g.token_ids == w.token_ids
-            assert g.logprobs is not None and w.logprobs is not None
-            for a, b in zip(g.logprobs, w.logprobs, strict=True):
-                assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+    assert_same_generations(*engines, (1, 5))
 
 
 def test_a_qwen2_gguf_keeps_its_4_bit_weights_too(tmp_path: Path):
@@ -198,10 +182,7 @@ def test_a_qwen2_gguf_keeps_its_4_bit_weights_too(tmp_path: Path):
     engines = [LLMEngine.from_pretrained(str(tmp_path / "models" / "tiny-qwen2.Q4_0"),
                                          num_kv_blocks=64, quantized_linear=q4)
                for q4 in (True, False)]  # fmt: skip
-    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
-    prompts = [engines[0].tokenizer.encode(f"The parrot {i} said") for i in range(3)]
-    got, want = (engine.generate(prompts, params) for engine in engines)
-    assert [g.token_ids for g in got] == [w.token_ids for w in want]
+    assert_same_generations(*engines, (3,))
 
 
 @pytest.mark.parametrize("fused_layers", [True, False])
@@ -227,11 +208,39 @@ def test_a_q8_0_gguf_keeps_its_8_bit_layers_with_the_same_logits(
     engines = [LLMEngine.from_pretrained(str(loaded.path), num_kv_blocks=64, quantized_linear=q,
                                          fused_layers=fused_layers)
                for q in (True, False)]  # fmt: skip
+    assert_same_generations(*engines, (1, QUANTIZED_MAX_ROWS + 2), exact=True)
+
+
+def test_a_layer_takes_only_panels_of_its_own_shape() -> None:
+    """Float32 panels pad N to a multiple of 16, so 35 and 37 outputs have panels of one shape:
+    the layer checks N itself (a 35-output weight that matches its first 35 columns is not
+    its weight)."""
+    torch.manual_seed(0)
+    layer = Linear(64, 37, bias=False)
+    q, scales, mins = q4_linear.quantize_q4_1(torch.randn(37, 64))
+    layer.weight_t.data.copy_(q4_linear.dequantize(q4_linear.pack_q4(q, scales, mins)))
+    layer.pack()
+    assert not layer.attach_q4(q4_linear.pack_q4(q[:35], scales[:35], mins[:35]))
+    assert layer.attach_q4(q4_linear.pack_q4(q, scales, mins))
+    q8, d8 = q8_linear.quantize_q8_0(torch.randn(37, 64))
+    layer = Linear(64, 37, bias=False)
+    layer.weight_t.data.copy_(q8_linear.dequantize(q8_linear.pack_q8(q8, d8)))
+    layer.pack()
+    assert not layer.attach_q8(q8_linear.pack_q8(q8[:35], d8[:35]))
+    assert layer.attach_q8(q8_linear.pack_q8(q8, d8))
+
+
+def assert_same_generations(
+    quantized: LLMEngine, plain: LLMEngine, batches: tuple[int, ...], exact: bool = False
+) -> None:
+    """Greedy generations of batches of prompts: the same tokens on both engines, and logprobs
+    within float32 rounding (`exact`: the same bits)."""
     params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logprobs=0)
-    for batch in (1, QUANTIZED_MAX_ROWS + 2):
-        prompts = [engines[0].tokenizer.encode(f"The parrot {i} said") for i in range(batch)]
-        got, want = (engine.generate(prompts, params) for engine in engines)
-        assert [g.token_ids for g in got] == [w.token_ids for w in want]
-        assert [[t.logprob for t in g.logprobs or []] for g in got] == [
-            [t.logprob for t in w.logprobs or []] for w in want
-        ]
+    for batch in batches:
+        prompts = [plain.tokenizer.encode(f"The parrot {i} said") for i in range(batch)]
+        got, want = (engine.generate(prompts, params) for engine in (quantized, plain))
+        for g, w in zip(got, want, strict=True):
+            assert g.token_ids == w.token_ids
+            assert g.logprobs is not None and w.logprobs is not None
+            a, b = ([t.logprob for t in out.logprobs] for out in (g, w))
+            assert a == b if exact else a == pytest.approx(b, abs=1e-4)

@@ -78,27 +78,24 @@ class Linear(nn.Module):
     def attach_q4(self, panels: Q4Panels) -> bool:
         """Use `panels` for products of up to `QUANTIZED_MAX_ROWS` rows, if they hold this packed
         layer's weight bit for bit (else leave the layer as it is). True if attached."""
-        if self.panels is None or (panels.in_features, panels.out_features) != (
-            self.in_features, self.out_features
-        ):
-            return False
-        if not q4_linear.matches(panels, self.panels.data):
+        if not (self._fits(panels) and q4_linear.matches(panels, self.panels.data)):
             return False
         self.q4 = panels
         return True
 
     def attach_q8(self, panels: Q8Panels) -> bool:
-        """Use `panels` for products of up to `QUANTIZED_MAX_ROWS` rows, if they hold this packed
-        layer's weight bit for bit (else leave the layer as it is). True if attached. The
-        8-bit kernel gives the float32 kernel's results bit for bit."""
-        if self.panels is None or (panels.in_features, panels.out_features) != (
-            self.in_features, self.out_features
-        ):
-            return False
-        if not q8_linear.matches(panels, self.panels.data):
+        """`attach_q4` for 8-bit panels, whose kernel gives the float32 kernel's results bit
+        for bit."""
+        if not (self._fits(panels) and q8_linear.matches(panels, self.panels.data)):
             return False
         self.q8 = panels
         return True
+
+    def _fits(self, panels: Q4Panels | Q8Panels) -> bool:
+        """A packed layer of `panels`' shape (the float32 panels' padding hides N's last digits)."""
+        return self.panels is not None and (panels.in_features, panels.out_features) == (
+            self.in_features, self.out_features
+        )
 
     def bytes_read(self, rows: int) -> int:
         """Bytes of weight (and bias) a product of `rows` rows reads."""

@@ -272,7 +272,9 @@ class LlamaForCausalLM(nn.Module):
         embedding = weights.q8_0.get("model.embed_tokens.weight")
         if embedding is not None and self.tied_head is not None and self.tied_head.dim() == 3:
             panels = q8_linear.pack_q8(*embedding)
-            if q8_linear.matches(panels, self.tied_head):
+            if panels.out_features == self.config.vocab_size and q8_linear.matches(
+                panels, self.tied_head
+            ):
                 self.head_q8 = panels
                 attached += 1
         if attached:

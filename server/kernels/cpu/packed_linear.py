@@ -19,7 +19,7 @@ import torch
 
 from server.kernels.cpu import native_library
 
-__all__ = ["PANEL", "available", "pack", "packed_linear", "packed_shape", "unpack"]
+__all__ = ["PANEL", "available", "holds", "pack", "packed_linear", "packed_shape", "unpack"]
 
 PANEL = 16
 SOURCE = Path(__file__).with_name("packed_linear.c")
@@ -33,6 +33,12 @@ def available() -> bool:
 def packed_shape(k: int, n: int) -> tuple[int, int, int]:
     """The panels' shape for a [K, N] weight."""
     return (-(-n // PANEL), k, PANEL)
+
+
+def holds(panels: torch.Tensor, k: int, n: int) -> bool:
+    """Whether `panels` are float32 CPU panels of a [K, N] weight (`packed_shape(k, n)`)."""
+    return (tuple(panels.shape) == packed_shape(k, n) and panels.dtype == torch.float32
+            and panels.device.type == "cpu")  # fmt: skip
 
 
 def pack(weight_t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

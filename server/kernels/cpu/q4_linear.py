@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from server.kernels.cpu import native_library
+from server.kernels.cpu.packed_linear import holds, unpack
 
 __all__ = ["BLOCK", "PANEL", "Q4Panels", "available", "dequantize", "matches", "pack_q4",
            "q4_linear", "quantize_q4_1"]  # fmt: skip
@@ -124,15 +125,15 @@ def dequantize(panels: Q4Panels) -> torch.Tensor:
 
 def matches(panels: Q4Panels, float_panels: torch.Tensor) -> bool:
     """Whether `panels` hold exactly the weight packed in `float_panels` (packed_linear's
-    [ceil(N / 16), K, 16] float32 panels): `dequantize(panels)` equal to it, checked in one pass
-    over both by the kernel library (torch where it is not built)."""
-    shape = (-(-panels.out_features // PANEL), panels.in_features, PANEL)
-    if (tuple(float_panels.shape) != shape or float_panels.dtype != torch.float32
-            or float_panels.device.type != "cpu"):  # fmt: skip
+    [ceil(N / 16), K, 16] float32 panels) in its first N = `panels.out_features` columns:
+    `dequantize(panels)` equal to them, checked in one pass over both by the kernel library
+    (torch where it is not built). The panels' padding hides whether the float32 weight has more
+    columns up to the next 16: the caller checks N."""
+    if not holds(float_panels, panels.in_features, panels.out_features):
         return False
     lib = _library()
     if lib is None:
-        weight_t = float_panels.transpose(0, 1).reshape(shape[1], -1)[:, : panels.out_features]
+        weight_t = unpack(float_panels, panels.out_features)
         return torch.equal(dequantize(panels), weight_t)
     float_panels = float_panels.contiguous()
     return bool(lib.parrot_q4_matches(
