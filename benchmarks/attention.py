@@ -10,6 +10,7 @@
     python -m benchmarks.attention --cold 30       # KV out of the CPU caches, as in a model
     python -m benchmarks.attention --prefill       # the CPU prefill kernel alone (GFLOP/s)
     python -m benchmarks.attention --prefill --prefill-baseline old.c   # A/B against a version
+    python -m benchmarks.attention --distinct 32x600,16x600 --cold 30   # no shared prefix
 
 Every row forks `seqs` sequences from one context of `prefix` tokens (blocks shared, as the
 engine's forks and prefix cache make them) and gives each its own suffix; one decode step is
@@ -18,6 +19,10 @@ cascade column is timed even where the device's cost rule would not plan the lev
 `rule` column says whether it would. With `--cold N` (CPU) a round runs the step over N
 layer-sized caches of its own, as a model's layers do, so each layer's KV comes from memory
 rather than from a cache the previous call left warm; the time is the round's over N.
+`--distinct RxT` times instead the CPU decode kernel (paged_decode.c) called directly on R rows
+of T tokens each with its own blocks (each row's contiguous, rows one after another, as contexts
+prefilled one by one get them), the engine's case when unrelated sequences decode together,
+with the KV bytes it reads per second.
 Results are printed and saved as JSON under benchmarks/results/.
 
 `--prefill` times the CPU causal prefill kernel (server/kernels/cpu/paged_prefill.c) alone on
@@ -225,6 +230,61 @@ def run_table(
     return rows
 
 
+@dataclass
+class DistinctRow:
+    rows: int
+    tokens: int
+    ms: float  # one layer's kernel call
+    kv_mb: float  # the K and V bytes the call reads
+    gb_s: float
+
+
+def distinct_case(
+    rows: int, tokens: int, shape: Shape, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """q, the two caches and (blocks, offsets, tokens) of `rows` rows of `tokens` own tokens."""
+    bs = shape.block_size
+    per_row = -(-tokens // bs)
+    gen = torch.Generator().manual_seed(seed)
+    cache_shape = (rows * per_row, bs, shape.num_kv_heads, shape.head_dim)
+    k_cache = torch.randn(*cache_shape, generator=gen)
+    v_cache = torch.randn(*cache_shape, generator=gen)
+    q = torch.randn(rows, shape.num_q_heads, shape.head_dim, generator=gen)
+    index = (
+        torch.arange(rows * per_row, dtype=torch.int64),
+        torch.arange(rows + 1, dtype=torch.int64) * per_row,
+        torch.full((rows,), tokens, dtype=torch.int64),
+    )
+    return q, k_cache, v_cache, index
+
+
+def run_distinct(
+    sizes: list[tuple[int, int]], shape: Shape, repeats: int, cold_layers: int
+) -> list[DistinctRow]:
+    """The decode kernel alone on rows without shared blocks, per layer (over `cold_layers`
+    caches of their own when given, as `time_layer` does)."""
+    from server.kernels.cpu import huge_pages
+    from server.kernels.cpu.paged_decode import paged_decode
+
+    def pooled(t: torch.Tensor) -> torch.Tensor:  # on huge pages, as the engine's KV pools
+        return huge_pages.zeros(t.shape).copy_(t)
+
+    results = []
+    for rows, tokens in tqdm(sizes, desc="distinct rows", leave=False, disable=None):
+        q, k_cache, v_cache, index = distinct_case(rows, tokens, shape)
+        layers = [(pooled(k_cache), pooled(v_cache)) for _ in range(max(cold_layers, 1))]
+        scale = shape.head_dim**-0.5
+
+        def round_over_layers(layers=layers, q=q, index=index, scale=scale) -> None:
+            for k, v in layers:
+                paged_decode(q, k, v, *index, scale, check=False)
+
+        ms = median_ms(round_over_layers, repeats) / len(layers)
+        kv_bytes = 2 * rows * tokens * shape.num_kv_heads * shape.head_dim * 4
+        results.append(DistinctRow(rows, tokens, ms, kv_bytes / 1e6, kv_bytes / ms / 1e6))
+    return results
+
+
 def cost_rule_sweep(
     shape: Shape, dtype: torch.dtype, device: str, repeats: int, backend: str | None
 ) -> list[Row]:
@@ -414,6 +474,10 @@ def main(argv: list[str] | None = None) -> None:
         help="CPU: time rounds over this many layer-sized caches (KV out of the CPU caches)",
     )
     parser.add_argument(
+        "--distinct", default=None, metavar="RxT,...",
+        help="CPU: only the decode kernel on R rows of T own tokens each (no shared prefix)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="per-kernel times of the last size, both ways"
     )
     parser.add_argument("--prefill", action="store_true", help="the CPU prefill kernel alone")
@@ -429,8 +493,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.prefill:
         prefill_main(args)
         return
-    if args.cold and args.device != "cpu":
-        parser.error("--cold is for CPU runs (GPU timings replay CUDA graphs)")
+    if (args.cold or args.distinct) and args.device != "cpu":
+        parser.error("--cold and --distinct are for CPU runs (GPU timings replay CUDA graphs)")
 
     dtype = getattr(torch, args.dtype)
     device = args.device
@@ -451,6 +515,24 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(),
         "cold_layers": args.cold,
     }
+    if args.distinct:
+        distinct = [tuple(int(x) for x in item.split("x")) for item in args.distinct.split(",")]
+        drows = run_distinct(distinct, shape, repeats, args.cold)
+        print(
+            f"decode kernel per layer, rows with their own KV, {report['device']}, "
+            f"{args.shape} heads"
+            + (f", KV cold (rounds over {args.cold} layer caches)" if args.cold else ", KV warm")
+        )
+        print(f"{'rows':>5} {'tokens':>7} {'ms':>8} {'KV MB':>8} {'GB/s':>7}")
+        for d in drows:
+            print(f"{d.rows:>5} {d.tokens:>7} {d.ms:>8.3f} {d.kv_mb:>8.1f} {d.gb_s:>7.1f}")
+        report["distinct"] = [asdict(d) for d in drows]
+        cold = "_cold" if args.cold else ""
+        out = Path(args.out) if args.out else RESULTS / f"attention_cpu_distinct{cold}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"saved {out}")
+        return
     rows = run_table(sizes, args.suffix, shape, dtype, device, repeats, backend, args.cold)
     print(
         f"decode attention per layer, {report['device']}, {backend}, {args.dtype}, "

@@ -29,7 +29,7 @@
 
 #include "vector_math.h"
 
-#define PF_PER_KEY 2 /* lines of the tile two ahead prefetched per key scored (1-4 measured) */
+#define AHEAD (3 * TILE) /* tokens prefetched by the end of a tile: those of two more tiles */
 #define MAX_HEADS 64
 #define MAX_DIM 128
 
@@ -91,20 +91,39 @@ typedef struct {
     float max, sum;
 } softmax_state;
 
-/* cache lines of up to TILE token records still to prefetch (k and v side by side) */
+/* Walks a task's tokens ahead of the compute, prefetching each record's lines (K and V at the
+ * same offset) a few at a time. A block's records are contiguous, so the walk is over runs of
+ * floats and only a new block costs a table lookup. It is kept `AHEAD` tokens in front of the
+ * tile being scored and, from the task's first tile, runs at twice the compute's pace until it
+ * gets there; spread over the whole tile (score and output passes), as a burst of hundreds
+ * would stall the core until memory served them. */
 typedef struct {
-    const float *k[TILE], *v[TILE];
-    long count, token, line, lines;
+    const float *k, *v;
+    const int64_t *blocks;
+    long block_size, token_stride;
+    long pos, end;   /* floats [pos, end) of the current run, from the cache start */
+    long token;      /* where the next run starts */
+    long limit;      /* the walk stops short of this token (raised each tile) */
+    long per_point;  /* line pairs per call, set each tile */
 } prefetcher;
 
-static inline void prefetch_some(prefetcher *p, int n) {
-    for (; n > 0 && p->token < p->count; n--) {
-        __builtin_prefetch(p->k[p->token] + p->line * 16, 0, 1);
-        __builtin_prefetch(p->v[p->token] + p->line * 16, 0, 1);
-        if (++p->line == p->lines) {
-            p->line = 0;
-            p->token++;
-        }
+static inline int next_run(prefetcher *p) {
+    if (p->token >= p->limit) return 0;
+    long in_block = p->token % p->block_size;
+    long n = p->block_size - in_block;
+    n = n < p->limit - p->token ? n : p->limit - p->token;
+    p->pos = (p->blocks[p->token / p->block_size] * p->block_size + in_block) * p->token_stride;
+    p->end = p->pos + n * p->token_stride;
+    p->token += n;
+    return 1;
+}
+
+static inline void prefetch_some(prefetcher *p) {
+    for (long n = p->per_point; n > 0; n--) {
+        if (p->pos >= p->end && !next_run(p)) return;
+        __builtin_prefetch(p->k + p->pos, 0, 1);
+        __builtin_prefetch(p->v + p->pos, 0, 1);
+        p->pos += 16;
     }
 }
 
@@ -123,8 +142,8 @@ static inline void prefetch_some(prefetcher *p, int n) {
                 for (int c = 0; c < NV; c++)                                                  \
                     sum += q[c] * loadv((keys)[j] + kv * DIM + c * VF_LANES);                 \
             partial[j] = sum;                                                                 \
-            prefetch_some(&pf, PF_PER_KEY);                                                   \
         }                                                                                     \
+        prefetch_some(&pf);                                                                   \
     } while (0)
 #else
 /* 8 accumulators side by side, one query vector at a time (any NV: 16 for DIM 128); the
@@ -138,8 +157,8 @@ static inline void prefetch_some(prefetcher *p, int n) {
             vf qc = loadv(qs + h * DIM + c * VF_LANES);                                       \
             for (int j = 0; j < VF_LANES; j++)                                                \
                 partial[j] += qc * loadv((keys)[j] + kv * DIM + c * VF_LANES);                \
-            prefetch_some(&pf, (PF_PER_KEY * VF_LANES + NV - 1) / NV);                        \
         }                                                                                     \
+        prefetch_some(&pf);                                                                   \
     } while (0)
 #endif
 
@@ -163,6 +182,13 @@ static inline void prefetch_some(prefetcher *p, int n) {
             state[h].sum = 0.0f;                                                              \
         }                                                                                     \
         memset(acc, 0, sizeof(float) * Hkv * G * DIM);                                        \
+        /* prefetch points per tile: per query vector scored (16 lanes: per key) and per */  \
+        /* value record read */                                                               \
+        const long points =                                                                   \
+            Hkv * G * (SV + NV / QN);                                                         \
+        prefetcher pf = {.k = k_cache, .v = v_cache, .blocks = blocks,                        \
+                         .block_size = block_size, .token_stride = token_stride,              \
+                         .token = t0};                                                        \
         for (long t = t0; t < t1; t += TILE) {                                                \
             long n = t1 - t < TILE ? t1 - t : TILE;                                           \
             for (long j = 0; j < n; j++) {                                                    \
@@ -173,17 +199,10 @@ static inline void prefetch_some(prefetcher *p, int n) {
                 values[j] = v_cache + offset;                                                 \
             }                                                                                 \
             for (long j = n; j < TILE; j++) keys[j] = keys[0]; /* scored, then masked */      \
-            /* records two tiles ahead, prefetched a few lines at a time during the score  */ \
-            /* pass: a burst of hundreds would stall the core until memory served them */      \
-            prefetcher pf = {.lines = token_stride / 16};                                     \
-            for (long j = 0; j < TILE && t + 2 * TILE + j < t1; j++) {                        \
-                long pos = t + 2 * TILE + j;                                                   \
-                long off = (blocks[pos / block_size] * block_size + pos % block_size)         \
-                           * token_stride;                                                    \
-                pf.k[j] = k_cache + off;                                                      \
-                pf.v[j] = v_cache + off;                                                      \
-                pf.count = j + 1;                                                             \
-            }                                                                                 \
+            /* this tile's line pairs still to prefetch, spread over its prefetch points */    \
+            pf.limit = t + AHEAD < t1 ? t + AHEAD : t1;                                       \
+            long pending = (pf.limit - pf.token) * token_stride + pf.end - pf.pos;            \
+            pf.per_point = (pending / 16 + points - 1) / points;                              \
             /* three passes over the heads, each of independent per-head chains */          \
             vf tile_scores[MAX_HEADS * SV];                                                   \
             float corrections[MAX_HEADS];                                                     \
@@ -230,10 +249,12 @@ static inline void prefetch_some(prefetcher *p, int n) {
                         vf o[QN];                                                             \
                         for (int c = 0; c < QN; c++)                                          \
                             o[c] = loadv(a + (c0 + c) * VF_LANES) * corrections[h];           \
-                        for (long j = 0; j < n; j++)                                          \
+                        for (long j = 0; j < n; j++) {                                        \
                             for (int c = 0; c < QN; c++)                                      \
                                 o[c] += probs[j / VF_LANES][j % VF_LANES]                     \
                                         * loadv(values[j] + kv * DIM + (c0 + c) * VF_LANES);  \
+                        }                                                                     \
+                        prefetch_some(&pf);                                                   \
                         for (int c = 0; c < QN; c++) storev(a + (c0 + c) * VF_LANES, o[c]);   \
                     }                                                                         \
                 }                                                                             \

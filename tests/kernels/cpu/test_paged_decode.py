@@ -11,17 +11,20 @@ pytestmark = pytest.mark.skipif(not kernel.available(), reason="no C compiler he
 BLOCK = 16
 
 
-def random_rows(lengths, num_kv_heads, group, head_dim, seed, scattered=True):
-    """Caches holding each row's keys in its own (shuffled) blocks, and one query per row."""
+def random_rows(
+    lengths, num_kv_heads, group, head_dim, seed, scattered=True, block=BLOCK, spare=5
+):
+    """Caches holding each row's keys in its own (shuffled) blocks, and one query per row;
+    `spare` unused blocks lie among them."""
     gen = torch.Generator().manual_seed(seed)
-    need = sum(-(-n // BLOCK) for n in lengths)
-    num_blocks = need + 5
-    k_cache = torch.randn(num_blocks, BLOCK, num_kv_heads, head_dim, generator=gen)
-    v_cache = torch.randn(num_blocks, BLOCK, num_kv_heads, head_dim, generator=gen)
+    need = sum(-(-n // block) for n in lengths)
+    num_blocks = need + spare
+    k_cache = torch.randn(num_blocks, block, num_kv_heads, head_dim, generator=gen)
+    v_cache = torch.randn(num_blocks, block, num_kv_heads, head_dim, generator=gen)
     order = torch.randperm(num_blocks, generator=gen) if scattered else torch.arange(num_blocks)
     blocks, offsets = [], [0]
     for n in lengths:
-        blocks.extend(order[len(blocks) : len(blocks) + -(-n // BLOCK)].tolist())
+        blocks.extend(order[len(blocks) : len(blocks) + -(-n // block)].tolist())
         offsets.append(len(blocks))
     q = torch.randn(len(lengths), num_kv_heads * group, head_dim, generator=gen)
     index = (
@@ -61,6 +64,20 @@ def test_matches_float64_reference(group, head_dim, chunk, lanes):
     err = (out.double() - ref_out).abs().max() / ref_out.abs().max()
     assert err < 1e-5
     assert torch.allclose(lse.double(), ref_lse, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("block", [1, 5, 16, 24, 64])
+def test_blocks_far_apart_and_out_of_order(block, lanes):
+    # the prefetch walk follows each row's blocks: runs that end mid-tile, blocks spread over a
+    # cache mostly unused, tasks (chunk 48) that start mid-block
+    lengths = [3, 47, 130, 401]
+    q, k_cache, v_cache, index = random_rows(lengths, 3, 3, 64, seed=block, spare=2000 // block)
+    scale = 0.125
+    ref_out, ref_lse = reference_rows(q, k_cache, v_cache, index, scale)
+    for chunk in (0, 48):
+        out, lse = kernel.paged_decode(q, k_cache, v_cache, *index, scale, chunk_tokens=chunk)
+        assert (out.double() - ref_out).abs().max() / ref_out.abs().max() < 1e-5
+        assert torch.allclose(lse.double(), ref_lse, rtol=1e-6, atol=1e-5)
 
 
 def test_large_scores_do_not_overflow(lanes):
