@@ -16,10 +16,10 @@
  * compute's plus the memory's rather than the larger of the two: on Zen 3 (2 cores) 32 rows of
  * 600 tokens read ~17 GB/s of a ~34 GB/s floor, each tile's arithmetic taking about as long as
  * its loads would alone. The loads are prefetched in software (the hardware prefetcher alone
- * was 10-20% slower): a walk over the task's blocks a tile or two ahead, a few lines at a time
+ * was 7-22% slower): a walk over the task's blocks a tile or two ahead, a few lines at a time
  * between the head passes, as a burst stalls the core until memory serves it (issuing the
- * same lines in the first half of the tile was 15% slower than spread over all of it, and
- * issuing them inside the query-vector loop slowed the arithmetic by 5-20%).
+ * same lines in the first half of the tile was 20% slower than spread over all of it, and
+ * issuing them inside the loops of FMAs slowed the arithmetic by 15-30%; Zen 3, 2026-11-30).
  *
  * Scores of 16 keys are computed as partial-sum vectors reduced together by a transpose tree;
  * exp() is a range-reduced degree-7 Taylor polynomial on a vector (relative error below 1e-7
@@ -257,11 +257,10 @@ static inline void prefetch_some(prefetcher *p) {
                         vf o[QN];                                                             \
                         for (int c = 0; c < QN; c++)                                          \
                             o[c] = loadv(a + (c0 + c) * VF_LANES) * corrections[h];           \
-                        for (long j = 0; j < n; j++) {                                        \
+                        for (long j = 0; j < n; j++)                                          \
                             for (int c = 0; c < QN; c++)                                      \
                                 o[c] += probs[j / VF_LANES][j % VF_LANES]                     \
                                         * loadv(values[j] + kv * DIM + (c0 + c) * VF_LANES);  \
-                        }                                                                     \
                         prefetch_some(&pf);                                                   \
                         for (int c = 0; c < QN; c++) storev(a + (c0 + c) * VF_LANES, o[c]);   \
                     }                                                                         \
