@@ -14,7 +14,7 @@
  *
  * With the KV out of the CPU caches (every layer's, in a model step) the time is about the
  * compute's plus the memory's rather than the larger of the two: on Zen 3 (2 cores) 32 rows of
- * 600 tokens read ~17 GB/s of a ~34 GB/s floor, each tile's arithmetic taking about as long as
+ * 600 tokens read ~18 GB/s of a ~34 GB/s floor, each tile's arithmetic taking about as long as
  * its loads would alone. The loads are prefetched in software (the hardware prefetcher alone
  * was 7-22% slower): a walk over the task's blocks a tile or two ahead, a few lines at a time
  * between the head passes, as a burst stalls the core until memory serves it (issuing the
