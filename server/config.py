@@ -56,7 +56,7 @@ class ServerConfig:
     enable_prefix_cache: bool = True
     enable_cascade: bool = True
     prefault_kv_cache: bool = True
-    # a GGUF's 4-bit layers and Q8_0 tied head also kept quantized, for CPU steps of few rows
+    # a GGUF's 4-bit and 8/6-bit layers and head also kept quantized, for CPU steps of few rows
     quantized_linear: bool = True
     # decodes draft up to 4 tokens from their own text (exact: each stays only if the step
     # chooses it, greedy or sampled; a chain of summaries alone ran 3.54 -> 2.25 s,
@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="quantized_linear",
         action="store_false",
         help="CPU steps of few rows read float32 weights only, not also a GGUF's 4-bit "
-        "(Q4_0/Q4_1/Q4_K) and 8-bit (Q8_0) layers and 8-bit head (bit for bit the same weights; "
+        "(Q4_0/Q4_1/Q4_K) and 8-bit (Q8_0, Q6_K) layers and head (bit for bit the same weights; "
         "SmolLM2's batch-1 steps run ~1.8x faster with them)",
     )
     engine.add_argument(

@@ -63,7 +63,7 @@ class EngineConfig:
     # layers in one C call (server/kernels/cpu/decoder_stack.c); off: layer by layer
     fused_layers: bool = True
     # With packed linears, layers converted from a GGUF's Q4_0/Q4_1/Q4_K weights keep them 4-bit
-    # too, from Q8_0 weights 8-bit (a tied head its Q8_0 embedding), and use them for products of
+    # too, from Q8_0/Q6_K weights 8-bit (a tied head its embedding), and use them for products of
     # few rows (decode steps stream ~5x / ~3.5x fewer bytes; checked at load to equal the float32
     # weights bit for bit); off: float32 panels only
     quantized_linear: bool = True

@@ -2,15 +2,16 @@
 
 A converted GGUF's float32 weights are what transformers dequantizes. Beside them
 (`quantized.weights`, safetensors inside) this module saves, under the HF tensor's name, every
-Q4_0, Q4_1, Q4_K and Q8_0 linear weight (an untied LM head's too) and a Q8_0 token embedding
-(the tied LM head): 4-bit
-values with scales and mins, or 8-bit values with scales; rows in HF's order (llama.cpp
-permutes a Llama's rows of q and k, transformers un-permutes them, so do we; a Qwen2's are as
-they are). The three 4-bit types are saved in Q4_1's form, scale * q + min: Q4_0's d * (q - 8)
-as d * q + (-8 d); Q4_K's d * sc_j * q - dmin * m_j (block j of 32 in a super-block of 256)
-with scale = d * sc_j and min = -(dmin * m_j). Every product there is exact in float32 (a
-float16 times a small integer), so the weights are the same numbers. The engine checks at load
-that they give back its float32 weights bit for bit before it uses them (`server/engine/models`).
+Q4_0, Q4_1, Q4_K, Q8_0 and Q6_K linear weight (an untied LM head's too) and a Q8_0 or Q6_K
+token embedding (the tied LM head): 4-bit values with scales and mins, or 8-bit values with a
+scale per 32 inputs (Q8_0) or 16 (Q6_K's 6-bit values); rows in HF's order (llama.cpp permutes
+a Llama's rows of q and k, transformers un-permutes them, so do we; a Qwen2's are as they are).
+The three 4-bit types are saved in Q4_1's form, scale * q + min: Q4_0's d * (q - 8) as
+d * q + (-8 d); Q4_K's d * sc_j * q - dmin * m_j (block j of 32 in a super-block of 256) with
+scale = d * sc_j and min = -(dmin * m_j); Q6_K's d * sc_j * q with scale = d * sc_j. Every
+such product is exact in float32 (a float16 times a small integer), so the weights are the same
+numbers. The engine checks at load that they give back its float32 weights bit for bit before it
+uses them (`server/engine/models`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ _Q4_0_BYTES = 18  # fp16 scale, 16 bytes of nibbles
 _Q4_1_BYTES = 20  # fp16 scale, fp16 min, 16 bytes of nibbles
 _Q8_0_BYTES = 34  # fp16 scale, 32 int8
 _Q4_K_BYTES = 144  # fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles
-_Q4_K_WEIGHTS = 256
+_Q6_K_BYTES = 210  # 128 bytes of low nibbles, 64 of high 2-bit parts, 16 int8 scales, fp16 d
 _EMBEDDING = "model.embed_tokens.weight"
 _HF_NAMES = {
     "attn_q": "self_attn.q_proj",
@@ -49,19 +50,19 @@ _HF_NAMES = {
 @dataclass
 class QuantizedWeights:
     """By HF weight name: 4-bit weights (Q4_0, Q4_1, Q4_K) as (q uint8 [N, K] in 0..15,
-    scales, mins float32 [N, K / 32]), weight = scale * q + min; Q8_0 weights as (q int8 [N, K],
-    scales float32 [N, K / 32]), weight = scale * q."""
+    scales, mins float32 [N, K / 32]), weight = scale * q + min; Q8_0 and Q6_K weights as
+    (q int8 [N, K], scales float32 [N, K / 32] or [N, K / 16]), weight = scale * q."""
 
     q4_1: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     q8_0: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def write_quantized(gguf_path: Path, folder: Path, config: dict[str, Any]) -> int:
-    """Save the Q4_0, Q4_1, Q4_K and Q8_0 linear weights and a Q8_0 token embedding of the Llama or
-    Qwen2 GGUF at `gguf_path` into `folder / QUANTIZED_FILE` (atomically);
-    `config` is the converted HF config. Returns how many weights were saved (0: none, and no
-    file)."""
-    from gguf import GGMLQuantizationType, GGUFReader
+    """Save the Q4_0, Q4_1, Q4_K, Q8_0 and Q6_K linear weights and a Q8_0 or Q6_K token
+    embedding of the Llama or Qwen2 GGUF at `gguf_path` into `folder / QUANTIZED_FILE`
+    (atomically); `config` is the converted HF config. Returns how many weights were saved (0:
+    none, and no file)."""
+    from gguf import GGUFReader
     from safetensors.torch import save_file
 
     reader = GGUFReader(str(gguf_path))
@@ -71,16 +72,16 @@ def write_quantized(gguf_path: Path, folder: Path, config: dict[str, Any]) -> in
     arrays: dict[str, np.ndarray] = {}
     for t in reader.tensors:
         raw = np.asarray(t.data)
-        if t.name == "token_embd.weight" and t.tensor_type == GGMLQuantizationType.Q8_0:
-            q8, scales = _q8_0_blocks(raw)
+        if t.name == "token_embd.weight" and t.tensor_type.name in _Q8_READERS:
+            q8, scales = _Q8_READERS[t.tensor_type.name](raw)
             arrays.update({f"{_EMBEDDING}.q8": q8, f"{_EMBEDDING}.scales": scales})
             continue
         name = _hf_name(t.name)
         if name is None:
             continue
         parts: dict[str, np.ndarray]
-        if t.tensor_type == GGMLQuantizationType.Q8_0:
-            q8, scales = _q8_0_blocks(raw)
+        if t.tensor_type.name in _Q8_READERS:
+            q8, scales = _Q8_READERS[t.tensor_type.name](raw)
             parts = {"q8": q8, "scales": scales}
         elif t.tensor_type.name in _Q4_READERS:
             q, scales, mins = _Q4_READERS[t.tensor_type.name](raw)
@@ -193,8 +194,29 @@ def _q8_0_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scales
 
 
+def _q6_k_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q6_K rows [N, K / 256 * 210] bytes -> q int8 [N, K] (-32..31) and scales [N, K / 16]
+    (d * sc, exact in float32: a float16 times an int8), weight = scale * q rounded once, as
+    gguf-py dequantizes it. A super-block is 128 bytes of low nibbles (two halves of 128
+    weights: bytes i hold weights i and i + 64 of the half), 64 bytes of 2-bit high parts (two
+    halves: byte i holds weights i, i + 32, i + 64, i + 96), 16 int8 scales, fp16 d."""
+    rows = raw.shape[0]
+    blocks = raw.reshape(rows, -1, _Q6_K_BYTES)
+    supers = blocks.shape[1]
+    ql = blocks[:, :, :128].reshape(rows, supers, 2, 1, 64)
+    ql = (ql >> np.array([0, 4], dtype=np.uint8).reshape(2, 1)) & 0x0F  # [.., 2, 2, 64]
+    qh = blocks[:, :, 128:192].reshape(rows, supers, 2, 1, 32)
+    qh = (qh >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(4, 1)) & 0x03  # [.., 2, 4, 32]
+    q = (ql.reshape(rows, supers, 8, 32) | (qh.reshape(rows, supers, 8, 32) << 4)).astype(np.int8)
+    sc = blocks[:, :, 192:208].copy().view(np.int8).astype(np.float32)
+    d = blocks[:, :, 208:210].copy().view(np.float16).astype(np.float32)
+    return (q - 32).reshape(rows, -1), (d * sc).reshape(rows, -1)
+
+
 # by GGML type name: each gives (q, scales, mins) in Q4_1's form
 _Q4_READERS = {"Q4_0": _q4_0_blocks, "Q4_1": _q4_1_blocks, "Q4_K": _q4_k_blocks}
+# and (q int8, scales) for Q8 panels: a scale per 32 inputs (Q8_0) or 16 (Q6_K)
+_Q8_READERS = {"Q8_0": _q8_0_blocks, "Q6_K": _q6_k_blocks}
 
 
 def _hf_row_order(rows: int, groups: int) -> np.ndarray:

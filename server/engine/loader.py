@@ -69,7 +69,7 @@ def load_model(
     ~/.cache/parrot/models). `packed_linear`: CPU float32 linear layers use the packed kernel;
     `fused_layers`: packed models run steps without shared-prefix levels through one C call for
     all layers; `quantized_linear`: packed layers converted from a GGUF's 4-bit (Q4_0, Q4_1,
-    Q4_K) or Q8_0 weights (and a tied head from its Q8_0 embedding) keep them quantized too, for
+    Q4_K) or Q8_0/Q6_K weights (and a tied head from its embedding) keep them quantized too, for
     steps of few rows (`server/engine/gguf_quantized.py`)."""
     device = torch.device(device)
     if dtype is None:

@@ -10,6 +10,7 @@ import numpy as np
 from safetensors.torch import load_file
 
 Q4_K = gguf.GGMLQuantizationType.Q4_K
+Q6_K = gguf.GGMLQuantizationType.Q6_K
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
 LAYER_TYPES = {"q4_0": gguf.GGMLQuantizationType.Q4_0, "q4_1": gguf.GGMLQuantizationType.Q4_1,
                "q4_k": Q4_K, "q8_0": Q8_0}  # fmt: skip
@@ -17,14 +18,15 @@ LAYER_TYPES = {"q4_0": gguf.GGMLQuantizationType.Q4_0, "q4_1": gguf.GGMLQuantiza
 
 def write_llama_gguf(
     folder: Path, path: Path, quant: str | None = None, q8_0_layers: tuple[str, ...] = (),
-    arch: str = "llama",
+    arch: str = "llama", q6_k_layers: tuple[str, ...] = (),
 ) -> None:
     """Write an HF Llama (or, with `arch="qwen2"`, Qwen2) folder as a GGUF the way llama.cpp
     lays one out (Llama's q/k rows permuted, Qwen2's as they are); with `quant` ("q4_0",
     "q4_1", "q4_k" or "q8_0"), the linear layers' weights (an untied head's too) quantized to
-    that type and the embedding to Q8_0, as llama.cpp's files of those types hold them (the norms stay float32),
-    except the layers named in `q8_0_layers` (GGUF names, `blk.1.attn_v.weight`), quantized to
-    Q8_0 (a mixed file, as Q4_K_M's are with their 6-bit layers)."""
+    that type and the embedding to Q8_0, as llama.cpp's files of those types hold them (the
+    norms stay float32), except the tensors named in `q8_0_layers` or `q6_k_layers` (GGUF
+    names: `blk.1.attn_v.weight`, `token_embd.weight`), quantized to Q8_0 or Q6_K (mixed files,
+    as Q4_K_M's are)."""
 
     config = json.loads((folder / "config.json").read_text())
     tokenizer = json.loads((folder / "tokenizer.json").read_text())
@@ -72,14 +74,17 @@ def write_llama_gguf(
             if arch == "llama" and module in ("self_attn.q_proj", "self_attn.k_proj"):
                 array = permute_rope_rows(array, heads if module.endswith("q_proj") else kv_heads)
         qtype = None
-        if gguf_name in q8_0_layers:
+        if gguf_name in q6_k_layers:
+            qtype = Q6_K
+        elif gguf_name in q8_0_layers:
             qtype = Q8_0
         elif quant is not None and name.endswith(("_proj.weight", "lm_head.weight")):
             qtype = LAYER_TYPES[quant]
         elif quant is not None and name == "model.embed_tokens.weight":
             qtype = Q8_0
-        if qtype == Q4_K:  # gguf-py reads Q4_K but does not write it
-            quantized = quantize_q4_k(np.ascontiguousarray(array))
+        if qtype in (Q4_K, Q6_K):  # gguf-py reads these but does not write them
+            quantize = quantize_q4_k if qtype == Q4_K else quantize_q6_k
+            quantized = quantize(np.ascontiguousarray(array))
             writer.add_tensor(gguf_name, quantized, raw_shape=quantized.shape, raw_dtype=qtype)
         elif qtype is not None:
             quantized = gguf.quants.quantize(np.ascontiguousarray(array), qtype)
@@ -124,4 +129,25 @@ def quantize_q4_k(weight: np.ndarray) -> np.ndarray:
     nibbles = q[:, :, 0::2] | (q[:, :, 1::2] << 4)  # block 2g low, 2g + 1 high: [n, s, 4, 32]
     out = np.concatenate([d[..., None].view(np.uint8), dmin[..., None].view(np.uint8), packed,
                           nibbles.reshape(n, k // 256, 128)], axis=2)
+    return out.reshape(n, -1)
+
+
+def quantize_q6_k(weight: np.ndarray) -> np.ndarray:
+    """A float32 [N, K] weight (K a multiple of 256) as Q6_K bytes [N, K / 256 * 210]: per
+    super-block 16 int8 scales of 16 weights and a float16 d, weight ~ d * sc * q with q in
+    -32..31. A plain max fit (not llama.cpp's search), laid out as gguf-py reads it."""
+    n, k = weight.shape
+    w = weight.astype(np.float32).reshape(n, k // 256, 16, 16)
+    step = np.abs(w).max(axis=3) / 31  # per 16 weights
+    d = (step.max(axis=2) / 127).astype(np.float16)
+    df = d.astype(np.float32)[..., None]
+    sc = np.clip(np.round(np.divide(step, df, out=np.zeros_like(step), where=df > 0)), -128, 127)
+    scale = (df * sc)[..., None]
+    q = np.round(np.divide(w, scale, out=np.zeros_like(w), where=scale != 0))
+    q = (np.clip(q, -32, 31) + 32).astype(np.uint8).reshape(n, k // 256, 2, 128)  # halves
+    ql = (q[..., :64] & 0x0F) | ((q[..., 64:] & 0x0F) << 4)  # [n, s, 2, 64]
+    hi = (q >> 4).reshape(n, k // 256, 2, 4, 32)
+    qh = hi[..., 0, :] | (hi[..., 1, :] << 2) | (hi[..., 2, :] << 4) | (hi[..., 3, :] << 6)
+    out = np.concatenate([ql.reshape(n, k // 256, 128), qh.reshape(n, k // 256, 64),
+                          sc.astype(np.int8).view(np.uint8), d[..., None].view(np.uint8)], axis=2)
     return out.reshape(n, -1)

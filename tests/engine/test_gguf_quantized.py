@@ -244,3 +244,35 @@ def assert_same_generations(
             assert g.logprobs is not None and w.logprobs is not None
             a, b = ([t.logprob for t in out.logprobs] for out in (g, w))
             assert a == b if exact else a == pytest.approx(b, abs=1e-4)
+
+
+def test_a_q4_k_m_like_file_keeps_its_6_bit_layers_as_8_bit_panels(tmp_path: Path):
+    """Q6_K (6-bit values, a scale per 16 weights) goes to 8-bit panels with 16-input blocks:
+    the down projections and the tied embedding (head) of a file mixed as Q4_K_M's are, bit
+    for bit; a fused q/k/v whose v is Q6_K while q and k are Q4_K stays float32; the tokens
+    are the float32-only engine's."""
+    folder = make_tiny_model(tmp_path / "llama", "llama", seed=9, tie_word_embeddings=True,
+                             hidden_size=256, intermediate_size=512, head_dim=64)  # fmt: skip
+    path = tmp_path / "tiny-llama.Q4_K_M.gguf"
+    six = ("token_embd.weight", "blk.0.ffn_down.weight", "blk.1.ffn_down.weight",
+           "blk.1.attn_v.weight")  # fmt: skip
+    write_llama_gguf(folder, path, quant="q4_k", q6_k_layers=six)
+    loaded = load_model(path, cache_dir=tmp_path / "models")
+    found = read_quantized(loaded.path)
+    weights = load_file(str(loaded.path / "model.safetensors"))
+    for name, (q, scales) in found.q8_0.items():
+        assert scales.shape[1] * 16 == q.shape[1], name
+        rows, cols = q.shape
+        dequantized = (q.float().view(rows, -1, 16) * scales[..., None]).view(rows, cols)
+        assert torch.equal(dequantized, weights[name]), name
+    model = loaded.model
+    for layer in model.layers:
+        assert layer.mlp.down_proj.q8 is not None and layer.mlp.down_proj.q8.block == 16
+        assert layer.mlp.gate_up_proj.q4 is not None and layer.self_attn.o_proj.q4 is not None
+    assert model.layers[0].self_attn.qkv_proj.q4 is not None
+    qkv = model.layers[1].self_attn.qkv_proj
+    assert qkv.q4 is None and qkv.q8 is None
+    assert model.head_q8 is not None and model.head_q8.block == 16
+    engines = [LLMEngine.from_pretrained(str(loaded.path), num_kv_blocks=64, quantized_linear=q)
+               for q in (True, False)]  # fmt: skip
+    assert_same_generations(*engines, (1, 3))

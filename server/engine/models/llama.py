@@ -262,7 +262,9 @@ class LlamaForCausalLM(nn.Module):
                         parts = zip(*(weights.q4_1[k] for k in keys), strict=True)
                         q, scales, mins = (torch.cat(t) for t in parts)
                         attached += linear.attach_q4(q4_linear.pack_q4(q, scales, mins))
-                    elif all(k in weights.q8_0 for k in keys):
+                    elif all(k in weights.q8_0 for k in keys) and len(
+                        {weights.q8_0[k][1].shape[1] for k in keys}  # one block size
+                    ) == 1:
                         parts = zip(*(weights.q8_0[k] for k in keys), strict=True)
                         q8, scales = (torch.cat(t) for t in parts)
                         attached += linear.attach_q8(q8_linear.pack_q8(q8, scales))

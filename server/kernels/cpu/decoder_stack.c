@@ -51,7 +51,7 @@ void parrot_packed_linear(const float *x, long M, long K, const float *panels, l
 void parrot_q4_linear(const float *x, long M, long K, const uint8_t *qs, const float *scales,
                       const float *mins, long N, const float *bias, float *y, int threads);
 void parrot_q8_linear(const float *x, long M, long K, const int8_t *qs, const float *scales,
-                      long N, const float *bias, float *y, int threads);
+                      long block, long N, const float *bias, float *y, int threads);
 int parrot_paged_decode(const float *q, long R, long Hq, long Hkv, long D, const float *k_cache,
                         const float *v_cache, long block_size, const int64_t *blocks,
                         const int64_t *offsets, const int64_t *tokens, float scale, long chunk,
@@ -68,12 +68,13 @@ int parrot_paged_levels(const float *q, long Hq, long Hkv, long D, const float *
                         int threads);
 
 /* A projection's weight 4-bit (q4_linear.c's panels: qs, scales, mins) or 8-bit (q8_linear.c's:
- * q8, q8_scales), or all NULL. */
+ * q8, q8_scales, a scale per q8_block k's), or all NULL. */
 typedef struct {
     const uint8_t *qs;
     const float *scales, *mins;
     const int8_t *q8;
     const float *q8_scales;
+    long q8_block;
 } parrot_q4;
 
 /* One layer's parameters: norms [hidden]; packed panels of qkv [hidden -> (Hq + 2 Hkv) D],
@@ -124,6 +125,7 @@ typedef struct {
     float *logits;
     const int8_t *q8;
     const float *q8_scales;
+    long q8_block;
 } parrot_logits_head;
 
 /* The step's sequences by attention kernel: one-row sequences (decodes) and the rest. */
@@ -209,8 +211,8 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
         for (long j = 0; j < head->count; j++)
             rms_norm(x + head->rows[j] * H, head->norm, s->eps, 1, H, normed + j * H, 1);
         if (head->q8 && head->count <= s->head_quantized_max_rows)
-            parrot_q8_linear(normed, head->count, H, head->q8, head->q8_scales, head->vocab,
-                             NULL, head->logits, threads);
+            parrot_q8_linear(normed, head->count, H, head->q8, head->q8_scales, head->q8_block,
+                             head->vocab, NULL, head->logits, threads);
         else
             parrot_packed_linear(normed, head->count, H, head->panels, head->vocab, NULL,
                                  head->logits, threads);
@@ -378,7 +380,7 @@ static void linear(const float *x, long R, long K, const float *panels, const pa
     if (q4->qs && R <= quantized_max_rows)
         parrot_q4_linear(x, R, K, q4->qs, q4->scales, q4->mins, N, bias, y, threads);
     else if (q4->q8 && R <= quantized_max_rows)
-        parrot_q8_linear(x, R, K, q4->q8, q4->q8_scales, N, bias, y, threads);
+        parrot_q8_linear(x, R, K, q4->q8, q4->q8_scales, q4->q8_block, N, bias, y, threads);
     else
         parrot_packed_linear(x, R, K, panels, N, bias, y, threads);
 }

@@ -174,6 +174,7 @@ class DecoderStack:
                 if q8 is not None:
                     setattr(slot, f"{name}_q8", q8.qs.data_ptr())
                     setattr(slot, f"{name}_q8_scales", q8.scales.data_ptr())
+                    setattr(slot, f"{name}_q8_block", q8.block)
 
     def run(
         self,
@@ -216,7 +217,8 @@ class DecoderStack:
             head = _Head(self.head.norm.data_ptr(), self.head.panels.data_ptr(), self.head.vocab,
                          len(logit_rows), wanted.data_ptr(), logits.data_ptr(),
                          None if q8 is None else q8.qs.data_ptr(),
-                         None if q8 is None else q8.scales.data_ptr())
+                         None if q8 is None else q8.scales.data_ptr(),
+                         0 if q8 is None else q8.block)
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} layer KV caches, got {len(kv_caches)}")
         if not (hidden.dtype == torch.float32 and hidden.is_contiguous()
@@ -339,8 +341,11 @@ class _Layer(ctypes.Structure):
     Q4 = ("qkv", "o", "gate_up", "down")  # each: qs, scales, mins, q8, q8_scales (or NULL)
     _fields_ = [
         *((name, ctypes.c_void_p) for name in WEIGHTS),
-        *((f"{name}_{part}", ctypes.c_void_p) for name in Q4
-          for part in ("qs", "scales", "mins", "q8", "q8_scales")),
+        *(field for name in Q4 for field in (
+            *((f"{name}_{part}", ctypes.c_void_p)
+              for part in ("qs", "scales", "mins", "q8", "q8_scales")),
+            (f"{name}_q8_block", ctypes.c_long),
+        )),
     ]
 
 
@@ -372,7 +377,7 @@ class _Head(ctypes.Structure):
     _fields_ = [
         ("norm", ctypes.c_void_p), ("panels", ctypes.c_void_p), ("vocab", ctypes.c_long),
         ("count", ctypes.c_long), ("rows", ctypes.c_void_p), ("logits", ctypes.c_void_p),
-        ("q8", ctypes.c_void_p), ("q8_scales", ctypes.c_void_p),
+        ("q8", ctypes.c_void_p), ("q8_scales", ctypes.c_void_p), ("q8_block", ctypes.c_long),
     ]
 
 

@@ -1,14 +1,17 @@
-/* y = x @ W (+ bias) on CPU with W in 8-bit "Q8 panels" (GGUF Q8_0 blocks, re-laid at load).
+/* y = x @ W (+ bias) on CPU with W in 8-bit "Q8 panels" (GGUF Q8_0 or Q6_K blocks, re-laid at
+ * load).
  *
  * Format. Output columns in panels of 16 (as packed_linear.c), N padded to a multiple of 16 with
- * zero columns (q = 0, d = 0); K a multiple of 32.
+ * zero columns (q = 0, d = 0); a scale per B = 32 inputs (Q8_0) or 16 (Q6_K); K a multiple of B.
  *   qs     int8    [ceil(N / 16)][K][16]       q of column 16p + c at input k: [p][k][c]
- *   scales float32 [ceil(N / 16)][K / 32][16]  d of column 16p + c, k-block b:  [p][b][c]
+ *   scales float32 [ceil(N / 16)][K / B][16]   d of column 16p + c, k-block b:  [p][b][c]
  * W[k][n] = d * q, computed in float32. For d taken from float16 (Q8_0's scales) the product is
  * exact: d has at most 11 significant bits and q (|q| <= 128) at most 8, so d * q needs at most
- * 19 < 24, and a float16 d is never below float32's normal range. The kernel's weights are thus
- * exactly `dequantize()`'s (q8_linear.py), and each column's sum runs over k in order with one
- * FMA a weight, as packed_linear.c does with those float32 weights: the two give the same bits.
+ * 19 < 24, and a float16 d is never below float32's normal range; Q6_K's d (a float16 times an
+ * int8 sub-scale) times q may round, once, as gguf-py's dequantize rounds it. The kernel's
+ * weights are thus exactly `dequantize()`'s (q8_linear.py), and each column's sum runs over k
+ * in order with one FMA a weight, as packed_linear.c does with those float32 weights: the two
+ * give the same bits. Every tile is built for both B (Q8_KERNELS), chosen per call.
  *
  * Design: lanes over output columns. Per k, a tile loads each of its vectors' int8 q (VF_LANES
  * bytes), widens them to int32 (vpmovsxbd) and to float (vcvtdq2ps), multiplies by the block's d
@@ -42,7 +45,6 @@
 #include "vector_math.h"
 
 #define Q8_PANEL 16
-#define Q8_BLOCK 32
 #define Q8_L2_CHUNK (256L * 1024)
 #define Q8_VPP (Q8_PANEL / VF_LANES) /* native vectors per panel row */
 #ifndef Q8_PF
@@ -69,8 +71,8 @@ static inline vf q8_loadq(const int8_t *p) {
 
 /* Rows [0, MM) of x against the NV vectors v0 .. v0 + NV - 1 (vector v: columns
  * v * VF_LANES ..., in panel v / Q8_VPP). */
-#define Q8_KERNEL(MM, NV)                                                                     \
-    static void q8_kernel_##MM##_##NV(const float *x, long K, const int8_t *qs,              \
+#define Q8_KERNEL(MM, NV, Q8_BLOCK)                                                           \
+    static void q8_kernel_##MM##_##NV##_##Q8_BLOCK(const float *x, long K, const int8_t *qs, \
                                       const float *scales, long v0, const float *bias,       \
                                       float *y, long N) {                                    \
         const int8_t *qp[NV];                                                                 \
@@ -112,22 +114,26 @@ static inline vf q8_loadq(const int8_t *p) {
 typedef void (*q8_kernel_t)(const float *, long, const int8_t *, const float *, long,
                             const float *, float *, long);
 
+/* each tile for both block sizes */
+#define Q8_KERNELS(MM, NV) Q8_KERNEL(MM, NV, 32) Q8_KERNEL(MM, NV, 16)
+
 #if VF_LANES == 16
 /* 32 registers: rows x vectors accumulators, the vectors' weights and a broadcast; rows in
  * blocks of 8 (not measured: no AVX-512 host here). */
 #define Q8_MAXM 8
 #define Q8_STEP 8
-Q8_KERNEL(1, 4) Q8_KERNEL(2, 4) Q8_KERNEL(3, 4) Q8_KERNEL(4, 4) Q8_KERNEL(5, 4) Q8_KERNEL(6, 3)
-Q8_KERNEL(7, 3) Q8_KERNEL(8, 3)
-Q8_KERNEL(1, 1) Q8_KERNEL(2, 1) Q8_KERNEL(3, 1) Q8_KERNEL(4, 1) Q8_KERNEL(5, 1) Q8_KERNEL(6, 1)
-Q8_KERNEL(7, 1) Q8_KERNEL(8, 1)
-static const q8_kernel_t Q8_WIDE[Q8_MAXM + 1] = {
-    0, q8_kernel_1_4, q8_kernel_2_4, q8_kernel_3_4, q8_kernel_4_4,
-    q8_kernel_5_4, q8_kernel_6_3, q8_kernel_7_3, q8_kernel_8_3};
+Q8_KERNELS(1, 4) Q8_KERNELS(2, 4) Q8_KERNELS(3, 4) Q8_KERNELS(4, 4) Q8_KERNELS(5, 4)
+Q8_KERNELS(6, 3) Q8_KERNELS(7, 3) Q8_KERNELS(8, 3)
+Q8_KERNELS(1, 1) Q8_KERNELS(2, 1) Q8_KERNELS(3, 1) Q8_KERNELS(4, 1) Q8_KERNELS(5, 1)
+Q8_KERNELS(6, 1) Q8_KERNELS(7, 1) Q8_KERNELS(8, 1)
+#define Q8_TABLES(B)                                                                          \
+    static const q8_kernel_t Q8_WIDE_##B[Q8_MAXM + 1] = {                                     \
+        0, q8_kernel_1_4_##B, q8_kernel_2_4_##B, q8_kernel_3_4_##B, q8_kernel_4_4_##B,        \
+        q8_kernel_5_4_##B, q8_kernel_6_3_##B, q8_kernel_7_3_##B, q8_kernel_8_3_##B};          \
+    static const q8_kernel_t Q8_NARROW_##B[Q8_MAXM + 1] = {                                   \
+        0, q8_kernel_1_1_##B, q8_kernel_2_1_##B, q8_kernel_3_1_##B, q8_kernel_4_1_##B,        \
+        q8_kernel_5_1_##B, q8_kernel_6_1_##B, q8_kernel_7_1_##B, q8_kernel_8_1_##B};
 static const int Q8_WIDTH[Q8_MAXM + 1] = {0, 4, 4, 4, 4, 4, 3, 3, 3};
-static const q8_kernel_t Q8_NARROW[Q8_MAXM + 1] = {
-    0, q8_kernel_1_1, q8_kernel_2_1, q8_kernel_3_1, q8_kernel_4_1,
-    q8_kernel_5_1, q8_kernel_6_1, q8_kernel_7_1, q8_kernel_8_1};
 #else
 /* 16 registers of 8 lanes: rows x vectors accumulators (up to 12), the weights and a
  * broadcast. Zen 3, one thread, the weights in cache, Gweights/s (x rows): 1 x 4 vectors 13-15,
@@ -137,20 +143,29 @@ static const q8_kernel_t Q8_NARROW[Q8_MAXM + 1] = {
  * rows ran 10-14% faster than in blocks of 8 (2026-11-30). */
 #define Q8_MAXM 6
 #define Q8_STEP 4
-Q8_KERNEL(1, 4) Q8_KERNEL(2, 4) Q8_KERNEL(3, 2) Q8_KERNEL(4, 2) Q8_KERNEL(5, 2) Q8_KERNEL(6, 2)
-Q8_KERNEL(1, 1) Q8_KERNEL(2, 1) Q8_KERNEL(3, 1) Q8_KERNEL(4, 1) Q8_KERNEL(5, 1) Q8_KERNEL(6, 1)
-static const q8_kernel_t Q8_WIDE[Q8_MAXM + 1] = {
-    0, q8_kernel_1_4, q8_kernel_2_4, q8_kernel_3_2, q8_kernel_4_2, q8_kernel_5_2, q8_kernel_6_2};
+Q8_KERNELS(1, 4) Q8_KERNELS(2, 4) Q8_KERNELS(3, 2) Q8_KERNELS(4, 2) Q8_KERNELS(5, 2)
+Q8_KERNELS(6, 2)
+Q8_KERNELS(1, 1) Q8_KERNELS(2, 1) Q8_KERNELS(3, 1) Q8_KERNELS(4, 1) Q8_KERNELS(5, 1)
+Q8_KERNELS(6, 1)
+#define Q8_TABLES(B)                                                                          \
+    static const q8_kernel_t Q8_WIDE_##B[Q8_MAXM + 1] = {                                     \
+        0, q8_kernel_1_4_##B, q8_kernel_2_4_##B, q8_kernel_3_2_##B, q8_kernel_4_2_##B,        \
+        q8_kernel_5_2_##B, q8_kernel_6_2_##B};                                                 \
+    static const q8_kernel_t Q8_NARROW_##B[Q8_MAXM + 1] = {                                   \
+        0, q8_kernel_1_1_##B, q8_kernel_2_1_##B, q8_kernel_3_1_##B, q8_kernel_4_1_##B,        \
+        q8_kernel_5_1_##B, q8_kernel_6_1_##B};
 static const int Q8_WIDTH[Q8_MAXM + 1] = {0, 4, 4, 2, 2, 2, 2};
-static const q8_kernel_t Q8_NARROW[Q8_MAXM + 1] = {
-    0, q8_kernel_1_1, q8_kernel_2_1, q8_kernel_3_1, q8_kernel_4_1, q8_kernel_5_1, q8_kernel_6_1};
 #endif
+Q8_TABLES(32) Q8_TABLES(16)
 
-/* x [M, K] and y [M, N] contiguous; bias [N] or NULL; K a multiple of 32. */
+/* x [M, K] and y [M, N] contiguous; bias [N] or NULL; `block` k's share a scale: 32 (Q8_0) or
+ * 16 (Q6_K's blocks); K a multiple of it. */
 void parrot_q8_linear(const float *x, long M, long K, const int8_t *qs, const float *scales,
-                      long N, const float *bias, float *y, int threads) {
+                      long block, long N, const float *bias, float *y, int threads) {
     long num_panels = (N + Q8_PANEL - 1) / Q8_PANEL;
     if (M <= 0 || N <= 0) return;
+    const q8_kernel_t *wide = block == 16 ? Q8_WIDE_16 : Q8_WIDE_32;
+    const q8_kernel_t *narrow = block == 16 ? Q8_NARROW_16 : Q8_NARROW_32;
     if (threads < 1) threads = 1;
     if (threads > num_panels) threads = (int)num_panels;
 #pragma omp parallel num_threads(threads)
@@ -171,19 +186,20 @@ void parrot_q8_linear(const float *x, long M, long K, const int8_t *qs, const fl
                 long v = c0 * Q8_VPP;
                 int width = Q8_WIDTH[mm];
                 for (; v + width <= v1; v += width)
-                    Q8_WIDE[mm](xs, K, qs, scales, v, bias, ys, N);
-                for (; v < v1; v++) Q8_NARROW[mm](xs, K, qs, scales, v, bias, ys, N);
+                    wide[mm](xs, K, qs, scales, v, bias, ys, N);
+                for (; v < v1; v++) narrow[mm](xs, K, qs, scales, v, bias, ys, N);
             }
         }
     }
 }
 
-/* 1 if the Q8 panels dequantize (d * q) to exactly the float32 `panels` ([ceil(N / 16)][K][16],
- * packed_linear.c's layout) in the N real columns, else 0: the engine's check at load that a
- * GGUF's 8-bit tied embedding is the float32 head it loaded, in one pass over both. */
-int parrot_q8_matches(const int8_t *qs, const float *scales, const float *panels, long K, long N,
-                      int threads) {
-    long num_panels = (N + Q8_PANEL - 1) / Q8_PANEL, nb = K / Q8_BLOCK;
+/* 1 if the Q8 panels (a scale per `block` inputs) dequantize (d * q) to exactly the float32
+ * `panels` ([ceil(N / 16)][K][16], packed_linear.c's layout) in the N real columns, else 0: the
+ * engine's check at load that a GGUF's 8-bit or 6-bit weights are the float32 weights it
+ * loaded, in one pass over both. */
+int parrot_q8_matches(const int8_t *qs, const float *scales, long block, const float *panels,
+                      long K, long N, int threads) {
+    long num_panels = (N + Q8_PANEL - 1) / Q8_PANEL, nb = K / block;
     int same = 1;
     if (threads < 1) threads = 1;
 #pragma omp parallel for num_threads(threads) reduction(& : same) schedule(static)
@@ -193,7 +209,7 @@ int parrot_q8_matches(const int8_t *qs, const float *scales, const float *panels
         int columns = N - p * Q8_PANEL < Q8_PANEL ? (int)(N - p * Q8_PANEL) : Q8_PANEL;
         for (long k = 0; k < K; k++)
             for (int c = 0; c < columns; c++)
-                same &= sc[(k / Q8_BLOCK) * Q8_PANEL + c] * (float)q[k * Q8_PANEL + c] ==
+                same &= sc[(k / block) * Q8_PANEL + c] * (float)q[k * Q8_PANEL + c] ==
                         w[k * Q8_PANEL + c];
     }
     return same;

@@ -1,11 +1,12 @@
 """y = x @ W (+ bias) on CPU with W in 8-bit "Q8 panels" (q8_linear.c).
 
 The panels are GGUF Q8_0 blocks re-laid at load time: output columns in panels of 16 (as
-packed_linear's), int8 q [ceil(N / 16), K, 16] and float32 scales d [ceil(N / 16), K / 32, 16],
-one d per 32 inputs of a column; W[k, n] = d * q in float32, exact for Q8_0's float16 scales.
-At decode batch sizes a linear layer streams its weights once per step, so a quarter of
-float32's bytes (plus an eighth of a byte a weight of scales) is what the kernel is for; it is
-meant for SmolLM2's tied LM head, whose GGUF embedding is Q8_0.
+packed_linear's), int8 q [ceil(N / 16), K, 16] and float32 scales d [ceil(N / 16), K / B, 16],
+one d per B = 32 inputs of a column; W[k, n] = d * q in float32, exact for Q8_0's float16
+scales. Blocks of B = 16 hold GGUF's Q6_K weights (6-bit q, d = super-block scale x 8-bit
+sub-scale, exact in float32; d * q rounded once, as gguf-py's dequantize does). At decode batch
+sizes a linear layer streams its weights once per step, so a quarter of float32's bytes (plus
+an eighth or a quarter of a byte a weight of scales) is what the kernel is for.
 
 The C source is compiled on first use (`native_library`); `available()` says whether it could be
 built here.
@@ -27,18 +28,24 @@ __all__ = ["BLOCK", "PANEL", "Q8Panels", "available", "dequantize", "matches", "
            "q8_linear", "quantize_q8_0"]
 
 PANEL = 16
-BLOCK = 32
+BLOCK = 32  # Q8_0's inputs per scale
+BLOCKS = (32, 16)  # the kernel's: Q8_0's and Q6_K's
 SOURCE = Path(__file__).with_name("q8_linear.c")
 
 
 @dataclass(frozen=True)
 class Q8Panels:
     """An [K, N] weight as Q8 panels: `qs` int8 [ceil(N / 16), K, 16], `scales` float32
-    [ceil(N / 16), K / 32, 16]; columns past `out_features` are zero (q = 0, d = 0)."""
+    [ceil(N / 16), K / block, 16]; columns past `out_features` are zero (q = 0, d = 0)."""
 
     qs: torch.Tensor
     scales: torch.Tensor
     out_features: int
+
+    @property
+    def block(self) -> int:
+        """Inputs sharing a scale: 32 (Q8_0) or 16 (Q6_K)."""
+        return self.qs.shape[1] // self.scales.shape[1] if self.scales.shape[1] else BLOCK
 
     @property
     def in_features(self) -> int:
@@ -56,20 +63,23 @@ def available() -> bool:
 
 
 def pack_q8(q: torch.Tensor, scales: torch.Tensor) -> Q8Panels:
-    """int8 q [N, K] and float32 scales [N, K / 32] (GGUF Q8_0's layout: one d per 32 inputs
-    of an output row) -> Q8 panels, zero-padded to a multiple of 16 columns."""
+    """int8 q [N, K] and float32 scales [N, K / B] (GGUF Q8_0's layout, B = 32: one d per 32
+    inputs of an output row; B = 16 for Q6_K's) -> Q8 panels, zero-padded to a multiple of 16
+    columns."""
     if q.dim() != 2 or q.dtype != torch.int8 or q.device.type != "cpu":
         raise ValueError(
             f"pack_q8: q must be a 2-D int8 CPU tensor [N, K], got {tuple(q.shape)} "
             f"{q.dtype} on {q.device}"
         )
     n, k = q.shape
-    if k % BLOCK:
-        raise ValueError(f"pack_q8: K = {k} inputs is not a multiple of {BLOCK}")
-    if (tuple(scales.shape) != (n, k // BLOCK) or scales.dtype != torch.float32
+    # a scale per 16 inputs where the scales say so (Q6_K's), else per 32 (Q8_0's)
+    block = 16 if k and scales.dim() == 2 and scales.shape[1] == k // 16 else BLOCK
+    if k % block:
+        raise ValueError(f"pack_q8: K = {k} inputs is not a multiple of {block}")
+    if (tuple(scales.shape) != (n, k // block) or scales.dtype != torch.float32
             or scales.device.type != "cpu"):
         raise ValueError(
-            f"pack_q8: scales must be a float32 CPU tensor {(n, k // BLOCK)} for q "
+            f"pack_q8: scales must be a float32 CPU tensor {(n, k // block)} for q "
             f"{(n, k)}, got {tuple(scales.shape)} {scales.dtype} on {scales.device}"
         )
     num_panels = -(-n // PANEL)
@@ -78,14 +88,14 @@ def pack_q8(q: torch.Tensor, scales: torch.Tensor) -> Q8Panels:
     sp = torch.nn.functional.pad(scales, (0, 0, 0, pad)) if pad else scales
     # [P * 16, K] -> [P, 16, K] -> [P, K, 16]
     qs = qp.reshape(num_panels, PANEL, k).transpose(1, 2).contiguous()
-    sc = sp.reshape(num_panels, PANEL, k // BLOCK).transpose(1, 2).contiguous()
+    sc = sp.reshape(num_panels, PANEL, k // block).transpose(1, 2).contiguous()
     return Q8Panels(qs, sc, n)
 
 
 def dequantize(panels: Q8Panels) -> torch.Tensor:
     """The [K, N] float32 weight the kernel multiplies by: d * q in float32."""
     num_panels, k, _ = panels.qs.shape
-    d = panels.scales.repeat_interleave(BLOCK, dim=1)  # [P, K, 16]
+    d = panels.scales.repeat_interleave(panels.block, dim=1)  # [P, K, 16]
     w = panels.qs.to(torch.float32) * d
     return w.transpose(0, 1).reshape(k, num_panels * PANEL)[:, : panels.out_features].contiguous()
 
@@ -104,23 +114,25 @@ def matches(panels: Q8Panels, float_panels: torch.Tensor) -> bool:
         return torch.equal(dequantize(panels), weight_t)
     float_panels = float_panels.contiguous()
     return bool(lib.parrot_q8_matches(
-        panels.qs.data_ptr(), panels.scales.data_ptr(), float_panels.data_ptr(),
+        panels.qs.data_ptr(), panels.scales.data_ptr(), panels.block, float_panels.data_ptr(),
         panels.in_features, panels.out_features, torch.get_num_threads(),
     ))  # fmt: skip
 
 
-def quantize_q8_0(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_q8_0(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 [N, K] -> (int8 q [N, K], float32 scales [N, K / 32]) as GGUF's Q8_0 (ggml's
     `quantize_row_q8_0_ref`): per block of 32 inputs d = max|w| / 127, q = w * (1 / d) rounded
     half away from zero (0 where d = 0), in float32; the scale is stored as float16, so the
-    returned d is d rounded to float16 and back. For tests and benchmarks."""
-    if weight.dim() != 2 or weight.shape[1] % BLOCK or not weight.is_floating_point():
+    returned d is d rounded to float16 and back. `block=16`: the same over 16 inputs (panels of
+    Q6_K's block size). For tests and benchmarks."""
+    if (weight.dim() != 2 or block not in BLOCKS or weight.shape[1] % block
+            or not weight.is_floating_point()):  # fmt: skip
         raise ValueError(
-            f"quantize_q8_0 expects a 2-D float tensor [N, K] with K a multiple of {BLOCK}, "
-            f"got {tuple(weight.shape)} {weight.dtype}"
+            f"quantize_q8_0 expects a 2-D float tensor [N, K] with K a multiple of {block} "
+            f"(the block: 32 or 16), got {tuple(weight.shape)} {weight.dtype}"
         )
     n, k = weight.shape
-    blocks = weight.to(torch.float32).reshape(n, k // BLOCK, BLOCK)
+    blocks = weight.to(torch.float32).reshape(n, k // block, block)
     d = blocks.abs().amax(dim=2) / 127
     inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
     v = (blocks * inv[..., None]).double()  # the float32 product, rounded exactly in float64
@@ -140,9 +152,10 @@ def q8_linear(
     num_panels = -(-n // PANEL)
     if (
         x.dim() != 2 or x.shape[1] != k or x.dtype != torch.float32 or x.device.type != "cpu"
-        or k % BLOCK or tuple(panels.qs.shape) != (num_panels, k, PANEL)
+        or panels.block not in BLOCKS or k % panels.block
+        or tuple(panels.qs.shape) != (num_panels, k, PANEL)
         or panels.qs.dtype != torch.int8 or not panels.qs.is_contiguous()
-        or tuple(panels.scales.shape) != (num_panels, k // BLOCK, PANEL)
+        or tuple(panels.scales.shape) != (num_panels, k // panels.block, PANEL)
         or panels.scales.dtype != torch.float32 or not panels.scales.is_contiguous()
     ):
         raise ValueError(
@@ -163,8 +176,8 @@ def q8_linear(
     y = torch.empty(m, n, dtype=torch.float32)
     if m:
         lib.parrot_q8_linear(
-            x.data_ptr(), m, k, panels.qs.data_ptr(), panels.scales.data_ptr(), n,
-            None if bias is None else bias.data_ptr(), y.data_ptr(), torch.get_num_threads(),
+            x.data_ptr(), m, k, panels.qs.data_ptr(), panels.scales.data_ptr(), panels.block,
+            n, None if bias is None else bias.data_ptr(), y.data_ptr(), torch.get_num_threads(),
         )
     return y
 
@@ -175,14 +188,14 @@ def _library() -> ctypes.CDLL | None:
         [SOURCE], "parrot_q8_linear",
         [
             ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p,
-            ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+            ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
         ],
         None,
     )
     if lib is not None:
         lib.parrot_q8_matches.argtypes = [
-            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long,
-            ctypes.c_int,
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_long,
+            ctypes.c_long, ctypes.c_int,
         ]
         lib.parrot_q8_matches.restype = ctypes.c_int
     return lib

@@ -16,10 +16,10 @@ ROWS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 40]
 SHAPES = [(32, 1), (32, 17), (576, 100), (576, 4100), (32, 100), (576, 17)]
 
 
-def _random_panels(k: int, n: int, gen: torch.Generator) -> q8.Q8Panels:
+def _random_panels(k: int, n: int, gen: torch.Generator, block: int = 32) -> q8.Q8Panels:
     # scales spread over a few octaves, as a real layer's blocks are
     w = torch.randn(n, k, generator=gen) * torch.exp2(torch.randint(-3, 3, (n, 1), generator=gen))
-    return q8.pack_q8(*q8.quantize_q8_0(w))
+    return q8.pack_q8(*q8.quantize_q8_0(w, block))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -45,12 +45,31 @@ def test_matches_float64_reference(
     assert err < 1e-5
 
 
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 7, 16, 40])
+@pytest.mark.parametrize("k,n", [(32, 17), (576, 100)])
+def test_blocks_of_16_match_float64_reference(m: int, k: int, n: int, lanes: int) -> None:
+    """A scale per 16 inputs (Q6_K's blocks): every tile of both widths against float64."""
+    gen = torch.Generator().manual_seed(m * 100 + k + n)
+    panels = _random_panels(k, n, gen, block=16)
+    assert panels.block == 16 and panels.scales.shape == (-(-n // 16), k // 16, 16)
+    x = torch.randn(m, k, generator=gen)
+    b = torch.randn(n, generator=gen)
+    ref = x.double() @ q8.dequantize(panels).double() + b.double()
+    err = (q8.q8_linear(x, panels, b).double() - ref).abs().max() / ref.abs().max()
+    assert err < 1e-5
+
+
+@pytest.mark.parametrize("block", [32, 16])
 @pytest.mark.parametrize("m", [1, 4, 8, 13])
-def test_same_bits_as_the_float32_kernel(m: int) -> None:
-    """The weights are exactly W (d * q is exact in float32) and each column is summed over k
-    in order with one FMA a weight, as the packed float32 kernel does with W."""
+def test_same_bits_as_the_float32_kernel(m: int, block: int) -> None:
+    """The weights are exactly dequantize()'s (d * q, rounded once where it is not exact, as
+    with Q6_K's scales) and each column is summed over k in order with one FMA a weight, as the
+    packed float32 kernel does with them."""
     gen = torch.Generator().manual_seed(m)
-    panels = _random_panels(576, 300, gen)
+    q, d = q8.quantize_q8_0(torch.randn(300, 576, generator=gen), block)
+    if block == 16:
+        d = d * 1.2345679  # longer mantissas, as Q6_K's d * sc have: d * q rounds
+    panels = q8.pack_q8(q, d)
     x = torch.randn(m, 576, generator=gen)
     b = torch.randn(300, generator=gen)
     w = q8.dequantize(panels)
@@ -91,9 +110,10 @@ def test_pack_dequantize_round_trip_and_padding() -> None:
     assert torch.equal(q8.dequantize(panels).double(), exact)
 
 
+@pytest.mark.parametrize("block", [32, 16])
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
 def test_matches_says_whether_the_float32_panels_hold_the_same_weights(
-    kernel: bool, monkeypatch: pytest.MonkeyPatch
+    kernel: bool, block: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`matches` (the engine's load-time check of a tied head): true for the panels of the
     dequantized weight, false once any real weight differs by one ulp or a scale changes, and
@@ -102,7 +122,7 @@ def test_matches_says_whether_the_float32_panels_hold_the_same_weights(
         monkeypatch.setattr(q8, "_library", lambda: None)
     gen = torch.Generator().manual_seed(21)
     k, n = 64, 37
-    panels = _random_panels(k, n, gen)
+    panels = _random_panels(k, n, gen, block)
     floats = pack(q8.dequantize(panels))
     assert q8.matches(panels, floats)
     for p, row, col in [(0, 0, 0), (1, 40, 9), (2, 63, 4)]:
@@ -115,7 +135,7 @@ def test_matches_says_whether_the_float32_panels_hold_the_same_weights(
     scales = panels.scales.clone()
     scales[1, 1, 3] *= 2
     assert not q8.matches(q8.Q8Panels(panels.qs, scales, n), floats)
-    assert not q8.matches(panels, pack(q8.dequantize(_random_panels(k + 32, n, gen))))
+    assert not q8.matches(panels, pack(q8.dequantize(_random_panels(k + 32, n, gen, block))))
 
 
 def test_quantize_q8_0() -> None:
