@@ -18,6 +18,7 @@ import torch
 
 from server.kernels.cpu import native_library, paged_decode, paged_levels, paged_prefill
 from server.kernels.cpu.q4_linear import Q4Panels
+from server.kernels.cpu.q8_linear import BLOCKS as Q8_BLOCKS
 from server.kernels.cpu.q8_linear import Q8Panels
 from server.kernels.metadata import AttentionMetadata
 from server.kernels.step_plan import step_plan_of
@@ -435,6 +436,9 @@ def _check_layer(index: int, layer: LayerTensors, shape: StackShape) -> None:
                     f"decoder stack: layer {index} {name}_{kind} is {quantized.in_features} -> "
                     f"{quantized.out_features}, expected {k} -> {n}"
                 )
+            if kind == "q8" and quantized is not None and quantized.block not in Q8_BLOCKS:
+                raise ValueError(f"decoder stack: layer {index} {name}_q8 has blocks of "
+                                 f"{quantized.block} inputs, not {Q8_BLOCKS}")  # fmt: skip
 
 
 def _check_head(head: HeadTensors, shape: StackShape) -> None:
@@ -449,6 +453,9 @@ def _check_head(head: HeadTensors, shape: StackShape) -> None:
             f"decoder stack: the 8-bit head is {q8.in_features} -> {q8.out_features}, "
             f"expected {shape.hidden} -> {head.vocab}"
         )
+    if q8 is not None and q8.block not in Q8_BLOCKS:
+        raise ValueError(f"decoder stack: the 8-bit head has blocks of {q8.block} inputs, "
+                         f"not {Q8_BLOCKS}")  # fmt: skip
 
 
 def _check_tensor(what: str, tensor: torch.Tensor | None, want: tuple[int, ...]) -> None:

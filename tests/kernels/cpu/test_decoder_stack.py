@@ -21,6 +21,7 @@ from server.kernels.cpu.decoder_stack import (
     StackRun,
     StackShape,
 )
+from server.kernels.cpu.q8_linear import Q8Panels
 from tests.engine.test_models import PagedRunner
 from tests.tiny_models import make_tiny_model
 
@@ -282,6 +283,11 @@ def test_bad_tensors_are_refused_with_their_names(tiny_llama_path: Path) -> None
         DecoderStack(stack.shape, [LayerTensors(**{**_fields(good), "o": good.qkv})])
     with pytest.raises(ValueError, match="layer 0 qkv_bias must be"):
         DecoderStack(stack.shape, [LayerTensors(**{**_fields(good), "qkv_bias": torch.ones(3)})])
+    k, n = good.o.shape[1], stack.shape.hidden  # 8-bit panels whose scales cover 8 inputs each
+    eights = Q8Panels(torch.zeros(good.o.shape[0], k, 16, dtype=torch.int8),
+                      torch.zeros(good.o.shape[0], k // 8, 16), n)  # fmt: skip
+    with pytest.raises(ValueError, match="layer 0 o_q8 has blocks of 8 inputs"):
+        DecoderStack(stack.shape, [LayerTensors(**{**_fields(good), "o_q8": eights})])
     c = model.config
     with pytest.raises(ValueError, match="do not take 5 query heads"):
         StackShape(c.hidden_size, 5, 2, c.head_dim, c.intermediate_size, 1e-5,
