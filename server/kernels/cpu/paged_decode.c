@@ -27,8 +27,13 @@
  * back). Written over the machine's own vector `vf` (vector_math.h): with AVX-512 (16 lanes)
  * a tile's 16 partial sums reduce to one vector of scores per head, with the query held in
  * registers; with AVX2 (8 lanes, 16 registers) a tile is two halves of 8 keys, each scored by
- * 8 accumulators fed one query vector at a time and reduced by an 8-way tree, and head dim
- * 128's output is accumulated in two halves of 8 vectors.
+ * 8 accumulators fed one query vector at a time and reduced by an 8-way tree (a head at a time:
+ * sharing each key load across a KV head's query heads measured 3-6% slower), and the output
+ * is accumulated for a KV head's query heads 3 (or 2) at a time, 4 vectors each, so a value
+ * vector is loaded once for them (a lone head: 8 vectors at a time, head dim 128 in two
+ * halves). Warm, one thread, SmolLM2's 9 x 64 heads (GQA 3): ~1.0 us a 16-token tile, about
+ * 55% of it in the two loops of FMAs (~1.3 FMAs a cycle of the 2), the rest softmax (~13%),
+ * prefetch walk, reduction trees and pointers (perf, Zen 3, 2026-11-30).
  */
 #include <math.h>
 #include <omp.h>
@@ -154,6 +159,8 @@ static inline void prefetch_some(prefetcher *p) {
         }                                                                                     \
         prefetch_some(&pf);                                                                   \
     } while (0)
+#define SHARED_VALUES(G) 0
+#define OUTPUT_GROUPS(DIM, NV, kv) ((void)0)
 #else
 /* 8 accumulators side by side, one query vector at a time (any NV: 16 for DIM 128); the
  * key vectors are FMA memory operands, so 9 of the 16 registers are used. A tile wholly past
@@ -169,6 +176,53 @@ static inline void prefetch_some(prefetcher *p) {
         }                                                                                     \
         prefetch_some(&pf);                                                                   \
     } while (0)
+
+/* The output pass of GB (2 or 3) query heads h0.. of KV head kv over the tile's n tokens,
+ * each value vector loaded once for the GB heads: QC = 4 output vectors a head at a time, so
+ * 4 GB accumulators, GB broadcast probabilities and one value vector (16 registers with GB 3).
+ * Per token that is GB + QC + 1 loads for 4 GB FMAs instead of 9 for 8 (Zen 3: the per-head
+ * loop, 8 FMAs with memory operands, was load-bound; the whole tile 5-6% faster for G = 3).
+ * Sharing the key loads of the score pass the same way measured 3-6% slower. */
+#define OUTPUT_SHARED(DIM, NV, GB, h0)                                                        \
+    do {                                                                                      \
+        enum { QC = NV < 4 ? NV : 4 };                                                        \
+        for (int c0 = 0; c0 < NV; c0 += QC) {                                                 \
+            vf o[GB][QC];                                                                     \
+            for (int g = 0; g < GB; g++)                                                      \
+                for (int c = 0; c < QC; c++)                                                  \
+                    o[g][c] = loadv(acc + ((h0) + g) * DIM + (c0 + c) * VF_LANES)             \
+                              * corrections[(h0) + g];                                        \
+            for (long j = 0; j < n; j++) {                                                    \
+                vf b[GB];                                                                     \
+                for (int g = 0; g < GB; g++) /* x - 0 folds to a broadcast; 0 + x does not */ \
+                    b[g] = tile_scores[((h0) + g) * SV + j / VF_LANES][j % VF_LANES]          \
+                           - (vf){0};                                                         \
+                for (int c = 0; c < QC; c++) {                                                \
+                    vf vc = loadv(values[j] + kv * DIM + (c0 + c) * VF_LANES);                \
+                    /* in a register: GCC would reload it as each FMA's memory operand */     \
+                    __asm__("" : "+x"(vc));                                                   \
+                    for (int g = 0; g < GB; g++) o[g][c] += b[g] * vc;                        \
+                }                                                                             \
+            }                                                                                 \
+            prefetch_some(&pf);                                                               \
+            for (int g = 0; g < GB; g++)                                                      \
+                for (int c = 0; c < QC; c++)                                                  \
+                    storev(acc + ((h0) + g) * DIM + (c0 + c) * VF_LANES, o[g][c]);            \
+        }                                                                                     \
+    } while (0)
+
+/* With 2 or more query heads a KV head, the output pass takes them in blocks of 3 (or 2: a
+ * group of 4 as 2 + 2, a last pair); one head alone has no value loads to share. */
+#define SHARED_VALUES(G) ((G) >= 2)
+#define OUTPUT_GROUPS(DIM, NV, kv)                                                            \
+    for (long g0 = 0, gb; SHARED_VALUES(G) && g0 < G; g0 += gb) {                             \
+        gb = G - g0 == 2 || G - g0 == 4 ? 2 : 3;                                              \
+        long h0 = kv * G + g0;                                                                \
+        if (gb == 3)                                                                          \
+            OUTPUT_SHARED(DIM, NV, 3, h0);                                                    \
+        else                                                                                  \
+            OUTPUT_SHARED(DIM, NV, 2, h0);                                                    \
+    }
 #endif
 
 /* One task: all Hq query heads of a row (pre-scaled, [Hq][DIM]) against its tokens [t0, t1).
@@ -193,7 +247,9 @@ static inline void prefetch_some(prefetcher *p) {
         memset(acc, 0, sizeof(float) * Hkv * G * DIM);                                        \
         /* prefetch points per tile: after each head's score and output passes (between, */  \
         /* not inside, the loops of FMAs) */                                                  \
-        const long points = Hkv * G * (SV + NV / QN);                                         \
+        const long points = Hkv * G * SV                                                      \
+                            + Hkv * (SHARED_VALUES(G) ? (G + 2) / 3 * (NV < 4 ? 1 : NV / 4)   \
+                                                      : G * NV / QN);                         \
         prefetcher pf = {.k = k_cache, .v = v_cache, .blocks = blocks,                        \
                          .block_size = block_size, .token_stride = token_stride,              \
                          .token = t0};                                                        \
@@ -249,7 +305,8 @@ static inline void prefetch_some(prefetcher *p) {
                 corrections[h] = correction;                                                  \
             }                                                                                 \
             for (long kv = 0; kv < Hkv; kv++) {                                               \
-                for (long g = 0; g < G; g++) {                                                \
+                OUTPUT_GROUPS(DIM, NV, kv);                                                   \
+                for (long g = 0; g < G * !SHARED_VALUES(G); g++) {                            \
                     long h = kv * G + g;                                                      \
                     const vf *probs = tile_scores + h * SV;                                   \
                     float *a = acc + h * DIM;                                                 \

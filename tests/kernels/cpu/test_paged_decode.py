@@ -133,3 +133,17 @@ def test_bad_arguments_are_refused(mutate, message):
             "offsets": offsets, "num_tokens": lengths}
     with pytest.raises(ValueError, match=message):
         kernel.paged_decode(**mutate(args), scale=0.1)
+
+
+@pytest.mark.parametrize("group", [2, 5, 6, 7])
+@pytest.mark.parametrize("head_dim", [16, 64, 128])
+def test_output_head_blocks(group, head_dim, lanes):
+    # the 8-lane output pass takes a KV head's query heads in blocks of 3 or 2 (2 + 2, 3 + 2,
+    # 3 + 3, 3 + 2 + 2 here) and head dim 16 in blocks of 2 vectors, not 4
+    lengths = [1, 17, 100, 333]
+    q, k_cache, v_cache, index = random_rows(lengths, 2, group, head_dim, seed=group * 1000 + head_dim)
+    scale = head_dim**-0.5
+    out, lse = kernel.paged_decode(q, k_cache, v_cache, *index, scale, chunk_tokens=64)
+    ref_out, ref_lse = reference_rows(q, k_cache, v_cache, index, scale)
+    assert (out.double() - ref_out).abs().max() / ref_out.abs().max() < 1e-5
+    assert torch.allclose(lse.double(), ref_lse, rtol=1e-6, atol=1e-5)
