@@ -180,9 +180,12 @@ static inline void prefetch_some(prefetcher *p) {
 /* The output pass of GB (2 or 3) query heads h0.. of KV head kv over the tile's n tokens,
  * each value vector loaded once for the GB heads: QC = 4 output vectors a head at a time, so
  * 4 GB accumulators, GB broadcast probabilities and one value vector (16 registers with GB 3).
- * Per token that is GB + QC + 1 loads for 4 GB FMAs instead of 9 for 8 (Zen 3: the per-head
- * loop, 8 FMAs with memory operands, was load-bound; the whole tile 5-6% faster for G = 3).
- * Sharing the key loads of the score pass the same way measured 3-6% slower. */
+ * Per token that is GB + QC + 1 loads (probabilities, values, the record's pointer) for 4 GB
+ * FMAs instead of 10 for 8 (Zen 3: the per-head loop, 8 FMAs with memory operands, was
+ * load-bound; warm, the whole tile 3-6% faster for G = 3, D = 64). A prefetch point every 8
+ * tokens keeps about as many points a tile as the per-head loops had: with one per block, the
+ * larger bursts lost the gain with the KV cold. Sharing the key loads of the score pass the
+ * same way measured 3-6% slower. */
 #define OUTPUT_SHARED(DIM, NV, GB, h0)                                                        \
     do {                                                                                      \
         enum { QC = NV < 4 ? NV : 4 };                                                        \
@@ -192,7 +195,8 @@ static inline void prefetch_some(prefetcher *p) {
                 for (int c = 0; c < QC; c++)                                                  \
                     o[g][c] = loadv(acc + ((h0) + g) * DIM + (c0 + c) * VF_LANES)             \
                               * corrections[(h0) + g];                                        \
-            for (long j = 0; j < n; j++) {                                                    \
+            for (long j0 = 0; j0 < n; j0 += VF_LANES) { /* a prefetch point per 8 tokens */  \
+              for (long j = j0; j < j0 + VF_LANES && j < n; j++) {                            \
                 vf b[GB];                                                                     \
                 for (int g = 0; g < GB; g++) /* x - 0 folds to a broadcast; 0 + x does not */ \
                     b[g] = tile_scores[((h0) + g) * SV + j / VF_LANES][j % VF_LANES]          \
@@ -203,8 +207,9 @@ static inline void prefetch_some(prefetcher *p) {
                     __asm__("" : "+x"(vc));                                                   \
                     for (int g = 0; g < GB; g++) o[g][c] += b[g] * vc;                        \
                 }                                                                             \
+              }                                                                               \
+              prefetch_some(&pf);                                                             \
             }                                                                                 \
-            prefetch_some(&pf);                                                               \
             for (int g = 0; g < GB; g++)                                                      \
                 for (int c = 0; c < QC; c++)                                                  \
                     storev(acc + ((h0) + g) * DIM + (c0 + c) * VF_LANES, o[g][c]);            \
@@ -248,7 +253,7 @@ static inline void prefetch_some(prefetcher *p) {
         /* prefetch points per tile: after each head's score and output passes (between, */  \
         /* not inside, the loops of FMAs) */                                                  \
         const long points = Hkv * G * SV                                                      \
-                            + Hkv * (SHARED_VALUES(G) ? (G + 2) / 3 * (NV < 4 ? 1 : NV / 4)   \
+                            + Hkv * (SHARED_VALUES(G) ? (G + 2) / 3 * (NV < 4 ? 1 : NV / 4) * SV \
                                                       : G * NV / QN);                         \
         prefetcher pf = {.k = k_cache, .v = v_cache, .blocks = blocks,                        \
                          .block_size = block_size, .token_stride = token_stride,              \
