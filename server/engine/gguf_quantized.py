@@ -53,8 +53,8 @@ class QuantizedWeights:
     scales, mins float32 [N, K / 32]), weight = scale * q + min; Q8_0 and Q6_K weights as
     (q int8 [N, K], scales float32 [N, K / 32] or [N, K / 16]), weight = scale * q."""
 
-    q4_1: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    q8_0: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    q4: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    q8: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def write_quantized(gguf_path: Path, folder: Path, config: dict[str, Any]) -> int:
@@ -83,7 +83,8 @@ def write_quantized(gguf_path: Path, folder: Path, config: dict[str, Any]) -> in
         if t.tensor_type.name in _Q8_READERS:
             q8, scales = _Q8_READERS[t.tensor_type.name](raw)
             parts = {"q8": q8, "scales": scales}
-        elif t.tensor_type.name in _Q4_READERS:
+        elif t.tensor_type.name in _Q4_READERS and name != "lm_head.weight":
+            # an untied head stays float32 unless 8-bit: the stack's head reads no 4-bit panels
             q, scales, mins = _Q4_READERS[t.tensor_type.name](raw)
             parts = {"q4": q, "scales": scales, "mins": mins}
         else:
@@ -121,9 +122,9 @@ def read_quantized(folder: Path) -> QuantizedWeights:
     for key in flat:
         name, kind = key.rsplit(".", 1)
         if kind == "q4":
-            found.q4_1[name] = (flat[key], flat[f"{name}.scales"], flat[f"{name}.mins"])
+            found.q4[name] = (flat[key], flat[f"{name}.scales"], flat[f"{name}.mins"])
         elif kind == "q8":
-            found.q8_0[name] = (flat[key], flat[f"{name}.scales"])
+            found.q8[name] = (flat[key], flat[f"{name}.scales"])
     return found
 
 

@@ -44,13 +44,13 @@ def test_the_4_bit_weights_give_back_the_float32_conversion(q4_gguf: Path, cache
     folder = load_model(q4_gguf, cache_dir=cache_dir).path
     found = read_quantized(folder)
     weights = load_file(str(folder / "model.safetensors"))
-    assert len(found.q4_1) == 2 * 7  # every linear weight of both layers
-    for name, (q, scales, mins) in found.q4_1.items():
+    assert len(found.q4) == 2 * 7  # every linear weight of both layers
+    for name, (q, scales, mins) in found.q4.items():
         rows, cols = q.shape
         dequantized = (q.float().view(rows, -1, 32) * scales[..., None] + mins[..., None])
         # bit for bit, q and k rows in HF's order too (llama.cpp permutes them)
         assert torch.equal(dequantized.view(rows, cols), weights[name]), name
-    (name, (q, scales)), = found.q8_0.items()
+    (name, (q, scales)), = found.q8.items()
     assert name == "model.embed_tokens.weight"
     rows, cols = q.shape
     dequantized = q.float().view(rows, -1, 32) * scales[..., None]
@@ -81,10 +81,10 @@ def test_4_bit_weights_that_differ_from_the_float32_ones_are_not_used(
     loaded = load_model(q4_gguf, cache_dir=cache_dir, quantized_linear=False)
     found = read_quantized(loaded.path)
     name = "model.layers.1.mlp.up_proj.weight"
-    q, scales, mins = found.q4_1[name]
-    found.q4_1[name] = (q, scales * 2, mins)
-    q8, q8_scales = found.q8_0["model.embed_tokens.weight"]
-    found.q8_0["model.embed_tokens.weight"] = (q8, q8_scales * 2)
+    q, scales, mins = found.q4[name]
+    found.q4[name] = (q, scales * 2, mins)
+    q8, q8_scales = found.q8["model.embed_tokens.weight"]
+    found.q8["model.embed_tokens.weight"] = (q8, q8_scales * 2)
     assert loaded.model.attach_quantized(found) == 2 * 4 - 1
     assert loaded.model.layers[1].mlp.gate_up_proj.q4 is None
     assert loaded.model.layers[1].mlp.down_proj.q4 is not None
@@ -139,11 +139,11 @@ def test_q4_0_and_q4_k_weights_are_kept_in_q4_1_form_bit_for_bit(
     loaded = load_model(mixed_gguf, cache_dir=cache_dir)
     found = read_quantized(loaded.path)
     weights = load_file(str(loaded.path / "model.safetensors"))
-    assert len(found.q4_1) == 2 * 7 - 1
-    assert "model.layers.1.self_attn.v_proj.weight" not in found.q4_1
-    assert set(found.q8_0) == {"model.layers.1.self_attn.v_proj.weight",
+    assert len(found.q4) == 2 * 7 - 1
+    assert "model.layers.1.self_attn.v_proj.weight" not in found.q4
+    assert set(found.q8) == {"model.layers.1.self_attn.v_proj.weight",
                                "model.embed_tokens.weight"}  # fmt: skip
-    for name, (q, scales, mins) in found.q4_1.items():
+    for name, (q, scales, mins) in found.q4.items():
         rows, cols = q.shape
         dequantized = q.float().view(rows, -1, 32) * scales[..., None] + mins[..., None]
         assert torch.equal(dequantized.view(rows, cols), weights[name]), name
@@ -260,7 +260,7 @@ def test_a_q4_k_m_like_file_keeps_its_6_bit_layers_as_8_bit_panels(tmp_path: Pat
     loaded = load_model(path, cache_dir=tmp_path / "models")
     found = read_quantized(loaded.path)
     weights = load_file(str(loaded.path / "model.safetensors"))
-    for name, (q, scales) in found.q8_0.items():
+    for name, (q, scales) in found.q8.items():
         assert scales.shape[1] * 16 == q.shape[1], name
         rows, cols = q.shape
         dequantized = (q.float().view(rows, -1, 16) * scales[..., None]).view(rows, cols)
@@ -276,3 +276,17 @@ def test_a_q4_k_m_like_file_keeps_its_6_bit_layers_as_8_bit_panels(tmp_path: Pat
     engines = [LLMEngine.from_pretrained(str(loaded.path), num_kv_blocks=64, quantized_linear=q)
                for q in (True, False)]  # fmt: skip
     assert_same_generations(*engines, (1, 3))
+
+
+def test_an_untied_4_bit_head_is_not_kept(tmp_path: Path):
+    """The stack's head reads 8-bit panels only: a Q4_0 file's untied output.weight is left to
+    float32 (not saved), while its layers take their 4-bit weights."""
+    folder = make_tiny_model(tmp_path / "llama", "llama", seed=10)  # untied
+    path = tmp_path / "tiny-llama.Q4_0.gguf"
+    write_llama_gguf(folder, path, quant="q4_0")
+    loaded = load_model(path, cache_dir=tmp_path / "models")
+    assert "lm_head.weight" not in read_quantized(loaded.path).q4
+    model = loaded.model
+    assert model.lm_head is not None and model.lm_head.q4 is None and model.lm_head.q8 is None
+    assert all(m.q4 is not None for m in model.modules() if isinstance(m, Linear)
+               and m is not model.lm_head)  # fmt: skip

@@ -11,10 +11,9 @@ from server.kernels.cpu.q4_linear import Q4Panels
 from server.kernels.cpu.q8_linear import Q8Panels
 
 # Up to this many rows, layers with 4- or 8-bit weights (`Linear.attach_q4`, `attach_q8`)
-# multiply with them, and
-# up to QUANTIZED_HEAD_MAX_ROWS logit rows the model's 8-bit head; from there on the float32
-# panels (compute-bound there: dequantizing costs more than the bytes it saves). The measured
-# crossovers: server/kernels/README.md (q4 and q8 sections).
+# multiply with them, and up to QUANTIZED_HEAD_MAX_ROWS logit rows the model's 8-bit head; from
+# there on the float32 panels (compute-bound there: dequantizing costs more than the bytes it
+# saves). The measured crossovers: server/kernels/README.md (q4 and q8 sections).
 QUANTIZED_MAX_ROWS = 16
 QUANTIZED_HEAD_MAX_ROWS = 16
 

@@ -247,7 +247,7 @@ class LlamaForCausalLM(nn.Module):
 
     def attach_quantized(self, weights: QuantizedWeights) -> int:
         """Give the packed linear layers their 4-bit or 8-bit weights, a packed untied head its
-        Q8_0 weight and a packed tied head its Q8_0 embedding where `weights`
+        8-bit (Q8_0, Q6_K) weight and a packed tied head its 8-bit embedding where `weights`
         (`server.engine.gguf_quantized`) has every weight a layer fuses, all of one kind, and
         they equal its float32 weight bit for bit; rebuilds the decoder stack to use them.
         Returns how many layers (the head counted) took them."""
@@ -258,20 +258,20 @@ class LlamaForCausalLM(nn.Module):
                     if not linear.packed:
                         continue
                     keys = [f"model.layers.{i}.{prefix}.{name}.weight" for name in names]
-                    if all(k in weights.q4_1 for k in keys):
-                        parts = zip(*(weights.q4_1[k] for k in keys), strict=True)
+                    if all(k in weights.q4 for k in keys):
+                        parts = zip(*(weights.q4[k] for k in keys), strict=True)
                         q, scales, mins = (torch.cat(t) for t in parts)
                         attached += linear.attach_q4(q4_linear.pack_q4(q, scales, mins))
-                    elif all(k in weights.q8_0 for k in keys) and len(
-                        {weights.q8_0[k][1].shape[1] for k in keys}  # one block size
+                    elif all(k in weights.q8 for k in keys) and len(
+                        {weights.q8[k][1].shape[1] for k in keys}  # one block size
                     ) == 1:
-                        parts = zip(*(weights.q8_0[k] for k in keys), strict=True)
+                        parts = zip(*(weights.q8[k] for k in keys), strict=True)
                         q8, scales = (torch.cat(t) for t in parts)
                         attached += linear.attach_q8(q8_linear.pack_q8(q8, scales))
-        head = weights.q8_0.get("lm_head.weight")  # an untied head: 8-bit, as the stack reads
+        head = weights.q8.get("lm_head.weight")  # an untied head: 8-bit, as the stack reads
         if head is not None and self.lm_head is not None and self.lm_head.packed:
             attached += self.lm_head.attach_q8(q8_linear.pack_q8(*head))
-        embedding = weights.q8_0.get("model.embed_tokens.weight")
+        embedding = weights.q8.get("model.embed_tokens.weight")
         if embedding is not None and self.tied_head is not None and self.tied_head.dim() == 3:
             panels = q8_linear.pack_q8(*embedding)
             if panels.out_features == self.config.vocab_size and q8_linear.matches(
