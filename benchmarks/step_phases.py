@@ -118,11 +118,11 @@ def one_round(
 
 
 def _linear_bytes(layer: LayerTensors, name: str, quantized: bool) -> int:
-    """Bytes the stack reads for one projection: 4- or 8-bit where it has them and uses them."""
-    for kind in ("q4", "q8"):
-        panels = getattr(layer, f"{name}_{kind}")
-        if quantized and panels is not None:
-            return panels.nbytes
+    """Bytes the stack reads for one projection: 4- or 8-bit where it has them and uses them
+    (both for a split projection)."""
+    parts = [getattr(layer, f"{name}_{kind}") for kind in ("q4", "q8")]
+    if quantized and any(p is not None for p in parts):
+        return sum(p.nbytes for p in parts if p is not None)
     return getattr(layer, name).numel() * 4
 
 

@@ -134,8 +134,8 @@ def test_q4_0_and_q4_k_weights_are_kept_in_q4_1_form_bit_for_bit(
     mixed_gguf: Path, cache_dir: Path
 ):
     """Q4_0's d * (q - 8) and Q4_K's d * sc * q - dmin * m, saved as scale * q + min, give back
-    transformers' float32 conversion exactly; the Q8_0 layer is left to float32; the layers
-    whose fused parts are all 4-bit take them, the fused q/k/v with the 8-bit v does not."""
+    transformers' float32 conversion exactly; the Q8_0 layer is kept 8-bit; the layers whose
+    fused parts are all 4-bit take them, the fused q/k/v with the 8-bit v takes both, split."""
     loaded = load_model(mixed_gguf, cache_dir=cache_dir)
     found = read_quantized(loaded.path)
     weights = load_file(str(loaded.path / "model.safetensors"))
@@ -149,24 +149,31 @@ def test_q4_0_and_q4_k_weights_are_kept_in_q4_1_form_bit_for_bit(
         assert torch.equal(dequantized.view(rows, cols), weights[name]), name
     model = loaded.model
     assert model.layers[0].self_attn.qkv_proj.q4 is not None
-    assert model.layers[1].self_attn.qkv_proj.q4 is None
+    assert not model.layers[0].self_attn.qkv_proj.split
+    qkv = model.layers[1].self_attn.qkv_proj
+    assert qkv.split and qkv.q8.out_features == qkv.out_features - qkv.q4.out_features
     for layer in model.layers:
         assert layer.self_attn.o_proj.q4 is not None
         assert layer.mlp.gate_up_proj.q4 is not None and layer.mlp.down_proj.q4 is not None
     assert model.head_q8 is not None
 
 
+@pytest.mark.parametrize("fused_layers", [True, False])
 def test_the_engine_decodes_the_same_tokens_with_q4_0_and_q4_k_weights(
-    mixed_gguf: Path, cache_dir: Path
+    mixed_gguf: Path, cache_dir: Path, fused_layers: bool
 ):
+    """Through the decoder stack and layer by layer, the split q/k/v included."""
     load_model(mixed_gguf, cache_dir=cache_dir)  # converted once
     engines = [
         LLMEngine.from_pretrained(str(cache_dir / mixed_gguf.stem), num_kv_blocks=64,
-                                  quantized_linear=q4)
+                                  quantized_linear=q4, fused_layers=fused_layers)
         for q4 in (True, False)
     ]  # fmt: skip
-    assert engines[0].runner.model.layers[0].mlp.down_proj.q4 is not None
-    assert_same_generations(*engines, (1, 5))
+    model = engines[0].runner.model
+    assert model.layers[0].mlp.down_proj.q4 is not None
+    assert model.layers[1].self_attn.qkv_proj.split
+    assert (model.decoder_stack is not None) == fused_layers
+    assert_same_generations(*engines, (1, 5, QUANTIZED_MAX_ROWS + 2))
 
 
 def test_a_qwen2_gguf_keeps_its_4_bit_weights_too(tmp_path: Path):
@@ -249,8 +256,9 @@ def assert_same_generations(
 def test_a_q4_k_m_like_file_keeps_its_6_bit_layers_as_8_bit_panels(tmp_path: Path):
     """Q6_K (6-bit values, a scale per 16 weights) goes to 8-bit panels with 16-input blocks:
     the down projections and the tied embedding (head) of a file mixed as Q4_K_M's are, bit
-    for bit; a fused q/k/v whose v is Q6_K while q and k are Q4_K stays float32; the tokens
-    are the float32-only engine's."""
+    for bit; a fused q/k/v whose v is Q6_K while q and k are Q4_K is split, q and k 4-bit and
+    v 8-bit, so a step reads ~0.7 bytes a weight there instead of float32's 4; the tokens are
+    the float32-only engine's."""
     folder = make_tiny_model(tmp_path / "llama", "llama", seed=9, tie_word_embeddings=True,
                              hidden_size=256, intermediate_size=512, head_dim=64)  # fmt: skip
     path = tmp_path / "tiny-llama.Q4_K_M.gguf"
@@ -271,7 +279,10 @@ def test_a_q4_k_m_like_file_keeps_its_6_bit_layers_as_8_bit_panels(tmp_path: Pat
         assert layer.mlp.gate_up_proj.q4 is not None and layer.self_attn.o_proj.q4 is not None
     assert model.layers[0].self_attn.qkv_proj.q4 is not None
     qkv = model.layers[1].self_attn.qkv_proj
-    assert qkv.q4 is None and qkv.q8 is None
+    assert qkv.split and qkv.q8.block == 16
+    c = model.config
+    assert qkv.q4.out_features == (c.num_heads + c.num_kv_heads) * c.head_dim  # q and k
+    assert qkv.bytes_read(1) * 4 < qkv.bytes_read(QUANTIZED_MAX_ROWS + 1)
     assert model.head_q8 is not None and model.head_q8.block == 16
     engines = [LLMEngine.from_pretrained(str(loaded.path), num_kv_blocks=64, quantized_linear=q)
                for q in (True, False)]  # fmt: skip
@@ -290,3 +301,36 @@ def test_an_untied_4_bit_head_is_not_kept(tmp_path: Path):
     assert model.lm_head is not None and model.lm_head.q4 is None and model.lm_head.q8 is None
     assert all(m.q4 is not None for m in model.modules() if isinstance(m, Linear)
                and m is not model.lm_head)  # fmt: skip
+
+
+def test_a_split_layer_takes_4_bit_then_8_bit_parts_of_its_own_weight() -> None:
+    """`attach_split`: the first outputs (whole 16-column panels) 4-bit, the rest 8-bit, each
+    checked against its own columns; the product is x @ W within float32 rounding, with its
+    bias, up to QUANTIZED_MAX_ROWS rows (then the float32 panels)."""
+    torch.manual_seed(1)
+    q, scales, mins = q4_linear.quantize_q4_1(torch.randn(48, 64))
+    q8, d8 = q8_linear.quantize_q8_0(torch.randn(24, 64), block=16)
+    four, eight = q4_linear.pack_q4(q, scales, mins), q8_linear.pack_q8(q8, d8)
+    weight_t = torch.cat([q4_linear.dequantize(four), q8_linear.dequantize(eight)], dim=1)
+
+    def packed_layer() -> Linear:
+        layer = Linear(64, 72, bias=True)
+        layer.weight_t.data.copy_(weight_t)
+        layer.bias.data.copy_(torch.randn(72))
+        layer.pack()
+        return layer
+
+    layer = packed_layer()
+    assert not layer.attach_split(eight, four)  # the wrong way round
+    narrow = q4_linear.pack_q4(q[:40], scales[:40], mins[:40])  # not whole panels
+    assert not layer.attach_split(narrow, q8_linear.pack_q8(*q8_linear.quantize_q8_0(
+        torch.randn(32, 64))))  # fmt: skip
+    other = q8_linear.pack_q8(*q8_linear.quantize_q8_0(torch.randn(24, 64), block=16))
+    assert not layer.attach_split(four, other)  # the 8-bit part is not this weight's
+    assert not layer.split
+    assert layer.attach_split(four, eight) and layer.split
+    assert layer.bytes_read(1) < layer.bytes_read(QUANTIZED_MAX_ROWS + 1) / 4
+    for rows in (1, 3, QUANTIZED_MAX_ROWS, QUANTIZED_MAX_ROWS + 1):
+        x = torch.randn(rows, 64)
+        want = (x.double() @ weight_t.double() + layer.bias.double()).float()
+        torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5)

@@ -28,7 +28,9 @@ class Linear(nn.Module):
     `weight_t`, e.g. to load new weights. Parameters are left uninitialised (they are loaded),
     so construction costs nothing. A packed layer may also hold its weight 4-bit
     (`attach_q4`, from a GGUF's Q4_0/Q4_1/Q4_K blocks) or 8-bit (`attach_q8`, Q8_0/Q6_K): steps of
-    few rows then stream ~5x (~3.5x) fewer bytes.
+    few rows then stream ~5x (~3.5x) fewer bytes. A layer fused from weights of both kinds
+    holds both, split (`attach_split`): the first `q4.out_features` outputs 4-bit, the rest
+    8-bit.
     """
 
     def __init__(
@@ -90,6 +92,30 @@ class Linear(nn.Module):
         self.q8 = panels
         return True
 
+    def attach_split(self, q4: Q4Panels, q8: Q8Panels) -> bool:
+        """Use `q4` for the first `q4.out_features` outputs (a multiple of 16, so that each
+        part has whole panels) and `q8` for the rest, if each holds its columns of this packed
+        layer's weight bit for bit: a GGUF mixed as Q4_K_M keeps q and k Q4_K and v Q6_K in
+        one fused q/k/v. True if attached."""
+        n4 = q4.out_features
+        if not (
+            self.panels is not None and n4 % cpu.PANEL == 0
+            and q4.in_features == q8.in_features == self.in_features
+            and n4 + q8.out_features == self.out_features
+        ):
+            return False
+        panels = self.panels.data
+        first = n4 // cpu.PANEL
+        if not (q4_linear.matches(q4, panels[:first]) and q8_linear.matches(q8, panels[first:])):
+            return False
+        self.q4, self.q8 = q4, q8
+        return True
+
+    @property
+    def split(self) -> bool:
+        """Whether the layer holds its weight part 4-bit, part 8-bit (`attach_split`)."""
+        return self.q4 is not None and self.q8 is not None
+
     def _fits(self, panels: Q4Panels | Q8Panels) -> bool:
         """A packed layer of `panels`' shape (the float32 panels' padding hides N's last digits)."""
         return self.panels is not None and (panels.in_features, panels.out_features) == (
@@ -98,7 +124,9 @@ class Linear(nn.Module):
 
     def bytes_read(self, rows: int) -> int:
         """Bytes of weight (and bias) a product of `rows` rows reads."""
-        if self.q4 is not None and rows <= QUANTIZED_MAX_ROWS:
+        if self.split and rows <= QUANTIZED_MAX_ROWS:
+            weight = self.q4.nbytes + self.q8.nbytes
+        elif self.q4 is not None and rows <= QUANTIZED_MAX_ROWS:
             weight = self.q4.nbytes
         elif self.q8 is not None and rows <= QUANTIZED_MAX_ROWS:
             weight = self.q8.nbytes
@@ -118,6 +146,11 @@ class Linear(nn.Module):
         self.panels = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.split and x.shape[0] <= QUANTIZED_MAX_ROWS:
+            n4 = self.q4.out_features
+            bias = (None, None) if self.bias is None else (self.bias[:n4], self.bias[n4:])
+            return torch.cat([q4_linear.q4_linear(x, self.q4, bias[0]),
+                              q8_linear.q8_linear(x, self.q8, bias[1])], dim=1)  # fmt: skip
         if self.q4 is not None and x.shape[0] <= QUANTIZED_MAX_ROWS:
             return q4_linear.q4_linear(x, self.q4, self.bias)
         if self.q8 is not None and x.shape[0] <= QUANTIZED_MAX_ROWS:

@@ -248,8 +248,9 @@ class LlamaForCausalLM(nn.Module):
     def attach_quantized(self, weights: QuantizedWeights) -> int:
         """Give the packed linear layers their 4-bit or 8-bit weights, a packed untied head its
         8-bit (Q8_0, Q6_K) weight and a packed tied head its 8-bit embedding where `weights`
-        (`server.engine.gguf_quantized`) has every weight a layer fuses, all of one kind, and
-        they equal its float32 weight bit for bit; rebuilds the decoder stack to use them.
+        (`server.engine.gguf_quantized`) has every weight a layer fuses (all of one kind, or
+        4-bit parts then 8-bit ones, as Q4_K_M's q/k/v with a Q6_K v: `Linear.attach_split`)
+        and they equal its float32 weight bit for bit; rebuilds the decoder stack to use them.
         Returns how many layers (the head counted) took them."""
         attached = 0
         for i, layer in enumerate(self.layers):
@@ -258,16 +259,16 @@ class LlamaForCausalLM(nn.Module):
                     if not linear.packed:
                         continue
                     keys = [f"model.layers.{i}.{prefix}.{name}.weight" for name in names]
-                    if all(k in weights.q4 for k in keys):
-                        parts = zip(*(weights.q4[k] for k in keys), strict=True)
-                        q, scales, mins = (torch.cat(t) for t in parts)
-                        attached += linear.attach_q4(q4_linear.pack_q4(q, scales, mins))
-                    elif all(k in weights.q8 for k in keys) and len(
-                        {weights.q8[k][1].shape[1] for k in keys}  # one block size
-                    ) == 1:
-                        parts = zip(*(weights.q8[k] for k in keys), strict=True)
-                        q8, scales = (torch.cat(t) for t in parts)
-                        attached += linear.attach_q8(q8_linear.pack_q8(q8, scales))
+                    # the leading parts 4-bit, the rest 8-bit (either may be empty)
+                    n4 = next((j for j, k in enumerate(keys) if k not in weights.q4), len(keys))
+                    q4 = _q4_panels(weights, keys[:n4])
+                    q8 = _q8_panels(weights, keys[n4:])
+                    if q4 is not None and q8 is not None:
+                        attached += linear.attach_split(q4, q8)
+                    elif q4 is not None and n4 == len(keys):
+                        attached += linear.attach_q4(q4)
+                    elif q8 is not None and n4 == 0:
+                        attached += linear.attach_q8(q8)
         head = weights.q8.get("lm_head.weight")  # an untied head: 8-bit, as the stack reads
         if head is not None and self.lm_head is not None and self.lm_head.packed:
             attached += self.lm_head.attach_q8(q8_linear.pack_q8(*head))
@@ -498,6 +499,25 @@ class _WeightCopier:
         buffer = self.scratch[:n].view(dense_slot.shape)
         buffer.copy_(tensor.t())
         dense_slot.copy_(buffer)
+
+
+def _q4_panels(weights: QuantizedWeights, keys: list[str]) -> q4_linear.Q4Panels | None:
+    """The 4-bit weights `keys` stacked (outputs in order) into panels; None for no keys."""
+    if not keys:
+        return None
+    q, scales, mins = (torch.cat(t) for t in zip(*(weights.q4[k] for k in keys), strict=True))
+    return q4_linear.pack_q4(q, scales, mins)
+
+
+def _q8_panels(weights: QuantizedWeights, keys: list[str]) -> q8_linear.Q8Panels | None:
+    """The 8-bit weights `keys` stacked into panels; None for no keys, a key not 8-bit or
+    parts of different block sizes."""
+    if not keys or not all(k in weights.q8 for k in keys):
+        return None
+    if len({weights.q8[k][1].shape[1] for k in keys}) != 1:  # one block size
+        return None
+    q8, scales = (torch.cat(t) for t in zip(*(weights.q8[k] for k in keys), strict=True))
+    return q8_linear.pack_q8(q8, scales)
 
 
 def _fused_slots(linear: Linear, parts: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:

@@ -68,13 +68,16 @@ int parrot_paged_levels(const float *q, long Hq, long Hkv, long D, const float *
                         int threads);
 
 /* A projection's weight 4-bit (q4_linear.c's panels: qs, scales, mins) or 8-bit (q8_linear.c's:
- * q8, q8_scales, a scale per q8_block k's), or all NULL. */
+ * q8, q8_scales, a scale per q8_block k's), or all NULL; or split, both set: the first
+ * q4_columns outputs (a multiple of 16) 4-bit and the rest 8-bit, as a GGUF mixed like
+ * Q4_K_M has a fused q/k/v whose q and k are Q4_K and v Q6_K. */
 typedef struct {
     const uint8_t *qs;
     const float *scales, *mins;
     const int8_t *q8;
     const float *q8_scales;
     long q8_block;
+    long q4_columns;
 } parrot_q4;
 
 /* One layer's parameters: norms [hidden]; packed panels of qkv [hidden -> (Hq + 2 Hkv) D],
@@ -148,7 +151,8 @@ static void rope_and_store(const float *qkv, const parrot_stack_shape *s, float 
 static void silu_mul(const float *gate_up, long rows, long n, float *out, int threads);
 static void add_into(float *x, const float *y, long n, int threads);
 static void linear(const float *x, long R, long K, const float *panels, const parrot_q4 *q4,
-                   long N, const float *bias, float *y, long quantized_max_rows, int threads);
+                   long N, const float *bias, float *y, long quantized_max_rows, float *split,
+                   int threads);
 
 /* x [R, hidden] (the residual stream, updated in place) through layers[first .. num_layers),
  * then the logits of `head` unless it is NULL. With `stop` (may be NULL), a flag that another
@@ -172,9 +176,11 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
     float *attn = malloc(sizeof(float) * R * q_size);
     float *lse = malloc(sizeof(float) * R * s->heads);
     float *delta = malloc(sizeof(float) * R * H);
+    /* a split projection's two parts land here before they are interleaved into its output */
+    float *parts = R <= quant_rows ? malloc(sizeof(float) * R * (wide > H ? wide : H)) : NULL;
     step_split split;
     int status = split_step(b, &split);
-    if (!(normed && proj && q && attn && lse && delta)) status = -1;
+    if (!(normed && proj && q && attn && lse && delta && (parts || R > quant_rows))) status = -1;
     PHASE_START();
     long i = first;
     for (; i < num_layers && status == 0; i++) {
@@ -182,7 +188,8 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
         const parrot_layer *l = layers + i;
         rms_norm(x, l->input_norm, s->eps, R, H, normed, threads);
         PHASE_END(PHASE_ELEMENTWISE);
-        linear(normed, R, H, l->qkv, &l->qkv_q4, qkv_size, l->qkv_bias, proj, quant_rows, threads);
+        linear(normed, R, H, l->qkv, &l->qkv_q4, qkv_size, l->qkv_bias, proj, quant_rows, parts,
+               threads);
         PHASE_END(PHASE_QKV);
         rope_and_store(proj, s, b->k_caches[i], b->v_caches[i], b, q, threads);
         PHASE_END(PHASE_ELEMENTWISE);
@@ -190,17 +197,18 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
         status = attend(q, s, b->k_caches[i], b->v_caches[i], b, &split, proj, lse, attn,
                         threads);
         PHASE_END(PHASE_ATTENTION);
-        linear(attn, R, q_size, l->o, &l->o_q4, H, l->o_bias, delta, quant_rows, threads);
+        linear(attn, R, q_size, l->o, &l->o_q4, H, l->o_bias, delta, quant_rows, parts, threads);
         PHASE_END(PHASE_O);
         add_into(x, delta, R * H, threads);
         rms_norm(x, l->post_norm, s->eps, R, H, normed, threads);
         PHASE_END(PHASE_ELEMENTWISE);
         linear(normed, R, H, l->gate_up, &l->gate_up_q4, 2 * I, l->gate_up_bias, proj, quant_rows,
-               threads);
+               parts, threads);
         PHASE_END(PHASE_GATE_UP);
         silu_mul(proj, R, I, normed, threads);
         PHASE_END(PHASE_ELEMENTWISE);
-        linear(normed, R, I, l->down, &l->down_q4, H, l->down_bias, delta, quant_rows, threads);
+        linear(normed, R, I, l->down, &l->down_q4, H, l->down_bias, delta, quant_rows, parts,
+               threads);
         PHASE_END(PHASE_DOWN);
         add_into(x, delta, R * H, threads);
         PHASE_END(PHASE_ELEMENTWISE);
@@ -225,6 +233,7 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
     free(attn);
     free(lse);
     free(delta);
+    free(parts);
     return status ? status : (int)stopped_at;
 }
 
@@ -374,10 +383,22 @@ static void add_into(float *x, const float *y, long n, int threads) {
 }
 
 /* y = x @ W (+ bias): the 4- or 8-bit weights for steps of few rows (they stream ~5x or ~3.5x
- * fewer bytes), else the float32 panels */
+ * fewer bytes), else the float32 panels. A split weight's parts go through `parts` (R x N
+ * floats): each kernel writes rows of its own width. */
 static void linear(const float *x, long R, long K, const float *panels, const parrot_q4 *q4,
-                   long N, const float *bias, float *y, long quantized_max_rows, int threads) {
-    if (q4->qs && R <= quantized_max_rows)
+                   long N, const float *bias, float *y, long quantized_max_rows, float *parts,
+                   int threads) {
+    if (q4->qs && q4->q8 && R <= quantized_max_rows) {
+        const long n4 = q4->q4_columns, n8 = N - n4;
+        float *y4 = parts, *y8 = parts + R * n4;
+        parrot_q4_linear(x, R, K, q4->qs, q4->scales, q4->mins, n4, bias, y4, threads);
+        parrot_q8_linear(x, R, K, q4->q8, q4->q8_scales, q4->q8_block, n8, bias ? bias + n4 : NULL,
+                         y8, threads);
+        for (long r = 0; r < R; r++) {
+            memcpy(y + r * N, y4 + r * n4, sizeof(float) * n4);
+            memcpy(y + r * N + n4, y8 + r * n8, sizeof(float) * n8);
+        }
+    } else if (q4->qs && R <= quantized_max_rows)
         parrot_q4_linear(x, R, K, q4->qs, q4->scales, q4->mins, N, bias, y, threads);
     else if (q4->q8 && R <= quantized_max_rows)
         parrot_q8_linear(x, R, K, q4->q8, q4->q8_scales, q4->q8_block, N, bias, y, threads);

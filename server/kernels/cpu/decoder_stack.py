@@ -176,6 +176,8 @@ class DecoderStack:
                     setattr(slot, f"{name}_q8", q8.qs.data_ptr())
                     setattr(slot, f"{name}_q8_scales", q8.scales.data_ptr())
                     setattr(slot, f"{name}_q8_block", q8.block)
+                if q4 is not None and q8 is not None:  # split: q4's outputs first
+                    setattr(slot, f"{name}_q4_columns", q4.out_features)
 
     def run(
         self,
@@ -339,13 +341,14 @@ class _Layer(ctypes.Structure):
         "input_norm", "post_norm", "qkv", "qkv_bias", "o", "o_bias",
         "gate_up", "gate_up_bias", "down", "down_bias",
     )
-    Q4 = ("qkv", "o", "gate_up", "down")  # each: qs, scales, mins, q8, q8_scales (or NULL)
+    # each: qs, scales, mins, q8, q8_scales (or NULL), q8_block, q4_columns (split layers)
+    Q4 = ("qkv", "o", "gate_up", "down")
     _fields_ = [
         *((name, ctypes.c_void_p) for name in WEIGHTS),
         *(field for name in Q4 for field in (
             *((f"{name}_{part}", ctypes.c_void_p)
               for part in ("qs", "scales", "mins", "q8", "q8_scales")),
-            (f"{name}_q8_block", ctypes.c_long),
+            (f"{name}_q8_block", ctypes.c_long), (f"{name}_q4_columns", ctypes.c_long),
         )),
     ]
 
@@ -429,16 +432,26 @@ def _check_layer(index: int, layer: LayerTensors, shape: StackShape) -> None:
             continue
         _check_tensor(f"layer {index} {name}", tensor, want)
     for name, (k, n) in panels.items():
-        for kind in ("q4", "q8"):
-            quantized = getattr(layer, f"{name}_{kind}")
+        q4, q8 = getattr(layer, f"{name}_q4"), getattr(layer, f"{name}_q8")
+        if q8 is not None and q8.block not in Q8_BLOCKS:
+            raise ValueError(f"decoder stack: layer {index} {name}_q8 has blocks of "
+                             f"{q8.block} inputs, not {Q8_BLOCKS}")  # fmt: skip
+        if q4 is not None and q8 is not None:  # split: q4's outputs, then q8's
+            sizes = (q4.in_features, q8.in_features, q4.out_features + q8.out_features)
+            if sizes != (k, k, n) or q4.out_features % PANEL:
+                raise ValueError(
+                    f"decoder stack: layer {index} {name} is split {q4.in_features} -> "
+                    f"{q4.out_features} (4-bit) and {q8.in_features} -> {q8.out_features} "
+                    f"(8-bit), expected {k} -> {n} together, the 4-bit part in whole panels "
+                    f"of {PANEL}"
+                )
+            continue
+        for kind, quantized in (("q4", q4), ("q8", q8)):
             if quantized is not None and (quantized.in_features, quantized.out_features) != (k, n):
                 raise ValueError(
                     f"decoder stack: layer {index} {name}_{kind} is {quantized.in_features} -> "
                     f"{quantized.out_features}, expected {k} -> {n}"
                 )
-            if kind == "q8" and quantized is not None and quantized.block not in Q8_BLOCKS:
-                raise ValueError(f"decoder stack: layer {index} {name}_q8 has blocks of "
-                                 f"{quantized.block} inputs, not {Q8_BLOCKS}")  # fmt: skip
 
 
 def _check_head(head: HeadTensors, shape: StackShape) -> None:

@@ -21,6 +21,7 @@ from server.kernels.cpu.decoder_stack import (
     StackRun,
     StackShape,
 )
+from server.kernels.cpu.q4_linear import Q4Panels
 from server.kernels.cpu.q8_linear import Q8Panels
 from tests.engine.test_models import PagedRunner
 from tests.tiny_models import make_tiny_model
@@ -288,6 +289,14 @@ def test_bad_tensors_are_refused_with_their_names(tiny_llama_path: Path) -> None
                       torch.zeros(good.o.shape[0], k // 8, 16), n)  # fmt: skip
     with pytest.raises(ValueError, match="layer 0 o_q8 has blocks of 8 inputs"):
         DecoderStack(stack.shape, [LayerTensors(**{**_fields(good), "o_q8": eights})])
+    # a split o (4-bit outputs, then 8-bit) whose parts do not add up to its outputs
+    fours = Q4Panels(torch.zeros(1, k, 8, dtype=torch.uint8), torch.zeros(1, k // 32, 16),
+                     torch.zeros(1, k // 32, 16), 16)  # fmt: skip
+    sixteens = Q8Panels(torch.zeros(good.o.shape[0], k, 16, dtype=torch.int8),
+                        torch.zeros(good.o.shape[0], k // 16, 16), n)  # fmt: skip
+    with pytest.raises(ValueError, match="layer 0 o is split"):
+        DecoderStack(stack.shape, [LayerTensors(**{**_fields(good), "o_q4": fours,
+                                                   "o_q8": sixteens})])  # fmt: skip
     c = model.config
     with pytest.raises(ValueError, match="do not take 5 query heads"):
         StackShape(c.hidden_size, 5, 2, c.head_dim, c.intermediate_size, 1e-5,
