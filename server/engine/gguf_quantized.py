@@ -2,15 +2,17 @@
 
 A converted GGUF's float32 weights are what transformers dequantizes. Beside them
 (`quantized.weights`, safetensors inside) this module saves, under the HF tensor's name, every
-Q4_0, Q4_1, Q4_K, Q8_0 and Q6_K linear weight (an untied LM head's too) and a Q8_0 or Q6_K
-token embedding (the tied LM head): 4-bit values with scales and mins, or 8-bit values with a
-scale per 32 inputs (Q8_0) or 16 (Q6_K's 6-bit values); rows in HF's order (llama.cpp permutes
-a Llama's rows of q and k, transformers un-permutes them, so do we; a Qwen2's are as they are).
-The three 4-bit types are saved in Q4_1's form, scale * q + min: Q4_0's d * (q - 8) as
-d * q + (-8 d); Q4_K's d * sc_j * q - dmin * m_j (block j of 32 in a super-block of 256) with
-scale = d * sc_j and min = -(dmin * m_j); Q6_K's d * sc_j * q with scale = d * sc_j. Every
-such product is exact in float32 (a float16 times a small integer), so the weights are the same
-numbers. The engine checks at load that they give back its float32 weights bit for bit before it
+Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K and Q8_0 linear weight (an untied LM head's too,
+unless 4-bit) and a token embedding of the 5-, 6- or 8-bit types (the tied LM head): 4-bit
+values with scales and mins, or int8 values with a scale per 32 inputs (Q8_0, the Q5 types) or
+16 (Q6_K's 6-bit values) and, for Q5_1 and Q5_K, a min per block; rows in HF's order (llama.cpp
+permutes a Llama's rows of q and k, transformers un-permutes them, so do we; a Qwen2's are as
+they are). The three 4-bit types are saved in Q4_1's form, scale * q + min: Q4_0's
+d * (q - 8) as d * q + (-8 d); Q4_K's d * sc_j * q - dmin * m_j (block j of 32 in a
+super-block of 256) with scale = d * sc_j and min = -(dmin * m_j); Q5_K likewise with q in
+0..31; Q5_0's d * (q - 16) as int8 q - 16; Q6_K's d * sc_j * q with scale = d * sc_j. Every
+such product is exact in float32 (a float16 times a small integer) and a min is added once, as
+gguf-py does, so the weights are the same numbers. The engine checks at load that they give back its float32 weights bit for bit before it
 uses them (`server/engine/models`).
 """
 
@@ -35,6 +37,9 @@ _Q4_1_BYTES = 20  # fp16 scale, fp16 min, 16 bytes of nibbles
 _Q8_0_BYTES = 34  # fp16 scale, 32 int8
 _Q4_K_BYTES = 144  # fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles
 _Q6_K_BYTES = 210  # 128 bytes of low nibbles, 64 of high 2-bit parts, 16 int8 scales, fp16 d
+_Q5_0_BYTES = 22  # fp16 d, 4 bytes of high bits, 16 bytes of nibbles
+_Q5_1_BYTES = 24  # fp16 d, fp16 m, 4 bytes of high bits, 16 bytes of nibbles
+_Q5_K_BYTES = 176  # fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins, 32 of high bits, 128
 _EMBEDDING = "model.embed_tokens.weight"
 _HF_NAMES = {
     "attn_q": "self_attn.q_proj",
@@ -50,16 +55,19 @@ _HF_NAMES = {
 @dataclass
 class QuantizedWeights:
     """By HF weight name: 4-bit weights (Q4_0, Q4_1, Q4_K) as (q uint8 [N, K] in 0..15,
-    scales, mins float32 [N, K / 32]), weight = scale * q + min; Q8_0 and Q6_K weights as
-    (q int8 [N, K], scales float32 [N, K / 32] or [N, K / 16]), weight = scale * q."""
+    scales, mins float32 [N, K / 32]), weight = scale * q + min; 8-, 6- and 5-bit weights (Q8_0,
+    Q6_K, Q5_0, Q5_1, Q5_K) as (q int8 [N, K], scales float32 [N, K / 32] or [N, K / 16], mins
+    as the scales for Q5_1 and Q5_K, else None), weight = scale * q (+ min)."""
 
     q4: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    q8: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    q8: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = field(
+        default_factory=dict
+    )
 
 
 def write_quantized(gguf_path: Path, folder: Path, config: dict[str, Any]) -> int:
-    """Save the Q4_0, Q4_1, Q4_K, Q8_0 and Q6_K linear weights and a Q8_0 or Q6_K token
-    embedding of the Llama or Qwen2 GGUF at `gguf_path` into `folder / QUANTIZED_FILE`
+    """Save the Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K and Q8_0 linear weights and a 5-,
+    6- or 8-bit token embedding of the Llama or Qwen2 GGUF at `gguf_path` into `folder / QUANTIZED_FILE`
     (atomically); `config` is the converted HF config. Returns how many weights were saved (0:
     none, and no file)."""
     from gguf import GGUFReader
@@ -73,16 +81,20 @@ def write_quantized(gguf_path: Path, folder: Path, config: dict[str, Any]) -> in
     for t in reader.tensors:
         raw = np.asarray(t.data)
         if t.name == "token_embd.weight" and t.tensor_type.name in _Q8_READERS:
-            q8, scales = _Q8_READERS[t.tensor_type.name](raw)
+            q8, scales, mins = _Q8_READERS[t.tensor_type.name](raw)
             arrays.update({f"{_EMBEDDING}.q8": q8, f"{_EMBEDDING}.scales": scales})
+            if mins is not None:
+                arrays[f"{_EMBEDDING}.mins"] = mins
             continue
         name = _hf_name(t.name)
         if name is None:
             continue
         parts: dict[str, np.ndarray]
         if t.tensor_type.name in _Q8_READERS:
-            q8, scales = _Q8_READERS[t.tensor_type.name](raw)
+            q8, scales, mins = _Q8_READERS[t.tensor_type.name](raw)
             parts = {"q8": q8, "scales": scales}
+            if mins is not None:
+                parts["mins"] = mins
         elif t.tensor_type.name in _Q4_READERS and name != "lm_head.weight":
             # an untied head stays float32 unless 8-bit: the stack's head reads no 4-bit panels
             q, scales, mins = _Q4_READERS[t.tensor_type.name](raw)
@@ -124,7 +136,7 @@ def read_quantized(folder: Path) -> QuantizedWeights:
         if kind == "q4":
             found.q4[name] = (flat[key], flat[f"{name}.scales"], flat[f"{name}.mins"])
         elif kind == "q8":
-            found.q8[name] = (flat[key], flat[f"{name}.scales"])
+            found.q8[name] = (flat[key], flat[f"{name}.scales"], flat.get(f"{name}.mins"))
     return found
 
 
@@ -174,10 +186,7 @@ def _q4_k_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     blocks = raw.reshape(rows, -1, _Q4_K_BYTES)
     d = blocks[:, :, 0:2].copy().view(np.float16)[:, :, 0].astype(np.float32)
     dmin = blocks[:, :, 2:4].copy().view(np.float16)[:, :, 0].astype(np.float32)
-    packed = blocks[:, :, 4:16]
-    low, high, extra = packed[:, :, 0:4], packed[:, :, 4:8], packed[:, :, 8:12]
-    sc = np.concatenate([low & 0x3F, (extra & 0x0F) | ((low >> 2) & 0x30)], axis=2)
-    m = np.concatenate([high & 0x3F, (extra >> 4) | ((high >> 2) & 0x30)], axis=2)
+    sc, m = _k_scales_mins(blocks[:, :, 4:16])
     scales = (d[..., None] * sc.astype(np.float32)).reshape(rows, -1)
     mins = -(dmin[..., None] * m.astype(np.float32)).reshape(rows, -1)
     nibbles = blocks[:, :, 16:].reshape(rows, -1, 4, 1, 32)
@@ -185,17 +194,83 @@ def _q4_k_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return q.reshape(rows, -1).astype(np.uint8), scales, mins
 
 
-def _q8_0_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+_Q8 = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]  # q int8, scales, mins or None
+
+
+def _k_scales_mins(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K's and Q5_K's 12 bytes [N, S, 12] -> 8 six-bit sc and m each [N, S, 8] (bytes 0-3:
+    sc 0-3 and the top bits of sc 4-7; 4-7: m 0-3 and the top bits of m 4-7; 8-11: the low
+    nibbles of sc 4-7 and m 4-7)."""
+    low, high, extra = packed[:, :, 0:4], packed[:, :, 4:8], packed[:, :, 8:12]
+    sc = np.concatenate([low & 0x3F, (extra & 0x0F) | ((low >> 2) & 0x30)], axis=2)
+    m = np.concatenate([high & 0x3F, (extra >> 4) | ((high >> 2) & 0x30)], axis=2)
+    return sc, m
+
+
+def _q8_0_blocks(raw: np.ndarray) -> _Q8:
     """Q8_0 rows [N, K / 32 * 34] bytes -> q int8 [N, K], scales [N, K / 32]. A block is
     fp16 d, then 32 int8."""
     rows = raw.shape[0]
     blocks = raw.reshape(rows, -1, _Q8_0_BYTES)
     scales = blocks[:, :, 0:2].copy().view(np.float16)[:, :, 0].astype(np.float32)
     q = blocks[:, :, 2:].copy().view(np.int8).reshape(rows, -1)
-    return q, scales
+    return q, scales, None
 
 
-def _q6_k_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _q5_blocks(blocks: np.ndarray) -> np.ndarray:
+    """Q5_0/Q5_1 blocks' last 20 bytes [N, B, 20] (4 bytes of high bits, a little-endian
+    uint32 whose bit j belongs to weight j, then 16 bytes whose low nibbles are weights 0..15 and
+    high nibbles 16..31) -> q [N, B * 32] in 0..31."""
+    rows, nb = blocks.shape[:2]
+    qh = blocks[:, :, 0:4].copy().view("<u4")  # [N, B, 1]
+    high = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)  # [N, B, 32]
+    nibbles = blocks[:, :, 4:]
+    low = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=2)
+    return (low | (high << 4)).reshape(rows, nb * 32)
+
+
+def _q5_0_blocks(raw: np.ndarray) -> _Q8:
+    """Q5_0 rows [N, K / 32 * 22] bytes -> q int8 [N, K] (-16..15), scales [N, K / 32]: a
+    block is fp16 d then the 5-bit values, weight d * (q - 16)."""
+    rows = raw.shape[0]
+    blocks = raw.reshape(rows, -1, _Q5_0_BYTES)
+    scales = blocks[:, :, 0:2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+    return (_q5_blocks(blocks[:, :, 2:]).astype(np.int8) - 16), scales, None
+
+
+def _q5_1_blocks(raw: np.ndarray) -> _Q8:
+    """Q5_1 rows [N, K / 32 * 24] bytes -> q int8 [N, K] (0..31), scales and mins
+    [N, K / 32]: a block is fp16 d, fp16 m, then the 5-bit values, weight d * q + m."""
+    rows = raw.shape[0]
+    blocks = raw.reshape(rows, -1, _Q5_1_BYTES)
+    scales = blocks[:, :, 0:2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+    mins = blocks[:, :, 2:4].copy().view(np.float16)[:, :, 0].astype(np.float32)
+    return _q5_blocks(blocks[:, :, 4:]).astype(np.int8), scales, mins
+
+
+def _q5_k_blocks(raw: np.ndarray) -> _Q8:
+    """Q5_K rows [N, K / 256 * 176] bytes -> q int8 [N, K] (0..31), scales and mins
+    [N, K / 32] (scale = d * sc_j, min = -(dmin * m_j), both exact in float32, weight = scale *
+    q + min rounded once, as gguf-py's d * q - dm). A super-block is Q4_K's d, dmin and 12 bytes
+    of (sc, m) pairs, then 32 bytes whose bit j of byte l is the high bit of weight l of block j,
+    then Q4_K's 128 bytes of low nibbles."""
+    rows = raw.shape[0]
+    blocks = raw.reshape(rows, -1, _Q5_K_BYTES)
+    supers = blocks.shape[1]
+    d = blocks[:, :, 0:2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+    dmin = blocks[:, :, 2:4].copy().view(np.float16)[:, :, 0].astype(np.float32)
+    sc, m = _k_scales_mins(blocks[:, :, 4:16])
+    scales = (d[..., None] * sc.astype(np.float32)).reshape(rows, -1)
+    mins = -(dmin[..., None] * m.astype(np.float32)).reshape(rows, -1)
+    qh = blocks[:, :, 16:48].reshape(rows, supers, 1, 32)
+    high = (qh >> np.arange(8, dtype=np.uint8).reshape(8, 1)) & 1  # [N, S, 8, 32]
+    nibbles = blocks[:, :, 48:].reshape(rows, supers, 4, 1, 32)
+    low = (nibbles >> np.array([0, 4], dtype=np.uint8).reshape(2, 1)) & 0x0F  # [N, S, 4, 2, 32]
+    q = low.reshape(rows, supers, 8, 32) | (high << 4)
+    return q.reshape(rows, -1).astype(np.int8), scales, mins
+
+
+def _q6_k_blocks(raw: np.ndarray) -> _Q8:
     """Q6_K rows [N, K / 256 * 210] bytes -> q int8 [N, K] (-32..31) and scales [N, K / 16]
     (d * sc, exact in float32: a float16 times an int8), weight = scale * q rounded once, as
     gguf-py dequantizes it. A super-block is 128 bytes of low nibbles (two halves of 128
@@ -211,13 +286,14 @@ def _q6_k_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     q = (ql.reshape(rows, supers, 8, 32) | (qh.reshape(rows, supers, 8, 32) << 4)).astype(np.int8)
     sc = blocks[:, :, 192:208].copy().view(np.int8).astype(np.float32)
     d = blocks[:, :, 208:210].copy().view(np.float16).astype(np.float32)
-    return (q - 32).reshape(rows, -1), (d * sc).reshape(rows, -1)
+    return (q - 32).reshape(rows, -1), (d * sc).reshape(rows, -1), None
 
 
 # by GGML type name: each gives (q, scales, mins) in Q4_1's form
 _Q4_READERS = {"Q4_0": _q4_0_blocks, "Q4_1": _q4_1_blocks, "Q4_K": _q4_k_blocks}
-# and (q int8, scales) for Q8 panels: a scale per 32 inputs (Q8_0) or 16 (Q6_K)
-_Q8_READERS = {"Q8_0": _q8_0_blocks, "Q6_K": _q6_k_blocks}
+# and (q int8, scales, mins or None) for Q8 panels: a scale per 32 inputs or 16 (Q6_K)
+_Q8_READERS = {"Q8_0": _q8_0_blocks, "Q6_K": _q6_k_blocks, "Q5_0": _q5_0_blocks,
+               "Q5_1": _q5_1_blocks, "Q5_K": _q5_k_blocks}  # fmt: skip
 
 
 def _hf_row_order(rows: int, groups: int) -> np.ndarray:

@@ -10,10 +10,12 @@ import numpy as np
 from safetensors.torch import load_file
 
 Q4_K = gguf.GGMLQuantizationType.Q4_K
+Q5_K = gguf.GGMLQuantizationType.Q5_K
 Q6_K = gguf.GGMLQuantizationType.Q6_K
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
 LAYER_TYPES = {"q4_0": gguf.GGMLQuantizationType.Q4_0, "q4_1": gguf.GGMLQuantizationType.Q4_1,
-               "q4_k": Q4_K, "q8_0": Q8_0}  # fmt: skip
+               "q4_k": Q4_K, "q8_0": Q8_0, "q5_0": gguf.GGMLQuantizationType.Q5_0,
+               "q5_1": gguf.GGMLQuantizationType.Q5_1, "q5_k": Q5_K}  # fmt: skip
 
 
 def write_llama_gguf(
@@ -22,7 +24,7 @@ def write_llama_gguf(
 ) -> None:
     """Write an HF Llama (or, with `arch="qwen2"`, Qwen2) folder as a GGUF the way llama.cpp
     lays one out (Llama's q/k rows permuted, Qwen2's as they are); with `quant` ("q4_0",
-    "q4_1", "q4_k" or "q8_0"), the linear layers' weights (an untied head's too) quantized to
+    "q4_1", "q4_k", "q5_0", "q5_1", "q5_k" or "q8_0"), the linear layers' weights (an untied head's too) quantized to
     that type and the embedding to Q8_0, as llama.cpp's files of those types hold them (the
     norms stay float32), except the tensors named in `q8_0_layers` or `q6_k_layers` (GGUF
     names: `blk.1.attn_v.weight`, `token_embd.weight`), quantized to Q8_0 or Q6_K (mixed files,
@@ -82,9 +84,8 @@ def write_llama_gguf(
             qtype = LAYER_TYPES[quant]
         elif quant is not None and name == "model.embed_tokens.weight":
             qtype = Q8_0
-        if qtype in (Q4_K, Q6_K):  # gguf-py reads these but does not write them
-            quantize = quantize_q4_k if qtype == Q4_K else quantize_q6_k
-            quantized = quantize(np.ascontiguousarray(array))
+        if qtype in K_QUANTIZERS:  # gguf-py reads these but does not write them
+            quantized = K_QUANTIZERS[qtype](np.ascontiguousarray(array))
             writer.add_tensor(gguf_name, quantized, raw_shape=quantized.shape, raw_dtype=qtype)
         elif qtype is not None:
             quantized = gguf.quants.quantize(np.ascontiguousarray(array), qtype)
@@ -109,10 +110,35 @@ def quantize_q4_k(weight: np.ndarray) -> np.ndarray:
     super-block d and dmin (float16), 8 blocks of 32 with 6-bit sc and m, weight ~ d * sc * q -
     dmin * m. A plain min/max fit (not llama.cpp's search): any valid encoding will do, since
     the tests compare against what gguf-py's dequantize makes of it."""
+    d, dmin, packed, q = _k_fit(weight, 15)
+    n, supers = q.shape[:2]
+    nibbles = q[:, :, 0::2] | (q[:, :, 1::2] << 4)  # block 2g low, 2g + 1 high: [n, s, 4, 32]
+    out = np.concatenate([d[..., None].view(np.uint8), dmin[..., None].view(np.uint8), packed,
+                          nibbles.reshape(n, supers, 128)], axis=2)
+    return out.reshape(n, -1)
+
+
+def quantize_q5_k(weight: np.ndarray) -> np.ndarray:
+    """`quantize_q4_k` for Q5_K [N, K / 256 * 176]: q in 0..31, its high bits in 32 bytes
+    after the scales (bit j of byte l: weight l of block j), then Q4_K's nibbles of the rest."""
+    d, dmin, packed, q = _k_fit(weight, 31)
+    n, supers = q.shape[:2]
+    high = (q >> 4) & 1  # [n, s, 8, 32]
+    qh = (high << np.arange(8, dtype=np.uint8).reshape(8, 1)).sum(axis=2, dtype=np.uint8)
+    low = q & 0x0F
+    nibbles = low[:, :, 0::2] | (low[:, :, 1::2] << 4)
+    out = np.concatenate([d[..., None].view(np.uint8), dmin[..., None].view(np.uint8), packed,
+                          qh, nibbles.reshape(n, supers, 128)], axis=2)
+    return out.reshape(n, -1)
+
+
+def _k_fit(weight: np.ndarray, top: int) -> tuple[np.ndarray, ...]:
+    """Q4_K's and Q5_K's fit: d, dmin [n, S] float16, the 12 packed bytes of the 6-bit sc and m
+    [n, S, 12], q [n, S, 8, 32] in 0..top."""
     n, k = weight.shape
     w = weight.astype(np.float32).reshape(n, k // 256, 8, 32)
     lo = np.minimum(w.min(axis=3), 0.0)  # the min is subtracted as dmin * m, m >= 0
-    step = (w.max(axis=3) - lo) / 15
+    step = (w.max(axis=3) - lo) / top
     d = (step.max(axis=2) / 63).astype(np.float16)
     dmin = ((-lo).max(axis=2) / 63).astype(np.float16)
     df, dminf = d.astype(np.float32)[..., None], dmin.astype(np.float32)[..., None]
@@ -120,16 +146,13 @@ def quantize_q4_k(weight: np.ndarray) -> np.ndarray:
     m = np.clip(np.round(np.divide(-lo, dminf, out=np.zeros_like(lo), where=dminf > 0)), 0, 63)
     scale, offset = (df * sc)[..., None], (dminf * m)[..., None]
     q = np.round(np.divide(w + offset, scale, out=np.zeros_like(w), where=scale > 0))
-    q = np.clip(q, 0, 15).astype(np.uint8)  # [n, supers, 8, 32]
+    q = np.clip(q, 0, top).astype(np.uint8)  # [n, supers, 8, 32]
     sc, m = sc.astype(np.uint8), m.astype(np.uint8)
     packed = np.empty((n, k // 256, 12), dtype=np.uint8)
     packed[..., 0:4] = (sc[..., :4] & 0x3F) | ((sc[..., 4:] & 0x30) << 2)
     packed[..., 4:8] = (m[..., :4] & 0x3F) | ((m[..., 4:] & 0x30) << 2)
     packed[..., 8:12] = (sc[..., 4:] & 0x0F) | ((m[..., 4:] & 0x0F) << 4)
-    nibbles = q[:, :, 0::2] | (q[:, :, 1::2] << 4)  # block 2g low, 2g + 1 high: [n, s, 4, 32]
-    out = np.concatenate([d[..., None].view(np.uint8), dmin[..., None].view(np.uint8), packed,
-                          nibbles.reshape(n, k // 256, 128)], axis=2)
-    return out.reshape(n, -1)
+    return d, dmin, packed, q
 
 
 def quantize_q6_k(weight: np.ndarray) -> np.ndarray:
@@ -151,3 +174,6 @@ def quantize_q6_k(weight: np.ndarray) -> np.ndarray:
     out = np.concatenate([ql.reshape(n, k // 256, 128), qh.reshape(n, k // 256, 64),
                           sc.astype(np.int8).view(np.uint8), d[..., None].view(np.uint8)], axis=2)
     return out.reshape(n, -1)
+
+
+K_QUANTIZERS = {Q4_K: quantize_q4_k, Q5_K: quantize_q5_k, Q6_K: quantize_q6_k}

@@ -50,7 +50,8 @@ def test_the_4_bit_weights_give_back_the_float32_conversion(q4_gguf: Path, cache
         dequantized = (q.float().view(rows, -1, 32) * scales[..., None] + mins[..., None])
         # bit for bit, q and k rows in HF's order too (llama.cpp permutes them)
         assert torch.equal(dequantized.view(rows, cols), weights[name]), name
-    (name, (q, scales)), = found.q8.items()
+    (name, (q, scales, mins)), = found.q8.items()
+    assert mins is None
     assert name == "model.embed_tokens.weight"
     rows, cols = q.shape
     dequantized = q.float().view(rows, -1, 32) * scales[..., None]
@@ -83,8 +84,8 @@ def test_4_bit_weights_that_differ_from_the_float32_ones_are_not_used(
     name = "model.layers.1.mlp.up_proj.weight"
     q, scales, mins = found.q4[name]
     found.q4[name] = (q, scales * 2, mins)
-    q8, q8_scales = found.q8["model.embed_tokens.weight"]
-    found.q8["model.embed_tokens.weight"] = (q8, q8_scales * 2)
+    q8, q8_scales, _ = found.q8["model.embed_tokens.weight"]
+    found.q8["model.embed_tokens.weight"] = (q8, q8_scales * 2, None)
     assert loaded.model.attach_quantized(found) == 2 * 4 - 1
     assert loaded.model.layers[1].mlp.gate_up_proj.q4 is None
     assert loaded.model.layers[1].mlp.down_proj.q4 is not None
@@ -268,7 +269,7 @@ def test_a_q4_k_m_like_file_keeps_its_6_bit_layers_as_8_bit_panels(tmp_path: Pat
     loaded = load_model(path, cache_dir=tmp_path / "models")
     found = read_quantized(loaded.path)
     weights = load_file(str(loaded.path / "model.safetensors"))
-    for name, (q, scales) in found.q8.items():
+    for name, (q, scales, _) in found.q8.items():
         assert scales.shape[1] * 16 == q.shape[1], name
         rows, cols = q.shape
         dequantized = (q.float().view(rows, -1, 16) * scales[..., None]).view(rows, cols)
@@ -334,3 +335,60 @@ def test_a_split_layer_takes_4_bit_then_8_bit_parts_of_its_own_weight() -> None:
         x = torch.randn(rows, 64)
         want = (x.double() @ weight_t.double() + layer.bias.double()).float()
         torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("quant", ["q5_0", "q5_1", "q5_k"])
+def test_5_bit_weights_are_kept_as_8_bit_panels_with_the_same_logits(tmp_path: Path, quant: str):
+    """Q5_0 (d * (q - 16)), Q5_1 (d * q + m) and Q5_K (d * sc * q - dmin * m) linear weights go
+    to 8-bit panels, the affine two with a min per block: bit for bit transformers' float32
+    conversion, and the tokens and logprobs exactly the float32-only engine's (the 8-bit kernel's
+    sums are the float32 kernel's), through the decoder stack and layer by layer."""
+    folder = make_tiny_model(tmp_path / "llama", "llama", seed=11, tie_word_embeddings=True,
+                             hidden_size=256, intermediate_size=512, head_dim=64)  # fmt: skip
+    path = tmp_path / f"tiny-llama.{quant.upper()}.gguf"
+    write_llama_gguf(folder, path, quant=quant)
+    loaded = load_model(path, cache_dir=tmp_path / "models")
+    found = read_quantized(loaded.path)
+    weights = load_file(str(loaded.path / "model.safetensors"))
+    assert len(found.q8) == 2 * 7 + 1 and not found.q4  # the layers' and the Q8_0 embedding
+    for name, (q, scales, mins) in found.q8.items():
+        rows, cols = q.shape
+        w = q.float().view(rows, -1, 32) * scales[..., None]
+        if name != "model.embed_tokens.weight":
+            assert (mins is None) == (quant == "q5_0"), name
+            assert int(q.min()) >= (-16 if quant == "q5_0" else 0) and int(q.max()) <= 31
+        if mins is not None:
+            w = w + mins[..., None]
+        assert torch.equal(w.view(rows, cols), weights[name]), name
+    linears = [m for m in loaded.model.modules() if isinstance(m, Linear)]
+    assert len(linears) == 2 * 4 and all(m.q8 is not None and m.q4 is None for m in linears)
+    assert all((m.q8.mins is None) == (quant == "q5_0") for m in linears)
+    for fused_layers in (True, False):
+        engines = [LLMEngine.from_pretrained(str(loaded.path), num_kv_blocks=64,
+                                             quantized_linear=q, fused_layers=fused_layers)
+                   for q in (True, False)]  # fmt: skip
+        assert_same_generations(*engines, (1, QUANTIZED_MAX_ROWS + 2), exact=True)
+
+
+def test_a_q5_k_m_like_file_fuses_5_bit_and_6_bit_parts_into_16_input_blocks(tmp_path: Path):
+    """Q5_K_M: q and k Q5_K (blocks of 32, with mins), v Q6_K (blocks of 16, none) in one fused
+    q/k/v: the 32-input scales and mins are repeated into 16-input blocks and v's mins are 0,
+    the same weights bit for bit, so the layer takes 8-bit panels and the tokens and logprobs
+    are exactly the float32-only engine's."""
+    folder = make_tiny_model(tmp_path / "llama", "llama", seed=12, tie_word_embeddings=True,
+                             hidden_size=256, intermediate_size=512, head_dim=64)  # fmt: skip
+    path = tmp_path / "tiny-llama.Q5_K_M.gguf"
+    six = ("token_embd.weight", "blk.1.ffn_down.weight", "blk.1.attn_v.weight")
+    write_llama_gguf(folder, path, quant="q5_k", q6_k_layers=six)
+    loaded = load_model(path, cache_dir=tmp_path / "models")
+    model = loaded.model
+    qkv = model.layers[1].self_attn.qkv_proj
+    assert qkv.q8 is not None and qkv.q8.block == 16 and qkv.q8.mins is not None
+    v_columns = qkv.q8.mins.transpose(1, 2).reshape(-1, qkv.q8.mins.shape[1])[-128:]
+    assert torch.all(v_columns == 0)  # v's two heads of 64
+    assert model.layers[0].self_attn.qkv_proj.q8.block == 32
+    assert model.layers[1].mlp.down_proj.q8.mins is None
+    assert model.head_q8 is not None and model.head_q8.block == 16
+    engines = [LLMEngine.from_pretrained(str(loaded.path), num_kv_blocks=64, quantized_linear=q)
+               for q in (True, False)]  # fmt: skip
+    assert_same_generations(*engines, (1, 3), exact=True)

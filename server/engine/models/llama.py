@@ -510,14 +510,24 @@ def _q4_panels(weights: QuantizedWeights, keys: list[str]) -> q4_linear.Q4Panels
 
 
 def _q8_panels(weights: QuantizedWeights, keys: list[str]) -> q8_linear.Q8Panels | None:
-    """The 8-bit weights `keys` stacked into panels; None for no keys, a key not 8-bit or
-    parts of different block sizes."""
+    """The 8-bit weights `keys` stacked into panels; None for no keys or a key not 8-bit.
+    Parts of 32-input blocks beside parts of 16 (Q5_K's q and k, Q6_K's v) take 16-input blocks
+    (each scale twice), and parts without mins beside parts with them mins of 0 (fma(q, d, 0)
+    is d * q rounded once, as before): the same weights, bit for bit."""
     if not keys or not all(k in weights.q8 for k in keys):
         return None
-    if len({weights.q8[k][1].shape[1] for k in keys}) != 1:  # one block size
-        return None
-    q8, scales = (torch.cat(t) for t in zip(*(weights.q8[k] for k in keys), strict=True))
-    return q8_linear.pack_q8(q8, scales)
+    parts = [weights.q8[k] for k in keys]
+    block = min(q.shape[1] // scales.shape[1] for q, scales, _ in parts)
+    affine = any(mins is not None for _, _, mins in parts)
+    qs, scales, mins = [], [], []
+    for q, d, m in parts:
+        repeat = q.shape[1] // d.shape[1] // block
+        qs.append(q)
+        scales.append(d.repeat_interleave(repeat, dim=1))
+        if affine:
+            mins.append(torch.zeros_like(scales[-1]) if m is None else m.repeat_interleave(
+                repeat, dim=1))  # fmt: skip
+    return q8_linear.pack_q8(torch.cat(qs), torch.cat(scales), torch.cat(mins) if affine else None)
 
 
 def _fused_slots(linear: Linear, parts: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:

@@ -51,7 +51,8 @@ void parrot_packed_linear(const float *x, long M, long K, const float *panels, l
 void parrot_q4_linear(const float *x, long M, long K, const uint8_t *qs, const float *scales,
                       const float *mins, long N, const float *bias, float *y, int threads);
 void parrot_q8_linear(const float *x, long M, long K, const int8_t *qs, const float *scales,
-                      long block, long N, const float *bias, float *y, int threads);
+                      const float *mins, long block, long N, const float *bias, float *y,
+                      int threads);
 int parrot_paged_decode(const float *q, long R, long Hq, long Hkv, long D, const float *k_cache,
                         const float *v_cache, long block_size, const int64_t *blocks,
                         const int64_t *offsets, const int64_t *tokens, float scale, long chunk,
@@ -68,14 +69,14 @@ int parrot_paged_levels(const float *q, long Hq, long Hkv, long D, const float *
                         int threads);
 
 /* A projection's weight 4-bit (q4_linear.c's panels: qs, scales, mins) or 8-bit (q8_linear.c's:
- * q8, q8_scales, a scale per q8_block k's), or all NULL; or split, both set: the first
- * q4_columns outputs (a multiple of 16) 4-bit and the rest 8-bit, as a GGUF mixed like
+ * q8, q8_scales, a scale per q8_block k's, q8_mins or NULL), or all NULL; or split, both set:
+ * the first q4_columns outputs (a multiple of 16) 4-bit and the rest 8-bit, as a GGUF mixed like
  * Q4_K_M has a fused q/k/v whose q and k are Q4_K and v Q6_K. */
 typedef struct {
     const uint8_t *qs;
     const float *scales, *mins;
     const int8_t *q8;
-    const float *q8_scales;
+    const float *q8_scales, *q8_mins;
     long q8_block;
     long q4_columns;
 } parrot_q4;
@@ -127,7 +128,7 @@ typedef struct {
     const int64_t *rows;
     float *logits;
     const int8_t *q8;
-    const float *q8_scales;
+    const float *q8_scales, *q8_mins;
     long q8_block;
 } parrot_logits_head;
 
@@ -219,8 +220,8 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
         for (long j = 0; j < head->count; j++)
             rms_norm(x + head->rows[j] * H, head->norm, s->eps, 1, H, normed + j * H, 1);
         if (head->q8 && head->count <= s->head_quantized_max_rows)
-            parrot_q8_linear(normed, head->count, H, head->q8, head->q8_scales, head->q8_block,
-                             head->vocab, NULL, head->logits, threads);
+            parrot_q8_linear(normed, head->count, H, head->q8, head->q8_scales, head->q8_mins,
+                             head->q8_block, head->vocab, NULL, head->logits, threads);
         else
             parrot_packed_linear(normed, head->count, H, head->panels, head->vocab, NULL,
                                  head->logits, threads);
@@ -392,8 +393,8 @@ static void linear(const float *x, long R, long K, const float *panels, const pa
         const long n4 = q4->q4_columns, n8 = N - n4;
         float *y4 = parts, *y8 = parts + R * n4;
         parrot_q4_linear(x, R, K, q4->qs, q4->scales, q4->mins, n4, bias, y4, threads);
-        parrot_q8_linear(x, R, K, q4->q8, q4->q8_scales, q4->q8_block, n8, bias ? bias + n4 : NULL,
-                         y8, threads);
+        parrot_q8_linear(x, R, K, q4->q8, q4->q8_scales, q4->q8_mins, q4->q8_block, n8,
+                         bias ? bias + n4 : NULL, y8, threads);
         for (long r = 0; r < R; r++) {
             memcpy(y + r * N, y4 + r * n4, sizeof(float) * n4);
             memcpy(y + r * N + n4, y8 + r * n8, sizeof(float) * n8);
@@ -401,7 +402,8 @@ static void linear(const float *x, long R, long K, const float *panels, const pa
     } else if (q4->qs && R <= quantized_max_rows)
         parrot_q4_linear(x, R, K, q4->qs, q4->scales, q4->mins, N, bias, y, threads);
     else if (q4->q8 && R <= quantized_max_rows)
-        parrot_q8_linear(x, R, K, q4->q8, q4->q8_scales, q4->q8_block, N, bias, y, threads);
+        parrot_q8_linear(x, R, K, q4->q8, q4->q8_scales, q4->q8_mins, q4->q8_block, N, bias, y,
+                         threads);
     else
         parrot_packed_linear(x, R, K, panels, N, bias, y, threads);
 }

@@ -175,6 +175,8 @@ class DecoderStack:
                 if q8 is not None:
                     setattr(slot, f"{name}_q8", q8.qs.data_ptr())
                     setattr(slot, f"{name}_q8_scales", q8.scales.data_ptr())
+                    if q8.mins is not None:
+                        setattr(slot, f"{name}_q8_mins", q8.mins.data_ptr())
                     setattr(slot, f"{name}_q8_block", q8.block)
                 if q4 is not None and q8 is not None:  # split: q4's outputs first
                     setattr(slot, f"{name}_q4_columns", q4.out_features)
@@ -221,6 +223,7 @@ class DecoderStack:
                          len(logit_rows), wanted.data_ptr(), logits.data_ptr(),
                          None if q8 is None else q8.qs.data_ptr(),
                          None if q8 is None else q8.scales.data_ptr(),
+                         None if q8 is None or q8.mins is None else q8.mins.data_ptr(),
                          0 if q8 is None else q8.block)
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} layer KV caches, got {len(kv_caches)}")
@@ -341,13 +344,13 @@ class _Layer(ctypes.Structure):
         "input_norm", "post_norm", "qkv", "qkv_bias", "o", "o_bias",
         "gate_up", "gate_up_bias", "down", "down_bias",
     )
-    # each: qs, scales, mins, q8, q8_scales (or NULL), q8_block, q4_columns (split layers)
+    # each: qs, scales, mins, q8, q8_scales, q8_mins (or NULL), q8_block, q4_columns (split)
     Q4 = ("qkv", "o", "gate_up", "down")
     _fields_ = [
         *((name, ctypes.c_void_p) for name in WEIGHTS),
         *(field for name in Q4 for field in (
             *((f"{name}_{part}", ctypes.c_void_p)
-              for part in ("qs", "scales", "mins", "q8", "q8_scales")),
+              for part in ("qs", "scales", "mins", "q8", "q8_scales", "q8_mins")),
             (f"{name}_q8_block", ctypes.c_long), (f"{name}_q4_columns", ctypes.c_long),
         )),
     ]
@@ -381,7 +384,8 @@ class _Head(ctypes.Structure):
     _fields_ = [
         ("norm", ctypes.c_void_p), ("panels", ctypes.c_void_p), ("vocab", ctypes.c_long),
         ("count", ctypes.c_long), ("rows", ctypes.c_void_p), ("logits", ctypes.c_void_p),
-        ("q8", ctypes.c_void_p), ("q8_scales", ctypes.c_void_p), ("q8_block", ctypes.c_long),
+        ("q8", ctypes.c_void_p), ("q8_scales", ctypes.c_void_p), ("q8_mins", ctypes.c_void_p),
+        ("q8_block", ctypes.c_long),
     ]
 
 

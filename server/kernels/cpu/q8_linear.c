@@ -1,11 +1,14 @@
-/* y = x @ W (+ bias) on CPU with W in 8-bit "Q8 panels" (GGUF Q8_0 or Q6_K blocks, re-laid at
- * load).
+/* y = x @ W (+ bias) on CPU with W in 8-bit "Q8 panels" (GGUF Q8_0, Q6_K and the 5-bit types'
+ * blocks, re-laid at load).
  *
  * Format. Output columns in panels of 16 (as packed_linear.c), N padded to a multiple of 16 with
  * zero columns (q = 0, d = 0); a scale per B = 32 inputs (Q8_0) or 16 (Q6_K); K a multiple of B.
  *   qs     int8    [ceil(N / 16)][K][16]       q of column 16p + c at input k: [p][k][c]
  *   scales float32 [ceil(N / 16)][K / B][16]   d of column 16p + c, k-block b:  [p][b][c]
- * W[k][n] = d * q, computed in float32. For d taken from float16 (Q8_0's scales) the product is
+ *   mins   float32, as scales, or NULL         m of column 16p + c, k-block b
+ * W[k][n] = d * q (+ m), computed in float32 as one FMA: the affine types (Q5_1, Q5_K: q in
+ * 0..31) have a min per block, and d * q being exact, fma(q, d, m) rounds once, as gguf-py's
+ * d * q + m does. For d taken from float16 (Q8_0's scales) the product is
  * exact: d has at most 11 significant bits and q (|q| <= 128) at most 8, so d * q needs at most
  * 19 < 24, and a float16 d is never below float32's normal range; Q6_K's d (a float16 times an
  * int8 sub-scale) times q may round, once, as gguf-py's dequantize rounds it. The kernel's
@@ -39,6 +42,7 @@
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#include <math.h>
 #include <omp.h>
 #include <stdint.h>
 
@@ -71,16 +75,17 @@ static inline vf q8_loadq(const int8_t *p) {
 
 /* Rows [0, MM) of x against the NV vectors v0 .. v0 + NV - 1 (vector v: columns
  * v * VF_LANES ..., in panel v / Q8_VPP). */
-#define Q8_KERNEL(MM, NV, Q8_BLOCK)                                                           \
-    static void q8_kernel_##MM##_##NV##_##Q8_BLOCK(const float *x, long K, const int8_t *qs, \
-                                      const float *scales, long v0, const float *bias,       \
-                                      float *y, long N) {                                    \
+#define Q8_KERNEL(MM, NV, Q8_BLOCK, MIN)                                                      \
+    static void q8_kernel_##MM##_##NV##_##Q8_BLOCK##_##MIN(                                   \
+        const float *x, long K, const int8_t *qs, const float *scales, const float *mins,     \
+        long v0, const float *bias, float *y, long N) {                                       \
         const int8_t *qp[NV];                                                                 \
-        const float *sp[NV];                                                                  \
+        const float *sp[NV], *mp[NV];                                                         \
         for (int j = 0; j < NV; j++) {                                                        \
             long p = (v0 + j) / Q8_VPP, off = (v0 + j) % Q8_VPP * VF_LANES;                   \
             qp[j] = qs + p * K * Q8_PANEL + off;                                              \
             sp[j] = scales + p * (K / Q8_BLOCK) * Q8_PANEL + off;                             \
+            mp[j] = MIN ? mins + p * (K / Q8_BLOCK) * Q8_PANEL + off : 0;                     \
         }                                                                                     \
         vf acc[MM][NV];                                                                       \
         for (int m = 0; m < MM; m++)                                                          \
@@ -96,14 +101,18 @@ static inline vf q8_loadq(const int8_t *p) {
                 for (long k = k4; k < k4 + 4; k++) {                                          \
                     vf w[NV];                                                                 \
                     for (int j = 0; j < NV; j++)                                              \
-                        w[j] = q8_loadq(qp[j] + k * Q8_PANEL) * loadv(sp[j]);                 \
+                        w[j] = MIN ? q8_loadq(qp[j] + k * Q8_PANEL) * loadv(sp[j]) + loadv(mp[j]) \
+                                   : q8_loadq(qp[j] + k * Q8_PANEL) * loadv(sp[j]);           \
                     for (int m = 0; m < MM; m++) {                                            \
                         float xv = x[m * K + k];                                              \
                         for (int j = 0; j < NV; j++) acc[m][j] += xv * w[j];                  \
                     }                                                                         \
                 }                                                                             \
             }                                                                                 \
-            for (int j = 0; j < NV; j++) sp[j] += Q8_PANEL;                                   \
+            for (int j = 0; j < NV; j++) {                                                    \
+                sp[j] += Q8_PANEL;                                                            \
+                if (MIN) mp[j] += Q8_PANEL;                                                   \
+            }                                                                                 \
         }                                                                                     \
         for (int j = 0; j < NV; j++) {                                                        \
             long c0 = (v0 + j) * VF_LANES;                                                    \
@@ -111,11 +120,13 @@ static inline vf q8_loadq(const int8_t *p) {
         }                                                                                     \
     }
 
-typedef void (*q8_kernel_t)(const float *, long, const int8_t *, const float *, long,
-                            const float *, float *, long);
+typedef void (*q8_kernel_t)(const float *, long, const int8_t *, const float *, const float *,
+                            long, const float *, float *, long);
 
-/* each tile for both block sizes */
-#define Q8_KERNELS(MM, NV) Q8_KERNEL(MM, NV, 32) Q8_KERNEL(MM, NV, 16)
+/* each tile for both block sizes, without and with mins */
+#define Q8_KERNELS(MM, NV)                                                                    \
+    Q8_KERNEL(MM, NV, 32, 0) Q8_KERNEL(MM, NV, 16, 0) Q8_KERNEL(MM, NV, 32, 1)                \
+    Q8_KERNEL(MM, NV, 16, 1)
 
 #if VF_LANES == 16
 /* 32 registers: rows x vectors accumulators, the vectors' weights and a broadcast; rows in
@@ -156,16 +167,19 @@ Q8_KERNELS(6, 1)
         q8_kernel_5_1_##B, q8_kernel_6_1_##B};
 static const int Q8_WIDTH[Q8_MAXM + 1] = {0, 4, 4, 2, 2, 2, 2};
 #endif
-Q8_TABLES(32) Q8_TABLES(16)
+Q8_TABLES(32_0) Q8_TABLES(16_0) Q8_TABLES(32_1) Q8_TABLES(16_1)
 
-/* x [M, K] and y [M, N] contiguous; bias [N] or NULL; `block` k's share a scale: 32 (Q8_0) or
- * 16 (Q6_K's blocks); K a multiple of it. */
+/* x [M, K] and y [M, N] contiguous; bias [N] or NULL; `block` k's share a scale (and a min, with
+ * mins not NULL): 32 (Q8_0) or 16 (Q6_K's blocks); K a multiple of it. */
 void parrot_q8_linear(const float *x, long M, long K, const int8_t *qs, const float *scales,
-                      long block, long N, const float *bias, float *y, int threads) {
+                      const float *mins, long block, long N, const float *bias, float *y,
+                      int threads) {
     long num_panels = (N + Q8_PANEL - 1) / Q8_PANEL;
     if (M <= 0 || N <= 0) return;
-    const q8_kernel_t *wide = block == 16 ? Q8_WIDE_16 : Q8_WIDE_32;
-    const q8_kernel_t *narrow = block == 16 ? Q8_NARROW_16 : Q8_NARROW_32;
+    const q8_kernel_t *wide = block == 16 ? (mins ? Q8_WIDE_16_1 : Q8_WIDE_16_0)
+                                          : (mins ? Q8_WIDE_32_1 : Q8_WIDE_32_0);
+    const q8_kernel_t *narrow = block == 16 ? (mins ? Q8_NARROW_16_1 : Q8_NARROW_16_0)
+                                            : (mins ? Q8_NARROW_32_1 : Q8_NARROW_32_0);
     if (threads < 1) threads = 1;
     if (threads > num_panels) threads = (int)num_panels;
 #pragma omp parallel num_threads(threads)
@@ -186,19 +200,19 @@ void parrot_q8_linear(const float *x, long M, long K, const int8_t *qs, const fl
                 long v = c0 * Q8_VPP;
                 int width = Q8_WIDTH[mm];
                 for (; v + width <= v1; v += width)
-                    wide[mm](xs, K, qs, scales, v, bias, ys, N);
-                for (; v < v1; v++) narrow[mm](xs, K, qs, scales, v, bias, ys, N);
+                    wide[mm](xs, K, qs, scales, mins, v, bias, ys, N);
+                for (; v < v1; v++) narrow[mm](xs, K, qs, scales, mins, v, bias, ys, N);
             }
         }
     }
 }
 
-/* 1 if the Q8 panels (a scale per `block` inputs) dequantize (d * q) to exactly the float32
- * `panels` ([ceil(N / 16)][K][16], packed_linear.c's layout) in the N real columns, else 0: the
- * engine's check at load that a GGUF's 8-bit or 6-bit weights are the float32 weights it
- * loaded, in one pass over both. */
-int parrot_q8_matches(const int8_t *qs, const float *scales, long block, const float *panels,
-                      long K, long N, int threads) {
+/* 1 if the Q8 panels (a scale, and a min unless mins is NULL, per `block` inputs) dequantize
+ * (d * q, or fma(q, d, m)) to exactly the float32 `panels` ([ceil(N / 16)][K][16],
+ * packed_linear.c's layout) in the N real columns, else 0: the engine's check at load that a
+ * GGUF's 8-, 6- or 5-bit weights are the float32 weights it loaded, in one pass over both. */
+int parrot_q8_matches(const int8_t *qs, const float *scales, const float *mins, long block,
+                      const float *panels, long K, long N, int threads) {
     long num_panels = (N + Q8_PANEL - 1) / Q8_PANEL, nb = K / block;
     int same = 1;
     if (threads < 1) threads = 1;
@@ -206,11 +220,14 @@ int parrot_q8_matches(const int8_t *qs, const float *scales, long block, const f
     for (long p = 0; p < num_panels; p++) {
         const int8_t *q = qs + p * K * Q8_PANEL;
         const float *w = panels + p * K * Q8_PANEL, *sc = scales + p * nb * Q8_PANEL;
+        const float *mn = mins ? mins + p * nb * Q8_PANEL : NULL;
         int columns = N - p * Q8_PANEL < Q8_PANEL ? (int)(N - p * Q8_PANEL) : Q8_PANEL;
         for (long k = 0; k < K; k++)
-            for (int c = 0; c < columns; c++)
-                same &= sc[(k / block) * Q8_PANEL + c] * (float)q[k * Q8_PANEL + c] ==
-                        w[k * Q8_PANEL + c];
+            for (int c = 0; c < columns; c++) {
+                long b = (k / block) * Q8_PANEL + c;
+                float d = sc[b], qf = (float)q[k * Q8_PANEL + c];
+                same &= (mn ? fmaf(qf, d, mn[b]) : d * qf) == w[k * Q8_PANEL + c];
+            }
     }
     return same;
 }

@@ -36,11 +36,13 @@ SOURCE = Path(__file__).with_name("q8_linear.c")
 @dataclass(frozen=True)
 class Q8Panels:
     """An [K, N] weight as Q8 panels: `qs` int8 [ceil(N / 16), K, 16], `scales` float32
-    [ceil(N / 16), K / block, 16]; columns past `out_features` are zero (q = 0, d = 0)."""
+    [ceil(N / 16), K / block, 16], and for the affine types (Q5_1, Q5_K) `mins` shaped as
+    `scales` (weight = d * q + m), else None; columns past `out_features` are zero."""
 
     qs: torch.Tensor
     scales: torch.Tensor
     out_features: int
+    mins: torch.Tensor | None = None
 
     @property
     def block(self) -> int:
@@ -53,8 +55,9 @@ class Q8Panels:
 
     @property
     def nbytes(self) -> int:
-        """Bytes a product streams: the int8 weights and their scales."""
-        return self.qs.numel() * self.qs.element_size() + self.scales.numel() * 4
+        """Bytes a product streams: the int8 weights, their scales and mins."""
+        mins = 0 if self.mins is None else self.mins.numel() * 4
+        return self.qs.numel() * self.qs.element_size() + self.scales.numel() * 4 + mins
 
 
 def available() -> bool:
@@ -62,10 +65,10 @@ def available() -> bool:
     return _library() is not None
 
 
-def pack_q8(q: torch.Tensor, scales: torch.Tensor) -> Q8Panels:
+def pack_q8(q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None = None) -> Q8Panels:
     """int8 q [N, K] and float32 scales [N, K / B] (GGUF Q8_0's layout, B = 32: one d per 32
-    inputs of an output row; B = 16 for Q6_K's) -> Q8 panels, zero-padded to a multiple of 16
-    columns."""
+    inputs of an output row; B = 16 for Q6_K's), and mins shaped as the scales for the affine
+    types -> Q8 panels, zero-padded to a multiple of 16 columns."""
     if q.dim() != 2 or q.dtype != torch.int8 or q.device.type != "cpu":
         raise ValueError(
             f"pack_q8: q must be a 2-D int8 CPU tensor [N, K], got {tuple(q.shape)} "
@@ -82,6 +85,12 @@ def pack_q8(q: torch.Tensor, scales: torch.Tensor) -> Q8Panels:
             f"pack_q8: scales must be a float32 CPU tensor {(n, k // block)} for q "
             f"{(n, k)}, got {tuple(scales.shape)} {scales.dtype} on {scales.device}"
         )
+    if mins is not None and (tuple(mins.shape) != tuple(scales.shape)
+                             or mins.dtype != torch.float32 or mins.device.type != "cpu"):
+        raise ValueError(
+            f"pack_q8: mins must be a float32 CPU tensor {(n, k // block)} as the scales, got "
+            f"{tuple(mins.shape)} {mins.dtype} on {mins.device}"
+        )
     num_panels = -(-n // PANEL)
     pad = num_panels * PANEL - n
     qp = torch.nn.functional.pad(q, (0, 0, 0, pad)) if pad else q
@@ -89,14 +98,21 @@ def pack_q8(q: torch.Tensor, scales: torch.Tensor) -> Q8Panels:
     # [P * 16, K] -> [P, 16, K] -> [P, K, 16]
     qs = qp.reshape(num_panels, PANEL, k).transpose(1, 2).contiguous()
     sc = sp.reshape(num_panels, PANEL, k // block).transpose(1, 2).contiguous()
-    return Q8Panels(qs, sc, n)
+    mn = None
+    if mins is not None:
+        mp = torch.nn.functional.pad(mins, (0, 0, 0, pad)) if pad else mins
+        mn = mp.reshape(num_panels, PANEL, k // block).transpose(1, 2).contiguous()
+    return Q8Panels(qs, sc, n, mn)
 
 
 def dequantize(panels: Q8Panels) -> torch.Tensor:
-    """The [K, N] float32 weight the kernel multiplies by: d * q in float32."""
+    """The [K, N] float32 weight the kernel multiplies by: d * q (+ m) in float32, d * q
+    exact, so that adding m rounds once, as the kernel's FMA does."""
     num_panels, k, _ = panels.qs.shape
     d = panels.scales.repeat_interleave(panels.block, dim=1)  # [P, K, 16]
     w = panels.qs.to(torch.float32) * d
+    if panels.mins is not None:
+        w = w + panels.mins.repeat_interleave(panels.block, dim=1)
     return w.transpose(0, 1).reshape(k, num_panels * PANEL)[:, : panels.out_features].contiguous()
 
 
@@ -114,8 +130,9 @@ def matches(panels: Q8Panels, float_panels: torch.Tensor) -> bool:
         return torch.equal(dequantize(panels), weight_t)
     float_panels = float_panels.contiguous()
     return bool(lib.parrot_q8_matches(
-        panels.qs.data_ptr(), panels.scales.data_ptr(), panels.block, float_panels.data_ptr(),
-        panels.in_features, panels.out_features, torch.get_num_threads(),
+        panels.qs.data_ptr(), panels.scales.data_ptr(), _mins_ptr(panels), panels.block,
+        float_panels.data_ptr(), panels.in_features, panels.out_features,
+        torch.get_num_threads(),
     ))  # fmt: skip
 
 
@@ -157,6 +174,9 @@ def q8_linear(
         or panels.qs.dtype != torch.int8 or not panels.qs.is_contiguous()
         or tuple(panels.scales.shape) != (num_panels, k // panels.block, PANEL)
         or panels.scales.dtype != torch.float32 or not panels.scales.is_contiguous()
+        or (panels.mins is not None and (
+            panels.mins.shape != panels.scales.shape or panels.mins.dtype != torch.float32
+            or not panels.mins.is_contiguous()))
     ):
         raise ValueError(
             f"q8_linear: x {tuple(x.shape)} {x.dtype} does not match the panels (qs "
@@ -176,10 +196,15 @@ def q8_linear(
     y = torch.empty(m, n, dtype=torch.float32)
     if m:
         lib.parrot_q8_linear(
-            x.data_ptr(), m, k, panels.qs.data_ptr(), panels.scales.data_ptr(), panels.block,
-            n, None if bias is None else bias.data_ptr(), y.data_ptr(), torch.get_num_threads(),
+            x.data_ptr(), m, k, panels.qs.data_ptr(), panels.scales.data_ptr(),
+            _mins_ptr(panels), panels.block, n, None if bias is None else bias.data_ptr(),
+            y.data_ptr(), torch.get_num_threads(),
         )
     return y
+
+
+def _mins_ptr(panels: Q8Panels) -> int | None:
+    return None if panels.mins is None else panels.mins.data_ptr()
 
 
 @functools.cache
@@ -188,14 +213,15 @@ def _library() -> ctypes.CDLL | None:
         [SOURCE], "parrot_q8_linear",
         [
             ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p,
-            ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+            ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_int,
         ],
         None,
     )
     if lib is not None:
         lib.parrot_q8_matches.argtypes = [
-            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_long,
-            ctypes.c_long, ctypes.c_int,
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p,
+            ctypes.c_long, ctypes.c_long, ctypes.c_int,
         ]
         lib.parrot_q8_matches.restype = ctypes.c_int
     return lib

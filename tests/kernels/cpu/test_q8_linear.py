@@ -196,3 +196,58 @@ def test_rejects_bad_inputs() -> None:
         q8.pack_q8(q, torch.zeros(48, 3))
     with pytest.raises(ValueError, match="scales must be"):
         q8.pack_q8(q, torch.zeros(48, 2, dtype=torch.float16))
+
+
+def _affine_panels(k: int, n: int, gen: torch.Generator, block: int = 32) -> q8.Q8Panels:
+    """5-bit values 0..31 with a scale and a min per block, as Q5_1 and Q5_K hold them: float16
+    scales (Q5_K's d * sc has a few more bits, still exact times q) and mins that make
+    d * q + m round."""
+    q = torch.randint(0, 32, (n, k), generator=gen, dtype=torch.int8)
+    d = (torch.rand(n, k // block, generator=gen) * 0.1).to(torch.float16).to(torch.float32)
+    m = -(torch.rand(n, k // block, generator=gen) * 1.7)
+    return q8.pack_q8(q, d, m)
+
+
+@pytest.mark.parametrize("block", [32, 16])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 7, 16, 40])
+@pytest.mark.parametrize("k,n", [(32, 17), (576, 100)])
+def test_blocks_with_mins_match_float64_reference(m: int, k: int, n: int, block: int,
+                                                  lanes: int) -> None:
+    """A min per block (weight d * q + m): every tile of both widths and block sizes."""
+    gen = torch.Generator().manual_seed(m * 100 + k + n + block)
+    panels = _affine_panels(k, n, gen, block)
+    assert panels.mins is not None and panels.mins.shape == panels.scales.shape
+    x = torch.randn(m, k, generator=gen)
+    b = torch.randn(n, generator=gen)
+    ref = x.double() @ q8.dequantize(panels).double() + b.double()
+    err = (q8.q8_linear(x, panels, b).double() - ref).abs().max() / ref.abs().max()
+    assert err < 1e-5
+
+
+@pytest.mark.parametrize("block", [32, 16])
+@pytest.mark.parametrize("m", [1, 4, 8, 13])
+def test_mins_give_the_same_bits_as_the_float32_kernel(m: int, block: int) -> None:
+    """fma(q, d, m) in the kernel is dequantize()'s d * q + m (d * q exact, one rounding), so
+    the sums are the packed float32 kernel's over those weights, bit for bit; and `matches`
+    tells them from weights one ulp off."""
+    gen = torch.Generator().manual_seed(m + block)
+    panels = _affine_panels(576, 300, gen, block)
+    x = torch.randn(m, 576, generator=gen)
+    b = torch.randn(300, generator=gen)
+    w = q8.dequantize(panels)
+    floats = pack(w)
+    assert torch.equal(q8.q8_linear(x, panels, b), packed_linear(x, floats, 300, b))
+    assert q8.matches(panels, floats)
+    floats[3, 100, 7] = torch.nextafter(floats[3, 100, 7], torch.tensor(float("inf")))
+    assert not q8.matches(panels, floats)
+    assert panels.nbytes == 19 * 576 * 16 + 2 * 19 * (576 // block) * 16 * 4
+
+
+def test_rejects_mins_of_another_shape() -> None:
+    q, d = torch.zeros(48, 64, dtype=torch.int8), torch.zeros(48, 2)
+    with pytest.raises(ValueError, match="mins must be"):
+        q8.pack_q8(q, d, torch.zeros(48, 3))
+    panels = q8.pack_q8(q, d, torch.zeros(48, 2))
+    with pytest.raises(ValueError, match="does not match the panels"):
+        q8.q8_linear(torch.randn(2, 64), q8.Q8Panels(panels.qs, panels.scales, 48,
+                                                     panels.mins[:, :1]))  # fmt: skip
