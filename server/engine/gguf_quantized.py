@@ -2,15 +2,16 @@
 
 A converted GGUF's float32 weights are what transformers dequantizes. Beside them
 (`quantized.weights`, safetensors inside) this module saves, under the HF tensor's name, every
-Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K and Q8_0 linear weight (an untied LM head's too,
-unless 4-bit) and a token embedding of the 5-, 6- or 8-bit types (the tied LM head): 4-bit
-values with scales and mins, or int8 values with a scale per 32 inputs (Q8_0, the Q5 types) or
-16 (Q6_K's 6-bit values) and, for Q5_1 and Q5_K, a min per block; rows in HF's order (llama.cpp
+Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K and Q8_0 linear weight (an untied LM
+head's too, unless 4-bit) and a token embedding of the types kept as int8 (the tied LM head):
+4-bit values with scales and mins, or int8 values with a scale per 32 inputs (Q8_0, the Q5
+types) or 16 (Q6_K, Q3_K, Q2_K) and, for Q5_1, Q5_K and Q2_K, a min per block; rows in HF's order (llama.cpp
 permutes a Llama's rows of q and k, transformers un-permutes them, so do we; a Qwen2's are as
 they are). The three 4-bit types are saved in Q4_1's form, scale * q + min: Q4_0's
 d * (q - 8) as d * q + (-8 d); Q4_K's d * sc_j * q - dmin * m_j (block j of 32 in a
 super-block of 256) with scale = d * sc_j and min = -(dmin * m_j); Q5_K likewise with q in
-0..31; Q5_0's d * (q - 16) as int8 q - 16; Q6_K's d * sc_j * q with scale = d * sc_j. Every
+0..31, and Q2_K with q in 0..3 per block of 16; Q5_0's d * (q - 16) as int8 q - 16; Q6_K's
+and Q3_K's d * sc_j * q with scale = d * sc_j (Q3_K's q in -4..3). Every
 such product is exact in float32 (a float16 times a small integer) and a min is added once, as
 gguf-py does, so the weights are the same numbers. The engine checks at load that they give back its float32 weights bit for bit before it
 uses them (`server/engine/models`).
@@ -40,6 +41,8 @@ _Q6_K_BYTES = 210  # 128 bytes of low nibbles, 64 of high 2-bit parts, 16 int8 s
 _Q5_0_BYTES = 22  # fp16 d, 4 bytes of high bits, 16 bytes of nibbles
 _Q5_1_BYTES = 24  # fp16 d, fp16 m, 4 bytes of high bits, 16 bytes of nibbles
 _Q5_K_BYTES = 176  # fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins, 32 of high bits, 128
+_Q3_K_BYTES = 110  # 32 bytes of high bits, 64 of 2-bit parts, 12 of 6-bit scales, fp16 d
+_Q2_K_BYTES = 84  # 16 bytes of 4-bit scales and mins, 64 of 2-bit values, fp16 d, fp16 dmin
 _EMBEDDING = "model.embed_tokens.weight"
 _HF_NAMES = {
     "attn_q": "self_attn.q_proj",
@@ -55,9 +58,9 @@ _HF_NAMES = {
 @dataclass
 class QuantizedWeights:
     """By HF weight name: 4-bit weights (Q4_0, Q4_1, Q4_K) as (q uint8 [N, K] in 0..15,
-    scales, mins float32 [N, K / 32]), weight = scale * q + min; 8-, 6- and 5-bit weights (Q8_0,
-    Q6_K, Q5_0, Q5_1, Q5_K) as (q int8 [N, K], scales float32 [N, K / 32] or [N, K / 16], mins
-    as the scales for Q5_1 and Q5_K, else None), weight = scale * q (+ min)."""
+    scales, mins float32 [N, K / 32]), weight = scale * q + min; the other types (Q8_0, Q6_K,
+    the Q5 types, Q3_K, Q2_K) as (q int8 [N, K], scales float32 [N, K / 32] or [N, K / 16], mins
+    as the scales for Q5_1, Q5_K and Q2_K, else None), weight = scale * q (+ min)."""
 
     q4: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     q8: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = field(
@@ -66,8 +69,8 @@ class QuantizedWeights:
 
 
 def write_quantized(gguf_path: Path, folder: Path, config: dict[str, Any]) -> int:
-    """Save the Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K and Q8_0 linear weights and a 5-,
-    6- or 8-bit token embedding of the Llama or Qwen2 GGUF at `gguf_path` into `folder / QUANTIZED_FILE`
+    """Save the Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K and Q8_0 linear weights
+    and a token embedding of the types kept as int8 of the Llama or Qwen2 GGUF at `gguf_path` into `folder / QUANTIZED_FILE`
     (atomically); `config` is the converted HF config. Returns how many weights were saved (0:
     none, and no file)."""
     from gguf import GGUFReader
@@ -270,6 +273,53 @@ def _q5_k_blocks(raw: np.ndarray) -> _Q8:
     return q.reshape(rows, -1).astype(np.int8), scales, mins
 
 
+def _two_bit_parts(qs: np.ndarray) -> np.ndarray:
+    """Q2_K's and Q3_K's 64 bytes [N, S, 64] -> 256 two-bit values [N, S, 256] per
+    super-block: value 128 g + 32 s + l sits in bits 2s of byte 32 g + l."""
+    rows, supers = qs.shape[:2]
+    parts = (qs.reshape(rows, supers, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8)
+             .reshape(4, 1)) & 3  # fmt: skip
+    return parts.reshape(rows, supers, 256)
+
+
+def _q3_k_blocks(raw: np.ndarray) -> _Q8:
+    """Q3_K rows [N, K / 256 * 110] bytes -> q int8 [N, K] (-4..3) and scales [N, K / 16]
+    (d * (sc - 32), exact), weight = scale * q. A super-block is 32 bytes of high bits (bit s of
+    byte l: value 32 s + l; a clear bit subtracts 4), 64 bytes of low 2-bit parts, 12 bytes of
+    16 six-bit scales (bytes 0-7: their low nibbles, scale j in byte j % 8's nibble j // 8;
+    bytes 8-11: their top 2 bits, scale j in byte j % 4 at bit 2 (j // 4)), fp16 d."""
+    rows = raw.shape[0]
+    blocks = raw.reshape(rows, -1, _Q3_K_BYTES)
+    supers = blocks.shape[1]
+    hmask = blocks[:, :, 0:32].reshape(rows, supers, 1, 32)
+    high = ((hmask >> np.arange(8, dtype=np.uint8).reshape(8, 1)) & 1).reshape(rows, supers, 256)
+    q = _two_bit_parts(blocks[:, :, 32:96]).astype(np.int8) - 4 * (1 - high.astype(np.int8))
+    packed = blocks[:, :, 96:108]
+    low = (packed[:, :, 0:8, None] >> np.array([0, 4], dtype=np.uint8)) & 0x0F  # [N, S, 8, 2]
+    low = low.swapaxes(2, 3).reshape(rows, supers, 16)
+    top = (packed[:, :, 8:12, None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3  # [.., 4, 4]
+    top = top.swapaxes(2, 3).reshape(rows, supers, 16)
+    sc = (low | (top << 4)).astype(np.float32) - 32
+    d = blocks[:, :, 108:110].copy().view(np.float16).astype(np.float32)
+    return q.reshape(rows, -1), (d * sc).reshape(rows, -1), None
+
+
+def _q2_k_blocks(raw: np.ndarray) -> _Q8:
+    """Q2_K rows [N, K / 256 * 84] bytes -> q int8 [N, K] (0..3), scales and mins [N, K / 16]
+    (scale = d * sc, min = -(dmin * m), exact), weight = scale * q + min rounded once, as
+    gguf-py's dl * q - ml. A super-block is 16 bytes (sc in the low nibble, m in the high), 64
+    bytes of 2-bit values, fp16 d, fp16 dmin."""
+    rows = raw.shape[0]
+    blocks = raw.reshape(rows, -1, _Q2_K_BYTES)
+    packed = blocks[:, :, 0:16]
+    d = blocks[:, :, 80:82].copy().view(np.float16).astype(np.float32)
+    dmin = blocks[:, :, 82:84].copy().view(np.float16).astype(np.float32)
+    scales = (d * (packed & 0x0F).astype(np.float32)).reshape(rows, -1)
+    mins = -(dmin * (packed >> 4).astype(np.float32)).reshape(rows, -1)
+    q = _two_bit_parts(blocks[:, :, 16:80]).astype(np.int8)
+    return q.reshape(rows, -1), scales, mins
+
+
 def _q6_k_blocks(raw: np.ndarray) -> _Q8:
     """Q6_K rows [N, K / 256 * 210] bytes -> q int8 [N, K] (-32..31) and scales [N, K / 16]
     (d * sc, exact in float32: a float16 times an int8), weight = scale * q rounded once, as
@@ -293,7 +343,8 @@ def _q6_k_blocks(raw: np.ndarray) -> _Q8:
 _Q4_READERS = {"Q4_0": _q4_0_blocks, "Q4_1": _q4_1_blocks, "Q4_K": _q4_k_blocks}
 # and (q int8, scales, mins or None) for Q8 panels: a scale per 32 inputs or 16 (Q6_K)
 _Q8_READERS = {"Q8_0": _q8_0_blocks, "Q6_K": _q6_k_blocks, "Q5_0": _q5_0_blocks,
-               "Q5_1": _q5_1_blocks, "Q5_K": _q5_k_blocks}  # fmt: skip
+               "Q5_1": _q5_1_blocks, "Q5_K": _q5_k_blocks, "Q3_K": _q3_k_blocks,
+               "Q2_K": _q2_k_blocks}  # fmt: skip
 
 
 def _hf_row_order(rows: int, groups: int) -> np.ndarray:

@@ -9,24 +9,28 @@ import gguf
 import numpy as np
 from safetensors.torch import load_file
 
+Q2_K = gguf.GGMLQuantizationType.Q2_K
+Q3_K = gguf.GGMLQuantizationType.Q3_K
 Q4_K = gguf.GGMLQuantizationType.Q4_K
 Q5_K = gguf.GGMLQuantizationType.Q5_K
 Q6_K = gguf.GGMLQuantizationType.Q6_K
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
 LAYER_TYPES = {"q4_0": gguf.GGMLQuantizationType.Q4_0, "q4_1": gguf.GGMLQuantizationType.Q4_1,
                "q4_k": Q4_K, "q8_0": Q8_0, "q5_0": gguf.GGMLQuantizationType.Q5_0,
-               "q5_1": gguf.GGMLQuantizationType.Q5_1, "q5_k": Q5_K}  # fmt: skip
+               "q5_1": gguf.GGMLQuantizationType.Q5_1, "q5_k": Q5_K, "q3_k": Q3_K,
+               "q2_k": Q2_K}  # fmt: skip
 
 
 def write_llama_gguf(
     folder: Path, path: Path, quant: str | None = None, q8_0_layers: tuple[str, ...] = (),
-    arch: str = "llama", q6_k_layers: tuple[str, ...] = (),
+    arch: str = "llama", q6_k_layers: tuple[str, ...] = (), q4_k_layers: tuple[str, ...] = (),
 ) -> None:
     """Write an HF Llama (or, with `arch="qwen2"`, Qwen2) folder as a GGUF the way llama.cpp
     lays one out (Llama's q/k rows permuted, Qwen2's as they are); with `quant` ("q4_0",
-    "q4_1", "q4_k", "q5_0", "q5_1", "q5_k" or "q8_0"), the linear layers' weights (an untied head's too) quantized to
+    "q4_1", "q4_k", "q5_0", "q5_1", "q5_k", "q3_k", "q2_k" or "q8_0"), the linear layers' weights (an untied head's too) quantized to
     that type and the embedding to Q8_0, as llama.cpp's files of those types hold them (the
-    norms stay float32), except the tensors named in `q8_0_layers` or `q6_k_layers` (GGUF
+    norms stay float32), except the tensors named in `q8_0_layers`, `q6_k_layers` or
+    `q4_k_layers` (GGUF
     names: `blk.1.attn_v.weight`, `token_embd.weight`), quantized to Q8_0 or Q6_K (mixed files,
     as Q4_K_M's are)."""
 
@@ -78,6 +82,8 @@ def write_llama_gguf(
         qtype = None
         if gguf_name in q6_k_layers:
             qtype = Q6_K
+        elif gguf_name in q4_k_layers:
+            qtype = Q4_K
         elif gguf_name in q8_0_layers:
             qtype = Q8_0
         elif quant is not None and name.endswith(("_proj.weight", "lm_head.weight")):
@@ -176,4 +182,66 @@ def quantize_q6_k(weight: np.ndarray) -> np.ndarray:
     return out.reshape(n, -1)
 
 
-K_QUANTIZERS = {Q4_K: quantize_q4_k, Q5_K: quantize_q5_k, Q6_K: quantize_q6_k}
+def quantize_q3_k(weight: np.ndarray) -> np.ndarray:
+    """A float32 [N, K] weight (K a multiple of 256) as Q3_K bytes [N, K / 256 * 110]: 16
+    blocks of 16 with a 6-bit scale sc (stored + 32), weight ~ d * sc * q, q in -4..3 (a low
+    2-bit part and a high bit that, clear, subtracts 4). A plain max fit, laid out as gguf-py
+    reads it."""
+    n, k = weight.shape
+    supers = k // 256
+    w = weight.astype(np.float32).reshape(n, supers, 16, 16)
+    step = np.abs(w).max(axis=3) / 4
+    d = (step.max(axis=2) / 31).astype(np.float16)
+    df = d.astype(np.float32)[..., None]
+    sc = np.clip(np.round(np.divide(step, df, out=np.zeros_like(step), where=df > 0)), -32, 31)
+    scale = (df * sc)[..., None]
+    q = np.clip(np.round(np.divide(w, scale, out=np.zeros_like(w), where=scale != 0)), -4, 3)
+    q = q.astype(np.int8).reshape(n, supers, 256)
+    high = (q >= 0).astype(np.uint8)
+    parts = (q & 3).astype(np.uint8)
+    hmask = (high.reshape(n, supers, 8, 32) << np.arange(8, dtype=np.uint8).reshape(8, 1)).sum(
+        axis=2, dtype=np.uint8)  # fmt: skip
+    s6 = (sc + 32).astype(np.uint8)  # [n, S, 16]
+    packed = np.empty((n, supers, 12), dtype=np.uint8)
+    packed[..., 0:8] = (s6[..., 0:8] & 0x0F) | ((s6[..., 8:16] & 0x0F) << 4)
+    top = ((s6 >> 4) & 3).reshape(n, supers, 4, 4)  # [.., s, b]: scale 4 s + b
+    packed[..., 8:12] = (top << (2 * np.arange(4, dtype=np.uint8)).reshape(4, 1)).sum(
+        axis=2, dtype=np.uint8)  # fmt: skip
+    out = np.concatenate([hmask, _two_bit_bytes(parts), packed, d[..., None].view(np.uint8)],
+                         axis=2)  # fmt: skip
+    return out.reshape(n, -1)
+
+
+def quantize_q2_k(weight: np.ndarray) -> np.ndarray:
+    """A float32 [N, K] weight (K a multiple of 256) as Q2_K bytes [N, K / 256 * 84]: 16
+    blocks of 16 with 4-bit sc and m, weight ~ d * sc * q - dmin * m, q in 0..3. A plain
+    min/max fit, laid out as gguf-py reads it."""
+    n, k = weight.shape
+    supers = k // 256
+    w = weight.astype(np.float32).reshape(n, supers, 16, 16)
+    lo = np.minimum(w.min(axis=3), 0.0)
+    step = (w.max(axis=3) - lo) / 3
+    d = (step.max(axis=2) / 15).astype(np.float16)
+    dmin = ((-lo).max(axis=2) / 15).astype(np.float16)
+    df, dminf = d.astype(np.float32)[..., None], dmin.astype(np.float32)[..., None]
+    sc = np.clip(np.round(np.divide(step, df, out=np.zeros_like(step), where=df > 0)), 0, 15)
+    m = np.clip(np.round(np.divide(-lo, dminf, out=np.zeros_like(lo), where=dminf > 0)), 0, 15)
+    scale, offset = (df * sc)[..., None], (dminf * m)[..., None]
+    q = np.round(np.divide(w + offset, scale, out=np.zeros_like(w), where=scale > 0))
+    q = np.clip(q, 0, 3).astype(np.uint8).reshape(n, supers, 256)
+    packed = sc.astype(np.uint8) | (m.astype(np.uint8) << 4)
+    out = np.concatenate([packed, _two_bit_bytes(q), d[..., None].view(np.uint8),
+                          dmin[..., None].view(np.uint8)], axis=2)  # fmt: skip
+    return out.reshape(n, -1)
+
+
+def _two_bit_bytes(parts: np.ndarray) -> np.ndarray:
+    """256 two-bit values [n, S, 256] -> 64 bytes [n, S, 64]: value 128 g + 32 s + l in bits 2s
+    of byte 32 g + l."""
+    n, supers = parts.shape[:2]
+    grouped = parts.reshape(n, supers, 2, 4, 32) << (2 * np.arange(4, dtype=np.uint8)).reshape(4, 1)
+    return grouped.sum(axis=3, dtype=np.uint8).reshape(n, supers, 64)
+
+
+K_QUANTIZERS = {Q2_K: quantize_q2_k, Q3_K: quantize_q3_k, Q4_K: quantize_q4_k,
+                Q5_K: quantize_q5_k, Q6_K: quantize_q6_k}  # fmt: skip

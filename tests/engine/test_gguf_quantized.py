@@ -392,3 +392,56 @@ def test_a_q5_k_m_like_file_fuses_5_bit_and_6_bit_parts_into_16_input_blocks(tmp
     engines = [LLMEngine.from_pretrained(str(loaded.path), num_kv_blocks=64, quantized_linear=q)
                for q in (True, False)]  # fmt: skip
     assert_same_generations(*engines, (1, 3), exact=True)
+
+
+@pytest.mark.parametrize("quant", ["q3_k", "q2_k"])
+def test_2_and_3_bit_k_weights_are_kept_as_8_bit_panels_with_the_same_logits(
+    tmp_path: Path, quant: str
+):
+    """Q3_K (d * sc * q, q in -4..3) and Q2_K (d * sc * q - dmin * m, q in 0..3), a scale per
+    16 inputs: 8-bit panels of 16-input blocks, Q2_K's with mins, bit for bit transformers'
+    float32 conversion; tokens and logprobs exactly the float32-only engine's."""
+    folder = make_tiny_model(tmp_path / "llama", "llama", seed=13, tie_word_embeddings=True,
+                             hidden_size=256, intermediate_size=512, head_dim=64)  # fmt: skip
+    path = tmp_path / f"tiny-llama.{quant.upper()}.gguf"
+    write_llama_gguf(folder, path, quant=quant)
+    loaded = load_model(path, cache_dir=tmp_path / "models")
+    found = read_quantized(loaded.path)
+    weights = load_file(str(loaded.path / "model.safetensors"))
+    assert len(found.q8) == 2 * 7 + 1 and not found.q4
+    for name, (q, scales, mins) in found.q8.items():
+        rows, cols = q.shape
+        block = cols // scales.shape[1]
+        w = q.float().view(rows, -1, block) * scales[..., None]
+        if mins is not None:
+            w = w + mins[..., None]
+        assert torch.equal(w.view(rows, cols), weights[name]), name
+        if name != "model.embed_tokens.weight":
+            assert block == 16 and (mins is None) == (quant == "q3_k"), name
+    linears = [m for m in loaded.model.modules() if isinstance(m, Linear)]
+    assert all(m.q8 is not None and m.q8.block == 16 for m in linears)
+    engines = [LLMEngine.from_pretrained(str(loaded.path), num_kv_blocks=64, quantized_linear=q)
+               for q in (True, False)]  # fmt: skip
+    assert_same_generations(*engines, (1, 3), exact=True)
+
+
+def test_a_q3_k_m_like_file_takes_its_4_bit_v_as_8_bit_beside_3_bit_q_and_k(tmp_path: Path):
+    """Q3_K_M: q and k Q3_K, v Q4_K in one fused q/k/v, the 8-bit parts first: the whole
+    projection goes to 8-bit panels, the Q4_K part as int8 values with its scales and mins
+    (blocks of 16, each of its 32-input scales twice), the same weights bit for bit; the Q4_K
+    o projection stays 4-bit; tokens are the float32-only engine's."""
+    folder = make_tiny_model(tmp_path / "llama", "llama", seed=14, tie_word_embeddings=True,
+                             hidden_size=256, intermediate_size=512, head_dim=64)  # fmt: skip
+    path = tmp_path / "tiny-llama.Q3_K_M.gguf"
+    write_llama_gguf(folder, path, quant="q3_k", q6_k_layers=("token_embd.weight",),
+                     q4_k_layers=("blk.1.attn_v.weight", "blk.1.attn_output.weight"))
+    model = load_model(path, cache_dir=tmp_path / "models").model
+    qkv = model.layers[1].self_attn.qkv_proj
+    assert qkv.q4 is None and qkv.q8 is not None and qkv.q8.block == 16
+    assert qkv.q8.mins is not None
+    assert model.layers[1].self_attn.o_proj.q4 is not None
+    assert model.layers[0].self_attn.qkv_proj.q8.mins is None  # all Q3_K
+    engines = [LLMEngine.from_pretrained(str(tmp_path / "models" / path.stem), num_kv_blocks=64,
+                                         quantized_linear=q)
+               for q in (True, False)]  # fmt: skip
+    assert_same_generations(*engines, (1, 3))

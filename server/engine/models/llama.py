@@ -259,16 +259,7 @@ class LlamaForCausalLM(nn.Module):
                     if not linear.packed:
                         continue
                     keys = [f"model.layers.{i}.{prefix}.{name}.weight" for name in names]
-                    # the leading parts 4-bit, the rest 8-bit (either may be empty)
-                    n4 = next((j for j, k in enumerate(keys) if k not in weights.q4), len(keys))
-                    q4 = _q4_panels(weights, keys[:n4])
-                    q8 = _q8_panels(weights, keys[n4:])
-                    if q4 is not None and q8 is not None:
-                        attached += linear.attach_split(q4, q8)
-                    elif q4 is not None and n4 == len(keys):
-                        attached += linear.attach_q4(q4)
-                    elif q8 is not None and n4 == 0:
-                        attached += linear.attach_q8(q8)
+                    attached += _attach(linear, weights, keys)
         head = weights.q8.get("lm_head.weight")  # an untied head: 8-bit, as the stack reads
         if head is not None and self.lm_head is not None and self.lm_head.packed:
             attached += self.lm_head.attach_q8(q8_linear.pack_q8(*head))
@@ -501,6 +492,21 @@ class _WeightCopier:
         dense_slot.copy_(buffer)
 
 
+def _attach(linear: Linear, weights: QuantizedWeights, keys: list[str]) -> bool:
+    """Give `linear`, fused from the weights `keys` in order, the quantized panels that read
+    the fewest bytes: 4-bit if all its parts are; split when 4-bit parts lead and 8-bit ones
+    follow (Q4_K_M's q/k/v with a Q6_K v); else all 8-bit, 4-bit parts taken as int8 with their
+    scales and mins (Q3_K_M's Q3_K q and k before a Q4_K v). True if attached."""
+    n4 = next((j for j, k in enumerate(keys) if k not in weights.q4), len(keys))
+    if n4 == len(keys):
+        return linear.attach_q4(_q4_panels(weights, keys))
+    rest = keys[n4:]
+    if n4 and all(k in weights.q8 for k in rest):
+        return linear.attach_split(_q4_panels(weights, keys[:n4]), _q8_panels(weights, rest))
+    q8 = _q8_panels(weights, keys)
+    return q8 is not None and linear.attach_q8(q8)
+
+
 def _q4_panels(weights: QuantizedWeights, keys: list[str]) -> q4_linear.Q4Panels | None:
     """The 4-bit weights `keys` stacked (outputs in order) into panels; None for no keys."""
     if not keys:
@@ -510,13 +516,14 @@ def _q4_panels(weights: QuantizedWeights, keys: list[str]) -> q4_linear.Q4Panels
 
 
 def _q8_panels(weights: QuantizedWeights, keys: list[str]) -> q8_linear.Q8Panels | None:
-    """The 8-bit weights `keys` stacked into panels; None for no keys or a key not 8-bit.
-    Parts of 32-input blocks beside parts of 16 (Q5_K's q and k, Q6_K's v) take 16-input blocks
-    (each scale twice), and parts without mins beside parts with them mins of 0 (fma(q, d, 0)
-    is d * q rounded once, as before): the same weights, bit for bit."""
-    if not keys or not all(k in weights.q8 for k in keys):
+    """The weights `keys` stacked into 8-bit panels (4-bit ones as int8, with their scales
+    and mins); None for no keys or a key neither. Parts of 32-input blocks beside parts of 16
+    (Q5_K's q and k, Q6_K's v) take 16-input blocks (each scale twice), and parts without mins
+    beside parts with them mins of 0 (fma(q, d, 0) is d * q rounded once, as before): the same
+    weights, bit for bit."""
+    if not keys or not all(k in weights.q8 or k in weights.q4 for k in keys):
         return None
-    parts = [weights.q8[k] for k in keys]
+    parts = [weights.q8[k] if k in weights.q8 else _q4_as_q8(*weights.q4[k]) for k in keys]
     block = min(q.shape[1] // scales.shape[1] for q, scales, _ in parts)
     affine = any(mins is not None for _, _, mins in parts)
     qs, scales, mins = [], [], []
@@ -528,6 +535,12 @@ def _q8_panels(weights: QuantizedWeights, keys: list[str]) -> q8_linear.Q8Panels
             mins.append(torch.zeros_like(scales[-1]) if m is None else m.repeat_interleave(
                 repeat, dim=1))  # fmt: skip
     return q8_linear.pack_q8(torch.cat(qs), torch.cat(scales), torch.cat(mins) if affine else None)
+
+
+def _q4_as_q8(
+    q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return q.to(torch.int8), scales, mins  # 0..15 as int8: scale * q + min, the same weights
 
 
 def _fused_slots(linear: Linear, parts: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
