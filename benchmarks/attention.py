@@ -10,6 +10,7 @@
     python -m benchmarks.attention --cold 30       # KV out of the CPU caches, as in a model
     python -m benchmarks.attention --prefill       # the CPU prefill kernel alone (GFLOP/s)
     python -m benchmarks.attention --prefill --prefill-baseline old.c   # A/B against a version
+    python -m benchmarks.attention --levels --levels-baseline old.c --threads 1   # the levels kernel
     python -m benchmarks.attention --distinct 32x600,16x600 --cold 30   # no shared prefix
 
 Every row forks `seqs` sequences from one context of `prefix` tokens (blocks shared, as the
@@ -30,6 +31,14 @@ fresh prompts of 256-2048 tokens, 4 prompts of 512 in one call, and chunks of 51
 1536 tokens of context (the engine's mid-sequence chunks); GFLOP/s count the causal half (4 x
 Hq x D per query-key pair a row attends). With `--prefill-baseline FILE` (an older version of
 paged_prefill.c, e.g. from `git show`) both are timed in turn, round after round.
+
+`--levels` times the CPU levels kernel (server/kernels/cpu/paged_levels.c) alone: one level of
+`seqs` members over a `prefix`-token span per size (16x2048, 64x2048, 16x512, 4x2048, 64x8192,
+or `--sizes`), blocks scattered over a pool on huge pages (over `--cold N` pools of their own
+in turn: the KV out of the CPU caches); GFLOP/s count 4 x Hq x D per member and key. With
+`--levels-baseline FILE` (an older paged_levels.c) both are timed call by call, alternating,
+and the table gives the median over `--rounds` of each and of the per-round ratio. Run it with
+`--threads 1` on a shared machine: one thread is timed in its own CPU time.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -485,13 +495,23 @@ def main(argv: list[str] | None = None) -> None:
         "--prefill-baseline", default=None, metavar="FILE",
         help="--prefill: also time this version of paged_prefill.c, alternating",
     )
-    parser.add_argument("--rounds", type=int, default=5, help="--prefill: alternating rounds")
+    parser.add_argument("--levels", action="store_true", help="the CPU levels kernel alone")
+    parser.add_argument(
+        "--levels-baseline", default=None, metavar="FILE",
+        help="--levels: also time this version of paged_levels.c, alternating",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="--prefill / --levels: alternating rounds (5 / 40)"
+    )
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.prefill:
         prefill_main(args)
+        return
+    if args.levels:
+        levels_main(args)
         return
     if (args.cold or args.distinct) and args.device != "cpu":
         parser.error("--cold and --distinct are for CPU runs (GPU timings replay CUDA graphs)")
@@ -613,9 +633,13 @@ def prefill_main(args: argparse.Namespace) -> None:
     from server.kernels.cpu import paged_prefill as kernel
 
     shape = SHAPES[args.shape]
+    args.rounds = args.rounds or 5
     versions = {"kernel": kernel.paged_prefill}
     if args.prefill_baseline:
-        versions = {"baseline": _prefill_version(Path(args.prefill_baseline)), **versions}
+        versions = {
+            "baseline": _kernel_version(kernel, "paged_prefill", Path(args.prefill_baseline)),
+            **versions,
+        }
     report: dict[str, object] = {
         "device": _device_name("cpu"),
         "shape_name": args.shape,
@@ -675,35 +699,135 @@ def _prefill_ms(call: Callable[[], object], repeats: int) -> float:
     return statistics.median(times[: max(1, (len(times) + 1) // 2)]) * 1e3
 
 
-def _prefill_version(source: Path) -> Callable[..., torch.Tensor]:
-    """paged_prefill with the library built from another version of paged_prefill.c (beside
-    this tree's headers, so it compiles as the kernel does)."""
+def _kernel_version(kernel: Any, name: str, source: Path) -> Callable[..., Any]:
+    """`kernel.<name>` (paged_prefill, paged_levels) with the library built from another
+    version of its C source (beside this tree's headers, so it compiles as the kernel does)."""
     import shutil
     import tempfile
 
     from server.kernels.cpu import native_library
-    from server.kernels.cpu import paged_prefill as kernel
 
-    folder = Path(tempfile.mkdtemp(prefix="parrot-prefill-baseline-"))
+    folder = Path(tempfile.mkdtemp(prefix=f"parrot-{name}-baseline-"))
     for header in kernel.SOURCE.parent.glob("*.h"):
         shutil.copy(header, folder / header.name)
     shutil.copy(source, folder / kernel.SOURCE.name)
     lib = native_library.load(folder / kernel.SOURCE.name)
     if lib is None:
-        raise SystemExit(f"--prefill-baseline: {source} does not build")
-    reference = kernel._library()  # this tree's, for its ctypes signature
-    fn = lib.parrot_paged_prefill
-    fn.argtypes, fn.restype = reference.parrot_paged_prefill.argtypes, ctypes.c_int
+        raise SystemExit(f"--{name.removeprefix('paged_')}-baseline: {source} does not build")
+    reference = getattr(kernel._library(), f"parrot_{name}")  # this tree's ctypes signature
+    fn = getattr(lib, f"parrot_{name}")
+    fn.argtypes, fn.restype = reference.argtypes, ctypes.c_int
 
-    def call(*args: object) -> torch.Tensor:
+    def call(*args: object) -> Any:
         own = kernel._library
-        kernel._library = lambda: lib  # type: ignore[assignment]  # (the wrapper's checks kept)
+        kernel._library = lambda: lib  # (the wrapper's checks kept)
         try:
-            return kernel.paged_prefill(*args)  # type: ignore[arg-type]
+            return getattr(kernel, name)(*args)
         finally:
-            kernel._library = own  # type: ignore[assignment]
+            kernel._library = own
 
     return call
+
+
+LEVELS_SIZES = ((16, 2048), (64, 2048), (16, 512), (4, 2048), (64, 8192))
+
+
+def levels_case(
+    seqs: int, prefix: int, shape: Shape, pools: int = 1, seed: int = 0
+) -> tuple[list[tuple[object, ...]], float]:
+    """The levels kernel's arguments for one level of `seqs` members over `prefix` tokens,
+    once per pool (blocks scattered, caches on huge pages as the engine's), and its FLOP."""
+    from server.kernels.cpu import huge_pages
+    from server.kernels.cpu.paged_levels import level_index
+
+    gen = torch.Generator().manual_seed(seed)
+    bs, blocks = shape.block_size, -(-prefix // shape.block_size)
+    q = torch.randn(seqs, shape.num_q_heads, shape.head_dim, generator=gen)
+    calls = []
+    for _ in range(pools):
+        cache = (blocks + 8, bs, shape.num_kv_heads, shape.head_dim)
+        k, v = (huge_pages.zeros(cache).copy_(torch.randn(*cache, generator=gen)) for _ in "kv")
+        span = torch.randperm(blocks + 8, generator=gen)[:blocks].tolist()
+        index = level_index([(list(range(seqs)), span, prefix)])
+        out = torch.zeros_like(q)
+        lse = torch.full((seqs, shape.num_q_heads), float("-inf"))
+        calls.append((q, k, v, index, shape.head_dim**-0.5, out, lse, False))
+    return calls, 4.0 * shape.num_q_heads * shape.head_dim * seqs * prefix
+
+
+def levels_main(args: argparse.Namespace) -> None:
+    """Per size, the levels kernel's ms and GFLOP/s (and a baseline version's, alternating)."""
+    from server.kernels.cpu import paged_levels as kernel
+
+    shape = SHAPES[args.shape]
+    rounds = args.rounds or 40
+    sizes = [tuple(int(x) for x in item.split("x")) for item in args.sizes.split(",")] \
+        if args.sizes else list(LEVELS_SIZES)  # fmt: skip
+    versions = {"kernel": kernel.paged_levels}
+    if args.levels_baseline:
+        versions = {
+            "baseline": _kernel_version(kernel, "paged_levels", Path(args.levels_baseline)),
+            **versions,
+        }
+    rows = []
+    for seqs, prefix in tqdm(sizes, desc="levels", leave=False):
+        calls, flop = levels_case(seqs, prefix, shape, max(args.cold, 1))
+        outputs = []
+        for fn in versions.values():  # one call from the same -inf start: the results compared
+            fresh = calls[0][:5] + (torch.zeros_like(calls[0][0]),
+                                    torch.full_like(calls[0][6], float("-inf")), False)
+            fn(*fresh)
+            outputs.append(fresh[5])
+        error = max(float((o - outputs[-1]).abs().max()) for o in outputs)
+        repeats = max(1, int(2e8 / flop / len(calls)))
+        ms: dict[str, list[float]] = {v: [] for v in versions}
+        for r in range(rounds):
+            for v in list(versions)[:: -1 if r % 2 else 1]:
+                ms[v].append(_round_ms(versions[v], calls, repeats))
+        row = {"seqs": seqs, "prefix": prefix, "gflop": flop / 1e9, "max_abs_diff": error}
+        for v in versions:
+            row |= {f"{v}_ms": statistics.median(ms[v]), f"{v}_rounds": ms[v]}
+            row[f"{v}_gflops"] = flop / row[f"{v}_ms"] / 1e6
+        if len(versions) > 1:
+            row["speedup"] = statistics.median(
+                b / k for b, k in zip(ms["baseline"], ms["kernel"], strict=True)
+            )
+        rows.append(row)
+    threads = torch.get_num_threads()
+    print(f"levels kernel, one level per row, {_device_name('cpu')}, {args.shape} heads "
+          f"({shape.num_q_heads} q / {shape.num_kv_heads} kv x {shape.head_dim}), {threads} "
+          f"thread(s){' (CPU time)' if threads == 1 else ''}, KV "
+          f"{f'cold ({args.cold} pools)' if args.cold else 'warm'}, median of {rounds} rounds")  # fmt: skip
+    print(f"{'seqs':>5} {'prefix':>7} " + " ".join(f"{v + ' ms':>11} {'GFLOP/s':>8}" for v in versions)
+          + (f" {'speedup':>8}" if len(versions) > 1 else ""))  # fmt: skip
+    for row in rows:
+        line = f"{row['seqs']:>5} {row['prefix']:>7} "
+        line += " ".join(f"{row[f'{v}_ms']:>11.3f} {row[f'{v}_gflops']:>8.1f}" for v in versions)
+        if len(versions) > 1:
+            line += f" {row['speedup']:>7.3f}x"
+        print(line)
+    report = {
+        "device": _device_name("cpu"), "shape_name": args.shape, "shape": asdict(shape),
+        "threads": threads, "cold_pools": args.cold, "baseline": args.levels_baseline,
+        "rounds": rounds, "table": rows,
+        "ms": "median over rounds of a call's time (one thread: its CPU time); speedup: median "
+        "of the rounds' baseline/kernel ratios",
+    }  # fmt: skip
+    out = Path(args.out) if args.out else RESULTS / "attention_levels_cpu.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"saved {out}")
+
+
+def _round_ms(call: Callable[..., object], calls: list[tuple[object, ...]], repeats: int) -> float:
+    """ms per call of `call` over every argument set in `calls`, `repeats` times (one thread:
+    in the thread's own CPU time, as _prefill_ms)."""
+    timer = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+    start = timer()
+    for _ in range(repeats):
+        for c in calls:
+            call(*c)
+    return (timer() - start) / repeats / len(calls) * 1e3
 
 
 def _print_rows(rows: list[Row]) -> None:
