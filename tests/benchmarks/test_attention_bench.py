@@ -1,5 +1,5 @@
 """benchmarks.attention's CPU table, warm and cold, at its quick sizes: it runs, times both
-ways and saves what it printed."""
+ways and saves what it printed; the levels kernel's A/B likewise."""
 
 from __future__ import annotations
 
@@ -21,6 +21,28 @@ def test_quick_table_saves_both_ways(tmp_path: Path, cold: int) -> None:
     assert [(r["seqs"], r["prefix"]) for r in rows] == [(4, 512), (4, 2048), (16, 512), (16, 2048)]
     assert all(r["per_seq_ms"] > 0 and r["cascade_ms"] > 0 for r in rows)
     assert all(r["speedup"] == pytest.approx(r["per_seq_ms"] / r["cascade_ms"]) for r in rows)
+
+
+@pytest.mark.parametrize("cold", [0, 2])
+def test_levels_ab_times_both_versions(tmp_path: Path, cold: int) -> None:
+    # the baseline built from this tree's own source: the same outputs, both timed every round
+    from server.kernels.cpu import paged_levels
+
+    if not paged_levels.available():
+        pytest.skip("no C compiler")
+    out = tmp_path / "levels.json"
+    attention.main([
+        "--levels", "--levels-baseline", str(paged_levels.SOURCE), "--sizes", "4x64,3x100",
+        "--rounds", "3", "--cold", str(cold), "--out", str(out),
+    ])  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["cold_pools"] == cold and report["rounds"] == 3
+    rows = report["table"]
+    assert [(r["seqs"], r["prefix"]) for r in rows] == [(4, 64), (3, 100)]
+    for r in rows:
+        assert r["max_abs_diff"] == 0.0
+        assert len(r["baseline_rounds"]) == len(r["kernel_rounds"]) == 3
+        assert r["kernel_ms"] > 0 and r["baseline_ms"] > 0 and r["speedup"] > 0
 
 
 def test_cold_is_refused_on_cuda() -> None:
