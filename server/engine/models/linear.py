@@ -28,10 +28,9 @@ class Linear(nn.Module):
     `weight_t`, e.g. to load new weights. Parameters are left uninitialised (they are loaded),
     so construction costs nothing. A packed layer may also hold its weight 4-bit
     (`attach_q4`, from a GGUF's Q4_0/Q4_1/Q4_K blocks) or 8-bit (`attach_q8`, Q8_0, Q6_K and
-    the Q5 types): steps of few rows then stream ~5x (~3.5x) fewer bytes. A layer fused from
-    weights of both kinds
-    holds both, split (`attach_split`): the first `q4.out_features` outputs 4-bit, the rest
-    8-bit.
+    the Q5, Q3_K and Q2_K types): steps of few rows then stream ~5x (~3.5x) fewer bytes. A
+    layer fused from weights of both kinds may hold both, split (`attach_split`): the first
+    `q4.out_features` outputs 4-bit, the rest 8-bit.
     """
 
     def __init__(

@@ -501,9 +501,11 @@ def _attach(linear: Linear, weights: QuantizedWeights, keys: list[str]) -> bool:
     if n4 == len(keys):
         return linear.attach_q4(_q4_panels(weights, keys))
     rest = keys[n4:]
-    if n4 and all(k in weights.q8 for k in rest):
-        return linear.attach_split(_q4_panels(weights, keys[:n4]), _q8_panels(weights, rest))
-    q8 = _q8_panels(weights, keys)
+    if n4 and all(k in weights.q8 for k in rest) and linear.attach_split(
+        _q4_panels(weights, keys[:n4]), _q8_panels(weights, rest)
+    ):
+        return True
+    q8 = _q8_panels(weights, keys)  # (also where a split's 4-bit part ends mid-panel)
     return q8 is not None and linear.attach_q8(q8)
 
 
