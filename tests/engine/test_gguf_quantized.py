@@ -446,3 +446,43 @@ def test_a_q3_k_m_like_file_takes_its_4_bit_v_as_8_bit_beside_3_bit_q_and_k(tmp_
                                          quantized_linear=q)
                for q in (True, False)]  # fmt: skip
     assert_same_generations(*engines, (1, 3))
+
+
+@pytest.mark.parametrize("fused_layers", [True, False])
+def test_a_qwen2_split_q_k_v_adds_each_part_its_own_biases(tmp_path: Path, fused_layers: bool):
+    """Qwen2's q/k/v have biases: a split q/k/v (q and k Q4_0, v Q8_0) adds the first biases
+    to the 4-bit part's outputs and the rest to the 8-bit part's, through the decoder stack and
+    layer by layer, up to and past QUANTIZED_MAX_ROWS rows."""
+    folder = make_tiny_model(tmp_path / "qwen2", "qwen2", seed=15)
+    path = tmp_path / "tiny-qwen2.Q4_0.gguf"
+    write_llama_gguf(folder, path, quant="q4_0", arch="qwen2",
+                     q8_0_layers=("blk.0.attn_v.weight", "blk.1.attn_v.weight"))  # fmt: skip
+    loaded = load_model(path, cache_dir=tmp_path / "models")
+    c = loaded.model.config
+    for layer in loaded.model.layers:
+        qkv = layer.self_attn.qkv_proj
+        assert qkv.split and qkv.bias is not None
+        assert qkv.q4.out_features == (c.num_heads + c.num_kv_heads) * c.head_dim
+    engines = [LLMEngine.from_pretrained(str(loaded.path), num_kv_blocks=64, quantized_linear=q,
+                                         fused_layers=fused_layers)
+               for q in (True, False)]  # fmt: skip
+    assert (engines[0].runner.model.decoder_stack is not None) == fused_layers
+    assert_same_generations(*engines, (1, 3, QUANTIZED_MAX_ROWS + 2))
+
+
+@pytest.mark.parametrize("fused_layers", [True, False])
+def test_an_untied_head_with_mins_gives_the_same_logits(tmp_path: Path, fused_layers: bool):
+    """An untied Q2_K output.weight (a min per block of 16) is the 8-bit head of the stack and
+    of the layer-by-layer path, mins included: the logits are the float32 head's bit for bit."""
+    folder = make_tiny_model(tmp_path / "llama", "llama", seed=16, tie_word_embeddings=False,
+                             hidden_size=256, intermediate_size=512, head_dim=64)  # fmt: skip
+    path = tmp_path / "tiny-llama.Q2_K.gguf"
+    write_llama_gguf(folder, path, quant="q2_k")
+    loaded = load_model(path, cache_dir=tmp_path / "models")
+    head = loaded.model.lm_head.q8
+    assert head is not None and head.mins is not None and head.block == 16
+    assert loaded.model.decoder_stack.head.q8 is head
+    engines = [LLMEngine.from_pretrained(str(loaded.path), num_kv_blocks=64, quantized_linear=q,
+                                         fused_layers=fused_layers)
+               for q in (True, False)]  # fmt: skip
+    assert_same_generations(*engines, (1, 3), exact=True)

@@ -251,3 +251,25 @@ def test_rejects_mins_of_another_shape() -> None:
     with pytest.raises(ValueError, match="does not match the panels"):
         q8.q8_linear(torch.randn(2, 64), q8.Q8Panels(panels.qs, panels.scales, 48,
                                                      panels.mins[:, :1]))  # fmt: skip
+
+
+@pytest.mark.parametrize("block", [32, 16])
+def test_matches_with_mins_in_torch_agrees_with_the_kernel(
+    block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the library `matches` compares `dequantize()` in torch: with mins (the affine
+    types, and parts of 0 mins beside them whose d * q rounds, as a Q6_K v beside Q5_K q and k)
+    it says what the kernel's check says, for the weights and for weights one ulp off."""
+    gen = torch.Generator().manual_seed(block + 7)
+    affine = _affine_panels(256, 40, gen, block)
+    q, d = q8.quantize_q8_0(torch.randn(24, 256, generator=gen), block)
+    rounding = q8.pack_q8(q, d * 1.2345679, torch.zeros_like(d))  # d * q rounds, min 0
+    cases = []
+    for panels in (affine, rounding):
+        floats = pack(q8.dequantize(panels))
+        off = floats.clone()
+        off[1, 37, 5] = torch.nextafter(off[1, 37, 5], torch.tensor(float("inf")))
+        cases += [(panels, floats, True), (panels, off, False)]
+    assert [q8.matches(p, f) for p, f, _ in cases] == [want for _, _, want in cases]
+    monkeypatch.setattr(q8, "_library", lambda: None)
+    assert [q8.matches(p, f) for p, f, _ in cases] == [want for _, _, want in cases]
