@@ -486,3 +486,31 @@ def test_an_untied_head_with_mins_gives_the_same_logits(tmp_path: Path, fused_la
                                          fused_layers=fused_layers)
                for q in (True, False)]  # fmt: skip
     assert_same_generations(*engines, (1, 3), exact=True)
+
+
+def _packed(weight_t: torch.Tensor) -> Linear:
+    layer = Linear(*weight_t.shape, bias=False)
+    layer.weight_t.data.copy_(weight_t)
+    layer.pack()
+    return layer
+
+
+def test_attaching_one_kind_drops_the_other() -> None:
+    """A layer holds 4-bit or 8-bit panels, or both only when split (`attach_split`): attaching
+    whole-layer panels of one kind to a layer that holds the other replaces them, rather than
+    leaving a layer that looks split with two full-width parts (2N outputs)."""
+    torch.manual_seed(2)
+    q, scales, mins = q4_linear.quantize_q4_1(torch.randn(48, 64))
+    four = q4_linear.pack_q4(q, scales, mins)
+    weight_t = q4_linear.dequantize(four)
+    # the same weights as int8 0..15 with the 4-bit scales and mins
+    eight = q8_linear.pack_q8(q.to(torch.int8), scales, mins)
+    x = torch.randn(2, 64)
+    layer = _packed(weight_t)
+    assert layer.attach_q8(eight) and layer.attach_q4(four)
+    assert not layer.split and layer.q8 is None and layer(x).shape == (2, 48)
+    layer = _packed(weight_t)
+    assert layer.attach_q4(four) and layer.attach_q8(eight)
+    assert not layer.split and layer.q4 is None and layer(x).shape == (2, 48)
+    assert layer.bytes_read(1) == eight.nbytes
+

@@ -77,11 +77,12 @@ class Linear(nn.Module):
         self.weight_t = None
 
     def attach_q4(self, panels: Q4Panels) -> bool:
-        """Use `panels` for products of up to `QUANTIZED_MAX_ROWS` rows, if they hold this packed
-        layer's weight bit for bit (else leave the layer as it is). True if attached."""
+        """Use `panels` for products of up to `QUANTIZED_MAX_ROWS` rows, in place of any 8-bit
+        panels, if they hold this packed layer's weight bit for bit (else leave the layer as it
+        is). True if attached."""
         if not (self._fits(panels) and q4_linear.matches(panels, self.panels.data)):
             return False
-        self.q4 = panels
+        self.q4, self.q8 = panels, None  # both set means split
         return True
 
     def attach_q8(self, panels: Q8Panels) -> bool:
@@ -89,7 +90,7 @@ class Linear(nn.Module):
         for bit."""
         if not (self._fits(panels) and q8_linear.matches(panels, self.panels.data)):
             return False
-        self.q8 = panels
+        self.q4, self.q8 = None, panels
         return True
 
     def attach_split(self, q4: Q4Panels, q8: Q8Panels) -> bool:
