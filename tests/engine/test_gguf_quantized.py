@@ -514,3 +514,22 @@ def test_attaching_one_kind_drops_the_other() -> None:
     assert not layer.split and layer.q4 is None and layer(x).shape == (2, 48)
     assert layer.bytes_read(1) == eight.nbytes
 
+
+def test_a_fused_layer_that_cannot_split_takes_all_8_bit() -> None:
+    """4-bit parts first, 8-bit after, but the 4-bit outputs (24) are no whole 16-column
+    panels, so the layer cannot split: it takes 8-bit panels for all of it, the 4-bit part as
+    int8 with its scales and mins, as when the 8-bit parts come first."""
+    from server.engine.gguf_quantized import QuantizedWeights
+    from server.engine.models.llama import _attach
+
+    torch.manual_seed(3)
+    q, scales, mins = q4_linear.quantize_q4_1(torch.randn(24, 64))
+    q8, d8 = q8_linear.quantize_q8_0(torch.randn(16, 64))
+    weight_t = torch.cat([q4_linear.dequantize(q4_linear.pack_q4(q, scales, mins)),
+                          q8_linear.dequantize(q8_linear.pack_q8(q8, d8))], dim=1)  # fmt: skip
+    weights = QuantizedWeights(q4={"a": (q, scales, mins)}, q8={"b": (q8, d8, None)})
+    layer = _packed(weight_t)
+    assert _attach(layer, weights, ["a", "b"])
+    assert not layer.split and layer.q8 is not None and layer.q8.mins is not None
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(layer(x), x @ weight_t, rtol=1e-5, atol=1e-5)
