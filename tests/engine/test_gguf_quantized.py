@@ -533,3 +533,23 @@ def test_a_fused_layer_that_cannot_split_takes_all_8_bit() -> None:
     assert not layer.split and layer.q8 is not None and layer.q8.mins is not None
     x = torch.randn(3, 64)
     torch.testing.assert_close(layer(x), x @ weight_t, rtol=1e-5, atol=1e-5)
+
+
+def test_a_split_q_k_v_wider_than_the_hidden_size_and_the_mlp(tmp_path: Path):
+    """Heads of 32 make a Llama's q (128) wider than its hidden size (64) and its fused q/k/v
+    (256) wider than its gate/up (128): the stack's split q/k/v writes both parts, the full
+    fused width, into its scratch, which must hold the widest projection."""
+    folder = make_tiny_model(tmp_path / "llama", "llama", seed=17, head_dim=32,
+                             intermediate_size=64)  # fmt: skip
+    path = tmp_path / "tiny-llama.Q4_0.gguf"
+    write_llama_gguf(folder, path, quant="q4_0",
+                     q8_0_layers=("blk.0.attn_v.weight", "blk.1.attn_v.weight"))  # fmt: skip
+    loaded = load_model(path, cache_dir=tmp_path / "models")
+    c = loaded.model.config
+    qkv_size = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+    assert qkv_size > max(c.hidden_size, 2 * c.intermediate_size, c.num_heads * c.head_dim)
+    assert all(layer.self_attn.qkv_proj.split for layer in loaded.model.layers)
+    engines = [LLMEngine.from_pretrained(str(loaded.path), num_kv_blocks=64, quantized_linear=q)
+               for q in (True, False)]  # fmt: skip
+    assert engines[0].runner.model.decoder_stack is not None
+    assert_same_generations(*engines, (1, 5, QUANTIZED_MAX_ROWS))
