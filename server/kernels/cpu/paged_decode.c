@@ -21,9 +21,14 @@
  * same lines in the first half of the tile was 20% slower than spread over all of it, and
  * issuing them inside the loops of FMAs slowed the arithmetic by 15-30%; Zen 3, 2026-11-30).
  *
- * Scores of 16 keys are computed as partial-sum vectors reduced together by a transpose tree;
- * exp() is a range-reduced degree-7 Taylor polynomial on a vector (relative error below 1e-7
- * for the arguments used, all <= 0). Head dims 16, 32, 64 and 128 (others: the caller falls
+ * Scores of 16 keys are computed as partial-sum vectors reduced together by a transpose tree.
+ * The softmax takes VF_LANES heads at a time: their tile maxima by one max tree, their
+ * corrections by one vector exp, their sums by one add tree, and the weights by the prefill
+ * kernel's degree-5 exp_scores (a copy; relative error 2e-7). Against a head at a time
+ * (a max and a sum by halving, a scalar expf when the max rose, the degree-7 exp), one thread,
+ * interleaved A/B by CPU time, medians of paired ratios, Zen 3, 2026-11-30: warm 1.05-1.10x,
+ * cold (30 layer caches of 32 x 600, 16 x 600, 16 x 2088) 1.08-1.10x, of which the cheaper
+ * exp alone ~1.04x cold. Head dims 16, 32, 64 and 128 (others: the caller falls
  * back). Written over the machine's own vector `vf` (vector_math.h): with AVX-512 (16 lanes)
  * a tile's 16 partial sums reduce to one vector of scores per head, with the query held in
  * registers; with AVX2 (8 lanes, 16 registers) a tile is two halves of 8 keys, each scored by
@@ -59,48 +64,86 @@
 #endif
 #define QB 8 /* output vectors held in registers at once (all of a head's with 16 lanes) */
 
+static inline vf addv(vf a, vf b) { return a + b; }
+
+/* lane-wise max as one instruction (vmaxps; a compare and a select otherwise) */
+static inline vf maxv(vf a, vf b) {
+#if VF_LANES == 8 && defined(__AVX__)
+    return (vf)__builtin_ia32_maxps256(a, b);
+#else
+    return selectv(a > b, a, b);
+#endif
+}
+
 #if VF_LANES == 16
 /* [16 vectors of partial sums] -> one vector whose lane j is the sum of vector j's lanes:
- * a transpose-and-add tree, 30 shuffles for 16 dot products instead of 16 serial reductions. */
-static inline vf sum_lanes_tree(const vf p[16]) {
-    const vi h8a = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-    const vi h8b = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
-    const vi h4a = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
-    const vi h4b = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
-    const vi h2a = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
-    const vi h2b = {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31};
-    const vi h1a = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
-    const vi h1b = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
-    vf a[8], b[4], c[2];
-    for (int i = 0; i < 8; i++)
-        a[i] = __builtin_shuffle(p[2 * i], p[2 * i + 1], h8a)
-               + __builtin_shuffle(p[2 * i], p[2 * i + 1], h8b);
-    for (int i = 0; i < 4; i++)
-        b[i] = __builtin_shuffle(a[2 * i], a[2 * i + 1], h4a)
-               + __builtin_shuffle(a[2 * i], a[2 * i + 1], h4b);
-    for (int i = 0; i < 2; i++)
-        c[i] = __builtin_shuffle(b[2 * i], b[2 * i + 1], h2a)
-               + __builtin_shuffle(b[2 * i], b[2 * i + 1], h2b);
-    return __builtin_shuffle(c[0], c[1], h1a) + __builtin_shuffle(c[0], c[1], h1b);
+ * a transpose-and-add tree, 30 shuffles for 16 dot products instead of 16 serial reductions.
+ * (With OP maxv, lane j is vector j's largest lane.) */
+#define LANES_TREE(NAME, OP)                                                                  \
+static inline vf NAME(const vf p[16]) {                                                       \
+    const vi h8a = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};                  \
+    const vi h8b = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};            \
+    const vi h4a = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};                \
+    const vi h4b = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};              \
+    const vi h2a = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};                \
+    const vi h2b = {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31};              \
+    const vi h1a = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};               \
+    const vi h1b = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};               \
+    vf a[8], b[4], c[2];                                                                      \
+    for (int i = 0; i < 8; i++)                                                               \
+        a[i] = OP(__builtin_shuffle(p[2 * i], p[2 * i + 1], h8a),                             \
+                  __builtin_shuffle(p[2 * i], p[2 * i + 1], h8b));                            \
+    for (int i = 0; i < 4; i++)                                                               \
+        b[i] = OP(__builtin_shuffle(a[2 * i], a[2 * i + 1], h4a),                             \
+                  __builtin_shuffle(a[2 * i], a[2 * i + 1], h4b));                            \
+    for (int i = 0; i < 2; i++)                                                               \
+        c[i] = OP(__builtin_shuffle(b[2 * i], b[2 * i + 1], h2a),                             \
+                  __builtin_shuffle(b[2 * i], b[2 * i + 1], h2b));                            \
+    return OP(__builtin_shuffle(c[0], c[1], h1a), __builtin_shuffle(c[0], c[1], h1b));        \
 }
 #else
 /* [8 vectors of partial sums] -> one vector whose lane j is the sum of vector j's lanes. The
  * first two levels shuffle within 128-bit halves (vshufps), the last swaps halves
  * (vperm2f128): 14 shuffles and 7 adds for 8 dot products. */
-static inline vf sum_lanes_tree(const vf p[8]) {
-    const vi h2a = {0, 1, 8, 9, 4, 5, 12, 13}, h2b = {2, 3, 10, 11, 6, 7, 14, 15};
-    const vi h1a = {0, 2, 8, 10, 4, 6, 12, 14}, h1b = {1, 3, 9, 11, 5, 7, 13, 15};
-    const vi h4a = {0, 1, 2, 3, 8, 9, 10, 11}, h4b = {4, 5, 6, 7, 12, 13, 14, 15};
-    vf a[4], b[2];
-    for (int i = 0; i < 4; i++) /* per half: [p0 e0+e2, p0 e1+e3, p1 e0+e2, p1 e1+e3] */
-        a[i] = __builtin_shuffle(p[2 * i], p[2 * i + 1], h2a)
-               + __builtin_shuffle(p[2 * i], p[2 * i + 1], h2b);
-    for (int i = 0; i < 2; i++) /* per half: the half-sums of 4 vectors */
-        b[i] = __builtin_shuffle(a[2 * i], a[2 * i + 1], h1a)
-               + __builtin_shuffle(a[2 * i], a[2 * i + 1], h1b);
-    return __builtin_shuffle(b[0], b[1], h4a) + __builtin_shuffle(b[0], b[1], h4b);
+#define LANES_TREE(NAME, OP)                                                                  \
+static inline vf NAME(const vf p[8]) {                                                        \
+    const vi h2a = {0, 1, 8, 9, 4, 5, 12, 13}, h2b = {2, 3, 10, 11, 6, 7, 14, 15};            \
+    const vi h1a = {0, 2, 8, 10, 4, 6, 12, 14}, h1b = {1, 3, 9, 11, 5, 7, 13, 15};            \
+    const vi h4a = {0, 1, 2, 3, 8, 9, 10, 11}, h4b = {4, 5, 6, 7, 12, 13, 14, 15};            \
+    vf a[4], b[2];                                                                            \
+    for (int i = 0; i < 4; i++) /* per half: [p0 e0+e2, p0 e1+e3, p1 e0+e2, p1 e1+e3] */      \
+        a[i] = OP(__builtin_shuffle(p[2 * i], p[2 * i + 1], h2a),                             \
+                  __builtin_shuffle(p[2 * i], p[2 * i + 1], h2b));                            \
+    for (int i = 0; i < 2; i++) /* per half: the half-sums of 4 vectors */                    \
+        b[i] = OP(__builtin_shuffle(a[2 * i], a[2 * i + 1], h1a),                             \
+                  __builtin_shuffle(a[2 * i], a[2 * i + 1], h1b));                            \
+    return OP(__builtin_shuffle(b[0], b[1], h4a), __builtin_shuffle(b[0], b[1], h4b));        \
 }
 #endif
+LANES_TREE(sum_lanes_tree, addv)
+LANES_TREE(max_lanes_tree, maxv)
+
+/* e^x for the softmax's x = score - running max <= 0: paged_prefill.c's exp_scores (clamped to
+ * -87, a degree-5 polynomial fitted for relative error 2e-7, 2^n from the rounding constant's
+ * bits), in about two thirds of expv_nonpositive's operations. A copy, not a header's, as in
+ * paged_levels.c: a kernel A/B builds an older paged_prefill.c, which defines its own, beside
+ * this tree's headers. */
+typedef uint32_t vu __attribute__((vector_size(VF_LANES * 4)));
+
+static inline vf exp_scores(vf x) {
+    x = maxv(x, (vf){0} - 87.0f);
+    vf t = x * 1.44269504088896341f + 12582912.0f;
+    vf n = t - 12582912.0f;
+    vf r = x - n * 0.693359375f - n * -2.12194440e-4f;
+    vf p = (vf){0} + 8.2976548e-3f;
+    p = p * r + 4.1915383e-2f;
+    p = p * r + 1.6667575e-1f;
+    p = p * r + 4.9998894e-1f;
+    p = p * r + 9.9999970e-1f;
+    p = p * r + 1.0000001f;
+    vu bits = ((vu)t << 23) + (127u << 23);
+    return p * (vf)bits;
+}
 
 typedef struct {
     float max, sum;
@@ -245,9 +288,13 @@ static inline void prefetch_some(prefetcher *p) {
         const vf minus_inf = (vf){0} - INFINITY;                                              \
         const float *keys[TILE], *values[TILE];                                               \
         const long token_stride = Hkv * DIM;                                                  \
-        for (long h = 0; h < Hkv * G; h++) {                                                  \
-            state[h].max = -INFINITY;                                                         \
-            state[h].sum = 0.0f;                                                              \
+        const long H = Hkv * G;                                                               \
+        /* per head: the running max and sum (VF_LANES spare for the softmax's last vector) */ \
+        float maxima[MAX_HEADS + VF_LANES], sums[MAX_HEADS + VF_LANES];                       \
+        float corrections[MAX_HEADS + VF_LANES];                                              \
+        for (long h = 0; h < MAX_HEADS + VF_LANES; h++) {                                     \
+            maxima[h] = -INFINITY;                                                            \
+            sums[h] = 0.0f;                                                                   \
         }                                                                                     \
         memset(acc, 0, sizeof(float) * Hkv * G * DIM);                                        \
         /* prefetch points per tile: after each head's score and output passes (between, */  \
@@ -274,7 +321,6 @@ static inline void prefetch_some(prefetcher *p) {
             pf.per_point = (pending / 16 + points - 1) / points;                              \
             /* three passes over the heads, each of independent per-head chains */          \
             vf tile_scores[MAX_HEADS * SV];                                                   \
-            float corrections[MAX_HEADS];                                                     \
             for (long kv = 0; kv < Hkv; kv++) {                                               \
                 for (long g = 0; g < G; g++) {                                                \
                     long h = kv * G + g;                                                      \
@@ -289,25 +335,30 @@ static inline void prefetch_some(prefetcher *p) {
                     }                                                                         \
                 }                                                                             \
             }                                                                                 \
-            for (long h = 0; h < Hkv * G; h++) {                                              \
-                vf *scores = tile_scores + h * SV;                                            \
-                vf top = scores[0];                                                           \
-                for (int s = 1; s < SV; s++) top = selectv(scores[s] > top, scores[s], top);  \
-                float tile_max = max_lanesv(top);                                               \
-                tile_max = tile_max > state[h].max ? tile_max : state[h].max;                 \
-                vf total = {0};                                                               \
-                for (int s = 0; s < SV; s++) {                                                \
-                    scores[s] = expv_nonpositive(scores[s] - tile_max);                       \
-                    total += scores[s];                                                       \
+            /* the softmax of VF_LANES heads at a time: their maxima in one tree, the */      \
+            /* corrections in one exp, the sums in one tree (heads past H: copies, unused) */  \
+            for (long h0 = 0; h0 < H; h0 += VF_LANES) {                                       \
+                vf top[VF_LANES], total[VF_LANES];                                            \
+                for (int i = 0; i < VF_LANES; i++) {                                          \
+                    const vf *scores = tile_scores + (h0 + i < H ? h0 + i : H - 1) * SV;      \
+                    top[i] = scores[0];                                                       \
+                    for (int s = 1; s < SV; s++) top[i] = maxv(top[i], scores[s]);           \
                 }                                                                             \
-                /* rescale what was accumulated under the old maximum; the maximum seldom */ \
-                /* rises after the first tiles: skip expf(0) */                               \
-                float correction = state[h].max == tile_max    ? 1.0f                         \
-                                   : state[h].max == -INFINITY ? 0.0f                         \
-                                                               : expf(state[h].max - tile_max); \
-                state[h].sum = state[h].sum * correction + sum_lanesv(total);                   \
-                state[h].max = tile_max;                                                      \
-                corrections[h] = correction;                                                  \
+                vf before = loadv(maxima + h0);                                               \
+                vf now = maxv(max_lanes_tree(top), before);                                   \
+                vf correction = expv_nonpositive(before - now); /* exactly 1 if unchanged */  \
+                storev(maxima + h0, now);                                                     \
+                storev(corrections + h0, correction);                                         \
+                for (int i = 0; i < VF_LANES; i++) {                                          \
+                    vf sum = {0};                                                             \
+                    vf *scores = tile_scores + (h0 + i) * SV;                                 \
+                    for (int s = 0; s < SV && h0 + i < H; s++) {                              \
+                        scores[s] = exp_scores(scores[s] - maxima[h0 + i]);                   \
+                        sum += scores[s];                                                     \
+                    }                                                                         \
+                    total[i] = sum;                                                           \
+                }                                                                             \
+                storev(sums + h0, loadv(sums + h0) * correction + sum_lanes_tree(total));     \
             }                                                                                 \
             for (long kv = 0; kv < Hkv; kv++) {                                               \
                 OUTPUT_GROUPS(DIM, NV, kv);                                                   \
@@ -328,6 +379,10 @@ static inline void prefetch_some(prefetcher *p) {
                     }                                                                         \
                 }                                                                             \
             }                                                                                 \
+        }                                                                                     \
+        for (long h = 0; h < H; h++) {                                                        \
+            state[h].max = maxima[h];                                                         \
+            state[h].sum = sums[h];                                                           \
         }                                                                                     \
     }
 
