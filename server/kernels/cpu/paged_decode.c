@@ -23,22 +23,33 @@
  *
  * Scores of 16 keys are computed as partial-sum vectors reduced together by a transpose tree.
  * The softmax takes VF_LANES heads at a time: their tile maxima by one max tree, their
- * corrections by one vector exp, their sums by one add tree, and the weights by the prefill
- * kernel's degree-5 exp_scores (a copy; relative error 2e-7). Against a head at a time
- * (a max and a sum by halving, a scalar expf when the max rose, the degree-7 exp), one thread,
- * interleaved A/B by CPU time, medians of paired ratios, Zen 3, 2026-11-30: warm 1.05-1.10x,
- * cold (30 layer caches of 32 x 600, 16 x 600, 16 x 2088) 1.08-1.10x, of which the cheaper
- * exp alone ~1.04x cold. Head dims 16, 32, 64 and 128 (others: the caller falls
- * back). Written over the machine's own vector `vf` (vector_math.h): with AVX-512 (16 lanes)
- * a tile's 16 partial sums reduce to one vector of scores per head, with the query held in
- * registers; with AVX2 (8 lanes, 16 registers) a tile is two halves of 8 keys, each scored by
- * 8 accumulators fed one query vector at a time and reduced by an 8-way tree (a head at a time:
- * sharing each key load across a KV head's query heads measured 3-6% slower), and the output
- * is accumulated for a KV head's query heads 3 (or 2) at a time, 4 vectors each, so a value
- * vector is loaded once for them (a lone head: 8 vectors at a time, head dim 128 in two
- * halves). Warm, one thread, SmolLM2's 9 x 64 heads (GQA 3): ~1.0 us a 16-token tile, about
- * 55% of it in the two loops of FMAs (~1.3 FMAs a cycle of the 2), the rest softmax (~13%),
- * prefetch walk, reduction trees and pointers (perf, Zen 3, 2026-11-30).
+ * corrections by one vector exp, their sums by one add tree, the weights by the prefill
+ * kernel's degree-5 exp_scores (a copy below, relative error 2e-7). Head dims 16, 32, 64 and
+ * 128 (others: the caller falls back). Written over the machine's own vector `vf`
+ * (vector_math.h): with AVX-512 (16 lanes) a tile's 16 partial sums reduce to one vector of
+ * scores per head, with the query held in registers; with AVX2 (8 lanes, 16 registers) a tile
+ * is two halves of 8 keys, scored for a KV head's query heads 3 (or 2) at a time in quarters
+ * of 4 keys (12 accumulators, 3 query vectors and a key vector: each key vector loaded once
+ * for the 3 heads) and reduced by an 8-way tree split before its last level, and the output is
+ * accumulated for the same 3 (or 2) heads, 4 vectors each, so a value vector is loaded once
+ * for them (a lone head: 8 keys, then 8 output vectors, at a time; head dim 128 in two
+ * halves).
+ *
+ * Warm, one thread, SmolLM2's 9 x 64 heads (GQA 3), before the two changes below: ~1.0 us a
+ * 16-token tile, about 55% of it in the two loops of FMAs (~1.3 FMAs a cycle of the 2), the
+ * rest softmax (~13%), prefetch walk, reduction trees and pointers (perf, Zen 3, 2026-11-30).
+ * Then (one thread, the old and new builds called in turn in one process, CPU time, median of
+ * the paired ratios, Zen 3, 2026-11-30; cold: rounds over 30 layer-sized caches of 32 x 600,
+ * 16 x 600 and 16 x 2088 tokens):
+ * - the softmax of VF_LANES heads at once, against a head at a time (a max and a sum by
+ *   halving, a scalar expf when the max rose, the degree-7 expv_nonpositive): warm 1.01-1.10x,
+ *   cold 1.05-1.10x, about 1.04x of it the cheaper exp;
+ * - the score pass shared by 3 heads (7 loads for 12 FMAs), against a head at a time (8
+ *   accumulators, the keys as FMA memory operands: 9 loads for 8 FMAs): warm 1.03-1.06x, cold
+ *   1.05-1.11x, 32 x 128 heads (GQA 4) warm 1.15-1.18x. Without the empty asm that keeps the
+ *   query and key vectors in registers, GCC folds the key loads back into the FMAs (3 loads
+ *   of each key vector): warm no faster than a head at a time (an earlier try of this layout
+ *   measured 3-6% slower there, benchmarks/README), cold 1.08-1.09x.
  */
 #include <math.h>
 #include <omp.h>
@@ -106,18 +117,23 @@ static inline vf NAME(const vf p[16]) {                                         
  * first two levels shuffle within 128-bit halves (vshufps), the last swaps halves
  * (vperm2f128): 14 shuffles and 7 adds for 8 dot products. */
 #define LANES_TREE(NAME, OP)                                                                  \
-static inline vf NAME(const vf p[8]) {                                                        \
+/* the first two levels over 4 vectors: per 128-bit half, the half-sums of the 4 */           \
+static inline vf NAME##_quarter(const vf p[4]) {                                              \
     const vi h2a = {0, 1, 8, 9, 4, 5, 12, 13}, h2b = {2, 3, 10, 11, 6, 7, 14, 15};            \
     const vi h1a = {0, 2, 8, 10, 4, 6, 12, 14}, h1b = {1, 3, 9, 11, 5, 7, 13, 15};            \
-    const vi h4a = {0, 1, 2, 3, 8, 9, 10, 11}, h4b = {4, 5, 6, 7, 12, 13, 14, 15};            \
-    vf a[4], b[2];                                                                            \
-    for (int i = 0; i < 4; i++) /* per half: [p0 e0+e2, p0 e1+e3, p1 e0+e2, p1 e1+e3] */      \
+    vf a[2];                                                                                  \
+    for (int i = 0; i < 2; i++) /* per half: [p0 e0+e2, p0 e1+e3, p1 e0+e2, p1 e1+e3] */      \
         a[i] = OP(__builtin_shuffle(p[2 * i], p[2 * i + 1], h2a),                             \
                   __builtin_shuffle(p[2 * i], p[2 * i + 1], h2b));                            \
-    for (int i = 0; i < 2; i++) /* per half: the half-sums of 4 vectors */                    \
-        b[i] = OP(__builtin_shuffle(a[2 * i], a[2 * i + 1], h1a),                             \
-                  __builtin_shuffle(a[2 * i], a[2 * i + 1], h1b));                            \
-    return OP(__builtin_shuffle(b[0], b[1], h4a), __builtin_shuffle(b[0], b[1], h4b));        \
+    return OP(__builtin_shuffle(a[0], a[1], h1a), __builtin_shuffle(a[0], a[1], h1b));        \
+}                                                                                             \
+/* the last level: two quarters' halves added across */                                       \
+static inline vf NAME##_halves(vf b0, vf b1) {                                                \
+    const vi h4a = {0, 1, 2, 3, 8, 9, 10, 11}, h4b = {4, 5, 6, 7, 12, 13, 14, 15};            \
+    return OP(__builtin_shuffle(b0, b1, h4a), __builtin_shuffle(b0, b1, h4b));                \
+}                                                                                             \
+static inline vf NAME(const vf p[8]) {                                                        \
+    return NAME##_halves(NAME##_quarter(p), NAME##_quarter(p + 4));                           \
 }
 #endif
 LANES_TREE(sum_lanes_tree, addv)
@@ -203,6 +219,7 @@ static inline void prefetch_some(prefetcher *p) {
         prefetch_some(&pf);                                                                   \
     } while (0)
 #define SHARED_VALUES(G) 0
+#define SCORE_GROUPS(DIM, NV, kv) ((void)0)
 #define OUTPUT_GROUPS(DIM, NV, kv) ((void)0)
 #else
 /* 8 accumulators side by side, one query vector at a time (any NV: 16 for DIM 128); the
@@ -227,8 +244,7 @@ static inline void prefetch_some(prefetcher *p) {
  * FMAs instead of 10 for 8 (Zen 3: the per-head loop, 8 FMAs with memory operands, was
  * load-bound; warm, the whole tile 3-6% faster for G = 3, D = 64). A prefetch point every 8
  * tokens keeps about as many points a tile as the per-head loops had: with one per block, the
- * larger bursts lost the gain with the KV cold. Sharing the key loads of the score pass the
- * same way measured 3-6% slower. */
+ * larger bursts lost the gain with the KV cold. */
 #define OUTPUT_SHARED(DIM, NV, GB, h0)                                                        \
     do {                                                                                      \
         enum { QC = NV < 4 ? NV : 4 };                                                        \
@@ -259,8 +275,57 @@ static inline void prefetch_some(prefetcher *p) {
         }                                                                                     \
     } while (0)
 
-/* With 2 or more query heads a KV head, the output pass takes them in blocks of 3 (or 2: a
- * group of 4 as 2 + 2, a last pair); one head alone has no value loads to share. */
+/* The score pass of GB (2 or 3) query heads h0.. of KV head kv, each key vector loaded once
+ * for the GB heads: 4 keys at a time, 4 GB accumulators, GB query vectors and the key vector
+ * in registers (16 with GB 3); each quarter's 4 partial sums per head are reduced by the first
+ * two levels of the tree, a half's two quarters by its last level. */
+#define SCORE_SHARED(DIM, NV, GB, h0)                                                         \
+    do {                                                                                      \
+        for (int s = 0; s < SV; s++) {                                                        \
+            const float *const *ks = keys + s * VF_LANES;                                     \
+            long live = n - s * VF_LANES;                                                     \
+            if (live <= 0) {                                                                  \
+                for (int g = 0; g < GB; g++) tile_scores[((h0) + g) * SV + s] = minus_inf;    \
+                continue;                                                                     \
+            }                                                                                 \
+            vf quarter[2][GB];                                                                \
+            for (int r = 0; r < 2; r++) {                                                     \
+                vf part[GB][4];                                                               \
+                for (int g = 0; g < GB; g++)                                                  \
+                    for (int j = 0; j < 4; j++) part[g][j] = (vf){0};                         \
+                for (int c = 0; c < NV; c++) {                                                \
+                    vf qv[GB];                                                                \
+                    for (int g = 0; g < GB; g++) {                                            \
+                        qv[g] = loadv(qs + ((h0) + g) * DIM + c * VF_LANES);                  \
+                        __asm__("" : "+x"(qv[g]));                                            \
+                    }                                                                         \
+                    for (int j = 0; j < 4; j++) {                                             \
+                        vf kx = loadv(ks[4 * r + j] + kv * DIM + c * VF_LANES);               \
+                        __asm__("" : "+x"(kx));                                               \
+                        for (int g = 0; g < GB; g++) part[g][j] += qv[g] * kx;                \
+                    }                                                                         \
+                }                                                                             \
+                for (int g = 0; g < GB; g++) quarter[r][g] = sum_lanes_tree_quarter(part[g]); \
+                prefetch_some(&pf);                                                           \
+            }                                                                                 \
+            vi mask = lane_index < (int32_t)live;                                             \
+            for (int g = 0; g < GB; g++)                                                      \
+                tile_scores[((h0) + g) * SV + s] =                                            \
+                    selectv(mask, sum_lanes_tree_halves(quarter[0][g], quarter[1][g]), minus_inf);\
+        }                                                                                     \
+    } while (0)
+#define SCORE_GROUPS(DIM, NV, kv)                                                             \
+    for (long g0 = 0, gb; SHARED_VALUES(G) && g0 < G; g0 += gb) {                             \
+        gb = G - g0 == 2 || G - g0 == 4 ? 2 : 3;                                              \
+        long h0 = kv * G + g0;                                                                \
+        if (gb == 3)                                                                          \
+            SCORE_SHARED(DIM, NV, 3, h0);                                                     \
+        else                                                                                  \
+            SCORE_SHARED(DIM, NV, 2, h0);                                                     \
+    }
+
+/* With 2 or more query heads a KV head, the score and output passes take them in blocks of 3
+ * (or 2: a group of 4 as 2 + 2, a last pair); one head alone has no loads to share. */
 #define SHARED_VALUES(G) ((G) >= 2)
 #define OUTPUT_GROUPS(DIM, NV, kv)                                                            \
     for (long g0 = 0, gb; SHARED_VALUES(G) && g0 < G; g0 += gb) {                             \
@@ -299,7 +364,7 @@ static inline void prefetch_some(prefetcher *p) {
         memset(acc, 0, sizeof(float) * Hkv * G * DIM);                                        \
         /* prefetch points per tile: after each head's score and output passes (between, */  \
         /* not inside, the loops of FMAs) */                                                  \
-        const long points = Hkv * G * SV                                                      \
+        const long points = Hkv * (SHARED_VALUES(G) ? (G + 2) / 3 * 2 * SV : G * SV)          \
                             + Hkv * (SHARED_VALUES(G) ? (G + 2) / 3 * (NV < 4 ? 1 : NV / 4) * SV \
                                                       : G * NV / QN);                         \
         prefetcher pf = {.k = k_cache, .v = v_cache, .blocks = blocks,                        \
@@ -322,7 +387,8 @@ static inline void prefetch_some(prefetcher *p) {
             /* three passes over the heads, each of independent per-head chains */          \
             vf tile_scores[MAX_HEADS * SV];                                                   \
             for (long kv = 0; kv < Hkv; kv++) {                                               \
-                for (long g = 0; g < G; g++) {                                                \
+                SCORE_GROUPS(DIM, NV, kv);                                                    \
+                for (long g = 0; g < G * !SHARED_VALUES(G); g++) {                            \
                     long h = kv * G + g;                                                      \
                     for (int s = 0; s < SV; s++) { /* VF_LANES keys at a time */              \
                         vf partial[VF_LANES];                                                 \
