@@ -12,6 +12,7 @@
     python -m benchmarks.attention --prefill --prefill-baseline old.c   # A/B against a version
     python -m benchmarks.attention --levels --levels-baseline old.c --threads 1   # the levels kernel
     python -m benchmarks.attention --distinct 32x600,16x600 --cold 30   # no shared prefix
+    python -m benchmarks.attention --distinct 32x600 --cold 30 --decode-baseline old.c --threads 1
 
 Every row forks `seqs` sequences from one context of `prefix` tokens (blocks shared, as the
 engine's forks and prefix cache make them) and gives each its own suffix; one decode step is
@@ -23,7 +24,10 @@ rather than from a cache the previous call left warm; the time is the round's ov
 `--distinct RxT` times instead the CPU decode kernel (paged_decode.c) called directly on R rows
 of T tokens each with its own blocks (each row's contiguous, rows one after another, as contexts
 prefilled one by one get them), the engine's case when unrelated sequences decode together,
-with the KV bytes it reads per second.
+with the KV bytes it reads per second. With `--decode-baseline FILE` (an older paged_decode.c)
+both builds are timed in turn, round after round (`--rounds`, default 5), each round a median
+as `--prefill`'s (one thread: by the thread's CPU time), and the table gives the medians of
+the rounds and their ratio.
 Results are printed and saved as JSON under benchmarks/results/.
 
 `--prefill` times the CPU causal prefill kernel (server/kernels/cpu/paged_prefill.c) alone on
@@ -247,6 +251,7 @@ class DistinctRow:
     ms: float  # one layer's kernel call
     kv_mb: float  # the K and V bytes the call reads
     gb_s: float
+    baseline_ms: float | None = None  # --decode-baseline's build, timed in turn
 
 
 def distinct_case(
@@ -269,12 +274,18 @@ def distinct_case(
 
 
 def run_distinct(
-    sizes: list[tuple[int, int]], shape: Shape, repeats: int, cold_layers: int
+    sizes: list[tuple[int, int]], shape: Shape, repeats: int, cold_layers: int,
+    baseline: Path | None = None, rounds: int = 5,
 ) -> list[DistinctRow]:
     """The decode kernel alone on rows without shared blocks, per layer (over `cold_layers`
-    caches of their own when given, as `time_layer` does)."""
+    caches of their own when given, as `time_layer` does); with `baseline` (another version
+    of paged_decode.c) both builds in turn for `rounds` rounds, medians of the rounds."""
     from server.kernels.cpu import huge_pages
-    from server.kernels.cpu.paged_decode import paged_decode
+    from server.kernels.cpu import paged_decode as kernel
+
+    versions = {"kernel": kernel.paged_decode}
+    if baseline is not None:
+        versions = {"baseline": _kernel_version(kernel, "paged_decode", baseline), **versions}
 
     def pooled(t: torch.Tensor) -> torch.Tensor:  # on huge pages, as the engine's KV pools
         return huge_pages.zeros(t.shape).copy_(t)
@@ -285,13 +296,21 @@ def run_distinct(
         layers = [(pooled(k_cache), pooled(v_cache)) for _ in range(max(cold_layers, 1))]
         scale = shape.head_dim**-0.5
 
-        def round_over_layers(layers=layers, q=q, index=index, scale=scale) -> None:
+        def round_over_layers(fn, layers=layers, q=q, index=index, scale=scale) -> None:
             for k, v in layers:
-                paged_decode(q, k, v, *index, scale, check=False)
+                fn(q, k, v, *index, scale, 0, False)  # chunk 0 (the kernel's), check=False
 
-        ms = median_ms(round_over_layers, repeats) / len(layers)
+        ms: dict[str, list[float]] = {v: [] for v in versions}
+        for r in range(rounds if baseline is not None else 1):
+            for v in list(versions)[:: -1 if r % 2 else 1]:
+                call = lambda fn=versions[v]: round_over_layers(fn)  # noqa: E731
+                ms[v].append(_prefill_ms(call, repeats) / len(layers))
+        new_ms = statistics.median(ms["kernel"])
         kv_bytes = 2 * rows * tokens * shape.num_kv_heads * shape.head_dim * 4
-        results.append(DistinctRow(rows, tokens, ms, kv_bytes / 1e6, kv_bytes / ms / 1e6))
+        results.append(DistinctRow(
+            rows, tokens, new_ms, kv_bytes / 1e6, kv_bytes / new_ms / 1e6,
+            statistics.median(ms["baseline"]) if baseline is not None else None,
+        ))
     return results
 
 
@@ -501,7 +520,12 @@ def main(argv: list[str] | None = None) -> None:
         help="--levels: also time this version of paged_levels.c, alternating",
     )
     parser.add_argument(
-        "--rounds", type=int, default=None, help="--prefill / --levels: alternating rounds (5 / 40)"
+        "--decode-baseline", default=None, metavar="FILE",
+        help="--distinct: also time this version of paged_decode.c, alternating",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None,
+        help="--prefill / --levels / --decode-baseline: alternating rounds (5 / 40 / 5)",
     )
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/)")
     args = parser.parse_args(argv)
@@ -537,15 +561,23 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.distinct:
         distinct = [tuple(int(x) for x in item.split("x")) for item in args.distinct.split(",")]
-        drows = run_distinct(distinct, shape, repeats, args.cold)
+        baseline = Path(args.decode_baseline) if args.decode_baseline else None
+        rounds = args.rounds or 5
+        drows = run_distinct(distinct, shape, repeats, args.cold, baseline, rounds)
         print(
             f"decode kernel per layer, rows with their own KV, {report['device']}, "
             f"{args.shape} heads"
             + (f", KV cold (rounds over {args.cold} layer caches)" if args.cold else ", KV warm")
+            + (f", medians of {rounds} alternating rounds" if baseline else "")
         )
-        print(f"{'rows':>5} {'tokens':>7} {'ms':>8} {'KV MB':>8} {'GB/s':>7}")
+        extra = f" {'base ms':>8} {'speedup':>8}" if baseline else ""
+        print(f"{'rows':>5} {'tokens':>7} {'ms':>8} {'KV MB':>8} {'GB/s':>7}" + extra)
         for d in drows:
-            print(f"{d.rows:>5} {d.tokens:>7} {d.ms:>8.3f} {d.kv_mb:>8.1f} {d.gb_s:>7.1f}")
+            line = f"{d.rows:>5} {d.tokens:>7} {d.ms:>8.3f} {d.kv_mb:>8.1f} {d.gb_s:>7.1f}"
+            if d.baseline_ms is not None:
+                line += f" {d.baseline_ms:>8.3f} {d.baseline_ms / d.ms:>7.2f}x"
+            print(line)
+        report["decode_baseline"] = args.decode_baseline
         report["distinct"] = [asdict(d) for d in drows]
         cold = "_cold" if args.cold else ""
         out = Path(args.out) if args.out else RESULTS / f"attention_cpu_distinct{cold}.json"
@@ -700,7 +732,7 @@ def _prefill_ms(call: Callable[[], object], repeats: int) -> float:
 
 
 def _kernel_version(kernel: Any, name: str, source: Path) -> Callable[..., Any]:
-    """`kernel.<name>` (paged_prefill, paged_levels) with the library built from another
+    """`kernel.<name>` (paged_prefill, paged_levels, paged_decode) with the library built from another
     version of its C source (beside this tree's headers, so it compiles as the kernel does)."""
     import shutil
     import tempfile
