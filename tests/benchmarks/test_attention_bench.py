@@ -74,3 +74,16 @@ def test_engine_steps_raise_when_cascade_changes_the_outputs(
     with pytest.raises(AssertionError, match="greedy outputs"):
         attention.engine_step("cpu", prefix=64, forks=4, steps=2, block=1,
                               model=str(tiny_llama_path))  # fmt: skip
+
+
+def test_distinct_rows_against_a_baseline_version(tmp_path: Path) -> None:
+    from server.kernels.cpu import paged_decode
+
+    out = tmp_path / "distinct.json"
+    attention.main(["--distinct", "2x40,1x17", "--decode-baseline", str(paged_decode.SOURCE),
+                    "--rounds", "2", "--quick", "--out", str(out)])  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["decode_baseline"] == str(paged_decode.SOURCE)
+    rows = report["distinct"]
+    assert [(r["rows"], r["tokens"]) for r in rows] == [(2, 40), (1, 17)]
+    assert all(r["ms"] > 0 and r["baseline_ms"] > 0 for r in rows)
