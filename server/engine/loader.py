@@ -195,8 +195,9 @@ def _gguf_stamp(path: Path) -> dict[str, Any]:
         f.seek(max(0, size - (1 << 20)))
         digest.update(f.read(1 << 20))
     # layout 2: the conversion holds the quantized weights too (gguf_quantized.py); 3: Q4_K
-    # weights among them (a GGUF converted before kept those float32 only)
-    return {"gguf": path.name, "size": size, "sha256_ends": digest.hexdigest(), "layout": 3}
+    # weights among them (a GGUF converted before kept those float32 only); 4: Q5_0, Q5_1,
+    # Q5_K, Q3_K and Q2_K too
+    return {"gguf": path.name, "size": size, "sha256_ends": digest.hexdigest(), "layout": 4}
 
 
 def _read_stamp(folder: Path) -> dict[str, Any] | None:
