@@ -24,8 +24,8 @@
  * Scores of 16 keys are computed as partial-sum vectors reduced together by a transpose tree.
  * The softmax takes VF_LANES heads at a time: their tile maxima by one max tree, their
  * corrections by one vector exp, their sums by one add tree, the weights by the prefill
- * kernel's degree-5 exp_scores (a copy below, relative error 2e-7). Head dims 16, 32, 64 and
- * 128 (others: the caller falls back). Written over the machine's own vector `vf`
+ * kernel's degree-5 e^x (vector_math.h's expv_scores, relative error 2e-7). Head dims 16, 32,
+ * 64 and 128 (others: the caller falls back). Written over the machine's own vector `vf`
  * (vector_math.h): with AVX-512 (16 lanes) a tile's 16 partial sums reduce to one vector of
  * scores per head, with the query held in registers; with AVX2 (8 lanes, 16 registers) a tile
  * is two halves of 8 keys, scored for a KV head's query heads 3 (or 2) at a time in quarters
@@ -138,28 +138,6 @@ static inline vf NAME(const vf p[8]) {                                          
 #endif
 LANES_TREE(sum_lanes_tree, addv)
 LANES_TREE(max_lanes_tree, maxv)
-
-/* e^x for the softmax's x = score - running max <= 0: paged_prefill.c's exp_scores (clamped to
- * -87, a degree-5 polynomial fitted for relative error 2e-7, 2^n from the rounding constant's
- * bits), in about two thirds of expv_nonpositive's operations. A copy, not a header's, as in
- * paged_levels.c: a kernel A/B builds an older paged_prefill.c, which defines its own, beside
- * this tree's headers. */
-typedef uint32_t vu __attribute__((vector_size(VF_LANES * 4)));
-
-static inline vf exp_scores(vf x) {
-    x = maxv(x, (vf){0} - 87.0f);
-    vf t = x * 1.44269504088896341f + 12582912.0f;
-    vf n = t - 12582912.0f;
-    vf r = x - n * 0.693359375f - n * -2.12194440e-4f;
-    vf p = (vf){0} + 8.2976548e-3f;
-    p = p * r + 4.1915383e-2f;
-    p = p * r + 1.6667575e-1f;
-    p = p * r + 4.9998894e-1f;
-    p = p * r + 9.9999970e-1f;
-    p = p * r + 1.0000001f;
-    vu bits = ((vu)t << 23) + (127u << 23);
-    return p * (vf)bits;
-}
 
 typedef struct {
     float max, sum;
@@ -426,7 +404,7 @@ static inline void prefetch_some(prefetcher *p) {
                     vf sum = {0};                                                             \
                     vf *scores = tile_scores + (h0 + i) * SV;                                 \
                     for (int s = 0; s < SV && h0 + i < H; s++) {                              \
-                        scores[s] = exp_scores(scores[s] - maxima[h0 + i]);                   \
+                        scores[s] = expv_scores(scores[s] - maxima[h0 + i]);                  \
                         sum += scores[s];                                                     \
                     }                                                                         \
                     total[i] = sum;                                                           \

@@ -9,7 +9,7 @@
  * is broadcast against all of them and the online softmax runs down the keys with vertical ops
  * only (the layout of paged_prefill.c, without the causal mask). The products run in register
  * blocks sized to the register file (below); as paged_prefill.c does, a tile's max is taken as
- * its scores are stored and its weights come from the cheaper exp_scores (Zen 3, one thread,
+ * its scores are stored and its weights come from the cheaper expv_scores (Zen 3, one thread,
  * 2026-11-30: 16 x 2048 / 64 x 2048 / 16 x 512 1.09x / 1.06x / 1.07x on a quiet machine,
  * 1.02-1.04x while it was shared). Long spans are cut into key chunks so that a single level
  * still keeps every core busy.
@@ -25,28 +25,6 @@
 #include <string.h>
 
 #include "vector_math.h"
-
-/* e^x for the softmax's x = score - running max <= 0: paged_prefill.c's exp_scores (clamped to
- * -87, a degree-5 polynomial fitted for relative error 2e-7, 2^n from the rounding constant's
- * bits), in about two thirds of expv_nonpositive's operations. A copy, not a header's: a kernel
- * A/B builds an older paged_prefill.c, which defines its own, beside this tree's headers. */
-typedef uint32_t vu __attribute__((vector_size(VF_LANES * 4)));
-
-static inline vf exp_scores(vf x) {
-    const vf floor_arg = (vf){0} - 87.0f;
-    x = selectv(x > floor_arg, x, floor_arg);
-    vf t = x * 1.44269504088896341f + 12582912.0f;
-    vf n = t - 12582912.0f;
-    vf r = x - n * 0.693359375f - n * -2.12194440e-4f;
-    vf p = (vf){0} + 8.2976548e-3f;
-    p = p * r + 4.1915383e-2f;
-    p = p * r + 1.6667575e-1f;
-    p = p * r + 4.9998894e-1f;
-    p = p * r + 9.9999970e-1f;
-    p = p * r + 1.0000001f;
-    vu bits = ((vu)t << 23) + (127u << 23);
-    return p * (vf)bits;
-}
 
 #if VF_LANES == 16
 #define KTILE 32 /* keys per softmax tile */
@@ -251,7 +229,7 @@ static inline void tile_records(const level_layout *a, const int64_t *blocks, lo
                 vf sum = {0};                                                                 \
                 for (long j = 0; j < nk; j++) {                                               \
                     float *sj = st + j * LANES + VF_LANES * i;                                \
-                    vf p = exp_scores(loadv(sj) - top[i]);                                    \
+                    vf p = expv_scores(loadv(sj) - top[i]);                                   \
                     storev(sj, p);                                                            \
                     sum += p;                                                                 \
                 }                                                                             \

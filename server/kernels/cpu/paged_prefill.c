@@ -10,8 +10,8 @@
  * against query vectors of 8 (AVX2) or 16 (AVX-512) lanes, and the online softmax (running
  * max, sum, rescale) runs down the keys with no horizontal reductions. Keys come in tiles of
  * 32: their scores are masked (on the diagonal tiles only) and their max taken as the register
- * blocks are stored, the weights come from a cheaper e^x than vector_math.h's (exp_scores),
- * and O^T [D][32] is rescaled and accumulated once a tile, then transposed once at the end.
+ * blocks are stored, the weights come from a cheaper e^x than expv_nonpositive
+ * (vector_math.h's expv_scores), and O^T [D][32] is rescaled and accumulated once a tile, then transposed once at the end.
  * Tasks of (sequence, KV head, 32 query vectors) are spread over the threads, the longest
  * first. Written over the machine's own vector (vf, vector_math.h), with register blocks sized
  * to its register file.
@@ -87,30 +87,6 @@ static inline __attribute__((always_inline)) void scores(
             *(vf *)(st + j * QV + VF_LANES * (i0 + i)) = x;
         }
     }
-}
-
-/* e^x for the softmax's x = score - running max <= 0, in about two thirds of
- * expv_nonpositive's operations: x is clamped to -87 (masked -inf lanes, and scores 87 below
- * the max, weigh e^-87 ~ 1.6e-38 rather than 0: nothing beside the max's weight 1, and still a
- * normal float), e^r by a degree-5 polynomial fitted for relative error (2e-7 in float32) on
- * |r| <= ln 2 / 2, and 2^n from the rounding constant's own bits: t = 1.5 * 2^23 + n holds n
- * in its low mantissa bits, and shifting them into the exponent drops the constant's. */
-typedef uint32_t vu __attribute__((vector_size(VF_LANES * 4)));
-
-static inline vf exp_scores(vf x) {
-    const vf floor_arg = (vf){0} - 87.0f;
-    x = selectv(x > floor_arg, x, floor_arg);
-    vf t = x * 1.44269504088896341f + 12582912.0f;
-    vf n = t - 12582912.0f;
-    vf r = x - n * 0.693359375f - n * -2.12194440e-4f;
-    vf p = (vf){0} + 8.2976548e-3f;
-    p = p * r + 4.1915383e-2f;
-    p = p * r + 1.6667575e-1f;
-    p = p * r + 4.9998894e-1f;
-    p = p * r + 9.9999970e-1f;
-    p = p * r + 1.0000001f;
-    vu bits = ((vu)t << 23) + (127u << 23);
-    return p * (vf)bits;
 }
 
 typedef struct {
@@ -221,7 +197,7 @@ static void attend_task(const layout_t *a, const float *q, const int64_t *blocks
             vf sum = {0};
             for (long j = 0; j < nk; j++) {
                 vf *sj = (vf *)(st + j * QV + VF_LANES * i);
-                *sj = exp_scores(*sj - top[i]);
+                *sj = expv_scores(*sj - top[i]);
                 sum += *sj;
             }
             l[i] = l[i] * corr[i] + sum;

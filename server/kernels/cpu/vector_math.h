@@ -64,6 +64,32 @@ static inline vf expv_nonpositive(vf x) {
     return selectv(below, (vf){0}, y);
 }
 
+/* e^x for a softmax's x = score - running max <= 0, in about two thirds of expv_nonpositive's
+ * operations (the attention kernels' weights): x is clamped to -87 (masked -inf lanes, and
+ * scores 87 below the max, weigh e^-87 ~ 1.6e-38 rather than 0: nothing beside the max's weight
+ * 1, and still a normal float), e^r by a degree-5 polynomial fitted for relative error (2e-7 in
+ * float32) on |r| <= ln 2 / 2, and 2^n from the rounding constant's own bits: t = 1.5 * 2^23 + n
+ * holds n in its low mantissa bits, and shifting them into the exponent drops the constant's.
+ * (Named apart from the `exp_scores` that older kernel files define for themselves, so that a
+ * kernel A/B can build them beside this header.) */
+typedef uint32_t vu32 __attribute__((vector_size(VF_LANES * 4)));
+
+static inline vf expv_scores(vf x) {
+    const vf floor_arg = (vf){0} - 87.0f;
+    x = selectv(x > floor_arg, x, floor_arg);
+    vf t = x * 1.44269504088896341f + 12582912.0f;
+    vf n = t - 12582912.0f;
+    vf r = x - n * 0.693359375f - n * -2.12194440e-4f;
+    vf p = (vf){0} + 8.2976548e-3f;
+    p = p * r + 4.1915383e-2f;
+    p = p * r + 1.6667575e-1f;
+    p = p * r + 4.9998894e-1f;
+    p = p * r + 9.9999970e-1f;
+    p = p * r + 1.0000001f;
+    vu32 bits = ((vu32)t << 23) + (127u << 23);
+    return p * (vf)bits;
+}
+
 /* the largest lane / the sum of the lanes, by halving */
 #if VF_LANES == 16
 static inline float max_lanesv(vf x) {
