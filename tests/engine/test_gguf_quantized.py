@@ -6,13 +6,14 @@ engine's tokens unchanged."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from server.engine import LLMEngine, SamplingParams
-from server.engine.gguf_quantized import QUANTIZED_FILE, read_quantized
+from server.engine.gguf_quantized import QUANTIZED_FILE, QuantizedWeights, read_quantized
 from server.engine.loader import load_model
 from server.engine.models.linear import QUANTIZED_HEAD_MAX_ROWS, QUANTIZED_MAX_ROWS, Linear
 from server.kernels.cpu import decoder_stack, q4_linear, q8_linear
@@ -343,23 +344,12 @@ def test_5_bit_weights_are_kept_as_8_bit_panels_with_the_same_logits(tmp_path: P
     to 8-bit panels, the affine two with a min per block: bit for bit transformers' float32
     conversion, and the tokens and logprobs exactly the float32-only engine's (the 8-bit kernel's
     sums are the float32 kernel's), through the decoder stack (and layer by layer for Q5_1)."""
-    folder = make_tiny_model(tmp_path / "llama", "llama", seed=11, tie_word_embeddings=True,
-                             hidden_size=256, intermediate_size=512, head_dim=64)  # fmt: skip
-    path = tmp_path / f"tiny-llama.{quant.upper()}.gguf"
-    write_llama_gguf(folder, path, quant=quant)
-    loaded = load_model(path, cache_dir=tmp_path / "models")
-    found = read_quantized(loaded.path)
-    weights = load_file(str(loaded.path / "model.safetensors"))
-    assert len(found.q8) == 2 * 7 + 1 and not found.q4  # the layers' and the Q8_0 embedding
+    loaded, found = _wide_gguf(tmp_path, 11, quant)
     for name, (q, scales, mins) in found.q8.items():
-        rows, cols = q.shape
-        w = q.float().view(rows, -1, 32) * scales[..., None]
+        assert q.shape[1] // scales.shape[1] == 32, name
         if name != "model.embed_tokens.weight":
             assert (mins is None) == (quant == "q5_0"), name
             assert int(q.min()) >= (-16 if quant == "q5_0" else 0) and int(q.max()) <= 31
-        if mins is not None:
-            w = w + mins[..., None]
-        assert torch.equal(w.view(rows, cols), weights[name]), name
     linears = [m for m in loaded.model.modules() if isinstance(m, Linear)]
     assert len(linears) == 2 * 4 and all(m.q8 is not None and m.q4 is None for m in linears)
     assert all((m.q8.mins is None) == (quant == "q5_0") for m in linears)
@@ -402,23 +392,11 @@ def test_2_and_3_bit_k_weights_are_kept_as_8_bit_panels_with_the_same_logits(
     """Q3_K (d * sc * q, q in -4..3) and Q2_K (d * sc * q - dmin * m, q in 0..3), a scale per
     16 inputs: 8-bit panels of 16-input blocks, Q2_K's with mins, bit for bit transformers'
     float32 conversion; tokens and logprobs exactly the float32-only engine's."""
-    folder = make_tiny_model(tmp_path / "llama", "llama", seed=13, tie_word_embeddings=True,
-                             hidden_size=256, intermediate_size=512, head_dim=64)  # fmt: skip
-    path = tmp_path / f"tiny-llama.{quant.upper()}.gguf"
-    write_llama_gguf(folder, path, quant=quant)
-    loaded = load_model(path, cache_dir=tmp_path / "models")
-    found = read_quantized(loaded.path)
-    weights = load_file(str(loaded.path / "model.safetensors"))
-    assert len(found.q8) == 2 * 7 + 1 and not found.q4
+    loaded, found = _wide_gguf(tmp_path, 13, quant)
     for name, (q, scales, mins) in found.q8.items():
-        rows, cols = q.shape
-        block = cols // scales.shape[1]
-        w = q.float().view(rows, -1, block) * scales[..., None]
-        if mins is not None:
-            w = w + mins[..., None]
-        assert torch.equal(w.view(rows, cols), weights[name]), name
         if name != "model.embed_tokens.weight":
-            assert block == 16 and (mins is None) == (quant == "q3_k"), name
+            assert q.shape[1] // scales.shape[1] == 16, name
+            assert (mins is None) == (quant == "q3_k"), name
     linears = [m for m in loaded.model.modules() if isinstance(m, Linear)]
     assert all(m.q8 is not None and m.q8.block == 16 for m in linears)
     engines = [LLMEngine.from_pretrained(str(loaded.path), num_kv_blocks=64, quantized_linear=q)
@@ -553,3 +531,24 @@ def test_a_split_q_k_v_wider_than_the_hidden_size_and_the_mlp(tmp_path: Path):
                for q in (True, False)]  # fmt: skip
     assert engines[0].runner.model.decoder_stack is not None
     assert_same_generations(*engines, (1, 5, QUANTIZED_MAX_ROWS))
+
+
+def _wide_gguf(tmp_path: Path, seed: int, quant: str) -> tuple[Any, QuantizedWeights]:
+    """A tiny tied Llama wide enough for the K types' super-blocks of 256, written with every
+    linear weight `quant` (the embedding Q8_0) and converted: the loaded model and its saved
+    weights, all 8-bit, each equal bit for bit to transformers' float32 conversion."""
+    folder = make_tiny_model(tmp_path / "llama", "llama", seed=seed, tie_word_embeddings=True,
+                             hidden_size=256, intermediate_size=512, head_dim=64)  # fmt: skip
+    path = tmp_path / f"tiny-llama.{quant.upper()}.gguf"
+    write_llama_gguf(folder, path, quant=quant)
+    loaded = load_model(path, cache_dir=tmp_path / "models")
+    found = read_quantized(loaded.path)
+    weights = load_file(str(loaded.path / "model.safetensors"))
+    assert len(found.q8) == 2 * 7 + 1 and not found.q4  # the layers' and the embedding
+    for name, (q, scales, mins) in found.q8.items():
+        rows, cols = q.shape
+        w = q.float().view(rows, scales.shape[1], -1) * scales[..., None]
+        if mins is not None:
+            w = w + mins[..., None]
+        assert torch.equal(w.view(rows, cols), weights[name]), name
+    return loaded, found

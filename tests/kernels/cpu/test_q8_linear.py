@@ -22,6 +22,15 @@ def _random_panels(k: int, n: int, gen: torch.Generator, block: int = 32) -> q8.
     return q8.pack_q8(*q8.quantize_q8_0(w, block))
 
 
+def _error_with_bias(panels: q8.Q8Panels, m: int, gen: torch.Generator) -> float:
+    """The kernel's largest error against float64 on m fresh rows and a bias, relative to the
+    reference's largest value."""
+    x = torch.randn(m, panels.in_features, generator=gen)
+    b = torch.randn(panels.out_features, generator=gen)
+    ref = x.double() @ q8.dequantize(panels).double() + b.double()
+    return float((q8.q8_linear(x, panels, b).double() - ref).abs().max() / ref.abs().max())
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("m", ROWS)
 @pytest.mark.parametrize("k,n", SHAPES)
@@ -52,11 +61,7 @@ def test_blocks_of_16_match_float64_reference(m: int, k: int, n: int, lanes: int
     gen = torch.Generator().manual_seed(m * 100 + k + n)
     panels = _random_panels(k, n, gen, block=16)
     assert panels.block == 16 and panels.scales.shape == (-(-n // 16), k // 16, 16)
-    x = torch.randn(m, k, generator=gen)
-    b = torch.randn(n, generator=gen)
-    ref = x.double() @ q8.dequantize(panels).double() + b.double()
-    err = (q8.q8_linear(x, panels, b).double() - ref).abs().max() / ref.abs().max()
-    assert err < 1e-5
+    assert _error_with_bias(panels, m, gen) < 1e-5
 
 
 @pytest.mark.parametrize("block", [32, 16])
@@ -217,11 +222,7 @@ def test_blocks_with_mins_match_float64_reference(m: int, k: int, n: int, block:
     gen = torch.Generator().manual_seed(m * 100 + k + n + block)
     panels = _affine_panels(k, n, gen, block)
     assert panels.mins is not None and panels.mins.shape == panels.scales.shape
-    x = torch.randn(m, k, generator=gen)
-    b = torch.randn(n, generator=gen)
-    ref = x.double() @ q8.dequantize(panels).double() + b.double()
-    err = (q8.q8_linear(x, panels, b).double() - ref).abs().max() / ref.abs().max()
-    assert err < 1e-5
+    assert _error_with_bias(panels, m, gen) < 1e-5
 
 
 @pytest.mark.parametrize("block", [32, 16])
