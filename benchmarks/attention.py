@@ -10,7 +10,7 @@
     python -m benchmarks.attention --cold 30       # KV out of the CPU caches, as in a model
     python -m benchmarks.attention --prefill       # the CPU prefill kernel alone (GFLOP/s)
     python -m benchmarks.attention --prefill --prefill-baseline old.c   # A/B against a version
-    python -m benchmarks.attention --levels --levels-baseline old.c --threads 1   # the levels kernel
+    python -m benchmarks.attention --levels --levels-baseline old.c --threads 1   # levels alone
     python -m benchmarks.attention --distinct 32x600,16x600 --cold 30   # no shared prefix
     python -m benchmarks.attention --distinct 32x600 --cold 30 --decode-baseline old.c --threads 1
 
@@ -732,8 +732,9 @@ def _prefill_ms(call: Callable[[], object], repeats: int) -> float:
 
 
 def _kernel_version(kernel: Any, name: str, source: Path) -> Callable[..., Any]:
-    """`kernel.<name>` (paged_prefill, paged_levels, paged_decode) with the library built from another
-    version of its C source (beside this tree's headers, so it compiles as the kernel does)."""
+    """`kernel.<name>` (paged_prefill, paged_levels, paged_decode) with the library built from
+    another version of its C source (beside this tree's headers, so it compiles as the kernel
+    does)."""
     import shutil
     import tempfile
 

@@ -5,16 +5,16 @@ A converted GGUF's float32 weights are what transformers dequantizes. Beside the
 Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K and Q8_0 linear weight (an untied LM
 head's too, unless 4-bit) and a token embedding of the types kept as int8 (the tied LM head):
 4-bit values with scales and mins, or int8 values with a scale per 32 inputs (Q8_0, the Q5
-types) or 16 (Q6_K, Q3_K, Q2_K) and, for Q5_1, Q5_K and Q2_K, a min per block; rows in HF's order (llama.cpp
-permutes a Llama's rows of q and k, transformers un-permutes them, so do we; a Qwen2's are as
-they are). The three 4-bit types are saved in Q4_1's form, scale * q + min: Q4_0's
-d * (q - 8) as d * q + (-8 d); Q4_K's d * sc_j * q - dmin * m_j (block j of 32 in a
+types) or 16 (Q6_K, Q3_K, Q2_K) and, for Q5_1, Q5_K and Q2_K, a min per block; rows in HF's
+order (llama.cpp permutes a Llama's rows of q and k, transformers un-permutes them, so do we; a
+Qwen2's are as they are). The three 4-bit types are saved in Q4_1's form, scale * q + min:
+Q4_0's d * (q - 8) as d * q + (-8 d); Q4_K's d * sc_j * q - dmin * m_j (block j of 32 in a
 super-block of 256) with scale = d * sc_j and min = -(dmin * m_j); Q5_K likewise with q in
-0..31, and Q2_K with q in 0..3 per block of 16; Q5_0's d * (q - 16) as int8 q - 16; Q6_K's
-and Q3_K's d * sc_j * q with scale = d * sc_j (Q3_K's q in -4..3). Every
-such product is exact in float32 (a float16 times a small integer) and a min is added once, as
-gguf-py does, so the weights are the same numbers. The engine checks at load that they give back its float32 weights bit for bit before it
-uses them (`server/engine/models`).
+0..31, and Q2_K with q in 0..3 per block of 16; Q5_0's d * (q - 16) as int8 q - 16; Q6_K's and
+Q3_K's d * sc_j * q with scale = d * sc_j (Q3_K's q in -4..3). Every such product is exact in
+float32 (a float16 times a small integer) and a min is added once, as gguf-py does, so the
+weights are the same numbers. The engine checks at load that they give back its float32 weights
+bit for bit before it uses them (`server/engine/models`).
 """
 
 from __future__ import annotations

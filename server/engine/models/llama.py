@@ -509,10 +509,8 @@ def _attach(linear: Linear, weights: QuantizedWeights, keys: list[str]) -> bool:
     return q8 is not None and linear.attach_q8(q8)
 
 
-def _q4_panels(weights: QuantizedWeights, keys: list[str]) -> q4_linear.Q4Panels | None:
-    """The 4-bit weights `keys` stacked (outputs in order) into panels; None for no keys."""
-    if not keys:
-        return None
+def _q4_panels(weights: QuantizedWeights, keys: list[str]) -> q4_linear.Q4Panels:
+    """The 4-bit weights `keys` (one or more) stacked, outputs in order, into panels."""
     q, scales, mins = (torch.cat(t) for t in zip(*(weights.q4[k] for k in keys), strict=True))
     return q4_linear.pack_q4(q, scales, mins)
 

@@ -142,6 +142,7 @@ typedef struct {
 } step_split;
 
 static int split_step(const parrot_step_rows *b, step_split *split);
+static int has_split_layer(const parrot_layer *layers, long n);
 static int attend(const float *q, const parrot_stack_shape *s, const float *k_cache,
                   const float *v_cache, const parrot_step_rows *b, const step_split *split,
                   float *scratch, float *lse, float *attn, int threads);
@@ -177,11 +178,13 @@ int parrot_decoder_stack(float *x, const parrot_stack_shape *s, const parrot_lay
     float *attn = malloc(sizeof(float) * R * q_size);
     float *lse = malloc(sizeof(float) * R * s->heads);
     float *delta = malloc(sizeof(float) * R * H);
-    /* a split projection's two parts land here before they are interleaved into its output */
-    float *parts = R <= quant_rows ? malloc(sizeof(float) * R * (wide > H ? wide : H)) : NULL;
+    /* a split projection's two parts land here before they are interleaved into its output:
+     * allocated only for steps that read a split layer's quantized panels */
+    const int splits = R <= quant_rows && has_split_layer(layers + first, num_layers - first);
+    float *parts = splits ? malloc(sizeof(float) * R * (wide > H ? wide : H)) : NULL;
     step_split split;
     int status = split_step(b, &split);
-    if (!(normed && proj && q && attn && lse && delta && (parts || R > quant_rows))) status = -1;
+    if (!(normed && proj && q && attn && lse && delta && (parts || !splits))) status = -1;
     PHASE_START();
     long i = first;
     for (; i < num_layers && status == 0; i++) {
@@ -271,6 +274,17 @@ static int attend(const float *q, const parrot_stack_shape *s, const float *k_ca
                                       k_cache, v_cache, b->block_size, b->blocks,
                                       split->first_block, s->scale, attn, threads);
     return status;
+}
+
+/* whether any of the n layers has a projection split between 4- and 8-bit panels */
+static int has_split_layer(const parrot_layer *layers, long n) {
+    for (long i = 0; i < n; i++) {
+        const parrot_q4 *p[] = {&layers[i].qkv_q4, &layers[i].o_q4, &layers[i].gate_up_q4,
+                                &layers[i].down_q4};
+        for (int j = 0; j < 4; j++)
+            if (p[j]->qs && p[j]->q8) return 1;
+    }
+    return 0;
 }
 
 static int split_step(const parrot_step_rows *b, step_split *split) {
